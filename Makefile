@@ -1,0 +1,62 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both install what
+# they need, idempotently: Debian packages (SIPp, debootstrap, sox, espeak-ng),
+# the Python virtualenv, and the Asterisk 22 root for both sites.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+APT_STAMP  := /var/cache/cbgw/.apt-installed
+APT_PKGS   := sip-tester debootstrap sox espeak-ng iproute2 tshark
+ASTERISK_ROOT ?= /var/cache/cbgw/asterisk-sid
+PYTEST_ARGS ?=
+
+.PHONY: all deps system-deps venv asterisk test unit integration e2e lint demo bench clean
+
+all: test
+
+deps: system-deps venv asterisk
+
+system-deps: $(APT_STAMP)
+$(APT_STAMP):
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p $(dir $@) && touch $@
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+asterisk: system-deps
+	@deploy/asterisk/provision-root.sh $(ASTERISK_ROOT)
+
+lint: venv
+	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates deploy tests bench
+	$(VENV)/bin/mypy shared edge_server callback_server routing_rates
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+
+integration: venv
+	$(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
+
+e2e: deps
+	$(VENV)/bin/pytest -q tests/e2e $(PYTEST_ARGS)
+
+test: deps lint
+	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) -m demo
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The call-back site: intake, job queue, dialer, IVR and the ARI adapter."""

@@ -1,0 +1,234 @@
+"""Inputs, events and commands of the call-back dialer (:mod:`callback_server.dialer`).
+
+Frozen dataclasses only; no I/O. The ARI adapter decodes ARI events into the
+events here and carries out the commands, one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from shared.phone import E164
+
+
+class Reason(enum.StrEnum):
+    """Stable reason codes: DB ``callback_requests.reason``, logs, the API, the edge."""
+
+    ANSWERED = "answered"
+    CUSTOMER_BUSY = "customer_busy"
+    NO_ANSWER = "no_answer"
+    UNREACHABLE = "subscriber_absent"
+    DECLINED = "declined"
+    INVALID_NUMBER = "invalid_number"
+    CARRIERS_EXHAUSTED = "carriers_exhausted"
+    NO_ROUTE = "no_route"
+    SHUTDOWN = "shutdown"
+    OTHER = "cause_other"
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One ranked way out: a carrier and the dial string to reach the customer through it."""
+
+    carrier_id: str
+    endpoint: str           # e.g. "PJSIP/09012345678@carrier-a"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_s: tuple[int, ...]
+
+    def delay_after(self, attempt_no: int) -> int:
+        """Seconds to wait after round ``attempt_no`` (1-based) before the next."""
+        if not self.backoff_s:
+            return 0
+        return self.backoff_s[min(attempt_no - 1, len(self.backoff_s) - 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    callback_id: str
+    merchant_id: str
+    destination: E164
+    caller_id: E164          # the merchant's number, presented on the call-back
+    ring_timeout_s: int
+    policy: RetryPolicy
+    attempt_no: int          # this round, 1-based
+    leg_seq: int             # legs already persisted for this job (channel id uniqueness)
+    operator_endpoint: str = "PJSIP/operator@edge-trunk"
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    routes: tuple[Route, ...]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Originated:
+    """ARI accepted the originate (``POST /channels/{id}`` returned 200)."""
+
+    channel_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OriginateFailed:
+    """ARI refused the originate: HTTP 500 "Allocation failed" (carrier down) or similar."""
+
+    channel_id: str
+    detail: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """``StasisStart`` for an originated leg: the far end answered."""
+
+    channel_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGone:
+    """``ChannelDestroyed`` (with cause) or ``StasisEnd`` (cause 16) of one of our legs."""
+
+    channel_id: str
+    cause: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    name: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRequested:
+    """The IVR asked for a human (``DialOperator``)."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    """The IVR is done (``Hangup``): tear everything down."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    at: datetime
+
+
+Event = (Begin | Originated | OriginateFailed | Answered | ChannelGone | TimerFired
+         | OperatorRequested | EndCall | Shutdown)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PersistAttempt:
+    """Commit the leg row (channel id, carrier) BEFORE the following ``Originate``."""
+
+    callback_id: str
+    attempt_no: int
+    leg_seq: int
+    channel_id: str
+    leg: str                 # "customer" | "operator"
+    carrier_id: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Originate:
+    channel_id: str
+    endpoint: str
+    caller_id: str
+    timeout_s: int
+    app_args: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    channel_id: str
+    reason: str = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLegResult:
+    """The leg row's outcome (originated / answered / ended + cause)."""
+
+    channel_id: str
+    status: str
+    cause: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartIvr:
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateBridge:
+    bridge_id: str
+    channel_ids: tuple[str, ...]
+    bridge_type: str = "mixing,dtmf_events"
+
+
+@dataclass(frozen=True, slots=True)
+class DestroyBridge:
+    bridge_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCdr:
+    call_id: str             # the leg's channel id (UNIQUE in cdrs)
+    callback_id: str
+    leg: str                 # "customer" | "operator"
+    destination: str
+    carrier_id: str
+    started_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime
+    duration_s: Decimal      # answered → ended, 0 when never answered
+    hangup_cause: int
+    disposition: str         # answered | busy | no_answer | failed | declined
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The round is over. ``retry_in_s`` set: queue again; else final with ``status``."""
+
+    status: str              # completed | failed | retry
+    reason: Reason
+    attempts: int
+    retry_in_s: int | None = None
+
+
+Command = (PersistAttempt | Originate | Hangup | StartTimer | CancelTimer | RecordLegResult
+           | StartIvr | CreateBridge | DestroyBridge | RecordCdr | Finish)

@@ -1,0 +1,335 @@
+"""IVR flows as data: load a TOML flow, validate it, and hand the engine frozen nodes.
+
+A flow (``callback_server/flows/<name>.toml``) is a named graph of nodes, in the
+spirit of jambonz verbs::
+
+    name = "order"
+    start = "main"
+
+    [nodes.main]
+    type = "menu"
+    prompt = ["sound:cbgw/cb-menu"]
+    choices = { "1" = "item_code", "2" = "order_number", "0" = "operator" }
+    on_fail = "goodbye"
+
+Node types and their keys (``*`` = required):
+
+============  ==================================================================
+``menu``      prompt*, choices* (DTMF key → node), timeout_s, retries,
+              invalid_prompt, timeout_prompt, on_fail*
+``digits``    prompt*, field*, next*, max_length, min_length, terminator,
+              timeout_s, retries, invalid_prompt, timeout_prompt, on_fail*
+``readback``  prompt, fields* (collected fields), labels (field → media), next*
+``confirm``   prompt*, yes* (node on 1), no* (node on 2), yes_key, no_key,
+              timeout_s, retries, invalid_prompt, timeout_prompt, on_fail*
+``say``       prompt*, next*
+``submit``    category*, fields*, next*
+``operator``  prompt, target*, on_fail* (when no operator answers)
+``hangup``    prompt
+============  ==================================================================
+
+Every error names the file and the node: ``flows/order.toml: node 'main':
+choices: key '12' is not a single DTMF key``. Validation also checks that
+every target exists, every node is reachable from ``start``, and every field
+read back or submitted is collected by some ``digits`` node.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FLOWS_DIR = Path(__file__).resolve().parent / "flows"
+DTMF_KEYS = frozenset("0123456789*#")
+MEDIA = re.compile(r"^(sound|digits|number|characters|tone|recording):[A-Za-z0-9_/.,:#*+-]+$")
+FIELD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+NODE_ID = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+_TIMED = {"timeout_s", "retries", "invalid_prompt", "timeout_prompt", "on_fail"}
+KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
+    "menu": ({"prompt", "choices", "on_fail"}, _TIMED),
+    "digits": ({"prompt", "field", "next", "on_fail"},
+               _TIMED | {"max_length", "min_length", "terminator"}),
+    "readback": ({"fields", "next"}, {"prompt", "labels"}),
+    "confirm": ({"prompt", "yes", "no", "on_fail"}, _TIMED | {"yes_key", "no_key"}),
+    "say": ({"prompt", "next"}, set()),
+    "submit": ({"category", "fields", "next"}, set()),
+    "operator": ({"target", "on_fail"}, {"prompt"}),
+    "hangup": (set(), {"prompt"}),
+}
+
+
+class FlowError(ValueError):
+    """A flow file that cannot be used. ``file`` and ``node`` say where."""
+
+    def __init__(self, file: str, node: str | None, message: str) -> None:
+        where = f"{file}: node {node!r}: " if node else f"{file}: "
+        super().__init__(where + message)
+        self.file = file
+        self.node = node
+
+
+Media = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    type: str
+    prompt: Media = ()
+    next: str | None = None
+    choices: tuple[tuple[str, str], ...] = ()      # (key, node) for menu and confirm
+    field: str | None = None
+    max_length: int = 16
+    min_length: int = 1
+    terminator: str = "#"
+    timeout_s: float = 8.0
+    retries: int = 2
+    invalid_prompt: Media = ("sound:cbgw/cb-invalid",)
+    timeout_prompt: Media = ("sound:cbgw/cb-no-input",)
+    on_fail: str | None = None
+    fields: tuple[str, ...] = ()
+    labels: tuple[tuple[str, Media], ...] = ()
+    category: str | None = None
+    target: str | None = None
+
+    def choice(self, key: str) -> str | None:
+        return next((node for k, node in self.choices if k == key), None)
+
+    def label(self, field: str) -> Media:
+        return next((media for f, media in self.labels if f == field), ())
+
+    @property
+    def waits_for_input(self) -> bool:
+        return self.type in ("menu", "digits", "confirm")
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    name: str
+    start: str
+    nodes: tuple[Node, ...]
+    source: str = "<memory>"
+
+    def node(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_flow(path: Path) -> Flow:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FlowError(str(path), None, f"cannot read flow: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FlowError(str(path), None, f"invalid TOML: {exc}") from None
+    return parse_flow(data, str(path))
+
+
+def load_named(name: str, directory: Path = FLOWS_DIR) -> Flow:
+    """The flow ``<directory>/<name>.toml``; its ``name`` must match the file name."""
+    if not NODE_ID.match(name.replace("-", "_")):
+        raise FlowError(name, None, "flow names are lower-case letters, digits, - and _")
+    flow = load_flow(directory / f"{name}.toml")
+    if flow.name != name:
+        raise FlowError(flow.source, None, f"name {flow.name!r} differs from the file name")
+    return flow
+
+
+def parse_flow(data: Mapping[str, Any], source: str) -> Flow:
+    unknown = set(data) - {"name", "start", "nodes", "description"}
+    if unknown:
+        raise FlowError(source, None, f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    name, start, raw_nodes = data.get("name"), data.get("start"), data.get("nodes")
+    if not isinstance(name, str) or not name:
+        raise FlowError(source, None, "name: required string")
+    if not isinstance(start, str):
+        raise FlowError(source, None, "start: required node id")
+    if not isinstance(raw_nodes, Mapping) or not raw_nodes:
+        raise FlowError(source, None, "nodes: at least one [nodes.<id>] table is required")
+    nodes = tuple(_parse_node(source, str(k), v) for k, v in raw_nodes.items())
+    flow = Flow(name=name, start=start, nodes=nodes, source=source)
+    _check_graph(flow)
+    return flow
+
+
+def _parse_node(source: str, node_id: str, raw: Any) -> Node:
+    def err(message: str) -> FlowError:
+        return FlowError(source, node_id, message)
+
+    if not NODE_ID.match(node_id):
+        raise err("node ids are lower-case letters, digits and _")
+    if not isinstance(raw, Mapping):
+        raise err("expected a table")
+    kind = raw.get("type")
+    if kind not in KEYS:
+        raise err(f"type: expected one of {', '.join(sorted(KEYS))}, got {kind!r}")
+    required, optional = KEYS[kind]
+    given = set(raw) - {"type"}
+    if missing := required - given:
+        raise err(f"missing required keys: {', '.join(sorted(missing))}")
+    if unknown := given - required - optional:
+        raise err(f"unknown keys for a {kind} node: {', '.join(sorted(unknown))}")
+    r = _Reader(raw, err)
+    node = Node(id=node_id, type=kind)
+    values: dict[str, Any] = {
+        "prompt": r.media("prompt", node.prompt),
+        "next": r.target("next"),
+        "field": r.field("field"),
+        "max_length": r.integer("max_length", node.max_length, 1, 32),
+        "min_length": r.integer("min_length", node.min_length, 0, 32),
+        "terminator": r.choice_of("terminator", node.terminator, ("#", "*")),
+        "timeout_s": float(r.integer("timeout_s", int(node.timeout_s), 1, 60)),
+        "retries": r.integer("retries", node.retries, 0, 5),
+        "invalid_prompt": r.media("invalid_prompt", node.invalid_prompt),
+        "timeout_prompt": r.media("timeout_prompt", node.timeout_prompt),
+        "on_fail": r.target("on_fail"),
+        "fields": r.fields("fields"),
+        "labels": r.labels("labels"),
+        "category": r.string("category"),
+        "target": r.string("target"),
+    }
+    if kind == "menu":
+        values["choices"] = r.choices("choices")
+    elif kind == "confirm":
+        yes_key = r.choice_of("yes_key", "1", tuple(sorted(DTMF_KEYS)))
+        no_key = r.choice_of("no_key", "2", tuple(sorted(DTMF_KEYS)))
+        if yes_key == no_key:
+            raise err("yes_key and no_key must differ")
+        values["choices"] = ((yes_key, r.target("yes")), (no_key, r.target("no")))
+    if values["min_length"] > values["max_length"]:
+        raise err("min_length is greater than max_length")
+    return Node(id=node_id, type=kind, **{k: v for k, v in values.items()
+                                          if v is not None and k in _used(kind)})
+
+
+def _used(kind: str) -> set[str]:
+    required, optional = KEYS[kind]
+    used = (required | optional) - {"yes", "no", "yes_key", "no_key"}
+    if kind == "confirm":
+        used.add("choices")
+    return used
+
+
+class _Reader:
+    def __init__(self, raw: Mapping[str, Any], err: Any) -> None:
+        self.raw = raw
+        self.err = err
+
+    def media(self, key: str, default: Media) -> Media:
+        value = self.raw.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.err(f"{key}: expected a list of media URIs")
+        for v in value:
+            if not MEDIA.match(v):
+                raise self.err(f"{key}: {v!r} is not a media URI (sound:, digits:, number:, "
+                               "characters:, tone:, recording:)")
+        return tuple(value)
+
+    def target(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is not None and (not isinstance(value, str) or not NODE_ID.match(value)):
+            raise self.err(f"{key}: expected a node id, got {value!r}")
+        return value
+
+    def string(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is not None and (not isinstance(value, str) or not FIELD.match(value)):
+            raise self.err(f"{key}: expected a lower-case identifier, got {value!r}")
+        return value
+
+    def field(self, key: str) -> str | None:
+        return self.string(key)
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.err(f"{key}: expected an integer in {lo}..{hi}, got {value!r}")
+        return value
+
+    def choice_of(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.raw.get(key, default)
+        if value not in allowed:
+            raise self.err(f"{key}: expected one of {' '.join(allowed)}, got {value!r}")
+        return str(value)
+
+    def fields(self, key: str) -> tuple[str, ...]:
+        value = self.raw.get(key, [])
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and FIELD.match(v) for v in value):
+            raise self.err(f"{key}: expected a list of field names")
+        if key in self.raw and not value:
+            raise self.err(f"{key}: must not be empty")
+        return tuple(value)
+
+    def labels(self, key: str) -> tuple[tuple[str, Media], ...]:
+        value = self.raw.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.err(f"{key}: expected a table of field = [media]")
+        return tuple((str(k), _Reader(value, self.err).media(str(k), ())) for k in value)
+
+    def choices(self, key: str) -> tuple[tuple[str, str], ...]:
+        value = self.raw.get(key)
+        if not isinstance(value, Mapping) or not value:
+            raise self.err(f"{key}: expected a table of key = node")
+        out: list[tuple[str, str]] = []
+        for k, v in value.items():
+            if k not in DTMF_KEYS:
+                raise self.err(f"{key}: key {k!r} is not a single DTMF key (0-9 * #)")
+            if not isinstance(v, str) or not NODE_ID.match(v):
+                raise self.err(f"{key}.{k}: expected a node id, got {v!r}")
+            out.append((k, v))
+        return tuple(out)
+
+
+def _targets(node: Node) -> list[tuple[str, str]]:
+    """(key, target) pairs of a node's outgoing edges."""
+    edges = [(f"choices.{k}", v) for k, v in node.choices]
+    edges += [(k, v) for k, v in (("next", node.next), ("on_fail", node.on_fail)) if v]
+    return edges
+
+
+def _check_graph(flow: Flow) -> None:
+    ids = {n.id for n in flow.nodes}
+    if flow.start not in ids:
+        raise FlowError(flow.source, None, f"start: no node {flow.start!r}")
+    collected = {n.field for n in flow.nodes if n.type == "digits" and n.field}
+    for node in flow.nodes:
+        for key, target in _targets(node):
+            if target not in ids:
+                raise FlowError(flow.source, node.id, f"{key}: no node {target!r}")
+        for f in node.fields:
+            if f not in collected:
+                raise FlowError(flow.source, node.id,
+                                f"fields: {f!r} is not collected by any digits node")
+        for f, _ in node.labels:
+            if f not in node.fields:
+                raise FlowError(flow.source, node.id, f"labels: {f!r} is not in fields")
+    seen, todo = {flow.start}, [flow.start]
+    while todo:
+        for _, target in _targets(flow.node(todo.pop())):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    if unreachable := sorted(ids - seen):
+        raise FlowError(flow.source, unreachable[0], "not reachable from start")
+    for node in flow.nodes:   # chains of nodes that never wait must end
+        hop, path = node, []
+        while hop.type == "submit" and hop.next:
+            if hop.id in path:
+                raise FlowError(flow.source, node.id, "submit nodes form a loop")
+            path.append(hop.id)
+            hop = flow.node(hop.next)

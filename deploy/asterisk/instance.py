@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""Install, start, stop and inspect one site's Asterisk inside the shared root.
+
+Usage::
+
+    deploy/asterisk/instance.py [--root ROOT] install SITE   # configs, dirs, prompts
+    deploy/asterisk/instance.py [--root ROOT] start SITE     # waits for ARI; prints asterisk -V
+    deploy/asterisk/instance.py [--root ROOT] stop SITE
+    deploy/asterisk/instance.py [--root ROOT] restart SITE
+    deploy/asterisk/instance.py [--root ROOT] status SITE    # exit 0 running, 3 stopped
+
+SITE is a directory next to this file holding the versioned configs
+(``edge``, ``callback``). ROOT defaults to ``$CBGW_ASTERISK_ROOT`` or
+``/var/cache/cbgw/asterisk-sid`` and is built by ``provision-root.sh``.
+
+Each site runs as the root's ``asterisk`` user with its own config, run, log,
+spool, lib and data directories::
+
+    ROOT/etc/asterisk-SITE/*.conf            owned asterisk:asterisk, 0640
+    ROOT/var/lib/asterisk-SITE/data/         astdatadir: links to /usr/share/asterisk
+        sounds/en/cbgw/<name>.wav            prompts from deploy/prompts/en/<name>.txt
+    ROOT/run/asterisk-SITE/asterisk.pid, asterisk.ctl
+    ROOT/var/log/asterisk-SITE/{messages,full}.log
+
+Every command is idempotent. Standard library only, so it runs before any
+virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROMPTS_DIR = HERE.parent / "prompts"
+PROVISION_SCRIPT = HERE / "provision-root.sh"
+DEFAULT_ROOT = Path(os.environ.get("CBGW_ASTERISK_ROOT", "/var/cache/cbgw/asterisk-sid"))
+MARKER = ".cbgw-provisioned"
+SHARE = "/usr/share/asterisk"
+# Bump when the rendering pipeline changes so cached prompts are re-rendered.
+PROMPT_RENDER_VERSION = "espeak-ng:en-us:s150|sox:8000:1:16|pad0.25"
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+
+class InstanceError(RuntimeError):
+    """A step failed; the message says which component and what to do."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+def parse_asterisk_conf(text: str) -> dict[str, dict[str, str]]:
+    """Parse the subset of Asterisk's config syntax the site files use.
+
+    ``[section]`` / ``[section](template)`` headers and ``key = value`` or
+    ``key => value`` lines; ``;`` starts a comment. Later keys win.
+    """
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            name = line[1 : line.index("]")]
+            current = sections.setdefault(name, {})
+            continue
+        if current is None:
+            continue
+        sep = "=>" if "=>" in line else "="
+        if sep not in line:
+            continue
+        key, value = line.split(sep, 1)
+        current[key.strip()] = value.strip()
+    return sections
+
+
+@dataclass(frozen=True)
+class Site:
+    """One Asterisk instance: its versioned configs and where they go in ROOT."""
+
+    name: str
+    root: Path
+
+    @property
+    def source(self) -> Path:
+        return HERE / self.name
+
+    @property
+    def conf_path(self) -> str:
+        """asterisk.conf as seen inside the root."""
+        return f"/etc/asterisk-{self.name}/asterisk.conf"
+
+    def host(self, inner: str) -> Path:
+        """Translate a path inside the root into a host path."""
+        return self.root / inner.lstrip("/")
+
+    def directories(self) -> dict[str, str]:
+        conf = parse_asterisk_conf((self.source / "asterisk.conf").read_text())
+        return conf["directories"]
+
+    @property
+    def ari_port(self) -> int:
+        http = parse_asterisk_conf((self.source / "http.conf").read_text())["general"]
+        return int(http.get("bindport", "8088"))
+
+    @property
+    def ari_credentials(self) -> tuple[str, str]:
+        """The first ``type = user`` in ari.conf."""
+        for name, body in parse_asterisk_conf((self.source / "ari.conf").read_text()).items():
+            if body.get("type") == "user":
+                return name, body["password"]
+        raise InstanceError(f"{self.source / 'ari.conf'} defines no ARI user")
+
+    @property
+    def ari_url(self) -> str:
+        return f"http://127.0.0.1:{self.ari_port}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.host(self.directories()["astrundir"]) / "asterisk.pid"
+
+
+def load_site(name: str, root: Path) -> Site:
+    site = Site(name, root)
+    if not (site.source / "asterisk.conf").is_file():
+        known = sorted(p.parent.name for p in HERE.glob("*/asterisk.conf"))
+        raise InstanceError(f"unknown site {name!r}; known sites: {', '.join(known)}")
+    return site
+
+
+# --------------------------------------------------------------------------- root
+
+
+def ensure_root(root: Path) -> None:
+    """Build the Asterisk root if it is missing (provision-root.sh is idempotent)."""
+    if (root / MARKER).is_file() and (root / "usr/sbin/asterisk").exists():
+        return
+    log(f"Asterisk root {root} is not provisioned; running {PROVISION_SCRIPT.name}")
+    result = subprocess.run(["bash", str(PROVISION_SCRIPT), str(root)], check=False)
+    if result.returncode != 0:
+        raise InstanceError(f"provisioning the Asterisk root at {root} failed")
+
+
+def asterisk_ids(root: Path) -> tuple[int, int]:
+    """uid and gid of the ``asterisk`` user inside the root (not the host's)."""
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == "asterisk":
+            return int(fields[2]), int(fields[3])
+    raise InstanceError(f"no asterisk user in {root}/etc/passwd; re-provision the root")
+
+
+def resolve_in_root(root: Path, inner: str) -> str:
+    """Resolve symlinks of an inner path as the chrooted process would see them."""
+    parts = [p for p in inner.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        resolved.append(parts.pop(0))
+        host = root.joinpath(*resolved)
+        if host.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise InstanceError(f"symlink loop resolving {inner} in {root}")
+            target = os.readlink(host)
+            resolved.pop()
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p] + parts
+            # normalise '..'
+            merged: list[str] = []
+            for p in resolved + parts:
+                if p == "..":
+                    if merged:
+                        merged.pop()
+                elif p != ".":
+                    merged.append(p)
+            resolved, parts = [], merged
+    return "/" + "/".join(resolved)
+
+
+# --------------------------------------------------------------------------- install
+
+
+def install(site: Site) -> None:
+    ensure_root(site.root)
+    uid, gid = asterisk_ids(site.root)
+    dirs = site.directories()
+    for key in ("astetcdir", "astvarlibdir", "astdatadir", "astspooldir", "astrundir",
+                "astlogdir", "astcachedir"):
+        make_dir(site.host(dirs[key]), uid, gid)
+    make_dir(site.host(dirs["astspooldir"]) / "tmp", uid, gid)
+    install_configs(site, site.host(dirs["astetcdir"]), uid, gid)
+    link_data_dir(site, dirs["astdatadir"], uid, gid)
+    sounds = site.host(dirs["astdatadir"]) / "sounds/en/cbgw"
+    make_dir(sounds, uid, gid)
+    render_prompts(site.root, sounds, uid, gid)
+    log(f"installed {site.name} into {site.host(dirs['astetcdir'])}")
+
+
+def make_dir(path: Path, uid: int, gid: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, uid, gid)
+    path.chmod(0o750)
+
+
+def write_if_changed(path: Path, data: bytes, uid: int, gid: int, mode: int) -> bool:
+    changed = not path.is_file() or path.read_bytes() != data
+    if changed:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    os.chown(path, uid, gid)
+    path.chmod(mode)
+    return changed
+
+
+def install_configs(site: Site, etc: Path, uid: int, gid: int) -> None:
+    """Mirror deploy/asterisk/SITE/*.conf into ROOT/etc/asterisk-SITE exactly."""
+    wanted = {p.name: p for p in site.source.glob("*.conf")}
+    for name, src in sorted(wanted.items()):
+        if write_if_changed(etc / name, src.read_bytes(), uid, gid, 0o640):
+            log(f"  config {name}")
+    for stale in etc.glob("*.conf"):
+        if stale.name not in wanted:
+            stale.unlink()
+            log(f"  removed stale config {stale.name}")
+
+
+def ensure_symlink(link: Path, target: str) -> None:
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    link.symlink_to(target)
+
+
+def link_data_dir(site: Site, datadir: str, uid: int, gid: int) -> None:
+    """Make a per-instance astdatadir that is /usr/share/asterisk plus our prompts.
+
+    Everything is a symlink into the package's data dir except the real
+    directories ``sounds/`` and ``sounds/en/`` (which also hold ``cbgw/``).
+    """
+    root = site.root
+    data = site.host(datadir)
+    for entry in sorted((root / SHARE.lstrip("/")).iterdir()):
+        if entry.name != "sounds":
+            ensure_symlink(data / entry.name, f"{SHARE}/{entry.name}")
+    sounds = data / "sounds"
+    make_dir(sounds, uid, gid)
+    for entry in sorted((root / f"{SHARE}/sounds".lstrip("/")).iterdir()):
+        if entry.name != "en":
+            ensure_symlink(sounds / entry.name, f"{SHARE}/sounds/{entry.name}")
+    en_inner = resolve_in_root(root, f"{SHARE}/sounds/en")
+    en = sounds / "en"
+    if en.is_symlink():
+        en.unlink()
+    make_dir(en, uid, gid)
+    for entry in sorted(site.host(en_inner).iterdir()):
+        ensure_symlink(en / entry.name, f"{en_inner}/{entry.name}")
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(f"{PROMPT_RENDER_VERSION}\n{text}".encode()).hexdigest()
+
+
+def render_prompts(root: Path, dest: Path, uid: int, gid: int, lang: str = "en") -> None:
+    """Render deploy/prompts/LANG/*.txt to 8 kHz 16-bit mono wav in ``dest``.
+
+    Rendered files are cached by content hash in ROOT/var/cache/cbgw-prompts,
+    so a second install (or the other site) only copies.
+    """
+    sources = sorted((PROMPTS_DIR / lang).glob("*.txt"))
+    if not sources:
+        raise InstanceError(f"no prompt texts in {PROMPTS_DIR / lang}")
+    cache = root / "var/cache/cbgw-prompts"
+    cache.mkdir(parents=True, exist_ok=True)
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None and any(
+            not (cache / f"{prompt_hash(s.read_text().strip())}.wav").is_file() for s in sources
+        ):
+            raise InstanceError(f"{tool} is not installed (apt-get install espeak-ng sox)")
+    wanted = set()
+    for src in sources:
+        text = src.read_text().strip()
+        cached = cache / f"{prompt_hash(text)}.wav"
+        if not cached.is_file():
+            synthesise(text, cached)
+            log(f"  rendered prompt {src.stem}")
+        wanted.add(f"{src.stem}.wav")
+        write_if_changed(dest / f"{src.stem}.wav", cached.read_bytes(), uid, gid, 0o640)
+    for stale in dest.glob("*.wav"):
+        if stale.name not in wanted:
+            stale.unlink()
+
+
+def synthesise(text: str, out: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text],
+                       check=True, capture_output=True)
+        part = Path(tmp) / "out.wav"
+        subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
+                        str(part), "pad", "0", "0.25"], check=True, capture_output=True)
+        shutil.move(str(part), out)
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def running_pid(site: Site) -> int | None:
+    """The pid of this site's Asterisk if it is alive, else None."""
+    try:
+        pid = int(site.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if site.conf_path.encode() not in cmdline:
+        return None
+    return pid
+
+
+def ari_info(site: Site, timeout: float = 1.0) -> dict[str, object] | None:
+    """GET /ari/asterisk/info, or None when ARI does not answer."""
+    user, password = site.ari_credentials
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(f"{site.ari_url}/ari/asterisk/info",
+                                 headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body: dict[str, object] = json.loads(resp.read())
+            return body
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def version(root: Path) -> str:
+    out = subprocess.run(["chroot", str(root), "asterisk", "-V"], capture_output=True, text=True,
+                         check=False)
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def log_tail(site: Site, lines: int = 15) -> str:
+    path = site.host(site.directories()["astlogdir"]) / "messages.log"
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+def start(site: Site) -> None:
+    if not site.host(site.conf_path).is_file():
+        raise InstanceError(f"site {site.name} is not installed; run: instance.py install "
+                            f"{site.name}")
+    pid = running_pid(site)
+    if pid is None:
+        if ari_info(site) is not None:
+            raise InstanceError(f"port {site.ari_port} already serves ARI but not from this "
+                                f"root's {site.name} instance; stop the other Asterisk")
+        subprocess.run(["chroot", str(site.root), "asterisk", "-U", "asterisk", "-G", "asterisk",
+                        "-C", site.conf_path], check=True, stdin=subprocess.DEVNULL,
+                       capture_output=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while (info := ari_info(site, timeout=0.5)) is None:
+        if time.monotonic() > deadline:
+            raise InstanceError(f"{site.name} Asterisk did not answer ARI on {site.ari_url} "
+                                f"within {START_TIMEOUT_S:.0f} s; messages.log:\n"
+                                f"{log_tail(site)}")
+        time.sleep(0.05)
+    system = info.get("system", {})
+    ver = system.get("version", "?") if isinstance(system, dict) else "?"
+    log(f"{site.name} running pid {running_pid(site)}, ARI {site.ari_url} (Asterisk {ver})")
+    print(version(site.root))
+
+
+def stop(site: Site) -> None:
+    pid = running_pid(site)
+    if pid is None:
+        log(f"{site.name} not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            log(f"{site.name} pid {pid} ignored SIGTERM; killing")
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            break
+        time.sleep(0.05)
+    log(f"{site.name} stopped")
+
+
+def status(site: Site) -> int:
+    pid = running_pid(site)
+    if pid is None:
+        print(f"{site.name}: stopped")
+        return 3
+    ari = "up" if ari_info(site) is not None else "not answering"
+    print(f"{site.name}: running pid {pid}, ARI {site.ari_url} {ari}")
+    return 0
+
+
+# --------------------------------------------------------------------------- cli
+
+
+def log(message: str) -> None:
+    print(f"[instance] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                        help=f"Asterisk root (default {DEFAULT_ROOT})")
+    parser.add_argument("command", choices=["install", "start", "stop", "restart", "status"])
+    parser.add_argument("site")
+    args = parser.parse_args(argv)
+    try:
+        site = load_site(args.site, args.root)
+        if args.command == "install":
+            install(site)
+        elif args.command == "start":
+            start(site)
+        elif args.command == "stop":
+            stop(site)
+        elif args.command == "restart":
+            stop(site)
+            start(site)
+        else:
+            return status(site)
+    except InstanceError as exc:
+        log(f"error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""In-memory longest-prefix index over several carriers' decks.
+
+Build once, then look up many times; a new deck means a new index, swapped in
+with one assignment (a lookup never sees half a deck).
+
+Layout (the Kamailio/mod_lcr rule, precomputed):
+
+* each carrier's rows are grouped per prefix into a :class:`_Node`, each node
+  pointing at the carrier's next shorter prefix (``parent``);
+* one dict maps every prefix of *any* carrier to a tuple holding, per carrier,
+  that carrier's longest node covering the prefix;
+* a lookup probes the number's prefixes from the longest length present down,
+  one dict probe per length, and stops at the first hit. For the common case
+  (no origin, period or validity conditions on the path) the per-carrier
+  answer is precomputed too, so a lookup is a handful of dict probes.
+
+Within one prefix, a row restricted to the caller's origin beats a generic one
+(the longest matching origin prefix wins), then a row for the current period
+beats a row for any time. If no row of a prefix applies, the carrier's next
+shorter prefix is tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from routing_rates.tariff import Terms
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One deck line, parsed."""
+
+    prefix: str
+    destination: str
+    terms: Terms
+    origins: tuple[str, ...] = ()     # caller prefixes this row is limited to; () = any
+    period: str = ""                  # rate period name; "" = any time
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None  # exclusive
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.origins or self.period or self.valid_from or self.valid_to)
+
+    def score(self, origin: str, period: str, at: datetime | None) -> tuple[int, int] | None:
+        """How well this row fits the call, or None if it does not apply.
+
+        Higher is better: (origin prefix length, period-specific)."""
+        if self.period and self.period != period:
+            return None
+        if at is not None:
+            if self.valid_from is not None and at < self.valid_from:
+                return None
+            if self.valid_to is not None and at >= self.valid_to:
+                return None
+        elif self.valid_from is not None or self.valid_to is not None:
+            return None
+        origin_len = 0
+        if self.origins:
+            origin_len = -1
+            for o in self.origins:
+                if len(o) > origin_len and origin.startswith(o):
+                    origin_len = len(o)
+            if origin_len < 0:
+                return None
+        return (origin_len, 1 if self.period else 0)
+
+
+class _Node:
+    __slots__ = ("conditional", "generic", "parent", "prefix", "rows")
+
+    def __init__(self, prefix: str, rows: tuple[Row, ...]) -> None:
+        self.prefix = prefix
+        self.rows = rows
+        self.parent: _Node | None = None
+        self.conditional = any(r.conditional for r in rows)
+        self.generic: Row | None = next((r for r in rows if not r.conditional), None)
+
+    def pick(self, origin: str, period: str, at: datetime | None) -> Row | None:
+        if not self.conditional:
+            return self.rows[0]
+        best: Row | None = None
+        best_score: tuple[int, int] = (-1, -1)
+        for row in self.rows:
+            s = row.score(origin, period, at)
+            if s is not None and s > best_score:
+                best, best_score = row, s
+        return best
+
+
+def _resolve(node: _Node | None, origin: str, period: str, at: datetime | None) -> Row | None:
+    while node is not None:
+        row = node.pick(origin, period, at)
+        if row is not None:
+            return row
+        node = node.parent
+    return None
+
+
+class _Entry:
+    __slots__ = ("fast", "nodes", "simple")
+
+    def __init__(self, nodes: tuple[_Node | None, ...]) -> None:
+        self.nodes = nodes
+        self.simple = True
+        for node in nodes:
+            n = node
+            while n is not None:
+                if n.conditional:
+                    self.simple = False
+                n = n.parent
+        # Correct whenever the call has no origin/period/time conditions to meet.
+        self.fast: tuple[Row | None, ...] = tuple(_resolve(n, "", "", None) for n in nodes)
+
+
+class RateIndex:
+    """Longest-prefix match for a fixed set of carriers (tariffs).
+
+    ``carriers`` fixes the order of the per-carrier tuples returned.
+    """
+
+    __slots__ = ("_empty", "_lengths", "_pos", "_table", "carriers", "row_count")
+
+    def __init__(self, decks: Mapping[str, Iterable[Row]]) -> None:
+        self.carriers: tuple[str, ...] = tuple(decks)
+        self._pos = {c: i for i, c in enumerate(self.carriers)}
+        per_carrier: list[dict[str, _Node]] = []
+        count = 0
+        for carrier in self.carriers:
+            grouped: dict[str, list[Row]] = {}
+            for row in decks[carrier]:
+                grouped.setdefault(row.prefix, []).append(row)
+                count += 1
+            nodes = {p: _Node(p, tuple(rows)) for p, rows in grouped.items()}
+            for prefix, node in nodes.items():
+                node.parent = _longest(nodes, prefix[:-1])
+            per_carrier.append(nodes)
+        self.row_count = count
+        union: set[str] = set()
+        for nodes in per_carrier:
+            union.update(nodes)
+        table: dict[str, _Entry] = {}
+        for prefix in union:
+            table[prefix] = _Entry(tuple(_longest(n, prefix) for n in per_carrier))
+        self._table = table
+        self._lengths = tuple(sorted({len(p) for p in union}, reverse=True))
+        self._empty = _Entry(tuple(None for _ in self.carriers))
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def position(self, carrier: str) -> int | None:
+        return self._pos.get(carrier)
+
+    def _entry(self, digits: str) -> _Entry:
+        table = self._table
+        size = len(digits)
+        for n in self._lengths:
+            if n <= size:
+                entry = table.get(digits[:n])
+                if entry is not None:
+                    return entry
+        return self._empty
+
+    def match(self, digits: str, origin: str = "", periods: Sequence[str] | None = None,
+              at: datetime | None = None) -> tuple[Row | None, ...]:
+        """Per carrier (in ``carriers`` order), the row pricing a call to ``digits``.
+
+        ``origin``: the calling number's digits (for origin-limited rows).
+        ``periods``: per carrier, the rate period in force (``""`` = none).
+        ``at``: the call time, for rows with validity dates (None: such rows
+        never apply).
+        """
+        entry = self._entry(digits)
+        if entry.simple:
+            return entry.fast
+        return tuple(
+            _resolve(node, origin, periods[i] if periods else "", at)
+            for i, node in enumerate(entry.nodes))
+
+    def match_one(self, carrier: str, digits: str, origin: str = "", period: str = "",
+                  at: datetime | None = None) -> Row | None:
+        pos = self._pos.get(carrier)
+        if pos is None:
+            return None
+        entry = self._entry(digits)
+        if entry.simple:
+            return entry.fast[pos]
+        return _resolve(entry.nodes[pos], origin, period, at)
+
+
+def _longest(nodes: Mapping[str, _Node], prefix: str) -> _Node | None:
+    while prefix:
+        node = nodes.get(prefix)
+        if node is not None:
+            return node
+        prefix = prefix[:-1]
+    return None
+
+
+def brute_force(rows: Iterable[Row], digits: str, origin: str = "", period: str = "",
+                at: datetime | None = None) -> Row | None:
+    """Reference implementation: scan every row. For tests and explanations."""
+    best: Row | None = None
+    best_key: tuple[int, int, int] = (-1, -1, -1)
+    for row in rows:
+        if not digits.startswith(row.prefix):
+            continue
+        s = row.score(origin, period, at)
+        if s is None:
+            continue
+        key = (len(row.prefix), s[0], s[1])
+        if key > best_key:
+            best, best_key = row, key
+    return best

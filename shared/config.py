@@ -1,0 +1,372 @@
+"""Configuration: TOML files with environment overrides, parsed into frozen settings.
+
+A server reads one TOML file. Any key can be overridden from the environment
+as ``<PREFIX>__<SECTION>__<KEY>``, for example ``EDGE__HTTP__PORT=9443`` or
+``CALLBACK__ARI__URL=http://10.0.0.5:8088``. The value is read as a TOML value
+when it parses as one (numbers, booleans, arrays), else as a string.
+
+Errors name the file, the line where it can be found, and the key::
+
+    deploy/edge.toml:14: merchants[0].announce_mode: expected one of answer, early_media
+
+Sections common to both sites (database, http, tls, ari, signing, peer,
+merchants) are parsed here; each server adds its own on top.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.phone import E164, InvalidNumber, normalise
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Source:
+    """A parsed TOML document plus where it came from, for error messages."""
+
+    def __init__(self, path: Path, data: dict[str, Any], text: str) -> None:
+        self.path = path
+        self.data = data
+        self._lines = text.splitlines()
+
+    def line_of(self, dotted: str) -> int | None:
+        """Best effort: the line that sets the last key of ``dotted``."""
+        key = re.sub(r"\[\d+\]", "", dotted.rsplit(".", 1)[-1])
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for number, line in enumerate(self._lines, start=1):
+            if pattern.match(line):
+                return number
+        return None
+
+    def error(self, dotted: str, message: str) -> ConfigError:
+        line = self.line_of(dotted)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(f"{where}: {dotted}: {message}")
+
+
+def load(path: Path, env_prefix: str, environ: Mapping[str, str] | None = None) -> Source:
+    """Read ``path`` and apply ``<env_prefix>__...`` overrides."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    apply_env(data, env_prefix, os.environ if environ is None else environ)
+    return Source(path, data, text)
+
+
+def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> None:
+    marker = prefix.upper() + "__"
+    for name, raw in environ.items():
+        if not name.startswith(marker):
+            continue
+        keys = [k.lower() for k in name[len(marker):].split("__") if k]
+        if not keys:
+            continue
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment {name}: {key} is not a section")
+            node = child
+        node[keys[-1]] = _env_value(raw)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+class Section:
+    """Typed accessors over one table of a :class:`Source`."""
+
+    def __init__(self, source: Source, data: Mapping[str, Any], path: str) -> None:
+        self.source = source
+        self.data = data
+        self.path = path
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return self.source.error(self._key(key), message)
+
+    def section(self, key: str) -> Section:
+        value = self.data.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.error(key, "expected a table")
+        return Section(self.source, value, self._key(key))
+
+    def sections(self, key: str) -> list[Section]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise self.error(key, "expected an array of tables ([[...]])")
+        return [Section(self.source, v, f"{self._key(key)}[{i}]") for i, v in enumerate(value)]
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def str(self, key: str, default: str | None = None, *, pattern: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.error(key, "required")
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {type(value).__name__}")
+        if pattern and not re.fullmatch(pattern, value):
+            raise self.error(key, f"{value!r} does not match {pattern}")
+        return value
+
+    def opt_str(self, key: str) -> str | None:
+        return self.str(key) if self.data.get(key) not in (None, "") else None
+
+    def int(self, key: str, default: int | None = None, *, min: int | None = None,
+            max: int | None = None) -> int:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.error(key, "required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {value!r}")
+        if (min is not None and value < min) or (max is not None and value > max):
+            raise self.error(key, f"{value} is outside {min}..{max}")
+        return value
+
+    def decimal(self, key: str, default: str | None = None, *, min: Decimal | None = None
+                ) -> Decimal:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.error(key, "required")
+        if isinstance(value, bool) or not isinstance(value, int | str | float):
+            raise self.error(key, f"expected a number, got {value!r}")
+        # TOML floats are turned into Decimal through their repr, not binary.
+        try:
+            result = Decimal(repr(value) if isinstance(value, float) else str(value))
+        except ArithmeticError:
+            raise self.error(key, f"not a number: {value!r}") from None
+        if min is not None and result < min:
+            raise self.error(key, f"{result} is below {min}")
+        return result
+
+    def bool(self, key: str, default: bool | None = None) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
+        return value
+
+    def str_list(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, "expected an array of strings")
+        return tuple(value)
+
+    def int_list(self, key: str, default: Sequence[int] = ()) -> tuple[int, ...]:
+        value = self.data.get(key, list(default))
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self.error(key, "expected an array of integers")
+        return tuple(value)
+
+    def enum(self, key: str, kind: type[E], default: E | None = None) -> E:
+        value = self.data.get(key, default.value if default is not None else None)
+        try:
+            return kind(value)
+        except ValueError:
+            allowed = ", ".join(sorted(str(m.value) for m in kind))
+            raise self.error(key, f"expected one of {allowed}, got {value!r}") from None
+
+    def number(self, key: str, default: str | None = None, region: str = "JP") -> E164:
+        text = self.str(key, default)
+        try:
+            return normalise(text, region)
+        except InvalidNumber as exc:
+            raise self.error(key, str(exc)) from None
+
+    def path_value(self, key: str, default: str | None = None) -> Path:
+        """A path, relative to the config file's directory unless absolute."""
+        value = Path(self.str(key, default))
+        return value if value.is_absolute() else (self.source.path.parent / value).resolve()
+
+
+def root(source: Source) -> Section:
+    return Section(source, source.data, "")
+
+
+# --- settings shared by both sites -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str | None        # None: DATABASE_URL, else the embedded server
+    name: str              # database name on the embedded server
+    min_connections: int
+    max_connections: int
+
+    @classmethod
+    def parse(cls, s: Section, default_name: str) -> DatabaseSettings:
+        return cls(url=s.opt_str("url"), name=s.str("name", default_name, pattern=r"[a-z_0-9]+"),
+                   min_connections=s.int("min_connections", 2, min=1),
+                   max_connections=s.int("max_connections", 10, min=1))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def parse(cls, s: Section) -> TlsSettings:
+        return cls(ca=s.path_value("ca"), cert=s.path_value("cert"), key=s.path_value("key"))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str
+    port: int
+    max_body_bytes: int
+
+    @classmethod
+    def parse(cls, s: Section, default_port: int) -> HttpSettings:
+        return cls(host=s.str("host", "127.0.0.1"), port=s.int("port", default_port, min=0,
+                                                                   max=65535),
+                   max_body_bytes=s.int("max_body_bytes", 64 * 1024, min=1024))
+
+
+@dataclass(frozen=True, slots=True)
+class AriSettings:
+    url: str
+    username: str
+    password: str
+    app: str
+
+    @classmethod
+    def parse(cls, s: Section, default_app: str) -> AriSettings:
+        return cls(url=s.str("url"), username=s.str("username"), password=s.str("password"),
+                   app=s.str("app", default_app, pattern=r"[A-Za-z0-9_-]+"))
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSettings:
+    """Our private keys (we sign with all of them) and the peer's trusted public keys."""
+
+    keys: tuple[Path, ...]
+    trusted: Mapping[str, Path]
+
+    @classmethod
+    def parse(cls, s: Section) -> SigningSettings:
+        keys = tuple(s.source.path.parent.joinpath(p).resolve() for p in s.str_list("keys"))
+        if not keys:
+            raise s.error("keys", "at least one private signing key file is required")
+        trusted_sec = s.section("trusted")
+        trusted = {k: trusted_sec.path_value(k) for k in trusted_sec.data}
+        if not trusted:
+            raise s.error("trusted", "at least one trusted peer key is required")
+        return cls(keys=keys, trusted=trusted)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRoute:
+    """One path to the peer site: the internet, or a leased line."""
+
+    name: str
+    url: str
+
+    @classmethod
+    def parse(cls, s: Section) -> LinkRoute:
+        url = s.str("url")
+        if not url.startswith(("https://", "http://")):
+            raise s.error("url", "expected an http(s) URL")
+        return cls(name=s.str("name", pattern=r"[a-z0-9_-]+"), url=url.rstrip("/"))
+
+
+class AnnounceMode(enum.StrEnum):
+    EARLY_MEDIA = "early_media"   # 183 + announcement, then reject: the caller pays nothing
+    ANSWER = "answer"             # answer, announce, hang up (the patent's mode)
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    """A tenant: a merchant with its own numbers, flows, tariffs and limits."""
+
+    id: str
+    name: str
+    numbers: tuple[E164, ...]
+    callback_caller_id: E164
+    announce_mode: AnnounceMode
+    inbound_tariff: str
+    pre_callback_delay_s: Decimal
+    max_attempts: int
+    retry_backoff_s: tuple[int, ...]
+    ring_timeout_s: int
+    ivr_flow: str
+    operator: str
+    api_token_sha256: str | None
+
+    @classmethod
+    def parse(cls, s: Section) -> Merchant:
+        numbers = []
+        for i, text in enumerate(s.str_list("numbers")):
+            try:
+                numbers.append(normalise(text))
+            except InvalidNumber as exc:
+                raise s.error(f"numbers[{i}]", str(exc)) from None
+        if not numbers:
+            raise s.error("numbers", "a merchant needs at least one number")
+        backoff = s.int_list("retry_backoff_s", (30, 120, 600))
+        if not backoff or any(b < 0 for b in backoff):
+            raise s.error("retry_backoff_s", "expected non-negative seconds")
+        token = s.opt_str("api_token_sha256")
+        if token is not None and not re.fullmatch(r"[0-9a-f]{64}", token):
+            raise s.error("api_token_sha256", "expected a lower-case hex SHA-256 digest")
+        return cls(
+            id=s.str("id", pattern=r"[a-z0-9][a-z0-9-]{0,62}"),
+            name=s.str("name"),
+            numbers=tuple(numbers),
+            callback_caller_id=s.number("callback_caller_id", str(numbers[0])),
+            announce_mode=s.enum("announce_mode", AnnounceMode, AnnounceMode.EARLY_MEDIA),
+            inbound_tariff=s.str("inbound_tariff", "ntt-freedial"),
+            pre_callback_delay_s=s.decimal("pre_callback_delay_s", "3", min=Decimal(0)),
+            max_attempts=s.int("max_attempts", 3, min=1, max=20),
+            retry_backoff_s=backoff,
+            ring_timeout_s=s.int("ring_timeout_s", 30, min=5, max=180),
+            ivr_flow=s.str("ivr_flow", "order", pattern=r"[a-z0-9_-]+"),
+            operator=s.str("operator", "operator", pattern=r"[A-Za-z0-9_-]+"),
+            api_token_sha256=token,
+        )
+
+    def backoff_for(self, attempt: int) -> int:
+        """Seconds to wait before attempt ``attempt + 1`` (attempts count from 1)."""
+        return self.retry_backoff_s[min(attempt - 1, len(self.retry_backoff_s) - 1)]
+
+
+def parse_merchants(s: Section) -> tuple[Merchant, ...]:
+    merchants = tuple(Merchant.parse(m) for m in s.sections("merchants"))
+    seen_ids: set[str] = set()
+    seen_numbers: dict[E164, str] = {}
+    for i, m in enumerate(merchants):
+        if m.id in seen_ids:
+            raise s.error(f"merchants[{i}].id", f"duplicate merchant id {m.id!r}")
+        seen_ids.add(m.id)
+        for n in m.numbers:
+            if n in seen_numbers:
+                raise s.error(f"merchants[{i}].numbers",
+                              f"{n} already belongs to merchant {seen_numbers[n]!r}")
+            seen_numbers[n] = m.id
+    return merchants

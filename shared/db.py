@@ -1,0 +1,186 @@
+"""PostgreSQL access for both sites: embedded server, pools, migrations.
+
+``DATABASE_URL`` (or a site's configured ``database.url``) points at any real
+server. Without one, :func:`embedded_url` starts the bundled PostgreSQL from the
+``pgserver`` wheel in a data directory of ours and returns a URL to a database
+on it, creating that database first. Nothing to install by hand.
+
+Migrations are plain SQL files named ``NNNN_description.sql`` in a package
+directory. Each *set* (``edge``, ``callback``, ``routing_rates`` ...) keeps its
+own numbering; :func:`migrate` applies the missing files of each set in order,
+each in its own transaction, under an advisory lock so two processes starting
+at once do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger("shared.db")
+
+DEFAULT_DATA_DIR = Path(os.environ.get("CBGW_DATA_DIR", Path.home() / ".local/share/cbgw"))
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_MIGRATION_LOCK_KEY = 0x6362_6777  # "cbgw"
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+Record = asyncpg.Record
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationSet:
+    """A named, ordered set of SQL migrations living in ``directory``."""
+
+    name: str
+    directory: Path
+
+    def files(self) -> list[tuple[int, Path]]:
+        found: list[tuple[int, Path]] = []
+        for path in sorted(self.directory.glob("*.sql")):
+            match = _MIGRATION_NAME.match(path.name)
+            if not match:
+                raise MigrationError(f"{path}: migration file names must look like 0001_name.sql")
+            found.append((int(match.group(1)), path))
+        versions = [v for v, _ in found]
+        if len(set(versions)) != len(versions):
+            raise MigrationError(f"{self.directory}: two migrations share a version number")
+        return found
+
+
+def embedded_url(database: str, data_dir: Path | None = None) -> str:
+    """Start (or reuse) the embedded PostgreSQL and return a URL for ``database``.
+
+    Blocking; call it before the event loop's hot path (start-up, fixtures).
+    """
+    import pgserver  # local import: a real DATABASE_URL needs no pgserver
+
+    pgdata = (data_dir or DEFAULT_DATA_DIR) / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    _ensure_database(server, database)
+    return _with_database(server.get_uri(), database)
+
+
+def _ensure_database(server: Any, database: str) -> None:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
+        raise ValueError(f"database name {database!r} must be lower-case letters, digits, _")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if "1 row" not in exists:
+        server.psql(f'CREATE DATABASE "{database}";')
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def resolve_url(configured: str | None, database: str, data_dir: Path | None = None) -> str:
+    """The URL to use: the configured one, else ``DATABASE_URL``, else embedded."""
+    url = configured or os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    return embedded_url(database, data_dir)
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
+                      command_timeout: float = 10.0) -> Pool:
+    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                     command_timeout=command_timeout, init=_init_connection)
+    assert pool is not None
+    return pool
+
+
+async def _init_connection(conn: Connection) -> None:
+    # jsonb columns come back as Python objects, not strings.
+    import json
+
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+
+
+async def migrate(conn: Connection, sets: Sequence[MigrationSet]) -> list[str]:
+    """Apply the pending migrations of ``sets``; return the names applied."""
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   set_name   text        NOT NULL,
+                   version    integer     NOT NULL,
+                   filename   text        NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now(),
+                   PRIMARY KEY (set_name, version))""")
+        for mset in sets:
+            done = {r["version"] for r in await conn.fetch(
+                "SELECT version FROM schema_migrations WHERE set_name = $1", mset.name)}
+            for version, path in mset.files():
+                if version in done:
+                    continue
+                sql = path.read_text(encoding="utf-8")
+                async with conn.transaction():
+                    try:
+                        await conn.execute(sql)
+                    except asyncpg.PostgresError as exc:
+                        raise MigrationError(f"{path}: {exc}") from exc
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (set_name, version, filename) "
+                        "VALUES ($1, $2, $3)", mset.name, version, path.name)
+                applied.append(f"{mset.name}/{path.name}")
+                log.info("applied migration %s/%s", mset.name, path.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
+    return applied
+
+
+async def migrate_url(url: str, sets: Sequence[MigrationSet]) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate(conn, sets)
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def listening(url: str, channel: str) -> AsyncIterator[asyncio.Queue[str]]:
+    """A dedicated connection LISTENing on ``channel``; payloads arrive on the queue.
+
+    A dedicated connection (not from the pool) because a LISTEN lives as long
+    as its session. If the connection drops, ``None``-free queue semantics are
+    kept: the caller should treat silence with a periodic safety sweep.
+    """
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    conn = await asyncpg.connect(url)
+
+    def _on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
+        queue.put_nowait(payload)
+
+    await conn.add_listener(channel, _on_notify)
+    try:
+        yield queue
+    finally:
+        try:
+            await conn.remove_listener(channel, _on_notify)
+        finally:
+            await conn.close()
+
+
+def package_migrations(name: str, package_file: str) -> MigrationSet:
+    """The ``migrations/`` directory beside a package's ``__init__``."""
+    return MigrationSet(name, Path(package_file).resolve().parent / "migrations")

@@ -1,0 +1,116 @@
+"""HTTP conventions shared by both servers.
+
+Every error leaves as JSON with a stable id::
+
+    {"error": {"id": "invalid-field", "message": "caller: not an E.164 number", "field": "caller"}}
+
+Handlers raise :class:`ApiError` (or a subclass); :func:`error_middleware`
+renders it, and also turns aiohttp's own exceptions (413 body too large, 404,
+405) and unexpected crashes into the same shape. Bodies are capped with the
+application's ``client_max_size`` (:data:`MAX_BODY_BYTES` by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("shared.http")
+
+MAX_BODY_BYTES = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a stable machine-readable id."""
+
+    def __init__(self, status: int, error_id: str, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_id = error_id
+        self.message = message
+        self.fields = fields
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"id": self.error_id, "message": self.message, **self.fields}}
+
+
+class InvalidField(ApiError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(400, "invalid-field", f"{field}: {message}", field=field)
+
+
+class Unauthorized(ApiError):
+    def __init__(self, error_id: str, message: str) -> None:
+        super().__init__(401, error_id, message)
+
+
+class ServiceUnavailable(ApiError):
+    def __init__(self, error_id: str, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(503, error_id, message, retry_after_s=retry_after_s)
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(text=json.dumps(body, default=str, ensure_ascii=False), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def error_response(error: ApiError) -> web.Response:
+    headers = {}
+    if error.status == 503:
+        headers["Retry-After"] = str(error.fields.get("retry_after_s", 5))
+    return json_response(error.body(), status=error.status, headers=headers)
+
+
+_HTTP_IDS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed",
+             413: "body-too-large", 415: "unsupported-media-type"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %s %s", request.method, request.path, exc.status, exc.error_id)
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error_id = _HTTP_IDS.get(exc.status, f"http-{exc.status}")
+        message = exc.text or exc.reason
+        if exc.status == 413:
+            message = f"request body exceeds {request.app._client_max_size} bytes"
+        return error_response(ApiError(exc.status, error_id, message))
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(ApiError(500, "internal-error", "internal error"))
+
+
+async def read_json_object(request: web.Request, body: bytes | None = None) -> dict[str, Any]:
+    """Parse a JSON object body; 400 ``invalid-json`` otherwise."""
+    raw = body if body is not None else await request.read()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid-json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid-json", "body must be a JSON object")
+    return data
+
+
+def require_str(data: Mapping[str, Any], field: str, *, max_len: int = 256,
+                optional: bool = False) -> str:
+    value = data.get(field)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise InvalidField(field, "required string")
+    if len(value) > max_len:
+        raise InvalidField(field, f"longer than {max_len} characters")
+    return value

@@ -1,0 +1,181 @@
+"""Phone numbers: parse once at the edge of the system into value types.
+
+``E164`` is a validated international number. ``classify_caller_id`` turns what
+a carrier hands us (a caller-ID string, a presentation flag, maybe a dialled
+prefix) into either a number or a reason-coded refusal. Nothing past this
+module handles raw caller-ID strings.
+
+Japanese specifics:
+* ``186`` (show my number) and ``184`` (withhold it) are dialling prefixes, not
+  part of a number: strip them before parsing, and treat 184 as withheld.
+* ``anonymous``, empty, a prohibited presentation or a non-digit ID are all
+  withheld as far as a call-back is concerned: there is no one to call.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_DIGITS = re.compile(r"^\+?\d+$")
+_SEPARATORS = re.compile(r"[\s\-().]")
+WITHHELD_NAMES = frozenset({"anonymous", "unknown", "private", "restricted", "unavailable",
+                            "withheld", "non-disclosure"})
+
+
+class InvalidNumber(ValueError):
+    """A string that is not an E.164 number."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class E164:
+    """An E.164 number, stored as its digits without the ``+``."""
+
+    digits: str
+
+    def __post_init__(self) -> None:
+        if not _E164.match("+" + self.digits):
+            raise InvalidNumber(f"not an E.164 number: +{self.digits}")
+
+    @classmethod
+    def parse(cls, text: str) -> E164:
+        """Strict: ``+`` then 7-15 digits. Use :func:`normalise` for user input."""
+        if not _E164.match(text):
+            raise InvalidNumber(f"not an E.164 number (expected +<digits>): {text!r}")
+        return cls(text[1:])
+
+    @property
+    def country_code(self) -> int:
+        return self._parsed().country_code
+
+    @property
+    def region(self) -> str | None:
+        return phonenumbers.region_code_for_number(self._parsed())
+
+    @property
+    def number_type(self) -> NumberType:
+        return NumberType.of(phonenumbers.number_type(self._parsed()))
+
+    def is_valid(self) -> bool:
+        return phonenumbers.is_valid_number(self._parsed())
+
+    def national(self) -> str:
+        """National dialling format without separators, e.g. ``09012345678``."""
+        num = self._parsed()
+        return phonenumbers.format_number(
+            num, phonenumbers.PhoneNumberFormat.NATIONAL).replace(" ", "").replace("-", "")
+
+    def _parsed(self) -> phonenumbers.PhoneNumber:
+        return phonenumbers.parse("+" + self.digits, None)
+
+    def __str__(self) -> str:
+        return "+" + self.digits
+
+
+class NumberType(enum.StrEnum):
+    MOBILE = "mobile"
+    FIXED_LINE = "fixed_line"
+    FIXED_LINE_OR_MOBILE = "fixed_line_or_mobile"
+    TOLL_FREE = "toll_free"
+    PREMIUM_RATE = "premium_rate"
+    SHARED_COST = "shared_cost"
+    VOIP = "voip"
+    PERSONAL_NUMBER = "personal_number"
+    PAGER = "pager"
+    UAN = "uan"
+    VOICEMAIL = "voicemail"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def of(cls, value: int) -> NumberType:
+        return _TYPE_MAP.get(value, cls.UNKNOWN)
+
+
+_TYPE_MAP = {
+    PhoneNumberType.MOBILE: NumberType.MOBILE,
+    PhoneNumberType.FIXED_LINE: NumberType.FIXED_LINE,
+    PhoneNumberType.FIXED_LINE_OR_MOBILE: NumberType.FIXED_LINE_OR_MOBILE,
+    PhoneNumberType.TOLL_FREE: NumberType.TOLL_FREE,
+    PhoneNumberType.PREMIUM_RATE: NumberType.PREMIUM_RATE,
+    PhoneNumberType.SHARED_COST: NumberType.SHARED_COST,
+    PhoneNumberType.VOIP: NumberType.VOIP,
+    PhoneNumberType.PERSONAL_NUMBER: NumberType.PERSONAL_NUMBER,
+    PhoneNumberType.PAGER: NumberType.PAGER,
+    PhoneNumberType.UAN: NumberType.UAN,
+    PhoneNumberType.VOICEMAIL: NumberType.VOICEMAIL,
+}
+
+
+def normalise(text: str, default_region: str = "JP") -> E164:
+    """Parse a dialled or displayed number in national or international form.
+
+    Raises ``InvalidNumber`` naming what is wrong.
+    """
+    cleaned = _SEPARATORS.sub("", text.strip())
+    if not cleaned or not _DIGITS.match(cleaned):
+        raise InvalidNumber(f"number must be digits with an optional leading +: {text!r}")
+    if cleaned.startswith("00"):  # international prefix used in many regions, incl. JP 010
+        cleaned = "+" + cleaned[2:]
+    elif default_region == "JP" and cleaned.startswith("010"):
+        cleaned = "+" + cleaned[3:]
+    try:
+        parsed = phonenumbers.parse(cleaned, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidNumber(f"cannot parse {text!r}: {exc}") from exc
+    if not phonenumbers.is_possible_number(parsed):
+        raise InvalidNumber(f"not a possible number: {text!r}")
+    return E164(f"{parsed.country_code}{parsed.national_number}")
+
+
+class CallerIdRefusal(enum.StrEnum):
+    """Why an inbound call cannot be called back. Stable codes: logs, DB, API."""
+
+    WITHHELD = "caller_id_withheld"          # 184, anonymous, empty, prohibited presentation
+    MALFORMED = "caller_id_malformed"        # non-digits, injection attempts
+    INVALID = "caller_id_invalid"            # digits, but not a valid number
+
+
+@dataclass(frozen=True, slots=True)
+class CallerId:
+    """The outcome of reading an inbound caller ID."""
+
+    number: E164 | None
+    refusal: CallerIdRefusal | None
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.number is not None
+
+
+def classify_caller_id(raw: str | None, presentation: str | None = None,
+                       default_region: str = "JP") -> CallerId:
+    """Read a caller ID as the edge receives it.
+
+    ``presentation`` is Asterisk's ``CALLERID(pres)`` (``allowed_not_screened``,
+    ``prohib_not_screened`` ...); anything starting with ``prohib`` or equal to
+    ``unavailable`` means withheld.
+    """
+    text = (raw or "").strip()
+    if presentation and (presentation.startswith("prohib") or presentation == "unavailable"):
+        return CallerId(None, CallerIdRefusal.WITHHELD, f"presentation {presentation}")
+    if not text or text.lower() in WITHHELD_NAMES:
+        return CallerId(None, CallerIdRefusal.WITHHELD, f"caller id {text or 'empty'!r}")
+    if not _DIGITS.match(text):
+        return CallerId(None, CallerIdRefusal.MALFORMED, f"non-digit caller id {text[:40]!r}")
+    if text.startswith("184"):
+        return CallerId(None, CallerIdRefusal.WITHHELD, "184 prefix (withhold) dialled")
+    if text.startswith("186"):
+        text = text[3:]
+    try:
+        number = normalise(text, default_region)
+    except InvalidNumber as exc:
+        return CallerId(None, CallerIdRefusal.INVALID, str(exc))
+    if not number.is_valid():
+        return CallerId(None, CallerIdRefusal.INVALID, f"not a valid number: {number}")
+    return CallerId(number, None, "ok")
