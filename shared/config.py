@@ -15,6 +15,7 @@ merchants) are parsed here; each server adds its own on top.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import os
 import re
@@ -76,7 +77,7 @@ def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> 
     for name, raw in environ.items():
         if not name.startswith(marker):
             continue
-        keys = [k.lower() for k in name[len(marker):].split("__") if k]
+        keys = [k.lower() for k in name[len(marker) :].split("__") if k]
         if not keys:
             continue
         node = data
@@ -98,33 +99,41 @@ def _env_value(raw: str) -> Any:
 class Section:
     """Typed accessors over one table of a :class:`Source`."""
 
-    def __init__(self, source: Source, data: Mapping[str, Any], path: str) -> None:
+    def __init__(
+        self, source: Source, data: Mapping[builtins.str, Any], path: builtins.str
+    ) -> None:
         self.source = source
         self.data = data
         self.path = path
 
-    def _key(self, key: str) -> str:
+    def _key(self, key: builtins.str) -> builtins.str:
         return f"{self.path}.{key}" if self.path else key
 
-    def error(self, key: str, message: str) -> ConfigError:
+    def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
         return self.source.error(self._key(key), message)
 
-    def section(self, key: str) -> Section:
+    def section(self, key: builtins.str) -> Section:
         value = self.data.get(key, {})
         if not isinstance(value, Mapping):
             raise self.error(key, "expected a table")
         return Section(self.source, value, self._key(key))
 
-    def sections(self, key: str) -> list[Section]:
+    def sections(self, key: builtins.str) -> list[Section]:
         value = self.data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
             raise self.error(key, "expected an array of tables ([[...]])")
         return [Section(self.source, v, f"{self._key(key)}[{i}]") for i, v in enumerate(value)]
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self.data
 
-    def str(self, key: str, default: str | None = None, *, pattern: str | None = None) -> str:
+    def str(
+        self,
+        key: builtins.str,
+        default: builtins.str | None = None,
+        *,
+        pattern: builtins.str | None = None,
+    ) -> builtins.str:
         value = self.data.get(key, default)
         if value is None:
             raise self.error(key, "required")
@@ -134,11 +143,17 @@ class Section:
             raise self.error(key, f"{value!r} does not match {pattern}")
         return value
 
-    def opt_str(self, key: str) -> str | None:
+    def opt_str(self, key: builtins.str) -> builtins.str | None:
         return self.str(key) if self.data.get(key) not in (None, "") else None
 
-    def int(self, key: str, default: int | None = None, *, min: int | None = None,
-            max: int | None = None) -> int:
+    def int(
+        self,
+        key: builtins.str,
+        default: builtins.int | None = None,
+        *,
+        min: builtins.int | None = None,
+        max: builtins.int | None = None,
+    ) -> builtins.int:
         value = self.data.get(key, default)
         if value is None:
             raise self.error(key, "required")
@@ -148,8 +163,9 @@ class Section:
             raise self.error(key, f"{value} is outside {min}..{max}")
         return value
 
-    def decimal(self, key: str, default: str | None = None, *, min: Decimal | None = None
-                ) -> Decimal:
+    def decimal(
+        self, key: builtins.str, default: builtins.str | None = None, *, min: Decimal | None = None
+    ) -> Decimal:
         value = self.data.get(key, default)
         if value is None:
             raise self.error(key, "required")
@@ -164,26 +180,31 @@ class Section:
             raise self.error(key, f"{result} is below {min}")
         return result
 
-    def bool(self, key: str, default: bool | None = None) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool | None = None) -> builtins.bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
         return value
 
-    def str_list(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+    def str_list(
+        self, key: builtins.str, default: Sequence[builtins.str] = ()
+    ) -> tuple[builtins.str, ...]:
         value = self.data.get(key, list(default))
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.error(key, "expected an array of strings")
         return tuple(value)
 
-    def int_list(self, key: str, default: Sequence[int] = ()) -> tuple[int, ...]:
+    def int_list(
+        self, key: builtins.str, default: Sequence[builtins.int] = ()
+    ) -> tuple[builtins.int, ...]:
         value = self.data.get(key, list(default))
         if not isinstance(value, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             raise self.error(key, "expected an array of integers")
         return tuple(value)
 
-    def enum(self, key: str, kind: type[E], default: E | None = None) -> E:
+    def enum(self, key: builtins.str, kind: type[E], default: E | None = None) -> E:
         value = self.data.get(key, default.value if default is not None else None)
         try:
             return kind(value)
@@ -191,14 +212,16 @@ class Section:
             allowed = ", ".join(sorted(str(m.value) for m in kind))
             raise self.error(key, f"expected one of {allowed}, got {value!r}") from None
 
-    def number(self, key: str, default: str | None = None, region: str = "JP") -> E164:
+    def number(
+        self, key: builtins.str, default: builtins.str | None = None, region: builtins.str = "JP"
+    ) -> E164:
         text = self.str(key, default)
         try:
             return normalise(text, region)
         except InvalidNumber as exc:
             raise self.error(key, str(exc)) from None
 
-    def path_value(self, key: str, default: str | None = None) -> Path:
+    def path_value(self, key: builtins.str, default: builtins.str | None = None) -> Path:
         """A path, relative to the config file's directory unless absolute."""
         value = Path(self.str(key, default))
         return value if value.is_absolute() else (self.source.path.parent / value).resolve()
@@ -213,16 +236,19 @@ def root(source: Source) -> Section:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
-    url: str | None        # None: DATABASE_URL, else the embedded server
-    name: str              # database name on the embedded server
+    url: str | None  # None: DATABASE_URL, else the embedded server
+    name: str  # database name on the embedded server
     min_connections: int
     max_connections: int
 
     @classmethod
     def parse(cls, s: Section, default_name: str) -> DatabaseSettings:
-        return cls(url=s.opt_str("url"), name=s.str("name", default_name, pattern=r"[a-z_0-9]+"),
-                   min_connections=s.int("min_connections", 2, min=1),
-                   max_connections=s.int("max_connections", 10, min=1))
+        return cls(
+            url=s.opt_str("url"),
+            name=s.str("name", default_name, pattern=r"[a-z_0-9]+"),
+            min_connections=s.int("min_connections", 2, min=1),
+            max_connections=s.int("max_connections", 10, min=1),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +270,11 @@ class HttpSettings:
 
     @classmethod
     def parse(cls, s: Section, default_port: int) -> HttpSettings:
-        return cls(host=s.str("host", "127.0.0.1"), port=s.int("port", default_port, min=0,
-                                                                   max=65535),
-                   max_body_bytes=s.int("max_body_bytes", 64 * 1024, min=1024))
+        return cls(
+            host=s.str("host", "127.0.0.1"),
+            port=s.int("port", default_port, min=0, max=65535),
+            max_body_bytes=s.int("max_body_bytes", 64 * 1024, min=1024),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +286,12 @@ class AriSettings:
 
     @classmethod
     def parse(cls, s: Section, default_app: str) -> AriSettings:
-        return cls(url=s.str("url"), username=s.str("username"), password=s.str("password"),
-                   app=s.str("app", default_app, pattern=r"[A-Za-z0-9_-]+"))
+        return cls(
+            url=s.str("url"),
+            username=s.str("username"),
+            password=s.str("password"),
+            app=s.str("app", default_app, pattern=r"[A-Za-z0-9_-]+"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,8 +329,8 @@ class LinkRoute:
 
 
 class AnnounceMode(enum.StrEnum):
-    EARLY_MEDIA = "early_media"   # 183 + announcement, then reject: the caller pays nothing
-    ANSWER = "answer"             # answer, announce, hang up (the patent's mode)
+    EARLY_MEDIA = "early_media"  # 183 + announcement, then reject: the caller pays nothing
+    ANSWER = "answer"  # answer, announce, hang up (the patent's mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +398,9 @@ def parse_merchants(s: Section) -> tuple[Merchant, ...]:
         seen_ids.add(m.id)
         for n in m.numbers:
             if n in seen_numbers:
-                raise s.error(f"merchants[{i}].numbers",
-                              f"{n} already belongs to merchant {seen_numbers[n]!r}")
+                raise s.error(
+                    f"merchants[{i}].numbers",
+                    f"{n} already belongs to merchant {seen_numbers[n]!r}",
+                )
             seen_numbers[n] = m.id
     return merchants

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -33,9 +33,9 @@ DEFAULT_DATA_DIR = Path(os.environ.get("CBGW_DATA_DIR", Path.home() / ".local/sh
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _MIGRATION_LOCK_KEY = 0x6362_6777  # "cbgw"
 
-Pool = asyncpg.Pool
-Connection = asyncpg.Connection
-Record = asyncpg.Record
+Pool: TypeAlias = asyncpg.Pool
+Connection: TypeAlias = asyncpg.Connection
+Record: TypeAlias = asyncpg.Record
 
 
 class MigrationError(RuntimeError):
@@ -71,7 +71,7 @@ def embedded_url(database: str, data_dir: Path | None = None) -> str:
 
     pgdata = (data_dir or DEFAULT_DATA_DIR) / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")  # type: ignore[attr-defined]
     _ensure_database(server, database)
     return _with_database(server.get_uri(), database)
 
@@ -99,9 +99,9 @@ def resolve_url(configured: str | None, database: str, data_dir: Path | None = N
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
                       command_timeout: float = 10.0) -> Pool:
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                     command_timeout=command_timeout, init=_init_connection)
-    assert pool is not None
+    pool: Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                           command_timeout=command_timeout,
+                                           init=_init_connection)
     return pool
 
 
@@ -152,7 +152,8 @@ async def migrate(conn: Connection, sets: Sequence[MigrationSet]) -> list[str]:
 async def migrate_url(url: str, sets: Sequence[MigrationSet]) -> list[str]:
     conn = await asyncpg.connect(url)
     try:
-        return await migrate(conn, sets)
+        applied: list[str] = await migrate(conn, sets)
+        return applied
     finally:
         await conn.close()
 

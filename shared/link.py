@@ -36,8 +36,8 @@ from shared.signing import SignatureError, Signer, Verifier
 log = logging.getLogger("shared.link")
 
 LINK_PREFIX = "/v1/link/"
-_MESSAGE_ID = "link.message_id"
-_RAW_BODY = "link.raw_body"
+_MESSAGE_ID = web.RequestKey("link_message_id", str)
+_RAW_BODY = web.RequestKey("link_raw_body", bytes)
 VERIFIER_KEY = web.AppKey("link_verifier", Verifier)
 
 
@@ -94,7 +94,8 @@ class LinkClient:
     async def start(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.ssl_context or False, limit=64)
-            timeout = aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=self.connect_timeout_s)
+            timeout = aiohttp.ClientTimeout(total=self.timeout_s,
+                                            sock_connect=self.connect_timeout_s)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
 
     async def close(self) -> None:

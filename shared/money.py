@@ -66,7 +66,7 @@ def minor_exponent(currency: str) -> int:
 
 def to_decimal(value: str | int | Decimal) -> Decimal:
     """Parse an amount strictly: no floats, no NaN or infinities."""
-    if isinstance(value, float):  # type: ignore[unreachable]
+    if isinstance(value, float):
         raise TypeError("money amounts must not be float")  # pragma: no cover
     try:
         dec = value if isinstance(value, Decimal) else Decimal(str(value).strip())
@@ -119,7 +119,7 @@ class Money:
         return Money(self.amount - other.amount, self.currency)
 
     def __mul__(self, factor: Decimal | int) -> Money:
-        if isinstance(factor, float):  # type: ignore[unreachable]
+        if isinstance(factor, float):
             raise TypeError("cannot multiply Money by float")  # pragma: no cover
         return Money(self.amount * factor, self.currency)
 

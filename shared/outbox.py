@@ -63,15 +63,22 @@ class Outbox:
     @staticmethod
     async def release(conn: asyncpg.Connection, message_id: str) -> bool:
         """Make a held message sendable now. False if it was not held."""
-        result = await conn.execute(
+        result: str = await conn.execute(
             "UPDATE outbox SET held = false, released_at = now(), next_attempt_at = now() "
             "WHERE message_id = $1 AND held", uuid.UUID(message_id))
         return result.endswith(" 1")
 
     @staticmethod
+    async def discard(conn: asyncpg.Connection, message_id: str) -> bool:
+        """Drop a message that is still held (its fact was cancelled). False if not held."""
+        result: str = await conn.execute(
+            "DELETE FROM outbox WHERE message_id = $1 AND held", uuid.UUID(message_id))
+        return result.endswith(" 1")
+
+    @staticmethod
     async def release_stale(conn: asyncpg.Connection, older_than_s: int) -> int:
         """Release messages held for longer than ``older_than_s`` (crash recovery)."""
-        result = await conn.execute(
+        result: str = await conn.execute(
             "UPDATE outbox SET held = false, released_at = now(), next_attempt_at = now() "
             "WHERE held AND created_at < now() - $1 * interval '1 second'", older_than_s)
         return int(result.split()[-1])

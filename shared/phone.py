@@ -51,7 +51,9 @@ class E164:
 
     @property
     def country_code(self) -> int:
-        return self._parsed().country_code
+        code = self._parsed().country_code
+        assert code is not None  # always set for a parsed international number
+        return code
 
     @property
     def region(self) -> str | None:

@@ -49,16 +49,18 @@ async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def receiver_app(pool: asyncpg.Pool, pki_dir: Path) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, signature_middleware],
-                          client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware, signature_middleware], client_max_size=64 * 1024
+    )
     app[VERIFIER_KEY] = Verifier({"edge-sign-1": load_public_key(pki_dir / "edge-sign-1.pub")})
 
     async def handle(request: web.Request) -> web.Response:
         payload = json.loads(raw_body(request))
 
         async def effect(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
-            await conn.execute("INSERT INTO received VALUES ($1, $2)", message_id(request),
-                               payload["n"])
+            await conn.execute(
+                "INSERT INTO received VALUES ($1, $2)", message_id(request), payload["n"]
+            )
             return 202, {"accepted": payload["n"]}
 
         async with pool.acquire() as conn, conn.transaction():
@@ -72,8 +74,7 @@ def receiver_app(pool: asyncpg.Pool, pki_dir: Path) -> web.Application:
 async def start_receiver(app: web.Application, pki_dir: Path, port: int) -> web.AppRunner:
     runner = web.AppRunner(app)
     await runner.setup()
-    ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",
-                             pki_dir / "ca.pem")
+    ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key", pki_dir / "ca.pem")
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
     return runner
 
@@ -86,7 +87,8 @@ def client(pki_dir: Path, *urls: str) -> LinkClient:
 
 
 async def test_relay_delivers_each_message_once_and_holds_until_released(
-        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    pool: asyncpg.Pool, pg_url: str, pki_dir: Path
+) -> None:
     port = free_port()
     runner = await start_receiver(receiver_app(pool, pki_dir), pki_dir, port)
     link = client(pki_dir, f"https://127.0.0.1:{port}")
@@ -96,8 +98,9 @@ async def test_relay_delivers_each_message_once_and_holds_until_released(
         async with pool.acquire() as conn, conn.transaction():
             for n in range(20):
                 await Outbox.enqueue(conn, kind="test", path="/v1/link/test", payload={"n": n})
-            held = await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
-                                        payload={"n": 99}, held=True)
+            held = await Outbox.enqueue(
+                conn, kind="test", path="/v1/link/test", payload={"n": 99}, held=True
+            )
         for _ in range(100):
             if await pool.fetchval("SELECT count(*) FROM received") == 20:
                 break
@@ -111,10 +114,10 @@ async def test_relay_delivers_each_message_once_and_holds_until_released(
                 break
             await asyncio.sleep(0.05)
         assert await pool.fetchval("SELECT count(*) FROM received WHERE n = 99") == 1
-        assert await pool.fetchval(
-            "SELECT count(*) FROM outbox WHERE delivered_at IS NULL") == 0
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE delivered_at IS NULL") == 0
         stored = await pool.fetchval(
-            "SELECT response_body FROM outbox WHERE message_id = $1::uuid", held)
+            "SELECT response_body FROM outbox WHERE message_id = $1::uuid", held
+        )
         assert stored == {"accepted": 99}
     finally:
         task.cancel()
@@ -123,13 +126,18 @@ async def test_relay_delivers_each_message_once_and_holds_until_released(
 
 
 async def test_replay_returns_first_answer_and_has_no_effect(
-        pool: asyncpg.Pool, pki_dir: Path) -> None:
+    pool: asyncpg.Pool, pki_dir: Path
+) -> None:
     port = free_port()
     runner = await start_receiver(receiver_app(pool, pki_dir), pki_dir, port)
     link = client(pki_dir, f"https://127.0.0.1:{port}")
     try:
-        first = await link.post("/v1/link/test", b'{"n": 500}', "11111111-1111-1111-1111-111111111111")
-        again = await link.post("/v1/link/test", b'{"n": 500}', "11111111-1111-1111-1111-111111111111")
+        first = await link.post(
+            "/v1/link/test", b'{"n": 500}', "11111111-1111-1111-1111-111111111111"
+        )
+        again = await link.post(
+            "/v1/link/test", b'{"n": 500}', "11111111-1111-1111-1111-111111111111"
+        )
         assert first.status == again.status == 202
         assert first.body == again.body == {"accepted": 500}
         assert await pool.fetchval("SELECT count(*) FROM received WHERE n = 500") == 1
@@ -138,7 +146,9 @@ async def test_replay_returns_first_answer_and_has_no_effect(
         await runner.cleanup()
 
 
-async def test_unsigned_or_tampered_requests_get_401_json(pool: asyncpg.Pool, pki_dir: Path) -> None:
+async def test_unsigned_or_tampered_requests_get_401_json(
+    pool: asyncpg.Pool, pki_dir: Path
+) -> None:
     port = free_port()
     runner = await start_receiver(receiver_app(pool, pki_dir), pki_dir, port)
     ctx = pki.client_context(pki_dir / "ca.pem", pki_dir / "edge.pem", pki_dir / "edge.key")
@@ -159,7 +169,8 @@ async def test_unsigned_or_tampered_requests_get_401_json(pool: asyncpg.Pool, pk
 
 
 async def test_client_without_certificate_is_refused_by_mutual_tls(
-        pool: asyncpg.Pool, pki_dir: Path) -> None:
+    pool: asyncpg.Pool, pki_dir: Path
+) -> None:
     port = free_port()
     runner = await start_receiver(receiver_app(pool, pki_dir), pki_dir, port)
     no_cert = pki.client_context(pki_dir / "ca.pem")
@@ -173,12 +184,15 @@ async def test_client_without_certificate_is_refused_by_mutual_tls(
 
 
 async def test_backup_route_takes_over_when_primary_is_down(
-        pool: asyncpg.Pool, pki_dir: Path) -> None:
+    pool: asyncpg.Pool, pki_dir: Path
+) -> None:
     port, dead = free_port(), free_port()
     runner = await start_receiver(receiver_app(pool, pki_dir), pki_dir, port)
     link = client(pki_dir, f"https://127.0.0.1:{dead}", f"https://127.0.0.1:{port}")
     try:
-        delivery = await link.post("/v1/link/test", b'{"n": 700}', "22222222-2222-2222-2222-222222222222")
+        delivery = await link.post(
+            "/v1/link/test", b'{"n": 700}', "22222222-2222-2222-2222-222222222222"
+        )
         assert delivery.route == "r1"
         assert link.ordered_routes()[0].name == "r1"  # the dead primary is quarantined
     finally:

@@ -1,20 +1,31 @@
 import pytest
 
-from shared.phone import E164, CallerIdRefusal, InvalidNumber, NumberType, classify_caller_id, normalise
+from shared.phone import (
+    E164,
+    CallerIdRefusal,
+    InvalidNumber,
+    NumberType,
+    classify_caller_id,
+    normalise,
+)
 
 
-@pytest.mark.parametrize(("raw", "pres", "refusal"), [
-    ("anonymous", None, CallerIdRefusal.WITHHELD),
-    ("", None, CallerIdRefusal.WITHHELD),
-    (None, None, CallerIdRefusal.WITHHELD),
-    ("09012345678", "prohib_not_screened", CallerIdRefusal.WITHHELD),
-    ("18409012345678", None, CallerIdRefusal.WITHHELD),
-    ("09012345678&PJSIP/x", None, CallerIdRefusal.MALFORMED),
-    ("+819012345678;foo", None, CallerIdRefusal.MALFORMED),
-    ("12", None, CallerIdRefusal.INVALID),
-])
-def test_refusals_are_reason_coded(raw: str | None, pres: str | None,
-                                   refusal: CallerIdRefusal) -> None:
+@pytest.mark.parametrize(
+    ("raw", "pres", "refusal"),
+    [
+        ("anonymous", None, CallerIdRefusal.WITHHELD),
+        ("", None, CallerIdRefusal.WITHHELD),
+        (None, None, CallerIdRefusal.WITHHELD),
+        ("09012345678", "prohib_not_screened", CallerIdRefusal.WITHHELD),
+        ("18409012345678", None, CallerIdRefusal.WITHHELD),
+        ("09012345678&PJSIP/x", None, CallerIdRefusal.MALFORMED),
+        ("+819012345678;foo", None, CallerIdRefusal.MALFORMED),
+        ("12", None, CallerIdRefusal.INVALID),
+    ],
+)
+def test_refusals_are_reason_coded(
+    raw: str | None, pres: str | None, refusal: CallerIdRefusal
+) -> None:
     result = classify_caller_id(raw, pres)
     assert result.number is None and result.refusal is refusal
 

@@ -31,7 +31,9 @@ def verifier(*keys: SigningKey, t: float = NOW) -> Verifier:
 
 def test_round_trip() -> None:
     headers = Signer([OLD], clock=clock()).headers("POST", "/v1/link/callbacks", b"{}")
-    assert verifier(OLD).verify("POST", "/v1/link/callbacks", b"{}", headers) == headers["webhook-id"]
+    assert (
+        verifier(OLD).verify("POST", "/v1/link/callbacks", b"{}", headers) == headers["webhook-id"]
+    )
 
 
 @given(st.binary(min_size=1, max_size=200), st.integers(min_value=0))
@@ -67,10 +69,10 @@ def test_clock_skew_window(skew: int, ok: bool) -> None:
 
 def test_rotation_overlap_and_revocation() -> None:
     both = Signer([OLD, NEW], clock=clock()).headers("POST", "/p", b"x")
-    verifier(OLD).verify("POST", "/p", b"x", both)   # an old verifier accepts
-    verifier(NEW).verify("POST", "/p", b"x", both)   # a new verifier accepts
+    verifier(OLD).verify("POST", "/p", b"x", both)  # an old verifier accepts
+    verifier(NEW).verify("POST", "/p", b"x", both)  # a new verifier accepts
     only_old = Signer([OLD], clock=clock()).headers("POST", "/p", b"x")
-    with pytest.raises(UnknownKey):                    # OLD revoked: removed from the trust list
+    with pytest.raises(UnknownKey):  # OLD revoked: removed from the trust list
         verifier(NEW).verify("POST", "/p", b"x", only_old)
 
 

@@ -1,0 +1,398 @@
+"""A thin typed asyncio client for the Asterisk REST Interface (ARI).
+
+One ``AriClient`` talks to one Asterisk for one Stasis application::
+
+    client = AriClient(base_url="http://127.0.0.1:8188", username="edge",
+                       password="...", app="edge")
+    await client.start()                 # never contacts Asterisk; cannot fail when it is down
+    async for event in client.events():  # reconnects forever; Connected() after each connect
+        ...
+    await client.close()
+
+REST calls raise the errors drawn in :mod:`shared.ari.errors`; only
+``AriUnavailable`` (transport) is worth retrying. The events iterator never
+raises because Asterisk is down: it logs, backs off (capped at
+``reconnect_max_s``) and tries again.
+
+Credentials travel in an ``Authorization: Basic`` header built here (aiohttp
+3.14 deprecates ``BasicAuth``/``auth=``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from shared.ari.errors import (
+    AllocationFailed,
+    AriHttpError,
+    AriUnavailable,
+    ChannelNotFound,
+    Conflict,
+    NotFound,
+)
+from shared.ari.events import Connected, Event, decode_message
+from shared.ari.models import AppState, Bridge, Channel, Endpoint, Playback
+
+log = logging.getLogger("ari.client")
+events_log = logging.getLogger("ari.events")
+
+ParamValue = str | int | float | bool | None
+
+
+class AriClient:
+    """REST calls and the events websocket of one ARI application."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        app: str,
+        *,
+        request_timeout: float = 5.0,
+        reconnect_initial_s: float = 0.1,
+        reconnect_max_s: float = 2.0,
+        heartbeat_s: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.app = app
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {token}"}
+        self._request_timeout = request_timeout
+        self._reconnect_initial_s = reconnect_initial_s
+        self._reconnect_max_s = reconnect_max_s
+        self._heartbeat_s = heartbeat_s
+        self._session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the HTTP session. Does not contact Asterisk."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AriClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            raise RuntimeError("AriClient.start() was not called (or close() was)")
+        return self._session
+
+    # ------------------------------------------------------------------ events
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        """Yield decoded events forever, reconnecting whenever the websocket drops.
+
+        Each successful (re)connect yields ``Connected`` first; events that
+        happened while disconnected are lost, so the application re-syncs
+        (``list_channels``/``application``) on ``Connected``. Only one
+        consumer per client.
+        """
+        session = self._require_session()
+        ws_url = self.base_url.replace("http", "ws", 1) + "/ari/events"
+        params = {"app": self.app, "subscribeAll": "false"}
+        delay = self._reconnect_initial_s
+        failures = 0
+        connected_before = False
+        while True:
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    ws = await session.ws_connect(ws_url, params=params, headers=self._headers,
+                                                  heartbeat=self._heartbeat_s)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("ARI events %s unreachable (%s); retrying every <= %.1f s",
+                                self.base_url, _describe(exc), self._reconnect_max_s)
+                else:
+                    log.debug("ARI events connect attempt %d failed: %s", failures, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._reconnect_max_s)
+                continue
+            log.info("ARI events connected to %s app=%s%s", self.base_url, self.app,
+                     f" after {failures} failed attempts" if failures else "")
+            failures = 0
+            delay = self._reconnect_initial_s
+            try:
+                yield Connected(reconnect=connected_before)
+                connected_before = True
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        yield decode_message(msg.data)
+                    elif msg.type == aiohttp.WSMsgType.ERROR:
+                        log.warning("ARI events websocket error: %s", ws.exception())
+                        break
+            finally:
+                await ws.close()
+            log.warning("ARI events websocket to %s closed; reconnecting", self.base_url)
+            await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------ transport
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, ParamValue] | None = None,
+        body: Mapping[str, Any] | None = None,
+        *,
+        allocation: bool = False,
+    ) -> Any:
+        session = self._require_session()
+        query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        url = f"{self.base_url}/ari{path}"
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                async with session.request(method, url, params=query, json=body,
+                                           headers=self._headers) as resp:
+                    status = resp.status
+                    text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
+        if status >= 400:
+            raise _http_error(status, text, method, path, allocation=allocation)
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise AriUnavailable(f"ARI {method} {path}: invalid JSON reply") from exc
+
+    # ------------------------------------------------------------------ channels
+
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        channel_id: str | None = None,
+        app_args: Sequence[str] = (),
+        caller_id: str | None = None,
+        timeout: int = 30,  # noqa: ASYNC109 - ARI's ring timeout, passed to Asterisk
+        variables: Mapping[str, str] | None = None,
+        originator: str | None = None,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+    ) -> Channel:
+        """Originate ``endpoint`` (e.g. ``PJSIP/0901234@carrier-b``) into this app.
+
+        The channel enters Stasis (``StasisStart``) when answered; a failed
+        attempt ends with ``ChannelDestroyed(cause=...)``. Raises
+        ``AllocationFailed`` when Asterisk cannot even create the channel.
+        Pass ``context``/``extension`` to send the answered channel to the
+        dialplan instead of the app.
+        """
+        params: dict[str, ParamValue] = {
+            "endpoint": endpoint,
+            "channelId": channel_id,
+            "callerId": caller_id,
+            "timeout": timeout,
+            "originator": originator,
+        }
+        if context is None and extension is None:
+            params["app"] = self.app
+            params["appArgs"] = ",".join(app_args)
+        else:
+            params.update(context=context, extension=extension, priority=priority or 1)
+        body = {"variables": dict(variables)} if variables else None
+        raw = await self._request("POST", "/channels", params, body, allocation=True)
+        return Channel.from_json(raw)
+
+    async def create_channel(
+        self,
+        endpoint: str,
+        *,
+        channel_id: str,
+        app_args: Sequence[str] = (),
+        variables: Mapping[str, str] | None = None,
+        originator: str | None = None,
+    ) -> Channel:
+        """Create without dialling. Wait for its ``StasisStart`` before ``dial``."""
+        params: dict[str, ParamValue] = {"endpoint": endpoint, "app": self.app,
+                                         "appArgs": ",".join(app_args), "channelId": channel_id,
+                                         "originator": originator}
+        body = {"variables": dict(variables)} if variables else None
+        raw = await self._request("POST", "/channels/create", params, body, allocation=True)
+        return Channel.from_json(raw)
+
+    async def dial(self, channel_id: str, *, caller: str | None = None,
+                   timeout: int | None = None,  # noqa: ASYNC109 - ring timeout for Asterisk
+                   ) -> None:
+        await self._request("POST", f"/channels/{channel_id}/dial",
+                            {"caller": caller, "timeout": timeout})
+
+    async def answer(self, channel_id: str) -> None:
+        await self._request("POST", f"/channels/{channel_id}/answer")
+
+    async def ring(self, channel_id: str) -> None:
+        """Send 180 Ringing on an unanswered inbound channel."""
+        await self._request("POST", f"/channels/{channel_id}/ring")
+
+    async def ring_stop(self, channel_id: str) -> None:
+        await self._request("DELETE", f"/channels/{channel_id}/ring")
+
+    async def play(self, channel_id: str, media: Sequence[str], *,
+                   playback_id: str | None = None, lang: str | None = None) -> Playback:
+        """Play media (``sound:cbgw/received``, ``digits:123``, ...).
+
+        On an unanswered inbound channel this sends 183 and plays early media.
+        """
+        path = f"/channels/{channel_id}/play" + (f"/{playback_id}" if playback_id else "")
+        raw = await self._request("POST", path, {"media": ",".join(media), "lang": lang})
+        return Playback.from_json(raw)
+
+    async def stop_playback(self, playback_id: str) -> None:
+        try:
+            await self._request("DELETE", f"/playbacks/{playback_id}")
+        except NotFound:
+            pass
+
+    async def send_dtmf(self, channel_id: str, dtmf: str, *, duration_ms: int | None = None,
+                        between_ms: int | None = None) -> None:
+        await self._request("POST", f"/channels/{channel_id}/dtmf",
+                            {"dtmf": dtmf, "duration": duration_ms, "between": between_ms})
+
+    async def hangup(self, channel_id: str, *, reason: str | None = None,
+                     reason_code: int | None = None) -> None:
+        """Hang up. ``reason``: normal, busy (486), congestion (503), no_answer (480),
+        unallocated (404), ...; or a Q.850 ``reason_code`` (21 -> 403).
+        A channel that is already gone is not an error."""
+        if reason is not None and reason_code is not None:
+            raise ValueError("give reason or reason_code, not both")
+        try:
+            await self._request("DELETE", f"/channels/{channel_id}",
+                                {"reason": reason, "reason_code": reason_code})
+        except ChannelNotFound:
+            log.debug("hangup %s: already gone", channel_id)
+
+    async def get_channel(self, channel_id: str) -> Channel | None:
+        try:
+            raw = await self._request("GET", f"/channels/{channel_id}")
+        except ChannelNotFound:
+            return None
+        return Channel.from_json(raw)
+
+    async def list_channels(self) -> list[Channel]:
+        """Every channel on this Asterisk (not only this application's)."""
+        raw = await self._request("GET", "/channels")
+        return [Channel.from_json(c) for c in raw or []]
+
+    async def get_variable(self, channel_id: str, name: str) -> str | None:
+        """A channel variable or function value; ``None`` when absent (HTTP 404/500)."""
+        try:
+            raw = await self._request("GET", f"/channels/{channel_id}/variable",
+                                      {"variable": name})
+        except AriHttpError as exc:
+            if exc.status in (404, 500):
+                return None
+            raise
+        value = raw.get("value") if isinstance(raw, dict) else None
+        return value if isinstance(value, str) else None
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        await self._request("POST", f"/channels/{channel_id}/variable",
+                            {"variable": name, "value": value})
+
+    async def continue_in_dialplan(self, channel_id: str, *, context: str | None = None,
+                                   extension: str | None = None, priority: int | None = None,
+                                   label: str | None = None) -> None:
+        await self._request("POST", f"/channels/{channel_id}/continue",
+                            {"context": context, "extension": extension,
+                             "priority": priority, "label": label})
+
+    # ------------------------------------------------------------------ bridges
+
+    async def create_bridge(self, bridge_id: str, *, type: str = "mixing",
+                            name: str | None = None) -> Bridge:
+        """Create a bridge. Use ``mixing,dtmf_events`` to keep DTMF events flowing."""
+        raw = await self._request("POST", f"/bridges/{bridge_id}", {"type": type, "name": name})
+        return Bridge.from_json(raw)
+
+    async def add_channel(self, bridge_id: str, channel_ids: str | Sequence[str]) -> None:
+        ids = [channel_ids] if isinstance(channel_ids, str) else list(channel_ids)
+        await self._request("POST", f"/bridges/{bridge_id}/addChannel",
+                            {"channel": ",".join(ids)})
+
+    async def remove_channel(self, bridge_id: str, channel_id: str) -> None:
+        await self._request("POST", f"/bridges/{bridge_id}/removeChannel",
+                            {"channel": channel_id})
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        try:
+            await self._request("DELETE", f"/bridges/{bridge_id}")
+        except NotFound:
+            log.debug("destroy_bridge %s: already gone", bridge_id)
+
+    async def list_bridges(self) -> list[Bridge]:
+        raw = await self._request("GET", "/bridges")
+        return [Bridge.from_json(b) for b in raw or []]
+
+    # ------------------------------------------------------------------ system
+
+    async def application(self) -> AppState:
+        """What Asterisk says this application owns (channels, bridges)."""
+        return AppState.from_json(await self._request("GET", f"/applications/{self.app}"))
+
+    async def asterisk_info(self) -> dict[str, Any]:
+        raw = await self._request("GET", "/asterisk/info")
+        return dict(raw) if isinstance(raw, dict) else {}
+
+    async def get_endpoint(self, technology: str, resource: str) -> Endpoint | None:
+        """``state`` is ``online`` once a qualified trunk answers OPTIONS."""
+        try:
+            raw = await self._request("GET", f"/endpoints/{technology}/{resource}")
+        except NotFound:
+            return None
+        return Endpoint.from_json(raw)
+
+
+def _param(value: ParamValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _http_error(status: int, text: str, method: str, path: str, *,
+                allocation: bool) -> AriHttpError:
+    message = text
+    try:
+        raw = json.loads(text)
+        if isinstance(raw, dict) and isinstance(raw.get("message"), str):
+            message = raw["message"]
+    except ValueError:
+        pass
+    cls: type[AriHttpError] = AriHttpError
+    if status == 404:
+        cls = ChannelNotFound if path.startswith("/channels") else NotFound
+    elif status == 409:
+        cls = Conflict
+    elif status == 500 and allocation:
+        cls = AllocationFailed
+    return cls(status, message, method=method, path=path)
