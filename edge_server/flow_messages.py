@@ -56,6 +56,7 @@ class Outcome(enum.StrEnum):
     RELEASED_MID_ANNOUNCEMENT = "caller_hung_up_mid_announcement"
     RELEASED_AFTER_GUARD = "announce_guard_timeout"
     RELEASED_EARLY_HANGUP = "caller_hung_up_while_storing"
+    RELEASED_BY_SWEEPER = "released_by_sweeper"      # crash recovery, not a flow outcome
 
 
 DEFAULT_CALLBACK_TYPES = frozenset(

@@ -1,0 +1,69 @@
+"""Call back or keep the call direct: adapters from ``routing_rates`` to the flow.
+
+:class:`RatesDecider` wraps ``routing_rates.RatingService.decide`` (see
+docs/CONTRACTS.md) behind the flow's :class:`~edge_server.stasis.Decider`
+Protocol. Anything that goes wrong while rating (no deck for the number, a
+tariff missing, a bug) becomes ``DecisionUnavailable`` and the flow falls back
+to the merchant's ``callback_when_unrated``. :class:`FixedDecider` stands in
+when no rates are configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from edge_server.flow_messages import Decided, DecisionUnavailable, RequestDecision
+from shared.phone import E164
+
+log = logging.getLogger("edge.decide")
+
+
+class DecisionLike(Protocol):
+    @property
+    def callback(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class SupportsDecide(Protocol):
+    """The slice of ``routing_rates.RatingService`` the edge needs."""
+
+    def decide(self, number: E164, at: datetime, *, inbound_tariff: str = ...,
+               announce_mode: str = ..., announce_s: Decimal = ..., **kwargs: Any
+               ) -> DecisionLike: ...
+
+
+class RatesDecider:
+    def __init__(self, rates: SupportsDecide, inbound_tariffs: Mapping[str, str],
+                 announce_s: Decimal = Decimal("5")) -> None:
+        self.rates = rates
+        self.inbound_tariffs = inbound_tariffs  # merchant id -> routing_rates deck id
+        self.announce_s = announce_s
+
+    async def decide(self, cmd: RequestDecision, at: datetime
+                     ) -> Decided | DecisionUnavailable:
+        tariff = self.inbound_tariffs.get(cmd.merchant_id, "ntt-freedial")
+        try:
+            decision = self.rates.decide(cmd.caller, at, inbound_tariff=tariff,
+                                         announce_mode=cmd.announce_mode.value,
+                                         announce_s=self.announce_s)
+        except Exception as exc:  # the flow must get an answer whatever rating does
+            log.warning("no decision for %s (%s): %s: %s", cmd.caller, cmd.merchant_id,
+                        type(exc).__name__, exc)
+            return DecisionUnavailable(f"{type(exc).__name__}: {exc}"[:200])
+        return Decided(bool(decision.callback), str(decision.reason))
+
+
+class FixedDecider:
+    """No routing data configured: every call is unrated (merchant default applies)."""
+
+    def __init__(self, reason: str = "routing_rates not configured") -> None:
+        self.reason = reason
+
+    async def decide(self, cmd: RequestDecision, at: datetime
+                     ) -> Decided | DecisionUnavailable:
+        return DecisionUnavailable(self.reason)

@@ -1,0 +1,194 @@
+"""The edge's HTTP API.
+
+* ``POST /v1/link/events``: reports from the callback site (signed; verified by
+  ``shared.link.signature_middleware``; idempotent by message id through
+  ``shared.link.accept_once``, and by natural key in the tables).
+* ``GET /v1/requests`` and ``GET /v1/cdrs``: for the merchant's call center,
+  ``Authorization: Bearer <token>``; the token (its SHA-256 is configured per
+  merchant) selects the tenant. Query: ``since``/``until`` (ISO 8601 with a
+  zone), ``limit`` (1-500, default 100), ``cursor`` (from ``next_cursor``).
+* ``GET /healthz``.
+
+Error ids (``{"error": {"id": ...}}``): ``auth-missing``, ``auth-invalid`` (401),
+``invalid-field`` (400, with ``field``), ``invalid-json`` (400),
+``unknown-merchant`` / ``tenant-mismatch`` (422), ``database-unavailable`` (503),
+plus the ``signature-*`` ids of the link middleware and ``body-too-large`` (413).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from edge_server.reports import (
+    ListQuery,
+    decode_cursor,
+    list_rows,
+    parse_event,
+    parse_time,
+    save_report,
+)
+from shared.config import Merchant
+from shared.http import (
+    MAX_BODY_BYTES,
+    ApiError,
+    InvalidField,
+    ServiceUnavailable,
+    Unauthorized,
+    error_middleware,
+    json_response,
+    read_json_object,
+)
+from shared.link import VERIFIER_KEY, accept_once, message_id, raw_body, signature_middleware
+from shared.signing import Verifier
+
+log = logging.getLogger("edge.http")
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
+_LIST_PARAMS = frozenset({"since", "until", "limit", "cursor"})
+_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+              asyncpg.CannotConnectNowError, TimeoutError)
+
+
+class TokenTable:
+    """Bearer token → merchant id, comparing SHA-256 digests in constant time."""
+
+    def __init__(self, merchants: Sequence[Merchant]) -> None:
+        self._digests = [(m.api_token_sha256.encode(), m.id) for m in merchants
+                         if m.api_token_sha256]
+
+    def merchant_for(self, token: str) -> str | None:
+        digest = hashlib.sha256(token.encode()).hexdigest().encode()
+        found = None
+        for expected, merchant_id in self._digests:
+            if hmac.compare_digest(digest, expected):
+                found = merchant_id
+        return found
+
+
+@dataclass
+class Health:
+    """Live facts for ``/healthz``, filled in by the composition root."""
+
+    ari_state: Callable[[], str] = field(default=lambda: "not started")
+    extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
+
+
+POOL_KEY = web.AppKey("edge_pool", asyncpg.Pool)
+TOKENS_KEY = web.AppKey("edge_tokens", TokenTable)
+HEALTH_KEY = web.AppKey("edge_health", Health)
+
+
+def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
+                    max_body_bytes: int = MAX_BODY_BYTES, health: Health | None = None
+                    ) -> web.Application:
+    """The aiohttp application; the caller puts the pool under ``POOL_KEY``."""
+    app = web.Application(client_max_size=max_body_bytes,
+                          middlewares=[error_middleware, signature_middleware])
+    app[VERIFIER_KEY] = verifier
+    app[TOKENS_KEY] = TokenTable(merchants)
+    app[HEALTH_KEY] = health or Health()
+    app.router.add_post("/v1/link/events", link_events)
+    app.router.add_get("/v1/requests", list_requests)
+    app.router.add_get("/v1/cdrs", list_cdrs)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _pool(request: web.Request) -> asyncpg.Pool:
+    try:
+        return request.app[POOL_KEY]
+    except KeyError:
+        raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
+
+
+async def link_events(request: web.Request) -> web.Response:
+    data = await read_json_object(request, raw_body(request))
+    report = parse_event(data)
+    mid = message_id(request)
+    try:
+        async with _pool(request).acquire() as conn, conn.transaction():
+            status, body = await accept_once(
+                conn, mid, str(data["kind"]), lambda c: save_report(c, report))
+    except _DB_ERRORS as exc:
+        log.warning("link event %s not stored: %s", mid, exc)
+        raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
+    return json_response(body, status=status)
+
+
+def _merchant(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("auth-missing", "Authorization: Bearer <token> is required")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("auth-invalid", "expected Authorization: Bearer <token>")
+    merchant_id = request.app[TOKENS_KEY].merchant_for(token.strip())
+    if merchant_id is None:
+        raise Unauthorized("auth-invalid", "unknown API token")
+    return merchant_id
+
+
+def parse_list_query(merchant_id: str, query: Mapping[str, str]) -> ListQuery:
+    unknown = sorted(set(query) - _LIST_PARAMS)
+    if unknown:
+        expected = ", ".join(sorted(_LIST_PARAMS))
+        raise InvalidField(unknown[0], f"unknown parameter; expected {expected}")
+    # a "+" in an unencoded zone offset arrives as a space
+    times = {k: query[k].replace(" ", "+") for k in ("since", "until") if k in query}
+    since = parse_time(times, "since", optional=True)
+    until = parse_time(times, "until", optional=True)
+    if since and until and until <= since:
+        raise InvalidField("until", "must be after since")
+    limit = DEFAULT_LIMIT
+    if "limit" in query:
+        text = query["limit"]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+            raise InvalidField("limit", f"expected an integer 1..{MAX_LIMIT}")
+        limit = int(text)
+    after = 0
+    if "cursor" in query:
+        try:
+            after = decode_cursor(query["cursor"])
+        except (ValueError, KeyError, TypeError):
+            raise InvalidField("cursor", "not a cursor returned by this API") from None
+    return ListQuery(merchant_id, since, until, after, limit)
+
+
+async def _list(request: web.Request, table: str) -> web.Response:
+    q = parse_list_query(_merchant(request), request.rel_url.query)
+    try:
+        page = await list_rows(_pool(request), table, q)
+    except _DB_ERRORS as exc:
+        log.warning("listing %s failed: %s", table, exc)
+        raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
+    return json_response(page.to_json())
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    return await _list(request, "requests")
+
+
+async def list_cdrs(request: web.Request) -> web.Response:
+    return await _list(request, "cdrs")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH_KEY]
+    body: dict[str, Any] = {"ari": health.ari_state(), **health.extra()}
+    try:
+        await _pool(request).fetchval("SELECT 1")
+        body["database"] = "up"
+    except (ApiError, *_DB_ERRORS) as exc:
+        body["database"] = f"down: {exc}"
+    body["status"] = "ok" if body["database"] == "up" and body["ari"] == "connected" \
+        else "degraded"
+    return json_response(body, status=200 if body["database"] == "up" else 503)

@@ -1,0 +1,351 @@
+"""What the callback site reports back to the edge: request info, CDRs, call-back status.
+
+Parsed at the edge of the system into value types (:func:`parse_event`, which
+raises ``InvalidField`` naming the bad field), stored tenant-scoped with
+UNIQUE natural keys so a replay under a new message id is still a no-op, and
+listed for the merchant's call center with keyset (cursor) pagination.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from shared.http import ApiError, InvalidField, require_str
+from shared.money import Money, MoneyError
+from shared.outbox import isoformat
+from shared.phone import E164, InvalidNumber
+
+log = logging.getLogger("edge.reports")
+
+MAX_FIELDS = 32
+CALLBACK_STATUSES = frozenset({"queued", "dialing", "completed", "failed", "cancelled"})
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+def parse_time(data: Mapping[str, Any], field: str, *, optional: bool = False
+               ) -> datetime | None:
+    value = data.get(field)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InvalidField(field, "required ISO 8601 timestamp")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidField(field, f"not an ISO 8601 timestamp: {value[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise InvalidField(field, "timestamp needs a time zone (Z or +hh:mm)")
+    return parsed
+
+
+def _time(data: Mapping[str, Any], field: str) -> datetime:
+    value = parse_time(data, field)
+    assert value is not None
+    return value
+
+
+def _number(data: Mapping[str, Any], field: str) -> E164:
+    try:
+        return E164.parse(require_str(data, field, max_len=20))
+    except InvalidNumber as exc:
+        raise InvalidField(field, str(exc)) from None
+
+
+def _int(data: Mapping[str, Any], field: str, *, optional: bool = False) -> int | None:
+    value = data.get(field)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidField(field, "required non-negative integer")
+    return value
+
+
+def _money(data: Mapping[str, Any], field: str) -> Money | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidField(field, 'expected {"amount": "...", "currency": "..."}')
+    try:
+        return Money.from_json(value)
+    except (MoneyError, KeyError, TypeError) as exc:
+        raise InvalidField(field, str(exc)) from None
+
+
+def _ids(data: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (require_str(data, "merchant_id", max_len=64),
+            require_str(data, "callback_id", max_len=128),
+            require_str(data, "edge_call_id", max_len=128))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    merchant_id: str
+    callback_id: str
+    edge_call_id: str
+    caller: E164
+    category: str
+    fields: dict[str, str]
+    collected_at: datetime
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> RequestInfo:
+        merchant_id, callback_id, edge_call_id = _ids(data)
+        fields = data.get("fields", {})
+        if not isinstance(fields, dict) or len(fields) > MAX_FIELDS or not all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256
+                for k, v in fields.items()):
+            raise InvalidField("fields", f"expected an object of at most {MAX_FIELDS} "
+                                         "short string values")
+        return cls(merchant_id, callback_id, edge_call_id, _number(data, "caller"),
+                   require_str(data, "category", max_len=64), dict(fields),
+                   _time(data, "collected_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class Cdr:
+    merchant_id: str
+    callback_id: str
+    edge_call_id: str
+    call_id: str
+    leg: str
+    destination: E164
+    carrier: str | None
+    started_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime
+    duration_s: Decimal
+    billed_s: int
+    hangup_cause: int | None
+    disposition: str
+    carrier_cost: Money | None
+    direct_cost: Money | None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Cdr:
+        merchant_id, callback_id, edge_call_id = _ids(data)
+        raw_duration = data.get("duration_s")
+        try:
+            if isinstance(raw_duration, bool) or not isinstance(raw_duration, str | int):
+                raise ValueError
+            duration = Decimal(str(raw_duration))
+            if not duration.is_finite() or duration < 0:
+                raise ValueError
+        except (ValueError, ArithmeticError):
+            raise InvalidField("duration_s", "expected a non-negative decimal string") from None
+        billed = _int(data, "billed_s")
+        assert billed is not None
+        carrier = data.get("carrier")
+        if carrier is not None and not isinstance(carrier, str):
+            raise InvalidField("carrier", "expected a string or null")
+        return cls(merchant_id, callback_id, edge_call_id,
+                   require_str(data, "call_id", max_len=128),
+                   require_str(data, "leg", max_len=32), _number(data, "destination"),
+                   carrier, _time(data, "started_at"),
+                   parse_time(data, "answered_at", optional=True), _time(data, "ended_at"),
+                   duration, billed, _int(data, "hangup_cause", optional=True),
+                   require_str(data, "disposition", max_len=32),
+                   _money(data, "carrier_cost"), _money(data, "direct_cost"))
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackStatusReport:
+    merchant_id: str
+    callback_id: str
+    edge_call_id: str
+    status: str
+    reason: str | None
+    attempts: int
+    at: datetime
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> CallbackStatusReport:
+        merchant_id, callback_id, edge_call_id = _ids(data)
+        status = require_str(data, "status", max_len=32)
+        if status not in CALLBACK_STATUSES:
+            raise InvalidField("status", f"expected one of {', '.join(sorted(CALLBACK_STATUSES))}")
+        reason = data.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 128):
+            raise InvalidField("reason", "expected a short string or null")
+        attempts = _int(data, "attempts")
+        assert attempts is not None
+        return cls(merchant_id, callback_id, edge_call_id, status, reason or None, attempts,
+                   _time(data, "at"))
+
+
+Report: TypeAlias = RequestInfo | Cdr | CallbackStatusReport
+_PARSERS: dict[str, type[RequestInfo] | type[Cdr] | type[CallbackStatusReport]] = {
+    "request_info": RequestInfo, "cdr": Cdr, "callback_status": CallbackStatusReport}
+
+
+def parse_event(data: Mapping[str, Any]) -> Report:
+    kind = data.get("kind")
+    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parser is None:
+        raise InvalidField("kind", f"expected one of {', '.join(sorted(_PARSERS))}")
+    return parser.parse(data)
+
+
+def kind_of(report: Report) -> str:
+    return {RequestInfo: "request_info", Cdr: "cdr",
+            CallbackStatusReport: "callback_status"}[type(report)]
+
+
+# --- storing ------------------------------------------------------------------------------
+
+async def save_report(conn: asyncpg.Connection, report: Report) -> tuple[int, dict[str, Any]]:
+    """Store one report inside the caller's transaction; the answer for the link."""
+    known = await conn.fetchval("SELECT true FROM merchants WHERE id = $1", report.merchant_id)
+    if not known:
+        raise ApiError(422, "unknown-merchant", f"merchant {report.merchant_id!r} is not "
+                       "served by this edge", field="merchant_id")
+    owner = await conn.fetchval("SELECT merchant_id FROM edge_calls WHERE edge_call_id = $1",
+                                report.edge_call_id)
+    if owner is not None and owner != report.merchant_id:
+        raise ApiError(422, "tenant-mismatch", f"call {report.edge_call_id} belongs to another "
+                       "merchant", field="merchant_id")
+    match report:
+        case RequestInfo():
+            row_id = await _insert_request(conn, report)
+        case Cdr():
+            row_id = await _insert_cdr(conn, report)
+        case CallbackStatusReport():
+            row_id = await _insert_status(conn, report)
+    status = "stored" if row_id is not None else "duplicate"
+    return 200, {"status": status, "kind": kind_of(report)}
+
+
+async def _insert_request(conn: asyncpg.Connection, r: RequestInfo) -> int | None:
+    value: int | None = await conn.fetchval(
+        """INSERT INTO requests (merchant_id, callback_id, edge_call_id, caller, category,
+               fields, collected_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (merchant_id, callback_id, collected_at) DO NOTHING RETURNING id""",
+        r.merchant_id, r.callback_id, r.edge_call_id, str(r.caller), r.category, r.fields,
+        r.collected_at)
+    return value
+
+
+async def _insert_cdr(conn: asyncpg.Connection, c: Cdr) -> int | None:
+    value: int | None = await conn.fetchval(
+        """INSERT INTO cdrs (merchant_id, call_id, callback_id, edge_call_id, leg, destination,
+               carrier, started_at, answered_at, ended_at, duration_s, billed_s, hangup_cause,
+               disposition, carrier_cost_amount, carrier_cost_currency, direct_cost_amount,
+               direct_cost_currency)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                   $17, $18)
+           ON CONFLICT (merchant_id, call_id) DO NOTHING RETURNING id""",
+        c.merchant_id, c.call_id, c.callback_id, c.edge_call_id, c.leg, str(c.destination),
+        c.carrier, c.started_at, c.answered_at, c.ended_at, c.duration_s, c.billed_s,
+        c.hangup_cause, c.disposition,
+        c.carrier_cost.amount if c.carrier_cost else None,
+        c.carrier_cost.currency if c.carrier_cost else None,
+        c.direct_cost.amount if c.direct_cost else None,
+        c.direct_cost.currency if c.direct_cost else None)
+    return value
+
+
+async def _insert_status(conn: asyncpg.Connection, s: CallbackStatusReport) -> int | None:
+    value: int | None = await conn.fetchval(
+        """INSERT INTO callback_status (merchant_id, callback_id, edge_call_id, status, reason,
+               attempts, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (merchant_id, callback_id, status, at) DO NOTHING RETURNING id""",
+        s.merchant_id, s.callback_id, s.edge_call_id, s.status, s.reason, s.attempts, s.at)
+    if value is not None:
+        await conn.execute(
+            """UPDATE edge_calls SET callback_id = $2, callback_status = $3,
+                   callback_reason = $4
+               WHERE edge_call_id = $1 AND merchant_id = $5""",
+            s.edge_call_id, s.callback_id, s.status, s.reason, s.merchant_id)
+    return value
+
+
+# --- listing for the call center ----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": self.items, "next_cursor": self.next_cursor}
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    merchant_id: str
+    since: datetime | None = None
+    until: datetime | None = None
+    after_id: int = 0
+    limit: int = 100
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The row id a cursor points after; ``ValueError`` if it is not one of ours."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    after = data["after"] if isinstance(data, dict) else None
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise ValueError("bad cursor")
+    return after
+
+
+_LISTS = {
+    # table: (time column for since/until, columns)
+    "requests": ("collected_at", "id, callback_id, edge_call_id, caller, category, fields, "
+                                 "collected_at, received_at"),
+    "cdrs": ("started_at", "id, call_id, callback_id, edge_call_id, leg, destination, carrier, "
+                           "started_at, answered_at, ended_at, duration_s, billed_s, "
+                           "hangup_cause, disposition, carrier_cost_amount, "
+                           "carrier_cost_currency, direct_cost_amount, direct_cost_currency, "
+                           "received_at"),
+}
+
+
+async def list_rows(pool: asyncpg.Pool, table: str, q: ListQuery) -> Page:
+    """One page of ``requests`` or ``cdrs`` for one merchant, oldest first."""
+    time_column, columns = _LISTS[table]
+    rows = await pool.fetch(
+        f"""SELECT {columns} FROM {table}
+            WHERE merchant_id = $1 AND id > $2
+              AND ($3::timestamptz IS NULL OR {time_column} >= $3)
+              AND ($4::timestamptz IS NULL OR {time_column} < $4)
+            ORDER BY id LIMIT $5""",
+        q.merchant_id, q.after_id, q.since, q.until, q.limit + 1)
+    more = len(rows) > q.limit
+    rows = rows[:q.limit]
+    items = [_render(table, r) for r in rows]
+    return Page(items, encode_cursor(rows[-1]["id"]) if more else None)
+
+
+def _render(table: str, row: asyncpg.Record) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    for key, value in row.items():
+        if key == "id":
+            continue
+        if isinstance(value, datetime):
+            item[key] = isoformat(value)
+        elif isinstance(value, Decimal):
+            item[key] = str(value)
+        else:
+            item[key] = value
+    if table == "cdrs":
+        for name in ("carrier_cost", "direct_cost"):
+            amount, currency = item.pop(f"{name}_amount"), item.pop(f"{name}_currency")
+            item[name] = None if amount is None else {"amount": amount, "currency": currency}
+    return item

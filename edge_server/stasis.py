@@ -1,0 +1,408 @@
+"""The ARI adapter: runs :mod:`edge_server.flow` for each inbound channel.
+
+One :class:`CallSession` task per call (started by ``shared.ari.EventRouter``
+on ``StasisStart``) owns an inbox of flow events: translated ARI events, timer
+expiries and the results of slow commands (decision, store), which run as
+child tasks so a guard timer can fire while they are in flight. Commands are
+executed in order against small Protocols (:class:`AriGateway`,
+:class:`CallBackend`, :class:`Decider`), so tests drive a session with
+in-process fakes (:mod:`edge_server.testing`).
+
+On every ``Connected`` (first connect and reconnects, README item 7)
+:meth:`StasisApp.resync` lists the application's channels: a channel with no
+live session is an orphan parked by a crash, so its held request (if any) is
+released and the channel hung up; a live session whose channel vanished while
+the websocket was down is told the caller hung up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from edge_server import flow
+from edge_server.flow_messages import (
+    Answer,
+    CallArrived,
+    CallerHungUp,
+    CancelRequest,
+    CancelTimer,
+    Command,
+    ContinueDirect,
+    Decided,
+    DecisionUnavailable,
+    Event,
+    FlowTimings,
+    Hangup,
+    Log,
+    MerchantSettings,
+    Outcome,
+    Play,
+    PlaybackFinished,
+    RecordCall,
+    ReleaseToCallback,
+    RequestDecision,
+    RequestStored,
+    StartTimer,
+    StoreFailed,
+    StoreRequest,
+    Timeout,
+    edge_call_id_for,
+)
+from shared import ari
+from shared.phone import E164, InvalidNumber, normalise
+
+log = logging.getLogger("edge.stasis")
+flow_log = logging.getLogger("edge.flow")
+
+PRESENTATION_VAR = "CALLERID(pres)"
+PAI_VAR = "PJSIP_HEADER(read,P-Asserted-Identity)"
+_PAI_USER = re.compile(r"<?\s*(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)
+
+
+def asserted_number(header: str | None) -> str | None:
+    """The user part of a P-Asserted-Identity header (``<sip:+81...@host>``, ``<tel:...>``)."""
+    if not header:
+        return None
+    match = _PAI_USER.search(header)
+    return match.group(1) if match else None
+
+
+class AriGateway(Protocol):
+    """The part of ``shared.ari.AriClient`` the edge uses."""
+
+    async def answer(self, channel_id: str) -> None: ...
+    async def play(self, channel_id: str, media: Sequence[str], *,
+                   playback_id: str | None = None, lang: str | None = None) -> ari.Playback: ...
+    async def hangup(self, channel_id: str, *, reason: str | None = None,
+                     reason_code: int | None = None) -> None: ...
+    async def get_variable(self, channel_id: str, name: str) -> str | None: ...
+    async def get_channel(self, channel_id: str) -> ari.Channel | None: ...
+    async def continue_in_dialplan(self, channel_id: str, *, context: str | None = None,
+                                   extension: str | None = None, priority: int | None = None,
+                                   label: str | None = None) -> None: ...
+    async def application(self) -> ari.AppState: ...
+
+
+class CallBackend(Protocol):
+    """Durable storage of calls and requests (``edge_server.store.CallStore``)."""
+
+    async def store_request(self, cmd: StoreRequest, received_at: datetime) -> str: ...
+    async def release(self, request_id: str, outcome: Outcome,
+                      hungup_at: datetime | None = None) -> bool: ...
+    async def cancel(self, cmd: CancelRequest) -> bool: ...
+    async def record_call(self, cmd: RecordCall, received_at: datetime) -> None: ...
+    async def held_for_channel_ids(self, channel_ids: Sequence[str]) -> list[str]: ...
+
+
+class Decider(Protocol):
+    """Call back or keep the call direct (``edge_server.decide``)."""
+
+    async def decide(self, cmd: RequestDecision, at: datetime
+                     ) -> Decided | DecisionUnavailable: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantDirectory:
+    """Dialled number → the merchant's flow settings."""
+
+    by_number: Mapping[E164, MerchantSettings]
+
+    def resolve(self, exten: str) -> tuple[E164 | None, MerchantSettings | None]:
+        try:
+            dialed = normalise(exten)
+        except InvalidNumber:
+            return None, None
+        return dialed, self.by_number.get(dialed)
+
+
+@dataclass
+class StasisDeps:
+    ari: AriGateway
+    store: CallBackend
+    decider: Decider
+    merchants: MerchantDirectory
+    timings: FlowTimings = field(default_factory=FlowTimings)
+    direct_context: str = "direct"
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    release_retries: int = 3
+    resync_grace_s: float = 1.0
+
+
+class CallSession:
+    """One inbound call: feeds flow events in, executes commands out."""
+
+    def __init__(self, deps: StasisDeps, start: ari.StasisStart,
+                 ari_queue: asyncio.Queue[ari.Event]) -> None:
+        self.deps = deps
+        self.channel = start.channel
+        self.channel_id = start.channel.id
+        self.received_at = deps.clock()
+        self.ari_queue = ari_queue
+        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self.state: flow.State = flow.Idle()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._children: set[asyncio.Task[None]] = set()
+        self._playback_ids = (f"{self.channel_id}-pb{n}" for n in itertools.count(1))
+        self._playback: str | None = None
+
+    async def run(self) -> None:
+        forwarder = asyncio.create_task(self._forward_ari_events(),
+                                        name=f"ari-in {self.channel_id}")
+        try:
+            await self.feed(await self._arrival())
+            while not flow.is_terminal(self.state):
+                await self.feed(await self.inbox.get())
+        except Exception:
+            log.exception("call %s crashed in %s; hanging up", self.channel_id,
+                          type(self.state).__name__)
+            await self._safe_hangup("congestion")
+            raise
+        finally:
+            forwarder.cancel()
+            for handle in self._timers.values():
+                handle.cancel()
+            for child in self._children:
+                child.cancel()
+
+    def notify_gone(self) -> None:
+        """The channel vanished while events were lost (found by a re-sync)."""
+        self.inbox.put_nowait(CallerHungUp())
+
+    async def feed(self, event: Event) -> None:
+        before = self.state
+        self.state, commands = flow.transition(self.state, event)
+        flow_log.info("%s %s --%s--> %s", self.channel_id, type(before).__name__,
+                      type(event).__name__, _describe_state(self.state))
+        for command in commands:
+            await self._execute(command)
+
+    async def _arrival(self) -> CallArrived:
+        pres, pai = await asyncio.gather(self._variable(PRESENTATION_VAR),
+                                         self._variable(PAI_VAR))
+        dialed, merchant = self.deps.merchants.resolve(self.channel.exten)
+        return CallArrived(self.channel_id, self.channel.caller_number, pres, dialed, merchant,
+                           asserted_raw=asserted_number(pai), timings=self.deps.timings)
+
+    async def _variable(self, name: str) -> str | None:
+        try:
+            return await self.deps.ari.get_variable(self.channel_id, name)
+        except ari.AriError as exc:
+            log.warning("call %s: cannot read %s: %s", self.channel_id, name, exc)
+            return None
+
+    async def _forward_ari_events(self) -> None:
+        while True:
+            translated = self._translate(await self.ari_queue.get())
+            if translated is not None:
+                self.inbox.put_nowait(translated)
+
+    def _translate(self, event: ari.Event) -> Event | None:
+        match event:
+            case ari.StasisEnd() | ari.ChannelHangupRequest():
+                return CallerHungUp()
+            case ari.ChannelDestroyed(cause=cause):
+                return CallerHungUp(cause=cause)
+            case ari.PlaybackFinished(playback=playback) if playback.id == self._playback:
+                self._playback = None
+                return PlaybackFinished(failed=playback.state == "failed")
+        return None
+
+    # --- commands -------------------------------------------------------------------------
+
+    async def _execute(self, command: Command) -> None:  # noqa: C901 - one case per command
+        deps, cid = self.deps, self.channel_id
+        match command:
+            case StartTimer(name=name, seconds=seconds):
+                self._cancel_timer(name)
+                self._timers[name] = asyncio.get_running_loop().call_later(
+                    seconds, self.inbox.put_nowait, Timeout(name))
+            case CancelTimer(name=name):
+                self._cancel_timer(name)
+            case RequestDecision():
+                self._spawn(self._decide(command), "decide")
+            case StoreRequest():
+                self._spawn(self._store(command), "store")
+            case Play(media=media):
+                await self._play(media)
+            case Answer():
+                await self._ari_step("answer", deps.ari.answer(cid))
+            case Hangup(reason=reason):
+                await self._safe_hangup(reason.value)
+            case ContinueDirect(extension=extension):
+                await self._ari_step("continue", deps.ari.continue_in_dialplan(
+                    cid, context=deps.direct_context, extension=extension, priority=1))
+            case ReleaseToCallback(request_id=request_id, outcome=outcome):
+                await self._release(request_id, outcome)
+            case CancelRequest():
+                await self._db_step("cancel", deps.store.cancel(command))
+            case RecordCall():
+                await self._db_step("record", deps.store.record_call(command,
+                                                                     self.received_at))
+            case Log(code=code, detail=detail, warning=warning):
+                flow_log.log(logging.WARNING if warning else logging.INFO, "%s %s %s", cid,
+                             code, detail)
+
+    def _cancel_timer(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"{what} {self.channel_id}")
+        self._children.add(task)
+        task.add_done_callback(self._children.discard)
+
+    async def _decide(self, cmd: RequestDecision) -> None:
+        try:
+            result = await self.deps.decider.decide(cmd, self.deps.clock())
+        except Exception as exc:  # a rating bug must not strand the call
+            log.exception("call %s: decision failed", self.channel_id)
+            result = DecisionUnavailable(f"{type(exc).__name__}: {exc}")
+        self.inbox.put_nowait(result)
+
+    async def _store(self, cmd: StoreRequest) -> None:
+        try:
+            request_id = await self.deps.store.store_request(cmd, self.received_at)
+        except Exception as exc:  # DB down, pool exhausted, constraint: all mean "not stored"
+            log.warning("call %s: request not stored: %s: %s", self.channel_id,
+                        type(exc).__name__, exc)
+            self.inbox.put_nowait(StoreFailed(f"{type(exc).__name__}: {exc}"[:300]))
+            return
+        self.inbox.put_nowait(RequestStored(request_id))
+
+    async def _play(self, media: str) -> None:
+        playback_id = next(self._playback_ids)
+        self._playback = playback_id
+        try:
+            await self.deps.ari.play(self.channel_id, [media], playback_id=playback_id)
+        except ari.ChannelNotFound:
+            log.info("call %s: gone before %s could play", self.channel_id, media)
+            self.inbox.put_nowait(CallerHungUp())
+        except ari.AriError as exc:
+            log.warning("call %s: cannot play %s: %s", self.channel_id, media, exc)
+            self.inbox.put_nowait(PlaybackFinished(failed=True))
+
+    async def _ari_step(self, what: str, step: Awaitable[None]) -> None:
+        try:
+            await step
+        except ari.ChannelNotFound:
+            log.info("call %s: %s on a channel that is gone", self.channel_id, what)
+            self.inbox.put_nowait(CallerHungUp())
+        except ari.AriError as exc:
+            log.warning("call %s: %s failed: %s", self.channel_id, what, exc)
+
+    async def _safe_hangup(self, reason: str) -> None:
+        try:
+            await self.deps.ari.hangup(self.channel_id, reason=reason)
+        except ari.AriError as exc:
+            log.warning("call %s: hangup(%s) failed: %s", self.channel_id, reason, exc)
+
+    async def _release(self, request_id: str, outcome: Outcome) -> None:
+        hungup_at = self.deps.clock()
+        for attempt in range(1, self.deps.release_retries + 1):
+            try:
+                await self.deps.store.release(request_id, outcome, hungup_at)
+                return
+            except Exception as exc:
+                log.warning("call %s: release of %s failed (attempt %d): %s", self.channel_id,
+                            request_id, attempt, exc)
+                await asyncio.sleep(0.2 * attempt)
+        log.error("call %s: request %s stays held; the sweeper will release it",
+                  self.channel_id, request_id)
+
+    async def _db_step(self, what: str, step: Awaitable[object]) -> None:
+        try:
+            await step
+        except Exception as exc:
+            log.warning("call %s: %s failed: %s", self.channel_id, what, exc)
+
+
+def _describe_state(state: flow.State) -> str:
+    if isinstance(state, flow.Done):
+        return f"Done({state.outcome.value if state.outcome else '-'})"
+    return type(state).__name__
+
+
+class StasisApp:
+    """Glue between the ``EventRouter`` and the call sessions."""
+
+    def __init__(self, deps: StasisDeps) -> None:
+        self.deps = deps
+        self.sessions: dict[str, CallSession] = {}
+        self.router = ari.EventRouter(on_stasis_start=self.on_stasis_start,
+                                      on_connected=self.on_connected)
+        self.connected = False
+
+    async def on_stasis_start(self, start: ari.StasisStart,
+                              queue: asyncio.Queue[ari.Event]) -> None:
+        session = CallSession(self.deps, start, queue)
+        self.sessions[session.channel_id] = session
+        try:
+            await session.run()
+        finally:
+            self.sessions.pop(session.channel_id, None)
+
+    async def on_connected(self, event: ari.Connected) -> None:
+        self.connected = True
+        log.info("ARI %s: re-syncing parked channels", "reconnected" if event.reconnect
+                 else "connected")
+        try:
+            await self.resync()
+        except ari.AriError as exc:
+            log.warning("re-sync failed (%s); channels are re-checked on the next connect", exc)
+
+    async def resync(self) -> tuple[list[str], list[str]]:
+        """Recover orphans and wake sessions whose channel vanished. Returns both lists.
+
+        A channel's ``StasisStart`` may still be on its way when the snapshot is
+        taken, so orphans are only those still without a session after
+        ``resync_grace_s``; a session is only "vanished" if it existed before.
+        """
+        known_before = set(self.sessions)
+        state = await self.deps.ari.application()
+        present = set(state.channel_ids)
+        vanished = [cid for cid in known_before if cid not in present and cid in self.sessions]
+        for cid in vanished:
+            log.warning("call %s: channel vanished while disconnected", cid)
+            self.sessions[cid].notify_gone()
+        if self.deps.resync_grace_s:
+            await asyncio.sleep(self.deps.resync_grace_s)
+        orphans = [cid for cid in present
+                   if cid not in self.sessions and cid not in self.router.channel_ids]
+        if orphans:
+            await self._recover(orphans)
+        return orphans, vanished
+
+    async def _recover(self, orphans: list[str]) -> None:
+        held = set(await self.deps.store.held_for_channel_ids(orphans))
+        for cid in orphans:
+            request_id = edge_call_id_for(cid)
+            channel = await self.deps.ari.get_channel(cid)
+            if channel is None:
+                reason = None
+            elif request_id in held:
+                reason = "normal" if channel.is_up else "busy"
+            else:
+                reason = "congestion"  # never told "we will call you back": let them retry
+            if reason is not None:
+                try:
+                    await self.deps.ari.hangup(cid, reason=reason)
+                except ari.AriError as exc:
+                    log.warning("recovery: cannot hang up %s: %s", cid, exc)
+            if request_id in held:
+                await self.deps.store.release(request_id, Outcome.RELEASED_AFTER_GUARD,
+                                              self.deps.clock())
+            log.warning("recovered orphan channel %s: hangup %s%s", cid, reason or "(gone)",
+                        ", request released" if request_id in held else "")
+
+
+async def run_events(app: StasisApp, client: ari.AriClient) -> None:
+    """Consume the client's events forever (the client reconnects by itself)."""
+    await app.router.run(client.events())

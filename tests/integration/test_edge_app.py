@@ -1,0 +1,108 @@
+"""The edge composition root: starts with Asterisk unreachable, serves, shuts down cleanly."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from edge_server.__main__ import main
+from edge_server.app import STASIS_KEY, STORE_KEY, create_app
+from edge_server.config import EdgeSettings
+from shared.config import ConfigError
+
+pytestmark = pytest.mark.integration
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(directory: Path, pki: Path, db_url: str, ari_port: int) -> Path:
+    path = directory / "edge.toml"
+    path.write_text(f"""
+[database]
+url = "{db_url}"
+[http]
+port = 0
+[ari]
+url = "http://127.0.0.1:{ari_port}"
+username = "edge"
+password = "x"
+[signing]
+keys = ["{pki}/edge-sign-1.key"]
+[signing.trusted]
+callback-sign-1 = "{pki}/callback-sign-1.pub"
+[[peer.routes]]
+name = "internet"
+url = "http://127.0.0.1:{free_port()}"
+[edge]
+sweep_every_s = 1
+[edge.timings]
+answer_guard_s = 4.5
+[rates]
+enabled = false
+[[merchants]]
+id = "acme"
+name = "ACME"
+numbers = ["0120123456"]
+announce_mode = "answer"
+""")
+    return path
+
+
+async def test_server_starts_and_serves_while_asterisk_is_unreachable(
+        tmp_path: Path, pki_dir: Path, pg_url: str, aiohttp_client: ClientFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = EdgeSettings.load(write_config(tmp_path, pki_dir, pg_url, free_port()))
+    assert settings.edge.timings.answer_guard_s == 4.5
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/healthz")
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["database"] == "up" and body["ari"] == "connecting"
+    assert body["status"] == "degraded"
+    assert "not reachable yet" in caplog.text
+    app = client.server.app
+    assert not app[STASIS_KEY].connected
+    assert await app[STORE_KEY].pool.fetchval("SELECT count(*) FROM merchants") == 1
+
+
+def test_config_errors_name_the_key(tmp_path: Path, pki_dir: Path) -> None:
+    path = write_config(tmp_path, pki_dir, "postgresql://x/y", 1)
+    text = path.read_text().replace('announce_mode = "answer"', 'announce_mode = "loud"')
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"edge.toml:\d+: merchants\[0\].announce_mode"):
+        EdgeSettings.load(path)
+    path.write_text(text.replace('announce_mode = "loud"', "")
+                    .replace("answer_guard_s = 4.5", "answer_guard_s = 6"))
+    with pytest.raises(ConfigError, match="answer_guard_s"):
+        EdgeSettings.load(path)
+
+
+def test_environment_overrides_the_file(tmp_path: Path, pki_dir: Path) -> None:
+    path = write_config(tmp_path, pki_dir, "postgresql://x/y", 1)
+    settings = EdgeSettings.load(path, {"EDGE__EDGE__CALLBACK_WHEN_UNRATED": "false",
+                                        "EDGE__ARI__PASSWORD": "from-env"})
+    assert settings.ari.password == "from-env"
+    assert not settings.merchant_settings()[settings.merchants[0].numbers[0]] \
+        .callback_when_unrated
+
+
+def test_cli_keys_init_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "init", "--dir", str(tmp_path / "pki"), "--site", "edge",
+                 "--site", "callback"]) == 0
+    assert (tmp_path / "pki" / "edge-sign-1.key").exists()
+    assert main(["keys", "init", "--dir", str(tmp_path / "pki")]) == 0  # idempotent
+    assert "nothing to do" in capsys.readouterr().out
+    example = Path(__file__).resolve().parents[2] / "deploy" / "edge.example.toml"
+    assert main(["check", "--config", str(example)]) == 0

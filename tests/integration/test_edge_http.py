@@ -1,0 +1,211 @@
+"""The edge's HTTP API with aiohttp's test client against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from edge_server.http import POOL_KEY, create_http_app
+from edge_server.store import CallStore, edge_migrations
+from edge_server.testing import merchant
+from shared.db import create_pool, migrate_url
+from shared.signing import Signer, SigningKey, Verifier
+
+pytestmark = pytest.mark.integration
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+PEER_KEY = SigningKey.generate("callback-sign-1")
+ACME_TOKEN = "acme-secret-token"
+BENTO_TOKEN = "bento-secret-token"
+MERCHANTS = [merchant("acme", "0120123456", api_token=ACME_TOKEN),
+             merchant("bento", "0120999888", api_token=BENTO_TOKEN)]
+
+
+@pytest.fixture(scope="module")
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate_url(pg_url, edge_migrations())
+    pool = await create_pool(pg_url)
+    await CallStore(pool).sync_merchants(MERCHANTS)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def client(pool: asyncpg.Pool, aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
+    app = create_http_app(merchants=MERCHANTS,
+                          verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
+    app[POOL_KEY] = pool
+    return await aiohttp_client(app)
+
+
+def signed(body: bytes, message_id: str | None = None,
+           path: str = "/v1/link/events") -> dict[str, str]:
+    headers = Signer([PEER_KEY]).headers("POST", path, body,
+                                         message_id=message_id or str(uuid.uuid4()))
+    headers["content-type"] = "application/json"
+    return headers
+
+
+def request_info(callback_id: str, merchant_id: str = "acme", minute: int = 0,
+                 **extra: Any) -> dict[str, Any]:
+    return {"kind": "request_info", "callback_id": callback_id,
+            "edge_call_id": f"edge-{callback_id}", "merchant_id": merchant_id,
+            "caller": "+819012345678", "category": "order",
+            "fields": {"item_code": "1234", "quantity": "2"},
+            "collected_at": f"2026-11-22T03:{minute:02d}:00Z", **extra}
+
+
+async def post_event(client: TestClient[Any, Any], event: dict[str, Any],
+                     message_id: str | None = None) -> tuple[int, Any]:
+    body = json.dumps(event).encode()
+    resp = await client.post("/v1/link/events", data=body, headers=signed(body, message_id))
+    return resp.status, await resp.json()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --- the link ------------------------------------------------------------------------------
+
+async def test_signed_event_is_stored_and_a_replay_is_a_no_op(
+        client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
+    mid = str(uuid.uuid4())
+    first = await post_event(client, request_info("cb-h1"), mid)
+    again = await post_event(client, request_info("cb-h1"), mid)
+    assert first == again == (200, {"status": "stored", "kind": "request_info"})
+    assert await pool.fetchval("SELECT count(*) FROM requests WHERE callback_id = 'cb-h1'") == 1
+
+
+async def test_unsigned_or_tampered_events_are_refused(client: TestClient[Any, Any]) -> None:
+    body = json.dumps(request_info("cb-h2")).encode()
+    resp = await client.post("/v1/link/events", data=body,
+                             headers={"content-type": "application/json"})
+    assert resp.status == 401
+    assert (await resp.json())["error"]["id"] == "signature-missing"
+    headers = signed(body)
+    resp = await client.post("/v1/link/events", data=body.replace(b"cb-h2", b"cb-hX"),
+                             headers=headers)
+    assert resp.status == 401
+    assert (await resp.json())["error"]["id"] == "signature-invalid"
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    ({"kind": "bogus"}, "kind"),
+    ({"caller": "09012345678"}, "caller"),
+    ({"collected_at": "yesterday"}, "collected_at"),
+    ({"collected_at": "2026-11-22T03:00:00"}, "collected_at"),
+    ({"fields": {"item_code": 1234}}, "fields"),
+    ({"merchant_id": None}, "merchant_id"),
+])
+async def test_bad_event_fields_are_400_naming_the_field(
+        client: TestClient[Any, Any], mutate: dict[str, Any], field: str) -> None:
+    status, body = await post_event(client, {**request_info("cb-h3"), **mutate})
+    assert status == 400
+    assert body["error"]["id"] == "invalid-field" and body["error"]["field"] == field
+
+
+async def test_bad_json_is_400(client: TestClient[Any, Any]) -> None:
+    body = b'{"kind": "cdr",'
+    resp = await client.post("/v1/link/events", data=body, headers=signed(body))
+    assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
+
+
+async def test_body_over_64_kib_is_413_json(client: TestClient[Any, Any]) -> None:
+    body = json.dumps({**request_info("cb-h4"), "pad": "x" * 70_000}).encode()
+    resp = await client.post("/v1/link/events", data=body, headers=signed(body))
+    assert resp.status == 413
+    assert (await resp.json())["error"]["id"] == "body-too-large"
+
+
+async def test_event_for_an_unknown_merchant_is_422(client: TestClient[Any, Any]) -> None:
+    status, body = await post_event(client, request_info("cb-h5", merchant_id="ghost"))
+    assert status == 422 and body["error"]["id"] == "unknown-merchant"
+
+
+# --- the call center API -------------------------------------------------------------------
+
+async def test_requests_need_a_valid_bearer_token(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/v1/requests")
+    assert resp.status == 401 and (await resp.json())["error"]["id"] == "auth-missing"
+    for header in ({"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
+        resp = await client.get("/v1/requests", headers=header)
+        assert resp.status == 401 and (await resp.json())["error"]["id"] == "auth-invalid"
+
+
+async def test_each_merchant_sees_only_its_own_requests(client: TestClient[Any, Any]) -> None:
+    for i in range(3):
+        assert (await post_event(client, request_info(f"cb-t{i}", minute=10 + i)))[0] == 200
+    assert (await post_event(client, request_info("cb-tb", merchant_id="bento")))[0] == 200
+    acme = await (await client.get("/v1/requests", headers=bearer(ACME_TOKEN))).json()
+    bento = await (await client.get("/v1/requests", headers=bearer(BENTO_TOKEN))).json()
+    acme_ids = {i["callback_id"] for i in acme["items"]}
+    assert {"cb-t0", "cb-t1", "cb-t2"} <= acme_ids and "cb-tb" not in acme_ids
+    assert [i["callback_id"] for i in bento["items"]] == ["cb-tb"]
+    item = bento["items"][0]
+    assert item["fields"] == {"item_code": "1234", "quantity": "2"}
+    assert item["caller"] == "+819012345678" and "merchant_id" not in item
+
+
+async def test_requests_page_with_cursor_and_time_window(client: TestClient[Any, Any]) -> None:
+    for i in range(4):
+        await post_event(client, request_info(f"cb-p{i}", minute=30 + i))
+    window = {"since": "2026-11-22T03:30:00Z", "until": "2026-11-22T12:34:00+09:00"}
+    resp = await client.get("/v1/requests", params={**window, "limit": "3"},
+                            headers=bearer(ACME_TOKEN))
+    page = await resp.json()
+    assert resp.status == 200
+    assert [i["callback_id"] for i in page["items"]] == ["cb-p0", "cb-p1", "cb-p2"]
+    resp = await client.get("/v1/requests", headers=bearer(ACME_TOKEN),
+                            params={**window, "limit": "3", "cursor": page["next_cursor"]})
+    rest = await resp.json()
+    assert [i["callback_id"] for i in rest["items"]] == ["cb-p3"]
+    assert rest["next_cursor"] is None
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"since": "last week"}, "since"), ({"until": "2026-11-22T03:00:00"}, "until"),
+    ({"since": "2026-11-22T04:00:00Z", "until": "2026-11-22T03:00:00Z"}, "until"),
+    ({"cursor": "not-a-cursor"}, "cursor"), ({"merchant_id": "bento"}, "merchant_id"),
+])
+async def test_bad_query_parameters_are_400_naming_the_field(
+        client: TestClient[Any, Any], params: dict[str, str], field: str) -> None:
+    for path in ("/v1/requests", "/v1/cdrs"):
+        resp = await client.get(path, params=params, headers=bearer(ACME_TOKEN))
+        body = await resp.json()
+        assert resp.status == 400, body
+        assert body["error"]["id"] == "invalid-field" and body["error"]["field"] == field
+
+
+async def test_cdrs_are_listed_with_money_as_strings(client: TestClient[Any, Any]) -> None:
+    cdr = {"kind": "cdr", "call_id": "call-h1", "callback_id": "cb-c1",
+           "edge_call_id": "edge-cb-c1", "merchant_id": "bento", "leg": "customer",
+           "destination": "+819012345678", "carrier": "carrier-b",
+           "started_at": "2026-11-22T01:02:10Z", "answered_at": None,
+           "ended_at": "2026-11-22T01:02:40Z", "duration_s": "0", "billed_s": 0,
+           "hangup_cause": 17, "disposition": "busy",
+           "carrier_cost": {"amount": "0", "currency": "USD"}, "direct_cost": None}
+    assert (await post_event(client, cdr))[0] == 200
+    body = await (await client.get("/v1/cdrs", headers=bearer(BENTO_TOKEN))).json()
+    assert len(body["items"]) == 1
+    item = body["items"][0]
+    assert item["carrier_cost"] == {"amount": "0", "currency": "USD"}
+    assert item["direct_cost"] is None and item["answered_at"] is None
+    assert item["duration_s"] == "0.000" and item["disposition"] == "busy"
+    acme = await (await client.get("/v1/cdrs", headers=bearer(ACME_TOKEN))).json()
+    assert all(i["call_id"] != "call-h1" for i in acme["items"])
+
+
+async def test_healthz_reports_the_database(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/healthz")
+    body = await resp.json()
+    assert resp.status == 200 and body["database"] == "up"
+    assert body["status"] == "degraded"  # no ARI in this test app

@@ -1,0 +1,258 @@
+"""The edge's call store and reports against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from edge_server.flow_messages import (
+    AnnounceMode,
+    CancelRequest,
+    Outcome,
+    RecordCall,
+    StoreRequest,
+    edge_call_id_for,
+)
+from edge_server.reports import ListQuery, list_rows, parse_event, save_report
+from edge_server.store import (
+    CALLBACK_PATH,
+    CallStore,
+    DuplicateCall,
+    UnknownMerchant,
+    edge_migrations,
+    message_id_for,
+)
+from edge_server.testing import merchant
+from shared.db import create_pool, migrate_url
+from shared.link import accept_once
+from shared.phone import E164
+
+pytestmark = pytest.mark.integration
+
+CALLER = E164("819012345678")
+DIALED = E164("81120123456")
+T0 = datetime(2026, 11, 22, 1, 2, 3, 456000, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate_url(pg_url, edge_migrations())
+    pool = await create_pool(pg_url)
+    store = CallStore(pool)
+    await store.sync_merchants([merchant("acme", "0120123456"),
+                                merchant("bento", "0120999888")])
+    yield pool
+    await pool.close()
+
+
+def store_cmd(channel: str, merchant_id: str = "acme") -> StoreRequest:
+    return StoreRequest(edge_call_id_for(channel), channel, merchant_id, CALLER, DIALED,
+                        AnnounceMode.EARLY_MEDIA, "mobile: cheaper")
+
+
+async def outbox_row(pool: asyncpg.Pool, edge_call_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM outbox WHERE message_id = $1::uuid",
+                               message_id_for(edge_call_id))
+
+
+async def test_request_and_held_message_are_written_together(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    request_id = await store.store_request(store_cmd("c1.1"), T0)
+    assert request_id == "edge-c1.1"
+    call = await store.get_call(request_id)
+    assert call is not None and call.state == "stored" and call.caller == "+819012345678"
+    row = await outbox_row(pool, request_id)
+    assert row is not None and row["held"] is True and row["path"] == CALLBACK_PATH
+    body = json.loads(bytes(row["body"]))
+    assert body == {"edge_call_id": "edge-c1.1", "merchant_id": "acme",
+                    "caller": "+819012345678", "dialed": "+81120123456",
+                    "received_at": "2026-11-22T01:02:03.456Z", "hungup_at": None,
+                    "announce_mode": "early_media"}
+
+
+async def test_storing_the_same_call_twice_is_a_no_op(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    await store.store_request(store_cmd("c2.1"), T0)
+    assert await store.store_request(store_cmd("c2.1"), T0) == "edge-c2.1"
+    count = await pool.fetchval("SELECT count(*) FROM edge_calls WHERE edge_call_id = $1",
+                                "edge-c2.1")
+    assert count == 1
+
+
+async def test_edge_call_id_is_unique_across_states(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    await store.record_call(RecordCall("edge-c3.1", "c3.1", "acme", None, DIALED,
+                                       Outcome.WITHHELD, "caller id 'anonymous'"), T0)
+    with pytest.raises(DuplicateCall):
+        await store.store_request(store_cmd("c3.1"), T0)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await pool.execute(
+            "INSERT INTO edge_calls (edge_call_id, channel_id, merchant_id, dialed, state, "
+            "received_at) VALUES ('edge-c3.1', 'x', 'acme', '+1', 'refused', now())")
+
+
+async def test_unknown_merchant_is_refused_and_nothing_is_queued(pool: asyncpg.Pool) -> None:
+    with pytest.raises(UnknownMerchant):
+        await CallStore(pool).store_request(store_cmd("c4.1", merchant_id="nobody"), T0)
+    assert await outbox_row(pool, "edge-c4.1") is None
+
+
+async def test_release_turns_the_held_message_ready_once(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    await store.store_request(store_cmd("c5.1"), T0)
+    assert await store.release("edge-c5.1", Outcome.RELEASED) is True
+    row = await outbox_row(pool, "edge-c5.1")
+    assert row is not None and row["held"] is False and row["released_at"] is not None
+    call = await store.get_call("edge-c5.1")
+    assert call is not None and call.state == "released" and call.outcome == "callback_released"
+    assert await store.release("edge-c5.1", Outcome.RELEASED) is False
+
+
+async def test_release_wakes_the_relay_by_notify(pool: asyncpg.Pool, pg_url: str) -> None:
+    from shared.db import listening
+
+    store = CallStore(pool)
+    await store.store_request(store_cmd("c6.1"), T0)
+    async with listening(pg_url, "outbox") as wakeups:
+        await store.release("edge-c6.1", Outcome.RELEASED_MID_ANNOUNCEMENT)
+        import asyncio
+
+        payload = await asyncio.wait_for(wakeups.get(), 2)
+    assert payload == message_id_for("edge-c6.1")
+
+
+async def test_cancel_withdraws_a_late_request(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    await store.store_request(store_cmd("c7.1"), T0)
+    assert await store.cancel(CancelRequest("edge-c7.1", Outcome.STORE_TIMEOUT)) is True
+    assert await outbox_row(pool, "edge-c7.1") is None
+    assert await store.release("edge-c7.1", Outcome.RELEASED) is False
+    call = await store.get_call("edge-c7.1")
+    assert call is not None and (call.state, call.outcome) == ("cancelled", "store_timeout")
+    await pool.execute("UPDATE edge_calls SET stored_at = now() - interval '2 minutes' "
+                       "WHERE edge_call_id = 'edge-c7.1'")
+    assert "edge-c7.1" not in await store.sweep_held(60), "a cancelled request stays dead"
+
+
+async def test_sweeper_releases_only_requests_held_too_long(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    await store.store_request(store_cmd("c8.old"), T0)
+    await store.store_request(store_cmd("c8.new"), T0)
+    await pool.execute("UPDATE edge_calls SET stored_at = now() - interval '2 minutes' "
+                       "WHERE edge_call_id = 'edge-c8.old'")
+    released = await store.sweep_held(60)
+    assert "edge-c8.old" in released and "edge-c8.new" not in released
+    old, new = await outbox_row(pool, "edge-c8.old"), await outbox_row(pool, "edge-c8.new")
+    assert old is not None and old["held"] is False
+    assert new is not None and new["held"] is True
+    call = await store.get_call("edge-c8.old")
+    assert call is not None and call.outcome == "released_by_sweeper"
+
+
+async def test_record_call_keeps_refusals_with_their_reason(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    await store.record_call(RecordCall("edge-c9.1", "c9.1", "acme", None, DIALED,
+                                       Outcome.MALFORMED, "non-digit caller id"), T0)
+    await store.record_call(RecordCall("edge-c9.2", "c9.2", "acme", CALLER, DIALED,
+                                       Outcome.KEPT_DIRECT, "fixed line"), T0)
+    refused, direct = await store.get_call("edge-c9.1"), await store.get_call("edge-c9.2")
+    assert refused is not None and (refused.state, refused.outcome) == (
+        "refused", "caller_id_malformed")
+    assert direct is not None and direct.state == "direct"
+
+
+async def test_merchant_sync_marks_removed_merchants_inactive(pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    await store.sync_merchants([merchant("acme", "0120123456")])
+    assert await pool.fetchval("SELECT active FROM merchants WHERE id = 'bento'") is False
+    await store.sync_merchants([merchant("acme", "0120123456"),
+                                merchant("bento", "0120999888")])
+    assert await pool.fetchval("SELECT active FROM merchants WHERE id = 'bento'") is True
+
+
+# --- reports from the callback site -------------------------------------------------------
+
+def cdr_event(call_id: str, merchant_id: str = "acme") -> dict[str, Any]:
+    return {"kind": "cdr", "call_id": call_id, "callback_id": "cb-1", "edge_call_id": "edge-c1.1",
+            "merchant_id": merchant_id, "leg": "customer", "destination": "+819012345678",
+            "carrier": "carrier-b", "started_at": "2026-11-22T01:02:10.000Z",
+            "answered_at": "2026-11-22T01:02:12.000Z", "ended_at": "2026-11-22T01:02:24.480Z",
+            "duration_s": "12.480", "billed_s": 60, "hangup_cause": 16,
+            "disposition": "answered", "carrier_cost": {"amount": "0.1398", "currency": "USD"},
+            "direct_cost": {"amount": "30", "currency": "JPY"}}
+
+
+async def deliver(pool: asyncpg.Pool, message_id: str, event: dict[str, Any]
+                  ) -> tuple[int, dict[str, Any]]:
+    report = parse_event(event)
+    async with pool.acquire() as conn, conn.transaction():
+        return await accept_once(conn, message_id, event["kind"],
+                                 lambda c: save_report(c, report))
+
+
+async def test_replayed_link_event_is_a_no_op(pool: asyncpg.Pool) -> None:
+    first = await deliver(pool, "m-cdr-1", cdr_event("call-1"))
+    again = await deliver(pool, "m-cdr-1", cdr_event("call-1"))
+    assert first == again == (200, {"status": "stored", "kind": "cdr"})
+    # the same fact under a new message id is still stored once
+    assert await deliver(pool, "m-cdr-2", cdr_event("call-1")) == (
+        200, {"status": "duplicate", "kind": "cdr"})
+    assert await pool.fetchval("SELECT count(*) FROM cdrs WHERE call_id = 'call-1'") == 1
+    row = await pool.fetchrow("SELECT * FROM cdrs WHERE call_id = 'call-1'")
+    assert row is not None and row["duration_s"] == Decimal("12.480")
+    assert row["carrier_cost_amount"] == Decimal("0.1398")
+
+
+async def test_reports_for_another_tenants_call_are_refused(pool: asyncpg.Pool) -> None:
+    from shared.http import ApiError
+
+    with pytest.raises(ApiError) as info:
+        await deliver(pool, "m-x-1", cdr_event("call-x", merchant_id="bento"))
+    assert info.value.error_id == "tenant-mismatch"
+    with pytest.raises(ApiError) as info:
+        await deliver(pool, "m-x-2", cdr_event("call-y", merchant_id="ghost"))
+    assert info.value.error_id == "unknown-merchant"
+
+
+async def test_status_report_updates_the_call(pool: asyncpg.Pool) -> None:
+    await deliver(pool, "m-st-1", {
+        "kind": "callback_status", "callback_id": "cb-1", "edge_call_id": "edge-c1.1",
+        "merchant_id": "acme", "status": "completed", "reason": "", "attempts": 2,
+        "at": "2026-11-22T01:03:00Z"})
+    call = await CallStore(pool).get_call("edge-c1.1")
+    assert call is not None and call.callback_status == "completed"
+
+
+async def test_listing_pages_with_a_cursor_and_stays_in_its_tenant(pool: asyncpg.Pool) -> None:
+    for i in range(5):
+        await deliver(pool, f"m-ri-{i}", {
+            "kind": "request_info", "callback_id": f"cb-l{i}", "edge_call_id": f"edge-l{i}",
+            "merchant_id": "acme", "caller": "+819012345678", "category": "order",
+            "fields": {"item_code": "1234", "quantity": str(i)},
+            "collected_at": f"2026-11-22T02:0{i}:00Z"})
+    await deliver(pool, "m-ri-b", {
+        "kind": "request_info", "callback_id": "cb-b", "edge_call_id": "edge-b",
+        "merchant_id": "bento", "caller": "+819012345678", "category": "inquiry",
+        "fields": {}, "collected_at": "2026-11-22T02:00:30Z"})
+    page = await list_rows(pool, "requests", ListQuery("acme", limit=2))
+    assert [i["fields"]["quantity"] for i in page.items] == ["0", "1"]
+    assert page.next_cursor is not None
+    from edge_server.reports import decode_cursor
+
+    rest = await list_rows(pool, "requests", ListQuery(
+        "acme", after_id=decode_cursor(page.next_cursor), limit=10))
+    assert [i["fields"]["quantity"] for i in rest.items] == ["2", "3", "4"]
+    assert rest.next_cursor is None
+    window = await list_rows(pool, "requests", ListQuery(
+        "acme", since=datetime(2026, 11, 22, 2, 1, tzinfo=UTC),
+        until=datetime(2026, 11, 22, 2, 3, tzinfo=UTC)))
+    assert [i["callback_id"] for i in window.items] == ["cb-l1", "cb-l2"]
+    bento = await list_rows(pool, "requests", ListQuery("bento"))
+    assert [i["callback_id"] for i in bento.items] == ["cb-b"]
+    assert bento.items[0]["collected_at"] == "2026-11-22T02:00:30.000Z"

@@ -1,0 +1,217 @@
+"""The ARI adapter driving the flow, with in-process fakes (no Asterisk, no database)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edge_server.flow_messages import (
+    AnnounceMode,
+    DecisionUnavailable,
+    FlowTimings,
+    MerchantSettings,
+    Outcome,
+)
+from edge_server.stasis import (
+    PAI_VAR,
+    PRESENTATION_VAR,
+    CallSession,
+    MerchantDirectory,
+    StasisApp,
+    StasisDeps,
+    asserted_number,
+)
+from edge_server.testing import FakeAri, FakeCallStore, FakeDecider
+from shared import ari
+from shared.phone import E164
+
+DIALED = E164("81120123456")
+FAST = FlowTimings(decide_s=0.5, store_s=0.5, early_media_guard_s=0.5, answer_guard_s=0.2,
+                   refusal_guard_s=0.5, late_store_s=0.5)
+
+
+def deps(mode: AnnounceMode = AnnounceMode.EARLY_MEDIA, *, fake_ari: FakeAri | None = None,
+         store: FakeCallStore | None = None, decider: FakeDecider | None = None,
+         callback_when_unrated: bool = True) -> StasisDeps:
+    merchants = MerchantDirectory({DIALED: MerchantSettings(
+        "acme", announce_mode=mode, callback_when_unrated=callback_when_unrated)})
+    return StasisDeps(ari=fake_ari or FakeAri({PRESENTATION_VAR: "allowed_not_screened"}),
+                      store=store or FakeCallStore(), decider=decider or FakeDecider(),
+                      merchants=merchants, timings=FAST, resync_grace_s=0.0)
+
+
+def start(caller: str = "09012345678", exten: str = "0120123456",
+          cid: str = "1700000000.7") -> ari.StasisStart:
+    return ari.StasisStart(ari.Channel(id=cid, caller_number=caller, exten=exten,
+                                       state="Ring"), args=("inbound",))
+
+
+def finished(playback_id: str, state: str = "done") -> ari.PlaybackFinished:
+    return ari.PlaybackFinished(ari.Playback(id=playback_id, state=state,
+                                             target_uri="channel:1700000000.7"))
+
+
+async def run_call(d: StasisDeps, event: ari.StasisStart,
+                   script: list[ari.Event] | None = None, *, after_s: float = 0.05
+                   ) -> CallSession:
+    queue: asyncio.Queue[ari.Event] = asyncio.Queue()
+    session = CallSession(d, event, queue)
+    task = asyncio.create_task(session.run())
+    for item in script or []:
+        await asyncio.sleep(after_s)
+        queue.put_nowait(item)
+    await asyncio.wait_for(task, 3)
+    return session
+
+
+async def test_early_media_call_is_stored_announced_rejected_busy_then_released() -> None:
+    fake, store = FakeAri({PRESENTATION_VAR: "allowed_not_screened"}), FakeCallStore()
+    d = deps(fake_ari=fake, store=store)
+    session = await run_call(d, start(), [finished("1700000000.7-pb1")])
+    assert [c for c in fake.names() if c != "get_variable"] == ["play", "hangup"]
+    assert ("play", "1700000000.7", "sound:cbgw/received") in fake.calls
+    assert ("hangup", "1700000000.7", "busy") in fake.calls
+    assert store.events == ["store edge-1700000000.7", "release edge-1700000000.7"]
+    assert store.released == [("edge-1700000000.7", Outcome.RELEASED)]
+    assert store.stored["edge-1700000000.7"].caller == E164("819012345678")
+    assert {c[2] for c in fake.calls if c[0] == "get_variable"} == {PRESENTATION_VAR, PAI_VAR}
+    assert session.state.outcome is Outcome.RELEASED  # type: ignore[union-attr]
+
+
+async def test_answer_mode_is_cut_by_the_guard_if_the_prompt_runs_long() -> None:
+    fake, store = FakeAri(), FakeCallStore()
+    started = asyncio.get_running_loop().time()
+    await run_call(deps(AnnounceMode.ANSWER, fake_ari=fake, store=store), start())
+    elapsed = asyncio.get_running_loop().time() - started
+    assert [c for c in fake.names() if c != "get_variable"] == ["answer", "play", "hangup"]
+    assert ("hangup", "1700000000.7", "normal") in fake.calls
+    assert store.released == [("edge-1700000000.7", Outcome.RELEASED_AFTER_GUARD)]
+    assert elapsed < 1.0
+
+
+async def test_caller_hanging_up_mid_announcement_is_still_called_back() -> None:
+    fake, store = FakeAri(), FakeCallStore()
+    await run_call(deps(fake_ari=fake, store=store), start(),
+                   [ari.StasisEnd(ari.Channel(id="1700000000.7"))])
+    assert "hangup" not in fake.names()
+    assert store.released == [("edge-1700000000.7", Outcome.RELEASED_MID_ANNOUNCEMENT)]
+
+
+async def test_withheld_caller_hears_dial_186_and_nothing_is_stored() -> None:
+    fake, store = FakeAri({PRESENTATION_VAR: "allowed_not_screened"}), FakeCallStore()
+    await run_call(deps(fake_ari=fake, store=store), start(caller="anonymous"),
+                   [finished("1700000000.7-pb1")])
+    assert ("play", "1700000000.7", "sound:cbgw/dial-186") in fake.calls
+    assert ("hangup", "1700000000.7", "busy") in fake.calls
+    assert "answer" not in fake.names()
+    assert not store.stored and [r.outcome for r in store.recorded] == [Outcome.WITHHELD]
+
+
+async def test_prohibited_presentation_with_pai_is_withheld() -> None:
+    fake = FakeAri({PRESENTATION_VAR: "prohib_not_screened",
+                    PAI_VAR: "<sip:+819012345678@10.0.0.1;user=phone>"})
+    store = FakeCallStore()
+    await run_call(deps(fake_ari=fake, store=store), start(caller="+819012345678"),
+                   [finished("1700000000.7-pb1")])
+    assert not store.stored and store.recorded[0].outcome is Outcome.WITHHELD
+
+
+async def test_unknown_dialled_number_is_404_unallocated() -> None:
+    fake = FakeAri()
+    await run_call(deps(fake_ari=fake), start(exten="0120000000"))
+    assert [c for c in fake.calls if c[0] != "get_variable"] == [
+        ("hangup", "1700000000.7", "unallocated")]
+
+
+async def test_database_down_means_503_and_no_announcement() -> None:
+    fake, store = FakeAri(), FakeCallStore()
+    store.fail_store = OSError("connection refused")
+    await run_call(deps(fake_ari=fake, store=store), start())
+    assert [c for c in fake.calls if c[0] != "get_variable"] == [
+        ("hangup", "1700000000.7", "congestion")]
+    assert not store.released
+
+
+async def test_slow_store_gets_503_and_the_late_commit_is_cancelled() -> None:
+    fake, store = FakeAri(), FakeCallStore()
+    store.store_delay_s = 0.8  # guard is 0.5 s
+    await run_call(deps(fake_ari=fake, store=store), start())
+    assert ("hangup", "1700000000.7", "congestion") in fake.calls
+    assert "play" not in fake.names()
+    assert store.cancelled == ["edge-1700000000.7"] and not store.released
+
+
+async def test_decision_to_keep_direct_continues_to_the_operator() -> None:
+    fake = FakeAri()
+    d = deps(fake_ari=fake, decider=FakeDecider(DecisionUnavailable("no deck")),
+             callback_when_unrated=False)
+    await run_call(d, start())
+    assert ("continue", "1700000000.7", "direct,operator,1") in fake.calls
+
+
+async def test_slow_decision_falls_back_to_the_merchant_default() -> None:
+    fake, store = FakeAri(), FakeCallStore()
+    d = deps(fake_ari=fake, store=store, decider=FakeDecider(delay_s=2.0))
+    await run_call(d, start(), [finished("1700000000.7-pb1")], after_s=0.7)
+    assert "decision timed out" in store.stored["edge-1700000000.7"].decision_reason
+
+
+async def test_failed_playback_still_ends_and_releases() -> None:
+    fake, store = FakeAri(), FakeCallStore()
+    fake.fail["play"] = ari.AriHttpError(500, "boom")
+    await run_call(deps(fake_ari=fake, store=store), start())
+    assert ("hangup", "1700000000.7", "busy") in fake.calls
+    assert store.released == [("edge-1700000000.7", Outcome.RELEASED)]
+
+
+@pytest.mark.parametrize(("header", "number"), [
+    ("<sip:+819012345678@10.0.0.1;user=phone>", "+819012345678"),
+    ('"Taro" <tel:+819012345678>', "+819012345678"),
+    ("sip:09012345678@carrier", "09012345678"),
+    ("garbage", None), (None, None), ("", None),
+])
+def test_asserted_number_reads_the_user_part(header: str | None, number: str | None) -> None:
+    assert asserted_number(header) == number
+
+
+# --- re-sync on (re)connect ----------------------------------------------------------------
+
+async def test_resync_recovers_orphans_and_wakes_vanished_sessions() -> None:
+    store = FakeCallStore()
+    fake = FakeAri(channels={
+        "orphan.held": ari.Channel(id="orphan.held", state="Ring"),
+        "orphan.fresh": ari.Channel(id="orphan.fresh", state="Ring"),
+    })
+    d = deps(fake_ari=fake, store=store)
+    from edge_server.flow_messages import StoreRequest
+
+    store.stored["edge-orphan.held"] = StoreRequest(
+        "edge-orphan.held", "orphan.held", "acme", E164("819012345678"), DIALED,
+        AnnounceMode.EARLY_MEDIA, "ok")
+    app = StasisApp(d)
+    live = CallSession(d, start(cid="live.1"), asyncio.Queue())
+    app.sessions["live.1"] = live
+    orphans, vanished = await app.resync()
+    assert sorted(orphans) == ["orphan.fresh", "orphan.held"] and vanished == ["live.1"]
+    assert ("hangup", "orphan.held", "busy") in fake.calls
+    assert ("hangup", "orphan.fresh", "congestion") in fake.calls
+    assert store.released == [("edge-orphan.held", Outcome.RELEASED_AFTER_GUARD)]
+    assert live.inbox.qsize() == 1
+
+
+async def test_router_runs_one_session_per_call() -> None:
+    fake, store = FakeAri(), FakeCallStore()
+    app = StasisApp(deps(fake_ari=fake, store=store))
+
+    app.router.dispatch(ari.Connected())
+    app.router.dispatch(start(cid="a.1"))
+    app.router.dispatch(start(cid="b.1", caller="anonymous"))
+    await asyncio.sleep(0.1)
+    app.router.dispatch(finished("a.1-pb1"))
+    app.router.dispatch(ari.PlaybackFinished(ari.Playback(id="b.1-pb1",
+                                                          target_uri="channel:b.1")))
+    await asyncio.wait_for(app.router.drain(), 3)
+    assert app.connected and not app.sessions
+    assert ("hangup", "a.1", "busy") in fake.calls and ("hangup", "b.1", "busy") in fake.calls
+    assert [r for r, _ in store.released] == ["edge-a.1"]
