@@ -282,11 +282,29 @@ def _gone(state: DialerState, ev: ChannelGone) -> Step:
     if state.phase is Phase.DIALING:
         return _gone_before_answer(state, ev, cmds)
     # answered (IN_CALL) or TEARDOWN: the call is over; release everything else.
-    cmds += _release_operator(state)
     cmds.append(_cdr(state.job, leg, ev.at, ev.cause))
     pending = state.pending or _finish_cmd(state, Reason.ANSWERED, completed=True)
-    state = replace(state, phase=Phase.DONE, pending=None, bridge_id=None)
-    return state, [*cmds, CancelTimer(T_TEARDOWN), CancelTimer(T_OPERATOR), pending]
+    if state.phase is not Phase.TEARDOWN:
+        cmds += [CancelTimer(T_OPERATOR), *_release_operator(state)]
+        if _operator_live(state):
+            cmds.append(StartTimer(T_TEARDOWN, TEARDOWN_GUARD_S))
+    state = replace(state, phase=Phase.TEARDOWN, pending=pending, bridge_id=None)
+    return _maybe_done(state, cmds)
+
+
+def _operator_live(state: DialerState) -> bool:
+    return state.operator is not None and not state.operator.ended
+
+
+def _maybe_done(state: DialerState, cmds: list[Command]) -> Step:
+    """In teardown: finish once every leg has reported its end."""
+    customer_live = state.customer is not None and not state.customer.ended
+    if state.phase is not Phase.TEARDOWN or customer_live or _operator_live(state):
+        return state, cmds
+    assert state.pending is not None
+    pending = state.pending
+    return replace(state, phase=Phase.DONE, pending=None), [*cmds, CancelTimer(T_TEARDOWN),
+                                                            pending]
 
 
 def _gone_before_answer(state: DialerState, ev: ChannelGone, cmds: list[Command]) -> Step:
@@ -340,6 +358,8 @@ def _operator_gone(state: DialerState, ev: ChannelGone) -> Step:
         # The operator finished the conversation: the call is over for the customer too.
         nxt, more = _teardown(state, _finish_cmd(state, Reason.ANSWERED, completed=True))
         return nxt, cmds + more
+    if state.phase is Phase.TEARDOWN:
+        return _maybe_done(state, cmds)
     return state, cmds   # operator never answered: the customer stays in the IVR
 
 
@@ -390,10 +410,10 @@ def _teardown(state: DialerState, pending: Finish) -> Step:
         cmds.append(Hangup(state.customer.channel_id))
     cmds += _release_operator(state)
     state = replace(state, phase=Phase.TEARDOWN, pending=pending, bridge_id=None)
-    if state.customer is None or state.customer.ended:
-        state = replace(state, phase=Phase.DONE, pending=None)
-        return state, [*cmds, pending]
-    return state, [*cmds, StartTimer(T_TEARDOWN, TEARDOWN_GUARD_S)]
+    state, cmds = _maybe_done(state, cmds)
+    if state.phase is Phase.TEARDOWN:
+        cmds.append(StartTimer(T_TEARDOWN, TEARDOWN_GUARD_S))
+    return state, cmds
 
 
 # --- outcomes ------------------------------------------------------------------------------

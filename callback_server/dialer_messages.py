@@ -26,6 +26,8 @@ class Reason(enum.StrEnum):
     CARRIERS_EXHAUSTED = "carriers_exhausted"
     NO_ROUTE = "no_route"
     SHUTDOWN = "shutdown"
+    WORKER_LOST = "worker_lost"            # a rescue found an answered leg it cannot resume
+    UNKNOWN_MERCHANT = "unknown_merchant"
     OTHER = "cause_other"
 
 

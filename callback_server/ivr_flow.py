@@ -318,6 +318,11 @@ def _check_graph(flow: Flow) -> None:
         for f, _ in node.labels:
             if f not in node.fields:
                 raise FlowError(flow.source, node.id, f"labels: {f!r} is not in fields")
+    _check_reachable(flow, ids)
+    _check_loops(flow)
+
+
+def _check_reachable(flow: Flow, ids: set[str]) -> None:
     seen, todo = {flow.start}, [flow.start]
     while todo:
         for _, target in _targets(flow.node(todo.pop())):
@@ -326,6 +331,9 @@ def _check_graph(flow: Flow) -> None:
                 todo.append(target)
     if unreachable := sorted(ids - seen):
         raise FlowError(flow.source, unreachable[0], "not reachable from start")
+
+
+def _check_loops(flow: Flow) -> None:
     for node in flow.nodes:   # chains of nodes that never wait must end
         hop, path = node, []
         while hop.type == "submit" and hop.next:

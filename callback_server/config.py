@@ -1,0 +1,140 @@
+"""Callback-site settings: the shared sections plus ``[callback]`` and ``[rates]``.
+
+Read from one TOML file with ``CALLBACK__SECTION__KEY`` environment overrides
+(``shared.config``). ``deploy/callback.example.toml`` shows every key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from callback_server.dialer_messages import Route
+from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
+from callback_server.worker import WorkerSettings
+from shared.config import (
+    AriSettings,
+    ConfigError,
+    DatabaseSettings,
+    HttpSettings,
+    LinkRoute,
+    Merchant,
+    Section,
+    SigningSettings,
+    TlsSettings,
+    load,
+    parse_merchants,
+    root,
+)
+
+ENV_PREFIX = "CALLBACK"
+DEFAULT_DATABASE = "cbgw_callback"
+DEFAULT_PORT = 9443
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRoute:
+    """A fallback route used when routing_rates is disabled or has no answer."""
+
+    carrier_id: str
+    dial_string: str        # "PJSIP/{digits}@carrier-b": {digits} = E.164 digits without +
+
+    def route(self, digits: str) -> Route:
+        return Route(self.carrier_id, self.dial_string.format(digits=digits, e164="+" + digits))
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackBehaviour:
+    worker: WorkerSettings
+    lease_s: int
+    flows_dir: Path
+    static_routes: tuple[StaticRoute, ...]
+
+    @classmethod
+    def parse(cls, s: Section) -> CallbackBehaviour:
+        lease_s = s.int("lease_s", 30, min=5, max=50)
+        heartbeat = float(s.decimal("heartbeat_s", "10", min=Decimal(1)))
+        if heartbeat * 2 > lease_s:
+            raise s.error("heartbeat_s", f"must be at most half of lease_s ({lease_s})")
+        routes = []
+        for r in s.sections("routes"):
+            dial = r.str("dial_string")
+            if "{digits}" not in dial and "{e164}" not in dial:
+                raise r.error("dial_string", "needs {digits} or {e164}")
+            routes.append(StaticRoute(r.str("carrier", pattern=r"[a-z0-9][a-z0-9-]*"), dial))
+        return cls(
+            worker=WorkerSettings(
+                max_calls=s.int("max_calls", 50, min=1, max=10000),
+                sweep_s=float(s.decimal("sweep_s", "5", min=Decimal("0.5"))),
+                heartbeat_s=heartbeat,
+                drain_s=float(s.decimal("drain_s", "30", min=Decimal(0))),
+                operator_endpoint=s.str("operator_endpoint", "PJSIP/{operator}@edge-trunk")),
+            lease_s=lease_s,
+            flows_dir=s.path_value("flows_dir") if s.has("flows_dir") else FLOWS_DIR,
+            static_routes=tuple(routes))
+
+
+@dataclass(frozen=True, slots=True)
+class RatesSettings:
+    enabled: bool
+    fx_base: str
+    fx_rates: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, s: Section) -> RatesSettings:
+        fx = s.section("fx_rates")
+        return cls(enabled=s.bool("enabled", False), fx_base=s.str("fx_base", "JPY"),
+                   fx_rates={k: str(fx.decimal(k)) for k in fx.data})
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackSettings:
+    path: Path
+    database: DatabaseSettings
+    http: HttpSettings
+    tls: TlsSettings | None            # None: plain HTTP (development only)
+    require_client_cert: bool
+    ari: AriSettings
+    signing: SigningSettings
+    peer_routes: tuple[LinkRoute, ...]
+    merchants: tuple[Merchant, ...]
+    callback: CallbackBehaviour
+    rates: RatesSettings
+    flows: Mapping[str, Flow]
+
+    @classmethod
+    def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> CallbackSettings:
+        source = load(path, ENV_PREFIX, environ)
+        top = root(source)
+        http = top.section("http")
+        tls = TlsSettings.parse(top.section("tls")) if top.has("tls") else None
+        routes = tuple(LinkRoute.parse(r) for r in top.section("peer").sections("routes"))
+        if not routes:
+            raise top.error("peer.routes", "at least one route to the edge site is needed")
+        merchants = parse_merchants(top)
+        if not merchants:
+            raise top.error("merchants", "at least one [[merchants]] entry is needed")
+        behaviour = CallbackBehaviour.parse(top.section("callback"))
+        flows: dict[str, Flow] = {}
+        for i, m in enumerate(merchants):
+            if m.ivr_flow not in flows:
+                try:
+                    flows[m.ivr_flow] = load_named(m.ivr_flow, behaviour.flows_dir)
+                except FlowError as exc:
+                    raise top.error(f"merchants[{i}].ivr_flow", str(exc)) from None
+        return cls(
+            path=path, database=DatabaseSettings.parse(top.section("database"), DEFAULT_DATABASE),
+            http=HttpSettings.parse(http, DEFAULT_PORT), tls=tls,
+            require_client_cert=http.bool("require_client_cert", True),
+            ari=AriSettings.parse(top.section("ari"), "callback"),
+            signing=SigningSettings.parse(top.section("signing")),
+            peer_routes=routes, merchants=merchants, callback=behaviour,
+            rates=RatesSettings.parse(top.section("rates")), flows=flows)
+
+    def merchant(self, merchant_id: str) -> Merchant:
+        for m in self.merchants:
+            if m.id == merchant_id:
+                return m
+        raise ConfigError(f"{self.path}: no merchant {merchant_id!r}")

@@ -1,0 +1,157 @@
+"""The callback site's HTTP API.
+
+* ``POST /v1/link/callbacks``: a call-back request from the edge (signed;
+  verified by ``shared.link.signature_middleware``; idempotent by message id
+  and by ``edge_call_id``). ``202 {"callback_id": ..., "status": ...}``.
+* ``GET /v1/callbacks/{id}``: status, reason code, attempts and legs, for the
+  merchant that owns it (``Authorization: Bearer <token>``; its SHA-256 is the
+  merchant's ``api_token_sha256``).
+* quote/decide routes of ``routing_rates.http`` when the rating service runs.
+* ``GET /healthz``.
+
+Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400),
+``body-too-large`` (413), ``unknown-merchant`` (422, with ``field``),
+``auth-missing`` / ``auth-invalid`` (401), ``not-found`` (404),
+``database-unavailable`` (503 + Retry-After: the edge keeps the request and
+retries), plus the ``signature-*`` ids of the link middleware (401).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from callback_server.schemas import parse_intake
+from callback_server.store import CallbackStore
+from shared.config import Merchant
+from shared.http import (
+    MAX_BODY_BYTES,
+    ApiError,
+    ServiceUnavailable,
+    Unauthorized,
+    error_middleware,
+    json_response,
+)
+from shared.link import VERIFIER_KEY, message_id, raw_body, signature_middleware
+from shared.signing import Verifier
+
+log = logging.getLogger("callback.http")
+
+DB_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+             asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError)
+
+
+@dataclass
+class Health:
+    """Live facts for ``/healthz``, filled in by the composition root."""
+
+    ari_state: Callable[[], str] = field(default=lambda: "not started")
+    extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
+
+
+class Merchants:
+    """Merchant lookup by id, and bearer token → merchant (constant-time digests)."""
+
+    def __init__(self, merchants: Sequence[Merchant]) -> None:
+        self.by_id = {m.id: m for m in merchants}
+        self._digests = [(m.api_token_sha256.encode(), m.id) for m in merchants
+                         if m.api_token_sha256]
+
+    def for_token(self, token: str) -> str | None:
+        digest = hashlib.sha256(token.encode()).hexdigest().encode()
+        found = None
+        for expected, merchant_id in self._digests:
+            if hmac.compare_digest(digest, expected):
+                found = merchant_id
+        return found
+
+
+STORE_KEY = web.AppKey("callback_store", CallbackStore)
+MERCHANTS_KEY = web.AppKey("callback_merchants", Merchants)
+HEALTH_KEY = web.AppKey("callback_health", Health)
+
+
+def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
+                    max_body_bytes: int = MAX_BODY_BYTES, health: Health | None = None
+                    ) -> web.Application:
+    """The aiohttp application; the composition root puts the store under ``STORE_KEY``."""
+    app = web.Application(client_max_size=max_body_bytes,
+                          middlewares=[error_middleware, signature_middleware])
+    app[VERIFIER_KEY] = verifier
+    app[MERCHANTS_KEY] = Merchants(merchants)
+    app[HEALTH_KEY] = health or Health()
+    app.router.add_post("/v1/link/callbacks", link_callbacks)
+    app.router.add_get("/v1/callbacks/{callback_id}", get_callback)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _store(request: web.Request) -> CallbackStore:
+    try:
+        return request.app[STORE_KEY]
+    except KeyError:
+        raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
+
+
+async def link_callbacks(request: web.Request) -> web.Response:
+    req = parse_intake(raw_body(request))
+    merchant = request.app[MERCHANTS_KEY].by_id.get(req.merchant_id)
+    if merchant is None:
+        raise ApiError(422, "unknown-merchant", f"merchant_id: no merchant {req.merchant_id!r}",
+                       field="merchant_id")
+    mid = message_id(request)
+    try:
+        status, body = await _store(request).intake(mid, req, merchant)
+    except DB_ERRORS as exc:
+        log.warning("call-back request %s (edge call %s) not stored: %s", mid,
+                    req.edge_call_id, exc)
+        raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
+    log.info("accepted edge call %s for %s: %s", req.edge_call_id, req.caller, body)
+    return json_response(body, status=status)
+
+
+def _merchant(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("auth-missing", "Authorization: Bearer <token> is required")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("auth-invalid", "expected Authorization: Bearer <token>")
+    merchant_id = request.app[MERCHANTS_KEY].for_token(token.strip())
+    if merchant_id is None:
+        raise Unauthorized("auth-invalid", "unknown API token")
+    return merchant_id
+
+
+async def get_callback(request: web.Request) -> web.Response:
+    merchant_id = _merchant(request)
+    callback_id = request.match_info["callback_id"]
+    try:
+        row = await _store(request).get(callback_id)
+    except DB_ERRORS:
+        raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
+    if row is None or row["merchant_id"] != merchant_id:
+        raise ApiError(404, "not-found", f"no call-back {callback_id!r}")
+    return json_response(row)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH_KEY]
+    database = "ok"
+    try:
+        store = request.app[STORE_KEY]
+        await store.pool.fetchval("SELECT 1")
+    except KeyError:
+        database = "not connected"
+    except DB_ERRORS as exc:
+        database = f"unavailable: {type(exc).__name__}"
+    body = {"status": "ok" if database == "ok" else "degraded", "database": database,
+            "ari": health.ari_state(), **health.extra()}
+    return json_response(body, status=200 if database == "ok" else 503)

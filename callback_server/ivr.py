@@ -1,0 +1,293 @@
+"""The IVR engine: a pure state machine that runs one :class:`~ivr_flow.Flow` on one call.
+
+``start(flow, call_id) -> (state, commands)`` then
+``transition(state, event) -> (state, commands)``. No I/O here (no aiohttp,
+asyncpg or ``shared.ari`` imports); the ARI adapter turns ``Play`` into
+``POST /channels/{id}/play``, ``StartTimer`` into an asyncio timer that comes
+back as ``Timeout``, ``Submit`` into a ``request_info`` row plus its outbox
+message, ``DialOperator`` into the dialer's operator leg, and ``Hangup`` into
+the dialer's ``EndCall``.
+
+Behaviour of the waiting nodes (``menu``, ``digits``, ``confirm``):
+
+* the prompt plays; a key pressed during it stops it (barge-in) and counts;
+* the no-input timer (``timeout_s``) starts when the prompt ends and restarts
+  after each digit, so it is also the inter-digit timeout;
+* an invalid key or a timeout re-prompts with ``invalid_prompt`` or
+  ``timeout_prompt`` first, up to ``retries`` times, then goes to ``on_fail``;
+* ``digits`` ends on the terminator (``#``) or when ``max_length`` digits are in;
+  ``*`` (when it is not the terminator) clears what was typed.
+
+Playback and timer ids carry a sequence number, so a late ``PlaybackFinished``
+of a stopped prompt or a stale ``Timeout`` is recognised and ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from callback_server.ivr_flow import Flow, Media, Node
+
+# --- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackFinished:
+    playback_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorFailed:
+    """The operator leg was not answered (or failed): continue at the node's ``on_fail``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallerHangup:
+    """The customer's leg is gone."""
+
+
+Event = Dtmf | PlaybackFinished | Timeout | OperatorFailed | CallerHangup
+
+# --- commands ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    playback_id: str
+    media: Media
+
+
+@dataclass(frozen=True, slots=True)
+class StopPlayback:
+    playback_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    timer_id: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """The request information collected (the patent's 電話要望情報)."""
+
+    category: str
+    fields: tuple[tuple[str, str], ...]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class DialOperator:
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    pass
+
+
+Command = Play | StopPlayback | StartTimer | CancelTimer | Submit | DialOperator | Hangup
+
+# --- state ---------------------------------------------------------------------------------
+
+
+class Mode(enum.StrEnum):
+    PROMPT = "prompt"        # a prompt is playing
+    WAIT = "wait"            # waiting for keys, the no-input timer running
+    OPERATOR = "operator"    # handed to the operator leg
+    ENDING = "ending"        # playing the last prompt before hanging up
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class IvrState:
+    flow: Flow
+    call_id: str
+    node: str
+    mode: Mode = Mode.PROMPT
+    buffer: str = ""
+    tries: int = 0
+    collected: tuple[tuple[str, str], ...] = ()
+    playback: str | None = None
+    timer: str | None = None
+    seq: int = 0
+
+    @property
+    def current(self) -> Node:
+        return self.flow.node(self.node)
+
+    def value(self, field: str) -> str | None:
+        return next((v for f, v in self.collected if f == field), None)
+
+
+Step = tuple[IvrState, list[Command]]
+MAX_HOPS = 64
+
+
+def start(flow: Flow, call_id: str) -> Step:
+    state = IvrState(flow=flow, call_id=call_id, node=flow.start)
+    return _enter(state, flow.start)
+
+
+def transition(state: IvrState, event: Event) -> Step:
+    if state.mode is Mode.DONE:
+        return state, []
+    if isinstance(event, CallerHangup):
+        cmds: list[Command] = [CancelTimer(state.timer)] if state.timer else []
+        return replace(state, mode=Mode.DONE, timer=None, playback=None), cmds
+    if isinstance(event, PlaybackFinished):
+        return _playback_finished(state, event)
+    if isinstance(event, Dtmf):
+        return _dtmf(state, event.digit)
+    if isinstance(event, Timeout):
+        if event.timer_id != state.timer or state.mode is not Mode.WAIT:
+            return state, []
+        return _retry(replace(state, timer=None), state.current.timeout_prompt)
+    if state.mode is Mode.OPERATOR and state.current.on_fail:
+        return _enter(state, state.current.on_fail)
+    return state, []
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _play(state: IvrState, media: Media, mode: Mode) -> Step:
+    seq = state.seq + 1
+    pid = f"{state.call_id}-p{seq}"
+    return replace(state, seq=seq, playback=pid, mode=mode), [Play(pid, media)]
+
+
+def _start_timer(state: IvrState) -> Step:
+    seq = state.seq + 1
+    tid = f"{state.call_id}-t{seq}"
+    cmds: list[Command] = [CancelTimer(state.timer)] if state.timer else []
+    return replace(state, seq=seq, timer=tid, mode=Mode.WAIT), [
+        *cmds, StartTimer(tid, state.current.timeout_s)]
+
+
+def _leave(state: IvrState) -> Step:
+    """Stop what belongs to the current node: its timer and its prompt."""
+    cmds: list[Command] = []
+    if state.timer:
+        cmds.append(CancelTimer(state.timer))
+    if state.playback:
+        cmds.append(StopPlayback(state.playback))
+    return replace(state, timer=None, playback=None), cmds
+
+
+def _enter(state: IvrState, node_id: str, preamble: Media = ()) -> Step:
+    state, cmds = _leave(state)
+    for _ in range(MAX_HOPS):
+        node = state.flow.node(node_id)
+        state = replace(state, node=node_id, buffer="", tries=0)
+        if node.type == "submit":
+            fields = tuple((f, v) for f in node.fields if (v := state.value(f)) is not None)
+            cmds.append(Submit(node.category or "request", fields))
+            assert node.next is not None
+            node_id = node.next
+            continue
+        if node.type in ("menu", "digits", "confirm", "say"):
+            state, more = _play(state, preamble + node.prompt, Mode.PROMPT)
+        elif node.type == "readback":
+            media = list(preamble + node.prompt)
+            for f in node.fields:
+                media += [*node.label(f), f"digits:{state.value(f) or ''}"]
+            state, more = _play(state, tuple(m for m in media if m != "digits:"), Mode.PROMPT)
+        elif node.type == "operator":
+            assert node.target is not None
+            more = [DialOperator(node.target)]
+            if node.prompt:
+                state, play = _play(state, node.prompt, Mode.OPERATOR)
+                more = play + more
+            state = replace(state, mode=Mode.OPERATOR)
+        else:  # hangup
+            if node.prompt or preamble:
+                state, more = _play(state, preamble + node.prompt, Mode.ENDING)
+            else:
+                state, more = replace(state, mode=Mode.DONE), [Hangup()]
+        return state, cmds + more
+    raise RuntimeError(f"{state.flow.source}: more than {MAX_HOPS} nodes without waiting")
+
+
+def _playback_finished(state: IvrState, ev: PlaybackFinished) -> Step:
+    if ev.playback_id != state.playback:
+        return state, []           # a stopped or superseded prompt
+    state = replace(state, playback=None)
+    node = state.current
+    if state.mode is Mode.ENDING:
+        return replace(state, mode=Mode.DONE), [Hangup()]
+    if state.mode is not Mode.PROMPT:
+        return state, []
+    if node.waits_for_input:
+        return _start_timer(state)
+    assert node.next is not None   # say, readback
+    return _enter(state, node.next)
+
+
+def _dtmf(state: IvrState, digit: str) -> Step:
+    node = state.current
+    if not node.waits_for_input or state.mode not in (Mode.PROMPT, Mode.WAIT):
+        return state, []
+    cmds: list[Command] = []
+    if state.playback:                       # barge-in
+        cmds.append(StopPlayback(state.playback))
+        state = replace(state, playback=None, mode=Mode.WAIT)
+    if node.type == "digits":
+        nxt, more = _digit(state, node, digit)
+    else:
+        target = node.choice(digit)
+        nxt, more = _enter(state, target) if target else _retry(state, node.invalid_prompt)
+    return nxt, cmds + more
+
+
+def _digit(state: IvrState, node: Node, digit: str) -> Step:
+    if digit == node.terminator:
+        if len(state.buffer) >= node.min_length:
+            return _collect(state, node)
+        return _retry(state, node.invalid_prompt)
+    if digit == "*":
+        return _start_timer(replace(state, buffer=""))
+    if not digit.isdigit():
+        return state, []
+    state = replace(state, buffer=state.buffer + digit)
+    if len(state.buffer) >= node.max_length:
+        return _collect(state, node)
+    return _start_timer(state)
+
+
+def _collect(state: IvrState, node: Node) -> Step:
+    assert node.field is not None and node.next is not None
+    kept = tuple((f, v) for f, v in state.collected if f != node.field)
+    state = replace(state, collected=(*kept, (node.field, state.buffer)))
+    return _enter(state, node.next)
+
+
+def _retry(state: IvrState, preamble: Media) -> Step:
+    node = state.current
+    if state.tries >= node.retries:
+        assert node.on_fail is not None
+        return _enter(state, node.on_fail)
+    tries = state.tries + 1
+    state, cmds = _leave(state)
+    state, more = _play(replace(state, buffer="", tries=tries), preamble + node.prompt,
+                        Mode.PROMPT)
+    return state, cmds + more

@@ -1,0 +1,119 @@
+"""Parse link messages into value types at the edge of the callback site.
+
+Errors are :class:`shared.http.ApiError` 400 ``invalid-field`` naming the
+field, so the sender can see exactly what is wrong::
+
+    {"error": {"id": "invalid-field", "message": "caller: not an E.164 number", "field": "caller"}}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.http import ApiError, InvalidField
+from shared.phone import E164, InvalidNumber
+
+_EDGE_CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_MERCHANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ANNOUNCE_MODES = frozenset({"early_media", "answer"})
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return InvalidField(field, message)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRequest:
+    """``POST /v1/link/callbacks``: the edge hands us a caller to call back."""
+
+    edge_call_id: str
+    merchant_id: str
+    caller: E164
+    dialed: str | None
+    received_at: datetime
+    hungup_at: datetime | None
+    announce_mode: str | None
+
+    @property
+    def hung_up_or_received(self) -> datetime:
+        return self.hungup_at or self.received_at
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid-json", f"body is not valid JSON: {exc}",
+                       field="body") from None
+    if not isinstance(data, dict):
+        raise invalid("body", "expected a JSON object")
+    return data
+
+
+def parse_intake(body: bytes) -> IntakeRequest:
+    data = parse_json_object(body)
+    return IntakeRequest(
+        edge_call_id=_text(data, "edge_call_id", _EDGE_CALL_ID),
+        merchant_id=_text(data, "merchant_id", _MERCHANT_ID),
+        caller=_number(data, "caller"),
+        dialed=_optional(data, "dialed"),
+        received_at=_timestamp(data, "received_at", required=True) or datetime.now(UTC),
+        hungup_at=_timestamp(data, "hungup_at", required=False),
+        announce_mode=_announce_mode(data),
+    )
+
+
+def _text(data: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str:
+    value = data.get(key)
+    if value is None:
+        raise invalid(key, "required")
+    if not isinstance(value, str) or not pattern.match(value):
+        raise invalid(key, f"must match {pattern.pattern}")
+    return value
+
+
+def _optional(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise invalid(key, "expected a string of at most 64 characters")
+    return value
+
+
+def _number(data: dict[str, Any], key: str) -> E164:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise invalid(key, "required E.164 string such as +819012345678")
+    try:
+        return E164.parse(value)
+    except InvalidNumber as exc:
+        raise invalid(key, str(exc)) from None
+
+
+def _timestamp(data: dict[str, Any], key: str, *, required: bool) -> datetime | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise invalid(key, "required ISO 8601 timestamp")
+        return None
+    if not isinstance(value, str):
+        raise invalid(key, "expected an ISO 8601 timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(key, f"not an ISO 8601 timestamp: {value[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise invalid(key, "timestamp needs a time zone (Z or +hh:mm)")
+    return parsed.astimezone(UTC)
+
+
+def _announce_mode(data: dict[str, Any]) -> str | None:
+    value = data.get("announce_mode")
+    if value is not None and value not in ANNOUNCE_MODES:
+        raise invalid("announce_mode", f"expected one of {', '.join(sorted(ANNOUNCE_MODES))}")
+    return value if isinstance(value, str) else None

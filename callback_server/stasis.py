@@ -1,0 +1,414 @@
+"""ARI adapter: runs one call-back round as one asyncio task.
+
+:class:`CallRunner` owns the round's dialer state, the IVR state once the
+customer answers, its timers and one inbox. ARI events for its channels reach
+the inbox through the :class:`~shared.ari.router.EventRouter` (subscribed
+*before* each originate, so no event is missed); timers and follow-up events
+go to the same inbox, so the two pure machines see one ordered stream.
+
+Commands run one at a time, in order. ``PersistAttempt`` is awaited (and
+committed) before the ``Originate`` that follows it; if our lease on the job
+is gone, nothing is dialled.
+
+:class:`StasisApp` is the per-process side: it reads the events websocket,
+and on every (re)connect re-syncs: channels of our application that no
+running call owns are hung up (a crashed predecessor's legs, parked in
+Stasis), and running calls check that their legs still exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from callback_server import dialer, ivr
+from callback_server.dialer import DialerState, Phase
+from callback_server.dialer_messages import (
+    Answered,
+    Begin,
+    CancelTimer,
+    ChannelGone,
+    Command,
+    CreateBridge,
+    DestroyBridge,
+    EndCall,
+    Finish,
+    Hangup,
+    Job,
+    OperatorRequested,
+    Originate,
+    Originated,
+    OriginateFailed,
+    PersistAttempt,
+    Reason,
+    RecordCdr,
+    RecordLegResult,
+    Route,
+    Shutdown,
+    StartIvr,
+    StartTimer,
+    TimerFired,
+)
+from callback_server.dialer_messages import Event as DialerEvent
+from callback_server.ivr_flow import Flow
+from callback_server.store import LeaseLost
+from shared import ari
+from shared.money import Money
+from shared.phone import E164
+
+log = logging.getLogger("callback.stasis")
+
+NORMAL = 16
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CallStore(Protocol):
+    async def persist_leg(self, cmd: PersistAttempt, merchant_id: str) -> None: ...
+    async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None: ...
+    async def record_cdr(self, cdr: RecordCdr, *, edge_call_id: str, merchant_id: str,
+                         billed_s: int, carrier_cost: Money | None,
+                         direct_cost: Money | None) -> bool: ...
+    async def record_info(self, submit: ivr.Submit, *, callback_id: str, edge_call_id: str,
+                          merchant_id: str, caller: E164, collected_at: datetime,
+                          seq: int) -> str: ...
+    async def finish(self, callback_id: str, outcome: Finish) -> bool: ...
+
+
+class Rater(Protocol):
+    """Prices a finished leg: (carrier cost, billed seconds) and the direct counterfactual."""
+
+    def leg_cost(self, carrier_id: str, number: E164, at: datetime,
+                 duration_s: int) -> tuple[Money | None, int]: ...
+    def direct_cost(self, inbound_tariff: str, number: E164, at: datetime,
+                    duration_s: int) -> Money | None: ...
+
+
+class AriPort(Protocol):
+    async def originate(self, endpoint: str, *, channel_id: str | None = None,
+                        app_args: tuple[str, ...] | list[str] = (),
+                        caller_id: str | None = None,
+                        timeout: int = 30) -> ari.Channel: ...  # noqa: ASYNC109
+    async def hangup(self, channel_id: str, *, reason: str | None = None) -> None: ...
+    async def play(self, channel_id: str, media: tuple[str, ...] | list[str], *,
+                   playback_id: str | None = None) -> ari.Playback: ...
+    async def stop_playback(self, playback_id: str) -> None: ...
+    async def create_bridge(self, bridge_id: str, *, type: str = "mixing") -> ari.Bridge: ...
+    async def add_channel(self, bridge_id: str, channel_ids: str | list[str]) -> None: ...
+    async def destroy_bridge(self, bridge_id: str) -> None: ...
+    async def get_channel(self, channel_id: str) -> ari.Channel | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    edge_call_id: str
+    inbound_tariff: str
+    flow: Flow
+
+
+Inbox = asyncio.Queue[object]
+
+
+class CallRunner:
+    """One round of one job: dialer + IVR driven by ARI events."""
+
+    def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
+                 store: CallStore, rater: Rater) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.client = client
+        self.router = router
+        self.store = store
+        self.rater = rater
+        self.state = DialerState.new(job)
+        self.ivr: ivr.IvrState | None = None
+        self.inbox: Inbox = asyncio.Queue()
+        self._ari_queue: asyncio.Queue[ari.Event] = asyncio.Queue()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._pending: deque[object] = deque()
+        self._hangup_causes: dict[str, int] = {}
+        self._submits = 0
+        self.outcome: Finish | None = None
+
+    @property
+    def channel_ids(self) -> tuple[str, ...]:
+        legs = (self.state.customer, self.state.operator)
+        return tuple(leg.channel_id for leg in legs if leg is not None and not leg.ended)
+
+    async def run(self, routes: tuple[Route, ...]) -> Finish | None:
+        pump = asyncio.create_task(self._pump(), name=f"pump {self.job.callback_id}")
+        try:
+            self._pending.append(Begin(routes, utcnow()))
+            while self.state.phase is not Phase.DONE:
+                event = self._pending.popleft() if self._pending else await self.inbox.get()
+                await self._handle(event)
+        except LeaseLost as exc:
+            log.error("%s; abandoning the round without dialling", exc)
+            await self._hangup_all()
+        finally:
+            pump.cancel()
+            for handle in self._timers.values():
+                handle.cancel()
+            for cid in {c for c in self.router.channel_ids if c.startswith(self.job.callback_id)}:
+                self.router.release(cid)
+        return self.outcome
+
+    def shutdown(self) -> None:
+        self.inbox.put_nowait(Shutdown(utcnow()))
+
+    async def resync(self) -> None:
+        """After an events reconnect: legs that vanished meanwhile are reported gone."""
+        for cid in self.channel_ids:
+            try:
+                channel = await self.client.get_channel(cid)
+            except ari.AriError:
+                continue
+            if channel is None:
+                log.warning("%s vanished while the events websocket was down", cid)
+                self.inbox.put_nowait(ChannelGone(cid, self._hangup_causes.get(cid, 0),
+                                                  utcnow()))
+
+    async def _pump(self) -> None:
+        while True:
+            self.inbox.put_nowait(await self._ari_queue.get())
+
+    # --- events -------------------------------------------------------------------------
+
+    async def _handle(self, event: object) -> None:
+        if isinstance(event, Begin | Originated | OriginateFailed | Answered | ChannelGone
+                      | TimerFired | OperatorRequested | EndCall | Shutdown):
+            await self._dialer(event)
+        elif isinstance(event, ivr.Timeout):
+            await self._ivr(event)
+        elif isinstance(event, ari.StasisStart):
+            await self._dialer(Answered(event.channel.id, event.timestamp or utcnow()))
+        elif isinstance(event, ari.ChannelHangupRequest) and event.cause is not None:
+            self._hangup_causes[event.channel.id] = event.cause
+        elif isinstance(event, ari.ChannelDestroyed):
+            await self._leg_gone(event.channel.id, event.cause, event.timestamp)
+        elif isinstance(event, ari.StasisEnd):
+            cause = self._hangup_causes.get(event.channel.id, NORMAL)
+            await self._leg_gone(event.channel.id, cause, event.timestamp)
+        elif isinstance(event, ari.ChannelDtmfReceived):
+            if self._is_customer(event.channel.id):
+                await self._ivr(ivr.Dtmf(event.digit))
+        elif isinstance(event, ari.PlaybackFinished):
+            await self._ivr(ivr.PlaybackFinished(event.playback.id))
+
+    def _is_customer(self, cid: str) -> bool:
+        return self.state.customer is not None and self.state.customer.channel_id == cid
+
+    async def _leg_gone(self, cid: str, cause: int, at: datetime | None) -> None:
+        op = self.state.operator
+        operator_unanswered = (op is not None and op.channel_id == cid and not op.ended
+                               and op.answered_at is None)
+        customer = self._is_customer(cid)
+        await self._dialer(ChannelGone(cid, cause, at or utcnow()))
+        if customer:
+            await self._ivr(ivr.CallerHangup())
+        elif operator_unanswered:
+            await self._ivr(ivr.OperatorFailed())
+
+    async def _dialer(self, event: DialerEvent) -> None:
+        self.state, commands = dialer.transition(self.state, event)
+        for cmd in commands:
+            await self._run(cmd)
+
+    async def _ivr(self, event: ivr.Event) -> None:
+        if self.ivr is None:
+            return
+        self.ivr, commands = ivr.transition(self.ivr, event)
+        for cmd in commands:
+            await self._run_ivr(cmd)
+
+    # --- dialer commands ------------------------------------------------------------------
+
+    async def _run(self, cmd: Command) -> None:  # noqa: C901 - one branch per command type
+        if isinstance(cmd, PersistAttempt):
+            self.router.subscribe(cmd.channel_id, self._ari_queue)
+            await self.store.persist_leg(cmd, self.job.merchant_id)
+        elif isinstance(cmd, Originate):
+            await self._originate(cmd)
+        elif isinstance(cmd, Hangup):
+            await self._safely(self.client.hangup(cmd.channel_id, reason=cmd.reason))
+        elif isinstance(cmd, StartTimer):
+            self._start_timer(cmd.name, cmd.seconds, _fired(cmd.name))
+        elif isinstance(cmd, CancelTimer):
+            self._cancel_timer(cmd.name)
+        elif isinstance(cmd, RecordLegResult):
+            await self.store.leg_result(cmd.channel_id, cmd.status, cmd.cause)
+        elif isinstance(cmd, StartIvr):
+            self.ivr, commands = ivr.start(self.ctx.flow, cmd.channel_id)
+            for c in commands:
+                await self._run_ivr(c)
+        elif isinstance(cmd, CreateBridge):
+            await self._bridge(cmd)
+        elif isinstance(cmd, DestroyBridge):
+            await self._safely(self.client.destroy_bridge(cmd.bridge_id))
+        elif isinstance(cmd, RecordCdr):
+            await self._cdr(cmd)
+        else:
+            await self._finish(cmd)
+
+    async def _originate(self, cmd: Originate) -> None:
+        try:
+            await self.client.originate(cmd.endpoint, channel_id=cmd.channel_id,
+                                        app_args=list(cmd.app_args), caller_id=cmd.caller_id,
+                                        timeout=cmd.timeout_s)
+        except ari.AllocationFailed as exc:
+            log.warning("originate %s via %s: allocation failed", cmd.channel_id, cmd.endpoint)
+            self._pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
+            return
+        except ari.AriError as exc:
+            log.warning("originate %s via %s failed: %s", cmd.channel_id, cmd.endpoint, exc)
+            self._pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
+            return
+        log.info("originated %s via %s", cmd.channel_id, cmd.endpoint)
+        self._pending.appendleft(Originated(cmd.channel_id, utcnow()))
+
+    async def _bridge(self, cmd: CreateBridge) -> None:
+        try:
+            await self.client.create_bridge(cmd.bridge_id, type=cmd.bridge_type)
+            await self.client.add_channel(cmd.bridge_id, list(cmd.channel_ids))
+        except ari.AriError as exc:
+            log.error("bridge %s failed: %s; ending the operator leg", cmd.bridge_id, exc)
+            await self._safely(self.client.hangup(cmd.channel_ids[-1]))
+
+    async def _cdr(self, cmd: RecordCdr) -> None:
+        seconds = int(cmd.duration_s.to_integral_value(rounding="ROUND_CEILING"))
+        carrier_cost, billed_s, direct = None, seconds, None
+        if cmd.leg == "customer" and cmd.answered_at is not None:
+            try:
+                carrier_cost, billed_s = self.rater.leg_cost(cmd.carrier_id, self.job.destination,
+                                                             cmd.answered_at, seconds)
+                direct = self.rater.direct_cost(self.ctx.inbound_tariff, self.job.destination,
+                                                cmd.answered_at, seconds)
+            except Exception:  # a rating problem must never lose the CDR
+                log.exception("rating %s failed; CDR stored without cost", cmd.call_id)
+        await self.store.record_cdr(cmd, edge_call_id=self.ctx.edge_call_id,
+                                    merchant_id=self.job.merchant_id, billed_s=billed_s,
+                                    carrier_cost=carrier_cost, direct_cost=direct)
+        log.info("CDR %s %s %s %ss cause %s", cmd.call_id, cmd.carrier_id, cmd.disposition,
+                 cmd.duration_s, cmd.hangup_cause)
+
+    async def _finish(self, cmd: Finish) -> None:
+        self.outcome = cmd
+        if not await self.store.finish(self.job.callback_id, cmd):
+            log.error("%s: lease lost; outcome %s dropped", self.job.callback_id, cmd)
+        log.info("%s round %d: %s (%s)%s", self.job.callback_id, self.job.attempt_no,
+                 cmd.status, cmd.reason,
+                 f", retry in {cmd.retry_in_s} s" if cmd.retry_in_s is not None else "")
+
+    # --- IVR commands ---------------------------------------------------------------------
+
+    async def _run_ivr(self, cmd: ivr.Command) -> None:
+        customer = self.state.customer
+        if isinstance(cmd, ivr.Play) and customer is not None:
+            await self._safely(self.client.play(customer.channel_id, list(cmd.media),
+                                                playback_id=cmd.playback_id))
+        elif isinstance(cmd, ivr.StopPlayback):
+            await self._safely(self.client.stop_playback(cmd.playback_id))
+        elif isinstance(cmd, ivr.StartTimer):
+            self._start_timer(cmd.timer_id, cmd.seconds, _timeout(cmd.timer_id))
+        elif isinstance(cmd, ivr.CancelTimer):
+            self._cancel_timer(cmd.timer_id)
+        elif isinstance(cmd, ivr.Submit):
+            self._submits += 1
+            await self.store.record_info(
+                cmd, callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
+                merchant_id=self.job.merchant_id, caller=self.job.destination,
+                collected_at=utcnow(), seq=self._submits)
+            log.info("%s collected %s %s", self.job.callback_id, cmd.category, cmd.as_dict())
+        elif isinstance(cmd, ivr.DialOperator):
+            self._pending.append(OperatorRequested(utcnow()))
+        elif isinstance(cmd, ivr.Hangup):
+            self._pending.append(EndCall(utcnow()))
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _start_timer(self, name: str, seconds: float, make: Callable[[], object]) -> None:
+        self._cancel_timer(name)
+        loop = asyncio.get_running_loop()
+        self._timers[name] = loop.call_later(seconds, lambda: self.inbox.put_nowait(make()))
+
+    def _cancel_timer(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _safely(self, call: object) -> None:
+        try:
+            await call  # type: ignore[misc]
+        except ari.AriError as exc:
+            log.warning("%s: ARI call failed: %s", self.job.callback_id, exc)
+
+    async def _hangup_all(self) -> None:
+        for cid in self.channel_ids:
+            await self._safely(self.client.hangup(cid))
+
+
+def _fired(name: str) -> Callable[[], object]:
+    return lambda: TimerFired(name, utcnow())
+
+
+def _timeout(timer_id: str) -> Callable[[], object]:
+    return lambda: ivr.Timeout(timer_id)
+
+
+def no_answer_outcome(job: Job) -> Finish:
+    """The outcome of a round that rang and was lost (rescue): counted, normal backoff."""
+    if job.attempt_no < job.policy.max_attempts:
+        return Finish("retry", Reason.NO_ANSWER, job.attempt_no,
+                      job.policy.delay_after(job.attempt_no))
+    return Finish("failed", Reason.NO_ANSWER, job.attempt_no)
+
+
+class StasisApp:
+    """Reads the events websocket for the whole process; re-syncs on every (re)connect."""
+
+    def __init__(self, client: ari.AriClient,
+                 runners: Callable[[], Mapping[str, CallRunner]]) -> None:
+        self.client = client
+        self.runners = runners
+        self.router = ari.EventRouter(on_stasis_start=self._stray, on_connected=self._connected)
+        self.ready = asyncio.Event()
+        self.connects = 0
+
+    async def run(self) -> None:
+        await self.router.run(self.client.events())
+
+    async def _connected(self, event: ari.Connected) -> None:
+        self.connects += 1
+        self.ready.set()
+        log.info("ARI connected (%s)", "reconnect" if event.reconnect else "first connect")
+        try:
+            state = await self.client.application()
+        except ari.AriError as exc:
+            log.warning("re-sync after connect failed: %s", exc)
+            return
+        owned = self.router.channel_ids
+        for cid in state.channel_ids:
+            if cid not in owned:
+                log.warning("hanging up %s: parked in our Stasis app, owned by no call", cid)
+                try:
+                    await self.client.hangup(cid)
+                except ari.AriError as exc:
+                    log.warning("hang-up of stray %s failed: %s", cid, exc)
+        for runner in list(self.runners().values()):
+            await runner.resync()
+
+    async def _stray(self, start: ari.StasisStart, _queue: asyncio.Queue[ari.Event]) -> None:
+        """A channel entered our app that no call originated (inbound, or a lost job's)."""
+        log.warning("hanging up %s (%s): entered Stasis unowned", start.channel.id,
+                    start.channel.name)
+        try:
+            await self.client.hangup(start.channel.id, reason="congestion")
+        except ari.AriError as exc:
+            log.warning("hang-up of %s failed: %s", start.channel.id, exc)

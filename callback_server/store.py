@@ -1,0 +1,341 @@
+"""The callback site's repository: intake, the job queue, legs, CDRs, request info.
+
+Every fact that the edge must hear about is written together with its outbox
+message in one transaction (:meth:`shared.outbox.Outbox.enqueue`), with a
+message id derived from the fact (uuid5), so writing a fact twice is a no-op
+and never sends two messages.
+
+The queue is ``callback_requests`` itself. A worker claims due rows with
+``FOR UPDATE SKIP LOCKED`` on that table only, sets ``status = 'dialing'``
+and a lease; a heartbeat extends the lease. A row whose lease ran out is
+claimable again (a *rescue*). Every leg row is inserted only while the lease
+is still ours (:meth:`persist_leg`), and ``channel_id`` is the primary key:
+two workers can never both originate the same leg.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from callback_server.dialer import LastLeg
+from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
+from callback_server.ivr import Submit
+from callback_server.schemas import IntakeRequest
+from shared.config import Merchant
+from shared.link import Answer, accept_once
+from shared.money import Money
+from shared.outbox import Outbox, isoformat
+from shared.phone import E164
+
+log = logging.getLogger("callback.store")
+
+EVENTS_PATH = "/v1/link/events"
+JOBS_CHANNEL = "callback_jobs"
+_NS = uuid.UUID("6f0c7f0e-8a53-4c1e-9d44-3b1c2d0e5a10")
+
+
+def fact_message_id(kind: str, key: str) -> str:
+    """The outbox message id of a fact: the same fact always gets the same id."""
+    return str(uuid.uuid5(_NS, f"{kind}:{key}"))
+
+
+def new_callback_id() -> str:
+    return "cb-" + uuid.uuid4().hex
+
+
+class LeaseLost(RuntimeError):
+    """Our lease on a job ran out and another worker may own it: do not dial."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    callback_id: str
+    edge_call_id: str
+    merchant_id: str
+    caller: E164
+    attempts: int          # rounds finished before this claim
+    max_attempts: int
+    legs: int              # legs persisted so far (channel id sequence)
+    rescued: bool          # the previous owner's lease expired mid-job
+
+
+class CallbackStore:
+    def __init__(self, pool: asyncpg.Pool, *, owner: str, lease_s: int = 30) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.lease_s = lease_s
+
+    # --- merchants ----------------------------------------------------------------------
+
+    async def sync_merchants(self, merchants: Sequence[Merchant]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            for m in merchants:
+                await conn.execute(
+                    """INSERT INTO merchants (merchant_id, name, callback_caller_id,
+                           pre_callback_delay_s, max_attempts, retry_backoff_s, ring_timeout_s,
+                           ivr_flow, operator, inbound_tariff, synced_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+                       ON CONFLICT (merchant_id) DO UPDATE SET name = $2,
+                           callback_caller_id = $3, pre_callback_delay_s = $4,
+                           max_attempts = $5, retry_backoff_s = $6, ring_timeout_s = $7,
+                           ivr_flow = $8, operator = $9, inbound_tariff = $10, synced_at = now()
+                    """, m.id, m.name, str(m.callback_caller_id), m.pre_callback_delay_s,
+                    m.max_attempts, list(m.retry_backoff_s), m.ring_timeout_s, m.ivr_flow,
+                    m.operator, m.inbound_tariff)
+
+    # --- intake -------------------------------------------------------------------------
+
+    async def intake(self, message_id: str, req: IntakeRequest, merchant: Merchant) -> Answer:
+        """Store a call-back request once; answer ``202 {callback_id, status}``.
+
+        One transaction: the message id (``accept_once``), the request row and
+        its NOTIFY (trigger; delivered at commit). A repeated message id gets
+        the first answer; a new message for a known ``edge_call_id`` gets the
+        existing call-back and queues nothing.
+        """
+
+        async def handler(conn: asyncpg.Connection) -> Answer:
+            row = await conn.fetchrow(
+                """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
+                       dialed, announce_mode, received_at, hungup_at, message_id, max_attempts,
+                       next_attempt_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                           least(now() + $11::numeric * interval '1 second',
+                                 greatest(now(), $12::timestamptz + $11 * interval '1 second')))
+                   ON CONFLICT (edge_call_id) DO NOTHING
+                   RETURNING callback_id, status""",
+                new_callback_id(), req.edge_call_id, merchant.id, str(req.caller), req.dialed,
+                req.announce_mode, req.received_at, req.hungup_at, message_id,
+                merchant.max_attempts, merchant.pre_callback_delay_s, req.hung_up_or_received)
+            if row is None:
+                row = await conn.fetchrow(
+                    "SELECT callback_id, status FROM callback_requests WHERE edge_call_id = $1",
+                    req.edge_call_id)
+                assert row is not None
+                log.info("edge call %s already has call-back %s", req.edge_call_id,
+                         row["callback_id"])
+            return 202, {"callback_id": row["callback_id"], "status": row["status"]}
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await accept_once(conn, message_id, "callback_request", handler)
+
+    async def get(self, callback_id: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            """SELECT callback_id, edge_call_id, merchant_id, caller, status, reason, attempts,
+                      max_attempts, received_at, accepted_at, next_attempt_at, finished_at
+               FROM callback_requests WHERE callback_id = $1""", callback_id)
+        if row is None:
+            return None
+        legs = await self.pool.fetch(
+            """SELECT channel_id, attempt_no, leg, carrier_id, status, cause, created_at
+               FROM callback_attempts WHERE callback_id = $1 ORDER BY leg_seq""", callback_id)
+        out = {k: (isoformat(v) if isinstance(v, datetime) else v) for k, v in row.items()}
+        out["legs"] = [{k: (isoformat(v) if isinstance(v, datetime) else v)
+                        for k, v in leg.items()} for leg in legs]
+        return out
+
+    # --- the queue ----------------------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs (and jobs whose lease expired)."""
+        rows = await self.pool.fetch(
+            """WITH c AS (
+                   SELECT callback_id, status AS prev_status
+                   FROM callback_requests
+                   WHERE (status = 'queued' AND next_attempt_at <= now())
+                      OR (status = 'dialing' AND lease_expires_at < now())
+                   ORDER BY next_attempt_at
+                   LIMIT $3
+                   FOR UPDATE SKIP LOCKED)
+               UPDATE callback_requests r
+               SET status = 'dialing', lease_owner = $1,
+                   lease_expires_at = now() + $2 * interval '1 second',
+                   heartbeat_at = now(), updated_at = now()
+               FROM c WHERE r.callback_id = c.callback_id
+               RETURNING r.callback_id, r.edge_call_id, r.merchant_id, r.caller, r.attempts,
+                         r.max_attempts, c.prev_status,
+                         (SELECT count(*) FROM callback_attempts a
+                          WHERE a.callback_id = r.callback_id) AS legs""",
+            self.owner, self.lease_s, limit)
+        jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
+                           E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
+                           int(r["legs"]), r["prev_status"] == "dialing") for r in rows]
+        for job in jobs:
+            if job.rescued:
+                log.warning("rescued job %s (previous worker's lease expired)", job.callback_id)
+        return jobs
+
+    async def heartbeat(self, callback_ids: Sequence[str]) -> set[str]:
+        """Extend our leases; returns the ids we still hold."""
+        if not callback_ids:
+            return set()
+        rows = await self.pool.fetch(
+            """UPDATE callback_requests
+               SET lease_expires_at = now() + $2 * interval '1 second', heartbeat_at = now()
+               WHERE callback_id = ANY($3::text[]) AND lease_owner = $1 AND status = 'dialing'
+               RETURNING callback_id""", self.owner, self.lease_s, list(callback_ids))
+        return {r["callback_id"] for r in rows}
+
+    async def seconds_to_next_due(self) -> float | None:
+        """Seconds until the next queued job is due (negative: overdue), or None."""
+        value = await self.pool.fetchval(
+            """SELECT extract(epoch FROM min(t) - now()) FROM (
+                   SELECT min(next_attempt_at) AS t FROM callback_requests
+                   WHERE status = 'queued'
+                   UNION ALL
+                   SELECT min(lease_expires_at) FROM callback_requests
+                   WHERE status = 'dialing') s""")
+        return None if value is None else float(value)
+
+    async def release(self, callback_id: str, delay_s: float, reason: str) -> None:
+        """Give a job back without counting a round (e.g. Asterisk unreachable)."""
+        await self.pool.execute(
+            """UPDATE callback_requests SET status = 'queued', lease_owner = NULL,
+                   lease_expires_at = NULL, reason = $3, updated_at = now(),
+                   next_attempt_at = now() + $2 * interval '1 millisecond'
+               WHERE callback_id = $1 AND lease_owner = $4 AND status = 'dialing'""",
+            callback_id, int(delay_s * 1000), reason, self.owner)
+
+    # --- legs ---------------------------------------------------------------------------
+
+    async def persist_leg(self, cmd: PersistAttempt, merchant_id: str) -> None:
+        """Commit the leg row before its originate, only while our lease holds."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            held = await conn.fetchval(
+                """UPDATE callback_requests
+                   SET lease_expires_at = now() + $3 * interval '1 second', heartbeat_at = now()
+                   WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                   RETURNING true""", cmd.callback_id, self.owner, self.lease_s)
+            if not held:
+                raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
+                                f"{cmd.channel_id}")
+            await conn.execute(
+                """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
+                       attempt_no, leg_seq, leg, carrier_id, endpoint, worker)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
+                cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner)
+
+    async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
+        await self.pool.execute(
+            """UPDATE callback_attempts SET status = $2, cause = coalesce($3, cause),
+                   answered = answered OR $2 = 'answered', updated_at = now()
+               WHERE channel_id = $1""", channel_id, status, cause)
+
+    async def last_leg(self, callback_id: str) -> tuple[str, LastLeg] | None:
+        row = await self.pool.fetchrow(
+            """SELECT channel_id, status, answered, cause FROM callback_attempts
+               WHERE callback_id = $1 AND leg = 'customer'
+               ORDER BY leg_seq DESC LIMIT 1""", callback_id)
+        if row is None:
+            return None
+        return row["channel_id"], LastLeg(row["status"], row["answered"], row["cause"])
+
+    # --- facts reported to the edge --------------------------------------------------------
+
+    async def record_cdr(self, cdr: RecordCdr, *, edge_call_id: str, merchant_id: str,
+                         billed_s: int, carrier_cost: Money | None,
+                         direct_cost: Money | None) -> bool:
+        """Store one CDR and its outbox message. False if it was already stored."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """INSERT INTO cdrs (call_id, callback_id, merchant_id, leg, destination,
+                       carrier_id, started_at, answered_at, ended_at, duration_s, billed_s,
+                       hangup_cause, disposition, carrier_cost, carrier_currency, direct_cost,
+                       direct_currency)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                           $16, $17)
+                   ON CONFLICT (call_id) DO NOTHING RETURNING true""",
+                cdr.call_id, cdr.callback_id, merchant_id, cdr.leg, cdr.destination,
+                cdr.carrier_id, cdr.started_at, cdr.answered_at, cdr.ended_at, cdr.duration_s,
+                billed_s, cdr.hangup_cause, cdr.disposition,
+                _amount(carrier_cost), _currency(carrier_cost), _amount(direct_cost),
+                _currency(direct_cost))
+            if not inserted:
+                return False
+            payload = {
+                "kind": "cdr", "call_id": cdr.call_id, "callback_id": cdr.callback_id,
+                "edge_call_id": edge_call_id, "merchant_id": merchant_id, "leg": cdr.leg,
+                "destination": cdr.destination, "carrier": cdr.carrier_id,
+                "started_at": isoformat(cdr.started_at),
+                "answered_at": isoformat(cdr.answered_at), "ended_at": isoformat(cdr.ended_at),
+                "duration_s": str(cdr.duration_s), "billed_s": billed_s,
+                "hangup_cause": cdr.hangup_cause, "disposition": cdr.disposition,
+                "carrier_cost": carrier_cost.to_json() if carrier_cost else None,
+                "direct_cost": direct_cost.to_json() if direct_cost else None,
+            }
+            await Outbox.enqueue(conn, kind="cdr", path=EVENTS_PATH, payload=payload,
+                                 message_id=fact_message_id("cdr", cdr.call_id),
+                                 merchant_id=merchant_id)
+            return True
+
+    async def record_info(self, submit: Submit, *, callback_id: str, edge_call_id: str,
+                          merchant_id: str, caller: E164, collected_at: datetime,
+                          seq: int) -> str:
+        """Store collected request info and its outbox message; returns the message id."""
+        mid = fact_message_id("request_info", f"{callback_id}:{seq}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """INSERT INTO request_info (callback_id, merchant_id, category, fields,
+                       collected_at, message_id)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (message_id) DO NOTHING RETURNING true""",
+                callback_id, merchant_id, submit.category, submit.as_dict(), collected_at, mid)
+            if inserted:
+                await Outbox.enqueue(conn, kind="request_info", path=EVENTS_PATH, payload={
+                    "kind": "request_info", "callback_id": callback_id,
+                    "edge_call_id": edge_call_id, "merchant_id": merchant_id,
+                    "caller": str(caller), "category": submit.category,
+                    "fields": submit.as_dict(), "collected_at": isoformat(collected_at),
+                }, message_id=mid, merchant_id=merchant_id)
+        return mid
+
+    async def finish(self, callback_id: str, outcome: Finish) -> bool:
+        """End our round: queue the job again, or close it and tell the edge.
+
+        Returns False (and changes nothing) if our lease was lost meanwhile.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if outcome.retry_in_s is not None:
+                row = await conn.fetchrow(
+                    """UPDATE callback_requests SET status = 'queued', attempts = $3,
+                           reason = $4, lease_owner = NULL, lease_expires_at = NULL,
+                           next_attempt_at = now() + $5 * interval '1 second', updated_at = now()
+                       WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                       RETURNING callback_id""", callback_id, self.owner, outcome.attempts,
+                    str(outcome.reason), outcome.retry_in_s)
+                return row is not None
+            row = await conn.fetchrow(
+                """UPDATE callback_requests SET status = $3, attempts = $4, reason = $5,
+                       lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
+                       updated_at = now()
+                   WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                   RETURNING edge_call_id, merchant_id, finished_at""",
+                callback_id, self.owner, outcome.status, outcome.attempts, str(outcome.reason))
+            if row is None:
+                log.error("finish %s: lease lost; outcome %s not recorded", callback_id, outcome)
+                return False
+            await Outbox.enqueue(conn, kind="callback_status", path=EVENTS_PATH, payload={
+                "kind": "callback_status", "callback_id": callback_id,
+                "edge_call_id": row["edge_call_id"], "merchant_id": row["merchant_id"],
+                "status": outcome.status, "reason": str(outcome.reason),
+                "attempts": outcome.attempts, "at": isoformat(row["finished_at"]),
+            }, message_id=fact_message_id("callback_status", callback_id),
+                merchant_id=row["merchant_id"])
+            return True
+
+
+def _amount(money: Money | None) -> Decimal | None:
+    return None if money is None else money.amount
+
+
+def _currency(money: Money | None) -> str | None:
+    return None if money is None else money.currency

@@ -1,0 +1,140 @@
+"""In-process fakes for the callback site's ports, and small builders for tests.
+
+``FakeAri`` records REST calls and lets a test push ARI events through the
+real :class:`~shared.ari.router.EventRouter`; ``MemoryStore`` implements
+:class:`~callback_server.stasis.CallStore` in memory; ``FixedRater`` prices
+every second the same. Integration tests use the real adapters instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
+from callback_server.ivr import Submit
+from callback_server.store import LeaseLost
+from shared import ari
+from shared.config import AnnounceMode, Merchant
+from shared.money import Money
+from shared.phone import E164, normalise
+
+
+def merchant(merchant_id: str = "acme", number: str = "0120123456", *,
+             api_token_sha256: str | None = None, delay_s: str = "0",
+             max_attempts: int = 3) -> Merchant:
+    n = normalise(number)
+    return Merchant(id=merchant_id, name=merchant_id.upper(), numbers=(n,),
+                    callback_caller_id=n, announce_mode=AnnounceMode.EARLY_MEDIA,
+                    inbound_tariff="ntt-freedial", pre_callback_delay_s=Decimal(delay_s),
+                    max_attempts=max_attempts, retry_backoff_s=(30, 120, 600),
+                    ring_timeout_s=30, ivr_flow="order", operator="operator",
+                    api_token_sha256=api_token_sha256)
+
+
+@dataclass
+class FakeAri:
+    """Records calls; ``allocation_fails`` makes originate raise for those endpoints."""
+
+    router: ari.EventRouter = field(default_factory=ari.EventRouter)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    allocation_fails: set[str] = field(default_factory=set)
+    channels: dict[str, str] = field(default_factory=dict)   # id -> state
+    report_hangups: bool = True
+
+    async def originate(self, endpoint: str, *, channel_id: str | None = None,
+                        app_args: tuple[str, ...] | list[str] = (),
+                        caller_id: str | None = None,
+                        timeout: int = 30) -> ari.Channel:  # noqa: ASYNC109
+        self.calls.append(("originate", (endpoint, channel_id, caller_id, timeout)))
+        if endpoint in self.allocation_fails:
+            raise ari.AllocationFailed(500, "Allocation failed", method="POST", path="/channels")
+        assert channel_id is not None
+        self.channels[channel_id] = "Down"
+        return ari.Channel(id=channel_id, state="Down")
+
+    async def hangup(self, channel_id: str, *, reason: str | None = None) -> None:
+        self.calls.append(("hangup", channel_id))
+        if self.channels.pop(channel_id, None) is not None and self.report_hangups:
+            # Like Asterisk after DELETE /channels/{id}: StasisEnd (no ChannelDestroyed).
+            event = ari.StasisEnd(ari.Channel(id=channel_id))
+            asyncio.get_running_loop().call_soon(self.router.dispatch, event)
+
+    async def play(self, channel_id: str, media: tuple[str, ...] | list[str], *,
+                   playback_id: str | None = None) -> ari.Playback:
+        self.calls.append(("play", (channel_id, tuple(media), playback_id)))
+        return ari.Playback(id=playback_id or "pb", target_uri=f"channel:{channel_id}")
+
+    async def stop_playback(self, playback_id: str) -> None:
+        self.calls.append(("stop_playback", playback_id))
+
+    async def create_bridge(self, bridge_id: str, *, type: str = "mixing") -> ari.Bridge:
+        self.calls.append(("create_bridge", (bridge_id, type)))
+        return ari.Bridge(id=bridge_id, bridge_type=type)
+
+    async def add_channel(self, bridge_id: str, channel_ids: str | list[str]) -> None:
+        self.calls.append(("add_channel", (bridge_id, tuple(channel_ids))))
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        self.calls.append(("destroy_bridge", bridge_id))
+
+    async def get_channel(self, channel_id: str) -> ari.Channel | None:
+        state = self.channels.get(channel_id)
+        return None if state is None else ari.Channel(id=channel_id, state=state)
+
+    def named(self, name: str) -> list[Any]:
+        return [c[1] for c in self.calls if isinstance(c, tuple) and c[0] == name]
+
+
+@dataclass
+class MemoryStore:
+    legs: dict[str, PersistAttempt] = field(default_factory=dict)
+    results: list[tuple[str, str, int | None]] = field(default_factory=list)
+    cdrs: list[tuple[RecordCdr, int, Money | None, Money | None]] = field(default_factory=list)
+    infos: list[Submit] = field(default_factory=list)
+    finished: list[Finish] = field(default_factory=list)
+    lease_held: bool = True
+    order: list[str] = field(default_factory=list)
+
+    async def persist_leg(self, cmd: PersistAttempt, merchant_id: str) -> None:
+        if not self.lease_held:
+            raise LeaseLost(cmd.callback_id)
+        self.order.append(f"persist {cmd.channel_id}")
+        self.legs[cmd.channel_id] = cmd
+
+    async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
+        self.results.append((channel_id, status, cause))
+
+    async def record_cdr(self, cdr: RecordCdr, *, edge_call_id: str, merchant_id: str,
+                         billed_s: int, carrier_cost: Money | None,
+                         direct_cost: Money | None) -> bool:
+        self.cdrs.append((cdr, billed_s, carrier_cost, direct_cost))
+        return True
+
+    async def record_info(self, submit: Submit, *, callback_id: str, edge_call_id: str,
+                          merchant_id: str, caller: E164, collected_at: datetime,
+                          seq: int) -> str:
+        self.infos.append(submit)
+        return f"info-{seq}"
+
+    async def finish(self, callback_id: str, outcome: Finish) -> bool:
+        self.finished.append(outcome)
+        return True
+
+
+@dataclass
+class FixedRater:
+    per_minute: Money = field(default_factory=lambda: Money.of("0.1398", "USD"))
+    direct_per_minute: Money = field(default_factory=lambda: Money.of("30", "JPY"))
+
+    def leg_cost(self, carrier_id: str, number: E164, at: datetime,
+                 duration_s: int) -> tuple[Money | None, int]:
+        billed = max(60, -(-duration_s // 60) * 60)
+        return self.per_minute * Decimal(billed // 60), billed
+
+    def direct_cost(self, inbound_tariff: str, number: E164, at: datetime,
+                    duration_s: int) -> Money | None:
+        return self.direct_per_minute * Decimal(max(1, -(-duration_s // 60)))

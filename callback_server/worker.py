@@ -1,0 +1,263 @@
+"""Job pickup: LISTEN, claim with SKIP LOCKED, lease + heartbeat, rescue, run calls.
+
+Hot path (no polling): the intake transaction's trigger NOTIFYs
+``callback_jobs`` with the job's due time; the worker claims at once when it
+is due, or arms a timer for that moment (``pre_callback_delay_s``). A slow
+safety sweep (``sweep_s``) catches what a notification cannot: timers lost in
+a restart, retries due later, and leases that expired (rescue).
+
+A claimed job is run by :class:`~callback_server.stasis.CallRunner`. Before
+dialling, a job whose last leg is unresolved (it was rescued, or its worker
+lost Asterisk mid-originate) asks Asterisk about that leg's channel id and
+follows :func:`callback_server.dialer.rescue_action`: it re-dials only if the
+call never happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import asyncpg
+
+from callback_server.dialer import RescueAction, reason_for, rescue_action
+from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
+from callback_server.ivr_flow import Flow
+from callback_server.stasis import (
+    AriPort,
+    CallContext,
+    CallRunner,
+    Rater,
+    no_answer_outcome,
+)
+from callback_server.store import JOBS_CHANNEL, CallbackStore, ClaimedJob
+from shared import ari
+from shared.config import Merchant
+from shared.db import listening
+from shared.phone import E164
+
+log = logging.getLogger("callback.worker")
+
+
+class RouteSource(Protocol):
+    async def routes(self, number: E164, at: datetime) -> tuple[Route, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    max_calls: int = 50
+    sweep_s: float = 5.0
+    heartbeat_s: float = 10.0
+    drain_s: float = 30.0
+    operator_endpoint: str = "PJSIP/{operator}@edge-trunk"
+
+
+class Worker:
+    def __init__(self, *, store: CallbackStore, db_url: str, merchants: Mapping[str, Merchant],
+                 flows: Mapping[str, Flow], routes: RouteSource, client: AriPort,
+                 router: ari.EventRouter, rater: Rater, ari_ready: asyncio.Event,
+                 settings: WorkerSettings = WorkerSettings()) -> None:
+        self.store = store
+        self.db_url = db_url
+        self.merchants = merchants
+        self.flows = flows
+        self.route_source = routes
+        self.client = client
+        self.router = router
+        self.rater = rater
+        self.ari_ready = ari_ready
+        self.settings = settings
+        self.calls: dict[str, CallRunner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._stopping = False
+
+    # --- main loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and run jobs until cancelled; survives database outages."""
+        beat = asyncio.create_task(self._heartbeat_loop(), name="callback heartbeat")
+        try:
+            while not self._stopping:
+                try:
+                    async with listening(self.db_url, JOBS_CHANNEL) as notes:
+                        reader = asyncio.create_task(self._read_notes(notes))
+                        try:
+                            await self._loop()
+                        finally:
+                            reader.cancel()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("worker lost the database (%s); retrying in 1 s", exc)
+                    await asyncio.sleep(1.0)
+        finally:
+            beat.cancel()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            await self.claim_and_start()
+            due = await self.store.seconds_to_next_due()
+            if due is not None and due > 0:
+                self._arm(due)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.sweep_s)
+            except TimeoutError:
+                pass
+
+    async def _read_notes(self, notes: asyncio.Queue[str]) -> None:
+        while True:
+            payload = await notes.get()
+            try:
+                due = float(payload.split()[1]) - time.time()
+            except (IndexError, ValueError):
+                due = 0.0
+            if due <= 0:
+                self._wake.set()
+            else:
+                self._arm(due)
+
+    def _arm(self, delay_s: float) -> None:
+        """Wake the loop in ``delay_s`` (keeps only the earliest pending wake-up)."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay_s
+        if self._timer is not None and self._timer_at <= at and self._timer_at > loop.time():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._wake.set)
+
+    async def claim_and_start(self) -> int:
+        free = self.settings.max_calls - len(self._tasks)
+        if free <= 0 or self._stopping:
+            return 0
+        jobs = await self.store.claim(free)
+        for job in jobs:
+            task = asyncio.create_task(self._run_job(job), name=f"job {job.callback_id}")
+            self._tasks[job.callback_id] = task
+            task.add_done_callback(functools.partial(self._done, job.callback_id))
+        return len(jobs)
+
+    def _done(self, callback_id: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(callback_id, None)
+        self.calls.pop(callback_id, None)
+        self._wake.set()            # a slot is free
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            ids = list(self._tasks)
+            try:
+                held = await self.store.heartbeat(ids)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for lost in set(ids) - held:
+                log.error("lease on %s lost (another worker may rescue it)", lost)
+
+    async def shutdown(self) -> None:
+        """Stop claiming, let running calls finish for ``drain_s``, then end them."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks.values()),
+                                            timeout=self.settings.drain_s)
+            for runner in list(self.calls.values()):
+                runner.shutdown()
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+
+    # --- one job --------------------------------------------------------------------------
+
+    async def _run_job(self, claimed: ClaimedJob) -> None:
+        try:
+            await self._run_job_inner(claimed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s crashed; it is given back", claimed.callback_id)
+            try:
+                await self.store.release(claimed.callback_id, 10.0, "worker_error")
+            except Exception:
+                log.exception("could not give back %s (its lease will expire)",
+                              claimed.callback_id)
+
+    async def _run_job_inner(self, claimed: ClaimedJob) -> None:
+        merchant = self.merchants.get(claimed.merchant_id)
+        if merchant is None:
+            log.error("job %s: unknown merchant %s", claimed.callback_id, claimed.merchant_id)
+            await self.store.finish(claimed.callback_id,
+                                    Finish("failed", Reason.UNKNOWN_MERCHANT, claimed.attempts))
+            return
+        job = self._job(claimed, merchant)
+        if not self.ari_ready.is_set():
+            log.warning("job %s waits: Asterisk (ARI) not connected", claimed.callback_id)
+            await self.store.release(claimed.callback_id, 2.0, "asterisk_unreachable")
+            return
+        if not await self._resolve_last_leg(claimed, job):
+            return
+        try:
+            routes = await self.route_source.routes(job.destination, datetime.now(UTC))
+        except Exception:
+            log.exception("route choice for %s failed", claimed.callback_id)
+            await self.store.release(claimed.callback_id, 30.0, "routing_error")
+            return
+        log.info("job %s round %d/%d: routes %s", job.callback_id, job.attempt_no,
+                 job.policy.max_attempts, [r.carrier_id for r in routes])
+        ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
+                          self.flows[merchant.ivr_flow])
+        runner = CallRunner(job, ctx, client=self.client, router=self.router,
+                            store=self.store, rater=self.rater)
+        self.calls[job.callback_id] = runner
+        if self._stopping:
+            runner.shutdown()
+        await runner.run(routes)
+
+    def _job(self, claimed: ClaimedJob, merchant: Merchant) -> Job:
+        return Job(callback_id=claimed.callback_id, merchant_id=merchant.id,
+                   destination=claimed.caller, caller_id=merchant.callback_caller_id,
+                   ring_timeout_s=merchant.ring_timeout_s,
+                   policy=RetryPolicy(claimed.max_attempts, merchant.retry_backoff_s),
+                   attempt_no=claimed.attempts + 1, leg_seq=claimed.legs,
+                   operator_endpoint=self.settings.operator_endpoint.format(
+                       operator=merchant.operator))
+
+    async def _resolve_last_leg(self, claimed: ClaimedJob, job: Job) -> bool:
+        """True if the job may dial now; otherwise it has been finished or given back."""
+        last = await self.store.last_leg(claimed.callback_id)
+        if last is None or (not claimed.rescued and last[1].status in ("failed", "ended")):
+            return True
+        channel_id, leg = last
+        try:
+            channel = await self.client.get_channel(channel_id)
+        except ari.AriError as exc:
+            log.warning("rescue of %s: cannot ask Asterisk about %s (%s); later",
+                        claimed.callback_id, channel_id, exc)
+            await self.store.release(claimed.callback_id, 5.0, "asterisk_unreachable")
+            return False
+        action = rescue_action(leg, channel.state if channel else None)
+        log.warning("job %s: last leg %s is %s, channel %s -> %s", claimed.callback_id,
+                    channel_id, leg.status, channel.state if channel else "absent", action)
+        if action is RescueAction.REDIAL:
+            return True
+        if channel is not None:
+            try:
+                await self.client.hangup(channel_id)
+            except ari.AriError as exc:
+                log.warning("rescue hang-up of %s failed: %s", channel_id, exc)
+        await self.store.leg_result(channel_id, "ended", leg.cause)
+        outcome = {
+            RescueAction.HANGUP_AND_FAIL: Finish("failed", Reason.WORKER_LOST, job.attempt_no),
+            RescueAction.COMPLETE: Finish("completed", Reason.ANSWERED, job.attempt_no),
+            RescueAction.FAIL: Finish("failed", reason_for(leg.cause or 0), job.attempt_no),
+        }.get(action) or no_answer_outcome(job)
+        await self.store.finish(claimed.callback_id, outcome)
+        return False

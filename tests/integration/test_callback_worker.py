@@ -1,0 +1,185 @@
+"""The worker against real PostgreSQL with a fake Asterisk: event-driven pickup, delay,
+two workers never dialling one request twice, rescue of a stalled worker's job."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+import callback_server
+import shared
+from callback_server.config import StaticRoute
+from callback_server.dialer_messages import PersistAttempt
+from callback_server.ivr_flow import load_named
+from callback_server.routing import Routing
+from callback_server.schemas import IntakeRequest
+from callback_server.store import CallbackStore
+from callback_server.testing import FakeAri, FixedRater, merchant
+from callback_server.worker import Worker, WorkerSettings
+from shared import ari
+from shared.db import create_pool, migrate_url, package_migrations
+from shared.phone import E164
+
+pytestmark = pytest.mark.integration
+
+ACME = merchant("acme")
+SLOW = merchant("slow", "0120999888", delay_s="1.5")
+ROUTES = (StaticRoute("carrier-a", "PJSIP/{digits}@carrier-a"),
+          StaticRoute("carrier-b", "PJSIP/{digits}@carrier-b"))
+
+
+@pytest.fixture(scope="module")
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
+                               package_migrations("callback", callback_server.__file__)])
+    p = await create_pool(pg_url, max_size=20)
+    await CallbackStore(p, owner="setup").sync_merchants([ACME, SLOW])
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
+    await pool.execute("TRUNCATE cdrs, request_info, callback_attempts, callback_requests, "
+                       "outbox, inbound_messages")
+    return pool
+
+
+@pytest.fixture
+def ids() -> Iterator[str]:
+    return iter(f"edge-{uuid.uuid4().hex[:8]}-{i}" for i in range(10_000))
+
+
+async def intake(pool: asyncpg.Pool, edge_call_id: str, m: object = ACME) -> str:
+    now = datetime.now(UTC)
+    req = IntakeRequest(edge_call_id, m.id, E164("819012345678"), None, now, now,  # type: ignore[attr-defined]
+                        "early_media")
+    _, body = await CallbackStore(pool, owner="edge").intake(str(uuid.uuid4()), req, m)  # type: ignore[arg-type]
+    return str(body["callback_id"])
+
+
+@asynccontextmanager
+async def running(pool: asyncpg.Pool, pg_url: str, owner: str, *, lease_s: int = 30,
+                  sweep_s: float = 30.0) -> AsyncIterator[tuple[Worker, FakeAri]]:
+    fake = FakeAri()
+    ready = asyncio.Event()
+    ready.set()
+    worker = Worker(store=CallbackStore(pool, owner=owner, lease_s=lease_s), db_url=pg_url,
+                    merchants={"acme": ACME, "slow": SLOW}, flows={"order": load_named("order")},
+                    routes=Routing(None, ROUTES), client=fake, router=fake.router,
+                    rater=FixedRater(), ari_ready=ready,
+                    settings=WorkerSettings(sweep_s=sweep_s, heartbeat_s=lease_s / 3,
+                                            drain_s=0.5))
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.2)                    # LISTEN is up
+    try:
+        yield worker, fake
+    finally:
+        await worker.shutdown()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_for(predicate: object, limit_s: float = 5.0) -> float:
+    started = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() - started > limit_s:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+async def test_job_is_dialled_on_notify_not_by_the_sweep(clean: asyncpg.Pool, pg_url: str,
+                                                         ids: Iterator[str]) -> None:
+    async with running(clean, pg_url, "w1", sweep_s=30) as (_, fake):
+        callback_id = await intake(clean, next(ids))
+        took = await wait_for(lambda: fake.named("originate"))
+        assert took < 1.0                       # the sweep is 30 s: this was the NOTIFY
+        endpoint, channel_id, caller_id, _ = fake.named("originate")[0]
+        assert endpoint == "PJSIP/819012345678@carrier-a"
+        assert channel_id == f"{callback_id}-01" and caller_id == "+81120123456"
+        fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id=channel_id), cause=17))
+        await wait_for(lambda: True)
+        row = None
+
+        async def requeued() -> bool:
+            nonlocal row
+            row = await clean.fetchrow("SELECT status, attempts, reason FROM callback_requests")
+            return row is not None and row["status"] == "queued"
+
+        for _ in range(200):
+            if await requeued():
+                break
+            await asyncio.sleep(0.01)
+        assert row is not None and (row["status"], row["attempts"], row["reason"]) == (
+            "queued", 1, "customer_busy")
+        assert len(fake.named("originate")) == 1    # backoff 30 s: no second ring now
+
+
+async def test_pre_callback_delay_is_a_timer(clean: asyncpg.Pool, pg_url: str,
+                                             ids: Iterator[str]) -> None:
+    async with running(clean, pg_url, "w1", sweep_s=30) as (_, fake):
+        await intake(clean, next(ids), SLOW)
+        took = await wait_for(lambda: fake.named("originate"), limit_s=5)
+        assert 1.3 < took < 2.5
+
+
+async def test_two_workers_never_dial_one_request_twice(clean: asyncpg.Pool, pg_url: str,
+                                                        ids: Iterator[str]) -> None:
+    async with running(clean, pg_url, "wa", sweep_s=0.5) as (_, fa), \
+            running(clean, pg_url, "wb", sweep_s=0.5) as (_, fb):
+        created = {await intake(clean, next(ids)) for _ in range(30)}
+        await wait_for(lambda: len(fa.named("originate")) + len(fb.named("originate")) >= 30)
+        await asyncio.sleep(0.3)
+        dialled_a = {o[1].rsplit("-", 1)[0] for o in fa.named("originate")}
+        dialled_b = {o[1].rsplit("-", 1)[0] for o in fb.named("originate")}
+        assert not dialled_a & dialled_b
+        assert dialled_a | dialled_b == created
+        assert len(fa.named("originate")) + len(fb.named("originate")) == 30
+
+
+async def test_rescue_redials_a_job_that_never_dialled(clean: asyncpg.Pool, pg_url: str,
+                                                       ids: Iterator[str]) -> None:
+    callback_id = await intake(clean, next(ids))
+    stalled = CallbackStore(clean, owner="stalled", lease_s=1)
+    (job,) = await stalled.claim(1)
+    await stalled.persist_leg(PersistAttempt(callback_id, 1, 1, f"{callback_id}-01", "customer",
+                                             "carrier-a", "PJSIP/x@carrier-a"), "acme")
+    # ... and the stalled worker died before its originate reached Asterisk.
+    async with running(clean, pg_url, "rescuer", sweep_s=0.5) as (_, fake):
+        took = await wait_for(lambda: fake.named("originate"), limit_s=10)
+        assert took < 60
+        assert fake.named("originate")[0][1] == f"{callback_id}-02"
+
+
+async def test_rescue_never_redials_an_answered_call(clean: asyncpg.Pool, pg_url: str,
+                                                     ids: Iterator[str]) -> None:
+    callback_id = await intake(clean, next(ids))
+    stalled = CallbackStore(clean, owner="stalled", lease_s=1)
+    await stalled.claim(1)
+    await stalled.persist_leg(PersistAttempt(callback_id, 1, 1, f"{callback_id}-01", "customer",
+                                             "carrier-b", "PJSIP/x@carrier-b"), "acme")
+    await stalled.leg_result(f"{callback_id}-01", "answered", None)
+    async with running(clean, pg_url, "rescuer", sweep_s=0.5) as (_, fake):
+        fake.channels[f"{callback_id}-01"] = "Up"      # parked in Stasis, owner gone
+
+        async def finished() -> bool:
+            return await clean.fetchval("SELECT status FROM callback_requests") == "failed"
+
+        for _ in range(600):
+            if await finished():
+                break
+            await asyncio.sleep(0.01)
+        assert await finished()
+        assert fake.named("originate") == []
+        assert f"{callback_id}-01" in fake.named("hangup")
+        assert await clean.fetchval("SELECT reason FROM callback_requests") == "worker_lost"
+        assert await clean.fetchval("SELECT count(*) FROM outbox "
+                                    "WHERE kind = 'callback_status'") == 1
