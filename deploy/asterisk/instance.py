@@ -320,8 +320,9 @@ def synthesise(text: str, out: Path) -> None:
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text],
                        check=True, capture_output=True)
         part = Path(tmp) / "out.wav"
-        subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
-                        str(part), "pad", "0", "0.25"], check=True, capture_output=True)
+        subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16",
+                        "-e", "signed-integer", str(part), "pad", "0", "0.25"],
+                       check=True, capture_output=True)
         shutil.move(str(part), out)
 
 

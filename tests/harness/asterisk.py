@@ -1,0 +1,207 @@
+"""Real Asterisk instances for tests and the demo.
+
+Wraps ``deploy/asterisk/instance.py`` (install/start/stop, stdlib only) and
+adds the async helpers tests need::
+
+    site = ensure_running("edge")           # provision root if needed, install, start
+    async with site.client() as ari:        # AriClient for the site's own app
+        await reset(site)                   # hang up every channel, destroy every bridge
+        await qualify(site, "carrier-b")    # after starting that SIPp: OPTIONS now, wait online
+
+A missing component (chroot root, asterisk binary, espeak-ng/sox, a port held
+by someone else) raises ``HarnessError`` naming it: tests fail, never skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
+
+from shared.ari import AriClient, AriError, Event, channel_ids
+
+REPO = Path(__file__).resolve().parents[2]
+INSTANCE_TOOL = REPO / "deploy/asterisk/instance.py"
+PROVISION_SCRIPT = REPO / "deploy/asterisk/provision-root.sh"
+
+log = logging.getLogger("harness.asterisk")
+E = TypeVar("E")
+
+
+class HarnessError(RuntimeError):
+    """A real component the tests need is missing or broken (the message names it)."""
+
+
+@cache
+def _instance_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cbgw_instance_tool", INSTANCE_TOOL)
+    if spec is None or spec.loader is None:
+        raise HarnessError(f"cannot load {INSTANCE_TOOL}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module
+
+
+def asterisk_root() -> Path:
+    return Path(os.environ.get("CBGW_ASTERISK_ROOT", "/var/cache/cbgw/asterisk-sid"))
+
+
+@dataclass(frozen=True)
+class AsteriskSite:
+    """One running site: where its ARI is and how to log in."""
+
+    name: str
+    root: Path
+    ari_url: str
+    username: str
+    password: str
+    app: str
+    sip_port: int
+    version: str
+
+    def client(self, app: str | None = None) -> AriClient:
+        """A fresh (not yet started) client; ``async with`` starts and closes it."""
+        return AriClient(self.ari_url, self.username, self.password, app or self.app)
+
+    def cli(self, command: str) -> str:
+        """Run an Asterisk CLI command (``asterisk -rx``) against this instance."""
+        result = subprocess.run(
+            ["chroot", str(self.root), "asterisk", "-C",
+             f"/etc/asterisk-{self.name}/asterisk.conf", "-rx", command],
+            capture_output=True, text=True, timeout=10, check=False)
+        if result.returncode != 0:
+            raise HarnessError(f"asterisk -rx {command!r} on {self.name}: {result.stderr.strip()}")
+        return result.stdout
+
+
+SIP_PORTS = {"edge": 5160, "callback": 5260}
+
+
+def ensure_root() -> Path:
+    """Provision the Asterisk root if missing (slow once, ~45 s; idempotent)."""
+    root = asterisk_root()
+    if (root / ".cbgw-provisioned").is_file() and (root / "usr/sbin/asterisk").exists():
+        return root
+    if os.geteuid() != 0:
+        raise HarnessError(f"Asterisk root {root} is missing and provisioning needs root")
+    result = subprocess.run(["bash", str(PROVISION_SCRIPT), str(root)], check=False)
+    if result.returncode != 0:
+        raise HarnessError(f"Asterisk root provisioning ({PROVISION_SCRIPT}) failed")
+    return root
+
+
+def ensure_running(name: str) -> AsteriskSite:
+    """Install (idempotent) and start site ``name``; return how to reach it."""
+    root = ensure_root()
+    for program in ("espeak-ng", "sox"):
+        if shutil.which(program) is None:
+            raise HarnessError(f"{program} is not installed (apt-get install espeak-ng sox); "
+                               "it renders the prompts")
+    tool = _instance_tool()
+    try:
+        site = tool.load_site(name, root)
+        tool.install(site)
+        tool.start(site)
+    except tool.InstanceError as exc:
+        raise HarnessError(f"Asterisk site {name}: {exc}") from exc
+    user, password = site.ari_credentials
+    version = tool.version(root)
+    log.info("Asterisk %s up at %s (%s)", name, site.ari_url, version)
+    return AsteriskSite(name=name, root=root, ari_url=site.ari_url, username=user,
+                        password=password, app=user, sip_port=SIP_PORTS.get(name, 0),
+                        version=version)
+
+
+def stop(name: str) -> None:
+    tool = _instance_tool()
+    tool.stop(tool.load_site(name, asterisk_root()))
+
+
+@contextmanager
+def running(name: str, *, stop_after: bool = False) -> Iterator[AsteriskSite]:
+    """Context manager: the site is running inside; optionally stopped after."""
+    site = ensure_running(name)
+    try:
+        yield site
+    finally:
+        if stop_after:
+            stop(name)
+
+
+async def reset(site: AsteriskSite, *, within_s: float = 5.0) -> None:
+    """Hang up every channel and destroy every bridge; wait until none are left.
+
+    Run before each test so one test's leftovers (a channel parked in Stasis,
+    a bridge) cannot leak into the next.
+    """
+    async with site.client() as ari:
+        for bridge in await ari.list_bridges():
+            await ari.destroy_bridge(bridge.id)
+        deadline = time.monotonic() + within_s
+        while channels := await ari.list_channels():
+            for channel in channels:
+                await ari.hangup(channel.id)
+            if time.monotonic() > deadline:
+                names = ", ".join(c.name for c in channels)
+                raise HarnessError(f"{site.name}: channels survive hangup: {names}")
+            await asyncio.sleep(0.05)
+
+
+async def qualify(site: AsteriskSite, endpoint: str, *, within_s: float = 3.0) -> None:
+    """Send OPTIONS to ``endpoint`` now and wait until ARI reports it online.
+
+    Trunks are qualified every few seconds; a SIPp started moments ago would
+    otherwise still be 'unavailable' and originate would fail with
+    AllocationFailed.
+    """
+    deadline = time.monotonic() + within_s
+    async with site.client() as ari:
+        while True:
+            await asyncio.to_thread(site.cli, f"pjsip qualify {endpoint}")
+            await asyncio.sleep(0.05)
+            try:
+                state = await ari.get_endpoint("PJSIP", endpoint)
+            except AriError as exc:
+                raise HarnessError(f"{site.name}: ARI endpoint query failed: {exc}") from exc
+            if state is not None and state.state == "online":
+                return
+            if time.monotonic() > deadline:
+                got = state.state if state else "missing"
+                raise HarnessError(f"{site.name}: endpoint {endpoint} not online after "
+                                   f"{within_s} s (state {got}); is its SIPp running?")
+            await asyncio.sleep(0.1)
+
+
+async def expect_event(events: AsyncIterator[Event], kind: type[E], *,
+                       channel_id: str | None = None, within_s: float = 5.0,
+                       seen: list[Event] | None = None) -> E:
+    """Read ``events`` until one of type ``kind`` (for ``channel_id``) arrives.
+
+    Skipped events are appended to ``seen`` when given. AssertionError on timeout.
+    """
+    skipped: list[Event] = seen if seen is not None else []
+    try:
+        async with asyncio.timeout(within_s):
+            async for event in events:
+                if isinstance(event, kind) and (
+                        channel_id is None or channel_id in channel_ids(event)):
+                    return event
+                skipped.append(event)
+    except TimeoutError:
+        pass
+    names = [type(e).__name__ for e in skipped[-20:]]
+    raise AssertionError(f"no {kind.__name__} for {channel_id or 'any channel'} within "
+                         f"{within_s} s; got {names}")
