@@ -8,7 +8,7 @@ spirit of jambonz verbs::
 
     [nodes.main]
     type = "menu"
-    prompt = ["sound:cbgw/cb-menu"]
+    prompt = ["sound:cbgw/welcome-menu"]
     choices = { "1" = "item_code", "2" = "order_number", "0" = "operator" }
     on_fail = "goodbye"
 
@@ -89,8 +89,8 @@ class Node:
     terminator: str = "#"
     timeout_s: float = 8.0
     retries: int = 2
-    invalid_prompt: Media = ("sound:cbgw/cb-invalid",)
-    timeout_prompt: Media = ("sound:cbgw/cb-no-input",)
+    invalid_prompt: Media = ("sound:cbgw/invalid",)
+    timeout_prompt: Media = ("sound:cbgw/no-input",)
     on_fail: str | None = None
     fields: tuple[str, ...] = ()
     labels: tuple[tuple[str, Media], ...] = ()

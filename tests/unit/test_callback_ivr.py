@@ -56,7 +56,7 @@ def plays(cmds: list[ivr.Command]) -> list[tuple[str, ...]]:
 
 def started(flow: Flow) -> IvrState:
     state, cmds = ivr.start(flow, "ch")
-    assert plays(cmds) == [("sound:cbgw/cb-welcome", "sound:cbgw/cb-menu")]
+    assert plays(cmds) == [("sound:cbgw/welcome-menu",)]
     return state
 
 
@@ -70,18 +70,18 @@ def test_menu_timer_starts_when_the_prompt_ends(flow: Flow) -> None:
 def test_menu_barge_in_stops_prompt_and_follows_choice(flow: Flow) -> None:
     state, cmds = keys(started(flow), "2")
     assert cmds[0] == StopPlayback("ch-p1")
-    assert plays(cmds) == [("sound:cbgw/cb-enter-order-number",)]
+    assert plays(cmds) == [("sound:cbgw/inquiry",)]
     assert state.node == "order_number"
 
 
 def test_menu_invalid_key_reprompts_then_fails(flow: Flow) -> None:
     state, _ = finish_prompt(started(flow))
     state, cmds = keys(state, "7")
-    assert plays(cmds) == [("sound:cbgw/cb-invalid", "sound:cbgw/cb-welcome", "sound:cbgw/cb-menu")]
+    assert plays(cmds) == [("sound:cbgw/invalid", "sound:cbgw/welcome-menu")]
     assert CancelTimer("ch-t2") in cmds
     state, _ = keys(state, "8")
     state, cmds = keys(state, "9")           # third bad key: retries (2) used up
-    assert state.node == "goodbye" and plays(cmds) == [("sound:cbgw/cb-goodbye",)]
+    assert state.node == "goodbye" and plays(cmds) == [("sound:cbgw/goodbye",)]
     state, cmds = finish_prompt(state)
     assert cmds == [Hangup()] and state.mode is Mode.DONE
 
@@ -89,7 +89,7 @@ def test_menu_invalid_key_reprompts_then_fails(flow: Flow) -> None:
 def test_menu_timeout_reprompts_with_no_input_prompt(flow: Flow) -> None:
     state, _ = finish_prompt(started(flow))
     state, cmds = ivr.transition(state, Timeout("ch-t2"))
-    assert plays(cmds)[0][0] == "sound:cbgw/cb-no-input"
+    assert plays(cmds)[0][0] == "sound:cbgw/no-input"
     assert state.tries == 1
 
 
@@ -113,12 +113,12 @@ def order_until_confirm(flow: Flow) -> tuple[IvrState, list[ivr.Command]]:
 
 def test_digit_entry_with_hash_then_readback(flow: Flow) -> None:
     state, cmds = order_until_confirm(flow)
-    assert plays(cmds) == [("sound:cbgw/cb-you-entered", "sound:cbgw/cb-item-code", "digits:1234",
-                            "sound:cbgw/cb-quantity", "digits:2")]
+    assert plays(cmds) == [("sound:cbgw/you-entered", "sound:cbgw/item-code", "digits:1234",
+                            "sound:cbgw/quantity", "digits:2")]
     assert state.value("item_code") == "1234" and state.value("quantity") == "2"
     assert feed(state, Dtmf("5"))[1] == []        # keys during a read-back are ignored
     state, cmds = finish_prompt(state)
-    assert state.node == "confirm" and plays(cmds) == [("sound:cbgw/cb-confirm",)]
+    assert state.node == "confirm" and plays(cmds) == [("sound:cbgw/confirm",)]
 
 
 def test_confirm_submits_thanks_and_hangs_up(flow: Flow) -> None:
@@ -126,7 +126,7 @@ def test_confirm_submits_thanks_and_hangs_up(flow: Flow) -> None:
     state, _ = finish_prompt(state)
     state, cmds = keys(state, "1")
     assert Submit("order", (("item_code", "1234"), ("quantity", "2"))) in cmds
-    assert plays(cmds) == [("sound:cbgw/cb-thank-you",)]
+    assert plays(cmds) == [("sound:cbgw/thank-you",)]
     state, cmds = finish_prompt(state)
     assert cmds == [Hangup()]
 
@@ -146,7 +146,7 @@ def test_confirm_2_reenters_from_item_code(flow: Flow) -> None:
 def test_digits_terminator_alone_is_invalid(flow: Flow) -> None:
     state, _ = keys(started(flow), "1")
     state, cmds = keys(state, "#")
-    assert state.node == "item_code" and plays(cmds)[0][0] == "sound:cbgw/cb-invalid"
+    assert state.node == "item_code" and plays(cmds)[0][0] == "sound:cbgw/invalid"
 
 
 def test_digits_star_clears_and_max_length_completes(flow: Flow) -> None:
@@ -177,7 +177,7 @@ def test_inquiry_submits_order_number(flow: Flow) -> None:
 def test_zero_dials_operator(flow: Flow) -> None:
     state, cmds = keys(started(flow), "0")
     assert DialOperator("operator") in cmds
-    assert plays(cmds) == [("sound:cbgw/cb-connecting-operator",)]
+    assert plays(cmds) == [("sound:cbgw/connecting-operator",)]
     assert state.mode is Mode.OPERATOR
     assert feed(state, Dtmf("1"))[1] == []         # keys go to the operator, not the IVR
 
@@ -185,7 +185,7 @@ def test_zero_dials_operator(flow: Flow) -> None:
 def test_operator_failure_goes_back_to_the_menu(flow: Flow) -> None:
     state, _ = keys(started(flow), "0")
     state, cmds = feed(state, OperatorFailed())
-    assert plays(cmds) == [("sound:cbgw/cb-operator-unavailable",)]
+    assert plays(cmds) == [("sound:cbgw/operator-unavailable",)]
     state, cmds = finish_prompt(state)
     assert state.node == "main"
 

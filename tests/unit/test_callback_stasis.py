@@ -79,7 +79,7 @@ async def test_failover_answer_order_ivr_cdr_and_finish() -> None:
     assert timeline.index("persist cb-9-02") < timeline.index("originate", 1 + timeline.index(
         "persist cb-9-02") - 1)
     await call.push(ari.StasisStart(ch("cb-9-02")))
-    assert call.ari.named("play")[-1][1] == ("sound:cbgw/cb-welcome", "sound:cbgw/cb-menu")
+    assert call.ari.named("play")[-1][1] == ("sound:cbgw/welcome-menu",)
     await call.keys("cb-9-02", "1")
     await call.keys("cb-9-02", "1234#")
     await call.keys("cb-9-02", "2#")
