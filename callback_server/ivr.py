@@ -194,7 +194,9 @@ def _leave(state: IvrState) -> Step:
     return replace(state, timer=None, playback=None), cmds
 
 
-def _enter(state: IvrState, node_id: str, preamble: Media = ()) -> Step:
+def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool = False
+           ) -> Step:
+    """Go to ``node_id``. ``silent``: an input node skips its prompt (type-ahead)."""
     state, cmds = _leave(state)
     for _ in range(MAX_HOPS):
         node = state.flow.node(node_id)
@@ -205,7 +207,9 @@ def _enter(state: IvrState, node_id: str, preamble: Media = ()) -> Step:
             assert node.next is not None
             node_id = node.next
             continue
-        if node.type in ("menu", "digits", "confirm", "say"):
+        if silent and node.waits_for_input:
+            state, more = replace(state, mode=Mode.WAIT), []
+        elif node.type in ("menu", "digits", "confirm", "say"):
             state, more = _play(state, preamble + node.prompt, Mode.PROMPT)
         elif node.type == "readback":
             media = list(preamble + node.prompt)
@@ -245,6 +249,13 @@ def _playback_finished(state: IvrState, ev: PlaybackFinished) -> Step:
 
 def _dtmf(state: IvrState, digit: str) -> Step:
     node = state.current
+    if (not node.waits_for_input and state.mode is Mode.PROMPT and node.next is not None
+            and state.flow.node(node.next).waits_for_input):
+        # Type-ahead: a key during an announcement (a read-back) answers the question
+        # that follows it, as a caller who knows the flow expects.
+        state, cmds = _enter(state, node.next, silent=True)
+        nxt, more = _dtmf(state, digit)
+        return nxt, cmds + more
     if not node.waits_for_input or state.mode not in (Mode.PROMPT, Mode.WAIT):
         return state, []
     cmds: list[Command] = []

@@ -182,6 +182,7 @@ class CallRunner:
     # --- events -------------------------------------------------------------------------
 
     async def _handle(self, event: object) -> None:
+        log.debug("%s <- %s", self.job.callback_id, event)
         if isinstance(event, Begin | Originated | OriginateFailed | Answered | ChannelGone
                       | TimerFired | OperatorRequested | EndCall | Shutdown):
             await self._dialer(event)
@@ -189,7 +190,9 @@ class CallRunner:
             await self._ivr(event)
         elif isinstance(event, ari.StasisStart):
             await self._dialer(Answered(event.channel.id, event.timestamp or utcnow()))
-        elif isinstance(event, ari.ChannelHangupRequest) and event.cause is not None:
+        elif (isinstance(event, ari.ChannelHangupRequest) and event.cause is not None
+              and not event.soft):
+            # A soft request's "cause" is Asterisk's soft-hangup flag (32 = explicit), not Q.850.
             self._hangup_causes[event.channel.id] = event.cause
         elif isinstance(event, ari.ChannelDestroyed):
             await self._leg_gone(event.channel.id, event.cause, event.timestamp)
@@ -231,6 +234,7 @@ class CallRunner:
     # --- dialer commands ------------------------------------------------------------------
 
     async def _run(self, cmd: Command) -> None:  # noqa: C901 - one branch per command type
+        log.debug("%s -> %s", self.job.callback_id, cmd)
         if isinstance(cmd, PersistAttempt):
             self.router.subscribe(cmd.channel_id, self._ari_queue)
             await self.store.persist_leg(cmd, self.job.merchant_id)
@@ -309,6 +313,7 @@ class CallRunner:
     # --- IVR commands ---------------------------------------------------------------------
 
     async def _run_ivr(self, cmd: ivr.Command) -> None:
+        log.debug("%s -> ivr %s", self.job.callback_id, cmd)
         customer = self.state.customer
         if isinstance(cmd, ivr.Play) and customer is not None:
             await self._safely(self.client.play(customer.channel_id, list(cmd.media),

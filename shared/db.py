@@ -97,16 +97,32 @@ def resolve_url(configured: str | None, database: str, data_dir: Path | None = N
     return embedded_url(database, data_dir)
 
 
+async def fresh_database(server_url: str, name: str) -> str:
+    """Drop and re-create database ``name`` on the server at ``server_url``; return its URL.
+
+    For tests, the demo and benchmarks: every run starts from an empty schema.
+    """
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"database name {name!r} must be lower-case letters, digits, _")
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return _with_database(server_url, name)
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
                       command_timeout: float = 10.0) -> Pool:
     pool: Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                            command_timeout=command_timeout,
-                                           init=_init_connection)
+                                           init=init_connection)
     return pool
 
 
-async def _init_connection(conn: Connection) -> None:
-    # jsonb columns come back as Python objects, not strings.
+async def init_connection(conn: Connection) -> None:
+    """Per-connection set-up: jsonb and json columns map to Python objects."""
     import json
 
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,

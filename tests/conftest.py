@@ -11,9 +11,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,20 +37,11 @@ def pg_server_url() -> str:
     return _server_url()
 
 
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
 async def fresh_database(server_url: str, name: str) -> str:
-    """Drop and create database ``name``; return its URL."""
-    name = re.sub(r"[^a-z0-9_]", "_", name.lower())[:60]
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return _with_db(server_url, name)
+    """A freshly created database (see :func:`shared.db.fresh_database`)."""
+    from shared.db import fresh_database as create
+
+    return await create(server_url, re.sub(r"[^a-z0-9_]", "_", name.lower())[:60])
 
 
 @pytest.fixture(scope="module")

@@ -116,9 +116,20 @@ def test_digit_entry_with_hash_then_readback(flow: Flow) -> None:
     assert plays(cmds) == [("sound:cbgw/you-entered", "sound:cbgw/item-code", "digits:1234",
                             "sound:cbgw/quantity", "digits:2")]
     assert state.value("item_code") == "1234" and state.value("quantity") == "2"
-    assert feed(state, Dtmf("5"))[1] == []        # keys during a read-back are ignored
     state, cmds = finish_prompt(state)
     assert state.node == "confirm" and plays(cmds) == [("sound:cbgw/confirm",)]
+
+
+def test_a_key_during_the_readback_answers_the_confirm_question(flow: Flow) -> None:
+    state, _ = order_until_confirm(flow)
+    readback = state.playback
+    state, cmds = keys(state, "1")                  # type-ahead: no need to wait
+    assert cmds[0] == ivr.StopPlayback(readback)
+    assert ("sound:cbgw/confirm",) not in plays(cmds)
+    assert Submit("order", (("item_code", "1234"), ("quantity", "2"))) in cmds
+    state, _ = order_until_confirm(flow)
+    state, cmds = keys(state, "5")                  # a wrong key is wrong at the question
+    assert state.node == "confirm" and plays(cmds)[-1][0] == "sound:cbgw/invalid"
 
 
 def test_confirm_submits_thanks_and_hangs_up(flow: Flow) -> None:

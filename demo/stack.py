@@ -1,0 +1,265 @@
+"""The whole two-site system on loopback, as real processes.
+
+Used by ``make demo``, the end-to-end loop tests and the latency benchmark::
+
+    async with Stack(workdir) as stack:      # PKI, PostgreSQL, both Asterisks, both servers
+        with stack.carriers(a="uas_reject_503.xml", b="uas_answer_dtmf.xml", digits="1"):
+            call = stack.customer_call(caller="09012345678")
+            ...
+
+Everything is started the way production starts it: keys by the PKI CLI,
+schemas by the servers' own migrations, rate decks by the ``routing_rates``
+CLI, servers as ``python -m edge_server serve`` / ``python -m callback_server
+serve`` subprocesses with generated TOML configs. Each run gets fresh
+databases, so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from shared import pki
+from shared.db import embedded_url, fresh_database, init_connection
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.harness import asterisk as ast_harness  # noqa: E402
+from tests.harness import sipp as sipp_harness  # noqa: E402
+
+EDGE_HTTP_PORT = 8443
+CALLBACK_HTTP_PORT = 9443
+TOLL_FREE = "0120123456"
+CALL_CENTER_TOKEN = "demo-call-center-token"
+
+
+class StackError(RuntimeError):
+    """A component of the stack did not come up (the message names it)."""
+
+
+@dataclass
+class MerchantOptions:
+    announce_mode: str = "early_media"
+    pre_callback_delay_s: str = "3"
+    max_attempts: int = 3
+    retry_backoff_s: tuple[int, ...] = (30, 120, 600)
+    ring_timeout_s: int = 30
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    merchant: MerchantOptions = field(default_factory=MerchantOptions)
+    db_prefix: str = "cbgw_stack"
+    log_level: str = "INFO"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    edge_db_url: str = ""
+    callback_db_url: str = ""
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started_at: float = 0.0
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Stack:
+        self.started_at = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pki_dir = self.workdir / "pki"
+        pki.init(self.pki_dir, ["edge", "callback"])
+        await self._databases()
+        await asyncio.to_thread(self._rates)
+        self.edge_site = await asyncio.to_thread(ast_harness.ensure_running, "edge")
+        self.callback_site = await asyncio.to_thread(ast_harness.ensure_running, "callback")
+        await ast_harness.reset(self.edge_site)
+        await ast_harness.reset(self.callback_site)
+        self._write_configs()
+        try:
+            self._spawn("edge", "edge_server", self.workdir / "edge.toml")
+            self._spawn("callback", "callback_server", self.workdir / "callback.toml")
+            await self._wait_healthy("edge", EDGE_HTTP_PORT)
+            await self._wait_healthy("callback", CALLBACK_HTTP_PORT)
+        except BaseException:
+            self.stop_servers()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop_servers()
+
+    def stop_servers(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+    # ---- databases and rates ---------------------------------------------------------
+
+    async def _databases(self) -> None:
+        server = os.environ.get("DATABASE_URL") or await asyncio.to_thread(
+            embedded_url, "postgres")
+        self.edge_db_url = await fresh_database(server, f"{self.db_prefix}_edge")
+        self.callback_db_url = await fresh_database(server, f"{self.db_prefix}_callback")
+
+    def _rates(self) -> None:
+        """Load carriers, carrier decks and the inbound tariff into both sites' databases."""
+        for url in (self.edge_db_url, self.callback_db_url):
+            self.run_cli(["-m", "routing_rates", "--database-url", url, "demo-setup"],
+                         name="routing_rates")
+
+    def run_cli(self, args: list[str], *, name: str) -> str:
+        proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=300, env=self._env())
+        if proc.returncode != 0:
+            raise StackError(f"{name} {' '.join(args[:4])}... failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        return proc.stdout
+
+    # ---- servers --------------------------------------------------------------------
+
+    def _write_configs(self) -> None:
+        m = self.merchant
+        merchant = f"""
+[[merchants]]
+id = "acme"
+name = "ACME Mail Order"
+numbers = ["{TOLL_FREE}"]
+callback_caller_id = "{TOLL_FREE}"
+announce_mode = "{m.announce_mode}"
+inbound_tariff = "ntt-freedial"
+pre_callback_delay_s = {m.pre_callback_delay_s}
+max_attempts = {m.max_attempts}
+retry_backoff_s = [{", ".join(str(b) for b in m.retry_backoff_s)}]
+ring_timeout_s = {m.ring_timeout_s}
+ivr_flow = "order"
+operator = "operator"
+api_token_sha256 = "{_sha256(CALL_CENTER_TOKEN)}"
+"""
+        for site, example in (("edge", "edge.example.toml"),
+                              ("callback", "callback.example.toml")):
+            text = (REPO / "deploy" / example).read_text()
+            text = text.split("[[merchants]]", 1)[0]
+            text = text.replace("../var/pki/", f"{self.pki_dir}/")
+            (self.workdir / f"{site}.toml").write_text(text + merchant)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "EDGE__DATABASE__URL": self.edge_db_url,
+            "CALLBACK__DATABASE__URL": self.callback_db_url,
+            "LOG_LEVEL": self.log_level,
+        })
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, name: str, module: str, config: Path) -> None:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", module, "serve", "--config", str(config)],
+                cwd=REPO, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    async def _wait_healthy(self, name: str, port: int, timeout_s: float = 30.0) -> None:
+        ctx = pki.client_context(self.pki_dir / "ca.pem", self.pki_dir / "edge.pem",
+                                 self.pki_dir / "edge.key")
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+            while time.monotonic() < deadline:
+                proc = self.processes[name]
+                if proc.poll() is not None:
+                    raise StackError(f"{name} server exited with {proc.returncode}:\n"
+                                     f"{self.log_tail(name)}")
+                try:
+                    async with session.get(f"https://127.0.0.1:{port}/healthz") as resp:
+                        body = await resp.json()
+                        if resp.status == 200 and body.get("ari") == "connected":
+                            return
+                        last = f"HTTP {resp.status} {body}"
+                except (aiohttp.ClientError, OSError) as exc:
+                    last = str(exc)
+                await asyncio.sleep(0.2)
+        raise StackError(f"{name} server not healthy after {timeout_s} s ({last}):\n"
+                         f"{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # ---- SIPp roles -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def carriers(self, *, a: str = "uas_reject_503.xml", b: str = "uas_answer_dtmf.xml",
+                 digits: str | None = None, operator: str = "uas_answer_hold.xml",
+                 **b_options: Any) -> Iterator[dict[str, sipp_harness.SippRole]]:
+        """Carrier A, carrier B (the customer's phone on the call-back) and the operator."""
+        with contextlib.ExitStack() as stack:
+            roles = {
+                "carrier-a": stack.enter_context(
+                    sipp_harness.role(a, "carrier-a", self.workdir)),
+                "carrier-b": stack.enter_context(
+                    sipp_harness.role(b, "carrier-b", self.workdir, digits=digits,
+                                      **b_options)),
+                "operator": stack.enter_context(
+                    sipp_harness.role(operator, "operator", self.workdir)),
+            }
+            yield roles
+
+    def customer_call(self, caller: str = "09012345678", *, privacy: str = "none"
+                      ) -> sipp_harness.SippRole:
+        return sipp_harness.customer_call(self.workdir, dialled=TOLL_FREE, caller=caller,
+                                          privacy=privacy)
+
+    # ---- reading results ---------------------------------------------------------------
+
+    async def fetch(self, site: str, query: str, *args: Any) -> list[asyncpg.Record]:
+        url = self.edge_db_url if site == "edge" else self.callback_db_url
+        conn = await asyncpg.connect(url)
+        try:
+            await init_connection(conn)
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    async def wait_for_row(self, site: str, query: str, *args: Any,
+                           timeout_s: float = 30.0) -> asyncpg.Record:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = await self.fetch(site, query, *args)
+            if rows:
+                return rows[0]
+            await asyncio.sleep(0.1)
+        raise StackError(f"no row in {site} DB after {timeout_s} s for: {query}\n"
+                         f"--- edge log ---\n{self.log_tail('edge')}\n"
+                         f"--- callback log ---\n{self.log_tail('callback')}")
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
