@@ -36,8 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     print("== bringing up both sites (PostgreSQL, 2× Asterisk 22, edge_server, callback_server)")
     started = time.monotonic()
-    stack = Stack(args.workdir, merchant=MerchantOptions(announce_mode=args.mode,
-                                                         pre_callback_delay_s="1"),
+    stack = Stack(args.workdir, merchants=(MerchantOptions(announce_mode=args.mode,
+                                                           pre_callback_delay_s="1"),),
                   db_prefix="cbgw_demo")
     async with stack:
         print(f"   up in {time.monotonic() - started:.1f} s; Asterisk "

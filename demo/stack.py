@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -53,17 +55,41 @@ class StackError(RuntimeError):
 
 @dataclass
 class MerchantOptions:
+    """One tenant of the stack: its toll-free number and call-back policy."""
+
+    id: str = "acme"
+    name: str = "ACME Mail Order"
+    number: str = TOLL_FREE
     announce_mode: str = "early_media"
     pre_callback_delay_s: str = "3"
     max_attempts: int = 3
     retry_backoff_s: tuple[int, ...] = (30, 120, 600)
     ring_timeout_s: int = 30
+    api_token: str = CALL_CENTER_TOKEN
+
+    def toml(self) -> str:
+        return f"""
+[[merchants]]
+id = "{self.id}"
+name = "{self.name}"
+numbers = ["{self.number}"]
+callback_caller_id = "{self.number}"
+announce_mode = "{self.announce_mode}"
+inbound_tariff = "ntt-freedial"
+pre_callback_delay_s = {self.pre_callback_delay_s}
+max_attempts = {self.max_attempts}
+retry_backoff_s = [{", ".join(str(b) for b in self.retry_backoff_s)}]
+ring_timeout_s = {self.ring_timeout_s}
+ivr_flow = "order"
+operator = "operator"
+api_token_sha256 = "{hashlib.sha256(self.api_token.encode()).hexdigest()}"
+"""
 
 
 @dataclass
 class Stack:
     workdir: Path
-    merchant: MerchantOptions = field(default_factory=MerchantOptions)
+    merchants: tuple[MerchantOptions, ...] = (MerchantOptions(),)
     db_prefix: str = "cbgw_stack"
     log_level: str = "INFO"
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -138,29 +164,13 @@ class Stack:
     # ---- servers --------------------------------------------------------------------
 
     def _write_configs(self) -> None:
-        m = self.merchant
-        merchant = f"""
-[[merchants]]
-id = "acme"
-name = "ACME Mail Order"
-numbers = ["{TOLL_FREE}"]
-callback_caller_id = "{TOLL_FREE}"
-announce_mode = "{m.announce_mode}"
-inbound_tariff = "ntt-freedial"
-pre_callback_delay_s = {m.pre_callback_delay_s}
-max_attempts = {m.max_attempts}
-retry_backoff_s = [{", ".join(str(b) for b in m.retry_backoff_s)}]
-ring_timeout_s = {m.ring_timeout_s}
-ivr_flow = "order"
-operator = "operator"
-api_token_sha256 = "{_sha256(CALL_CENTER_TOKEN)}"
-"""
+        tenants = "".join(m.toml() for m in self.merchants)
         for site, example in (("edge", "edge.example.toml"),
                               ("callback", "callback.example.toml")):
             text = (REPO / "deploy" / example).read_text()
             text = text.split("[[merchants]]", 1)[0]
             text = text.replace("../var/pki/", f"{self.pki_dir}/")
-            (self.workdir / f"{site}.toml").write_text(text + merchant)
+            (self.workdir / f"{site}.toml").write_text(text + tenants)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -182,9 +192,21 @@ api_token_sha256 = "{_sha256(CALL_CENTER_TOKEN)}"
                 cwd=REPO, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
+    @property
+    def edge_url(self) -> str:
+        return f"https://127.0.0.1:{EDGE_HTTP_PORT}"
+
+    @property
+    def callback_url(self) -> str:
+        return f"https://127.0.0.1:{CALLBACK_HTTP_PORT}"
+
+    def client_ssl(self) -> ssl.SSLContext:
+        """A TLS client context trusting the stack's CA (with the edge's client cert)."""
+        return pki.client_context(self.pki_dir / "ca.pem", self.pki_dir / "edge.pem",
+                                  self.pki_dir / "edge.key")
+
     async def _wait_healthy(self, name: str, port: int, timeout_s: float = 30.0) -> None:
-        ctx = pki.client_context(self.pki_dir / "ca.pem", self.pki_dir / "edge.pem",
-                                 self.pki_dir / "edge.key")
+        ctx = self.client_ssl()
         deadline = time.monotonic() + timeout_s
         last = "no answer"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
@@ -230,10 +252,10 @@ api_token_sha256 = "{_sha256(CALL_CENTER_TOKEN)}"
             }
             yield roles
 
-    def customer_call(self, caller: str = "09012345678", *, privacy: str = "none"
-                      ) -> sipp_harness.SippRole:
-        return sipp_harness.customer_call(self.workdir, dialled=TOLL_FREE, caller=caller,
-                                          privacy=privacy)
+    def customer_call(self, caller: str = "09012345678", *, dialled: str = TOLL_FREE,
+                      privacy: str = "none", pai: str | None = None) -> sipp_harness.SippRole:
+        return sipp_harness.customer_call(self.workdir, dialled=dialled, caller=caller,
+                                          privacy=privacy, pai=pai)
 
     # ---- reading results ---------------------------------------------------------------
 
@@ -257,9 +279,3 @@ api_token_sha256 = "{_sha256(CALL_CENTER_TOKEN)}"
         raise StackError(f"no row in {site} DB after {timeout_s} s for: {query}\n"
                          f"--- edge log ---\n{self.log_tail('edge')}\n"
                          f"--- callback log ---\n{self.log_tail('callback')}")
-
-
-def _sha256(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()

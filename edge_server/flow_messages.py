@@ -82,7 +82,7 @@ class FlowTimings:
     decide_s: float = 1.0
     store_s: float = 4.0
     early_media_guard_s: float = 20.0
-    answer_guard_s: float = ANSWER_MODE_MAX_S
+    answer_guard_s: float = ANSWER_MODE_MAX_S - 0.5   # margin for answer + BYE latency
     refusal_guard_s: float = 15.0
     late_store_s: float = 30.0
 

@@ -51,7 +51,7 @@ DEFAULT_ROOT = Path(os.environ.get("CBGW_ASTERISK_ROOT", "/var/cache/cbgw/asteri
 MARKER = ".cbgw-provisioned"
 SHARE = "/usr/share/asterisk"
 # Bump when the rendering pipeline changes so cached prompts are re-rendered.
-PROMPT_RENDER_VERSION = "espeak-ng:en-us:s150|sox:8000:1:16|pad0.25"
+PROMPT_RENDER_VERSION = "espeak-ng:en-us:s175|sox:8000:1:16|pad0.25"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -317,7 +317,7 @@ def render_prompts(root: Path, dest: Path, uid: int, gid: int, lang: str = "en")
 def synthesise(text: str, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text],
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "175", "-w", str(raw), text],
                        check=True, capture_output=True)
         part = Path(tmp) / "out.wav"
         subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16",

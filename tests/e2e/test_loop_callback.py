@@ -1,0 +1,157 @@
+"""The patent's two-site loop end to end: real Asterisks, PostgreSQL, servers, SIPp.
+
+Everything asserted here is a fact on the SIP wire (SIPp's message logs) or a
+row in a site's database; nothing is read from the servers' own logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from demo.stack import CALL_CENTER_TOKEN, MerchantOptions, Stack
+from tests.harness.sipp import SipMessage, SippRole
+
+CUSTOMER = "09012345678"
+CUSTOMER_E164 = "+819012345678"
+ORDER_KEYS = "1" + "1" + "1234#" + "2#" + "1"   # accept call-back, order, item, qty, confirm
+ACME = MerchantOptions(pre_callback_delay_s="0")
+BENTO = MerchantOptions(id="bento", name="Bento Lines", number="0120987654",
+                        announce_mode="answer", pre_callback_delay_s="0",
+                        api_token="bento-call-center-token")
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with Stack(tmp_path_factory.mktemp("loop"), merchants=(ACME, BENTO),
+                     db_prefix="cbgw_e2e_loop", log_level="DEBUG") as running:
+        yield running
+
+
+async def finished(role: SippRole, timeout: float = 40) -> None:
+    await asyncio.to_thread(role.wait, timeout)
+
+
+def first(messages: list[SipMessage], predicate: str) -> SipMessage:
+    for m in messages:
+        if predicate == m.first_line.split(" ")[0] or predicate == str(m.status):
+            return m
+    raise AssertionError(f"no {predicate} among {[m.first_line for m in messages]}")
+
+
+async def last_call_id(stack: Stack) -> int:
+    rows = await stack.fetch("edge", "SELECT coalesce(max(id), 0) AS id FROM edge_calls")
+    return int(rows[0]["id"])
+
+
+async def new_edge_call(stack: Stack, after_id: int) -> dict[str, object]:
+    """The call the edge recorded after ``after_id``, once it has reached a final state."""
+    row = await stack.wait_for_row(
+        "edge", "SELECT * FROM edge_calls WHERE id > $1 AND state <> 'stored' "
+        "ORDER BY id LIMIT 1", after_id)
+    return dict(row)
+
+
+async def test_early_media_call_back_with_failover_ivr_and_cdr_to_the_edge(
+        stack: Stack) -> None:
+    with stack.carriers(digits=ORDER_KEYS) as roles:
+        before = await last_call_id(stack)
+        phone = stack.customer_call(CUSTOMER)
+        await finished(phone)
+        call = await new_edge_call(stack, before)
+        cdr = await stack.wait_for_row(
+            "edge", "SELECT * FROM cdrs WHERE edge_call_id = $1 AND disposition = 'answered'",
+            call["edge_call_id"], timeout_s=60)
+        request = await stack.wait_for_row(
+            "edge", "SELECT * FROM requests WHERE edge_call_id = $1", call["edge_call_id"])
+        carrier_a, carrier_b = roles["carrier-a"], roles["carrier-b"]
+
+    # The inbound leg: 183 with the announcement, then 486. Never a 200 OK.
+    statuses = phone.statuses_received()
+    assert 183 in statuses and statuses[-1] == 486
+    assert 200 not in statuses, f"the edge answered the toll-free call: {statuses}"
+    assert call["caller"] == CUSTOMER_E164 and call["state"] == "released"
+
+    # Carrier A got the call-back INVITE for the right number and refused it with 503;
+    # carrier B got it after that, from the merchant's number, and answered.
+    a_invite = carrier_a.invites_received()[0]
+    assert a_invite.ruri_user == CUSTOMER_E164[1:]
+    a_503 = first(carrier_a.dialog_messages(), "503")
+    b_invite = carrier_b.invites_received()[0]
+    assert b_invite.ruri_user == CUSTOMER_E164[1:]
+    assert b_invite.at > a_503.at, "failover INVITE must follow carrier A's 503"
+    assert b_invite.from_user is not None and b_invite.from_user.endswith("120123456")
+    assert len(carrier_b.invites_received()) == 1, "the customer was rung more than once"
+
+    # The digits the customer sent are the order the edge stored for the call center.
+    assert request["category"] == "order"
+    assert request["fields"] == {"item_code": "1234", "quantity": "2"}
+
+    # The CDR's duration matches the call on the wire (200 OK sent -> BYE) within 1 s.
+    ok = next(m for m in carrier_b.dialog_messages()
+              if m.direction == "sent" and m.status == 200 and m.cseq_method == "INVITE")
+    bye = next(m for m in carrier_b.dialog_messages() if m.method == "BYE")
+    on_wire = Decimal(str(round((bye.at - ok.at).total_seconds(), 3)))
+    assert abs(Decimal(cdr["duration_s"]) - on_wire) <= 1, (cdr["duration_s"], on_wire)
+    assert cdr["carrier"] == "carrier-b" and cdr["billed_s"] >= 1
+
+    # The merchant's call center reads both over the edge's API.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session:
+        headers = {"Authorization": f"Bearer {CALL_CENTER_TOKEN}"}
+        async with session.get(f"{stack.edge_url}/v1/requests", headers=headers) as resp:
+            assert resp.status == 200
+            items = (await resp.json())["items"]
+        async with session.get(f"{stack.edge_url}/v1/cdrs", headers=headers) as resp:
+            assert resp.status == 200
+            cdrs = (await resp.json())["items"]
+    assert any(i["edge_call_id"] == call["edge_call_id"] for i in items)
+    assert any(c["edge_call_id"] == call["edge_call_id"] and c["disposition"] == "answered"
+               for c in cdrs)
+
+
+async def test_answer_mode_answers_announces_and_hangs_up_within_5_s(stack: Stack) -> None:
+    with stack.carriers(digits=ORDER_KEYS):
+        before = await last_call_id(stack)
+        phone = stack.customer_call("08023456789", dialled=BENTO.number)  # another customer:
+        # the guard spaces call-backs to one number at least 120 s apart
+        await finished(phone)
+        call = await new_edge_call(stack, before)
+        await stack.wait_for_row(
+            "edge", "SELECT 1 FROM cdrs WHERE edge_call_id = $1 AND disposition = 'answered'",
+            call["edge_call_id"], timeout_s=60)
+    messages = phone.dialog_messages()
+    ok = first(messages, "200")
+    bye = first(messages, "BYE")
+    assert bye.direction == "received", "the edge, not the caller, ends the call"
+    assert (bye.at - ok.at).total_seconds() <= 5.0
+    assert call["merchant_id"] == "bento" and call["announce_mode"] == "answer"
+
+
+@pytest.mark.parametrize(("caller", "privacy", "pai"), [
+    ("anonymous", "id", "anonymous"),          # 184: no number at all
+    (CUSTOMER, "id", None),                    # withheld presentation with a PAI
+])
+async def test_withheld_caller_hears_dial_186_and_nothing_is_queued(
+        stack: Stack, caller: str, privacy: str, pai: str | None) -> None:
+    before = len(await stack.fetch("callback", "SELECT 1 FROM callback_requests"))
+    last = await last_call_id(stack)
+    phone = stack.customer_call(caller, privacy=privacy, pai=pai)
+    await finished(phone)
+    statuses = phone.statuses_received()
+    assert 183 in statuses and statuses[-1] == 486 and 200 not in statuses
+    call = await new_edge_call(stack, last)
+    assert call["state"] == "refused" and call["outcome"] is not None
+    assert "withheld" in str(call["decision_reason"]) + str(call["outcome"]) + str(
+        call["detail"])
+    await asyncio.sleep(1.0)
+    assert len(await stack.fetch("callback", "SELECT 1 FROM callback_requests")) == before
+    assert call["message_id"] is None or not await stack.fetch(
+        "edge", "SELECT 1 FROM outbox WHERE message_id = $1 AND delivered_at IS NOT NULL",
+        call["message_id"])
