@@ -1,12 +1,16 @@
 """The signed HTTPS link between the sites: client, server middleware, idempotent receive.
 
-Sending side: :class:`LinkClient` signs the raw body and POSTs it over one of
-the configured routes (internet first, leased line as backup). Messages are
-not sent directly by application code; they go through :mod:`shared.outbox`.
+Sending side: :class:`LinkClient` signs the raw body and POSTs it over the
+routes chosen by the per-kind :class:`~shared.link_policy.LinkPolicy`
+(``primary_backup`` with health probes and failback, ``both``, or ``pinned``).
+Messages are not sent directly by application code; they go through
+:mod:`shared.outbox`, which passes each row's ``kind``.
 
 Receiving side: :func:`signature_middleware` verifies every request under
-``/v1/link/`` before any handler sees it, and :func:`accept_once` makes the
-handler idempotent by message id inside the handler's own transaction.
+``/v1/link/`` before any handler sees it (bounded body size and body read
+time), :func:`accept_once` makes the handler idempotent by message id inside
+the handler's own transaction, and :func:`serve_options` gives both servers
+the same connection limits and timeouts (slow-loris protection).
 
 Client error tree (what the relay retries)::
 
@@ -17,11 +21,13 @@ Client error tree (what the relay retries)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +37,7 @@ from aiohttp import web
 
 from shared.config import LinkRoute
 from shared.http import ApiError, Handler, error_response
+from shared.link_policy import LinkMode, LinkPolicy, RouteBook, RouteStatus
 from shared.signing import SignatureError, Signer, Verifier
 
 log = logging.getLogger("shared.link")
@@ -39,6 +46,14 @@ LINK_PREFIX = "/v1/link/"
 _MESSAGE_ID = web.RequestKey("link_message_id", str)
 _RAW_BODY = web.RequestKey("link_raw_body", bytes)
 VERIFIER_KEY = web.AppKey("link_verifier", Verifier)
+BODY_TIMEOUT_KEY = web.AppKey("link_body_timeout_s", float)
+
+#: Seconds a client has to send a whole request body once its headers are in.
+DEFAULT_BODY_TIMEOUT_S = 10.0
+#: Idle keep-alive time of the server; also its deadline for a request's headers.
+SERVER_KEEPALIVE_S = 30.0
+#: The client drops idle pooled connections sooner than the server would.
+CLIENT_KEEPALIVE_S = 15.0
 
 
 class LinkError(Exception):
@@ -56,6 +71,10 @@ class LinkRejected(LinkError):
         self.body = body
 
 
+class _RouteFailed(Exception):
+    """One route failed at the transport level or with 5xx/429 (internal)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     status: int
@@ -65,17 +84,12 @@ class Delivery:
 
 
 @dataclass
-class _RouteHealth:
-    failed_at: float = 0.0
-    failures: int = 0
-
-
-@dataclass
 class LinkClient:
-    """POSTs signed messages over the first healthy route.
+    """POSTs signed messages over the routes the policy picks for their kind.
 
-    A route that failed is tried after the healthy ones for ``quarantine_s``;
-    after that it is tried first again, which gives automatic failback.
+    Without a ``policy`` every kind is ``primary_backup`` over ``routes`` in
+    order, with health probes of ``GET /healthz`` every 3 s. :meth:`start`
+    opens the session and starts the probes; :meth:`close` stops both.
     """
 
     routes: Sequence[LinkRoute]
@@ -84,70 +98,155 @@ class LinkClient:
     timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
     quarantine_s: float = 15.0
+    policy: LinkPolicy = field(default_factory=LinkPolicy)
+    max_connections: int = 64
     _session: aiohttp.ClientSession | None = None
-    _health: dict[str, _RouteHealth] = field(default_factory=dict)
+    _book: RouteBook = field(init=False)
+    _probe_task: asyncio.Task[None] | None = None
+    _background: set[asyncio.Task[Delivery]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.routes:
             raise ValueError("a LinkClient needs at least one route")
+        self._book = RouteBook(self.routes, self.policy, quarantine_s=self.quarantine_s)
 
     async def start(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self.ssl_context or False, limit=64)
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context or False,
+                                             limit=self.max_connections,
+                                             keepalive_timeout=CLIENT_KEEPALIVE_S)
             timeout = aiohttp.ClientTimeout(total=self.timeout_s,
                                             sock_connect=self.connect_timeout_s)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        if self._probe_task is None and self.policy.health.enabled:
+            self._probe_task = asyncio.create_task(self._probe_forever(), name="link probes")
 
     async def close(self) -> None:
+        tasks = [t for t in (self._probe_task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        self._probe_task = None
+        self._background.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    def ordered_routes(self) -> list[LinkRoute]:
-        now = time.monotonic()
+    # --- routes and health ---------------------------------------------------------------
 
-        def sick(route: LinkRoute) -> bool:
-            h = self._health.get(route.name)
-            return h is not None and h.failures > 0 and now - h.failed_at < self.quarantine_s
+    def ordered_routes(self, kind: str | None = None) -> list[LinkRoute]:
+        """The routes a message of ``kind`` would use, in the order they are tried."""
+        return self._book.plan(kind)[1]
 
-        return sorted(self.routes, key=sick)  # stable: configured order among equals
+    def route_status(self) -> dict[str, RouteStatus]:
+        """Up/down and counters per route (for ``/healthz`` and tests)."""
+        return self._book.status()
 
-    async def post(self, path: str, body: bytes, message_id: str) -> Delivery:
+    async def probe_once(self) -> dict[str, bool]:
+        """Probe every route now; returns ``{route: ok}`` (also fed to the health book)."""
+        names = [r.name for r in self.routes]
+        results = await asyncio.gather(*(self._probe(r) for r in self.routes))
+        return dict(zip(names, results, strict=True))
+
+    async def _probe_forever(self) -> None:
+        interval = self.policy.health.interval_s
+        while True:
+            started = time.monotonic()
+            await self.probe_once()
+            await asyncio.sleep(max(0.05, interval - (time.monotonic() - started)))
+
+    async def _probe(self, route: LinkRoute) -> bool:
         await self.start()
         assert self._session is not None
+        health = self.policy.health
+        try:
+            async with self._session.get(route.url + health.path,
+                                         timeout=aiohttp.ClientTimeout(total=health.timeout_s)
+                                         ) as resp:
+                await resp.read()
+                ok, detail = resp.status < 500, f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        self._book.probed(route.name, ok, detail)
+        return ok
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def post(self, path: str, body: bytes, message_id: str, *,
+                   kind: str | None = None) -> Delivery:
+        """Deliver one message by the policy for ``kind``.
+
+        Returns the first acknowledgement (2xx/3xx); raises :class:`LinkRejected`
+        on a 4xx and :class:`LinkUnavailable` when no route got through.
+        """
+        await self.start()
+        mode, routes = self._book.plan(kind)
+        if mode is LinkMode.BOTH and len(routes) > 1:
+            return await self._post_concurrently(routes, path, body, message_id)
         errors: list[str] = []
-        for route in self.ordered_routes():
-            headers = self.signer.headers("POST", path, body, message_id=message_id)
-            headers["content-type"] = "application/json"
-            started = time.monotonic()
+        for route in routes:
             try:
-                async with self._session.post(route.url + path, data=body,
-                                              headers=headers) as resp:
-                    text = await resp.text()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self._mark(route, ok=False)
-                errors.append(f"{route.name}: {type(exc).__name__}: {exc}")
-                continue
-            elapsed = time.monotonic() - started
-            payload = _json_or_text(text)
-            if status >= 500 or status == 429:
-                self._mark(route, ok=False)
-                errors.append(f"{route.name}: HTTP {status}")
-                continue
-            self._mark(route, ok=True)
-            if status >= 400:
-                raise LinkRejected(status, payload)
-            return Delivery(status, payload, route.name, elapsed)
+                return await self._post_one(route, path, body, message_id)
+            except _RouteFailed as exc:
+                errors.append(str(exc))
         raise LinkUnavailable("; ".join(errors))
 
-    def _mark(self, route: LinkRoute, *, ok: bool) -> None:
-        health = self._health.setdefault(route.name, _RouteHealth())
-        if ok:
-            health.failures = 0
-        else:
-            health.failures += 1
-            health.failed_at = time.monotonic()
+    async def _post_concurrently(self, routes: Sequence[LinkRoute], path: str, body: bytes,
+                                 message_id: str) -> Delivery:
+        tasks = [asyncio.create_task(self._post_one(r, path, body, message_id),
+                                     name=f"link post {r.name}") for r in routes]
+        errors: list[str] = []
+        rejected: LinkRejected | None = None
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    return await next_done
+                except _RouteFailed as exc:
+                    errors.append(str(exc))
+                except LinkRejected as exc:
+                    rejected = rejected or exc
+        finally:
+            for task in tasks:
+                if not task.done():  # the slower route finishes in the background
+                    self._background.add(task)
+                    task.add_done_callback(self._forget)
+        if rejected is not None:
+            raise rejected
+        raise LinkUnavailable("; ".join(errors))
+
+    def _forget(self, task: asyncio.Task[Delivery]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the route's health was already recorded
+
+    async def _post_one(self, route: LinkRoute, path: str, body: bytes,
+                        message_id: str) -> Delivery:
+        assert self._session is not None
+        headers = self.signer.headers("POST", path, body, message_id=message_id)
+        headers["content-type"] = "application/json"
+        started = time.monotonic()
+        self._book.attempt(route.name)
+        try:
+            async with self._session.post(route.url + path, data=body, headers=headers) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = f"{route.name}: {type(exc).__name__}: {exc}"
+            self._book.failed(route.name, error)
+            raise _RouteFailed(error) from exc
+        elapsed = time.monotonic() - started
+        payload = _json_or_text(text)
+        if status >= 500 or status == 429:
+            error = f"{route.name}: HTTP {status}"
+            self._book.failed(route.name, error)
+            raise _RouteFailed(error)
+        if status >= 400:
+            self._book.reachable(route.name)
+            raise LinkRejected(status, payload)
+        self._book.delivered(route.name)
+        return Delivery(status, payload, route.name, elapsed)
 
 
 def _json_or_text(text: str) -> Any:
@@ -160,13 +259,74 @@ def _json_or_text(text: str) -> Any:
 # --- receiving side ----------------------------------------------------------------------
 
 
+def serve_options(*, keepalive_timeout_s: float = SERVER_KEEPALIVE_S,
+                  shutdown_timeout_s: float = 15.0) -> dict[str, Any]:
+    """Keyword arguments for ``web.run_app(...)`` or ``web.AppRunner(app, ...)``.
+
+    What each protects against:
+
+    * ``keepalive_timeout``: aiohttp arms this timer when a connection opens
+      and after each response, and does not re-arm it while request headers
+      trickle in. So it is both the idle keep-alive time and the deadline for a
+      complete request head: a slow-loris client that dribbles headers is
+      disconnected after it. (The body has its own deadline, see
+      :func:`signature_middleware`.) Keep the client's keep-alive shorter
+      (:data:`CLIENT_KEEPALIVE_S`) so the client never reuses a connection
+      the server is closing.
+    * ``max_line_size`` / ``max_field_size`` / ``max_headers``: a link request
+      has a dozen short headers; anything bigger is refused with 400.
+    * ``lingering_time``: after refusing a body (413) the server reads and
+      discards at most this long, then closes.
+    * ``shutdown_timeout``: in-flight requests get this long on SIGTERM.
+
+    Other clients are not blocked by a slow or huge request in any case: each
+    connection is its own task on the event loop.
+    """
+    return {
+        "keepalive_timeout": keepalive_timeout_s,
+        "max_line_size": 8190,
+        "max_field_size": 8190,
+        "max_headers": 64,
+        "lingering_time": 2.0,
+        "shutdown_timeout": shutdown_timeout_s,
+    }
+
+
+def _too_large(request: web.Request) -> ApiError | None:
+    limit = request.app._client_max_size
+    declared = request.content_length
+    if declared is not None and limit and declared > limit:
+        return ApiError(413, "body-too-large",
+                        f"request body of {declared} bytes exceeds {limit} bytes")
+    return None
+
+
 @web.middleware
 async def signature_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Verify signatures on ``/v1/link/`` before the handler; 401 with a JSON error id."""
+    """Verify signatures on ``/v1/link/`` before the handler; 401 with a JSON error id.
+
+    A declared ``Content-Length`` above the application's ``client_max_size``
+    is refused with 413 before any of the body is read; a body that arrives
+    slower than ``app[BODY_TIMEOUT_KEY]`` seconds (default
+    :data:`DEFAULT_BODY_TIMEOUT_S`) gets 408 ``body-timeout``.
+    """
     if not request.path.startswith(LINK_PREFIX):
         return await handler(request)
+    too_large = _too_large(request)
+    if too_large is not None:
+        return error_response(too_large)
     verifier = request.app[VERIFIER_KEY]
-    body = await request.read()
+    timeout_s = request.app.get(BODY_TIMEOUT_KEY, DEFAULT_BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        log.warning("refused %s %s from %s: body not received within %.0f s", request.method,
+                    request.path, request.remote, timeout_s)
+        response = error_response(ApiError(408, "body-timeout",
+                                           f"request body not received within {timeout_s} s"))
+        response.force_close()
+        return response
     try:
         message_id = verifier.verify(request.method, request.raw_path, body, request.headers)
     except SignatureError as exc:
@@ -225,10 +385,29 @@ async def accept_once(conn: asyncpg.Connection, msg_id: str, kind: str,
     return status, body
 
 
-async def purge_seen(conn: asyncpg.Connection, keep_s: int = 7 * 24 * 3600) -> int:
-    """Forget message ids older than ``keep_s`` (at least 24 h). Returns rows deleted."""
-    keep_s = max(keep_s, 24 * 3600)
-    result = await conn.execute(
-        "DELETE FROM inbound_messages WHERE received_at < now() - $1 * interval '1 second'",
-        keep_s)
-    return int(result.split()[-1])
+MIN_KEEP_SEEN_S = 24 * 3600
+
+
+async def purge_seen(conn: asyncpg.Connection, keep_s: int = 7 * 24 * 3600, *,
+                     batch: int = 10_000) -> int:
+    """Forget message ids older than ``keep_s`` (never less than 24 h). Returns rows deleted.
+
+    Deletes in batches of ``batch`` rows, each its own statement, so a large
+    backlog never holds long locks. Ids younger than 24 h are never deleted,
+    whatever ``keep_s`` says: the sender may still retry them.
+    """
+    keep_s = max(int(keep_s), MIN_KEEP_SEEN_S)
+    total = 0
+    while True:
+        result: str = await conn.execute(
+            "DELETE FROM inbound_messages WHERE message_id IN ("
+            "  SELECT message_id FROM inbound_messages"
+            "  WHERE received_at < now() - $1 * interval '1 second' LIMIT $2)",
+            keep_s, batch)
+        deleted = int(result.split()[-1])
+        total += deleted
+        if deleted < batch:
+            break
+    if total:
+        log.info("forgot %d received message ids older than %d s", total, keep_s)
+    return total

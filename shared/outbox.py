@@ -16,6 +16,17 @@ retry is due (at most ``sweep_s``), so a lost notification delays a message by
 at most that much. Retries back off exponentially up to ``max_backoff_s`` and
 never give up: a message the peer refuses as invalid (4xx other than 401/403/
 408/409/429) is parked as dead and logged as an error instead.
+
+Each message goes by the link policy for its ``kind`` (see
+:mod:`shared.link_policy`); the route that delivered it is kept in
+``outbox.last_route``.
+
+Watching it: :meth:`OutboxRelay.stats` (pending, held, dead, age of the
+oldest pending message), :meth:`OutboxRelay.check_alert` (an
+:class:`OutboxAlert` when a durable message is older than ``alert_after_s`` or
+dead letters exist; logged at ERROR and passed to ``on_alert``),
+:meth:`Outbox.dead_letters` and :meth:`Outbox.revive` (send a dead message
+again once the cause is fixed), :meth:`Outbox.purge_delivered`.
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ import asyncio
 import json
 import logging
 import random
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -83,6 +95,49 @@ class Outbox:
             "WHERE held AND created_at < now() - $1 * interval '1 second'", older_than_s)
         return int(result.split()[-1])
 
+    @staticmethod
+    async def dead_letters(conn: asyncpg.Connection, limit: int = 100) -> list[DeadLetter]:
+        """Messages the peer refused as invalid, newest first."""
+        rows = await conn.fetch(
+            "SELECT message_id, kind, path, body, attempts, dead_at, response_status, "
+            "response_body FROM outbox WHERE dead_at IS NOT NULL "
+            "ORDER BY dead_at DESC LIMIT $1", limit)
+        return [DeadLetter(str(r["message_id"]), r["kind"], r["path"], bytes(r["body"]),
+                           int(r["attempts"]), r["dead_at"], r["response_status"],
+                           _as_object(r["response_body"])) for r in rows]
+
+    @staticmethod
+    async def revive(conn: asyncpg.Connection, message_id: str) -> bool:
+        """Send a dead message again (same id, so the receiver still dedupes it)."""
+        result: str = await conn.execute(
+            "UPDATE outbox SET dead_at = NULL, next_attempt_at = now(), attempts = 0, "
+            "lease_owner = NULL, lease_expires_at = NULL WHERE message_id = $1 "
+            "AND dead_at IS NOT NULL", uuid.UUID(message_id))
+        if result.endswith(" 1"):
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, message_id)
+            return True
+        return False
+
+    @staticmethod
+    async def purge_delivered(conn: asyncpg.Connection, keep_s: int = 7 * 24 * 3600) -> int:
+        """Delete delivered messages older than ``keep_s`` (at least 24 h)."""
+        result: str = await conn.execute(
+            "DELETE FROM outbox WHERE delivered_at < now() - $1 * interval '1 second'",
+            max(keep_s, 24 * 3600))
+        return int(result.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message_id: str
+    kind: str
+    path: str
+    body: bytes
+    attempts: int
+    dead_at: datetime
+    status: int | None
+    response: dict[str, Any]
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
@@ -90,6 +145,20 @@ class OutboxStats:
     held: int
     dead: int
     oldest_pending_s: float | None
+    oldest_pending_id: str | None = None
+    oldest_pending_kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxAlert:
+    """Something an operator must look at: a durable message too old, or dead letters."""
+
+    reason: str            # "pending-too-old" | "dead-letters"
+    message: str
+    stats: OutboxStats
+
+
+AlertHook = Callable[[OutboxAlert], None]
 
 
 class OutboxRelay:
@@ -97,7 +166,8 @@ class OutboxRelay:
 
     def __init__(self, pool: asyncpg.Pool, db_url: str, client: LinkClient, *, owner: str,
                  batch: int = 64, lease_s: int = 30, max_backoff_s: int = 60,
-                 sweep_s: float = 5.0, alert_after_s: int = 300) -> None:
+                 sweep_s: float = 5.0, alert_after_s: int = 300, alert_every_s: float = 60.0,
+                 on_alert: AlertHook | None = None) -> None:
         self.pool = pool
         self.db_url = db_url
         self.client = client
@@ -107,8 +177,11 @@ class OutboxRelay:
         self.max_backoff_s = max_backoff_s
         self.sweep_s = sweep_s
         self.alert_after_s = alert_after_s
+        self.alert_every_s = alert_every_s
+        self.on_alert = on_alert
         self.delivered = 0
-        self._last_alert = 0.0
+        self.delivered_by_route: dict[str, int] = {}
+        self._last_alert_check = float("-inf")
 
     async def run(self) -> None:
         """Run until cancelled, surviving database restarts."""
@@ -167,7 +240,8 @@ class OutboxRelay:
     async def _deliver(self, row: asyncpg.Record) -> None:
         mid = str(row["message_id"])
         try:
-            result = await self.client.post(row["path"], bytes(row["body"]), mid)
+            result = await self.client.post(row["path"], bytes(row["body"]), mid,
+                                            kind=row["kind"])
         except LinkRejected as exc:
             if exc.status in _RETRYABLE_4XX:
                 await self._retry(row, f"HTTP {exc.status}: {exc.body}")
@@ -187,6 +261,7 @@ class OutboxRelay:
             "last_route = $4, lease_owner = NULL, last_error = NULL WHERE message_id = $1",
             row["message_id"], result.status, _as_object(result.body), result.route)
         self.delivered += 1
+        self.delivered_by_route[result.route] = self.delivered_by_route.get(result.route, 0) + 1
         log.debug("delivered %s %s via %s in %.1f ms", row["kind"], mid, result.route,
                   result.elapsed_s * 1000)
 
@@ -206,25 +281,48 @@ class OutboxRelay:
             """SELECT count(*) FILTER (WHERE delivered_at IS NULL AND dead_at IS NULL
                                        AND NOT held) AS pending,
                       count(*) FILTER (WHERE held AND delivered_at IS NULL) AS held,
-                      count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
-                      EXTRACT(EPOCH FROM now() - min(created_at) FILTER (
-                          WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held))
-                          AS oldest
-               FROM outbox""")
+                      count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead
+               FROM outbox WHERE delivered_at IS NULL""")
+        oldest = await self.pool.fetchrow(
+            """SELECT message_id, kind, EXTRACT(EPOCH FROM now() - created_at) AS age
+               FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
+               ORDER BY created_at LIMIT 1""")
         assert row is not None
-        oldest = row["oldest"]
         return OutboxStats(int(row["pending"]), int(row["held"]), int(row["dead"]),
-                           None if oldest is None else float(oldest))
+                           None if oldest is None else float(oldest["age"]),
+                           None if oldest is None else str(oldest["message_id"]),
+                           None if oldest is None else str(oldest["kind"]))
+
+    async def check_alert(self, *, force: bool = False) -> OutboxAlert | None:
+        """Alert if a durable message is older than ``alert_after_s`` or dead letters exist.
+
+        Checked at most every ``alert_every_s`` by the relay loop (``force``
+        checks now). An alert is logged at ERROR and passed to ``on_alert``.
+        """
+        now = time.monotonic()
+        if not force and now - self._last_alert_check < self.alert_every_s:
+            return None
+        self._last_alert_check = now
+        stats = await self.stats()
+        alert: OutboxAlert | None = None
+        if stats.oldest_pending_s is not None and stats.oldest_pending_s > self.alert_after_s:
+            alert = OutboxAlert(
+                "pending-too-old",
+                f"{stats.pending} messages pending, oldest {stats.oldest_pending_kind} "
+                f"{stats.oldest_pending_id} is {stats.oldest_pending_s:.0f} s old "
+                f"(threshold {self.alert_after_s} s)", stats)
+        elif stats.dead:
+            alert = OutboxAlert("dead-letters",
+                                f"{stats.dead} messages refused by the peer as invalid "
+                                "(see Outbox.dead_letters)", stats)
+        if alert is not None:
+            log.error("ALERT outbox %s: %s", alert.reason, alert.message)
+            if self.on_alert is not None:
+                self.on_alert(alert)
+        return alert
 
     async def _maybe_alert(self) -> None:
-        loop_now = asyncio.get_running_loop().time()
-        if loop_now - self._last_alert < 60:
-            return
-        self._last_alert = loop_now
-        stats = await self.stats()
-        if stats.oldest_pending_s is not None and stats.oldest_pending_s > self.alert_after_s:
-            log.error("ALERT outbox: %d messages pending, oldest %.0f s old (threshold %d s)",
-                      stats.pending, stats.oldest_pending_s, self.alert_after_s)
+        await self.check_alert()
 
 
 def _as_object(body: Any) -> dict[str, Any]:

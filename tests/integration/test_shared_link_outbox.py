@@ -1,0 +1,202 @@
+"""The outbox relay under trouble: receiver down then up, lost acks, two relays, dead letters.
+
+Effects are counted in a table without a unique constraint (see
+:mod:`tests.faults.linklab`), so a message applied twice would be seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.link_policy import HealthSettings, LinkPolicy
+from shared.outbox import Outbox, OutboxAlert, OutboxRelay
+from tests.faults.linklab import (
+    REQUESTS_KEY,
+    effect_counts,
+    free_port,
+    link_client,
+    prepare_pool,
+    receiver_app,
+    serve,
+    verifier,
+)
+from tests.faults.proxy import DelayProxy
+
+NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
+
+
+@pytest.fixture
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await prepare_pool(pg_url, max_size=20)
+    await p.execute("TRUNCATE outbox, inbound_messages, effects")
+    yield p
+    await p.close()
+
+
+async def _enqueue(pool: asyncpg.Pool, count: int, start: int = 0) -> list[str]:
+    async with pool.acquire() as conn, conn.transaction():
+        return [await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                     payload={"n": start + i}) for i in range(count)]
+
+
+async def _drained(pool: asyncpg.Pool, within_s: float) -> float:
+    started = time.monotonic()
+    while await pool.fetchval("SELECT count(*) FROM outbox WHERE delivered_at IS NULL "
+                              "AND dead_at IS NULL"):
+        assert time.monotonic() - started < within_s, "outbox did not drain"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def test_receiver_down_then_up_loses_nothing_and_alerts_meanwhile(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    port = free_port()
+    alerts: list[OutboxAlert] = []
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="down-up", sweep_s=0.2, max_backoff_s=1,
+                        alert_after_s=1, alert_every_s=0.5, on_alert=alerts.append)
+    task = asyncio.create_task(relay.run())
+    try:
+        await _enqueue(pool, 200)
+        await asyncio.sleep(2.0)  # receiver down: nothing delivered, retried with backoff
+        stats = await relay.stats()
+        assert stats.pending == 200 and stats.oldest_pending_s is not None
+        assert stats.oldest_pending_s > 1.0
+        assert alerts and alerts[-1].reason == "pending-too-old"
+        assert "200 messages pending" in alerts[-1].message
+        assert await pool.fetchval("SELECT min(attempts) FROM outbox") >= 2
+        runner = await serve(receiver_app(pool, verifier(pki_dir)), pki_dir, port)
+        try:
+            drain_s = await _drained(pool, 10.0)
+        finally:
+            await runner.cleanup()
+        distinct, duplicated = await effect_counts(pool)
+        assert (distinct, duplicated) == (200, 0)
+        assert (await relay.stats()).pending == 0
+        assert await relay.check_alert(force=True) is None
+        print(f"\nreceiver down 2 s with 200 messages: drained {drain_s:.2f} s after it came up")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
+async def test_lost_acknowledgements_cause_retries_but_no_duplicate_effects(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """The proxy cuts connections repeatedly; some requests were applied but never answered."""
+    app = receiver_app(pool, verifier(pki_dir), answer_delay_s=0.2)
+    port = free_port()
+    runner = await serve(app, pki_dir, port)
+    proxy = await DelayProxy(("127.0.0.1", 0), ("127.0.0.1", port), delay_s=0.03).start()
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{proxy.port}")], policy=NO_PROBES,
+                         timeout_s=2.0)
+    relay = OutboxRelay(pool, pg_url, client, owner="cuts", sweep_s=0.2, max_backoff_s=1)
+    task = asyncio.create_task(relay.run())
+    try:
+        await _enqueue(pool, 300)
+        deadline = time.monotonic() + 10
+        requests = app[REQUESTS_KEY]
+        cuts, seen = 0, 0
+        while cuts < 5 and time.monotonic() < deadline:
+            # cut while requests are applied but not yet answered (answer_delay_s)
+            if sum(requests.values()) > seen:
+                await asyncio.sleep(0.05)
+                seen = sum(requests.values())
+                cuts += proxy.cut() > 0
+            await asyncio.sleep(0.02)
+        await _drained(pool, 20.0)
+        distinct, duplicated = await effect_counts(pool)
+        repeated = sum(1 for c in requests.values() if c > 1)
+        print(f"\n300 messages, {cuts} cuts: {sum(requests.values())} verified POSTs, "
+              f"{repeated} messages received more than once, {duplicated} applied twice")
+        assert (distinct, duplicated) == (300, 0)
+        assert repeated > 0  # acknowledgements really were lost
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await proxy.close()
+        await runner.cleanup()
+
+
+async def test_two_relays_on_one_database_deliver_each_message_once(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    app = receiver_app(pool, verifier(pki_dir))
+    port = free_port()
+    runner = await serve(app, pki_dir, port)
+    url = f"https://127.0.0.1:{port}"
+    clients = [link_client(pki_dir, [("r", url)], policy=NO_PROBES) for _ in range(2)]
+    relays = [OutboxRelay(pool, pg_url, c, owner=f"relay-{i}", sweep_s=0.2, batch=16)
+              for i, c in enumerate(clients)]
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    try:
+        for start in range(0, 600, 100):  # arriving over time, as in production
+            await _enqueue(pool, 100, start)
+            await asyncio.sleep(0.05)
+        await _drained(pool, 20.0)
+        distinct, duplicated = await effect_counts(pool)
+        requests = app[REQUESTS_KEY]
+        shares = [r.delivered for r in relays]
+        print(f"\ntwo relays delivered {shares}; max POSTs per message "
+              f"{max(requests.values())}")
+        assert (distinct, duplicated) == (600, 0)
+        assert sum(shares) == 600  # each message claimed and delivered by exactly one relay
+        assert max(requests.values()) == 1  # SKIP LOCKED: never sent by both
+        assert all(share > 0 for share in shares)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in clients:
+            await c.close()
+        await runner.cleanup()
+
+
+async def test_refused_message_is_dead_lettered_visible_and_revivable(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    port = free_port()
+    runner = await serve(receiver_app(pool, verifier(pki_dir)), pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    alerts: list[OutboxAlert] = []
+    relay = OutboxRelay(pool, pg_url, client, owner="dead", sweep_s=0.2,
+                        on_alert=alerts.append)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            bad = await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                       payload={"n": -1})
+            good = await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                        payload={"n": 1})
+        await relay.pass_once()
+        stats = await relay.stats()
+        assert (stats.pending, stats.dead) == (0, 1)
+        alert = await relay.check_alert(force=True)
+        assert alert is not None and alert.reason == "dead-letters" and alerts[-1] == alert
+        async with pool.acquire() as conn:
+            dead = await Outbox.dead_letters(conn)
+            assert [d.message_id for d in dead] == [bad]
+            assert dead[0].status == 422 and dead[0].response["error"]["id"] == "invalid-field"
+            assert await Outbox.revive(conn, bad)
+            assert not await Outbox.revive(conn, good)  # delivered, not dead
+        assert (await relay.stats()).pending == 1
+        await relay.pass_once()
+        assert (await relay.stats()).dead == 1  # refused again: still visible
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_purge_delivered_keeps_a_day(pool: asyncpg.Pool) -> None:
+    ids = await _enqueue(pool, 3)
+    await pool.execute("UPDATE outbox SET delivered_at = now() - interval '2 days' "
+                       "WHERE message_id = $1::uuid", ids[0])
+    await pool.execute("UPDATE outbox SET delivered_at = now() - interval '23 hours' "
+                       "WHERE message_id = $1::uuid", ids[1])
+    async with pool.acquire() as conn:
+        assert await Outbox.purge_delivered(conn, keep_s=0) == 1
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
