@@ -207,6 +207,7 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
             assert node.next is not None
             node_id = node.next
             continue
+        more: list[Command]
         if silent and node.waits_for_input:
             state, more = replace(state, mode=Mode.WAIT), []
         elif node.type in ("menu", "digits", "confirm", "say"):
@@ -253,9 +254,9 @@ def _dtmf(state: IvrState, digit: str) -> Step:
             and state.flow.node(node.next).waits_for_input):
         # Type-ahead: a key during an announcement (a read-back) answers the question
         # that follows it, as a caller who knows the flow expects.
-        state, cmds = _enter(state, node.next, silent=True)
-        nxt, more = _dtmf(state, digit)
-        return nxt, cmds + more
+        state, skipped = _enter(state, node.next, silent=True)
+        nxt, answered = _dtmf(state, digit)
+        return nxt, skipped + answered
     if not node.waits_for_input or state.mode not in (Mode.PROMPT, Mode.WAIT):
         return state, []
     cmds: list[Command] = []

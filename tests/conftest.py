@@ -44,10 +44,23 @@ async def fresh_database(server_url: str, name: str) -> str:
     return await create(server_url, re.sub(r"[^a-z0-9_]", "_", name.lower())[:60])
 
 
+async def drop_database(server_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="module")
 async def pg_url(pg_server_url: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    # The pid keeps two test runs on one machine (a developer's and CI's) apart.
     module = request.module.__name__.rsplit(".", 1)[-1]
-    yield await fresh_database(pg_server_url, f"t_{module}")
+    name = re.sub(r"[^a-z0-9_]", "_", f"t{os.getpid()}_{module}".lower())[:60]
+    yield await fresh_database(pg_server_url, name)
+    await drop_database(pg_server_url, name)
 
 
 @pytest.fixture(scope="session")

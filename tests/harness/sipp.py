@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -288,7 +288,8 @@ def start_role(scenario: str, *, port: int, workdir: Path, name: str | None = No
                service: str | None = None, keys: Mapping[str, str] | None = None,
                digits: str | None = None, max_calls: int | None = None,
                timeout_s: int = 120, media_port: int | None = None,
-               pcap_options: Mapping[str, int] | None = None) -> SippRole:
+               pcap_options: Mapping[str, int] | None = None,
+               extra_args: Sequence[str] = ()) -> SippRole:
     """Start ``deploy/sipp/<scenario>`` in the background on ``ip:port``.
 
     UAS roles (no ``remote``) answer OPTIONS (``-aa``) and run until ``stop()``.
@@ -328,6 +329,7 @@ def start_role(scenario: str, *, port: int, workdir: Path, name: str | None = No
         args += ["-m", str(max_calls)]
     for key, value in (keys or {}).items():
         args += ["-key", key, value]
+    args += list(extra_args)
     with open(workdir / f"{name}.screen.log", "wb") as screen:
         process = subprocess.Popen(args, cwd=role_dir, stdin=subprocess.DEVNULL, stdout=screen,
                                    stderr=subprocess.STDOUT, start_new_session=True)

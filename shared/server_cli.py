@@ -1,0 +1,114 @@
+"""The command line both servers share: ``serve``, ``check`` and ``keys``.
+
+    python -m <site>_server serve --config FILE [--log-level DEBUG]
+    python -m <site>_server check --config FILE        # parse the config and exit
+    python -m <site>_server keys init --dir DIR [--site S] [--san HOST]
+    python -m <site>_server keys rotate --dir DIR
+
+Each server passes its site name, how to load its settings and how to build
+its aiohttp application; everything else is the same for both sites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from aiohttp import web
+
+from shared.config import ConfigError, HttpSettings, Merchant, TlsSettings
+
+
+class SiteSettings(Protocol):
+    @property
+    def http(self) -> HttpSettings: ...
+
+    @property
+    def tls(self) -> TlsSettings | None: ...
+
+    @property
+    def require_client_cert(self) -> bool: ...
+
+    @property
+    def merchants(self) -> tuple[Merchant, ...]: ...
+
+
+S = TypeVar("S", bound=SiteSettings)
+
+
+@dataclass(frozen=True)
+class Site(Generic[S]):
+    """What differs between the two servers' command lines."""
+
+    name: str                                   # "edge" or "callback"
+    load: Callable[[Path], S]                   # settings from a config file
+    create_app: Callable[[S], web.Application]  # the composition root
+
+
+def parser_for(site: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {site}_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help=f"run the {site} server")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    check = sub.add_parser("check", help="validate the config file")
+    check.add_argument("--config", type=Path, required=True)
+    keys = sub.add_parser("keys", help="TLS certificates and signing keys (shared.pki)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    init = keys_sub.add_parser("init", help="make the CA, the site certificate and signing key")
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument("--site", action="append", help=f"default: {site}")
+    init.add_argument("--san", action="append", help="DNS name or IP in the certificate")
+    rotate = keys_sub.add_parser("rotate", help="add the next signing key")
+    rotate.add_argument("--dir", type=Path, required=True)
+    return parser
+
+
+def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
+    args = parser_for(site.name).parse_args(argv)
+    if args.command == "keys":
+        return _keys(site.name, args)
+    try:
+        settings = site.load(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"{args.config}: ok ({len(settings.merchants)} merchants)")
+        return 0
+    return serve_forever(site, settings, args.log_level)
+
+
+def _keys(site: str, args: argparse.Namespace) -> int:
+    from shared import pki
+
+    if args.keys_command == "rotate":
+        return pki.main(["rotate", "--dir", str(args.dir), "--site", site])
+    pki_args = ["init", "--dir", str(args.dir)]
+    for name in args.site or [site]:
+        pki_args += ["--site", name]
+    for san in args.san or []:
+        pki_args += ["--san", san]
+    return pki.main(pki_args)
+
+
+def serve_forever(site: Site[S], settings: S, log_level: str) -> int:
+    from shared.pki import server_context
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = settings.tls
+    ssl_ctx = server_context(tls.cert, tls.key, tls.ca,
+                             require_client_cert=settings.require_client_cert) if tls else None
+    if ssl_ctx is None:
+        logging.getLogger(f"{site.name}.app").warning("no [tls] section: serving plain HTTP")
+    web.run_app(site.create_app(settings), host=settings.http.host, port=settings.http.port,
+                ssl_context=ssl_ctx, print=None)
+    return 0
