@@ -1,41 +1,52 @@
-"""Streaming deck parser, pure: lines in, normalised rows and bulk errors out.
+"""Streaming deck parser, pure: lines in, COPY-ready rows and bulk errors out.
 
-Never holds the file: rows are yielded one by one (to COPY). What it keeps is
-one small entry per distinct key (prefix + origins + period + start) to catch
-the same prefix twice with different rates; a repeat with identical terms is
-dropped and counted.
+Never holds the file, nor anything per row: blocks of COPY text are yielded
+as they are made. Each output row carries its source line number, so the
+same prefix twice (a check that needs the whole deck) is found afterwards by
+one GROUP BY in PostgreSQL (:func:`routing_rates.importer.find_duplicates`).
 
 Every problem is collected as a :class:`DeckProblem` (line, column, reason);
-the caller must refuse the whole file when ``problems`` is not empty.
-Output rows are tuples of text in :data:`ROW_COLUMNS` order, ready for COPY.
+the caller must refuse the whole file when ``problem_count`` is not 0.
+
+Speed: blocks of plain lines (no quotes, no date/period/origin values) are
+validated and rewritten into COPY text by one regex substitution per block;
+only blocks with something unusual in them are taken line by line through the
+``csv`` module and field-by-field checks, which also word the errors.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
+from itertools import islice, repeat
 from zoneinfo import ZoneInfo
 
 from routing_rates.profile import FIELDS, ColumnProfile
 from shared.money import ISO_4217
 
+# Output columns (COPY order); NULL is COPY's text-format null.
 ROW_COLUMNS = ("prefix", "destination", "rate", "unit_s", "initial_s", "increment_s",
                "connect_fee", "min_cost", "currency", "origins", "period", "valid_from",
                "valid_to", "line")
+_SOURCE = ("prefix", "destination", "rate", "unit_s", "initial_s", "increment_s",
+           "connect_fee", "min_cost", "currency", "origins", "period", "effective", "end")
+_TERMS = ("rate", "unit_s", "initial_s", "increment_s", "connect_fee", "min_cost", "currency")
 NULL = "\\N"
 MAX_PROBLEMS = 10_000
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 _INT = re.compile(r"\d+")
 _PERIOD = re.compile(r"[a-z0-9_-]{0,32}")
 _COPY_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_BLOCK_FIELDS = ("prefix", "destination", "rate", "currency", "unit_s", "initial_s",
+                "increment_s", "connect_fee", "min_cost", "origins")
 
 
 @dataclass(frozen=True, slots=True)
 class DeckProblem:
-    line: int
+    line: int          # 0: the profile's defaults
     column: str
     reason: str
     value: str = ""
@@ -53,69 +64,142 @@ class DeckParser:
         self.problems: list[DeckProblem] = []
         self.problem_count = 0
         self.row_count = 0
-        self.duplicates = 0
-        self._seen: dict[str, int] = {}
-        self._terms: dict[tuple[str, ...], int] = {}
-        self._terms_list: list[tuple[str, ...]] = []
         self._tz = ZoneInfo(profile.timezone)
         self._comma = profile.decimal_separator == ","
+        self._pending = ""      # a quoted record spanning lines, until its closing quote
+        self._start = 0
 
     def problem(self, line: int, column: str, reason: str, value: str = "") -> None:
         self.problem_count += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(DeckProblem(line, column, reason, value))
 
+    # -- layout ------------------------------------------------------------------------
+
     def _positions(self, header: list[str] | None, line: int) -> dict[str, int] | None:
         pos: dict[str, int] = {}
+        names = [h.strip() for h in header] if header is not None else []
         for fname, col in self.profile.columns.items():
             if header is None:
                 assert isinstance(col, int)
                 pos[fname] = col - 1
-                continue
-            names = [h.strip() for h in header]
-            if str(col) not in names:
+            elif str(col) in names:
+                pos[fname] = names.index(str(col))
+            else:
                 self.problem(line, str(col), f"no column named {col!r} in the header "
                              f"(found {', '.join(names)})")
-                continue
-            pos[fname] = names.index(str(col))
         return pos if len(pos) == len(self.profile.columns) else None
 
-    def rows(self, lines: Iterable[str]) -> Iterator[tuple[str, ...]]:
+    def _constants(self) -> dict[str, str] | None:
+        """Values of fields without a column (profile defaults), validated once."""
         prof = self.profile
-        reader = csv.reader(lines, delimiter=prof.delimiter)
+        d = prof.defaults
+        before = self.problem_count
+        unit = self._int(d["unit_s"], 0, "unit_s", 1) if "unit_s" in d else str(prof.unit_s)
+        consts = {
+            "destination": d.get("destination", ""),
+            "currency": d.get("currency", prof.currency).strip().upper(),
+            "unit_s": unit,
+            "initial_s": self._int(d.get("initial_s", "60"), 0, "initial_s", 0),
+            "increment_s": self._int(d.get("increment_s", "60"), 0, "increment_s", 1),
+            "connect_fee": self._num(d.get("connect_fee", "0"), 0, "connect_fee"),
+            "min_cost": self._num(d.get("min_cost", "0"), 0, "min_cost"),
+            "origins": " ".join(sorted(set(d.get("origins", "").split()))),
+            "period": d.get("period", "").strip().lower(),
+            "effective": self._when(d.get("effective", ""), 0, "effective"),
+            "end": self._when(d.get("end", ""), 0, "end"),
+        }
+        if consts["currency"] not in ISO_4217:
+            self.problem(0, "currency", "unknown currency in profile", str(consts["currency"]))
+        if self.problem_count != before:
+            return None
+        return {k: v for k, v in consts.items() if v is not None}
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def chunks(self, lines: Iterable[str], lead: str = "", chunk_lines: int = 4096,
+               ) -> Iterator[str]:
+        """COPY text of good rows, in blocks of whole lines, each line prefixed by ``lead``.
+
+        Problems go to :attr:`problems`. ``lines`` keeps its line endings
+        (open files with ``newline=""``)."""
+        prof = self.profile
+        it = iter(lines)
         for _ in range(prof.skip_rows):
-            next(reader, None)
+            next(it, None)
         header = None
+        line_no = prof.skip_rows
         if prof.header:
-            header = next(reader, None)
-            if header is None:
-                self.problem(1, "header", "the file is empty")
+            first = next(it, None)
+            line_no += 1
+            if first is None:
+                self.problem(line_no, "header", "the file is empty")
                 return
-        pos = self._positions(header, reader.line_num)
-        if pos is None:
-            return
-        const = self._constants()
-        if const is None:
+            header = next(csv.reader([first], delimiter=prof.delimiter), [])
+        pos = self._positions(header, line_no)
+        const = self._constants() if pos is not None else None
+        if pos is None or const is None:
             return
         get = {f: pos.get(f, -1) for f in FIELDS}
         width = max(pos.values()) + 1
-        for fields in reader:
-            line = reader.line_num
-            if len(fields) < width:
-                if not fields or fields == [""] * len(fields):
-                    continue  # blank line
-                self.problem(line, "*", f"expected at least {width} columns, found "
-                             f"{len(fields)}", prof.delimiter.join(fields))
-                continue
-            out = self._row(fields, line, get, const)
-            if out is not None:
+        block = _block_path(prof, pos, const, lead)
+        self._pending, self._start = "", 0
+        while chunk := list(islice(it, chunk_lines)):
+            base = line_no + 1
+            line_no += len(chunk)
+            out = block(self, base, chunk) if block is not None and not self._pending \
+                else None
+            if out is None:
+                out = self._line_by_line(chunk, base, get, const, width, lead)
+            if out:
                 yield out
+        if self._pending:
+            self.problem(self._start, "*", "unterminated quoted field", self._pending[:60])
 
-    def _num(self, raw: str, line: int, column: str, *, allow_empty: str | None = None) -> str | None:
+    def _line_by_line(self, chunk: list[str], base: int, get: dict[str, int],
+                      const: dict[str, str], width: int, lead: str) -> str:
+        buf: list[str] = []
+        for number, text in enumerate(chunk, base):
+            # Real CSV parsing: a quoted field may span lines (and chunks).
+            if self._pending or ('"' in text and text.count('"') % 2):
+                if not self._pending:
+                    self._start = number
+                self._pending += text
+                if self._pending.count('"') % 2:
+                    continue
+                text, number, self._pending = self._pending, self._start, ""
+            row = self._slow(text, number, get, const, width)
+            if row:
+                buf.append(lead + row)
+        if buf:
+            buf.append("")
+        return "\n".join(buf)
+
+    def _slow(self, text: str, line: int, get: dict[str, int], const: dict[str, str],
+              width: int) -> str | None:
+        fields = next(csv.reader([text], delimiter=self.profile.delimiter), [])
+        if len(fields) < width:
+            if "".join(fields).strip():
+                self.problem(line, "*", f"expected at least {width} columns, found "
+                             f"{len(fields)}", text.rstrip("\r\n"))
+            return None
+        values = self._check(fields, line, get, const)
+        if values is None:
+            return None
+        return self.emit(line, values)
+
+    def emit(self, line: int, v: tuple[str, ...]) -> str:
+        self.row_count += 1
+        return "\t".join(v) + f"\t{line}"
+
+    # -- field checks (slow path) ------------------------------------------------------
+
+    def _num(self, raw: str, line: int, column: str, *, allow_empty: bool = False,
+             ) -> str | None:
         text = raw.strip()
-        if not text and allow_empty is not None:
-            return allow_empty
-        if self.profile.decimal_separator == ",":
+        if not text and allow_empty:
+            return "0"
+        if self._comma:
             text = text.replace(",", ".")
         if not _NUMBER.fullmatch(text):
             self.problem(line, column, "not a number", raw)
@@ -148,33 +232,8 @@ class DeckParser:
             moment = moment.replace(tzinfo=self._tz)
         return moment.isoformat()
 
-    def _constants(self) -> dict[str, str] | None:
-        """Values of fields without a column (profile defaults), validated once."""
-        prof = self.profile
-        d = prof.defaults
-        before = self.problem_count
-        consts = {
-            "destination": d.get("destination", ""),
-            "currency": d.get("currency", prof.currency).strip().upper(),
-            "unit_s": self._int(d["unit_s"], 0, "unit_s", 1) if "unit_s" in d
-            else str(prof.unit_s),
-            "initial_s": self._int(d.get("initial_s", "60"), 0, "initial_s", 0),
-            "increment_s": self._int(d.get("increment_s", "60"), 0, "increment_s", 1),
-            "connect_fee": self._num(d.get("connect_fee", "0"), 0, "connect_fee"),
-            "min_cost": self._num(d.get("min_cost", "0"), 0, "min_cost"),
-            "origins": " ".join(sorted(set(d.get("origins", "").split()))),
-            "period": d.get("period", "").strip().lower(),
-            "effective": self._when(d.get("effective", ""), 0, "effective"),
-            "end": self._when(d.get("end", ""), 0, "end"),
-        }
-        if consts["currency"] not in ISO_4217:
-            self.problem(0, "currency", "unknown currency in profile", str(consts["currency"]))
-        if self.problem_count != before:
-            return None
-        return {k: v for k, v in consts.items() if v is not None}
-
-    def _row(self, fields: list[str], line: int, get: dict[str, int],
-             const: dict[str, str]) -> tuple[str, ...] | None:  # noqa: C901
+    def _check(self, fields: list[str], line: int, get: dict[str, int],
+               const: dict[str, str]) -> tuple[str, ...] | None:
         before = self.problem_count
         prefix = fields[get["prefix"]].strip()
         if not (prefix.isascii() and prefix.isdigit()):
@@ -183,100 +242,150 @@ class DeckParser:
         elif prefix[0] == "0" or len(prefix) > 15:
             self.problem(line, "prefix", "prefix must not start with 0 or exceed 15 digits",
                          prefix)
-        rate = fields[get["rate"]].strip()
-        if self._comma:
-            rate = rate.replace(",", ".")
-        if not _NUMBER.fullmatch(rate):
-            self.problem(line, "rate", "not a number", rate)
-        elif rate[0] == "-":
-            self.problem(line, "rate", "negative value", rate)
-        idx = get["destination"]
-        destination = fields[idx].strip() if idx >= 0 else const["destination"]
-        idx = get["currency"]
-        currency = fields[idx].strip().upper() if idx >= 0 else const["currency"]
-        if idx >= 0 and currency not in ISO_4217:
+        out: dict[str, str | None] = {"prefix": prefix}
+        for name in _SOURCE[1:]:
+            idx = get[name]
+            out[name] = const[name] if idx < 0 else self._field(name, fields[idx], line)
+        currency = out["currency"]
+        if get["currency"] >= 0 and currency is not None and currency not in ISO_4217:
             self.problem(line, "currency", "unknown currency (ISO 4217 expected)", currency)
-        unit_s = self._opt_int(fields, get, const, "unit_s", line, 1)
-        initial = self._opt_int(fields, get, const, "initial_s", line, 0)
-        increment = self._opt_int(fields, get, const, "increment_s", line, 1)
-        connect = self._opt_num(fields, get, const, "connect_fee", line)
-        min_cost = self._opt_num(fields, get, const, "min_cost", line)
-        idx = get["origins"]
-        origins = const["origins"]
-        if idx >= 0 and fields[idx].strip():
-            raw_origins = fields[idx]
-            parts = sorted(set(raw_origins.split(self.profile.origins_separator or None))
-                           - {""})
-            if not all(p.isascii() and p.isdigit() for p in parts):
-                self.problem(line, "origins", "origination prefixes must be digits",
-                             raw_origins)
-            origins = " ".join(parts)
-        idx = get["period"]
-        period = fields[idx].strip().lower() if idx >= 0 else const["period"]
-        if idx >= 0 and not _PERIOD.fullmatch(period):
-            self.problem(line, "period", "period name must be [a-z0-9_-]", period)
-        idx = get["effective"]
-        valid_from = self._when(fields[idx], line, "effective") if idx >= 0 \
-            else const["effective"]
-        idx = get["end"]
-        valid_to = self._when(fields[idx], line, "end") if idx >= 0 else const["end"]
         if self.problem_count != before:
             return None
-        assert unit_s is not None and initial is not None and increment is not None
-        assert connect is not None and min_cost is not None
-        assert valid_from is not None and valid_to is not None
-        if valid_from != NULL and valid_to != NULL and valid_to <= valid_from:
-            self.problem(line, "end", "end date is not after the effective date", valid_to)
+        values = tuple(v or "" for v in out.values())
+        if values[11] != NULL and values[12] != NULL and values[12] <= values[11]:
+            self.problem(line, "end", "end date is not after the effective date", values[12])
             return None
-        terms = (rate, unit_s, initial, increment, connect, min_cost, currency)
-        tid = self._terms.get(terms)
-        if tid is None:
-            tid = self._terms[terms] = len(self._terms_list)
-            self._terms_list.append(terms)
-        key = prefix if not (origins or period or valid_from != NULL) else \
-            f"{prefix}|{origins}|{period}|{valid_from}"
-        seen = self._seen.get(key)
-        if seen is not None:
-            if seen & 0xFFFFFFFF == tid:
-                self.duplicates += 1
+        return values
+
+    def _field(self, name: str, raw: str, line: int) -> str | None:  # noqa: C901
+        if name == "rate":
+            return self._num(raw, line, name)
+        if name in ("connect_fee", "min_cost"):
+            return self._num(raw, line, name, allow_empty=True)
+        if name in ("unit_s", "increment_s"):
+            return self._int(raw, line, name, 1)
+        if name == "initial_s":
+            return self._int(raw, line, name, 0)
+        if name in ("effective", "end"):
+            return self._when(raw, line, name)
+        if name == "currency":
+            return raw.strip().upper()
+        if name == "origins":
+            parts = sorted(set(raw.split(self.profile.origins_separator or None)) - {""})
+            if not all(p.isascii() and p.isdigit() for p in parts):
+                self.problem(line, "origins", "origination prefixes must be digits", raw)
+            return " ".join(parts)
+        if name == "period":
+            period = raw.strip().lower()
+            if not _PERIOD.fullmatch(period):
+                self.problem(line, "period", "period name must be [a-z0-9_-]", raw)
+            return period
+        return raw.strip().translate(_COPY_ESCAPE)  # destination
+
+
+BlockPath = Callable[[DeckParser, int, list[str]], "str | None"]
+
+
+Column = tuple[str, ...]
+
+
+def _prefixes(col: Column, comma: bool) -> Column | None:
+    joined = "".join(col)
+    first = min(col)
+    if not (joined.isascii() and joined.isdigit()) or not first or first[0] == "0" \
+            or max(map(len, col)) > 15:
+        return None
+    return col
+
+
+def _numbers(col: Column, comma: bool) -> Column | None:
+    if comma:
+        col = tuple("\n".join(col).replace(",", ".").split("\n"))
+    joined = "".join(col)
+    if "" in col or "." in col or not joined.replace(".", "").isdigit() \
+            or not joined.isascii() or max(map(str.count, col, repeat("."))) > 1:
+        return None
+    return col
+
+
+def _integers(minimum: int) -> Callable[[Column, bool], Column | None]:
+    def check(col: Column, comma: bool) -> Column | None:
+        joined = "".join(col)
+        if "" in col or not (joined.isascii() and joined.isdigit()) \
+                or max(map(len, col)) > 9 or min(map(int, col)) < minimum:
+            return None
+        return col
+    return check
+
+
+def _currencies(col: Column, comma: bool) -> Column | None:
+    return col if set(col) <= ISO_4217 else None
+
+
+def _no_origins(col: Column, comma: bool) -> Column | None:
+    return None if any(col) else col
+
+
+def _destinations(col: Column, comma: bool) -> Column | None:
+    joined = "".join(col)
+    if "\t" in joined or "\\" in joined or col != tuple(map(str.strip, col)):
+        return None
+    return col
+
+
+_COLUMN_CHECKS: dict[str, Callable[[Column, bool], Column | None]] = {
+    "prefix": _prefixes, "rate": _numbers, "connect_fee": _numbers, "min_cost": _numbers,
+    "unit_s": _integers(1), "increment_s": _integers(1), "initial_s": _integers(0),
+    "currency": _currencies, "origins": _no_origins, "destination": _destinations,
+}
+
+
+def _block_path(prof: ColumnProfile, pos: dict[str, int], const: dict[str, str],
+                lead: str) -> BlockPath | None:
+    """Validate and convert a whole block of plain lines column by column.
+
+    The csv module splits the block; ``zip`` turns it into columns; each
+    column is checked with a few C-level string operations (digits, one dot,
+    ISO codes ...) and the COPY text is assembled with ``zip``/``join``. A
+    block with anything unusual (quotes, blank lines, spaces, an origin list,
+    an odd number, a duplicate) returns ``None`` and the caller takes it line
+    by line, which words the errors. Profiles with dates or periods always go
+    line by line."""
+    if any(f not in _BLOCK_FIELDS for f in pos) or (lead and not lead.endswith("\t")):
+        return None
+    width = max(pos.values()) + 1
+    comma = prof.decimal_separator == ","
+
+    def columns(rows: list[list[str]]) -> list[Iterable[str]] | None:
+        cols = list(zip(*rows, strict=False))  # rows may have extra columns: truncate
+        out: list[Iterable[str]] = [repeat(lead[:-1])]
+        for name in _SOURCE:
+            idx = pos.get(name)
+            if idx is None:
+                out.append(repeat(const[name]))
+                continue
+            col = _COLUMN_CHECKS[name](cols[idx], comma)
+            if col is None:
                 return None
-            other = self._terms_list[seen & 0xFFFFFFFF]
-            self.problem(line, "rate", f"prefix {prefix} already on line {seen >> 32} with "
-                         f"different terms ({other[0]} {other[6]} per {other[1]} s, "
-                         f"{other[2]}/{other[3]})", rate)
+            out.append(col)
+        return out
+
+    def block(parser: DeckParser, base: int, chunk: list[str]) -> str | None:
+        text = "".join(chunk)
+        if '"' in text:
             return None
-        self._seen[key] = (line << 32) | tid
-        self.row_count += 1
-        if "\\" in destination or "\t" in destination or "\r" in destination \
-                or "\n" in destination:
-            destination = destination.translate(_COPY_ESCAPE)
-        return (prefix, destination, rate, unit_s, initial, increment,
-                connect, min_cost, currency, origins, period, valid_from, valid_to, str(line))
+        rows = list(csv.reader(chunk, delimiter=prof.delimiter))
+        count = len(rows)
+        if count != len(chunk) or min(map(len, rows)) < width:
+            return None
+        out = columns(rows)
+        if out is None:
+            return None
+        out.append(map(str, range(base, base + count)))
+        parser.row_count += count
+        if not lead:
+            out.pop(0)
+        # repeat() columns are endless: the finite ones bound the zip.
+        return "\n".join(map("\t".join, zip(*out, strict=False))) + "\n"
 
-    def _opt_int(self, fields: list[str], get: dict[str, int], const: dict[str, str],
-                 name: str, line: int, minimum: int) -> str | None:
-        idx = get[name]
-        if idx < 0:
-            return const[name]
-        return self._int(fields[idx], line, name, minimum)
-
-    def _opt_num(self, fields: list[str], get: dict[str, int], const: dict[str, str],
-                 name: str, line: int) -> str | None:
-        idx = get[name]
-        if idx < 0:
-            return const[name]
-        return self._num(fields[idx], line, name, allow_empty="0")
-
-
-def copy_lines(rows: Iterable[tuple[str, ...]], chunk_rows: int = 8192) -> Iterator[bytes]:
-    """COPY text-format chunks (tab separated, ``\\N`` for NULL) from parsed rows."""
-    buf: list[str] = []
-    for row in rows:
-        buf.append("\t".join(row))
-        if len(buf) >= chunk_rows:
-            buf.append("")
-            yield "\n".join(buf).encode()
-            buf.clear()
-    if buf:
-        buf.append("")
-        yield "\n".join(buf).encode()
+    return block

@@ -7,12 +7,14 @@ Layout (the Kamailio/mod_lcr rule, precomputed):
 
 * each carrier's rows are grouped per prefix into a :class:`_Node`, each node
   pointing at the carrier's next shorter prefix (``parent``);
-* one dict maps every prefix of *any* carrier to a tuple holding, per carrier,
-  that carrier's longest node covering the prefix;
-* a lookup probes the number's prefixes from the longest length present down,
-  one dict probe per length, and stops at the first hit. For the common case
-  (no origin, period or validity conditions on the path) the per-carrier
-  answer is precomputed too, so a lookup is a handful of dict probes.
+* a sorted array holds every prefix of *any* carrier, each with, per carrier,
+  that carrier's longest node covering it, and the index of its own longest
+  proper prefix in the array;
+* a lookup bisects the array for the largest prefix <= the number; the
+  longest matching prefix is that one or one of its ancestors (walk up while
+  the number does not start with it; usually zero or one step). For the common
+  case (no origin, period or validity conditions on the path) the per-carrier
+  answer is precomputed too, so a lookup is one bisect and a startswith.
 
 Within one prefix, a row restricted to the caller's origin beats a generic one
 (the longest matching origin prefix wins), then a row for the current period
@@ -22,6 +24,7 @@ shorter prefix is tried.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,24 +73,40 @@ class Row:
 
 
 class _Node:
-    __slots__ = ("conditional", "generic", "parent", "prefix", "rows")
+    """One carrier's rows for one prefix, with match data precomputed per row."""
+
+    __slots__ = ("conditional", "parent", "prefix", "rows", "timed", "_info")
 
     def __init__(self, prefix: str, rows: tuple[Row, ...]) -> None:
         self.prefix = prefix
         self.rows = rows
         self.parent: _Node | None = None
         self.conditional = any(r.conditional for r in rows)
-        self.generic: Row | None = next((r for r in rows if not r.conditional), None)
+        self.timed = any(r.period or r.valid_from or r.valid_to for r in rows)
+        self._info = tuple((r, frozenset(r.origins), max(map(len, r.origins), default=0))
+                           for r in rows)
 
     def pick(self, origin: str, period: str, at: datetime | None) -> Row | None:
         if not self.conditional:
             return self.rows[0]
         best: Row | None = None
         best_score: tuple[int, int] = (-1, -1)
-        for row in self.rows:
-            s = row.score(origin, period, at)
-            if s is not None and s > best_score:
-                best, best_score = row, s
+        for row, origins, longest in self._info:
+            if row.period and row.period != period:
+                continue
+            if row.valid_from is not None or row.valid_to is not None:
+                if at is None or (row.valid_from is not None and at < row.valid_from) \
+                        or (row.valid_to is not None and at >= row.valid_to):
+                    continue
+            origin_len = 0
+            if origins:
+                origin_len = next((k for k in range(min(longest, len(origin)), 0, -1)
+                                   if origin[:k] in origins), -1)
+                if origin_len < 0:
+                    continue
+            score = (origin_len, 1 if row.period else 0)
+            if score > best_score:
+                best, best_score = row, score
         return best
 
 
@@ -101,18 +120,19 @@ def _resolve(node: _Node | None, origin: str, period: str, at: datetime | None) 
 
 
 class _Entry:
-    __slots__ = ("fast", "nodes", "simple")
+    __slots__ = ("fast", "nodes", "origins", "timed")
 
     def __init__(self, nodes: tuple[_Node | None, ...]) -> None:
         self.nodes = nodes
-        self.simple = True
+        self.origins = self.timed = False   # any origin-/time-limited row on the paths
         for node in nodes:
             n = node
             while n is not None:
-                if n.conditional:
-                    self.simple = False
+                self.timed = self.timed or n.timed
+                self.origins = self.origins or any(r.origins for r in n.rows)
                 n = n.parent
-        # Correct whenever the call has no origin/period/time conditions to meet.
+        # The answer for a call without origin, period or time (origin-limited rows
+        # never apply then), valid whenever no time-limited row is on the paths.
         self.fast: tuple[Row | None, ...] = tuple(_resolve(n, "", "", None) for n in nodes)
 
 
@@ -122,7 +142,8 @@ class RateIndex:
     ``carriers`` fixes the order of the per-carrier tuples returned.
     """
 
-    __slots__ = ("_empty", "_lengths", "_pos", "_table", "carriers", "row_count")
+    __slots__ = ("_empty", "_entries", "_parents", "_pos", "_prefixes", "carriers",
+                 "row_count")
 
     def __init__(self, decks: Mapping[str, Iterable[Row]]) -> None:
         self.carriers: tuple[str, ...] = tuple(decks)
@@ -142,27 +163,30 @@ class RateIndex:
         union: set[str] = set()
         for nodes in per_carrier:
             union.update(nodes)
-        table: dict[str, _Entry] = {}
-        for prefix in union:
-            table[prefix] = _Entry(tuple(_longest(n, prefix) for n in per_carrier))
-        self._table = table
-        self._lengths = tuple(sorted({len(p) for p in union}, reverse=True))
+        prefixes = sorted(union)
+        position = {p: i for i, p in enumerate(prefixes)}
+        self._prefixes = prefixes
+        self._entries = [_Entry(tuple(_longest(n, p) for n in per_carrier)) for p in prefixes]
+        self._parents = [position[q] if (q := _longest_key(position, p[:-1])) else -1
+                         for p in prefixes]
         self._empty = _Entry(tuple(None for _ in self.carriers))
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(self._prefixes)
 
     def position(self, carrier: str) -> int | None:
         return self._pos.get(carrier)
 
     def _entry(self, digits: str) -> _Entry:
-        table = self._table
-        size = len(digits)
-        for n in self._lengths:
-            if n <= size:
-                entry = table.get(digits[:n])
-                if entry is not None:
-                    return entry
+        # The longest prefix of ``digits`` is the largest prefix <= digits or one of
+        # its ancestors (its shorter prefixes in the set): bisect, then walk up.
+        prefixes = self._prefixes
+        i = bisect_right(prefixes, digits) - 1
+        parents = self._parents
+        while i >= 0:
+            if digits.startswith(prefixes[i]):
+                return self._entries[i]
+            i = parents[i]
         return self._empty
 
     def match(self, digits: str, origin: str = "", periods: Sequence[str] | None = None,
@@ -174,8 +198,13 @@ class RateIndex:
         ``at``: the call time, for rows with validity dates (None: such rows
         never apply).
         """
-        entry = self._entry(digits)
-        if entry.simple:
+        # _entry(), inlined: this is the hot path.
+        prefixes = self._prefixes
+        i = bisect_right(prefixes, digits) - 1
+        while i >= 0 and not digits.startswith(prefixes[i]):
+            i = self._parents[i]
+        entry = self._entries[i] if i >= 0 else self._empty
+        if not entry.timed and (not origin or not entry.origins):
             return entry.fast
         return tuple(
             _resolve(node, origin, periods[i] if periods else "", at)
@@ -186,8 +215,12 @@ class RateIndex:
         pos = self._pos.get(carrier)
         if pos is None:
             return None
-        entry = self._entry(digits)
-        if entry.simple:
+        prefixes = self._prefixes   # _entry(), inlined
+        i = bisect_right(prefixes, digits) - 1
+        while i >= 0 and not digits.startswith(prefixes[i]):
+            i = self._parents[i]
+        entry = self._entries[i] if i >= 0 else self._empty
+        if not entry.timed and (not origin or not entry.origins):
             return entry.fast[pos]
         return _resolve(entry.nodes[pos], origin, period, at)
 
@@ -199,6 +232,12 @@ def _longest(nodes: Mapping[str, _Node], prefix: str) -> _Node | None:
             return node
         prefix = prefix[:-1]
     return None
+
+
+def _longest_key(keys: Mapping[str, int], prefix: str) -> str:
+    while prefix and prefix not in keys:
+        prefix = prefix[:-1]
+    return prefix
 
 
 def brute_force(rows: Iterable[Row], digits: str, origin: str = "", period: str = "",

@@ -83,11 +83,7 @@ def _unit(value: object, where: str) -> int:
     raise ProfileError(f"{where}: rate_unit must be minute, second or seconds >= 1: {value!r}")
 
 
-def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
-    try:
-        data: dict[str, Any] = tomllib.loads(text, parse_float=Decimal)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{source}: {exc}") from exc
+def _columns(data: dict[str, Any], source: str) -> tuple[dict[str, str | int], bool]:
     columns = data.get("columns", {})
     if not isinstance(columns, dict):
         raise ProfileError(f"{source}: [columns] must be a table")
@@ -103,6 +99,10 @@ def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
             raise ProfileError(f"{source}: with header = true, column {fname} must be a name")
         if not header and not (isinstance(col, int) and col >= 1):
             raise ProfileError(f"{source}: with header = false, column {fname} must be >= 1")
+    return dict(columns), header
+
+
+def _separators(data: dict[str, Any], source: str) -> tuple[str, str]:
     delimiter = str(data.get("delimiter", ","))
     if delimiter == "\\t":
         delimiter = "\t"
@@ -113,6 +113,10 @@ def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
         raise ProfileError(f"{source}: decimal_separator must be '.' or ','")
     if decimal_separator == delimiter:
         raise ProfileError(f"{source}: decimal separator and delimiter are both {delimiter!r}")
+    return delimiter, decimal_separator
+
+
+def _locale(data: dict[str, Any], source: str) -> tuple[str, str, str]:
     encoding = str(data.get("encoding", "utf-8-sig"))
     try:
         codecs.lookup(encoding)
@@ -125,6 +129,17 @@ def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
         raise ProfileError(f"{source}: {exc}") from exc
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ProfileError(f"{source}: unknown timezone: {exc}") from exc
+    return encoding, currency, timezone
+
+
+def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
+    try:
+        data: dict[str, Any] = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{source}: {exc}") from exc
+    columns, header = _columns(data, source)
+    delimiter, decimal_separator = _separators(data, source)
+    encoding, currency, timezone = _locale(data, source)
     defaults_raw = data.get("defaults", {})
     unknown_defaults = sorted(set(defaults_raw) - set(FIELDS))
     if unknown_defaults:
@@ -133,7 +148,7 @@ def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
     if not isinstance(decimals, int) or not 0 <= decimals <= 12:
         raise ProfileError(f"{source}: decimals must be 0..12")
     return ColumnProfile(
-        name=str(data.get("name", Path(source).stem)), columns=dict(columns),
+        name=str(data.get("name", Path(source).stem)), columns=columns,
         delimiter=delimiter, header=header, encoding=encoding,
         decimal_separator=decimal_separator, unit_s=_unit(data.get("rate_unit", 60), source),
         decimals=decimals, currency=currency, timezone=timezone,

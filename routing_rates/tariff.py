@@ -15,6 +15,7 @@ Durations are rounded up to the whole second first, as switches bill.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from decimal import ROUND_CEILING, Decimal
@@ -31,10 +32,8 @@ class TariffError(ValueError):
 
 def ceil_seconds(duration: int | Decimal) -> int:
     """Whole seconds, rounded up; negative durations count as 0."""
-    if isinstance(duration, int):
-        return max(duration, 0)
-    whole = int(duration.to_integral_value(rounding=ROUND_CEILING))
-    return max(whole, 0)
+    whole = duration if isinstance(duration, int) else math.ceil(duration)
+    return whole if whole > 0 else 0
 
 
 def billed_seconds(duration: int | Decimal, initial_s: int, increment_s: int) -> int:
@@ -120,8 +119,8 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 class Period:
     """A named rate period: weekdays and a local time window [start, end).
 
-    ``end <= start`` means the window crosses midnight (22:00-07:00); a window
-    that crosses midnight belongs to the weekday on which it starts.
+    ``end < start`` means the window crosses midnight (22:00-07:00) and belongs
+    to the weekday on which it starts; ``end == start`` means the whole day.
     """
 
     name: str

@@ -1,0 +1,121 @@
+"""HTTP equivalents of ``quote`` and ``decide``, mounted by the callback server.
+
+    app.add_routes(routing_rates.http.routes(rates))
+
+``GET /v1/rates/quote?number=+819012345678[&duration=S|&distribution=NAME][&at=ISO]
+[&origin=...]`` and ``GET /v1/rates/decide?number=...[&inbound_tariff=ntt-freedial]
+[&announce_mode=early_media|answer][&announce_s=5]``. Bad input answers 400 (or
+404 for an unknown tariff) with ``{"error": {"id": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from routing_rates.decision import ANNOUNCE_MODES
+from routing_rates.duration import DurationModel
+from routing_rates.service import RatingService, UnknownTariff
+from shared.phone import E164, InvalidNumber, normalise
+
+
+class RatesHttpError(Exception):
+    def __init__(self, status: int, error_id: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_id = error_id
+        self.message = message
+
+
+def _error(exc: RatesHttpError) -> web.Response:
+    return web.json_response({"error": {"id": exc.error_id, "message": exc.message}},
+                             status=exc.status)
+
+
+def _number(request: web.Request, name: str, required: bool = True) -> E164 | None:
+    text = request.query.get(name, "")
+    if not text:
+        if required:
+            raise RatesHttpError(400, "rates-number-missing", f"query parameter {name} is "
+                                 "required")
+        return None
+    try:
+        return normalise(text)
+    except InvalidNumber as exc:
+        raise RatesHttpError(400, "rates-number-invalid", str(exc)) from exc
+
+
+def _at(request: web.Request) -> datetime:
+    text = request.query.get("at")
+    if not text:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise RatesHttpError(400, "rates-time-invalid", f"at: not an ISO time: {text!r}") \
+            from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _decimal(request: web.Request, name: str, default: str) -> Decimal:
+    text = request.query.get(name, default)
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal(-1)
+    if not value.is_finite() or value < 0 or value > 86400:
+        raise RatesHttpError(400, "rates-parameter-invalid",
+                             f"{name} must be seconds between 0 and 86400: {text!r}")
+    return value
+
+
+def _model(request: web.Request, rates: RatingService) -> DurationModel:
+    if "duration" in request.query:
+        return DurationModel.fixed(_decimal(request, "duration", "0"))
+    name = request.query.get("distribution", "default")
+    try:
+        return rates.distribution(name)
+    except LookupError as exc:
+        raise RatesHttpError(400, "rates-distribution-unknown", str(exc)) from exc
+
+
+def routes(rates: RatingService) -> list[web.RouteDef]:
+    async def quote(request: web.Request) -> web.Response:
+        try:
+            number = _number(request, "number")
+            assert number is not None
+            quotes, dropped = rates.quote(number, _at(request), duration=_model(request, rates),
+                                          origin=_number(request, "origin", required=False))
+        except RatesHttpError as exc:
+            return _error(exc)
+        body: dict[str, Any] = {
+            "number": str(number), "currency": rates.currency,
+            "routes": [q.explain | {"endpoint": q.endpoint} for q in quotes],
+            "dropped": [{"carrier": d.carrier_id, "reason": d.reason, "detail": d.detail}
+                        for d in dropped]}
+        return web.json_response(body)
+
+    async def decide(request: web.Request) -> web.Response:
+        try:
+            number = _number(request, "number")
+            assert number is not None
+            mode = request.query.get("announce_mode", "early_media")
+            if mode not in ANNOUNCE_MODES:
+                raise RatesHttpError(400, "rates-parameter-invalid",
+                                     f"announce_mode must be one of {', '.join(ANNOUNCE_MODES)}")
+            decision = rates.decide(
+                number, _at(request),
+                inbound_tariff=request.query.get("inbound_tariff", "ntt-freedial"),
+                announce_mode=mode, announce_s=_decimal(request, "announce_s", "5"),
+                duration=_model(request, rates),
+                origin=_number(request, "origin", required=False))
+        except RatesHttpError as exc:
+            return _error(exc)
+        except UnknownTariff as exc:
+            return _error(RatesHttpError(404, "rates-tariff-unknown", str(exc)))
+        return web.json_response(decision.to_json())
+
+    return [web.get("/v1/rates/quote", quote), web.get("/v1/rates/decide", decide)]

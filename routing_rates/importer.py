@@ -1,0 +1,327 @@
+"""Import a carrier's deck file: stream, validate, COPY, version, activate.
+
+One transaction per file. The deck row is created ``staged``, the file is
+streamed through :class:`~routing_rates.deckfile.DeckParser` straight into
+``COPY rates_rows``; if any line was bad the transaction rolls back and the
+database is unchanged (``DeckImportError`` lists every problem). A dry run
+does the same, computes the diff against the deck in force, and rolls back.
+Otherwise the deck is scheduled from ``effective`` (default: now), which
+NOTIFYs the servers, unless ``stage=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from tqdm import tqdm
+
+from routing_rates import store
+from routing_rates.deckfile import ROW_COLUMNS, DeckParser, DeckProblem
+from routing_rates.profile import ColumnProfile, load_profile
+from shared.db import Connection
+
+log = logging.getLogger("rates.import")
+
+
+class ImportRefused(RuntimeError):
+    """The import did not happen (unknown tariff, unreadable file ...)."""
+
+
+class DeckImportError(ImportRefused):
+    """The file has bad lines; nothing was changed."""
+
+    def __init__(self, source: str, problems: list[DeckProblem], count: int) -> None:
+        self.source = source
+        self.problems = problems
+        self.count = count
+        shown = "\n".join(p.format(source) for p in problems[:50])
+        more = f"\n... and {count - 50} more" if count > 50 else ""
+        super().__init__(f"{source}: {count} bad line(s), nothing imported:\n{shown}{more}")
+
+
+class _DryRunDone(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RateMove:
+    prefix: str
+    origins: str
+    destination: str
+    old: Decimal | None        # per minute, old deck
+    new: Decimal | None
+    currency: str
+
+    @property
+    def delta(self) -> Decimal:
+        return (self.new or Decimal(0)) - (self.old or Decimal(0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "origins": self.origins, "destination": self.destination,
+                "old": str(self.old) if self.old is not None else None,
+                "new": str(self.new) if self.new is not None else None,
+                "delta": str(self.delta), "currency": self.currency}
+
+
+@dataclass(frozen=True, slots=True)
+class DeckDiff:
+    against_deck: int | None
+    added: int
+    removed: int
+    up: int
+    down: int
+    other_changes: int          # same per-minute rate, other terms changed
+    unchanged: int
+    moves: list[RateMove] = field(default_factory=list)      # largest first
+    added_sample: list[RateMove] = field(default_factory=list)
+    removed_sample: list[RateMove] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"against_deck": self.against_deck, "added": self.added,
+                "removed": self.removed, "up": self.up, "down": self.down,
+                "other_changes": self.other_changes, "unchanged": self.unchanged,
+                "moves": [m.to_json() for m in self.moves],
+                "added_sample": [m.to_json() for m in self.added_sample],
+                "removed_sample": [m.to_json() for m in self.removed_sample]}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    source: str
+    tariff_id: str
+    rows: int
+    duplicates: int
+    seconds: Decimal
+    deck: store.DeckInfo | None          # None for a dry run
+    diff: DeckDiff | None = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _chunks(parser: DeckParser, path: Path, profile: ColumnProfile,
+                  progress: bool) -> AsyncIterator[bytes]:
+    """COPY data, parsed in a worker thread so parsing overlaps PostgreSQL's work.
+
+    The queue is bounded: memory stays flat whatever the file size."""
+    blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as raw, \
+                    io.TextIOWrapper(raw, encoding=profile.encoding, newline="") as text, \
+                    tqdm(total=size, unit="B", unit_scale=True, disable=not progress,
+                         desc=path.name, mininterval=0.5) as bar:
+                for block in parser.chunks(text):
+                    if stop.is_set():
+                        return
+                    blocks.put(block.encode())
+                    bar.update(raw.tell() - bar.n)
+                bar.update(size - bar.n)
+            blocks.put(None)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            blocks.put(exc)
+
+    worker = threading.Thread(target=produce, name="rates-import-parse", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = blocks.get_nowait() if not blocks.empty() else \
+                await asyncio.to_thread(blocks.get)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                blocks.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.01)
+        worker.join()
+
+
+async def index_and_dedupe(conn: Connection, table: str, parser: DeckParser) -> int:
+    """Build the deck's unique key index. If a key (prefix, origins, period, start)
+    repeats: an error when the terms differ, else the later copies are dropped.
+    Returns how many rows were dropped."""
+    create = (f"CREATE UNIQUE INDEX ON {table} (deck_id, prefix, origins, period, "
+              "valid_from) NULLS NOT DISTINCT")
+    try:
+        async with conn.transaction():
+            await conn.execute(create)
+        return 0
+    except asyncpg.UniqueViolationError:
+        pass
+    rows = await conn.fetch(
+        f"SELECT prefix, array_agg(line ORDER BY line) AS lines, count(DISTINCT "
+        f"(rate, unit_s, initial_s, increment_s, connect_fee, min_cost, currency)) AS terms "
+        f"FROM {table} GROUP BY prefix, origins, period, valid_from HAVING count(*) > 1")
+    dropped: list[int] = []
+    for r in rows:
+        first, *later = r["lines"]
+        if r["terms"] > 1:
+            for line in later:
+                parser.problem(line, "rate", f"prefix {r['prefix']} already on line {first} "
+                               "with different terms")
+        else:
+            dropped.extend(later)
+    if not parser.problem_count:
+        await conn.execute(f"DELETE FROM {table} WHERE line = ANY($1::int[])", dropped)
+        await conn.execute(create)
+    return len(dropped)
+
+
+async def import_deck(conn: Connection, tariff_id: str, path: Path,
+                      profile: ColumnProfile | None = None, *, effective: datetime | None = None,
+                      stage: bool = False, dry_run: bool = False, progress: bool = False,
+                      decimals: int | None = None) -> ImportResult:
+    started = time.perf_counter()
+    source = str(path)
+    tariff = await conn.fetchrow("SELECT config FROM rates_tariffs WHERE id = $1", tariff_id)
+    if tariff is None:
+        raise ImportRefused(f"unknown carrier/tariff {tariff_id!r}: load it first "
+                            "(python -m routing_rates carriers load FILE)")
+    if profile is None:
+        name = _config_profile(tariff["config"])
+        if not name:
+            raise ImportRefused(f"{tariff_id} has no default profile; pass --profile")
+        profile = load_profile(name)
+    if not await asyncio.to_thread(path.is_file):
+        raise ImportRefused(f"{source}: no such file")
+    sha = await asyncio.to_thread(_sha256, path)
+    parser = DeckParser(profile)
+    result: ImportResult | None = None
+    try:
+        async with conn.transaction():
+            deck_id: int = await conn.fetchval(
+                "INSERT INTO rates_decks (tariff_id, state, decimals, source, sha256, profile) "
+                "VALUES ($1, 'staged', $2, $3, $4, $5) RETURNING id",
+                tariff_id, profile.decimals if decimals is None else decimals,
+                path.name, sha, profile.name)
+            part = f"rates_rows_d{deck_id}"
+            await conn.execute(
+                f"CREATE TABLE {part} (LIKE rates_rows INCLUDING DEFAULTS INCLUDING "
+                f"CONSTRAINTS, CHECK (deck_id = {deck_id}))")
+            await conn.execute(f"ALTER TABLE {part} ALTER deck_id SET DEFAULT {deck_id}")
+            try:
+                await conn.copy_to_table(
+                    part, source=_chunks(parser, path, profile, progress),
+                    columns=ROW_COLUMNS, format="text")
+            except UnicodeDecodeError as exc:
+                raise ImportRefused(f"{source}: not {profile.encoding} text: {exc}") from exc
+            duplicates = 0
+            if parser.problem_count == 0:
+                duplicates = await index_and_dedupe(conn, part, parser)
+            if parser.problem_count:
+                parser.problems.sort(key=lambda p: p.line)
+                raise DeckImportError(source, parser.problems, parser.problem_count)
+            await conn.execute(f"ALTER TABLE rates_rows ATTACH PARTITION {part} "
+                               f"FOR VALUES IN ({deck_id})")
+            await conn.execute(f"ANALYZE {part}")  # planner statistics for the new rows
+            rows = parser.row_count - duplicates
+            await conn.execute("UPDATE rates_decks SET row_count = $2, duplicates = $3 "
+                               "WHERE id = $1", deck_id, rows, duplicates)
+            elapsed = Decimal(str(round(time.perf_counter() - started, 3)))
+            if dry_run:
+                current = (await store.decks_in_force(conn, effective or datetime.now(UTC))
+                           ).get(tariff_id)
+                result = ImportResult(source, tariff_id, rows, duplicates, elapsed, None,
+                                      await diff_decks(conn, deck_id, current))
+                raise _DryRunDone
+            if not stage:
+                deck = await store.schedule(conn, deck_id, effective)
+            else:
+                deck = await store.get_deck(conn, deck_id)
+            result = ImportResult(source, tariff_id, rows, duplicates, elapsed, deck)
+    except _DryRunDone:
+        pass
+    assert result is not None
+    log.info("imported %s for %s: %d rows in %s s (dry run: %s)", source, tariff_id,
+             result.rows, result.seconds, dry_run)
+    return result
+
+
+def _config_profile(config: object) -> str:
+    import json
+
+    data = json.loads(config) if isinstance(config, str) else config
+    return str(data.get("profile", "")) if isinstance(data, dict) else ""
+
+
+_DIFF_SQL = """
+WITH n AS (SELECT prefix, origins, period, coalesce(valid_from, '-infinity') AS vf,
+                  destination, rate * 60 / unit_s AS pm, unit_s, initial_s, increment_s,
+                  connect_fee, min_cost, currency
+           FROM rates_rows WHERE deck_id = $1),
+     o AS (SELECT prefix, origins, period, coalesce(valid_from, '-infinity') AS vf,
+                  destination, rate * 60 / unit_s AS pm, unit_s, initial_s, increment_s,
+                  connect_fee, min_cost, currency
+           FROM rates_rows WHERE deck_id = $2)
+SELECT coalesce(n.prefix, o.prefix) AS prefix, coalesce(n.origins, o.origins) AS origins,
+       coalesce(n.destination, o.destination) AS destination,
+       o.pm AS old, n.pm AS new, coalesce(n.currency, o.currency) AS currency,
+       CASE WHEN o.prefix IS NULL THEN 'added'
+            WHEN n.prefix IS NULL THEN 'removed'
+            WHEN n.pm > o.pm THEN 'up' WHEN n.pm < o.pm THEN 'down'
+            WHEN (n.initial_s, n.increment_s, n.connect_fee, n.min_cost, n.currency)
+                 IS DISTINCT FROM (o.initial_s, o.increment_s, o.connect_fee, o.min_cost,
+                                   o.currency) THEN 'other'
+            ELSE 'same' END AS kind
+FROM n FULL OUTER JOIN o
+  ON n.prefix = o.prefix AND n.origins = o.origins AND n.period = o.period AND n.vf = o.vf
+"""
+
+
+async def diff_decks(conn: Connection, new_deck: int, old: store.DeckInfo | None,
+                     limit: int = 20) -> DeckDiff:
+    """What ``new_deck`` changes against ``old`` (per-minute rates; largest moves first)."""
+    counts = {"added": 0, "removed": 0, "up": 0, "down": 0, "other": 0, "same": 0}
+    rows = await conn.fetch(
+        f"SELECT kind, count(*) AS n FROM ({_DIFF_SQL}) d GROUP BY kind",
+        new_deck, old.id if old else -1)
+    counts.update({r["kind"]: r["n"] for r in rows})
+
+    def move(r: Any) -> RateMove:
+        return RateMove(r["prefix"], r["origins"], r["destination"],
+                        _norm(r["old"]), _norm(r["new"]), r["currency"])
+
+    moves = await conn.fetch(
+        f"SELECT * FROM ({_DIFF_SQL}) d WHERE kind IN ('up', 'down') "
+        "ORDER BY abs(new - old) DESC, prefix LIMIT $3", new_deck, old.id if old else -1, limit)
+    added = await conn.fetch(
+        f"SELECT * FROM ({_DIFF_SQL}) d WHERE kind = 'added' ORDER BY prefix LIMIT $3",
+        new_deck, old.id if old else -1, limit)
+    removed = await conn.fetch(
+        f"SELECT * FROM ({_DIFF_SQL}) d WHERE kind = 'removed' ORDER BY prefix LIMIT $3",
+        new_deck, old.id if old else -1, limit)
+    return DeckDiff(old.id if old else None, counts["added"], counts["removed"], counts["up"],
+                    counts["down"], counts["other"], counts["same"],
+                    [move(r) for r in moves], [move(r) for r in added],
+                    [move(r) for r in removed])
+
+
+def _norm(value: Decimal | None) -> Decimal | None:
+    return value.normalize() if value is not None else None

@@ -1,0 +1,261 @@
+"""RatingService: the in-memory view of the decks in force, used by both servers.
+
+``start`` loads every tariff's deck in force and builds two indexes (carriers,
+keyed by destination; inbound tariffs, keyed by caller). A listener task waits
+for ``NOTIFY routing_rates_activated`` and for the next future-dated deck's
+start, rebuilds a :class:`Snapshot` off to the side and swaps it in with one
+assignment: a lookup sees the old decks or the new ones, never a mix. Lookups
+are synchronous and never touch the database (the edge decides without the WAN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from routing_rates import store
+from routing_rates.carriers import Carrier
+from routing_rates.decision import Decision, Dropped, RouteQuote, decide, rank_routes
+from routing_rates.duration import BUILTIN, DEFAULT_DURATION, DurationModel
+from routing_rates.index import RateIndex, Row
+from routing_rates.tariff import period_at
+from shared.db import Pool
+from shared.money import FxTable, Money
+from shared.phone import E164
+
+log = logging.getLogger("rates.service")
+SAFETY_POLL_S = 300.0
+
+
+class UnknownTariff(LookupError):
+    def __init__(self, tariff_id: str) -> None:
+        super().__init__(f"unknown tariff or carrier {tariff_id!r}")
+        self.tariff_id = tariff_id
+
+
+class DeckNotInForce(LookupError):
+    """The in-memory deck was not in force at the requested time (rate history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    carriers: Mapping[str, Carrier]           # every tariff, both kinds
+    decks: Mapping[str, store.DeckInfo]       # tariff id -> deck in force
+    carrier_index: RateIndex                  # kind = carrier
+    inbound_index: RateIndex                  # kind = inbound
+    loaded_at: datetime
+    next_change: datetime | None
+
+    @classmethod
+    def build(cls, carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
+              decks: Mapping[str, store.DeckInfo] | None = None,
+              next_change: datetime | None = None) -> Snapshot:
+        by_id = {c.id: c for c in carriers}
+        carrier_rows = {c.id: rows.get(c.id, ()) for c in carriers if c.kind == "carrier"}
+        inbound_rows = {c.id: rows.get(c.id, ()) for c in carriers if c.kind == "inbound"}
+        return cls(by_id, dict(decks or {}), RateIndex(carrier_rows), RateIndex(inbound_rows),
+                   datetime.now(UTC), next_change)
+
+    def deck_id(self, tariff_id: str) -> int | None:
+        deck = self.decks.get(tariff_id)
+        return deck.id if deck else None
+
+
+class RatingService:
+    """Quotes, decisions and leg costs from the decks in force. See CONTRACTS.md."""
+
+    def __init__(self, snapshot: Snapshot, fx: FxTable, *, currency: str | None = None,
+                 distributions: Mapping[str, DurationModel] | None = None,
+                 pool: Pool | None = None) -> None:
+        self._snap = snapshot
+        self.fx = fx
+        self.currency = currency or fx.base
+        self.distributions = {**BUILTIN, **(distributions or {})}
+        self._pool = pool
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._rows_cache: dict[int, list[Row]] = {}
+        self.reloads = 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, pool: Pool, *, fx: FxTable, currency: str | None = None,
+                    distributions: Mapping[str, DurationModel] | None = None,
+                    listen: bool = True) -> RatingService:
+        service = cls(Snapshot.build([], {}), fx, currency=currency,
+                      distributions=distributions, pool=pool)
+        await service.reload()
+        if listen:
+            ready = asyncio.Event()
+            service._task = asyncio.create_task(service._listen(ready),
+                                                name="rates-reload")
+            await ready.wait()
+        return service
+
+    @classmethod
+    def from_rows(cls, carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
+                  fx: FxTable, **kwargs: object) -> RatingService:
+        """An offline service over given rows (tests, tools). No reloads."""
+        return cls(Snapshot.build(carriers, rows), fx, **kwargs)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    async def reload(self) -> None:
+        """Rebuild the snapshot from the database, then swap it in atomically."""
+        assert self._pool is not None, "reload needs a database pool"
+        now = datetime.now(UTC)
+        async with self._pool.acquire() as conn:
+            carriers = await store.load_tariffs(conn)
+            decks = await store.decks_in_force(conn, now)
+            nxt = await store.next_change(conn, now)
+            pool = store.TermsPool()
+            rows: dict[str, list[Row]] = {}
+            cache: dict[int, list[Row]] = {}
+            for tariff_id, deck in decks.items():
+                loaded = self._rows_cache.get(deck.id)
+                if loaded is None:
+                    loaded = await store.load_rows(conn, deck, pool)
+                cache[deck.id] = rows[tariff_id] = loaded
+        snapshot = await asyncio.to_thread(Snapshot.build, carriers, rows, decks, nxt)
+        self._rows_cache = cache
+        self._snap = snapshot  # the swap: one assignment
+        self.reloads += 1
+        log.info("rates loaded: %s", ", ".join(f"{t}=deck {d.id}" for t, d in decks.items()))
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        assert self._pool is not None
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    def on_notify(*_args: object) -> None:
+                        self._wake.set()
+
+                    await conn.add_listener(store.CHANNEL, on_notify)
+                    ready.set()
+                    try:
+                        await self._wait_and_reload()
+                    finally:
+                        await conn.remove_listener(store.CHANNEL, on_notify)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # connection lost etc.: retry, keep serving the old snapshot
+                log.exception("rates listener failed; retrying in 5 s")
+                ready.set()
+                await asyncio.sleep(5)
+
+    async def _wait_and_reload(self) -> None:
+        while True:
+            timeout = SAFETY_POLL_S
+            nxt = self._snap.next_change
+            if nxt is not None:
+                timeout = min(timeout, max((nxt - datetime.now(UTC)).total_seconds(), 0) + 0.05)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.reload()
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def distribution(self, name: str) -> DurationModel:
+        try:
+            return self.distributions[name]
+        except KeyError:
+            raise LookupError(f"unknown distribution {name!r}; known: "
+                              f"{', '.join(sorted(self.distributions))}") from None
+
+    def quote(self, number: E164, at: datetime, *, kind: str = "carrier",
+              duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
+              busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
+              ) -> tuple[list[RouteQuote], list[Dropped]]:
+        """Ranked routes (cheapest first) and the carriers dropped, with reasons."""
+        snap = self._snap
+        index = snap.carrier_index if kind == "carrier" else snap.inbound_index
+        carriers = [snap.carriers[c] for c in index.carriers]
+        periods = [period_at(c.periods, at, c.tz) for c in carriers]
+        rows = index.match(number.digits, origin.digits if origin else "", periods, at)
+        candidates = [(c, r, snap.deck_id(c.id), p)
+                      for c, r, p in zip(carriers, rows, periods, strict=True)]
+        return rank_routes(candidates, number.digits, duration, self.fx, self.currency,
+                           busy=busy, max_cost=max_cost)
+
+    def rank(self, number: E164, at: datetime, *, kind: str = "carrier",
+             duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
+             busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
+             ) -> list[RouteQuote]:
+        return self.quote(number, at, kind=kind, duration=duration, origin=origin, busy=busy,
+                          max_cost=max_cost)[0]
+
+    def decide(self, number: E164, at: datetime, *, inbound_tariff: str = "ntt-freedial",
+               announce_mode: str = "early_media", announce_s: Decimal = Decimal("5"),
+               duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
+               busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
+               ) -> Decision:
+        snap = self._snap
+        tariff = snap.carriers.get(inbound_tariff)
+        if tariff is None or tariff.kind != "inbound":
+            raise UnknownTariff(inbound_tariff)
+        routes, dropped = self.quote(number, at, duration=duration, origin=origin, busy=busy,
+                                     max_cost=max_cost)
+        direct_row = snap.inbound_index.match_one(
+            inbound_tariff, number.digits, "", period_at(tariff.periods, at, tariff.tz), at)
+        return decide(routes=routes, dropped=dropped, direct_row=direct_row,
+                      direct_tariff=inbound_tariff, direct_deck=snap.deck_id(inbound_tariff),
+                      model=duration, fx=self.fx, currency=self.currency,
+                      announce_mode=announce_mode, announce_s=announce_s,
+                      number=str(number), at=at.isoformat())
+
+    def row_for(self, tariff_id: str, number: E164, at: datetime,
+                origin: E164 | None = None) -> Row | None:
+        snap = self._snap
+        tariff = snap.carriers.get(tariff_id)
+        if tariff is None:
+            raise UnknownTariff(tariff_id)
+        deck = snap.decks.get(tariff_id)
+        if deck is not None and deck.effective_from is not None and at < deck.effective_from:
+            raise DeckNotInForce(f"{tariff_id}: deck {deck.id} starts {deck.effective_from}; "
+                                 f"rate calls at {at} with CdrRater (deck history)")
+        index = snap.carrier_index if tariff.kind == "carrier" else snap.inbound_index
+        return index.match_one(tariff_id, number.digits, origin.digits if origin else "",
+                               period_at(tariff.periods, at, tariff.tz), at)
+
+    def cost(self, carrier_id: str, number: E164, at: datetime, seconds: int | Decimal,
+             ) -> Money:
+        """What one leg of ``seconds`` costs on ``carrier_id`` at ``at`` (deck currency).
+
+        Raises ``LookupError`` if the carrier has no rate for the number."""
+        row = self.row_for(carrier_id, number, at)
+        if row is None:
+            raise LookupError(f"{carrier_id} has no rate for {number}")
+        return row.terms.cost(seconds)
+
+    def billed_seconds(self, carrier_id: str, number: E164, at: datetime,
+                       seconds: int | Decimal) -> int:
+        """The seconds ``cost`` bills for that leg (after the X/Y increments)."""
+        row = self.row_for(carrier_id, number, at)
+        if row is None:
+            raise LookupError(f"{carrier_id} has no rate for {number}")
+        return row.terms.billed(seconds)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+

@@ -1,0 +1,159 @@
+"""Deck import against a real PostgreSQL (embedded, or DATABASE_URL)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from routing_rates import importer, store
+from routing_rates.carriers import DEMO_CARRIERS, Carrier, load_carriers
+from routing_rates.index import RateIndex
+from routing_rates.profile import load_profile
+from shared.db import migrate
+
+pytestmark = pytest.mark.integration
+PLIVO = Path(__file__).resolve().parents[2] / "shared/data/rate-decks" \
+    / "plivo-voice-outbound-2026-04-01.csv"
+if not PLIVO.exists():
+    PLIVO = Path("/work/shared/data/rate-decks/plivo-voice-outbound-2026-04-01.csv")
+HEADER = "prefix,destination,rate,connect,initial,increment\n"
+
+
+@pytest.fixture(scope="module")
+async def conn(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(pg_url)
+    await migrate(connection, [store.migrations()])
+    await store.upsert_tariffs(connection, load_carriers(DEMO_CARRIERS) + [
+        Carrier("gen", "generic test carrier", profile="generic",
+                dial_string="PJSIP/{digits}@gen")])
+    yield connection
+    await connection.close()
+
+
+async def _counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    return (await conn.fetchval("SELECT count(*) FROM rates_decks"),
+            await conn.fetchval("SELECT count(*) FROM rates_rows"),
+            await conn.fetchval("SELECT count(*) FROM pg_tables WHERE tablename LIKE "
+                                "'rates_rows_d%'"))
+
+
+async def test_real_plivo_deck_imports_and_prices_jp_mobile(conn: asyncpg.Connection) -> None:
+    result = await importer.import_deck(conn, "carrier-a", PLIVO)
+    assert result.rows == 72554 and result.duplicates == 0
+    assert result.deck is not None and result.deck.state == "scheduled"
+    deck = (await store.decks_in_force(conn, datetime.now(UTC)))["carrier-a"]
+    assert deck.id == result.deck.id
+    rows = await store.load_rows(conn, deck)
+    assert len(rows) == 72554
+    assert sum(1 for r in rows if r.origins) == 8416
+    index = RateIndex({"carrier-a": rows})
+    mobile = index.match_one("carrier-a", "819012345678")
+    assert mobile is not None
+    assert mobile.terms.rate == Decimal("0.1398")
+    assert (mobile.terms.initial_s, mobile.terms.increment_s) == (60, 60)
+    assert mobile.destination == "Japan - Mobile"
+    fixed = index.match_one("carrier-a", "81312345678")
+    assert fixed is not None and fixed.terms.rate == Decimal("0.0385")
+    ip = index.match_one("carrier-a", "815012345678")
+    assert ip is not None and ip.terms.rate == Decimal("0.1110")
+    # origin-limited rows: UAE from Morocco costs more than from elsewhere
+    uae = index.match_one("carrier-a", "97150123456", origin="212600000000")
+    assert uae is not None and uae.origins and uae.terms.rate > Decimal("1")
+
+
+async def test_bad_deck_changes_nothing_and_names_every_line(conn: asyncpg.Connection,
+                                                             tmp_path: Path) -> None:
+    before = await _counts(conn)
+    deck = tmp_path / "bad.csv"
+    deck.write_text(HEADER + "81,JP,0.1,0,60,60\n82,X,abc,0,60,60\n8x3,Y,0.1,0,60,60\n"
+                    "84,Z,-1,0,60,60\n81,JP again,0.2,0,60,60\n")
+    with pytest.raises(importer.DeckImportError) as err:
+        await importer.import_deck(conn, "gen", deck)
+    found = [(p.line, p.column) for p in err.value.problems]
+    assert found == [(3, "rate"), (4, "prefix"), (5, "rate")]
+    assert "bad.csv:3: column rate: not a number" in str(err.value)
+    assert await _counts(conn) == before
+
+
+async def test_same_prefix_twice_with_different_rates(conn: asyncpg.Connection,
+                                                      tmp_path: Path) -> None:
+    before = await _counts(conn)
+    deck = tmp_path / "dupes.csv"
+    deck.write_text(HEADER + "81,JP,0.1,0,60,60\n44,UK,0.2,0,60,60\n81,JP,0.15,0,60,60\n")
+    with pytest.raises(importer.DeckImportError) as err:
+        await importer.import_deck(conn, "gen", deck)
+    [problem] = err.value.problems
+    assert (problem.line, problem.column) == (4, "rate")
+    assert "already on line 2" in problem.reason
+    assert await _counts(conn) == before
+    # identical repeats are dropped, not refused
+    deck.write_text(HEADER + "81,JP,0.1,0,60,60\n44,UK,0.2,0,60,60\n81,JP,0.10,0,60,60\n")
+    result = await importer.import_deck(conn, "gen", deck, stage=True)
+    assert (result.rows, result.duplicates) == (2, 1)
+
+
+async def test_dry_run_diff_largest_moves_first(conn: asyncpg.Connection,
+                                                tmp_path: Path) -> None:
+    old = tmp_path / "old.csv"
+    old.write_text(HEADER + "81,JP,0.0385,0,60,60\n8190,JP mobile,0.1398,0,60,60\n"
+                   "44,UK,0.0100,0,60,60\n1,US,0.0050,0,6,6\n")
+    await importer.import_deck(conn, "gen", old)
+    new = tmp_path / "new.csv"
+    new.write_text(HEADER + "81,JP,0.0400,0,60,60\n8190,JP mobile,0.1000,0,60,60\n"
+                   "1,US,0.0050,0,1,1\n33,FR,0.0200,0,60,60\n")
+    before = await _counts(conn)
+    result = await importer.import_deck(conn, "gen", new, dry_run=True)
+    assert result.deck is None and result.diff is not None
+    diff = result.diff
+    assert (diff.added, diff.removed, diff.up, diff.down, diff.other_changes) == (1, 1, 1, 1, 1)
+    assert [m.prefix for m in diff.moves] == ["8190", "81"]
+    assert diff.moves[0].delta == Decimal("-0.0398")
+    assert [m.prefix for m in diff.added_sample] == ["33"]
+    assert [m.prefix for m in diff.removed_sample] == ["44"]
+    assert await _counts(conn) == before
+
+
+async def test_versions_history_and_future_activation(conn: asyncpg.Connection,
+                                                      tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    v1 = tmp_path / "v1.csv"
+    v1.write_text(HEADER + "81,JP,0.0300,0,60,60\n")
+    v2 = tmp_path / "v2.csv"
+    v2.write_text(HEADER + "81,JP,0.0200,0,60,60\n")
+    first = await importer.import_deck(conn, "carrier-c", v1, load_profile("generic"),
+                                       effective=now - timedelta(days=10))
+    future = await importer.import_deck(conn, "carrier-c", v2, load_profile("generic"),
+                                        effective=now + timedelta(days=5))
+    assert first.deck and future.deck
+    in_force = await store.decks_in_force(conn, now)
+    assert in_force["carrier-c"].id == first.deck.id
+    later = await store.decks_in_force(conn, now + timedelta(days=6))
+    assert later["carrier-c"].id == future.deck.id
+    assert await store.next_change(conn, now) == future.deck.effective_from
+    history = await store.history(conn)
+    assert [d for _, d in history["carrier-c"]][-2:] == [first.deck.id, future.deck.id]
+    # a staged deck is never in force until activated
+    staged = await importer.import_deck(conn, "carrier-c", v2, load_profile("generic"),
+                                        stage=True)
+    assert staged.deck and staged.deck.state == "staged"
+    assert (await store.decks_in_force(conn, now + timedelta(days=30)))["carrier-c"].id \
+        == future.deck.id
+    with pytest.raises(store.DeckStateError):
+        await store.cancel(conn, first.deck.id)
+
+
+async def test_unknown_tariff_and_encoding(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    deck = tmp_path / "x.csv"
+    deck.write_text(HEADER)
+    with pytest.raises(importer.ImportRefused, match="unknown carrier"):
+        await importer.import_deck(conn, "nobody", deck)
+    deck.write_bytes(HEADER.encode() + b"81,\xff\xfe,0.1,0,60,60\n")
+    before = await _counts(conn)
+    with pytest.raises(importer.ImportRefused, match="utf-8"):
+        await importer.import_deck(conn, "gen", deck)
+    assert await _counts(conn) == before

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from routing_rates.deckfile import DeckParser, DeckProblem
+from routing_rates.profile import ColumnProfile, ProfileError, load_profile, parse_profile
+
+DATA = Path(__file__).resolve().parents[2] / "routing_rates" / "data"
+GENERIC = load_profile("generic")
+HEADER = "prefix,destination,rate,connect,initial,increment\n"
+
+
+def parse(text: str, profile: ColumnProfile = GENERIC,
+          chunk_lines: int = 4096) -> tuple[list[list[str]], list[DeckProblem]]:
+    parser = DeckParser(profile)
+    out = "".join(parser.chunks(io.StringIO(text, newline=""), chunk_lines=chunk_lines))
+    rows = [line.split("\t") for line in out.splitlines()]
+    return rows, parser.problems
+
+
+def test_good_generic_deck() -> None:
+    rows, problems = parse(HEADER + "8190,Japan mobile,0.1398,0,60,60\n81,Japan,0.0385,0,1,1\n")
+    assert problems == []
+    assert rows == [
+        ["8190", "Japan mobile", "0.1398", "60", "60", "60", "0", "0", "USD", "", "", "\\N",
+         "\\N", "2"],
+        ["81", "Japan", "0.0385", "60", "1", "1", "0", "0", "USD", "", "", "\\N", "\\N", "3"],
+    ]
+
+
+@pytest.mark.parametrize(("line", "column", "reason"), [
+    ("8190,JP,abc,0,60,60", "rate", "not a number"),
+    ("8190,JP,-0.1,0,60,60", "rate", "negative value"),
+    ("8190,JP,,0,60,60", "rate", "not a number"),
+    ("81-90,JP,0.1,0,60,60", "prefix", "digits only"),
+    ("+8190,JP,0.1,0,60,60", "prefix", "digits only"),
+    ("08190,JP,0.1,0,60,60", "prefix", "must not start with 0"),
+    ("8190,JP,0.1,x,60,60", "connect_fee", "not a number"),
+    ("8190,JP,0.1,0,60,0", "increment_s", "whole number >= 1"),
+    ("8190,JP,0.1,0,6.5,60", "initial_s", "whole number >= 0"),
+    ("8190,JP,0.1", "*", "expected at least 6 columns"),
+])
+def test_every_bad_line_is_reported_with_line_and_column(line: str, column: str,
+                                                         reason: str) -> None:
+    good = "81,Japan,0.0385,0,60,60\n"
+    rows, problems = parse(HEADER + good + line + "\n" + good.replace("81,", "82,"))
+    assert len(problems) == 1, problems
+    assert problems[0].line == 3
+    assert problems[0].column == column
+    assert reason in problems[0].reason
+
+
+def test_bulk_report_lists_every_bad_line() -> None:
+    lines = [f"{100 + i},X,0.1,0,60,60" for i in range(20)]
+    lines[3] = "103,X,bad,0,60,60"
+    lines[11] = "1x1,X,0.1,0,60,60"
+    lines[17] = "117,X,-1,0,60,60"
+    _, problems = parse(HEADER + "\n".join(lines) + "\n", chunk_lines=4)
+    assert [(p.line, p.column) for p in problems] == [(5, "rate"), (13, "prefix"),
+                                                      (19, "rate")]
+
+
+def test_unknown_currency_column() -> None:
+    profile = parse_profile("""
+        [columns]
+        prefix = "p"
+        rate = "r"
+        currency = "c"
+    """)
+    _, problems = parse("p,r,c\n81,0.1,USD\n82,0.1,UDS\n83,0.1,jpy\n", profile)
+    assert [(p.line, p.column, p.value) for p in problems] == [(3, "currency", "UDS")]
+
+
+def test_unknown_currency_in_profile_is_refused() -> None:
+    with pytest.raises(ProfileError, match="unknown currency"):
+        parse_profile('currency = "XYZ"\n[columns]\nprefix = "p"\nrate = "r"\n')
+
+
+def test_missing_header_column_is_reported_on_the_header_line() -> None:
+    _, problems = parse("prefix,dest,rate\n81,JP,0.1\n")
+    assert problems[0].line == 1
+    assert "destination" in problems[0].reason
+
+
+def test_semicolons_and_decimal_commas() -> None:
+    profile = load_profile("carrier-b")
+    text = (DATA / "carrier-b.csv").read_text()
+    rows, problems = parse(text, profile)
+    assert problems == []
+    jp = [r for r in rows if r[0] == "8190"]
+    assert [(r[2], r[10]) for r in jp] == [("0.1368", ""), ("0.1250", "offpeak")]
+    assert jp[0][4:6] == ["6", "6"]
+    _, problems = parse("Prefix;Destination;Rate;Setup;Min;Incr;Period\n81;JP;0.1,2;0;6;6;\n",
+                        profile)
+    assert problems[0].line == 2 and problems[0].column == "rate"
+
+
+def test_excel_bom_crlf_title_line_quotes_and_end_dates() -> None:
+    profile = load_profile("excel")
+    rows, problems = parse((DATA / "carrier-c.csv").read_text(encoding="utf-8-sig"), profile)
+    assert problems == []
+    assert rows[0][:4] == ["81", "Japan, fixed", "0.00124", "1"]
+    assert rows[-1][12].startswith("2027-12-31T00:00:00")
+    assert rows[-1][-1] == "7"
+
+
+def test_plivo_profile_origins_and_quoted_destinations() -> None:
+    text = ('prefix,destination,rate_usd_per_min,origination_prefixes\n'
+            '971,United Arab Emirates,0.2290,\n'
+            '971,United Arab Emirates,1.7500,212 33 212\n'
+            '37441,"Armenia - Mobile - Major Carriers (Orange, VEON)",0.3363,\n')
+    rows, problems = parse(text, load_profile("plivo"))
+    assert problems == []
+    assert [(r[0], r[2], r[9]) for r in rows] == [
+        ("971", "0.2290", ""), ("971", "1.7500", "212 33"), ("37441", "0.3363", "")]
+    assert rows[2][1] == "Armenia - Mobile - Major Carriers (Orange, VEON)"
+
+
+def test_multiline_quoted_field_keeps_line_numbers() -> None:
+    text = HEADER + '81,"Japan\nfixed",0.1,0,60,60\n82,X,bad,0,60,60\n'
+    rows, problems = parse(text)
+    assert rows[0][1] == "Japan\\nfixed"
+    assert problems[0].line == 4
+
+
+def test_blank_lines_are_ignored() -> None:
+    rows, problems = parse(HEADER + "81,JP,0.1,0,60,60\n\n82,X,0.2,0,60,60\n")
+    assert problems == [] and len(rows) == 2
+
+
+plain_rows = st.lists(
+    st.tuples(st.integers(1, 99999), st.sampled_from(["JP", "X y", ""]),
+              st.sampled_from(["0.1", "1", ".5", "0.0385", "12.", "-1", "a"]),
+              st.sampled_from(["0", "0.01"]), st.sampled_from(["0", "1", "60", "x"]),
+              st.sampled_from(["1", "6", "60", "0"]), st.booleans()),
+    max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain_rows)
+def test_fast_block_path_equals_line_by_line(rows: list[tuple[object, ...]]) -> None:
+    plain, quoted = [], []
+    for prefix, dest, rate, connect, initial, increment, some in rows:
+        d = f'"{dest}"' if some else dest
+        plain.append(f"{prefix},{d},{rate},{connect},{initial},{increment}")
+        quoted.append(f'{prefix},"{dest}",{rate},{connect},{initial},{increment}')
+    end = "\n" if rows else ""
+    fast_rows, fast_problems = parse(HEADER + "\n".join(plain) + end)
+    # A quote in a block sends the whole block line by line (the slow path).
+    slow_rows, slow_problems = parse(HEADER + "\n".join(quoted) + end)
+    assert fast_rows == slow_rows
+    assert fast_problems == slow_problems
