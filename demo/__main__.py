@@ -2,8 +2,9 @@
 
 A SIPp phone calls the merchant's toll-free number at the edge with a
 Japanese mobile caller ID. The edge plays the announcement as early media and
-rejects the call with 486, never answering. The callback site picks carriers
-by cost, carrier A refuses with 503, carrier B (the customer's phone) answers;
+rejects the call with 486, never answering. The callback site ranks carriers
+by expected cost; the cheapest (B) refuses with 503 and the next (A) reaches
+the customer's phone, which confirms the call-back with 1 and then
 the customer orders item 1234, quantity 2, and confirms. The CDR and the order
 travel back to the edge, where the call center reads them.
 """
@@ -55,8 +56,8 @@ async def run(args: argparse.Namespace) -> int:
                                      timeout_s=90)
             await asyncio.sleep(0.5)
             entries = sip_entries(phone, "customer→edge")
-            entries += sip_entries(roles["carrier-a"], "carrier A")
-            entries += sip_entries(roles["carrier-b"], "carrier B / customer")
+            entries += sip_entries(roles["carrier-b"], "carrier B (cheapest)")
+            entries += sip_entries(roles["carrier-a"], "carrier A → customer")
             db, facts = await db_entries(stack, edge_call_id)
             entries += db
         print("\n== timeline (wall clock, from the first SIP message)")

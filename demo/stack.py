@@ -236,17 +236,21 @@ class Stack:
     # ---- SIPp roles -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def carriers(self, *, a: str = "uas_reject_503.xml", b: str = "uas_answer_dtmf.xml",
-                 digits: str | None = None, operator: str = "uas_answer_hold.xml",
-                 **b_options: Any) -> Iterator[dict[str, sipp_harness.SippRole]]:
-        """Carrier A, carrier B (the customer's phone on the call-back) and the operator."""
+    def carriers(self, *, a: str = "uas_answer_dtmf.xml", b: str = "uas_reject_503.xml",
+                 digits: str | None = None, operator: str = "uas_answer_hold.xml"
+                 ) -> Iterator[dict[str, sipp_harness.SippRole]]:
+        """Carrier A, carrier B and the operator, as SIPp roles.
+
+        The carrier that answers is the customer's phone on the call-back; ``digits``
+        are the keys it presses (RFC 4733). With the demo decks carrier B is the
+        cheapest for Japanese mobiles, so it is tried first.
+        """
         with contextlib.ExitStack() as stack:
             roles = {
                 "carrier-a": stack.enter_context(
-                    sipp_harness.role(a, "carrier-a", self.workdir)),
+                    sipp_harness.role(a, "carrier-a", self.workdir, digits=digits)),
                 "carrier-b": stack.enter_context(
-                    sipp_harness.role(b, "carrier-b", self.workdir, digits=digits,
-                                      **b_options)),
+                    sipp_harness.role(b, "carrier-b", self.workdir, digits=digits)),
                 "operator": stack.enter_context(
                     sipp_harness.role(operator, "operator", self.workdir)),
             }

@@ -32,8 +32,9 @@ from shared.db import create_pool, migrate, resolve_url
 from shared.money import FxTable, MoneyError
 from shared.phone import E164, InvalidNumber, normalise
 
-PLIVO_DECK = Path(__file__).resolve().parents[2] / "shared/data/rate-decks/" \
-    "plivo-voice-outbound-2026-04-01.csv"
+# Plivo's published outbound deck (public data, 72,554 rows), shipped gzipped so the
+# demo works on a fresh clone.
+PLIVO_DECK = Path(__file__).resolve().parent / "data" / "plivo-voice-outbound-2026-04-01.csv.gz"
 DEFAULT_FX = "USD=150"
 
 

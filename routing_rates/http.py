@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -82,9 +83,23 @@ def _model(request: web.Request, rates: RatingService) -> DurationModel:
         raise RatesHttpError(400, "rates-distribution-unknown", str(exc)) from exc
 
 
-def routes(rates: RatingService) -> list[web.RouteDef]:
+def routes(source: RatingService | Callable[[], RatingService | None]
+           ) -> list[web.RouteDef]:
+    """``GET /v1/rates/quote`` and ``/v1/rates/decide``.
+
+    ``source`` is the service, or a callable returning it (a server mounts the routes
+    before its rating service has started); until it has, they answer 503.
+    """
+
+    def service() -> RatingService:
+        rates = source() if callable(source) else source
+        if rates is None:
+            raise RatesHttpError(503, "rates-unavailable", "routing_rates is not loaded")
+        return rates
+
     async def quote(request: web.Request) -> web.Response:
         try:
+            rates = service()
             number = _number(request, "number")
             assert number is not None
             quotes, dropped = rates.quote(number, _at(request), duration=_model(request, rates),
@@ -100,6 +115,7 @@ def routes(rates: RatingService) -> list[web.RouteDef]:
 
     async def decide(request: web.Request) -> web.Response:
         try:
+            rates = service()
             number = _number(request, "number")
             assert number is not None
             mode = request.query.get("announce_mode", "early_media")

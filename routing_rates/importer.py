@@ -12,6 +12,7 @@ NOTIFYs the servers, unless ``stage=True``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import logging
@@ -19,11 +20,12 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import asyncpg
 from tqdm import tqdm
@@ -117,6 +119,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _decompressed(raw: BinaryIO, path: Path) -> AbstractContextManager[BinaryIO]:
+    """A ``.gz`` deck is read through gzip; progress still counts the file's own bytes."""
+    if path.name.endswith(".gz"):
+        return cast(AbstractContextManager[BinaryIO], gzip.GzipFile(fileobj=raw, mode="rb"))
+    return nullcontext(raw)
+
+
 async def _chunks(parser: DeckParser, path: Path, profile: ColumnProfile,
                   progress: bool) -> AsyncIterator[bytes]:
     """COPY data, parsed in a worker thread so parsing overlaps PostgreSQL's work.
@@ -128,8 +137,8 @@ async def _chunks(parser: DeckParser, path: Path, profile: ColumnProfile,
     def produce() -> None:
         try:
             size = path.stat().st_size
-            with path.open("rb") as raw, \
-                    io.TextIOWrapper(raw, encoding=profile.encoding, newline="") as text, \
+            with path.open("rb") as raw, _decompressed(raw, path) as data, \
+                    io.TextIOWrapper(data, encoding=profile.encoding, newline="") as text, \
                     tqdm(total=size, unit="B", unit_scale=True, disable=not progress,
                          desc=path.name, mininterval=0.5) as bar:
                 for block in parser.chunks(text):
