@@ -1,7 +1,8 @@
 """Composition root of the callback site.
 
 ``create_app(settings)`` builds the aiohttp application; its ``cleanup_ctx``
-generators own, in order: the database (pool, migrations, merchant sync), the
+generators own, in order: the database (pool, migrations, merchant sync, the
+toll-fraud guard that screens intake, rounds, legs and spend), the
 rating service, the link to the edge (outbox relay), and the ARI connection
 with the Stasis application and the job worker. Each is torn down in reverse
 order; the worker drains running calls first (``callback.drain_s``).
@@ -30,6 +31,10 @@ from aiohttp import web
 import callback_server
 import shared
 from callback_server.config import CallbackSettings
+from callback_server.guard.http import GUARD_KEY
+from callback_server.guard.http import install as install_guard
+from callback_server.guard.metrics import Metrics
+from callback_server.guard.service import Guard
 from callback_server.http import HEALTH_KEY, STORE_KEY, Health, create_http_app
 from callback_server.routing import Routing
 from callback_server.stasis import StasisApp
@@ -38,6 +43,7 @@ from callback_server.worker import Worker
 from shared import ari
 from shared.db import MigrationSet, create_pool, migrate, package_migrations, resolve_url
 from shared.link import LinkClient, purge_seen
+from shared.money import FxTable
 from shared.outbox import OutboxRelay
 from shared.pki import client_context
 from shared.signing import Signer, SigningKey, Verifier, load_public_key
@@ -53,6 +59,7 @@ POOL_KEY = web.AppKey("callback_pool", asyncpg.Pool)
 ROUTING_KEY = web.AppKey("callback_routing", Routing)
 WORKER_KEY = web.AppKey("callback_worker", Worker)
 STASIS_KEY = web.AppKey("callback_stasis", StasisApp)
+METRICS_KEY = web.AppKey("callback_metrics", Metrics)
 
 
 def owner_name() -> str:
@@ -78,6 +85,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings),
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = Metrics()
+    install_guard(app)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
@@ -125,13 +134,24 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         applied = await migrate(conn, migration_sets(settings.rates.enabled))
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s)
+    guard = Guard(pool, settings.guard, metrics=app[METRICS_KEY], fx=_fx(settings))
+    store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,
+                          guard=guard)
     await store.sync_merchants(settings.merchants)
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool
     app[STORE_KEY] = store
+    app[GUARD_KEY] = guard
     yield
+    await guard.alerter.close()
     await pool.close()
+
+
+def _fx(settings: CallbackSettings) -> FxTable | None:
+    """Converts CDR costs into the spend caps' currency (the ``[rates]`` FX table)."""
+    if not settings.rates.fx_rates:
+        return None
+    return FxTable.from_mapping(settings.rates.fx_base, settings.rates.fx_rates)
 
 
 async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -183,7 +203,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = Worker(store=app[STORE_KEY], db_url=app[DB_URL_KEY],
                     merchants={m.id: m for m in settings.merchants}, flows=settings.flows,
                     routes=routing, client=client, router=stasis.router, rater=routing,
-                    ari_ready=stasis.ready, settings=settings.callback.worker)
+                    ari_ready=stasis.ready, settings=settings.callback.worker,
+                    guard=app[GUARD_KEY])
     workers.append(worker)
     app[STASIS_KEY] = stasis
     app[WORKER_KEY] = worker

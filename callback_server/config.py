@@ -1,4 +1,5 @@
-"""Callback-site settings: the shared sections plus ``[callback]`` and ``[rates]``.
+"""Callback-site settings: the shared sections plus ``[callback]``, ``[rates]`` and
+``[guard]`` (:mod:`callback_server.guard.settings`).
 
 Read from one TOML file with ``CALLBACK__SECTION__KEY`` environment overrides
 (``shared.config``). ``deploy/callback.example.toml`` shows every key.
@@ -7,11 +8,12 @@ Read from one TOML file with ``CALLBACK__SECTION__KEY`` environment overrides
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
 from callback_server.dialer_messages import Route
+from callback_server.guard.settings import GuardSettings
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
 from callback_server.worker import WorkerSettings
 from shared.config import (
@@ -103,6 +105,7 @@ class CallbackSettings:
     callback: CallbackBehaviour
     rates: RatesSettings
     flows: Mapping[str, Flow]
+    guard: GuardSettings = field(default_factory=GuardSettings)
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> CallbackSettings:
@@ -116,7 +119,10 @@ class CallbackSettings:
         merchants = parse_merchants(top)
         if not merchants:
             raise top.error("merchants", "at least one [[merchants]] entry is needed")
+        guard = GuardSettings.parse(top.section("guard"))
         behaviour = CallbackBehaviour.parse(top.section("callback"))
+        behaviour = replace(behaviour, worker=replace(behaviour.worker,
+                                                      max_call_s=guard.max_call_s))
         flows: dict[str, Flow] = {}
         for i, m in enumerate(merchants):
             if m.ivr_flow not in flows:
@@ -124,6 +130,11 @@ class CallbackSettings:
                     flows[m.ivr_flow] = load_named(m.ivr_flow, behaviour.flows_dir)
                 except FlowError as exc:
                     raise top.error(f"merchants[{i}].ivr_flow", str(exc)) from None
+                if guard.require_confirm and flows[m.ivr_flow].confirm_callback is None:
+                    raise top.error(f"merchants[{i}].ivr_flow",
+                                    f"flow {m.ivr_flow!r} has no confirm_callback gate "
+                                    "(press 1 before anything else); [guard] "
+                                    "require_confirm = true requires one")
         return cls(
             path=path, database=DatabaseSettings.parse(top.section("database"), DEFAULT_DATABASE),
             http=HttpSettings.parse(http, DEFAULT_PORT), tls=tls,
@@ -131,7 +142,7 @@ class CallbackSettings:
             ari=AriSettings.parse(top.section("ari"), "callback"),
             signing=SigningSettings.parse(top.section("signing")),
             peer_routes=routes, merchants=merchants, callback=behaviour,
-            rates=RatesSettings.parse(top.section("rates")), flows=flows)
+            rates=RatesSettings.parse(top.section("rates")), flows=flows, guard=guard)
 
     def merchant(self, merchant_id: str) -> Merchant:
         for m in self.merchants:

@@ -68,6 +68,7 @@ from callback_server.dialer_messages import (
     Originate,
     Originated,
     OriginateFailed,
+    OriginateRefused,
     PersistAttempt,
     Reason,
     RecordCdr,
@@ -78,6 +79,7 @@ from callback_server.dialer_messages import (
     StartTimer,
     TimerFired,
 )
+from callback_server.guard.reasons import Refusal
 
 # --- cause classes -------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class DialerState:
     bridge_id: str | None = None
     pending: Finish | None = None     # outcome decided, waiting for legs to go
     failures: tuple[tuple[str, str], ...] = field(default=())  # (carrier, why) this round
+    refusals: tuple[tuple[Refusal, int], ...] = ()   # guard refusals this round (reason, wait)
 
     @classmethod
     def new(cls, job: Job) -> DialerState:
@@ -155,7 +158,9 @@ class DialerState:
 
 RING_GUARD_S = 5.0        # beyond ring_timeout_s before we hang up ourselves
 TEARDOWN_GUARD_S = 5.0    # waiting for StasisEnd/ChannelDestroyed after our hang-ups
+ASTERISK_MARGIN_S = 5     # Asterisk's own limit trails ours: it is the backstop
 T_RING = "dial:ring"
+T_MAX = "dial:max_call"
 T_OPERATOR = "dial:operator"
 T_TEARDOWN = "dial:teardown"
 
@@ -172,6 +177,8 @@ def transition(state: DialerState, event: Event) -> Step:
         return _originated(state, event)
     if isinstance(event, OriginateFailed):
         return _originate_failed(state, event)
+    if isinstance(event, OriginateRefused):
+        return _originate_refused(state, event)
     if isinstance(event, Answered):
         return _answered(state, event)
     if isinstance(event, ChannelGone):
@@ -206,9 +213,21 @@ def _dial_route(state: DialerState, at: datetime) -> Step:
         PersistAttempt(job.callback_id, job.attempt_no, seq, channel_id, "customer",
                        route.carrier_id, route.endpoint),
         Originate(channel_id, route.endpoint, str(job.caller_id), job.ring_timeout_s,
-                  ("callback", job.callback_id, "customer")),
+                  ("callback", job.callback_id, "customer"), asterisk_limit(job)),
         StartTimer(T_RING, job.ring_timeout_s + RING_GUARD_S),
     ]
+
+
+def asterisk_limit(job: Job) -> tuple[tuple[str, str], ...]:
+    """The hard call-length limit Asterisk enforces itself (``TIMEOUT(absolute)``).
+
+    Set when the channel is created, so it also covers the ring time: it is
+    ``max_call_s + ring_timeout_s + ASTERISK_MARGIN_S``, and the server-side
+    timer (``T_MAX``, from answer) always ends the call first. If this process
+    dies, Asterisk still ends the call.
+    """
+    limit = job.max_call_s + job.ring_timeout_s + ASTERISK_MARGIN_S
+    return (("TIMEOUT(absolute)", str(limit)),)
 
 
 def _is_customer(state: DialerState, channel_id: str) -> bool:
@@ -239,6 +258,28 @@ def _originate_failed(state: DialerState, ev: OriginateFailed) -> Step:
     return nxt, cmds + more
 
 
+def _originate_refused(state: DialerState, ev: OriginateRefused) -> Step:
+    """The guard refused this leg before the originate (a cap): nothing rang."""
+    if not (_is_customer(state, ev.channel_id) and state.phase is Phase.DIALING):
+        return state, []
+    state = _note_failure(state, f"guard: {ev.reason}")
+    # The leg was never persisted: its channel id (leg_seq) is free again.
+    state = replace(state, customer=None, leg_seq=state.leg_seq - 1,
+                    refusals=(*state.refusals, (ev.reason, ev.retry_in_s)))
+    cmds: list[Command] = [CancelTimer(T_RING)]
+    if state.route_index + 1 < len(state.routes):
+        nxt, more = _dial_route(replace(state, route_index=state.route_index + 1), ev.at)
+        return nxt, cmds + more
+    if len(state.refusals) == len(state.failures):
+        # Every route was refused by the guard: the round did not happen.
+        reason, wait = state.refusals[0]
+        job = state.job
+        return replace(state, phase=Phase.DONE), [
+            *cmds, Finish("retry", reason, job.attempt_no - 1, wait)]
+    nxt, more = _finish_round(state, Reason.CARRIERS_EXHAUSTED)
+    return nxt, cmds + more
+
+
 def _note_failure(state: DialerState, why: str) -> DialerState:
     carrier = state.routes[state.route_index].carrier_id
     return replace(state, failures=(*state.failures, (carrier, why)))
@@ -256,7 +297,7 @@ def _answered(state: DialerState, ev: Answered) -> Step:
         leg = replace(state.customer, answered_at=ev.at)
         state = replace(state, phase=Phase.IN_CALL, customer=leg)
         return state, [CancelTimer(T_RING), RecordLegResult(ev.channel_id, "answered"),
-                       StartIvr(ev.channel_id)]
+                       StartIvr(ev.channel_id), StartTimer(T_MAX, state.job.max_call_s)]
     if _is_operator(state, ev.channel_id) and state.phase is Phase.IN_CALL:
         assert state.operator is not None and state.customer is not None
         customer_id = state.customer.channel_id
@@ -337,7 +378,7 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
         PersistAttempt(job.callback_id, job.attempt_no, seq, channel_id, "operator",
                        "edge-trunk", job.operator_endpoint),
         Originate(channel_id, job.operator_endpoint, str(job.destination), job.ring_timeout_s,
-                  ("callback", job.callback_id, "operator")),
+                  ("callback", job.callback_id, "operator"), asterisk_limit(job)),
         StartTimer(T_OPERATOR, job.ring_timeout_s + RING_GUARD_S),
     ]
 
@@ -377,6 +418,9 @@ def _timer(state: DialerState, ev: TimerFired) -> Step:
         # Asterisk should have ended the ring already; end it ourselves as "no answer".
         pending = _retry_or_fail(state, Reason.NO_ANSWER)
         return _teardown(state, pending)
+    if ev.name == T_MAX and state.phase is Phase.IN_CALL:
+        # The hard maximum call length: end both legs now (Asterisk's limit is the backstop).
+        return _teardown(state, _finish_cmd(state, Reason.MAX_CALL_LENGTH, completed=True))
     if ev.name == T_OPERATOR and state.operator is not None and not state.operator.ended \
             and state.operator.answered_at is None:
         return state, [Hangup(state.operator.channel_id, "no_answer")]
@@ -405,7 +449,7 @@ def _end(state: DialerState, ev: EndCall | Shutdown) -> Step:
 
 
 def _teardown(state: DialerState, pending: Finish) -> Step:
-    cmds: list[Command] = [CancelTimer(T_RING)]
+    cmds: list[Command] = [CancelTimer(T_RING), CancelTimer(T_MAX)]
     if state.customer is not None and not state.customer.ended:
         cmds.append(Hangup(state.customer.channel_id))
     cmds += _release_operator(state)

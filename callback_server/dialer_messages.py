@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from callback_server.guard.reasons import Refusal
 from shared.phone import E164
 
 
@@ -28,6 +29,7 @@ class Reason(enum.StrEnum):
     SHUTDOWN = "shutdown"
     WORKER_LOST = "worker_lost"            # a rescue found an answered leg it cannot resume
     UNKNOWN_MERCHANT = "unknown_merchant"
+    MAX_CALL_LENGTH = "max_call_length"    # the hard maximum call length ended the call
     OTHER = "cause_other"
 
 
@@ -65,6 +67,7 @@ class Job:
     attempt_no: int          # this round, 1-based
     leg_seq: int             # legs already persisted for this job (channel id uniqueness)
     operator_endpoint: str = "PJSIP/operator@edge-trunk"
+    max_call_s: int = 3600   # hard maximum call length, from answer ([guard] max_call_s)
 
 
 # --- events --------------------------------------------------------------------------------
@@ -90,6 +93,20 @@ class OriginateFailed:
 
     channel_id: str
     detail: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OriginateRefused:
+    """The guard refused the leg before it was dialled (a cap): nothing rang.
+
+    The next route is tried; with none left the job waits ``retry_in_s``
+    without counting the round.
+    """
+
+    channel_id: str
+    reason: Refusal
+    retry_in_s: int
     at: datetime
 
 
@@ -135,8 +152,8 @@ class Shutdown:
     at: datetime
 
 
-Event = (Begin | Originated | OriginateFailed | Answered | ChannelGone | TimerFired
-         | OperatorRequested | EndCall | Shutdown)
+Event = (Begin | Originated | OriginateFailed | OriginateRefused | Answered | ChannelGone
+         | TimerFired | OperatorRequested | EndCall | Shutdown)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -162,6 +179,7 @@ class Originate:
     caller_id: str
     timeout_s: int
     app_args: tuple[str, ...]
+    variables: tuple[tuple[str, str], ...] = ()   # channel variables, e.g. TIMEOUT(absolute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +245,7 @@ class Finish:
     """The round is over. ``retry_in_s`` set: queue again; else final with ``status``."""
 
     status: str              # completed | failed | retry
-    reason: Reason
+    reason: Reason | Refusal
     attempts: int
     retry_in_s: int | None = None
 

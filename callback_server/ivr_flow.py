@@ -28,6 +28,14 @@ Node types and their keys (``*`` = required):
 ``hangup``    prompt
 ============  ==================================================================
 
+Confirm before connect (toll-fraud and harassment guard): the top-level key
+``confirm_callback = "<node>"`` names a ``confirm`` node that must be the
+``start`` node. The customer must press its yes key (1) within its
+``timeout_s`` before any IVR, advisor or billing; the ARI adapter reports a
+passed gate to the guard, and a round without it counts as *unconfirmed*
+(two lock the number for 24 h). Its ``yes`` target must be a waiting or
+speaking node (not ``submit``), so passing the gate is visible as entering it.
+
 Every error names the file and the node: ``flows/order.toml: node 'main':
 choices: key '12' is not a single DTMF key``. Validation also checks that
 every target exists, every node is reachable from ``start``, and every field
@@ -114,6 +122,14 @@ class Flow:
     start: str
     nodes: tuple[Node, ...]
     source: str = "<memory>"
+    confirm_callback: str | None = None   # the confirm-before-connect gate node
+
+    @property
+    def confirm_yes(self) -> str | None:
+        """The node the gate leads to when the customer confirms."""
+        if self.confirm_callback is None:
+            return None
+        return self.node(self.confirm_callback).choices[0][1]
 
     def node(self, node_id: str) -> Node:
         for node in self.nodes:
@@ -146,7 +162,7 @@ def load_named(name: str, directory: Path = FLOWS_DIR) -> Flow:
 
 
 def parse_flow(data: Mapping[str, Any], source: str) -> Flow:
-    unknown = set(data) - {"name", "start", "nodes", "description"}
+    unknown = set(data) - {"name", "start", "nodes", "description", "confirm_callback"}
     if unknown:
         raise FlowError(source, None, f"unknown top-level keys: {', '.join(sorted(unknown))}")
     name, start, raw_nodes = data.get("name"), data.get("start"), data.get("nodes")
@@ -156,10 +172,35 @@ def parse_flow(data: Mapping[str, Any], source: str) -> Flow:
         raise FlowError(source, None, "start: required node id")
     if not isinstance(raw_nodes, Mapping) or not raw_nodes:
         raise FlowError(source, None, "nodes: at least one [nodes.<id>] table is required")
+    gate = data.get("confirm_callback")
+    if gate is not None and not isinstance(gate, str):
+        raise FlowError(source, None, "confirm_callback: expected a node id")
     nodes = tuple(_parse_node(source, str(k), v) for k, v in raw_nodes.items())
-    flow = Flow(name=name, start=start, nodes=nodes, source=source)
+    flow = Flow(name=name, start=start, nodes=nodes, source=source, confirm_callback=gate)
     _check_graph(flow)
+    _check_gate(flow)
     return flow
+
+
+def _check_gate(flow: Flow) -> None:
+    gate = flow.confirm_callback
+    if gate is None:
+        return
+    ids = {n.id for n in flow.nodes}
+    if gate not in ids:
+        raise FlowError(flow.source, None, f"confirm_callback: no node {gate!r}")
+    node = flow.node(gate)
+    if node.type != "confirm":
+        raise FlowError(flow.source, gate, "confirm_callback must name a confirm node")
+    if gate != flow.start:
+        raise FlowError(flow.source, gate, "confirm_callback must be the start node: "
+                        "nothing may run before the customer confirms")
+    yes = flow.confirm_yes
+    assert yes is not None
+    if flow.node(yes).type == "submit" or yes == gate or yes in (node.choices[1][1],
+                                                                  node.on_fail):
+        raise FlowError(flow.source, gate, "yes: must lead to its own non-submit node, "
+                        "different from no and on_fail")
 
 
 def _parse_node(source: str, node_id: str, raw: Any) -> Node:

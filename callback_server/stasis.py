@@ -44,6 +44,7 @@ from callback_server.dialer_messages import (
     Originate,
     Originated,
     OriginateFailed,
+    OriginateRefused,
     PersistAttempt,
     Reason,
     RecordCdr,
@@ -55,6 +56,7 @@ from callback_server.dialer_messages import (
     TimerFired,
 )
 from callback_server.dialer_messages import Event as DialerEvent
+from callback_server.guard.reasons import GuardRefused
 from callback_server.ivr_flow import Flow
 from callback_server.store import LeaseLost
 from shared import ari
@@ -91,11 +93,19 @@ class Rater(Protocol):
                     duration_s: int) -> Money | None: ...
 
 
+class RoundObserver(Protocol):
+    """The guard's view of a round's end (``Guard.round_ended``)."""
+
+    async def round_ended(self, *, callback_id: str, attempt_no: int, number: E164,
+                          merchant_id: str, rang: bool, confirmed: bool) -> None: ...
+
+
 class AriPort(Protocol):
     async def originate(self, endpoint: str, *, channel_id: str | None = None,
                         app_args: tuple[str, ...] | list[str] = (),
                         caller_id: str | None = None,
-                        timeout: int = 30) -> ari.Channel: ...  # noqa: ASYNC109
+                        timeout: int = 30,  # noqa: ASYNC109
+                        variables: Mapping[str, str] | None = None) -> ari.Channel: ...
     async def hangup(self, channel_id: str, *, reason: str | None = None) -> None: ...
     async def play(self, channel_id: str, media: tuple[str, ...] | list[str], *,
                    playback_id: str | None = None) -> ari.Playback: ...
@@ -120,8 +130,12 @@ class CallRunner:
     """One round of one job: dialer + IVR driven by ARI events."""
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
-                 store: CallStore, rater: Rater) -> None:
+                 store: CallStore, rater: Rater, guard: RoundObserver | None = None) -> None:
         self.job = job
+        self.guard = guard
+        self.confirmed = False           # the customer passed the flow's confirm gate
+        self.rang = False                # a customer leg was originated this round
+        self._refused: set[str] = set()  # legs the guard refused: never originated
         self.ctx = ctx
         self.client = client
         self.router = router
@@ -183,8 +197,8 @@ class CallRunner:
 
     async def _handle(self, event: object) -> None:
         log.debug("%s <- %s", self.job.callback_id, event)
-        if isinstance(event, Begin | Originated | OriginateFailed | Answered | ChannelGone
-                      | TimerFired | OperatorRequested | EndCall | Shutdown):
+        if isinstance(event, Begin | Originated | OriginateFailed | OriginateRefused | Answered
+                      | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
             await self._dialer(event)
         elif isinstance(event, ivr.Timeout):
             await self._ivr(event)
@@ -227,7 +241,12 @@ class CallRunner:
     async def _ivr(self, event: ivr.Event) -> None:
         if self.ivr is None:
             return
+        before = self.ivr.node
         self.ivr, commands = ivr.transition(self.ivr, event)
+        gate = self.ctx.flow.confirm_callback
+        if gate is not None and before == gate and self.ivr.node == self.ctx.flow.confirm_yes:
+            self.confirmed = True
+            log.info("%s: the customer confirmed the call-back", self.job.callback_id)
         for cmd in commands:
             await self._run_ivr(cmd)
 
@@ -237,7 +256,16 @@ class CallRunner:
         log.debug("%s -> %s", self.job.callback_id, cmd)
         if isinstance(cmd, PersistAttempt):
             self.router.subscribe(cmd.channel_id, self._ari_queue)
-            await self.store.persist_leg(cmd, self.job.merchant_id)
+            self._refused.discard(cmd.channel_id)    # a refused leg's id is used again
+            try:
+                await self.store.persist_leg(cmd, self.job.merchant_id)
+            except GuardRefused as refused:
+                log.warning("%s: leg %s via %s refused: %s", self.job.callback_id,
+                            cmd.channel_id, cmd.carrier_id, refused.verdict)
+                self.router.release(cmd.channel_id)
+                self._refused.add(cmd.channel_id)
+                self._pending.appendleft(OriginateRefused(
+                    cmd.channel_id, refused.verdict.reason, refused.retry_in_s or 30, utcnow()))
         elif isinstance(cmd, Originate):
             await self._originate(cmd)
         elif isinstance(cmd, Hangup):
@@ -262,10 +290,13 @@ class CallRunner:
             await self._finish(cmd)
 
     async def _originate(self, cmd: Originate) -> None:
+        if cmd.channel_id in self._refused:
+            return                  # its PersistAttempt was refused: never dial it
         try:
             await self.client.originate(cmd.endpoint, channel_id=cmd.channel_id,
                                         app_args=list(cmd.app_args), caller_id=cmd.caller_id,
-                                        timeout=cmd.timeout_s)
+                                        timeout=cmd.timeout_s,
+                                        variables=dict(cmd.variables) or None)
         except ari.AllocationFailed as exc:
             log.warning("originate %s via %s: allocation failed", cmd.channel_id, cmd.endpoint)
             self._pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
@@ -275,6 +306,8 @@ class CallRunner:
             self._pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
             return
         log.info("originated %s via %s", cmd.channel_id, cmd.endpoint)
+        if self._is_customer(cmd.channel_id):
+            self.rang = True
         self._pending.appendleft(Originated(cmd.channel_id, utcnow()))
 
     async def _bridge(self, cmd: CreateBridge) -> None:
@@ -304,6 +337,15 @@ class CallRunner:
 
     async def _finish(self, cmd: Finish) -> None:
         self.outcome = cmd
+        if self.guard is not None:      # before the job can be queued again
+            rang = self.rang and cmd.reason not in _NOT_RUNG
+            try:
+                await self.guard.round_ended(
+                    callback_id=self.job.callback_id, attempt_no=self.job.attempt_no,
+                    number=self.job.destination, merchant_id=self.job.merchant_id,
+                    rang=rang, confirmed=self.confirmed)
+            except Exception:
+                log.exception("%s: the guard could not record the round", self.job.callback_id)
         if not await self.store.finish(self.job.callback_id, cmd):
             log.error("%s: lease lost; outcome %s dropped", self.job.callback_id, cmd)
         log.info("%s round %d: %s (%s)%s", self.job.callback_id, self.job.attempt_no,
@@ -357,6 +399,10 @@ class CallRunner:
     async def _hangup_all(self) -> None:
         for cid in self.channel_ids:
             await self._safely(self.client.hangup(cid))
+
+
+# Rounds that end with these reasons never rang the customer's phone.
+_NOT_RUNG = frozenset({Reason.CARRIERS_EXHAUSTED, Reason.NO_ROUTE})
 
 
 def _fired(name: str) -> Callable[[], object]:

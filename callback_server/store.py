@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from callback_server.dialer import LastLeg
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
+from callback_server.guard.reasons import GuardRefused, Verdict
 from callback_server.ivr import Submit
 from callback_server.schemas import IntakeRequest
 from shared.config import Merchant
@@ -34,6 +35,9 @@ from shared.link import Answer, accept_once
 from shared.money import Money
 from shared.outbox import Outbox, isoformat
 from shared.phone import E164
+
+if TYPE_CHECKING:
+    from callback_server.guard.service import Guard
 
 log = logging.getLogger("callback.store")
 
@@ -68,10 +72,12 @@ class ClaimedJob:
 
 
 class CallbackStore:
-    def __init__(self, pool: asyncpg.Pool, *, owner: str, lease_s: int = 30) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, owner: str, lease_s: int = 30,
+                 guard: Guard | None = None) -> None:
         self.pool = pool
         self.owner = owner
         self.lease_s = lease_s
+        self.guard = guard          # None: no toll-fraud/harassment screening (unit setups)
 
     # --- merchants ----------------------------------------------------------------------
 
@@ -100,9 +106,30 @@ class CallbackStore:
         its NOTIFY (trigger; delivered at commit). A repeated message id gets
         the first answer; a new message for a known ``edge_call_id`` gets the
         existing call-back and queues nothing.
+
+        With a guard, the number is screened in the same transaction (policy,
+        lists, lock, velocity, brake) under a per-number advisory lock; a
+        refusal stores the row as ``refused`` with its reason code, tells the
+        edge (``callback_status`` ``failed`` + reason) and answers
+        ``202 {callback_id, status: "refused", reason}``.
         """
 
         async def handler(conn: asyncpg.Connection) -> Answer:
+            known = False
+            if self.guard is not None:
+                # One number's requests are decided one at a time; a repeat of a known
+                # edge call gets its call-back (never a velocity refusal).
+                await self.guard.lock_number(conn, req.caller)
+                existing = await conn.fetchrow(
+                    "SELECT callback_id, status, reason FROM callback_requests "
+                    "WHERE edge_call_id = $1", req.edge_call_id)
+                if existing is not None:
+                    return 202, _answer(existing)
+                screening = await self.guard.screen_intake(conn, req.caller)
+                if screening.verdict is not None:
+                    return await self._refuse(conn, self.guard, message_id, req, merchant,
+                                              screening.verdict)
+                known = screening.known
             row = await conn.fetchrow(
                 """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
                        dialed, announce_mode, received_at, hungup_at, message_id, max_attempts,
@@ -122,10 +149,45 @@ class CallbackStore:
                 assert row is not None
                 log.info("edge call %s already has call-back %s", req.edge_call_id,
                          row["callback_id"])
+            elif self.guard is not None:
+                await self.guard.note_accepted(conn, row["callback_id"], req.caller,
+                                               merchant.id, known)
             return 202, {"callback_id": row["callback_id"], "status": row["status"]}
 
         async with self.pool.acquire() as conn, conn.transaction():
             return await accept_once(conn, message_id, "callback_request", handler)
+
+    async def _refuse(self, conn: asyncpg.Connection, guard: Guard, message_id: str,
+                      req: IntakeRequest, merchant: Merchant, verdict: Verdict) -> Answer:
+        """Keep the refused request (status ``refused`` + reason code) and tell the edge
+        (``callback_status`` ``failed`` with that reason); nothing is queued."""
+        row = await conn.fetchrow(
+            """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
+                   dialed, announce_mode, received_at, hungup_at, message_id, max_attempts,
+                   next_attempt_at, status, reason, finished_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), 'refused', $11, now())
+               ON CONFLICT (edge_call_id) DO NOTHING
+               RETURNING callback_id, status, reason, finished_at""",
+            new_callback_id(), req.edge_call_id, merchant.id, str(req.caller), req.dialed,
+            req.announce_mode, req.received_at, req.hungup_at, message_id,
+            merchant.max_attempts, str(verdict.reason))
+        if row is None:
+            existing = await conn.fetchrow(
+                "SELECT callback_id, status, reason FROM callback_requests "
+                "WHERE edge_call_id = $1", req.edge_call_id)
+            assert existing is not None
+            return 202, _answer(existing)
+        await guard.refused(conn, verdict, stage="intake", number=str(req.caller),
+                            merchant_id=merchant.id, callback_id=row["callback_id"],
+                            edge_call_id=req.edge_call_id, message_id=message_id)
+        await Outbox.enqueue(conn, kind="callback_status", path=EVENTS_PATH, payload={
+            "kind": "callback_status", "callback_id": row["callback_id"],
+            "edge_call_id": req.edge_call_id, "merchant_id": merchant.id,
+            "status": "failed", "reason": str(verdict.reason), "attempts": 0,
+            "at": isoformat(row["finished_at"]),
+        }, message_id=fact_message_id("callback_status", row["callback_id"]),
+            merchant_id=merchant.id)
+        return 202, _answer(row)
 
     async def get(self, callback_id: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
@@ -207,7 +269,12 @@ class CallbackStore:
     # --- legs ---------------------------------------------------------------------------
 
     async def persist_leg(self, cmd: PersistAttempt, merchant_id: str) -> None:
-        """Commit the leg row before its originate, only while our lease holds."""
+        """Commit the leg row before its originate, only while our lease holds.
+
+        With a guard, a customer leg must also pass the caps (raises
+        :class:`~callback_server.guard.reasons.GuardRefused`; nothing is dialled).
+        """
+        refused: GuardRefused | None = None
         async with self.pool.acquire() as conn, conn.transaction():
             held = await conn.fetchval(
                 """UPDATE callback_requests
@@ -217,12 +284,18 @@ class CallbackStore:
             if not held:
                 raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
                                 f"{cmd.channel_id}")
-            await conn.execute(
-                """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
-                       attempt_no, leg_seq, leg, carrier_id, endpoint, worker)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-                cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
-                cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner)
+            if self.guard is not None and cmd.leg == "customer":
+                refused = await self.guard.admit_leg(conn, cmd.carrier_id, cmd.callback_id,
+                                                     merchant_id)
+            if refused is None:
+                await conn.execute(
+                    """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
+                           attempt_no, leg_seq, leg, carrier_id, endpoint, worker)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                    cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
+                    cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner)
+        if refused is not None:     # committed: the refusal (and a trip); no leg row
+            raise refused
 
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
         await self.pool.execute(
@@ -261,6 +334,8 @@ class CallbackStore:
                 _currency(direct_cost))
             if not inserted:
                 return False
+            if self.guard is not None and carrier_cost is not None and cdr.leg == "customer":
+                await self.guard.add_spend(conn, cdr.carrier_id, carrier_cost)
             payload = {
                 "kind": "cdr", "call_id": cdr.call_id, "callback_id": cdr.callback_id,
                 "edge_call_id": edge_call_id, "merchant_id": merchant_id, "leg": cdr.leg,
@@ -331,6 +406,13 @@ class CallbackStore:
             }, message_id=fact_message_id("callback_status", callback_id),
                 merchant_id=row["merchant_id"])
             return True
+
+
+def _answer(row: asyncpg.Record) -> dict[str, Any]:
+    answer = {"callback_id": row["callback_id"], "status": row["status"]}
+    if row["status"] == "refused":
+        answer["reason"] = row["reason"]
+    return answer
 
 
 def _amount(money: Money | None) -> Decimal | None:

@@ -9,6 +9,7 @@ every second the same. Integration tests use the real adapters instead.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -44,12 +45,15 @@ class FakeAri:
     allocation_fails: set[str] = field(default_factory=set)
     channels: dict[str, str] = field(default_factory=dict)   # id -> state
     report_hangups: bool = True
+    variables: dict[str, dict[str, str]] = field(default_factory=dict)  # per originate
 
     async def originate(self, endpoint: str, *, channel_id: str | None = None,
                         app_args: tuple[str, ...] | list[str] = (),
                         caller_id: str | None = None,
-                        timeout: int = 30) -> ari.Channel:  # noqa: ASYNC109
+                        timeout: int = 30,  # noqa: ASYNC109
+                        variables: Mapping[str, str] | None = None) -> ari.Channel:
         self.calls.append(("originate", (endpoint, channel_id, caller_id, timeout)))
+        self.variables[channel_id or ""] = dict(variables or {})
         if endpoint in self.allocation_fails:
             raise ari.AllocationFailed(500, "Allocation failed", method="POST", path="/channels")
         assert channel_id is not None

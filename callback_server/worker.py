@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
@@ -42,6 +42,9 @@ from shared.config import Merchant
 from shared.db import listening
 from shared.phone import E164
 
+if TYPE_CHECKING:
+    from callback_server.guard.service import Guard
+
 log = logging.getLogger("callback.worker")
 
 
@@ -56,14 +59,16 @@ class WorkerSettings:
     heartbeat_s: float = 10.0
     drain_s: float = 30.0
     operator_endpoint: str = "PJSIP/{operator}@edge-trunk"
+    max_call_s: int = 3600          # [guard] max_call_s: hard maximum call length
 
 
 class Worker:
     def __init__(self, *, store: CallbackStore, db_url: str, merchants: Mapping[str, Merchant],
                  flows: Mapping[str, Flow], routes: RouteSource, client: AriPort,
                  router: ari.EventRouter, rater: Rater, ari_ready: asyncio.Event,
-                 settings: WorkerSettings = WorkerSettings()) -> None:
+                 settings: WorkerSettings = WorkerSettings(), guard: Guard | None = None) -> None:
         self.store = store
+        self.guard = guard
         self.db_url = db_url
         self.merchants = merchants
         self.flows = flows
@@ -204,18 +209,34 @@ class Worker:
             return
         if not await self._resolve_last_leg(claimed, job):
             return
+        if self.guard is not None:
+            verdict = await self.guard.screen_round(claimed.callback_id, claimed.caller,
+                                                    merchant.id)
+            if verdict is not None:     # blocked, locked or braked since intake: final
+                await self.store.finish(claimed.callback_id,
+                                        Finish("failed", verdict.reason, claimed.attempts))
+                return
         try:
             routes = await self.route_source.routes(job.destination, datetime.now(UTC))
         except Exception:
             log.exception("route choice for %s failed", claimed.callback_id)
             await self.store.release(claimed.callback_id, 30.0, "routing_error")
             return
+        if self.guard is not None and routes:
+            keep, capped = await self.guard.usable_routes(routes, claimed.callback_id,
+                                                          merchant.id)
+            if capped is not None:      # every trunk is capped: wait, uncounted
+                await self.store.release(claimed.callback_id,
+                                         float(self.guard.settings.caps.retry_s),
+                                         str(capped.reason))
+                return
+            routes = tuple(routes[i] for i in keep)
         log.info("job %s round %d/%d: routes %s", job.callback_id, job.attempt_no,
                  job.policy.max_attempts, [r.carrier_id for r in routes])
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
                           self.flows[merchant.ivr_flow])
         runner = CallRunner(job, ctx, client=self.client, router=self.router,
-                            store=self.store, rater=self.rater)
+                            store=self.store, rater=self.rater, guard=self.guard)
         self.calls[job.callback_id] = runner
         if self._stopping:
             runner.shutdown()
@@ -228,7 +249,8 @@ class Worker:
                    policy=RetryPolicy(claimed.max_attempts, merchant.retry_backoff_s),
                    attempt_no=claimed.attempts + 1, leg_seq=claimed.legs,
                    operator_endpoint=self.settings.operator_endpoint.format(
-                       operator=merchant.operator))
+                       operator=merchant.operator),
+                   max_call_s=self.settings.max_call_s)
 
     async def _resolve_last_leg(self, claimed: ClaimedJob, job: Job) -> bool:
         """True if the job may dial now; otherwise it has been finished or given back."""

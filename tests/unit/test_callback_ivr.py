@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_flow, load
 
 @pytest.fixture(scope="module")
 def flow() -> Flow:
-    return load_named("order")
+    # The order flow now starts with the confirm-before-connect gate (issue 5; tested in
+    # tests/unit/test_guard_confirm.py). These engine tests start at the menu behind it.
+    return replace(load_named("order"), start="main", confirm_callback=None)
 
 
 def feed(state: IvrState, *events: ivr.Event) -> tuple[IvrState, list[ivr.Command]]:

@@ -1,0 +1,101 @@
+"""Spend and capacity caps, per trunk (carrier) and global. Pure decisions.
+
+Checked for every customer leg just before its originate, in the same
+transaction that persists the leg and under one advisory lock, so two workers
+cannot both take the last channel (:meth:`GuardStore.admit_leg`):
+
+* **channels**: customer legs dialling, ringing or up (``callback_attempts``);
+* **cps**: customer legs created in the last second;
+* **spend_daily**: carrier cost of today's CDRs (``guard_spend``, in
+  ``currency``; the day is taken in ``timezone``), minus what was spent when
+  an operator last reset that cap.
+
+A reached cap refuses the leg at once (the next route is tried, else the job
+waits ``retry_s`` without counting a round) and raises an alert. Cap kinds in
+``latch`` (default: ``spend_daily``) *trip*: the trip is stored and every
+origination in that scope is refused until an operator resets it
+(``POST /v1/guard/caps/reset``, ``python -m callback_server.guard caps reset``).
+Channel and CPS caps are throttles by default; add them to ``latch`` to make
+them trip too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from callback_server.guard.reasons import Refusal, Verdict
+
+KINDS = ("channels", "cps", "spend_daily")
+GLOBAL = "global"
+
+_REASONS = {
+    (True, "channels"): Refusal.CAP_GLOBAL_CHANNELS, (True, "cps"): Refusal.CAP_GLOBAL_CPS,
+    (True, "spend_daily"): Refusal.CAP_SPEND_DAILY,
+    (False, "channels"): Refusal.CAP_TRUNK_CHANNELS, (False, "cps"): Refusal.CAP_TRUNK_CPS,
+    (False, "spend_daily"): Refusal.CAP_TRUNK_SPEND,
+}
+
+
+def trunk_scope(carrier_id: str) -> str:
+    return f"trunk:{carrier_id}"
+
+
+def reason_for(scope: str, kind: str) -> Refusal:
+    return _REASONS[(scope == GLOBAL, kind)]
+
+
+@dataclass(frozen=True, slots=True)
+class CapLimits:
+    channels: int | None = None          # None: no cap
+    cps: int | None = None
+    spend_daily: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CapSettings:
+    currency: str = "USD"
+    timezone: str = "Asia/Tokyo"
+    global_limits: CapLimits = field(default_factory=lambda: CapLimits(
+        channels=50, cps=2, spend_daily=Decimal("200")))
+    trunk_default: CapLimits = field(default_factory=lambda: CapLimits(
+        channels=30, cps=2, spend_daily=Decimal("100")))
+    trunks: Mapping[str, CapLimits] = field(default_factory=dict)
+    latch: frozenset[str] = frozenset({"spend_daily"})
+    retry_s: int = 30
+
+    def limits(self, scope: str) -> CapLimits:
+        if scope == GLOBAL:
+            return self.global_limits
+        return self.trunks.get(scope.removeprefix("trunk:"), self.trunk_default)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    channels: int = 0
+    cps: int = 0
+    spend: Decimal = Decimal(0)
+
+
+def check(scope: str, limits: CapLimits, usage: Usage) -> tuple[str, Verdict] | None:
+    """The first cap reached in ``scope``: (kind, verdict), or None."""
+    if limits.spend_daily is not None and usage.spend >= limits.spend_daily:
+        return "spend_daily", Verdict(reason_for(scope, "spend_daily"),
+                                      f"{scope}: spent {usage.spend} of {limits.spend_daily}")
+    if limits.channels is not None and usage.channels >= limits.channels:
+        return "channels", Verdict(reason_for(scope, "channels"),
+                                   f"{scope}: {usage.channels} of {limits.channels} channels")
+    if limits.cps is not None and usage.cps >= limits.cps:
+        return "cps", Verdict(reason_for(scope, "cps"),
+                              f"{scope}: {usage.cps} calls in the last second (cap {limits.cps})")
+    return None
+
+
+def crossed_spend(scope: str, limits: CapLimits, before: Decimal, after: Decimal
+                  ) -> Verdict | None:
+    """A CDR's cost took ``scope`` from below its spend cap to at or above it."""
+    cap = limits.spend_daily
+    if cap is None or not (before < cap <= after):
+        return None
+    return Verdict(reason_for(scope, "spend_daily"), f"{scope}: spent {after} of {cap}")

@@ -1,0 +1,235 @@
+"""The guard's HTTP surface on the callback site.
+
+* ``GET /metrics`` — Prometheus text: refusals by stage and reason, alerts,
+  locks, cap trips, decision time. No token (the site serves mutual TLS).
+* Operator API (``Authorization: Bearer <token>``; its SHA-256 is
+  ``[guard] operator_token_sha256``; without it the API answers 403
+  ``operator-api-disabled``):
+
+  ===========================================  =================================
+  ``GET /v1/guard/status``                     trips, usage, spend, brake, locks
+  ``GET /v1/guard/refusals?reason=&limit=``    recent refusals (newest first)
+  ``GET /v1/guard/lists/{block|allow}``        list entries
+  ``PUT /v1/guard/lists/{list}/{number}``      ``{"reason": "...", "by": "...",
+                                               "expires_at": null}`` → 200
+  ``DELETE /v1/guard/lists/{list}/{number}``   204, or 404 ``not-found``
+  ``POST /v1/guard/numbers/{number}/unlock``   lift a lock → 200 / 404
+  ``POST /v1/guard/caps/reset``                ``{"by": "...", "scope": "global" |
+                                               "trunk:<carrier>" | null, "kind":
+                                               "channels" | "cps" | "spend_daily" |
+                                               null}`` → ``{"reset": n}``
+  ===========================================  =================================
+
+* :func:`intake_middleware` — ``POST /v1/link/callbacks`` whose ``caller`` is
+  a string but not E.164 (``anonymous``, ``09012345678&PJSIP/x``,
+  ``+819012345678;foo``) is refused *before* parsing with 422
+  ``destination-refused`` and ``reason`` (``destination_withheld``,
+  ``destination_malformed``, ``destination_invalid``), stored in
+  ``guard_refusals`` with the sanitised raw value and counted. The edge's
+  outbox parks a 422 as dead (no retries). It runs after the signature check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from callback_server.guard import store as sql
+from callback_server.guard.caps import GLOBAL, KINDS
+from callback_server.guard.policy import classify_raw, sanitise
+from callback_server.guard.reasons import Verdict
+from callback_server.guard.service import Guard
+from shared.http import ApiError, Handler, InvalidField, json_response, read_json_object
+from shared.link import raw_body
+from shared.phone import E164, InvalidNumber
+
+log = logging.getLogger("callback.guard.http")
+
+GUARD_KEY = web.AppKey("callback_guard", Guard)
+INTAKE_PATH = "/v1/link/callbacks"
+LISTS = ("block", "allow")
+
+
+def install(app: web.Application) -> None:
+    """Add the routes and the intake middleware; the guard goes under ``GUARD_KEY``
+    once the database is up (until then: 503 ``database-unavailable``)."""
+    app.middlewares.append(intake_middleware)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/guard/status", status)
+    app.router.add_get("/v1/guard/refusals", refusals)
+    app.router.add_get("/v1/guard/lists/{list}", list_entries)
+    app.router.add_put("/v1/guard/lists/{list}/{number}", put_entry)
+    app.router.add_delete("/v1/guard/lists/{list}/{number}", delete_entry)
+    app.router.add_post("/v1/guard/numbers/{number}/unlock", unlock)
+    app.router.add_post("/v1/guard/caps/reset", reset_caps)
+
+
+def _guard(request: web.Request) -> Guard:
+    try:
+        return request.app[GUARD_KEY]
+    except KeyError:
+        raise ApiError(503, "database-unavailable", "guard not ready", retry_after_s=5) from None
+
+
+@web.middleware
+async def intake_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method != "POST" or request.path != INTAKE_PATH:
+        return await handler(request)
+    try:
+        data = json.loads(raw_body(request))
+    except (ValueError, UnicodeDecodeError, RuntimeError):
+        return await handler(request)       # the handler names what is wrong
+    caller = data.get("caller") if isinstance(data, dict) else None
+    if not isinstance(caller, str):
+        return await handler(request)
+    verdict = classify_raw(caller)
+    if not isinstance(verdict, Verdict):
+        return await handler(request)       # E.164 (screened in the intake transaction)
+    guard = _guard(request)
+    ids = {k: data.get(k) if isinstance(data.get(k), str) else None
+           for k in ("merchant_id", "edge_call_id")}
+    async with guard.pool.acquire() as conn, conn.transaction():
+        await guard.refused(conn, verdict, stage="intake", number=sanitise(caller),
+                            merchant_id=_short(ids["merchant_id"]),
+                            edge_call_id=_short(ids["edge_call_id"]),
+                            message_id=_short(request.headers.get("webhook-id")))
+    raise ApiError(422, "destination-refused", f"caller: {verdict}",
+                   field="caller", reason=str(verdict.reason))
+
+
+def _short(value: str | None) -> str | None:
+    return None if value is None else sanitise(value, 128)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=_guard(request).metrics.render(),
+                        content_type="text/plain", charset="utf-8")
+
+
+def _operator(request: web.Request) -> None:
+    expected = _guard(request).settings.operator_token_sha256
+    if not expected:
+        raise ApiError(403, "operator-api-disabled",
+                       "set [guard] operator_token_sha256 to use the operator API")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "auth-missing", "Authorization: Bearer <operator token> is required")
+    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    if not hmac.compare_digest(digest.encode(), expected.encode()):
+        raise ApiError(401, "auth-invalid", "unknown operator token")
+
+
+def _list_name(request: web.Request) -> str:
+    name = request.match_info["list"]
+    if name not in LISTS:
+        raise ApiError(404, "not-found", f"no list {name!r} (block, allow)")
+    return name
+
+
+def parse_number(text: str) -> E164:
+    try:
+        return E164.parse("+" + text.strip().removeprefix("+"))
+    except InvalidNumber:
+        raise InvalidField("number", "expected an E.164 number such as +819012345678") from None
+
+
+def _jsonable(rows: Any) -> Any:
+    return json.loads(json.dumps(rows, default=lambda v: v.isoformat()
+                                 if isinstance(v, datetime) else str(v)))
+
+
+async def status(request: web.Request) -> web.Response:
+    _operator(request)
+    return json_response(_jsonable(await _guard(request).status()))
+
+
+async def refusals(request: web.Request) -> web.Response:
+    _operator(request)
+    try:
+        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise InvalidField("limit", "expected an integer") from None
+    guard = _guard(request)
+    async with guard.pool.acquire() as conn:
+        rows = await sql.refusals(conn, since=None, reason=request.query.get("reason"),
+                                  limit=limit)
+    return json_response({"refusals": _jsonable(rows)})
+
+
+async def list_entries(request: web.Request) -> web.Response:
+    _operator(request)
+    guard = _guard(request)
+    async with guard.pool.acquire() as conn:
+        rows = await sql.entries(conn, _list_name(request))
+    return json_response({"entries": _jsonable(rows)})
+
+
+async def put_entry(request: web.Request) -> web.Response:
+    _operator(request)
+    name = _list_name(request)
+    number = parse_number(request.match_info["number"])
+    body = await read_json_object(request) if request.can_read_body else {}
+    reason = body.get("reason", "")
+    by = body.get("by", "api")
+    expires = body.get("expires_at")
+    if not isinstance(reason, str) or not isinstance(by, str):
+        raise InvalidField("reason", "reason and by are strings")
+    expires_at = None
+    if expires is not None:
+        try:
+            expires_at = datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidField("expires_at", "expected an ISO 8601 timestamp") from None
+    guard = _guard(request)
+    async with guard.pool.acquire() as conn:
+        await sql.add_entry(conn, number=str(number), list_name=name, reason=reason[:200],
+                            source="operator", by=by[:64], now=guard.clock(),
+                            expires_at=expires_at)
+    log.warning("%s list: %s added by %s (%s)", name, number, by, reason)
+    return json_response({"number": str(number), "list": name, "reason": reason})
+
+
+async def delete_entry(request: web.Request) -> web.Response:
+    _operator(request)
+    name = _list_name(request)
+    number = parse_number(request.match_info["number"])
+    guard = _guard(request)
+    async with guard.pool.acquire() as conn:
+        removed = await sql.remove_entry(conn, str(number), name)
+    if not removed:
+        raise ApiError(404, "not-found", f"{number} is not on the {name} list")
+    log.warning("%s list: %s removed", name, number)
+    return web.Response(status=204)
+
+
+async def unlock(request: web.Request) -> web.Response:
+    _operator(request)
+    number = parse_number(request.match_info["number"])
+    guard = _guard(request)
+    async with guard.pool.acquire() as conn:
+        done = await sql.unlock(conn, str(number))
+    if not done:
+        raise ApiError(404, "not-found", f"{number} is not locked")
+    log.warning("%s unlocked by an operator", number)
+    return json_response({"number": str(number), "unlocked": True})
+
+
+async def reset_caps(request: web.Request) -> web.Response:
+    _operator(request)
+    body = await read_json_object(request)
+    by, scope, kind = body.get("by"), body.get("scope"), body.get("kind")
+    if not isinstance(by, str) or not by:
+        raise InvalidField("by", "who resets the cap (required)")
+    if scope is not None and (not isinstance(scope, str)
+                              or not (scope == GLOBAL or scope.startswith("trunk:"))):
+        raise InvalidField("scope", "expected global, trunk:<carrier> or null (all)")
+    if kind is not None and kind not in KINDS:
+        raise InvalidField("kind", f"expected one of {', '.join(KINDS)} or null (all)")
+    count = await _guard(request).reset_caps(scope, kind, by[:64])
+    return json_response({"reset": count, "scope": scope, "kind": kind})

@@ -1,0 +1,315 @@
+"""The guard as the callback site uses it: one object, called at four points.
+
+=================  ===========================================  =====================
+where              what                                         refusal stage
+=================  ===========================================  =====================
+intake             policy + lists, lock, velocity, brake —       ``intake``: the request
+(``store.intake``) inside the intake transaction, under a        row is stored
+                   per-number advisory lock                     ``refused`` + reason
+before each round  lists + policy again, lock, brake             ``dial``: job finished
+(``worker``)                                                     ``failed`` + reason
+route choice       caps snapshot: drop capped trunks             ``dial``: job waits
+(``worker``)                                                     ``caps.retry_s``
+each customer leg  caps under one advisory lock, in the leg's    ``dial``: next route,
+(``persist_leg``)  transaction; trips latched kinds              else job waits
+round end          confirmed? lock / block list / brake alert    —
+(``stasis``)
+each CDR           daily spend; trips the spend cap             —
+(``record_cdr``)
+=================  ===========================================  =====================
+
+Every refusal is logged (``callback.guard``), counted
+(``cbgw_guard_refusals_total{stage,reason}``) and stored (``guard_refusals``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zoneinfo
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import asyncpg
+
+from callback_server.guard import brake, caps, velocity
+from callback_server.guard import store as sql
+from callback_server.guard.alerts import Alert, Alerter
+from callback_server.guard.metrics import Metrics
+from callback_server.guard.policy import Listing, Policy
+from callback_server.guard.reasons import GuardRefused, Verdict
+from callback_server.guard.settings import GuardSettings
+from shared.money import Money, MoneyError
+from shared.phone import E164
+
+log = logging.getLogger("callback.guard")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Converter(Protocol):
+    def convert(self, money: Money, dst: str) -> Money: ...
+
+
+class HasCarrier(Protocol):
+    @property
+    def carrier_id(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    verdict: Verdict | None
+    known: bool
+
+
+class Guard:
+    def __init__(self, pool: asyncpg.Pool, settings: GuardSettings, *,
+                 metrics: Metrics | None = None, alerter: Alerter | None = None,
+                 clock: Clock = utcnow, fx: Converter | None = None) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.alerter = alerter or Alerter(settings.alerts, self.metrics, self._record_alert)
+        if self.alerter.record is None:
+            self.alerter.record = self._record_alert
+        self.clock = clock
+        self.fx = fx
+        self.policy = Policy(settings.policy)
+        self._tz = zoneinfo.ZoneInfo(settings.caps.timezone)
+
+    def today(self, now: datetime | None = None) -> date:
+        return (now or self.clock()).astimezone(self._tz).date()
+
+    # --- intake -------------------------------------------------------------------------
+
+    async def lock_number(self, conn: asyncpg.Connection, number: E164) -> None:
+        """Serialise intake decisions for one number (call first in the transaction)."""
+        await sql.lock_number(conn, str(number))
+
+    async def screen_intake(self, conn: asyncpg.Connection, number: E164) -> Screening:
+        started = time.perf_counter()
+        now = self.clock()
+        facts = await sql.number_facts(conn, str(number), now)
+        listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
+                          block_reason=facts.block_reason)
+        verdict = self.policy.evaluate(number, listing) \
+            or velocity.check_intake(facts.history, now, self.settings.velocity)
+        if verdict is None and not facts.history.known:
+            count = await sql.unconfirmed_new_numbers(conn, now, self.settings.brake.window_s)
+            verdict = brake.check(False, count, self.settings.brake)
+        self.metrics.observe_decision(time.perf_counter() - started)
+        return Screening(verdict, facts.history.known)
+
+    async def note_accepted(self, conn: asyncpg.Connection, callback_id: str, number: E164,
+                            merchant_id: str, known: bool) -> None:
+        await sql.note_accepted(conn, callback_id, str(number), merchant_id, known, self.clock())
+        self.metrics.inc("cbgw_guard_accepted_total")
+
+    async def refused(self, conn: asyncpg.Connection, verdict: Verdict, *, stage: str,
+                      number: str | None, merchant_id: str | None,
+                      callback_id: str | None = None, edge_call_id: str | None = None,
+                      message_id: str | None = None) -> None:
+        """Store, count and log one refusal (in the caller's transaction)."""
+        await sql.record_refusal(conn, stage=stage, verdict=verdict, number=number,
+                                 merchant_id=merchant_id, callback_id=callback_id,
+                                 edge_call_id=edge_call_id, message_id=message_id,
+                                 now=self.clock())
+        self.metrics.inc("cbgw_guard_refusals_total", stage=stage, reason=str(verdict.reason))
+        log.warning("refused (%s) %s for %s/%s: %s", stage, number, merchant_id,
+                    callback_id or edge_call_id or "-", verdict)
+
+    # --- before a round -------------------------------------------------------------------
+
+    async def screen_round(self, callback_id: str, number: E164, merchant_id: str
+                           ) -> Verdict | None:
+        """Lists, policy, lock and brake again, before every round (records a refusal)."""
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            facts = await sql.number_facts(conn, str(number), now)
+            listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
+                              block_reason=facts.block_reason)
+            verdict = self.policy.evaluate(number, listing) \
+                or velocity.check_locked(facts.history.locked_until, now)
+            if verdict is None and not facts.history.known:
+                count = await sql.unconfirmed_new_numbers(conn, now,
+                                                          self.settings.brake.window_s)
+                verdict = brake.check(False, count, self.settings.brake)
+            if verdict is not None:
+                await self.refused(conn, verdict, stage="dial", number=str(number),
+                                   merchant_id=merchant_id, callback_id=callback_id)
+        return verdict
+
+    async def usable_routes(self, routes: Sequence[HasCarrier], callback_id: str,
+                            merchant_id: str) -> tuple[list[int], Verdict | None]:
+        """Indexes of routes whose trunk (and the site) is under every cap; if none is,
+        the refusal (recorded)."""
+        if not routes:
+            return [], None
+        async with self.pool.acquire() as conn:
+            snap = await sql.cap_snapshot(conn, self.today())
+            keep: list[int] = []
+            first: Verdict | None = None
+            for i, route in enumerate(routes):
+                hit = self._cap_hit(snap, route.carrier_id)
+                if hit is None:
+                    keep.append(i)
+                elif first is None:
+                    first = hit[2]
+            if keep or first is None:
+                return keep, None
+            async with conn.transaction():
+                await self.refused(conn, first, stage="dial", number=None,
+                                   merchant_id=merchant_id, callback_id=callback_id)
+            return keep, first
+
+    def _cap_hit(self, snap: sql.CapSnapshot, carrier_id: str) -> tuple[str, str, Verdict] | None:
+        """(scope, kind, verdict) of the first cap reached for a leg on this trunk."""
+        for scope in (caps.GLOBAL, caps.trunk_scope(carrier_id)):
+            for kind in caps.KINDS:
+                if (scope, kind) in snap.trips:
+                    verdict = Verdict(caps.reason_for(scope, kind),
+                                      f"{scope} {kind} cap tripped; an operator must reset it")
+                    return scope, kind, verdict
+            usage = caps.Usage(channels=snap.channels.get(scope, 0), cps=snap.cps.get(scope, 0),
+                               spend=snap.spend.get(scope, Decimal(0)))
+            found = caps.check(scope, self.settings.caps.limits(scope), usage)
+            if found is not None:
+                return scope, found[0], found[1]
+        return None
+
+    async def admit_leg(self, conn: asyncpg.Connection, carrier_id: str, callback_id: str,
+                        merchant_id: str) -> GuardRefused | None:
+        """In the leg's transaction, just before its originate: the caps, atomically."""
+        await sql.lock_dialling(conn)
+        snap = await sql.cap_snapshot(conn, self.today())
+        hit = self._cap_hit(snap, carrier_id)
+        if hit is None:
+            return None
+        scope, kind, verdict = hit
+        await self._cap_reached(conn, scope, kind, verdict)
+        await self.refused(conn, verdict, stage="dial", number=None, merchant_id=merchant_id,
+                           callback_id=callback_id)
+        return GuardRefused(verdict, self.settings.caps.retry_s)
+
+    async def _cap_reached(self, conn: asyncpg.Connection, scope: str, kind: str,
+                           verdict: Verdict) -> None:
+        now = self.clock()
+        latched = kind in self.settings.caps.latch
+        if latched and await sql.trip(conn, scope, kind, verdict, now):
+            self.metrics.inc("cbgw_guard_cap_trips_total", scope=scope, kind=kind)
+            self.alerter.alert(Alert("cap_tripped", f"{scope}/{kind}",
+                                     f"cap tripped, originations refused until an operator "
+                                     f"resets it: {verdict}", now,
+                                     {"scope": scope, "kind": kind,
+                                      "reason": str(verdict.reason)}))
+        elif not latched:
+            self.alerter.alert(Alert("cap_reached", f"{scope}/{kind}", f"cap reached: {verdict}",
+                                     now, {"scope": scope, "kind": kind,
+                                           "reason": str(verdict.reason)}))
+
+    # --- after a round and per CDR ------------------------------------------------------
+
+    async def round_ended(self, *, callback_id: str, attempt_no: int, number: E164,
+                          merchant_id: str, rang: bool, confirmed: bool) -> None:
+        now = self.clock()
+        s = self.settings.velocity
+        text = str(number)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await sql.lock_number(conn, text)
+            facts = await sql.number_facts(conn, text, now)
+            known = facts.history.known
+            if not await sql.insert_round(conn, callback_id=callback_id, attempt_no=attempt_no,
+                                          number=text, merchant_id=merchant_id, known=known,
+                                          rang=rang, confirmed=confirmed, now=now):
+                return
+            if confirmed:
+                await sql.note_confirmed(conn, text, now)
+                log.info("%s confirmed the call-back %s", text, callback_id)
+                return
+            if not rang:
+                return
+            recent, window, locked_until = await sql.unconfirmed_counts(
+                conn, text, now, s.lock_window_s, s.block_window_s)
+            action = velocity.after_unconfirmed(
+                recent, window, locked_until is not None and locked_until > now, now, s)
+            if action.lock_until is not None:
+                await sql.lock(conn, text, action.lock_until, now)
+                self.metrics.inc("cbgw_guard_locks_total", action="lock")
+                log.warning("locked %s until %s: %d unconfirmed call-backs", text,
+                            action.lock_until.isoformat(), recent)
+            if action.block and await sql.add_entry(
+                    conn, number=text, list_name="block", source="auto", by="guard", now=now,
+                    reason=f"{window} unconfirmed call-backs in {s.block_window_s // 86400} "
+                           "days: review", expires_at=None, replace=False):
+                self.metrics.inc("cbgw_guard_locks_total", action="block")
+                self.alerter.alert(Alert("number_blocked", text,
+                                         f"{text} put on the block list for review: {window} "
+                                         "unconfirmed call-backs", now,
+                                         {"number": text, "unconfirmed": window}))
+            if not known:
+                count = await sql.unconfirmed_new_numbers(conn, now, self.settings.brake.window_s)
+                if brake.engaged(count, self.settings.brake):
+                    self.alerter.alert(Alert(
+                        "brake_engaged", "new_numbers",
+                        f"anomaly brake: {count} new numbers unconfirmed in "
+                        f"{self.settings.brake.window_s} s; call-backs to new numbers paused",
+                        now, {"count": count, "threshold": self.settings.brake.threshold}))
+
+    async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, cost: Money) -> None:
+        """In the CDR's transaction: add the leg's carrier cost; trip the spend caps."""
+        cfg = self.settings.caps
+        try:
+            amount = cost if cost.currency == cfg.currency or self.fx is None \
+                else self.fx.convert(cost, cfg.currency)
+        except MoneyError as exc:
+            log.error("spend of %s on %s not counted against the caps: %s", cost, carrier_id,
+                      exc)
+            return
+        if amount.currency != cfg.currency:
+            log.error("spend of %s on %s not counted: caps are in %s and no FX rate is set",
+                      cost, carrier_id, cfg.currency)
+            return
+        day = self.today()
+        for scope in (caps.GLOBAL, caps.trunk_scope(carrier_id)):
+            after = await sql.add_spend(conn, day, scope, cfg.currency, amount.amount)
+            crossed = caps.crossed_spend(scope, cfg.limits(scope), after - amount.amount, after)
+            if crossed is not None:
+                await self._cap_reached(conn, scope, "spend_daily", crossed)
+
+    # --- operator actions -------------------------------------------------------------
+
+    async def reset_caps(self, scope: str | None, kind: str | None, by: str) -> int:
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            count = await sql.reset_caps(conn, scope, kind, by, now, self.today(now))
+        log.warning("caps reset by %s: scope=%s kind=%s (%d trips)", by, scope or "all",
+                    kind or "all", count)
+        return count
+
+    async def status(self) -> dict[str, Any]:
+        now = self.clock()
+        async with self.pool.acquire() as conn:
+            trips = await sql.active_trips(conn)
+            snap = await sql.cap_snapshot(conn, self.today(now))
+            new_unconfirmed = await sql.unconfirmed_new_numbers(conn, now,
+                                                                self.settings.brake.window_s)
+            locked = await sql.locked_numbers(conn, now)
+        return {"trips": trips, "channels": snap.channels, "cps": snap.cps,
+                "spend_today": {k: str(v) for k, v in snap.spend.items()},
+                "spend_currency": self.settings.caps.currency,
+                "brake": {"unconfirmed_new_numbers": new_unconfirmed,
+                          "threshold": self.settings.brake.threshold,
+                          "engaged": brake.engaged(new_unconfirmed, self.settings.brake)},
+                "locked_numbers": locked}
+
+    async def _record_alert(self, alert: Alert) -> None:
+        async with self.pool.acquire() as conn:
+            await sql.record_alert(conn, at=alert.at, kind=alert.kind, key=alert.key,
+                                   message=alert.message, details=dict(alert.details))

@@ -1,0 +1,286 @@
+"""SQL of the guard (migration ``0100_guard.sql``). Every method takes the caller's
+connection, so guard reads and writes join the caller's transaction (intake,
+leg persistence, CDR). Times are passed in from the guard's clock, never
+``now()``, so tests can drive a simulated clock; only the CPS window uses the
+database clock, because ``callback_attempts.created_at`` is written by it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from callback_server.guard.reasons import Verdict
+from callback_server.guard.velocity import NumberHistory
+
+_NS_NUMBER = 0x6362_0001     # advisory lock namespaces (two-key form)
+_NS_DIAL = 0x6362_0002
+LIVE = ("dialing", "originated", "answered")
+
+
+@dataclass(frozen=True, slots=True)
+class NumberFacts:
+    history: NumberHistory
+    blocked: bool
+    block_reason: str
+    allowed: bool
+    confirmations: int
+
+
+@dataclass(frozen=True, slots=True)
+class CapSnapshot:
+    trips: dict[tuple[str, str], str]           # (scope, kind) -> reason of an active trip
+    channels: dict[str, int]                    # scope -> live customer legs
+    cps: dict[str, int]                         # scope -> legs created in the last second
+    spend: dict[str, Decimal]                   # scope -> today's spend since the last reset
+
+
+async def lock_number(conn: asyncpg.Connection, number: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _NS_NUMBER, number)
+
+
+async def lock_dialling(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _NS_DIAL)
+
+
+async def number_facts(conn: asyncpg.Connection, number: str, now: datetime) -> NumberFacts:
+    row = await conn.fetchrow(
+        """SELECT
+             (SELECT count(*) FROM callback_requests
+               WHERE caller = $1 AND status IN ('queued', 'dialing')) AS active,
+             (SELECT max(accepted_at) FROM guard_callbacks WHERE number = $1) AS last_at,
+             (SELECT count(*) FROM guard_callbacks
+               WHERE number = $1 AND accepted_at > $2::timestamptz - interval '1 hour') AS hour,
+             (SELECT count(*) FROM guard_callbacks
+               WHERE number = $1 AND accepted_at > $2::timestamptz - interval '1 day') AS day,
+             (SELECT confirmations FROM guard_numbers WHERE number = $1) AS confirmations,
+             (SELECT locked_until FROM guard_numbers WHERE number = $1) AS locked_until,
+             (SELECT reason FROM guard_lists WHERE number = $1 AND list = 'block'
+                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS block_reason,
+             (SELECT true FROM guard_lists WHERE number = $1 AND list = 'allow'
+                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS allowed""",
+        number, now)
+    assert row is not None
+    confirmations = row["confirmations"] or 0
+    allowed = bool(row["allowed"])
+    history = NumberHistory(known=confirmations > 0 or allowed, active=row["active"],
+                            last_accepted_at=row["last_at"], accepted_hour=row["hour"],
+                            accepted_day=row["day"], locked_until=row["locked_until"])
+    return NumberFacts(history, row["block_reason"] is not None, row["block_reason"] or "",
+                       allowed, confirmations)
+
+
+async def unconfirmed_new_numbers(conn: asyncpg.Connection, now: datetime,
+                                  window_s: int) -> int:
+    value = await conn.fetchval(
+        """SELECT count(DISTINCT number) FROM guard_rounds
+           WHERE rang AND NOT confirmed AND NOT known AND ended_at > $1""",
+        now - timedelta(seconds=window_s))
+    return int(value or 0)
+
+
+async def note_accepted(conn: asyncpg.Connection, callback_id: str, number: str,
+                        merchant_id: str, known: bool, now: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO guard_callbacks (callback_id, number, merchant_id, known, accepted_at)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (callback_id) DO NOTHING""",
+        callback_id, number, merchant_id, known, now)
+    await conn.execute(
+        """INSERT INTO guard_numbers (number, first_seen_at) VALUES ($1, $2)
+           ON CONFLICT (number) DO NOTHING""", number, now)
+
+
+async def record_refusal(conn: asyncpg.Connection, *, stage: str, verdict: Verdict,
+                         number: str | None, merchant_id: str | None, callback_id: str | None,
+                         edge_call_id: str | None, message_id: str | None,
+                         now: datetime) -> None:
+    if stage == "dial":
+        await conn.execute(
+            """INSERT INTO guard_refusals (at, last_at, stage, reason, detail, number,
+                   merchant_id, callback_id) VALUES ($1, $1, 'dial', $2, $3, $4, $5, $6)
+               ON CONFLICT (callback_id, reason) WHERE stage = 'dial'
+               DO UPDATE SET occurrences = guard_refusals.occurrences + 1,
+                             last_at = EXCLUDED.last_at, detail = EXCLUDED.detail""",
+            now, str(verdict.reason), verdict.detail, number, merchant_id, callback_id)
+        return
+    await conn.execute(
+        """INSERT INTO guard_refusals (at, last_at, stage, reason, detail, number, merchant_id,
+               callback_id, edge_call_id, message_id)
+           VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO NOTHING""",
+        now, stage, str(verdict.reason), verdict.detail, number, merchant_id, callback_id,
+        edge_call_id, message_id)
+
+
+async def insert_round(conn: asyncpg.Connection, *, callback_id: str, attempt_no: int,
+                       number: str, merchant_id: str, known: bool, rang: bool,
+                       confirmed: bool, now: datetime) -> bool:
+    inserted = await conn.fetchval(
+        """INSERT INTO guard_rounds (callback_id, attempt_no, number, merchant_id, known, rang,
+               confirmed, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT DO NOTHING RETURNING true""",
+        callback_id, attempt_no, number, merchant_id, known, rang, confirmed, now)
+    await conn.execute(
+        """INSERT INTO guard_numbers (number, first_seen_at) VALUES ($1, $2)
+           ON CONFLICT (number) DO NOTHING""", number, now)
+    return bool(inserted)
+
+
+async def note_confirmed(conn: asyncpg.Connection, number: str, now: datetime) -> None:
+    await conn.execute(
+        """UPDATE guard_numbers SET confirmations = confirmations + 1, confirmed_at = $2
+           WHERE number = $1""", number, now)
+
+
+async def unconfirmed_counts(conn: asyncpg.Connection, number: str, now: datetime,
+                             lock_window_s: int, block_window_s: int
+                             ) -> tuple[int, int, datetime | None]:
+    """(unconfirmed since last confirmation within the lock window, within the block
+    window, locked_until)."""
+    row = await conn.fetchrow(
+        """SELECT
+             (SELECT count(*) FROM guard_rounds r WHERE r.number = $1 AND r.rang
+                 AND NOT r.confirmed AND r.ended_at > greatest($2::timestamptz,
+                     coalesce(n.confirmed_at, '-infinity'::timestamptz))) AS recent,
+             (SELECT count(*) FROM guard_rounds r WHERE r.number = $1 AND r.rang
+                 AND NOT r.confirmed AND r.ended_at > $3) AS block_window,
+             n.locked_until
+           FROM guard_numbers n WHERE n.number = $1""",
+        number, now - timedelta(seconds=lock_window_s), now - timedelta(seconds=block_window_s))
+    if row is None:
+        return 0, 0, None
+    return int(row["recent"]), int(row["block_window"]), row["locked_until"]
+
+
+async def lock(conn: asyncpg.Connection, number: str, until: datetime, now: datetime) -> None:
+    await conn.execute(
+        """UPDATE guard_numbers SET locked_until = $2, locked_at = $3, locks = locks + 1
+           WHERE number = $1""", number, until, now)
+
+
+async def unlock(conn: asyncpg.Connection, number: str) -> bool:
+    done = await conn.fetchval(
+        """UPDATE guard_numbers SET locked_until = NULL WHERE number = $1
+           AND locked_until IS NOT NULL RETURNING true""", number)
+    return bool(done)
+
+
+async def add_entry(conn: asyncpg.Connection, *, number: str, list_name: str, reason: str,
+                    source: str, by: str, now: datetime, expires_at: datetime | None,
+                    replace: bool = True) -> bool:
+    conflict = ("DO UPDATE SET reason = $3, source = $4, created_by = $5, created_at = $6, "
+                "expires_at = $7") if replace else "DO NOTHING"
+    inserted = await conn.fetchval(
+        f"""INSERT INTO guard_lists (number, list, reason, source, created_by, created_at,
+                expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (number, list) {conflict} RETURNING true""",
+        number, list_name, reason, source, by, now, expires_at)
+    return bool(inserted)
+
+
+async def remove_entry(conn: asyncpg.Connection, number: str, list_name: str) -> bool:
+    done = await conn.fetchval(
+        "DELETE FROM guard_lists WHERE number = $1 AND list = $2 RETURNING true",
+        number, list_name)
+    return bool(done)
+
+
+async def entries(conn: asyncpg.Connection, list_name: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT number, list, reason, source, created_by, created_at, expires_at
+           FROM guard_lists WHERE list = $1 ORDER BY created_at DESC""", list_name)
+    return [dict(r) for r in rows]
+
+
+async def cap_snapshot(conn: asyncpg.Connection, day: date) -> CapSnapshot:
+    trips = {(r["scope"], r["kind"]): r["reason"] for r in await conn.fetch(
+        "SELECT scope, kind, reason FROM guard_trips WHERE reset_at IS NULL")}
+    rows = await conn.fetch(
+        """SELECT carrier_id,
+                  count(*) FILTER (WHERE status = ANY($1::text[])) AS live,
+                  count(*) FILTER (WHERE created_at > now() - interval '1 second') AS cps
+           FROM callback_attempts
+           WHERE leg = 'customer' AND (status = ANY($1::text[])
+                 OR created_at > now() - interval '1 second')
+           GROUP BY carrier_id""", list(LIVE))
+    channels = {f"trunk:{r['carrier_id']}": int(r["live"]) for r in rows}
+    cps = {f"trunk:{r['carrier_id']}": int(r["cps"]) for r in rows}
+    channels["global"] = sum(channels.values())
+    cps["global"] = sum(cps.values())
+    spend = {r["scope"]: r["effective"] for r in await conn.fetch(
+        "SELECT scope, amount - offset_amount AS effective FROM guard_spend WHERE day = $1",
+        day)}
+    return CapSnapshot(trips, channels, cps, spend)
+
+
+async def add_spend(conn: asyncpg.Connection, day: date, scope: str, currency: str,
+                    amount: Decimal) -> Decimal:
+    """Add to a scope's spend of ``day``; returns the effective spend after it."""
+    value = await conn.fetchval(
+        """INSERT INTO guard_spend (day, scope, currency, amount) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (day, scope) DO UPDATE SET amount = guard_spend.amount + $4
+           RETURNING amount - offset_amount""", day, scope, currency, amount)
+    return Decimal(value)
+
+
+async def trip(conn: asyncpg.Connection, scope: str, kind: str, verdict: Verdict,
+               now: datetime) -> bool:
+    inserted = await conn.fetchval(
+        """INSERT INTO guard_trips (scope, kind, reason, detail, tripped_at)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (scope, kind) WHERE reset_at IS NULL DO NOTHING RETURNING true""",
+        scope, kind, str(verdict.reason), verdict.detail, now)
+    return bool(inserted)
+
+
+async def reset_caps(conn: asyncpg.Connection, scope: str | None, kind: str | None, by: str,
+                     now: datetime, day: date) -> int:
+    """Reset active trips (all, or one scope/kind); spend counts from now on again."""
+    rows = await conn.fetch(
+        """UPDATE guard_trips SET reset_at = $3, reset_by = $4
+           WHERE reset_at IS NULL AND ($1::text IS NULL OR scope = $1)
+                 AND ($2::text IS NULL OR kind = $2) RETURNING scope, kind""",
+        scope, kind, now, by)
+    if kind in (None, "spend_daily"):
+        await conn.execute(
+            """UPDATE guard_spend SET offset_amount = amount
+               WHERE day = $1 AND ($2::text IS NULL OR scope = $2)""", day, scope)
+    return len(rows)
+
+
+async def active_trips(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT scope, kind, reason, detail, tripped_at FROM guard_trips
+           WHERE reset_at IS NULL ORDER BY tripped_at""")
+    return [dict(r) for r in rows]
+
+
+async def refusals(conn: asyncpg.Connection, *, since: datetime | None, reason: str | None,
+                   limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT id, at, last_at, stage, reason, detail, number, merchant_id, callback_id,
+                  edge_call_id, occurrences FROM guard_refusals
+           WHERE ($1::timestamptz IS NULL OR last_at >= $1)
+             AND ($2::text IS NULL OR reason = $2)
+           ORDER BY id DESC LIMIT $3""", since, reason, limit)
+    return [dict(r) for r in rows]
+
+
+async def locked_numbers(conn: asyncpg.Connection, now: datetime) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT number, locked_until, locked_at, locks FROM guard_numbers
+           WHERE locked_until > $1 ORDER BY locked_at DESC LIMIT 1000""", now)
+    return [dict(r) for r in rows]
+
+
+async def record_alert(conn: asyncpg.Connection, *, at: datetime, kind: str, key: str,
+                       message: str, details: dict[str, Any]) -> None:
+    await conn.execute(
+        """INSERT INTO guard_alerts (at, kind, key, message, details)
+           VALUES ($1, $2, $3, $4, $5)""", at, kind, key, message,
+        json.loads(json.dumps(details, default=str)))

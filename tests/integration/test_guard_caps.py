@@ -1,0 +1,292 @@
+"""Caps against real PostgreSQL: a reached cap refuses the next leg at once and alerts
+(webhook + e-mail through a local SMTP server); only an operator reset re-enables it.
+Also the global anomaly brake's alert, and the operator CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session
+
+import callback_server
+import shared
+from callback_server.config import StaticRoute
+from callback_server.dialer_messages import PersistAttempt, RecordCdr
+from callback_server.guard.__main__ import main as guard_cli
+from callback_server.guard.alerts import AlertSettings
+from callback_server.guard.caps import CapLimits, CapSettings
+from callback_server.guard.reasons import GuardRefused
+from callback_server.guard.service import Guard
+from callback_server.guard.settings import GuardSettings
+from callback_server.guard.testing import FakeClock
+from callback_server.ivr_flow import load_named
+from callback_server.routing import Routing
+from callback_server.schemas import IntakeRequest
+from callback_server.store import CallbackStore
+from callback_server.testing import FakeAri, FixedRater, merchant
+from callback_server.worker import Worker
+from shared.db import create_pool, migrate_url, package_migrations
+from shared.money import Money
+from shared.phone import E164
+
+pytestmark = pytest.mark.integration
+
+ACME = merchant("acme")
+T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        assert isinstance(envelope.content, bytes)
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    with socket.socket() as probe:            # aiosmtpd's start() cannot use port 0
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer hook-token"
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app)
+    await server.start_server()
+    yield received, str(server.make_url("/hook"))
+    await server.close()
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[list[Guard]]:
+    """Guards made by a test; their alert senders (HTTP sessions) are closed after it."""
+    made: list[Guard] = []
+    yield made
+    for guard in made:
+        await guard.alerter.close()
+
+
+@pytest.fixture(scope="module")
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
+                               package_migrations("callback", callback_server.__file__)])
+    p = await create_pool(pg_url, max_size=20)
+    await CallbackStore(p, owner="setup").sync_merchants([ACME])
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
+    await pool.execute("TRUNCATE cdrs, request_info, callback_attempts, callback_requests, "
+                       "outbox, inbound_messages, guard_lists, guard_numbers, guard_callbacks, "
+                       "guard_rounds, guard_refusals, guard_spend, guard_trips, guard_alerts")
+    return pool
+
+
+def settings(smtp_port: int, hook_url: str) -> GuardSettings:
+    return GuardSettings(
+        caps=CapSettings(currency="USD", global_limits=CapLimits(channels=10, cps=100,
+                                                                 spend_daily=Decimal("1.00")),
+                         trunk_default=CapLimits(channels=1, cps=100, spend_daily=None)),
+        alerts=AlertSettings(webhook_url=hook_url, webhook_token="hook-token",
+                             smtp_host="127.0.0.1", smtp_port=smtp_port,
+                             mail_to=("noc@example.net",)))
+
+
+async def claimed_job(store: CallbackStore, n: int, number: str) -> str:
+    req = IntakeRequest(f"cap-{n}", "acme", E164(number), None, T0, T0, None)
+    answer = (await store.intake(str(uuid.uuid4()), req, ACME))[1]
+    assert answer["status"] == "queued", answer
+    jobs = await store.claim(10)
+    assert [j.callback_id for j in jobs] == [answer["callback_id"]]
+    return str(answer["callback_id"])
+
+
+def leg(callback_id: str, carrier: str) -> PersistAttempt:
+    return PersistAttempt(callback_id, 1, 1, f"{callback_id}-01", "customer", carrier,
+                          f"PJSIP/x@{carrier}")
+
+
+def cdr(callback_id: str, carrier: str) -> RecordCdr:
+    return RecordCdr(call_id=f"{callback_id}-01", callback_id=callback_id, leg="customer",
+                     destination="+819012345678", carrier_id=carrier, started_at=T0,
+                     answered_at=T0, ended_at=T0 + timedelta(minutes=5),
+                     duration_s=Decimal("300"), hangup_cause=16, disposition="answered")
+
+
+async def test_channel_cap_refuses_at_once_and_alerts(
+        clean: asyncpg.Pool, smtp: tuple[Inbox, int],
+        webhook: tuple[list[dict[str, Any]], str], closing: list[Guard]) -> None:
+    inbox, port = smtp
+    hooks, url = webhook
+    guard = Guard(clean, settings(port, url))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    first = await claimed_job(store, 1, "819011110001")
+    await store.persist_leg(leg(first, "carrier-a"), "acme")       # 1 of 1 channel
+    second = await claimed_job(store, 2, "819011110002")
+    started = time.perf_counter()
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(leg(second, "carrier-a"), "acme")
+    assert time.perf_counter() - started < 1.0
+    assert refused.value.verdict.reason == "cap_trunk_channels"
+    assert refused.value.retry_in_s == 30
+    assert await clean.fetchval("SELECT count(*) FROM callback_attempts "
+                                "WHERE callback_id = $1", second) == 0
+    await store.persist_leg(leg(second, "carrier-b"), "acme")      # another trunk is free
+    await guard.alerter.drain()
+    assert [h["kind"] for h in hooks] == ["cap_reached"]
+    assert inbox.messages and "cap_reached" in inbox.messages[-1]["Subject"]
+    row = await clean.fetchrow("SELECT stage, reason FROM guard_refusals")
+    assert dict(row) == {"stage": "dial", "reason": "cap_trunk_channels"}
+    # a throttle, not a trip: the channel frees up, the trunk is usable again
+    await store.leg_result(f"{first}-01", "ended", 16)
+    third = await claimed_job(store, 3, "819011110003")
+    await store.persist_leg(leg(third, "carrier-a"), "acme")
+
+
+async def test_spend_cap_trips_and_only_an_operator_reset_reenables(
+        clean: asyncpg.Pool, smtp: tuple[Inbox, int],
+        webhook: tuple[list[dict[str, Any]], str], pg_url: str,
+        closing: list[Guard]) -> None:
+    inbox, port = smtp
+    hooks, url = webhook
+    guard = Guard(clean, settings(port, url))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    before = len(inbox.messages)
+    a = await claimed_job(store, 10, "819022220001")
+    await store.persist_leg(leg(a, "carrier-a"), "acme")
+    await store.record_cdr(cdr(a, "carrier-a"), edge_call_id="cap-10", merchant_id="acme",
+                           billed_s=300, carrier_cost=Money.of("0.70", "USD"), direct_cost=None)
+    await store.leg_result(f"{a}-01", "ended", 16)
+    b = await claimed_job(store, 11, "819022220002")
+    await store.persist_leg(leg(b, "carrier-b"), "acme")           # 0.70 of 1.00: fine
+    started = time.perf_counter()
+    await store.record_cdr(cdr(b, "carrier-b"), edge_call_id="cap-11", merchant_id="acme",
+                           billed_s=300, carrier_cost=Money.of("0.35", "USD"), direct_cost=None)
+    c = await claimed_job(store, 12, "819022220003")
+    with pytest.raises(GuardRefused) as refused:                    # 1.05: tripped
+        await store.persist_leg(leg(c, "carrier-b"), "acme")
+    assert time.perf_counter() - started < 1.0
+    assert refused.value.verdict.reason == "cap_spend_daily"
+    await guard.alerter.drain()
+    assert "cap_tripped" in [h["kind"] for h in hooks]
+    assert any("cap_tripped" in m["Subject"] for m in inbox.messages[before:])
+    assert await clean.fetchval("SELECT count(*) FROM guard_alerts "
+                                "WHERE kind = 'cap_tripped'") == 1
+
+    # The worker leaves jobs queued (uncounted) while every trunk is capped.
+    await store.release(c, 0, "test")
+    fake = FakeAri()
+    ready = asyncio.Event()
+    ready.set()
+    w = Worker(store=store, db_url=pg_url, merchants={"acme": ACME},
+               flows={"order": load_named("order")},
+               routes=Routing(None, (StaticRoute("carrier-b", "PJSIP/{digits}@carrier-b"),)),
+               client=fake, router=fake.router, rater=FixedRater(), ari_ready=ready,
+               guard=guard)
+    assert await w.claim_and_start() == 1
+    await asyncio.wait(list(w._tasks.values()), timeout=5)
+    assert fake.named("originate") == []
+    row = await clean.fetchrow("SELECT status, reason, attempts FROM callback_requests "
+                               "WHERE callback_id = $1", c)
+    assert dict(row) == {"status": "queued", "reason": "cap_spend_daily", "attempts": 0}
+
+    # Still refused on any trunk until an operator resets the cap.
+    await clean.execute("UPDATE callback_requests SET next_attempt_at = now() "
+                        "WHERE callback_id = $1", c)
+    assert [j.callback_id for j in await store.claim(10)] == [c]
+    with pytest.raises(GuardRefused):
+        await store.persist_leg(leg(c, "carrier-a"), "acme")
+    assert await guard.reset_caps("global", "spend_daily", "noc") == 1
+    await store.persist_leg(leg(c, "carrier-a"), "acme")           # re-enabled
+
+
+async def test_brake_alerts_when_new_numbers_stay_unconfirmed(
+        clean: asyncpg.Pool, smtp: tuple[Inbox, int],
+        webhook: tuple[list[dict[str, Any]], str], closing: list[Guard]) -> None:
+    _, port = smtp
+    hooks, url = webhook
+    clock = FakeClock(T0)
+    s = replace(settings(port, url), brake=replace(GuardSettings().brake, threshold=3))
+    guard = Guard(clean, s, clock=clock)
+    closing.append(guard)
+    for i in range(4):
+        await guard.round_ended(callback_id=f"cb-b{i}", attempt_no=1,
+                                number=E164(f"81903333000{i}"), merchant_id="acme",
+                                rang=True, confirmed=False)
+        clock.advance(10)
+    await guard.alerter.drain()
+    assert [h["kind"] for h in hooks] == ["brake_engaged"]
+    store = CallbackStore(clean, owner="w", guard=guard)
+    req = IntakeRequest("brake-1", "acme", E164("819044440000"), None, T0, T0, None)
+    answer = (await store.intake(str(uuid.uuid4()), req, ACME))[1]
+    assert answer["reason"] == "brake_new_numbers"
+    await clean.execute("INSERT INTO guard_lists (number, list, created_at) "
+                        "VALUES ('+819044440001', 'allow', now())")
+    req = IntakeRequest("brake-2", "acme", E164("819044440001"), None, T0, T0, None)
+    assert (await store.intake(str(uuid.uuid4()), req, ACME))[1]["status"] == "queued"
+    clock.advance(600)                                              # the window slides past
+    req = IntakeRequest("brake-3", "acme", E164("819044440000"), None, T0, T0, None)
+    assert (await store.intake(str(uuid.uuid4()), req, ACME))[1]["status"] == "queued"
+
+
+def test_operator_cli_manages_lists_and_caps(pg_url: str, pki_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    text = (REPO / "deploy/callback.example.toml").read_text().replace("../var/pki",
+                                                                       str(pki_dir))
+    config = tmp_path / "callback.toml"
+    config.write_text(text)
+    monkeypatch.setenv("CALLBACK__DATABASE__URL", pg_url)
+    base = ["--config", str(config)]
+
+    def run(*args: str) -> Any:
+        assert guard_cli([*base, *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert run("lists", "add", "block", "+819055550000", "--reason", "cli test",
+               "--by", "noc")["ok"]
+    assert [e["number"] for e in run("lists", "show", "block")["entries"]] == ["+819055550000"]
+    assert run("lists", "remove", "block", "819055550000")["ok"]
+    assert run("caps", "reset", "--by", "noc")["reset"] == 0
+    assert "trips" in run("status")
+    assert isinstance(run("refusals", "--limit", "5")["refusals"], list)
