@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-_DIGITS = re.compile(r"^\+?\d+$")
+# ASCII digits only, and \Z: Python's \d also matches other scripts' digits, and $
+# also matches before a trailing newline.
+_E164 = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
+_DIGITS = re.compile(r"\A\+?[0-9]+\Z")
 _SEPARATORS = re.compile(r"[\s\-().]")
 WITHHELD_NAMES = frozenset({"anonymous", "unknown", "private", "restricted", "unavailable",
                             "withheld", "non-disclosure"})

@@ -49,3 +49,18 @@ def test_number_types_and_parse() -> None:
     assert str(E164.parse("+819012345678")) == "+819012345678"
     with pytest.raises(InvalidNumber):
         E164.parse("819012345678")
+
+
+FULLWIDTH = "０９０１２３４５６７８"
+ARABIC_INDIC = "\u0669\u0660\u0661\u0662\u0663\u0664\u0665"
+
+
+@pytest.mark.parametrize("raw", [FULLWIDTH, ARABIC_INDIC])
+def test_caller_ids_must_be_ascii_digits(raw: str) -> None:
+    assert classify_caller_id(raw).refusal is CallerIdRefusal.MALFORMED
+
+
+@pytest.mark.parametrize("text", ["+819012345678\n", "+８１９０１２３４５６７８"])
+def test_e164_parse_is_strict(text: str) -> None:
+    with pytest.raises(InvalidNumber):
+        E164.parse(text)
