@@ -142,8 +142,9 @@ class Stack:
     # ---- databases and rates ---------------------------------------------------------
 
     async def _databases(self) -> None:
-        server = os.environ.get("DATABASE_URL") or await asyncio.to_thread(
-            embedded_url, "postgres")
+        server: str = os.environ.get("DATABASE_URL") or ""
+        if not server:
+            server = await asyncio.to_thread(embedded_url, "postgres")
         self.edge_db_url = await fresh_database(server, f"{self.db_prefix}_edge")
         self.callback_db_url = await fresh_database(server, f"{self.db_prefix}_callback")
 

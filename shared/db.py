@@ -179,8 +179,8 @@ async def listening(url: str, channel: str) -> AsyncIterator[asyncio.Queue[str]]
     """A dedicated connection LISTENing on ``channel``; payloads arrive on the queue.
 
     A dedicated connection (not from the pool) because a LISTEN lives as long
-    as its session. If the connection drops, ``None``-free queue semantics are
-    kept: the caller should treat silence with a periodic safety sweep.
+    as its session. If the connection drops, notifications stop: callers keep a
+    slow safety sweep and reconnect.
     """
     queue: asyncio.Queue[str] = asyncio.Queue()
     conn = await asyncpg.connect(url)
@@ -188,14 +188,13 @@ async def listening(url: str, channel: str) -> AsyncIterator[asyncio.Queue[str]]
     def _on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
         queue.put_nowait(payload)
 
-    await conn.add_listener(channel, _on_notify)
     try:
+        await conn.add_listener(channel, _on_notify)
         yield queue
     finally:
-        try:
-            await conn.remove_listener(channel, _on_notify)
-        finally:
-            await conn.close()
+        # A LISTEN-only session has nothing to flush: terminate() is immediate and
+        # cannot be interrupted by a second cancellation, so the socket never leaks.
+        conn.terminate()
 
 
 def package_migrations(name: str, package_file: str) -> MigrationSet:

@@ -34,8 +34,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         yield running
 
 
-async def finished(role: SippRole, timeout: float = 40) -> None:
-    await asyncio.to_thread(role.wait, timeout)
+async def finished(role: SippRole, within_s: float = 40) -> None:
+    await asyncio.to_thread(role.wait, within_s)
 
 
 def first(messages: list[SipMessage], predicate: str) -> SipMessage:

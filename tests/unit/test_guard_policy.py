@@ -12,7 +12,7 @@ import pytest
 from callback_server.guard import brake, caps, velocity
 from callback_server.guard.policy import Listing, Policy, PolicySettings, classify_raw
 from callback_server.guard.reasons import Refusal, Verdict
-from shared.phone import E164, NumberType
+from shared.phone import E164, InvalidNumber, NumberType
 
 POLICY = Policy()
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
@@ -95,10 +95,9 @@ def test_unicode_digits_newlines_and_national_forms_are_malformed(raw: str) -> N
     assert isinstance(verdict, Verdict) and verdict.reason == "destination_malformed"
 
 
-def test_policy_refuses_non_ascii_digits_that_slipped_into_an_e164() -> None:
-    sneaky = E164.parse("+81９012345678")        # shared.phone accepts it (\d is Unicode)
-    verdict = POLICY.evaluate(sneaky)
-    assert verdict is not None and verdict.reason == "destination_malformed"
+def test_non_ascii_digits_never_become_an_e164() -> None:
+    with pytest.raises(InvalidNumber):             # refused before the policy sees it
+        E164.parse("+81９012345678")
 
 
 # --- velocity ------------------------------------------------------------------------------
