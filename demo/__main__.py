@@ -20,10 +20,12 @@ from pathlib import Path
 
 from demo.stack import REPO, TOLL_FREE, MerchantOptions, Stack, StackError
 from demo.timeline import cost_summary, db_entries, render, sip_entries
+from shared.money import FxTable
 
 # Customer's key presses on the call-back: confirm the call-back (guard), order (1),
 # item 1234#, quantity 2#, confirm (1). Gaps let each prompt start first.
 ORDER_DIGITS = "1" + "1" + "1234#" + "2#" + "1"
+FX_USD_JPY = "155"   # as in deploy/*.example.toml [rates.fx_rates]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -65,8 +67,14 @@ async def run(args: argparse.Namespace) -> int:
         statuses = phone.statuses_received()
         print(f"\n== inbound leg: responses {statuses}; "
               f"{'never answered (no 200 OK)' if 200 not in statuses else 'answered'}")
-        print("== cost of this call")
-        print(cost_summary(facts, None))
+        print("\n== why a call-back: the edge's decision for this caller, made before it "
+              "hung up\n   (python -m routing_rates decide; expected cost over the call-length "
+              "distribution)")
+        print(stack.run_cli(["-m", "routing_rates", "--database-url", stack.edge_db_url,
+                             "--currency", "JPY", "--fx", f"USD={FX_USD_JPY}", "decide",
+                             args.caller], name="routing_rates").rstrip())
+        print("\n== what this particular call cost")
+        print(cost_summary(facts, FxTable.from_mapping("JPY", {"USD": FX_USD_JPY})))
     return 0
 
 

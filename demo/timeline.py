@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from demo.stack import Stack
+from shared.money import FxTable, Money
 from tests.harness.sipp import SipMessage, SippRole
 
 
@@ -113,20 +114,28 @@ def render(entries: list[Entry]) -> str:
     return "\n".join(lines)
 
 
-def cost_summary(facts: dict[str, Any], toll_free_cost: tuple[Decimal, str] | None) -> str:
+def cost_summary(facts: dict[str, Any], fx: FxTable) -> str:
+    """This call's carrier cost against the same call kept on the toll-free number."""
     cdrs = [c for c in facts.get("cdrs", []) if c["carrier_cost"] is not None]
     if not cdrs:
-        return "no rated CDR"
+        return "  no rated CDR"
     lines = []
+    total = Money.zero("JPY")
     for c in cdrs:
-        lines.append(f"  call-back leg ({c['leg']}, {c['carrier_id']}): "
-                     f"{c['carrier_cost']} {c['carrier_currency']} for {c['billed_s']} s billed")
-        if c["direct_cost"] is not None:
-            lines.append(f"  the same call kept on the toll-free line: "
-                         f"{c['direct_cost']} {c['direct_currency']}")
-    if toll_free_cost:
-        lines.append(f"  (toll-free counterfactual from the tariff: {toll_free_cost[0]} "
-                     f"{toll_free_cost[1]})")
+        cost = fx.convert(Money(Decimal(c["carrier_cost"]), c["carrier_currency"]), "JPY")
+        total = total + cost
+        lines.append(f"  call-back leg via {c['carrier_id']}: {c['carrier_cost'].normalize()} "
+                     f"{c['carrier_currency']} = {cost.round_up(2).amount} JPY "
+                     f"({c['billed_s']} s billed for {c['duration_s']} s)")
+    answered = [c for c in cdrs if c["direct_cost"] is not None]
+    if answered:
+        direct = Money(Decimal(answered[0]["direct_cost"]), answered[0]["direct_currency"])
+        direct = fx.convert(direct, "JPY")
+        lines.append(f"  the same call kept on the toll-free line: {direct.round_up(2).amount} JPY")
+        verdict = "saved" if total < direct else "cost"
+        delta = abs((direct - total).amount).quantize(Decimal("0.01"))
+        lines.append(f"  this call {verdict} {delta} JPY by calling back (short calls can lose "
+                     "under 60/60 billing; the decision uses the expected call length)")
     return "\n".join(lines)
 
 
