@@ -169,9 +169,9 @@ async def through_the_system(workdir: Path, numbers: list[str], rate: float
 # A latency run calls 50 new numbers in a few seconds: the guard's anomaly brake and
 # CPS caps would (rightly) stop that in production, so this run raises them.
 BENCH_GUARD_ENV = {
-    "CALLBACK__GUARD__BRAKE_NEW_NUMBERS": "100000",
-    "CALLBACK__GUARD__GLOBAL_CPS": "100",
-    "CALLBACK__GUARD__TRUNK_CPS": "100",
+    "CALLBACK__GUARD__BRAKE__THRESHOLD": "100000",
+    "CALLBACK__GUARD__CAPS__GLOBAL__CPS": "0",          # 0 = no cap
+    "CALLBACK__GUARD__CAPS__TRUNK_DEFAULT__CPS": "0",
 }
 
 
