@@ -10,8 +10,9 @@ order; the worker drains running calls first (``callback.drain_s``).
 Asterisk being unreachable never stops the server: the ARI client retries
 forever, the worker leaves due jobs queued (uncounted) until the events
 websocket is connected, and ``/healthz`` says ``ari: connecting``. The
-database is retried for ``DB_START_TIMEOUT_S`` at start; later outages answer
-503 ``database-unavailable`` so the edge retries.
+database is retried for a minute at start-up; later outages answer 503
+``database-unavailable`` so the edge retries. The building blocks shared with
+the edge are in :mod:`shared.site`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from typing import Any
 
 import asyncpg
@@ -35,22 +35,28 @@ from callback_server.guard.http import GUARD_KEY
 from callback_server.guard.http import install as install_guard
 from callback_server.guard.metrics import Metrics
 from callback_server.guard.service import Guard
-from callback_server.http import HEALTH_KEY, STORE_KEY, Health, create_http_app
+from callback_server.http import STORE_KEY, create_http_app
 from callback_server.routing import Routing
 from callback_server.stasis import StasisApp
 from callback_server.store import CallbackStore
 from callback_server.worker import Worker
-from shared import ari
-from shared.db import MigrationSet, create_pool, migrate, package_migrations, resolve_url
-from shared.link import LinkClient, purge_seen
+from shared.db import MigrationSet, migrate, package_migrations
+from shared.http import HEALTH_KEY, Health
+from shared.link import purge_seen
 from shared.money import FxTable
 from shared.outbox import OutboxRelay
-from shared.pki import client_context
-from shared.signing import Signer, SigningKey, Verifier, load_public_key
+from shared.site import ari_client as make_ari_client
+from shared.site import (
+    background,
+    connect_database,
+    link_client,
+    log_asterisk_reachability,
+    start_rating_service,
+    verifier_for,
+)
 
 log = logging.getLogger("callback.app")
 
-DB_START_TIMEOUT_S = 60.0
 PURGE_EVERY_S = 3600.0
 
 SETTINGS_KEY = web.AppKey("callback_settings", CallbackSettings)
@@ -75,14 +81,9 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
     return sets
 
 
-def verifier_for(settings: CallbackSettings) -> Verifier:
-    return Verifier({key_id: load_public_key(path)
-                     for key_id, path in settings.signing.trusted.items()})
-
-
 def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Application:
     health = Health()
-    app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings),
+    app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = Metrics()
@@ -99,37 +100,18 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
 
 
 def _mount_rates(app: web.Application) -> None:
-    """Add routing_rates' quote/decide routes (``routing_rates.http.routes``)."""
-    try:
-        module = importlib.import_module("routing_rates.http")
-        app.add_routes(module.routes())
-    except Exception as exc:   # the call-back path does not depend on these routes
-        log.error("routing_rates quote/decide routes not mounted: %s: %s",
-                  type(exc).__name__, exc)
+    """``GET /v1/rates/quote`` and ``/v1/rates/decide``: 503 until the service has started."""
+    from routing_rates.http import routes
 
+    def service() -> Any:
+        return app[ROUTING_KEY].service if ROUTING_KEY in app else None
 
-async def _connect(settings: CallbackSettings) -> tuple[str, asyncpg.Pool]:
-    db = settings.database
-    url = await asyncio.to_thread(resolve_url, db.url, db.name)
-    deadline = asyncio.get_running_loop().time() + DB_START_TIMEOUT_S
-    delay = 0.5
-    while True:
-        try:
-            pool = await create_pool(url, min_size=db.min_connections,
-                                     max_size=db.max_connections)
-            return url, pool
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"database unreachable for {DB_START_TIMEOUT_S:.0f} s: "
-                                   f"{exc}") from exc
-            log.warning("database not reachable (%s); retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    app.add_routes(routes(service))
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    url, pool = await _connect(settings)
+    url, pool = await connect_database(settings.database, log)
     async with pool.acquire() as conn:
         applied = await migrate(conn, migration_sets(settings.rates.enabled))
     if applied:
@@ -156,21 +138,12 @@ def _fx(settings: CallbackSettings) -> FxTable | None:
 
 async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    service: Any = None
-    if settings.rates.enabled:
-        try:
-            from shared.money import FxTable
-
-            rating_service: Any = importlib.import_module("routing_rates").RatingService
-            fx = FxTable.from_mapping(settings.rates.fx_base, settings.rates.fx_rates)
-            service = await rating_service.start(app[POOL_KEY], fx=fx)
-            log.info("routing_rates loaded: carriers ranked by expected cost")
-        except Exception as exc:
-            log.error("routing_rates unavailable (%s: %s); static routes, CDRs without cost",
-                      type(exc).__name__, exc)
-    app[ROUTING_KEY] = Routing(service, settings.callback.static_routes)
-    if service is None and not settings.callback.static_routes:
+    service = await start_rating_service(app[POOL_KEY], settings.rates, log)
+    if service is not None:
+        log.info("routing_rates loaded: carriers ranked by expected cost")
+    elif not settings.callback.static_routes:
         log.error("no routing_rates and no [[callback.routes]]: every job fails with no_route")
+    app[ROUTING_KEY] = Routing(service, settings.callback.static_routes)
     yield
     if service is not None:
         await service.close()
@@ -178,24 +151,17 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    signer = Signer([SigningKey.load(path) for path in settings.signing.keys])
-    tls = settings.tls
-    ssl_ctx = client_context(tls.ca, tls.cert, tls.key) if tls else None
-    client = LinkClient(settings.peer_routes, signer, ssl_ctx)
+    client = link_client(settings.signing, settings.tls, settings.peer)
     await client.start()
     relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner_name())
-    task = asyncio.create_task(relay.run(), name="outbox relay")
-    yield
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
+    async with background(relay.run(), "outbox relay"):
+        yield
     await client.close()
 
 
 async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    a = settings.ari
-    client = ari.AriClient(base_url=a.url, username=a.username, password=a.password, app=a.app)
+    client = make_ari_client(settings.ari)
     await client.start()
     workers: list[Worker] = []
     stasis = StasisApp(client, lambda: workers[0].calls if workers else {})
@@ -211,21 +177,11 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     health = app[HEALTH_KEY]
     health.ari_state = lambda: "connected" if stasis.ready.is_set() else "connecting"
     health.extra = lambda: {"calls": len(worker.calls)}
-    try:
-        info = await asyncio.wait_for(client.asterisk_info(), 2.0)
-        log.info("Asterisk %s reachable at %s", info.get("system", {}).get("version", "?"),
-                 a.url)
-    except (ari.AriError, TimeoutError) as exc:
-        log.warning("Asterisk ARI at %s is not reachable yet (%s); the server runs and keeps "
-                    "retrying; jobs stay queued meanwhile", a.url, exc)
-    events = asyncio.create_task(stasis.run(), name="ari events")
-    jobs = asyncio.create_task(worker.run(), name="callback worker")
-    yield
-    await worker.shutdown()
-    for task in (jobs, events):
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+    await log_asterisk_reachability(client, settings.ari.url, log, "jobs stay queued meanwhile")
+    async with background(stasis.run(), "ari events"):
+        async with background(worker.run(), "callback worker"):
+            yield
+            await worker.shutdown()
     await stasis.router.drain()
     await client.close()
 
@@ -240,8 +196,5 @@ async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("purge of old message ids failed: %s", exc)
 
-    task = asyncio.create_task(purge_forever(), name="message id purge")
-    yield
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
+    async with background(purge_forever(), "message id purge"):
+        yield

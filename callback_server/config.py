@@ -1,5 +1,5 @@
-"""Callback-site settings: the shared sections plus ``[callback]``, ``[rates]`` and
-``[guard]`` (:mod:`callback_server.guard.settings`).
+"""Callback-site settings: the sections every site has (:class:`shared.site.SiteCommon`)
+plus ``[callback]`` and ``[guard]`` (:mod:`callback_server.guard.settings`).
 
 Read from one TOML file with ``CALLBACK__SECTION__KEY`` environment overrides
 (``shared.config``). ``deploy/callback.example.toml`` shows every key.
@@ -21,15 +21,15 @@ from shared.config import (
     ConfigError,
     DatabaseSettings,
     HttpSettings,
-    LinkRoute,
     Merchant,
     Section,
     SigningSettings,
     TlsSettings,
     load,
-    parse_merchants,
     root,
 )
+from shared.link_policy import PeerSettings
+from shared.site import RatesSettings, SiteCommon
 
 ENV_PREFIX = "CALLBACK"
 DEFAULT_DATABASE = "cbgw_callback"
@@ -79,19 +79,6 @@ class CallbackBehaviour:
 
 
 @dataclass(frozen=True, slots=True)
-class RatesSettings:
-    enabled: bool
-    fx_base: str
-    fx_rates: Mapping[str, str]
-
-    @classmethod
-    def parse(cls, s: Section) -> RatesSettings:
-        fx = s.section("fx_rates")
-        return cls(enabled=s.bool("enabled", False), fx_base=s.str("fx_base", "JPY"),
-                   fx_rates={k: str(fx.decimal(k)) for k in fx.data})
-
-
-@dataclass(frozen=True, slots=True)
 class CallbackSettings:
     path: Path
     database: DatabaseSettings
@@ -100,25 +87,19 @@ class CallbackSettings:
     require_client_cert: bool
     ari: AriSettings
     signing: SigningSettings
-    peer_routes: tuple[LinkRoute, ...]
+    peer: PeerSettings
     merchants: tuple[Merchant, ...]
-    callback: CallbackBehaviour
     rates: RatesSettings
+    callback: CallbackBehaviour
     flows: Mapping[str, Flow]
     guard: GuardSettings = field(default_factory=GuardSettings)
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> CallbackSettings:
-        source = load(path, ENV_PREFIX, environ)
-        top = root(source)
-        http = top.section("http")
-        tls = TlsSettings.parse(top.section("tls")) if top.has("tls") else None
-        routes = tuple(LinkRoute.parse(r) for r in top.section("peer").sections("routes"))
-        if not routes:
-            raise top.error("peer.routes", "at least one route to the edge site is needed")
-        merchants = parse_merchants(top)
-        if not merchants:
-            raise top.error("merchants", "at least one [[merchants]] entry is needed")
+        top = root(load(path, ENV_PREFIX, environ))
+        common = SiteCommon.parse(top, path, app="callback", default_database=DEFAULT_DATABASE,
+                                  default_port=DEFAULT_PORT, require_client_cert=True)
+        merchants = common.merchants
         guard = GuardSettings.parse(top.section("guard"))
         behaviour = CallbackBehaviour.parse(top.section("callback"))
         behaviour = replace(behaviour, worker=replace(behaviour.worker,
@@ -135,14 +116,7 @@ class CallbackSettings:
                                     f"flow {m.ivr_flow!r} has no confirm_callback gate "
                                     "(press 1 before anything else); [guard] "
                                     "require_confirm = true requires one")
-        return cls(
-            path=path, database=DatabaseSettings.parse(top.section("database"), DEFAULT_DATABASE),
-            http=HttpSettings.parse(http, DEFAULT_PORT), tls=tls,
-            require_client_cert=http.bool("require_client_cert", True),
-            ari=AriSettings.parse(top.section("ari"), "callback"),
-            signing=SigningSettings.parse(top.section("signing")),
-            peer_routes=routes, merchants=merchants, callback=behaviour,
-            rates=RatesSettings.parse(top.section("rates")), flows=flows, guard=guard)
+        return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard)
 
     def merchant(self, merchant_id: str) -> Merchant:
         for m in self.merchants:

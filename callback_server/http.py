@@ -18,12 +18,8 @@ retries), plus the ``signature-*`` ids of the link middleware (401).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import asyncpg
 from aiohttp import web
@@ -32,10 +28,14 @@ from callback_server.schemas import parse_intake
 from callback_server.store import CallbackStore
 from shared.config import Merchant
 from shared.http import (
+    HEALTH_KEY,
     MAX_BODY_BYTES,
+    TOKENS_KEY,
     ApiError,
+    Health,
+    MerchantTokens,
     ServiceUnavailable,
-    Unauthorized,
+    authenticated_merchant,
     error_middleware,
     json_response,
 )
@@ -48,34 +48,8 @@ DB_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConn
              asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError)
 
 
-@dataclass
-class Health:
-    """Live facts for ``/healthz``, filled in by the composition root."""
-
-    ari_state: Callable[[], str] = field(default=lambda: "not started")
-    extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
-
-
-class Merchants:
-    """Merchant lookup by id, and bearer token → merchant (constant-time digests)."""
-
-    def __init__(self, merchants: Sequence[Merchant]) -> None:
-        self.by_id = {m.id: m for m in merchants}
-        self._digests = [(m.api_token_sha256.encode(), m.id) for m in merchants
-                         if m.api_token_sha256]
-
-    def for_token(self, token: str) -> str | None:
-        digest = hashlib.sha256(token.encode()).hexdigest().encode()
-        found = None
-        for expected, merchant_id in self._digests:
-            if hmac.compare_digest(digest, expected):
-                found = merchant_id
-        return found
-
-
 STORE_KEY = web.AppKey("callback_store", CallbackStore)
-MERCHANTS_KEY = web.AppKey("callback_merchants", Merchants)
-HEALTH_KEY = web.AppKey("callback_health", Health)
+MERCHANTS_KEY = web.AppKey("callback_merchants", dict[str, Merchant])
 
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
@@ -85,7 +59,8 @@ def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
     app = web.Application(client_max_size=max_body_bytes,
                           middlewares=[error_middleware, signature_middleware])
     app[VERIFIER_KEY] = verifier
-    app[MERCHANTS_KEY] = Merchants(merchants)
+    app[MERCHANTS_KEY] = {m.id: m for m in merchants}
+    app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in merchants])
     app[HEALTH_KEY] = health or Health()
     app.router.add_post("/v1/link/callbacks", link_callbacks)
     app.router.add_get("/v1/callbacks/{callback_id}", get_callback)
@@ -102,7 +77,7 @@ def _store(request: web.Request) -> CallbackStore:
 
 async def link_callbacks(request: web.Request) -> web.Response:
     req = parse_intake(raw_body(request))
-    merchant = request.app[MERCHANTS_KEY].by_id.get(req.merchant_id)
+    merchant = request.app[MERCHANTS_KEY].get(req.merchant_id)
     if merchant is None:
         raise ApiError(422, "unknown-merchant", f"merchant_id: no merchant {req.merchant_id!r}",
                        field="merchant_id")
@@ -117,21 +92,8 @@ async def link_callbacks(request: web.Request) -> web.Response:
     return json_response(body, status=status)
 
 
-def _merchant(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise Unauthorized("auth-missing", "Authorization: Bearer <token> is required")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("auth-invalid", "expected Authorization: Bearer <token>")
-    merchant_id = request.app[MERCHANTS_KEY].for_token(token.strip())
-    if merchant_id is None:
-        raise Unauthorized("auth-invalid", "unknown API token")
-    return merchant_id
-
-
 async def get_callback(request: web.Request) -> web.Response:
-    merchant_id = _merchant(request)
+    merchant_id = authenticated_merchant(request)
     callback_id = request.match_info["callback_id"]
     try:
         row = await _store(request).get(callback_id)

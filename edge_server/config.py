@@ -1,4 +1,5 @@
-"""Edge settings: the shared sections plus ``[edge]``, ``[edge.timings]`` and ``[rates]``.
+"""Edge settings: the sections every site has (:class:`shared.site.SiteCommon`) plus
+``[edge]`` and ``[edge.timings]``.
 
 Read from one TOML file with ``EDGE__SECTION__KEY`` environment overrides
 (``shared.config``). See ``deploy/edge.example.toml`` for every key.
@@ -17,16 +18,16 @@ from shared.config import (
     ConfigError,
     DatabaseSettings,
     HttpSettings,
-    LinkRoute,
     Merchant,
     Section,
     SigningSettings,
     TlsSettings,
     load,
-    parse_merchants,
     root,
 )
+from shared.link_policy import PeerSettings
 from shared.phone import E164
+from shared.site import RatesSettings, SiteCommon
 
 ENV_PREFIX = "EDGE"
 DEFAULT_DATABASE = "cbgw_edge"
@@ -71,56 +72,26 @@ class EdgeBehaviour:
 
 
 @dataclass(frozen=True, slots=True)
-class RatesSettings:
-    enabled: bool
-    fx_base: str
-    fx_rates: Mapping[str, str]
-    announce_s: Decimal
-
-    @classmethod
-    def parse(cls, s: Section) -> RatesSettings:
-        fx = s.section("fx_rates")
-        return cls(enabled=s.bool("enabled", False), fx_base=s.str("fx_base", "JPY"),
-                   fx_rates={k: str(fx.decimal(k)) for k in fx.data},
-                   announce_s=s.decimal("announce_s", "5", min=Decimal(0)))
-
-
-@dataclass(frozen=True, slots=True)
 class EdgeSettings:
     path: Path
     database: DatabaseSettings
     http: HttpSettings
     tls: TlsSettings | None            # None: plain HTTP (development only)
-    require_client_cert: bool
+    require_client_cert: bool          # off: call centers read /v1/* without client certs
     ari: AriSettings
     signing: SigningSettings
-    peer_routes: tuple[LinkRoute, ...]
+    peer: PeerSettings
     merchants: tuple[Merchant, ...]
-    edge: EdgeBehaviour
     rates: RatesSettings
+    edge: EdgeBehaviour
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> EdgeSettings:
-        source = load(path, ENV_PREFIX, environ)
-        top = root(source)
-        http = top.section("http")
-        tls = TlsSettings.parse(top.section("tls")) if top.has("tls") else None
-        routes = tuple(LinkRoute.parse(r) for r in top.section("peer").sections("routes"))
-        if not routes:
-            raise top.error("peer.routes", "at least one route to the callback site is needed")
-        merchants = parse_merchants(top)
-        if not merchants:
-            raise top.error("merchants", "at least one [[merchants]] entry is needed")
-        settings = cls(
-            path=path, database=DatabaseSettings.parse(top.section("database"), DEFAULT_DATABASE),
-            http=HttpSettings.parse(http, DEFAULT_PORT), tls=tls,
-            require_client_cert=http.bool("require_client_cert", False),
-            ari=AriSettings.parse(top.section("ari"), "edge"),
-            signing=SigningSettings.parse(top.section("signing")),
-            peer_routes=routes, merchants=merchants,
-            edge=EdgeBehaviour.parse(top.section("edge")),
-            rates=RatesSettings.parse(top.section("rates")))
-        unknown = set(settings.edge.per_merchant_unrated) - {m.id for m in merchants}
+        top = root(load(path, ENV_PREFIX, environ))
+        common = SiteCommon.parse(top, path, app="edge", default_database=DEFAULT_DATABASE,
+                                  default_port=DEFAULT_PORT, require_client_cert=False)
+        settings = cls(**common.fields(), edge=EdgeBehaviour.parse(top.section("edge")))
+        unknown = set(settings.edge.per_merchant_unrated) - {m.id for m in settings.merchants}
         if unknown:
             raise ConfigError(f"{path}: edge.unrated_callback: unknown merchant(s) "
                               f"{', '.join(sorted(unknown))}")

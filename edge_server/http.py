@@ -17,11 +17,8 @@ plus the ``signature-*`` ids of the link middleware and ``body-too-large`` (413)
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -37,11 +34,15 @@ from edge_server.reports import (
 )
 from shared.config import Merchant
 from shared.http import (
+    HEALTH_KEY,
     MAX_BODY_BYTES,
+    TOKENS_KEY,
     ApiError,
+    Health,
     InvalidField,
+    MerchantTokens,
     ServiceUnavailable,
-    Unauthorized,
+    authenticated_merchant,
     error_middleware,
     json_response,
     read_json_object,
@@ -58,33 +59,7 @@ _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
               asyncpg.CannotConnectNowError, TimeoutError)
 
 
-class TokenTable:
-    """Bearer token → merchant id, comparing SHA-256 digests in constant time."""
-
-    def __init__(self, merchants: Sequence[Merchant]) -> None:
-        self._digests = [(m.api_token_sha256.encode(), m.id) for m in merchants
-                         if m.api_token_sha256]
-
-    def merchant_for(self, token: str) -> str | None:
-        digest = hashlib.sha256(token.encode()).hexdigest().encode()
-        found = None
-        for expected, merchant_id in self._digests:
-            if hmac.compare_digest(digest, expected):
-                found = merchant_id
-        return found
-
-
-@dataclass
-class Health:
-    """Live facts for ``/healthz``, filled in by the composition root."""
-
-    ari_state: Callable[[], str] = field(default=lambda: "not started")
-    extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
-
-
 POOL_KEY = web.AppKey("edge_pool", asyncpg.Pool)
-TOKENS_KEY = web.AppKey("edge_tokens", TokenTable)
-HEALTH_KEY = web.AppKey("edge_health", Health)
 
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
@@ -94,7 +69,7 @@ def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
     app = web.Application(client_max_size=max_body_bytes,
                           middlewares=[error_middleware, signature_middleware])
     app[VERIFIER_KEY] = verifier
-    app[TOKENS_KEY] = TokenTable(merchants)
+    app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in merchants])
     app[HEALTH_KEY] = health or Health()
     app.router.add_post("/v1/link/events", link_events)
     app.router.add_get("/v1/requests", list_requests)
@@ -124,19 +99,6 @@ async def link_events(request: web.Request) -> web.Response:
     return json_response(body, status=status)
 
 
-def _merchant(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise Unauthorized("auth-missing", "Authorization: Bearer <token> is required")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("auth-invalid", "expected Authorization: Bearer <token>")
-    merchant_id = request.app[TOKENS_KEY].merchant_for(token.strip())
-    if merchant_id is None:
-        raise Unauthorized("auth-invalid", "unknown API token")
-    return merchant_id
-
-
 def parse_list_query(merchant_id: str, query: Mapping[str, str]) -> ListQuery:
     unknown = sorted(set(query) - _LIST_PARAMS)
     if unknown:
@@ -164,7 +126,7 @@ def parse_list_query(merchant_id: str, query: Mapping[str, str]) -> ListQuery:
 
 
 async def _list(request: web.Request, table: str) -> web.Response:
-    q = parse_list_query(_merchant(request), request.rel_url.query)
+    q = parse_list_query(authenticated_merchant(request), request.rel_url.query)
     try:
         page = await list_rows(_pool(request), table, q)
     except _DB_ERRORS as exc:

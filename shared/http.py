@@ -12,9 +12,12 @@ application's ``client_max_size`` (:data:`MAX_BODY_BYTES` by default).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -114,3 +117,54 @@ def require_str(data: Mapping[str, Any], field: str, *, max_len: int = 256,
     if len(value) > max_len:
         raise InvalidField(field, f"longer than {max_len} characters")
     return value
+
+
+# --- merchant API authentication -------------------------------------------------------
+
+
+class MerchantTokens:
+    """Bearer token → merchant id. Only SHA-256 digests are configured; compared in
+    constant time, and every digest is compared so timing says nothing about which."""
+
+    def __init__(self, digests: Sequence[tuple[str, str | None]]) -> None:
+        """``digests``: (merchant id, hex SHA-256 of its token, or None for no API access)."""
+        self._digests = [(d.encode(), mid) for mid, d in digests if d]
+
+    def merchant_for(self, token: str) -> str | None:
+        digest = hashlib.sha256(token.encode()).hexdigest().encode()
+        found = None
+        for expected, merchant_id in self._digests:
+            if hmac.compare_digest(digest, expected):
+                found = merchant_id
+        return found
+
+
+TOKENS_KEY = web.AppKey("merchant_tokens", MerchantTokens)
+
+
+def authenticated_merchant(request: web.Request) -> str:
+    """The merchant whose ``Authorization: Bearer <token>`` this is; 401 otherwise."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("auth-missing", "Authorization: Bearer <token> is required")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("auth-invalid", "expected Authorization: Bearer <token>")
+    merchant_id = request.app[TOKENS_KEY].merchant_for(token.strip())
+    if merchant_id is None:
+        raise Unauthorized("auth-invalid", "unknown API token")
+    return merchant_id
+
+
+# --- health ----------------------------------------------------------------------------
+
+
+@dataclass
+class Health:
+    """Live facts for ``/healthz``, filled in by the composition root."""
+
+    ari_state: Callable[[], str] = field(default=lambda: "not started")
+    extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
+
+
+HEALTH_KEY = web.AppKey("health", Health)

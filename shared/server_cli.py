@@ -100,6 +100,7 @@ def _keys(site: str, args: argparse.Namespace) -> int:
 
 
 def serve_forever(site: Site[S], settings: S, log_level: str) -> int:
+    from shared.link import serve_options
     from shared.pki import server_context
 
     logging.basicConfig(level=log_level.upper(),
@@ -110,5 +111,5 @@ def serve_forever(site: Site[S], settings: S, log_level: str) -> int:
     if ssl_ctx is None:
         logging.getLogger(f"{site.name}.app").warning("no [tls] section: serving plain HTTP")
     web.run_app(site.create_app(settings), host=settings.http.host, port=settings.http.port,
-                ssl_context=ssl_ctx, print=None)
+                ssl_context=ssl_ctx, print=None, **serve_options())
     return 0

@@ -1,0 +1,185 @@
+"""What both sites' servers are made of, apart from their own call logic.
+
+Configuration: :class:`SiteCommon` parses the sections every site has
+(``[database] [http] [tls] [ari] [signing] [peer] [rates] [[merchants]]``);
+each server adds its own sections on top.
+
+Composition: the building blocks of both composition roots (``app.py``):
+a database connection retried at start-up, the signature verifier from the
+trust list, the link client with its per-kind route policy, the rating
+service, and :func:`background`, which ties a task's life to a ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from shared import ari
+from shared.config import (
+    AriSettings,
+    DatabaseSettings,
+    HttpSettings,
+    Merchant,
+    Section,
+    SigningSettings,
+    TlsSettings,
+    parse_merchants,
+)
+from shared.db import create_pool, resolve_url
+from shared.link import LinkClient
+from shared.link_policy import PeerSettings
+from shared.money import FxTable
+from shared.pki import client_context
+from shared.signing import Signer, SigningKey, Verifier, load_public_key
+
+DB_START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RatesSettings:
+    """``[rates]``: whether routing_rates prices routes and decisions, and its FX table."""
+
+    enabled: bool
+    fx_base: str
+    fx_rates: Mapping[str, str]
+    announce_s: Decimal          # answer mode: announcement length billed on the edge leg
+
+    @classmethod
+    def parse(cls, s: Section) -> RatesSettings:
+        fx = s.section("fx_rates")
+        return cls(enabled=s.bool("enabled", False), fx_base=s.str("fx_base", "JPY"),
+                   fx_rates={k: str(fx.decimal(k)) for k in fx.data},
+                   announce_s=s.decimal("announce_s", "5", min=Decimal(0)))
+
+    def fx(self) -> FxTable:
+        return FxTable.from_mapping(self.fx_base, self.fx_rates)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteCommon:
+    """The sections both sites have. Servers keep these as fields of their settings."""
+
+    path: Path
+    database: DatabaseSettings
+    http: HttpSettings
+    tls: TlsSettings | None            # None: plain HTTP (development only)
+    require_client_cert: bool
+    ari: AriSettings
+    signing: SigningSettings
+    peer: PeerSettings
+    merchants: tuple[Merchant, ...]
+    rates: RatesSettings
+
+    @classmethod
+    def parse(cls, top: Section, path: Path, *, app: str, default_database: str,
+              default_port: int, require_client_cert: bool) -> SiteCommon:
+        http = top.section("http")
+        merchants = parse_merchants(top)
+        if not merchants:
+            raise top.error("merchants", "at least one [[merchants]] entry is needed")
+        return cls(
+            path=path,
+            database=DatabaseSettings.parse(top.section("database"), default_database),
+            http=HttpSettings.parse(http, default_port),
+            tls=TlsSettings.parse(top.section("tls")) if top.has("tls") else None,
+            require_client_cert=http.bool("require_client_cert", require_client_cert),
+            ari=AriSettings.parse(top.section("ari"), app),
+            signing=SigningSettings.parse(top.section("signing")),
+            peer=PeerSettings.parse(top.section("peer")),
+            merchants=merchants,
+            rates=RatesSettings.parse(top.section("rates")))
+
+    def fields(self) -> dict[str, Any]:
+        """As keyword arguments for a server's settings class."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+# --- composition ------------------------------------------------------------------------
+
+
+async def connect_database(db: DatabaseSettings, log: logging.Logger,
+                           timeout_s: float = DB_START_TIMEOUT_S) -> tuple[str, asyncpg.Pool]:
+    """The database URL and a pool, retrying with backoff while the server is not up."""
+    url = await asyncio.to_thread(resolve_url, db.url, db.name)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            pool = await create_pool(url, min_size=db.min_connections,
+                                     max_size=db.max_connections)
+            return url, pool
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if loop.time() > deadline:
+                raise RuntimeError(f"database unreachable for {timeout_s:.0f} s: {exc}") from exc
+            log.warning("database not reachable (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def verifier_for(signing: SigningSettings) -> Verifier:
+    """Verifies the peer's messages against our trust list (revoke = remove a key)."""
+    return Verifier({key_id: load_public_key(path) for key_id, path in signing.trusted.items()})
+
+
+def link_client(signing: SigningSettings, tls: TlsSettings | None, peer: PeerSettings
+                ) -> LinkClient:
+    """Signs with every key of ours and delivers by the ``[peer]`` policy, over mutual TLS."""
+    signer = Signer([SigningKey.load(path) for path in signing.keys])
+    ssl_ctx = client_context(tls.ca, tls.cert, tls.key) if tls else None
+    return LinkClient(peer.routes, signer, ssl_ctx, policy=peer.policy)
+
+
+@asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``coro`` as a task for the duration of the ``async with`` block."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+async def start_rating_service(pool: asyncpg.Pool, rates: RatesSettings,
+                               log: logging.Logger) -> Any | None:
+    """``routing_rates.RatingService`` when ``[rates] enabled``; None (logged) otherwise.
+
+    A site without rates still works: the edge applies each merchant's default,
+    the callback site its static routes. So a failure here is logged, not fatal.
+    """
+    if not rates.enabled:
+        log.info("routing_rates disabled in [rates]")
+        return None
+    try:
+        service_class: Any = importlib.import_module("routing_rates").RatingService
+        return await service_class.start(pool, fx=rates.fx())
+    except Exception as exc:
+        log.error("routing_rates unavailable (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+async def log_asterisk_reachability(client: ari.AriClient, url: str, log: logging.Logger,
+                                    meanwhile: str) -> None:
+    """Say at start-up whether Asterisk answers; the ARI client keeps retrying anyway."""
+    try:
+        info = await asyncio.wait_for(client.asterisk_info(), 2.0)
+        log.info("Asterisk %s reachable at %s", info.get("system", {}).get("version", "?"), url)
+    except (ari.AriError, TimeoutError) as exc:
+        log.warning("Asterisk ARI at %s is not reachable yet (%s); the server runs and keeps "
+                    "retrying; %s", url, exc, meanwhile)
+
+
+def ari_client(a: AriSettings) -> ari.AriClient:
+    return ari.AriClient(base_url=a.url, username=a.username, password=a.password, app=a.app)
