@@ -45,7 +45,7 @@ async def run(args: argparse.Namespace) -> int:
     async with stack:
         print(f"   up in {time.monotonic() - started:.1f} s; Asterisk "
               f"{stack.edge_site.version}; logs in {args.workdir}")
-        with stack.carriers(digits=ORDER_DIGITS) as roles:
+        async with stack.carriers(digits=ORDER_DIGITS) as roles:
             print(f"== customer {args.caller} dials 186-{TOLL_FREE} at the edge")
             phone = stack.customer_call(args.caller)
             phone.wait(timeout=40)

@@ -18,24 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import asyncpg
 
 from shared import pki
 from shared.db import embedded_url, fresh_database, init_connection
+from shared.signing import Signer, SigningKey
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,6 +50,17 @@ EDGE_HTTP_PORT = 8443
 CALLBACK_HTTP_PORT = 9443
 TOLL_FREE = "0120123456"
 CALL_CENTER_TOKEN = "demo-call-center-token"
+
+
+# The stack listens on fixed loopback ports and drives the two shared Asterisk
+# instances, so only one stack runs on a machine at a time; others wait here.
+LOCK_PATH = Path(os.environ.get("CBGW_STACK_LOCK", "/tmp/cbgw-stack.lock"))
+
+
+def _exclusive(path: Path) -> IO[bytes]:
+    handle = open(path, "ab")  # held open (and locked) for the stack's lifetime
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 class StackError(RuntimeError):
@@ -102,6 +116,14 @@ class Stack:
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Stack:
+        self._lock = await asyncio.to_thread(_exclusive, LOCK_PATH)
+        try:
+            return await self._start()
+        except BaseException:
+            self._lock.close()
+            raise
+
+    async def _start(self) -> Stack:
         self.started_at = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki_dir = self.workdir / "pki"
@@ -125,7 +147,10 @@ class Stack:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop_servers()
+        try:
+            self.stop_servers()
+        finally:
+            self._lock.close()
 
     def stop_servers(self) -> None:
         for proc in self.processes.values():
@@ -206,6 +231,17 @@ class Stack:
         return pki.client_context(self.pki_dir / "ca.pem", self.pki_dir / "edge.pem",
                                   self.pki_dir / "edge.key")
 
+    async def post_link(self, session: aiohttp.ClientSession, path: str,
+                        payload: Mapping[str, Any]) -> tuple[int, Any]:
+        """POST a message to the callback site signed with the edge's key, as the edge
+        would: for tests of what the callback site does with validly signed input."""
+        body = json.dumps(payload).encode()
+        signer = Signer([SigningKey.load(self.pki_dir / "edge-sign-1.key")])
+        headers = signer.headers("POST", path, body)
+        headers["content-type"] = "application/json"
+        async with session.post(self.callback_url + path, data=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
     async def _wait_healthy(self, name: str, port: int, timeout_s: float = 30.0) -> None:
         ctx = self.client_ssl()
         deadline = time.monotonic() + timeout_s
@@ -236,15 +272,16 @@ class Stack:
 
     # ---- SIPp roles -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def carriers(self, *, a: str = "uas_answer_dtmf.xml", b: str = "uas_reject_503.xml",
-                 digits: str | None = None, operator: str = "uas_answer_hold.xml"
-                 ) -> Iterator[dict[str, sipp_harness.SippRole]]:
-        """Carrier A, carrier B and the operator, as SIPp roles.
+    @contextlib.asynccontextmanager
+    async def carriers(self, *, a: str = "uas_answer_dtmf.xml", b: str = "uas_reject_503.xml",
+                       digits: str | None = None, operator: str = "uas_answer_hold.xml"
+                       ) -> AsyncIterator[dict[str, sipp_harness.SippRole]]:
+        """Carrier A, carrier B and the operator, as SIPp roles, qualified and ready.
 
         The carrier that answers is the customer's phone on the call-back; ``digits``
         are the keys it presses (RFC 4733). With the demo decks carrier B is the
-        cheapest for Japanese mobiles, so it is tried first.
+        cheapest for Japanese mobiles, so it is tried first. Each trunk is qualified
+        (OPTIONS) before this yields: Asterisk refuses to dial an unqualified trunk.
         """
         with contextlib.ExitStack() as stack:
             roles = {
@@ -255,6 +292,9 @@ class Stack:
                 "operator": stack.enter_context(
                     sipp_harness.role(operator, "operator", self.workdir)),
             }
+            for trunk in ("carrier-a", "carrier-b"):
+                await ast_harness.qualify(self.callback_site, trunk)
+            await ast_harness.qualify(self.edge_site, "operator")
             yield roles
 
     def customer_call(self, caller: str = "09012345678", *, dialled: str = TOLL_FREE,

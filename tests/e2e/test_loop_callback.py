@@ -60,7 +60,7 @@ async def new_edge_call(stack: Stack, after_id: int) -> dict[str, object]:
 
 async def test_early_media_call_back_with_failover_ivr_and_cdr_to_the_edge(
         stack: Stack) -> None:
-    with stack.carriers(digits=ORDER_KEYS) as roles:
+    async with stack.carriers(digits=ORDER_KEYS) as roles:
         before = await last_call_id(stack)
         phone = stack.customer_call(CUSTOMER)
         await finished(phone)
@@ -120,7 +120,7 @@ async def test_early_media_call_back_with_failover_ivr_and_cdr_to_the_edge(
 
 
 async def test_answer_mode_answers_announces_and_hangs_up_within_5_s(stack: Stack) -> None:
-    with stack.carriers(digits=ORDER_KEYS):
+    async with stack.carriers(digits=ORDER_KEYS):
         before = await last_call_id(stack)
         phone = stack.customer_call("08023456789", dialled=BENTO.number)  # another customer:
         # the guard spaces call-backs to one number at least 120 s apart
