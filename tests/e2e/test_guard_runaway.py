@@ -89,7 +89,7 @@ async def test_endless_call_is_cut_at_the_maximum_and_the_spend_cap_stops_the_ne
             messages = phone.dialog_messages()
             ok = next(m for m in messages if m.direction == "sent" and m.status == 200
                       and m.cseq_method == "INVITE")
-            bye = next(m for m in messages if m.method == "BYE")
+            bye = next(m for m in messages if m.method == "BYE" and m.call_id == ok.call_id)
             on_the_line = (bye.at - ok.at).total_seconds()
             assert bye.direction == "received", "the gateway, not the phone, ended the call"
             assert abs(on_the_line - MAX_CALL_S) <= 2, on_the_line
@@ -107,7 +107,7 @@ async def test_endless_call_is_cut_at_the_maximum_and_the_spend_cap_stops_the_ne
             assert time.monotonic() - sent_at <= 2.0, "the cap did not refuse within a second"
             await asyncio.sleep(1.0)
             assert sum(len(r.invites_received()) for r in roles.values()) == invites_before
-            assert refusal["stage"] == "dial"          # refused when the leg was about to be dialled
+            assert refusal["stage"] == "dial"  # refused as the leg was to be dialled
 
     kinds = {a.get("kind") for a in alerts[1]}
     assert kinds & {"cap_tripped", "cap_reached"}, alerts[1]

@@ -15,6 +15,7 @@ by someone else) raises ``HarnessError`` naming it: tests fail, never skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
-from shared.ari import AriClient, AriError, Event, channel_ids
+from shared.ari import AriClient, AriError, ChannelNotFound, Conflict, Event, channel_ids
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANCE_TOOL = REPO / "deploy/asterisk/instance.py"
@@ -148,8 +149,8 @@ async def reset(site: AsteriskSite, *, within_s: float = 5.0) -> None:
     a bridge) cannot leak into the next.
     """
     async with site.client() as ari:
-        for bridge in await ari.list_bridges():
-            await ari.destroy_bridge(bridge.id)
+        # Channels first: hanging them up also dissolves bridges that the dialplan
+        # made (Dial()), which ARI may not destroy (409 "not in Stasis application").
         deadline = time.monotonic() + within_s
         while channels := await ari.list_channels():
             for channel in channels:
@@ -158,6 +159,9 @@ async def reset(site: AsteriskSite, *, within_s: float = 5.0) -> None:
                 names = ", ".join(c.name for c in channels)
                 raise HarnessError(f"{site.name}: channels survive hangup: {names}")
             await asyncio.sleep(0.05)
+        for bridge in await ari.list_bridges():
+            with contextlib.suppress(ChannelNotFound, Conflict):
+                await ari.destroy_bridge(bridge.id)
 
 
 async def qualify(site: AsteriskSite, endpoint: str, *, within_s: float = 3.0) -> None:
