@@ -25,6 +25,7 @@ from shared.config import (
     load,
     root,
 )
+from shared.destination import Policy, PolicySettings
 from shared.link_policy import PeerSettings
 from shared.phone import E164
 from shared.site import RatesSettings, SiteCommon
@@ -42,6 +43,7 @@ class EdgeBehaviour:
     sweep_after_s: int           # held requests older than this are released (crash recovery)
     sweep_every_s: float
     timings: FlowTimings
+    destinations: PolicySettings   # [edge.destinations]: who may be offered a call-back
 
     @classmethod
     def parse(cls, s: Section) -> EdgeBehaviour:
@@ -68,7 +70,8 @@ class EdgeBehaviour:
             per_merchant_unrated={k: overrides.bool(k) for k in overrides.data},
             sweep_after_s=s.int("sweep_after_s", 60, min=10),
             sweep_every_s=float(s.decimal("sweep_every_s", "15", min=Decimal(1))),
-            timings=timings)
+            timings=timings,
+            destinations=PolicySettings.parse(s.section("destinations")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +103,14 @@ class EdgeSettings:
     def merchant_settings(self) -> dict[E164, MerchantSettings]:
         """Dialled number → what the flow needs about its merchant."""
         table: dict[E164, MerchantSettings] = {}
+        policy = Policy(self.edge.destinations)
         for m in self.merchants:
             settings = MerchantSettings(
                 id=m.id, announce_mode=AnnounceMode(m.announce_mode.value),
                 callback_when_unrated=self.edge.per_merchant_unrated.get(
                     m.id, self.edge.callback_when_unrated),
-                operator_extension=m.operator)
+                operator_extension=m.operator,
+                destinations=policy)
             for number in m.numbers:
                 table[number] = settings
         return table

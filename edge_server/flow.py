@@ -198,8 +198,9 @@ def _idle(state: Idle, event: Event) -> Result:
         return _refuse(event, merchant, dialed, Outcome(caller_id.refusal.value),
                        caller_id.detail)
     caller = caller_id.number
-    if not _callback_allowed(merchant, caller):
-        detail = f"{caller} is {caller.number_type.value} in {caller.region}"
+    verdict = merchant.destinations.evaluate(caller)
+    if verdict is not None:
+        detail = f"{caller}: {verdict}"
         return Done(Outcome.NOT_ALLOWED), [
             ContinueDirect(merchant.operator_extension),
             Log(Outcome.NOT_ALLOWED, detail),
@@ -209,11 +210,6 @@ def _idle(state: Idle, event: Event) -> Result:
     return Deciding(call), [
         StartTimer(TimerName.DECIDE, event.timings.decide_s),
         RequestDecision(caller, merchant.id, merchant.announce_mode)]
-
-
-def _callback_allowed(merchant: MerchantSettings, caller: E164) -> bool:
-    return caller.region in merchant.callback_regions and \
-        caller.number_type in merchant.callback_types
 
 
 def _refuse(event: CallArrived, merchant: MerchantSettings, dialed: E164, outcome: Outcome,

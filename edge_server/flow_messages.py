@@ -11,7 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from shared.phone import E164, CallerIdRefusal, NumberType
+from shared.destination import Policy
+from shared.phone import E164, CallerIdRefusal
 
 PROMPT_RECEIVED = "sound:cbgw/received"
 PROMPT_DIAL_186 = "sound:cbgw/dial-186"
@@ -59,10 +60,6 @@ class Outcome(enum.StrEnum):
     RELEASED_BY_SWEEPER = "released_by_sweeper"      # crash recovery, not a flow outcome
 
 
-DEFAULT_CALLBACK_TYPES = frozenset(
-    {NumberType.MOBILE, NumberType.FIXED_LINE, NumberType.FIXED_LINE_OR_MOBILE})
-
-
 @dataclass(frozen=True, slots=True)
 class MerchantSettings:
     """What the flow needs to know about the merchant owning the dialled number."""
@@ -71,8 +68,8 @@ class MerchantSettings:
     announce_mode: AnnounceMode = AnnounceMode.EARLY_MEDIA
     callback_when_unrated: bool = True
     operator_extension: str = "operator"
-    callback_regions: frozenset[str] = frozenset({"JP"})
-    callback_types: frozenset[NumberType] = DEFAULT_CALLBACK_TYPES
+    # Who may be called back at all: the same policy the callback site's guard applies.
+    destinations: Policy = field(default_factory=Policy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,9 @@ from aiohttp import web
 
 from callback_server.guard import store as sql
 from callback_server.guard.caps import GLOBAL, KINDS
-from callback_server.guard.policy import classify_raw, sanitise
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.service import Guard
+from shared.destination import classify_raw, sanitise
 from shared.http import ApiError, Handler, InvalidField, json_response, read_json_object
 from shared.link import raw_body
 from shared.phone import E164, InvalidNumber

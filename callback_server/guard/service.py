@@ -39,9 +39,9 @@ from callback_server.guard import brake, caps, velocity
 from callback_server.guard import store as sql
 from callback_server.guard.alerts import Alert, Alerter
 from callback_server.guard.metrics import Metrics
-from callback_server.guard.policy import Listing, Policy
 from callback_server.guard.reasons import GuardRefused, Verdict
 from callback_server.guard.settings import GuardSettings
+from shared.destination import Listing, Policy
 from shared.money import Money, MoneyError
 from shared.phone import E164
 

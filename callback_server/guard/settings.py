@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -10,11 +9,10 @@ from decimal import Decimal
 from callback_server.guard.alerts import AlertSettings
 from callback_server.guard.brake import BrakeSettings
 from callback_server.guard.caps import KINDS, CapLimits, CapSettings
-from callback_server.guard.policy import PolicySettings, parse_prefix
 from callback_server.guard.velocity import Limits, VelocitySettings
 from shared.config import Section
+from shared.destination import PolicySettings
 from shared.money import check_currency
-from shared.phone import NumberType
 
 _SHA256 = r"[0-9a-f]{64}"
 
@@ -32,7 +30,8 @@ class GuardSettings:
 
     @classmethod
     def parse(cls, s: Section) -> GuardSettings:
-        return cls(policy=_policy(s.section("policy")), velocity=_velocity(s.section("velocity")),
+        return cls(policy=PolicySettings.parse(s.section("policy")),
+                   velocity=_velocity(s.section("velocity")),
                    brake=BrakeSettings(threshold=s.section("brake").int("threshold", 20, min=0),
                                        window_s=s.section("brake").int("window_s", 600, min=10)),
                    caps=_caps(s.section("caps")), alerts=_alerts(s.section("alerts")),
@@ -40,28 +39,6 @@ class GuardSettings:
                    require_confirm=s.bool("require_confirm", True),
                    operator_token_sha256=(s.str("operator_token_sha256", pattern=_SHA256)
                                           if s.opt_str("operator_token_sha256") else None))
-
-
-def _policy(s: Section) -> PolicySettings:
-    types = s.str_list("number_types", ("mobile", "fixed_line"))
-    try:
-        number_types = frozenset(NumberType(t) for t in types)
-    except ValueError:
-        raise s.error("number_types", "expected names from: "
-                      + ", ".join(t.value for t in NumberType)) from None
-    countries = s.str_list("countries", ("JP",))
-    for c in countries:
-        if not re.fullmatch(r"[A-Z]{2}", c):
-            raise s.error("countries", f"{c!r} is not an ISO 3166 alpha-2 region code")
-    prefixes: dict[str, tuple[str, ...]] = {}
-    for key in ("allow_prefixes", "deny_prefixes"):
-        try:
-            prefixes[key] = tuple(parse_prefix(p) for p in s.str_list(key))
-        except ValueError as exc:
-            raise s.error(key, str(exc)) from None
-    return PolicySettings(countries=frozenset(countries), number_types=number_types,
-                          allow_prefixes=prefixes["allow_prefixes"],
-                          deny_prefixes=prefixes["deny_prefixes"])
 
 
 def _limits(s: Section, default: Limits) -> Limits:

@@ -415,3 +415,13 @@ def test_states_are_frozen() -> None:
     assert isinstance(state, Deciding)
     with pytest.raises(AttributeError):
         state.call = Call("x", EARLY, MOBILE_E164, DIALED, FlowTimings())  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("caller", ["0990123456", "0570012345", "02012345678", "+447012345678"])
+def test_the_edge_applies_the_guard_destination_policy_and_keeps_such_calls_direct(
+        caller: str) -> None:
+    state, commands = run([arrive(caller=caller)])
+    assert of(ContinueDirect, commands), commands
+    assert not of(StoreRequest, commands)
+    record = of(RecordCall, commands)[0]
+    assert record.outcome is Outcome.NOT_ALLOWED and "destination_" in record.detail

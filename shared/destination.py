@@ -1,4 +1,8 @@
-"""Destination policy: may the call-back site dial this number at all? Pure.
+"""Destination policy: may this number be called back at all? Pure; both sites apply it.
+
+The edge applies it before offering a call-back (a refused caller is kept on the
+toll-free line and routed to the call center); the callback site applies it again
+to every request, even validly signed ones (``callback_server.guard``).
 
 The callback destination is the caller ID the edge saw, and Japanese caller
 IDs are not authenticated, so this is attacker-controlled input. Only what the
@@ -39,8 +43,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from callback_server.guard.reasons import Refusal, Verdict
+from shared.config import Section
 from shared.phone import E164, CallerIdRefusal, NumberType, classify_caller_id
+from shared.refusals import Refusal, Verdict
 
 # E.164 digit prefixes of Japanese service ranges that are never a customer's phone.
 BUILTIN_DENY: tuple[tuple[str, Refusal], ...] = (
@@ -90,6 +95,29 @@ class PolicySettings:
     number_types: frozenset[NumberType] = frozenset({NumberType.MOBILE, NumberType.FIXED_LINE})
     allow_prefixes: tuple[str, ...] = ()
     deny_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, s: Section) -> PolicySettings:
+        """A ``[...policy]``/``[edge.destinations]`` section; defaults as above."""
+        types = s.str_list("number_types", ("mobile", "fixed_line"))
+        try:
+            number_types = frozenset(NumberType(t) for t in types)
+        except ValueError:
+            raise s.error("number_types", "expected names from: "
+                          + ", ".join(t.value for t in NumberType)) from None
+        countries = s.str_list("countries", ("JP",))
+        for c in countries:
+            if not re.fullmatch(r"[A-Z]{2}", c):
+                raise s.error("countries", f"{c!r} is not an ISO 3166 alpha-2 region code")
+        prefixes: dict[str, tuple[str, ...]] = {}
+        for key in ("allow_prefixes", "deny_prefixes"):
+            try:
+                prefixes[key] = tuple(parse_prefix(p) for p in s.str_list(key))
+            except ValueError as exc:
+                raise s.error(key, str(exc)) from None
+        return cls(countries=frozenset(countries), number_types=number_types,
+                   allow_prefixes=prefixes["allow_prefixes"],
+                   deny_prefixes=prefixes["deny_prefixes"])
 
 
 @dataclass(frozen=True, slots=True)
