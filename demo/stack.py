@@ -135,6 +135,8 @@ class Stack:
         await ast_harness.reset(self.edge_site)
         await ast_harness.reset(self.callback_site)
         self._write_configs()
+        for name in ("edge", "callback"):
+            (self.workdir / f"{name}.log").unlink(missing_ok=True)
         try:
             self._spawn("edge", "edge_server", self.workdir / "edge.toml")
             self._spawn("callback", "callback_server", self.workdir / "callback.toml")
@@ -210,9 +212,18 @@ class Stack:
         env.update(self.extra_env)
         return env
 
+    async def restart_server(self, name: str, *, kill: bool = False) -> None:
+        """Stop one site's server (SIGKILL if ``kill``: a crash) and start it again."""
+        proc = self.processes[name]
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 15)
+        module = f"{name}_server"
+        self._spawn(name, module, self.workdir / f"{name}.toml")
+        await self._wait_healthy(name, EDGE_HTTP_PORT if name == "edge" else CALLBACK_HTTP_PORT)
+
     def _spawn(self, name: str, module: str, config: Path) -> None:
         log_path = self.workdir / f"{name}.log"
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab") as log:    # a restarted server keeps its past
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", module, "serve", "--config", str(config)],
                 cwd=REPO, env=self._env(), stdout=log, stderr=subprocess.STDOUT,

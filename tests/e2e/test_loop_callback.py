@@ -190,3 +190,26 @@ async def test_zero_bridges_the_customer_to_the_operator_through_the_edge(
     assert leg["endpoint"] == "PJSIP/operator@edge-trunk"
     assert still_up, "the bridged call must stay up after the operator answered"
     assert answered_at is not None
+
+
+async def test_edge_crash_mid_announcement_recovers_the_parked_call_and_still_calls_back(
+        stack: Stack) -> None:
+    """kill -9 of edge_server while the caller hears the announcement: the channel stays
+    parked in Stasis; the restarted server finds it on reconnect, ends it without ever
+    answering, and releases the stored request, so the customer is still called back."""
+    customer = "09087654321"
+    async with stack.carriers(digits=ORDER_KEYS) as roles:
+        before = await last_call_id(stack)
+        phone = stack.customer_call(customer)
+        await stack.wait_for_row("edge", "SELECT 1 FROM edge_calls WHERE id > $1 "
+                                 "AND state = 'stored'", before)
+        await stack.restart_server("edge", kill=True)
+        await finished(phone)
+        call = await new_edge_call(stack, before)
+        invite = await asyncio.to_thread(
+            lambda: roles["carrier-b"].wait_for(
+                lambda m: m.method == "INVITE" and m.ruri_user == "819087654321", 30))
+    statuses = phone.statuses_received()
+    assert 200 not in statuses and statuses[-1] in (486, 503), statuses
+    assert call["state"] == "released"
+    assert invite is not None, "the customer was not called back after the edge crashed"
