@@ -11,7 +11,7 @@ APT_PKGS   := sip-tester debootstrap sox espeak-ng iproute2 tshark
 ASTERISK_ROOT ?= /var/cache/cbgw/asterisk-sid
 PYTEST_ARGS ?=
 
-.PHONY: all deps system-deps venv asterisk test unit integration e2e lint demo bench clean
+.PHONY: all deps system-deps venv asterisk test unit integration e2e faults lint demo bench clean
 
 all: test
 
@@ -50,7 +50,11 @@ e2e: deps
 	$(VENV)/bin/pytest -q tests/e2e $(PYTEST_ARGS)
 
 test: deps lint
-	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q tests -m "not faultrun" $(PYTEST_ARGS)
+
+# The 300-request fault-injection run (issue 4): about 6 minutes.
+faults: deps
+	$(VENV)/bin/pytest -q -s tests/faults/test_fault_run.py $(PYTEST_ARGS)
 
 demo: deps
 	$(PY) -m demo

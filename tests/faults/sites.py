@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -127,6 +128,20 @@ class PrivatePostgres:
             self._server.cleanup()
 
 
+async def _drop(url: str) -> None:
+    """Drop the database in ``url`` (best effort: the data only matters during a run)."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        conn = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
 @dataclass
 class Sites(Stack):
     callback_servers: int = 2
@@ -138,12 +153,14 @@ class Sites(Stack):
     ari_urls: Mapping[str, str] = field(default_factory=lambda: dict(ARI_URLS))
     pg: PrivatePostgres | None = None
     restarts: Counter[str] = field(default_factory=Counter)
+    drop_databases: bool = True      # the run's fresh databases, after the run
 
     @property
     def callback_names(self) -> list[str]:
         return ["callback", "callback2"][:self.callback_servers]
 
-    async def __aenter__(self) -> Sites:
+    async def _start(self) -> Sites:
+        """Called by ``Stack.__aenter__`` once it holds the one-stack-per-machine lock."""
         self.started_at = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki_dir = self.workdir / "pki"
@@ -174,7 +191,13 @@ class Sites(Stack):
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop_servers()
+        try:
+            self.stop_servers()
+            if self.drop_databases:
+                for url in (self.edge_db_url, self.callback_db_url):
+                    await _drop(url)
+        finally:
+            self._lock.close()
 
     async def _databases(self) -> None:
         if self.pg is None:
