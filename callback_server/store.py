@@ -15,15 +15,17 @@ two workers can never both originate the same leg.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import asyncpg
+import tenacity
 
 from callback_server.dialer import LastLeg
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
@@ -69,6 +71,42 @@ class ClaimedJob:
     max_attempts: int
     legs: int              # legs persisted so far (channel id sequence)
     rescued: bool          # the previous owner's lease expired mid-job
+
+
+# Connection-level failures: the database restarting, a network blip. Not SQL errors.
+DB_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError)
+LIVE_CALL_WRITE_RETRY_S = 60.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def survives_database_restarts(fn: Callable[P, Coroutine[Any, Any, T]]
+                               ) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Retry a write made during a live call on connection errors, for up to a minute.
+
+    A database restart must not abandon a call in progress or lose its CDR or the
+    order the customer gave. Safe only for writes that are idempotent by key
+    (ON CONFLICT DO NOTHING, or an UPDATE guarded by the state it moves from): a
+    commit whose acknowledgement was lost is then harmless to repeat.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        async for attempt in tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(DB_CONNECTION_ERRORS),
+                wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+                stop=tenacity.stop_after_delay(LIVE_CALL_WRITE_RETRY_S), reraise=True,
+                before_sleep=lambda rs: log.warning(
+                    "%s: database unavailable (%s); retrying", fn.__name__,
+                    rs.outcome.exception() if rs.outcome else "?")):
+            with attempt:
+                return await fn(*args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
 
 
 class CallbackStore:
@@ -297,6 +335,7 @@ class CallbackStore:
         if refused is not None:     # committed: the refusal (and a trip); no leg row
             raise refused
 
+    @survives_database_restarts
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
         await self.pool.execute(
             """UPDATE callback_attempts SET status = $2, cause = coalesce($3, cause),
@@ -314,6 +353,7 @@ class CallbackStore:
 
     # --- facts reported to the edge --------------------------------------------------------
 
+    @survives_database_restarts
     async def record_cdr(self, cdr: RecordCdr, *, edge_call_id: str, merchant_id: str,
                          billed_s: int, carrier_cost: Money | None,
                          direct_cost: Money | None) -> bool:
@@ -352,6 +392,7 @@ class CallbackStore:
                                  merchant_id=merchant_id)
             return True
 
+    @survives_database_restarts
     async def record_info(self, submit: Submit, *, callback_id: str, edge_call_id: str,
                           merchant_id: str, caller: E164, collected_at: datetime,
                           seq: int) -> str:
@@ -373,6 +414,7 @@ class CallbackStore:
                 }, message_id=mid, merchant_id=merchant_id)
         return mid
 
+    @survives_database_restarts
     async def finish(self, callback_id: str, outcome: Finish) -> bool:
         """End our round: queue the job again, or close it and tell the edge.
 
