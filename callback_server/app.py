@@ -164,7 +164,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     client = make_ari_client(settings.ari)
     await client.start()
     workers: list[Worker] = []
-    stasis = StasisApp(client, lambda: workers[0].calls if workers else {})
+    stasis = StasisApp(client, lambda: workers[0].calls if workers else {},
+                       record_stray=app[STORE_KEY].record_stray_leg)
     routing = app[ROUTING_KEY]
     worker = Worker(store=app[STORE_KEY], db_url=app[DB_URL_KEY],
                     merchants={m.id: m for m in settings.merchants}, flows=settings.flows,

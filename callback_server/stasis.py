@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -425,9 +425,13 @@ class StasisApp:
     """Reads the events websocket for the whole process; re-syncs on every (re)connect."""
 
     def __init__(self, client: ari.AriClient,
-                 runners: Callable[[], Mapping[str, CallRunner]]) -> None:
+                 runners: Callable[[], Mapping[str, CallRunner]],
+                 record_stray: Callable[[str, bool], Awaitable[None]] | None = None) -> None:
         self.client = client
         self.runners = runners
+        # Records what a stray leg was (answered or not) before it is hung up, so the
+        # job's rescue never mistakes an answered call for one that never rang.
+        self.record_stray = record_stray
         self.router = ari.EventRouter(on_stasis_start=self._stray, on_connected=self._connected)
         self.ready = asyncio.Event()
         self.connects = 0
@@ -447,13 +451,21 @@ class StasisApp:
         owned = self.router.channel_ids
         for cid in state.channel_ids:
             if cid not in owned:
-                log.warning("hanging up %s: parked in our Stasis app, owned by no call", cid)
-                try:
-                    await self.client.hangup(cid)
-                except ari.AriError as exc:
-                    log.warning("hang-up of stray %s failed: %s", cid, exc)
+                await self._hang_up_stray(cid)
         for runner in list(self.runners().values()):
             await runner.resync()
+
+    async def _hang_up_stray(self, cid: str) -> None:
+        """A channel parked in our app that no running call owns: a lost job's leg."""
+        try:
+            channel = await self.client.get_channel(cid)
+            if channel is not None and self.record_stray is not None:
+                await self.record_stray(cid, channel.state == "Up")
+            log.warning("hanging up %s (%s): parked in our Stasis app, owned by no call",
+                        cid, channel.state if channel else "gone")
+            await self.client.hangup(cid)
+        except ari.AriError as exc:
+            log.warning("hang-up of stray %s failed: %s", cid, exc)
 
     async def _stray(self, start: ari.StasisStart, _queue: asyncio.Queue[ari.Event]) -> None:
         """A channel entered our app that no call originated (inbound, or a lost job's)."""

@@ -336,6 +336,19 @@ class CallbackStore:
             raise refused
 
     @survives_database_restarts
+    async def record_stray_leg(self, channel_id: str, answered: bool) -> None:
+        """A leg found parked with no call owning it (its worker died) is being hung up.
+
+        Record what it was, so the rescue of its job decides right: an answered leg is
+        not dialled again, and a leg that was ringing is retried later (counted), never
+        re-dialled at once as if it had never rung.
+        """
+        await self.pool.execute(
+            """UPDATE callback_attempts SET answered = answered OR $2, status = 'ended',
+                   cause = coalesce(cause, CASE WHEN $2 THEN 16 END), updated_at = now()
+               WHERE channel_id = $1 AND status <> 'ended'""", channel_id, answered)
+
+    @survives_database_restarts
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
         await self.pool.execute(
             """UPDATE callback_attempts SET status = $2, cause = coalesce($3, cause),

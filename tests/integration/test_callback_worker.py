@@ -16,6 +16,7 @@ import pytest
 import callback_server
 import shared
 from callback_server.config import StaticRoute
+from callback_server.dialer import RescueAction, rescue_action
 from callback_server.dialer_messages import PersistAttempt
 from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
@@ -183,3 +184,25 @@ async def test_rescue_never_redials_an_answered_call(clean: asyncpg.Pool, pg_url
         assert await clean.fetchval("SELECT reason FROM callback_requests") == "worker_lost"
         assert await clean.fetchval("SELECT count(*) FROM outbox "
                                     "WHERE kind = 'callback_status'") == 1
+
+
+@pytest.mark.parametrize(("was_answered", "expected"), [
+    (True, RescueAction.COMPLETE), (False, RescueAction.COUNT_AND_RETRY)])
+async def test_a_stray_leg_hung_up_on_reconnect_is_never_redialled_at_once(
+        clean: asyncpg.Pool, ids: Iterator[str], was_answered: bool,
+        expected: RescueAction) -> None:
+    """Found by the fault run: after a worker was killed, its restarted process hung up
+    the leg still parked in Stasis, and the rescue, finding no channel and no recorded
+    answer, dialled the customer again. The state seen at hang-up is recorded first."""
+    callback_id = await intake(clean, next(ids))
+    stalled = CallbackStore(clean, owner="stalled", lease_s=1)
+    await stalled.claim(1)
+    leg = f"{callback_id}-01"
+    await stalled.persist_leg(PersistAttempt(callback_id, 1, 1, leg, "customer",
+                                             "carrier-b", "PJSIP/x@carrier-b"), "acme")
+    await stalled.leg_result(leg, "originated", None)   # the answer event was never stored
+    restarted = CallbackStore(clean, owner="restarted", lease_s=30)
+    await restarted.record_stray_leg(leg, was_answered)
+    last = await restarted.last_leg(callback_id)
+    assert last is not None
+    assert rescue_action(last[1], None) is expected    # the channel is gone by then
