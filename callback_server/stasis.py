@@ -434,6 +434,9 @@ class StasisApp:
         self.record_stray = record_stray
         self.router = ari.EventRouter(on_stasis_start=self._stray, on_connected=self._connected)
         self.ready = asyncio.Event()
+        # While the events websocket is down, no job may originate: its events would
+        # be lost. Ready again on the next Connected, after the re-sync.
+        client.on_disconnect = self.ready.clear
         self.connects = 0
 
     async def run(self) -> None:
@@ -441,8 +444,13 @@ class StasisApp:
 
     async def _connected(self, event: ari.Connected) -> None:
         self.connects += 1
-        self.ready.set()
         log.info("ARI connected (%s)", "reconnect" if event.reconnect else "first connect")
+        try:
+            await self._resync()
+        finally:
+            self.ready.set()        # jobs may originate again
+
+    async def _resync(self) -> None:
         try:
             state = await self.client.application()
         except ari.AriError as exc:

@@ -24,7 +24,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -71,6 +71,10 @@ class AriClient:
         self._reconnect_max_s = reconnect_max_s
         self._heartbeat_s = heartbeat_s
         self._session: aiohttp.ClientSession | None = None
+        # True while the events websocket is up. ``on_disconnect`` is called when it
+        # drops: events are lost from then until the next ``Connected``.
+        self.connected = False
+        self.on_disconnect: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,6 +141,7 @@ class AriClient:
             failures = 0
             delay = self._reconnect_initial_s
             try:
+                self.connected = True
                 yield Connected(reconnect=connected_before)
                 connected_before = True
                 async for msg in ws:
@@ -146,6 +151,9 @@ class AriClient:
                         log.warning("ARI events websocket error: %s", ws.exception())
                         break
             finally:
+                self.connected = False
+                if self.on_disconnect is not None:
+                    self.on_disconnect()
                 await ws.close()
             log.warning("ARI events websocket to %s closed; reconnecting", self.base_url)
             await asyncio.sleep(delay)
