@@ -47,6 +47,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -288,7 +289,9 @@ async def test_fault_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     require_free(8443, 9443, 9444, ARI_PROXY_PORT)
     merchant = MerchantOptions(pre_callback_delay_s="0", max_attempts=3,
                                retry_backoff_s=(5, 10, 20))
-    pg = PrivatePostgres(tmp_path / "pg")
+    # Not under pytest's tmp tree: any pytest session starting on the machine resets
+    # /tmp/pytest-of-<user> to 0700, and the postmaster runs as its own system user.
+    pg = PrivatePostgres(Path(tempfile.mkdtemp(prefix="cbgw-faultrun-pg-")))
     await asyncio.to_thread(pg.start)
     lab = link_lab()
     try:
