@@ -314,6 +314,7 @@ async def test_fault_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                                       digits=KEYS)
             carrier_b = start_carrier("uas_answer_dtmf.xml", "carrier-b", tmp_path,
                                       digits=KEYS)
+            customers = None
             try:
                 await sites.qualify_carriers()
                 started = time.time()
@@ -332,6 +333,8 @@ async def test_fault_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                           for kind in ("callback_request",)}
                 routes_back = await route_use(sites, "callback", "cdr")
             finally:
+                if customers is not None:        # a failed run must not leave callers behind
+                    customers.stop()
                 carrier_a.stop()
                 carrier_b.stop()
     finally:
