@@ -24,8 +24,6 @@ from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 
-import callback_server
-import shared
 from callback_server.config import StaticRoute
 from callback_server.dialer_messages import PersistAttempt, RecordCdr
 from callback_server.guard.__main__ import main as guard_cli
@@ -41,9 +39,9 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker
-from shared.db import create_pool, migrate_url, package_migrations
 from shared.money import Money
 from shared.phone import E164
+from tests.integration import callback_db
 
 pytestmark = pytest.mark.integration
 
@@ -104,20 +102,14 @@ async def closing() -> AsyncIterator[list[Guard]]:
 
 @pytest.fixture(scope="module")
 async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
-                               package_migrations("callback", callback_server.__file__)])
-    p = await create_pool(pg_url, max_size=20)
-    await CallbackStore(p, owner="setup").sync_merchants([ACME])
+    p = await callback_db.open_pool(pg_url, [ACME])
     yield p
     await p.close()
 
 
 @pytest.fixture
 async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-    await pool.execute("TRUNCATE cdrs, request_info, callback_attempts, callback_requests, "
-                       "outbox, inbound_messages, guard_lists, guard_numbers, guard_callbacks, "
-                       "guard_rounds, guard_refusals, guard_spend, guard_trips, guard_alerts")
-    return pool
+    return await callback_db.emptied(pool)
 
 
 def settings(smtp_port: int, hook_url: str) -> GuardSettings:

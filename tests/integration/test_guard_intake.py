@@ -19,8 +19,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-import callback_server
-import shared
 from callback_server.config import StaticRoute
 from callback_server.guard.http import GUARD_KEY, install
 from callback_server.guard.service import Guard
@@ -34,9 +32,9 @@ from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker
 from shared import ari
-from shared.db import create_pool, migrate_url, package_migrations
 from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
+from tests.integration import callback_db
 
 pytestmark = pytest.mark.integration
 
@@ -53,20 +51,14 @@ SETTINGS = GuardSettings(operator_token_sha256=hashlib.sha256(OPERATOR.encode())
 
 @pytest.fixture(scope="module")
 async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
-                               package_migrations("callback", callback_server.__file__)])
-    p = await create_pool(pg_url, max_size=20)
-    await CallbackStore(p, owner="setup").sync_merchants([ACME])
+    p = await callback_db.open_pool(pg_url, [ACME])
     yield p
     await p.close()
 
 
 @pytest.fixture
 async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-    await pool.execute("TRUNCATE cdrs, request_info, callback_attempts, callback_requests, "
-                       "outbox, inbound_messages, guard_lists, guard_numbers, guard_callbacks, "
-                       "guard_rounds, guard_refusals, guard_spend, guard_trips, guard_alerts")
-    return pool
+    return await callback_db.emptied(pool)
 
 
 def body(edge_call_id: str, caller: str) -> bytes:
