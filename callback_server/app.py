@@ -43,7 +43,6 @@ from callback_server.worker import Worker
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
 from shared.link import purge_seen
-from shared.money import FxTable
 from shared.outbox import OutboxRelay
 from shared.site import ari_client as make_ari_client
 from shared.site import (
@@ -116,7 +115,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         applied = await migrate(conn, migration_sets(settings.rates.enabled))
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    guard = Guard(pool, settings.guard, metrics=app[METRICS_KEY], fx=_fx(settings))
+    fx = settings.rates.fx() if settings.rates.fx_rates else None  # for spend caps
+    guard = Guard(pool, settings.guard, metrics=app[METRICS_KEY], fx=fx)
     store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,
                           guard=guard)
     await store.sync_merchants(settings.merchants)
@@ -127,13 +127,6 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await guard.alerter.close()
     await pool.close()
-
-
-def _fx(settings: CallbackSettings) -> FxTable | None:
-    """Converts CDR costs into the spend caps' currency (the ``[rates]`` FX table)."""
-    if not settings.rates.fx_rates:
-        return None
-    return FxTable.from_mapping(settings.rates.fx_base, settings.rates.fx_rates)
 
 
 async def rates_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,36 +10,35 @@ CDRs carry no cost.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from callback_server.config import StaticRoute
 from callback_server.dialer_messages import Route
 from shared.money import Money
 from shared.phone import E164
 
+if TYPE_CHECKING:
+    from routing_rates import RatingService
+
 log = logging.getLogger("callback.routing")
 
 
 class Routing:
-    def __init__(self, service: Any | None, static: tuple[StaticRoute, ...]) -> None:
+    def __init__(self, service: RatingService | None, static: tuple[StaticRoute, ...]) -> None:
         self.service = service
         self.static = static
 
     async def routes(self, number: E164, at: datetime) -> tuple[Route, ...]:
         if self.service is not None:
             quotes = self.service.rank(number, at)
-            if inspect.isawaitable(quotes):
-                quotes = await quotes
-            routes = tuple(Route(q.carrier_id, q.endpoint_template.format(
-                digits=number.digits, e164=str(number))) for q in quotes)
-            if routes:
+            if quotes:
                 for q in quotes:
                     log.info("route %s for %s: expected %s (%s)", q.carrier_id, number,
-                             getattr(q, "expected_cost", "?"), getattr(q, "explain", ""))
-                return routes
+                             q.expected_cost.round_up(4), q.explain)
+                return tuple(Route(q.carrier_id, q.endpoint_template.format(
+                    digits=number.digits, e164=str(number))) for q in quotes)
             log.warning("routing_rates has no route for %s; using the static routes", number)
         return tuple(s.route(number.digits) for s in self.static)
 
@@ -47,15 +46,12 @@ class Routing:
                  duration_s: int) -> tuple[Money | None, int]:
         if self.service is None:
             return None, duration_s
-        cost: Money = self.service.cost(carrier_id, number, at, duration_s)
-        billed = getattr(self.service, "billed_seconds", None)
-        billed_s = int(billed(carrier_id, number, at, duration_s)) if billed else duration_s
-        return cost, billed_s
+        return (self.service.cost(carrier_id, number, at, duration_s),
+                self.service.billed_seconds(carrier_id, number, at, duration_s))
 
     def direct_cost(self, inbound_tariff: str, number: E164, at: datetime,
                     duration_s: int) -> Money | None:
         """What the same conversation would have cost the merchant on its toll-free number."""
         if self.service is None:
             return None
-        cost: Money = self.service.cost(inbound_tariff, number, at, duration_s)
-        return cost
+        return self.service.cost(inbound_tariff, number, at, duration_s)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 from edge_server.flow_messages import Decided, DecisionUnavailable, RequestDecision
 from shared.phone import E164
@@ -33,8 +33,7 @@ class SupportsDecide(Protocol):
     """The slice of ``routing_rates.RatingService`` the edge needs."""
 
     def decide(self, number: E164, at: datetime, *, inbound_tariff: str = ...,
-               announce_mode: str = ..., announce_s: Decimal = ..., **kwargs: Any
-               ) -> DecisionLike: ...
+               announce_mode: str = ..., announce_s: Decimal = ...) -> DecisionLike: ...
 
 
 class RatesDecider:

@@ -13,14 +13,13 @@ service, and :func:`background`, which ties a task's life to a ``cleanup_ctx``.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -41,6 +40,9 @@ from shared.link_policy import PeerSettings
 from shared.money import FxTable
 from shared.pki import client_context
 from shared.signing import Signer, SigningKey, Verifier, load_public_key
+
+if TYPE_CHECKING:
+    from routing_rates import RatingService
 
 DB_START_TIMEOUT_S = 60.0
 
@@ -153,7 +155,7 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
 
 
 async def start_rating_service(pool: asyncpg.Pool, rates: RatesSettings,
-                               log: logging.Logger) -> Any | None:
+                               log: logging.Logger) -> RatingService | None:
     """``routing_rates.RatingService`` when ``[rates] enabled``; None (logged) otherwise.
 
     A site without rates still works: the edge applies each merchant's default,
@@ -163,8 +165,9 @@ async def start_rating_service(pool: asyncpg.Pool, rates: RatesSettings,
         log.info("routing_rates disabled in [rates]")
         return None
     try:
-        service_class: Any = importlib.import_module("routing_rates").RatingService
-        return await service_class.start(pool, fx=rates.fx())
+        from routing_rates import RatingService
+
+        return await RatingService.start(pool, fx=rates.fx())
     except Exception as exc:
         log.error("routing_rates unavailable (%s: %s)", type(exc).__name__, exc)
         return None
