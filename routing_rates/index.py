@@ -25,9 +25,10 @@ shorter prefix is tried.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from routing_rates.tariff import Terms
 
@@ -223,6 +224,29 @@ class RateIndex:
         if not entry.timed and (not origin or not entry.origins):
             return entry.fast[pos]
         return _resolve(entry.nodes[pos], origin, period, at)
+
+    def tables(self, carrier: str) -> Tables | None:
+        """The lookup tables for one carrier, for loops that inline ``match_one``
+        without an origin (CDR rating). None if the index has no such carrier.
+
+        The loop: ``i = bisect_right(t.prefixes, digits) - 1``; while ``i >= 0`` and
+        ``digits`` does not start with ``t.prefixes[i]``: ``i = t.parents[i]``; the
+        entry is ``t.entries[i]`` (``t.empty`` if ``i < 0``); its row is
+        ``entry.fast[t.pos]`` unless ``entry.timed``: then ``t.timed(entry, period, at)``."""
+        pos = self._pos.get(carrier)
+        if pos is None:
+            return None
+        return Tables(self._prefixes, self._parents, self._entries, self._empty, pos,
+                      lambda entry, period, at: _resolve(entry.nodes[pos], "", period, at))
+
+
+class Tables(NamedTuple):
+    prefixes: list[str]
+    parents: list[int]
+    entries: list[_Entry]
+    empty: _Entry
+    pos: int
+    timed: Callable[[_Entry, str, datetime], Row | None]
 
 
 def _longest(nodes: Mapping[str, _Node], prefix: str) -> _Node | None:
