@@ -114,6 +114,10 @@ class IntakeBatcher:
     reads the newly claimed messages from the relation ``fresh(message_id text,
     payload bytea)``, e.g. ``INSERT INTO intake (message_id, body) SELECT
     message_id, payload FROM fresh``. It is code, never request data.
+
+    The batcher keeps up to ``max_in_flight`` connections of ``pool`` for
+    itself (taken on first use, given back by :meth:`close` or when one fails);
+    size the pool for that plus whatever else shares it.
     """
 
     pool: asyncpg.Pool
@@ -128,6 +132,7 @@ class IntakeBatcher:
     _slots: asyncio.Semaphore | None = field(default=None, init=False)
     _loop_task: asyncio.Task[None] | None = field(default=None, init=False)
     _batches: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _idle: list[asyncpg.Connection] = field(default_factory=list, init=False)
     _sql: str = field(default="", init=False)
     #: counters for benchmarks and health pages
     batches: int = field(default=0, init=False)
@@ -173,6 +178,9 @@ class IntakeBatcher:
             self._loop_task = None
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self.pool.release(conn)
         queued, self._queue = self._queue, []
         for item in queued:
             self._settle_error(item, "the intake is shutting down")
@@ -215,8 +223,7 @@ class IntakeBatcher:
         self.batches += 1
         self.messages += len(batch)
         try:
-            async with self.pool.acquire() as conn:
-                await self._write(conn, batch)
+            await self._write_on_held(batch)
         except _CONNECTION_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("intake batch of %d failed, database unreachable: %s", len(batch), reason)
@@ -241,12 +248,26 @@ class IntakeBatcher:
             if item.future.done():  # answered before the failure (a repeat lookup failed)
                 continue
             try:
-                async with self.pool.acquire() as conn:
-                    await self._write(conn, [item])
+                await self._write_on_held([item])
             except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
                 log.warning("intake of %s %s failed: %s: %s", self.kind, item.message_id,
                             type(exc).__name__, exc)
                 self._settle_error(item, f"{type(exc).__name__}: {exc}")
+
+    async def _write_on_held(self, batch: Sequence[_Pending]) -> None:
+        """Write on one of the batcher's own connections (at most ``max_in_flight``).
+
+        They are taken from the pool once and kept, not returned after every
+        batch: returning one costs a reset round trip (``RESET ALL`` etc.). A
+        connection that failed goes back to the pool, which replaces it.
+        """
+        conn = self._idle.pop() if self._idle else await self.pool.acquire()
+        try:
+            await self._write(conn, batch)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        self._idle.append(conn)
 
     async def _write(self, conn: asyncpg.Connection, batch: Sequence[_Pending]) -> None:
         ids = [p.message_id for p in batch]

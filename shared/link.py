@@ -316,17 +316,20 @@ async def signature_middleware(request: web.Request, handler: Handler) -> web.St
     if too_large is not None:
         return error_response(too_large)
     verifier = request.app[VERIFIER_KEY]
-    timeout_s = request.app.get(BODY_TIMEOUT_KEY, DEFAULT_BODY_TIMEOUT_S)
-    try:
-        async with asyncio.timeout(timeout_s):
-            body = await request.read()
-    except TimeoutError:
-        log.warning("refused %s %s from %s: body not received within %.0f s", request.method,
-                    request.path, request.remote, timeout_s)
-        response = error_response(ApiError(408, "body-timeout",
-                                           f"request body not received within {timeout_s} s"))
-        response.force_close()
-        return response
+    if request.content.is_eof():  # the whole body came with the head: nothing to wait for
+        body = await request.read()
+    else:
+        timeout_s = request.app.get(BODY_TIMEOUT_KEY, DEFAULT_BODY_TIMEOUT_S)
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await request.read()
+        except TimeoutError:
+            log.warning("refused %s %s from %s: body not received within %.0f s",
+                        request.method, request.path, request.remote, timeout_s)
+            response = error_response(ApiError(408, "body-timeout",
+                                               f"request body not received within {timeout_s} s"))
+            response.force_close()
+            return response
     try:
         message_id = verifier.verify(request.method, request.raw_path, body, request.headers)
     except SignatureError as exc:
