@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,21 +49,26 @@ def _pki(directory: Path) -> None:
 # --- server --------------------------------------------------------------------------------
 
 
+STORE_SQL = "INSERT INTO bench_intake (message_id, body) SELECT message_id, payload FROM fresh"
+
+
 def _server_main(pki_dir: str, db_url: str, port: int, use_uvloop: bool, pool_size: int,
-                 ready: Any) -> None:
+                 batch: dict[str, Any] | None, stats: Any, ready: Any) -> None:
     if use_uvloop:
         import uvloop
 
         uvloop.install()
-    asyncio.run(_serve(Path(pki_dir), db_url, port, pool_size, ready))
+    asyncio.run(_serve(Path(pki_dir), db_url, port, pool_size, batch, stats, ready))
 
 
-async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int, ready: Any) -> None:
+async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
+                 batch: dict[str, Any] | None, stats: Any, ready: Any) -> None:
     from aiohttp import web
 
     from shared import pki
     from shared.db import create_pool
     from shared.http import error_middleware
+    from shared.intake_batch import IntakeBatcher
     from shared.link import (
         VERIFIER_KEY,
         accept_once,
@@ -77,6 +83,14 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int, ready: A
     app = web.Application(middlewares=[error_middleware, signature_middleware])
     app[VERIFIER_KEY] = Verifier({"edge-sign-1": load_public_key(pki_dir / "edge-sign-1.pub")})
 
+    batcher = None if batch is None else IntakeBatcher(pool, "bench", STORE_SQL, **batch)
+    queued = (202, {"status": "queued"})
+
+    async def intake_batched(request: web.Request) -> web.Response:
+        assert batcher is not None
+        status, answer = await batcher.submit(message_id(request), raw_body(request), queued)
+        return web.json_response(answer, status=status)
+
     async def intake(request: web.Request) -> web.Response:
         mid = message_id(request)
         body = raw_body(request)
@@ -90,7 +104,7 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int, ready: A
             status, answer = await accept_once(conn, mid, "bench", store)
         return web.json_response(answer, status=status)
 
-    app.router.add_post(PATH, intake)
+    app.router.add_post(PATH, intake if batcher is None else intake_batched)
     runner = web.AppRunner(app, access_log=None, **serve_options())
     await runner.setup()
     ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",
@@ -99,9 +113,14 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int, ready: A
                       reuse_port=True).start()
     ready.set()
     try:
-        await asyncio.Event().wait()
+        while True:  # counters for the report (batches, messages)
+            await asyncio.sleep(0.25)
+            if batcher is not None:
+                stats[0], stats[1] = batcher.batches, batcher.messages
     finally:
         await runner.cleanup()
+        if batcher is not None:
+            await batcher.close()
         await pool.close()
 
 
@@ -109,12 +128,16 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int, ready: A
 
 
 def _client_main(pki_dir: str, port: int, connections: int, seconds: float, warmup: float,
-                 use_uvloop: bool, out: Any) -> None:
+                 use_uvloop: bool, kind: str, pipeline: int, out: Any) -> None:
     if use_uvloop:
         import uvloop
 
         uvloop.install()
-    out.put(asyncio.run(_load(Path(pki_dir), port, connections, seconds, warmup)))
+    if kind == "raw":
+        out.put(asyncio.run(_raw_load(Path(pki_dir), port, connections, pipeline, seconds,
+                                      warmup)))
+    else:
+        out.put(asyncio.run(_load(Path(pki_dir), port, connections, seconds, warmup)))
 
 
 def _presign(pki_dir: Path, count: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -134,6 +157,81 @@ def _presign(pki_dir: Path, count: int) -> list[tuple[bytes, dict[str, str]]]:
     return reqs
 
 
+def _raw_requests(pki_dir: Path, port: int, count: int) -> list[bytes]:
+    """Each pre-signed request as the exact HTTP/1.1 bytes put on the wire."""
+    out = []
+    for body, headers in _presign(pki_dir, count):
+        head = [f"POST {PATH} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+                f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        out.append(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    return out
+
+
+async def _raw_load(pki_dir: Path, port: int, connections: int, pipeline: int, seconds: float,
+                    warmup: float) -> dict[str, Any]:
+    """Load generator on raw TLS streams: pre-built requests, minimal response parsing.
+
+    Each connection keeps up to ``pipeline`` requests outstanding (HTTP/1.1
+    pipelining; the server answers them in order). A request's latency is from
+    the moment its bytes were handed to the socket to the moment its whole
+    response was read.
+    """
+    import collections
+
+    from shared import pki
+
+    budget = int((seconds + warmup) * 9000) + connections * pipeline
+    reqs = _raw_requests(pki_dir, port, budget)
+    ctx = pki.client_context(pki_dir / "ca.pem", pki_dir / "edge.pem", pki_dir / "edge.key")
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    next_index = 0
+    clock = time.perf_counter  # uvloop's loop.time() only ticks in whole milliseconds
+    streams = [await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+               for _ in range(connections)]
+    start = clock()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+    counted = 0
+
+    async def conn_worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal next_index, counted
+        sent: collections.deque[float] = collections.deque()
+        try:
+            while True:
+                while (len(sent) < pipeline and next_index < len(reqs)
+                       and clock() < stop_at):
+                    writer.write(reqs[next_index])
+                    next_index += 1
+                    sent.append(clock())
+                if not sent:
+                    return
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = head[9:12]
+                at = head.lower().find(b"content-length:")
+                length = int(head[at + 15:head.index(b"\r\n", at)]) if at >= 0 else 0
+                if length:
+                    await reader.readexactly(length)
+                t1 = clock()
+                t0 = sent.popleft()
+                if status != b"202":  # counted whenever it happens, warm-up included
+                    key = status.decode(errors="replace")
+                    errors[key] = errors.get(key, 0) + 1
+                elif t0 >= measure_from and t1 <= stop_at:
+                    latencies.append(t1 - t0)
+                    counted += 1
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(conn_worker(r, w) for r, w in streams))
+    return {"ok": counted, "errors": errors, "seconds": seconds,
+            "latencies": latencies, "presigned": len(reqs), "used": next_index,
+            "pooled": connections}
+
+
 async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
                 warmup: float) -> dict[str, Any]:
     import aiohttp
@@ -147,8 +245,8 @@ async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
     latencies: list[float] = []
     errors: dict[str, int] = {}
     next_index = 0
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    clock = time.perf_counter  # uvloop's loop.time() only ticks in whole milliseconds
+    start = clock()
     measure_from = start + warmup
     stop_at = measure_from + seconds
     counted = 0
@@ -156,12 +254,12 @@ async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal next_index, counted
         while True:
-            now = loop.time()
+            now = clock()
             if now >= stop_at or next_index >= len(reqs):
                 return
             body, headers = reqs[next_index]
             next_index += 1
-            t0 = loop.time()
+            t0 = clock()
             try:
                 async with session.post(url, data=body, headers=headers) as resp:
                     await resp.read()
@@ -169,7 +267,7 @@ async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
                     key = str(resp.status)
             except aiohttp.ClientError as exc:
                 ok, key = False, type(exc).__name__
-            t1 = loop.time()
+            t1 = clock()
             if t0 >= measure_from and t1 <= stop_at:
                 if ok:
                     latencies.append(t1 - t0)
@@ -189,7 +287,7 @@ async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
 # --- orchestration --------------------------------------------------------------------------
 
 
-async def _prepare_db(db_url: str) -> None:
+async def _prepare_db(db_url: str, *, quiet: bool = False) -> None:
     import asyncpg
 
     from shared.db import MigrationSet, migrate_url
@@ -206,6 +304,8 @@ async def _prepare_db(db_url: str) -> None:
             "('synchronous_commit', 'fsync', 'wal_sync_method', 'server_version')")}
     finally:
         await conn.close()
+    if quiet:
+        return
     print(f"PostgreSQL {settings.get('server_version')}: synchronous_commit="
           f"{settings.get('synchronous_commit')}, fsync={settings.get('fsync')}, "
           f"wal_sync_method={settings.get('wal_sync_method')}")
@@ -218,6 +318,84 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dict[str, Any]:
+    """One measured run: start the servers, run the load, stop; returns the figures."""
+    asyncio.run(_prepare_db(db_url, quiet=True))
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    batch = None if mode == "single" else {
+        "max_batch": args.max_batch, "max_in_flight": args.in_flight,
+        "linger_s": args.linger_ms / 1000}
+    ctx = mp.get_context("spawn")
+    servers, stats = [], []
+    for _ in range(args.server_procs):
+        ready = ctx.Event()
+        counters = ctx.Array("q", 2, lock=False)
+        proc = ctx.Process(target=_server_main, args=(str(pki_dir), db_url, port, args.uvloop,
+                                                      args.pool, batch, counters, ready),
+                           daemon=True)
+        proc.start()
+        if not ready.wait(30):
+            raise RuntimeError("server did not start")
+        servers.append(proc)
+        stats.append(counters)
+    out = ctx.Queue()
+    per_client = max(1, args.connections // args.client_procs)
+    clients = [ctx.Process(target=_client_main, args=(str(pki_dir), port, per_client,
+                                                      args.seconds, args.warmup, args.uvloop,
+                                                      args.client, args.pipeline, out))
+               for _ in range(args.client_procs)]
+    for c in clients:
+        c.start()
+    results = [out.get(timeout=args.seconds + args.warmup + 120) for _ in clients]
+    load = os.getloadavg()[0]
+    for c in clients:
+        c.join(10)
+    time.sleep(0.3)  # the servers' last counters
+    batches = sum(int(c[0]) for c in stats)
+    batched = sum(int(c[1]) for c in stats)
+    for proc in servers:
+        proc.terminate()
+        proc.join(10)
+    stored = asyncio.run(_count_stored(db_url))
+    latencies = [x for r in results for x in r["latencies"]]
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    ok = sum(r["ok"] for r in results)
+    return {"mode": mode, "rps": ok / args.seconds, "ok": ok, "errors": errors,
+            "p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9),
+            "p99": _pct(latencies, 0.99), "max": max(latencies, default=float("nan")),
+            "mean": statistics.fmean(latencies) if latencies else float("nan"),
+            "exhausted": any(r["used"] >= r["presigned"] for r in results),
+            "sent": sum(r["used"] for r in results), "stored": stored, "load1": load,
+            "batch_mean": batched / batches if batches else float("nan")}
+
+
+async def _count_stored(db_url: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        n: int = await conn.fetchval(
+            "SELECT count(*) FROM bench_intake b JOIN inbound_messages m USING (message_id)")
+        return n
+    finally:
+        await conn.close()
+
+
+def _report(r: dict[str, Any]) -> None:
+    what = ("accept_once per request (5 round trips, 1 commit each)" if r["mode"] == "single"
+            else f"batched (1 statement + commit per batch, mean batch {r['batch_mean']:.1f})")
+    print(f"  {r['mode']:>6}: {r['rps']:,.0f} req/s  p50 {r['p50'] * 1000:.1f} ms  "
+          f"p90 {r['p90'] * 1000:.1f} ms  p99 {r['p99'] * 1000:.1f} ms  "
+          f"max {r['max'] * 1000:.1f} ms  errors {r['errors'] or 0}  load1 {r['load1']:.2f}  "
+          f"[{what}; sent {r['sent']:,}, stored {r['stored']:,}]"
+          + ("  [pre-signed requests ran out: raise the budget]" if r["exhausted"] else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.link_intake", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,6 +406,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-procs", type=int, default=1)
     parser.add_argument("--pool", type=int, default=16, help="DB connections per server")
     parser.add_argument("--uvloop", action="store_true", help="uvloop in server and client")
+    parser.add_argument("--mode", choices=["batch", "single"], default="batch",
+                        help="batch: shared.intake_batch (group commit); single: one "
+                             "accept_once transaction per request (the old path)")
+    parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                        help="alternate single and batch runs, ROUNDS of each")
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--in-flight", type=int, default=2, help="batches at once per server")
+    parser.add_argument("--linger-ms", type=float, default=0.0)
+    parser.add_argument("--client", choices=["raw", "aiohttp"], default="raw",
+                        help="raw: pre-built requests on TLS streams; aiohttp: ClientSession")
+    parser.add_argument("--pipeline", type=int, default=1,
+                        help="raw client: requests outstanding per connection")
     args = parser.parse_args(argv)
 
     from shared.db import resolve_url
@@ -236,55 +426,27 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(_prepare_db(db_url))
     pki_dir = Path(tempfile.mkdtemp(prefix="cbgw-bench-pki-"))
     _pki(pki_dir)
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    ctx = mp.get_context("spawn")
-    servers = []
-    for _ in range(args.server_procs):
-        ready = ctx.Event()
-        proc = ctx.Process(target=_server_main, args=(str(pki_dir), db_url, port, args.uvloop,
-                                                      args.pool, ready), daemon=True)
-        proc.start()
-        if not ready.wait(30):
-            print("server did not start", file=sys.stderr)
-            return 1
-        servers.append(proc)
-    out = ctx.Queue()
-    per_client = max(1, args.connections // args.client_procs)
-    clients = [ctx.Process(target=_client_main, args=(str(pki_dir), port, per_client,
-                                                      args.seconds, args.warmup, args.uvloop,
-                                                      out)) for _ in range(args.client_procs)]
-    for c in clients:
-        c.start()
-    results = [out.get(timeout=args.seconds + args.warmup + 120) for _ in clients]
-    for c in clients:
-        c.join(10)
-    for proc in servers:
-        proc.terminate()
-        proc.join(10)
-
-    latencies = [x for r in results for x in r["latencies"]]
-    ok = sum(r["ok"] for r in results)
-    errors: dict[str, int] = {}
-    for r in results:
-        for k, v in r["errors"].items():
-            errors[k] = errors.get(k, 0) + v
-    rps = ok / args.seconds
-    exhausted = any(r["used"] >= r["presigned"] for r in results)
-    verdict = "MEETS" if rps >= TARGET_RPS else "BELOW"
+    modes = ["single", "batch"] * args.compare if args.compare else [args.mode]
     print(f"cores={os.cpu_count()} python={sys.version.split()[0]} "
           f"uvloop={'yes' if args.uvloop else 'no'} server_procs={args.server_procs} "
-          f"client_procs={args.client_procs} connections={args.connections} "
-          f"pool={args.pool}/server seconds={args.seconds}")
-    print(f"signed intake (verify + accept_once + insert, one durable commit, 202): "
-          f"{rps:,.0f} req/s  p50 {_pct(latencies, 0.5) * 1000:.1f} ms  "
-          f"p90 {_pct(latencies, 0.9) * 1000:.1f} ms  p99 {_pct(latencies, 0.99) * 1000:.1f} ms"
-          f"  mean {statistics.fmean(latencies) * 1000 if latencies else float('nan'):.1f} ms"
-          f"  errors {errors or 0}")
-    print(f"target >= {TARGET_RPS:,}/s: {verdict} ({rps / TARGET_RPS:.0%} of target)"
-          + ("  [pre-signed requests ran out: raise the budget]" if exhausted else ""))
+          f"client={args.client} client_procs={args.client_procs} "
+          f"connections={args.connections} pipeline={args.pipeline} pool={args.pool}/server "
+          f"max_batch={args.max_batch} in_flight={args.in_flight}/server "
+          f"linger={args.linger_ms} ms seconds={args.seconds}")
+    print("signed intake (mTLS, Ed25519 verify, message id once + payload, durable commit, "
+          "202):")
+    runs = []
+    for mode in modes:
+        r = _run(args, db_url, pki_dir, mode)
+        _report(r)
+        runs.append(r)
+    for mode in dict.fromkeys(modes):
+        mine = [r for r in runs if r["mode"] == mode]
+        best = max(r["rps"] for r in mine)
+        median = statistics.median(r["rps"] for r in mine)
+        verdict = "MEETS" if median >= TARGET_RPS else "BELOW"
+        print(f"{mode}: median {median:,.0f} req/s (best {best:,.0f}) over {len(mine)} run(s); "
+              f"target >= {TARGET_RPS:,}/s: {verdict} ({median / TARGET_RPS:.0%} of target)")
     return 0
 
 
