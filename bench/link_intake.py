@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing as mp
 import os
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +87,18 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
 
     batcher = None if batch is None else IntakeBatcher(pool, "bench", STORE_SQL, **batch)
     queued = (202, {"status": "queued"})
+    handled = 0
 
     async def intake_batched(request: web.Request) -> web.Response:
+        nonlocal handled
+        handled += 1
         assert batcher is not None
         status, answer = await batcher.submit(message_id(request), raw_body(request), queued)
         return web.json_response(answer, status=status)
 
     async def intake(request: web.Request) -> web.Response:
+        nonlocal handled
+        handled += 1
         mid = message_id(request)
         body = raw_body(request)
 
@@ -113,10 +120,11 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
                       reuse_port=True).start()
     ready.set()
     try:
-        while True:  # counters for the report (batches, messages)
-            await asyncio.sleep(0.25)
+        while True:  # counters for the report (batches, messages, requests, CPU µs)
+            await asyncio.sleep(0.1)
             if batcher is not None:
                 stats[0], stats[1] = batcher.batches, batcher.messages
+            stats[2], stats[3] = handled, int(time.process_time() * 1e6)
     finally:
         await runner.cleanup()
         if batcher is not None:
@@ -128,16 +136,40 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
 
 
 def _client_main(pki_dir: str, port: int, connections: int, seconds: float, warmup: float,
-                 use_uvloop: bool, kind: str, pipeline: int, out: Any) -> None:
+                 use_uvloop: bool, kind: str, pipeline: int, servers: list[Any],
+                 out: Any) -> None:
     if use_uvloop:
         import uvloop
 
         uvloop.install()
     if kind == "raw":
-        out.put(asyncio.run(_raw_load(Path(pki_dir), port, connections, pipeline, seconds,
-                                      warmup)))
+        result = asyncio.run(_raw_load(Path(pki_dir), port, connections, pipeline, seconds,
+                                       warmup, servers))
     else:
-        out.put(asyncio.run(_load(Path(pki_dir), port, connections, seconds, warmup)))
+        result = asyncio.run(_load(Path(pki_dir), port, connections, seconds, warmup, servers))
+    out.put(result)
+
+
+def _window_marks(seconds: float, warmup: float, servers: list[Any],
+                  responses: Any) -> list[tuple[float, int, int, int]]:
+    """At the start and the end of the measured window: (own CPU s, responses seen,
+    requests the servers handled, servers' CPU µs)."""
+    marks: list[tuple[float, int, int, int]] = []
+
+    def mark() -> None:
+        marks.append((time.process_time(), responses(), sum(int(c[2]) for c in servers),
+                      sum(int(c[3]) for c in servers)))
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(warmup, mark)
+    loop.call_later(warmup + seconds, mark)
+    return marks
+
+
+def _cpu_figures(marks: list[tuple[float, int, int, int]]) -> dict[str, float]:
+    (c0, n0, h0, s0), (c1, n1, h1, s1) = marks
+    return {"cpu_per_response_us": (c1 - c0) / max(1, n1 - n0) * 1e6,
+            "server_us": (s1 - s0) / max(1, h1 - h0)}
 
 
 def _presign(pki_dir: Path, count: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -168,72 +200,118 @@ def _raw_requests(pki_dir: Path, port: int, count: int) -> list[bytes]:
     return out
 
 
-async def _raw_load(pki_dir: Path, port: int, connections: int, pipeline: int, seconds: float,
-                    warmup: float) -> dict[str, Any]:
-    """Load generator on raw TLS streams: pre-built requests, minimal response parsing.
+class _RawConnection(asyncio.Protocol):
+    """One keep-alive TLS connection of the raw load generator.
 
-    Each connection keeps up to ``pipeline`` requests outstanding (HTTP/1.1
-    pipelining; the server answers them in order). A request's latency is from
-    the moment its bytes were handed to the socket to the moment its whole
-    response was read.
+    Writes pre-built requests, keeps up to ``pipeline`` outstanding (HTTP/1.1
+    pipelining: the server answers in order), and parses only what it must
+    from each response: where the head ends, ``Content-Length``, the status.
+    No coroutine per request: everything happens in ``data_received``.
     """
-    import collections
 
+    def __init__(self, run: _RawRun) -> None:
+        self.run = run
+        self.buf = bytearray()
+        self.sent: collections.deque[float] = collections.deque()
+        self.transport: Any = None  # uvloop's TLS transport is not an asyncio.Transport
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def send_more(self) -> None:
+        run, transport = self.run, self.transport
+        assert transport is not None
+        now = time.perf_counter()
+        while len(self.sent) < run.pipeline and run.next < len(run.reqs) and now < run.stop_at:
+            transport.write(run.reqs[run.next])
+            run.next += 1
+            self.sent.append(time.perf_counter())
+        if not self.sent:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf, run = self.buf, self.run
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            at = head.find(b"content-length:")
+            length = 0
+            if at >= 0:
+                eol = head.find(b"\r\n", at)
+                length = int(head[at + 15:eol if eol >= 0 else None])
+            total = end + 4 + length
+            if len(buf) < total:
+                return
+            t1 = time.perf_counter()
+            t0 = self.sent.popleft()
+            run.responses += 1
+            status = head[9:12]
+            del buf[:total]
+            if status != b"202":  # counted whenever it happens, warm-up included
+                key = status.decode(errors="replace")
+                run.errors[key] = run.errors.get(key, 0) + 1
+            elif t0 >= run.measure_from and t1 <= run.stop_at:
+                run.latencies.append(t1 - t0)
+            self.send_more()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sent:  # requests without an answer
+            key = type(exc).__name__ if exc else "closed-with-requests-outstanding"
+            self.run.errors[key] = self.run.errors.get(key, 0) + len(self.sent)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+@dataclass
+class _RawRun:
+    reqs: list[bytes]
+    pipeline: int
+    measure_from: float = 0.0
+    stop_at: float = 0.0
+    next: int = 0
+    responses: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+async def _raw_load(pki_dir: Path, port: int, connections: int, pipeline: int, seconds: float,
+                    warmup: float, servers: list[Any]) -> dict[str, Any]:
+    """Load generator on raw TLS connections: pre-built requests, minimal response parsing.
+
+    A request's latency is from the moment its bytes were handed to the
+    transport to the moment its whole response was parsed
+    (``time.perf_counter``).
+    """
     from shared import pki
 
     budget = int((seconds + warmup) * 9000) + connections * pipeline
-    reqs = _raw_requests(pki_dir, port, budget)
+    run = _RawRun(_raw_requests(pki_dir, port, budget), pipeline)
     ctx = pki.client_context(pki_dir / "ca.pem", pki_dir / "edge.pem", pki_dir / "edge.key")
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    next_index = 0
-    clock = time.perf_counter  # uvloop's loop.time() only ticks in whole milliseconds
-    streams = [await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
-               for _ in range(connections)]
-    start = clock()
-    measure_from = start + warmup
-    stop_at = measure_from + seconds
-    counted = 0
-
-    async def conn_worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal next_index, counted
-        sent: collections.deque[float] = collections.deque()
-        try:
-            while True:
-                while (len(sent) < pipeline and next_index < len(reqs)
-                       and clock() < stop_at):
-                    writer.write(reqs[next_index])
-                    next_index += 1
-                    sent.append(clock())
-                if not sent:
-                    return
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = head[9:12]
-                at = head.lower().find(b"content-length:")
-                length = int(head[at + 15:head.index(b"\r\n", at)]) if at >= 0 else 0
-                if length:
-                    await reader.readexactly(length)
-                t1 = clock()
-                t0 = sent.popleft()
-                if status != b"202":  # counted whenever it happens, warm-up included
-                    key = status.decode(errors="replace")
-                    errors[key] = errors.get(key, 0) + 1
-                elif t0 >= measure_from and t1 <= stop_at:
-                    latencies.append(t1 - t0)
-                    counted += 1
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(conn_worker(r, w) for r, w in streams))
-    return {"ok": counted, "errors": errors, "seconds": seconds,
-            "latencies": latencies, "presigned": len(reqs), "used": next_index,
+    loop = asyncio.get_running_loop()
+    conns: list[_RawConnection] = []
+    for _ in range(connections):
+        _, proto = await loop.create_connection(lambda: _RawConnection(run), "127.0.0.1", port,
+                                                ssl=ctx)
+        conns.append(proto)
+    start = time.perf_counter()
+    run.measure_from = start + warmup
+    run.stop_at = run.measure_from + seconds
+    marks = _window_marks(seconds, warmup, servers, lambda: run.responses)
+    for c in conns:
+        c.send_more()
+    await asyncio.gather(*(c.done for c in conns))
+    return {"ok": len(run.latencies), "errors": run.errors, "seconds": seconds,
+            **_cpu_figures(marks),
+            "latencies": run.latencies, "presigned": len(run.reqs), "used": run.next,
             "pooled": connections}
 
 
 async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
-                warmup: float) -> dict[str, Any]:
+                warmup: float, servers: list[Any]) -> dict[str, Any]:
     import aiohttp
 
     from shared import pki
@@ -275,13 +353,14 @@ async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
                 else:
                     errors[key] = errors.get(key, 0) + 1
 
+    marks = _window_marks(seconds, warmup, servers, lambda: next_index)
     connector = aiohttp.TCPConnector(ssl=ctx, limit=connections, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(worker(session) for _ in range(connections)))
         handshakes = len(connector._conns) if hasattr(connector, "_conns") else -1
     return {"ok": counted, "errors": errors, "seconds": seconds,
             "latencies": latencies, "presigned": len(reqs), "used": next_index,
-            "pooled": handshakes}
+            "pooled": handshakes, **_cpu_figures(marks)}
 
 
 # --- orchestration --------------------------------------------------------------------------
@@ -331,7 +410,7 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
     servers, stats = [], []
     for _ in range(args.server_procs):
         ready = ctx.Event()
-        counters = ctx.Array("q", 2, lock=False)
+        counters = ctx.Array("q", 4, lock=False)
         proc = ctx.Process(target=_server_main, args=(str(pki_dir), db_url, port, args.uvloop,
                                                       args.pool, batch, counters, ready),
                            daemon=True)
@@ -344,7 +423,7 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
     per_client = max(1, args.connections // args.client_procs)
     clients = [ctx.Process(target=_client_main, args=(str(pki_dir), port, per_client,
                                                       args.seconds, args.warmup, args.uvloop,
-                                                      args.client, args.pipeline, out))
+                                                      args.client, args.pipeline, stats, out))
                for _ in range(args.client_procs)]
     for c in clients:
         c.start()
@@ -371,7 +450,9 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
             "mean": statistics.fmean(latencies) if latencies else float("nan"),
             "exhausted": any(r["used"] >= r["presigned"] for r in results),
             "sent": sum(r["used"] for r in results), "stored": stored, "load1": load,
-            "batch_mean": batched / batches if batches else float("nan")}
+            "batch_mean": batched / batches if batches else float("nan"),
+            "server_us": statistics.fmean(r["server_us"] for r in results),
+            "client_us": statistics.fmean(r["cpu_per_response_us"] for r in results)}
 
 
 async def _count_stored(db_url: str) -> int:
@@ -392,6 +473,7 @@ def _report(r: dict[str, Any]) -> None:
     print(f"  {r['mode']:>6}: {r['rps']:,.0f} req/s  p50 {r['p50'] * 1000:.1f} ms  "
           f"p90 {r['p90'] * 1000:.1f} ms  p99 {r['p99'] * 1000:.1f} ms  "
           f"max {r['max'] * 1000:.1f} ms  errors {r['errors'] or 0}  load1 {r['load1']:.2f}  "
+          f"CPU/request: servers {r['server_us']:.0f} µs, load generator {r['client_us']:.0f} µs  "
           f"[{what}; sent {r['sent']:,}, stored {r['stored']:,}]"
           + ("  [pre-signed requests ran out: raise the budget]" if r["exhausted"] else ""))
 
