@@ -55,16 +55,16 @@ STORE_SQL = "INSERT INTO bench_intake (message_id, body) SELECT message_id, payl
 
 
 def _server_main(pki_dir: str, db_url: str, port: int, use_uvloop: bool, pool_size: int,
-                 batch: dict[str, Any] | None, stats: Any, ready: Any) -> None:
+                 mode: str, batch: dict[str, Any] | None, stats: Any, ready: Any) -> None:
     if use_uvloop:
         import uvloop
 
         uvloop.install()
-    asyncio.run(_serve(Path(pki_dir), db_url, port, pool_size, batch, stats, ready))
+    asyncio.run(_serve(Path(pki_dir), db_url, port, pool_size, mode, batch, stats, ready))
 
 
 async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
-                 batch: dict[str, Any] | None, stats: Any, ready: Any) -> None:
+                 mode: str, batch: dict[str, Any] | None, stats: Any, ready: Any) -> None:
     from aiohttp import web
 
     from shared import pki
@@ -111,7 +111,14 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
             status, answer = await accept_once(conn, mid, "bench", store)
         return web.json_response(answer, status=status)
 
-    app.router.add_post(PATH, intake if batcher is None else intake_batched)
+    async def diagnostic_no_db(request: web.Request) -> web.Response:
+        nonlocal handled
+        handled += 1
+        message_id(request)
+        return web.json_response(queued[1], status=queued[0])
+
+    app.router.add_post(PATH, diagnostic_no_db if mode == "no-db"
+                        else intake if batcher is None else intake_batched)
     runner = web.AppRunner(app, access_log=None, **serve_options())
     await runner.setup()
     ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",
@@ -403,7 +410,7 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    batch = None if mode == "single" else {
+    batch = None if mode in ("single", "no-db") else {
         "max_batch": args.max_batch, "max_in_flight": args.in_flight,
         "linger_s": args.linger_ms / 1000}
     ctx = mp.get_context("spawn")
@@ -412,7 +419,7 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
         ready = ctx.Event()
         counters = ctx.Array("q", 4, lock=False)
         proc = ctx.Process(target=_server_main, args=(str(pki_dir), db_url, port, args.uvloop,
-                                                      args.pool, batch, counters, ready),
+                                                      args.pool, mode, batch, counters, ready),
                            daemon=True)
         proc.start()
         if not ready.wait(30):
@@ -469,6 +476,7 @@ async def _count_stored(db_url: str) -> int:
 
 def _report(r: dict[str, Any]) -> None:
     what = ("accept_once per request (5 round trips, 1 commit each)" if r["mode"] == "single"
+            else "DIAGNOSTIC: nothing stored, not a valid intake" if r["mode"] == "no-db"
             else f"batched (1 statement + commit per batch, mean batch {r['batch_mean']:.1f})")
     print(f"  {r['mode']:>6}: {r['rps']:,.0f} req/s  p50 {r['p50'] * 1000:.1f} ms  "
           f"p90 {r['p90'] * 1000:.1f} ms  p99 {r['p99'] * 1000:.1f} ms  "
@@ -488,9 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-procs", type=int, default=1)
     parser.add_argument("--pool", type=int, default=16, help="DB connections per server")
     parser.add_argument("--uvloop", action="store_true", help="uvloop in server and client")
-    parser.add_argument("--mode", choices=["batch", "single"], default="batch",
+    parser.add_argument("--mode", choices=["batch", "single", "no-db"], default="batch",
                         help="batch: shared.intake_batch (group commit); single: one "
-                             "accept_once transaction per request (the old path)")
+                             "accept_once transaction per request (the old path); no-db: "
+                             "DIAGNOSTIC ONLY, verify and answer without storing anything "
+                             "(not what intake must do; shows the HTTP + TLS + verify cost)")
     parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
                         help="alternate single and batch runs, ROUNDS of each")
     parser.add_argument("--max-batch", type=int, default=256)
@@ -527,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         best = max(r["rps"] for r in mine)
         median = statistics.median(r["rps"] for r in mine)
         verdict = "MEETS" if median >= TARGET_RPS else "BELOW"
+        if mode == "no-db":
+            verdict = "n/a, diagnostic (nothing stored)"
         print(f"{mode}: median {median:,.0f} req/s (best {best:,.0f}) over {len(mine)} run(s); "
               f"target >= {TARGET_RPS:,}/s: {verdict} ({median / TARGET_RPS:.0%} of target)")
     return 0

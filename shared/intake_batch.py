@@ -82,7 +82,10 @@ class _Pending:
     status: int
     answer: dict[str, Any]
     answer_json: str
-    future: asyncio.Future[Answer]
+    #: one future per caller waiting for this message (the first delivery and its repeats);
+    #: a cancelled caller cancels only its own future, never the write
+    waiters: list[asyncio.Future[Answer]]
+    settled: bool = False
 
 
 def batch_sql(store_sql: str) -> str:
@@ -127,7 +130,7 @@ class IntakeBatcher:
     max_in_flight: int = 2
     linger_s: float = 0.0
     _queue: list[_Pending] = field(default_factory=list, init=False)
-    _waiting: dict[str, asyncio.Future[Answer]] = field(default_factory=dict, init=False)
+    _waiting: dict[str, _Pending] = field(default_factory=dict, init=False)
     _wake: asyncio.Event | None = field(default=None, init=False)
     _slots: asyncio.Semaphore | None = field(default=None, init=False)
     _loop_task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -155,19 +158,21 @@ class IntakeBatcher:
         the message could not be stored. Cancelling the caller does not cancel
         the write (the batch is shared).
         """
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         existing = self._waiting.get(message_id)
         if existing is not None:  # a repeat of a message still queued or in flight here
             self.repeats += 1
-            return await asyncio.shield(existing)
+            existing.waiters.append(future)
+            return await future
         self._ensure_running()
         assert self._wake is not None
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         status, body = answer
-        self._queue.append(_Pending(message_id, payload, status, body,
-                                    json.dumps(body, separators=(",", ":")), future))
-        self._waiting[message_id] = future
+        item = _Pending(message_id, payload, status, body,
+                        json.dumps(body, separators=(",", ":")), [future])
+        self._queue.append(item)
+        self._waiting[message_id] = item
         self._wake.set()
-        return await asyncio.shield(future)
+        return await future
 
     async def close(self) -> None:
         """Stop taking batches; wait for those in flight; fail what is still queued."""
@@ -240,12 +245,12 @@ class IntakeBatcher:
             raise
         finally:
             for item in batch:  # never leave a caller waiting
-                if not item.future.done():
+                if not item.settled:
                     self._settle_error(item, "no answer")
 
     async def _one_by_one(self, batch: Sequence[_Pending]) -> None:
         for item in batch:
-            if item.future.done():  # answered before the failure (a repeat lookup failed)
+            if item.settled:  # answered before the failure (a repeat lookup failed)
                 continue
             try:
                 await self._write_on_held([item])
@@ -279,7 +284,7 @@ class IntakeBatcher:
         repeats = [p for p in batch if p.message_id not in claimed]
         for item in batch:
             if item.message_id in claimed:
-                self._settle(item, (item.status, dict(item.answer)))
+                self._settle(item, (item.status, item.answer))
         if not repeats:
             return
         self.repeats += len(repeats)
@@ -295,13 +300,19 @@ class IntakeBatcher:
                 self._settle(item, answer)
 
     def _settle(self, item: _Pending, answer: Answer) -> None:
-        if self._waiting.get(item.message_id) is item.future:
-            del self._waiting[item.message_id]
-        if not item.future.done():
-            item.future.set_result(answer)
+        self._forget(item)
+        status, body = answer
+        for future in item.waiters:
+            if not future.done():
+                future.set_result((status, dict(body)))
 
     def _settle_error(self, item: _Pending, reason: str) -> None:
-        if self._waiting.get(item.message_id) is item.future:
+        self._forget(item)
+        for future in item.waiters:
+            if not future.done():
+                future.set_exception(IntakeFailed(item.message_id, reason))
+
+    def _forget(self, item: _Pending) -> None:
+        item.settled = True
+        if self._waiting.get(item.message_id) is item:
             del self._waiting[item.message_id]
-        if not item.future.done():
-            item.future.set_exception(IntakeFailed(item.message_id, reason))
