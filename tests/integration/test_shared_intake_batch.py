@@ -192,3 +192,68 @@ async def test_a_cancelled_caller_does_not_cancel_the_write(pool: asyncpg.Pool) 
 def test_store_sql_must_read_fresh() -> None:
     with pytest.raises(ValueError, match="fresh"):
         IntakeBatcher(None, "test", "INSERT INTO t SELECT 1")  # type: ignore[arg-type]
+
+
+async def test_over_the_signed_link_end_to_end(pool: asyncpg.Pool, pki_dir: Path) -> None:
+    """mTLS + signature_middleware + batcher: 202 after the commit, repeats get the first
+    answer, a bad signature never reaches the database."""
+    import socket
+
+    from aiohttp import web
+
+    from shared import pki
+    from shared.config import LinkRoute
+    from shared.http import error_middleware
+    from shared.link import (
+        VERIFIER_KEY,
+        LinkClient,
+        LinkRejected,
+        message_id,
+        raw_body,
+        signature_middleware,
+    )
+    from shared.signing import Signer, SigningKey, Verifier, load_public_key
+
+    batcher = await _batcher(pool)
+    app = web.Application(middlewares=[error_middleware, signature_middleware])
+    app[VERIFIER_KEY] = Verifier({"edge-sign-1": load_public_key(pki_dir / "edge-sign-1.pub")})
+
+    async def handle(request: web.Request) -> web.Response:
+        status, body = await batcher.submit(message_id(request), raw_body(request), QUEUED)
+        return web.json_response(body, status=status)
+
+    app.router.add_post("/v1/link/intake", handle)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",
+                             pki_dir / "ca.pem")
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    url = f"https://127.0.0.1:{port}"
+    client_ctx = pki.client_context(pki_dir / "ca.pem", pki_dir / "edge.pem",
+                                    pki_dir / "edge.key")
+    link = LinkClient([LinkRoute("r0", url)],
+                      Signer([SigningKey.load(pki_dir / "edge-sign-1.key")]), client_ctx)
+    stranger = LinkClient([LinkRoute("r0", url)],
+                          Signer([SigningKey.generate("edge-sign-1")]), client_ctx)
+    try:
+        ids = [f"j-{i}" for i in range(40)]
+        firsts = await asyncio.gather(*(link.post("/v1/link/intake", b'{"n": %d}' % i, mid)
+                                        for i, mid in enumerate(ids)))
+        assert {(d.status, str(d.body)) for d in firsts} == {(202, str(QUEUED[1]))}
+        again = await asyncio.gather(*(link.post("/v1/link/intake", b'{"n": -1}', mid)
+                                       for mid in ids[:5]))
+        assert [(d.status, d.body) for d in again] == [QUEUED] * 5
+        with pytest.raises(LinkRejected) as refused:
+            await stranger.post("/v1/link/intake", b'{"n": 0}', "j-forged")
+        assert refused.value.status == 401
+    finally:
+        await link.close()
+        await stranger.close()
+        await runner.cleanup()
+        await batcher.close()
+    stored = await _stored(pool, "j-")
+    assert stored == {mid: b'{"n": %d}' % i for i, mid in enumerate(ids)}
+    assert await _seen(pool, "j-forged") == 0
