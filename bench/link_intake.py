@@ -1,23 +1,43 @@
 """Benchmark: signed intake on the link = verify + store durably + acknowledge.
 
     .venv/bin/python -m bench.link_intake [--seconds 10] [--connections 64] [--uvloop]
-                                          [--server-procs 1] [--client-procs 1]
+        [--server-procs 1] [--client-procs 1] [--mode batch|single|no-db] [--compare ROUNDS]
+        [--max-batch 256] [--in-flight 2] [--linger-ms 0] [--client raw|aiohttp] [--pipeline 1]
 
 The server is the real stack a site uses: aiohttp with mutual TLS and
 :func:`shared.link.serve_options`, :func:`shared.link.signature_middleware`
-(Ed25519 verify of the raw body), then one transaction per request holding
-:func:`shared.link.accept_once` (the message id row) and an INSERT of the
-payload, committed with PostgreSQL's default ``synchronous_commit = on``
-(durable), then ``202``. The load comes from separate processes
-(``multiprocessing``, spawn): aiohttp clients holding ``--connections``
-keep-alive TLS connections in total. Requests are signed before the clock
-starts (signing is the sender's cost, not intake's); every one has its own
-message id, so each is a real first delivery.
+(Ed25519 verify of the raw body), then the message id recorded once and the
+payload stored, committed with PostgreSQL's default ``synchronous_commit = on``
+(durable), then ``202``. Two ways to store (``--mode``):
 
-Prints requests/s, p50/p90/p99 latency, and the comparison with the target
-(>= 5,000/s) in the same run. PostgreSQL is ``DATABASE_URL`` or the embedded
-server. Everything (load generator, server, PostgreSQL) shares this machine's
-cores; see bench/README.md ("Link") for figures and what limits them.
+* ``batch`` (default): :class:`shared.intake_batch.IntakeBatcher`, group
+  commit: concurrent requests share one statement (message ids + payload rows,
+  ``ON CONFLICT`` dedupe) and one WAL flush; each request is answered after
+  that commit.
+* ``single``: the old path, one transaction per request holding
+  :func:`shared.link.accept_once` and an INSERT of the payload.
+* ``no-db``: DIAGNOSTIC ONLY, verify and answer without storing; not an
+  intake, it only shows what HTTP + TLS + verify cost alone.
+
+``--compare N`` alternates ``single`` and ``batch`` runs, N of each, so the
+two are measured in the same invocation (this VM's speed drifts).
+
+The load comes from separate processes (``multiprocessing``, spawn) holding
+``--connections`` keep-alive TLS connections in total: by default raw TLS
+connections writing pre-built HTTP/1.1 requests (``--pipeline`` outstanding
+per connection) and parsing only status and ``Content-Length`` of the answers;
+``--client aiohttp`` is the older ClientSession generator. Requests are signed
+before the clock starts (signing is the sender's cost, not intake's); every
+one has its own message id, so each is a real first delivery. Latency is per
+request, from handing its bytes to the transport to its whole answer
+(``time.perf_counter``).
+
+Prints per run requests/s, p50/p90/p99/max latency, errors, the load average,
+CPU per request of the servers and of the load generator over the measured
+window, rows stored vs requests sent, and the median against the target
+(>= 5,000/s). PostgreSQL is ``DATABASE_URL`` or the embedded server.
+Everything (load generator, servers, PostgreSQL) shares this machine's cores;
+see bench/README.md ("Link") for figures and what limits them.
 """
 
 from __future__ import annotations
@@ -483,7 +503,9 @@ def _report(r: dict[str, Any]) -> None:
           f"max {r['max'] * 1000:.1f} ms  errors {r['errors'] or 0}  load1 {r['load1']:.2f}  "
           f"CPU/request: servers {r['server_us']:.0f} µs, load generator {r['client_us']:.0f} µs  "
           f"[{what}; sent {r['sent']:,}, stored {r['stored']:,}]"
-          + ("  [pre-signed requests ran out: raise the budget]" if r["exhausted"] else ""))
+          + ("  [pre-signed requests ran out: raise the budget]" if r["exhausted"] else "")
+          + ("  [MISMATCH: stored rows != requests sent]"
+             if r["mode"] != "no-db" and r["stored"] != r["sent"] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
