@@ -120,7 +120,8 @@ class IntakeBatcher:
 
     The batcher keeps up to ``max_in_flight`` connections of ``pool`` for
     itself (taken on first use, given back by :meth:`close` or when one fails);
-    size the pool for that plus whatever else shares it.
+    size the pool for that plus whatever else shares it, and close the batcher
+    before the pool (``Pool.close`` waits for held connections).
     """
 
     pool: asyncpg.Pool
