@@ -198,7 +198,8 @@ def resolve_in_root(root: Path, inner: str) -> str:
 # --------------------------------------------------------------------------- install
 
 
-def install(site: Site) -> None:
+def install(site: Site) -> bool:
+    """Install (idempotent). True if a config file changed (a running instance is stale)."""
     ensure_root(site.root)
     uid, gid = asterisk_ids(site.root)
     dirs = site.directories()
@@ -206,12 +207,13 @@ def install(site: Site) -> None:
                 "astlogdir", "astcachedir"):
         make_dir(site.host(dirs[key]), uid, gid)
     make_dir(site.host(dirs["astspooldir"]) / "tmp", uid, gid)
-    install_configs(site, site.host(dirs["astetcdir"]), uid, gid)
+    changed = install_configs(site, site.host(dirs["astetcdir"]), uid, gid)
     link_data_dir(site, dirs["astdatadir"], uid, gid)
     sounds = site.host(dirs["astdatadir"]) / "sounds/en/cbgw"
     make_dir(sounds, uid, gid)
     render_prompts(site.root, sounds, uid, gid)
     log(f"installed {site.name} into {site.host(dirs['astetcdir'])}")
+    return changed
 
 
 def make_dir(path: Path, uid: int, gid: int) -> None:
@@ -231,16 +233,22 @@ def write_if_changed(path: Path, data: bytes, uid: int, gid: int, mode: int) -> 
     return changed
 
 
-def install_configs(site: Site, etc: Path, uid: int, gid: int) -> None:
-    """Mirror deploy/asterisk/SITE/*.conf into ROOT/etc/asterisk-SITE exactly."""
+def install_configs(site: Site, etc: Path, uid: int, gid: int) -> bool:
+    """Mirror deploy/asterisk/SITE/*.conf into ROOT/etc/asterisk-SITE exactly.
+
+    True if anything changed."""
+    changed = False
     wanted = {p.name: p for p in site.source.glob("*.conf")}
     for name, src in sorted(wanted.items()):
         if write_if_changed(etc / name, src.read_bytes(), uid, gid, 0o640):
             log(f"  config {name}")
+            changed = True
     for stale in etc.glob("*.conf"):
         if stale.name not in wanted:
             stale.unlink()
             log(f"  removed stale config {stale.name}")
+            changed = True
+    return changed
 
 
 def ensure_symlink(link: Path, target: str) -> None:

@@ -114,7 +114,9 @@ def ensure_running(name: str) -> AsteriskSite:
     tool = _instance_tool()
     try:
         site = tool.load_site(name, root)
-        tool.install(site)
+        if tool.install(site) and tool.running_pid(site) is not None:
+            log.info("Asterisk %s: configs changed, restarting it", name)
+            tool.stop(site)     # a running instance would keep the old configs
         tool.start(site)
     except tool.InstanceError as exc:
         raise HarnessError(f"Asterisk site {name}: {exc}") from exc
