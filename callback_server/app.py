@@ -36,6 +36,8 @@ from callback_server.guard.http import install as install_guard
 from callback_server.guard.metrics import Metrics
 from callback_server.guard.service import Guard
 from callback_server.http import STORE_KEY, create_http_app
+from callback_server.legrecord import LegRecords
+from callback_server.reconcile import LegSettler
 from callback_server.routing import Routing
 from callback_server.stasis import StasisApp
 from callback_server.store import CallbackStore
@@ -157,14 +159,20 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     client = make_ari_client(settings.ari)
     await client.start()
     workers: list[Worker] = []
-    stasis = StasisApp(client, lambda: workers[0].calls if workers else {},
-                       record_stray=app[STORE_KEY].record_stray_leg)
+    store = app[STORE_KEY]
     routing = app[ROUTING_KEY]
-    worker = Worker(store=app[STORE_KEY], db_url=app[DB_URL_KEY],
-                    merchants={m.id: m for m in settings.merchants}, flows=settings.flows,
-                    routes=routing, client=client, router=stasis.router, rater=routing,
-                    ari_ready=stasis.ready, settings=settings.callback.worker,
-                    guard=app[GUARD_KEY])
+    merchants = {m.id: m for m in settings.merchants}
+    records = LegRecords(client)
+    settler = LegSettler(store, routing, records, merchants)
+
+    def identified(name: str) -> None:
+        store.asterisk = name
+    stasis = StasisApp(client, lambda: workers[0].calls if workers else {}, records=records,
+                       settle_stray=settler.settle_stray, identified=identified)
+    worker = Worker(store=store, db_url=app[DB_URL_KEY], merchants=merchants,
+                    flows=settings.flows, routes=routing, client=client, router=stasis.router,
+                    rater=routing, ari_ready=stasis.ready, settings=settings.callback.worker,
+                    guard=app[GUARD_KEY], settler=settler)
     workers.append(worker)
     app[STASIS_KEY] = stasis
     app[WORKER_KEY] = worker

@@ -213,9 +213,20 @@ def _dial_route(state: DialerState, at: datetime) -> Step:
         PersistAttempt(job.callback_id, job.attempt_no, seq, channel_id, "customer",
                        route.carrier_id, route.endpoint),
         Originate(channel_id, route.endpoint, str(job.caller_id), job.ring_timeout_s,
-                  ("callback", job.callback_id, "customer"), asterisk_limit(job)),
+                  ("callback", job.callback_id, "customer"), leg_variables(job)),
         StartTimer(T_RING, job.ring_timeout_s + RING_GUARD_S),
     ]
+
+
+# Every leg ends with Asterisk writing its own record of it (answer time, end time,
+# cause) into AstDB: [cbgw-leg-end] in the callback site's extensions.conf, read back
+# by callback_server.legrecord when the server missed the leg's events.
+LEG_RECORD_HANDLER = ("CHANNEL(hangup_handler_push)", "cbgw-leg-end,s,1")
+
+
+def leg_variables(job: Job) -> tuple[tuple[str, str], ...]:
+    """Channel variables of every leg: Asterisk's call-length limit and leg record."""
+    return (*asterisk_limit(job), LEG_RECORD_HANDLER)
 
 
 def asterisk_limit(job: Job) -> tuple[tuple[str, str], ...]:
@@ -378,7 +389,7 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
         PersistAttempt(job.callback_id, job.attempt_no, seq, channel_id, "operator",
                        "edge-trunk", job.operator_endpoint),
         Originate(channel_id, job.operator_endpoint, str(job.destination), job.ring_timeout_s,
-                  ("callback", job.callback_id, "operator"), asterisk_limit(job)),
+                  ("callback", job.callback_id, "operator"), leg_variables(job)),
         StartTimer(T_OPERATOR, job.ring_timeout_s + RING_GUARD_S),
     ]
 
@@ -487,6 +498,11 @@ _DISPOSITION = {CauseClass.RETRY: "no_answer", CauseClass.FAILOVER: "failed",
 
 
 def _cdr(job: Job, leg: Leg, ended_at: datetime, cause: int) -> RecordCdr:
+    return leg_cdr(job.callback_id, leg, ended_at, cause)
+
+
+def leg_cdr(callback_id: str, leg: Leg, ended_at: datetime, cause: int) -> RecordCdr:
+    """The CDR of one ended leg: answered legs bill from answer to end."""
     if leg.answered_at is not None:
         duration = Decimal(str((ended_at - leg.answered_at).total_seconds())).quantize(
             Decimal("0.001"))
@@ -494,7 +510,7 @@ def _cdr(job: Job, leg: Leg, ended_at: datetime, cause: int) -> RecordCdr:
     else:
         duration = Decimal("0.000")
         disposition = "busy" if cause == 17 else _DISPOSITION[classify(cause)]
-    return RecordCdr(call_id=leg.channel_id, callback_id=job.callback_id, leg=leg.role,
+    return RecordCdr(call_id=leg.channel_id, callback_id=callback_id, leg=leg.role,
                      destination=leg.destination, carrier_id=leg.carrier_id,
                      started_at=leg.started_at, answered_at=leg.answered_at,
                      ended_at=ended_at, duration_s=max(duration, Decimal("0.000")),

@@ -58,6 +58,7 @@ from callback_server.dialer_messages import (
 from callback_server.dialer_messages import Event as DialerEvent
 from callback_server.guard.reasons import GuardRefused
 from callback_server.ivr_flow import Flow
+from callback_server.legrecord import LegRecord, LegRecords
 from callback_server.store import LeaseLost
 from shared import ari
 from shared.money import Money
@@ -82,6 +83,12 @@ class CallStore(Protocol):
                           merchant_id: str, caller: E164, collected_at: datetime,
                           seq: int) -> str: ...
     async def finish(self, callback_id: str, outcome: Finish) -> bool: ...
+
+
+class LegRecordSource(Protocol):
+    """Asterisk's own record of a leg (``callback_server.legrecord.LegRecords``)."""
+
+    async def fetch(self, channel_id: str, started_at: datetime) -> LegRecord | None: ...
 
 
 class Rater(Protocol):
@@ -114,6 +121,7 @@ class AriPort(Protocol):
     async def add_channel(self, bridge_id: str, channel_ids: str | list[str]) -> None: ...
     async def destroy_bridge(self, bridge_id: str) -> None: ...
     async def get_channel(self, channel_id: str) -> ari.Channel | None: ...
+    async def get_variable(self, channel_id: str, name: str) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +138,10 @@ class CallRunner:
     """One round of one job: dialer + IVR driven by ARI events."""
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
-                 store: CallStore, rater: Rater, guard: RoundObserver | None = None) -> None:
+                 store: CallStore, rater: Rater, guard: RoundObserver | None = None,
+                 records: LegRecordSource | None = None) -> None:
         self.job = job
+        self.records = records           # Asterisk's own leg records (after missed events)
         self.guard = guard
         self.confirmed = False           # the customer passed the flow's confirm gate
         self.rang = False                # a customer leg was originated this round
@@ -178,16 +188,48 @@ class CallRunner:
         self.inbox.put_nowait(Shutdown(utcnow()))
 
     async def resync(self) -> None:
-        """After an events reconnect: legs that vanished meanwhile are reported gone."""
-        for cid in self.channel_ids:
+        """After an events reconnect: catch up on what our legs did meanwhile.
+
+        A leg answered meanwhile is reported answered; a leg that ended meanwhile is
+        reported gone, with Asterisk's own answer and end times and cause when it
+        recorded them (so an answered call still gets its CDR)."""
+        for leg in (self.state.customer, self.state.operator):
+            if leg is None or leg.ended:
+                continue
+            cid = leg.channel_id
             try:
                 channel = await self.client.get_channel(cid)
             except ari.AriError:
                 continue
-            if channel is None:
-                log.warning("%s vanished while the events websocket was down", cid)
-                self.inbox.put_nowait(ChannelGone(cid, self._hangup_causes.get(cid, 0),
-                                                  utcnow()))
+            if channel is not None:
+                if channel.state == "Up" and leg.answered_at is None:
+                    log.warning("%s was answered while the events websocket was down", cid)
+                    self.inbox.put_nowait(Answered(cid, await self._answer_time(cid)))
+                continue
+            record = None
+            if self.records is not None:
+                try:
+                    record = await self.records.fetch(cid, leg.started_at)
+                except (ari.AriError, TimeoutError) as exc:
+                    log.warning("no leg record of %s: %s", cid, exc)
+            log.warning("%s ended while the events websocket was down (%s)", cid,
+                        record or "Asterisk has no record of it")
+            if record is not None and record.answered_at is not None \
+                    and leg.answered_at is None:
+                self.inbox.put_nowait(Answered(cid, record.answered_at))
+            cause = record.cause if record is not None else self._hangup_causes.get(cid, 0)
+            self.inbox.put_nowait(ChannelGone(cid, cause,
+                                              record.ended_at if record else utcnow()))
+
+    async def _answer_time(self, cid: str) -> datetime:
+        """When Asterisk answered ``cid`` (its CDR), else now."""
+        try:
+            value = await self.client.get_variable(cid, "CDR(answer,u)")
+            if value and float(value) > 0:
+                return datetime.fromtimestamp(float(value), UTC)
+        except (ari.AriError, ValueError):
+            pass
+        return utcnow()
 
     async def _pump(self) -> None:
         while True:
@@ -319,21 +361,9 @@ class CallRunner:
             await self._safely(self.client.hangup(cmd.channel_ids[-1]))
 
     async def _cdr(self, cmd: RecordCdr) -> None:
-        seconds = int(cmd.duration_s.to_integral_value(rounding="ROUND_CEILING"))
-        carrier_cost, billed_s, direct = None, seconds, None
-        if cmd.leg == "customer" and cmd.answered_at is not None:
-            try:
-                carrier_cost, billed_s = self.rater.leg_cost(cmd.carrier_id, self.job.destination,
-                                                             cmd.answered_at, seconds)
-                direct = self.rater.direct_cost(self.ctx.inbound_tariff, self.job.destination,
-                                                cmd.answered_at, seconds)
-            except Exception:  # a rating problem must never lose the CDR
-                log.exception("rating %s failed; CDR stored without cost", cmd.call_id)
-        await self.store.record_cdr(cmd, edge_call_id=self.ctx.edge_call_id,
-                                    merchant_id=self.job.merchant_id, billed_s=billed_s,
-                                    carrier_cost=carrier_cost, direct_cost=direct)
-        log.info("CDR %s %s %s %ss cause %s", cmd.call_id, cmd.carrier_id, cmd.disposition,
-                 cmd.duration_s, cmd.hangup_cause)
+        await store_cdr(self.store, self.rater, cmd, destination=self.job.destination,
+                        inbound_tariff=self.ctx.inbound_tariff,
+                        edge_call_id=self.ctx.edge_call_id, merchant_id=self.job.merchant_id)
 
     async def _finish(self, cmd: Finish) -> None:
         self.outcome = cmd
@@ -413,6 +443,26 @@ def _timeout(timer_id: str) -> Callable[[], object]:
     return lambda: ivr.Timeout(timer_id)
 
 
+async def store_cdr(store: CallStore, rater: Rater, cmd: RecordCdr, *, destination: E164,
+                    inbound_tariff: str, edge_call_id: str, merchant_id: str) -> None:
+    """Rate one leg's CDR (carrier cost, toll-free counterfactual) and store it.
+
+    A rating problem never loses the CDR: it is stored without cost."""
+    seconds = int(cmd.duration_s.to_integral_value(rounding="ROUND_CEILING"))
+    carrier_cost, billed_s, direct = None, seconds, None
+    if cmd.leg == "customer" and cmd.answered_at is not None:
+        try:
+            carrier_cost, billed_s = rater.leg_cost(cmd.carrier_id, destination,
+                                                    cmd.answered_at, seconds)
+            direct = rater.direct_cost(inbound_tariff, destination, cmd.answered_at, seconds)
+        except Exception:
+            log.exception("rating %s failed; CDR stored without cost", cmd.call_id)
+    await store.record_cdr(cmd, edge_call_id=edge_call_id, merchant_id=merchant_id,
+                           billed_s=billed_s, carrier_cost=carrier_cost, direct_cost=direct)
+    log.info("CDR %s %s %s %ss cause %s", cmd.call_id, cmd.carrier_id, cmd.disposition,
+             cmd.duration_s, cmd.hangup_cause)
+
+
 def no_answer_outcome(job: Job) -> Finish:
     """The outcome of a round that rang and was lost (rescue): counted, normal backoff."""
     if job.attempt_no < job.policy.max_attempts:
@@ -425,13 +475,20 @@ class StasisApp:
     """Reads the events websocket for the whole process; re-syncs on every (re)connect."""
 
     def __init__(self, client: ari.AriClient,
-                 runners: Callable[[], Mapping[str, CallRunner]],
-                 record_stray: Callable[[str, bool], Awaitable[None]] | None = None) -> None:
+                 runners: Callable[[], Mapping[str, CallRunner]], *,
+                 records: LegRecords | None = None,
+                 settle_stray: Callable[[ari.Channel], Awaitable[None]] | None = None,
+                 identified: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.runners = runners
-        # Records what a stray leg was (answered or not) before it is hung up, so the
-        # job's rescue never mistakes an answered call for one that never rang.
-        self.record_stray = record_stray
+        # Lookups of Asterisk's leg records arrive as StasisStarts of our own.
+        self.records = records
+        # Settles a leg parked in our app that no call owns (hang-up, then its end and
+        # CDR from Asterisk's record), so the job's rescue never mistakes an answered
+        # call for one that never rang. Without it, strays are only hung up.
+        self.settle_stray = settle_stray
+        # Told the Asterisk's systemname on every connect (legs record where they live).
+        self.identified = identified
         self.router = ari.EventRouter(on_stasis_start=self._stray, on_connected=self._connected)
         self.ready = asyncio.Event()
         # While the events websocket is down, no job may originate: its events would
@@ -446,9 +503,25 @@ class StasisApp:
         self.connects += 1
         log.info("ARI connected (%s)", "reconnect" if event.reconnect else "first connect")
         try:
+            await self._identify()
             await self._resync()
         finally:
             self.ready.set()        # jobs may originate again
+
+    async def _identify(self) -> None:
+        if self.identified is None:
+            return
+        try:
+            info = await self.client.asterisk_info()
+        except ari.AriError as exc:
+            log.warning("cannot read the Asterisk's name: %s", exc)
+            return
+        config = info.get("config")
+        system = info.get("system")
+        name = (config.get("name") if isinstance(config, dict) else None) or \
+            (system.get("entity_id") if isinstance(system, dict) else None)
+        if name:
+            self.identified(str(name))
 
     async def _resync(self) -> None:
         try:
@@ -467,19 +540,36 @@ class StasisApp:
         """A channel parked in our app that no running call owns: a lost job's leg."""
         try:
             channel = await self.client.get_channel(cid)
-            if channel is not None and self.record_stray is not None:
-                await self.record_stray(cid, channel.state == "Up")
-            log.warning("hanging up %s (%s): parked in our Stasis app, owned by no call",
-                        cid, channel.state if channel else "gone")
-            await self.client.hangup(cid)
         except ari.AriError as exc:
-            log.warning("hang-up of stray %s failed: %s", cid, exc)
+            log.warning("cannot ask about stray %s: %s", cid, exc)
+            return
+        if channel is None:
+            return
+        log.warning("hanging up %s (%s): parked in our Stasis app, owned by no call",
+                    cid, channel.state)
+        await self._end_stray(channel)
+
+    async def _end_stray(self, channel: ari.Channel) -> None:
+        if self.settle_stray is not None:
+            try:
+                await self.settle_stray(channel)
+            except Exception:
+                log.exception("settling stray %s failed", channel.id)
+            return
+        try:
+            await self.client.hangup(channel.id)
+        except ari.AriError as exc:
+            log.warning("hang-up of stray %s failed: %s", channel.id, exc)
 
     async def _stray(self, start: ari.StasisStart, _queue: asyncio.Queue[ari.Event]) -> None:
-        """A channel entered our app that no call originated (inbound, or a lost job's)."""
+        """A channel entered our app that no call originated: a leg-record lookup, an
+        inbound call, or a lost job's leg answered after its worker died."""
+        if self.records is not None and self.records.on_stasis_start(start):
+            try:
+                await self.client.hangup(start.channel.id)
+            except ari.AriError:
+                pass
+            return
         log.warning("hanging up %s (%s): entered Stasis unowned", start.channel.id,
                     start.channel.name)
-        try:
-            await self.client.hangup(start.channel.id, reason="congestion")
-        except ari.AriError as exc:
-            log.warning("hang-up of %s failed: %s", start.channel.id, exc)
+        await self._end_stray(start.channel)

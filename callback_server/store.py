@@ -57,6 +57,34 @@ def new_callback_id() -> str:
     return "cb-" + uuid.uuid4().hex
 
 
+@dataclass(frozen=True, slots=True)
+class LegRow:
+    """A persisted leg (``callback_attempts``) with its request's caller and edge call."""
+
+    channel_id: str
+    callback_id: str
+    merchant_id: str
+    leg: str
+    carrier_id: str
+    endpoint: str
+    status: str
+    answered: bool
+    answered_at: datetime | None
+    cause: int | None
+    created_at: datetime
+    asterisk: str | None
+    caller: str
+    edge_call_id: str
+
+    @property
+    def last(self) -> LastLeg:
+        return LastLeg(self.status, self.answered, self.cause)
+
+    @property
+    def destination(self) -> str:
+        return self.caller if self.leg == "customer" else self.endpoint
+
+
 class LeaseLost(RuntimeError):
     """Our lease on a job ran out and another worker may own it: do not dial."""
 
@@ -111,11 +139,16 @@ def survives_database_restarts(fn: Callable[P, Coroutine[Any, Any, T]]
 
 class CallbackStore:
     def __init__(self, pool: asyncpg.Pool, *, owner: str, lease_s: int = 30,
-                 guard: Guard | None = None) -> None:
+                 guard: Guard | None = None, foreign_rescue_after_s: float = 300.0) -> None:
         self.pool = pool
         self.owner = owner
         self.lease_s = lease_s
         self.guard = guard          # None: no toll-fraud/harassment screening (unit setups)
+        # The Asterisk (its systemname) this server places legs on; set on ARI connect.
+        self.asterisk: str | None = None
+        # A rescued job whose live leg is on another Asterisk waits this long for a
+        # server of that Asterisk before anyone else takes it (and decides blind).
+        self.foreign_rescue_after_s = foreign_rescue_after_s
 
     # --- merchants ----------------------------------------------------------------------
 
@@ -251,7 +284,16 @@ class CallbackStore:
                    SELECT callback_id, status AS prev_status
                    FROM callback_requests
                    WHERE (status = 'queued' AND next_attempt_at <= now())
-                      OR (status = 'dialing' AND lease_expires_at < now())
+                      OR (status = 'dialing' AND lease_expires_at < now()
+                          -- a live leg on another Asterisk is left to that Asterisk's
+                          -- servers (only they can ask about it), for a while
+                          AND ($4::text IS NULL
+                               OR lease_expires_at < now() - $5 * interval '1 second'
+                               OR NOT EXISTS (
+                                   SELECT 1 FROM callback_attempts a
+                                   WHERE a.callback_id = callback_requests.callback_id
+                                     AND a.status IN ('dialing', 'originated', 'answered')
+                                     AND a.asterisk IS NOT NULL AND a.asterisk <> $4)))
                    ORDER BY next_attempt_at
                    LIMIT $3
                    FOR UPDATE SKIP LOCKED)
@@ -264,7 +306,7 @@ class CallbackStore:
                          r.max_attempts, c.prev_status,
                          (SELECT count(*) FROM callback_attempts a
                           WHERE a.callback_id = r.callback_id) AS legs""",
-            self.owner, self.lease_s, limit)
+            self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
                            int(r["legs"]), r["prev_status"] == "dialing") for r in rows]
@@ -328,41 +370,52 @@ class CallbackStore:
             if refused is None:
                 await conn.execute(
                     """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
-                           attempt_no, leg_seq, leg, carrier_id, endpoint, worker)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                           attempt_no, leg_seq, leg, carrier_id, endpoint, worker, asterisk)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
                     cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
-                    cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner)
+                    cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner, self.asterisk)
         if refused is not None:     # committed: the refusal (and a trip); no leg row
             raise refused
-
-    @survives_database_restarts
-    async def record_stray_leg(self, channel_id: str, answered: bool) -> None:
-        """A leg found parked with no call owning it (its worker died) is being hung up.
-
-        Record what it was, so the rescue of its job decides right: an answered leg is
-        not dialled again, and a leg that was ringing is retried later (counted), never
-        re-dialled at once as if it had never rung.
-        """
-        await self.pool.execute(
-            """UPDATE callback_attempts SET answered = answered OR $2, status = 'ended',
-                   cause = coalesce(cause, CASE WHEN $2 THEN 16 END), updated_at = now()
-               WHERE channel_id = $1 AND status <> 'ended'""", channel_id, answered)
 
     @survives_database_restarts
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
         await self.pool.execute(
             """UPDATE callback_attempts SET status = $2, cause = coalesce($3, cause),
-                   answered = answered OR $2 = 'answered', updated_at = now()
+                   answered = answered OR $2 = 'answered',
+                   answered_at = CASE WHEN $2 = 'answered' THEN coalesce(answered_at, now())
+                                      ELSE answered_at END,
+                   updated_at = now()
                WHERE channel_id = $1""", channel_id, status, cause)
 
-    async def last_leg(self, callback_id: str) -> tuple[str, LastLeg] | None:
+    async def leg(self, channel_id: str) -> LegRow | None:
+        """One persisted leg, with what a CDR needs (for legs no call runner owns)."""
         row = await self.pool.fetchrow(
-            """SELECT channel_id, status, answered, cause FROM callback_attempts
+            """SELECT a.channel_id, a.callback_id, a.merchant_id, a.leg, a.carrier_id,
+                      a.endpoint, a.status, a.answered, a.answered_at, a.cause, a.created_at,
+                      a.asterisk, r.caller, r.edge_call_id
+               FROM callback_attempts a JOIN callback_requests r USING (callback_id)
+               WHERE a.channel_id = $1""", channel_id)
+        return None if row is None else LegRow(**dict(row))
+
+    @survives_database_restarts
+    async def settle_leg(self, channel_id: str, *, answered: bool,
+                         answered_at: datetime | None, cause: int) -> bool:
+        """Mark a leg no call runner owns as ended. False if it had already ended."""
+        done = await self.pool.fetchval(
+            """UPDATE callback_attempts SET status = 'ended', answered = answered OR $2,
+                   answered_at = coalesce(answered_at, $3), cause = coalesce(cause, $4),
+                   updated_at = now()
+               WHERE channel_id = $1 AND status <> 'ended' RETURNING true""",
+            channel_id, answered, answered_at, cause)
+        return bool(done)
+
+    async def last_leg(self, callback_id: str) -> LegRow | None:
+        """The job's last customer leg."""
+        row = await self.pool.fetchval(
+            """SELECT channel_id FROM callback_attempts
                WHERE callback_id = $1 AND leg = 'customer'
                ORDER BY leg_seq DESC LIMIT 1""", callback_id)
-        if row is None:
-            return None
-        return row["channel_id"], LastLeg(row["status"], row["answered"], row["cause"])
+        return None if row is None else await self.leg(row)
 
     # --- facts reported to the edge --------------------------------------------------------
 

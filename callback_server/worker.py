@@ -44,6 +44,7 @@ from shared.phone import E164
 
 if TYPE_CHECKING:
     from callback_server.guard.service import Guard
+    from callback_server.reconcile import LegSettler
 
 log = logging.getLogger("callback.worker")
 
@@ -66,8 +67,11 @@ class Worker:
     def __init__(self, *, store: CallbackStore, db_url: str, merchants: Mapping[str, Merchant],
                  flows: Mapping[str, Flow], routes: RouteSource, client: AriPort,
                  router: ari.EventRouter, rater: Rater, ari_ready: asyncio.Event,
-                 settings: WorkerSettings = WorkerSettings(), guard: Guard | None = None) -> None:
+                 settings: WorkerSettings = WorkerSettings(), guard: Guard | None = None,
+                 settler: LegSettler | None = None) -> None:
         self.store = store
+        # Settles legs no call owns from Asterisk's own records (None: unit setups).
+        self.settler = settler
         self.guard = guard
         self.db_url = db_url
         self.merchants = merchants
@@ -236,7 +240,8 @@ class Worker:
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
                           self.flows[merchant.ivr_flow])
         runner = CallRunner(job, ctx, client=self.client, router=self.router,
-                            store=self.store, rater=self.rater, guard=self.guard)
+                            store=self.store, rater=self.rater, guard=self.guard,
+                            records=self.settler.records if self.settler else None)
         self.calls[job.callback_id] = runner
         if self._stopping:
             runner.shutdown()
@@ -253,33 +258,57 @@ class Worker:
                    max_call_s=self.settings.max_call_s)
 
     async def _resolve_last_leg(self, claimed: ClaimedJob, job: Job) -> bool:
-        """True if the job may dial now; otherwise it has been finished or given back."""
-        last = await self.store.last_leg(claimed.callback_id)
-        if last is None or (not claimed.rescued and last[1].status in ("failed", "ended")):
+        """True if the job may dial now; otherwise it has been finished or given back.
+
+        A rescued job's last leg is settled first, through the Asterisk it was placed
+        on: if the channel still exists it is hung up; if it is gone, Asterisk's own
+        record says whether it was answered. Either way an answered leg gets its CDR
+        and is never dialled again."""
+        leg = await self.store.last_leg(claimed.callback_id)
+        if leg is None or (not claimed.rescued and leg.status in ("failed", "ended")):
             return True
-        channel_id, leg = last
-        try:
-            channel = await self.client.get_channel(channel_id)
-        except ari.AriError as exc:
-            log.warning("rescue of %s: cannot ask Asterisk about %s (%s); later",
-                        claimed.callback_id, channel_id, exc)
-            await self.store.release(claimed.callback_id, 5.0, "asterisk_unreachable")
-            return False
-        action = rescue_action(leg, channel.state if channel else None)
+        last, channel = leg.last, None
+        mine = self.store.asterisk
+        if leg.asterisk is not None and mine is not None and leg.asterisk != mine:
+            # The claim hands us another Asterisk's leg only after no server of that
+            # Asterisk rescued it for a long while: it is unreachable. Decide blind.
+            log.warning("rescue of %s: its leg %s lives on Asterisk %s, unreachable; "
+                        "deciding from the database", claimed.callback_id, leg.channel_id,
+                        leg.asterisk)
+        else:
+            try:
+                channel = await self.client.get_channel(leg.channel_id)
+                if channel is None and self.settler is not None \
+                        and leg.status in ("dialing", "originated", "answered"):
+                    record = await self.settler.record_of(leg)
+                    if record is not None or leg.status == "answered":
+                        last = await self.settler.settle(leg, record)
+            except (ari.AriError, TimeoutError) as exc:
+                log.warning("rescue of %s: cannot ask Asterisk about %s (%s); later",
+                            claimed.callback_id, leg.channel_id, exc)
+                await self.store.release(claimed.callback_id, 5.0, "asterisk_unreachable")
+                return False
+        action = rescue_action(last, channel.state if channel else None)
         log.warning("job %s: last leg %s is %s, channel %s -> %s", claimed.callback_id,
-                    channel_id, leg.status, channel.state if channel else "absent", action)
+                    leg.channel_id, last.status, channel.state if channel else "absent", action)
         if action is RescueAction.REDIAL:
             return True
-        if channel is not None:
-            try:
-                await self.client.hangup(channel_id)
-            except ari.AriError as exc:
-                log.warning("rescue hang-up of %s failed: %s", channel_id, exc)
-        await self.store.leg_result(channel_id, "ended", leg.cause)
+        if channel is not None and self.settler is not None:
+            await self.settler.settle_stray(channel)
+        else:
+            if channel is not None:
+                try:
+                    await self.client.hangup(leg.channel_id)
+                except ari.AriError as exc:
+                    log.warning("rescue hang-up of %s failed: %s", leg.channel_id, exc)
+            if last.status != "ended" and self.settler is not None:
+                last = await self.settler.settle(leg, None)
+            elif last.status != "ended":
+                await self.store.leg_result(leg.channel_id, "ended", last.cause)
         outcome = {
             RescueAction.HANGUP_AND_FAIL: Finish("failed", Reason.WORKER_LOST, job.attempt_no),
             RescueAction.COMPLETE: Finish("completed", Reason.ANSWERED, job.attempt_no),
-            RescueAction.FAIL: Finish("failed", reason_for(leg.cause or 0), job.attempt_no),
+            RescueAction.FAIL: Finish("failed", reason_for(last.cause or 0), job.attempt_no),
         }.get(action) or no_answer_outcome(job)
         await self.store.finish(claimed.callback_id, outcome)
         return False

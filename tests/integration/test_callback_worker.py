@@ -202,7 +202,8 @@ async def test_a_stray_leg_hung_up_on_reconnect_is_never_redialled_at_once(
                                              "carrier-b", "PJSIP/x@carrier-b"), "acme")
     await stalled.leg_result(leg, "originated", None)   # the answer event was never stored
     restarted = CallbackStore(clean, owner="restarted", lease_s=30)
-    await restarted.record_stray_leg(leg, was_answered)
+    assert await restarted.settle_leg(leg, answered=was_answered, answered_at=None,
+                                      cause=16 if was_answered else 0)
     last = await restarted.last_leg(callback_id)
     assert last is not None
-    assert rescue_action(last[1], None) is expected    # the channel is gone by then
+    assert rescue_action(last.last, None) is expected    # the channel is gone by then

@@ -89,7 +89,8 @@ def test_gate_must_be_the_start_confirm_node() -> None:
 def test_originate_carries_asterisk_limit_and_answer_starts_the_max_timer() -> None:
     state, cmds = dialer.transition(DialerState.new(job(600)), Begin((A,), T0))
     orig = next(c for c in cmds if isinstance(c, Originate))
-    assert dict(orig.variables) == {"TIMEOUT(absolute)": str(600 + 30 + 5)}
+    assert dict(orig.variables) == {"TIMEOUT(absolute)": str(600 + 30 + 5),
+                                    "CHANNEL(hangup_handler_push)": "cbgw-leg-end,s,1"}
     state, cmds = dialer.transition(state, Answered("cb-7-01", T0))
     assert StartTimer(dialer.T_MAX, 600) in cmds
     state, cmds = dialer.transition(state, TimerFired(dialer.T_MAX, T0))
@@ -145,7 +146,7 @@ async def test_max_call_length_timer_fires_at_the_limit() -> None:
     call = runner(job(max_call_s=1), MemoryStore(), fake, rounds)
     task = asyncio.create_task(call.run((A,)))
     await settle()
-    assert fake.variables["cb-7-01"] == {"TIMEOUT(absolute)": "36"}
+    assert fake.variables["cb-7-01"]["TIMEOUT(absolute)"] == "36"
     answered = asyncio.get_running_loop().time()
     fake.router.dispatch(ari.StasisStart(ari.Channel(id="cb-7-01")))
     await settle()
