@@ -285,7 +285,8 @@ def figures(report: Report, faults: list[Fault], drained_s: float, within: float
     return "\n".join(lines)
 
 
-async def test_fault_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+async def test_fault_run_loses_and_duplicates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     require_free(8443, 9443, 9444, ARI_PROXY_PORT)
     merchant = MerchantOptions(pre_callback_delay_s="0", max_attempts=3,
                                retry_backoff_s=(5, 10, 20))
@@ -342,8 +343,10 @@ async def test_fault_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         await asyncio.to_thread(pg.close)
     within = (sum(1 for t in report.finished_at if t <= last_heal + DRAIN_LIMIT_S)
               / max(1, report.requests))
-    print("\n" + figures(report, run.faults, drained_s, within, promised))
-    print(f"  routes used: edge->callback {routes}, callback->edge CDRs {routes_back}")
+    with capsys.disabled():     # the figures are the run's output, even under -q
+        print("\n" + figures(report, run.faults, drained_s, within, promised))
+        print(f"  routes used: edge->callback {routes}, "
+              f"callback->edge CDRs {routes_back}", flush=True)
     assert done, f"not every request finished: {status}"
     # The edge promised a call-back (486 after the announcement) to every caller it
     # stored; while PostgreSQL was down it could not store, and said so (503: call again).
