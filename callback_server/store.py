@@ -387,14 +387,15 @@ class CallbackStore:
                    updated_at = now()
                WHERE channel_id = $1""", channel_id, status, cause)
 
+    # The columns of a LegRow: the leg and what a CDR needs from its request.
+    _LEG_ROW = """SELECT a.channel_id, a.callback_id, a.merchant_id, a.leg, a.carrier_id,
+                         a.endpoint, a.status, a.answered, a.answered_at, a.cause,
+                         a.created_at, a.asterisk, r.caller, r.edge_call_id
+                  FROM callback_attempts a JOIN callback_requests r USING (callback_id)"""
+
     async def leg(self, channel_id: str) -> LegRow | None:
         """One persisted leg, with what a CDR needs (for legs no call runner owns)."""
-        row = await self.pool.fetchrow(
-            """SELECT a.channel_id, a.callback_id, a.merchant_id, a.leg, a.carrier_id,
-                      a.endpoint, a.status, a.answered, a.answered_at, a.cause, a.created_at,
-                      a.asterisk, r.caller, r.edge_call_id
-               FROM callback_attempts a JOIN callback_requests r USING (callback_id)
-               WHERE a.channel_id = $1""", channel_id)
+        row = await self.pool.fetchrow(f"{self._LEG_ROW} WHERE a.channel_id = $1", channel_id)
         return None if row is None else LegRow(**dict(row))
 
     @survives_database_restarts
@@ -410,12 +411,11 @@ class CallbackStore:
         return bool(done)
 
     async def last_leg(self, callback_id: str) -> LegRow | None:
-        """The job's last customer leg."""
-        row = await self.pool.fetchval(
-            """SELECT channel_id FROM callback_attempts
-               WHERE callback_id = $1 AND leg = 'customer'
-               ORDER BY leg_seq DESC LIMIT 1""", callback_id)
-        return None if row is None else await self.leg(row)
+        """The job's last customer leg (one round trip: it is on every claim's path)."""
+        row = await self.pool.fetchrow(
+            f"""{self._LEG_ROW} WHERE a.callback_id = $1 AND a.leg = 'customer'
+                ORDER BY a.leg_seq DESC LIMIT 1""", callback_id)
+        return None if row is None else LegRow(**dict(row))
 
     # --- facts reported to the edge --------------------------------------------------------
 
