@@ -180,7 +180,17 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     health.ari_state = lambda: "connected" if stasis.ready.is_set() else "connecting"
     health.extra = lambda: {"calls": len(worker.calls)}
     await log_asterisk_reachability(client, settings.ari.url, log, "jobs stay queued meanwhile")
-    async with background(stasis.run(), "ari events"):
+    async def purge_leg_records_forever() -> None:
+        while True:     # Asterisk's own leg records of days no rescue can still ask about
+            await stasis.ready.wait()
+            try:
+                await records.purge()
+            except Exception:   # never let housekeeping stop for good
+                log.exception("purge of leg records failed; next in %.0f s", PURGE_EVERY_S)
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    async with background(stasis.run(), "ari events"), \
+            background(purge_leg_records_forever(), "leg record purge"):
         async with background(worker.run(), "callback worker"):
             yield
             await worker.shutdown()

@@ -61,12 +61,11 @@ class LegRecord:
         if len(parts) != 3:
             raise ValueError(f"leg record {value!r}: expected answer|end|cause")
         try:
-            answer, end = Decimal(parts[0] or "0"), Decimal(parts[1])
+            answered_at = answer_time(parts[0])
+            ended_at = _epoch(Decimal(parts[1]))
             cause = int(parts[2] or "0")
         except (InvalidOperation, ValueError):
             raise ValueError(f"leg record {value!r}: not numbers") from None
-        answered_at = _epoch(answer) if answer > 0 else None
-        ended_at = _epoch(end)
         if answered_at is not None and ended_at < answered_at:
             # The answer time is in microseconds, the end in milliseconds: a leg
             # hung up within the same millisecond can read as ending first.
@@ -79,6 +78,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def _epoch(value: Decimal) -> datetime:
     return _EPOCH + timedelta(microseconds=int(value * 1_000_000))
+
+
+def answer_time(value: str | None) -> datetime | None:
+    """Asterisk's ``CDR(answer,u)`` (``1764600000.123456``; ``0`` or empty: never answered)
+    as a UTC time, exactly (no float). Raises ``decimal.InvalidOperation`` if malformed."""
+    answer = Decimal(value or "0")
+    return _epoch(answer) if answer > 0 else None
 
 
 def days_for(started_at: datetime, now: datetime) -> list[str]:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import InvalidOperation
 from typing import Protocol
 
 from callback_server import dialer, ivr
@@ -58,7 +59,7 @@ from callback_server.dialer_messages import (
 from callback_server.dialer_messages import Event as DialerEvent
 from callback_server.guard.reasons import GuardRefused
 from callback_server.ivr_flow import Flow
-from callback_server.legrecord import LegRecord, LegRecords
+from callback_server.legrecord import LegRecord, LegRecords, answer_time
 from callback_server.store import LeaseLost
 from shared import ari
 from shared.money import Money
@@ -224,12 +225,10 @@ class CallRunner:
     async def _answer_time(self, cid: str) -> datetime:
         """When Asterisk answered ``cid`` (its CDR), else now."""
         try:
-            value = await self.client.get_variable(cid, "CDR(answer,u)")
-            if value and float(value) > 0:
-                return datetime.fromtimestamp(float(value), UTC)
-        except (ari.AriError, ValueError):
-            pass
-        return utcnow()
+            answered_at = answer_time(await self.client.get_variable(cid, "CDR(answer,u)"))
+        except (ari.AriError, InvalidOperation):
+            answered_at = None
+        return answered_at or utcnow()
 
     async def _pump(self) -> None:
         while True:

@@ -144,3 +144,18 @@ async def test_the_record_survives_an_asterisk_restart(callback: AsteriskSite,
         assert await records.fetch("rec-kept", started) == record
     assert record is not None and record.cause == 17
 
+
+
+async def test_purge_forgets_days_no_rescue_can_ask_about(callback: AsteriskSite) -> None:
+    now = datetime.now(UTC)
+    old = [(now - timedelta(days=back)).strftime("%Y%m%d") for back in (3, 4)]
+    kept = (now - timedelta(days=2)).strftime("%Y%m%d")
+    for day in (*old, kept):
+        callback.cli(f"database put cbgw_leg_{day} leg-{day} 0|1764600000.000|16")
+    async with lookups(callback) as records:
+        await records.purge(now)
+        await asyncio.sleep(0.5)                  # the purge halves run their dialplan
+    for day in old:
+        assert f"leg-{day}" not in callback.cli(f"database show cbgw_leg_{day}")
+    assert f"leg-{kept}" in callback.cli(f"database show cbgw_leg_{kept}")
+    callback.cli(f"database deltree cbgw_leg_{kept}")

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from callback_server.legrecord import LegRecord, days_for
+from callback_server.legrecord import LegRecord, answer_time, days_for
 
 
 def test_an_answered_leg_record_reads_to_the_microsecond() -> None:
@@ -44,3 +44,11 @@ def test_a_leg_is_looked_up_on_its_start_day_and_the_next() -> None:
     assert days_for(day, day) == ["20261122"]
     assert days_for(day, day + timedelta(hours=3)) == ["20261122", "20261123"]
     assert days_for(day, day + timedelta(days=5)) == ["20261122", "20261123"]
+
+
+def test_answer_time_is_exact_and_none_when_never_answered() -> None:
+    assert answer_time("1764600000.123456") == datetime(2025, 12, 1, 14, 40, 0, 123456,
+                                                         tzinfo=UTC)
+    assert answer_time("0") is None
+    assert answer_time("") is None
+    assert answer_time(None) is None
