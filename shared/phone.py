@@ -15,6 +15,7 @@ Japanese specifics:
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -32,6 +33,36 @@ WITHHELD_NAMES = frozenset({"anonymous", "unknown", "private", "restricted", "un
 
 class InvalidNumber(ValueError):
     """A string that is not an E.164 number."""
+
+
+# Parsing and classifying with libphonenumber costs 10-20 µs each, and one number is
+# looked at several times per decision (region, type, validity; intake, then every
+# round): remember recent numbers. The parsed objects are shared: never mutate them.
+@functools.lru_cache(maxsize=16_384)
+def _parse(digits: str) -> phonenumbers.PhoneNumber | None:
+    """None: no country calling code starts these digits (e.g. ``+999...``)."""
+    try:
+        return phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+@functools.lru_cache(maxsize=16_384)
+def _raw_type(digits: str) -> int:
+    parsed = _parse(digits)
+    if parsed is None:
+        return int(PhoneNumberType.UNKNOWN)
+    return int(phonenumbers.number_type(parsed))
+
+
+def _number_type(digits: str) -> NumberType:
+    return NumberType.of(_raw_type(digits))
+
+
+def _is_valid(digits: str) -> bool:
+    # libphonenumber's is_valid_number is "its region's metadata gives it a type":
+    # number_type() != UNKNOWN, the same pattern matching, so it is not done twice.
+    return _raw_type(digits) != PhoneNumberType.UNKNOWN
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -59,14 +90,16 @@ class E164:
 
     @property
     def region(self) -> str | None:
-        return phonenumbers.region_code_for_number(self._parsed())
+        """ISO region, ``001`` for non-geographic codes, None when no country has it."""
+        parsed = _parse(self.digits)
+        return None if parsed is None else phonenumbers.region_code_for_number(parsed)
 
     @property
     def number_type(self) -> NumberType:
-        return NumberType.of(phonenumbers.number_type(self._parsed()))
+        return _number_type(self.digits)
 
     def is_valid(self) -> bool:
-        return phonenumbers.is_valid_number(self._parsed())
+        return _is_valid(self.digits)
 
     def national(self) -> str:
         """National dialling format without separators, e.g. ``09012345678``."""
@@ -75,7 +108,10 @@ class E164:
             num, phonenumbers.PhoneNumberFormat.NATIONAL).replace(" ", "").replace("-", "")
 
     def _parsed(self) -> phonenumbers.PhoneNumber:
-        return phonenumbers.parse("+" + self.digits, None)
+        parsed = _parse(self.digits)
+        if parsed is None:
+            raise InvalidNumber(f"+{self.digits}: no country has this calling code")
+        return parsed
 
     def __str__(self) -> str:
         return "+" + self.digits

@@ -64,3 +64,29 @@ def test_caller_ids_must_be_ascii_digits(raw: str) -> None:
 def test_e164_parse_is_strict(text: str) -> None:
     with pytest.raises(InvalidNumber):
         E164.parse(text)
+
+
+@pytest.mark.parametrize("digits", [
+    "819012345678", "81312345678", "81120123456", "81990123456", "819000000000",
+    "14155552671", "12015550123", "1800555012", "447911123456", "44207946000", "8613800138000",
+    "80012345678", "882130000000", "2341234567", "6012345678", "8190123456789",
+])
+def test_validity_is_what_libphonenumber_says(digits: str) -> None:
+    import phonenumbers
+
+    number = E164(digits)
+    parsed = phonenumbers.parse("+" + digits, None)
+    assert number.is_valid() == phonenumbers.is_valid_number(parsed)
+    assert number.is_valid() == number.is_valid()  # cached: the same answer again
+
+
+def test_a_number_no_country_has_is_invalid_and_refused_not_a_crash() -> None:
+    from shared.destination import Policy
+
+    number = E164("99912345678")  # +999: no country calling code
+    assert number.region is None and not number.is_valid()
+    assert number.number_type == NumberType.UNKNOWN
+    verdict = Policy().evaluate(number)
+    assert verdict is not None and verdict.reason == "destination_foreign"
+    with pytest.raises(InvalidNumber):
+        number.national()
