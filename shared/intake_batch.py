@@ -32,12 +32,20 @@ answer ``202``) at one round trip and one WAL flush per *batch*:
   transaction and then sees its row. Ids are sent sorted, so two batches that
   share ids lock them in the same order (no deadlock).
 * Nothing is acknowledged before the commit, nothing is lost: if the batch
-  statement fails, each message is retried alone (a bad message fails only
-  itself); if the database is unreachable every waiting message gets
-  :class:`IntakeFailed` (503 ``intake-failed`` through
-  :func:`shared.http.error_middleware`), and the sender retries. A batch whose
+  statement fails (an SQL error, or an exception raised for one message),
+  each message is retried alone (a bad message fails only itself); if the
+  database is unreachable every waiting message gets :class:`IntakeFailed`
+  (503 ``intake-failed`` through :func:`shared.http.error_middleware`), and the
+  sender retries. A batch whose
   commit outcome is unknown (connection lost mid-commit) is answered with an
   error too; the sender's retry then finds the id and gets the first answer.
+
+The queueing, slots, held connections and failure handling are
+:class:`GroupCommit`, generic over what a batch writes: subclasses implement
+:meth:`GroupCommit.write` (one transaction for the whole batch, answers by
+message id). :class:`IntakeBatcher` is the one-statement writer above;
+``callback_server.intake.CallbackIntake`` screens and stores call-back
+requests, guard included, one transaction per batch.
 """
 
 from __future__ import annotations
@@ -45,10 +53,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -57,6 +65,7 @@ from shared.http import ApiError
 log = logging.getLogger("shared.intake_batch")
 
 Answer = tuple[int, dict[str, Any]]
+T = TypeVar("T")
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
@@ -76,16 +85,23 @@ class IntakeFailed(ApiError):
 
 
 @dataclass(slots=True)
-class _Pending:
+class _Pending(Generic[T]):
     message_id: str
-    payload: bytes
-    status: int
-    answer: dict[str, Any]
-    answer_json: str
+    item: T
     #: one future per caller waiting for this message (the first delivery and its repeats);
     #: a cancelled caller cancels only its own future, never the write
     waiters: list[asyncio.Future[Answer]]
     settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """An :class:`IntakeBatcher` message: the payload and its (known) first answer."""
+
+    payload: bytes
+    status: int
+    answer: dict[str, Any]
+    answer_json: str
 
 
 def batch_sql(store_sql: str) -> str:
@@ -110,13 +126,8 @@ _FIRST_ANSWERS = ("SELECT message_id, response_status, response_body::text AS bo
 
 
 @dataclass
-class IntakeBatcher:
-    """Batches :meth:`submit` calls into one durable statement per batch.
-
-    ``store_sql`` is a data-modifying statement (no ``RETURNING`` needed) that
-    reads the newly claimed messages from the relation ``fresh(message_id text,
-    payload bytea)``, e.g. ``INSERT INTO intake (message_id, body) SELECT
-    message_id, payload FROM fresh``. It is code, never request data.
+class GroupCommit(Generic[T]):
+    """Batches :meth:`deliver` calls; :meth:`write` stores a batch in one transaction.
 
     The batcher keeps up to ``max_in_flight`` connections of ``pool`` for
     itself (taken on first use, given back by :meth:`close` or when one fails);
@@ -126,18 +137,16 @@ class IntakeBatcher:
 
     pool: asyncpg.Pool
     kind: str
-    store_sql: str
     max_batch: int = 256
     max_in_flight: int = 2
     linger_s: float = 0.0
-    _queue: list[_Pending] = field(default_factory=list, init=False)
-    _waiting: dict[str, _Pending] = field(default_factory=dict, init=False)
+    _queue: list[_Pending[T]] = field(default_factory=list, init=False)
+    _waiting: dict[str, _Pending[T]] = field(default_factory=dict, init=False)
     _wake: asyncio.Event | None = field(default=None, init=False)
     _slots: asyncio.Semaphore | None = field(default=None, init=False)
     _loop_task: asyncio.Task[None] | None = field(default=None, init=False)
     _batches: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _idle: list[asyncpg.Connection] = field(default_factory=list, init=False)
-    _sql: str = field(default="", init=False)
     #: counters for benchmarks and health pages
     batches: int = field(default=0, init=False)
     messages: int = field(default=0, init=False)
@@ -147,17 +156,22 @@ class IntakeBatcher:
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
-        if "fresh" not in self.store_sql:
-            raise ValueError("store_sql must read the new messages from the relation 'fresh'")
-        self._sql = batch_sql(self.store_sql)
 
-    async def submit(self, message_id: str, payload: bytes, answer: Answer) -> Answer:
-        """Store ``payload`` once under ``message_id``; return the first answer.
+    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, T]]
+                    ) -> Mapping[str, Answer]:
+        """Store ``batch`` (message ids are distinct, sorted) durably, in ONE transaction
+        that has committed when this returns; the answer of every message id, the first
+        answer for ids already stored. An id missing from the result is answered
+        :class:`IntakeFailed`. Any exception but a lost connection has each message
+        of the batch retried alone, so one bad message fails only itself."""
+        raise NotImplementedError
 
-        ``answer`` is what a first delivery is answered (and what repeats get
-        back). Returns only after the commit; raises :class:`IntakeFailed` when
-        the message could not be stored. Cancelling the caller does not cancel
-        the write (the batch is shared).
+    async def deliver(self, message_id: str, item: T) -> Answer:
+        """Store ``item`` once under ``message_id``; return the first answer.
+
+        Returns only after the commit; raises :class:`IntakeFailed` when the
+        message could not be stored. Cancelling the caller does not cancel the
+        write (the batch is shared).
         """
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         existing = self._waiting.get(message_id)
@@ -167,11 +181,9 @@ class IntakeBatcher:
             return await future
         self._ensure_running()
         assert self._wake is not None
-        status, body = answer
-        item = _Pending(message_id, payload, status, body,
-                        json.dumps(body, separators=(",", ":")), [future])
-        self._queue.append(item)
-        self._waiting[message_id] = item
+        pending = _Pending(message_id, item, [future])
+        self._queue.append(pending)
+        self._waiting[message_id] = pending
         self._wake.set()
         return await future
 
@@ -188,8 +200,8 @@ class IntakeBatcher:
         for conn in idle:
             await self.pool.release(conn)
         queued, self._queue = self._queue, []
-        for item in queued:
-            self._settle_error(item, "the intake is shutting down")
+        for pending in queued:
+            self._settle_error(pending, "the intake is shutting down")
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -224,7 +236,7 @@ class IntakeBatcher:
         if not task.cancelled() and task.exception() is not None:  # a bug, not a DB error
             log.error("intake batch crashed", exc_info=task.exception())
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _flush(self, batch: list[_Pending[T]]) -> None:
         batch.sort(key=lambda p: p.message_id)
         self.batches += 1
         self.messages += len(batch)
@@ -233,34 +245,36 @@ class IntakeBatcher:
         except _CONNECTION_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("intake batch of %d failed, database unreachable: %s", len(batch), reason)
-            for item in batch:
-                self._settle_error(item, reason)
-        except asyncpg.PostgresError as exc:
+            for pending in batch:
+                self._settle_error(pending, reason)
+        except Exception as exc:  # an SQL error, or a bug on one message: isolate it
             log.warning("intake batch of %d failed (%s: %s); retrying each message alone",
                         len(batch), type(exc).__name__, exc)
             self.fallbacks += 1
             await self._one_by_one(batch)
-        except BaseException as exc:
-            for item in batch:
-                self._settle_error(item, f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # cancelled
+            for pending in batch:
+                self._settle_error(pending, f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            for item in batch:  # never leave a caller waiting
-                if not item.settled:
-                    self._settle_error(item, "no answer")
+            for pending in batch:  # never leave a caller waiting
+                if not pending.settled:
+                    self._settle_error(pending, "no answer")
 
-    async def _one_by_one(self, batch: Sequence[_Pending]) -> None:
-        for item in batch:
-            if item.settled:  # answered before the failure (a repeat lookup failed)
+    async def _one_by_one(self, batch: Sequence[_Pending[T]]) -> None:
+        for pending in batch:
+            if pending.settled:  # answered before the failure
                 continue
             try:
-                await self._write_on_held([item])
-            except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-                log.warning("intake of %s %s failed: %s: %s", self.kind, item.message_id,
-                            type(exc).__name__, exc)
-                self._settle_error(item, f"{type(exc).__name__}: {exc}")
+                await self._write_on_held([pending])
+            except Exception as exc:
+                log.warning("intake of %s %s failed: %s: %s", self.kind, pending.message_id,
+                            type(exc).__name__, exc,
+                            exc_info=not isinstance(exc, (asyncpg.PostgresError,
+                                                          *_CONNECTION_ERRORS)))
+                self._settle_error(pending, f"{type(exc).__name__}: {exc}")
 
-    async def _write_on_held(self, batch: Sequence[_Pending]) -> None:
+    async def _write_on_held(self, batch: Sequence[_Pending[T]]) -> None:
         """Write on one of the batcher's own connections (at most ``max_in_flight``).
 
         They are taken from the pool once and kept, not returned after every
@@ -269,51 +283,89 @@ class IntakeBatcher:
         """
         conn = self._idle.pop() if self._idle else await self.pool.acquire()
         try:
-            await self._write(conn, batch)
+            answers = await self.write(conn, [(p.message_id, p.item) for p in batch])
         except BaseException:
             await self.pool.release(conn)
             raise
         self._idle.append(conn)
-
-    async def _write(self, conn: asyncpg.Connection, batch: Sequence[_Pending]) -> None:
-        ids = [p.message_id for p in batch]
-        rows = await conn.fetch(self._sql, ids, [p.payload for p in batch],
-                                [p.status for p in batch], [p.answer_json for p in batch],
-                                self.kind)
-        # committed: the statement was its own transaction
-        claimed = {r[0] for r in rows}
-        repeats = [p for p in batch if p.message_id not in claimed]
-        for item in batch:
-            if item.message_id in claimed:
-                self._settle(item, (item.status, item.answer))
-        if not repeats:
-            return
-        self.repeats += len(repeats)
-        first = {r[0]: (int(r[1]), json.loads(r[2]))
-                 for r in await conn.fetch(_FIRST_ANSWERS, [p.message_id for p in repeats])}
-        for item in repeats:
-            answer = first.get(item.message_id)
-            if answer is None:  # forgotten between the two statements (purge): not stored
-                self._settle_error(item, "message id vanished while reading its first answer")
+        for pending in batch:  # committed
+            answer = answers.get(pending.message_id)
+            if answer is None:
+                self._settle_error(pending, "no answer from the store")
             else:
-                log.info("duplicate %s message %s: returning the first answer", self.kind,
-                         item.message_id)
-                self._settle(item, answer)
+                self._settle(pending, answer)
 
-    def _settle(self, item: _Pending, answer: Answer) -> None:
-        self._forget(item)
+    def _settle(self, pending: _Pending[T], answer: Answer) -> None:
+        self._forget(pending)
         status, body = answer
-        for future in item.waiters:
+        for future in pending.waiters:
             if not future.done():
                 future.set_result((status, dict(body)))
 
-    def _settle_error(self, item: _Pending, reason: str) -> None:
-        self._forget(item)
-        for future in item.waiters:
+    def _settle_error(self, pending: _Pending[T], reason: str) -> None:
+        self._forget(pending)
+        for future in pending.waiters:
             if not future.done():
-                future.set_exception(IntakeFailed(item.message_id, reason))
+                future.set_exception(IntakeFailed(pending.message_id, reason))
 
-    def _forget(self, item: _Pending) -> None:
-        item.settled = True
-        if self._waiting.get(item.message_id) is item:
-            del self._waiting[item.message_id]
+    def _forget(self, pending: _Pending[T]) -> None:
+        pending.settled = True
+        if self._waiting.get(pending.message_id) is pending:
+            del self._waiting[pending.message_id]
+
+
+async def first_answers(conn: asyncpg.Connection, message_ids: Sequence[str]
+                        ) -> dict[str, Answer]:
+    """The stored first answers of message ids already in ``inbound_messages``."""
+    if not message_ids:
+        return {}
+    return {r[0]: (int(r[1]), json.loads(r[2]))
+            for r in await conn.fetch(_FIRST_ANSWERS, list(message_ids))}
+
+
+class IntakeBatcher(GroupCommit[_Fixed]):
+    """Batches :meth:`submit` calls into one durable statement per batch.
+
+    ``store_sql`` is a data-modifying statement (no ``RETURNING`` needed) that
+    reads the newly claimed messages from the relation ``fresh(message_id text,
+    payload bytea)``, e.g. ``INSERT INTO intake (message_id, body) SELECT
+    message_id, payload FROM fresh``. It is code, never request data.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, kind: str, store_sql: str, *, max_batch: int = 256,
+                 max_in_flight: int = 2, linger_s: float = 0.0) -> None:
+        super().__init__(pool, kind, max_batch, max_in_flight, linger_s)
+        if "fresh" not in store_sql:
+            raise ValueError("store_sql must read the new messages from the relation 'fresh'")
+        self.store_sql = store_sql
+        self._sql = batch_sql(store_sql)
+
+    async def submit(self, message_id: str, payload: bytes, answer: Answer) -> Answer:
+        """Store ``payload`` once under ``message_id``; return the first answer.
+
+        ``answer`` is what a first delivery is answered (and what repeats get
+        back). Returns only after the commit; raises :class:`IntakeFailed` when
+        the message could not be stored.
+        """
+        status, body = answer
+        return await self.deliver(message_id, _Fixed(
+            payload, status, body, json.dumps(body, separators=(",", ":"))))
+
+    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, _Fixed]]
+                    ) -> Mapping[str, Answer]:
+        ids = [mid for mid, _ in batch]
+        rows = await conn.fetch(self._sql, ids, [f.payload for _, f in batch],
+                                [f.status for _, f in batch], [f.answer_json for _, f in batch],
+                                self.kind)
+        # committed: the statement was its own transaction
+        claimed = {r[0] for r in rows}
+        answers: dict[str, Answer] = {mid: (f.status, f.answer) for mid, f in batch
+                                      if mid in claimed}
+        repeats = [mid for mid in ids if mid not in claimed]
+        if repeats:
+            self.repeats += len(repeats)
+            log.info("duplicate %s messages %s: returning the first answers", self.kind,
+                     ", ".join(repeats))
+            # an id forgotten between the two statements (purge) gets no answer: not stored
+            answers.update(await first_answers(conn, repeats))
+        return answers

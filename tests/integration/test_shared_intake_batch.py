@@ -159,6 +159,32 @@ async def test_a_bad_message_fails_alone_and_is_not_recorded(pool: asyncpg.Pool)
     assert batcher.fallbacks >= 1
 
 
+class _Choosy(IntakeBatcher):
+    """A writer with a bug that one message triggers (an exception, not an SQL error)."""
+
+    async def write(self, conn: asyncpg.Connection, batch: Any) -> Any:
+        if any(payload.payload == b"bug" for _, payload in batch):
+            raise ValueError("cannot handle this one")
+        return await super().write(conn, batch)
+
+
+async def test_a_message_that_trips_a_bug_fails_alone(pool: asyncpg.Pool) -> None:
+    batcher = _Choosy(pool, "test", STORE, max_in_flight=1)
+    try:
+        results = await asyncio.gather(
+            *(batcher.submit(f"k-{i}", b"bug" if i == 5 else b"ok", QUEUED) for i in range(8)),
+            return_exceptions=True)
+        again = await asyncio.gather(batcher.submit("k-5", b"bug", QUEUED),
+                                     batcher.submit("k-9", b"ok", QUEUED),
+                                     return_exceptions=True)
+    finally:
+        await batcher.close()
+    assert [i for i, r in enumerate(results) if isinstance(r, IntakeFailed)] == [5]
+    assert isinstance(again[0], IntakeFailed) and again[1] == QUEUED  # it never blocks others
+    assert set(await _stored(pool, "k-")) == {f"k-{i}" for i in (0, 1, 2, 3, 4, 6, 7, 9)}
+    assert await _seen(pool, "k-5") == 0
+
+
 class _DeadPool:
     def acquire(self) -> Any:
         raise ConnectionRefusedError("database is down")
