@@ -35,7 +35,8 @@ from callback_server.guard.http import GUARD_KEY
 from callback_server.guard.http import install as install_guard
 from callback_server.guard.metrics import Metrics
 from callback_server.guard.service import Guard
-from callback_server.http import STORE_KEY, create_http_app
+from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
+from callback_server.intake import CallbackIntake
 from callback_server.legrecord import LegRecords
 from callback_server.reconcile import LegSettler
 from callback_server.routing import Routing
@@ -125,8 +126,10 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool
     app[STORE_KEY] = store
+    app[INTAKE_KEY] = intake = CallbackIntake(store)
     app[GUARD_KEY] = guard
     yield
+    await intake.close()  # answers or fails every request it holds; gives its connections back
     await guard.alerter.close()
     await pool.close()
 

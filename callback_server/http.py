@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import asyncpg
 from aiohttp import web
 
+from callback_server.intake import CallbackIntake
 from callback_server.schemas import parse_intake
 from callback_server.store import CallbackStore
 from shared.config import Merchant
@@ -39,6 +40,7 @@ from shared.http import (
     error_middleware,
     json_response,
 )
+from shared.intake_batch import IntakeFailed
 from shared.link import VERIFIER_KEY, message_id, raw_body, signature_middleware
 from shared.signing import Verifier
 
@@ -49,6 +51,8 @@ DB_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConn
 
 
 STORE_KEY = web.AppKey("callback_store", CallbackStore)
+#: the group-committed intake over the store (the composition root sets both)
+INTAKE_KEY = web.AppKey("callback_intake", CallbackIntake)
 MERCHANTS_KEY = web.AppKey("callback_merchants", dict[str, Merchant])
 
 
@@ -68,9 +72,28 @@ def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
     return app
 
 
+def attach_store(app: web.Application, store: CallbackStore) -> None:
+    """Serve from ``store`` (call before the app starts; the composition root sets the
+    keys itself, in its database context). The intake batcher is closed on cleanup."""
+    app[STORE_KEY] = store
+    app[INTAKE_KEY] = intake = CallbackIntake(store)
+
+    async def close_intake(_: web.Application) -> None:
+        await intake.close()
+
+    app.on_cleanup.append(close_intake)
+
+
 def _store(request: web.Request) -> CallbackStore:
     try:
         return request.app[STORE_KEY]
+    except KeyError:
+        raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
+
+
+def _intake(request: web.Request) -> CallbackIntake:
+    try:
+        return request.app[INTAKE_KEY]
     except KeyError:
         raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
 
@@ -83,10 +106,10 @@ async def link_callbacks(request: web.Request) -> web.Response:
                        field="merchant_id")
     mid = message_id(request)
     try:
-        status, body = await _store(request).intake(mid, req, merchant)
-    except DB_ERRORS as exc:
+        status, body = await _intake(request).submit(mid, req, merchant)
+    except IntakeFailed as exc:
         log.warning("call-back request %s (edge call %s) not stored: %s", mid,
-                    req.edge_call_id, exc)
+                    req.edge_call_id, exc.message)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     log.info("accepted edge call %s for %s: %s", req.edge_call_id, req.caller, body)
     return json_response(body, status=status)

@@ -16,6 +16,7 @@ two workers can never both originate the same leg.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -30,10 +31,12 @@ import tenacity
 from callback_server.dialer import LastLeg
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
 from callback_server.guard.reasons import GuardRefused, Verdict
+from callback_server.guard.store import Accepted
 from callback_server.ivr import Submit
 from callback_server.schemas import IntakeRequest
 from shared.config import Merchant
-from shared.link import Answer, accept_once
+from shared.intake_batch import first_answers
+from shared.link import Answer
 from shared.money import Money
 from shared.outbox import Outbox, isoformat
 from shared.phone import E164
@@ -55,6 +58,14 @@ def fact_message_id(kind: str, key: str) -> str:
 
 def new_callback_id() -> str:
     return "cb-" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A call-back request on its way in: what the edge sent, for which merchant."""
+
+    req: IntakeRequest
+    merchant: Merchant
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,62 +182,140 @@ class CallbackStore:
     # --- intake -------------------------------------------------------------------------
 
     async def intake(self, message_id: str, req: IntakeRequest, merchant: Merchant) -> Answer:
-        """Store a call-back request once; answer ``202 {callback_id, status}``.
+        """Store one call-back request (a batch of one, see :meth:`intake_batch`)."""
+        async with self.pool.acquire() as conn:
+            answers = await self.intake_batch(conn, [(message_id, Intake(req, merchant))])
+        return answers[message_id]
 
-        One transaction: the message id (``accept_once``), the request row and
-        its NOTIFY (trigger; delivered at commit). A repeated message id gets
-        the first answer; a new message for a known ``edge_call_id`` gets the
-        existing call-back and queues nothing.
+    async def intake_batch(self, conn: asyncpg.Connection,
+                           batch: Sequence[tuple[str, Intake]]) -> dict[str, Answer]:
+        """Store call-back requests once each; answer ``202 {callback_id, status}``.
 
-        With a guard, the number is screened in the same transaction (policy,
-        lists, lock, velocity, brake) under a per-number advisory lock; a
+        One transaction for the whole batch (message ids distinct): the message ids
+        (``inbound_messages``), the request rows and their NOTIFY (trigger;
+        delivered at commit), the answers. A message id already stored gets its
+        first answer; a new message for a known ``edge_call_id`` (stored, or
+        earlier in the batch) gets that call-back and queues nothing.
+
+        With a guard, every number is screened in the transaction (policy,
+        lists, lock, velocity, brake) under per-number advisory locks, requests
+        in message-id order, each judged as if the earlier ones were stored; a
         refusal stores the row as ``refused`` with its reason code, tells the
-        edge (``callback_status`` ``failed`` + reason) and answers
-        ``202 {callback_id, status: "refused", reason}``.
+        edge (``callback_status`` ``failed`` + reason) and answers ``202
+        {callback_id, status: "refused", reason}``. A fixed number of round
+        trips per batch (about ten), whatever its size.
         """
+        ids = [mid for mid, _ in batch]
+        async with conn.transaction():
+            claimed = {r[0] for r in await conn.fetch(
+                "INSERT INTO inbound_messages (message_id, kind, response_status, response_body)"
+                " SELECT unnest($1::text[]), 'callback_request', 0, '{}'::jsonb"
+                " ON CONFLICT (message_id) DO NOTHING RETURNING message_id", ids)}
+            fresh = [(mid, item) for mid, item in batch if mid in claimed]
+            answers = await self._decide_and_store(conn, fresh) if fresh else {}
+            if answers:
+                await conn.execute(
+                    "UPDATE inbound_messages m SET response_status = a.status,"
+                    " response_body = a.body::jsonb"
+                    " FROM unnest($1::text[], $2::int[], $3::text[]) AS a(message_id, status, body)"
+                    " WHERE m.message_id = a.message_id",
+                    list(answers), [s for s, _ in answers.values()],
+                    [json.dumps(b, separators=(",", ":")) for _, b in answers.values()])
+        repeats = [mid for mid in ids if mid not in claimed]
+        if repeats:
+            log.info("duplicate callback_request messages %s: returning the first answers",
+                     ", ".join(repeats))
+            answers.update(await first_answers(conn, repeats))
+        return answers
 
-        async def handler(conn: asyncpg.Connection) -> Answer:
-            known = False
-            if self.guard is not None:
-                # One number's requests are decided one at a time; a repeat of a known
-                # edge call gets its call-back (never a velocity refusal).
-                await self.guard.lock_number(conn, req.caller)
-                existing = await conn.fetchrow(
-                    "SELECT callback_id, status, reason FROM callback_requests "
-                    "WHERE edge_call_id = $1", req.edge_call_id)
-                if existing is not None:
-                    return 202, _answer(existing)
-                screening = await self.guard.screen_intake(conn, req.caller)
+    async def _decide_and_store(self, conn: asyncpg.Connection,
+                                fresh: Sequence[tuple[str, Intake]]) -> dict[str, Answer]:
+        guard = self.guard
+        if guard is not None:
+            # One number's requests are decided one at a time across batches and servers.
+            await guard.lock_numbers(conn, (item.req.caller for _, item in fresh))
+        known_calls: dict[str, Answer] = {
+            r["edge_call_id"]: (202, _answer(r)) for r in await conn.fetch(
+                "SELECT edge_call_id, callback_id, status, reason FROM callback_requests"
+                " WHERE edge_call_id = ANY($1::text[])",
+                [item.req.edge_call_id for _, item in fresh])}
+        screen = None if guard is None else await guard.screen_intakes(
+            conn, (item.req.caller for _, item in fresh
+                   if item.req.edge_call_id not in known_calls))
+        answers: dict[str, Answer] = {}
+        new: list[tuple[str, Intake, str, bool]] = []
+        first_of_call: dict[str, str] = {}       # edge call id -> its first message here
+        repeats: list[tuple[str, str]] = []      # (message id, first message id of its call)
+        for mid, item in fresh:
+            req = item.req
+            known_call = known_calls.get(req.edge_call_id)
+            if known_call is not None:  # a repeat of a stored edge call: its call-back
+                answers[mid] = known_call
+                continue
+            if req.edge_call_id in first_of_call:  # ... of one earlier in this batch
+                repeats.append((mid, first_of_call[req.edge_call_id]))
+                continue
+            first_of_call[req.edge_call_id] = mid
+            known_number = False
+            if screen is not None:
+                assert guard is not None
+                screening = screen.screen(req.caller)
                 if screening.verdict is not None:
-                    return await self._refuse(conn, self.guard, message_id, req, merchant,
-                                              screening.verdict)
-                known = screening.known
-            row = await conn.fetchrow(
-                """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
-                       dialed, announce_mode, received_at, hungup_at, message_id, max_attempts,
-                       next_attempt_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                           least(now() + $11::numeric * interval '1 second',
-                                 greatest(now(), $12::timestamptz + $11 * interval '1 second')))
-                   ON CONFLICT (edge_call_id) DO NOTHING
-                   RETURNING callback_id, status""",
-                new_callback_id(), req.edge_call_id, merchant.id, str(req.caller), req.dialed,
-                req.announce_mode, req.received_at, req.hungup_at, message_id,
-                merchant.max_attempts, merchant.pre_callback_delay_s, req.hung_up_or_received)
-            if row is None:
-                row = await conn.fetchrow(
-                    "SELECT callback_id, status FROM callback_requests WHERE edge_call_id = $1",
-                    req.edge_call_id)
-                assert row is not None
-                log.info("edge call %s already has call-back %s", req.edge_call_id,
-                         row["callback_id"])
-            elif self.guard is not None:
-                await self.guard.note_accepted(conn, row["callback_id"], req.caller,
-                                               merchant.id, known)
-            return 202, {"callback_id": row["callback_id"], "status": row["status"]}
+                    answers[mid] = await self._refuse(conn, guard, mid, req, item.merchant,
+                                                      screening.verdict)
+                    continue
+                known_number = screening.known
+                screen.accepted(req.caller)
+            new.append((mid, item, new_callback_id(), known_number))
+        if new:
+            await self._insert_requests(conn, new, answers)
+        for mid, first in repeats:
+            answers[mid] = answers[first]
+        return answers
 
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await accept_once(conn, message_id, "callback_request", handler)
+    async def _insert_requests(self, conn: asyncpg.Connection,
+                               new: Sequence[tuple[str, Intake, str, bool]],
+                               answers: dict[str, Answer]) -> None:
+        rows = await conn.fetch(
+            """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
+                   dialed, announce_mode, received_at, hungup_at, message_id, max_attempts,
+                   next_attempt_at)
+               SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
+                      received_at, hungup_at, message_id, max_attempts,
+                      least(now() + delay_s * interval '1 second',
+                            greatest(now(), since + delay_s * interval '1 second'))
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                           $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                           $10::int[], $11::numeric[], $12::timestamptz[])
+                    AS r(callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
+                         received_at, hungup_at, message_id, max_attempts, delay_s, since)
+               ON CONFLICT (edge_call_id) DO NOTHING
+               RETURNING callback_id, status""",
+            [cb for _, _, cb, _ in new], [i.req.edge_call_id for _, i, _, _ in new],
+            [i.merchant.id for _, i, _, _ in new], [str(i.req.caller) for _, i, _, _ in new],
+            [i.req.dialed for _, i, _, _ in new], [i.req.announce_mode for _, i, _, _ in new],
+            [i.req.received_at for _, i, _, _ in new], [i.req.hungup_at for _, i, _, _ in new],
+            [mid for mid, _, _, _ in new], [i.merchant.max_attempts for _, i, _, _ in new],
+            [i.merchant.pre_callback_delay_s for _, i, _, _ in new],
+            [i.req.hung_up_or_received for _, i, _, _ in new])
+        inserted = {r["callback_id"]: r["status"] for r in rows}
+        for mid, item, callback_id, _ in new:
+            if callback_id in inserted:
+                answers[mid] = (202, {"callback_id": callback_id,
+                                      "status": inserted[callback_id]})
+                continue
+            # Stored meanwhile by another transaction (only without the guard's number locks).
+            row = await conn.fetchrow(
+                "SELECT callback_id, status, reason FROM callback_requests WHERE edge_call_id = $1",
+                item.req.edge_call_id)
+            assert row is not None
+            log.info("edge call %s already has call-back %s", item.req.edge_call_id,
+                     row["callback_id"])
+            answers[mid] = (202, _answer(row))
+        if self.guard is not None:
+            await self.guard.note_accepted(conn, [
+                Accepted(callback_id, str(item.req.caller), item.merchant.id, known)
+                for _, item, callback_id, known in new if callback_id in inserted])
 
     async def _refuse(self, conn: asyncpg.Connection, guard: Guard, message_id: str,
                       req: IntakeRequest, merchant: Merchant, verdict: Verdict) -> Answer:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import time
 import zoneinfo
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -69,6 +69,37 @@ class Screening:
     known: bool
 
 
+class IntakeScreen:
+    """The intake decisions of one batch: policy + lists, lock, velocity, brake, per
+    request, on facts loaded once (:meth:`Guard.screen_intakes`). Requests are judged in
+    order; :meth:`accepted` counts one against its number, so the next request for the
+    same number in the batch is judged as if the first were already stored."""
+
+    def __init__(self, guard: Guard, now: datetime, facts: dict[str, sql.NumberFacts],
+                 brake_count: int, load_s: float) -> None:
+        self._guard = guard
+        self._now = now
+        self._facts = facts
+        self._brake_count = brake_count
+        self._load_s = load_s
+
+    def screen(self, number: E164) -> Screening:
+        started = time.perf_counter()
+        guard, facts = self._guard, self._facts[str(number)]
+        listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
+                          block_reason=facts.block_reason)
+        verdict = guard.policy.evaluate(number, listing) \
+            or velocity.check_intake(facts.history, self._now, guard.settings.velocity)
+        if verdict is None and not facts.history.known:
+            verdict = brake.check(False, self._brake_count, guard.settings.brake)
+        guard.metrics.observe_decision(time.perf_counter() - started + self._load_s)
+        return Screening(verdict, facts.history.known)
+
+    def accepted(self, number: E164) -> None:
+        facts = self._facts[str(number)]
+        self._facts[str(number)] = replace(facts, history=facts.history.accepted(self._now))
+
+
 class Guard:
     def __init__(self, pool: asyncpg.Pool, settings: GuardSettings, *,
                  metrics: Metrics | None = None, alerter: Alerter | None = None,
@@ -89,28 +120,29 @@ class Guard:
 
     # --- intake -------------------------------------------------------------------------
 
-    async def lock_number(self, conn: asyncpg.Connection, number: E164) -> None:
-        """Serialise intake decisions for one number (call first in the transaction)."""
-        await sql.lock_number(conn, str(number))
+    async def lock_numbers(self, conn: asyncpg.Connection, numbers: Iterable[E164]) -> None:
+        """Serialise intake decisions per number (call first in the transaction)."""
+        await sql.lock_numbers(conn, (str(n) for n in numbers))
 
-    async def screen_intake(self, conn: asyncpg.Connection, number: E164) -> Screening:
+    async def screen_intakes(self, conn: asyncpg.Connection, numbers: Iterable[E164]
+                             ) -> IntakeScreen:
+        """Load what deciding requests for ``numbers`` needs, in two round trips at most
+        (call under :meth:`lock_numbers`); then decide each with :meth:`IntakeScreen.screen`."""
         started = time.perf_counter()
         now = self.clock()
-        facts = await sql.number_facts(conn, str(number), now)
-        listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
-                          block_reason=facts.block_reason)
-        verdict = self.policy.evaluate(number, listing) \
-            or velocity.check_intake(facts.history, now, self.settings.velocity)
-        if verdict is None and not facts.history.known:
-            count = await sql.unconfirmed_new_numbers(conn, now, self.settings.brake.window_s)
-            verdict = brake.check(False, count, self.settings.brake)
-        self.metrics.observe_decision(time.perf_counter() - started)
-        return Screening(verdict, facts.history.known)
+        facts = await sql.number_facts_many(conn, (str(n) for n in numbers), now)
+        brake_count = 0
+        if any(not f.history.known for f in facts.values()):
+            brake_count = await sql.unconfirmed_new_numbers(conn, now,
+                                                            self.settings.brake.window_s)
+        return IntakeScreen(self, now, facts, brake_count,
+                            (time.perf_counter() - started) / max(1, len(facts)))
 
-    async def note_accepted(self, conn: asyncpg.Connection, callback_id: str, number: E164,
-                            merchant_id: str, known: bool) -> None:
-        await sql.note_accepted(conn, callback_id, str(number), merchant_id, known, self.clock())
-        self.metrics.inc("cbgw_guard_accepted_total")
+    async def note_accepted(self, conn: asyncpg.Connection,
+                            accepted: Sequence[sql.Accepted]) -> None:
+        if accepted:
+            await sql.note_accepted(conn, accepted, self.clock())
+            self.metrics.inc("cbgw_guard_accepted_total", len(accepted))
 
     async def refused(self, conn: asyncpg.Connection, verdict: Verdict, *, stage: str,
                       number: str | None, merchant_id: str | None,

@@ -8,6 +8,7 @@ database clock, because ``callback_attempts.created_at`` is written by it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -48,31 +49,49 @@ async def lock_dialling(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _NS_DIAL)
 
 
+async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None:
+    """:func:`lock_number` for many numbers in one round trip, in key order (two batches
+    sharing numbers take their locks in the same order: no deadlock between them)."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock($1, k)
+           FROM (SELECT DISTINCT hashtext(n) AS k FROM unnest($2::text[]) AS n ORDER BY 1) s""",
+        _NS_NUMBER, sorted(set(numbers)))
+
+
 async def number_facts(conn: asyncpg.Connection, number: str, now: datetime) -> NumberFacts:
-    row = await conn.fetchrow(
-        """SELECT
+    return (await number_facts_many(conn, [number], now))[number]
+
+
+async def number_facts_many(conn: asyncpg.Connection, numbers: Iterable[str], now: datetime
+                            ) -> dict[str, NumberFacts]:
+    """What the guard knows about each number, as of ``now`` (one round trip)."""
+    rows = await conn.fetch(
+        """SELECT n.number,
              (SELECT count(*) FROM callback_requests
-               WHERE caller = $1 AND status IN ('queued', 'dialing')) AS active,
-             (SELECT max(accepted_at) FROM guard_callbacks WHERE number = $1) AS last_at,
-             (SELECT count(*) FROM guard_callbacks
-               WHERE number = $1 AND accepted_at > $2::timestamptz - interval '1 hour') AS hour,
-             (SELECT count(*) FROM guard_callbacks
-               WHERE number = $1 AND accepted_at > $2::timestamptz - interval '1 day') AS day,
-             (SELECT confirmations FROM guard_numbers WHERE number = $1) AS confirmations,
-             (SELECT locked_until FROM guard_numbers WHERE number = $1) AS locked_until,
-             (SELECT reason FROM guard_lists WHERE number = $1 AND list = 'block'
+               WHERE caller = n.number AND status IN ('queued', 'dialing')) AS active,
+             (SELECT max(accepted_at) FROM guard_callbacks WHERE number = n.number) AS last_at,
+             (SELECT count(*) FROM guard_callbacks WHERE number = n.number
+                 AND accepted_at > $2::timestamptz - interval '1 hour') AS hour,
+             (SELECT count(*) FROM guard_callbacks WHERE number = n.number
+                 AND accepted_at > $2::timestamptz - interval '1 day') AS day,
+             g.confirmations, g.locked_until,
+             (SELECT reason FROM guard_lists WHERE number = n.number AND list = 'block'
                  AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS block_reason,
-             (SELECT true FROM guard_lists WHERE number = $1 AND list = 'allow'
-                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS allowed""",
-        number, now)
-    assert row is not None
-    confirmations = row["confirmations"] or 0
-    allowed = bool(row["allowed"])
-    history = NumberHistory(known=confirmations > 0 or allowed, active=row["active"],
-                            last_accepted_at=row["last_at"], accepted_hour=row["hour"],
-                            accepted_day=row["day"], locked_until=row["locked_until"])
-    return NumberFacts(history, row["block_reason"] is not None, row["block_reason"] or "",
-                       allowed, confirmations)
+             (SELECT true FROM guard_lists WHERE number = n.number AND list = 'allow'
+                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS allowed
+           FROM (SELECT DISTINCT unnest($1::text[]) AS number) n
+           LEFT JOIN guard_numbers g ON g.number = n.number""",
+        list(numbers), now)
+    facts = {}
+    for row in rows:
+        confirmations = row["confirmations"] or 0
+        allowed = bool(row["allowed"])
+        history = NumberHistory(known=confirmations > 0 or allowed, active=row["active"],
+                                last_accepted_at=row["last_at"], accepted_hour=row["hour"],
+                                accepted_day=row["day"], locked_until=row["locked_until"])
+        facts[row["number"]] = NumberFacts(history, row["block_reason"] is not None,
+                                           row["block_reason"] or "", allowed, confirmations)
+    return facts
 
 
 async def unconfirmed_new_numbers(conn: asyncpg.Connection, now: datetime,
@@ -84,15 +103,29 @@ async def unconfirmed_new_numbers(conn: asyncpg.Connection, now: datetime,
     return int(value or 0)
 
 
-async def note_accepted(conn: asyncpg.Connection, callback_id: str, number: str,
-                        merchant_id: str, known: bool, now: datetime) -> None:
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    callback_id: str
+    number: str
+    merchant_id: str
+    known: bool
+
+
+async def note_accepted(conn: asyncpg.Connection, accepted: Sequence[Accepted],
+                        now: datetime) -> None:
+    """Count accepted call-backs against their numbers (velocity), two round trips."""
     await conn.execute(
         """INSERT INTO guard_callbacks (callback_id, number, merchant_id, known, accepted_at)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (callback_id) DO NOTHING""",
-        callback_id, number, merchant_id, known, now)
+           SELECT callback_id, number, merchant_id, known, $5
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[])
+                AS a(callback_id, number, merchant_id, known)
+           ON CONFLICT (callback_id) DO NOTHING""",
+        [a.callback_id for a in accepted], [a.number for a in accepted],
+        [a.merchant_id for a in accepted], [a.known for a in accepted], now)
     await conn.execute(
-        """INSERT INTO guard_numbers (number, first_seen_at) VALUES ($1, $2)
-           ON CONFLICT (number) DO NOTHING""", number, now)
+        """INSERT INTO guard_numbers (number, first_seen_at)
+           SELECT DISTINCT unnest($1::text[]), $2::timestamptz ORDER BY 1
+           ON CONFLICT (number) DO NOTHING""", [a.number for a in accepted], now)
 
 
 async def record_refusal(conn: asyncpg.Connection, *, stage: str, verdict: Verdict,

@@ -19,7 +19,7 @@ back only listed caller IDs; we call unknown ones back, carefully).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from callback_server.guard.reasons import Refusal, Verdict
@@ -54,6 +54,13 @@ class NumberHistory:
     accepted_hour: int = 0
     accepted_day: int = 0
     locked_until: datetime | None = None
+
+    def accepted(self, now: datetime) -> NumberHistory:
+        """The history after one more request was accepted at ``now`` (what the
+        next request for the number in the same intake batch is judged on)."""
+        return replace(self, active=self.active + 1, last_accepted_at=now,
+                       accepted_hour=self.accepted_hour + 1,
+                       accepted_day=self.accepted_day + 1)
 
 
 def check_intake(h: NumberHistory, now: datetime, s: VelocitySettings) -> Verdict | None:

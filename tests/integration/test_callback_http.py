@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 import callback_server
 import shared
-from callback_server.http import STORE_KEY, create_http_app
+from callback_server.http import attach_store, create_http_app
 from callback_server.store import CallbackStore
 from callback_server.testing import merchant
 from shared.db import create_pool, migrate_url, package_migrations
@@ -62,7 +62,7 @@ def make_app(store: CallbackStore | None) -> web.Application:
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
     if store is not None:
-        app[STORE_KEY] = store
+        attach_store(app, store)
     return app
 
 

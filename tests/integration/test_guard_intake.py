@@ -24,7 +24,7 @@ from callback_server.guard.http import GUARD_KEY, install
 from callback_server.guard.service import Guard
 from callback_server.guard.settings import GuardSettings
 from callback_server.guard.testing import FakeClock, irsf_corpus
-from callback_server.http import STORE_KEY, create_http_app
+from callback_server.http import attach_store, create_http_app
 from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
 from callback_server.schemas import IntakeRequest
@@ -78,7 +78,7 @@ def make_app(guard: Guard) -> web.Application:
     app = create_http_app(merchants=[ACME],
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
     install(app)
-    app[STORE_KEY] = CallbackStore(guard.pool, owner="http", guard=guard)
+    attach_store(app, CallbackStore(guard.pool, owner="http", guard=guard))
     app[GUARD_KEY] = guard
     return app
 

@@ -1,0 +1,40 @@
+"""Group-committed intake of call-back requests.
+
+Concurrent ``POST /v1/link/callbacks`` share one transaction per batch
+(:class:`shared.intake_batch.GroupCommit`): message ids, guard screening under
+per-number locks, request rows, answers, one WAL flush, about ten round trips
+whatever the batch size (:meth:`callback_server.store.CallbackStore.intake_batch`).
+Each request is answered only after its batch committed; a batch that fails on
+an SQL error is retried request by request, so one bad request fails alone; an
+unreachable database fails every waiting request (the edge retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+from callback_server.schemas import IntakeRequest
+from callback_server.store import CallbackStore, Intake
+from shared.config import Merchant
+from shared.intake_batch import GroupCommit
+from shared.link import Answer
+
+KIND = "callback_request"
+
+
+class CallbackIntake(GroupCommit[Intake]):
+    def __init__(self, store: CallbackStore, *, max_batch: int = 128, max_in_flight: int = 2,
+                 linger_s: float = 0.0) -> None:
+        super().__init__(store.pool, KIND, max_batch, max_in_flight, linger_s)
+        self.store = store
+
+    async def submit(self, message_id: str, req: IntakeRequest, merchant: Merchant) -> Answer:
+        """Store the request once under ``message_id``; the first answer, after the commit.
+        Raises :class:`shared.intake_batch.IntakeFailed` when it was not stored."""
+        return await self.deliver(message_id, Intake(req, merchant))
+
+    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, Intake]]
+                    ) -> Mapping[str, Answer]:
+        return await self.store.intake_batch(conn, batch)
