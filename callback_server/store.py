@@ -202,8 +202,11 @@ class CallbackStore:
         in message-id order, each judged as if the earlier ones were stored; a
         refusal stores the row as ``refused`` with its reason code, tells the
         edge (``callback_status`` ``failed`` + reason) and answers ``202
-        {callback_id, status: "refused", reason}``. A fixed number of round
-        trips per batch (about ten), whatever its size.
+        {callback_id, status: "refused", reason}``.
+
+        Round trips per batch, whatever its size: BEGIN, the message ids, the
+        number locks, the known edge calls, the guard's facts, the request rows
+        with the answers, the guard's counts, COMMIT (plus three per refusal).
         """
         ids = [mid for mid, _ in batch]
         async with conn.transaction():
@@ -213,14 +216,6 @@ class CallbackStore:
                 " ON CONFLICT (message_id) DO NOTHING RETURNING message_id", ids)}
             fresh = [(mid, item) for mid, item in batch if mid in claimed]
             answers = await self._decide_and_store(conn, fresh) if fresh else {}
-            if answers:
-                await conn.execute(
-                    "UPDATE inbound_messages m SET response_status = a.status,"
-                    " response_body = a.body::jsonb"
-                    " FROM unnest($1::text[], $2::int[], $3::text[]) AS a(message_id, status, body)"
-                    " WHERE m.message_id = a.message_id",
-                    list(answers), [s for s, _ in answers.values()],
-                    [json.dumps(b, separators=(",", ":")) for _, b in answers.values()])
         repeats = [mid for mid in ids if mid not in claimed]
         if repeats:
             log.info("duplicate callback_request messages %s: returning the first answers",
@@ -243,79 +238,49 @@ class CallbackStore:
             conn, (item.req.caller for _, item in fresh
                    if item.req.edge_call_id not in known_calls))
         answers: dict[str, Answer] = {}
-        new: list[tuple[str, Intake, str, bool]] = []
-        first_of_call: dict[str, str] = {}       # edge call id -> its first message here
-        repeats: list[tuple[str, str]] = []      # (message id, first message id of its call)
+        new: list[_NewRequest] = []
         for mid, item in fresh:
             req = item.req
             known_call = known_calls.get(req.edge_call_id)
-            if known_call is not None:  # a repeat of a stored edge call: its call-back
+            if known_call is not None:  # a repeat of a known edge call: its call-back
                 answers[mid] = known_call
                 continue
-            if req.edge_call_id in first_of_call:  # ... of one earlier in this batch
-                repeats.append((mid, first_of_call[req.edge_call_id]))
-                continue
-            first_of_call[req.edge_call_id] = mid
             known_number = False
             if screen is not None:
                 assert guard is not None
                 screening = screen.screen(req.caller)
                 if screening.verdict is not None:
-                    answers[mid] = await self._refuse(conn, guard, mid, req, item.merchant,
-                                                      screening.verdict)
+                    answers[mid] = known_calls[req.edge_call_id] = await self._refuse(
+                        conn, guard, mid, req, item.merchant, screening.verdict)
                     continue
                 known_number = screening.known
                 screen.accepted(req.caller)
-            new.append((mid, item, new_callback_id(), known_number))
-        if new:
-            await self._insert_requests(conn, new, answers)
-        for mid, first in repeats:
-            answers[mid] = answers[first]
+            request = _NewRequest(mid, item, new_callback_id(), known_number)
+            new.append(request)
+            answers[mid] = known_calls[req.edge_call_id] = request.answer
+        await self._insert_requests(conn, new, answers)
         return answers
 
-    async def _insert_requests(self, conn: asyncpg.Connection,
-                               new: Sequence[tuple[str, Intake, str, bool]],
+    async def _insert_requests(self, conn: asyncpg.Connection, new: Sequence[_NewRequest],
                                answers: dict[str, Answer]) -> None:
-        rows = await conn.fetch(
-            """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
-                   dialed, announce_mode, received_at, hungup_at, message_id, max_attempts,
-                   next_attempt_at)
-               SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
-                      received_at, hungup_at, message_id, max_attempts,
-                      least(now() + delay_s * interval '1 second',
-                            greatest(now(), since + delay_s * interval '1 second'))
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                           $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                           $10::int[], $11::numeric[], $12::timestamptz[])
-                    AS r(callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
-                         received_at, hungup_at, message_id, max_attempts, delay_s, since)
-               ON CONFLICT (edge_call_id) DO NOTHING
-               RETURNING callback_id, status""",
-            [cb for _, _, cb, _ in new], [i.req.edge_call_id for _, i, _, _ in new],
-            [i.merchant.id for _, i, _, _ in new], [str(i.req.caller) for _, i, _, _ in new],
-            [i.req.dialed for _, i, _, _ in new], [i.req.announce_mode for _, i, _, _ in new],
-            [i.req.received_at for _, i, _, _ in new], [i.req.hungup_at for _, i, _, _ in new],
-            [mid for mid, _, _, _ in new], [i.merchant.max_attempts for _, i, _, _ in new],
-            [i.merchant.pre_callback_delay_s for _, i, _, _ in new],
-            [i.req.hung_up_or_received for _, i, _, _ in new])
-        inserted = {r["callback_id"]: r["status"] for r in rows}
-        for mid, item, callback_id, _ in new:
-            if callback_id in inserted:
-                answers[mid] = (202, {"callback_id": callback_id,
-                                      "status": inserted[callback_id]})
-                continue
-            # Stored meanwhile by another transaction (only without the guard's number locks).
-            row = await conn.fetchrow(
-                "SELECT callback_id, status, reason FROM callback_requests WHERE edge_call_id = $1",
-                item.req.edge_call_id)
-            assert row is not None
-            log.info("edge call %s already has call-back %s", item.req.edge_call_id,
-                     row["callback_id"])
-            answers[mid] = (202, _answer(row))
+        """The new request rows and every answer of the batch, in one statement."""
+        rows = await conn.fetch(_INSERT_REQUESTS, *_request_columns(new), *_answer_columns(answers))
+        inserted = {r[0] for r in rows}
+        lost = {n.callback_id: n.item.req.edge_call_id for n in new
+                if n.callback_id not in inserted}
+        if lost:  # stored meanwhile by another transaction (only without the guard's locks)
+            stored = {r["edge_call_id"]: (202, _answer(r)) for r in await conn.fetch(
+                "SELECT edge_call_id, callback_id, status, reason FROM callback_requests"
+                " WHERE edge_call_id = ANY($1::text[])", list(lost.values()))}
+            fixed = {mid: stored[lost[body["callback_id"]]] for mid, (_, body) in answers.items()
+                     if body.get("callback_id") in lost}
+            log.info("edge calls %s already had call-backs", ", ".join(lost.values()))
+            answers.update(fixed)
+            await conn.execute(_UPDATE_ANSWERS, *_answer_columns(fixed))
         if self.guard is not None:
             await self.guard.note_accepted(conn, [
-                Accepted(callback_id, str(item.req.caller), item.merchant.id, known)
-                for _, item, callback_id, known in new if callback_id in inserted])
+                Accepted(n.callback_id, str(n.item.req.caller), n.item.merchant.id, n.known)
+                for n in new if n.callback_id in inserted])
 
     async def _refuse(self, conn: asyncpg.Connection, guard: Guard, message_id: str,
                       req: IntakeRequest, merchant: Merchant, verdict: Verdict) -> Answer:
@@ -603,6 +568,59 @@ class CallbackStore:
             }, message_id=fact_message_id("callback_status", callback_id),
                 merchant_id=row["merchant_id"])
             return True
+
+
+@dataclass(frozen=True, slots=True)
+class _NewRequest:
+    message_id: str
+    item: Intake
+    callback_id: str
+    known: bool        # the guard knows the number (confirmed before, or allow-listed)
+
+    @property
+    def answer(self) -> Answer:
+        return 202, {"callback_id": self.callback_id, "status": "queued"}
+
+
+_UPDATE_ANSWERS = (
+    "UPDATE inbound_messages m SET response_status = a.status, response_body = a.body::jsonb"
+    " FROM unnest($1::text[], $2::int[], $3::text[]) AS a(message_id, status, body)"
+    " WHERE m.message_id = a.message_id")
+
+_INSERT_REQUESTS = """
+WITH answered AS (
+    UPDATE inbound_messages m SET response_status = a.status, response_body = a.body::jsonb
+    FROM unnest($13::text[], $14::int[], $15::text[]) AS a(message_id, status, body)
+    WHERE m.message_id = a.message_id)
+INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller, dialed,
+    announce_mode, received_at, hungup_at, message_id, max_attempts, next_attempt_at)
+SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode, received_at,
+       hungup_at, message_id, max_attempts,
+       least(now() + delay_s * interval '1 second',
+             greatest(now(), since + delay_s * interval '1 second'))
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[], $11::numeric[],
+            $12::timestamptz[])
+     AS r(callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode, received_at,
+          hungup_at, message_id, max_attempts, delay_s, since)
+ON CONFLICT (edge_call_id) DO NOTHING
+RETURNING callback_id"""
+
+
+def _request_columns(new: Sequence[_NewRequest]) -> tuple[list[Any], ...]:
+    reqs = [n.item.req for n in new]
+    merchants = [n.item.merchant for n in new]
+    return ([n.callback_id for n in new], [r.edge_call_id for r in reqs],
+            [m.id for m in merchants], [str(r.caller) for r in reqs], [r.dialed for r in reqs],
+            [r.announce_mode for r in reqs], [r.received_at for r in reqs],
+            [r.hungup_at for r in reqs], [n.message_id for n in new],
+            [m.max_attempts for m in merchants], [m.pre_callback_delay_s for m in merchants],
+            [r.hung_up_or_received for r in reqs])
+
+
+def _answer_columns(answers: dict[str, Answer]) -> tuple[list[Any], ...]:
+    return (list(answers), [status for status, _ in answers.values()],
+            [json.dumps(body, separators=(",", ":")) for _, body in answers.values()])
 
 
 def _answer(row: asyncpg.Record) -> dict[str, Any]:

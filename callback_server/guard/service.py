@@ -126,15 +126,12 @@ class Guard:
 
     async def screen_intakes(self, conn: asyncpg.Connection, numbers: Iterable[E164]
                              ) -> IntakeScreen:
-        """Load what deciding requests for ``numbers`` needs, in two round trips at most
-        (call under :meth:`lock_numbers`); then decide each with :meth:`IntakeScreen.screen`."""
+        """Load what deciding requests for ``numbers`` needs, in one round trip (call
+        under :meth:`lock_numbers`); then decide each with :meth:`IntakeScreen.screen`."""
         started = time.perf_counter()
         now = self.clock()
-        facts = await sql.number_facts_many(conn, (str(n) for n in numbers), now)
-        brake_count = 0
-        if any(not f.history.known for f in facts.values()):
-            brake_count = await sql.unconfirmed_new_numbers(conn, now,
-                                                            self.settings.brake.window_s)
+        facts, brake_count = await sql.intake_facts(conn, (str(n) for n in numbers), now,
+                                                    self.settings.brake.window_s)
         return IntakeScreen(self, now, facts, brake_count,
                             (time.perf_counter() - started) / max(1, len(facts)))
 

@@ -65,6 +65,14 @@ async def number_facts(conn: asyncpg.Connection, number: str, now: datetime) -> 
 async def number_facts_many(conn: asyncpg.Connection, numbers: Iterable[str], now: datetime
                             ) -> dict[str, NumberFacts]:
     """What the guard knows about each number, as of ``now`` (one round trip)."""
+    facts, _ = await intake_facts(conn, numbers, now, None)
+    return facts
+
+
+async def intake_facts(conn: asyncpg.Connection, numbers: Iterable[str], now: datetime,
+                       brake_window_s: int | None) -> tuple[dict[str, NumberFacts], int]:
+    """:func:`number_facts_many`, and with ``brake_window_s`` the brake's count of
+    :func:`unconfirmed_new_numbers` (else 0), in one round trip."""
     rows = await conn.fetch(
         """SELECT n.number,
              (SELECT count(*) FROM callback_requests
@@ -78,10 +86,14 @@ async def number_facts_many(conn: asyncpg.Connection, numbers: Iterable[str], no
              (SELECT reason FROM guard_lists WHERE number = n.number AND list = 'block'
                  AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS block_reason,
              (SELECT true FROM guard_lists WHERE number = n.number AND list = 'allow'
-                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS allowed
+                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS allowed,
+             CASE WHEN $3::timestamptz IS NULL THEN 0 ELSE
+               (SELECT count(DISTINCT number) FROM guard_rounds
+                 WHERE rang AND NOT confirmed AND NOT known AND ended_at > $3) END AS brake
            FROM (SELECT DISTINCT unnest($1::text[]) AS number) n
            LEFT JOIN guard_numbers g ON g.number = n.number""",
-        list(numbers), now)
+        list(numbers), now,
+        None if brake_window_s is None else now - timedelta(seconds=brake_window_s))
     facts = {}
     for row in rows:
         confirmations = row["confirmations"] or 0
@@ -91,7 +103,7 @@ async def number_facts_many(conn: asyncpg.Connection, numbers: Iterable[str], no
                                 accepted_day=row["day"], locked_until=row["locked_until"])
         facts[row["number"]] = NumberFacts(history, row["block_reason"] is not None,
                                            row["block_reason"] or "", allowed, confirmations)
-    return facts
+    return facts, int(rows[0]["brake"]) if rows else 0
 
 
 async def unconfirmed_new_numbers(conn: asyncpg.Connection, now: datetime,
@@ -113,19 +125,19 @@ class Accepted:
 
 async def note_accepted(conn: asyncpg.Connection, accepted: Sequence[Accepted],
                         now: datetime) -> None:
-    """Count accepted call-backs against their numbers (velocity), two round trips."""
+    """Count accepted call-backs against their numbers (velocity), one round trip."""
     await conn.execute(
-        """INSERT INTO guard_callbacks (callback_id, number, merchant_id, known, accepted_at)
-           SELECT callback_id, number, merchant_id, known, $5
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[])
-                AS a(callback_id, number, merchant_id, known)
-           ON CONFLICT (callback_id) DO NOTHING""",
+        """WITH a AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[])
+                          AS a(callback_id, number, merchant_id, known)),
+                c AS (INSERT INTO guard_callbacks (callback_id, number, merchant_id, known,
+                          accepted_at)
+                      SELECT callback_id, number, merchant_id, known, $5 FROM a
+                      ON CONFLICT (callback_id) DO NOTHING)
+           INSERT INTO guard_numbers (number, first_seen_at)
+           SELECT DISTINCT number, $5::timestamptz FROM a ORDER BY 1
+           ON CONFLICT (number) DO NOTHING""",
         [a.callback_id for a in accepted], [a.number for a in accepted],
         [a.merchant_id for a in accepted], [a.known for a in accepted], now)
-    await conn.execute(
-        """INSERT INTO guard_numbers (number, first_seen_at)
-           SELECT DISTINCT unnest($1::text[]), $2::timestamptz ORDER BY 1
-           ON CONFLICT (number) DO NOTHING""", [a.number for a in accepted], now)
 
 
 async def record_refusal(conn: asyncpg.Connection, *, stage: str, verdict: Verdict,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -132,3 +133,28 @@ async def test_one_bad_request_fails_alone_and_the_rest_of_its_batch_is_stored(
     # nothing of the failed one was kept: its retry is a first delivery
     assert "b-2" not in await stored_answers(pool)
     assert await pool.fetchval("SELECT count(*) FROM guard_callbacks") == 4
+
+
+async def test_without_the_guard_a_racing_edge_call_gets_the_stored_call_back(
+        intake: CallbackIntake, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
+    """No number locks: two servers store one edge call at once under two message ids;
+    the one that loses the UNIQUE race answers (and remembers) the winner's call-back."""
+    caplog.set_level(logging.INFO, "callback.store")
+    one, two = (CallbackIntake(CallbackStore(pool, owner=o)) for o in ("a", "b"))
+    req = request("edge-race", "819044445555")
+    try:
+        async with pool.acquire() as blocker, blocker.transaction():
+            # reads pass, writes wait: both look for the edge call, find none, then queue up
+            await blocker.execute("LOCK TABLE callback_requests IN EXCLUSIVE MODE")
+            tasks = [asyncio.create_task(one.submit("race-1", req, ACME)),
+                     asyncio.create_task(two.submit("race-2", req, ACME))]
+            await asyncio.sleep(0.3)
+            assert not any(t.done() for t in tasks)
+        first, second = await asyncio.gather(*tasks)
+    finally:
+        await one.close()
+        await two.close()
+    assert first == second and first[1]["status"] == "queued"
+    assert await pool.fetchval("SELECT count(*) FROM callback_requests") == 1
+    assert await stored_answers(pool) == {"race-1": first[1], "race-2": first[1]}
+    assert "edge calls edge-race already had call-backs" in caplog.text  # the race was lost
