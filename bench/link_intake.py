@@ -16,11 +16,21 @@ payload stored, committed with PostgreSQL's default ``synchronous_commit = on``
   that commit.
 * ``single``: the old path, one transaction per request holding
   :func:`shared.link.accept_once` and an INSERT of the payload.
+* ``callback``: the callback site's real intake, ``POST /v1/link/callbacks``
+  as ``callback_server.http`` serves it, through
+  :class:`callback_server.intake.CallbackIntake` (group commit of whole
+  requests: message ids, toll-fraud guard screening under per-number locks,
+  request rows with their job NOTIFY, answers). Every request is a new edge
+  call from a new caller, so every one is screened and queued.
+* ``callback-single``: the same handler and SQL with batches of one (one
+  transaction per request, up to 16 at once): what the callback server did
+  before group commit.
 * ``no-db``: DIAGNOSTIC ONLY, verify and answer without storing; not an
   intake, it only shows what HTTP + TLS + verify cost alone.
 
 ``--compare N`` alternates ``single`` and ``batch`` runs, N of each, so the
-two are measured in the same invocation (this VM's speed drifts).
+two are measured in the same invocation (this VM's speed drifts); with
+``--mode callback`` or ``callback-single`` it alternates those two.
 
 The load comes from separate processes (``multiprocessing``, spawn) holding
 ``--connections`` keep-alive TLS connections in total: by default raw TLS
@@ -60,6 +70,12 @@ from typing import Any
 TARGET_RPS = 5000
 _REPO = Path(__file__).resolve().parent.parent
 PATH = "/v1/link/bench"
+CALLBACK_PATH = "/v1/link/callbacks"
+CALLBACK_MODES = ("callback", "callback-single")
+
+
+def _path(mode: str) -> str:
+    return CALLBACK_PATH if mode in CALLBACK_MODES else PATH
 
 
 def _pki(directory: Path) -> None:
@@ -80,6 +96,10 @@ def _server_main(pki_dir: str, db_url: str, port: int, use_uvloop: bool, pool_si
         import uvloop
 
         uvloop.install()
+    if mode in CALLBACK_MODES:
+        assert batch is not None
+        asyncio.run(_serve_callback(Path(pki_dir), db_url, port, pool_size, batch, stats, ready))
+        return
     asyncio.run(_serve(Path(pki_dir), db_url, port, pool_size, mode, batch, stats, ready))
 
 
@@ -159,21 +179,72 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
         await pool.close()
 
 
+async def _serve_callback(pki_dir: Path, db_url: str, port: int, pool_size: int,
+                          batch: dict[str, Any], stats: Any, ready: Any) -> None:
+    """The callback site's own HTTP app, store, guard and group-committed intake."""
+    from aiohttp import web
+
+    from callback_server.guard.service import Guard
+    from callback_server.guard.settings import GuardSettings
+    from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
+    from callback_server.intake import CallbackIntake
+    from callback_server.store import CallbackStore
+    from callback_server.testing import merchant
+    from shared import pki
+    from shared.db import create_pool
+    from shared.link import serve_options
+    from shared.signing import Verifier, load_public_key
+
+    pool = await create_pool(db_url, min_size=pool_size, max_size=pool_size)
+    app = create_http_app(merchants=[merchant("acme")], verifier=Verifier(
+        {"edge-sign-1": load_public_key(pki_dir / "edge-sign-1.pub")}))
+    store = CallbackStore(pool, owner=f"bench-{os.getpid()}", guard=Guard(pool, GuardSettings()))
+    app[STORE_KEY] = store
+    app[INTAKE_KEY] = intake = CallbackIntake(store, **batch)
+    runner = web.AppRunner(app, access_log=None, **serve_options())
+    await runner.setup()
+    ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",
+                             pki_dir / "ca.pem")
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx, backlog=4096,
+                      reuse_port=True).start()
+    ready.set()
+    try:
+        while True:  # counters for the report (batches, messages, requests, CPU µs)
+            await asyncio.sleep(0.1)
+            stats[0], stats[1] = intake.batches, intake.messages
+            stats[2], stats[3] = intake.messages, int(time.process_time() * 1e6)
+    finally:
+        await runner.cleanup()
+        await intake.close()
+        await pool.close()
+
+
 # --- load generator (separate process) -------------------------------------------------------
 
 
-def _client_main(pki_dir: str, port: int, connections: int, seconds: float, warmup: float,
-                 use_uvloop: bool, kind: str, pipeline: int, servers: list[Any],
+@dataclass(frozen=True)
+class _Target:
+    """Where the load goes and what it sends: every request a new edge call, from a caller
+    of its own (``+8190`` + 8 digits from ``caller_base``)."""
+
+    port: int
+    path: str
+    caller_base: int
+
+
+def _client_main(pki_dir: str, target: _Target, connections: int, seconds: float,
+                 warmup: float, use_uvloop: bool, kind: str, pipeline: int, servers: list[Any],
                  out: Any) -> None:
     if use_uvloop:
         import uvloop
 
         uvloop.install()
     if kind == "raw":
-        result = asyncio.run(_raw_load(Path(pki_dir), port, connections, pipeline, seconds,
+        result = asyncio.run(_raw_load(Path(pki_dir), target, connections, pipeline, seconds,
                                        warmup, servers))
     else:
-        result = asyncio.run(_load(Path(pki_dir), port, connections, seconds, warmup, servers))
+        result = asyncio.run(_load(Path(pki_dir), target, connections, seconds, warmup,
+                                   servers))
     out.put(result)
 
 
@@ -199,28 +270,28 @@ def _cpu_figures(marks: list[tuple[float, int, int, int]]) -> dict[str, float]:
             "server_us": (s1 - s0) / max(1, h1 - h0)}
 
 
-def _presign(pki_dir: Path, count: int) -> list[tuple[bytes, dict[str, str]]]:
+def _presign(pki_dir: Path, target: _Target, count: int) -> list[tuple[bytes, dict[str, str]]]:
     from shared.signing import Signer, SigningKey
 
     signer = Signer([SigningKey.load(pki_dir / "edge-sign-1.key")])
     reqs = []
     for i in range(count):
         body = json.dumps({"edge_call_id": f"edge-{uuid.uuid4().hex}", "merchant_id": "acme",
-                           "caller": "+819012345678", "dialed": "+81120123456",
+                           "caller": f"+8190{target.caller_base + i}", "dialed": "+81120123456",
                            "received_at": "2026-11-22T01:02:03.456Z",
                            "announce_mode": "early_media", "seq": i},
                           separators=(",", ":")).encode()
-        headers = signer.headers("POST", PATH, body)
+        headers = signer.headers("POST", target.path, body)
         headers["content-type"] = "application/json"
         reqs.append((body, headers))
     return reqs
 
 
-def _raw_requests(pki_dir: Path, port: int, count: int) -> list[bytes]:
+def _raw_requests(pki_dir: Path, target: _Target, count: int) -> list[bytes]:
     """Each pre-signed request as the exact HTTP/1.1 bytes put on the wire."""
     out = []
-    for body, headers in _presign(pki_dir, count):
-        head = [f"POST {PATH} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+    for body, headers in _presign(pki_dir, target, count):
+        head = [f"POST {target.path} HTTP/1.1", f"Host: 127.0.0.1:{target.port}",
                 f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         out.append(("\r\n".join(head) + "\r\n\r\n").encode() + body)
@@ -305,8 +376,8 @@ class _RawRun:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-async def _raw_load(pki_dir: Path, port: int, connections: int, pipeline: int, seconds: float,
-                    warmup: float, servers: list[Any]) -> dict[str, Any]:
+async def _raw_load(pki_dir: Path, target: _Target, connections: int, pipeline: int,
+                    seconds: float, warmup: float, servers: list[Any]) -> dict[str, Any]:
     """Load generator on raw TLS connections: pre-built requests, minimal response parsing.
 
     A request's latency is from the moment its bytes were handed to the
@@ -315,14 +386,16 @@ async def _raw_load(pki_dir: Path, port: int, connections: int, pipeline: int, s
     """
     from shared import pki
 
-    budget = int((seconds + warmup) * 9000) + connections * pipeline
-    run = _RawRun(_raw_requests(pki_dir, port, budget), pipeline)
+    # more than this box can send: running out closes the connections early, and uvloop's
+    # TLS close can then wait for the server forever
+    budget = int((seconds + warmup) * 15000) + connections * pipeline
+    run = _RawRun(_raw_requests(pki_dir, target, budget), pipeline)
     ctx = pki.client_context(pki_dir / "ca.pem", pki_dir / "edge.pem", pki_dir / "edge.key")
     loop = asyncio.get_running_loop()
     conns: list[_RawConnection] = []
     for _ in range(connections):
-        _, proto = await loop.create_connection(lambda: _RawConnection(run), "127.0.0.1", port,
-                                                ssl=ctx)
+        _, proto = await loop.create_connection(lambda: _RawConnection(run), "127.0.0.1",
+                                                target.port, ssl=ctx)
         conns.append(proto)
     start = time.perf_counter()
     run.measure_from = start + warmup
@@ -337,16 +410,16 @@ async def _raw_load(pki_dir: Path, port: int, connections: int, pipeline: int, s
             "pooled": connections}
 
 
-async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
+async def _load(pki_dir: Path, target: _Target, connections: int, seconds: float,
                 warmup: float, servers: list[Any]) -> dict[str, Any]:
     import aiohttp
 
     from shared import pki
 
-    budget = int((seconds + warmup) * 9000) + connections  # more than this box can send
-    reqs = _presign(pki_dir, budget)
+    budget = int((seconds + warmup) * 15000) + connections  # more than this box can send
+    reqs = _presign(pki_dir, target, budget)
     ctx = pki.client_context(pki_dir / "ca.pem", pki_dir / "edge.pem", pki_dir / "edge.key")
-    url = f"https://127.0.0.1:{port}{PATH}"
+    url = f"https://127.0.0.1:{target.port}{target.path}"
     latencies: list[float] = []
     errors: dict[str, int] = {}
     next_index = 0
@@ -393,23 +466,62 @@ async def _load(pki_dir: Path, port: int, connections: int, seconds: float,
 # --- orchestration --------------------------------------------------------------------------
 
 
+#: A site in service has history, and the planner statistics of it: the callback
+#: tables start each run with this many finished requests of other callers (7 days
+#: old) and their message ids (kept >= 24 h for dedupe), vacuumed and analysed. On
+#: empty tables the planner picks sequential scans and hash joins, and the cached
+#: plans keep them while the tables fill up.
+HISTORY_ROWS = 100_000
+_HISTORY = """
+WITH h AS (SELECT g, 'cb-hist-' || g AS callback_id, '+8170' || (10000000 + g) AS number,
+                  now() - interval '7 days' AS at FROM generate_series(1, $1) g),
+     r AS (INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
+               received_at, accepted_at, message_id, status, reason, max_attempts,
+               next_attempt_at, finished_at)
+           SELECT callback_id, 'edge-hist-' || g, 'acme', number, at, at, 'msg-hist-' || g,
+                  'completed', 'answered', 3, at, at FROM h),
+     c AS (INSERT INTO guard_callbacks (callback_id, number, merchant_id, known, accepted_at)
+           SELECT callback_id, number, 'acme', true, at FROM h),
+     m AS (INSERT INTO inbound_messages (message_id, kind, received_at, response_status,
+               response_body)
+           SELECT 'msg-hist-' || g, 'callback_request', now() - interval '1 hour', 202,
+                  jsonb_build_object('callback_id', callback_id, 'status', 'queued') FROM h)
+INSERT INTO guard_numbers (number, first_seen_at, confirmations) SELECT number, at, 1 FROM h
+"""
+CALLBACK_TABLES = ("callback_attempts, callback_requests, guard_callbacks, guard_numbers, "
+                   "guard_refusals, outbox")
+
+
 async def _prepare_db(db_url: str, *, quiet: bool = False) -> None:
     import asyncpg
 
+    from callback_server.store import CallbackStore
+    from callback_server.testing import merchant
     from shared.db import MigrationSet, migrate_url
 
-    await migrate_url(db_url, [MigrationSet("link", _REPO / "shared" / "migrations")])
+    await migrate_url(db_url, [MigrationSet("link", _REPO / "shared" / "migrations"),
+                               MigrationSet("callback", _REPO / "callback_server" / "migrations")])
     conn = await asyncpg.connect(db_url)
     try:
         await conn.execute("CREATE TABLE IF NOT EXISTS bench_intake (message_id text PRIMARY "
                            "KEY, body bytea NOT NULL, at timestamptz NOT NULL DEFAULT now())")
         await conn.execute("TRUNCATE bench_intake")
-        await conn.execute("DELETE FROM inbound_messages WHERE kind = 'bench'")
+        await conn.execute(f"TRUNCATE {CALLBACK_TABLES} CASCADE")
+        await conn.execute("DELETE FROM inbound_messages WHERE kind IN ('bench', "
+                           "'callback_request')")
         settings = {r["name"]: r["setting"] for r in await conn.fetch(
             "SELECT name, setting FROM pg_settings WHERE name IN "
             "('synchronous_commit', 'fsync', 'wal_sync_method', 'server_version')")}
     finally:
         await conn.close()
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
+    try:
+        await CallbackStore(pool, owner="bench").sync_merchants([merchant("acme")])
+        await pool.execute(_HISTORY, HISTORY_ROWS)
+        await pool.execute("VACUUM ANALYZE callback_requests, guard_callbacks, guard_numbers,"
+                           " inbound_messages")
+    finally:
+        await pool.close()
     if quiet:
         return
     print(f"PostgreSQL {settings.get('server_version')}: synchronous_commit="
@@ -433,6 +545,8 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
     batch = None if mode in ("single", "no-db") else {
         "max_batch": args.max_batch, "max_in_flight": args.in_flight,
         "linger_s": args.linger_ms / 1000}
+    if mode == "callback-single":  # one transaction per request, as many at once as before
+        batch = {"max_batch": 1, "max_in_flight": args.pool, "linger_s": 0.0}
     ctx = mp.get_context("spawn")
     servers, stats = [], []
     for _ in range(args.server_procs):
@@ -448,10 +562,13 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
         stats.append(counters)
     out = ctx.Queue()
     per_client = max(1, args.connections // args.client_procs)
-    clients = [ctx.Process(target=_client_main, args=(str(pki_dir), port, per_client,
+    clients = [ctx.Process(target=_client_main, args=(str(pki_dir),
+                                                      _Target(port, _path(mode),
+                                                              10_000_000 * (1 + i)),
+                                                      per_client,
                                                       args.seconds, args.warmup, args.uvloop,
                                                       args.client, args.pipeline, stats, out))
-               for _ in range(args.client_procs)]
+               for i in range(args.client_procs)]
     for c in clients:
         c.start()
     results = [out.get(timeout=args.seconds + args.warmup + 120) for _ in clients]
@@ -464,7 +581,7 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
     for proc in servers:
         proc.terminate()
         proc.join(10)
-    stored = asyncio.run(_count_stored(db_url))
+    stored = asyncio.run(_count_stored(db_url, mode))
     latencies = [x for r in results for x in r["latencies"]]
     errors: dict[str, int] = {}
     for r in results:
@@ -482,12 +599,16 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
             "client_us": statistics.fmean(r["cpu_per_response_us"] for r in results)}
 
 
-async def _count_stored(db_url: str) -> int:
+async def _count_stored(db_url: str, mode: str) -> int:
+    """Requests stored with their message id (call-backs: queued ones; a refusal would be
+    a difference from the requests sent)."""
     import asyncpg
 
     conn = await asyncpg.connect(db_url)
     try:
         n: int = await conn.fetchval(
+            "SELECT count(*) FROM callback_requests b JOIN inbound_messages m"
+            " USING (message_id) WHERE b.status = 'queued'" if mode in CALLBACK_MODES else
             "SELECT count(*) FROM bench_intake b JOIN inbound_messages m USING (message_id)")
         return n
     finally:
@@ -495,10 +616,15 @@ async def _count_stored(db_url: str) -> int:
 
 
 def _report(r: dict[str, Any]) -> None:
-    what = ("accept_once per request (5 round trips, 1 commit each)" if r["mode"] == "single"
-            else "DIAGNOSTIC: nothing stored, not a valid intake" if r["mode"] == "no-db"
-            else f"batched (1 statement + commit per batch, mean batch {r['batch_mean']:.1f})")
-    print(f"  {r['mode']:>6}: {r['rps']:,.0f} req/s  p50 {r['p50'] * 1000:.1f} ms  "
+    what = {
+        "single": "accept_once per request (5 round trips, 1 commit each)",
+        "no-db": "DIAGNOSTIC: nothing stored, not a valid intake",
+        "batch": f"batched (1 statement + commit per batch, mean batch {r['batch_mean']:.1f})",
+        "callback-single": "callback intake + guard, 1 transaction per request",
+        "callback": f"callback intake + guard, 1 transaction per batch, mean batch "
+                    f"{r['batch_mean']:.1f}",
+    }[r["mode"]]
+    print(f"  {r['mode']:>15}: {r['rps']:,.0f} req/s  p50 {r['p50'] * 1000:.1f} ms  "
           f"p90 {r['p90'] * 1000:.1f} ms  p99 {r['p99'] * 1000:.1f} ms  "
           f"max {r['max'] * 1000:.1f} ms  errors {r['errors'] or 0}  load1 {r['load1']:.2f}  "
           f"CPU/request: servers {r['server_us']:.0f} µs, load generator {r['client_us']:.0f} µs  "
@@ -518,11 +644,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-procs", type=int, default=1)
     parser.add_argument("--pool", type=int, default=16, help="DB connections per server")
     parser.add_argument("--uvloop", action="store_true", help="uvloop in server and client")
-    parser.add_argument("--mode", choices=["batch", "single", "no-db"], default="batch",
+    parser.add_argument("--mode", choices=["batch", "single", "callback", "callback-single",
+                                           "no-db"], default="batch",
                         help="batch: shared.intake_batch (group commit); single: one "
-                             "accept_once transaction per request (the old path); no-db: "
-                             "DIAGNOSTIC ONLY, verify and answer without storing anything "
-                             "(not what intake must do; shows the HTTP + TLS + verify cost)")
+                             "accept_once transaction per request (the old path); callback: "
+                             "the callback site's real intake (guard included), group "
+                             "committed; callback-single: the same, one transaction per "
+                             "request; no-db: DIAGNOSTIC ONLY, verify and answer without "
+                             "storing anything (shows the HTTP + TLS + verify cost)")
     parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
                         help="alternate single and batch runs, ROUNDS of each")
     parser.add_argument("--max-batch", type=int, default=256)
@@ -540,7 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(_prepare_db(db_url))
     pki_dir = Path(tempfile.mkdtemp(prefix="cbgw-bench-pki-"))
     _pki(pki_dir)
-    modes = ["single", "batch"] * args.compare if args.compare else [args.mode]
+    pair = (["callback-single", "callback"] if args.mode in CALLBACK_MODES
+            else ["single", "batch"])
+    modes = pair * args.compare if args.compare else [args.mode]
     print(f"cores={os.cpu_count()} python={sys.version.split()[0]} "
           f"uvloop={'yes' if args.uvloop else 'no'} server_procs={args.server_procs} "
           f"client={args.client} client_procs={args.client_procs} "
@@ -548,7 +679,9 @@ def main(argv: list[str] | None = None) -> int:
           f"max_batch={args.max_batch} in_flight={args.in_flight}/server "
           f"linger={args.linger_ms} ms seconds={args.seconds}")
     print("signed intake (mTLS, Ed25519 verify, message id once + payload, durable commit, "
-          "202):")
+          "202):" if args.mode not in CALLBACK_MODES else
+          "signed call-back intake (mTLS, Ed25519 verify, parse, message id once, guard "
+          "screening, request row + job NOTIFY, durable commit, 202):")
     runs = []
     for mode in modes:
         r = _run(args, db_url, pki_dir, mode)
