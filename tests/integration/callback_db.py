@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg
+import pytest
 
 import callback_server
 import shared
@@ -28,3 +30,20 @@ async def open_pool(pg_url: str, merchants: Sequence[Merchant]) -> asyncpg.Pool:
 async def emptied(pool: asyncpg.Pool) -> asyncpg.Pool:
     await pool.execute(f"TRUNCATE {TABLES}")
     return pool
+
+
+def fixtures(merchants: Sequence[Merchant]) -> tuple[Any, Any]:
+    """``pool`` (per module: migrated, ``merchants`` synced) and ``clean`` (per test: the
+    same pool, emptied) for a test module: ``pool, clean = callback_db.fixtures([ACME])``."""
+
+    @pytest.fixture(scope="module")
+    async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+        p = await open_pool(pg_url, merchants)
+        yield p
+        await p.close()
+
+    @pytest.fixture
+    async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
+        return await emptied(pool)
+
+    return pool, clean

@@ -29,16 +29,12 @@ ACME = merchant("acme")
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await callback_db.open_pool(pg_url, [ACME])
-    yield p
-    await p.close()
+pool, clean = callback_db.fixtures([ACME])
 
 
 @pytest.fixture
-async def intake(pool: asyncpg.Pool) -> AsyncIterator[CallbackIntake]:
-    await callback_db.emptied(pool)
+async def intake(clean: asyncpg.Pool) -> AsyncIterator[CallbackIntake]:
+    pool = clean
     batcher = CallbackIntake(CallbackStore(pool, owner="t", guard=Guard(pool, GuardSettings())))
     yield batcher
     await batcher.close()

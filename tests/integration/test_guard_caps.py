@@ -100,16 +100,7 @@ async def closing() -> AsyncIterator[list[Guard]]:
         await guard.alerter.close()
 
 
-@pytest.fixture(scope="module")
-async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await callback_db.open_pool(pg_url, [ACME])
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-    return await callback_db.emptied(pool)
+pool, clean = callback_db.fixtures([ACME])
 
 
 def settings(smtp_port: int, hook_url: str) -> GuardSettings:

@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,16 +49,7 @@ T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 SETTINGS = GuardSettings(operator_token_sha256=hashlib.sha256(OPERATOR.encode()).hexdigest())
 
 
-@pytest.fixture(scope="module")
-async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await callback_db.open_pool(pg_url, [ACME])
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-    return await callback_db.emptied(pool)
+pool, clean = callback_db.fixtures([ACME])
 
 
 def body(edge_call_id: str, caller: str) -> bytes:
