@@ -107,7 +107,6 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
                  mode: str, batch: dict[str, Any] | None, stats: Any, ready: Any) -> None:
     from aiohttp import web
 
-    from shared import pki
     from shared.db import create_pool
     from shared.http import error_middleware
     from shared.intake_batch import IntakeBatcher
@@ -116,7 +115,6 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
         accept_once,
         message_id,
         raw_body,
-        serve_options,
         signature_middleware,
     )
     from shared.signing import Verifier, load_public_key
@@ -159,6 +157,25 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
 
     app.router.add_post(PATH, diagnostic_no_db if mode == "no-db"
                         else intake if batcher is None else intake_batched)
+
+    def counters() -> tuple[int, int, int]:
+        if batcher is None:
+            return 0, 0, handled
+        return batcher.batches, batcher.messages, handled
+
+    await _serve_until_stopped(app, pki_dir, port, ready, stats, counters,
+                               [] if batcher is None else [batcher.close], pool)
+
+
+async def _serve_until_stopped(app: Any, pki_dir: Path, port: int, ready: Any, stats: Any,
+                               counters: Any, closers: list[Any], pool: Any) -> None:
+    """Serve ``app`` over mutual TLS until the process is terminated, publishing
+    ``counters()`` (batches, messages, requests) and the CPU time to ``stats``."""
+    from aiohttp import web
+
+    from shared import pki
+    from shared.link import serve_options
+
     runner = web.AppRunner(app, access_log=None, **serve_options())
     await runner.setup()
     ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",
@@ -167,32 +184,27 @@ async def _serve(pki_dir: Path, db_url: str, port: int, pool_size: int,
                       reuse_port=True).start()
     ready.set()
     try:
-        while True:  # counters for the report (batches, messages, requests, CPU µs)
+        while True:
             await asyncio.sleep(0.1)
-            if batcher is not None:
-                stats[0], stats[1] = batcher.batches, batcher.messages
-            stats[2], stats[3] = handled, int(time.process_time() * 1e6)
+            stats[0], stats[1], stats[2] = counters()
+            stats[3] = int(time.process_time() * 1e6)
     finally:
         await runner.cleanup()
-        if batcher is not None:
-            await batcher.close()
+        for close in closers:
+            await close()
         await pool.close()
 
 
 async def _serve_callback(pki_dir: Path, db_url: str, port: int, pool_size: int,
                           batch: dict[str, Any], stats: Any, ready: Any) -> None:
     """The callback site's own HTTP app, store, guard and group-committed intake."""
-    from aiohttp import web
-
     from callback_server.guard.service import Guard
     from callback_server.guard.settings import GuardSettings
     from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
     from callback_server.intake import CallbackIntake
     from callback_server.store import CallbackStore
     from callback_server.testing import merchant
-    from shared import pki
     from shared.db import create_pool
-    from shared.link import serve_options
     from shared.signing import Verifier, load_public_key
 
     pool = await create_pool(db_url, min_size=pool_size, max_size=pool_size)
@@ -201,22 +213,9 @@ async def _serve_callback(pki_dir: Path, db_url: str, port: int, pool_size: int,
     store = CallbackStore(pool, owner=f"bench-{os.getpid()}", guard=Guard(pool, GuardSettings()))
     app[STORE_KEY] = store
     app[INTAKE_KEY] = intake = CallbackIntake(store, **batch)
-    runner = web.AppRunner(app, access_log=None, **serve_options())
-    await runner.setup()
-    ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",
-                             pki_dir / "ca.pem")
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx, backlog=4096,
-                      reuse_port=True).start()
-    ready.set()
-    try:
-        while True:  # counters for the report (batches, messages, requests, CPU µs)
-            await asyncio.sleep(0.1)
-            stats[0], stats[1] = intake.batches, intake.messages
-            stats[2], stats[3] = intake.messages, int(time.process_time() * 1e6)
-    finally:
-        await runner.cleanup()
-        await intake.close()
-        await pool.close()
+    await _serve_until_stopped(app, pki_dir, port, ready, stats,
+                               lambda: (intake.batches, intake.messages, intake.messages),
+                               [intake.close], pool)
 
 
 # --- load generator (separate process) -------------------------------------------------------
