@@ -8,7 +8,9 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -19,6 +21,7 @@ from callback_server.intake import CallbackIntake
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.testing import merchant
+from shared.db import listening
 from shared.intake_batch import IntakeFailed
 from shared.phone import E164
 from tests.integration import callback_db
@@ -154,3 +157,21 @@ async def test_without_the_guard_a_racing_edge_call_gets_the_stored_call_back(
     assert await pool.fetchval("SELECT count(*) FROM callback_requests") == 1
     assert await stored_answers(pool) == {"race-1": first[1], "race-2": first[1]}
     assert "edge calls edge-race already had call-backs" in caplog.text  # the race was lost
+
+
+async def test_a_batch_wakes_the_workers_once_with_its_earliest_due_time(
+        intake: CallbackIntake, pool: asyncpg.Pool, pg_url: str) -> None:
+    slow = replace(ACME, pre_callback_delay_s=Decimal("30"))
+    now = datetime.now(UTC)
+    reqs = [IntakeRequest(f"due-{i}", "acme", E164(f"8190{30_000_000 + i}"), None, now, now,
+                          None) for i in range(4)]
+    async with listening(pg_url, "callback_jobs") as queue:
+        answers = await asyncio.gather(*(
+            intake.submit(f"n-{i}", req, ACME if i == 2 else slow) for i, req in enumerate(reqs)))
+        payload = await asyncio.wait_for(queue.get(), 5)
+        await asyncio.sleep(0.3)
+        assert queue.empty()  # one notification for the batch's one INSERT
+    assert intake.batches == 1
+    callback_id, due = payload.split()
+    assert callback_id == answers[2][1]["callback_id"]  # the one due now, not in 30 s
+    assert abs(float(due) - now.timestamp()) < 5
