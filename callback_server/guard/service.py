@@ -4,8 +4,8 @@
 where              what                                         refusal stage
 =================  ===========================================  =====================
 intake             policy + lists, lock, velocity, brake —       ``intake``: the request
-(``store.intake``) inside the intake transaction, under a        row is stored
-                   per-number advisory lock                     ``refused`` + reason
+(``store.intake_   inside the batch's intake transaction,       row is stored
+batch``)           under per-number advisory locks              ``refused`` + reason
 before each round  lists + policy again, lock, brake             ``dial``: job finished
 (``worker``)                                                     ``failed`` + reason
 route choice       caps snapshot: drop capped trunks             ``dial``: job waits
