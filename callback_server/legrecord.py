@@ -108,11 +108,30 @@ class LegRecords:
         self.client = client
         self.timeout_s = timeout_s
         self._waiting: dict[str, asyncio.Future[str]] = {}
+        self._lookups: dict[str, asyncio.Task[LegRecord | None]] = {}
 
     async def fetch(self, channel_id: str, started_at: datetime) -> LegRecord | None:
         """Asterisk's record of ``channel_id``; None if it has none.
 
-        Raises ``ari.AriError`` or ``TimeoutError`` when Asterisk cannot be asked."""
+        Concurrent fetches of one channel share one lookup (its answer comes
+        back keyed by the channel id); a cancelled caller does not cancel it for
+        the others. Raises ``ari.AriError`` or ``TimeoutError`` when Asterisk
+        cannot be asked."""
+        lookup = self._lookups.get(channel_id)
+        if lookup is None:
+            lookup = asyncio.create_task(self._lookup(channel_id, started_at),
+                                         name=f"leg record {channel_id}")
+            self._lookups[channel_id] = lookup
+            lookup.add_done_callback(lambda done: self._forget(channel_id, done))
+        return await asyncio.shield(lookup)
+
+    def _forget(self, channel_id: str, lookup: asyncio.Task[LegRecord | None]) -> None:
+        if self._lookups.get(channel_id) is lookup:
+            del self._lookups[channel_id]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: every caller may have gone
+
+    async def _lookup(self, channel_id: str, started_at: datetime) -> LegRecord | None:
         days = days_for(started_at, datetime.now(UTC))
         token = f"lookup-{secrets.token_hex(6)}"
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from callback_server.legrecord import LegRecord, answer_time, days_for
+from callback_server.legrecord import (
+    LOOKUP_ENDPOINT,
+    RECORD_ARG,
+    LegRecord,
+    LegRecords,
+    answer_time,
+    days_for,
+)
+from callback_server.testing import FakeAri
+from shared import ari
 
 
 def test_an_answered_leg_record_reads_to_the_microsecond() -> None:
@@ -52,3 +62,42 @@ def test_answer_time_is_exact_and_none_when_never_answered() -> None:
     assert answer_time("0") is None
     assert answer_time("") is None
     assert answer_time(None) is None
+
+
+class _Asterisk(FakeAri):
+    """A fake whose lookups are answered by the test, as the dialplan would."""
+
+    app = "callback"
+
+
+async def test_concurrent_fetches_of_one_leg_share_one_lookup() -> None:
+    asterisk = _Asterisk()
+    records = LegRecords(asterisk, timeout_s=5)  # type: ignore[arg-type]
+    started = datetime.now(UTC)
+    first = asyncio.create_task(records.fetch("leg-1", started))
+    second = asyncio.create_task(records.fetch("leg-1", started))
+    impatient = asyncio.create_task(records.fetch("leg-1", started))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lookups = [c for c in originated(asterisk) if c[0] == LOOKUP_ENDPOINT]
+    assert len(lookups) == 1  # one Local channel for the three callers
+    impatient.cancel()
+    token = lookups[0][1]
+    assert records.on_stasis_start(ari.StasisStart(
+        ari.Channel(id=token + ";2"), args=(RECORD_ARG, "leg-1", "1795323945.5|1795323950.25|16")))
+    one, two = await asyncio.wait_for(asyncio.gather(first, second), 1)
+    assert one == two and one is not None and one.cause == 16
+    assert ("hangup", token) in asterisk.calls
+    # the next fetch is a new lookup, not the finished one
+    later = asyncio.create_task(records.fetch("leg-1", started))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lookups = [c for c in originated(asterisk) if c[0] == LOOKUP_ENDPOINT]
+    assert len(lookups) == 2
+    records.on_stasis_start(ari.StasisStart(ari.Channel(id=lookups[1][1] + ";2"),
+                                            args=(RECORD_ARG, "leg-1", "")))
+    assert await asyncio.wait_for(later, 1) is None  # no record this time
+
+
+def originated(asterisk: FakeAri) -> list[tuple[str, str | None]]:
+    return [(args[0], args[1]) for name, args in asterisk.calls if name == "originate"]
