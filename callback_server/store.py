@@ -582,16 +582,19 @@ class _NewRequest:
         return 202, {"callback_id": self.callback_id, "status": "queued"}
 
 
-_UPDATE_ANSWERS = (
-    "UPDATE inbound_messages m SET response_status = a.status, response_body = a.body::jsonb"
-    " FROM unnest($1::text[], $2::int[], $3::text[]) AS a(message_id, status, body)"
-    " WHERE m.message_id = a.message_id")
+def _update_answers(first: int) -> str:
+    """Store the answers of a batch (message ids, statuses, JSON bodies: parameters
+    ``$first`` to ``$first+2``) on their ``inbound_messages`` rows."""
+    return ("UPDATE inbound_messages m SET response_status = a.status,"
+            " response_body = a.body::jsonb"
+            f" FROM unnest(${first}::text[], ${first + 1}::int[], ${first + 2}::text[])"
+            " AS a(message_id, status, body) WHERE m.message_id = a.message_id")
 
-_INSERT_REQUESTS = """
-WITH answered AS (
-    UPDATE inbound_messages m SET response_status = a.status, response_body = a.body::jsonb
-    FROM unnest($13::text[], $14::int[], $15::text[]) AS a(message_id, status, body)
-    WHERE m.message_id = a.message_id)
+
+_UPDATE_ANSWERS = _update_answers(1)
+
+_INSERT_REQUESTS = f"""
+WITH answered AS ({_update_answers(13)})
 INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller, dialed,
     announce_mode, received_at, hungup_at, message_id, max_attempts, next_attempt_at)
 SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode, received_at,

@@ -150,6 +150,8 @@ class GroupCommit(Generic[T]):
     #: counters for benchmarks and health pages
     batches: int = field(default=0, init=False)
     messages: int = field(default=0, init=False)
+    #: repeats of a message still queued or in flight in this batcher (repeats of stored
+    #: ones are found by the writer, which logs them)
     repeats: int = field(default=0, init=False)
     fallbacks: int = field(default=0, init=False)
 
@@ -363,7 +365,6 @@ class IntakeBatcher(GroupCommit[_Fixed]):
                                       if mid in claimed}
         repeats = [mid for mid in ids if mid not in claimed]
         if repeats:
-            self.repeats += len(repeats)
             log.info("duplicate %s messages %s: returning the first answers", self.kind,
                      ", ".join(repeats))
             # an id forgotten between the two statements (purge) gets no answer: not stored

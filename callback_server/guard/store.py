@@ -59,20 +59,14 @@ async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None
 
 
 async def number_facts(conn: asyncpg.Connection, number: str, now: datetime) -> NumberFacts:
-    return (await number_facts_many(conn, [number], now))[number]
-
-
-async def number_facts_many(conn: asyncpg.Connection, numbers: Iterable[str], now: datetime
-                            ) -> dict[str, NumberFacts]:
-    """What the guard knows about each number, as of ``now`` (one round trip)."""
-    facts, _ = await intake_facts(conn, numbers, now, None)
-    return facts
+    facts, _ = await intake_facts(conn, [number], now, None)
+    return facts[number]
 
 
 async def intake_facts(conn: asyncpg.Connection, numbers: Iterable[str], now: datetime,
                        brake_window_s: int | None) -> tuple[dict[str, NumberFacts], int]:
-    """:func:`number_facts_many`, and with ``brake_window_s`` the brake's count of
-    :func:`unconfirmed_new_numbers` (else 0), in one round trip."""
+    """What the guard knows about each number as of ``now``, and with ``brake_window_s``
+    the brake's count of :func:`unconfirmed_new_numbers` (else 0), in one round trip."""
     rows = await conn.fetch(
         """SELECT n.number,
              (SELECT count(*) FROM callback_requests
