@@ -250,15 +250,32 @@ def _client_main(pki_dir: str, target: _Target, connections: int, seconds: float
     out.put(result)
 
 
+def _postgres_cpu_us() -> int:
+    """CPU time (user + system, µs) of every PostgreSQL process on this machine (the
+    embedded server's, or a local ``DATABASE_URL`` server's), from ``/proc``; 0 elsewhere."""
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) * tick_us  # utime, stime
+    return int(total)
+
+
 def _window_marks(seconds: float, warmup: float, servers: list[Any],
-                  responses: Any) -> list[tuple[float, int, int, int]]:
+                  responses: Any) -> list[tuple[float, int, int, int, int]]:
     """At the start and the end of the measured window: (own CPU s, responses seen,
-    requests the servers handled, servers' CPU µs)."""
-    marks: list[tuple[float, int, int, int]] = []
+    requests the servers handled, servers' CPU µs, PostgreSQL's CPU µs)."""
+    marks: list[tuple[float, int, int, int, int]] = []
 
     def mark() -> None:
         marks.append((time.process_time(), responses(), sum(int(c[2]) for c in servers),
-                      sum(int(c[3]) for c in servers)))
+                      sum(int(c[3]) for c in servers), _postgres_cpu_us()))
 
     loop = asyncio.get_running_loop()
     loop.call_later(warmup, mark)
@@ -266,10 +283,11 @@ def _window_marks(seconds: float, warmup: float, servers: list[Any],
     return marks
 
 
-def _cpu_figures(marks: list[tuple[float, int, int, int]]) -> dict[str, float]:
-    (c0, n0, h0, s0), (c1, n1, h1, s1) = marks
+def _cpu_figures(marks: list[tuple[float, int, int, int, int]]) -> dict[str, float]:
+    (c0, n0, h0, s0, p0), (c1, n1, h1, s1, p1) = marks
     return {"cpu_per_response_us": (c1 - c0) / max(1, n1 - n0) * 1e6,
-            "server_us": (s1 - s0) / max(1, h1 - h0)}
+            "server_us": (s1 - s0) / max(1, h1 - h0),
+            "postgres_us": (p1 - p0) / max(1, h1 - h0)}
 
 
 def _presign(pki_dir: Path, target: _Target, count: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -598,6 +616,7 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
             "sent": sum(r["used"] for r in results), "stored": stored, "load1": load,
             "batch_mean": batched / batches if batches else float("nan"),
             "server_us": statistics.fmean(r["server_us"] for r in results),
+            "postgres_us": statistics.fmean(r["postgres_us"] for r in results),
             "client_us": statistics.fmean(r["cpu_per_response_us"] for r in results)}
 
 
@@ -629,7 +648,8 @@ def _report(r: dict[str, Any]) -> None:
     print(f"  {r['mode']:>15}: {r['rps']:,.0f} req/s  p50 {r['p50'] * 1000:.1f} ms  "
           f"p90 {r['p90'] * 1000:.1f} ms  p99 {r['p99'] * 1000:.1f} ms  "
           f"max {r['max'] * 1000:.1f} ms  errors {r['errors'] or 0}  load1 {r['load1']:.2f}  "
-          f"CPU/request: servers {r['server_us']:.0f} µs, load generator {r['client_us']:.0f} µs  "
+          f"CPU/request: servers {r['server_us']:.0f} µs, PostgreSQL {r['postgres_us']:.0f} µs, "
+          f"load generator {r['client_us']:.0f} µs  "
           f"[{what}; sent {r['sent']:,}, stored {r['stored']:,}]"
           + ("  [pre-signed requests ran out: raise the budget]" if r["exhausted"] else "")
           + ("  [MISMATCH: stored rows != requests sent]"

@@ -2,7 +2,7 @@
 
 Concurrent ``POST /v1/link/callbacks`` share one transaction per batch
 (:class:`shared.intake_batch.GroupCommit`): message ids, guard screening under
-per-number locks, request rows, answers, one WAL flush, about ten round trips
+per-number locks, request rows, answers, one WAL flush, four round trips
 whatever the batch size (:meth:`callback_server.store.CallbackStore.intake_batch`).
 Each request is answered only after its batch committed; a batch that fails on
 an SQL error is retried request by request, so one bad request fails alone; an

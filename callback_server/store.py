@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,18 +32,16 @@ import tenacity
 from callback_server.dialer import LastLeg
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
 from callback_server.guard.reasons import GuardRefused, Verdict
-from callback_server.guard.store import Accepted
 from callback_server.ivr import Submit
 from callback_server.schemas import IntakeRequest
 from shared.config import Merchant
-from shared.intake_batch import first_answers
 from shared.link import Answer
 from shared.money import Money
 from shared.outbox import Outbox, isoformat
 from shared.phone import E164
 
 if TYPE_CHECKING:
-    from callback_server.guard.service import Guard
+    from callback_server.guard.service import Guard, IntakeScreen
 
 log = logging.getLogger("callback.store")
 
@@ -183,8 +182,12 @@ class CallbackStore:
 
     async def intake(self, message_id: str, req: IntakeRequest, merchant: Merchant) -> Answer:
         """Store one call-back request (a batch of one, see :meth:`intake_batch`)."""
+        batch = [(message_id, Intake(req, merchant))]
         async with self.pool.acquire() as conn:
-            answers = await self.intake_batch(conn, [(message_id, Intake(req, merchant))])
+            try:
+                answers = await self.intake_batch(conn, batch)
+            except MessageRace:  # stored meanwhile: now it is a repeat
+                answers = await self.intake_batch(conn, batch)
         return answers[message_id]
 
     async def intake_batch(self, conn: asyncpg.Connection,
@@ -192,8 +195,8 @@ class CallbackStore:
         """Store call-back requests once each; answer ``202 {callback_id, status}``.
 
         One transaction for the whole batch (message ids distinct): the message ids
-        (``inbound_messages``), the request rows and their NOTIFY (trigger;
-        delivered at commit), the answers. A message id already stored gets its
+        (``inbound_messages``, with their answers), the request rows and their
+        NOTIFY (trigger; delivered at commit). A message id already stored gets its
         first answer; a new message for a known ``edge_call_id`` (stored, or
         earlier in the batch) gets that call-back and queues nothing.
 
@@ -204,70 +207,88 @@ class CallbackStore:
         edge (``callback_status`` ``failed`` + reason) and answers ``202
         {callback_id, status: "refused", reason}``.
 
-        Round trips per batch, whatever its size: BEGIN, the message ids, the
-        number locks, the known edge calls, the guard's facts, the request rows
-        with the answers, the guard's counts, COMMIT (plus three per refusal).
+        Four round trips per batch, whatever its size (migration 0400): BEGIN;
+        ``callback_intake_open``: the number locks, then the stored message ids,
+        the known edge calls and the guard's facts; the statement that stores the
+        batch; COMMIT. Plus three per refusal.
+
+        Raises :class:`MessageRace` (nothing stored) when another transaction
+        stored one of the message ids meanwhile: only possible for numbers not
+        locked in common, so without a guard; run the batch again.
         """
-        ids = [mid for mid, _ in batch]
+        guard = self.guard
+        now, brake_since = guard.intake_window() if guard is not None else (None, None)
         async with conn.transaction():
-            claimed = {r[0] for r in await conn.fetch(
-                "INSERT INTO inbound_messages (message_id, kind, response_status, response_body)"
-                " SELECT unnest($1::text[]), 'callback_request', 0, '{}'::jsonb"
-                " ON CONFLICT (message_id) DO NOTHING RETURNING message_id", ids)}
-            fresh = [(mid, item) for mid, item in batch if mid in claimed]
-            answers = await self._decide_and_store(conn, fresh) if fresh else {}
-        repeats = [mid for mid in ids if mid not in claimed]
-        if repeats:
+            started = time.perf_counter()
+            rows = await conn.fetch(
+                "SELECT kind, key, answer_status, answer, facts"
+                " FROM callback_intake_open($1, $2, $3, $4, $5)",
+                [mid for mid, _ in batch], [item.req.edge_call_id for _, item in batch],
+                None if guard is None else [str(item.req.caller) for _, item in batch],
+                now, brake_since)
+            load_s = time.perf_counter() - started
+            stored: dict[str, Answer] = {}
+            calls: dict[str, Answer] = {}
+            facts = []
+            for row in rows:
+                if row["kind"] == "message":
+                    stored[row["key"]] = (row["answer_status"], _json(row["answer"]))
+                elif row["kind"] == "call":
+                    calls[row["key"]] = (202, _answer(_json(row["answer"])))
+                else:
+                    facts.append(row["facts"])
+            screen = None if guard is None or now is None \
+                else guard.intake_screen(now, facts, load_s)
+            fresh = [(mid, item) for mid, item in batch if mid not in stored]
+            answers = await self._decide_and_store(conn, fresh, calls, screen, now) \
+                if fresh else {}
+        if stored:
             log.info("duplicate callback_request messages %s: returning the first answers",
-                     ", ".join(repeats))
-            answers.update(await first_answers(conn, repeats))
+                     ", ".join(stored))
+            answers.update(stored)
         return answers
 
     async def _decide_and_store(self, conn: asyncpg.Connection,
-                                fresh: Sequence[tuple[str, Intake]]) -> dict[str, Answer]:
-        guard = self.guard
-        if guard is not None:
-            # One number's requests are decided one at a time across batches and servers.
-            await guard.lock_numbers(conn, (item.req.caller for _, item in fresh))
-        known_calls: dict[str, Answer] = {
-            r["edge_call_id"]: (202, _answer(r)) for r in await conn.fetch(
-                "SELECT edge_call_id, callback_id, status, reason FROM callback_requests"
-                " WHERE edge_call_id = ANY($1::text[])",
-                [item.req.edge_call_id for _, item in fresh])}
-        screen = None if guard is None else await guard.screen_intakes(
-            conn, (item.req.caller for _, item in fresh
-                   if item.req.edge_call_id not in known_calls))
+                                fresh: Sequence[tuple[str, Intake]], calls: dict[str, Answer],
+                                screen: IntakeScreen | None, now: datetime | None
+                                ) -> dict[str, Answer]:
         answers: dict[str, Answer] = {}
         new: list[_NewRequest] = []
         for mid, item in fresh:
             req = item.req
-            known_call = known_calls.get(req.edge_call_id)
+            known_call = calls.get(req.edge_call_id)
             if known_call is not None:  # a repeat of a known edge call: its call-back
                 answers[mid] = known_call
                 continue
             known_number = False
             if screen is not None:
-                assert guard is not None
                 screening = screen.screen(req.caller)
                 if screening.verdict is not None:
-                    answers[mid] = known_calls[req.edge_call_id] = await self._refuse(
-                        conn, guard, mid, req, item.merchant, screening.verdict)
+                    answers[mid] = calls[req.edge_call_id] = await self._refuse(
+                        conn, mid, req, item.merchant, screening.verdict)
                     continue
                 known_number = screening.known
                 screen.accepted(req.caller)
             request = _NewRequest(mid, item, new_callback_id(), known_number)
             new.append(request)
-            answers[mid] = known_calls[req.edge_call_id] = request.answer
-        await self._insert_requests(conn, new, answers)
+            answers[mid] = calls[req.edge_call_id] = request.answer
+        await self._store_batch(conn, new, answers, None if screen is None else now)
         return answers
 
-    async def _insert_requests(self, conn: asyncpg.Connection, new: Sequence[_NewRequest],
-                               answers: dict[str, Answer]) -> None:
-        """The new request rows and every answer of the batch, in one statement."""
-        rows = await conn.fetch(_INSERT_REQUESTS, *_request_columns(new), *_answer_columns(answers))
-        inserted = {r[0] for r in rows}
+    async def _store_batch(self, conn: asyncpg.Connection, new: Sequence[_NewRequest],
+                           answers: dict[str, Answer], screened_at: datetime | None) -> None:
+        """The message ids with every answer of the batch, the new request rows and (when
+        ``screened_at``) the guard's counts of them, in one statement."""
+        row = await conn.fetchrow(_STORE_BATCH, *_request_columns(new),
+                                  *_answer_columns(answers), [n.known for n in new],
+                                  screened_at)
+        assert row is not None
+        raced = answers.keys() - set(row["claimed"])
+        if raced:
+            raise MessageRace(sorted(raced))
+        queued = set(row["queued"])
         lost = {n.callback_id: n.item.req.edge_call_id for n in new
-                if n.callback_id not in inserted}
+                if n.callback_id not in queued}
         if lost:  # stored meanwhile by another transaction (only without the guard's locks)
             stored = {r["edge_call_id"]: (202, _answer(r)) for r in await conn.fetch(
                 "SELECT edge_call_id, callback_id, status, reason FROM callback_requests"
@@ -277,13 +298,11 @@ class CallbackStore:
             log.info("edge calls %s already had call-backs", ", ".join(lost.values()))
             answers.update(fixed)
             await conn.execute(_UPDATE_ANSWERS, *_answer_columns(fixed))
-        if self.guard is not None:
-            await self.guard.note_accepted(conn, [
-                Accepted(n.callback_id, str(n.item.req.caller), n.item.merchant.id, n.known)
-                for n in new if n.callback_id in inserted])
+        if self.guard is not None and screened_at is not None:
+            self.guard.accepted(len(queued))
 
-    async def _refuse(self, conn: asyncpg.Connection, guard: Guard, message_id: str,
-                      req: IntakeRequest, merchant: Merchant, verdict: Verdict) -> Answer:
+    async def _refuse(self, conn: asyncpg.Connection, message_id: str, req: IntakeRequest,
+                      merchant: Merchant, verdict: Verdict) -> Answer:
         """Keep the refused request (status ``refused`` + reason code) and tell the edge
         (``callback_status`` ``failed`` with that reason); nothing is queued."""
         row = await conn.fetchrow(
@@ -302,7 +321,8 @@ class CallbackStore:
                 "WHERE edge_call_id = $1", req.edge_call_id)
             assert existing is not None
             return 202, _answer(existing)
-        await guard.refused(conn, verdict, stage="intake", number=str(req.caller),
+        assert self.guard is not None
+        await self.guard.refused(conn, verdict, stage="intake", number=str(req.caller),
                             merchant_id=merchant.id, callback_id=row["callback_id"],
                             edge_call_id=req.edge_call_id, message_id=message_id)
         await Outbox.enqueue(conn, kind="callback_status", path=EVENTS_PATH, payload={
@@ -582,32 +602,52 @@ class _NewRequest:
         return 202, {"callback_id": self.callback_id, "status": "queued"}
 
 
-def _update_answers(first: int) -> str:
-    """Store the answers of a batch (message ids, statuses, JSON bodies: parameters
-    ``$first`` to ``$first+2``) on their ``inbound_messages`` rows."""
-    return ("UPDATE inbound_messages m SET response_status = a.status,"
-            " response_body = a.body::jsonb"
-            f" FROM unnest(${first}::text[], ${first + 1}::int[], ${first + 2}::text[])"
-            " AS a(message_id, status, body) WHERE m.message_id = a.message_id")
+class MessageRace(RuntimeError):
+    """Another transaction stored some of a batch's message ids meanwhile (the batch was
+    rolled back; run it again, and they are repeats)."""
+
+    def __init__(self, message_ids: Sequence[str]) -> None:
+        super().__init__(f"message ids stored meanwhile: {', '.join(message_ids)}")
+        self.message_ids = message_ids
 
 
-_UPDATE_ANSWERS = _update_answers(1)
+_UPDATE_ANSWERS = """
+UPDATE inbound_messages m SET response_status = a.status, response_body = a.body::jsonb
+FROM unnest($1::text[], $2::int[], $3::text[]) AS a(message_id, status, body)
+WHERE m.message_id = a.message_id"""
 
-_INSERT_REQUESTS = f"""
-WITH answered AS ({_update_answers(13)})
-INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller, dialed,
-    announce_mode, received_at, hungup_at, message_id, max_attempts, next_attempt_at)
-SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode, received_at,
-       hungup_at, message_id, max_attempts,
-       least(now() + delay_s * interval '1 second',
-             greatest(now(), since + delay_s * interval '1 second'))
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[], $11::numeric[],
-            $12::timestamptz[])
-     AS r(callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode, received_at,
-          hungup_at, message_id, max_attempts, delay_s, since)
-ON CONFLICT (edge_call_id) DO NOTHING
-RETURNING callback_id"""
+# $1-$12 the new requests (_request_columns), $13-$15 every answer of the batch
+# (_answer_columns), $16 the guard knows each new request's number, $17 when the guard
+# screened them (NULL: not screened, not counted).
+_STORE_BATCH = """
+WITH claimed AS (
+    INSERT INTO inbound_messages (message_id, kind, response_status, response_body)
+    SELECT message_id, 'callback_request', status, body::jsonb
+    FROM unnest($13::text[], $14::int[], $15::text[]) AS a(message_id, status, body)
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING message_id),
+queued AS (
+    INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller, dialed,
+        announce_mode, received_at, hungup_at, message_id, max_attempts, next_attempt_at)
+    SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
+           received_at, hungup_at, message_id, max_attempts,
+           least(now() + delay_s * interval '1 second',
+                 greatest(now(), since + delay_s * interval '1 second'))
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[], $11::numeric[],
+                $12::timestamptz[])
+         AS r(callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
+              received_at, hungup_at, message_id, max_attempts, delay_s, since)
+    ON CONFLICT (edge_call_id) DO NOTHING
+    RETURNING callback_id, caller, merchant_id),
+counted AS (
+    SELECT guard_note_accepted(array_agg(q.callback_id), array_agg(q.caller),
+                               array_agg(q.merchant_id), array_agg(k.known), $17)
+    FROM queued q JOIN unnest($1::text[], $16::bool[]) AS k(callback_id, known)
+         USING (callback_id))
+SELECT ARRAY(SELECT message_id FROM claimed) AS claimed,
+       ARRAY(SELECT callback_id FROM queued) AS queued,
+       (SELECT count(*) FROM counted) AS counted"""
 
 
 def _request_columns(new: Sequence[_NewRequest]) -> tuple[list[Any], ...]:
@@ -626,7 +666,12 @@ def _answer_columns(answers: dict[str, Answer]) -> tuple[list[Any], ...]:
             [json.dumps(body, separators=(",", ":")) for _, body in answers.values()])
 
 
-def _answer(row: asyncpg.Record) -> dict[str, Any]:
+def _json(value: Any) -> Any:
+    """A json/jsonb value, whether or not the connection has a JSON codec."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _answer(row: Mapping[str, Any]) -> dict[str, Any]:
     answer = {"callback_id": row["callback_id"], "status": row["status"]}
     if row["status"] == "refused":
         answer["reason"] = row["reason"]

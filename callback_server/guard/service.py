@@ -120,26 +120,23 @@ class Guard:
 
     # --- intake -------------------------------------------------------------------------
 
-    async def lock_numbers(self, conn: asyncpg.Connection, numbers: Iterable[E164]) -> None:
-        """Serialise intake decisions per number (call first in the transaction)."""
-        await sql.lock_numbers(conn, (str(n) for n in numbers))
-
-    async def screen_intakes(self, conn: asyncpg.Connection, numbers: Iterable[E164]
-                             ) -> IntakeScreen:
-        """Load what deciding requests for ``numbers`` needs, in one round trip (call
-        under :meth:`lock_numbers`); then decide each with :meth:`IntakeScreen.screen`."""
-        started = time.perf_counter()
+    def intake_window(self) -> tuple[datetime, datetime]:
+        """(now, start of the brake's window): what ``callback_intake_open`` needs to
+        load the facts of an intake batch (migration 0400)."""
         now = self.clock()
-        facts, brake_count = await sql.intake_facts(conn, (str(n) for n in numbers), now,
-                                                    self.settings.brake.window_s)
-        return IntakeScreen(self, now, facts, brake_count,
-                            (time.perf_counter() - started) / max(1, len(facts)))
+        return now, sql.brake_since(now, self.settings.brake.window_s)
 
-    async def note_accepted(self, conn: asyncpg.Connection,
-                            accepted: Sequence[sql.Accepted]) -> None:
-        if accepted:
-            await sql.note_accepted(conn, accepted, self.clock())
-            self.metrics.inc("cbgw_guard_accepted_total", len(accepted))
+    def intake_screen(self, now: datetime, facts: Iterable[Any], load_s: float) -> IntakeScreen:
+        """Decide an intake batch's requests on ``facts`` (``guard_facts`` rows, loaded
+        under the numbers' locks as of ``now``, in ``load_s`` seconds)."""
+        loaded = {row["number"]: row for row in facts}
+        brake_count = int(next(iter(loaded.values()))["brake"]) if loaded else 0
+        return IntakeScreen(self, now, {n: sql.facts_of(r) for n, r in loaded.items()},
+                            brake_count, load_s / max(1, len(loaded)))
+
+    def accepted(self, count: int) -> None:
+        """``count`` requests were accepted and counted (``guard_note_accepted``)."""
+        self.metrics.inc("cbgw_guard_accepted_total", count)
 
     async def refused(self, conn: asyncpg.Connection, verdict: Verdict, *, stage: str,
                       number: str | None, merchant_id: str | None,

@@ -8,7 +8,7 @@ database clock, because ``callback_attempts.created_at`` is written by it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +19,7 @@ import asyncpg
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.velocity import NumberHistory
 
-_NS_NUMBER = 0x6362_0001     # advisory lock namespaces (two-key form)
+# Advisory lock namespaces (two-key form): 0x6362_0001 is the numbers' (guard_lock_numbers).
 _NS_DIAL = 0x6362_0002
 LIVE = ("dialing", "originated", "answered")
 
@@ -41,63 +41,40 @@ class CapSnapshot:
     spend: dict[str, Decimal]                   # scope -> today's spend since the last reset
 
 
+async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None:
+    """Serialise decisions per number for the rest of the transaction (in key order: two
+    transactions sharing numbers never deadlock on them)."""
+    await conn.execute("SELECT guard_lock_numbers($1::text[])", list(numbers))
+
+
 async def lock_number(conn: asyncpg.Connection, number: str) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _NS_NUMBER, number)
+    await lock_numbers(conn, [number])
 
 
 async def lock_dialling(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _NS_DIAL)
 
 
-async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None:
-    """:func:`lock_number` for many numbers in one round trip, in key order (two batches
-    sharing numbers take their locks in the same order: no deadlock between them)."""
-    await conn.execute(
-        """SELECT pg_advisory_xact_lock($1, k)
-           FROM (SELECT DISTINCT hashtext(n) AS k FROM unnest($2::text[]) AS n ORDER BY 1) s""",
-        _NS_NUMBER, sorted(set(numbers)))
-
-
 async def number_facts(conn: asyncpg.Connection, number: str, now: datetime) -> NumberFacts:
-    facts, _ = await intake_facts(conn, [number], now, None)
-    return facts[number]
+    rows = await conn.fetch("SELECT * FROM guard_number_facts($1::text[], $2, NULL)",
+                            [number], now)
+    return facts_of(rows[0])
 
 
-async def intake_facts(conn: asyncpg.Connection, numbers: Iterable[str], now: datetime,
-                       brake_window_s: int | None) -> tuple[dict[str, NumberFacts], int]:
-    """What the guard knows about each number as of ``now``, and with ``brake_window_s``
-    the brake's count of :func:`unconfirmed_new_numbers` (else 0), in one round trip."""
-    rows = await conn.fetch(
-        """SELECT n.number,
-             (SELECT count(*) FROM callback_requests
-               WHERE caller = n.number AND status IN ('queued', 'dialing')) AS active,
-             (SELECT max(accepted_at) FROM guard_callbacks WHERE number = n.number) AS last_at,
-             (SELECT count(*) FROM guard_callbacks WHERE number = n.number
-                 AND accepted_at > $2::timestamptz - interval '1 hour') AS hour,
-             (SELECT count(*) FROM guard_callbacks WHERE number = n.number
-                 AND accepted_at > $2::timestamptz - interval '1 day') AS day,
-             g.confirmations, g.locked_until,
-             (SELECT reason FROM guard_lists WHERE number = n.number AND list = 'block'
-                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS block_reason,
-             (SELECT true FROM guard_lists WHERE number = n.number AND list = 'allow'
-                 AND (expires_at IS NULL OR expires_at > $2::timestamptz)) AS allowed,
-             CASE WHEN $3::timestamptz IS NULL THEN 0 ELSE
-               (SELECT count(DISTINCT number) FROM guard_rounds
-                 WHERE rang AND NOT confirmed AND NOT known AND ended_at > $3) END AS brake
-           FROM (SELECT DISTINCT unnest($1::text[]) AS number) n
-           LEFT JOIN guard_numbers g ON g.number = n.number""",
-        list(numbers), now,
-        None if brake_window_s is None else now - timedelta(seconds=brake_window_s))
-    facts = {}
-    for row in rows:
-        confirmations = row["confirmations"] or 0
-        allowed = bool(row["allowed"])
-        history = NumberHistory(known=confirmations > 0 or allowed, active=row["active"],
-                                last_accepted_at=row["last_at"], accepted_hour=row["hour"],
-                                accepted_day=row["day"], locked_until=row["locked_until"])
-        facts[row["number"]] = NumberFacts(history, row["block_reason"] is not None,
-                                           row["block_reason"] or "", allowed, confirmations)
-    return facts, int(rows[0]["brake"]) if rows else 0
+def brake_since(now: datetime, window_s: int) -> datetime:
+    """Where the anomaly brake's window starts, for ``guard_number_facts``."""
+    return now - timedelta(seconds=window_s)
+
+
+def facts_of(row: asyncpg.Record) -> NumberFacts:
+    """A ``guard_facts`` row (migration 0400) as :class:`NumberFacts`."""
+    allowed = bool(row["allowed"])
+    confirmations = row["confirmations"]
+    history = NumberHistory(known=confirmations > 0 or allowed, active=row["active"],
+                            last_accepted_at=row["last_at"], accepted_hour=row["accepted_hour"],
+                            accepted_day=row["accepted_day"], locked_until=row["locked_until"])
+    return NumberFacts(history, row["block_reason"] is not None, row["block_reason"] or "",
+                       allowed, confirmations)
 
 
 async def unconfirmed_new_numbers(conn: asyncpg.Connection, now: datetime,
@@ -105,33 +82,8 @@ async def unconfirmed_new_numbers(conn: asyncpg.Connection, now: datetime,
     value = await conn.fetchval(
         """SELECT count(DISTINCT number) FROM guard_rounds
            WHERE rang AND NOT confirmed AND NOT known AND ended_at > $1""",
-        now - timedelta(seconds=window_s))
+        brake_since(now, window_s))
     return int(value or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    callback_id: str
-    number: str
-    merchant_id: str
-    known: bool
-
-
-async def note_accepted(conn: asyncpg.Connection, accepted: Sequence[Accepted],
-                        now: datetime) -> None:
-    """Count accepted call-backs against their numbers (velocity), one round trip."""
-    await conn.execute(
-        """WITH a AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[])
-                          AS a(callback_id, number, merchant_id, known)),
-                c AS (INSERT INTO guard_callbacks (callback_id, number, merchant_id, known,
-                          accepted_at)
-                      SELECT callback_id, number, merchant_id, known, $5 FROM a
-                      ON CONFLICT (callback_id) DO NOTHING)
-           INSERT INTO guard_numbers (number, first_seen_at)
-           SELECT DISTINCT number, $5::timestamptz FROM a ORDER BY 1
-           ON CONFLICT (number) DO NOTHING""",
-        [a.callback_id for a in accepted], [a.number for a in accepted],
-        [a.merchant_id for a in accepted], [a.known for a in accepted], now)
 
 
 async def record_refusal(conn: asyncpg.Connection, *, stage: str, verdict: Verdict,

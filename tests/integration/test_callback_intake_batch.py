@@ -159,6 +159,35 @@ async def test_without_the_guard_a_racing_edge_call_gets_the_stored_call_back(
     assert "edge calls edge-race already had call-backs" in caplog.text  # the race was lost
 
 
+async def test_without_the_guard_a_message_stored_meanwhile_is_answered_as_a_repeat(
+        intake: CallbackIntake, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
+    """No number locks: a message id another server is storing is not visible when the
+    batch reads; the batch's write then finds it, stores nothing of its own (rolled
+    back), and the message is answered again alone, as a repeat with the first answer."""
+    caplog.set_level(logging.INFO)
+    store = CallbackStore(pool, owner="a")
+    batcher = CallbackIntake(store)
+    first = {"callback_id": "cb-theirs", "status": "queued"}
+    try:
+        async with pool.acquire() as other, other.transaction():
+            await other.execute(
+                "INSERT INTO inbound_messages (message_id, kind, response_status, response_body)"
+                " VALUES ('m-both', 'callback_request', 202, $1)", first)
+            tasks = [asyncio.create_task(batcher.submit(mid, request(edge, number), ACME))
+                     for mid, edge, number in (("m-both", "edge-b1", "819055556666"),
+                                               ("m-other", "edge-b2", "819055557777"))]
+            await asyncio.sleep(0.3)
+            assert not any(t.done() for t in tasks)  # waiting on the uncommitted message id
+        mine, other_answer = await asyncio.gather(*tasks)
+    finally:
+        await batcher.close()
+    assert mine == (202, first)
+    assert other_answer[1]["status"] == "queued"
+    assert await pool.fetchval("SELECT array_agg(edge_call_id) FROM callback_requests") == \
+        ["edge-b2"]
+    assert "message ids stored meanwhile: m-both" in caplog.text
+
+
 async def test_a_batch_wakes_the_workers_once_with_its_earliest_due_time(
         intake: CallbackIntake, pool: asyncpg.Pool, pg_url: str) -> None:
     slow = replace(ACME, pre_callback_delay_s=Decimal("30"))
