@@ -71,7 +71,7 @@ class Screening:
 
 class IntakeScreen:
     """The intake decisions of one batch: policy + lists, lock, velocity, brake, per
-    request, on facts loaded once (:meth:`Guard.screen_intakes`). Requests are judged in
+    request, on facts loaded once (:meth:`Guard.intake_screen`). Requests are judged in
     order; :meth:`accepted` counts one against its number, so the next request for the
     same number in the batch is judged as if the first were already stored."""
 

@@ -1,10 +1,15 @@
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
 from shared.phone import (
     E164,
     CallerIdRefusal,
     InvalidNumber,
     NumberType,
+    _parse_plus_digits,
     classify_caller_id,
     normalise,
 )
@@ -90,3 +95,51 @@ def test_a_number_no_country_has_is_invalid_and_refused_not_a_crash() -> None:
     assert verdict is not None and verdict.reason == "destination_foreign"
     with pytest.raises(InvalidNumber):
         number.national()
+
+
+# --- the fast parse of "+<ASCII digits>" is libphonenumber's parse, field for field ---------
+
+def _library_parse(digits: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _same_parse(digits: str) -> None:
+    fast, library = _parse_plus_digits(digits), _library_parse(digits)
+    assert fast == library, digits
+    if fast is not None and library is not None:  # fields == may not compare
+        assert (fast.italian_leading_zero, fast.number_of_leading_zeros,
+                fast.country_code_source, fast.extension) == \
+            (library.italian_leading_zero, library.number_of_leading_zeros,
+             library.country_code_source, library.extension), digits
+
+
+_COUNTRY_CODES = sorted(COUNTRY_CODE_TO_REGION_CODE)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text(alphabet="0123456789", max_size=22))
+def test_fast_parse_matches_the_library_on_any_digits(digits: str) -> None:
+    _same_parse(digits)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(_COUNTRY_CODES), st.text(alphabet="0123456789", max_size=16))
+def test_fast_parse_matches_the_library_after_every_country_code(code: int, rest: str) -> None:
+    _same_parse(f"{code}{rest}")
+
+
+@pytest.mark.parametrize("code", _COUNTRY_CODES)
+def test_fast_parse_matches_the_library_on_national_prefixes_and_zeros(code: int) -> None:
+    # trunk prefixes a caller may leave in (+81 0 90...), Italian leading zeros, lengths
+    for rest in ("0", "00", "000000", "0901234567", "09012345678", "1", "12345678",
+                 "0612345678", "00612345678", "8", "80012345678", "123456789012345"):
+        _same_parse(f"{code}{rest}")
+
+
+def test_unassigned_country_codes_and_other_scripts_still_parse_as_before() -> None:
+    assert E164("9991234567").region is None
+    assert E164("819012345678").region == "JP"
+    assert E164("819012345678").number_type is NumberType.MOBILE
