@@ -46,9 +46,11 @@ request, from handing its bytes to the transport to its whole answer
 (``time.perf_counter``).
 
 Prints per run requests/s, p50/p90/p99/max latency, errors, the load average,
-CPU per request of the servers and of the load generator over the measured
-window, rows stored vs requests sent, and the median against the target
-(>= 5,000/s). PostgreSQL is ``DATABASE_URL`` or the embedded server.
+CPU per request of the servers, of PostgreSQL (every ``postgres`` process, from
+``/proc``) and of the load generator over the measured window, all of it in
+units of the load generator's (a yardstick for this VM's speed at that minute),
+rows stored vs requests sent, and the median against the target (>= 5,000/s).
+PostgreSQL is ``DATABASE_URL`` or the embedded server.
 Everything (load generator, servers, PostgreSQL) shares this machine's cores;
 see bench/README.md ("Link") for figures and what limits them.
 """
@@ -636,6 +638,13 @@ async def _count_stored(db_url: str, mode: str) -> int:
         await conn.close()
 
 
+def _yardstick(r: dict[str, Any]) -> float:
+    """All CPU per request (servers, PostgreSQL, load generator) in units of the load
+    generator's: its work per request never changes, so this compares runs and trees
+    across minutes when this VM's speed moves more than the change measured."""
+    return (r["server_us"] + r["postgres_us"] + r["client_us"]) / max(1.0, r["client_us"])
+
+
 def _report(r: dict[str, Any]) -> None:
     what = {
         "single": "accept_once per request (5 round trips, 1 commit each)",
@@ -649,8 +658,8 @@ def _report(r: dict[str, Any]) -> None:
           f"p90 {r['p90'] * 1000:.1f} ms  p99 {r['p99'] * 1000:.1f} ms  "
           f"max {r['max'] * 1000:.1f} ms  errors {r['errors'] or 0}  load1 {r['load1']:.2f}  "
           f"CPU/request: servers {r['server_us']:.0f} µs, PostgreSQL {r['postgres_us']:.0f} µs, "
-          f"load generator {r['client_us']:.0f} µs  "
-          f"[{what}; sent {r['sent']:,}, stored {r['stored']:,}]"
+          f"load generator {r['client_us']:.0f} µs (all: {_yardstick(r):.1f}x the load "
+          f"generator's)  [{what}; sent {r['sent']:,}, stored {r['stored']:,}]"
           + ("  [pre-signed requests ran out: raise the budget]" if r["exhausted"] else "")
           + ("  [MISMATCH: stored rows != requests sent]"
              if r["mode"] != "no-db" and r["stored"] != r["sent"] else ""))
