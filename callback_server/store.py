@@ -240,8 +240,7 @@ class CallbackStore:
             screen = None if guard is None or now is None \
                 else guard.intake_screen(now, facts, load_s)
             fresh = [(mid, item) for mid, item in batch if mid not in stored]
-            answers = await self._decide_and_store(conn, fresh, calls, screen, now) \
-                if fresh else {}
+            answers = await self._decide_and_store(conn, fresh, calls, screen) if fresh else {}
         if stored:
             log.info("duplicate callback_request messages %s: returning the first answers",
                      ", ".join(stored))
@@ -250,8 +249,7 @@ class CallbackStore:
 
     async def _decide_and_store(self, conn: asyncpg.Connection,
                                 fresh: Sequence[tuple[str, Intake]], calls: dict[str, Answer],
-                                screen: IntakeScreen | None, now: datetime | None
-                                ) -> dict[str, Answer]:
+                                screen: IntakeScreen | None) -> dict[str, Answer]:
         answers: dict[str, Answer] = {}
         new: list[_NewRequest] = []
         for mid, item in fresh:
@@ -272,7 +270,7 @@ class CallbackStore:
             request = _NewRequest(mid, item, new_callback_id(), known_number)
             new.append(request)
             answers[mid] = calls[req.edge_call_id] = request.answer
-        await self._store_batch(conn, new, answers, None if screen is None else now)
+        await self._store_batch(conn, new, answers, None if screen is None else screen.now)
         return answers
 
     async def _store_batch(self, conn: asyncpg.Connection, new: Sequence[_NewRequest],

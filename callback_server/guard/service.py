@@ -78,7 +78,7 @@ class IntakeScreen:
     def __init__(self, guard: Guard, now: datetime, facts: dict[str, sql.NumberFacts],
                  brake_count: int, load_s: float) -> None:
         self._guard = guard
-        self._now = now
+        self.now = now              # the guard's clock for the whole batch
         self._facts = facts
         self._brake_count = brake_count
         self._load_s = load_s
@@ -89,7 +89,7 @@ class IntakeScreen:
         listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
                           block_reason=facts.block_reason)
         verdict = guard.policy.evaluate(number, listing) \
-            or velocity.check_intake(facts.history, self._now, guard.settings.velocity)
+            or velocity.check_intake(facts.history, self.now, guard.settings.velocity)
         if verdict is None and not facts.history.known:
             verdict = brake.check(False, self._brake_count, guard.settings.brake)
         guard.metrics.observe_decision(time.perf_counter() - started + self._load_s)
@@ -97,7 +97,7 @@ class IntakeScreen:
 
     def accepted(self, number: E164) -> None:
         facts = self._facts[str(number)]
-        self._facts[str(number)] = replace(facts, history=facts.history.accepted(self._now))
+        self._facts[str(number)] = replace(facts, history=facts.history.accepted(self.now))
 
 
 class Guard:
