@@ -166,14 +166,23 @@ async def reset(site: AsteriskSite, *, within_s: float = 5.0) -> None:
                 await ari.destroy_bridge(bridge.id)
 
 
+#: The trunks' ``qualify_timeout`` in deploy/asterisk/*/pjsip.conf, plus a margin.
+QUALIFY_SETTLE_S = 1.2
+
+
 async def qualify(site: AsteriskSite, endpoint: str, *, within_s: float = 3.0) -> None:
-    """Send OPTIONS to ``endpoint`` now and wait until ARI reports it online.
+    """Send OPTIONS to ``endpoint`` now and wait until ARI reports it online, and still
+    online once an OPTIONS sent before this call would have timed out.
 
     Trunks are qualified every few seconds; a SIPp started moments ago would
     otherwise still be 'unavailable' and originate would fail with
-    AllocationFailed.
+    AllocationFailed. A periodic OPTIONS that Asterisk sent just before the SIPp
+    bound its port times out up to ``qualify_timeout`` later and marks the
+    contact unreachable again, after a fresh OPTIONS had already marked it
+    reachable: so "online" counts only from ``QUALIFY_SETTLE_S`` after the call.
     """
-    deadline = time.monotonic() + within_s
+    started = time.monotonic()
+    deadline = started + max(within_s, QUALIFY_SETTLE_S + 1.0)
     async with site.client() as ari:
         while True:
             await asyncio.to_thread(site.cli, f"pjsip qualify {endpoint}")
@@ -182,13 +191,16 @@ async def qualify(site: AsteriskSite, endpoint: str, *, within_s: float = 3.0) -
                 state = await ari.get_endpoint("PJSIP", endpoint)
             except AriError as exc:
                 raise HarnessError(f"{site.name}: ARI endpoint query failed: {exc}") from exc
-            if state is not None and state.state == "online":
+            online = state is not None and state.state == "online"
+            settled_in = started + QUALIFY_SETTLE_S - time.monotonic()
+            if online and settled_in <= 0:
                 return
             if time.monotonic() > deadline:
                 got = state.state if state else "missing"
+                waited = time.monotonic() - started
                 raise HarnessError(f"{site.name}: endpoint {endpoint} not online after "
-                                   f"{within_s} s (state {got}); is its SIPp running?")
-            await asyncio.sleep(0.1)
+                                   f"{waited:.1f} s (state {got}); is its SIPp running?")
+            await asyncio.sleep(settled_in if online else 0.1)
 
 
 async def expect_event(events: AsyncIterator[Event], kind: type[E], *,
