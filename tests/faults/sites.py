@@ -126,6 +126,11 @@ class PrivatePostgres:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._server.cleanup()
+        # pgserver stops only the postmaster it started; after restart() it is another
+        # one, and it would outlive the test run.
+        if (self.directory / "pgdata" / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                self.stop()
 
 
 async def _drop(url: str) -> None:
