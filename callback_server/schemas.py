@@ -38,10 +38,6 @@ class IntakeRequest:
     hungup_at: datetime | None
     announce_mode: str | None
 
-    @property
-    def hung_up_or_received(self) -> datetime:
-        return self.hungup_at or self.received_at
-
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -56,7 +57,8 @@ def fact_message_id(kind: str, key: str) -> str:
 
 
 def new_callback_id() -> str:
-    return "cb-" + uuid.uuid4().hex
+    """``cb-`` and 128 random bits in hex (one for every request that arrives)."""
+    return "cb-" + secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,14 +616,15 @@ UPDATE inbound_messages m SET response_status = a.status, response_body = a.body
 FROM unnest($1::text[], $2::int[], $3::text[]) AS a(message_id, status, body)
 WHERE m.message_id = a.message_id"""
 
-# $1-$12 the new requests (_request_columns), $13-$15 every answer of the batch
-# (_answer_columns), $16 the guard knows each new request's number, $17 when the guard
-# screened them (NULL: not screened, not counted).
+# $1-$11 the new requests (_request_columns), $12-$14 every answer of the batch
+# (_answer_columns), $15 the guard knows each new request's number, $16 when the guard
+# screened them (NULL: not screened, not counted). The pre-call-back delay counts from the
+# hang-up, or from when the edge received the call if it sent no hang-up time.
 _STORE_BATCH = """
 WITH claimed AS (
     INSERT INTO inbound_messages (message_id, kind, response_status, response_body)
     SELECT message_id, 'callback_request', status, body::jsonb
-    FROM unnest($13::text[], $14::int[], $15::text[]) AS a(message_id, status, body)
+    FROM unnest($12::text[], $13::int[], $14::text[]) AS a(message_id, status, body)
     ON CONFLICT (message_id) DO NOTHING
     RETURNING message_id),
 queued AS (
@@ -630,18 +633,18 @@ queued AS (
     SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
            received_at, hungup_at, message_id, max_attempts,
            least(now() + delay_s * interval '1 second',
-                 greatest(now(), since + delay_s * interval '1 second'))
+                 greatest(now(), coalesce(hungup_at, received_at)
+                                 + delay_s * interval '1 second'))
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[], $11::numeric[],
-                $12::timestamptz[])
+                $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[], $11::numeric[])
          AS r(callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
-              received_at, hungup_at, message_id, max_attempts, delay_s, since)
+              received_at, hungup_at, message_id, max_attempts, delay_s)
     ON CONFLICT (edge_call_id) DO NOTHING
     RETURNING callback_id, caller, merchant_id),
 counted AS (
     SELECT guard_note_accepted(array_agg(q.callback_id), array_agg(q.caller),
-                               array_agg(q.merchant_id), array_agg(k.known), $17)
-    FROM queued q JOIN unnest($1::text[], $16::bool[]) AS k(callback_id, known)
+                               array_agg(q.merchant_id), array_agg(k.known), $16)
+    FROM queued q JOIN unnest($1::text[], $15::bool[]) AS k(callback_id, known)
          USING (callback_id))
 SELECT ARRAY(SELECT message_id FROM claimed) AS claimed,
        ARRAY(SELECT callback_id FROM queued) AS queued,
@@ -655,8 +658,7 @@ def _request_columns(new: Sequence[_NewRequest]) -> tuple[list[Any], ...]:
             [m.id for m in merchants], [str(r.caller) for r in reqs], [r.dialed for r in reqs],
             [r.announce_mode for r in reqs], [r.received_at for r in reqs],
             [r.hungup_at for r in reqs], [n.message_id for n in new],
-            [m.max_attempts for m in merchants], [m.pre_callback_delay_s for m in merchants],
-            [r.hung_up_or_received for r in reqs])
+            [m.max_attempts for m in merchants], [m.pre_callback_delay_s for m in merchants])
 
 
 def _answer_columns(answers: dict[str, Answer]) -> tuple[list[Any], ...]:

@@ -32,6 +32,12 @@ WITHHELD_NAMES = frozenset({"anonymous", "unknown", "private", "restricted", "un
                             "withheld", "non-disclosure"})
 
 
+# libphonenumber looks its metadata patterns up with re.compile() on every match (the re
+# module's cache: a lookup that costs more than the match, and only 512 entries for
+# every region's patterns): keep them compiled once, in the library's own cache.
+phonenumbers.enable_pattern_cache()
+
+
 class InvalidNumber(ValueError):
     """A string that is not an E.164 number."""
 

@@ -28,7 +28,7 @@ import logging
 import time
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -96,8 +96,8 @@ class IntakeScreen:
         return Screening(verdict, facts.history.known)
 
     def accepted(self, number: E164) -> None:
-        facts = self._facts[str(number)]
-        self._facts[str(number)] = replace(facts, history=facts.history.accepted(self.now))
+        key = str(number)
+        self._facts[key] = self._facts[key].accepted(self.now)
 
 
 class Guard:

@@ -32,6 +32,11 @@ class NumberFacts:
     allowed: bool
     confirmations: int
 
+    def accepted(self, now: datetime) -> NumberFacts:
+        """The facts after one more request was accepted at ``now``."""
+        return NumberFacts(self.history.accepted(now), self.blocked, self.block_reason,
+                           self.allowed, self.confirmations)
+
 
 @dataclass(frozen=True, slots=True)
 class CapSnapshot:
