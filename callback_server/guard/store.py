@@ -8,7 +8,6 @@ database clock, because ``callback_attempts.created_at`` is written by it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -46,14 +45,10 @@ class CapSnapshot:
     spend: dict[str, Decimal]                   # scope -> today's spend since the last reset
 
 
-async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None:
-    """Serialise decisions per number for the rest of the transaction (in key order: two
-    transactions sharing numbers never deadlock on them)."""
-    await conn.execute("SELECT guard_lock_numbers($1::text[])", list(numbers))
-
-
 async def lock_number(conn: asyncpg.Connection, number: str) -> None:
-    await lock_numbers(conn, [number])
+    """Serialise decisions on ``number`` for the rest of the transaction: the same lock the
+    intake takes for a batch's numbers (``guard_lock_numbers``, in callback_intake_open)."""
+    await conn.execute("SELECT guard_lock_numbers(ARRAY[$1::text])", number)
 
 
 async def lock_dialling(conn: asyncpg.Connection) -> None:
