@@ -3,6 +3,11 @@
 * ``POST /v1/link/callbacks``: a call-back request from the edge (signed;
   verified by ``shared.link.signature_middleware``; idempotent by message id
   and by ``edge_call_id``). ``202 {"callback_id": ..., "status": ...}``.
+* ``POST /v1/link/callbacks/batch``: up to 100 such requests in one signed
+  request, ``{"messages": [{"message_id": ..., "body": {...}}]}``; ``200
+  {"results": [{"message_id": ..., "status": 202, "body": {...}}]}``, each
+  message answered as its own request would be (the edge's relay sends a
+  backlog this way).
 * ``GET /v1/callbacks/{id}``: status, reason code, attempts and legs, for the
   merchant that owns it (``Authorization: Bearer <token>``; its SHA-256 is the
   merchant's ``api_token_sha256``).
@@ -19,13 +24,15 @@ retries), plus the ``signature-*`` ids of the link middleware (401).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from callback_server.intake import CallbackIntake
-from callback_server.schemas import parse_intake
+from callback_server.schemas import IntakeRequest, intake_from, parse_intake
 from callback_server.store import CallbackStore
 from shared.config import Merchant
 from shared.http import (
@@ -39,9 +46,19 @@ from shared.http import (
     authenticated_merchant,
     error_middleware,
     json_response,
+    read_json_object,
 )
 from shared.intake_batch import IntakeFailed
-from shared.link import VERIFIER_KEY, message_id, raw_body, signature_middleware
+from shared.link import (
+    VERIFIER_KEY,
+    Answer,
+    batch_answer,
+    batch_path,
+    message_id,
+    parse_batch,
+    raw_body,
+    signature_middleware,
+)
 from shared.signing import Verifier
 
 log = logging.getLogger("callback.http")
@@ -54,6 +71,12 @@ STORE_KEY = web.AppKey("callback_store", CallbackStore)
 #: the group-committed intake over the store (the composition root sets both)
 INTAKE_KEY = web.AppKey("callback_intake", CallbackIntake)
 MERCHANTS_KEY = web.AppKey("callback_merchants", dict[str, Merchant])
+#: Screens a call-back request's raw body before it is parsed; the guard installs it
+#: (:func:`callback_server.guard.http.refuse_raw_caller`): an error to answer, or None.
+RawCallerScreen = Callable[[web.Application, Any, str | None], Awaitable[ApiError | None]]
+RAW_CALLER_SCREEN_KEY: web.AppKey[RawCallerScreen] = web.AppKey("callback_raw_caller_screen")
+
+CALLBACKS_PATH = "/v1/link/callbacks"
 
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
@@ -66,7 +89,8 @@ def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
     app[MERCHANTS_KEY] = {m.id: m for m in merchants}
     app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in merchants])
     app[HEALTH_KEY] = health or Health()
-    app.router.add_post("/v1/link/callbacks", link_callbacks)
+    app.router.add_post(CALLBACKS_PATH, link_callbacks)
+    app.router.add_post(batch_path(CALLBACKS_PATH), link_callbacks_batch)
     app.router.add_get("/v1/callbacks/{callback_id}", get_callback)
     app.router.add_get("/healthz", healthz)
     return app
@@ -98,21 +122,66 @@ def _intake(request: web.Request) -> CallbackIntake:
         raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
 
 
-async def link_callbacks(request: web.Request) -> web.Response:
-    req = parse_intake(raw_body(request))
+def _merchant(request: web.Request, req: IntakeRequest) -> Merchant:
     merchant = request.app[MERCHANTS_KEY].get(req.merchant_id)
     if merchant is None:
         raise ApiError(422, "unknown-merchant", f"merchant_id: no merchant {req.merchant_id!r}",
                        field="merchant_id")
+    return merchant
+
+
+def _not_stored(mid: str, req: IntakeRequest, exc: IntakeFailed) -> ServiceUnavailable:
+    log.warning("call-back request %s (edge call %s) not stored: %s", mid,
+                req.edge_call_id, exc.message)
+    return ServiceUnavailable("database-unavailable", "database unavailable; retry")
+
+
+async def link_callbacks(request: web.Request) -> web.Response:
+    req = parse_intake(raw_body(request))
+    merchant = _merchant(request, req)
     mid = message_id(request)
     try:
         status, body = await _intake(request).submit(mid, req, merchant)
     except IntakeFailed as exc:
-        log.warning("call-back request %s (edge call %s) not stored: %s", mid,
-                    req.edge_call_id, exc.message)
-        raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
+        raise _not_stored(mid, req, exc) from None
     log.info("accepted edge call %s for %s: %s", req.edge_call_id, req.caller, body)
     return json_response(body, status=status)
+
+
+async def link_callbacks_batch(request: web.Request) -> web.Response:
+    """Several call-back requests in one signed request; ``200`` with each one's answer.
+
+    Each message is what a single ``POST /v1/link/callbacks`` would carry, with
+    its own message id, and gets exactly the answer that request would get:
+    deduplicated by its id and its ``edge_call_id``, screened, stored (the
+    messages are queued together, so they share the group commit), or refused
+    alone (``invalid-field``, ``unknown-merchant``, ``destination-refused``,
+    503 ``database-unavailable`` for one the database did not store).
+    """
+    items = parse_batch(await read_json_object(request, raw_body(request)))
+    intake = _intake(request)
+    screen = request.app.get(RAW_CALLER_SCREEN_KEY)
+    answers: list[Answer | None] = [None] * len(items)
+    queued: list[tuple[int, str, IntakeRequest, Merchant]] = []
+    for i, item in enumerate(items):
+        try:
+            refusal = None if screen is None else await screen(request.app, item.body,
+                                                                item.message_id)
+            if refusal is not None:
+                raise refusal
+            req = intake_from(item.body)
+            queued.append((i, item.message_id, req, _merchant(request, req)))
+        except ApiError as exc:
+            answers[i] = (exc.status, exc.body())
+    stored = await intake.submit_many([(mid, req, merchant) for _, mid, req, merchant in queued])
+    for (i, mid, req, _), result in zip(queued, stored, strict=True):
+        if isinstance(result, IntakeFailed):
+            answers[i] = (503, _not_stored(mid, req, result).body())
+        else:
+            answers[i] = result
+    log.info("accepted a batch of %d call-back requests: %s", len(items),
+             dict(Counter(status for status, _ in filter(None, answers))))
+    return json_response(batch_answer(items, [a for a in answers if a is not None]))
 
 
 async def get_callback(request: web.Request) -> web.Response:

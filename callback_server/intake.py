@@ -1,6 +1,7 @@
 """Group-committed intake of call-back requests.
 
-Concurrent ``POST /v1/link/callbacks`` share one transaction per batch
+Concurrent ``POST /v1/link/callbacks`` (and the messages of ``POST
+/v1/link/callbacks/batch``) share one transaction per batch
 (:class:`shared.intake_batch.GroupCommit`): message ids, guard screening under
 per-number locks, request rows, answers, one WAL flush, four round trips
 whatever the batch size (:meth:`callback_server.store.CallbackStore.intake_batch`).
@@ -18,7 +19,7 @@ import asyncpg
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore, Intake
 from shared.config import Merchant
-from shared.intake_batch import GroupCommit
+from shared.intake_batch import GroupCommit, IntakeFailed
 from shared.link import Answer
 
 KIND = "callback_request"
@@ -34,6 +35,13 @@ class CallbackIntake(GroupCommit[Intake]):
         """Store the request once under ``message_id``; the first answer, after the commit.
         Raises :class:`shared.intake_batch.IntakeFailed` when it was not stored."""
         return await self.deliver(message_id, Intake(req, merchant))
+
+    async def submit_many(self, requests: Sequence[tuple[str, IntakeRequest, Merchant]]
+                          ) -> list[Answer | IntakeFailed]:
+        """:meth:`submit` for the messages of one batch request, queued together; each
+        one's first answer, or the :class:`IntakeFailed` saying it was not stored."""
+        return await self.deliver_many([(mid, Intake(req, merchant))
+                                        for mid, req, merchant in requests])
 
     async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, Intake]]
                     ) -> Mapping[str, Answer]:

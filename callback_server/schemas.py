@@ -51,7 +51,12 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def parse_intake(body: bytes) -> IntakeRequest:
-    data = parse_json_object(body)
+    return intake_from(parse_json_object(body))
+
+
+def intake_from(data: dict[str, Any]) -> IntakeRequest:
+    """A call-back request from its parsed JSON object (a single request's body, or one
+    message of a batch)."""
     return IntakeRequest(
         edge_call_id=_text(data, "edge_call_id", _EDGE_CALL_ID),
         merchant_id=_text(data, "merchant_id", _MERCHANT_ID),

@@ -27,7 +27,7 @@ from edge_server.config import EdgeSettings
 from edge_server.decide import FixedDecider, RatesDecider
 from edge_server.http import POOL_KEY, create_http_app
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
-from edge_server.store import CallStore, edge_migrations
+from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from shared.db import migrate
 from shared.http import HEALTH_KEY, Health
 from shared.link import purge_seen
@@ -105,7 +105,9 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     client = link_client(settings.signing, settings.tls, settings.peer)
     await client.start()
     owner = f"edge-{socket.gethostname()}-{os.getpid()}"
-    relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner)
+    relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner,
+                        batch_paths=[CALLBACK_PATH],
+                        batch_messages=settings.peer.batch_messages)
     app[RELAY_KEY] = relay
     async with background(relay.run(), "outbox relay"):
         yield

@@ -175,19 +175,35 @@ class GroupCommit(Generic[T]):
         message could not be stored. Cancelling the caller does not cancel the
         write (the batch is shared).
         """
+        return await self._enqueue(message_id, item)
+
+    async def deliver_many(self, items: Sequence[tuple[str, T]]) -> list[Answer | IntakeFailed]:
+        """:meth:`deliver` for several messages at once (one batch request of the link).
+
+        All are queued together, so they share batches; returns each message's first
+        answer, or the :class:`IntakeFailed` that says it was not stored, in order.
+        """
+        futures = [self._enqueue(mid, item) for mid, item in items]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, IntakeFailed):
+                raise result
+        return results  # type: ignore[return-value]  # narrowed by the loop above
+
+    def _enqueue(self, message_id: str, item: T) -> asyncio.Future[Answer]:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         existing = self._waiting.get(message_id)
         if existing is not None:  # a repeat of a message still queued or in flight here
             self.repeats += 1
             existing.waiters.append(future)
-            return await future
+            return future
         self._ensure_running()
         assert self._wake is not None
         pending = _Pending(message_id, item, [future])
         self._queue.append(pending)
         self._waiting[message_id] = pending
         self._wake.set()
-        return await future
+        return future
 
     async def close(self) -> None:
         """Stop taking batches; wait for those in flight; fail what is still queued."""

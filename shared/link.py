@@ -36,8 +36,14 @@ import asyncpg
 from aiohttp import web
 
 from shared.config import LinkRoute
-from shared.http import ApiError, Handler, error_response
-from shared.link_policy import LinkMode, LinkPolicy, RouteBook, RouteStatus
+from shared.http import ApiError, Handler, InvalidField, error_response
+from shared.link_policy import (
+    BATCH_MAX_MESSAGES,
+    LinkMode,
+    LinkPolicy,
+    RouteBook,
+    RouteStatus,
+)
 from shared.signing import SignatureError, Signer, Verifier
 
 log = logging.getLogger("shared.link")
@@ -386,6 +392,93 @@ async def accept_once(conn: asyncpg.Connection, msg_id: str, kind: str,
         "UPDATE inbound_messages SET response_status = $2, response_body = $3 "
         "WHERE message_id = $1", msg_id, status, body)
     return status, body
+
+
+# --- batches: several messages in one signed request -------------------------------------
+
+#: The batch route of a message path: ``/v1/link/callbacks`` -> ``/v1/link/callbacks/batch``.
+BATCH_SUFFIX = "/batch"
+_MAX_MESSAGE_ID = 128
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One message of a batch request: its own id (deduplicated like a single message's) and
+    the JSON object a single request to the message path would carry as its body."""
+
+    message_id: str
+    body: dict[str, Any]
+
+
+def batch_path(path: str) -> str:
+    return path.rstrip("/") + BATCH_SUFFIX
+
+
+def encode_batch(messages: Sequence[tuple[str, bytes]]) -> bytes:
+    """The body of a batch request, from ``(message id, encoded JSON object)`` pairs.
+
+    The bodies are spliced in as they are (the outbox's stored bytes), not re-encoded::
+
+        {"messages": [{"message_id": "...", "body": {...}}, ...]}
+    """
+    parts = [b'{"message_id":' + json.dumps(mid).encode() + b',"body":' + body + b"}"
+             for mid, body in messages]
+    return b'{"messages":[' + b",".join(parts) + b"]}"
+
+
+def parse_batch(data: Any, *, max_messages: int = BATCH_MAX_MESSAGES) -> list[BatchItem]:
+    """The messages of a parsed batch body; 400 ``invalid-field`` naming the first bad one.
+
+    Refused as a whole: no ``messages`` list, none or more than ``max_messages``
+    messages, an item without a ``message_id`` (a string of 1 to 128 characters)
+    or without a ``body`` object, or one id twice. Whether each body is a valid
+    message is for the handler of the message path to say, message by message.
+    """
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(messages, list):
+        raise InvalidField("messages", "required list of {message_id, body}")
+    if not 1 <= len(messages) <= max_messages:
+        raise InvalidField("messages", f"must hold 1 to {max_messages} messages, "
+                                       f"not {len(messages)}")
+    items: list[BatchItem] = []
+    seen: set[str] = set()
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidField(where, "expected an object {message_id, body}")
+        mid = message.get("message_id")
+        if not isinstance(mid, str) or not 1 <= len(mid) <= _MAX_MESSAGE_ID \
+                or not mid.isprintable():
+            raise InvalidField(f"{where}.message_id",
+                               f"required string of 1 to {_MAX_MESSAGE_ID} printable characters")
+        if mid in seen:
+            raise InvalidField(f"{where}.message_id", f"{mid!r} appears twice in this batch")
+        seen.add(mid)
+        body = message.get("body")
+        if not isinstance(body, dict):
+            raise InvalidField(f"{where}.body", "expected a JSON object")
+        items.append(BatchItem(mid, body))
+    return items
+
+
+def batch_answer(items: Sequence[BatchItem], answers: Sequence[Answer]) -> dict[str, Any]:
+    """The body of a batch's ``200``: each message's own status and answer, in order."""
+    return {"results": [{"message_id": item.message_id, "status": status, "body": body}
+                        for item, (status, body) in zip(items, answers, strict=True)]}
+
+
+def parse_batch_answer(body: Any) -> dict[str, Answer]:
+    """Answers by message id from a batch's ``200``; items that are malformed are left out
+    (the sender retries those messages)."""
+    results = body.get("results") if isinstance(body, dict) else None
+    answers: dict[str, Answer] = {}
+    for result in results if isinstance(results, list) else ():
+        if not isinstance(result, dict):
+            continue
+        mid, status, answer = result.get("message_id"), result.get("status"), result.get("body")
+        if isinstance(mid, str) and isinstance(status, int) and isinstance(answer, dict):
+            answers[mid] = (status, answer)
+    return answers
 
 
 MIN_KEEP_SEEN_S = 24 * 3600

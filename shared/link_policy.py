@@ -174,12 +174,19 @@ def _parse_kind(s: Section, key: str, value: Any, route_names: Sequence[str]) ->
     return KindPolicy(mode, tuple(routes))
 
 
+#: Messages one batch request of the link may carry (``shared.link.parse_batch``).
+BATCH_MAX_MESSAGES = 100
+DEFAULT_BATCH_MESSAGES = 32
+
+
 @dataclass(frozen=True, slots=True)
 class PeerSettings:
     """The ``[peer]`` section: routes to the other site, per-kind policy, health probes."""
 
     routes: tuple[LinkRoute, ...]
     policy: LinkPolicy
+    #: most messages the outbox relay puts in one batch request (1: every message alone)
+    batch_messages: int = DEFAULT_BATCH_MESSAGES
 
     @classmethod
     def parse(cls, s: Section) -> PeerSettings:
@@ -191,7 +198,9 @@ class PeerSettings:
             raise s.error("routes", "route names must be unique")
         policy = LinkPolicy.parse(s.section("policy"), names)
         health = HealthSettings.parse(s.section("health"))
-        return cls(routes=routes, policy=LinkPolicy(policy.default, policy.kinds, health))
+        return cls(routes=routes, policy=LinkPolicy(policy.default, policy.kinds, health),
+                   batch_messages=s.int("batch_messages", DEFAULT_BATCH_MESSAGES, min=1,
+                                        max=BATCH_MAX_MESSAGES))
 
 
 # --- route health: pure state, no I/O ----------------------------------------------------

@@ -17,6 +17,16 @@ at most that much. Retries back off exponentially up to ``max_backoff_s`` and
 never give up: a message the peer refuses as invalid (4xx other than 401/403/
 408/409/429) is parked as dead and logged as an error instead.
 
+Batches: for the paths in ``batch_paths`` (the edge: call-back requests), the
+messages claimed in one pass go out up to ``batch_messages`` per signed request
+to ``shared.link.batch_path(path)`` (:func:`shared.link.encode_batch`); the
+peer answers each message on its own, and each is settled on its own
+(delivered, retried, or parked as dead), exactly as if it had gone alone. A
+single due message still goes alone, so an idle link keeps its latency; a
+backlog (after a partition, or under load) drains many messages per round
+trip. A peer that refuses a batch as a whole (an older peer: 404) gets the
+messages one by one, and no batches for ``NO_BATCH_ROUTE_RECHECK_S``.
+
 Each message goes by the link policy for its ``kind`` (see
 :mod:`shared.link_policy`); the route that delivered it is kept in
 ``outbox.last_route``.
@@ -37,7 +47,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,12 +55,22 @@ from typing import Any
 import asyncpg
 
 from shared.db import listening
-from shared.link import LinkClient, LinkRejected, LinkUnavailable
+from shared.link import (
+    LinkClient,
+    LinkRejected,
+    LinkUnavailable,
+    batch_path,
+    encode_batch,
+    parse_batch_answer,
+)
+from shared.link_policy import BATCH_MAX_MESSAGES
 
 log = logging.getLogger("shared.outbox")
 
 NOTIFY_CHANNEL = "outbox"
 _RETRYABLE_4XX = frozenset({401, 403, 408, 409, 425, 429})
+#: after a peer answered a batch request 404/405, its messages go alone for this long
+NO_BATCH_ROUTE_RECHECK_S = 300.0
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:
@@ -167,7 +187,10 @@ class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, db_url: str, client: LinkClient, *, owner: str,
                  batch: int = 64, lease_s: int = 30, max_backoff_s: int = 60,
                  sweep_s: float = 5.0, alert_after_s: int = 300, alert_every_s: float = 60.0,
-                 on_alert: AlertHook | None = None) -> None:
+                 on_alert: AlertHook | None = None,
+                 batch_paths: Collection[str] = (), batch_messages: int = 32) -> None:
+        if not 1 <= batch_messages <= BATCH_MAX_MESSAGES:
+            raise ValueError(f"batch_messages must be 1 to {BATCH_MAX_MESSAGES}")
         self.pool = pool
         self.db_url = db_url
         self.client = client
@@ -179,7 +202,12 @@ class OutboxRelay:
         self.alert_after_s = alert_after_s
         self.alert_every_s = alert_every_s
         self.on_alert = on_alert
+        #: message paths whose peer also takes batches at ``batch_path(path)``
+        self.batch_paths = frozenset(batch_paths)
+        self.batch_messages = batch_messages
+        self._no_batches_until: dict[str, float] = {}
         self.delivered = 0
+        self.batches_sent = 0
         self.delivered_by_route: dict[str, int] = {}
         self._last_alert_check = float("-inf")
 
@@ -233,9 +261,28 @@ class OutboxRelay:
                RETURNING message_id, kind, path, body, attempts, created_at""",
             self.owner, self.lease_s, self.batch)
         if rows:
-            await asyncio.gather(*(self._deliver(r) for r in rows))
+            await asyncio.gather(*(self._deliver(group[0]) if len(group) == 1
+                                   else self._deliver_batch(group)
+                                   for group in self._groups(rows)))
         await self._maybe_alert()
         return len(rows)
+
+    def _groups(self, rows: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
+        """Claimed messages as they will go out: alone, or in batches of up to
+        ``batch_messages`` of one kind to one path the peer takes batches for."""
+        groups: list[list[asyncpg.Record]] = []
+        batchable: dict[tuple[str, str], list[asyncpg.Record]] = {}
+        now = time.monotonic()
+        for row in rows:
+            if row["path"] in self.batch_paths \
+                    and self._no_batches_until.get(row["path"], 0.0) <= now:
+                batchable.setdefault((row["kind"], row["path"]), []).append(row)
+            else:
+                groups.append([row])
+        for same in batchable.values():
+            groups.extend(same[i:i + self.batch_messages]
+                          for i in range(0, len(same), self.batch_messages))
+        return groups
 
     async def _deliver(self, row: asyncpg.Record) -> None:
         mid = str(row["message_id"])
@@ -243,27 +290,80 @@ class OutboxRelay:
             result = await self.client.post(row["path"], bytes(row["body"]), mid,
                                             kind=row["kind"])
         except LinkRejected as exc:
-            if exc.status in _RETRYABLE_4XX:
-                await self._retry(row, f"HTTP {exc.status}: {exc.body}")
-            else:
-                log.error("peer refused %s message %s as invalid (HTTP %s): %s; parked as dead",
-                          row["kind"], mid, exc.status, exc.body)
-                await self.pool.execute(
-                    "UPDATE outbox SET dead_at = now(), response_status = $2, "
-                    "response_body = $3, lease_owner = NULL WHERE message_id = $1",
-                    row["message_id"], exc.status, _as_object(exc.body))
+            await self._settle(row, exc.status, exc.body)
             return
         except LinkUnavailable as exc:
             await self._retry(row, str(exc))
             return
-        await self.pool.execute(
-            "UPDATE outbox SET delivered_at = now(), response_status = $2, response_body = $3, "
-            "last_route = $4, lease_owner = NULL, last_error = NULL WHERE message_id = $1",
-            row["message_id"], result.status, _as_object(result.body), result.route)
-        self.delivered += 1
-        self.delivered_by_route[result.route] = self.delivered_by_route.get(result.route, 0) + 1
+        await self._delivered([(row, result.status, result.body)], result.route)
         log.debug("delivered %s %s via %s in %.1f ms", row["kind"], mid, result.route,
                   result.elapsed_s * 1000)
+
+    async def _deliver_batch(self, rows: list[asyncpg.Record]) -> None:
+        """Several messages in one signed request to ``batch_path(path)``, each answered
+        (and settled) on its own. A batch the peer refuses as a whole goes again one
+        message at a time, so a peer without the batch route still gets everything."""
+        kind, path = rows[0]["kind"], rows[0]["path"]
+        body = encode_batch([(str(r["message_id"]), bytes(r["body"])) for r in rows])
+        try:
+            result = await self.client.post(batch_path(path), body, str(uuid.uuid4()), kind=kind)
+        except LinkRejected as exc:
+            if exc.status in _RETRYABLE_4XX:
+                await asyncio.gather(*(self._retry(r, f"HTTP {exc.status}: {exc.body}")
+                                       for r in rows))
+                return
+            if exc.status in (404, 405):  # a peer without the route: don't ask every time
+                self._no_batches_until[path] = time.monotonic() + NO_BATCH_ROUTE_RECHECK_S
+            log.warning("peer refused a batch of %d %s messages (HTTP %s: %s); "
+                        "sending them one by one", len(rows), kind, exc.status, exc.body)
+            await asyncio.gather(*(self._deliver(r) for r in rows))
+            return
+        except LinkUnavailable as exc:
+            await asyncio.gather(*(self._retry(r, str(exc)) for r in rows))
+            return
+        self.batches_sent += 1
+        answers = parse_batch_answer(result.body)
+        done: list[tuple[asyncpg.Record, int, Any]] = []
+        others: list[Awaitable[None]] = []
+        for row in rows:
+            answer = answers.get(str(row["message_id"]))
+            if answer is None:
+                others.append(self._retry(row, "the batch's answer did not include it"))
+            elif answer[0] < 400:
+                done.append((row, *answer))
+            else:
+                others.append(self._settle(row, *answer))
+        if done:
+            await self._delivered(done, result.route)
+        await asyncio.gather(*others)
+        log.debug("delivered a batch of %d %s messages (%d acknowledged) via %s in %.1f ms",
+                  len(rows), kind, len(done), result.route, result.elapsed_s * 1000)
+
+    async def _settle(self, row: asyncpg.Record, status: int, body: Any) -> None:
+        """A message the peer did not acknowledge: retried, or parked as dead when the peer
+        refused it as invalid (a 4xx other than the retryable ones)."""
+        if status >= 500 or status in _RETRYABLE_4XX:
+            await self._retry(row, f"HTTP {status}: {body}")
+            return
+        log.error("peer refused %s message %s as invalid (HTTP %s): %s; parked as dead",
+                  row["kind"], row["message_id"], status, body)
+        await self.pool.execute(
+            "UPDATE outbox SET dead_at = now(), response_status = $2, "
+            "response_body = $3, lease_owner = NULL WHERE message_id = $1",
+            row["message_id"], status, _as_object(body))
+
+    async def _delivered(self, answered: list[tuple[asyncpg.Record, int, Any]],
+                         route: str) -> None:
+        await self.pool.execute(
+            "UPDATE outbox o SET delivered_at = now(), response_status = a.status, "
+            "response_body = a.body, last_route = $4, lease_owner = NULL, last_error = NULL "
+            "FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS a(message_id, status, body) "
+            "WHERE o.message_id = a.message_id",
+            [row["message_id"] for row, _, _ in answered],
+            [status for _, status, _ in answered],
+            [_as_object(body) for _, _, body in answered], route)
+        self.delivered += len(answered)
+        self.delivered_by_route[route] = self.delivered_by_route.get(route, 0) + len(answered)
 
     async def _retry(self, row: asyncpg.Record, error: str) -> None:
         attempts = int(row["attempts"])

@@ -20,7 +20,8 @@
                                                null}`` → ``{"reset": n}``
   ===========================================  =================================
 
-* :func:`intake_middleware` — ``POST /v1/link/callbacks`` whose ``caller`` is
+* :func:`intake_middleware` — ``POST /v1/link/callbacks`` (and, through
+  :func:`refuse_raw_caller`, each message of ``/v1/link/callbacks/batch``) whose ``caller`` is
   a string but not E.164 (``anonymous``, ``09012345678&PJSIP/x``,
   ``+819012345678;foo``) is refused *before* parsing with 422
   ``destination-refused`` and ``reason`` (``destination_withheld``,
@@ -44,6 +45,7 @@ from callback_server.guard import store as sql
 from callback_server.guard.caps import GLOBAL, KINDS
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.service import Guard
+from callback_server.http import RAW_CALLER_SCREEN_KEY
 from shared.destination import classify_raw, sanitise
 from shared.http import ApiError, Handler, InvalidField, json_response, read_json_object
 from shared.link import raw_body
@@ -60,6 +62,7 @@ def install(app: web.Application) -> None:
     """Add the routes and the intake middleware; the guard goes under ``GUARD_KEY``
     once the database is up (until then: 503 ``database-unavailable``)."""
     app.middlewares.append(intake_middleware)
+    app[RAW_CALLER_SCREEN_KEY] = refuse_raw_caller
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/guard/status", status)
     app.router.add_get("/v1/guard/refusals", refusals)
@@ -85,22 +88,37 @@ async def intake_middleware(request: web.Request, handler: Handler) -> web.Strea
         data = json.loads(raw_body(request))
     except (ValueError, UnicodeDecodeError, RuntimeError):
         return await handler(request)       # the handler names what is wrong
+    refusal = await refuse_raw_caller(request.app, data, request.headers.get("webhook-id"))
+    if refusal is not None:
+        raise refusal
+    return await handler(request)
+
+
+async def refuse_raw_caller(app: web.Application, data: Any, message_id: str | None
+                            ) -> ApiError | None:
+    """The 422 ``destination-refused`` for a call-back request whose ``caller`` is a string
+    but not E.164, recorded in ``guard_refusals`` and counted; ``None`` for any other body
+    (an E.164 caller is screened in the intake transaction, a missing one is the parser's).
+    Used by :func:`intake_middleware` and, message by message, by the batch route."""
     caller = data.get("caller") if isinstance(data, dict) else None
     if not isinstance(caller, str):
-        return await handler(request)
+        return None
     verdict = classify_raw(caller)
     if not isinstance(verdict, Verdict):
-        return await handler(request)       # E.164 (screened in the intake transaction)
-    guard = _guard(request)
+        return None
+    try:
+        guard = app[GUARD_KEY]
+    except KeyError:
+        return ApiError(503, "database-unavailable", "guard not ready", retry_after_s=5)
     ids = {k: data.get(k) if isinstance(data.get(k), str) else None
            for k in ("merchant_id", "edge_call_id")}
     async with guard.pool.acquire() as conn, conn.transaction():
         await guard.refused(conn, verdict, stage="intake", number=sanitise(caller),
                             merchant_id=_short(ids["merchant_id"]),
                             edge_call_id=_short(ids["edge_call_id"]),
-                            message_id=_short(request.headers.get("webhook-id")))
-    raise ApiError(422, "destination-refused", f"caller: {verdict}",
-                   field="caller", reason=str(verdict.reason))
+                            message_id=_short(message_id))
+    return ApiError(422, "destination-refused", f"caller: {verdict}",
+                    field="caller", reason=str(verdict.reason))
 
 
 def _short(value: str | None) -> str | None:

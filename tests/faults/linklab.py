@@ -29,7 +29,10 @@ from shared.link import (
     VERIFIER_KEY,
     LinkClient,
     accept_once,
+    batch_answer,
+    batch_path,
     message_id,
+    parse_batch,
     raw_body,
     serve_options,
     signature_middleware,
@@ -40,6 +43,7 @@ from shared.signing import Signer, SigningKey, Verifier, load_public_key
 REPO = Path(__file__).resolve().parents[2]
 LINK_MIGRATIONS = MigrationSet("link", REPO / "shared" / "migrations")
 REQUESTS_KEY = web.AppKey("link_requests", Counter)
+BATCHES_KEY = web.AppKey("link_batches", Counter)
 
 
 def free_port() -> int:
@@ -63,24 +67,26 @@ def verifier(pki_dir: Path, *key_ids: str) -> Verifier:
 
 
 def receiver_app(pool: asyncpg.Pool, verify: Verifier, *, max_body: int = 64 * 1024,
-                 answer_delay_s: float = 0.0) -> web.Application:
-    """``POST /v1/link/test`` and ``/v1/link/other`` (``{"n": int}``), ``GET /healthz``.
+                 answer_delay_s: float = 0.0, batches: bool = True) -> web.Application:
+    """``POST /v1/link/test`` and ``/v1/link/other`` (``{"n": int}``), ``GET /healthz``;
+    with ``batches``, ``POST /v1/link/test/batch`` too (the batch envelope of
+    :func:`shared.link.parse_batch`, each message applied as a single one would be).
 
     ``n < 0`` is refused with 422 (a message the peer finds invalid).
     ``answer_delay_s`` waits after the commit, before answering: a connection
     cut in that window loses the acknowledgement of an applied message.
-    ``app[REQUESTS_KEY]`` counts verified POSTs per message id.
+    ``app[REQUESTS_KEY]`` counts verified POSTs per message id (each message of a batch).
+    ``app[BATCHES_KEY]`` counts verified batch requests.
     """
     app = web.Application(middlewares=[error_middleware, signature_middleware],
                           client_max_size=max_body)
     app[VERIFIER_KEY] = verify
     requests: Counter[str] = Counter()
     app[REQUESTS_KEY] = requests
+    app[BATCHES_KEY] = Counter()
 
-    async def handle(request: web.Request) -> web.Response:
-        mid = message_id(request)
+    async def apply(mid: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         requests[mid] += 1
-        payload = json.loads(raw_body(request))
         n = int(payload["n"])
 
         async def effect(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
@@ -90,16 +96,29 @@ def receiver_app(pool: asyncpg.Pool, verify: Verifier, *, max_body: int = 64 * 1
             return 202, {"accepted": n}
 
         async with pool.acquire() as conn, conn.transaction():
-            status, body = await accept_once(conn, mid, "test", effect)
+            return await accept_once(conn, mid, "test", effect)
+
+    async def handle(request: web.Request) -> web.Response:
+        status, body = await apply(message_id(request), json.loads(raw_body(request)))
         if answer_delay_s:
             await asyncio.sleep(answer_delay_s)
         return web.json_response(body, status=status)
+
+    async def handle_batch(request: web.Request) -> web.Response:
+        items = parse_batch(json.loads(raw_body(request)))
+        app[BATCHES_KEY][len(items)] += 1
+        answers = await asyncio.gather(*(apply(i.message_id, i.body) for i in items))
+        if answer_delay_s:
+            await asyncio.sleep(answer_delay_s)
+        return web.json_response(batch_answer(items, answers))
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     app.router.add_post("/v1/link/test", handle)
     app.router.add_post("/v1/link/other", handle)
+    if batches:
+        app.router.add_post(batch_path("/v1/link/test"), handle_batch)
     app.router.add_get("/healthz", healthz)
     return app
 

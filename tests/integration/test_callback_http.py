@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestClient
 
 import callback_server
 import shared
-from callback_server.http import attach_store, create_http_app
+from callback_server.http import INTAKE_KEY, attach_store, create_http_app
 from callback_server.store import CallbackStore
 from callback_server.testing import merchant
 from shared.db import create_pool, migrate_url, package_migrations
+from shared.link import encode_batch
 from shared.signing import Signer, SigningKey, Verifier
 
 pytestmark = pytest.mark.integration
@@ -178,3 +179,109 @@ async def test_get_callback_for_its_merchant_only(client: TestClient[Any, Any]) 
 async def test_healthz(client: TestClient[Any, Any]) -> None:
     resp = await client.get("/healthz")
     assert resp.status == 200 and (await resp.json())["database"] == "ok"
+
+
+# --- POST /v1/link/callbacks/batch --------------------------------------------------------
+
+BATCH_PATH = "/v1/link/callbacks/batch"
+
+
+def batch(messages: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    raw = encode_batch(messages)
+    headers = Signer([PEER_KEY]).headers("POST", BATCH_PATH, raw)
+    headers["content-type"] = "application/json"
+    return raw, headers
+
+
+async def results_of(resp: Any) -> list[dict[str, Any]]:
+    assert resp.status == 200, await resp.text()
+    results: list[dict[str, Any]] = (await resp.json())["results"]
+    return results
+
+
+async def test_batch_answers_each_message_as_its_own_request_would(
+        client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
+    stored_raw = body("edge-b-stored", caller="+819012340001")
+    stored_mid = str(uuid.uuid4())
+    first = await (await client.post(PATH, data=stored_raw,
+                                     headers=signed(stored_raw, stored_mid))).json()
+    messages = [
+        (str(uuid.uuid4()), body("edge-b-1", caller="+819012340002")),
+        (stored_mid, stored_raw),                                   # a repeat of a message id
+        (str(uuid.uuid4()), body("edge-b-stored", caller="+819012340001")),  # same edge call
+        (str(uuid.uuid4()), body("edge-b-bad", received_at="yesterday")),
+        (str(uuid.uuid4()), body("edge-b-nobody", merchant_id="nobody")),
+        (str(uuid.uuid4()), body("edge-b-2", merchant_id="bento", caller="+819012340003")),
+    ]
+    raw, headers = batch(messages)
+    results = await results_of(await client.post(BATCH_PATH, data=raw, headers=headers))
+    assert [r["message_id"] for r in results] == [mid for mid, _ in messages]
+    statuses = [r["status"] for r in results]
+    assert statuses == [202, 202, 202, 400, 422, 202]
+    assert results[0]["body"]["status"] == "queued"
+    assert results[1]["body"] == first and results[2]["body"]["callback_id"] == first["callback_id"]
+    assert results[3]["body"]["error"]["field"] == "received_at"
+    assert results[4]["body"]["error"]["id"] == "unknown-merchant"
+    rows = await pool.fetch("SELECT edge_call_id, merchant_id, status FROM callback_requests "
+                            "WHERE edge_call_id LIKE 'edge-b-%' ORDER BY edge_call_id")
+    assert [tuple(r) for r in rows] == [("edge-b-1", "acme", "queued"),
+                                        ("edge-b-2", "bento", "queued"),
+                                        ("edge-b-stored", "acme", "queued")]
+    # the same batch again (a relay retry, or a replay inside the window): the same answers
+    again = await results_of(await client.post(BATCH_PATH, data=raw, headers=headers))
+    assert [(r["status"], r["body"]) for r in again[:3]] == [
+        (r["status"], r["body"]) for r in results[:3]]
+    assert await pool.fetchval("SELECT count(*) FROM callback_requests "
+                               "WHERE edge_call_id LIKE 'edge-b-%'") == 3
+    # the messages are queued together, so they share the group commit
+    assert client.app[INTAKE_KEY].batches < client.app[INTAKE_KEY].messages
+
+
+@pytest.mark.parametrize(("envelope", "field"), [
+    (b'{"messages": []}', "messages"),
+    (b'{"message": [{"message_id": "m", "body": {}}]}', "messages"),
+    (b'{"messages": [{"message_id": "", "body": {}}]}', "messages[0].message_id"),
+    (b'{"messages": [{"message_id": "m", "body": "x"}]}', "messages[0].body"),
+    (b'{"messages": [{"message_id": "m", "body": {}}, {"message_id": "m", "body": {}}]}',
+     "messages[1].message_id"),
+    (json.dumps({"messages": [{"message_id": f"m{i}", "body": {}} for i in range(101)]}
+                ).encode(), "messages"),
+])
+async def test_bad_batch_is_400_naming_the_field_and_stores_nothing(
+        client: TestClient[Any, Any], pool: asyncpg.Pool, envelope: bytes, field: str) -> None:
+    headers = Signer([PEER_KEY]).headers("POST", BATCH_PATH, envelope)
+    before = await pool.fetchval("SELECT count(*) FROM callback_requests")
+    err = await error_of(await client.post(BATCH_PATH, data=envelope, headers=headers), 400)
+    assert err["id"] == "invalid-field" and err["field"] == field
+    assert await pool.fetchval("SELECT count(*) FROM callback_requests") == before
+
+
+async def test_batch_signed_for_another_path_or_tampered_is_401_and_stores_nothing(
+        client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
+    messages = [(str(uuid.uuid4()), body("edge-b-forged", caller="+819012340009"))]
+    raw, headers = batch(messages)
+    single_headers = signed(raw)        # a signature for /v1/link/callbacks
+    err = await error_of(await client.post(BATCH_PATH, data=raw, headers=single_headers), 401)
+    assert err["id"] == "signature-invalid"
+    tampered = raw.replace(b"+819012340009", b"+819012340008")
+    err = await error_of(await client.post(BATCH_PATH, data=tampered, headers=headers), 401)
+    assert err["id"] == "signature-invalid"
+    assert (await error_of(await client.post(BATCH_PATH, data=raw), 401))["id"].startswith(
+        "signature")
+    assert await pool.fetchval("SELECT count(*) FROM callback_requests "
+                               "WHERE edge_call_id = 'edge-b-forged'") == 0
+
+
+async def test_batch_with_the_database_down_answers_each_message_503(
+        aiohttp_client: ClientFactory) -> None:
+    dead = await asyncpg.create_pool("postgresql://nobody@127.0.0.1:1/none", min_size=0,
+                                     max_size=1, timeout=2)
+    try:
+        client = await aiohttp_client(make_app(CallbackStore(dead, owner="http")))
+        messages = [(str(uuid.uuid4()), body(f"edge-b-down-{i}")) for i in range(3)]
+        raw, headers = batch(messages)
+        results = await results_of(await client.post(BATCH_PATH, data=raw, headers=headers))
+        assert [r["status"] for r in results] == [503] * 3
+        assert {r["body"]["error"]["id"] for r in results} == {"database-unavailable"}
+    finally:
+        await dead.close()

@@ -32,6 +32,7 @@ from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker
 from shared import ari
+from shared.link import encode_batch
 from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
 from tests.integration import callback_db
@@ -45,6 +46,7 @@ OPERATOR = "operator-secret"
 ACME = replace(merchant("acme", api_token_sha256=hashlib.sha256(TOKEN.encode()).hexdigest()),
                retry_backoff_s=(0,))
 PATH = "/v1/link/callbacks"
+BATCH_PATH = "/v1/link/callbacks/batch"
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 SETTINGS = GuardSettings(operator_token_sha256=hashlib.sha256(OPERATOR.encode()).hexdigest())
 
@@ -143,6 +145,37 @@ async def test_irsf_corpus_of_1000_triggers_makes_no_origination(
 
 
 # --- harassment ----------------------------------------------------------------------------
+
+async def test_irsf_corpus_in_batch_requests_is_refused_message_by_message(
+        clean: asyncpg.Pool, aiohttp_client: ClientFactory) -> None:
+    """The relay's batch route screens each message as the single route does: raw callers
+    get their own 422 (recorded under the message's id), numbered ones a refused 202."""
+    guard = Guard(clean, SETTINGS)
+    client = await aiohttp_client(make_app(guard))
+    corpus = list(irsf_corpus(200)) + ["+819012345678"]
+    messages = [(str(uuid.uuid4()), body(f"irsf-b-{i}", caller)) for i, caller in enumerate(corpus)]
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(messages), 50):
+        raw = encode_batch(messages[start:start + 50])
+        headers = Signer([PEER_KEY]).headers("POST", BATCH_PATH, raw)
+        resp = await client.post(BATCH_PATH, data=raw, headers=headers)
+        assert resp.status == 200, await resp.text()
+        results += (await resp.json())["results"]
+    assert [r["message_id"] for r in results] == [mid for mid, _ in messages]
+    *irsf, customer = results
+    raw_refused = [r for r in irsf if r["status"] == 422]
+    assert raw_refused and all(r["body"]["error"]["id"] == "destination-refused"
+                               for r in raw_refused)
+    assert all(r["body"]["status"] == "refused" for r in irsf if r["status"] == 202)
+    assert len(raw_refused) + sum(r["status"] == 202 for r in irsf) == 200
+    assert customer["status"] == 202 and customer["body"]["status"] == "queued"
+    assert await clean.fetchval("SELECT count(*) FROM guard_refusals") == 200
+    logged = await clean.fetchval("SELECT count(*) FROM guard_refusals WHERE message_id = ANY($1)",
+                                  [r["message_id"] for r in raw_refused])
+    assert logged == len(raw_refused)
+    assert await clean.fetchval("SELECT count(*) FROM callback_requests "
+                                "WHERE status <> 'refused'") == 1
+
 
 async def test_200_triggers_in_10_minutes_for_a_victim_ring_at_most_twice(
         clean: asyncpg.Pool, pg_url: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.outbox import Outbox, OutboxAlert, OutboxRelay
 from tests.faults.linklab import (
+    BATCHES_KEY,
     REQUESTS_KEY,
     effect_counts,
     free_port,
@@ -29,6 +30,7 @@ from tests.faults.linklab import (
 from tests.faults.proxy import DelayProxy
 
 NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
+TEST_PATH = "/v1/link/test"
 
 
 @pytest.fixture
@@ -87,16 +89,19 @@ async def test_receiver_down_then_up_loses_nothing_and_alerts_meanwhile(
         await client.close()
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batches"])
 async def test_lost_acknowledgements_cause_retries_but_no_duplicate_effects(
-        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
-    """The proxy cuts connections repeatedly; some requests were applied but never answered."""
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, batched: bool) -> None:
+    """The proxy cuts connections repeatedly; some requests were applied but never answered
+    (single messages, or batches of up to 16 whose answer is lost as a whole)."""
     app = receiver_app(pool, verifier(pki_dir), answer_delay_s=0.2)
     port = free_port()
     runner = await serve(app, pki_dir, port)
     proxy = await DelayProxy(("127.0.0.1", 0), ("127.0.0.1", port), delay_s=0.03).start()
     client = link_client(pki_dir, [("r", f"https://127.0.0.1:{proxy.port}")], policy=NO_PROBES,
                          timeout_s=2.0)
-    relay = OutboxRelay(pool, pg_url, client, owner="cuts", sweep_s=0.2, max_backoff_s=1)
+    relay = OutboxRelay(pool, pg_url, client, owner="cuts", sweep_s=0.2, max_backoff_s=1,
+                        batch_paths=[TEST_PATH] if batched else (), batch_messages=16)
     task = asyncio.create_task(relay.run())
     try:
         await _enqueue(pool, 300)
@@ -117,6 +122,7 @@ async def test_lost_acknowledgements_cause_retries_but_no_duplicate_effects(
               f"{repeated} messages received more than once, {duplicated} applied twice")
         assert (distinct, duplicated) == (300, 0)
         assert repeated > 0  # acknowledgements really were lost
+        assert (sum(app[BATCHES_KEY].values()) > 0) == batched
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -186,6 +192,63 @@ async def test_refused_message_is_dead_lettered_visible_and_revivable(
         assert (await relay.stats()).pending == 1
         await relay.pass_once()
         assert (await relay.stats()).dead == 1  # refused again: still visible
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_backlog_goes_in_batches_and_each_message_is_settled_on_its_own(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    app = receiver_app(pool, verifier(pki_dir))
+    port = free_port()
+    runner = await serve(app, pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="batches", sweep_s=0.2,
+                        batch_paths=[TEST_PATH], batch_messages=16)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            good = [await Outbox.enqueue(conn, kind="test", path=TEST_PATH, payload={"n": i})
+                    for i in range(98)]
+            bad = [await Outbox.enqueue(conn, kind="test", path=TEST_PATH,
+                                        payload={"n": -i - 1}) for i in range(2)]
+            other = await Outbox.enqueue(conn, kind="test", path="/v1/link/other",
+                                         payload={"n": 1000})  # no batch route: alone
+        while await relay.pass_once():
+            pass
+        sizes = app[BATCHES_KEY]
+        assert sum(size * count for size, count in sizes.items()) == 100
+        assert max(sizes) == 16 and relay.batches_sent == sum(sizes.values())
+        assert await effect_counts(pool) == (99, 0)
+        assert relay.delivered == 99 and relay.delivered_by_route == {"r": 99}
+        rows = await pool.fetch("SELECT message_id::text AS id, response_status, response_body, "
+                                "last_route, dead_at IS NOT NULL AS dead, attempts FROM outbox")
+        by_id = {r["id"]: r for r in rows}
+        assert {by_id[m]["response_status"] for m in good + [other]} == {202}
+        assert by_id[good[5]]["response_body"] == {"accepted": 5}
+        assert {by_id[m]["last_route"] for m in good} == {"r"}
+        assert all(by_id[m]["dead"] and by_id[m]["response_status"] == 422 for m in bad)
+        assert {r["attempts"] for r in rows} == {1}
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_peer_without_the_batch_route_gets_every_message_alone(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    app = receiver_app(pool, verifier(pki_dir), batches=False)
+    port = free_port()
+    runner = await serve(app, pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="no-batches", sweep_s=0.2,
+                        batch_paths=[TEST_PATH], batch_messages=16)
+    try:
+        await _enqueue(pool, 40)
+        while await relay.pass_once():
+            pass
+        assert await effect_counts(pool) == (40, 0)
+        assert relay.batches_sent == 0 and relay.delivered == 40
+        assert (await relay.stats()).dead == 0
+        assert sum(app[REQUESTS_KEY].values()) == 40
     finally:
         await client.close()
         await runner.cleanup()
