@@ -76,10 +76,12 @@ TARGET_RPS = 5000
 _REPO = Path(__file__).resolve().parent.parent
 PATH = "/v1/link/bench"
 CALLBACK_PATH = "/v1/link/callbacks"
-CALLBACK_MODES = ("callback", "callback-single")
+CALLBACK_MODES = ("callback", "callback-single", "callback-batch")
 
 
 def _path(mode: str) -> str:
+    if mode == "callback-batch":
+        return CALLBACK_PATH + "/batch"
     return CALLBACK_PATH if mode in CALLBACK_MODES else PATH
 
 
@@ -234,6 +236,8 @@ class _Target:
     port: int
     path: str
     caller_base: int
+    #: call-back requests per HTTP request: 1, or a batch envelope of this many
+    messages: int = 1
 
 
 def _client_main(pki_dir: str, target: _Target, connections: int, seconds: float,
@@ -293,16 +297,25 @@ def _cpu_figures(marks: list[tuple[float, int, int, int, int]]) -> dict[str, flo
 
 
 def _presign(pki_dir: Path, target: _Target, count: int) -> list[tuple[bytes, dict[str, str]]]:
+    """``count`` signed HTTP requests, each carrying ``target.messages`` call-back requests
+    (more than one: the edge relay's batch envelope, :func:`shared.link.encode_batch`)."""
+    from shared.link import encode_batch
     from shared.signing import Signer, SigningKey
 
     signer = Signer([SigningKey.load(pki_dir / "edge-sign-1.key")])
     reqs = []
     for i in range(count):
-        body = json.dumps({"edge_call_id": f"edge-{uuid.uuid4().hex}", "merchant_id": "acme",
-                           "caller": f"+8190{target.caller_base + i}", "dialed": "+81120123456",
-                           "received_at": "2026-11-22T01:02:03.456Z",
-                           "announce_mode": "early_media", "seq": i},
-                          separators=(",", ":")).encode()
+        bodies = []
+        for j in range(i * target.messages, (i + 1) * target.messages):
+            bodies.append(json.dumps(
+                {"edge_call_id": f"edge-{uuid.uuid4().hex}", "merchant_id": "acme",
+                 "caller": f"+8190{target.caller_base + j}", "dialed": "+81120123456",
+                 "received_at": "2026-11-22T01:02:03.456Z", "announce_mode": "early_media",
+                 "seq": j}, separators=(",", ":")).encode())
+        if target.messages == 1:
+            body = bodies[0]
+        else:
+            body = encode_batch([(str(uuid.uuid4()), b) for b in bodies])
         headers = signer.headers("POST", target.path, body)
         headers["content-type"] = "application/json"
         reqs.append((body, headers))
@@ -368,14 +381,21 @@ class _RawConnection(asyncio.Protocol):
                 return
             t1 = time.perf_counter()
             t0 = self.sent.popleft()
-            run.responses += 1
+            run.responses += run.messages
             status = head[9:12]
+            if run.messages == 1:
+                accepted = 1 if status == b"202" else 0
+            else:  # a batch's 200: one result per message, each with its own status
+                accepted = buf.count(b'"status": 202', end + 4, total) if status == b"200" else 0
             del buf[:total]
-            if status != b"202":  # counted whenever it happens, warm-up included
+            if accepted < run.messages:  # counted whenever it happens, warm-up included
                 key = status.decode(errors="replace")
-                run.errors[key] = run.errors.get(key, 0) + 1
-            elif t0 >= run.measure_from and t1 <= run.stop_at:
+                if status == b"200":
+                    key = "200 with refused messages"
+                run.errors[key] = run.errors.get(key, 0) + run.messages - accepted
+            if accepted and t0 >= run.measure_from and t1 <= run.stop_at:
                 run.latencies.append(t1 - t0)
+                run.ok += accepted
             self.send_more()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -390,6 +410,10 @@ class _RawConnection(asyncio.Protocol):
 class _RawRun:
     reqs: list[bytes]
     pipeline: int
+    #: call-back requests per HTTP request
+    messages: int = 1
+    #: call-back requests accepted within the measured window
+    ok: int = 0
     measure_from: float = 0.0
     stop_at: float = 0.0
     next: int = 0
@@ -410,8 +434,8 @@ async def _raw_load(pki_dir: Path, target: _Target, connections: int, pipeline: 
 
     # more than this box can send: running out closes the connections early, and uvloop's
     # TLS close can then wait for the server forever
-    budget = int((seconds + warmup) * 15000) + connections * pipeline
-    run = _RawRun(_raw_requests(pki_dir, target, budget), pipeline)
+    budget = int((seconds + warmup) * 15000) // target.messages + connections * pipeline
+    run = _RawRun(_raw_requests(pki_dir, target, budget), pipeline, target.messages)
     ctx = pki.client_context(pki_dir / "ca.pem", pki_dir / "edge.pem", pki_dir / "edge.key")
     loop = asyncio.get_running_loop()
     conns: list[_RawConnection] = []
@@ -426,10 +450,11 @@ async def _raw_load(pki_dir: Path, target: _Target, connections: int, pipeline: 
     for c in conns:
         c.send_more()
     await asyncio.gather(*(c.done for c in conns))
-    return {"ok": len(run.latencies), "errors": run.errors, "seconds": seconds,
+    return {"ok": run.ok, "errors": run.errors, "seconds": seconds,
             **_cpu_figures(marks),
-            "latencies": run.latencies, "presigned": len(run.reqs), "used": run.next,
-            "pooled": connections}
+            "latencies": run.latencies, "presigned": len(run.reqs) * target.messages,
+            "used": run.next * target.messages, "pooled": connections,
+            "http_requests": len(run.latencies)}
 
 
 async def _load(pki_dir: Path, target: _Target, connections: int, seconds: float,
@@ -583,10 +608,12 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
         servers.append(proc)
         stats.append(counters)
     out = ctx.Queue()
-    per_client = max(1, args.connections // args.client_procs)
+    connections = args.connections or (16 if mode == "callback-batch" else 64)
+    per_client = max(1, connections // args.client_procs)
     clients = [ctx.Process(target=_client_main, args=(str(pki_dir),
                                                       _Target(port, _path(mode),
-                                                              10_000_000 * (1 + i)),
+                                                              10_000_000 * (1 + i),
+                                                              _messages(args, mode)),
                                                       per_client,
                                                       args.seconds, args.warmup, args.uvloop,
                                                       args.client, args.pipeline, stats, out))
@@ -619,7 +646,8 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
             "batch_mean": batched / batches if batches else float("nan"),
             "server_us": statistics.fmean(r["server_us"] for r in results),
             "postgres_us": statistics.fmean(r["postgres_us"] for r in results),
-            "client_us": statistics.fmean(r["cpu_per_response_us"] for r in results)}
+            "client_us": statistics.fmean(r["cpu_per_response_us"] for r in results),
+            "messages": _messages(args, mode)}
 
 
 async def _count_stored(db_url: str, mode: str) -> int:
@@ -638,6 +666,10 @@ async def _count_stored(db_url: str, mode: str) -> int:
         await conn.close()
 
 
+def _messages(args: argparse.Namespace, mode: str) -> int:
+    return args.messages if mode == "callback-batch" else 1
+
+
 def _yardstick(r: dict[str, Any]) -> float:
     """All CPU per request (servers, PostgreSQL, load generator) in units of the load
     generator's: its work per request never changes, so this compares runs and trees
@@ -653,6 +685,9 @@ def _report(r: dict[str, Any]) -> None:
         "callback-single": "callback intake + guard, 1 transaction per request",
         "callback": f"callback intake + guard, 1 transaction per batch, mean batch "
                     f"{r['batch_mean']:.1f}",
+        "callback-batch": f"callback intake + guard, {r['messages']} requests per signed "
+                          f"HTTP request (the edge relay's batch), mean commit batch "
+                          f"{r['batch_mean']:.1f}",
     }[r["mode"]]
     print(f"  {r['mode']:>15}: {r['rps']:,.0f} req/s  p50 {r['p50'] * 1000:.1f} ms  "
           f"p90 {r['p90'] * 1000:.1f} ms  p99 {r['p99'] * 1000:.1f} ms  "
@@ -670,21 +705,26 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=None,
+                        help="TLS connections in all (default 64; callback-batch: 16, "
+                             "which with --messages 16 keeps 256 requests outstanding)")
     parser.add_argument("--server-procs", type=int, default=2)
     parser.add_argument("--client-procs", type=int, default=1)
     parser.add_argument("--pool", type=int, default=16, help="DB connections per server")
     parser.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,
                         help="uvloop in server and client")
     parser.add_argument("--mode", choices=["batch", "single", "callback", "callback-single",
-                                           "no-db"], default=None,
+                                           "callback-batch", "no-db"], default=None,
                         help="batch: shared.intake_batch (group commit); single: one "
                              "accept_once transaction per request (the old path); callback: "
                              "the callback site's real intake (guard included), group "
                              "committed; callback-single: the same, one transaction per "
-                             "request; no-db: DIAGNOSTIC ONLY, verify and answer without "
-                             "storing anything (shows the HTTP + TLS + verify cost). Default: "
-                             "single, batch, callback-single, callback, each --compare times "
+                             "request; callback-batch: the same intake, --messages requests "
+                             "per signed HTTP request (POST /v1/link/callbacks/batch, as the "
+                             "edge's relay sends a backlog); no-db: DIAGNOSTIC ONLY, verify "
+                             "and answer without storing anything (shows the HTTP + TLS + "
+                             "verify cost). Default: single, batch, callback-single, "
+                             "callback, callback-batch, each --compare times "
                              "(at least once)")
     parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
                         help="alternate single and batch runs, ROUNDS of each")
@@ -693,9 +733,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linger-ms", type=float, default=0.0)
     parser.add_argument("--client", choices=["raw", "aiohttp"], default="raw",
                         help="raw: pre-built requests on TLS streams; aiohttp: ClientSession")
+    parser.add_argument("--messages", type=int, default=16,
+                        help="callback-batch: call-back requests per HTTP request")
     parser.add_argument("--pipeline", type=int, default=1,
                         help="raw client: requests outstanding per connection")
     args = parser.parse_args(argv)
+    if args.client == "aiohttp" and args.mode in (None, "callback-batch"):
+        parser.error("callback-batch needs --client raw (the aiohttp client sends single "
+                     "requests only)")
+    if not 1 <= args.messages <= 100:
+        parser.error("--messages: 1 to 100 (a batch request's limit)")
 
     from shared.db import resolve_url
 
@@ -704,7 +751,10 @@ def main(argv: list[str] | None = None) -> int:
     pki_dir = Path(tempfile.mkdtemp(prefix="cbgw-bench-pki-"))
     _pki(pki_dir)
     if args.mode is None:
-        modes = ["single", "batch", "callback-single", "callback"] * max(1, args.compare)
+        modes = ["single", "batch", "callback-single", "callback",
+                 "callback-batch"] * max(1, args.compare)
+    elif args.compare and args.mode == "callback-batch":
+        modes = ["callback", "callback-batch"] * args.compare
     elif args.compare:
         modes = (["callback-single", "callback"] if args.mode in CALLBACK_MODES
                  else ["single", "batch"]) * args.compare
@@ -713,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cores={os.cpu_count()} python={sys.version.split()[0]} "
           f"uvloop={'yes' if args.uvloop else 'no'} server_procs={args.server_procs} "
           f"client={args.client} client_procs={args.client_procs} "
-          f"connections={args.connections} pipeline={args.pipeline} pool={args.pool}/server "
+          f"connections={args.connections or '64 (callback-batch: 16)'} "
+          f"pipeline={args.pipeline} pool={args.pool}/server "
           f"max_batch={args.max_batch} in_flight={args.in_flight}/server "
           f"linger={args.linger_ms} ms seconds={args.seconds}")
     print("signed intake (mTLS, Ed25519 verify, durable commit, 202); single/batch: message "
@@ -734,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "n/a, diagnostic (nothing stored)"
         print(f"{mode}: median {median:,.0f} req/s (best {best:,.0f}) over {len(mine)} run(s); "
               f"target >= {TARGET_RPS:,}/s: {verdict} ({median / TARGET_RPS:.0%} of target)")
-        if mode in ("batch", "callback") and verdict == "BELOW":
+        if mode in ("batch", "callback", "callback-batch") and verdict == "BELOW":
             missed.append(mode)
     return 1 if missed else 0
 

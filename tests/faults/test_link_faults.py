@@ -35,6 +35,7 @@ from shared.link import LinkClient
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.outbox import Outbox, OutboxRelay
 from tests.faults.linklab import (
+    BATCHES_KEY,
     REPO,
     effect_counts,
     free_port,
@@ -116,14 +117,16 @@ async def _routes(pool: asyncpg.Pool, lo: int, hi: int) -> dict[str, int]:
 
 async def test_partitions_move_traffic_to_the_leased_line_then_queue_then_drain(
         net: Net, pool: asyncpg.Pool, pg_url: str) -> None:
-    runner = await serve(receiver_app(pool, verifier(net.pki_dir)), net.pki_dir,
-                         net.receiver_port, host="0.0.0.0")
+    app = receiver_app(pool, verifier(net.pki_dir))
+    runner = await serve(app, net.pki_dir, net.receiver_port, host="0.0.0.0")
     policy = LinkPolicy(health=HealthSettings(interval_s=0.5, timeout_s=0.5, fall=1, rise=2))
     client: LinkClient = link_client(
         net.pki_dir, [("internet", f"https://10.201.1.2:{PROXY_PORT}"),
                       ("leased", f"https://10.201.2.2:{PROXY_PORT}")],
         policy=policy, timeout_s=2.0, connect_timeout_s=1.0)
-    relay = OutboxRelay(pool, pg_url, client, owner="faults", sweep_s=0.2, max_backoff_s=2)
+    # as the edge sends call-back requests: a backlog in batches (here of up to 16)
+    relay = OutboxRelay(pool, pg_url, client, owner="faults", sweep_s=0.2, max_backoff_s=2,
+                        batch_paths=["/v1/link/test"], batch_messages=16)
     task = asyncio.create_task(relay.run())
     lab = net.lab
     figures: dict[str, float] = {}
@@ -168,8 +171,10 @@ async def test_partitions_move_traffic_to_the_leased_line_then_queue_then_drain(
               f"duplicated {duplicated}; drain healthy {figures['healthy_drain_s']:.2f} s, "
               f"via leased {figures['failover_drain_s']:.2f} s, after heal "
               f"{figures['heal_drain_s']:.2f} s; total {time.monotonic() - started:.1f} s; "
-              f"route status {client.route_status()}")
+              f"route status {client.route_status()}; batch requests by size "
+              f"{dict(sorted(app[BATCHES_KEY].items()))}")
         assert (lost, duplicated) == (0, 0)
+        assert app[BATCHES_KEY], "the backlogs went out in batches"
     finally:
         for name in ("inet", "leased"):
             lab.link_up(name)
