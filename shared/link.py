@@ -6,6 +6,11 @@ routes chosen by the per-kind :class:`~shared.link_policy.LinkPolicy`
 Messages are not sent directly by application code; they go through
 :mod:`shared.outbox`, which passes each row's ``kind``.
 
+Batches: :func:`encode_batch` puts several messages, each with its own message
+id, in one signed request to ``batch_path(path)``; the receiver answers each
+on its own (:func:`parse_batch`, :func:`batch_answer`), and the relay settles
+each on its own (:func:`parse_batch_answer`). See :mod:`shared.outbox`.
+
 Receiving side: :func:`signature_middleware` verifies every request under
 ``/v1/link/`` before any handler sees it (bounded body size and body read
 time), :func:`accept_once` makes the handler idempotent by message id inside

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -259,6 +260,17 @@ async def route_use(sites: Sites, site: str, kind: str) -> dict[str, int]:
     return {r["route"]: int(r["n"]) for r in rows}
 
 
+_BATCH_LOG = re.compile(rb"accepted a batch of (\d+) call-back requests")
+
+
+def batched_intake(sites: Sites) -> tuple[int, int]:
+    """(batch requests, call-back requests in them) the callback servers logged: the edge's
+    relay sends a backlog (here: what queued during the partitions) in batches."""
+    sizes = [int(m.group(1)) for log in sorted(sites.workdir.glob("callback*.log"))
+             for m in _BATCH_LOG.finditer(log.read_bytes())]
+    return len(sizes), sum(sizes)
+
+
 def promises(customers: SippRole) -> Counter[int]:
     """Final answers the callers got from the edge: 486 = call-back promised, 503 = not."""
     final = {m.call_id: m.status for m in customers.dialog_messages()
@@ -333,6 +345,7 @@ async def test_fault_run_loses_and_duplicates_nothing(
                 routes = {kind: await route_use(sites, "edge", kind)
                           for kind in ("callback_request",)}
                 routes_back = await route_use(sites, "callback", "cdr")
+                batches, batched = batched_intake(sites)
             finally:
                 if customers is not None:        # a failed run must not leave callers behind
                     customers.stop()
@@ -346,7 +359,8 @@ async def test_fault_run_loses_and_duplicates_nothing(
     with capsys.disabled():     # the figures are the run's output, even under -q
         print("\n" + figures(report, run.faults, drained_s, within, promised))
         print(f"  routes used: edge->callback {routes}, "
-              f"callback->edge CDRs {routes_back}", flush=True)
+              f"callback->edge CDRs {routes_back}; {batched} requests arrived in "
+              f"{batches} batch requests", flush=True)
     assert done, f"not every request finished: {status}"
     # The edge promised a call-back (486 after the announcement) to every caller it
     # stored; while PostgreSQL was down it could not store, and said so (503: call again).
@@ -356,3 +370,4 @@ async def test_fault_run_loses_and_duplicates_nothing(
     assert within >= 0.99, f"only {within:.1%} finished within 5 min of the last heal"
     assert routes["callback_request"].get("leased", 0) > 0, \
         f"no request moved to the leased line: {routes}"
+    assert batched > batches > 0, "the requests queued by the partitions did not drain in batches"
