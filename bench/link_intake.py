@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.link_intake [--seconds 8] [--connections 64] [--no-uvloop]
         [--server-procs 2] [--client-procs 1] [--compare ROUNDS]
-        [--mode batch|single|callback|callback-single|no-db]
+        [--mode batch|single|callback|callback-single|callback-batch|no-db] [--messages 16]
         [--max-batch 256] [--in-flight 2] [--linger-ms 0] [--client raw|aiohttp] [--pipeline 1]
 
 The server is the real stack a site uses: aiohttp with mutual TLS and
@@ -26,14 +26,21 @@ payload stored, committed with PostgreSQL's default ``synchronous_commit = on``
 * ``callback-single``: the same handler and SQL with batches of one (one
   transaction per request, up to 16 at once): what the callback server did
   before group commit.
+* ``callback-batch``: the same intake fed as the edge's relay feeds it a
+  backlog: ``--messages`` (16) call-back requests per signed request to
+  ``POST /v1/link/callbacks/batch``, on 16 connections unless
+  ``--connections`` says otherwise; a request counts when its own result in
+  the batch's 200 is 202. Rates are call-back requests per second; latency is
+  per HTTP request.
 * ``no-db``: DIAGNOSTIC ONLY, verify and answer without storing; not an
   intake, it only shows what HTTP + TLS + verify cost alone.
 
 Without ``--mode`` (``make bench``) it runs ``single``, ``batch``,
-``callback-single`` and ``callback`` in turn, ``--compare N`` rounds of them (at
+``callback-single``, ``callback`` and ``callback-batch`` in turn, ``--compare N`` rounds of them (at
 least one), so each path and its baseline are measured in the same invocation
 (this VM's speed drifts). ``--mode M --compare N`` alternates M with its
-baseline, N of each. Exits 1 when ``batch`` or ``callback`` misses the target.
+baseline (``callback-batch``: ``callback``), N of each. Exits 1 when ``batch``,
+``callback`` or ``callback-batch`` misses the target.
 
 The load comes from separate processes (``multiprocessing``, spawn) holding
 ``--connections`` keep-alive TLS connections in total: by default raw TLS
