@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.outbox import Outbox, OutboxAlert, OutboxRelay
@@ -197,15 +199,25 @@ async def test_refused_message_is_dead_lettered_visible_and_revivable(
         await runner.cleanup()
 
 
-async def test_a_backlog_goes_in_batches_and_each_message_is_settled_on_its_own(
-        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
-    app = receiver_app(pool, verifier(pki_dir))
+@asynccontextmanager
+async def batching_relay(pool: asyncpg.Pool, pg_url: str, pki_dir: Path, *, batches: bool
+                         ) -> AsyncIterator[tuple[web.Application, OutboxRelay]]:
+    """A receiver (with the batch route or without) and a relay batching ``TEST_PATH`` by 16."""
+    app = receiver_app(pool, verifier(pki_dir), batches=batches)
     port = free_port()
     runner = await serve(app, pki_dir, port)
     client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
-    relay = OutboxRelay(pool, pg_url, client, owner="batches", sweep_s=0.2,
-                        batch_paths=[TEST_PATH], batch_messages=16)
     try:
+        yield app, OutboxRelay(pool, pg_url, client, owner="batches", sweep_s=0.2,
+                               batch_paths=[TEST_PATH], batch_messages=16)
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_backlog_goes_in_batches_and_each_message_is_settled_on_its_own(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    async with batching_relay(pool, pg_url, pki_dir, batches=True) as (app, relay):
         async with pool.acquire() as conn, conn.transaction():
             good = [await Outbox.enqueue(conn, kind="test", path=TEST_PATH, payload={"n": i})
                     for i in range(98)]
@@ -228,20 +240,11 @@ async def test_a_backlog_goes_in_batches_and_each_message_is_settled_on_its_own(
         assert {by_id[m]["last_route"] for m in good} == {"r"}
         assert all(by_id[m]["dead"] and by_id[m]["response_status"] == 422 for m in bad)
         assert {r["attempts"] for r in rows} == {1}
-    finally:
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_a_peer_without_the_batch_route_gets_every_message_alone(
         pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
-    app = receiver_app(pool, verifier(pki_dir), batches=False)
-    port = free_port()
-    runner = await serve(app, pki_dir, port)
-    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
-    relay = OutboxRelay(pool, pg_url, client, owner="no-batches", sweep_s=0.2,
-                        batch_paths=[TEST_PATH], batch_messages=16)
-    try:
+    async with batching_relay(pool, pg_url, pki_dir, batches=False) as (app, relay):
         await _enqueue(pool, 40)
         while await relay.pass_once():
             pass
@@ -249,9 +252,6 @@ async def test_a_peer_without_the_batch_route_gets_every_message_alone(
         assert relay.batches_sent == 0 and relay.delivered == 40
         assert (await relay.stats()).dead == 0
         assert sum(app[REQUESTS_KEY].values()) == 40
-    finally:
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_purge_delivered_keeps_a_day(pool: asyncpg.Pool) -> None:
