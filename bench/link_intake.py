@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.link_intake [--seconds 8] [--connections 64] [--no-uvloop]
         [--server-procs 2] [--client-procs 1] [--compare ROUNDS]
-        [--mode batch|single|callback|callback-single|callback-batch|no-db] [--messages 16]
+        [--mode batch|single|callback|callback-single|callback-batch|no-db] [--messages 32]
         [--max-batch 256] [--in-flight 2] [--linger-ms 0] [--client raw|aiohttp] [--pipeline 1]
 
 The server is the real stack a site uses: aiohttp with mutual TLS and
@@ -27,8 +27,8 @@ payload stored, committed with PostgreSQL's default ``synchronous_commit = on``
   transaction per request, up to 16 at once): what the callback server did
   before group commit.
 * ``callback-batch``: the same intake fed as the edge's relay feeds it a
-  backlog: ``--messages`` (16) call-back requests per signed request to
-  ``POST /v1/link/callbacks/batch``, on 16 connections unless
+  backlog: ``--messages`` (32, the relay's default) call-back requests per
+  signed request to ``POST /v1/link/callbacks/batch``, on 8 connections unless
   ``--connections`` says otherwise; a request counts when its own result in
   the batch's 200 is 202. Rates are call-back requests per second; latency is
   per HTTP request.
@@ -212,6 +212,8 @@ async def _serve_until_stopped(app: Any, pki_dir: Path, port: int, ready: Any, s
 async def _serve_callback(pki_dir: Path, db_url: str, port: int, pool_size: int,
                           batch: dict[str, Any], stats: Any, ready: Any) -> None:
     """The callback site's own HTTP app, store, guard and group-committed intake."""
+    from callback_server.guard.http import GUARD_KEY
+    from callback_server.guard.http import install as install_guard
     from callback_server.guard.service import Guard
     from callback_server.guard.settings import GuardSettings
     from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
@@ -224,7 +226,10 @@ async def _serve_callback(pki_dir: Path, db_url: str, port: int, pool_size: int,
     pool = await create_pool(db_url, min_size=pool_size, max_size=pool_size)
     app = create_http_app(merchants=[merchant("acme")], verifier=Verifier(
         {"edge-sign-1": load_public_key(pki_dir / "edge-sign-1.pub")}))
-    store = CallbackStore(pool, owner=f"bench-{os.getpid()}", guard=Guard(pool, GuardSettings()))
+    guard = Guard(pool, GuardSettings())
+    install_guard(app)  # as callback_server.app does: the raw-caller screen, /metrics, ...
+    app[GUARD_KEY] = guard
+    store = CallbackStore(pool, owner=f"bench-{os.getpid()}", guard=guard)
     app[STORE_KEY] = store
     app[INTAKE_KEY] = intake = CallbackIntake(store, **batch)
     await _serve_until_stopped(app, pki_dir, port, ready, stats,
@@ -615,7 +620,7 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
         servers.append(proc)
         stats.append(counters)
     out = ctx.Queue()
-    connections = args.connections or (16 if mode == "callback-batch" else 64)
+    connections = args.connections or (8 if mode == "callback-batch" else 64)
     per_client = max(1, connections // args.client_procs)
     clients = [ctx.Process(target=_client_main, args=(str(pki_dir),
                                                       _Target(port, _path(mode),
@@ -713,8 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=None,
-                        help="TLS connections in all (default 64; callback-batch: 16, "
-                             "which with --messages 16 keeps 256 requests outstanding)")
+                        help="TLS connections in all (default 64; callback-batch: 8, "
+                             "which with --messages 32 keeps 256 requests outstanding)")
     parser.add_argument("--server-procs", type=int, default=2)
     parser.add_argument("--client-procs", type=int, default=1)
     parser.add_argument("--pool", type=int, default=16, help="DB connections per server")
@@ -740,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linger-ms", type=float, default=0.0)
     parser.add_argument("--client", choices=["raw", "aiohttp"], default="raw",
                         help="raw: pre-built requests on TLS streams; aiohttp: ClientSession")
-    parser.add_argument("--messages", type=int, default=16,
+    parser.add_argument("--messages", type=int, default=32,
                         help="callback-batch: call-back requests per HTTP request")
     parser.add_argument("--pipeline", type=int, default=1,
                         help="raw client: requests outstanding per connection")
@@ -770,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cores={os.cpu_count()} python={sys.version.split()[0]} "
           f"uvloop={'yes' if args.uvloop else 'no'} server_procs={args.server_procs} "
           f"client={args.client} client_procs={args.client_procs} "
-          f"connections={args.connections or '64 (callback-batch: 16)'} "
+          f"connections={args.connections or '64 (callback-batch: 8)'} "
           f"pipeline={args.pipeline} pool={args.pool}/server "
           f"max_batch={args.max_batch} in_flight={args.in_flight}/server "
           f"linger={args.linger_ms} ms seconds={args.seconds}")
