@@ -74,8 +74,12 @@ def install(app: web.Application) -> None:
 
 
 def _guard(request: web.Request) -> Guard:
+    return _guard_of(request.app)
+
+
+def _guard_of(app: web.Application) -> Guard:
     try:
-        return request.app[GUARD_KEY]
+        return app[GUARD_KEY]
     except KeyError:
         raise ApiError(503, "database-unavailable", "guard not ready", retry_after_s=5) from None
 
@@ -107,9 +111,9 @@ async def refuse_raw_caller(app: web.Application, data: Any, message_id: str | N
     if not isinstance(verdict, Verdict):
         return None
     try:
-        guard = app[GUARD_KEY]
-    except KeyError:
-        return ApiError(503, "database-unavailable", "guard not ready", retry_after_s=5)
+        guard = _guard_of(app)
+    except ApiError as not_ready:
+        return not_ready
     ids = {k: data.get(k) if isinstance(data.get(k), str) else None
            for k in ("merchant_id", "edge_call_id")}
     async with guard.pool.acquire() as conn, conn.transaction():
