@@ -88,7 +88,9 @@ CALLBACK_MODES = ("callback", "callback-single", "callback-batch")
 
 def _path(mode: str) -> str:
     if mode == "callback-batch":
-        return CALLBACK_PATH + "/batch"
+        from shared.link import batch_path
+
+        return batch_path(CALLBACK_PATH)
     return CALLBACK_PATH if mode in CALLBACK_MODES else PATH
 
 
@@ -465,8 +467,7 @@ async def _raw_load(pki_dir: Path, target: _Target, connections: int, pipeline: 
     return {"ok": run.ok, "errors": run.errors, "seconds": seconds,
             **_cpu_figures(marks),
             "latencies": run.latencies, "presigned": len(run.reqs) * target.messages,
-            "used": run.next * target.messages, "pooled": connections,
-            "http_requests": len(run.latencies)}
+            "used": run.next * target.messages, "pooled": connections}
 
 
 async def _load(pki_dir: Path, target: _Target, connections: int, seconds: float,
@@ -753,8 +754,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.client == "aiohttp" and args.mode in (None, "callback-batch"):
         parser.error("callback-batch needs --client raw (the aiohttp client sends single "
                      "requests only)")
-    if not 1 <= args.messages <= 100:
-        parser.error("--messages: 1 to 100 (a batch request's limit)")
+    from shared.link_policy import BATCH_MAX_MESSAGES
+
+    if not 1 <= args.messages <= BATCH_MAX_MESSAGES:
+        parser.error(f"--messages: 1 to {BATCH_MAX_MESSAGES} (a batch request's limit)")
 
     from shared.db import resolve_url
 

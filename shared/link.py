@@ -49,7 +49,7 @@ from shared.link_policy import (
     RouteBook,
     RouteStatus,
 )
-from shared.signing import SignatureError, Signer, Verifier
+from shared.signing import MAX_MESSAGE_ID, SignatureError, Signer, Verifier
 
 log = logging.getLogger("shared.link")
 
@@ -403,7 +403,6 @@ async def accept_once(conn: asyncpg.Connection, msg_id: str, kind: str,
 
 #: The batch route of a message path: ``/v1/link/callbacks`` -> ``/v1/link/callbacks/batch``.
 BATCH_SUFFIX = "/batch"
-_MAX_MESSAGE_ID = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,10 +451,10 @@ def parse_batch(data: Any, *, max_messages: int = BATCH_MAX_MESSAGES) -> list[Ba
         if not isinstance(message, dict):
             raise InvalidField(where, "expected an object {message_id, body}")
         mid = message.get("message_id")
-        if not isinstance(mid, str) or not 1 <= len(mid) <= _MAX_MESSAGE_ID \
+        if not isinstance(mid, str) or not 1 <= len(mid) <= MAX_MESSAGE_ID \
                 or not mid.isprintable():
             raise InvalidField(f"{where}.message_id",
-                               f"required string of 1 to {_MAX_MESSAGE_ID} printable characters")
+                               f"required string of 1 to {MAX_MESSAGE_ID} printable characters")
         if mid in seen:
             raise InvalidField(f"{where}.message_id", f"{mid!r} appears twice in this batch")
         seen.add(mid)

@@ -50,6 +50,8 @@ HEADER_ID = "webhook-id"
 HEADER_TIMESTAMP = "webhook-timestamp"
 HEADER_KEY_ID = "webhook-key-id"
 HEADER_SIGNATURE = "webhook-signature"
+#: Longest message id (``webhook-id``, or a batch message's ``message_id``) a receiver takes.
+MAX_MESSAGE_ID = 128
 DEFAULT_TOLERANCE_S = 300
 SCHEME = "v1a"
 SIGNATURE_BYTES = 64
@@ -166,8 +168,8 @@ class Verifier:
         if not mid or not ts_text or not key_ids or not sigs:
             raise MissingSignature("request is not signed: webhook-id, webhook-timestamp, "
                                    "webhook-key-id and webhook-signature are required")
-        if len(mid) > 128:
-            raise MissingSignature("webhook-id is longer than 128 characters")
+        if len(mid) > MAX_MESSAGE_ID:
+            raise MissingSignature(f"webhook-id is longer than {MAX_MESSAGE_ID} characters")
         try:
             ts = int(ts_text)
         except ValueError:

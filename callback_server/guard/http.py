@@ -45,7 +45,7 @@ from callback_server.guard import store as sql
 from callback_server.guard.caps import GLOBAL, KINDS
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.service import Guard
-from callback_server.http import RAW_CALLER_SCREEN_KEY
+from callback_server.http import CALLBACKS_PATH, RAW_CALLER_SCREEN_KEY
 from shared.destination import classify_raw, sanitise
 from shared.http import ApiError, Handler, InvalidField, json_response, read_json_object
 from shared.link import raw_body
@@ -54,7 +54,6 @@ from shared.phone import E164, InvalidNumber
 log = logging.getLogger("callback.guard.http")
 
 GUARD_KEY = web.AppKey("callback_guard", Guard)
-INTAKE_PATH = "/v1/link/callbacks"
 LISTS = ("block", "allow")
 
 
@@ -86,7 +85,7 @@ def _guard_of(app: web.Application) -> Guard:
 
 @web.middleware
 async def intake_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method != "POST" or request.path != INTAKE_PATH:
+    if request.method != "POST" or request.path != CALLBACKS_PATH:
         return await handler(request)
     try:
         data = json.loads(raw_body(request))
