@@ -191,7 +191,9 @@ async def _serve_until_stopped(app: Any, pki_dir: Path, port: int, ready: Any, s
 
     from shared import pki
     from shared.link import serve_options
+    from shared.site import settle_heap_on_startup
 
+    settle_heap_on_startup(app)  # as ``serve`` does (shared.server_cli)
     runner = web.AppRunner(app, access_log=None, **serve_options())
     await runner.setup()
     ctx = pki.server_context(pki_dir / "callback.pem", pki_dir / "callback.key",

@@ -102,6 +102,7 @@ def _keys(site: str, args: argparse.Namespace) -> int:
 def serve_forever(site: Site[S], settings: S, log_level: str) -> int:
     from shared.link import serve_options
     from shared.pki import server_context
+    from shared.site import settle_heap_on_startup
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -110,6 +111,8 @@ def serve_forever(site: Site[S], settings: S, log_level: str) -> int:
                              require_client_cert=settings.require_client_cert) if tls else None
     if ssl_ctx is None:
         logging.getLogger(f"{site.name}.app").warning("no [tls] section: serving plain HTTP")
-    web.run_app(site.create_app(settings), host=settings.http.host, port=settings.http.port,
+    app = site.create_app(settings)
+    settle_heap_on_startup(app)
+    web.run_app(app, host=settings.http.host, port=settings.http.port,
                 ssl_context=ssl_ctx, print=None, **serve_options())
     return 0

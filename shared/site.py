@@ -13,6 +13,7 @@ service, and :func:`background`, which ties a task's life to a ``cleanup_ctx``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from aiohttp import web
 
 from shared import ari
 from shared.config import (
@@ -45,6 +47,13 @@ if TYPE_CHECKING:
     from routing_rates import RatingService
 
 DB_START_TIMEOUT_S = 60.0
+
+#: The cyclic collector's thresholds once a server is up. CPython's young generation is
+#: collected every 700 net container allocations: a few requests' worth on a busy
+#: server, each collection re-walking what those requests still hold across their
+#: awaits (futures, coroutines, parsed bodies), and every tenth promoting it further.
+#: Every 20,000 it is 1/28 as often; the garbage it holds meanwhile is a few MB.
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +195,24 @@ async def log_asterisk_reachability(client: ari.AriClient, url: str, log: loggin
 
 def ari_client(a: AriSettings) -> ari.AriClient:
     return ari.AriClient(base_url=a.url, username=a.username, password=a.password, app=a.app)
+
+
+def settle_heap_on_startup(app: web.Application) -> None:
+    """Once ``app`` has started, freeze what start-up built and collect less often.
+
+    Runs after the ``cleanup_ctx`` start-ups (aiohttp runs those first): the
+    rate decks' indexes, the routing tables, the pools and the imported modules
+    are long-lived, and ``gc.freeze`` moves them out of the collector's
+    generations, so the full collections a server still runs do not rescan
+    millions of rate entries. Then :data:`GC_THRESHOLDS`. On the callback
+    site's batch intake this cut the servers' CPU per request by about 5 %
+    (``bench/README.md``). A process-wide setting: for a server's own process
+    (``serve``), not for tests that run an app inside the test process.
+    """
+
+    async def settle(_: web.Application) -> None:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+    app.on_startup.append(settle)
