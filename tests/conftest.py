@@ -70,3 +70,11 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("pki")
     init(directory, ["edge", "callback"])
     yield directory
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The Asterisks the session started are stopped (left running, they would take CPU
+    from whatever runs next, a benchmark say)."""
+    from tests.harness.asterisk import stop_started
+
+    stop_started()

@@ -104,6 +104,10 @@ def ensure_root() -> Path:
     return root
 
 
+#: Sites this process started (not ones it found running): :func:`stop_started` stops them.
+_STARTED: set[str] = set()
+
+
 def ensure_running(name: str) -> AsteriskSite:
     """Install (idempotent) and start site ``name``; return how to reach it."""
     root = ensure_root()
@@ -117,6 +121,8 @@ def ensure_running(name: str) -> AsteriskSite:
         if tool.install(site) and tool.running_pid(site) is not None:
             log.info("Asterisk %s: configs changed, restarting it", name)
             tool.stop(site)     # a running instance would keep the old configs
+        if tool.running_pid(site) is None:
+            _STARTED.add(name)
         tool.start(site)
     except tool.InstanceError as exc:
         raise HarnessError(f"Asterisk site {name}: {exc}") from exc
@@ -131,6 +137,17 @@ def ensure_running(name: str) -> AsteriskSite:
 def stop(name: str) -> None:
     tool = _instance_tool()
     tool.stop(tool.load_site(name, asterisk_root()))
+    _STARTED.discard(name)
+
+
+def stop_started() -> list[str]:
+    """Stop the sites this process started (a test session, at its end), so no Asterisk
+    keeps running, and taking CPU from what runs next (``make bench``), after
+    ``make test``. A site that was already running when first asked for is left alone."""
+    stopped = sorted(_STARTED)
+    for name in stopped:
+        stop(name)
+    return stopped
 
 
 @contextmanager
