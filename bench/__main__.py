@@ -13,6 +13,9 @@ def main() -> int:
                    if not m.name.startswith("_"))
     only = sys.argv[1:]
     failed = []
+    from bench._machine import speed_line
+
+    print(speed_line(), flush=True)
     for name in names:
         if only and name not in only:
             continue

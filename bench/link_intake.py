@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.link_intake [--seconds 8] [--connections 64] [--no-uvloop]
         [--server-procs 2] [--client-procs 1] [--compare ROUNDS]
         [--mode batch|single|callback|callback-single|callback-batch|no-db] [--messages 32]
-        [--max-batch 256] [--in-flight 2] [--linger-ms 0] [--client raw|aiohttp] [--pipeline 1]
+        [--max-batch N] [--in-flight 2] [--linger-ms 0] [--client raw|aiohttp] [--pipeline 1]
 
 The server is the real stack a site uses: aiohttp with mutual TLS and
 :func:`shared.link.serve_options`, :func:`shared.link.signature_middleware`
@@ -605,8 +605,9 @@ def _run(args: argparse.Namespace, db_url: str, pki_dir: Path, mode: str) -> dic
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     batch = None if mode in ("single", "no-db") else {
-        "max_batch": args.max_batch, "max_in_flight": args.in_flight,
-        "linger_s": args.linger_ms / 1000}
+        "max_in_flight": args.in_flight, "linger_s": args.linger_ms / 1000}
+    if batch is not None and args.max_batch is not None:
+        batch["max_batch"] = args.max_batch
     if mode == "callback-single":  # one transaction per request, as many at once as before
         batch = {"max_batch": 1, "max_in_flight": args.pool, "linger_s": 0.0}
     ctx = mp.get_context("spawn")
@@ -743,7 +744,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(at least once)")
     parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
                         help="alternate single and batch runs, ROUNDS of each")
-    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="messages per commit at most (default: the intake's own, as "
+                             "the servers run it: 128 for the callback modes, 256 for batch)")
     parser.add_argument("--in-flight", type=int, default=2, help="batches at once per server")
     parser.add_argument("--linger-ms", type=float, default=0.0)
     parser.add_argument("--client", choices=["raw", "aiohttp"], default="raw",
@@ -777,12 +780,15 @@ def main(argv: list[str] | None = None) -> int:
                  else ["single", "batch"]) * args.compare
     else:
         modes = [args.mode]
+    from bench._machine import speed_line
+
+    print(speed_line())
     print(f"cores={os.cpu_count()} python={sys.version.split()[0]} "
           f"uvloop={'yes' if args.uvloop else 'no'} server_procs={args.server_procs} "
           f"client={args.client} client_procs={args.client_procs} "
           f"connections={args.connections or '64 (callback-batch: 8)'} "
           f"pipeline={args.pipeline} pool={args.pool}/server "
-          f"max_batch={args.max_batch} in_flight={args.in_flight}/server "
+          f"max_batch={args.max_batch or 'default'} in_flight={args.in_flight}/server "
           f"linger={args.linger_ms} ms seconds={args.seconds}")
     print("signed intake (mTLS, Ed25519 verify, durable commit, 202); single/batch: message "
           "id once + payload; callback-single/callback: the callback site's endpoint (parse, "
