@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -258,6 +259,50 @@ async def test_a_peer_without_the_batch_route_gets_every_message_alone(
         assert relay.batches_sent == 0 and relay.delivered == 40
         assert (await relay.stats()).dead == 0
         assert sum(app[REQUESTS_KEY].values()) == 40
+
+
+@pytest.mark.parametrize("passes", [1, 4])
+async def test_a_backlog_over_a_slow_link_keeps_several_claims_in_flight(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, passes: int) -> None:
+    """Each claim's answers take a round trip (0.3 s here); with ``passes_in_flight`` > 1
+    the next claims go out meanwhile, never more than that many, each message once."""
+    app = receiver_app(pool, verifier(pki_dir), answer_delay_s=0.3)
+    in_flight = {"now": 0, "most": 0}
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            return cast(web.StreamResponse, await handler(request))
+        finally:
+            in_flight["now"] -= 1
+
+    app.middlewares.insert(0, count)
+    port = free_port()
+    runner = await serve(app, pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    # a claim of 16 goes out as 2 batch requests of 8
+    relay = OutboxRelay(pool, pg_url, client, owner=f"window-{passes}", sweep_s=0.2, batch=16,
+                        batch_paths=[TEST_PATH], batch_messages=8, passes_in_flight=passes)
+    task = asyncio.create_task(relay.run())
+    try:
+        await _enqueue(pool, 256)
+        drain_s = await _drained(pool, 30.0)
+        assert await effect_counts(pool) == (256, 0)
+        assert max(app[REQUESTS_KEY].values()) == 1  # no message sent twice
+        assert relay.batches_sent == 32
+        if passes == 1:
+            assert in_flight["most"] == 2  # one claim's requests, then its answers
+        else:
+            assert 2 < in_flight["most"] <= 2 * passes
+        print(f"\n{passes} claim(s) in flight: at most {in_flight['most']} requests at once, "
+              f"256 messages in {drain_s:.1f} s")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_purge_delivered_keeps_a_day(pool: asyncpg.Pool) -> None:
