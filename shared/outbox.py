@@ -256,9 +256,10 @@ class OutboxRelay:
         after the first claim's answers: over a link with a round trip of ``rtt``, one
         relay carries up to ``batch * passes_in_flight / rtt`` messages per second
         (64 × 8 / 120 ms ≈ 4,300/s), where one pass at a time carried ``batch / rtt``.
-        Claims never overlap (each is leased, ``FOR UPDATE SKIP LOCKED``). A finished
-        pass wakes the loop, so the wait for the next due retry is reckoned with its
-        retries recorded.
+        Claims never overlap (each is leased, ``FOR UPDATE SKIP LOCKED``). While a pass
+        is under way the loop waits for it (or a notification) instead of asking the
+        database when the next retry is due: a finished pass wakes the loop, which then
+        reckons the wait with that pass's retries recorded.
         """
 
         def finished(task: asyncio.Task[None]) -> None:
@@ -290,7 +291,8 @@ class OutboxRelay:
             await self._maybe_alert()
             if len(rows) >= self.batch:
                 continue  # more may be waiting
-            wait = await self._seconds_to_next_due()
+            # a pass under way wakes the loop when it finishes: reckon the wait then
+            wait = self.sweep_s if passes else await self._seconds_to_next_due()
             try:
                 await asyncio.wait_for(wakeups.get(), timeout=wait)
             except TimeoutError:
