@@ -143,7 +143,8 @@ def stop(name: str) -> None:
 def stop_started() -> list[str]:
     """Stop the sites this process started (a test session, at its end), so no Asterisk
     keeps running, and taking CPU from what runs next (``make bench``), after
-    ``make test``. A site that was already running when first asked for is left alone."""
+    ``make test``. A site that was already running when first asked for is left alone,
+    unless its configs had changed and it was restarted with the new ones."""
     stopped = sorted(_STARTED)
     for name in stopped:
         stop(name)
