@@ -53,7 +53,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -188,6 +188,56 @@ class OutboxAlert:
 AlertHook = Callable[[OutboxAlert], None]
 
 
+class _PassWindow:
+    """The relay's passes under way: at most ``size`` at once, outliving a lost database.
+
+    A pass that finishes frees its slot and wakes the relay's current loop through
+    ``wakeups`` (the queue of the loop's LISTEN connection, replaced when the relay
+    reconnects), so the loop reckons its next wait with that pass's retries recorded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: where a finished pass says so: the current loop's notification queue
+        self.wakeups: asyncio.Queue[str] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def start(self, delivery: Coroutine[Any, Any, None]) -> None:
+        """Run ``delivery`` in the slot acquired for it."""
+        task = asyncio.create_task(delivery, name="outbox pass")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if self.wakeups is not None:
+            self.wakeups.put_nowait("pass finished")
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, _DATABASE_ERRORS):
+            log.warning("an outbox pass lost the database (%s); its unsettled messages "
+                        "go again when their leases expire", exc)
+        elif exc is not None:
+            log.error("outbox pass crashed", exc_info=exc)
+
+    async def cancel(self) -> None:
+        """Cancel the passes under way and wait for them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class OutboxRelay:
     """Delivers pending messages. Several relays (processes) may run at once."""
 
@@ -227,28 +277,26 @@ class OutboxRelay:
         """Run until cancelled, surviving database restarts.
 
         Passes under way when the database is lost go on (each settles, or fails on its
-        own); on cancellation they are cancelled, and what they had claimed and not
-        settled goes again when its lease expires (the peer dedupes a repeat).
+        own) and wake the loop that replaces the lost one; on cancellation they are
+        cancelled, and what they had claimed and not settled goes again when its lease
+        expires (the peer dedupes a repeat).
         """
-        window = asyncio.Semaphore(self.passes_in_flight)
-        passes: set[asyncio.Task[None]] = set()
+        window = _PassWindow(self.passes_in_flight)
         try:
             while True:
                 try:
                     async with listening(self.db_url, NOTIFY_CHANNEL) as wakeups:
-                        await self._loop(wakeups, window, passes)
+                        window.wakeups = wakeups
+                        await self._loop(wakeups, window)
                 except asyncio.CancelledError:
                     raise
                 except _DATABASE_ERRORS as exc:
                     log.warning("outbox relay lost the database (%s); retrying in 1 s", exc)
                     await asyncio.sleep(1.0)
         finally:
-            for task in list(passes):
-                task.cancel()
-            await asyncio.gather(*passes, return_exceptions=True)
+            await window.cancel()
 
-    async def _loop(self, wakeups: asyncio.Queue[str], window: asyncio.Semaphore,
-                    passes: set[asyncio.Task[None]]) -> None:
+    async def _loop(self, wakeups: asyncio.Queue[str], window: _PassWindow) -> None:
         """Claim and deliver, with up to ``passes_in_flight`` claims' deliveries under way.
 
         A pass claims up to ``batch`` messages and delivers them concurrently. A full
@@ -261,18 +309,6 @@ class OutboxRelay:
         database when the next retry is due: a finished pass wakes the loop, which then
         reckons the wait with that pass's retries recorded.
         """
-
-        def finished(task: asyncio.Task[None]) -> None:
-            passes.discard(task)
-            window.release()
-            wakeups.put_nowait("pass finished")
-            exc = None if task.cancelled() else task.exception()
-            if isinstance(exc, _DATABASE_ERRORS):
-                log.warning("an outbox pass lost the database (%s); its unsettled messages "
-                            "go again when their leases expire", exc)
-            elif exc is not None:
-                log.error("outbox pass crashed", exc_info=exc)
-
         while True:
             while not wakeups.empty():
                 wakeups.get_nowait()
@@ -283,16 +319,14 @@ class OutboxRelay:
                 window.release()
                 raise
             if rows:
-                task = asyncio.create_task(self._deliver_claimed(rows), name="outbox pass")
-                passes.add(task)
-                task.add_done_callback(finished)
+                window.start(self._deliver_claimed(rows))
             else:
                 window.release()
             await self._maybe_alert()
             if len(rows) >= self.batch:
                 continue  # more may be waiting
             # a pass under way wakes the loop when it finishes: reckon the wait then
-            wait = self.sweep_s if passes else await self._seconds_to_next_due()
+            wait = self.sweep_s if window.busy else await self._seconds_to_next_due()
             try:
                 await asyncio.wait_for(wakeups.get(), timeout=wait)
             except TimeoutError:

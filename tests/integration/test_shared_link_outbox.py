@@ -305,6 +305,61 @@ async def test_a_backlog_over_a_slow_link_keeps_several_claims_in_flight(
         await runner.cleanup()
 
 
+class _LosesTheDatabaseOnce(OutboxRelay):
+    """A relay whose second claim finds the database gone (as in a PostgreSQL restart)."""
+
+    claims = 0
+
+    async def _claim(self) -> list[asyncpg.Record]:
+        self.claims += 1
+        if self.claims == 2:
+            raise asyncpg.InterfaceError("connection lost (injected)")
+        return await super()._claim()
+
+
+async def test_a_pass_under_way_when_the_database_is_lost_wakes_the_new_loop(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """The relay reconnects while a pass is still waiting for its answer (503 after 2 s).
+    When it ends, the loop that replaced the lost one wakes and retries the message when
+    its backoff (≈ 1 s) is up, not when the 30 s sweep comes round."""
+    app = receiver_app(pool, verifier(pki_dir))
+    posts = 0
+
+    @web.middleware
+    async def first_slow_then_unavailable(request: web.Request, handler: Any
+                                          ) -> web.StreamResponse:
+        nonlocal posts
+        posts += 1
+        if posts == 1:
+            await asyncio.sleep(2.0)
+            return web.json_response({"error": {"id": "unavailable", "message": "later"}},
+                                     status=503)
+        return cast(web.StreamResponse, await handler(request))
+
+    app.middlewares.insert(0, first_slow_then_unavailable)
+    port = free_port()
+    runner = await serve(app, pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    relay = _LosesTheDatabaseOnce(pool, pg_url, client, owner="reconnects", sweep_s=30.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        await _enqueue(pool, 1)
+        started = time.monotonic()
+        while posts == 0:  # the first claim's pass is under way
+            assert time.monotonic() - started < 10, "the relay never sent the message"
+            await asyncio.sleep(0.02)
+        await pool.execute("SELECT pg_notify('outbox', 'wake')")  # the next claim fails
+        drain_s = await _drained(pool, 10.0)
+        assert relay.claims > 2 and posts == 2
+        assert await effect_counts(pool) == (1, 0)
+        assert 2.5 < drain_s < 10.0  # the 503 after 2 s, a backoff of ≈ 1 s; not 30 s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await runner.cleanup()
+
+
 async def test_purge_delivered_keeps_a_day(pool: asyncpg.Pool) -> None:
     ids = await _enqueue(pool, 3)
     await pool.execute("UPDATE outbox SET delivered_at = now() - interval '2 days' "
