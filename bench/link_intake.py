@@ -17,12 +17,18 @@ payload stored, committed with PostgreSQL's default ``synchronous_commit = on``
   that commit.
 * ``single``: the old path, one transaction per request holding
   :func:`shared.link.accept_once` and an INSERT of the payload.
-* ``callback``: the callback site's real intake, ``POST /v1/link/callbacks``
-  as ``callback_server.http`` serves it, through
+* ``callback``: the callback site's real intake, ``POST /v1/link/callbacks``,
+  each server process composed as ``callback_server serve --role intake``
+  composes it (:func:`callback_server.app.create_intake_app` over
+  ``deploy/callback.example.toml``: its guard policy, ``--pool`` connections,
+  INFO logging to a file) and served as ``serve`` serves it (uvloop,
+  ``[http] reuse_port``, no access log), through
   :class:`callback_server.intake.CallbackIntake` (group commit of whole
   requests: message ids, toll-fraud guard screening under per-number locks,
   request rows with their job NOTIFY, answers). Every request is a new edge
-  call from a new caller, so every one is screened and queued.
+  call from a new caller, so every one is screened and queued. A deployed site
+  runs the same: one full server plus intake processes on its port
+  (``deploy/systemd/``).
 * ``callback-single``: the same handler and SQL with batches of one (one
   transaction per request, up to 16 at once): what the callback server did
   before group commit.
@@ -95,9 +101,14 @@ def _path(mode: str) -> str:
 
 
 def _pki(directory: Path) -> None:
+    """Both sites' TLS certificates and signing keys, and the callback site's config
+    (``deploy/callback.example.toml`` with these keys) beside them."""
     from shared import pki
 
     pki.init(directory, ["edge", "callback"])
+    (directory / "callback.toml").write_text(
+        (_REPO / "deploy" / "callback.example.toml").read_text()
+        .replace("../var/pki", str(directory)))
 
 
 # --- server --------------------------------------------------------------------------------
@@ -210,35 +221,40 @@ async def _serve_until_stopped(app: Any, pki_dir: Path, port: int, ready: Any, s
         await runner.cleanup()
         for close in closers:
             await close()
-        await pool.close()
+        if pool is not None:
+            await pool.close()
 
 
 async def _serve_callback(pki_dir: Path, db_url: str, port: int, pool_size: int,
                           batch: dict[str, Any], stats: Any, ready: Any) -> None:
-    """The callback site's own HTTP app, store, guard and group-committed intake."""
-    from callback_server.guard.http import GUARD_KEY
-    from callback_server.guard.http import install as install_guard
-    from callback_server.guard.service import Guard
-    from callback_server.guard.settings import GuardSettings
-    from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
-    from callback_server.intake import CallbackIntake
-    from callback_server.store import CallbackStore
-    from callback_server.testing import merchant
-    from shared.db import create_pool
-    from shared.signing import Verifier, load_public_key
+    """The callback site's intake as ``callback_server serve --role intake`` composes it
+    (:func:`callback_server.app.create_intake_app`: HTTP routes, guard, store and
+    group-committed intake, from the example config), logging at INFO to a file as
+    ``serve`` logs; served like ``serve`` serves it (uvloop, ``reuse_port``, no access
+    log)."""
+    import logging
 
-    pool = await create_pool(db_url, min_size=pool_size, max_size=pool_size)
-    app = create_http_app(merchants=[merchant("acme")], verifier=Verifier(
-        {"edge-sign-1": load_public_key(pki_dir / "edge-sign-1.pub")}))
-    guard = Guard(pool, GuardSettings())
-    install_guard(app)  # as callback_server.app does: the raw-caller screen, /metrics, ...
-    app[GUARD_KEY] = guard
-    store = CallbackStore(pool, owner=f"bench-{os.getpid()}", guard=guard)
-    app[STORE_KEY] = store
-    app[INTAKE_KEY] = intake = CallbackIntake(store, **batch)
-    await _serve_until_stopped(app, pki_dir, port, ready, stats,
-                               lambda: (intake.batches, intake.messages, intake.messages),
-                               [intake.close], pool)
+    from callback_server.app import INTAKE_OPTIONS_KEY, create_intake_app
+    from callback_server.config import CallbackSettings
+    from callback_server.http import INTAKE_KEY
+
+    logging.basicConfig(level=logging.INFO, filename=str(pki_dir / f"server-{os.getpid()}.log"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = CallbackSettings.load(pki_dir / "callback.toml", environ={
+        "CALLBACK__DATABASE__URL": db_url,
+        "CALLBACK__DATABASE__MIN_CONNECTIONS": str(pool_size),
+        "CALLBACK__DATABASE__MAX_CONNECTIONS": str(pool_size),
+        "CALLBACK__RATES__ENABLED": "false",
+        "CALLBACK__HTTP__REUSE_PORT": "true"})
+    app = create_intake_app(settings)
+    app[INTAKE_OPTIONS_KEY] = batch
+
+    def counters() -> tuple[int, int, int]:
+        intake = app.get(INTAKE_KEY)
+        return (0, 0, 0) if intake is None else (intake.batches, intake.messages,
+                                                 intake.messages)
+
+    await _serve_until_stopped(app, pki_dir, port, ready, stats, counters, [], None)
 
 
 # --- load generator (separate process) -------------------------------------------------------
@@ -768,8 +784,14 @@ def main(argv: list[str] | None = None) -> int:
 
     db_url = resolve_url(None, "cbgw_bench")
     asyncio.run(_prepare_db(db_url))
-    pki_dir = Path(tempfile.mkdtemp(prefix="cbgw-bench-pki-"))
-    _pki(pki_dir)
+    with tempfile.TemporaryDirectory(prefix="cbgw-bench-pki-") as tmp:
+        pki_dir = Path(tmp)
+        _pki(pki_dir)
+        return _measure(args, db_url, pki_dir)
+
+
+def _measure(args: argparse.Namespace, db_url: str, pki_dir: Path) -> int:
+    """Every run the arguments ask for, with their report; 1 when a target is missed."""
     if args.mode is None:
         modes = ["single", "batch", "callback-single", "callback",
                  "callback-batch"] * max(1, args.compare)

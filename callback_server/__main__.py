@@ -1,6 +1,7 @@
 """``python -m callback_server``: run the callback site, check its config, or make its keys.
 
     python -m callback_server serve --config deploy/callback.example.toml
+    python -m callback_server serve --config FILE --role intake   # an extra intake process
     python -m callback_server check --config FILE
     python -m callback_server keys init --dir var/pki
     python -m callback_server keys rotate --dir var/pki
@@ -13,12 +14,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from callback_server.app import create_app
+from callback_server.app import create_app, create_intake_app
 from callback_server.config import CallbackSettings
 from shared.server_cli import Site
 from shared.server_cli import main as site_main
 
-SITE = Site("callback", CallbackSettings.load, create_app)
+SITE = Site("callback", CallbackSettings.load, create_app, create_intake_app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

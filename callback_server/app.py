@@ -68,6 +68,9 @@ ROUTING_KEY = web.AppKey("callback_routing", Routing)
 WORKER_KEY = web.AppKey("callback_worker", Worker)
 STASIS_KEY = web.AppKey("callback_stasis", StasisApp)
 METRICS_KEY = web.AppKey("callback_metrics", Metrics)
+#: keyword arguments of the group-committed intake (``CallbackIntake``) when not its
+#: defaults; set before the app starts (the intake benchmark varies them)
+INTAKE_OPTIONS_KEY: web.AppKey[dict[str, Any]] = web.AppKey("callback_intake_options")
 
 
 def owner_name() -> str:
@@ -84,13 +87,8 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
 
 
 def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Application:
-    health = Health()
-    app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
-                          max_body_bytes=settings.http.max_body_bytes, health=health)
-    app[SETTINGS_KEY] = settings
-    app[METRICS_KEY] = Metrics()
-    install_guard(app)
-    app.cleanup_ctx.append(database_ctx)
+    app = _intake_app(settings)
+    app[HEALTH_KEY].extra = lambda: {"role": "all", "pid": os.getpid()}
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:
@@ -98,6 +96,33 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     app.cleanup_ctx.append(purge_ctx)
     if settings.rates.enabled:
         _mount_rates(app)
+    return app
+
+
+def create_intake_app(settings: CallbackSettings) -> web.Application:
+    """The intake alone (``serve --role intake``): the link's ``POST
+    /v1/link/callbacks[/batch]`` (verify, guard screening, durable store, answer),
+    ``GET /v1/callbacks/{id}``, ``/healthz`` and the guard's routes, over the database.
+
+    No relay, rates, ARI, jobs or housekeeping: the site's full process (``create_app``)
+    runs those, serves the same routes, and wakes on each stored request's NOTIFY
+    whichever process stored it. Extra intake processes share its port
+    (``[http] reuse_port``) when one core's worth of intake is not enough."""
+    app = _intake_app(settings)
+    health = app[HEALTH_KEY]
+    health.ari_state = lambda: "not used (intake role)"
+    health.extra = lambda: {"role": "intake", "pid": os.getpid()}
+    return app
+
+
+def _intake_app(settings: CallbackSettings) -> web.Application:
+    """HTTP routes, guard and database: what every role of the site serves."""
+    app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
+                          max_body_bytes=settings.http.max_body_bytes, health=Health())
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = Metrics()
+    install_guard(app)
+    app.cleanup_ctx.append(database_ctx)
     return app
 
 
@@ -126,7 +151,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool
     app[STORE_KEY] = store
-    app[INTAKE_KEY] = intake = CallbackIntake(store)
+    app[INTAKE_KEY] = intake = CallbackIntake(store, **app.get(INTAKE_OPTIONS_KEY, {}))
     app[GUARD_KEY] = guard
     yield
     await intake.close()  # answers or fails every request it holds; gives its connections back
@@ -181,7 +206,7 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     app[WORKER_KEY] = worker
     health = app[HEALTH_KEY]
     health.ari_state = lambda: "connected" if stasis.ready.is_set() else "connecting"
-    health.extra = lambda: {"calls": len(worker.calls)}
+    health.extra = lambda: {"role": "all", "pid": os.getpid(), "calls": len(worker.calls)}
     await log_asterisk_reachability(client, settings.ari.url, log, "jobs stay queued meanwhile")
     async def purge_leg_records_forever() -> None:
         while True:     # Asterisk's own leg records of days no rescue can still ask about

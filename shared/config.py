@@ -267,6 +267,11 @@ class HttpSettings:
     host: str
     port: int
     max_body_bytes: int
+    #: SO_REUSEPORT: several processes serve the one port (the kernel spreads connections)
+    reuse_port: bool = False
+    #: one log line per request (``aiohttp.access``); off: the link's messages are kept
+    #: in the database (``inbound_messages``), and a line per request is CPU at load
+    access_log: bool = False
 
     @classmethod
     def parse(cls, s: Section, default_port: int) -> HttpSettings:
@@ -274,6 +279,8 @@ class HttpSettings:
             host=s.str("host", "127.0.0.1"),
             port=s.int("port", default_port, min=0, max=65535),
             max_body_bytes=s.int("max_body_bytes", 64 * 1024, min=1024),
+            reuse_port=s.bool("reuse_port", False),
+            access_log=s.bool("access_log", False),
         )
 
 

@@ -1,12 +1,19 @@
 """The command line both servers share: ``serve``, ``check`` and ``keys``.
 
-    python -m <site>_server serve --config FILE [--log-level DEBUG]
+    python -m <site>_server serve --config FILE [--log-level DEBUG] [--role all|intake]
     python -m <site>_server check --config FILE        # parse the config and exit
     python -m <site>_server keys init --dir DIR [--site S] [--san HOST]
     python -m <site>_server keys rotate --dir DIR
 
 Each server passes its site name, how to load its settings and how to build
 its aiohttp application; everything else is the same for both sites.
+
+``serve`` runs the application on uvloop, with the ``[http]`` settings:
+``reuse_port`` lets several processes serve one port, and ``access_log`` (off
+by default) logs a line per request. A site whose intake may need more than
+one core (the callback site) also has ``--role intake``: that process serves
+only the intake, beside one full server (``--role all``) on the same port;
+``deploy/systemd/`` runs them so.
 """
 
 from __future__ import annotations
@@ -49,15 +56,21 @@ class Site(Generic[S]):
     name: str                                   # "edge" or "callback"
     load: Callable[[Path], S]                   # settings from a config file
     create_app: Callable[[S], web.Application]  # the composition root
+    #: ``serve --role intake``: the HTTP intake alone, for extra processes beside the
+    #: full server on the same port (``[http] reuse_port``); None: no such role
+    create_intake_app: Callable[[S], web.Application] | None = None
 
 
-def parser_for(site: str) -> argparse.ArgumentParser:
+def parser_for(site: str, *, roles: Sequence[str] = ("all",)) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {site}_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help=f"run the {site} server")
     serve.add_argument("--config", type=Path, required=True)
     serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    serve.add_argument("--role", choices=list(roles), default="all",
+                       help="all: the whole site (default); intake: only the HTTP intake, "
+                            "as an extra process beside a full one (needs [http] reuse_port)")
     check = sub.add_parser("check", help="validate the config file")
     check.add_argument("--config", type=Path, required=True)
     keys = sub.add_parser("keys", help="TLS certificates and signing keys (shared.pki)")
@@ -72,7 +85,8 @@ def parser_for(site: str) -> argparse.ArgumentParser:
 
 
 def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
-    args = parser_for(site.name).parse_args(argv)
+    roles = ("all", "intake") if site.create_intake_app is not None else ("all",)
+    args = parser_for(site.name, roles=roles).parse_args(argv)
     if args.command == "keys":
         return _keys(site.name, args)
     try:
@@ -83,7 +97,11 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(settings.merchants)} merchants)")
         return 0
-    return serve_forever(site, settings, args.log_level)
+    if args.role == "intake" and not settings.http.reuse_port:
+        print(f"config error: {args.config}: [http] reuse_port = true is needed for "
+              "--role intake (it shares the port with the full server)", file=sys.stderr)
+        return 2
+    return serve_forever(site, settings, args.log_level, role=args.role)
 
 
 def _keys(site: str, args: argparse.Namespace) -> int:
@@ -99,7 +117,9 @@ def _keys(site: str, args: argparse.Namespace) -> int:
     return pki.main(pki_args)
 
 
-def serve_forever(site: Site[S], settings: S, log_level: str) -> int:
+def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "all") -> int:
+    import uvloop
+
     from shared.link import serve_options
     from shared.pki import server_context
     from shared.site import settle_heap_on_startup
@@ -111,8 +131,15 @@ def serve_forever(site: Site[S], settings: S, log_level: str) -> int:
                              require_client_cert=settings.require_client_cert) if tls else None
     if ssl_ctx is None:
         logging.getLogger(f"{site.name}.app").warning("no [tls] section: serving plain HTTP")
-    app = site.create_app(settings)
+    if role == "intake":
+        assert site.create_intake_app is not None
+        app = site.create_intake_app(settings)
+    else:
+        app = site.create_app(settings)
     settle_heap_on_startup(app)
-    web.run_app(app, host=settings.http.host, port=settings.http.port,
-                ssl_context=ssl_ctx, print=None, **serve_options())
+    http = settings.http
+    web.run_app(app, host=http.host, port=http.port, ssl_context=ssl_ctx, print=None,
+                reuse_port=http.reuse_port or None,
+                access_log=logging.getLogger("aiohttp.access") if http.access_log else None,
+                loop=uvloop.new_event_loop(), **serve_options())
     return 0

@@ -1,0 +1,91 @@
+"""deploy/systemd: every unit runs a command line our own parsers accept, with the paths
+the tools really use."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from shared.server_cli import parser_for
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "deploy" / "systemd"
+ASTERISK_ROOT = Path("/var/cache/cbgw/asterisk-sid")
+
+
+def _unit(name: str) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string((UNITS / name).read_text())
+    return unit
+
+
+def _exec(unit: configparser.ConfigParser, key: str = "ExecStart", instance: str = "1"
+          ) -> list[str]:
+    return shlex.split(unit["Service"][key].replace("%i", instance))
+
+
+def _instance_script() -> ModuleType:
+    """deploy/asterisk/instance.py (a stdlib script, not a package module)."""
+    name = "cbgw_asterisk_instance"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "deploy/asterisk/instance.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_every_unit_is_checked() -> None:
+    assert sorted(p.name for p in UNITS.glob("*.service")) == [
+        "cbgw-asterisk@.service", "cbgw-callback-intake@.service", "cbgw-callback.service",
+        "cbgw-edge.service"]
+
+
+@pytest.mark.parametrize(("name", "site", "role"), [
+    ("cbgw-edge.service", "edge", "all"),
+    ("cbgw-callback.service", "callback", "all"),
+    ("cbgw-callback-intake@.service", "callback", "intake"),
+])
+def test_server_units_run_serve_with_their_role(name: str, site: str, role: str) -> None:
+    argv = _exec(_unit(name))
+    assert argv[:3] == ["/opt/cbgw/.venv/bin/python", "-m", f"{site}_server"]
+    roles = ("all", "intake") if site == "callback" else ("all",)
+    args = parser_for(site, roles=roles).parse_args(argv[3:])
+    assert (args.command, args.role, args.config) == ("serve", role,
+                                                       Path(f"/etc/cbgw/{site}.toml"))
+
+
+def test_the_intake_processes_share_the_example_configs_port() -> None:
+    """``--role intake`` needs ``[http] reuse_port``: the example config has it."""
+    http = tomllib.loads((REPO / "deploy/callback.example.toml").read_text())["http"]
+    assert http["reuse_port"] is True
+    assert _unit("cbgw-callback-intake@.service")["Unit"]["PartOf"] == "cbgw-callback.service"
+
+
+def test_the_callback_server_has_time_to_drain_its_calls() -> None:
+    callback = tomllib.loads((REPO / "deploy/callback.example.toml").read_text())["callback"]
+    stop_s = int(_unit("cbgw-callback.service")["Service"]["TimeoutStopSec"])
+    assert stop_s > callback["drain_s"] + 15  # + the HTTP shutdown timeout
+
+
+@pytest.mark.parametrize("site", ["edge", "callback", "callback2"])
+def test_the_asterisk_unit_runs_instance_py_and_knows_its_pid_file(site: str) -> None:
+    unit = _unit("cbgw-asterisk@.service")
+    instance = _instance_script()
+    for key, command in (("ExecStart", "start"), ("ExecStop", "stop")):
+        argv = _exec(unit, key, site)
+        assert argv[1:] == ["deploy/asterisk/instance.py", command, site]
+        assert (REPO / argv[1]).is_file()
+    pidfile = unit["Service"]["PIDFile"].replace("%i", site)
+    assert Path(pidfile) == instance.load_site(site, ASTERISK_ROOT).pidfile
+    assert instance.DEFAULT_ROOT == ASTERISK_ROOT or "CBGW_ASTERISK_ROOT" in os.environ
