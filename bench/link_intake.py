@@ -706,7 +706,8 @@ def _yardstick(r: dict[str, Any]) -> float:
     """All CPU per request (servers, PostgreSQL, load generator) in units of the load
     generator's: its work per request never changes, so this compares runs and trees
     across minutes when this VM's speed moves more than the change measured."""
-    return (r["server_us"] + r["postgres_us"] + r["client_us"]) / max(1.0, r["client_us"])
+    total = float(r["server_us"] + r["postgres_us"] + r["client_us"])
+    return total / max(1.0, float(r["client_us"]))
 
 
 def _report(r: dict[str, Any]) -> None:

@@ -176,7 +176,8 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     client = link_client(settings.signing, settings.tls, settings.peer)
     await client.start()
-    relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner_name())
+    relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner_name(),
+                        passes_in_flight=settings.peer.passes_in_flight)
     async with background(relay.run(), "outbox relay"):
         yield
     await client.close()

@@ -30,7 +30,7 @@ from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from shared.db import migrate
 from shared.http import HEALTH_KEY, Health
-from shared.link import purge_seen
+from shared.link import LinkClient, purge_seen
 from shared.outbox import OutboxRelay
 from shared.site import ari_client as make_ari_client
 from shared.site import (
@@ -100,14 +100,21 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
+def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient,
+               settings: EdgeSettings) -> OutboxRelay:
+    """The edge's outbox relay: a backlog of call-back requests goes to the callback site
+    in batch requests of ``[peer] batch_messages``, ``[peer] passes_in_flight`` claims
+    under way at once."""
+    return OutboxRelay(pool, db_url, client, owner=f"edge-{socket.gethostname()}-{os.getpid()}",
+                       batch_paths=[CALLBACK_PATH], batch_messages=settings.peer.batch_messages,
+                       passes_in_flight=settings.peer.passes_in_flight)
+
+
 async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     client = link_client(settings.signing, settings.tls, settings.peer)
     await client.start()
-    owner = f"edge-{socket.gethostname()}-{os.getpid()}"
-    relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner,
-                        batch_paths=[CALLBACK_PATH],
-                        batch_messages=settings.peer.batch_messages)
+    relay = edge_relay(app[POOL_KEY], app[DB_URL_KEY], client, settings)
     app[RELAY_KEY] = relay
     async with background(relay.run(), "outbox relay"):
         yield

@@ -177,6 +177,13 @@ def _parse_kind(s: Section, key: str, value: Any, route_names: Sequence[str]) ->
 #: Messages one batch request of the link may carry (``shared.link.parse_batch``).
 BATCH_MAX_MESSAGES = 100
 DEFAULT_BATCH_MESSAGES = 32
+#: Claims (of up to 64 messages) whose deliveries one outbox relay keeps under way at once
+#: while a backlog lasts. Sized for the link's bandwidth-delay product: 16 × 64 = 1,024
+#: messages in flight carry 5,000 messages/s over a round trip of up to ≈ 200 ms (the
+#: 120 ms between Tokyo and the US plus the peer's answer); on this 2-core machine 8 was
+#: window-bound and 32 slower than 16 (bench.relay_drain, bench/README.md).
+DEFAULT_PASSES_IN_FLIGHT = 16
+MAX_PASSES_IN_FLIGHT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +194,8 @@ class PeerSettings:
     policy: LinkPolicy
     #: most messages the outbox relay puts in one batch request (1: every message alone)
     batch_messages: int = DEFAULT_BATCH_MESSAGES
+    #: claims whose deliveries the outbox relay keeps under way at once (a backlog)
+    passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT
 
     @classmethod
     def parse(cls, s: Section) -> PeerSettings:
@@ -200,7 +209,9 @@ class PeerSettings:
         health = HealthSettings.parse(s.section("health"))
         return cls(routes=routes, policy=LinkPolicy(policy.default, policy.kinds, health),
                    batch_messages=s.int("batch_messages", DEFAULT_BATCH_MESSAGES, min=1,
-                                        max=BATCH_MAX_MESSAGES))
+                                        max=BATCH_MAX_MESSAGES),
+                   passes_in_flight=s.int("passes_in_flight", DEFAULT_PASSES_IN_FLIGHT, min=1,
+                                          max=MAX_PASSES_IN_FLIGHT))
 
 
 # --- route health: pure state, no I/O ----------------------------------------------------

@@ -20,6 +20,7 @@ from aiohttp import web
 from shared.config import ConfigError, LinkRoute, load, root
 from shared.link import LinkClient, LinkUnavailable
 from shared.link_policy import (
+    DEFAULT_PASSES_IN_FLIGHT,
     HealthSettings,
     KindPolicy,
     LinkMode,
@@ -79,6 +80,15 @@ def test_peer_section_without_policy_is_primary_backup_with_probes(tmp_path: Pat
     peer = _peer(tmp_path, '[[peer.routes]]\nname = "a"\nurl = "https://a:1"\n')
     assert peer.policy.for_kind("anything") == KindPolicy()
     assert peer.policy.health.enabled
+
+
+def test_the_relays_window_is_configured_in_the_peer_section(tmp_path: Path) -> None:
+    route = '[[peer.routes]]\nname = "a"\nurl = "https://a:1"\n'
+    assert _peer(tmp_path, route).passes_in_flight == DEFAULT_PASSES_IN_FLIGHT == 16
+    assert _peer(tmp_path, "[peer]\npasses_in_flight = 24\n" + route).passes_in_flight == 24
+    with pytest.raises(ConfigError,
+                       match=r"site.toml:2: peer.passes_in_flight: 0 is outside 1\.\.64"):
+        _peer(tmp_path, "[peer]\npasses_in_flight = 0\n" + route)
 
 
 @pytest.mark.parametrize(("policy", "message"), [
