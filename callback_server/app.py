@@ -31,9 +31,11 @@ from aiohttp import web
 import callback_server
 import shared
 from callback_server.config import CallbackSettings
-from callback_server.guard.http import GUARD_KEY
+from callback_server.guard.http import GUARD_KEY, METRICS_SHARE_KEY
 from callback_server.guard.http import install as install_guard
 from callback_server.guard.metrics import Metrics
+from callback_server.guard.metrics_share import MetricsShare
+from callback_server.guard.metrics_share import purge as purge_process_metrics
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
@@ -68,6 +70,8 @@ ROUTING_KEY = web.AppKey("callback_routing", Routing)
 WORKER_KEY = web.AppKey("callback_worker", Worker)
 STASIS_KEY = web.AppKey("callback_stasis", StasisApp)
 METRICS_KEY = web.AppKey("callback_metrics", Metrics)
+#: ``serve --role``: ``all`` (the whole site) or ``intake``
+ROLE_KEY = web.AppKey("callback_role", str)
 #: keyword arguments of the group-committed intake (``CallbackIntake``) when not its
 #: defaults; set before the app starts (the intake benchmark varies them)
 INTAKE_OPTIONS_KEY: web.AppKey[dict[str, Any]] = web.AppKey("callback_intake_options")
@@ -87,7 +91,7 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
 
 
 def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Application:
-    app = _intake_app(settings)
+    app = _intake_app(settings, "all")
     app[HEALTH_KEY].extra = lambda: {"role": "all", "pid": os.getpid()}
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
@@ -108,18 +112,19 @@ def create_intake_app(settings: CallbackSettings) -> web.Application:
     runs those, serves the same routes, and wakes on each stored request's NOTIFY
     whichever process stored it. Extra intake processes share its port
     (``[http] reuse_port``) when one core's worth of intake is not enough."""
-    app = _intake_app(settings)
+    app = _intake_app(settings, "intake")
     health = app[HEALTH_KEY]
     health.ari_state = lambda: "not used (intake role)"
     health.extra = lambda: {"role": "intake", "pid": os.getpid()}
     return app
 
 
-def _intake_app(settings: CallbackSettings) -> web.Application:
+def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
     """HTTP routes, guard and database: what every role of the site serves."""
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
                           max_body_bytes=settings.http.max_body_bytes, health=Health())
     app[SETTINGS_KEY] = settings
+    app[ROLE_KEY] = role
     app[METRICS_KEY] = Metrics()
     install_guard(app)
     app.cleanup_ctx.append(database_ctx)
@@ -153,9 +158,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE_KEY] = store
     app[INTAKE_KEY] = intake = CallbackIntake(store, **app.get(INTAKE_OPTIONS_KEY, {}))
     app[GUARD_KEY] = guard
-    yield
-    await intake.close()  # answers or fails every request it holds; gives its connections back
-    await guard.alerter.close()
+    # the guard's counters of every process on this host, whichever one GET /metrics reaches
+    share = MetricsShare(pool, app[METRICS_KEY], process=owner_name(), role=app[ROLE_KEY])
+    app[METRICS_SHARE_KEY] = share
+    async with share.publishing():
+        yield
+        await intake.close()  # answers or fails every request it holds; gives connections back
+        await guard.alerter.close()
     await pool.close()
 
 
@@ -234,6 +243,7 @@ async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
             try:
                 async with app[POOL_KEY].acquire() as conn:
                     await purge_seen(conn)
+                    await purge_process_metrics(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("purge of old message ids failed: %s", exc)
 

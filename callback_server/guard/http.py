@@ -1,7 +1,9 @@
 """The guard's HTTP surface on the callback site.
 
 * ``GET /metrics`` — Prometheus text: refusals by stage and reason, alerts,
-  locks, cap trips, decision time. No token (the site serves mutual TLS).
+  locks, cap trips, decision time; of every server process on this host, whichever
+  one answers (:mod:`callback_server.guard.metrics_share`). No token (the site
+  serves mutual TLS).
 * Operator API (``Authorization: Bearer <token>``; its SHA-256 is
   ``[guard] operator_token_sha256``; without it the API answers 403
   ``operator-api-disabled``):
@@ -43,6 +45,7 @@ from aiohttp import web
 
 from callback_server.guard import store as sql
 from callback_server.guard.caps import GLOBAL, KINDS
+from callback_server.guard.metrics_share import MetricsShare
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.service import Guard
 from callback_server.http import CALLBACKS_PATH, RAW_CALLER_SCREEN_KEY
@@ -54,6 +57,9 @@ from shared.phone import E164, InvalidNumber
 log = logging.getLogger("callback.guard.http")
 
 GUARD_KEY = web.AppKey("callback_guard", Guard)
+#: the counters of the other processes on this host (set with the guard; without it,
+#: ``/metrics`` shows this process's alone)
+METRICS_SHARE_KEY = web.AppKey("callback_metrics_share", MetricsShare)
 LISTS = ("block", "allow")
 
 
@@ -129,8 +135,10 @@ def _short(value: str | None) -> str | None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=_guard(request).metrics.render(),
-                        content_type="text/plain", charset="utf-8")
+    guard = _guard(request)
+    share = request.app.get(METRICS_SHARE_KEY)
+    text = guard.metrics.render() if share is None else await share.render()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 def _operator(request: web.Request) -> None:

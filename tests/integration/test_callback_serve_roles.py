@@ -127,7 +127,29 @@ async def test_a_full_server_and_two_intake_processes_serve_one_port(
     finally:
         await conn.close()
     assert stored == 30
+    # GET /metrics, whichever process answers (six scrapes in a row on new connections:
+    # all six on one of the three processes has odds of 1 in 243), counts all 30
+    await _scrapes_until(port, pki_dir, "cbgw_guard_accepted_total 30", 6, 30.0)
     assert all(proc.poll() is None for proc in procs)
+
+
+async def _scrapes_until(port: int, pki_dir: Path, line: str, in_a_row: int,
+                         within_s: float) -> None:
+    """Scrape ``/metrics`` over new connections until ``in_a_row`` answers in a row have
+    ``line``."""
+    deadline = time.monotonic() + within_s
+    seen = 0
+    connector = aiohttp.TCPConnector(ssl=_client_ssl(pki_dir), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        while seen < in_a_row:
+            assert time.monotonic() < deadline, f"/metrics never showed {line!r} {in_a_row}x"
+            async with session.get(f"https://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            if line in text.splitlines():
+                seen += 1
+            else:
+                seen = 0
+                await asyncio.sleep(0.5)
 
 
 def test_the_intake_role_needs_reuse_port(pki_dir: Path, tmp_path: Path) -> None:
