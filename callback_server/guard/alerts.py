@@ -2,9 +2,13 @@
 
 :meth:`Alerter.alert` never blocks the caller: delivery runs in a background
 task (the e-mail in a thread). The same ``(kind, key)`` is sent at most once
-per ``repeat_s``; repeats are counted, not sent. Delivery failures are logged
-and counted (``cbgw_guard_alert_deliveries_total{channel,result}``); they never
-undo the decision that raised the alert.
+per ``repeat_s``, for the whole site: a process skips it when it raised it less
+than ``repeat_s`` ago, and the recorder (the guard's ``guard_alerts`` table)
+lets only the first process that records it send it; the others count it as
+``sent="elsewhere"``. When it cannot be recorded it is sent anyway (an alert
+twice beats none). Delivery failures are logged and counted
+(``cbgw_guard_alert_deliveries_total{channel,result}``); they never undo the
+decision that raised the alert.
 
 Webhook body (``POST``, JSON; ``Authorization: Bearer <webhook_token>`` if set)::
 
@@ -59,7 +63,8 @@ class Alert:
                 "details": dict(self.details), "at": self.at.isoformat(), "site": "callback"}
 
 
-Recorder = Callable[[Alert], Awaitable[None]]
+#: records an alert; False when another process recorded it within the repeat window
+Recorder = Callable[[Alert], Awaitable[bool]]
 
 
 class Alerter:
@@ -73,14 +78,15 @@ class Alerter:
         self._session: aiohttp.ClientSession | None = None
 
     def alert(self, alert: Alert) -> bool:
-        """Raise an alert; False if the same one went out less than ``repeat_s`` ago."""
+        """Raise an alert; False if this process raised it less than ``repeat_s`` ago.
+        Counted as ``sent="yes"`` once it goes out (``"elsewhere"``: another process
+        had recorded it; ``"repeat"``: this process had)."""
         dedup = (alert.kind, alert.key)
         last = self._last.get(dedup)
         if last is not None and (alert.at - last).total_seconds() < self.settings.repeat_s:
             self.metrics.inc("cbgw_guard_alerts_total", kind=alert.kind, sent="repeat")
             return False
         self._last[dedup] = alert.at
-        self.metrics.inc("cbgw_guard_alerts_total", kind=alert.kind, sent="yes")
         log.error("ALERT %s %s: %s", alert.kind, alert.key, alert.message)
         task = asyncio.get_running_loop().create_task(self._deliver(alert),
                                                       name=f"alert {alert.kind}")
@@ -100,9 +106,25 @@ class Alerter:
             self._session = None
 
     async def _deliver(self, alert: Alert) -> None:
-        jobs: list[Awaitable[None]] = []
         if self.record is not None:
-            jobs.append(self._guarded("database", self.record(alert)))
+            try:
+                first = await self.record(alert)
+            except Exception as exc:
+                log.warning("alert %s %s not recorded (%s: %s); sending it anyway",
+                            alert.kind, alert.key, type(exc).__name__, exc)
+                self.metrics.inc("cbgw_guard_alert_deliveries_total", channel="database",
+                                 result="failed")
+            else:
+                self.metrics.inc("cbgw_guard_alert_deliveries_total", channel="database",
+                                 result="ok")
+                if not first:
+                    log.info("alert %s %s already sent by another process", alert.kind,
+                             alert.key)
+                    self.metrics.inc("cbgw_guard_alerts_total", kind=alert.kind,
+                                     sent="elsewhere")
+                    return
+        self.metrics.inc("cbgw_guard_alerts_total", kind=alert.kind, sent="yes")
+        jobs: list[Awaitable[None]] = []
         if self.settings.webhook_url:
             jobs.append(self._guarded("webhook", self._webhook(alert)))
         if self.settings.smtp_host and self.settings.mail_to:

@@ -335,7 +335,8 @@ class Guard:
                           "engaged": brake.engaged(new_unconfirmed, self.settings.brake)},
                 "locked_numbers": locked}
 
-    async def _record_alert(self, alert: Alert) -> None:
+    async def _record_alert(self, alert: Alert) -> bool:
         async with self.pool.acquire() as conn:
-            await sql.record_alert(conn, at=alert.at, kind=alert.kind, key=alert.key,
-                                   message=alert.message, details=dict(alert.details))
+            return await sql.record_alert(conn, at=alert.at, kind=alert.kind, key=alert.key,
+                                          message=alert.message, details=dict(alert.details),
+                                          repeat_s=self.settings.alerts.repeat_s)

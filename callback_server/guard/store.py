@@ -270,8 +270,18 @@ async def locked_numbers(conn: asyncpg.Connection, now: datetime) -> list[dict[s
 
 
 async def record_alert(conn: asyncpg.Connection, *, at: datetime, kind: str, key: str,
-                       message: str, details: dict[str, Any]) -> None:
-    await conn.execute(
-        """INSERT INTO guard_alerts (at, kind, key, message, details)
-           VALUES ($1, $2, $3, $4, $5)""", at, kind, key, message,
-        json.loads(json.dumps(details, default=str)))
+                       message: str, details: dict[str, Any], repeat_s: int = 0) -> bool:
+    """Record the alert; False (nothing recorded) when the same kind and key was recorded
+    less than ``repeat_s`` before ``at``: another process raised it and sends it."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('guard_alert:' || $1))",
+                           f"{kind}/{key}")
+        inserted = await conn.fetchval(
+            """INSERT INTO guard_alerts (at, kind, key, message, details)
+               SELECT $1::timestamptz, $2, $3, $4, $5
+               WHERE NOT EXISTS (SELECT 1 FROM guard_alerts WHERE kind = $2 AND key = $3
+                                 AND at > $1::timestamptz - $6::int * interval '1 second'
+                                 AND at <= $1::timestamptz)
+               RETURNING true""", at, kind, key, message,
+            json.loads(json.dumps(details, default=str)), repeat_s)
+    return bool(inserted)

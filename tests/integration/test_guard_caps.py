@@ -252,6 +252,42 @@ async def test_brake_alerts_when_new_numbers_stay_unconfirmed(
     assert (await store.intake(str(uuid.uuid4()), req, ACME))[1]["status"] == "queued"
 
 
+async def test_an_alert_raised_by_two_processes_goes_out_once_per_repeat_window(
+        clean: asyncpg.Pool, smtp: tuple[Inbox, int],
+        webhook: tuple[list[dict[str, Any]], str], closing: list[Guard]) -> None:
+    """Two server processes (a full one and an intake process, or two hosts) on one
+    database each see the brake engage: one webhook and one mail, until the window
+    has passed; the other process counts it as sent elsewhere."""
+    inbox, port = smtp
+    hooks, url = webhook
+    clock = FakeClock(T0)
+    s = replace(settings(port, url), brake=replace(GuardSettings().brake, threshold=3))
+    one, two = Guard(clean, s, clock=clock), Guard(clean, s, clock=clock)
+    closing.extend([one, two])
+    mails = len(inbox.messages)  # the SMTP server serves the whole module
+
+    async def engage(prefix: str) -> None:
+        for i in range(4):
+            for guard in (one, two):  # each process sees the rounds of the other
+                await guard.round_ended(callback_id=f"cb-{prefix}{i}-{id(guard)}",
+                                        attempt_no=1, number=E164(f"81903333{prefix}{i}"),
+                                        merchant_id="acme", rang=True, confirmed=False)
+            clock.advance(10)
+        await asyncio.gather(one.alerter.drain(), two.alerter.drain())
+
+    await engage("10")
+    assert [h["kind"] for h in hooks] == ["brake_engaged"]
+    assert len(inbox.messages) == mails + 1
+    sent = [g.metrics.value("cbgw_guard_alerts_total", kind="brake_engaged", sent=how)
+            for g in (one, two) for how in ("yes", "elsewhere")]
+    assert sorted(sent) == [0, 0, 1, 1]  # each raised it; one sent it, one found it sent
+    assert await clean.fetchval("SELECT count(*) FROM guard_alerts") == 1
+    clock.advance(s.alerts.repeat_s)     # a new window: it goes out again, once
+    await engage("20")
+    assert [h["kind"] for h in hooks] == ["brake_engaged"] * 2
+    assert len(inbox.messages) == mails + 2
+
+
 def test_operator_cli_manages_lists_and_caps(pg_url: str, pki_dir: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
