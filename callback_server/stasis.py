@@ -188,12 +188,16 @@ class CallRunner:
     def shutdown(self) -> None:
         self.inbox.put_nowait(Shutdown(utcnow()))
 
-    async def resync(self) -> None:
+    async def resync(self, lost_at: datetime | None = None) -> None:
         """After an events reconnect: catch up on what our legs did meanwhile.
 
         A leg answered meanwhile is reported answered; a leg that ended meanwhile is
         reported gone, with Asterisk's own answer and end times and cause when it
-        recorded them (so an answered call still gets its CDR)."""
+        recorded them (so an answered call still gets its CDR). A leg Asterisk has no
+        record of died with it (killed or crashed: its hangup handler never ran); it is
+        reported gone at ``lost_at``, when the events websocket was lost: the last moment
+        the leg is known to have been up, so the customer is never billed for the outage.
+        """
         for leg in (self.state.customer, self.state.operator):
             if leg is None or leg.ended:
                 continue
@@ -219,8 +223,14 @@ class CallRunner:
                     and leg.answered_at is None:
                 self.inbox.put_nowait(Answered(cid, record.answered_at))
             cause = record.cause if record is not None else self._hangup_causes.get(cid, 0)
-            self.inbox.put_nowait(ChannelGone(cid, cause,
-                                              record.ended_at if record else utcnow()))
+            now = utcnow()
+            if record is not None:
+                ended_at = record.ended_at
+            elif lost_at is not None:   # never before the leg began, nor after now
+                ended_at = min(now, max(lost_at, leg.answered_at or leg.started_at))
+            else:
+                ended_at = now
+            self.inbox.put_nowait(ChannelGone(cid, cause, ended_at))
 
     async def _answer_time(self, cid: str) -> datetime:
         """When Asterisk answered ``cid`` (its CDR), else now."""
@@ -492,8 +502,16 @@ class StasisApp:
         self.ready = asyncio.Event()
         # While the events websocket is down, no job may originate: its events would
         # be lost. Ready again on the next Connected, after the re-sync.
-        client.on_disconnect = self.ready.clear
+        client.on_disconnect = self._lost
+        #: when the events websocket was lost (None while connected): a leg that vanished
+        #: meanwhile with no record was last known up then
+        self.lost_at: datetime | None = None
         self.connects = 0
+
+    def _lost(self) -> None:
+        self.ready.clear()
+        if self.lost_at is None:
+            self.lost_at = utcnow()
 
     async def run(self) -> None:
         await self.router.run(self.client.events())
@@ -505,6 +523,7 @@ class StasisApp:
             await self._identify()
             await self._resync()
         finally:
+            self.lost_at = None
             self.ready.set()        # jobs may originate again
 
     async def _identify(self) -> None:
@@ -533,7 +552,7 @@ class StasisApp:
             if cid not in owned:
                 await self._hang_up_stray(cid)
         for runner in list(self.runners().values()):
-            await runner.resync()
+            await runner.resync(self.lost_at)
 
     async def _hang_up_stray(self, cid: str) -> None:
         """A channel parked in our app that no running call owns: a lost job's leg."""

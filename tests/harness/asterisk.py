@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -138,6 +139,32 @@ def stop(name: str) -> None:
     tool = _instance_tool()
     tool.stop(tool.load_site(name, asterisk_root()))
     _STARTED.discard(name)
+
+
+def kill9(name: str, *, within_s: float = 10.0) -> int:
+    """SIGKILL site ``name``'s Asterisk (a crash: no hangup handlers, no clean shutdown)
+    and wait until it is gone; its pid. :func:`ensure_running` starts it again."""
+    tool = _instance_tool()
+    site = tool.load_site(name, asterisk_root())
+    pid = tool.running_pid(site)
+    if pid is None:
+        raise HarnessError(f"Asterisk {name} is not running: nothing to kill")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + within_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise HarnessError(f"Asterisk {name} (pid {pid}) survived SIGKILL for {within_s} s")
+        time.sleep(0.05)
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a daemon's parent may never reap it here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def stop_started() -> list[str]:

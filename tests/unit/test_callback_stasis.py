@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -179,3 +180,34 @@ async def test_resync_reports_vanished_legs() -> None:
     await call.runner.resync()
     await settle()
     assert await call.outcome() == Finish("completed", Reason.ANSWERED, 1)
+
+
+async def test_a_leg_that_died_with_its_asterisk_is_billed_until_the_websocket_was_lost(
+        ) -> None:
+    """Asterisk killed mid-call: no record of the leg (its hangup handler never ran). The
+    call ends when the events websocket was lost, the last moment it is known up, not
+    when the server got Asterisk back."""
+    call = Call()
+    await call.start(B)
+    answered = datetime.now(UTC) - timedelta(seconds=60)
+    await call.push(ari.StasisStart(ch("cb-9-01"), timestamp=answered))
+    call.ari.channels.pop("cb-9-01")            # gone with the Asterisk
+    await call.runner.resync(lost_at=answered + timedelta(seconds=42))
+    await settle()
+    assert await call.outcome() == Finish("completed", Reason.ANSWERED, 1)
+    cdr = call.store.cdrs[0][0]
+    assert cdr.ended_at == answered + timedelta(seconds=42)
+    assert cdr.duration_s == Decimal("42")
+
+
+async def test_a_leg_lost_before_it_was_answered_never_ends_before_it_began() -> None:
+    call = Call()
+    await call.start(B)
+    began = call.runner.state.customer.started_at if call.runner.state.customer else None
+    assert began is not None
+    call.ari.channels.pop("cb-9-01")
+    await call.runner.resync(lost_at=began - timedelta(seconds=5))   # lost just before
+    await settle()
+    outcome = await call.outcome()
+    assert outcome is not None and outcome.status != "completed"
+    assert all(c.ended_at >= began for c, *_ in call.store.cdrs)
