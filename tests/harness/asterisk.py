@@ -155,7 +155,7 @@ def kill9(name: str, *, within_s: float = 10.0) -> int:
         if time.monotonic() > deadline:
             raise HarnessError(f"Asterisk {name} (pid {pid}) survived SIGKILL for {within_s} s")
         time.sleep(0.05)
-    return pid
+    return int(pid)
 
 
 def _alive(pid: int) -> bool:
