@@ -92,7 +92,6 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
 
 def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Application:
     app = _intake_app(settings, "all")
-    app[HEALTH_KEY].extra = lambda: {"role": "all", "pid": os.getpid()}
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:
@@ -113,16 +112,15 @@ def create_intake_app(settings: CallbackSettings) -> web.Application:
     whichever process stored it. Extra intake processes share its port
     (``[http] reuse_port``) when one core's worth of intake is not enough."""
     app = _intake_app(settings, "intake")
-    health = app[HEALTH_KEY]
-    health.ari_state = lambda: "not used (intake role)"
-    health.extra = lambda: {"role": "intake", "pid": os.getpid()}
+    app[HEALTH_KEY].ari_state = lambda: "not used (intake role)"
     return app
 
 
 def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
     """HTTP routes, guard and database: what every role of the site serves."""
+    health = Health(extra=lambda: {"role": role, "pid": os.getpid()})
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
-                          max_body_bytes=settings.http.max_body_bytes, health=Health())
+                          max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
     app[ROLE_KEY] = role
     app[METRICS_KEY] = Metrics()
@@ -216,7 +214,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     app[WORKER_KEY] = worker
     health = app[HEALTH_KEY]
     health.ari_state = lambda: "connected" if stasis.ready.is_set() else "connecting"
-    health.extra = lambda: {"role": "all", "pid": os.getpid(), "calls": len(worker.calls)}
+    process = health.extra
+    health.extra = lambda: {**process(), "calls": len(worker.calls)}
     await log_asterisk_reachability(client, settings.ari.url, log, "jobs stay queued meanwhile")
     async def purge_leg_records_forever() -> None:
         while True:     # Asterisk's own leg records of days no rescue can still ask about
@@ -245,7 +244,7 @@ async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
                     await purge_seen(conn)
                     await purge_process_metrics(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("purge of old message ids failed: %s", exc)
+                log.warning("purge of old message ids and process counters failed: %s", exc)
 
     async with background(purge_forever(), "message id purge"):
         yield

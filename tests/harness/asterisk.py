@@ -47,7 +47,7 @@ class HarnessError(RuntimeError):
 
 
 @cache
-def _instance_tool() -> ModuleType:
+def instance_tool() -> ModuleType:
     spec = importlib.util.spec_from_file_location("cbgw_instance_tool", INSTANCE_TOOL)
     if spec is None or spec.loader is None:
         raise HarnessError(f"cannot load {INSTANCE_TOOL}")
@@ -116,7 +116,7 @@ def ensure_running(name: str) -> AsteriskSite:
         if shutil.which(program) is None:
             raise HarnessError(f"{program} is not installed (apt-get install espeak-ng sox); "
                                "it renders the prompts")
-    tool = _instance_tool()
+    tool = instance_tool()
     try:
         site = tool.load_site(name, root)
         if tool.install(site) and tool.running_pid(site) is not None:
@@ -136,7 +136,7 @@ def ensure_running(name: str) -> AsteriskSite:
 
 
 def stop(name: str) -> None:
-    tool = _instance_tool()
+    tool = instance_tool()
     tool.stop(tool.load_site(name, asterisk_root()))
     _STARTED.discard(name)
 
@@ -144,7 +144,7 @@ def stop(name: str) -> None:
 def kill9(name: str, *, within_s: float = 10.0) -> int:
     """SIGKILL site ``name``'s Asterisk (a crash: no hangup handlers, no clean shutdown)
     and wait until it is gone; its pid. :func:`ensure_running` starts it again."""
-    tool = _instance_tool()
+    tool = instance_tool()
     site = tool.load_site(name, asterisk_root())
     pid = tool.running_pid(site)
     if pid is None:

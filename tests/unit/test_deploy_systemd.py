@@ -4,17 +4,15 @@ the tools really use."""
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import os
 import shlex
-import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from shared.server_cli import parser_for
+from tests.harness.asterisk import instance_tool
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "deploy" / "systemd"
@@ -31,18 +29,6 @@ def _unit(name: str) -> configparser.ConfigParser:
 def _exec(unit: configparser.ConfigParser, key: str = "ExecStart", instance: str = "1"
           ) -> list[str]:
     return shlex.split(unit["Service"][key].replace("%i", instance))
-
-
-def _instance_script() -> ModuleType:
-    """deploy/asterisk/instance.py (a stdlib script, not a package module)."""
-    name = "cbgw_asterisk_instance"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "deploy/asterisk/instance.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def test_every_unit_is_checked() -> None:
@@ -81,7 +67,7 @@ def test_the_callback_server_has_time_to_drain_its_calls() -> None:
 @pytest.mark.parametrize("site", ["edge", "callback", "callback2"])
 def test_the_asterisk_unit_runs_instance_py_and_knows_its_pid_file(site: str) -> None:
     unit = _unit("cbgw-asterisk@.service")
-    instance = _instance_script()
+    instance = instance_tool()
     for key, command in (("ExecStart", "start"), ("ExecStop", "stop")):
         argv = _exec(unit, key, site)
         assert argv[1:] == ["deploy/asterisk/instance.py", command, site]
