@@ -144,7 +144,7 @@ async def link_callbacks(request: web.Request) -> web.Response:
         status, body = await _intake(request).submit(mid, req, merchant)
     except IntakeFailed as exc:
         raise _not_stored(mid, req, exc) from None
-    log.info("accepted edge call %s for %s: %s", req.edge_call_id, req.caller, body)
+    log.debug("edge call %s for %s: %s", req.edge_call_id, req.caller, body)
     return json_response(body, status=status)
 
 

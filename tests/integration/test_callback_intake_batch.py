@@ -73,6 +73,19 @@ async def test_concurrent_requests_share_transactions_and_each_is_stored_once(
     assert await pool.fetchval("SELECT count(*) FROM guard_numbers") == 300
 
 
+async def test_each_commit_logs_one_info_line_with_counts_and_no_caller_numbers(
+        intake: CallbackIntake, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    await asyncio.gather(*(intake.submit(f"m-log-{i}", request(f"log-{i}", f"8190{20_000_000 + i}"),
+                                         ACME) for i in range(40)))
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    commits = [line for line in lines if line.startswith("stored ")]
+    assert len(commits) == intake.batches < 40
+    assert sum(int(line.split()[1]) for line in commits) == 40
+    assert all(line.endswith(f"{{'queued': {line.split()[1]}}}") for line in commits)
+    assert not any("+8190" in line for line in lines)  # numbers stay out of the INFO log
+
+
 async def test_requests_for_one_number_in_one_batch_are_judged_in_order(
         intake: CallbackIntake, pool: asyncpg.Pool) -> None:
     answers = await asyncio.gather(*(
