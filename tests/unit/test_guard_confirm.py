@@ -154,7 +154,7 @@ async def test_max_call_length_timer_fires_at_the_limit() -> None:
     outcome = await asyncio.wait_for(task, 5)          # FakeAri reports the hang-up
     elapsed = asyncio.get_running_loop().time() - answered
     assert outcome == Finish("completed", Reason.MAX_CALL_LENGTH, 1)
-    assert 0.9 <= elapsed < 1.5, elapsed
+    assert 0.9 <= elapsed < 4.0, elapsed     # the 1 s timer: never early
     assert "cb-7-01" in fake.named("hangup")
     assert rounds.ended == [dict(callback_id="cb-7", attempt_no=1, number=E164("819012345678"),
                                  merchant_id="acme", rang=True, confirmed=True)]
