@@ -48,7 +48,7 @@ from shared.http import (
     json_response,
     read_json_object,
 )
-from shared.intake_batch import IntakeFailed
+from shared.intake_batch import IntakeBroken, IntakeFailed
 from shared.link import (
     VERIFIER_KEY,
     Answer,
@@ -130,10 +130,18 @@ def _merchant(request: web.Request, req: IntakeRequest) -> Merchant:
     return merchant
 
 
-def _not_stored(mid: str, req: IntakeRequest, exc: IntakeFailed) -> ServiceUnavailable:
+def _not_stored(mid: str, req: IntakeRequest, exc: IntakeFailed) -> ApiError:
+    """The answer for a request the intake did not store: 500 when storing it raised
+    (logged with its traceback by the intake), else 503 (the database is away)."""
     log.warning("call-back request %s (edge call %s) not stored: %s", mid,
                 req.edge_call_id, exc.message)
+    if isinstance(exc, IntakeBroken):
+        return _internal_error()
     return ServiceUnavailable("database-unavailable", "database unavailable; retry")
+
+
+def _internal_error() -> ApiError:
+    return ApiError(500, "internal-error", "internal error")
 
 
 async def link_callbacks(request: web.Request) -> web.Response:
@@ -156,7 +164,9 @@ async def link_callbacks_batch(request: web.Request) -> web.Response:
     deduplicated by its id and its ``edge_call_id``, screened, stored (the
     messages are queued together, so they share the group commit), or refused
     alone (``invalid-field``, ``unknown-merchant``, ``destination-refused``,
-    503 ``database-unavailable`` for one the database did not store).
+    503 ``database-unavailable`` for one the database did not store, 500
+    ``internal-error`` for one whose handling raised: its traceback is logged and
+    the others are stored and answered all the same).
     """
     items = parse_batch(await read_json_object(request, raw_body(request)))
     intake = _intake(request)
@@ -173,10 +183,15 @@ async def link_callbacks_batch(request: web.Request) -> web.Response:
             queued.append((i, item.message_id, req, _merchant(request, req)))
         except ApiError as exc:
             answers[i] = (exc.status, exc.body())
+        except Exception:
+            log.exception("call-back request %s of a batch failed alone", item.message_id)
+            error = _internal_error()
+            answers[i] = (error.status, error.body())
     stored = await intake.submit_many([(mid, req, merchant) for _, mid, req, merchant in queued])
     for (i, mid, req, _), result in zip(queued, stored, strict=True):
         if isinstance(result, IntakeFailed):
-            answers[i] = (503, _not_stored(mid, req, result).body())
+            error = _not_stored(mid, req, result)
+            answers[i] = (error.status, error.body())
         else:
             answers[i] = result
     log.info("accepted a batch of %d call-back requests: %s", len(items),

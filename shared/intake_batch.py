@@ -33,7 +33,9 @@ answer ``202``) at one round trip and one WAL flush per *batch*:
   share ids lock them in the same order (no deadlock).
 * Nothing is acknowledged before the commit, nothing is lost: if the batch
   statement fails (an SQL error, or an exception raised for one message),
-  each message is retried alone (a bad message fails only itself); if the
+  each message is retried alone in its own transaction (retry-the-rest: a bad
+  message fails only itself, with :class:`IntakeBroken`, 500 ``internal-error``
+  and its traceback logged; the others are stored and answered); if the
   database is unreachable every waiting message gets :class:`IntakeFailed`
   (503 ``intake-failed`` through :func:`shared.http.error_middleware`), and the
   sender retries. A batch whose
@@ -79,9 +81,19 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 class IntakeFailed(ApiError):
     """The message was not stored (or its commit is unknown): the sender must retry."""
 
-    def __init__(self, message_id: str, reason: str) -> None:
-        super().__init__(503, "intake-failed", f"message {message_id} was not stored: {reason}")
+    def __init__(self, message_id: str, reason: str, *, status: int = 503,
+                 error_id: str = "intake-failed") -> None:
+        super().__init__(status, error_id, f"message {message_id} was not stored: {reason}")
         self.message_id = message_id
+
+
+class IntakeBroken(IntakeFailed):
+    """Storing this one message raised (a bug, or data the database refuses), alone in its
+    own transaction: ``500 internal-error``, its traceback logged. Not stored, so the sender
+    retries it; the rest of its batch was stored without it."""
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        super().__init__(message_id, reason, status=500, error_id="internal-error")
 
 
 @dataclass(slots=True)
@@ -285,12 +297,14 @@ class GroupCommit(Generic[T]):
                 continue
             try:
                 await self._write_on_held([pending])
-            except Exception as exc:
-                log.warning("intake of %s %s failed: %s: %s", self.kind, pending.message_id,
-                            type(exc).__name__, exc,
-                            exc_info=not isinstance(exc, (asyncpg.PostgresError,
-                                                          *_CONNECTION_ERRORS)))
+            except _CONNECTION_ERRORS as exc:
+                log.warning("intake of %s %s failed, database unreachable: %s: %s", self.kind,
+                            pending.message_id, type(exc).__name__, exc)
                 self._settle_error(pending, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                log.error("intake of %s %s failed alone: %s: %s", self.kind,
+                          pending.message_id, type(exc).__name__, exc, exc_info=exc)
+                self._settle_error(pending, f"{type(exc).__name__}: {exc}", broken=True)
 
     async def _write_on_held(self, batch: Sequence[_Pending[T]]) -> None:
         """Write on one of the batcher's own connections (at most ``max_in_flight``).
@@ -320,11 +334,12 @@ class GroupCommit(Generic[T]):
             if not future.done():
                 future.set_result((status, dict(body)))
 
-    def _settle_error(self, pending: _Pending[T], reason: str) -> None:
+    def _settle_error(self, pending: _Pending[T], reason: str, *, broken: bool = False) -> None:
         self._forget(pending)
+        kind = IntakeBroken if broken else IntakeFailed
         for future in pending.waiters:
             if not future.done():
-                future.set_exception(IntakeFailed(pending.message_id, reason))
+                future.set_exception(kind(pending.message_id, reason))
 
     def _forget(self, pending: _Pending[T]) -> None:
         pending.settled = True

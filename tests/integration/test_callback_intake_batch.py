@@ -22,7 +22,7 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.testing import merchant
 from shared.db import listening
-from shared.intake_batch import IntakeFailed
+from shared.intake_batch import IntakeBroken
 from shared.phone import E164
 from tests.integration import callback_db
 
@@ -136,7 +136,7 @@ async def test_one_bad_request_fails_alone_and_the_rest_of_its_batch_is_stored(
         intake.submit(f"b-{i}", request(f"bad-{i}", f"8180{10_000_000 + i}"),
                       unknown if i == 2 else ACME)
         for i in range(5)), return_exceptions=True)
-    assert isinstance(results[2], IntakeFailed) and results[2].status == 503
+    assert isinstance(results[2], IntakeBroken) and results[2].status == 500
     good = [r for i, r in enumerate(results) if i != 2]
     assert all(not isinstance(r, BaseException) and r[1]["status"] == "queued" for r in good)
     assert intake.fallbacks == 1
