@@ -36,6 +36,10 @@ _SOURCE = ("prefix", "destination", "rate", "unit_s", "initial_s", "increment_s"
 _TERMS = ("rate", "unit_s", "initial_s", "increment_s", "connect_fee", "min_cost", "currency")
 NULL = "\\N"
 MAX_PROBLEMS = 10_000
+# Longest field (or quoted record) read: far above any real deck's, and it bounds the
+# memory a quote that is never closed can take. The csv module's limit is process-wide.
+FIELD_LIMIT = 16 << 20
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 _INT = re.compile(r"\d+")
 _PERIOD = re.compile(r"[a-z0-9_-]{0,32}")
@@ -135,7 +139,9 @@ class DeckParser:
             if first is None:
                 self.problem(line_no, "header", "the file is empty")
                 return
-            header = next(csv.reader([first], delimiter=prof.delimiter), [])
+            header = self._split(first, line_no)
+            if header is None:
+                return
         pos = self._positions(header, line_no)
         const = self._constants() if pos is not None else None
         if pos is None or const is None:
@@ -165,6 +171,11 @@ class DeckParser:
                 if not self._pending:
                     self._start = number
                 self._pending += text
+                if len(self._pending) > FIELD_LIMIT:
+                    self.problem(self._start, "*", f"quoted field longer than {FIELD_LIMIT} "
+                                 "characters (a quote never closed?)", self._pending[:60])
+                    self._pending = ""
+                    continue
                 if self._pending.count('"') % 2:
                     continue
                 text, number, self._pending = self._pending, self._start, ""
@@ -175,9 +186,18 @@ class DeckParser:
             buf.append("")
         return "\n".join(buf)
 
+    def _split(self, text: str, line: int) -> list[str] | None:
+        try:
+            return next(csv.reader([text], delimiter=self.profile.delimiter), [])
+        except csv.Error as exc:
+            self.problem(line, "*", f"not readable as CSV: {exc}", text[:60])
+            return None
+
     def _slow(self, text: str, line: int, get: dict[str, int], const: dict[str, str],
               width: int) -> str | None:
-        fields = next(csv.reader([text], delimiter=self.profile.delimiter), [])
+        fields = self._split(text, line)
+        if fields is None:
+            return None
         if len(fields) < width:
             if "".join(fields).strip():
                 self.problem(line, "*", f"expected at least {width} columns, found "
@@ -374,7 +394,10 @@ def _block_path(prof: ColumnProfile, pos: dict[str, int], const: dict[str, str],
         text = "".join(chunk)
         if '"' in text:
             return None
-        rows = list(csv.reader(chunk, delimiter=prof.delimiter))
+        try:
+            rows = list(csv.reader(chunk, delimiter=prof.delimiter))
+        except csv.Error:
+            return None
         count = len(rows)
         if count != len(chunk) or min(map(len, rows)) < width:
             return None

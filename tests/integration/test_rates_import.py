@@ -12,6 +12,7 @@ import pytest
 
 from routing_rates import importer, store
 from routing_rates.carriers import DEMO_CARRIERS, Carrier, load_carriers
+from routing_rates.deckfile import FIELD_LIMIT
 from routing_rates.index import RateIndex
 from routing_rates.profile import load_profile
 from shared.db import migrate
@@ -156,4 +157,18 @@ async def test_unknown_tariff_and_encoding(conn: asyncpg.Connection, tmp_path: P
     before = await _counts(conn)
     with pytest.raises(importer.ImportRefused, match="utf-8"):
         await importer.import_deck(conn, "gen", deck)
+    assert await _counts(conn) == before
+
+
+async def test_csv_error_is_an_import_error_with_file_and_line(conn: asyncpg.Connection,
+                                                              tmp_path: Path) -> None:
+    deck = tmp_path / "huge-field.csv"
+    big, huge = "x" * 200_000, "y" * (FIELD_LIMIT + 1)
+    deck.write_text(HEADER + f'81,"{big}",0.1,0,60,60\n82,"{huge}",0.1,0,60,60\n')
+    before = await _counts(conn)
+    with pytest.raises(importer.DeckImportError) as err:
+        await importer.import_deck(conn, "gen", deck)
+    assert [(p.line, p.column) for p in err.value.problems] == [(3, "*")]
+    assert f"huge-field.csv:3: column *: not readable as CSV: field larger than field limit " \
+        f"({FIELD_LIMIT})" in str(err.value)
     assert await _counts(conn) == before

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing_rates.deckfile import DeckParser, DeckProblem
+from routing_rates.deckfile import FIELD_LIMIT, DeckParser, DeckProblem
 from routing_rates.profile import ColumnProfile, ProfileError, load_profile, parse_profile
 
 DATA = Path(__file__).resolve().parents[2] / "routing_rates" / "data"
@@ -155,3 +155,24 @@ def test_fast_block_path_equals_line_by_line(rows: list[tuple[object, ...]]) -> 
     slow_rows, slow_problems = parse(HEADER + "\n".join(quoted) + end)
     assert fast_rows == slow_rows
     assert fast_problems == slow_problems
+
+
+def test_field_larger_than_128_kib_is_read() -> None:
+    big = "x" * 200_000
+    rows, problems = parse(HEADER + f'81,"{big}",0.1,0,60,60\n82,{big},0.2,0,60,60\n')
+    assert problems == []
+    assert [(r[0], len(r[1])) for r in rows] == [("81", 200_000), ("82", 200_000)]
+
+
+@pytest.mark.parametrize("field", [
+    "x" * (FIELD_LIMIT + 1),                     # one line, unquoted
+    '"' + "x" * (FIELD_LIMIT + 1) + '"',         # one line, quoted
+    '"x\n' + "x" * (FIELD_LIMIT + 1) + '"',      # a quoted field over two lines
+])
+def test_field_over_the_limit_is_a_problem_on_its_line(field: str) -> None:
+    rows, problems = parse(HEADER + "81,JP,0.1,0,60,60\n" + f"82,{field},0.1,0,60,60\n"
+                           + "83,X,bad,0,60,60\n")
+    assert [r[0] for r in rows] == ["81"]
+    assert [(p.line, p.column) for p in problems][0] == (3, "*")
+    assert str(FIELD_LIMIT) in problems[0].reason
+    assert problems[-1].column == "rate"
