@@ -208,6 +208,7 @@ class Stack:
             "EDGE__DATABASE__URL": self.edge_db_url,
             "CALLBACK__DATABASE__URL": self.callback_db_url,
             "LOG_LEVEL": self.log_level,
+            "LOG_FORMAT": "json",       # whatever the caller's shell says: tests parse it
         })
         env.update(self.extra_env)
         return env

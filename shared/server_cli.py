@@ -1,6 +1,7 @@
 """The command line both servers share: ``serve``, ``check`` and ``keys``.
 
-    python -m <site>_server serve --config FILE [--log-level DEBUG] [--role all|intake]
+    python -m <site>_server serve --config FILE [--log-level DEBUG] [--log-format json|text]
+                                  [--role all|intake]
     python -m <site>_server check --config FILE        # parse the config and exit
     python -m <site>_server keys init --dir DIR [--site S] [--san HOST]
     python -m <site>_server keys rotate --dir DIR
@@ -13,7 +14,9 @@ its aiohttp application; everything else is the same for both sites.
 by default) logs a line per request. A site whose intake may need more than
 one core (the callback site) also has ``--role intake``: that process serves
 only the intake, beside one full server (``--role all``) on the same port;
-``deploy/systemd/`` runs them so.
+``deploy/systemd/`` runs them so. Logs go to stderr as JSON lines
+(``--log-format json``, the default, or ``LOG_FORMAT``), or as text for
+reading live (``--log-format text``); :mod:`shared.logs` has the fields.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 
+from shared import logs
 from shared.config import ConfigError, HttpSettings, Merchant, TlsSettings
 
 
@@ -68,6 +72,9 @@ def parser_for(site: str, *, roles: Sequence[str] = ("all",)) -> argparse.Argume
     serve = sub.add_parser("serve", help=f"run the {site} server")
     serve.add_argument("--config", type=Path, required=True)
     serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-format", choices=logs.FORMATS,
+                       default=os.environ.get("LOG_FORMAT", "json"),
+                       help="json: one JSON object per line (default); text: for reading")
     serve.add_argument("--role", choices=list(roles), default="all",
                        help="all: the whole site (default); intake: only the HTTP intake, "
                             "as an extra process beside a full one (needs [http] reuse_port)")
@@ -86,7 +93,10 @@ def parser_for(site: str, *, roles: Sequence[str] = ("all",)) -> argparse.Argume
 
 def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
     roles = ("all", "intake") if site.create_intake_app is not None else ("all",)
-    args = parser_for(site.name, roles=roles).parse_args(argv)
+    parser = parser_for(site.name, roles=roles)
+    args = parser.parse_args(argv)
+    if args.command == "serve" and args.log_format not in logs.FORMATS:   # from LOG_FORMAT
+        parser.error(f"LOG_FORMAT {args.log_format!r}: one of {', '.join(logs.FORMATS)}")
     if args.command == "keys":
         return _keys(site.name, args)
     try:
@@ -101,7 +111,8 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
         print(f"config error: {args.config}: [http] reuse_port = true is needed for "
               "--role intake (it shares the port with the full server)", file=sys.stderr)
         return 2
-    return serve_forever(site, settings, args.log_level, role=args.role)
+    return serve_forever(site, settings, args.log_level, role=args.role,
+                         log_format=args.log_format)
 
 
 def _keys(site: str, args: argparse.Namespace) -> int:
@@ -117,15 +128,15 @@ def _keys(site: str, args: argparse.Namespace) -> int:
     return pki.main(pki_args)
 
 
-def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "all") -> int:
+def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "all",
+                  log_format: str = "json") -> int:
     import uvloop
 
     from shared.link import serve_options
     from shared.pki import server_context
     from shared.site import settle_heap_on_startup
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level, log_format)
     tls = settings.tls
     ssl_ctx = server_context(tls.cert, tls.key, tls.ca,
                              require_client_cert=settings.require_client_cert) if tls else None
