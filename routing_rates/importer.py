@@ -36,6 +36,7 @@ from routing_rates.profile import ColumnProfile, load_profile
 from shared.db import Connection
 
 log = logging.getLogger("rates.import")
+SHOWN_PROBLEMS = 50         # problems printed in an error; all are counted
 
 
 class ImportRefused(RuntimeError):
@@ -49,9 +50,9 @@ class DeckImportError(ImportRefused):
         self.source = source
         self.problems = problems
         self.count = count
-        shown = "\n".join(p.format(source) for p in problems[:50])
-        more = f"\n... and {count - 50} more" if count > 50 else ""
-        super().__init__(f"{source}: {count} bad line(s), nothing imported:\n{shown}{more}")
+        shown = "\n".join(p.format(source) for p in problems[:SHOWN_PROBLEMS])
+        more = f"\n... and {count - SHOWN_PROBLEMS} more" if count > SHOWN_PROBLEMS else ""
+        super().__init__(f"{source}: {count} problem(s), nothing imported:\n{shown}{more}")
 
 
 class _DryRunDone(Exception):
@@ -241,9 +242,9 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
                     columns=ROW_COLUMNS, format="text")
             except UnicodeDecodeError as exc:
                 raise ImportRefused(f"{source}: not {profile.encoding} text: {exc}") from exc
-            duplicates = 0
-            if parser.problem_count == 0:
-                duplicates = await index_and_dedupe(conn, part, parser)
+            # Duplicates are looked for even in a deck with bad lines: the first report
+            # lists every problem.
+            duplicates = await index_and_dedupe(conn, part, parser)
             if parser.problem_count:
                 parser.problems.sort(key=lambda p: p.line)
                 raise DeckImportError(source, parser.problems, parser.problem_count)

@@ -76,9 +76,28 @@ async def test_bad_deck_changes_nothing_and_names_every_line(conn: asyncpg.Conne
     with pytest.raises(importer.DeckImportError) as err:
         await importer.import_deck(conn, "gen", deck)
     found = [(p.line, p.column) for p in err.value.problems]
-    assert found == [(3, "rate"), (4, "prefix"), (5, "rate")]
+    # the same prefix with other terms is reported with the other errors, not after them
+    assert found == [(3, "rate"), (4, "prefix"), (5, "rate"), (6, "rate")]
     assert "bad.csv:3: column rate: not a number" in str(err.value)
+    assert "bad.csv:6: column rate: prefix 81 already on line 2 with different terms" \
+        in str(err.value)
     assert await _counts(conn) == before
+
+
+async def test_error_report_prints_the_first_50_and_counts_all(conn: asyncpg.Connection,
+                                                                tmp_path: Path) -> None:
+    deck = tmp_path / "many.csv"
+    bad = "".join(f"{100 + i},X,abc,0,60,60\n" for i in range(70))
+    deck.write_text(HEADER + "81,JP,0.1,0,60,60\n" + bad + "81,JP,0.2,0,60,60\n")
+    with pytest.raises(importer.DeckImportError) as err:
+        await importer.import_deck(conn, "gen", deck)
+    assert err.value.count == 71
+    text = str(err.value)
+    assert text.startswith(f"{deck}: 71 problem(s), nothing imported:\n")
+    assert text.count("column rate: not a number") == 50
+    assert text.endswith("\n... and 21 more")
+    assert err.value.problems[-1].line == 73 and "already on line 2" in \
+        err.value.problems[-1].reason
 
 
 async def test_same_prefix_twice_with_different_rates(conn: asyncpg.Connection,
