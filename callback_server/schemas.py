@@ -8,13 +8,18 @@ field, so the sender can see exactly what is wrong::
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from shared.http import ApiError, InvalidField
+from shared.http import (
+    ApiError,
+    InvalidField,
+    optional_timestamp,
+    parse_json_object,
+    require_timestamp,
+)
 from shared.phone import E164, InvalidNumber
 
 _EDGE_CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -39,17 +44,6 @@ class IntakeRequest:
     announce_mode: str | None
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid-json", f"body is not valid JSON: {exc}",
-                       field="body") from None
-    if not isinstance(data, dict):
-        raise invalid("body", "expected a JSON object")
-    return data
-
-
 def parse_intake(body: bytes) -> IntakeRequest:
     return intake_from(parse_json_object(body))
 
@@ -62,8 +56,8 @@ def intake_from(data: dict[str, Any]) -> IntakeRequest:
         merchant_id=_text(data, "merchant_id", _MERCHANT_ID),
         caller=_number(data, "caller"),
         dialed=_optional(data, "dialed"),
-        received_at=_timestamp(data, "received_at", required=True) or datetime.now(UTC),
-        hungup_at=_timestamp(data, "hungup_at", required=False),
+        received_at=require_timestamp(data, "received_at"),
+        hungup_at=optional_timestamp(data, "hungup_at"),
         announce_mode=_announce_mode(data),
     )
 
@@ -94,23 +88,6 @@ def _number(data: dict[str, Any], key: str) -> E164:
         return E164.parse(value)
     except InvalidNumber as exc:
         raise invalid(key, str(exc)) from None
-
-
-def _timestamp(data: dict[str, Any], key: str, *, required: bool) -> datetime | None:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise invalid(key, "required ISO 8601 timestamp")
-        return None
-    if not isinstance(value, str):
-        raise invalid(key, "expected an ISO 8601 timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid(key, f"not an ISO 8601 timestamp: {value[:40]!r}") from None
-    if parsed.tzinfo is None:
-        raise invalid(key, "timestamp needs a time zone (Z or +hh:mm)")
-    return parsed.astimezone(UTC)
 
 
 def _announce_mode(data: dict[str, Any]) -> str | None:

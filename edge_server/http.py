@@ -29,7 +29,6 @@ from edge_server.reports import (
     decode_cursor,
     list_rows,
     parse_event,
-    parse_time,
     save_report,
 )
 from shared.config import Merchant
@@ -45,6 +44,8 @@ from shared.http import (
     authenticated_merchant,
     error_middleware,
     json_response,
+    optional_timestamp,
+    query_int,
     read_json_object,
 )
 from shared.link import VERIFIER_KEY, accept_once, message_id, raw_body, signature_middleware
@@ -106,21 +107,16 @@ def parse_list_query(merchant_id: str, query: Mapping[str, str]) -> ListQuery:
         raise InvalidField(unknown[0], f"unknown parameter; expected {expected}")
     # a "+" in an unencoded zone offset arrives as a space
     times = {k: query[k].replace(" ", "+") for k in ("since", "until") if k in query}
-    since = parse_time(times, "since", optional=True)
-    until = parse_time(times, "until", optional=True)
+    since = optional_timestamp(times, "since")
+    until = optional_timestamp(times, "until")
     if since and until and until <= since:
         raise InvalidField("until", "must be after since")
-    limit = DEFAULT_LIMIT
-    if "limit" in query:
-        text = query["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-            raise InvalidField("limit", f"expected an integer 1..{MAX_LIMIT}")
-        limit = int(text)
+    limit = query_int(query, "limit", low=1, high=MAX_LIMIT, default=DEFAULT_LIMIT)
     after = 0
     if "cursor" in query:
         try:
             after = decode_cursor(query["cursor"])
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             raise InvalidField("cursor", "not a cursor returned by this API") from None
     return ListQuery(merchant_id, since, until, after, limit)
 

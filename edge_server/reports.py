@@ -19,7 +19,14 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from shared.http import ApiError, InvalidField, require_str
+from shared.http import (
+    ApiError,
+    InvalidField,
+    optional_timestamp,
+    parse_json,
+    require_str,
+    require_timestamp,
+)
 from shared.money import Money, MoneyError
 from shared.outbox import isoformat
 from shared.phone import E164, InvalidNumber
@@ -31,28 +38,6 @@ CALLBACK_STATUSES = frozenset({"queued", "dialing", "completed", "failed", "canc
 
 
 # --- parsing ------------------------------------------------------------------------------
-
-def parse_time(data: Mapping[str, Any], field: str, *, optional: bool = False
-               ) -> datetime | None:
-    value = data.get(field)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise InvalidField(field, "required ISO 8601 timestamp")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidField(field, f"not an ISO 8601 timestamp: {value[:40]!r}") from None
-    if parsed.tzinfo is None:
-        raise InvalidField(field, "timestamp needs a time zone (Z or +hh:mm)")
-    return parsed
-
-
-def _time(data: Mapping[str, Any], field: str) -> datetime:
-    value = parse_time(data, field)
-    assert value is not None
-    return value
-
 
 def _number(data: Mapping[str, Any], field: str) -> E164:
     try:
@@ -109,7 +94,7 @@ class RequestInfo:
                                          "short string values")
         return cls(merchant_id, callback_id, edge_call_id, _number(data, "caller"),
                    require_str(data, "category", max_len=64), dict(fields),
-                   _time(data, "collected_at"))
+                   require_timestamp(data, "collected_at"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +136,8 @@ class Cdr:
         return cls(merchant_id, callback_id, edge_call_id,
                    require_str(data, "call_id", max_len=128),
                    require_str(data, "leg", max_len=32), _number(data, "destination"),
-                   carrier, _time(data, "started_at"),
-                   parse_time(data, "answered_at", optional=True), _time(data, "ended_at"),
+                   carrier, require_timestamp(data, "started_at"),
+                   optional_timestamp(data, "answered_at"), require_timestamp(data, "ended_at"),
                    duration, billed, _int(data, "hangup_cause", optional=True),
                    require_str(data, "disposition", max_len=32),
                    _money(data, "carrier_cost"), _money(data, "direct_cost"))
@@ -180,7 +165,7 @@ class CallbackStatusReport:
         attempts = _int(data, "attempts")
         assert attempts is not None
         return cls(merchant_id, callback_id, edge_call_id, status, reason or None, attempts,
-                   _time(data, "at"))
+                   require_timestamp(data, "at"))
 
 
 Report: TypeAlias = RequestInfo | Cdr | CallbackStatusReport
@@ -295,12 +280,21 @@ def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
 
 
+#: the largest row id (``bigserial``): a cursor past it is not one of ours
+MAX_ROW_ID = 2**63 - 1
+
+
 def decode_cursor(cursor: str) -> int:
     """The row id a cursor points after; ``ValueError`` if it is not one of ours."""
+    if not cursor.isascii():
+        raise ValueError("bad cursor")
     padded = cursor + "=" * (-len(cursor) % 4)
-    data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    after = data["after"] if isinstance(data, dict) else None
-    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+    try:
+        data = parse_json(base64.urlsafe_b64decode(padded.encode()))
+    except ApiError:
+        raise ValueError("bad cursor") from None
+    after = data.get("after") if isinstance(data, dict) else None
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_ROW_ID:
         raise ValueError("bad cursor")
     return after
 

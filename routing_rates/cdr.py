@@ -32,6 +32,7 @@ from routing_rates.index import RateIndex, Row, Tables
 from routing_rates.tariff import Terms, ceil_seconds, period_at
 from shared.money import FxTable, Money
 from shared.phone import E164, InvalidNumber
+from shared.timeutil import parse_timestamp
 
 _ZERO = Decimal(0)
 
@@ -269,11 +270,6 @@ class _Versions(NamedTuple):
 
 # -- files ---------------------------------------------------------------------------
 
-def _parse_time(value: object) -> datetime:
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"time without timezone: {value!r}")
-    return moment
 
 
 def cdr_from_mapping(data: Mapping[str, Any], inbound_tariff: str) -> Cdr:
@@ -300,7 +296,8 @@ def cdr_from_mapping(data: Mapping[str, Any], inbound_tariff: str) -> Cdr:
     return Cdr(call_id=str(data["call_id"]), leg=str(data["leg"]),
                merchant_id=str(data["merchant_id"]), destination=number,
                carrier=str(data["carrier"]) if data.get("carrier") else None,
-               started_at=_parse_time(data["started_at"]), duration_s=duration,
+               started_at=parse_timestamp(str(data["started_at"]), "started_at"),
+               duration_s=duration,
                callback_id=str(data["callback_id"]) if data.get("callback_id") else None,
                inbound_tariff=str(data.get("inbound_tariff") or inbound_tariff))
 

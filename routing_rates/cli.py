@@ -31,6 +31,7 @@ from routing_rates.service import RatingService, UnknownTariff
 from shared.db import create_pool, migrate, resolve_url
 from shared.money import FxTable, MoneyError
 from shared.phone import E164, InvalidNumber, normalise
+from shared.timeutil import TimestampError, parse_timestamp
 
 # Plivo's published outbound deck (public data, 72,554 rows), shipped gzipped so the
 # demo works on a fresh clone.
@@ -42,14 +43,14 @@ class CliError(Exception):
     """Bad input: printed without a traceback, exit status 2."""
 
 
-def _when(text: str | None) -> datetime | None:
+def _when(text: str | None, option: str) -> datetime | None:
+    """An ISO date/time option; one without a zone is UTC."""
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise CliError(f"not an ISO date/time: {text!r}") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_timestamp(text, option, zoneless=UTC)
+    except TimestampError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _number(text: str) -> E164:
@@ -99,7 +100,7 @@ async def cmd_carriers(args: argparse.Namespace, conn: asyncpg.Connection) -> No
 async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     profile = load_profile(args.profile) if args.profile else None
     result = await importer.import_deck(
-        conn, args.tariff, Path(args.file), profile, effective=_when(args.effective),
+        conn, args.tariff, Path(args.file), profile, effective=_when(args.effective, "--effective"),
         stage=args.stage, dry_run=args.dry_run, progress=not args.no_progress and not args.json)
     if result.diff is not None:
         d = result.diff
@@ -128,7 +129,7 @@ async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None
 async def cmd_decks(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     now = datetime.now(UTC)
     if args.action == "activate":
-        deck = await store.schedule(conn, args.deck_id, _when(args.at))
+        deck = await store.schedule(conn, args.deck_id, _when(args.at, "--at"))
         print(f"deck {deck.id} of {deck.tariff_id} in force from "
               f"{deck.effective_from.isoformat() if deck.effective_from else '?'}")
         return
@@ -191,7 +192,7 @@ async def _service(args: argparse.Namespace) -> RatingService:
 async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     rates = await _service(args)
     try:
-        number, at = _number(args.number), _when(args.at) or datetime.now(UTC)
+        number, at = _number(args.number), _when(args.at, "--at") or datetime.now(UTC)
         model = await _distribution(args, conn, rates)
         origin = _number(args.origin) if args.origin else None
         if args.command == "quote":
@@ -268,8 +269,8 @@ async def cmd_rate_cdrs(args: argparse.Namespace, conn: asyncpg.Connection) -> N
 
 
 async def cmd_report(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
-    end = _when(args.to) or datetime.now(UTC)
-    start = _when(args.since) or end - timedelta(days=30)
+    end = _when(args.to, "--to") or datetime.now(UTC)
+    start = _when(args.since, "--since") or end - timedelta(days=30)
     rep = await report.savings(conn, start, end, args.merchant)
     if args.png:
         report.chart(rep, Path(args.png))

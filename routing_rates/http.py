@@ -21,6 +21,7 @@ from routing_rates.decision import ANNOUNCE_MODES
 from routing_rates.duration import DurationModel
 from routing_rates.service import RatingService, UnknownTariff
 from shared.phone import E164, InvalidNumber, normalise
+from shared.timeutil import TimestampError, parse_timestamp
 
 
 class RatesHttpError(Exception):
@@ -54,11 +55,10 @@ def _at(request: web.Request) -> datetime:
     if not text:
         return datetime.now(UTC)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise RatesHttpError(400, "rates-time-invalid", f"at: not an ISO time: {text!r}") \
-            from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        # a "+" in an unencoded zone offset arrives as a space
+        return parse_timestamp(text.replace(" ", "+"), "at")
+    except TimestampError as exc:
+        raise RatesHttpError(400, "rates-time-invalid", str(exc)) from None
 
 
 def _decimal(request: web.Request, name: str, default: str) -> Decimal:

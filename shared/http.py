@@ -18,9 +18,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+
+from shared.timeutil import TimestampError, parse_timestamp
 
 log = logging.getLogger("shared.http")
 
@@ -95,16 +98,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(ApiError(500, "internal-error", "internal error"))
 
 
-async def read_json_object(request: web.Request, body: bytes | None = None) -> dict[str, Any]:
-    """Parse a JSON object body; 400 ``invalid-json`` otherwise."""
-    raw = body if body is not None else await request.read()
+def parse_json(raw: bytes | str) -> Any:
+    """JSON from a request (a body, a cursor); 400 ``invalid-json`` for anything that is not
+    JSON, including nesting too deep for the parser."""
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "invalid-json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid-json", "body is not valid JSON: nested too deeply") \
+            from None
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object body; 400 ``invalid-json`` otherwise."""
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid-json", "body must be a JSON object")
     return data
+
+
+async def read_json_object(request: web.Request, body: bytes | None = None) -> dict[str, Any]:
+    """Parse a JSON object body; 400 ``invalid-json`` otherwise."""
+    return parse_json_object(body if body is not None else await request.read())
 
 
 def require_str(data: Mapping[str, Any], field: str, *, max_len: int = 256,
@@ -119,7 +135,56 @@ def require_str(data: Mapping[str, Any], field: str, *, max_len: int = 256,
     return value
 
 
-# --- merchant API authentication -------------------------------------------------------
+def require_timestamp(data: Mapping[str, Any], field: str) -> datetime:
+    """An ISO 8601 field with a zone, in UTC (:func:`shared.timeutil.parse_timestamp`);
+    400 ``invalid-field`` naming it otherwise."""
+    value = data.get(field)
+    if not isinstance(value, str):
+        raise InvalidField(field, "required ISO 8601 timestamp")
+    try:
+        return parse_timestamp(value, field)
+    except TimestampError as exc:
+        raise InvalidField(field, exc.reason) from None
+
+
+def optional_timestamp(data: Mapping[str, Any], field: str) -> datetime | None:
+    """:func:`require_timestamp`, or ``None`` when the field is absent or null."""
+    return None if data.get(field) is None else require_timestamp(data, field)
+
+
+def query_int(query: Mapping[str, str], name: str, *, low: int, high: int, default: int
+              ) -> int:
+    """An integer query parameter of ASCII digits in ``low..high``; 400 ``invalid-field``
+    naming it otherwise."""
+    text = query.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(high))
+            and low <= int(text) <= high):
+        raise InvalidField(name, f"expected an integer {low}..{high}")
+    return int(text)
+
+
+# --- API authentication ----------------------------------------------------------------
+
+
+def bearer_token(request: web.Request, what: str = "token") -> str:
+    """The token of ``Authorization: Bearer <token>``; 401 ``auth-missing`` without the
+    header, ``auth-invalid`` for another scheme or a token that is not printable ASCII
+    (a token is ASCII, RFC 6750, and its digest is of those bytes)."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise Unauthorized("auth-missing", f"Authorization: Bearer <{what}> is required")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or not (token.isascii() and token.isprintable()):
+        raise Unauthorized("auth-invalid", f"expected Authorization: Bearer <{what}>")
+    return token
+
+
+def token_digest(token: str) -> bytes:
+    """The hex SHA-256 of a token from :func:`bearer_token`, as configured."""
+    return hashlib.sha256(token.encode("ascii")).hexdigest().encode()
 
 
 class MerchantTokens:
@@ -131,7 +196,7 @@ class MerchantTokens:
         self._digests = [(d.encode(), mid) for mid, d in digests if d]
 
     def merchant_for(self, token: str) -> str | None:
-        digest = hashlib.sha256(token.encode()).hexdigest().encode()
+        digest = token_digest(token)
         found = None
         for expected, merchant_id in self._digests:
             if hmac.compare_digest(digest, expected):
@@ -144,13 +209,7 @@ TOKENS_KEY = web.AppKey("merchant_tokens", MerchantTokens)
 
 def authenticated_merchant(request: web.Request) -> str:
     """The merchant whose ``Authorization: Bearer <token>`` this is; 401 otherwise."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise Unauthorized("auth-missing", "Authorization: Bearer <token> is required")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("auth-invalid", "expected Authorization: Bearer <token>")
-    merchant_id = request.app[TOKENS_KEY].merchant_for(token.strip())
+    merchant_id = request.app[TOKENS_KEY].merchant_for(bearer_token(request))
     if merchant_id is None:
         raise Unauthorized("auth-invalid", "unknown API token")
     return merchant_id

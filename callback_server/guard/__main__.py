@@ -33,6 +33,7 @@ from callback_server.guard.service import Guard
 from shared.config import ConfigError
 from shared.db import create_pool, resolve_url
 from shared.phone import E164, InvalidNumber
+from shared.timeutil import parse_timestamp
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,8 +113,7 @@ async def _dispatch(guard: Guard, args: argparse.Namespace) -> dict[str, Any]:
         number = _number(args.number)
         if args.action == "remove":
             return {"ok": await sql.remove_entry(conn, number, args.list)}
-        expires = datetime.fromisoformat(args.expires.replace("Z", "+00:00")) \
-            if args.expires else None
+        expires = parse_timestamp(args.expires, "--expires") if args.expires else None
         await sql.add_entry(conn, number=number, list_name=args.list, reason=args.reason,
                             source="operator", by=args.by, now=guard.clock(),
                             expires_at=expires)

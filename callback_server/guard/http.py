@@ -34,7 +34,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -50,7 +49,18 @@ from callback_server.guard.reasons import Verdict
 from callback_server.guard.service import Guard
 from callback_server.http import CALLBACKS_PATH, RAW_CALLER_SCREEN_KEY
 from shared.destination import classify_raw, sanitise
-from shared.http import ApiError, Handler, InvalidField, json_response, read_json_object
+from shared.http import (
+    ApiError,
+    Handler,
+    InvalidField,
+    bearer_token,
+    json_response,
+    optional_timestamp,
+    parse_json,
+    query_int,
+    read_json_object,
+    token_digest,
+)
 from shared.link import raw_body
 from shared.phone import E164, InvalidNumber
 
@@ -61,6 +71,7 @@ GUARD_KEY = web.AppKey("callback_guard", Guard)
 #: ``/metrics`` shows this process's alone)
 METRICS_SHARE_KEY = web.AppKey("callback_metrics_share", MetricsShare)
 LISTS = ("block", "allow")
+MAX_REFUSALS = 1000
 
 
 def install(app: web.Application) -> None:
@@ -94,8 +105,8 @@ async def intake_middleware(request: web.Request, handler: Handler) -> web.Strea
     if request.method != "POST" or request.path != CALLBACKS_PATH:
         return await handler(request)
     try:
-        data = json.loads(raw_body(request))
-    except (ValueError, UnicodeDecodeError, RuntimeError):
+        data = parse_json(raw_body(request))
+    except ApiError:
         return await handler(request)       # the handler names what is wrong
     refusal = await refuse_raw_caller(request.app, data, request.headers.get("webhook-id"))
     if refusal is not None:
@@ -146,11 +157,8 @@ def _operator(request: web.Request) -> None:
     if not expected:
         raise ApiError(403, "operator-api-disabled",
                        "set [guard] operator_token_sha256 to use the operator API")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "auth-missing", "Authorization: Bearer <operator token> is required")
-    digest = hashlib.sha256(token.strip().encode()).hexdigest()
-    if not hmac.compare_digest(digest.encode(), expected.encode()):
+    digest = token_digest(bearer_token(request, "operator token"))
+    if not hmac.compare_digest(digest, expected.encode()):
         raise ApiError(401, "auth-invalid", "unknown operator token")
 
 
@@ -180,10 +188,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def refusals(request: web.Request) -> web.Response:
     _operator(request)
-    try:
-        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        raise InvalidField("limit", "expected an integer") from None
+    limit = query_int(request.query, "limit", low=1, high=MAX_REFUSALS, default=100)
     guard = _guard(request)
     async with guard.pool.acquire() as conn:
         rows = await sql.refusals(conn, since=None, reason=request.query.get("reason"),
@@ -206,15 +211,9 @@ async def put_entry(request: web.Request) -> web.Response:
     body = await read_json_object(request) if request.can_read_body else {}
     reason = body.get("reason", "")
     by = body.get("by", "api")
-    expires = body.get("expires_at")
     if not isinstance(reason, str) or not isinstance(by, str):
         raise InvalidField("reason", "reason and by are strings")
-    expires_at = None
-    if expires is not None:
-        try:
-            expires_at = datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidField("expires_at", "expected an ISO 8601 timestamp") from None
+    expires_at = optional_timestamp(body, "expires_at")
     guard = _guard(request)
     async with guard.pool.acquire() as conn:
         await sql.add_entry(conn, number=str(number), list_name=name, reason=reason[:200],

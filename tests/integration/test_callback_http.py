@@ -21,6 +21,7 @@ from callback_server.testing import merchant
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.link import encode_batch
 from shared.signing import Signer, SigningKey, Verifier
+from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +108,7 @@ async def test_body_over_64_kib_is_413_json(client: TestClient[Any, Any]) -> Non
     ({"received_at": "yesterday"}, "received_at"),
     ({"received_at": "2026-11-22T01:02:03"}, "received_at"),
     ({"announce_mode": "loud"}, "announce_mode"), ({"merchant_id": "ACME!"}, "merchant_id"),
+    *[({name: at}, name) for name in ("received_at", "hungup_at") for at in EDGE_TIMES],
 ])
 async def test_bad_field_is_400_naming_it(client: TestClient[Any, Any],
                                           changes: dict[str, Any], field: str) -> None:
@@ -119,6 +121,11 @@ async def test_bad_json_is_400(client: TestClient[Any, Any]) -> None:
     raw = b'{"edge_call_id": '
     err = await error_of(await client.post(PATH, data=raw, headers=signed(raw)), 400)
     assert err["id"] == "invalid-json"
+
+
+async def test_json_nested_too_deep_is_400(client: TestClient[Any, Any]) -> None:
+    resp = await client.post(PATH, data=DEEP_JSON, headers=signed(DEEP_JSON))
+    assert (await error_of(resp, 400))["id"] == "invalid-json"
 
 
 async def test_unknown_merchant_is_422(client: TestClient[Any, Any]) -> None:
@@ -172,6 +179,8 @@ async def test_get_callback_for_its_merchant_only(client: TestClient[Any, Any]) 
     assert data["status"] == "queued" and data["edge_call_id"] == "edge-get"
     assert data["legs"] == [] and data["caller"] == "+819012345678"
     assert (await error_of(await client.get(url), 401))["id"] == "auth-missing"
+    status, err = await raw_get(client, url, b"Authorization: Bearer \xff")
+    assert status == 401 and err["error"]["id"] == "auth-invalid"
     other = await client.get(url, headers={"Authorization": "Bearer bento"})
     assert (await error_of(other, 404))["id"] == "not-found"
 
@@ -254,6 +263,16 @@ async def test_bad_batch_is_400_naming_the_field_and_stores_nothing(
     err = await error_of(await client.post(BATCH_PATH, data=envelope, headers=headers), 400)
     assert err["id"] == "invalid-field" and err["field"] == field
     assert await pool.fetchval("SELECT count(*) FROM callback_requests") == before
+
+
+async def test_batch_nested_too_deep_is_400_and_a_time_out_of_range_is_its_message_400(
+        client: TestClient[Any, Any]) -> None:
+    raw, headers = batch([("m-deep", DEEP_JSON)])
+    assert (await error_of(await client.post(BATCH_PATH, data=raw, headers=headers),
+                           400))["id"] == "invalid-json"
+    raw, headers = batch([("m-range", body("edge-range", received_at=EDGE_TIMES[0]))])
+    [result] = await results_of(await client.post(BATCH_PATH, data=raw, headers=headers))
+    assert result["status"] == 400 and result["body"]["error"]["field"] == "received_at"
 
 
 async def test_batch_signed_for_another_path_or_tampered_is_401_and_stores_nothing(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,10 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edge_server.http import POOL_KEY, create_http_app
+from edge_server.reports import encode_cursor
 from edge_server.store import CallStore, edge_migrations
 from edge_server.testing import merchant
 from shared.db import create_pool, migrate_url
 from shared.signing import Signer, SigningKey, Verifier
+from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +128,18 @@ async def test_body_over_64_kib_is_413_json(client: TestClient[Any, Any]) -> Non
     assert (await resp.json())["error"]["id"] == "body-too-large"
 
 
+async def test_json_nested_too_deep_is_400(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/v1/link/events", data=DEEP_JSON, headers=signed(DEEP_JSON))
+    assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
+
+
+@pytest.mark.parametrize("at", EDGE_TIMES)
+async def test_time_out_of_range_in_utc_is_400(client: TestClient[Any, Any], at: str) -> None:
+    status, body = await post_event(client, request_info("cb-h6", collected_at=at))
+    assert status == 400
+    assert body["error"]["field"] == "collected_at" and "out of range" in body["error"]["message"]
+
+
 async def test_event_for_an_unknown_merchant_is_422(client: TestClient[Any, Any]) -> None:
     status, body = await post_event(client, request_info("cb-h5", merchant_id="ghost"))
     assert status == 422 and body["error"]["id"] == "unknown-merchant"
@@ -138,6 +153,11 @@ async def test_requests_need_a_valid_bearer_token(client: TestClient[Any, Any]) 
     for header in ({"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
         resp = await client.get("/v1/requests", headers=header)
         assert resp.status == 401 and (await resp.json())["error"]["id"] == "auth-invalid"
+
+
+async def test_a_token_that_is_not_ascii_is_401(client: TestClient[Any, Any]) -> None:
+    status, body = await raw_get(client, "/v1/requests", b"Authorization: Bearer \xff")
+    assert status == 401 and body["error"]["id"] == "auth-invalid"
 
 
 async def test_each_merchant_sees_only_its_own_requests(client: TestClient[Any, Any]) -> None:
@@ -175,6 +195,10 @@ async def test_requests_page_with_cursor_and_time_window(client: TestClient[Any,
     ({"since": "last week"}, "since"), ({"until": "2026-11-22T03:00:00"}, "until"),
     ({"since": "2026-11-22T04:00:00Z", "until": "2026-11-22T03:00:00Z"}, "until"),
     ({"cursor": "not-a-cursor"}, "cursor"), ({"merchant_id": "bento"}, "merchant_id"),
+    ({"since": EDGE_TIMES[0]}, "since"), ({"until": EDGE_TIMES[1]}, "until"),
+    ({"limit": "\u00b2"}, "limit"), ({"limit": "1" * 5000}, "limit"),
+    ({"cursor": encode_cursor(2**63)}, "cursor"),
+    ({"cursor": base64.urlsafe_b64encode(DEEP_JSON).decode()}, "cursor"),
 ])
 async def test_bad_query_parameters_are_400_naming_the_field(
         client: TestClient[Any, Any], params: dict[str, str], field: str) -> None:

@@ -36,6 +36,7 @@ from shared.link import encode_batch
 from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
 from tests.integration import callback_db
+from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +266,20 @@ async def test_operator_api_is_off_without_a_token(clean: asyncpg.Pool,
     resp = await client.get("/v1/guard/status", headers={"Authorization": "Bearer x"})
     assert resp.status == 403
     assert (await resp.json())["error"]["id"] == "operator-api-disabled"
+
+
+async def test_operator_api_refuses_bad_input_with_4xx(clean: asyncpg.Pool,
+                                                       aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(make_app(Guard(clean, SETTINGS)))
+    status, body = await raw_get(client, "/v1/guard/status", b"Authorization: Bearer \xff")
+    assert status == 401 and body["error"]["id"] == "auth-invalid"
+    op = {"Authorization": f"Bearer {OPERATOR}"}
+    for limit in ("\u00b2", "1" * 5000, "0", "1001"):
+        resp = await client.get("/v1/guard/refusals", params={"limit": limit}, headers=op)
+        assert resp.status == 400 and (await resp.json())["error"]["field"] == "limit"
+    for at in EDGE_TIMES:
+        resp = await client.put("/v1/guard/lists/block/+819011112222", headers=op,
+                                json={"by": "noc", "expires_at": at})
+        assert resp.status == 400 and (await resp.json())["error"]["field"] == "expires_at"
+    resp = await client.post(PATH, data=DEEP_JSON, headers=signed(DEEP_JSON))
+    assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"

@@ -45,7 +45,11 @@ async def test_errors_are_json_with_stable_ids(aiohttp_client: Any) -> None:
              ("/v1/rates/decide", {"number": "09012345678", "duration": "-1"}, 400,
               "rates-parameter-invalid"),
              ("/v1/rates/decide", {"number": "09012345678", "inbound_tariff": "x"}, 404,
-              "rates-tariff-unknown")]
+              "rates-tariff-unknown"),
+             *[(path, {"number": "09012345678", "at": at}, 400, "rates-time-invalid")
+               for path in ("/v1/rates/quote", "/v1/rates/decide")
+               for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00",
+                          "9999-12-31T23:59:59Z", "2026-11-22T10:00:00")]]
     for path, params, status, error_id in cases:
         resp = await client.get(path, params=params)
         assert resp.status == status, (path, params)
