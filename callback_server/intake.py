@@ -4,7 +4,7 @@ Concurrent ``POST /v1/link/callbacks`` (and the messages of ``POST
 /v1/link/callbacks/batch``) share one transaction per batch
 (:class:`shared.intake_batch.GroupCommit`): message ids, guard screening under
 per-number locks, request rows, answers, one WAL flush, four round trips
-whatever the batch size (:meth:`callback_server.store.CallbackStore.intake_batch`).
+whatever the batch size (:meth:`callback_server.store.intake_store.IntakeStore.intake_batch`).
 Each request is answered only after its batch committed; a batch that fails on
 an SQL error is retried request by request, so one bad request fails alone; an
 unreachable database fails every waiting request (the edge retries).
@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 from callback_server.schemas import IntakeRequest
-from callback_server.store import CallbackStore, Intake
+from callback_server.store import CallbackStore
+from callback_server.store.intake_store import Intake
 from shared.config import Merchant
 from shared.intake_batch import GroupCommit, IntakeFailed
 from shared.link import Answer

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from callback_server.dialer import LastLeg, Leg, leg_cdr
 from callback_server.legrecord import LegRecord, LegRecords
 from callback_server.stasis import Rater, store_cdr
-from callback_server.store import CallbackStore, LegRow
+from callback_server.store import CallbackStore
+from callback_server.store.leg_store import LegRow
 from shared import ari
 from shared.config import Merchant
 from shared.phone import E164, InvalidNumber

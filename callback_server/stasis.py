@@ -60,7 +60,7 @@ from callback_server.dialer_messages import Event as DialerEvent
 from callback_server.guard.reasons import GuardRefused
 from callback_server.ivr_flow import Flow
 from callback_server.legrecord import LegRecord, LegRecords, answer_time
-from callback_server.store import LeaseLost
+from callback_server.store.queue_store import LeaseLost
 from shared import ari
 from shared.money import Money
 from shared.phone import E164

@@ -17,7 +17,7 @@ from typing import Any
 
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
 from callback_server.ivr import Submit
-from callback_server.store import LeaseLost
+from callback_server.store.queue_store import LeaseLost
 from shared import ari
 from shared.config import AnnounceMode, Merchant
 from shared.money import Money

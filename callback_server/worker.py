@@ -36,7 +36,8 @@ from callback_server.stasis import (
     Rater,
     no_answer_outcome,
 )
-from callback_server.store import JOBS_CHANNEL, CallbackStore, ClaimedJob
+from callback_server.store import CallbackStore
+from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from shared import ari
 from shared.config import Merchant
 from shared.db import listening

@@ -17,7 +17,8 @@ import shared
 from callback_server.dialer_messages import Finish, PersistAttempt, Reason, RecordCdr
 from callback_server.ivr import Submit
 from callback_server.schemas import IntakeRequest
-from callback_server.store import CallbackStore, LeaseLost
+from callback_server.store import CallbackStore
+from callback_server.store.queue_store import LeaseLost
 from shared.config import AnnounceMode, Merchant
 from shared.db import create_pool, listening, migrate_url, package_migrations
 from shared.money import Money

@@ -1,0 +1,39 @@
+"""Request info: what the customer gave the IVR, reported to the edge through the outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from callback_server.ivr import Submit
+from callback_server.store.base import (
+    EVENTS_PATH,
+    StoreBase,
+    fact_message_id,
+    survives_database_restarts,
+)
+from shared.outbox import Outbox, isoformat
+from shared.phone import E164
+
+
+class InfoStore(StoreBase):
+    @survives_database_restarts
+    async def record_info(self, submit: Submit, *, callback_id: str, edge_call_id: str,
+                          merchant_id: str, caller: E164, collected_at: datetime,
+                          seq: int) -> str:
+        """Store collected request info and its outbox message; returns the message id."""
+        mid = fact_message_id("request_info", f"{callback_id}:{seq}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """INSERT INTO request_info (callback_id, merchant_id, category, fields,
+                       collected_at, message_id)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (message_id) DO NOTHING RETURNING true""",
+                callback_id, merchant_id, submit.category, submit.as_dict(), collected_at, mid)
+            if inserted:
+                await Outbox.enqueue(conn, kind="request_info", path=EVENTS_PATH, payload={
+                    "kind": "request_info", "callback_id": callback_id,
+                    "edge_call_id": edge_call_id, "merchant_id": merchant_id,
+                    "caller": str(caller), "category": submit.category,
+                    "fields": submit.as_dict(), "collected_at": isoformat(collected_at),
+                }, message_id=mid, merchant_id=merchant_id)
+        return mid

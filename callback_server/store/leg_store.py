@@ -1,0 +1,118 @@
+"""Legs: one ``callback_attempts`` row per originated channel.
+
+Every leg row is inserted only while the job's lease is still ours
+(:meth:`LegStore.persist_leg`), and ``channel_id`` is the primary key: two workers
+can never both originate the same leg.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from callback_server.dialer import LastLeg
+from callback_server.dialer_messages import PersistAttempt
+from callback_server.guard.reasons import GuardRefused
+from callback_server.store.base import StoreBase, survives_database_restarts
+from callback_server.store.queue_store import LeaseLost
+
+
+@dataclass(frozen=True, slots=True)
+class LegRow:
+    """A persisted leg (``callback_attempts``) with its request's caller and edge call."""
+
+    channel_id: str
+    callback_id: str
+    merchant_id: str
+    leg: str
+    carrier_id: str
+    endpoint: str
+    status: str
+    answered: bool
+    answered_at: datetime | None
+    cause: int | None
+    created_at: datetime
+    asterisk: str | None
+    caller: str
+    edge_call_id: str
+
+    @property
+    def last(self) -> LastLeg:
+        return LastLeg(self.status, self.answered, self.cause)
+
+    @property
+    def destination(self) -> str:
+        return self.caller if self.leg == "customer" else self.endpoint
+
+
+class LegStore(StoreBase):
+    """The legs of the jobs: written under the lease, settled, read back for CDRs."""
+
+    async def persist_leg(self, cmd: PersistAttempt, merchant_id: str) -> None:
+        """Commit the leg row before its originate, only while our lease holds.
+
+        With a guard, a customer leg must also pass the caps (raises
+        :class:`~callback_server.guard.reasons.GuardRefused`; nothing is dialled).
+        """
+        refused: GuardRefused | None = None
+        async with self.pool.acquire() as conn, conn.transaction():
+            held = await conn.fetchval(
+                """UPDATE callback_requests
+                   SET lease_expires_at = now() + $3 * interval '1 second', heartbeat_at = now()
+                   WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                   RETURNING true""", cmd.callback_id, self.owner, self.lease_s)
+            if not held:
+                raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
+                                f"{cmd.channel_id}")
+            if self.guard is not None and cmd.leg == "customer":
+                refused = await self.guard.admit_leg(conn, cmd.carrier_id, cmd.callback_id,
+                                                     merchant_id)
+            if refused is None:
+                await conn.execute(
+                    """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
+                           attempt_no, leg_seq, leg, carrier_id, endpoint, worker, asterisk)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+                    cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
+                    cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner, self.asterisk)
+        if refused is not None:     # committed: the refusal (and a trip); no leg row
+            raise refused
+
+    @survives_database_restarts
+    async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
+        await self.pool.execute(
+            """UPDATE callback_attempts SET status = $2, cause = coalesce($3, cause),
+                   answered = answered OR $2 = 'answered',
+                   answered_at = CASE WHEN $2 = 'answered' THEN coalesce(answered_at, now())
+                                      ELSE answered_at END,
+                   updated_at = now()
+               WHERE channel_id = $1""", channel_id, status, cause)
+
+    # The columns of a LegRow: the leg and what a CDR needs from its request.
+    _LEG_ROW = """SELECT a.channel_id, a.callback_id, a.merchant_id, a.leg, a.carrier_id,
+                         a.endpoint, a.status, a.answered, a.answered_at, a.cause,
+                         a.created_at, a.asterisk, r.caller, r.edge_call_id
+                  FROM callback_attempts a JOIN callback_requests r USING (callback_id)"""
+
+    async def leg(self, channel_id: str) -> LegRow | None:
+        """One persisted leg, with what a CDR needs (for legs no call runner owns)."""
+        row = await self.pool.fetchrow(f"{self._LEG_ROW} WHERE a.channel_id = $1", channel_id)
+        return None if row is None else LegRow(**dict(row))
+
+    @survives_database_restarts
+    async def settle_leg(self, channel_id: str, *, answered: bool,
+                         answered_at: datetime | None, cause: int) -> bool:
+        """Mark a leg no call runner owns as ended. False if it had already ended."""
+        done = await self.pool.fetchval(
+            """UPDATE callback_attempts SET status = 'ended', answered = answered OR $2,
+                   answered_at = coalesce(answered_at, $3), cause = coalesce(cause, $4),
+                   updated_at = now()
+               WHERE channel_id = $1 AND status <> 'ended' RETURNING true""",
+            channel_id, answered, answered_at, cause)
+        return bool(done)
+
+    async def last_leg(self, callback_id: str) -> LegRow | None:
+        """The job's last customer leg (one round trip: it is on every claim's path)."""
+        row = await self.pool.fetchrow(
+            f"""{self._LEG_ROW} WHERE a.callback_id = $1 AND a.leg = 'customer'
+                ORDER BY a.leg_seq DESC LIMIT 1""", callback_id)
+        return None if row is None else LegRow(**dict(row))

@@ -1,0 +1,151 @@
+"""The job queue: ``callback_requests`` itself, claimed by the workers under a lease.
+
+A worker claims due rows with ``FOR UPDATE SKIP LOCKED`` on that table only, sets
+``status = 'dialing'`` and a lease; a heartbeat extends the lease. A row whose lease
+ran out is claimable again (a *rescue*). A round ends with :meth:`QueueStore.finish`:
+the job is queued again, or closed and the edge told.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from callback_server.dialer_messages import Finish
+from callback_server.store.base import (
+    EVENTS_PATH,
+    StoreBase,
+    fact_message_id,
+    survives_database_restarts,
+)
+from shared.outbox import Outbox, isoformat
+from shared.phone import E164
+
+log = logging.getLogger("callback.store")
+
+JOBS_CHANNEL = "callback_jobs"
+
+
+class LeaseLost(RuntimeError):
+    """Our lease on a job ran out and another worker may own it: do not dial."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    callback_id: str
+    edge_call_id: str
+    merchant_id: str
+    caller: E164
+    attempts: int          # rounds finished before this claim
+    max_attempts: int
+    legs: int              # legs persisted so far (channel id sequence)
+    rescued: bool          # the previous owner's lease expired mid-job
+
+
+class QueueStore(StoreBase):
+    """Claim, heartbeat, release and finish jobs under this store's lease owner."""
+
+    async def claim(self, limit: int) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs (and jobs whose lease expired)."""
+        rows = await self.pool.fetch(
+            """WITH c AS (
+                   SELECT callback_id, status AS prev_status
+                   FROM callback_requests
+                   WHERE (status = 'queued' AND next_attempt_at <= now())
+                      OR (status = 'dialing' AND lease_expires_at < now()
+                          -- a live leg on another Asterisk is left to that Asterisk's
+                          -- servers (only they can ask about it), for a while
+                          AND ($4::text IS NULL
+                               OR lease_expires_at < now() - $5 * interval '1 second'
+                               OR NOT EXISTS (
+                                   SELECT 1 FROM callback_attempts a
+                                   WHERE a.callback_id = callback_requests.callback_id
+                                     AND a.status IN ('dialing', 'originated', 'answered')
+                                     AND a.asterisk IS NOT NULL AND a.asterisk <> $4)))
+                   ORDER BY next_attempt_at
+                   LIMIT $3
+                   FOR UPDATE SKIP LOCKED)
+               UPDATE callback_requests r
+               SET status = 'dialing', lease_owner = $1,
+                   lease_expires_at = now() + $2 * interval '1 second',
+                   heartbeat_at = now(), updated_at = now()
+               FROM c WHERE r.callback_id = c.callback_id
+               RETURNING r.callback_id, r.edge_call_id, r.merchant_id, r.caller, r.attempts,
+                         r.max_attempts, c.prev_status,
+                         (SELECT count(*) FROM callback_attempts a
+                          WHERE a.callback_id = r.callback_id) AS legs""",
+            self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s)
+        jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
+                           E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
+                           int(r["legs"]), r["prev_status"] == "dialing") for r in rows]
+        for job in jobs:
+            if job.rescued:
+                log.warning("rescued job %s (previous worker's lease expired)", job.callback_id)
+        return jobs
+
+    async def heartbeat(self, callback_ids: Sequence[str]) -> set[str]:
+        """Extend our leases; returns the ids we still hold."""
+        if not callback_ids:
+            return set()
+        rows = await self.pool.fetch(
+            """UPDATE callback_requests
+               SET lease_expires_at = now() + $2 * interval '1 second', heartbeat_at = now()
+               WHERE callback_id = ANY($3::text[]) AND lease_owner = $1 AND status = 'dialing'
+               RETURNING callback_id""", self.owner, self.lease_s, list(callback_ids))
+        return {r["callback_id"] for r in rows}
+
+    async def seconds_to_next_due(self) -> float | None:
+        """Seconds until the next queued job is due (negative: overdue), or None."""
+        value = await self.pool.fetchval(
+            """SELECT extract(epoch FROM min(t) - now()) FROM (
+                   SELECT min(next_attempt_at) AS t FROM callback_requests
+                   WHERE status = 'queued'
+                   UNION ALL
+                   SELECT min(lease_expires_at) FROM callback_requests
+                   WHERE status = 'dialing') s""")
+        return None if value is None else float(value)
+
+    async def release(self, callback_id: str, delay_s: float, reason: str) -> None:
+        """Give a job back without counting a round (e.g. Asterisk unreachable)."""
+        await self.pool.execute(
+            """UPDATE callback_requests SET status = 'queued', lease_owner = NULL,
+                   lease_expires_at = NULL, reason = $3, updated_at = now(),
+                   next_attempt_at = now() + $2 * interval '1 millisecond'
+               WHERE callback_id = $1 AND lease_owner = $4 AND status = 'dialing'""",
+            callback_id, int(delay_s * 1000), reason, self.owner)
+
+    @survives_database_restarts
+    async def finish(self, callback_id: str, outcome: Finish) -> bool:
+        """End our round: queue the job again, or close it and tell the edge.
+
+        Returns False (and changes nothing) if our lease was lost meanwhile.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if outcome.retry_in_s is not None:
+                row = await conn.fetchrow(
+                    """UPDATE callback_requests SET status = 'queued', attempts = $3,
+                           reason = $4, lease_owner = NULL, lease_expires_at = NULL,
+                           next_attempt_at = now() + $5 * interval '1 second', updated_at = now()
+                       WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                       RETURNING callback_id""", callback_id, self.owner, outcome.attempts,
+                    str(outcome.reason), outcome.retry_in_s)
+                return row is not None
+            row = await conn.fetchrow(
+                """UPDATE callback_requests SET status = $3, attempts = $4, reason = $5,
+                       lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
+                       updated_at = now()
+                   WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                   RETURNING edge_call_id, merchant_id, finished_at""",
+                callback_id, self.owner, outcome.status, outcome.attempts, str(outcome.reason))
+            if row is None:
+                log.error("finish %s: lease lost; outcome %s not recorded", callback_id, outcome)
+                return False
+            await Outbox.enqueue(conn, kind="callback_status", path=EVENTS_PATH, payload={
+                "kind": "callback_status", "callback_id": callback_id,
+                "edge_call_id": row["edge_call_id"], "merchant_id": row["merchant_id"],
+                "status": outcome.status, "reason": str(outcome.reason),
+                "attempts": outcome.attempts, "at": isoformat(row["finished_at"]),
+            }, message_id=fact_message_id("callback_status", callback_id),
+                merchant_id=row["merchant_id"])
+            return True
