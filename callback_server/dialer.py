@@ -3,7 +3,7 @@
 ``transition(state, event) -> (state, commands)``. Events and commands are
 frozen dataclasses; no I/O happens here (no aiohttp, asyncpg or ``shared.ari``
 imports — ``tests/unit/test_callback_dialer.py`` checks). The ARI adapter in
-:mod:`callback_server.stasis` feeds decoded ARI events in and carries the
+:mod:`callback_server.call_runner` feeds decoded ARI events in and carries the
 commands out, one command at a time, in order.
 
 One *round* is one attempt to reach the customer (``attempt_no``, counted

@@ -16,9 +16,10 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from callback_server.call_ports import Rater
+from callback_server.cdr_rating import store_cdr
 from callback_server.dialer import LastLeg, Leg, leg_cdr
 from callback_server.legrecord import LegRecord, LegRecords
-from callback_server.stasis import Rater, store_cdr
 from callback_server.store import CallbackStore
 from callback_server.store.leg_store import LegRow
 from shared import ari

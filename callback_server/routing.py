@@ -2,7 +2,7 @@
 
 :class:`Routing` adapts ``routing_rates.RatingService`` (``rank`` and
 ``cost``) to the two small protocols the worker and the ARI adapter use
-(:class:`~callback_server.worker.RouteSource`, :class:`~callback_server.stasis.Rater`).
+(:class:`~callback_server.worker.RouteSource`, :class:`~callback_server.call_ports.Rater`).
 Without a rating service, or when it knows no route, the static
 ``[[callback.routes]]`` of the config are used in their configured order, and
 CDRs carry no cost.

@@ -2,7 +2,7 @@
 
 ``FakeAri`` records REST calls and lets a test push ARI events through the
 real :class:`~shared.ari.router.EventRouter`; ``MemoryStore`` implements
-:class:`~callback_server.stasis.CallStore` in memory; ``FixedRater`` prices
+:class:`~callback_server.call_ports.CallStore` in memory; ``FixedRater`` prices
 every second the same. Integration tests use the real adapters instead.
 """
 

@@ -6,7 +6,7 @@ is due, or arms a timer for that moment (``pre_callback_delay_s``). A slow
 safety sweep (``sweep_s``) catches what a notification cannot: timers lost in
 a restart, retries due later, and leases that expired (rescue).
 
-A claimed job is run by :class:`~callback_server.stasis.CallRunner`. Before
+A claimed job is run by :class:`~callback_server.call_runner.CallRunner`. Before
 dialling, a job whose last leg is unresolved (it was rescued, or its worker
 lost Asterisk mid-originate) asks Asterisk about that leg's channel id and
 follows :func:`callback_server.dialer.rescue_action`: it re-dials only if the
@@ -26,16 +26,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
+from callback_server.call_ports import AriPort, CallContext, Rater
+from callback_server.call_runner import CallRunner, no_answer_outcome
 from callback_server.dialer import RescueAction, reason_for, rescue_action
 from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
 from callback_server.ivr_flow import Flow
-from callback_server.stasis import (
-    AriPort,
-    CallContext,
-    CallRunner,
-    Rater,
-    no_answer_outcome,
-)
 from callback_server.store import CallbackStore
 from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from shared import ari

@@ -8,10 +8,11 @@ from decimal import Decimal
 
 import pytest
 
+from callback_server.call_ports import CallContext
+from callback_server.call_runner import CallRunner
 from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
 from callback_server.ivr import Submit
 from callback_server.ivr_flow import load_named
-from callback_server.stasis import CallContext, CallRunner
 from callback_server.testing import FakeAri, FixedRater, MemoryStore
 from shared import ari
 from shared.money import Money
@@ -84,7 +85,7 @@ async def test_failover_answer_order_ivr_cdr_and_finish() -> None:
     assert call.ari.named("play")[-1][1] == ("sound:cbgw/confirm-callback",)
     await call.keys("cb-9-02", "1")
     assert call.ari.named("play")[-1][1] == ("sound:cbgw/welcome-menu",)
-    assert call.runner.confirmed
+    assert call.runner.ivr.confirmed
     await call.keys("cb-9-02", "1")
     await call.keys("cb-9-02", "1234#")
     await call.keys("cb-9-02", "2#")

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from callback_server import dialer, ivr
+from callback_server.call_ports import CallContext
+from callback_server.call_runner import CallRunner
 from callback_server.dialer import DialerState, Phase
 from callback_server.dialer_messages import (
     Answered,
@@ -28,7 +30,6 @@ from callback_server.dialer_messages import (
 )
 from callback_server.guard.reasons import GuardRefused, Refusal, Verdict
 from callback_server.ivr_flow import FlowError, load_named, parse_flow
-from callback_server.stasis import CallContext, CallRunner
 from callback_server.testing import FakeAri, FixedRater, MemoryStore
 from shared import ari
 from shared.phone import E164

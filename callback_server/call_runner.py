@@ -1,0 +1,345 @@
+"""ARI adapter: runs one call-back round as one asyncio task.
+
+:class:`CallRunner` owns the round's dialer state, its timers and one inbox, and
+hands the customer's leg to an :class:`~callback_server.ivr_runner.IvrRunner` once
+they answer. ARI events for its channels reach the inbox through the
+:class:`~shared.ari.router.EventRouter` (subscribed *before* each originate, so no
+event is missed); timers and follow-up events go to the same inbox, so the two
+pure machines see one ordered stream.
+
+Commands run one at a time, in order. ``PersistAttempt`` is awaited (and
+committed) before the ``Originate`` that follows it; if our lease on the job
+is gone, nothing is dialled. A leg's CDR is rated and stored by
+:func:`callback_server.cdr_rating.store_cdr`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import InvalidOperation
+
+from callback_server import dialer, ivr
+from callback_server.call_ports import (
+    AriPort,
+    CallContext,
+    CallStore,
+    Inbox,
+    LegRecordSource,
+    Rater,
+    RoundObserver,
+    Timers,
+    safely,
+    utcnow,
+)
+from callback_server.cdr_rating import store_cdr
+from callback_server.dialer import DialerState, Phase
+from callback_server.dialer_messages import (
+    Answered,
+    Begin,
+    CancelTimer,
+    ChannelGone,
+    Command,
+    CreateBridge,
+    DestroyBridge,
+    EndCall,
+    Finish,
+    Hangup,
+    Job,
+    OperatorRequested,
+    Originate,
+    Originated,
+    OriginateFailed,
+    OriginateRefused,
+    PersistAttempt,
+    Reason,
+    RecordCdr,
+    RecordLegResult,
+    Route,
+    Shutdown,
+    StartIvr,
+    StartTimer,
+    TimerFired,
+)
+from callback_server.dialer_messages import Event as DialerEvent
+from callback_server.guard.reasons import GuardRefused
+from callback_server.ivr_runner import IvrRunner
+from callback_server.legrecord import answer_time
+from callback_server.store.queue_store import LeaseLost
+from shared import ari
+
+log = logging.getLogger("callback.stasis")
+
+NORMAL = 16
+
+
+class CallRunner:
+    """One round of one job: the dialer driven by ARI events; the IVR step is ``self.ivr``."""
+
+    def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
+                 store: CallStore, rater: Rater, guard: RoundObserver | None = None,
+                 records: LegRecordSource | None = None) -> None:
+        self.job = job
+        self.records = records           # Asterisk's own leg records (after missed events)
+        self.guard = guard
+        self.rang = False                # a customer leg was originated this round
+        self._refused: set[str] = set()  # legs the guard refused: never originated
+        self.ctx = ctx
+        self.client = client
+        self.router = router
+        self.store = store
+        self.rater = rater
+        self.state = DialerState.new(job)
+        self.inbox: Inbox = asyncio.Queue()
+        self._ari_queue: asyncio.Queue[ari.Event] = asyncio.Queue()
+        self.timers = Timers(self.inbox)
+        self._pending: deque[object] = deque()
+        self._hangup_causes: dict[str, int] = {}
+        self.ivr = IvrRunner(job, ctx, client=client, store=store, timers=self.timers,
+                             customer=self._customer_channel, follow_up=self._pending.append)
+        self.outcome: Finish | None = None
+
+    @property
+    def channel_ids(self) -> tuple[str, ...]:
+        legs = (self.state.customer, self.state.operator)
+        return tuple(leg.channel_id for leg in legs if leg is not None and not leg.ended)
+
+    async def run(self, routes: tuple[Route, ...]) -> Finish | None:
+        pump = asyncio.create_task(self._pump(), name=f"pump {self.job.callback_id}")
+        try:
+            self._pending.append(Begin(routes, utcnow()))
+            while self.state.phase is not Phase.DONE:
+                event = self._pending.popleft() if self._pending else await self.inbox.get()
+                await self._handle(event)
+        except LeaseLost as exc:
+            log.error("%s; abandoning the round without dialling", exc)
+            await self._hangup_all()
+        finally:
+            pump.cancel()
+            self.timers.cancel_all()
+            for cid in {c for c in self.router.channel_ids if c.startswith(self.job.callback_id)}:
+                self.router.release(cid)
+        return self.outcome
+
+    def shutdown(self) -> None:
+        self.inbox.put_nowait(Shutdown(utcnow()))
+
+    async def resync(self, lost_at: datetime | None = None) -> None:
+        """After an events reconnect: catch up on what our legs did meanwhile.
+
+        A leg answered meanwhile is reported answered; a leg that ended meanwhile is
+        reported gone, with Asterisk's own answer and end times and cause when it
+        recorded them (so an answered call still gets its CDR). A leg Asterisk has no
+        record of died with it (killed or crashed: its hangup handler never ran); it is
+        reported gone at ``lost_at``, when the events websocket was lost: the last moment
+        the leg is known to have been up, so the customer is never billed for the outage.
+        """
+        for leg in (self.state.customer, self.state.operator):
+            if leg is None or leg.ended:
+                continue
+            cid = leg.channel_id
+            try:
+                channel = await self.client.get_channel(cid)
+            except ari.AriError:
+                continue
+            if channel is not None:
+                if channel.state == "Up" and leg.answered_at is None:
+                    log.warning("%s was answered while the events websocket was down", cid)
+                    self.inbox.put_nowait(Answered(cid, await self._answer_time(cid)))
+                continue
+            record = None
+            if self.records is not None:
+                try:
+                    record = await self.records.fetch(cid, leg.started_at)
+                except (ari.AriError, TimeoutError) as exc:
+                    log.warning("no leg record of %s: %s", cid, exc)
+            log.warning("%s ended while the events websocket was down (%s)", cid,
+                        record or "Asterisk has no record of it")
+            if record is not None and record.answered_at is not None \
+                    and leg.answered_at is None:
+                self.inbox.put_nowait(Answered(cid, record.answered_at))
+            cause = record.cause if record is not None else self._hangup_causes.get(cid, 0)
+            now = utcnow()
+            if record is not None:
+                ended_at = record.ended_at
+            elif lost_at is not None:   # never before the leg began, nor after now
+                ended_at = min(now, max(lost_at, leg.answered_at or leg.started_at))
+            else:
+                ended_at = now
+            self.inbox.put_nowait(ChannelGone(cid, cause, ended_at))
+
+    async def _answer_time(self, cid: str) -> datetime:
+        """When Asterisk answered ``cid`` (its CDR), else now."""
+        try:
+            answered_at = answer_time(await self.client.get_variable(cid, "CDR(answer,u)"))
+        except (ari.AriError, InvalidOperation):
+            answered_at = None
+        return answered_at or utcnow()
+
+    async def _pump(self) -> None:
+        while True:
+            self.inbox.put_nowait(await self._ari_queue.get())
+
+    # --- events -------------------------------------------------------------------------
+
+    async def _handle(self, event: object) -> None:
+        log.debug("%s <- %s", self.job.callback_id, event)
+        if isinstance(event, Begin | Originated | OriginateFailed | OriginateRefused | Answered
+                      | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
+            await self._dialer(event)
+        elif isinstance(event, ivr.Timeout):
+            await self.ivr.handle(event)
+        elif isinstance(event, ari.StasisStart):
+            await self._dialer(Answered(event.channel.id, event.timestamp or utcnow()))
+        elif (isinstance(event, ari.ChannelHangupRequest) and event.cause is not None
+              and not event.soft):
+            # A soft request's "cause" is Asterisk's soft-hangup flag (32 = explicit), not Q.850.
+            self._hangup_causes[event.channel.id] = event.cause
+        elif isinstance(event, ari.ChannelDestroyed):
+            await self._leg_gone(event.channel.id, event.cause, event.timestamp)
+        elif isinstance(event, ari.StasisEnd):
+            cause = self._hangup_causes.get(event.channel.id, NORMAL)
+            await self._leg_gone(event.channel.id, cause, event.timestamp)
+        elif isinstance(event, ari.ChannelDtmfReceived):
+            if self._is_customer(event.channel.id):
+                await self.ivr.handle(ivr.Dtmf(event.digit))
+        elif isinstance(event, ari.PlaybackFinished):
+            await self.ivr.handle(ivr.PlaybackFinished(event.playback.id))
+
+    def _customer_channel(self) -> str | None:
+        return None if self.state.customer is None else self.state.customer.channel_id
+
+    def _is_customer(self, cid: str) -> bool:
+        return self.state.customer is not None and self.state.customer.channel_id == cid
+
+    async def _leg_gone(self, cid: str, cause: int, at: datetime | None) -> None:
+        op = self.state.operator
+        operator_unanswered = (op is not None and op.channel_id == cid and not op.ended
+                               and op.answered_at is None)
+        customer = self._is_customer(cid)
+        await self._dialer(ChannelGone(cid, cause, at or utcnow()))
+        if customer:
+            await self.ivr.handle(ivr.CallerHangup())
+        elif operator_unanswered:
+            await self.ivr.handle(ivr.OperatorFailed())
+
+    async def _dialer(self, event: DialerEvent) -> None:
+        self.state, commands = dialer.transition(self.state, event)
+        for cmd in commands:
+            await self._run(cmd)
+
+    # --- dialer commands ------------------------------------------------------------------
+
+    async def _run(self, cmd: Command) -> None:  # noqa: C901 - one branch per command type
+        log.debug("%s -> %s", self.job.callback_id, cmd)
+        if isinstance(cmd, PersistAttempt):
+            self.router.subscribe(cmd.channel_id, self._ari_queue)
+            self._refused.discard(cmd.channel_id)    # a refused leg's id is used again
+            try:
+                await self.store.persist_leg(cmd, self.job.merchant_id)
+            except GuardRefused as refused:
+                log.warning("%s: leg %s via %s refused: %s", self.job.callback_id,
+                            cmd.channel_id, cmd.carrier_id, refused.verdict)
+                self.router.release(cmd.channel_id)
+                self._refused.add(cmd.channel_id)
+                self._pending.appendleft(OriginateRefused(
+                    cmd.channel_id, refused.verdict.reason, refused.retry_in_s or 30, utcnow()))
+        elif isinstance(cmd, Originate):
+            await self._originate(cmd)
+        elif isinstance(cmd, Hangup):
+            await self._safely(self.client.hangup(cmd.channel_id, reason=cmd.reason))
+        elif isinstance(cmd, StartTimer):
+            self.timers.start(cmd.name, cmd.seconds, _fired(cmd.name))
+        elif isinstance(cmd, CancelTimer):
+            self.timers.cancel(cmd.name)
+        elif isinstance(cmd, RecordLegResult):
+            await self.store.leg_result(cmd.channel_id, cmd.status, cmd.cause)
+        elif isinstance(cmd, StartIvr):
+            await self.ivr.start(cmd.channel_id)
+        elif isinstance(cmd, CreateBridge):
+            await self._bridge(cmd)
+        elif isinstance(cmd, DestroyBridge):
+            await self._safely(self.client.destroy_bridge(cmd.bridge_id))
+        elif isinstance(cmd, RecordCdr):
+            await self._cdr(cmd)
+        else:
+            await self._finish(cmd)
+
+    async def _originate(self, cmd: Originate) -> None:
+        if cmd.channel_id in self._refused:
+            return                  # its PersistAttempt was refused: never dial it
+        try:
+            await self.client.originate(cmd.endpoint, channel_id=cmd.channel_id,
+                                        app_args=list(cmd.app_args), caller_id=cmd.caller_id,
+                                        timeout=cmd.timeout_s,
+                                        variables=dict(cmd.variables) or None)
+        except ari.AllocationFailed as exc:
+            log.warning("originate %s via %s: allocation failed", cmd.channel_id, cmd.endpoint)
+            self._pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
+            return
+        except ari.AriError as exc:
+            log.warning("originate %s via %s failed: %s", cmd.channel_id, cmd.endpoint, exc)
+            self._pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
+            return
+        log.info("originated %s via %s", cmd.channel_id, cmd.endpoint)
+        if self._is_customer(cmd.channel_id):
+            self.rang = True
+        self._pending.appendleft(Originated(cmd.channel_id, utcnow()))
+
+    async def _bridge(self, cmd: CreateBridge) -> None:
+        try:
+            await self.client.create_bridge(cmd.bridge_id, type=cmd.bridge_type)
+            await self.client.add_channel(cmd.bridge_id, list(cmd.channel_ids))
+        except ari.AriError as exc:
+            log.error("bridge %s failed: %s; ending the operator leg", cmd.bridge_id, exc)
+            await self._safely(self.client.hangup(cmd.channel_ids[-1]))
+
+    async def _cdr(self, cmd: RecordCdr) -> None:
+        await store_cdr(self.store, self.rater, cmd, destination=self.job.destination,
+                        inbound_tariff=self.ctx.inbound_tariff,
+                        edge_call_id=self.ctx.edge_call_id, merchant_id=self.job.merchant_id)
+
+    async def _finish(self, cmd: Finish) -> None:
+        self.outcome = cmd
+        if self.guard is not None:      # before the job can be queued again
+            rang = self.rang and cmd.reason not in _NOT_RUNG
+            try:
+                await self.guard.round_ended(
+                    callback_id=self.job.callback_id, attempt_no=self.job.attempt_no,
+                    number=self.job.destination, merchant_id=self.job.merchant_id,
+                    rang=rang, confirmed=self.ivr.confirmed)
+            except Exception:
+                log.exception("%s: the guard could not record the round", self.job.callback_id)
+        if not await self.store.finish(self.job.callback_id, cmd):
+            log.error("%s: lease lost; outcome %s dropped", self.job.callback_id, cmd)
+        log.info("%s round %d: %s (%s)%s", self.job.callback_id, self.job.attempt_no,
+                 cmd.status, cmd.reason,
+                 f", retry in {cmd.retry_in_s} s" if cmd.retry_in_s is not None else "")
+
+    # --- helpers --------------------------------------------------------------------------
+
+    async def _safely(self, call: Awaitable[object]) -> None:
+        await safely(call, self.job.callback_id)
+
+    async def _hangup_all(self) -> None:
+        for cid in self.channel_ids:
+            await self._safely(self.client.hangup(cid))
+
+
+# Rounds that end with these reasons never rang the customer's phone.
+_NOT_RUNG = frozenset({Reason.CARRIERS_EXHAUSTED, Reason.NO_ROUTE})
+
+
+def _fired(name: str) -> Callable[[], object]:
+    return lambda: TimerFired(name, utcnow())
+
+
+def no_answer_outcome(job: Job) -> Finish:
+    """The outcome of a round that rang and was lost (rescue): counted, normal backoff."""
+    if job.attempt_no < job.policy.max_attempts:
+        return Finish("retry", Reason.NO_ANSWER, job.attempt_no,
+                      job.policy.delay_after(job.attempt_no))
+    return Finish("failed", Reason.NO_ANSWER, job.attempt_no)

@@ -1,0 +1,83 @@
+"""The IVR step of a call-back round, and its confirm gate.
+
+Once the customer answers, :class:`IvrRunner` drives the pure IVR machine
+(:mod:`callback_server.ivr`) over the customer's leg: it plays prompts, runs the
+IVR's timers, stores what the customer gave (request info) and hands the
+dialer's part (operator, hang-up) back to the round as follow-up events. When
+the flow has a confirm gate (``Flow.confirm_callback``) and the customer
+passes it, the round counts as confirmed (the guard's harassment brake).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from callback_server import ivr
+from callback_server.call_ports import AriPort, CallContext, CallStore, Timers, safely, utcnow
+from callback_server.dialer_messages import EndCall, Job, OperatorRequested
+
+log = logging.getLogger("callback.stasis")
+
+
+class IvrRunner:
+    """The IVR of one round (started by the dialer's ``StartIvr``)."""
+
+    def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, store: CallStore,
+                 timers: Timers, customer: Callable[[], str | None],
+                 follow_up: Callable[[object], None]) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.client = client
+        self.store = store
+        self.timers = timers
+        self.customer = customer         # the customer leg's channel id, while there is one
+        self.follow_up = follow_up       # an event for the round, after the current one
+        self.state: ivr.IvrState | None = None
+        self.confirmed = False           # the customer passed the flow's confirm gate
+        self._submits = 0
+
+    async def start(self, channel_id: str) -> None:
+        self.state, commands = ivr.start(self.ctx.flow, channel_id)
+        for cmd in commands:
+            await self._run(cmd)
+
+    async def handle(self, event: ivr.Event) -> None:
+        if self.state is None:
+            return
+        before = self.state.node
+        self.state, commands = ivr.transition(self.state, event)
+        gate = self.ctx.flow.confirm_callback
+        if gate is not None and before == gate and self.state.node == self.ctx.flow.confirm_yes:
+            self.confirmed = True
+            log.info("%s: the customer confirmed the call-back", self.job.callback_id)
+        for cmd in commands:
+            await self._run(cmd)
+
+    async def _run(self, cmd: ivr.Command) -> None:
+        log.debug("%s -> ivr %s", self.job.callback_id, cmd)
+        customer = self.customer()
+        if isinstance(cmd, ivr.Play) and customer is not None:
+            await safely(self.client.play(customer, list(cmd.media),
+                                          playback_id=cmd.playback_id), self.job.callback_id)
+        elif isinstance(cmd, ivr.StopPlayback):
+            await safely(self.client.stop_playback(cmd.playback_id), self.job.callback_id)
+        elif isinstance(cmd, ivr.StartTimer):
+            self.timers.start(cmd.timer_id, cmd.seconds, _timeout(cmd.timer_id))
+        elif isinstance(cmd, ivr.CancelTimer):
+            self.timers.cancel(cmd.timer_id)
+        elif isinstance(cmd, ivr.Submit):
+            self._submits += 1
+            await self.store.record_info(
+                cmd, callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
+                merchant_id=self.job.merchant_id, caller=self.job.destination,
+                collected_at=utcnow(), seq=self._submits)
+            log.info("%s collected %s %s", self.job.callback_id, cmd.category, cmd.as_dict())
+        elif isinstance(cmd, ivr.DialOperator):
+            self.follow_up(OperatorRequested(utcnow()))
+        elif isinstance(cmd, ivr.Hangup):
+            self.follow_up(EndCall(utcnow()))
+
+
+def _timeout(timer_id: str) -> Callable[[], object]:
+    return lambda: ivr.Timeout(timer_id)
