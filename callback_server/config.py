@@ -96,7 +96,8 @@ class CallbackSettings:
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> CallbackSettings:
-        top = root(load(path, ENV_PREFIX, environ))
+        source = load(path, ENV_PREFIX, environ)
+        top = root(source)
         common = SiteCommon.parse(top, path, app="callback", default_database=DEFAULT_DATABASE,
                                   default_port=DEFAULT_PORT, require_client_cert=True)
         merchants = common.merchants
@@ -116,6 +117,7 @@ class CallbackSettings:
                                     f"flow {m.ivr_flow!r} has no confirm_callback gate "
                                     "(press 1 before anything else); [guard] "
                                     "require_confirm = true requires one")
+        source.check_unknown()
         return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard)
 
     def merchant(self, merchant_id: str) -> Merchant:

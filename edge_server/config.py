@@ -67,7 +67,7 @@ class EdgeBehaviour:
         return cls(
             direct_context=s.str("direct_context", "direct", pattern=r"[A-Za-z0-9_-]+"),
             callback_when_unrated=s.bool("callback_when_unrated", True),
-            per_merchant_unrated={k: overrides.bool(k) for k in overrides.data},
+            per_merchant_unrated={k: overrides.bool(k) for k in overrides.keys()},
             sweep_after_s=s.int("sweep_after_s", 60, min=10),
             sweep_every_s=float(s.decimal("sweep_every_s", "15", min=Decimal(1))),
             timings=timings,
@@ -90,10 +90,12 @@ class EdgeSettings:
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> EdgeSettings:
-        top = root(load(path, ENV_PREFIX, environ))
+        source = load(path, ENV_PREFIX, environ)
+        top = root(source)
         common = SiteCommon.parse(top, path, app="edge", default_database=DEFAULT_DATABASE,
                                   default_port=DEFAULT_PORT, require_client_cert=False)
         settings = cls(**common.fields(), edge=EdgeBehaviour.parse(top.section("edge")))
+        source.check_unknown()
         unknown = set(settings.edge.per_merchant_unrated) - {m.id for m in settings.merchants}
         if unknown:
             raise ConfigError(f"{path}: edge.unrated_callback: unknown merchant(s) "

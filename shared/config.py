@@ -5,9 +5,21 @@ as ``<PREFIX>__<SECTION>__<KEY>``, for example ``EDGE__HTTP__PORT=9443`` or
 ``CALLBACK__ARI__URL=http://10.0.0.5:8088``. The value is read as a TOML value
 when it parses as one (numbers, booleans, arrays), else as a string.
 
-Errors name the file, the line where it can be found, and the key::
+Errors name the file, the line where it can be found, and the key; a value
+set from the environment is named by its variable instead::
 
     deploy/edge.toml:14: merchants[0].announce_mode: expected one of answer, early_media
+    environment EDGE__HTTP__PORT: http.port: expected an integer, got 'x'
+
+Unknown keys and sections are errors. Every accessor of :class:`Section`
+records the key it was asked for; once a settings object is parsed,
+:meth:`Source.check_unknown` refuses every key present but never asked for,
+with the nearest known key::
+
+    deploy/edge.toml:31: merchants[0].anounce_mode: unknown key (did you mean announce_mode?)
+
+A table whose keys are data (``[rates.fx_rates]``, ``[signing.trusted]``) is
+read with :meth:`Section.keys`, which accepts whatever keys it has.
 
 Sections common to both sites (database, http, tls, ari, signing, peer,
 merchants) are parsed here; each server adds its own on top.
@@ -16,6 +28,7 @@ merchants) are parsed here; each server adds its own on top.
 from __future__ import annotations
 
 import builtins
+import difflib
 import enum
 import os
 import re
@@ -36,26 +49,118 @@ class ConfigError(ValueError):
 
 
 class Source:
-    """A parsed TOML document plus where it came from, for error messages."""
+    """A parsed TOML document plus where it came from, for error messages.
 
-    def __init__(self, path: Path, data: dict[str, Any], text: str) -> None:
+    It also records which keys the settings asked for (:meth:`Section.str` and
+    the other accessors), so that :meth:`check_unknown` can refuse the rest.
+    """
+
+    def __init__(self, path: Path, data: dict[str, Any], text: str,
+                 env: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.data = data
         self._lines = text.splitlines()
+        #: dotted key (no indices) → the environment variable that set it
+        self.env: dict[str, str] = dict(env or {})
+        #: dotted keys (with ``[i]`` indices) some accessor asked for, present or not
+        self.asked: set[str] = set()
+
+    def _headers(self) -> list[tuple[int, str]]:
+        """``(line, name)`` of every ``[table]`` and ``[[array]]`` header."""
+        found = []
+        for number, line in enumerate(self._lines, start=1):
+            match = _HEADER.match(line)
+            if match:
+                found.append((number, re.sub(r"\s+", "", match.group(1))))
+        return found
+
+    def _table_span(self, dotted: str) -> tuple[int, int] | None:
+        """The lines (first, end) of the table ``dotted`` (``merchants[1]``, ``guard.caps``)."""
+        if not dotted:
+            headers = self._headers()
+            return 0, headers[0][0] - 1 if headers else len(self._lines)
+        name = re.sub(r"\[\d+\]", "", dotted)
+        index = re.search(r"\[(\d+)\]$", dotted)
+        headers = self._headers()
+        starts = [i for i, (_, h) in enumerate(headers) if h == name]
+        nth = int(index.group(1)) if index else 0
+        if nth >= len(starts):
+            return None
+        i = starts[nth]
+        end = headers[i + 1][0] - 1 if i + 1 < len(headers) else len(self._lines)
+        return headers[i][0], end
 
     def line_of(self, dotted: str) -> int | None:
-        """Best effort: the line that sets the last key of ``dotted``."""
-        key = re.sub(r"\[\d+\]", "", dotted.rsplit(".", 1)[-1])
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        """Best effort: the line that sets the last key of ``dotted``, or its header."""
+        span = self._table_span(dotted)
+        if span is not None and dotted:
+            return span[0]
+        parent, _, last = dotted.rpartition(".")
+        key = re.sub(r"\[\d+\]", "", last)
+        pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        within = self._table_span(parent)
+        if within is not None:
+            first, end = within
+            for number in range(first + 1, end + 1):
+                if pattern.match(self._lines[number - 1]):
+                    return number
+            if parent:  # absent from its table: the table's header
+                return first
         for number, line in enumerate(self._lines, start=1):
             if pattern.match(line):
                 return number
         return None
 
-    def error(self, dotted: str, message: str) -> ConfigError:
+    def where(self, dotted: str) -> str:
+        """``file:line`` of ``dotted``, or the environment variable that set it."""
+        plain = re.sub(r"\[\d+\]", "", dotted)
+        parts = plain.split(".")
+        for end in range(len(parts), 0, -1):
+            variable = self.env.get(".".join(parts[:end]))
+            if variable is not None:
+                return f"environment {variable}"
         line = self.line_of(dotted)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(f"{where}: {dotted}: {message}")
+        if line:
+            return f"{self.path}:{line}"
+        below = sorted(name for key, name in self.env.items() if key.startswith(plain + "."))
+        return f"environment {below[0]}" if below else str(self.path)
+
+    def error(self, dotted: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(dotted)}: {dotted}: {message}")
+
+    def check_unknown(self) -> None:
+        """Refuse every key of the file (or environment) that no accessor asked for."""
+        errors = [self.error(dotted, "unknown " + ("section" if isinstance(value, Mapping)
+                                                   else "key") + self._hint(dotted))
+                  for dotted, value in self._unasked(self.data, "")]
+        if errors:
+            raise ConfigError("\n".join(str(e) for e in errors))
+
+    def _unasked(self, table: Mapping[str, Any], prefix: str) -> list[tuple[str, Any]]:
+        found = []
+        for key, value in table.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if dotted not in self.asked:
+                found.append((dotted, value))
+            elif isinstance(value, Mapping):
+                found += self._unasked(value, dotted)
+            elif isinstance(value, list) and value and all(isinstance(v, Mapping)
+                                                           for v in value):
+                for i, item in enumerate(value):
+                    found += self._unasked(item, f"{dotted}[{i}]")
+        return found
+
+    def _hint(self, dotted: str) -> str:
+        parent, _, key = dotted.rpartition(".")
+        known = sorted({a.rpartition(".")[2] for a in self.asked if a.rpartition(".")[0] == parent})
+        close = difflib.get_close_matches(key, known, n=1) or [
+            k for k in known if k.startswith(key) or key.startswith(k)]
+        if close:
+            return f" (did you mean {close[0]}?)"
+        return f"; known here: {', '.join(known)}" if known else ""
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 
 
 def load(path: Path, env_prefix: str, environ: Mapping[str, str] | None = None) -> Source:
@@ -68,13 +173,15 @@ def load(path: Path, env_prefix: str, environ: Mapping[str, str] | None = None) 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    apply_env(data, env_prefix, os.environ if environ is None else environ)
-    return Source(path, data, text)
+    env = apply_env(data, env_prefix, os.environ if environ is None else environ)
+    return Source(path, data, text, env)
 
 
-def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> None:
+def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """Apply the overrides; returns which dotted key each variable set."""
     marker = prefix.upper() + "__"
-    for name, raw in environ.items():
+    applied: dict[str, str] = {}
+    for name, raw in sorted(environ.items()):
         if not name.startswith(marker):
             continue
         keys = [k.lower() for k in name[len(marker) :].split("__") if k]
@@ -87,6 +194,8 @@ def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> 
                 raise ConfigError(f"environment {name}: {key} is not a section")
             node = child
         node[keys[-1]] = _env_value(raw)
+        applied[".".join(keys)] = name
+    return applied
 
 
 def _env_value(raw: str) -> Any:
@@ -109,22 +218,39 @@ class Section:
     def _key(self, key: builtins.str) -> builtins.str:
         return f"{self.path}.{key}" if self.path else key
 
+    def _get(self, key: builtins.str, default: Any = None) -> Any:
+        """The value of ``key`` (``default`` if absent), recording that it was asked for."""
+        self.source.asked.add(self._key(key))
+        return self.data.get(key, default)
+
+    def _required(self, key: builtins.str) -> ConfigError:
+        close = difflib.get_close_matches(key, [k for k in self.data
+                                                if self._key(k) not in self.source.asked], n=1)
+        return self.error(key, "required" + (f" (found {close[0]}: a typo?)" if close else ""))
+
+    def keys(self) -> list[builtins.str]:
+        """The keys of a table whose keys are data (currencies, key ids): all accepted."""
+        for key in self.data:
+            self.source.asked.add(self._key(key))
+        return list(self.data)
+
     def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
         return self.source.error(self._key(key), message)
 
     def section(self, key: builtins.str) -> Section:
-        value = self.data.get(key, {})
+        value = self._get(key, {})
         if not isinstance(value, Mapping):
             raise self.error(key, "expected a table")
         return Section(self.source, value, self._key(key))
 
     def sections(self, key: builtins.str) -> list[Section]:
-        value = self.data.get(key, [])
+        value = self._get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
             raise self.error(key, "expected an array of tables ([[...]])")
         return [Section(self.source, v, f"{self._key(key)}[{i}]") for i, v in enumerate(value)]
 
     def has(self, key: builtins.str) -> builtins.bool:
+        self.source.asked.add(self._key(key))
         return key in self.data
 
     def str(
@@ -134,9 +260,9 @@ class Section:
         *,
         pattern: builtins.str | None = None,
     ) -> builtins.str:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if value is None:
-            raise self.error(key, "required")
+            raise self._required(key)
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {type(value).__name__}")
         if pattern and not re.fullmatch(pattern, value):
@@ -144,7 +270,7 @@ class Section:
         return value
 
     def opt_str(self, key: builtins.str) -> builtins.str | None:
-        return self.str(key) if self.data.get(key) not in (None, "") else None
+        return self.str(key) if self._get(key) not in (None, "") else None
 
     def int(
         self,
@@ -154,9 +280,9 @@ class Section:
         min: builtins.int | None = None,
         max: builtins.int | None = None,
     ) -> builtins.int:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if value is None:
-            raise self.error(key, "required")
+            raise self._required(key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"expected an integer, got {value!r}")
         if (min is not None and value < min) or (max is not None and value > max):
@@ -166,9 +292,9 @@ class Section:
     def decimal(
         self, key: builtins.str, default: builtins.str | None = None, *, min: Decimal | None = None
     ) -> Decimal:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if value is None:
-            raise self.error(key, "required")
+            raise self._required(key)
         if isinstance(value, bool) or not isinstance(value, int | str | float):
             raise self.error(key, f"expected a number, got {value!r}")
         # TOML floats are turned into Decimal through their repr, not binary.
@@ -181,7 +307,7 @@ class Section:
         return result
 
     def bool(self, key: builtins.str, default: builtins.bool | None = None) -> builtins.bool:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
         return value
@@ -189,7 +315,7 @@ class Section:
     def str_list(
         self, key: builtins.str, default: Sequence[builtins.str] = ()
     ) -> tuple[builtins.str, ...]:
-        value = self.data.get(key, list(default))
+        value = self._get(key, list(default))
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.error(key, "expected an array of strings")
         return tuple(value)
@@ -197,7 +323,7 @@ class Section:
     def int_list(
         self, key: builtins.str, default: Sequence[builtins.int] = ()
     ) -> tuple[builtins.int, ...]:
-        value = self.data.get(key, list(default))
+        value = self._get(key, list(default))
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):
@@ -205,7 +331,7 @@ class Section:
         return tuple(value)
 
     def enum(self, key: builtins.str, kind: type[E], default: E | None = None) -> E:
-        value = self.data.get(key, default.value if default is not None else None)
+        value = self._get(key, default.value if default is not None else None)
         try:
             return kind(value)
         except ValueError:
@@ -314,7 +440,7 @@ class SigningSettings:
         if not keys:
             raise s.error("keys", "at least one private signing key file is required")
         trusted_sec = s.section("trusted")
-        trusted = {k: trusted_sec.path_value(k) for k in trusted_sec.data}
+        trusted = {k: trusted_sec.path_value(k) for k in trusted_sec.keys()}
         if not trusted:
             raise s.error("trusted", "at least one trusted peer key is required")
         return cls(keys=keys, trusted=trusted)

@@ -130,8 +130,8 @@ class LinkPolicy:
     def parse(cls, s: Section, route_names: Sequence[str]) -> LinkPolicy:
         default = KindPolicy()
         kinds: dict[str, KindPolicy] = {}
-        for key, value in s.data.items():
-            policy = _parse_kind(s, key, value, route_names)
+        for key in s.keys():
+            policy = _parse_kind(s, key, s.data[key], route_names)
             if key in _RESERVED:
                 default = policy
             else:
@@ -154,9 +154,6 @@ def _parse_kind(s: Section, key: str, value: Any, route_names: Sequence[str]) ->
             routes = (sub.str("route"),)
         else:
             routes = sub.str_list("order")
-        extra = set(value) - {"mode", "route", "order"}
-        if extra:
-            raise sub.error(sorted(extra)[0], "unknown key (expected mode, route, order)")
     else:
         raise s.error(key, 'expected a mode string or {mode = "...", route = "..."}')
     try:

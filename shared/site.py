@@ -69,7 +69,7 @@ class RatesSettings:
     def parse(cls, s: Section) -> RatesSettings:
         fx = s.section("fx_rates")
         return cls(enabled=s.bool("enabled", False), fx_base=s.str("fx_base", "JPY"),
-                   fx_rates={k: str(fx.decimal(k)) for k in fx.data},
+                   fx_rates={k: str(fx.decimal(k)) for k in fx.keys()},
                    announce_s=s.decimal("announce_s", "5", min=Decimal(0)))
 
     def fx(self) -> FxTable:

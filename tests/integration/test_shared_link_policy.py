@@ -61,7 +61,10 @@ rise = 3
 def _peer(tmp_path: Path, text: str) -> PeerSettings:
     path = tmp_path / "site.toml"
     path.write_text(text)
-    return PeerSettings.parse(root(load(path, "TEST", {})).section("peer"))
+    source = load(path, "TEST", {})
+    peer = PeerSettings.parse(root(source).section("peer"))
+    source.check_unknown()
+    return peer
 
 
 def test_peer_section_parses_routes_policy_and_health(tmp_path: Path) -> None:
@@ -95,7 +98,7 @@ def test_the_relays_window_is_configured_in_the_peer_section(tmp_path: Path) -> 
     ('billing = {mode = "pinned", route = "satellite"}', "unknown route 'satellite'"),
     ('billing = "pinned"', "pinned needs exactly one route"),
     ('cdr = "sometimes"', "expected one of primary_backup, both, pinned"),
-    ('cdr = {mode = "both", routes = ["a"]}', "unknown key"),
+    ('cdr = {mode = "both", routes = ["a"]}', r"routes: unknown key \(did you mean route\?\)"),
     ("cdr = 3", "expected a mode string"),
 ])
 def test_bad_policies_are_refused_with_the_line(tmp_path: Path, policy: str,
