@@ -179,9 +179,7 @@ class DeckParser:
                 if self._pending.count('"') % 2:
                     continue
                 text, number, self._pending = self._pending, self._start, ""
-            row = self._slow(text, number, get, const, width)
-            if row:
-                buf.append(lead + row)
+            buf.extend(lead + row for row in self._slow(text, number, get, const, width))
         if buf:
             buf.append("")
         return "\n".join(buf)
@@ -194,19 +192,21 @@ class DeckParser:
             return None
 
     def _slow(self, text: str, line: int, get: dict[str, int], const: dict[str, str],
-              width: int) -> str | None:
+              width: int) -> list[str]:
+        """The line's rows: one per prefix (a prefix list column gives several)."""
         fields = self._split(text, line)
         if fields is None:
-            return None
+            return []
         if len(fields) < width:
             if "".join(fields).strip():
                 self.problem(line, "*", f"expected at least {width} columns, found "
                              f"{len(fields)}", text.rstrip("\r\n"))
-            return None
-        values = self._check(fields, line, get, const)
-        if values is None:
-            return None
-        return self.emit(line, values)
+            return []
+        checked = self._check(fields, line, get, const)
+        if checked is None:
+            return []
+        prefixes, terms = checked
+        return [self.emit(line, (prefix, *terms)) for prefix in prefixes]
 
     def emit(self, line: int, v: tuple[str, ...]) -> str:
         self.row_count += 1
@@ -252,17 +252,27 @@ class DeckParser:
             moment = moment.replace(tzinfo=self._tz)
         return moment.isoformat()
 
+    def _prefixes(self, raw: str, line: int) -> list[str]:
+        separator = self.profile.prefix_list_separator
+        if not separator:
+            prefixes = [raw.strip()]
+        elif not (prefixes := [p.strip() for p in raw.split(separator) if p.strip()]):
+            self.problem(line, "prefix", "no prefix in the list", raw)
+        for prefix in prefixes:
+            if not (prefix.isascii() and prefix.isdigit()):
+                self.problem(line, "prefix", "prefix must be digits only (E.164 without +)",
+                             prefix)
+            elif prefix[0] == "0" or len(prefix) > 15:
+                self.problem(line, "prefix",
+                             "prefix must not start with 0 or exceed 15 digits", prefix)
+        return prefixes
+
     def _check(self, fields: list[str], line: int, get: dict[str, int],
-               const: dict[str, str]) -> tuple[str, ...] | None:
+               const: dict[str, str]) -> tuple[list[str], tuple[str, ...]] | None:
+        """The line's prefixes, and its other values in COPY order."""
         before = self.problem_count
-        prefix = fields[get["prefix"]].strip()
-        if not (prefix.isascii() and prefix.isdigit()):
-            self.problem(line, "prefix", "prefix must be digits only (E.164 without +)",
-                         prefix)
-        elif prefix[0] == "0" or len(prefix) > 15:
-            self.problem(line, "prefix", "prefix must not start with 0 or exceed 15 digits",
-                         prefix)
-        out: dict[str, str | None] = {"prefix": prefix}
+        prefixes = self._prefixes(fields[get["prefix"]], line)
+        out: dict[str, str | None] = {}
         for name in _SOURCE[1:]:
             idx = get[name]
             out[name] = const[name] if idx < 0 else self._field(name, fields[idx], line)
@@ -271,11 +281,11 @@ class DeckParser:
             self.problem(line, "currency", "unknown currency (ISO 4217 expected)", currency)
         if self.problem_count != before:
             return None
-        values = tuple(v or "" for v in out.values())
-        if values[11] != NULL and values[12] != NULL and values[12] <= values[11]:
-            self.problem(line, "end", "end date is not after the effective date", values[12])
+        start, end = out["effective"], out["end"]
+        if start != NULL and end != NULL and str(end) <= str(start):
+            self.problem(line, "end", "end date is not after the effective date", str(end))
             return None
-        return values
+        return prefixes, tuple(v or "" for v in out.values())
 
     def _field(self, name: str, raw: str, line: int) -> str | None:  # noqa: C901
         if name == "rate":

@@ -189,7 +189,7 @@ async def index_and_dedupe(conn: Connection, table: str, parser: DeckParser) -> 
         f"SELECT prefix, array_agg(line ORDER BY line) AS lines, count(DISTINCT "
         f"(rate, unit_s, initial_s, increment_s, connect_fee, min_cost, currency)) AS terms "
         f"FROM {table} GROUP BY prefix, origins, period, valid_from HAVING count(*) > 1")
-    dropped: list[int] = []
+    dropped = 0
     for r in rows:
         first, *later = r["lines"]
         if r["terms"] > 1:
@@ -197,11 +197,15 @@ async def index_and_dedupe(conn: Connection, table: str, parser: DeckParser) -> 
                 parser.problem(line, "rate", f"prefix {r['prefix']} already on line {first} "
                                "with different terms")
         else:
-            dropped.extend(later)
+            dropped += len(later)
     if not parser.problem_count:
-        await conn.execute(f"DELETE FROM {table} WHERE line = ANY($1::int[])", dropped)
+        # By row, not by line: a line with a prefix list holds several rows.
+        await conn.execute(
+            f"DELETE FROM {table} t USING (SELECT ctid, row_number() OVER (PARTITION BY "
+            f"prefix, origins, period, valid_from ORDER BY line) AS n FROM {table}) d "
+            "WHERE t.ctid = d.ctid AND d.n > 1")
         await conn.execute(create)
-    return len(dropped)
+    return dropped
 
 
 async def import_deck(conn: Connection, tariff_id: str, path: Path,

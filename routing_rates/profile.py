@@ -12,6 +12,8 @@
     currency = "USD"             # default when there is no currency column
     timezone = "UTC"             # for dates without an offset
     origins_separator = " "
+    prefix_list_separator = ","  # the prefix column holds a list ("8170,8180,8190"):
+                                 # one rate row per prefix, each with the line's terms
     skip_rows = 0                # junk lines before the header
 
     [columns]                    # field = header name (or 1-based column number)
@@ -68,6 +70,7 @@ class ColumnProfile:
     currency: str = "USD"
     timezone: str = "UTC"
     origins_separator: str = " "
+    prefix_list_separator: str = ""      # "": one prefix per line
     skip_rows: int = 0
     defaults: Mapping[str, str] = field(default_factory=dict)
 
@@ -116,6 +119,14 @@ def _separators(data: dict[str, Any], source: str) -> tuple[str, str]:
     return delimiter, decimal_separator
 
 
+def _prefix_list_separator(data: dict[str, Any], source: str) -> str:
+    separator = data.get("prefix_list_separator", "")
+    if not isinstance(separator, str) or any(c.isdigit() for c in separator):
+        raise ProfileError(f"{source}: prefix_list_separator must be a string without "
+                           f"digits, such as \",\" or \";\": {separator!r}")
+    return separator
+
+
 def _locale(data: dict[str, Any], source: str) -> tuple[str, str, str]:
     encoding = str(data.get("encoding", "utf-8-sig"))
     try:
@@ -153,6 +164,7 @@ def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
         decimal_separator=decimal_separator, unit_s=_unit(data.get("rate_unit", 60), source),
         decimals=decimals, currency=currency, timezone=timezone,
         origins_separator=str(data.get("origins_separator", " ")),
+        prefix_list_separator=_prefix_list_separator(data, source),
         skip_rows=int(data.get("skip_rows", 0)),
         defaults={k: str(v) for k, v in defaults_raw.items()})
 

@@ -191,3 +191,30 @@ async def test_csv_error_is_an_import_error_with_file_and_line(conn: asyncpg.Con
     assert f"huge-field.csv:3: column *: not readable as CSV: field larger than field limit " \
         f"({FIELD_LIMIT})" in str(err.value)
     assert await _counts(conn) == before
+
+
+async def test_prefix_list_deck_imports_one_row_per_prefix(conn: asyncpg.Connection,
+                                                           tmp_path: Path) -> None:
+    profile = tmp_path / "lists.toml"
+    profile.write_text('prefix_list_separator = ","\n[columns]\ndestination = "Destination"\n'
+                       'prefix = "Codes"\nrate = "Rate"\n')
+    deck = tmp_path / "lists.csv"
+    deck.write_text('Destination,Codes,Rate\n"Japan Mobile","8170,8180,8190",0.1398\n'
+                    'Japan,81,0.0385\n"Japan Mobile more","8190,8180,8185",0.1398\n')
+    result = await importer.import_deck(conn, "gen", deck, load_profile(str(profile)),
+                                        stage=True)
+    # the repeats of 8190 and 8180 on line 4 (same terms) are dropped, 8185 is kept
+    assert (result.rows, result.duplicates) == (5, 2)
+    assert result.deck is not None
+    rows = await conn.fetch("SELECT prefix, destination, rate, line FROM rates_rows "
+                            "WHERE deck_id = $1 ORDER BY prefix", result.deck.id)
+    assert [tuple(r) for r in rows] == [
+        ("81", "Japan", Decimal("0.0385"), 3), ("8170", "Japan Mobile", Decimal("0.1398"), 2),
+        ("8180", "Japan Mobile", Decimal("0.1398"), 2),
+        ("8185", "Japan Mobile more", Decimal("0.1398"), 4),
+        ("8190", "Japan Mobile", Decimal("0.1398"), 2)]
+    deck.write_text('Destination,Codes,Rate\n"Japan Mobile","8170,8180",0.1398\n'
+                    '"Japan Mobile","8180",0.15\n')
+    with pytest.raises(importer.DeckImportError, match="lists.csv:3: column rate: prefix "
+                       "8180 already on line 2 with different terms"):
+        await importer.import_deck(conn, "gen", deck, load_profile(str(profile)))

@@ -176,3 +176,49 @@ def test_field_over_the_limit_is_a_problem_on_its_line(field: str) -> None:
     assert [(p.line, p.column) for p in problems][0] == (3, "*")
     assert str(FIELD_LIMIT) in problems[0].reason
     assert problems[-1].column == "rate"
+
+
+LIST_PROFILE = parse_profile("""
+    prefix_list_separator = ","
+    [columns]
+    destination = "Destination"
+    prefix = "Codes"
+    rate = "Rate"
+""")
+
+
+def test_prefix_list_column_gives_one_row_per_prefix() -> None:
+    rows, problems = parse('Destination,Codes,Rate\n"Japan Mobile","8170,8180, 8190",0.1398\n'
+                           "Japan,81,0.0385\n", LIST_PROFILE)
+    assert problems == []
+    assert [(r[0], r[1], r[2], r[-1]) for r in rows] == [
+        ("8170", "Japan Mobile", "0.1398", "2"), ("8180", "Japan Mobile", "0.1398", "2"),
+        ("8190", "Japan Mobile", "0.1398", "2"), ("81", "Japan", "0.0385", "3")]
+    assert len({tuple(r[1:]) for r in rows[:3]}) == 1    # the same terms and line
+
+
+def test_prefix_list_with_another_separator_unquoted() -> None:
+    profile = parse_profile('prefix_list_separator = ";"\n[columns]\nprefix = "p"\n'
+                            'rate = "r"\n')
+    rows, problems = parse("p,r\n4420;4421;,0.01\n33,0.02\n", profile)
+    assert problems == []
+    assert [r[0] for r in rows] == ["4420", "4421", "33"]
+
+
+def test_bad_prefixes_in_a_list_are_each_named() -> None:
+    rows, problems = parse('Destination,Codes,Rate\nX,"8170,08180,81x",0.1\nY,"",0.1\n'
+                           'Z,"44",0.1\n', LIST_PROFILE)
+    assert [r[0] for r in rows] == ["44"]
+    assert [(p.line, p.column, p.value) for p in problems] == [
+        (2, "prefix", "08180"), (2, "prefix", "81x"), (3, "prefix", "")]
+    assert problems[2].reason == "no prefix in the list"
+
+
+def test_without_a_list_separator_a_list_is_a_bad_prefix() -> None:
+    _, problems = parse(HEADER + '"8170,8180",JP,0.1,0,60,60\n')
+    assert [(p.line, p.column, p.value) for p in problems] == [(2, "prefix", "8170,8180")]
+
+
+def test_prefix_list_separator_must_not_hold_digits() -> None:
+    with pytest.raises(ProfileError, match="prefix_list_separator"):
+        parse_profile('prefix_list_separator = "0"\n[columns]\nprefix = "p"\nrate = "r"\n')
