@@ -8,7 +8,7 @@ executed in order against small Protocols (:class:`AriGateway`,
 :class:`CallBackend`, :class:`Decider`), so tests drive a session with
 in-process fakes (:mod:`edge_server.testing`).
 
-On every ``Connected`` (first connect and reconnects, README item 7)
+On every ``Connected`` (first connect and reconnects)
 :meth:`StasisApp.resync` lists the application's channels: a channel with no
 live session is an orphan parked by a crash, so its held request (if any) is
 released and the channel hung up; a live session whose channel vanished while

@@ -1,4 +1,4 @@
-"""The toll-fraud and harassment guard of the callback site (issue 5).
+"""The toll-fraud and harassment guard of the callback site.
 
 * :mod:`.policy` — pure destination policy (country + number type allowlist,
   built-in JP service prefixes, operator prefixes, block/allow lists);

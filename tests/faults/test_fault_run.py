@@ -1,4 +1,4 @@
-"""The fault run (issue 4): hundreds of call-backs through both sites while things break.
+"""The fault run: hundreds of call-backs through both sites while things break.
 
 Real components throughout: a private embedded PostgreSQL (its own postmaster, so
 restarting it disturbs no other run), the edge Asterisk and both callback Asterisks,

@@ -13,7 +13,7 @@ checked from the database: every message applied exactly once. Needs root:
 without it the test fails naming tests/faults/netlab.
 
 The full 60 s partitions with Asterisk, SIPp and 300 call-backs are the
-later fault run of issue 4; ``LINK_FAULT_PARTITION_S`` lengthens these.
+fault run (``tests/faults/test_fault_run.py``); ``LINK_FAULT_PARTITION_S`` lengthens these.
 """
 
 from __future__ import annotations

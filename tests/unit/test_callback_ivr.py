@@ -31,7 +31,7 @@ from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_flow, load
 
 @pytest.fixture(scope="module")
 def flow() -> Flow:
-    # The order flow now starts with the confirm-before-connect gate (issue 5; tested in
+    # The order flow now starts with the confirm-before-connect gate (tested in
     # tests/unit/test_guard_confirm.py). These engine tests start at the menu behind it.
     return replace(load_named("order"), start="main", confirm_callback=None)
 

@@ -81,7 +81,7 @@ async def test_failover_answer_order_ivr_cdr_and_finish() -> None:
     assert timeline.index("persist cb-9-02") < timeline.index("originate", 1 + timeline.index(
         "persist cb-9-02") - 1)
     await call.push(ari.StasisStart(ch("cb-9-02")))
-    # Confirm before connect (issue 5): the order flow asks for 1 before its menu.
+    # Confirm before connect: the order flow asks for 1 before its menu.
     assert call.ari.named("play")[-1][1] == ("sound:cbgw/confirm-callback",)
     await call.keys("cb-9-02", "1")
     assert call.ari.named("play")[-1][1] == ("sound:cbgw/welcome-menu",)
@@ -135,7 +135,7 @@ async def test_operator_leg_is_bridged_with_dtmf_events_and_torn_down() -> None:
     call = Call()
     await call.start(B)
     await call.push(ari.StasisStart(ch("cb-9-01")))
-    await call.keys("cb-9-01", "1")          # confirm the call-back first (issue 5)
+    await call.keys("cb-9-01", "1")          # confirm the call-back first
     await call.keys("cb-9-01", "0")
     op = call.ari.named("originate")[-1]
     assert op[0] == "PJSIP/operator@edge-trunk" and op[1] == "cb-9-02"

@@ -220,7 +220,7 @@ def test_hang_up_before_arrival_is_terminal() -> None:
 
 @pytest.mark.parametrize(("caller", "presentation", "outcome"), [
     ("18409012345678", "allowed_not_screened", Outcome.WITHHELD),   # 184 prefix
-    ("anonymous", "allowed_not_screened", Outcome.WITHHELD),        # no PAI: README item 10
+    ("anonymous", "allowed_not_screened", Outcome.WITHHELD),        # no PAI
     ("", "allowed", Outcome.WITHHELD),
     (None, None, Outcome.WITHHELD),
     ("09012345678", "prohib_not_screened", Outcome.WITHHELD),       # PAI number, prohibited
