@@ -53,7 +53,7 @@ e2e: deps
 test: deps lint
 	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
 
-# The 300-request fault-injection run alone (issue 4), with its progress: about 6 minutes.
+# The 300-request fault-injection run alone, with its progress: about 6 minutes.
 faults: deps
 	$(VENV)/bin/pytest -q -s tests/faults/test_fault_run.py $(PYTEST_ARGS)
 
