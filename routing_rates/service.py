@@ -253,9 +253,3 @@ class RatingService:
         if row is None:
             raise LookupError(f"{carrier_id} has no rate for {number}")
         return row.terms.billed(seconds)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-

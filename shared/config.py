@@ -516,10 +516,6 @@ class Merchant:
             api_token_sha256=token,
         )
 
-    def backoff_for(self, attempt: int) -> int:
-        """Seconds to wait before attempt ``attempt + 1`` (attempts count from 1)."""
-        return self.retry_backoff_s[min(attempt - 1, len(self.retry_backoff_s) - 1)]
-
 
 def parse_merchants(s: Section) -> tuple[Merchant, ...]:
     merchants = tuple(Merchant.parse(m) for m in s.sections("merchants"))

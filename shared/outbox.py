@@ -8,7 +8,7 @@ receiver recognises (:func:`shared.link.accept_once`).
 
 A message may be written *held*: durable, but not to be sent yet (the edge
 holds a call-back request until the caller has hung up). :meth:`Outbox.release`
-makes it sendable; :meth:`Outbox.release_stale` is the crash-recovery sweep.
+makes it sendable.
 
 The relay is event-driven: a trigger NOTIFYs ``outbox`` when a message becomes
 sendable, and the relay wakes at once. Besides that it sleeps until the next
@@ -113,14 +113,6 @@ class Outbox:
         result: str = await conn.execute(
             "DELETE FROM outbox WHERE message_id = $1 AND held", uuid.UUID(message_id))
         return result.endswith(" 1")
-
-    @staticmethod
-    async def release_stale(conn: asyncpg.Connection, older_than_s: int) -> int:
-        """Release messages held for longer than ``older_than_s`` (crash recovery)."""
-        result: str = await conn.execute(
-            "UPDATE outbox SET held = false, released_at = now(), next_attempt_at = now() "
-            "WHERE held AND created_at < now() - $1 * interval '1 second'", older_than_s)
-        return int(result.split()[-1])
 
     @staticmethod
     async def dead_letters(conn: asyncpg.Connection, limit: int = 100) -> list[DeadLetter]:
