@@ -110,8 +110,8 @@ class DeckParser:
             "min_cost": self._num(d.get("min_cost", "0"), 0, "min_cost"),
             "origins": " ".join(sorted(set(d.get("origins", "").split()))),
             "period": d.get("period", "").strip().lower(),
-            "effective": self._when(d.get("effective", ""), 0, "effective"),
-            "end": self._when(d.get("end", ""), 0, "end"),
+            "effective": self._when(d.get("effective", ""), 0, "effective", ()),
+            "end": self._when(d.get("end", ""), 0, "end", ()),
         }
         if consts["currency"] not in ISO_4217:
             self.problem(0, "currency", "unknown currency in profile", str(consts["currency"]))
@@ -236,17 +236,17 @@ class DeckParser:
             return None
         return str(int(text))
 
-    def _when(self, raw: str, line: int, column: str) -> str | None:
+    def _when(self, raw: str, line: int, column: str, formats: tuple[str, ...],
+              ) -> str | None:
+        """A date (ISO 8601 when ``formats`` is empty, else the first format that fits)."""
         text = raw.strip()
         if not text:
             return NULL
-        try:
-            if len(text) == 10:
-                moment = datetime.combine(date.fromisoformat(text), datetime.min.time())
-            else:
-                moment = datetime.fromisoformat(text)
-        except ValueError:
-            self.problem(line, column, "not an ISO date or date-time", raw)
+        moment = _strptime(text, formats) if formats else _isoparse(text)
+        if moment is None:
+            expected = " or ".join(map(repr, formats)) if formats else \
+                "ISO 8601 (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM])"
+            self.problem(line, column, f"not a date in the format {expected}", raw)
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=self._tz)
@@ -297,7 +297,7 @@ class DeckParser:
         if name == "initial_s":
             return self._int(raw, line, name, 0)
         if name in ("effective", "end"):
-            return self._when(raw, line, name)
+            return self._when(raw, line, name, self.profile.date_formats)
         if name == "currency":
             return raw.strip().upper()
         if name == "origins":
@@ -311,6 +311,24 @@ class DeckParser:
                 self.problem(line, "period", "period name must be [a-z0-9_-]", raw)
             return period
         return raw.strip().translate(_COPY_ESCAPE)  # destination
+
+
+def _isoparse(text: str) -> datetime | None:
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time())
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _strptime(text: str, formats: tuple[str, ...]) -> datetime | None:
+    for fmt in formats:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
 
 
 BlockPath = Callable[[DeckParser, int, list[str]], "str | None"]

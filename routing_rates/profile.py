@@ -11,6 +11,10 @@
     decimals = 4                 # costs round up to this many decimals
     currency = "USD"             # default when there is no currency column
     timezone = "UTC"             # for dates without an offset
+    date_format = "%d.%m.%Y"     # effective/end columns: a strptime format, or a list of
+                                 # them tried in order (["%d.%m.%Y %H:%M", "%d.%m.%Y"]);
+                                 # default ISO 8601 (2026-04-01, 2026-04-01T09:00+09:00).
+                                 # [defaults] dates are always ISO 8601 (TOML dates).
     origins_separator = " "
     prefix_list_separator = ","  # the prefix column holds a list ("8170,8180,8190"):
                                  # one rate row per prefix, each with the line's terms
@@ -39,6 +43,7 @@ import codecs
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -69,6 +74,7 @@ class ColumnProfile:
     decimals: int = 4
     currency: str = "USD"
     timezone: str = "UTC"
+    date_formats: tuple[str, ...] = ()   # (): ISO 8601
     origins_separator: str = " "
     prefix_list_separator: str = ""      # "": one prefix per line
     skip_rows: int = 0
@@ -119,6 +125,28 @@ def _separators(data: dict[str, Any], source: str) -> tuple[str, str]:
     return delimiter, decimal_separator
 
 
+def _date_formats(data: dict[str, Any], source: str) -> tuple[str, ...]:
+    raw = data.get("date_format", [])
+    formats = [raw] if isinstance(raw, str) else raw
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise ProfileError(f"{source}: date_format must be a strptime format or a list of them")
+    sample = datetime(2026, 12, 31, 23, 59, 58, tzinfo=UTC)
+    for fmt in formats:
+        try:
+            datetime.strptime(sample.strftime(fmt), fmt)
+        except ValueError as exc:
+            raise ProfileError(f"{source}: date_format {fmt!r}: {exc}") from exc
+        if not ({"%Y", "%y"} & _directives(fmt) and "%d" in _directives(fmt)
+                and {"%m", "%b", "%B"} & _directives(fmt)):
+            raise ProfileError(f"{source}: date_format {fmt!r} must have a year (%Y or %y), "
+                               "a month (%m, %b or %B) and a day (%d)")
+    return tuple(formats)
+
+
+def _directives(fmt: str) -> set[str]:
+    return {fmt[i:i + 2] for i in range(len(fmt) - 1) if fmt[i] == "%"}
+
+
 def _prefix_list_separator(data: dict[str, Any], source: str) -> str:
     separator = data.get("prefix_list_separator", "")
     if not isinstance(separator, str) or any(c.isdigit() for c in separator):
@@ -165,6 +193,7 @@ def parse_profile(text: str, source: str = "<profile>") -> ColumnProfile:
         decimals=decimals, currency=currency, timezone=timezone,
         origins_separator=str(data.get("origins_separator", " ")),
         prefix_list_separator=_prefix_list_separator(data, source),
+        date_formats=_date_formats(data, source),
         skip_rows=int(data.get("skip_rows", 0)),
         defaults={k: str(v) for k, v in defaults_raw.items()})
 

@@ -218,3 +218,24 @@ async def test_prefix_list_deck_imports_one_row_per_prefix(conn: asyncpg.Connect
     with pytest.raises(importer.DeckImportError, match="lists.csv:3: column rate: prefix "
                        "8180 already on line 2 with different terms"):
         await importer.import_deck(conn, "gen", deck, load_profile(str(profile)))
+
+
+async def test_profile_date_format_and_a_date_that_does_not_match(conn: asyncpg.Connection,
+                                                                  tmp_path: Path) -> None:
+    profile = tmp_path / "eu-dates.toml"
+    profile.write_text('delimiter = ";"\ndate_format = "%d.%m.%Y"\ntimezone = "Europe/Berlin"\n'
+                       '[columns]\nprefix = "Code"\nrate = "Rate"\neffective = "Valid from"\n')
+    deck = tmp_path / "eu-dates.csv"
+    deck.write_text("Code;Rate;Valid from\n49;0.01;01.07.2026\n33;0.02;\n")
+    result = await importer.import_deck(conn, "gen", deck, load_profile(str(profile)),
+                                        stage=True)
+    assert result.deck is not None
+    starts = await conn.fetch("SELECT prefix, valid_from FROM rates_rows WHERE deck_id = $1 "
+                              "ORDER BY prefix", result.deck.id)
+    assert [(r["prefix"], r["valid_from"]) for r in starts] == [
+        ("33", None), ("49", datetime(2026, 6, 30, 22, 0, tzinfo=UTC))]
+    deck.write_text("Code;Rate;Valid from\n49;0.01;2026-07-01\n")
+    with pytest.raises(importer.DeckImportError) as err:
+        await importer.import_deck(conn, "gen", deck, load_profile(str(profile)))
+    assert "eu-dates.csv:2: column effective: not a date in the format '%d.%m.%Y' " \
+        "('2026-07-01')" in str(err.value)

@@ -222,3 +222,53 @@ def test_without_a_list_separator_a_list_is_a_bad_prefix() -> None:
 def test_prefix_list_separator_must_not_hold_digits() -> None:
     with pytest.raises(ProfileError, match="prefix_list_separator"):
         parse_profile('prefix_list_separator = "0"\n[columns]\nprefix = "p"\nrate = "r"\n')
+
+
+def _dated(date_format: str) -> ColumnProfile:
+    return parse_profile(f"date_format = {date_format}\ntimezone = \"Asia/Tokyo\"\n"
+                         '[columns]\nprefix = "p"\nrate = "r"\neffective = "from"\nend = "to"\n')
+
+
+@pytest.mark.parametrize(("date_format", "effective", "end"), [
+    ('"%d.%m.%Y"', "01.04.2026", "31.12.2026"),
+    ('"%Y/%m/%d"', "2026/04/01", "2026/12/31"),
+    ('"%m/%d/%Y"', "04/01/2026", "12/31/2026"),
+    ('["%d.%m.%Y %H:%M", "%d.%m.%Y"]', "01.04.2026", "31.12.2026 00:00"),
+    ('"%Y-%m-%d %H:%M:%S%z"', "2026-04-01 00:00:00+0900", "2026-12-31 00:00:00+09:00"),
+])
+def test_profile_date_formats(date_format: str, effective: str, end: str) -> None:
+    rows, problems = parse(f"p,r,from,to\n81,0.1,{effective},{end}\n", _dated(date_format))
+    assert problems == []
+    assert (rows[0][11], rows[0][12]) == ("2026-04-01T00:00:00+09:00",
+                                          "2026-12-31T00:00:00+09:00")
+
+
+def test_date_not_in_the_profile_format_names_line_column_value_and_format() -> None:
+    profile = _dated('["%d.%m.%Y %H:%M", "%d.%m.%Y"]')
+    rows, problems = parse("p,r,from,to\n81,0.1,01.04.2026,\n82,0.1,2026-04-01,\n"
+                           "83,0.1,,04/31/2026\n", profile)
+    assert [r[0] for r in rows] == ["81"]
+    assert [p.format("deck.csv") for p in problems] == [
+        "deck.csv:3: column effective: not a date in the format '%d.%m.%Y %H:%M' or "
+        "'%d.%m.%Y' ('2026-04-01')",
+        "deck.csv:4: column end: not a date in the format '%d.%m.%Y %H:%M' or '%d.%m.%Y' "
+        "('04/31/2026')"]
+
+
+def test_iso_dates_by_default_and_the_error_says_so() -> None:
+    profile = parse_profile('[columns]\nprefix = "p"\nrate = "r"\nend = "to"\n')
+    rows, problems = parse("p,r,to\n81,0.1,2026-12-31\n82,0.1,31.12.2026\n", profile)
+    assert rows[0][12] == "2026-12-31T00:00:00+00:00"
+    assert [(p.line, p.column, p.value) for p in problems] == [(3, "end", "31.12.2026")]
+    assert "ISO 8601" in problems[0].reason
+
+
+@pytest.mark.parametrize(("date_format", "error"), [
+    ('"%d.%m"', "must have a year"),
+    ('"%Y-%m"', "must have a year"),
+    ("1", "strptime format"),
+    ('"%Y-%m-%d %Q"', "'%Y-%m-%d %Q'"),
+])
+def test_bad_date_format_in_profile_is_refused(date_format: str, error: str) -> None:
+    with pytest.raises(ProfileError, match=error):
+        _dated(date_format)
