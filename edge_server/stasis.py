@@ -55,7 +55,7 @@ from edge_server.flow_messages import (
     Timeout,
     edge_call_id_for,
 )
-from shared import ari
+from shared import ari, logs
 from shared.phone import E164, InvalidNumber, normalise
 
 log = logging.getLogger("edge.stasis")
@@ -153,6 +153,11 @@ class CallSession:
         self._playback: str | None = None
 
     async def run(self) -> None:
+        """The call's task: every line it (and each task it starts) logs names the call."""
+        with logs.bind(call_id=edge_call_id_for(self.channel_id)):
+            await self._run()
+
+    async def _run(self) -> None:
         forwarder = asyncio.create_task(self._forward_ari_events(),
                                         name=f"ari-in {self.channel_id}")
         try:
@@ -160,8 +165,7 @@ class CallSession:
             while not flow.is_terminal(self.state):
                 await self.feed(await self.inbox.get())
         except Exception:
-            log.exception("call %s crashed in %s; hanging up", self.channel_id,
-                          type(self.state).__name__)
+            log.exception("call crashed in %s; hanging up", type(self.state).__name__)
             await self._safe_hangup("congestion")
             raise
         finally:
@@ -178,8 +182,8 @@ class CallSession:
     async def feed(self, event: Event) -> None:
         before = self.state
         self.state, commands = flow.transition(self.state, event)
-        flow_log.info("%s %s --%s--> %s", self.channel_id, type(before).__name__,
-                      type(event).__name__, _describe_state(self.state))
+        flow_log.info("%s --%s--> %s", type(before).__name__, type(event).__name__,
+                      _describe_state(self.state))
         for command in commands:
             await self._execute(command)
 
@@ -187,6 +191,8 @@ class CallSession:
         pres, pai = await asyncio.gather(self._variable(PRESENTATION_VAR),
                                          self._variable(PAI_VAR))
         dialed, merchant = self.deps.merchants.resolve(self.channel.exten)
+        if merchant is not None:
+            logs.update(merchant=merchant.id)
         return CallArrived(self.channel_id, self.channel.caller_number, pres, dialed, merchant,
                            asserted_raw=asserted_number(pai), timings=self.deps.timings)
 
@@ -194,7 +200,7 @@ class CallSession:
         try:
             return await self.deps.ari.get_variable(self.channel_id, name)
         except ari.AriError as exc:
-            log.warning("call %s: cannot read %s: %s", self.channel_id, name, exc)
+            log.warning("cannot read %s: %s", name, exc)
             return None
 
     async def _forward_ari_events(self) -> None:
@@ -246,8 +252,7 @@ class CallSession:
                 await self._db_step("record", deps.store.record_call(command,
                                                                      self.received_at))
             case Log(code=code, detail=detail, warning=warning):
-                flow_log.log(logging.WARNING if warning else logging.INFO, "%s %s %s", cid,
-                             code, detail)
+                flow_log.log(logging.WARNING if warning else logging.INFO, "%s %s", code, detail)
 
     def _cancel_timer(self, name: str) -> None:
         handle = self._timers.pop(name, None)
@@ -263,7 +268,7 @@ class CallSession:
         try:
             result = await self.deps.decider.decide(cmd, self.deps.clock())
         except Exception as exc:  # a rating bug must not strand the call
-            log.exception("call %s: decision failed", self.channel_id)
+            log.exception("decision failed")
             result = DecisionUnavailable(f"{type(exc).__name__}: {exc}")
         self.inbox.put_nowait(result)
 
@@ -271,8 +276,7 @@ class CallSession:
         try:
             request_id = await self.deps.store.store_request(cmd, self.received_at)
         except Exception as exc:  # DB down, pool exhausted, constraint: all mean "not stored"
-            log.warning("call %s: request not stored: %s: %s", self.channel_id,
-                        type(exc).__name__, exc)
+            log.warning("request not stored: %s: %s", type(exc).__name__, exc)
             self.inbox.put_nowait(StoreFailed(f"{type(exc).__name__}: {exc}"[:300]))
             return
         self.inbox.put_nowait(RequestStored(request_id))
@@ -283,26 +287,26 @@ class CallSession:
         try:
             await self.deps.ari.play(self.channel_id, [media], playback_id=playback_id)
         except ari.ChannelNotFound:
-            log.info("call %s: gone before %s could play", self.channel_id, media)
+            log.info("gone before %s could play", media)
             self.inbox.put_nowait(CallerHungUp())
         except ari.AriError as exc:
-            log.warning("call %s: cannot play %s: %s", self.channel_id, media, exc)
+            log.warning("cannot play %s: %s", media, exc)
             self.inbox.put_nowait(PlaybackFinished(failed=True))
 
     async def _ari_step(self, what: str, step: Awaitable[None]) -> None:
         try:
             await step
         except ari.ChannelNotFound:
-            log.info("call %s: %s on a channel that is gone", self.channel_id, what)
+            log.info("%s on a channel that is gone", what)
             self.inbox.put_nowait(CallerHungUp())
         except ari.AriError as exc:
-            log.warning("call %s: %s failed: %s", self.channel_id, what, exc)
+            log.warning("%s failed: %s", what, exc)
 
     async def _safe_hangup(self, reason: str) -> None:
         try:
             await self.deps.ari.hangup(self.channel_id, reason=reason)
         except ari.AriError as exc:
-            log.warning("call %s: hangup(%s) failed: %s", self.channel_id, reason, exc)
+            log.warning("hangup(%s) failed: %s", reason, exc)
 
     async def _release(self, request_id: str, outcome: Outcome) -> None:
         hungup_at = self.deps.clock()
@@ -311,17 +315,15 @@ class CallSession:
                 await self.deps.store.release(request_id, outcome, hungup_at)
                 return
             except Exception as exc:
-                log.warning("call %s: release of %s failed (attempt %d): %s", self.channel_id,
-                            request_id, attempt, exc)
+                log.warning("release of %s failed (attempt %d): %s", request_id, attempt, exc)
                 await asyncio.sleep(0.2 * attempt)
-        log.error("call %s: request %s stays held; the sweeper will release it",
-                  self.channel_id, request_id)
+        log.error("request %s stays held; the sweeper will release it", request_id)
 
     async def _db_step(self, what: str, step: Awaitable[object]) -> None:
         try:
             await step
         except Exception as exc:
-            log.warning("call %s: %s failed: %s", self.channel_id, what, exc)
+            log.warning("%s failed: %s", what, exc)
 
 
 def _describe_state(state: flow.State) -> str:
@@ -370,7 +372,8 @@ class StasisApp:
         present = set(state.channel_ids)
         vanished = [cid for cid in known_before if cid not in present and cid in self.sessions]
         for cid in vanished:
-            log.warning("call %s: channel vanished while disconnected", cid)
+            with logs.bind(call_id=edge_call_id_for(cid)):
+                log.warning("channel vanished while disconnected")
             self.sessions[cid].notify_gone()
         if self.deps.resync_grace_s:
             await asyncio.sleep(self.deps.resync_grace_s)
@@ -383,24 +386,28 @@ class StasisApp:
     async def _recover(self, orphans: list[str]) -> None:
         held = set(await self.deps.store.held_for_channel_ids(orphans))
         for cid in orphans:
-            request_id = edge_call_id_for(cid)
-            channel = await self.deps.ari.get_channel(cid)
-            if channel is None:
-                reason = None
-            elif request_id in held:
-                reason = "normal" if channel.is_up else "busy"
-            else:
-                reason = "congestion"  # never told "we will call you back": let them retry
-            if reason is not None:
-                try:
-                    await self.deps.ari.hangup(cid, reason=reason)
-                except ari.AriError as exc:
-                    log.warning("recovery: cannot hang up %s: %s", cid, exc)
-            if request_id in held:
-                await self.deps.store.release(request_id, Outcome.RELEASED_AFTER_GUARD,
-                                              self.deps.clock())
-            log.warning("recovered orphan channel %s: hangup %s%s", cid, reason or "(gone)",
-                        ", request released" if request_id in held else "")
+            with logs.bind(call_id=edge_call_id_for(cid)):
+                await self._recover_one(cid, held)
+
+    async def _recover_one(self, cid: str, held: set[str]) -> None:
+        request_id = edge_call_id_for(cid)
+        channel = await self.deps.ari.get_channel(cid)
+        if channel is None:
+            reason = None
+        elif request_id in held:
+            reason = "normal" if channel.is_up else "busy"
+        else:
+            reason = "congestion"  # never told "we will call you back": let them retry
+        if reason is not None:
+            try:
+                await self.deps.ari.hangup(cid, reason=reason)
+            except ari.AriError as exc:
+                log.warning("recovery: cannot hang up %s: %s", cid, exc)
+        if request_id in held:
+            await self.deps.store.release(request_id, Outcome.RELEASED_AFTER_GUARD,
+                                          self.deps.clock())
+        log.warning("recovered orphan channel %s: hangup %s%s", cid, reason or "(gone)",
+                    ", request released" if request_id in held else "")
 
 
 async def run_events(app: StasisApp, client: ari.AriClient) -> None:

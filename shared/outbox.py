@@ -54,12 +54,14 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from shared import logs
 from shared.db import listening
 from shared.link import (
     LinkClient,
@@ -355,7 +357,7 @@ class OutboxRelay:
                    ORDER BY next_attempt_at
                    LIMIT $3
                    FOR UPDATE SKIP LOCKED)
-               RETURNING message_id, kind, path, body, attempts, created_at""",
+               RETURNING message_id, kind, path, body, merchant_id, attempts, created_at""",
             self.owner, self.lease_s, self.batch)
         return rows
 
@@ -382,6 +384,10 @@ class OutboxRelay:
         return groups
 
     async def _deliver(self, row: asyncpg.Record) -> None:
+        with _bound(row):
+            await self._deliver_bound(row)
+
+    async def _deliver_bound(self, row: asyncpg.Record) -> None:
         mid = str(row["message_id"])
         try:
             result = await self.client.post(row["path"], bytes(row["body"]), mid,
@@ -393,7 +399,7 @@ class OutboxRelay:
             await self._retry(row, str(exc))
             return
         await self._delivered([(row, result.status, result.body)], result.route)
-        log.debug("delivered %s %s via %s in %.1f ms", row["kind"], mid, result.route,
+        log.debug("delivered a %s message via %s in %.1f ms", row["kind"], result.route,
                   result.elapsed_s * 1000)
 
     async def _deliver_batch(self, rows: list[asyncpg.Record]) -> None:
@@ -442,8 +448,9 @@ class OutboxRelay:
         if status >= 500 or status in _RETRYABLE_4XX:
             await self._retry(row, f"HTTP {status}: {body}")
             return
-        log.error("peer refused %s message %s as invalid (HTTP %s): %s; parked as dead",
-                  row["kind"], row["message_id"], status, body)
+        with _bound(row):
+            log.error("peer refused a %s message as invalid (HTTP %s): %s; parked as dead",
+                      row["kind"], status, body)
         await self.pool.execute(
             "UPDATE outbox SET dead_at = now(), response_status = $2, "
             "response_body = $3, lease_owner = NULL WHERE message_id = $1",
@@ -466,8 +473,9 @@ class OutboxRelay:
         attempts = int(row["attempts"])
         backoff = min(self.max_backoff_s, 0.5 * 2 ** min(attempts, 16))
         backoff *= random.uniform(0.8, 1.2)
-        log.warning("delivery of %s %s failed (attempt %d, next in %.1f s): %s",
-                    row["kind"], row["message_id"], attempts, backoff, error[:300])
+        with _bound(row):
+            log.warning("delivery of a %s message failed (attempt %d, next in %.1f s): %s",
+                        row["kind"], attempts, backoff, error[:300])
         await self.pool.execute(
             "UPDATE outbox SET next_attempt_at = now() + $2 * interval '1 millisecond', "
             "last_error = $3, lease_owner = NULL, lease_expires_at = NULL "
@@ -520,6 +528,20 @@ class OutboxRelay:
 
     async def _maybe_alert(self) -> None:
         await self.check_alert()
+
+
+def _bound(row: asyncpg.Record) -> AbstractContextManager[logs.LogContext]:
+    """Log lines about one message name it (request id), its merchant and the call its
+    payload is about (``edge_call_id``: every message between the sites carries one)."""
+    call_id = None
+    try:
+        payload = json.loads(bytes(row["body"]))
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("edge_call_id"), str):
+        call_id = payload["edge_call_id"]
+    return logs.bind(request_id=str(row["message_id"]), merchant=row["merchant_id"],
+                     call_id=call_id)
 
 
 def _as_object(body: Any) -> dict[str, Any]:

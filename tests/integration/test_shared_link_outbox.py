@@ -7,6 +7,9 @@ Effects are counted in a table without a unique constraint (see
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +20,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from shared import logs
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.outbox import Outbox, OutboxAlert, OutboxRelay
 from tests.faults.linklab import (
@@ -369,3 +373,38 @@ async def test_purge_delivered_keeps_a_day(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         assert await Outbox.purge_delivered(conn, keep_s=0) == 1
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+
+
+async def test_lines_about_a_message_name_it_its_merchant_and_its_call(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """The relay's lines about one message (a failed delivery, a refusal) carry its id as
+    the request id, its merchant and its payload's ``edge_call_id``, not in the text."""
+    port = free_port()
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="logs", sweep_s=0.2)
+    stream = io.StringIO()
+    out = logs.handler("json", stream)
+    outbox_log = logging.getLogger("shared.outbox")
+    outbox_log.addHandler(out)
+    runner = None
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            mid = await Outbox.enqueue(conn, kind="test", path=TEST_PATH, merchant_id="acme",
+                                       payload={"n": -1, "edge_call_id": "edge-1700000000.9"})
+        await relay.pass_once()                           # nobody listens yet: retried
+        runner = await serve(receiver_app(pool, verifier(pki_dir)), pki_dir, port)
+        await pool.execute("UPDATE outbox SET next_attempt_at = now()")
+        await relay.pass_once()                           # refused as invalid: dead
+        assert (await relay.stats()).dead == 1
+    finally:
+        outbox_log.removeHandler(out)
+        await client.close()
+        if runner is not None:
+            await runner.cleanup()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    about = {line["level"]: line for line in lines if "message" in line["message"]}
+    assert set(about) == {"WARNING", "ERROR"}, lines
+    for line in about.values():
+        assert (line["request_id"], line["merchant"], line["call_id"]) == \
+            (mid, "acme", "edge-1700000000.9")
+        assert mid not in line["message"]

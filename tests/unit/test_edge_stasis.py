@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 
 import pytest
 
@@ -23,7 +26,7 @@ from edge_server.stasis import (
     asserted_number,
 )
 from edge_server.testing import FakeAri, FakeCallStore, FakeDecider
-from shared import ari
+from shared import ari, logs
 from shared.phone import E164
 
 DIALED = E164("81120123456")
@@ -215,3 +218,34 @@ async def test_router_runs_one_session_per_call() -> None:
     assert app.connected and not app.sessions
     assert ("hangup", "a.1", "busy") in fake.calls and ("hangup", "b.1", "busy") in fake.calls
     assert [r for r, _ in store.released] == ["edge-a.1"]
+
+
+async def test_every_line_of_a_call_names_it_and_its_merchant_even_from_child_tasks() -> None:
+    """Two calls at once, to two merchants, their stores failing (logged from the store's
+    child task): each line carries its own call's id and merchant, never the other's."""
+    bento = E164("81120987654")
+    store = FakeCallStore()
+    store.fail_store = OSError("connection refused")
+    d = StasisDeps(ari=FakeAri({PRESENTATION_VAR: "allowed_not_screened"}), store=store,
+                   decider=FakeDecider(), merchants=MerchantDirectory({
+                       DIALED: MerchantSettings("acme"), bento: MerchantSettings("bento")}),
+                   timings=FAST, resync_grace_s=0.0)
+    stream = io.StringIO()
+    out = logs.handler("json", stream)
+    edge_log = logging.getLogger("edge")
+    edge_log.addHandler(out)
+    edge_log.setLevel(logging.INFO)
+    try:
+        await asyncio.gather(run_call(d, start(cid="1700000000.1")),
+                             run_call(d, start(cid="1700000000.2", exten="0120987654")))
+    finally:
+        edge_log.removeHandler(out)
+        edge_log.setLevel(logging.NOTSET)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert {(line["call_id"], line["merchant"]) for line in lines} == {
+        ("edge-1700000000.1", "acme"), ("edge-1700000000.2", "bento")}
+    not_stored = {line["call_id"] for line in lines
+                  if line["message"].startswith("request not stored")}
+    assert not_stored == {"edge-1700000000.1", "edge-1700000000.2"}
+    assert not any("1700000000" in line["message"] for line in lines), \
+        "the call id is a field, not part of the text"
