@@ -10,6 +10,11 @@ Japanese specifics:
   part of a number: strip them before parsing, and treat 184 as withheld.
 * ``anonymous``, empty, a prohibited presentation or a non-digit ID are all
   withheld as far as a call-back is concerned: there is no one to call.
+* Phones and PBXs may send a number written for people: ``090-1234-5678``,
+  ``(090) 1234-5678``, or in full-width characters, ``０９０−１２３４−５６７８``.
+  Separators (spaces, hyphens and dashes, dots, parentheses; half- or full-width)
+  are dropped and full-width digits read as digits, for caller IDs and configured
+  numbers alike (:func:`digits_of`). Other scripts' digits stay non-digits.
 """
 
 from __future__ import annotations
@@ -27,7 +32,12 @@ from phonenumbers import phonenumberutil as pu
 # also matches before a trailing newline.
 _E164 = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
 _DIGITS = re.compile(r"\A\+?[0-9]+\Z")
-_SEPARATORS = re.compile(r"[\s\-().]")
+# Spaces (\s includes the ideographic space U+3000), hyphen-minus, the Unicode hyphens
+# and dashes U+2010-2015, the minus sign U+2212, the katakana prolonged sound mark
+# (half- and full-width: typed for a dash in Japanese text), full-width hyphen-minus,
+# parentheses and full stop.
+_SEPARATORS = re.compile(r"[\s\-().\u2010-\u2015\u2212\u30fc\uff70\uff0d\uff08\uff09\uff0e]")
+_FULLWIDTH = str.maketrans("０１２３４５６７８９＋", "0123456789+")
 WITHHELD_NAMES = frozenset({"anonymous", "unknown", "private", "restricted", "unavailable",
                             "withheld", "non-disclosure"})
 
@@ -192,12 +202,19 @@ _TYPE_MAP = {
 }
 
 
+def digits_of(text: str) -> str:
+    """A number as people write it, as ASCII: full-width digits and ``＋`` read as
+    ASCII, separators dropped (``(090) 1234-5678`` -> ``09012345678``). Anything else
+    is left as it is, for the caller to refuse."""
+    return _SEPARATORS.sub("", text.strip().translate(_FULLWIDTH))
+
+
 def normalise(text: str, default_region: str = "JP") -> E164:
     """Parse a dialled or displayed number in national or international form.
 
     Raises ``InvalidNumber`` naming what is wrong.
     """
-    cleaned = _SEPARATORS.sub("", text.strip())
+    cleaned = digits_of(text)
     if not cleaned or not _DIGITS.match(cleaned):
         raise InvalidNumber(f"number must be digits with an optional leading +: {text!r}")
     if cleaned.startswith("00"):  # international prefix used in many regions, incl. JP 010
@@ -247,14 +264,15 @@ def classify_caller_id(raw: str | None, presentation: str | None = None,
         return CallerId(None, CallerIdRefusal.WITHHELD, f"presentation {presentation}")
     if not text or text.lower() in WITHHELD_NAMES:
         return CallerId(None, CallerIdRefusal.WITHHELD, f"caller id {text or 'empty'!r}")
-    if not _DIGITS.match(text):
+    digits = digits_of(text)
+    if not _DIGITS.match(digits):
         return CallerId(None, CallerIdRefusal.MALFORMED, f"non-digit caller id {text[:40]!r}")
-    if text.startswith("184"):
+    if digits.startswith("184"):
         return CallerId(None, CallerIdRefusal.WITHHELD, "184 prefix (withhold) dialled")
-    if text.startswith("186"):
-        text = text[3:]
+    if digits.startswith("186"):
+        digits = digits[3:]
     try:
-        number = normalise(text, default_region)
+        number = normalise(digits, default_region)
     except InvalidNumber as exc:
         return CallerId(None, CallerIdRefusal.INVALID, str(exc))
     if not number.is_valid():

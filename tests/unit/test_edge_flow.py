@@ -304,6 +304,19 @@ def test_fixed_line_caller_is_a_permitted_destination() -> None:
     assert isinstance(state, Deciding)
 
 
+@pytest.mark.parametrize("caller", ["090-1234-5678", "090 1234 5678", "(090) 1234-5678",
+                                    "０９０−１２３４−５６７８", "186-090-1234-5678"])
+def test_caller_id_with_separators_is_called_back_not_told_to_dial_186(caller: str) -> None:
+    state, commands = run([arrive(caller), Decided(callback=True, reason="mobile: cheaper"),
+                           RequestStored("edge-1700000000.1")])
+    assert isinstance(state, Announcing)
+    assert of(StoreRequest, commands) == [StoreRequest(
+        edge_call_id_for("1700000000.1"), "1700000000.1", "acme", MOBILE_E164, DIALED,
+        AnnounceMode.EARLY_MEDIA, "mobile: cheaper")]
+    assert Play(PROMPT_DIAL_186, early=True) not in commands
+    assert of(Play, commands) == [Play(PROMPT_RECEIVED, early=True)]
+
+
 # --- the decision ---------------------------------------------------------------------------
 
 def test_decision_to_keep_the_call_routes_to_the_operator() -> None:

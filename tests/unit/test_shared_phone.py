@@ -42,9 +42,38 @@ def test_mobile_numbers_normalise_to_e164(raw: str) -> None:
     assert result.number.number_type is NumberType.MOBILE
 
 
-def test_caller_ids_are_digits_only_but_configured_numbers_may_have_separators() -> None:
-    assert classify_caller_id("090-1234-5678").refusal is CallerIdRefusal.MALFORMED
-    assert normalise("090-1234-5678") == E164("819012345678")
+# Numbers written for people, as phones and PBXs may send them (full-width: a Japanese
+# PBX's display form, with the minus sign or the full-width hyphen-minus as the dash).
+SEPARATED = ["090-1234-5678", "090 1234 5678", "(090) 1234-5678", "090.1234.5678",
+             "０９０−１２３４−５６７８", "０９０－１２３４－５６７８", "０９０ー１２３４ー５６７８",
+             "（０９０）１２３４‐５６７８", "+81 90-1234-5678", "＋８１　９０　１２３４　５６７８",
+             "０９０１２３４５６７８"]
+
+
+@pytest.mark.parametrize("raw", SEPARATED)
+def test_caller_ids_with_separators_or_full_width_digits_are_numbers(raw: str) -> None:
+    result = classify_caller_id(raw, "allowed_not_screened")
+    assert result.refusal is None and result.number == E164("819012345678")
+    assert normalise(raw) == E164("819012345678")
+
+
+def test_186_with_separators_is_the_number_after_it() -> None:
+    assert classify_caller_id("186-090-1234-5678").number == E164("819012345678")
+
+
+@pytest.mark.parametrize(("raw", "refusal"), [
+    ("184-090-1234-5678", CallerIdRefusal.WITHHELD),     # withheld, separators or not
+    ("１８４０９０１２３４５６７８", CallerIdRefusal.WITHHELD),
+    ("090-1234-abcd", CallerIdRefusal.MALFORMED),
+    ("090-1234-5678;foo", CallerIdRefusal.MALFORMED),
+    ("090+1234+5678", CallerIdRefusal.MALFORMED),        # a plus is only a prefix
+    ("- ( ) -", CallerIdRefusal.MALFORMED),              # separators and nothing else
+    ("090-1234", CallerIdRefusal.INVALID),
+])
+def test_separators_never_turn_a_refusal_into_a_number(raw: str,
+                                                       refusal: CallerIdRefusal) -> None:
+    result = classify_caller_id(raw, "allowed_not_screened")
+    assert result.number is None and result.refusal is refusal
 
 
 def test_number_types_and_parse() -> None:
@@ -56,12 +85,12 @@ def test_number_types_and_parse() -> None:
         E164.parse("819012345678")
 
 
-FULLWIDTH = "０９０１２３４５６７８"
 ARABIC_INDIC = "\u0669\u0660\u0661\u0662\u0663\u0664\u0665"
+SUPERSCRIPT = "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078"
 
 
-@pytest.mark.parametrize("raw", [FULLWIDTH, ARABIC_INDIC])
-def test_caller_ids_must_be_ascii_digits(raw: str) -> None:
+@pytest.mark.parametrize("raw", [ARABIC_INDIC, SUPERSCRIPT, "⓪⑨⓪①②③④⑤⑥⑦⑧"])
+def test_caller_ids_must_be_ascii_or_full_width_digits(raw: str) -> None:
     assert classify_caller_id(raw).refusal is CallerIdRefusal.MALFORMED
 
 
