@@ -19,7 +19,7 @@ from callback_server.config import CallbackSettings
 from shared.server_cli import Site
 from shared.server_cli import main as site_main
 
-SITE = Site("callback", CallbackSettings.load, create_app, create_intake_app)
+SITE = Site("callback", CallbackSettings.load_checked, create_app, create_intake_app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ Read from one TOML file with ``CALLBACK__SECTION__KEY`` environment overrides
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +34,9 @@ from shared.site import RatesSettings, SiteCommon
 ENV_PREFIX = "CALLBACK"
 DEFAULT_DATABASE = "cbgw_callback"
 DEFAULT_PORT = 9443
+#: the prompts ``deploy/asterisk`` installs as ``sound:cbgw/<name>`` (``<name>.txt``)
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prompts" / "en"
+PROMPT_PREFIX = "sound:cbgw/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class CallbackBehaviour:
     lease_s: int
     flows_dir: Path
     static_routes: tuple[StaticRoute, ...]
+    prompts_dir: Path = PROMPTS_DIR    # where each sound:cbgw/<name> a flow plays must be
 
     @classmethod
     def parse(cls, s: Section) -> CallbackBehaviour:
@@ -75,7 +79,8 @@ class CallbackBehaviour:
                 operator_endpoint=s.str("operator_endpoint", "PJSIP/{operator}@edge-trunk")),
             lease_s=lease_s,
             flows_dir=s.path_value("flows_dir") if s.has("flows_dir") else FLOWS_DIR,
-            static_routes=tuple(routes))
+            static_routes=tuple(routes),
+            prompts_dir=s.path_value("prompts_dir") if s.has("prompts_dir") else PROMPTS_DIR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +100,10 @@ class CallbackSettings:
     guard: GuardSettings = field(default_factory=GuardSettings)
 
     @classmethod
-    def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> CallbackSettings:
+    def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
+             check_files: bool = False) -> CallbackSettings:
+        """The settings; with ``check_files``, also every file ``serve`` will open loads
+        and every prompt the merchants' flows play is in ``[callback] prompts_dir``."""
         source = load(path, ENV_PREFIX, environ)
         top = root(source)
         common = SiteCommon.parse(top, path, app="callback", default_database=DEFAULT_DATABASE,
@@ -118,10 +126,48 @@ class CallbackSettings:
                                     "(press 1 before anything else); [guard] "
                                     "require_confirm = true requires one")
         source.check_unknown()
+        if check_files:
+            source.refuse(common.file_problems()
+                          + _prompt_problems(merchants, flows, behaviour.prompts_dir))
         return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard)
+
+    @classmethod
+    def load_checked(cls, path: Path) -> CallbackSettings:
+        """For ``check`` and ``serve``: :meth:`load` with the files checked."""
+        return cls.load(path, check_files=True)
 
     def merchant(self, merchant_id: str) -> Merchant:
         for m in self.merchants:
             if m.id == merchant_id:
                 return m
         raise ConfigError(f"{self.path}: no merchant {merchant_id!r}")
+
+
+def _prompt_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
+                     prompts_dir: Path) -> list[tuple[str, str]]:
+    """``(merchants[i].ivr_flow, problem)`` for each ``sound:cbgw/<name>`` its flow plays
+    that ``prompts_dir`` has no ``<name>.*`` for (a recording or its text)."""
+    have = {p.stem for p in prompts_dir.iterdir()} if prompts_dir.is_dir() else set()
+    problems = []
+    seen: set[str] = set()
+    for i, m in enumerate(merchants):
+        if m.ivr_flow in seen:
+            continue
+        seen.add(m.ivr_flow)
+        missing = sorted({media.removeprefix(PROMPT_PREFIX) for media in _media(flows[m.ivr_flow])
+                          if media.startswith(PROMPT_PREFIX)} - have)
+        if missing:
+            problems.append((f"merchants[{i}].ivr_flow",
+                             f"flow {m.ivr_flow!r} plays prompts not in {prompts_dir} "
+                             f"([callback] prompts_dir): {', '.join(missing)}"))
+    return problems
+
+
+def _media(flow: Flow) -> set[str]:
+    """Everything ``flow`` can play."""
+    played: set[str] = set()
+    for node in flow.nodes:
+        played.update(node.prompt, *(media for _, media in node.labels))
+        if node.waits_for_input:
+            played.update(node.invalid_prompt, node.timeout_prompt)
+    return played

@@ -18,7 +18,7 @@ from edge_server.config import EdgeSettings
 from shared.server_cli import Site
 from shared.server_cli import main as site_main
 
-SITE = Site("edge", EdgeSettings.load, create_app)
+SITE = Site("edge", EdgeSettings.load_checked, create_app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,18 +89,27 @@ class EdgeSettings:
     edge: EdgeBehaviour
 
     @classmethod
-    def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> EdgeSettings:
+    def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
+             check_files: bool = False) -> EdgeSettings:
+        """The settings; with ``check_files``, also every file ``serve`` will open loads."""
         source = load(path, ENV_PREFIX, environ)
         top = root(source)
         common = SiteCommon.parse(top, path, app="edge", default_database=DEFAULT_DATABASE,
                                   default_port=DEFAULT_PORT, require_client_cert=False)
         settings = cls(**common.fields(), edge=EdgeBehaviour.parse(top.section("edge")))
         source.check_unknown()
+        if check_files:
+            common.check_files(source)
         unknown = set(settings.edge.per_merchant_unrated) - {m.id for m in settings.merchants}
         if unknown:
             raise ConfigError(f"{path}: edge.unrated_callback: unknown merchant(s) "
                               f"{', '.join(sorted(unknown))}")
         return settings
+
+    @classmethod
+    def load_checked(cls, path: Path) -> EdgeSettings:
+        """For ``check`` and ``serve``: :meth:`load` with the files checked."""
+        return cls.load(path, check_files=True)
 
     def merchant_settings(self) -> dict[E164, MerchantSettings]:
         """Dialled number → what the flow needs about its merchant."""

@@ -128,13 +128,15 @@ class Source:
     def error(self, dotted: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where(dotted)}: {dotted}: {message}")
 
+    def refuse(self, problems: Sequence[tuple[str, str]]) -> None:
+        """Raise one :class:`ConfigError` listing every ``(dotted key, message)``, if any."""
+        if problems:
+            raise ConfigError("\n".join(str(self.error(k, m)) for k, m in problems))
+
     def check_unknown(self) -> None:
         """Refuse every key of the file (or environment) that no accessor asked for."""
-        errors = [self.error(dotted, "unknown " + ("section" if isinstance(value, Mapping)
-                                                   else "key") + self._hint(dotted))
-                  for dotted, value in self._unasked(self.data, "")]
-        if errors:
-            raise ConfigError("\n".join(str(e) for e in errors))
+        self.refuse([(dotted, "unknown " + ("section" if isinstance(value, Mapping) else "key")
+                      + self._hint(dotted)) for dotted, value in self._unasked(self.data, "")])
 
     def _unasked(self, table: Mapping[str, Any], prefix: str) -> list[tuple[str, Any]]:
         found = []

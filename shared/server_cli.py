@@ -2,12 +2,18 @@
 
     python -m <site>_server serve --config FILE [--log-level DEBUG] [--log-format json|text]
                                   [--role all|intake]
-    python -m <site>_server check --config FILE        # parse the config and exit
+    python -m <site>_server check --config FILE        # what serve checks, then exit
     python -m <site>_server keys init --dir DIR [--site S] [--san HOST]
     python -m <site>_server keys rotate --dir DIR
 
 Each server passes its site name, how to load its settings and how to build
 its aiohttp application; everything else is the same for both sites.
+
+``check`` and ``serve`` load the settings the same way: the config (unknown
+keys are errors), then every file ``serve`` will open (TLS certificates and
+key, signing keys, trusted public keys) and, on the callback site, the IVR
+flows and their prompts. A problem is one line per key (file, line, key, the
+file's path) and exit status 2, before anything starts.
 
 ``serve`` runs the application on uvloop, with the ``[http]`` settings:
 ``reuse_port`` lets several processes serve one port, and ``access_log`` (off
@@ -52,6 +58,9 @@ class SiteSettings(Protocol):
 
 S = TypeVar("S", bound=SiteSettings)
 
+#: ``serve --log-level`` (or ``LOG_LEVEL``), in any case
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 @dataclass(frozen=True)
 class Site(Generic[S]):
@@ -71,14 +80,15 @@ def parser_for(site: str, *, roles: Sequence[str] = ("all",)) -> argparse.Argume
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help=f"run the {site} server")
     serve.add_argument("--config", type=Path, required=True)
-    serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                       default=os.environ.get("LOG_LEVEL", "INFO"))
     serve.add_argument("--log-format", choices=logs.FORMATS,
                        default=os.environ.get("LOG_FORMAT", "json"),
                        help="json: one JSON object per line (default); text: for reading")
     serve.add_argument("--role", choices=list(roles), default="all",
                        help="all: the whole site (default); intake: only the HTTP intake, "
                             "as an extra process beside a full one (needs [http] reuse_port)")
-    check = sub.add_parser("check", help="validate the config file")
+    check = sub.add_parser("check", help="validate the config file and the files it names")
     check.add_argument("--config", type=Path, required=True)
     keys = sub.add_parser("keys", help="TLS certificates and signing keys (shared.pki)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -97,12 +107,15 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve" and args.log_format not in logs.FORMATS:   # from LOG_FORMAT
         parser.error(f"LOG_FORMAT {args.log_format!r}: one of {', '.join(logs.FORMATS)}")
+    if args.command == "serve" and args.log_level not in LOG_LEVELS:     # from LOG_LEVEL
+        parser.error(f"LOG_LEVEL {args.log_level!r}: one of {', '.join(LOG_LEVELS)}")
     if args.command == "keys":
         return _keys(site.name, args)
     try:
         settings = site.load(args.config)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"config error: {line}", file=sys.stderr)
         return 2
     if args.command == "check":
         print(f"{args.config}: ok ({len(settings.merchants)} merchants)")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Coroutine, Mapping
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from shared import ari
 from shared.config import (
@@ -33,6 +37,7 @@ from shared.config import (
     Merchant,
     Section,
     SigningSettings,
+    Source,
     TlsSettings,
     parse_merchants,
 )
@@ -40,7 +45,7 @@ from shared.db import create_pool, resolve_url
 from shared.link import LinkClient
 from shared.link_policy import PeerSettings
 from shared.money import FxTable
-from shared.pki import client_context
+from shared.pki import client_context, server_context
 from shared.signing import Signer, SigningKey, Verifier, load_public_key
 
 if TYPE_CHECKING:
@@ -113,6 +118,60 @@ class SiteCommon:
     def fields(self) -> dict[str, Any]:
         """As keyword arguments for a server's settings class."""
         return {name: getattr(self, name) for name in self.__slots__}
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """What ``serve`` will open, loaded now: ``(key, problem)`` for each file that fails.
+
+        The TLS CA, certificate and key (and that the key is the certificate's), our
+        signing keys and the peer's trusted public keys. ``check`` and ``serve`` refuse
+        a config with any (:meth:`shared.config.Source.refuse`), before anything starts.
+        """
+        problems = []
+        if self.tls is not None:
+            problems += _tls_problems(self.tls)
+        for i, path in enumerate(self.signing.keys):
+            problems += _load_problems(f"signing.keys[{i}]", path, "an Ed25519 private key",
+                                       SigningKey.load)
+        for key_id, path in self.signing.trusted.items():
+            problems += _load_problems(f"signing.trusted.{key_id}", path,
+                                       "an Ed25519 public key", load_public_key)
+        return problems
+
+    def check_files(self, source: Source) -> None:
+        source.refuse(self.file_problems())
+
+
+def _load_problems(key: str, path: Path, what: str, loader: Callable[[Path], object]
+                   ) -> list[tuple[str, str]]:
+    """``[(key, problem)]`` if ``loader`` cannot load ``path`` as ``what``, else ``[]``."""
+    try:
+        loader(path)
+    except FileNotFoundError:
+        return [(key, f"{path}: no such file")]
+    except OSError as exc:
+        return [(key, f"{path}: cannot read ({exc.strerror})")]
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
+        return [(key, f"{path}: not {what}" + ("" if reason == f"not {what}" else
+                                                f" ({reason})"))]
+    return []
+
+
+def _tls_problems(tls: TlsSettings) -> list[tuple[str, str]]:
+    problems = [
+        *_load_problems("tls.ca", tls.ca, "PEM CA certificates",
+                        lambda p: x509.load_pem_x509_certificates(p.read_bytes())),
+        *_load_problems("tls.cert", tls.cert, "a PEM certificate",
+                        lambda p: x509.load_pem_x509_certificate(p.read_bytes())),
+        *_load_problems("tls.key", tls.key, "a PEM private key (unencrypted)",
+                        lambda p: serialization.load_pem_private_key(p.read_bytes(), None))]
+    if not problems:
+        try:
+            server_context(tls.cert, tls.key, tls.ca)
+        except ssl.SSLError as exc:
+            problems.append(("tls.key", f"{tls.key} is not the key of tls.cert {tls.cert} "
+                                        f"({exc.reason or exc})"))
+    return problems
 
 
 # --- composition ------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""``check`` verifies what ``serve`` will open, and both refuse a bad config the same way:
+one line per problem naming the config file, line and key and the file's path, exit
+status 2, no traceback. ``--log-level`` takes only the logging levels."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from callback_server.__main__ import main as callback_main
+from callback_server.ivr_flow import FLOWS_DIR
+from edge_server.__main__ import main as edge_main
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp_path: Path, pki: Path, site: str, *replacements: tuple[str, str]) -> Path:
+    text = (REPO / f"deploy/{site}.example.toml").read_text().replace("../var/pki", str(pki))
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"{site}.toml"
+    path.write_text(text)
+    return path
+
+
+def _line(path: Path, start: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1)
+                if line.startswith(start))
+
+
+def _check(site: str, config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    main = edge_main if site == "edge" else callback_main
+    code = main(["check", "--config", str(config)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("site", ["edge", "callback"])
+def test_check_passes_a_config_whose_files_load(site: str, pki_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert _check(site, _config(tmp_path, pki_dir, site), capsys) == (0, "")
+
+
+def test_check_names_every_missing_file_with_its_key_and_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, tmp_path / "no-pki", "edge")
+    code, err = _check("edge", config, capsys)
+    assert code == 2
+    missing = tmp_path / "no-pki"
+    assert err.splitlines() == [
+        f"config error: {config}:{_line(config, 'ca = ')}: tls.ca: {missing}/ca.pem: "
+        "no such file",
+        f"config error: {config}:{_line(config, 'cert = ')}: tls.cert: {missing}/edge.pem: "
+        "no such file",
+        f"config error: {config}:{_line(config, 'key = ')}: tls.key: {missing}/edge.key: "
+        "no such file",
+        f"config error: {config}:{_line(config, 'keys = ')}: signing.keys[0]: "
+        f"{missing}/edge-sign-1.key: no such file",
+        f"config error: {config}:{_line(config, 'callback-sign-1 = ')}: "
+        f"signing.trusted.callback-sign-1: {missing}/callback-sign-1.pub: no such file"]
+
+
+@pytest.mark.parametrize(("old", "new", "key", "problem"), [
+    ("/edge.pem", "/edge-sign-1.pub", "tls.cert", "edge-sign-1.pub: not a PEM certificate"),
+    ("/ca.pem", "/edge.key", "tls.ca", "edge.key: not PEM CA certificates"),
+    ('key = "PKI/edge.key"', 'key = "PKI/callback.key"', "tls.key",
+     "callback.key is not the key of tls.cert"),
+    ('key = "PKI/edge.key"', 'key = "PKI/edge-sign-1.pub"', "tls.key",
+     "edge-sign-1.pub: not a PEM private key"),
+    ('keys = ["PKI/edge-sign-1.key"]', 'keys = ["PKI/edge.key"]', r"signing.keys[0]",
+     "edge.key: not an Ed25519 private key"),
+    ('callback-sign-1 = "PKI/callback-sign-1.pub"', 'callback-sign-1 = "PKI/ca.pem"',
+     "signing.trusted.callback-sign-1", "ca.pem: not an Ed25519 public key"),
+])
+def test_check_loads_each_file_as_what_serve_uses_it_for(
+        old: str, new: str, key: str, problem: str, pki_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, pki_dir, "edge", (old.replace("PKI", str(pki_dir)),
+                                                 new.replace("PKI", str(pki_dir))))
+    code, err = _check("edge", config, capsys)
+    assert code == 2
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1)
+                if new.replace("PKI", str(pki_dir)) in text)
+    assert err.startswith(f"config error: {config}:{line}: "
+                          f"{key}: {pki_dir}/{problem}"), err
+    assert len(err.splitlines()) == 1
+
+
+def test_check_refuses_a_flow_whose_prompts_are_not_there(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "order.toml").write_text((FLOWS_DIR / "order.toml").read_text().replace(
+        "sound:cbgw/goodbye", "sound:cbgw/farewell"))
+    config = _config(tmp_path, pki_dir, "callback", (
+        "# flows_dir = ", f'flows_dir = "{flows}"\n# '))
+    code, err = _check("callback", config, capsys)
+    assert code == 2
+    assert err == (f"config error: {config}:{_line(config, 'ivr_flow = ')}: "
+                   f"merchants[0].ivr_flow: flow 'order' plays prompts not in "
+                   f"{REPO}/deploy/prompts/en ([callback] prompts_dir): farewell\n")
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "deploy/prompts/en", prompts)
+    (prompts / "farewell.wav").write_bytes(b"")
+    config.write_text(config.read_text().replace("# prompts_dir = ", f'prompts_dir = "{prompts}"'
+                                                 "\n# "))
+    assert _check("callback", config, capsys) == (0, "")
+
+
+def test_check_refuses_an_invalid_flow_with_the_merchant_key(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, pki_dir, "callback", ('ivr_flow = "order"', 'ivr_flow = "nope"'))
+    code, err = _check("callback", config, capsys)
+    assert code == 2
+    assert f"{config}:{_line(config, 'ivr_flow = ')}: merchants[0].ivr_flow: " in err
+    assert "nope.toml: cannot read flow" in err
+
+
+@pytest.mark.parametrize("site", ["edge", "callback"])
+def test_serve_refuses_a_missing_certificate_before_starting_without_a_traceback(
+        site: str, pki_dir: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, pki_dir, site, (f"{pki_dir}/{site}.pem", f"{tmp_path}/gone.pem"))
+    proc = subprocess.run([sys.executable, "-m", f"{site}_server", "serve", "--config",
+                           str(config)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"config error: {config}:{_line(config, 'cert = ')}: tls.cert: "
+                           f"{tmp_path}/gone.pem: no such file\n")
+
+
+def test_an_unknown_log_level_is_a_usage_error_listing_the_levels(
+        pki_dir: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, pki_dir, "edge")
+    for args, env in (["--log-level", "FOO"], {}), ([], {"LOG_LEVEL": "loud"}):
+        proc = subprocess.run([sys.executable, "-m", "edge_server", "serve", "--config",
+                               str(config), *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env={"PATH": "/usr/bin:/bin", **env})
+        assert proc.returncode == 2
+        assert "usage:" in proc.stderr and "Traceback" not in proc.stderr
+        assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in proc.stderr.replace("'", ""), \
+            proc.stderr
