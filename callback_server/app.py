@@ -48,6 +48,7 @@ from callback_server.worker import Worker
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
 from shared.link import purge_seen
+from shared.openapi import add_operations
 from shared.outbox import OutboxRelay
 from shared.site import ari_client as make_ari_client
 from shared.site import (
@@ -136,7 +137,7 @@ def _mount_rates(app: web.Application) -> None:
     def service() -> Any:
         return app[ROUTING_KEY].service if ROUTING_KEY in app else None
 
-    app.add_routes(routes(service))
+    add_operations(app, routes(service))
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

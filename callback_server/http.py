@@ -13,6 +13,8 @@
   merchant's ``api_token_sha256``).
 * quote/decide routes of ``routing_rates.http`` when the rating service runs.
 * ``GET /healthz``.
+* ``GET /openapi.json``: the OpenAPI 3.1 document of the routes this server serves (with
+  the guard's and the rates' when they are mounted).
 
 Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400),
 ``body-too-large`` (413), ``unknown-merchant`` (422, with ``field``),
@@ -32,7 +34,14 @@ import asyncpg
 from aiohttp import web
 
 from callback_server.intake import CallbackIntake
-from callback_server.schemas import IntakeRequest, intake_from, parse_intake
+from callback_server.schemas import (
+    CALLBACK_SCHEMA,
+    INTAKE_ANSWER,
+    INTAKE_SCHEMA,
+    IntakeRequest,
+    intake_from,
+    parse_intake,
+)
 from callback_server.store import CallbackStore
 from shared.config import Merchant
 from shared.http import (
@@ -59,7 +68,18 @@ from shared.link import (
     raw_body,
     signature_middleware,
 )
-from shared.signing import Verifier
+from shared.link_policy import BATCH_MAX_MESSAGES
+from shared.openapi import (
+    HEALTH,
+    LINK,
+    MERCHANT,
+    Operation,
+    Param,
+    Reply,
+    add_operations,
+    serve_openapi,
+)
+from shared.signing import MAX_MESSAGE_ID, Verifier
 
 log = logging.getLogger("callback.http")
 
@@ -89,10 +109,8 @@ def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
     app[MERCHANTS_KEY] = {m.id: m for m in merchants}
     app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in merchants])
     app[HEALTH_KEY] = health or Health()
-    app.router.add_post(CALLBACKS_PATH, link_callbacks)
-    app.router.add_post(batch_path(CALLBACKS_PATH), link_callbacks_batch)
-    app.router.add_get("/v1/callbacks/{callback_id}", get_callback)
-    app.router.add_get("/healthz", healthz)
+    add_operations(app, OPERATIONS)
+    serve_openapi(app, "Callback gateway: callback site", __doc__ or "")
     return app
 
 
@@ -224,3 +242,40 @@ async def healthz(request: web.Request) -> web.Response:
     body = {"status": "ok" if database == "ok" else "degraded", "database": database,
             "ari": health.ari_state(), **health.extra()}
     return json_response(body, status=200 if database == "ok" else 503)
+
+
+_DB_DOWN = {503: ("database-unavailable",)}
+#: what a single request to the intake answers (also each message of a batch)
+_INTAKE_ERRORS = {400: ("invalid-field",), 422: ("unknown-merchant", "destination-refused"),
+                  **_DB_DOWN}
+BATCH_SCHEMA = {
+    "type": "object", "required": ["messages"],
+    "properties": {"messages": {
+        "type": "array", "minItems": 1, "maxItems": BATCH_MAX_MESSAGES,
+        "items": {"type": "object", "required": ["message_id", "body"],
+                  "properties": {"message_id": {"type": "string", "minLength": 1,
+                                                "maxLength": MAX_MESSAGE_ID},
+                                 "body": INTAKE_SCHEMA}}}}}
+BATCH_ANSWER = {
+    "type": "object", "required": ["results"],
+    "properties": {"results": {"type": "array", "items": {
+        "type": "object", "required": ["message_id", "status", "body"],
+        "properties": {"message_id": {"type": "string"}, "status": {"type": "integer"},
+                       "body": {"type": "object", "description": "what a single request "
+                                "would have answered: INTAKE_ANSWER or an Error"}}}}}}
+OPERATIONS = (
+    Operation("POST", CALLBACKS_PATH, link_callbacks, "A call-back request from the edge",
+              "link", {202: Reply("accepted (or the answer to an earlier delivery of it)",
+                                  INTAKE_ANSWER)},
+              access=LINK, body=INTAKE_SCHEMA, errors=_INTAKE_ERRORS),
+    Operation("POST", batch_path(CALLBACKS_PATH), link_callbacks_batch,
+              "Several call-back requests in one signed request", "link",
+              {200: Reply("each message's own answer, in order", BATCH_ANSWER)},
+              access=LINK, body=BATCH_SCHEMA, errors={400: ("invalid-field",), **_DB_DOWN}),
+    Operation("GET", "/v1/callbacks/{callback_id}", get_callback, "One call-back's state",
+              "call center", {200: Reply("status, reason, attempts and legs", CALLBACK_SCHEMA)},
+              access=MERCHANT, params=(Param("callback_id", "path", {"type": "string"}),),
+              errors={404: ("not-found",), **_DB_DOWN}),
+    Operation("GET", "/healthz", healthz, "Database and Asterisk connection", "meta",
+              {200: Reply("up", HEALTH), 503: Reply("database down or not connected", HEALTH)}),
+)

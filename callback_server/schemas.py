@@ -20,6 +20,7 @@ from shared.http import (
     parse_json_object,
     require_timestamp,
 )
+from shared.openapi import TIMESTAMP, Schema, nullable
 from shared.phone import E164, InvalidNumber
 
 _EDGE_CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -95,3 +96,41 @@ def _announce_mode(data: dict[str, Any]) -> str | None:
     if value is not None and value not in ANNOUNCE_MODES:
         raise invalid("announce_mode", f"expected one of {', '.join(sorted(ANNOUNCE_MODES))}")
     return value if isinstance(value, str) else None
+
+
+# --- JSON Schemas of what the parser above takes and the API answers --------------------
+
+#: ``POST /v1/link/callbacks`` (and each message body of its batch)
+INTAKE_SCHEMA: Schema = {
+    "type": "object", "required": ["edge_call_id", "merchant_id", "caller", "received_at"],
+    "properties": {
+        "edge_call_id": {"type": "string", "pattern": _EDGE_CALL_ID.pattern},
+        "merchant_id": {"type": "string", "pattern": _MERCHANT_ID.pattern},
+        "caller": {"type": "string", "description": "E.164 (+819012345678); any other "
+                                                    "string is refused by the guard"},
+        "dialed": nullable({"type": "string", "maxLength": 64}),
+        "received_at": TIMESTAMP, "hungup_at": nullable(TIMESTAMP),
+        "announce_mode": nullable({"enum": sorted(ANNOUNCE_MODES)})}}
+INTAKE_ANSWER: Schema = {
+    "type": "object", "required": ["callback_id", "status"],
+    "properties": {"callback_id": {"type": "string"}, "status": {"type": "string"},
+                   "reason": {"type": "string"}}}
+#: ``GET /v1/callbacks/{id}``
+CALLBACK_SCHEMA: Schema = {
+    "type": "object",
+    "required": ["callback_id", "edge_call_id", "merchant_id", "caller", "status", "reason",
+                 "attempts", "max_attempts", "received_at", "accepted_at", "next_attempt_at",
+                 "finished_at", "legs"],
+    "properties": {
+        "callback_id": {"type": "string"}, "edge_call_id": {"type": "string"},
+        "merchant_id": {"type": "string"}, "caller": {"type": "string"},
+        "status": {"type": "string"}, "reason": nullable({"type": "string"}),
+        "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"},
+        "received_at": TIMESTAMP, "accepted_at": TIMESTAMP,
+        "next_attempt_at": TIMESTAMP, "finished_at": nullable(TIMESTAMP),
+        "legs": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"channel_id": {"type": "string"}, "attempt_no": {"type": "integer"},
+                           "leg": {"type": "string"}, "carrier_id": nullable({"type": "string"}),
+                           "status": {"type": "string"}, "cause": nullable({"type": "integer"}),
+                           "created_at": TIMESTAMP}}}}}

@@ -8,6 +8,7 @@
   merchant) selects the tenant. Query: ``since``/``until`` (ISO 8601 with a
   zone), ``limit`` (1-500, default 100), ``cursor`` (from ``next_cursor``).
 * ``GET /healthz``.
+* ``GET /openapi.json``: the OpenAPI 3.1 document of these routes.
 
 Error ids (``{"error": {"id": ...}}``): ``auth-missing``, ``auth-invalid`` (401),
 ``invalid-field`` (400, with ``field``), ``invalid-json`` (400),
@@ -25,9 +26,12 @@ import asyncpg
 from aiohttp import web
 
 from edge_server.reports import (
+    EVENT_ANSWER,
+    EVENT_SCHEMA,
     ListQuery,
     decode_cursor,
     list_rows,
+    page_schema,
     parse_event,
     save_report,
 )
@@ -49,6 +53,17 @@ from shared.http import (
     read_json_object,
 )
 from shared.link import VERIFIER_KEY, accept_once, message_id, raw_body, signature_middleware
+from shared.openapi import (
+    HEALTH,
+    LINK,
+    MERCHANT,
+    TIMESTAMP,
+    Operation,
+    Param,
+    Reply,
+    add_operations,
+    serve_openapi,
+)
 from shared.signing import Verifier
 
 log = logging.getLogger("edge.http")
@@ -72,10 +87,8 @@ def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
     app[VERIFIER_KEY] = verifier
     app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in merchants])
     app[HEALTH_KEY] = health or Health()
-    app.router.add_post("/v1/link/events", link_events)
-    app.router.add_get("/v1/requests", list_requests)
-    app.router.add_get("/v1/cdrs", list_cdrs)
-    app.router.add_get("/healthz", healthz)
+    add_operations(app, OPERATIONS)
+    serve_openapi(app, "Callback gateway: edge site", __doc__ or "")
     return app
 
 
@@ -150,3 +163,28 @@ async def healthz(request: web.Request) -> web.Response:
     body["status"] = "ok" if body["database"] == "up" and body["ari"] == "connected" \
         else "degraded"
     return json_response(body, status=200 if body["database"] == "up" else 503)
+
+
+_DB_DOWN = {503: ("database-unavailable",)}
+_LIST_PARAMETERS = (
+    Param("since", "query", TIMESTAMP, "only rows at or after this time"),
+    Param("until", "query", TIMESTAMP, "only rows before this time"),
+    Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                             "default": DEFAULT_LIMIT}, "rows per page"),
+    Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"))
+_LIST_ERRORS = {400: ("invalid-field",), **_DB_DOWN}
+OPERATIONS = (
+    Operation("POST", "/v1/link/events", link_events, "A report from the callback site",
+              "link", {200: Reply("stored, or a duplicate of a stored report", EVENT_ANSWER)},
+              access=LINK, body=EVENT_SCHEMA,
+              errors={400: ("invalid-field",), 422: ("unknown-merchant", "tenant-mismatch"),
+                      **_DB_DOWN}),
+    Operation("GET", "/v1/requests", list_requests, "The merchant's collected requests",
+              "call center", {200: Reply("one page, oldest first", page_schema("requests"))},
+              access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),
+    Operation("GET", "/v1/cdrs", list_cdrs, "The merchant's call detail records",
+              "call center", {200: Reply("one page, oldest first", page_schema("cdrs"))},
+              access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),
+    Operation("GET", "/healthz", healthz, "Database and Asterisk connection", "meta",
+              {200: Reply("up", HEALTH), 503: Reply("database down", HEALTH)}),
+)

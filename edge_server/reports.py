@@ -28,6 +28,7 @@ from shared.http import (
     require_timestamp,
 )
 from shared.money import Money, MoneyError
+from shared.openapi import E164_NUMBER, MONEY, TIMESTAMP, Schema, nullable, string
 from shared.outbox import isoformat
 from shared.phone import E164, InvalidNumber
 
@@ -184,6 +185,70 @@ def parse_event(data: Mapping[str, Any]) -> Report:
 def kind_of(report: Report) -> str:
     return {RequestInfo: "request_info", Cdr: "cdr",
             CallbackStatusReport: "callback_status"}[type(report)]
+
+
+# --- the JSON Schemas of what the parsers above take and the listings give ---------------
+
+_IDS = {"merchant_id": string(64), "callback_id": string(128), "edge_call_id": string(128)}
+_REQUEST_INFO: Schema = {
+    "type": "object", "required": ["kind", *_IDS, "caller", "category", "collected_at"],
+    "properties": {
+        "kind": {"const": "request_info"}, **_IDS, "caller": E164_NUMBER,
+        "category": string(64), "collected_at": TIMESTAMP,
+        "fields": {"type": "object", "maxProperties": MAX_FIELDS,
+                   "propertyNames": {"maxLength": 64},
+                   "additionalProperties": {"type": "string", "maxLength": 256}}}}
+_CDR: Schema = {
+    "type": "object", "required": ["kind", *_IDS, "call_id", "leg", "destination",
+                                   "started_at", "ended_at", "duration_s", "billed_s",
+                                   "disposition"],
+    "properties": {
+        "kind": {"const": "cdr"}, **_IDS, "call_id": string(128), "leg": string(32),
+        "destination": E164_NUMBER, "carrier": nullable({"type": "string"}),
+        "started_at": TIMESTAMP, "answered_at": nullable(TIMESTAMP), "ended_at": TIMESTAMP,
+        "duration_s": {"anyOf": [{"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                                 {"type": "integer", "minimum": 0}]},
+        "billed_s": {"type": "integer", "minimum": 0},
+        "hangup_cause": nullable({"type": "integer", "minimum": 0}),
+        "disposition": string(32), "carrier_cost": nullable(MONEY),
+        "direct_cost": nullable(MONEY)}}
+_STATUS: Schema = {
+    "type": "object", "required": ["kind", *_IDS, "status", "attempts", "at"],
+    "properties": {
+        "kind": {"const": "callback_status"}, **_IDS,
+        "status": {"enum": sorted(CALLBACK_STATUSES)},
+        "reason": nullable({"type": "string", "maxLength": 128}),
+        "attempts": {"type": "integer", "minimum": 0}, "at": TIMESTAMP}}
+#: ``POST /v1/link/events``: one report
+EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS]}
+EVENT_ANSWER: Schema = {"type": "object", "required": ["status", "kind"],
+                        "properties": {"status": {"enum": ["stored", "duplicate"]},
+                                       "kind": {"enum": sorted(_PARSERS)}}}
+
+_TIME_OR_NULL = nullable(TIMESTAMP)
+_LISTED: dict[str, Schema] = {
+    "requests": {"callback_id": {"type": "string"}, "edge_call_id": {"type": "string"},
+                 "caller": {"type": "string"}, "category": {"type": "string"},
+                 "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                 "collected_at": TIMESTAMP, "received_at": TIMESTAMP},
+    "cdrs": {"call_id": {"type": "string"}, "callback_id": {"type": "string"},
+             "edge_call_id": {"type": "string"}, "leg": {"type": "string"},
+             "destination": {"type": "string"}, "carrier": nullable({"type": "string"}),
+             "started_at": TIMESTAMP, "answered_at": _TIME_OR_NULL, "ended_at": TIMESTAMP,
+             "duration_s": {"type": "string"}, "billed_s": {"type": "integer"},
+             "hangup_cause": nullable({"type": "integer"}), "disposition": {"type": "string"},
+             "carrier_cost": nullable(MONEY), "direct_cost": nullable(MONEY),
+             "received_at": TIMESTAMP},
+}
+
+
+def page_schema(table: str) -> Schema:
+    """A page of :func:`list_rows` for ``table``."""
+    item = {"type": "object", "required": sorted(_LISTED[table]),
+            "properties": _LISTED[table], "additionalProperties": False}
+    return {"type": "object", "required": ["items", "next_cursor"],
+            "properties": {"items": {"type": "array", "items": item},
+                           "next_cursor": nullable({"type": "string"})}}
 
 
 # --- storing ------------------------------------------------------------------------------

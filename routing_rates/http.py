@@ -1,6 +1,6 @@
 """HTTP equivalents of ``quote`` and ``decide``, mounted by the callback server.
 
-    app.add_routes(routing_rates.http.routes(rates))
+    add_operations(app, routing_rates.http.routes(rates))
 
 ``GET /v1/rates/quote?number=+819012345678[&duration=S|&distribution=NAME][&at=ISO]
 [&origin=...]`` and ``GET /v1/rates/decide?number=...[&inbound_tariff=ntt-freedial]
@@ -20,6 +20,7 @@ from aiohttp import web
 from routing_rates.decision import ANNOUNCE_MODES
 from routing_rates.duration import DurationModel
 from routing_rates.service import RatingService, UnknownTariff
+from shared.openapi import TIMESTAMP, Operation, Param, Reply
 from shared.phone import E164, InvalidNumber, normalise
 from shared.timeutil import TimestampError, parse_timestamp
 
@@ -84,7 +85,7 @@ def _model(request: web.Request, rates: RatingService) -> DurationModel:
 
 
 def routes(source: RatingService | Callable[[], RatingService | None]
-           ) -> list[web.RouteDef]:
+           ) -> list[Operation]:
     """``GET /v1/rates/quote`` and ``/v1/rates/decide``.
 
     ``source`` is the service, or a callable returning it (a server mounts the routes
@@ -134,4 +135,52 @@ def routes(source: RatingService | Callable[[], RatingService | None]
             return _error(RatesHttpError(404, "rates-tariff-unknown", str(exc)))
         return web.json_response(decision.to_json())
 
-    return [web.get("/v1/rates/quote", quote), web.get("/v1/rates/decide", decide)]
+    return [
+        Operation("GET", "/v1/rates/quote", quote, "Carriers ranked by expected cost", "rates",
+                  {200: Reply("the routes, cheapest first, and the carriers left out", QUOTE)},
+                  params=_COMMON, errors=_ERRORS),
+        Operation("GET", "/v1/rates/decide", decide, "Call back, or keep the call?", "rates",
+                  {200: Reply("the decision and both paths' expected costs", DECISION)},
+                  params=(*_COMMON, *_DECIDE),
+                  errors={**_ERRORS, 404: ("rates-tariff-unknown",)}),
+    ]
+
+
+_SECONDS = {"type": "number", "minimum": 0, "maximum": 86400}
+_COMMON = (
+    Param("number", "query", {"type": "string"}, "the number to price (E.164 or national)",
+          required=True),
+    Param("duration", "query", _SECONDS, "a fixed call length in seconds"),
+    Param("distribution", "query", {"type": "string"}, "a configured length distribution "
+          "(default: default); ignored with duration"),
+    Param("at", "query", TIMESTAMP, "the time of the call (default: now)"),
+    Param("origin", "query", {"type": "string"}, "the calling number, for origin-based rates"))
+_DECIDE = (
+    Param("inbound_tariff", "query", {"type": "string"}, "default ntt-freedial"),
+    Param("announce_mode", "query", {"enum": sorted(ANNOUNCE_MODES)}, "default early_media"),
+    Param("announce_s", "query", _SECONDS, "announcement seconds (default 5)"))
+_ERRORS = {400: ("rates-number-missing", "rates-number-invalid", "rates-time-invalid",
+                 "rates-parameter-invalid", "rates-distribution-unknown"),
+           503: ("rates-unavailable",)}
+_MONEY_TEXT = {"type": "object", "required": ["amount", "currency"],
+               "properties": {"amount": {"type": "string"}, "currency": {"type": "string"}}}
+QUOTE = {"type": "object", "required": ["number", "currency", "routes", "dropped"],
+         "properties": {
+             "number": {"type": "string"}, "currency": {"type": "string"},
+             "routes": {"type": "array", "items": {
+                 "type": "object", "required": ["carrier", "endpoint", "expected", "currency"],
+                 "properties": {"carrier": {"type": "string"}, "endpoint": {"type": "string"},
+                                "expected": {"type": "string"},
+                                "currency": {"type": "string"}}}},
+             "dropped": {"type": "array", "items": {
+                 "type": "object", "required": ["carrier", "reason", "detail"],
+                 "properties": {"carrier": {"type": "string"}, "reason": {"type": "string"},
+                                "detail": {"type": "string"}}}}}}
+DECISION = {"type": "object",
+            "required": ["callback", "reason", "callback_cost", "direct_cost", "carrier",
+                         "endpoint", "explain"],
+            "properties": {
+                "callback": {"type": "boolean"}, "reason": {"type": "string"},
+                "callback_cost": _MONEY_TEXT, "direct_cost": _MONEY_TEXT,
+                "carrier": {"type": ["string", "null"]},
+                "endpoint": {"type": ["string", "null"]}, "explain": {"type": "object"}}}

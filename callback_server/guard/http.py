@@ -62,6 +62,15 @@ from shared.http import (
     token_digest,
 )
 from shared.link import raw_body
+from shared.openapi import (
+    OPERATOR,
+    TIMESTAMP,
+    Operation,
+    Param,
+    Reply,
+    add_operations,
+    nullable,
+)
 from shared.phone import E164, InvalidNumber
 
 log = logging.getLogger("callback.guard.http")
@@ -72,6 +81,16 @@ GUARD_KEY = web.AppKey("callback_guard", Guard)
 METRICS_SHARE_KEY = web.AppKey("callback_metrics_share", MetricsShare)
 LISTS = ("block", "allow")
 MAX_REFUSALS = 1000
+ENTRY_BODY = {"type": "object", "properties": {
+    "reason": {"type": "string"}, "by": {"type": "string"},
+    "expires_at": nullable(TIMESTAMP)}}
+ENTRY = {"type": "object", "required": ["number", "list", "reason"],
+         "properties": {"number": {"type": "string"}, "list": {"enum": list(LISTS)},
+                        "reason": {"type": "string"}}}
+CAPS_BODY = {"type": "object", "required": ["by"], "properties": {
+    "by": {"type": "string", "minLength": 1},
+    "scope": nullable({"type": "string", "pattern": f"^({GLOBAL}|trunk:.*)$"}),
+    "kind": nullable({"enum": list(KINDS)})}}
 
 
 def install(app: web.Application) -> None:
@@ -79,15 +98,7 @@ def install(app: web.Application) -> None:
     once the database is up (until then: 503 ``database-unavailable``)."""
     app.middlewares.append(intake_middleware)
     app[RAW_CALLER_SCREEN_KEY] = refuse_raw_caller
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/guard/status", status)
-    app.router.add_get("/v1/guard/refusals", refusals)
-    app.router.add_get("/v1/guard/lists/{list}", list_entries)
-    app.router.add_put("/v1/guard/lists/{list}/{number}", put_entry)
-    app.router.add_delete("/v1/guard/lists/{list}/{number}", delete_entry)
-    app.router.add_post("/v1/guard/numbers/{number}/unlock", unlock)
-    app.router.add_post("/v1/guard/caps/reset", reset_caps)
-
+    add_operations(app, OPERATIONS)
 
 def _guard(request: web.Request) -> Guard:
     return _guard_of(request.app)
@@ -261,3 +272,51 @@ async def reset_caps(request: web.Request) -> web.Response:
         raise InvalidField("kind", f"expected one of {', '.join(KINDS)} or null (all)")
     count = await _guard(request).reset_caps(scope, kind, by[:64])
     return json_response({"reset": count, "scope": scope, "kind": kind})
+
+
+_NOT_READY = {503: ("database-unavailable",)}
+_LIST = Param("list", "path", {"enum": list(LISTS)}, "block or allow")
+_NUMBER = Param("number", "path", {"type": "string"}, "E.164, with or without the +")
+_ROWS = {"type": "array", "items": {"type": "object"}}
+OPERATIONS = (
+    Operation("GET", "/metrics", metrics, "Prometheus metrics of this host's processes",
+              "guard", {200: Reply("Prometheus text format", {"type": "string"},
+                                   "text/plain")}, errors=_NOT_READY),
+    Operation("GET", "/v1/guard/status", status, "Trips, usage, spend, brake, locks", "guard",
+              {200: Reply("the guard's state", {"type": "object"})}, access=OPERATOR,
+              errors=_NOT_READY),
+    Operation("GET", "/v1/guard/refusals", refusals, "Recent refusals, newest first",
+              "guard", {200: Reply("refusals", {"type": "object", "required": ["refusals"],
+                                                "properties": {"refusals": _ROWS}})},
+              access=OPERATOR,
+              params=(Param("reason", "query", {"type": "string"}, "only this reason"),
+                      Param("limit", "query", {"type": "integer", "minimum": 1,
+                                               "maximum": MAX_REFUSALS, "default": 100})),
+              errors={400: ("invalid-field",), **_NOT_READY}),
+    Operation("GET", "/v1/guard/lists/{list}", list_entries, "A list's entries", "guard",
+              {200: Reply("entries", {"type": "object", "required": ["entries"],
+                                      "properties": {"entries": _ROWS}})},
+              access=OPERATOR, params=(_LIST,), errors={404: ("not-found",), **_NOT_READY}),
+    Operation("PUT", "/v1/guard/lists/{list}/{number}", put_entry, "Put a number on a list",
+              "guard", {200: Reply("the entry", ENTRY)}, access=OPERATOR,
+              params=(_LIST, _NUMBER), body=ENTRY_BODY, body_required=False,
+              errors={400: ("invalid-field",), 404: ("not-found",), **_NOT_READY}),
+    Operation("DELETE", "/v1/guard/lists/{list}/{number}", delete_entry,
+              "Take a number off a list", "guard", {204: Reply("removed")}, access=OPERATOR,
+              params=(_LIST, _NUMBER),
+              errors={400: ("invalid-field",), 404: ("not-found",), **_NOT_READY}),
+    Operation("POST", "/v1/guard/numbers/{number}/unlock", unlock, "Lift a number's lock",
+              "guard", {200: Reply("unlocked", {
+                  "type": "object", "required": ["number", "unlocked"],
+                  "properties": {"number": {"type": "string"}, "unlocked": {"const": True}}})},
+              access=OPERATOR, params=(_NUMBER,),
+              errors={400: ("invalid-field",), 404: ("not-found",), **_NOT_READY}),
+    Operation("POST", "/v1/guard/caps/reset", reset_caps, "Reset tripped caps", "guard",
+              {200: Reply("how many were reset", {
+                  "type": "object", "required": ["reset", "scope", "kind"],
+                  "properties": {"reset": {"type": "integer", "minimum": 0},
+                                 "scope": nullable({"type": "string"}),
+                                 "kind": nullable({"enum": list(KINDS)})}})},
+              access=OPERATOR, body=CAPS_BODY,
+              errors={400: ("invalid-field",), **_NOT_READY}),
+)

@@ -9,6 +9,7 @@ from routing_rates.carriers import Carrier
 from routing_rates.http import routes
 from routing_rates.index import Row
 from routing_rates.service import RatingService
+from shared.openapi import add_operations
 from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
 
 
@@ -17,7 +18,7 @@ def _app() -> web.Application:
     rates = RatingService.from_rows([a, INBOUND], {
         "carrier-a": [Row("8190", "JP mobile", usd("0.1398"))], "ntt-freedial": NTT}, FX)
     app = web.Application()
-    app.add_routes(routes(rates))
+    add_operations(app, routes(rates))
     return app
 
 

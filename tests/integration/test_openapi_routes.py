@@ -1,0 +1,96 @@
+"""Every route each server registers is in its ``/openapi.json``, and every operation of
+the document is a route: the composition roots as the servers build them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from callback_server.app import create_app as create_callback_app
+from callback_server.app import create_intake_app
+from callback_server.config import CallbackSettings
+from edge_server.app import create_app as create_edge_app
+from edge_server.config import EdgeSettings
+from edge_server.http import create_http_app
+from shared.openapi import document
+from shared.site import verifier_for
+from tests.integration.test_edge_app import free_port, write_config
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+UNUSED_DB = "postgresql://nobody@127.0.0.1:9/none"
+
+
+def callback_settings(pki: Path, tmp_path: Path) -> CallbackSettings:
+    text = (REPO / "deploy/callback.example.toml").read_text().replace("../var/pki", str(pki))
+    path = tmp_path / "callback.toml"
+    path.write_text(text)
+    return CallbackSettings.load(path, environ={"CALLBACK__DATABASE__URL": UNUSED_DB,
+                                                "CALLBACK__RATES__ENABLED": "true"})
+
+
+def routes_of(app: web.Application) -> set[tuple[str, str]]:
+    """(method, path) of every route; HEAD only where the path has no GET (HTTP gives every
+    GET its HEAD)."""
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes()
+              if r.resource is not None}
+    return {(m, p) for m, p in routes if not (m == "HEAD" and ("GET", p) in routes)}
+
+
+def documented(app: web.Application) -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, item in document(app)["paths"].items()
+            for method in item}
+
+
+def apps(pki: Path, tmp_path: Path) -> dict[str, web.Application]:
+    edge = EdgeSettings.load(write_config(tmp_path, pki, UNUSED_DB, free_port()))
+    callback = callback_settings(pki, tmp_path)
+    assert callback.rates.enabled
+    return {"edge": create_edge_app(edge, with_ari=False),
+            "callback": create_callback_app(callback, with_ari=False),
+            "callback intake": create_intake_app(callback)}
+
+
+def test_every_route_is_documented_and_every_operation_is_a_route(
+        pki_dir: Path, tmp_path: Path) -> None:
+    for name, app in apps(pki_dir, tmp_path).items():
+        routes, operations = routes_of(app), documented(app)
+        assert routes - operations == set(), f"{name}: routes without an Operation"
+        assert operations - routes == set(), f"{name}: operations without a route"
+        assert ("GET", "/openapi.json") in routes
+
+
+def test_the_callback_site_documents_its_guard_rates_and_intake_routes(
+        pki_dir: Path, tmp_path: Path) -> None:
+    paths = document(apps(pki_dir, tmp_path)["callback"])["paths"]
+    for path in ("/v1/link/callbacks", "/v1/link/callbacks/batch", "/v1/callbacks/{callback_id}",
+                 "/v1/guard/lists/{list}/{number}", "/metrics", "/v1/rates/decide"):
+        assert path in paths
+    intake = paths["/v1/link/callbacks"]["post"]
+    assert {p["name"] for p in intake["parameters"]} >= {
+        "webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert intake["responses"]["401"]["x-error-ids"] == [
+        "signature-missing", "signature-timestamp", "signature-unknown-key",
+        "signature-invalid"]
+    assert "destination-refused" in intake["responses"]["422"]["x-error-ids"]
+    guard = paths["/v1/guard/caps/reset"]["post"]
+    assert guard["security"] == [{"operatorToken": []}]
+    assert guard["responses"]["403"]["x-error-ids"] == ["operator-api-disabled"]
+
+
+async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) -> None:
+    edge = EdgeSettings.load(write_config(tmp_path, pki_dir, UNUSED_DB, free_port()))
+    app = create_http_app(merchants=edge.merchants, verifier=verifier_for(edge.signing))
+    async with TestClient(TestServer(app)) as client:
+        client: TestClient[Any, Any]
+        resp = await client.get("/openapi.json")
+        body = await resp.json()
+        assert resp.status == 200 and body["openapi"].startswith("3.1")
+        assert body == document(app)
+        assert set(body["paths"]) == {"/v1/link/events", "/v1/requests", "/v1/cdrs",
+                                      "/healthz", "/openapi.json"}
