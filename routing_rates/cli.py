@@ -101,7 +101,13 @@ async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None
     profile = load_profile(args.profile) if args.profile else None
     result = await importer.import_deck(
         conn, args.tariff, Path(args.file), profile, effective=_when(args.effective, "--effective"),
-        stage=args.stage, dry_run=args.dry_run, progress=not args.no_progress and not args.json)
+        stage=args.stage, dry_run=args.dry_run, progress=not args.no_progress and not args.json,
+        allow_shrink=args.allow_shrink)
+    shrink = result.shrink
+    if shrink is not None:  # on stderr, so that --json output shows it too
+        print(f"WARNING: this deck {shrink.describe()}"
+              + ("; importing it needs --allow-shrink" if result.deck is None else ""),
+              file=sys.stderr)
     if result.diff is not None:
         d = result.diff
         lines = [f"dry run: {result.rows} rows ({result.duplicates} duplicate lines dropped), "
@@ -114,12 +120,13 @@ async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None
                   for m in d.added_sample[:10]]
         lines += [f"  - {m.prefix:<10} {m.destination[:28]:<28} {m.old}"
                   for m in d.removed_sample[:10]]
-        _print(args, {"dry_run": True, "rows": result.rows, "diff": d.to_json()},
-               "\n".join(lines))
+        _print(args, {"dry_run": True, "rows": result.rows, "diff": d.to_json(),
+                      "shrink": shrink.to_json() if shrink else None}, "\n".join(lines))
         return
     assert result.deck is not None
     deck = result.deck
-    _print(args, {"deck": deck.to_json(), "seconds": str(result.seconds)},
+    _print(args, {"deck": deck.to_json(), "seconds": str(result.seconds),
+                  "shrink": shrink.to_json() if shrink else None},
            f"deck {deck.id} of {deck.tariff_id}: {result.rows} rows "
            f"({result.duplicates} duplicate lines dropped) in {result.seconds} s; "
            + (f"in force from {deck.effective_from.isoformat()}" if deck.effective_from
@@ -318,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--effective", help="in force from (ISO; default now)")
     i.add_argument("--stage", action="store_true", help="import but do not schedule")
     i.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    i.add_argument("--allow-shrink", action="store_true",
+                   help="import a deck that removes more than half of the rows in force")
     i.add_argument("--no-progress", action="store_true")
     d = sub.add_parser("decks", help="list | activate ID | cancel ID | history")
     d.add_argument("action", choices=("list", "activate", "cancel", "history"))

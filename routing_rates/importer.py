@@ -6,7 +6,9 @@ streamed through :class:`~routing_rates.deckfile.DeckParser` straight into
 database is unchanged (``DeckImportError`` lists every problem). A dry run
 does the same, computes the diff against the deck in force, and rolls back.
 Otherwise the deck is scheduled from ``effective`` (default: now), which
-NOTIFYs the servers, unless ``stage=True``.
+NOTIFYs the servers, unless ``stage=True``. A deck that would remove more than
+half of the rows of the deck in force (a truncated file, the wrong carrier's
+deck) is refused unless ``allow_shrink=True``; a dry run reports it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from shared.db import Connection
 
 log = logging.getLogger("rates.import")
 SHOWN_PROBLEMS = 50         # problems printed in an error; all are counted
+SHRINK_LIMIT = Decimal("0.5")   # share of the rows in force a deck may remove without asking
 
 
 class ImportRefused(RuntimeError):
@@ -53,6 +56,34 @@ class DeckImportError(ImportRefused):
         shown = "\n".join(p.format(source) for p in problems[:SHOWN_PROBLEMS])
         more = f"\n... and {count - SHOWN_PROBLEMS} more" if count > SHOWN_PROBLEMS else ""
         super().__init__(f"{source}: {count} problem(s), nothing imported:\n{shown}{more}")
+
+
+@dataclass(frozen=True, slots=True)
+class Shrink:
+    """A new deck removes more than :data:`SHRINK_LIMIT` of the rows in force."""
+
+    tariff_id: str
+    against_deck: int
+    removed: int
+    old_rows: int
+
+    def describe(self) -> str:
+        share = round(Decimal(100) * self.removed / self.old_rows)
+        return (f"removes {self.removed} of the {self.old_rows} rows ({share} %) of deck "
+                f"{self.against_deck}, in force for {self.tariff_id}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tariff_id": self.tariff_id, "against_deck": self.against_deck,
+                "removed": self.removed, "old_rows": self.old_rows}
+
+
+class DeckShrinks(ImportRefused):
+    """The deck would remove most of the rows in force; nothing was changed."""
+
+    def __init__(self, source: str, shrink: Shrink) -> None:
+        self.shrink = shrink
+        super().__init__(f"{source}: this deck {shrink.describe()}; nothing imported. "
+                         "Check the file; to import it anyway pass --allow-shrink")
 
 
 class _DryRunDone(Exception):
@@ -110,6 +141,7 @@ class ImportResult:
     seconds: Decimal
     deck: store.DeckInfo | None          # None for a dry run
     diff: DeckDiff | None = None
+    shrink: Shrink | None = None         # set: imported with allow_shrink, or a dry run
 
 
 def _sha256(path: Path) -> str:
@@ -211,7 +243,8 @@ async def index_and_dedupe(conn: Connection, table: str, parser: DeckParser) -> 
 async def import_deck(conn: Connection, tariff_id: str, path: Path,
                       profile: ColumnProfile | None = None, *, effective: datetime | None = None,
                       stage: bool = False, dry_run: bool = False, progress: bool = False,
-                      decimals: int | None = None) -> ImportResult:
+                      decimals: int | None = None, allow_shrink: bool = False,
+                      ) -> ImportResult:
     started = time.perf_counter()
     source = str(path)
     tariff = await conn.fetchrow("SELECT config FROM rates_tariffs WHERE id = $1", tariff_id)
@@ -258,24 +291,39 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
             rows = parser.row_count - duplicates
             await conn.execute("UPDATE rates_decks SET row_count = $2, duplicates = $3 "
                                "WHERE id = $1", deck_id, rows, duplicates)
-            elapsed = Decimal(str(round(time.perf_counter() - started, 3)))
+            current = (await store.decks_in_force(conn, effective or datetime.now(UTC))
+                       ).get(tariff_id)
             if dry_run:
-                current = (await store.decks_in_force(conn, effective or datetime.now(UTC))
-                           ).get(tariff_id)
+                diff = await diff_decks(conn, deck_id, current)
+                elapsed = Decimal(str(round(time.perf_counter() - started, 3)))
                 result = ImportResult(source, tariff_id, rows, duplicates, elapsed, None,
-                                      await diff_decks(conn, deck_id, current))
+                                      diff, _shrink(current, diff.removed))
                 raise _DryRunDone
+            shrink = _shrink(current, await removed_rows(conn, deck_id, current)
+                             if current else 0)
+            if shrink is not None and not allow_shrink:
+                raise DeckShrinks(source, shrink)
+            if shrink is not None:
+                log.warning("%s: the deck %s (allowed)", source, shrink.describe())
             if not stage:
                 deck = await store.schedule(conn, deck_id, effective)
             else:
                 deck = await store.get_deck(conn, deck_id)
-            result = ImportResult(source, tariff_id, rows, duplicates, elapsed, deck)
+            elapsed = Decimal(str(round(time.perf_counter() - started, 3)))
+            result = ImportResult(source, tariff_id, rows, duplicates, elapsed, deck,
+                                  shrink=shrink)
     except _DryRunDone:
         pass
     assert result is not None
     log.info("imported %s for %s: %d rows in %s s (dry run: %s)", source, tariff_id,
              result.rows, result.seconds, dry_run)
     return result
+
+
+def _shrink(current: store.DeckInfo | None, removed: int) -> Shrink | None:
+    if current is None or removed <= current.row_count * SHRINK_LIMIT:
+        return None
+    return Shrink(current.tariff_id, current.id, removed, current.row_count)
 
 
 def _config_profile(config: object) -> str:
@@ -335,6 +383,13 @@ async def diff_decks(conn: Connection, new_deck: int, old: store.DeckInfo | None
                     counts["down"], counts["other"], counts["same"],
                     [move(r) for r in moves], [move(r) for r in added],
                     [move(r) for r in removed])
+
+
+async def removed_rows(conn: Connection, new_deck: int, old: store.DeckInfo) -> int:
+    """How many rows of ``old`` ``new_deck`` has no row for (the diff's ``removed``)."""
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM ({_DIFF_SQL}) d WHERE kind = 'removed'", new_deck, old.id)
+    return count
 
 
 def _norm(value: Decimal | None) -> Decimal | None:

@@ -31,7 +31,9 @@ async def conn(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
     await migrate(connection, [store.migrations()])
     await store.upsert_tariffs(connection, load_carriers(DEMO_CARRIERS) + [
         Carrier("gen", "generic test carrier", profile="generic",
-                dial_string="PJSIP/{digits}@gen")])
+                dial_string="PJSIP/{digits}@gen"),
+        Carrier("layouts", "decks staged with other profiles",
+                dial_string="PJSIP/{digits}@layouts")])
     yield connection
     await connection.close()
 
@@ -201,7 +203,7 @@ async def test_prefix_list_deck_imports_one_row_per_prefix(conn: asyncpg.Connect
     deck = tmp_path / "lists.csv"
     deck.write_text('Destination,Codes,Rate\n"Japan Mobile","8170,8180,8190",0.1398\n'
                     'Japan,81,0.0385\n"Japan Mobile more","8190,8180,8185",0.1398\n')
-    result = await importer.import_deck(conn, "gen", deck, load_profile(str(profile)),
+    result = await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)),
                                         stage=True)
     # the repeats of 8190 and 8180 on line 4 (same terms) are dropped, 8185 is kept
     assert (result.rows, result.duplicates) == (5, 2)
@@ -217,7 +219,7 @@ async def test_prefix_list_deck_imports_one_row_per_prefix(conn: asyncpg.Connect
                     '"Japan Mobile","8180",0.15\n')
     with pytest.raises(importer.DeckImportError, match="lists.csv:3: column rate: prefix "
                        "8180 already on line 2 with different terms"):
-        await importer.import_deck(conn, "gen", deck, load_profile(str(profile)))
+        await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)))
 
 
 async def test_profile_date_format_and_a_date_that_does_not_match(conn: asyncpg.Connection,
@@ -227,7 +229,7 @@ async def test_profile_date_format_and_a_date_that_does_not_match(conn: asyncpg.
                        '[columns]\nprefix = "Code"\nrate = "Rate"\neffective = "Valid from"\n')
     deck = tmp_path / "eu-dates.csv"
     deck.write_text("Code;Rate;Valid from\n49;0.01;01.07.2026\n33;0.02;\n")
-    result = await importer.import_deck(conn, "gen", deck, load_profile(str(profile)),
+    result = await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)),
                                         stage=True)
     assert result.deck is not None
     starts = await conn.fetch("SELECT prefix, valid_from FROM rates_rows WHERE deck_id = $1 "
@@ -236,6 +238,6 @@ async def test_profile_date_format_and_a_date_that_does_not_match(conn: asyncpg.
         ("33", None), ("49", datetime(2026, 6, 30, 22, 0, tzinfo=UTC))]
     deck.write_text("Code;Rate;Valid from\n49;0.01;2026-07-01\n")
     with pytest.raises(importer.DeckImportError) as err:
-        await importer.import_deck(conn, "gen", deck, load_profile(str(profile)))
+        await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)))
     assert "eu-dates.csv:2: column effective: not a date in the format '%d.%m.%Y' " \
         "('2026-07-01')" in str(err.value)
