@@ -115,9 +115,9 @@ class Timers:
             handle.cancel()
 
 
-async def safely(call: Awaitable[object], callback_id: str) -> None:
+async def safely(call: Awaitable[object]) -> None:
     """Await an ARI call whose failure the round survives (logged)."""
     try:
         await call
     except ari.AriError as exc:
-        log.warning("%s: ARI call failed: %s", callback_id, exc)
+        log.warning("ARI call failed: %s", exc)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import InvalidOperation
 
@@ -69,7 +70,7 @@ from callback_server.guard.reasons import GuardRefused
 from callback_server.ivr_runner import IvrRunner
 from callback_server.legrecord import answer_time
 from callback_server.store.queue_store import LeaseLost
-from shared import ari
+from shared import ari, logs
 
 log = logging.getLogger("callback.stasis")
 
@@ -107,7 +108,16 @@ class CallRunner:
         legs = (self.state.customer, self.state.operator)
         return tuple(leg.channel_id for leg in legs if leg is not None and not leg.ended)
 
+    def _bound(self) -> AbstractContextManager[logs.LogContext]:
+        """The round's log context (the worker binds the same for the whole job)."""
+        return logs.bind(call_id=self.ctx.edge_call_id, request_id=self.job.callback_id,
+                         merchant=self.job.merchant_id)
+
     async def run(self, routes: tuple[Route, ...]) -> Finish | None:
+        with self._bound():
+            return await self._run_round(routes)
+
+    async def _run_round(self, routes: tuple[Route, ...]) -> Finish | None:
         pump = asyncio.create_task(self._pump(), name=f"pump {self.job.callback_id}")
         try:
             self._pending.append(Begin(routes, utcnow()))
@@ -128,7 +138,12 @@ class CallRunner:
         self.inbox.put_nowait(Shutdown(utcnow()))
 
     async def resync(self, lost_at: datetime | None = None) -> None:
-        """After an events reconnect: catch up on what our legs did meanwhile.
+        """After an events reconnect (in the events task): see :meth:`_resync`."""
+        with self._bound():
+            await self._resync(lost_at)
+
+    async def _resync(self, lost_at: datetime | None) -> None:
+        """Catch up on what our legs did while the events websocket was down.
 
         A leg answered meanwhile is reported answered; a leg that ended meanwhile is
         reported gone, with Asterisk's own answer and end times and cause when it
@@ -186,7 +201,7 @@ class CallRunner:
     # --- events -------------------------------------------------------------------------
 
     async def _handle(self, event: object) -> None:
-        log.debug("%s <- %s", self.job.callback_id, event)
+        log.debug("<- %s", event)
         if isinstance(event, Begin | Originated | OriginateFailed | OriginateRefused | Answered
                       | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
             await self._dialer(event)
@@ -234,15 +249,15 @@ class CallRunner:
     # --- dialer commands ------------------------------------------------------------------
 
     async def _run(self, cmd: Command) -> None:  # noqa: C901 - one branch per command type
-        log.debug("%s -> %s", self.job.callback_id, cmd)
+        log.debug("-> %s", cmd)
         if isinstance(cmd, PersistAttempt):
             self.router.subscribe(cmd.channel_id, self._ari_queue)
             self._refused.discard(cmd.channel_id)    # a refused leg's id is used again
             try:
                 await self.store.persist_leg(cmd, self.job.merchant_id)
             except GuardRefused as refused:
-                log.warning("%s: leg %s via %s refused: %s", self.job.callback_id,
-                            cmd.channel_id, cmd.carrier_id, refused.verdict)
+                log.warning("leg %s via %s refused: %s", cmd.channel_id, cmd.carrier_id,
+                            refused.verdict)
                 self.router.release(cmd.channel_id)
                 self._refused.add(cmd.channel_id)
                 self._pending.appendleft(OriginateRefused(
@@ -250,7 +265,7 @@ class CallRunner:
         elif isinstance(cmd, Originate):
             await self._originate(cmd)
         elif isinstance(cmd, Hangup):
-            await self._safely(self.client.hangup(cmd.channel_id, reason=cmd.reason))
+            await safely(self.client.hangup(cmd.channel_id, reason=cmd.reason))
         elif isinstance(cmd, StartTimer):
             self.timers.start(cmd.name, cmd.seconds, _fired(cmd.name))
         elif isinstance(cmd, CancelTimer):
@@ -262,7 +277,7 @@ class CallRunner:
         elif isinstance(cmd, CreateBridge):
             await self._bridge(cmd)
         elif isinstance(cmd, DestroyBridge):
-            await self._safely(self.client.destroy_bridge(cmd.bridge_id))
+            await safely(self.client.destroy_bridge(cmd.bridge_id))
         elif isinstance(cmd, RecordCdr):
             await self._cdr(cmd)
         else:
@@ -295,7 +310,7 @@ class CallRunner:
             await self.client.add_channel(cmd.bridge_id, list(cmd.channel_ids))
         except ari.AriError as exc:
             log.error("bridge %s failed: %s; ending the operator leg", cmd.bridge_id, exc)
-            await self._safely(self.client.hangup(cmd.channel_ids[-1]))
+            await safely(self.client.hangup(cmd.channel_ids[-1]))
 
     async def _cdr(self, cmd: RecordCdr) -> None:
         await store_cdr(self.store, self.rater, cmd, destination=self.job.destination,
@@ -312,21 +327,17 @@ class CallRunner:
                     number=self.job.destination, merchant_id=self.job.merchant_id,
                     rang=rang, confirmed=self.ivr.confirmed)
             except Exception:
-                log.exception("%s: the guard could not record the round", self.job.callback_id)
+                log.exception("the guard could not record the round")
         if not await self.store.finish(self.job.callback_id, cmd):
-            log.error("%s: lease lost; outcome %s dropped", self.job.callback_id, cmd)
-        log.info("%s round %d: %s (%s)%s", self.job.callback_id, self.job.attempt_no,
-                 cmd.status, cmd.reason,
+            log.error("lease lost; outcome %s dropped", cmd)
+        log.info("round %d: %s (%s)%s", self.job.attempt_no, cmd.status, cmd.reason,
                  f", retry in {cmd.retry_in_s} s" if cmd.retry_in_s is not None else "")
 
     # --- helpers --------------------------------------------------------------------------
 
-    async def _safely(self, call: Awaitable[object]) -> None:
-        await safely(call, self.job.callback_id)
-
     async def _hangup_all(self) -> None:
         for cid in self.channel_ids:
-            await self._safely(self.client.hangup(cid))
+            await safely(self.client.hangup(cid))
 
 
 # Rounds that end with these reasons never rang the customer's phone.

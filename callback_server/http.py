@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import asyncpg
@@ -43,6 +44,7 @@ from callback_server.schemas import (
     parse_intake,
 )
 from callback_server.store import CallbackStore
+from shared import logs
 from shared.config import Merchant
 from shared.http import (
     HEALTH_KEY,
@@ -148,11 +150,16 @@ def _merchant(request: web.Request, req: IntakeRequest) -> Merchant:
     return merchant
 
 
+def _bound(mid: str, req: IntakeRequest) -> AbstractContextManager[logs.LogContext]:
+    """Log lines about one call-back request name its call, message id and merchant."""
+    return logs.bind(call_id=req.edge_call_id, request_id=mid, merchant=req.merchant_id)
+
+
 def _not_stored(mid: str, req: IntakeRequest, exc: IntakeFailed) -> ApiError:
     """The answer for a request the intake did not store: 500 when storing it raised
     (logged with its traceback by the intake), else 503 (the database is away)."""
-    log.warning("call-back request %s (edge call %s) not stored: %s", mid,
-                req.edge_call_id, exc.message)
+    with _bound(mid, req):
+        log.warning("call-back request not stored: %s", exc.message)
     if isinstance(exc, IntakeBroken):
         return _internal_error()
     return ServiceUnavailable("database-unavailable", "database unavailable; retry")
@@ -164,13 +171,14 @@ def _internal_error() -> ApiError:
 
 async def link_callbacks(request: web.Request) -> web.Response:
     req = parse_intake(raw_body(request))
-    merchant = _merchant(request, req)
     mid = message_id(request)
-    try:
-        status, body = await _intake(request).submit(mid, req, merchant)
-    except IntakeFailed as exc:
-        raise _not_stored(mid, req, exc) from None
-    log.debug("edge call %s for %s: %s", req.edge_call_id, req.caller, body)
+    with _bound(mid, req):
+        merchant = _merchant(request, req)
+        try:
+            status, body = await _intake(request).submit(mid, req, merchant)
+        except IntakeFailed as exc:
+            raise _not_stored(mid, req, exc) from None
+        log.debug("call-back request for %s answered %d: %s", req.caller, status, body)
     return json_response(body, status=status)
 
 
@@ -202,7 +210,8 @@ async def link_callbacks_batch(request: web.Request) -> web.Response:
         except ApiError as exc:
             answers[i] = (exc.status, exc.body())
         except Exception:
-            log.exception("call-back request %s of a batch failed alone", item.message_id)
+            with logs.bind(request_id=item.message_id):
+                log.exception("call-back request of a batch failed alone")
             error = _internal_error()
             answers[i] = (error.status, error.body())
     stored = await intake.submit_many([(mid, req, merchant) for _, mid, req, merchant in queued])

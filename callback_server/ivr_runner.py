@@ -50,18 +50,18 @@ class IvrRunner:
         gate = self.ctx.flow.confirm_callback
         if gate is not None and before == gate and self.state.node == self.ctx.flow.confirm_yes:
             self.confirmed = True
-            log.info("%s: the customer confirmed the call-back", self.job.callback_id)
+            log.info("the customer confirmed the call-back")
         for cmd in commands:
             await self._run(cmd)
 
     async def _run(self, cmd: ivr.Command) -> None:
-        log.debug("%s -> ivr %s", self.job.callback_id, cmd)
+        log.debug("-> ivr %s", cmd)
         customer = self.customer()
         if isinstance(cmd, ivr.Play) and customer is not None:
             await safely(self.client.play(customer, list(cmd.media),
-                                          playback_id=cmd.playback_id), self.job.callback_id)
+                                          playback_id=cmd.playback_id))
         elif isinstance(cmd, ivr.StopPlayback):
-            await safely(self.client.stop_playback(cmd.playback_id), self.job.callback_id)
+            await safely(self.client.stop_playback(cmd.playback_id))
         elif isinstance(cmd, ivr.StartTimer):
             self.timers.start(cmd.timer_id, cmd.seconds, _timeout(cmd.timer_id))
         elif isinstance(cmd, ivr.CancelTimer):
@@ -72,7 +72,7 @@ class IvrRunner:
                 cmd, callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
                 merchant_id=self.job.merchant_id, caller=self.job.destination,
                 collected_at=utcnow(), seq=self._submits)
-            log.info("%s collected %s %s", self.job.callback_id, cmd.category, cmd.as_dict())
+            log.info("collected %s %s", cmd.category, cmd.as_dict())
         elif isinstance(cmd, ivr.DialOperator):
             self.follow_up(OperatorRequested(utcnow()))
         elif isinstance(cmd, ivr.Hangup):

@@ -22,7 +22,7 @@ from callback_server.dialer import LastLeg, Leg, leg_cdr
 from callback_server.legrecord import LegRecord, LegRecords
 from callback_server.store import CallbackStore
 from callback_server.store.leg_store import LegRow
-from shared import ari
+from shared import ari, logs
 from shared.config import Merchant
 from shared.phone import E164, InvalidNumber
 
@@ -57,6 +57,11 @@ class LegSettler:
         ``record``: Asterisk's record (None: it has none, e.g. it was restarted).
         ``seen_up``: the channel was found answered (a stray) before being hung up.
         """
+        with logs.bind(call_id=leg.edge_call_id, request_id=leg.callback_id,
+                       merchant=leg.merchant_id):
+            return await self._settle(leg, record, seen_up)
+
+    async def _settle(self, leg: LegRow, record: LegRecord | None, seen_up: bool) -> LastLeg:
         now = datetime.now(UTC)
         answered = leg.answered or seen_up or (record is not None and record.answered)
         answered_at = (record.answered_at if record is not None else None) or leg.answered_at

@@ -33,7 +33,7 @@ from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Ro
 from callback_server.ivr_flow import Flow
 from callback_server.store import CallbackStore
 from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
-from shared import ari
+from shared import ari, logs
 from shared.config import Merchant
 from shared.db import listening
 from shared.phone import E164
@@ -183,28 +183,33 @@ class Worker:
     # --- one job --------------------------------------------------------------------------
 
     async def _run_job(self, claimed: ClaimedJob) -> None:
+        """The job's task: every line of it (the call included) names the call."""
+        with logs.bind(call_id=claimed.edge_call_id, request_id=claimed.callback_id,
+                       merchant=claimed.merchant_id):
+            await self._run_job_bound(claimed)
+
+    async def _run_job_bound(self, claimed: ClaimedJob) -> None:
         try:
             await self._run_job_inner(claimed)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("job %s crashed; it is given back", claimed.callback_id)
+            log.exception("job crashed; it is given back")
             try:
                 await self.store.release(claimed.callback_id, 10.0, "worker_error")
             except Exception:
-                log.exception("could not give back %s (its lease will expire)",
-                              claimed.callback_id)
+                log.exception("could not give the job back (its lease will expire)")
 
     async def _run_job_inner(self, claimed: ClaimedJob) -> None:
         merchant = self.merchants.get(claimed.merchant_id)
         if merchant is None:
-            log.error("job %s: unknown merchant %s", claimed.callback_id, claimed.merchant_id)
+            log.error("job of an unknown merchant")
             await self.store.finish(claimed.callback_id,
                                     Finish("failed", Reason.UNKNOWN_MERCHANT, claimed.attempts))
             return
         job = self._job(claimed, merchant)
         if not self.ari_ready.is_set():
-            log.warning("job %s waits: Asterisk (ARI) not connected", claimed.callback_id)
+            log.warning("job waits: Asterisk (ARI) not connected")
             await self.store.release(claimed.callback_id, 2.0, "asterisk_unreachable")
             return
         if not await self._resolve_last_leg(claimed, job):
@@ -219,7 +224,7 @@ class Worker:
         try:
             routes = await self.route_source.routes(job.destination, datetime.now(UTC))
         except Exception:
-            log.exception("route choice for %s failed", claimed.callback_id)
+            log.exception("route choice failed")
             await self.store.release(claimed.callback_id, 30.0, "routing_error")
             return
         if self.guard is not None and routes:
@@ -231,7 +236,7 @@ class Worker:
                                          str(capped.reason))
                 return
             routes = tuple(routes[i] for i in keep)
-        log.info("job %s round %d/%d: routes %s", job.callback_id, job.attempt_no,
+        log.info("job claimed, round %d/%d: routes %s", job.attempt_no,
                  job.policy.max_attempts, [r.carrier_id for r in routes])
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
                           self.flows[merchant.ivr_flow])
@@ -268,9 +273,8 @@ class Worker:
         if leg.asterisk is not None and mine is not None and leg.asterisk != mine:
             # The claim hands us another Asterisk's leg only after no server of that
             # Asterisk rescued it for a long while: it is unreachable. Decide blind.
-            log.warning("rescue of %s: its leg %s lives on Asterisk %s, unreachable; "
-                        "deciding from the database", claimed.callback_id, leg.channel_id,
-                        leg.asterisk)
+            log.warning("rescue: its leg %s lives on Asterisk %s, unreachable; "
+                        "deciding from the database", leg.channel_id, leg.asterisk)
         else:
             try:
                 channel = await self.client.get_channel(leg.channel_id)
@@ -280,13 +284,13 @@ class Worker:
                     if record is not None or leg.status == "answered":
                         last = await self.settler.settle(leg, record)
             except (ari.AriError, TimeoutError) as exc:
-                log.warning("rescue of %s: cannot ask Asterisk about %s (%s); later",
-                            claimed.callback_id, leg.channel_id, exc)
+                log.warning("rescue: cannot ask Asterisk about %s (%s); later",
+                            leg.channel_id, exc)
                 await self.store.release(claimed.callback_id, 5.0, "asterisk_unreachable")
                 return False
         action = rescue_action(last, channel.state if channel else None)
-        log.warning("job %s: last leg %s is %s, channel %s -> %s", claimed.callback_id,
-                    leg.channel_id, last.status, channel.state if channel else "absent", action)
+        log.warning("rescue: last leg %s is %s, channel %s -> %s", leg.channel_id,
+                    last.status, channel.state if channel else "absent", action)
         if action is RescueAction.REDIAL:
             return True
         if channel is not None and self.settler is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +20,7 @@ import shared
 from callback_server.http import INTAKE_KEY, attach_store, create_http_app
 from callback_server.store import CallbackStore
 from callback_server.testing import merchant
+from shared import logs
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.link import encode_batch
 from shared.signing import Signer, SigningKey, Verifier
@@ -304,3 +307,24 @@ async def test_batch_with_the_database_down_answers_each_message_503(
         assert {r["body"]["error"]["id"] for r in results} == {"database-unavailable"}
     finally:
         await dead.close()
+
+
+async def test_the_intake_line_names_the_call_the_message_and_the_merchant(
+        client: TestClient[Any, Any]) -> None:
+    stream = io.StringIO()
+    out = logs.handler("json", stream)
+    http_log = logging.getLogger("callback.http")
+    http_log.addHandler(out)
+    http_log.setLevel(logging.DEBUG)
+    raw = body("edge-http-logs", merchant_id="bento", dialed="+81120999888")
+    mid = str(uuid.uuid4())
+    try:
+        resp = await client.post(PATH, data=raw, headers=signed(raw, mid))
+        assert resp.status == 202
+    finally:
+        http_log.removeHandler(out)
+        http_log.setLevel(logging.NOTSET)
+    [line] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert line["message"].startswith("call-back request for +819012345678 answered 202")
+    assert (line["call_id"], line["request_id"], line["merchant"]) == \
+        ("edge-http-logs", mid, "bento")

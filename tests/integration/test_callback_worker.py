@@ -4,6 +4,9 @@ two workers never dialling one request twice, rescue of a stalled worker's job."
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +27,7 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker, WorkerSettings
-from shared import ari
+from shared import ari, logs
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.phone import E164
 
@@ -207,3 +210,39 @@ async def test_a_stray_leg_hung_up_on_reconnect_is_never_redialled_at_once(
     last = await restarted.last_leg(callback_id)
     assert last is not None
     assert rescue_action(last.last, None) is expected    # the channel is gone by then
+
+
+async def test_every_line_of_a_job_names_its_call_request_and_merchant(
+        clean: asyncpg.Pool, pg_url: str, ids: Iterator[str]) -> None:
+    """Two jobs of two merchants, claimed, dialled, busy: every line about them, from the
+    worker's job task and the call runner's round, carries that job's edge call id,
+    callback id and merchant, and no line carries a mix of the two."""
+    stream = io.StringIO()
+    out = logs.handler("json", stream)
+    callback_log = logging.getLogger("callback")
+    callback_log.addHandler(out)
+    callback_log.setLevel(logging.DEBUG)
+    try:
+        async with running(clean, pg_url, "w1", sweep_s=30) as (_, fake):
+            calls = {next(ids): m for m in (ACME, SLOW)}
+            jobs = {(call, await intake(clean, call, m), m.id) for call, m in calls.items()}
+            await wait_for(lambda: len(fake.named("originate")) == 2, limit_s=10)
+            for _, channel_id, _, _ in fake.named("originate"):
+                fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id=channel_id), cause=17))
+            for _ in range(500):
+                if await clean.fetchval("SELECT count(*) FROM callback_requests "
+                                        "WHERE status = 'queued' AND attempts = 1") == 2:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        callback_log.removeHandler(out)
+        callback_log.setLevel(logging.NOTSET)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    about = [line for line in lines if "call_id" in line]
+    assert {(line["call_id"], line["request_id"], line["merchant"]) for line in about} == jobs
+    for call, callback_id, _ in jobs:
+        said = [line["message"] for line in about if line["call_id"] == call]
+        for start in ("job claimed", "originated", "CDR", "round 1: retry"):
+            assert any(m.startswith(start) for m in said), (start, said)
+        assert not any(callback_id in m for m in said if m.startswith(("job", "round"))), \
+            "the ids are fields, not text"
