@@ -25,7 +25,7 @@ import asyncpg
 from routing_rates import importer, report, store
 from routing_rates.carriers import DATA_DIR, DEMO_CARRIERS, CarrierConfigError, load_carriers
 from routing_rates.cdr import CdrFileError, CdrRater, DeckHistory, read_cdrs
-from routing_rates.duration import DistributionError, DurationModel, model_from_config
+from routing_rates.duration import DistributionError, DurationModel, load_distributions
 from routing_rates.profile import ProfileError, load_profile
 from routing_rates.service import RatingService, UnknownTariff
 from shared.db import create_pool, migrate, resolve_url
@@ -184,12 +184,11 @@ async def _distribution(args: argparse.Namespace, conn: asyncpg.Connection,
 
 
 async def _service(args: argparse.Namespace) -> RatingService:
-    pool = await create_pool(args.resolved_url, min_size=1, max_size=2)
     extra: dict[str, DurationModel] = {}
     if args.distributions:
         text = await asyncio.to_thread(Path(args.distributions).read_text)
-        data = tomllib.loads(text, parse_float=Decimal)
-        extra = {n: model_from_config(n, c) for n, c in data.get("distributions", {}).items()}
+        extra = load_distributions(text, args.distributions)
+    pool = await create_pool(args.resolved_url, min_size=1, max_size=2)
     service = await RatingService.start(pool, fx=_fx(args), distributions=extra,
                                         listen=False)
     service.owned_pool = pool  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ bucket's mass placed at its upper end (conservative: it never under-bills).
 
 from __future__ import annotations
 
+import tomllib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -127,20 +128,64 @@ BUILTIN: dict[str, DurationModel] = {
 
 
 def model_from_config(name: str, config: Mapping[str, object]) -> DurationModel:
-    """A model from TOML (``tomllib.loads(..., parse_float=Decimal)``).
+    """A model from one ``[distributions.NAME]`` table (parsed with ``parse_float=Decimal``).
 
-    ``points = [[30, "0.2"], [120, "0.5"], ...]`` (any weights) or
-    ``exponential_mean_s = 155``."""
-    if "points" in config:
-        raw = config["points"]
-        if not isinstance(raw, list):
-            raise DistributionError(f"distribution {name!r}: points must be a list")
-        pairs: list[tuple[int, Decimal | int]] = []
-        for item in raw:
-            if not isinstance(item, list) or len(item) != 2:
-                raise DistributionError(f"distribution {name!r}: each point is [seconds, weight]")
-            pairs.append((int(str(item[0])), Decimal(str(item[1]))))
-        return DurationModel.from_histogram(name, pairs)
+    ``points = [[30, 20], [120, 50], ...]`` (whole seconds, weights of any scale) or
+    ``exponential_mean_s = 155``; exactly one of them."""
+    keys = set(config)
+    if len(keys & {"points", "exponential_mean_s"}) != 1 or keys - {"points",
+                                                                  "exponential_mean_s"}:
+        raise DistributionError(f"distribution {name!r}: needs exactly one key, points or "
+                                f"exponential_mean_s (found {sorted(keys)})")
     if "exponential_mean_s" in config:
-        return DurationModel.exponential(name, Decimal(str(config["exponential_mean_s"])))
-    raise DistributionError(f"distribution {name!r}: needs points or exponential_mean_s")
+        mean = _number(config["exponential_mean_s"])
+        if mean is None or mean <= 0:
+            raise DistributionError(f"distribution {name!r}: exponential_mean_s must be a "
+                                    f"number of seconds > 0: {config['exponential_mean_s']!r}")
+        return DurationModel.exponential(name, mean)
+    raw = config["points"]
+    if not isinstance(raw, list) or not raw:
+        raise DistributionError(f"distribution {name!r}: points must be a list of "
+                                "[seconds, weight]")
+    pairs: list[tuple[int, Decimal | int]] = []
+    for i, item in enumerate(raw):
+        seconds, weight = (item if isinstance(item, list) and len(item) == 2 else (None, None))
+        w = _number(weight)
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0 \
+                or w is None or w < 0:
+            raise DistributionError(f"distribution {name!r}: points[{i}] must be [seconds, "
+                                    f"weight], whole seconds >= 0 and a weight >= 0: {item!r}")
+        pairs.append((seconds, w))
+    return DurationModel.from_histogram(name, pairs)
+
+
+def _number(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        return None
+    try:
+        number = Decimal(value)
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
+
+
+def load_distributions(text: str, source: str) -> dict[str, DurationModel]:
+    """The ``[distributions.NAME]`` tables of a TOML file (the CLI's ``--distributions``).
+
+    Errors name the file and the distribution's key."""
+    try:
+        data = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise DistributionError(f"{source}: {exc}") from exc
+    tables = data.get("distributions")
+    if not isinstance(tables, dict) or not tables:
+        raise DistributionError(f"{source}: no [distributions.NAME] table")
+    models: dict[str, DurationModel] = {}
+    for name, config in tables.items():
+        try:
+            if not isinstance(config, dict):
+                raise DistributionError(f"distribution {name!r}: must be a table")
+            models[name] = model_from_config(name, config)
+        except DistributionError as exc:
+            raise DistributionError(f"{source}: [distributions.{name}]: {exc}") from exc
+    return models
