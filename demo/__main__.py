@@ -41,7 +41,7 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     stack = Stack(args.workdir, merchants=(MerchantOptions(announce_mode=args.mode,
                                                            pre_callback_delay_s="1"),),
-                  db_prefix="cbgw_demo")
+                  db_prefix="cbgw_demo", stop_asterisks=True)
     async with stack:
         print(f"   up in {time.monotonic() - started:.1f} s; Asterisk "
               f"{stack.edge_site.version}; logs in {args.workdir}")
@@ -75,6 +75,9 @@ async def run(args: argparse.Namespace) -> int:
                              args.caller], name="routing_rates").rstrip())
         print("\n== what this particular call cost")
         print(cost_summary(facts, FxTable.from_mapping("JPY", {"USD": FX_USD_JPY})))
+    print(f"\n== stopped what the demo started: the servers and "
+          f"{', '.join(f'Asterisk {n}' for n in stack.stopped_asterisks) or 'no Asterisk'}"
+          f" (one already running is left alone)")
     return 0
 
 

@@ -107,6 +107,11 @@ class Stack:
     db_prefix: str = "cbgw_stack"
     log_level: str = "INFO"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: on exit, stop the Asterisks this process started (the demo leaves nothing running;
+    #: an Asterisk found running is left alone). Tests keep theirs for the next module
+    #: and stop them at the session's end (tests/conftest.py).
+    stop_asterisks: bool = False
+    stopped_asterisks: list[str] = field(default_factory=list)
 
     edge_db_url: str = ""
     callback_db_url: str = ""
@@ -120,7 +125,7 @@ class Stack:
         try:
             return await self._start()
         except BaseException:
-            self._lock.close()
+            await self._release()
             raise
 
     async def _start(self) -> Stack:
@@ -151,6 +156,15 @@ class Stack:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
             self.stop_servers()
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        """Stop the Asterisks we started (if asked) while still holding the lock: once
+        it is released, another run may be using them."""
+        try:
+            if self.stop_asterisks:
+                self.stopped_asterisks = await asyncio.to_thread(ast_harness.stop_started)
         finally:
             self._lock.close()
 
