@@ -20,12 +20,12 @@ from pathlib import Path
 
 from demo.stack import REPO, TOLL_FREE, MerchantOptions, Stack, StackError
 from demo.timeline import cost_summary, db_entries, render, sip_entries
-from shared.money import FxTable
+from shared.money import DEFAULT_FX_RATES, FxTable
 
 # Customer's key presses on the call-back: confirm the call-back (guard), order (1),
 # item 1234#, quantity 2#, confirm (1). Gaps let each prompt start first.
 ORDER_DIGITS = "1" + "1" + "1234#" + "2#" + "1"
-FX_USD_JPY = "155"   # as in deploy/*.example.toml [rates.fx_rates]
+FX_USD_JPY = DEFAULT_FX_RATES["USD"]   # as in deploy/*.example.toml [rates.fx_rates]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -29,14 +29,14 @@ from routing_rates.duration import DistributionError, DurationModel, load_distri
 from routing_rates.profile import ProfileError, load_profile
 from routing_rates.service import RatingService, UnknownTariff
 from shared.db import create_pool, migrate, resolve_url
-from shared.money import FxTable, MoneyError
+from shared.money import DEFAULT_FX_BASE, DEFAULT_FX_RATES, FxTable, MoneyError
 from shared.phone import E164, InvalidNumber, normalise
 from shared.timeutil import TimestampError, parse_timestamp
 
 # Plivo's published outbound deck (public data, 72,554 rows), shipped gzipped so the
 # demo works on a fresh clone.
 PLIVO_DECK = Path(__file__).resolve().parent / "data" / "plivo-voice-outbound-2026-04-01.csv.gz"
-DEFAULT_FX = "USD=150"
+DEFAULT_FX = ",".join(f"{code}={rate}" for code, rate in DEFAULT_FX_RATES.items())
 
 
 class CliError(Exception):
@@ -309,8 +309,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL, else embedded)")
     p.add_argument("--site", choices=("callback", "edge"), default="callback")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--currency", default="JPY", help="comparison currency (FX base)")
-    p.add_argument("--fx", help=f"rates into the base, e.g. USD=150,EUR=160 (env RATES_FX; "
+    p.add_argument("--currency", default=DEFAULT_FX_BASE, help="comparison currency (FX base)")
+    p.add_argument("--fx", help=f"rates into the base, e.g. USD=155,EUR=160 (env RATES_FX; "
                                 f"default {DEFAULT_FX})")
     p.add_argument("--distributions", help="TOML with [distributions.NAME] tables")
     sub = p.add_subparsers(dest="command", required=True)

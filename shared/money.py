@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from types import MappingProxyType
 
 # Active ISO 4217 codes (2024). Checked on import of decks and configs, so a
 # typo such as "UDS" is reported instead of silently creating a new currency.
@@ -167,6 +168,13 @@ def total(items: Iterable[Money], currency: str) -> Money:
     for item in items:
         acc = acc + item
     return acc
+
+
+# The one FX default: what routing_rates' CLI uses when --fx/RATES_FX is not given, and the
+# value deploy/*.example.toml document under [rates] (a test checks that they agree).
+# Indicative only: configure the rates you pay.
+DEFAULT_FX_BASE = "JPY"
+DEFAULT_FX_RATES: Mapping[str, str] = MappingProxyType({"USD": "155"})
 
 
 @dataclass(frozen=True, slots=True)
