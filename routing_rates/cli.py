@@ -379,4 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        print(f"error: database ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return 1
     return 0

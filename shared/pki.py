@@ -51,7 +51,10 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{path}: not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path}: not an EC private key")
     return key
@@ -97,7 +100,10 @@ def ensure_site_cert(directory: Path, site: str, sans: Sequence[str] = DEFAULT_S
     cert_path, key_path = directory / f"{site}.pem", directory / f"{site}.key"
     if cert_path.exists() and key_path.exists():
         return []
-    ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    try:
+        ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    except ValueError:
+        raise ValueError(f"{directory / 'ca.pem'}: not a PEM certificate") from None
     ca_key = _load_key(directory / "ca.key")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -179,10 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rot.add_argument("--dir", type=Path, required=True)
     p_rot.add_argument("--site", required=True)
     args = parser.parse_args(argv)
-    if args.command == "init":
-        written = init(args.dir, args.site, args.san or DEFAULT_SANS)
-    else:
-        written = new_signing_key(args.dir, args.site)
+    try:
+        if args.command == "init":
+            written = init(args.dir, args.site, args.san or DEFAULT_SANS)
+        else:
+            written = new_signing_key(args.dir, args.site)
+    except OSError as exc:          # the directory cannot be made, read or written
+        print(f"error: {exc.filename or args.dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except ValueError as exc:       # a file there is not what its name says, a bad --san
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path in written:
         print(f"wrote {path}")
     if not written:

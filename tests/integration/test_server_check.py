@@ -144,3 +144,27 @@ def test_an_unknown_log_level_is_a_usage_error_listing_the_levels(
         assert "usage:" in proc.stderr and "Traceback" not in proc.stderr
         assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in proc.stderr.replace("'", ""), \
             proc.stderr
+
+
+def test_keys_with_a_bad_directory_or_file_is_one_line_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert edge_main(["keys", "init", "--dir", str(afile)]) == 1
+    assert capsys.readouterr().err == f"error: {afile}: File exists\n"
+    assert edge_main(["keys", "rotate", "--dir", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path}/none/edge-sign-1.key: "
+                                       "No such file or directory\n")
+    (tmp_path / "ca.pem").write_text("junk")
+    (tmp_path / "ca.key").write_text("junk")
+    assert edge_main(["keys", "init", "--dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}/ca.pem: not a PEM certificate\n"
+
+
+def test_the_rates_cli_with_an_unreachable_database_is_one_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "routing_rates", "--database-url",
+                           "postgresql://cbgw@127.0.0.1:9/nowhere", "quote", "09012345678"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: database (ConnectionRefusedError): ")
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
