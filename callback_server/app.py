@@ -31,15 +31,14 @@ from aiohttp import web
 import callback_server
 import shared
 from callback_server.config import CallbackSettings
-from callback_server.guard.http import GUARD_KEY, METRICS_SHARE_KEY
+from callback_server.guard.http import GUARD_KEY
 from callback_server.guard.http import install as install_guard
-from callback_server.guard.metrics import Metrics
-from callback_server.guard.metrics_share import MetricsShare
-from callback_server.guard.metrics_share import purge as purge_process_metrics
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
 from callback_server.legrecord import LegRecords
+from callback_server.metrics import callback as callback_metrics
+from callback_server.queue_reading import CALLBACK_QUEUE
 from callback_server.reconcile import LegSettler
 from callback_server.routing import Routing
 from callback_server.stasis import StasisApp
@@ -48,6 +47,8 @@ from callback_server.worker import Worker
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
 from shared.link import purge_seen
+from shared.metrics_http import READINGS_KEY
+from shared.metrics_http import install as install_metrics
 from shared.openapi import add_operations
 from shared.outbox import OutboxRelay
 from shared.site import ari_client as make_ari_client
@@ -70,7 +71,6 @@ POOL_KEY = web.AppKey("callback_pool", asyncpg.Pool)
 ROUTING_KEY = web.AppKey("callback_routing", Routing)
 WORKER_KEY = web.AppKey("callback_worker", Worker)
 STASIS_KEY = web.AppKey("callback_stasis", StasisApp)
-METRICS_KEY = web.AppKey("callback_metrics", Metrics)
 #: ``serve --role``: ``all`` (the whole site) or ``intake``
 ROLE_KEY = web.AppKey("callback_role", str)
 #: keyword arguments of the group-committed intake (``CallbackIntake``) when not its
@@ -124,8 +124,10 @@ def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
     app[ROLE_KEY] = role
-    app[METRICS_KEY] = Metrics()
     install_guard(app)
+    install_metrics(app, lambda a: a.get(POOL_KEY))
+    callback_metrics()  # its series exist before the first call-back
+    app[READINGS_KEY].append(CALLBACK_QUEUE)
     app.cleanup_ctx.append(database_ctx)
     return app
 
@@ -148,7 +150,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     fx = settings.rates.fx() if settings.rates.fx_rates else None  # for spend caps
-    guard = Guard(pool, settings.guard, metrics=app[METRICS_KEY], fx=fx)
+    guard = Guard(pool, settings.guard, fx=fx)
     store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,
                           guard=guard)
     await store.sync_merchants(settings.merchants)
@@ -157,13 +159,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE_KEY] = store
     app[INTAKE_KEY] = intake = CallbackIntake(store, **app.get(INTAKE_OPTIONS_KEY, {}))
     app[GUARD_KEY] = guard
-    # the guard's counters of every process on this host, whichever one GET /metrics reaches
-    share = MetricsShare(pool, app[METRICS_KEY], process=owner_name(), role=app[ROLE_KEY])
-    app[METRICS_SHARE_KEY] = share
-    async with share.publishing():
-        yield
-        await intake.close()  # answers or fails every request it holds; gives connections back
-        await guard.alerter.close()
+    yield
+    await intake.close()  # answers or fails every request it holds; gives connections back
+    await guard.alerter.close()
     await pool.close()
 
 
@@ -243,9 +241,8 @@ async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
             try:
                 async with app[POOL_KEY].acquire() as conn:
                     await purge_seen(conn)
-                    await purge_process_metrics(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("purge of old message ids and process counters failed: %s", exc)
+                log.warning("purge of old message ids failed: %s", exc)
 
     async with background(purge_forever(), "message id purge"):
         yield

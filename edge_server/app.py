@@ -31,6 +31,7 @@ from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from shared.db import migrate
 from shared.http import HEALTH_KEY, Health
 from shared.link import LinkClient, purge_seen
+from shared.metrics_http import install as install_metrics
 from shared.outbox import OutboxRelay
 from shared.site import ari_client as make_ari_client
 from shared.site import (
@@ -59,6 +60,7 @@ def create_app(settings: EdgeSettings, *, with_ari: bool = True) -> web.Applicat
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
+    install_metrics(app, lambda a: a.get(POOL_KEY))
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)

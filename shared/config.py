@@ -400,6 +400,10 @@ class HttpSettings:
     #: one log line per request (``aiohttp.access``); off: the link's messages are kept
     #: in the database (``inbound_messages``), and a line per request is CPU at load
     access_log: bool = False
+    #: the site's prometheus_client multiprocess directory (``GET /metrics`` of any process
+    #: sums every process serving the port; see shared.metrics); None: the
+    #: ``PROMETHEUS_MULTIPROC_DIR`` environment variable, else one process's metrics
+    metrics_dir: Path | None = None
 
     @classmethod
     def parse(cls, s: Section, default_port: int) -> HttpSettings:
@@ -409,6 +413,7 @@ class HttpSettings:
             max_body_bytes=s.int("max_body_bytes", 64 * 1024, min=1024),
             reuse_port=s.bool("reuse_port", False),
             access_log=s.bool("access_log", False),
+            metrics_dir=s.path_value("metrics_dir") if s.has("metrics_dir") else None,
         )
 
 

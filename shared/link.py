@@ -49,6 +49,7 @@ from shared.link_policy import (
     RouteBook,
     RouteStatus,
 )
+from shared.metrics import common as metrics
 from shared.signing import MAX_MESSAGE_ID, SignatureError, Signer, Verifier
 
 log = logging.getLogger("shared.link")
@@ -246,17 +247,21 @@ class LinkClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = f"{route.name}: {type(exc).__name__}: {exc}"
             self._book.failed(route.name, error)
+            metrics().link_requests.labels(route.name, "failed").inc()
             raise _RouteFailed(error) from exc
         elapsed = time.monotonic() - started
         payload = _json_or_text(text)
         if status >= 500 or status == 429:
             error = f"{route.name}: HTTP {status}"
             self._book.failed(route.name, error)
+            metrics().link_requests.labels(route.name, "failed").inc()
             raise _RouteFailed(error)
         if status >= 400:
             self._book.reachable(route.name)
+            metrics().link_requests.labels(route.name, "rejected").inc()
             raise LinkRejected(status, payload)
         self._book.delivered(route.name)
+        metrics().link_requests.labels(route.name, "ok").inc()
         return Delivery(status, payload, route.name, elapsed)
 
 

@@ -72,6 +72,7 @@ from shared.link import (
     parse_batch_answer,
 )
 from shared.link_policy import BATCH_MAX_MESSAGES, DEFAULT_PASSES_IN_FLIGHT
+from shared.metrics import common as metrics
 
 log = logging.getLogger("shared.outbox")
 
@@ -455,6 +456,7 @@ class OutboxRelay:
             "UPDATE outbox SET dead_at = now(), response_status = $2, "
             "response_body = $3, lease_owner = NULL WHERE message_id = $1",
             row["message_id"], status, _as_object(body))
+        metrics().link_deliveries.labels(row["kind"], "none", "dead").inc()
 
     async def _delivered(self, answered: list[tuple[asyncpg.Record, int, Any]],
                          route: str) -> None:
@@ -468,6 +470,8 @@ class OutboxRelay:
             [_as_object(body) for _, _, body in answered], route)
         self.delivered += len(answered)
         self.delivered_by_route[route] = self.delivered_by_route.get(route, 0) + len(answered)
+        for row, _, _ in answered:
+            metrics().link_deliveries.labels(row["kind"], route, "delivered").inc()
 
     async def _retry(self, row: asyncpg.Record, error: str) -> None:
         attempts = int(row["attempts"])
@@ -480,23 +484,10 @@ class OutboxRelay:
             "UPDATE outbox SET next_attempt_at = now() + $2 * interval '1 millisecond', "
             "last_error = $3, lease_owner = NULL, lease_expires_at = NULL "
             "WHERE message_id = $1", row["message_id"], int(backoff * 1000), error[:1000])
+        metrics().link_deliveries.labels(row["kind"], "none", "retry").inc()
 
     async def stats(self) -> OutboxStats:
-        row = await self.pool.fetchrow(
-            """SELECT count(*) FILTER (WHERE delivered_at IS NULL AND dead_at IS NULL
-                                       AND NOT held) AS pending,
-                      count(*) FILTER (WHERE held AND delivered_at IS NULL) AS held,
-                      count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead
-               FROM outbox WHERE delivered_at IS NULL""")
-        oldest = await self.pool.fetchrow(
-            """SELECT message_id, kind, EXTRACT(EPOCH FROM now() - created_at) AS age
-               FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
-               ORDER BY created_at LIMIT 1""")
-        assert row is not None
-        return OutboxStats(int(row["pending"]), int(row["held"]), int(row["dead"]),
-                           None if oldest is None else float(oldest["age"]),
-                           None if oldest is None else str(oldest["message_id"]),
-                           None if oldest is None else str(oldest["kind"]))
+        return await outbox_stats(self.pool)
 
     async def check_alert(self, *, force: bool = False) -> OutboxAlert | None:
         """Alert if a durable message is older than ``alert_after_s`` or dead letters exist.
@@ -542,6 +533,25 @@ def _bound(row: asyncpg.Record) -> AbstractContextManager[logs.LogContext]:
         call_id = payload["edge_call_id"]
     return logs.bind(request_id=str(row["message_id"]), merchant=row["merchant_id"],
                      call_id=call_id)
+
+
+async def outbox_stats(pool: asyncpg.Pool) -> OutboxStats:
+    """Messages not delivered (pending, held, dead) and the oldest pending one."""
+    row = await pool.fetchrow(
+        """SELECT count(*) FILTER (WHERE delivered_at IS NULL AND dead_at IS NULL
+                                   AND NOT held) AS pending,
+                  count(*) FILTER (WHERE held AND delivered_at IS NULL) AS held,
+                  count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead
+           FROM outbox WHERE delivered_at IS NULL""")
+    oldest = await pool.fetchrow(
+        """SELECT message_id, kind, EXTRACT(EPOCH FROM now() - created_at) AS age
+           FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
+           ORDER BY created_at LIMIT 1""")
+    assert row is not None
+    return OutboxStats(int(row["pending"]), int(row["held"]), int(row["dead"]),
+                       None if oldest is None else float(oldest["age"]),
+                       None if oldest is None else str(oldest["message_id"]),
+                       None if oldest is None else str(oldest["kind"]))
 
 
 def _as_object(body: Any) -> dict[str, Any]:

@@ -16,13 +16,18 @@ flows and their prompts. A problem is one line per key (file, line, key, the
 file's path) and exit status 2, before anything starts.
 
 ``serve`` runs the application on uvloop, with the ``[http]`` settings:
-``reuse_port`` lets several processes serve one port, and ``access_log`` (off
-by default) logs a line per request. A site whose intake may need more than
+``reuse_port`` lets several processes serve one port, ``access_log`` (off
+by default) logs a line per request, and ``metrics_dir`` (or the
+``PROMETHEUS_MULTIPROC_DIR`` environment variable) is the site's prometheus_client
+multiprocess directory: each process writes its metrics there, any process's ``GET
+/metrics`` sums them all, and a process tidies it at start and marks itself dead at
+exit (:mod:`shared.metrics`). A site whose intake may need more than
 one core (the callback site) also has ``--role intake``: that process serves
-only the intake, beside one full server (``--role all``) on the same port;
-``deploy/systemd/`` runs them so. Logs go to stderr as JSON lines
-(``--log-format json``, the default, or ``LOG_FORMAT``), or as text for
-reading live (``--log-format text``); :mod:`shared.logs` has the fields.
+only the intake, beside one full server (``--role all``) on the same port
+(it needs ``reuse_port`` and a metrics directory); ``deploy/systemd/`` runs them so.
+Logs go to stderr as JSON lines (``--log-format json``, the default, or
+``LOG_FORMAT``), or as text for reading live (``--log-format text``);
+:mod:`shared.logs` has the fields.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 
-from shared import logs
+from shared import logs, metrics
 from shared.config import ConfigError, HttpSettings, Merchant, TlsSettings
 
 
@@ -124,6 +129,11 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
         print(f"config error: {args.config}: [http] reuse_port = true is needed for "
               "--role intake (it shares the port with the full server)", file=sys.stderr)
         return 2
+    if args.role == "intake" and metrics_directory(settings.http) is None:
+        print(f"config error: {args.config}: [http] metrics_dir (or {metrics.ENV_DIR}) is "
+              "needed for --role intake (GET /metrics sums the processes sharing the port)",
+              file=sys.stderr)
+        return 2
     return serve_forever(site, settings, args.log_level, role=args.role,
                          log_format=args.log_format)
 
@@ -155,6 +165,9 @@ def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "al
                              require_client_cert=settings.require_client_cert) if tls else None
     if ssl_ctx is None:
         logging.getLogger(f"{site.name}.app").warning("no [tls] section: serving plain HTTP")
+    directory = metrics_directory(settings.http)
+    if directory is not None:  # before any metric exists in this process
+        metrics.use_directory(directory)
     if role == "intake":
         assert site.create_intake_app is not None
         app = site.create_intake_app(settings)
@@ -166,4 +179,11 @@ def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "al
                 reuse_port=http.reuse_port or None,
                 access_log=logging.getLogger("aiohttp.access") if http.access_log else None,
                 loop=uvloop.new_event_loop(), **serve_options())
+    metrics.process_ended()
     return 0
+
+
+def metrics_directory(http: HttpSettings) -> Path | None:
+    """``[http] metrics_dir``, else ``PROMETHEUS_MULTIPROC_DIR``, else None (one process)."""
+    env = os.environ.get(metrics.ENV_DIR)
+    return http.metrics_dir or (Path(env) if env else None)

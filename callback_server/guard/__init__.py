@@ -8,8 +8,8 @@
 * :mod:`.reasons` — the stable reason codes;
 * :mod:`.service` — :class:`Guard`, what the intake, worker, ARI adapter and
   CDR writer call; :mod:`.store` its SQL (migration ``0100_guard.sql``);
-* :mod:`.alerts` — webhook + e-mail (SMTP) alerts; :mod:`.metrics` — counters
-  for ``GET /metrics``;
-* :mod:`.http` — operator API, ``/metrics`` and the raw-caller intake check;
+* :mod:`.alerts` — webhook + e-mail (SMTP) alerts; its counters are in
+  :mod:`callback_server.metrics` (the site's ``GET /metrics``);
+* :mod:`.http` — operator API and the raw-caller intake check;
   ``python -m callback_server.guard`` — the same operations from a shell.
 """

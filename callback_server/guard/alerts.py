@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from callback_server.guard.metrics import Metrics
+from callback_server.metrics import callback as metrics
 
 log = logging.getLogger("callback.guard.alerts")
 
@@ -68,10 +68,8 @@ Recorder = Callable[[Alert], Awaitable[bool]]
 
 
 class Alerter:
-    def __init__(self, settings: AlertSettings, metrics: Metrics,
-                 record: Recorder | None = None) -> None:
+    def __init__(self, settings: AlertSettings, record: Recorder | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics
         self.record = record
         self._last: dict[tuple[str, str], datetime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,7 +82,7 @@ class Alerter:
         dedup = (alert.kind, alert.key)
         last = self._last.get(dedup)
         if last is not None and (alert.at - last).total_seconds() < self.settings.repeat_s:
-            self.metrics.inc("cbgw_guard_alerts_total", kind=alert.kind, sent="repeat")
+            metrics().guard_alerts.labels(alert.kind, "repeat").inc()
             return False
         self._last[dedup] = alert.at
         log.error("ALERT %s %s: %s", alert.kind, alert.key, alert.message)
@@ -112,18 +110,15 @@ class Alerter:
             except Exception as exc:
                 log.warning("alert %s %s not recorded (%s: %s); sending it anyway",
                             alert.kind, alert.key, type(exc).__name__, exc)
-                self.metrics.inc("cbgw_guard_alert_deliveries_total", channel="database",
-                                 result="failed")
+                metrics().guard_alert_deliveries.labels("database", "failed").inc()
             else:
-                self.metrics.inc("cbgw_guard_alert_deliveries_total", channel="database",
-                                 result="ok")
+                metrics().guard_alert_deliveries.labels("database", "ok").inc()
                 if not first:
                     log.info("alert %s %s already sent by another process", alert.kind,
                              alert.key)
-                    self.metrics.inc("cbgw_guard_alerts_total", kind=alert.kind,
-                                     sent="elsewhere")
+                    metrics().guard_alerts.labels(alert.kind, "elsewhere").inc()
                     return
-        self.metrics.inc("cbgw_guard_alerts_total", kind=alert.kind, sent="yes")
+        metrics().guard_alerts.labels(alert.kind, "yes").inc()
         jobs: list[Awaitable[None]] = []
         if self.settings.webhook_url:
             jobs.append(self._guarded("webhook", self._webhook(alert)))
@@ -136,10 +131,9 @@ class Alerter:
             await job
         except Exception as exc:
             log.warning("alert delivery by %s failed: %s: %s", channel, type(exc).__name__, exc)
-            self.metrics.inc("cbgw_guard_alert_deliveries_total", channel=channel,
-                             result="failed")
+            metrics().guard_alert_deliveries.labels(channel, "failed").inc()
         else:
-            self.metrics.inc("cbgw_guard_alert_deliveries_total", channel=channel, result="ok")
+            metrics().guard_alert_deliveries.labels(channel, "ok").inc()
 
     async def _webhook(self, alert: Alert) -> None:
         s = self.settings

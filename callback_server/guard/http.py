@@ -1,9 +1,8 @@
 """The guard's HTTP surface on the callback site.
 
-* ``GET /metrics`` — Prometheus text: refusals by stage and reason, alerts,
-  locks, cap trips, decision time; of every server process on this host, whichever
-  one answers (:mod:`callback_server.guard.metrics_share`). No token (the site
-  serves mutual TLS).
+* The guard's counters (refusals by stage, reason and merchant, alerts, locks, cap
+  trips, decision time) are in the site's ``GET /metrics``
+  (:mod:`callback_server.metrics`, :mod:`shared.metrics_http`).
 * Operator API (``Authorization: Bearer <token>``; its SHA-256 is
   ``[guard] operator_token_sha256``; without it the API answers 403
   ``operator-api-disabled``):
@@ -28,7 +27,8 @@
   ``+819012345678;foo``) is refused *before* parsing with 422
   ``destination-refused`` and ``reason`` (``destination_withheld``,
   ``destination_malformed``, ``destination_invalid``), stored in
-  ``guard_refusals`` with the sanitised raw value and counted. The edge's
+  ``guard_refusals`` with the sanitised raw value (and the merchant, if it is
+  configured) and counted. The edge's
   outbox parks a 422 as dead (no retries). It runs after the signature check.
 """
 
@@ -44,10 +44,9 @@ from aiohttp import web
 
 from callback_server.guard import store as sql
 from callback_server.guard.caps import GLOBAL, KINDS
-from callback_server.guard.metrics_share import MetricsShare
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.service import Guard
-from callback_server.http import CALLBACKS_PATH, RAW_CALLER_SCREEN_KEY
+from callback_server.http import CALLBACKS_PATH, MERCHANTS_KEY, RAW_CALLER_SCREEN_KEY
 from shared.destination import classify_raw, sanitise
 from shared.http import (
     ApiError,
@@ -76,9 +75,6 @@ from shared.phone import E164, InvalidNumber
 log = logging.getLogger("callback.guard.http")
 
 GUARD_KEY = web.AppKey("callback_guard", Guard)
-#: the counters of the other processes on this host (set with the guard; without it,
-#: ``/metrics`` shows this process's alone)
-METRICS_SHARE_KEY = web.AppKey("callback_metrics_share", MetricsShare)
 LISTS = ("block", "allow")
 MAX_REFUSALS = 1000
 ENTRY_BODY = {"type": "object", "properties": {
@@ -143,9 +139,10 @@ async def refuse_raw_caller(app: web.Application, data: Any, message_id: str | N
         return not_ready
     ids = {k: data.get(k) if isinstance(data.get(k), str) else None
            for k in ("merchant_id", "edge_call_id")}
+    merchant = ids["merchant_id"] if ids["merchant_id"] in app[MERCHANTS_KEY] else None
     async with guard.pool.acquire() as conn, conn.transaction():
         await guard.refused(conn, verdict, stage="intake", number=sanitise(caller),
-                            merchant_id=_short(ids["merchant_id"]),
+                            merchant_id=merchant,
                             edge_call_id=_short(ids["edge_call_id"]),
                             message_id=_short(message_id))
     return ApiError(422, "destination-refused", f"caller: {verdict}",
@@ -154,13 +151,6 @@ async def refuse_raw_caller(app: web.Application, data: Any, message_id: str | N
 
 def _short(value: str | None) -> str | None:
     return None if value is None else sanitise(value, 128)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    guard = _guard(request)
-    share = request.app.get(METRICS_SHARE_KEY)
-    text = guard.metrics.render() if share is None else await share.render()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 def _operator(request: web.Request) -> None:
@@ -279,9 +269,6 @@ _LIST = Param("list", "path", {"enum": list(LISTS)}, "block or allow")
 _NUMBER = Param("number", "path", {"type": "string"}, "E.164, with or without the +")
 _ROWS = {"type": "array", "items": {"type": "object"}}
 OPERATIONS = (
-    Operation("GET", "/metrics", metrics, "Prometheus metrics of this host's processes",
-              "guard", {200: Reply("Prometheus text format", {"type": "string"},
-                                   "text/plain")}, errors=_NOT_READY),
     Operation("GET", "/v1/guard/status", status, "Trips, usage, spend, brake, locks", "guard",
               {200: Reply("the guard's state", {"type": "object"})}, access=OPERATOR,
               errors=_NOT_READY),

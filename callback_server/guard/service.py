@@ -38,9 +38,10 @@ import asyncpg
 from callback_server.guard import brake, caps, velocity
 from callback_server.guard import store as sql
 from callback_server.guard.alerts import Alert, Alerter
-from callback_server.guard.metrics import Metrics
 from callback_server.guard.reasons import GuardRefused, Verdict
 from callback_server.guard.settings import GuardSettings
+from callback_server.metrics import UNKNOWN_MERCHANT
+from callback_server.metrics import callback as metrics
 from shared.destination import Listing, Policy
 from shared.money import Money, MoneyError
 from shared.phone import E164
@@ -92,7 +93,7 @@ class IntakeScreen:
             or velocity.check_intake(facts.history, self.now, guard.settings.velocity)
         if verdict is None and not facts.history.known:
             verdict = brake.check(False, self._brake_count, guard.settings.brake)
-        guard.metrics.observe_decision(time.perf_counter() - started + self._load_s)
+        metrics().guard_decision.observe(time.perf_counter() - started + self._load_s)
         return Screening(verdict, facts.history.known)
 
     def accepted(self, number: E164) -> None:
@@ -102,12 +103,11 @@ class IntakeScreen:
 
 class Guard:
     def __init__(self, pool: asyncpg.Pool, settings: GuardSettings, *,
-                 metrics: Metrics | None = None, alerter: Alerter | None = None,
+                 alerter: Alerter | None = None,
                  clock: Clock = utcnow, fx: Converter | None = None) -> None:
         self.pool = pool
         self.settings = settings
-        self.metrics = metrics or Metrics()
-        self.alerter = alerter or Alerter(settings.alerts, self.metrics, self._record_alert)
+        self.alerter = alerter or Alerter(settings.alerts, self._record_alert)
         if self.alerter.record is None:
             self.alerter.record = self._record_alert
         self.clock = clock
@@ -136,7 +136,7 @@ class Guard:
 
     def accepted(self, count: int) -> None:
         """``count`` requests were accepted and counted (``guard_note_accepted``)."""
-        self.metrics.inc("cbgw_guard_accepted_total", count)
+        metrics().guard_accepted.inc(count)
 
     async def refused(self, conn: asyncpg.Connection, verdict: Verdict, *, stage: str,
                       number: str | None, merchant_id: str | None,
@@ -147,7 +147,8 @@ class Guard:
                                  merchant_id=merchant_id, callback_id=callback_id,
                                  edge_call_id=edge_call_id, message_id=message_id,
                                  now=self.clock())
-        self.metrics.inc("cbgw_guard_refusals_total", stage=stage, reason=str(verdict.reason))
+        metrics().guard_refusals.labels(stage, str(verdict.reason),
+                                         merchant_id or UNKNOWN_MERCHANT).inc()
         log.warning("refused (%s) %s for %s/%s: %s", stage, number, merchant_id,
                     callback_id or edge_call_id or "-", verdict)
 
@@ -229,7 +230,7 @@ class Guard:
         now = self.clock()
         latched = kind in self.settings.caps.latch
         if latched and await sql.trip(conn, scope, kind, verdict, now):
-            self.metrics.inc("cbgw_guard_cap_trips_total", scope=scope, kind=kind)
+            metrics().guard_cap_trips.labels(scope, kind).inc()
             self.alerter.alert(Alert("cap_tripped", f"{scope}/{kind}",
                                      f"cap tripped, originations refused until an operator "
                                      f"resets it: {verdict}", now,
@@ -267,14 +268,14 @@ class Guard:
                 recent, window, locked_until is not None and locked_until > now, now, s)
             if action.lock_until is not None:
                 await sql.lock(conn, text, action.lock_until, now)
-                self.metrics.inc("cbgw_guard_locks_total", action="lock")
+                metrics().guard_locks.labels("lock").inc()
                 log.warning("locked %s until %s: %d unconfirmed call-backs", text,
                             action.lock_until.isoformat(), recent)
             if action.block and await sql.add_entry(
                     conn, number=text, list_name="block", source="auto", by="guard", now=now,
                     reason=f"{window} unconfirmed call-backs in {s.block_window_s // 86400} "
                            "days: review", expires_at=None, replace=False):
-                self.metrics.inc("cbgw_guard_locks_total", action="block")
+                metrics().guard_locks.labels("block").inc()
                 self.alerter.alert(Alert("number_blocked", text,
                                          f"{text} put on the block list for review: {window} "
                                          "unconfirmed call-backs", now,

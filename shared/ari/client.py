@@ -40,6 +40,7 @@ from shared.ari.errors import (
 )
 from shared.ari.events import Connected, Event, decode_message
 from shared.ari.models import AppState, Bridge, Channel, Endpoint, Playback
+from shared.metrics import common as metrics
 
 log = logging.getLogger("ari.client")
 events_log = logging.getLogger("ari.events")
@@ -142,6 +143,8 @@ class AriClient:
             delay = self._reconnect_initial_s
             try:
                 self.connected = True
+                metrics().ari_connected.set(1)
+                metrics().ari_connects.labels("reconnect" if connected_before else "first").inc()
                 yield Connected(reconnect=connected_before)
                 connected_before = True
                 async for msg in ws:
@@ -152,6 +155,7 @@ class AriClient:
                         break
             finally:
                 self.connected = False
+                metrics().ari_connected.set(0)
                 if self.on_disconnect is not None:
                     self.on_disconnect()
                 await ws.close()

@@ -18,9 +18,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from shared import pki
+from shared import metrics, pki
 from shared.signing import Signer, SigningKey
+from tests import prom
 from tests.faults.linklab import free_port
 
 pytestmark = pytest.mark.integration
@@ -36,8 +38,12 @@ def _config(pki_dir: Path, tmp_path: Path) -> Path:
     return path
 
 
-def _env(db_url: str, port: int, *, reuse_port: bool = True) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+def _env(db_url: str, port: int, *, reuse_port: bool = True,
+         metrics_dir: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != metrics.ENV_DIR}
+    if metrics_dir is not None:
+        env["CALLBACK__HTTP__METRICS_DIR"] = str(metrics_dir)
+    return {**env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
             "CALLBACK__DATABASE__URL": db_url,
             "CALLBACK__ARI__URL": "http://127.0.0.1:9",        # no Asterisk: nothing dials
             "CALLBACK__RATES__ENABLED": "false",
@@ -48,29 +54,39 @@ def _env(db_url: str, port: int, *, reuse_port: bool = True) -> dict[str, str]:
 
 @pytest.fixture
 def servers(pki_dir: Path, pg_url: str, tmp_path: Path) -> Iterator[tuple[int, list[Any]]]:
-    """One full server, then two intake processes, all on one port."""
+    """One full server, then two intake processes, all on one port, sharing the metrics
+    directory ``tmp_path / "metrics"``."""
     config, port = _config(pki_dir, tmp_path), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i, role in enumerate(("all", "intake", "intake")):
-            with open(tmp_path / f"server-{i}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "callback_server", "serve", "--config", str(config),
-                     "--role", role], cwd=REPO, env=_env(pg_url, port), stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(_serve(config, role, _env(pg_url, port, metrics_dir=tmp_path / "metrics"),
+                                tmp_path / f"server-{i}.log"))
             if i == 0:
                 time.sleep(1.0)  # its migrations first (the others would wait on their lock)
         yield port, procs
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+def _serve(config: Path, role: str, env: dict[str, str], log_path: Path
+           ) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "callback_server", "serve", "--config", str(config),
+             "--role", role], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _client_ssl(pki_dir: Path) -> Any:
@@ -97,7 +113,7 @@ async def _health_by_pid(port: int, pki_dir: Path, want: int, within_s: float
 
 
 async def test_a_full_server_and_two_intake_processes_serve_one_port(
-        servers: tuple[int, list[Any]], pki_dir: Path, pg_url: str) -> None:
+        servers: tuple[int, list[Any]], pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
     port, procs = servers
     health = await _health_by_pid(port, pki_dir, 3, within_s=60.0)
     assert {pid: h["role"] for pid, h in health.items()} == {
@@ -128,28 +144,67 @@ async def test_a_full_server_and_two_intake_processes_serve_one_port(
         await conn.close()
     assert stored == 30
     # GET /metrics, whichever process answers (six scrapes in a row on new connections:
-    # all six on one of the three processes has odds of 1 in 243), counts all 30
-    await _scrapes_until(port, pki_dir, "cbgw_guard_accepted_total 30", 6, 30.0)
+    # all six on one of the three processes has odds of 1 in 243), counts all 30, which
+    # the three processes wrote each in its own files of the metrics directory
+    await _scrapes_until(port, pki_dir, "cbgw_guard_accepted_total", 30.0, 6, 30.0)
     assert all(proc.poll() is None for proc in procs)
+    directory = tmp_path / "metrics"
+    assert {p.pid for p in procs} <= {int(f.stem.rsplit("_", 1)[1])
+                                      for f in directory.glob("counter_*.db")}
+
+    # an intake process stops: its counts stay in the sum, its live gauges leave
+    _stop(procs[1])
+    assert not list(directory.glob(f"gauge_live*_{procs[1].pid}.db"))
+    assert (directory / f"counter_{procs[1].pid}.db").exists()
+    await _scrapes_until(port, pki_dir, "cbgw_guard_accepted_total", 30.0, 4, 30.0)
+    text = await _scrape(port, pki_dir)
+    lag_pids = {s.labels["pid"] for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "cbgw_event_loop_lag_seconds"}
+    assert lag_pids == {str(procs[0].pid), str(procs[2].pid)}
+
+    # the whole site stops and starts again: a new run, whose counters start at zero
+    for proc in procs:
+        _stop(proc)
+    config = tmp_path / "callback.toml"
+    procs.append(_serve(config, "all", _env(pg_url, port, metrics_dir=directory),
+                        tmp_path / "server-again.log"))
+    await _health_by_pid(port, pki_dir, 1, within_s=60.0)
+    assert prom.scraped(await _scrape(port, pki_dir), "cbgw_guard_accepted_total") == 0.0
+    assert {int(f.stem.rsplit("_", 1)[1]) for f in directory.glob("*.db")} == {procs[-1].pid}
 
 
-async def _scrapes_until(port: int, pki_dir: Path, line: str, in_a_row: int,
+async def _scrape(port: int, pki_dir: Path) -> str:
+    connector = aiohttp.TCPConnector(ssl=_client_ssl(pki_dir), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session, \
+            session.get(f"https://127.0.0.1:{port}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def _scrapes_until(port: int, pki_dir: Path, name: str, value: float, in_a_row: int,
                          within_s: float) -> None:
     """Scrape ``/metrics`` over new connections until ``in_a_row`` answers in a row have
-    ``line``."""
+    ``name`` at ``value``."""
     deadline = time.monotonic() + within_s
     seen = 0
-    connector = aiohttp.TCPConnector(ssl=_client_ssl(pki_dir), force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        while seen < in_a_row:
-            assert time.monotonic() < deadline, f"/metrics never showed {line!r} {in_a_row}x"
-            async with session.get(f"https://127.0.0.1:{port}/metrics") as resp:
-                text = await resp.text()
-            if line in text.splitlines():
-                seen += 1
-            else:
-                seen = 0
-                await asyncio.sleep(0.5)
+    while seen < in_a_row:
+        assert time.monotonic() < deadline, f"/metrics never showed {name} {value} {in_a_row}x"
+        if prom.scraped(await _scrape(port, pki_dir), name) == value:
+            seen += 1
+        else:
+            seen = 0
+            await asyncio.sleep(0.5)
+
+
+def test_the_intake_role_needs_a_metrics_directory(pki_dir: Path, tmp_path: Path) -> None:
+    config = _config(pki_dir, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "callback_server", "serve", "--config", str(config),
+         "--role", "intake"], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=_env("postgresql://x@127.0.0.1:9/x", free_port()))
+    assert proc.returncode == 2
+    assert (f"{config}: [http] metrics_dir (or PROMETHEUS_MULTIPROC_DIR) is needed for "
+            "--role intake") in proc.stderr
 
 
 def test_the_intake_role_needs_reuse_port(pki_dir: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from edge_server.__main__ import main
 from edge_server.app import STASIS_KEY, STORE_KEY, create_app
 from edge_server.config import EdgeSettings
 from shared.config import ConfigError
+from shared.metrics_http import SAMPLE_EVERY_S
+from tests import prom
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +78,25 @@ async def test_server_starts_and_serves_while_asterisk_is_unreachable(
     app = client.server.app
     assert not app[STASIS_KEY].connected
     assert await app[STORE_KEY].pool.fetchval("SELECT count(*) FROM merchants") == 1
+
+
+async def test_the_edge_serves_its_metrics(
+        tmp_path: Path, pki_dir: Path, pg_url: str, aiohttp_client: ClientFactory) -> None:
+    """``GET /metrics``: Prometheus text with the outbox backlog read from the database,
+    the ARI websocket down (Asterisk unreachable) and the pool in use."""
+    settings = EdgeSettings.load(write_config(tmp_path, pki_dir, pg_url, free_port()))
+    client = await aiohttp_client(create_app(settings))
+    await asyncio.sleep(SAMPLE_EVERY_S * 1.5)  # one sample of the loop and the pool
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    text = await resp.text()
+    assert prom.scraped(text, "cbgw_metrics_reading_up", reading="outbox_backlog") == 1.0
+    assert prom.scraped(text, "cbgw_outbox_messages", state="dead") == 0.0
+    assert "# TYPE cbgw_outbox_oldest_pending_seconds gauge" in text
+    assert prom.scraped(text, "cbgw_ari_websocket_connected") == 0.0
+    assert prom.scraped(text, "cbgw_db_pool_connections", state="max") \
+        == settings.database.max_connections
 
 
 def test_config_errors_name_the_key(tmp_path: Path, pki_dir: Path) -> None:

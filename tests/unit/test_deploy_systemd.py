@@ -75,3 +75,15 @@ def test_the_asterisk_unit_runs_instance_py_and_knows_its_pid_file(site: str) ->
     pidfile = unit["Service"]["PIDFile"].replace("%i", site)
     assert Path(pidfile) == instance.load_site(site, ASTERISK_ROOT).pidfile
     assert instance.DEFAULT_ROOT == ASTERISK_ROOT or "CBGW_ASTERISK_ROOT" in os.environ
+
+
+@pytest.mark.parametrize(("name", "site"), [
+    ("cbgw-edge.service", "edge"), ("cbgw-callback.service", "callback"),
+    ("cbgw-callback-intake@.service", "callback")])
+def test_each_sites_processes_share_one_metrics_directory(name: str, site: str) -> None:
+    """``--role intake`` needs a metrics directory; the site's units all use the same one,
+    which systemd creates for them and keeps while a unit restarts."""
+    service = _unit(name)["Service"]
+    assert service["Environment"] == f"PROMETHEUS_MULTIPROC_DIR=/run/cbgw/{site}-metrics"
+    assert service["RuntimeDirectory"] == f"cbgw/{site}-metrics"
+    assert service["RuntimeDirectoryPreserve"] == "yes"
