@@ -65,7 +65,7 @@ units of the load generator's (a yardstick for this VM's speed at that minute),
 rows stored vs requests sent, and the median against the target (>= 5,000/s).
 PostgreSQL is ``DATABASE_URL`` or the embedded server.
 Everything (load generator, servers, PostgreSQL) shares this machine's cores;
-see bench/README.md ("Link") for figures and what limits them.
+see bench/README.md for figures (and its git history for what limits them).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ DEFAULT_BATCH_MESSAGES = 32
 #: while a backlog lasts. Sized for the link's bandwidth-delay product: 16 × 64 = 1,024
 #: messages in flight carry 5,000 messages/s over a round trip of up to ≈ 200 ms (the
 #: 120 ms between Tokyo and the US plus the peer's answer); on this 2-core machine 8 was
-#: window-bound and 32 slower than 16 (bench.relay_drain, bench/README.md).
+#: window-bound and 32 slower than 16 (bench.relay_drain; ``git show 7d988d0:bench/README.md``).
 DEFAULT_PASSES_IN_FLIGHT = 16
 MAX_PASSES_IN_FLIGHT = 64
 

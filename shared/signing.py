@@ -16,8 +16,8 @@ Replay protection (message ids remembered for 24 h) lives with the receiver's
 database, see :mod:`shared.link`.
 
 Verification runs on libsodium (PyNaCl), about twice as
-fast as OpenSSL's Ed25519 on the machines measured (bench/README.md, "Signed
-intake"); keys, signing and the PKI stay on ``cryptography``. Both take the
+fast as OpenSSL's Ed25519 on the machines measured (``git show 7d988d0:bench/README.md``,
+"Signed intake"); keys, signing and the PKI stay on ``cryptography``. Both take the
 same raw 32-byte public keys; libsodium is the stricter of the two (it also
 refuses small-order keys and non-canonical encodings, which no honest signer
 produces).

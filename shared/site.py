@@ -265,8 +265,8 @@ def settle_heap_on_startup(app: web.Application) -> None:
     generations, so the full collections a server still runs do not rescan
     millions of rate entries. Then :data:`GC_THRESHOLDS`. On the callback
     site's batch intake this cut the servers' CPU per request by about 5 %
-    (``bench/README.md``). A process-wide setting: for a server's own process
-    (``serve``), not for tests that run an app inside the test process.
+    (``git show 7d988d0:bench/README.md``, session 8). A process-wide setting: for a
+    server's own process (``serve``), not for tests that run an app inside the test process.
     """
 
     async def settle(_: web.Application) -> None:
