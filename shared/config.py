@@ -119,11 +119,10 @@ class Source:
             variable = self.env.get(".".join(parts[:end]))
             if variable is not None:
                 return f"environment {variable}"
-        line = self.line_of(dotted)
-        if line:
-            return f"{self.path}:{line}"
-        below = sorted(name for key, name in self.env.items() if key.startswith(plain + "."))
-        return f"environment {below[0]}" if below else str(self.path)
+        line, within = None, dotted
+        while within and line is None:   # a key of an inline table: the line of the table
+            line, within = self.line_of(within), within.rpartition(".")[0]
+        return f"{self.path}:{line}" if line else str(self.path)
 
     def error(self, dotted: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where(dotted)}: {dotted}: {message}")
@@ -180,7 +179,7 @@ def load(path: Path, env_prefix: str, environ: Mapping[str, str] | None = None) 
 
 
 def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
-    """Apply the overrides; returns which dotted key each variable set."""
+    """Apply the overrides; returns which dotted key (or new table) each variable set."""
     marker = prefix.upper() + "__"
     applied: dict[str, str] = {}
     for name, raw in sorted(environ.items()):
@@ -190,7 +189,9 @@ def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> 
         if not keys:
             continue
         node = data
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1], start=1):
+            if key not in node:     # a table the file does not have: this variable made it
+                applied.setdefault(".".join(keys[:depth]), name)
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"environment {name}: {key} is not a section")

@@ -205,3 +205,17 @@ def test_the_demo_stack_and_fault_sites_write_configs_that_parse(tmp_path: Path)
     assert len(EdgeSettings.load(tmp_path / "edge.toml", {}).peer.routes) == 2
     for name in sites.callback_names:
         CallbackSettings.load(tmp_path / f"{name}.toml", {})
+
+
+def test_a_table_an_override_makes_is_named_by_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^environment EDGE__HTTP__EXTRA__X: http.extra: "
+                                          r"unknown section"):
+        _edge(tmp_path, EDGE_EXAMPLE, {"EDGE__HTTP__EXTRA__X": "1"})
+
+
+def test_a_key_in_an_inline_table_has_the_tables_line(tmp_path: Path) -> None:
+    text = EDGE_EXAMPLE.replace("[[peer.routes]]", '[peer.policy]\n'
+                                'cdr = {mode = "both", routes = ["internet"]}\n\n[[peer.routes]]')
+    with pytest.raises(ConfigError, match=rf"edge.toml:{_line(text, 'cdr = ')}: "
+                                          r"peer.policy.cdr.routes: unknown key"):
+        _edge(tmp_path, text)
