@@ -139,6 +139,24 @@ async def test_answer_mode_answers_announces_and_hangs_up_within_5_s(stack: Stac
     assert call["merchant_id"] == "bento" and call["announce_mode"] == "answer"
 
 
+async def test_caller_id_written_with_separators_gets_the_call_back(stack: Stack) -> None:
+    # A phone or PBX may send its number as people write it; it is still that number.
+    async with stack.carriers(digits=ORDER_KEYS) as roles:
+        before = await last_call_id(stack)
+        phone = stack.customer_call("080-3456-7891")
+        await finished(phone)
+        call = await new_edge_call(stack, before)
+        assert call["state"] == "released", call   # not refused with "dial 186"
+        assert call["caller"] == "+818034567891"
+        await stack.wait_for_row(
+            "edge", "SELECT 1 FROM cdrs WHERE edge_call_id = $1 AND disposition = 'answered'",
+            call["edge_call_id"], timeout_s=60)
+    invites = roles["carrier-a"].invites_received() + roles["carrier-b"].invites_received()
+    assert {i.ruri_user for i in invites} == {"818034567891"}
+    statuses = phone.statuses_received()
+    assert 183 in statuses and statuses[-1] == 486 and 200 not in statuses
+
+
 @pytest.mark.parametrize(("caller", "privacy", "pai"), [
     ("anonymous", "id", "anonymous"),          # 184: no number at all
     (CUSTOMER, "id", None),                    # withheld presentation with a PAI
