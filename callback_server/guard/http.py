@@ -70,7 +70,7 @@ from shared.openapi import (
     add_operations,
     nullable,
 )
-from shared.phone import E164, InvalidNumber
+from shared.phone import E164, InvalidNumber, normalise
 
 log = logging.getLogger("callback.guard.http")
 
@@ -171,10 +171,12 @@ def _list_name(request: web.Request) -> str:
 
 
 def parse_number(text: str) -> E164:
+    """As the configs and CLIs read numbers (:func:`shared.phone.normalise`)."""
     try:
-        return E164.parse("+" + text.strip().removeprefix("+"))
+        return normalise(text)
     except InvalidNumber:
-        raise InvalidField("number", "expected an E.164 number such as +819012345678") from None
+        raise InvalidField("number", "expected a number: national (09012345678), E.164 "
+                                     "(+819012345678) or its digits") from None
 
 
 def _jsonable(rows: Any) -> Any:
@@ -266,7 +268,8 @@ async def reset_caps(request: web.Request) -> web.Response:
 
 _NOT_READY = {503: ("database-unavailable",)}
 _LIST = Param("list", "path", {"enum": list(LISTS)}, "block or allow")
-_NUMBER = Param("number", "path", {"type": "string"}, "E.164, with or without the +")
+_NUMBER = Param("number", "path", {"type": "string"},
+                "national (09012345678), E.164 (+819012345678) or its digits")
 _ROWS = {"type": "array", "items": {"type": "object"}}
 OPERATIONS = (
     Operation("GET", "/v1/guard/status", status, "Trips, usage, spend, brake, locks", "guard",

@@ -296,3 +296,15 @@ async def test_operator_api_refuses_bad_input_with_4xx(clean: asyncpg.Pool,
         assert resp.status == 400 and (await resp.json())["error"]["field"] == "expires_at"
     resp = await client.post(PATH, data=DEEP_JSON, headers=signed(DEEP_JSON))
     assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
+
+
+async def test_the_operator_api_takes_numbers_in_the_forms_the_cli_takes(
+        clean: asyncpg.Pool, aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(make_app(Guard(clean, SETTINGS)))
+    op = {"Authorization": f"Bearer {OPERATOR}"}
+    for form in ("09011113333", "819011113333", "+819011113333", "090-1111-3333"):
+        resp = await client.put(f"/v1/guard/lists/block/{form}", headers=op, json={"by": "noc"})
+        assert resp.status == 200 and (await resp.json())["number"] == "+819011113333"
+        assert (await client.delete(f"/v1/guard/lists/block/{form}", headers=op)).status == 204
+    resp = await client.put("/v1/guard/lists/block/0901", headers=op, json={"by": "noc"})
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "number"
