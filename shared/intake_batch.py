@@ -62,6 +62,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
+from shared import logs
 from shared.http import ApiError
 
 log = logging.getLogger("shared.intake_batch")
@@ -239,7 +240,9 @@ class GroupCommit(Generic[T]):
         if self._loop_task is None or self._loop_task.done():
             self._wake = asyncio.Event()
             self._slots = asyncio.Semaphore(self.max_in_flight)
-            self._loop_task = asyncio.create_task(self._run(), name=f"intake batcher {self.kind}")
+            # started by the first request, it serves them all: no request's log context
+            self._loop_task = asyncio.create_task(self._run(), name=f"intake batcher {self.kind}",
+                                                  context=logs.unbound())
 
     async def _run(self) -> None:
         assert self._wake is not None and self._slots is not None

@@ -18,7 +18,7 @@ its task); :func:`update` adds what is learnt later (the merchant, once the
 dialled number is resolved) until that ``with`` ends. An asyncio task copies
 the context when it is created, so a task started inside a bound scope logs
 with that scope's fields, and a field set in one call's task is never seen by
-another's.
+another's. A task shared by many calls is started with :func:`unbound`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TextIO
@@ -69,6 +69,15 @@ def update(*, call_id: str | None = None, request_id: str | None = None,
     """Add fields to the current context, until the enclosing :func:`bind` ends (or the
     task does: each task has its own copy of the context)."""
     _context.set(_merged(call_id, request_id, merchant))
+
+
+def unbound() -> Context:
+    """A copy of the current context without the log fields, for a task that outlives the
+    call that happens to start it (``asyncio.create_task(..., context=unbound())``): a
+    batcher shared by every request must not name the first one on all its lines."""
+    ctx = copy_context()
+    ctx.run(_context.set, UNBOUND)
+    return ctx
 
 
 def _merged(call_id: str | None, request_id: str | None, merchant: str | None) -> LogContext:

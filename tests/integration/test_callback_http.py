@@ -311,20 +311,26 @@ async def test_batch_with_the_database_down_answers_each_message_503(
 
 async def test_the_intake_line_names_the_call_the_message_and_the_merchant(
         client: TestClient[Any, Any]) -> None:
+    """The request's line names it; the group commit's line (its batcher was started by
+    this first request, and serves every later one) names no request."""
     stream = io.StringIO()
     out = logs.handler("json", stream)
-    http_log = logging.getLogger("callback.http")
-    http_log.addHandler(out)
-    http_log.setLevel(logging.DEBUG)
+    callback_log = logging.getLogger("callback")
+    callback_log.addHandler(out)
+    callback_log.setLevel(logging.DEBUG)
     raw = body("edge-http-logs", merchant_id="bento", dialed="+81120999888")
     mid = str(uuid.uuid4())
     try:
         resp = await client.post(PATH, data=raw, headers=signed(raw, mid))
         assert resp.status == 202
     finally:
-        http_log.removeHandler(out)
-        http_log.setLevel(logging.NOTSET)
-    [line] = [json.loads(line) for line in stream.getvalue().splitlines()]
+        callback_log.removeHandler(out)
+        callback_log.setLevel(logging.NOTSET)
+    lines = {line["logger"]: line for line in map(json.loads, stream.getvalue().splitlines())}
+    line = lines["callback.http"]
     assert line["message"].startswith("call-back request for +819012345678 answered 202")
     assert (line["call_id"], line["request_id"], line["merchant"]) == \
         ("edge-http-logs", mid, "bento")
+    commit = lines["callback.store"]
+    assert commit["message"].startswith("stored 1 call-back request messages in one commit")
+    assert not set(logs.FIELDS) & set(commit), commit

@@ -192,3 +192,20 @@ def test_an_unknown_log_format_is_a_usage_error(
         edge_main(["serve", "--config", "edge.toml", *argv])
     assert exited.value.code == 2
     assert says in capsys.readouterr().err
+
+
+async def test_a_task_started_unbound_does_not_name_the_call_that_started_it(
+        log: tuple[logging.Logger, Captured]) -> None:
+    """A batcher started by the first request serves every later one: its lines must not
+    carry the first request's call."""
+    logger, captured = log
+
+    async def shared_batcher() -> None:
+        logger.info("batch committed")
+
+    with logs.bind(call_id="edge-6", merchant="acme"):
+        await asyncio.create_task(shared_batcher(), context=logs.unbound())
+        logger.info("still the call")
+    first, second = captured.lines()
+    assert set(first) == {"ts", "level", "logger", "message"}
+    assert (second["call_id"], second["merchant"]) == ("edge-6", "acme")
