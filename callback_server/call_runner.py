@@ -208,6 +208,7 @@ class CallRunner:
         elif isinstance(event, ivr.Timeout):
             await self.ivr.handle(event)
         elif isinstance(event, ari.StasisStart):
+            log.info("%s answered", event.channel.id)
             await self._dialer(Answered(event.channel.id, event.timestamp or utcnow()))
         elif (isinstance(event, ari.ChannelHangupRequest) and event.cause is not None
               and not event.soft):
