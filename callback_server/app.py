@@ -22,7 +22,7 @@ import importlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -31,6 +31,7 @@ from aiohttp import web
 import callback_server
 import shared
 from callback_server.config import CallbackSettings
+from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
 from callback_server.guard.http import install as install_guard
 from callback_server.guard.service import Guard
@@ -44,13 +45,14 @@ from callback_server.routing import Routing
 from callback_server.stasis import StasisApp
 from callback_server.store import CallbackStore
 from callback_server.worker import Worker
+from shared import outbox_operator
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
 from shared.link import purge_seen
 from shared.metrics_http import READINGS_KEY
 from shared.metrics_http import install as install_metrics
 from shared.openapi import add_operations
-from shared.outbox import OutboxRelay
+from shared.outbox import DeadLetter, OutboxRelay
 from shared.site import ari_client as make_ari_client
 from shared.site import (
     background,
@@ -93,6 +95,7 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
 
 def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Application:
     app = _intake_app(settings, "all")
+    outbox_operator.add_routes(app)
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:
@@ -159,6 +162,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE_KEY] = store
     app[INTAKE_KEY] = intake = CallbackIntake(store, **app.get(INTAKE_OPTIONS_KEY, {}))
     app[GUARD_KEY] = guard
+    app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(
+        pool, settings.operator.api_token_sha256 or settings.guard.operator_token_sha256)
     yield
     await intake.close()  # answers or fails every request it holds; gives connections back
     await guard.alerter.close()
@@ -183,10 +188,24 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     client = link_client(settings.signing, settings.tls, settings.peer)
     await client.start()
     relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner_name(),
-                        passes_in_flight=settings.peer.passes_in_flight)
+                        passes_in_flight=settings.peer.passes_in_flight,
+                        on_dead_letter=dead_letter_alert(app[GUARD_KEY]))
     async with background(relay.run(), "outbox relay"):
         yield
     await client.close()
+
+
+def dead_letter_alert(guard: Guard) -> Callable[[DeadLetter], None]:
+    """A message the edge refused for good raises a guard alert (webhook and mail)."""
+    def alert(letter: DeadLetter) -> None:
+        guard.alerter.alert(Alert(
+            "link_dead_letter", letter.message_id,
+            f"the edge refused {letter.kind} message {letter.message_id} for good "
+            f"(HTTP {letter.status}); requeue it with POST /v1/link/outbox/"
+            f"{letter.message_id}/requeue once the cause is fixed",
+            at=letter.dead_at, details={"kind": letter.kind, "status": letter.status,
+                                        "response": letter.response}))
+    return alert
 
 
 async def ari_ctx(app: web.Application) -> AsyncIterator[None]:

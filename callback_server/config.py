@@ -29,6 +29,7 @@ from shared.config import (
     root,
 )
 from shared.link_policy import PeerSettings
+from shared.outbox_operator import OperatorSettings
 from shared.site import RatesSettings, SiteCommon
 
 ENV_PREFIX = "CALLBACK"
@@ -95,6 +96,7 @@ class CallbackSettings:
     peer: PeerSettings
     merchants: tuple[Merchant, ...]
     rates: RatesSettings
+    operator: OperatorSettings
     callback: CallbackBehaviour
     flows: Mapping[str, Flow]
     guard: GuardSettings = field(default_factory=GuardSettings)

@@ -28,6 +28,7 @@ from edge_server.decide import FixedDecider, RatesDecider
 from edge_server.http import POOL_KEY, create_http_app
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
+from shared import outbox_operator
 from shared.db import migrate
 from shared.http import HEALTH_KEY, Health
 from shared.link import LinkClient, purge_seen
@@ -61,6 +62,7 @@ def create_app(settings: EdgeSettings, *, with_ari: bool = True) -> web.Applicat
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
     install_metrics(app, lambda a: a.get(POOL_KEY))
+    outbox_operator.add_routes(app)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
@@ -82,6 +84,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool
     app[STORE_KEY] = store
+    app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(
+        pool, settings.operator.api_token_sha256)
     yield
     await pool.close()
 

@@ -27,6 +27,7 @@ from shared.config import (
 )
 from shared.destination import Policy, PolicySettings
 from shared.link_policy import PeerSettings
+from shared.outbox_operator import OperatorSettings
 from shared.phone import E164
 from shared.site import RatesSettings, SiteCommon
 
@@ -86,6 +87,7 @@ class EdgeSettings:
     peer: PeerSettings
     merchants: tuple[Merchant, ...]
     rates: RatesSettings
+    operator: OperatorSettings
     edge: EdgeBehaviour
 
     @classmethod

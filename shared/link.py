@@ -55,6 +55,8 @@ from shared.signing import MAX_MESSAGE_ID, SignatureError, Signer, Verifier
 log = logging.getLogger("shared.link")
 
 LINK_PREFIX = "/v1/link/"
+#: the operator's outbox routes (:mod:`shared.outbox_operator`): bearer token, not signed
+OPERATOR_PREFIX = "/v1/link/outbox/"
 _MESSAGE_ID = web.RequestKey("link_message_id", str)
 _RAW_BODY = web.RequestKey("link_raw_body", bytes)
 VERIFIER_KEY = web.AppKey("link_verifier", Verifier)
@@ -321,12 +323,15 @@ def _too_large(request: web.Request) -> ApiError | None:
 async def signature_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Verify signatures on ``/v1/link/`` before the handler; 401 with a JSON error id.
 
+    The operator's routes under ``/v1/link/outbox/`` are not link messages: they are
+    left to their bearer token (:mod:`shared.outbox_operator`).
+
     A declared ``Content-Length`` above the application's ``client_max_size``
     is refused with 413 before any of the body is read; a body that arrives
     slower than ``app[BODY_TIMEOUT_KEY]`` seconds (default
     :data:`DEFAULT_BODY_TIMEOUT_S`) gets 408 ``body-timeout``.
     """
-    if not request.path.startswith(LINK_PREFIX):
+    if not request.path.startswith(LINK_PREFIX) or request.path.startswith(OPERATOR_PREFIX):
         return await handler(request)
     too_large = _too_large(request)
     if too_large is not None:

@@ -14,8 +14,19 @@ The relay is event-driven: a trigger NOTIFYs ``outbox`` when a message becomes
 sendable, and the relay wakes at once. Besides that it sleeps until the next
 retry is due (at most ``sweep_s``), so a lost notification delays a message by
 at most that much. Retries back off exponentially up to ``max_backoff_s`` and
-never give up: a message the peer refuses as invalid (4xx other than 401/403/
-408/409/429) is parked as dead and logged as an error instead.
+never give up on a 5xx, a lost connection, or a 4xx that may pass later
+(:data:`RETRYABLE_4XX`: 408/409/425/429, and 401/403, which judge the sender's
+keys, clock or certificate rather than the message: a signing-key rotation half
+done, or a peer identity being re-pinned, must not kill the whole backlog).
+
+Dead letters: a message the peer refuses with any other 4xx is refused for good
+(it would be refused the same way for ever). It is parked as dead (``dead_at``,
+with the peer's status and error body), logged at ERROR, counted
+(``cbgw_link_deliveries_total{result="dead"}``), and passed
+to ``on_dead_letter`` (the callback site raises a guard alert). The operator
+lists them and requeues one once the cause is fixed (:meth:`Outbox.dead_letters`,
+:meth:`Outbox.revive`; HTTP and CLI in :mod:`shared.outbox_operator`): a
+requeue resets its attempts and it is delivered once, under the same id.
 
 Batches: for the paths in ``batch_paths`` (the edge: call-back requests), the
 messages claimed in one pass go out up to ``batch_messages`` per signed request
@@ -77,7 +88,8 @@ from shared.metrics import common as metrics
 log = logging.getLogger("shared.outbox")
 
 NOTIFY_CHANNEL = "outbox"
-_RETRYABLE_4XX = frozenset({401, 403, 408, 409, 425, 429})
+#: 4xx answers retried like a 5xx; every other 4xx parks the message as dead
+RETRYABLE_4XX = frozenset({401, 403, 408, 409, 425, 429})
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 #: after a peer answered a batch request 404/405, its messages go alone for this long
 NO_BATCH_ROUTE_RECHECK_S = 300.0
@@ -119,21 +131,20 @@ class Outbox:
 
     @staticmethod
     async def dead_letters(conn: asyncpg.Connection, limit: int = 100) -> list[DeadLetter]:
-        """Messages the peer refused as invalid, newest first."""
+        """Messages the peer refused for good, newest first."""
         rows = await conn.fetch(
-            "SELECT message_id, kind, path, body, attempts, dead_at, response_status, "
-            "response_body FROM outbox WHERE dead_at IS NOT NULL "
+            f"SELECT {_DEAD_COLUMNS} FROM outbox WHERE dead_at IS NOT NULL "
             "ORDER BY dead_at DESC LIMIT $1", limit)
-        return [DeadLetter(str(r["message_id"]), r["kind"], r["path"], bytes(r["body"]),
-                           int(r["attempts"]), r["dead_at"], r["response_status"],
-                           _as_object(r["response_body"])) for r in rows]
+        return [DeadLetter.of(r) for r in rows]
 
     @staticmethod
     async def revive(conn: asyncpg.Connection, message_id: str) -> bool:
-        """Send a dead message again (same id, so the receiver still dedupes it)."""
+        """Send a dead message again (same id, so the receiver still dedupes it): its
+        attempts start again from 0 and the requeue is counted. False if it is not dead."""
         result: str = await conn.execute(
             "UPDATE outbox SET dead_at = NULL, next_attempt_at = now(), attempts = 0, "
-            "lease_owner = NULL, lease_expires_at = NULL WHERE message_id = $1 "
+            "lease_owner = NULL, lease_expires_at = NULL, last_error = NULL, "
+            "requeued_at = now(), requeues = requeues + 1 WHERE message_id = $1 "
             "AND dead_at IS NOT NULL", uuid.UUID(message_id))
         if result.endswith(" 1"):
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, message_id)
@@ -149,8 +160,14 @@ class Outbox:
         return int(result.split()[-1])
 
 
+_DEAD_COLUMNS = ("message_id, kind, path, body, attempts, dead_at, response_status, "
+                 "response_body, requeues")
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A message the peer refused for good: its status and error body, and when."""
+
     message_id: str
     kind: str
     path: str
@@ -159,6 +176,13 @@ class DeadLetter:
     dead_at: datetime
     status: int | None
     response: dict[str, Any]
+    requeues: int = 0
+
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> DeadLetter:
+        return cls(str(r["message_id"]), r["kind"], r["path"], bytes(r["body"]),
+                   int(r["attempts"]), r["dead_at"], r["response_status"],
+                   _as_object(r["response_body"]), int(r["requeues"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +205,7 @@ class OutboxAlert:
 
 
 AlertHook = Callable[[OutboxAlert], None]
+DeadLetterHook = Callable[[DeadLetter], None]
 
 
 class _PassWindow:
@@ -239,7 +264,7 @@ class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, db_url: str, client: LinkClient, *, owner: str,
                  batch: int = 64, lease_s: int = 30, max_backoff_s: int = 60,
                  sweep_s: float = 5.0, alert_after_s: int = 300, alert_every_s: float = 60.0,
-                 on_alert: AlertHook | None = None,
+                 on_alert: AlertHook | None = None, on_dead_letter: DeadLetterHook | None = None,
                  batch_paths: Collection[str] = (), batch_messages: int = 32,
                  passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT) -> None:
         if not 1 <= batch_messages <= BATCH_MAX_MESSAGES:
@@ -257,6 +282,8 @@ class OutboxRelay:
         self.alert_after_s = alert_after_s
         self.alert_every_s = alert_every_s
         self.on_alert = on_alert
+        #: told of each message parked as dead, once (the callback site raises an alert)
+        self.on_dead_letter = on_dead_letter
         #: message paths whose peer also takes batches at ``batch_path(path)``
         self.batch_paths = frozenset(batch_paths)
         self.batch_messages = batch_messages
@@ -412,7 +439,7 @@ class OutboxRelay:
         try:
             result = await self.client.post(batch_path(path), body, str(uuid.uuid4()), kind=kind)
         except LinkRejected as exc:
-            if exc.status in _RETRYABLE_4XX:
+            if exc.status in RETRYABLE_4XX:
                 await asyncio.gather(*(self._retry(r, f"HTTP {exc.status}: {exc.body}")
                                        for r in rows))
                 return
@@ -445,18 +472,28 @@ class OutboxRelay:
 
     async def _settle(self, row: asyncpg.Record, status: int, body: Any) -> None:
         """A message the peer did not acknowledge: retried, or parked as dead when the peer
-        refused it as invalid (a 4xx other than the retryable ones)."""
-        if status >= 500 or status in _RETRYABLE_4XX:
+        refused it for good (a 4xx other than :data:`RETRYABLE_4XX`)."""
+        if status >= 500 or status in RETRYABLE_4XX:
             await self._retry(row, f"HTTP {status}: {body}")
             return
-        with _bound(row):
-            log.error("peer refused a %s message as invalid (HTTP %s): %s; parked as dead",
-                      row["kind"], status, body)
-        await self.pool.execute(
-            "UPDATE outbox SET dead_at = now(), response_status = $2, "
-            "response_body = $3, lease_owner = NULL WHERE message_id = $1",
+        dead = await self.pool.fetchrow(
+            "UPDATE outbox SET dead_at = now(), response_status = $2, response_body = $3, "
+            "lease_owner = NULL, lease_expires_at = NULL, last_error = NULL "
+            f"WHERE message_id = $1 AND delivered_at IS NULL RETURNING {_DEAD_COLUMNS}",
             row["message_id"], status, _as_object(body))
-        metrics().link_deliveries.labels(row["kind"], "none", "dead").inc()
+        if dead is None:  # delivered meanwhile (a lease that expired under a slow answer)
+            return
+        letter = DeadLetter.of(dead)
+        metrics().link_deliveries.labels(letter.kind, "none", "dead").inc()
+        with _bound(row):
+            log.error("dead letter: peer refused a %s message for good (HTTP %s after %d "
+                      "attempts): %s; parked until an operator requeues it", letter.kind,
+                      status, letter.attempts, str(body)[:300])
+            if self.on_dead_letter is not None:
+                try:
+                    self.on_dead_letter(letter)
+                except Exception:
+                    log.exception("the dead-letter hook failed")
 
     async def _delivered(self, answered: list[tuple[asyncpg.Record, int, Any]],
                          route: str) -> None:
@@ -509,8 +546,8 @@ class OutboxRelay:
                 f"(threshold {self.alert_after_s} s)", stats)
         elif stats.dead:
             alert = OutboxAlert("dead-letters",
-                                f"{stats.dead} messages refused by the peer as invalid "
-                                "(see Outbox.dead_letters)", stats)
+                                f"{stats.dead} messages refused by the peer for good "
+                                "(GET /v1/link/outbox/dead lists them)", stats)
         if alert is not None:
             log.error("ALERT outbox %s: %s", alert.reason, alert.message)
             if self.on_alert is not None:

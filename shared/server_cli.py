@@ -5,6 +5,8 @@
     python -m <site>_server check --config FILE        # what serve checks, then exit
     python -m <site>_server keys init --dir DIR [--site S] [--san HOST]
     python -m <site>_server keys rotate --dir DIR
+    python -m <site>_server outbox dead --config FILE [--limit N]    # dead letters, JSON lines
+    python -m <site>_server outbox requeue --config FILE MESSAGE_ID  # send one again
 
 Each server passes its site name, how to load its settings and how to build
 its aiohttp application; everything else is the same for both sites.
@@ -44,10 +46,13 @@ from typing import Generic, Protocol, TypeVar
 from aiohttp import web
 
 from shared import logs, metrics
-from shared.config import ConfigError, HttpSettings, Merchant, TlsSettings
+from shared.config import ConfigError, DatabaseSettings, HttpSettings, Merchant, TlsSettings
 
 
 class SiteSettings(Protocol):
+    @property
+    def database(self) -> DatabaseSettings: ...
+
     @property
     def http(self) -> HttpSettings: ...
 
@@ -103,6 +108,15 @@ def parser_for(site: str, *, roles: Sequence[str] = ("all",)) -> argparse.Argume
     init.add_argument("--san", action="append", help="DNS name or IP in the certificate")
     rotate = keys_sub.add_parser("rotate", help="add the next signing key")
     rotate.add_argument("--dir", type=Path, required=True)
+    outbox = sub.add_parser("outbox", help="dead letters of the link's outbox "
+                                           "(shared.outbox_operator)")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    dead = outbox_sub.add_parser("dead", help="list the messages the peer refused for good")
+    dead.add_argument("--config", type=Path, required=True)
+    dead.add_argument("--limit", type=int, default=100)
+    requeue = outbox_sub.add_parser("requeue", help="send a dead message again (same id)")
+    requeue.add_argument("--config", type=Path, required=True)
+    requeue.add_argument("message_id")
     return parser
 
 
@@ -125,6 +139,13 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(settings.merchants)} merchants)")
         return 0
+    if args.command == "outbox":
+        import asyncio
+
+        from shared.outbox_operator import cli
+
+        return asyncio.run(cli(settings.database, args.outbox_command,
+                               getattr(args, "message_id", None), getattr(args, "limit", 100)))
     if args.role == "intake" and not settings.http.reuse_port:
         print(f"config error: {args.config}: [http] reuse_port = true is needed for "
               "--role intake (it shares the port with the full server)", file=sys.stderr)

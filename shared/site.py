@@ -1,7 +1,7 @@
 """What both sites' servers are made of, apart from their own call logic.
 
 Configuration: :class:`SiteCommon` parses the sections every site has
-(``[database] [http] [tls] [ari] [signing] [peer] [rates] [[merchants]]``);
+(``[database] [http] [tls] [ari] [signing] [peer] [rates] [operator] [[merchants]]``);
 each server adds its own sections on top.
 
 Composition: the building blocks of both composition roots (``app.py``):
@@ -45,6 +45,7 @@ from shared.db import create_pool, resolve_url
 from shared.link import LinkClient
 from shared.link_policy import PeerSettings
 from shared.money import FxTable
+from shared.outbox_operator import OperatorSettings
 from shared.pki import client_context, server_context
 from shared.signing import Signer, SigningKey, Verifier, load_public_key
 
@@ -95,6 +96,7 @@ class SiteCommon:
     peer: PeerSettings
     merchants: tuple[Merchant, ...]
     rates: RatesSettings
+    operator: OperatorSettings
 
     @classmethod
     def parse(cls, top: Section, path: Path, *, app: str, default_database: str,
@@ -113,7 +115,8 @@ class SiteCommon:
             signing=SigningSettings.parse(top.section("signing")),
             peer=PeerSettings.parse(top.section("peer")),
             merchants=merchants,
-            rates=RatesSettings.parse(top.section("rates")))
+            rates=RatesSettings.parse(top.section("rates")),
+            operator=OperatorSettings.parse(top.section("operator")))
 
     def fields(self) -> dict[str, Any]:
         """As keyword arguments for a server's settings class."""

@@ -34,7 +34,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from datetime import datetime
@@ -52,13 +51,11 @@ from shared.http import (
     ApiError,
     Handler,
     InvalidField,
-    bearer_token,
     json_response,
     optional_timestamp,
     parse_json,
     query_int,
     read_json_object,
-    token_digest,
 )
 from shared.link import raw_body
 from shared.openapi import (
@@ -70,6 +67,7 @@ from shared.openapi import (
     add_operations,
     nullable,
 )
+from shared.outbox_operator import authorize
 from shared.phone import E164, InvalidNumber, normalise
 
 log = logging.getLogger("callback.guard.http")
@@ -154,13 +152,8 @@ def _short(value: str | None) -> str | None:
 
 
 def _operator(request: web.Request) -> None:
-    expected = _guard(request).settings.operator_token_sha256
-    if not expected:
-        raise ApiError(403, "operator-api-disabled",
-                       "set [guard] operator_token_sha256 to use the operator API")
-    digest = token_digest(bearer_token(request, "operator token"))
-    if not hmac.compare_digest(digest, expected.encode()):
-        raise ApiError(401, "auth-invalid", "unknown operator token")
+    authorize(request, _guard(request).settings.operator_token_sha256,
+              setting="[guard] operator_token_sha256")
 
 
 def _list_name(request: web.Request) -> str:
