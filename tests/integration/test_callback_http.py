@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,6 +22,7 @@ from shared import logs
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.link import encode_batch
 from shared.signing import Signer, SigningKey, Verifier
+from tests.harness.json_log import json_log
 from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
 
 pytestmark = pytest.mark.integration
@@ -313,20 +312,12 @@ async def test_the_intake_line_names_the_call_the_message_and_the_merchant(
         client: TestClient[Any, Any]) -> None:
     """The request's line names it; the group commit's line (its batcher was started by
     this first request, and serves every later one) names no request."""
-    stream = io.StringIO()
-    out = logs.handler("json", stream)
-    callback_log = logging.getLogger("callback")
-    callback_log.addHandler(out)
-    callback_log.setLevel(logging.DEBUG)
     raw = body("edge-http-logs", merchant_id="bento", dialed="+81120999888")
     mid = str(uuid.uuid4())
-    try:
+    with json_log("callback") as logged:
         resp = await client.post(PATH, data=raw, headers=signed(raw, mid))
         assert resp.status == 202
-    finally:
-        callback_log.removeHandler(out)
-        callback_log.setLevel(logging.NOTSET)
-    lines = {line["logger"]: line for line in map(json.loads, stream.getvalue().splitlines())}
+    lines = {line["logger"]: line for line in logged()}
     line = lines["callback.http"]
     assert line["message"].startswith("call-back request for +819012345678 answered 202")
     assert (line["call_id"], line["request_id"], line["merchant"]) == \

@@ -4,9 +4,6 @@ two workers never dialling one request twice, rescue of a stalled worker's job."
 from __future__ import annotations
 
 import asyncio
-import io
-import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,9 +24,10 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker, WorkerSettings
-from shared import ari, logs
+from shared import ari
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.phone import E164
+from tests.harness.json_log import json_log
 
 pytestmark = pytest.mark.integration
 
@@ -217,12 +215,7 @@ async def test_every_line_of_a_job_names_its_call_request_and_merchant(
     """Two jobs of two merchants, claimed, dialled, busy: every line about them, from the
     worker's job task and the call runner's round, carries that job's edge call id,
     callback id and merchant, and no line carries a mix of the two."""
-    stream = io.StringIO()
-    out = logs.handler("json", stream)
-    callback_log = logging.getLogger("callback")
-    callback_log.addHandler(out)
-    callback_log.setLevel(logging.DEBUG)
-    try:
+    with json_log("callback") as logged:
         async with running(clean, pg_url, "w1", sweep_s=30) as (_, fake):
             calls = {next(ids): m for m in (ACME, SLOW)}
             jobs = {(call, await intake(clean, call, m), m.id) for call, m in calls.items()}
@@ -234,11 +227,7 @@ async def test_every_line_of_a_job_names_its_call_request_and_merchant(
                                         "WHERE status = 'queued' AND attempts = 1") == 2:
                     break
                 await asyncio.sleep(0.01)
-    finally:
-        callback_log.removeHandler(out)
-        callback_log.setLevel(logging.NOTSET)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    about = [line for line in lines if "call_id" in line]
+    about = [line for line in logged() if "call_id" in line]
     assert {(line["call_id"], line["request_id"], line["merchant"]) for line in about} == jobs
     for call, callback_id, _ in jobs:
         said = [line["message"] for line in about if line["call_id"] == call]

@@ -7,8 +7,6 @@ Effects are counted in a table without a unique constraint (see
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +18,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from shared import logs
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.outbox import Outbox, OutboxAlert, OutboxRelay
 from tests.faults.linklab import (
@@ -35,6 +32,7 @@ from tests.faults.linklab import (
     verifier,
 )
 from tests.faults.proxy import DelayProxy
+from tests.harness.json_log import json_log
 
 NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
 TEST_PATH = "/v1/link/test"
@@ -382,26 +380,23 @@ async def test_lines_about_a_message_name_it_its_merchant_and_its_call(
     port = free_port()
     client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
     relay = OutboxRelay(pool, pg_url, client, owner="logs", sweep_s=0.2)
-    stream = io.StringIO()
-    out = logs.handler("json", stream)
-    outbox_log = logging.getLogger("shared.outbox")
-    outbox_log.addHandler(out)
     runner = None
     try:
-        async with pool.acquire() as conn, conn.transaction():
-            mid = await Outbox.enqueue(conn, kind="test", path=TEST_PATH, merchant_id="acme",
-                                       payload={"n": -1, "edge_call_id": "edge-1700000000.9"})
-        await relay.pass_once()                           # nobody listens yet: retried
-        runner = await serve(receiver_app(pool, verifier(pki_dir)), pki_dir, port)
-        await pool.execute("UPDATE outbox SET next_attempt_at = now()")
-        await relay.pass_once()                           # refused as invalid: dead
-        assert (await relay.stats()).dead == 1
+        with json_log("shared.outbox", logging.WARNING) as logged:
+            async with pool.acquire() as conn, conn.transaction():
+                mid = await Outbox.enqueue(
+                    conn, kind="test", path=TEST_PATH, merchant_id="acme",
+                    payload={"n": -1, "edge_call_id": "edge-1700000000.9"})
+            await relay.pass_once()                       # nobody listens yet: retried
+            runner = await serve(receiver_app(pool, verifier(pki_dir)), pki_dir, port)
+            await pool.execute("UPDATE outbox SET next_attempt_at = now()")
+            await relay.pass_once()                       # refused as invalid: dead
+            assert (await relay.stats()).dead == 1
     finally:
-        outbox_log.removeHandler(out)
         await client.close()
         if runner is not None:
             await runner.cleanup()
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = logged()
     about = {line["level"]: line for line in lines if "message" in line["message"]}
     assert set(about) == {"WARNING", "ERROR"}, lines
     for line in about.values():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import logging
 
 import pytest
@@ -26,8 +24,9 @@ from edge_server.stasis import (
     asserted_number,
 )
 from edge_server.testing import FakeAri, FakeCallStore, FakeDecider
-from shared import ari, logs
+from shared import ari
 from shared.phone import E164
+from tests.harness.json_log import json_log
 
 DIALED = E164("81120123456")
 FAST = FlowTimings(decide_s=0.5, store_s=0.5, early_media_guard_s=0.5, answer_guard_s=0.2,
@@ -230,18 +229,10 @@ async def test_every_line_of_a_call_names_it_and_its_merchant_even_from_child_ta
                    decider=FakeDecider(), merchants=MerchantDirectory({
                        DIALED: MerchantSettings("acme"), bento: MerchantSettings("bento")}),
                    timings=FAST, resync_grace_s=0.0)
-    stream = io.StringIO()
-    out = logs.handler("json", stream)
-    edge_log = logging.getLogger("edge")
-    edge_log.addHandler(out)
-    edge_log.setLevel(logging.INFO)
-    try:
+    with json_log("edge", logging.INFO) as logged:
         await asyncio.gather(run_call(d, start(cid="1700000000.1")),
                              run_call(d, start(cid="1700000000.2", exten="0120987654")))
-    finally:
-        edge_log.removeHandler(out)
-        edge_log.setLevel(logging.NOTSET)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = logged()
     assert {(line["call_id"], line["merchant"]) for line in lines} == {
         ("edge-1700000000.1", "acme"), ("edge-1700000000.2", "bento")}
     not_stored = {line["call_id"] for line in lines

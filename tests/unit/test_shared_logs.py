@@ -4,49 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from edge_server.__main__ import main as edge_main
 from shared import logs
 from shared.server_cli import parser_for
+from tests.harness.json_log import Lines, json_log
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-class Captured:
-    def __init__(self, stream: io.StringIO) -> None:
-        self.stream = stream
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
-
-
 @pytest.fixture
-def log() -> Iterator[tuple[logging.Logger, Captured]]:
+def log() -> Iterator[tuple[logging.Logger, Lines]]:
     """A logger writing JSON lines through the handler ``configure`` installs."""
-    stream = io.StringIO()
-    logger = logging.getLogger("test.shared_logs")
-    out = logs.handler("json", stream)
-    logger.addHandler(out)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    try:
-        yield logger, Captured(stream)
-    finally:
-        logger.removeHandler(out)
+    with json_log("test.shared_logs") as logged:
+        yield logging.getLogger("test.shared_logs"), logged
 
 
 def test_a_line_outside_any_call_has_the_base_fields_only(
-        log: tuple[logging.Logger, Captured]) -> None:
+        log: tuple[logging.Logger, Lines]) -> None:
     logger, captured = log
     logger.info("listening on %s", 8443)
-    [line] = captured.lines()
+    [line] = captured()
     assert set(line) == {"ts", "level", "logger", "message"}
     assert TS.match(line["ts"]), line["ts"]
     assert (line["level"], line["logger"], line["message"]) == \
@@ -54,7 +37,7 @@ def test_a_line_outside_any_call_has_the_base_fields_only(
 
 
 def test_bound_fields_are_on_every_line_and_gone_after_the_block(
-        log: tuple[logging.Logger, Captured]) -> None:
+        log: tuple[logging.Logger, Lines]) -> None:
     logger, captured = log
     with logs.bind(call_id="edge-1", request_id="m-1"):
         logger.info("stored")
@@ -64,7 +47,7 @@ def test_bound_fields_are_on_every_line_and_gone_after_the_block(
             logger.info("inner")
         logger.info("after inner")
     logger.info("outside")
-    got = [{k: line.get(k) for k in ("message", *logs.FIELDS)} for line in captured.lines()]
+    got = [{k: line.get(k) for k in ("message", *logs.FIELDS)} for line in captured()]
     assert got == [
         {"message": "stored", "call_id": "edge-1", "request_id": "m-1", "merchant": None},
         {"message": "released", "call_id": "edge-1", "request_id": "m-1", "merchant": "acme"},
@@ -76,31 +59,30 @@ def test_bound_fields_are_on_every_line_and_gone_after_the_block(
 
 
 def test_an_exception_is_the_exc_field_with_its_traceback(
-        log: tuple[logging.Logger, Captured]) -> None:
+        log: tuple[logging.Logger, Lines]) -> None:
     logger, captured = log
     try:
         raise RuntimeError("pool exhausted")
     except RuntimeError:
         with logs.bind(call_id="edge-2"):
             logger.exception("store failed")
-    [line] = captured.lines()
+    [line] = captured()
     assert line["message"] == "store failed" and line["call_id"] == "edge-2"
     assert line["exc"].startswith("Traceback (most recent call last):")
     assert "RuntimeError: pool exhausted" in line["exc"]
-    assert "\n" not in captured.stream.getvalue().rstrip("\n"), "one line per record"
 
 
 def test_an_explicit_extra_field_wins_over_the_context(
-        log: tuple[logging.Logger, Captured]) -> None:
+        log: tuple[logging.Logger, Lines]) -> None:
     logger, captured = log
     with logs.bind(call_id="edge-3", merchant="acme"):
         logger.info("swept", extra={"call_id": "edge-other"})
-    [line] = captured.lines()
+    [line] = captured()
     assert (line["call_id"], line["merchant"]) == ("edge-other", "acme")
 
 
 async def test_a_task_started_in_a_bound_scope_carries_it(
-        log: tuple[logging.Logger, Captured]) -> None:
+        log: tuple[logging.Logger, Lines]) -> None:
     logger, captured = log
 
     async def child() -> None:
@@ -111,14 +93,14 @@ async def test_a_task_started_in_a_bound_scope_carries_it(
         task = asyncio.create_task(child())
     logger.info("parent, after the block")
     await task
-    by_message = {line["message"]: line for line in captured.lines()}
+    by_message = {line["message"]: line for line in captured()}
     assert by_message["child"]["call_id"] == "edge-4"
     assert by_message["child"]["merchant"] == "acme"
     assert "call_id" not in by_message["parent, after the block"]
 
 
 async def test_concurrent_calls_do_not_see_each_others_context(
-        log: tuple[logging.Logger, Captured]) -> None:
+        log: tuple[logging.Logger, Lines]) -> None:
     """Each call binds at the top of its own task, learns its merchant later (update) and
     interleaves with the others at every await: each line names its own call only."""
     logger, captured = log
@@ -137,7 +119,7 @@ async def test_concurrent_calls_do_not_see_each_others_context(
 
     await asyncio.gather(call(1), call(2))
     logger.info("no call")
-    lines = captured.lines()
+    lines = captured()
     assert len(lines) == 7
     for line in lines[:-1]:
         n = line["message"].split()[-1]
@@ -195,7 +177,7 @@ def test_an_unknown_log_format_is_a_usage_error(
 
 
 async def test_a_task_started_unbound_does_not_name_the_call_that_started_it(
-        log: tuple[logging.Logger, Captured]) -> None:
+        log: tuple[logging.Logger, Lines]) -> None:
     """A batcher started by the first request serves every later one: its lines must not
     carry the first request's call."""
     logger, captured = log
@@ -206,6 +188,6 @@ async def test_a_task_started_unbound_does_not_name_the_call_that_started_it(
     with logs.bind(call_id="edge-6", merchant="acme"):
         await asyncio.create_task(shared_batcher(), context=logs.unbound())
         logger.info("still the call")
-    first, second = captured.lines()
+    first, second = captured()
     assert set(first) == {"ts", "level", "logger", "message"}
     assert (second["call_id"], second["merchant"]) == ("edge-6", "acme")
