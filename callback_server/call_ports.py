@@ -88,6 +88,9 @@ class CallContext:
     edge_call_id: str
     inbound_tariff: str
     flow: Flow
+    #: the caller's hang-up at the edge (else their arrival): the first originate of the
+    #: job observes ``cbgw_callback_latency_seconds`` from it; None: not observed
+    hungup_at: datetime | None = None
 
 
 Inbox = asyncio.Queue[object]

@@ -69,6 +69,7 @@ from callback_server.dialer_messages import Event as DialerEvent
 from callback_server.guard.reasons import GuardRefused
 from callback_server.ivr_runner import IvrRunner
 from callback_server.legrecord import answer_time
+from callback_server.metrics import callback as callback_metrics
 from callback_server.store.queue_store import LeaseLost
 from shared import ari, logs
 
@@ -302,8 +303,17 @@ class CallRunner:
             return
         log.info("originated %s via %s", cmd.channel_id, cmd.endpoint)
         if self._is_customer(cmd.channel_id):
+            self._observe_latency()
             self.rang = True
         self._pending.appendleft(Originated(cmd.channel_id, utcnow()))
+
+    def _observe_latency(self) -> None:
+        """The job's first call-back INVITE is out: how long after the caller hung up at
+        the edge (the sites' clocks are NTP-synchronised; a negative skew counts as 0)."""
+        if self.job.attempt_no != 1 or self.rang or self.ctx.hungup_at is None:
+            return                  # a retry, or a failover leg of the same round
+        waited = (utcnow() - self.ctx.hungup_at).total_seconds()
+        callback_metrics().latency.labels(self.job.merchant_id).observe(max(0.0, waited))
 
     async def _bridge(self, cmd: CreateBridge) -> None:
         try:

@@ -17,6 +17,8 @@ from decimal import Decimal
 from typing import Protocol
 
 from edge_server.flow_messages import Decided, DecisionUnavailable, RequestDecision
+from edge_server.metrics import edge as edge_metrics
+from shared.money import Money
 from shared.phone import E164
 
 log = logging.getLogger("edge.decide")
@@ -27,6 +29,8 @@ class DecisionLike(Protocol):
     def callback(self) -> bool: ...
     @property
     def reason(self) -> str: ...
+    @property
+    def saving(self) -> Money: ...
 
 
 class SupportsDecide(Protocol):
@@ -53,7 +57,9 @@ class RatesDecider:
         except Exception as exc:  # the flow must get an answer whatever rating does
             log.warning("no decision for %s (%s): %s: %s", cmd.caller, cmd.merchant_id,
                         type(exc).__name__, exc)
+            unrated(cmd.merchant_id, "unavailable")
             return DecisionUnavailable(f"{type(exc).__name__}: {exc}"[:200])
+        counted(cmd.merchant_id, decision)
         return Decided(bool(decision.callback), str(decision.reason))
 
 
@@ -65,4 +71,24 @@ class FixedDecider:
 
     async def decide(self, cmd: RequestDecision, at: datetime
                      ) -> Decided | DecisionUnavailable:
+        unrated(cmd.merchant_id, "not_configured")
         return DecisionUnavailable(self.reason)
+
+
+def counted(merchant_id: str, decision: DecisionLike) -> None:
+    """``cbgw_edge_decisions_total``, and the expected saving (or loss) in yen (a
+    comparison currency other than JPY is counted, its amount left out)."""
+    kind = "callback" if decision.callback else "keep"
+    m = edge_metrics()
+    m.decisions.labels(merchant_id, kind, str(decision.reason)).inc()
+    saving = decision.saving
+    if saving.currency == "JPY":
+        amount = float(saving.amount)
+        if amount > 0:
+            m.saving.labels(merchant_id, kind).inc(amount)
+        elif amount < 0:
+            m.loss.labels(merchant_id, kind).inc(-amount)
+
+
+def unrated(merchant_id: str, reason: str) -> None:
+    edge_metrics().decisions.labels(merchant_id, "unrated", reason).inc()

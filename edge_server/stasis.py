@@ -55,6 +55,8 @@ from edge_server.flow_messages import (
     Timeout,
     edge_call_id_for,
 )
+from edge_server.metrics import OUTCOME_CLASS, UNKNOWN_MERCHANT
+from edge_server.metrics import edge as edge_metrics
 from shared import ari, logs
 from shared.phone import E164, InvalidNumber, normalise
 
@@ -151,6 +153,7 @@ class CallSession:
         self._children: set[asyncio.Task[None]] = set()
         self._playback_ids = (f"{self.channel_id}-pb{n}" for n in itertools.count(1))
         self._playback: str | None = None
+        self.merchant_id = UNKNOWN_MERCHANT     # until the dialled number is resolved
 
     async def run(self) -> None:
         """The call's task: every line it (and each task it starts) logs names the call."""
@@ -166,14 +169,24 @@ class CallSession:
                 await self.feed(await self.inbox.get())
         except Exception:
             log.exception("call crashed in %s; hanging up", type(self.state).__name__)
+            edge_metrics().calls.labels(self.merchant_id, "failed", "crashed").inc()
             await self._safe_hangup("congestion")
             raise
+        else:
+            self._count()
         finally:
             forwarder.cancel()
             for handle in self._timers.values():
                 handle.cancel()
             for child in self._children:
                 child.cancel()
+
+    def _count(self) -> None:
+        outcome = self.state.outcome if isinstance(self.state, flow.Done) else None
+        if outcome is None:
+            return
+        edge_metrics().calls.labels(self.merchant_id, OUTCOME_CLASS[outcome],
+                                    outcome.value).inc()
 
     def notify_gone(self) -> None:
         """The channel vanished while events were lost (found by a re-sync)."""
@@ -193,6 +206,7 @@ class CallSession:
         dialed, merchant = self.deps.merchants.resolve(self.channel.exten)
         if merchant is not None:
             logs.update(merchant=merchant.id)
+            self.merchant_id = merchant.id
         return CallArrived(self.channel_id, self.channel.caller_number, pres, dialed, merchant,
                            asserted_raw=asserted_number(pai), timings=self.deps.timings)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from callback_server.dialer_messages import Finish
+from callback_server.metrics import callback as callback_metrics
 from callback_server.store.base import (
     EVENTS_PATH,
     StoreBase,
@@ -41,6 +43,8 @@ class ClaimedJob:
     max_attempts: int
     legs: int              # legs persisted so far (channel id sequence)
     rescued: bool          # the previous owner's lease expired mid-job
+    #: the caller's hang-up at the edge (its arrival when unknown): the call-back latency
+    hungup_at: datetime
 
 
 class QueueStore(StoreBase):
@@ -73,12 +77,14 @@ class QueueStore(StoreBase):
                FROM c WHERE r.callback_id = c.callback_id
                RETURNING r.callback_id, r.edge_call_id, r.merchant_id, r.caller, r.attempts,
                          r.max_attempts, c.prev_status,
+                         coalesce(r.hungup_at, r.received_at) AS hungup_at,
                          (SELECT count(*) FROM callback_attempts a
                           WHERE a.callback_id = r.callback_id) AS legs""",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
-                           int(r["legs"]), r["prev_status"] == "dialing") for r in rows]
+                           int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"])
+                for r in rows]
         for job in jobs:
             if job.rescued:
                 log.warning("rescued job %s (previous worker's lease expired)", job.callback_id)
@@ -117,10 +123,20 @@ class QueueStore(StoreBase):
 
     @survives_database_restarts
     async def finish(self, callback_id: str, outcome: Finish) -> bool:
-        """End our round: queue the job again, or close it and tell the edge.
+        """End our round: queue the job again, or close it and tell the edge; counted
+        (``cbgw_callbacks_total``) once committed.
 
         Returns False (and changes nothing) if our lease was lost meanwhile.
         """
+        merchant_id = await self._finish(callback_id, outcome)
+        if merchant_id is None:
+            return False
+        callback_metrics().callbacks.labels(merchant_id, outcome.status,
+                                            str(outcome.reason)).inc()
+        return True
+
+    async def _finish(self, callback_id: str, outcome: Finish) -> str | None:
+        """The job's merchant, or None if our lease was lost."""
         async with self.pool.acquire() as conn, conn.transaction():
             if outcome.retry_in_s is not None:
                 row = await conn.fetchrow(
@@ -128,9 +144,9 @@ class QueueStore(StoreBase):
                            reason = $4, lease_owner = NULL, lease_expires_at = NULL,
                            next_attempt_at = now() + $5 * interval '1 second', updated_at = now()
                        WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
-                       RETURNING callback_id""", callback_id, self.owner, outcome.attempts,
+                       RETURNING merchant_id""", callback_id, self.owner, outcome.attempts,
                     str(outcome.reason), outcome.retry_in_s)
-                return row is not None
+                return None if row is None else str(row["merchant_id"])
             row = await conn.fetchrow(
                 """UPDATE callback_requests SET status = $3, attempts = $4, reason = $5,
                        lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
@@ -140,7 +156,7 @@ class QueueStore(StoreBase):
                 callback_id, self.owner, outcome.status, outcome.attempts, str(outcome.reason))
             if row is None:
                 log.error("finish %s: lease lost; outcome %s not recorded", callback_id, outcome)
-                return False
+                return None
             await Outbox.enqueue(conn, kind="callback_status", path=EVENTS_PATH, payload={
                 "kind": "callback_status", "callback_id": callback_id,
                 "edge_call_id": row["edge_call_id"], "merchant_id": row["merchant_id"],
@@ -148,4 +164,4 @@ class QueueStore(StoreBase):
                 "attempts": outcome.attempts, "at": isoformat(row["finished_at"]),
             }, message_id=fact_message_id("callback_status", callback_id),
                 merchant_id=row["merchant_id"])
-            return True
+            return str(row["merchant_id"])

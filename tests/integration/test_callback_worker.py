@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -27,6 +27,7 @@ from callback_server.worker import Worker, WorkerSettings
 from shared import ari
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.phone import E164
+from tests import prom
 from tests.harness.json_log import json_log
 
 pytestmark = pytest.mark.integration
@@ -235,3 +236,27 @@ async def test_every_line_of_a_job_names_its_call_request_and_merchant(
             assert any(m.startswith(start) for m in said), (start, said)
         assert not any(callback_id in m for m in said if m.startswith(("job", "round"))), \
             "the ids are fields, not text"
+
+
+async def test_a_round_is_counted_and_its_latency_observed_by_merchant(
+        clean: asyncpg.Pool, pg_url: str, ids: Iterator[str]) -> None:
+    """``cbgw_callback_latency_seconds``: from the caller's hang-up at the edge to the
+    first originate; ``cbgw_callbacks_total``: the round's end, by outcome and reason."""
+    latency = ("cbgw_callback_latency_seconds_count", "cbgw_callback_latency_seconds_sum")
+    before = [prom.sample(name, merchant="acme") for name in latency]
+    busy_before = prom.sample("cbgw_callbacks_total", merchant="acme", outcome="retry",
+                              reason="customer_busy")
+    hungup = datetime.now(UTC) - timedelta(seconds=2)
+    req = IntakeRequest(next(ids), "acme", E164("819012345678"), None, hungup - timedelta(
+        seconds=10), hungup, "early_media")
+    await CallbackStore(clean, owner="edge").intake(str(uuid.uuid4()), req, ACME)
+    async with running(clean, pg_url, "w1") as (_, fake):
+        await wait_for(lambda: fake.named("originate"))
+        _, channel_id, _, _ = fake.named("originate")[0]
+        count, seconds = (prom.sample(name, merchant="acme") - b
+                          for name, b in zip(latency, before, strict=True))
+        assert count == 1 and 2.0 <= seconds < 10.0     # from hungup_at, not received_at
+        fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id=channel_id), cause=17))
+        await wait_for(lambda: prom.sample("cbgw_callbacks_total", merchant="acme",
+                                           outcome="retry", reason="customer_busy")
+                       == busy_before + 1)

@@ -26,6 +26,7 @@ from edge_server.stasis import (
 from edge_server.testing import FakeAri, FakeCallStore, FakeDecider
 from shared import ari
 from shared.phone import E164
+from tests import prom
 from tests.harness.json_log import json_log
 
 DIALED = E164("81120123456")
@@ -240,3 +241,20 @@ async def test_every_line_of_a_call_names_it_and_its_merchant_even_from_child_ta
     assert not_stored == {"edge-1700000000.1", "edge-1700000000.2"}
     assert not any("1700000000" in line["message"] for line in lines), \
         "the call id is a field, not part of the text"
+
+
+async def test_each_call_is_counted_by_merchant_outcome_and_reason() -> None:
+    """``cbgw_edge_calls_total``: a call-back released, a withheld caller refused, a
+    number no merchant has (``unknown``)."""
+    series = [("acme", "callback", "callback_released"), ("acme", "refused", "caller_id_withheld"),
+              ("unknown", "refused", "unallocated_number")]
+
+    def counts() -> list[float]:
+        return [prom.sample("cbgw_edge_calls_total", merchant=m, outcome=o, reason=r)
+                for m, o, r in series]
+
+    before = counts()
+    await run_call(deps(), start(), [finished("1700000000.7-pb1")])
+    await run_call(deps(), start(caller="anonymous"), [finished("1700000000.7-pb1")])
+    await run_call(deps(), start(exten="0120999999"))
+    assert [a - b for a, b in zip(counts(), before, strict=True)] == [1, 1, 1]

@@ -1,0 +1,56 @@
+"""The edge site's metrics (see :mod:`shared.metrics` for the registry and
+docs/CONTRACTS.md for the list). Every call-related metric has a ``merchant`` label
+(the merchant owning the dialled number; ``unknown`` for a number no merchant has)."""
+
+from __future__ import annotations
+
+import functools
+
+from prometheus_client import CollectorRegistry, Counter
+
+from edge_server.flow_messages import Outcome
+from shared.metrics import registry
+
+UNKNOWN_MERCHANT = "unknown"
+
+#: how an inbound call ended, in five classes (the ``outcome`` label; ``reason`` is the
+#: :class:`Outcome` code itself)
+OUTCOME_CLASS = {
+    Outcome.RELEASED: "callback", Outcome.RELEASED_MID_ANNOUNCEMENT: "callback",
+    Outcome.RELEASED_AFTER_GUARD: "callback", Outcome.RELEASED_EARLY_HANGUP: "callback",
+    Outcome.RELEASED_BY_SWEEPER: "callback",
+    Outcome.NOT_ALLOWED: "direct", Outcome.KEPT_DIRECT: "direct",
+    Outcome.UNALLOCATED: "refused", Outcome.WITHHELD: "refused", Outcome.MALFORMED: "refused",
+    Outcome.INVALID: "refused",
+    Outcome.ABANDONED: "abandoned",
+    Outcome.STORE_FAILED: "failed", Outcome.STORE_TIMEOUT: "failed",
+}
+
+
+class EdgeMetrics:
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "cbgw_edge_calls",
+            "Inbound calls ended at the edge, by merchant, outcome (callback, direct, "
+            "refused, abandoned, failed) and reason (the edge_calls outcome code).",
+            ["merchant", "outcome", "reason"], registry=r)
+        self.decisions = Counter(
+            "cbgw_edge_decisions",
+            "Call back or keep: decisions by merchant, decision (callback, keep, unrated) "
+            "and reason (routing_rates reason id; unavailable when rating failed).",
+            ["merchant", "decision", "reason"], registry=r)
+        self.saving = Counter(
+            "cbgw_edge_expected_saving_yen",
+            "Expected saving of calling back instead of keeping the call (direct cost minus "
+            "call-back cost), summed over decisions where it is positive, yen, by merchant "
+            "and decision.", ["merchant", "decision"], registry=r)
+        self.loss = Counter(
+            "cbgw_edge_expected_loss_yen",
+            "How much more a call-back would cost than keeping the call, summed over "
+            "decisions where the saving is negative, yen, by merchant and decision (net "
+            "saving: saving minus loss).", ["merchant", "decision"], registry=r)
+
+
+@functools.cache
+def edge() -> EdgeMetrics:
+    return EdgeMetrics(registry())
