@@ -179,7 +179,8 @@ class DeckParser:
                 if self._pending.count('"') % 2:
                     continue
                 text, number, self._pending = self._pending, self._start, ""
-            buf.extend(lead + row for row in self._slow(text, number, get, const, width))
+            rows = self._slow(text, number, get, const, width)
+            buf.extend([lead + row for row in rows] if lead else rows)
         if buf:
             buf.append("")
         return "\n".join(buf)
@@ -206,11 +207,9 @@ class DeckParser:
         if checked is None:
             return []
         prefixes, terms = checked
-        return [self.emit(line, (prefix, *terms)) for prefix in prefixes]
-
-    def emit(self, line: int, v: tuple[str, ...]) -> str:
-        self.row_count += 1
-        return "\t".join(v) + f"\t{line}"
+        self.row_count += len(prefixes)
+        tail = "\t".join(terms)
+        return [f"{prefix}\t{tail}\t{line}" for prefix in prefixes]
 
     # -- field checks (slow path) ------------------------------------------------------
 
@@ -252,12 +251,19 @@ class DeckParser:
             moment = moment.replace(tzinfo=self._tz)
         return moment.isoformat()
 
-    def _prefixes(self, raw: str, line: int) -> list[str]:
-        separator = self.profile.prefix_list_separator
-        if not separator:
-            prefixes = [raw.strip()]
-        elif not (prefixes := [p.strip() for p in raw.split(separator) if p.strip()]):
+    def _prefix_list(self, raw: str, line: int) -> list[str]:
+        prefixes = [p.strip() for p in raw.split(self.profile.prefix_list_separator)]
+        if not any(prefixes):
             self.problem(line, "prefix", "no prefix in the list", raw)
+        return [p for p in prefixes if p]
+
+    def _check(self, fields: list[str], line: int, get: dict[str, int],
+               const: dict[str, str]) -> tuple[list[str], tuple[str, ...]] | None:
+        """The line's prefixes, and its other values in COPY order."""
+        before = self.problem_count
+        raw = fields[get["prefix"]]
+        prefixes = self._prefix_list(raw, line) if self.profile.prefix_list_separator \
+            else [raw.strip()]
         for prefix in prefixes:
             if not (prefix.isascii() and prefix.isdigit()):
                 self.problem(line, "prefix", "prefix must be digits only (E.164 without +)",
@@ -265,13 +271,6 @@ class DeckParser:
             elif prefix[0] == "0" or len(prefix) > 15:
                 self.problem(line, "prefix",
                              "prefix must not start with 0 or exceed 15 digits", prefix)
-        return prefixes
-
-    def _check(self, fields: list[str], line: int, get: dict[str, int],
-               const: dict[str, str]) -> tuple[list[str], tuple[str, ...]] | None:
-        """The line's prefixes, and its other values in COPY order."""
-        before = self.problem_count
-        prefixes = self._prefixes(fields[get["prefix"]], line)
         out: dict[str, str | None] = {}
         for name in _SOURCE[1:]:
             idx = get[name]
