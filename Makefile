@@ -37,8 +37,8 @@ asterisk: system-deps
 	@deploy/asterisk/provision-root.sh $(ASTERISK_ROOT)
 
 lint: venv
-	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates deploy tests bench demo
-	$(VENV)/bin/mypy shared edge_server callback_server routing_rates demo
+	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates advisors deploy tests bench demo
+	$(VENV)/bin/mypy shared edge_server callback_server routing_rates advisors demo
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

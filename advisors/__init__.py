@@ -1,0 +1,14 @@
+"""Advisors: the people customers pay to talk to (phone consultation, fortune telling).
+
+Per merchant: advisors (a Japanese display name, a spoken-name prompt, a 4-digit code,
+a PSTN number or a SIP endpoint, a price per minute in yen, how many consultations they
+take at once), groups (what a customer chooses; a one-member group is a named advisor),
+customers (an account with one or more phone numbers) and the merchant's settings
+(after-call work, ring timeout, misses before an automatic break, lines).
+
+Pure logic: :mod:`advisors.presence` (one advisor's state machine) and
+:mod:`advisors.assignment` (who gets a customer). Adapters: :mod:`advisors.store`
+(asyncpg; every state change an event row, published by NOTIFY),
+:mod:`advisors.http` (admin API and the presence event stream), :mod:`advisors.cli`.
+This package imports only :mod:`shared`.
+"""

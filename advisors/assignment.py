@@ -1,0 +1,189 @@
+"""Who gets a customer: ``transition(assignment, event) -> (assignment, commands)``.
+
+Pure: the store builds a :class:`Board` (the merchant's lines and every advisor's
+:class:`~advisors.presence.Presence`) inside the transaction that applies the outcome.
+
+A customer chooses a group (a one-member group, or a 4-digit code, is one advisor). The
+call goes to the member in standby with a free line of their own who has been idle the
+longest (:func:`longest_idle`). A missed ring goes to the next such member who has not
+missed this customer, else back to the queue; a queued customer is tried again
+(``Assign``) when the store sees a member become free, with a clean slate. The merchant's
+*lines* bound the consultations in progress across all its advisors: a new customer who
+finds them all busy gets ``LinesBusy`` (busy guidance, then hang up); one already in
+(redirected after a miss, or retried from the queue) waits in the queue instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import assert_never
+
+from advisors.presence import Presence
+
+
+@dataclass(frozen=True, slots=True)
+class Board:
+    """A merchant's advisors (id → presence) and its lines, as of one moment."""
+
+    lines: int
+    seats: Mapping[int, Presence]
+
+    @property
+    def lines_in_use(self) -> int:
+        return sum(p.load for p in self.seats.values())
+
+    def lines_free(self) -> bool:
+        return self.lines_in_use < self.lines
+
+
+def _idle_key(item: tuple[int, Presence]) -> tuple[bool, datetime, int]:
+    advisor_id, p = item
+    return (p.idle_since is not None, p.idle_since or datetime.min, advisor_id)
+
+
+def longest_idle(board: Board, members: Iterable[int], excluded: Iterable[int] = ()
+                 ) -> int | None:
+    """The member who takes an offer (standby, a free line of their own) and has been
+    idle the longest (ties: the lowest id); None when no member takes one."""
+    skip = set(excluded)
+    eligible = [(a, board.seats[a]) for a in members
+                if a not in skip and a in board.seats and board.seats[a].takes_offer()]
+    return min(eligible, key=_idle_key)[0] if eligible else None
+
+
+class Phase(enum.StrEnum):
+    NEW = "new"
+    OFFERING = "offering"
+    QUEUED = "queued"
+    CONNECTED = "connected"
+    LINES_BUSY = "lines_busy"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Phase.CONNECTED, Phase.LINES_BUSY, Phase.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    consultation_id: str
+    members: frozenset[int]
+    phase: Phase = Phase.NEW
+    offered_to: int | None = None
+    #: members who missed this customer since it was last queued
+    tried: frozenset[int] = field(default_factory=frozenset)
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """Find an advisor: first for a new customer, then again from the queue."""
+
+    board: Board
+
+
+@dataclass(frozen=True, slots=True)
+class OfferMissed:
+    """The offered advisor missed the ring; ``board`` already shows it."""
+
+    board: Board
+
+
+@dataclass(frozen=True, slots=True)
+class OfferAnswered:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The customer hung up or gave up waiting."""
+
+
+Event = Assign | OfferMissed | OfferAnswered | Cancelled
+
+# --- commands ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OfferTo:
+    """Ring this advisor for the consultation (apply ``presence.Offered`` to them)."""
+
+    advisor_id: int
+    consultation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinesBusy:
+    lines: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    advisor_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Stop ringing this advisor (apply ``presence.ConsultationEnded`` to them)."""
+
+    advisor_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotApplicable:
+    reason: str
+
+
+Command = OfferTo | Queue | LinesBusy | Connect | Withdraw | NotApplicable
+
+# --- transition -------------------------------------------------------------------------
+
+
+def transition(a: Assignment, event: Event) -> tuple[Assignment, list[Command]]:
+    if a.phase in TERMINAL:
+        return a, [NotApplicable(f"assignment is {a.phase}")]
+    match event:
+        case Assign(board=board):
+            if a.phase is Phase.OFFERING:
+                return a, [NotApplicable("an advisor is being offered the call")]
+            if not board.lines_free() and a.phase is Phase.NEW:
+                return replace(a, phase=Phase.LINES_BUSY), [LinesBusy(board.lines)]
+            return _offer(replace(a, tried=frozenset()), board)
+        case OfferMissed(board=board):
+            if a.phase is not Phase.OFFERING or a.offered_to is None:
+                return a, [NotApplicable("no offer in progress")]
+            return _offer(replace(a, tried=a.tried | {a.offered_to}), board)
+        case OfferAnswered():
+            if a.phase is not Phase.OFFERING or a.offered_to is None:
+                return a, [NotApplicable("no offer in progress")]
+            return replace(a, phase=Phase.CONNECTED), [Connect(a.offered_to)]
+        case Cancelled():
+            cmds: list[Command] = []
+            if a.phase is Phase.OFFERING and a.offered_to is not None:
+                cmds.append(Withdraw(a.offered_to))
+            return replace(a, phase=Phase.CANCELLED, offered_to=None), cmds
+        case _:
+            assert_never(event)
+
+
+def _offer(a: Assignment, board: Board) -> tuple[Assignment, list[Command]]:
+    if not board.lines_free():
+        return _queued(a, f"all {board.lines} lines busy")
+    chosen = longest_idle(board, sorted(a.members), a.tried)
+    if chosen is None:
+        return _queued(a, "no advisor of the group in standby with a free line")
+    return (replace(a, phase=Phase.OFFERING, offered_to=chosen),
+            [OfferTo(chosen, a.consultation_id)])
+
+
+def _queued(a: Assignment, reason: str) -> tuple[Assignment, list[Command]]:
+    return replace(a, phase=Phase.QUEUED, offered_to=None), [Queue(reason)]

@@ -1,0 +1,118 @@
+"""Value types of the advisors domain: no I/O, no parsing of raw input."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.phone import E164
+
+
+class Desk(enum.StrEnum):
+    """What an advisor is doing apart from calls in progress.
+
+    ``standby`` gets calls; ``working`` (other work), ``break`` and ``offline`` do not;
+    ``wrap_up`` is after-call work, left by a timer or by the advisor."""
+
+    OFFLINE = "offline"
+    STANDBY = "standby"
+    WORKING = "working"
+    BREAK = "break"
+    WRAP_UP = "wrap_up"
+
+
+class State(enum.StrEnum):
+    """The state an advisor is shown in: ``ringing`` or ``talking`` while a consultation
+    is in progress, else the desk."""
+
+    OFFLINE = "offline"
+    STANDBY = "standby"
+    WORKING = "working"
+    BREAK = "break"
+    WRAP_UP = "wrap_up"
+    RINGING = "ringing"
+    TALKING = "talking"
+
+
+class Via(enum.StrEnum):
+    """Where a presence change came from."""
+
+    API = "api"
+    PHONE = "phone"
+    SYSTEM = "system"
+
+
+class AfterCallMode(enum.StrEnum):
+    """After a consultation: back to standby after ``wrap_up_s`` (``timer``), or stay in
+    after-call work until the advisor changes it (``manual``)."""
+
+    TIMER = "timer"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """A merchant's settings the machines apply."""
+
+    after_call: AfterCallMode = AfterCallMode.TIMER
+    wrap_up_s: int = 30
+    ring_timeout_s: int = 20
+    misses_before_break: int = 3
+    #: consultations in progress at once across the merchant (its lines)
+    lines: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PstnContact:
+    """An advisor reached on the public network."""
+
+    number: E164
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": "pstn", "number": str(self.number)}
+
+
+@dataclass(frozen=True, slots=True)
+class SipContact:
+    """An advisor reached as a SIP endpoint through the edge trunk (``user`` at the
+    trunk's far end, e.g. a softphone registered with the merchant's PBX)."""
+
+    uri: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": "sip", "uri": self.uri}
+
+
+Contact = PstnContact | SipContact
+
+
+@dataclass(frozen=True, slots=True)
+class Advisor:
+    id: int
+    merchant_id: str
+    display_name: str
+    name_prompt: str
+    code: str
+    contact: Contact
+    price_per_minute_yen: int
+    max_concurrent: int
+    groups: tuple[int, ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: int
+    merchant_id: str
+    name: str
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: int
+    merchant_id: str
+    account: str
+    name: str
+    numbers: tuple[E164, ...]
