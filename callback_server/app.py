@@ -48,7 +48,7 @@ from callback_server.worker import Worker
 from shared import outbox_operator
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
-from shared.link import purge_seen
+from shared.link import pin_peer, purge_seen
 from shared.metrics_http import READINGS_KEY
 from shared.metrics_http import install as install_metrics
 from shared.openapi import add_operations
@@ -126,6 +126,7 @@ def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
+    pin_peer(app, settings.peer.identity if settings.tls else None)
     app[ROLE_KEY] = role
     install_guard(app)
     install_metrics(app, lambda a: a.get(POOL_KEY))

@@ -31,7 +31,7 @@ from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from shared import outbox_operator
 from shared.db import migrate
 from shared.http import HEALTH_KEY, Health
-from shared.link import LinkClient, purge_seen
+from shared.link import LinkClient, pin_peer, purge_seen
 from shared.metrics_http import install as install_metrics
 from shared.outbox import OutboxRelay
 from shared.site import ari_client as make_ari_client
@@ -61,6 +61,7 @@ def create_app(settings: EdgeSettings, *, with_ari: bool = True) -> web.Applicat
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
+    pin_peer(app, settings.peer.identity if settings.tls else None)
     install_metrics(app, lambda a: a.get(POOL_KEY))
     outbox_operator.add_routes(app)
     app.cleanup_ctx.append(database_ctx)

@@ -11,9 +11,16 @@ id, in one signed request to ``batch_path(path)``; the receiver answers each
 on its own (:func:`parse_batch`, :func:`batch_answer`), and the relay settles
 each on its own (:func:`parse_batch_answer`). See :mod:`shared.outbox`.
 
+Peers are pinned: each site's certificate is issued for its name (``shared.pki``:
+CN and a DNS name). The client sends every request for its peer's name
+(``LinkClient(peer_identity=...)``: the TLS handshake fails unless the server's
+certificate is the peer's, whatever the route's host), and the server takes link
+requests only from a client certificate of its peer (:func:`pin_peer`; anyone
+else, the site's own certificate included, gets 403 ``peer-not-allowed``).
+
 Receiving side: :func:`signature_middleware` verifies every request under
-``/v1/link/`` before any handler sees it (bounded body size and body read
-time), :func:`accept_once` makes the handler idempotent by message id inside
+``/v1/link/`` before any handler sees it (the peer's certificate, bounded body
+size and body read time), :func:`accept_once` makes the handler idempotent by message id inside
 the handler's own transaction, and :func:`serve_options` gives both servers
 the same connection limits and timeouts (slow-loris protection).
 
@@ -60,6 +67,8 @@ OPERATOR_PREFIX = "/v1/link/outbox/"
 _MESSAGE_ID = web.RequestKey("link_message_id", str)
 _RAW_BODY = web.RequestKey("link_raw_body", bytes)
 VERIFIER_KEY = web.AppKey("link_verifier", Verifier)
+#: the one client certificate identity the link routes take (see :func:`pin_peer`)
+PEER_IDENTITY_KEY = web.AppKey("link_peer_identity", str)
 BODY_TIMEOUT_KEY = web.AppKey("link_body_timeout_s", float)
 
 #: Seconds a client has to send a whole request body once its headers are in.
@@ -114,6 +123,10 @@ class LinkClient:
     quarantine_s: float = 15.0
     policy: LinkPolicy = field(default_factory=LinkPolicy)
     max_connections: int = 64
+    #: the peer's certificate identity: every https request is made for this name, so the
+    #: handshake fails unless the server presents the peer's certificate (None: the URL's
+    #: host name, as any HTTPS client)
+    peer_identity: str | None = None
     _session: aiohttp.ClientSession | None = None
     _book: RouteBook = field(init=False)
     _probe_task: asyncio.Task[None] | None = None
@@ -177,8 +190,8 @@ class LinkClient:
         health = self.policy.health
         try:
             async with self._session.get(route.url + health.path,
-                                         timeout=aiohttp.ClientTimeout(total=health.timeout_s)
-                                         ) as resp:
+                                         timeout=aiohttp.ClientTimeout(total=health.timeout_s),
+                                         server_hostname=self._tls_name(route)) as resp:
                 await resp.read()
                 ok, detail = resp.status < 500, f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -230,6 +243,9 @@ class LinkClient:
             raise rejected
         raise LinkUnavailable("; ".join(errors))
 
+    def _tls_name(self, route: LinkRoute) -> str | None:
+        return self.peer_identity if route.url.startswith("https:") else None
+
     def _forget(self, task: asyncio.Task[Delivery]) -> None:
         self._background.discard(task)
         if not task.cancelled():
@@ -243,7 +259,8 @@ class LinkClient:
         started = time.monotonic()
         self._book.attempt(route.name)
         try:
-            async with self._session.post(route.url + path, data=body, headers=headers) as resp:
+            async with self._session.post(route.url + path, data=body, headers=headers,
+                                          server_hostname=self._tls_name(route)) as resp:
                 text = await resp.text()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -319,12 +336,46 @@ def _too_large(request: web.Request) -> ApiError | None:
     return None
 
 
+def pin_peer(app: web.Application, identity: str | None) -> None:
+    """Take link requests only from a client certificate issued for ``identity`` (its CN or
+    a DNS name; ``shared.pki`` issues both as the site's name). None: no pin (plain HTTP)."""
+    if identity:
+        app[PEER_IDENTITY_KEY] = identity
+
+
+def certificate_names(peercert: Any) -> set[str]:
+    """The CN and DNS names of a verified peer certificate (``SSLSocket.getpeercert()``)."""
+    if not isinstance(peercert, dict):
+        return set()
+    names = {value for rdn in peercert.get("subject", ()) for key, value in rdn
+             if key == "commonName"}
+    names |= {value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS"}
+    return names
+
+
+def _not_the_peer(request: web.Request) -> ApiError | None:
+    expected = request.app.get(PEER_IDENTITY_KEY)
+    if expected is None:
+        return None
+    transport = request.transport
+    names = certificate_names(None if transport is None
+                              else transport.get_extra_info("peercert"))
+    if expected in names:
+        return None
+    log.warning("refused %s %s from %s: client certificate %s is not the peer %r",
+                request.method, request.path, request.remote, sorted(names) or "(none)",
+                expected)
+    return ApiError(403, "peer-not-allowed",
+                    f"the link takes only the certificate of {expected!r}")
+
+
 @web.middleware
 async def signature_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Verify signatures on ``/v1/link/`` before the handler; 401 with a JSON error id.
 
-    The operator's routes under ``/v1/link/outbox/`` are not link messages: they are
-    left to their bearer token (:mod:`shared.outbox_operator`).
+    With :func:`pin_peer`, a client whose certificate is not the peer's gets 403
+    ``peer-not-allowed`` first. The operator's routes under ``/v1/link/outbox/`` are
+    not link messages: they are left to their bearer token (:mod:`shared.outbox_operator`).
 
     A declared ``Content-Length`` above the application's ``client_max_size``
     is refused with 413 before any of the body is read; a body that arrives
@@ -333,6 +384,9 @@ async def signature_middleware(request: web.Request, handler: Handler) -> web.St
     """
     if not request.path.startswith(LINK_PREFIX) or request.path.startswith(OPERATOR_PREFIX):
         return await handler(request)
+    stranger = _not_the_peer(request)
+    if stranger is not None:
+        return error_response(stranger)
     too_large = _too_large(request)
     if too_large is not None:
         return error_response(too_large)

@@ -183,6 +183,10 @@ DEFAULT_PASSES_IN_FLIGHT = 16
 MAX_PASSES_IN_FLIGHT = 64
 
 
+#: a site's certificate identity: its name, as ``shared.pki`` issues it (CN and DNS name)
+IDENTITY_PATTERN = r"[a-z0-9][a-z0-9.-]{0,62}"
+
+
 @dataclass(frozen=True, slots=True)
 class PeerSettings:
     """The ``[peer]`` section: routes to the other site, per-kind policy, health probes."""
@@ -193,9 +197,12 @@ class PeerSettings:
     batch_messages: int = DEFAULT_BATCH_MESSAGES
     #: claims whose deliveries the outbox relay keeps under way at once (a backlog)
     passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT
+    #: the peer site's certificate identity (its name, as ``shared.pki`` issues it: CN and
+    #: a DNS name): the only client the link routes take, the only server the client trusts
+    identity: str | None = None
 
     @classmethod
-    def parse(cls, s: Section) -> PeerSettings:
+    def parse(cls, s: Section, *, default_identity: str | None = None) -> PeerSettings:
         routes = tuple(LinkRoute.parse(r) for r in s.sections("routes"))
         if not routes:
             raise s.error("routes", "at least one route to the peer site is needed")
@@ -208,7 +215,9 @@ class PeerSettings:
                    batch_messages=s.int("batch_messages", DEFAULT_BATCH_MESSAGES, min=1,
                                         max=BATCH_MAX_MESSAGES),
                    passes_in_flight=s.int("passes_in_flight", DEFAULT_PASSES_IN_FLIGHT, min=1,
-                                          max=MAX_PASSES_IN_FLIGHT))
+                                          max=MAX_PASSES_IN_FLIGHT),
+                   identity=s.str("identity", default_identity, pattern=IDENTITY_PATTERN)
+                   if default_identity or s.has("identity") else None)
 
 
 # --- route health: pure state, no I/O ----------------------------------------------------

@@ -113,7 +113,7 @@ LINK = Access("linkSignature", {
               "v1a,<base64 signature> per key id, space separated", required=True)),
     errors={401: tuple(e.error_id for e in (MissingSignature, BadTimestamp, UnknownKey,
                                             BadSignature)),
-            408: ("body-timeout",), 413: ("body-too-large",)})
+            403: ("peer-not-allowed",), 408: ("body-timeout",), 413: ("body-too-large",)})
 _BODY_ERRORS: ErrorIds = {400: ("invalid-json",), 413: ("body-too-large",)}
 
 

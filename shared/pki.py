@@ -4,8 +4,10 @@
 
 * ``ca.pem`` / ``ca.key``: a private certificate authority (ECDSA P-256);
 * ``<site>.pem`` / ``<site>.key``: a TLS certificate for each site, valid for
-  both server and client authentication (mutual TLS), with the names and
-  addresses given by ``--san`` (default ``localhost`` and ``127.0.0.1``);
+  both server and client authentication (mutual TLS), issued for the site's
+  name (CN and a DNS name: its identity, which the peer pins, ``[peer]
+  identity``) and the names and addresses given by ``--san`` (default
+  ``localhost`` and ``127.0.0.1``);
 * ``<site>-sign-1.key`` / ``.pub``: the site's Ed25519 signing key pair; the
   key id is the file stem (``edge-sign-1``).
 
@@ -115,7 +117,7 @@ def ensure_site_cert(directory: Path, site: str, sans: Sequence[str] = DEFAULT_S
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_san(sans), critical=False)
+            .add_extension(_san(list(dict.fromkeys([site, *sans]))), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)

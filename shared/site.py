@@ -82,6 +82,10 @@ class RatesSettings:
         return FxTable.from_mapping(self.fx_base, self.fx_rates)
 
 
+#: each site's peer: the certificate identity ``[peer] identity`` pins by default
+_PEER_OF = {"edge": "callback", "callback": "edge"}
+
+
 @dataclass(frozen=True, slots=True)
 class SiteCommon:
     """The sections both sites have. Servers keep these as fields of their settings."""
@@ -113,7 +117,7 @@ class SiteCommon:
             require_client_cert=http.bool("require_client_cert", require_client_cert),
             ari=AriSettings.parse(top.section("ari"), app),
             signing=SigningSettings.parse(top.section("signing")),
-            peer=PeerSettings.parse(top.section("peer")),
+            peer=PeerSettings.parse(top.section("peer"), default_identity=_PEER_OF.get(app)),
             merchants=merchants,
             rates=RatesSettings.parse(top.section("rates")),
             operator=OperatorSettings.parse(top.section("operator")))
@@ -210,7 +214,8 @@ def link_client(signing: SigningSettings, tls: TlsSettings | None, peer: PeerSet
     """Signs with every key of ours and delivers by the ``[peer]`` policy, over mutual TLS."""
     signer = Signer([SigningKey.load(path) for path in signing.keys])
     ssl_ctx = client_context(tls.ca, tls.cert, tls.key) if tls else None
-    return LinkClient(peer.routes, signer, ssl_ctx, policy=peer.policy)
+    return LinkClient(peer.routes, signer, ssl_ctx, policy=peer.policy,
+                      peer_identity=peer.identity if tls else None)
 
 
 @asynccontextmanager
