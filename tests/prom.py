@@ -26,3 +26,9 @@ def scraped(text: str, name: str, **labels: str) -> float:
             if s.name == name and s.labels == labels:
                 return float(s.value)
     return 0.0
+
+
+def scraped_total(text: str, name: str) -> float:
+    """The sum of a sample's series over all their labels, in a ``GET /metrics`` answer."""
+    return sum(float(s.value) for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == name)

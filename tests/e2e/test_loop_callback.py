@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from demo.stack import CALL_CENTER_TOKEN, MerchantOptions, Stack
+from tests import prom
 from tests.harness.sipp import SipMessage, SippRole
 
 CUSTOMER = "09012345678"
@@ -208,6 +209,58 @@ async def test_zero_bridges_the_customer_to_the_operator_through_the_edge(
     assert leg["endpoint"] == "PJSIP/operator@edge-trunk"
     assert still_up, "the bridged call must stay up after the operator answered"
     assert answered_at is not None
+
+
+async def scrape(stack: Stack, site: str) -> str:
+    url = stack.edge_url if site == "edge" else stack.callback_url
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session, session.get(f"{url}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def test_both_sites_metrics_count_the_call_its_call_back_and_latency(
+        stack: Stack) -> None:
+    """``GET /metrics`` of both sites, scraped while the call-back is under way and after:
+    the edge counted the call and its decision, the callback site observed the hang-up ->
+    INVITE latency and the job dialling, then the answered round, all for merchant acme."""
+    acme = {"merchant": "acme"}
+    edge_before, callback_before = await scrape(stack, "edge"), await scrape(stack, "callback")
+
+    def grew(before: str, after: str, name: str, **labels: str) -> float:
+        return prom.scraped(after, name, **labels) - prom.scraped(before, name, **labels)
+
+    async with stack.carriers(digits=ORDER_KEYS) as roles:
+        before = await last_call_id(stack)
+        phone = stack.customer_call("09076543210")
+        await finished(phone)
+        call = await new_edge_call(stack, before)
+        await asyncio.to_thread(lambda: roles["carrier-a"].wait_for(
+            lambda m: m.method == "INVITE" and m.ruri_user == "819076543210", 30))
+        during = await scrape(stack, "callback")      # the customer is on the call-back
+        await stack.wait_for_row(
+            "edge", "SELECT 1 FROM cdrs WHERE edge_call_id = $1 AND disposition = 'answered'",
+            call["edge_call_id"], timeout_s=60)
+    edge_after, callback_after = await scrape(stack, "edge"), await scrape(stack, "callback")
+
+    assert grew(callback_before, during, "cbgw_callback_latency_seconds_count", **acme) == 1
+    latency = grew(callback_before, during, "cbgw_callback_latency_seconds_sum", **acme)
+    assert 0 < latency < 30, latency
+    assert prom.scraped(during, "cbgw_callback_queue_jobs", state="dialing", **acme) >= 1
+    assert prom.scraped(during, "cbgw_ari_websocket_connected") == 1
+    assert grew(callback_before, callback_after, "cbgw_callbacks_total", outcome="completed",
+                reason="answered", **acme) == 1
+    assert grew(edge_before, edge_after, "cbgw_edge_calls_total", outcome="callback",
+                reason="callback_released", **acme) == 1
+    assert grew(edge_before, edge_after, "cbgw_edge_decisions_total", decision="callback",
+                reason=str(call["decision_reason"]), **acme) == 1
+    assert prom.scraped(edge_after, "cbgw_ari_websocket_connected") == 1
+    for before_, after_ in ((edge_before, edge_after), (callback_before, callback_after)):
+        # each site's relay delivered over the link: the request, then the news of it
+        delivered = (prom.scraped_total(after_, "cbgw_link_deliveries_total")
+                     - prom.scraped_total(before_, "cbgw_link_deliveries_total"))
+        assert delivered >= 1
+        assert prom.scraped(after_, "cbgw_metrics_reading_up", reading="outbox_backlog") == 1
 
 
 async def test_edge_crash_mid_announcement_recovers_the_parked_call_and_still_calls_back(
