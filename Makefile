@@ -1,13 +1,18 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what
-# they need, idempotently: Debian packages (SIPp, debootstrap, sox, espeak-ng),
-# the Python virtualenv, and the Asterisk 22 root for both sites.
+# they need, idempotently: Debian packages (SIPp, debootstrap, sox, espeak-ng,
+# Open JTalk with its dictionary and voice), the Python virtualenv, and the
+# Asterisk 22 root for both sites.
 
 PYTHON     ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 APT_STAMP  := /var/cache/cbgw/.apt-installed
-APT_PKGS   := sip-tester debootstrap sox espeak-ng iproute2 tshark
+APT_PKGS   := sip-tester debootstrap sox espeak-ng iproute2 tshark \
+              open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001
+# Open JTalk's voice is in Debian's contrib component: this sources entry enables
+# contrib (bookworm, the same mirror and key as the machine's main entry).
+CONTRIB_SOURCES := /etc/apt/sources.list.d/cbgw-contrib.sources
 ASTERISK_ROOT ?= /var/cache/cbgw/asterisk-sid
 PYTEST_ARGS ?=
 
@@ -18,10 +23,14 @@ all: test
 deps: system-deps venv asterisk
 
 system-deps: $(APT_STAMP)
-$(APT_STAMP):
+# Re-checked whenever this Makefile changes (a package added to APT_PKGS).
+$(APT_STAMP): Makefile
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  test -f $(CONTRIB_SOURCES) || printf '%s\n' 'Types: deb' \
+	    'URIs: http://deb.debian.org/debian' 'Suites: bookworm' 'Components: contrib' \
+	    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > $(CONTRIB_SOURCES); \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@mkdir -p $(dir $@) && touch $@
@@ -37,8 +46,8 @@ asterisk: system-deps
 	@deploy/asterisk/provision-root.sh $(ASTERISK_ROOT)
 
 lint: venv
-	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates advisors deploy tests bench demo
-	$(VENV)/bin/mypy shared edge_server callback_server routing_rates advisors demo
+	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates advisors ivr_platform deploy tests bench demo
+	$(VENV)/bin/mypy shared edge_server callback_server routing_rates advisors ivr_platform demo
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

@@ -28,6 +28,7 @@ merchants) are parsed here; each server adds its own on top.
 from __future__ import annotations
 
 import builtins
+import datetime
 import difflib
 import enum
 import os
@@ -332,6 +333,20 @@ class Section:
         ):
             raise self.error(key, "expected an array of integers")
         return tuple(value)
+
+    def date(self, key: builtins.str) -> datetime.date:
+        """A calendar date: a TOML local date (``2026-12-31``) or a string of one."""
+        value = self._get(key)
+        if value is None:
+            raise self._required(key)
+        if isinstance(value, builtins.str):
+            try:
+                value = datetime.date.fromisoformat(value)
+            except ValueError:
+                raise self.error(key, f"expected a date (YYYY-MM-DD), got {value!r}") from None
+        if isinstance(value, datetime.datetime) or not isinstance(value, datetime.date):
+            raise self.error(key, f"expected a date (YYYY-MM-DD), got {value!r}")
+        return value
 
     def enum(self, key: builtins.str, kind: type[E], default: E | None = None) -> E:
         value = self._get(key, default.value if default is not None else None)

@@ -1,0 +1,8 @@
+"""Building blocks of the Japanese IVR platform (Japanese first, English second).
+
+Each module is one role; none of them is wired into the servers yet (see the "IVR
+platform" section of docs/CONTRACTS.md):
+
+* :mod:`ivr_platform.hours`, :mod:`ivr_platform.hours_config`: business hours, Japanese
+  public holidays and special days, in Asia/Tokyo (pure).
+"""
