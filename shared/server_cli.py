@@ -150,11 +150,19 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
         print(f"config error: {args.config}: [http] reuse_port = true is needed for "
               "--role intake (it shares the port with the full server)", file=sys.stderr)
         return 2
-    if args.role == "intake" and metrics_directory(settings.http) is None:
+    directory = metrics_directory(settings.http)
+    if args.role == "intake" and directory is None:
         print(f"config error: {args.config}: [http] metrics_dir (or {metrics.ENV_DIR}) is "
               "needed for --role intake (GET /metrics sums the processes sharing the port)",
               file=sys.stderr)
         return 2
+    if directory is not None:
+        try:                # before any metric exists in this process
+            metrics.use_directory(directory)
+        except OSError as exc:
+            print(f"config error: {args.config}: [http] metrics_dir (or {metrics.ENV_DIR}) "
+                  f"{directory}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return serve_forever(site, settings, args.log_level, role=args.role,
                          log_format=args.log_format)
 
@@ -186,9 +194,6 @@ def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "al
                              require_client_cert=settings.require_client_cert) if tls else None
     if ssl_ctx is None:
         logging.getLogger(f"{site.name}.app").warning("no [tls] section: serving plain HTTP")
-    directory = metrics_directory(settings.http)
-    if directory is not None:  # before any metric exists in this process
-        metrics.use_directory(directory)
     if role == "intake":
         assert site.create_intake_app is not None
         app = site.create_intake_app(settings)

@@ -207,6 +207,21 @@ def test_the_intake_role_needs_a_metrics_directory(pki_dir: Path, tmp_path: Path
             "--role intake") in proc.stderr
 
 
+def test_a_metrics_directory_that_cannot_be_made_is_a_config_error(
+        pki_dir: Path, tmp_path: Path) -> None:
+    config = _config(pki_dir, tmp_path)
+    (tmp_path / "a-file").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "callback_server", "serve", "--config", str(config)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=_env("postgresql://x@127.0.0.1:9/x", free_port(),
+                 metrics_dir=tmp_path / "a-file" / "metrics"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"config error: {config}: [http] metrics_dir (or PROMETHEUS_MULTIPROC_DIR) "
+        f"{tmp_path / 'a-file' / 'metrics'}: Not a directory")
+
+
 def test_the_intake_role_needs_reuse_port(pki_dir: Path, tmp_path: Path) -> None:
     config = _config(pki_dir, tmp_path)
     proc = subprocess.run(
