@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from callback_server.app import WORKER_KEY, create_app
+from callback_server.app import WORKER_KEY, create_app, create_intake_app
 from callback_server.config import CallbackSettings
+from callback_server.http import STORE_KEY
+from callback_server.schemas import IntakeRequest
+from shared.phone import E164
+from tests import prom
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +47,30 @@ async def test_starts_and_says_so_when_asterisk_is_unreachable(
         assert body["ari"] == "connecting"
         assert app[WORKER_KEY].calls == {}
     assert any("not reachable" in r.getMessage() for r in caplog.records)
+
+
+async def test_metrics_read_the_call_back_queue_by_merchant_and_state(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    """An intake process (no dialer: its jobs stay queued) reads them on a scrape of ``GET
+    /metrics``: one due for 30 s, one scheduled for later."""
+    s = settings(pki_dir, pg_url, tmp_path)
+    app = create_intake_app(s)
+    async with TestClient(TestServer(app)) as client:
+        client: TestClient[Any, Any]
+        store, now = app[STORE_KEY], datetime.now(UTC)
+        for edge_call_id, caller in (("due-1", "819011112222"), ("later-1", "819033334444")):
+            request = IntakeRequest(edge_call_id, "acme", E164(caller), None, now, now, None)
+            await store.intake(str(uuid.uuid4()), request, s.merchants[0])
+        await store.pool.execute(
+            "UPDATE callback_requests SET next_attempt_at = now() + CASE edge_call_id "
+            "WHEN 'due-1' THEN interval '-30 seconds' ELSE interval '1 hour' END")
+        text = await (await client.get("/metrics")).text()
+    assert prom.scraped(text, "cbgw_metrics_reading_up", reading="callback_queue") == 1
+    assert {state: prom.scraped(text, "cbgw_callback_queue_jobs", merchant="acme",
+                                state=state) for state in ("due", "scheduled", "dialing")} \
+        == {"due": 1, "scheduled": 1, "dialing": 0}
+    waited = prom.scraped(text, "cbgw_callback_queue_oldest_due_seconds", merchant="acme")
+    assert 30 <= waited < 90
 
 
 def test_example_config_loads(pki_dir: Path, tmp_path: Path) -> None:
