@@ -1,7 +1,8 @@
 """The call-back queue, read from the database on each scrape of ``GET /metrics``.
 
-One grouped query over the jobs that are not finished (``queued`` or ``dialing``;
-finished ones are never read), so its cost follows the queue, not the history:
+One grouped query over the jobs that are not finished (``queued`` or ``dialing``, the
+predicate of the partial index ``callback_requests_active_caller``; finished ones are
+never read), so its cost follows the queue, not the history:
 
 * ``cbgw_callback_queue_jobs{merchant, state}``: ``due`` (queued, its time has
   come), ``scheduled`` (queued for a later retry), ``dialing``;
