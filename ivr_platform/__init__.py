@@ -5,4 +5,6 @@ platform" section of docs/CONTRACTS.md):
 
 * :mod:`ivr_platform.hours`, :mod:`ivr_platform.hours_config`: business hours, Japanese
   public holidays and special days, in Asia/Tokyo (pure).
+* :mod:`ivr_platform.speech`: how numbers, yen, phone numbers, durations, times and
+  dates are read aloud, in Japanese and English (pure).
 """
