@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,6 +81,8 @@ _HTTP_IDS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed",
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if "%00" in request.raw_path:
+            _refuse_nul(request)
         return await handler(request)
     except ApiError as exc:
         if exc.status >= 500:
@@ -98,16 +101,49 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(ApiError(500, "internal-error", "internal error"))
 
 
-def parse_json(raw: bytes | str) -> Any:
+#: escapes a stored string cannot hold: NUL (PostgreSQL text refuses it) and surrogates
+#: (paired ones are fine; an unpaired one cannot be encoded as UTF-8)
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def parse_json(raw: bytes) -> Any:
     """JSON from a request (a body, a cursor); 400 ``invalid-json`` for anything that is not
-    JSON, including nesting too deep for the parser."""
+    JSON, including nesting too deep for the parser, and for strings holding NUL or an
+    unpaired surrogate (no text column or UTF-8 encoder takes them)."""
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "invalid-json", f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "invalid-json", "body is not valid JSON: nested too deeply") \
             from None
+    if _SUSPECT_ESCAPE.search(raw) and not _storable(data):
+        raise ApiError(400, "invalid-json", "body holds a string with NUL (\\u0000) or an "
+                                            "unpaired surrogate")
+    return data
+
+
+def _storable(data: Any) -> bool:
+    """No string in ``data`` (keys included) holds NUL or an unpaired surrogate."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and ("\x00" in item or not _encodable(item)):
+            return False
+    return True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -116,6 +152,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid-json", "body must be a JSON object")
     return data
+
+
+def _refuse_nul(request: web.Request) -> None:
+    """400 ``invalid-field`` for a path or query parameter holding NUL (no text column takes
+    it)."""
+    for name, value in (*request.match_info.items(), *request.query.items()):
+        if "\x00" in name or "\x00" in value:
+            raise InvalidField(name.replace("\x00", "\\x00"), "must not hold NUL (%00)")
 
 
 async def read_json_object(request: web.Request, body: bytes | None = None) -> dict[str, Any]:

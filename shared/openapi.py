@@ -18,7 +18,8 @@ Error replies share one ``Error`` schema (``{"error": {"id", "message", ...}}``,
 :mod:`shared.http`); each operation lists, per status, the ids it can answer with
 (``x-error-ids``, and an ``enum`` on ``error.id``). The ids that come with the route's
 access (``auth-*``, ``signature-*``, ``operator-api-disabled``) and with a request body
-(``invalid-json``, ``body-too-large``) are added here, once.
+(``invalid-json``, ``body-too-large``) and with parameters (``invalid-field``) are added
+here, once.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ LINK = Access("linkSignature", {
                                             BadSignature)),
             403: ("peer-not-allowed",), 408: ("body-timeout",), 413: ("body-too-large",)})
 _BODY_ERRORS: ErrorIds = {400: ("invalid-json",), 413: ("body-too-large",)}
+#: a parameter holding NUL (``shared.http.error_middleware``)
+_PARAM_ERRORS: ErrorIds = {400: ("invalid-field",)}
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class Operation:
     def all_errors(self) -> dict[int, list[str]]:
         merged: dict[int, list[str]] = {}
         sources = [self.access.errors, _BODY_ERRORS if self.body is not None else {},
-                   self.errors]
+                   _PARAM_ERRORS if self.params else {}, self.errors]
         for source in sources:
             for status, ids in source.items():
                 merged.setdefault(status, [])

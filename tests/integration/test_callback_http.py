@@ -130,6 +130,18 @@ async def test_json_nested_too_deep_is_400(client: TestClient[Any, Any]) -> None
     assert (await error_of(resp, 400))["id"] == "invalid-json"
 
 
+@pytest.mark.parametrize("dialed", [r"+8112\u0000", r"\ud800", r"\udfff1"])
+async def test_text_no_database_column_takes_is_400(client: TestClient[Any, Any],
+                                                    dialed: str) -> None:
+    raw = body("edge-nul").replace(b'"+81120123456"', f'"{dialed}"'.encode())
+    assert dialed.encode() in raw
+    assert (await error_of(await client.post(PATH, data=raw, headers=signed(raw)),
+                           400))["id"] == "invalid-json"
+    err = await error_of(await client.get("/v1/callbacks/cb-%00",
+                                          headers={"Authorization": f"Bearer {TOKEN}"}), 400)
+    assert err["id"] == "invalid-field" and err["field"] == "callback_id"
+
+
 async def test_unknown_merchant_is_422(client: TestClient[Any, Any]) -> None:
     raw = body("edge-unknown", merchant_id="nobody")
     err = await error_of(await client.post(PATH, data=raw, headers=signed(raw)), 422)

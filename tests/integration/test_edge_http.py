@@ -133,6 +133,15 @@ async def test_json_nested_too_deep_is_400(client: TestClient[Any, Any]) -> None
     assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
 
 
+async def test_text_no_database_column_takes_is_400(client: TestClient[Any, Any]) -> None:
+    for text in ("\\u0000", "\\udc00"):
+        raw = json.dumps(request_info("cb-nul")).replace("order", text).encode()
+        resp = await client.post("/v1/link/events", data=raw, headers=signed(raw))
+        assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
+    resp = await client.get("/v1/requests?cursor=%00", headers=bearer(ACME_TOKEN))
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "cursor"
+
+
 @pytest.mark.parametrize("at", EDGE_TIMES)
 async def test_time_out_of_range_in_utc_is_400(client: TestClient[Any, Any], at: str) -> None:
     status, body = await post_event(client, request_info("cb-h6", collected_at=at))

@@ -296,6 +296,11 @@ async def test_operator_api_refuses_bad_input_with_4xx(clean: asyncpg.Pool,
         assert resp.status == 400 and (await resp.json())["error"]["field"] == "expires_at"
     resp = await client.post(PATH, data=DEEP_JSON, headers=signed(DEEP_JSON))
     assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
+    resp = await client.get("/v1/guard/refusals?reason=G%00", headers=op)
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "reason"
+    resp = await client.post("/v1/guard/caps/reset", headers=op,
+                             data=b'{"by": "no\\u0000c", "kind": "cps"}')
+    assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
 
 
 async def test_the_operator_api_takes_numbers_in_the_forms_the_cli_takes(

@@ -1,0 +1,73 @@
+"""The callback site's HTTP API (intake, call-center, guard operator API, rates) against its
+own /openapi.json (schemathesis) and a raw fuzz of every route: real PostgreSQL, signed link
+requests, the merchant's and the operator's tokens; nothing answers 5xx."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from callback_server.guard.http import GUARD_KEY, install
+from callback_server.guard.service import Guard
+from callback_server.guard.settings import GuardSettings
+from callback_server.http import attach_store, create_http_app
+from callback_server.store import CallbackStore
+from routing_rates.carriers import Carrier
+from routing_rates.http import routes as rates_routes
+from routing_rates.index import Row
+from routing_rates.service import RatingService
+from shared.openapi import add_operations
+from shared.signing import Signer, Verifier
+from tests.integration import callback_db
+from tests.integration.api_contract import (
+    Served,
+    SigningSession,
+    assert_keeps_its_document,
+    assert_no_5xx,
+    serving,
+)
+from tests.integration.test_callback_http import MERCHANTS, PEER_KEY, TOKEN, body
+from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
+
+pytestmark = pytest.mark.integration
+
+OPERATOR = "operator-contract-token"
+pool, clean = callback_db.fixtures(MERCHANTS)
+
+
+def make_app(pool: asyncpg.Pool) -> web.Application:
+    """As the site's composition root mounts them: intake and call-center API, the guard
+    (operator API, /metrics, intake screening) and the rates routes."""
+    guard = Guard(pool, GuardSettings(
+        operator_token_sha256=hashlib.sha256(OPERATOR.encode()).hexdigest()))
+    app = create_http_app(merchants=MERCHANTS,
+                          verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
+    install(app)
+    attach_store(app, CallbackStore(pool, owner="contract", guard=guard))
+    app[GUARD_KEY] = guard
+    carrier = Carrier("carrier-a", "A", dial_string="PJSIP/{digits}@carrier-a")
+    rates = RatingService.from_rows([carrier, INBOUND], {
+        "carrier-a": [Row("8190", "JP mobile", usd("0.1398"))], "ntt-freedial": NTT}, FX)
+    add_operations(app, rates_routes(rates))
+    return app
+
+
+@pytest.fixture
+async def served(clean: asyncpg.Pool) -> AsyncIterator[Served]:
+    session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR})
+    a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back
+    async with serving(make_app(clean), session, a_callback) as served:
+        yield served
+
+
+async def test_the_callback_site_keeps_its_openapi_document(served: Served) -> None:
+    await assert_keeps_its_document(served)
+
+
+async def test_no_route_of_the_callback_site_answers_5xx_to_arbitrary_input(
+        served: Served) -> None:
+    await assert_no_5xx(served)
