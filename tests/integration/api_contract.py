@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared.link import LINK_PREFIX
+from shared.link import LINK_PREFIX, OPERATOR_PREFIX
 from shared.signing import Signer
 from tests.integration.test_openapi_routes import routes_of
 
@@ -43,7 +43,7 @@ _SETTINGS = {"deadline": None, "database": None, "derandomize": True,
 
 
 class SigningSession(requests.Session):
-    """Signs link requests over their raw body; other routes get the token of the longest
+    """Signs link messages over their raw body; other routes get the token of the longest
     matching path prefix in ``tokens`` (unless the request carries its own)."""
 
     def __init__(self, signer: Signer, tokens: Mapping[str, str]) -> None:
@@ -53,7 +53,7 @@ class SigningSession(requests.Session):
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         path = request.path_url
-        if path.startswith(LINK_PREFIX):
+        if self.signs(path):
             body = request.body or b""
             raw = body.encode() if isinstance(body, str) else body
             assert isinstance(raw, bytes)
@@ -63,6 +63,11 @@ class SigningSession(requests.Session):
             if token is not None:
                 request.headers["Authorization"] = f"Bearer {token}"
         return super().send(request, **kwargs)
+
+    @staticmethod
+    def signs(path: str) -> bool:
+        """A link message (the outbox operator's routes under the prefix take a token)."""
+        return path.startswith(LINK_PREFIX) and not path.startswith(OPERATOR_PREFIX)
 
     def token_for(self, path: str) -> str | None:
         return next((t for prefix, t in self.tokens.items() if path.startswith(prefix)), None)
@@ -80,9 +85,8 @@ def run_schemathesis(base_url: str, session: SigningSession, *, max_examples: in
         declared = document["paths"][operation.path][operation.method.lower()]
         has_input = "parameters" in declared or "requestBody" in declared
         # the API's valid token, over one the generator made up for the security scheme
-        signed = operation.path.startswith(LINK_PREFIX)
-        token = session.token_for(operation.path) if declared["security"] and not signed \
-            else None
+        token = session.token_for(operation.path) \
+            if declared["security"] and not session.signs(operation.path) else None
         credentials = None if token is None else {"Authorization": f"Bearer {token}"}
         modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input \
             else (GenerationMode.POSITIVE,)   # nothing to make invalid

@@ -20,6 +20,9 @@ from routing_rates.carriers import Carrier
 from routing_rates.http import routes as rates_routes
 from routing_rates.index import Row
 from routing_rates.service import RatingService
+from shared import outbox_operator
+from shared.link import OPERATOR_PREFIX
+from shared.metrics_http import install as install_metrics
 from shared.openapi import add_operations
 from shared.signing import Signer, Verifier
 from tests.integration import callback_db
@@ -36,14 +39,15 @@ from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
 pytestmark = pytest.mark.integration
 
 OPERATOR = "operator-contract-token"
+OPERATOR_SHA256 = hashlib.sha256(OPERATOR.encode()).hexdigest()
 pool, clean = callback_db.fixtures(MERCHANTS)
 
 
 def make_app(pool: asyncpg.Pool) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
-    (operator API, /metrics, intake screening) and the rates routes."""
-    guard = Guard(pool, GuardSettings(
-        operator_token_sha256=hashlib.sha256(OPERATOR.encode()).hexdigest()))
+    (operator API, intake screening), the rates routes, /metrics and the outbox's
+    dead letters."""
+    guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
     install(app)
@@ -53,12 +57,16 @@ def make_app(pool: asyncpg.Pool) -> web.Application:
     rates = RatingService.from_rows([carrier, INBOUND], {
         "carrier-a": [Row("8190", "JP mobile", usd("0.1398"))], "ntt-freedial": NTT}, FX)
     add_operations(app, rates_routes(rates))
+    install_metrics(app, lambda _: pool)
+    outbox_operator.add_routes(app)
+    app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
 
 
 @pytest.fixture
 async def served(clean: asyncpg.Pool) -> AsyncIterator[Served]:
-    session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR})
+    session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
+                                                      OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back
     async with serving(make_app(clean), session, a_callback) as served:
         yield served

@@ -3,6 +3,7 @@ route: real PostgreSQL, signed link requests, the merchant's token; nothing answ
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,9 @@ import asyncpg
 import pytest
 
 from edge_server.http import POOL_KEY, create_http_app
+from shared import outbox_operator
+from shared.link import OPERATOR_PREFIX
+from shared.metrics_http import install as install_metrics
 from shared.signing import Signer, Verifier
 from tests.integration.api_contract import (
     Served,
@@ -28,6 +32,8 @@ from tests.integration.test_edge_http import (  # noqa: F401 (the pool fixture)
 
 pytestmark = pytest.mark.integration
 
+OPERATOR = "edge-operator-token"
+
 
 @pytest.fixture
 async def served(pool: asyncpg.Pool,  # noqa: F811 (test_edge_http's, on this module's db)
@@ -35,10 +41,15 @@ async def served(pool: asyncpg.Pool,  # noqa: F811 (test_edge_http's, on this mo
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
     app[POOL_KEY] = pool
-    reports = [("/v1/link/events", json.dumps(request_info(f"cb-contract-{i}", minute=i)).encode())
+    install_metrics(app, lambda _: pool)
+    outbox_operator.add_routes(app)
+    app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(
+        pool, hashlib.sha256(OPERATOR.encode()).hexdigest())
+    reports = [("/v1/link/events",
+                json.dumps(request_info(f"cb-contract-{i}", minute=i)).encode())
                for i in range(3)]
-    async with serving(app, SigningSession(Signer([PEER_KEY]), {"/v1/": ACME_TOKEN}),
-                       reports) as served:
+    session = SigningSession(Signer([PEER_KEY]), {"/v1/": ACME_TOKEN, OPERATOR_PREFIX: OPERATOR})
+    async with serving(app, session, reports) as served:
         yield served
 
 
