@@ -75,13 +75,13 @@ class PstnContact:
 
 @dataclass(frozen=True, slots=True)
 class SipContact:
-    """An advisor reached as a SIP endpoint through the edge trunk (``user`` at the
-    trunk's far end, e.g. a softphone registered with the merchant's PBX)."""
+    """An advisor reached as a SIP endpoint through the edge trunk: ``user`` is dialled
+    at the trunk's far end (a softphone or PBX extension there)."""
 
-    uri: str
+    user: str
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": "sip", "uri": self.uri}
+        return {"kind": "sip", "user": self.user}
 
 
 Contact = PstnContact | SipContact

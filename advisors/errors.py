@@ -1,0 +1,21 @@
+"""The domain's API errors (rendered by :func:`shared.http.error_middleware`)::
+
+    ApiError
+    ├── InvalidField   400 invalid-field  (shared.http; a bad or unknown id too)
+    ├── NotFound       404 not-found      (no such advisor, group or customer here)
+    └── Duplicate      409 duplicate      (a code, group name, account or number taken)
+"""
+
+from __future__ import annotations
+
+from shared.http import ApiError
+
+
+class NotFound(ApiError):
+    def __init__(self, what: str, ident: int | str) -> None:
+        super().__init__(404, "not-found", f"no {what} {ident}")
+
+
+class Duplicate(ApiError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(409, "duplicate", f"{field}: {message}", field=field)

@@ -1,0 +1,88 @@
+"""Presence events to in-process subscribers: one ``LISTEN advisor_events`` connection
+per process, fanned out to each subscriber of the event's merchant.
+
+A subscriber's queue is bounded; one that falls :data:`BACKLOG` events behind is closed
+(it gets ``None``) rather than let memory grow, and reconnects with the id of the last
+event it saw (the SSE ``Last-Event-ID``): :func:`since` replays the rows after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+
+from advisors.live import CHANNEL, event_json
+from shared.db import listening
+
+log = logging.getLogger("advisors.events")
+
+BACKLOG = 1000
+REPLAY_LIMIT = 1000
+Subscriber = asyncio.Queue[dict[str, Any] | None]
+
+
+class EventHub:
+    def __init__(self, db_url: str, reconnect_s: float = 1.0) -> None:
+        self.db_url = db_url
+        self.reconnect_s = reconnect_s
+        self.listening = asyncio.Event()
+        self._subscribers: dict[str, set[Subscriber]] = {}
+
+    async def run(self) -> None:
+        """Listen until cancelled; a lost connection is opened again."""
+        while True:
+            try:
+                async with listening(self.db_url, CHANNEL) as payloads:
+                    self.listening.set()
+                    while True:
+                        self.dispatch(json.loads(await payloads.get()))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.listening.clear()
+                log.warning("advisor events: %s; listening again in %.0f s", exc,
+                            self.reconnect_s)
+                await asyncio.sleep(self.reconnect_s)
+
+    def dispatch(self, event: dict[str, Any]) -> None:
+        for queue in list(self._subscribers.get(event["merchant_id"], ())):
+            if queue.qsize() >= BACKLOG - 1:
+                self._drop(event["merchant_id"], queue)
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(event)
+
+    @contextmanager
+    def subscribe(self, merchant_id: str) -> Iterator[Subscriber]:
+        queue: Subscriber = asyncio.Queue(maxsize=BACKLOG)
+        self._subscribers.setdefault(merchant_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            self._drop(merchant_id, queue)
+
+    def close(self) -> None:
+        """End every subscription (the server is stopping)."""
+        for subscribers in self._subscribers.values():
+            for queue in subscribers:
+                if queue.full():
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
+    def _drop(self, merchant_id: str, queue: Subscriber) -> None:
+        subscribers = self._subscribers.get(merchant_id, set())
+        subscribers.discard(queue)
+        if not subscribers:
+            self._subscribers.pop(merchant_id, None)
+
+
+async def since(pool: asyncpg.Pool, merchant_id: str, last_id: int) -> list[dict[str, Any]]:
+    """The merchant's events after ``last_id`` (oldest first, at most REPLAY_LIMIT)."""
+    rows = await pool.fetch(
+        "SELECT * FROM advisor_events WHERE merchant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        merchant_id, last_id, REPLAY_LIMIT)
+    return [event_json(r) for r in rows]

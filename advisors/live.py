@@ -1,0 +1,266 @@
+"""Presence and assignment in PostgreSQL: the adapter of :mod:`advisors.presence` and
+:mod:`advisors.assignment`.
+
+Every change runs in one transaction: the advisor's presence row is locked
+(``FOR UPDATE``), the machine decides, the new state is written, the change is an
+``advisor_events`` row with its time, and ``NOTIFY advisor_events`` carries the row to
+subscribers when the transaction commits (:mod:`advisors.events`). An assignment first
+locks the merchant's settings row, then all its advisors' presence rows, so assignments
+of one merchant run one at a time and each sees every consultation the others started:
+two concurrent assignments never exceed an advisor's maximum or the merchant's lines.
+
+Commands: ``Notify`` is the event row and its NOTIFY; ``StartWrapUpTimer`` is a due
+time on the row that :meth:`Presences.expire_wrap_ups` (run every second by the site)
+turns into ``WrapUpElapsed``; ``AutoBreak`` is the event row's reason; ``RefuseOffer``
+and ``Ignored`` change nothing. Assignment commands ``OfferTo``/``Withdraw`` are applied
+to the advisor in the same transaction; ``Queue``, ``LinesBusy`` and ``Connect`` are the
+caller's (the call wiring) to act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, assert_never
+
+import asyncpg
+
+from advisors import assignment as am
+from advisors import presence as pm
+from advisors.errors import NotFound
+from advisors.model import Rules
+from advisors.store import presence_of, rules_of
+
+log = logging.getLogger("advisors.live")
+
+CHANNEL = "advisor_events"
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def event_name(event: pm.Event) -> str:
+    match event:
+        case pm.GoOnline():
+            return "online"
+        case pm.GoOffline():
+            return "offline"
+        case pm.SetWorking():
+            return "working"
+        case pm.SetBreak():
+            return "break"
+        case pm.Offered():
+            return "offered"
+        case pm.Answered():
+            return "answered"
+        case pm.RingMissed():
+            return "ring_missed"
+        case pm.ConsultationEnded():
+            return "ended"
+        case pm.WrapUpElapsed():
+            return "wrap_up_elapsed"
+        case _:
+            assert_never(event)
+
+
+_PRESENCE_ROW = """
+    SELECT p.*, a.max_concurrent FROM advisor_presence p JOIN advisors a ON a.id = p.advisor_id
+    WHERE p.merchant_id = $1"""
+
+
+class Presences:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock = utcnow) -> None:
+        self.pool = pool
+        self.clock = clock
+
+    # --- one advisor ----------------------------------------------------------------------
+
+    async def apply(self, merchant_id: str, advisor_id: int, event: pm.Event
+                    ) -> tuple[pm.Presence, list[pm.Command]]:
+        """Apply ``event`` to the advisor (404 if not the merchant's)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rules = await _rules(conn, merchant_id, lock=False)
+            row = await conn.fetchrow(_PRESENCE_ROW + " AND p.advisor_id = $2 FOR UPDATE OF p",
+                                      merchant_id, advisor_id)
+            if row is None:
+                raise NotFound("advisor", advisor_id)
+            return await _apply(conn, merchant_id, advisor_id, presence_of(row), event, rules)
+
+    async def expire_wrap_ups(self) -> int:
+        """Bring back to standby the advisors whose after-call work timer elapsed."""
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT p.*, a.max_concurrent FROM advisor_presence p
+                   JOIN advisors a ON a.id = p.advisor_id
+                   WHERE p.wrap_up_due <= $1 ORDER BY p.wrap_up_due LIMIT 100
+                   FOR UPDATE OF p SKIP LOCKED""", now)
+            for row in rows:
+                rules = await _rules(conn, row["merchant_id"], lock=False)
+                await _apply(conn, row["merchant_id"], row["advisor_id"], presence_of(row),
+                             pm.WrapUpElapsed(now, row["wrap_up_token"]), rules)
+        return len(rows)
+
+    async def run_timers(self, every_s: float = 1.0) -> None:
+        while True:
+            try:
+                await self.expire_wrap_ups()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("after-call work timers: %s", exc)
+            await asyncio.sleep(every_s)
+
+    # --- assignment -----------------------------------------------------------------------
+
+    async def members(self, merchant_id: str, *, group_id: int | None = None,
+                      code: str | None = None) -> frozenset[int]:
+        """Who a customer's choice reaches: a group's members, or the advisor of a code."""
+        if code is not None:
+            found = await self.pool.fetchval(
+                "SELECT id FROM advisors WHERE merchant_id = $1 AND code = $2",
+                merchant_id, code)
+            if found is None:
+                raise NotFound("advisor with code", code)
+            return frozenset({found})
+        rows = await self.pool.fetch(
+            """SELECT m.advisor_id FROM advisor_group_members m
+               JOIN advisor_groups g ON g.id = m.group_id
+               WHERE g.merchant_id = $1 AND g.id = $2""", merchant_id, group_id)
+        if not rows and not await self.pool.fetchval(
+                "SELECT 1 FROM advisor_groups WHERE merchant_id = $1 AND id = $2",
+                merchant_id, group_id):
+            raise NotFound("group", str(group_id))
+        return frozenset(r["advisor_id"] for r in rows)
+
+    async def assign(self, merchant_id: str, a: am.Assignment
+                     ) -> tuple[am.Assignment, list[am.Command]]:
+        """A new customer, or one retried from the queue."""
+        return await self._assignment(merchant_id, a, None)
+
+    async def ring_missed(self, merchant_id: str, a: am.Assignment
+                          ) -> tuple[am.Assignment, list[am.Command]]:
+        """The offered advisor missed the ring: counted on them, then the next one."""
+        return await self._assignment(merchant_id, a, pm.RingMissed)
+
+    async def answered(self, merchant_id: str, a: am.Assignment
+                       ) -> tuple[am.Assignment, list[am.Command]]:
+        return await self._assignment(merchant_id, a, pm.Answered)
+
+    async def cancelled(self, merchant_id: str, a: am.Assignment
+                        ) -> tuple[am.Assignment, list[am.Command]]:
+        return await self._assignment(merchant_id, a, None, cancel=True)
+
+    async def _assignment(self, merchant_id: str, a: am.Assignment,
+                          offered_event: type[pm.RingMissed] | type[pm.Answered] | None,
+                          *, cancel: bool = False) -> tuple[am.Assignment, list[am.Command]]:
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rules = await _rules(conn, merchant_id, lock=True)
+            seats = {r["advisor_id"]: presence_of(r) for r in await conn.fetch(
+                _PRESENCE_ROW + " ORDER BY p.advisor_id FOR UPDATE OF p", merchant_id)}
+            event: am.Event
+            advisor = a.offered_to
+            if offered_event is not None and advisor is not None and advisor in seats:
+                seats[advisor], _ = await _apply(conn, merchant_id, advisor, seats[advisor],
+                                                 offered_event(now, a.consultation_id), rules)
+            board = am.Board(rules.lines, seats)
+            if cancel:
+                event = am.Cancelled()
+            elif offered_event is pm.Answered:
+                event = am.OfferAnswered()
+            elif offered_event is pm.RingMissed:
+                event = am.OfferMissed(board)
+            else:
+                event = am.Assign(board)
+            after, cmds = am.transition(a, event)
+            for cmd in cmds:
+                await self._execute(conn, merchant_id, after, cmd, seats, rules, now)
+        return after, cmds
+
+    async def _execute(self, conn: asyncpg.Connection, merchant_id: str, a: am.Assignment,
+                       cmd: am.Command, seats: dict[int, pm.Presence], rules: Rules,
+                       now: datetime) -> None:
+        match cmd:
+            case am.OfferTo(advisor_id=advisor, consultation_id=cid):
+                seats[advisor], done = await _apply(conn, merchant_id, advisor, seats[advisor],
+                                                    pm.Offered(now, cid), rules)
+                assert not any(isinstance(c, pm.RefuseOffer) for c in done), done
+            case am.Withdraw(advisor_id=advisor):
+                seats[advisor], _ = await _apply(conn, merchant_id, advisor, seats[advisor],
+                                                 pm.ConsultationEnded(now, a.consultation_id),
+                                                 rules)
+            case am.Queue() | am.LinesBusy() | am.Connect() | am.NotApplicable():
+                pass  # the caller's to act on
+            case _:
+                assert_never(cmd)
+
+
+async def _rules(conn: asyncpg.Connection, merchant_id: str, *, lock: bool) -> Rules:
+    if not lock:
+        return rules_of(await conn.fetchrow(
+            "SELECT * FROM advisor_settings WHERE merchant_id = $1", merchant_id))
+    await conn.execute("INSERT INTO advisor_settings (merchant_id) VALUES ($1) "
+                       "ON CONFLICT DO NOTHING", merchant_id)
+    return rules_of(await conn.fetchrow(
+        "SELECT * FROM advisor_settings WHERE merchant_id = $1 FOR UPDATE", merchant_id))
+
+
+async def _apply(conn: asyncpg.Connection, merchant_id: str, advisor_id: int,
+                 before: pm.Presence, event: pm.Event, rules: Rules
+                 ) -> tuple[pm.Presence, list[pm.Command]]:
+    after, cmds = pm.transition(before, event, rules)
+    if after == before:
+        return after, cmds
+    due: datetime | None = None
+    for cmd in cmds:
+        match cmd:
+            case pm.StartWrapUpTimer(seconds=seconds):
+                due = event.at + timedelta(seconds=seconds)
+            case pm.Notify() | pm.AutoBreak() | pm.RefuseOffer() | pm.Ignored():
+                pass  # the event row below records and publishes them
+            case _:
+                assert_never(cmd)
+    await conn.execute(
+        """UPDATE advisor_presence SET desk = $2, sessions = $3, misses = $4, reason = $5,
+               idle_since = $6, wrap_up_token = $7, updated_at = $8,
+               wrap_up_due = CASE WHEN $2 <> 'wrap_up' THEN NULL ELSE coalesce($9, wrap_up_due)
+                             END
+           WHERE advisor_id = $1""",
+        advisor_id, after.desk.value,
+        [{"consultation_id": s.consultation_id, "answered": s.answered}
+         for s in after.sessions],
+        after.misses, after.reason, after.idle_since, after.wrap_up_token, event.at, due)
+    await _record(conn, merchant_id, advisor_id, before, after, event)
+    return after, cmds
+
+
+async def _record(conn: asyncpg.Connection, merchant_id: str, advisor_id: int,
+                  before: pm.Presence, after: pm.Presence, event: pm.Event) -> None:
+    via = getattr(event, "via", None)
+    row: dict[str, Any] = {
+        "merchant_id": merchant_id, "advisor_id": advisor_id, "at": event.at,
+        "event": event_name(event), "via": via.value if via is not None else None,
+        "consultation_id": getattr(event, "consultation_id", None),
+        "before": before.state.value, "after": after.state.value, "desk": after.desk.value,
+        "load": after.load, "reason": after.reason}
+    row["id"] = await conn.fetchval(
+        """INSERT INTO advisor_events (merchant_id, advisor_id, at, event, via,
+               consultation_id, before, after, desk, load, reason)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id""",
+        *row.values())
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, json.dumps(event_json(row)))
+
+
+def event_json(row: Any) -> dict[str, Any]:
+    """An ``advisor_events`` row as subscribers get it."""
+    return {"id": row["id"], "merchant_id": row["merchant_id"],
+            "advisor_id": row["advisor_id"], "at": row["at"].isoformat(),
+            "event": row["event"], "via": row["via"],
+            "consultation_id": row["consultation_id"], "before": row["before"],
+            "after": row["after"], "desk": row["desk"], "load": row["load"],
+            "reason": row["reason"]}
+

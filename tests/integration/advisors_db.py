@@ -1,0 +1,34 @@
+"""An advisors database for integration tests: its migration set on a fresh database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+import advisors
+from shared.db import create_pool, migrate_url, package_migrations
+
+TABLES = ("advisor_settings, advisors, advisor_groups, advisor_group_members, "
+          "advisor_presence, advisor_events, customers, customer_numbers")
+
+
+def fixtures() -> tuple[Any, Any]:
+    """``pool`` (per module: migrated) and ``clean`` (per test: the same pool, emptied):
+    ``pool, clean = advisors_db.fixtures()``."""
+
+    @pytest.fixture(scope="module")
+    async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+        await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__)])
+        p = await create_pool(pg_url, max_size=20)
+        yield p
+        await p.close()
+
+    @pytest.fixture
+    async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
+        await pool.execute(f"TRUNCATE {TABLES}")
+        return pool
+
+    return pool, clean

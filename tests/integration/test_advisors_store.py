@@ -1,0 +1,178 @@
+"""The advisors store and its live adapter on a real PostgreSQL: the directory, presence
+changes as event rows published by NOTIFY, the after-call timer, automatic break, and
+concurrent assignments that never exceed an advisor's maximum or the merchant's lines."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from advisors.assignment import Assignment, LinesBusy, OfferTo, Phase, Queue
+from advisors.errors import Duplicate, NotFound
+from advisors.events import EventHub, since
+from advisors.live import Presences
+from advisors.model import AfterCallMode, Desk, PstnContact, Rules, SipContact, State, Via
+from advisors.presence import ConsultationEnded, GoOnline, SetBreak
+from advisors.schemas import parse_advisor, parse_customer, parse_group
+from advisors.store import AdvisorStore
+from shared.http import InvalidField
+from shared.phone import E164
+from shared.site import background
+from tests.integration import advisors_db
+
+pytestmark = pytest.mark.integration
+pool, clean = advisors_db.fixtures()
+T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def advisor(code: str, **extra: Any) -> dict[str, Any]:
+    return {"display_name": f"星野 {code}", "code": code, "price_per_minute_yen": 300,
+            "contact": {"kind": "pstn", "number": "090-1234-" + code}, **extra}
+
+
+async def seat(store: AdvisorStore, merchant: str, code: str, **extra: Any) -> int:
+    created, _ = await store.create_advisor(merchant, parse_advisor(advisor(code, **extra),
+                                                                    create=True))
+    return created.id
+
+
+async def test_directory_create_change_list_and_merchant_isolation(
+        clean: asyncpg.Pool) -> None:
+    store = AdvisorStore(clean)
+    a, p = await store.create_advisor("acme", parse_advisor(advisor(
+        "0001", name_prompt="advisors/hoshino", max_concurrent=2), create=True))
+    assert (a.display_name, a.code, a.max_concurrent, p.state) == (
+        "星野 0001", "0001", 2, State.OFFLINE)
+    assert a.contact == PstnContact(E164("819012340001"))
+    group = await store.create_group("acme", parse_group({"name": "恋愛", "members": [a.id]},
+                                                         create=True))
+    assert group.members == (a.id,)
+    a2, _ = await store.update_advisor("acme", a.id, parse_advisor(
+        {"contact": {"kind": "sip", "user": "hoshino"}, "price_per_minute_yen": 400},
+        create=False))
+    assert a2.contact == SipContact("hoshino") and a2.price_per_minute_yen == 400
+    assert a2.groups == (group.id,)
+    customer = await store.create_customer("acme", parse_customer(
+        {"account": "u-1", "numbers": ["09011112222", "+81311112222"]}, create=True))
+    assert await store.customer_by_number("acme", E164("819011112222")) == customer
+    assert [x.id for x, _ in await store.advisors("acme")] == [a.id]
+    # another merchant sees none of it and may reuse the code
+    assert await store.advisors("other") == []
+    with pytest.raises(NotFound):
+        await store.advisor("other", a.id)
+    with pytest.raises(InvalidField) as bad:
+        await store.create_group("other", parse_group({"name": "x", "members": [a.id]},
+                                                      create=True))
+    assert bad.value.fields["field"] == "members"
+    await seat(store, "other", "0001")
+
+
+async def test_duplicates_name_their_field(clean: asyncpg.Pool) -> None:
+    store = AdvisorStore(clean)
+    await seat(store, "acme", "0001")
+    with pytest.raises(Duplicate) as dup:
+        await seat(store, "acme", "0001")
+    assert dup.value.fields["field"] == "code" and dup.value.status == 409
+    await store.create_customer("acme", parse_customer({"account": "a", "numbers": ["0901"
+                                                        "1112222"]}, create=True))
+    with pytest.raises(Duplicate) as dup:
+        await store.create_customer("acme", parse_customer(
+            {"account": "b", "numbers": ["+819011112222"]}, create=True))
+    assert dup.value.fields["field"] == "numbers"
+    assert len(await store.customers("acme")) == 1   # the failed one left nothing behind
+
+
+async def test_presence_changes_are_event_rows_published_to_subscribers(
+        clean: asyncpg.Pool, pg_url: str) -> None:
+    store, live = AdvisorStore(clean), Presences(clean)
+    advisor_id = await seat(store, "acme", "0001")
+    hub = EventHub(pg_url)
+    async with background(hub.run(), "hub"):
+        await asyncio.wait_for(hub.listening.wait(), 10)
+        with hub.subscribe("acme") as events, hub.subscribe("other") as elsewhere:
+            await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+            got = await asyncio.wait_for(events.get(), 5)
+            assert elsewhere.empty()
+    assert (got["advisor_id"], got["event"], got["via"], got["before"], got["after"]) == (
+        advisor_id, "online", "api", "offline", "standby")
+    rows = await since(clean, "acme", 0)
+    assert rows == [got] and rows[0]["at"] == T0.isoformat()
+    # a change that changes nothing is no row
+    await live.apply("acme", advisor_id, GoOnline(T0, Via.PHONE))
+    assert len(await since(clean, "acme", 0)) == 1
+    with pytest.raises(NotFound):
+        await live.apply("other", advisor_id, SetBreak(T0, Via.API))
+
+
+async def test_after_call_timer_and_automatic_break(clean: asyncpg.Pool) -> None:
+    store, clock = AdvisorStore(clean), Clock()
+    live = Presences(clean, clock)
+    await store.set_rules("acme", Rules(after_call=AfterCallMode.TIMER, wrap_up_s=10,
+                                        misses_before_break=2))
+    advisor_id = await seat(store, "acme", "0001")
+    await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+    members = await live.members("acme", code="0001")
+    a, cmds = await live.assign("acme", Assignment("c1", members))
+    assert cmds == [OfferTo(advisor_id, "c1")]
+    a, _ = await live.answered("acme", a)
+    assert a.phase is Phase.CONNECTED
+    await live.apply("acme", advisor_id, ConsultationEnded(T0, "c1"))
+    assert (await store.advisor("acme", advisor_id))[1].state is State.WRAP_UP
+    clock.now = T0 + timedelta(seconds=9)
+    assert await live.expire_wrap_ups() == 0
+    clock.now = T0 + timedelta(seconds=10)
+    assert await live.expire_wrap_ups() == 1
+    assert (await store.advisor("acme", advisor_id))[1].state is State.STANDBY
+    # two misses in a row: on break with the reason, and the customer back in the queue
+    for cid in ("c2", "c3"):
+        a, _ = await live.assign("acme", Assignment(cid, members))
+        a, cmds = await live.ring_missed("acme", a)
+        assert a.phase is Phase.QUEUED and isinstance(cmds[0], Queue)
+    _, p = await store.advisor("acme", advisor_id)
+    assert p.desk is Desk.BREAK and p.reason == "missed 2 calls in a row"
+    events = [(e["event"], e["after"]) for e in await since(clean, "acme", 0)]
+    assert events[-1] == ("ring_missed", "break")
+
+
+async def concurrent_assignments(live: Presences, members: frozenset[int], n: int
+                                 ) -> list[Any]:
+    results = await asyncio.gather(*(live.assign("acme", Assignment(f"c{i}", members))
+                                     for i in range(n)))
+    return [c for _, cmds in results for c in cmds]
+
+
+async def test_concurrent_assignments_never_exceed_maxima_or_lines(
+        clean: asyncpg.Pool) -> None:
+    store, live = AdvisorStore(clean), Presences(clean)
+    await store.set_rules("acme", Rules(lines=100))
+    ids = [await seat(store, "acme", f"000{i}", max_concurrent=m)
+           for i, m in enumerate((1, 2, 1))]
+    for advisor_id in ids:
+        await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+    cmds = await concurrent_assignments(live, frozenset(ids), 12)
+    offers = [c for c in cmds if isinstance(c, OfferTo)]
+    assert len(offers) == 4 and sum(isinstance(c, Queue) for c in cmds) == 8
+    loads = {a.id: p.load for a, p in await store.advisors("acme")}
+    assert loads == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
+    # the merchant's lines: 2 lines, 5 free advisors, 8 customers at once
+    await clean.execute("TRUNCATE advisor_presence, advisors CASCADE")
+    await store.set_rules("acme", Rules(lines=2))
+    ids = [await seat(store, "acme", f"100{i}") for i in range(5)]
+    for advisor_id in ids:
+        await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+    cmds = await concurrent_assignments(live, frozenset(ids), 8)
+    assert sum(isinstance(c, OfferTo) for c in cmds) == 2
+    assert sum(isinstance(c, LinesBusy) for c in cmds) == 6
+    assert sum(p.load for _, p in await store.advisors("acme")) == 2
