@@ -3,12 +3,14 @@ the document is a route: the composition roots as the servers build them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from jsonschema_rs import Draft202012Validator
 
 from callback_server.app import create_app as create_callback_app
 from callback_server.app import create_intake_app
@@ -16,9 +18,12 @@ from callback_server.config import CallbackSettings
 from edge_server.app import create_app as create_edge_app
 from edge_server.config import EdgeSettings
 from edge_server.http import create_http_app
+from shared.link import encode_batch
 from shared.openapi import document
 from shared.site import verifier_for
+from tests.integration.test_callback_http import body
 from tests.integration.test_edge_app import free_port, write_config
+from tests.integration.test_edge_http import request_info
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +99,33 @@ async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) ->
         assert body == document(app)
         assert set(body["paths"]) == {"/v1/link/events", "/v1/requests", "/v1/cdrs",
                                       "/healthz", "/openapi.json"}
+
+
+def request_body_schema(app: web.Application, method: str, path: str) -> dict[str, Any]:
+    schema: dict[str, Any] = document(app)["paths"][path][method]["requestBody"]["content"][
+        "application/json"]["schema"]
+    return schema
+
+
+def test_the_documented_request_bodies_take_what_the_handlers_take(
+        pki_dir: Path, tmp_path: Path) -> None:
+    """The bodies the HTTP tests send and the handlers accept are valid by the document
+    (Draft 2020-12, formats asserted), and the handlers' own refusals by shape are not."""
+    roots = apps(pki_dir, tmp_path)
+    edge, callback = roots["edge"], roots["callback"]
+    event = Draft202012Validator(request_body_schema(edge, "post", "/v1/link/events"),
+                                 validate_formats=True)
+    assert event.is_valid(request_info("cb-doc"))
+    for bad in ({"kind": "bogus"}, {"collected_at": "yesterday"}, {"merchant_id": None},
+                {"fields": {"item_code": 1234}}):
+        assert not event.is_valid({**request_info("cb-doc"), **bad})
+    intake = Draft202012Validator(
+        request_body_schema(callback, "post", "/v1/link/callbacks"), validate_formats=True)
+    assert intake.is_valid(json.loads(body()))
+    for bad in ({"edge_call_id": ""}, {"received_at": "yesterday"}, {"announce_mode": "loud"},
+                {"merchant_id": "ACME!"}, {"caller": 819012345678}):
+        assert not intake.is_valid({**json.loads(body()), **bad})
+    batch = Draft202012Validator(
+        request_body_schema(callback, "post", "/v1/link/callbacks/batch"))
+    assert batch.is_valid(json.loads(encode_batch([("m1", body("e1")), ("m2", body("e2"))])))
+    assert not batch.is_valid({"messages": []})
