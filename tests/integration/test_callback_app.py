@@ -65,6 +65,8 @@ async def test_metrics_read_the_call_back_queue_by_merchant_and_state(
             "UPDATE callback_requests SET next_attempt_at = now() + CASE edge_call_id "
             "WHEN 'due-1' THEN interval '-30 seconds' ELSE interval '1 hour' END")
         text = await (await client.get("/metrics")).text()
+        # the processes share their metrics through a directory now, not a table
+        assert await store.pool.fetchval("SELECT to_regclass('process_metrics')") is None
     assert prom.scraped(text, "cbgw_metrics_reading_up", reading="callback_queue") == 1
     assert {state: prom.scraped(text, "cbgw_callback_queue_jobs", merchant="acme",
                                 state=state) for state in ("due", "scheduled", "dialing")} \
