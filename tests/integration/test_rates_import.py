@@ -14,7 +14,7 @@ from routing_rates import importer, store
 from routing_rates.carriers import DEMO_CARRIERS, Carrier, load_carriers
 from routing_rates.deckfile import FIELD_LIMIT
 from routing_rates.index import RateIndex
-from routing_rates.profile import load_profile
+from routing_rates.profile import load_profile, parse_profile
 from shared.db import migrate
 
 pytestmark = pytest.mark.integration
@@ -197,14 +197,12 @@ async def test_csv_error_is_an_import_error_with_file_and_line(conn: asyncpg.Con
 
 async def test_prefix_list_deck_imports_one_row_per_prefix(conn: asyncpg.Connection,
                                                            tmp_path: Path) -> None:
-    profile = tmp_path / "lists.toml"
-    profile.write_text('prefix_list_separator = ","\n[columns]\ndestination = "Destination"\n'
-                       'prefix = "Codes"\nrate = "Rate"\n')
+    profile = parse_profile('prefix_list_separator = ","\n[columns]\n'
+                            'destination = "Destination"\nprefix = "Codes"\nrate = "Rate"\n')
     deck = tmp_path / "lists.csv"
     deck.write_text('Destination,Codes,Rate\n"Japan Mobile","8170,8180,8190",0.1398\n'
                     'Japan,81,0.0385\n"Japan Mobile more","8190,8180,8185",0.1398\n')
-    result = await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)),
-                                        stage=True)
+    result = await importer.import_deck(conn, "layouts", deck, profile, stage=True)
     # the repeats of 8190 and 8180 on line 4 (same terms) are dropped, 8185 is kept
     assert (result.rows, result.duplicates) == (5, 2)
     assert result.deck is not None
@@ -219,18 +217,17 @@ async def test_prefix_list_deck_imports_one_row_per_prefix(conn: asyncpg.Connect
                     '"Japan Mobile","8180",0.15\n')
     with pytest.raises(importer.DeckImportError, match="lists.csv:3: column rate: prefix "
                        "8180 already on line 2 with different terms"):
-        await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)))
+        await importer.import_deck(conn, "layouts", deck, profile)
 
 
 async def test_profile_date_format_and_a_date_that_does_not_match(conn: asyncpg.Connection,
                                                                   tmp_path: Path) -> None:
-    profile = tmp_path / "eu-dates.toml"
-    profile.write_text('delimiter = ";"\ndate_format = "%d.%m.%Y"\ntimezone = "Europe/Berlin"\n'
-                       '[columns]\nprefix = "Code"\nrate = "Rate"\neffective = "Valid from"\n')
+    profile = parse_profile('delimiter = ";"\ndate_format = "%d.%m.%Y"\n'
+                            'timezone = "Europe/Berlin"\n[columns]\nprefix = "Code"\n'
+                            'rate = "Rate"\neffective = "Valid from"\n')
     deck = tmp_path / "eu-dates.csv"
     deck.write_text("Code;Rate;Valid from\n49;0.01;01.07.2026\n33;0.02;\n")
-    result = await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)),
-                                        stage=True)
+    result = await importer.import_deck(conn, "layouts", deck, profile, stage=True)
     assert result.deck is not None
     starts = await conn.fetch("SELECT prefix, valid_from FROM rates_rows WHERE deck_id = $1 "
                               "ORDER BY prefix", result.deck.id)
@@ -238,6 +235,6 @@ async def test_profile_date_format_and_a_date_that_does_not_match(conn: asyncpg.
         ("33", None), ("49", datetime(2026, 6, 30, 22, 0, tzinfo=UTC))]
     deck.write_text("Code;Rate;Valid from\n49;0.01;2026-07-01\n")
     with pytest.raises(importer.DeckImportError) as err:
-        await importer.import_deck(conn, "layouts", deck, load_profile(str(profile)))
+        await importer.import_deck(conn, "layouts", deck, profile)
     assert "eu-dates.csv:2: column effective: not a date in the format '%d.%m.%Y' " \
         "('2026-07-01')" in str(err.value)
