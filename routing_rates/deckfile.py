@@ -8,10 +8,10 @@ one GROUP BY in PostgreSQL (:func:`routing_rates.importer.find_duplicates`).
 Every problem is collected as a :class:`DeckProblem` (line, column, reason);
 the caller must refuse the whole file when ``problem_count`` is not 0.
 
-Speed: blocks of plain lines (no quotes, no date/period/origin values) are
-validated and rewritten into COPY text by one regex substitution per block;
-only blocks with something unusual in them are taken line by line through the
-``csv`` module and field-by-field checks, which also word the errors.
+Speed: blocks of plain lines (no quoted field over two lines, no date or
+period columns, nothing to report) are validated and rewritten into COPY text
+column by column; only blocks with something unusual in them are taken line by
+line through field-by-field checks, which also word the errors.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ class DeckParser:
         if name == "currency":
             return raw.strip().upper()
         if name == "origins":
-            parts = sorted(set(raw.split(self.profile.origins_separator or None)) - {""})
+            parts = _origin_list(raw, self.profile.origins_separator)
             if not all(p.isascii() and p.isdigit() for p in parts):
                 self.problem(line, "origins", "origination prefixes must be digits", raw)
             return " ".join(parts)
@@ -369,8 +369,19 @@ def _currencies(col: Column, comma: bool) -> Column | None:
     return col if set(col) <= ISO_4217 else None
 
 
-def _no_origins(col: Column, comma: bool) -> Column | None:
-    return None if any(col) else col
+def _origin_list(raw: str, separator: str) -> list[str]:
+    """Origination prefixes as stored: unique, sorted."""
+    return sorted(set(raw.split(separator or None)) - {""})
+
+
+def _origins(separator: str) -> Callable[[Column, bool], Column | None]:
+    def check(col: Column, comma: bool) -> Column | None:
+        if not any(col):
+            return col
+        out = tuple(" ".join(_origin_list(v, separator)) if v else "" for v in col)
+        joined = "".join(out).replace(" ", "")
+        return out if joined.isascii() and joined.isdigit() else None
+    return check
 
 
 def _destinations(col: Column, comma: bool) -> Column | None:
@@ -383,7 +394,7 @@ def _destinations(col: Column, comma: bool) -> Column | None:
 _COLUMN_CHECKS: dict[str, Callable[[Column, bool], Column | None]] = {
     "prefix": _prefixes, "rate": _numbers, "connect_fee": _numbers, "min_cost": _numbers,
     "unit_s": _integers(1), "increment_s": _integers(1), "initial_s": _integers(0),
-    "currency": _currencies, "origins": _no_origins, "destination": _destinations,
+    "currency": _currencies, "destination": _destinations,
 }
 
 
@@ -394,14 +405,15 @@ def _block_path(prof: ColumnProfile, pos: dict[str, int], const: dict[str, str],
     The csv module splits the block; ``zip`` turns it into columns; each
     column is checked with a few C-level string operations (digits, one dot,
     ISO codes ...) and the COPY text is assembled with ``zip``/``join``. A
-    block with anything unusual (quotes, blank lines, spaces, an origin list,
-    an odd number, a duplicate) returns ``None`` and the caller takes it line
-    by line, which words the errors. Profiles with dates or periods always go
-    line by line."""
+    block with anything unusual (a quoted field over two lines, blank lines,
+    spaces, an odd number, a bad origin list) returns ``None`` and the caller
+    takes it line by line, which words the errors. Profiles with dates or
+    periods always go line by line."""
     if any(f not in _BLOCK_FIELDS for f in pos) or (lead and not lead.endswith("\t")):
         return None
     width = max(pos.values()) + 1
     comma = prof.decimal_separator == ","
+    checks = {**_COLUMN_CHECKS, "origins": _origins(prof.origins_separator)}
 
     def columns(rows: list[list[str]]) -> list[Iterable[str]] | None:
         cols = list(zip(*rows, strict=False))  # rows may have extra columns: truncate
@@ -411,15 +423,16 @@ def _block_path(prof: ColumnProfile, pos: dict[str, int], const: dict[str, str],
             if idx is None:
                 out.append(repeat(const[name]))
                 continue
-            col = _COLUMN_CHECKS[name](cols[idx], comma)
+            col = checks[name](cols[idx], comma)
             if col is None:
                 return None
             out.append(col)
         return out
 
     def block(parser: DeckParser, base: int, chunk: list[str]) -> str | None:
-        text = "".join(chunk)
-        if '"' in text:
+        # A quoted field over two lines needs the line-by-line path, which keeps the
+        # line numbers (a line of the block that csv joins to the next changes the count).
+        if '"' in "".join(chunk) and any(line.count('"') % 2 for line in chunk):
             return None
         try:
             rows = list(csv.reader(chunk, delimiter=prof.delimiter))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,20 +142,59 @@ plain_rows = st.lists(
     max_size=30)
 
 
+def assert_fast_equals_line_by_line(text: str, profile: ColumnProfile = GENERIC) -> None:
+    """A blank line after the header sends the whole block line by line (the slow path):
+    both paths must give the same rows and problems (line numbers one apart)."""
+    header, _, data = text.partition("\n")
+    fast_rows, fast_problems = parse(text, profile)
+    slow_rows, slow_problems = parse(f"{header}\n\n{data}", profile)
+    assert fast_rows == [[*r[:-1], str(int(r[-1]) - 1)] for r in slow_rows]
+    assert fast_problems == [replace(p, line=p.line - 1) for p in slow_problems]
+
+
 @settings(max_examples=200, deadline=None)
 @given(plain_rows)
 def test_fast_block_path_equals_line_by_line(rows: list[tuple[object, ...]]) -> None:
-    plain, quoted = [], []
-    for prefix, dest, rate, connect, initial, increment, some in rows:
-        d = f'"{dest}"' if some else dest
-        plain.append(f"{prefix},{d},{rate},{connect},{initial},{increment}")
-        quoted.append(f'{prefix},"{dest}",{rate},{connect},{initial},{increment}')
-    end = "\n" if rows else ""
-    fast_rows, fast_problems = parse(HEADER + "\n".join(plain) + end)
-    # A quote in a block sends the whole block line by line (the slow path).
-    slow_rows, slow_problems = parse(HEADER + "\n".join(quoted) + end)
-    assert fast_rows == slow_rows
-    assert fast_problems == slow_problems
+    lines = []
+    for prefix, dest, rate, connect, initial, increment, quoted in rows:
+        d = f'"{dest}"' if quoted else dest
+        lines.append(f"{prefix},{d},{rate},{connect},{initial},{increment}")
+    assert_fast_equals_line_by_line(HEADER + "".join(line + "\n" for line in lines))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["81", "8190", "0", "x1"]),
+    st.sampled_from(["Japan", '"Armenia - Mobile (Orange, VEON)"', '"a ""b"""', "x\\y",
+                     'odd"quote', '"two\nlines"', '"tab\tin"']),
+    st.sampled_from(["0.1398", "1", "-1", "1,5"]),
+    st.sampled_from(["", "212 33 212", " 44  1 ", "33", "x", "0 1", "   "])), max_size=30))
+def test_fast_path_with_origins_and_quotes_equals_line_by_line(
+        rows: list[tuple[str, str, str, str]]) -> None:
+    text = "prefix,destination,rate_usd_per_min,origination_prefixes\n" + "".join(
+        ",".join(row) + "\n" for row in rows)
+    assert_fast_equals_line_by_line(text, load_profile("plivo"))
+
+
+def test_plivo_deck_goes_the_fast_path() -> None:
+    """Quoted destinations and origin lists no longer send a block line by line."""
+    text = ('prefix,destination,rate_usd_per_min,origination_prefixes\n'
+            '37441,"Armenia - Mobile - Major Carriers (Orange, VEON)",0.3363,\n'
+            '971,United Arab Emirates,1.7500,212 33 212\n')
+    profile = load_profile("plivo")
+    parser = DeckParser(profile)
+    slow = parser._slow
+    lines: list[str] = []
+
+    def spy(text: str, line: int, get: dict[str, int], const: dict[str, str],
+            width: int) -> list[str]:
+        lines.append(text)
+        return slow(text, line, get, const, width)
+
+    parser._slow = spy  # type: ignore[method-assign]
+    out = "".join(parser.chunks(io.StringIO(text, newline="")))
+    assert lines == [] and parser.row_count == 2
+    assert [line.split("\t")[9] for line in out.splitlines()] == ["", "212 33"]
 
 
 def test_field_larger_than_128_kib_is_read() -> None:
