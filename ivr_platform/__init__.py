@@ -7,4 +7,6 @@ platform" section of docs/CONTRACTS.md):
   public holidays and special days, in Asia/Tokyo (pure).
 * :mod:`ivr_platform.speech`: how numbers, yen, phone numbers, durations, times and
   dates are read aloud, in Japanese and English (pure).
+* :mod:`ivr_platform.tts`: prompts rendered by Open JTalk (Japanese) or espeak-ng
+  (English) into 8 kHz 16-bit mono WAV files, cached by a hash of what was asked.
 """

@@ -1,7 +1,7 @@
 """How numbers, yen, phone numbers, durations, times and dates are read aloud (pure).
 
 Each function returns the text a TTS engine is given. :class:`Japanese` writes what
-Open JTalk reads right (checked against the phonemes it makes of them):
+Open JTalk reads right (tests/integration/test_ivr_tts.py checks its phonemes):
 
 * amounts in kanji numerals, the Japanese way: 1200 → 千二百円, 10000 → 一万円,
   1234567 → 百二十三万四千五百六十七円 (一 is dropped before 十, 百 and 千, kept before

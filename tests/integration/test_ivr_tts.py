@@ -1,0 +1,143 @@
+"""Prompts rendered by the real engines (Open JTalk, espeak-ng, sox) and cached by hash.
+
+A missing engine, dictionary, voice or sox fails these tests with the Debian package to
+install (the Makefile's system-deps installs them, Debian contrib for the voice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import wave
+from datetime import time as clock
+from pathlib import Path
+
+import pytest
+
+from ivr_platform.speech import ENGLISH, JAPANESE, Language
+from ivr_platform.tts import EngineMissing, EspeakVoice, OpenJTalkVoice, PromptCache
+from shared.phone import normalise
+
+SHORT = "お電話ありがとうございます。"
+LONG = ("お電話ありがとうございます。ただいま営業時間外です。営業時間は、平日の"
+        "午前九時から午後六時までです。恐れ入りますが、営業時間内におかけ直しください。")
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def _format(path: Path) -> tuple[int, int, int, float]:
+    with wave.open(str(path), "rb") as w:
+        return w.getnchannels(), w.getsampwidth(), w.getframerate(), (
+            w.getnframes() / w.getframerate())
+
+
+async def test_japanese_sentence_is_8khz_16bit_mono_and_as_long_as_its_text(
+        tmp_path: Path) -> None:
+    cache = PromptCache(tmp_path / "prompts")
+    short = await cache.get(SHORT, Language.JAPANESE)
+    long = await cache.get(LONG, Language.JAPANESE)
+    channels, width, rate, short_s = _format(short)
+    assert (channels, width, rate) == (1, 2, 8000)
+    long_s = _format(long)[3]
+    assert short_s > 1.0, short_s
+    # 74 characters against 14 (about 5 times as long): speech, not a fixed clip
+    ratio = long_s / short_s
+    assert 2.5 < ratio < 8, (short_s, long_s)
+    assert short.parent == tmp_path / "prompts" and short.suffix == ".wav"
+    assert PromptCache.media_uri(short) == f"sound:{short.with_suffix('')}"
+
+
+async def test_english_with_espeak(tmp_path: Path) -> None:
+    cache = PromptCache(tmp_path)
+    path = await cache.get(f"You have {ENGLISH.remaining(60)}.", Language.ENGLISH)
+    channels, width, rate, seconds = _format(path)
+    assert (channels, width, rate) == (1, 2, 8000)
+    assert seconds > 1.0
+
+
+async def test_a_hit_costs_a_hash_and_a_stat_and_never_renders_again(tmp_path: Path) -> None:
+    cache = PromptCache(tmp_path)
+    first = await cache.get(SHORT, Language.JAPANESE)
+    mtime = first.stat().st_mtime_ns
+    assert cache.cached(SHORT, Language.JAPANESE) == first
+    assert cache.cached("  " + SHORT + "\n", Language.JAPANESE) == first  # same text
+    started = time.perf_counter()
+    for _ in range(200):
+        assert cache.cached(SHORT, Language.JAPANESE) == first
+    per_hit_ms = (time.perf_counter() - started) / 200 * 1000
+    assert per_hit_ms < 1.0, per_hit_ms
+    assert await cache.get(SHORT, Language.JAPANESE) == first
+    assert first.stat().st_mtime_ns == mtime
+    # a different voice option, language or text is a different prompt
+    slower = PromptCache(tmp_path, {Language.JAPANESE: OpenJTalkVoice(speed=0.8),
+                                    Language.ENGLISH: EspeakVoice()})
+    assert slower.key(SHORT, Language.JAPANESE) != cache.key(SHORT, Language.JAPANESE)
+    assert cache.key(SHORT, Language.ENGLISH) != cache.key(SHORT, Language.JAPANESE)
+    assert cache.key(SHORT + "。", Language.JAPANESE) != cache.key(SHORT, Language.JAPANESE)
+
+
+async def test_concurrent_requests_render_once_and_leave_only_whole_files(
+        tmp_path: Path) -> None:
+    cache = PromptCache(tmp_path)
+    paths = await asyncio.gather(*(cache.get(LONG, Language.JAPANESE) for _ in range(5)))
+    assert len(set(paths)) == 1
+    assert _names(tmp_path) == [paths[0].name]
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_render(tmp_path: Path) -> None:
+    cache = PromptCache(tmp_path)
+    first = asyncio.create_task(cache.get(LONG, Language.JAPANESE))
+    second = asyncio.create_task(cache.get(LONG, Language.JAPANESE))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    path = await second
+    assert _format(path)[3] > 3.0
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_a_missing_component_is_named(tmp_path: Path) -> None:
+    for voice, package in [
+        (OpenJTalkVoice(program="open_jtalk-not-here"), "apt-get install open-jtalk"),
+        (OpenJTalkVoice(dictionary=tmp_path / "nodic"), "open-jtalk-mecab-naist-jdic"),
+        (OpenJTalkVoice(voice=tmp_path / "none.htsvoice"),
+         "hts-voice-nitech-jp-atr503-m001, Debian contrib"),
+    ]:
+        cache = PromptCache(tmp_path / "c", {Language.JAPANESE: voice,
+                                             Language.ENGLISH: EspeakVoice()})
+        with pytest.raises(EngineMissing, match=package):
+            await cache.get(SHORT, Language.JAPANESE)
+    with pytest.raises(ValueError, match="empty"):
+        await PromptCache(tmp_path).get("  ", Language.JAPANESE)
+    assert _names(tmp_path / "c") == []
+
+
+async def test_the_readings_are_what_open_jtalk_says() -> None:
+    """The texts of ivr_platform.speech, as Open JTalk's phonemes."""
+    jtalk = OpenJTalkVoice()
+
+    async def said(text: str) -> str:
+        return " ".join(await jtalk.phonemes(text))
+
+    assert await said(JAPANESE.yen(1200)) == "s e N n i hy a k u e N"
+    assert await said(JAPANESE.yen(600)) == "r o cl py a k u e N"
+    assert await said(JAPANESE.yen(8000)) == "h a cl s e N e N"
+    assert await said(JAPANESE.yen(10000)) == "i ch i m a N e N"
+    assert await said(JAPANESE.remaining(60)) == "n o k o r i i cl p u N d e s U"
+    # 十分 alone is じゅうぶん ("enough"): in the sentence it is じゅっぷん
+    assert await said(JAPANESE.remaining(600)) == "n o k o r i j u cl p u N d e s U"
+    assert await said(JAPANESE.remaining(540)) == "n o k o r i ky u u f u N d e s U"
+    assert await said(JAPANESE.clock(clock(15, 15))) == "g o g o s a N j i j u u g o f u N"
+    assert await said(JAPANESE.clock(clock(0, 0))) == "g o z e N r e e j i"
+    assert await said(JAPANESE.phone(normalise("090-1234-5678"))) == (
+        "z e r o pau ky u u pau z e r o pau n o pau i ch i pau n i i pau s a N pau "
+        "y o N pau n o pau g o o pau r o k u pau n a n a pau h a ch i")
+
+
+def test_cache_directory_is_created(tmp_path: Path) -> None:
+    PromptCache(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+    assert os.access(tmp_path / "a" / "b", os.W_OK)
