@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds the aiohttp application; its ``cleanup_ctx``
 generators own, in order: the database (pool, migrations, merchant sync, the
-toll-fraud guard that screens intake, rounds, legs and spend), the
+toll-fraud guard that screens intake, rounds, legs and spend), the advisors
+domain (:func:`advisors.http.install`: its admin API, presence events and timers), the
 rating service, the link to the edge (outbox relay), and the ARI connection
 with the Stasis application and the job worker. Each is torn down in reverse
 order; the worker drains running calls first (``callback.drain_s``).
@@ -28,8 +29,10 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+import advisors
 import callback_server
 import shared
+from advisors.http import install as install_advisors
 from callback_server.config import CallbackSettings
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
@@ -90,12 +93,14 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
         rates = importlib.import_module("routing_rates")
         sets.append(package_migrations("routing_rates", str(rates.__file__)))
     sets.append(package_migrations("callback", callback_server.__file__))
+    sets.append(package_migrations("advisors", advisors.__file__))
     return sets
 
 
 def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Application:
     app = _intake_app(settings, "all")
     outbox_operator.add_routes(app)
+    install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:

@@ -80,3 +80,19 @@ def test_example_config_loads(pki_dir: Path, tmp_path: Path) -> None:
     assert s.merchants[0].id == "acme" and "order" in s.flows
     assert [r.carrier_id for r in s.callback.static_routes] == ["carrier-a", "carrier-b"]
     assert s.ari.app == "callback"
+
+
+async def test_the_site_serves_the_advisors_api_on_its_own_migrations(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    """The composition root applies the advisors migration set and mounts its routes: an
+    advisor added with the example merchant's token (sha256 of "test") is listed."""
+    app = create_app(settings(pki_dir, pg_url, tmp_path), with_ari=False)
+    auth = {"Authorization": "Bearer test"}
+    async with TestClient(TestServer(app)) as client:
+        client: TestClient[Any, Any]
+        resp = await client.post("/v1/advisors", headers=auth, json={
+            "display_name": "星野", "code": "7001", "price_per_minute_yen": 250,
+            "contact": {"kind": "sip", "user": "hoshino"}})
+        assert resp.status == 201, await resp.text()
+        listed = await (await client.get("/v1/advisors", headers=auth)).json()
+        assert [a["code"] for a in listed["items"]] == ["7001"]

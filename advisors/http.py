@@ -1,0 +1,338 @@
+"""The advisors admin API and presence event stream (JSON; the merchant's bearer token,
+:func:`shared.http.authenticated_merchant`, selects the tenant).
+
+* ``GET|POST /v1/advisors``, ``GET|PATCH /v1/advisors/{advisor_id}``
+* ``PUT /v1/advisors/{advisor_id}/presence``: online (standby), offline, working, break
+* ``GET /v1/advisors/events``: Server-Sent Events, one ``presence`` event per change of
+  any of the merchant's advisors (``id:`` is the event row's id; reconnect with
+  ``Last-Event-ID`` to get the ones missed), a comment every 15 s to keep it open
+* ``GET|POST /v1/advisor-groups``, ``GET|PATCH /v1/advisor-groups/{group_id}``
+* ``GET|POST /v1/customers``, ``GET|PATCH /v1/customers/{customer_id}``
+* ``GET|PUT /v1/advisor-settings``
+
+Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
+(404), ``duplicate`` (409, with ``field``), ``auth-*`` (401), ``advisors-unavailable``
+(503 before the database is connected).
+
+:func:`install` mounts the routes and, in ``cleanup_ctx`` after the site's database, the
+store, the event hub and the after-call timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from advisors import schemas as s
+from advisors.events import EventHub, since
+from advisors.live import Presences
+from advisors.model import Via
+from advisors.presence import GoOffline, GoOnline, PresenceEvent, SetBreak, SetWorking
+from advisors.store import AdvisorStore
+from shared.http import (
+    ApiError,
+    InvalidField,
+    authenticated_merchant,
+    json_response,
+    read_json_object,
+)
+from shared.openapi import MERCHANT, Operation, Param, Reply, add_operations
+from shared.site import background
+
+HEARTBEAT_S = 15.0
+#: the site's database: (URL for the LISTEN connection, pool), once connected
+Database = Callable[[web.Application], tuple[str, asyncpg.Pool]]
+
+
+@dataclass(frozen=True)
+class Services:
+    store: AdvisorStore
+    live: Presences
+    hub: EventHub
+
+
+SERVICES_KEY = web.AppKey("advisors_services", Services)
+
+
+def install(app: web.Application, database: Database) -> None:
+    add_operations(app, OPERATIONS)
+
+    async def advisors_ctx(app: web.Application) -> AsyncIterator[None]:
+        url, pool = database(app)
+        services = Services(AdvisorStore(pool), Presences(pool), EventHub(url))
+        app[SERVICES_KEY] = services
+        async with background(services.hub.run(), "advisor events"), \
+                background(services.live.run_timers(), "advisor timers"):
+            yield
+            services.hub.close()
+
+    app.cleanup_ctx.append(advisors_ctx)
+
+
+def _services(request: web.Request) -> tuple[Services, str]:
+    """The services and the caller's merchant (401 first, then 503 if not started)."""
+    merchant_id = authenticated_merchant(request)
+    services = request.app.get(SERVICES_KEY)
+    if services is None:
+        raise ApiError(503, "advisors-unavailable", "database not connected yet",
+                       retry_after_s=5)
+    return services, merchant_id
+
+
+def _path_id(request: web.Request, name: str) -> int:
+    text = request.match_info[name]
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
+        raise InvalidField(name, "expected a positive integer id")
+    return int(text)
+
+
+# --- advisors ---------------------------------------------------------------------------
+
+
+async def list_advisors(request: web.Request) -> web.Response:
+    """Every advisor of the merchant with their presence."""
+    svc, merchant = _services(request)
+    return json_response({"items": [s.advisor_json(a, p)
+                                    for a, p in await svc.store.advisors(merchant)]})
+
+
+async def create_advisor(request: web.Request) -> web.Response:
+    """A new advisor, offline until they go online."""
+    svc, merchant = _services(request)
+    new = s.parse_advisor(await read_json_object(request), create=True)
+    return json_response(s.advisor_json(*await svc.store.create_advisor(merchant, new)), 201)
+
+
+async def get_advisor(request: web.Request) -> web.Response:
+    """One advisor with their presence."""
+    svc, merchant = _services(request)
+    found = await svc.store.advisor(merchant, _path_id(request, "advisor_id"))
+    return json_response(s.advisor_json(*found))
+
+
+async def patch_advisor(request: web.Request) -> web.Response:
+    """Change the fields given; ``groups`` replaces the advisor's groups."""
+    svc, merchant = _services(request)
+    advisor_id = _path_id(request, "advisor_id")
+    changes = s.parse_advisor(await read_json_object(request), create=False)
+    return json_response(s.advisor_json(*await svc.store.update_advisor(
+        merchant, advisor_id, changes)))
+
+
+def presence_event(value: str, reason: str, svc: Services, via: Via) -> PresenceEvent:
+    at = svc.live.clock()
+    match value:
+        case "online":
+            return GoOnline(at, via)
+        case "offline":
+            return GoOffline(at, via)
+        case "working":
+            return SetWorking(at, via)
+        case _:
+            return SetBreak(at, via, reason)
+
+
+async def put_presence(request: web.Request) -> web.Response:
+    """Set the advisor online (standby: gets calls), offline, working or on break. A
+    consultation in progress goes on; the advisor takes no new one unless online."""
+    svc, merchant = _services(request)
+    advisor_id = _path_id(request, "advisor_id")
+    wanted = s.parse_presence(await read_json_object(request))
+    presence, _ = await svc.live.apply(merchant, advisor_id, presence_event(
+        wanted.presence, wanted.reason, svc, Via.API))
+    return json_response(s.presence_json(presence))
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    data = json.dumps(event, ensure_ascii=False)
+    return f"id: {event['id']}\nevent: presence\ndata: {data}\n\n".encode()
+
+
+async def advisor_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: each change of an advisor's state as it is committed (the
+    ``advisor_events`` row: advisor_id, at, event, via, before, after, desk, load,
+    reason). With ``Last-Event-ID``, the merchant's events after it come first."""
+    svc, merchant = _services(request)
+    last_header = request.headers.get("Last-Event-ID")
+    if last_header is not None and not (last_header.isascii() and last_header.isdigit()
+                                        and len(last_header) < 19):
+        raise InvalidField("Last-Event-ID", "expected an event id")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    with svc.hub.subscribe(merchant) as queue:
+        seen = int(last_header) if last_header is not None else 0
+        missed = await since(svc.store.pool, merchant, seen) if last_header else []
+        await response.prepare(request)
+        try:
+            await response.write(b": advisor presence events\n\n")
+            for event in missed:
+                await response.write(_sse(event))
+                seen = event["id"]
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if item is None:
+                    break
+                if item["id"] > seen:
+                    await response.write(_sse(item))
+                    seen = item["id"]
+        except ConnectionResetError:
+            pass  # the subscriber went away
+    return response
+
+
+# --- groups, customers, settings ------------------------------------------------------------
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    """Every group of the merchant with its members."""
+    svc, merchant = _services(request)
+    return json_response({"items": [s.group_json(g) for g in await svc.store.groups(merchant)]})
+
+
+async def create_group(request: web.Request) -> web.Response:
+    """A group customers choose; a one-member group is a named advisor."""
+    svc, merchant = _services(request)
+    new = s.parse_group(await read_json_object(request), create=True)
+    return json_response(s.group_json(await svc.store.create_group(merchant, new)), 201)
+
+
+async def get_group(request: web.Request) -> web.Response:
+    svc, merchant = _services(request)
+    return json_response(s.group_json(await svc.store.group(
+        merchant, _path_id(request, "group_id"))))
+
+
+async def patch_group(request: web.Request) -> web.Response:
+    """Rename, or replace the members."""
+    svc, merchant = _services(request)
+    group_id = _path_id(request, "group_id")
+    changes = s.parse_group(await read_json_object(request), create=False)
+    return json_response(s.group_json(await svc.store.update_group(merchant, group_id, changes)))
+
+
+async def list_customers(request: web.Request) -> web.Response:
+    svc, merchant = _services(request)
+    return json_response({"items": [s.customer_json(c)
+                                    for c in await svc.store.customers(merchant)]})
+
+
+async def create_customer(request: web.Request) -> web.Response:
+    """A customer account with its phone numbers (national or E.164)."""
+    svc, merchant = _services(request)
+    new = s.parse_customer(await read_json_object(request), create=True)
+    return json_response(s.customer_json(await svc.store.create_customer(merchant, new)), 201)
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    svc, merchant = _services(request)
+    return json_response(s.customer_json(await svc.store.customer(
+        merchant, _path_id(request, "customer_id"))))
+
+
+async def patch_customer(request: web.Request) -> web.Response:
+    """Change the account id or name, or replace the numbers."""
+    svc, merchant = _services(request)
+    customer_id = _path_id(request, "customer_id")
+    changes = s.parse_customer(await read_json_object(request), create=False)
+    return json_response(s.customer_json(await svc.store.update_customer(
+        merchant, customer_id, changes)))
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    """After-call work, ring timeout, misses before a break, lines (defaults until set)."""
+    svc, merchant = _services(request)
+    return json_response(s.settings_json(await svc.store.rules(merchant)))
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    """Change the settings given; the others keep their values."""
+    svc, merchant = _services(request)
+    data = await read_json_object(request)
+    rules = s.parse_settings(data, await svc.store.rules(merchant))
+    return json_response(s.settings_json(await svc.store.set_rules(merchant, rules)))
+
+
+# --- declarations ---------------------------------------------------------------------------
+
+_UNAVAILABLE = {503: ("advisors-unavailable",)}
+_READ = {**_UNAVAILABLE}
+_ONE = {400: ("invalid-field",), 404: ("not-found",), **_UNAVAILABLE}
+_WRITE = {400: ("invalid-field",), 409: ("duplicate",), **_UNAVAILABLE}
+_CHANGE = {400: ("invalid-field",), 404: ("not-found",), 409: ("duplicate",), **_UNAVAILABLE}
+
+
+def _id_param(name: str) -> tuple[Param, ...]:
+    return (Param(name, "path", {"type": "integer", "minimum": 1}),)
+
+
+EVENT: dict[str, Any] = {
+    "type": "string",
+    "description": "lines 'id: <n>', 'event: presence', 'data: <JSON>' per event; the JSON "
+                   "has id, merchant_id, advisor_id, at, event (online, offline, working, "
+                   "break, offered, answered, ring_missed, ended, wrap_up_elapsed), via "
+                   "(api, phone, system or null), consultation_id, before, after, desk, "
+                   "load, reason"}
+_A, _G, _C = "advisors", "advisor groups", "customers"
+OPERATIONS = (
+    Operation("GET", "/v1/advisors", list_advisors, "List advisors", _A,
+              {200: Reply("advisors", s.listing(s.ADVISOR))}, access=MERCHANT, errors=_READ),
+    Operation("POST", "/v1/advisors", create_advisor, "Add an advisor", _A,
+              {201: Reply("the advisor", s.ADVISOR)}, access=MERCHANT,
+              body=s.ADVISOR_CREATE, errors=_WRITE),
+    # before /v1/advisors/{advisor_id}: the router tries routes in order
+    Operation("GET", "/v1/advisors/events", advisor_events, "Presence event stream (SSE)", _A,
+              {200: Reply("an event stream", EVENT, "text/event-stream")}, access=MERCHANT,
+              params=(Param("Last-Event-ID", "header", {"type": "string",
+                                                         "pattern": "^[0-9]+$"},
+                            "replay the merchant's events after this id first"),),
+              errors={400: ("invalid-field",), **_UNAVAILABLE}),
+    Operation("GET", "/v1/advisors/{advisor_id}", get_advisor, "One advisor", _A,
+              {200: Reply("the advisor", s.ADVISOR)}, access=MERCHANT,
+              params=_id_param("advisor_id"), errors=_ONE),
+    Operation("PATCH", "/v1/advisors/{advisor_id}", patch_advisor, "Change an advisor", _A,
+              {200: Reply("the advisor", s.ADVISOR)}, access=MERCHANT,
+              params=_id_param("advisor_id"), body=s.ADVISOR_INPUT, errors=_CHANGE),
+    Operation("PUT", "/v1/advisors/{advisor_id}/presence", put_presence,
+              "Set an advisor's presence", _A, {200: Reply("the presence", s.PRESENCE)},
+              access=MERCHANT, params=_id_param("advisor_id"), body=s.PRESENCE_INPUT,
+              errors=_ONE),
+    Operation("GET", "/v1/advisor-groups", list_groups, "List groups", _G,
+              {200: Reply("groups", s.listing(s.GROUP))}, access=MERCHANT, errors=_READ),
+    Operation("POST", "/v1/advisor-groups", create_group, "Add a group", _G,
+              {201: Reply("the group", s.GROUP)}, access=MERCHANT, body=s.GROUP_CREATE,
+              errors=_WRITE),
+    Operation("GET", "/v1/advisor-groups/{group_id}", get_group, "One group", _G,
+              {200: Reply("the group", s.GROUP)}, access=MERCHANT,
+              params=_id_param("group_id"), errors=_ONE),
+    Operation("PATCH", "/v1/advisor-groups/{group_id}", patch_group, "Change a group", _G,
+              {200: Reply("the group", s.GROUP)}, access=MERCHANT,
+              params=_id_param("group_id"), body=s.GROUP_INPUT, errors=_CHANGE),
+    Operation("GET", "/v1/customers", list_customers, "List customers", _C,
+              {200: Reply("customers", s.listing(s.CUSTOMER))}, access=MERCHANT,
+              errors=_READ),
+    Operation("POST", "/v1/customers", create_customer, "Add a customer", _C,
+              {201: Reply("the customer", s.CUSTOMER)}, access=MERCHANT,
+              body=s.CUSTOMER_CREATE, errors=_WRITE),
+    Operation("GET", "/v1/customers/{customer_id}", get_customer, "One customer", _C,
+              {200: Reply("the customer", s.CUSTOMER)}, access=MERCHANT,
+              params=_id_param("customer_id"), errors=_ONE),
+    Operation("PATCH", "/v1/customers/{customer_id}", patch_customer, "Change a customer", _C,
+              {200: Reply("the customer", s.CUSTOMER)}, access=MERCHANT,
+              params=_id_param("customer_id"), body=s.CUSTOMER_INPUT, errors=_CHANGE),
+    Operation("GET", "/v1/advisor-settings", get_settings, "Advisor settings", _A,
+              {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT, errors=_READ),
+    Operation("PUT", "/v1/advisor-settings", put_settings, "Change advisor settings", _A,
+              {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT, body=s.SETTINGS,
+              errors={400: ("invalid-field",), **_UNAVAILABLE}),
+)

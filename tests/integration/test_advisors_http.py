@@ -1,0 +1,181 @@
+"""The advisors admin API and presence event stream over real HTTP (aiohttp test server)
+and a real PostgreSQL: merchant tokens, bad input naming its field, and a presence change
+reaching an SSE subscriber within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from advisors.http import SERVICES_KEY, install
+from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
+from tests.integration import advisors_db
+
+pytestmark = pytest.mark.integration
+pool, clean = advisors_db.fixtures()
+
+ACME, BENTO = "acme-token", "bento-token"
+AUTH = {"Authorization": f"Bearer {ACME}"}
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.fixture
+async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[TestClient[Any, Any]]:
+    app = web.Application(middlewares=[error_middleware])
+    app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME)), ("bento", digest(BENTO))])
+    install(app, lambda _: (pg_url, clean))
+    async with TestClient(TestServer(app)) as c:
+        await asyncio.wait_for(app[SERVICES_KEY].hub.listening.wait(), 10)
+        yield c
+
+
+ADVISOR = {"display_name": "月読 さくら", "code": "0123", "price_per_minute_yen": 280,
+           "contact": {"kind": "pstn", "number": "090-1111-2222"},
+           "name_prompt": "advisors/sakura"}
+
+
+async def ok(resp: ClientResponse, status: int = 200) -> Any:
+    body = await resp.json()
+    assert resp.status == status, body
+    return body
+
+
+async def field_error(resp: ClientResponse, status: int = 400) -> str:
+    body = await resp.json()
+    assert resp.status == status, body
+    return str(body["error"].get("field", body["error"]["id"]))
+
+
+async def test_advisors_groups_customers_and_settings(client: TestClient[Any, Any]) -> None:
+    assert (await client.get("/v1/advisors")).status == 401
+    created = await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201)
+    assert created["contact"] == {"kind": "pstn", "number": "+819011112222"}
+    assert created["max_concurrent"] == 1 and created["presence"]["state"] == "offline"
+    aid = created["id"]
+    group = await ok(await client.post("/v1/advisor-groups", json={
+        "name": "タロット", "members": [aid]}, headers=AUTH), 201)
+    changed = await ok(await client.patch(f"/v1/advisors/{aid}", json={
+        "contact": {"kind": "sip", "user": "sakura"}, "max_concurrent": 2}, headers=AUTH))
+    assert changed["contact"] == {"kind": "sip", "user": "sakura"}
+    assert changed["groups"] == [group["id"]] and changed["max_concurrent"] == 2
+    listed = await ok(await client.get("/v1/advisors", headers=AUTH))
+    assert [a["id"] for a in listed["items"]] == [aid]
+    assert (await ok(await client.get(f"/v1/advisor-groups/{group['id']}",
+                                      headers=AUTH)))["members"] == [aid]
+    customer = await ok(await client.post("/v1/customers", json={
+        "account": "member-42", "name": "山田", "numbers": ["08012345678"]}, headers=AUTH), 201)
+    assert customer["numbers"] == ["+818012345678"]
+    customer = await ok(await client.patch(f"/v1/customers/{customer['id']}", json={
+        "numbers": ["08012345678", "+81312345678"]}, headers=AUTH))
+    assert customer["numbers"] == ["+81312345678", "+818012345678"]
+    assert (await ok(await client.get("/v1/advisor-settings", headers=AUTH))) == {
+        "after_call": "timer", "wrap_up_s": 30, "ring_timeout_s": 20,
+        "misses_before_break": 3, "lines": 10}
+    settings = await ok(await client.put("/v1/advisor-settings", json={
+        "after_call": "manual", "lines": 3}, headers=AUTH))
+    assert settings["after_call"] == "manual" and settings["lines"] == 3
+    assert settings["wrap_up_s"] == 30
+    # another merchant's token sees none of it
+    other = {"Authorization": f"Bearer {BENTO}"}
+    assert (await ok(await client.get("/v1/advisors", headers=other)))["items"] == []
+    assert (await client.get(f"/v1/advisors/{aid}", headers=other)).status == 404
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({**ADVISOR, "code": "12a4"}, "code"),
+    ({**ADVISOR, "code": 1234}, "code"),
+    ({**ADVISOR, "price_per_minute_yen": -1}, "price_per_minute_yen"),
+    ({**ADVISOR, "price_per_minute_yen": True}, "price_per_minute_yen"),
+    ({**ADVISOR, "max_concurrent": 0}, "max_concurrent"),
+    ({**ADVISOR, "contact": {"kind": "pstn", "number": "12"}}, "contact.number"),
+    ({**ADVISOR, "contact": {"kind": "sip", "user": "a b"}}, "contact.user"),
+    ({**ADVISOR, "contact": {"kind": "fax"}}, "contact.kind"),
+    ({**ADVISOR, "contact": "09011112222"}, "contact"),
+    ({**ADVISOR, "display_name": ""}, "display_name"),
+    ({**ADVISOR, "name_prompt": "../../etc passwd"}, "name_prompt"),
+    ({**ADVISOR, "groups": [999]}, "groups"),
+    ({**ADVISOR, "colour": "red"}, "colour"),
+    ({k: v for k, v in ADVISOR.items() if k != "code"}, "code"),
+])
+async def test_bad_advisor_input_is_a_400_naming_the_field(
+        client: TestClient[Any, Any], body: dict[str, Any], field: str) -> None:
+    assert await field_error(await client.post("/v1/advisors", json=body,
+                                               headers=AUTH)) == field
+    assert (await ok(await client.get("/v1/advisors", headers=AUTH)))["items"] == []
+
+
+async def test_other_bad_input_and_duplicates(client: TestClient[Any, Any]) -> None:
+    aid = (await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201))["id"]
+    assert await field_error(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH),
+                             409) == "code"
+    assert await field_error(await client.get("/v1/advisors/x1", headers=AUTH)) == "advisor_id"
+    assert await field_error(await client.get("/v1/advisors/9999", headers=AUTH),
+                             404) == "not-found"
+    assert await field_error(await client.put(f"/v1/advisors/{aid}/presence", json={
+        "presence": "asleep"}, headers=AUTH)) == "presence"
+    assert await field_error(await client.put("/v1/advisor-settings", json={
+        "after_call": "never"}, headers=AUTH)) == "after_call"
+    assert await field_error(await client.put("/v1/advisor-settings", json={
+        "lines": 0}, headers=AUTH)) == "lines"
+    assert await field_error(await client.post("/v1/customers", json={
+        "account": "a", "numbers": []}, headers=AUTH)) == "numbers"
+    assert await field_error(await client.post("/v1/customers", json={
+        "account": "a", "numbers": ["090", "abc"]}, headers=AUTH)) == "numbers[0]"
+    assert await field_error(await client.post("/v1/advisor-groups", json={
+        "name": "g", "members": ["1"]}, headers=AUTH)) == "members"
+    resp = await client.post("/v1/advisors", data=b"{", headers=AUTH)
+    assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
+
+
+async def next_event(resp: ClientResponse) -> dict[str, Any]:
+    event: dict[str, str] = {}
+    while True:
+        line = (await resp.content.readline()).decode().rstrip("\n")
+        if not line and "data" in event:
+            data = json.loads(event["data"])
+            assert (event["event"], int(event["id"])) == ("presence", data["id"])
+            return dict(data)
+        if line and not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            event[key] = value
+
+
+async def test_a_presence_change_reaches_an_sse_subscriber_within_a_second(
+        client: TestClient[Any, Any]) -> None:
+    aid = (await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201))["id"]
+    async with client.get("/v1/advisors/events", headers=AUTH) as stream:
+        assert stream.status == 200
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        assert (await stream.content.readline()).startswith(b":")
+        started = time.monotonic()
+        presence = await ok(await client.put(f"/v1/advisors/{aid}/presence", json={
+            "presence": "online"}, headers=AUTH))
+        event = await asyncio.wait_for(next_event(stream), 5)
+        elapsed = time.monotonic() - started
+        assert presence["state"] == "standby"
+        assert (event["event"], event["advisor_id"], event["before"], event["after"],
+                event["via"]) == ("online", aid, "offline", "standby", "api")
+        assert elapsed < 1.0, f"{elapsed:.3f} s"
+        await ok(await client.put(f"/v1/advisors/{aid}/presence", json={
+            "presence": "break", "reason": "昼休み"}, headers=AUTH))
+        second = await asyncio.wait_for(next_event(stream), 5)
+        assert (second["after"], second["reason"]) == ("break", "昼休み")
+    # reconnecting with the last id seen replays what came after it
+    async with client.get("/v1/advisors/events", headers={
+            **AUTH, "Last-Event-ID": str(event["id"])}) as again:
+        replayed = await asyncio.wait_for(next_event(again), 5)
+        assert replayed["id"] == second["id"]
+    bad = await client.get("/v1/advisors/events", headers={**AUTH, "Last-Event-ID": "x"})
+    assert bad.status == 400 and (await bad.json())["error"]["field"] == "Last-Event-ID"
