@@ -35,6 +35,12 @@ from shared.phone import E164, InvalidNumber
 log = logging.getLogger("edge.reports")
 
 MAX_FIELDS = 32
+#: the largest integer field (an ``integer`` column)
+MAX_INT = 2**31 - 1
+#: ``duration_s`` is ``numeric(12, 3)``
+MAX_DURATION_S = 10**9
+#: a money amount's bound: far above any call's cost, far below what the columns hold
+MAX_AMOUNT = 10**15
 CALLBACK_STATUSES = frozenset({"queued", "dialing", "completed", "failed", "cancelled"})
 
 
@@ -51,8 +57,8 @@ def _int(data: Mapping[str, Any], field: str, *, optional: bool = False) -> int 
     value = data.get(field)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidField(field, "required non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise InvalidField(field, f"required integer 0..{MAX_INT}")
     return value
 
 
@@ -63,9 +69,12 @@ def _money(data: Mapping[str, Any], field: str) -> Money | None:
     if not isinstance(value, Mapping):
         raise InvalidField(field, 'expected {"amount": "...", "currency": "..."}')
     try:
-        return Money.from_json(value)
+        money = Money.from_json(value)
     except (MoneyError, KeyError, TypeError) as exc:
         raise InvalidField(field, str(exc)) from None
+    if abs(money.amount) >= MAX_AMOUNT:
+        raise InvalidField(field, f"amount must be below {MAX_AMOUNT:,}")
+    return money
 
 
 def _ids(data: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -125,10 +134,11 @@ class Cdr:
             if isinstance(raw_duration, bool) or not isinstance(raw_duration, str | int):
                 raise ValueError
             duration = Decimal(str(raw_duration))
-            if not duration.is_finite() or duration < 0:
+            if not duration.is_finite() or not 0 <= duration < MAX_DURATION_S:
                 raise ValueError
         except (ValueError, ArithmeticError):
-            raise InvalidField("duration_s", "expected a non-negative decimal string") from None
+            raise InvalidField("duration_s", "expected a decimal string 0 <= s < "
+                                             f"{MAX_DURATION_S:,}") from None
         billed = _int(data, "billed_s")
         assert billed is not None
         carrier = data.get("carrier")
@@ -206,10 +216,11 @@ _CDR: Schema = {
         "kind": {"const": "cdr"}, **_IDS, "call_id": string(128), "leg": string(32),
         "destination": E164_NUMBER, "carrier": nullable({"type": "string"}),
         "started_at": TIMESTAMP, "answered_at": nullable(TIMESTAMP), "ended_at": TIMESTAMP,
-        "duration_s": {"anyOf": [{"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
-                                 {"type": "integer", "minimum": 0}]},
-        "billed_s": {"type": "integer", "minimum": 0},
-        "hangup_cause": nullable({"type": "integer", "minimum": 0}),
+        "duration_s": {"anyOf": [{"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]+)?$"},
+                                 {"type": "integer", "minimum": 0,
+                                  "maximum": MAX_DURATION_S - 1}]},
+        "billed_s": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+        "hangup_cause": nullable({"type": "integer", "minimum": 0, "maximum": MAX_INT}),
         "disposition": string(32), "carrier_cost": nullable(MONEY),
         "direct_cost": nullable(MONEY)}}
 _STATUS: Schema = {
@@ -218,7 +229,7 @@ _STATUS: Schema = {
         "kind": {"const": "callback_status"}, **_IDS,
         "status": {"enum": sorted(CALLBACK_STATUSES)},
         "reason": nullable({"type": "string", "maxLength": 128}),
-        "attempts": {"type": "integer", "minimum": 0}, "at": TIMESTAMP}}
+        "attempts": {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "at": TIMESTAMP}}
 #: ``POST /v1/link/events``: one report
 EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS]}
 EVENT_ANSWER: Schema = {"type": "object", "required": ["status", "kind"],

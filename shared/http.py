@@ -112,7 +112,7 @@ def parse_json(raw: bytes) -> Any:
     unpaired surrogate (no text column or UTF-8 encoder takes them)."""
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # undecodable, not JSON, or an integer of over 4,300 digits
         raise ApiError(400, "invalid-json", f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "invalid-json", "body is not valid JSON: nested too deeply") \

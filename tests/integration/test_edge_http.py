@@ -72,6 +72,22 @@ async def post_event(client: TestClient[Any, Any], event: dict[str, Any],
     return resp.status, await resp.json()
 
 
+def cdr(call_id: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": "cdr", "call_id": call_id, "callback_id": "cb-c1",
+            "edge_call_id": "edge-cb-c1", "merchant_id": "bento", "leg": "customer",
+            "destination": "+819012345678", "carrier": "carrier-b",
+            "started_at": "2026-11-22T01:02:10Z", "answered_at": None,
+            "ended_at": "2026-11-22T01:02:40Z", "duration_s": "0", "billed_s": 0,
+            "hangup_cause": 17, "disposition": "busy",
+            "carrier_cost": {"amount": "0", "currency": "USD"}, "direct_cost": None, **extra}
+
+
+def callback_status(callback_id: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": "callback_status", "callback_id": callback_id,
+            "edge_call_id": f"edge-{callback_id}", "merchant_id": "acme", "status": "queued",
+            "reason": None, "attempts": 0, "at": "2026-11-22T01:02:03Z", **extra}
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -140,6 +156,28 @@ async def test_text_no_database_column_takes_is_400(client: TestClient[Any, Any]
         assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
     resp = await client.get("/v1/requests?cursor=%00", headers=bearer(ACME_TOKEN))
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "cursor"
+
+
+@pytest.mark.parametrize(("event", "field"), [
+    (cdr("call-big-1", billed_s=2**31), "billed_s"),
+    (cdr("call-big-2", hangup_cause=2**31), "hangup_cause"),
+    (cdr("call-big-3", duration_s="1000000000"), "duration_s"),
+    (cdr("call-big-4", carrier_cost={"amount": "1e200000", "currency": "USD"}),
+     "carrier_cost"),
+    (callback_status("cb-big-5", attempts=2**31), "attempts"),
+])
+async def test_numbers_past_their_columns_are_400_naming_the_field(
+        client: TestClient[Any, Any], event: dict[str, Any], field: str) -> None:
+    status, body = await post_event(client, event)
+    assert status == 400, body
+    assert body["error"]["id"] == "invalid-field" and body["error"]["field"] == field
+
+
+async def test_a_number_of_5000_digits_is_400(client: TestClient[Any, Any]) -> None:
+    raw = json.dumps(callback_status("cb-digits")).replace('"attempts": 0',
+                                                           '"attempts": ' + "1" * 5000).encode()
+    resp = await client.post("/v1/link/events", data=raw, headers=signed(raw))
+    assert resp.status == 400 and (await resp.json())["error"]["id"] == "invalid-json"
 
 
 @pytest.mark.parametrize("at", EDGE_TIMES)
@@ -219,14 +257,7 @@ async def test_bad_query_parameters_are_400_naming_the_field(
 
 
 async def test_cdrs_are_listed_with_money_as_strings(client: TestClient[Any, Any]) -> None:
-    cdr = {"kind": "cdr", "call_id": "call-h1", "callback_id": "cb-c1",
-           "edge_call_id": "edge-cb-c1", "merchant_id": "bento", "leg": "customer",
-           "destination": "+819012345678", "carrier": "carrier-b",
-           "started_at": "2026-11-22T01:02:10Z", "answered_at": None,
-           "ended_at": "2026-11-22T01:02:40Z", "duration_s": "0", "billed_s": 0,
-           "hangup_cause": 17, "disposition": "busy",
-           "carrier_cost": {"amount": "0", "currency": "USD"}, "direct_cost": None}
-    assert (await post_event(client, cdr))[0] == 200
+    assert (await post_event(client, cdr("call-h1")))[0] == 200
     body = await (await client.get("/v1/cdrs", headers=bearer(BENTO_TOKEN))).json()
     assert len(body["items"]) == 1
     item = body["items"][0]
