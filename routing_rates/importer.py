@@ -14,6 +14,7 @@ deck) is refused unless ``allow_shrink=True``; a dry run reports it.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import gzip
 import hashlib
 import io
@@ -159,6 +160,18 @@ def _decompressed(raw: BinaryIO, path: Path) -> AbstractContextManager[BinaryIO]
     return nullcontext(raw)
 
 
+def _undecodable_line(path: Path, encoding: str) -> int:
+    """The first line that does not decode (looked for only once decoding failed)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as raw, _decompressed(raw, path) as data:
+        for number, line in enumerate(data, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
 async def _chunks(parser: DeckParser, path: Path, profile: ColumnProfile,
                   progress: bool) -> AsyncIterator[bytes]:
     """COPY data, parsed in a worker thread so parsing overlaps PostgreSQL's work.
@@ -278,7 +291,10 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
                     part, source=_chunks(parser, path, profile, progress),
                     columns=ROW_COLUMNS, format="text")
             except UnicodeDecodeError as exc:
-                raise ImportRefused(f"{source}: not {profile.encoding} text: {exc}") from exc
+                line = await asyncio.to_thread(_undecodable_line, path, profile.encoding)
+                raise ImportRefused(f"{source}:{line}: not {profile.encoding} text: "
+                                    f"{exc.reason} (byte {exc.object[exc.start:exc.end]!r})"
+                                    ) from exc
             # Duplicates are looked for even in a deck with bad lines: the first report
             # lists every problem.
             duplicates = await index_and_dedupe(conn, part, parser)
