@@ -33,7 +33,6 @@ from advisors import schemas as s
 from advisors.events import EventHub, since
 from advisors.live import Presences
 from advisors.model import Via
-from advisors.presence import GoOffline, GoOnline, PresenceEvent, SetBreak, SetWorking
 from advisors.store import AdvisorStore
 from shared.http import (
     ApiError,
@@ -125,27 +124,14 @@ async def patch_advisor(request: web.Request) -> web.Response:
         merchant, advisor_id, changes)))
 
 
-def presence_event(value: str, reason: str, svc: Services, via: Via) -> PresenceEvent:
-    at = svc.live.clock()
-    match value:
-        case "online":
-            return GoOnline(at, via)
-        case "offline":
-            return GoOffline(at, via)
-        case "working":
-            return SetWorking(at, via)
-        case _:
-            return SetBreak(at, via, reason)
-
-
 async def put_presence(request: web.Request) -> web.Response:
     """Set the advisor online (standby: gets calls), offline, working or on break. A
     consultation in progress goes on; the advisor takes no new one unless online."""
     svc, merchant = _services(request)
     advisor_id = _path_id(request, "advisor_id")
     wanted = s.parse_presence(await read_json_object(request))
-    presence, _ = await svc.live.apply(merchant, advisor_id, presence_event(
-        wanted.presence, wanted.reason, svc, Via.API))
+    presence, _ = await svc.live.apply(merchant, advisor_id,
+                                       wanted.event(svc.live.clock(), Via.API))
     return json_response(s.presence_json(presence))
 
 

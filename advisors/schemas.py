@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from advisors.model import (
@@ -22,8 +23,16 @@ from advisors.model import (
     PstnContact,
     Rules,
     SipContact,
+    Via,
 )
-from advisors.presence import Presence
+from advisors.presence import (
+    GoOffline,
+    GoOnline,
+    Presence,
+    PresenceEvent,
+    SetBreak,
+    SetWorking,
+)
 from shared.http import InvalidField
 from shared.openapi import TIMESTAMP, Schema, nullable, string
 from shared.phone import E164, InvalidNumber, normalise
@@ -216,6 +225,17 @@ def parse_settings(data: Mapping[str, Any], current: Rules) -> Rules:
 class PresenceInput:
     presence: str
     reason: str
+
+    def event(self, at: datetime, via: Via) -> PresenceEvent:
+        match self.presence:
+            case "online":
+                return GoOnline(at, via)
+            case "offline":
+                return GoOffline(at, via)
+            case "working":
+                return SetWorking(at, via)
+            case _:
+                return SetBreak(at, via, self.reason)
 
 
 def parse_presence(data: Mapping[str, Any]) -> PresenceInput:
