@@ -46,8 +46,8 @@ asterisk: system-deps
 	@deploy/asterisk/provision-root.sh $(ASTERISK_ROOT)
 
 lint: venv
-	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates advisors ivr_platform deploy tests bench demo
-	$(VENV)/bin/mypy shared edge_server callback_server routing_rates advisors ivr_platform demo
+	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates advisors ivr_platform billing deploy tests bench demo
+	$(VENV)/bin/mypy shared edge_server callback_server routing_rates advisors ivr_platform billing demo
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
