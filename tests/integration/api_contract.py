@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shared.link import LINK_PREFIX, OPERATOR_PREFIX
+from shared.openapi import document
 from shared.signing import Signer
 from tests.integration.test_openapi_routes import routes_of
 
@@ -82,6 +83,8 @@ def run_schemathesis(base_url: str, session: SigningSession, *, max_examples: in
     failures: dict[str, str] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
+        if (operation.method.upper(), operation.path) in streams(document):
+            continue
         declared = document["paths"][operation.path][operation.method.lower()]
         has_input = "parameters" in declared or "requestBody" in declared
         # the API's valid token, over one the generator made up for the security scheme
@@ -91,9 +94,11 @@ def run_schemathesis(base_url: str, session: SigningSession, *, max_examples: in
         modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input \
             else (GenerationMode.POSITIVE,)   # nothing to make invalid
         for mode in modes:
+            # half as many invalid cases: the raw fuzz sends more of those
+            examples = max_examples if mode is GenerationMode.POSITIVE else max_examples // 2
             try:
                 _check_operation(base_url, session, operation.as_strategy(mode), credentials,
-                                 max_examples)
+                                 examples)
             except Exception as exc:  # every failure, of every operation, is reported
                 failures[f"{operation.label} ({mode})"] = str(exc)[:3000]
     return failures
@@ -137,9 +142,18 @@ async def assert_keeps_its_document(served: Served) -> None:
     assert failures == {}, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
 
 
+def streams(document: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(method, path) of the operations that answer an event stream: left out of both runs
+    (a valid request stays open)."""
+    return {(method.upper(), path) for path, item in document["paths"].items()
+            for method, op in item.items()
+            if any("text/event-stream" in reply.get("content", {})
+                   for reply in op["responses"].values())}
+
+
 async def assert_no_5xx(served: Served) -> None:
-    failures = await asyncio.to_thread(fuzz_routes, served.base_url, sorted(routes_of(served.app)),
-                                       served.session)
+    routes = sorted(routes_of(served.app) - streams(document(served.app)))
+    failures = await asyncio.to_thread(fuzz_routes, served.base_url, routes, served.session)
     assert failures == {}, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
 
 

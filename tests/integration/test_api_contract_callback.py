@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+import advisors
+from advisors.http import install as install_advisors
 from callback_server.guard.http import GUARD_KEY, install
 from callback_server.guard.service import Guard
 from callback_server.guard.settings import GuardSettings
@@ -21,6 +23,7 @@ from routing_rates.http import routes as rates_routes
 from routing_rates.index import Row
 from routing_rates.service import RatingService
 from shared import outbox_operator
+from shared.db import migrate_url, package_migrations
 from shared.link import OPERATOR_PREFIX
 from shared.metrics_http import install as install_metrics
 from shared.openapi import add_operations
@@ -43,10 +46,10 @@ OPERATOR_SHA256 = hashlib.sha256(OPERATOR.encode()).hexdigest()
 pool, clean = callback_db.fixtures(MERCHANTS)
 
 
-def make_app(pool: asyncpg.Pool) -> web.Application:
+def make_app(pool: asyncpg.Pool, db_url: str) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
-    (operator API, intake screening), the rates routes, /metrics and the outbox's
-    dead letters."""
+    (operator API, intake screening), the rates routes, /metrics, the outbox's dead
+    letters and the advisors' admin API."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -59,16 +62,18 @@ def make_app(pool: asyncpg.Pool) -> web.Application:
     add_operations(app, rates_routes(rates))
     install_metrics(app, lambda _: pool)
     outbox_operator.add_routes(app)
+    install_advisors(app, lambda _: (db_url, pool))
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
 
 
 @pytest.fixture
-async def served(clean: asyncpg.Pool) -> AsyncIterator[Served]:
+async def served(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Served]:
+    await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__)])
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
                                                       OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back
-    async with serving(make_app(clean), session, a_callback) as served:
+    async with serving(make_app(clean, pg_url), session, a_callback) as served:
         yield served
 
 
