@@ -9,4 +9,7 @@ platform" section of docs/CONTRACTS.md):
   dates are read aloud, in Japanese and English (pure).
 * :mod:`ivr_platform.tts`: prompts rendered by Open JTalk (Japanese) or espeak-ng
   (English) into 8 kHz 16-bit mono WAV files, cached by a hash of what was asked.
+* :mod:`ivr_platform.sms` (segments and statuses, pure), :mod:`ivr_platform.sms_twilio`
+  (Twilio's Messages API), :mod:`ivr_platform.sms_store` (PostgreSQL, migration set
+  ``ivr_platform``; the sender), :mod:`ivr_platform.sms_http` (the status callback).
 """

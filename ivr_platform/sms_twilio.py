@@ -1,0 +1,186 @@
+"""Twilio's Programmable Messaging API (2010-04-01): send, fetch, and its status callbacks.
+
+* Send: ``POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json``, a form with
+  ``To``, ``From`` (a number) or ``MessagingServiceSid``, ``Body`` and optionally
+  ``StatusCallback``; HTTP basic auth ``AccountSid:AuthToken`` (the header is built here:
+  ``aiohttp.BasicAuth`` is deprecated in this aiohttp). 201 and the message resource
+  (``sid``, ``status``, ``error_code``, ``error_message``, ``num_segments``).
+* Fetch: ``GET .../Messages/{MessageSid}.json``, the same resource.
+* Status callback: Twilio POSTs a form (``MessageSid``, ``MessageStatus``, ``ErrorCode``
+  ...) to ``StatusCallback``, signed in ``X-Twilio-Signature``: base64 HMAC-SHA1 with
+  the auth token of the URL followed by each POST parameter's name and value, sorted by
+  name (:func:`signature`).
+
+Errors::
+
+    SmsError
+    ├── SmsRejected      the provider refused this message (4xx but 429): never retry it
+    └── SmsUnavailable   transport error, timeout, 429 or 5xx: the same message may be
+                         sent again later
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from ivr_platform.sms import SmsStatus
+from shared.phone import E164
+
+API_VERSION = "2010-04-01"
+DEFAULT_BASE_URL = "https://api.twilio.com"
+
+
+class SmsError(RuntimeError):
+    pass
+
+
+class SmsRejected(SmsError):
+    def __init__(self, http_status: int, code: int | None, message: str) -> None:
+        super().__init__(f"HTTP {http_status}, error {code}: {message}")
+        self.http_status, self.code, self.message = http_status, code, message
+
+
+class SmsUnavailable(SmsError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the provider says of one message."""
+
+    provider_id: str
+    status: SmsStatus
+    error_code: int | None = None
+    error_message: str | None = None
+    segments: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: str
+    base_url: str = DEFAULT_BASE_URL
+    timeout_s: float = 10.0
+
+    def __repr__(self) -> str:   # never the token in a log line
+        return f"TwilioSettings(account_sid={self.account_sid!r}, base_url={self.base_url!r})"
+
+
+class TwilioSms:
+    """One account; ``session`` belongs to the caller (the composition root)."""
+
+    provider = "twilio"
+
+    def __init__(self, session: aiohttp.ClientSession, settings: TwilioSettings) -> None:
+        self._session = session
+        self.settings = settings
+        token = f"{settings.account_sid}:{settings.auth_token}".encode()
+        self._auth = "Basic " + base64.b64encode(token).decode("ascii")
+        self._messages = (f"{settings.base_url.rstrip('/')}/{API_VERSION}/Accounts/"
+                          f"{settings.account_sid}/Messages")
+
+    async def send(self, to: E164, sender: E164 | str, body: str,
+                   status_callback: str | None = None) -> Receipt:
+        """``sender``: a number, or a Messaging Service SID (``MG…``)."""
+        form = {"To": str(to), "Body": body}
+        if isinstance(sender, E164):
+            form["From"] = str(sender)
+        else:
+            form["MessagingServiceSid"] = sender
+        if status_callback:
+            form["StatusCallback"] = status_callback
+        return await self._call("POST", f"{self._messages}.json", form)
+
+    async def fetch(self, provider_id: str) -> Receipt:
+        return await self._call("GET", f"{self._messages}/{provider_id}.json", None)
+
+    async def _call(self, method: str, url: str, form: dict[str, str] | None) -> Receipt:
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        try:
+            async with self._session.request(
+                    method, url, data=form, timeout=timeout,
+                    headers={"Authorization": self._auth, "Accept": "application/json"}) as r:
+                text = await r.text()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SmsUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        body = _json(text)
+        if status == 429 or status >= 500:
+            raise SmsUnavailable(f"{method} {url}: HTTP {status}: {text[:200]}")
+        if status >= 400:
+            code = body.get("code")
+            raise SmsRejected(status, code if isinstance(code, int) else None,
+                              str(body.get("message") or text[:200]))
+        return _receipt(body, url)
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _receipt(body: Mapping[str, Any], url: str) -> Receipt:
+    sid, status = body.get("sid"), body.get("status")
+    if not isinstance(sid, str) or not isinstance(status, str):
+        raise SmsUnavailable(f"{url}: a message resource without sid or status: "
+                             f"{json.dumps(body)[:200]}")
+    try:
+        known = SmsStatus(status)
+    except ValueError:
+        raise SmsUnavailable(f"{url}: unknown message status {status!r}") from None
+    segments = body.get("num_segments")
+    return Receipt(sid, known, _int_or_none(body.get("error_code")),
+                   body.get("error_message") or None,
+                   int(segments) if isinstance(segments, str | int) and str(segments).isdigit()
+                   else None)
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
+    """``X-Twilio-Signature`` of a POST of ``params`` to ``url``."""
+    payload = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+    digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify(auth_token: str, url: str, params: Mapping[str, str], header: str | None) -> bool:
+    return header is not None and hmac.compare_digest(
+        signature(auth_token, url, params).encode(), header.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    provider_id: str
+    status: SmsStatus
+    error_code: int | None
+
+
+def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate:
+    """A status callback's form; ValueError names the field that is wrong."""
+    sid = params.get("MessageSid") or params.get("SmsSid")
+    if not sid:
+        raise ValueError("MessageSid: required")
+    raw = params.get("MessageStatus") or params.get("SmsStatus") or ""
+    try:
+        status = SmsStatus(raw)
+    except ValueError:
+        raise ValueError(f"MessageStatus: unknown status {raw!r}") from None
+    return StatusUpdate(sid, status, _int_or_none(params.get("ErrorCode")))

@@ -1,0 +1,111 @@
+"""A local server speaking Twilio's Messages API (2010-04-01), for the SMS adapter's tests.
+
+It checks HTTP basic auth, answers Twilio's JSON resources and errors (codes 20003,
+20404, 21211, 21602, 21603, 21610), keeps what it was sent, and delivers: it POSTs status
+callbacks to ``StatusCallback`` signed as Twilio signs them (HMAC-SHA1 of the URL and the
+sorted parameters, written here from Twilio's documentation, not from the adapter).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "f" * 32
+
+
+@dataclass
+class FakeTwilio:
+    account_sid: str = ACCOUNT_SID
+    auth_token: str = AUTH_TOKEN
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    received: list[dict[str, str]] = field(default_factory=list)
+    auth_headers: list[str | None] = field(default_factory=list)
+    unsubscribed: set[str] = field(default_factory=set)
+    fail_next: list[int] = field(default_factory=list)   # HTTP statuses to answer first
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        base = "/2010-04-01/Accounts/{account}/Messages"
+        app.router.add_post(base + ".json", self._create)
+        app.router.add_get(base + "/{sid}.json", self._fetch)
+        return app
+
+    def _error(self, status: int, code: int, message: str) -> web.Response:
+        return web.json_response({"code": code, "message": message, "status": status,
+                                  "more_info": f"https://www.twilio.com/docs/errors/{code}"},
+                                 status=status)
+
+    def _authorised(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization")
+        self.auth_headers.append(header)
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return (header == f"Basic {expected}"
+                and request.match_info["account"] == self.account_sid)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        if self.fail_next:
+            return web.Response(status=self.fail_next.pop(0), text="upstream trouble")
+        if not self._authorised(request):
+            return self._error(401, 20003, "Authenticate")
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        self.received.append(form)
+        to = form.get("To", "")
+        if not re.fullmatch(r"\+[1-9][0-9]{6,14}", to):
+            return self._error(400, 21211, f"Invalid 'To' Phone Number: {to}")
+        if not form.get("From") and not form.get("MessagingServiceSid"):
+            return self._error(400, 21603, "A 'From' phone number is required.")
+        if not form.get("Body"):
+            return self._error(400, 21602, "Message body is required.")
+        if to in self.unsubscribed:
+            return self._error(400, 21610, "Attempt to send to unsubscribed recipient")
+        sid = "SM" + secrets.token_hex(16)
+        resource = {
+            "sid": sid, "account_sid": self.account_sid, "to": to,
+            "from": form.get("From"), "messaging_service_sid": form.get("MessagingServiceSid"),
+            "body": form["Body"], "status": "accepted" if form.get("MessagingServiceSid")
+            else "queued", "num_segments": "1", "direction": "outbound-api",
+            "error_code": None, "error_message": None, "price": None, "price_unit": "USD",
+            "api_version": "2010-04-01", "status_callback": form.get("StatusCallback"),
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"}
+        self.messages[sid] = resource
+        return web.json_response(resource, status=201)
+
+    async def _fetch(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return self._error(401, 20003, "Authenticate")
+        resource = self.messages.get(request.match_info["sid"])
+        if resource is None:
+            return self._error(404, 20404, "The requested resource was not found")
+        return web.json_response(resource)
+
+    def sign(self, url: str, params: dict[str, str]) -> str:
+        data = url + "".join(key + params[key] for key in sorted(params))
+        mac = hmac.new(self.auth_token.encode(), data.encode(), hashlib.sha1)
+        return base64.b64encode(mac.digest()).decode()
+
+    async def deliver(self, sid: str, status: str, error_code: int | None = None,
+                      signature: str | None = None) -> int:
+        """POST one status callback for ``sid``; the HTTP status it got."""
+        resource = self.messages[sid]
+        resource["status"] = status
+        resource["error_code"] = error_code
+        params = {"AccountSid": self.account_sid, "ApiVersion": "2010-04-01",
+                  "From": resource["from"] or "", "To": resource["to"], "MessageSid": sid,
+                  "SmsSid": sid, "MessageStatus": status, "SmsStatus": status}
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        url = resource["status_callback"]
+        headers = {"X-Twilio-Signature": signature or self.sign(url, params)}
+        async with aiohttp.ClientSession() as session, session.post(
+                url, data=params, headers=headers) as response:
+            return response.status
