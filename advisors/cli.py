@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -57,12 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--merchant", required=True, help="the merchant id")
     nouns = p.add_subparsers(dest="noun", required=True)
 
-    adv = nouns.add_parser("advisor").add_subparsers(dest="verb", required=True)
-    adv.add_parser("list")
-    for verb in ("add", "set"):
-        a = adv.add_parser(verb)
-        if verb == "set":
-            a.add_argument("id", type=int)
+    def advisor_options(a: argparse.ArgumentParser) -> None:
         a.add_argument("--name", dest="display_name")
         a.add_argument("--prompt", dest="name_prompt")
         a.add_argument("--code")
@@ -72,29 +67,23 @@ def parser() -> argparse.ArgumentParser:
         a.add_argument("--price", dest="price_per_minute_yen", type=int, help="yen per minute")
         a.add_argument("--max-concurrent", type=int)
         a.add_argument("--group", dest="groups", type=int, action="append")
+
+    def group_options(g: argparse.ArgumentParser) -> None:
+        g.add_argument("--name")
+        g.add_argument("--member", dest="members", type=int, action="append")
+
+    def customer_options(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--account")
+        c.add_argument("--name")
+        c.add_argument("--number", dest="numbers", action="append")
+
+    adv = _collection(nouns, "advisor", advisor_options)
     pres = adv.add_parser("presence")
     pres.add_argument("id", type=int)
     pres.add_argument("presence", choices=s.PRESENCE_VALUES)
     pres.add_argument("--reason")
-
-    grp = nouns.add_parser("group").add_subparsers(dest="verb", required=True)
-    grp.add_parser("list")
-    for verb in ("add", "set"):
-        g = grp.add_parser(verb)
-        if verb == "set":
-            g.add_argument("id", type=int)
-        g.add_argument("--name")
-        g.add_argument("--member", dest="members", type=int, action="append")
-
-    cus = nouns.add_parser("customer").add_subparsers(dest="verb", required=True)
-    cus.add_parser("list")
-    for verb in ("add", "set"):
-        c = cus.add_parser(verb)
-        if verb == "set":
-            c.add_argument("id", type=int)
-        c.add_argument("--account")
-        c.add_argument("--name")
-        c.add_argument("--number", dest="numbers", action="append")
+    _collection(nouns, "group", group_options)
+    _collection(nouns, "customer", customer_options)
 
     st = nouns.add_parser("settings").add_subparsers(dest="verb", required=True)
     st.add_parser("show")
@@ -106,6 +95,18 @@ def parser() -> argparse.ArgumentParser:
     ev = nouns.add_parser("events", help="the merchant's presence events, oldest first")
     ev.add_argument("--since", type=int, default=0, help="after this event id")
     return p
+
+
+def _collection(nouns: Any, noun: str, options: Callable[[argparse.ArgumentParser], None]
+                ) -> Any:
+    """``NOUN list``, ``NOUN add [options]``, ``NOUN set ID [options]``."""
+    verbs = nouns.add_parser(noun).add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list")
+    options(verbs.add_parser("add"))
+    change = verbs.add_parser("set")
+    change.add_argument("id", type=int)
+    options(change)
+    return verbs
 
 
 def _fields(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:

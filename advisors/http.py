@@ -33,6 +33,14 @@ from advisors import schemas as s
 from advisors.events import EventHub, since
 from advisors.live import Presences
 from advisors.model import Via
+from advisors.resources import (
+    ADVISORS,
+    CUSTOMERS,
+    GROUPS,
+    UNAVAILABLE,
+    id_param,
+    path_id,
+)
 from advisors.store import AdvisorStore
 from shared.http import (
     ApiError,
@@ -84,51 +92,19 @@ def _services(request: web.Request) -> tuple[Services, str]:
     return services, merchant_id
 
 
-def _path_id(request: web.Request, name: str) -> int:
-    text = request.match_info[name]
-    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
-        raise InvalidField(name, "expected a positive integer id")
-    return int(text)
-
-
-# --- advisors ---------------------------------------------------------------------------
-
-
-async def list_advisors(request: web.Request) -> web.Response:
-    """Every advisor of the merchant with their presence."""
+def _directory(request: web.Request) -> tuple[AdvisorStore, str]:
     svc, merchant = _services(request)
-    return json_response({"items": [s.advisor_json(a, p)
-                                    for a, p in await svc.store.advisors(merchant)]})
+    return svc.store, merchant
 
 
-async def create_advisor(request: web.Request) -> web.Response:
-    """A new advisor, offline until they go online."""
-    svc, merchant = _services(request)
-    new = s.parse_advisor(await read_json_object(request), create=True)
-    return json_response(s.advisor_json(*await svc.store.create_advisor(merchant, new)), 201)
-
-
-async def get_advisor(request: web.Request) -> web.Response:
-    """One advisor with their presence."""
-    svc, merchant = _services(request)
-    found = await svc.store.advisor(merchant, _path_id(request, "advisor_id"))
-    return json_response(s.advisor_json(*found))
-
-
-async def patch_advisor(request: web.Request) -> web.Response:
-    """Change the fields given; ``groups`` replaces the advisor's groups."""
-    svc, merchant = _services(request)
-    advisor_id = _path_id(request, "advisor_id")
-    changes = s.parse_advisor(await read_json_object(request), create=False)
-    return json_response(s.advisor_json(*await svc.store.update_advisor(
-        merchant, advisor_id, changes)))
+# --- presence and events -------------------------------------------------------------
 
 
 async def put_presence(request: web.Request) -> web.Response:
     """Set the advisor online (standby: gets calls), offline, working or on break. A
     consultation in progress goes on; the advisor takes no new one unless online."""
     svc, merchant = _services(request)
-    advisor_id = _path_id(request, "advisor_id")
+    advisor_id = path_id(request, "advisor_id")
     wanted = s.parse_presence(await read_json_object(request))
     presence, _ = await svc.live.apply(merchant, advisor_id,
                                        wanted.event(svc.live.clock(), Via.API))
@@ -180,61 +156,6 @@ async def advisor_events(request: web.Request) -> web.StreamResponse:
 # --- groups, customers, settings ------------------------------------------------------------
 
 
-async def list_groups(request: web.Request) -> web.Response:
-    """Every group of the merchant with its members."""
-    svc, merchant = _services(request)
-    return json_response({"items": [s.group_json(g) for g in await svc.store.groups(merchant)]})
-
-
-async def create_group(request: web.Request) -> web.Response:
-    """A group customers choose; a one-member group is a named advisor."""
-    svc, merchant = _services(request)
-    new = s.parse_group(await read_json_object(request), create=True)
-    return json_response(s.group_json(await svc.store.create_group(merchant, new)), 201)
-
-
-async def get_group(request: web.Request) -> web.Response:
-    svc, merchant = _services(request)
-    return json_response(s.group_json(await svc.store.group(
-        merchant, _path_id(request, "group_id"))))
-
-
-async def patch_group(request: web.Request) -> web.Response:
-    """Rename, or replace the members."""
-    svc, merchant = _services(request)
-    group_id = _path_id(request, "group_id")
-    changes = s.parse_group(await read_json_object(request), create=False)
-    return json_response(s.group_json(await svc.store.update_group(merchant, group_id, changes)))
-
-
-async def list_customers(request: web.Request) -> web.Response:
-    svc, merchant = _services(request)
-    return json_response({"items": [s.customer_json(c)
-                                    for c in await svc.store.customers(merchant)]})
-
-
-async def create_customer(request: web.Request) -> web.Response:
-    """A customer account with its phone numbers (national or E.164)."""
-    svc, merchant = _services(request)
-    new = s.parse_customer(await read_json_object(request), create=True)
-    return json_response(s.customer_json(await svc.store.create_customer(merchant, new)), 201)
-
-
-async def get_customer(request: web.Request) -> web.Response:
-    svc, merchant = _services(request)
-    return json_response(s.customer_json(await svc.store.customer(
-        merchant, _path_id(request, "customer_id"))))
-
-
-async def patch_customer(request: web.Request) -> web.Response:
-    """Change the account id or name, or replace the numbers."""
-    svc, merchant = _services(request)
-    customer_id = _path_id(request, "customer_id")
-    changes = s.parse_customer(await read_json_object(request), create=False)
-    return json_response(s.customer_json(await svc.store.update_customer(
-        merchant, customer_id, changes)))
-
-
 async def get_settings(request: web.Request) -> web.Response:
     """After-call work, ring timeout, misses before a break, lines (defaults until set)."""
     svc, merchant = _services(request)
@@ -251,17 +172,6 @@ async def put_settings(request: web.Request) -> web.Response:
 
 # --- declarations ---------------------------------------------------------------------------
 
-_UNAVAILABLE = {503: ("advisors-unavailable",)}
-_READ = {**_UNAVAILABLE}
-_ONE = {400: ("invalid-field",), 404: ("not-found",), **_UNAVAILABLE}
-_WRITE = {400: ("invalid-field",), 409: ("duplicate",), **_UNAVAILABLE}
-_CHANGE = {400: ("invalid-field",), 404: ("not-found",), 409: ("duplicate",), **_UNAVAILABLE}
-
-
-def _id_param(name: str) -> tuple[Param, ...]:
-    return (Param(name, "path", {"type": "integer", "minimum": 1}),)
-
-
 EVENT: dict[str, Any] = {
     "type": "string",
     "description": "lines 'id: <n>', 'event: presence', 'data: <JSON>' per event; the JSON "
@@ -271,54 +181,26 @@ EVENT: dict[str, Any] = {
                    "load, reason"}
 _A, _G, _C = "advisors", "advisor groups", "customers"
 OPERATIONS = (
-    Operation("GET", "/v1/advisors", list_advisors, "List advisors", _A,
-              {200: Reply("advisors", s.listing(s.ADVISOR))}, access=MERCHANT, errors=_READ),
-    Operation("POST", "/v1/advisors", create_advisor, "Add an advisor", _A,
-              {201: Reply("the advisor", s.ADVISOR)}, access=MERCHANT,
-              body=s.ADVISOR_CREATE, errors=_WRITE),
+    *ADVISORS.collection(_directory),
     # before /v1/advisors/{advisor_id}: the router tries routes in order
-    Operation("GET", "/v1/advisors/events", advisor_events, "Presence event stream (SSE)", _A,
-              {200: Reply("an event stream", EVENT, "text/event-stream")}, access=MERCHANT,
+    Operation("GET", "/v1/advisors/events", advisor_events, "Presence event stream (SSE)",
+              "advisors", {200: Reply("an event stream", EVENT, "text/event-stream")},
+              access=MERCHANT,
               params=(Param("Last-Event-ID", "header", {"type": "string",
                                                          "pattern": "^[0-9]+$"},
                             "replay the merchant's events after this id first"),),
-              errors={400: ("invalid-field",), **_UNAVAILABLE}),
-    Operation("GET", "/v1/advisors/{advisor_id}", get_advisor, "One advisor", _A,
-              {200: Reply("the advisor", s.ADVISOR)}, access=MERCHANT,
-              params=_id_param("advisor_id"), errors=_ONE),
-    Operation("PATCH", "/v1/advisors/{advisor_id}", patch_advisor, "Change an advisor", _A,
-              {200: Reply("the advisor", s.ADVISOR)}, access=MERCHANT,
-              params=_id_param("advisor_id"), body=s.ADVISOR_INPUT, errors=_CHANGE),
+              errors={400: ("invalid-field",), **UNAVAILABLE}),
+    *ADVISORS.items(_directory),
     Operation("PUT", "/v1/advisors/{advisor_id}/presence", put_presence,
-              "Set an advisor's presence", _A, {200: Reply("the presence", s.PRESENCE)},
-              access=MERCHANT, params=_id_param("advisor_id"), body=s.PRESENCE_INPUT,
-              errors=_ONE),
-    Operation("GET", "/v1/advisor-groups", list_groups, "List groups", _G,
-              {200: Reply("groups", s.listing(s.GROUP))}, access=MERCHANT, errors=_READ),
-    Operation("POST", "/v1/advisor-groups", create_group, "Add a group", _G,
-              {201: Reply("the group", s.GROUP)}, access=MERCHANT, body=s.GROUP_CREATE,
-              errors=_WRITE),
-    Operation("GET", "/v1/advisor-groups/{group_id}", get_group, "One group", _G,
-              {200: Reply("the group", s.GROUP)}, access=MERCHANT,
-              params=_id_param("group_id"), errors=_ONE),
-    Operation("PATCH", "/v1/advisor-groups/{group_id}", patch_group, "Change a group", _G,
-              {200: Reply("the group", s.GROUP)}, access=MERCHANT,
-              params=_id_param("group_id"), body=s.GROUP_INPUT, errors=_CHANGE),
-    Operation("GET", "/v1/customers", list_customers, "List customers", _C,
-              {200: Reply("customers", s.listing(s.CUSTOMER))}, access=MERCHANT,
-              errors=_READ),
-    Operation("POST", "/v1/customers", create_customer, "Add a customer", _C,
-              {201: Reply("the customer", s.CUSTOMER)}, access=MERCHANT,
-              body=s.CUSTOMER_CREATE, errors=_WRITE),
-    Operation("GET", "/v1/customers/{customer_id}", get_customer, "One customer", _C,
-              {200: Reply("the customer", s.CUSTOMER)}, access=MERCHANT,
-              params=_id_param("customer_id"), errors=_ONE),
-    Operation("PATCH", "/v1/customers/{customer_id}", patch_customer, "Change a customer", _C,
-              {200: Reply("the customer", s.CUSTOMER)}, access=MERCHANT,
-              params=_id_param("customer_id"), body=s.CUSTOMER_INPUT, errors=_CHANGE),
-    Operation("GET", "/v1/advisor-settings", get_settings, "Advisor settings", _A,
-              {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT, errors=_READ),
-    Operation("PUT", "/v1/advisor-settings", put_settings, "Change advisor settings", _A,
-              {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT, body=s.SETTINGS,
-              errors={400: ("invalid-field",), **_UNAVAILABLE}),
+              "Set an advisor's presence", "advisors",
+              {200: Reply("the presence", s.PRESENCE)}, access=MERCHANT,
+              params=id_param("advisor_id"), body=s.PRESENCE_INPUT,
+              errors={400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}),
+    *GROUPS.collection(_directory), *GROUPS.items(_directory),
+    *CUSTOMERS.collection(_directory), *CUSTOMERS.items(_directory),
+    Operation("GET", "/v1/advisor-settings", get_settings, "Advisor settings", "advisors",
+              {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT, errors=UNAVAILABLE),
+    Operation("PUT", "/v1/advisor-settings", put_settings, "Change advisor settings",
+              "advisors", {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT,
+              body=s.SETTINGS, errors={400: ("invalid-field",), **UNAVAILABLE}),
 )

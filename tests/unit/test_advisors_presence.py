@@ -3,7 +3,6 @@ event sequences (hypothesis)."""
 
 from __future__ import annotations
 
-import ast
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from advisors.presence import (
     WrapUpElapsed,
     transition,
 )
+from tests.purity import io_imports
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 RULES = Rules(after_call=AfterCallMode.TIMER, wrap_up_s=30, misses_before_break=3)
@@ -57,16 +57,9 @@ PURE = ["model.py", "presence.py", "assignment.py"]
 
 @pytest.mark.parametrize("module", PURE)
 def test_pure_modules_import_no_io(module: str) -> None:
-    tree = ast.parse((Path(advisors.__file__).parent / module).read_text())
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names.append(node.module or "")
-    banned = [n for n in names if n.split(".")[0] in {"aiohttp", "asyncpg", "asyncio", "time"}
-              or n.startswith(("shared.ari", "shared.db", "shared.http", "advisors.store",
-                               "advisors.http"))]
+    banned = io_imports(Path(advisors.__file__).parent / module,
+                        ("time", "shared.ari", "shared.db", "shared.http", "advisors.store",
+                         "advisors.live", "advisors.http"))
     assert banned == [], f"{module} imports I/O modules: {banned}"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +38,7 @@ from callback_server.dialer_messages import (
     TimerFired,
 )
 from shared.phone import E164
+from tests.purity import io_imports
 
 T0 = datetime(2026, 11, 22, 1, 2, 3, tzinfo=UTC)
 ROUTES = (Route("carrier-a", "PJSIP/09012345678@carrier-a"),
@@ -78,16 +78,7 @@ def begin(j: Job | None = None, routes: tuple[Route, ...] = ROUTES
 
 @pytest.mark.parametrize("module", ["dialer.py", "dialer_messages.py", "ivr.py", "ivr_flow.py"])
 def test_pure_modules_import_no_io(module: str) -> None:
-    path = Path(dialer.__file__).parent / module
-    tree = ast.parse(path.read_text())
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names.append(node.module or "")
-    banned = [n for n in names if n.split(".")[0] in {"aiohttp", "asyncpg", "asyncio"}
-              or n.startswith("shared.ari")]
+    banned = io_imports(Path(dialer.__file__).parent / module)
     assert banned == [], f"{module} imports I/O modules: {banned}"
 
 
