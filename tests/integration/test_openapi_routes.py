@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from jsonschema_rs import Draft202012Validator
+from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from callback_server.app import create_app as create_callback_app
 from callback_server.app import create_intake_app
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 UNUSED_DB = "postgresql://nobody@127.0.0.1:9/none"
+#: the OpenAPI 3.1 schema of a document (as schemathesis ships it)
+OPENAPI_31_DOCUMENT = Draft202012Validator(OPENAPI_31)
 
 
 def callback_settings(pki: Path, tmp_path: Path) -> CallbackSettings:
@@ -68,6 +71,7 @@ def test_every_route_is_documented_and_every_operation_is_a_route(
         assert routes - operations == set(), f"{name}: routes without an Operation"
         assert operations - routes == set(), f"{name}: operations without a route"
         assert ("GET", "/openapi.json") in routes
+        OPENAPI_31_DOCUMENT.validate(document(app))  # raises, naming what is wrong
 
 
 def test_the_callback_site_documents_its_guard_rates_and_intake_routes(
