@@ -82,6 +82,15 @@ def signed_bytes(message_id: str, timestamp: int, method: str, path: str, body: 
     return f"{message_id}.{timestamp}.{method.upper()}.{path}.{digest}".encode()
 
 
+def _check_message_id(mid: str) -> None:
+    """A ``webhook-id`` is printable ASCII (it is signed as UTF-8 bytes; a header byte the
+    server could not decode must not reach the encoder) of at most MAX_MESSAGE_ID."""
+    if len(mid) > MAX_MESSAGE_ID:
+        raise MissingSignature(f"webhook-id is longer than {MAX_MESSAGE_ID} characters")
+    if not (mid.isascii() and mid.isprintable()):
+        raise MissingSignature("webhook-id must be printable ASCII")
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     key_id: str
@@ -168,8 +177,7 @@ class Verifier:
         if not mid or not ts_text or not key_ids or not sigs:
             raise MissingSignature("request is not signed: webhook-id, webhook-timestamp, "
                                    "webhook-key-id and webhook-signature are required")
-        if len(mid) > MAX_MESSAGE_ID:
-            raise MissingSignature(f"webhook-id is longer than {MAX_MESSAGE_ID} characters")
+        _check_message_id(mid)
         try:
             ts = int(ts_text)
         except ValueError:

@@ -23,7 +23,7 @@ from shared.db import create_pool, migrate_url, package_migrations
 from shared.link import encode_batch
 from shared.signing import Signer, SigningKey, Verifier
 from tests.harness.json_log import json_log
-from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
+from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get, raw_request
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +140,15 @@ async def test_text_no_database_column_takes_is_400(client: TestClient[Any, Any]
     err = await error_of(await client.get("/v1/callbacks/cb-%00",
                                           headers={"Authorization": f"Bearer {TOKEN}"}), 400)
     assert err["id"] == "invalid-field" and err["field"] == "callback_id"
+
+
+async def test_a_message_id_with_bytes_no_text_has_is_401(client: TestClient[Any, Any]) -> None:
+    raw = body("edge-raw-id")
+    headers = signed(raw)
+    lines = b"\r\n".join(f"{k}: {v}".encode() for k, v in headers.items()
+                          if k != "webhook-id") + b"\r\nwebhook-id: \xff"
+    status, err = await raw_request(client, "POST", PATH, lines, raw)
+    assert status == 401 and err["error"]["id"] == "signature-missing"
 
 
 async def test_unknown_merchant_is_422(client: TestClient[Any, Any]) -> None:

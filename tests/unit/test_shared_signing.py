@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.signing import (
+    HEADER_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     BadSignature,
@@ -82,3 +83,12 @@ def test_missing_or_garbled_headers() -> None:
     headers = Signer([OLD], clock=clock()).headers("POST", "/p", b"x")
     with pytest.raises(BadSignature):
         verifier(OLD).verify("POST", "/p", b"x", dict(headers, **{HEADER_SIGNATURE: "v1a,AAAA"}))
+
+
+@pytest.mark.parametrize("message_id", ["\udcff", "caf\u00e9", "tab\tid"])
+def test_a_message_id_that_is_not_printable_ascii_is_refused(message_id: str) -> None:
+    """An id header with bytes a server decodes as surrogates (0xff) must not reach the
+    signed-bytes encoder: no signature is checked, whatever the timestamp and key say."""
+    headers = Signer([OLD], clock=clock()).headers("POST", "/p", b"x")
+    with pytest.raises(MissingSignature, match="printable ASCII"):
+        verifier(OLD).verify("POST", "/p", b"x", dict(headers, **{HEADER_ID: message_id}))
