@@ -12,18 +12,21 @@
 
 Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
 (404), ``duplicate`` (409, with ``field``), ``auth-*`` (401), ``advisors-unavailable``
-(503 before the database is connected).
+(503 before the database is connected), ``database-unavailable`` (503 when it is away).
 
-:func:`install` mounts the routes and, in ``cleanup_ctx`` after the site's database, the
+:func:`install` mounts the routes, adds :data:`advisors.metrics.ADVISORS_BY_STATE` to
+the site's ``/metrics`` readings and, in ``cleanup_ctx`` after the site's database, the
 store, the event hub and the after-call timers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -32,6 +35,7 @@ from aiohttp import web
 from advisors import schemas as s
 from advisors.events import EventHub, since
 from advisors.live import Presences
+from advisors.metrics import ADVISORS_BY_STATE
 from advisors.model import Via
 from advisors.resources import (
     ADVISORS,
@@ -42,15 +46,21 @@ from advisors.resources import (
     path_id,
 )
 from advisors.store import AdvisorStore
+from shared.db import CONNECTION_ERRORS
 from shared.http import (
     ApiError,
+    Handler,
     InvalidField,
+    ServiceUnavailable,
     authenticated_merchant,
     json_response,
     read_json_object,
 )
+from shared.metrics_http import READINGS_KEY
 from shared.openapi import MERCHANT, Operation, Param, Reply, add_operations
 from shared.site import background
+
+log = logging.getLogger("advisors.http")
 
 HEARTBEAT_S = 15.0
 #: the site's database: (URL for the LISTEN connection, pool), once connected
@@ -69,6 +79,8 @@ SERVICES_KEY = web.AppKey("advisors_services", Services)
 
 def install(app: web.Application, database: Database) -> None:
     add_operations(app, OPERATIONS)
+    if READINGS_KEY in app:  # the site serves /metrics
+        app[READINGS_KEY].append(ADVISORS_BY_STATE)
 
     async def advisors_ctx(app: web.Application) -> AsyncIterator[None]:
         url, pool = database(app)
@@ -131,7 +143,7 @@ async def advisor_events(request: web.Request) -> web.StreamResponse:
     with svc.hub.subscribe(merchant) as queue:
         seen = int(last_header) if last_header is not None else 0
         missed = await since(svc.store.pool, merchant, seen) if last_header else []
-        await response.prepare(request)
+        await response.prepare(request)  # from here on, no error reply: the stream ends
         try:
             await response.write(b": advisor presence events\n\n")
             for event in missed:
@@ -180,7 +192,20 @@ EVENT: dict[str, Any] = {
                    "(api, phone, system or null), consultation_id, before, after, desk, "
                    "load, reason"}
 _A, _G, _C = "advisors", "advisor groups", "customers"
-OPERATIONS = (
+def _unavailable_when_database_is(handler: Handler) -> Handler:
+    """The database away is 503 ``database-unavailable`` (retry), not 500."""
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CONNECTION_ERRORS as exc:
+            log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
+            raise ServiceUnavailable("database-unavailable", "database unavailable; retry"
+                                     ) from None
+    return guarded
+
+
+OPERATIONS = tuple(replace(op, handler=_unavailable_when_database_is(op.handler)) for op in (
     *ADVISORS.collection(_directory),
     # before /v1/advisors/{advisor_id}: the router tries routes in order
     Operation("GET", "/v1/advisors/events", advisor_events, "Presence event stream (SSE)",
@@ -203,4 +228,4 @@ OPERATIONS = (
     Operation("PUT", "/v1/advisor-settings", put_settings, "Change advisor settings",
               "advisors", {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT,
               body=s.SETTINGS, errors={400: ("invalid-field",), **UNAVAILABLE}),
-)
+))

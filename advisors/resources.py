@@ -22,7 +22,7 @@ T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741  (the input type)
 Services = Callable[[web.Request], tuple[AdvisorStore, str]]
 
-UNAVAILABLE = {503: ("advisors-unavailable",)}
+UNAVAILABLE = {503: ("advisors-unavailable", "database-unavailable")}
 _ONE = {400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}
 _ADD = {400: ("invalid-field",), 409: ("duplicate",), **UNAVAILABLE}
 _CHANGE = {**_ONE, 409: ("duplicate",)}

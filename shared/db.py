@@ -38,6 +38,13 @@ Connection: TypeAlias = asyncpg.Connection
 Record: TypeAlias = asyncpg.Record
 
 
+#: connection-level failures (the database restarting or away, a network blip), not SQL
+#: errors: what an API answers with 503 and a retry
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError)
+
+
 class MigrationError(RuntimeError):
     pass
 

@@ -179,3 +179,19 @@ async def test_a_presence_change_reaches_an_sse_subscriber_within_a_second(
         assert replayed["id"] == second["id"]
     bad = await client.get("/v1/advisors/events", headers={**AUTH, "Last-Event-ID": "x"})
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "Last-Event-ID"
+
+
+async def test_the_database_away_is_a_503_to_retry(pg_url: str) -> None:
+    from shared.db import create_pool
+
+    away = await create_pool(pg_url, min_size=1, max_size=1)
+    app = web.Application(middlewares=[error_middleware])
+    app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME))])
+    install(app, lambda _: (pg_url, away))
+    async with TestClient(TestServer(app)) as c:
+        await away.close()
+        for resp in (await c.get("/v1/advisors", headers=AUTH),
+                     await c.put("/v1/advisor-settings", json={"lines": 2}, headers=AUTH)):
+            body = await resp.json()
+            assert resp.status == 503 and body["error"]["id"] == "database-unavailable", body
+            assert resp.headers["Retry-After"] == "5"

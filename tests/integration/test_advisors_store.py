@@ -10,16 +10,19 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from advisors.assignment import Assignment, LinesBusy, OfferTo, Phase, Queue
 from advisors.errors import Duplicate, NotFound
 from advisors.events import EventHub, since
 from advisors.live import Presences
+from advisors.metrics import ADVISORS_BY_STATE
 from advisors.model import AfterCallMode, Desk, PstnContact, Rules, SipContact, State, Via
 from advisors.presence import ConsultationEnded, GoOnline, SetBreak
 from advisors.schemas import parse_advisor, parse_customer, parse_group
 from advisors.store import AdvisorStore
 from shared.http import InvalidField
+from shared.metrics_http import POOL_GETTER_KEY
 from shared.phone import E164
 from shared.site import background
 from tests.integration import advisors_db
@@ -146,6 +149,12 @@ async def test_after_call_timer_and_automatic_break(clean: asyncpg.Pool) -> None
     assert events[-1] == ("ring_missed", "break")
 
 
+def metrics_app(pool: asyncpg.Pool) -> web.Application:
+    app = web.Application()
+    app[POOL_GETTER_KEY] = lambda _: pool
+    return app
+
+
 async def concurrent_assignments(live: Presences, members: frozenset[int], n: int
                                  ) -> list[Any]:
     results = await asyncio.gather(*(live.assign("acme", Assignment(f"c{i}", members))
@@ -166,6 +175,15 @@ async def test_concurrent_assignments_never_exceed_maxima_or_lines(
     assert len(offers) == 4 and sum(isinstance(c, Queue) for c in cmds) == 8
     loads = {a.id: p.load for a, p in await store.advisors("acme")}
     assert loads == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
+    await live.answered("acme", Assignment("c0", frozenset(ids), Phase.OFFERING,
+                                           next(o.advisor_id for o in offers
+                                                if o.consultation_id == "c0")))
+    metrics = {m.name: {tuple(x.labels.values()): x.value for x in m.samples}
+               for m in await ADVISORS_BY_STATE.read(metrics_app(clean))}
+    assert metrics["cbgw_advisors"][("acme", "talking")] == 1
+    assert metrics["cbgw_advisors"][("acme", "ringing")] == 2
+    assert metrics["cbgw_advisors"][("acme", "standby")] == 0
+    assert metrics["cbgw_advisor_consultations"][("acme",)] == 4
     # the merchant's lines: 2 lines, 5 free advisors, 8 customers at once
     await clean.execute("TRUNCATE advisor_presence, advisors CASCADE")
     await store.set_rules("acme", Rules(lines=2))

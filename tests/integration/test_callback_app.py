@@ -96,3 +96,9 @@ async def test_the_site_serves_the_advisors_api_on_its_own_migrations(
         assert resp.status == 201, await resp.text()
         listed = await (await client.get("/v1/advisors", headers=auth)).json()
         assert [a["code"] for a in listed["items"]] == ["7001"]
+        assert (await client.put(f"/v1/advisors/{listed['items'][0]['id']}/presence",
+                                 json={"presence": "online"}, headers=auth)).status == 200
+        text = await (await client.get("/metrics")).text()
+    assert prom.scraped(text, "cbgw_advisors", merchant="acme", state="standby") == 1
+    assert prom.scraped(text, "cbgw_advisors", merchant="acme", state="offline") == 0
+    assert prom.scraped(text, "cbgw_advisor_consultations", merchant="acme") == 0
