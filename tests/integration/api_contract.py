@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +34,13 @@ from schemathesis.specs.openapi.checks import (
 
 from shared.link import LINK_PREFIX, OPERATOR_PREFIX
 from shared.openapi import document
-from shared.signing import Signer
+from shared.signing import (
+    HEADER_ID,
+    HEADER_KEY_ID,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    Signer,
+)
 from tests.integration.test_openapi_routes import routes_of
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -44,8 +51,9 @@ _SETTINGS = {"deadline": None, "database": None, "derandomize": True,
 
 
 class SigningSession(requests.Session):
-    """Signs link messages over their raw body; other routes get the token of the longest
-    matching path prefix in ``tokens`` (unless the request carries its own)."""
+    """Signs link messages over their raw body (unless the request carries its own
+    signature headers); other routes get the token of the longest matching path prefix in
+    ``tokens`` (unless the request carries its own)."""
 
     def __init__(self, signer: Signer, tokens: Mapping[str, str]) -> None:
         super().__init__()
@@ -54,7 +62,7 @@ class SigningSession(requests.Session):
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         path = request.path_url
-        if self.signs(path):
+        if self.signs(path) and HEADER_SIGNATURE not in request.headers:
             body = request.body or b""
             raw = body.encode() if isinstance(body, str) else body
             assert isinstance(raw, bytes)
@@ -173,15 +181,22 @@ _BODY = st.one_of(
     .map(lambda v: json.dumps(v).encode()))
 #: header bytes a client can send on one line (no CR, LF or NUL)
 _HEADER = st.binary(max_size=40).map(lambda b: b.translate(None, b"\r\n\0"))
+#: signature headers of a link request (else the session signs it), each plausible or not
+_SIGNATURE = st.fixed_dictionaries({
+    HEADER_ID: st.just(b"msg-1") | _HEADER,
+    HEADER_TIMESTAMP: st.builds(lambda: str(int(time.time())).encode()) | _HEADER,
+    HEADER_KEY_ID: st.sampled_from([b"edge-sign-1", b"callback-sign-1"]) | _HEADER,
+    HEADER_SIGNATURE: st.just(b"v1a,AAAA") | _HEADER})
 _QUERY_NAMES = ["limit", "cursor", "since", "until", "reason", "number", "at", "duration",
                 "distribution", "origin", "announce_s", "announce_mode", "inbound_tariff"]
 
 
 def fuzz_routes(base_url: str, routes: list[tuple[str, str]], session: SigningSession, *,
                 max_examples: int = 50) -> dict[str, str]:
-    """Each ``(method, path template)`` with arbitrary path parameters, query, token bytes
-    and body; the failures (a 5xx, or an error body that is not ``{"error": ...}``) by
-    route. The link routes' requests are signed, so their bodies reach the handlers."""
+    """Each ``(method, path template)`` with arbitrary path parameters, query, token bytes,
+    signature headers and body; the failures (a 5xx, or an error body that is not
+    ``{"error": ...}``) by route. Link requests without made-up signature headers are
+    signed, so their bodies reach the handlers."""
     failures: dict[str, str] = {}
     for method, template in routes:
         try:
@@ -198,13 +213,16 @@ def _fuzz_route(base_url: str, method: str, template: str, session: SigningSessi
     @settings(max_examples=max_examples, **_SETTINGS)  # type: ignore[arg-type]
     @given(params=st.fixed_dictionaries({n: _TEXT.filter(bool) for n in names}),
            query=st.dictionaries(st.sampled_from(_QUERY_NAMES) | _TEXT, _TEXT, max_size=4),
-           token=st.none() | _HEADER, body=st.none() | _BODY)
+           token=st.none() | _HEADER, body=st.none() | _BODY,
+           signature=st.none() | _SIGNATURE)
     def check(params: dict[str, str], query: dict[str, str], token: bytes | None,
-              body: bytes | None) -> None:
+              body: bytes | None, signature: dict[str, bytes] | None) -> None:
         path = template
         for name, value in params.items():
             path = path.replace("{" + name + "}", quote(value, safe=""))
         headers: dict[str, Any] = {}
+        if signature is not None and session.signs(path):
+            headers.update(signature)
         if token is not None:
             headers["Authorization"] = b"Bearer " + token
         resp = session.request(method, base_url + path, params=query, data=body,
