@@ -3,7 +3,7 @@
 :class:`SmsSender` writes the row first (``pending``, with its encoding and segments),
 then calls the provider, then records its answer: the provider's id and status, or
 ``rejected`` with its error. A provider that cannot be reached leaves the row
-``pending`` and raises :class:`~ivr_platform.sms_twilio.SmsUnavailable`: sending it
+``pending`` and raises :class:`~ivr_platform.delivery.Unavailable`: sending it
 again later (an outbox with retries) is not built yet. Status callbacks and fetches go
 through :meth:`SmsStore.record_status`, which moves a status forward only.
 """
@@ -16,8 +16,9 @@ from typing import Protocol
 
 import asyncpg
 
+from ivr_platform.delivery import Rejected
 from ivr_platform.sms import Encoding, SmsStatus, count
-from ivr_platform.sms_twilio import Receipt, SmsRejected
+from ivr_platform.sms_twilio import Receipt
 from shared.db import MigrationSet, package_migrations
 from shared.phone import E164, NumberType
 
@@ -94,13 +95,14 @@ class SmsStore:
                 receipt.error_message)
             await _event(conn, sms_id, receipt.status, receipt.error_code)
 
-    async def rejected(self, sms_id: int, error: SmsRejected) -> None:
+    async def rejected(self, sms_id: int, error: Rejected) -> None:
+        code = error.code if isinstance(error.code, int) else None   # Twilio's are numbers
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """UPDATE sms_messages SET status = 'rejected', error_code = $2,
                           error_message = $3, updated_at = now() WHERE id = $1""",
-                sms_id, error.code, error.message[:500])
-            await _event(conn, sms_id, SmsStatus.REJECTED, error.code)
+                sms_id, code, error.message[:500])
+            await _event(conn, sms_id, SmsStatus.REJECTED, code)
 
     async def record_status(self, provider: str, provider_id: str, status: SmsStatus,
                             error_code: int | None) -> SmsRecord | None:
@@ -160,7 +162,7 @@ class SmsSender:
                                          self.provider.provider)
         try:
             receipt = await self.provider.send(to, sender, body, self.status_callback)
-        except SmsRejected as exc:
+        except Rejected as exc:
             await self.store.rejected(sms_id, exc)
             raise
         await self.store.accepted(sms_id, receipt)

@@ -11,12 +11,8 @@
   the auth token of the URL followed by each POST parameter's name and value, sorted by
   name (:func:`signature`).
 
-Errors::
-
-    SmsError
-    ├── SmsRejected      the provider refused this message (4xx but 429): never retry it
-    └── SmsUnavailable   transport error, timeout, 429 or 5xx: the same message may be
-                         sent again later
+Errors are :mod:`ivr_platform.delivery`'s: :class:`~ivr_platform.delivery.Rejected` with
+Twilio's error code, :class:`~ivr_platform.delivery.Unavailable`.
 """
 
 from __future__ import annotations
@@ -31,25 +27,12 @@ from typing import Any
 
 import aiohttp
 
+from ivr_platform.delivery import Rejected, Unavailable, call, json_object
 from ivr_platform.sms import SmsStatus
 from shared.phone import E164
 
 API_VERSION = "2010-04-01"
 DEFAULT_BASE_URL = "https://api.twilio.com"
-
-
-class SmsError(RuntimeError):
-    pass
-
-
-class SmsRejected(SmsError):
-    def __init__(self, http_status: int, code: int | None, message: str) -> None:
-        super().__init__(f"HTTP {http_status}, error {code}: {message}")
-        self.http_status, self.code, self.message = http_status, code, message
-
-
-class SmsUnavailable(SmsError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,42 +86,26 @@ class TwilioSms:
         return await self._call("GET", f"{self._messages}/{provider_id}.json", None)
 
     async def _call(self, method: str, url: str, form: dict[str, str] | None) -> Receipt:
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
-        try:
-            async with self._session.request(
-                    method, url, data=form, timeout=timeout,
-                    headers={"Authorization": self._auth, "Accept": "application/json"}) as r:
-                text = await r.text()
-                status = r.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SmsUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-        body = _json(text)
-        if status == 429 or status >= 500:
-            raise SmsUnavailable(f"{method} {url}: HTTP {status}: {text[:200]}")
+        status, text = await call(
+            self._session, method, url, data=form, timeout_s=self.settings.timeout_s,
+            headers={"Authorization": self._auth, "Accept": "application/json"})
+        body = json_object(text)
         if status >= 400:
             code = body.get("code")
-            raise SmsRejected(status, code if isinstance(code, int) else None,
-                              str(body.get("message") or text[:200]))
+            raise Rejected(status, code if isinstance(code, int) else None,
+                           str(body.get("message") or text[:200]))
         return _receipt(body, url)
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _receipt(body: Mapping[str, Any], url: str) -> Receipt:
     sid, status = body.get("sid"), body.get("status")
     if not isinstance(sid, str) or not isinstance(status, str):
-        raise SmsUnavailable(f"{url}: a message resource without sid or status: "
+        raise Unavailable(f"{url}: a message resource without sid or status: "
                              f"{json.dumps(body)[:200]}")
     try:
         known = SmsStatus(status)
     except ValueError:
-        raise SmsUnavailable(f"{url}: unknown message status {status!r}") from None
+        raise Unavailable(f"{url}: unknown message status {status!r}") from None
     segments = body.get("num_segments")
     return Receipt(sid, known, _int_or_none(body.get("error_code")),
                    body.get("error_message") or None,

@@ -58,16 +58,18 @@ def yen_amount(amount: int | Money) -> int:
     return amount
 
 
-def phone_groups(number: E164) -> list[str]:
-    """The digit groups of ``number`` as written at home (``03-1234-5678``); abroad, the
-    international groups with the country code first."""
+def display_number(number: E164) -> str:
+    """How the number is written: ``090-1234-5678`` at home, ``+1 650-253-0000`` abroad."""
     parsed = phonenumbers.parse(str(number))
-    if number.region == "JP":
-        text = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
-    else:
-        text = phonenumbers.format_number(parsed,
-                                          phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    groups = "".join(c if c.isdigit() else " " for c in text).split()
+    kind = (phonenumbers.PhoneNumberFormat.NATIONAL if number.region == "JP"
+            else phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return phonenumbers.format_number(parsed, kind)
+
+
+def phone_groups(number: E164) -> list[str]:
+    """The digit groups of ``number`` as written (:func:`display_number`), the country
+    code first abroad."""
+    groups = "".join(c if c.isdigit() else " " for c in display_number(number)).split()
     return groups or [number.digits]
 
 

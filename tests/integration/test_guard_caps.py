@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +20,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 
 from callback_server.config import StaticRoute
@@ -42,6 +40,7 @@ from callback_server.worker import Worker
 from shared.money import Money
 from shared.phone import E164
 from tests import prom
+from tests.harness.smtp import smtp_server
 from tests.integration import callback_db
 
 pytestmark = pytest.mark.integration
@@ -64,15 +63,8 @@ class Inbox:
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[Inbox, int]]:
     inbox = Inbox()
-    with socket.socket() as probe:            # aiosmtpd's start() cannot use port 0
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_server(inbox) as port:
         yield inbox, port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

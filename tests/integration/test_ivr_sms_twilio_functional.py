@@ -13,16 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 
+from ivr_platform.delivery import Rejected, Unavailable
 from ivr_platform.sms import Encoding, SmsStatus
 from ivr_platform.sms_http import twilio_status_handler
 from ivr_platform.sms_store import SmsSender, SmsStore, migrations
-from ivr_platform.sms_twilio import (
-    SmsRejected,
-    SmsUnavailable,
-    TwilioSettings,
-    TwilioSms,
-    parse_status_callback,
-)
+from ivr_platform.sms_twilio import TwilioSettings, TwilioSms, parse_status_callback
 from shared.db import create_pool, migrate_url
 from shared.http import error_middleware
 from shared.phone import normalise
@@ -128,7 +123,7 @@ async def test_callbacks_signed_wrongly_or_unknown_are_refused(rig: Rig, store: 
 
 async def test_a_refused_message_is_recorded_rejected(rig: Rig, store: SmsStore) -> None:
     rig.fake.unsubscribed.add(str(MOBILE))
-    with pytest.raises(SmsRejected) as err:
+    with pytest.raises(Rejected) as err:
         await rig.sender.send("shop-1", MOBILE, SENDER, "hello")
     assert (err.value.http_status, err.value.code) == (400, 21610)
     rows = await store._pool.fetch("SELECT id, status, error_code, error_message "
@@ -141,16 +136,16 @@ async def test_a_wrong_token_is_a_rejection_naming_twilios_error(rig: Rig) -> No
     async with aiohttp.ClientSession() as session:
         wrong = TwilioSms(session, TwilioSettings(ACCOUNT_SID, "0" * 32,
                                                   rig.twilio.settings.base_url))
-        with pytest.raises(SmsRejected, match="HTTP 401, error 20003: Authenticate"):
+        with pytest.raises(Rejected, match="HTTP 401, error 20003: Authenticate"):
             await wrong.send(MOBILE, SENDER, "hello")
         assert "0" * 32 not in repr(wrong.settings)
 
 
-@pytest.mark.parametrize("status", [500, 503, 429])
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
 async def test_provider_trouble_leaves_the_row_pending(rig: Rig, store: SmsStore,
                                                        status: int) -> None:
     rig.fake.fail_next.append(status)
-    with pytest.raises(SmsUnavailable, match=f"HTTP {status}"):
+    with pytest.raises(Unavailable, match=f"HTTP {status}"):
         await rig.sender.send("shop-1", MOBILE, SENDER, "hello")
     rows = await store._pool.fetch("SELECT status FROM sms_messages")
     assert [r["status"] for r in rows] == ["pending"]
@@ -160,7 +155,7 @@ async def test_an_unreachable_provider_is_unavailable(store: SmsStore) -> None:
     async with aiohttp.ClientSession() as session:
         twilio = TwilioSms(session, TwilioSettings(ACCOUNT_SID, AUTH_TOKEN,
                                                    "http://127.0.0.1:9", timeout_s=2))
-        with pytest.raises(SmsUnavailable, match="ClientConnectorError"):
+        with pytest.raises(Unavailable, match="ClientConnectorError"):
             await SmsSender(store, twilio).send("shop-1", MOBILE, SENDER, "hello")
 
 
