@@ -3,7 +3,8 @@ per process, fanned out to each subscriber of the event's merchant.
 
 A subscriber's queue is bounded; one that falls :data:`BACKLOG` events behind is closed
 (it gets ``None``) rather than let memory grow, and reconnects with the id of the last
-event it saw (the SSE ``Last-Event-ID``): :func:`since` replays the rows after it.
+event it saw (the SSE ``Last-Event-ID``): :func:`since` replays the rows after it. The
+same happens to every subscriber when the LISTEN connection is lost.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 import asyncpg
 
 from advisors.live import CHANNEL, event_json
-from shared.db import listening
 
 log = logging.getLogger("advisors.events")
 
@@ -35,18 +35,29 @@ class EventHub:
         self._subscribers: dict[str, set[Subscriber]] = {}
 
     async def run(self) -> None:
-        """Listen until cancelled; a lost connection is opened again."""
+        """Listen until cancelled. A lost connection is opened again, and every
+        subscriber is closed meanwhile: what was published while nobody listened is
+        replayed when they reconnect with the last id they saw."""
         while True:
+            lost = asyncio.Event()
             try:
-                async with listening(self.db_url, CHANNEL) as payloads:
+                conn = await asyncpg.connect(self.db_url)
+                try:
+                    conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                    await conn.add_listener(CHANNEL, self._notified)
                     self.listening.set()
-                    while True:
-                        self.dispatch(json.loads(await payloads.get()))
+                    await lost.wait()
+                    log.warning("advisor events: the LISTEN connection was lost")
+                finally:
+                    self.listening.clear()
+                    self.close()
+                    conn.terminate()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.listening.clear()
-                log.warning("advisor events: %s; listening again in %.0f s", exc,
-                            self.reconnect_s)
-                await asyncio.sleep(self.reconnect_s)
+                log.warning("advisor events: %s", exc)
+            await asyncio.sleep(self.reconnect_s)
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.dispatch(json.loads(payload))
 
     def dispatch(self, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers.get(event["merchant_id"], ())):

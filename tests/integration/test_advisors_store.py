@@ -119,6 +119,26 @@ async def test_presence_changes_are_event_rows_published_to_subscribers(
         await live.apply("other", advisor_id, SetBreak(T0, Via.API))
 
 
+async def test_a_lost_listen_connection_closes_subscribers_and_listens_again(
+        clean: asyncpg.Pool, pg_url: str) -> None:
+    """Subscribers are closed (they replay by last id) and the hub listens again."""
+    store, live = AdvisorStore(clean), Presences(clean)
+    advisor_id = await seat(store, "acme", "0001")
+    hub = EventHub(pg_url, reconnect_s=0.1)
+    async with background(hub.run(), "hub"):
+        await asyncio.wait_for(hub.listening.wait(), 10)
+        with hub.subscribe("acme") as before:
+            killed = await clean.fetchval(
+                """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                   WHERE datname = current_database() AND query LIKE 'LISTEN%advisor_events%'""")
+            assert killed == 1
+            assert await asyncio.wait_for(before.get(), 5) is None
+        await asyncio.wait_for(hub.listening.wait(), 10)
+        with hub.subscribe("acme") as after:
+            await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+            assert (await asyncio.wait_for(after.get(), 5))["event"] == "online"
+
+
 async def test_after_call_timer_and_automatic_break(clean: asyncpg.Pool) -> None:
     store, clock = AdvisorStore(clean), Clock()
     live = Presences(clean, clock)
