@@ -13,7 +13,8 @@ platform" section of docs/CONTRACTS.md):
   (Twilio's Messages API), :mod:`ivr_platform.sms_store` (PostgreSQL, migration set
   ``ivr_platform``; the sender), :mod:`ivr_platform.sms_http` (the status callback).
 * :mod:`ivr_platform.notice` (what a call notification says, pure) and its adapters:
-  :mod:`ivr_platform.notify_webhooks` (Slack, Teams Workflows, Google Chat),
+  :mod:`ivr_platform.notify_webhooks` (Slack, Teams Workflows, Google Chat,
+  Chatwork),
   :mod:`ivr_platform.notify_lineworks` (LINE WORKS API 2.0 bot),
   :mod:`ivr_platform.notify_mail` (SMTP).
 * :mod:`ivr_platform.delivery`: one HTTP call to a provider and the errors all adapters

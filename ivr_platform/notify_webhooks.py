@@ -1,5 +1,5 @@
-"""Call notifications to chat webhooks: Slack, Microsoft Teams (a Workflows webhook) and
-Google Chat. Each URL is the destination's secret: errors name its host only.
+"""Call notifications to chat tools: Slack, Microsoft Teams (a Workflows webhook), Google
+Chat and Chatwork. Each webhook URL is the destination's secret: errors name its host only.
 
 * **Slack** incoming webhook: ``POST`` JSON ``{"text", "blocks"}``; 200 ``ok``; errors
   are plain-text ids (``invalid_payload``, ``no_service``, ``channel_is_archived``).
@@ -7,6 +7,7 @@ Google Chat. Each URL is the destination's secret: errors name its host only.
   ``{"type": "message", "attachments": [<Adaptive Card 1.4>]}``; 202 Accepted.
 * **Google Chat** space webhook (``.../v1/spaces/{space}/messages?key=…&token=…``):
   ``POST`` JSON ``{"text"}``, ``*bold*`` and ``<url|label>`` markup; 200 and the message.
+* **Chatwork** API v2 (:class:`ChatworkRoom`): a room's messages with an API token.
 """
 
 from __future__ import annotations
@@ -108,3 +109,44 @@ class GoogleChatWebhook(_Webhook):
         if link is not None:
             lines.append(f"<{link[1]}|{link[0]}>")
         return {"text": "\n".join(lines)}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatworkSettings:
+    api_token: str
+    room_id: str
+    language: Language = Language.JAPANESE
+    api_base: str = "https://api.chatwork.com/v2"
+    timeout_s: float = 10.0
+
+    def __repr__(self) -> str:
+        return f"ChatworkSettings(room_id={self.room_id!r}, api_token=<secret>)"
+
+
+class ChatworkRoom:
+    """Chatwork API v2: ``POST /rooms/{room_id}/messages``, header ``X-ChatWorkToken``,
+    form ``body`` in Chatwork's markup (``[info][title]…[/title]…[/info]``); 200 and the
+    ``message_id``; errors are ``{"errors": [...]}``."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: ChatworkSettings) -> None:
+        self._session = session
+        self.settings = settings
+
+    def body(self, notice: CallNotice) -> str:
+        lang = self.settings.language
+        lines = [f"{k}: {v}" for k, v in notice.fields(lang)]
+        link = notice.link(lang)
+        if link is not None:
+            lines.append(f"{link[0]}: {link[1]}")
+        return f"[info][title]{notice.title(lang)}[/title]" + "\n".join(lines) + "[/info]"
+
+    async def notify(self, notice: CallNotice) -> None:
+        s = self.settings
+        status, text = await call(
+            self._session, "POST", f"{s.api_base.rstrip('/')}/rooms/{s.room_id}/messages",
+            data={"body": self.body(notice), "self_unread": "0"}, timeout_s=s.timeout_s,
+            headers={"X-ChatWorkToken": s.api_token, "Accept": "application/json"})
+        if status >= 400:
+            errors = json_object(text).get("errors")
+            message = "; ".join(map(str, errors)) if isinstance(errors, list) else text[:200]
+            raise Rejected(status, None, message)

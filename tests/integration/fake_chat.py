@@ -20,6 +20,7 @@ SLACK_PATH = "/services/T0001/B0001/abcdefSECRET"
 TEAMS_PATH = "/workflows/0123/triggers/manual/paths/invoke"
 CHAT_PATH = "/v1/spaces/AAAA1234/messages"
 CHAT_KEY, CHAT_TOKEN = "chat-key", "chat-SECRET-token"
+CHATWORK_TOKEN, CHATWORK_ROOM = "cw-SECRET-token", "123456789"
 
 
 @dataclass
@@ -27,6 +28,7 @@ class FakeChat:
     slack: list[dict[str, Any]] = field(default_factory=list)
     teams: list[dict[str, Any]] = field(default_factory=list)
     chat: list[dict[str, Any]] = field(default_factory=list)
+    chatwork: list[dict[str, str]] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -35,6 +37,7 @@ class FakeChat:
         app.router.add_post("/services/T0001/B0001/archived", self._archived)
         app.router.add_post(TEAMS_PATH, self._teams)
         app.router.add_post(CHAT_PATH, self._chat)
+        app.router.add_post("/v2/rooms/{room}/messages", self._chatwork)
         return app
 
     def _failure(self) -> web.Response | None:
@@ -83,6 +86,19 @@ class FakeChat:
         self.chat.append(body)
         return web.json_response({"name": "spaces/AAAA1234/messages/" + secrets.token_hex(8),
                                   "text": body["text"]})
+
+
+    async def _chatwork(self, request: web.Request) -> web.Response:
+        if request.headers.get("X-ChatWorkToken") != CHATWORK_TOKEN:
+            return web.json_response({"errors": ["Invalid API token"]}, status=401)
+        if request.match_info["room"] != CHATWORK_ROOM:
+            return web.json_response({"errors": ["You don't have permission to send "
+                                                 "messages in this room"]}, status=403)
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        if not form.get("body"):
+            return web.json_response({"errors": ["Parameter [body] is required"]}, status=400)
+        self.chatwork.append(form)
+        return web.json_response({"message_id": str(1000 + len(self.chatwork))})
 
 
 def _unb64url(text: str) -> bytes:

@@ -21,6 +21,8 @@ from ivr_platform.notice import CallNotice
 from ivr_platform.notify_lineworks import LineWorksBot, LineWorksSettings
 from ivr_platform.notify_mail import MailNotifier, MailSettings
 from ivr_platform.notify_webhooks import (
+    ChatworkRoom,
+    ChatworkSettings,
     GoogleChatWebhook,
     SlackWebhook,
     TeamsWorkflowWebhook,
@@ -33,6 +35,8 @@ from tests.integration.fake_chat import (
     CHAT_KEY,
     CHAT_PATH,
     CHAT_TOKEN,
+    CHATWORK_ROOM,
+    CHATWORK_TOKEN,
     SLACK_PATH,
     TEAMS_PATH,
     FakeChat,
@@ -112,6 +116,21 @@ async def test_google_chat_space_webhook(chat: Any) -> None:
         await GoogleChatWebhook(session, WebhookSettings(wrong)).notify(NOTICE)
     assert (err.value.http_status, err.value.code) == (401, "UNAUTHENTICATED")
     assert "token=" not in str(err.value)
+
+
+async def test_chatwork_room_message_in_its_markup(chat: Any) -> None:
+    fake, base, session = chat
+    settings = ChatworkSettings(CHATWORK_TOKEN, CHATWORK_ROOM, api_base=f"{base}/v2")
+    await ChatworkRoom(session, settings).notify(NOTICE)
+    [form] = fake.chatwork
+    assert form["self_unread"] == "0"
+    assert form["body"].startswith("[info][title]着信通知 090-1234-5678 株式会社サンプル "
+                                   "山田太郎[/title]発信者番号: 090-1234-5678\n")
+    assert form["body"].endswith("\n録音を聞く: https://rec.example.jp/r/abc[/info]")
+    wrong = ChatworkSettings("old", CHATWORK_ROOM, api_base=f"{base}/v2")
+    with pytest.raises(Rejected, match="HTTP 401, error None: Invalid API token"):
+        await ChatworkRoom(session, wrong).notify(NOTICE)
+    assert "SECRET" not in repr(settings)
 
 
 # --- LINE WORKS ------------------------------------------------------------------------
