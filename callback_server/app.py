@@ -30,6 +30,7 @@ import asyncpg
 from aiohttp import web
 
 import advisors
+import billing
 import callback_server
 import shared
 from advisors.http import install as install_advisors
@@ -94,6 +95,7 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
         sets.append(package_migrations("routing_rates", str(rates.__file__)))
     sets.append(package_migrations("callback", callback_server.__file__))
     sets.append(package_migrations("advisors", advisors.__file__))
+    sets.append(package_migrations("billing", billing.__file__))
     return sets
 
 

@@ -1,0 +1,313 @@
+"""The prepaid ledger in PostgreSQL (tables: ``billing/migrations/0001_ledger.sql``).
+
+Per customer account per merchant. Every movement is a transaction row (kind, amount, who,
+why) with double-entry legs over the account's books (``available``, ``held``,
+``funding``, ``revenue``, ``adjustment``) that sum to zero; nothing is updated or
+deleted, and a balance is the sum of its book's legs. Every movement of an account runs
+under that account's row lock (``SELECT … FOR UPDATE``), so the balance it reads is the
+balance it moves.
+
+Movements::
+
+    deposit     available +x   funding   -x
+    adjustment  available ±x   adjustment ∓x      (never below zero available)
+    refund      available +x   revenue   -x       (at most what was charged)
+    hold        available -h   held      +h       (a reservation)
+    charge      held      -c   revenue   +c       (settling it; past the hold, the rest
+                available -e                       comes from available: e = c - h)
+    release     held      -r   available +r       (what the charge did not use)
+
+A **reservation** holds, before a consultation connects, what the account's available
+balance (other live consultations' holds already taken out) pays for, up to the terms'
+maximum length: ``allowed_s`` is where the consultation must be cut off. Settling it
+rates the talk time with the reservation's terms (:func:`billing.rating.rate`) and
+charges exactly that, releasing the rest. A balance below the first billed unit's price
+is refused with :class:`Refusal` (``balance-too-low``, with the amounts for the IVR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+
+from billing.rating import Charge, Terms, rate, seconds_affordable
+from shared.http import ApiError
+
+Book = Literal["available", "held", "funding", "revenue", "adjustment"]
+Kind = Literal["deposit", "charge", "refund", "adjustment", "hold", "release"]
+SYSTEM = "billing"
+#: the largest single movement (a billion yen): far beyond any real one, far inside bigint
+MAX_AMOUNT_YEN = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    available_yen: int
+    held_yen: int
+
+    @property
+    def total_yen(self) -> int:
+        """The customer's money: free and held."""
+        return self.available_yen + self.held_yen
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    id: int
+    kind: Kind
+    amount_yen: int
+    by: str
+    reason: str
+    reservation_id: int | None
+    at: datetime
+    #: the legs, book → signed yen
+    legs: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: int
+    consultation_id: str
+    held_yen: int
+    #: cut the consultation off after this many talk seconds
+    allowed_s: int
+    terms: Terms
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """No reservation: the balance does not pay for the first billed unit.
+
+    ``reason`` is a stable id the IVR maps to a prompt; the amounts are for it to say
+    ("your balance is 120 yen; a consultation needs at least 300 yen")."""
+
+    reason: Literal["balance-too-low"]
+    available_yen: int
+    needed_yen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    reservation_id: int
+    charge: Charge
+    released_yen: int
+    #: what the charge took beyond the hold (the consultation ran past ``allowed_s``)
+    overrun_yen: int
+
+
+class LedgerError(ApiError):
+    """A movement the ledger refuses: 404 ``not-found``, 409 ``insufficient-balance``,
+    ``refund-exceeds-charges`` or ``already-settled``."""
+
+
+def _amount(amount_yen: int, field: str = "amount_yen") -> int:
+    if type(amount_yen) is not int or not 0 < amount_yen <= MAX_AMOUNT_YEN:
+        raise ValueError(f"{field}: expected an integer 1..{MAX_AMOUNT_YEN}, got {amount_yen!r}")
+    return amount_yen
+
+
+async def account_id(conn: asyncpg.Connection, merchant_id: str, account: str, *,
+                     create: bool) -> int | None:
+    """Lock the account's row for this transaction (creating it if ``create``); its id,
+    or None when it does not exist and ``create`` is false."""
+    if create:
+        await conn.execute(
+            "INSERT INTO billing_accounts (merchant_id, account) VALUES ($1, $2) "
+            "ON CONFLICT (merchant_id, account) DO NOTHING", merchant_id, account)
+    found: int | None = await conn.fetchval(
+        "SELECT id FROM billing_accounts WHERE merchant_id = $1 AND account = $2 FOR UPDATE",
+        merchant_id, account)
+    return found
+
+
+async def post(conn: asyncpg.Connection, account: int, kind: Kind, amount_yen: int,
+               legs: Sequence[tuple[Book, int]], by: str, reason: str,
+               reservation_id: int | None = None) -> int:
+    """Write one movement and its legs (zero legs left out); its transaction id. Call it
+    inside a transaction holding the account's lock."""
+    txn: int = await conn.fetchval(
+        """INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, reason,
+               reservation_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        account, kind, amount_yen, by, reason, reservation_id)
+    await conn.executemany(
+        "INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen) "
+        "VALUES ($1, $2, $3, $4)", [(txn, account, book, y) for book, y in legs if y])
+    return txn
+
+
+async def books(conn: asyncpg.Connection, account: int) -> dict[str, int]:
+    rows = await conn.fetch("SELECT book, sum(amount_yen) AS yen FROM billing_entries "
+                            "WHERE account_id = $1 GROUP BY book", account)
+    return {r["book"]: int(r["yen"]) for r in rows}
+
+
+def _balance(sums: dict[str, int]) -> Balance:
+    return Balance(sums.get("available", 0), sums.get("held", 0))
+
+
+def _terms(data: dict[str, Any]) -> Terms:
+    return Terms(**data)
+
+
+def _reservation(row: asyncpg.Record) -> Reservation:
+    return Reservation(row["id"], row["consultation_id"], row["held_yen"], row["allowed_s"],
+                       _terms(row["terms"]))
+
+
+class Ledger:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def balance(self, merchant_id: str, account: str) -> Balance:
+        """404 ``not-found`` for an account that never had a movement."""
+        async with self.pool.acquire() as conn:
+            found = await conn.fetchval("SELECT id FROM billing_accounts WHERE "
+                                        "merchant_id = $1 AND account = $2", merchant_id, account)
+            if found is None:
+                raise LedgerError(404, "not-found", f"no billing account {account!r}")
+            return _balance(await books(conn, found))
+
+    async def movements(self, merchant_id: str, account: str, *, after_id: int = 0,
+                        limit: int = 100) -> list[Movement]:
+        """The account's movements, oldest first, those after ``after_id``."""
+        rows = await self.pool.fetch(
+            """SELECT t.*, (SELECT jsonb_object_agg(e.book, e.amount_yen) FROM billing_entries e
+                            WHERE e.transaction_id = t.id) AS legs
+               FROM billing_transactions t JOIN billing_accounts a ON a.id = t.account_id
+               WHERE a.merchant_id = $1 AND a.account = $2 AND t.id > $3
+               ORDER BY t.id LIMIT $4""", merchant_id, account, after_id, limit)
+        return [Movement(r["id"], r["kind"], r["amount_yen"], r["by_whom"], r["reason"],
+                         r["reservation_id"], r["created_at"], dict(r["legs"] or {}))
+                for r in rows]
+
+    async def deposit(self, merchant_id: str, account: str, amount_yen: int, by: str,
+                      reason: str) -> int:
+        """Money in (the account is opened by its first deposit); the transaction id."""
+        _amount(amount_yen)
+        async with self.pool.acquire() as conn, conn.transaction():
+            acc = await account_id(conn, merchant_id, account, create=True)
+            assert acc is not None
+            return await post(conn, acc, "deposit", amount_yen,
+                              [("available", amount_yen), ("funding", -amount_yen)], by, reason)
+
+    async def adjust(self, merchant_id: str, account: str, delta_yen: int, by: str,
+                     reason: str) -> int:
+        """An operator's correction of the available balance, up or down (never below
+        zero: 409 ``insufficient-balance``)."""
+        _amount(abs(delta_yen), "delta_yen")
+        async with self.pool.acquire() as conn, conn.transaction():
+            acc = await self._existing(conn, merchant_id, account)
+            available = (await books(conn, acc)).get("available", 0)
+            if available + delta_yen < 0:
+                raise LedgerError(409, "insufficient-balance",
+                                  f"available balance is {available} yen; cannot take "
+                                  f"{-delta_yen} yen", available_yen=available)
+            return await post(conn, acc, "adjustment", abs(delta_yen),
+                              [("available", delta_yen), ("adjustment", -delta_yen)], by, reason)
+
+    async def refund(self, merchant_id: str, account: str, amount_yen: int, by: str,
+                     reason: str) -> int:
+        """Give charged money back to the available balance (at most what the account's
+        charges earned, less earlier refunds: 409 ``refund-exceeds-charges``)."""
+        _amount(amount_yen)
+        async with self.pool.acquire() as conn, conn.transaction():
+            acc = await self._existing(conn, merchant_id, account)
+            revenue = (await books(conn, acc)).get("revenue", 0)
+            if amount_yen > revenue:
+                raise LedgerError(409, "refund-exceeds-charges",
+                                  f"the account's charges come to {revenue} yen net of "
+                                  f"refunds; cannot refund {amount_yen} yen")
+            return await post(conn, acc, "refund", amount_yen,
+                              [("available", amount_yen), ("revenue", -amount_yen)], by, reason)
+
+    async def _existing(self, conn: asyncpg.Connection, merchant_id: str, account: str) -> int:
+        acc = await account_id(conn, merchant_id, account, create=False)
+        if acc is None:
+            raise LedgerError(404, "not-found", f"no billing account {account!r}")
+        return acc
+
+    async def reserve(self, merchant_id: str, account: str, consultation_id: str,
+                      terms: Terms, *, at_most_s: int | None = None) -> Reservation | Refusal:
+        """Hold what the available balance pays for (at most ``at_most_s`` of talk, and
+        never past the terms' maximum) before ``consultation_id`` connects. Asking again
+        for the same consultation returns its reservation."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            acc = await account_id(conn, merchant_id, account, create=False)
+            if acc is None:
+                return Refusal("balance-too-low", 0, terms.first_unit_yen())
+            existing = await conn.fetchrow(
+                "SELECT * FROM billing_reservations WHERE account_id = $1 "
+                "AND consultation_id = $2", acc, consultation_id)
+            if existing is not None:
+                return _reservation(existing)
+            available = (await books(conn, acc)).get("available", 0)
+            needed = terms.first_unit_yen()
+            if available < needed:
+                return Refusal("balance-too-low", available, needed)
+            allowed = seconds_affordable(available, terms)
+            if at_most_s is not None:
+                allowed = min(allowed, max(at_most_s, 0))
+            held = rate(allowed, terms).total_yen
+            row = await conn.fetchrow(
+                """INSERT INTO billing_reservations (account_id, consultation_id, terms,
+                       held_yen, allowed_s) VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+                acc, consultation_id, asdict(terms), held, allowed)
+            if held:
+                await post(conn, acc, "hold", held, [("available", -held), ("held", held)],
+                           SYSTEM, f"consultation {consultation_id}", row["id"])
+            return _reservation(row)
+
+    async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement:
+        """Charge the consultation's rated talk time and release the rest of its hold
+        (``talk_s`` 0: it never connected; all is released). Settling again with the same
+        talk time returns the first settlement; with another, 409 ``already-settled``."""
+        if type(talk_s) is not int or talk_s < 0:
+            raise ValueError(f"talk_s: expected a non-negative integer, got {talk_s!r}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """SELECT r.*, s.talk_s AS settled_talk_s, s.released_yen
+                   FROM billing_reservations r
+                   JOIN billing_accounts a ON a.id = r.account_id
+                   LEFT JOIN billing_settlements s ON s.reservation_id = r.id
+                   WHERE r.id = $1 AND a.merchant_id = $2
+                   FOR UPDATE OF a""", reservation_id, merchant_id)
+            if row is None:
+                raise LedgerError(404, "not-found", f"no reservation {reservation_id}")
+            reservation = _reservation(row)
+            charge = rate(talk_s, reservation.terms)
+            held = reservation.held_yen
+            if row["settled_talk_s"] is not None:
+                if row["settled_talk_s"] != talk_s:
+                    raise LedgerError(409, "already-settled",
+                                      f"reservation {reservation_id} was settled for "
+                                      f"{row['settled_talk_s']} s of talk")
+                return Settlement(reservation_id, charge, row["released_yen"],
+                                  max(0, charge.total_yen - held))
+            return await self._settle(conn, row["account_id"], reservation, charge)
+
+    @staticmethod
+    async def _settle(conn: asyncpg.Connection, acc: int, reservation: Reservation,
+                      charge: Charge) -> Settlement:
+        held, total = reservation.held_yen, charge.total_yen
+        from_hold = min(total, held)
+        overrun, released = total - from_hold, held - from_hold
+        why = f"consultation {reservation.consultation_id}"
+        if total:
+            why_charge = f"{why}: {charge.talk_s} s talked, {charge.billed_s} s billed"
+            await post(conn, acc, "charge", total, [("held", -from_hold),
+                                                    ("available", -overrun),
+                                                    ("revenue", total)],
+                       SYSTEM, why_charge, reservation.id)
+        if released:
+            await post(conn, acc, "release", released,
+                       [("held", -released), ("available", released)], SYSTEM, why,
+                       reservation.id)
+        await conn.execute(
+            """INSERT INTO billing_settlements (reservation_id, talk_s, billed_s, total_yen,
+                   tax_yen, released_yen) VALUES ($1, $2, $3, $4, $5, $6)""",
+            reservation.id, charge.talk_s, charge.billed_s, total, charge.tax_yen, released)
+        return Settlement(reservation.id, charge, released, overrun)

@@ -1,0 +1,36 @@
+"""A billing database for integration tests: its migration set on a fresh database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+import billing
+from shared.db import MigrationSet, create_pool, migrate_url, package_migrations
+
+
+def migrations() -> MigrationSet:
+    return package_migrations("billing", billing.__file__)
+
+
+def fixtures() -> tuple[Any, Any]:
+    """``pool`` (per module: migrated) and ``clean`` (per test: the same pool, emptied;
+    TRUNCATE is the one removal the append-only triggers let through):
+    ``pool, clean = billing_db.fixtures()``."""
+
+    @pytest.fixture(scope="module")
+    async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+        await migrate_url(pg_url, [migrations()])
+        p = await create_pool(pg_url, max_size=20)
+        yield p
+        await p.close()
+
+    @pytest.fixture
+    async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
+        await pool.execute("TRUNCATE billing_accounts CASCADE")
+        return pool
+
+    return pool, clean

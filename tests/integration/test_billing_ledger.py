@@ -1,0 +1,216 @@
+"""The prepaid ledger on a real PostgreSQL: double-entry movements with who and why,
+append-only tables, reservations shared by concurrent consultations on one balance, and
+(hypothesis) random concurrent sequences of deposits, reservations and settlements that
+keep every balance the sum of its movements and never overdraw by more than one unit."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from billing.ledger import Balance, Ledger, LedgerError, Refusal, Reservation
+from billing.rating import Terms, rate, seconds_affordable
+from shared.db import create_pool
+from tests.integration import billing_db
+
+pytestmark = pytest.mark.integration
+pool, clean = billing_db.fixtures()
+T = TypeVar("T")
+PER_MINUTE = Terms(price_per_minute_yen=300, unit_s=60, grace_s=30, max_talk_s=3600)
+
+
+async def reserved(ledger: Ledger, account: str, consultation: str, terms: Terms = PER_MINUTE,
+                   **kw: int) -> Reservation:
+    got = await ledger.reserve("acme", account, consultation, terms, **kw)
+    assert isinstance(got, Reservation), got
+    return got
+
+
+async def test_deposit_opens_the_account_and_every_movement_says_who_and_why(
+        clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    with pytest.raises(LedgerError) as missing:
+        await ledger.balance("acme", "c-1")
+    assert missing.value.status == 404
+    await ledger.deposit("acme", "c-1", 3000, "sato", "bank transfer ref 1")
+    await ledger.adjust("acme", "c-1", -500, "sato", "double entry by mistake")
+    assert await ledger.balance("acme", "c-1") == Balance(2500, 0)
+    moves = await ledger.movements("acme", "c-1")
+    assert [(m.kind, m.amount_yen, m.by, m.reason, m.legs) for m in moves] == [
+        ("deposit", 3000, "sato", "bank transfer ref 1", {"available": 3000, "funding": -3000}),
+        ("adjustment", 500, "sato", "double entry by mistake",
+         {"available": -500, "adjustment": 500})]
+    assert await ledger.movements("acme", "c-1", after_id=moves[0].id) == moves[1:]
+    with pytest.raises(LedgerError):            # another merchant's account is not found
+        await ledger.balance("other", "c-1")
+    with pytest.raises(LedgerError) as low:
+        await ledger.adjust("acme", "c-1", -2501, "sato", "too much")
+    assert (low.value.status, low.value.error_id) == (409, "insufficient-balance")
+    with pytest.raises(ValueError):
+        await ledger.deposit("acme", "c-1", 0, "sato", "nothing")
+
+
+async def test_entries_and_movements_are_append_only_and_balanced(clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 1000, "sato", "first")
+    r = await reserved(ledger, "c-1", "call-1")
+    await ledger.settle("acme", r.id, 100)
+    for sql in ("UPDATE billing_entries SET amount_yen = amount_yen + 1",
+                "DELETE FROM billing_entries",
+                "UPDATE billing_transactions SET reason = 'x'",
+                "DELETE FROM billing_transactions",
+                "UPDATE billing_reservations SET held_yen = 0",
+                "DELETE FROM billing_settlements"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await clean.execute(sql)
+    async with clean.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+            async with conn.transaction():
+                acc = await conn.fetchval("SELECT id FROM billing_accounts")
+                txn = await conn.fetchval(
+                    "INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, "
+                    "reason) VALUES ($1, 'deposit', 5, 'x', 'y') RETURNING id", acc)
+                await conn.execute("INSERT INTO billing_entries (transaction_id, account_id, "
+                                   "book, amount_yen) VALUES ($1, $2, 'available', 5)", txn, acc)
+    assert await ledger.balance("acme", "c-1") == Balance(1000 - 600, 0)
+
+
+async def test_a_reservation_holds_what_the_balance_pays_and_settles_at_the_rated_amount(
+        clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 1000, "sato", "first")
+    r = await reserved(ledger, "c-1", "call-1")
+    assert (r.allowed_s, r.held_yen) == (30 + 3 * 60, 900)   # 3 minutes after 30 s free
+    assert await ledger.balance("acme", "c-1") == Balance(100, 900)
+    assert await ledger.reserve("acme", "c-1", "call-1", PER_MINUTE) == r   # asked again
+    settled = await ledger.settle("acme", r.id, 95)          # 65 s billed as 2 minutes
+    assert (settled.charge.total_yen, settled.charge.tax_yen, settled.released_yen,
+            settled.overrun_yen) == (600, 54, 300, 0)
+    assert await ledger.balance("acme", "c-1") == Balance(400, 0)
+    assert await ledger.settle("acme", r.id, 95) == settled  # a retried settle
+    with pytest.raises(LedgerError) as again:
+        await ledger.settle("acme", r.id, 96)
+    assert again.value.error_id == "already-settled"
+    with pytest.raises(LedgerError):
+        await ledger.settle("other", r.id, 95)
+    kinds = [(m.kind, m.amount_yen) for m in await ledger.movements("acme", "c-1")]
+    assert kinds == [("deposit", 1000), ("hold", 900), ("charge", 600), ("release", 300)]
+    await ledger.refund("acme", "c-1", 600, "sato", "advisor dropped the line")
+    with pytest.raises(LedgerError) as over:
+        await ledger.refund("acme", "c-1", 1, "sato", "again")
+    assert over.value.error_id == "refund-exceeds-charges"
+    assert await ledger.balance("acme", "c-1") == Balance(1000, 0)
+
+
+async def test_calls_share_one_balance_and_a_small_balance_is_refused_with_amounts(
+        clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    assert await ledger.reserve("acme", "nobody", "call-0", PER_MINUTE) == Refusal(
+        "balance-too-low", 0, 300)
+    await ledger.deposit("acme", "c-1", 1000, "sato", "first")
+    first = await reserved(ledger, "c-1", "call-1", at_most_s=90)
+    second = await reserved(ledger, "c-1", "call-2")
+    assert (first.held_yen, second.held_yen, second.allowed_s) == (300, 600, 30 + 120)
+    assert await ledger.reserve("acme", "c-1", "call-3", PER_MINUTE) == Refusal(
+        "balance-too-low", 100, 300)
+    overrun = await ledger.settle("acme", first.id, 90 + 20)  # cut off 20 s late
+    assert (overrun.charge.total_yen, overrun.overrun_yen) == (600, 300)
+    await ledger.settle("acme", second.id, 0)
+    assert await ledger.balance("acme", "c-1") == Balance(400, 0)
+
+
+async def test_concurrent_reservations_never_hold_more_than_the_balance(
+        clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 3000, "sato", "first")
+    got = await asyncio.gather(*(ledger.reserve("acme", "c-1", f"call-{i}", PER_MINUTE,
+                                                at_most_s=30 + 120) for i in range(12)))
+    holds = [g for g in got if isinstance(g, Reservation)]
+    assert len(holds) == 5 and sum(h.held_yen for h in holds) == 3000
+    assert await ledger.balance("acme", "c-1") == Balance(0, 3000)
+
+
+# --- property: random concurrent sequences against the real database ----------------------
+
+def run_async(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on its own loop in a worker thread (hypothesis drives a plain
+    function; the session's loop stays untouched)."""
+    async def main() -> T:
+        return await make()
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(asyncio.run, main()).result()
+
+
+NAMES = itertools.count()
+terms_st = st.builds(Terms, price_per_minute_yen=st.integers(1, 600),
+                     unit_s=st.sampled_from([1, 10, 30, 60]), grace_s=st.integers(0, 60),
+                     minimum_yen=st.integers(0, 500), max_talk_s=st.integers(60, 1800))
+# ("deposit", yen, -, -) or ("call", the share of the balance it may hold in quarters,
+# how long it talks relative to its allowed time in %, whether its cut-off came late)
+Op = tuple[str, int, int, bool]
+ops_st = st.lists(st.one_of(
+    st.tuples(st.just("deposit"), st.integers(1, 5000), st.just(0), st.just(False)),
+    st.tuples(st.just("call"), st.integers(1, 4), st.integers(0, 100), st.booleans())),
+    min_size=1, max_size=14)
+
+
+async def scenario(url: str, terms: Terms, ops: list[Op]) -> None:
+    p = await create_pool(url, min_size=8, max_size=8)
+    try:
+        ledger = Ledger(p)
+        account = f"prop-{next(NAMES)}"
+        await ledger.deposit("acme", account, 1, "test", "open")
+        # one more billing unit costs at most this (the first one: the minimum charge)
+        unit_yen = max(terms.first_unit_yen(),
+                       -(-terms.price_per_minute_yen * terms.unit_s // 60))
+
+        async def consult(i: int, share: int, talk_pct: int, late_cut: bool) -> int:
+            balance = await ledger.balance("acme", account)
+            cap = seconds_affordable(balance.available_yen * share // 4, terms)
+            got = await ledger.reserve("acme", account, f"c{i}", terms, at_most_s=cap)
+            if isinstance(got, Refusal):
+                assert got.available_yen < got.needed_yen == terms.first_unit_yen()
+                return 0
+            assert got.held_yen == rate(got.allowed_s, terms).total_yen
+            talk = got.allowed_s * talk_pct // 100 + (terms.unit_s - 1 if late_cut else 0)
+            settled = await ledger.settle("acme", got.id, talk)
+            assert settled.charge == rate(talk, terms)
+            assert settled.overrun_yen <= (unit_yen if late_cut else 0)
+            return 1 if settled.overrun_yen else 0
+
+        tasks = [ledger.deposit("acme", account, op[1], "test", "top-up")
+                 if op[0] == "deposit" else consult(i, *op[1:]) for i, op in enumerate(ops)]
+        results = await asyncio.gather(*tasks)
+        late = sum(r for op, r in zip(ops, results, strict=True) if op[0] == "call")
+        moves = await ledger.movements("acme", account, limit=1000)
+        running: dict[str, int] = {}
+        for m in moves:
+            assert sum(m.legs.values()) == 0
+            for book, yen in m.legs.items():
+                running[book] = running.get(book, 0) + yen
+            assert running.get("held", 0) >= 0
+            assert running.get("available", 0) >= -unit_yen * late
+        deposits = 1 + sum(op[1] for op in ops if op[0] == "deposit")
+        assert await ledger.balance("acme", account) == Balance(running["available"], 0)
+        assert running["funding"] == -deposits
+        assert running["available"] == deposits - running.get("revenue", 0)
+        assert running.get("held", 0) == 0
+        if late == 0:
+            assert running["available"] >= 0
+    finally:
+        await p.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(terms=terms_st, ops=ops_st)
+def test_random_concurrent_sequences_keep_the_ledger_whole(
+        pool: asyncpg.Pool, pg_url: str, terms: Terms, ops: list[Op]) -> None:
+    run_async(lambda: scenario(pg_url, terms, ops))
