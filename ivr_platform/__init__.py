@@ -4,7 +4,8 @@ Each module is one role; none of them is wired into the servers yet (see the "IV
 platform" section of docs/CONTRACTS.md):
 
 * :mod:`ivr_platform.hours`, :mod:`ivr_platform.hours_config`: business hours, Japanese
-  public holidays and special days, in Asia/Tokyo (pure).
+  public holidays and special days, in Asia/Tokyo (pure);
+  :mod:`ivr_platform.hours_speech`: what the IVR says out of hours (pure).
 * :mod:`ivr_platform.speech`: how numbers, yen, phone numbers, durations, times and
   dates are read aloud, in Japanese and English (pure).
 * :mod:`ivr_platform.tts`: prompts rendered by Open JTalk (Japanese) or espeak-ng

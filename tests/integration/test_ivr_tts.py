@@ -10,11 +10,14 @@ import asyncio
 import os
 import time
 import wave
+from datetime import datetime
 from datetime import time as clock
 from pathlib import Path
 
 import pytest
 
+from ivr_platform.hours import TOKYO, BusinessHours, Window
+from ivr_platform.hours_speech import closed_announcement
 from ivr_platform.speech import ENGLISH, JAPANESE, Language
 from ivr_platform.tts import EngineMissing, EspeakVoice, OpenJTalkVoice, PromptCache
 from shared.phone import normalise
@@ -135,6 +138,17 @@ async def test_the_readings_are_what_open_jtalk_says() -> None:
     assert await said(JAPANESE.phone(normalise("090-1234-5678"))) == (
         "z e r o pau ky u u pau z e r o pau n o pau i ch i pau n i i pau s a N pau "
         "y o N pau n o pau g o o pau r o k u pau n a n a pau h a ch i")
+    # out of hours before the May holidays: 七日 is なのか, 明日 is あした
+    office = BusinessHours(weekly=((Window.parse("09:00-18:00"),),) * 5 + ((), ()))
+    friday_night = datetime(2026, 5, 1, 19, 0, tzinfo=TOKYO)
+    announcement = closed_announcement(office, friday_night, JAPANESE)
+    assert announcement is not None
+    assert (await said(announcement)).endswith(
+        "ts u g i n o e e gy o o w a pau g o g a ts u n a n o k a m o k u y o o b i pau "
+        "g o z e N k u j i k a r a d e s U")
+    monday = closed_announcement(office, datetime(2026, 12, 7, 19, 0, tzinfo=TOKYO), JAPANESE)
+    assert monday is not None
+    assert "a sh I t a w a" in await said(monday)
 
 
 def test_cache_directory_is_created(tmp_path: Path) -> None:
