@@ -20,4 +20,5 @@ platform" section of docs/CONTRACTS.md):
   :mod:`ivr_platform.notify_mail` (SMTP).
 * :mod:`ivr_platform.delivery`: one HTTP call to a provider and the errors all adapters
   raise (``Rejected``: never again as it is; ``Unavailable``: may be tried again).
+* :mod:`ivr_platform.cli`: ``python -m ivr_platform hours|say|sms-count``.
 """

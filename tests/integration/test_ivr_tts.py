@@ -7,6 +7,7 @@ install (the Makefile's system-deps installs them, Debian contrib for the voice)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import wave
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ivr_platform.cli import main
 from ivr_platform.hours import TOKYO, BusinessHours, Window
 from ivr_platform.hours_speech import closed_announcement
 from ivr_platform.speech import ENGLISH, JAPANESE, Language
@@ -149,6 +151,17 @@ async def test_the_readings_are_what_open_jtalk_says() -> None:
     monday = closed_announcement(office, datetime(2026, 12, 7, 19, 0, tzinfo=TOKYO), JAPANESE)
     assert monday is not None
     assert "a sh I t a w a" in await said(monday)
+
+
+def test_the_cli_renders_and_prints_the_prompt(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["say", SHORT, "--cache", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    path = Path(result["path"])
+    assert path.parent == tmp_path and result["uri"] == f"sound:{path.with_suffix('')}"
+    assert result["seconds"] == round(_format(path)[3], 2) > 1.0
+    assert main(["say", "   ", "--cache", str(tmp_path)]) == 2
+    assert "nothing to say" in capsys.readouterr().err
 
 
 def test_cache_directory_is_created(tmp_path: Path) -> None:

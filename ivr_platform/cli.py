@@ -1,0 +1,107 @@
+"""``python -m ivr_platform``: try the building blocks from a shell.
+
+    python -m ivr_platform hours hours.toml --at 2026-05-04T10:00 [--number 03-1234-5678]
+    python -m ivr_platform say "お電話ありがとうございます。" [--lang ja] [--cache DIR]
+    python -m ivr_platform sms-count "ご予約ありがとうございます。"
+
+``hours`` reads the ``[hours]`` table of a file (the format of
+:mod:`ivr_platform.hours_config`) and prints, for ``--at`` (ISO 8601; without a zone it
+is Tokyo time; default now), whether the line is open, why, when it opens next and what
+the IVR would say. ``say`` renders a prompt into the cache (default
+``/var/cache/cbgw/prompts``) and prints its file, ``sound:`` URI and length.
+``sms-count`` prints the encoding and the messages a text is billed as.
+
+Output is JSON. Exit status: 0 ok, 2 bad input (a config error names file, line and
+key), 1 a missing engine or a failing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import wave
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ivr_platform.hours import TOKYO
+from ivr_platform.hours_config import parse_merchant_hours
+from ivr_platform.hours_speech import closed_announcement
+from ivr_platform.sms import count
+from ivr_platform.speech import Language, reading
+from ivr_platform.tts import PromptCache, TtsError
+from shared.config import ConfigError, Section, load
+from shared.phone import InvalidNumber, normalise
+from shared.timeutil import TimestampError, parse_timestamp
+
+DEFAULT_CACHE = Path("/var/cache/cbgw/prompts")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ivr_platform", description=__doc__.split("\n")[0])
+    verbs = p.add_subparsers(dest="verb", required=True)
+    hours = verbs.add_parser("hours", help="open or closed at an instant, and why")
+    hours.add_argument("file", type=Path, help="a TOML file with an [hours] table")
+    hours.add_argument("--at", help="ISO 8601 instant (no zone: Tokyo time); default now")
+    hours.add_argument("--number", help="one of the merchant's numbers with its own hours")
+    hours.add_argument("--lang", choices=[v.value for v in Language], default="ja")
+    say = verbs.add_parser("say", help="render a prompt into the cache")
+    say.add_argument("text")
+    say.add_argument("--lang", choices=[v.value for v in Language], default="ja")
+    say.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    sms = verbs.add_parser("sms-count", help="the messages an SMS text is billed as")
+    sms.add_argument("text")
+    return p
+
+
+def _hours(args: argparse.Namespace) -> dict[str, Any]:
+    source = load(args.file, "IVR_HOURS", {})
+    merchant = parse_merchant_hours(Section(source, source.data, "").section("hours"))
+    source.check_unknown()
+    hours = merchant.default
+    if args.number is not None:
+        try:
+            hours = merchant.for_number(normalise(args.number))
+        except InvalidNumber as exc:
+            raise ValueError(f"--number: {exc}") from None
+    at = (parse_timestamp(args.at, "--at", zoneless=TOKYO) if args.at
+          else datetime.now(UTC))
+    status = hours.status(at)
+    opening = hours.next_opening(at)
+    return {"at": at.astimezone(TOKYO).isoformat(), "open": status.open,
+            "status": status.status.value, "reason": status.reason,
+            "until": status.until.isoformat() if status.until else None,
+            "next_opening": opening.isoformat() if opening else None,
+            "announcement": closed_announcement(hours, at, reading(Language(args.lang)))}
+
+
+def _say(args: argparse.Namespace) -> dict[str, Any]:
+    cache = PromptCache(args.cache)
+    path = asyncio.run(cache.get(args.text, Language(args.lang)))
+    with wave.open(str(path), "rb") as w:
+        seconds = w.getnframes() / w.getframerate()
+    return {"path": str(path), "uri": PromptCache.media_uri(path), "seconds": round(seconds, 2)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.verb == "hours":
+            result = _hours(args)
+        elif args.verb == "say":
+            result = _say(args)
+        else:
+            counted = count(args.text)
+            result = {"encoding": counted.encoding.value, "units": counted.units,
+                      "segments": counted.segments}
+    except (ConfigError, TimestampError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TtsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0
