@@ -61,6 +61,14 @@ def json_object(text: str) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def check_url(field: str, url: str) -> None:
+    """ValueError naming ``field`` unless ``url`` is an absolute http(s) URL."""
+    parsed = URL(url)
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise ValueError(f"{field}: expected an http(s) URL, got {_safe(url)!r}")
+
+
 def _safe(url: str) -> str:
     """A webhook URL is its own secret (Slack, Teams, Google Chat): errors name its host."""
-    return str(URL(url).origin())
+    parsed = URL(url)
+    return str(parsed.origin()) if parsed.is_absolute() else "<not an absolute URL>"

@@ -26,7 +26,7 @@ import aiohttp
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ivr_platform.delivery import Rejected, Unavailable, call, json_object
+from ivr_platform.delivery import Rejected, Unavailable, call, check_url, json_object
 from ivr_platform.notice import CallNotice
 from ivr_platform.speech import Language
 
@@ -49,6 +49,10 @@ class LineWorksSettings:
     auth_url: str = AUTH_URL
     api_base: str = API_BASE
     timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_url("auth_url", self.auth_url)
+        check_url("api_base", self.api_base)
 
     def __repr__(self) -> str:   # never the secret or the key in a log line
         return (f"LineWorksSettings(client_id={self.client_id!r}, bot_id={self.bot_id!r}, "

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from ivr_platform.delivery import Rejected, call, json_object
+from ivr_platform.delivery import Rejected, call, check_url, json_object
 from ivr_platform.notice import CallNotice
 from ivr_platform.speech import Language
 
@@ -28,6 +28,9 @@ class WebhookSettings:
     url: str
     language: Language = Language.JAPANESE
     timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_url("url", self.url)
 
     def __repr__(self) -> str:
         return f"WebhookSettings(url=<secret>, language={self.language.value!r})"
@@ -118,6 +121,9 @@ class ChatworkSettings:
     language: Language = Language.JAPANESE
     api_base: str = "https://api.chatwork.com/v2"
     timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_url("api_base", self.api_base)
 
     def __repr__(self) -> str:
         return f"ChatworkSettings(room_id={self.room_id!r}, api_token=<secret>)"

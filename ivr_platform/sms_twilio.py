@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from ivr_platform.delivery import Rejected, Unavailable, call, json_object
+from ivr_platform.delivery import Rejected, Unavailable, call, check_url, json_object
 from ivr_platform.sms import SmsStatus
 from shared.phone import E164
 
@@ -52,6 +52,9 @@ class TwilioSettings:
     auth_token: str
     base_url: str = DEFAULT_BASE_URL
     timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_url("base_url", self.base_url)
 
     def __repr__(self) -> str:   # never the token in a log line
         return f"TwilioSettings(account_sid={self.account_sid!r}, base_url={self.base_url!r})"

@@ -84,6 +84,9 @@ async def test_slack_errors_name_slacks_id_and_never_the_secret_url(chat: Any) -
         await SlackWebhook(session, WebhookSettings(base + SLACK_PATH)).notify(NOTICE)
     assert "HTTP 503" in str(down.value) and "SECRET" not in str(down.value)
     assert "SECRET" not in repr(WebhookSettings(base + SLACK_PATH))
+    with pytest.raises(ValueError) as bad:
+        WebhookSettings("hooks.slack.com/services/T0001/B0001/SECRET")
+    assert str(bad.value) == "url: expected an http(s) URL, got '<not an absolute URL>'"
 
 
 async def test_teams_workflow_adaptive_card(chat: Any) -> None:
