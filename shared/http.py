@@ -63,8 +63,12 @@ class ServiceUnavailable(ApiError):
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
                   ) -> web.Response:
-    return web.Response(text=json.dumps(body, default=str, ensure_ascii=False), status=status,
-                        content_type="application/json", headers=headers)
+    try:
+        data = json.dumps(body, default=str, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a message echoing header bytes the server could not decode
+        data = json.dumps(body, default=str).encode()
+    return web.Response(body=data, status=status, content_type="application/json",
+                        charset="utf-8", headers=headers)
 
 
 def error_response(error: ApiError) -> web.Response:

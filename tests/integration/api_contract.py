@@ -179,8 +179,8 @@ _BODY = st.one_of(
                                      "hungup_at", "kind", "messages", "by", "expires_at",
                                      "scope", "kind", "collected_at"]), _JSON)
     .map(lambda v: json.dumps(v).encode()))
-#: header bytes a client can send on one line (no CR, LF or NUL)
-_HEADER = st.binary(max_size=40).map(lambda b: b.translate(None, b"\r\n\0"))
+#: header bytes a client can send on one line (no CR, LF or NUL; no leading blank)
+_HEADER = st.binary(max_size=40).map(lambda b: b.translate(None, b"\r\n\0").lstrip())
 #: signature headers of a link request (else the session signs it), each plausible or not
 _SIGNATURE = st.fixed_dictionaries({
     HEADER_ID: st.just(b"msg-1") | _HEADER,

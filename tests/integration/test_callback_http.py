@@ -142,13 +142,15 @@ async def test_text_no_database_column_takes_is_400(client: TestClient[Any, Any]
     assert err["id"] == "invalid-field" and err["field"] == "callback_id"
 
 
-async def test_a_message_id_with_bytes_no_text_has_is_401(client: TestClient[Any, Any]) -> None:
+@pytest.mark.parametrize(("header", "error_id"), [("webhook-id", "signature-missing"),
+                                                 ("webhook-key-id", "signature-unknown-key")])
+async def test_signature_headers_with_bytes_no_text_has_are_401(
+        client: TestClient[Any, Any], header: str, error_id: str) -> None:
     raw = body("edge-raw-id")
-    headers = signed(raw)
-    lines = b"\r\n".join(f"{k}: {v}".encode() for k, v in headers.items()
-                          if k != "webhook-id") + b"\r\nwebhook-id: \xff"
-    status, err = await raw_request(client, "POST", PATH, lines, raw)
-    assert status == 401 and err["error"]["id"] == "signature-missing"
+    lines = b"\r\n".join(f"{k}: {v}".encode() for k, v in signed(raw).items() if k != header)
+    status, err = await raw_request(client, "POST", PATH,
+                                    lines + f"\r\n{header}: ".encode() + b"\xff", raw)
+    assert status == 401 and err["error"]["id"] == error_id
 
 
 async def test_unknown_merchant_is_422(client: TestClient[Any, Any]) -> None:
