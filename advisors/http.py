@@ -89,9 +89,15 @@ def install(app: web.Application, database: Database) -> None:
         async with background(services.hub.run(), "advisor events"), \
                 background(services.live.run_timers(), "advisor timers"):
             yield
-            services.hub.close()
+
+    async def end_streams(app: web.Application) -> None:
+        """Open event streams end cleanly when the server stops, before it waits for
+        its handlers to finish."""
+        if SERVICES_KEY in app:
+            app[SERVICES_KEY].hub.close()
 
     app.cleanup_ctx.append(advisors_ctx)
+    app.on_shutdown.append(end_streams)
 
 
 def _services(request: web.Request) -> tuple[Services, str]:

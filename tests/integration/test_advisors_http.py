@@ -195,3 +195,19 @@ async def test_the_database_away_is_a_503_to_retry(pg_url: str) -> None:
             body = await resp.json()
             assert resp.status == 503 and body["error"]["id"] == "database-unavailable", body
             assert resp.headers["Retry-After"] == "5"
+
+
+async def test_stopping_the_server_ends_open_event_streams(clean: asyncpg.Pool,
+                                                           pg_url: str) -> None:
+    app = web.Application(middlewares=[error_middleware])
+    app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME))])
+    install(app, lambda _: (pg_url, clean))
+    server = TestServer(app)
+    async with TestClient(server) as c:
+        stream = await c.get("/v1/advisors/events", headers=AUTH)
+        assert (await stream.content.readline()).startswith(b":")
+        started = time.monotonic()
+        await server.close()
+        assert (await asyncio.wait_for(stream.content.read(), 5)).strip() == b""
+        assert time.monotonic() - started < 5
+        stream.release()
