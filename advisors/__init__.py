@@ -6,9 +6,13 @@ take at once), groups (what a customer chooses; a one-member group is a named ad
 customers (an account with one or more phone numbers) and the merchant's settings
 (after-call work, ring timeout, misses before an automatic break, lines).
 
-Pure logic: :mod:`advisors.presence` (one advisor's state machine) and
-:mod:`advisors.assignment` (who gets a customer). Adapters: :mod:`advisors.store`
-(asyncpg; every state change an event row, published by NOTIFY),
-:mod:`advisors.http` (admin API and the presence event stream), :mod:`advisors.cli`.
-This package imports only :mod:`shared`.
+Pure logic: :mod:`advisors.model` (value types), :mod:`advisors.presence` (one
+advisor's state machine) and :mod:`advisors.assignment` (who gets a customer); input
+rules in :mod:`advisors.schemas`. Adapters: :mod:`advisors.store` (the directory),
+:mod:`advisors.live` (presence and assignment transactions; every state change an event
+row, published by NOTIFY), :mod:`advisors.events` (LISTEN, fanned out to subscribers),
+:mod:`advisors.http` and :mod:`advisors.resources` (admin API, the presence event
+stream), :mod:`advisors.metrics` (``/metrics`` readings), :mod:`advisors.cli`.
+This package imports only :mod:`shared`; the call wiring is not built yet (see
+docs/CONTRACTS.md, Advisors).
 """

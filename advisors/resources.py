@@ -19,8 +19,9 @@ from shared.http import InvalidField, json_response, read_json_object
 from shared.openapi import MERCHANT, Operation, Param, Reply, Schema
 
 T = TypeVar("T")
-I = TypeVar("I")  # noqa: E741  (the input type)
-Services = Callable[[web.Request], tuple[AdvisorStore, str]]
+In = TypeVar("In")  # the parsed input
+#: the store and the caller's merchant, for a request (401/503 otherwise)
+Directory = Callable[[web.Request], tuple[AdvisorStore, str]]
 
 UNAVAILABLE = {503: ("advisors-unavailable", "database-unavailable")}
 _ONE = {400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}
@@ -40,17 +41,17 @@ def id_param(name: str) -> tuple[Param, ...]:
 
 
 @dataclass(frozen=True)
-class Resource(Generic[T, I]):
+class Resource(Generic[T, In]):
     what: str
     path: str
     id_name: str
     tag: str
-    parse: Callable[[Mapping[str, Any], bool], I]
+    parse: Callable[[Mapping[str, Any], bool], In]
     to_json: Callable[[T], dict[str, Any]]
     all: Callable[[AdvisorStore, str], Awaitable[list[T]]]
     one: Callable[[AdvisorStore, str, int], Awaitable[T]]
-    create: Callable[[AdvisorStore, str, I], Awaitable[T]]
-    update: Callable[[AdvisorStore, str, int, I], Awaitable[T]]
+    create: Callable[[AdvisorStore, str, In], Awaitable[T]]
+    update: Callable[[AdvisorStore, str, int, In], Awaitable[T]]
     schema: Schema
     create_schema: Schema
     change_schema: Schema
@@ -58,14 +59,14 @@ class Resource(Generic[T, I]):
     create_doc: str
     change_doc: str
 
-    def collection(self, services: Services) -> list[Operation]:
+    def collection(self, directory: Directory) -> list[Operation]:
         async def list_all(request: web.Request) -> web.Response:
-            store, merchant = services(request)
+            store, merchant = directory(request)
             return json_response({"items": [self.to_json(x)
                                             for x in await self.all(store, merchant)]})
 
         async def add(request: web.Request) -> web.Response:
-            store, merchant = services(request)
+            store, merchant = directory(request)
             new = self.parse(await read_json_object(request), True)
             return json_response(self.to_json(await self.create(store, merchant, new)), 201)
 
@@ -78,16 +79,16 @@ class Resource(Generic[T, I]):
                       {201: Reply(f"the {self.what}", self.schema)}, access=MERCHANT,
                       body=self.create_schema, errors=_ADD)]
 
-    def items(self, services: Services) -> list[Operation]:
+    def items(self, directory: Directory) -> list[Operation]:
         item_path = f"{self.path}/{{{self.id_name}}}"
 
         async def get(request: web.Request) -> web.Response:
-            store, merchant = services(request)
+            store, merchant = directory(request)
             return json_response(self.to_json(await self.one(
                 store, merchant, path_id(request, self.id_name))))
 
         async def change(request: web.Request) -> web.Response:
-            store, merchant = services(request)
+            store, merchant = directory(request)
             ident = path_id(request, self.id_name)
             changes = self.parse(await read_json_object(request), False)
             return json_response(self.to_json(await self.update(store, merchant, ident,
