@@ -4,8 +4,9 @@
 generators own, in order: the database (pool, migrations, merchant sync, the
 toll-fraud guard that screens intake, rounds, legs and spend), the advisors
 domain (:func:`advisors.http.install`: its admin API, presence events and timers), the
-rating service, the link to the edge (outbox relay), and the ARI connection
-with the Stasis application and the job worker. Each is torn down in reverse
+billing API (:func:`billing.http.install`: deposits, balances, ledgers), the rating
+service, the link to the edge (outbox relay), and the ARI connection with the Stasis
+application and the job worker. Each is torn down in reverse
 order; the worker drains running calls first (``callback.drain_s``).
 
 Asterisk being unreachable never stops the server: the ARI client retries
@@ -34,6 +35,7 @@ import billing
 import callback_server
 import shared
 from advisors.http import install as install_advisors
+from billing.http import install as install_billing
 from callback_server.config import CallbackSettings
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
@@ -103,6 +105,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     app = _intake_app(settings, "all")
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
+    install_billing(app, lambda a: a[POOL_KEY])
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:

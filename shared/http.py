@@ -12,6 +12,7 @@ application's ``client_max_size`` (:data:`MAX_BODY_BYTES` by default).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.db import CONNECTION_ERRORS
 from shared.timeutil import TimestampError, parse_timestamp
 
 log = logging.getLogger("shared.http")
@@ -211,6 +213,20 @@ def query_int(query: Mapping[str, str], name: str, *, low: int, high: int, defau
             and low <= int(text) <= high):
         raise InvalidField(name, f"expected an integer {low}..{high}")
     return int(text)
+
+
+def database_errors_as_503(handler: Handler) -> Handler:
+    """``handler`` with the database away answered 503 ``database-unavailable`` (with
+    Retry-After: the client retries) instead of 500."""
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CONNECTION_ERRORS as exc:
+            log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
+            raise ServiceUnavailable("database-unavailable", "database unavailable; retry"
+                                     ) from None
+    return guarded
 
 
 # --- API authentication ----------------------------------------------------------------

@@ -12,7 +12,9 @@ import pytest
 from aiohttp import web
 
 import advisors
+import billing
 from advisors.http import install as install_advisors
+from billing.http import install as install_billing
 from callback_server.guard.http import GUARD_KEY, install
 from callback_server.guard.service import Guard
 from callback_server.guard.settings import GuardSettings
@@ -49,7 +51,7 @@ pool, clean = callback_db.fixtures(MERCHANTS)
 def make_app(pool: asyncpg.Pool, db_url: str) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
-    letters and the advisors' admin API."""
+    letters, the advisors' admin API and the billing API."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -63,13 +65,15 @@ def make_app(pool: asyncpg.Pool, db_url: str) -> web.Application:
     install_metrics(app, lambda _: pool)
     outbox_operator.add_routes(app)
     install_advisors(app, lambda _: (db_url, pool))
+    install_billing(app, lambda _: pool)
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
 
 
 @pytest.fixture
 async def served(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Served]:
-    await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__)])
+    await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__),
+                               package_migrations("billing", billing.__file__)])
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
                                                       OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back

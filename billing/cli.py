@@ -1,0 +1,121 @@
+"""``python -m billing``: bank transfers entered as deposits, balances and ledgers.
+
+    python -m billing --merchant acme deposit --account member-42 --amount 5000 \\
+        --date 2026-12-01 --payer "ﾔﾏﾀﾞ ﾀﾛｳ" --reference MUFG-20261201-0007 [--by sato]
+    python -m billing --merchant acme transfers [--after ID] [--limit N]
+    python -m billing --merchant acme balance member-42
+    python -m billing --merchant acme ledger member-42 [--after ID] [--limit N]
+
+Output is JSON. A deposit goes through the API's parser (:func:`billing.transfers.parse`)
+before the database is opened, so the rules and messages are the API's; an error names
+the option at fault. ``--by`` defaults to the login name. Database: ``--database-url``,
+else ``DATABASE_URL``, else the embedded server (``cbgw_callback``, the callback site's);
+the billing migrations are applied on connect. Exit status: 0 ok, 2 bad input or a
+refusal (duplicate reference, no such account), 1 database unreachable or failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+import billing
+from billing import transfers
+from billing.http import balance_json, movement_json
+from billing.ledger import Ledger
+from shared.db import create_pool, migrate, package_migrations, resolve_url
+from shared.http import ApiError
+
+#: API field -> the option that sets it
+OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
+           "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m billing", description=__doc__.split("\n")[0])
+    p.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL, else "
+                                          "embedded)")
+    p.add_argument("--merchant", required=True, help="the merchant id")
+    commands = p.add_subparsers(dest="command", required=True)
+    deposit = commands.add_parser("deposit", help="enter a bank transfer as a deposit")
+    deposit.add_argument("--account", required=True)
+    deposit.add_argument("--amount", type=int, required=True, help="yen")
+    deposit.add_argument("--date", required=True, help="YYYY-MM-DD the money arrived")
+    deposit.add_argument("--payer", required=True, help="the payer as the bank shows it")
+    deposit.add_argument("--reference", required=True, help="the bank's reference")
+    deposit.add_argument("--by", default=getpass.getuser(), help="who enters it")
+    listed = commands.add_parser("transfers", help="bank transfers entered, oldest first")
+    account = commands.add_parser("balance", help="an account's balance")
+    account.add_argument("account")
+    ledger = commands.add_parser("ledger", help="an account's movements, oldest first")
+    ledger.add_argument("account")
+    for paged in (listed, ledger):
+        paged.add_argument("--after", type=int, default=0, help="only ids after this")
+        paged.add_argument("--limit", type=int, default=100, help="1..1000 (100)")
+    return p
+
+
+def _transfer(args: argparse.Namespace) -> transfers.BankTransfer:
+    return transfers.parse({"account": args.account, "amount_yen": args.amount,
+                            "transferred_on": args.date, "payer_name": args.payer,
+                            "bank_reference": args.reference, "entered_by": args.by},
+                           transfers.tokyo_today())
+
+
+async def run(args: argparse.Namespace, transfer: transfers.BankTransfer | None) -> Any:
+    url = await asyncio.to_thread(resolve_url, args.database_url, "cbgw_callback")
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, [package_migrations("billing", billing.__file__)])
+        ledger, m = Ledger(pool), args.merchant
+        match args.command:
+            case "deposit":
+                assert transfer is not None
+                recorded = await transfers.record(pool, m, transfer)
+                return {**recorded.to_json(), "balance": balance_json(
+                    transfer.account, await ledger.balance(m, transfer.account))}
+            case "transfers":
+                return {"items": [r.to_json() for r in await transfers.listed(
+                    pool, m, after_id=args.after, limit=args.limit)]}
+            case "balance":
+                return balance_json(args.account, await ledger.balance(m, args.account))
+        await ledger.balance(m, args.account)      # no such account: not found
+        return {"account": args.account, "items": [movement_json(x) for x in
+                                                   await ledger.movements(
+                                                       m, args.account, after_id=args.after,
+                                                       limit=args.limit)]}
+    finally:
+        await pool.close()
+
+
+def _refusal(exc: ApiError) -> str:
+    if "field" in exc.fields:
+        field = str(exc.fields["field"])
+        return f"{OPTIONS.get(field, field)}: {exc.message.partition(': ')[2]}"
+    return exc.message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if getattr(args, "limit", 1) not in range(1, 1001) or getattr(args, "after", 0) < 0:
+        p.error("--limit: expected 1..1000; --after: expected 0 or more")
+    try:
+        transfer = _transfer(args) if args.command == "deposit" else None
+        result = asyncio.run(run(args, transfer))
+    except ApiError as exc:   # bad input, duplicate reference, no such account
+        print(f"error: {_refusal(exc)}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        print(f"error: database ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0

@@ -1,0 +1,204 @@
+"""The billing API (JSON; the merchant's bearer token, :func:`shared.http.
+authenticated_merchant`, selects the tenant).
+
+* ``POST /v1/billing/bank-transfers``: enter a bank transfer as a deposit (201)
+* ``GET /v1/billing/bank-transfers?after_id=&limit=``: the transfers entered, oldest first
+* ``GET /v1/billing/accounts/{account}/balance``: available, held, total yen
+* ``GET /v1/billing/accounts/{account}/ledger?after_id=&limit=``: the movements with legs
+
+Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
+(404: no such account), ``duplicate-reference`` (409, field ``bank_reference``),
+``auth-*`` (401), ``billing-unavailable`` (503 before the database is connected),
+``database-unavailable`` (503 while it is away).
+
+:func:`install` mounts the routes and, in ``cleanup_ctx`` after the site's database, the
+ledger on its pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from billing import transfers
+from billing.ledger import Balance, Ledger, Movement
+from shared.http import (
+    ApiError,
+    InvalidField,
+    authenticated_merchant,
+    database_errors_as_503,
+    json_response,
+    query_int,
+    read_json_object,
+)
+from shared.openapi import (
+    MERCHANT,
+    TIMESTAMP,
+    Operation,
+    Param,
+    Reply,
+    Schema,
+    add_operations,
+    string,
+)
+
+LEDGER_KEY = web.AppKey("billing_ledger", Ledger)
+MAX_PAGE = 1000
+MAX_ID = 10**18
+
+
+def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool]) -> None:
+    add_operations(app, OPERATIONS)
+
+    async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[LEDGER_KEY] = Ledger(pool(app))
+        yield
+
+    app.cleanup_ctx.append(billing_ctx)
+
+
+def _ledger(request: web.Request) -> tuple[Ledger, str]:
+    """The ledger and the caller's merchant (401 first, then 503 if not started)."""
+    merchant_id = authenticated_merchant(request)
+    ledger = request.app.get(LEDGER_KEY)
+    if ledger is None:
+        raise ApiError(503, "billing-unavailable", "database not connected yet",
+                       retry_after_s=5)
+    return ledger, merchant_id
+
+
+def _account(request: web.Request) -> str:
+    account = request.match_info["account"]
+    if not 1 <= len(account) <= 64:
+        raise InvalidField("account", "expected 1..64 characters")
+    return account
+
+
+def _page(query: Mapping[str, str]) -> tuple[int, int]:
+    return (query_int(query, "after_id", low=0, high=MAX_ID, default=0),
+            query_int(query, "limit", low=1, high=MAX_PAGE, default=100))
+
+
+def balance_json(account: str, balance: Balance) -> dict[str, Any]:
+    return {"account": account, "available_yen": balance.available_yen,
+            "held_yen": balance.held_yen, "total_yen": balance.total_yen}
+
+
+def movement_json(m: Movement) -> dict[str, Any]:
+    return {"id": m.id, "kind": m.kind, "amount_yen": m.amount_yen, "by": m.by,
+            "reason": m.reason, "reservation_id": m.reservation_id, "at": m.at.isoformat(),
+            "legs": m.legs}
+
+
+async def post_bank_transfer(request: web.Request) -> web.Response:
+    """Enter a bank transfer from the statement as a deposit to the account (opened by its
+    first deposit). The bank reference is entered once per merchant; the entry records
+    who entered it (``entered_by``) and when."""
+    ledger, merchant = _ledger(request)
+    transfer = transfers.parse(await read_json_object(request), transfers.tokyo_today())
+    recorded = await transfers.record(ledger.pool, merchant, transfer)
+    balance = await ledger.balance(merchant, transfer.account)
+    return json_response({**recorded.to_json(), "balance": balance_json(transfer.account,
+                                                                        balance)}, status=201)
+
+
+async def get_bank_transfers(request: web.Request) -> web.Response:
+    """The merchant's bank transfers, in the order they were entered."""
+    ledger, merchant = _ledger(request)
+    after_id, limit = _page(request.query)
+    items = await transfers.listed(ledger.pool, merchant, after_id=after_id, limit=limit)
+    return json_response({"items": [r.to_json() for r in items],
+                          "next_after_id": items[-1].id if items else after_id})
+
+
+async def get_balance(request: web.Request) -> web.Response:
+    """The account's balance: available (free to spend), held (reserved by consultations
+    in progress) and their total."""
+    ledger, merchant = _ledger(request)
+    account = _account(request)
+    return json_response(balance_json(account, await ledger.balance(merchant, account)))
+
+
+async def get_ledger(request: web.Request) -> web.Response:
+    """The account's movements, oldest first: kind, amount, who, why and the legs by book
+    (they sum to zero)."""
+    ledger, merchant = _ledger(request)
+    account = _account(request)
+    after_id, limit = _page(request.query)
+    await ledger.balance(merchant, account)      # 404 for an account that does not exist
+    items = await ledger.movements(merchant, account, after_id=after_id, limit=limit)
+    return json_response({"account": account, "items": [movement_json(m) for m in items],
+                          "next_after_id": items[-1].id if items else after_id})
+
+
+_YEN = {"type": "integer"}
+_ID = {"type": "integer", "minimum": 1}
+TRANSFER_BODY: Schema = {
+    "type": "object", "additionalProperties": False, "required": list(transfers.FIELDS),
+    "properties": {
+        "account": string(64), "amount_yen": {"type": "integer", "minimum": 1,
+                                              "maximum": 1_000_000_000},
+        "transferred_on": {"type": "string", "format": "date",
+                           "description": "the day the money arrived (Asia/Tokyo); not "
+                                          "in the future"},
+        "payer_name": string(100, description="the payer as the bank shows it"),
+        "bank_reference": string(64, description="the bank's reference; once per merchant"),
+        "entered_by": string(128, description="the operator entering it")}}
+BALANCE: Schema = {
+    "type": "object", "required": ["account", "available_yen", "held_yen", "total_yen"],
+    "properties": {"account": {"type": "string"}, "available_yen": _YEN, "held_yen": _YEN,
+                   "total_yen": _YEN}}
+TRANSFER: Schema = {"type": "object",
+            "required": [*transfers.FIELDS, "id", "entered_at", "transaction_id"],
+            "properties": {**TRANSFER_BODY["properties"], "id": _ID,
+                           "entered_at": TIMESTAMP, "transaction_id": _ID}}
+MOVEMENT: Schema = {"type": "object", "required": ["id", "kind", "amount_yen", "by", "reason", "at",
+                                           "legs"],
+            "properties": {
+                "id": _ID, "kind": {"enum": ["deposit", "charge", "refund", "adjustment",
+                                             "hold", "release"]},
+                "amount_yen": {"type": "integer", "minimum": 1}, "by": {"type": "string"},
+                "reason": {"type": "string"}, "reservation_id": {"type": ["integer", "null"]},
+                "at": TIMESTAMP,
+                "legs": {"type": "object", "description": "book → signed yen; sums to 0",
+                         "additionalProperties": _YEN}}}
+_PAGE = (Param("after_id", "query", {"type": "integer", "minimum": 0},
+               "only what comes after this id (the reply's next_after_id)"),
+         Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}))
+_ACCOUNT = Param("account", "path", string(64), "the customer's account")
+_UNAVAILABLE = {503: ("billing-unavailable", "database-unavailable")}
+_TAG = "billing"
+
+OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for op in (
+    Operation("POST", "/v1/billing/bank-transfers", post_bank_transfer,
+              "Enter a bank transfer as a deposit", _TAG,
+              {201: Reply("the transfer entered, with the account's balance after it",
+                          {**TRANSFER, "properties": {**TRANSFER["properties"],
+                                                      "balance": BALANCE}})},
+              access=MERCHANT, body=TRANSFER_BODY,
+              errors={400: ("invalid-field",), 409: ("duplicate-reference",), **_UNAVAILABLE}),
+    Operation("GET", "/v1/billing/bank-transfers", get_bank_transfers,
+              "Bank transfers entered", _TAG,
+              {200: Reply("a page of transfers", {
+                  "type": "object", "required": ["items", "next_after_id"],
+                  "properties": {"items": {"type": "array", "items": TRANSFER},
+                                 "next_after_id": {"type": "integer"}}})},
+              access=MERCHANT, params=_PAGE, errors=_UNAVAILABLE),
+    Operation("GET", "/v1/billing/accounts/{account}/balance", get_balance,
+              "An account's balance", _TAG, {200: Reply("the balance", BALANCE)},
+              access=MERCHANT, params=(_ACCOUNT,),
+              errors={404: ("not-found",), **_UNAVAILABLE}),
+    Operation("GET", "/v1/billing/accounts/{account}/ledger", get_ledger,
+              "An account's movements", _TAG,
+              {200: Reply("a page of movements", {
+                  "type": "object", "required": ["account", "items", "next_after_id"],
+                  "properties": {"account": {"type": "string"},
+                                 "items": {"type": "array", "items": MOVEMENT},
+                                 "next_after_id": {"type": "integer"}}})},
+              access=MERCHANT, params=(_ACCOUNT, *_PAGE),
+              errors={404: ("not-found",), **_UNAVAILABLE}),
+))

@@ -1,0 +1,69 @@
+"""``python -m billing`` on a real PostgreSQL: a bank transfer entered as a deposit, the
+duplicate refused, balance, ledger and transfers listed; errors naming the option."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import subprocess
+import sys
+from typing import Any
+
+import asyncpg
+import pytest
+
+from billing.cli import main
+from tests.integration import billing_db
+
+pytestmark = pytest.mark.integration
+pool, clean = billing_db.fixtures()
+DEPOSIT = ["deposit", "--account", "member-42", "--amount", "5000", "--date", "2026-12-01",
+           "--payer", "ﾔﾏﾀﾞ ﾀﾛｳ", "--reference", "MUFG-7"]
+
+
+async def test_deposit_balance_ledger_and_transfers(
+        pg_url: str, clean: asyncpg.Pool, capsys: pytest.CaptureFixture[str]) -> None:
+    async def run(*args: str, code: int = 0) -> Any:
+        got = await asyncio.to_thread(main, ["--database-url", pg_url, "--merchant", "acme",
+                                             *args])
+        out = capsys.readouterr()
+        assert got == code, out.err
+        return json.loads(out.out) if code == 0 else out.err
+
+    entered = await run(*DEPOSIT)
+    assert (entered["entered_by"], entered["balance"]["available_yen"]) == (
+        getpass.getuser(), 5000)
+    assert await run(*DEPOSIT, "--by", "sato", code=2) == (
+        f"error: --reference: 'MUFG-7' was entered already (transfer {entered['id']})\n")
+    assert (await run("balance", "member-42"))["total_yen"] == 5000
+    [move] = (await run("ledger", "member-42"))["items"]
+    assert (move["kind"], move["by"]) == ("deposit", getpass.getuser())
+    assert [t["id"] for t in (await run("transfers"))["items"]] == [entered["id"]]
+    assert (await run("transfers", "--after", str(entered["id"])))["items"] == []
+    assert await run("balance", "nobody", code=2) == "error: no billing account 'nobody'\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--amount", "0"], "error: --amount: expected an integer 1..1000000000"),
+    (["--date", "2026-13-01"], "error: --date: no such day 2026-13-01"),
+    (["--date", "2999-01-01"], "error: --date: 2999-01-01 is in the future"),
+    (["--payer", ""], "error: --payer: required string"),
+    (["--by", "x" * 129], "error: --by: longer than 128 characters"),
+])
+def test_bad_input_is_one_line_naming_the_option(pg_url: str, args: list[str],
+                                                 message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "billing", "--database-url", pg_url,
+                           "--merchant", "acme", *DEPOSIT, *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_an_unreachable_database_is_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "billing", "--database-url",
+                           "postgresql://nobody@127.0.0.1:9/none", "--merchant", "acme",
+                           "balance", "x"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 1 and done.stderr.startswith("error: database (")
+    assert done.stderr.count("\n") == 1, done.stderr

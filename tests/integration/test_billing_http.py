@@ -1,0 +1,177 @@
+"""The billing API over real HTTP (aiohttp test server) and a real PostgreSQL: bank
+transfers entered as deposits (a reference once per merchant, who and when recorded),
+balances and ledgers per merchant token, bad input naming its field, the database away
+answered 503."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from billing.http import install
+from billing.ledger import Ledger, Reservation
+from billing.rating import Terms
+from billing.transfers import tokyo_today
+from shared.db import create_pool
+from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
+from tests.integration import billing_db
+
+pytestmark = pytest.mark.integration
+pool, clean = billing_db.fixtures()
+
+ACME, BENTO = "acme-token", "bento-token"
+AUTH = {"Authorization": f"Bearer {ACME}"}
+BENTO_AUTH = {"Authorization": f"Bearer {BENTO}"}
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def app_over(p: asyncpg.Pool) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME)), ("bento", digest(BENTO))])
+    install(app, lambda _: p)
+    return app
+
+
+@pytest.fixture
+async def client(clean: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(app_over(clean))) as c:
+        yield c
+
+
+def transfer(**extra: Any) -> dict[str, Any]:
+    return {"account": "member-42", "amount_yen": 5000, "transferred_on": "2026-12-01",
+            "payer_name": "ﾔﾏﾀﾞ ﾀﾛｳ", "bank_reference": "MUFG-20261201-0007",
+            "entered_by": "sato", **extra}
+
+
+async def ok(resp: ClientResponse, status: int = 200) -> Any:
+    body = await resp.json()
+    assert resp.status == status, body
+    return body
+
+
+async def refused(resp: ClientResponse, status: int = 400) -> tuple[str, str | None]:
+    body = await resp.json()
+    assert resp.status == status, body
+    return body["error"]["id"], body["error"].get("field")
+
+
+async def test_a_bank_transfer_is_a_deposit_entered_once_with_who_and_when(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    entered = await ok(await client.post("/v1/billing/bank-transfers", json=transfer(),
+                                         headers=AUTH), 201)
+    assert entered["balance"] == {"account": "member-42", "available_yen": 5000,
+                                  "held_yen": 0, "total_yen": 5000}
+    assert (entered["entered_by"], entered["payer_name"]) == ("sato", "ﾔﾏﾀﾞ ﾀﾛｳ")
+    again = transfer(amount_yen=7000, account="member-43", entered_by="suzuki")
+    assert await refused(await client.post("/v1/billing/bank-transfers", json=again,
+                                           headers=AUTH), 409) == (
+        "duplicate-reference", "bank_reference")
+    # the same reference at another merchant is another transfer
+    await ok(await client.post("/v1/billing/bank-transfers", json=transfer(),
+                               headers=BENTO_AUTH), 201)
+    listed = await ok(await client.get("/v1/billing/bank-transfers", headers=AUTH))
+    assert [t["bank_reference"] for t in listed["items"]] == ["MUFG-20261201-0007"]
+    assert listed["next_after_id"] == entered["id"]
+    assert (await ok(await client.get(f"/v1/billing/bank-transfers?after_id={entered['id']}",
+                                      headers=AUTH)))["items"] == []
+    ledger = await ok(await client.get("/v1/billing/accounts/member-42/ledger", headers=AUTH))
+    [move] = ledger["items"]
+    assert (move["kind"], move["amount_yen"], move["by"], move["legs"]) == (
+        "deposit", 5000, "sato", {"available": 5000, "funding": -5000})
+    assert "MUFG-20261201-0007" in move["reason"] and move["id"] == entered["transaction_id"]
+    assert await clean.fetchval("SELECT count(*) FROM billing_transactions") == 2
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await clean.execute("UPDATE billing_bank_transfers SET amount_yen = 1")
+
+
+async def test_concurrent_entries_of_one_reference_deposit_once(
+        client: TestClient[Any, Any]) -> None:
+    answers = await asyncio.gather(*(client.post(
+        "/v1/billing/bank-transfers", json=transfer(entered_by=f"op{i}"), headers=AUTH)
+        for i in range(6)))
+    assert sorted(a.status for a in answers) == [201, 409, 409, 409, 409, 409]
+    balance = await ok(await client.get("/v1/billing/accounts/member-42/balance",
+                                        headers=AUTH))
+    assert balance["available_yen"] == 5000
+
+
+async def test_balance_and_ledger_show_holds_and_stay_within_the_merchant(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    await ok(await client.post("/v1/billing/bank-transfers", json=transfer(), headers=AUTH),
+             201)
+    held = await Ledger(clean).reserve("acme", "member-42", "call-1",
+                                       Terms(price_per_minute_yen=300, max_talk_s=600))
+    assert isinstance(held, Reservation) and held.held_yen == 3000
+    balance = await ok(await client.get("/v1/billing/accounts/member-42/balance",
+                                        headers=AUTH))
+    assert (balance["available_yen"], balance["held_yen"], balance["total_yen"]) == (
+        2000, 3000, 5000)
+    page = await ok(await client.get("/v1/billing/accounts/member-42/ledger?limit=1",
+                                     headers=AUTH))
+    assert [m["kind"] for m in page["items"]] == ["deposit"]
+    rest = await ok(await client.get(
+        f"/v1/billing/accounts/member-42/ledger?after_id={page['next_after_id']}",
+        headers=AUTH))
+    assert [(m["kind"], m["reservation_id"]) for m in rest["items"]] == [("hold", held.id)]
+    assert await refused(await client.get("/v1/billing/accounts/member-42/balance",
+                                          headers=BENTO_AUTH), 404) == ("not-found", None)
+    assert await refused(await client.get("/v1/billing/accounts/nobody/ledger",
+                                          headers=AUTH), 404) == ("not-found", None)
+    assert (await client.get("/v1/billing/accounts/member-42/balance")).status == 401
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"amount_yen": 0}, "amount_yen"), ({"amount_yen": "5000"}, "amount_yen"),
+    ({"amount_yen": 5000.0}, "amount_yen"), ({"amount_yen": True}, "amount_yen"),
+    ({"amount_yen": 10**12}, "amount_yen"),
+    ({"transferred_on": "2026/12/01"}, "transferred_on"),
+    ({"transferred_on": "2026-02-30"}, "transferred_on"),
+    ({"transferred_on": (tokyo_today() + timedelta(days=1)).isoformat()}, "transferred_on"),
+    ({"payer_name": ""}, "payer_name"), ({"payer_name": "x" * 101}, "payer_name"),
+    ({"bank_reference": None}, "bank_reference"), ({"entered_by": 7}, "entered_by"),
+    ({"account": "a" * 65}, "account"), ({"memo": "hi"}, "memo")])
+async def test_bad_transfers_are_400_naming_the_field(
+        client: TestClient[Any, Any], change: dict[str, Any], field: str) -> None:
+    assert await refused(await client.post("/v1/billing/bank-transfers",
+                                           json=transfer(**change), headers=AUTH)) == (
+        "invalid-field", field)
+
+
+async def test_bad_paging_and_bodies_are_400(client: TestClient[Any, Any]) -> None:
+    for query, field in (("limit=0", "limit"), ("limit=1001", "limit"),
+                         ("after_id=-1", "after_id"), ("after_id=x", "after_id")):
+        assert await refused(await client.get(f"/v1/billing/bank-transfers?{query}",
+                                              headers=AUTH)) == ("invalid-field", field)
+    assert await refused(await client.post("/v1/billing/bank-transfers", data=b"[1]",
+                                           headers=AUTH)) == ("invalid-json", None)
+    await ok(await client.post("/v1/billing/bank-transfers", json=transfer(
+        transferred_on=tokyo_today().isoformat()), headers=AUTH), 201)   # today is fine
+
+
+async def test_the_database_away_is_503_and_before_it_billing_unavailable(
+        pg_url: str, pool: asyncpg.Pool) -> None:
+    gone = await create_pool(pg_url, min_size=1, max_size=1)
+    await gone.close()
+    async with TestClient(TestServer(app_over(gone))) as c:
+        resp = await c.get("/v1/billing/accounts/member-42/balance", headers=AUTH)
+        assert await refused(resp, 503) == ("database-unavailable", None)
+        assert resp.headers["Retry-After"] == "5"
+    app = web.Application(middlewares=[error_middleware])
+    app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME))])
+    install(app, lambda _: pool)
+    app.cleanup_ctx.clear()                       # as before the site's database is up
+    async with TestClient(TestServer(app)) as c:
+        assert await refused(await c.get("/v1/billing/accounts/x/balance", headers=AUTH),
+                             503) == ("billing-unavailable", None)
