@@ -208,10 +208,14 @@ _INFO_KEY = web.AppKey("openapi_info", dict[str, Any])
 
 
 def add_operations(app: web.Application, operations: Iterable[Operation]) -> None:
-    """Put each operation on the router and in the application's document."""
+    """Put each operation on the router (a GET with its HEAD, as aiohttp's ``add_get``) and
+    in the application's document."""
     declared = app.setdefault(OPERATIONS_KEY, [])
     for op in operations:
-        app.router.add_route(op.method, op.path, op.handler)
+        if op.method == "GET":
+            app.router.add_get(op.path, op.handler)
+        else:
+            app.router.add_route(op.method, op.path, op.handler)
         declared.append(op)
 
 

@@ -101,6 +101,7 @@ async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) ->
         body = await resp.json()
         assert resp.status == 200 and body["openapi"].startswith("3.1")
         assert body == document(app)
+        assert (await client.head("/openapi.json")).status == 200  # a GET has its HEAD
         assert set(body["paths"]) == {"/v1/link/events", "/v1/requests", "/v1/cdrs",
                                       "/healthz", "/openapi.json"}
 
