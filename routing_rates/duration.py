@@ -10,20 +10,54 @@ histogram, from observed CDR durations, or the built-in default: an
 exponential distribution with a mean of about 155 s (the average Japanese
 mobile call, 2 min 35 s), discretised into 5 s buckets up to 30 min, each
 bucket's mass placed at its upper end (conservative: it never under-bills).
+
+Expected costs are cached per model (a model is immutable, so the model object
+*is* its version): for each tariff shape X/Y the model keeps a
+:class:`BilledProfile`, the distribution of billed seconds (P(billed > 0),
+E[billed] and the distinct billed values). When ``Terms.linear`` holds, every
+billed call costs exactly ``connect_fee + rate * billed / unit_s`` (no rounding,
+no minimum), so E[cost] = P(billed > 0) * connect_fee + rate * E[billed] / unit_s:
+O(1) per tariff once the profile is known. Otherwise E[cost] is the sum over the
+distinct billed values (31 for 60/60 up to 30 min, not one term per point), kept
+per ``Terms``. Both give exactly what the sum over the points gives.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
-from routing_rates.tariff import Terms, ceil_seconds
+from routing_rates.tariff import Terms, billed_seconds, ceil_seconds
 from shared.money import Money
 
 _ONE = Decimal(1)
+_ZERO = Decimal(0)
+#: expected costs kept per model for so many distinct ``Terms`` (then computed each time)
+COST_MEMO_SIZE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class BilledProfile:
+    """The distribution of billed seconds under one X/Y for one :class:`DurationModel`."""
+
+    answered: Decimal                        # P(billed > 0)
+    mean_billed: Decimal                     # E[billed seconds]
+    points: tuple[tuple[int, Decimal], ...]  # distinct billed seconds > 0 -> probability
+
+    @classmethod
+    def of(cls, model: DurationModel, initial_s: int, increment_s: int) -> BilledProfile:
+        merged: dict[int, Decimal] = {}
+        for seconds, prob in model.points:
+            billed = billed_seconds(seconds, initial_s, increment_s)
+            if billed:
+                merged[billed] = merged.get(billed, _ZERO) + prob
+        points = tuple(sorted(merged.items()))
+        return cls(sum((p for _, p in points), _ZERO),
+                   sum((b * p for b, p in points), _ZERO), points)
 
 
 class DistributionError(ValueError):
@@ -36,6 +70,10 @@ class DurationModel:
 
     name: str
     points: tuple[tuple[int, Decimal], ...]
+    _profiles: dict[tuple[int, int], BilledProfile] = field(
+        default_factory=dict, compare=False, hash=False, repr=False)
+    _costs: dict[Terms, Decimal] = field(default_factory=dict, compare=False, hash=False,
+                                         repr=False)
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -51,9 +89,34 @@ class DurationModel:
     def mean(self) -> Decimal:
         return sum((s * p for s, p in self.points), Decimal(0))
 
+    def billed_profile(self, initial_s: int, increment_s: int) -> BilledProfile:
+        """The billed seconds under X/Y = ``initial_s``/``increment_s`` (computed once)."""
+        key = (initial_s, increment_s)
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = self._profiles[key] = BilledProfile.of(self, initial_s, increment_s)
+        return profile
+
     def expected_cost(self, terms: Terms) -> Money:
         """E[cost(d)] under ``terms`` (each cost rounded as billed, the mean not)."""
-        acc = Decimal(0)
+        amount = self._costs.get(terms)
+        if amount is None:
+            profile = self.billed_profile(terms.initial_s, terms.increment_s)
+            if terms.linear:
+                amount = (profile.answered * terms.connect_fee
+                          + terms.rate * profile.mean_billed / terms.unit_s)
+                whole = amount.quantize(Decimal(1).scaleb(-terms.decimals))
+                amount = whole if whole == amount else amount  # "150.0" as billed, not "150"
+            else:
+                amount = sum((terms.cost_of_billed(b).amount * p for b, p in profile.points),
+                             _ZERO)
+            if len(self._costs) < COST_MEMO_SIZE:
+                self._costs[terms] = amount
+        return Money(amount, terms.currency)
+
+    def expected_cost_by_points(self, terms: Terms) -> Money:
+        """E[cost(d)] summed over every point, uncached: the reference for the fast path."""
+        acc = _ZERO
         for seconds, prob in self.points:
             acc += terms.cost(seconds).amount * prob
         return Money(acc, terms.currency)
@@ -115,6 +178,32 @@ class DurationModel:
         weights.append((cap_s, prev))
         return cls.from_histogram(name, weights)
 
+    @classmethod
+    def lognormal(cls, name: str, mean_s: Decimal, sigma: Decimal, bucket_s: int = 1,
+                  cap_s: int = 3600) -> DurationModel:
+        """Log-normal durations with mean ``mean_s`` and shape ``sigma`` (of ln d),
+        discretised like :meth:`exponential` (mass in (t-b, t] at t, the tail at the cap).
+
+        mu = ln(mean) - sigma^2 / 2. The CDF is computed in floats (``math.erf``): these
+        are probabilities, not money; the weights are normalised in Decimal."""
+        if mean_s <= 0 or sigma <= 0:
+            raise DistributionError(f"distribution {name!r}: log-normal mean and sigma "
+                                    "must be positive")
+        s = float(sigma)
+        mu = math.log(float(mean_s)) - s * s / 2
+
+        def cdf(t: int) -> float:
+            return 0.5 * (1 + math.erf((math.log(t) - mu) / (s * math.sqrt(2))))
+
+        weights: list[tuple[int, Decimal]] = []
+        prev = 0.0
+        for t in range(bucket_s, cap_s, bucket_s):
+            now = cdf(t)
+            weights.append((t, Decimal(repr(now - prev))))
+            prev = now
+        weights.append((cap_s, Decimal(repr(1 - prev))))
+        return cls.from_histogram(name, weights)
+
 
 # Mean of the discretised model: about 155 s (the exponential's 152.5 + half a bucket).
 DEFAULT_DURATION = DurationModel.exponential("default", Decimal("152.5"))
@@ -127,16 +216,26 @@ BUILTIN: dict[str, DurationModel] = {
 }
 
 
+_SHAPES = ({"points"}, {"exponential_mean_s"}, {"lognormal_mean_s", "lognormal_sigma"})
+
+
 def model_from_config(name: str, config: Mapping[str, object]) -> DurationModel:
     """A model from one ``[distributions.NAME]`` table (parsed with ``parse_float=Decimal``).
 
-    ``points = [[30, 20], [120, 50], ...]`` (whole seconds, weights of any scale) or
-    ``exponential_mean_s = 155``; exactly one of them."""
+    ``points = [[30, 20], [120, 50], ...]`` (whole seconds, weights of any scale),
+    ``exponential_mean_s = 155``, or ``lognormal_mean_s = 25`` with
+    ``lognormal_sigma = 0.8``; exactly one of them."""
     keys = set(config)
-    if len(keys & {"points", "exponential_mean_s"}) != 1 or keys - {"points",
-                                                                  "exponential_mean_s"}:
-        raise DistributionError(f"distribution {name!r}: needs exactly one key, points or "
-                                f"exponential_mean_s (found {sorted(keys)})")
+    if keys not in _SHAPES:
+        raise DistributionError(f"distribution {name!r}: needs exactly one of points, "
+                                "exponential_mean_s, or lognormal_mean_s with lognormal_sigma "
+                                f"(found {sorted(keys)})")
+    if "lognormal_mean_s" in config:
+        mean, sigma = _number(config["lognormal_mean_s"]), _number(config["lognormal_sigma"])
+        if mean is None or sigma is None or mean <= 0 or sigma <= 0 or sigma > 5:
+            raise DistributionError(f"distribution {name!r}: lognormal_mean_s must be "
+                                    "seconds > 0 and lognormal_sigma a number in (0, 5]")
+        return DurationModel.lognormal(name, mean, sigma)
     if "exponential_mean_s" in config:
         mean = _number(config["exponential_mean_s"])
         if mean is None or mean <= 0:
