@@ -25,11 +25,12 @@ def _readme_section() -> str:
 def test_readme_example_file_parses_as_documented() -> None:
     [example] = re.findall(r"```toml\n(.*?)```", _readme_section(), re.S)
     models = load_distributions(example, "README.md")
-    assert sorted(models) == ["sales", "support"]
+    assert sorted(models) == ["enquiries", "sales", "support"]
     assert models["support"].points == ((30, Decimal("0.2")), (60, Decimal("0.35")),
                                         (180, Decimal("0.3")), (600, Decimal("0.15")))
     assert models["support"].mean == Decimal("171")
     assert abs(models["sales"].mean - Decimal("240")) < 5
+    assert abs(models["enquiries"].mean - Decimal("25")) < 1
 
 
 def test_readme_command_is_what_the_cli_accepts() -> None:
