@@ -1,11 +1,18 @@
 """Spend and capacity caps, per trunk (carrier) and global. Pure decisions.
 
 Checked for every customer leg just before its originate, in the same
-transaction that persists the leg and under one advisory lock, so two workers
-cannot both take the last channel (:meth:`GuardStore.admit_leg`):
+transaction that persists the leg (:meth:`Guard.admit_leg`). No lock is shared
+by all legs: each capped scope has its own counter row, and a leg takes a slot
+with one conditional ``UPDATE`` of it (``guard_claim``, migration 0600), so two
+workers cannot both take the last channel, and legs of different trunks never
+wait for each other. A scope without a cap (unset, or 0 in the settings) has no
+counter and is neither read nor written:
 
-* **channels**: customer legs dialling, ringing or up (``callback_attempts``);
-* **cps**: customer legs created in the last second;
+* **channels**: customer legs dialling, ringing or up (``guard_live``; a leg's
+  slot is given back by a trigger in the transaction that ends the leg, also
+  when reconcile settles it after a crash);
+* **cps**: customer legs admitted in the last second (``guard_cps``, a sliding
+  window);
 * **spend_daily**: carrier cost of today's CDRs (``guard_spend``, in
   ``currency``; the day is taken in ``timezone``), minus what was spent when
   an operator last reset that cap.
@@ -80,15 +87,26 @@ class Usage:
 
 def check(scope: str, limits: CapLimits, usage: Usage) -> tuple[str, Verdict] | None:
     """The first cap reached in ``scope``: (kind, verdict), or None."""
-    if limits.spend_daily is not None and usage.spend >= limits.spend_daily:
-        return "spend_daily", Verdict(reason_for(scope, "spend_daily"),
-                                      f"{scope}: spent {usage.spend} of {limits.spend_daily}")
-    if limits.channels is not None and usage.channels >= limits.channels:
-        return "channels", Verdict(reason_for(scope, "channels"),
-                                   f"{scope}: {usage.channels} of {limits.channels} channels")
-    if limits.cps is not None and usage.cps >= limits.cps:
-        return "cps", Verdict(reason_for(scope, "cps"),
-                              f"{scope}: {usage.cps} calls in the last second (cap {limits.cps})")
+    for kind in ("spend_daily", "channels", "cps"):
+        verdict = reached(scope, kind, limits, usage)
+        if verdict is not None:
+            return kind, verdict
+    return None
+
+
+def reached(scope: str, kind: str, limits: CapLimits, usage: Usage) -> Verdict | None:
+    """The verdict when ``usage`` is at or over the ``kind`` cap of ``scope``, else None."""
+    if kind == "spend_daily":
+        if limits.spend_daily is not None and usage.spend >= limits.spend_daily:
+            return Verdict(reason_for(scope, kind),
+                           f"{scope}: spent {usage.spend} of {limits.spend_daily}")
+    elif kind == "channels":
+        if limits.channels is not None and usage.channels >= limits.channels:
+            return Verdict(reason_for(scope, kind),
+                           f"{scope}: {usage.channels} of {limits.channels} channels")
+    elif limits.cps is not None and usage.cps >= limits.cps:
+        return Verdict(reason_for(scope, kind),
+                       f"{scope}: {usage.cps} calls in the last second (cap {limits.cps})")
     return None
 
 

@@ -8,10 +8,11 @@ intake             policy + lists, lock, velocity, brake —       ``intake``: t
 batch``)           under per-number advisory locks              ``refused`` + reason
 before each round  lists + policy again, lock, brake             ``dial``: job finished
 (``worker``)                                                     ``failed`` + reason
-route choice       caps snapshot: drop capped trunks             ``dial``: job waits
+route choice       caps read: drop capped trunks                 ``dial``: job waits
 (``worker``)                                                     ``caps.retry_s``
-each customer leg  caps under one advisory lock, in the leg's    ``dial``: next route,
-(``persist_leg``)  transaction; trips latched kinds              else job waits
+each customer leg  caps: a slot in each capped scope's        ``dial``: next route,
+(``persist_leg``)  counter row, in the leg's transaction;       else job waits
+                   trips latched kinds
 round end          confirmed? lock / block list / brake alert    —
 (``stasis``)
 each CDR           daily spend; trips the spend cap             —
@@ -62,6 +63,15 @@ class Converter(Protocol):
 class HasCarrier(Protocol):
     @property
     def carrier_id(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A customer leg's caps: the scopes whose channel slot it took (kept on its row), or
+    why it was refused."""
+
+    scopes: tuple[str, ...]
+    refused: GuardRefused | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +189,9 @@ class Guard:
         the refusal (recorded)."""
         if not routes:
             return [], None
+        scopes = [caps.GLOBAL, *dict.fromkeys(caps.trunk_scope(r.carrier_id) for r in routes)]
         async with self.pool.acquire() as conn:
-            snap = await sql.cap_snapshot(conn, self.today())
+            snap = await sql.cap_usage(conn, scopes, self.today())
             keep: list[int] = []
             first: Verdict | None = None
             for i, route in enumerate(routes):
@@ -212,18 +223,32 @@ class Guard:
         return None
 
     async def admit_leg(self, conn: asyncpg.Connection, carrier_id: str, callback_id: str,
-                        merchant_id: str) -> GuardRefused | None:
-        """In the leg's transaction, just before its originate: the caps, atomically."""
-        await sql.lock_dialling(conn)
-        snap = await sql.cap_snapshot(conn, self.today())
+                        merchant_id: str) -> Admission:
+        """In the leg's transaction, just before its originate: trips and spend, then a
+        channel and a CPS slot in each capped scope (per-scope counter rows, no lock
+        shared by every leg). The admission's ``scopes`` go on the leg row: the slots it
+        gives back when it ends."""
+        scopes = (caps.GLOBAL, caps.trunk_scope(carrier_id))
+        limits = [self.settings.caps.limits(scope) for scope in scopes]
+        snap = await sql.cap_usage(conn, scopes, self.today())
         hit = self._cap_hit(snap, carrier_id)
+        if hit is None and any(lim.channels or lim.cps for lim in limits):
+            taken = await sql.claim(conn, scopes, [lim.channels for lim in limits],
+                                    [lim.cps for lim in limits])
+            if taken is not None:
+                scope, kind, in_use = taken
+                verdict = caps.reached(scope, kind, self.settings.caps.limits(scope),
+                                       caps.Usage(channels=in_use, cps=in_use))
+                assert verdict is not None, taken
+                hit = scope, kind, verdict
         if hit is None:
-            return None
+            return Admission(tuple(s for s, lim in zip(scopes, limits, strict=True)
+                                   if lim.channels), None)
         scope, kind, verdict = hit
         await self._cap_reached(conn, scope, kind, verdict)
         await self.refused(conn, verdict, stage="dial", number=None, merchant_id=merchant_id,
                            callback_id=callback_id)
-        return GuardRefused(verdict, self.settings.caps.retry_s)
+        return Admission((), GuardRefused(verdict, self.settings.caps.retry_s))
 
     async def _cap_reached(self, conn: asyncpg.Connection, scope: str, kind: str,
                            verdict: Verdict) -> None:

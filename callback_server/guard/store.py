@@ -8,6 +8,7 @@ database clock, because ``callback_attempts.created_at`` is written by it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -18,8 +19,6 @@ import asyncpg
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.velocity import NumberHistory
 
-# Advisory lock namespaces (two-key form): 0x6362_0001 is the numbers' (guard_lock_numbers).
-_NS_DIAL = 0x6362_0002
 LIVE = ("dialing", "originated", "answered")
 
 
@@ -49,10 +48,6 @@ async def lock_number(conn: asyncpg.Connection, number: str) -> None:
     """Serialise decisions on ``number`` for the rest of the transaction: the same lock the
     intake takes for a batch's numbers (``guard_lock_numbers``, in callback_intake_open)."""
     await conn.execute("SELECT guard_lock_numbers(ARRAY[$1::text])", number)
-
-
-async def lock_dialling(conn: asyncpg.Connection) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _NS_DIAL)
 
 
 async def number_facts(conn: asyncpg.Connection, number: str, now: datetime) -> NumberFacts:
@@ -207,6 +202,43 @@ async def cap_snapshot(conn: asyncpg.Connection, day: date) -> CapSnapshot:
         "SELECT scope, amount - offset_amount AS effective FROM guard_spend WHERE day = $1",
         day)}
     return CapSnapshot(trips, channels, cps, spend)
+
+
+async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
+                    ) -> CapSnapshot:
+    """Trips, counters and spend of ``scopes`` in one read (no lock): what a route
+    choice filters on. Counters exist only for capped scopes (migration 0600)."""
+    rows = await conn.fetch(
+        """SELECT s.scope, coalesce(l.live, 0) AS live,
+                  (SELECT count(*) FROM unnest(c.recent) r
+                   WHERE r > clock_timestamp() - interval '1 second') AS cps,
+                  (SELECT amount - offset_amount FROM guard_spend p
+                   WHERE p.day = $2 AND p.scope = s.scope) AS spend,
+                  ARRAY(SELECT kind FROM guard_trips t WHERE t.scope = s.scope
+                        AND t.reset_at IS NULL ORDER BY kind) AS trip_kinds,
+                  ARRAY(SELECT reason FROM guard_trips t WHERE t.scope = s.scope
+                        AND t.reset_at IS NULL ORDER BY kind) AS trip_reasons
+           FROM unnest($1::text[]) AS s(scope)
+           LEFT JOIN guard_live l USING (scope) LEFT JOIN guard_cps c USING (scope)""",
+        list(scopes), day)
+    return CapSnapshot(
+        trips={(r["scope"], kind): reason for r in rows
+               for kind, reason in zip(r["trip_kinds"], r["trip_reasons"], strict=True)},
+        channels={r["scope"]: int(r["live"]) for r in rows},
+        cps={r["scope"]: int(r["cps"] or 0) for r in rows},
+        spend={r["scope"]: r["spend"] for r in rows if r["spend"] is not None})
+
+
+async def claim(conn: asyncpg.Connection, scopes: Sequence[str],
+                channels: Sequence[int | None], cps: Sequence[int | None]
+                ) -> tuple[str, str, int] | None:
+    """Take a channel and a CPS slot in every capped scope, all or none (``guard_claim``);
+    the first cap reached (scope, kind, in use) if one was."""
+    row = await conn.fetchrow("SELECT * FROM guard_claim($1::text[], $2::int[], $3::int[])",
+                              list(scopes), list(channels), list(cps))
+    if row is None or row["reached_scope"] is None:
+        return None
+    return row["reached_scope"], row["reached_kind"], int(row["in_use"] or 0)
 
 
 async def add_spend(conn: asyncpg.Connection, day: date, scope: str, currency: str,

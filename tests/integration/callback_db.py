@@ -16,7 +16,7 @@ from shared.db import create_pool, migrate_url, package_migrations
 
 TABLES = ("cdrs, request_info, callback_attempts, callback_requests, outbox, inbound_messages, "
           "guard_lists, guard_numbers, guard_callbacks, guard_rounds, guard_refusals, "
-          "guard_spend, guard_trips, guard_alerts")
+          "guard_spend, guard_trips, guard_alerts, guard_live, guard_cps")
 
 
 async def open_pool(pg_url: str, merchants: Sequence[Merchant]) -> asyncpg.Pool:

@@ -28,10 +28,12 @@ from callback_server.guard.__main__ import main as guard_cli
 from callback_server.guard.alerts import AlertSettings
 from callback_server.guard.caps import CapLimits, CapSettings
 from callback_server.guard.reasons import GuardRefused
-from callback_server.guard.service import Guard
+from callback_server.guard.service import Admission, Guard
 from callback_server.guard.settings import GuardSettings
 from callback_server.guard.testing import FakeClock
 from callback_server.ivr_flow import load_named
+from callback_server.legrecord import LegRecords
+from callback_server.reconcile import LegSettler
 from callback_server.routing import Routing
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
@@ -304,3 +306,127 @@ def test_operator_cli_manages_lists_and_caps(pg_url: str, pki_dir: Path, tmp_pat
     assert run("caps", "reset", "--by", "noc")["reset"] == 0
     assert "trips" in run("status")
     assert isinstance(run("refusals", "--limit", "5")["refusals"], list)
+
+
+def slot_guard(pool: asyncpg.Pool, trunk: CapLimits, site: CapLimits | None = None) -> Guard:
+    """A guard with only channel and CPS caps (no alert destinations)."""
+    return Guard(pool, GuardSettings(caps=CapSettings(
+        global_limits=site or CapLimits(), trunk_default=trunk)))
+
+
+LIVE_ON_A = """SELECT (SELECT count(*) FROM callback_attempts WHERE leg = 'customer'
+                         AND carrier_id = 'carrier-a'
+                         AND status IN ('dialing', 'originated', 'answered')) AS legs,
+                      (SELECT live FROM guard_live WHERE scope = 'trunk:carrier-a') AS slots"""
+
+
+async def test_concurrent_legs_never_exceed_the_channel_cap_and_all_get_through(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """Many legs race for 3 channels of one trunk: at every sample at most 3 are live
+    (the counter always equals the live legs), and every leg is admitted as slots free."""
+    cap = 3
+    guard = slot_guard(clean, CapLimits(channels=cap))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    jobs = [await claimed_job(store, 100 + i, f"81905555{i:04d}") for i in range(24)]
+
+    async def call(callback_id: str) -> None:
+        while True:
+            try:
+                await store.persist_leg(leg(callback_id, "carrier-a"), "acme")
+                break
+            except GuardRefused:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.03)
+        await store.leg_result(f"{callback_id}-01", "answered", None)
+        await asyncio.sleep(0.03)
+        await store.leg_result(f"{callback_id}-01", "ended", 16)
+
+    calls = [asyncio.create_task(call(cb)) for cb in jobs]
+    samples: list[tuple[int, int]] = []
+    while not all(c.done() for c in calls):
+        row = await clean.fetchrow(LIVE_ON_A)
+        samples.append((int(row["legs"]), int(row["slots"] or 0)))
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*calls)
+    assert all(legs <= cap for legs, _ in samples), max(samples)
+    assert all(legs == slots for legs, slots in samples), samples
+    assert max(legs for legs, _ in samples) == cap         # the cap was used to the full
+    assert await clean.fetchval("SELECT count(*) FROM callback_attempts") == len(jobs)
+    assert dict(await clean.fetchrow(LIVE_ON_A)) == {"legs": 0, "slots": 0}
+
+
+async def test_a_leg_being_admitted_on_one_trunk_does_not_hold_up_another_trunk(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    guard = slot_guard(clean, CapLimits(channels=5, cps=50))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    first = await claimed_job(store, 120, "819066660001")
+    second = await claimed_job(store, 121, "819066660002")
+    async with clean.acquire() as conn, conn.transaction():   # a leg's transaction, open
+        admitted = await guard.admit_leg(conn, "carrier-a", first, "acme")
+        assert admitted == Admission(("trunk:carrier-a",), None)
+        await asyncio.wait_for(store.persist_leg(leg(second, "carrier-b"), "acme"), 10)
+
+
+async def test_uncapped_scopes_take_no_lock_and_no_counter(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    guard = slot_guard(clean, CapLimits())
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    first = await claimed_job(store, 130, "819077770001")
+    async with clean.acquire() as conn, conn.transaction():
+        assert await guard.admit_leg(conn, "carrier-a", first, "acme") == Admission((), None)
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        assert await clean.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND "
+                                    "locktype = 'advisory'", pid) == 0
+    await store.persist_leg(leg(first, "carrier-a"), "acme")
+    assert await clean.fetchval("SELECT count(*) FROM guard_live") == 0
+    assert await clean.fetchval("SELECT count(*) FROM guard_cps") == 0
+    assert await clean.fetchval("SELECT cap_scopes FROM callback_attempts") == []
+
+
+async def test_a_leg_settled_after_a_crash_gives_its_slot_back(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """The worker died with its leg up: the slot stays taken until reconcile settles
+    the leg (from Asterisk's record, here none), then the next leg gets it."""
+    guard = slot_guard(clean, CapLimits(channels=1), site=CapLimits(channels=10))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    crashed = await claimed_job(store, 140, "819088880001")
+    await store.persist_leg(leg(crashed, "carrier-a"), "acme")
+    await store.leg_result(f"{crashed}-01", "answered", None)
+    waiting = await claimed_job(store, 141, "819088880002")
+    with pytest.raises(GuardRefused):
+        await store.persist_leg(leg(waiting, "carrier-a"), "acme")
+    assert await clean.fetchval("SELECT cap_scopes FROM callback_attempts") == [
+        "global", "trunk:carrier-a"]
+    stranded = await store.leg(f"{crashed}-01")
+    assert stranded is not None
+    settler = LegSettler(store, FixedRater(), LegRecords(FakeAri()),  # type: ignore[arg-type]
+                         {"acme": ACME})
+    await settler.settle(stranded, None)
+    assert await clean.fetchval("SELECT sum(live) FROM guard_live") == 0
+    await store.persist_leg(leg(waiting, "carrier-a"), "acme")
+
+
+async def test_cps_cap_is_a_sliding_second_per_scope(clean: asyncpg.Pool,
+                                                     closing: list[Guard]) -> None:
+    guard = slot_guard(clean, CapLimits(cps=2))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    a, b = [await claimed_job(store, 150 + i, f"81909999000{i}") for i in range(2)]
+    # two legs admitted "just now" (stamped ahead, so the test does not race the clock)
+    await clean.execute("INSERT INTO guard_cps (scope, recent) VALUES ('trunk:carrier-a', "
+                        "ARRAY[clock_timestamp() + interval '1 minute', "
+                        "clock_timestamp() + interval '1 minute'])")
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(leg(a, "carrier-a"), "acme")
+    assert refused.value.verdict.reason == "cap_trunk_cps"
+    assert "2 calls in the last second" in refused.value.verdict.detail
+    await store.persist_leg(leg(a, "carrier-b"), "acme")        # another trunk's second
+    await clean.execute("UPDATE guard_cps SET recent = ARRAY[clock_timestamp() - interval "
+                        "'2 seconds'] WHERE scope = 'trunk:carrier-a'")
+    await store.persist_leg(leg(b, "carrier-a"), "acme")        # the window slid past
+    assert await clean.fetchval("SELECT cardinality(recent) FROM guard_cps "
+                                "WHERE scope = 'trunk:carrier-a'") == 1
