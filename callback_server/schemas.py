@@ -111,6 +111,10 @@ INTAKE_SCHEMA: Schema = {
         "dialed": nullable({"type": "string", "maxLength": 64}),
         "received_at": TIMESTAMP, "hungup_at": nullable(TIMESTAMP),
         "announce_mode": nullable({"enum": sorted(ANNOUNCE_MODES)})}}
+INTAKE_EXAMPLE: dict[str, Any] = {
+    "edge_call_id": "edge-1700.42", "merchant_id": "acme", "caller": "+819012345678",
+    "dialed": "+81120123456", "received_at": "2026-11-22T01:02:03.456Z",
+    "hungup_at": "2026-11-22T01:02:06.001Z", "announce_mode": "early_media"}
 INTAKE_ANSWER: Schema = {
     "type": "object", "required": ["callback_id", "status"],
     "properties": {"callback_id": {"type": "string"}, "status": {"type": "string"},

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from edge_server.reports import (
     EVENT_ANSWER,
+    EVENT_EXAMPLES,
     EVENT_SCHEMA,
     ListQuery,
     decode_cursor,
@@ -176,7 +177,7 @@ _LIST_ERRORS = {400: ("invalid-field",), **_DB_DOWN}
 OPERATIONS = (
     Operation("POST", "/v1/link/events", link_events, "A report from the callback site",
               "link", {200: Reply("stored, or a duplicate of a stored report", EVENT_ANSWER)},
-              access=LINK, body=EVENT_SCHEMA,
+              access=LINK, body=EVENT_SCHEMA, examples=EVENT_EXAMPLES,
               errors={400: ("invalid-field",), 422: ("unknown-merchant", "tenant-mismatch"),
                       **_DB_DOWN}),
     Operation("GET", "/v1/requests", list_requests, "The merchant's collected requests",

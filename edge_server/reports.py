@@ -232,6 +232,21 @@ _STATUS: Schema = {
         "attempts": {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "at": TIMESTAMP}}
 #: ``POST /v1/link/events``: one report
 EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS]}
+_EXAMPLE_IDS = {"merchant_id": "acme", "callback_id": "cb-0f3a9c", "edge_call_id": "edge-1700.42"}
+EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "request_info": {"kind": "request_info", **_EXAMPLE_IDS, "caller": "+819012345678",
+                     "category": "order", "fields": {"item_code": "1234", "quantity": "2"},
+                     "collected_at": "2026-11-22T01:03:10Z"},
+    "cdr": {"kind": "cdr", **_EXAMPLE_IDS, "call_id": "cb-0f3a9c-1-customer",
+            "leg": "customer", "destination": "+819012345678", "carrier": "carrier-b",
+            "started_at": "2026-11-22T01:02:10Z", "answered_at": "2026-11-22T01:02:14Z",
+            "ended_at": "2026-11-22T01:03:40Z", "duration_s": "86.120", "billed_s": 90,
+            "hangup_cause": 16, "disposition": "answered",
+            "carrier_cost": {"amount": "0.2097", "currency": "USD"},
+            "direct_cost": {"amount": "45.0", "currency": "JPY"}},
+    "callback_status": {"kind": "callback_status", **_EXAMPLE_IDS, "status": "completed",
+                        "reason": None, "attempts": 1, "at": "2026-11-22T01:03:40Z"},
+}
 EVENT_ANSWER: Schema = {"type": "object", "required": ["status", "kind"],
                         "properties": {"status": {"enum": ["stored", "duplicate"]},
                                        "kind": {"enum": sorted(_PARSERS)}}}

@@ -134,6 +134,9 @@ class Operation:
     params: Sequence[Param] = ()
     body: Schema | None = None
     body_required: bool = True
+    #: named request bodies the handler accepts (shown in the document; the contract tests
+    #: send each one and check it is valid by ``body``)
+    examples: Mapping[str, Any] = field(default_factory=dict)
     errors: ErrorIds = field(default_factory=dict)
 
     def all_errors(self) -> dict[int, list[str]]:
@@ -156,8 +159,11 @@ class Operation:
         if params:
             out["parameters"] = [p.to_json() for p in params]
         if self.body is not None:
+            media: Schema = {"schema": self.body}
+            if self.examples:
+                media["examples"] = {k: {"value": v} for k, v in self.examples.items()}
             out["requestBody"] = {"required": self.body_required,
-                                  "content": {"application/json": {"schema": self.body}}}
+                                  "content": {"application/json": media}}
         out["security"] = [] if self.access.scheme is None else [{self.access.name: []}]
         responses: Schema = {str(s): _reply(r) for s, r in self.replies.items()}
         for status, ids in self.all_errors().items():

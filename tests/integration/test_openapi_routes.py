@@ -134,3 +134,17 @@ def test_the_documented_request_bodies_take_what_the_handlers_take(
         request_body_schema(callback, "post", "/v1/link/callbacks/batch"))
     assert batch.is_valid(json.loads(encode_batch([("m1", body("e1")), ("m2", body("e2"))])))
     assert not batch.is_valid({"messages": []})
+
+
+def test_every_request_body_example_is_valid_by_its_schema(pki_dir: Path,
+                                                          tmp_path: Path) -> None:
+    examples = 0
+    for app in apps(pki_dir, tmp_path).values():
+        for path, item in document(app)["paths"].items():
+            for method, op in item.items():
+                media = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                for name, example in media.get("examples", {}).items():
+                    valid = Draft202012Validator(media["schema"], validate_formats=True)
+                    assert valid.is_valid(example["value"]), (method, path, name)
+                    examples += 1
+    assert examples >= 5
