@@ -3,9 +3,11 @@
 Pure logic: :mod:`billing.rating` (a consultation's talk time and the merchant's terms →
 the charge in yen, tax-inclusive, and the inverse for a prepaid balance). Adapters:
 :mod:`billing.ledger` (the prepaid ledger in PostgreSQL: append-only entries,
-reservations held by live consultations), :mod:`billing.http` (deposits, balance and
-ledger over JSON) and :mod:`billing.cli` (``python -m billing``).
+reservations held by live consultations), :mod:`billing.transfers` (bank transfers an
+operator enters as deposits), :mod:`billing.card_topups` (card top-ups through Stripe,
+recorded before the call and reconciled after a crash), :mod:`billing.http` (deposits,
+balance and ledger over JSON) and :mod:`billing.cli` (``python -m billing``).
 
 Money is integer yen; no float anywhere in this package (a test reads the source).
-This package imports only :mod:`shared`.
+This package imports only :mod:`shared` (and ``stripe``, in :mod:`billing.card_topups`).
 """
