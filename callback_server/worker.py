@@ -154,19 +154,24 @@ class Worker:
     def _done(self, callback_id: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(callback_id, None)
         self.calls.pop(callback_id, None)
+        self.store.forget(callback_id)
         self._wake.set()            # a slot is free
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            ids = list(self._tasks)
             try:
-                held = await self.store.heartbeat(ids)
+                await self.heartbeat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("heartbeat failed: %s", exc)
-                continue
-            for lost in set(ids) - held:
-                log.error("lease on %s lost (another worker may rescue it)", lost)
+
+    async def heartbeat(self) -> set[str]:
+        """Extend the leases of the running jobs; log (and return) those lost. A job
+        whose round ended meanwhile (its task done, or its round given back) is not."""
+        lost = await self.store.heartbeat(list(self._tasks)) & set(self._tasks)
+        for callback_id in sorted(lost):
+            log.error("lease on %s lost (another worker may rescue it)", callback_id)
+        return lost
 
     async def shutdown(self) -> None:
         """Stop claiming, let running calls finish for ``drain_s``, then end them."""

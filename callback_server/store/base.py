@@ -82,3 +82,6 @@ class StoreBase:
         # A rescued job whose live leg is on another Asterisk waits this long for a
         # server of that Asterisk before anyone else takes it (and decides blind).
         self.foreign_rescue_after_s = foreign_rescue_after_s
+        # Jobs whose round this store is giving back (finish, release), until the worker
+        # forgets them: a heartbeat that no longer finds them ours is not a lost lease.
+        self.ending: set[str] = set()

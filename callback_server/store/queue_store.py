@@ -85,13 +85,16 @@ class QueueStore(StoreBase):
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
                            int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"])
                 for r in rows]
+        self.ending.difference_update(job.callback_id for job in jobs)
         for job in jobs:
             if job.rescued:
                 log.warning("rescued job %s (previous worker's lease expired)", job.callback_id)
         return jobs
 
     async def heartbeat(self, callback_ids: Sequence[str]) -> set[str]:
-        """Extend our leases; returns the ids we still hold."""
+        """Extend our leases; returns the ids whose lease was lost: no longer ours (another
+        worker took the job, or its row is gone) although we did not give its round back
+        (:meth:`finish`, :meth:`release`; also when that raced this heartbeat)."""
         if not callback_ids:
             return set()
         rows = await self.pool.fetch(
@@ -99,7 +102,11 @@ class QueueStore(StoreBase):
                SET lease_expires_at = now() + $2 * interval '1 second', heartbeat_at = now()
                WHERE callback_id = ANY($3::text[]) AND lease_owner = $1 AND status = 'dialing'
                RETURNING callback_id""", self.owner, self.lease_s, list(callback_ids))
-        return {r["callback_id"] for r in rows}
+        return set(callback_ids) - {r["callback_id"] for r in rows} - self.ending
+
+    def forget(self, callback_id: str) -> None:
+        """The worker no longer runs the job (its task ended)."""
+        self.ending.discard(callback_id)
 
     async def seconds_to_next_due(self) -> float | None:
         """Seconds until the next queued job is due (negative: overdue), or None."""
@@ -114,6 +121,7 @@ class QueueStore(StoreBase):
 
     async def release(self, callback_id: str, delay_s: float, reason: str) -> None:
         """Give a job back without counting a round (e.g. Asterisk unreachable)."""
+        self.ending.add(callback_id)
         await self.pool.execute(
             """UPDATE callback_requests SET status = 'queued', lease_owner = NULL,
                    lease_expires_at = NULL, reason = $3, updated_at = now(),
@@ -128,6 +136,7 @@ class QueueStore(StoreBase):
 
         Returns False (and changes nothing) if our lease was lost meanwhile.
         """
+        self.ending.add(callback_id)
         merchant_id = await self._finish(callback_id, outcome)
         if merchant_id is None:
             return False

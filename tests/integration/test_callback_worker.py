@@ -4,6 +4,7 @@ two workers never dialling one request twice, rescue of a stalled worker's job."
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ import callback_server
 import shared
 from callback_server.config import StaticRoute
 from callback_server.dialer import RescueAction, rescue_action
-from callback_server.dialer_messages import PersistAttempt
+from callback_server.dialer_messages import Finish, PersistAttempt, Reason
 from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
 from callback_server.schemas import IntakeRequest
@@ -68,9 +69,8 @@ async def intake(pool: asyncpg.Pool, edge_call_id: str, m: object = ACME) -> str
     return str(body["callback_id"])
 
 
-@asynccontextmanager
-async def running(pool: asyncpg.Pool, pg_url: str, owner: str, *, lease_s: int = 30,
-                  sweep_s: float = 30.0) -> AsyncIterator[tuple[Worker, FakeAri]]:
+def make_worker(pool: asyncpg.Pool, pg_url: str, owner: str, *, lease_s: int = 30,
+                sweep_s: float = 30.0) -> tuple[Worker, FakeAri]:
     fake = FakeAri()
     ready = asyncio.Event()
     ready.set()
@@ -80,6 +80,13 @@ async def running(pool: asyncpg.Pool, pg_url: str, owner: str, *, lease_s: int =
                     rater=FixedRater(), ari_ready=ready,
                     settings=WorkerSettings(sweep_s=sweep_s, heartbeat_s=lease_s / 3,
                                             drain_s=0.5))
+    return worker, fake
+
+
+@asynccontextmanager
+async def running(pool: asyncpg.Pool, pg_url: str, owner: str, *, lease_s: int = 30,
+                  sweep_s: float = 30.0) -> AsyncIterator[tuple[Worker, FakeAri]]:
+    worker, fake = make_worker(pool, pg_url, owner, lease_s=lease_s, sweep_s=sweep_s)
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(0.2)                    # LISTEN is up
     try:
@@ -260,3 +267,38 @@ async def test_a_round_is_counted_and_its_latency_observed_by_merchant(
         await wait_for(lambda: prom.sample("cbgw_callbacks_total", merchant="acme",
                                            outcome="retry", reason="customer_busy")
                        == busy_before + 1)
+
+
+async def test_heartbeat_reports_lost_leases_but_not_rounds_that_just_ended(
+        clean: asyncpg.Pool, pg_url: str, ids: Iterator[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The heartbeat lists the running jobs, then extends their leases: a job whose round
+    ended in between (finished, or given back) is not a lost lease; a job another worker
+    took, or whose row is gone, while it still runs, is."""
+    worker, _ = make_worker(clean, pg_url, "w")
+    store = worker.store
+    for _ in range(4):
+        await intake(clean, next(ids))
+    jobs = [job.callback_id for job in await store.claim(4)]
+    assert len(jobs) == 4
+    running_forever = asyncio.Event()
+    for callback_id in jobs:     # the jobs' tasks, still running as the heartbeat lists them
+        worker._tasks[callback_id] = asyncio.create_task(running_forever.wait())
+    completed, released, taken, gone = jobs
+    try:
+        assert await store.finish(completed, Finish("completed", Reason.ANSWERED, 1))
+        await store.release(released, 5.0, "asterisk_unreachable")
+        await clean.execute("UPDATE callback_requests SET lease_expires_at = now() "
+                            "- interval '1 second' WHERE callback_id = $1", taken)
+        other = CallbackStore(clean, owner="other")
+        assert [job.callback_id for job in await other.claim(4)] == [taken]
+        await clean.execute("DELETE FROM request_info WHERE callback_id = $1", gone)
+        await clean.execute("DELETE FROM callback_requests WHERE callback_id = $1", gone)
+        with caplog.at_level(logging.ERROR, logger="callback.worker"):
+            assert await worker.heartbeat() == {taken, gone}
+        logged = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+        assert sorted(logged) == sorted(f"lease on {cb} lost (another worker may rescue it)"
+                                        for cb in (taken, gone))
+    finally:
+        running_forever.set()
+        await asyncio.gather(*worker._tasks.values())
