@@ -3,11 +3,14 @@
     python -m billing --merchant acme deposit --account member-42 --amount 5000 \\
         --date 2026-12-01 --payer "ﾔﾏﾀﾞ ﾀﾛｳ" --reference MUFG-20261201-0007 [--by sato]
     python -m billing --merchant acme transfers [--after ID] [--limit N]
+    python -m billing --merchant acme adjust member-42 --delta -500 --reason "entered twice"
+    python -m billing --merchant acme refund member-42 --amount 300 --reason "line dropped"
     python -m billing --merchant acme balance member-42
     python -m billing --merchant acme ledger member-42 [--after ID] [--limit N]
 
-Output is JSON. A deposit goes through the API's parser (:func:`billing.transfers.parse`)
-before the database is opened, so the rules and messages are the API's; an error names
+Output is JSON. A deposit, adjustment or refund goes through the API's parser
+(:func:`billing.transfers.parse`, :func:`billing.ledger.parse_correction`) before the
+database is opened, so the rules and messages are the API's; an error names
 the option at fault. ``--by`` defaults to the login name. Database: ``--database-url``,
 else ``DATABASE_URL``, else the embedded server (``cbgw_callback``, the callback site's);
 the billing migrations are applied on connect. Exit status: 0 ok, 2 bad input or a
@@ -29,13 +32,14 @@ import asyncpg
 import billing
 from billing import transfers
 from billing.http import balance_json, movement_json
-from billing.ledger import Ledger
+from billing.ledger import Correction, Ledger, parse_correction
 from shared.db import create_pool, migrate, package_migrations, resolve_url
 from shared.http import ApiError
 
 #: API field -> the option that sets it
 OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
-           "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by"}
+           "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by",
+           "delta_yen": "--delta", "by": "--by", "reason": "--reason"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,6 +55,14 @@ def parser() -> argparse.ArgumentParser:
     deposit.add_argument("--payer", required=True, help="the payer as the bank shows it")
     deposit.add_argument("--reference", required=True, help="the bank's reference")
     deposit.add_argument("--by", default=getpass.getuser(), help="who enters it")
+    adjust = commands.add_parser("adjust", help="correct an account's available balance")
+    adjust.add_argument("--delta", type=int, required=True, help="yen, + or -")
+    refund = commands.add_parser("refund", help="give charges back to the balance")
+    refund.add_argument("--amount", type=int, required=True, help="yen")
+    for correction in (adjust, refund):
+        correction.add_argument("account")
+        correction.add_argument("--reason", required=True)
+        correction.add_argument("--by", default=getpass.getuser(), help="who corrects it")
     listed = commands.add_parser("transfers", help="bank transfers entered, oldest first")
     account = commands.add_parser("balance", help="an account's balance")
     account.add_argument("account")
@@ -62,26 +74,40 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _transfer(args: argparse.Namespace) -> transfers.BankTransfer:
+def _parsed(args: argparse.Namespace) -> transfers.BankTransfer | Correction | None:
+    """The command's input, checked as the API checks it."""
+    if args.command == "adjust":
+        return parse_correction({"delta_yen": args.delta, "by": args.by,
+                                 "reason": args.reason}, "adjustment")
+    if args.command == "refund":
+        return parse_correction({"amount_yen": args.amount, "by": args.by,
+                                 "reason": args.reason}, "refund")
+    if args.command != "deposit":
+        return None
     return transfers.parse({"account": args.account, "amount_yen": args.amount,
                             "transferred_on": args.date, "payer_name": args.payer,
                             "bank_reference": args.reference, "entered_by": args.by},
                            transfers.tokyo_today())
 
 
-async def run(args: argparse.Namespace, transfer: transfers.BankTransfer | None) -> Any:
+async def run(args: argparse.Namespace,
+              given: transfers.BankTransfer | Correction | None) -> Any:
     url = await asyncio.to_thread(resolve_url, args.database_url, "cbgw_callback")
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
             await migrate(conn, [package_migrations("billing", billing.__file__)])
         ledger, m = Ledger(pool), args.merchant
-        match args.command:
-            case "deposit":
-                assert transfer is not None
-                recorded = await transfers.record(pool, m, transfer)
+        match given:
+            case transfers.BankTransfer():
+                recorded = await transfers.record(pool, m, given)
                 return {**recorded.to_json(), "balance": balance_json(
-                    transfer.account, await ledger.balance(m, transfer.account))}
+                    given.account, await ledger.balance(m, given.account))}
+            case Correction():
+                txn = await ledger.correct(m, args.account, given)
+                return {"transaction_id": txn, "balance": balance_json(
+                    args.account, await ledger.balance(m, args.account))}
+        match args.command:
             case "transfers":
                 return {"items": [r.to_json() for r in await transfers.listed(
                     pool, m, after_id=args.after, limit=args.limit)]}
@@ -109,9 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "limit", 1) not in range(1, 1001) or getattr(args, "after", 0) < 0:
         p.error("--limit: expected 1..1000; --after: expected 0 or more")
     try:
-        transfer = _transfer(args) if args.command == "deposit" else None
-        result = asyncio.run(run(args, transfer))
-    except ApiError as exc:   # bad input, duplicate reference, no such account
+        result = asyncio.run(run(args, _parsed(args)))
+    except ApiError as exc:   # bad input, duplicate reference, no such account, too little
         print(f"error: {_refusal(exc)}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:

@@ -3,11 +3,14 @@ authenticated_merchant`, selects the tenant).
 
 * ``POST /v1/billing/bank-transfers``: enter a bank transfer as a deposit (201)
 * ``GET /v1/billing/bank-transfers?after_id=&limit=``: the transfers entered, oldest first
+* ``POST /v1/billing/accounts/{account}/adjustments``: an operator's correction (201)
+* ``POST /v1/billing/accounts/{account}/refunds``: charges given back (201)
 * ``GET /v1/billing/accounts/{account}/balance``: available, held, total yen
 * ``GET /v1/billing/accounts/{account}/ledger?after_id=&limit=``: the movements with legs
 
 Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
 (404: no such account), ``duplicate-reference`` (409, field ``bank_reference``),
+``insufficient-balance`` and ``refund-exceeds-charges`` (409),
 ``auth-*`` (401), ``billing-unavailable`` (503 before the database is connected),
 ``database-unavailable`` (503 while it is away).
 
@@ -19,13 +22,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
 
 from billing import transfers
-from billing.ledger import Balance, Ledger, Movement
+from billing.ledger import Balance, Ledger, Movement, parse_correction
 from shared.http import (
     ApiError,
     InvalidField,
@@ -115,6 +118,29 @@ async def get_bank_transfers(request: web.Request) -> web.Response:
                           "next_after_id": items[-1].id if items else after_id})
 
 
+async def post_adjustment(request: web.Request) -> web.Response:
+    """Correct the account's available balance up or down (``delta_yen``), saying who
+    (``by``) and why (``reason``); never below zero. Entries are never edited: a mistake
+    is corrected by another movement."""
+    return await _correct(request, "adjustment")
+
+
+async def post_refund(request: web.Request) -> web.Response:
+    """Give charged money back to the account's available balance (at most what its
+    charges came to, less earlier refunds), saying who and why."""
+    return await _correct(request, "refund")
+
+
+async def _correct(request: web.Request, kind: Literal["adjustment", "refund"]
+                   ) -> web.Response:
+    ledger, merchant = _ledger(request)
+    account = _account(request)
+    correction = parse_correction(await read_json_object(request), kind)
+    txn = await ledger.correct(merchant, account, correction)
+    return json_response({"transaction_id": txn, "balance": balance_json(
+        account, await ledger.balance(merchant, account))}, status=201)
+
+
 async def get_balance(request: web.Request) -> web.Response:
     """The account's balance: available (free to spend), held (reserved by consultations
     in progress) and their total."""
@@ -166,6 +192,19 @@ MOVEMENT: Schema = {"type": "object", "required": ["id", "kind", "amount_yen", "
                 "at": TIMESTAMP,
                 "legs": {"type": "object", "description": "book → signed yen; sums to 0",
                          "additionalProperties": _YEN}}}
+_WHO_WHY: Schema = {"by": string(128, description="who makes the correction"),
+                    "reason": string(500, description="why")}
+ADJUSTMENT_BODY: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["delta_yen", "by", "reason"],
+    "properties": {"delta_yen": {"type": "integer", "minimum": -1_000_000_000,
+                                 "maximum": 1_000_000_000, "not": {"const": 0}},
+                   **_WHO_WHY}}
+REFUND_BODY: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["amount_yen", "by", "reason"],
+    "properties": {"amount_yen": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+                   **_WHO_WHY}}
+CORRECTED: Schema = {"type": "object", "required": ["transaction_id", "balance"],
+                     "properties": {"transaction_id": _ID, "balance": BALANCE}}
 _PAGE = (Param("after_id", "query", {"type": "integer", "minimum": 0},
                "only what comes after this id (the reply's next_after_id)"),
          Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}))
@@ -188,6 +227,15 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                   "properties": {"items": {"type": "array", "items": TRANSFER},
                                  "next_after_id": {"type": "integer"}}})},
               access=MERCHANT, params=_PAGE, errors=_UNAVAILABLE),
+    Operation("POST", "/v1/billing/accounts/{account}/adjustments", post_adjustment,
+              "Correct an account's balance", _TAG, {201: Reply("the movement", CORRECTED)},
+              access=MERCHANT, params=(_ACCOUNT,), body=ADJUSTMENT_BODY,
+              errors={404: ("not-found",), 409: ("insufficient-balance",), **_UNAVAILABLE}),
+    Operation("POST", "/v1/billing/accounts/{account}/refunds", post_refund,
+              "Refund charges to an account's balance", _TAG,
+              {201: Reply("the movement", CORRECTED)}, access=MERCHANT, params=(_ACCOUNT,),
+              body=REFUND_BODY,
+              errors={404: ("not-found",), 409: ("refund-exceeds-charges",), **_UNAVAILABLE}),
     Operation("GET", "/v1/billing/accounts/{account}/balance", get_balance,
               "An account's balance", _TAG, {200: Reply("the balance", BALANCE)},
               access=MERCHANT, params=(_ACCOUNT,),

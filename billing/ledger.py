@@ -27,7 +27,7 @@ is refused with :class:`Refusal` (``balance-too-low``, with the amounts for the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -35,7 +35,7 @@ from typing import Any, Literal
 import asyncpg
 
 from billing.rating import Charge, Terms, rate, seconds_affordable
-from shared.http import ApiError
+from shared.http import ApiError, InvalidField, require_str
 
 Book = Literal["available", "held", "funding", "revenue", "adjustment"]
 Kind = Literal["deposit", "charge", "refund", "adjustment", "hold", "release"]
@@ -97,6 +97,33 @@ class Settlement:
     released_yen: int
     #: what the charge took beyond the hold (the consultation ran past ``allowed_s``)
     overrun_yen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """An operator's adjustment (``yen`` signed) or refund (``yen`` > 0), with who and
+    why."""
+
+    kind: Literal["adjustment", "refund"]
+    yen: int
+    by: str
+    reason: str
+
+
+def parse_correction(data: Mapping[str, Any], kind: Literal["adjustment", "refund"]
+                     ) -> Correction:
+    """An adjustment (``delta_yen``, ``by``, ``reason``) or a refund (``amount_yen``, ``by``,
+    ``reason``) from JSON; 400 ``invalid-field`` naming the field."""
+    amount = "delta_yen" if kind == "adjustment" else "amount_yen"
+    for name in data:
+        if name not in (amount, "by", "reason"):
+            raise InvalidField(name, f"unknown field (expected {amount}, by, reason)")
+    yen = data.get(amount)
+    low = -MAX_AMOUNT_YEN if kind == "adjustment" else 1
+    if type(yen) is not int or not low <= yen <= MAX_AMOUNT_YEN or yen == 0:
+        raise InvalidField(amount, f"expected a non-zero integer {low}..{MAX_AMOUNT_YEN} (yen)")
+    return Correction(kind, yen, require_str(data, "by", max_len=128),
+                      require_str(data, "reason", max_len=500))
 
 
 class LedgerError(ApiError):
@@ -223,6 +250,12 @@ class Ledger:
                                   f"refunds; cannot refund {amount_yen} yen")
             return await post(conn, acc, "refund", amount_yen,
                               [("available", amount_yen), ("revenue", -amount_yen)], by, reason)
+
+    async def correct(self, merchant_id: str, account: str, correction: Correction) -> int:
+        """:meth:`adjust` or :meth:`refund`; the transaction id."""
+        c = correction
+        move = self.adjust if c.kind == "adjustment" else self.refund
+        return await move(merchant_id, account, c.yen, c.by, c.reason)
 
     async def _existing(self, conn: asyncpg.Connection, merchant_id: str, account: str) -> int:
         acc = await account_id(conn, merchant_id, account, create=False)

@@ -175,3 +175,52 @@ async def test_the_database_away_is_503_and_before_it_billing_unavailable(
     async with TestClient(TestServer(app)) as c:
         assert await refused(await c.get("/v1/billing/accounts/x/balance", headers=AUTH),
                              503) == ("billing-unavailable", None)
+
+
+async def test_adjustments_and_refunds_say_who_and_why_and_keep_within_limits(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    url = "/v1/billing/accounts/member-42"
+    assert await refused(await client.post(f"{url}/adjustments", json={
+        "delta_yen": 100, "by": "sato", "reason": "goodwill"}, headers=AUTH), 404) == (
+        "not-found", None)
+    await ok(await client.post("/v1/billing/bank-transfers", json=transfer(), headers=AUTH),
+             201)
+    down = await ok(await client.post(f"{url}/adjustments", json={
+        "delta_yen": -1000, "by": "sato", "reason": "entered 1000 yen too much"},
+        headers=AUTH), 201)
+    assert down["balance"]["available_yen"] == 4000
+    assert await refused(await client.post(f"{url}/adjustments", json={
+        "delta_yen": -4001, "by": "sato", "reason": "too much"}, headers=AUTH), 409) == (
+        "insufficient-balance", None)
+    held = await Ledger(clean).reserve("acme", "member-42", "call-1",
+                                       Terms(price_per_minute_yen=300, max_talk_s=600))
+    assert isinstance(held, Reservation)
+    await Ledger(clean).settle("acme", held.id, 120)               # 600 yen charged
+    assert await refused(await client.post(f"{url}/refunds", json={
+        "amount_yen": 601, "by": "sato", "reason": "x"}, headers=AUTH), 409) == (
+        "refund-exceeds-charges", None)
+    back = await ok(await client.post(f"{url}/refunds", json={
+        "amount_yen": 600, "by": "suzuki", "reason": "the advisor's line dropped"},
+        headers=AUTH), 201)
+    assert back["balance"] == {"account": "member-42", "available_yen": 4000, "held_yen": 0,
+                               "total_yen": 4000}
+    moves = (await ok(await client.get(f"{url}/ledger", headers=AUTH)))["items"]
+    assert [(m["kind"], m["by"]) for m in moves] == [
+        ("deposit", "sato"), ("adjustment", "sato"), ("hold", "billing"),
+        ("charge", "billing"), ("release", "billing"), ("refund", "suzuki")]
+    assert moves[1]["id"] == down["transaction_id"] and moves[-1]["id"] == back[
+        "transaction_id"]
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("adjustments", {"delta_yen": 0, "by": "a", "reason": "b"}, "delta_yen"),
+    ("adjustments", {"delta_yen": "5", "by": "a", "reason": "b"}, "delta_yen"),
+    ("adjustments", {"delta_yen": 5, "by": "", "reason": "b"}, "by"),
+    ("adjustments", {"delta_yen": 5, "by": "a"}, "reason"),
+    ("adjustments", {"amount_yen": 5, "by": "a", "reason": "b"}, "amount_yen"),
+    ("refunds", {"amount_yen": -5, "by": "a", "reason": "b"}, "amount_yen"),
+    ("refunds", {"amount_yen": 5, "by": "a", "reason": "b" * 501}, "reason")])
+async def test_bad_corrections_are_400_naming_the_field(
+        client: TestClient[Any, Any], path: str, body: dict[str, Any], field: str) -> None:
+    assert await refused(await client.post(f"/v1/billing/accounts/member-42/{path}",
+                                           json=body, headers=AUTH)) == ("invalid-field", field)
