@@ -5,6 +5,8 @@
     python -m billing --merchant acme transfers [--after ID] [--limit N]
     python -m billing --merchant acme adjust member-42 --delta -500 --reason "entered twice"
     python -m billing --merchant acme refund member-42 --amount 300 --reason "line dropped"
+    python -m billing --merchant acme policy set --unit-s 10 --grace-s 30 --minimum-yen 100
+    python -m billing --merchant acme policy show
     python -m billing --merchant acme balance member-42
     python -m billing --merchant acme ledger member-42 [--after ID] [--limit N]
 
@@ -30,7 +32,7 @@ from typing import Any
 import asyncpg
 
 import billing
-from billing import transfers
+from billing import policy, transfers
 from billing.http import balance_json, movement_json
 from billing.ledger import Correction, Ledger, parse_correction
 from shared.db import create_pool, migrate, package_migrations, resolve_url
@@ -39,7 +41,8 @@ from shared.http import ApiError
 #: API field -> the option that sets it
 OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
            "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by",
-           "delta_yen": "--delta", "by": "--by", "reason": "--reason"}
+           "delta_yen": "--delta", "by": "--by", "reason": "--reason",
+           **{name: "--" + name.replace("_", "-") for name in policy.FIELDS}}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +66,13 @@ def parser() -> argparse.ArgumentParser:
         correction.add_argument("account")
         correction.add_argument("--reason", required=True)
         correction.add_argument("--by", default=getpass.getuser(), help="who corrects it")
+    rules = commands.add_parser("policy", help="the billing policy in force, or change it")
+    rules_sub = rules.add_subparsers(dest="action", required=True)
+    rules_sub.add_parser("show")
+    change = rules_sub.add_parser("set")
+    for name in policy.FIELDS:
+        change.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+    change.add_argument("--by", default=getpass.getuser(), help="who changes it")
     listed = commands.add_parser("transfers", help="bank transfers entered, oldest first")
     account = commands.add_parser("balance", help="an account's balance")
     account.add_argument("account")
@@ -108,6 +118,14 @@ async def run(args: argparse.Namespace,
                 return {"transaction_id": txn, "balance": balance_json(
                     args.account, await ledger.balance(m, args.account))}
         match args.command:
+            case "policy":
+                now = await policy.current(pool, m)
+                if args.action == "set":
+                    wanted = {n: getattr(args, n) for n in policy.FIELDS
+                              if getattr(args, n) is not None}
+                    now = await policy.set_policy(pool, m, policy.changed(
+                        now, {**wanted, "by": args.by}))
+                return now.to_json()
             case "transfers":
                 return {"items": [r.to_json() for r in await transfers.listed(
                     pool, m, after_id=args.after, limit=args.limit)]}

@@ -3,6 +3,7 @@ authenticated_merchant`, selects the tenant).
 
 * ``POST /v1/billing/bank-transfers``: enter a bank transfer as a deposit (201)
 * ``GET /v1/billing/bank-transfers?after_id=&limit=``: the transfers entered, oldest first
+* ``GET|PUT /v1/billing/policy``: the billing unit, grace, minimum, maximum length, tax
 * ``POST /v1/billing/accounts/{account}/adjustments``: an operator's correction (201)
 * ``POST /v1/billing/accounts/{account}/refunds``: charges given back (201)
 * ``GET /v1/billing/accounts/{account}/balance``: available, held, total yen
@@ -27,7 +28,7 @@ from typing import Any, Literal
 import asyncpg
 from aiohttp import web
 
-from billing import transfers
+from billing import policy, transfers
 from billing.ledger import Balance, Ledger, Movement, parse_correction
 from shared.http import (
     ApiError,
@@ -141,6 +142,22 @@ async def _correct(request: web.Request, kind: Literal["adjustment", "refund"]
         account, await ledger.balance(merchant, account))}, status=201)
 
 
+async def get_policy(request: web.Request) -> web.Response:
+    """The merchant's billing policy in force (the defaults until one is set) and who set
+    it when."""
+    ledger, merchant = _ledger(request)
+    return json_response((await policy.current(ledger.pool, merchant)).to_json())
+
+
+async def put_policy(request: web.Request) -> web.Response:
+    """Change the fields given (and say who: ``by``); consultations reserved from now on
+    are rated with it, those already reserved keep the terms they were reserved with."""
+    ledger, merchant = _ledger(request)
+    data = await read_json_object(request)
+    wanted = policy.changed(await policy.current(ledger.pool, merchant), data)
+    return json_response((await policy.set_policy(ledger.pool, merchant, wanted)).to_json())
+
+
 async def get_balance(request: web.Request) -> web.Response:
     """The account's balance: available (free to spend), held (reserved by consultations
     in progress) and their total."""
@@ -205,6 +222,21 @@ REFUND_BODY: Schema = {
                    **_WHO_WHY}}
 CORRECTED: Schema = {"type": "object", "required": ["transaction_id", "balance"],
                      "properties": {"transaction_id": _ID, "balance": BALANCE}}
+_POLICY_FIELDS: Schema = {
+    "unit_s": {"type": "integer", "minimum": 1, "maximum": 3600,
+               "description": "billing unit: every started one is billed whole"},
+    "grace_s": {"type": "integer", "minimum": 0, "maximum": 3600,
+                "description": "free seconds at the start"},
+    "minimum_yen": {"type": "integer", "minimum": 0, "maximum": 1_000_000,
+                    "description": "the least charge once anything is billed"},
+    "max_talk_s": {"type": "integer", "minimum": 1, "maximum": 86_400,
+                   "description": "the longest consultation"},
+    "tax_percent": {"type": "integer", "minimum": 0, "maximum": 100}}
+POLICY: Schema = {"type": "object", "required": [*policy.FIELDS, "changed_by", "changed_at"],
+                  "properties": {**_POLICY_FIELDS, "changed_by": {"type": ["string", "null"]},
+                                 "changed_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}}}
+POLICY_BODY: Schema = {"type": "object", "additionalProperties": False, "required": ["by"],
+                       "properties": {**_POLICY_FIELDS, "by": string(128)}}
 _PAGE = (Param("after_id", "query", {"type": "integer", "minimum": 0},
                "only what comes after this id (the reply's next_after_id)"),
          Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}))
@@ -227,6 +259,11 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                   "properties": {"items": {"type": "array", "items": TRANSFER},
                                  "next_after_id": {"type": "integer"}}})},
               access=MERCHANT, params=_PAGE, errors=_UNAVAILABLE),
+    Operation("GET", "/v1/billing/policy", get_policy, "The billing policy in force", _TAG,
+              {200: Reply("the policy", POLICY)}, access=MERCHANT, errors=_UNAVAILABLE),
+    Operation("PUT", "/v1/billing/policy", put_policy, "Change the billing policy", _TAG,
+              {200: Reply("the policy now in force", POLICY)}, access=MERCHANT,
+              body=POLICY_BODY, errors={400: ("invalid-field",), **_UNAVAILABLE}),
     Operation("POST", "/v1/billing/accounts/{account}/adjustments", post_adjustment,
               "Correct an account's balance", _TAG, {201: Reply("the movement", CORRECTED)},
               access=MERCHANT, params=(_ACCOUNT,), body=ADJUSTMENT_BODY,

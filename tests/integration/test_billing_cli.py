@@ -49,6 +49,11 @@ async def test_deposit_balance_ledger_and_transfers(
         "error: the account's charges come to 0 yen net of refunds; cannot refund 1 yen\n")
     assert (await run("ledger", "member-42", "--after", str(move["id"])))["items"][0][
         "reason"] == "entered twice"
+    assert (await run("policy", "show"))["unit_s"] == 60
+    rules = await run("policy", "set", "--unit-s", "10", "--minimum-yen", "100", "--by", "sato")
+    assert (rules["unit_s"], rules["minimum_yen"], rules["changed_by"]) == (10, 100, "sato")
+    assert await run("policy", "set", "--grace-s", "5000", code=2) == (
+        "error: --grace-s: expected 0..3600, got 5000\n")
 
 
 @pytest.mark.parametrize(("args", "message"), [

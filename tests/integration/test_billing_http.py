@@ -16,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from billing import policy
 from billing.http import install
 from billing.ledger import Ledger, Reservation
 from billing.rating import Terms
@@ -224,3 +225,41 @@ async def test_bad_corrections_are_400_naming_the_field(
         client: TestClient[Any, Any], path: str, body: dict[str, Any], field: str) -> None:
     assert await refused(await client.post(f"/v1/billing/accounts/member-42/{path}",
                                            json=body, headers=AUTH)) == ("invalid-field", field)
+
+
+async def test_the_billing_policy_rates_new_reservations_and_keeps_its_history(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    defaults = await ok(await client.get("/v1/billing/policy", headers=AUTH))
+    assert defaults == {"unit_s": 60, "grace_s": 0, "minimum_yen": 0, "max_talk_s": 10800,
+                        "tax_percent": 10, "changed_by": None, "changed_at": None}
+    changed = await ok(await client.put("/v1/billing/policy", json={
+        "unit_s": 10, "grace_s": 30, "by": "sato"}, headers=AUTH))
+    assert (changed["unit_s"], changed["grace_s"], changed["max_talk_s"],
+            changed["changed_by"]) == (10, 30, 10800, "sato")
+    again = await ok(await client.put("/v1/billing/policy", json={
+        "minimum_yen": 100, "by": "suzuki"}, headers=AUTH))
+    assert (again["unit_s"], again["minimum_yen"]) == (10, 100)
+    assert (await ok(await client.get("/v1/billing/policy", headers=BENTO_AUTH)))[
+        "unit_s"] == 60
+    assert await clean.fetchval("SELECT count(*) FROM billing_policies") == 2
+    terms = await policy.terms_for(clean, "acme", 300)
+    assert terms == Terms(300, unit_s=10, grace_s=30, minimum_yen=100)
+    await ok(await client.post("/v1/billing/bank-transfers", json=transfer(), headers=AUTH),
+             201)
+    held = await Ledger(clean).reserve("acme", "member-42", "call-1", terms)
+    assert isinstance(held, Reservation) and held.allowed_s == 30 + 1000  # 5000 yen at 300/min
+    await ok(await client.put("/v1/billing/policy", json={"grace_s": 0, "by": "sato"},
+                              headers=AUTH))
+    settled = await Ledger(clean).settle("acme", held.id, 45)   # the reserved terms: 15 s
+    assert (settled.charge.billed_s, settled.charge.total_yen) == (20, 100)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"unit_s": 0, "by": "a"}, "unit_s"), ({"grace_s": "30", "by": "a"}, "grace_s"),
+    ({"max_talk_s": 86_401, "by": "a"}, "max_talk_s"), ({"unit_s": 10}, "by"),
+    ({"price_per_minute_yen": 10, "by": "a"}, "price_per_minute_yen"),
+    ({"tax_percent": True, "by": "a"}, "tax_percent")])
+async def test_bad_policies_are_400_naming_the_field(
+        client: TestClient[Any, Any], body: dict[str, Any], field: str) -> None:
+    assert await refused(await client.put("/v1/billing/policy", json=body,
+                                          headers=AUTH)) == ("invalid-field", field)
