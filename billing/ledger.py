@@ -301,15 +301,20 @@ class Ledger:
         if type(talk_s) is not int or talk_s < 0:
             raise ValueError(f"talk_s: expected a non-negative integer, got {talk_s!r}")
         async with self.pool.acquire() as conn, conn.transaction():
+            # the account's lock first, then the read: a statement that waited for the lock
+            # would not see the settlement its holder wrote (read committed)
+            locked = await conn.fetchval(
+                """SELECT a.id FROM billing_reservations r
+                   JOIN billing_accounts a ON a.id = r.account_id
+                   WHERE r.id = $1 AND a.merchant_id = $2 FOR UPDATE OF a""",
+                reservation_id, merchant_id)
+            if locked is None:
+                raise LedgerError(404, "not-found", f"no reservation {reservation_id}")
             row = await conn.fetchrow(
                 """SELECT r.*, s.talk_s AS settled_talk_s, s.released_yen
                    FROM billing_reservations r
-                   JOIN billing_accounts a ON a.id = r.account_id
                    LEFT JOIN billing_settlements s ON s.reservation_id = r.id
-                   WHERE r.id = $1 AND a.merchant_id = $2
-                   FOR UPDATE OF a""", reservation_id, merchant_id)
-            if row is None:
-                raise LedgerError(404, "not-found", f"no reservation {reservation_id}")
+                   WHERE r.id = $1""", reservation_id)
             reservation = _reservation(row)
             charge = rate(talk_s, reservation.terms)
             held = reservation.held_yen

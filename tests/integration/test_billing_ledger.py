@@ -138,6 +138,15 @@ async def test_concurrent_reservations_never_hold_more_than_the_balance(
     assert await ledger.balance("acme", "c-1") == Balance(0, 3000)
 
 
+async def test_concurrent_settles_of_one_reservation_charge_once(clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 1000, "sato", "first")
+    r = await reserved(ledger, "c-1", "call-1")
+    settled = await asyncio.gather(*(ledger.settle("acme", r.id, 95) for _ in range(6)))
+    assert len(set(settled)) == 1 and settled[0].charge.total_yen == 600
+    assert await ledger.balance("acme", "c-1") == Balance(400, 0)
+
+
 # --- property: random concurrent sequences against the real database ----------------------
 
 def run_async(make: Callable[[], Awaitable[T]]) -> T:
