@@ -27,7 +27,8 @@ the same connection limits and timeouts (slow-loris protection).
 Client error tree (what the relay retries)::
 
     LinkError
-      ├── LinkUnavailable   every route failed at the transport level or answered 5xx/429
+      ├── LinkUnavailable   no route got an answer (transport error, timeout)
+      │     └── LinkBusy    the peer answered 5xx or 429 (with its Retry-After, if any)
       └── LinkRejected      the peer answered 4xx: our message or our keys are wrong
 """
 
@@ -87,6 +88,25 @@ class LinkUnavailable(LinkError):
     pass
 
 
+class LinkBusy(LinkUnavailable):
+    """The peer answered 5xx or 429: the route works, the peer cannot take the message
+    now. ``retry_after_s``: its ``Retry-After`` in seconds (None: not given)."""
+
+    def __init__(self, message: str, status: int, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A ``Retry-After`` header's delay in seconds (the HTTP-date form is not used here)."""
+    try:
+        seconds = float(value) if value is not None else -1.0
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 86_400 else None
+
+
 class LinkRejected(LinkError):
     def __init__(self, status: int, body: Any) -> None:
         super().__init__(f"peer refused the message with HTTP {status}: {body}")
@@ -95,7 +115,7 @@ class LinkRejected(LinkError):
 
 
 class _RouteFailed(Exception):
-    """One route failed at the transport level or with 5xx/429 (internal)."""
+    """One route got no answer: transport error or timeout (internal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +131,7 @@ class LinkClient:
     """POSTs signed messages over the routes the policy picks for their kind.
 
     Without a ``policy`` every kind is ``primary_backup`` over ``routes`` in
-    order, with health probes of ``GET /healthz`` every 3 s. :meth:`start`
+    order, with health probes of ``GET /healthz`` every 5 s. :meth:`start`
     opens the session and starts the probes; :meth:`close` stops both.
     """
 
@@ -193,7 +213,7 @@ class LinkClient:
                                          timeout=aiohttp.ClientTimeout(total=health.timeout_s),
                                          server_hostname=self._tls_name(route)) as resp:
                 await resp.read()
-                ok, detail = resp.status < 500, f"HTTP {resp.status}"
+                ok, detail = True, f"HTTP {resp.status}"  # the peer answered over the route
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         self._book.probed(route.name, ok, detail)
@@ -206,7 +226,9 @@ class LinkClient:
         """Deliver one message by the policy for ``kind``.
 
         Returns the first acknowledgement (2xx/3xx); raises :class:`LinkRejected`
-        on a 4xx and :class:`LinkUnavailable` when no route got through.
+        on a 4xx, :class:`LinkBusy` when the peer answered 5xx or 429 (the other routes
+        reach the same peer: not tried) and :class:`LinkUnavailable` when no route got
+        an answer.
         """
         await self.start()
         mode, routes = self._book.plan(kind)
@@ -226,6 +248,7 @@ class LinkClient:
                                      name=f"link post {r.name}") for r in routes]
         errors: list[str] = []
         rejected: LinkRejected | None = None
+        busy: LinkBusy | None = None
         try:
             for next_done in asyncio.as_completed(tasks):
                 try:
@@ -234,6 +257,8 @@ class LinkClient:
                     errors.append(str(exc))
                 except LinkRejected as exc:
                     rejected = rejected or exc
+                except LinkBusy as exc:
+                    busy = busy or exc
         finally:
             for task in tasks:
                 if not task.done():  # the slower route finishes in the background
@@ -241,6 +266,8 @@ class LinkClient:
                     task.add_done_callback(self._forget)
         if rejected is not None:
             raise rejected
+        if busy is not None:
+            raise busy
         raise LinkUnavailable("; ".join(errors))
 
     def _tls_name(self, route: LinkRoute) -> str | None:
@@ -263,6 +290,7 @@ class LinkClient:
                                           server_hostname=self._tls_name(route)) as resp:
                 text = await resp.text()
                 status = resp.status
+                retry_after = retry_after_s(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = f"{route.name}: {type(exc).__name__}: {exc}"
             self._book.failed(route.name, error)
@@ -271,10 +299,11 @@ class LinkClient:
         elapsed = time.monotonic() - started
         payload = _json_or_text(text)
         if status >= 500 or status == 429:
-            error = f"{route.name}: HTTP {status}"
-            self._book.failed(route.name, error)
-            metrics().link_requests.labels(route.name, "failed").inc()
-            raise _RouteFailed(error)
+            self._book.reachable(route.name)
+            metrics().link_requests.labels(route.name, "busy").inc()
+            raise LinkBusy(f"{route.name}: HTTP {status}" + (
+                f" (retry after {retry_after:g} s)" if retry_after is not None else ""),
+                status, retry_after)
         if status >= 400:
             self._book.reachable(route.name)
             metrics().link_requests.labels(route.name, "rejected").inc()

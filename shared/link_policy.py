@@ -15,16 +15,21 @@ Parsed from a site's ``[peer]`` section::
 
     [peer.health]
     path = "/healthz"       # unsigned GET, over the same mutual-TLS session
-    interval_s = 3.0        # 0 disables active probing (passive quarantine only)
-    timeout_s = 2.0
-    fall = 2                # consecutive failed probes before a route is down
-    rise = 2                # consecutive good probes before it is up again (failback)
+    interval_s = 5.0        # 0 disables active probing (passive quarantine only)
+    timeout_s = 5.0         # what a loaded peer still meets
+    fall = 3                # consecutive failures (probes or deliveries) before down
+    rise = 2                # consecutive successes before it is up again (failback)
 
 Modes (:class:`LinkMode`):
 
 * ``primary_backup``: the first *healthy* route in order; the next ones if it
-  fails. A route is down after a failed delivery or ``fall`` failed probes,
-  and up again after ``rise`` good probes: automatic failback.
+  fails. A route is down after ``fall`` consecutive failures (probes or
+  deliveries that got no answer), and up again after ``rise`` consecutive
+  successes: automatic failback without flapping on one slow answer. Any HTTP
+  answer is a success of the route: the peer answered over it (a busy peer
+  answering 503 is the peer's state, not the route's).
+* A link of one route never takes it out of use: there is nowhere else to
+  send, so messages keep going and the outbox's retries do the rest.
 * ``both``: POST on every listed route concurrently; delivered when any acks.
   The receiver dedupes by message id (:func:`shared.link.accept_once`).
 * ``pinned``: one route only. If it is down the message waits in the outbox
@@ -79,12 +84,12 @@ class KindPolicy:
 
 @dataclass(frozen=True, slots=True)
 class HealthSettings:
-    """Active probing of each route: ``GET <route url><path>``; any answer below 500 is up."""
+    """Active probing of each route: ``GET <route url><path>``; any HTTP answer is up."""
 
     path: str = "/healthz"
-    interval_s: float = 3.0
-    timeout_s: float = 2.0
-    fall: int = 2
+    interval_s: float = 5.0
+    timeout_s: float = 5.0
+    fall: int = 3
     rise: int = 2
 
     @property
@@ -231,8 +236,8 @@ class RouteStatus:
     up: bool = True
     changed_at: float = 0.0       # monotonic time of the last up/down change
     failed_at: float = 0.0        # monotonic time of the last failure (delivery or probe)
-    ok_streak: int = 0            # consecutive good probes
-    fail_streak: int = 0          # consecutive failed probes
+    ok_streak: int = 0            # consecutive successes (probes, answered deliveries)
+    fail_streak: int = 0          # consecutive failures (probes, unanswered deliveries)
     probes: int = 0
     sent: int = 0                 # POSTs attempted on this route
     delivered: int = 0            # POSTs the peer acknowledged on this route
@@ -243,10 +248,11 @@ class RouteStatus:
 class RouteBook:
     """Health of each route and the plan for a message kind.
 
-    A route goes *down* on a failed delivery (transport error, 5xx, 429) or
-    after ``fall`` failed probes, and *up* again after ``rise`` good probes or
-    a successful delivery. Without active probing, a down route is tried last
-    for ``quarantine_s`` and then first again (passive failback).
+    A route goes *down* after ``fall`` consecutive failures (a probe or a
+    delivery without an answer: transport error, timeout) and *up* again after
+    ``rise`` consecutive successes (any answer of the peer). Without active
+    probing, a down route is tried last for ``quarantine_s`` and then first
+    again (passive failback). The only route of a link is never down.
     """
 
     def __init__(self, routes: Sequence[LinkRoute], policy: LinkPolicy, *,
@@ -259,6 +265,7 @@ class RouteBook:
         self.clock = clock
         self._by_name = {r.name: r for r in routes}
         self._status = {r.name: RouteStatus(r.name) for r in routes}
+        self._alone = len(self.routes) == 1
 
     def is_sick(self, name: str) -> bool:
         st = self._status[name]
@@ -286,35 +293,40 @@ class RouteBook:
         self.reachable(name)
 
     def reachable(self, name: str) -> None:
-        """The peer answered on this route (even if it refused the message)."""
+        """The peer answered on this route (even if it refused the message, or was busy)."""
         st = self._status[name]
         st.last_error = None
-        self._set(st, up=True, why="the peer answered")
+        self._observe(st, True, "the peer answered")
 
     def failed(self, name: str, error: str) -> None:
+        """A delivery on this route got no answer (transport error, timeout)."""
         st = self._status[name]
         st.failures += 1
-        st.failed_at = self.clock()
-        st.ok_streak = 0
-        st.last_error = error
-        self._set(st, up=False, why=error)
+        self._observe(st, False, error)
 
     def probed(self, name: str, ok: bool, detail: str = "") -> None:
         st = self._status[name]
         st.probes += 1
+        self._observe(st, ok, detail or ("answered" if ok else "failed"))
+
+    def _observe(self, st: RouteStatus, ok: bool, detail: str) -> None:
+        """One success or failure of the route: up or down only after a streak of them."""
         health = self.policy.health
         if ok:
             st.ok_streak += 1
             st.fail_streak = 0
             if not st.up and st.ok_streak >= health.rise:
-                self._set(st, up=True, why=f"{st.ok_streak} good probes")
-        else:
-            st.fail_streak += 1
-            st.ok_streak = 0
-            st.failed_at = self.clock()
-            st.last_error = detail
-            if st.up and st.fail_streak >= health.fall:
-                self._set(st, up=False, why=f"{st.fail_streak} failed probes: {detail}")
+                self._set(st, up=True, why=f"{st.ok_streak} successes")
+            return
+        st.fail_streak += 1
+        st.ok_streak = 0
+        st.failed_at = self.clock()
+        st.last_error = detail
+        if st.up and st.fail_streak == health.fall and self._alone:
+            log.warning("link route %s failed %d times in a row (%s); it is the only "
+                        "route, so it stays in use", st.name, st.fail_streak, detail[:300])
+        elif st.up and st.fail_streak >= health.fall and not self._alone:
+            self._set(st, up=False, why=f"{st.fail_streak} failures: {detail}")
 
     def _set(self, st: RouteStatus, *, up: bool, why: str) -> None:
         if st.up == up:

@@ -140,7 +140,7 @@ class Common:
         self.link_requests = Counter(
             "cbgw_link_requests",
             "Signed HTTP requests to the peer site, by route and result (ok, rejected: a "
-            "4xx, failed: transport error, 5xx or 429).", ["route", "result"], registry=r)
+            "4xx, busy: 5xx or 429, failed: no answer).", ["route", "result"], registry=r)
         self.ari_connected = Gauge(
             "cbgw_ari_websocket_connected",
             "1 while the ARI events websocket is connected (any process of the site).",

@@ -130,7 +130,9 @@ def test_route_book_fails_over_and_back_on_probes() -> None:
     assert names() == ["leased", "internet"]  # rise=2
     book.probed("internet", True)
     assert names() == ["internet", "leased"]  # failback
-    book.failed("internet", "reset")  # a failed delivery takes it down at once
+    book.failed("internet", "reset")  # failed deliveries count like failed probes
+    assert names() == ["internet", "leased"]
+    book.failed("internet", "reset")
     assert names() == ["leased", "internet"]
     now[0] += 3600  # with probing on, time alone does not bring it back
     assert names() == ["leased", "internet"]
@@ -141,7 +143,8 @@ def test_route_book_without_probes_uses_quarantine() -> None:
     routes = [LinkRoute("internet", "https://a"), LinkRoute("leased", "https://b")]
     policy = LinkPolicy(health=HealthSettings(interval_s=0))
     book = RouteBook(routes, policy, quarantine_s=15, clock=lambda: now[0])
-    book.failed("internet", "reset")
+    for _ in range(policy.health.fall):
+        book.failed("internet", "reset")
     assert book.plan(None)[1][0].name == "leased"
     now[0] = 16
     assert book.plan(None)[1][0].name == "internet"
