@@ -183,7 +183,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    service = await start_rating_service(app[POOL_KEY], settings.rates, log)
+    service = await start_rating_service(app[POOL_KEY], settings.rates, log,
+                                         settings.merchants)
     if service is not None:
         log.info("routing_rates loaded: carriers ranked by expected cost")
     elif not settings.callback.static_routes:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from edge_server.config import EdgeSettings
 from edge_server.decide import FixedDecider, RatesDecider
-from edge_server.http import POOL_KEY, create_http_app
+from edge_server.http import LEARN_CALL_LENGTHS_KEY, POOL_KEY, create_http_app
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from shared import outbox_operator
@@ -93,11 +93,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    service = await start_rating_service(app[POOL_KEY], settings.rates, log)
+    service = await start_rating_service(app[POOL_KEY], settings.rates, log,
+                                         settings.merchants)
     decider: Decider = FixedDecider()
     if service is not None:
         decider = RatesDecider(service, {m.id: m.inbound_tariff for m in settings.merchants},
                                announce_s=settings.rates.announce_s)
+        app[LEARN_CALL_LENGTHS_KEY] = True
         log.info("routing_rates loaded: the call-back decision is priced")
     else:
         log.warning("no routing_rates: every call is unrated (merchants' default applies)")

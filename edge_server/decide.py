@@ -2,7 +2,9 @@
 
 :class:`RatesDecider` wraps ``routing_rates.RatingService.decide`` (see
 docs/CONTRACTS.md) behind the flow's :class:`~edge_server.stasis.Decider`
-Protocol. Anything that goes wrong while rating (no deck for the number, a
+Protocol, passing the merchant, so the decision assumes that merchant's call
+lengths for the caller's number class (learned, configured or the default).
+Anything that goes wrong while rating (no deck for the number, a
 tariff missing, a bug) becomes ``DecisionUnavailable`` and the flow falls back
 to the merchant's ``callback_when_unrated``. :class:`FixedDecider` stands in
 when no rates are configured.
@@ -37,7 +39,8 @@ class SupportsDecide(Protocol):
     """The slice of ``routing_rates.RatingService`` the edge needs."""
 
     def decide(self, number: E164, at: datetime, *, inbound_tariff: str = ...,
-               announce_mode: str = ..., announce_s: Decimal = ...) -> DecisionLike: ...
+               announce_mode: str = ..., announce_s: Decimal = ...,
+               merchant: str | None = ...) -> DecisionLike: ...
 
 
 class RatesDecider:
@@ -53,7 +56,8 @@ class RatesDecider:
         try:
             decision = self.rates.decide(cmd.caller, at, inbound_tariff=tariff,
                                          announce_mode=cmd.announce_mode.value,
-                                         announce_s=self.announce_s)
+                                         announce_s=self.announce_s,
+                                         merchant=cmd.merchant_id)
         except Exception as exc:  # the flow must get an answer whatever rating does
             log.warning("no decision for %s (%s): %s: %s", cmd.caller, cmd.merchant_id,
                         type(exc).__name__, exc)

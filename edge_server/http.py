@@ -77,6 +77,8 @@ _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
 
 
 POOL_KEY = web.AppKey("edge_pool", asyncpg.Pool)
+#: set while routing_rates runs: CDRs arriving over the link teach the call lengths
+LEARN_CALL_LENGTHS_KEY = web.AppKey("edge_learn_call_lengths", bool)
 
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
@@ -104,10 +106,12 @@ async def link_events(request: web.Request) -> web.Response:
     data = await read_json_object(request, raw_body(request))
     report = parse_event(data)
     mid = message_id(request)
+    learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
     try:
         async with _pool(request).acquire() as conn, conn.transaction():
             status, body = await accept_once(
-                conn, mid, str(data["kind"]), lambda c: save_report(c, report))
+                conn, mid, str(data["kind"]),
+                lambda c: save_report(c, report, learn_call_lengths=learn))
     except _DB_ERRORS as exc:
         log.warning("link event %s not stored: %s", mid, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None

@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from routing_rates import call_lengths
 from shared.http import (
     ApiError,
     InvalidField,
@@ -279,8 +280,13 @@ def page_schema(table: str) -> Schema:
 
 # --- storing ------------------------------------------------------------------------------
 
-async def save_report(conn: asyncpg.Connection, report: Report) -> tuple[int, dict[str, Any]]:
-    """Store one report inside the caller's transaction; the answer for the link."""
+async def save_report(conn: asyncpg.Connection, report: Report, *,
+                      learn_call_lengths: bool = False) -> tuple[int, dict[str, Any]]:
+    """Store one report inside the caller's transaction; the answer for the link.
+
+    ``learn_call_lengths`` (rates on): a new answered customer leg's talk seconds are
+    counted for the merchant's call lengths (``routing_rates.call_lengths.record``),
+    in the same transaction, so a CDR delivered twice counts once."""
     known = await conn.fetchval("SELECT true FROM merchants WHERE id = $1", report.merchant_id)
     if not known:
         raise ApiError(422, "unknown-merchant", f"merchant {report.merchant_id!r} is not "
@@ -295,6 +301,10 @@ async def save_report(conn: asyncpg.Connection, report: Report) -> tuple[int, di
             row_id = await _insert_request(conn, report)
         case Cdr():
             row_id = await _insert_cdr(conn, report)
+            if row_id is not None and learn_call_lengths and report.leg == "customer" \
+                    and report.answered_at is not None:
+                await call_lengths.record(conn, report.merchant_id, report.destination,
+                                          report.duration_s, report.ended_at)
         case CallbackStatusReport():
             row_id = await _insert_status(conn, report)
     status = "stored" if row_id is not None else "duplicate"

@@ -22,12 +22,13 @@ from typing import Any
 
 import asyncpg
 
-from routing_rates import importer, report, store
+from routing_rates import call_lengths, importer, report, store
 from routing_rates.carriers import DATA_DIR, DEMO_CARRIERS, CarrierConfigError, load_carriers
 from routing_rates.cdr import CdrFileError, CdrRater, DeckHistory, read_cdrs
 from routing_rates.duration import DistributionError, DurationModel, load_distributions
 from routing_rates.profile import ProfileError, load_profile
 from routing_rates.service import RatingService, UnknownTariff
+from shared.config import ConfigError, load, parse_merchants, root
 from shared.db import create_pool, migrate, resolve_url
 from shared.money import DEFAULT_FX_BASE, DEFAULT_FX_RATES, FxTable, MoneyError
 from shared.phone import E164, InvalidNumber, normalise
@@ -163,10 +164,15 @@ async def cmd_decks(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
 
 
 async def _distribution(args: argparse.Namespace, conn: asyncpg.Connection,
-                        rates: RatingService) -> DurationModel:
+                        rates: RatingService) -> DurationModel | None:
+    """The distribution asked for; None: the merchant's (``decide --merchant``)."""
     if args.duration is not None:
         return DurationModel.fixed(Decimal(args.duration))
     name = args.distribution
+    if name is None:
+        if getattr(args, "merchant", None):
+            return None
+        name = "default"
     if name.startswith("learned"):
         merchant = name.partition(":")[2] or None
         rows = await conn.fetch(
@@ -188,11 +194,27 @@ async def _service(args: argparse.Namespace) -> RatingService:
     if args.distributions:
         text = await asyncio.to_thread(Path(args.distributions).read_text)
         extra = load_distributions(text, args.distributions)
+    lengths = await asyncio.to_thread(_merchant_lengths, args)
     pool = await create_pool(args.resolved_url, min_size=1, max_size=2)
     service = await RatingService.start(pool, fx=_fx(args), distributions=extra,
-                                        listen=False)
+                                        lengths=lengths, listen=False)
     service.owned_pool = pool  # type: ignore[attr-defined]
     return service
+
+
+def _merchant_lengths(args: argparse.Namespace) -> call_lengths.MerchantLengths:
+    """The merchants' configured call lengths and ``[rates] learn_*`` of ``--config``
+    (the site's TOML), as the servers read them; without it, the defaults."""
+    path = getattr(args, "config", None)
+    if path is None:
+        return call_lengths.MerchantLengths()
+    from shared.site import RatesSettings
+
+    top = root(load(Path(path), args.site.upper()))
+    rates = RatesSettings.parse(top.section("rates"))
+    return call_lengths.from_merchants(
+        parse_merchants(top), call_lengths.Policy(rates.learn_min_calls,
+                                                  rates.learn_prior_calls))
 
 
 async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
@@ -202,6 +224,7 @@ async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
         model = await _distribution(args, conn, rates)
         origin = _number(args.origin) if args.origin else None
         if args.command == "quote":
+            model = model or rates.distribution("default")
             routes, dropped = rates.quote(number, at, duration=model, origin=origin)
             lines = [f"{number} at {at.isoformat()}, durations {model.name} "
                      f"(mean {model.mean:.0f} s), costs in {rates.currency}"]
@@ -218,7 +241,7 @@ async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
         decision = rates.decide(number, at, inbound_tariff=args.inbound_tariff,
                                 announce_mode=args.announce_mode,
                                 announce_s=Decimal(args.announce_s), duration=model,
-                                origin=origin)
+                                merchant=args.merchant, origin=origin)
         _print(args, decision.to_json(), _explain_text(decision.to_json()))
     finally:
         await rates.close()
@@ -231,7 +254,8 @@ def _explain_text(d: dict[str, Any]) -> str:
     verdict = "CALL BACK" if d["callback"] else "KEEP THE CALL"
     lines = [f"{verdict} ({d['reason']}) for {e['number']} at {e['at']}",
              f"rule: {e['rule']}",
-             f"durations: {e['distribution']['name']} (mean {e['distribution']['mean_s']} s)"]
+             f"durations: {e['distribution']['name']} (mean {e['distribution']['mean_s']} s): "
+             f"{e['distribution']['detail']}"]
     direct = e.get("direct") or {}
     if "expected" in direct:
         lines.append(f"direct:   {direct['tariff']} deck {direct['deck_id']} prefix "
@@ -337,14 +361,20 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("number")
         group = q.add_mutually_exclusive_group()
         group.add_argument("--duration", help="a fixed call length in seconds")
-        group.add_argument("--distribution", default="default",
-                           help="default | short | long | learned[:MERCHANT] | configured name")
+        group.add_argument("--distribution",
+                           help="default | short | long | learned[:MERCHANT] | configured "
+                                "name (default: the merchant's with --merchant, else default)")
         q.add_argument("--at", help="call time (ISO; default now)")
         q.add_argument("--origin", help="calling number, for origin-specific rates")
         q.add_argument("--inbound-tariff", default="ntt-freedial")
         q.add_argument("--announce-mode", choices=("early_media", "answer"),
                        default="early_media")
         q.add_argument("--announce-s", default="5")
+        if name == "decide":
+            q.add_argument("--merchant", help="assume this merchant's call lengths: learned "
+                                              "from its calls, configured, or the default")
+            q.add_argument("--config", help="the site's TOML: the merchants' "
+                                            "[merchants.call_lengths] and [rates] learn_*")
     r = sub.add_parser("rate-cdrs", help="rate a CDR file (.jsonl or .csv) into the database")
     r.add_argument("file")
     r.add_argument("--inbound-tariff", default="ntt-freedial")
@@ -375,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except (CliError, importer.ImportRefused, ProfileError, CarrierConfigError, CdrFileError,
-            DistributionError, UnknownTariff, store.DeckStateError, MoneyError,
+            ConfigError, DistributionError, UnknownTariff, store.DeckStateError, MoneyError,
             FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -134,14 +134,16 @@ def rank_routes(candidates: Sequence[tuple[Carrier, Row | None, int | None, str]
 def decide(*, routes: Sequence[RouteQuote], dropped: Sequence[Dropped],
            direct_row: Row | None, direct_tariff: str, direct_deck: int | None,
            model: DurationModel, fx: FxTable, currency: str,
-           announce_mode: str, announce_s: Decimal, number: str, at: str) -> Decision:
-    """The decision and its explanation."""
+           announce_mode: str, announce_s: Decimal, number: str, at: str,
+           lengths: Mapping[str, str] | None = None) -> Decision:
+    """The decision and its explanation (``lengths``: where the distribution came from)."""
     if announce_mode not in ANNOUNCE_MODES:
         raise ValueError(f"announce_mode must be one of {ANNOUNCE_MODES}")
     zero = Money.zero(currency)
     explain: dict[str, Any] = {
         "number": number, "at": at, "rule": RULE, "currency": currency,
-        "distribution": {"name": model.name, "mean_s": str(model.mean.quantize(Decimal(1)))},
+        "distribution": {"name": model.name, "mean_s": str(model.mean.quantize(Decimal(1))),
+                         **(lengths or {})},
         "alternatives": [q.explain for q in routes],
         "dropped": [{"carrier": d.carrier_id, "reason": d.reason, "detail": d.detail}
                     for d in dropped],

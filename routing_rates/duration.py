@@ -74,6 +74,7 @@ class DurationModel:
         default_factory=dict, compare=False, hash=False, repr=False)
     _costs: dict[Terms, Decimal] = field(default_factory=dict, compare=False, hash=False,
                                          repr=False)
+    _mean: Decimal = field(default=_ZERO, init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -84,10 +85,11 @@ class DurationModel:
         if abs(total - _ONE) > Decimal("1e-9"):
             raise DistributionError(
                 f"distribution {self.name!r}: probabilities sum to {total}, not 1")
+        object.__setattr__(self, "_mean", sum((s * p for s, p in self.points), _ZERO))
 
     @property
     def mean(self) -> Decimal:
-        return sum((s * p for s, p in self.points), Decimal(0))
+        return self._mean
 
     def billed_profile(self, initial_s: int, increment_s: int) -> BilledProfile:
         """The billed seconds under X/Y = ``initial_s``/``increment_s`` (computed once)."""

@@ -6,29 +6,39 @@ for ``NOTIFY routing_rates_activated`` and for the next future-dated deck's
 start, rebuilds a :class:`Snapshot` off to the side and swaps it in with one
 assignment: a lookup sees the old decks or the new ones, never a mix. Lookups
 are synchronous and never touch the database (the edge decides without the WAN).
+
+Call lengths (``routing_rates.call_lengths``): ``decide(..., merchant=M)`` without
+a ``duration`` uses M's distribution for the caller's number class: learned,
+configured or the default. The counts are loaded at start and, for one merchant,
+again when ``record`` NOTIFYs ``routing_rates_call_lengths`` (at most once a
+second); the new models' expected costs for every tariff in force are computed
+off to the side before they are swapped in, so a decision never computes one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from routing_rates import store
+from routing_rates import call_lengths, store
+from routing_rates.call_lengths import DEFAULT_CHOICE, LengthChoice, MerchantLengths
 from routing_rates.carriers import Carrier
 from routing_rates.decision import Decision, Dropped, RouteQuote, decide, rank_routes
 from routing_rates.duration import BUILTIN, DEFAULT_DURATION, DurationModel
 from routing_rates.index import RateIndex, Row
-from routing_rates.tariff import period_at
+from routing_rates.tariff import Terms, period_at
 from shared.db import Pool
 from shared.money import FxTable, Money
 from shared.phone import E164
 
 log = logging.getLogger("rates.service")
 SAFETY_POLL_S = 300.0
+#: a burst of answered calls reloads a merchant's call lengths at most this often
+LENGTHS_REFRESH_S = 1.0
 
 
 class UnknownTariff(LookupError):
@@ -49,6 +59,7 @@ class Snapshot:
     inbound_index: RateIndex                  # kind = inbound
     loaded_at: datetime
     next_change: datetime | None
+    terms: tuple[Terms, ...] = ()             # every distinct Terms of the rows
 
     @classmethod
     def build(cls, carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
@@ -57,8 +68,9 @@ class Snapshot:
         by_id = {c.id: c for c in carriers}
         carrier_rows = {c.id: rows.get(c.id, ()) for c in carriers if c.kind == "carrier"}
         inbound_rows = {c.id: rows.get(c.id, ()) for c in carriers if c.kind == "inbound"}
+        distinct = {id(r.terms): r.terms for tariff_rows in rows.values() for r in tariff_rows}
         return cls(by_id, dict(decks or {}), RateIndex(carrier_rows), RateIndex(inbound_rows),
-                   datetime.now(UTC), next_change)
+                   datetime.now(UTC), next_change, tuple(distinct.values()))
 
     def deck_id(self, tariff_id: str) -> int | None:
         deck = self.decks.get(tariff_id)
@@ -70,8 +82,13 @@ class RatingService:
 
     def __init__(self, snapshot: Snapshot, fx: FxTable, *, currency: str | None = None,
                  distributions: Mapping[str, DurationModel] | None = None,
-                 pool: Pool | None = None) -> None:
+                 pool: Pool | None = None, lengths: MerchantLengths | None = None) -> None:
         self._snap = snapshot
+        self.lengths = lengths or MerchantLengths()
+        self._choices: dict[tuple[str, str], LengthChoice] = {}
+        self._lengths_dirty: set[str] = set()
+        self._lengths_wake = asyncio.Event()
+        self._lengths_task: asyncio.Task[None] | None = None
         self.fx = fx
         self.currency = currency or fx.base
         self.distributions = {**BUILTIN, **(distributions or {})}
@@ -86,11 +103,15 @@ class RatingService:
     @classmethod
     async def start(cls, pool: Pool, *, fx: FxTable, currency: str | None = None,
                     distributions: Mapping[str, DurationModel] | None = None,
+                    lengths: MerchantLengths | None = None,
                     listen: bool = True) -> RatingService:
         service = cls(Snapshot.build([], {}), fx, currency=currency,
-                      distributions=distributions, pool=pool)
+                      distributions=distributions, pool=pool, lengths=lengths)
         await service.reload()
+        await service.reload_call_lengths()
         if listen:
+            service._lengths_task = asyncio.create_task(service._refresh_lengths(),
+                                                        name="rates-call-lengths")
             ready = asyncio.Event()
             service._task = asyncio.create_task(service._listen(ready),
                                                 name="rates-reload")
@@ -104,13 +125,14 @@ class RatingService:
         return cls(Snapshot.build(carriers, rows), fx, **kwargs)  # type: ignore[arg-type]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        for task in (self._task, self._lengths_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._task = self._lengths_task = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -132,7 +154,9 @@ class RatingService:
                 if loaded is None:
                     loaded = await store.load_rows(conn, deck, pool)
                 cache[deck.id] = rows[tariff_id] = loaded
-        snapshot = await asyncio.to_thread(Snapshot.build, carriers, rows, decks, nxt)
+        models = {id(c.model): c.model for c in self._choices.values()}
+        snapshot = await asyncio.to_thread(_build_warm, carriers, rows, decks, nxt,
+                                           list(models.values()))
         self._rows_cache = cache
         self._snap = snapshot  # the swap: one assignment
         self.reloads += 1
@@ -146,12 +170,19 @@ class RatingService:
                     def on_notify(*_args: object) -> None:
                         self._wake.set()
 
+                    def on_lengths(_conn: object, _pid: int, _channel: str,
+                                   merchant: str) -> None:
+                        self._lengths_dirty.add(merchant)
+                        self._lengths_wake.set()
+
                     await conn.add_listener(store.CHANNEL, on_notify)
+                    await conn.add_listener(call_lengths.CHANNEL, on_lengths)
                     ready.set()
                     try:
                         await self._wait_and_reload()
                     finally:
                         await conn.remove_listener(store.CHANNEL, on_notify)
+                        await conn.remove_listener(call_lengths.CHANNEL, on_lengths)
             except asyncio.CancelledError:
                 raise
             except Exception:  # connection lost etc.: retry, keep serving the old snapshot
@@ -172,7 +203,43 @@ class RatingService:
             self._wake.clear()
             await self.reload()
 
+    async def reload_call_lengths(self, merchants: set[str] | None = None) -> None:
+        """Load the learned counts of ``merchants`` (None: all) and swap in their choices,
+        once their expected costs for the tariffs in force are computed."""
+        assert self._pool is not None, "call lengths need a database pool"
+        async with self._pool.acquire() as conn:
+            learned = await call_lengths.load(conn, merchants)
+        snap = self._snap
+        choices = await asyncio.to_thread(self._warm_choices, learned, merchants, snap.terms)
+        self._choices = {**self._choices, **choices}  # the swap: one assignment
+
+    def _warm_choices(self, learned: Mapping[tuple[str, str], call_lengths.Learned],
+                      merchants: set[str] | None, terms: Sequence[Terms],
+                      ) -> dict[tuple[str, str], LengthChoice]:
+        choices = self.lengths.choices(learned, merchants)
+        warm({id(c.model): c.model for c in choices.values()}.values(), terms)
+        return choices
+
+    async def _refresh_lengths(self) -> None:
+        while True:
+            await self._lengths_wake.wait()
+            self._lengths_wake.clear()
+            dirty, self._lengths_dirty = self._lengths_dirty, set()
+            try:
+                await self.reload_call_lengths(dirty)
+            except Exception:  # keep the last models; the next notice retries
+                log.exception("call lengths not reloaded for %s", ", ".join(sorted(dirty)))
+                self._lengths_dirty |= dirty
+            await asyncio.sleep(LENGTHS_REFRESH_S)
+
     # -- lookups -----------------------------------------------------------------------
+
+    def call_length(self, merchant: str | None, number: E164) -> LengthChoice:
+        """The distribution a decision for ``merchant``'s caller ``number`` assumes."""
+        if merchant is None:
+            return DEFAULT_CHOICE
+        return self._choices.get((merchant, call_lengths.number_class(number)),
+                                 DEFAULT_CHOICE)
 
     def distribution(self, name: str) -> DurationModel:
         try:
@@ -205,9 +272,15 @@ class RatingService:
 
     def decide(self, number: E164, at: datetime, *, inbound_tariff: str = "ntt-freedial",
                announce_mode: str = "early_media", announce_s: Decimal = Decimal("5"),
-               duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
-               busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
-               ) -> Decision:
+               duration: DurationModel | None = None, merchant: str | None = None,
+               origin: E164 | None = None, busy: Mapping[str, int] | None = None,
+               max_cost: Money | None = None) -> Decision:
+        """``duration`` given: that distribution; else ``merchant``'s (``call_length``)."""
+        if duration is None:
+            choice = self.call_length(merchant, number)
+            duration, lengths = choice.model, choice.explain()
+        else:
+            lengths = {"source": "given", "detail": f"given: {duration.name}"}
         snap = self._snap
         tariff = snap.carriers.get(inbound_tariff)
         if tariff is None or tariff.kind != "inbound":
@@ -220,7 +293,7 @@ class RatingService:
                       direct_tariff=inbound_tariff, direct_deck=snap.deck_id(inbound_tariff),
                       model=duration, fx=self.fx, currency=self.currency,
                       announce_mode=announce_mode, announce_s=announce_s,
-                      number=str(number), at=at.isoformat())
+                      number=str(number), at=at.isoformat(), lengths=lengths)
 
     def row_for(self, tariff_id: str, number: E164, at: datetime,
                 origin: E164 | None = None) -> Row | None:
@@ -253,3 +326,18 @@ class RatingService:
         if row is None:
             raise LookupError(f"{carrier_id} has no rate for {number}")
         return row.terms.billed(seconds)
+
+
+def warm(models: Iterable[DurationModel], terms: Sequence[Terms]) -> None:
+    """Compute (and so cache) each model's expected cost under every ``terms``."""
+    for model in models:
+        for t in terms:
+            model.expected_cost(t)
+
+
+def _build_warm(carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
+                decks: Mapping[str, store.DeckInfo], nxt: datetime | None,
+                models: Sequence[DurationModel]) -> Snapshot:
+    snapshot = Snapshot.build(carriers, rows, decks, nxt)
+    warm(models, snapshot.terms)
+    return snapshot

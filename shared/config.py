@@ -489,6 +489,65 @@ class AnnounceMode(enum.StrEnum):
     ANSWER = "answer"  # answer, announce, hang up (the patent's mode)
 
 
+#: the number classes a merchant's call lengths are configured and learned for
+#: (``shared.phone.NumberType``: mobile; fixed_line and fixed_line_or_mobile; voip)
+NUMBER_CLASSES = ("mobile", "fixed", "ip", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class LengthSpec:
+    """One configured call-length distribution: a name (``routing_rates`` built-in or a
+    table of the merchant's distributions file), or an exponential or log-normal."""
+
+    distribution: str | None = None
+    exponential_mean_s: Decimal | None = None
+    lognormal_mean_s: Decimal | None = None
+    lognormal_sigma: Decimal | None = None
+
+    @classmethod
+    def parse(cls, s: Section) -> LengthSpec:
+        spec = cls(distribution=s.opt_str("distribution"),
+                   exponential_mean_s=_opt_decimal(s, "exponential_mean_s"),
+                   lognormal_mean_s=_opt_decimal(s, "lognormal_mean_s"),
+                   lognormal_sigma=_opt_decimal(s, "lognormal_sigma"))
+        shapes = [spec.distribution is not None, spec.exponential_mean_s is not None,
+                  spec.lognormal_mean_s is not None or spec.lognormal_sigma is not None]
+        if sum(shapes) != 1:
+            raise s.error("distribution", "needs exactly one of distribution, "
+                          "exponential_mean_s, or lognormal_mean_s with lognormal_sigma")
+        return spec
+
+    def table(self) -> dict[str, Decimal]:
+        """The inline distribution as a ``[distributions.NAME]`` table (``routing_rates``)."""
+        return {k: v for k, v in (("exponential_mean_s", self.exponential_mean_s),
+                                  ("lognormal_mean_s", self.lognormal_mean_s),
+                                  ("lognormal_sigma", self.lognormal_sigma)) if v is not None}
+
+
+def _opt_decimal(s: Section, key: str) -> Decimal | None:
+    return s.decimal(key) if s.has(key) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CallLengthSettings:
+    """``[merchants.call_lengths]``: the call-length distribution the decision assumes
+    for the merchant's callers until it has learned them (``routing_rates.call_lengths``).
+
+    ``file``: a distributions file (README "Call-length distributions") whose tables
+    ``distribution = NAME`` may name; ``all``: every class not given its own;
+    ``mobile``, ``fixed``, ``ip``, ``other``: one class."""
+
+    file: Path | None = None
+    classes: tuple[tuple[str, LengthSpec], ...] = ()
+
+    @classmethod
+    def parse(cls, s: Section) -> CallLengthSettings:
+        file = s.path_value("file") if s.has("file") else None
+        classes = tuple((name, LengthSpec.parse(s.section(name)))
+                        for name in ("all", *NUMBER_CLASSES) if s.has(name))
+        return cls(file, classes)
+
+
 @dataclass(frozen=True, slots=True)
 class Merchant:
     """A tenant: a merchant with its own numbers, flows, tariffs and limits."""
@@ -506,6 +565,7 @@ class Merchant:
     ivr_flow: str
     operator: str
     api_token_sha256: str | None
+    call_lengths: CallLengthSettings = CallLengthSettings()
 
     @classmethod
     def parse(cls, s: Section) -> Merchant:
@@ -537,6 +597,7 @@ class Merchant:
             ivr_flow=s.str("ivr_flow", "order", pattern=r"[a-z0-9_-]+"),
             operator=s.str("operator", "operator", pattern=r"[A-Za-z0-9_-]+"),
             api_token_sha256=token,
+            call_lengths=CallLengthSettings.parse(s.section("call_lengths")),
         )
 
 

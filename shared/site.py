@@ -16,7 +16,7 @@ import asyncio
 import gc
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
@@ -70,13 +70,17 @@ class RatesSettings:
     fx_base: str
     fx_rates: Mapping[str, str]
     announce_s: Decimal          # answer mode: announcement length billed on the edge leg
+    learn_min_calls: int         # a merchant's class is learned from this many calls on
+    learn_prior_calls: int       # the configured distribution weighs as this many calls
 
     @classmethod
     def parse(cls, s: Section) -> RatesSettings:
         fx = s.section("fx_rates")
         return cls(enabled=s.bool("enabled", False), fx_base=s.str("fx_base", "JPY"),
                    fx_rates={k: str(fx.decimal(k)) for k in fx.keys()},
-                   announce_s=s.decimal("announce_s", "5", min=Decimal(0)))
+                   announce_s=s.decimal("announce_s", "5", min=Decimal(0)),
+                   learn_min_calls=s.int("learn_min_calls", 50, min=1),
+                   learn_prior_calls=s.int("learn_prior_calls", 200, min=0))
 
     def fx(self) -> FxTable:
         return FxTable.from_mapping(self.fx_base, self.fx_rates)
@@ -142,6 +146,21 @@ class SiteCommon:
         for key_id, path in self.signing.trusted.items():
             problems += _load_problems(f"signing.trusted.{key_id}", path,
                                        "an Ed25519 public key", load_public_key)
+        return problems + self._call_length_problems()
+
+    def _call_length_problems(self) -> list[tuple[str, str]]:
+        """Each merchant's ``[merchants.call_lengths]``, its file loaded, names resolved."""
+        if not self.rates.enabled:
+            return []
+        from routing_rates.call_lengths import Policy, from_merchants
+        from routing_rates.duration import DistributionError
+
+        problems = []
+        for i, merchant in enumerate(self.merchants):
+            try:
+                from_merchants([merchant], Policy())
+            except (DistributionError, OSError) as exc:
+                problems.append((f"merchants[{i}].call_lengths", str(exc)))
         return problems
 
     def check_files(self, source: Source) -> None:
@@ -231,8 +250,12 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
 
 
 async def start_rating_service(pool: asyncpg.Pool, rates: RatesSettings,
-                               log: logging.Logger) -> RatingService | None:
+                               log: logging.Logger, merchants: Sequence[Merchant] = (),
+                               ) -> RatingService | None:
     """``routing_rates.RatingService`` when ``[rates] enabled``; None (logged) otherwise.
+
+    Each merchant's ``[merchants.call_lengths]`` and ``[rates] learn_*`` set the call
+    lengths its decisions assume (``routing_rates.call_lengths``).
 
     A site without rates still works: the edge applies each merchant's default,
     the callback site its static routes. So a failure here is logged, not fatal.
@@ -242,8 +265,11 @@ async def start_rating_service(pool: asyncpg.Pool, rates: RatesSettings,
         return None
     try:
         from routing_rates import RatingService
+        from routing_rates.call_lengths import Policy, from_merchants
 
-        return await RatingService.start(pool, fx=rates.fx())
+        lengths = from_merchants(merchants, Policy(rates.learn_min_calls,
+                                                   rates.learn_prior_calls))
+        return await RatingService.start(pool, fx=rates.fx(), lengths=lengths)
     except Exception as exc:
         log.error("routing_rates unavailable (%s: %s)", type(exc).__name__, exc)
         return None
