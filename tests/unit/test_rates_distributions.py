@@ -19,7 +19,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def _readme_section() -> str:
     text = README.read_text(encoding="utf-8")
     start = text.index("### Call-length distributions")
-    return text[start:text.index("\n## ", start)]
+    return text[start:text.index("\n### Call lengths per merchant", start)]
 
 
 def test_readme_example_file_parses_as_documented() -> None:
