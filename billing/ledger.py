@@ -28,7 +28,7 @@ is refused with :class:`Refusal` (``balance-too-low``, with the amounts for the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -180,6 +180,18 @@ def _terms(data: dict[str, Any]) -> Terms:
     return Terms(**data)
 
 
+#: a reservation as it stands: its hold and allowed talk after its newest extension
+_RESERVATION = """
+    SELECT r.id, r.account_id, r.consultation_id, r.terms,
+           coalesce(x.held_yen, r.held_yen) AS held_yen,
+           coalesce(x.allowed_s, r.allowed_s) AS allowed_s,
+           s.talk_s AS settled_talk_s, s.released_yen
+    FROM billing_reservations r
+    LEFT JOIN LATERAL (SELECT e.held_yen, e.allowed_s FROM billing_reservation_extensions e
+                       WHERE e.reservation_id = r.id ORDER BY e.id DESC LIMIT 1) x ON true
+    LEFT JOIN billing_settlements s ON s.reservation_id = r.id"""
+
+
 def _reservation(row: asyncpg.Record) -> Reservation:
     return Reservation(row["id"], row["consultation_id"], row["held_yen"], row["allowed_s"],
                        _terms(row["terms"]))
@@ -273,8 +285,8 @@ class Ledger:
             if acc is None:
                 return Refusal("balance-too-low", 0, terms.first_unit_yen())
             existing = await conn.fetchrow(
-                "SELECT * FROM billing_reservations WHERE account_id = $1 "
-                "AND consultation_id = $2", acc, consultation_id)
+                _RESERVATION + " WHERE r.account_id = $1 AND r.consultation_id = $2",
+                acc, consultation_id)
             if existing is not None:
                 return _reservation(existing)
             available = (await books(conn, acc)).get("available", 0)
@@ -301,20 +313,7 @@ class Ledger:
         if type(talk_s) is not int or talk_s < 0:
             raise ValueError(f"talk_s: expected a non-negative integer, got {talk_s!r}")
         async with self.pool.acquire() as conn, conn.transaction():
-            # the account's lock first, then the read: a statement that waited for the lock
-            # would not see the settlement its holder wrote (read committed)
-            locked = await conn.fetchval(
-                """SELECT a.id FROM billing_reservations r
-                   JOIN billing_accounts a ON a.id = r.account_id
-                   WHERE r.id = $1 AND a.merchant_id = $2 FOR UPDATE OF a""",
-                reservation_id, merchant_id)
-            if locked is None:
-                raise LedgerError(404, "not-found", f"no reservation {reservation_id}")
-            row = await conn.fetchrow(
-                """SELECT r.*, s.talk_s AS settled_talk_s, s.released_yen
-                   FROM billing_reservations r
-                   LEFT JOIN billing_settlements s ON s.reservation_id = r.id
-                   WHERE r.id = $1""", reservation_id)
+            row = await self._locked_reservation(conn, merchant_id, reservation_id)
             reservation = _reservation(row)
             charge = rate(talk_s, reservation.terms)
             held = reservation.held_yen
@@ -326,6 +325,53 @@ class Ledger:
                 return Settlement(reservation_id, charge, row["released_yen"],
                                   max(0, charge.total_yen - held))
             return await self._settle(conn, row["account_id"], reservation, charge)
+
+    async def extend(self, merchant_id: str, reservation_id: int, *,
+                     at_most_s: int | None = None) -> Reservation:
+        """Hold more for a live consultation: as much talk as the available balance and
+        what the reservation holds already pay for (up to ``at_most_s`` in all, never past
+        the terms' maximum). Nothing more affordable: the reservation as it was. A settled
+        one: 409 ``already-settled``."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked_reservation(conn, merchant_id, reservation_id)
+            now = _reservation(row)
+            if row["settled_talk_s"] is not None:
+                raise LedgerError(409, "already-settled",
+                                  f"reservation {reservation_id} is settled")
+            # overdrawn by another consultation's late cut-off: only what this one holds
+            available = max(0, (await books(conn, row["account_id"])).get("available", 0))
+            allowed = seconds_affordable(available + now.held_yen, now.terms)
+            if at_most_s is not None:
+                allowed = min(allowed, at_most_s)
+            if allowed <= now.allowed_s:
+                return now
+            held = rate(allowed, now.terms).total_yen
+            if held > now.held_yen:
+                more = held - now.held_yen
+                await post(conn, row["account_id"], "hold", more,
+                           [("available", -more), ("held", more)], SYSTEM,
+                           f"consultation {now.consultation_id} extended", reservation_id)
+            await conn.execute(
+                "INSERT INTO billing_reservation_extensions (reservation_id, held_yen, "
+                "allowed_s) VALUES ($1, $2, $3)", reservation_id, held, allowed)
+            return replace(now, held_yen=held, allowed_s=allowed)
+
+    @staticmethod
+    async def _locked_reservation(conn: asyncpg.Connection, merchant_id: str,
+                                  reservation_id: int) -> asyncpg.Record:
+        """The reservation as it stands, under its account's lock; 404 if not the
+        merchant's. The lock first, then the read: a statement that waited for the lock
+        would not see what its holder wrote (read committed)."""
+        locked = await conn.fetchval(
+            """SELECT a.id FROM billing_reservations r
+               JOIN billing_accounts a ON a.id = r.account_id
+               WHERE r.id = $1 AND a.merchant_id = $2 FOR UPDATE OF a""",
+            reservation_id, merchant_id)
+        if locked is None:
+            raise LedgerError(404, "not-found", f"no reservation {reservation_id}")
+        row: asyncpg.Record = await conn.fetchrow(_RESERVATION + " WHERE r.id = $1",
+                                                  reservation_id)
+        return row
 
     @staticmethod
     async def _settle(conn: asyncpg.Connection, acc: int, reservation: Reservation,

@@ -138,6 +138,30 @@ async def test_concurrent_reservations_never_hold_more_than_the_balance(
     assert await ledger.balance("acme", "c-1") == Balance(0, 3000)
 
 
+async def test_a_live_reservation_extends_as_the_balance_allows(clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 1000, "sato", "first")
+    r = await reserved(ledger, "c-1", "call-1", at_most_s=90)
+    assert (r.allowed_s, r.held_yen) == (90, 300)
+    grown = await ledger.extend("acme", r.id)
+    assert (grown.allowed_s, grown.held_yen) == (30 + 180, 900)
+    assert await ledger.extend("acme", r.id) == grown          # nothing more affordable
+    await ledger.deposit("acme", "c-1", 600, "sato", "topped up during the call")
+    assert (await ledger.extend("acme", r.id, at_most_s=270)).allowed_s == 270
+    grown = await ledger.extend("acme", r.id)
+    assert (grown.allowed_s, grown.held_yen) == (30 + 300, 1500)
+    assert await ledger.balance("acme", "c-1") == Balance(100, 1500)
+    assert await ledger.reserve("acme", "c-1", "call-1", PER_MINUTE) == grown
+    with pytest.raises(LedgerError):
+        await ledger.extend("other", r.id)
+    settled = await ledger.settle("acme", r.id, 200)           # 170 s billed as 3 minutes
+    assert (settled.charge.total_yen, settled.released_yen) == (900, 600)
+    assert await ledger.balance("acme", "c-1") == Balance(700, 0)
+    with pytest.raises(LedgerError) as done:
+        await ledger.extend("acme", r.id)
+    assert done.value.error_id == "already-settled"
+
+
 async def test_concurrent_settles_of_one_reservation_charge_once(clean: asyncpg.Pool) -> None:
     ledger = Ledger(clean)
     await ledger.deposit("acme", "c-1", 1000, "sato", "first")
@@ -159,14 +183,14 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
 
 
 NAMES = itertools.count()
-terms_st = st.builds(Terms, price_per_minute_yen=st.integers(1, 600),
+terms_st = st.builds(Terms, price_per_minute_yen=st.integers(30, 600),
                      unit_s=st.sampled_from([1, 10, 30, 60]), grace_s=st.integers(0, 60),
-                     minimum_yen=st.integers(0, 500), max_talk_s=st.integers(60, 1800))
+                     minimum_yen=st.integers(0, 500), max_talk_s=st.integers(60, 3600))
 # ("deposit", yen, -, -) or ("call", the share of the balance it may hold in quarters,
 # how long it talks relative to its allowed time in %, whether its cut-off came late)
 Op = tuple[str, int, int, bool]
 ops_st = st.lists(st.one_of(
-    st.tuples(st.just("deposit"), st.integers(1, 5000), st.just(0), st.just(False)),
+    st.tuples(st.just("deposit"), st.integers(1, 1500), st.just(0), st.just(False)),
     st.tuples(st.just("call"), st.integers(1, 4), st.integers(0, 100), st.booleans())),
     min_size=1, max_size=14)
 
@@ -189,6 +213,9 @@ async def scenario(url: str, terms: Terms, ops: list[Op]) -> None:
                 assert got.available_yen < got.needed_yen == terms.first_unit_yen()
                 return 0
             assert got.held_yen == rate(got.allowed_s, terms).total_yen
+            if share < 4:       # reserved a slice: hold the rest the balance pays for
+                got = await ledger.extend("acme", got.id)
+                assert got.held_yen == rate(got.allowed_s, terms).total_yen
             talk = got.allowed_s * talk_pct // 100 + (terms.unit_s - 1 if late_cut else 0)
             settled = await ledger.settle("acme", got.id, talk)
             assert settled.charge == rate(talk, terms)
