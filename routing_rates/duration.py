@@ -13,13 +13,14 @@ bucket's mass placed at its upper end (conservative: it never under-bills).
 
 Expected costs are cached per model (a model is immutable, so the model object
 *is* its version): for each tariff shape X/Y the model keeps a
-:class:`BilledProfile`, the distribution of billed seconds (P(billed > 0),
-E[billed] and the distinct billed values). When ``Terms.linear`` holds, every
-billed call costs exactly ``connect_fee + rate * billed / unit_s`` (no rounding,
-no minimum), so E[cost] = P(billed > 0) * connect_fee + rate * E[billed] / unit_s:
-O(1) per tariff once the profile is known. Otherwise E[cost] is the sum over the
-distinct billed values (31 for 60/60 up to 30 min, not one term per point), kept
-per ``Terms``. Both give exactly what the sum over the points gives.
+:class:`BilledProfile`, the distribution of billed blocks. A billed call's cost
+is linear in its number of blocks but for the rounding up to the deck's last
+decimal (and the minimum), so E[cost] = P(billed) * (rate * X / unit + connect
+fee) + rate * Y / unit * E[blocks], plus the expected rounding, which repeats
+with the blocks and is summed over one period of them: O(period) per tariff once
+the profile is known (one term when a block costs whole units), not one term per point.
+It equals, exactly, the sum over the points (``expected_cost_by_points``); each
+result is kept per ``Terms``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 
 from routing_rates.tariff import Terms, billed_seconds, ceil_seconds
 from shared.money import Money
@@ -42,22 +44,74 @@ COST_MEMO_SIZE = 8192
 
 @dataclass(frozen=True, slots=True)
 class BilledProfile:
-    """The distribution of billed seconds under one X/Y for one :class:`DurationModel`."""
+    """The distribution of billed seconds under one X/Y for one :class:`DurationModel`.
 
+    A billed call bills ``first + k * increment_s`` seconds (k = 0, 1, ...; ``first``
+    is X, or Y when X = 0): ``blocks`` holds each k with its probability."""
+
+    first: int
+    increment_s: int
     answered: Decimal                        # P(billed > 0)
-    mean_billed: Decimal                     # E[billed seconds]
-    points: tuple[tuple[int, Decimal], ...]  # distinct billed seconds > 0 -> probability
+    mean_k: Decimal                          # E[k] over billed calls (weighted, not normalised)
+    blocks: tuple[tuple[int, Decimal], ...]  # k -> probability, k ascending
+    _residues: dict[int, tuple[Decimal, ...]] = field(default_factory=dict, compare=False,
+                                                      hash=False, repr=False)
 
     @classmethod
     def of(cls, model: DurationModel, initial_s: int, increment_s: int) -> BilledProfile:
+        first = initial_s or increment_s
         merged: dict[int, Decimal] = {}
         for seconds, prob in model.points:
             billed = billed_seconds(seconds, initial_s, increment_s)
             if billed:
-                merged[billed] = merged.get(billed, _ZERO) + prob
-        points = tuple(sorted(merged.items()))
-        return cls(sum((p for _, p in points), _ZERO),
-                   sum((b * p for b, p in points), _ZERO), points)
+                k = (billed - first) // increment_s
+                merged[k] = merged.get(k, _ZERO) + prob
+        blocks = tuple(sorted(merged.items()))
+        return cls(first, increment_s, sum((p for _, p in blocks), _ZERO),
+                   sum((k * p for k, p in blocks), _ZERO), blocks)
+
+    def residues(self, period: int) -> tuple[Decimal, ...]:
+        """Probability of k mod ``period`` = r, for each r (computed once per period)."""
+        sums = self._residues.get(period)
+        if sums is None:
+            acc = [_ZERO] * period
+            for k, p in self.blocks:
+                acc[k % period] += p
+            sums = self._residues[period] = tuple(acc)
+        return sums
+
+    def expected_cost(self, terms: Terms) -> Decimal:
+        """E[cost] exactly as ``Terms.cost`` bills each call, without a sum per point.
+
+        In units of the deck's last decimal q, a call of k blocks costs
+        ``max(ceil((A + k B) / D), m)``: A / D = (rate * first / unit + connect fee) / q,
+        B / D = rate * increment / unit / q (integers A, B, D), m = ceil(minimum / q).
+        ``ceil(x) = x + ((-num) mod D) / D`` and that remainder repeats every
+        D / gcd(B, D) blocks, so E[ceil] = (A P + B E[k]) / D + sum over the residues of
+        their probability times their remainder; the minimum is a correction over the
+        first blocks it lifts. All of it is integer or Decimal arithmetic: exact."""
+        scale = Fraction(10) ** terms.decimals
+        step = Fraction(terms.rate) * self.increment_s / terms.unit_s * scale
+        base = (Fraction(terms.rate) * self.first / terms.unit_s
+                + Fraction(terms.connect_fee)) * scale
+        den = math.lcm(step.denominator, base.denominator)
+        a = base.numerator * (den // base.denominator)
+        b = step.numerator * (den // step.denominator)
+        period = den // math.gcd(b, den)
+        if period <= len(self.blocks):
+            rounding = sum((prob * ((-(a + r * b)) % den)
+                            for r, prob in enumerate(self.residues(period)) if prob), _ZERO)
+        else:
+            rounding = sum((prob * ((-(a + k * b)) % den) for k, prob in self.blocks), _ZERO)
+        units = (a * self.answered + b * self.mean_k + rounding) / den
+        floor = math.ceil(Fraction(terms.min_cost) * scale)
+        if floor:
+            for k, prob in self.blocks:
+                billed = -((-(a + k * b)) // den)
+                if billed >= floor:
+                    break
+                units += prob * (floor - billed)
+        return units.scaleb(-terms.decimals)
 
 
 class DistributionError(ValueError):
@@ -104,14 +158,9 @@ class DurationModel:
         amount = self._costs.get(terms)
         if amount is None:
             profile = self.billed_profile(terms.initial_s, terms.increment_s)
-            if terms.linear:
-                amount = (profile.answered * terms.connect_fee
-                          + terms.rate * profile.mean_billed / terms.unit_s)
-                whole = amount.quantize(Decimal(1).scaleb(-terms.decimals))
-                amount = whole if whole == amount else amount  # "150.0" as billed, not "150"
-            else:
-                amount = sum((terms.cost_of_billed(b).amount * p for b, p in profile.points),
-                             _ZERO)
+            amount = profile.expected_cost(terms)
+            whole = amount.quantize(Decimal(1).scaleb(-terms.decimals))
+            amount = whole if whole == amount else amount  # "150.0" as billed, not "150"
             if len(self._costs) < COST_MEMO_SIZE:
                 self._costs[terms] = amount
         return Money(amount, terms.currency)

@@ -209,6 +209,12 @@ class RatingService:
         assert self._pool is not None, "call lengths need a database pool"
         async with self._pool.acquire() as conn:
             learned = await call_lengths.load(conn, merchants)
+        await self.apply_learned(learned, merchants)
+
+    async def apply_learned(self, learned: Mapping[tuple[str, str], call_lengths.Learned],
+                            merchants: set[str] | None = None) -> None:
+        """Choose ``merchants``' (None: all) distributions from ``learned`` counts, compute
+        their expected costs for the tariffs in force, then swap them in."""
         snap = self._snap
         choices = await asyncio.to_thread(self._warm_choices, learned, merchants, snap.terms)
         self._choices = {**self._choices, **choices}  # the swap: one assignment

@@ -78,20 +78,6 @@ class Terms:
         """The rate expressed per minute (for display; costs use the exact unit)."""
         return Money(self.rate * 60 / self.unit_s, self.currency)
 
-    @property
-    def linear(self) -> bool:
-        """Every billed call costs exactly ``connect_fee + rate * billed / unit_s``.
-
-        Billed seconds are X + kY (k >= 0; k >= 1 when X = 0), so the cost is
-        ``base + k * step``: no rounding happens when base and step are whole
-        multiples of the deck's last decimal, and the minimum never applies when
-        the shortest billed call already costs at least the minimum."""
-        quantum = Decimal(1).scaleb(-self.decimals)
-        first = self.initial_s or self.increment_s
-        base = self.rate * first / self.unit_s + self.connect_fee
-        step = self.rate * self.increment_s / self.unit_s
-        return base % quantum == 0 and step % quantum == 0 and base >= self.min_cost
-
     def billed(self, duration: int | Decimal) -> int:
         return billed_seconds(duration, self.initial_s, self.increment_s)
 

@@ -41,14 +41,12 @@ def test_cached_expected_cost_equals_the_sum_over_every_point(terms: Terms,
     assert model.expected_cost(terms).amount.quantize(EXACT) == want   # from the memo
 
 
-def test_linear_terms_are_those_without_rounding_or_minimum() -> None:
-    plivo = Terms(D("0.1398"), 60, 60, 60, D(0), D(0), "USD", 4)
-    six = Terms(D("0.1398"), 60, 6, 6, D(0), D(0), "USD", 4)       # 0.01398 a block
+def test_rounding_and_the_minimum_are_billed_per_call() -> None:
     ntt_fixed = Terms(D("8.5"), 180, 180, 180, D(0), D(0), "JPY", 0)  # rounds 8.5 up to 9
-    floor = Terms(D("1"), 60, 1, 1, D(0), D("2"), "JPY", 2)          # minimum applies
-    assert plivo.linear and not six.linear and not ntt_fixed.linear and not floor.linear
+    floor = Terms(D("1"), 60, 1, 1, D(0), D("2"), "JPY", 2)          # 2 yen for up to 120 s
     model = DurationModel.from_histogram("h", {30: 1, 200: 1})
-    assert model.expected_cost(ntt_fixed).amount == D("13")   # (9 + 17) / 2: 8.5 rounds up
+    assert model.expected_cost(ntt_fixed).amount == D("13")   # (9 + 17) / 2
+    assert model.expected_cost(floor).amount == D("2.67")     # (2 + 3.34) / 2
 
 
 def test_a_log_normal_has_the_configured_mean_and_refuses_nonsense() -> None:
