@@ -20,7 +20,9 @@ Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400),
 ``body-too-large`` (413), ``unknown-merchant`` (422, with ``field``),
 ``auth-missing`` / ``auth-invalid`` (401), ``not-found`` (404),
 ``database-unavailable`` (503 + Retry-After: the edge keeps the request and
-retries), plus the ``signature-*`` ids of the link middleware (401).
+retries), ``overloaded`` (503 + Retry-After: the database does not keep up, so
+new call-back requests are refused at once; the edge's relay waits that long),
+plus the ``signature-*`` ids of the link middleware (401).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import asyncpg
 from aiohttp import web
 
 from callback_server.intake import CallbackIntake
+from callback_server.metrics import callback as callback_metrics
 from callback_server.schemas import (
     CALLBACK_SCHEMA,
     INTAKE_ANSWER,
@@ -100,6 +103,8 @@ RawCallerScreen = Callable[[web.Application, Any, str | None], Awaitable[ApiErro
 RAW_CALLER_SCREEN_KEY: web.AppKey[RawCallerScreen] = web.AppKey("callback_raw_caller_screen")
 
 CALLBACKS_PATH = "/v1/link/callbacks"
+#: what an overloaded intake asks the edge to wait (Retry-After)
+SHED_RETRY_AFTER_S = 2
 
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
@@ -136,11 +141,17 @@ def _store(request: web.Request) -> CallbackStore:
         raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
 
 
-def _intake(request: web.Request) -> CallbackIntake:
+def _intake(request: web.Request, messages: int = 1) -> CallbackIntake:
+    """The intake, if it takes ``messages`` more now (else 503 ``overloaded``, counted)."""
     try:
-        return request.app[INTAKE_KEY]
+        intake = request.app[INTAKE_KEY]
     except KeyError:
         raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
+    if intake.overloaded():
+        callback_metrics().intake_shed.inc(messages)
+        raise ServiceUnavailable("overloaded", "the call-back site is busy; send again later",
+                                 retry_after_s=SHED_RETRY_AFTER_S)
+    return intake
 
 
 def _merchant(request: web.Request, req: IntakeRequest) -> Merchant:
@@ -196,7 +207,7 @@ async def link_callbacks_batch(request: web.Request) -> web.Response:
     the others are stored and answered all the same).
     """
     items = parse_batch(await read_json_object(request, raw_body(request)))
-    intake = _intake(request)
+    intake = _intake(request, len(items))
     screen = request.app.get(RAW_CALLER_SCREEN_KEY)
     answers: list[Answer | None] = [None] * len(items)
     queued: list[tuple[int, str, IntakeRequest, Merchant]] = []
@@ -255,9 +266,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 _DB_DOWN = {503: ("database-unavailable",)}
+_BUSY = {503: ("database-unavailable", "overloaded")}
 #: what a single request to the intake answers (also each message of a batch)
 _INTAKE_ERRORS = {400: ("invalid-field",), 422: ("unknown-merchant", "destination-refused"),
-                  **_DB_DOWN}
+                  **_BUSY}
 BATCH_SCHEMA = {
     "type": "object", "required": ["messages"],
     "properties": {"messages": {
@@ -282,7 +294,7 @@ OPERATIONS = (
     Operation("POST", batch_path(CALLBACKS_PATH), link_callbacks_batch,
               "Several call-back requests in one signed request", "link",
               {200: Reply("each message's own answer, in order", BATCH_ANSWER)},
-              access=LINK, body=BATCH_SCHEMA, errors={400: ("invalid-field",), **_DB_DOWN},
+              access=LINK, body=BATCH_SCHEMA, errors={400: ("invalid-field",), **_BUSY},
               examples={"two call-backs": {"messages": [
                   {"message_id": "9d4e1c52-0000-4000-8000-000000000001", "body": INTAKE_EXAMPLE},
                   {"message_id": "9d4e1c52-0000-4000-8000-000000000002",

@@ -7,7 +7,10 @@ per-number locks, request rows, answers, one WAL flush, four round trips
 whatever the batch size (:meth:`callback_server.store.intake_store.IntakeStore.intake_batch`).
 Each request is answered only after its batch committed; a batch that fails on
 an SQL error is retried request by request, so one bad request fails alone; an
-unreachable database fails every waiting request (the edge retries).
+unreachable database fails every waiting request (the edge retries). While the
+database does not keep up (:meth:`~shared.intake_batch.GroupCommit.overloaded`),
+new requests are refused at once with 503 ``overloaded`` + Retry-After rather
+than queued: the edge's relay waits that long, and nothing queued is lost.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from shared.intake_batch import GroupCommit, IntakeFailed
 from shared.link import Answer
 
 KIND = "callback_request"
+#: a request that waited this long for the database means it does not keep up: new ones
+#: are refused (503 ``overloaded`` + Retry-After) until it does
+SHED_AFTER_S = 2.0
 
 
 class CallbackIntake(GroupCommit[Intake]):
     def __init__(self, store: CallbackStore, *, max_batch: int = 128, max_in_flight: int = 2,
-                 linger_s: float = 0.0) -> None:
-        super().__init__(store.pool, KIND, max_batch, max_in_flight, linger_s)
+                 linger_s: float = 0.0, shed_after_s: float | None = SHED_AFTER_S) -> None:
+        super().__init__(store.pool, KIND, max_batch, max_in_flight, linger_s, shed_after_s)
         self.store = store
 
     async def submit(self, message_id: str, req: IntakeRequest, merchant: Merchant) -> Answer:

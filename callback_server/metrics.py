@@ -33,6 +33,10 @@ class CallbackMetrics:
             "From the caller's hang-up at the edge (hungup_at, else received_at) to the "
             "call-back's first originate, by merchant.", ["merchant"],
             buckets=LATENCY_BUCKETS, registry=r)
+        self.intake_shed = Counter(
+            "cbgw_callback_intake_shed",
+            "Call-back requests refused with 503 overloaded (+ Retry-After) because the "
+            "database did not keep up; the edge sends them again.", registry=r)
         self.guard_refusals = Counter(
             "cbgw_guard_refusals",
             "Call-back requests or legs refused by the guard, by stage, reason and merchant.",

@@ -105,6 +105,7 @@ class _Pending(Generic[T]):
     #: a cancelled caller cancels only its own future, never the write
     waiters: list[asyncio.Future[Answer]]
     settled: bool = False
+    queued_at: float = 0.0          # loop time it was queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,9 @@ class GroupCommit(Generic[T]):
     max_batch: int = 256
     max_in_flight: int = 2
     linger_s: float = 0.0
+    #: :meth:`overloaded` once a message has waited this long for a free connection
+    #: (None: never)
+    shed_after_s: float | None = None
     _queue: list[_Pending[T]] = field(default_factory=list, init=False)
     _waiting: dict[str, _Pending[T]] = field(default_factory=dict, init=False)
     _wake: asyncio.Event | None = field(default=None, init=False)
@@ -203,6 +207,13 @@ class GroupCommit(Generic[T]):
                 raise result
         return results  # type: ignore[return-value]  # narrowed by the loop above
 
+    def overloaded(self) -> bool:
+        """The database does not keep up: the oldest message still waiting for one of
+        the batcher's connections has waited over ``shed_after_s`` (the server should
+        refuse new messages with 503 + Retry-After rather than queue them)."""
+        return self.shed_after_s is not None and bool(self._queue) and \
+            asyncio.get_running_loop().time() - self._queue[0].queued_at > self.shed_after_s
+
     def _enqueue(self, message_id: str, item: T) -> asyncio.Future[Answer]:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         existing = self._waiting.get(message_id)
@@ -212,7 +223,8 @@ class GroupCommit(Generic[T]):
             return future
         self._ensure_running()
         assert self._wake is not None
-        pending = _Pending(message_id, item, [future])
+        pending = _Pending(message_id, item, [future],
+                           queued_at=asyncio.get_running_loop().time())
         self._queue.append(pending)
         self._waiting[message_id] = pending
         self._wake.set()

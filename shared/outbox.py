@@ -19,6 +19,10 @@ never give up on a 5xx, a lost connection, or a 4xx that may pass later
 keys, clock or certificate rather than the message: a signing-key rotation half
 done, or a peer identity being re-pinned, must not kill the whole backlog).
 
+A busy peer (a 5xx or 429 with ``Retry-After``: the callback site shedding load)
+is honoured: the message is not retried before then, and the relay claims
+nothing until then either (both at most ``max_backoff_s``).
+
 Dead letters: a message the peer refuses with any other 4xx is refused for good
 (it would be refused the same way for ever). It is parked as dead (``dead_at``,
 with the peer's status and error body), logged at ERROR, counted
@@ -75,6 +79,7 @@ import asyncpg
 from shared import logs
 from shared.db import listening
 from shared.link import (
+    LinkBusy,
     LinkClient,
     LinkRejected,
     LinkUnavailable,
@@ -290,6 +295,8 @@ class OutboxRelay:
         #: claims whose deliveries may be under way at once (see :meth:`run`)
         self.passes_in_flight = passes_in_flight
         self._no_batches_until: dict[str, float] = {}
+        #: monotonic time until which the peer asked us to wait (its Retry-After)
+        self._peer_busy_until = 0.0
         self.delivered = 0
         self.batches_sent = 0
         self.delivered_by_route: dict[str, int] = {}
@@ -332,6 +339,9 @@ class OutboxRelay:
         reckons the wait with that pass's retries recorded.
         """
         while True:
+            pause = self._peer_busy_until - time.monotonic()
+            if pause > 0:                   # the peer asked us to wait (Retry-After)
+                await asyncio.sleep(pause)
             while not wakeups.empty():
                 wakeups.get_nowait()
             await window.acquire()
@@ -424,7 +434,7 @@ class OutboxRelay:
             await self._settle(row, exc.status, exc.body)
             return
         except LinkUnavailable as exc:
-            await self._retry(row, str(exc))
+            await self._retry(row, str(exc), self._wait_asked(exc))
             return
         await self._delivered([(row, result.status, result.body)], result.route)
         log.debug("delivered a %s message via %s in %.1f ms", row["kind"], result.route,
@@ -450,7 +460,8 @@ class OutboxRelay:
             await asyncio.gather(*(self._deliver(r) for r in rows))
             return
         except LinkUnavailable as exc:
-            await asyncio.gather(*(self._retry(r, str(exc)) for r in rows))
+            wait = self._wait_asked(exc)
+            await asyncio.gather(*(self._retry(r, str(exc), wait) for r in rows))
             return
         self.batches_sent += 1
         answers = parse_batch_answer(result.body)
@@ -510,10 +521,22 @@ class OutboxRelay:
         for row, _, _ in answered:
             metrics().link_deliveries.labels(row["kind"], route, "delivered").inc()
 
-    async def _retry(self, row: asyncpg.Record, error: str) -> None:
+    def _wait_asked(self, exc: LinkUnavailable) -> float:
+        """The peer's Retry-After (at most ``max_backoff_s``; 0 if none): no message goes
+        before then (the relay pauses its claims)."""
+        if not isinstance(exc, LinkBusy) or exc.retry_after_s is None:
+            return 0.0
+        wait = min(float(self.max_backoff_s), exc.retry_after_s)
+        until = time.monotonic() + wait
+        if until > self._peer_busy_until:
+            log.warning("the peer is busy (HTTP %d): sending again in %.0f s", exc.status, wait)
+            self._peer_busy_until = until
+        return wait
+
+    async def _retry(self, row: asyncpg.Record, error: str, at_least_s: float = 0.0) -> None:
         attempts = int(row["attempts"])
         backoff = min(self.max_backoff_s, 0.5 * 2 ** min(attempts, 16))
-        backoff *= random.uniform(0.8, 1.2)
+        backoff = max(at_least_s, backoff * random.uniform(0.8, 1.2))
         with _bound(row):
             log.warning("delivery of a %s message failed (attempt %d, next in %.1f s): %s",
                         row["kind"], attempts, backoff, error[:300])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,6 +24,7 @@ from shared import logs
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.link import encode_batch
 from shared.signing import Signer, SigningKey, Verifier
+from tests import prom
 from tests.harness.json_log import json_log
 from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get, raw_request
 
@@ -348,3 +351,44 @@ async def test_the_intake_line_names_the_call_the_message_and_the_merchant(
     commit = lines["callback.store"]
     assert commit["message"].startswith("stored 1 call-back request messages in one commit")
     assert not set(logs.FIELDS) & set(commit), commit
+
+
+async def test_a_database_that_does_not_keep_up_sheds_new_requests_with_retry_after(
+        pool: asyncpg.Pool, aiohttp_client: ClientFactory) -> None:
+    """The intake's table is locked by another connection: the requests taken wait (and
+    are stored once it is released); once one has waited over the shedding threshold, new
+    requests (single or batch) are refused at once with 503 overloaded + Retry-After."""
+    client = await aiohttp_client(make_app(CallbackStore(pool, owner="http")))
+    intake = client.app[INTAKE_KEY]
+    shed_before = prom.sample("cbgw_callback_intake_shed_total")
+    locker = await pool.acquire()
+    lock = locker.transaction()
+    await lock.start()
+    waiting: list[asyncio.Task[Any]] = []
+    try:
+        await locker.execute("LOCK TABLE inbound_messages IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        i = 0
+        while not intake.overloaded():   # batches fill the intake's connections, then queue
+            assert time.monotonic() - started < 30, "the intake never fell behind"
+            raw = body(f"edge-slow-{i}", caller=f"+8190123{46000 + i}")
+            waiting.append(asyncio.create_task(client.post(PATH, data=raw, headers=signed(raw))))
+            i += 1
+            await asyncio.sleep(0.3)
+        raw = body("edge-shed", caller="+819012349999")
+        refused = await client.post(PATH, data=raw, headers=signed(raw))
+        assert (await error_of(refused, 503))["id"] == "overloaded"
+        assert refused.headers["Retry-After"] == "2"
+        envelope, headers = batch([(str(uuid.uuid4()), body("edge-shed-b1")),
+                                   (str(uuid.uuid4()), body("edge-shed-b2"))])
+        refused_batch = await client.post(BATCH_PATH, data=envelope, headers=headers)
+        assert (await error_of(refused_batch, 503))["id"] == "overloaded"
+        assert refused_batch.headers["Retry-After"] == "2"
+        assert prom.sample("cbgw_callback_intake_shed_total") - shed_before == 3
+    finally:
+        await lock.rollback()
+        await pool.release(locker)
+    answers = [await resp.json() for resp in await asyncio.gather(*waiting)]
+    assert [a["status"] for a in answers] == ["queued"] * len(waiting)
+    assert await pool.fetchval("SELECT count(*) FROM callback_requests WHERE edge_call_id "
+                               "LIKE 'edge-shed%'") == 0

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.outbox import Outbox, OutboxAlert, OutboxRelay
+from tests import prom
 from tests.faults.linklab import (
     BATCHES_KEY,
     REQUESTS_KEY,
@@ -355,6 +356,47 @@ async def test_a_pass_under_way_when_the_database_is_lost_wakes_the_new_loop(
         assert relay.claims > 2 and posts == 2
         assert await effect_counts(pool) == (1, 0)
         assert 2.5 < drain_s < 10.0  # the 503 after 2 s, a backoff of ≈ 1 s; not 30 s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_busy_peer_s_retry_after_is_honoured_by_the_whole_relay(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """The peer sheds load: 503 with Retry-After 3. The message is not sent again, and no
+    other message is sent either, before the 3 s are up; then both go, once each."""
+    app = receiver_app(pool, verifier(pki_dir))
+    posted: list[float] = []
+
+    @web.middleware
+    async def busy_once(request: web.Request, handler: Any) -> web.StreamResponse:
+        posted.append(time.monotonic())
+        if len(posted) == 1:
+            return web.json_response({"error": {"id": "overloaded", "message": "later"}},
+                                     status=503, headers={"Retry-After": "3"})
+        return cast(web.StreamResponse, await handler(request))
+
+    app.middlewares.insert(0, busy_once)
+    port = free_port()
+    runner = await serve(app, pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="busy", sweep_s=0.2, max_backoff_s=60)
+    busy_before = prom.sample("cbgw_link_requests_total", route="r", result="busy")
+    task = asyncio.create_task(relay.run())
+    try:
+        await _enqueue(pool, 1)
+        started = time.monotonic()
+        while not posted:
+            assert time.monotonic() - started < 10, "the relay never sent the message"
+            await asyncio.sleep(0.02)
+        await _enqueue(pool, 1, start=1)            # due now, but the peer asked to wait
+        await _drained(pool, 20.0)
+        assert len(posted) == 3 and min(posted[1:]) - posted[0] >= 2.9, posted
+        assert await effect_counts(pool) == (2, 0)
+        assert prom.sample("cbgw_link_requests_total", route="r",
+                           result="busy") - busy_before == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
