@@ -1,7 +1,9 @@
 """Billing of consultation lines paid by the minute (phone fortune telling, coaching).
 
 Pure logic: :mod:`billing.rating` (a consultation's talk time and the merchant's terms →
-the charge in yen, tax-inclusive, and the inverse for a prepaid balance). Adapters:
+the charge in yen, tax-inclusive, and the inverse for a prepaid balance) and
+:mod:`billing.meter` (the billing clock of a prepaid consultation: reserve, extend, warn,
+cut off, settle). Adapters:
 :mod:`billing.ledger` (the prepaid ledger in PostgreSQL: append-only entries,
 reservations held by live consultations), :mod:`billing.transfers` (bank transfers an
 operator enters as deposits), :mod:`billing.card_topups` (card top-ups through Stripe,

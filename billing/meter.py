@@ -1,0 +1,267 @@
+"""The billing clock of one prepaid consultation (pure): ``transition(meter, event) ->
+(meter, commands)``, the ``meter`` sub-machine of the call's session (DESIGN.md).
+
+Before the advisor's leg is connected the meter reserves funds
+(:meth:`billing.ledger.Ledger.reserve`); a refusal ends it (the IVR says why). Once
+connected, ``warn_before_s`` before the reserved talk time runs out it first tries to hold
+more (:meth:`~billing.ledger.Ledger.extend`: a top-up during the call, or a reservation
+made in slices); if that brings nothing it has the warning played and the consultation is
+cut off when the reserved time is up (``cutoff_margin_s`` earlier, for the time the
+hang-up takes on the wire). Whenever the call ends, the reservation is settled once with
+the talk seconds (started seconds count whole; 0 when the advisor never answered).
+
+Timers are commands: ``SetTimer(due, token)`` asks the adapter for ``TimerFired(token,
+at)`` at ``due``; a timer whose token is no longer the meter's is ignored.
+
+=====================  ==============================================================
+event                  commands
+=====================  ==============================================================
+``Start``              ``Reserve(consultation_id)``
+``Reserved``           ``Ready`` (connect the advisor); after a hang-up: ``Settle(id, 0)``
+``Refused``            ``Refuse(reason, available_yen, needed_yen)``; the meter is done
+``Connected(at)``      ``SetTimer`` for the check, ``warn_before_s`` before the end
+``TimerFired`` check   ``Extend(reservation_id)``
+``Extended``           grown: ``SetTimer`` for the next check; not: ``Warn(seconds_left)``
+                       and ``SetTimer`` for the cut-off
+``TimerFired`` cut-off ``CutOff``
+``HungUp(at)``         ``Settle(reservation_id, talk_s)`` (once); nothing to settle: done
+``Settled``            the meter is done
+=====================  ==============================================================
+
+Anything else in a phase that does not expect it is ``Ignored``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import assert_never
+
+ONE_SECOND = timedelta(seconds=1)
+
+
+class Phase(enum.StrEnum):
+    NEW = "new"
+    RESERVING = "reserving"
+    READY = "ready"              # reserved; the advisor's leg may be connected
+    TALKING = "talking"
+    EXTENDING = "extending"      # asked the ledger for more
+    WARNED = "warned"            # the cut-off timer runs
+    ENDING = "ending"            # cut off; waiting for the hang-up
+    SETTLING = "settling"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    consultation_id: str
+    warn_before_s: int = 60
+    cutoff_margin_s: int = 0
+    phase: Phase = Phase.NEW
+    reservation_id: int | None = None
+    allowed_s: int = 0
+    connected_at: datetime | None = None
+    #: the call ended while the reservation was being made
+    hung_up: bool = False
+    timer_token: int = 0
+
+    def elapsed_s(self, at: datetime) -> int:
+        """Talk seconds at ``at``, a started second counting whole."""
+        if self.connected_at is None:
+            return 0
+        return max(0, -(-(at - self.connected_at) // ONE_SECOND))
+
+
+# --- events ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    reservation_id: int
+    allowed_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: str
+    available_yen: int
+    needed_yen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    token: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Extended:
+    allowed_s: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HungUp:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    pass
+
+
+Event = Start | Reserved | Refused | Connected | TimerFired | Extended | HungUp | Settled
+
+
+# --- commands --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    consultation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    allowed_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    reason: str
+    available_yen: int
+    needed_yen: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    due: datetime
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    reservation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Warn:
+    seconds_left: int
+
+
+@dataclass(frozen=True, slots=True)
+class CutOff:
+    talk_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    reservation_id: int
+    talk_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    event: Event
+    phase: Phase
+
+
+Command = Reserve | Ready | Refuse | SetTimer | Extend | Warn | CutOff | Settle | Ignored
+Step = tuple[Meter, list[Command]]
+
+
+#: the one phase each of these events is expected in
+_EXPECTED: dict[type, Phase] = {Start: Phase.NEW, Reserved: Phase.RESERVING,
+                                Refused: Phase.RESERVING, Connected: Phase.READY,
+                                Extended: Phase.EXTENDING, Settled: Phase.SETTLING}
+
+
+def transition(meter: Meter, event: Event) -> Step:
+    expected = _EXPECTED.get(type(event))
+    if expected is not None and meter.phase is not expected:
+        return _ignored(meter, event)
+    match event:
+        case Start():
+            return replace(meter, phase=Phase.RESERVING), [Reserve(meter.consultation_id)]
+        case Reserved(reservation_id=rid, allowed_s=allowed):
+            reserved = replace(meter, reservation_id=rid, allowed_s=allowed)
+            if meter.hung_up:
+                return replace(reserved, phase=Phase.SETTLING), [Settle(rid, 0)]
+            return replace(reserved, phase=Phase.READY), [Ready(allowed)]
+        case Refused(reason=reason, available_yen=available, needed_yen=needed):
+            return replace(meter, phase=Phase.DONE), [Refuse(reason, available, needed)]
+        case Connected(at=at):
+            return _check_later(replace(meter, phase=Phase.TALKING, connected_at=at))
+        case TimerFired(token=token, at=at):
+            return _timer(meter, token, at, event)
+        case Extended(allowed_s=allowed, at=at):
+            if allowed > meter.allowed_s:
+                return _check_later(replace(meter, phase=Phase.TALKING, allowed_s=allowed))
+            return _warn(meter, at)
+        case HungUp(at=at):
+            return _hung_up(meter, at, event)
+        case Settled():
+            return replace(meter, phase=Phase.DONE), []
+        case _:
+            assert_never(event)
+
+
+def _ignored(meter: Meter, event: Event) -> Step:
+    return meter, [Ignored(event, meter.phase)]
+
+
+def _due(meter: Meter, seconds: int) -> datetime:
+    assert meter.connected_at is not None
+    return meter.connected_at + timedelta(seconds=seconds)
+
+
+def _check_later(meter: Meter) -> Step:
+    """A timer for the check, ``warn_before_s`` before the reserved time runs out."""
+    token = meter.timer_token + 1
+    due = _due(meter, max(0, meter.allowed_s - meter.warn_before_s))
+    return replace(meter, timer_token=token), [SetTimer(due, token)]
+
+
+def _warn(meter: Meter, at: datetime) -> Step:
+    """Nothing more to hold: the warning, and the cut-off timer."""
+    token = meter.timer_token + 1
+    end = max(0, meter.allowed_s - meter.cutoff_margin_s)
+    left = max(0, meter.allowed_s - meter.elapsed_s(at))
+    return replace(meter, phase=Phase.WARNED, timer_token=token), [
+        Warn(left), SetTimer(_due(meter, end), token)]
+
+
+def _timer(meter: Meter, token: int, at: datetime, event: Event) -> Step:
+    if token != meter.timer_token:
+        return _ignored(meter, event)
+    if meter.phase is Phase.TALKING:
+        assert meter.reservation_id is not None
+        return replace(meter, phase=Phase.EXTENDING), [Extend(meter.reservation_id)]
+    if meter.phase is Phase.WARNED:
+        return replace(meter, phase=Phase.ENDING), [CutOff(meter.elapsed_s(at))]
+    return _ignored(meter, event)
+
+
+def _hung_up(meter: Meter, at: datetime, event: Event) -> Step:
+    match meter.phase:
+        case Phase.NEW:
+            return replace(meter, phase=Phase.DONE), []
+        case Phase.RESERVING:
+            return replace(meter, hung_up=True), []
+        case Phase.READY | Phase.TALKING | Phase.EXTENDING | Phase.WARNED | Phase.ENDING:
+            assert meter.reservation_id is not None
+            return (replace(meter, phase=Phase.SETTLING, timer_token=meter.timer_token + 1),
+                    [Settle(meter.reservation_id, meter.elapsed_s(at))])
+        case Phase.SETTLING | Phase.DONE:
+            return _ignored(meter, event)
+        case _:
+            assert_never(meter.phase)
