@@ -61,6 +61,9 @@ def number_class(number: E164) -> str:
 class Policy:
     min_calls: int = 50
     prior_calls: int = 200
+    #: new counts are loaded at most this often (each load computes the new models'
+    #: expected costs for every tariff in force: about a second of CPU for 2,000 terms)
+    refresh_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

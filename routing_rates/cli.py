@@ -212,9 +212,7 @@ def _merchant_lengths(args: argparse.Namespace) -> call_lengths.MerchantLengths:
 
     top = root(load(Path(path), args.site.upper()))
     rates = RatesSettings.parse(top.section("rates"))
-    return call_lengths.from_merchants(
-        parse_merchants(top), call_lengths.Policy(rates.learn_min_calls,
-                                                  rates.learn_prior_calls))
+    return call_lengths.from_merchants(parse_merchants(top), rates.learning())
 
 
 async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:

@@ -10,9 +10,11 @@ are synchronous and never touch the database (the edge decides without the WAN).
 Call lengths (``routing_rates.call_lengths``): ``decide(..., merchant=M)`` without
 a ``duration`` uses M's distribution for the caller's number class: learned,
 configured or the default. The counts are loaded at start and, for one merchant,
-again when ``record`` NOTIFYs ``routing_rates_call_lengths`` (at most once a
-second); the new models' expected costs for every tariff in force are computed
-off to the side before they are swapped in, so a decision never computes one.
+again when ``record`` NOTIFYs ``routing_rates_call_lengths`` (at most once every
+``Policy.refresh_s``, default 60 s); the new models' expected costs for every
+tariff in force are computed off to the side before they are swapped in, so a
+decision computes none (past the memo's 8,192 terms per model it computes each
+one it meets).
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ from shared.phone import E164
 
 log = logging.getLogger("rates.service")
 SAFETY_POLL_S = 300.0
-#: a burst of answered calls reloads a merchant's call lengths at most this often
-LENGTHS_REFRESH_S = 1.0
 
 
 class UnknownTariff(LookupError):
@@ -236,7 +236,7 @@ class RatingService:
             except Exception:  # keep the last models; the next notice retries
                 log.exception("call lengths not reloaded for %s", ", ".join(sorted(dirty)))
                 self._lengths_dirty |= dirty
-            await asyncio.sleep(LENGTHS_REFRESH_S)
+            await asyncio.sleep(self.lengths.policy.refresh_s)
 
     # -- lookups -----------------------------------------------------------------------
 

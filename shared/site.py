@@ -51,6 +51,7 @@ from shared.signing import Signer, SigningKey, Verifier, load_public_key
 
 if TYPE_CHECKING:
     from routing_rates import RatingService
+    from routing_rates.call_lengths import Policy
 
 DB_START_TIMEOUT_S = 60.0
 
@@ -72,6 +73,7 @@ class RatesSettings:
     announce_s: Decimal          # answer mode: announcement length billed on the edge leg
     learn_min_calls: int         # a merchant's class is learned from this many calls on
     learn_prior_calls: int       # the configured distribution weighs as this many calls
+    learn_refresh_s: Decimal     # a merchant's new counts are loaded at most this often
 
     @classmethod
     def parse(cls, s: Section) -> RatesSettings:
@@ -80,7 +82,15 @@ class RatesSettings:
                    fx_rates={k: str(fx.decimal(k)) for k in fx.keys()},
                    announce_s=s.decimal("announce_s", "5", min=Decimal(0)),
                    learn_min_calls=s.int("learn_min_calls", 50, min=1),
-                   learn_prior_calls=s.int("learn_prior_calls", 200, min=0))
+                   learn_prior_calls=s.int("learn_prior_calls", 200, min=0),
+                   learn_refresh_s=s.decimal("learn_refresh_s", "60", min=Decimal(0)))
+
+    def learning(self) -> Policy:
+        """How ``routing_rates.call_lengths`` learns the merchants' call lengths."""
+        from routing_rates.call_lengths import Policy
+
+        return Policy(self.learn_min_calls, self.learn_prior_calls,
+                      float(self.learn_refresh_s))
 
     def fx(self) -> FxTable:
         return FxTable.from_mapping(self.fx_base, self.fx_rates)
@@ -265,10 +275,9 @@ async def start_rating_service(pool: asyncpg.Pool, rates: RatesSettings,
         return None
     try:
         from routing_rates import RatingService
-        from routing_rates.call_lengths import Policy, from_merchants
+        from routing_rates.call_lengths import from_merchants
 
-        lengths = from_merchants(merchants, Policy(rates.learn_min_calls,
-                                                   rates.learn_prior_calls))
+        lengths = from_merchants(merchants, rates.learning())
         return await RatingService.start(pool, fx=rates.fx(), lengths=lengths)
     except Exception as exc:
         log.error("routing_rates unavailable (%s: %s)", type(exc).__name__, exc)

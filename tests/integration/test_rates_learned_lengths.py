@@ -28,6 +28,7 @@ from routing_rates import importer, store
 from routing_rates.carriers import DEMO_CARRIERS, load_carriers
 from routing_rates.cli import main
 from routing_rates.profile import load_profile
+from shared.config import ConfigError
 from shared.db import migrate
 from shared.phone import E164
 from shared.signing import Signer, SigningKey
@@ -56,6 +57,7 @@ fx_base = "JPY"
 fx_rates = {{ USD = "150" }}
 learn_min_calls = {LEARN_FROM}
 learn_prior_calls = 10
+learn_refresh_s = 0.1
 """) + f"""
 [[merchants]]           # nothing configured: the default (exponential, mean 152.5 s)
 id = "quick"
@@ -174,3 +176,18 @@ async def test_the_edge_learns_short_and_long_calls_and_its_decision_flips(
     out = capsys.readouterr().out
     assert out.startswith("KEEP THE CALL (direct-cheaper)")
     assert f"learned from {LEARN_FROM // 2 + CALLS // 2:,} mobile calls" in out
+
+
+def test_check_names_a_merchants_bad_call_lengths(tmp_path: Path, pki_dir: Path) -> None:
+    path = config(tmp_path, pki_dir, "postgresql://x/y")
+    text = path.read_text()
+    path.write_text(text.replace(f"lognormal_mean_s = {SHORT}\nlognormal_sigma = 0.8",
+                                 'distribution = "nope"'))
+    with pytest.raises(ConfigError, match=r"merchants\[2\]\.call_lengths: call_lengths\.mobile: "
+                                          r"unknown distribution 'nope'; known: default, long"):
+        EdgeSettings.load_checked(path)
+    path.write_text(text.replace("[merchants.call_lengths.mobile]",
+                                 '[merchants.call_lengths]\nfile = "missing.toml"\n'
+                                 "[merchants.call_lengths.mobile]"))
+    with pytest.raises(ConfigError, match=r"merchants\[2\]\.call_lengths: .*missing.toml"):
+        EdgeSettings.load_checked(path)
