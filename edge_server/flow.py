@@ -31,11 +31,15 @@ Decisions recorded here (stable reason codes, see :class:`Outcome`):
   to another edge site or the caller simply retry, exactly as when the Stasis
   app is down (the dialplan also answers 503). Sending the call to an operator
   instead would silently turn a database outage into paid direct traffic.
+* **A store that outlives its guard (overload): keep the call.** The database
+  is there but slow, and the caller has already waited ``store_s``: the call
+  goes on on the toll-free line to the operator, as a call kept direct does
+  (``ContinueDirect``), instead of a 503 that would lose or strand them. If the
+  request commits later anyway it is cancelled, so nobody is called back after
+  being served directly; the call is recorded ``store_timeout`` (class direct).
 * The caller hangs up once the store has begun (mid-announcement included):
   the request is still released. They called; they get called back.
 * The caller hangs up before the decision: nothing is stored or queued.
-* A store that outlives its guard is answered with 503; if it commits later
-  anyway the request is cancelled, so nobody is called back after a refusal.
 
 Every state that waits on something has a guard timer, so no channel is ever
 left parked in Stasis.
@@ -132,7 +136,8 @@ class Announcing:
 
 @dataclass(frozen=True, slots=True)
 class StoreOverdue:
-    """We answered 503 while the store was still running; cancel it if it commits."""
+    """The store outlived its guard and the call went on to the operator; cancel the
+    request if it commits after all."""
 
     call: Call
 
@@ -309,10 +314,11 @@ def _storing(state: Storing, event: Event) -> Result:
             commands.append(Log(Outcome.STORE_FAILED, why, warning=True))
             return Done(Outcome.STORE_FAILED), commands
         case Timeout(name=TimerName.STORE):
-            commands = [] if state.caller_gone else [Hangup(HangupReason.CONGESTION)]
+            commands = [] if state.caller_gone else [
+                ContinueDirect(call.merchant.operator_extension)]
             commands += [StartTimer(TimerName.LATE_STORE, call.timings.late_store_s),
-                         Log(Outcome.STORE_TIMEOUT, "request store exceeded its guard",
-                             warning=True)]
+                         Log(Outcome.STORE_TIMEOUT, "request store exceeded its guard: "
+                             "kept on the toll-free line, to the operator", warning=True)]
             return StoreOverdue(call), commands
         case CallerHungUp():
             return replace(state, caller_gone=True), [
@@ -373,7 +379,9 @@ def _store_overdue(state: StoreOverdue, event: Event) -> Result:
                 CancelRequest(request_id, Outcome.STORE_TIMEOUT),
                 Log("late_store_cancelled", request_id, warning=True)]
         case StoreFailed() | Timeout(name=TimerName.LATE_STORE):
-            return Done(Outcome.STORE_TIMEOUT), [CancelTimer(TimerName.LATE_STORE)]
+            return Done(Outcome.STORE_TIMEOUT), [
+                CancelTimer(TimerName.LATE_STORE),
+                _record(state.call, Outcome.STORE_TIMEOUT, "kept direct: not stored in time")]
         case CallerHungUp():
             return state, []
     return _ignored(state, event)

@@ -23,7 +23,8 @@ OUTCOME_CLASS = {
     Outcome.UNALLOCATED: "refused", Outcome.WITHHELD: "refused", Outcome.MALFORMED: "refused",
     Outcome.INVALID: "refused",
     Outcome.ABANDONED: "abandoned",
-    Outcome.STORE_FAILED: "failed", Outcome.STORE_TIMEOUT: "failed",
+    Outcome.STORE_FAILED: "failed",
+    Outcome.STORE_TIMEOUT: "direct",    # the store was too slow: kept on the toll-free line
 }
 
 

@@ -39,7 +39,7 @@ _MESSAGE_NS = uuid.UUID("6f1c1f4e-1d0c-4c55-9a57-7d7a4d0f1e01")
 _STATE_FOR_OUTCOME = {
     Outcome.WITHHELD: "refused", Outcome.MALFORMED: "refused", Outcome.INVALID: "refused",
     Outcome.NOT_ALLOWED: "direct", Outcome.KEPT_DIRECT: "direct",
-    Outcome.ABANDONED: "abandoned",
+    Outcome.STORE_TIMEOUT: "direct", Outcome.ABANDONED: "abandoned",
 }
 
 

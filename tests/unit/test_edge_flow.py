@@ -364,10 +364,13 @@ def test_store_failure_in_answer_mode_never_answers() -> None:
         Hangup(HangupReason.CONGESTION)]
 
 
-def test_store_guard_rejects_and_cancels_a_late_commit() -> None:
+def test_store_guard_keeps_the_call_direct_and_cancels_a_late_commit() -> None:
+    """Overload: the caller is not refused after waiting; the call goes on to the operator
+    on the toll-free line, and a request that commits later is withdrawn."""
     state, commands = run([arrive(), Decided(True, "ok"), Timeout(TimerName.STORE)])
     assert isinstance(state, StoreOverdue)
-    assert of(Hangup, commands) == [Hangup(HangupReason.CONGESTION)]
+    assert of(ContinueDirect, commands) == [ContinueDirect("operator")]
+    assert not of(Hangup, commands) and not of(Play, commands)
     assert StartTimer(TimerName.LATE_STORE, 30.0) in commands
     state, late = transition(state, CallerHungUp())
     assert late == []
@@ -380,13 +383,14 @@ def test_store_guard_rejects_and_cancels_a_late_commit() -> None:
 @pytest.mark.parametrize("event", [StoreFailed("db"), Timeout(TimerName.LATE_STORE)])
 def test_overdue_store_ends_on_failure_or_its_own_guard(event: Event) -> None:
     state, _ = run([arrive(), Decided(True, "ok"), Timeout(TimerName.STORE)])
-    state, _ = transition(state, event)
+    state, commands = transition(state, event)
     assert state == Done(Outcome.STORE_TIMEOUT)
+    assert [c.outcome for c in of(RecordCall, commands)] == [Outcome.STORE_TIMEOUT]
 
 
 def test_store_guard_after_the_caller_left_sends_no_hangup() -> None:
     _, commands = run([arrive(), Decided(True, "ok"), CallerHungUp(), Timeout(TimerName.STORE)])
-    assert not of(Hangup, commands)
+    assert not of(Hangup, commands) and not of(ContinueDirect, commands)
 
 
 # --- timers and stray events ---------------------------------------------------------------

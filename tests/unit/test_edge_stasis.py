@@ -136,12 +136,12 @@ async def test_database_down_means_503_and_no_announcement() -> None:
     assert not store.released
 
 
-async def test_slow_store_gets_503_and_the_late_commit_is_cancelled() -> None:
+async def test_slow_store_keeps_the_call_direct_and_the_late_commit_is_cancelled() -> None:
     fake, store = FakeAri(), FakeCallStore()
     store.store_delay_s = 0.8  # guard is 0.5 s
     await run_call(deps(fake_ari=fake, store=store), start())
-    assert ("hangup", "1700000000.7", "congestion") in fake.calls
-    assert "play" not in fake.names()
+    assert ("continue", "1700000000.7", "direct,operator,1") in fake.calls
+    assert "play" not in fake.names() and "hangup" not in fake.names()
     assert store.cancelled == ["edge-1700000000.7"] and not store.released
 
 
