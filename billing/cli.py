@@ -7,6 +7,7 @@
     python -m billing --merchant acme refund member-42 --amount 300 --reason "line dropped"
     python -m billing --merchant acme policy set --unit-s 10 --grace-s 30 --minimum-yen 100
     python -m billing --merchant acme policy show
+    python -m billing --merchant acme report [--date 2026-12-04]
     python -m billing --merchant acme balance member-42
     python -m billing --merchant acme ledger member-42 [--after ID] [--limit N]
 
@@ -32,7 +33,7 @@ from typing import Any
 import asyncpg
 
 import billing
-from billing import policy, transfers
+from billing import policy, reports, transfers
 from billing.http import balance_json, movement_json
 from billing.ledger import Correction, Ledger, parse_correction
 from shared.db import create_pool, migrate, package_migrations, resolve_url
@@ -42,7 +43,7 @@ from shared.http import ApiError
 OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
            "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by",
            "delta_yen": "--delta", "by": "--by", "reason": "--reason",
-           **{name: "--" + name.replace("_", "-") for name in policy.FIELDS}}
+           "date": "--date", **{name: "--" + name.replace("_", "-") for name in policy.FIELDS}}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     for name in policy.FIELDS:
         change.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
     change.add_argument("--by", default=getpass.getuser(), help="who changes it")
+    report = commands.add_parser("report", help="a day in billing (Asia/Tokyo)")
+    report.add_argument("--date", help="YYYY-MM-DD (default: today)")
     listed = commands.add_parser("transfers", help="bank transfers entered, oldest first")
     account = commands.add_parser("balance", help="an account's balance")
     account.add_argument("account")
@@ -118,6 +121,9 @@ async def run(args: argparse.Namespace,
                 return {"transaction_id": txn, "balance": balance_json(
                     args.account, await ledger.balance(m, args.account))}
         match args.command:
+            case "report":
+                day = transfers.parse_day(args.date, "date", default=transfers.tokyo_today())
+                return (await reports.daily(pool, m, day)).to_json()
             case "policy":
                 now = await policy.current(pool, m)
                 if args.action == "set":

@@ -3,6 +3,7 @@ authenticated_merchant`, selects the tenant).
 
 * ``POST /v1/billing/bank-transfers``: enter a bank transfer as a deposit (201)
 * ``GET /v1/billing/bank-transfers?after_id=&limit=``: the transfers entered, oldest first
+* ``GET /v1/billing/reports/daily?date=``: a day's charges (tax per rate), money in and out
 * ``GET|PUT /v1/billing/policy``: the billing unit, grace, minimum, maximum length, tax
 * ``POST /v1/billing/accounts/{account}/adjustments``: an operator's correction (201)
 * ``POST /v1/billing/accounts/{account}/refunds``: charges given back (201)
@@ -28,7 +29,7 @@ from typing import Any, Literal
 import asyncpg
 from aiohttp import web
 
-from billing import policy, transfers
+from billing import policy, reports, transfers
 from billing.ledger import Balance, Ledger, Movement, parse_correction
 from shared.http import (
     ApiError,
@@ -158,6 +159,16 @@ async def put_policy(request: web.Request) -> web.Response:
     return json_response((await policy.set_policy(ledger.pool, merchant, wanted)).to_json())
 
 
+async def get_daily_report(request: web.Request) -> web.Response:
+    """The merchant's day (``date``, Asia/Tokyo; default today): consultations charged by
+    tax rate with the tax of each rate's total, money in by source, refunds, adjustments,
+    the customers' funds at the end of the day."""
+    ledger, merchant = _ledger(request)
+    day = transfers.parse_day(request.query.get("date"), "date",
+                              default=transfers.tokyo_today())
+    return json_response((await reports.daily(ledger.pool, merchant, day)).to_json())
+
+
 async def get_balance(request: web.Request) -> web.Response:
     """The account's balance: available (free to spend), held (reserved by consultations
     in progress) and their total."""
@@ -237,6 +248,19 @@ POLICY: Schema = {"type": "object", "required": [*policy.FIELDS, "changed_by", "
                                  "changed_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}}}
 POLICY_BODY: Schema = {"type": "object", "additionalProperties": False, "required": ["by"],
                        "properties": {**_POLICY_FIELDS, "by": string(128)}}
+_RATE_LINE: Schema = {"type": "object", "properties": {
+    n: _YEN for n in ("tax_percent", "consultations", "talk_s", "billed_s", "total_yen",
+                      "tax_yen")}}
+DAILY_REPORT: Schema = {
+    "type": "object",
+    "required": ["merchant_id", "date", "charges", "charged_yen", "bank_transfers_yen",
+                 "card_topups_yen", "refunds_yen", "adjustments_yen", "customer_funds_yen"],
+    "properties": {"merchant_id": {"type": "string"}, "date": {"type": "string",
+                                                               "format": "date"},
+                   "charges": {"type": "array", "items": _RATE_LINE},
+                   **{n: _YEN for n in ("charged_yen", "bank_transfers_yen",
+                                        "card_topups_yen", "refunds_yen", "adjustments_yen",
+                                        "customer_funds_yen")}}}
 _PAGE = (Param("after_id", "query", {"type": "integer", "minimum": 0},
                "only what comes after this id (the reply's next_after_id)"),
          Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}))
@@ -259,6 +283,11 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                   "properties": {"items": {"type": "array", "items": TRANSFER},
                                  "next_after_id": {"type": "integer"}}})},
               access=MERCHANT, params=_PAGE, errors=_UNAVAILABLE),
+    Operation("GET", "/v1/billing/reports/daily", get_daily_report, "A day in billing", _TAG,
+              {200: Reply("the day's figures", DAILY_REPORT)}, access=MERCHANT,
+              params=(Param("date", "query", {"type": "string", "format": "date"},
+                            "YYYY-MM-DD, Asia/Tokyo (default: today)"),),
+              errors=_UNAVAILABLE),
     Operation("GET", "/v1/billing/policy", get_policy, "The billing policy in force", _TAG,
               {200: Reply("the policy", POLICY)}, access=MERCHANT, errors=_UNAVAILABLE),
     Operation("PUT", "/v1/billing/policy", put_policy, "Change the billing policy", _TAG,

@@ -64,19 +64,26 @@ def parse(data: Mapping[str, Any], today: date) -> BankTransfer:
     amount = data.get("amount_yen")
     if type(amount) is not int or not 0 < amount <= MAX_AMOUNT_YEN:
         raise InvalidField("amount_yen", f"expected an integer 1..{MAX_AMOUNT_YEN} (yen)")
-    raw_date = data.get("transferred_on")
-    if not isinstance(raw_date, str) or not _DATE.fullmatch(raw_date):
-        raise InvalidField("transferred_on", "expected a date YYYY-MM-DD")
-    try:
-        on = date.fromisoformat(raw_date)
-    except ValueError:
-        raise InvalidField("transferred_on", f"no such day {raw_date}") from None
+    on = parse_day(data.get("transferred_on"), "transferred_on")
     if on > today:
-        raise InvalidField("transferred_on", f"{raw_date} is in the future")
+        raise InvalidField("transferred_on", f"{on.isoformat()} is in the future")
     return BankTransfer(require_str(data, "account", max_len=64), amount, on,
                         require_str(data, "payer_name", max_len=100),
                         require_str(data, "bank_reference", max_len=64),
                         require_str(data, "entered_by", max_len=128))
+
+
+def parse_day(raw: Any, field: str, *, default: date | None = None) -> date:
+    """A ``YYYY-MM-DD`` day (``default`` when absent and one is given); 400
+    ``invalid-field`` naming ``field`` otherwise."""
+    if raw is None and default is not None:
+        return default
+    if not isinstance(raw, str) or not _DATE.fullmatch(raw):
+        raise InvalidField(field, "expected a date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidField(field, f"no such day {raw}") from None
 
 
 def tokyo_today() -> date:

@@ -21,6 +21,7 @@ import stripe
 
 from billing.card_topups import METADATA_KEY, CardTopUps, Pending, Result
 from billing.ledger import Balance, Ledger
+from billing.reports import daily
 from tests.integration import billing_db
 from tests.integration.test_edge_app import free_port
 
@@ -94,6 +95,9 @@ async def test_a_top_up_is_charged_once_and_deposited(
     [move] = await ledger.movements("acme", "member-42")
     assert (move.kind, move.by, move.id) == ("deposit", "member-42 (web)",
                                              result.transaction_id)
+    today = await clean.fetchval("SELECT (now() AT TIME ZONE 'Asia/Tokyo')::date")
+    report = await daily(clean, "acme", today)
+    assert (report.card_topups_yen, report.bank_transfers_yen) == (3000, 0)
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await clean.execute("UPDATE billing_card_topup_outcomes SET failure = 'x'")
 

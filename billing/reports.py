@@ -1,0 +1,112 @@
+"""A merchant's day in billing (Asia/Tokyo calendar day), read from the ledger.
+
+Consultations settled that day (count, talk and billed seconds, charges) by tax rate, with
+the tax of each rate derived once from that rate's summed tax-inclusive total, as a
+qualified invoice states it (:func:`tax_by_rate`; the sum of per-charge taxes may be a few
+yen lower); money in by source (bank transfers, card top-ups), refunds, adjustments, and
+the customers' funds (available and held) at the end of the day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+import asyncpg
+
+from billing.rating import tax_included
+from billing.transfers import TOKYO
+
+
+@dataclass(frozen=True, slots=True)
+class RateLine:
+    tax_percent: int
+    consultations: int
+    talk_s: int
+    billed_s: int
+    total_yen: int
+    #: floor(total × rate / (100 + rate)), once for the rate
+    tax_yen: int
+
+
+@dataclass(frozen=True, slots=True)
+class DailyReport:
+    merchant_id: str
+    day: date
+    charges: tuple[RateLine, ...]
+    bank_transfers_yen: int
+    card_topups_yen: int
+    refunds_yen: int
+    #: the adjustments' net effect on the customers' balances
+    adjustments_yen: int
+    #: the customers' money (available + held) at the end of the day
+    customer_funds_yen: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"merchant_id": self.merchant_id, "date": self.day.isoformat(),
+                "charges": [{"tax_percent": c.tax_percent, "consultations": c.consultations,
+                             "talk_s": c.talk_s, "billed_s": c.billed_s,
+                             "total_yen": c.total_yen, "tax_yen": c.tax_yen}
+                            for c in self.charges],
+                "charged_yen": sum(c.total_yen for c in self.charges),
+                "bank_transfers_yen": self.bank_transfers_yen,
+                "card_topups_yen": self.card_topups_yen, "refunds_yen": self.refunds_yen,
+                "adjustments_yen": self.adjustments_yen,
+                "customer_funds_yen": self.customer_funds_yen}
+
+
+def tax_by_rate(totals: Mapping[int, int]) -> dict[int, int]:
+    """Tax-inclusive totals by tax rate (percent) → the tax in each, rounded down once per
+    rate."""
+    return {rate: tax_included(total, rate) for rate, total in sorted(totals.items())}
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The start and end of ``day`` in Asia/Tokyo."""
+    start = datetime.combine(day, time(), TOKYO)
+    return start, start + timedelta(days=1)
+
+
+async def daily(pool: asyncpg.Pool, merchant_id: str, day: date) -> DailyReport:
+    start, end = day_bounds(day)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                       readonly=True):
+        rates = await conn.fetch(
+            """SELECT (r.terms->>'tax_percent')::int AS tax_percent, count(*) AS n,
+                      sum(s.talk_s) AS talk_s, sum(s.billed_s) AS billed_s,
+                      sum(s.total_yen) AS total_yen
+               FROM billing_settlements s
+               JOIN billing_reservations r ON r.id = s.reservation_id
+               JOIN billing_accounts a ON a.id = r.account_id
+               WHERE a.merchant_id = $1 AND s.settled_at >= $2 AND s.settled_at < $3
+                 AND s.total_yen > 0
+               GROUP BY 1 ORDER BY 1""", merchant_id, start, end)
+        moves = await conn.fetchrow(
+            """SELECT
+                 coalesce(sum(t.amount_yen) FILTER (WHERE b.id IS NOT NULL), 0) AS bank,
+                 coalesce(sum(t.amount_yen) FILTER (WHERE o.topup_id IS NOT NULL), 0) AS card,
+                 coalesce(sum(t.amount_yen) FILTER (WHERE t.kind = 'refund'), 0) AS refunds,
+                 coalesce(sum(e.amount_yen) FILTER (WHERE t.kind = 'adjustment'), 0) AS adjusted
+               FROM billing_transactions t
+               JOIN billing_accounts a ON a.id = t.account_id
+               LEFT JOIN billing_bank_transfers b ON b.transaction_id = t.id
+               LEFT JOIN billing_card_topup_outcomes o ON o.transaction_id = t.id
+               LEFT JOIN billing_entries e ON e.transaction_id = t.id AND e.book = 'available'
+                                          AND t.kind = 'adjustment'
+               WHERE a.merchant_id = $1 AND t.created_at >= $2 AND t.created_at < $3""",
+            merchant_id, start, end)
+        funds = await conn.fetchval(
+            """SELECT coalesce(sum(e.amount_yen), 0) FROM billing_entries e
+               JOIN billing_transactions t ON t.id = e.transaction_id
+               JOIN billing_accounts a ON a.id = e.account_id
+               WHERE a.merchant_id = $1 AND t.created_at < $2
+                 AND e.book IN ('available', 'held')""", merchant_id, end)
+    taxes = tax_by_rate({r["tax_percent"]: int(r["total_yen"]) for r in rates})
+    return DailyReport(
+        merchant_id, day,
+        tuple(RateLine(r["tax_percent"], r["n"], int(r["talk_s"]), int(r["billed_s"]),
+                       int(r["total_yen"]), taxes[r["tax_percent"]]) for r in rates),
+        int(moves["bank"]), int(moves["card"]), int(moves["refunds"]),
+        int(moves["adjusted"]), int(funds))

@@ -1,0 +1,76 @@
+"""A merchant's day in billing from a real ledger: charges by tax rate with the tax of each
+rate's total (not the sum of per-charge taxes), money in by source, refunds, adjustments,
+customers' funds at the end of the day; over HTTP and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from billing.cli import main
+from billing.ledger import Ledger, Reservation
+from billing.rating import Terms, rate
+from billing.reports import daily, tax_by_rate
+from billing.transfers import parse, record, tokyo_today
+from tests.integration import billing_db
+from tests.integration.test_billing_http import AUTH, app_over, ok, refused, transfer
+
+pytestmark = pytest.mark.integration
+pool, clean = billing_db.fixtures()
+
+
+def test_tax_is_taken_once_per_rate_from_the_summed_total() -> None:
+    assert tax_by_rate({10: 210, 8: 108}) == {8: 8, 10: 19}
+    assert 2 * rate(60, Terms(105)).tax_yen == 18          # per charge: 9 + 9
+
+
+async def consult(ledger: Ledger, name: str, terms: Terms, talk_s: int) -> None:
+    held = await ledger.reserve("acme", "member-42", name, terms)
+    assert isinstance(held, Reservation)
+    await ledger.settle("acme", held.id, talk_s)
+
+
+async def test_a_day_of_deposits_consultations_refunds_and_adjustments(
+        clean: asyncpg.Pool, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = Ledger(clean)
+    await record(clean, "acme", parse(transfer(), tokyo_today()))
+    await ledger.adjust("acme", "member-42", -500, "sato", "entered 500 yen too much")
+    await consult(ledger, "call-1", Terms(105), 60)
+    await consult(ledger, "call-2", Terms(105), 45)
+    await consult(ledger, "call-3", Terms(108, tax_percent=8), 30)
+    await consult(ledger, "call-4", Terms(300, grace_s=30), 20)   # free: not a charge
+    await ledger.refund("acme", "member-42", 100, "sato", "line noise")
+    await ledger.deposit("bento", "member-42", 9999, "x", "another merchant")
+    today = await clean.fetchval("SELECT (now() AT TIME ZONE 'Asia/Tokyo')::date")
+    report = (await daily(clean, "acme", today)).to_json()
+    assert report == {
+        "merchant_id": "acme", "date": today.isoformat(),
+        "charges": [{"tax_percent": 8, "consultations": 1, "talk_s": 30, "billed_s": 60,
+                     "total_yen": 108, "tax_yen": 8},
+                    {"tax_percent": 10, "consultations": 2, "talk_s": 105, "billed_s": 120,
+                     "total_yen": 210, "tax_yen": 19}],
+        "charged_yen": 318, "bank_transfers_yen": 5000, "card_topups_yen": 0,
+        "refunds_yen": 100, "adjustments_yen": -500,
+        "customer_funds_yen": 5000 - 500 - 318 + 100}
+    before = (await daily(clean, "acme", today - timedelta(days=1))).to_json()
+    assert (before["charges"], before["customer_funds_yen"]) == ([], 0)
+    async with TestClient(TestServer(app_over(clean))) as client:
+        got = await ok(await client.get(f"/v1/billing/reports/daily?date={today}",
+                                        headers=AUTH))
+        assert got == report
+        assert await refused(await client.get("/v1/billing/reports/daily?date=2026-02-30",
+                                              headers=AUTH)) == ("invalid-field", "date")
+    code = await asyncio.to_thread(main, ["--database-url", pg_url, "--merchant", "acme",
+                                          "report", "--date", today.isoformat()])
+    out: Any = capsys.readouterr()
+    assert code == 0 and json.loads(out.out) == report
+    code = await asyncio.to_thread(main, ["--database-url", pg_url, "--merchant", "acme",
+                                          "report", "--date", "12/04"])
+    assert code == 2 and capsys.readouterr().err == (
+        "error: --date: expected a date YYYY-MM-DD\n")
