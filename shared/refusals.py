@@ -41,6 +41,9 @@ class Refusal(enum.StrEnum):
     CAP_GLOBAL_CHANNELS = "cap_global_channels"
     CAP_GLOBAL_CPS = "cap_global_cps"
     CAP_SPEND_DAILY = "cap_spend_daily"                  # the global daily spend cap
+    CAP_MERCHANT_CHANNELS = "cap_merchant_channels"
+    CAP_MERCHANT_CPS = "cap_merchant_cps"
+    CAP_MERCHANT_SPEND = "cap_merchant_spend_daily"
 
     @property
     def is_cap(self) -> bool:

@@ -8,7 +8,7 @@
     python -m callback_server.guard --config FILE lists remove block|allow +819012345678
     python -m callback_server.guard --config FILE unlock 09012345678
     python -m callback_server.guard --config FILE caps reset --by NAME \\
-        [--scope global|trunk:<carrier>] [--kind channels|cps|spend_daily]
+        [--scope global|trunk:<carrier>|merchant:<id>] [--kind channels|cps|spend_daily]
 
 A number is read as the configs and ``routing_rates`` read one
 (:func:`shared.phone.normalise`): national ``09012345678``, E.164 ``+819012345678``
@@ -67,8 +67,9 @@ def _limit(text: str) -> int:
 
 
 def _scope(text: str) -> str:
-    if not re.fullmatch(r"global|trunk:[a-z0-9][a-z0-9-]*", text):
-        raise argparse.ArgumentTypeError(f"expected global or trunk:<carrier>, got {text!r}")
+    if not re.fullmatch(r"global|(trunk|merchant):[a-z0-9][a-z0-9-]*", text):
+        raise argparse.ArgumentTypeError("expected global, trunk:<carrier> or merchant:<id>, "
+                                         f"got {text!r}")
     return text
 
 
@@ -101,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     caps_sub = caps.add_subparsers(dest="action", required=True)
     reset = caps_sub.add_parser("reset")
     reset.add_argument("--by", default=getpass.getuser())
-    reset.add_argument("--scope", type=_scope, help="global or trunk:<carrier> (default: all)")
+    reset.add_argument("--scope", type=_scope,
+                       help="global, trunk:<carrier> or merchant:<id> (default: all)")
     reset.add_argument("--kind", choices=KINDS)
     return parser
 

@@ -1,4 +1,5 @@
-"""Spend and capacity caps, per trunk (carrier) and global. Pure decisions.
+"""Spend and capacity caps, per trunk (carrier), per merchant and global (the site).
+Pure decisions.
 
 Checked for every customer leg just before its originate, in the same
 transaction that persists the leg (:meth:`Guard.admit_leg`). No lock is shared
@@ -38,10 +39,14 @@ KINDS = ("channels", "cps", "spend_daily")
 GLOBAL = "global"
 
 _REASONS = {
-    (True, "channels"): Refusal.CAP_GLOBAL_CHANNELS, (True, "cps"): Refusal.CAP_GLOBAL_CPS,
-    (True, "spend_daily"): Refusal.CAP_SPEND_DAILY,
-    (False, "channels"): Refusal.CAP_TRUNK_CHANNELS, (False, "cps"): Refusal.CAP_TRUNK_CPS,
-    (False, "spend_daily"): Refusal.CAP_TRUNK_SPEND,
+    ("global", "channels"): Refusal.CAP_GLOBAL_CHANNELS,
+    ("global", "cps"): Refusal.CAP_GLOBAL_CPS,
+    ("global", "spend_daily"): Refusal.CAP_SPEND_DAILY,
+    ("trunk", "channels"): Refusal.CAP_TRUNK_CHANNELS, ("trunk", "cps"): Refusal.CAP_TRUNK_CPS,
+    ("trunk", "spend_daily"): Refusal.CAP_TRUNK_SPEND,
+    ("merchant", "channels"): Refusal.CAP_MERCHANT_CHANNELS,
+    ("merchant", "cps"): Refusal.CAP_MERCHANT_CPS,
+    ("merchant", "spend_daily"): Refusal.CAP_MERCHANT_SPEND,
 }
 
 
@@ -49,8 +54,18 @@ def trunk_scope(carrier_id: str) -> str:
     return f"trunk:{carrier_id}"
 
 
+def merchant_scope(merchant_id: str) -> str:
+    return f"merchant:{merchant_id}"
+
+
+def scopes_of(carrier_id: str, merchant_id: str) -> tuple[str, ...]:
+    """The scopes a customer leg counts in, in the order their counters are taken
+    (sorted: two legs never wait for each other's rows in opposite orders)."""
+    return (GLOBAL, merchant_scope(merchant_id), trunk_scope(carrier_id))
+
+
 def reason_for(scope: str, kind: str) -> Refusal:
-    return _REASONS[(scope == GLOBAL, kind)]
+    return _REASONS[(scope.partition(":")[0], kind)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +84,19 @@ class CapSettings:
     trunk_default: CapLimits = field(default_factory=lambda: CapLimits(
         channels=30, cps=2, spend_daily=Decimal("100")))
     trunks: Mapping[str, CapLimits] = field(default_factory=dict)
+    #: per merchant (all of its legs, on any trunk): none by default
+    merchant_default: CapLimits = CapLimits()
+    merchants: Mapping[str, CapLimits] = field(default_factory=dict)
     latch: frozenset[str] = frozenset({"spend_daily"})
     retry_s: int = 30
 
     def limits(self, scope: str) -> CapLimits:
         if scope == GLOBAL:
             return self.global_limits
-        return self.trunks.get(scope.removeprefix("trunk:"), self.trunk_default)
+        kind, _, key = scope.partition(":")
+        if kind == "merchant":
+            return self.merchants.get(key, self.merchant_default)
+        return self.trunks.get(key, self.trunk_default)
 
 
 @dataclass(frozen=True, slots=True)

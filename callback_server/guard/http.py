@@ -16,7 +16,8 @@
   ``DELETE /v1/guard/lists/{list}/{number}``   204, or 404 ``not-found``
   ``POST /v1/guard/numbers/{number}/unlock``   lift a lock → 200 / 404
   ``POST /v1/guard/caps/reset``                ``{"by": "...", "scope": "global" |
-                                               "trunk:<carrier>" | null, "kind":
+                                               "trunk:<carrier>" | "merchant:<id>" |
+                                               null, "kind":
                                                "channels" | "cps" | "spend_daily" |
                                                null}`` → ``{"reset": n}``
   ===========================================  =================================
@@ -83,7 +84,7 @@ ENTRY = {"type": "object", "required": ["number", "list", "reason"],
                         "reason": {"type": "string"}}}
 CAPS_BODY = {"type": "object", "required": ["by"], "properties": {
     "by": {"type": "string", "minLength": 1},
-    "scope": nullable({"type": "string", "pattern": f"^({GLOBAL}|trunk:.*)$"}),
+    "scope": nullable({"type": "string", "pattern": f"^({GLOBAL}|trunk:.*|merchant:.*)$"}),
     "kind": nullable({"enum": list(KINDS)})}}
 
 
@@ -251,8 +252,10 @@ async def reset_caps(request: web.Request) -> web.Response:
     if not isinstance(by, str) or not by:
         raise InvalidField("by", "who resets the cap (required)")
     if scope is not None and (not isinstance(scope, str)
-                              or not (scope == GLOBAL or scope.startswith("trunk:"))):
-        raise InvalidField("scope", "expected global, trunk:<carrier> or null (all)")
+                              or not (scope == GLOBAL
+                                      or scope.startswith(("trunk:", "merchant:")))):
+        raise InvalidField("scope", "expected global, trunk:<carrier>, merchant:<id> or null "
+                                    "(all)")
     if kind is not None and kind not in KINDS:
         raise InvalidField("kind", f"expected one of {', '.join(KINDS)} or null (all)")
     count = await _guard(request).reset_caps(scope, kind, by[:64])

@@ -185,17 +185,18 @@ class Guard:
 
     async def usable_routes(self, routes: Sequence[HasCarrier], callback_id: str,
                             merchant_id: str) -> tuple[list[int], Verdict | None]:
-        """Indexes of routes whose trunk (and the site) is under every cap; if none is,
-        the refusal (recorded)."""
+        """Indexes of routes whose trunk (and the site, and the merchant) is under every
+        cap; if none is, the refusal (recorded)."""
         if not routes:
             return [], None
-        scopes = [caps.GLOBAL, *dict.fromkeys(caps.trunk_scope(r.carrier_id) for r in routes)]
+        scopes = list(dict.fromkeys(scope for r in routes
+                                    for scope in caps.scopes_of(r.carrier_id, merchant_id)))
         async with self.pool.acquire() as conn:
             snap = await sql.cap_usage(conn, scopes, self.today())
             keep: list[int] = []
             first: Verdict | None = None
             for i, route in enumerate(routes):
-                hit = self._cap_hit(snap, route.carrier_id)
+                hit = self._cap_hit(snap, caps.scopes_of(route.carrier_id, merchant_id))
                 if hit is None:
                     keep.append(i)
                 elif first is None:
@@ -207,9 +208,10 @@ class Guard:
                                    merchant_id=merchant_id, callback_id=callback_id)
             return keep, first
 
-    def _cap_hit(self, snap: sql.CapSnapshot, carrier_id: str) -> tuple[str, str, Verdict] | None:
-        """(scope, kind, verdict) of the first cap reached for a leg on this trunk."""
-        for scope in (caps.GLOBAL, caps.trunk_scope(carrier_id)):
+    def _cap_hit(self, snap: sql.CapSnapshot, scopes: Sequence[str]
+                 ) -> tuple[str, str, Verdict] | None:
+        """(scope, kind, verdict) of the first cap reached in ``scopes`` (a leg's)."""
+        for scope in scopes:
             for kind in caps.KINDS:
                 if (scope, kind) in snap.trips:
                     verdict = Verdict(caps.reason_for(scope, kind),
@@ -228,10 +230,10 @@ class Guard:
         channel and a CPS slot in each capped scope (per-scope counter rows, no lock
         shared by every leg). The admission's ``scopes`` go on the leg row: the slots it
         gives back when it ends."""
-        scopes = (caps.GLOBAL, caps.trunk_scope(carrier_id))
+        scopes = caps.scopes_of(carrier_id, merchant_id)
         limits = [self.settings.caps.limits(scope) for scope in scopes]
         snap = await sql.cap_usage(conn, scopes, self.today())
-        hit = self._cap_hit(snap, carrier_id)
+        hit = self._cap_hit(snap, scopes)
         if hit is None and any(lim.channels or lim.cps for lim in limits):
             taken = await sql.claim(conn, scopes, [lim.channels for lim in limits],
                                     [lim.cps for lim in limits])
@@ -314,7 +316,8 @@ class Guard:
                         f"{self.settings.brake.window_s} s; call-backs to new numbers paused",
                         now, {"count": count, "threshold": self.settings.brake.threshold}))
 
-    async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, cost: Money) -> None:
+    async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, merchant_id: str,
+                        cost: Money) -> None:
         """In the CDR's transaction: add the leg's carrier cost; trip the spend caps."""
         cfg = self.settings.caps
         try:
@@ -329,7 +332,7 @@ class Guard:
                       cost, carrier_id, cfg.currency)
             return
         day = self.today()
-        for scope in (caps.GLOBAL, caps.trunk_scope(carrier_id)):
+        for scope in caps.scopes_of(carrier_id, merchant_id):
             after = await sql.add_spend(conn, day, scope, cfg.currency, amount.amount)
             crossed = caps.crossed_spend(scope, cfg.limits(scope), after - amount.amount, after)
             if crossed is not None:

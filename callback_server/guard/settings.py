@@ -86,13 +86,19 @@ def _caps(s: Section) -> CapSettings:
     trunk_default = _cap_limits(s.section("trunk_default"), d.trunk_default)
     trunks = {t.str("carrier", pattern=r"[a-z0-9][a-z0-9-]*"): _cap_limits(t, trunk_default)
               for t in s.sections("trunks")}
+    merchant_default = _cap_limits(s.section("merchant_default"), d.merchant_default)
+    merchants = {m.str("merchant", pattern=r"[a-z0-9][a-z0-9-]{0,62}"):
+                 _cap_limits(m, merchant_default)
+                 for m in s.sections("merchants")}
     try:
         currency = check_currency(s.str("currency", d.currency))
     except ValueError as exc:
         raise s.error("currency", str(exc)) from None
     return CapSettings(currency=currency, timezone=tz,
                        global_limits=_cap_limits(s.section("global"), d.global_limits),
-                       trunk_default=trunk_default, trunks=trunks, latch=frozenset(latch),
+                       trunk_default=trunk_default, trunks=trunks,
+                       merchant_default=merchant_default, merchants=merchants,
+                       latch=frozenset(latch),
                        retry_s=s.int("retry_s", d.retry_s, min=1))
 
 

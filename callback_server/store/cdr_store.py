@@ -38,7 +38,7 @@ class CdrStore(StoreBase):
             if not inserted:
                 return False
             if self.guard is not None and carrier_cost is not None and cdr.leg == "customer":
-                await self.guard.add_spend(conn, cdr.carrier_id, carrier_cost)
+                await self.guard.add_spend(conn, cdr.carrier_id, merchant_id, carrier_cost)
             payload = {
                 "kind": "cdr", "call_id": cdr.call_id, "callback_id": cdr.callback_id,
                 "edge_call_id": edge_call_id, "merchant_id": merchant_id, "leg": cdr.leg,

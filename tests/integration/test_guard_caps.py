@@ -430,3 +430,48 @@ async def test_cps_cap_is_a_sliding_second_per_scope(clean: asyncpg.Pool,
     await store.persist_leg(leg(b, "carrier-a"), "acme")        # the window slid past
     assert await clean.fetchval("SELECT cardinality(recent) FROM guard_cps "
                                 "WHERE scope = 'trunk:carrier-a'") == 1
+
+
+async def test_a_merchant_channel_cap_counts_its_legs_on_every_trunk(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    guard = Guard(clean, GuardSettings(caps=CapSettings(
+        global_limits=CapLimits(), trunk_default=CapLimits(),
+        merchants={"acme": CapLimits(channels=2)})))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    first, second, third = [await claimed_job(store, 160 + i, f"81901010000{i}")
+                            for i in range(3)]
+    await store.persist_leg(leg(first, "carrier-a"), "acme")
+    await store.persist_leg(leg(second, "carrier-b"), "acme")
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(leg(third, "carrier-c"), "acme")
+    assert refused.value.verdict.reason == "cap_merchant_channels"
+    assert refused.value.verdict.detail == "merchant:acme: 2 of 2 channels"
+    keep, capped = await guard.usable_routes([StaticRoute("carrier-c", "PJSIP/x")], third,
+                                             "acme")
+    assert keep == [] and capped is not None and capped.reason == "cap_merchant_channels"
+    assert await clean.fetchval("SELECT array_agg(scope) FROM guard_live") == [
+        "merchant:acme"]                                  # uncapped scopes: no counters
+    await store.leg_result(f"{first}-01", "failed", 17)
+    await store.persist_leg(leg(third, "carrier-c"), "acme")
+
+
+async def test_a_merchant_spend_cap_trips_on_its_cdrs(clean: asyncpg.Pool,
+                                                      closing: list[Guard]) -> None:
+    guard = Guard(clean, GuardSettings(caps=CapSettings(
+        currency="USD", global_limits=CapLimits(), trunk_default=CapLimits(),
+        merchants={"acme": CapLimits(spend_daily=Decimal("0.50"))})))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    spent, refused_job = [await claimed_job(store, 170 + i, f"81902020000{i}")
+                          for i in range(2)]
+    await store.persist_leg(leg(spent, "carrier-a"), "acme")
+    await store.record_cdr(cdr(spent, "carrier-a"), edge_call_id="cap-170", merchant_id="acme",
+                           billed_s=300, carrier_cost=Money.of("0.70", "USD"), direct_cost=None)
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(leg(refused_job, "carrier-b"), "acme")
+    assert refused.value.verdict.reason == "cap_merchant_spend_daily"
+    trips = await clean.fetch("SELECT scope, kind FROM guard_trips WHERE reset_at IS NULL")
+    assert [tuple(t) for t in trips] == [("merchant:acme", "spend_daily")]
+    assert await guard.reset_caps("merchant:acme", "spend_daily", "noc") == 1
+    await store.persist_leg(leg(refused_job, "carrier-b"), "acme")

@@ -66,8 +66,8 @@ async def test_the_guard_cli_takes_national_e164_and_plus_forms_alike(
      "argument --expires: timestamp needs a time zone"),
     (["refusals", "--limit", "-1"], "argument --limit: expected 1 to 1000, got '-1'"),
     (["refusals", "--limit", "99999999999999999999"], "argument --limit: expected 1 to 1000"),
-    (["caps", "reset", "--scope", "trunk"], "argument --scope: expected global or "
-                                            "trunk:<carrier>, got 'trunk'"),
+    (["caps", "reset", "--scope", "trunk"], "argument --scope: expected global, "
+                                            "trunk:<carrier> or merchant:<id>, got 'trunk'"),
 ])
 def test_a_bad_argument_is_a_usage_error_naming_it(config: Path, args: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

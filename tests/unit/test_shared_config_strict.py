@@ -219,3 +219,19 @@ def test_a_key_in_an_inline_table_has_the_tables_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=rf"edge.toml:{_line(text, 'cdr = ')}: "
                                           r"peer.policy.cdr.routes: unknown key"):
         _edge(tmp_path, text)
+
+
+def test_merchant_caps_are_configured_per_merchant_over_a_default(tmp_path: Path) -> None:
+    text = CALLBACK_EXAMPLE.replace(
+        "# [guard.caps.merchant_default]", "[guard.caps.merchant_default]").replace(
+        "# channels = 20\n# [[guard.caps.merchants]]\n# merchant = \"acme\"\n# channels = 10",
+        "channels = 20\n[[guard.caps.merchants]]\nmerchant = \"acme\"\nchannels = 10")
+    assert text != CALLBACK_EXAMPLE
+    caps = _callback(tmp_path, text).guard.caps
+    assert caps.limits("merchant:acme").channels == 10
+    assert caps.limits("merchant:acme").cps is None         # the default's (none)
+    assert caps.limits("merchant:bento").channels == 20
+    assert caps.limits("trunk:acme").channels == 30         # a trunk is not a merchant
+    bad = text.replace('merchant = "acme"', 'merchant = "Acme Inc"')
+    with pytest.raises(ConfigError, match=r"guard.caps.merchants\[0\].merchant"):
+        _callback(tmp_path, bad)
