@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from routing_rates import call_lengths, importer, report, store
+from routing_rates import call_lengths, importer, report, simulate, store
 from routing_rates.carriers import DATA_DIR, DEMO_CARRIERS, CarrierConfigError, load_carriers
 from routing_rates.cdr import CdrFileError, CdrRater, DeckHistory, read_cdrs
 from routing_rates.duration import DistributionError, DurationModel, load_distributions
@@ -310,6 +311,44 @@ async def cmd_report(args: argparse.Namespace, conn: asyncpg.Connection) -> None
     _print(args, rep.to_json(), "\n".join(lines))
 
 
+async def cmd_simulate(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    log = await asyncio.to_thread(simulate.read_calls, Path(args.file))
+    rates = await _service(args)
+    try:
+        started = time.perf_counter()
+        result = simulate.simulate(rates, log, merchant=args.merchant,
+                                   inbound_tariff=args.inbound_tariff,
+                                   announce_mode=args.announce_mode,
+                                   announce_s=Decimal(args.announce_s), worst=args.worst)
+        took = time.perf_counter() - started
+    finally:
+        await rates.close()
+        await rates.owned_pool.close()  # type: ignore[attr-defined]
+    if args.png:
+        simulate.chart(result, Path(args.png))
+    if args.csv:
+        simulate.write_csv(result, Path(args.csv))
+    cur = result.currency
+    lines = [f"{result.calls:,} calls replayed in {took:.2f} s against the decks in force "
+             f"(costs in {cur})",
+             f"  keep every call (toll-free): {result.keep:>14.2f}",
+             f"  call every call back:        {result.callback:>14.2f}",
+             f"  as the project decides:      {result.project:>14.2f}   saving "
+             f"{result.saving:.2f} against keeping every call",
+             f"  regret: {result.regret:.2f} over {result.regret_calls:,} calls the decision "
+             "lost money on in hindsight"]
+    lines += [f"  {cls:<7} {calls:>8,} calls  saving {keep - project:>12.2f}"
+              for cls, (calls, keep, project) in result.by_class.items() if calls]
+    lines += [f"  hour {h:02d} {calls:>8,} calls  saving {keep - project:>12.2f}"
+              for h, (calls, keep, project) in enumerate(result.by_hour) if calls]
+    lines += [f"  lost {amount:.2f} on {log.at(i).isoformat()} {log.callers[i]} "
+              f"{int(log.talk_s[i])} s" for i, amount in result.worst]
+    data = {"calls": result.calls, "currency": cur, "keep": str(result.keep),
+            "callback": str(result.callback), "project": str(result.project),
+            "regret": str(result.regret), "regret_calls": result.regret_calls}
+    _print(args, data, "\n".join(lines))
+
+
 async def cmd_demo_setup(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
     for tariff, path in (("carrier-a", PLIVO_DECK), ("carrier-b", DATA_DIR / "carrier-b.csv"),
@@ -322,8 +361,20 @@ async def cmd_demo_setup(args: argparse.Namespace, conn: asyncpg.Connection) -> 
 COMMANDS: dict[str, Callable[[argparse.Namespace, asyncpg.Connection], Awaitable[None]]] = {
     "carriers": cmd_carriers, "import": cmd_import, "decks": cmd_decks, "quote": cmd_quote,
     "decide": cmd_quote, "rate-cdrs": cmd_rate_cdrs, "report": cmd_report,
+    "simulate": cmd_simulate,
     "demo-setup": cmd_demo_setup,
 }
+
+
+def _decision_options(p: argparse.ArgumentParser) -> None:
+    """What ``decide`` and ``simulate`` decide with."""
+    p.add_argument("--inbound-tariff", default="ntt-freedial")
+    p.add_argument("--announce-mode", choices=("early_media", "answer"), default="early_media")
+    p.add_argument("--announce-s", default="5")
+    p.add_argument("--merchant", help="assume this merchant's call lengths: learned from its "
+                                      "calls, configured, or the default")
+    p.add_argument("--config", help="the site's TOML: the merchants' [merchants.call_lengths] "
+                                    "and [rates] learn_*")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -364,15 +415,10 @@ def parser() -> argparse.ArgumentParser:
                                 "name (default: the merchant's with --merchant, else default)")
         q.add_argument("--at", help="call time (ISO; default now)")
         q.add_argument("--origin", help="calling number, for origin-specific rates")
-        q.add_argument("--inbound-tariff", default="ntt-freedial")
-        q.add_argument("--announce-mode", choices=("early_media", "answer"),
-                       default="early_media")
-        q.add_argument("--announce-s", default="5")
         if name == "decide":
-            q.add_argument("--merchant", help="assume this merchant's call lengths: learned "
-                                              "from its calls, configured, or the default")
-            q.add_argument("--config", help="the site's TOML: the merchants' "
-                                            "[merchants.call_lengths] and [rates] learn_*")
+            _decision_options(q)
+        else:
+            q.add_argument("--inbound-tariff", default="ntt-freedial")
     r = sub.add_parser("rate-cdrs", help="rate a CDR file (.jsonl or .csv) into the database")
     r.add_argument("file")
     r.add_argument("--inbound-tariff", default="ntt-freedial")
@@ -381,6 +427,13 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--to", help="end (ISO; default now)")
     rep.add_argument("--merchant")
     rep.add_argument("--png", help="write the chart here")
+    sim = sub.add_parser("simulate", help="replay a call log (CSV: time, caller, talk_s): "
+                                          "keep all, call back all, as decided, regret")
+    sim.add_argument("file")
+    _decision_options(sim)
+    sim.add_argument("--worst", type=int, default=10, help="list the N calls lost most on")
+    sim.add_argument("--png", help="write the chart here")
+    sim.add_argument("--csv", help="write savings by class and hour here")
     sub.add_parser("demo-setup", help="load the demo carriers and import their decks")
     return p
 
@@ -403,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except (CliError, importer.ImportRefused, ProfileError, CarrierConfigError, CdrFileError,
-            ConfigError, DistributionError, UnknownTariff, store.DeckStateError, MoneyError,
+            ConfigError, simulate.SimulationError, DistributionError, UnknownTariff,
+            store.DeckStateError, MoneyError,
             FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
