@@ -8,6 +8,8 @@
     python -m billing --merchant acme policy set --unit-s 10 --grace-s 30 --minimum-yen 100
     python -m billing --merchant acme policy show
     python -m billing --merchant acme report [--date 2026-12-04]
+    python -m billing --merchant acme reservations [--older-than-s 3600]
+    python -m billing --merchant acme settle 17 --talk-s 754 --reason "call crashed"
     python -m billing --merchant acme balance member-42
     python -m billing --merchant acme ledger member-42 [--after ID] [--limit N]
 
@@ -34,8 +36,15 @@ import asyncpg
 
 import billing
 from billing import policy, reports, transfers
-from billing.http import balance_json, movement_json
-from billing.ledger import Correction, Ledger, parse_correction
+from billing.http import balance_json, live_json, movement_json
+from billing.ledger import (
+    Correction,
+    Ledger,
+    OperatorSettle,
+    parse_correction,
+    parse_operator_settle,
+    settlement_json,
+)
 from shared.db import create_pool, migrate, package_migrations, resolve_url
 from shared.http import ApiError
 
@@ -43,7 +52,8 @@ from shared.http import ApiError
 OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
            "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by",
            "delta_yen": "--delta", "by": "--by", "reason": "--reason",
-           "date": "--date", **{name: "--" + name.replace("_", "-") for name in policy.FIELDS}}
+           "date": "--date", "talk_s": "--talk-s",
+           **{name: "--" + name.replace("_", "-") for name in policy.FIELDS}}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,6 +84,14 @@ def parser() -> argparse.ArgumentParser:
     for name in policy.FIELDS:
         change.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
     change.add_argument("--by", default=getpass.getuser(), help="who changes it")
+    live = commands.add_parser("reservations", help="reservations not settled, oldest first")
+    live.add_argument("--older-than-s", type=int, default=0, dest="older_than_s")
+    live.add_argument("--limit", type=int, default=100, help="1..1000 (100)")
+    settle = commands.add_parser("settle", help="settle a reservation a call left live")
+    settle.add_argument("reservation", type=int)
+    settle.add_argument("--talk-s", type=int, required=True, dest="talk_s")
+    settle.add_argument("--reason", required=True)
+    settle.add_argument("--by", default=getpass.getuser(), help="who settles it")
     report = commands.add_parser("report", help="a day in billing (Asia/Tokyo)")
     report.add_argument("--date", help="YYYY-MM-DD (default: today)")
     listed = commands.add_parser("transfers", help="bank transfers entered, oldest first")
@@ -87,8 +105,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parsed(args: argparse.Namespace) -> transfers.BankTransfer | Correction | None:
+def _parsed(args: argparse.Namespace
+            ) -> transfers.BankTransfer | Correction | OperatorSettle | None:
     """The command's input, checked as the API checks it."""
+    if args.command == "settle":
+        return parse_operator_settle({"talk_s": args.talk_s, "by": args.by,
+                                      "reason": args.reason})
     if args.command == "adjust":
         return parse_correction({"delta_yen": args.delta, "by": args.by,
                                  "reason": args.reason}, "adjustment")
@@ -104,7 +126,7 @@ def _parsed(args: argparse.Namespace) -> transfers.BankTransfer | Correction | N
 
 
 async def run(args: argparse.Namespace,
-              given: transfers.BankTransfer | Correction | None) -> Any:
+              given: transfers.BankTransfer | Correction | OperatorSettle | None) -> Any:
     url = await asyncio.to_thread(resolve_url, args.database_url, "cbgw_callback")
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
@@ -120,7 +142,13 @@ async def run(args: argparse.Namespace,
                 txn = await ledger.correct(m, args.account, given)
                 return {"transaction_id": txn, "balance": balance_json(
                     args.account, await ledger.balance(m, args.account))}
+            case OperatorSettle():
+                return settlement_json(await ledger.settle(
+                    m, args.reservation, given.talk_s, by=given.by, reason=given.reason))
         match args.command:
+            case "reservations":
+                return {"items": [live_json(x) for x in await ledger.live(
+                    m, older_than_s=args.older_than_s, limit=args.limit)]}
             case "report":
                 day = transfers.parse_day(args.date, "date", default=transfers.tokyo_today())
                 return (await reports.daily(pool, m, day)).to_json()
@@ -156,8 +184,9 @@ def _refusal(exc: ApiError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if getattr(args, "limit", 1) not in range(1, 1001) or getattr(args, "after", 0) < 0:
-        p.error("--limit: expected 1..1000; --after: expected 0 or more")
+    if getattr(args, "limit", 1) not in range(1, 1001) or getattr(args, "after", 0) < 0 \
+            or getattr(args, "older_than_s", 0) < 0:
+        p.error("--limit: expected 1..1000; --after, --older-than-s: expected 0 or more")
     try:
         result = asyncio.run(run(args, _parsed(args)))
     except ApiError as exc:   # bad input, duplicate reference, no such account, too little

@@ -4,6 +4,8 @@ authenticated_merchant`, selects the tenant).
 * ``POST /v1/billing/bank-transfers``: enter a bank transfer as a deposit (201)
 * ``GET /v1/billing/bank-transfers?after_id=&limit=``: the transfers entered, oldest first
 * ``GET /v1/billing/reports/daily?date=``: a day's charges (tax per rate), money in and out
+* ``GET /v1/billing/reservations/live``, ``POST /v1/billing/reservations/{id}/settle``:
+  reservations not settled, and an operator settling one a call left live
 * ``GET|PUT /v1/billing/policy``: the billing unit, grace, minimum, maximum length, tax
 * ``POST /v1/billing/accounts/{account}/adjustments``: an operator's correction (201)
 * ``POST /v1/billing/accounts/{account}/refunds``: charges given back (201)
@@ -12,7 +14,7 @@ authenticated_merchant`, selects the tenant).
 
 Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
 (404: no such account), ``duplicate-reference`` (409, field ``bank_reference``),
-``insufficient-balance`` and ``refund-exceeds-charges`` (409),
+``insufficient-balance``, ``refund-exceeds-charges`` and ``already-settled`` (409),
 ``auth-*`` (401), ``billing-unavailable`` (503 before the database is connected),
 ``database-unavailable`` (503 while it is away).
 
@@ -30,7 +32,15 @@ import asyncpg
 from aiohttp import web
 
 from billing import policy, reports, transfers
-from billing.ledger import Balance, Ledger, Movement, parse_correction
+from billing.ledger import (
+    Balance,
+    Ledger,
+    LiveReservation,
+    Movement,
+    parse_correction,
+    parse_operator_settle,
+    settlement_json,
+)
 from shared.http import (
     ApiError,
     InvalidField,
@@ -169,6 +179,37 @@ async def get_daily_report(request: web.Request) -> web.Response:
     return json_response((await reports.daily(ledger.pool, merchant, day)).to_json())
 
 
+def live_json(live: LiveReservation) -> dict[str, Any]:
+    r = live.reservation
+    return {"id": r.id, "account": live.account, "consultation_id": r.consultation_id,
+            "held_yen": r.held_yen, "allowed_s": r.allowed_s,
+            "created_at": live.created_at.isoformat(),
+            "price_per_minute_yen": r.terms.price_per_minute_yen}
+
+
+async def get_live_reservations(request: web.Request) -> web.Response:
+    """Reservations not settled, oldest first: consultations in progress, or ones a call
+    that crashed left live, whose funds stay held until they are settled."""
+    ledger, merchant = _ledger(request)
+    older = query_int(request.query, "older_than_s", low=0, high=10**7, default=0)
+    limit = query_int(request.query, "limit", low=1, high=MAX_PAGE, default=100)
+    items = await ledger.live(merchant, older_than_s=older, limit=limit)
+    return json_response({"items": [live_json(x) for x in items]})
+
+
+async def post_settle(request: web.Request) -> web.Response:
+    """Settle a reservation a call left live, with its talk time, who and why: the charge
+    is rated with the reservation's terms, the rest of the hold released."""
+    ledger, merchant = _ledger(request)
+    text = request.match_info["reservation_id"]
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
+        raise InvalidField("reservation_id", "expected a positive integer id")
+    wanted = parse_operator_settle(await read_json_object(request))
+    settled = await ledger.settle(merchant, int(text), wanted.talk_s, by=wanted.by,
+                                  reason=wanted.reason)
+    return json_response(settlement_json(settled))
+
+
 async def get_balance(request: web.Request) -> web.Response:
     """The account's balance: available (free to spend), held (reserved by consultations
     in progress) and their total."""
@@ -261,6 +302,17 @@ DAILY_REPORT: Schema = {
                    **{n: _YEN for n in ("charged_yen", "bank_transfers_yen",
                                         "card_topups_yen", "refunds_yen", "adjustments_yen",
                                         "customer_funds_yen")}}}
+LIVE: Schema = {"type": "object", "properties": {
+    "id": _ID, "account": {"type": "string"}, "consultation_id": {"type": "string"},
+    "held_yen": _YEN, "allowed_s": _YEN, "created_at": TIMESTAMP,
+    "price_per_minute_yen": _YEN}}
+SETTLE_BODY: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["talk_s", "by", "reason"],
+    "properties": {"talk_s": {"type": "integer", "minimum": 0, "maximum": 86_400},
+                   "by": string(128), "reason": string(400)}}
+SETTLEMENT: Schema = {"type": "object", "properties": {
+    n: _YEN for n in ("reservation_id", "talk_s", "billed_s", "total_yen", "tax_yen",
+                      "released_yen", "overrun_yen")}}
 _PAGE = (Param("after_id", "query", {"type": "integer", "minimum": 0},
                "only what comes after this id (the reply's next_after_id)"),
          Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}))
@@ -288,6 +340,19 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               params=(Param("date", "query", {"type": "string", "format": "date"},
                             "YYYY-MM-DD, Asia/Tokyo (default: today)"),),
               errors=_UNAVAILABLE),
+    Operation("GET", "/v1/billing/reservations/live", get_live_reservations,
+              "Reservations not settled", _TAG, {200: Reply("oldest first", {
+                  "type": "object", "required": ["items"],
+                  "properties": {"items": {"type": "array", "items": LIVE}}})},
+              access=MERCHANT,
+              params=(Param("older_than_s", "query", {"type": "integer", "minimum": 0},
+                            "only those made longer ago than this"), _PAGE[1]),
+              errors=_UNAVAILABLE),
+    Operation("POST", "/v1/billing/reservations/{reservation_id}/settle", post_settle,
+              "Settle a reservation a call left live", _TAG,
+              {200: Reply("the settlement", SETTLEMENT)}, access=MERCHANT,
+              params=(Param("reservation_id", "path", _ID),), body=SETTLE_BODY,
+              errors={404: ("not-found",), 409: ("already-settled",), **_UNAVAILABLE}),
     Operation("GET", "/v1/billing/policy", get_policy, "The billing policy in force", _TAG,
               {200: Reply("the policy", POLICY)}, access=MERCHANT, errors=_UNAVAILABLE),
     Operation("PUT", "/v1/billing/policy", put_policy, "Change the billing policy", _TAG,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from billing.rating import Charge, Terms, rate, seconds_affordable
+from billing.rating import MAX_TALK_LIMIT_S, Charge, Terms, rate, seconds_affordable
 from shared.http import ApiError, InvalidField, require_str
 
 Book = Literal["available", "held", "funding", "revenue", "adjustment"]
@@ -76,6 +76,13 @@ class Reservation:
     #: cut the consultation off after this many talk seconds
     allowed_s: int
     terms: Terms
+
+
+@dataclass(frozen=True, slots=True)
+class LiveReservation:
+    reservation: Reservation
+    account: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,35 @@ def parse_correction(data: Mapping[str, Any], kind: Literal["adjustment", "refun
         raise InvalidField(amount, f"expected a non-zero integer {low}..{MAX_AMOUNT_YEN} (yen)")
     return Correction(kind, yen, require_str(data, "by", max_len=128),
                       require_str(data, "reason", max_len=500))
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSettle:
+    """An operator settling a reservation a call left live: the talk time (from the
+    switch's records, say), who and why."""
+
+    talk_s: int
+    by: str
+    reason: str
+
+
+def parse_operator_settle(data: Mapping[str, Any]) -> OperatorSettle:
+    """``talk_s`` (0..86400), ``by``, ``reason``; 400 ``invalid-field`` naming the field."""
+    for name in data:
+        if name not in ("talk_s", "by", "reason"):
+            raise InvalidField(name, "unknown field (expected talk_s, by, reason)")
+    talk = data.get("talk_s")
+    if type(talk) is not int or not 0 <= talk <= MAX_TALK_LIMIT_S:
+        raise InvalidField("talk_s", f"expected an integer 0..{MAX_TALK_LIMIT_S} (seconds)")
+    return OperatorSettle(talk, require_str(data, "by", max_len=128),
+                          require_str(data, "reason", max_len=400))
+
+
+def settlement_json(settled: Settlement) -> dict[str, Any]:
+    c = settled.charge
+    return {"reservation_id": settled.reservation_id, "talk_s": c.talk_s,
+            "billed_s": c.billed_s, "total_yen": c.total_yen, "tax_yen": c.tax_yen,
+            "released_yen": settled.released_yen, "overrun_yen": settled.overrun_yen}
 
 
 class LedgerError(ApiError):
@@ -182,11 +218,12 @@ def _terms(data: dict[str, Any]) -> Terms:
 
 #: a reservation as it stands: its hold and allowed talk after its newest extension
 _RESERVATION = """
-    SELECT r.id, r.account_id, r.consultation_id, r.terms,
+    SELECT r.id, r.account_id, r.consultation_id, r.terms, r.created_at, a.account,
            coalesce(x.held_yen, r.held_yen) AS held_yen,
            coalesce(x.allowed_s, r.allowed_s) AS allowed_s,
            s.talk_s AS settled_talk_s, s.released_yen
     FROM billing_reservations r
+    JOIN billing_accounts a ON a.id = r.account_id
     LEFT JOIN LATERAL (SELECT e.held_yen, e.allowed_s FROM billing_reservation_extensions e
                        WHERE e.reservation_id = r.id ORDER BY e.id DESC LIMIT 1) x ON true
     LEFT JOIN billing_settlements s ON s.reservation_id = r.id"""
@@ -306,10 +343,13 @@ class Ledger:
                            SYSTEM, f"consultation {consultation_id}", row["id"])
             return _reservation(row)
 
-    async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement:
+    async def settle(self, merchant_id: str, reservation_id: int, talk_s: int, *,
+                     by: str = SYSTEM, reason: str = "") -> Settlement:
         """Charge the consultation's rated talk time and release the rest of its hold
         (``talk_s`` 0: it never connected; all is released). Settling again with the same
-        talk time returns the first settlement; with another, 409 ``already-settled``."""
+        talk time returns the first settlement; with another, 409 ``already-settled``.
+        An operator settling a consultation the call left live says who and why (``by``,
+        ``reason``: on its movements)."""
         if type(talk_s) is not int or talk_s < 0:
             raise ValueError(f"talk_s: expected a non-negative integer, got {talk_s!r}")
         async with self.pool.acquire() as conn, conn.transaction():
@@ -324,7 +364,19 @@ class Ledger:
                                       f"{row['settled_talk_s']} s of talk")
                 return Settlement(reservation_id, charge, row["released_yen"],
                                   max(0, charge.total_yen - held))
-            return await self._settle(conn, row["account_id"], reservation, charge)
+            return await self._settle(conn, row["account_id"], reservation, charge, by,
+                                      reason)
+
+    async def live(self, merchant_id: str, *, older_than_s: int = 0, limit: int = 100
+                   ) -> list[LiveReservation]:
+        """The merchant's reservations not settled, made more than ``older_than_s`` ago,
+        oldest first: consultations in progress, or left live by a call that crashed
+        (their funds stay held until settled)."""
+        rows = await self.pool.fetch(
+            _RESERVATION + """ WHERE a.merchant_id = $1 AND s.reservation_id IS NULL
+                   AND r.created_at <= now() - make_interval(secs => $2)
+                 ORDER BY r.id LIMIT $3""", merchant_id, older_than_s, limit)
+        return [LiveReservation(_reservation(r), r["account"], r["created_at"]) for r in rows]
 
     async def extend(self, merchant_id: str, reservation_id: int, *,
                      at_most_s: int | None = None) -> Reservation:
@@ -375,20 +427,20 @@ class Ledger:
 
     @staticmethod
     async def _settle(conn: asyncpg.Connection, acc: int, reservation: Reservation,
-                      charge: Charge) -> Settlement:
+                      charge: Charge, by: str, reason: str) -> Settlement:
         held, total = reservation.held_yen, charge.total_yen
         from_hold = min(total, held)
         overrun, released = total - from_hold, held - from_hold
-        why = f"consultation {reservation.consultation_id}"
+        why = f"consultation {reservation.consultation_id}" + (f" ({reason})" if reason else "")
         if total:
             why_charge = f"{why}: {charge.talk_s} s talked, {charge.billed_s} s billed"
             await post(conn, acc, "charge", total, [("held", -from_hold),
                                                     ("available", -overrun),
                                                     ("revenue", total)],
-                       SYSTEM, why_charge, reservation.id)
+                       by, why_charge, reservation.id)
         if released:
             await post(conn, acc, "release", released,
-                       [("held", -released), ("available", released)], SYSTEM, why,
+                       [("held", -released), ("available", released)], by, why,
                        reservation.id)
         await conn.execute(
             """INSERT INTO billing_settlements (reservation_id, talk_s, billed_s, total_yen,

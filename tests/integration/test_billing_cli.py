@@ -14,6 +14,8 @@ import asyncpg
 import pytest
 
 from billing.cli import main
+from billing.ledger import Ledger, Reservation
+from billing.rating import Terms
 from tests.integration import billing_db
 
 pytestmark = pytest.mark.integration
@@ -49,6 +51,15 @@ async def test_deposit_balance_ledger_and_transfers(
         "error: the account's charges come to 0 yen net of refunds; cannot refund 1 yen\n")
     assert (await run("ledger", "member-42", "--after", str(move["id"])))["items"][0][
         "reason"] == "entered twice"
+    assert (await run("reservations"))["items"] == []
+    held = await Ledger(clean).reserve("acme", "member-42", "call-1", Terms(300))
+    assert isinstance(held, Reservation)
+    [live] = (await run("reservations"))["items"]
+    assert live["id"] == held.id
+    settled = await run("settle", str(held.id), "--talk-s", "61", "--reason", "crash")
+    assert (settled["total_yen"], settled["billed_s"]) == (600, 120)
+    assert await run("settle", str(held.id), "--talk-s", "62", "--reason", "x", code=2) == (
+        f"error: reservation {held.id} was settled for 61 s of talk\n")
     assert (await run("policy", "show"))["unit_s"] == 60
     rules = await run("policy", "set", "--unit-s", "10", "--minimum-yen", "100", "--by", "sato")
     assert (rules["unit_s"], rules["minimum_yen"], rules["changed_by"]) == (10, 100, "sato")
@@ -67,6 +78,8 @@ async def test_deposit_balance_ledger_and_transfers(
      "error: --delta: expected a non-zero integer"),
     (["refund", "m-1", "--amount", "5", "--reason", ""], "error: --reason: required string"),
     (["transfers", "--limit", "0"], "usage: "),
+    (["settle", "1", "--talk-s", "-1", "--reason", "r"], "error: --talk-s: expected an integer"),
+    (["settle", "1", "--talk-s", "5", "--reason", ""], "error: --reason: required string"),
 ])
 def test_bad_input_is_one_line_naming_the_option(pg_url: str, args: list[str],
                                                  message: str) -> None:

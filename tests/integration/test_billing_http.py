@@ -263,3 +263,41 @@ async def test_bad_policies_are_400_naming_the_field(
         client: TestClient[Any, Any], body: dict[str, Any], field: str) -> None:
     assert await refused(await client.put("/v1/billing/policy", json=body,
                                           headers=AUTH)) == ("invalid-field", field)
+
+
+async def test_a_reservation_a_call_left_live_is_listed_and_settled_by_an_operator(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    await ok(await client.post("/v1/billing/bank-transfers", json=transfer(), headers=AUTH),
+             201)
+    ledger = Ledger(clean)
+    stuck = await ledger.reserve("acme", "member-42", "call-9", Terms(300, max_talk_s=600))
+    assert isinstance(stuck, Reservation) and stuck.held_yen == 3000
+    live = (await ok(await client.get("/v1/billing/reservations/live", headers=AUTH)))["items"]
+    assert [(r["id"], r["account"], r["held_yen"], r["price_per_minute_yen"]) for r in live] == [
+        (stuck.id, "member-42", 3000, 300)]
+    assert (await ok(await client.get("/v1/billing/reservations/live?older_than_s=3600",
+                                      headers=AUTH)))["items"] == []
+    assert (await ok(await client.get("/v1/billing/reservations/live",
+                                      headers=BENTO_AUTH)))["items"] == []
+    url = f"/v1/billing/reservations/{stuck.id}/settle"
+    settled = await ok(await client.post(url, json={
+        "talk_s": 125, "by": "sato", "reason": "call crashed; 125 s in the switch's CDR"},
+        headers=AUTH))
+    assert (settled["total_yen"], settled["released_yen"]) == (900, 2100)
+    assert await refused(await client.post(url, json={
+        "talk_s": 126, "by": "sato", "reason": "again"}, headers=AUTH), 409) == (
+        "already-settled", None)
+    assert await refused(await client.post(url, json={"talk_s": -1, "by": "a", "reason": "b"},
+                                           headers=AUTH)) == ("invalid-field", "talk_s")
+    assert await refused(await client.post("/v1/billing/reservations/x/settle", json={
+        "talk_s": 1, "by": "a", "reason": "b"}, headers=AUTH)) == (
+        "invalid-field", "reservation_id")
+    assert await refused(await client.post(url, json={"talk_s": 125, "by": "a", "reason": "b"},
+                                           headers=BENTO_AUTH), 404) == ("not-found", None)
+    moves = (await ok(await client.get("/v1/billing/accounts/member-42/ledger",
+                                       headers=AUTH)))["items"]
+    assert [(m["kind"], m["by"]) for m in moves[-2:]] == [("charge", "sato"),
+                                                          ("release", "sato")]
+    assert "call crashed" in moves[-1]["reason"]
+    assert (await ok(await client.get("/v1/billing/reservations/live", headers=AUTH)))[
+        "items"] == []
