@@ -22,7 +22,6 @@ store, the event hub and the after-call timers.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -46,13 +45,11 @@ from advisors.resources import (
     path_id,
 )
 from advisors.store import AdvisorStore
-from shared.db import CONNECTION_ERRORS
 from shared.http import (
     ApiError,
-    Handler,
     InvalidField,
-    ServiceUnavailable,
     authenticated_merchant,
+    database_errors_as_503,
     json_response,
     read_json_object,
 )
@@ -198,20 +195,7 @@ EVENT: dict[str, Any] = {
                    "(api, phone, system or null), consultation_id, before, after, desk, "
                    "load, reason"}
 _A, _G, _C = "advisors", "advisor groups", "customers"
-def _unavailable_when_database_is(handler: Handler) -> Handler:
-    """The database away is 503 ``database-unavailable`` (retry), not 500."""
-    @functools.wraps(handler)
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except CONNECTION_ERRORS as exc:
-            log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
-            raise ServiceUnavailable("database-unavailable", "database unavailable; retry"
-                                     ) from None
-    return guarded
-
-
-OPERATIONS = tuple(replace(op, handler=_unavailable_when_database_is(op.handler)) for op in (
+OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for op in (
     *ADVISORS.collection(_directory),
     # before /v1/advisors/{advisor_id}: the router tries routes in order
     Operation("GET", "/v1/advisors/events", advisor_events, "Presence event stream (SSE)",
