@@ -147,7 +147,8 @@ def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
 
 
 def _mount_rates(app: web.Application) -> None:
-    """``GET /v1/rates/quote`` and ``/v1/rates/decide``: 503 until the service has started."""
+    """``GET /v1/rates/quote``, ``/v1/rates/decide`` and ``POST /v1/rates/simulate``: 503
+    until the service has started."""
     from routing_rates.http import routes
 
     def service() -> Any:

@@ -11,7 +11,7 @@
 * ``GET /v1/callbacks/{id}``: status, reason code, attempts and legs, for the
   merchant that owns it (``Authorization: Bearer <token>``; its SHA-256 is the
   merchant's ``api_token_sha256``).
-* quote/decide routes of ``routing_rates.http`` when the rating service runs.
+* quote/decide/simulate routes of ``routing_rates.http`` when the rating service runs.
 * ``GET /healthz``.
 * ``GET /openapi.json``: the OpenAPI 3.1 document of the routes this server serves (with
   the guard's and the rates' when they are mounted).

@@ -35,12 +35,14 @@ from routing_rates.call_lengths import number_class
 from routing_rates.service import RatingService
 from routing_rates.tariff import Terms, period_at
 from shared.config import NUMBER_CLASSES
-from shared.phone import E164, InvalidNumber, normalise
-from shared.timeutil import TimestampError, parse_timestamp
+from shared.phone import E164, normalise
+from shared.timeutil import parse_timestamp
 
 #: Asia/Tokyo is UTC+9 all year (no daylight saving since 1951)
 TOKYO_OFFSET_S = 9 * 3600
 MAX_FX_DECIMALS = 6
+#: a call longer than a day is a mistake in the log
+MAX_TALK_S = 86_400
 Ints = npt.NDArray[np.int64]
 
 
@@ -58,12 +60,36 @@ class CallLog:
         return datetime.fromtimestamp(int(self.at_s[i]), UTC)
 
 
+class CallLogBuilder:
+    """Calls added one by one (from a CSV line or a JSON item), then the log."""
+
+    def __init__(self) -> None:
+        self.at: list[int] = []
+        self.callers: list[E164] = []
+        self.talk: list[int] = []
+        self._parsed: dict[str, E164] = {}
+
+    def add(self, when: str, caller: str, talk_s: str | int) -> None:
+        """Raises ``ValueError`` (a ``TimestampError``, an ``InvalidNumber`` ...)."""
+        at = int(parse_timestamp(when, "time").timestamp())
+        number = self._parsed.get(caller)
+        if number is None:
+            number = self._parsed[caller] = normalise(caller)
+        seconds = int(talk_s)
+        if not 0 <= seconds <= MAX_TALK_S:
+            raise ValueError(f"talk_s must be seconds from 0 to {MAX_TALK_S}: {talk_s!r}")
+        self.at.append(at)
+        self.callers.append(number)
+        self.talk.append(seconds)
+
+    def log(self) -> CallLog:
+        return CallLog(np.asarray(self.at, dtype=np.int64), self.callers,
+                       np.asarray(self.talk, dtype=np.int64))
+
+
 def read_calls(path: Path) -> CallLog:
     """CSV with the columns ``time`` (ISO 8601 with a zone), ``caller``, ``talk_s``."""
-    at: list[int] = []
-    callers: list[E164] = []
-    talk: list[int] = []
-    parsed: dict[str, E164] = {}
+    calls = CallLogBuilder()
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, [])
@@ -73,19 +99,10 @@ def read_calls(path: Path) -> CallLog:
         columns = [header.index(c) for c in ("time", "caller", "talk_s")]
         for line, fields in enumerate(reader, 2):
             try:
-                when, text, talk_text = (fields[c] for c in columns)
-                at.append(int(parse_timestamp(when, "time").timestamp()))
-                number = parsed.get(text)
-                if number is None:
-                    number = parsed[text] = normalise(text)
-                callers.append(number)
-                seconds = int(talk_text)
-                if seconds < 0:
-                    raise ValueError("talk_s must be >= 0")
-                talk.append(seconds)
-            except (TimestampError, InvalidNumber, ValueError, IndexError) as exc:
+                calls.add(*(fields[c] for c in columns))
+            except (ValueError, IndexError) as exc:
                 raise SimulationError(f"{path}:{line}: {exc}") from None
-    return CallLog(np.asarray(at, dtype=np.int64), callers, np.asarray(talk, dtype=np.int64))
+    return calls.log()
 
 
 @dataclass(frozen=True, slots=True)

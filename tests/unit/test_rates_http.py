@@ -55,3 +55,43 @@ async def test_errors_are_json_with_stable_ids(aiohttp_client: Any) -> None:
         resp = await client.get(path, params=params)
         assert resp.status == status, (path, params)
         assert (await resp.json())["error"]["id"] == error_id
+
+
+CALLS = [{"time": "2026-12-01T09:00:00+09:00", "caller": "09012345678", "talk_s": 10},
+         {"time": "2026-12-01T10:00:00+09:00", "caller": "09012345678", "talk_s": 600}]
+
+
+async def test_simulate_replays_the_calls(aiohttp_client: Any) -> None:
+    client: TestClient[Any, Any] = await aiohttp_client(_app())
+    resp = await client.post("/v1/rates/simulate", json={"calls": CALLS, "worst": 5})
+    assert resp.status == 200
+    body = await resp.json()
+    # kept: 10 + 300 JPY; called back: 0.1398 USD x 150 a minute, 60/60: 20.97 + 209.70
+    assert (body["keep"], body["callback"], body["project"]) == \
+        ("310.0000", "230.6700", "230.6700")
+    assert (body["regret"], body["regret_calls"]) == ("10.9700", 1)
+    assert body["worst"] == [{"call": 0, "regret": "10.9700"}]
+    assert body["by_class"]["mobile"] == {"calls": 2, "keep": "310.0000",
+                                          "project": "230.6700", "saving": "79.3300"}
+    assert sum(h["calls"] for h in body["by_hour"]) == 2
+
+
+async def test_simulate_refuses_bad_bodies_with_the_field(aiohttp_client: Any) -> None:
+    client: TestClient[Any, Any] = await aiohttp_client(_app())
+    bad_time = [{**CALLS[0], "time": "2026-12-01T09:00:00"}]
+    cases = [({"calls": []}, 400, "rates-parameter-invalid", "calls must be"),
+             ({"calls": bad_time}, 400, "rates-parameter-invalid", "calls[0]: "),
+             ({"calls": [{**CALLS[0], "talk_s": -1}]}, 400, "rates-parameter-invalid",
+              "calls[0]: talk_s"),
+             ({"calls": [{**CALLS[0], "talk_s": True}]}, 400, "rates-parameter-invalid",
+              "calls[0]: "),
+             ({"calls": CALLS, "extra": 1}, 400, "rates-parameter-invalid", "extra"),
+             ({"calls": CALLS, "announce_mode": "x"}, 400, "rates-parameter-invalid",
+              "announce_mode"),
+             ({"calls": CALLS, "inbound_tariff": "carrier-a"}, 404, "rates-tariff-unknown",
+              "carrier-a")]
+    for body, status, error_id, message in cases:
+        resp = await client.post("/v1/rates/simulate", json=body)
+        assert resp.status == status, body
+        error = (await resp.json())["error"]
+        assert error["id"] == error_id and message in error["message"], (body, error)
