@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from callback_server.intake import CallbackIntake
@@ -50,6 +49,7 @@ from callback_server.schemas import (
 from callback_server.store import CallbackStore
 from shared import logs
 from shared.config import Merchant
+from shared.db import CONNECTION_ERRORS
 from shared.http import (
     HEALTH_KEY,
     MAX_BODY_BYTES,
@@ -89,8 +89,6 @@ from shared.signing import MAX_MESSAGE_ID, Verifier
 
 log = logging.getLogger("callback.http")
 
-DB_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-             asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError)
 
 
 STORE_KEY = web.AppKey("callback_store", CallbackStore)
@@ -243,7 +241,7 @@ async def get_callback(request: web.Request) -> web.Response:
     callback_id = request.match_info["callback_id"]
     try:
         row = await _store(request).get(callback_id)
-    except DB_ERRORS:
+    except CONNECTION_ERRORS:
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     if row is None or row["merchant_id"] != merchant_id:
         raise ApiError(404, "not-found", f"no call-back {callback_id!r}")
@@ -258,7 +256,7 @@ async def healthz(request: web.Request) -> web.Response:
         await store.pool.fetchval("SELECT 1")
     except KeyError:
         database = "not connected"
-    except DB_ERRORS as exc:
+    except CONNECTION_ERRORS as exc:
         database = f"unavailable: {type(exc).__name__}"
     body = {"status": "ok" if database == "ok" else "degraded", "database": database,
             "ari": health.ari_state(), **health.extra()}

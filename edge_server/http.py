@@ -37,6 +37,7 @@ from edge_server.reports import (
     save_report,
 )
 from shared.config import Merchant
+from shared.db import CONNECTION_ERRORS
 from shared.http import (
     HEALTH_KEY,
     MAX_BODY_BYTES,
@@ -72,8 +73,6 @@ log = logging.getLogger("edge.http")
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 _LIST_PARAMS = frozenset({"since", "until", "limit", "cursor"})
-_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-              asyncpg.CannotConnectNowError, TimeoutError)
 
 
 POOL_KEY = web.AppKey("edge_pool", asyncpg.Pool)
@@ -112,7 +111,7 @@ async def link_events(request: web.Request) -> web.Response:
             status, body = await accept_once(
                 conn, mid, str(data["kind"]),
                 lambda c: save_report(c, report, learn_call_lengths=learn))
-    except _DB_ERRORS as exc:
+    except CONNECTION_ERRORS as exc:
         log.warning("link event %s not stored: %s", mid, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(body, status=status)
@@ -143,7 +142,7 @@ async def _list(request: web.Request, table: str) -> web.Response:
     q = parse_list_query(authenticated_merchant(request), request.rel_url.query)
     try:
         page = await list_rows(_pool(request), table, q)
-    except _DB_ERRORS as exc:
+    except CONNECTION_ERRORS as exc:
         log.warning("listing %s failed: %s", table, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(page.to_json())
@@ -157,13 +156,17 @@ async def list_cdrs(request: web.Request) -> web.Response:
     return await _list(request, "cdrs")
 
 
+#: what /healthz reports as the database being down
+_HEALTH_ERRORS: tuple[type[BaseException], ...] = (ApiError, *CONNECTION_ERRORS)
+
+
 async def healthz(request: web.Request) -> web.Response:
     health = request.app[HEALTH_KEY]
     body: dict[str, Any] = {"ari": health.ari_state(), **health.extra()}
     try:
         await _pool(request).fetchval("SELECT 1")
         body["database"] = "up"
-    except (ApiError, *_DB_ERRORS) as exc:
+    except _HEALTH_ERRORS as exc:
         body["database"] = f"down: {exc}"
     body["status"] = "ok" if body["database"] == "up" and body["ari"] == "connected" \
         else "degraded"

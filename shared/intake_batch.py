@@ -63,6 +63,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 
 from shared import logs
+from shared.db import CONNECTION_ERRORS
 from shared.http import ApiError
 
 log = logging.getLogger("shared.intake_batch")
@@ -70,13 +71,6 @@ log = logging.getLogger("shared.intake_batch")
 Answer = tuple[int, dict[str, Any]]
 T = TypeVar("T")
 
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
 
 
 class IntakeFailed(ApiError):
@@ -287,7 +281,7 @@ class GroupCommit(Generic[T]):
         self.messages += len(batch)
         try:
             await self._write_on_held(batch)
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("intake batch of %d failed, database unreachable: %s", len(batch), reason)
             for pending in batch:
@@ -312,7 +306,7 @@ class GroupCommit(Generic[T]):
                 continue
             try:
                 await self._write_on_held([pending])
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("intake of %s %s failed, database unreachable: %s: %s", self.kind,
                             pending.message_id, type(exc).__name__, exc)
                 self._settle_error(pending, f"{type(exc).__name__}: {exc}")

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import asyncpg
 import tenacity
 
+from shared.db import CONNECTION_ERRORS
+
 if TYPE_CHECKING:
     from callback_server.guard.service import Guard
 
@@ -32,10 +34,6 @@ def fact_message_id(kind: str, key: str) -> str:
     return str(uuid.uuid5(_NS, f"{kind}:{key}"))
 
 
-# Connection-level failures: the database restarting, a network blip. Not SQL errors.
-DB_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError)
 LIVE_CALL_WRITE_RETRY_S = 60.0
 
 P = ParamSpec("P")
@@ -55,7 +53,7 @@ def survives_database_restarts(fn: Callable[P, Coroutine[Any, Any, T]]
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         async for attempt in tenacity.AsyncRetrying(
-                retry=tenacity.retry_if_exception_type(DB_CONNECTION_ERRORS),
+                retry=tenacity.retry_if_exception_type(CONNECTION_ERRORS),
                 wait=tenacity.wait_exponential(multiplier=0.2, max=5),
                 stop=tenacity.stop_after_delay(LIVE_CALL_WRITE_RETRY_S), reraise=True,
                 before_sleep=lambda rs: log.warning(
