@@ -22,6 +22,7 @@ from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
 from callback_server.ivr_flow import Flow
 from callback_server.legrecord import LegRecord
 from shared import ari
+from shared.language import Language
 from shared.money import Money
 from shared.phone import E164
 
@@ -74,7 +75,7 @@ class AriPort(Protocol):
                         variables: Mapping[str, str] | None = None) -> ari.Channel: ...
     async def hangup(self, channel_id: str, *, reason: str | None = None) -> None: ...
     async def play(self, channel_id: str, media: tuple[str, ...] | list[str], *,
-                   playback_id: str | None = None) -> ari.Playback: ...
+                   playback_id: str | None = None, lang: str | None = None) -> ari.Playback: ...
     async def stop_playback(self, playback_id: str) -> None: ...
     async def create_bridge(self, bridge_id: str, *, type: str = "mixing") -> ari.Bridge: ...
     async def add_channel(self, bridge_id: str, channel_ids: str | list[str]) -> None: ...
@@ -91,6 +92,8 @@ class CallContext:
     #: the caller's hang-up at the edge (else their arrival): the first originate of the
     #: job observes ``cbgw_callback_latency_seconds`` from it; None: not observed
     hungup_at: datetime | None = None
+    #: the merchant's language: every prompt plays as ``sound:`` of that language
+    language: Language = Language.JAPANESE
 
 
 Inbox = asyncio.Queue[object]

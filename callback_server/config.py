@@ -16,6 +16,7 @@ from callback_server.dialer_messages import Route
 from callback_server.guard.settings import GuardSettings
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
 from callback_server.worker import WorkerSettings
+from ivr_platform.prompts import SYSTEM_PROMPTS
 from shared.config import (
     AriSettings,
     ConfigError,
@@ -28,6 +29,7 @@ from shared.config import (
     load,
     root,
 )
+from shared.language import Language
 from shared.link_policy import PeerSettings
 from shared.outbox_operator import OperatorSettings
 from shared.site import RatesSettings, SiteCommon
@@ -35,8 +37,8 @@ from shared.site import RatesSettings, SiteCommon
 ENV_PREFIX = "CALLBACK"
 DEFAULT_DATABASE = "cbgw_callback"
 DEFAULT_PORT = 9443
-#: the prompts ``deploy/asterisk`` installs as ``sound:cbgw/<name>`` (``<name>.txt``)
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prompts" / "en"
+#: ``sound:cbgw/<name>``: a system prompt (:data:`ivr_platform.prompts.SYSTEM_PROMPTS`,
+#: installed by ``deploy/asterisk`` in every language) or one in ``[callback] prompts_dir``
 PROMPT_PREFIX = "sound:cbgw/"
 
 
@@ -57,7 +59,8 @@ class CallbackBehaviour:
     lease_s: int
     flows_dir: Path
     static_routes: tuple[StaticRoute, ...]
-    prompts_dir: Path = PROMPTS_DIR    # where each sound:cbgw/<name> a flow plays must be
+    #: more prompts than the system ones: ``<prompts_dir>/<language>/<name>.*``
+    prompts_dir: Path | None = None
 
     @classmethod
     def parse(cls, s: Section) -> CallbackBehaviour:
@@ -81,7 +84,7 @@ class CallbackBehaviour:
             lease_s=lease_s,
             flows_dir=s.path_value("flows_dir") if s.has("flows_dir") else FLOWS_DIR,
             static_routes=tuple(routes),
-            prompts_dir=s.path_value("prompts_dir") if s.has("prompts_dir") else PROMPTS_DIR)
+            prompts_dir=s.path_value("prompts_dir") if s.has("prompts_dir") else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,8 @@ class CallbackSettings:
     def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
              check_files: bool = False) -> CallbackSettings:
         """The settings; with ``check_files``, also every file ``serve`` will open loads
-        and every prompt the merchants' flows play is in ``[callback] prompts_dir``."""
+        and every prompt the merchants' flows play is there in the merchant's language (a
+        system prompt, or one in ``[callback] prompts_dir``)."""
         source = load(path, ENV_PREFIX, environ)
         top = root(source)
         common = SiteCommon.parse(top, path, app="callback", default_database=DEFAULT_DATABASE,
@@ -146,22 +150,26 @@ class CallbackSettings:
 
 
 def _prompt_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
-                     prompts_dir: Path) -> list[tuple[str, str]]:
+                     prompts_dir: Path | None) -> list[tuple[str, str]]:
     """``(merchants[i].ivr_flow, problem)`` for each ``sound:cbgw/<name>`` its flow plays
-    that ``prompts_dir`` has no ``<name>.*`` for (a recording or its text)."""
-    have = {p.stem for p in prompts_dir.iterdir()} if prompts_dir.is_dir() else set()
+    that is neither a system prompt nor in ``prompts_dir/<language>/`` as ``<name>.*`` (a
+    recording or its text), for the merchant's language."""
     problems = []
-    seen: set[str] = set()
+    seen: set[tuple[str, Language]] = set()
     for i, m in enumerate(merchants):
-        if m.ivr_flow in seen:
+        if (m.ivr_flow, m.language) in seen:
             continue
-        seen.add(m.ivr_flow)
+        seen.add((m.ivr_flow, m.language))
+        own = prompts_dir / m.language.value if prompts_dir is not None else None
+        have = set(SYSTEM_PROMPTS) | (
+            {p.stem for p in own.iterdir()} if own is not None and own.is_dir() else set())
         missing = sorted({media.removeprefix(PROMPT_PREFIX) for media in _media(flows[m.ivr_flow])
                           if media.startswith(PROMPT_PREFIX)} - have)
         if missing:
+            where = f"the system prompts or {own}" if own is not None else "the system prompts"
             problems.append((f"merchants[{i}].ivr_flow",
-                             f"flow {m.ivr_flow!r} plays prompts not in {prompts_dir} "
-                             f"([callback] prompts_dir): {', '.join(missing)}"))
+                             f"flow {m.ivr_flow!r} plays prompts in {m.language.value!r} "
+                             f"not in {where} ([callback] prompts_dir): {', '.join(missing)}"))
     return problems
 
 

@@ -59,7 +59,8 @@ class IvrRunner:
         customer = self.customer()
         if isinstance(cmd, ivr.Play) and customer is not None:
             await safely(self.client.play(customer, list(cmd.media),
-                                          playback_id=cmd.playback_id))
+                                          playback_id=cmd.playback_id,
+                                          lang=self.ctx.language.value))
         elif isinstance(cmd, ivr.StopPlayback):
             await safely(self.client.stop_playback(cmd.playback_id))
         elif isinstance(cmd, ivr.StartTimer):

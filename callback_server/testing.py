@@ -68,8 +68,8 @@ class FakeAri:
             asyncio.get_running_loop().call_soon(self.router.dispatch, event)
 
     async def play(self, channel_id: str, media: tuple[str, ...] | list[str], *,
-                   playback_id: str | None = None) -> ari.Playback:
-        self.calls.append(("play", (channel_id, tuple(media), playback_id)))
+                   playback_id: str | None = None, lang: str | None = None) -> ari.Playback:
+        self.calls.append(("play", (channel_id, tuple(media), playback_id, lang)))
         return ari.Playback(id=playback_id or "pb", target_uri=f"channel:{channel_id}")
 
     async def stop_playback(self, playback_id: str) -> None:

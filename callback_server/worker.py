@@ -244,7 +244,7 @@ class Worker:
         log.info("job claimed, round %d/%d: routes %s", job.attempt_no,
                  job.policy.max_attempts, [r.carrier_id for r in routes])
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
-                          self.flows[merchant.ivr_flow], claimed.hungup_at)
+                          self.flows[merchant.ivr_flow], claimed.hungup_at, merchant.language)
         runner = CallRunner(job, ctx, client=self.client, router=self.router,
                             store=self.store, rater=self.rater, guard=self.guard,
                             records=self.settler.records if self.settler else None)

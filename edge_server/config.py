@@ -123,6 +123,7 @@ class EdgeSettings:
                 callback_when_unrated=self.edge.per_merchant_unrated.get(
                     m.id, self.edge.callback_when_unrated),
                 operator_extension=m.operator,
+                language=m.language,
                 destinations=policy)
             for number in m.numbers:
                 table[number] = settings

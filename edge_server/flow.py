@@ -226,7 +226,8 @@ def _refuse(event: CallArrived, merchant: MerchantSettings, dialed: E164, outcom
     if mode is AnnounceMode.ANSWER:
         commands.append(Answer())
     commands += [StartTimer(TimerName.REFUSAL, event.timings.refusal_guard_s),
-                 Play(PROMPT_DIAL_186, early=mode is AnnounceMode.EARLY_MEDIA)]
+                 Play(PROMPT_DIAL_186, early=mode is AnnounceMode.EARLY_MEDIA,
+                      language=merchant.language)]
     return Refusing(event.channel_id, mode, outcome), commands
 
 
@@ -330,10 +331,10 @@ def _announce(call: Call, request_id: str) -> Result:
     commands: list[Command] = [CancelTimer(TimerName.STORE)]
     if call.merchant.announce_mode is AnnounceMode.ANSWER:
         commands += [Answer(), StartTimer(TimerName.ANNOUNCE, call.timings.answer_guard_s),
-                     Play(PROMPT_RECEIVED, early=False)]
+                     Play(PROMPT_RECEIVED, early=False, language=call.merchant.language)]
     else:
         commands += [StartTimer(TimerName.ANNOUNCE, call.timings.early_media_guard_s),
-                     Play(PROMPT_RECEIVED, early=True)]
+                     Play(PROMPT_RECEIVED, early=True, language=call.merchant.language)]
     return Announcing(call, request_id), commands
 
 

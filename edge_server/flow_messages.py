@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from shared.destination import Policy
+from shared.language import Language
 from shared.phone import E164, CallerIdRefusal
 
 PROMPT_RECEIVED = "sound:cbgw/received"
@@ -68,6 +69,7 @@ class MerchantSettings:
     announce_mode: AnnounceMode = AnnounceMode.EARLY_MEDIA
     callback_when_unrated: bool = True
     operator_extension: str = "operator"
+    language: Language = Language.JAPANESE   # of the prompts the caller hears
     # Who may be called back at all: the same policy the callback site's guard applies.
     destinations: Policy = field(default_factory=Policy)
 
@@ -182,6 +184,7 @@ class CancelRequest:
 class Play:
     media: str
     early: bool  # True: the channel is not answered; the prompt goes out as early media
+    language: Language = Language.JAPANESE   # Asterisk plays sounds/<language>/<media>
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from edge_server.flow_messages import (
 from edge_server.metrics import OUTCOME_CLASS, UNKNOWN_MERCHANT
 from edge_server.metrics import edge as edge_metrics
 from shared import ari, logs
+from shared.language import Language
 from shared.phone import E164, InvalidNumber, normalise
 
 log = logging.getLogger("edge.stasis")
@@ -249,8 +250,8 @@ class CallSession:
                 self._spawn(self._decide(command), "decide")
             case StoreRequest():
                 self._spawn(self._store(command), "store")
-            case Play(media=media):
-                await self._play(media)
+            case Play(media=media, language=language):
+                await self._play(media, language)
             case Answer():
                 await self._ari_step("answer", deps.ari.answer(cid))
             case Hangup(reason=reason):
@@ -295,11 +296,12 @@ class CallSession:
             return
         self.inbox.put_nowait(RequestStored(request_id))
 
-    async def _play(self, media: str) -> None:
+    async def _play(self, media: str, language: Language) -> None:
         playback_id = next(self._playback_ids)
         self._playback = playback_id
         try:
-            await self.deps.ari.play(self.channel_id, [media], playback_id=playback_id)
+            await self.deps.ari.play(self.channel_id, [media], playback_id=playback_id,
+                                     lang=language.value)
         except ari.ChannelNotFound:
             log.info("gone before %s could play", media)
             self.inbox.put_nowait(CallerHungUp())

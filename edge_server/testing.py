@@ -64,7 +64,7 @@ class FakeAri:
 
     async def play(self, channel_id: str, media: Sequence[str], *,
                    playback_id: str | None = None, lang: str | None = None) -> ari.Playback:
-        self._record("play", channel_id, ",".join(media))
+        self._record("play", channel_id, f"{','.join(media)} lang={lang}")
         return ari.Playback(id=playback_id or "pb", media_uri=",".join(media),
                             target_uri=f"channel:{channel_id}", state="queued")
 

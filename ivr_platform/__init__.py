@@ -1,13 +1,15 @@
 """Building blocks of the Japanese IVR platform (Japanese first, English second).
 
-Each module is one role; none of them is wired into the servers yet (see the "IVR
-platform" section of docs/CONTRACTS.md):
+Each module is one role (see the "IVR platform" section of docs/CONTRACTS.md); the
+servers use :mod:`ivr_platform.prompts` (the system prompts) and, at install,
+:mod:`ivr_platform.tts` renders them:
 
 * :mod:`ivr_platform.hours`, :mod:`ivr_platform.hours_config`: business hours, Japanese
   public holidays and special days, in Asia/Tokyo (pure);
   :mod:`ivr_platform.hours_speech`: what the IVR says out of hours (pure).
 * :mod:`ivr_platform.speech`: how numbers, yen, phone numbers, durations, times and
   dates are read aloud, in Japanese and English (pure).
+* :mod:`ivr_platform.prompts`: the system prompts' texts, Japanese and English.
 * :mod:`ivr_platform.tts`: prompts rendered by Open JTalk (Japanese) or espeak-ng
   (English) into 8 kHz 16-bit mono WAV files, cached by a hash of what was asked.
 * :mod:`ivr_platform.sms` (segments and statuses, pure), :mod:`ivr_platform.sms_twilio`
@@ -20,5 +22,5 @@ platform" section of docs/CONTRACTS.md):
   :mod:`ivr_platform.notify_mail` (SMTP).
 * :mod:`ivr_platform.delivery`: one HTTP call to a provider and the errors all adapters
   raise (``Rejected``: never again as it is; ``Unavailable``: may be tried again).
-* :mod:`ivr_platform.cli`: ``python -m ivr_platform hours|say|sms-count``.
+* :mod:`ivr_platform.cli`: ``python -m ivr_platform hours|say|prompts|sms-count``.
 """

@@ -3,13 +3,17 @@
     python -m ivr_platform hours hours.toml --at 2026-05-04T10:00 [--number 03-1234-5678]
     python -m ivr_platform say "お電話ありがとうございます。" [--lang ja] [--cache DIR]
     python -m ivr_platform sms-count "ご予約ありがとうございます。"
+    python -m ivr_platform prompts [--cache DIR]
 
 ``hours`` reads the ``[hours]`` table of a file (the format of
 :mod:`ivr_platform.hours_config`) and prints, for ``--at`` (ISO 8601; without a zone it
 is Tokyo time; default now), whether the line is open, why, when it opens next and what
 the IVR would say. ``say`` renders a prompt into the cache (default
 ``/var/cache/cbgw/prompts``) and prints its file, ``sound:`` URI and length.
-``sms-count`` prints the encoding and the messages a text is billed as.
+``prompts`` renders every system prompt (:mod:`ivr_platform.prompts`) in every
+language into the cache and prints ``{language: {name: file}}`` (what
+``deploy/asterisk/instance.py install`` copies into each site). ``sms-count`` prints the
+encoding and the messages a text is billed as.
 
 Output is JSON. Exit status: 0 ok, 2 bad input (a config error names file, line and
 key), 1 a missing engine or a failing one.
@@ -30,10 +34,12 @@ from typing import Any
 from ivr_platform.hours import TOKYO
 from ivr_platform.hours_config import parse_merchant_hours
 from ivr_platform.hours_speech import closed_announcement
+from ivr_platform.prompts import SYSTEM_PROMPTS
 from ivr_platform.sms import count
-from ivr_platform.speech import Language, reading
+from ivr_platform.speech import reading
 from ivr_platform.tts import PromptCache, TtsError
 from shared.config import ConfigError, Section, load
+from shared.language import Language
 from shared.phone import InvalidNumber, normalise
 from shared.timeutil import TimestampError, parse_timestamp
 
@@ -52,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("--lang", choices=[v.value for v in Language], default="ja")
     say.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    prompts = verbs.add_parser("prompts", help="render every system prompt, both languages")
+    prompts.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     sms = verbs.add_parser("sms-count", help="the messages an SMS text is billed as")
     sms.add_argument("text")
     return p
@@ -86,6 +94,21 @@ def _say(args: argparse.Namespace) -> dict[str, Any]:
     return {"path": str(path), "uri": PromptCache.media_uri(path), "seconds": round(seconds, 2)}
 
 
+def _prompts(args: argparse.Namespace) -> dict[str, Any]:
+    cache = PromptCache(args.cache)
+    wanted = [(language, name, prompt.text(language))
+              for language in Language for name, prompt in SYSTEM_PROMPTS.items()]
+
+    async def render() -> list[Path]:
+        return list(await asyncio.gather(*(cache.get(text, language)
+                                           for language, _, text in wanted)))
+
+    files: dict[str, dict[str, str]] = {language.value: {} for language in Language}
+    for (language, name, _), path in zip(wanted, asyncio.run(render()), strict=True):
+        files[language.value][name] = str(path)
+    return files
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -93,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _hours(args)
         elif args.verb == "say":
             result = _say(args)
+        elif args.verb == "prompts":
+            result = _prompts(args)
         else:
             counted = count(args.text)
             result = {"encoding": counted.encoding.value, "units": counted.units,

@@ -15,7 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from ivr_platform.hours import TOKYO, BusinessHours, Status
-from ivr_platform.speech import Language, Reading
+from ivr_platform.speech import Reading
+from shared.language import Language
 
 _WHY = {
     Language.JAPANESE: {

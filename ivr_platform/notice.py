@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Protocol
 
 from ivr_platform.hours import TOKYO
-from ivr_platform.speech import Language, display_number
+from ivr_platform.speech import display_number
+from shared.language import Language
 from shared.phone import E164
 
 _LABELS = {

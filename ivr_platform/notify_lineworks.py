@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ivr_platform.delivery import Rejected, Unavailable, call, check_url, json_object
 from ivr_platform.notice import CallNotice
-from ivr_platform.speech import Language
+from shared.language import Language
 
 AUTH_URL = "https://auth.worksmobile.com/oauth2/v2.0/token"
 API_BASE = "https://www.worksapis.com/v1.0"

@@ -17,7 +17,7 @@ from email.utils import formatdate, make_msgid
 
 from ivr_platform.delivery import Rejected, Unavailable
 from ivr_platform.notice import CallNotice
-from ivr_platform.speech import Language
+from shared.language import Language
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import aiohttp
 
 from ivr_platform.delivery import Rejected, call, check_url, json_object
 from ivr_platform.notice import CallNotice
-from ivr_platform.speech import Language
+from shared.language import Language
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,20 +17,15 @@ Open JTalk reads right (tests/integration/test_ivr_tts.py checks its phonemes):
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import date, time
 from typing import Protocol
 
 import phonenumbers
 
+from shared.language import Language
 from shared.money import Money
 from shared.phone import E164
-
-
-class Language(enum.StrEnum):
-    JAPANESE = "ja"
-    ENGLISH = "en"
 
 
 class Reading(Protocol):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ivr_platform.speech import Language
+from shared.language import Language
 
 #: bump when the rendering changes (sox options, format): every key changes with it
 RENDER_VERSION = 1

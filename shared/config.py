@@ -40,6 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shared.language import Language
 from shared.phone import E164, InvalidNumber, normalise
 
 E = TypeVar("E", bound=enum.Enum)
@@ -566,6 +567,8 @@ class Merchant:
     operator: str
     api_token_sha256: str | None
     call_lengths: CallLengthSettings = CallLengthSettings()
+    #: the language of every prompt the merchant's callers hear (edge and call-back IVR)
+    language: Language = Language.JAPANESE
 
     @classmethod
     def parse(cls, s: Section) -> Merchant:
@@ -598,6 +601,7 @@ class Merchant:
             operator=s.str("operator", "operator", pattern=r"[A-Za-z0-9_-]+"),
             api_token_sha256=token,
             call_lengths=CallLengthSettings.parse(s.section("call_lengths")),
+            language=s.enum("language", Language, Language.JAPANESE),
         )
 
 

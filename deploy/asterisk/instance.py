@@ -19,26 +19,26 @@ spool, lib and data directories::
 
     ROOT/etc/asterisk-SITE/*.conf            owned asterisk:asterisk, 0640
     ROOT/var/lib/asterisk-SITE/data/         astdatadir: links to /usr/share/asterisk
-        sounds/en/cbgw/<name>.wav            prompts from deploy/prompts/en/<name>.txt
+        sounds/LANG/cbgw/<name>.wav          the system prompts (ivr_platform/prompts.py),
+                                             LANG ja and en
     ROOT/run/asterisk-SITE/asterisk.pid, asterisk.ctl
     ROOT/var/log/asterisk-SITE/{messages,full}.log
 
-Every command is idempotent. Standard library only, so it runs before any
-virtualenv exists.
+Every command is idempotent. Standard library only; ``install`` renders the prompts with
+``python -m ivr_platform prompts`` run by the interpreter running this tool (the
+project's virtualenv: Open JTalk for Japanese, espeak-ng for English).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -46,13 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROMPTS_DIR = HERE.parent / "prompts"
+REPO = HERE.parent.parent
 PROVISION_SCRIPT = HERE / "provision-root.sh"
 DEFAULT_ROOT = Path(os.environ.get("CBGW_ASTERISK_ROOT", "/var/cache/cbgw/asterisk-sid"))
 MARKER = ".cbgw-provisioned"
 SHARE = "/usr/share/asterisk"
-# Bump when the rendering pipeline changes so cached prompts are re-rendered.
-PROMPT_RENDER_VERSION = "espeak-ng:en-us:s175|sox:8000:1:16|pad0.25"
+#: the languages prompts are installed in (``sounds/LANG/cbgw``); ARI ``play?lang=`` picks one
+LANGUAGES = ("ja", "en")
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -209,9 +209,8 @@ def install(site: Site) -> bool:
     make_dir(site.host(dirs["astspooldir"]) / "tmp", uid, gid)
     changed = install_configs(site, site.host(dirs["astetcdir"]), uid, gid)
     link_data_dir(site, dirs["astdatadir"], uid, gid)
-    sounds = site.host(dirs["astdatadir"]) / "sounds/en/cbgw"
-    make_dir(sounds, uid, gid)
-    render_prompts(site.root, sounds, uid, gid)
+    sounds = site.host(dirs["astdatadir"]) / "sounds"
+    install_prompts(render_prompts(site.root), sounds, uid, gid)
     log(f"installed {site.name} into {site.host(dirs['astetcdir'])}")
     return changed
 
@@ -265,7 +264,8 @@ def link_data_dir(site: Site, datadir: str, uid: int, gid: int) -> None:
     """Make a per-instance astdatadir that is /usr/share/asterisk plus our prompts.
 
     Everything is a symlink into the package's data dir except the real
-    directories ``sounds/`` and ``sounds/en/`` (which also hold ``cbgw/``).
+    directories ``sounds/`` and ``sounds/LANG/`` for each of :data:`LANGUAGES` (which
+    also hold ``cbgw/``; ``en`` links Asterisk's own English sounds).
     """
     root = site.root
     data = site.host(datadir)
@@ -275,64 +275,51 @@ def link_data_dir(site: Site, datadir: str, uid: int, gid: int) -> None:
     sounds = data / "sounds"
     make_dir(sounds, uid, gid)
     for entry in sorted((root / f"{SHARE}/sounds".lstrip("/")).iterdir()):
-        if entry.name != "en":
+        if entry.name not in LANGUAGES:
             ensure_symlink(sounds / entry.name, f"{SHARE}/sounds/{entry.name}")
-    en_inner = resolve_in_root(root, f"{SHARE}/sounds/en")
-    en = sounds / "en"
-    if en.is_symlink():
-        en.unlink()
-    make_dir(en, uid, gid)
-    for entry in sorted(site.host(en_inner).iterdir()):
-        ensure_symlink(en / entry.name, f"{en_inner}/{entry.name}")
+    for language in LANGUAGES:
+        inner = resolve_in_root(root, f"{SHARE}/sounds/{language}")
+        lang_dir = sounds / language
+        if lang_dir.is_symlink():
+            lang_dir.unlink()
+        make_dir(lang_dir, uid, gid)
+        if site.host(inner).is_dir():
+            for entry in sorted(site.host(inner).iterdir()):
+                ensure_symlink(lang_dir / entry.name, f"{inner}/{entry.name}")
 
 
 # --------------------------------------------------------------------------- prompts
 
 
-def prompt_hash(text: str) -> str:
-    return hashlib.sha256(f"{PROMPT_RENDER_VERSION}\n{text}".encode()).hexdigest()
+def render_prompts(root: Path) -> dict[str, dict[str, Path]]:
+    """Every system prompt in every language: ``{language: {name: rendered wav}}``.
 
-
-def render_prompts(root: Path, dest: Path, uid: int, gid: int, lang: str = "en") -> None:
-    """Render deploy/prompts/LANG/*.txt to 8 kHz 16-bit mono wav in ``dest``.
-
-    Rendered files are cached by content hash in ROOT/var/cache/cbgw-prompts,
-    so a second install (or the other site) only copies.
-    """
-    sources = sorted((PROMPTS_DIR / lang).glob("*.txt"))
-    if not sources:
-        raise InstanceError(f"no prompt texts in {PROMPTS_DIR / lang}")
+    ``python -m ivr_platform prompts`` renders them (ivr_platform/tts.py, cached by a hash
+    of the text and voice in ROOT/var/cache/cbgw-prompts, so a second install or the
+    other site only copies)."""
     cache = root / "var/cache/cbgw-prompts"
-    cache.mkdir(parents=True, exist_ok=True)
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None and any(
-            not (cache / f"{prompt_hash(s.read_text().strip())}.wav").is_file() for s in sources
-        ):
-            raise InstanceError(f"{tool} is not installed (apt-get install espeak-ng sox)")
-    wanted = set()
-    for src in sources:
-        text = src.read_text().strip()
-        cached = cache / f"{prompt_hash(text)}.wav"
-        if not cached.is_file():
-            synthesise(text, cached)
-            log(f"  rendered prompt {src.stem}")
-        wanted.add(f"{src.stem}.wav")
-        write_if_changed(dest / f"{src.stem}.wav", cached.read_bytes(), uid, gid, 0o640)
-    for stale in dest.glob("*.wav"):
-        if stale.name not in wanted:
-            stale.unlink()
+    result = subprocess.run([sys.executable, "-m", "ivr_platform", "prompts", "--cache",
+                             str(cache)], cwd=REPO, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise InstanceError(f"rendering the prompts failed ({sys.executable} -m ivr_platform "
+                            f"prompts): {result.stderr.strip()[-500:]}")
+    rendered: dict[str, dict[str, str]] = json.loads(result.stdout)
+    return {language: {name: Path(path) for name, path in files.items()}
+            for language, files in rendered.items()}
 
 
-def synthesise(text: str, out: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "175", "-w", str(raw), text],
-                       check=True, capture_output=True)
-        part = Path(tmp) / "out.wav"
-        subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16",
-                        "-e", "signed-integer", str(part), "pad", "0", "0.25"],
-                       check=True, capture_output=True)
-        shutil.move(str(part), out)
+def install_prompts(rendered: dict[str, dict[str, Path]], sounds: Path, uid: int,
+                    gid: int) -> None:
+    """Copy the rendered prompts to ``sounds/LANG/cbgw/<name>.wav``; drop stale ones."""
+    for language, files in rendered.items():
+        dest = sounds / language / "cbgw"
+        make_dir(dest, uid, gid)
+        for name, path in files.items():
+            if write_if_changed(dest / f"{name}.wav", path.read_bytes(), uid, gid, 0o640):
+                log(f"  prompt {language}/{name}")
+        for stale in dest.glob("*.wav"):
+            if stale.stem not in files:
+                stale.unlink()
 
 
 # --------------------------------------------------------------------------- run state

@@ -15,6 +15,7 @@ import pytest
 
 from demo.stack import CALL_CENTER_TOKEN, MerchantOptions, Stack
 from tests import prom
+from tests.harness.asterisk import prompt_seconds
 from tests.harness.sipp import SipMessage, SippRole
 
 CUSTOMER = "09012345678"
@@ -78,6 +79,13 @@ async def test_early_media_call_back_with_failover_ivr_and_cdr_to_the_edge(
     statuses = phone.statuses_received()
     assert 183 in statuses and statuses[-1] == 486
     assert 200 not in statuses, f"the edge answered the toll-free call: {statuses}"
+    # The announcement is the Japanese one (acme does not set a language): early media
+    # lasts as long as the Japanese prompt, not the (much shorter) English one.
+    messages = phone.dialog_messages()
+    heard = (first(messages, "486").at - first(messages, "183").at).total_seconds()
+    japanese = prompt_seconds(stack.edge_site, "ja", "received")
+    english = prompt_seconds(stack.edge_site, "en", "received")
+    assert abs(heard - japanese) <= 0.5 < abs(heard - english), (heard, japanese, english)
     assert call["caller"] == CUSTOMER_E164 and call["state"] == "released"
 
     # The cheapest carrier got the call-back INVITE for the right number and refused it

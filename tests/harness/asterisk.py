@@ -8,7 +8,7 @@ adds the async helpers tests need::
         await reset(site)                   # hang up every channel, destroy every bridge
         await qualify(site, "carrier-b")    # after starting that SIPp: OPTIONS now, wait online
 
-A missing component (chroot root, asterisk binary, espeak-ng/sox, a port held
+A missing component (chroot root, asterisk binary, Open JTalk/espeak-ng/sox, a port held
 by someone else) raises ``HarnessError`` naming it: tests fail, never skip.
 """
 
@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,9 +113,10 @@ _STARTED: set[str] = set()
 def ensure_running(name: str) -> AsteriskSite:
     """Install (idempotent) and start site ``name``; return how to reach it."""
     root = ensure_root()
-    for program in ("espeak-ng", "sox"):
+    for program, package in (("open_jtalk", "open-jtalk"), ("espeak-ng", "espeak-ng"),
+                             ("sox", "sox")):
         if shutil.which(program) is None:
-            raise HarnessError(f"{program} is not installed (apt-get install espeak-ng sox); "
+            raise HarnessError(f"{program} is not installed (apt-get install {package}); "
                                "it renders the prompts")
     tool = instance_tool()
     try:
@@ -133,6 +135,16 @@ def ensure_running(name: str) -> AsteriskSite:
     return AsteriskSite(name=name, root=root, ari_url=site.ari_url, username=user,
                         password=password, app=user, sip_port=SIP_PORTS.get(name, 0),
                         version=version)
+
+
+def prompt_seconds(site: AsteriskSite, language: str, name: str) -> float:
+    """How long the installed prompt ``sound:cbgw/<name>`` in ``language`` plays."""
+    tool = instance_tool()
+    installed = tool.load_site(site.name, site.root)
+    path = (installed.host(installed.directories()["astdatadir"])
+            / "sounds" / language / "cbgw" / f"{name}.wav")
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes() / w.getframerate()
 
 
 def stop(name: str) -> None:

@@ -28,7 +28,7 @@ from ivr_platform.notify_webhooks import (
     TeamsWorkflowWebhook,
     WebhookSettings,
 )
-from ivr_platform.speech import Language
+from shared.language import Language
 from shared.phone import normalise
 from tests.harness.smtp import free_port, smtp_server
 from tests.integration.fake_chat import (

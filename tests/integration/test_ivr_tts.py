@@ -20,8 +20,9 @@ import pytest
 from ivr_platform.cli import main
 from ivr_platform.hours import TOKYO, BusinessHours, Window
 from ivr_platform.hours_speech import closed_announcement
-from ivr_platform.speech import ENGLISH, JAPANESE, Language
+from ivr_platform.speech import ENGLISH, JAPANESE
 from ivr_platform.tts import EngineMissing, EspeakVoice, OpenJTalkVoice, PromptCache
+from shared.language import Language
 from shared.phone import normalise
 
 SHORT = "お電話ありがとうございます。"

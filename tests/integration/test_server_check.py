@@ -4,7 +4,6 @@ status 2, no traceback. ``--log-level`` takes only the logging levels."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,13 +102,19 @@ def test_check_refuses_a_flow_whose_prompts_are_not_there(
     code, err = _check("callback", config, capsys)
     assert code == 2
     assert err == (f"config error: {config}:{_line(config, 'ivr_flow = ')}: "
-                   f"merchants[0].ivr_flow: flow 'order' plays prompts not in "
-                   f"{REPO}/deploy/prompts/en ([callback] prompts_dir): farewell\n")
+                   f"merchants[0].ivr_flow: flow 'order' plays prompts in 'ja' not in the "
+                   f"system prompts ([callback] prompts_dir): farewell\n")
     prompts = tmp_path / "prompts"
-    shutil.copytree(REPO / "deploy/prompts/en", prompts)
-    (prompts / "farewell.wav").write_bytes(b"")
+    (prompts / "en").mkdir(parents=True)
+    (prompts / "en" / "farewell.wav").write_bytes(b"")
     config.write_text(config.read_text().replace("# prompts_dir = ", f'prompts_dir = "{prompts}"'
                                                  "\n# "))
+    code, err = _check("callback", config, capsys)   # the merchant speaks Japanese (default)
+    assert code == 2 and err.endswith(
+        f"flow 'order' plays prompts in 'ja' not in the system prompts or {prompts}/ja "
+        "([callback] prompts_dir): farewell\n"), err
+    (prompts / "ja").mkdir()
+    (prompts / "ja" / "farewell.wav").write_bytes(b"")
     assert _check("callback", config, capsys) == (0, "")
 
 

@@ -15,6 +15,7 @@ from callback_server.ivr import Submit
 from callback_server.ivr_flow import load_named
 from callback_server.testing import FakeAri, FixedRater, MemoryStore
 from shared import ari
+from shared.language import Language
 from shared.money import Money
 from shared.phone import E164
 
@@ -29,11 +30,12 @@ def job() -> Job:
 
 
 class Call:
-    def __init__(self, store: MemoryStore | None = None) -> None:
+    def __init__(self, store: MemoryStore | None = None,
+                 language: Language = Language.JAPANESE) -> None:
         self.ari = FakeAri()
         self.store = store or MemoryStore()
         self.runner = CallRunner(job(), CallContext("edge-9", "ntt-freedial",
-                                                    load_named("order")),
+                                                    load_named("order"), language=language),
                                  client=self.ari, router=self.ari.router, store=self.store,
                                  rater=FixedRater())
         self.task: asyncio.Task[Finish | None] | None = None
@@ -70,6 +72,17 @@ def ch(cid: str) -> ari.Channel:
     return ari.Channel(id=cid)
 
 
+async def test_an_english_merchant_ivr_plays_english_prompts() -> None:
+    call = Call(language=Language.ENGLISH)
+    await call.start(A)
+    await call.push(ari.StasisStart(ch("cb-9-01")))
+    await call.keys("cb-9-01", "1")
+    plays = call.ari.named("play")
+    assert [p[1] for p in plays] == [("sound:cbgw/confirm-callback",),
+                                     ("sound:cbgw/welcome-menu",)]
+    assert {p[3] for p in plays} == {"en"}
+
+
 async def test_failover_answer_order_ivr_cdr_and_finish() -> None:
     call = Call()
     call.store.order = call.ari.calls  # type: ignore[assignment]  # one timeline
@@ -90,6 +103,7 @@ async def test_failover_answer_order_ivr_cdr_and_finish() -> None:
     await call.keys("cb-9-02", "1234#")
     await call.keys("cb-9-02", "2#")
     assert "digits:1234" in call.ari.named("play")[-1][1]
+    assert {play[3] for play in call.ari.named("play")} == {"ja"}   # the default language
     await call.finish_prompt("cb-9-02")        # read-back done -> confirm prompt
     await call.keys("cb-9-02", "1")
     assert call.store.infos == [Submit("order", (("item_code", "1234"), ("quantity", "2")))]

@@ -25,6 +25,7 @@ from edge_server.stasis import (
 )
 from edge_server.testing import FakeAri, FakeCallStore, FakeDecider
 from shared import ari
+from shared.language import Language
 from shared.phone import E164
 from tests import prom
 from tests.harness.json_log import json_log
@@ -36,9 +37,11 @@ FAST = FlowTimings(decide_s=0.5, store_s=0.5, early_media_guard_s=0.5, answer_gu
 
 def deps(mode: AnnounceMode = AnnounceMode.EARLY_MEDIA, *, fake_ari: FakeAri | None = None,
          store: FakeCallStore | None = None, decider: FakeDecider | None = None,
-         callback_when_unrated: bool = True) -> StasisDeps:
+         callback_when_unrated: bool = True,
+         language: Language = Language.JAPANESE) -> StasisDeps:
     merchants = MerchantDirectory({DIALED: MerchantSettings(
-        "acme", announce_mode=mode, callback_when_unrated=callback_when_unrated)})
+        "acme", announce_mode=mode, callback_when_unrated=callback_when_unrated,
+        language=language)})
     return StasisDeps(ari=fake_ari or FakeAri({PRESENTATION_VAR: "allowed_not_screened"}),
                       store=store or FakeCallStore(), decider=decider or FakeDecider(),
                       merchants=merchants, timings=FAST, resync_grace_s=0.0)
@@ -73,13 +76,24 @@ async def test_early_media_call_is_stored_announced_rejected_busy_then_released(
     d = deps(fake_ari=fake, store=store)
     session = await run_call(d, start(), [finished("1700000000.7-pb1")])
     assert [c for c in fake.names() if c != "get_variable"] == ["play", "hangup"]
-    assert ("play", "1700000000.7", "sound:cbgw/received") in fake.calls
+    assert ("play", "1700000000.7", "sound:cbgw/received lang=ja") in fake.calls
     assert ("hangup", "1700000000.7", "busy") in fake.calls
     assert store.events == ["store edge-1700000000.7", "release edge-1700000000.7"]
     assert store.released == [("edge-1700000000.7", Outcome.RELEASED)]
     assert store.stored["edge-1700000000.7"].caller == E164("819012345678")
     assert {c[2] for c in fake.calls if c[0] == "get_variable"} == {PRESENTATION_VAR, PAI_VAR}
     assert session.state.outcome is Outcome.RELEASED  # type: ignore[union-attr]
+
+
+async def test_an_english_merchant_callers_hear_the_english_prompts() -> None:
+    fake = FakeAri({PRESENTATION_VAR: "allowed_not_screened"})
+    await run_call(deps(fake_ari=fake, language=Language.ENGLISH), start(),
+                   [finished("1700000000.7-pb1")])
+    assert ("play", "1700000000.7", "sound:cbgw/received lang=en") in fake.calls
+    fake = FakeAri({PRESENTATION_VAR: "allowed_not_screened"})
+    await run_call(deps(fake_ari=fake, language=Language.ENGLISH), start(caller="anonymous"),
+                   [finished("1700000000.7-pb1")])
+    assert ("play", "1700000000.7", "sound:cbgw/dial-186 lang=en") in fake.calls
 
 
 async def test_answer_mode_is_cut_by_the_guard_if_the_prompt_runs_long() -> None:
@@ -105,7 +119,7 @@ async def test_withheld_caller_hears_dial_186_and_nothing_is_stored() -> None:
     fake, store = FakeAri({PRESENTATION_VAR: "allowed_not_screened"}), FakeCallStore()
     await run_call(deps(fake_ari=fake, store=store), start(caller="anonymous"),
                    [finished("1700000000.7-pb1")])
-    assert ("play", "1700000000.7", "sound:cbgw/dial-186") in fake.calls
+    assert ("play", "1700000000.7", "sound:cbgw/dial-186 lang=ja") in fake.calls
     assert ("hangup", "1700000000.7", "busy") in fake.calls
     assert "answer" not in fake.names()
     assert not store.stored and [r.outcome for r in store.recorded] == [Outcome.WITHHELD]

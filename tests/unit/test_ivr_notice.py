@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from ivr_platform.notice import CallNotice
-from ivr_platform.speech import Language
+from shared.language import Language
 from shared.phone import normalise
 
 AT = datetime(2026, 12, 4, 6, 15, tzinfo=UTC)   # 15:15 in Tokyo

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from ivr_platform.speech import ENGLISH, JAPANESE, Language, phone_groups, reading
+from ivr_platform.speech import ENGLISH, JAPANESE, phone_groups, reading
+from shared.language import Language
 from shared.money import Money
 from shared.phone import normalise
 

@@ -1,0 +1,80 @@
+"""The system prompts: one table, each name with its Japanese and English text (pure).
+
+A prompt ``NAME`` is played as ``sound:cbgw/NAME``; ``deploy/asterisk/instance.py
+install`` renders both languages through :mod:`ivr_platform.tts` (``python -m
+ivr_platform prompts``) into the site's ``sounds/ja/cbgw/`` and ``sounds/en/cbgw/``, and
+every playback passes the merchant's language (ARI ``play?lang=``), so Asterisk picks the
+file of that language. The edge plays ``received`` and ``dial-186``; the call-back IVR
+plays the others (``callback_server/flows/order.toml``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from shared.language import Language
+
+
+@dataclass(frozen=True, slots=True)
+class PromptText:
+    ja: str
+    en: str
+
+    def text(self, language: Language) -> str:
+        return self.ja if language is Language.JAPANESE else self.en
+
+
+SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
+    # --- the edge ------------------------------------------------------------------------
+    "received": PromptText(
+        "お電話ありがとうございます。ただいま折り返しお電話いたしますので、"
+        "このままお切りになってお待ちください。",
+        "We received your call. Please hang up. We will call you back."),
+    "dial-186": PromptText(
+        "恐れ入りますが、番号の前にイチハチロクをつけておかけ直しください。",
+        "Your number was withheld. Please dial 1 8 6 before the number and call again."),
+    # --- the call-back IVR ---------------------------------------------------------------
+    "confirm-callback": PromptText(
+        "ご依頼いただいた折り返しのお電話です。お話しになる場合は1を押してください。",
+        "This is the call back you requested. Press 1 to continue."),
+    "welcome-menu": PromptText(
+        "ご注文は1を、お問い合わせは2を、オペレーターにおつなぎする場合は0を押してください。",
+        "Press 1 to order, 2 for an inquiry, 0 for an operator."),
+    "enter-item": PromptText(
+        "商品コードを入力し、最後にシャープを押してください。",
+        "Please enter the item code, then press hash."),
+    "enter-quantity": PromptText(
+        "数量を入力し、最後にシャープを押してください。",
+        "Please enter the quantity, then press hash."),
+    "you-entered": PromptText("入力された内容は、", "You entered"),
+    "item-code": PromptText("商品コード", "Item code"),
+    "quantity": PromptText("数量", "Quantity"),
+    "order-number": PromptText("注文番号", "Order number"),
+    "confirm": PromptText(
+        "よろしければ1を、入力し直す場合は2を押してください。",
+        "Press 1 to confirm, 2 to re-enter."),
+    "inquiry": PromptText(
+        "注文番号を入力し、最後にシャープを押してください。",
+        "Please enter your order number, then press hash."),
+    "invalid": PromptText(
+        "申し訳ございません。入力が正しくありません。",
+        "Sorry, that entry is not valid."),
+    "no-input": PromptText(
+        "入力が確認できませんでした。",
+        "We did not receive any input."),
+    "connecting-operator": PromptText(
+        "オペレーターにおつなぎします。そのままお待ちください。",
+        "Please hold while we connect you to an operator."),
+    "operator-unavailable": PromptText(
+        "申し訳ございません。ただいまオペレーターにおつなぎできません。"
+        "しばらくしてからおかけ直しください。",
+        "Sorry, no operator is available right now. Please try again later."),
+    "thank-you": PromptText(
+        "ありがとうございます。ご依頼を承りました。",
+        "Thank you. Your request has been recorded."),
+    "goodbye": PromptText(
+        "お電話ありがとうございました。失礼いたします。",
+        "Thank you for calling. Goodbye."),
+})
