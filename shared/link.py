@@ -35,6 +35,7 @@ Client error tree (what the relay retries)::
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import ssl
@@ -96,6 +97,21 @@ class LinkBusy(LinkUnavailable):
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
+
+
+#: errno values of a connection that cannot be made at all (nothing listens, no route)
+_REFUSED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says the route is plainly not there: the connection was refused or
+    unroutable, or the peer's certificate is not the pinned one. A timeout is not: a
+    loaded machine is slow, not gone."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.os_error.errno in _REFUSED_ERRNOS
+    return isinstance(exc, ConnectionRefusedError)
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -216,6 +232,8 @@ class LinkClient:
                 ok, detail = True, f"HTTP {resp.status}"  # the peer answered over the route
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
+            self._book.probed(route.name, ok, detail, refused=connection_refused(exc))
+            return ok
         self._book.probed(route.name, ok, detail)
         return ok
 
@@ -293,7 +311,7 @@ class LinkClient:
                 retry_after = retry_after_s(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = f"{route.name}: {type(exc).__name__}: {exc}"
-            self._book.failed(route.name, error)
+            self._book.failed(route.name, error, refused=connection_refused(exc))
             metrics().link_requests.labels(route.name, "failed").inc()
             raise _RouteFailed(error) from exc
         elapsed = time.monotonic() - started

@@ -25,7 +25,8 @@ Modes (:class:`LinkMode`):
 * ``primary_backup``: the first *healthy* route in order; the next ones if it
   fails. A route is down after ``fall`` consecutive failures (probes or
   deliveries that got no answer), and up again after ``rise`` consecutive
-  successes: automatic failback without flapping on one slow answer. Any HTTP
+  successes: automatic failback without flapping on one slow answer (a refused or
+  unroutable connection needs no streak: nothing listens there). Any HTTP
   answer is a success of the route: the peer answered over it (a busy peer
   answering 503 is the peer's state, not the route's).
 * A link of one route never takes it out of use: there is nowhere else to
@@ -298,19 +299,25 @@ class RouteBook:
         st.last_error = None
         self._observe(st, True, "the peer answered")
 
-    def failed(self, name: str, error: str) -> None:
-        """A delivery on this route got no answer (transport error, timeout)."""
+    def failed(self, name: str, error: str, *, refused: bool = False) -> None:
+        """A delivery on this route got no answer (transport error, timeout).
+
+        ``refused``: the connection itself was refused or unroutable (nothing listens
+        there, no route to the host). That is the route's state, not a slow machine's,
+        so the route is down at once rather than after ``fall`` of them."""
         st = self._status[name]
         st.failures += 1
-        self._observe(st, False, error)
+        self._observe(st, False, error, refused=refused)
 
-    def probed(self, name: str, ok: bool, detail: str = "") -> None:
+    def probed(self, name: str, ok: bool, detail: str = "", *, refused: bool = False) -> None:
         st = self._status[name]
         st.probes += 1
-        self._observe(st, ok, detail or ("answered" if ok else "failed"))
+        self._observe(st, ok, detail or ("answered" if ok else "failed"), refused=refused)
 
-    def _observe(self, st: RouteStatus, ok: bool, detail: str) -> None:
-        """One success or failure of the route: up or down only after a streak of them."""
+    def _observe(self, st: RouteStatus, ok: bool, detail: str, *, refused: bool = False
+                 ) -> None:
+        """One success or failure of the route: up or down only after a streak of them
+        (a refused connection needs no streak)."""
         health = self.policy.health
         if ok:
             st.ok_streak += 1
@@ -325,7 +332,7 @@ class RouteBook:
         if st.up and st.fail_streak == health.fall and self._alone:
             log.warning("link route %s failed %d times in a row (%s); it is the only "
                         "route, so it stays in use", st.name, st.fail_streak, detail[:300])
-        elif st.up and st.fail_streak >= health.fall and not self._alone:
+        elif st.up and (refused or st.fail_streak >= health.fall) and not self._alone:
             self._set(st, up=False, why=f"{st.fail_streak} failures: {detail}")
 
     def _set(self, st: RouteStatus, *, up: bool, why: str) -> None:

@@ -8,17 +8,20 @@ refused without touching the other.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
 
 from shared.config import ConfigError, LinkRoute, load, root
-from shared.link import LinkClient, LinkUnavailable
+from shared.link import LinkClient, LinkUnavailable, connection_refused
 from shared.link_policy import (
     DEFAULT_PASSES_IN_FLIGHT,
     HealthSettings,
@@ -136,6 +139,34 @@ def test_route_book_fails_over_and_back_on_probes() -> None:
     assert names() == ["leased", "internet"]
     now[0] += 3600  # with probing on, time alone does not bring it back
     assert names() == ["leased", "internet"]
+
+
+def test_a_refused_connection_takes_a_route_down_at_once_a_timeout_does_not() -> None:
+    routes = [LinkRoute("internet", "https://a"), LinkRoute("leased", "https://b")]
+    book = RouteBook(routes, LinkPolicy(health=HealthSettings(fall=3, rise=2)))
+    names = lambda: [r.name for r in book.plan(None)[1]]  # noqa: E731
+    book.failed("internet", "TimeoutError")
+    book.probed("internet", False, "TimeoutError")
+    assert names() == ["internet", "leased"]  # a slow machine: two of three
+    book.probed("internet", True)
+    book.failed("internet", "ECONNREFUSED", refused=True)
+    assert names() == ["leased", "internet"]  # nothing listens there: down now
+    alone = RouteBook(routes[:1], LinkPolicy(health=HealthSettings(fall=3, rise=2)))
+    alone.failed("internet", "ECONNREFUSED", refused=True)
+    assert [r.name for r in alone.plan(None)[1]] == ["internet"]  # still the only way
+
+
+@pytest.mark.parametrize(("exc", "refused"), [
+    (ConnectionRefusedError(111, "refused"), True),
+    (aiohttp.ClientConnectorError(ConnectionKey("h", 1, True, True, None, None, None),
+                                  OSError(errno.ECONNREFUSED, "refused")), True),
+    (aiohttp.ClientConnectorError(ConnectionKey("h", 1, True, True, None, None, None),
+                                  OSError(errno.ETIMEDOUT, "timed out")), False),
+    (TimeoutError(), False),
+    (aiohttp.ServerDisconnectedError(), False),
+])
+def test_which_errors_say_the_route_is_not_there(exc: BaseException, refused: bool) -> None:
+    assert connection_refused(exc) is refused
 
 
 def test_route_book_without_probes_uses_quarantine() -> None:
