@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
+from callback_server.ivr_flow import load_named
 from demo.stack import MerchantOptions, Stack
+from tests.harness.asterisk import prompt_seconds
 
 pytestmark = pytest.mark.e2e
 
@@ -117,7 +119,13 @@ async def test_harassment_of_one_victim_stops_after_two_unconfirmed_call_backs(
     async with stack.carriers(a="uas_answer_hold.xml", b="uas_answer_hold.xml") as roles:
         async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=stack.client_ssl())) as session:
-            deadline = time.monotonic() + 45       # ~two unanswered confirm windows
+            # ~two unanswered confirm windows: the merchant's (Japanese) confirm prompt, the
+            # gate's timeout, then the goodbye prompt before the hang-up
+            gate = load_named("order").node("confirm_callback")
+            window_s = (prompt_seconds(stack.callback_site, "ja", "confirm-callback")
+                        + gate.timeout_s
+                        + prompt_seconds(stack.callback_site, "ja", "goodbye"))
+            deadline = time.monotonic() + 2 * window_s + 2
             sent = 0
             while sent < 200:
                 status, body = await stack.post_link(session, "/v1/link/callbacks",
