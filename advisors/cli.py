@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import asyncpg
 
 import advisors
 from advisors import schemas as s
@@ -32,8 +28,8 @@ from advisors.events import since
 from advisors.live import Presences
 from advisors.model import Via
 from advisors.store import AdvisorStore
+from shared.api_cli import run_command
 from shared.db import create_pool, migrate, package_migrations, resolve_url
-from shared.http import ApiError
 
 #: API field -> the option that sets it
 OPTIONS = {"display_name": "--name", "name_prompt": "--prompt", "code": "--code",
@@ -44,10 +40,6 @@ OPTIONS = {"display_name": "--name", "name_prompt": "--prompt", "code": "--code"
            "wrap_up_s": "--wrap-up-s", "ring_timeout_s": "--ring-timeout-s",
            "misses_before_break": "--misses-before-break", "lines": "--lines",
            "presence": "presence", "reason": "--reason"}
-
-
-def _option(field: str) -> str:
-    return OPTIONS.get(field.split("[")[0], field)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -168,17 +160,4 @@ async def _command(args: argparse.Namespace, store: AdvisorStore, live: Presence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        result = asyncio.run(run(args))
-    except ApiError as exc:   # duplicate (with its field), not found
-        if "field" in exc.fields:
-            reason = exc.message.partition(": ")[2]
-            print(f"error: {_option(str(exc.fields['field']))}: {reason}", file=sys.stderr)
-        else:
-            print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
-        print(f"error: database ({type(exc).__name__}): {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
+    return run_command(run(args), OPTIONS)

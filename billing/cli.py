@@ -27,12 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
-import sys
 from collections.abc import Sequence
 from typing import Any
-
-import asyncpg
 
 import billing
 from billing import policy, reports, transfers
@@ -45,8 +41,8 @@ from billing.ledger import (
     parse_operator_settle,
     settlement_json,
 )
+from shared.api_cli import run_command
 from shared.db import create_pool, migrate, package_migrations, resolve_url
-from shared.http import ApiError
 
 #: API field -> the option that sets it
 OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
@@ -174,11 +170,9 @@ async def run(args: argparse.Namespace,
         await pool.close()
 
 
-def _refusal(exc: ApiError) -> str:
-    if "field" in exc.fields:
-        field = str(exc.fields["field"])
-        return f"{OPTIONS.get(field, field)}: {exc.message.partition(': ')[2]}"
-    return exc.message
+async def _parsed_then_run(args: argparse.Namespace) -> Any:
+    """Parse the options inside the command, so a refusal is reported like the others."""
+    return await run(args, _parsed(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,13 +181,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "limit", 1) not in range(1, 1001) or getattr(args, "after", 0) < 0 \
             or getattr(args, "older_than_s", 0) < 0:
         p.error("--limit: expected 1..1000; --after, --older-than-s: expected 0 or more")
-    try:
-        result = asyncio.run(run(args, _parsed(args)))
-    except ApiError as exc:   # bad input, duplicate reference, no such account, too little
-        print(f"error: {_refusal(exc)}", file=sys.stderr)
-        return 2
-    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
-        print(f"error: database ({type(exc).__name__}): {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
+    return run_command(_parsed_then_run(args), OPTIONS)

@@ -8,6 +8,7 @@ PNG (matplotlib, Agg backend: no display needed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -79,6 +80,14 @@ async def savings(conn: Connection, start: datetime, end: datetime,
                           for r in rows], sum(r["unrated"] for r in rows))
 
 
+def chart_values(values: Sequence[Decimal]) -> Any:
+    """Money as float64 for a chart: a picture is the one place money becomes a float
+    (exactly through its decimal text); every figure reported stays Decimal."""
+    import numpy as np
+
+    return np.array([str(v) for v in values], dtype=np.float64)
+
+
 def chart(report: SavingsReport, path: Path) -> Path:
     """Daily cost bars (actual vs all toll-free) and the cumulative saving line."""
     import matplotlib
@@ -86,11 +95,6 @@ def chart(report: SavingsReport, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    def plot_values(values: list[Decimal]) -> Any:
-        # The chart is a picture: values become float64 only here, via numpy;
-        # the money stays Decimal everywhere else.
-        return np.array([str(v) for v in values], dtype=np.float64)
 
     days = [d.day for d in report.days]
     cumulative: list[Decimal] = []
@@ -100,12 +104,12 @@ def chart(report: SavingsReport, path: Path) -> Path:
         cumulative.append(running)
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     x = np.arange(len(days))
-    ax.bar(x - 0.2, plot_values([d.toll_free for d in report.days]), width=0.4,
+    ax.bar(x - 0.2, chart_values([d.toll_free for d in report.days]), width=0.4,
            label="all toll-free", color="#c0504d")
-    ax.bar(x + 0.2, plot_values([d.actual for d in report.days]), width=0.4,
+    ax.bar(x + 0.2, chart_values([d.actual for d in report.days]), width=0.4,
            label="with call-back", color="#4f81bd")
     ax2 = ax.twinx()
-    ax2.plot(x, plot_values(cumulative), color="#2c7a2c", marker="o",
+    ax2.plot(x, chart_values(cumulative), color="#2c7a2c", marker="o",
              label="cumulative saving")
     ax.set_xticks(list(x), [d.isoformat() for d in days], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(f"cost per day ({report.currency})")

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routing_rates.call_lengths import number_class
+from routing_rates.report import chart_values
 from routing_rates.service import RatingService
 from routing_rates.tariff import Terms, period_at
 from shared.config import NUMBER_CLASSES
@@ -271,15 +272,11 @@ def chart(result: Result, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def plot_values(values: list[Decimal]) -> npt.NDArray[np.float64]:
-        # a picture: values become float64 only here; the money stays Decimal elsewhere
-        return np.array([str(v) for v in values], dtype=np.float64)
-
     x = np.arange(24)
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    ax.bar(x - 0.2, plot_values([k for _, k, _ in result.by_hour]), width=0.4,
+    ax.bar(x - 0.2, chart_values([k for _, k, _ in result.by_hour]), width=0.4,
            label="all kept (toll-free)", color="#c0504d")
-    ax.bar(x + 0.2, plot_values([p for _, _, p in result.by_hour]), width=0.4,
+    ax.bar(x + 0.2, chart_values([p for _, _, p in result.by_hour]), width=0.4,
            label="as the project decides", color="#4f81bd")
     ax.set_xticks(list(x), [f"{h:02d}" for h in range(24)], fontsize=8)
     ax.set_xlabel("hour (Asia/Tokyo)")

@@ -1,0 +1,43 @@
+"""The tail every domain CLI shares (``python -m advisors``, ``python -m billing``).
+
+Their commands run the same parsers and stores as the HTTP API and end the same way:
+the result printed as JSON (exit 0); a refusal (:class:`shared.http.ApiError`) as one
+``error:`` line naming the command-line option of the field it concerns (exit 2); the
+database away or failing as one ``error: database …`` line (exit 1). Never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+import asyncpg
+
+from shared.http import ApiError
+
+
+def refusal_line(exc: ApiError, options: Mapping[str, str]) -> str:
+    """``exc`` in the CLI's words: its field (``amount_yen``, ``groups[2]``) as the
+    option that set it (``--amount``, ``--group``) when ``options`` names one."""
+    if "field" not in exc.fields:
+        return exc.message
+    field = str(exc.fields["field"])
+    option = options.get(field.split("[")[0], field)
+    return f"{option}: {exc.message.partition(': ')[2]}"
+
+
+def run_command(command: Coroutine[Any, Any, Any], options: Mapping[str, str]) -> int:
+    """Run ``command`` and report it as described above; the exit code."""
+    try:
+        result = asyncio.run(command)
+    except ApiError as exc:   # bad input, a duplicate, not found, too little
+        print(f"error: {refusal_line(exc, options)}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        print(f"error: database ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
