@@ -23,20 +23,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import stripe
 
 from billing.ledger import MAX_AMOUNT_YEN, LedgerError, account_id, post
+from billing.stripe_payments import Outcome, Pending, create_intent, find_intent, outcome_of
 
+__all__ = ["METADATA_KEY", "CardTopUps", "Pending", "Result", "TopUp"]
 METADATA_KEY = "cbgw_topup_key"
-Outcome = Literal["succeeded", "failed", "abandoned"]
-_FAILED_STATUSES = ("requires_payment_method", "canceled")
-
-
-class Pending(Exception):
-    """Stripe's answer is not known yet: the top-up stays pending for ``reconcile``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,19 +153,7 @@ class CardTopUps:
 
     async def _record(self, conn: asyncpg.Connection, acc: int, topup: TopUp,
                       intent: Any, failure: str) -> Result:
-        if intent is None:
-            outcome: Outcome = "failed" if failure else "abandoned"
-            pi_id = None
-        else:
-            pi_id = str(intent.id)
-            if intent.status == "succeeded":
-                outcome = "succeeded"
-            elif intent.status in _FAILED_STATUSES:
-                outcome = "failed"
-                error = intent.last_payment_error
-                failure = failure or (str(error.code) if error else str(intent.status))
-            else:
-                raise Pending(f"top-up {topup.id}: PaymentIntent {pi_id} is {intent.status}")
+        outcome, pi_id, failure = outcome_of(intent, failure, f"top-up {topup.id}")
         txn = None
         if outcome == "succeeded":
             await account_id(conn, topup.merchant_id, topup.account, create=False)  # lock
@@ -184,34 +168,12 @@ class CardTopUps:
 
     def _find(self, key: str) -> Any:
         """The PaymentIntent whose metadata carries ``key``, or None (blocking)."""
-        try:
-            listed = self.client.v1.payment_intents.list(params={"limit": 100})
-            for intent in listed.auto_paging_iter():
-                metadata = intent.metadata
-                if metadata and METADATA_KEY in metadata and metadata[METADATA_KEY] == key:
-                    return intent
-        except stripe.StripeError as exc:
-            raise Pending(f"looking the PaymentIntent up failed: {exc}") from exc
-        return None
+        return find_intent(self.client, METADATA_KEY, key)
 
     def _create(self, topup: TopUp) -> tuple[Any, str]:
-        """A confirmed off-session PaymentIntent (blocking) and no failure; a declined
-        card: the PaymentIntent it left (or none) and the decline code; a request Stripe
-        refuses (4xx): none and why. A network error, 429 or 5xx: :class:`Pending`."""
-        try:
-            intent = self.client.v1.payment_intents.create(
-                params={"amount": topup.amount_yen, "currency": "jpy",
-                        "customer": topup.customer, "payment_method": topup.payment_method,
-                        "off_session": True, "confirm": True,
-                        "metadata": {METADATA_KEY: topup.idempotency_key,
-                                     "merchant": topup.merchant_id,
-                                     "account": topup.account}},
-                options={"idempotency_key": topup.idempotency_key})
-        except stripe.CardError as exc:
-            return self._find(topup.idempotency_key), str(exc.code or "card_error")
-        except (stripe.InvalidRequestError, stripe.AuthenticationError,
-                stripe.PermissionError) as exc:     # refused as asked: nothing was created
-            return None, f"{type(exc).__name__}: {exc.user_message or exc}"[:500]
-        except stripe.StripeError as exc:
-            raise Pending(f"creating the PaymentIntent failed: {exc}") from exc
-        return intent, ""
+        """A confirmed off-session PaymentIntent for the top-up (blocking)."""
+        return create_intent(self.client, amount_yen=topup.amount_yen,
+                             customer=topup.customer, payment_method=topup.payment_method,
+                             metadata_key=METADATA_KEY, key=topup.idempotency_key,
+                             metadata={"merchant": topup.merchant_id,
+                                       "account": topup.account})

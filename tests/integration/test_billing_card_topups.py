@@ -7,13 +7,6 @@ the project's own record carries the guarantee); Stripe unreachable leaves it pe
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -23,53 +16,17 @@ from billing.card_topups import METADATA_KEY, CardTopUps, Pending, Result
 from billing.ledger import Balance, Ledger
 from billing.reports import daily
 from tests.integration import billing_db
+from tests.integration.localstripe import card, client_for, localstripe_fixture
+from tests.integration.localstripe import intents_with as intents_of
 from tests.integration.test_edge_app import free_port
 
 pytestmark = pytest.mark.integration
 pool, clean = billing_db.fixtures()
-
-
-def client_for(port: int) -> stripe.StripeClient:
-    return stripe.StripeClient("sk_test_billing", base_addresses={
-        "api": f"http://127.0.0.1:{port}"}, max_network_retries=0)
-
-
-@pytest.fixture(scope="module")
-def localstripe() -> Iterator[int]:
-    """localstripe as a real process on a free port."""
-    exe = shutil.which("localstripe") or str(Path(sys.executable).parent / "localstripe")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, "localstripe exited at start"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "localstripe did not listen in 20 s"
-                time.sleep(0.1)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def card(client: stripe.StripeClient, number: str) -> tuple[str, str]:
-    """A customer with this card attached: (customer id, payment method id)."""
-    customer = client.v1.customers.create(params={"email": "member-42@example.com"})
-    method = client.v1.payment_methods.create(params={"type": "card", "card": {
-        "number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}})
-    client.v1.payment_methods.attach(method.id, params={"customer": customer.id})
-    return customer.id, method.id
+localstripe = localstripe_fixture()
 
 
 def intents_with(client: stripe.StripeClient, key: str) -> list[str]:
-    return [i.id for i in client.v1.payment_intents.list(params={"limit": 100})
-            .auto_paging_iter() if i.metadata and METADATA_KEY in i.metadata
-            and i.metadata[METADATA_KEY] == key]
+    return intents_of(client, METADATA_KEY, key)
 
 
 @pytest.fixture

@@ -1,0 +1,320 @@
+"""Postpaid consultations charged to the card on file after they end, once, with dunning.
+
+:meth:`Postpaid.charge` rates the consultation (:func:`billing.rating.rate`) and writes
+the charge and its first attempt (tables ``billing_postpaid_charges`` and
+``billing_postpaid_attempts``; migration 0006) before Stripe is called; the attempt's
+key is derived from the merchant, account and consultation id, the charge row and the
+attempt number,
+goes to Stripe as ``Idempotency-Key`` and in the PaymentIntent's metadata
+(``cbgw_charge_key``). :meth:`Postpaid.attempt` then holds the attempt's row lock from the
+look-up to the record: the recorded outcome if there is one, else the PaymentIntent found
+by the key (a crash after Stripe answered), else a new one. A consultation is charged at
+most once (the charge is unique per account and consultation; a repeat returns it) and
+never lost: :meth:`Postpaid.reconcile` takes every attempt left without an outcome (the
+process died around the call) and finishes it the same way, creating the PaymentIntent
+only when Stripe has none with the key. Exactly once rests on this record and the
+look-up (localstripe ignores ``Idempotency-Key``).
+
+A failed attempt (declined, no card on file) puts the account into dunning: a
+``charge-failed`` notice (``billing_notices``), and retries on the schedule
+``retry_after_s`` (the n-th retry that long after the n-th failure), each a new attempt
+with the card on file at that time; :meth:`Postpaid.due` lists the retries due. A retry
+that succeeds writes ``charge-recovered``. :meth:`Postpaid.standing` is what admission
+reads: the account's unpaid charges and whether one has failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+import stripe
+
+from billing.cards import card_on_file
+from billing.ledger import LedgerError, account_id
+from billing.rating import Terms, rate
+from billing.stripe_payments import Pending, create_intent, find_intent, outcome_of
+
+METADATA_KEY = "cbgw_charge_key"
+NO_CARD = "no-card-on-file"
+#: the default dunning schedule: one hour, one day and three days after each failure
+RETRY_AFTER_S = (3600, 86400, 259200)
+State = Literal["pending", "paid", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    id: int
+    merchant_id: str
+    account: str
+    consultation_id: str
+    talk_s: int
+    billed_s: int
+    total_yen: int
+    tax_yen: int
+    requested_at: datetime
+    attempts: int
+    #: pending: the newest attempt's outcome is not known; failed: in dunning
+    state: State
+    payment_intent: str | None
+    failure: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "account": self.account,
+                "consultation_id": self.consultation_id, "talk_s": self.talk_s,
+                "billed_s": self.billed_s, "total_yen": self.total_yen,
+                "tax_yen": self.tax_yen, "requested_at": self.requested_at.isoformat(),
+                "attempts": self.attempts, "state": self.state,
+                "payment_intent": self.payment_intent, "failure": self.failure or None}
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What admission reads of a postpaid account."""
+
+    has_card: bool
+    unpaid: int
+    #: a charge whose newest attempt failed: the account is in dunning
+    in_dunning: bool
+
+
+_CHARGE = """
+    SELECT c.*, a.account, l.attempt, o.outcome, o.payment_intent, o.failure
+    FROM billing_postpaid_charges c
+    JOIN billing_accounts a ON a.id = c.account_id
+    LEFT JOIN LATERAL (SELECT t.id, t.attempt FROM billing_postpaid_attempts t
+                       WHERE t.charge_id = c.id ORDER BY t.attempt DESC LIMIT 1) l ON true
+    LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = l.id"""
+
+
+def _charge(row: asyncpg.Record) -> Charge:
+    state: State = ("pending" if row["outcome"] is None
+                    else "paid" if row["outcome"] == "succeeded" else "failed")
+    return Charge(row["id"], row["merchant_id"], row["account"], row["consultation_id"],
+                  row["talk_s"], row["billed_s"], row["total_yen"], row["tax_yen"],
+                  row["requested_at"], row["attempt"] or 0, state, row["payment_intent"],
+                  row["failure"] or "")
+
+
+def charge_key(charge_id: int, merchant_id: str, account: str, consultation_id: str,
+               attempt: int) -> str:
+    """The attempt's key: the consultation (with its charge row, so that a database
+    started afresh against the same Stripe account never meets an old key) and the
+    attempt number."""
+    digest = hashlib.sha256(f"{merchant_id}\0{account}\0{consultation_id}".encode())
+    return f"postpaid-{charge_id}-{digest.hexdigest()[:40]}-{attempt}"
+
+
+class Postpaid:
+    def __init__(self, pool: asyncpg.Pool, client: stripe.StripeClient, *,
+                 retry_after_s: tuple[int, ...] = RETRY_AFTER_S) -> None:
+        self.pool = pool
+        self.client = client
+        self.retry_after_s = retry_after_s
+
+    async def record(self, merchant_id: str, account: str, consultation_id: str,
+                     talk_s: int, terms: Terms, *, by: str) -> tuple[Charge, int] | None:
+        """The durable charge and its first attempt (the attempt's id), written before
+        Stripe is called; the charge already recorded for this consultation and its newest
+        attempt on a repeat; None when the consultation costs nothing."""
+        priced = rate(talk_s, terms)
+        if priced.total_yen == 0:
+            return None
+        async with self.pool.acquire() as conn, conn.transaction():
+            acc = await account_id(conn, merchant_id, account, create=True)
+            assert acc is not None
+            charge_id = await conn.fetchval(
+                """INSERT INTO billing_postpaid_charges (merchant_id, account_id,
+                       consultation_id, terms, talk_s, billed_s, total_yen, tax_yen,
+                       requested_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (account_id, consultation_id) DO NOTHING RETURNING id""",
+                merchant_id, acc, consultation_id, asdict(terms), priced.talk_s,
+                priced.billed_s, priced.total_yen, priced.tax_yen, by)
+            if charge_id is None:
+                charge_id = await conn.fetchval(
+                    "SELECT id FROM billing_postpaid_charges WHERE account_id = $1 "
+                    "AND consultation_id = $2", acc, consultation_id)
+                attempt_id = await conn.fetchval(
+                    "SELECT id FROM billing_postpaid_attempts WHERE charge_id = $1 "
+                    "ORDER BY attempt DESC LIMIT 1", charge_id)
+            else:
+                attempt_id = await self._new_attempt(conn, acc, charge_id, merchant_id,
+                                                     account, consultation_id, 1)
+            charge = _charge(await conn.fetchrow(_CHARGE + " WHERE c.id = $1", charge_id))
+        return charge, attempt_id
+
+    async def charge(self, merchant_id: str, account: str, consultation_id: str,
+                     talk_s: int, terms: Terms, *, by: str) -> Charge | None:
+        """:meth:`record`, then :meth:`attempt`. :class:`Pending` when Stripe's answer is
+        not known (the charge stays recorded; :meth:`reconcile` finishes it)."""
+        recorded = await self.record(merchant_id, account, consultation_id, talk_s, terms,
+                                     by=by)
+        if recorded is None:
+            return None
+        charge, attempt_id = recorded
+        if charge.state != "pending":
+            return charge
+        return await self.attempt(attempt_id)
+
+    @staticmethod
+    async def _new_attempt(conn: asyncpg.Connection, acc: int, charge_id: int,
+                           merchant_id: str, account: str, consultation_id: str,
+                           attempt: int) -> int:
+        card = await card_on_file(conn, acc)
+        attempt_id: int = await conn.fetchval(
+            """INSERT INTO billing_postpaid_attempts (charge_id, attempt, idempotency_key,
+                   customer, payment_method) VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+            charge_id, attempt,
+            charge_key(charge_id, merchant_id, account, consultation_id, attempt),
+            card.customer if card else None, card.payment_method if card else None)
+        return attempt_id
+
+    async def attempt(self, attempt_id: int, *, intent: Any = None) -> Charge:
+        """Finish one attempt once: its recorded outcome; else ``intent`` (a webhook's
+        PaymentIntent), the PaymentIntent found by its key, or a new one."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # the lock first, then the read (read committed: see card_topups)
+            await conn.execute(
+                "SELECT 1 FROM billing_postpaid_attempts WHERE id = $1 FOR UPDATE", attempt_id)
+            row = await conn.fetchrow(
+                """SELECT t.*, c.merchant_id, c.account_id, c.total_yen, c.consultation_id,
+                          a.account, o.outcome
+                   FROM billing_postpaid_attempts t
+                   JOIN billing_postpaid_charges c ON c.id = t.charge_id
+                   JOIN billing_accounts a ON a.id = c.account_id
+                   LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = t.id
+                   WHERE t.id = $1""", attempt_id)
+            if row is None:
+                raise LedgerError(404, "not-found", f"no postpaid attempt {attempt_id}")
+            if row["outcome"] is None:
+                await self._finish(conn, row, intent)
+            return _charge(await conn.fetchrow(_CHARGE + " WHERE c.id = $1",
+                                               row["charge_id"]))
+
+    async def _finish(self, conn: asyncpg.Connection, row: asyncpg.Record, intent: Any
+                      ) -> None:
+        failure = ""
+        if row["customer"] is None:
+            failure = NO_CARD
+        elif intent is None:
+            key = row["idempotency_key"]
+            intent = await asyncio.to_thread(find_intent, self.client, METADATA_KEY, key)
+            if intent is None:
+                intent, failure = await asyncio.to_thread(
+                    create_intent, self.client, amount_yen=row["total_yen"],
+                    customer=row["customer"], payment_method=row["payment_method"],
+                    metadata_key=METADATA_KEY, key=key,
+                    metadata={"merchant": row["merchant_id"], "account": row["account"],
+                              "consultation": row["consultation_id"]})
+        outcome, pi_id, failure = outcome_of(intent, failure, f"postpaid attempt {row['id']}")
+        await conn.execute(
+            """INSERT INTO billing_postpaid_outcomes (attempt_id, outcome, payment_intent,
+                   failure) VALUES ($1, $2, $3, $4)""", row["id"], outcome, pi_id, failure)
+        if outcome == "failed" or row["attempt"] > 1:
+            kind, detail = (("charge-failed", f"attempt {row['attempt']} failed: {failure}")
+                            if outcome == "failed" else
+                            ("charge-recovered", f"paid at attempt {row['attempt']}"))
+            await conn.execute(
+                """INSERT INTO billing_notices (merchant_id, account_id, kind, charge_id,
+                       detail) VALUES ($1, $2, $3, $4, $5)""",
+                row["merchant_id"], row["account_id"], kind, row["charge_id"], detail)
+
+    async def retry(self, merchant_id: str, charge_id: int) -> Charge:
+        """A new attempt of a charge in dunning, with the card on file now, run at once
+        (for :meth:`due`, or after the customer registered another card); a charge paid or
+        pending is returned as it is."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM billing_postpaid_charges WHERE id = $1 "
+                               "AND merchant_id = $2 FOR UPDATE", charge_id, merchant_id)
+            row = await conn.fetchrow(_CHARGE + " WHERE c.id = $1 AND c.merchant_id = $2",
+                                      charge_id, merchant_id)
+            if row is None:
+                raise LedgerError(404, "not-found", f"no postpaid charge {charge_id}")
+            charge = _charge(row)
+            if charge.state != "failed":
+                return charge
+            attempt_id = await self._new_attempt(conn, row["account_id"], charge_id,
+                                                 merchant_id, charge.account,
+                                                 charge.consultation_id, charge.attempts + 1)
+        return await self.attempt(attempt_id)
+
+    async def due(self) -> list[tuple[str, int]]:
+        """``(merchant, charge id)`` of the charges in dunning whose next retry is due: the
+        n-th failure is retried ``retry_after_s[n-1]`` after it; past the schedule, none."""
+        rows = await self.pool.fetch(
+            _CHARGE + """ WHERE o.outcome = 'failed' AND l.attempt <= cardinality($1::int[])
+                 AND o.recorded_at + make_interval(secs => ($1::int[])[l.attempt]) <= now()
+               ORDER BY c.id""", list(self.retry_after_s))
+        return [(r["merchant_id"], r["id"]) for r in rows]
+
+    async def reconcile(self, *, older_than_s: int = 300) -> list[Charge]:
+        """Finish every attempt left without an outcome for longer than ``older_than_s``
+        (a process that died around the Stripe call): the PaymentIntent found by its key,
+        else a new one. The ones whose answer is still not known stay pending."""
+        rows = await self.pool.fetch(
+            """SELECT t.id FROM billing_postpaid_attempts t
+               LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = t.id
+               WHERE o.attempt_id IS NULL
+                 AND t.started_at <= now() - make_interval(secs => $1) ORDER BY t.id""",
+            older_than_s)
+        done = []
+        for row in rows:
+            try:
+                done.append(await self.attempt(row["id"]))
+            except Pending:
+                continue
+        return done
+
+    async def run_due(self) -> list[Charge]:
+        """Every retry due (:meth:`due`); those whose answer is not known stay pending."""
+        done = []
+        for merchant_id, charge_id in await self.due():
+            try:
+                done.append(await self.retry(merchant_id, charge_id))
+            except Pending:
+                continue
+        return done
+
+    async def apply_intent(self, intent: Any) -> Charge | None:
+        """A PaymentIntent a webhook reported: its attempt finished with it (once); None
+        when it is not one of ours."""
+        metadata = intent.metadata
+        key = metadata[METADATA_KEY] if metadata and METADATA_KEY in metadata else None
+        attempt_id = None if key is None else await self.pool.fetchval(
+            "SELECT id FROM billing_postpaid_attempts WHERE idempotency_key = $1", str(key))
+        if attempt_id is None:
+            return None
+        return await self.attempt(attempt_id, intent=intent)
+
+    async def charges(self, merchant_id: str, account: str, *, unpaid_only: bool = False
+                      ) -> list[Charge]:
+        rows = await self.pool.fetch(
+            _CHARGE + " WHERE c.merchant_id = $1 AND a.account = $2"
+            + (" AND o.outcome IS DISTINCT FROM 'succeeded'" if unpaid_only else "")
+            + " ORDER BY c.id", merchant_id, account)
+        return [_charge(r) for r in rows]
+
+
+async def standing(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, account: str
+                   ) -> Standing:
+    """The account's card on file, unpaid charges and dunning."""
+    row = await conn.fetchrow(
+        """SELECT a.id,
+                  count(c.id) FILTER (WHERE o.outcome IS DISTINCT FROM 'succeeded') AS unpaid,
+                  count(c.id) FILTER (WHERE o.outcome = 'failed') AS failed
+           FROM billing_accounts a
+           LEFT JOIN billing_postpaid_charges c ON c.account_id = a.id
+           LEFT JOIN LATERAL (SELECT t.id FROM billing_postpaid_attempts t
+                              WHERE t.charge_id = c.id ORDER BY t.attempt DESC LIMIT 1) l
+                  ON true
+           LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = l.id
+           WHERE a.merchant_id = $1 AND a.account = $2 GROUP BY a.id""",
+        merchant_id, account)
+    if row is None:
+        return Standing(False, 0, False)
+    return Standing(await card_on_file(conn, row["id"]) is not None, row["unpaid"],
+                    row["failed"] > 0)
