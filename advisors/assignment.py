@@ -1,7 +1,8 @@
 """Who gets a customer: ``transition(assignment, event) -> (assignment, commands)``.
 
-Pure: the store builds a :class:`Board` (the merchant's lines and every advisor's
-:class:`~advisors.presence.Presence`) inside the transaction that applies the outcome.
+Pure: the store builds a :class:`Board` (the merchant's lines, the group members'
+:class:`~advisors.presence.Presence` and how many consultations its other advisors have
+in progress) inside the transaction that applies the outcome.
 
 A customer chooses a group (a one-member group, or a 4-digit code, is one advisor). The
 call goes to the member in standby with a free line of their own who has been idle the
@@ -26,14 +27,17 @@ from advisors.presence import Presence
 
 @dataclass(frozen=True, slots=True)
 class Board:
-    """A merchant's advisors (id → presence) and its lines, as of one moment."""
+    """A merchant's advisors (id → presence) and its lines, as of one moment. ``seats``
+    may hold only the advisors a decision is about (a group's members); ``elsewhere``
+    is then the consultations in progress of the merchant's other advisors."""
 
     lines: int
     seats: Mapping[int, Presence]
+    elsewhere: int = 0
 
     @property
     def lines_in_use(self) -> int:
-        return sum(p.load for p in self.seats.values())
+        return self.elsewhere + sum(p.load for p in self.seats.values())
 
     def lines_free(self) -> bool:
         return self.lines_in_use < self.lines

@@ -5,9 +5,14 @@ Every change runs in one transaction: the advisor's presence row is locked
 (``FOR UPDATE``), the machine decides, the new state is written, the change is an
 ``advisor_events`` row with its time, and ``NOTIFY advisor_events`` carries the row to
 subscribers when the transaction commits (:mod:`advisors.events`). An assignment first
-locks the merchant's settings row, then all its advisors' presence rows, so assignments
-of one merchant run one at a time and each sees every consultation the others started:
-two concurrent assignments never exceed an advisor's maximum or the merchant's lines.
+locks the merchant's settings row, then the presence rows of the customer's group (and
+of the advisor offered the call), so assignments of one merchant run one at a time and
+each sees every consultation the others started: two concurrent assignments never exceed
+an advisor's maximum or the merchant's lines. The other advisors' consultations are
+counted, not locked: only an assignment adds one (an offer), so the count read under
+the merchant's lock is exact, or one too high while a consultation ending elsewhere
+commits. A presence change of an advisor outside the group never waits for an
+assignment, nor one for it.
 
 Commands: ``Notify`` is the event row and its NOTIFY; ``StartWrapUpTimer`` is a due
 time on the row that :meth:`Presences.expire_wrap_ups` (run every second by the site)
@@ -71,6 +76,9 @@ def event_name(event: pm.Event) -> str:
 _PRESENCE_ROW = """
     SELECT p.*, a.max_concurrent FROM advisor_presence p JOIN advisors a ON a.id = p.advisor_id
     WHERE p.merchant_id = $1"""
+_LOAD_ELSEWHERE = """
+    SELECT coalesce(sum(jsonb_array_length(sessions)), 0)::int FROM advisor_presence
+    WHERE merchant_id = $1 AND advisor_id <> ALL($2::bigint[])"""
 
 
 class Presences:
@@ -158,24 +166,26 @@ class Presences:
                           offered_event: type[pm.RingMissed] | type[pm.Answered] | None,
                           *, cancel: bool = False) -> tuple[am.Assignment, list[am.Command]]:
         now = self.clock()
+        advisor = a.offered_to
+        concerned = sorted(a.members | ({advisor} if advisor is not None else set()))
         async with self.pool.acquire() as conn, conn.transaction():
             rules = await _rules(conn, merchant_id, lock=True)
             seats = {r["advisor_id"]: presence_of(r) for r in await conn.fetch(
-                _PRESENCE_ROW + " ORDER BY p.advisor_id FOR UPDATE OF p", merchant_id)}
+                _PRESENCE_ROW + " AND p.advisor_id = ANY($2::bigint[])"
+                " ORDER BY p.advisor_id FOR UPDATE OF p", merchant_id, concerned)}
             event: am.Event
-            advisor = a.offered_to
             if offered_event is not None and advisor is not None and advisor in seats:
                 seats[advisor], _ = await _apply(conn, merchant_id, advisor, seats[advisor],
                                                  offered_event(now, a.consultation_id), rules)
-            board = am.Board(rules.lines, seats)
             if cancel:
                 event = am.Cancelled()
             elif offered_event is pm.Answered:
                 event = am.OfferAnswered()
-            elif offered_event is pm.RingMissed:
-                event = am.OfferMissed(board)
             else:
-                event = am.Assign(board)
+                board = am.Board(rules.lines, seats, await conn.fetchval(
+                    _LOAD_ELSEWHERE, merchant_id, list(seats)))
+                event = (am.OfferMissed(board) if offered_event is pm.RingMissed
+                         else am.Assign(board))
             after, cmds = am.transition(a, event)
             for cmd in cmds:
                 await self._execute(conn, merchant_id, after, cmd, seats, rules, now)

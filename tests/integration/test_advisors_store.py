@@ -214,3 +214,28 @@ async def test_concurrent_assignments_never_exceed_maxima_or_lines(
     assert sum(isinstance(c, OfferTo) for c in cmds) == 2
     assert sum(isinstance(c, LinesBusy) for c in cmds) == 6
     assert sum(p.load for _, p in await store.advisors("acme")) == 2
+
+
+async def test_an_assignment_counts_but_does_not_lock_the_advisors_outside_the_group(
+        clean: asyncpg.Pool) -> None:
+    """The merchant's lines count every advisor's consultations; a presence change of an
+    advisor outside the customer's group in progress does not hold the assignment up."""
+    store, live = AdvisorStore(clean), Presences(clean)
+    await store.set_rules("acme", Rules(lines=2))
+    inside, outside = (await seat(store, "acme", "0001"), await seat(store, "acme", "0002"))
+    for advisor_id in (inside, outside):
+        await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+    _, cmds = await live.assign("acme", Assignment("elsewhere", frozenset({outside})))
+    assert cmds == [OfferTo(outside, "elsewhere")]
+    async with clean.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM advisor_presence WHERE advisor_id = $1 FOR UPDATE",
+                           outside)
+        assigned = live.assign("acme", Assignment("c1", frozenset({inside})))
+        a, cmds = await asyncio.wait_for(assigned, 5)
+    assert cmds == [OfferTo(inside, "c1")]
+    # both lines in use: one by the advisor outside the group
+    _, cmds = await live.assign("acme", Assignment("c2", frozenset({inside})))
+    assert cmds == [LinesBusy(2)]
+    await live.cancelled("acme", a)
+    _, cmds = await live.assign("acme", Assignment("c3", frozenset({inside})))
+    assert cmds == [OfferTo(inside, "c3")]

@@ -87,6 +87,16 @@ def test_all_lines_busy_refuses_a_new_customer_but_queues_one_already_in() -> No
     assert a.phase is Phase.QUEUED and cmds == [Queue("all 1 lines busy")]
 
 
+def test_the_lines_count_the_consultations_of_advisors_off_the_board() -> None:
+    board = Board(lines=3, seats={1: standby(0, load=1, max_concurrent=2), 2: standby(5)},
+                  elsewhere=2)
+    assert board.lines_in_use == 3
+    a, cmds = transition(Assignment("new", frozenset({2})), Assign(board))
+    assert a.phase is Phase.LINES_BUSY and cmds == [LinesBusy(3)]
+    freed = Board(lines=3, seats=board.seats, elsewhere=1)
+    assert transition(Assignment("new", frozenset({2})), Assign(freed))[1] == [OfferTo(2, "new")]
+
+
 def test_no_member_free_queues_and_a_hang_up_while_ringing_withdraws_the_offer() -> None:
     board = Board(lines=5, seats={1: Presence(desk=Desk.WORKING)})
     a, cmds = transition(Assignment("c", frozenset({1})), Assign(board))
@@ -122,8 +132,13 @@ class Merchant:
         self.customers: list[Assignment] = []
         self.now = T0
 
-    def board(self) -> Board:
-        return Board(self.lines, dict(self.seats))
+    def board(self, members: frozenset[int] | None = None) -> Board:
+        """Every advisor on the board, or only ``members`` (the others' consultations
+        counted), as the store builds it for an assignment."""
+        if members is None:
+            return Board(self.lines, dict(self.seats))
+        return Board(self.lines, {a: self.seats[a] for a in members},
+                     sum(p.load for a, p in self.seats.items() if a not in members))
 
     def apply(self, advisor: int, event: PresenceEvent) -> None:
         self.seats[advisor], cmds = presence_transition(self.seats[advisor], event, RULES)
@@ -170,7 +185,7 @@ class Merchant:
                 self.apply(arg, WrapUpElapsed(self.now, self.seats[arg].wrap_up_token))
             case "customer":
                 self.customers.append(Assignment(f"c{len(self.customers)}", GROUPS[arg]))
-                self.step(len(self.customers) - 1, Assign(self.board()))
+                self.step(len(self.customers) - 1, Assign(self.board(GROUPS[arg])))
             case _ if self.customers:
                 self.customer_act(name, arg % len(self.customers))
 
@@ -182,14 +197,14 @@ class Merchant:
             self.step(index, OfferAnswered())
         elif name == "miss" and ringing and a.offered_to is not None:
             self.apply(a.offered_to, RingMissed(self.now, a.consultation_id))
-            self.step(index, OfferMissed(self.board()))
+            self.step(index, OfferMissed(self.board(a.members)))
         elif name == "hangup" and a.phase in (Phase.OFFERING, Phase.QUEUED):
             self.step(index, Cancelled())
         elif name == "end" and a.phase is Phase.CONNECTED:
             talking = next(x for x, p in self.seats.items() if p.session(a.consultation_id))
             self.apply(talking, ConsultationEnded(self.now, a.consultation_id))
         elif name == "retry" and a.phase is Phase.QUEUED:
-            self.step(index, Assign(self.board()))
+            self.step(index, Assign(self.board(a.members)))
 
 
 @settings(max_examples=300, deadline=None)
