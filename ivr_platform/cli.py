@@ -4,6 +4,8 @@
     python -m ivr_platform say "お電話ありがとうございます。" [--lang ja] [--cache DIR]
     python -m ivr_platform sms-count "ご予約ありがとうございます。"
     python -m ivr_platform prompts [--cache DIR]
+    python -m ivr_platform guidance add --dir DIR --merchant acme welcome welcome.mp3
+    python -m ivr_platform guidance list|delete --dir DIR --merchant acme [NAME]
 
 ``hours`` reads the ``[hours]`` table of a file (the format of
 :mod:`ivr_platform.hours_config`) and prints, for ``--at`` (ISO 8601; without a zone it
@@ -13,10 +15,14 @@ the IVR would say. ``say`` renders a prompt into the cache (default
 ``prompts`` renders every system prompt (:mod:`ivr_platform.prompts`) in every
 language into the cache and prints ``{language: {name: file}}`` (what
 ``deploy/asterisk/instance.py install`` copies into each site). ``sms-count`` prints the
-encoding and the messages a text is billed as.
+encoding and the messages a text is billed as. ``guidance`` manages a merchant's own
+audio in a guidance library (``[media] guidance_dir`` of the callback site): ``add``
+converts an mp3, m4a/mp4 or wav file (:mod:`ivr_platform.audio`) and prints what a flow
+plays and what was measured; ``list``; ``delete`` (exit 1 if there is none).
 
 Output is JSON. Exit status: 0 ok, 2 bad input (a config error names file, line and
-key), 1 a missing engine or a failing one.
+key; a refused audio file names the file and the refusal's id), 1 a missing engine or a
+failing one.
 """
 
 from __future__ import annotations
@@ -31,13 +37,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ivr_platform.audio import AudioLimits, AudioRejected
+from ivr_platform.guidance import GuidanceLibrary
 from ivr_platform.hours import TOKYO
 from ivr_platform.hours_config import parse_merchant_hours
 from ivr_platform.hours_speech import closed_announcement
 from ivr_platform.prompts import SYSTEM_PROMPTS
 from ivr_platform.sms import count
 from ivr_platform.speech import reading
-from ivr_platform.tts import PromptCache, TtsError
+from ivr_platform.tools import ToolError
+from ivr_platform.tts import PromptCache
 from shared.config import ConfigError, Section, load
 from shared.language import Language
 from shared.phone import InvalidNumber, normalise
@@ -62,6 +71,17 @@ def parser() -> argparse.ArgumentParser:
     prompts.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     sms = verbs.add_parser("sms-count", help="the messages an SMS text is billed as")
     sms.add_argument("text")
+    guidance = verbs.add_parser("guidance", help="a merchant's own guidance audio")
+    actions = guidance.add_subparsers(dest="action", required=True)
+    for action in ("add", "list", "delete"):
+        a = actions.add_parser(action)
+        a.add_argument("--dir", type=Path, required=True, help="the guidance library")
+        a.add_argument("--merchant", required=True)
+        if action != "list":
+            a.add_argument("name")
+        if action == "add":
+            a.add_argument("file", type=Path, help="mp3, m4a/mp4 or wav")
+            a.add_argument("--max-seconds", type=float, default=AudioLimits().max_seconds)
     return p
 
 
@@ -109,6 +129,26 @@ def _prompts(args: argparse.Namespace) -> dict[str, Any]:
     return files
 
 
+class NotThere(LookupError):
+    """What the command was to act on does not exist (exit 1)."""
+
+
+def _guidance(args: argparse.Namespace) -> Any:
+    if args.action == "list":
+        return [g.to_json() for g in GuidanceLibrary(args.dir).list(args.merchant)]
+    if args.action == "delete":
+        if not GuidanceLibrary(args.dir).delete(args.merchant, args.name):
+            raise NotThere(f"no guidance {args.name!r} of merchant {args.merchant!r}")
+        return {"deleted": args.name}
+    library = GuidanceLibrary(args.dir, AudioLimits(max_seconds=args.max_seconds))
+    try:
+        return asyncio.run(library.add(args.merchant, args.name, args.file)).to_json()
+    except AudioRejected as exc:
+        raise ValueError(f"{args.file}: {exc.error_id}: {exc}") from None
+    except FileNotFoundError:
+        raise ValueError(f"{args.file}: no such file") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -118,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _say(args)
         elif args.verb == "prompts":
             result = _prompts(args)
+        elif args.verb == "guidance":
+            result = _guidance(args)
         else:
             counted = count(args.text)
             result = {"encoding": counted.encoding.value, "units": counted.units,
@@ -125,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TimestampError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TtsError as exc:
+    except (ToolError, NotThere) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, ensure_ascii=False, indent=2))

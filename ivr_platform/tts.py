@@ -19,13 +19,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ivr_platform.tools import ToolError, ToolMissing, need_program, run
 from shared.language import Language
 
 #: bump when the rendering changes (sox options, format): every key changes with it
@@ -36,11 +36,11 @@ ENGINE_TIMEOUT_S = 60.0
 _SOX = ("sox", "sox")   # (program, Debian package)
 
 
-class TtsError(RuntimeError):
+class TtsError(ToolError):
     """The engine or sox failed on a text."""
 
 
-class EngineMissing(TtsError):
+class EngineMissing(TtsError, ToolMissing):
     """A program or data file the engine needs is not installed; names its package."""
 
 
@@ -192,21 +192,8 @@ def _clean(text: str) -> str:
 
 
 def _need_program(program: str, package: str) -> None:
-    if shutil.which(program) is None:
-        raise EngineMissing(f"{program} is not installed (apt-get install {package})")
+    need_program(program, package, EngineMissing)
 
 
 async def _run(argv: list[str]) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), ENGINE_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise TtsError(f"{argv[0]} took more than {ENGINE_TIMEOUT_S:.0f} s") from None
-    if process.returncode != 0:
-        detail = (err or out).decode(errors="replace").strip()[-300:]
-        raise TtsError(f"{argv[0]} exited with {process.returncode}: {detail}")
-
+    await run(argv, ENGINE_TIMEOUT_S, TtsError)
