@@ -11,6 +11,12 @@ dialling, a job whose last leg is unresolved (it was rescued, or its worker
 lost Asterisk mid-originate) asks Asterisk about that leg's channel id and
 follows :func:`callback_server.dialer.rescue_action`: it re-dials only if the
 call never happened.
+
+Before dialling, the merchant's business hours (``[merchants.hours]``, the dialled
+number's own when it has some) are applied again: the request may have waited in the
+queue past closing time. Outside them the job waits for the next opening (given back,
+due then: durable, uncounted) or, with ``outside_hours = "drop"`` (or when the line never
+opens again), ends ``failed`` with reason ``outside_hours``, reported to the edge.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -34,9 +40,10 @@ from callback_server.ivr_flow import Flow
 from callback_server.store import CallbackStore
 from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from shared import ari, logs
-from shared.config import Merchant
+from shared.config import Merchant, OutsideHours
 from shared.db import listening
 from shared.phone import E164
+from shared.refusals import Refusal
 
 if TYPE_CHECKING:
     from callback_server.guard.service import Guard
@@ -64,8 +71,10 @@ class Worker:
                  flows: Mapping[str, Flow], routes: RouteSource, client: AriPort,
                  router: ari.EventRouter, rater: Rater, ari_ready: asyncio.Event,
                  settings: WorkerSettings = WorkerSettings(), guard: Guard | None = None,
-                 settler: LegSettler | None = None) -> None:
+                 settler: LegSettler | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
+        self.clock = clock              # business hours are applied at its time
         # Settles legs no call owns from Asterisk's own records (None: unit setups).
         self.settler = settler
         self.guard = guard
@@ -219,6 +228,8 @@ class Worker:
             return
         if not await self._resolve_last_leg(claimed, job):
             return
+        if not await self._within_hours(claimed, merchant):
+            return
         if self.guard is not None:
             verdict = await self.guard.screen_round(claimed.callback_id, claimed.caller,
                                                     merchant.id)
@@ -252,6 +263,29 @@ class Worker:
         if self._stopping:
             runner.shutdown()
         await runner.run(routes)
+
+    async def _within_hours(self, claimed: ClaimedJob, merchant: Merchant) -> bool:
+        """True if the number's line is open now; otherwise the job has been given back
+        until the next opening (``wait``) or finished ``outside_hours`` (``drop``)."""
+        if merchant.hours is None:
+            return True
+        hours = merchant.hours.default if claimed.dialed is None \
+            else merchant.hours.for_number(claimed.dialed)
+        now = self.clock()
+        status = hours.status(now)
+        if status.open:
+            return True
+        opening = hours.next_opening(now)
+        if merchant.outside_hours is OutsideHours.WAIT and opening is not None:
+            log.info("outside hours (%s): waits until %s", status.reason, opening.isoformat())
+            await self.store.release(claimed.callback_id, (opening - now).total_seconds(),
+                                     Refusal.OUTSIDE_HOURS.value)
+            return False
+        log.info("outside hours (%s): dropped%s", status.reason,
+                 "" if opening else " (the line never opens again)")
+        await self.store.finish(claimed.callback_id,
+                                Finish("failed", Refusal.OUTSIDE_HOURS, claimed.attempts))
+        return False
 
     def _job(self, claimed: ClaimedJob, merchant: Merchant) -> Job:
         return Job(callback_id=claimed.callback_id, merchant_id=merchant.id,

@@ -3,7 +3,8 @@
 ``create_app(settings)`` builds the aiohttp application; its ``cleanup_ctx``
 generators own, in order: the database (pool, migrations, merchant sync), the
 rating service, the link to the callback site (client + outbox relay), the
-ARI connection with the Stasis application, and the held-request sweeper.
+ARI connection with the Stasis application (and the closed messages rendered
+ahead for the numbers with business hours), and the held-request sweeper.
 Each is torn down in reverse order. The building blocks shared with the
 callback site are in :mod:`shared.site`.
 
@@ -15,6 +16,7 @@ the carrier fails over. The database is retried for a minute at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -25,9 +27,11 @@ from aiohttp import web
 
 from edge_server.config import EdgeSettings
 from edge_server.decide import FixedDecider, RatesDecider
+from edge_server.hours_prompts import ClosedPrompts
 from edge_server.http import LEARN_CALL_LENGTHS_KEY, POOL_KEY, create_http_app
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
+from ivr_platform.tts import PromptCache
 from shared import outbox_operator
 from shared.db import migrate
 from shared.http import HEALTH_KEY, Health
@@ -130,19 +134,35 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+def closed_prompts(settings: EdgeSettings) -> ClosedPrompts | None:
+    """The closed messages of every number with business hours, rendered ahead into
+    ``[edge.hours] prompts_dir``; None without one (or without hours)."""
+    where = settings.edge.hours
+    schedules = [(m.hours, m.language) for m in settings.merchant_settings().values()
+                 if m.hours is not None]
+    if where.prompts_dir is None or where.asterisk_prompts_dir is None or not schedules:
+        return None
+    return ClosedPrompts(PromptCache(where.prompts_dir), where.asterisk_prompts_dir, schedules)
+
+
 async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     client = make_ari_client(settings.ari)
     await client.start()
+    prompts = closed_prompts(settings)
     deps = StasisDeps(ari=client, store=app[STORE_KEY], decider=app[DECIDER_KEY],
                       merchants=MerchantDirectory(settings.merchant_settings()),
-                      timings=settings.edge.timings, direct_context=settings.edge.direct_context)
+                      timings=settings.edge.timings, direct_context=settings.edge.direct_context,
+                      closed_prompts=prompts)
     stasis = StasisApp(deps)
     app[STASIS_KEY] = stasis
     app[HEALTH_KEY].ari_state = lambda: "connected" if stasis.connected else "connecting"
     await log_asterisk_reachability(client, settings.ari.url, log,
                                     "meanwhile the dialplan answers 503")
-    async with background(run_events(stasis, client), "ari events"):
+    async with contextlib.AsyncExitStack() as tasks:
+        if prompts is not None:
+            await tasks.enter_async_context(background(prompts.run(), "closed messages"))
+        await tasks.enter_async_context(background(run_events(stasis, client), "ari events"))
         yield
     await stasis.router.drain()
     await client.close()

@@ -8,7 +8,7 @@ Read from one TOML file with ``EDGE__SECTION__KEY`` environment overrides
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -37,6 +37,27 @@ DEFAULT_PORT = 8443
 
 
 @dataclass(frozen=True, slots=True)
+class HoursPrompts:
+    """``[edge.hours]``: where the closed messages are rendered ahead
+    (:mod:`edge_server.hours_prompts`). Unset: the fixed ``sound:cbgw/closed`` plays."""
+
+    prompts_dir: Path | None           # written by the edge: inside its Asterisk's root
+    asterisk_prompts_dir: Path | None  # the same directory as Asterisk sees it
+
+    @classmethod
+    def parse(cls, s: Section) -> HoursPrompts:
+        if not s.has("prompts_dir"):
+            if s.has("asterisk_prompts_dir"):
+                raise s.error("asterisk_prompts_dir", "needs prompts_dir")
+            return cls(None, None)
+        written = s.path_value("prompts_dir")
+        seen = s.str("asterisk_prompts_dir", str(written))
+        if not seen.startswith("/"):
+            raise s.error("asterisk_prompts_dir", "expected an absolute path")
+        return cls(written, Path(seen))
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeBehaviour:
     direct_context: str          # dialplan context holding each merchant's operator extension
     callback_when_unrated: bool  # no routing data for a caller: call back (true) or keep direct
@@ -45,6 +66,7 @@ class EdgeBehaviour:
     sweep_every_s: float
     timings: FlowTimings
     destinations: PolicySettings   # [edge.destinations]: who may be offered a call-back
+    hours: HoursPrompts            # [edge.hours]: the closed messages rendered ahead
 
     @classmethod
     def parse(cls, s: Section) -> EdgeBehaviour:
@@ -72,7 +94,8 @@ class EdgeBehaviour:
             sweep_after_s=s.int("sweep_after_s", 60, min=10),
             sweep_every_s=float(s.decimal("sweep_every_s", "15", min=Decimal(1))),
             timings=timings,
-            destinations=PolicySettings.parse(s.section("destinations")))
+            destinations=PolicySettings.parse(s.section("destinations")),
+            hours=HoursPrompts.parse(s.section("hours")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +137,7 @@ class EdgeSettings:
         return cls.load(path, check_files=True)
 
     def merchant_settings(self) -> dict[E164, MerchantSettings]:
-        """Dialled number → what the flow needs about its merchant."""
+        """Dialled number → what the flow needs about its merchant (and the number's hours)."""
         table: dict[E164, MerchantSettings] = {}
         policy = Policy(self.edge.destinations)
         for m in self.merchants:
@@ -126,5 +149,6 @@ class EdgeSettings:
                 language=m.language,
                 destinations=policy)
             for number in m.numbers:
-                table[number] = settings
+                table[number] = settings if m.hours is None else \
+                    replace(settings, hours=m.hours.for_number(number))
         return table

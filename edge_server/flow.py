@@ -21,6 +21,10 @@ request is stored, and a guard of at most 5 s bounds the time on the line.
 Decisions recorded here (stable reason codes, see :class:`Outcome`):
 
 * Unknown dialled number: ``Hangup(unallocated)`` (404) at once.
+* **Outside the number's business hours** (``MerchantSettings.hours`` at
+  ``CallArrived.at``): play the closed message, saying when it opens next (early
+  media in ``early_media`` mode), then reject, as a refusal does; nothing is stored
+  or queued, whoever calls. The call is recorded ``outside_hours`` with why.
 * Withheld, malformed or invalid caller ID: play ``dial-186`` (early media in
   ``early_media`` mode), then reject. Nothing is stored for a call-back.
 * Caller ID valid but not a permitted call-back destination (foreign,
@@ -51,6 +55,7 @@ from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 from edge_server.flow_messages import (
+    PROMPT_CLOSED,
     PROMPT_DIAL_186,
     PROMPT_RECEIVED,
     AnnounceMode,
@@ -83,7 +88,9 @@ from edge_server.flow_messages import (
     TimerName,
     edge_call_id_for,
 )
-from shared.phone import E164, classify_caller_id
+from ivr_platform.hours_speech import closed_announcement
+from ivr_platform.speech import reading
+from shared.phone import E164, CallerId, classify_caller_id
 
 # --- states -------------------------------------------------------------------------------
 
@@ -109,7 +116,7 @@ class Idle:
 
 @dataclass(frozen=True, slots=True)
 class Refusing:
-    """Playing ``dial-186`` to a caller we cannot call back."""
+    """Playing ``dial-186`` to a caller we cannot call back, or the closed message."""
 
     channel_id: str
     announce_mode: AnnounceMode
@@ -198,10 +205,14 @@ def _idle(state: Idle, event: Event) -> Result:
         raw = event.asserted_raw  # From carried nothing; the network asserted an identity
     caller_id = classify_caller_id(raw, event.presentation)
     edge_call_id = edge_call_id_for(event.channel_id)
+    closed = _closed(event, merchant, dialed, caller_id)
+    if closed is not None:
+        return closed
     if caller_id.number is None:
         assert caller_id.refusal is not None
         return _refuse(event, merchant, dialed, Outcome(caller_id.refusal.value),
-                       caller_id.detail)
+                       caller_id.detail, Play(PROMPT_DIAL_186, early=_early(merchant),
+                                              language=merchant.language))
     caller = caller_id.number
     verdict = merchant.destinations.evaluate(caller)
     if verdict is not None:
@@ -217,17 +228,41 @@ def _idle(state: Idle, event: Event) -> Result:
         RequestDecision(caller, merchant.id, merchant.announce_mode)]
 
 
+def _early(merchant: MerchantSettings) -> bool:
+    return merchant.announce_mode is AnnounceMode.EARLY_MEDIA
+
+
+def _closed(event: CallArrived, merchant: MerchantSettings, dialed: E164,
+            caller_id: CallerId) -> Result | None:
+    """The closed message and a reject if the number is closed at the call's arrival."""
+    hours = merchant.hours
+    if hours is None:
+        return None
+    if event.at is None:
+        raise ValueError("CallArrived.at is needed to apply business hours")
+    status = hours.status(event.at)
+    if status.open:
+        return None
+    opening = hours.next_opening(event.at)
+    detail = status.reason + (f"; opens {opening.isoformat()}" if opening else
+                              "; never opens again")
+    say = closed_announcement(hours, event.at, reading(merchant.language))
+    return _refuse(event, merchant, dialed, Outcome.CLOSED, detail,
+                   Play(PROMPT_CLOSED, early=_early(merchant), language=merchant.language,
+                        say=say),
+                   caller=caller_id.number, log_code="closed")
+
+
 def _refuse(event: CallArrived, merchant: MerchantSettings, dialed: E164, outcome: Outcome,
-            detail: str) -> Result:
+            detail: str, play: Play, *, caller: E164 | None = None,
+            log_code: str | None = None) -> Result:
     mode = merchant.announce_mode
     record = RecordCall(edge_call_id_for(event.channel_id), event.channel_id, merchant.id,
-                        None, dialed, outcome, detail)
-    commands: list[Command] = [Log(outcome, detail), record]
+                        caller, dialed, outcome, detail)
+    commands: list[Command] = [Log(log_code or outcome, detail), record]
     if mode is AnnounceMode.ANSWER:
         commands.append(Answer())
-    commands += [StartTimer(TimerName.REFUSAL, event.timings.refusal_guard_s),
-                 Play(PROMPT_DIAL_186, early=mode is AnnounceMode.EARLY_MEDIA,
-                      language=merchant.language)]
+    commands += [StartTimer(TimerName.REFUSAL, event.timings.refusal_guard_s), play]
     return Refusing(event.channel_id, mode, outcome), commands
 
 

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeAlias
 
+from ivr_platform.hours import BusinessHours
 from shared.destination import Policy
 from shared.language import Language
 from shared.phone import E164, CallerIdRefusal
+from shared.refusals import Refusal
 
 PROMPT_RECEIVED = "sound:cbgw/received"
 PROMPT_DIAL_186 = "sound:cbgw/dial-186"
+#: played out of hours when the sentence saying when it opens is not rendered (yet)
+PROMPT_CLOSED = "sound:cbgw/closed"
 ANSWER_MODE_MAX_S = 5.0
 
 
@@ -49,6 +54,7 @@ class Outcome(enum.StrEnum):
     WITHHELD = CallerIdRefusal.WITHHELD.value
     MALFORMED = CallerIdRefusal.MALFORMED.value
     INVALID = CallerIdRefusal.INVALID.value
+    CLOSED = Refusal.OUTSIDE_HOURS.value     # the number's business hours: closed now
     NOT_ALLOWED = "callback_destination_not_allowed"
     KEPT_DIRECT = "kept_direct"
     ABANDONED = "abandoned_before_store"
@@ -72,6 +78,8 @@ class MerchantSettings:
     language: Language = Language.JAPANESE   # of the prompts the caller hears
     # Who may be called back at all: the same policy the callback site's guard applies.
     destinations: Policy = field(default_factory=Policy)
+    #: the dialled number's business hours (its own, else the merchant's); None: always open
+    hours: BusinessHours | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,7 @@ class CallArrived:
     merchant: MerchantSettings | None  # resolved from ``dialed``; None = not ours
     asserted_raw: str | None = None  # number from P-Asserted-Identity, if any
     timings: FlowTimings = field(default_factory=FlowTimings)
+    at: datetime | None = None       # when it arrived (aware): the hours are applied at it
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +194,9 @@ class Play:
     media: str
     early: bool  # True: the channel is not answered; the prompt goes out as early media
     language: Language = Language.JAPANESE   # Asterisk plays sounds/<language>/<media>
+    #: the sentences ``media`` stands in for: the adapter plays them, pre-rendered, when
+    #: their file is ready (never rendering while the caller waits), else ``media``
+    say: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

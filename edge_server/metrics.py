@@ -22,6 +22,7 @@ OUTCOME_CLASS = {
     Outcome.NOT_ALLOWED: "direct", Outcome.KEPT_DIRECT: "direct",
     Outcome.UNALLOCATED: "refused", Outcome.WITHHELD: "refused", Outcome.MALFORMED: "refused",
     Outcome.INVALID: "refused",
+    Outcome.CLOSED: "closed",           # outside the number's business hours
     Outcome.ABANDONED: "abandoned",
     Outcome.STORE_FAILED: "failed",
     Outcome.STORE_TIMEOUT: "direct",    # the store was too slow: kept on the toll-free line
@@ -33,7 +34,7 @@ class EdgeMetrics:
         self.calls = Counter(
             "cbgw_edge_calls",
             "Inbound calls ended at the edge, by merchant, outcome (callback, direct, "
-            "refused, abandoned, failed) and reason (the edge_calls outcome code).",
+            "refused, closed, abandoned, failed) and reason (the edge_calls outcome code).",
             ["merchant", "outcome", "reason"], registry=r)
         self.decisions = Counter(
             "cbgw_edge_decisions",

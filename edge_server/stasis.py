@@ -55,6 +55,7 @@ from edge_server.flow_messages import (
     Timeout,
     edge_call_id_for,
 )
+from edge_server.hours_prompts import ClosedPrompts
 from edge_server.metrics import OUTCOME_CLASS, UNKNOWN_MERCHANT
 from edge_server.metrics import edge as edge_metrics
 from shared import ari, logs
@@ -136,6 +137,8 @@ class StasisDeps:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     release_retries: int = 3
     resync_grace_s: float = 1.0
+    #: the closed messages rendered ahead; None: the fixed ``sound:cbgw/closed`` plays
+    closed_prompts: ClosedPrompts | None = None
 
 
 class CallSession:
@@ -209,7 +212,8 @@ class CallSession:
             logs.update(merchant=merchant.id)
             self.merchant_id = merchant.id
         return CallArrived(self.channel_id, self.channel.caller_number, pres, dialed, merchant,
-                           asserted_raw=asserted_number(pai), timings=self.deps.timings)
+                           asserted_raw=asserted_number(pai), timings=self.deps.timings,
+                           at=self.received_at)
 
     async def _variable(self, name: str) -> str | None:
         try:
@@ -250,8 +254,8 @@ class CallSession:
                 self._spawn(self._decide(command), "decide")
             case StoreRequest():
                 self._spawn(self._store(command), "store")
-            case Play(media=media, language=language):
-                await self._play(media, language)
+            case Play(media=media, language=language, say=say):
+                await self._play(self._media(media, language, say), language)
             case Answer():
                 await self._ari_step("answer", deps.ari.answer(cid))
             case Hangup(reason=reason):
@@ -295,6 +299,13 @@ class CallSession:
             self.inbox.put_nowait(StoreFailed(f"{type(exc).__name__}: {exc}"[:300]))
             return
         self.inbox.put_nowait(RequestStored(request_id))
+
+    def _media(self, media: str, language: Language, say: str | None) -> str:
+        """The pre-rendered ``say`` if it is ready, else ``media``: never a render now."""
+        prompts = self.deps.closed_prompts
+        if say is None or prompts is None:
+            return media
+        return prompts.media(say, language) or media
 
     async def _play(self, media: str, language: Language) -> None:
         playback_id = next(self._playback_ids)

@@ -40,6 +40,7 @@ _STATE_FOR_OUTCOME = {
     Outcome.WITHHELD: "refused", Outcome.MALFORMED: "refused", Outcome.INVALID: "refused",
     Outcome.NOT_ALLOWED: "direct", Outcome.KEPT_DIRECT: "direct",
     Outcome.STORE_TIMEOUT: "direct", Outcome.ABANDONED: "abandoned",
+    Outcome.CLOSED: "closed",
 }
 
 

@@ -31,6 +31,7 @@ Unknown keys are refused by the caller's :meth:`shared.config.Source.check_unkno
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from ivr_platform.hours import (
     WEEKDAYS,
@@ -40,8 +41,10 @@ from ivr_platform.hours import (
     Window,
     check_windows,
 )
-from shared.config import Section
 from shared.phone import E164
+
+if TYPE_CHECKING:   # shared.config parses a merchant's [hours] through this module
+    from shared.config import Section
 
 #: the longest range one special day entry may cover
 MAX_SPECIAL_DAYS = 366

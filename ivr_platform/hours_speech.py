@@ -12,9 +12,9 @@ The first sentence follows :class:`~ivr_platform.hours.Status` (営業時間外,
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
-from ivr_platform.hours import TOKYO, BusinessHours, Status
+from ivr_platform.hours import MINUTES_PER_DAY, TOKYO, BusinessHours, Status
 from ivr_platform.speech import Reading
 from shared.language import Language
 
@@ -44,6 +44,22 @@ def closed_announcement(hours: BusinessHours, at: datetime, reading: Reading) ->
     if opening is None:
         return why
     return why + _when(opening, at.astimezone(TOKYO), reading)
+
+
+def closed_texts(hours: BusinessHours, day: date, reading: Reading) -> frozenset[str]:
+    """Every :func:`closed_announcement` a call on the local day ``day`` can hear.
+
+    Within a day the sentences change only at the day's window boundaries (why it is
+    closed, and the next opening, are the same between two of them), so one instant per
+    stretch finds them all: at most ``2 * MAX_WINDOWS + 1``. What to render ahead of the
+    day's calls."""
+    plan = hours.plan(day)
+    minutes = {0, *(w.start for w in plan.windows),
+               *(w.end for w in plan.windows if w.end < MINUTES_PER_DAY)}
+    midnight = datetime(day.year, day.month, day.day, tzinfo=TOKYO)
+    texts = (closed_announcement(hours, midnight + timedelta(minutes=m), reading)
+             for m in sorted(minutes))
+    return frozenset(t for t in texts if t is not None)
 
 
 def _when(opening: datetime, now: datetime, reading: Reading) -> str:

@@ -4,7 +4,8 @@ A prompt ``NAME`` is played as ``sound:cbgw/NAME``; ``deploy/asterisk/instance.p
 install`` renders both languages through :mod:`ivr_platform.tts` (``python -m
 ivr_platform prompts``) into the site's ``sounds/ja/cbgw/`` and ``sounds/en/cbgw/``, and
 every playback passes the merchant's language (ARI ``play?lang=``), so Asterisk picks the
-file of that language. The edge plays ``received`` and ``dial-186``; the call-back IVR
+file of that language. The edge plays ``received``, ``dial-186`` and, out of hours when the
+sentence saying when it opens is not rendered yet, ``closed``; the call-back IVR
 plays the others (``callback_server/flows/order.toml``).
 """
 
@@ -35,6 +36,11 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
     "dial-186": PromptText(
         "恐れ入りますが、番号の前にイチハチロクをつけておかけ直しください。",
         "Your number was withheld. Please dial 1 8 6 before the number and call again."),
+    "closed": PromptText(
+        "お電話ありがとうございます。ただいまの時間は、営業時間外です。"
+        "恐れ入りますが、営業時間内におかけ直しください。",
+        "Thank you for calling. We are closed at this time. Please call again during "
+        "our business hours."),
     # --- the call-back IVR ---------------------------------------------------------------
     "confirm-callback": PromptText(
         "ご依頼いただいた折り返しのお電話です。お話しになる場合は1を押してください。",

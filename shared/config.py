@@ -40,6 +40,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ivr_platform.hours import MerchantHours
+from ivr_platform.hours_config import parse_merchant_hours
 from shared.language import Language
 from shared.phone import E164, InvalidNumber, normalise
 
@@ -485,6 +487,13 @@ class LinkRoute:
         return cls(name=s.str("name", pattern=r"[a-z0-9_-]+"), url=url.rstrip("/"))
 
 
+class OutsideHours(enum.StrEnum):
+    """What the callback site does with a queued call-back that falls outside hours."""
+
+    WAIT = "wait"   # dial at the next opening (the job is rescheduled, durably)
+    DROP = "drop"   # close it: final status failed, reason outside_hours, to the edge
+
+
 class AnnounceMode(enum.StrEnum):
     EARLY_MEDIA = "early_media"  # 183 + announcement, then reject: the caller pays nothing
     ANSWER = "answer"  # answer, announce, hang up (the patent's mode)
@@ -569,6 +578,10 @@ class Merchant:
     call_lengths: CallLengthSettings = CallLengthSettings()
     #: the language of every prompt the merchant's callers hear (edge and call-back IVR)
     language: Language = Language.JAPANESE
+    #: business hours (``[merchants.hours]``, :mod:`ivr_platform.hours_config`); None:
+    #: always open. The edge refuses a call-back outside them, the callback worker re-checks
+    hours: MerchantHours | None = None
+    outside_hours: OutsideHours = OutsideHours.WAIT   # [merchants.hours] outside_hours
 
     @classmethod
     def parse(cls, s: Section) -> Merchant:
@@ -586,6 +599,7 @@ class Merchant:
         token = s.opt_str("api_token_sha256")
         if token is not None and not re.fullmatch(r"[0-9a-f]{64}", token):
             raise s.error("api_token_sha256", "expected a lower-case hex SHA-256 digest")
+        hours = s.section("hours")
         return cls(
             id=s.str("id", pattern=r"[a-z0-9][a-z0-9-]{0,62}"),
             name=s.str("name"),
@@ -602,6 +616,8 @@ class Merchant:
             api_token_sha256=token,
             call_lengths=CallLengthSettings.parse(s.section("call_lengths")),
             language=s.enum("language", Language, Language.JAPANESE),
+            hours=parse_merchant_hours(hours) if s.has("hours") else None,
+            outside_hours=hours.enum("outside_hours", OutsideHours, OutsideHours.WAIT),
         )
 
 

@@ -44,6 +44,8 @@ class Refusal(enum.StrEnum):
     CAP_MERCHANT_CHANNELS = "cap_merchant_channels"
     CAP_MERCHANT_CPS = "cap_merchant_cps"
     CAP_MERCHANT_SPEND = "cap_merchant_spend_daily"
+    # --- business hours (ivr_platform.hours; the edge and the callback worker) -------------
+    OUTSIDE_HOURS = "outside_hours"                      # the merchant's line is closed
 
     @property
     def is_cap(self) -> bool:

@@ -22,7 +22,7 @@ from callback_server.store.base import (
     survives_database_restarts,
 )
 from shared.outbox import Outbox, isoformat
-from shared.phone import E164
+from shared.phone import E164, InvalidNumber, normalise
 
 log = logging.getLogger("callback.store")
 
@@ -45,6 +45,15 @@ class ClaimedJob:
     rescued: bool          # the previous owner's lease expired mid-job
     #: the caller's hang-up at the edge (its arrival when unknown): the call-back latency
     hungup_at: datetime
+    #: the merchant's number the customer dialled (None: not reported, or not a number)
+    dialed: E164 | None = None
+
+
+def _number_or_none(text: str | None) -> E164 | None:
+    try:
+        return None if text is None else normalise(text)
+    except InvalidNumber:
+        return None
 
 
 class QueueStore(StoreBase):
@@ -76,14 +85,15 @@ class QueueStore(StoreBase):
                    heartbeat_at = now(), updated_at = now()
                FROM c WHERE r.callback_id = c.callback_id
                RETURNING r.callback_id, r.edge_call_id, r.merchant_id, r.caller, r.attempts,
-                         r.max_attempts, c.prev_status,
+                         r.max_attempts, c.prev_status, r.dialed,
                          coalesce(r.hungup_at, r.received_at) AS hungup_at,
                          (SELECT count(*) FROM callback_attempts a
                           WHERE a.callback_id = r.callback_id) AS legs""",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
-                           int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"])
+                           int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"],
+                           _number_or_none(r["dialed"]))
                 for r in rows]
         self.ending.difference_update(job.callback_id for job in jobs)
         for job in jobs:
