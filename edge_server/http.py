@@ -3,7 +3,9 @@
 * ``POST /v1/link/events``: reports from the callback site (signed; verified by
   ``shared.link.signature_middleware``; idempotent by message id through
   ``shared.link.accept_once``, and by natural key in the tables).
-* ``GET /v1/requests`` and ``GET /v1/cdrs``: for the merchant's call center,
+* ``GET /v1/requests``, ``GET /v1/cdrs`` and ``GET /v1/calls`` (every inbound call:
+  its state, outcome and why, e.g. ``closed``/``outside_hours`` out of business hours,
+  and its call-back's status): for the merchant's call center,
   ``Authorization: Bearer <token>``; the token (its SHA-256 is configured per
   merchant) selects the tenant. Query: ``since``/``until`` (ISO 8601 with a
   zone), ``limit`` (1-500, default 100), ``cursor`` (from ``next_cursor``).
@@ -156,6 +158,10 @@ async def list_cdrs(request: web.Request) -> web.Response:
     return await _list(request, "cdrs")
 
 
+async def list_calls(request: web.Request) -> web.Response:
+    return await _list(request, "calls")
+
+
 #: what /healthz reports as the database being down
 _HEALTH_ERRORS: tuple[type[BaseException], ...] = (ApiError, *CONNECTION_ERRORS)
 
@@ -192,6 +198,10 @@ OPERATIONS = (
               access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),
     Operation("GET", "/v1/cdrs", list_cdrs, "The merchant's call detail records",
               "call center", {200: Reply("one page, oldest first", page_schema("cdrs"))},
+              access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),
+    Operation("GET", "/v1/calls", list_calls, "The merchant's inbound calls and what became "
+              "of them", "call center",
+              {200: Reply("one page, oldest first", page_schema("calls"))},
               access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),
     Operation("GET", "/healthz", healthz, "Database and Asterisk connection", "meta",
               {200: Reply("up", HEALTH), 503: Reply("database down", HEALTH)}),

@@ -266,6 +266,15 @@ _LISTED: dict[str, Schema] = {
              "hangup_cause": nullable({"type": "integer"}), "disposition": {"type": "string"},
              "carrier_cost": nullable(MONEY), "direct_cost": nullable(MONEY),
              "received_at": TIMESTAMP},
+    # every inbound call: what became of it (state, outcome and why) and its call-back
+    "calls": {"edge_call_id": {"type": "string"}, "caller": nullable({"type": "string"}),
+              "dialed": {"type": "string"},
+              "state": {"enum": ["stored", "released", "cancelled", "refused", "direct",
+                                 "abandoned", "closed"]},
+              "outcome": nullable({"type": "string"}), "detail": nullable({"type": "string"}),
+              "received_at": TIMESTAMP, "callback_id": nullable({"type": "string"}),
+              "callback_status": nullable({"type": "string"}),
+              "callback_reason": nullable({"type": "string"})},
 }
 
 
@@ -409,14 +418,21 @@ _LISTS = {
                            "hangup_cause, disposition, carrier_cost_amount, "
                            "carrier_cost_currency, direct_cost_amount, direct_cost_currency, "
                            "received_at"),
+    "calls": ("received_at", "id, edge_call_id, caller, dialed, state, outcome, detail, "
+                             "received_at, callback_id, callback_status, callback_reason"),
 }
 
 
+#: a list read from a table of another name
+_TABLES = {"calls": "edge_calls"}
+
+
 async def list_rows(pool: asyncpg.Pool, table: str, q: ListQuery) -> Page:
-    """One page of ``requests`` or ``cdrs`` for one merchant, oldest first."""
+    """One page of ``requests``, ``cdrs`` or ``calls`` (``edge_calls``) for one merchant,
+    oldest first."""
     time_column, columns = _LISTS[table]
     rows = await pool.fetch(
-        f"""SELECT {columns} FROM {table}
+        f"""SELECT {columns} FROM {_TABLES.get(table, table)}
             WHERE merchant_id = $1 AND id > $2
               AND ($3::timestamptz IS NULL OR {time_column} >= $3)
               AND ($4::timestamptz IS NULL OR {time_column} < $4)

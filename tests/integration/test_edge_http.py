@@ -6,6 +6,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -13,11 +14,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from edge_server.flow_messages import AnnounceMode, Outcome, RecordCall, StoreRequest
 from edge_server.http import POOL_KEY, create_http_app
 from edge_server.reports import encode_cursor
 from edge_server.store import CallStore, edge_migrations
 from edge_server.testing import merchant
 from shared.db import create_pool, migrate_url
+from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
 from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
 
@@ -249,7 +252,7 @@ async def test_requests_page_with_cursor_and_time_window(client: TestClient[Any,
 ])
 async def test_bad_query_parameters_are_400_naming_the_field(
         client: TestClient[Any, Any], params: dict[str, str], field: str) -> None:
-    for path in ("/v1/requests", "/v1/cdrs"):
+    for path in ("/v1/requests", "/v1/cdrs", "/v1/calls"):
         resp = await client.get(path, params=params, headers=bearer(ACME_TOKEN))
         body = await resp.json()
         assert resp.status == 400, body
@@ -266,6 +269,33 @@ async def test_cdrs_are_listed_with_money_as_strings(client: TestClient[Any, Any
     assert item["duration_s"] == "0.000" and item["disposition"] == "busy"
     acme = await (await client.get("/v1/cdrs", headers=bearer(ACME_TOKEN))).json()
     assert all(i["call_id"] != "call-h1" for i in acme["items"])
+
+
+async def test_calls_show_a_closed_call_and_a_dropped_call_back_with_why(
+        client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
+    store = CallStore(pool)
+    at = datetime(2026, 12, 30, 1, 0, tzinfo=UTC)
+    await store.record_call(RecordCall(
+        "edge-closed-1", "closed-1", "acme", E164("819012345678"), E164("81120123456"),
+        Outcome.CLOSED, "special day: 年末年始; opens 2027-01-04T09:00:00+09:00"), at)
+    await store.store_request(StoreRequest(
+        "edge-dropped-1", "dropped-1", "acme", E164("819012345679"), E164("81120123456"),
+        AnnounceMode.EARLY_MEDIA, "cheaper"), at)
+    status = {"kind": "callback_status", "callback_id": "cb-dropped-1",
+              "edge_call_id": "edge-dropped-1", "merchant_id": "acme", "status": "failed",
+              "reason": "outside_hours", "attempts": 0, "at": "2026-12-30T09:00:00Z"}
+    assert (await post_event(client, status))[0] == 200
+    body = await (await client.get("/v1/calls", headers=bearer(ACME_TOKEN))).json()
+    calls = {c["edge_call_id"]: c for c in body["items"]}
+    closed, dropped = calls["edge-closed-1"], calls["edge-dropped-1"]
+    assert (closed["state"], closed["outcome"], closed["caller"]) == (
+        "closed", "outside_hours", "+819012345678")
+    assert closed["detail"] == "special day: 年末年始; opens 2027-01-04T09:00:00+09:00"
+    assert closed["received_at"] == "2026-12-30T01:00:00.000Z" and closed["callback_id"] is None
+    assert (dropped["state"], dropped["callback_status"], dropped["callback_reason"]) == (
+        "stored", "failed", "outside_hours")
+    bento = await (await client.get("/v1/calls", headers=bearer(BENTO_TOKEN))).json()
+    assert all(c["edge_call_id"] not in calls for c in bento["items"])
 
 
 async def test_healthz_reports_the_database(client: TestClient[Any, Any]) -> None:
