@@ -50,6 +50,8 @@ EDGE_HTTP_PORT = 8443
 CALLBACK_HTTP_PORT = 9443
 TOLL_FREE = "0120123456"
 CALL_CENTER_TOKEN = "demo-call-center-token"
+#: the edge renders the merchants' closed messages into its Asterisk's sounds/<this>
+CLOSED_PROMPTS = "cbgw-hours"
 
 
 # The stack listens on fixed loopback ports and drives the two shared Asterisk
@@ -80,6 +82,8 @@ class MerchantOptions:
     retry_backoff_s: tuple[int, ...] = (30, 120, 600)
     ring_timeout_s: int = 30
     api_token: str = CALL_CENTER_TOKEN
+    #: the merchant's ``[merchants.hours]`` tables, as TOML (empty: always open)
+    hours: str = ""
 
     def toml(self) -> str:
         return f"""
@@ -97,7 +101,7 @@ ring_timeout_s = {self.ring_timeout_s}
 ivr_flow = "order"
 operator = "operator"
 api_token_sha256 = "{hashlib.sha256(self.api_token.encode()).hexdigest()}"
-"""
+{self.hours}"""
 
 
 @dataclass
@@ -212,6 +216,13 @@ class Stack:
             text = (REPO / "deploy" / example).read_text()
             text = text.split("[[merchants]]", 1)[0]
             text = text.replace("../var/pki/", f"{self.pki_dir}/")
+            if site == "edge":   # closed messages are rendered where its Asterisk reads
+                host, inner = ast_harness.sounds_dir("edge", CLOSED_PROMPTS)
+                header = "\n[edge.hours]\n"
+                if header not in text:
+                    raise StackError(f"deploy/{example} has no [edge.hours] table")
+                text = text.replace(header, f'{header}prompts_dir = "{host}"\n'
+                                            f'asterisk_prompts_dir = "{inner}"\n')
             (self.workdir / f"{site}.toml").write_text(text + tenants)
 
     def _env(self) -> dict[str, str]:

@@ -137,6 +137,14 @@ def ensure_running(name: str) -> AsteriskSite:
                         version=version)
 
 
+def sounds_dir(site: str, name: str, root: Path | None = None) -> tuple[Path, str]:
+    """The directory ``sounds/<name>`` of site ``site``: as this host sees it (inside the
+    root) and as its Asterisk does."""
+    installed = instance_tool().load_site(site, root or asterisk_root())
+    inner = f"{installed.directories()['astdatadir'].rstrip('/')}/sounds/{name}"
+    return installed.host(inner), inner
+
+
 def prompt_seconds(site: AsteriskSite, language: str, name: str) -> float:
     """How long the installed prompt ``sound:cbgw/<name>`` in ``language`` plays."""
     tool = instance_tool()

@@ -16,8 +16,6 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-import callback_server
-import shared
 from callback_server.config import StaticRoute
 from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
@@ -27,8 +25,8 @@ from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker, WorkerSettings
 from ivr_platform.hours import TOKYO, BusinessHours, MerchantHours, SpecialDay, Window
 from shared.config import Merchant, OutsideHours
-from shared.db import create_pool, migrate_url, package_migrations
 from shared.phone import E164
+from tests.integration import callback_db
 
 pytestmark = pytest.mark.integration
 
@@ -49,21 +47,7 @@ TUESDAY = datetime(2026, 12, 8, 10, 0, tzinfo=TOKYO)       # open
 SUNDAY = datetime(2026, 12, 6, 11, 0, tzinfo=TOKYO)
 
 
-@pytest.fixture(scope="module")
-async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
-                               package_migrations("callback", callback_server.__file__)])
-    p = await create_pool(pg_url, max_size=10)
-    await CallbackStore(p, owner="setup").sync_merchants([WAITS, DROPS])
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-    await pool.execute("TRUNCATE cdrs, request_info, callback_attempts, callback_requests, "
-                       "outbox, inbound_messages")
-    return pool
+pool, clean = callback_db.fixtures([WAITS, DROPS])
 
 
 async def intake(pool: asyncpg.Pool, m: Merchant, dialed: E164 | None = None) -> str:

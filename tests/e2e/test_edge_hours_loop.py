@@ -1,0 +1,167 @@
+"""Business hours on the wire: real Asterisks, PostgreSQL, both servers, SIPp.
+
+Two merchants whose hours are set relative to the test's own clock (never waiting for
+an hour to come): ``shut`` has a closed special day around today, ``open`` a special day
+open all day. A call to ``shut`` gets 183, the closed message saying when it opens (its
+length on the wire is the rendered sentence's) and 486, never a 200 OK; nothing is queued
+and no carrier sees a call-back INVITE. A call to ``open`` takes the normal loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from demo.stack import CALL_CENTER_TOKEN, CLOSED_PROMPTS, MerchantOptions, Stack
+from ivr_platform.hours import TOKYO, BusinessHours, SpecialDay, Window
+from ivr_platform.hours_speech import closed_announcement
+from ivr_platform.speech import reading
+from ivr_platform.tts import PromptCache
+from shared.language import Language
+from tests import prom
+from tests.harness.asterisk import prompt_seconds, sounds_dir
+from tests.harness.sipp import SipMessage, SippRole
+
+ORDER_KEYS = "1" + "1" + "1234#" + "2#" + "1"   # accept call-back, order, item, qty, confirm
+TODAY = datetime.now(UTC).astimezone(TOKYO).date()
+WEEKLY = ("09:00-18:00",)
+# closed from yesterday to tomorrow (Tokyo): a test running across midnight is still closed
+SHUT_HOURS = BusinessHours(
+    weekly=(tuple(Window.parse(w) for w in WEEKLY),) * 7, holidays_closed=False,
+    special=(SpecialDay(TODAY - timedelta(days=1), TODAY + timedelta(days=1), (), "臨時休業"),))
+
+
+def hours_toml(special: str) -> str:
+    days = "".join(f'{day} = {list(WEEKLY)!r}\n'.replace("'", '"') for day in (
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
+    return f'[merchants.hours]\n{days}public_holidays = "weekly"\n' \
+           f'outside_hours = "drop"\n{special}'
+
+
+def special(first: date, last: date, body: str) -> str:
+    return f"[[merchants.hours.special]]\ndate = {first}\nuntil = {last}\n{body}\n"
+
+
+SHUT = MerchantOptions(id="shut", name="Shut Today", number="0120111222",
+                       pre_callback_delay_s="0", api_token="shut-token",
+                       hours=hours_toml(special(TODAY - timedelta(days=1),
+                                                TODAY + timedelta(days=1),
+                                                'closed = true\nnote = "臨時休業"')))
+OPEN = MerchantOptions(pre_callback_delay_s="0",
+                       hours=hours_toml(special(TODAY - timedelta(days=1),
+                                                TODAY + timedelta(days=1),
+                                                'windows = ["00:00-24:00"]')))
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with Stack(tmp_path_factory.mktemp("hours"), merchants=(OPEN, SHUT),
+                     db_prefix="cbgw_e2e_hours", log_level="DEBUG") as running:
+        yield running
+
+
+def first(messages: list[SipMessage], status: int) -> SipMessage:
+    return next(m for m in messages if m.status == status)
+
+
+async def finished(role: SippRole, within_s: float = 40) -> None:
+    await asyncio.to_thread(role.wait, within_s)
+
+
+async def rendered(stack: Stack, text: str, within_s: float = 30) -> Path:
+    """The closed sentence's WAV, once the edge has rendered it ahead."""
+    host, _ = sounds_dir("edge", CLOSED_PROMPTS, stack.edge_site.root)
+    cache = PromptCache(host)
+    for _ in range(int(within_s / 0.1)):
+        path = cache.cached(text, Language.JAPANESE)
+        if path is not None:
+            return path
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the edge did not render {text!r} ahead:\n{stack.log_tail('edge')}")
+
+
+async def edge_metrics(stack: Stack) -> str:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session, \
+            session.get(f"{stack.edge_url}/metrics") as resp:
+        return await resp.text()
+
+
+async def test_a_closed_merchants_caller_hears_when_it_opens_and_is_never_called_back(
+        stack: Stack) -> None:
+    say = closed_announcement(SHUT_HOURS, datetime.now(UTC), reading(Language.JAPANESE))
+    assert say is not None and say.startswith("本日は休業日です。次の営業は、")
+    wav = await rendered(stack, say)
+    with wave.open(str(wav), "rb") as w:
+        sentence_s = w.getnframes() / w.getframerate()
+    before = await edge_metrics(stack)
+    async with stack.carriers(digits=ORDER_KEYS) as roles:
+        phone = stack.customer_call("09011112222", dialled=SHUT.number)
+        await finished(phone)
+        call = await stack.wait_for_row(
+            "edge", "SELECT * FROM edge_calls WHERE merchant_id = 'shut'")
+        await asyncio.sleep(5)     # a call-back (pre-callback delay 0) would be ringing now
+        invites = [m for role in (roles["carrier-a"], roles["carrier-b"])
+                   for m in role.invites_received()]
+
+    statuses = phone.statuses_received()
+    assert 183 in statuses and statuses[-1] == 486, statuses
+    assert 200 not in statuses, f"the edge answered the toll-free call: {statuses}"
+    messages = phone.dialog_messages()
+    assert first(messages, 183).has_sdp
+    heard = (first(messages, 486).at - first(messages, 183).at).total_seconds()
+    fixed = prompt_seconds(stack.edge_site, "ja", "closed")
+    assert abs(heard - sentence_s) <= 0.5 < abs(heard - fixed), (heard, sentence_s, fixed)
+
+    assert (call["state"], call["outcome"]) == ("closed", "outside_hours")
+    assert call["detail"].startswith("special day: 臨時休業; opens ")
+    assert call["caller"] == "+819011112222" and call["message_id"] is None
+    assert not await stack.fetch("edge", "SELECT 1 FROM outbox WHERE merchant_id = 'shut'")
+    assert not await stack.fetch(
+        "callback", "SELECT 1 FROM callback_requests WHERE merchant_id = 'shut'")
+    assert not invites, [str(m) for m in invites]
+
+    after = await edge_metrics(stack)
+    labels = {"merchant": "shut", "outcome": "closed", "reason": "outside_hours"}
+    assert prom.scraped(after, "cbgw_edge_calls_total", **labels) - \
+        prom.scraped(before, "cbgw_edge_calls_total", **labels) == 1
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session, session.get(
+            f"{stack.edge_url}/v1/calls", headers={"Authorization": "Bearer shut-token"}
+            ) as resp:
+        listed = (await resp.json())["items"]
+    assert [(c["state"], c["outcome"]) for c in listed] == [("closed", "outside_hours")]
+
+
+async def test_an_open_merchants_caller_is_called_back_as_usual(stack: Stack) -> None:
+    async with stack.carriers(digits=ORDER_KEYS) as roles:
+        phone = stack.customer_call("09033334444", dialled=OPEN.number)
+        await finished(phone)
+        call = await stack.wait_for_row(
+            "edge", "SELECT * FROM edge_calls WHERE merchant_id = 'acme' "
+            "AND state = 'released'")
+        cdr = await stack.wait_for_row(
+            "edge", "SELECT * FROM cdrs WHERE edge_call_id = $1 AND disposition = 'answered'",
+            call["edge_call_id"], timeout_s=60)
+        answered = roles["carrier-a"].invites_received()
+    statuses = phone.statuses_received()
+    assert 183 in statuses and statuses[-1] == 486 and 200 not in statuses
+    heard = (first(phone.dialog_messages(), 486).at
+             - first(phone.dialog_messages(), 183).at).total_seconds()
+    assert abs(heard - prompt_seconds(stack.edge_site, "ja", "received")) <= 0.5
+    assert answered and answered[0].ruri_user == "819033334444"
+    assert cdr["carrier"] == "carrier-a"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session, session.get(
+            f"{stack.edge_url}/v1/calls",
+            headers={"Authorization": f"Bearer {CALL_CENTER_TOKEN}"}) as resp:
+        listed = (await resp.json())["items"]
+    assert [(c["state"], c["outcome"]) for c in listed] == [("released", "callback_released")]
