@@ -7,6 +7,7 @@ Read from one TOML file with ``EDGE__SECTION__KEY`` environment overrides
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -55,6 +56,16 @@ class HoursPrompts:
         if not seen.startswith("/"):
             raise s.error("asterisk_prompts_dir", "expected an absolute path")
         return cls(written, Path(seen))
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``check``: ``serve`` creates ``prompts_dir`` and writes there."""
+        if self.prompts_dir is None:
+            return []
+        existing = next(p for p in (self.prompts_dir, *self.prompts_dir.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            return [("edge.hours.prompts_dir",
+                     f"{self.prompts_dir}: cannot write in {existing}")]
+        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +135,7 @@ class EdgeSettings:
         settings = cls(**common.fields(), edge=EdgeBehaviour.parse(top.section("edge")))
         source.check_unknown()
         if check_files:
-            common.check_files(source)
+            source.refuse(common.file_problems() + settings.edge.hours.problems())
         unknown = set(settings.edge.per_merchant_unrated) - {m.id for m in settings.merchants}
         if unknown:
             raise ConfigError(f"{path}: edge.unrated_callback: unknown merchant(s) "

@@ -118,6 +118,32 @@ def test_check_refuses_a_flow_whose_prompts_are_not_there(
     assert _check("callback", config, capsys) == (0, "")
 
 
+@pytest.mark.parametrize("site", ["edge", "callback"])
+def test_check_names_a_bad_business_hours_key_with_its_line(
+        site: str, pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, pki_dir, site, ('# [merchants.hours]\n# monday = ',
+                                               '[merchants.hours]\nmonday = '),
+                     ("# saturday = ", "saturdy = "))
+    code, err = _check(site, config, capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"config error: {config}:{_line(config, 'saturdy = ')}: merchants[0].hours.saturdy: "
+        "unknown key (did you mean saturday?)"]
+
+
+def test_check_refuses_a_closed_messages_directory_it_cannot_write(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = _config(tmp_path, pki_dir, "edge",
+                     ("# prompts_dir = ", f'prompts_dir = "{blocker}/closed"\n# '))
+    code, err = _check("edge", config, capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"config error: {config}:{_line(config, 'prompts_dir = ')}: edge.hours.prompts_dir: "
+        f"{blocker}/closed: cannot write in {blocker}"]
+
+
 def test_check_refuses_an_invalid_flow_with_the_merchant_key(
         pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _config(tmp_path, pki_dir, "callback", ('ivr_flow = "order"', 'ivr_flow = "nope"'))
