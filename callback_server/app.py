@@ -4,7 +4,9 @@
 generators own, in order: the database (pool, migrations, merchant sync, the
 toll-fraud guard that screens intake, rounds, legs and spend), the advisors
 domain (:func:`advisors.http.install`: its admin API, presence events and timers), the
-billing API (:func:`billing.http.install`: deposits, balances, ledgers), the rating
+billing API (:func:`billing.http.install`: deposits, balances, ledgers), the media API
+(:func:`ivr_platform.media_http.install`: guidance uploads, recordings and their expiry job,
+as ``[media]`` enables them), the rating
 service, the link to the edge (outbox relay), and the ARI connection with the Stasis
 application and the job worker. Each is torn down in reverse
 order; the worker drains running calls first (``callback.drain_s``).
@@ -33,6 +35,7 @@ from aiohttp import web
 import advisors
 import billing
 import callback_server
+import ivr_platform
 import shared
 from advisors.http import install as install_advisors
 from billing.http import install as install_billing
@@ -51,6 +54,8 @@ from callback_server.routing import Routing
 from callback_server.stasis import StasisApp
 from callback_server.store import CallbackStore
 from callback_server.worker import Worker
+from ivr_platform.guidance import media_ref
+from ivr_platform.media_http import install as install_media
 from shared import outbox_operator
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
@@ -98,6 +103,7 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
     sets.append(package_migrations("callback", callback_server.__file__))
     sets.append(package_migrations("advisors", advisors.__file__))
     sets.append(package_migrations("billing", billing.__file__))
+    sets.append(package_migrations("ivr_platform", ivr_platform.__file__))
     return sets
 
 
@@ -106,6 +112,9 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
     install_billing(app, lambda a: a[POOL_KEY])
+    install_media(app, settings.media, lambda a: a[POOL_KEY],
+                  lambda merchant, name: settings.flows_playing(merchant,
+                                                                media_ref(merchant, name)))
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:

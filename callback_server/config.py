@@ -16,6 +16,8 @@ from callback_server.dialer_messages import Route
 from callback_server.guard.settings import GuardSettings
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
 from callback_server.worker import WorkerSettings
+from ivr_platform.guidance import GUIDANCE_PREFIX, GuidanceLibrary, parse_ref
+from ivr_platform.media_config import MediaSettings
 from ivr_platform.prompts import SYSTEM_PROMPTS
 from shared.config import (
     AriSettings,
@@ -103,6 +105,7 @@ class CallbackSettings:
     callback: CallbackBehaviour
     flows: Mapping[str, Flow]
     guard: GuardSettings = field(default_factory=GuardSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
@@ -131,11 +134,14 @@ class CallbackSettings:
                                     f"flow {m.ivr_flow!r} has no confirm_callback gate "
                                     "(press 1 before anything else); [guard] "
                                     "require_confirm = true requires one")
+        media = MediaSettings.parse(top.section("media"), (m.id for m in merchants))
         source.check_unknown()
         if check_files:
-            source.refuse(common.file_problems()
-                          + _prompt_problems(merchants, flows, behaviour.prompts_dir))
-        return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard)
+            source.refuse(common.file_problems() + media.file_problems()
+                          + _prompt_problems(merchants, flows, behaviour.prompts_dir)
+                          + _guidance_problems(merchants, flows, media))
+        return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard,
+                   media=media)
 
     @classmethod
     def load_checked(cls, path: Path) -> CallbackSettings:
@@ -147,6 +153,11 @@ class CallbackSettings:
             if m.id == merchant_id:
                 return m
         raise ConfigError(f"{self.path}: no merchant {merchant_id!r}")
+
+    def flows_playing(self, merchant_id: str, media: str) -> list[str]:
+        """The merchant's flow if it plays ``media`` (a guidance in use is not deleted)."""
+        flow = next((m.ivr_flow for m in self.merchants if m.id == merchant_id), None)
+        return [flow] if flow is not None and media in _media(self.flows[flow]) else []
 
 
 def _prompt_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
@@ -170,6 +181,31 @@ def _prompt_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
             problems.append((f"merchants[{i}].ivr_flow",
                              f"flow {m.ivr_flow!r} plays prompts in {m.language.value!r} "
                              f"not in {where} ([callback] prompts_dir): {', '.join(missing)}"))
+    return problems
+
+
+def _guidance_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
+                       media: MediaSettings) -> list[tuple[str, str]]:
+    """``(merchants[i].ivr_flow, problem)`` for each ``sound:cbgw-guidance/<merchant>/<name>``
+    its flow plays that is another merchant's, malformed, or not uploaded."""
+    library = GuidanceLibrary(media.guidance_dir) if media.guidance_dir is not None else None
+    problems = []
+    for i, m in enumerate(merchants):
+        for played in sorted(p for p in _media(flows[m.ivr_flow])
+                             if p.startswith(GUIDANCE_PREFIX)):
+            ref = parse_ref(played)
+            if ref is None:
+                problem = "is not sound:cbgw-guidance/<merchant>/<name>"
+            elif ref[0] != m.id:
+                problem = f"is merchant {ref[0]!r}'s guidance, not {m.id!r}'s"
+            elif library is None:
+                problem = "is a guidance, but [media] guidance_dir is not set"
+            elif not library.has(*ref):
+                problem = f"is not uploaded (no {library.wav(*ref)})"
+            else:
+                continue
+            problems.append((f"merchants[{i}].ivr_flow",
+                             f"flow {m.ivr_flow!r} plays {played}, which {problem}"))
     return problems
 
 

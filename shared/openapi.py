@@ -134,6 +134,9 @@ class Operation:
     params: Sequence[Param] = ()
     body: Schema | None = None
     body_required: bool = True
+    #: the request body's media type; a body that is not JSON (``application/octet-stream``:
+    #: an upload) is read by the handler, which answers its own errors
+    body_type: str = "application/json"
     #: named request bodies the handler accepts (shown in the document; the contract tests
     #: send each one and check it is valid by ``body``)
     examples: Mapping[str, Any] = field(default_factory=dict)
@@ -141,7 +144,8 @@ class Operation:
 
     def all_errors(self) -> dict[int, list[str]]:
         merged: dict[int, list[str]] = {}
-        sources = [self.access.errors, _BODY_ERRORS if self.body is not None else {},
+        json_body = self.body is not None and self.body_type == "application/json"
+        sources = [self.access.errors, _BODY_ERRORS if json_body else {},
                    _PARAM_ERRORS if self.params else {}, self.errors]
         for source in sources:
             for status, ids in source.items():
@@ -163,7 +167,7 @@ class Operation:
             if self.examples:
                 media["examples"] = {k: {"value": v} for k, v in self.examples.items()}
             out["requestBody"] = {"required": self.body_required,
-                                  "content": {"application/json": media}}
+                                  "content": {self.body_type: media}}
         out["security"] = [] if self.access.scheme is None else [{self.access.name: []}]
         responses: Schema = {str(s): _reply(r) for s, r in self.replies.items()}
         for status, ids in self.all_errors().items():
@@ -265,6 +269,7 @@ def string(max_length: int, min_length: int = 1, **extra: Any) -> Schema:
     return {"type": "string", "minLength": min_length, "maxLength": max_length, **extra}
 
 
+BINARY: Schema = {"type": "string", "format": "binary"}
 TIMESTAMP: Schema = {"type": "string", "format": "date-time",
                      "description": "ISO 8601 with a zone (Z or +hh:mm)"}
 E164_NUMBER: Schema = {"type": "string", "pattern": r"^\+[1-9][0-9]{6,14}$",

@@ -21,6 +21,8 @@ spool, lib and data directories::
     ROOT/var/lib/asterisk-SITE/data/         astdatadir: links to /usr/share/asterisk
         sounds/LANG/cbgw/<name>.wav          the system prompts (ivr_platform/prompts.py),
                                              LANG ja and en
+        sounds/cbgw-guidance/<merchant>/     merchants' own guidance, written by the
+                                             callback site ([media] guidance_dir)
     ROOT/run/asterisk-SITE/asterisk.pid, asterisk.ctl
     ROOT/var/log/asterisk-SITE/{messages,full}.log
 
@@ -53,6 +55,8 @@ MARKER = ".cbgw-provisioned"
 SHARE = "/usr/share/asterisk"
 #: the languages prompts are installed in (``sounds/LANG/cbgw``); ARI ``play?lang=`` picks one
 LANGUAGES = ("ja", "en")
+#: merchants' guidance (``ivr_platform.guidance.SOUNDS_SUBDIR``): one file for every language
+GUIDANCE = "cbgw-guidance"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -211,6 +215,8 @@ def install(site: Site) -> bool:
     link_data_dir(site, dirs["astdatadir"], uid, gid)
     sounds = site.host(dirs["astdatadir"]) / "sounds"
     install_prompts(render_prompts(site.root), sounds, uid, gid)
+    make_dir(sounds / GUIDANCE, uid, gid)
+    (sounds / GUIDANCE).chmod(0o755)   # the callback site writes, Asterisk reads
     log(f"installed {site.name} into {site.host(dirs['astetcdir'])}")
     return changed
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -13,6 +15,7 @@ from aiohttp import web
 
 import advisors
 import billing
+import ivr_platform
 from advisors.http import install as install_advisors
 from billing.http import install as install_billing
 from callback_server.guard.http import GUARD_KEY, install
@@ -20,6 +23,10 @@ from callback_server.guard.service import Guard
 from callback_server.guard.settings import GuardSettings
 from callback_server.http import attach_store, create_http_app
 from callback_server.store import CallbackStore
+from ivr_platform.audio import AudioLimits
+from ivr_platform.media_config import MediaSettings
+from ivr_platform.media_http import install as install_media
+from ivr_platform.recordings import RecordingStore
 from routing_rates.carriers import Carrier
 from routing_rates.http import routes as rates_routes
 from routing_rates.index import Row
@@ -39,6 +46,7 @@ from tests.integration.api_contract import (
     serving,
 )
 from tests.integration.test_callback_http import MERCHANTS, PEER_KEY, TOKEN, body
+from tests.integration.test_ivr_audio import tone
 from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
 
 pytestmark = pytest.mark.integration
@@ -48,10 +56,10 @@ OPERATOR_SHA256 = hashlib.sha256(OPERATOR.encode()).hexdigest()
 pool, clean = callback_db.fixtures(MERCHANTS)
 
 
-def make_app(pool: asyncpg.Pool, db_url: str) -> web.Application:
+def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
-    letters, the advisors' admin API and the billing API."""
+    letters, the advisors' admin API, the billing API and the media API."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -66,18 +74,28 @@ def make_app(pool: asyncpg.Pool, db_url: str) -> web.Application:
     outbox_operator.add_routes(app)
     install_advisors(app, lambda _: (db_url, pool))
     install_billing(app, lambda _: pool)
+    install_media(app, media, lambda _: pool)
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
 
 
 @pytest.fixture
-async def served(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Served]:
+async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path) -> AsyncIterator[Served]:
     await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__),
-                               package_migrations("billing", billing.__file__)])
+                               package_migrations("billing", billing.__file__),
+                               package_migrations("ivr_platform", ivr_platform.__file__)])
+    secret = tmp_path / "links.secret"
+    secret.write_bytes(b"k" * 32)
+    media = MediaSettings(guidance_dir=tmp_path / "guidance", recordings_dir=tmp_path / "rec",
+                          limits=AudioLimits(max_bytes=100_000, max_seconds=10),
+                          link_secret_file=secret)
+    await RecordingStore(clean, tmp_path / "rec").add(   # to read back, with its link
+        "acme", tone(tmp_path / "call.wav", 1.0, channels=1), retention=timedelta(days=1),
+        edge_call_id="edge-contract-1")
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
                                                       OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back
-    async with serving(make_app(clean, pg_url), session, a_callback) as served:
+    async with serving(make_app(clean, pg_url, media), session, a_callback) as served:
         yield served
 
 

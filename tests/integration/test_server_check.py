@@ -13,6 +13,8 @@ import pytest
 from callback_server.__main__ import main as callback_main
 from callback_server.ivr_flow import FLOWS_DIR
 from edge_server.__main__ import main as edge_main
+from ivr_platform.cli import main as ivr_main
+from tests.integration.test_ivr_audio import tone
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +144,45 @@ def test_check_refuses_a_closed_messages_directory_it_cannot_write(
     assert err.splitlines() == [
         f"config error: {config}:{_line(config, 'prompts_dir = ')}: edge.hours.prompts_dir: "
         f"{blocker}/closed: cannot write in {blocker}"]
+
+
+def test_check_refuses_a_flow_whose_guidance_is_not_the_merchants_or_not_uploaded(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    order = (FLOWS_DIR / "order.toml").read_text()
+    guidance = tmp_path / "guidance"
+    config = _config(tmp_path, pki_dir, "callback", (
+        "# flows_dir = ", f'flows_dir = "{flows}"\n# '), (
+        'guidance_dir = "/var/cache/cbgw/asterisk-sid/var/lib/asterisk-callback/data/sounds/'
+        'cbgw-guidance"', f'guidance_dir = "{guidance}"'))
+    where = f"config error: {config}:{_line(config, 'ivr_flow = ')}: merchants[0].ivr_flow: "
+    (flows / "order.toml").write_text(order.replace(
+        '"sound:cbgw/goodbye"', '"sound:cbgw-guidance/bento/goodbye"'))
+    assert _check("callback", config, capsys) == (2, (
+        f"{where}flow 'order' plays sound:cbgw-guidance/bento/goodbye, which is merchant "
+        "'bento''s guidance, not 'acme''s\n"))
+    (flows / "order.toml").write_text(order.replace(
+        '"sound:cbgw/goodbye"', '"sound:cbgw-guidance/acme/goodbye"'))
+    assert _check("callback", config, capsys) == (2, (
+        f"{where}flow 'order' plays sound:cbgw-guidance/acme/goodbye, which is not uploaded "
+        f"(no {guidance}/acme/goodbye.wav)\n"))
+    source = tone(tmp_path / "goodbye.mp3", 1.0)
+    assert ivr_main(["guidance", "add", "--dir", str(guidance), "--merchant", "acme",
+                     "goodbye", str(source)]) == 0
+    capsys.readouterr()
+    assert _check("callback", config, capsys) == (0, "")
+
+
+def test_check_refuses_a_recording_link_secret_too_short(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "links.secret"
+    secret.write_bytes(b"short")
+    config = _config(tmp_path, pki_dir, "callback", (
+        "# link_secret_file = ", f'link_secret_file = "{secret}"  # '))
+    assert _check("callback", config, capsys) == (2, (
+        f"config error: {config}:{_line(config, 'link_secret_file = ')}: "
+        f"media.link_secret_file: {secret} holds 5 bytes; at least 32 are needed\n"))
 
 
 def test_check_refuses_an_invalid_flow_with_the_merchant_key(

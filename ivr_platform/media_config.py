@@ -1,0 +1,93 @@
+"""The ``[media]`` section of the callback site's config: where guidance and recordings
+live, their limits, how long recordings are kept, and the links to them.
+
+```toml
+[media]
+guidance_dir = "/var/cache/cbgw/asterisk-sid/var/lib/asterisk-callback/data/sounds/cbgw-guidance"
+max_upload_bytes = 20971520     # an upload's body (mp3, m4a/mp4, wav)
+max_guidance_s = 600            # a guidance's length
+recordings_dir = "/var/lib/cbgw/recordings"
+retention_days = 90             # every merchant's recordings, unless below
+link_ttl_s = 3600               # a signed link to a recording stays valid this long
+link_secret_file = "keys/recording-links.secret"   # >= 32 bytes; unset: one per process
+public_url = "https://callback.example.com"        # the links' base; unset: paths only
+sweep_s = 300                   # expired recordings are deleted this often
+
+[media.retention_days_by_merchant]
+acme = 30
+```
+
+Without ``guidance_dir`` the guidance routes are not mounted; without ``recordings_dir``
+the recordings routes and the expiry job are not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from ivr_platform.audio import AudioLimits
+from shared.config import Section
+
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    guidance_dir: Path | None = None
+    limits: AudioLimits = AudioLimits()
+    recordings_dir: Path | None = None
+    retention_days: int = 90
+    retention_days_by_merchant: Mapping[str, int] = field(default_factory=dict)
+    link_ttl_s: int = 3600
+    link_secret_file: Path | None = None
+    public_url: str | None = None
+    sweep_s: float = 300.0
+
+    @classmethod
+    def parse(cls, s: Section, merchant_ids: Iterable[str]) -> MediaSettings:
+        known = set(merchant_ids)
+        by_merchant = s.section("retention_days_by_merchant")
+        retention = {}
+        for merchant_id in by_merchant.keys():
+            if merchant_id not in known:
+                raise by_merchant.error(merchant_id, f"no merchant {merchant_id!r}")
+            retention[merchant_id] = by_merchant.int(merchant_id, min=1, max=3650)
+        public_url = s.opt_str("public_url")
+        if public_url is not None and not public_url.startswith(("https://", "http://")):
+            raise s.error("public_url", "expected an http(s) URL")
+        return cls(
+            guidance_dir=s.path_value("guidance_dir") if s.has("guidance_dir") else None,
+            limits=AudioLimits(
+                max_bytes=s.int("max_upload_bytes", 20 * 1024 * 1024, min=1024,
+                                max=200 * 1024 * 1024),
+                max_seconds=float(s.int("max_guidance_s", 600, min=1, max=3600))),
+            recordings_dir=s.path_value("recordings_dir") if s.has("recordings_dir") else None,
+            retention_days=s.int("retention_days", 90, min=1, max=3650),
+            retention_days_by_merchant=retention,
+            link_ttl_s=s.int("link_ttl_s", 3600, min=10, max=7 * 86400),
+            link_secret_file=(s.path_value("link_secret_file")
+                              if s.has("link_secret_file") else None),
+            public_url=public_url.rstrip("/") if public_url else None,
+            sweep_s=float(s.decimal("sweep_s", "300", min=Decimal(1))))
+
+    def retention(self, merchant_id: str) -> timedelta:
+        return timedelta(days=self.retention_days_by_merchant.get(merchant_id,
+                                                                  self.retention_days))
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """``(key, problem)`` for a link secret file that cannot be used (``check``)."""
+        if self.link_secret_file is None:
+            return []
+        try:
+            size = len(self.link_secret_file.read_bytes())
+        except OSError as exc:
+            return [("media.link_secret_file",
+                     f"cannot read {self.link_secret_file}: {exc.strerror}")]
+        if size < MIN_SECRET_BYTES:
+            return [("media.link_secret_file", f"{self.link_secret_file} holds {size} bytes; "
+                                               f"at least {MIN_SECRET_BYTES} are needed")]
+        return []
