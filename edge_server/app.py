@@ -28,7 +28,7 @@ from aiohttp import web
 from edge_server.config import EdgeSettings
 from edge_server.decide import FixedDecider, RatesDecider
 from edge_server.hours_prompts import ClosedPrompts
-from edge_server.http import LEARN_CALL_LENGTHS_KEY, POOL_KEY, create_http_app
+from edge_server.http import LEARN_CALL_LENGTHS_KEY, POOL_KEY, RATES_TABLES_KEY, create_http_app
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from ivr_platform.tts import PromptCache
@@ -88,6 +88,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.sync_merchants(settings.merchants)
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool
+    app[RATES_TABLES_KEY] = settings.rates.enabled  # decks from the callback site are taken
     app[STORE_KEY] = store
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(
         pool, settings.operator.api_token_sha256)

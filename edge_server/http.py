@@ -3,6 +3,8 @@
 * ``POST /v1/link/events``: reports from the callback site (signed; verified by
   ``shared.link.signature_middleware``; idempotent by message id through
   ``shared.link.accept_once``, and by natural key in the tables).
+* ``POST /v1/link/rate-decks``: the parts of a rate deck version the callback site
+  activated (``routing_rates.distribute``; signed, idempotent likewise).
 * ``GET /v1/requests``, ``GET /v1/cdrs`` and ``GET /v1/calls`` (every inbound call:
   its state, outcome and why, e.g. ``closed``/``outside_hours`` out of business hours,
   and its call-back's status): for the merchant's call center,
@@ -38,6 +40,7 @@ from edge_server.reports import (
     parse_event,
     save_report,
 )
+from routing_rates import distribute
 from shared.config import Merchant
 from shared.db import CONNECTION_ERRORS
 from shared.http import (
@@ -80,6 +83,8 @@ _LIST_PARAMS = frozenset({"since", "until", "limit", "cursor"})
 POOL_KEY = web.AppKey("edge_pool", asyncpg.Pool)
 #: set while routing_rates runs: CDRs arriving over the link teach the call lengths
 LEARN_CALL_LENGTHS_KEY = web.AppKey("edge_learn_call_lengths", bool)
+#: set when the database has the routing_rates tables ([rates] enabled): decks are taken
+RATES_TABLES_KEY = web.AppKey("edge_rates_tables", bool)
 
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
@@ -115,6 +120,22 @@ async def link_events(request: web.Request) -> web.Response:
                 lambda c: save_report(c, report, learn_call_lengths=learn))
     except CONNECTION_ERRORS as exc:
         log.warning("link event %s not stored: %s", mid, exc)
+        raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
+    return json_response(body, status=status)
+
+
+async def link_rate_decks(request: web.Request) -> web.Response:
+    part = distribute.parse_part(await read_json_object(request, raw_body(request)))
+    if not request.app.get(RATES_TABLES_KEY, False):
+        raise ApiError(409, "rates-disabled", "routing_rates is not enabled on this site "
+                       "([rates] enabled = false): the deck waits in the sender's outbox")
+    mid = message_id(request)
+    try:
+        async with _pool(request).acquire() as conn, conn.transaction():
+            status, body = await accept_once(conn, mid, distribute.KIND,
+                                             lambda c: distribute.receive(c, part))
+    except CONNECTION_ERRORS as exc:
+        log.warning("rate deck part %s not stored: %s", mid, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(body, status=status)
 
@@ -193,6 +214,13 @@ OPERATIONS = (
               access=LINK, body=EVENT_SCHEMA, examples=EVENT_EXAMPLES,
               errors={400: ("invalid-field",), 422: ("unknown-merchant", "tenant-mismatch"),
                       **_DB_DOWN}),
+    Operation("POST", distribute.PATH, link_rate_decks,
+              "A part of a rate deck version the callback site activated", "link",
+              {200: Reply("the version is stored, or was already", distribute.RATE_DECK_ANSWER),
+               202: Reply("the part is stored; more are to come", distribute.RATE_DECK_ANSWER)},
+              access=LINK, body=distribute.RATE_DECK_SCHEMA,
+              examples=distribute.RATE_DECK_EXAMPLES,
+              errors={400: ("invalid-field",), **distribute.RATE_DECK_ERRORS, **_DB_DOWN}),
     Operation("GET", "/v1/requests", list_requests, "The merchant's collected requests",
               "call center", {200: Reply("one page, oldest first", page_schema("requests"))},
               access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),

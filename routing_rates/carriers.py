@@ -92,6 +92,32 @@ class Carrier:
                    periods=periods)
 
 
+def from_json_checked(data: object) -> Carrier:
+    """A carrier as another site sent it (``Carrier.to_json``), checked like a TOML entry;
+    ``CarrierConfigError`` if it is not one."""
+    if not isinstance(data, Mapping):
+        raise CarrierConfigError("not an object")
+    for key in ("id", "name", "kind", "currency", "timezone", "dial_string", "profile"):
+        if not isinstance(data.get(key, ""), str):
+            raise CarrierConfigError(f"{key} must be a string")
+    try:
+        carrier = Carrier.from_json(data)
+        check_currency(carrier.currency)
+        ZoneInfo(carrier.timezone)
+    except (KeyError, TypeError, IndexError, UnknownCurrency, TariffError) as exc:
+        raise CarrierConfigError(f"{type(exc).__name__}: {exc}") from exc
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise CarrierConfigError(f"unknown timezone: {exc}") from exc
+    if not _ID.match(carrier.id):
+        raise CarrierConfigError(f"id {carrier.id!r} must match [a-z0-9-]+")
+    if carrier.kind not in KINDS:
+        raise CarrierConfigError(f"kind {carrier.kind!r} must be one of {', '.join(KINDS)}")
+    if carrier.max_channels is not None and (not isinstance(carrier.max_channels, int)
+                                             or carrier.max_channels < 0):
+        raise CarrierConfigError("max_channels must be a whole number >= 0")
+    return carrier
+
+
 def _carrier(entry: Mapping[str, Any], kind: str, where: str) -> Carrier:
     cid = str(entry.get("id", ""))
     if not _ID.match(cid):

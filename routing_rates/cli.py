@@ -23,14 +23,14 @@ from typing import Any
 
 import asyncpg
 
-from routing_rates import call_lengths, importer, report, simulate, store
+from routing_rates import call_lengths, distribute, importer, report, simulate, store
 from routing_rates.carriers import DATA_DIR, DEMO_CARRIERS, CarrierConfigError, load_carriers
 from routing_rates.cdr import CdrFileError, CdrRater, DeckHistory, read_cdrs
 from routing_rates.duration import DistributionError, DurationModel, load_distributions
 from routing_rates.profile import ProfileError, load_profile
 from routing_rates.service import RatingService, UnknownTariff
 from shared.config import ConfigError, load, parse_merchants, root
-from shared.db import create_pool, migrate, resolve_url
+from shared.db import create_pool, migrate, package_migrations, resolve_url
 from shared.money import DEFAULT_FX_BASE, DEFAULT_FX_RATES, FxTable, MoneyError
 from shared.phone import E164, InvalidNumber, normalise
 from shared.timeutil import TimestampError, parse_timestamp
@@ -77,7 +77,12 @@ async def _connect(args: argparse.Namespace) -> asyncpg.Connection:
     url = await asyncio.to_thread(resolve_url, args.database_url, database)
     args.resolved_url = url
     conn = await asyncpg.connect(url)
-    await migrate(conn, [store.migrations()])
+    sets = [store.migrations()]
+    if getattr(args, "distribute", False):  # the callback site's database: the link's outbox
+        import shared
+
+        sets.insert(0, package_migrations("link", shared.__file__))
+    await migrate(conn, sets)
     return conn
 
 
@@ -99,12 +104,33 @@ async def cmd_carriers(args: argparse.Namespace, conn: asyncpg.Connection) -> No
         f"{c.timezone:<20} ch={c.max_channels} {c.dial_string}" for c in carriers))
 
 
+def _deck_distribution(args: argparse.Namespace, option: str) -> distribute.Distribution | None:
+    """With ``--distribute``: the lead of ``--lead-s``, else ``[rates] distribution_lead_s``
+    of ``--config``, else the default."""
+    if not args.distribute:
+        return None
+    lead = args.lead_s
+    if lead is None and args.config:
+        from shared.site import RatesSettings
+
+        top = root(load(Path(args.config), args.site.upper()))
+        lead = RatesSettings.parse(top.section("rates")).distribution_lead_s
+    distribution = distribute.Distribution(distribute.DEFAULT_LEAD_S if lead is None else lead)
+    when = _when(getattr(args, option.removeprefix("--")), option)
+    if when is not None:
+        try:
+            distribution.check(when, datetime.now(UTC))
+        except distribute.DistributionRefused as exc:
+            raise CliError(f"{option}: {exc}") from None
+    return distribution
+
+
 async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     profile = load_profile(args.profile) if args.profile else None
     result = await importer.import_deck(
         conn, args.tariff, Path(args.file), profile, effective=_when(args.effective, "--effective"),
         stage=args.stage, dry_run=args.dry_run, progress=not args.no_progress and not args.json,
-        allow_shrink=args.allow_shrink)
+        allow_shrink=args.allow_shrink, distribution=_deck_distribution(args, "--effective"))
     shrink = result.shrink
     if shrink is not None:  # on stderr, so that --json output shows it too
         print(f"WARNING: this deck {shrink.describe()}"
@@ -132,15 +158,20 @@ async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None
            f"deck {deck.id} of {deck.tariff_id}: {result.rows} rows "
            f"({result.duplicates} duplicate lines dropped) in {result.seconds} s; "
            + (f"in force from {deck.effective_from.isoformat()}" if deck.effective_from
-              else f"staged (activate with: decks activate {deck.id})"))
+              else f"staged (activate with: decks activate {deck.id})")
+           + ("; sent to the edge" if args.distribute and deck.effective_from else ""))
 
 
 async def cmd_decks(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     now = datetime.now(UTC)
     if args.action == "activate":
-        deck = await store.schedule(conn, args.deck_id, _when(args.at, "--at"))
+        distribution = _deck_distribution(args, "--at")
+        at = _when(args.at, "--at")
+        deck = await (store.schedule(conn, args.deck_id, at) if distribution is None else
+                      distribute.activate(conn, args.deck_id, at, distribution))
         print(f"deck {deck.id} of {deck.tariff_id} in force from "
-              f"{deck.effective_from.isoformat() if deck.effective_from else '?'}")
+              f"{deck.effective_from.isoformat() if deck.effective_from else '?'}"
+              + ("; sent to the edge" if distribution else ""))
         return
     if args.action == "cancel":
         deck = await store.cancel(conn, args.deck_id)
@@ -157,10 +188,11 @@ async def cmd_decks(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
                       and n.state == "scheduled"), None) if d.state == "scheduled" else None
         out.append(d.to_json() | {"status": status,
                                   "until": until.isoformat() if until else None})
+        origin = f"link v{d.origin_version}" if d.origin == "link" else d.origin
         lines.append(f"{d.id:>5} {d.tariff_id:<14} {status:<10} "
                      f"{d.effective_from.isoformat() if d.effective_from else '-':<32} "
                      f"{'until ' + until.isoformat() if until else '':<38} "
-                     f"{d.row_count:>8} rows  {d.source}")
+                     f"{d.row_count:>8} rows  {origin:<12} {d.source}")
     _print(args, out, "\n".join(lines) or "no decks")
 
 
@@ -377,6 +409,18 @@ def _decision_options(p: argparse.ArgumentParser) -> None:
                                     "and [rates] learn_*")
 
 
+def _distribution_options(p: argparse.ArgumentParser) -> None:
+    """How an activation on the callback site reaches the edge."""
+    p.add_argument("--distribute", action="store_true",
+                   help="the callback site: send the activated version to the edge over the "
+                        "link, in the activation's transaction (default effective time: now "
+                        "+ the lead; an earlier one is refused)")
+    p.add_argument("--lead-s", type=int, help="the least time from activation to effective "
+                   "time with --distribute (default [rates] distribution_lead_s of --config, "
+                   f"else {distribute.DEFAULT_LEAD_S})")
+    p.add_argument("--config", help="the callback site's TOML ([rates] distribution_lead_s)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m routing_rates", description=__doc__.split("\n")[0])
     p.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL, else embedded)")
@@ -400,11 +444,14 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--allow-shrink", action="store_true",
                    help="import a deck that removes more than half of the rows in force")
     i.add_argument("--no-progress", action="store_true")
+    _distribution_options(i)
     d = sub.add_parser("decks", help="list | activate ID | cancel ID | history")
     d.add_argument("action", choices=("list", "activate", "cancel", "history"))
     d.add_argument("deck_id", nargs="?", type=int)
     d.add_argument("--tariff")
-    d.add_argument("--at", help="activate: in force from (ISO; default now)")
+    d.add_argument("--at", help="activate: in force from (ISO; default now, or the earliest "
+                                "the lead allows with --distribute)")
+    _distribution_options(d)
     for name in ("quote", "decide"):
         q = sub.add_parser(name, help=f"{name} a number (national or +E.164)")
         q.add_argument("number")
@@ -457,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (CliError, importer.ImportRefused, ProfileError, CarrierConfigError, CdrFileError,
             ConfigError, simulate.SimulationError, DistributionError, UnknownTariff,
-            store.DeckStateError, MoneyError,
+            store.DeckStateError, MoneyError, distribute.DistributionRefused,
             FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

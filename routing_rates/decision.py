@@ -13,7 +13,7 @@ distribution, converted into one comparison currency with the FX table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -45,7 +45,7 @@ class RouteQuote:
 @dataclass(frozen=True, slots=True)
 class Dropped:
     carrier_id: str
-    reason: str                  # disabled | no-route | channel-cap | above-max-cost
+    reason: str                  # disabled | no-deck | no-route | channel-cap | above-max-cost
     detail: str = ""
 
 
@@ -102,9 +102,11 @@ def quote_route(carrier: Carrier, row: Row, digits: str, model: DurationModel,
 def rank_routes(candidates: Sequence[tuple[Carrier, Row | None, int | None, str]],
                 digits: str, model: DurationModel, fx: FxTable, currency: str, *,
                 busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
+                no_deck: Collection[str] = (),
                 ) -> tuple[list[RouteQuote], list[Dropped]]:
     """Rank (carrier, row, deck_id, period) candidates by expected cost; drop filtered ones.
 
+    ``no_deck``: the carriers holding no deck version in force (never one guessed).
     Ties go to the carrier listed first (stable sort)."""
     quotes: list[RouteQuote] = []
     dropped: list[Dropped] = []
@@ -112,6 +114,10 @@ def rank_routes(candidates: Sequence[tuple[Carrier, Row | None, int | None, str]
     for carrier, row, deck_id, period in candidates:
         if not carrier.enabled:
             dropped.append(Dropped(carrier.id, "disabled"))
+            continue
+        if carrier.id in no_deck:
+            dropped.append(Dropped(carrier.id, "no-deck", "no deck version in force on this "
+                                                          "site (none received yet)"))
             continue
         if row is None:
             dropped.append(Dropped(carrier.id, "no-route", "no prefix of the number in deck"))

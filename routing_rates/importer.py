@@ -6,8 +6,9 @@ streamed through :class:`~routing_rates.deckfile.DeckParser` straight into
 database is unchanged (``DeckImportError`` lists every problem). A dry run
 does the same, computes the diff against the deck in force, and rolls back.
 Otherwise the deck is scheduled from ``effective`` (default: now), which
-NOTIFYs the servers, unless ``stage=True``. A deck that would remove more than
-half of the rows of the deck in force (a truncated file, the wrong carrier's
+NOTIFYs the servers, unless ``stage=True``; with a ``distribution`` (the callback
+site), its messages to the edge are written in that transaction too. A deck that
+would remove more than half of the rows of the deck in force (a truncated file, the wrong carrier's
 deck) is refused unless ``allow_shrink=True``; a dry run reports it.
 """
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from routing_rates import store
 from routing_rates.deckfile import ROW_COLUMNS, DeckParser, DeckProblem
+from routing_rates.distribute import Distribution, send
 from routing_rates.profile import ColumnProfile, load_profile
 from shared.db import Connection
 
@@ -222,8 +224,7 @@ async def index_and_dedupe(conn: Connection, table: str, parser: DeckParser) -> 
     """Build the deck's unique key index. If a key (prefix, origins, period, start)
     repeats: an error when the terms differ, else the later copies are dropped.
     Returns how many rows were dropped."""
-    create = (f"CREATE UNIQUE INDEX ON {table} (deck_id, prefix, origins, period, "
-              "valid_from) NULLS NOT DISTINCT")
+    create = store.key_index(table)
     try:
         async with conn.transaction():
             await conn.execute(create)
@@ -257,8 +258,13 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
                       profile: ColumnProfile | None = None, *, effective: datetime | None = None,
                       stage: bool = False, dry_run: bool = False, progress: bool = False,
                       decimals: int | None = None, allow_shrink: bool = False,
-                      ) -> ImportResult:
+                      distribution: Distribution | None = None) -> ImportResult:
+    """``distribution``: the deck, once scheduled, goes to the edge in the same transaction
+    (``routing_rates.distribute``); ``effective`` then defaults to the earliest the lead
+    allows, and an earlier one is refused before anything is read."""
     started = time.perf_counter()
+    if distribution is not None and effective is not None and not stage and not dry_run:
+        distribution.check(effective, datetime.now(UTC))
     source = str(path)
     tariff = await conn.fetchrow("SELECT config FROM rates_tariffs WHERE id = $1", tariff_id)
     if tariff is None:
@@ -281,11 +287,7 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
                 "VALUES ($1, 'staged', $2, $3, $4, $5) RETURNING id",
                 tariff_id, profile.decimals if decimals is None else decimals,
                 path.name, sha, profile.name)
-            part = f"rates_rows_d{deck_id}"
-            await conn.execute(
-                f"CREATE TABLE {part} (LIKE rates_rows INCLUDING DEFAULTS INCLUDING "
-                f"CONSTRAINTS, CHECK (deck_id = {deck_id}))")
-            await conn.execute(f"ALTER TABLE {part} ALTER deck_id SET DEFAULT {deck_id}")
+            part = await store.create_partition(conn, deck_id)
             try:
                 await conn.copy_to_table(
                     part, source=_chunks(parser, path, profile, progress),
@@ -301,12 +303,8 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
             if parser.problem_count:
                 parser.problems.sort(key=lambda p: p.line)
                 raise DeckImportError(source, parser.problems, parser.problem_count)
-            await conn.execute(f"ALTER TABLE rates_rows ATTACH PARTITION {part} "
-                               f"FOR VALUES IN ({deck_id})")
-            await conn.execute(f"ANALYZE {part}")  # planner statistics for the new rows
             rows = parser.row_count - duplicates
-            await conn.execute("UPDATE rates_decks SET row_count = $2, duplicates = $3 "
-                               "WHERE id = $1", deck_id, rows, duplicates)
+            await store.attach_partition(conn, deck_id, rows, duplicates)
             current = (await store.decks_in_force(conn, effective or datetime.now(UTC))
                        ).get(tariff_id)
             if dry_run:
@@ -321,10 +319,7 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
                 raise DeckShrinks(source, shrink)
             if shrink is not None:
                 log.warning("%s: the deck %s (allowed)", source, shrink.describe())
-            if not stage:
-                deck = await store.schedule(conn, deck_id, effective)
-            else:
-                deck = await store.get_deck(conn, deck_id)
+            deck = await _activate(conn, deck_id, effective, stage, distribution)
             elapsed = Decimal(str(round(time.perf_counter() - started, 3)))
             result = ImportResult(source, tariff_id, rows, duplicates, elapsed, deck,
                                   shrink=shrink)
@@ -334,6 +329,19 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
     log.info("imported %s for %s: %d rows in %s s (dry run: %s)", source, tariff_id,
              result.rows, result.seconds, dry_run)
     return result
+
+
+async def _activate(conn: Connection, deck_id: int, effective: datetime | None, stage: bool,
+                    distribution: Distribution | None) -> store.DeckInfo:
+    """The imported deck staged, or scheduled (and sent to the edge with a distribution)."""
+    if stage:
+        return await store.get_deck(conn, deck_id)
+    if distribution is None:
+        return await store.schedule(conn, deck_id, effective)
+    now = datetime.now(UTC)
+    deck = await store.schedule(conn, deck_id, effective or distribution.earliest(now))
+    await send(conn, deck, distribution, now)
+    return deck
 
 
 def _shrink(current: store.DeckInfo | None, removed: int) -> Shrink | None:

@@ -7,6 +7,11 @@ start, rebuilds a :class:`Snapshot` off to the side and swaps it in with one
 assignment: a lookup sees the old decks or the new ones, never a mix. Lookups
 are synchronous and never touch the database (the edge decides without the WAN).
 
+The decks coming into force next are loaded ahead (:data:`PRELOAD_S` before their
+time, or as soon as they are scheduled if that is sooner), so a lookup picks the decks
+in force at the time it is asked about: from the effective time on the new version,
+before it the old, whenever the rebuild runs. Both sites switch at the same instant.
+
 Call lengths (``routing_rates.call_lengths``): ``decide(..., merchant=M)`` without
 a ``duration`` uses M's distribution for the caller's number class: learned,
 configured or the default. The counts are loaded at start and, for one merchant,
@@ -33,12 +38,14 @@ from routing_rates.decision import Decision, Dropped, RouteQuote, decide, rank_r
 from routing_rates.duration import BUILTIN, DEFAULT_DURATION, DurationModel
 from routing_rates.index import RateIndex, Row
 from routing_rates.tariff import Terms, period_at
-from shared.db import Pool
+from shared.db import Connection, Pool
 from shared.money import FxTable, Money
 from shared.phone import E164
 
 log = logging.getLogger("rates.service")
 SAFETY_POLL_S = 300.0
+#: the decks coming into force next are loaded this long before their time
+PRELOAD_S = 3600.0
 
 
 class UnknownTariff(LookupError):
@@ -60,17 +67,23 @@ class Snapshot:
     loaded_at: datetime
     next_change: datetime | None
     terms: tuple[Terms, ...] = ()             # every distinct Terms of the rows
+    starts: datetime | None = None            # preloaded: in force from then (else now)
+    no_deck: frozenset[str] = frozenset()     # enabled tariffs with no deck in force
 
     @classmethod
     def build(cls, carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
               decks: Mapping[str, store.DeckInfo] | None = None,
-              next_change: datetime | None = None) -> Snapshot:
+              next_change: datetime | None = None, starts: datetime | None = None,
+              ) -> Snapshot:
         by_id = {c.id: c for c in carriers}
         carrier_rows = {c.id: rows.get(c.id, ()) for c in carriers if c.kind == "carrier"}
         inbound_rows = {c.id: rows.get(c.id, ()) for c in carriers if c.kind == "inbound"}
         distinct = {id(r.terms): r.terms for tariff_rows in rows.values() for r in tariff_rows}
+        # decks None: rows given as they are (tests, tools), not versions in force
+        no_deck = frozenset() if decks is None else frozenset(
+            c.id for c in carriers if c.enabled and c.id not in decks)
         return cls(by_id, dict(decks or {}), RateIndex(carrier_rows), RateIndex(inbound_rows),
-                   datetime.now(UTC), next_change, tuple(distinct.values()))
+                   datetime.now(UTC), next_change, tuple(distinct.values()), starts, no_deck)
 
     def deck_id(self, tariff_id: str) -> int | None:
         deck = self.decks.get(tariff_id)
@@ -84,6 +97,7 @@ class RatingService:
                  distributions: Mapping[str, DurationModel] | None = None,
                  pool: Pool | None = None, lengths: MerchantLengths | None = None) -> None:
         self._snap = snapshot
+        self._next: Snapshot | None = None     # the decks coming into force next, preloaded
         self.lengths = lengths or MerchantLengths()
         self._choices: dict[tuple[str, str], LengthChoice] = {}
         self._lengths_dirty: set[str] = set()
@@ -138,29 +152,62 @@ class RatingService:
     def snapshot(self) -> Snapshot:
         return self._snap
 
+    def snapshot_at(self, at: datetime) -> Snapshot:
+        """The decks in force at ``at``: the preloaded next ones from their time on."""
+        following = self._next
+        if following is not None and following.starts is not None and at >= following.starts:
+            return following
+        return self._snap
+
     async def reload(self) -> None:
-        """Rebuild the snapshot from the database, then swap it in atomically."""
+        """Rebuild the snapshot (and the next one, if it starts within :data:`PRELOAD_S`)
+        from the database, then swap them in."""
         assert self._pool is not None, "reload needs a database pool"
         now = datetime.now(UTC)
+        pool = store.TermsPool()
+        cache: dict[int, list[Row]] = {}
+
+        async def rows_of(conn: Connection, decks: Mapping[str, store.DeckInfo],
+                          ) -> dict[str, list[Row]]:
+            rows: dict[str, list[Row]] = {}
+            for tariff_id, deck in decks.items():
+                loaded = cache.get(deck.id) or self._rows_cache.get(deck.id)
+                if loaded is None:
+                    loaded = await store.load_rows(conn, deck, pool)
+                cache[deck.id] = rows[tariff_id] = loaded
+            return rows
+
         async with self._pool.acquire() as conn:
             carriers = await store.load_tariffs(conn)
             decks = await store.decks_in_force(conn, now)
             nxt = await store.next_change(conn, now)
-            pool = store.TermsPool()
-            rows: dict[str, list[Row]] = {}
-            cache: dict[int, list[Row]] = {}
-            for tariff_id, deck in decks.items():
-                loaded = self._rows_cache.get(deck.id)
-                if loaded is None:
-                    loaded = await store.load_rows(conn, deck, pool)
-                cache[deck.id] = rows[tariff_id] = loaded
-        models = {id(c.model): c.model for c in self._choices.values()}
-        snapshot = await asyncio.to_thread(_build_warm, carriers, rows, decks, nxt,
-                                           list(models.values()))
+            rows = await rows_of(conn, decks)
+            upcoming: Mapping[str, store.DeckInfo] = {}
+            next_rows: dict[str, list[Row]] = {}
+            after: datetime | None = None
+            if nxt is not None and (nxt - now).total_seconds() <= PRELOAD_S:
+                upcoming = await store.decks_in_force(conn, nxt)
+                after = await store.next_change(conn, nxt)
+                next_rows = await rows_of(conn, upcoming)
+        models = list({id(c.model): c.model for c in self._choices.values()}.values())
+        snapshot = await asyncio.to_thread(_build_warm, carriers, rows, decks, nxt, models)
+        following = None
+        if upcoming:
+            following = await asyncio.to_thread(_build_warm, carriers, next_rows, upcoming,
+                                                after, models, nxt)
         self._rows_cache = cache
-        self._snap = snapshot  # the swap: one assignment
+        # the swap: no await between the two assignments, so a lookup sees one pair
+        self._snap, self._next = snapshot, following
         self.reloads += 1
         log.info("rates loaded: %s", ", ".join(f"{t}=deck {d.id}" for t, d in decks.items()))
+        if following is not None:
+            log.info("rates in force from %s preloaded: %s", nxt.isoformat() if nxt else "?",
+                     ", ".join(f"{t}=deck {d.id}" for t, d in upcoming.items()))
+        missing = sorted(snapshot.no_deck)
+        if missing:
+            log.warning("no deck in force for %s: quotes and decisions go without %s "
+                        "(dropped no-deck) until one is", ", ".join(missing),
+                        "it" if len(missing) == 1 else "them")
 
     async def _listen(self, ready: asyncio.Event) -> None:
         assert self._pool is not None
@@ -195,7 +242,11 @@ class RatingService:
             timeout = SAFETY_POLL_S
             nxt = self._snap.next_change
             if nxt is not None:
-                timeout = min(timeout, max((nxt - datetime.now(UTC)).total_seconds(), 0) + 0.05)
+                # the next decks' time (preloaded already), or the time to preload them
+                wait_s = (nxt - datetime.now(UTC)).total_seconds()
+                if self._next is None:
+                    wait_s -= PRELOAD_S
+                timeout = min(timeout, max(wait_s, 0) + 0.05)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -215,8 +266,8 @@ class RatingService:
                             merchants: set[str] | None = None) -> None:
         """Choose ``merchants``' (None: all) distributions from ``learned`` counts, compute
         their expected costs for the tariffs in force, then swap them in."""
-        snap = self._snap
-        choices = await asyncio.to_thread(self._warm_choices, learned, merchants, snap.terms)
+        terms = self._snap.terms + (self._next.terms if self._next is not None else ())
+        choices = await asyncio.to_thread(self._warm_choices, learned, merchants, terms)
         self._choices = {**self._choices, **choices}  # the swap: one assignment
 
     def _warm_choices(self, learned: Mapping[tuple[str, str], call_lengths.Learned],
@@ -259,7 +310,7 @@ class RatingService:
               busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
               ) -> tuple[list[RouteQuote], list[Dropped]]:
         """Ranked routes (cheapest first) and the carriers dropped, with reasons."""
-        snap = self._snap
+        snap = self.snapshot_at(at)
         index = snap.carrier_index if kind == "carrier" else snap.inbound_index
         carriers = [snap.carriers[c] for c in index.carriers]
         periods = [period_at(c.periods, at, c.tz) for c in carriers]
@@ -267,7 +318,7 @@ class RatingService:
         candidates = [(c, r, snap.deck_id(c.id), p)
                       for c, r, p in zip(carriers, rows, periods, strict=True)]
         return rank_routes(candidates, number.digits, duration, self.fx, self.currency,
-                           busy=busy, max_cost=max_cost)
+                           busy=busy, max_cost=max_cost, no_deck=snap.no_deck)
 
     def rank(self, number: E164, at: datetime, *, kind: str = "carrier",
              duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
@@ -287,7 +338,7 @@ class RatingService:
             duration, lengths = choice.model, choice.explain()
         else:
             lengths = {"source": "given", "detail": f"given: {duration.name}"}
-        snap = self._snap
+        snap = self.snapshot_at(at)
         tariff = snap.carriers.get(inbound_tariff)
         if tariff is None or tariff.kind != "inbound":
             raise UnknownTariff(inbound_tariff)
@@ -303,7 +354,7 @@ class RatingService:
 
     def row_for(self, tariff_id: str, number: E164, at: datetime,
                 origin: E164 | None = None) -> Row | None:
-        snap = self._snap
+        snap = self.snapshot_at(at)
         tariff = snap.carriers.get(tariff_id)
         if tariff is None:
             raise UnknownTariff(tariff_id)
@@ -343,7 +394,7 @@ def warm(models: Iterable[DurationModel], terms: Sequence[Terms]) -> None:
 
 def _build_warm(carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
                 decks: Mapping[str, store.DeckInfo], nxt: datetime | None,
-                models: Sequence[DurationModel]) -> Snapshot:
-    snapshot = Snapshot.build(carriers, rows, decks, nxt)
+                models: Sequence[DurationModel], starts: datetime | None = None) -> Snapshot:
+    snapshot = Snapshot.build(carriers, rows, decks, nxt, starts)
     warm(models, snapshot.terms)
     return snapshot

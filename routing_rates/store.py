@@ -48,6 +48,9 @@ class DeckInfo:
     row_count: int
     duplicates: int
     imported_at: datetime
+    origin: str = "import"               # import (a file on this site) | link (distributed)
+    origin_version: int | None = None    # link: the deck's id on the callback site
+    content_sha256: str | None = None    # the canonical rows' hash (routing_rates.distribute)
 
     def status(self, now: datetime, in_force: int | None) -> str:
         """staged, cancelled, pending (future), active (in force now) or superseded."""
@@ -63,22 +66,57 @@ class DeckInfo:
                 "effective_from": self.effective_from.isoformat() if self.effective_from
                 else None, "decimals": self.decimals, "source": self.source,
                 "sha256": self.sha256, "profile": self.profile, "rows": self.row_count,
-                "imported_at": self.imported_at.isoformat()}
+                "imported_at": self.imported_at.isoformat(), "origin": self.origin,
+                "origin_version": self.origin_version, "content_sha256": self.content_sha256}
 
 
 _DECK_COLS = ("id, tariff_id, state, effective_from, decimals, source, sha256, profile, "
-              "row_count, duplicates, imported_at")
+              "row_count, duplicates, imported_at, origin, origin_version, content_sha256")
 
 
 def _deck(r: Any) -> DeckInfo:
     return DeckInfo(r["id"], r["tariff_id"], r["state"], r["effective_from"], r["decimals"],
                     r["source"], r["sha256"], r["profile"], r["row_count"], r["duplicates"],
-                    r["imported_at"])
+                    r["imported_at"], r["origin"], r["origin_version"], r["content_sha256"])
+
+
+def partition(deck_id: int) -> str:
+    """The name of a deck's own partition of ``rates_rows``."""
+    return f"rates_rows_d{deck_id}"
+
+
+async def create_partition(conn: Connection, deck_id: int) -> str:
+    """A fresh, index-less table for a deck's rows, to COPY into (then
+    :func:`attach_partition`, in the same transaction)."""
+    part = partition(deck_id)
+    await conn.execute(
+        f"CREATE TABLE {part} (LIKE rates_rows INCLUDING DEFAULTS INCLUDING "
+        f"CONSTRAINTS, CHECK (deck_id = {deck_id}))")
+    await conn.execute(f"ALTER TABLE {part} ALTER deck_id SET DEFAULT {deck_id}")
+    return part
+
+
+def key_index(table: str) -> str:
+    """The statement building a deck partition's unique key index (also the longest-prefix
+    lookup index)."""
+    return (f"CREATE UNIQUE INDEX ON {table} (deck_id, prefix, origins, period, valid_from) "
+            "NULLS NOT DISTINCT")
+
+
+async def attach_partition(conn: Connection, deck_id: int, rows: int, duplicates: int) -> None:
+    """Attach a deck's filled and indexed partition, with planner statistics, and record
+    its row count."""
+    part = partition(deck_id)
+    await conn.execute(f"ALTER TABLE rates_rows ATTACH PARTITION {part} "
+                       f"FOR VALUES IN ({deck_id})")
+    await conn.execute(f"ANALYZE {part}")  # planner statistics for the new rows
+    await conn.execute("UPDATE rates_decks SET row_count = $2, duplicates = $3 "
+                       "WHERE id = $1", deck_id, rows, duplicates)
 
 
 async def upsert_tariffs(conn: Connection, carriers: Sequence[Carrier]) -> None:
     await conn.executemany(
-        "INSERT INTO rates_tariffs (id, kind, config) VALUES ($1, $2, $3::jsonb) "
+        "INSERT INTO rates_tariffs (id, kind, config) VALUES ($1, $2, $3::text::jsonb) "
         "ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, config = EXCLUDED.config, "
         "updated_at = now()",
         [(c.id, c.kind, json.dumps(c.to_json())) for c in carriers])

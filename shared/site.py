@@ -74,6 +74,7 @@ class RatesSettings:
     learn_min_calls: int         # a merchant's class is learned from this many calls on
     learn_prior_calls: int       # the configured distribution weighs as this many calls
     learn_refresh_s: Decimal     # a merchant's new counts are loaded at most this often
+    distribution_lead_s: int     # the callback site: a distributed deck's least lead time
 
     @classmethod
     def parse(cls, s: Section) -> RatesSettings:
@@ -83,7 +84,8 @@ class RatesSettings:
                    announce_s=s.decimal("announce_s", "5", min=Decimal(0)),
                    learn_min_calls=s.int("learn_min_calls", 50, min=1),
                    learn_prior_calls=s.int("learn_prior_calls", 200, min=0),
-                   learn_refresh_s=s.decimal("learn_refresh_s", "60", min=Decimal(0)))
+                   learn_refresh_s=s.decimal("learn_refresh_s", "60", min=Decimal(0)),
+                   distribution_lead_s=s.int("distribution_lead_s", 60, min=0))
 
     def learning(self) -> Policy:
         """How ``routing_rates.call_lengths`` learns the merchants' call lengths."""

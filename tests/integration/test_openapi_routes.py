@@ -19,6 +19,7 @@ from callback_server.config import CallbackSettings
 from edge_server.app import create_app as create_edge_app
 from edge_server.config import EdgeSettings
 from edge_server.http import create_http_app
+from routing_rates.distribute import RATE_DECK_EXAMPLES, parse_part
 from shared.link import encode_batch
 from shared.openapi import document
 from shared.site import verifier_for
@@ -102,8 +103,9 @@ async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) ->
         assert resp.status == 200 and body["openapi"].startswith("3.1")
         assert body == document(app)
         assert (await client.head("/openapi.json")).status == 200  # a GET has its HEAD
-        assert set(body["paths"]) == {"/v1/link/events", "/v1/requests", "/v1/cdrs",
-                                      "/v1/calls", "/healthz", "/openapi.json"}
+        assert set(body["paths"]) == {"/v1/link/events", "/v1/link/rate-decks",
+                                      "/v1/requests", "/v1/cdrs", "/v1/calls", "/healthz",
+                                      "/openapi.json"}
 
 
 def request_body_schema(app: web.Application, method: str, path: str) -> dict[str, Any]:
@@ -124,6 +126,13 @@ def test_the_documented_request_bodies_take_what_the_handlers_take(
     for bad in ({"kind": "bogus"}, {"collected_at": "yesterday"}, {"merchant_id": None},
                 {"fields": {"item_code": 1234}}):
         assert not event.is_valid({**request_info("cb-doc"), **bad})
+    deck = Draft202012Validator(request_body_schema(edge, "post", "/v1/link/rate-decks"),
+                                validate_formats=True)
+    [deck_part] = RATE_DECK_EXAMPLES.values()
+    assert deck.is_valid(deck_part) and parse_part(deck_part).rows == 1
+    for bad in ({"kind": "cdr"}, {"sha256": "x"}, {"part": -1}, {"parts": 0},
+                {"effective_from": "soon"}, {"encoding": "zip"}, {"carrier": {"id": "x"}}):
+        assert not deck.is_valid({**deck_part, **bad})
     intake = Draft202012Validator(
         request_body_schema(callback, "post", "/v1/link/callbacks"), validate_formats=True)
     assert intake.is_valid(json.loads(body()))

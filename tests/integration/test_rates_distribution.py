@@ -1,0 +1,285 @@
+"""Rate decks imported once, on the callback site, reach the edge over the signed link.
+
+Both composition roots run (no Asterisk): the callback site's app with its outbox relay,
+the edge's app served over mutual TLS with the test PKI, each on its own real PostgreSQL
+database. Decks are imported with ``python -m routing_rates ... --distribute`` on the
+callback site's database only; the edge stores what arrives and its rating service
+switches at the effective time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from callback_server.app import POOL_KEY as CALLBACK_POOL
+from callback_server.app import create_app as create_callback
+from callback_server.config import CallbackSettings
+from edge_server.app import DECIDER_KEY
+from edge_server.app import create_app as create_edge
+from edge_server.config import EdgeSettings
+from edge_server.decide import RatesDecider
+from edge_server.http import POOL_KEY
+from routing_rates import distribute
+from routing_rates.cli import PLIVO_DECK, main
+from routing_rates.service import RatingService
+from shared.link import LinkClient, LinkRejected
+from shared.outbox import encode
+from shared.phone import E164
+from shared.site import link_client
+from tests.conftest import REPO, drop_database, fresh_database
+from tests.faults.linklab import free_port, serve
+
+pytestmark = pytest.mark.integration
+
+MOBILE = E164("819012345678")
+HEADER = "prefix,destination,rate,connect,initial,increment\n"
+
+
+@dataclass
+class Sites:
+    callback_url: str
+    edge_url: str
+    callback_pool: asyncpg.Pool
+    edge_pool: asyncpg.Pool
+    edge_rates: RatingService
+    link: LinkClient            # signs as the callback site, over its pinned mutual TLS
+
+    def cli(self, *args: str) -> Awaitable[int]:
+        """``python -m routing_rates`` on the callback site's database."""
+        return asyncio.to_thread(main, ["--database-url", self.callback_url, *args])
+
+
+def _config(site: str, pki_dir: Path, tmp_path: Path) -> Path:
+    text = (REPO / f"deploy/{site}.example.toml").read_text().replace("../var/pki", str(pki_dir))
+    path = tmp_path / f"{site}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+async def sites(pki_dir: Path, pg_server_url: str, tmp_path: Path,
+                request: pytest.FixtureRequest) -> AsyncIterator[Sites]:
+    tag = f"t{os.getpid()}_{request.node.name[:30]}"
+    cb_url = await fresh_database(pg_server_url, f"{tag}_cb")
+    edge_url = await fresh_database(pg_server_url, f"{tag}_edge")
+    port = free_port()
+    edge_env = {"EDGE__DATABASE__URL": edge_url, "EDGE__ARI__URL": "http://127.0.0.1:9",
+                "EDGE__RATES__ENABLED": "true",
+                "EDGE__PEER__ROUTES": '[{name = "internet", url = "https://127.0.0.1:9"}]'}
+    cb_env = {"CALLBACK__DATABASE__URL": cb_url, "CALLBACK__ARI__URL": "http://127.0.0.1:9",
+              "CALLBACK__RATES__ENABLED": "true",
+              "CALLBACK__PEER__ROUTES":
+                  f'[{{name = "internet", url = "https://127.0.0.1:{port}"}}]'}
+    edge_app = create_edge(EdgeSettings.load(_config("edge", pki_dir, tmp_path),
+                                             environ=edge_env), with_ari=False)
+    cb_settings = CallbackSettings.load(_config("callback", pki_dir, tmp_path), environ=cb_env)
+    cb_app = create_callback(cb_settings, with_ari=False)
+    edge = await serve(edge_app, pki_dir, port, site="edge")
+    callback = web.AppRunner(cb_app)
+    await callback.setup()  # the composition root starts: database, rates, relay
+    link = link_client(cb_settings.signing, cb_settings.tls, cb_settings.peer)
+    await link.start()
+    decider = edge_app[DECIDER_KEY]
+    assert isinstance(decider, RatesDecider) and isinstance(decider.rates, RatingService)
+    try:
+        yield Sites(cb_url, edge_url, cb_app[CALLBACK_POOL], edge_app[POOL_KEY], decider.rates,
+                    link)
+    finally:
+        await link.close()
+        await callback.cleanup()
+        await edge.cleanup()
+        await drop_database(pg_server_url, f"{tag}_cb")
+        await drop_database(pg_server_url, f"{tag}_edge")
+
+
+def _deck(path: Path, mobile_rate: str, extra_rows: int = 0) -> Path:
+    lines = [HEADER, f"8190,JP mobile,{mobile_rate},0,60,60\n", "81,JP fixed,0.0385,0,60,60\n"]
+    lines += [f"1{n:07d},Somewhere {n},0.{n % 9000 + 1000:04d},0,60,60\n"
+              for n in range(extra_rows)]
+    path.write_text("".join(lines))
+    return path
+
+
+async def _until(check: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
+    deadline = time.monotonic() + within_s
+    while not (value := await check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+    return value
+
+
+async def _edge_deck(sites: Sites, tariff: str, version: int, within_s: float = 30.0,
+                     ) -> asyncpg.Record:
+    async def held() -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await sites.edge_pool.fetchrow(
+            "SELECT * FROM rates_decks WHERE origin = 'link' AND tariff_id = $1 "
+            "AND origin_version = $2", tariff, version)
+        return row
+    return await _until(held, within_s, f"{tariff} version {version} at the edge")
+
+
+async def _latest(pool: asyncpg.Pool, tariff: str) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM rates_decks WHERE tariff_id = $1 "
+                              "ORDER BY id DESC LIMIT 1", tariff)
+    assert row is not None
+    return row
+
+
+def _carrier_b_rate(rates: RatingService, at: datetime) -> Decimal | None:
+    routes, dropped = rates.quote(MOBILE, at)
+    rate = next((q.rate.amount for q in routes if q.carrier_id == "carrier-b"), None)
+    assert rate is not None or any(d.carrier_id == "carrier-b" for d in dropped)
+    return rate
+
+
+async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time(
+        sites: Sites, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await sites.cli("carriers", "load") == 0
+    assert await sites.cli("import", "ntt-freedial",
+                           str(REPO / "routing_rates/data/ntt-freedial.csv"), "--no-progress",
+                           "--distribute", "--lead-s", "3") == 0
+    assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b1.csv", "0.0800")),
+                           "--profile", "generic", "--no-progress", "--distribute",
+                           "--lead-s", "3") == 0
+    v1 = await _latest(sites.callback_pool, "carrier-b")
+    # one transaction: the activation and its message(s)
+    assert await sites.callback_pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE kind = 'rate_deck' AND "
+        "convert_from(body, 'UTF8') LIKE $1",
+        f'%"version":{v1["id"]},%') >= 1
+    edge_v1 = await _edge_deck(sites, "carrier-b", v1["id"])
+    assert edge_v1["effective_from"] == v1["effective_from"] > datetime.now(UTC)
+    assert edge_v1["content_sha256"] == v1["content_sha256"]
+    async with sites.edge_pool.acquire() as e, sites.callback_pool.acquire() as c:
+        assert await distribute.deck_hash(e, edge_v1["id"]) \
+            == await distribute.deck_hash(c, v1["id"]) == v1["content_sha256"]
+    # not in force yet on either site: the edge decides without carrier-b, and says so
+    await _until(lambda: _async(sites.edge_rates.snapshot.carriers.get("carrier-b")), 10,
+                 "the edge's rating service to know carrier-b")
+    before = sites.edge_rates.decide(MOBILE, datetime.now(UTC), merchant="acme")
+    if datetime.now(UTC) < v1["effective_from"]:
+        assert {"carrier": "carrier-b", "reason": "no-deck",
+                "detail": "no deck version in force on this site (none received yet)"} \
+            in before.explain["dropped"]
+    await _until(lambda: _async(datetime.now(UTC) > v1["effective_from"]), 10, "v1's time")
+    assert _carrier_b_rate(sites.edge_rates, datetime.now(UTC)) == Decimal("0.0800")
+
+    # the next version, explicitly timed: the edge holds it before, switches at its time
+    effective = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b2.csv", "0.0500")),
+                           "--profile", "generic", "--no-progress", "--distribute",
+                           "--lead-s", "3", "--effective", effective.isoformat()) == 0
+    v2 = await _latest(sites.callback_pool, "carrier-b")
+    edge_v2 = await _edge_deck(sites, "carrier-b", v2["id"])
+    assert edge_v2["effective_from"] == effective
+    assert edge_v2["content_sha256"] == v2["content_sha256"] != v1["content_sha256"]
+    await _until(lambda: _async(sites.edge_rates.snapshot_at(effective).deck_id("carrier-b")
+                                == edge_v2["id"]), 10, "v2 preloaded at the edge")
+    assert datetime.now(UTC) < effective, "the test machine is too slow for this lead"
+    just_before, just_after = effective - timedelta(milliseconds=1), effective
+    assert _carrier_b_rate(sites.edge_rates, just_before) == Decimal("0.0800")
+    assert _carrier_b_rate(sites.edge_rates, just_after) == Decimal("0.0500")
+    old = sites.edge_rates.decide(MOBILE, just_before, merchant="acme")
+    new = sites.edge_rates.decide(MOBILE, just_after, merchant="acme")
+    assert old.route is not None and new.route is not None
+    assert (old.route.deck_id, new.route.deck_id) == (edge_v1["id"], edge_v2["id"])
+    assert new.callback_cost.amount < old.callback_cost.amount
+    # the callback site's own service switches at the same instant
+    assert await sites.callback_pool.fetchval(
+        "SELECT effective_from FROM rates_decks WHERE id = $1", v2["id"]) == effective
+
+    # the edge's operator sees where each version came from and when it starts
+    capsys.readouterr()
+    listed = await asyncio.to_thread(main, ["--database-url", sites.edge_url, "--site", "edge",
+                                            "--json", "decks", "list", "--tariff", "carrier-b"])
+    assert listed == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(d["origin"], d["origin_version"], d["effective_from"]) for d in shown] == [
+        ("link", v1["id"], v1["effective_from"].isoformat()),
+        ("link", v2["id"], effective.isoformat())]
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_redelivery_is_acknowledged_and_bad_messages_are_refused(
+        sites: Sites, tmp_path: Path) -> None:
+    assert await sites.cli("carriers", "load") == 0
+    assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b.csv", "0.0800")),
+                           "--profile", "generic", "--no-progress", "--distribute",
+                           "--lead-s", "2") == 0
+    v1 = await _latest(sites.callback_pool, "carrier-b")
+    held = await _edge_deck(sites, "carrier-b", v1["id"])
+    [message] = await sites.callback_pool.fetch(
+        "SELECT message_id, body FROM outbox WHERE kind = 'rate_deck'")
+    body = json.loads(message["body"])
+    decks = await sites.edge_pool.fetchval("SELECT count(*) FROM rates_decks")
+
+    async def post(payload: dict[str, Any], mid: str) -> tuple[int, dict[str, Any]]:
+        try:
+            result = await sites.link.post(distribute.PATH, encode(payload), mid,
+                                           kind="rate_deck")
+        except LinkRejected as exc:
+            return exc.status, exc.body
+        return result.status, result.body
+
+    # the same message again (same id): the first answer; a new id: acknowledged as held
+    status, answer = await post(body, str(message["message_id"]))
+    assert (status, answer["status"], answer["deck_id"]) == (200, "stored", held["id"])
+    status, answer = await post(body, "7d4c1f0e-0000-4000-8000-000000000001")
+    assert (status, answer["status"], answer["deck_id"]) == (200, "held", held["id"])
+    assert await sites.edge_pool.fetchval("SELECT count(*) FROM rates_decks") == decks
+    assert await sites.edge_pool.fetchval("SELECT count(*) FROM rates_deck_parts") == 0
+
+    # malformed: 400 invalid-field naming the field, nothing stored
+    for field, value in (("data", "not base64!"), ("part", 3), ("sha256", "x"),
+                         ("carrier", {"id": "Bad Id"}), ("effective_from", "tomorrow")):
+        status, answer = await post(body | {field: value, "version": 99},
+                                    f"7d4c1f0e-0000-4000-8000-0000000001{len(field):02d}")
+        assert status == 400 and answer["error"]["id"] == "invalid-field", answer
+        assert answer["error"]["field"] == field
+    # rows that do not hash to the stated hash: 422, nothing stored
+    status, answer = await post(body | {"version": 98, "sha256": "0" * 64},
+                                "7d4c1f0e-0000-4000-8000-000000000201")
+    assert (status, answer["error"]["id"]) == (422, "rate-deck-hash-mismatch")
+    assert await sites.edge_pool.fetchval("SELECT count(*) FROM rates_decks") == decks
+    assert await sites.edge_pool.fetchval(
+        "SELECT count(*) FROM inbound_messages WHERE message_id LIKE '7d4c1f0e-%'") == 1
+
+
+async def test_a_real_deck_of_72554_rows_crosses_the_link(sites: Sites) -> None:
+    """Plivo's published deck, as carrier-a: about 20 messages of at most 32 KiB of gzip."""
+    assert await sites.cli("carriers", "load") == 0
+    started = time.monotonic()
+    assert await sites.cli("import", "carrier-a", str(PLIVO_DECK), "--no-progress",
+                           "--distribute", "--lead-s", "5") == 0
+    deck = await _latest(sites.callback_pool, "carrier-a")
+    assert deck["row_count"] == 72_554
+    parts = await sites.callback_pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE kind = 'rate_deck'")
+    largest = await sites.callback_pool.fetchval(
+        "SELECT max(length(body)) FROM outbox WHERE kind = 'rate_deck'")
+    assert parts > 1 and largest < 64 * 1024
+    held = await _edge_deck(sites, "carrier-a", deck["id"], within_s=120)
+    took = time.monotonic() - started
+    assert held["row_count"] == 72_554 and held["origin"] == "link"
+    assert held["content_sha256"] == deck["content_sha256"]
+    assert held["effective_from"] == deck["effective_from"]
+    async with sites.edge_pool.acquire() as e:
+        assert await distribute.deck_hash(e, held["id"]) == deck["content_sha256"]
+    print(f"\n72,554 rows: {parts} messages (largest {largest:,} bytes), imported, sent and "
+          f"stored at the edge in {took:.1f} s")
