@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+import shared
 from callback_server.app import POOL_KEY as CALLBACK_POOL
 from callback_server.app import create_app as create_callback
 from callback_server.config import CallbackSettings
@@ -32,10 +33,13 @@ from edge_server.app import create_app as create_edge
 from edge_server.config import EdgeSettings
 from edge_server.decide import RatesDecider
 from edge_server.http import POOL_KEY
-from routing_rates import distribute
+from routing_rates import distribute, importer, store
+from routing_rates.carriers import DEMO_CARRIERS, load_carriers
 from routing_rates.cli import PLIVO_DECK, main
+from routing_rates.profile import load_profile
 from routing_rates.service import RatingService
-from shared.link import LinkClient, LinkRejected
+from shared.db import create_pool, migrate_url, package_migrations
+from shared.link import LinkClient, LinkRejected, accept_once
 from shared.outbox import encode
 from shared.phone import E164
 from shared.site import link_client
@@ -283,3 +287,84 @@ async def test_a_real_deck_of_72554_rows_crosses_the_link(sites: Sites) -> None:
         assert await distribute.deck_hash(e, held["id"]) == deck["content_sha256"]
     print(f"\n72,554 rows: {parts} messages (largest {largest:,} bytes), imported, sent and "
           f"stored at the edge in {took:.1f} s")
+
+
+async def test_a_newer_activation_moves_the_edge_copy_and_an_older_one_does_not(
+        sites: Sites, tmp_path: Path) -> None:
+    assert await sites.cli("carriers", "load") == 0
+    later = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b.csv", "0.0800")),
+                           "--profile", "generic", "--no-progress", "--distribute",
+                           "--lead-s", "2", "--effective", later.isoformat()) == 0
+    deck = await _latest(sites.callback_pool, "carrier-b")
+    held = await _edge_deck(sites, "carrier-b", deck["id"])
+    assert held["effective_from"] == later
+    [first] = await sites.callback_pool.fetch("SELECT body FROM outbox WHERE kind = 'rate_deck'")
+    sooner = later - timedelta(hours=1)
+    assert await sites.cli("decks", "activate", str(deck["id"]), "--distribute", "--lead-s",
+                           "2", "--at", sooner.isoformat()) == 0
+
+    async def moved() -> bool:
+        return bool(await sites.edge_pool.fetchval(
+            "SELECT effective_from = $1 FROM rates_decks WHERE id = $2", sooner, held["id"]))
+    await _until(moved, 30, "the edge's copy to move to the new time")
+    # the first activation once more (a new message id): acknowledged, nothing moves back
+    result = await sites.link.post(distribute.PATH, first["body"],
+                                   "7d4c1f0e-0000-4000-8000-000000000301", kind="rate_deck")
+    assert (result.status, result.body["status"]) == (200, "held")
+    assert result.body["effective_from"] == sooner.isoformat()
+    assert await sites.edge_pool.fetchval(
+        "SELECT count(*) FROM rates_decks WHERE tariff_id = 'carrier-b'") == 1
+    # an activation sooner than the lead is refused on the callback site, nothing sent
+    messages = await sites.callback_pool.fetchval("SELECT count(*) FROM outbox")
+    assert await sites.cli("decks", "activate", str(deck["id"]), "--distribute", "--lead-s",
+                           "7200", "--at", sooner.isoformat()) == 2
+    assert await sites.callback_pool.fetchval("SELECT count(*) FROM outbox") == messages
+
+
+async def test_parts_in_any_order_concurrently_and_twice_make_one_deck(
+        pg_server_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The parts of one version, delivered last first, each twice under two message ids,
+    all at once: one deck, the same hash, no part left behind."""
+    tag = f"t{os.getpid()}_parts"
+    urls = [await fresh_database(pg_server_url, f"{tag}_{site}") for site in ("cb", "edge")]
+    sets = [package_migrations("link", shared.__file__), store.migrations()]
+    pools = []
+    try:
+        for url in urls:
+            await migrate_url(url, sets)
+            pools.append(await create_pool(url, min_size=2, max_size=12))
+        callback, edge = pools
+        async with callback.acquire() as conn:
+            await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
+            result = await importer.import_deck(
+                conn, "carrier-b", _deck(tmp_path / "big.csv", "0.0800", extra_rows=5_000),
+                load_profile("generic"),
+                distribution=distribute.Distribution(lead_s=2, chunk_bytes=4_096))
+        assert result.deck is not None
+        bodies = [r["body"] for r in await callback.fetch(
+            "SELECT body FROM outbox WHERE kind = 'rate_deck' ORDER BY body")]
+        assert len(bodies) >= 4
+
+        async def deliver(n: int, body: bytes) -> tuple[int, dict[str, Any]]:
+            part = distribute.parse_part(json.loads(body))
+            async with edge.acquire() as conn, conn.transaction():
+                return await accept_once(conn, f"m-{n}", distribute.KIND,
+                                         lambda c: distribute.receive(c, part))
+
+        last_first = list(reversed(bodies)) * 2
+        answers = await asyncio.gather(*(deliver(n, b) for n, b in enumerate(last_first)))
+        statuses = sorted(a["status"] for _, a in answers)
+        assert statuses.count("stored") == 1
+        assert set(statuses) <= {"stored", "partial", "held"}
+        [row] = await edge.fetch("SELECT id, content_sha256 FROM rates_decks")
+        async with callback.acquire() as c, edge.acquire() as e:
+            assert await distribute.deck_hash(e, row["id"]) == row["content_sha256"] \
+                == await distribute.deck_hash(c, result.deck.id)
+        assert await edge.fetchval("SELECT count(*) FROM rates_deck_parts") == 0
+        assert await edge.fetchval("SELECT row_count FROM rates_decks") == 5_002
+    finally:
+        for pool in pools:
+            await pool.close()
+        for site in ("cb", "edge"):
+            await drop_database(pg_server_url, f"{tag}_{site}")
