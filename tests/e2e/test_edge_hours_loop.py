@@ -26,7 +26,8 @@ from ivr_platform.tts import PromptCache
 from shared.language import Language
 from tests import prom
 from tests.harness.asterisk import prompt_seconds, sounds_dir
-from tests.harness.sipp import SipMessage, SippRole
+from tests.harness.rtp import RtpCapture
+from tests.harness.sipp import CUSTOMER_IP, CUSTOMER_PORT, SipMessage, SippRole, media_port_for
 
 ORDER_KEYS = "1" + "1" + "1234#" + "2#" + "1"   # accept call-back, order, item, qty, confirm
 TODAY = datetime.now(UTC).astimezone(TOKYO).date()
@@ -57,6 +58,8 @@ OPEN = MerchantOptions(pre_callback_delay_s="0",
                        hours=hours_toml(special(TODAY - timedelta(days=1),
                                                 TODAY + timedelta(days=1),
                                                 'windows = ["00:00-24:00"]')))
+
+PCMU = 0
 
 pytestmark = pytest.mark.e2e
 
@@ -104,8 +107,9 @@ async def test_a_closed_merchants_caller_hears_when_it_opens_and_is_never_called
         sentence_s = w.getnframes() / w.getframerate()
     before = await edge_metrics(stack)
     async with stack.carriers(digits=ORDER_KEYS) as roles:
-        phone = stack.customer_call("09011112222", dialled=SHUT.number)
-        await finished(phone)
+        with RtpCapture(CUSTOMER_IP, media_port_for(CUSTOMER_PORT)) as rtp:
+            phone = stack.customer_call("09011112222", dialled=SHUT.number)
+            await finished(phone)
         call = await stack.wait_for_row(
             "edge", "SELECT * FROM edge_calls WHERE merchant_id = 'shut'")
         await asyncio.sleep(5)     # a call-back (pre-callback delay 0) would be ringing now
@@ -120,6 +124,10 @@ async def test_a_closed_merchants_caller_hears_when_it_opens_and_is_never_called
     heard = (first(messages, 486).at - first(messages, 183).at).total_seconds()
     fixed = prompt_seconds(stack.edge_site, "ja", "closed")
     assert abs(heard - sentence_s) <= 0.5 < abs(heard - fixed), (heard, sentence_s, fixed)
+    # The sentence reached the phone as RTP (PCMU, one packet per 20 ms) all along.
+    pcmu = sum(1 for _, payload_type in rtp.packets if payload_type == PCMU)
+    assert abs(rtp.seconds(PCMU) - sentence_s) <= 0.5, (rtp.seconds(PCMU), sentence_s)
+    assert pcmu >= 0.9 * sentence_s / 0.020, (pcmu, sentence_s)
 
     assert (call["state"], call["outcome"]) == ("closed", "outside_hours")
     assert call["detail"].startswith("special day: 臨時休業; opens ")

@@ -317,7 +317,7 @@ def start_role(scenario: str, *, port: int, workdir: Path, name: str | None = No
     if remote is not None:
         args.append(f"{remote[0]}:{remote[1]}")
     args += ["-sf", str(scenario_path), "-i", ip, "-p", str(port),
-             "-mi", ip, "-mp", str(media_port or _media_port(port)),
+             "-mi", ip, "-mp", str(media_port or media_port_for(port)),
              "-trace_msg", "-message_file", str(message_log),
              "-trace_err", "-error_file", str(workdir / f"{name}.errors.log"),
              "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error"]
@@ -338,7 +338,7 @@ def start_role(scenario: str, *, port: int, workdir: Path, name: str | None = No
     return role
 
 
-def _media_port(port: int) -> int:
+def media_port_for(port: int) -> int:
     return (port + 10000) & ~1
 
 
