@@ -9,6 +9,9 @@
 * ``GET|POST /v1/advisor-groups``, ``GET|PATCH /v1/advisor-groups/{group_id}``
 * ``GET|POST /v1/customers``, ``GET|PATCH /v1/customers/{customer_id}``
 * ``GET|PUT /v1/advisor-settings``
+* ``GET /v1/consultations`` (``since``/``until`` on ``requested_at``, ``advisor_id``,
+  ``customer_id``, ``group_id``, ``limit``, ``cursor``), ``GET
+  /v1/consultations/{consultation_id}``: the consultation records (:mod:`advisors.records`)
 
 Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
 (404), ``duplicate`` (409, with ``field``), ``auth-*`` (401), ``advisors-unavailable``
@@ -31,11 +34,15 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from advisors import record_schemas
 from advisors import schemas as s
+from advisors.errors import NotFound
 from advisors.events import EventHub, since
 from advisors.live import Presences
 from advisors.metrics import ADVISORS_BY_STATE
 from advisors.model import Via
+from advisors.record_store import ID_FILTERS, ConsultationRecords
+from advisors.records import ID_PATTERN
 from advisors.resources import (
     ADVISORS,
     CUSTOMERS,
@@ -55,6 +62,7 @@ from shared.http import (
 )
 from shared.metrics_http import READINGS_KEY
 from shared.openapi import MERCHANT, Operation, Param, Reply, add_operations
+from shared.paging import list_params, page_schema, parse_list_query
 from shared.site import background
 
 log = logging.getLogger("advisors.http")
@@ -69,6 +77,7 @@ class Services:
     store: AdvisorStore
     live: Presences
     hub: EventHub
+    records: ConsultationRecords
 
 
 SERVICES_KEY = web.AppKey("advisors_services", Services)
@@ -81,7 +90,8 @@ def install(app: web.Application, database: Database) -> None:
 
     async def advisors_ctx(app: web.Application) -> AsyncIterator[None]:
         url, pool = database(app)
-        services = Services(AdvisorStore(pool), Presences(pool), EventHub(url))
+        services = Services(AdvisorStore(pool), Presences(pool), EventHub(url),
+                            ConsultationRecords(pool))
         app[SERVICES_KEY] = services
         async with background(services.hub.run(), "advisor events"), \
                 background(services.live.run_timers(), "advisor timers"):
@@ -185,6 +195,28 @@ async def put_settings(request: web.Request) -> web.Response:
     return json_response(s.settings_json(await svc.store.set_rules(merchant, rules)))
 
 
+# --- consultation records ------------------------------------------------------------------
+
+
+async def list_consultations(request: web.Request) -> web.Response:
+    """The merchant's consultation records, oldest stored first."""
+    svc, merchant = _services(request)
+    q = parse_list_query(merchant, request.rel_url.query, id_filters=ID_FILTERS)
+    return json_response((await svc.records.page(q)).to_json())
+
+
+async def get_consultation(request: web.Request) -> web.Response:
+    """One consultation record."""
+    svc, merchant = _services(request)
+    consultation_id = request.match_info["consultation_id"]
+    if not ID_PATTERN.match(consultation_id):
+        raise InvalidField("consultation_id", "not a consultation id")
+    found = await svc.records.get(merchant, consultation_id)
+    if found is None:
+        raise NotFound("consultation", consultation_id)
+    return json_response(found)
+
+
 # --- declarations ---------------------------------------------------------------------------
 
 EVENT: dict[str, Any] = {
@@ -218,4 +250,15 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
     Operation("PUT", "/v1/advisor-settings", put_settings, "Change advisor settings",
               "advisors", {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT,
               body=s.SETTINGS, errors={400: ("invalid-field",), **UNAVAILABLE}),
+    Operation("GET", "/v1/consultations", list_consultations, "Consultation records",
+              "consultations", {200: Reply("one page, oldest first",
+                                           page_schema(record_schemas.LISTED))},
+              access=MERCHANT, params=list_params(*ID_FILTERS),
+              errors={400: ("invalid-field",), **UNAVAILABLE}),
+    Operation("GET", "/v1/consultations/{consultation_id}", get_consultation,
+              "One consultation record", "consultations",
+              {200: Reply("the record", record_schemas.LISTED)}, access=MERCHANT,
+              params=(Param("consultation_id", "path", record_schemas.PROPERTIES[
+                  "consultation_id"]),),
+              errors={400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}),
 ))

@@ -38,6 +38,7 @@ import callback_server
 import ivr_platform
 import shared
 from advisors.http import install as install_advisors
+from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from billing.http import install as install_billing
 from callback_server.config import CallbackSettings
 from callback_server.guard.alerts import Alert
@@ -102,6 +103,7 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
         sets.append(package_migrations("routing_rates", str(rates.__file__)))
     sets.append(package_migrations("callback", callback_server.__file__))
     sets.append(package_migrations("advisors", advisors.__file__))
+    sets.append(CONSULTATION_MIGRATIONS)
     sets.append(package_migrations("billing", billing.__file__))
     sets.append(package_migrations("ivr_platform", ivr_platform.__file__))
     return sets

@@ -5,12 +5,13 @@
   ``shared.link.accept_once``, and by natural key in the tables).
 * ``POST /v1/link/rate-decks``: the parts of a rate deck version the callback site
   activated (``routing_rates.distribute``; signed, idempotent likewise).
-* ``GET /v1/requests``, ``GET /v1/cdrs`` and ``GET /v1/calls`` (every inbound call:
+* ``GET /v1/requests``, ``GET /v1/cdrs``, ``GET /v1/calls`` (every inbound call:
   its state, outcome and why, e.g. ``closed``/``outside_hours`` out of business hours,
-  and its call-back's status): for the merchant's call center,
-  ``Authorization: Bearer <token>``; the token (its SHA-256 is configured per
-  merchant) selects the tenant. Query: ``since``/``until`` (ISO 8601 with a
-  zone), ``limit`` (1-500, default 100), ``cursor`` (from ``next_cursor``).
+  and its call-back's status) and ``GET /v1/consultations``: for the merchant's call
+  center, ``Authorization: Bearer <token>``; the token (its SHA-256 is configured per
+  merchant) selects the tenant. Query (:mod:`shared.paging`): ``since``/``until``
+  (ISO 8601 with a zone), ``limit`` (1-500, default 100), ``cursor`` (from
+  ``next_cursor``); consultations also ``advisor_id``, ``customer_id``, ``group_id``.
 * ``GET /healthz``.
 * ``GET /openapi.json``: the OpenAPI 3.1 document of these routes.
 
@@ -23,18 +24,18 @@ plus the ``signature-*`` ids of the link middleware and ``body-too-large`` (413)
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from advisors import record_schemas
+from advisors.record_store import ID_FILTERS, list_records
 from edge_server.reports import (
     EVENT_ANSWER,
     EVENT_EXAMPLES,
     EVENT_SCHEMA,
-    ListQuery,
-    decode_cursor,
     list_rows,
     page_schema,
     parse_event,
@@ -49,14 +50,11 @@ from shared.http import (
     TOKENS_KEY,
     ApiError,
     Health,
-    InvalidField,
     MerchantTokens,
     ServiceUnavailable,
     authenticated_merchant,
     error_middleware,
     json_response,
-    optional_timestamp,
-    query_int,
     read_json_object,
 )
 from shared.link import VERIFIER_KEY, accept_once, message_id, raw_body, signature_middleware
@@ -64,21 +62,16 @@ from shared.openapi import (
     HEALTH,
     LINK,
     MERCHANT,
-    TIMESTAMP,
     Operation,
-    Param,
     Reply,
     add_operations,
     serve_openapi,
 )
+from shared.paging import ListQuery, Page, list_params, parse_list_query
+from shared.paging import page_schema as page_of_items
 from shared.signing import Verifier
 
 log = logging.getLogger("edge.http")
-
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 100
-_LIST_PARAMS = frozenset({"since", "until", "limit", "cursor"})
-
 
 POOL_KEY = web.AppKey("edge_pool", asyncpg.Pool)
 #: set while routing_rates runs: CDRs arriving over the link teach the call lengths
@@ -140,47 +133,33 @@ async def link_rate_decks(request: web.Request) -> web.Response:
     return json_response(body, status=status)
 
 
-def parse_list_query(merchant_id: str, query: Mapping[str, str]) -> ListQuery:
-    unknown = sorted(set(query) - _LIST_PARAMS)
-    if unknown:
-        expected = ", ".join(sorted(_LIST_PARAMS))
-        raise InvalidField(unknown[0], f"unknown parameter; expected {expected}")
-    # a "+" in an unencoded zone offset arrives as a space
-    times = {k: query[k].replace(" ", "+") for k in ("since", "until") if k in query}
-    since = optional_timestamp(times, "since")
-    until = optional_timestamp(times, "until")
-    if since and until and until <= since:
-        raise InvalidField("until", "must be after since")
-    limit = query_int(query, "limit", low=1, high=MAX_LIMIT, default=DEFAULT_LIMIT)
-    after = 0
-    if "cursor" in query:
-        try:
-            after = decode_cursor(query["cursor"])
-        except ValueError:
-            raise InvalidField("cursor", "not a cursor returned by this API") from None
-    return ListQuery(merchant_id, since, until, after, limit)
-
-
-async def _list(request: web.Request, table: str) -> web.Response:
-    q = parse_list_query(authenticated_merchant(request), request.rel_url.query)
+async def _list(request: web.Request, what: str,
+                fetch: Callable[[asyncpg.Pool, ListQuery], Awaitable[Page]],
+                id_filters: Sequence[str] = ()) -> web.Response:
+    q = parse_list_query(authenticated_merchant(request), request.rel_url.query,
+                         id_filters=id_filters)
     try:
-        page = await list_rows(_pool(request), table, q)
+        page = await fetch(_pool(request), q)
     except CONNECTION_ERRORS as exc:
-        log.warning("listing %s failed: %s", table, exc)
+        log.warning("listing %s failed: %s", what, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(page.to_json())
 
 
 async def list_requests(request: web.Request) -> web.Response:
-    return await _list(request, "requests")
+    return await _list(request, "requests", lambda pool, q: list_rows(pool, "requests", q))
 
 
 async def list_cdrs(request: web.Request) -> web.Response:
-    return await _list(request, "cdrs")
+    return await _list(request, "cdrs", lambda pool, q: list_rows(pool, "cdrs", q))
+
+
+async def list_consultations(request: web.Request) -> web.Response:
+    return await _list(request, "consultations", list_records, ID_FILTERS)
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    return await _list(request, "calls")
+    return await _list(request, "calls", lambda pool, q: list_rows(pool, "calls", q))
 
 
 #: what /healthz reports as the database being down
@@ -201,12 +180,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 _DB_DOWN = {503: ("database-unavailable",)}
-_LIST_PARAMETERS = (
-    Param("since", "query", TIMESTAMP, "only rows at or after this time"),
-    Param("until", "query", TIMESTAMP, "only rows before this time"),
-    Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
-                             "default": DEFAULT_LIMIT}, "rows per page"),
-    Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"))
+_LIST_PARAMETERS = list_params()
 _LIST_ERRORS = {400: ("invalid-field",), **_DB_DOWN}
 OPERATIONS = (
     Operation("POST", "/v1/link/events", link_events, "A report from the callback site",
@@ -231,6 +205,11 @@ OPERATIONS = (
               "of them", "call center",
               {200: Reply("one page, oldest first", page_schema("calls"))},
               access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),
+    Operation("GET", "/v1/consultations", list_consultations,
+              "The merchant's consultation records", "call center",
+              {200: Reply("one page, oldest stored first",
+                          page_of_items(record_schemas.LISTED))},
+              access=MERCHANT, params=list_params(*ID_FILTERS), errors=_LIST_ERRORS),
     Operation("GET", "/healthz", healthz, "Database and Asterisk connection", "meta",
               {200: Reply("up", HEALTH), 503: Reply("database down", HEALTH)}),
 )

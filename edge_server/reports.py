@@ -1,4 +1,6 @@
-"""What the callback site reports back to the edge: request info, CDRs, call-back status.
+"""What the callback site reports back to the edge: request info, CDRs, call-back status,
+consultation records (:class:`advisors.records.ConsultationRecord`, stored by
+:func:`advisors.record_store.insert_record`).
 
 Parsed at the edge of the system into value types (:func:`parse_event`, which
 raises ``InvalidField`` naming the bad field), stored tenant-scoped with
@@ -8,10 +10,8 @@ listed for the merchant's call center with keyset (cursor) pagination.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,18 +19,23 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from advisors import record_schemas
+from advisors.record_store import KIND as CONSULTATION
+from advisors.record_store import insert_record
+from advisors.records import ConsultationRecord, InvalidRecord
 from routing_rates import call_lengths
 from shared.http import (
     ApiError,
     InvalidField,
     optional_timestamp,
-    parse_json,
     require_str,
     require_timestamp,
 )
 from shared.money import Money, MoneyError
 from shared.openapi import E164_NUMBER, MONEY, TIMESTAMP, Schema, nullable, string
 from shared.outbox import isoformat
+from shared.paging import ListQuery, Page, page_of
+from shared.paging import page_schema as page_of_items
 from shared.phone import E164, InvalidNumber
 
 log = logging.getLogger("edge.reports")
@@ -180,9 +185,17 @@ class CallbackStatusReport:
                    require_timestamp(data, "at"))
 
 
-Report: TypeAlias = RequestInfo | Cdr | CallbackStatusReport
-_PARSERS: dict[str, type[RequestInfo] | type[Cdr] | type[CallbackStatusReport]] = {
-    "request_info": RequestInfo, "cdr": Cdr, "callback_status": CallbackStatusReport}
+def parse_consultation(data: Mapping[str, Any]) -> ConsultationRecord:
+    try:
+        return ConsultationRecord.from_json(data, ignore=("kind",))
+    except InvalidRecord as exc:
+        raise InvalidField(exc.field, exc.reason) from None
+
+
+Report: TypeAlias = RequestInfo | Cdr | CallbackStatusReport | ConsultationRecord
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], Report]] = {
+    "request_info": RequestInfo.parse, "cdr": Cdr.parse,
+    "callback_status": CallbackStatusReport.parse, CONSULTATION: parse_consultation}
 
 
 def parse_event(data: Mapping[str, Any]) -> Report:
@@ -190,12 +203,12 @@ def parse_event(data: Mapping[str, Any]) -> Report:
     parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
         raise InvalidField("kind", f"expected one of {', '.join(sorted(_PARSERS))}")
-    return parser.parse(data)
+    return parser(data)
 
 
 def kind_of(report: Report) -> str:
-    return {RequestInfo: "request_info", Cdr: "cdr",
-            CallbackStatusReport: "callback_status"}[type(report)]
+    return {RequestInfo: "request_info", Cdr: "cdr", CallbackStatusReport: "callback_status",
+            ConsultationRecord: CONSULTATION}[type(report)]
 
 
 # --- the JSON Schemas of what the parsers above take and the listings give ---------------
@@ -232,7 +245,7 @@ _STATUS: Schema = {
         "reason": nullable({"type": "string", "maxLength": 128}),
         "attempts": {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "at": TIMESTAMP}}
 #: ``POST /v1/link/events``: one report
-EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS]}
+EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS, record_schemas.MESSAGE]}
 _EXAMPLE_IDS = {"merchant_id": "acme", "callback_id": "cb-0f3a9c", "edge_call_id": "edge-1700.42"}
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
     "request_info": {"kind": "request_info", **_EXAMPLE_IDS, "caller": "+819012345678",
@@ -247,6 +260,7 @@ EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
             "direct_cost": {"amount": "45.0", "currency": "JPY"}},
     "callback_status": {"kind": "callback_status", **_EXAMPLE_IDS, "status": "completed",
                         "reason": None, "attempts": 1, "at": "2026-11-22T01:03:40Z"},
+    CONSULTATION: {"kind": CONSULTATION, **record_schemas.EXAMPLE},
 }
 EVENT_ANSWER: Schema = {"type": "object", "required": ["status", "kind"],
                         "properties": {"status": {"enum": ["stored", "duplicate"]},
@@ -280,11 +294,8 @@ _LISTED: dict[str, Schema] = {
 
 def page_schema(table: str) -> Schema:
     """A page of :func:`list_rows` for ``table``."""
-    item = {"type": "object", "required": sorted(_LISTED[table]),
-            "properties": _LISTED[table], "additionalProperties": False}
-    return {"type": "object", "required": ["items", "next_cursor"],
-            "properties": {"items": {"type": "array", "items": item},
-                           "next_cursor": nullable({"type": "string"})}}
+    return page_of_items({"type": "object", "required": sorted(_LISTED[table]),
+                          "properties": _LISTED[table], "additionalProperties": False})
 
 
 # --- storing ------------------------------------------------------------------------------
@@ -316,6 +327,8 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
                                           report.duration_s, report.ended_at)
         case CallbackStatusReport():
             row_id = await _insert_status(conn, report)
+        case ConsultationRecord():
+            row_id = await insert_record(conn, report)
     status = "stored" if row_id is not None else "duplicate"
     return 200, {"status": status, "kind": kind_of(report)}
 
@@ -368,47 +381,6 @@ async def _insert_status(conn: asyncpg.Connection, s: CallbackStatusReport) -> i
 
 # --- listing for the call center ----------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[dict[str, Any]]
-    next_cursor: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"items": self.items, "next_cursor": self.next_cursor}
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    merchant_id: str
-    since: datetime | None = None
-    until: datetime | None = None
-    after_id: int = 0
-    limit: int = 100
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
-
-
-#: the largest row id (``bigserial``): a cursor past it is not one of ours
-MAX_ROW_ID = 2**63 - 1
-
-
-def decode_cursor(cursor: str) -> int:
-    """The row id a cursor points after; ``ValueError`` if it is not one of ours."""
-    if not cursor.isascii():
-        raise ValueError("bad cursor")
-    padded = cursor + "=" * (-len(cursor) % 4)
-    try:
-        data = parse_json(base64.urlsafe_b64decode(padded.encode()))
-    except ApiError:
-        raise ValueError("bad cursor") from None
-    after = data.get("after") if isinstance(data, dict) else None
-    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_ROW_ID:
-        raise ValueError("bad cursor")
-    return after
-
-
 _LISTS = {
     # table: (time column for since/until, columns)
     "requests": ("collected_at", "id, callback_id, edge_call_id, caller, category, fields, "
@@ -438,10 +410,7 @@ async def list_rows(pool: asyncpg.Pool, table: str, q: ListQuery) -> Page:
               AND ($4::timestamptz IS NULL OR {time_column} < $4)
             ORDER BY id LIMIT $5""",
         q.merchant_id, q.after_id, q.since, q.until, q.limit + 1)
-    more = len(rows) > q.limit
-    rows = rows[:q.limit]
-    items = [_render(table, r) for r in rows]
-    return Page(items, encode_cursor(rows[-1]["id"]) if more else None)
+    return page_of(rows, q.limit, lambda r: _render(table, r))
 
 
 def _render(table: str, row: asyncpg.Record) -> dict[str, Any]:

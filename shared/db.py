@@ -15,17 +15,19 @@ at once do not race.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import tenacity
 
 log = logging.getLogger("shared.db")
 
@@ -43,6 +45,38 @@ Record: TypeAlias = asyncpg.Record
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError)
+
+
+LIVE_CALL_WRITE_RETRY_S = 60.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def survives_database_restarts(fn: Callable[P, Coroutine[Any, Any, T]]
+                               ) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Retry a write made during a live call on connection errors, for up to a minute.
+
+    A database restart must not abandon a call in progress or lose its CDR, the
+    order the customer gave or the consultation's record. Safe only for writes that
+    are idempotent by key (ON CONFLICT DO NOTHING, or an UPDATE guarded by the state
+    it moves from): a commit whose acknowledgement was lost is then harmless to repeat.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        async for attempt in tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(CONNECTION_ERRORS),
+                wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+                stop=tenacity.stop_after_delay(LIVE_CALL_WRITE_RETRY_S), reraise=True,
+                before_sleep=lambda rs: log.warning(
+                    "%s: database unavailable (%s); retrying", fn.__name__,
+                    rs.outcome.exception() if rs.outcome else "?")):
+            with attempt:
+                return await fn(*args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
 
 
 class MigrationError(RuntimeError):

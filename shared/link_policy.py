@@ -10,6 +10,7 @@ Parsed from a site's ``[peer]`` section::
     [peer.policy]
     default = "primary_backup"                 # routes in the order listed
     cdr = "both"                               # send on every route at once
+    consultation = "both"                      # (records travel like CDRs)
     billing = {mode = "pinned", route = "leased"}
     request_info = {mode = "primary_backup", order = ["leased", "internet"]}
 
@@ -38,7 +39,7 @@ Modes (:class:`LinkMode`):
 
 A kind without an entry uses ``default``. Names of kinds are the outbox's
 ``kind`` column (``callback_request``, ``cdr``, ``request_info``,
-``callback_status`` ...).
+``callback_status``, ``consultation`` ...).
 """
 
 from __future__ import annotations

@@ -98,6 +98,16 @@ RETRYABLE_4XX = frozenset({401, 403, 408, 409, 425, 429})
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 #: after a peer answered a batch request 404/405, its messages go alone for this long
 NO_BATCH_ROUTE_RECHECK_S = 300.0
+#: where the callback site reports its facts to the edge (CDRs, request info, call-back
+#: status, consultation records)
+EVENTS_PATH = "/v1/link/events"
+_FACT_NAMESPACE = uuid.UUID("6f0c7f0e-8a53-4c1e-9d44-3b1c2d0e5a10")
+
+
+def fact_message_id(kind: str, key: str) -> str:
+    """The outbox message id of a fact: the same fact always gets the same id, so writing
+    it twice never sends two messages."""
+    return str(uuid.uuid5(_FACT_NAMESPACE, f"{kind}:{key}"))
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:

@@ -5,14 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from callback_server.dialer_messages import RecordCdr
-from callback_server.store.base import (
-    EVENTS_PATH,
-    StoreBase,
-    fact_message_id,
-    survives_database_restarts,
-)
+from callback_server.store.base import StoreBase
+from shared.db import survives_database_restarts
 from shared.money import Money
-from shared.outbox import Outbox, isoformat
+from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
 
 
 class CdrStore(StoreBase):

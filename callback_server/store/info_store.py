@@ -5,13 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from callback_server.ivr import Submit
-from callback_server.store.base import (
-    EVENTS_PATH,
-    StoreBase,
-    fact_message_id,
-    survives_database_restarts,
-)
-from shared.outbox import Outbox, isoformat
+from callback_server.store.base import StoreBase
+from shared.db import survives_database_restarts
+from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
 from shared.phone import E164
 
 

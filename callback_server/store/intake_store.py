@@ -21,10 +21,10 @@ import asyncpg
 
 from callback_server.guard.reasons import Verdict
 from callback_server.schemas import IntakeRequest
-from callback_server.store.base import EVENTS_PATH, StoreBase, fact_message_id
+from callback_server.store.base import StoreBase
 from shared.config import Merchant
 from shared.link import Answer
-from shared.outbox import Outbox, isoformat
+from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
 
 if TYPE_CHECKING:
     from callback_server.guard.service import IntakeScreen

@@ -13,8 +13,9 @@ from datetime import datetime
 from callback_server.dialer import LastLeg
 from callback_server.dialer_messages import PersistAttempt
 from callback_server.guard.reasons import GuardRefused
-from callback_server.store.base import StoreBase, survives_database_restarts
+from callback_server.store.base import StoreBase
 from callback_server.store.queue_store import LeaseLost
+from shared.db import survives_database_restarts
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,9 @@ from datetime import datetime
 
 from callback_server.dialer_messages import Finish
 from callback_server.metrics import callback as callback_metrics
-from callback_server.store.base import (
-    EVENTS_PATH,
-    StoreBase,
-    fact_message_id,
-    survives_database_restarts,
-)
-from shared.outbox import Outbox, isoformat
+from callback_server.store.base import StoreBase
+from shared.db import survives_database_restarts
+from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
 from shared.phone import E164, InvalidNumber, normalise
 
 log = logging.getLogger("callback.store")

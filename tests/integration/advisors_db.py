@@ -1,4 +1,6 @@
-"""An advisors database for integration tests: its migration set on a fresh database."""
+"""An advisors database for integration tests: its migration sets (the directory, the
+consultation records, and the link's for the outbox the records write to) on a fresh
+database."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import asyncpg
 import pytest
 
 import advisors
+import shared
+from advisors import record_store
 from shared.db import create_pool, migrate_url, package_migrations
 
 TABLES = ("advisor_settings, advisors, advisor_groups, advisor_group_members, "
-          "advisor_presence, advisor_events, customers, customer_numbers")
+          "advisor_presence, advisor_events, customers, customer_numbers, consultations, "
+          "consultation_leg_costs, outbox")
 
 
 def fixtures() -> tuple[Any, Any]:
@@ -21,7 +26,9 @@ def fixtures() -> tuple[Any, Any]:
 
     @pytest.fixture(scope="module")
     async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-        await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__)])
+        await migrate_url(pg_url, [package_migrations("link", shared.__file__),
+                                   package_migrations("advisors", advisors.__file__),
+                                   record_store.MIGRATIONS])
         p = await create_pool(pg_url, max_size=20)
         yield p
         await p.close()

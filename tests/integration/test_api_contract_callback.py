@@ -16,7 +16,9 @@ from aiohttp import web
 import advisors
 import billing
 import ivr_platform
+from advisors import record_store
 from advisors.http import install as install_advisors
+from advisors.record_store import ConsultationRecords
 from billing.http import install as install_billing
 from callback_server.guard.http import GUARD_KEY, install
 from callback_server.guard.service import Guard
@@ -47,6 +49,7 @@ from tests.integration.api_contract import (
 )
 from tests.integration.test_callback_http import MERCHANTS, PEER_KEY, TOKEN, body
 from tests.integration.test_ivr_audio import tone
+from tests.unit.test_advisors_records import answered
 from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
 
 pytestmark = pytest.mark.integration
@@ -82,6 +85,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings) -> web.Appli
 @pytest.fixture
 async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path) -> AsyncIterator[Served]:
     await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__),
+                               record_store.MIGRATIONS,
                                package_migrations("billing", billing.__file__),
                                package_migrations("ivr_platform", ivr_platform.__file__)])
     secret = tmp_path / "links.secret"
@@ -92,6 +96,7 @@ async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path) -> AsyncItera
     await RecordingStore(clean, tmp_path / "rec").add(   # to read back, with its link
         "acme", tone(tmp_path / "call.wav", 1.0, channels=1), retention=timedelta(days=1),
         edge_call_id="edge-contract-1")
+    await ConsultationRecords(clean).save(answered())  # a record to read back
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
                                                       OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back

@@ -29,6 +29,7 @@ from tests.integration.test_edge_http import (  # noqa: F401 (the pool fixture)
     pool,
     request_info,
 )
+from tests.unit.test_advisors_records import answered
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,8 @@ async def served(pool: asyncpg.Pool,  # noqa: F811 (test_edge_http's, on this mo
     reports = [("/v1/link/events",
                 json.dumps(request_info(f"cb-contract-{i}", minute=i)).encode())
                for i in range(3)]
+    reports.append(("/v1/link/events",
+                    json.dumps({"kind": "consultation", **answered().to_json()}).encode()))
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": ACME_TOKEN, OPERATOR_PREFIX: OPERATOR})
     async with serving(app, session, reports) as served:
         yield served

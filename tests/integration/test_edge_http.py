@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 
 from edge_server.flow_messages import AnnounceMode, Outcome, RecordCall, StoreRequest
 from edge_server.http import POOL_KEY, create_http_app
-from edge_server.reports import encode_cursor
 from edge_server.store import CallStore, edge_migrations
 from edge_server.testing import merchant
 from shared.db import create_pool, migrate_url
+from shared.paging import encode_cursor
 from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
 from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get

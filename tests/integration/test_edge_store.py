@@ -19,7 +19,7 @@ from edge_server.flow_messages import (
     StoreRequest,
     edge_call_id_for,
 )
-from edge_server.reports import ListQuery, list_rows, parse_event, save_report
+from edge_server.reports import list_rows, parse_event, save_report
 from edge_server.store import (
     CALLBACK_PATH,
     CallStore,
@@ -31,6 +31,7 @@ from edge_server.store import (
 from edge_server.testing import merchant
 from shared.db import create_pool, migrate_url
 from shared.link import accept_once
+from shared.paging import ListQuery, decode_cursor
 from shared.phone import E164
 
 pytestmark = pytest.mark.integration
@@ -243,7 +244,6 @@ async def test_listing_pages_with_a_cursor_and_stays_in_its_tenant(pool: asyncpg
     page = await list_rows(pool, "requests", ListQuery("acme", limit=2))
     assert [i["fields"]["quantity"] for i in page.items] == ["0", "1"]
     assert page.next_cursor is not None
-    from edge_server.reports import decode_cursor
 
     rest = await list_rows(pool, "requests", ListQuery(
         "acme", after_id=decode_cursor(page.next_cursor), limit=10))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -13,9 +14,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jsonschema_rs import Draft202012Validator
 
 import advisors
+from advisors import record_schemas
 from advisors.records import (
+    FIELDS,
     ConsultationRecord,
     EndReason,
     Hold,
@@ -234,3 +238,28 @@ def test_any_valid_record_round_trips(talk: int, offset: datetime, amount: Decim
                       talk_s=talk,
                       leg_costs=(LegCost("c-1", "customer", None, Money(amount, currency)),))
     assert ConsultationRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+def test_the_json_schema_follows_the_record() -> None:
+    """``advisors.record_schemas`` (the OpenAPI documents of both sites) takes what
+    ``from_json`` takes and refuses what it refuses by shape."""
+    message = Draft202012Validator(record_schemas.MESSAGE, validate_formats=True)
+    assert tuple(record_schemas.PROPERTIES) == FIELDS
+    wire = {"kind": "consultation", **answered(
+        transfers=(Transfer(at(100), None, "+81312345678", "completed"),)).to_json()}
+    assert message.is_valid(wire)
+    assert message.is_valid({"kind": "consultation", **unanswered().to_json()})
+    example = ConsultationRecord.from_json(record_schemas.EXAMPLE)
+    assert message.is_valid({"kind": "consultation", **example.to_json()})
+    mutations: list[Callable[[dict[str, Any]], object]] = [
+        lambda w: w.pop("talk_s"), lambda w: w.update(extra=1),
+        lambda w: w.update(method="web"), lambda w: w["rings"][0].update(outcome="rang"),
+        lambda w: w["leg_costs"][0].update(cost={"amount": 0.2, "currency": "USD"})]
+    for mutate in mutations:
+        bad = json.loads(json.dumps(wire))
+        mutate(bad)
+        assert not message.is_valid(bad)
+        with pytest.raises(InvalidRecord):
+            ConsultationRecord.from_json(bad, ignore=("kind",))
+    listed = Draft202012Validator(record_schemas.LISTED, validate_formats=True)
+    assert listed.is_valid({**answered().to_json(), "recorded_at": wire_time(T0)})

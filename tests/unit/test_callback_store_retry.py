@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from callback_server.store.base import survives_database_restarts
+from shared.db import survives_database_restarts
 
 
 async def test_connection_errors_are_retried_until_the_database_is_back() -> None:
