@@ -13,6 +13,9 @@ rules in :mod:`advisors.schemas`. Adapters: :mod:`advisors.store` (the directory
 row, published by NOTIFY), :mod:`advisors.events` (LISTEN, fanned out to subscribers),
 :mod:`advisors.http` and :mod:`advisors.resources` (admin API, the presence event
 stream), :mod:`advisors.metrics` (``/metrics`` readings), :mod:`advisors.cli`.
+Consultation records: :mod:`advisors.records` (the record, pure), :mod:`advisors.
+record_schemas` (its JSON Schemas), :mod:`advisors.record_store` (stored once, with its
+message to the edge; the same tables and code at the edge, which receives them).
 This package imports only :mod:`shared`; the call wiring is not built yet (see
 docs/CONTRACTS.md, Advisors).
 """
