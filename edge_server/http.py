@@ -41,7 +41,7 @@ from edge_server.reports import (
     parse_event,
     save_report,
 )
-from routing_rates import distribute
+from routing_rates import deck_receiver, distribute
 from shared.config import Merchant
 from shared.db import CONNECTION_ERRORS
 from shared.http import (
@@ -118,7 +118,7 @@ async def link_events(request: web.Request) -> web.Response:
 
 
 async def link_rate_decks(request: web.Request) -> web.Response:
-    part = distribute.parse_part(await read_json_object(request, raw_body(request)))
+    message = deck_receiver.parse_message(await read_json_object(request, raw_body(request)))
     if not request.app.get(RATES_TABLES_KEY, False):
         raise ApiError(409, "rates-disabled", "routing_rates is not enabled on this site "
                        "([rates] enabled = false): the deck waits in the sender's outbox")
@@ -126,9 +126,9 @@ async def link_rate_decks(request: web.Request) -> web.Response:
     try:
         async with _pool(request).acquire() as conn, conn.transaction():
             status, body = await accept_once(conn, mid, distribute.KIND,
-                                             lambda c: distribute.receive(c, part))
+                                             lambda c: deck_receiver.receive(c, message))
     except CONNECTION_ERRORS as exc:
-        log.warning("rate deck part %s not stored: %s", mid, exc)
+        log.warning("rate deck message %s not stored: %s", mid, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(body, status=status)
 
@@ -189,12 +189,14 @@ OPERATIONS = (
               errors={400: ("invalid-field",), 422: ("unknown-merchant", "tenant-mismatch"),
                       **_DB_DOWN}),
     Operation("POST", distribute.PATH, link_rate_decks,
-              "A part of a rate deck version the callback site activated", "link",
-              {200: Reply("the version is stored, or was already", distribute.RATE_DECK_ANSWER),
-               202: Reply("the part is stored; more are to come", distribute.RATE_DECK_ANSWER)},
-              access=LINK, body=distribute.RATE_DECK_SCHEMA,
-              examples=distribute.RATE_DECK_EXAMPLES,
-              errors={400: ("invalid-field",), **distribute.RATE_DECK_ERRORS, **_DB_DOWN}),
+              "A part of a rate deck version the callback site activated, or its withdrawal",
+              "link", {200: Reply("the version is stored (or was), or withdrawn",
+                                  deck_receiver.RATE_DECK_ANSWER),
+                       202: Reply("the part is stored; more are to come",
+                                  deck_receiver.RATE_DECK_ANSWER)},
+              access=LINK, body=deck_receiver.RATE_DECK_SCHEMA,
+              examples=deck_receiver.RATE_DECK_EXAMPLES,
+              errors={400: ("invalid-field",), **deck_receiver.RATE_DECK_ERRORS, **_DB_DOWN}),
     Operation("GET", "/v1/requests", list_requests, "The merchant's collected requests",
               "call center", {200: Reply("one page, oldest first", page_schema("requests"))},
               access=MERCHANT, params=_LIST_PARAMETERS, errors=_LIST_ERRORS),

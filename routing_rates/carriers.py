@@ -92,6 +92,11 @@ class Carrier:
                    periods=periods)
 
 
+def valid_id(text: object) -> bool:
+    """A carrier or tariff id: ``[a-z0-9][a-z0-9-]``, at most 63 characters."""
+    return isinstance(text, str) and _ID.match(text) is not None
+
+
 def from_json_checked(data: object) -> Carrier:
     """A carrier as another site sent it (``Carrier.to_json``), checked like a TOML entry;
     ``CarrierConfigError`` if it is not one."""
@@ -108,7 +113,7 @@ def from_json_checked(data: object) -> Carrier:
         raise CarrierConfigError(f"{type(exc).__name__}: {exc}") from exc
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise CarrierConfigError(f"unknown timezone: {exc}") from exc
-    if not _ID.match(carrier.id):
+    if not valid_id(carrier.id):
         raise CarrierConfigError(f"id {carrier.id!r} must match [a-z0-9-]+")
     if carrier.kind not in KINDS:
         raise CarrierConfigError(f"kind {carrier.kind!r} must be one of {', '.join(KINDS)}")

@@ -174,8 +174,9 @@ async def cmd_decks(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
               + ("; sent to the edge" if distribution else ""))
         return
     if args.action == "cancel":
-        deck = await store.cancel(conn, args.deck_id)
-        print(f"deck {deck.id} cancelled")
+        deck = await distribute.cancel(conn, args.deck_id)
+        print(f"deck {deck.id} cancelled"
+              + ("; withdrawn at the edge too" if deck.content_sha256 else ""))
         return
     decks = await store.list_decks(conn, args.tariff)
     in_force = {t: d.id for t, d in (await store.decks_in_force(conn, now)).items()}

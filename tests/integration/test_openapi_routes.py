@@ -19,7 +19,7 @@ from callback_server.config import CallbackSettings
 from edge_server.app import create_app as create_edge_app
 from edge_server.config import EdgeSettings
 from edge_server.http import create_http_app
-from routing_rates.distribute import RATE_DECK_EXAMPLES, parse_part
+from routing_rates.deck_receiver import RATE_DECK_EXAMPLES, parse_part
 from shared.link import encode_batch
 from shared.openapi import document
 from shared.site import verifier_for
@@ -128,7 +128,7 @@ def test_the_documented_request_bodies_take_what_the_handlers_take(
         assert not event.is_valid({**request_info("cb-doc"), **bad})
     deck = Draft202012Validator(request_body_schema(edge, "post", "/v1/link/rate-decks"),
                                 validate_formats=True)
-    [deck_part] = RATE_DECK_EXAMPLES.values()
+    deck_part = RATE_DECK_EXAMPLES["rate_deck"]
     assert deck.is_valid(deck_part) and parse_part(deck_part).rows == 1
     for bad in ({"kind": "cdr"}, {"sha256": "x"}, {"part": -1}, {"parts": 0},
                 {"effective_from": "soon"}, {"encoding": "zip"}, {"carrier": {"id": "x"}}):

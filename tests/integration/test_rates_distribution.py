@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,12 +34,13 @@ from edge_server.app import create_app as create_edge
 from edge_server.config import EdgeSettings
 from edge_server.decide import RatesDecider
 from edge_server.http import POOL_KEY
-from routing_rates import distribute, importer, store
+from routing_rates import deck_receiver, distribute, importer, store
 from routing_rates.carriers import DEMO_CARRIERS, load_carriers
 from routing_rates.cli import PLIVO_DECK, main
 from routing_rates.profile import load_profile
 from routing_rates.service import RatingService
 from shared.db import create_pool, migrate_url, package_migrations
+from shared.http import ApiError
 from shared.link import LinkClient, LinkRejected, accept_once
 from shared.outbox import encode
 from shared.phone import E164
@@ -289,16 +291,24 @@ async def test_a_real_deck_of_72554_rows_crosses_the_link(sites: Sites) -> None:
           f"stored at the edge in {took:.1f} s")
 
 
-async def test_a_newer_activation_moves_the_edge_copy_and_an_older_one_does_not(
-        sites: Sites, tmp_path: Path) -> None:
+async def _pending_at_the_edge(sites: Sites, tmp_path: Path, ahead: timedelta,
+                               ) -> tuple[asyncpg.Record, asyncpg.Record, datetime]:
+    """A carrier-b deck imported with --distribute, in force ``ahead`` from now, and the
+    edge's copy once it is there: (callback deck, edge deck, effective time)."""
     assert await sites.cli("carriers", "load") == 0
-    later = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    later = (datetime.now(UTC) + ahead).replace(microsecond=0)
     assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b.csv", "0.0800")),
                            "--profile", "generic", "--no-progress", "--distribute",
                            "--lead-s", "2", "--effective", later.isoformat()) == 0
     deck = await _latest(sites.callback_pool, "carrier-b")
     held = await _edge_deck(sites, "carrier-b", deck["id"])
     assert held["effective_from"] == later
+    return deck, held, later
+
+
+async def test_a_newer_activation_moves_the_edge_copy_and_an_older_one_does_not(
+        sites: Sites, tmp_path: Path) -> None:
+    deck, held, later = await _pending_at_the_edge(sites, tmp_path, timedelta(hours=2))
     [first] = await sites.callback_pool.fetch("SELECT body FROM outbox WHERE kind = 'rate_deck'")
     sooner = later - timedelta(hours=1)
     assert await sites.cli("decks", "activate", str(deck["id"]), "--distribute", "--lead-s",
@@ -323,18 +333,11 @@ async def test_a_newer_activation_moves_the_edge_copy_and_an_older_one_does_not(
 
 
 async def test_parts_in_any_order_concurrently_and_twice_make_one_deck(
-        pg_server_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        pg_server_url: str, tmp_path: Path) -> None:
     """The parts of one version, delivered last first, each twice under two message ids,
     all at once: one deck, the same hash, no part left behind."""
     tag = f"t{os.getpid()}_parts"
-    urls = [await fresh_database(pg_server_url, f"{tag}_{site}") for site in ("cb", "edge")]
-    sets = [package_migrations("link", shared.__file__), store.migrations()]
-    pools = []
-    try:
-        for url in urls:
-            await migrate_url(url, sets)
-            pools.append(await create_pool(url, min_size=2, max_size=12))
-        callback, edge = pools
+    async with _two_databases(pg_server_url, tag) as (callback, edge):
         async with callback.acquire() as conn:
             await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
             result = await importer.import_deck(
@@ -346,14 +349,9 @@ async def test_parts_in_any_order_concurrently_and_twice_make_one_deck(
             "SELECT body FROM outbox WHERE kind = 'rate_deck' ORDER BY body")]
         assert len(bodies) >= 4
 
-        async def deliver(n: int, body: bytes) -> tuple[int, dict[str, Any]]:
-            part = distribute.parse_part(json.loads(body))
-            async with edge.acquire() as conn, conn.transaction():
-                return await accept_once(conn, f"m-{n}", distribute.KIND,
-                                         lambda c: distribute.receive(c, part))
-
         last_first = list(reversed(bodies)) * 2
-        answers = await asyncio.gather(*(deliver(n, b) for n, b in enumerate(last_first)))
+        answers = await asyncio.gather(*(_deliver(edge, f"m-{n}", b)
+                                         for n, b in enumerate(last_first)))
         statuses = sorted(a["status"] for _, a in answers)
         assert statuses.count("stored") == 1
         assert set(statuses) <= {"stored", "partial", "held"}
@@ -363,8 +361,86 @@ async def test_parts_in_any_order_concurrently_and_twice_make_one_deck(
                 == await distribute.deck_hash(c, result.deck.id)
         assert await edge.fetchval("SELECT count(*) FROM rates_deck_parts") == 0
         assert await edge.fetchval("SELECT row_count FROM rates_decks") == 5_002
+
+
+async def test_a_version_cancelled_before_its_time_is_withdrawn_at_the_edge(
+        sites: Sites, tmp_path: Path) -> None:
+    deck, held, later = await _pending_at_the_edge(sites, tmp_path, timedelta(minutes=50))
+    assert await sites.cli("decks", "cancel", str(deck["id"])) == 0
+
+    async def cancelled() -> bool:
+        return await sites.edge_pool.fetchval(
+            "SELECT state FROM rates_decks WHERE id = $1", held["id"]) == "cancelled"
+    await _until(cancelled, 30, "the edge's copy to be cancelled")
+    await _until(lambda: _async(sites.edge_rates.snapshot_at(later).deck_id("carrier-b")
+                                is None), 10, "the edge's rating service to drop it")
+
+
+@asynccontextmanager
+async def _two_databases(pg_server_url: str, tag: str,
+                         ) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
+    """A callback site's and an edge's database with the link and rates tables (no apps):
+    the tests hand the messages over themselves."""
+    sets = [package_migrations("link", shared.__file__), store.migrations()]
+    pools = []
+    try:
+        for site in ("cb", "edge"):
+            url = await fresh_database(pg_server_url, f"{tag}_{site}")
+            await migrate_url(url, sets)
+            pools.append(await create_pool(url, min_size=2, max_size=12))
+        yield pools[0], pools[1]
     finally:
         for pool in pools:
             await pool.close()
         for site in ("cb", "edge"):
             await drop_database(pg_server_url, f"{tag}_{site}")
+
+
+async def _deliver(pool: asyncpg.Pool, mid: str, body: bytes | dict[str, Any]
+                   ) -> tuple[int, dict[str, Any]]:
+    """One message as the edge's route takes it: parsed, then accepted once."""
+    message = deck_receiver.parse_message(json.loads(body) if isinstance(body, bytes)
+                                          else body)
+    async with pool.acquire() as conn, conn.transaction():
+        return await accept_once(conn, mid, distribute.KIND,
+                                 lambda c: deck_receiver.receive(c, message))
+
+
+async def test_a_withdrawal_before_the_parts_and_one_after_the_version_came_into_force(
+        pg_server_url: str, tmp_path: Path) -> None:
+    tag = f"t{os.getpid()}_withdraw"
+    async with _two_databases(pg_server_url, tag) as (callback, edge):
+        async with callback.acquire() as conn:
+            await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
+            pending = await importer.import_deck(
+                conn, "carrier-b", _deck(tmp_path / "b1.csv", "0.0800"),
+                load_profile("generic"), distribution=distribute.Distribution(lead_s=3600))
+            assert pending.deck is not None
+            await distribute.cancel(conn, pending.deck.id)
+        rows = await callback.fetch(
+            "SELECT message_id, body FROM outbox ORDER BY convert_from(body, 'UTF8') "
+            "LIKE '%rate_deck_cancel%' DESC")
+        assert [json.loads(r["body"])["kind"] for r in rows] == ["rate_deck_cancel",
+                                                                 "rate_deck"]
+        # the withdrawal overtakes the version: the parts arriving after it store nothing
+        answers = [await _deliver(edge, str(r["message_id"]), r["body"]) for r in rows]
+        assert [(s, a["status"]) for s, a in answers] == [(200, "cancelled")] * 2
+        assert await edge.fetchval("SELECT count(*) FROM rates_decks") == 0
+        assert await edge.fetchval("SELECT count(*) FROM rates_deck_parts") == 0
+
+        # a version in force here already cannot be withdrawn: 422, the operator decides
+        async with callback.acquire() as conn:
+            now = await importer.import_deck(
+                conn, "carrier-b", _deck(tmp_path / "b2.csv", "0.0700"),
+                load_profile("generic"), distribution=distribute.Distribution(lead_s=0))
+            assert now.deck is not None
+            [part] = await conn.fetch("SELECT message_id, body FROM outbox WHERE convert_from("
+                                      "body, 'UTF8') LIKE $1", f'%"version":{now.deck.id},%')
+        status, answer = await _deliver(edge, str(part["message_id"]), part["body"])
+        assert (status, answer["status"]) == (200, "stored")
+        _, late = distribute.withdrawal(now.deck, datetime.now(UTC))
+        with pytest.raises(ApiError) as refused:
+            await _deliver(edge, "withdraw-late", late)
+        assert (refused.value.status, refused.value.error_id) == (422, "rate-deck-in-force")
+        assert await edge.fetchval("SELECT state FROM rates_decks WHERE origin_version = $1",
+                                   now.deck.id) == "scheduled"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from routing_rates import distribute
+from routing_rates import deck_receiver, distribute
 from routing_rates.carriers import Carrier
 from routing_rates.decision import rank_routes
 from routing_rates.duration import DEFAULT_DURATION
@@ -61,12 +61,12 @@ def test_messages_of_a_large_deck_fit_the_link_and_parse_back() -> None:
     rows = canonical(25_000)
     sent = distribute.messages(deck(25_000), CARRIER, rows, NOW, chunk_bytes=8_192)
     assert len(sent) > 1 and len({mid for mid, _ in sent}) == len(sent)
-    parts = [distribute.parse_part(payload) for _, payload in sent]
+    parts = [deck_receiver.parse_part(payload) for _, payload in sent]
     assert [p.part for p in parts] == list(range(len(sent)))
     assert {(p.parts, p.version, p.sha256, p.carrier) for p in parts} == {
         (len(sent), 17, distribute.content_hash(rows), CARRIER)}
     assert parts[0].effective_from == NOW + timedelta(minutes=5)
-    inflated = distribute.inflate(b"".join(p.data for p in parts), 25_000 * 100)
+    inflated = deck_receiver.inflate(b"".join(p.data for p in parts), 25_000 * 100)
     assert inflated == rows
     # the same activation gives the same ids; another activation other ids
     assert [m for m, _ in distribute.messages(deck(25_000), CARRIER, rows, NOW, 8_192)] \
@@ -102,7 +102,7 @@ def good() -> dict[str, Any]:
 def test_a_malformed_part_names_its_field(field: str, value: object) -> None:
     body = good() | {field: value}
     with pytest.raises(InvalidField) as refused:
-        distribute.parse_part(body)
+        deck_receiver.parse_part(body)
     assert refused.value.status == 400 and refused.value.fields["field"] == field
 
 
@@ -110,18 +110,18 @@ def test_a_missing_field_is_named() -> None:
     body = good()
     del body["effective_from"]
     with pytest.raises(InvalidField, match="effective_from"):
-        distribute.parse_part(body)
+        deck_receiver.parse_part(body)
 
 
 def test_inflate_refuses_what_is_not_gzip_or_too_large() -> None:
     data = gzip.compress(b"x" * 10_000)
-    assert distribute.inflate(data, 10_000) == b"x" * 10_000
+    assert deck_receiver.inflate(data, 10_000) == b"x" * 10_000
     with pytest.raises(InvalidField, match="inflates past 9999 bytes"):
-        distribute.inflate(data, 9_999)
+        deck_receiver.inflate(data, 9_999)
     with pytest.raises(InvalidField, match="not gzip"):
-        distribute.inflate(b"plain text", 100)
+        deck_receiver.inflate(b"plain text", 100)
     with pytest.raises(InvalidField, match="not complete"):
-        distribute.inflate(data[:-10], 10_000)
+        deck_receiver.inflate(data[:-10], 10_000)
     assert base64.b64decode(good()["data"])  # the example body decodes too
 
 
@@ -131,10 +131,27 @@ def test_gzip_bytes_are_the_same_each_time() -> None:
     assert gzip.decompress(distribute.gzip_bytes(rows)) == rows
 
 
-def test_the_documented_example_is_a_valid_part() -> None:
-    [example] = distribute.RATE_DECK_EXAMPLES.values()
-    part = distribute.parse_part(example)
-    assert distribute.content_hash(distribute.inflate(part.data, 4096)) == part.sha256
+def test_the_documented_examples_are_valid_messages() -> None:
+    examples = deck_receiver.RATE_DECK_EXAMPLES
+    part = deck_receiver.parse_message(examples["rate_deck"])
+    assert isinstance(part, deck_receiver.DeckPart)
+    assert distribute.content_hash(deck_receiver.inflate(part.data, 4096)) == part.sha256
+    assert deck_receiver.parse_message(examples["rate_deck_cancel"]) == \
+        deck_receiver.DeckWithdrawal("carrier-a", 17, datetime(2026, 12, 5, 2, 55, tzinfo=UTC))
+
+
+def test_a_withdrawal_is_the_message_of_a_cancelled_version() -> None:
+    mid, payload = distribute.withdrawal(deck(), NOW)
+    assert payload == {"kind": "rate_deck_cancel", "carrier_id": "carrier-b", "version": 17,
+                       "cancelled_at": NOW.isoformat()}
+    assert mid == distribute.withdrawal(deck(), NOW + timedelta(hours=1))[0]  # once a version
+    assert deck_receiver.parse_message(payload) == deck_receiver.DeckWithdrawal(
+        "carrier-b", 17, NOW)
+    for field, value in (("carrier_id", "Carrier B"), ("carrier_id", None), ("version", 0),
+                         ("cancelled_at", "now")):
+        with pytest.raises(InvalidField) as refused:
+            deck_receiver.parse_message(payload | {field: value})
+        assert refused.value.fields["field"] == field
 
 
 def test_a_carrier_without_a_deck_in_force_is_dropped_no_deck() -> None:
