@@ -13,7 +13,7 @@ behind, and a reason id for the IVR to say:
   longest consultation.
 
 :func:`decide` is the pure decision over :class:`Facts`; :class:`Admissions` reads the
-facts from PostgreSQL (the policy, the ledger's books, :func:`billing.postpaid.standing`).
+facts from PostgreSQL (the policy, the ledger's books, :func:`billing.standing.standing`).
 Admitting holds nothing: a prepaid consultation still reserves (:meth:`billing.ledger.
 Ledger.reserve`) when it connects, which is what guards concurrent consultations.
 """
@@ -27,14 +27,13 @@ import asyncpg
 
 from billing import policy
 from billing.ledger import books
-from billing.postpaid import Standing, standing
 from billing.rating import Terms, seconds_affordable
+from billing.settings import MAX_UNPAID_CHARGES
+from billing.standing import Standing, standing
 
 ALLOWED = "ok"
 #: the refusals, for the IVR to say
 REASONS = ("balance-too-low", "no-card", "in-dunning", "unpaid-limit")
-#: unpaid postpaid charges allowed before a new consultation is refused
-MAX_UNPAID_CHARGES = 1
 
 
 @dataclass(frozen=True, slots=True)

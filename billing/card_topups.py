@@ -29,7 +29,14 @@ import asyncpg
 import stripe
 
 from billing.ledger import MAX_AMOUNT_YEN, LedgerError, account_id, post
-from billing.stripe_payments import Outcome, Pending, create_intent, find_intent, outcome_of
+from billing.stripe_payments import (
+    Outcome,
+    Pending,
+    create_intent,
+    find_intent,
+    metadata_value,
+    outcome_of,
+)
 
 __all__ = ["METADATA_KEY", "CardTopUps", "Pending", "Result", "TopUp"]
 METADATA_KEY = "cbgw_topup_key"
@@ -132,7 +139,25 @@ class CardTopUps:
                 continue
         return results
 
-    async def _settle(self, topup_id: int, *, create: bool) -> Result:
+    async def get(self, merchant_id: str, topup_id: int) -> tuple[TopUp, Result | None]:
+        """The top-up and its outcome (None: pending); 404 ``not-found``."""
+        row = await self.pool.fetchrow(_SELECT + " WHERE t.id = $1 AND t.merchant_id = $2",
+                                       topup_id, merchant_id)
+        if row is None:
+            raise LedgerError(404, "not-found", f"no card top-up {topup_id}")
+        return _topup(row), _result(row)
+
+    async def apply_intent(self, intent: Any) -> Result | None:
+        """A PaymentIntent a webhook reported: its top-up recorded with it (once); None
+        when it is not one of ours."""
+        key = metadata_value(intent, METADATA_KEY)
+        topup_id = None if key is None else await self.pool.fetchval(
+            "SELECT id FROM billing_card_topups WHERE idempotency_key = $1", str(key))
+        if topup_id is None:
+            return None
+        return await self._settle(topup_id, create=False, intent=intent)
+
+    async def _settle(self, topup_id: int, *, create: bool, intent: Any = None) -> Result:
         async with self.pool.acquire() as conn, conn.transaction():
             # the lock first, then the read: a statement waiting for the lock would see the
             # outcome its holder wrote only in a later statement (read committed)
@@ -145,7 +170,8 @@ class CardTopUps:
             if done is not None:
                 return done
             topup = _topup(row)
-            intent = await asyncio.to_thread(self._find, topup.idempotency_key)
+            if intent is None:
+                intent = await asyncio.to_thread(self._find, topup.idempotency_key)
             failure = ""
             if intent is None and create:
                 intent, failure = await asyncio.to_thread(self._create, topup)

@@ -47,13 +47,6 @@ class Registration:
     confirmed_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class CardOnFile:
-    customer: str
-    payment_method: str
-    registration_id: int
-
-
 _SELECT = """SELECT r.*, a.account, c.payment_method, c.confirmed_at
              FROM billing_card_registrations r
              JOIN billing_accounts a ON a.id = r.account_id
@@ -64,17 +57,6 @@ def _registration(row: asyncpg.Record) -> Registration:
     return Registration(row["id"], row["merchant_id"], row["account"], row["customer"],
                         row["setup_intent"], row["client_secret"], row["link_token"],
                         row["requested_at"], row["payment_method"], row["confirmed_at"])
-
-
-async def card_on_file(conn: asyncpg.Connection | asyncpg.Pool, account: int
-                       ) -> CardOnFile | None:
-    """The account's newest confirmed card (by the account's row id), or None."""
-    row = await conn.fetchrow(
-        """SELECT r.id, r.customer, c.payment_method FROM billing_card_registrations r
-           JOIN billing_cards c ON c.registration_id = r.id
-           WHERE r.account_id = $1 ORDER BY r.id DESC LIMIT 1""", account)
-    return None if row is None else CardOnFile(row["customer"], row["payment_method"],
-                                               row["id"])
 
 
 class Cards:

@@ -86,11 +86,20 @@ def _ledger(request: web.Request) -> tuple[Ledger, str]:
     return ledger, merchant_id
 
 
-def _account(request: web.Request) -> str:
+def account_param(request: web.Request) -> str:
+    """The ``{account}`` of the path (400 ``invalid-field`` past 64 characters)."""
     account = request.match_info["account"]
     if not 1 <= len(account) <= 64:
         raise InvalidField("account", "expected 1..64 characters")
     return account
+
+
+def id_param(request: web.Request, name: str) -> int:
+    """A positive integer id of the path (400 ``invalid-field`` naming it otherwise)."""
+    text = request.match_info[name]
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
+        raise InvalidField(name, "expected a positive integer id")
+    return int(text)
 
 
 def _page(query: Mapping[str, str]) -> tuple[int, int]:
@@ -146,7 +155,7 @@ async def post_refund(request: web.Request) -> web.Response:
 async def _correct(request: web.Request, kind: Literal["adjustment", "refund"]
                    ) -> web.Response:
     ledger, merchant = _ledger(request)
-    account = _account(request)
+    account = account_param(request)
     correction = parse_correction(await read_json_object(request), kind)
     txn = await ledger.correct(merchant, account, correction)
     return json_response({"transaction_id": txn, "balance": balance_json(
@@ -201,11 +210,9 @@ async def post_settle(request: web.Request) -> web.Response:
     """Settle a reservation a call left live, with its talk time, who and why: the charge
     is rated with the reservation's terms, the rest of the hold released."""
     ledger, merchant = _ledger(request)
-    text = request.match_info["reservation_id"]
-    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
-        raise InvalidField("reservation_id", "expected a positive integer id")
+    reservation_id = id_param(request, "reservation_id")
     wanted = parse_operator_settle(await read_json_object(request))
-    settled = await ledger.settle(merchant, int(text), wanted.talk_s, by=wanted.by,
+    settled = await ledger.settle(merchant, reservation_id, wanted.talk_s, by=wanted.by,
                                   reason=wanted.reason)
     return json_response(settlement_json(settled))
 
@@ -214,7 +221,7 @@ async def get_balance(request: web.Request) -> web.Response:
     """The account's balance: available (free to spend), held (reserved by consultations
     in progress) and their total."""
     ledger, merchant = _ledger(request)
-    account = _account(request)
+    account = account_param(request)
     return json_response(balance_json(account, await ledger.balance(merchant, account)))
 
 
@@ -222,7 +229,7 @@ async def get_ledger(request: web.Request) -> web.Response:
     """The account's movements, oldest first: kind, amount, who, why and the legs by book
     (they sum to zero)."""
     ledger, merchant = _ledger(request)
-    account = _account(request)
+    account = account_param(request)
     after_id, limit = _page(request.query)
     await ledger.balance(merchant, account)      # 404 for an account that does not exist
     items = await ledger.movements(merchant, account, after_id=after_id, limit=limit)
@@ -316,68 +323,68 @@ SETTLEMENT: Schema = {"type": "object", "properties": {
 _PAGE = (Param("after_id", "query", {"type": "integer", "minimum": 0},
                "only what comes after this id (the reply's next_after_id)"),
          Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}))
-_ACCOUNT = Param("account", "path", string(64), "the customer's account")
-_UNAVAILABLE = {503: ("billing-unavailable", "database-unavailable")}
-_TAG = "billing"
+ACCOUNT_PARAM = Param("account", "path", string(64), "the customer's account")
+UNAVAILABLE = {503: ("billing-unavailable", "database-unavailable")}
+TAG = "billing"
 
 OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for op in (
     Operation("POST", "/v1/billing/bank-transfers", post_bank_transfer,
-              "Enter a bank transfer as a deposit", _TAG,
+              "Enter a bank transfer as a deposit", TAG,
               {201: Reply("the transfer entered, with the account's balance after it",
                           {**TRANSFER, "properties": {**TRANSFER["properties"],
                                                       "balance": BALANCE}})},
               access=MERCHANT, body=TRANSFER_BODY,
-              errors={400: ("invalid-field",), 409: ("duplicate-reference",), **_UNAVAILABLE}),
+              errors={400: ("invalid-field",), 409: ("duplicate-reference",), **UNAVAILABLE}),
     Operation("GET", "/v1/billing/bank-transfers", get_bank_transfers,
-              "Bank transfers entered", _TAG,
+              "Bank transfers entered", TAG,
               {200: Reply("a page of transfers", {
                   "type": "object", "required": ["items", "next_after_id"],
                   "properties": {"items": {"type": "array", "items": TRANSFER},
                                  "next_after_id": {"type": "integer"}}})},
-              access=MERCHANT, params=_PAGE, errors=_UNAVAILABLE),
-    Operation("GET", "/v1/billing/reports/daily", get_daily_report, "A day in billing", _TAG,
+              access=MERCHANT, params=_PAGE, errors=UNAVAILABLE),
+    Operation("GET", "/v1/billing/reports/daily", get_daily_report, "A day in billing", TAG,
               {200: Reply("the day's figures", DAILY_REPORT)}, access=MERCHANT,
               params=(Param("date", "query", {"type": "string", "format": "date"},
                             "YYYY-MM-DD, Asia/Tokyo (default: today)"),),
-              errors=_UNAVAILABLE),
+              errors=UNAVAILABLE),
     Operation("GET", "/v1/billing/reservations/live", get_live_reservations,
-              "Reservations not settled", _TAG, {200: Reply("oldest first", {
+              "Reservations not settled", TAG, {200: Reply("oldest first", {
                   "type": "object", "required": ["items"],
                   "properties": {"items": {"type": "array", "items": LIVE}}})},
               access=MERCHANT,
               params=(Param("older_than_s", "query", {"type": "integer", "minimum": 0},
                             "only those made longer ago than this"), _PAGE[1]),
-              errors=_UNAVAILABLE),
+              errors=UNAVAILABLE),
     Operation("POST", "/v1/billing/reservations/{reservation_id}/settle", post_settle,
-              "Settle a reservation a call left live", _TAG,
+              "Settle a reservation a call left live", TAG,
               {200: Reply("the settlement", SETTLEMENT)}, access=MERCHANT,
               params=(Param("reservation_id", "path", _ID),), body=SETTLE_BODY,
-              errors={404: ("not-found",), 409: ("already-settled",), **_UNAVAILABLE}),
-    Operation("GET", "/v1/billing/policy", get_policy, "The billing policy in force", _TAG,
-              {200: Reply("the policy", POLICY)}, access=MERCHANT, errors=_UNAVAILABLE),
-    Operation("PUT", "/v1/billing/policy", put_policy, "Change the billing policy", _TAG,
+              errors={404: ("not-found",), 409: ("already-settled",), **UNAVAILABLE}),
+    Operation("GET", "/v1/billing/policy", get_policy, "The billing policy in force", TAG,
+              {200: Reply("the policy", POLICY)}, access=MERCHANT, errors=UNAVAILABLE),
+    Operation("PUT", "/v1/billing/policy", put_policy, "Change the billing policy", TAG,
               {200: Reply("the policy now in force", POLICY)}, access=MERCHANT,
-              body=POLICY_BODY, errors={400: ("invalid-field",), **_UNAVAILABLE}),
+              body=POLICY_BODY, errors={400: ("invalid-field",), **UNAVAILABLE}),
     Operation("POST", "/v1/billing/accounts/{account}/adjustments", post_adjustment,
-              "Correct an account's balance", _TAG, {201: Reply("the movement", CORRECTED)},
-              access=MERCHANT, params=(_ACCOUNT,), body=ADJUSTMENT_BODY,
-              errors={404: ("not-found",), 409: ("insufficient-balance",), **_UNAVAILABLE}),
+              "Correct an account's balance", TAG, {201: Reply("the movement", CORRECTED)},
+              access=MERCHANT, params=(ACCOUNT_PARAM,), body=ADJUSTMENT_BODY,
+              errors={404: ("not-found",), 409: ("insufficient-balance",), **UNAVAILABLE}),
     Operation("POST", "/v1/billing/accounts/{account}/refunds", post_refund,
-              "Refund charges to an account's balance", _TAG,
-              {201: Reply("the movement", CORRECTED)}, access=MERCHANT, params=(_ACCOUNT,),
+              "Refund charges to an account's balance", TAG,
+              {201: Reply("the movement", CORRECTED)}, access=MERCHANT, params=(ACCOUNT_PARAM,),
               body=REFUND_BODY,
-              errors={404: ("not-found",), 409: ("refund-exceeds-charges",), **_UNAVAILABLE}),
+              errors={404: ("not-found",), 409: ("refund-exceeds-charges",), **UNAVAILABLE}),
     Operation("GET", "/v1/billing/accounts/{account}/balance", get_balance,
-              "An account's balance", _TAG, {200: Reply("the balance", BALANCE)},
-              access=MERCHANT, params=(_ACCOUNT,),
-              errors={404: ("not-found",), **_UNAVAILABLE}),
+              "An account's balance", TAG, {200: Reply("the balance", BALANCE)},
+              access=MERCHANT, params=(ACCOUNT_PARAM,),
+              errors={404: ("not-found",), **UNAVAILABLE}),
     Operation("GET", "/v1/billing/accounts/{account}/ledger", get_ledger,
-              "An account's movements", _TAG,
+              "An account's movements", TAG,
               {200: Reply("a page of movements", {
                   "type": "object", "required": ["account", "items", "next_after_id"],
                   "properties": {"account": {"type": "string"},
                                  "items": {"type": "array", "items": MOVEMENT},
                                  "next_after_id": {"type": "integer"}}})},
-              access=MERCHANT, params=(_ACCOUNT, *_PAGE),
-              errors={404: ("not-found",), **_UNAVAILABLE}),
+              access=MERCHANT, params=(ACCOUNT_PARAM, *_PAGE),
+              errors={404: ("not-found",), **UNAVAILABLE}),
 ))

@@ -20,7 +20,8 @@ A failed attempt (declined, no card on file) puts the account into dunning: a
 ``retry_after_s`` (the n-th retry that long after the n-th failure), each a new attempt
 with the card on file at that time; :meth:`Postpaid.due` lists the retries due. A retry
 that succeeds writes ``charge-recovered``. :meth:`Postpaid.standing` is what admission
-reads: the account's unpaid charges and whether one has failed.
+reads: the account's unpaid charges and whether one has failed
+(:func:`billing.standing.standing`).
 """
 
 from __future__ import annotations
@@ -34,15 +35,14 @@ from typing import Any, Literal
 import asyncpg
 import stripe
 
-from billing.cards import card_on_file
 from billing.ledger import LedgerError, account_id
 from billing.rating import Terms, rate
-from billing.stripe_payments import Pending, create_intent, find_intent, outcome_of
+from billing.settings import RETRY_AFTER_S
+from billing.standing import card_on_file
+from billing.stripe_payments import Pending, create_intent, find_intent, metadata_value, outcome_of
 
 METADATA_KEY = "cbgw_charge_key"
 NO_CARD = "no-card-on-file"
-#: the default dunning schedule: one hour, one day and three days after each failure
-RETRY_AFTER_S = (3600, 86400, 259200)
 State = Literal["pending", "paid", "failed"]
 
 
@@ -70,16 +70,6 @@ class Charge:
                 "tax_yen": self.tax_yen, "requested_at": self.requested_at.isoformat(),
                 "attempts": self.attempts, "state": self.state,
                 "payment_intent": self.payment_intent, "failure": self.failure or None}
-
-
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """What admission reads of a postpaid account."""
-
-    has_card: bool
-    unpaid: int
-    #: a charge whose newest attempt failed: the account is in dunning
-    in_dunning: bool
 
 
 _CHARGE = """
@@ -282,8 +272,7 @@ class Postpaid:
     async def apply_intent(self, intent: Any) -> Charge | None:
         """A PaymentIntent a webhook reported: its attempt finished with it (once); None
         when it is not one of ours."""
-        metadata = intent.metadata
-        key = metadata[METADATA_KEY] if metadata and METADATA_KEY in metadata else None
+        key = metadata_value(intent, METADATA_KEY)
         attempt_id = None if key is None else await self.pool.fetchval(
             "SELECT id FROM billing_postpaid_attempts WHERE idempotency_key = $1", str(key))
         if attempt_id is None:
@@ -297,24 +286,3 @@ class Postpaid:
             + (" AND o.outcome IS DISTINCT FROM 'succeeded'" if unpaid_only else "")
             + " ORDER BY c.id", merchant_id, account)
         return [_charge(r) for r in rows]
-
-
-async def standing(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, account: str
-                   ) -> Standing:
-    """The account's card on file, unpaid charges and dunning."""
-    row = await conn.fetchrow(
-        """SELECT a.id,
-                  count(c.id) FILTER (WHERE o.outcome IS DISTINCT FROM 'succeeded') AS unpaid,
-                  count(c.id) FILTER (WHERE o.outcome = 'failed') AS failed
-           FROM billing_accounts a
-           LEFT JOIN billing_postpaid_charges c ON c.account_id = a.id
-           LEFT JOIN LATERAL (SELECT t.id FROM billing_postpaid_attempts t
-                              WHERE t.charge_id = c.id ORDER BY t.attempt DESC LIMIT 1) l
-                  ON true
-           LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = l.id
-           WHERE a.merchant_id = $1 AND a.account = $2 GROUP BY a.id""",
-        merchant_id, account)
-    if row is None:
-        return Standing(False, 0, False)
-    return Standing(await card_on_file(conn, row["id"]) is not None, row["unpaid"],
-                    row["failed"] > 0)

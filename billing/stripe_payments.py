@@ -31,12 +31,17 @@ def find_intent(client: stripe.StripeClient, metadata_key: str, key: str) -> Any
     try:
         listed = client.v1.payment_intents.list(params={"limit": 100})
         for intent in listed.auto_paging_iter():
-            metadata = intent.metadata
-            if metadata and metadata_key in metadata and metadata[metadata_key] == key:
+            if metadata_value(intent, metadata_key) == key:
                 return intent
     except stripe.StripeError as exc:
         raise Pending(f"looking the PaymentIntent up failed: {exc}") from exc
     return None
+
+
+def metadata_value(stripe_object: Any, name: str) -> str | None:
+    """The object's metadata ``name``, or None."""
+    metadata = stripe_object.metadata
+    return str(metadata[name]) if metadata and name in metadata else None
 
 
 def create_intent(client: stripe.StripeClient, *, amount_yen: int, customer: str,

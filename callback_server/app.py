@@ -4,7 +4,9 @@
 generators own, in order: the database (pool, migrations, merchant sync, the
 toll-fraud guard that screens intake, rounds, legs and spend), the advisors
 domain (:func:`advisors.http.install`: its admin API, presence events and timers), the
-billing API (:func:`billing.http.install`: deposits, balances, ledgers), the media API
+billing API (:func:`billing.http.install`: deposits, balances, ledgers; with
+``[billing.stripe]`` :func:`billing.card_http.install`: cards, top-ups, postpaid
+dunning, Stripe's webhook and the job retrying and reconciling them), the media API
 (:func:`ivr_platform.media_http.install`: guidance uploads, recordings and their expiry job,
 as ``[media]`` enables them), the rating
 service, the link to the edge (outbox relay), and the ARI connection with the Stasis
@@ -117,6 +119,10 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     install_media(app, settings.media, lambda a: a[POOL_KEY],
                   lambda merchant, name: settings.flows_playing(merchant,
                                                                 media_ref(merchant, name)))
+    if settings.billing.stripe is not None:
+        from billing.card_http import install as install_cards  # needs stripe
+
+        install_cards(app, lambda a: a[POOL_KEY], settings.billing)
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:

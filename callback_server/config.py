@@ -1,5 +1,6 @@
 """Callback-site settings: the sections every site has (:class:`shared.site.SiteCommon`)
-plus ``[callback]`` and ``[guard]`` (:mod:`callback_server.guard.settings`).
+plus ``[callback]``, ``[guard]`` (:mod:`callback_server.guard.settings`) and ``[billing]``
+(:mod:`billing.settings`).
 
 Read from one TOML file with ``CALLBACK__SECTION__KEY`` environment overrides
 (``shared.config``). ``deploy/callback.example.toml`` shows every key.
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
+from billing.settings import BillingSettings
 from callback_server.dialer_messages import Route
 from callback_server.guard.settings import GuardSettings
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
@@ -106,6 +108,7 @@ class CallbackSettings:
     flows: Mapping[str, Flow]
     guard: GuardSettings = field(default_factory=GuardSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    billing: BillingSettings = field(default_factory=BillingSettings)
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
@@ -119,6 +122,7 @@ class CallbackSettings:
                                   default_port=DEFAULT_PORT, require_client_cert=True)
         merchants = common.merchants
         guard = GuardSettings.parse(top.section("guard"))
+        billing = BillingSettings.parse(top.section("billing"), [m.id for m in merchants])
         behaviour = CallbackBehaviour.parse(top.section("callback"))
         behaviour = replace(behaviour, worker=replace(behaviour.worker,
                                                       max_call_s=guard.max_call_s))
@@ -141,7 +145,7 @@ class CallbackSettings:
                           + _prompt_problems(merchants, flows, behaviour.prompts_dir)
                           + _guidance_problems(merchants, flows, media))
         return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard,
-                   media=media)
+                   media=media, billing=billing)
 
     @classmethod
     def load_checked(cls, path: Path) -> CallbackSettings:

@@ -30,7 +30,8 @@ def fixtures() -> tuple[Any, Any]:
 
     @pytest.fixture
     async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-        await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_stripe_events CASCADE")
+        await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_stripe_events "
+                           "CASCADE")
         return pool
 
     return pool, clean

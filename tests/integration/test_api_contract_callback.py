@@ -19,6 +19,7 @@ import ivr_platform
 from advisors import record_store
 from advisors.http import install as install_advisors
 from advisors.record_store import ConsultationRecords
+from billing.card_http import install as install_cards
 from billing.http import install as install_billing
 from callback_server.guard.http import GUARD_KEY, install
 from callback_server.guard.service import Guard
@@ -47,6 +48,8 @@ from tests.integration.api_contract import (
     assert_no_5xx,
     serving,
 )
+from tests.integration.localstripe import localstripe_fixture
+from tests.integration.test_billing_card_http import settings_for
 from tests.integration.test_callback_http import MERCHANTS, PEER_KEY, TOKEN, body
 from tests.integration.test_ivr_audio import tone
 from tests.unit.test_advisors_records import answered
@@ -57,12 +60,15 @@ pytestmark = pytest.mark.integration
 OPERATOR = "operator-contract-token"
 OPERATOR_SHA256 = hashlib.sha256(OPERATOR.encode()).hexdigest()
 pool, clean = callback_db.fixtures(MERCHANTS)
+localstripe = localstripe_fixture()
 
 
-def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings) -> web.Application:
+def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port: int
+             ) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
-    letters, the advisors' admin API, the billing API and the media API."""
+    letters, the advisors' admin API, the billing API with its card routes (against a
+    real localstripe) and the media API."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -78,12 +84,14 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings) -> web.Appli
     install_advisors(app, lambda _: (db_url, pool))
     install_billing(app, lambda _: pool)
     install_media(app, media, lambda _: pool)
+    install_cards(app, lambda _: pool, settings_for(stripe_port))
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
 
 
 @pytest.fixture
-async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path) -> AsyncIterator[Served]:
+async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path, localstripe: int
+                 ) -> AsyncIterator[Served]:
     await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__),
                                record_store.MIGRATIONS,
                                package_migrations("billing", billing.__file__),
@@ -100,7 +108,8 @@ async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path) -> AsyncItera
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
                                                       OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back
-    async with serving(make_app(clean, pg_url, media), session, a_callback) as served:
+    async with serving(make_app(clean, pg_url, media, localstripe), session,
+                       a_callback) as served:
         yield served
 
 

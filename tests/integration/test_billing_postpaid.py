@@ -16,9 +16,10 @@ import asyncpg
 import pytest
 import stripe
 
-from billing.cards import CardError, Cards, card_on_file
-from billing.postpaid import METADATA_KEY, NO_CARD, Postpaid, Standing, charge_key, standing
+from billing.cards import CardError, Cards
+from billing.postpaid import METADATA_KEY, NO_CARD, Postpaid, charge_key
 from billing.rating import Terms
+from billing.standing import Standing, card_on_file, standing
 from tests.integration import billing_db
 from tests.integration.localstripe import card, client_for, intents_with, localstripe_fixture
 

@@ -40,7 +40,9 @@ def callback_settings(pki: Path, tmp_path: Path) -> CallbackSettings:
     path = tmp_path / "callback.toml"
     path.write_text(text)
     return CallbackSettings.load(path, environ={"CALLBACK__DATABASE__URL": UNUSED_DB,
-                                                "CALLBACK__RATES__ENABLED": "true"})
+                                                "CALLBACK__RATES__ENABLED": "true",
+                                                "CALLBACK__BILLING__STRIPE__API_KEY":
+                                                    "sk_test_routes"})
 
 
 def routes_of(app: web.Application) -> set[tuple[str, str]]:
@@ -79,7 +81,8 @@ def test_the_callback_site_documents_its_guard_rates_and_intake_routes(
         pki_dir: Path, tmp_path: Path) -> None:
     paths = document(apps(pki_dir, tmp_path)["callback"])["paths"]
     for path in ("/v1/link/callbacks", "/v1/link/callbacks/batch", "/v1/callbacks/{callback_id}",
-                 "/v1/guard/lists/{list}/{number}", "/metrics", "/v1/rates/decide"):
+                 "/v1/guard/lists/{list}/{number}", "/metrics", "/v1/rates/decide",
+                 "/v1/billing/accounts/{account}/card-topups", "/v1/billing/stripe/webhook"):
         assert path in paths
     intake = paths["/v1/link/callbacks"]["post"]
     assert {p["name"] for p in intake["parameters"]} >= {

@@ -4,8 +4,8 @@ postpaid by the card on file, dunning and the unpaid limit."""
 from __future__ import annotations
 
 from billing.admission import Admission, Facts, decide
-from billing.postpaid import Standing
 from billing.rating import Terms, rate
+from billing.standing import Standing
 
 TERMS = Terms(200, unit_s=60, minimum_yen=300, max_talk_s=3600)
 NO_STANDING = Standing(False, 0, False)

@@ -1,0 +1,425 @@
+"""The card routes of the billing API (mounted by :func:`install` when ``[billing.stripe]``
+is set), Stripe's webhook and the periodic job.
+
+Merchant bearer token:
+
+* ``POST /v1/billing/accounts/{account}/cards``: register a card (a SetupIntent): the
+  client secret and publishable key a card page needs, and the link to send
+* ``GET /v1/billing/card-registrations/{id}``, ``POST …/{id}/confirm`` (ask Stripe)
+* ``POST /v1/billing/accounts/{account}/card-topups``: top the prepaid balance up from the
+  card on file (201 recorded, 202 Stripe's answer not known yet)
+* ``GET /v1/billing/card-topups/{id}``: its state
+* ``GET /v1/billing/accounts/{account}/postpaid``: card on file, unpaid charges, dunning
+* ``POST /v1/billing/postpaid-charges/{id}/retry``: try a charge in dunning again now
+* ``GET /v1/billing/notices``: the dunning notices, oldest first
+
+Public: ``GET /v1/billing/card-setup/{token}`` (what the card page behind the link
+needs) and ``POST /v1/billing/stripe/webhook`` (Stripe's signature checked with the
+endpoint's secret; each event applied once).
+
+The job (every ``[billing] every_s``): the postpaid retries due, and the top-ups and
+postpaid attempts left without Stripe's answer for ``reconcile_after_s`` reconciled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+import stripe
+from aiohttp import web
+
+from billing.card_topups import CardTopUps, Result, TopUp
+from billing.cards import Cards, Registration
+from billing.http import ACCOUNT_PARAM, TAG, UNAVAILABLE, account_param, id_param
+from billing.ledger import MAX_AMOUNT_YEN, LedgerError
+from billing.postpaid import Charge, Postpaid
+from billing.settings import BillingSettings
+from billing.standing import card_on_file, standing
+from billing.stripe_payments import Pending
+from shared.http import (
+    ApiError,
+    InvalidField,
+    authenticated_merchant,
+    database_errors_as_503,
+    json_response,
+    query_int,
+    read_json_object,
+    require_str,
+)
+from shared.openapi import (
+    MERCHANT,
+    TIMESTAMP,
+    Operation,
+    Param,
+    Reply,
+    Schema,
+    add_operations,
+    nullable,
+    string,
+)
+from shared.site import background
+
+log = logging.getLogger("billing.cards")
+
+
+@dataclass(frozen=True, slots=True)
+class CardServices:
+    cards: Cards
+    topups: CardTopUps
+    postpaid: Postpaid
+    settings: BillingSettings
+
+
+SERVICES_KEY = web.AppKey("billing_card_services", CardServices)
+
+
+def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool],
+            settings: BillingSettings) -> None:
+    """The card routes and webhook, and (in ``cleanup_ctx``, after the site's database)
+    the services on its pool and the periodic job."""
+    assert settings.stripe is not None
+    stripe_settings = settings.stripe
+    add_operations(app, OPERATIONS)
+
+    async def cards_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = stripe_settings.client()
+        p = pool(app)
+        services = CardServices(Cards(p, client), CardTopUps(p, client),
+                                Postpaid(p, client, retry_after_s=settings.retry_after_s),
+                                settings)
+        app[SERVICES_KEY] = services
+        async with background(periodic(services), "billing card job"):
+            yield
+
+    app.cleanup_ctx.append(cards_ctx)
+
+
+async def run_once(services: CardServices) -> None:
+    """The retries due, then the reconciles."""
+    after = services.settings.reconcile_after_s
+    await services.postpaid.run_due()
+    await services.postpaid.reconcile(older_than_s=after)
+    await services.topups.reconcile(older_than_s=after)
+
+
+async def periodic(services: CardServices) -> None:
+    while True:
+        try:
+            await run_once(services)
+        except Exception:       # Stripe or the database away: the next round tries again
+            log.exception("billing card job failed; next in %d s", services.settings.every_s)
+        await asyncio.sleep(services.settings.every_s)
+
+
+def _services(request: web.Request) -> CardServices:
+    services = request.app.get(SERVICES_KEY)
+    if services is None:
+        raise ApiError(503, "billing-unavailable", "database not connected yet",
+                       retry_after_s=5)
+    return services
+
+
+def _merchant(request: web.Request) -> tuple[CardServices, str]:
+    merchant_id = authenticated_merchant(request)
+    return _services(request), merchant_id
+
+
+def _only(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for name in data:
+        if name not in allowed:
+            raise InvalidField(name, f"unknown field (expected {', '.join(allowed)})")
+
+
+def registration_json(reg: Registration, settings: BillingSettings) -> dict[str, Any]:
+    page = settings.card_page_url
+    return {"id": reg.id, "account": reg.account, "customer": reg.customer,
+            "setup_intent": reg.setup_intent, "client_secret": reg.client_secret,
+            "publishable_key": settings.stripe.publishable_key if settings.stripe else None,
+            "link": page.replace("{token}", reg.link_token) if page else None,
+            "requested_at": reg.requested_at.isoformat(),
+            "state": "on-file" if reg.payment_method else "awaiting-card",
+            "payment_method": reg.payment_method,
+            "confirmed_at": reg.confirmed_at.isoformat() if reg.confirmed_at else None}
+
+
+def topup_json(topup: TopUp, result: Result | None) -> dict[str, Any]:
+    return {"id": topup.id, "account": topup.account, "amount_yen": topup.amount_yen,
+            "requested_by": topup.requested_by,
+            "state": result.outcome if result else "pending",
+            "payment_intent": result.payment_intent if result else None,
+            "failure": (result.failure or None) if result else None,
+            "transaction_id": result.transaction_id if result else None}
+
+
+async def post_card(request: web.Request) -> web.Response:
+    """Register a card for the account: a Stripe SetupIntent for off-session use. The
+    card page confirms it with Stripe.js (``client_secret``, ``publishable_key``); the
+    ``link`` (``[billing] card_page_url``) can be sent to the customer."""
+    services, merchant = _merchant(request)
+    account = account_param(request)
+    data = await read_json_object(request)
+    _only(data, ("by",))
+    reg = await services.cards.register(merchant, account,
+                                        by=require_str(data, "by", max_len=128))
+    return json_response(registration_json(reg, services.settings), status=201)
+
+
+async def get_registration(request: web.Request) -> web.Response:
+    """A card registration: awaiting the card, or on file."""
+    services, merchant = _merchant(request)
+    reg = await services.cards.get(merchant, id_param(request, "registration_id"))
+    return json_response(registration_json(reg, services.settings))
+
+
+async def post_confirm(request: web.Request) -> web.Response:
+    """Ask Stripe whether the SetupIntent succeeded and put the card on file if it did
+    (the ``setup_intent.succeeded`` webhook does the same)."""
+    services, merchant = _merchant(request)
+    reg = await services.cards.confirm(merchant, id_param(request, "registration_id"))
+    return json_response(registration_json(reg, services.settings))
+
+
+async def get_card_setup(request: web.Request) -> web.Response:
+    """What the card page behind a registration's link needs to confirm it."""
+    services = _services(request)
+    token = request.match_info["token"]
+    if not 16 <= len(token) <= 128:
+        raise InvalidField("token", "expected 16..128 characters")
+    reg = await services.cards.by_token(token)
+    settings = services.settings
+    return json_response({
+        "client_secret": reg.client_secret,
+        "publishable_key": settings.stripe.publishable_key if settings.stripe else None,
+        "state": "on-file" if reg.payment_method else "awaiting-card"})
+
+
+async def post_topup(request: web.Request) -> web.Response:
+    """Top the account's prepaid balance up from its card on file: 201 with the outcome
+    (succeeded with its deposit, or failed), 202 while Stripe's answer is not known (the
+    periodic job reconciles it); 409 ``no-card`` without a card on file."""
+    services, merchant = _merchant(request)
+    account = account_param(request)
+    data = await read_json_object(request)
+    _only(data, ("amount_yen", "by"))
+    amount = data.get("amount_yen")
+    if type(amount) is not int or not 0 < amount <= MAX_AMOUNT_YEN:
+        raise InvalidField("amount_yen", f"expected an integer 1..{MAX_AMOUNT_YEN}")
+    by = require_str(data, "by", max_len=128)
+    pool = services.topups.pool
+    acc = await pool.fetchval("SELECT id FROM billing_accounts WHERE merchant_id = $1 "
+                              "AND account = $2", merchant, account)
+    card = None if acc is None else await card_on_file(pool, acc)
+    if card is None:
+        raise LedgerError(409, "no-card", f"account {account!r} has no card on file")
+    topup = await services.topups.request(merchant, account, amount, customer=card.customer,
+                                          payment_method=card.payment_method, by=by)
+    try:
+        result = await services.topups.charge(topup.id)
+    except Pending:
+        return json_response(topup_json(topup, None), status=202)
+    return json_response(topup_json(topup, result), status=201)
+
+
+async def get_topup(request: web.Request) -> web.Response:
+    """A card top-up: pending, succeeded (with its deposit), failed or abandoned."""
+    services, merchant = _merchant(request)
+    topup, result = await services.topups.get(merchant, id_param(request, "topup_id"))
+    return json_response(topup_json(topup, result))
+
+
+async def get_postpaid(request: web.Request) -> web.Response:
+    """The account's postpaid standing (card on file, unpaid charges, dunning) and its
+    charges, oldest first."""
+    services, merchant = _merchant(request)
+    account = account_param(request)
+    pool = services.postpaid.pool
+    now = await standing(pool, merchant, account)
+    charges = await services.postpaid.charges(merchant, account)
+    return json_response({"account": account, "has_card": now.has_card,
+                          "unpaid": now.unpaid, "in_dunning": now.in_dunning,
+                          "charges": [c.to_json() for c in charges]})
+
+
+async def post_retry(request: web.Request) -> web.Response:
+    """Try a charge in dunning again now, with the card on file now (after the customer
+    registered another card); a charge paid or pending is returned as it is."""
+    services, merchant = _merchant(request)
+    try:
+        charge: Charge = await services.postpaid.retry(merchant, id_param(request, "charge_id"))
+    except Pending:
+        raise ApiError(503, "stripe-unavailable", "Stripe's answer is not known yet; the "
+                       "periodic job finishes the attempt", retry_after_s=60) from None
+    return json_response(charge.to_json())
+
+
+async def get_notices(request: web.Request) -> web.Response:
+    """Dunning notices (a charge failed; a charge in dunning was paid), oldest first."""
+    services, merchant = _merchant(request)
+    after_id = query_int(request.query, "after_id", low=0, high=10**18, default=0)
+    limit = query_int(request.query, "limit", low=1, high=1000, default=100)
+    rows = await services.postpaid.pool.fetch(
+        """SELECT n.id, a.account, n.kind, n.charge_id, n.detail, n.created_at
+           FROM billing_notices n JOIN billing_accounts a ON a.id = n.account_id
+           WHERE n.merchant_id = $1 AND n.id > $2 ORDER BY n.id LIMIT $3""",
+        merchant, after_id, limit)
+    items = [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]
+    return json_response({"items": items,
+                          "next_after_id": items[-1]["id"] if items else after_id})
+
+
+async def post_webhook(request: web.Request) -> web.Response:
+    """A Stripe event, its ``Stripe-Signature`` checked with the endpoint's secret:
+    PaymentIntents of top-ups and postpaid charges (succeeded, failed) are recorded,
+    a SetupIntent that succeeded puts its card on file. An event already applied is
+    answered 200 and not applied again."""
+    services = _services(request)
+    secret = services.settings.stripe.webhook_secret if services.settings.stripe else None
+    if secret is None:
+        raise ApiError(404, "webhook-disabled", "no [billing.stripe] webhook_secret")
+    payload = await request.read()
+    try:
+        event = stripe.Webhook.construct_event(
+            payload.decode(), request.headers.get("Stripe-Signature", ""), secret)
+    except (ValueError, stripe.SignatureVerificationError) as exc:
+        raise ApiError(400, "invalid-signature",
+                       f"not a Stripe event signed with this endpoint's secret: {exc}"
+                       [:300]) from None
+    pool = services.postpaid.pool
+    event_id = str(event.id)
+    if await pool.fetchval("SELECT 1 FROM billing_stripe_events WHERE event_id = $1",
+                           event_id):
+        return json_response({"event": event_id, "applied": False, "replay": True})
+    try:
+        applied = await _apply(services, str(event.type), event.data.object)
+    except Pending:     # still processing at Stripe: a later event or the job records it
+        return json_response({"event": event_id, "applied": False, "replay": False})
+    await pool.execute("INSERT INTO billing_stripe_events (event_id, type) VALUES ($1, $2) "
+                       "ON CONFLICT (event_id) DO NOTHING", event_id, str(event.type))
+    return json_response({"event": event_id, "applied": applied, "replay": False})
+
+
+async def _apply(services: CardServices, kind: str, obj: Any) -> bool:
+    if kind.startswith("payment_intent."):
+        return (await services.topups.apply_intent(obj) is not None
+                or await services.postpaid.apply_intent(obj) is not None)
+    if kind == "setup_intent.succeeded" and obj.payment_method:
+        return await services.cards.confirmed(str(obj.id), str(obj.payment_method)) is not None
+    return False
+
+
+_ID = {"type": "integer", "minimum": 1}
+_YEN = {"type": "integer"}
+_TEXT = {"type": "string"}
+_STRIPE_DOWN = {503: (*UNAVAILABLE[503], "stripe-unavailable")}
+REGISTRATION: Schema = {
+    "type": "object",
+    "required": ["id", "account", "customer", "setup_intent", "client_secret", "state"],
+    "properties": {
+        "id": _ID, "account": _TEXT, "customer": _TEXT, "setup_intent": _TEXT,
+        "client_secret": {"type": "string",
+                          "description": "for Stripe.js on the card page (confirmCardSetup)"},
+        "publishable_key": nullable(_TEXT),
+        "link": nullable({"type": "string",
+                           "description": "the card page for this registration, to send"}),
+        "requested_at": TIMESTAMP, "state": {"enum": ["awaiting-card", "on-file"]},
+        "payment_method": nullable(_TEXT), "confirmed_at": nullable(TIMESTAMP)}}
+TOPUP: Schema = {
+    "type": "object", "required": ["id", "account", "amount_yen", "state"],
+    "properties": {"id": _ID, "account": _TEXT, "amount_yen": _YEN, "requested_by": _TEXT,
+                   "state": {"enum": ["pending", "succeeded", "failed", "abandoned"]},
+                   "payment_intent": nullable(_TEXT), "failure": nullable(_TEXT),
+                   "transaction_id": nullable(_ID)}}
+CHARGE: Schema = {
+    "type": "object", "required": ["id", "consultation_id", "total_yen", "state"],
+    "properties": {"id": _ID, "account": _TEXT, "consultation_id": _TEXT, "talk_s": _YEN,
+                   "billed_s": _YEN, "total_yen": _YEN, "tax_yen": _YEN,
+                   "requested_at": TIMESTAMP, "attempts": _YEN,
+                   "state": {"enum": ["pending", "paid", "failed"]},
+                   "payment_intent": nullable(_TEXT), "failure": nullable(_TEXT)}}
+BY_BODY: Schema = {"type": "object", "additionalProperties": False, "required": ["by"],
+                   "properties": {"by": string(128, description="who asks")}}
+TOPUP_BODY: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["amount_yen", "by"],
+    "properties": {"amount_yen": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT_YEN},
+                   "by": string(128, description="who asks")}}
+WEBHOOK_REPLY: Schema = {"type": "object", "required": ["event", "applied", "replay"],
+                         "properties": {"event": _TEXT, "applied": {"type": "boolean"},
+                                        "replay": {"type": "boolean"}}}
+
+OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for op in (
+    Operation("POST", "/v1/billing/accounts/{account}/cards", post_card,
+              "Register a card on file (a Stripe SetupIntent)", TAG,
+              {201: Reply("the registration, with what the card page needs",
+                          REGISTRATION)},
+              access=MERCHANT, params=(ACCOUNT_PARAM,), body=BY_BODY,
+              errors={400: ("invalid-field",), **_STRIPE_DOWN}),
+    Operation("GET", "/v1/billing/card-registrations/{registration_id}", get_registration,
+              "A card registration", TAG, {200: Reply("the registration", REGISTRATION)},
+              access=MERCHANT, params=(Param("registration_id", "path", _ID),),
+              errors={404: ("not-found",), **UNAVAILABLE}),
+    Operation("POST", "/v1/billing/card-registrations/{registration_id}/confirm",
+              post_confirm, "Put the card on file once its SetupIntent succeeded", TAG,
+              {200: Reply("the registration, on file", REGISTRATION)}, access=MERCHANT,
+              params=(Param("registration_id", "path", _ID),), body_required=False,
+              errors={404: ("not-found",), 409: ("setup-not-succeeded",), **_STRIPE_DOWN}),
+    Operation("GET", "/v1/billing/card-setup/{token}", get_card_setup,
+              "What the card page behind a registration's link needs", TAG,
+              {200: Reply("the SetupIntent's client secret", {
+                  "type": "object", "required": ["client_secret", "state"],
+                  "properties": {"client_secret": _TEXT, "publishable_key": nullable(_TEXT),
+                                 "state": {"enum": ["awaiting-card", "on-file"]}}})},
+              params=(Param("token", "path", string(128, 16)),),
+              errors={400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}),
+    Operation("POST", "/v1/billing/accounts/{account}/card-topups", post_topup,
+              "Top the prepaid balance up from the card on file", TAG,
+              {201: Reply("charged (succeeded, with its deposit) or failed", TOPUP),
+               202: Reply("recorded; Stripe's answer not known yet", TOPUP)},
+              access=MERCHANT, params=(ACCOUNT_PARAM,), body=TOPUP_BODY,
+              errors={400: ("invalid-field",), 409: ("no-card",), **UNAVAILABLE}),
+    Operation("GET", "/v1/billing/card-topups/{topup_id}", get_topup, "A card top-up", TAG,
+              {200: Reply("its state", TOPUP)}, access=MERCHANT,
+              params=(Param("topup_id", "path", _ID),),
+              errors={404: ("not-found",), **UNAVAILABLE}),
+    Operation("GET", "/v1/billing/accounts/{account}/postpaid", get_postpaid,
+              "A postpaid account's card, unpaid charges and dunning", TAG,
+              {200: Reply("the standing and the charges", {
+                  "type": "object",
+                  "required": ["account", "has_card", "unpaid", "in_dunning", "charges"],
+                  "properties": {"account": _TEXT, "has_card": {"type": "boolean"},
+                                 "unpaid": _YEN, "in_dunning": {"type": "boolean"},
+                                 "charges": {"type": "array", "items": CHARGE}}})},
+              access=MERCHANT, params=(ACCOUNT_PARAM,), errors=UNAVAILABLE),
+    Operation("POST", "/v1/billing/postpaid-charges/{charge_id}/retry", post_retry,
+              "Try a charge in dunning again now", TAG,
+              {200: Reply("the charge after the attempt", CHARGE)}, access=MERCHANT,
+              params=(Param("charge_id", "path", _ID),), body_required=False,
+              errors={404: ("not-found",), **_STRIPE_DOWN}),
+    Operation("GET", "/v1/billing/notices", get_notices, "Dunning notices", TAG,
+              {200: Reply("oldest first", {
+                  "type": "object", "required": ["items", "next_after_id"],
+                  "properties": {"items": {"type": "array", "items": {
+                      "type": "object", "properties": {
+                          "id": _ID, "account": _TEXT,
+                          "kind": {"enum": ["charge-failed", "charge-recovered"]},
+                          "charge_id": _ID, "detail": _TEXT, "created_at": TIMESTAMP}}},
+                      "next_after_id": {"type": "integer"}}})},
+              access=MERCHANT,
+              params=(Param("after_id", "query", {"type": "integer", "minimum": 0}),
+                      Param("limit", "query", {"type": "integer", "minimum": 1,
+                                               "maximum": 1000})),
+              errors=UNAVAILABLE),
+    Operation("POST", "/v1/billing/stripe/webhook", post_webhook, "Stripe's events", TAG,
+              {200: Reply("applied, or a replay of an event already applied",
+                          WEBHOOK_REPLY)},
+              params=(Param("Stripe-Signature", "header", _TEXT,
+                            "t=<unix>,v1=<HMAC-SHA256 of t.payload with the secret>",
+                            required=True),),
+              body={"type": "object", "description": "a Stripe event"},
+              errors={400: ("invalid-signature",), 404: ("webhook-disabled",),
+                      **UNAVAILABLE}),
+))
