@@ -25,16 +25,21 @@ def client_for(port: int) -> stripe.StripeClient:
 
 def localstripe_fixture() -> Any:
     @pytest.fixture(scope="module")
-    def localstripe() -> Iterator[int]:
-        """localstripe as a real process on a free port."""
+    def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+        """localstripe as a real process on a free port, from scratch: without
+        ``--from-scratch`` it loads /tmp/localstripe.pickle, which every localstripe on
+        the machine rewrites on each change (another run's objects, or a half-written
+        file that stops it at start)."""
         exe = shutil.which("localstripe") or str(Path(sys.executable).parent / "localstripe")
         port = free_port()
-        proc = subprocess.Popen([exe, "--port", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        log = tmp_path_factory.mktemp("localstripe") / "stderr.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen([exe, "--port", str(port), "--from-scratch"],
+                                    stdout=subprocess.DEVNULL, stderr=err)
         try:
             deadline = time.monotonic() + 20
             while True:
-                assert proc.poll() is None, "localstripe exited at start"
+                assert proc.poll() is None, f"localstripe exited at start: {log.read_text()}"
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                     break
