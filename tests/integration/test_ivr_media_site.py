@@ -1,0 +1,81 @@
+"""The media API as the callback site's composition root mounts it from ``[media]``: the
+``ivr_platform`` migration set applied at start, a guidance the merchant's configured flow
+plays kept from deletion, the per-merchant retention, and the expiry job running in the
+site (real PostgreSQL, real ffmpeg)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from callback_server.app import POOL_KEY, create_app
+from callback_server.config import CallbackSettings
+from callback_server.ivr_flow import FLOWS_DIR
+from ivr_platform.media_http import RECORDINGS_KEY
+from shared.config import ConfigError
+from tests.integration.test_callback_app import settings
+from tests.integration.test_ivr_audio import tone
+
+pytestmark = pytest.mark.integration
+
+AUTH = {"Authorization": "Bearer test"}     # deploy/callback.example.toml's acme token
+
+
+def media_settings(pki: Path, db_url: str, tmp_path: Path, **env: str) -> CallbackSettings:
+    flows = tmp_path / "flows"
+    flows.mkdir(exist_ok=True)
+    (flows / "order.toml").write_text((FLOWS_DIR / "order.toml").read_text().replace(
+        '"sound:cbgw/goodbye"', '"sound:cbgw-guidance/acme/goodbye"'))
+    base = settings(pki, db_url, tmp_path)
+    environ = {"CALLBACK__DATABASE__URL": db_url, "CALLBACK__ARI__URL": "http://127.0.0.1:9",
+               "CALLBACK__RATES__ENABLED": "false",
+               "CALLBACK__PEER__ROUTES": '[{name = "internet", url = "http://127.0.0.1:9"}]',
+               "CALLBACK__CALLBACK__FLOWS_DIR": str(flows),
+               "CALLBACK__MEDIA__GUIDANCE_DIR": str(tmp_path / "guidance"),
+               "CALLBACK__MEDIA__RECORDINGS_DIR": str(tmp_path / "recordings"), **env}
+    return CallbackSettings.load(base.path, environ=environ)
+
+
+async def test_the_site_mounts_guidance_and_recordings_from_its_config(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    s = media_settings(pki_dir, pg_url, tmp_path, CALLBACK__MEDIA__SWEEP_S="1",
+                       CALLBACK__MEDIA__RETENTION_DAYS_BY_MERCHANT='{acme = 7}')
+    assert s.media.retention("acme") == timedelta(days=7)
+    app = create_app(s, with_ari=False)
+    async with TestClient(TestServer(app)) as client:
+        client: TestClient[Any, Any]
+        pool = app[POOL_KEY]
+        assert await pool.fetchval("SELECT to_regclass('recordings')::text") == "recordings"
+        for name in ("goodbye", "spare"):
+            resp = await client.put(f"/v1/media/guidance/{name}", headers=AUTH,
+                                    data=tone(tmp_path / f"{name}.mp3", 1.0).read_bytes())
+            assert resp.status == 201, await resp.text()
+        resp = await client.delete("/v1/media/guidance/goodbye", headers=AUTH)
+        body = await resp.json()
+        assert resp.status == 409 and body["error"]["id"] == "guidance-in-use", body
+        assert "flow order" in body["error"]["message"]
+        assert (await client.delete("/v1/media/guidance/spare", headers=AUTH)).status == 204
+        store = app[RECORDINGS_KEY]
+        rec = await store.add("acme", tone(tmp_path / "call.wav", 1.0, channels=1),
+                              retention=timedelta(seconds=1))
+        deadline = asyncio.get_running_loop().time() + 10
+        while store.path(rec).exists():
+            assert asyncio.get_running_loop().time() < deadline, "the site's expiry job ran not"
+            await asyncio.sleep(0.2)
+        assert await pool.fetchval("SELECT count(*) FROM recordings") == 0
+
+
+def test_a_retention_for_a_merchant_that_is_not_one_is_a_config_error(
+        pki_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"media\.retention_days_by_merchant\.nobody: "
+                                          r"no merchant 'nobody'"):
+        media_settings(pki_dir, "postgresql://x@127.0.0.1/x", tmp_path,
+                       CALLBACK__MEDIA__RETENTION_DAYS_BY_MERCHANT='{nobody = 7}')
+    with pytest.raises(ConfigError, match=r"media\.retention_days: 0 is outside 1\.\.3650"):
+        media_settings(pki_dir, "postgresql://x@127.0.0.1/x", tmp_path,
+                       CALLBACK__MEDIA__RETENTION_DAYS="0")
