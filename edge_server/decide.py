@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge_server.flow_messages import Decided, DecisionUnavailable, RequestDecision
 from edge_server.metrics import edge as edge_metrics
@@ -33,6 +33,8 @@ class DecisionLike(Protocol):
     def reason(self) -> str: ...
     @property
     def saving(self) -> Money: ...
+    @property
+    def explain(self) -> Mapping[str, Any]: ...
 
 
 class SupportsDecide(Protocol):
@@ -80,11 +82,15 @@ class FixedDecider:
 
 
 def counted(merchant_id: str, decision: DecisionLike) -> None:
-    """``cbgw_edge_decisions_total``, and the expected saving (or loss) in yen (a
-    comparison currency other than JPY is counted, its amount left out)."""
+    """``cbgw_edge_decisions_total``, the carriers it went without for want of a deck in
+    force (``cbgw_edge_decisions_no_deck_total``), and the expected saving (or loss) in yen
+    (a comparison currency other than JPY is counted, its amount left out)."""
     kind = "callback" if decision.callback else "keep"
     m = edge_metrics()
     m.decisions.labels(merchant_id, kind, str(decision.reason)).inc()
+    for dropped in decision.explain.get("dropped", ()):
+        if dropped.get("reason") == "no-deck":
+            m.no_deck.labels(merchant_id, str(dropped.get("carrier"))).inc()
     saving = decision.saving
     if saving.currency == "JPY":
         amount = float(saving.amount)

@@ -41,6 +41,11 @@ class EdgeMetrics:
             "Call back or keep: decisions by merchant, decision (callback, keep, unrated) "
             "and reason (routing_rates reason id; unavailable when rating failed).",
             ["merchant", "decision", "reason"], registry=r)
+        self.no_deck = Counter(
+            "cbgw_edge_decisions_no_deck",
+            "Decisions made without a carrier (or inbound tariff) because the edge holds no "
+            "deck version in force for it (none received from the callback site yet), by "
+            "merchant and carrier.", ["merchant", "carrier"], registry=r)
         self.saving = Counter(
             "cbgw_edge_expected_saving_yen",
             "Expected saving of calling back instead of keeping the call (direct cost minus "

@@ -33,6 +33,7 @@ from edge_server.app import DECIDER_KEY
 from edge_server.app import create_app as create_edge
 from edge_server.config import EdgeSettings
 from edge_server.decide import RatesDecider
+from edge_server.flow_messages import AnnounceMode, RequestDecision
 from edge_server.http import POOL_KEY
 from routing_rates import deck_receiver, distribute, importer, store
 from routing_rates.carriers import DEMO_CARRIERS, load_carriers
@@ -45,6 +46,7 @@ from shared.link import LinkClient, LinkRejected, accept_once
 from shared.outbox import encode
 from shared.phone import E164
 from shared.site import link_client
+from tests import prom
 from tests.conftest import REPO, drop_database, fresh_database
 from tests.faults.linklab import free_port, serve
 
@@ -61,6 +63,7 @@ class Sites:
     callback_pool: asyncpg.Pool
     edge_pool: asyncpg.Pool
     edge_rates: RatingService
+    edge_decider: RatesDecider
     link: LinkClient            # signs as the callback site, over its pinned mutual TLS
 
     def cli(self, *args: str) -> Awaitable[int]:
@@ -102,7 +105,7 @@ async def sites(pki_dir: Path, pg_server_url: str, tmp_path: Path,
     assert isinstance(decider, RatesDecider) and isinstance(decider.rates, RatingService)
     try:
         yield Sites(cb_url, edge_url, cb_app[CALLBACK_POOL], edge_app[POOL_KEY], decider.rates,
-                    link)
+                    decider, link)
     finally:
         await link.close()
         await callback.cleanup()
@@ -159,7 +162,7 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
                            "--distribute", "--lead-s", "3") == 0
     assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b1.csv", "0.0800")),
                            "--profile", "generic", "--no-progress", "--distribute",
-                           "--lead-s", "3") == 0
+                           "--lead-s", "6") == 0
     v1 = await _latest(sites.callback_pool, "carrier-b")
     # one transaction: the activation and its message(s)
     assert await sites.callback_pool.fetchval(
@@ -175,11 +178,18 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
     # not in force yet on either site: the edge decides without carrier-b, and says so
     await _until(lambda: _async(sites.edge_rates.snapshot.carriers.get("carrier-b")), 10,
                  "the edge's rating service to know carrier-b")
-    before = sites.edge_rates.decide(MOBILE, datetime.now(UTC), merchant="acme")
-    if datetime.now(UTC) < v1["effective_from"]:
+    counted = prom.sample("cbgw_edge_decisions_no_deck_total", merchant="acme",
+                          carrier="carrier-b")
+    now = datetime.now(UTC)
+    before = sites.edge_rates.decide(MOBILE, now, merchant="acme")
+    await sites.edge_decider.decide(RequestDecision(MOBILE, "acme", AnnounceMode.EARLY_MEDIA),
+                                    now)
+    if now < v1["effective_from"]:
         assert {"carrier": "carrier-b", "reason": "no-deck",
                 "detail": "no deck version in force on this site (none received yet)"} \
             in before.explain["dropped"]
+        assert prom.sample("cbgw_edge_decisions_no_deck_total", merchant="acme",
+                           carrier="carrier-b") == counted + 1
     await _until(lambda: _async(datetime.now(UTC) > v1["effective_from"]), 10, "v1's time")
     assert _carrier_b_rate(sites.edge_rates, datetime.now(UTC)) == Decimal("0.0800")
 

@@ -3,9 +3,11 @@ saving (or loss) summed in yen (edge_server.decide)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from edge_server.decide import FixedDecider, RatesDecider
 from edge_server.flow_messages import AnnounceMode, RequestDecision
@@ -22,6 +24,7 @@ class Decision:
     callback: bool
     reason: str
     saving: Money
+    explain: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Rates:
@@ -66,3 +69,18 @@ async def test_decisions_and_their_saving_in_yen_are_counted() -> None:
     yen = {d: tuple(a - b for a, b in zip(_yen(d), yen_before[d], strict=True))
            for d in ("callback", "keep")}
     assert yen == {"callback": (42.5, 0.0), "keep": (0.0, 3.0)}  # (saving, loss)
+
+
+async def test_a_carrier_without_a_deck_in_force_is_counted() -> None:
+    """The edge decided without carrier-b (no version received yet): it says so."""
+    def no_deck(carrier: str) -> float:
+        return prom.sample("cbgw_edge_decisions_no_deck_total", merchant="acme",
+                           carrier=carrier)
+
+    before = no_deck("carrier-b"), no_deck("carrier-a")
+    explain = {"dropped": [{"carrier": "carrier-b", "reason": "no-deck", "detail": ""},
+                           {"carrier": "carrier-a", "reason": "no-route", "detail": ""}]}
+    decider = RatesDecider(Rates(
+        Decision(False, "direct-cheaper", Money(Decimal("-1"), "JPY"), explain)), {})
+    await decider.decide(CMD, AT)
+    assert (no_deck("carrier-b") - before[0], no_deck("carrier-a") - before[1]) == (1, 0)
