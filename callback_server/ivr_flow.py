@@ -36,10 +36,13 @@ passed gate to the guard, and a round without it counts as *unconfirmed*
 (two lock the number for 24 h). Its ``yes`` target must be a waiting or
 speaking node (not ``submit``), so passing the gate is visible as entering it.
 
-Every error names the file and the node: ``flows/order.toml: node 'main':
+Every error names the file, the line (when read from text: :func:`load_flow`,
+:func:`parse_text`) and the node: ``flows/order.toml:21: node 'main':
 choices: key '12' is not a single DTMF key``. Validation also checks that
-every target exists, every node is reachable from ``start``, and every field
-read back or submitted is collected by some ``digits`` node.
+every target exists, every node is reachable from ``start``, every field
+read back or submitted is collected by some ``digits`` node, and every node can
+reach a ``hangup`` or ``operator`` node (no loop without exit;
+:mod:`callback_server.flow_check`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from callback_server.flow_check import EXIT_TYPES, error_line, without_exit
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows"
 DTMF_KEYS = frozenset("0123456789*#")
@@ -72,13 +77,17 @@ KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
 
 
 class FlowError(ValueError):
-    """A flow file that cannot be used. ``file`` and ``node`` say where."""
+    """A flow file that cannot be used. ``file``, ``line`` (when known) and ``node`` say
+    where; ``message`` is what is wrong."""
 
-    def __init__(self, file: str, node: str | None, message: str) -> None:
-        where = f"{file}: node {node!r}: " if node else f"{file}: "
-        super().__init__(where + message)
+    def __init__(self, file: str, node: str | None, message: str,
+                 line: int | None = None) -> None:
+        at = f"{file}:{line}" if line else file
+        super().__init__(f"{at}: node {node!r}: {message}" if node else f"{at}: {message}")
         self.file = file
         self.node = node
+        self.message = message
+        self.line = line
 
 
 Media = tuple[str, ...]
@@ -143,12 +152,24 @@ class Flow:
 
 def load_flow(path: Path) -> Flow:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FlowError(str(path), None, f"cannot read flow: {exc.strerror}") from None
+    return parse_text(text, str(path))
+
+
+def parse_text(text: str, source: str) -> Flow:
+    """The flow written in the TOML ``text``; its errors name ``source``, the line and
+    the node."""
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise FlowError(str(path), None, f"invalid TOML: {exc}") from None
-    return parse_flow(data, str(path))
+        raise FlowError(source, None, f"invalid TOML: {exc}") from None
+    try:
+        return parse_flow(data, source)
+    except FlowError as exc:
+        raise FlowError(exc.file, exc.node, exc.message,
+                        error_line(text, exc.node, exc.message)) from None
 
 
 def load_named(name: str, directory: Path = FLOWS_DIR) -> Flow:
@@ -361,6 +382,7 @@ def _check_graph(flow: Flow) -> None:
                 raise FlowError(flow.source, node.id, f"labels: {f!r} is not in fields")
     _check_reachable(flow, ids)
     _check_loops(flow)
+    _check_exits(flow)
 
 
 def _check_reachable(flow: Flow, ids: set[str]) -> None:
@@ -382,3 +404,11 @@ def _check_loops(flow: Flow) -> None:
                 raise FlowError(flow.source, node.id, "submit nodes form a loop")
             path.append(hop.id)
             hop = flow.node(hop.next)
+
+
+def _check_exits(flow: Flow) -> None:
+    trapped = without_exit({n.id: [t for _, t in _targets(n)] for n in flow.nodes},
+                           {n.id for n in flow.nodes if n.type in EXIT_TYPES})
+    if trapped:
+        raise FlowError(flow.source, trapped[0], f"loop without exit: from {', '.join(trapped)} "
+                        "no path reaches a hangup or operator node")

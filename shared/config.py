@@ -115,6 +115,13 @@ class Source:
                 return number
         return None
 
+    def line_near(self, dotted: str) -> int | None:
+        """The line of ``dotted``, else of the nearest table or key holding it."""
+        line, within = None, dotted
+        while within and line is None:   # a key of an inline table: the line of the table
+            line, within = self.line_of(within), within.rpartition(".")[0]
+        return line
+
     def where(self, dotted: str) -> str:
         """``file:line`` of ``dotted``, or the environment variable that set it."""
         plain = re.sub(r"\[\d+\]", "", dotted)
@@ -123,9 +130,7 @@ class Source:
             variable = self.env.get(".".join(parts[:end]))
             if variable is not None:
                 return f"environment {variable}"
-        line, within = None, dotted
-        while within and line is None:   # a key of an inline table: the line of the table
-            line, within = self.line_of(within), within.rpartition(".")[0]
+        line = self.line_near(dotted)
         return f"{self.path}:{line}" if line else str(self.path)
 
     def error(self, dotted: str, message: str) -> ConfigError:
