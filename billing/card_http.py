@@ -290,16 +290,18 @@ async def post_webhook(request: web.Request) -> web.Response:
                        f"not a Stripe event signed with this endpoint's secret: {exc}"
                        [:300]) from None
     pool = services.postpaid.pool
-    event_id = str(event.id)
-    if await pool.fetchval("SELECT 1 FROM billing_stripe_events WHERE event_id = $1",
-                           event_id):
-        return json_response({"event": event_id, "applied": False, "replay": True})
     try:
-        applied = await _apply(services, str(event.type), event.data.object)
+        event_id, kind, obj = str(event["id"]), str(event["type"]), event["data"]["object"]
+        if await pool.fetchval("SELECT 1 FROM billing_stripe_events WHERE event_id = $1",
+                               event_id):
+            return json_response({"event": event_id, "applied": False, "replay": True})
+        applied = await _apply(services, kind, obj)
     except Pending:     # still processing at Stripe: a later event or the job records it
         return json_response({"event": event_id, "applied": False, "replay": False})
+    except (KeyError, TypeError, AttributeError) as exc:    # signed, yet not as Stripe's
+        raise ApiError(400, "invalid-event", f"the event lacks {exc}"[:300]) from None
     await pool.execute("INSERT INTO billing_stripe_events (event_id, type) VALUES ($1, $2) "
-                       "ON CONFLICT (event_id) DO NOTHING", event_id, str(event.type))
+                       "ON CONFLICT (event_id) DO NOTHING", event_id, kind)
     return json_response({"event": event_id, "applied": applied, "replay": False})
 
 
@@ -420,6 +422,6 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                             "t=<unix>,v1=<HMAC-SHA256 of t.payload with the secret>",
                             required=True),),
               body={"type": "object", "description": "a Stripe event"},
-              errors={400: ("invalid-signature",), 404: ("webhook-disabled",),
+              errors={400: ("invalid-signature", "invalid-event"), 404: ("webhook-disabled",),
                       **UNAVAILABLE}),
 ))

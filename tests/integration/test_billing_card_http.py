@@ -13,6 +13,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -49,15 +50,19 @@ def settings_for(port: int) -> BillingSettings:
         card_page_url="https://pay.example.jp/card?t={token}")
 
 
-@pytest.fixture
-async def client(clean: asyncpg.Pool, localstripe: int
-                 ) -> AsyncIterator[TestClient[Any, Any]]:
+def app_with(pool: asyncpg.Pool, settings: BillingSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[TOKENS_KEY] = MerchantTokens([("acme", digest("acme-token")),
                                       ("bento", digest(BENTO))])
-    install(app, lambda _: clean)
-    install_cards(app, lambda _: clean, settings_for(localstripe))
-    async with TestClient(TestServer(app)) as c:
+    install(app, lambda _: pool)
+    install_cards(app, lambda _: pool, settings)
+    return app
+
+
+@pytest.fixture
+async def client(clean: asyncpg.Pool, localstripe: int
+                 ) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(app_with(clean, settings_for(localstripe)))) as c:
         yield c
 
 
@@ -150,6 +155,16 @@ async def test_a_bad_signature_is_400_and_nothing_is_applied(
     assert await clean.fetchval("SELECT count(*) FROM billing_stripe_events") == 0
 
 
+async def test_a_signed_event_not_shaped_as_stripe_s_is_400(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    for body in ({"id": "evt_odd", "type": "payment_intent.succeeded"},
+                 event("evt_odd", "setup_intent.succeeded", {"id": "seti_1"})):
+        payload, headers = signed(body)
+        resp = await client.post("/v1/billing/stripe/webhook", data=payload, headers=headers)
+        assert await error_id(resp, 400) == "invalid-event"
+    assert await clean.fetchval("SELECT count(*) FROM billing_stripe_events") == 0
+
+
 async def test_a_top_up_from_the_card_on_file(
         client: TestClient[Any, Any], clean: asyncpg.Pool, localstripe: int) -> None:
     stripe_client = client_for(localstripe)
@@ -236,3 +251,61 @@ async def test_a_declined_charge_is_dunned_then_retried_with_a_new_card(
     assert await error_id(await client.post(
         f"/v1/billing/postpaid-charges/{charge.id}/retry", headers=BENTO_AUTH), 404) == (
         "not-found")
+
+
+async def test_a_declined_charge_reported_by_webhook_is_dunned(
+        client: TestClient[Any, Any], localstripe: int) -> None:
+    stripe_client = client_for(localstripe)
+    await register(client, stripe_client, "member-42", "4000000000000341")
+    postpaid = services(client).postpaid
+    recorded = await postpaid.record("acme", "member-42", "consult-8", 60, Terms(100),
+                                     by="calls")
+    assert recorded is not None
+    charge, attempt_id = recorded
+    row = await postpaid.pool.fetchrow("SELECT * FROM billing_postpaid_attempts WHERE id = $1",
+                                       attempt_id)
+    declined, failure = await asyncio.to_thread(       # Stripe declined; the process died
+        create_intent, stripe_client, amount_yen=charge.total_yen, customer=row["customer"],
+        payment_method=row["payment_method"], metadata_key=METADATA_KEY,
+        key=row["idempotency_key"], metadata={})
+    assert failure == "card_declined" and declined.status == "requires_payment_method"
+    assert (await webhook(client, event("evt_fail", "payment_intent.payment_failed",
+                                        declined.to_dict())))["applied"] is True
+    standing = await ok(await client.get("/v1/billing/accounts/member-42/postpaid",
+                                         headers=AUTH))
+    assert (standing["in_dunning"], standing["charges"][0]["failure"]) == (True,
+                                                                          "card_declined")
+    notices = await ok(await client.get("/v1/billing/notices", headers=AUTH))
+    assert [n["kind"] for n in notices["items"]] == ["charge-failed"]
+
+
+async def test_the_site_job_reconciles_and_retries(
+        clean: asyncpg.Pool, localstripe: int) -> None:
+    stripe_client = client_for(localstripe)
+    settings = replace(settings_for(localstripe), every_s=1, reconcile_after_s=0,
+                       retry_after_s=(1,))
+    async with TestClient(TestServer(app_with(clean, settings))) as client:
+        await register(client, stripe_client, "member-42", "4242424242424242")
+        postpaid, topups = services(client).postpaid, services(client).topups
+        recorded = await postpaid.record("acme", "member-42", "consult-1", 60, Terms(100),
+                                         by="calls")             # then the process died
+        assert recorded is not None
+        card_row = await clean.fetchrow("SELECT customer, payment_method FROM "
+                                        "billing_postpaid_attempts")
+        topup = await topups.request("acme", "member-42", 500, by="web", **card_row)
+        await register(client, stripe_client, "member-7", "4000000000000341")
+        failed = await postpaid.charge("acme", "member-7", "consult-2", 60, Terms(100),
+                                       by="calls")
+        assert failed is not None and failed.state == "failed"
+        deadline = time.monotonic() + 20
+        while True:
+            charges = (await postpaid.charges("acme", "member-42")
+                       + await postpaid.charges("acme", "member-7"))
+            _, result = await topups.get("acme", topup.id)
+            if [(c.state, c.attempts) for c in charges] == [("paid", 1), ("failed", 2)] \
+                    and result is not None:
+                break
+            assert time.monotonic() < deadline, (charges, result)
+            await asyncio.sleep(0.2)
+        assert result.outcome == "abandoned"   # a top-up is the customer's wish then: not
+        #                                        made later; a postpaid charge is a debt
