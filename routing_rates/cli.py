@@ -131,6 +131,8 @@ async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None
         conn, args.tariff, Path(args.file), profile, effective=_when(args.effective, "--effective"),
         stage=args.stage, dry_run=args.dry_run, progress=not args.no_progress and not args.json,
         allow_shrink=args.allow_shrink, distribution=_deck_distribution(args, "--effective"))
+    for gap in result.gaps:   # on stderr, like the shrink warning
+        print(f"WARNING: {result.tariff_id}: {gap.describe()}", file=sys.stderr)
     shrink = result.shrink
     if shrink is not None:  # on stderr, so that --json output shows it too
         print(f"WARNING: this deck {shrink.describe()}"
@@ -149,12 +151,14 @@ async def cmd_import(args: argparse.Namespace, conn: asyncpg.Connection) -> None
         lines += [f"  - {m.prefix:<10} {m.destination[:28]:<28} {m.old}"
                   for m in d.removed_sample[:10]]
         _print(args, {"dry_run": True, "rows": result.rows, "diff": d.to_json(),
-                      "shrink": shrink.to_json() if shrink else None}, "\n".join(lines))
+                      "shrink": shrink.to_json() if shrink else None,
+                      "gaps": [g.to_json() for g in result.gaps]}, "\n".join(lines))
         return
     assert result.deck is not None
     deck = result.deck
     _print(args, {"deck": deck.to_json(), "seconds": str(result.seconds),
-                  "shrink": shrink.to_json() if shrink else None},
+                  "shrink": shrink.to_json() if shrink else None,
+                  "gaps": [g.to_json() for g in result.gaps]},
            f"deck {deck.id} of {deck.tariff_id}: {result.rows} rows "
            f"({result.duplicates} duplicate lines dropped) in {result.seconds} s; "
            + (f"in force from {deck.effective_from.isoformat()}" if deck.effective_from
@@ -263,7 +267,8 @@ async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
             lines += [f" {i}. {q.carrier_id:<12} {q.prefix:<10} {q.destination[:24]:<24} "
                       f"{q.row.terms.describe():<30} E[cost] {q.explain['expected_native']} "
                       f"{q.native_cost.currency} = {q.explain['expected']} {rates.currency}  "
-                      f"{q.endpoint}" for i, q in enumerate(routes, 1)]
+                      f"{q.endpoint}" + (f"\n    {q.gap.describe()}" if q.gap else "")
+                      for i, q in enumerate(routes, 1)]
             lines += [f"    dropped {d.carrier_id}: {d.reason} {d.detail}" for d in dropped]
             _print(args, {"number": str(number), "routes": [q.explain for q in routes],
                           "dropped": [d.__dict__ if hasattr(d, "__dict__") else
@@ -304,6 +309,8 @@ def _explain_text(d: dict[str, Any]) -> str:
     for alt in e["alternatives"]:
         lines.append(f"  option {alt['carrier']:<12} prefix {alt['prefix']:<10} "
                      f"{alt['terms']:<30} E = {alt['expected']} {cur}")
+        if "gap" in alt:
+            lines.append(f"    {alt['gap']['detail']}")
     for drop in e["dropped"]:
         lines.append(f"  dropped {drop['carrier']}: {drop['reason']} {drop['detail']}")
     return "\n".join(lines)

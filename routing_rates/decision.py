@@ -21,6 +21,7 @@ from typing import Any
 from routing_rates.carriers import Carrier
 from routing_rates.duration import DurationModel
 from routing_rates.index import Row
+from routing_rates.numbering import Gap
 from shared.money import FxTable, Money
 
 RULE = "call back only if edge leg + cheapest carrier leg < expected direct (toll-free) cost"
@@ -40,12 +41,13 @@ class RouteQuote:
     row: Row
     deck_id: int | None
     explain: dict[str, Any] = field(default_factory=dict)
+    gap: Gap | None = None       # priced at its number type's rate, not the matched row's
 
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
     carrier_id: str
-    reason: str                  # disabled | no-deck | no-route | channel-cap | above-max-cost
+    reason: str                  # see DROP_REASONS
     detail: str = ""
 
 
@@ -71,10 +73,15 @@ class Decision:
                 "explain": self.explain}
 
 
+DROP_REASONS = ("disabled", "no-deck", "no-route", "channel-cap", "above-max-cost",
+                "above-max-rate")
+
 REASONS = {
     "callback-cheaper": "calling back is expected to cost less than keeping the call",
     "direct-cheaper": "keeping the call is expected to cost no more than calling back",
     "no-carrier-route": "no enabled carrier with free channels prices this number",
+    "no-carrier-within-max-rate": "every carrier pricing this number costs more per minute "
+                                  "than the merchant's maximum; keep the call",
     "no-direct-tariff": "the inbound tariff has no rate for this caller; keep the call",
 }
 
@@ -84,33 +91,40 @@ def _money(m: Money, places: int = 4) -> str:
 
 
 def quote_route(carrier: Carrier, row: Row, digits: str, model: DurationModel,
-                fx: FxTable, currency: str, deck_id: int | None, period: str) -> RouteQuote:
+                fx: FxTable, currency: str, deck_id: int | None, period: str,
+                gap: Gap | None = None) -> RouteQuote:
     native = model.expected_cost(row.terms)
     converted = fx.convert(native, currency)
-    explain = {
+    explain: dict[str, Any] = {
         "carrier": carrier.id, "deck_id": deck_id, "prefix": row.prefix,
         "destination": row.destination, "terms": row.terms.describe(),
         "origins": " ".join(row.origins), "period": row.period or period or "",
         "expected_native": _money(native), "expected": _money(converted),
         "currency": currency,
     }
+    if gap is not None:
+        explain["gap"] = gap.to_json()
     return RouteQuote(carrier.id, carrier.dial_string, carrier.endpoint(digits), converted,
                       native, Money(row.terms.rate, row.terms.currency), row.prefix,
-                      row.destination, row, deck_id, explain)
+                      row.destination, row, deck_id, explain, gap)
 
 
 def rank_routes(candidates: Sequence[tuple[Carrier, Row | None, int | None, str]],
                 digits: str, model: DurationModel, fx: FxTable, currency: str, *,
                 busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
-                no_deck: Collection[str] = (),
+                no_deck: Collection[str] = (), gaps: Mapping[str, Gap] | None = None,
+                max_rate: Money | None = None,
                 ) -> tuple[list[RouteQuote], list[Dropped]]:
     """Rank (carrier, row, deck_id, period) candidates by expected cost; drop filtered ones.
 
     ``no_deck``: the carriers holding no deck version in force (never one guessed).
+    ``gaps``: per carrier, its row is the number type's rate, not the matched prefix's.
+    ``max_rate``: the most a carrier may cost per minute (the merchant's maximum).
     Ties go to the carrier listed first (stable sort)."""
     quotes: list[RouteQuote] = []
     dropped: list[Dropped] = []
     limit = fx.convert(max_cost, currency) if max_cost is not None else None
+    rate_limit = fx.convert(max_rate, currency) if max_rate is not None else None
     for carrier, row, deck_id, period in candidates:
         if not carrier.enabled:
             dropped.append(Dropped(carrier.id, "disabled"))
@@ -127,7 +141,15 @@ def rank_routes(candidates: Sequence[tuple[Carrier, Row | None, int | None, str]
             dropped.append(Dropped(carrier.id, "channel-cap",
                                    f"{in_use} of {carrier.max_channels} channels in use"))
             continue
-        q = quote_route(carrier, row, digits, model, fx, currency, deck_id, period)
+        if rate_limit is not None:
+            per_minute = fx.convert(row.terms.per_minute, currency)
+            if per_minute > rate_limit:
+                dropped.append(Dropped(carrier.id, "above-max-rate",
+                                       f"{_money(per_minute)} > {_money(rate_limit)} "
+                                       f"{currency}/min"))
+                continue
+        q = quote_route(carrier, row, digits, model, fx, currency, deck_id, period,
+                        (gaps or {}).get(carrier.id))
         if limit is not None and q.expected_cost > limit:
             dropped.append(Dropped(carrier.id, "above-max-cost",
                                    f"{_money(q.expected_cost)} > {_money(limit)} {currency}"))
@@ -175,7 +197,9 @@ def decide(*, routes: Sequence[RouteQuote], dropped: Sequence[Dropped],
                            else "announcement after answer is billed on the inbound tariff"}
     if not routes:
         explain["callback"] = None
-        return Decision(False, "no-carrier-route", edge, direct, explain, None)
+        capped = any(d.reason == "above-max-rate" for d in dropped)
+        return Decision(False, "no-carrier-within-max-rate" if capped else "no-carrier-route",
+                        edge, direct, explain, None)
     best = routes[0]
     callback = edge + best.expected_cost
     explain["callback"] = {"carrier": best.carrier_id, "carrier_leg": _money(best.expected_cost),

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, cast
 import asyncpg
 from tqdm import tqdm
 
-from routing_rates import store
+from routing_rates import numbering, store
 from routing_rates.deckfile import ROW_COLUMNS, DeckParser, DeckProblem
 from routing_rates.distribute import Distribution, send
 from routing_rates.profile import ColumnProfile, load_profile
@@ -145,6 +145,25 @@ class ImportResult:
     deck: store.DeckInfo | None          # None for a dry run
     diff: DeckDiff | None = None
     shrink: Shrink | None = None         # set: imported with allow_shrink, or a dry run
+    #: ranges of the numbering plan priced at a row of another type ``numbering.deck_gaps``
+    gaps: tuple[TypeGap, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TypeGap:
+    """A range of the plan (``8160``) the deck prices at another type's row (``81``)."""
+
+    range: str
+    number_type: str
+    priced_by: str
+
+    def describe(self) -> str:
+        return (f"no row for the {self.number_type} range {self.range}: priced at "
+                f"{self.priced_by} (decisions use the deck's {self.number_type} rate)")
+
+    def to_json(self) -> dict[str, str]:
+        return {"range": self.range, "number_type": self.number_type,
+                "priced_by": self.priced_by}
 
 
 def _sha256(path: Path) -> str:
@@ -266,7 +285,8 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
     if distribution is not None and effective is not None and not stage and not dry_run:
         distribution.check(effective, datetime.now(UTC))
     source = str(path)
-    tariff = await conn.fetchrow("SELECT config FROM rates_tariffs WHERE id = $1", tariff_id)
+    tariff = await conn.fetchrow("SELECT config, kind FROM rates_tariffs WHERE id = $1",
+                                 tariff_id)
     if tariff is None:
         raise ImportRefused(f"unknown carrier/tariff {tariff_id!r}: load it first "
                             "(python -m routing_rates carriers load FILE)")
@@ -305,13 +325,14 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
                 raise DeckImportError(source, parser.problems, parser.problem_count)
             rows = parser.row_count - duplicates
             await store.attach_partition(conn, deck_id, rows, duplicates)
+            gaps = await _gaps(conn, part, tariff["kind"], f"{source} for {tariff_id}")
             current = (await store.decks_in_force(conn, effective or datetime.now(UTC))
                        ).get(tariff_id)
             if dry_run:
                 diff = await diff_decks(conn, deck_id, current)
                 elapsed = Decimal(str(round(time.perf_counter() - started, 3)))
                 result = ImportResult(source, tariff_id, rows, duplicates, elapsed, None,
-                                      diff, _shrink(current, diff.removed))
+                                      diff, _shrink(current, diff.removed), gaps)
                 raise _DryRunDone
             shrink = _shrink(current, await removed_rows(conn, deck_id, current)
                              if current else 0)
@@ -322,13 +343,26 @@ async def import_deck(conn: Connection, tariff_id: str, path: Path,
             deck = await _activate(conn, deck_id, effective, stage, distribution)
             elapsed = Decimal(str(round(time.perf_counter() - started, 3)))
             result = ImportResult(source, tariff_id, rows, duplicates, elapsed, deck,
-                                  shrink=shrink)
+                                  shrink=shrink, gaps=gaps)
     except _DryRunDone:
         pass
     assert result is not None
     log.info("imported %s for %s: %d rows in %s s (dry run: %s)", source, tariff_id,
              result.rows, result.seconds, dry_run)
     return result
+
+
+async def _gaps(conn: Connection, part: str, kind: str, what: str) -> tuple[TypeGap, ...]:
+    """The plans' ranges a carrier's deck prices at a row of another number type (logged)."""
+    if kind != "carrier":
+        return ()
+    prefixes = await conn.fetch(f"SELECT DISTINCT prefix FROM {part} "
+                                "WHERE prefix LIKE ANY($1::text[])",
+                                [code + "%" for code in numbering.PLANS])
+    gaps = tuple(TypeGap(*gap) for gap in numbering.deck_gaps(r["prefix"] for r in prefixes))
+    for gap in gaps:
+        log.warning("%s: %s", what, gap.describe())
+    return gaps
 
 
 async def _activate(conn: Connection, deck_id: int, effective: datetime | None, stage: bool,

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from routing_rates import call_lengths, store
+from routing_rates import call_lengths, numbering, store
 from routing_rates.call_lengths import DEFAULT_CHOICE, LengthChoice, MerchantLengths
 from routing_rates.carriers import Carrier
 from routing_rates.decision import Decision, Dropped, RouteQuote, decide, rank_routes
 from routing_rates.duration import BUILTIN, DEFAULT_DURATION, DurationModel
 from routing_rates.index import RateIndex, Row
+from routing_rates.numbering import Gap, TypeRates
 from routing_rates.tariff import Terms, period_at
 from shared.db import Connection, Pool
 from shared.money import FxTable, Money
@@ -69,6 +70,7 @@ class Snapshot:
     terms: tuple[Terms, ...] = ()             # every distinct Terms of the rows
     starts: datetime | None = None            # preloaded: in force from then (else now)
     no_deck: frozenset[str] = frozenset()     # enabled tariffs with no deck in force
+    type_rates: TypeRates = TypeRates({})     # carriers' rates per number type (gaps)
 
     @classmethod
     def build(cls, carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
@@ -83,7 +85,8 @@ class Snapshot:
         no_deck = frozenset() if decks is None else frozenset(
             c.id for c in carriers if c.enabled and c.id not in decks)
         return cls(by_id, dict(decks or {}), RateIndex(carrier_rows), RateIndex(inbound_rows),
-                   datetime.now(UTC), next_change, tuple(distinct.values()), starts, no_deck)
+                   datetime.now(UTC), next_change, tuple(distinct.values()), starts, no_deck,
+                   TypeRates(carrier_rows))
 
     def deck_id(self, tariff_id: str) -> int | None:
         deck = self.decks.get(tariff_id)
@@ -308,30 +311,46 @@ class RatingService:
     def quote(self, number: E164, at: datetime, *, kind: str = "carrier",
               duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
               busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
+              max_rate: Money | None = None,
               ) -> tuple[list[RouteQuote], list[Dropped]]:
-        """Ranked routes (cheapest first) and the carriers dropped, with reasons."""
+        """Ranked routes (cheapest first) and the carriers dropped, with reasons.
+
+        ``max_rate``: no carrier above this rate per minute (the merchant's maximum)."""
         snap = self.snapshot_at(at)
         index = snap.carrier_index if kind == "carrier" else snap.inbound_index
         carriers = [snap.carriers[c] for c in index.carriers]
         periods = [period_at(c.periods, at, c.tz) for c in carriers]
-        rows = index.match(number.digits, origin.digits if origin else "", periods, at)
+        calling = origin.digits if origin else ""
+        rows = index.match(number.digits, calling, periods, at)
+        gaps: dict[str, Gap] = {}
+        if kind == "carrier" and numbering.planned(number):
+            number_kind = numbering.number_type(number)
+            priced: list[Row | None] = []
+            for c, r, p in zip(carriers, rows, periods, strict=True):
+                row, gap = snap.type_rates.row_for(index, c.id, number, number_kind, r,
+                                                   calling, p, at)
+                priced.append(row)
+                if gap is not None:
+                    gaps[c.id] = gap
+            rows = tuple(priced)
         candidates = [(c, r, snap.deck_id(c.id), p)
                       for c, r, p in zip(carriers, rows, periods, strict=True)]
         return rank_routes(candidates, number.digits, duration, self.fx, self.currency,
-                           busy=busy, max_cost=max_cost, no_deck=snap.no_deck)
+                           busy=busy, max_cost=max_cost, no_deck=snap.no_deck, gaps=gaps,
+                           max_rate=max_rate)
 
     def rank(self, number: E164, at: datetime, *, kind: str = "carrier",
              duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
              busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
-             ) -> list[RouteQuote]:
+             max_rate: Money | None = None) -> list[RouteQuote]:
         return self.quote(number, at, kind=kind, duration=duration, origin=origin, busy=busy,
-                          max_cost=max_cost)[0]
+                          max_cost=max_cost, max_rate=max_rate)[0]
 
     def decide(self, number: E164, at: datetime, *, inbound_tariff: str = "ntt-freedial",
                announce_mode: str = "early_media", announce_s: Decimal = Decimal("5"),
                duration: DurationModel | None = None, merchant: str | None = None,
                origin: E164 | None = None, busy: Mapping[str, int] | None = None,
-               max_cost: Money | None = None) -> Decision:
+               max_cost: Money | None = None, max_rate: Money | None = None) -> Decision:
         """``duration`` given: that distribution; else ``merchant``'s (``call_length``)."""
         if duration is None:
             choice = self.call_length(merchant, number)
@@ -343,7 +362,7 @@ class RatingService:
         if tariff is None or tariff.kind != "inbound":
             raise UnknownTariff(inbound_tariff)
         routes, dropped = self.quote(number, at, duration=duration, origin=origin, busy=busy,
-                                     max_cost=max_cost)
+                                     max_cost=max_cost, max_rate=max_rate)
         direct_row = snap.inbound_index.match_one(
             inbound_tariff, number.digits, "", period_at(tariff.periods, at, tariff.tz), at)
         return decide(routes=routes, dropped=dropped, direct_row=direct_row,

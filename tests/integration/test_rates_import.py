@@ -48,6 +48,8 @@ async def _counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
 async def test_real_plivo_deck_imports_and_prices_jp_mobile(conn: asyncpg.Connection) -> None:
     result = await importer.import_deck(conn, "carrier-a", PLIVO)
     assert result.rows == 72554 and result.duplicates == 0
+    # no deck row for the 060 mobile range: priced at the country's fixed-line row
+    assert result.gaps == (importer.TypeGap("8160", "mobile", "81"),)
     assert result.deck is not None and result.deck.state == "scheduled"
     deck = (await store.decks_in_force(conn, datetime.now(UTC)))["carrier-a"]
     assert deck.id == result.deck.id
