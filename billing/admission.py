@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from billing import policy
-from billing.ledger import books
+from billing.ledger import books, find_account
 from billing.rating import Terms, seconds_affordable
 from billing.settings import MAX_UNPAID_CHARGES
 from billing.standing import Standing, standing
@@ -97,9 +97,7 @@ class Admissions:
         async with self.pool.acquire() as conn:
             if postpaid:
                 return Facts(True, 0, await standing(conn, merchant_id, account))
-            acc = await conn.fetchval(
-                "SELECT id FROM billing_accounts WHERE merchant_id = $1 AND account = $2",
-                merchant_id, account)
+            acc = await find_account(conn, merchant_id, account)
             available = 0 if acc is None else (await books(conn, acc)).get("available", 0)
         return Facts(False, available, Standing(False, 0, False))
 

@@ -17,8 +17,9 @@ Public: ``GET /v1/billing/card-setup/{token}`` (what the card page behind the li
 needs) and ``POST /v1/billing/stripe/webhook`` (Stripe's signature checked with the
 endpoint's secret; each event applied once).
 
-The job (every ``[billing] every_s``): the postpaid retries due, and the top-ups and
-postpaid attempts left without Stripe's answer for ``reconcile_after_s`` reconciled.
+The job (every ``[billing] every_s``): the postpaid retries due, the top-ups and
+postpaid attempts left without Stripe's answer for ``reconcile_after_s`` reconciled, and
+the Stripe event ids older than 30 days forgotten.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from aiohttp import web
 from billing.card_topups import CardTopUps, Result, TopUp
 from billing.cards import Cards, Registration
 from billing.http import ACCOUNT_PARAM, TAG, UNAVAILABLE, account_param, id_param
-from billing.ledger import MAX_AMOUNT_YEN, LedgerError
+from billing.ledger import MAX_AMOUNT_YEN, LedgerError, find_account
 from billing.postpaid import Charge, Postpaid
 from billing.settings import BillingSettings
 from billing.standing import card_on_file, standing
@@ -99,12 +100,20 @@ def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool
     app.cleanup_ctx.append(cards_ctx)
 
 
+#: how long a Stripe event id is kept to answer its replays (Stripe retries an event for
+#: up to three days)
+EVENTS_KEPT_S = 30 * 86400
+
+
 async def run_once(services: CardServices) -> None:
-    """The retries due, then the reconciles."""
+    """The retries due, then the reconciles, then the event ids past keeping."""
     after = services.settings.reconcile_after_s
     await services.postpaid.run_due()
     await services.postpaid.reconcile(older_than_s=after)
     await services.topups.reconcile(older_than_s=after)
+    await services.postpaid.pool.execute(
+        "DELETE FROM billing_stripe_events WHERE received_at < now() - make_interval(secs "
+        "=> $1)", EVENTS_KEPT_S)
 
 
 async def periodic(services: CardServices) -> None:
@@ -211,8 +220,7 @@ async def post_topup(request: web.Request) -> web.Response:
         raise InvalidField("amount_yen", f"expected an integer 1..{MAX_AMOUNT_YEN}")
     by = require_str(data, "by", max_len=128)
     pool = services.topups.pool
-    acc = await pool.fetchval("SELECT id FROM billing_accounts WHERE merchant_id = $1 "
-                              "AND account = $2", merchant, account)
+    acc = await find_account(pool, merchant, account)
     card = None if acc is None else await card_on_file(pool, acc)
     if card is None:
         raise LedgerError(409, "no-card", f"account {account!r} has no card on file")

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import stripe
 
-from billing.ledger import LedgerError, account_id
+from billing.ledger import LedgerError, account_id, find_account
 
 
 class CardError(LedgerError):
@@ -68,9 +68,7 @@ class Cards:
         """A SetupIntent for the account's card (the account's Stripe Customer is made at
         its first registration and reused after)."""
         async with self.pool.acquire() as conn:
-            acc = await conn.fetchval(
-                "SELECT id FROM billing_accounts WHERE merchant_id = $1 AND account = $2",
-                merchant_id, account)
+            acc = await find_account(conn, merchant_id, account)
             customer = None if acc is None else await conn.fetchval(
                 "SELECT customer FROM billing_card_registrations WHERE account_id = $1 "
                 "ORDER BY id DESC LIMIT 1", acc)

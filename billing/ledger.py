@@ -187,6 +187,15 @@ async def account_id(conn: asyncpg.Connection, merchant_id: str, account: str, *
     return found
 
 
+async def find_account(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str,
+                       account: str) -> int | None:
+    """The account's id (no lock), or None when it does not exist."""
+    found: int | None = await conn.fetchval(
+        "SELECT id FROM billing_accounts WHERE merchant_id = $1 AND account = $2",
+        merchant_id, account)
+    return found
+
+
 async def post(conn: asyncpg.Connection, account: int, kind: Kind, amount_yen: int,
                legs: Sequence[tuple[Book, int]], by: str, reason: str,
                reservation_id: int | None = None) -> int:

@@ -22,7 +22,7 @@ import stripe
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from billing.card_http import SERVICES_KEY, CardServices
+from billing.card_http import SERVICES_KEY, CardServices, run_once
 from billing.card_http import install as install_cards
 from billing.http import install
 from billing.ledger import Balance, Ledger
@@ -136,12 +136,24 @@ async def test_a_card_is_registered_and_put_on_file_by_the_webhook_once(
                                            "replay": False}
     assert await webhook(client, body) == {"event": "evt_setup_1", "applied": False,
                                            "replay": True}
+    await run_once(services(client))                  # kept for 30 days: still a replay
+    assert (await webhook(client, body))["replay"] is True
     on_file = await ok(await client.get(f"/v1/billing/card-registrations/{reg['id']}",
                                         headers=AUTH))
     assert (on_file["state"], on_file["payment_method"]) == ("on-file", intent.payment_method)
     assert await ok(await client.post(confirm, headers=AUTH)) == on_file
     assert await error_id(await client.get(f"/v1/billing/card-registrations/{reg['id']}",
                                            headers=BENTO_AUTH), 404) == "not-found"
+
+
+async def test_event_ids_are_forgotten_after_30_days(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    await clean.execute("INSERT INTO billing_stripe_events (event_id, type, received_at) "
+                        "VALUES ('evt_old', 'x', now() - interval '31 days'), "
+                        "('evt_new', 'x', now() - interval '29 days')")
+    await run_once(services(client))
+    assert await clean.fetchval("SELECT array_agg(event_id) FROM billing_stripe_events"
+                                ) == ["evt_new"]
 
 
 async def test_a_bad_signature_is_400_and_nothing_is_applied(
