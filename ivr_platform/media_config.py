@@ -30,7 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from ivr_platform.audio import AudioLimits
-from shared.config import Section
+from shared.config import Section, cannot_write
 
 MIN_SECRET_BYTES = 32
 
@@ -79,7 +79,14 @@ class MediaSettings:
                                                                   self.retention_days))
 
     def file_problems(self) -> list[tuple[str, str]]:
-        """``(key, problem)`` for a link secret file that cannot be used (``check``)."""
+        """``(key, problem)`` for a directory the site cannot write in or a link secret
+        file that cannot be used (``check``)."""
+        problems = [(f"media.{key}", problem) for key, directory in (
+            ("guidance_dir", self.guidance_dir), ("recordings_dir", self.recordings_dir))
+            if directory is not None and (problem := cannot_write(directory)) is not None]
+        return problems + self._secret_problems()
+
+    def _secret_problems(self) -> list[tuple[str, str]]:
         if self.link_secret_file is None:
             return []
         try:

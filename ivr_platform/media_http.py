@@ -15,7 +15,8 @@ Error ids: ``audio-too-large`` (413), ``audio-unsupported`` (415), ``audio-unrea
 ``audio-too-long``, ``audio-silent`` (422), ``invalid-field`` (400, with ``field``),
 ``not-found`` (404), ``guidance-in-use`` (409: a configured flow of the merchant plays it),
 ``body-timeout`` (408), ``auth-*`` (401), ``media-unavailable`` (503 before the database is
-connected), ``database-unavailable`` (503 while it is away).
+connected, or an upload that cannot be written: a full disk, a directory not writable),
+``database-unavailable`` (503 while it is away).
 
 :func:`install` mounts the guidance routes when ``[media] guidance_dir`` is set and the
 recordings routes, with the expiry job in ``cleanup_ctx``, when ``recordings_dir`` is.
@@ -160,14 +161,18 @@ async def put_guidance(request: web.Request) -> web.Response:
     merchant = authenticated_merchant(request)
     name = _name(request)
     library = request.app[LIBRARY_KEY]
-    upload = await _spool_body(request, library.spool(), library.limits.max_bytes)
     try:
-        existed = library.has(merchant, name)
-        guidance = await library.add(merchant, name, upload)
+        upload = await _spool_body(request, library.spool(), library.limits.max_bytes)
+        try:
+            existed = library.has(merchant, name)
+            guidance = await library.add(merchant, name, upload)
+        finally:
+            _discard(upload)
     except AudioRejected as exc:
         raise _audio_error(exc) from None
-    finally:
-        _discard(upload)
+    except OSError as exc:   # the disk is full, the directory not writable
+        raise ServiceUnavailable("media-unavailable",
+                                 f"cannot store the guidance: {exc.strerror}") from None
     return json_response(guidance.to_json(), status=200 if existed else 201)
 
 
@@ -328,7 +333,8 @@ GUIDANCE_OPERATIONS = [
     Operation("PUT", "/v1/media/guidance/{name}", put_guidance, "Upload a guidance", _TAG,
               {200: Reply("replaced", GUIDANCE), 201: Reply("stored", GUIDANCE)},
               access=MERCHANT, params=(_NAME_PARAM,), body=BINARY,
-              body_type="application/octet-stream", errors=_AUDIO_ERRORS),
+              body_type="application/octet-stream",
+              errors={**_AUDIO_ERRORS, 503: ("media-unavailable",)}),
     Operation("GET", "/v1/media/guidance", list_guidance, "The merchant's guidance", _TAG,
               {200: Reply("by name", {"type": "object", "required": ["items"], "properties": {
                   "items": {"type": "array", "items": GUIDANCE}}})}, access=MERCHANT),

@@ -379,6 +379,15 @@ class Section:
         return value if value.is_absolute() else (self.source.path.parent / value).resolve()
 
 
+def cannot_write(directory: Path) -> str | None:
+    """Why a server could not create ``directory`` (or write in it), for ``check``: None
+    when the nearest existing directory on its path is writable."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{directory}: cannot write in {existing}"
+    return None
+
+
 def root(source: Source) -> Section:
     return Section(source, source.data, "")
 

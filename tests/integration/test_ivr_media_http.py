@@ -260,3 +260,15 @@ async def test_expire_removes_rows_whose_files_are_already_gone(
     assert await store.expire(batch=1) == 1
     assert await clean.fetchval("SELECT count(*) FROM recordings") == 0
 
+
+
+async def test_an_upload_that_cannot_be_written_is_503_not_500(
+        clean: asyncpg.Pool, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    media = settings(tmp_path, guidance_dir=blocker / "guidance")
+    async with TestClient(TestServer(app_over(clean, media))) as client:
+        resp = await client.put("/v1/media/guidance/welcome", headers=AUTH,
+                                data=tone(tmp_path / "x.wav", 1.0).read_bytes())
+        error_id, message = await refused(resp, 503)
+        assert error_id == "media-unavailable" and "cannot store the guidance" in message

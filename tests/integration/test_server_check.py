@@ -174,13 +174,18 @@ def test_check_refuses_a_flow_whose_guidance_is_not_the_merchants_or_not_uploade
     assert _check("callback", config, capsys) == (0, "")
 
 
-def test_check_refuses_a_recording_link_secret_too_short(
+def test_check_refuses_media_directories_it_cannot_write_and_a_short_link_secret(
         pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     secret = tmp_path / "links.secret"
     secret.write_bytes(b"short")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
     config = _config(tmp_path, pki_dir, "callback", (
-        "# link_secret_file = ", f'link_secret_file = "{secret}"  # '))
+        "# link_secret_file = ", f'link_secret_file = "{secret}"  # '), (
+        'recordings_dir = "../var/recordings"', f'recordings_dir = "{blocker}/recordings"'))
     assert _check("callback", config, capsys) == (2, (
+        f"config error: {config}:{_line(config, 'recordings_dir = ')}: media.recordings_dir: "
+        f"{blocker}/recordings: cannot write in {blocker}\n"
         f"config error: {config}:{_line(config, 'link_secret_file = ')}: "
         f"media.link_secret_file: {secret} holds 5 bytes; at least 32 are needed\n"))
 
