@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from edge_server.flow_messages import AnnounceMode, FlowTimings, MerchantSettings
+from edge_server.presence_flow import PresenceLine, PresenceTimings, Wanted
 from shared.config import (
     AriSettings,
     ConfigError,
@@ -78,6 +79,7 @@ class EdgeBehaviour:
     timings: FlowTimings
     destinations: PolicySettings   # [edge.destinations]: who may be offered a call-back
     hours: HoursPrompts            # [edge.hours]: the closed messages rendered ahead
+    presence: PresenceTimings      # an advisor's call to a presence number
 
     @classmethod
     def parse(cls, s: Section) -> EdgeBehaviour:
@@ -95,6 +97,9 @@ class EdgeBehaviour:
                 answer_guard_s=seconds("answer_guard_s", defaults.answer_guard_s),
                 refusal_guard_s=seconds("refusal_guard_s", defaults.refusal_guard_s),
                 late_store_s=seconds("late_store_s", defaults.late_store_s))
+            presence = PresenceTimings(
+                ask_s=seconds("presence_s", PresenceTimings().ask_s),
+                announce_guard_s=timings.early_media_guard_s)
         except ValueError as exc:
             raise t.error(str(exc).split()[0], str(exc)) from None
         overrides = s.section("unrated_callback")
@@ -106,7 +111,8 @@ class EdgeBehaviour:
             sweep_every_s=float(s.decimal("sweep_every_s", "15", min=Decimal(1))),
             timings=timings,
             destinations=PolicySettings.parse(s.section("destinations")),
-            hours=HoursPrompts.parse(s.section("hours")))
+            hours=HoursPrompts.parse(s.section("hours")),
+            presence=presence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +169,12 @@ class EdgeSettings:
                 table[number] = settings if m.hours is None else \
                     replace(settings, hours=m.hours.for_number(number))
         return table
+
+    def presence_lines(self) -> dict[E164, PresenceLine]:
+        """Presence number → whose it is and what it does (``[[merchants]]``
+        ``presence_online_number``, ``presence_offline_number``)."""
+        return {number: PresenceLine(m.id, wanted, m.language)
+                for m in self.merchants
+                for number, wanted in ((m.presence_online_number, Wanted.ONLINE),
+                                       (m.presence_offline_number, Wanted.OFFLINE))
+                if number is not None}

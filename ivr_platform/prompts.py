@@ -5,8 +5,9 @@ install`` renders both languages through :mod:`ivr_platform.tts` (``python -m
 ivr_platform prompts``) into the site's ``sounds/ja/cbgw/`` and ``sounds/en/cbgw/``, and
 every playback passes the merchant's language (ARI ``play?lang=``), so Asterisk picks the
 file of that language. The edge plays ``received``, ``dial-186`` and, out of hours when the
-sentence saying when it opens is not rendered yet, ``closed``; the call-back IVR
-plays the others (``callback_server/flows/order.toml``).
+sentence saying when it opens is not rendered yet, ``closed`` to customers, and the
+``presence-*`` prompts to advisors calling a presence number (``edge_server.presence_flow``);
+the call-back IVR plays the others (``callback_server/flows/order.toml``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,28 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
         "恐れ入りますが、営業時間内におかけ直しください。",
         "Thank you for calling. We are closed at this time. Please call again during "
         "our business hours."),
+    # --- the edge: an advisor calling a presence number ----------------------------------
+    "presence-online": PromptText(
+        "オンラインになりました。お客様からのお電話をお受けできます。",
+        "You are now online. You can take calls."),
+    "presence-offline": PromptText(
+        "オフラインになりました。お客様からのお電話はつながりません。",
+        "You are now offline. You will not get calls."),
+    "presence-not-registered": PromptText(
+        "この電話番号は登録されていません。状態は変更されませんでした。",
+        "This phone is not registered. Nothing was changed."),
+    "presence-ambiguous": PromptText(
+        "この電話番号は複数の鑑定士に登録されているため、状態を変更できません。"
+        "管理者にお問い合わせください。",
+        "This phone is registered to more than one advisor, so nothing was changed. "
+        "Please ask your administrator."),
+    "presence-in-call": PromptText(
+        "通話中のため、状態は変更されませんでした。",
+        "You have a call in progress. Nothing was changed."),
+    "presence-failed": PromptText(
+        "ただいま状態の変更を確認できませんでした。しばらくしてからもう一度おかけください。",
+        "We could not confirm a change of your status right now. "
+        "Please call again in a moment."),
     # --- the call-back IVR ---------------------------------------------------------------
     "confirm-callback": PromptText(
         "ご依頼いただいた折り返しのお電話です。お話しになる場合は1を押してください。",

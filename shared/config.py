@@ -596,6 +596,10 @@ class Merchant:
     #: always open. The edge refuses a call-back outside them, the callback worker re-checks
     hours: MerchantHours | None = None
     outside_hours: OutsideHours = OutsideHours.WAIT   # [merchants.hours] outside_hours
+    #: the edge's presence numbers: an advisor calling one from their registered phone
+    #: goes online (standby) or offline (``edge_server.presence_flow``); None: no such line
+    presence_online_number: E164 | None = None
+    presence_offline_number: E164 | None = None
 
     @classmethod
     def parse(cls, s: Section) -> Merchant:
@@ -632,10 +636,24 @@ class Merchant:
             language=s.enum("language", Language, Language.JAPANESE),
             hours=parse_merchant_hours(hours) if s.has("hours") else None,
             outside_hours=hours.enum("outside_hours", OutsideHours, OutsideHours.WAIT),
+            presence_online_number=_opt_number(s, "presence_online_number"),
+            presence_offline_number=_opt_number(s, "presence_offline_number"),
         )
+
+    def presence_numbers(self) -> tuple[tuple[str, E164], ...]:
+        """``(key, number)`` of each presence number the merchant has."""
+        return tuple((key, number) for key, number in (
+            ("presence_online_number", self.presence_online_number),
+            ("presence_offline_number", self.presence_offline_number)) if number is not None)
+
+
+def _opt_number(s: Section, key: str) -> E164 | None:
+    return s.number(key) if s.has(key) else None
 
 
 def parse_merchants(s: Section) -> tuple[Merchant, ...]:
+    """Every ``[[merchants]]``; a number (toll-free or presence) belongs to one of them
+    and has one use."""
     merchants = tuple(Merchant.parse(m) for m in s.sections("merchants"))
     seen_ids: set[str] = set()
     seen_numbers: dict[E164, str] = {}
@@ -643,11 +661,10 @@ def parse_merchants(s: Section) -> tuple[Merchant, ...]:
         if m.id in seen_ids:
             raise s.error(f"merchants[{i}].id", f"duplicate merchant id {m.id!r}")
         seen_ids.add(m.id)
-        for n in m.numbers:
+        for key, n in (*(("numbers", n) for n in m.numbers), *m.presence_numbers()):
             if n in seen_numbers:
-                raise s.error(
-                    f"merchants[{i}].numbers",
-                    f"{n} already belongs to merchant {seen_numbers[n]!r}",
-                )
-            seen_numbers[n] = m.id
+                raise s.error(f"merchants[{i}].{key}",
+                              f"{n} is already {seen_numbers[n]}")
+            seen_numbers[n] = (f"a number of merchant {m.id!r}" if key == "numbers" else
+                               f"merchant {m.id!r}'s {key}")
     return merchants
