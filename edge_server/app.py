@@ -29,6 +29,7 @@ from edge_server.config import EdgeSettings
 from edge_server.decide import FixedDecider, RatesDecider
 from edge_server.hours_prompts import ClosedPrompts
 from edge_server.http import LEARN_CALL_LENGTHS_KEY, POOL_KEY, RATES_TABLES_KEY, create_http_app
+from edge_server.presence_stasis import LinkPresence
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from ivr_platform.tts import PromptCache
@@ -58,6 +59,7 @@ STORE_KEY = web.AppKey("edge_store", CallStore)
 DECIDER_KEY = web.AppKey("edge_decider", Decider)
 STASIS_KEY = web.AppKey("edge_stasis", StasisApp)
 RELAY_KEY = web.AppKey("edge_relay", OutboxRelay)
+LINK_KEY = web.AppKey("edge_link", LinkClient)
 
 
 def create_app(settings: EdgeSettings, *, with_ari: bool = True) -> web.Application:
@@ -130,6 +132,7 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.start()
     relay = edge_relay(app[POOL_KEY], app[DB_URL_KEY], client, settings)
     app[RELAY_KEY] = relay
+    app[LINK_KEY] = client
     async with background(relay.run(), "outbox relay"):
         yield
     await client.close()
@@ -151,10 +154,14 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     client = make_ari_client(settings.ari)
     await client.start()
     prompts = closed_prompts(settings)
+    presence = settings.edge.presence
     deps = StasisDeps(ari=client, store=app[STORE_KEY], decider=app[DECIDER_KEY],
-                      merchants=MerchantDirectory(settings.merchant_settings()),
+                      merchants=MerchantDirectory(settings.merchant_settings(),
+                                                  settings.presence_lines()),
                       timings=settings.edge.timings, direct_context=settings.edge.direct_context,
-                      closed_prompts=prompts)
+                      closed_prompts=prompts,
+                      presence=LinkPresence(app[LINK_KEY], presence.ask_s),
+                      presence_timings=presence)
     stasis = StasisApp(deps)
     app[STASIS_KEY] = stasis
     app[HEALTH_KEY].ari_state = lambda: "connected" if stasis.connected else "connecting"

@@ -56,6 +56,11 @@ class EdgeMetrics:
             "How much more a call-back would cost than keeping the call, summed over "
             "decisions where the saving is negative, yen, by merchant and decision (net "
             "saving: saving minus loss).", ["merchant", "decision"], registry=r)
+        self.presence_calls = Counter(
+            "cbgw_edge_presence_calls",
+            "Advisors' calls to a presence number, by merchant and outcome (online, "
+            "offline, in_call, not_registered, ambiguous, unavailable, caller_id_withheld, "
+            "abandoned).", ["merchant", "outcome"], registry=r)
 
 
 @functools.cache

@@ -3,10 +3,13 @@
 One :class:`CallSession` task per call (started by ``shared.ari.EventRouter``
 on ``StasisStart``) owns an inbox of flow events: translated ARI events, timer
 expiries and the results of slow commands (decision, store), which run as
-child tasks so a guard timer can fire while they are in flight. Commands are
+child tasks so a guard timer can fire while they are in flight
+(:class:`edge_server.channel.ChannelSession`). Commands are
 executed in order against small Protocols (:class:`AriGateway`,
 :class:`CallBackend`, :class:`Decider`), so tests drive a session with
-in-process fakes (:mod:`edge_server.testing`).
+in-process fakes (:mod:`edge_server.testing`). A call to a merchant's presence
+number is an advisor's, not a customer's: it gets a
+:class:`edge_server.presence_stasis.PresenceSession` instead.
 
 On every ``Connected`` (first connect and reconnects)
 :meth:`StasisApp.resync` lists the application's channels: a channel with no
@@ -18,19 +21,23 @@ the websocket was down is told the caller hung up.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from edge_server import flow
+from edge_server.channel import (
+    PAI_VAR,
+    PRESENTATION_VAR,
+    AriGateway,
+    ChannelSession,
+    asserted_number,
+)
 from edge_server.flow_messages import (
     Answer,
     CallArrived,
-    CallerHungUp,
     CancelRequest,
     CancelTimer,
     Command,
@@ -44,7 +51,6 @@ from edge_server.flow_messages import (
     MerchantSettings,
     Outcome,
     Play,
-    PlaybackFinished,
     RecordCall,
     ReleaseToCallback,
     RequestDecision,
@@ -52,46 +58,21 @@ from edge_server.flow_messages import (
     StartTimer,
     StoreFailed,
     StoreRequest,
-    Timeout,
     edge_call_id_for,
 )
 from edge_server.hours_prompts import ClosedPrompts
 from edge_server.metrics import OUTCOME_CLASS, UNKNOWN_MERCHANT
 from edge_server.metrics import edge as edge_metrics
+from edge_server.presence_flow import PresenceLine, PresenceTimings
+from edge_server.presence_stasis import PresenceAsker, PresenceSession
 from shared import ari, logs
 from shared.language import Language
 from shared.phone import E164, InvalidNumber, normalise
 
+__all__ = ["PAI_VAR", "PRESENTATION_VAR", "AriGateway", "asserted_number"]
+
 log = logging.getLogger("edge.stasis")
 flow_log = logging.getLogger("edge.flow")
-
-PRESENTATION_VAR = "CALLERID(pres)"
-PAI_VAR = "PJSIP_HEADER(read,P-Asserted-Identity)"
-_PAI_USER = re.compile(r"<?\s*(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)
-
-
-def asserted_number(header: str | None) -> str | None:
-    """The user part of a P-Asserted-Identity header (``<sip:+81...@host>``, ``<tel:...>``)."""
-    if not header:
-        return None
-    match = _PAI_USER.search(header)
-    return match.group(1) if match else None
-
-
-class AriGateway(Protocol):
-    """The part of ``shared.ari.AriClient`` the edge uses."""
-
-    async def answer(self, channel_id: str) -> None: ...
-    async def play(self, channel_id: str, media: Sequence[str], *,
-                   playback_id: str | None = None, lang: str | None = None) -> ari.Playback: ...
-    async def hangup(self, channel_id: str, *, reason: str | None = None,
-                     reason_code: int | None = None) -> None: ...
-    async def get_variable(self, channel_id: str, name: str) -> str | None: ...
-    async def get_channel(self, channel_id: str) -> ari.Channel | None: ...
-    async def continue_in_dialplan(self, channel_id: str, *, context: str | None = None,
-                                   extension: str | None = None, priority: int | None = None,
-                                   label: str | None = None) -> None: ...
-    async def application(self) -> ari.AppState: ...
 
 
 class CallBackend(Protocol):
@@ -114,9 +95,10 @@ class Decider(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class MerchantDirectory:
-    """Dialled number → the merchant's flow settings."""
+    """Dialled number → the merchant's flow settings, or the presence line it is."""
 
     by_number: Mapping[E164, MerchantSettings]
+    presence_lines: Mapping[E164, PresenceLine] = field(default_factory=dict)
 
     def resolve(self, exten: str) -> tuple[E164 | None, MerchantSettings | None]:
         try:
@@ -124,6 +106,10 @@ class MerchantDirectory:
         except InvalidNumber:
             return None, None
         return dialed, self.by_number.get(dialed)
+
+    def presence_line(self, exten: str) -> PresenceLine | None:
+        dialed, _ = self.resolve(exten)
+        return None if dialed is None else self.presence_lines.get(dialed)
 
 
 @dataclass
@@ -139,24 +125,21 @@ class StasisDeps:
     resync_grace_s: float = 1.0
     #: the closed messages rendered ahead; None: the fixed ``sound:cbgw/closed`` plays
     closed_prompts: ClosedPrompts | None = None
+    #: asks the call-back site for an advisor calling a presence number (None: the
+    #: edge has no presence lines)
+    presence: PresenceAsker | None = None
+    presence_timings: PresenceTimings = field(default_factory=PresenceTimings)
 
 
-class CallSession:
+class CallSession(ChannelSession[Event]):
     """One inbound call: feeds flow events in, executes commands out."""
 
     def __init__(self, deps: StasisDeps, start: ari.StasisStart,
                  ari_queue: asyncio.Queue[ari.Event]) -> None:
+        super().__init__(deps.ari, start, ari_queue)
         self.deps = deps
-        self.channel = start.channel
-        self.channel_id = start.channel.id
         self.received_at = deps.clock()
-        self.ari_queue = ari_queue
-        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self.state: flow.State = flow.Idle()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._children: set[asyncio.Task[None]] = set()
-        self._playback_ids = (f"{self.channel_id}-pb{n}" for n in itertools.count(1))
-        self._playback: str | None = None
         self.merchant_id = UNKNOWN_MERCHANT     # until the dialled number is resolved
 
     async def run(self) -> None:
@@ -165,8 +148,7 @@ class CallSession:
             await self._run()
 
     async def _run(self) -> None:
-        forwarder = asyncio.create_task(self._forward_ari_events(),
-                                        name=f"ari-in {self.channel_id}")
+        forwarder = self._start_forwarding()
         try:
             await self.feed(await self._arrival())
             while not flow.is_terminal(self.state):
@@ -179,11 +161,7 @@ class CallSession:
         else:
             self._count()
         finally:
-            forwarder.cancel()
-            for handle in self._timers.values():
-                handle.cancel()
-            for child in self._children:
-                child.cancel()
+            self._stop(forwarder)
 
     def _count(self) -> None:
         outcome = self.state.outcome if isinstance(self.state, flow.Done) else None
@@ -191,10 +169,6 @@ class CallSession:
             return
         edge_metrics().calls.labels(self.merchant_id, OUTCOME_CLASS[outcome],
                                     outcome.value).inc()
-
-    def notify_gone(self) -> None:
-        """The channel vanished while events were lost (found by a re-sync)."""
-        self.inbox.put_nowait(CallerHungUp())
 
     async def feed(self, event: Event) -> None:
         before = self.state
@@ -205,39 +179,14 @@ class CallSession:
             await self._execute(command)
 
     async def _arrival(self) -> CallArrived:
-        pres, pai = await asyncio.gather(self._variable(PRESENTATION_VAR),
-                                         self._variable(PAI_VAR))
+        pres, asserted = await self._caller_headers()
         dialed, merchant = self.deps.merchants.resolve(self.channel.exten)
         if merchant is not None:
             logs.update(merchant=merchant.id)
             self.merchant_id = merchant.id
         return CallArrived(self.channel_id, self.channel.caller_number, pres, dialed, merchant,
-                           asserted_raw=asserted_number(pai), timings=self.deps.timings,
+                           asserted_raw=asserted, timings=self.deps.timings,
                            at=self.received_at)
-
-    async def _variable(self, name: str) -> str | None:
-        try:
-            return await self.deps.ari.get_variable(self.channel_id, name)
-        except ari.AriError as exc:
-            log.warning("cannot read %s: %s", name, exc)
-            return None
-
-    async def _forward_ari_events(self) -> None:
-        while True:
-            translated = self._translate(await self.ari_queue.get())
-            if translated is not None:
-                self.inbox.put_nowait(translated)
-
-    def _translate(self, event: ari.Event) -> Event | None:
-        match event:
-            case ari.StasisEnd() | ari.ChannelHangupRequest():
-                return CallerHungUp()
-            case ari.ChannelDestroyed(cause=cause):
-                return CallerHungUp(cause=cause)
-            case ari.PlaybackFinished(playback=playback) if playback.id == self._playback:
-                self._playback = None
-                return PlaybackFinished(failed=playback.state == "failed")
-        return None
 
     # --- commands -------------------------------------------------------------------------
 
@@ -245,9 +194,7 @@ class CallSession:
         deps, cid = self.deps, self.channel_id
         match command:
             case StartTimer(name=name, seconds=seconds):
-                self._cancel_timer(name)
-                self._timers[name] = asyncio.get_running_loop().call_later(
-                    seconds, self.inbox.put_nowait, Timeout(name))
+                self._start_timer(name, seconds)
             case CancelTimer(name=name):
                 self._cancel_timer(name)
             case RequestDecision():
@@ -273,16 +220,6 @@ class CallSession:
             case Log(code=code, detail=detail, warning=warning):
                 flow_log.log(logging.WARNING if warning else logging.INFO, "%s %s", code, detail)
 
-    def _cancel_timer(self, name: str) -> None:
-        handle = self._timers.pop(name, None)
-        if handle is not None:
-            handle.cancel()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"{what} {self.channel_id}")
-        self._children.add(task)
-        task.add_done_callback(self._children.discard)
-
     async def _decide(self, cmd: RequestDecision) -> None:
         try:
             result = await self.deps.decider.decide(cmd, self.deps.clock())
@@ -306,34 +243,6 @@ class CallSession:
         if say is None or prompts is None:
             return media
         return prompts.media(say, language) or media
-
-    async def _play(self, media: str, language: Language) -> None:
-        playback_id = next(self._playback_ids)
-        self._playback = playback_id
-        try:
-            await self.deps.ari.play(self.channel_id, [media], playback_id=playback_id,
-                                     lang=language.value)
-        except ari.ChannelNotFound:
-            log.info("gone before %s could play", media)
-            self.inbox.put_nowait(CallerHungUp())
-        except ari.AriError as exc:
-            log.warning("cannot play %s: %s", media, exc)
-            self.inbox.put_nowait(PlaybackFinished(failed=True))
-
-    async def _ari_step(self, what: str, step: Awaitable[None]) -> None:
-        try:
-            await step
-        except ari.ChannelNotFound:
-            log.info("%s on a channel that is gone", what)
-            self.inbox.put_nowait(CallerHungUp())
-        except ari.AriError as exc:
-            log.warning("%s failed: %s", what, exc)
-
-    async def _safe_hangup(self, reason: str) -> None:
-        try:
-            await self.deps.ari.hangup(self.channel_id, reason=reason)
-        except ari.AriError as exc:
-            log.warning("hangup(%s) failed: %s", reason, exc)
 
     async def _release(self, request_id: str, outcome: Outcome) -> None:
         hungup_at = self.deps.clock()
@@ -364,14 +273,21 @@ class StasisApp:
 
     def __init__(self, deps: StasisDeps) -> None:
         self.deps = deps
-        self.sessions: dict[str, CallSession] = {}
+        self.sessions: dict[str, CallSession | PresenceSession] = {}
         self.router = ari.EventRouter(on_stasis_start=self.on_stasis_start,
                                       on_connected=self.on_connected)
         self.connected = False
 
     async def on_stasis_start(self, start: ari.StasisStart,
                               queue: asyncio.Queue[ari.Event]) -> None:
-        session = CallSession(self.deps, start, queue)
+        deps = self.deps
+        line = deps.merchants.presence_line(start.channel.exten)
+        session: CallSession | PresenceSession
+        if line is not None and deps.presence is not None:
+            session = PresenceSession(deps.ari, deps.presence, line, deps.presence_timings,
+                                      start, queue)
+        else:
+            session = CallSession(deps, start, queue)
         self.sessions[session.channel_id] = session
         try:
             await session.run()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
+from edge_server import presence_flow as pf
 from edge_server.flow_messages import (
     CancelRequest,
     Decided,
@@ -137,6 +138,22 @@ class FakeDecider:
 
     async def decide(self, cmd: RequestDecision, at: datetime
                      ) -> Decided | DecisionUnavailable:
+        self.asked.append(cmd)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return self.result
+
+
+class FakePresence:
+    """The call-back site's answer to a presence call, after ``delay_s``."""
+
+    def __init__(self, result: pf.PresenceAnswered | pf.PresenceUnavailable | None = None,
+                 delay_s: float = 0.0) -> None:
+        self.result = result or pf.PresenceAnswered(pf.PresenceOutcome.ONLINE)
+        self.delay_s = delay_s
+        self.asked: list[pf.AskPresence] = []
+
+    async def ask(self, cmd: pf.AskPresence) -> pf.PresenceAnswered | pf.PresenceUnavailable:
         self.asked.append(cmd)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

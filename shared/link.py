@@ -240,29 +240,33 @@ class LinkClient:
     # --- sending -------------------------------------------------------------------------
 
     async def post(self, path: str, body: bytes, message_id: str, *,
-                   kind: str | None = None) -> Delivery:
+                   kind: str | None = None, timeout_s: float | None = None) -> Delivery:
         """Deliver one message by the policy for ``kind``.
 
         Returns the first acknowledgement (2xx/3xx); raises :class:`LinkRejected`
         on a 4xx, :class:`LinkBusy` when the peer answered 5xx or 429 (the other routes
         reach the same peer: not tried) and :class:`LinkUnavailable` when no route got
-        an answer.
+        an answer. ``timeout_s``: each route's time for an answer (and to connect), when
+        shorter than the client's (a caller on the line waits for this one).
         """
         await self.start()
         mode, routes = self._book.plan(kind)
+        limits = None if timeout_s is None else aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=min(timeout_s, self.connect_timeout_s))
         if mode is LinkMode.BOTH and len(routes) > 1:
-            return await self._post_concurrently(routes, path, body, message_id)
+            return await self._post_concurrently(routes, path, body, message_id, limits)
         errors: list[str] = []
         for route in routes:
             try:
-                return await self._post_one(route, path, body, message_id)
+                return await self._post_one(route, path, body, message_id, limits)
             except _RouteFailed as exc:
                 errors.append(str(exc))
         raise LinkUnavailable("; ".join(errors))
 
     async def _post_concurrently(self, routes: Sequence[LinkRoute], path: str, body: bytes,
-                                 message_id: str) -> Delivery:
-        tasks = [asyncio.create_task(self._post_one(r, path, body, message_id),
+                                 message_id: str, limits: aiohttp.ClientTimeout | None
+                                 ) -> Delivery:
+        tasks = [asyncio.create_task(self._post_one(r, path, body, message_id, limits),
                                      name=f"link post {r.name}") for r in routes]
         errors: list[str] = []
         rejected: LinkRejected | None = None
@@ -296,8 +300,8 @@ class LinkClient:
         if not task.cancelled():
             task.exception()  # retrieved: the route's health was already recorded
 
-    async def _post_one(self, route: LinkRoute, path: str, body: bytes,
-                        message_id: str) -> Delivery:
+    async def _post_one(self, route: LinkRoute, path: str, body: bytes, message_id: str,
+                        limits: aiohttp.ClientTimeout | None = None) -> Delivery:
         assert self._session is not None
         headers = self.signer.headers("POST", path, body, message_id=message_id)
         headers["content-type"] = "application/json"
@@ -305,7 +309,8 @@ class LinkClient:
         self._book.attempt(route.name)
         try:
             async with self._session.post(route.url + path, data=body, headers=headers,
-                                          server_hostname=self._tls_name(route)) as resp:
+                                          server_hostname=self._tls_name(route),
+                                          timeout=limits or self._session.timeout) as resp:
                 text = await resp.text()
                 status = resp.status
                 retry_after = retry_after_s(resp.headers.get("Retry-After"))
