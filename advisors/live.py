@@ -88,16 +88,21 @@ class Presences:
 
     # --- one advisor ----------------------------------------------------------------------
 
-    async def apply(self, merchant_id: str, advisor_id: int, event: pm.Event
+    async def apply(self, merchant_id: str, advisor_id: int, event: pm.Event,
+                    conn: asyncpg.Connection | None = None
                     ) -> tuple[pm.Presence, list[pm.Command]]:
-        """Apply ``event`` to the advisor (404 if not the merchant's)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            rules = await _rules(conn, merchant_id, lock=False)
-            row = await conn.fetchrow(_PRESENCE_ROW + " AND p.advisor_id = $2 FOR UPDATE OF p",
-                                      merchant_id, advisor_id)
-            if row is None:
-                raise NotFound("advisor", advisor_id)
-            return await _apply(conn, merchant_id, advisor_id, presence_of(row), event, rules)
+        """Apply ``event`` to the advisor (404 if not the merchant's), in a transaction of
+        its own or in the caller's on ``conn`` (the change commits with the caller's facts).
+        """
+        if conn is None:
+            async with self.pool.acquire() as own, own.transaction():
+                return await self.apply(merchant_id, advisor_id, event, own)
+        rules = await _rules(conn, merchant_id, lock=False)
+        row = await conn.fetchrow(_PRESENCE_ROW + " AND p.advisor_id = $2 FOR UPDATE OF p",
+                                  merchant_id, advisor_id)
+        if row is None:
+            raise NotFound("advisor", advisor_id)
+        return await _apply(conn, merchant_id, advisor_id, presence_of(row), event, rules)
 
     async def expire_wrap_ups(self) -> int:
         """Bring back to standby the advisors whose after-call work timer elapsed."""

@@ -129,6 +129,22 @@ class AdvisorStore:
         row = await self.pool.fetchrow(_ADVISOR_SELECT + " AND a.code = $2", merchant_id, code)
         return None if row is None else _advisor(row)[0]
 
+    async def advisors_by_contact(self, merchant_id: str, contacts: Sequence[Contact],
+                                  conn: asyncpg.Connection | None = None, *,
+                                  lock: bool = False) -> list[tuple[Advisor, Presence]]:
+        """The merchant's advisors reached at any of ``contacts`` (a phone calling in is
+        looked up by its number, or by its SIP user), lowest id first; ``lock``: their
+        presence rows ``FOR UPDATE`` (pass ``conn`` in a transaction)."""
+        columns = [_contact_columns(c) for c in contacts]
+        if not columns:
+            return []
+        rows = await (conn or self.pool).fetch(
+            _ADVISOR_SELECT + " AND (a.contact_kind, a.contact) IN "
+            "(SELECT * FROM unnest($2::text[], $3::text[])) ORDER BY a.id"
+            + (" FOR UPDATE OF p" if lock else ""),
+            merchant_id, [k for k, _ in columns], [c for _, c in columns])
+        return [_advisor(r) for r in rows]
+
     async def create_advisor(self, merchant_id: str, new: AdvisorInput
                              ) -> tuple[Advisor, Presence]:
         assert new.contact is not None  # parse_advisor(create=True) requires these

@@ -40,6 +40,7 @@ import callback_server
 import ivr_platform
 import shared
 from advisors.http import install as install_advisors
+from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from billing.http import install as install_billing
 from callback_server.config import CallbackSettings
@@ -156,6 +157,7 @@ def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
     pin_peer(app, settings.peer.identity if settings.tls else None)
     app[ROLE_KEY] = role
     install_guard(app)
+    install_phone_presence(app, lambda a: a[POOL_KEY])
     install_metrics(app, lambda a: a.get(POOL_KEY))
     callback_metrics()  # its series exist before the first call-back
     app[READINGS_KEY].append(CALLBACK_QUEUE)

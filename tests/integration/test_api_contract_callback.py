@@ -18,6 +18,7 @@ import billing
 import ivr_platform
 from advisors import record_store
 from advisors.http import install as install_advisors
+from advisors.phone import install as install_phone_presence
 from advisors.record_store import ConsultationRecords
 from billing.card_http import install as install_cards
 from billing.http import install as install_billing
@@ -67,7 +68,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
              ) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
-    letters, the advisors' admin API, the billing API with its card routes (against a
+    letters, the advisors' admin API, presence by phone, the billing API with its card routes (against a
     real localstripe) and the media API."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
@@ -82,6 +83,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     install_metrics(app, lambda _: pool)
     outbox_operator.add_routes(app)
     install_advisors(app, lambda _: (db_url, pool))
+    install_phone_presence(app, lambda _: pool)
     install_billing(app, lambda _: pool)
     install_media(app, media, lambda _: pool)
     install_cards(app, lambda _: pool, settings_for(stripe_port))
