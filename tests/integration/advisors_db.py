@@ -17,7 +17,7 @@ from shared.db import create_pool, migrate_url, package_migrations
 
 TABLES = ("advisor_settings, advisors, advisor_groups, advisor_group_members, "
           "advisor_presence, advisor_events, customers, customer_numbers, consultations, "
-          "consultation_leg_costs, outbox")
+          "consultation_leg_costs, outbox, inbound_messages")
 
 
 def fixtures() -> tuple[Any, Any]:

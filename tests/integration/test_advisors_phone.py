@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-import advisors
 from advisors import presence as pm
 from advisors.live import CHANNEL, Presences
 from advisors.model import PstnContact, SipContact, Via
@@ -34,36 +33,18 @@ from edge_server.presence_flow import (
 )
 from edge_server.presence_stasis import LinkPresence
 from shared.config import LinkRoute
-from shared.db import create_pool, migrate_url, package_migrations
 from shared.http import error_middleware
 from shared.link import VERIFIER_KEY, LinkClient, signature_middleware
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
+from tests.integration import advisors_db
 
 pytestmark = pytest.mark.integration
 
 EDGE_KEY = SigningKey.generate("edge-sign-1")
 SAKURA = "+819011112222"
-TABLES = ("advisor_settings, advisors, advisor_groups, advisor_group_members, "
-          "advisor_presence, advisor_events, inbound_messages")
-
-
-@pytest.fixture(scope="module")
-async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    import shared
-
-    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
-                               package_migrations("advisors", advisors.__file__)])
-    p = await create_pool(pg_url, max_size=10)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-    await pool.execute(f"TRUNCATE {TABLES}")
-    return pool
+pool, clean = advisors_db.fixtures()
 
 
 def free_port() -> int:
