@@ -84,8 +84,15 @@ class MerchantOptions:
     api_token: str = CALL_CENTER_TOKEN
     #: the merchant's ``[merchants.hours]`` tables, as TOML (empty: always open)
     hours: str = ""
+    #: the numbers advisors call to go online / offline (none unless given; written before
+    #: ``hours``, whose tables would take them)
+    presence_online_number: str | None = None
+    presence_offline_number: str | None = None
 
     def toml(self) -> str:
+        presence = "".join(f'{key} = "{number}"\n' for key, number in (
+            ("presence_online_number", self.presence_online_number),
+            ("presence_offline_number", self.presence_offline_number)) if number)
         return f"""
 [[merchants]]
 id = "{self.id}"
@@ -101,7 +108,7 @@ ring_timeout_s = {self.ring_timeout_s}
 ivr_flow = "order"
 operator = "operator"
 api_token_sha256 = "{hashlib.sha256(self.api_token.encode()).hexdigest()}"
-{self.hours}"""
+{presence}{self.hours}"""
 
 
 @dataclass
