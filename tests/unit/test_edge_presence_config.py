@@ -17,12 +17,12 @@ from shared.phone import E164
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = (REPO / "deploy/edge.example.toml").read_text()
-ONLINE = '# presence_online_number = "0120123457"'
-OFFLINE = '# presence_offline_number = "0120123458"'
+ONLINE = '# presence_online_number = "0120555001"'
+OFFLINE = '# presence_offline_number = "0120555002"'
 
 
-def config(tmp_path: Path, online: str | None = '"0120123457"',
-           offline: str | None = '"0120123458"', extra: str = "") -> tuple[Path, str]:
+def config(tmp_path: Path, online: str | None = '"0120555001"',
+           offline: str | None = '"0120555002"', extra: str = "") -> tuple[Path, str]:
     text = EXAMPLE.replace(ONLINE, "" if online is None else f"presence_online_number = {online}")
     text = text.replace(OFFLINE, "" if offline is None else
                         f"presence_offline_number = {offline}" + extra)
@@ -43,8 +43,8 @@ def test_presence_numbers_become_the_edge_s_presence_lines(tmp_path: Path) -> No
     path, _ = config(tmp_path)
     settings = EdgeSettings.load(path, {})
     assert settings.presence_lines() == {
-        E164.parse("+81120123457"): PresenceLine("acme", Wanted.ONLINE, Language.JAPANESE),
-        E164.parse("+81120123458"): PresenceLine("acme", Wanted.OFFLINE, Language.JAPANESE)}
+        E164.parse("+81120555001"): PresenceLine("acme", Wanted.ONLINE, Language.JAPANESE),
+        E164.parse("+81120555002"): PresenceLine("acme", Wanted.OFFLINE, Language.JAPANESE)}
     assert not set(settings.presence_lines()) & set(settings.merchant_settings())
     assert settings.edge.presence.ask_s == 4.0
     assert settings.edge.presence.announce_guard_s == settings.edge.timings.early_media_guard_s
@@ -69,9 +69,9 @@ def test_a_presence_number_that_is_a_toll_free_number_is_refused(tmp_path: Path)
 
 
 def test_one_number_for_both_is_refused(tmp_path: Path) -> None:
-    path, _ = config(tmp_path, offline='"0120123457"')
+    path, _ = config(tmp_path, offline='"0120555001"')
     with pytest.raises(ConfigError, match="merchants\\[0\\].presence_offline_number: "
-                       "\\+81120123457 is already merchant 'acme''s presence_online_number"):
+                       "\\+81120555001 is already merchant 'acme''s presence_online_number"):
         EdgeSettings.load(path, {})
 
 
@@ -83,9 +83,9 @@ def test_another_merchant_s_number_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="merchants\\[1\\].presence_offline_number: "
                        "\\+81120123456 is already a number of merchant 'acme'"):
         EdgeSettings.load(path, {})
-    path.write_text(text + bento.format("0120123457"))
+    path.write_text(text + bento.format("0120555001"))
     with pytest.raises(ConfigError, match="merchants\\[1\\].presence_offline_number: "
-                       "\\+81120123457 is already merchant 'acme''s presence_online_number"):
+                       "\\+81120555001 is already merchant 'acme''s presence_online_number"):
         EdgeSettings.load(path, {})
     path.write_text(text + bento.format("0120987655"))
     assert len(EdgeSettings.load(path, {}).presence_lines()) == 3
@@ -95,7 +95,7 @@ def test_a_bad_number_or_a_typo_names_the_key(tmp_path: Path) -> None:
     path, _ = config(tmp_path, online='"12"')
     with pytest.raises(ConfigError, match="merchants\\[0\\].presence_online_number: "):
         EdgeSettings.load(path, {})
-    path, text = config(tmp_path, online=None, extra='\npresence_online_numbr = "0120123457"')
+    path, text = config(tmp_path, online=None, extra='\npresence_online_numbr = "0120555001"')
     with pytest.raises(ConfigError) as err:
         EdgeSettings.load(path, {})
     assert str(err.value) == (
