@@ -68,8 +68,8 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
              ) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
-    letters, the advisors' admin API, presence by phone, the billing API with its card routes (against a
-    real localstripe) and the media API."""
+    letters, the advisors' admin API, presence by phone, the billing API with its card
+    routes (against a real localstripe) and the media API."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
