@@ -30,15 +30,27 @@ class Routing:
         self.service = service
         self.static = static
 
-    async def routes(self, number: E164, at: datetime) -> tuple[Route, ...]:
+    async def routes(self, number: E164, at: datetime, max_rate: Money | None = None,
+                     ) -> tuple[Route, ...]:
+        """The carriers to try, cheapest first; none above ``max_rate`` per minute (the
+        merchant's maximum): if every carrier pricing the number is, none (and never the
+        static routes, whose price is not known)."""
         if self.service is not None:
-            quotes = self.service.rank(number, at)
+            quotes, dropped = self.service.quote(number, at, max_rate=max_rate)
+            capped = [d for d in dropped if d.reason == "above-max-rate"]
+            for d in capped:
+                log.info("route %s left out for %s: above the merchant's maximum (%s)",
+                         d.carrier_id, number, d.detail)
             if quotes:
                 for q in quotes:
                     log.info("route %s for %s: expected %s (%s)", q.carrier_id, number,
                              q.expected_cost.round_up(4), q.explain)
                 return tuple(Route(q.carrier_id, q.endpoint_template.format(
                     digits=number.digits, e164=str(number))) for q in quotes)
+            if capped:
+                log.warning("no carrier within the merchant's maximum of %s/min for %s",
+                            max_rate, number)
+                return ()
             log.warning("routing_rates has no route for %s; using the static routes", number)
         return tuple(s.route(number.digits) for s in self.static)
 

@@ -42,6 +42,7 @@ from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from shared import ari, logs
 from shared.config import Merchant, OutsideHours
 from shared.db import listening
+from shared.money import Money
 from shared.phone import E164
 from shared.refusals import Refusal
 
@@ -53,7 +54,8 @@ log = logging.getLogger("callback.worker")
 
 
 class RouteSource(Protocol):
-    async def routes(self, number: E164, at: datetime) -> tuple[Route, ...]: ...
+    async def routes(self, number: E164, at: datetime, max_rate: Money | None = None,
+                     ) -> tuple[Route, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +240,8 @@ class Worker:
                                         Finish("failed", verdict.reason, claimed.attempts))
                 return
         try:
-            routes = await self.route_source.routes(job.destination, datetime.now(UTC))
+            routes = await self.route_source.routes(job.destination, datetime.now(UTC),
+                                                    merchant.max_cost_per_minute)
         except Exception:
             log.exception("route choice failed")
             await self.store.release(claimed.callback_id, 30.0, "routing_error")

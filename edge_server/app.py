@@ -105,7 +105,9 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
     decider: Decider = FixedDecider()
     if service is not None:
         decider = RatesDecider(service, {m.id: m.inbound_tariff for m in settings.merchants},
-                               announce_s=settings.rates.announce_s)
+                               announce_s=settings.rates.announce_s,
+                               max_rates={m.id: m.max_cost_per_minute
+                                          for m in settings.merchants})
         app[LEARN_CALL_LENGTHS_KEY] = True
         log.info("routing_rates loaded: the call-back decision is priced")
     else:

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from ivr_platform.hours import MerchantHours
 from ivr_platform.hours_config import parse_merchant_hours
 from shared.language import Language
+from shared.money import Money, UnknownCurrency, check_currency
 from shared.phone import E164, InvalidNumber, normalise
 
 E = TypeVar("E", bound=enum.Enum)
@@ -572,6 +573,21 @@ class CallLengthSettings:
         return cls(file, classes)
 
 
+def _max_cost(s: Section) -> Money | None:
+    """``max_cost_per_minute`` (> 0) in ``max_cost_currency`` (default JPY), or None."""
+    currency = s.str("max_cost_currency", "JPY")
+    try:
+        currency = check_currency(currency)
+    except UnknownCurrency as exc:
+        raise s.error("max_cost_currency", str(exc)) from None
+    if not s.has("max_cost_per_minute"):
+        return None
+    amount = s.decimal("max_cost_per_minute")
+    if not amount.is_finite() or amount <= 0:
+        raise s.error("max_cost_per_minute", f"expected an amount above 0, got {amount}")
+    return Money(amount, currency)
+
+
 @dataclass(frozen=True, slots=True)
 class Merchant:
     """A tenant: a merchant with its own numbers, flows, tariffs and limits."""
@@ -600,6 +616,9 @@ class Merchant:
     #: goes online (standby) or offline (``edge_server.presence_flow``); None: no such line
     presence_online_number: E164 | None = None
     presence_offline_number: E164 | None = None
+    #: ``max_cost_per_minute`` (in ``max_cost_currency``, default JPY): no carrier dearer per
+    #: minute calls this merchant's customers back; None: no limit
+    max_cost_per_minute: Money | None = None
 
     @classmethod
     def parse(cls, s: Section) -> Merchant:
@@ -638,6 +657,7 @@ class Merchant:
             outside_hours=hours.enum("outside_hours", OutsideHours, OutsideHours.WAIT),
             presence_online_number=_opt_number(s, "presence_online_number"),
             presence_offline_number=_opt_number(s, "presence_offline_number"),
+            max_cost_per_minute=_max_cost(s),
         )
 
     def presence_numbers(self) -> tuple[tuple[str, E164], ...]:

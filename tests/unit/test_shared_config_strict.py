@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from callback_server.config import CallbackSettings
 from edge_server.config import EdgeSettings
 from shared.config import ConfigError
+from shared.money import Money
 
 REPO = Path(__file__).resolve().parents[2]
 EDGE_EXAMPLE = (REPO / "deploy/edge.example.toml").read_text()
@@ -235,3 +237,33 @@ def test_merchant_caps_are_configured_per_merchant_over_a_default(tmp_path: Path
     bad = text.replace('merchant = "acme"', 'merchant = "Acme Inc"')
     with pytest.raises(ConfigError, match=r"guard.caps.merchants\[0\].merchant"):
         _callback(tmp_path, bad)
+
+
+def test_a_merchants_max_cost_per_minute_is_money(tmp_path: Path) -> None:
+    text = EDGE_EXAMPLE.replace('announce_mode = "early_media"',
+                                'announce_mode = "early_media"\nmax_cost_per_minute = 20.5')
+    (merchant, *_) = _edge(tmp_path, text).merchants
+    assert merchant.max_cost_per_minute is not None
+    assert (merchant.max_cost_per_minute.amount, merchant.max_cost_per_minute.currency) == (
+        Decimal("20.5"), "JPY")
+    text = CALLBACK_EXAMPLE.replace(
+        'announce_mode = "early_media"',
+        'announce_mode = "early_media"\nmax_cost_per_minute = "0.14"\nmax_cost_currency = "USD"')
+    (merchant, *_) = _callback(tmp_path, text).merchants
+    assert str(merchant.max_cost_per_minute) == str(Money.of("0.14", "USD"))
+    assert _edge(tmp_path, EDGE_EXAMPLE).merchants[0].max_cost_per_minute is None
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("max_cost_per_minute = 0", "merchants[0].max_cost_per_minute: expected an amount above 0"),
+    ('max_cost_per_minute = "nan"', "merchants[0].max_cost_per_minute: expected an amount"),
+    ('max_cost_per_minute = "lots"', "merchants[0].max_cost_per_minute: not a number"),
+    ('max_cost_per_minute = 20\nmax_cost_currency = "YEN"',
+     "merchants[0].max_cost_currency: unknown currency 'YEN'"),
+])
+def test_a_bad_max_cost_names_file_line_and_key(tmp_path: Path, line: str,
+                                                message: str) -> None:
+    text = EDGE_EXAMPLE.replace('announce_mode = "early_media"',
+                                'announce_mode = "early_media"\n' + line)
+    with pytest.raises(ConfigError, match=rf"edge.toml:\d+: {re.escape(message)}"):
+        _edge(tmp_path, text)
