@@ -1,7 +1,9 @@
 """Presence events to in-process subscribers: one ``LISTEN advisor_events`` connection
 per process, fanned out to each subscriber of the event's merchant.
 
-A subscriber's queue is bounded; one that falls :data:`BACKLOG` events behind is closed
+Each event is decoded and encoded once for all subscribers (:class:`Published`: the row
+and its JSON text). A subscriber's queue is bounded; one that falls :data:`BACKLOG` events
+behind is closed
 (it gets ``None``) rather than let memory grow, and reconnects with the id of the last
 event it saw (the SSE ``Last-Event-ID``): :func:`since` replays the rows after it. The
 same happens to every subscriber when the LISTEN connection is lost.
@@ -14,6 +16,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -24,7 +27,27 @@ log = logging.getLogger("advisors.events")
 
 BACKLOG = 1000
 REPLAY_LIMIT = 1000
-Subscriber = asyncio.Queue[dict[str, Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One ``advisor_events`` row as every subscriber gets it: the row (``event_json``)
+    and its JSON text (not ASCII-escaped)."""
+
+    event: dict[str, Any]
+    text: str
+
+    @classmethod
+    def of(cls, event: dict[str, Any]) -> Published:
+        return cls(event, json.dumps(event, ensure_ascii=False))
+
+    @property
+    def id(self) -> int:
+        event_id: int = self.event["id"]
+        return event_id
+
+
+Subscriber = asyncio.Queue[Published | None]
 
 
 class EventHub:
@@ -57,15 +80,16 @@ class EventHub:
             await asyncio.sleep(self.reconnect_s)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self.dispatch(json.loads(payload))
+        self.dispatch(Published.of(json.loads(payload)))
 
-    def dispatch(self, event: dict[str, Any]) -> None:
-        for queue in list(self._subscribers.get(event["merchant_id"], ())):
+    def dispatch(self, published: Published) -> None:
+        merchant_id = published.event["merchant_id"]
+        for queue in list(self._subscribers.get(merchant_id, ())):
             if queue.qsize() >= BACKLOG - 1:
-                self._drop(event["merchant_id"], queue)
+                self._drop(merchant_id, queue)
                 queue.put_nowait(None)
             else:
-                queue.put_nowait(event)
+                queue.put_nowait(published)
 
     @contextmanager
     def subscribe(self, merchant_id: str) -> Iterator[Subscriber]:

@@ -25,7 +25,6 @@ store, the event hub and the after-call timers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -37,7 +36,7 @@ from aiohttp import web
 from advisors import record_schemas
 from advisors import schemas as s
 from advisors.errors import NotFound
-from advisors.events import EventHub, since
+from advisors.events import EventHub, Published, since
 from advisors.live import Presences
 from advisors.metrics import ADVISORS_BY_STATE
 from advisors.model import Via
@@ -136,15 +135,15 @@ async def put_presence(request: web.Request) -> web.Response:
     return json_response(s.presence_json(presence))
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, ensure_ascii=False)
-    return f"id: {event['id']}\nevent: presence\ndata: {data}\n\n".encode()
+def _sse(published: Published) -> bytes:
+    return f"id: {published.id}\nevent: presence\ndata: {published.text}\n\n".encode()
 
 
 async def advisor_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: each change of an advisor's state as it is committed (the
     ``advisor_events`` row: advisor_id, at, event, via, before, after, desk, load,
-    reason). With ``Last-Event-ID``, the merchant's events after it come first."""
+    reason). With ``Last-Event-ID``, the merchant's events after it come first. The events
+    queued for the stream by the time it is written to go out in one write."""
     svc, merchant = _services(request)
     last_header = request.headers.get("Last-Event-ID")
     if last_header is not None and not (last_header.isascii() and last_header.isdigit()
@@ -160,19 +159,26 @@ async def advisor_events(request: web.Request) -> web.StreamResponse:
         try:
             await response.write(b": advisor presence events\n\n")
             for event in missed:
-                await response.write(_sse(event))
+                await response.write(_sse(Published.of(event)))
                 seen = event["id"]
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                    async with asyncio.timeout(HEARTBEAT_S):
+                        batch = [await queue.get()]
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                if item is None:
+                while batch[-1] is not None and not queue.empty():
+                    batch.append(queue.get_nowait())
+                frames = []
+                for item in batch:
+                    if item is not None and item.id > seen:
+                        frames.append(_sse(item))
+                        seen = item.id
+                if frames:
+                    await response.write(b"".join(frames))
+                if batch[-1] is None:
                     break
-                if item["id"] > seen:
-                    await response.write(_sse(item))
-                    seen = item["id"]
         except ConnectionResetError:
             pass  # the subscriber went away
     return response

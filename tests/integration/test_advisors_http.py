@@ -16,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from advisors.assignment import Assignment
 from advisors.http import SERVICES_KEY, install
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from tests.integration import advisors_db
@@ -179,6 +180,37 @@ async def test_a_presence_change_reaches_an_sse_subscriber_within_a_second(
         assert replayed["id"] == second["id"]
     bad = await client.get("/v1/advisors/events", headers={**AUTH, "Last-Event-ID": "x"})
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "Last-Event-ID"
+
+
+async def read_http_chunk(resp: ClientResponse) -> bytes:
+    data, end = await resp.content.readchunk()
+    while not end:
+        more, end = await resp.content.readchunk()
+        data += more
+    return data
+
+
+async def test_events_committed_together_reach_a_stream_in_one_write(
+        client: TestClient[Any, Any]) -> None:
+    """A missed ring and the offer to the next advisor are one transaction: the stream
+    gets both events in one chunk, in order."""
+    ids = [(await ok(await client.post("/v1/advisors", json={**ADVISOR, "code": code},
+                                       headers=AUTH), 201))["id"] for code in ("0001", "0002")]
+    for aid in ids:
+        await ok(await client.put(f"/v1/advisors/{aid}/presence", json={
+            "presence": "online"}, headers=AUTH))
+    live = client.app[SERVICES_KEY].live
+    offered, _ = await live.assign("acme", Assignment("c1", frozenset(ids)))
+    async with client.get("/v1/advisors/events", headers=AUTH) as stream:
+        assert (await read_http_chunk(stream)).startswith(b":")
+        await live.ring_missed("acme", offered)
+        chunk = (await asyncio.wait_for(read_http_chunk(stream), 5)).decode()
+    frames = [dict(line.split(": ", 1) for line in frame.splitlines())
+              for frame in chunk.split("\n\n") if frame]
+    events = [json.loads(f["data"]) for f in frames]
+    assert [(e["event"], e["advisor_id"]) for e in events] == [
+        ("ring_missed", offered.offered_to), ("offered", *(set(ids) - {offered.offered_to}))]
+    assert [int(f["id"]) for f in frames] == [e["id"] for e in events]
 
 
 async def test_the_database_away_is_a_503_to_retry(pg_url: str) -> None:

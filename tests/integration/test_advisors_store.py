@@ -5,6 +5,7 @@ concurrent assignments that never exceed an advisor's maximum or the merchant's 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -106,8 +107,11 @@ async def test_presence_changes_are_event_rows_published_to_subscribers(
         await asyncio.wait_for(hub.listening.wait(), 10)
         with hub.subscribe("acme") as events, hub.subscribe("other") as elsewhere:
             await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
-            got = await asyncio.wait_for(events.get(), 5)
+            published = await asyncio.wait_for(events.get(), 5)
             assert elsewhere.empty()
+    assert published is not None
+    got = published.event
+    assert json.loads(published.text) == got
     assert (got["advisor_id"], got["event"], got["via"], got["before"], got["after"]) == (
         advisor_id, "online", "api", "offline", "standby")
     rows = await since(clean, "acme", 0)
@@ -136,7 +140,8 @@ async def test_a_lost_listen_connection_closes_subscribers_and_listens_again(
         await asyncio.wait_for(hub.listening.wait(), 10)
         with hub.subscribe("acme") as after:
             await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
-            assert (await asyncio.wait_for(after.get(), 5))["event"] == "online"
+            published = await asyncio.wait_for(after.get(), 5)
+            assert published is not None and published.event["event"] == "online"
 
 
 async def test_after_call_timer_and_automatic_break(clean: asyncpg.Pool) -> None:
