@@ -14,9 +14,14 @@ Three processes and PostgreSQL on the same cores:
   returns.
 
 A delivery's latency is its receipt minus its commit (``CLOCK_MONOTONIC``, one clock for
-every process). The baseline, in the same run and on the same server: 1 subscriber, then
-the 1,000. Every subscriber must get every change (a missing one is counted and fails
-the run). Target: p99 <= 1 s with 1,000 subscribers.
+every process); PostgreSQL sends the NOTIFY and the commit's reply at once, so a receipt
+may come a fraction of a millisecond before the driver sees its commit (a negative
+latency). The subscribers' process competes with the site for the same cores (in use,
+subscribers are elsewhere), and each process prints its CPU time and the time it was
+runnable but waiting for a CPU (``/proc/PID/schedstat``). The baseline, in the same run
+and on the same server: 1 subscriber, then the 1,000. Every subscriber must get every
+change (a missing one is counted and fails the run). Target: p99 <= 1 s with 1,000
+subscribers.
 
 Each process needs a file descriptor per connection: when the soft limit is below what
 the run needs, the benchmark raises it (to at most the hard limit) and says so.
