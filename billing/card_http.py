@@ -11,6 +11,7 @@ Merchant bearer token:
 * ``GET /v1/billing/card-topups/{id}``: its state
 * ``GET /v1/billing/accounts/{account}/postpaid``: card on file, unpaid charges, dunning
 * ``POST /v1/billing/postpaid-charges/{id}/retry``: try a charge in dunning again now
+* ``POST /v1/billing/postpaid-charges/{id}/close``: paid another way, or written off
 * ``GET /v1/billing/notices``: the dunning notices, oldest first
 
 Public: ``GET /v1/billing/card-setup/{token}`` (what the card page behind the link
@@ -38,7 +39,7 @@ from billing.card_topups import CardTopUps, Result, TopUp
 from billing.cards import Cards, Registration
 from billing.http import ACCOUNT_PARAM, TAG, UNAVAILABLE, account_param, id_param
 from billing.ledger import MAX_AMOUNT_YEN, LedgerError, find_account
-from billing.postpaid import Charge, Postpaid
+from billing.postpaid import CLOSURES, Charge, Postpaid
 from billing.settings import BillingSettings
 from billing.standing import card_on_file, standing
 from billing.stripe_payments import Pending
@@ -265,6 +266,22 @@ async def post_retry(request: web.Request) -> web.Response:
     return json_response(charge.to_json())
 
 
+async def post_close(request: web.Request) -> web.Response:
+    """Close a charge in dunning: paid another way (``paid-elsewhere``) or
+    ``written-off``, saying who and why; it no longer counts as unpaid nor is retried."""
+    services, merchant = _merchant(request)
+    charge_id = id_param(request, "charge_id")
+    data = await read_json_object(request)
+    _only(data, ("how", "by", "reason"))
+    how = data.get("how")
+    if how not in CLOSURES:
+        raise InvalidField("how", f"expected one of {', '.join(CLOSURES)}")
+    charge = await services.postpaid.close(merchant, charge_id, how,
+                                           by=require_str(data, "by", max_len=128),
+                                           reason=require_str(data, "reason", max_len=500))
+    return json_response(charge.to_json())
+
+
 async def get_notices(request: web.Request) -> web.Response:
     """Dunning notices (a charge failed; a charge in dunning was paid), oldest first."""
     services, merchant = _merchant(request)
@@ -349,14 +366,19 @@ CHARGE: Schema = {
     "properties": {"id": _ID, "account": _TEXT, "consultation_id": _TEXT, "talk_s": _YEN,
                    "billed_s": _YEN, "total_yen": _YEN, "tax_yen": _YEN,
                    "requested_at": TIMESTAMP, "attempts": _YEN,
-                   "state": {"enum": ["pending", "paid", "failed"]},
-                   "payment_intent": nullable(_TEXT), "failure": nullable(_TEXT)}}
+                   "state": {"enum": ["pending", "paid", "failed", "closed"]},
+                   "payment_intent": nullable(_TEXT), "failure": nullable(_TEXT),
+                   "closed": nullable({"enum": list(CLOSURES)})}}
 BY_BODY: Schema = {"type": "object", "additionalProperties": False, "required": ["by"],
                    "properties": {"by": string(128, description="who asks")}}
 TOPUP_BODY: Schema = {
     "type": "object", "additionalProperties": False, "required": ["amount_yen", "by"],
     "properties": {"amount_yen": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT_YEN},
                    "by": string(128, description="who asks")}}
+CLOSE_BODY: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["how", "by", "reason"],
+    "properties": {"how": {"enum": list(CLOSURES)}, "by": string(128, description="who"),
+                   "reason": string(500, description="why")}}
 WEBHOOK_REPLY: Schema = {"type": "object", "required": ["event", "applied", "replay"],
                          "properties": {"event": _TEXT, "applied": {"type": "boolean"},
                                         "replay": {"type": "boolean"}}}
@@ -409,6 +431,12 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               {200: Reply("the charge after the attempt", CHARGE)}, access=MERCHANT,
               params=(Param("charge_id", "path", _ID),), body_required=False,
               errors={404: ("not-found",), **_STRIPE_DOWN}),
+    Operation("POST", "/v1/billing/postpaid-charges/{charge_id}/close", post_close,
+              "Close a charge in dunning (paid another way, or written off)", TAG,
+              {200: Reply("the charge, closed", CHARGE)}, access=MERCHANT,
+              params=(Param("charge_id", "path", _ID),), body=CLOSE_BODY,
+              errors={400: ("invalid-field",), 404: ("not-found",),
+                      409: ("charge-not-in-dunning",), **UNAVAILABLE}),
     Operation("GET", "/v1/billing/notices", get_notices, "Dunning notices", TAG,
               {200: Reply("oldest first", {
                   "type": "object", "required": ["items", "next_after_id"],

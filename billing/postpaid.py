@@ -19,7 +19,9 @@ A failed attempt (declined, no card on file) puts the account into dunning: a
 ``charge-failed`` notice (``billing_notices``), and retries on the schedule
 ``retry_after_s`` (the n-th retry that long after the n-th failure), each a new attempt
 with the card on file at that time; :meth:`Postpaid.due` lists the retries due. A retry
-that succeeds writes ``charge-recovered``. :meth:`Postpaid.standing` is what admission
+that succeeds writes ``charge-recovered``. An operator may :meth:`Postpaid.close` a charge
+in dunning (paid another way, or written off; ``billing_postpaid_closures``, migration
+0007): it is then neither unpaid nor retried. :meth:`Postpaid.standing` is what admission
 reads: the account's unpaid charges and whether one has failed
 (:func:`billing.standing.standing`).
 """
@@ -38,12 +40,14 @@ import stripe
 from billing.ledger import LedgerError, account_id
 from billing.rating import Terms, rate
 from billing.settings import RETRY_AFTER_S
-from billing.standing import card_on_file
+from billing.standing import CHARGES, card_on_file
 from billing.stripe_payments import Pending, create_intent, find_intent, metadata_value, outcome_of
 
 METADATA_KEY = "cbgw_charge_key"
 NO_CARD = "no-card-on-file"
-State = Literal["pending", "paid", "failed"]
+State = Literal["pending", "paid", "failed", "closed"]
+Closure = Literal["paid-elsewhere", "written-off"]
+CLOSURES: tuple[Closure, ...] = ("paid-elsewhere", "written-off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +62,12 @@ class Charge:
     tax_yen: int
     requested_at: datetime
     attempts: int
-    #: pending: the newest attempt's outcome is not known; failed: in dunning
+    #: pending: the newest attempt's outcome is not known; failed: in dunning; closed:
+    #: by an operator (``closed`` says how)
     state: State
     payment_intent: str | None
     failure: str
+    closed: Closure | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "account": self.account,
@@ -69,25 +75,27 @@ class Charge:
                 "billed_s": self.billed_s, "total_yen": self.total_yen,
                 "tax_yen": self.tax_yen, "requested_at": self.requested_at.isoformat(),
                 "attempts": self.attempts, "state": self.state,
-                "payment_intent": self.payment_intent, "failure": self.failure or None}
-
-
-_CHARGE = """
-    SELECT c.*, a.account, l.attempt, o.outcome, o.payment_intent, o.failure
-    FROM billing_postpaid_charges c
-    JOIN billing_accounts a ON a.id = c.account_id
-    LEFT JOIN LATERAL (SELECT t.id, t.attempt FROM billing_postpaid_attempts t
-                       WHERE t.charge_id = c.id ORDER BY t.attempt DESC LIMIT 1) l ON true
-    LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = l.id"""
+                "payment_intent": self.payment_intent, "failure": self.failure or None,
+                "closed": self.closed}
 
 
 def _charge(row: asyncpg.Record) -> Charge:
-    state: State = ("pending" if row["outcome"] is None
-                    else "paid" if row["outcome"] == "succeeded" else "failed")
     return Charge(row["id"], row["merchant_id"], row["account"], row["consultation_id"],
                   row["talk_s"], row["billed_s"], row["total_yen"], row["tax_yen"],
-                  row["requested_at"], row["attempt"] or 0, state, row["payment_intent"],
-                  row["failure"] or "")
+                  row["requested_at"], row["attempt"] or 0, row["state"], row["payment_intent"],
+                  row["failure"] or "", row["closed"])
+
+
+async def _locked(conn: asyncpg.Connection, merchant_id: str, charge_id: int
+                  ) -> tuple[asyncpg.Record, Charge]:
+    """The merchant's charge under its row lock (404 ``not-found``)."""
+    await conn.execute("SELECT 1 FROM billing_postpaid_charges WHERE id = $1 "
+                       "AND merchant_id = $2 FOR UPDATE", charge_id, merchant_id)
+    row = await conn.fetchrow(CHARGES + " WHERE c.id = $1 AND c.merchant_id = $2",
+                              charge_id, merchant_id)
+    if row is None:
+        raise LedgerError(404, "not-found", f"no postpaid charge {charge_id}")
+    return row, _charge(row)
 
 
 def charge_key(charge_id: int, merchant_id: str, account: str, consultation_id: str,
@@ -134,7 +142,7 @@ class Postpaid:
             else:
                 attempt_id = await self._new_attempt(conn, acc, charge_id, merchant_id,
                                                      account, consultation_id, 1)
-            charge = _charge(await conn.fetchrow(_CHARGE + " WHERE c.id = $1", charge_id))
+            charge = _charge(await conn.fetchrow(CHARGES + " WHERE c.id = $1", charge_id))
         return charge, attempt_id
 
     async def charge(self, merchant_id: str, account: str, consultation_id: str,
@@ -182,7 +190,7 @@ class Postpaid:
                 raise LedgerError(404, "not-found", f"no postpaid attempt {attempt_id}")
             if row["outcome"] is None:
                 await self._finish(conn, row, intent)
-            return _charge(await conn.fetchrow(_CHARGE + " WHERE c.id = $1",
+            return _charge(await conn.fetchrow(CHARGES + " WHERE c.id = $1",
                                                row["charge_id"]))
 
     async def _finish(self, conn: asyncpg.Connection, row: asyncpg.Record, intent: Any
@@ -218,13 +226,7 @@ class Postpaid:
         (for :meth:`due`, or after the customer registered another card); a charge paid or
         pending is returned as it is."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT 1 FROM billing_postpaid_charges WHERE id = $1 "
-                               "AND merchant_id = $2 FOR UPDATE", charge_id, merchant_id)
-            row = await conn.fetchrow(_CHARGE + " WHERE c.id = $1 AND c.merchant_id = $2",
-                                      charge_id, merchant_id)
-            if row is None:
-                raise LedgerError(404, "not-found", f"no postpaid charge {charge_id}")
-            charge = _charge(row)
+            row, charge = await _locked(conn, merchant_id, charge_id)
             if charge.state != "failed":
                 return charge
             attempt_id = await self._new_attempt(conn, row["account_id"], charge_id,
@@ -232,11 +234,30 @@ class Postpaid:
                                                  charge.consultation_id, charge.attempts + 1)
         return await self.attempt(attempt_id)
 
+    async def close(self, merchant_id: str, charge_id: int, how: Closure, *, by: str,
+                    reason: str) -> Charge:
+        """An operator closes a charge in dunning: paid another way, or written off; it is
+        no longer unpaid nor retried. The same closure again returns the charge; a charge
+        not in dunning (paid, pending, closed otherwise) is 409
+        ``charge-not-in-dunning``."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            _, charge = await _locked(conn, merchant_id, charge_id)
+            if charge.state == "closed" and charge.closed == how:
+                return charge
+            if charge.state != "failed":
+                raise LedgerError(409, "charge-not-in-dunning",
+                                  f"charge {charge_id} is {charge.state}", state=charge.state)
+            await conn.execute(
+                """INSERT INTO billing_postpaid_closures (charge_id, how, by_whom, reason)
+                   VALUES ($1, $2, $3, $4)""", charge_id, how, by, reason)
+            return _charge(await conn.fetchrow(CHARGES + " WHERE c.id = $1", charge_id))
+
     async def due(self) -> list[tuple[str, int]]:
         """``(merchant, charge id)`` of the charges in dunning whose next retry is due: the
         n-th failure is retried ``retry_after_s[n-1]`` after it; past the schedule, none."""
         rows = await self.pool.fetch(
-            _CHARGE + """ WHERE o.outcome = 'failed' AND l.attempt <= cardinality($1::int[])
+            CHARGES + """ WHERE o.outcome = 'failed' AND x.charge_id IS NULL
+                 AND l.attempt <= cardinality($1::int[])
                  AND o.recorded_at + make_interval(secs => ($1::int[])[l.attempt]) <= now()
                ORDER BY c.id""", list(self.retry_after_s))
         return [(r["merchant_id"], r["id"]) for r in rows]
@@ -279,10 +300,8 @@ class Postpaid:
             return None
         return await self.attempt(attempt_id, intent=intent)
 
-    async def charges(self, merchant_id: str, account: str, *, unpaid_only: bool = False
-                      ) -> list[Charge]:
+    async def charges(self, merchant_id: str, account: str) -> list[Charge]:
         rows = await self.pool.fetch(
-            _CHARGE + " WHERE c.merchant_id = $1 AND a.account = $2"
-            + (" AND o.outcome IS DISTINCT FROM 'succeeded'" if unpaid_only else "")
-            + " ORDER BY c.id", merchant_id, account)
+            CHARGES + " WHERE c.merchant_id = $1 AND a.account = $2 ORDER BY c.id",
+            merchant_id, account)
         return [_charge(r) for r in rows]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from billing.ledger import find_account
+
 
 @dataclass(frozen=True, slots=True)
 class CardOnFile:
@@ -37,22 +39,32 @@ class Standing:
     in_dunning: bool
 
 
+#: every postpaid charge (``c``, its account ``a``) with its newest attempt (``l``), that
+#: attempt's outcome (``o``), its closure (``x``) and ``state``: closed by an operator,
+#: pending (the newest attempt's answer not known), paid, or failed (in dunning)
+CHARGES = """
+    SELECT c.*, a.account, l.attempt, o.outcome, o.payment_intent, o.failure,
+           x.how AS closed,
+           CASE WHEN x.charge_id IS NOT NULL THEN 'closed'
+                WHEN o.outcome IS NULL THEN 'pending'
+                WHEN o.outcome = 'succeeded' THEN 'paid' ELSE 'failed' END AS state
+    FROM billing_postpaid_charges c
+    JOIN billing_accounts a ON a.id = c.account_id
+    LEFT JOIN LATERAL (SELECT t.id, t.attempt FROM billing_postpaid_attempts t
+                       WHERE t.charge_id = c.id ORDER BY t.attempt DESC LIMIT 1) l ON true
+    LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = l.id
+    LEFT JOIN billing_postpaid_closures x ON x.charge_id = c.id"""
+
+
 async def standing(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, account: str
                    ) -> Standing:
-    """The account's card on file, unpaid charges and dunning."""
-    row = await conn.fetchrow(
-        """SELECT a.id,
-                  count(c.id) FILTER (WHERE o.outcome IS DISTINCT FROM 'succeeded') AS unpaid,
-                  count(c.id) FILTER (WHERE o.outcome = 'failed') AS failed
-           FROM billing_accounts a
-           LEFT JOIN billing_postpaid_charges c ON c.account_id = a.id
-           LEFT JOIN LATERAL (SELECT t.id FROM billing_postpaid_attempts t
-                              WHERE t.charge_id = c.id ORDER BY t.attempt DESC LIMIT 1) l
-                  ON true
-           LEFT JOIN billing_postpaid_outcomes o ON o.attempt_id = l.id
-           WHERE a.merchant_id = $1 AND a.account = $2 GROUP BY a.id""",
-        merchant_id, account)
-    if row is None:
+    """The account's card on file, unpaid charges (pending or failed) and dunning."""
+    acc = await find_account(conn, merchant_id, account)
+    if acc is None:
         return Standing(False, 0, False)
-    return Standing(await card_on_file(conn, row["id"]) is not None, row["unpaid"],
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE state IN ('pending', 'failed')) AS unpaid, "
+        "count(*) FILTER (WHERE state = 'failed') AS failed "
+        f"FROM ({CHARGES} WHERE c.account_id = $1) s", acc)
+    return Standing(await card_on_file(conn, acc) is not None, row["unpaid"],
                     row["failed"] > 0)

@@ -263,6 +263,32 @@ async def test_a_declined_charge_is_dunned_then_retried_with_a_new_card(
     assert await error_id(await client.post(
         f"/v1/billing/postpaid-charges/{charge.id}/retry", headers=BENTO_AUTH), 404) == (
         "not-found")
+    close = f"/v1/billing/postpaid-charges/{charge.id}/close"
+    assert await error_id(await client.post(close, json={
+        "how": "written-off", "by": "sato", "reason": "goodwill"}, headers=AUTH), 409) == (
+        "charge-not-in-dunning")                                      # it was paid
+    for bad, field in (({"how": "forgiven", "by": "sato", "reason": "x"}, "how"),
+                       ({"how": "written-off", "reason": "x"}, "by"),
+                       ({"how": "written-off", "by": "sato", "reason": "x", "y": 1}, "y")):
+        resp = await client.post(close, json=bad, headers=AUTH)
+        body = await resp.json()
+        assert (resp.status, body["error"]["id"], body["error"]["field"]) == (
+            400, "invalid-field", field)
+
+
+async def test_an_operator_closes_a_charge_in_dunning_over_http(
+        client: TestClient[Any, Any], localstripe: int) -> None:
+    await register(client, client_for(localstripe), "member-42", "4000000000000341")
+    charge = await services(client).postpaid.charge("acme", "member-42", "consult-9", 60,
+                                                    Terms(100), by="calls")
+    assert charge is not None and charge.state == "failed"
+    closed = await ok(await client.post(
+        f"/v1/billing/postpaid-charges/{charge.id}/close",
+        json={"how": "paid-elsewhere", "by": "sato", "reason": "bank transfer"}, headers=AUTH))
+    assert (closed["state"], closed["closed"]) == ("closed", "paid-elsewhere")
+    standing = await ok(await client.get("/v1/billing/accounts/member-42/postpaid",
+                                         headers=AUTH))
+    assert (standing["unpaid"], standing["in_dunning"]) == (0, False)
 
 
 async def test_a_declined_charge_reported_by_webhook_is_dunned(

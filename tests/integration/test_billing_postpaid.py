@@ -17,6 +17,7 @@ import pytest
 import stripe
 
 from billing.cards import CardError, Cards
+from billing.ledger import LedgerError
 from billing.postpaid import METADATA_KEY, NO_CARD, Postpaid, charge_key
 from billing.rating import Terms
 from billing.standing import Standing, card_on_file, standing
@@ -192,3 +193,31 @@ async def test_no_card_on_file_is_a_failed_charge_in_dunning(
     assert (failed.state, failed.failure, failed.payment_intent) == ("failed", NO_CARD, None)
     assert await standing(clean, "acme", "member-7") == Standing(False, 1, True)
     assert await postpaid.due() == []           # no retries scheduled
+
+
+async def test_an_operator_closes_a_charge_in_dunning(
+        clean: asyncpg.Pool, stripe_client: stripe.StripeClient) -> None:
+    postpaid = Postpaid(clean, stripe_client, retry_after_s=(0,))
+    failed = await postpaid.charge("acme", "member-7", "consult-1", 30, TERMS, by="calls")
+    assert failed is not None and failed.state == "failed"
+    assert await postpaid.due() == [("acme", failed.id)]
+    with pytest.raises(LedgerError) as other:
+        await postpaid.close("other-merchant", failed.id, "written-off", by="op", reason="x")
+    assert other.value.error_id == "not-found"
+    closed = await postpaid.close("acme", failed.id, "paid-elsewhere", by="sato",
+                                  reason="bank transfer MUFG-0001")
+    assert (closed.state, closed.closed) == ("closed", "paid-elsewhere")
+    assert await standing(clean, "acme", "member-7") == Standing(False, 0, False)
+    assert await postpaid.close("acme", failed.id, "paid-elsewhere", by="sato",
+                                reason="again") == closed
+    with pytest.raises(LedgerError) as refused:
+        await postpaid.close("acme", failed.id, "written-off", by="sato", reason="x")
+    assert (refused.value.status, refused.value.error_id) == (409, "charge-not-in-dunning")
+    assert await postpaid.retry("acme", failed.id) == closed         # not retried
+    assert await postpaid.due() == []                                # nor due
+    await registered(clean, stripe_client, "member-42")
+    paid = await postpaid.charge("acme", "member-42", "consult-2", 30, TERMS, by="calls")
+    assert paid is not None
+    with pytest.raises(LedgerError) as not_dunned:
+        await postpaid.close("acme", paid.id, "written-off", by="sato", reason="x")
+    assert not_dunned.value.error_id == "charge-not-in-dunning"
