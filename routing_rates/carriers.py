@@ -17,7 +17,7 @@ TOML (``routing_rates/data/carriers.toml`` is the demo set)::
     profile = "plivo"
     [[carriers.periods]]        # optional rate periods, carrier local time
     name = "peak"
-    days = ["mon", "tue", "wed", "thu", "fri"]
+    days = ["mon", "tue", "wed", "thu", "fri"]   # "hol": Japan's public holidays
     start = "08:00"
     end = "19:00"
 
@@ -77,13 +77,16 @@ class Carrier:
             "profile": self.profile,
             "periods": [{"name": p.name, "days": sorted(p.days),
                          "start": p.start.isoformat("minutes"),
-                         "end": p.end.isoformat("minutes")} for p in self.periods],
+                         "end": p.end.isoformat("minutes"),
+                         **({"holidays": True} if p.holidays else {})}
+                        for p in self.periods],
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Carrier:
         days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-        periods = tuple(Period.parse(p["name"], [days[d] for d in p["days"]],
+        periods = tuple(Period.parse(p["name"], [days[d] for d in p["days"]]
+                                     + (["hol"] if p.get("holidays") is True else []),
                                      p["start"], p["end"]) for p in data.get("periods", []))
         return cls(id=data["id"], name=data["name"], kind=data["kind"],
                    enabled=bool(data["enabled"]), currency=data["currency"],

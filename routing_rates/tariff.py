@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from ivr_platform.hours import JAPAN
 from shared.money import Money
 
 _ZERO = Decimal(0)
@@ -121,34 +123,59 @@ class Period:
 
     ``end < start`` means the window crosses midnight (22:00-07:00) and belongs
     to the weekday on which it starts; ``end == start`` means the whole day.
+    ``holidays``: the period also holds on Japan's public holidays (``"hol"`` among
+    the days in TOML), whatever their weekday, before any other period (:func:`period_at`).
     """
 
     name: str
     days: frozenset[int]     # 0 = Monday
     start: time
     end: time
+    holidays: bool = False
+
+    def _day(self, local: datetime) -> date | None:
+        """The day whose window holds ``local`` (the day before for the small hours of a
+        window crossing midnight), None if no window does."""
+        t = local.time().replace(tzinfo=None)
+        if self.start < self.end:
+            return local.date() if self.start <= t < self.end else None
+        if t >= self.start:
+            return local.date()
+        if t < self.end:
+            return local.date() - timedelta(days=1)
+        return None
 
     def contains(self, local: datetime) -> bool:
-        t = local.time().replace(tzinfo=None)
-        day = local.weekday()
-        if self.start < self.end:
-            return day in self.days and self.start <= t < self.end
-        if t >= self.start:
-            return day in self.days
-        if t < self.end:
-            return (day - 1) % 7 in self.days
-        return False
+        day = self._day(local)
+        return day is not None and (day.weekday() in self.days
+                                    or (self.holidays and is_holiday(day)))
+
+    def holiday_at(self, local: datetime) -> bool:
+        """Does the period hold at ``local`` because that day is a public holiday?"""
+        if not self.holidays:
+            return False
+        day = self._day(local)
+        return day is not None and is_holiday(day)
 
     @classmethod
     def parse(cls, name: str, days: list[str], start: str, end: str) -> Period:
+        keys = [d.strip().lower()[:3] for d in days]
         try:
-            day_set = frozenset(_DAYS.index(d.strip().lower()[:3]) for d in days)
+            day_set = frozenset(_DAYS.index(k) for k in keys if k != "hol")
         except ValueError as exc:
-            raise TariffError(f"period {name!r}: days must be mon..sun, got {days!r}") from exc
+            raise TariffError(f"period {name!r}: days must be mon..sun or hol (Japan's "
+                              f"public holidays), got {days!r}") from exc
         try:
-            return cls(name, day_set, time.fromisoformat(start), time.fromisoformat(end))
+            return cls(name, day_set, time.fromisoformat(start), time.fromisoformat(end),
+                       "hol" in keys)
         except ValueError as exc:
             raise TariffError(f"period {name!r}: times must be HH:MM: {exc}") from exc
+
+
+@lru_cache(maxsize=4096)
+def is_holiday(day: date) -> bool:
+    """A public holiday in Japan (``jpholiday``, as business hours use it)."""
+    return JAPAN.holiday_name(day) is not None
 
 
 def period_at(periods: tuple[Period, ...], at: datetime, tz: ZoneInfo) -> str:
@@ -158,6 +185,9 @@ def period_at(periods: tuple[Period, ...], at: datetime, tz: ZoneInfo) -> str:
     if at.tzinfo is None:
         raise TariffError("times must be timezone-aware")
     local = at.astimezone(tz)
+    for period in periods:        # a holiday's own period first
+        if period.holiday_at(local):
+            return period.name
     for period in periods:
         if period.contains(local):
             return period.name

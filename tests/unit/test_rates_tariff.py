@@ -6,9 +6,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from routing_rates.carriers import Carrier, from_json_checked
 from routing_rates.duration import DEFAULT_DURATION, DurationModel
+from routing_rates.index import Row
+from routing_rates.service import RatingService
 from routing_rates.tariff import Period, TariffError, Terms, billed_seconds, period_at
-from shared.money import Money
+from shared.money import FxTable, Money
+from shared.phone import E164
 
 D = Decimal
 
@@ -130,3 +134,40 @@ def test_whole_day_period() -> None:
     weekend = Period.parse("offpeak", ["sat", "sun"], "00:00", "00:00")
     at = datetime(2026, 11, 28, 14, 59, tzinfo=UTC)  # Sat 23:59 Tokyo
     assert period_at((weekend,), at, TOKYO) == "offpeak"
+
+
+def test_a_holiday_period_holds_on_new_years_day_not_on_a_weekday() -> None:
+    tokyo = ZoneInfo("Asia/Tokyo")
+    peak = Period.parse("peak", ["mon", "tue", "wed", "thu", "fri"], "08:00", "20:00")
+    holiday = Period.parse("holiday", ["sun", "hol"], "00:00", "00:00")
+    assert holiday.holidays and not peak.holidays
+    new_year = datetime(2027, 1, 1, 12, tzinfo=tokyo)         # a Friday, 元日
+    weekday = datetime(2027, 1, 8, 12, tzinfo=tokyo)          # the Friday after
+    assert period_at((peak, holiday), new_year, tokyo) == "holiday"
+    assert period_at((peak, holiday), weekday, tokyo) == "peak"
+    # the small hours after a holiday evening belong to the holiday
+    assert period_at((Period.parse("night", ["hol"], "22:00", "06:00"),),
+                     datetime(2027, 1, 2, 3, tzinfo=tokyo), tokyo) == "night"
+    assert period_at((Period.parse("night", ["hol"], "22:00", "06:00"),),
+                     datetime(2027, 1, 9, 3, tzinfo=tokyo), tokyo) == ""
+
+    b = Carrier("b", "b", timezone="Asia/Tokyo", periods=(peak, holiday),
+                dial_string="PJSIP/{digits}@b")
+    assert from_json_checked(b.to_json()) == b              # as the edge receives it
+
+    def usd(rate: str) -> Terms:
+        return Terms(Decimal(rate), 60, 6, 6, Decimal(0), Decimal(0), "USD", 4)
+
+    rates = RatingService.from_rows([b], {"b": [
+        Row("8190", "mobile", usd("0.1368")),
+        Row("8190", "mobile (holidays)", usd("0.1100"), period="holiday")]},
+        FxTable.from_mapping("JPY", {"USD": "150"}))
+    mobile = E164("819012345678")
+    assert rates.rank(mobile, new_year)[0].rate.amount == Decimal("0.1100")
+    assert rates.rank(mobile, new_year)[0].explain["period"] == "holiday"
+    assert rates.rank(mobile, weekday)[0].rate.amount == Decimal("0.1368")
+
+
+def test_an_unknown_day_names_hol_in_the_error() -> None:
+    with pytest.raises(TariffError, match="mon..sun or hol"):
+        Period.parse("x", ["feast"], "00:00", "00:00")
