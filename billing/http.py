@@ -306,6 +306,8 @@ DAILY_REPORT: Schema = {
     "properties": {"merchant_id": {"type": "string"}, "date": {"type": "string",
                                                                "format": "date"},
                    "charges": {"type": "array", "items": _RATE_LINE},
+                   "postpaid_charges": {"type": "array", "items": _RATE_LINE},
+                   "postpaid_charged_yen": _YEN, "postpaid_paid_yen": _YEN,
                    **{n: _YEN for n in ("charged_yen", "bank_transfers_yen",
                                         "card_topups_yen", "refunds_yen", "adjustments_yen",
                                         "customer_funds_yen")}}}

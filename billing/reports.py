@@ -4,7 +4,9 @@ Consultations settled that day (count, talk and billed seconds, charges) by tax 
 the tax of each rate derived once from that rate's summed tax-inclusive total, as a
 qualified invoice states it (:func:`tax_by_rate`; the sum of per-charge taxes may be a few
 yen lower); money in by source (bank transfers, card top-ups), refunds, adjustments, and
-the customers' funds (available and held) at the end of the day.
+the customers' funds (available and held) at the end of the day. Postpaid consultations
+charged that day are apart, by tax rate the same way (their cards are charged after them,
+outside the prepaid ledger), with what the cards paid that day.
 """
 
 from __future__ import annotations
@@ -43,18 +45,34 @@ class DailyReport:
     adjustments_yen: int
     #: the customers' money (available + held) at the end of the day
     customer_funds_yen: int
+    #: postpaid consultations charged that day (the card is charged after), by tax rate
+    postpaid: tuple[RateLine, ...] = ()
+    #: postpaid charges the card paid that day
+    postpaid_paid_yen: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"merchant_id": self.merchant_id, "date": self.day.isoformat(),
-                "charges": [{"tax_percent": c.tax_percent, "consultations": c.consultations,
-                             "talk_s": c.talk_s, "billed_s": c.billed_s,
-                             "total_yen": c.total_yen, "tax_yen": c.tax_yen}
-                            for c in self.charges],
+                "charges": _lines_json(self.charges),
                 "charged_yen": sum(c.total_yen for c in self.charges),
+                "postpaid_charges": _lines_json(self.postpaid),
+                "postpaid_charged_yen": sum(c.total_yen for c in self.postpaid),
+                "postpaid_paid_yen": self.postpaid_paid_yen,
                 "bank_transfers_yen": self.bank_transfers_yen,
                 "card_topups_yen": self.card_topups_yen, "refunds_yen": self.refunds_yen,
                 "adjustments_yen": self.adjustments_yen,
                 "customer_funds_yen": self.customer_funds_yen}
+
+
+def _lines_json(lines: tuple[RateLine, ...]) -> list[dict[str, int]]:
+    return [{"tax_percent": c.tax_percent, "consultations": c.consultations,
+             "talk_s": c.talk_s, "billed_s": c.billed_s, "total_yen": c.total_yen,
+             "tax_yen": c.tax_yen} for c in lines]
+
+
+def _rate_lines(rows: list[asyncpg.Record]) -> tuple[RateLine, ...]:
+    taxes = tax_by_rate({r["tax_percent"]: int(r["total_yen"]) for r in rows})
+    return tuple(RateLine(r["tax_percent"], r["n"], int(r["talk_s"]), int(r["billed_s"]),
+                          int(r["total_yen"]), taxes[r["tax_percent"]]) for r in rows)
 
 
 def tax_by_rate(totals: Mapping[int, int]) -> dict[int, int]:
@@ -97,16 +115,26 @@ async def daily(pool: asyncpg.Pool, merchant_id: str, day: date) -> DailyReport:
                                           AND t.kind = 'adjustment'
                WHERE a.merchant_id = $1 AND t.created_at >= $2 AND t.created_at < $3""",
             merchant_id, start, end)
+        postpaid = await conn.fetch(
+            """SELECT (c.terms->>'tax_percent')::int AS tax_percent, count(*) AS n,
+                      sum(c.talk_s) AS talk_s, sum(c.billed_s) AS billed_s,
+                      sum(c.total_yen) AS total_yen
+               FROM billing_postpaid_charges c
+               WHERE c.merchant_id = $1 AND c.requested_at >= $2 AND c.requested_at < $3
+               GROUP BY 1 ORDER BY 1""", merchant_id, start, end)
+        paid = await conn.fetchval(
+            """SELECT coalesce(sum(c.total_yen), 0) FROM billing_postpaid_outcomes o
+               JOIN billing_postpaid_attempts t ON t.id = o.attempt_id
+               JOIN billing_postpaid_charges c ON c.id = t.charge_id
+               WHERE c.merchant_id = $1 AND o.outcome = 'succeeded'
+                 AND o.recorded_at >= $2 AND o.recorded_at < $3""", merchant_id, start, end)
         funds = await conn.fetchval(
             """SELECT coalesce(sum(e.amount_yen), 0) FROM billing_entries e
                JOIN billing_transactions t ON t.id = e.transaction_id
                JOIN billing_accounts a ON a.id = e.account_id
                WHERE a.merchant_id = $1 AND t.created_at < $2
                  AND e.book IN ('available', 'held')""", merchant_id, end)
-    taxes = tax_by_rate({r["tax_percent"]: int(r["total_yen"]) for r in rates})
     return DailyReport(
-        merchant_id, day,
-        tuple(RateLine(r["tax_percent"], r["n"], int(r["talk_s"]), int(r["billed_s"]),
-                       int(r["total_yen"]), taxes[r["tax_percent"]]) for r in rates),
-        int(moves["bank"]), int(moves["card"]), int(moves["refunds"]),
-        int(moves["adjusted"]), int(funds))
+        merchant_id, day, _rate_lines(rates), int(moves["bank"]), int(moves["card"]),
+        int(moves["refunds"]), int(moves["adjusted"]), int(funds), _rate_lines(postpaid),
+        int(paid))

@@ -20,6 +20,7 @@ from billing.cards import CardError, Cards
 from billing.ledger import LedgerError
 from billing.postpaid import METADATA_KEY, NO_CARD, Postpaid, charge_key
 from billing.rating import Terms
+from billing.reports import daily
 from billing.standing import Standing, card_on_file, standing
 from tests.integration import billing_db
 from tests.integration.localstripe import card, client_for, intents_with, localstripe_fixture
@@ -105,6 +106,7 @@ _DIE_AFTER_STRIPE = """
 import asyncio, os, sys
 import billing.postpaid as postpaid
 from billing.rating import Terms
+from billing.reports import daily
 from shared.db import create_pool
 from tests.integration.localstripe import client_for
 
@@ -221,3 +223,21 @@ async def test_an_operator_closes_a_charge_in_dunning(
     with pytest.raises(LedgerError) as not_dunned:
         await postpaid.close("acme", paid.id, "written-off", by="sato", reason="x")
     assert not_dunned.value.error_id == "charge-not-in-dunning"
+
+
+async def test_the_daily_report_shows_postpaid_consultations_and_what_cards_paid(
+        clean: asyncpg.Pool, stripe_client: stripe.StripeClient) -> None:
+    await registered(clean, stripe_client, "member-42")
+    postpaid = Postpaid(clean, stripe_client)
+    for n, talk_s in enumerate((61, 125)):          # 200 + 300 yen, paid
+        await postpaid.charge("acme", "member-42", f"consult-{n}", talk_s, TERMS, by="calls")
+    await postpaid.charge("acme", "member-7", "consult-9", 30, Terms(100, tax_percent=8),
+                          by="calls")               # 100 yen at 8 %, no card: unpaid
+    today = await clean.fetchval("SELECT (now() AT TIME ZONE 'Asia/Tokyo')::date")
+    report = await daily(clean, "acme", today)
+    assert [(r.tax_percent, r.consultations, r.total_yen, r.tax_yen)
+            for r in report.postpaid] == [(8, 1, 100, 7), (10, 2, 500, 45)]
+    assert report.postpaid_paid_yen == 500 and report.charges == ()
+    body = report.to_json()
+    assert (body["postpaid_charged_yen"], body["postpaid_paid_yen"]) == (600, 500)
+    assert (await daily(clean, "other", today)).postpaid == ()

@@ -55,7 +55,8 @@ async def test_a_day_of_deposits_consultations_refunds_and_adjustments(
                      "total_yen": 108, "tax_yen": 8},
                     {"tax_percent": 10, "consultations": 2, "talk_s": 105, "billed_s": 120,
                      "total_yen": 210, "tax_yen": 19}],
-        "charged_yen": 318, "bank_transfers_yen": 5000, "card_topups_yen": 0,
+        "charged_yen": 318, "postpaid_charges": [], "postpaid_charged_yen": 0,
+        "postpaid_paid_yen": 0, "bank_transfers_yen": 5000, "card_topups_yen": 0,
         "refunds_yen": 100, "adjustments_yen": -500,
         "customer_funds_yen": 5000 - 500 - 318 + 100}
     before = (await daily(clean, "acme", today - timedelta(days=1))).to_json()
