@@ -16,6 +16,7 @@ from pathlib import Path
 from billing.settings import BillingSettings
 from callback_server.dialer_messages import Route
 from callback_server.guard.settings import GuardSettings
+from callback_server.ivr import UNAVAILABLE
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
 from callback_server.worker import WorkerSettings
 from ivr_platform.guidance import GUIDANCE_PREFIX, GuidanceLibrary, parse_ref
@@ -220,4 +221,8 @@ def _media(flow: Flow) -> set[str]:
         played.update(node.prompt, *(media for _, media in node.labels))
         if node.waits_for_input:
             played.update(node.invalid_prompt, node.timeout_prompt)
+        if node.on_busy is not None:      # a consultation node
+            played.update(node.busy_prompt)
+        if node.type == "advisor_code":
+            played.update(*UNAVAILABLE.values())
     return played

@@ -5,8 +5,10 @@
 asyncpg or ``shared.ari`` imports); the ARI adapter turns ``Play`` into
 ``POST /channels/{id}/play``, ``StartTimer`` into an asyncio timer that comes
 back as ``Timeout``, ``Submit`` into a ``request_info`` row plus its outbox
-message, ``DialOperator`` into the dialer's operator leg, and ``Hangup`` into
-the dialer's ``EndCall``.
+message, ``DialOperator`` into the dialer's operator leg, ``ConnectAdvisor`` into a
+consultation (:mod:`callback_server.consult`, whose outcome comes back as
+``AdvisorUnavailable``, ``ConsultBusy``, ``ConsultFailed`` or ``ConsultEnded``), and
+``Hangup`` into the dialer's ``EndCall``.
 
 Behaviour of the waiting nodes (``menu``, ``digits``, ``confirm``):
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from typing import assert_never
 
 from callback_server.ivr_flow import Flow, Media, Node
 
@@ -57,7 +60,39 @@ class CallerHangup:
     """The customer's leg is gone."""
 
 
-Event = Dtmf | PlaybackFinished | Timeout | OperatorFailed | CallerHangup
+@dataclass(frozen=True, slots=True)
+class AdvisorUnavailable:
+    """The advisor chosen by code cannot take the call: ``unknown`` (no such code),
+    ``talking``, ``offline`` or ``away`` (working, on a break, after-call work)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsultBusy:
+    """All the merchant's lines are in use."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsultFailed:
+    """No advisor answered, or none was available within the wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsultEnded:
+    """The advisor ended the consultation; the customer is still on the line."""
+
+
+Event = (Dtmf | PlaybackFinished | Timeout | OperatorFailed | CallerHangup
+         | AdvisorUnavailable | ConsultBusy | ConsultFailed | ConsultEnded)
+
+#: what the customer hears when the advisor of a code cannot take the call, by reason
+UNAVAILABLE: dict[str, Media] = {
+    "unknown": ("sound:cbgw/advisor-unknown",),
+    "talking": ("sound:cbgw/advisor-talking",),
+    "offline": ("sound:cbgw/advisor-offline",),
+    "away": ("sound:cbgw/advisor-away",),
+}
 
 # --- commands ------------------------------------------------------------------------------
 
@@ -101,11 +136,24 @@ class DialOperator:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectAdvisor:
+    """Put the customer through to an advisor: of the 4-digit ``code`` (method ``code``)
+    or a member of the group named ``group`` (method ``group``); wait up to ``queue_s``
+    for one to be free."""
+
+    method: str
+    code: str | None = None
+    group: str | None = None
+    queue_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Hangup:
     pass
 
 
-Command = Play | StopPlayback | StartTimer | CancelTimer | Submit | DialOperator | Hangup
+Command = (Play | StopPlayback | StartTimer | CancelTimer | Submit | DialOperator
+           | ConnectAdvisor | Hangup)
 
 # --- state ---------------------------------------------------------------------------------
 
@@ -114,6 +162,7 @@ class Mode(enum.StrEnum):
     PROMPT = "prompt"        # a prompt is playing
     WAIT = "wait"            # waiting for keys, the no-input timer running
     OPERATOR = "operator"    # handed to the operator leg
+    CONSULT = "consult"      # handed to a consultation with an advisor
     ENDING = "ending"        # playing the last prompt before hanging up
     DONE = "done"
 
@@ -162,9 +211,30 @@ def transition(state: IvrState, event: Event) -> Step:
         if event.timer_id != state.timer or state.mode is not Mode.WAIT:
             return state, []
         return _retry(replace(state, timer=None), state.current.timeout_prompt)
-    if state.mode is Mode.OPERATOR and state.current.on_fail:
-        return _enter(state, state.current.on_fail)
-    return state, []
+    if isinstance(event, OperatorFailed):
+        if state.mode is Mode.OPERATOR and state.current.on_fail:
+            return _enter(state, state.current.on_fail)
+        return state, []
+    return _consult_outcome(state, event)
+
+
+def _consult_outcome(state: IvrState, event: AdvisorUnavailable | ConsultBusy
+                     | ConsultFailed | ConsultEnded) -> Step:
+    node = state.current
+    if state.mode is not Mode.CONSULT:
+        return state, []
+    assert node.on_fail is not None and node.on_busy is not None and node.next is not None
+    match event:
+        case AdvisorUnavailable(reason=reason) if node.type == "advisor_code":
+            return _retry(state, UNAVAILABLE.get(reason, node.invalid_prompt))
+        case AdvisorUnavailable() | ConsultFailed():
+            return _enter(state, node.on_fail)
+        case ConsultBusy():
+            return _enter(state, node.on_busy, node.busy_prompt)
+        case ConsultEnded():
+            return _enter(state, node.next)
+        case _:
+            assert_never(event)
 
 
 # --- internals -----------------------------------------------------------------------------
@@ -210,7 +280,7 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
         more: list[Command]
         if silent and node.waits_for_input:
             state, more = replace(state, mode=Mode.WAIT), []
-        elif node.type in ("menu", "digits", "confirm", "say"):
+        elif node.type in ("menu", "digits", "confirm", "say", "advisor_code"):
             state, more = _play(state, preamble + node.prompt, Mode.PROMPT)
         elif node.type == "readback":
             media = list(preamble + node.prompt)
@@ -224,6 +294,13 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
                 state, play = _play(state, node.prompt, Mode.OPERATOR)
                 more = play + more
             state = replace(state, mode=Mode.OPERATOR)
+        elif node.type == "connect":
+            more = [ConnectAdvisor("group" if node.group else "code", node.advisor,
+                                   node.group, node.queue_s)]
+            if node.prompt or preamble:
+                state, play = _play(state, preamble + node.prompt, Mode.CONSULT)
+                more = play + more
+            state = replace(state, mode=Mode.CONSULT)
         else:  # hangup
             if node.prompt or preamble:
                 state, more = _play(state, preamble + node.prompt, Mode.ENDING)
@@ -263,7 +340,7 @@ def _dtmf(state: IvrState, digit: str) -> Step:
     if state.playback:                       # barge-in
         cmds.append(StopPlayback(state.playback))
         state = replace(state, playback=None, mode=Mode.WAIT)
-    if node.type == "digits":
+    if node.type in ("digits", "advisor_code"):
         nxt, more = _digit(state, node, digit)
     else:
         target = node.choice(digit)
@@ -290,6 +367,9 @@ def _collect(state: IvrState, node: Node) -> Step:
     assert node.field is not None and node.next is not None
     kept = tuple((f, v) for f, v in state.collected if f != node.field)
     state = replace(state, collected=(*kept, (node.field, state.buffer)))
+    if node.type == "advisor_code":
+        state, cmds = _leave(state)
+        return replace(state, mode=Mode.CONSULT), [*cmds, ConnectAdvisor("code", state.buffer)]
     return _enter(state, node.next)
 
 

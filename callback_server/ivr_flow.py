@@ -25,8 +25,29 @@ Node types and their keys (``*`` = required):
 ``say``       prompt*, next*
 ``submit``    category*, fields*, next*
 ``operator``  prompt, target*, on_fail* (when no operator answers)
+``advisor_code``  prompt*, next*, on_busy*, on_fail*, busy_prompt, timeout_s,
+              retries, invalid_prompt, timeout_prompt
+``connect``   group or advisor* (one of), next*, on_busy*, on_fail*, prompt,
+              busy_prompt, queue_s
 ``hangup``    prompt
 ============  ==================================================================
+
+Consultation nodes put the customer through to an advisor (``advisors``):
+
+* ``advisor_code``: the customer enters an advisor's 4-digit code (``#`` ends it
+  early, ``*`` clears it). An unknown code plays ``sound:cbgw/advisor-unknown``, an
+  advisor who cannot take the call now says why (``advisor-talking``,
+  ``advisor-offline``, ``advisor-away``), then the node asks again (``retries``, then
+  ``on_fail``). An advisor in standby is rung (method ``code``).
+* ``connect``: rings the group named ``group`` (its member idle the longest, the next
+  one on a missed ring; method ``group``) or the advisor whose code is ``advisor``.
+  A customer no member can take waits up to ``queue_s`` seconds (default 60, 0: not
+  at all) with music on hold.
+
+Both go to ``on_busy`` after ``busy_prompt`` (default ``sound:cbgw/lines-busy``) when
+all the merchant's lines are in use, to ``on_fail`` when no advisor answered or none
+was available, and to ``next`` when the advisor ended the consultation (the customer
+hanging up ends everything).
 
 Confirm before connect (toll-fraud and harassment guard): the top-level key
 ``confirm_callback = "<node>"`` names a ``confirm`` node that must be the
@@ -61,6 +82,7 @@ DTMF_KEYS = frozenset("0123456789*#")
 MEDIA = re.compile(r"^(sound|digits|number|characters|tone|recording):[A-Za-z0-9_/.,:#*+-]+$")
 FIELD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 NODE_ID = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+ADVISOR_CODE = re.compile(r"^[0-9]{4}$")
 
 _TIMED = {"timeout_s", "retries", "invalid_prompt", "timeout_prompt", "on_fail"}
 KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
@@ -72,6 +94,9 @@ KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
     "say": ({"prompt", "next"}, set()),
     "submit": ({"category", "fields", "next"}, set()),
     "operator": ({"target", "on_fail"}, {"prompt"}),
+    "advisor_code": ({"prompt", "next", "on_busy", "on_fail"}, _TIMED | {"busy_prompt"}),
+    "connect": ({"next", "on_busy", "on_fail"},
+                {"prompt", "group", "advisor", "busy_prompt", "queue_s"}),
     "hangup": (set(), {"prompt"}),
 }
 
@@ -113,6 +138,11 @@ class Node:
     labels: tuple[tuple[str, Media], ...] = ()
     category: str | None = None
     target: str | None = None
+    on_busy: str | None = None
+    busy_prompt: Media = ("sound:cbgw/lines-busy",)
+    group: str | None = None             # connect: the group's name
+    advisor: str | None = None           # connect: a fixed advisor's 4-digit code
+    queue_s: int = 60                    # connect: longest wait for a free member
 
     def choice(self, key: str) -> str | None:
         return next((node for k, node in self.choices if k == key), None)
@@ -122,7 +152,7 @@ class Node:
 
     @property
     def waits_for_input(self) -> bool:
-        return self.type in ("menu", "digits", "confirm")
+        return self.type in ("menu", "digits", "confirm", "advisor_code")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,19 +289,34 @@ def _parse_node(source: str, node_id: str, raw: Any) -> Node:
         "labels": r.labels("labels"),
         "category": r.string("category"),
         "target": r.string("target"),
+        "on_busy": r.target("on_busy"),
+        "busy_prompt": r.media("busy_prompt", node.busy_prompt),
+        "group": r.name("group"),
+        "advisor": r.code("advisor"),
+        "queue_s": r.integer("queue_s", node.queue_s, 0, 3600),
     }
-    if kind == "menu":
-        values["choices"] = r.choices("choices")
-    elif kind == "confirm":
-        yes_key = r.choice_of("yes_key", "1", tuple(sorted(DTMF_KEYS)))
-        no_key = r.choice_of("no_key", "2", tuple(sorted(DTMF_KEYS)))
-        if yes_key == no_key:
-            raise err("yes_key and no_key must differ")
-        values["choices"] = ((yes_key, r.target("yes")), (no_key, r.target("no")))
+    values.update(_kind_values(kind, r, values))
     if values["min_length"] > values["max_length"]:
         raise err("min_length is greater than max_length")
     return Node(id=node_id, type=kind, **{k: v for k, v in values.items()
                                           if v is not None and k in _used(kind)})
+
+
+def _kind_values(kind: str, r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
+    """What a node type adds to or checks in the common ``values``."""
+    if kind == "menu":
+        return {"choices": r.choices("choices")}
+    if kind == "confirm":
+        yes_key = r.choice_of("yes_key", "1", tuple(sorted(DTMF_KEYS)))
+        no_key = r.choice_of("no_key", "2", tuple(sorted(DTMF_KEYS)))
+        if yes_key == no_key:
+            raise r.err("yes_key and no_key must differ")
+        return {"choices": ((yes_key, r.target("yes")), (no_key, r.target("no")))}
+    if kind == "advisor_code":   # the code is 4 digits; '#' ends it early, '*' clears it
+        return {"field": "advisor_code", "max_length": 4, "min_length": 4}
+    if kind == "connect" and (values["group"] is None) == (values["advisor"] is None):
+        raise r.err("give one of group (a group's name) or advisor (an advisor's code)")
+    return {}
 
 
 def _used(kind: str) -> set[str]:
@@ -279,6 +324,8 @@ def _used(kind: str) -> set[str]:
     used = (required | optional) - {"yes", "no", "yes_key", "no_key"}
     if kind == "confirm":
         used.add("choices")
+    if kind == "advisor_code":
+        used |= {"field", "max_length", "min_length"}
     return used
 
 
@@ -315,6 +362,18 @@ class _Reader:
 
     def field(self, key: str) -> str | None:
         return self.string(key)
+
+    def name(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 64):
+            raise self.err(f"{key}: expected a name of 1 to 64 characters, got {value!r}")
+        return value
+
+    def code(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is not None and (not isinstance(value, str) or not ADVISOR_CODE.match(value)):
+            raise self.err(f"{key}: expected a 4-digit advisor code as a string, got {value!r}")
+        return value
 
     def integer(self, key: str, default: int, lo: int, hi: int) -> int:
         value = self.raw.get(key, default)
@@ -360,7 +419,8 @@ class _Reader:
 def _targets(node: Node) -> list[tuple[str, str]]:
     """(key, target) pairs of a node's outgoing edges."""
     edges = [(f"choices.{k}", v) for k, v in node.choices]
-    edges += [(k, v) for k, v in (("next", node.next), ("on_fail", node.on_fail)) if v]
+    edges += [(k, v) for k, v in (("next", node.next), ("on_fail", node.on_fail),
+                                  ("on_busy", node.on_busy)) if v]
     return edges
 
 
@@ -368,7 +428,7 @@ def _check_graph(flow: Flow) -> None:
     ids = {n.id for n in flow.nodes}
     if flow.start not in ids:
         raise FlowError(flow.source, None, f"start: no node {flow.start!r}")
-    collected = {n.field for n in flow.nodes if n.type == "digits" and n.field}
+    collected = {n.field for n in flow.nodes if n.type in ("digits", "advisor_code") and n.field}
     for node in flow.nodes:
         for key, target in _targets(node):
             if target not in ids:

@@ -7,7 +7,8 @@ every playback passes the merchant's language (ARI ``play?lang=``), so Asterisk 
 file of that language. The edge plays ``received``, ``dial-186`` and, out of hours when the
 sentence saying when it opens is not rendered yet, ``closed`` to customers, and the
 ``presence-*`` prompts to advisors calling a presence number (``edge_server.presence_flow``);
-the call-back IVR plays the others (``callback_server/flows/order.toml``).
+the call-back IVR plays the others (``callback_server/flows/order.toml``, ``consult.toml``;
+the IVR itself plays ``advisor-*`` and ``lines-busy`` for its consultation nodes).
 """
 
 from __future__ import annotations
@@ -100,6 +101,36 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
         "申し訳ございません。ただいまオペレーターにおつなぎできません。"
         "しばらくしてからおかけ直しください。",
         "Sorry, no operator is available right now. Please try again later."),
+    # --- consultation lines (callback_server/flows/consult.toml) ------------------------
+    "consult-menu": PromptText(
+        "鑑定士の番号をご存じの方は1を、空いている鑑定士におつなぎする場合は2を"
+        "押してください。",
+        "Press 1 to enter your advisor's code, 2 for the first free advisor."),
+    "enter-advisor-code": PromptText(
+        "鑑定士の4桁の番号を入力してください。",
+        "Please enter the four-digit code of your advisor."),
+    "advisor-unknown": PromptText(
+        "その番号の鑑定士はおりません。",
+        "There is no advisor with that code."),
+    "advisor-talking": PromptText(
+        "その鑑定士はただいま通話中です。",
+        "That advisor is talking with someone right now."),
+    "advisor-offline": PromptText(
+        "その鑑定士はただいま受付をしておりません。",
+        "That advisor is not taking calls now."),
+    "advisor-away": PromptText(
+        "その鑑定士はただいま席を外しております。",
+        "That advisor is away from their desk."),
+    "connecting-advisor": PromptText(
+        "鑑定士におつなぎします。そのままお待ちください。",
+        "Please hold while we connect you to an advisor."),
+    "lines-busy": PromptText(
+        "ただいま回線が大変混み合っております。しばらくしてからおかけ直しください。",
+        "All our lines are busy. Please call again later."),
+    "advisor-unavailable": PromptText(
+        "申し訳ございません。ただいま鑑定士におつなぎできません。"
+        "しばらくしてからおかけ直しください。",
+        "Sorry, no advisor is available right now. Please try again later."),
     "thank-you": PromptText(
         "ありがとうございます。ご依頼を承りました。",
         "Thank you. Your request has been recorded."),

@@ -1,0 +1,518 @@
+"""A consultation: the advisor leg(s) of one customer, as a pure state machine.
+
+``transition(state, event) -> (state, commands)``; no I/O here (no aiohttp, asyncpg or
+``shared.ari`` imports; ``tests/unit/test_callback_consult.py`` checks). The ARI
+adapter (:mod:`callback_server.consult_runner`) runs the assignment in the database
+(``advisors.live.Presences``), dials, bridges, and feeds the results back.
+
+One consultation, from the IVR's ``ConnectAdvisor`` to its end::
+
+    Begin --RunAssignment(assign)--> Assigned
+      OfferTo(advisor)  ring the advisor: their contact's routes (a PSTN number through
+                        the cheapest carrier first, failing over on a carrier fault like
+                        the customer leg; a SIP user through the edge trunk), for the
+                        merchant's ring_timeout_s
+      Queue             no member can take the call: music on hold, the assignment
+                        tried again every RETRY_S, up to the node's queue_s (0: at
+                        once), then the IVR's on_fail
+      LinesBusy         all the merchant's lines are in use: the IVR's on_busy
+    ringing:  answered  -> RunAssignment(answered) -> Connect: bridge customer and advisor
+              no answer in ring_timeout_s, refused, or every route failed
+                        -> RunAssignment(ring_missed): the miss is counted on the
+                           advisor (N in a row: a break), the next member is offered
+              customer hangs up -> the ring is withdrawn (RunAssignment(cancelled): no miss)
+    talking:  either side hangs up -> the other leg is hung up (the advisor) or handed
+              back to the IVR's next node (the customer); ConsultationEnded is applied
+              to the advisor (EndPresence)
+
+When nothing is left to wait for, ``Over`` carries what the consultation record needs
+(rings, answer, end, reason, the advisor legs for their costs). Every leg is torn down
+on every path; a teardown guard timer ends the wait for a leg that never reports.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import assert_never
+
+from advisors import assignment as am
+from advisors.records import EndReason, Ring, RingOutcome
+from callback_server import dialer, ivr
+from callback_server.dialer_messages import (
+    Answered,
+    CancelTimer,
+    ChannelGone,
+    CreateBridge,
+    DestroyBridge,
+    Hangup,
+    Originate,
+    Originated,
+    OriginateFailed,
+    OriginateRefused,
+    PersistAttempt,
+    RecordCdr,
+    RecordLegResult,
+    Route,
+    StartTimer,
+    TimerFired,
+)
+
+EDGE_TRUNK = "edge-trunk"      # the carrier id of a SIP advisor's leg (through the edge)
+RETRY_S = 2.0                  # a queued customer's assignment is tried again this often
+TEARDOWN_GUARD_S = 5.0
+T_RING = "consult:ring"
+T_QUEUE = "consult:queue"
+T_RETRY = "consult:retry"
+T_TEARDOWN = "consult:teardown"
+TIMERS = (T_RING, T_QUEUE, T_RETRY, T_TEARDOWN)
+LEG_FAILED_CAUSES = frozenset({17, 20})   # busy, unreachable: the leg failed, not missed
+
+
+class Phase(enum.StrEnum):
+    ASSIGNING = "assigning"      # an assignment is being run in the database
+    RINGING = "ringing"          # an advisor leg is being dialled
+    QUEUED = "queued"            # waiting for a member to be free (music on hold)
+    TALKING = "talking"          # customer and advisor bridged
+    ENDING = "ending"            # the outcome is decided; waiting for legs to go
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the consultation is for: set by the adapter from the round and the IVR node."""
+
+    consultation_id: str
+    callback_id: str
+    attempt_no: int
+    customer_channel: str
+    members: frozenset[int]
+    ring_timeout_s: int          # the merchant's advisor_settings.ring_timeout_s
+    queue_s: int                 # longest wait in the queue; 0: no queue
+    caller_id: str               # presented to a PSTN advisor (the merchant's number)
+    sip_caller_id: str           # presented to a SIP advisor (the customer's number)
+    variables: tuple[tuple[str, str], ...] = ()   # every leg's channel variables
+
+
+@dataclass(frozen=True, slots=True)
+class AdvisorLeg:
+    advisor_id: int
+    channel_id: str
+    carrier_id: str
+    destination: str
+    started_at: datetime
+    answered_at: datetime | None = None
+    ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConsultState:
+    request: Request
+    assignment: am.Assignment
+    leg_seq: int                                  # the round's legs so far (channel ids)
+    phase: Phase = Phase.ASSIGNING
+    routes: tuple[Route, ...] = ()
+    route_index: int = 0
+    ring_started: datetime | None = None
+    leg: AdvisorLeg | None = None                 # the advisor leg being rung or talking
+    legs: tuple[AdvisorLeg, ...] = ()             # every advisor leg that has ended
+    rings: tuple[Ring, ...] = ()
+    ring_outcome: RingOutcome | None = None              # decided for the ringing leg, not logged
+    queued: bool = False
+    bridge_id: str | None = None
+    connected_advisor: int | None = None
+    answered_at: datetime | None = None
+    end_reason: EndReason | None = None
+    ended_at: datetime | None = None
+    assigning: bool = False                       # a RunAssignment is in flight
+
+    @classmethod
+    def new(cls, request: Request, leg_seq: int) -> ConsultState:
+        return cls(request, am.Assignment(request.consultation_id, request.members),
+                   leg_seq)
+
+    @property
+    def live_leg(self) -> AdvisorLeg | None:
+        return self.leg if self.leg is not None and not self.leg.ended else None
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """The result of a ``RunAssignment``. ``routes``: the ways to the advisor of an
+    ``OfferTo`` among ``commands`` (empty: their contact cannot be dialled)."""
+
+    assignment: am.Assignment
+    commands: tuple[am.Command, ...]
+    at: datetime
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerGone:
+    at: datetime
+
+
+Event = (Begin | Assigned | CustomerGone | Originated | OriginateFailed | OriginateRefused
+         | Answered | ChannelGone | TimerFired)
+
+# --- commands -----------------------------------------------------------------------------
+
+
+class Op(enum.StrEnum):
+    ASSIGN = "assign"
+    RING_MISSED = "ring_missed"
+    ANSWERED = "answered"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class RunAssignment:
+    """Run ``Presences.<op>`` on the assignment; the result comes back as ``Assigned``."""
+
+    op: Op
+    assignment: am.Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class StartMoh:
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopMoh:
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndPresence:
+    """Apply ``ConsultationEnded`` to the advisor who talked (after-call work)."""
+
+    advisor_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tell:
+    """The consultation's outcome for the IVR."""
+
+    outcome: ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultEnded
+
+
+@dataclass(frozen=True, slots=True)
+class Over:
+    """Nothing is left to wait for: what the consultation record is made of."""
+
+    consultation_id: str
+    advisor_id: int | None            # who talked, else the last advisor rung
+    rings: tuple[Ring, ...]
+    answered_at: datetime | None
+    ended_at: datetime
+    end_reason: EndReason
+    legs: tuple[AdvisorLeg, ...]
+
+
+Command = (RunAssignment | PersistAttempt | Originate | Hangup | StartTimer | CancelTimer
+           | RecordLegResult | RecordCdr | CreateBridge | DestroyBridge | StartMoh | StopMoh
+           | EndPresence | Tell | Over)
+
+Step = tuple[ConsultState, list[Command]]
+
+
+def transition(state: ConsultState, event: Event) -> Step:
+    """Advance the consultation by one event. Events it does not own change nothing."""
+    if state.phase is Phase.DONE:
+        return state, []
+    match event:
+        case Begin():
+            return _run(state, Op.ASSIGN)
+        case Assigned():
+            return _assigned(state, event)
+        case CustomerGone(at=at):
+            return _customer_gone(state, at)
+        case Originated(channel_id=cid):
+            return state, ([RecordLegResult(cid, "originated")] if _ours(state, cid) else [])
+        case OriginateFailed(channel_id=cid, at=at) | OriginateRefused(channel_id=cid, at=at):
+            if not _ours(state, cid) or state.phase is not Phase.RINGING:
+                return state, []
+            state, cmds = _leg_ended(state, at, None)
+            if isinstance(event, OriginateFailed):
+                cmds.append(RecordLegResult(cid, "failed"))
+            nxt, more = _failover(state, at)
+            return nxt, cmds + more
+        case Answered(channel_id=cid, at=at):
+            return _answered(state, cid, at)
+        case ChannelGone(channel_id=cid):
+            return _gone(state, event) if _ours(state, cid) else (state, [])
+        case TimerFired(name=name, at=at):
+            return _timer(state, name, at)
+        case _:
+            assert_never(event)
+
+
+# --- assignment ---------------------------------------------------------------------------
+
+
+def _run(state: ConsultState, op: Op) -> Step:
+    return replace(state, assigning=True), [RunAssignment(op, state.assignment)]
+
+
+def _assigned(state: ConsultState, ev: Assigned) -> Step:
+    state = replace(state, assignment=ev.assignment, assigning=False)
+    cmds: list[Command] = []
+    for cmd in ev.commands:
+        state, more = _assignment_command(state, cmd, ev)
+        cmds += more
+    nxt, more = _settle(state, ev.at)
+    return nxt, cmds + more
+
+
+def _assignment_command(state: ConsultState, cmd: am.Command, ev: Assigned) -> Step:
+    match cmd:
+        case am.OfferTo(advisor_id=advisor):
+            if state.end_reason is not None:      # the customer left meanwhile
+                return _run(state, Op.CANCELLED)
+            return _offer(state, advisor, ev.routes, ev.at)
+        case am.Queue():
+            return _queue(state, ev.at)
+        case am.LinesBusy():
+            return _end(state, EndReason.LINES_BUSY, ev.at, Tell(ivr.ConsultBusy()))
+        case am.Connect(advisor_id=advisor):
+            return _connect(state, advisor, ev.at)
+        case am.Withdraw() | am.NotApplicable():
+            return state, []
+        case _:
+            assert_never(cmd)
+
+
+def _offer(state: ConsultState, advisor: int, routes: tuple[Route, ...], at: datetime
+           ) -> Step:
+    state = replace(state, phase=Phase.RINGING, routes=routes, route_index=0,
+                    ring_started=at, ring_outcome=None)
+    cmds: list[Command] = [CancelTimer(T_RETRY)]
+    if not routes:     # their contact cannot be dialled: nothing rang, the next member
+        nxt, more = _run(replace(state, phase=Phase.ASSIGNING), Op.RING_MISSED)
+        return nxt, cmds + more
+    nxt, more = _dial(state, advisor, at)
+    return nxt, cmds + more
+
+
+def _dial(state: ConsultState, advisor: int, at: datetime) -> Step:
+    req = state.request
+    route = state.routes[state.route_index]
+    seq = state.leg_seq + 1
+    channel_id = f"{req.callback_id}-{seq:02d}"
+    destination = route.endpoint
+    leg = AdvisorLeg(advisor, channel_id, route.carrier_id, destination, at)
+    caller_id = req.sip_caller_id if route.carrier_id == EDGE_TRUNK else req.caller_id
+    state = replace(state, leg_seq=seq, leg=leg)
+    return state, [
+        PersistAttempt(req.callback_id, req.attempt_no, seq, channel_id, "advisor",
+                       route.carrier_id, route.endpoint),
+        Originate(channel_id, route.endpoint, caller_id,
+                  req.ring_timeout_s + int(dialer.RING_GUARD_S),
+                  ("callback", req.callback_id, "advisor"), req.variables),
+        StartTimer(T_RING, req.ring_timeout_s),
+    ]
+
+
+def _failover(state: ConsultState, at: datetime) -> Step:
+    """The leg failed before ringing the advisor (carrier fault): the next route."""
+    assert state.leg is not None
+    advisor = state.leg.advisor_id
+    if state.end_reason is None and state.route_index + 1 < len(state.routes):
+        return _dial(replace(state, route_index=state.route_index + 1), advisor, at)
+    state = replace(state, ring_outcome=state.ring_outcome or RingOutcome.FAILED)
+    return _ring_over(state, advisor, at)
+
+
+def _ring_over(state: ConsultState, advisor: int, at: datetime) -> Step:
+    """The offer to ``advisor`` ended unanswered: log it, then the next member (a miss)
+    or, when the customer left, the withdrawal."""
+    assert state.leg is not None
+    outcome = state.ring_outcome or RingOutcome.MISSED
+    ended = at if state.ended_at is None else min(at, state.ended_at)   # withdrawn then
+    ring = Ring(advisor, state.leg.channel_id, state.ring_started or ended, ended, outcome)
+    state = replace(state, rings=(*state.rings, ring), ring_outcome=None, ring_started=None,
+                    leg=None, routes=())
+    cmds: list[Command] = [CancelTimer(T_RING)]
+    if outcome == RingOutcome.WITHDRAWN:
+        return state, cmds       # RunAssignment(cancelled) was issued with the hang-up
+    nxt, more = _run(replace(state, phase=Phase.ASSIGNING), Op.RING_MISSED)
+    return nxt, cmds + more
+
+
+def _queue(state: ConsultState, at: datetime) -> Step:
+    req = state.request
+    if state.end_reason is not None:
+        return state, []
+    if req.queue_s == 0:
+        return _end(state, EndReason.NO_ADVISOR, at, Tell(ivr.ConsultFailed()))
+    cmds: list[Command] = [StartTimer(T_RETRY, RETRY_S)]
+    if not state.queued:
+        cmds += [StartMoh(req.customer_channel), StartTimer(T_QUEUE, req.queue_s)]
+    return replace(state, phase=Phase.QUEUED, queued=True), cmds
+
+
+def _connect(state: ConsultState, advisor: int, at: datetime) -> Step:
+    leg = state.live_leg
+    if leg is None or state.end_reason is not None:
+        return state, []
+    bridge_id = f"{state.request.consultation_id}-br"
+    state = replace(state, phase=Phase.TALKING, bridge_id=bridge_id, connected_advisor=advisor,
+                    answered_at=leg.answered_at or at)
+    cmds: list[Command] = [CancelTimer(T_QUEUE), CancelTimer(T_RETRY)]
+    if state.queued:
+        cmds.append(StopMoh(state.request.customer_channel))
+    return state, [*cmds, CreateBridge(bridge_id, (state.request.customer_channel,
+                                                   leg.channel_id))]
+
+
+# --- legs ---------------------------------------------------------------------------------
+
+
+def _ours(state: ConsultState, channel_id: str) -> bool:
+    return state.leg is not None and state.leg.channel_id == channel_id
+
+
+def _answered(state: ConsultState, cid: str, at: datetime) -> Step:
+    leg = state.live_leg
+    if leg is None or leg.channel_id != cid or leg.answered_at is not None:
+        return state, []
+    state = replace(state, leg=replace(leg, answered_at=at))
+    cmds: list[Command] = [CancelTimer(T_RING), RecordLegResult(cid, "answered")]
+    if state.end_reason is not None or state.phase is not Phase.RINGING:
+        return state, [*cmds, Hangup(cid)]     # answered after the customer left
+    state = replace(state, ring_outcome=RingOutcome.ANSWERED,
+                    rings=(*state.rings, Ring(leg.advisor_id, cid,
+                                                 state.ring_started or leg.started_at, at,
+                                                 RingOutcome.ANSWERED)))
+    nxt, more = _run(state, Op.ANSWERED)
+    return nxt, cmds + more
+
+
+def _leg_ended(state: ConsultState, at: datetime, cause: int | None) -> Step:
+    """Mark the current leg ended; ``cause`` None: nothing was dialled (no CDR, no cost)."""
+    assert state.leg is not None
+    leg = replace(state.leg, ended=True)
+    if cause is None:
+        return replace(state, leg=leg), []
+    state = replace(state, leg=leg, legs=(*state.legs, leg))
+    return state, [_cdr(state.request.callback_id, leg, at, cause)]
+
+
+def _gone(state: ConsultState, ev: ChannelGone) -> Step:
+    leg = state.leg
+    assert leg is not None
+    if leg.ended:
+        return state, []
+    state, cmds = _leg_ended(state, ev.at, ev.cause)
+    cmds.insert(0, RecordLegResult(ev.channel_id, "ended", ev.cause))
+    if state.phase is Phase.TALKING:
+        nxt, more = _advisor_hung_up(state, ev.at)
+    elif state.connected_advisor is None and state.ring_outcome != RingOutcome.ANSWERED:
+        nxt, more = _unanswered_gone(state, ev)
+    else:
+        nxt, more = state, []
+    nxt, settle = _settle(nxt, ev.at)
+    return nxt, cmds + more + settle
+
+
+def _unanswered_gone(state: ConsultState, ev: ChannelGone) -> Step:
+    assert state.leg is not None
+    advisor = state.leg.advisor_id
+    if state.ring_outcome is None:
+        if dialer.classify(ev.cause) is dialer.CauseClass.FAILOVER:
+            return _failover(state, ev.at)
+        if ev.cause in LEG_FAILED_CAUSES:
+            state = replace(state, ring_outcome=RingOutcome.FAILED)
+    return _ring_over(state, advisor, ev.at)
+
+
+def _advisor_hung_up(state: ConsultState, at: datetime) -> Step:
+    assert state.connected_advisor is not None
+    cmds: list[Command] = [EndPresence(state.connected_advisor)]
+    if state.bridge_id is not None:
+        cmds.append(DestroyBridge(state.bridge_id))
+    state = replace(state, bridge_id=None)
+    nxt, more = _end(state, EndReason.ADVISOR_HANGUP, at, Tell(ivr.ConsultEnded()))
+    return nxt, cmds + more
+
+
+def _customer_gone(state: ConsultState, at: datetime) -> Step:
+    if state.end_reason is not None:
+        return state, []
+    cmds: list[Command] = [CancelTimer(T_QUEUE), CancelTimer(T_RETRY)]
+    leg = state.live_leg
+    if state.phase is Phase.TALKING and leg is not None:
+        assert state.connected_advisor is not None
+        cmds += [Hangup(leg.channel_id), EndPresence(state.connected_advisor)]
+        if state.bridge_id is not None:
+            cmds.append(DestroyBridge(state.bridge_id))
+        state = replace(state, bridge_id=None)
+        nxt, more = _end(state, EndReason.CUSTOMER_HANGUP, at)
+        return nxt, cmds + more
+    if state.phase is Phase.RINGING and leg is not None:
+        state = replace(state, ring_outcome=RingOutcome.WITHDRAWN)
+        cmds.append(Hangup(leg.channel_id))
+    state, more = _run(state, Op.CANCELLED)
+    nxt, ending = _end(state, EndReason.CUSTOMER_ABANDONED, at)
+    return nxt, cmds + more + ending
+
+
+def _timer(state: ConsultState, name: str, at: datetime) -> Step:
+    leg = state.live_leg
+    if name == T_RING and state.phase is Phase.RINGING and leg is not None \
+            and leg.answered_at is None and state.ring_outcome is None:
+        return (replace(state, ring_outcome=RingOutcome.MISSED),
+                [Hangup(leg.channel_id, "no_answer")])
+    if name == T_RETRY and state.phase is Phase.QUEUED and state.end_reason is None:
+        return _run(replace(state, phase=Phase.ASSIGNING), Op.ASSIGN)
+    if name == T_QUEUE and state.phase in (Phase.QUEUED, Phase.ASSIGNING) \
+            and state.end_reason is None and leg is None:
+        cmds: list[Command] = [CancelTimer(T_RETRY), StopMoh(state.request.customer_channel)]
+        state, more = _run(state, Op.CANCELLED)
+        nxt, ending = _end(state, EndReason.NO_ADVISOR, at, Tell(ivr.ConsultFailed()))
+        return nxt, cmds + more + ending
+    if name == T_TEARDOWN and state.phase is Phase.ENDING:
+        legs = state.legs
+        if leg is not None:       # it never reported its end: record what we know
+            legs = (*legs, replace(leg, ended=True))
+        state = replace(state, leg=None, legs=legs, assigning=False)
+        return _settle(state, at)
+    return state, []
+
+
+# --- ending -------------------------------------------------------------------------------
+
+
+def _end(state: ConsultState, reason: EndReason, at: datetime, *tell: Tell) -> Step:
+    state = replace(state, end_reason=reason, ended_at=at, phase=Phase.ENDING)
+    cmds: list[Command] = [*tell, StartTimer(T_TEARDOWN, TEARDOWN_GUARD_S)]
+    nxt, more = _settle(state, at)
+    return nxt, cmds + more
+
+
+def _settle(state: ConsultState, at: datetime) -> Step:
+    """Once ending, with no leg live and no assignment in flight: ``Over``."""
+    if state.phase is not Phase.ENDING or state.live_leg is not None or state.assigning:
+        return state, []
+    assert state.end_reason is not None
+    last = state.rings[-1].advisor_id if state.rings else None
+    over = Over(state.request.consultation_id, state.connected_advisor or last, state.rings,
+                state.answered_at, state.ended_at or at, state.end_reason, state.legs)
+    return replace(state, phase=Phase.DONE), [*(CancelTimer(t) for t in TIMERS), over]
+
+
+def _cdr(callback_id: str, leg: AdvisorLeg, ended_at: datetime, cause: int) -> RecordCdr:
+    return dialer.leg_cdr(callback_id, dialer.Leg(leg.channel_id, "advisor", leg.carrier_id,
+                                                  leg.destination, leg.started_at,
+                                                  leg.answered_at), ended_at, cause)
+

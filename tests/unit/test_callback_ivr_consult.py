@@ -1,0 +1,144 @@
+"""The IVR's consultation nodes (``advisor_code``, ``connect``): validation and engine."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from callback_server import ivr
+from callback_server.ivr import (
+    AdvisorUnavailable,
+    ConnectAdvisor,
+    ConsultBusy,
+    ConsultEnded,
+    ConsultFailed,
+    Dtmf,
+    IvrState,
+    Mode,
+    Play,
+    PlaybackFinished,
+    StartTimer,
+    Timeout,
+)
+from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named, parse_flow
+
+
+@pytest.fixture(scope="module")
+def flow() -> Flow:
+    return replace(load_named("consult"), start="main", confirm_callback=None)
+
+
+def feed(state: IvrState, *events: ivr.Event) -> tuple[IvrState, list[ivr.Command]]:
+    out: list[ivr.Command] = []
+    for ev in events:
+        state, cmds = ivr.transition(state, ev)
+        out += cmds
+    return state, out
+
+
+def done_playing(state: IvrState) -> tuple[IvrState, list[ivr.Command]]:
+    assert state.playback is not None
+    return ivr.transition(state, PlaybackFinished(state.playback))
+
+
+def plays(cmds: list[ivr.Command]) -> list[tuple[str, ...]]:
+    return [c.media for c in cmds if isinstance(c, Play)]
+
+
+def at_code(flow: Flow) -> IvrState:
+    state, _ = ivr.start(flow, "cb-1-01")
+    state, _ = feed(state, Dtmf("1"))
+    state, _ = done_playing(state)
+    assert state.node == "code" and state.mode is Mode.WAIT
+    return state
+
+
+def test_four_digits_connect_the_advisor_of_that_code(flow: Flow) -> None:
+    state, cmds = feed(at_code(flow), *(Dtmf(d) for d in "0042"))
+    assert cmds[-1] == ConnectAdvisor("code", "0042")
+    assert state.mode is Mode.CONSULT and state.timer is None
+    # keys while connected are not the IVR's
+    assert feed(state, Dtmf("1"), Timeout("x"))[1] == []
+
+
+@pytest.mark.parametrize(("reason", "prompt"), [
+    ("unknown", "sound:cbgw/advisor-unknown"), ("talking", "sound:cbgw/advisor-talking"),
+    ("offline", "sound:cbgw/advisor-offline"), ("away", "sound:cbgw/advisor-away")])
+def test_an_unavailable_advisor_says_why_and_asks_again(flow: Flow, reason: str,
+                                                        prompt: str) -> None:
+    state, _ = feed(at_code(flow), *(Dtmf(d) for d in "1234"))
+    state, cmds = feed(state, AdvisorUnavailable(reason))
+    assert plays(cmds) == [(prompt, "sound:cbgw/enter-advisor-code")]
+    state, cmds = done_playing(state)
+    assert state.node == "code" and isinstance(cmds[-1], StartTimer)
+    state, cmds = feed(state, *(Dtmf(d) for d in "5678"))
+    assert cmds[-1] == ConnectAdvisor("code", "5678")
+
+
+def test_retries_used_up_go_to_on_fail(flow: Flow) -> None:
+    state = at_code(flow)
+    for _ in range(3):       # retries = 2: the third refusal ends the node
+        state, _ = feed(state, *(Dtmf(d) for d in "9999"))
+        state, _ = feed(state, AdvisorUnavailable("unknown"))
+        if state.node == "code":
+            state, _ = done_playing(state)
+    assert state.node == "no_advisor"
+
+
+def test_a_short_code_ended_with_hash_is_invalid(flow: Flow) -> None:
+    state, cmds = feed(at_code(flow), Dtmf("1"), Dtmf("2"), Dtmf("#"))
+    assert plays(cmds) == [("sound:cbgw/invalid", "sound:cbgw/enter-advisor-code")]
+    assert not any(isinstance(c, ConnectAdvisor) for c in cmds)
+
+
+def test_connect_rings_the_group_and_outcomes_lead_on(flow: Flow) -> None:
+    state, _ = ivr.start(flow, "cb-1-01")
+    state, cmds = feed(state, Dtmf("2"))
+    assert ConnectAdvisor("group", None, "all", 60) in cmds
+    assert plays(cmds)[-1] == ("sound:cbgw/connecting-advisor",)
+    assert state.mode is Mode.CONSULT
+    busy, cmds = feed(state, ConsultBusy())
+    assert busy.node == "goodbye"
+    assert plays(cmds) == [("sound:cbgw/lines-busy", "sound:cbgw/goodbye")]
+    failed, _ = feed(state, ConsultFailed())
+    assert failed.node == "no_advisor"
+    ended, _ = feed(state, ConsultEnded())
+    assert ended.node == "after"
+    # a fixed advisor is not asked again: unavailable is on_fail
+    assert feed(state, AdvisorUnavailable("talking"))[0].node == "no_advisor"
+
+
+def test_outcomes_outside_a_consultation_change_nothing(flow: Flow) -> None:
+    state, _ = ivr.start(flow, "cb-1-01")
+    for event in (ConsultBusy(), ConsultFailed(), ConsultEnded(), AdvisorUnavailable("x")):
+        assert feed(state, event) == (state, [])
+
+
+def raw_flow() -> dict[str, Any]:
+    return tomllib.loads((FLOWS_DIR / "consult.toml").read_text())
+
+
+@pytest.mark.parametrize(("mutate", "node", "text"), [
+    (lambda f: f["nodes"]["anyone"].pop("group"), "anyone", "give one of group"),
+    (lambda f: f["nodes"]["anyone"].update(advisor="0042"), "anyone", "give one of group"),
+    (lambda f: f["nodes"]["anyone"].update(group=None, advisor=42), "anyone",
+     "advisor: expected a 4-digit advisor code"),
+    (lambda f: f["nodes"]["anyone"].update(on_busy="nowhere"), "anyone",
+     "on_busy: no node 'nowhere'"),
+    (lambda f: f["nodes"]["code"].pop("on_busy"), "code", "missing required keys: on_busy"),
+    (lambda f: f["nodes"]["code"].update(max_length=6), "code", "unknown keys"),
+    (lambda f: f["nodes"]["anyone"].update(queue_s=-1), "anyone", "queue_s"),
+    (lambda f: f["nodes"]["anyone"].update(busy_prompt=["nope"]), "anyone",
+     "busy_prompt: 'nope' is not a media URI"),
+])
+def test_consult_node_errors_name_the_node(mutate: Any, node: str, text: str) -> None:
+    data = raw_flow()
+    mutate(data)
+    data["nodes"]["anyone"] = {k: v for k, v in data["nodes"]["anyone"].items()
+                               if v is not None}
+    with pytest.raises(FlowError) as err:
+        parse_flow(data, "flows/consult.toml")
+    assert err.value.node == node and text in str(err.value)
