@@ -43,6 +43,7 @@ from advisors.http import install as install_advisors
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from billing.http import install as install_billing
+from callback_server.advisor_desk import AdvisorDesk
 from callback_server.config import CallbackSettings
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
@@ -258,7 +259,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = Worker(store=store, db_url=app[DB_URL_KEY], merchants=merchants,
                     flows=settings.flows, routes=routing, client=client, router=stasis.router,
                     rater=routing, ari_ready=stasis.ready, settings=settings.callback.worker,
-                    guard=app[GUARD_KEY], settler=settler)
+                    guard=app[GUARD_KEY], settler=settler,
+                    desk=AdvisorDesk(app[POOL_KEY], routing))
     workers.append(worker)
     app[STASIS_KEY] = stasis
     app[WORKER_KEY] = worker

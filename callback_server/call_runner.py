@@ -23,7 +23,8 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import InvalidOperation
 
-from callback_server import dialer, ivr
+from callback_server import consult, dialer, ivr
+from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import (
     AriPort,
     CallContext,
@@ -37,6 +38,7 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.cdr_rating import store_cdr
+from callback_server.consult_runner import ConsultRunner, RecordSink
 from callback_server.dialer import DialerState, Phase
 from callback_server.dialer_messages import (
     Answered,
@@ -50,6 +52,7 @@ from callback_server.dialer_messages import (
     Finish,
     Hangup,
     Job,
+    LegsUsed,
     OperatorRequested,
     Originate,
     Originated,
@@ -83,7 +86,8 @@ class CallRunner:
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
                  store: CallStore, rater: Rater, guard: RoundObserver | None = None,
-                 records: LegRecordSource | None = None) -> None:
+                 records: LegRecordSource | None = None, desk: AdvisorPort | None = None,
+                 consultations: RecordSink | None = None) -> None:
         self.job = job
         self.records = records           # Asterisk's own leg records (after missed events)
         self.guard = guard
@@ -102,12 +106,16 @@ class CallRunner:
         self._hangup_causes: dict[str, int] = {}
         self.ivr = IvrRunner(job, ctx, client=client, store=store, timers=self.timers,
                              customer=self._customer_channel, follow_up=self._pending.append)
+        self.consult = ConsultRunner(job, ctx, client=client, store=store, rater=rater,
+                                     desk=desk, records=consultations, run_leg=self._run,
+                                     follow_up=self._pending.append)
         self.outcome: Finish | None = None
 
     @property
     def channel_ids(self) -> tuple[str, ...]:
         legs = (self.state.customer, self.state.operator)
-        return tuple(leg.channel_id for leg in legs if leg is not None and not leg.ended)
+        ids = tuple(leg.channel_id for leg in legs if leg is not None and not leg.ended)
+        return ids if self.consult.channel_id is None else (*ids, self.consult.channel_id)
 
     def _bound(self) -> AbstractContextManager[logs.LogContext]:
         """The round's log context (the worker binds the same for the whole job)."""
@@ -122,7 +130,7 @@ class CallRunner:
         pump = asyncio.create_task(self._pump(), name=f"pump {self.job.callback_id}")
         try:
             self._pending.append(Begin(routes, utcnow()))
-            while self.state.phase is not Phase.DONE:
+            while self.state.phase is not Phase.DONE or self.consult.live:
                 event = self._pending.popleft() if self._pending else await self.inbox.get()
                 await self._handle(event)
         except LeaseLost as exc:
@@ -201,16 +209,24 @@ class CallRunner:
 
     # --- events -------------------------------------------------------------------------
 
-    async def _handle(self, event: object) -> None:
+    async def _handle(self, event: object) -> None:  # noqa: C901 - one branch per event
         log.debug("<- %s", event)
-        if isinstance(event, Begin | Originated | OriginateFailed | OriginateRefused | Answered
-                      | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
+        if isinstance(event, Originated | OriginateFailed | OriginateRefused | Answered
+                      | ChannelGone) and self.consult.owns(event.channel_id) \
+                or isinstance(event, TimerFired) and event.name in consult.TIMERS:
+            await self._consult(event)
+        elif isinstance(event, Begin | Originated | OriginateFailed | OriginateRefused | Answered
+                        | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
             await self._dialer(event)
-        elif isinstance(event, ivr.Timeout):
+        elif isinstance(event, ivr.ConnectAdvisor):
+            await self.consult.start(event, self._customer_channel(), self.state.leg_seq)
+            await self._sync_legs()
+        elif isinstance(event, ivr.Timeout | ivr.AdvisorUnavailable | ivr.ConsultBusy
+                        | ivr.ConsultFailed | ivr.ConsultEnded):
             await self.ivr.handle(event)
         elif isinstance(event, ari.StasisStart):
             log.info("%s answered", event.channel.id)
-            await self._dialer(Answered(event.channel.id, event.timestamp or utcnow()))
+            await self._handle(Answered(event.channel.id, event.timestamp or utcnow()))
         elif (isinstance(event, ari.ChannelHangupRequest) and event.cause is not None
               and not event.soft):
             # A soft request's "cause" is Asterisk's soft-hangup flag (32 = explicit), not Q.850.
@@ -233,6 +249,9 @@ class CallRunner:
         return self.state.customer is not None and self.state.customer.channel_id == cid
 
     async def _leg_gone(self, cid: str, cause: int, at: datetime | None) -> None:
+        if self.consult.owns(cid):
+            await self._consult(ChannelGone(cid, cause, at or utcnow()))
+            return
         op = self.state.operator
         operator_unanswered = (op is not None and op.channel_id == cid and not op.ended
                                and op.answered_at is None)
@@ -240,8 +259,19 @@ class CallRunner:
         await self._dialer(ChannelGone(cid, cause, at or utcnow()))
         if customer:
             await self.ivr.handle(ivr.CallerHangup())
+            await self._consult(consult.CustomerGone(at or utcnow()))
         elif operator_unanswered:
             await self.ivr.handle(ivr.OperatorFailed())
+
+    async def _consult(self, event: consult.Event) -> None:
+        await self.consult.handle(event)
+        await self._sync_legs()
+
+    async def _sync_legs(self) -> None:
+        """The consultation's legs are numbered in the round's sequence too."""
+        state = self.consult.state
+        if state is not None and state.leg_seq > self.state.leg_seq:
+            await self._dialer(LegsUsed(state.leg_seq))
 
     async def _dialer(self, event: DialerEvent) -> None:
         self.state, commands = dialer.transition(self.state, event)

@@ -41,6 +41,7 @@ from advisors import assignment as am
 from advisors.records import EndReason, Ring, RingOutcome
 from callback_server import dialer, ivr
 from callback_server.dialer_messages import (
+    EDGE_TRUNK,
     Answered,
     CancelTimer,
     ChannelGone,
@@ -59,7 +60,6 @@ from callback_server.dialer_messages import (
     TimerFired,
 )
 
-EDGE_TRUNK = "edge-trunk"      # the carrier id of a SIP advisor's leg (through the edge)
 RETRY_S = 2.0                  # a queued customer's assignment is tried again this often
 TEARDOWN_GUARD_S = 5.0
 T_RING = "consult:ring"
@@ -114,6 +114,7 @@ class ConsultState:
     phase: Phase = Phase.ASSIGNING
     routes: tuple[Route, ...] = ()
     route_index: int = 0
+    destination: str = ""                         # the contact of the advisor rung
     ring_started: datetime | None = None
     leg: AdvisorLeg | None = None                 # the advisor leg being rung or talking
     legs: tuple[AdvisorLeg, ...] = ()             # every advisor leg that has ended
@@ -148,12 +149,14 @@ class Begin:
 @dataclass(frozen=True, slots=True)
 class Assigned:
     """The result of a ``RunAssignment``. ``routes``: the ways to the advisor of an
-    ``OfferTo`` among ``commands`` (empty: their contact cannot be dialled)."""
+    ``OfferTo`` among ``commands`` (empty: their contact cannot be dialled), and
+    ``destination`` their contact (an E.164 number, or the SIP user)."""
 
     assignment: am.Assignment
     commands: tuple[am.Command, ...]
     at: datetime
     routes: tuple[Route, ...] = ()
+    destination: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +282,8 @@ def _assignment_command(state: ConsultState, cmd: am.Command, ev: Assigned) -> S
         case am.OfferTo(advisor_id=advisor):
             if state.end_reason is not None:      # the customer left meanwhile
                 return _run(state, Op.CANCELLED)
-            return _offer(state, advisor, ev.routes, ev.at)
+            return _offer(replace(state, destination=ev.destination), advisor, ev.routes,
+                          ev.at)
         case am.Queue():
             return _queue(state, ev.at)
         case am.LinesBusy():
@@ -309,8 +313,7 @@ def _dial(state: ConsultState, advisor: int, at: datetime) -> Step:
     route = state.routes[state.route_index]
     seq = state.leg_seq + 1
     channel_id = f"{req.callback_id}-{seq:02d}"
-    destination = route.endpoint
-    leg = AdvisorLeg(advisor, channel_id, route.carrier_id, destination, at)
+    leg = AdvisorLeg(advisor, channel_id, route.carrier_id, state.destination, at)
     caller_id = req.sip_caller_id if route.carrier_id == EDGE_TRUNK else req.caller_id
     state = replace(state, leg_seq=seq, leg=leg)
     return state, [

@@ -64,6 +64,7 @@ from callback_server.dialer_messages import (
     Finish,
     Hangup,
     Job,
+    LegsUsed,
     OperatorRequested,
     Originate,
     Originated,
@@ -187,6 +188,8 @@ def transition(state: DialerState, event: Event) -> Step:
         return _timer(state, event)
     if isinstance(event, OperatorRequested):
         return _operator(state, event)
+    if isinstance(event, LegsUsed):
+        return replace(state, leg_seq=max(state.leg_seq, event.leg_seq)), []
     return _end(state, event)
 
 

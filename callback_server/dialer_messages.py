@@ -33,6 +33,12 @@ class Reason(enum.StrEnum):
     OTHER = "cause_other"
 
 
+#: the legs that call out through a carrier, whose CDRs are rated and count as spend
+#: (the operator leg, and an advisor reached over SIP, go through the edge trunk)
+RATED_LEGS = frozenset({"customer", "advisor"})
+EDGE_TRUNK = "edge-trunk"
+
+
 # --- inputs --------------------------------------------------------------------------------
 
 
@@ -141,6 +147,14 @@ class OperatorRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class LegsUsed:
+    """Another machine of the round (a consultation) numbered legs up to ``leg_seq``:
+    the dialer's next leg comes after them."""
+
+    leg_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class EndCall:
     """The IVR is done (``Hangup``): tear everything down."""
 
@@ -153,7 +167,7 @@ class Shutdown:
 
 
 Event = (Begin | Originated | OriginateFailed | OriginateRefused | Answered | ChannelGone
-         | TimerFired | OperatorRequested | EndCall | Shutdown)
+         | TimerFired | OperatorRequested | LegsUsed | EndCall | Shutdown)
 
 
 # --- commands ------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Once the customer answers, :class:`IvrRunner` drives the pure IVR machine
 (:mod:`callback_server.ivr`) over the customer's leg: it plays prompts, runs the
 IVR's timers, stores what the customer gave (request info) and hands the
-dialer's part (operator, hang-up) back to the round as follow-up events. When
+dialer's part (operator, hang-up) and a consultation (``ConnectAdvisor``) back to the
+round as follow-up events. When
 the flow has a confirm gate (``Flow.confirm_callback``) and the customer
 passes it, the round counts as confirmed (the guard's harassment brake).
 """
@@ -76,6 +77,8 @@ class IvrRunner:
             log.info("collected %s %s", cmd.category, cmd.as_dict())
         elif isinstance(cmd, ivr.DialOperator):
             self.follow_up(OperatorRequested(utcnow()))
+        elif isinstance(cmd, ivr.ConnectAdvisor):
+            self.follow_up(cmd)          # the round's consultation (ConsultRunner)
         elif isinstance(cmd, ivr.Hangup):
             self.follow_up(EndCall(utcnow()))
 

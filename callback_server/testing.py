@@ -75,6 +75,12 @@ class FakeAri:
     async def stop_playback(self, playback_id: str) -> None:
         self.calls.append(("stop_playback", playback_id))
 
+    async def start_moh(self, channel_id: str) -> None:
+        self.calls.append(("start_moh", channel_id))
+
+    async def stop_moh(self, channel_id: str) -> None:
+        self.calls.append(("stop_moh", channel_id))
+
     async def create_bridge(self, bridge_id: str, *, type: str = "mixing") -> ari.Bridge:
         self.calls.append(("create_bridge", (bridge_id, type)))
         return ari.Bridge(id=bridge_id, bridge_type=type)

@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
+from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import AriPort, CallContext, Rater
 from callback_server.call_runner import CallRunner, no_answer_outcome
+from callback_server.consult_runner import RecordSink
 from callback_server.dialer import RescueAction, reason_for, rescue_action
 from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
 from callback_server.ivr_flow import Flow
@@ -74,9 +76,13 @@ class Worker:
                  router: ari.EventRouter, rater: Rater, ari_ready: asyncio.Event,
                  settings: WorkerSettings = WorkerSettings(), guard: Guard | None = None,
                  settler: LegSettler | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 desk: AdvisorPort | None = None,
+                 consultations: RecordSink | None = None) -> None:
         self.store = store
         self.clock = clock              # business hours are applied at its time
+        self.desk = desk                      # the advisors a consultation reaches
+        self.consultations = consultations    # where consultation records go
         # Settles legs no call owns from Asterisk's own records (None: unit setups).
         self.settler = settler
         self.guard = guard
@@ -261,7 +267,8 @@ class Worker:
                           self.flows[merchant.ivr_flow], claimed.hungup_at, merchant.language)
         runner = CallRunner(job, ctx, client=self.client, router=self.router,
                             store=self.store, rater=self.rater, guard=self.guard,
-                            records=self.settler.records if self.settler else None)
+                            records=self.settler.records if self.settler else None,
+                            desk=self.desk, consultations=self.consultations)
         self.calls[job.callback_id] = runner
         if self._stopping:
             runner.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from callback_server.dialer_messages import RecordCdr
+from callback_server.dialer_messages import RATED_LEGS, RecordCdr
 from callback_server.store.base import StoreBase
 from shared.db import survives_database_restarts
 from shared.money import Money
@@ -33,7 +33,7 @@ class CdrStore(StoreBase):
                 _currency(direct_cost))
             if not inserted:
                 return False
-            if self.guard is not None and carrier_cost is not None and cdr.leg == "customer":
+            if self.guard is not None and carrier_cost is not None and cdr.leg in RATED_LEGS:
                 await self.guard.add_spend(conn, cdr.carrier_id, merchant_id, carrier_cost)
             payload = {
                 "kind": "cdr", "call_id": cdr.call_id, "callback_id": cdr.callback_id,

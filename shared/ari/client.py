@@ -276,6 +276,13 @@ class AriClient:
         raw = await self._request("POST", path, {"media": ",".join(media), "lang": lang})
         return Playback.from_json(raw)
 
+    async def start_moh(self, channel_id: str) -> None:
+        """Music on hold to the channel (its default class) until :meth:`stop_moh`."""
+        await self._request("POST", f"/channels/{channel_id}/moh")
+
+    async def stop_moh(self, channel_id: str) -> None:
+        await self._request("DELETE", f"/channels/{channel_id}/moh")
+
     async def stop_playback(self, playback_id: str) -> None:
         try:
             await self._request("DELETE", f"/playbacks/{playback_id}")

@@ -1,0 +1,140 @@
+"""The advisors a consultation reaches, in PostgreSQL: the adapter of the consult machine's
+database side (:mod:`callback_server.consult`).
+
+:class:`AdvisorDesk` resolves the IVR's choice (a 4-digit code, or a group's name) to
+the members an assignment offers the call to, runs the assignment
+(``advisors.live.Presences``: the presence rows locked, the machines, the event rows and
+their NOTIFY in one transaction), finds the ways to ring an advisor (a PSTN number
+ranked by ``callback_server.routing``, cheapest first; a SIP user through the edge
+trunk) and applies ``ConsultationEnded`` when a consultation is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, assert_never
+
+import asyncpg
+
+from advisors import assignment as am
+from advisors import presence as pm
+from advisors.errors import NotFound
+from advisors.live import Presences
+from advisors.model import PstnContact, SipContact, State
+from advisors.store import AdvisorStore
+from callback_server.consult import Op
+from callback_server.dialer_messages import EDGE_TRUNK, Route
+from shared.phone import E164
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """Who the customer's choice reaches, and how long each of them is rung."""
+
+    members: frozenset[int]
+    ring_timeout_s: int
+    group_id: int | None = None
+    advisor_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """The choice reaches nobody now: ``unknown`` (no such code or group), ``talking``,
+    ``offline`` or ``away`` (the reasons the IVR says)."""
+
+    reason: str
+
+
+class RouteSource(Protocol):
+    async def routes(self, number: E164, at: datetime) -> tuple[Route, ...]: ...
+
+
+class AdvisorPort(Protocol):
+    async def choose(self, merchant_id: str, *, code: str | None, group: str | None
+                     ) -> Chosen | Unavailable: ...
+    async def assignment(self, merchant_id: str, op: Op, a: am.Assignment
+                         ) -> tuple[am.Assignment, list[am.Command]]: ...
+    async def contact(self, merchant_id: str, advisor_id: int, at: datetime
+                      ) -> tuple[str, tuple[Route, ...]]: ...
+    async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
+                    at: datetime) -> None: ...
+    async def customer_id(self, merchant_id: str, number: E164) -> int | None: ...
+
+
+def unavailable_reason(state: State) -> str:
+    """What the IVR tells a customer whose advisor is in ``state`` (not taking calls)."""
+    match state:
+        case State.TALKING | State.RINGING | State.STANDBY:   # standby: all their lines busy
+            return "talking"
+        case State.OFFLINE:
+            return "offline"
+        case State.WORKING | State.BREAK | State.WRAP_UP:
+            return "away"
+        case _:
+            assert_never(state)
+
+
+class AdvisorDesk:
+    def __init__(self, pool: asyncpg.Pool, routes: RouteSource) -> None:
+        self.pool = pool
+        self.presences = Presences(pool)
+        self.store = AdvisorStore(pool)
+        self.route_source = routes
+
+    async def choose(self, merchant_id: str, *, code: str | None, group: str | None
+                     ) -> Chosen | Unavailable:
+        rules = await self.store.rules(merchant_id)
+        if code is not None:
+            advisor = await self.store.advisor_by_code(merchant_id, code)
+            if advisor is None:
+                return Unavailable("unknown")
+            _, presence = await self.store.advisor(merchant_id, advisor.id)
+            if not presence.takes_offer():
+                return Unavailable(unavailable_reason(presence.state))
+            return Chosen(frozenset({advisor.id}), rules.ring_timeout_s,
+                          advisor_id=advisor.id)
+        group_id = await self.pool.fetchval(
+            "SELECT id FROM advisor_groups WHERE merchant_id = $1 AND name = $2",
+            merchant_id, group)
+        if group_id is None:
+            return Unavailable("unknown")
+        try:
+            members = await self.presences.members(merchant_id, group_id=group_id)
+        except NotFound:
+            return Unavailable("unknown")
+        return Chosen(members, rules.ring_timeout_s, group_id=group_id)
+
+    async def assignment(self, merchant_id: str, op: Op, a: am.Assignment
+                         ) -> tuple[am.Assignment, list[am.Command]]:
+        match op:
+            case Op.ASSIGN:
+                return await self.presences.assign(merchant_id, a)
+            case Op.RING_MISSED:
+                return await self.presences.ring_missed(merchant_id, a)
+            case Op.ANSWERED:
+                return await self.presences.answered(merchant_id, a)
+            case Op.CANCELLED:
+                return await self.presences.cancelled(merchant_id, a)
+            case _:
+                assert_never(op)
+
+    async def contact(self, merchant_id: str, advisor_id: int, at: datetime
+                      ) -> tuple[str, tuple[Route, ...]]:
+        advisor, _ = await self.store.advisor(merchant_id, advisor_id)
+        match advisor.contact:
+            case PstnContact(number=number):
+                return str(number), await self.route_source.routes(number, at)
+            case SipContact(user=user):
+                return user, (Route(EDGE_TRUNK, f"PJSIP/{user}@{EDGE_TRUNK}"),)
+            case _:
+                assert_never(advisor.contact)
+
+    async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
+                    at: datetime) -> None:
+        await self.presences.apply(merchant_id, advisor_id,
+                                   pm.ConsultationEnded(at, consultation_id))
+
+    async def customer_id(self, merchant_id: str, number: E164) -> int | None:
+        customer = await self.store.customer_by_number(merchant_id, number)
+        return None if customer is None else customer.id

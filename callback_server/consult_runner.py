@@ -1,0 +1,234 @@
+"""The consultation step of a call-back round: the ARI and database side of
+:mod:`callback_server.consult`.
+
+The IVR's ``ConnectAdvisor`` starts a :class:`ConsultRunner`: it resolves the choice
+(:class:`~callback_server.advisor_desk.AdvisorPort`; an advisor of a code who cannot
+take the call goes back to the IVR as ``AdvisorUnavailable``), then drives the pure
+machine. Its assignments run in the database and come back as ``Assigned`` (with the
+offered advisor's routes); its leg commands (persist, originate, hang up, timers, the
+bridge) are the round's own (``CallRunner``), its CDRs are rated like the customer's,
+and its ``Over`` becomes a :class:`~advisors.records.ConsultationRecord`, saved
+through ``RecordSink``. The machine's outcome for the customer (``Tell``) goes back to
+the IVR after the current event.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import asyncpg
+
+from advisors import assignment as am
+from advisors.records import ConsultationRecord, LegCost, Method
+from callback_server import consult, ivr
+from callback_server.advisor_desk import AdvisorPort, Chosen, Unavailable
+from callback_server.call_ports import AriPort, CallContext, CallStore, Rater, safely, utcnow
+from callback_server.cdr_rating import store_cdr
+from callback_server.consult import (
+    Assigned,
+    Begin,
+    ConsultState,
+    EndPresence,
+    Over,
+    Request,
+    RunAssignment,
+    StartMoh,
+    StopMoh,
+    Tell,
+)
+from callback_server.dialer import leg_variables
+from callback_server.dialer_messages import Command as LegCommand
+from callback_server.dialer_messages import Job, RecordCdr, Route
+from shared.db import CONNECTION_ERRORS
+from shared.money import Money
+from shared.phone import E164, InvalidNumber
+
+log = logging.getLogger("callback.consult")
+
+DATABASE_ERRORS = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+
+
+class RecordSink(Protocol):
+    """Where a finished consultation's record goes (``advisors.records`` store)."""
+
+    async def save(self, record: ConsultationRecord) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    command: ivr.ConnectAdvisor
+    chosen: Chosen
+    requested_at: datetime
+
+
+class ConsultRunner:
+    """The consultations of one round, one at a time (started by ``ConnectAdvisor``)."""
+
+    def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, store: CallStore,
+                 rater: Rater, desk: AdvisorPort | None, records: RecordSink | None,
+                 run_leg: Callable[[LegCommand], Awaitable[None]],
+                 follow_up: Callable[[object], None]) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.client = client
+        self.store = store
+        self.rater = rater
+        self.desk = desk
+        self.records = records
+        self.run_leg = run_leg           # the round's executor of leg commands
+        self.follow_up = follow_up       # an event for the round, after the current one
+        self.state: ConsultState | None = None
+        self._started: _Started | None = None
+        self._count = 0
+        self._costs: dict[str, Money | None] = {}
+
+    @property
+    def live(self) -> bool:
+        return self.state is not None and self.state.phase is not consult.Phase.DONE
+
+    def owns(self, channel_id: str) -> bool:
+        return self.state is not None and self.state.leg is not None \
+            and self.state.leg.channel_id == channel_id
+
+    @property
+    def channel_id(self) -> str | None:
+        leg = self.state.live_leg if self.state is not None else None
+        return None if leg is None else leg.channel_id
+
+    async def start(self, cmd: ivr.ConnectAdvisor, customer: str | None, leg_seq: int) -> None:
+        """Resolve the customer's choice, then ring (or report why not to the IVR)."""
+        if customer is None:
+            return
+        if self.desk is None or self.live:
+            self.follow_up(ivr.ConsultFailed())
+            return
+        try:
+            chosen = await self.desk.choose(self.job.merchant_id, code=cmd.code,
+                                            group=cmd.group)
+        except DATABASE_ERRORS as exc:
+            log.error("advisors unavailable: %s", exc)
+            self.follow_up(ivr.ConsultFailed())
+            return
+        if isinstance(chosen, Unavailable):
+            log.info("advisor %s: %s", cmd.code or cmd.group, chosen.reason)
+            self.follow_up(ivr.AdvisorUnavailable(chosen.reason))
+            return
+        self._count += 1
+        now = utcnow()
+        request = Request(
+            consultation_id=f"{self.job.callback_id}-c{self._count}",
+            callback_id=self.job.callback_id, attempt_no=self.job.attempt_no,
+            customer_channel=customer, members=chosen.members,
+            ring_timeout_s=chosen.ring_timeout_s, queue_s=cmd.queue_s,
+            caller_id=str(self.job.caller_id), sip_caller_id=str(self.job.destination),
+            variables=leg_variables(self.job))
+        self._started = _Started(cmd, chosen, now)
+        self.state = ConsultState.new(request, leg_seq)
+        log.info("consultation %s: %s %s, members %s", request.consultation_id, cmd.method,
+                 cmd.code or cmd.group, sorted(chosen.members))
+        await self.handle(Begin(now))
+
+    async def handle(self, event: consult.Event) -> None:
+        if self.state is None:
+            return
+        self.state, commands = consult.transition(self.state, event)
+        for cmd in commands:
+            await self._run(cmd)
+
+    async def _run(self, cmd: consult.Command) -> None:  # noqa: C901 - one branch per command
+        log.debug("-> consult %s", cmd)
+        match cmd:
+            case RunAssignment():
+                await self._assignment(cmd)
+            case StartMoh(channel_id=cid):
+                await safely(self.client.start_moh(cid))
+            case StopMoh(channel_id=cid):
+                await safely(self.client.stop_moh(cid))
+            case EndPresence(advisor_id=advisor):
+                await self._ended(advisor)
+            case Tell(outcome=outcome):
+                self.follow_up(outcome)
+            case Over():
+                await self._over(cmd)
+            case RecordCdr():
+                self._costs[cmd.call_id] = await store_cdr(
+                    self.store, self.rater, cmd, destination=_number(cmd.destination),
+                    inbound_tariff=self.ctx.inbound_tariff,
+                    edge_call_id=self.ctx.edge_call_id, merchant_id=self.job.merchant_id)
+            case _:
+                await self.run_leg(cmd)
+
+    async def _assignment(self, cmd: RunAssignment) -> None:
+        assert self.desk is not None
+        merchant = self.job.merchant_id
+        now = utcnow()
+        destination: str = ""
+        routes: tuple[Route, ...] = ()
+        try:
+            a, result = await self.desk.assignment(merchant, cmd.op, cmd.assignment)
+        except DATABASE_ERRORS as exc:
+            # Nothing changed in the database: wait in the queue (tried again) or fail.
+            log.error("assignment %s failed: %s", cmd.op, exc)
+            a, result = cmd.assignment, [am.Queue("database")]
+        offer = next((c for c in result if isinstance(c, am.OfferTo)), None)
+        if offer is not None:
+            try:
+                destination, routes = await self.desk.contact(merchant, offer.advisor_id, now)
+            except DATABASE_ERRORS as exc:   # no way to ring them: the next member
+                log.error("advisor %s: no contact: %s", offer.advisor_id, exc)
+        log.info("assignment %s: %s", cmd.op, result)
+        await self.handle(Assigned(a, tuple(result), now, routes, destination))
+
+    async def _ended(self, advisor: int) -> None:
+        assert self.desk is not None and self.state is not None
+        try:
+            await self.desk.ended(self.job.merchant_id, advisor,
+                                  self.state.request.consultation_id, utcnow())
+        except DATABASE_ERRORS as exc:
+            log.error("advisor %s: the consultation's end not applied: %s", advisor, exc)
+
+    async def _over(self, over: Over) -> None:
+        assert self._started is not None and self.state is not None and self.desk is not None
+        log.info("consultation %s over: %s, advisor %s", over.consultation_id,
+                 over.end_reason, over.advisor_id)
+        if self.records is None:
+            return
+        started = self._started
+        try:
+            customer_id = await self.desk.customer_id(self.job.merchant_id, self.job.destination)
+            record = ConsultationRecord(
+                consultation_id=over.consultation_id, merchant_id=self.job.merchant_id,
+                callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
+                customer_number=str(self.job.destination), customer_id=customer_id,
+                advisor_id=over.advisor_id, group_id=started.chosen.group_id,
+                method=Method(started.command.method), requested_at=started.requested_at,
+                rings=over.rings, answered_at=over.answered_at, holds=(), transfers=(),
+                ended_at=over.ended_at, talk_s=talk_seconds(over),
+                end_reason=over.end_reason,
+                customer_call_id=self.state.request.customer_channel,
+                leg_costs=tuple(LegCost(leg.channel_id, "advisor", leg.carrier_id,
+                                        self._costs.get(leg.channel_id))
+                                for leg in over.legs))
+            await self.records.save(record)
+        except DATABASE_ERRORS as exc:
+            log.error("consultation %s: record not saved: %s", over.consultation_id, exc)
+
+
+def talk_seconds(over: Over) -> int:
+    """Whole seconds the customer talked with the advisor, started seconds counted."""
+    if over.answered_at is None:
+        return 0
+    return max(0, math.ceil((over.ended_at - over.answered_at).total_seconds()))
+
+
+def _number(destination: str) -> E164 | None:
+    """A PSTN advisor's number (a SIP advisor's leg is not rated)."""
+    try:
+        return E164.parse(destination)
+    except InvalidNumber:
+        return None
