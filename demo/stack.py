@@ -88,6 +88,7 @@ class MerchantOptions:
     #: ``hours``, whose tables would take them)
     presence_online_number: str | None = None
     presence_offline_number: str | None = None
+    ivr_flow: str = "order"        # callback_server/flows/<name>.toml
 
     def toml(self) -> str:
         presence = "".join(f'{key} = "{number}"\n' for key, number in (
@@ -105,7 +106,7 @@ pre_callback_delay_s = {self.pre_callback_delay_s}
 max_attempts = {self.max_attempts}
 retry_backoff_s = [{", ".join(str(b) for b in self.retry_backoff_s)}]
 ring_timeout_s = {self.ring_timeout_s}
-ivr_flow = "order"
+ivr_flow = "{self.ivr_flow}"
 operator = "operator"
 api_token_sha256 = "{hashlib.sha256(self.api_token.encode()).hexdigest()}"
 {presence}{self.hours}"""

@@ -1,0 +1,235 @@
+"""Consultations end to end: a customer's call-back IVR puts them through to an advisor.
+
+Real Asterisks, PostgreSQL, servers and SIPp: SIPp plays the customer (carrier A
+answers the call-back and presses keys), an advisor with a SIP contact (the edge's
+``operator`` phone, reached over the edge trunk) and an advisor with a PSTN number
+(reached through the carriers, cheapest first: carrier B refuses with 503, carrier A
+answers). The advisors are set up through the site's advisors API. Asserted: SIP facts
+from SIPp's message logs and the advisors' state in the callback site's database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from demo.stack import CALL_CENTER_TOKEN, MerchantOptions, Stack
+from tests.harness import asterisk as ast_harness
+from tests.harness.sipp import SipMessage, SippRole
+
+pytestmark = pytest.mark.e2e
+
+ACME = MerchantOptions(pre_callback_delay_s="0", ivr_flow="consult")
+CONFIRM = "1"
+BY_CODE, ANYONE = "1", "2"          # the consult flow's menu
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with Stack(tmp_path_factory.mktemp("consult"), merchants=(ACME,),
+                     db_prefix="cbgw_e2e_consult", log_level="DEBUG") as running:
+        yield running
+
+
+class Admin:
+    """The merchant's advisors API on the callback site."""
+
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession) -> None:
+        self.url = stack.callback_url
+        self.session = session
+        self.headers = {"Authorization": f"Bearer {CALL_CENTER_TOKEN}"}
+
+    async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.request(method, self.url + path, json=body,
+                                        headers=self.headers) as resp:
+            data: dict[str, Any] = await resp.json()
+            assert resp.status in (200, 201), (method, path, resp.status, data)
+            return data
+
+    async def advisor(self, name: str, code: str, contact: dict[str, str]) -> int:
+        made = await self.call("POST", "/v1/advisors", {
+            "display_name": name, "code": code, "contact": contact,
+            "price_per_minute_yen": 200})
+        advisor_id = int(made["id"])
+        await self.call("PUT", f"/v1/advisors/{advisor_id}/presence", {"presence": "online"})
+        return advisor_id
+
+    async def group(self, name: str, members: list[int]) -> None:
+        async with self.session.get(self.url + "/v1/advisor-groups",
+                                    headers=self.headers) as resp:
+            groups = (await resp.json())["items"]
+        found = next((g for g in groups if g["name"] == name), None)
+        if found is None:
+            await self.call("POST", "/v1/advisor-groups", {"name": name, "members": members})
+        else:
+            await self.call("PATCH", f"/v1/advisor-groups/{found['id']}", {"members": members})
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[Admin]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session:
+        yield Admin(stack, session)
+
+
+SIP_ADVISOR = {"kind": "sip", "user": "operator"}
+
+
+def pstn(number: str) -> dict[str, str]:
+    return {"kind": "pstn", "number": number}
+
+
+async def wait_for(role: SippRole, predicate: Any, within_s: float = 40) -> SipMessage:
+    return await asyncio.to_thread(role.wait_for, predicate, within_s)
+
+
+def invites_to(role: SippRole, user: str) -> list[SipMessage]:
+    return [m for m in role.invites_received() if m.ruri_user == user]
+
+
+async def events(stack: Stack, advisor_id: int) -> list[tuple[str, str]]:
+    rows = await stack.fetch("callback", "SELECT event, after FROM advisor_events "
+                             "WHERE advisor_id = $1 ORDER BY id", advisor_id)
+    return [(r["event"], r["after"]) for r in rows]
+
+
+async def presence(stack: Stack, advisor_id: int) -> dict[str, Any]:
+    rows = await stack.fetch("callback", "SELECT * FROM advisor_presence WHERE advisor_id = $1",
+                             advisor_id)
+    return dict(rows[0])
+
+
+async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
+        stack: Stack, admin: Admin) -> None:
+    """Method 4: the customer keys 4321; the advisor of that code (a SIP phone at the
+    edge) is rung with the customer's number, answers, talks, and hangs up first: the
+    customer is hung up after the goodbye and the advisor goes to after-call work."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    chosen = await admin.advisor("葵", "4321", SIP_ADVISOR)
+    other = await admin.advisor("蓮", "8765", pstn("+81312340001"))
+    customer = "07011110001"
+    keys = CONFIRM + BY_CODE + "4321"
+    async with stack.carriers(digits=keys, operator="uas_answer_dtmf_bye.xml") as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        advisor = roles["operator"]
+        invite = await wait_for(advisor, lambda m: m.method == "INVITE", 60)
+        advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                     and m.direction == "sent", 40)
+        phone = roles["carrier-a"]
+        customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                      and m.direction == "received", 40)
+        ended = await stack.wait_for_row(
+            "callback", "SELECT * FROM advisor_events WHERE advisor_id = $1 AND "
+            "event = 'ended'", chosen)
+        carrier_invites = roles["carrier-a"].invites_received() + \
+            roles["carrier-b"].invites_received()
+    assert invite.ruri_user == "operator"
+    assert invite.from_user is not None and invite.from_user.endswith("7011110001"), \
+        "the advisor sees the customer's number"
+    assert customer_bye.at > advisor_bye.at, "the advisor hung up first"
+    # nobody else was rung: the carriers saw only the customer's call-back
+    assert {m.ruri_user for m in carrier_invites} == {"817011110001"}
+    assert [e for e, _ in await events(stack, chosen)] == [
+        "online", "offered", "answered", "ended"]
+    assert ended["after"] == "wrap_up"
+    assert [e for e, _ in await events(stack, other)] == ["online"]
+    leg = await stack.wait_for_row(
+        "callback", "SELECT * FROM callback_attempts WHERE leg = 'advisor' AND answered")
+    assert leg["endpoint"] == "PJSIP/operator@edge-trunk" and leg["status"] == "ended"
+
+
+async def test_ring_timeout_goes_to_the_next_advisor_and_the_miss_puts_one_on_break(
+        stack: Stack, admin: Admin) -> None:
+    """A group: the advisor idle the longest (a SIP phone that lets it ring) is rung for
+    the merchant's ring timeout; the miss (one is the break threshold here) puts them on
+    break, and the next member, reached over PSTN through the cheapest carrier (B
+    refuses, A answers), is rung and answers."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 5, "lines": 10,
+                                                      "misses_before_break": 1})
+    first = await admin.advisor("陽翔", "1357", SIP_ADVISOR)
+    second = await admin.advisor("結衣", "2468", pstn("+81312340002"))
+    await admin.group("all", [first, second])
+    customer = "07011110002"
+    async with stack.carriers(digits=CONFIRM + ANYONE,
+                              operator="uas_ring_no_answer.xml") as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        rung = await wait_for(roles["operator"], lambda m: m.method == "INVITE", 60)
+        cancel = await wait_for(roles["operator"], lambda m: m.method == "CANCEL", 30)
+        refused = await wait_for(roles["carrier-b"], lambda m: m.method == "INVITE"
+                                 and m.ruri_user == "81312340002", 30)
+        answered = await wait_for(roles["carrier-a"], lambda m: m.method == "INVITE"
+                                  and m.ruri_user == "81312340002", 30)
+        await stack.wait_for_row("callback", "SELECT 1 FROM advisor_events WHERE "
+                                 "advisor_id = $1 AND event = 'answered'", second)
+        await ast_harness.reset(stack.callback_site)     # end the calls
+    rang_s = (cancel.at - rung.at).total_seconds()
+    assert 4.0 <= rang_s <= 8.0, rang_s                  # the merchant's 5 s ring timeout
+    assert cancel.at <= refused.at <= answered.at
+    missed = await presence(stack, first)
+    assert missed["desk"] == "break" and "missed 1" in missed["reason"]
+    assert ("ring_missed", "break") in await events(stack, first)
+
+
+async def test_lines_busy_plays_the_busy_guidance_and_rings_nobody(
+        stack: Stack, admin: Admin) -> None:
+    """All the merchant's lines are in use: the customer hears the busy guidance and
+    is hung up; no advisor is rung."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 1,
+                                                      "misses_before_break": 3})
+    free = await admin.advisor("湊", "9753", SIP_ADVISOR)
+    busy = await admin.advisor("凛", "8642", pstn("+81312340003"))
+    await admin.group("all", [free, busy])
+    await stack.fetch("callback", "UPDATE advisor_presence SET sessions = "
+                      "'[{\"consultation_id\": \"elsewhere\", \"answered\": true}]' "
+                      "WHERE advisor_id = $1", busy)      # the one line is taken
+    customer = "07011110003"
+    try:
+        async with stack.carriers(digits=CONFIRM + ANYONE) as roles:
+            await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+            phone = roles["carrier-a"]
+            answered = await wait_for(phone, lambda m: m.direction == "sent"
+                                      and m.status == 200 and m.cseq_method == "INVITE", 60)
+            bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                 and m.direction == "received", 60)
+            advisor_invites = roles["operator"].invites_received()
+            carrier_invites = roles["carrier-a"].invites_received() + \
+                roles["carrier-b"].invites_received()
+    finally:
+        await stack.fetch("callback", "UPDATE advisor_presence SET sessions = '[]' "
+                          "WHERE advisor_id = $1", busy)
+    assert advisor_invites == []
+    assert {m.ruri_user for m in carrier_invites} == {"817011110003"}
+    heard = (bye.at - answered.at).total_seconds()
+    busy_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "lines-busy")
+    assert heard >= busy_s, (heard, busy_s)
+    assert [e for e, _ in await events(stack, free)] == ["online"]
+
+
+async def test_customer_hanging_up_while_the_advisor_rings_withdraws_without_a_miss(
+        stack: Stack, admin: Admin) -> None:
+    """The customer gives up (hangs up 20 s after answering) while the advisor's phone
+    rings: the advisor's leg is cancelled, no miss is counted, they are back in
+    standby."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 60, "lines": 10,
+                                                      "misses_before_break": 1})
+    advisor = await admin.advisor("大和", "1470", SIP_ADVISOR)
+    await admin.group("all", [advisor])
+    customer = "07011110004"
+    async with stack.carriers(a="uas_answer_dtmf_bye.xml", digits=CONFIRM + ANYONE,
+                              operator="uas_ring_no_answer.xml") as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        await wait_for(roles["operator"], lambda m: m.method == "INVITE", 60)
+        hung_up = await wait_for(roles["carrier-a"], lambda m: m.method == "BYE"
+                                 and m.direction == "sent", 40)
+        cancel = await wait_for(roles["operator"], lambda m: m.method == "CANCEL", 20)
+        await stack.wait_for_row("callback", "SELECT 1 FROM advisor_events WHERE "
+                                 "advisor_id = $1 AND event = 'ended'", advisor)
+    assert cancel.at >= hung_up.at
+    after = await presence(stack, advisor)
+    assert after["desk"] == "standby" and after["misses"] == 0 and after["sessions"] == []
+    assert [e for e, _ in await events(stack, advisor)] == ["online", "offered", "ended"]
