@@ -40,6 +40,7 @@ from typing import assert_never
 from advisors import assignment as am
 from advisors.records import EndReason, Ring, RingOutcome
 from callback_server import dialer, ivr
+from callback_server.dialer import Leg
 from callback_server.dialer_messages import (
     EDGE_TRUNK,
     Answered,
@@ -96,17 +97,6 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class AdvisorLeg:
-    advisor_id: int
-    channel_id: str
-    carrier_id: str
-    destination: str
-    started_at: datetime
-    answered_at: datetime | None = None
-    ended: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class ConsultState:
     request: Request
     assignment: am.Assignment
@@ -116,8 +106,9 @@ class ConsultState:
     route_index: int = 0
     destination: str = ""                         # the contact of the advisor rung
     ring_started: datetime | None = None
-    leg: AdvisorLeg | None = None                 # the advisor leg being rung or talking
-    legs: tuple[AdvisorLeg, ...] = ()             # every advisor leg that has ended
+    advisor: int | None = None                    # the advisor being rung or talking
+    leg: Leg | None = None                        # their leg (role "advisor")
+    legs: tuple[Leg, ...] = ()                    # every advisor leg that has ended
     rings: tuple[Ring, ...] = ()
     ring_outcome: RingOutcome | None = None              # decided for the ringing leg, not logged
     queued: bool = False
@@ -134,7 +125,7 @@ class ConsultState:
                    leg_seq)
 
     @property
-    def live_leg(self) -> AdvisorLeg | None:
+    def live_leg(self) -> Leg | None:
         return self.leg if self.leg is not None and not self.leg.ended else None
 
 
@@ -219,7 +210,7 @@ class Over:
     answered_at: datetime | None
     ended_at: datetime
     end_reason: EndReason
-    legs: tuple[AdvisorLeg, ...]
+    legs: tuple[Leg, ...]
 
 
 Command = (RunAssignment | PersistAttempt | Originate | Hangup | StartTimer | CancelTimer
@@ -313,9 +304,9 @@ def _dial(state: ConsultState, advisor: int, at: datetime) -> Step:
     route = state.routes[state.route_index]
     seq = state.leg_seq + 1
     channel_id = f"{req.callback_id}-{seq:02d}"
-    leg = AdvisorLeg(advisor, channel_id, route.carrier_id, state.destination, at)
+    leg = Leg(channel_id, "advisor", route.carrier_id, state.destination, at)
     caller_id = req.sip_caller_id if route.carrier_id == EDGE_TRUNK else req.caller_id
-    state = replace(state, leg_seq=seq, leg=leg)
+    state = replace(state, leg_seq=seq, leg=leg, advisor=advisor)
     return state, [
         PersistAttempt(req.callback_id, req.attempt_no, seq, channel_id, "advisor",
                        route.carrier_id, route.endpoint),
@@ -328,21 +319,20 @@ def _dial(state: ConsultState, advisor: int, at: datetime) -> Step:
 
 def _failover(state: ConsultState, at: datetime) -> Step:
     """The leg failed before ringing the advisor (carrier fault): the next route."""
-    assert state.leg is not None
-    advisor = state.leg.advisor_id
+    assert state.advisor is not None
     if state.end_reason is None and state.route_index + 1 < len(state.routes):
-        return _dial(replace(state, route_index=state.route_index + 1), advisor, at)
+        return _dial(replace(state, route_index=state.route_index + 1), state.advisor, at)
     state = replace(state, ring_outcome=state.ring_outcome or RingOutcome.FAILED)
-    return _ring_over(state, advisor, at)
+    return _ring_over(state, at)
 
 
-def _ring_over(state: ConsultState, advisor: int, at: datetime) -> Step:
-    """The offer to ``advisor`` ended unanswered: log it, then the next member (a miss)
+def _ring_over(state: ConsultState, at: datetime) -> Step:
+    """The offer to the advisor ended unanswered: log it, then the next member (a miss)
     or, when the customer left, the withdrawal."""
-    assert state.leg is not None
+    assert state.leg is not None and state.advisor is not None
     outcome = state.ring_outcome or RingOutcome.MISSED
     ended = at if state.ended_at is None else min(at, state.ended_at)   # withdrawn then
-    ring = Ring(advisor, state.leg.channel_id, state.ring_started or ended, ended, outcome)
+    ring = Ring(state.advisor, state.leg.channel_id, state.ring_started or ended, ended, outcome)
     state = replace(state, rings=(*state.rings, ring), ring_outcome=None, ring_started=None,
                     leg=None, routes=())
     cmds: list[Command] = [CancelTimer(T_RING)]
@@ -393,8 +383,9 @@ def _answered(state: ConsultState, cid: str, at: datetime) -> Step:
     cmds: list[Command] = [CancelTimer(T_RING), RecordLegResult(cid, "answered")]
     if state.end_reason is not None or state.phase is not Phase.RINGING:
         return state, [*cmds, Hangup(cid)]     # answered after the customer left
+    assert state.advisor is not None
     state = replace(state, ring_outcome=RingOutcome.ANSWERED,
-                    rings=(*state.rings, Ring(leg.advisor_id, cid,
+                    rings=(*state.rings, Ring(state.advisor, cid,
                                                  state.ring_started or leg.started_at, at,
                                                  RingOutcome.ANSWERED)))
     nxt, more = _run(state, Op.ANSWERED)
@@ -408,7 +399,7 @@ def _leg_ended(state: ConsultState, at: datetime, cause: int | None) -> Step:
     if cause is None:
         return replace(state, leg=leg), []
     state = replace(state, leg=leg, legs=(*state.legs, leg))
-    return state, [_cdr(state.request.callback_id, leg, at, cause)]
+    return state, [dialer.leg_cdr(state.request.callback_id, leg, at, cause)]
 
 
 def _gone(state: ConsultState, ev: ChannelGone) -> Step:
@@ -429,14 +420,12 @@ def _gone(state: ConsultState, ev: ChannelGone) -> Step:
 
 
 def _unanswered_gone(state: ConsultState, ev: ChannelGone) -> Step:
-    assert state.leg is not None
-    advisor = state.leg.advisor_id
     if state.ring_outcome is None:
         if dialer.classify(ev.cause) is dialer.CauseClass.FAILOVER:
             return _failover(state, ev.at)
         if ev.cause in LEG_FAILED_CAUSES:
             state = replace(state, ring_outcome=RingOutcome.FAILED)
-    return _ring_over(state, advisor, ev.at)
+    return _ring_over(state, ev.at)
 
 
 def _advisor_hung_up(state: ConsultState, at: datetime) -> Step:
@@ -512,10 +501,3 @@ def _settle(state: ConsultState, at: datetime) -> Step:
     over = Over(state.request.consultation_id, state.connected_advisor or last, state.rings,
                 state.answered_at, state.ended_at or at, state.end_reason, state.legs)
     return replace(state, phase=Phase.DONE), [*(CancelTimer(t) for t in TIMERS), over]
-
-
-def _cdr(callback_id: str, leg: AdvisorLeg, ended_at: datetime, cause: int) -> RecordCdr:
-    return dialer.leg_cdr(callback_id, dialer.Leg(leg.channel_id, "advisor", leg.carrier_id,
-                                                  leg.destination, leg.started_at,
-                                                  leg.answered_at), ended_at, cause)
-

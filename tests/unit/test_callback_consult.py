@@ -215,7 +215,7 @@ def test_ring_timeout_counts_a_miss_and_rings_the_next_member() -> None:
     cmds = call.send(ChannelGone(first, 19, call.at(20.1)))
     assert call.desk.seats[1].misses == 1 and call.desk.seats[1].state is State.STANDBY
     second = call.ringing()
-    assert second != first and call.state.leg is not None and call.state.leg.advisor_id == 2
+    assert second != first and call.state.advisor == 2
     originate = only(cmds, Originate)[0]
     assert isinstance(originate, Originate)
     assert originate.endpoint == "PJSIP/adv2@edge-trunk"
@@ -250,7 +250,7 @@ def test_carrier_fault_fails_over_to_the_next_route_for_the_same_advisor() -> No
     # every route of advisor 1 failed: a failed ring, counted, and advisor 2 is rung
     rings = [(r.advisor_id, r.outcome) for r in call.state.rings]
     assert rings == [(1, RingOutcome.FAILED)]
-    assert call.state.leg is not None and call.state.leg.advisor_id == 2
+    assert call.state.advisor == 2
 
 
 def test_customer_hangup_while_ringing_withdraws_without_a_miss() -> None:

@@ -18,12 +18,11 @@ from callback_server.ivr import (
     Dtmf,
     IvrState,
     Mode,
-    Play,
-    PlaybackFinished,
     StartTimer,
     Timeout,
 )
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named, parse_flow
+from tests.unit.test_callback_ivr import feed, finish_prompt, plays
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +30,10 @@ def flow() -> Flow:
     return replace(load_named("consult"), start="main", confirm_callback=None)
 
 
-def feed(state: IvrState, *events: ivr.Event) -> tuple[IvrState, list[ivr.Command]]:
-    out: list[ivr.Command] = []
-    for ev in events:
-        state, cmds = ivr.transition(state, ev)
-        out += cmds
-    return state, out
-
-
-def done_playing(state: IvrState) -> tuple[IvrState, list[ivr.Command]]:
-    assert state.playback is not None
-    return ivr.transition(state, PlaybackFinished(state.playback))
-
-
-def plays(cmds: list[ivr.Command]) -> list[tuple[str, ...]]:
-    return [c.media for c in cmds if isinstance(c, Play)]
-
-
 def at_code(flow: Flow) -> IvrState:
     state, _ = ivr.start(flow, "cb-1-01")
     state, _ = feed(state, Dtmf("1"))
-    state, _ = done_playing(state)
+    state, _ = finish_prompt(state)
     assert state.node == "code" and state.mode is Mode.WAIT
     return state
 
@@ -72,7 +54,7 @@ def test_an_unavailable_advisor_says_why_and_asks_again(flow: Flow, reason: str,
     state, _ = feed(at_code(flow), *(Dtmf(d) for d in "1234"))
     state, cmds = feed(state, AdvisorUnavailable(reason))
     assert plays(cmds) == [(prompt, "sound:cbgw/enter-advisor-code")]
-    state, cmds = done_playing(state)
+    state, cmds = finish_prompt(state)
     assert state.node == "code" and isinstance(cmds[-1], StartTimer)
     state, cmds = feed(state, *(Dtmf(d) for d in "5678"))
     assert cmds[-1] == ConnectAdvisor("code", "5678")
@@ -84,7 +66,7 @@ def test_retries_used_up_go_to_on_fail(flow: Flow) -> None:
         state, _ = feed(state, *(Dtmf(d) for d in "9999"))
         state, _ = feed(state, AdvisorUnavailable("unknown"))
         if state.node == "code":
-            state, _ = done_playing(state)
+            state, _ = finish_prompt(state)
     assert state.node == "no_advisor"
 
 
