@@ -42,6 +42,7 @@ import shared
 from advisors.http import install as install_advisors
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
+from advisors.record_store import ConsultationRecords
 from billing.http import install as install_billing
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.config import CallbackSettings
@@ -260,7 +261,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                     flows=settings.flows, routes=routing, client=client, router=stasis.router,
                     rater=routing, ari_ready=stasis.ready, settings=settings.callback.worker,
                     guard=app[GUARD_KEY], settler=settler,
-                    desk=AdvisorDesk(app[POOL_KEY], routing))
+                    desk=AdvisorDesk(app[POOL_KEY], routing),
+                    consultations=ConsultationRecords(app[POOL_KEY]))
     workers.append(worker)
     app[STASIS_KEY] = stasis
     app[WORKER_KEY] = worker

@@ -319,7 +319,8 @@ class Stack:
 
     @contextlib.asynccontextmanager
     async def carriers(self, *, a: str = "uas_answer_dtmf.xml", b: str = "uas_reject_503.xml",
-                       digits: str | None = None, operator: str = "uas_answer_hold.xml"
+                       digits: str | None = None, operator: str = "uas_answer_hold.xml",
+                       pcap_options: Mapping[str, int] | None = None
                        ) -> AsyncIterator[dict[str, sipp_harness.SippRole]]:
         """Carrier A, carrier B and the operator, as SIPp roles, qualified and ready.
 
@@ -327,15 +328,20 @@ class Stack:
         are the keys it presses (RFC 4733). With the demo decks carrier B is the
         cheapest for Japanese mobiles, so it is tried first. Each trunk is qualified
         (OPTIONS) before this yields: Asterisk refuses to dial an unqualified trunk.
+        ``pcap_options`` shape the media every role plays (``make_dtmf_pcap``: e.g.
+        ``tail_ms``, PCMU silence after the keys, so a phone keeps sending audio).
         """
         with contextlib.ExitStack() as stack:
             roles = {
                 "carrier-a": stack.enter_context(
-                    sipp_harness.role(a, "carrier-a", self.workdir, digits=digits)),
+                    sipp_harness.role(a, "carrier-a", self.workdir, digits=digits,
+                                      pcap_options=pcap_options)),
                 "carrier-b": stack.enter_context(
-                    sipp_harness.role(b, "carrier-b", self.workdir, digits=digits)),
+                    sipp_harness.role(b, "carrier-b", self.workdir, digits=digits,
+                                      pcap_options=pcap_options)),
                 "operator": stack.enter_context(
-                    sipp_harness.role(operator, "operator", self.workdir)),
+                    sipp_harness.role(operator, "operator", self.workdir,
+                                      pcap_options=pcap_options)),
             }
             for trunk in ("carrier-a", "carrier-b"):
                 await ast_harness.qualify(self.callback_site, trunk)

@@ -11,6 +11,7 @@ from SIPp's message logs and the advisors' state in the callback site's database
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,8 @@ import pytest
 
 from demo.stack import CALL_CENTER_TOKEN, MerchantOptions, Stack
 from tests.harness import asterisk as ast_harness
-from tests.harness.sipp import SipMessage, SippRole
+from tests.harness.rtp import RtpCapture
+from tests.harness.sipp import CARRIER_A_PORT, OPERATOR_PORT, SipMessage, SippRole, media_port_for
 
 pytestmark = pytest.mark.e2e
 
@@ -97,6 +99,20 @@ async def events(stack: Stack, advisor_id: int) -> list[tuple[str, str]]:
     return [(r["event"], r["after"]) for r in rows]
 
 
+async def record(stack: Stack, customer_number: str) -> dict[str, Any]:
+    """The consultation record the call left (the site's ``consultations`` row)."""
+    row = await stack.wait_for_row("callback", "SELECT * FROM consultations WHERE "
+                                   "customer_number = $1", customer_number)
+    costs = await stack.fetch("callback", "SELECT * FROM consultation_leg_costs WHERE "
+                              "consultation_id = $1 ORDER BY position",
+                              row["consultation_id"])
+    return {**dict(row), "leg_costs": [dict(c) for c in costs]}
+
+
+def ring_outcomes(made: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(r["advisor_id"], r["outcome"]) for r in made["rings"]]
+
+
 async def presence(stack: Stack, advisor_id: int) -> dict[str, Any]:
     rows = await stack.fetch("callback", "SELECT * FROM advisor_presence WHERE advisor_id = $1",
                              advisor_id)
@@ -114,12 +130,19 @@ async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
     other = await admin.advisor("蓮", "8765", pstn("+81312340001"))
     customer = "07011110001"
     keys = CONFIRM + BY_CODE + "4321"
-    async with stack.carriers(digits=keys, operator="uas_answer_dtmf_bye.xml") as roles:
+    # both phones keep sending PCMU (silence) for 20 s after their keys
+    async with stack.carriers(digits=keys, operator="uas_answer_dtmf_bye.xml",
+                              pcap_options={"tail_ms": 20_000}) as roles:
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
         advisor = roles["operator"]
-        invite = await wait_for(advisor, lambda m: m.method == "INVITE", 60)
-        advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
-                                     and m.direction == "sent", 40)
+        wall_minus_monotonic = time.time() - time.monotonic()
+        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
+                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            invite = await wait_for(advisor, lambda m: m.method == "INVITE", 60)
+            ok = await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
+                                and m.cseq_method == "INVITE", 10)
+            advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                         and m.direction == "sent", 40)
         phone = roles["carrier-a"]
         customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
                                       and m.direction == "received", 40)
@@ -131,6 +154,12 @@ async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
     assert invite.ruri_user == "operator"
     assert invite.from_user is not None and invite.from_user.endswith("7011110001"), \
         "the advisor sees the customer's number"
+    # bridged: each phone gets the other's media (PCMU, a packet per 20 ms) in the first
+    # 5 s after the advisor answered (the RTP capture's clock is monotonic)
+    start = ok.at.timestamp() - wall_minus_monotonic
+    for name, rtp in (("advisor", to_advisor), ("customer", to_customer)):
+        heard = [t for t, pt in rtp.packets if pt == 0 and start <= t <= start + 5]
+        assert len(heard) >= 0.8 * 5 / 0.02, (name, len(heard))
     assert customer_bye.at > advisor_bye.at, "the advisor hung up first"
     # nobody else was rung: the carriers saw only the customer's call-back
     assert {m.ruri_user for m in carrier_invites} == {"817011110001"}
@@ -141,6 +170,15 @@ async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
     leg = await stack.wait_for_row(
         "callback", "SELECT * FROM callback_attempts WHERE leg = 'advisor' AND answered")
     assert leg["endpoint"] == "PJSIP/operator@edge-trunk" and leg["status"] == "ended"
+    made = await record(stack, "+817011110001")
+    assert made["method"] == "code" and made["advisor_id"] == chosen
+    assert made["end_reason"] == "advisor_hangup" and made["group_id"] is None
+    assert ring_outcomes(made) == [(chosen, "answered")]
+    assert made["rings"][0]["call_id"] == leg["channel_id"]
+    on_wire = (advisor_bye.at - ok.at).total_seconds()
+    assert abs(made["talk_s"] - on_wire) <= 2, (made["talk_s"], on_wire)
+    assert [(c["call_id"], c["role"], c["carrier_id"], c["cost_amount"])
+            for c in made["leg_costs"]] == [(leg["channel_id"], "advisor", "edge-trunk", None)]
 
 
 async def test_ring_timeout_goes_to_the_next_advisor_and_the_miss_puts_one_on_break(
@@ -166,13 +204,24 @@ async def test_ring_timeout_goes_to_the_next_advisor_and_the_miss_puts_one_on_br
                                   and m.ruri_user == "81312340002", 30)
         await stack.wait_for_row("callback", "SELECT 1 FROM advisor_events WHERE "
                                  "advisor_id = $1 AND event = 'answered'", second)
-        await ast_harness.reset(stack.callback_site)     # end the calls
+        customer_leg = await stack.wait_for_row(
+            "callback", "SELECT channel_id FROM callback_attempts WHERE leg = 'customer' "
+            "AND answered AND endpoint LIKE '%7011110002%'")
+        async with stack.callback_site.client() as ari:   # the customer hangs up
+            await ari.hangup(customer_leg["channel_id"])
+        made = await record(stack, "+817011110002")
     rang_s = (cancel.at - rung.at).total_seconds()
     assert 4.0 <= rang_s <= 8.0, rang_s                  # the merchant's 5 s ring timeout
     assert cancel.at <= refused.at <= answered.at
     missed = await presence(stack, first)
     assert missed["desk"] == "break" and "missed 1" in missed["reason"]
     assert ("ring_missed", "break") in await events(stack, first)
+    assert made["method"] == "group" and made["group_id"] is not None
+    assert made["advisor_id"] == second and made["end_reason"] == "customer_hangup"
+    assert ring_outcomes(made) == [(first, "missed"), (second, "answered")]
+    carriers = [(c["carrier_id"], c["cost_amount"] is not None) for c in made["leg_costs"]]
+    # the ring through the edge, carrier B's refusal, carrier A's answered (rated) leg
+    assert carriers == [("edge-trunk", False), ("carrier-b", False), ("carrier-a", True)]
 
 
 async def test_lines_busy_plays_the_busy_guidance_and_rings_nobody(
@@ -204,6 +253,9 @@ async def test_lines_busy_plays_the_busy_guidance_and_rings_nobody(
                           "WHERE advisor_id = $1", busy)
     assert advisor_invites == []
     assert {m.ruri_user for m in carrier_invites} == {"817011110003"}
+    made = await record(stack, "+817011110003")
+    assert made["end_reason"] == "lines_busy" and made["rings"] == []
+    assert made["advisor_id"] is None and made["talk_s"] == 0
     heard = (bye.at - answered.at).total_seconds()
     busy_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "lines-busy")
     assert heard >= busy_s, (heard, busy_s)
@@ -233,3 +285,6 @@ async def test_customer_hanging_up_while_the_advisor_rings_withdraws_without_a_m
     after = await presence(stack, advisor)
     assert after["desk"] == "standby" and after["misses"] == 0 and after["sessions"] == []
     assert [e for e, _ in await events(stack, advisor)] == ["online", "offered", "ended"]
+    made = await record(stack, "+817011110004")
+    assert made["end_reason"] == "customer_abandoned" and made["answered_at"] is None
+    assert ring_outcomes(made) == [(advisor, "withdrawn")]

@@ -307,10 +307,8 @@ def start_role(scenario: str, *, port: int, workdir: Path, name: str | None = No
     name = name or f"{scenario_path.stem}-{port}"
     role_dir = workdir / name
     role_dir.mkdir(parents=True, exist_ok=True)
-    if digits is not None:
-        make_dtmf_pcap(digits, role_dir / "dtmf.pcap", **dict(pcap_options or {}))
-    elif "play_pcap_audio" in scenario_path.read_text():
-        make_dtmf_pcap("", role_dir / "dtmf.pcap")
+    if digits is not None or "play_pcap_audio" in scenario_path.read_text():
+        make_dtmf_pcap(digits or "", role_dir / "dtmf.pcap", **dict(pcap_options or {}))
     message_log = workdir / f"{name}.messages.log"
     message_log.unlink(missing_ok=True)
     args = ["timeout", "-k", "2", str(timeout_s + 5), sipp]
