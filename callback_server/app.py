@@ -52,6 +52,7 @@ from callback_server.guard.http import install as install_guard
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
+from callback_server.leg_progress import LegProgress
 from callback_server.legrecord import LegRecords
 from callback_server.metrics import callback as callback_metrics
 from callback_server.queue_reading import CALLBACK_QUEUE
@@ -175,7 +176,7 @@ def _mount_rates(app: web.Application) -> None:
     def service() -> Any:
         return app[ROUTING_KEY].service if ROUTING_KEY in app else None
 
-    add_operations(app, routes(service))
+    add_operations(app, routes(service, {m.id: m for m in app[SETTINGS_KEY].merchants}))
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -208,12 +209,18 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
     service = await start_rating_service(app[POOL_KEY], settings.rates, log,
                                          settings.merchants)
     if service is not None:
-        log.info("routing_rates loaded: carriers ranked by expected cost")
+        from routing_rates.quality import QualityBoard
+
+        service.quality_board = await QualityBoard(app[POOL_KEY]).start()
+        log.info("routing_rates loaded: carriers ranked by expected cost, and by the "
+                 "merchants' [merchants.carrier_quality] floors")
     elif not settings.callback.static_routes:
         log.error("no routing_rates and no [[callback.routes]]: every job fails with no_route")
     app[ROUTING_KEY] = Routing(service, settings.callback.static_routes)
     yield
     if service is not None:
+        if service.quality_board is not None:
+            await service.quality_board.close()
         await service.close()
 
 
@@ -257,6 +264,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
         store.asterisk = name
     stasis = StasisApp(client, lambda: workers[0].calls if workers else {}, records=records,
                        settle_stray=settler.settle_stray, identified=identified)
+    progress = LegProgress(app[POOL_KEY])      # first ring/answer: the carriers' PDD
+    stasis.router.observe(progress.observe)
     worker = Worker(store=store, db_url=app[DB_URL_KEY], merchants=merchants,
                     flows=settings.flows, routes=routing, client=client, router=stasis.router,
                     rater=routing, ari_ready=stasis.ready, settings=settings.callback.worker,
@@ -281,7 +290,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(PURGE_EVERY_S)
 
     async with background(stasis.run(), "ari events"), \
-            background(purge_leg_records_forever(), "leg record purge"):
+            background(purge_leg_records_forever(), "leg record purge"), \
+            background(progress.run(), "leg progress"):
         async with background(worker.run(), "callback worker"):
             yield
             await worker.shutdown()

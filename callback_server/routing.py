@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from callback_server.config import StaticRoute
 from callback_server.dialer_messages import Route
+from shared.config import CarrierQuality
 from shared.money import Money
 from shared.phone import E164
 
@@ -31,18 +32,23 @@ class Routing:
         self.static = static
 
     async def routes(self, number: E164, at: datetime, max_rate: Money | None = None,
-                     ) -> tuple[Route, ...]:
+                     quality: CarrierQuality | None = None) -> tuple[Route, ...]:
         """The carriers to try, cheapest first; none above ``max_rate`` per minute (the
         merchant's maximum): if every carrier pricing the number is, none (and never the
-        static routes, whose price is not known)."""
+        static routes, whose price is not known). Those below the merchant's ``quality``
+        floor come last (``routing_rates.quality``), each logged with why."""
         if self.service is not None:
-            quotes, dropped = self.service.quote(number, at, max_rate=max_rate)
+            quotes, dropped = self.service.quote(number, at, max_rate=max_rate,
+                                                 quality=quality)
             capped = [d for d in dropped if d.reason == "above-max-rate"]
             for d in capped:
                 log.info("route %s left out for %s: above the merchant's maximum (%s)",
                          d.carrier_id, number, d.detail)
             if quotes:
                 for q in quotes:
+                    if q.demoted:
+                        log.warning("carrier %s demoted for %s: %s", q.carrier_id, number,
+                                    q.demoted)
                     log.info("route %s for %s: expected %s (%s)", q.carrier_id, number,
                              q.expected_cost.round_up(4), q.explain)
                 return tuple(Route(q.carrier_id, q.endpoint_template.format(

@@ -42,7 +42,7 @@ from callback_server.ivr_flow import Flow
 from callback_server.store import CallbackStore
 from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from shared import ari, logs
-from shared.config import Merchant, OutsideHours
+from shared.config import CarrierQuality, Merchant, OutsideHours
 from shared.db import listening
 from shared.money import Money
 from shared.phone import E164
@@ -57,7 +57,7 @@ log = logging.getLogger("callback.worker")
 
 class RouteSource(Protocol):
     async def routes(self, number: E164, at: datetime, max_rate: Money | None = None,
-                     ) -> tuple[Route, ...]: ...
+                     quality: CarrierQuality | None = None) -> tuple[Route, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +247,8 @@ class Worker:
                 return
         try:
             routes = await self.route_source.routes(job.destination, datetime.now(UTC),
-                                                    merchant.max_cost_per_minute)
+                                                    merchant.max_cost_per_minute,
+                                                    merchant.carrier_quality)
         except Exception:
             log.exception("route choice failed")
             await self.store.release(claimed.callback_id, 30.0, "routing_error")

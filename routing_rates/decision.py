@@ -42,6 +42,7 @@ class RouteQuote:
     deck_id: int | None
     explain: dict[str, Any] = field(default_factory=dict)
     gap: Gap | None = None       # priced at its number type's rate, not the matched row's
+    demoted: str = ""            # why it was moved down the ranking (routing_rates.quality)
 
 
 @dataclass(frozen=True, slots=True)

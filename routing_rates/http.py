@@ -25,6 +25,7 @@ from routing_rates import simulate as whatif
 from routing_rates.decision import ANNOUNCE_MODES
 from routing_rates.duration import DurationModel
 from routing_rates.service import RatingService, UnknownTariff
+from shared.config import Merchant
 from shared.http import read_json_object
 from shared.openapi import TIMESTAMP, Operation, Param, Reply
 from shared.phone import E164, InvalidNumber, normalise
@@ -90,13 +91,25 @@ def _model(request: web.Request, rates: RatingService) -> DurationModel:
         raise RatesHttpError(400, "rates-distribution-unknown", str(exc)) from exc
 
 
-def routes(source: RatingService | Callable[[], RatingService | None]
-           ) -> list[Operation]:
+def routes(source: RatingService | Callable[[], RatingService | None],
+           merchants: Mapping[str, Merchant] | None = None) -> list[Operation]:
     """``GET /v1/rates/quote``, ``/v1/rates/decide`` and ``POST /v1/rates/simulate``.
 
     ``source`` is the service, or a callable returning it (a server mounts the routes
     before its rating service has started); until it has, they answer 503.
+    ``merchants``: what ``?merchant=`` may name (its maximum cost per minute, its carrier
+    quality floor).
     """
+    known = merchants or {}
+
+    def merchant_of(request: web.Request) -> Merchant | None:
+        name = request.query.get("merchant")
+        if name is None:
+            return None
+        if name not in known:
+            raise RatesHttpError(400, "rates-parameter-invalid",
+                                 f"merchant: unknown merchant {name!r}")
+        return known[name]
 
     def service() -> RatingService:
         rates = source() if callable(source) else source
@@ -109,8 +122,12 @@ def routes(source: RatingService | Callable[[], RatingService | None]
             rates = service()
             number = _number(request, "number")
             assert number is not None
-            quotes, dropped = rates.quote(number, _at(request), duration=_model(request, rates),
-                                          origin=_number(request, "origin", required=False))
+            merchant = merchant_of(request)
+            quotes, dropped = rates.quote(
+                number, _at(request), duration=_model(request, rates),
+                origin=_number(request, "origin", required=False),
+                max_rate=merchant.max_cost_per_minute if merchant else None,
+                quality=merchant.carrier_quality if merchant else None)
         except RatesHttpError as exc:
             return _error(exc)
         body: dict[str, Any] = {
@@ -129,12 +146,16 @@ def routes(source: RatingService | Callable[[], RatingService | None]
             if mode not in ANNOUNCE_MODES:
                 raise RatesHttpError(400, "rates-parameter-invalid",
                                      f"announce_mode must be one of {', '.join(ANNOUNCE_MODES)}")
+            merchant = merchant_of(request)
             decision = rates.decide(
                 number, _at(request),
                 inbound_tariff=request.query.get("inbound_tariff", "ntt-freedial"),
                 announce_mode=mode, announce_s=_decimal(request, "announce_s", "5"),
                 duration=_model(request, rates),
-                origin=_number(request, "origin", required=False))
+                origin=_number(request, "origin", required=False),
+                merchant=merchant.id if merchant else None,
+                max_rate=merchant.max_cost_per_minute if merchant else None,
+                quality=merchant.carrier_quality if merchant else None)
         except RatesHttpError as exc:
             return _error(exc)
         except UnknownTariff as exc:
@@ -243,7 +264,9 @@ _COMMON = (
     Param("distribution", "query", {"type": "string"}, "a configured length distribution "
           "(default: default); ignored with duration"),
     Param("at", "query", TIMESTAMP, "the time of the call (default: now)"),
-    Param("origin", "query", {"type": "string"}, "the calling number, for origin-based rates"))
+    Param("origin", "query", {"type": "string"}, "the calling number, for origin-based rates"),
+    Param("merchant", "query", {"type": "string"}, "as for this merchant: no carrier above "
+          "its max_cost_per_minute, those below its carrier_quality floor last"))
 _DECIDE = (
     Param("inbound_tariff", "query", {"type": "string"}, "default ntt-freedial"),
     Param("announce_mode", "query", {"enum": sorted(ANNOUNCE_MODES)}, "default early_media"),

@@ -38,7 +38,9 @@ from routing_rates.decision import Decision, Dropped, RouteQuote, decide, rank_r
 from routing_rates.duration import BUILTIN, DEFAULT_DURATION, DurationModel
 from routing_rates.index import RateIndex, Row
 from routing_rates.numbering import Gap, TypeRates
+from routing_rates.quality import QualityBoard, demote, destination_of
 from routing_rates.tariff import Terms, period_at
+from shared.config import CarrierQuality
 from shared.db import Connection, Pool
 from shared.money import FxTable, Money
 from shared.phone import E164
@@ -114,6 +116,8 @@ class RatingService:
         self._wake = asyncio.Event()
         self._rows_cache: dict[int, list[Row]] = {}
         self.reloads = 0
+        #: the call-back site's carrier quality (``routing_rates.quality``); None: unknown
+        self.quality_board: QualityBoard | None = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -311,11 +315,13 @@ class RatingService:
     def quote(self, number: E164, at: datetime, *, kind: str = "carrier",
               duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
               busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
-              max_rate: Money | None = None,
+              max_rate: Money | None = None, quality: CarrierQuality | None = None,
               ) -> tuple[list[RouteQuote], list[Dropped]]:
         """Ranked routes (cheapest first) and the carriers dropped, with reasons.
 
-        ``max_rate``: no carrier above this rate per minute (the merchant's maximum)."""
+        ``max_rate``: no carrier above this rate per minute (the merchant's maximum).
+        ``quality``: the merchant's floor; the carriers below it on :attr:`quality_board`
+        (the call-back site's figures) for the number's destination come last."""
         snap = self.snapshot_at(at)
         index = snap.carrier_index if kind == "carrier" else snap.inbound_index
         carriers = [snap.carriers[c] for c in index.carriers]
@@ -335,22 +341,28 @@ class RatingService:
             rows = tuple(priced)
         candidates = [(c, r, snap.deck_id(c.id), p)
                       for c, r, p in zip(carriers, rows, periods, strict=True)]
-        return rank_routes(candidates, number.digits, duration, self.fx, self.currency,
-                           busy=busy, max_cost=max_cost, no_deck=snap.no_deck, gaps=gaps,
-                           max_rate=max_rate)
+        routes, dropped = rank_routes(candidates, number.digits, duration, self.fx,
+                                      self.currency, busy=busy, max_cost=max_cost,
+                                      no_deck=snap.no_deck, gaps=gaps, max_rate=max_rate)
+        if quality is not None and self.quality_board is not None and routes:
+            routes = demote(routes, self.quality_board.board, destination_of(number.digits),
+                            quality)
+        return routes, dropped
 
     def rank(self, number: E164, at: datetime, *, kind: str = "carrier",
              duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
              busy: Mapping[str, int] | None = None, max_cost: Money | None = None,
-             max_rate: Money | None = None) -> list[RouteQuote]:
+             max_rate: Money | None = None, quality: CarrierQuality | None = None,
+             ) -> list[RouteQuote]:
         return self.quote(number, at, kind=kind, duration=duration, origin=origin, busy=busy,
-                          max_cost=max_cost, max_rate=max_rate)[0]
+                          max_cost=max_cost, max_rate=max_rate, quality=quality)[0]
 
     def decide(self, number: E164, at: datetime, *, inbound_tariff: str = "ntt-freedial",
                announce_mode: str = "early_media", announce_s: Decimal = Decimal("5"),
                duration: DurationModel | None = None, merchant: str | None = None,
                origin: E164 | None = None, busy: Mapping[str, int] | None = None,
-               max_cost: Money | None = None, max_rate: Money | None = None) -> Decision:
+               max_cost: Money | None = None, max_rate: Money | None = None,
+               quality: CarrierQuality | None = None) -> Decision:
         """``duration`` given: that distribution; else ``merchant``'s (``call_length``)."""
         if duration is None:
             choice = self.call_length(merchant, number)
@@ -362,7 +374,7 @@ class RatingService:
         if tariff is None or tariff.kind != "inbound":
             raise UnknownTariff(inbound_tariff)
         routes, dropped = self.quote(number, at, duration=duration, origin=origin, busy=busy,
-                                     max_cost=max_cost, max_rate=max_rate)
+                                     max_cost=max_cost, max_rate=max_rate, quality=quality)
         direct_row = snap.inbound_index.match_one(
             inbound_tariff, number.digits, "", period_at(tariff.periods, at, tariff.tz), at)
         return decide(routes=routes, dropped=dropped, direct_row=direct_row,

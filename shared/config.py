@@ -573,6 +573,37 @@ class CallLengthSettings:
         return cls(file, classes)
 
 
+@dataclass(frozen=True, slots=True)
+class CarrierQuality:
+    """``[merchants.carrier_quality]``: a carrier whose figures for a destination fall
+    below ``min_asr`` (0..1) or above ``max_pdd_s``, over at least ``min_calls`` legs, is
+    moved down the ranking (``routing_rates.quality``)."""
+
+    min_asr: Decimal | None = None
+    max_pdd_s: Decimal | None = None
+    min_calls: int = 20
+
+    @classmethod
+    def parse(cls, s: Section) -> CarrierQuality | None:
+        if not s.has("min_asr") and not s.has("max_pdd_s"):
+            s.int("min_calls", 20, min=1)      # read, so a lone min_calls is not unknown
+            return None
+        min_asr = _amount(s, "min_asr", Decimal(1))
+        max_pdd = _amount(s, "max_pdd_s", None)
+        return cls(min_asr, max_pdd, s.int("min_calls", 20, min=1))
+
+
+def _amount(s: Section, key: str, most: Decimal | None) -> Decimal | None:
+    """An optional finite number >= 0 (and <= ``most``)."""
+    if not s.has(key):
+        return None
+    value = s.decimal(key)
+    if not value.is_finite() or value < 0 or (most is not None and value > most):
+        raise s.error(key, f"expected a number from 0 to {most if most is not None else 'any'}"
+                           f", got {value}")
+    return value
+
+
 def _max_cost(s: Section) -> Money | None:
     """``max_cost_per_minute`` (> 0) in ``max_cost_currency`` (default JPY), or None."""
     currency = s.str("max_cost_currency", "JPY")
@@ -619,6 +650,8 @@ class Merchant:
     #: ``max_cost_per_minute`` (in ``max_cost_currency``, default JPY): no carrier dearer per
     #: minute calls this merchant's customers back; None: no limit
     max_cost_per_minute: Money | None = None
+    #: ``[merchants.carrier_quality]``; None: carriers are ranked by cost alone
+    carrier_quality: CarrierQuality | None = None
 
     @classmethod
     def parse(cls, s: Section) -> Merchant:
@@ -658,6 +691,7 @@ class Merchant:
             presence_online_number=_opt_number(s, "presence_online_number"),
             presence_offline_number=_opt_number(s, "presence_offline_number"),
             max_cost_per_minute=_max_cost(s),
+            carrier_quality=CarrierQuality.parse(s.section("carrier_quality")),
         )
 
     def presence_numbers(self) -> tuple[tuple[str, E164], ...]:

@@ -47,6 +47,7 @@ class EventRouter:
         self._on_stasis_start = on_stasis_start
         self._on_connected = on_connected
         self._queues: dict[str, asyncio.Queue[Event]] = {}
+        self._observers: list[Callable[[Event], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -65,8 +66,17 @@ class EventRouter:
         """Stop routing ``channel_id``; later events for it are dropped."""
         self._queues.pop(channel_id, None)
 
+    def observe(self, observer: Callable[[Event], None]) -> None:
+        """Show ``observer`` every event before it is routed (synchronous, quick)."""
+        self._observers.append(observer)
+
     def dispatch(self, event: Event) -> None:
         """Route one event (synchronous: never blocks the reader)."""
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:   # an observer never stops the routing
+                log.exception("event observer failed")
         if isinstance(event, Connected):
             if self._on_connected is not None:
                 self._spawn(self._on_connected(event), "on_connected")

@@ -95,3 +95,20 @@ async def test_run_cancels_call_tasks_when_the_stream_ends() -> None:
     router = EventRouter(on_stasis_start=call)
     await asyncio.wait_for(router.run(stream()), 2)
     await asyncio.wait_for(router.drain(), 2)
+
+
+async def test_observers_see_every_event_before_it_is_routed_and_never_stop_it() -> None:
+    seen: list[Event] = []
+
+    def broken(_event: Event) -> None:
+        raise RuntimeError("observer bug")
+
+    router = EventRouter()
+    router.observe(broken)
+    router.observe(seen.append)
+    queue = router.subscribe("a")
+    events = [ChannelDtmfReceived(Channel("a"), "1"), ChannelDtmfReceived(Channel("z"), "2")]
+    for event in events:
+        router.dispatch(event)
+    assert seen == events                      # routed or not
+    assert queue.get_nowait() == events[0]     # still routed after the broken observer

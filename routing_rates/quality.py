@@ -1,0 +1,178 @@
+"""Carrier quality from the call-back site's own CDRs, and the ranking it moves.
+
+Per carrier and destination (the called number's type under the numbering plan,
+``routing_rates.numbering``; ``other`` without a plan), over the customer legs of the
+last :attr:`QualityBoard.window_s` (default 7 days) in ``cdrs``:
+
+* **ASR** (answer-seizure ratio): answered legs / legs;
+* **ACD** (average call length): talk seconds / answered legs;
+* **PDD** (post-dial delay): the mean time from the originate (``cdrs.started_at``) to
+  the first sign of the far end, ringing or answer (``callback_attempts.progress_at``,
+  written by ``callback_server.leg_progress`` when ARI reports it); legs without it
+  (failed before any progress, or dialled before it was recorded) are left out of PDD.
+
+A merchant's ``shared.config.CarrierQuality`` (``[merchants.carrier_quality]``: ``min_asr``,
+``max_pdd_s``, ``min_calls``) demote a carrier whose figures for the destination fall
+below them over at least ``min_calls`` legs: :func:`demote` moves it after the others
+(cheapest first among each), with the reason. Fewer legs: no verdict. Pure but for
+:func:`load` and :class:`QualityBoard` (refreshed every ``refresh_s``, default 300 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from routing_rates.decision import RouteQuote
+from routing_rates.numbering import prefix_type
+from shared.config import CarrierQuality
+from shared.db import Connection, Pool
+
+log = logging.getLogger("rates.quality")
+#: digits of the destination the figures are grouped by before typing (81 90 12345)
+HEAD_DIGITS = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    calls: int
+    answered: int
+    talk_s: Decimal
+    pdd_calls: int
+    pdd_total_s: Decimal
+
+    @property
+    def asr(self) -> Decimal:
+        return Decimal(self.answered) / self.calls if self.calls else Decimal(0)
+
+    @property
+    def acd_s(self) -> Decimal | None:
+        return self.talk_s / self.answered if self.answered else None
+
+    @property
+    def pdd_s(self) -> Decimal | None:
+        return self.pdd_total_s / self.pdd_calls if self.pdd_calls else None
+
+    def __add__(self, other: Stats) -> Stats:
+        return Stats(self.calls + other.calls, self.answered + other.answered,
+                     self.talk_s + other.talk_s, self.pdd_calls + other.pdd_calls,
+                     self.pdd_total_s + other.pdd_total_s)
+
+    def to_json(self) -> dict[str, Any]:
+        def text(value: Decimal | None, places: str) -> str | None:
+            return None if value is None else str(value.quantize(Decimal(places)))
+        return {"calls": self.calls, "answered": self.answered,
+                "asr": text(self.asr, "0.001"), "acd_s": text(self.acd_s, "0.1"),
+                "pdd_s": text(self.pdd_s, "0.01"), "pdd_calls": self.pdd_calls}
+
+
+def destination_of(digits: str) -> str:
+    """The destination key of a number (or its first digits): its plan type, or other."""
+    kind = prefix_type(digits)
+    return "other" if kind is None else str(kind)
+
+
+def verdict(stats: Stats | None, limits: CarrierQuality) -> str | None:
+    """Why a carrier with ``stats`` is below ``limits``; None if it is not (or too few)."""
+    if stats is None or stats.calls < limits.min_calls:
+        return None
+    reasons = []
+    if limits.min_asr is not None and stats.asr < limits.min_asr:
+        reasons.append(f"ASR {stats.asr:.3f} < {limits.min_asr}")
+    pdd = stats.pdd_s
+    if limits.max_pdd_s is not None and pdd is not None and pdd > limits.max_pdd_s:
+        reasons.append(f"PDD {pdd:.2f} s > {limits.max_pdd_s} s")
+    if not reasons:
+        return None
+    return f"{', '.join(reasons)} over {stats.calls} calls"
+
+
+Board = Mapping[tuple[str, str], Stats]
+
+
+def demote(quotes: Sequence[RouteQuote], board: Board, destination: str,
+           limits: CarrierQuality) -> list[RouteQuote]:
+    """``quotes`` (cheapest first) with the carriers below ``limits`` for ``destination``
+    moved after the others, each marked (``demoted`` and ``explain["demoted"]``)."""
+    kept: list[RouteQuote] = []
+    moved: list[RouteQuote] = []
+    for q in quotes:
+        stats = board.get((q.carrier_id, destination))
+        why = verdict(stats, limits)
+        if why is None:
+            kept.append(q)
+            continue
+        assert stats is not None
+        moved.append(replace(q, demoted=why, explain=q.explain | {
+            "demoted": why, "quality": {"destination": destination, **stats.to_json()}}))
+    return kept + moved
+
+
+QUERY = f"""
+SELECT c.carrier_id, left(ltrim(c.destination, '+'), {HEAD_DIGITS}) AS head,
+       count(*) AS calls,
+       count(*) FILTER (WHERE c.answered_at IS NOT NULL) AS answered,
+       coalesce(sum(c.duration_s) FILTER (WHERE c.answered_at IS NOT NULL), 0) AS talk_s,
+       count(a.progress_at) AS pdd_calls,
+       coalesce(sum(extract(epoch FROM a.progress_at - c.started_at))
+                FILTER (WHERE a.progress_at >= c.started_at), 0) AS pdd_s
+FROM cdrs c LEFT JOIN callback_attempts a ON a.channel_id = c.call_id
+WHERE c.leg = 'customer' AND c.started_at >= $1
+GROUP BY 1, 2"""
+
+
+async def load(conn: Connection, since: datetime) -> dict[tuple[str, str], Stats]:
+    """Every carrier's figures per destination from the customer legs since ``since``."""
+    board: dict[tuple[str, str], Stats] = {}
+    for r in await conn.fetch(QUERY, since):
+        key = (r["carrier_id"], destination_of(r["head"]))
+        stats = Stats(r["calls"], r["answered"], Decimal(r["talk_s"]), r["pdd_calls"],
+                      Decimal(r["pdd_s"]))
+        board[key] = board[key] + stats if key in board else stats
+    return board
+
+
+class QualityBoard:
+    """The figures in memory, reloaded every ``refresh_s`` (lookups never touch the DB)."""
+
+    def __init__(self, pool: Pool, *, window_s: float = 7 * 86400.0,
+                 refresh_s: float = 300.0) -> None:
+        self.pool = pool
+        self.window_s = window_s
+        self.refresh_s = refresh_s
+        self.board: Board = {}
+        self.loaded_at: datetime | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn:
+            board = await load(conn, now - timedelta(seconds=self.window_s))
+        self.board, self.loaded_at = board, now
+
+    async def start(self) -> QualityBoard:
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="rates-quality")
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except Exception:  # keep the last figures; the next round retries
+                log.exception("carrier quality not refreshed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
