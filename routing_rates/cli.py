@@ -28,8 +28,9 @@ from routing_rates.carriers import DATA_DIR, DEMO_CARRIERS, CarrierConfigError, 
 from routing_rates.cdr import CdrFileError, CdrRater, DeckHistory, read_cdrs
 from routing_rates.duration import DistributionError, DurationModel, load_distributions
 from routing_rates.profile import ProfileError, load_profile
+from routing_rates.quality import QualityBoard
 from routing_rates.service import RatingService, UnknownTariff
-from shared.config import ConfigError, load, parse_merchants, root
+from shared.config import ConfigError, Merchant, load, parse_merchants, root
 from shared.db import create_pool, migrate, package_migrations, resolve_url
 from shared.money import DEFAULT_FX_BASE, DEFAULT_FX_RATES, FxTable, MoneyError
 from shared.phone import E164, InvalidNumber, normalise
@@ -253,21 +254,53 @@ def _merchant_lengths(args: argparse.Namespace) -> call_lengths.MerchantLengths:
     return call_lengths.from_merchants(parse_merchants(top), rates.learning())
 
 
+def _merchant(args: argparse.Namespace) -> Merchant | None:
+    """``--merchant`` as ``--config`` configures it; None without either."""
+    if args.merchant is None or getattr(args, "config", None) is None:
+        return None
+    merchants = {m.id: m for m in parse_merchants(root(load(Path(args.config),
+                                                               args.site.upper())))}
+    if args.merchant not in merchants:
+        raise CliError(f"{args.config}: no merchant {args.merchant!r}")
+    return merchants[args.merchant]
+
+
+async def _quality(rates: RatingService, merchant: Merchant | None) -> None:
+    """The carriers' figures from this database's CDRs (the callback site's), for the
+    merchant's floor; none in a database without CDRs (the edge's)."""
+    if merchant is None or merchant.carrier_quality is None:
+        return
+    board = QualityBoard(rates.owned_pool)  # type: ignore[attr-defined]
+    try:
+        await board.refresh()
+    except asyncpg.UndefinedTableError:
+        print("carrier quality unknown: no CDRs in this database (the callback site's "
+              "has them)", file=sys.stderr)
+        return
+    rates.quality_board = board
+
+
 async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     rates = await _service(args)
     try:
         number, at = _number(args.number), _when(args.at, "--at") or datetime.now(UTC)
         model = await _distribution(args, conn, rates)
         origin = _number(args.origin) if args.origin else None
+        merchant = await asyncio.to_thread(_merchant, args)
+        await _quality(rates, merchant)
+        max_rate = merchant.max_cost_per_minute if merchant else None
+        quality = merchant.carrier_quality if merchant else None
         if args.command == "quote":
             model = model or rates.distribution("default")
-            routes, dropped = rates.quote(number, at, duration=model, origin=origin)
+            routes, dropped = rates.quote(number, at, duration=model, origin=origin,
+                                          max_rate=max_rate, quality=quality)
             lines = [f"{number} at {at.isoformat()}, durations {model.name} "
                      f"(mean {model.mean:.0f} s), costs in {rates.currency}"]
             lines += [f" {i}. {q.carrier_id:<12} {q.prefix:<10} {q.destination[:24]:<24} "
                       f"{q.row.terms.describe():<30} E[cost] {q.explain['expected_native']} "
                       f"{q.native_cost.currency} = {q.explain['expected']} {rates.currency}  "
                       f"{q.endpoint}" + (f"\n    {q.gap.describe()}" if q.gap else "")
+                      + (f"\n    demoted: {q.demoted}" if q.demoted else "")
                       for i, q in enumerate(routes, 1)]
             lines += [f"    dropped {d.carrier_id}: {d.reason} {d.detail}" for d in dropped]
             _print(args, {"number": str(number), "routes": [q.explain for q in routes],
@@ -278,7 +311,8 @@ async def cmd_quote(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
         decision = rates.decide(number, at, inbound_tariff=args.inbound_tariff,
                                 announce_mode=args.announce_mode,
                                 announce_s=Decimal(args.announce_s), duration=model,
-                                merchant=args.merchant, origin=origin)
+                                merchant=args.merchant, origin=origin,
+                                max_rate=max_rate, quality=quality)
         _print(args, decision.to_json(), _explain_text(decision.to_json()))
     finally:
         await rates.close()
@@ -311,6 +345,8 @@ def _explain_text(d: dict[str, Any]) -> str:
                      f"{alt['terms']:<30} E = {alt['expected']} {cur}")
         if "gap" in alt:
             lines.append(f"    {alt['gap']['detail']}")
+        if "demoted" in alt:
+            lines.append(f"    demoted: {alt['demoted']}")
     for drop in e["dropped"]:
         lines.append(f"  dropped {drop['carrier']}: {drop['reason']} {drop['detail']}")
     return "\n".join(lines)
@@ -474,6 +510,10 @@ def parser() -> argparse.ArgumentParser:
             _decision_options(q)
         else:
             q.add_argument("--inbound-tariff", default="ntt-freedial")
+            q.add_argument("--merchant", help="as for this merchant of --config: no carrier "
+                                              "above its max_cost_per_minute, those below "
+                                              "its carrier_quality floor last")
+            q.add_argument("--config", help="the site's TOML (the merchants)")
     r = sub.add_parser("rate-cdrs", help="rate a CDR file (.jsonl or .csv) into the database")
     r.add_argument("file")
     r.add_argument("--inbound-tariff", default="ntt-freedial")

@@ -4,6 +4,7 @@ showing why."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from routing_rates import importer, store
 from routing_rates.carriers import DEMO_CARRIERS, load_carriers
+from routing_rates.cli import main
 from routing_rates.http import routes
 from routing_rates.profile import load_profile
 from routing_rates.quality import QualityBoard
@@ -172,3 +174,26 @@ async def test_the_rates_api_shows_the_reasons(rates: RatingService,
                                                        "merchant": "nobody"})
     assert resp.status == 400
     assert (await resp.json())["error"]["id"] == "rates-parameter-invalid"
+
+
+async def test_the_cli_shows_the_demotion_and_the_cap(rates: RatingService, pg_url: str,
+                                                      tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      ) -> None:
+    config = tmp_path / "callback.toml"
+    config.write_text('[[merchants]]\nid = "acme"\nname = "ACME"\nnumbers = ["0120123456"]\n'
+                      'max_cost_per_minute = 21\n[merchants.carrier_quality]\n'
+                      'min_asr = 0.5\nmax_pdd_s = 4\nmin_calls = 10\n')
+    db = ["--database-url", pg_url, "--fx", "USD=150"]
+    args = [*db, "quote", "09012345678", "--merchant", "acme", "--config", str(config)]
+    assert await asyncio.to_thread(main, args) == 0
+    out = capsys.readouterr().out
+    assert "carrier-a" in out.splitlines()[1]
+    assert ("    demoted: ASR 0.250 < 0.5, PDD 6.00 s > 4 s over 20 calls") in out
+    assert "dropped carrier-c: above-max-rate 22.5000 > 21.0000 JPY/min" in out
+    args = [*db, "decide", "09012345678", "--merchant", "acme", "--config", str(config),
+            "--duration", "600"]
+    assert await asyncio.to_thread(main, args) == 0
+    out = capsys.readouterr().out
+    assert "callback: carrier-a" in out
+    assert "    demoted: ASR 0.250 < 0.5" in out
