@@ -183,34 +183,46 @@ async def test_a_presence_change_reaches_an_sse_subscriber_within_a_second(
 
 
 async def read_http_chunk(resp: ClientResponse) -> bytes:
-    data, end = await resp.content.readchunk()
-    while not end:
+    """The next HTTP chunk of the response that holds data."""
+    data = b""
+    while True:
         more, end = await resp.content.readchunk()
         data += more
-    return data
+        if end and data:
+            return data
+
+
+async def chunk_events(resp: ClientResponse) -> list[dict[str, Any]]:
+    """The SSE events of the next HTTP chunk (each frame's id checked against its row)."""
+    chunk = (await asyncio.wait_for(read_http_chunk(resp), 5)).decode()
+    frames = [dict(line.split(": ", 1) for line in frame.splitlines())
+              for frame in chunk.split("\n\n") if frame and not frame.startswith(":")]
+    events = [json.loads(f["data"]) for f in frames]
+    assert [int(f["id"]) for f in frames] == [e["id"] for e in events]
+    return events
 
 
 async def test_events_committed_together_reach_a_stream_in_one_write(
         client: TestClient[Any, Any]) -> None:
     """A missed ring and the offer to the next advisor are one transaction: the stream
     gets both events in one chunk, in order."""
-    ids = [(await ok(await client.post("/v1/advisors", json={**ADVISOR, "code": code},
-                                       headers=AUTH), 201))["id"] for code in ("0001", "0002")]
-    for aid in ids:
-        await ok(await client.put(f"/v1/advisors/{aid}/presence", json={
-            "presence": "online"}, headers=AUTH))
-    live = client.app[SERVICES_KEY].live
-    offered, _ = await live.assign("acme", Assignment("c1", frozenset(ids)))
     async with client.get("/v1/advisors/events", headers=AUTH) as stream:
-        assert (await read_http_chunk(stream)).startswith(b":")
+        assert await chunk_events(stream) == []  # the opening comment
+        ids = [(await ok(await client.post("/v1/advisors", json={**ADVISOR, "code": code},
+                                           headers=AUTH), 201))["id"]
+               for code in ("0001", "0002")]
+        for aid in ids:
+            await ok(await client.put(f"/v1/advisors/{aid}/presence", json={
+                "presence": "online"}, headers=AUTH))
+        live = client.app[SERVICES_KEY].live
+        offered, _ = await live.assign("acme", Assignment("c1", frozenset(ids)))
+        seen: list[dict[str, Any]] = []
+        while not any(e["event"] == "offered" for e in seen):  # online, online, offered
+            seen += await chunk_events(stream)
         await live.ring_missed("acme", offered)
-        chunk = (await asyncio.wait_for(read_http_chunk(stream), 5)).decode()
-    frames = [dict(line.split(": ", 1) for line in frame.splitlines())
-              for frame in chunk.split("\n\n") if frame]
-    events = [json.loads(f["data"]) for f in frames]
+        events = await chunk_events(stream)
     assert [(e["event"], e["advisor_id"]) for e in events] == [
         ("ring_missed", offered.offered_to), ("offered", *(set(ids) - {offered.offered_to}))]
-    assert [int(f["id"]) for f in frames] == [e["id"] for e in events]
 
 
 async def test_the_database_away_is_a_503_to_retry(pg_url: str) -> None:
