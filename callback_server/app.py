@@ -8,7 +8,9 @@ billing API (:func:`billing.http.install`: deposits, balances, ledgers; with
 ``[billing.stripe]`` :func:`billing.card_http.install`: cards, top-ups, postpaid
 dunning, Stripe's webhook and the job retrying and reconciling them), the media API
 (:func:`ivr_platform.media_http.install`: guidance uploads, recordings and their expiry job,
-as ``[media]`` enables them), the rating
+as ``[media]`` enables them), the merchants' IVR flows (:func:`callback_server.flows_http.
+install`: versions, activation; :class:`~callback_server.active_flows.ActiveFlows` following
+activations for the worker), the rating
 service, the link to the edge (outbox relay), and the ARI connection with the Stasis
 application and the job worker. Each is torn down in reverse
 order; the worker drains running calls first (``callback.drain_s``).
@@ -44,8 +46,10 @@ from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from advisors.record_store import ConsultationRecords
 from billing.http import install as install_billing
+from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.config import CallbackSettings
+from callback_server.flows_http import install as install_flows
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
 from callback_server.guard.http import install as install_guard
@@ -90,6 +94,7 @@ DB_URL_KEY = web.AppKey("callback_db_url", str)
 POOL_KEY = web.AppKey("callback_pool", asyncpg.Pool)
 ROUTING_KEY = web.AppKey("callback_routing", Routing)
 WORKER_KEY = web.AppKey("callback_worker", Worker)
+ACTIVE_FLOWS_KEY = web.AppKey("callback_active_flows", ActiveFlows)
 STASIS_KEY = web.AppKey("callback_stasis", StasisApp)
 #: ``serve --role``: ``all`` (the whole site) or ``intake``
 ROLE_KEY = web.AppKey("callback_role", str)
@@ -123,6 +128,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     install_media(app, settings.media, lambda a: a[POOL_KEY],
                   lambda merchant, name: settings.flows_playing(merchant,
                                                                 media_ref(merchant, name)))
+    install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems)
+    app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:
         from billing.card_http import install as install_cards  # needs stripe
 
@@ -224,6 +231,14 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
+async def active_flows_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The merchants' active stored flows, read before the worker starts, then followed."""
+    flows = app[ACTIVE_FLOWS_KEY] = ActiveFlows(app[POOL_KEY], app[DB_URL_KEY])
+    await flows.refresh()
+    async with background(flows.run(), "flow activations"):
+        yield
+
+
 async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     client = link_client(settings.signing, settings.tls, settings.peer)
@@ -271,7 +286,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                     rater=routing, ari_ready=stasis.ready, settings=settings.callback.worker,
                     guard=app[GUARD_KEY], settler=settler,
                     desk=AdvisorDesk(app[POOL_KEY], routing),
-                    consultations=ConsultationRecords(app[POOL_KEY]))
+                    consultations=ConsultationRecords(app[POOL_KEY]),
+                    active_flows=app[ACTIVE_FLOWS_KEY])
     workers.append(worker)
     app[STASIS_KEY] = stasis
     app[WORKER_KEY] = worker

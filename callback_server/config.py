@@ -134,11 +134,8 @@ class CallbackSettings:
                     flows[m.ivr_flow] = load_named(m.ivr_flow, behaviour.flows_dir)
                 except FlowError as exc:
                     raise top.error(f"merchants[{i}].ivr_flow", str(exc)) from None
-                if guard.require_confirm and flows[m.ivr_flow].confirm_callback is None:
-                    raise top.error(f"merchants[{i}].ivr_flow",
-                                    f"flow {m.ivr_flow!r} has no confirm_callback gate "
-                                    "(press 1 before anything else); [guard] "
-                                    "require_confirm = true requires one")
+                if gate := _gate_problem(guard, flows[m.ivr_flow]):
+                    raise top.error(f"merchants[{i}].ivr_flow", gate)
         media = MediaSettings.parse(top.section("media"), (m.id for m in merchants))
         source.check_unknown()
         if check_files:
@@ -159,10 +156,30 @@ class CallbackSettings:
                 return m
         raise ConfigError(f"{self.path}: no merchant {merchant_id!r}")
 
+    def stored_flow_problems(self, merchant_id: str, flow: Flow) -> list[str]:
+        """Why the site refuses ``flow`` as one of the merchant's stored flows although it
+        validates: as ``check`` does for a configured flow, a confirm gate missing while
+        ``[guard] require_confirm``, prompts it plays that are not there in the merchant's
+        language, guidance not the merchant's or not uploaded."""
+        merchant = replace(self.merchant(merchant_id), ivr_flow=flow.name)
+        flows = {flow.name: flow}
+        gate = _gate_problem(self.guard, flow)
+        problems = [gate] if gate else []
+        return problems + [p for _, p in _prompt_problems([merchant], flows,
+                                                          self.callback.prompts_dir)
+                           + _guidance_problems([merchant], flows, self.media)]
+
     def flows_playing(self, merchant_id: str, media: str) -> list[str]:
         """The merchant's flow if it plays ``media`` (a guidance in use is not deleted)."""
         flow = next((m.ivr_flow for m in self.merchants if m.id == merchant_id), None)
         return [flow] if flow is not None and media in _media(self.flows[flow]) else []
+
+
+def _gate_problem(guard: GuardSettings, flow: Flow) -> str | None:
+    if guard.require_confirm and flow.confirm_callback is None:
+        return (f"flow {flow.name!r} has no confirm_callback gate (press 1 before anything "
+                "else); [guard] require_confirm = true requires one")
+    return None
 
 
 def _prompt_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],

@@ -137,4 +137,11 @@ CALLBACK_SCHEMA: Schema = {
             "properties": {"channel_id": {"type": "string"}, "attempt_no": {"type": "integer"},
                            "leg": {"type": "string"}, "carrier_id": nullable({"type": "string"}),
                            "status": {"type": "string"}, "cause": nullable({"type": "integer"}),
-                           "created_at": TIMESTAMP}}}}}
+                           "created_at": TIMESTAMP}}},
+        "flows": {"type": "array", "description": "the IVR flow each round played",
+                  "items": {
+            "type": "object", "required": ["attempt_no", "ivr_flow", "ivr_flow_version",
+                                           "started_at"],
+            "properties": {"attempt_no": {"type": "integer"}, "ivr_flow": {"type": "string"},
+                           "ivr_flow_version": nullable({"type": "integer"}),
+                           "started_at": TIMESTAMP}}}}}

@@ -17,6 +17,11 @@ number's own when it has some) are applied again: the request may have waited in
 queue past closing time. Outside them the job waits for the next opening (given back,
 due then: durable, uncounted) or, with ``outside_hours = "drop"`` (or when the line never
 opens again), ends ``failed`` with reason ``outside_hours``, reported to the edge.
+
+The round's IVR flow is the merchant's active stored flow (:mod:`callback_server.
+active_flows`, kept current in memory: no query per round) or else its configured file
+flow; it is chosen once when the round starts (a call in progress keeps it) and kept with
+the round (``callback_round_flows``, shown in ``GET /v1/callbacks/{id}``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
+from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import AriPort, CallContext, Rater
 from callback_server.call_runner import CallRunner, no_answer_outcome
@@ -78,8 +84,10 @@ class Worker:
                  settler: LegSettler | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  desk: AdvisorPort | None = None,
-                 consultations: RecordSink | None = None) -> None:
+                 consultations: RecordSink | None = None,
+                 active_flows: ActiveFlows | None = None) -> None:
         self.store = store
+        self.active_flows = active_flows    # merchants' stored flows (None: files only)
         self.clock = clock              # business hours are applied at its time
         self.desk = desk                      # the advisors a consultation reaches
         self.consultations = consultations    # where consultation records go
@@ -264,8 +272,9 @@ class Worker:
             routes = tuple(routes[i] for i in keep)
         log.info("job claimed, round %d/%d: routes %s", job.attempt_no,
                  job.policy.max_attempts, [r.carrier_id for r in routes])
+        flow = await self._round_flow(job, merchant)
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
-                          self.flows[merchant.ivr_flow], claimed.hungup_at, merchant.language)
+                          flow, claimed.hungup_at, merchant.language)
         runner = CallRunner(job, ctx, client=self.client, router=self.router,
                             store=self.store, rater=self.rater, guard=self.guard,
                             records=self.settler.records if self.settler else None,
@@ -274,6 +283,17 @@ class Worker:
         if self._stopping:
             runner.shutdown()
         await runner.run(routes)
+
+    async def _round_flow(self, job: Job, merchant: Merchant) -> Flow:
+        """The flow this round runs, kept with the round."""
+        stored = self.active_flows.get(merchant.id) if self.active_flows else None
+        flow = stored.flow if stored else self.flows[merchant.ivr_flow]
+        version = stored.version if stored else None
+        log.info("round %d runs flow %s %s", job.attempt_no, flow.name,
+                 f"version {version}" if version else "(configured file)")
+        await self.store.record_round_flow(job.callback_id, job.attempt_no, merchant.id,
+                                           flow.name, version)
+        return flow
 
     async def _within_hours(self, claimed: ClaimedJob, merchant: Merchant) -> bool:
         """True if the number's line is open now; otherwise the job has been given back

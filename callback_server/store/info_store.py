@@ -1,4 +1,5 @@
-"""Request info: what the customer gave the IVR, reported to the edge through the outbox."""
+"""Request info: what the customer gave the IVR, reported to the edge through the outbox;
+and the flow each round played to the customer."""
 
 from __future__ import annotations
 
@@ -33,3 +34,17 @@ class InfoStore(StoreBase):
                     "fields": submit.as_dict(), "collected_at": isoformat(collected_at),
                 }, message_id=mid, merchant_id=merchant_id)
         return mid
+
+    async def record_round_flow(self, callback_id: str, attempt_no: int, merchant_id: str,
+                                flow_name: str, version: int | None) -> None:
+        """Keep which flow round ``attempt_no`` of ``callback_id`` runs: a stored version,
+        or (None) the configured file flow. A rescued round started again keeps the flow
+        it runs now."""
+        await self.pool.execute(
+            """INSERT INTO callback_round_flows (callback_id, attempt_no, merchant_id,
+                   flow_name, version)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (callback_id, attempt_no) DO UPDATE
+                   SET flow_name = EXCLUDED.flow_name, version = EXCLUDED.version,
+                       started_at = now()""",
+            callback_id, attempt_no, merchant_id, flow_name, version)

@@ -238,9 +238,15 @@ class IntakeStore(StoreBase):
         legs = await self.pool.fetch(
             """SELECT channel_id, attempt_no, leg, carrier_id, status, cause, created_at
                FROM callback_attempts WHERE callback_id = $1 ORDER BY leg_seq""", callback_id)
+        flows = await self.pool.fetch(
+            """SELECT attempt_no, flow_name AS ivr_flow, version AS ivr_flow_version,
+                      started_at
+               FROM callback_round_flows WHERE callback_id = $1 ORDER BY attempt_no""",
+            callback_id)
         out = {k: (isoformat(v) if isinstance(v, datetime) else v) for k, v in row.items()}
-        out["legs"] = [{k: (isoformat(v) if isinstance(v, datetime) else v)
-                        for k, v in leg.items()} for leg in legs]
+        for key, rows in (("legs", legs), ("flows", flows)):
+            out[key] = [{k: (isoformat(v) if isinstance(v, datetime) else v)
+                         for k, v in r.items()} for r in rows]
         return out
 
 

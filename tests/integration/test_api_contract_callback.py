@@ -1,6 +1,7 @@
 """The callback site's HTTP API (intake, call-center, guard operator API, rates) against its
 own /openapi.json (schemathesis) and a raw fuzz of every route: real PostgreSQL, signed link
-requests, the merchant's and the operator's tokens; nothing answers 5xx."""
+requests, the merchant's and the operator's tokens; nothing answers 5xx. Mounted as
+create_app mounts them, the IVR flows routes included."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ from advisors.phone import install as install_phone_presence
 from advisors.record_store import ConsultationRecords
 from billing.card_http import install as install_cards
 from billing.http import install as install_billing
+from callback_server.flows_http import install as install_flows
+from callback_server.flows_store import FlowStore
 from callback_server.guard.http import GUARD_KEY, install
 from callback_server.guard.service import Guard
 from callback_server.guard.settings import GuardSettings
 from callback_server.http import attach_store, create_http_app
+from callback_server.ivr_flow import FLOWS_DIR
 from callback_server.store import CallbackStore
 from ivr_platform.audio import AudioLimits
 from ivr_platform.media_config import MediaSettings
@@ -86,6 +90,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     install_phone_presence(app, lambda _: pool)
     install_billing(app, lambda _: pool)
     install_media(app, media, lambda _: pool)
+    install_flows(app, lambda _: pool)
     install_cards(app, lambda _: pool, settings_for(stripe_port))
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
@@ -107,6 +112,9 @@ async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path, localstripe: 
         "acme", tone(tmp_path / "call.wav", 1.0, channels=1), retention=timedelta(days=1),
         edge_call_id="edge-contract-1")
     await ConsultationRecords(clean).save(answered())  # a record to read back
+    await clean.execute("TRUNCATE ivr_flow_active, ivr_flow_versions")
+    await FlowStore(clean).upload(  # a flow version to read back and activate
+        "acme", (FLOWS_DIR / "order.toml").read_text(), "order.toml", "contract")
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
                                                       OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back
