@@ -39,9 +39,19 @@ from billing.card_topups import CardTopUps, Result, TopUp
 from billing.cards import Cards, Registration
 from billing.http import ACCOUNT_PARAM, TAG, UNAVAILABLE, account_param, id_param
 from billing.ledger import MAX_AMOUNT_YEN, LedgerError, find_account
-from billing.postpaid import CLOSURES, Charge, Postpaid
+from billing.postpaid import Postpaid
 from billing.settings import BillingSettings
-from billing.standing import card_on_file, standing
+from billing.standing import (
+    CLOSURES,
+    Charge,
+    card_on_file,
+    charges,
+    close,
+    notices,
+    parse_close,
+    standing,
+    standing_json,
+)
 from billing.stripe_payments import Pending
 from shared.http import (
     ApiError,
@@ -248,10 +258,7 @@ async def get_postpaid(request: web.Request) -> web.Response:
     account = account_param(request)
     pool = services.postpaid.pool
     now = await standing(pool, merchant, account)
-    charges = await services.postpaid.charges(merchant, account)
-    return json_response({"account": account, "has_card": now.has_card,
-                          "unpaid": now.unpaid, "in_dunning": now.in_dunning,
-                          "charges": [c.to_json() for c in charges]})
+    return json_response(standing_json(account, now, await charges(pool, merchant, account)))
 
 
 async def post_retry(request: web.Request) -> web.Response:
@@ -271,14 +278,9 @@ async def post_close(request: web.Request) -> web.Response:
     ``written-off``, saying who and why; it no longer counts as unpaid nor is retried."""
     services, merchant = _merchant(request)
     charge_id = id_param(request, "charge_id")
-    data = await read_json_object(request)
-    _only(data, ("how", "by", "reason"))
-    how = data.get("how")
-    if how not in CLOSURES:
-        raise InvalidField("how", f"expected one of {', '.join(CLOSURES)}")
-    charge = await services.postpaid.close(merchant, charge_id, how,
-                                           by=require_str(data, "by", max_len=128),
-                                           reason=require_str(data, "reason", max_len=500))
+    closing = parse_close(await read_json_object(request))
+    charge = await close(services.postpaid.pool, merchant, charge_id, closing.how,
+                         by=closing.by, reason=closing.reason)
     return json_response(charge.to_json())
 
 
@@ -287,12 +289,7 @@ async def get_notices(request: web.Request) -> web.Response:
     services, merchant = _merchant(request)
     after_id = query_int(request.query, "after_id", low=0, high=10**18, default=0)
     limit = query_int(request.query, "limit", low=1, high=1000, default=100)
-    rows = await services.postpaid.pool.fetch(
-        """SELECT n.id, a.account, n.kind, n.charge_id, n.detail, n.created_at
-           FROM billing_notices n JOIN billing_accounts a ON a.id = n.account_id
-           WHERE n.merchant_id = $1 AND n.id > $2 ORDER BY n.id LIMIT $3""",
-        merchant, after_id, limit)
-    items = [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]
+    items = await notices(services.postpaid.pool, merchant, after_id=after_id, limit=limit)
     return json_response({"items": items,
                           "next_after_id": items[-1]["id"] if items else after_id})
 

@@ -10,6 +10,9 @@
     python -m billing --merchant acme report [--date 2026-12-04]
     python -m billing --merchant acme reservations [--older-than-s 3600]
     python -m billing --merchant acme settle 17 --talk-s 754 --reason "call crashed"
+    python -m billing --merchant acme postpaid member-42
+    python -m billing --merchant acme notices [--after ID] [--limit N]
+    python -m billing --merchant acme close 17 --how paid-elsewhere --reason "bank transfer"
     python -m billing --merchant acme balance member-42
     python -m billing --merchant acme ledger member-42 [--after ID] [--limit N]
 
@@ -30,8 +33,10 @@ import getpass
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
+
 import billing
-from billing import policy, reports, transfers
+from billing import policy, reports, standing, transfers
 from billing.http import balance_json, live_json, movement_json
 from billing.ledger import (
     Correction,
@@ -48,7 +53,7 @@ from shared.db import create_pool, migrate, package_migrations, resolve_url
 OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
            "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by",
            "delta_yen": "--delta", "by": "--by", "reason": "--reason",
-           "date": "--date", "talk_s": "--talk-s",
+           "date": "--date", "talk_s": "--talk-s", "how": "--how",
            **{name: "--" + name.replace("_", "-") for name in policy.FIELDS}}
 
 
@@ -88,6 +93,14 @@ def parser() -> argparse.ArgumentParser:
     settle.add_argument("--talk-s", type=int, required=True, dest="talk_s")
     settle.add_argument("--reason", required=True)
     settle.add_argument("--by", default=getpass.getuser(), help="who settles it")
+    owed = commands.add_parser("postpaid", help="an account's card, unpaid charges, dunning")
+    owed.add_argument("account")
+    closing = commands.add_parser("close", help="close a postpaid charge in dunning")
+    closing.add_argument("charge", type=int)
+    closing.add_argument("--how", required=True, help=" or ".join(standing.CLOSURES))
+    closing.add_argument("--reason", required=True)
+    closing.add_argument("--by", default=getpass.getuser(), help="who closes it")
+    told = commands.add_parser("notices", help="dunning notices, oldest first")
     report = commands.add_parser("report", help="a day in billing (Asia/Tokyo)")
     report.add_argument("--date", help="YYYY-MM-DD (default: today)")
     listed = commands.add_parser("transfers", help="bank transfers entered, oldest first")
@@ -95,15 +108,19 @@ def parser() -> argparse.ArgumentParser:
     account.add_argument("account")
     ledger = commands.add_parser("ledger", help="an account's movements, oldest first")
     ledger.add_argument("account")
-    for paged in (listed, ledger):
+    for paged in (listed, ledger, told):
         paged.add_argument("--after", type=int, default=0, help="only ids after this")
         paged.add_argument("--limit", type=int, default=100, help="1..1000 (100)")
     return p
 
 
-def _parsed(args: argparse.Namespace
-            ) -> transfers.BankTransfer | Correction | OperatorSettle | None:
+Given = transfers.BankTransfer | Correction | OperatorSettle | standing.Closing | None
+
+
+def _parsed(args: argparse.Namespace) -> Given:
     """The command's input, checked as the API checks it."""
+    if args.command == "close":
+        return standing.parse_close({"how": args.how, "by": args.by, "reason": args.reason})
     if args.command == "settle":
         return parse_operator_settle({"talk_s": args.talk_s, "by": args.by,
                                       "reason": args.reason})
@@ -121,8 +138,7 @@ def _parsed(args: argparse.Namespace
                            transfers.tokyo_today())
 
 
-async def run(args: argparse.Namespace,
-              given: transfers.BankTransfer | Correction | OperatorSettle | None) -> Any:
+async def run(args: argparse.Namespace, given: Given) -> Any:
     url = await asyncio.to_thread(resolve_url, args.database_url, "cbgw_callback")
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
@@ -141,33 +157,49 @@ async def run(args: argparse.Namespace,
             case OperatorSettle():
                 return settlement_json(await ledger.settle(
                     m, args.reservation, given.talk_s, by=given.by, reason=given.reason))
-        match args.command:
-            case "reservations":
-                return {"items": [live_json(x) for x in await ledger.live(
-                    m, older_than_s=args.older_than_s, limit=args.limit)]}
-            case "report":
-                day = transfers.parse_day(args.date, "date", default=transfers.tokyo_today())
-                return (await reports.daily(pool, m, day)).to_json()
-            case "policy":
-                now = await policy.current(pool, m)
-                if args.action == "set":
-                    wanted = {n: getattr(args, n) for n in policy.FIELDS
-                              if getattr(args, n) is not None}
-                    now = await policy.set_policy(pool, m, policy.changed(
-                        now, {**wanted, "by": args.by}))
-                return now.to_json()
-            case "transfers":
-                return {"items": [r.to_json() for r in await transfers.listed(
-                    pool, m, after_id=args.after, limit=args.limit)]}
-            case "balance":
-                return balance_json(args.account, await ledger.balance(m, args.account))
-        await ledger.balance(m, args.account)      # no such account: not found
-        return {"account": args.account, "items": [movement_json(x) for x in
-                                                   await ledger.movements(
-                                                       m, args.account, after_id=args.after,
-                                                       limit=args.limit)]}
+            case standing.Closing():
+                return (await standing.close(pool, m, args.charge, given.how, by=given.by,
+                                             reason=given.reason)).to_json()
+        return await _read(args, pool, ledger)
     finally:
         await pool.close()
+
+
+async def _read(args: argparse.Namespace, pool: asyncpg.Pool, ledger: Ledger) -> Any:
+    """The commands that only read (and ``policy set``)."""
+    m = args.merchant
+    match args.command:
+        case "reservations":
+            return {"items": [live_json(x) for x in await ledger.live(
+                m, older_than_s=args.older_than_s, limit=args.limit)]}
+        case "report":
+            day = transfers.parse_day(args.date, "date", default=transfers.tokyo_today())
+            return (await reports.daily(pool, m, day)).to_json()
+        case "policy":
+            now = await policy.current(pool, m)
+            if args.action == "set":
+                wanted = {n: getattr(args, n) for n in policy.FIELDS
+                          if getattr(args, n) is not None}
+                now = await policy.set_policy(pool, m, policy.changed(
+                    now, {**wanted, "by": args.by}))
+            return now.to_json()
+        case "transfers":
+            return {"items": [r.to_json() for r in await transfers.listed(
+                pool, m, after_id=args.after, limit=args.limit)]}
+        case "postpaid":
+            owed = await standing.standing(pool, m, args.account)
+            return standing.standing_json(args.account, owed, await standing.charges(
+                pool, m, args.account))
+        case "notices":
+            return {"items": await standing.notices(pool, m, after_id=args.after,
+                                                     limit=args.limit)}
+        case "balance":
+            return balance_json(args.account, await ledger.balance(m, args.account))
+    await ledger.balance(m, args.account)      # no such account: not found
+    return {"account": args.account, "items": [movement_json(x) for x in
+                                               await ledger.movements(
+                                                   m, args.account, after_id=args.after,
+                                                   limit=args.limit)]}
 
 
 async def _parsed_then_run(args: argparse.Namespace) -> Any:

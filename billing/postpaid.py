@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any
 
 import asyncpg
 import stripe
@@ -40,64 +39,11 @@ import stripe
 from billing.ledger import LedgerError, account_id
 from billing.rating import Terms, rate
 from billing.settings import RETRY_AFTER_S
-from billing.standing import CHARGES, card_on_file
+from billing.standing import CHARGES, Charge, card_on_file, charge_of, locked_charge
 from billing.stripe_payments import Pending, create_intent, find_intent, metadata_value, outcome_of
 
 METADATA_KEY = "cbgw_charge_key"
 NO_CARD = "no-card-on-file"
-State = Literal["pending", "paid", "failed", "closed"]
-Closure = Literal["paid-elsewhere", "written-off"]
-CLOSURES: tuple[Closure, ...] = ("paid-elsewhere", "written-off")
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    id: int
-    merchant_id: str
-    account: str
-    consultation_id: str
-    talk_s: int
-    billed_s: int
-    total_yen: int
-    tax_yen: int
-    requested_at: datetime
-    attempts: int
-    #: pending: the newest attempt's outcome is not known; failed: in dunning; closed:
-    #: by an operator (``closed`` says how)
-    state: State
-    payment_intent: str | None
-    failure: str
-    closed: Closure | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "account": self.account,
-                "consultation_id": self.consultation_id, "talk_s": self.talk_s,
-                "billed_s": self.billed_s, "total_yen": self.total_yen,
-                "tax_yen": self.tax_yen, "requested_at": self.requested_at.isoformat(),
-                "attempts": self.attempts, "state": self.state,
-                "payment_intent": self.payment_intent, "failure": self.failure or None,
-                "closed": self.closed}
-
-
-def _charge(row: asyncpg.Record) -> Charge:
-    return Charge(row["id"], row["merchant_id"], row["account"], row["consultation_id"],
-                  row["talk_s"], row["billed_s"], row["total_yen"], row["tax_yen"],
-                  row["requested_at"], row["attempt"] or 0, row["state"], row["payment_intent"],
-                  row["failure"] or "", row["closed"])
-
-
-async def _locked(conn: asyncpg.Connection, merchant_id: str, charge_id: int
-                  ) -> tuple[asyncpg.Record, Charge]:
-    """The merchant's charge under its row lock (404 ``not-found``)."""
-    await conn.execute("SELECT 1 FROM billing_postpaid_charges WHERE id = $1 "
-                       "AND merchant_id = $2 FOR UPDATE", charge_id, merchant_id)
-    row = await conn.fetchrow(CHARGES + " WHERE c.id = $1 AND c.merchant_id = $2",
-                              charge_id, merchant_id)
-    if row is None:
-        raise LedgerError(404, "not-found", f"no postpaid charge {charge_id}")
-    return row, _charge(row)
-
-
 def charge_key(charge_id: int, merchant_id: str, account: str, consultation_id: str,
                attempt: int) -> str:
     """The attempt's key: the consultation (with its charge row, so that a database
@@ -142,7 +88,7 @@ class Postpaid:
             else:
                 attempt_id = await self._new_attempt(conn, acc, charge_id, merchant_id,
                                                      account, consultation_id, 1)
-            charge = _charge(await conn.fetchrow(CHARGES + " WHERE c.id = $1", charge_id))
+            charge = charge_of(await conn.fetchrow(CHARGES + " WHERE c.id = $1", charge_id))
         return charge, attempt_id
 
     async def charge(self, merchant_id: str, account: str, consultation_id: str,
@@ -190,7 +136,7 @@ class Postpaid:
                 raise LedgerError(404, "not-found", f"no postpaid attempt {attempt_id}")
             if row["outcome"] is None:
                 await self._finish(conn, row, intent)
-            return _charge(await conn.fetchrow(CHARGES + " WHERE c.id = $1",
+            return charge_of(await conn.fetchrow(CHARGES + " WHERE c.id = $1",
                                                row["charge_id"]))
 
     async def _finish(self, conn: asyncpg.Connection, row: asyncpg.Record, intent: Any
@@ -226,31 +172,13 @@ class Postpaid:
         (for :meth:`due`, or after the customer registered another card); a charge paid or
         pending is returned as it is."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row, charge = await _locked(conn, merchant_id, charge_id)
+            row, charge = await locked_charge(conn, merchant_id, charge_id)
             if charge.state != "failed":
                 return charge
             attempt_id = await self._new_attempt(conn, row["account_id"], charge_id,
                                                  merchant_id, charge.account,
                                                  charge.consultation_id, charge.attempts + 1)
         return await self.attempt(attempt_id)
-
-    async def close(self, merchant_id: str, charge_id: int, how: Closure, *, by: str,
-                    reason: str) -> Charge:
-        """An operator closes a charge in dunning: paid another way, or written off; it is
-        no longer unpaid nor retried. The same closure again returns the charge; a charge
-        not in dunning (paid, pending, closed otherwise) is 409
-        ``charge-not-in-dunning``."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            _, charge = await _locked(conn, merchant_id, charge_id)
-            if charge.state == "closed" and charge.closed == how:
-                return charge
-            if charge.state != "failed":
-                raise LedgerError(409, "charge-not-in-dunning",
-                                  f"charge {charge_id} is {charge.state}", state=charge.state)
-            await conn.execute(
-                """INSERT INTO billing_postpaid_closures (charge_id, how, by_whom, reason)
-                   VALUES ($1, $2, $3, $4)""", charge_id, how, by, reason)
-            return _charge(await conn.fetchrow(CHARGES + " WHERE c.id = $1", charge_id))
 
     async def due(self) -> list[tuple[str, int]]:
         """``(merchant, charge id)`` of the charges in dunning whose next retry is due: the
@@ -299,9 +227,3 @@ class Postpaid:
         if attempt_id is None:
             return None
         return await self.attempt(attempt_id, intent=intent)
-
-    async def charges(self, merchant_id: str, account: str) -> list[Charge]:
-        rows = await self.pool.fetch(
-            CHARGES + " WHERE c.merchant_id = $1 AND a.account = $2 ORDER BY c.id",
-            merchant_id, account)
-        return [_charge(r) for r in rows]

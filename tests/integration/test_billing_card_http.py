@@ -29,6 +29,7 @@ from billing.ledger import Balance, Ledger
 from billing.postpaid import METADATA_KEY
 from billing.rating import Terms
 from billing.settings import BillingSettings, StripeSettings
+from billing.standing import charges
 from billing.stripe_payments import create_intent
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from tests.integration import billing_db
@@ -337,13 +338,13 @@ async def test_the_site_job_reconciles_and_retries(
         assert failed is not None and failed.state == "failed"
         deadline = time.monotonic() + 20
         while True:
-            charges = (await postpaid.charges("acme", "member-42")
-                       + await postpaid.charges("acme", "member-7"))
+            charged = (await charges(clean, "acme", "member-42")
+                       + await charges(clean, "acme", "member-7"))
             _, result = await topups.get("acme", topup.id)
-            if [(c.state, c.attempts) for c in charges] == [("paid", 1), ("failed", 2)] \
+            if [(c.state, c.attempts) for c in charged] == [("paid", 1), ("failed", 2)] \
                     and result is not None:
                 break
-            assert time.monotonic() < deadline, (charges, result)
+            assert time.monotonic() < deadline, (charged, result)
             await asyncio.sleep(0.2)
         assert result.outcome == "abandoned"   # a top-up is the customer's wish then: not
         #                                        made later; a postpaid charge is a debt

@@ -15,8 +15,11 @@ import pytest
 
 from billing.cli import main
 from billing.ledger import Ledger, Reservation
+from billing.postpaid import Postpaid
 from billing.rating import Terms
 from tests.integration import billing_db
+from tests.integration.localstripe import client_for
+from tests.integration.test_edge_app import free_port
 
 pytestmark = pytest.mark.integration
 pool, clean = billing_db.fixtures()
@@ -98,3 +101,32 @@ def test_an_unreachable_database_is_one_line() -> None:
                           check=False)
     assert done.returncode == 1 and done.stderr.startswith("error: database (")
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+async def test_postpaid_standing_notices_and_closing_a_charge(
+        pg_url: str, clean: asyncpg.Pool, capsys: pytest.CaptureFixture[str]) -> None:
+    async def run(*args: str, code: int = 0) -> Any:
+        got = await asyncio.to_thread(main, ["--database-url", pg_url, "--merchant", "acme",
+                                             *args])
+        out = capsys.readouterr()
+        assert got == code, out.err
+        return json.loads(out.out) if code == 0 else out.err
+
+    # no card on file: the charge fails without Stripe being asked
+    failed = await Postpaid(clean, client_for(free_port())).charge(
+        "acme", "member-7", "consult-1", 30, Terms(100), by="calls")
+    assert failed is not None
+    owed = await run("postpaid", "member-7")
+    assert (owed["unpaid"], owed["in_dunning"], owed["charges"][0]["failure"]) == (
+        1, True, "no-card-on-file")
+    [notice] = (await run("notices"))["items"]
+    assert (notice["kind"], notice["charge_id"]) == ("charge-failed", failed.id)
+    assert (await run("notices", "--after", str(notice["id"])))["items"] == []
+    assert await run("close", str(failed.id), "--how", "forgiven", "--reason", "x",
+                     code=2) == "error: --how: expected one of paid-elsewhere, written-off\n"
+    closed = await run("close", str(failed.id), "--how", "written-off", "--reason",
+                       "goodwill", "--by", "sato")
+    assert (closed["state"], closed["closed"]) == ("closed", "written-off")
+    assert (await run("postpaid", "member-7"))["in_dunning"] is False
+    assert await run("close", "999999", "--how", "written-off", "--reason", "x",
+                     code=2) == "error: no postpaid charge 999999\n"

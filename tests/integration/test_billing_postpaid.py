@@ -21,7 +21,7 @@ from billing.ledger import LedgerError
 from billing.postpaid import METADATA_KEY, NO_CARD, Postpaid, charge_key
 from billing.rating import Terms
 from billing.reports import daily
-from billing.standing import Standing, card_on_file, standing
+from billing.standing import Standing, card_on_file, charges, close, standing
 from tests.integration import billing_db
 from tests.integration.localstripe import card, client_for, intents_with, localstripe_fixture
 
@@ -134,7 +134,7 @@ async def test_a_process_killed_after_stripe_answered_is_reconciled_to_one_payme
         timeout=60)
     assert proc.returncode == 9, proc.stderr.decode()[-2000:]
     postpaid = Postpaid(clean, stripe_client)
-    [pending] = await postpaid.charges("acme", "member-42")
+    [pending] = await charges(clean, "acme", "member-42")
     key = charge_key(pending.id, "acme", "member-42", "consult-crash", 1)
     [made] = await asyncio.to_thread(intents_with, stripe_client, METADATA_KEY, key)
     assert (pending.state, pending.attempts) == ("pending", 1)
@@ -204,16 +204,16 @@ async def test_an_operator_closes_a_charge_in_dunning(
     assert failed is not None and failed.state == "failed"
     assert await postpaid.due() == [("acme", failed.id)]
     with pytest.raises(LedgerError) as other:
-        await postpaid.close("other-merchant", failed.id, "written-off", by="op", reason="x")
+        await close(clean, "other-merchant", failed.id, "written-off", by="op", reason="x")
     assert other.value.error_id == "not-found"
-    closed = await postpaid.close("acme", failed.id, "paid-elsewhere", by="sato",
+    closed = await close(clean, "acme", failed.id, "paid-elsewhere", by="sato",
                                   reason="bank transfer MUFG-0001")
     assert (closed.state, closed.closed) == ("closed", "paid-elsewhere")
     assert await standing(clean, "acme", "member-7") == Standing(False, 0, False)
-    assert await postpaid.close("acme", failed.id, "paid-elsewhere", by="sato",
+    assert await close(clean, "acme", failed.id, "paid-elsewhere", by="sato",
                                 reason="again") == closed
     with pytest.raises(LedgerError) as refused:
-        await postpaid.close("acme", failed.id, "written-off", by="sato", reason="x")
+        await close(clean, "acme", failed.id, "written-off", by="sato", reason="x")
     assert (refused.value.status, refused.value.error_id) == (409, "charge-not-in-dunning")
     assert await postpaid.retry("acme", failed.id) == closed         # not retried
     assert await postpaid.due() == []                                # nor due
@@ -221,7 +221,7 @@ async def test_an_operator_closes_a_charge_in_dunning(
     paid = await postpaid.charge("acme", "member-42", "consult-2", 30, TERMS, by="calls")
     assert paid is not None
     with pytest.raises(LedgerError) as not_dunned:
-        await postpaid.close("acme", paid.id, "written-off", by="sato", reason="x")
+        await close(clean, "acme", paid.id, "written-off", by="sato", reason="x")
     assert not_dunned.value.error_id == "charge-not-in-dunning"
 
 
