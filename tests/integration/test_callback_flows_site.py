@@ -1,0 +1,85 @@
+"""Stored IVR flows as the callback site's composition root mounts them: two instances of the
+site on one database (real PostgreSQL), an upload and an activation through either one's
+API reaching both without a restart, and the site's own checks on an upload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from callback_server.app import ACTIVE_FLOWS_KEY, WORKER_KEY, create_app
+from callback_server.ivr_flow import FLOWS_DIR
+from tests.integration.test_callback_app import settings
+from tests.integration.test_callback_flows import V1
+
+pytestmark = pytest.mark.integration
+
+AUTH = {"Authorization": "Bearer test"}     # deploy/callback.example.toml's acme token
+#: the shipped flow with another welcome: it keeps the confirm gate the example requires
+def order_welcoming_with(prompt: str) -> str:
+    return (FLOWS_DIR / "order.toml").read_text().replace('"sound:cbgw/welcome-menu"',
+                                                          f'"{prompt}"')
+
+
+SPRING = order_welcoming_with("sound:cbgw/consult-menu")
+
+
+@asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+def active_version(app: web.Application) -> int | None:
+    held = app[ACTIVE_FLOWS_KEY].get("acme")
+    return None if held is None else held.version
+
+
+async def test_an_activation_through_one_instance_reaches_both(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    s = settings(pki_dir, pg_url, tmp_path)
+    one, two = create_app(s), create_app(s, with_ari=False)   # one runs the worker
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(served(one))
+        b = await stack.enter_async_context(served(two))
+        assert one[WORKER_KEY].active_flows is one[ACTIVE_FLOWS_KEY]
+        await asyncio.sleep(0.3)                            # both listening
+
+        resp = await a.post("/v1/ivr/flows?file=spring.toml&author=ops", data=SPRING,
+                            headers=AUTH)
+        assert resp.status == 201, await resp.text()
+        version = (await resp.json())["version"]
+        resp = await b.post(f"/v1/ivr/flows/{version}/activate", headers=AUTH)
+        assert resp.status == 200, await resp.text()
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while not active_version(one) == active_version(two) == version:
+            assert loop.time() < deadline, "an instance did not see the activation in 2 s"
+            await asyncio.sleep(0.02)
+        held = one[ACTIVE_FLOWS_KEY].get("acme")
+        assert held is not None and held.flow.node("main").prompt == (
+            "sound:cbgw/consult-menu",)
+
+        # the site refuses what check refuses: the example requires the confirm gate, and
+        # a prompt must be there in the merchant's language
+        for text, refused in (
+                (V1, "flow 'spring' has no confirm_callback gate"),
+                (order_welcoming_with("sound:cbgw/spring-sale"),
+                 "flow 'order' plays prompts in 'ja' not in the system prompts ([callback] "
+                 "prompts_dir): spring-sale")):
+            resp = await b.post("/v1/ivr/flows?file=spring.toml", data=text, headers=AUTH)
+            err = (await resp.json())["error"]
+            assert resp.status == 400 and err["id"] == "invalid-flow", err
+            assert err["message"].startswith(f"spring.toml: {refused}"), err
+            assert err["file"] == "spring.toml"
+        paths = (await (await a.get("/openapi.json")).json())["paths"]
+        assert {"/v1/ivr/flows", "/v1/ivr/flows/validate", "/v1/ivr/flows/{version}",
+                "/v1/ivr/flows/{version}/activate"} <= set(paths)
