@@ -241,3 +241,16 @@ async def test_the_daily_report_shows_postpaid_consultations_and_what_cards_paid
     body = report.to_json()
     assert (body["postpaid_charged_yen"], body["postpaid_paid_yen"]) == (600, 500)
     assert (await daily(clean, "other", today)).postpaid == ()
+
+
+async def test_concurrent_charges_of_one_consultation_make_one_payment(
+        clean: asyncpg.Pool, stripe_client: stripe.StripeClient) -> None:
+    await registered(clean, stripe_client, "member-42")
+    postpaid = Postpaid(clean, stripe_client)
+    done = await asyncio.gather(*(postpaid.charge("acme", "member-42", "consult-1", 125,
+                                                  TERMS, by="calls") for _ in range(4)))
+    assert {(c.id, c.state, c.payment_intent) for c in done if c is not None} == {
+        (done[0].id, "paid", done[0].payment_intent)} and None not in done
+    key = charge_key(done[0].id, "acme", "member-42", "consult-1", 1)
+    assert len(await asyncio.to_thread(intents_with, stripe_client, METADATA_KEY, key)) == 1
+    assert await clean.fetchval("SELECT count(*) FROM billing_postpaid_attempts") == 1
