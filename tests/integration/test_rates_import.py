@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,6 +14,7 @@ import pytest
 
 from routing_rates import importer, store
 from routing_rates.carriers import DEMO_CARRIERS, Carrier, load_carriers
+from routing_rates.cli import main
 from routing_rates.deckfile import FIELD_LIMIT
 from routing_rates.index import RateIndex
 from routing_rates.profile import load_profile, parse_profile
@@ -243,3 +246,23 @@ async def test_profile_date_format_and_a_date_that_does_not_match(conn: asyncpg.
         await importer.import_deck(conn, "layouts", deck, profile)
     assert "eu-dates.csv:2: column effective: not a date in the format '%d.%m.%Y' " \
         "('2026-07-01')" in str(err.value)
+
+
+async def test_the_cli_warns_of_each_range_priced_at_another_types_row(
+        conn: asyncpg.Connection, pg_url: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    deck = tmp_path / "c.csv"
+    deck.write_text(HEADER + "81,JP fixed,0.0744,0,60,60\n8150,JP IP,0.1,0,60,60\n"
+                    "8170,JP mobile,0.1848,0,60,60\n8190,JP mobile,0.1848,0,60,60\n")
+    args = ["--database-url", pg_url, "--json", "import", "gen", str(deck), "--no-progress",
+            "--profile", "generic", "--dry-run"]
+    assert await asyncio.to_thread(main, args) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "WARNING: gen: no row for the mobile range 8160: priced at 81 (decisions use the "
+        "deck's mobile rate)",
+        "WARNING: gen: no row for the mobile range 8180: priced at 81 (decisions use the "
+        "deck's mobile rate)"]
+    assert json.loads(out)["gaps"] == [
+        {"range": "8160", "number_type": "mobile", "priced_by": "81"},
+        {"range": "8180", "number_type": "mobile", "priced_by": "81"}]
