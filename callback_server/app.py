@@ -125,9 +125,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
     install_billing(app, lambda a: a[POOL_KEY])
-    install_media(app, settings.media, lambda a: a[POOL_KEY],
-                  lambda merchant, name: settings.flows_playing(merchant,
-                                                                media_ref(merchant, name)))
+    install_media(app, settings.media, lambda a: a[POOL_KEY], guidance_in_use(app, settings))
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems)
     app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:
@@ -142,6 +140,17 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     if settings.rates.enabled:
         _mount_rates(app)
     return app
+
+
+def guidance_in_use(app: web.Application, settings: CallbackSettings
+                    ) -> Callable[[str, str], list[str]]:
+    """The flows that play a merchant's guidance: its configured flow and its active
+    stored version (a guidance in use is not deleted)."""
+    def in_use(merchant: str, name: str) -> list[str]:
+        held = app[ACTIVE_FLOWS_KEY].get(merchant) if ACTIVE_FLOWS_KEY in app else None
+        stored = {f"{held.flow.name} version {held.version}": held.flow} if held else {}
+        return settings.flows_playing(merchant, media_ref(merchant, name), stored)
+    return in_use
 
 
 def create_intake_app(settings: CallbackSettings) -> web.Application:

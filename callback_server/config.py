@@ -169,10 +169,13 @@ class CallbackSettings:
                                                           self.callback.prompts_dir)
                            + _guidance_problems([merchant], flows, self.media)]
 
-    def flows_playing(self, merchant_id: str, media: str) -> list[str]:
-        """The merchant's flow if it plays ``media`` (a guidance in use is not deleted)."""
+    def flows_playing(self, merchant_id: str, media: str,
+                      stored: Mapping[str, Flow] | None = None) -> list[str]:
+        """The merchant's configured flow and its ``stored`` flows (label → flow) that play
+        ``media`` (a guidance in use is not deleted)."""
         flow = next((m.ivr_flow for m in self.merchants if m.id == merchant_id), None)
-        return [flow] if flow is not None and media in _media(self.flows[flow]) else []
+        flows = ({flow: self.flows[flow]} if flow is not None else {}) | dict(stored or {})
+        return [label for label, f in flows.items() if media in _media(f)]
 
 
 def _gate_problem(guard: GuardSettings, flow: Flow) -> str | None:

@@ -164,7 +164,8 @@ async def get_flow(request: web.Request) -> web.Response:
 async def activate_flow(request: web.Request) -> web.Response:
     """Make a version the merchant's active flow: one row flipped; the previous version
     stays (activate it again to roll back). Rounds that start from now on run it; rounds
-    already running keep the flow they started with."""
+    already running keep the flow they started with. The site's checks run again first
+    (400 ``invalid-flow`` if a prompt or guidance it plays is gone)."""
     merchant = authenticated_merchant(request)
     number = _version(request)
     found = await _store(request).activate(merchant, number, _author(request))
@@ -237,5 +238,5 @@ OPERATIONS = [
     Operation("POST", "/v1/ivr/flows/{version}/activate", activate_flow,
               "Activate a flow version", _TAG, {200: Reply("now active", VERSION)},
               access=MERCHANT, params=(_VERSION, _AUTHOR),
-              errors={404: ("not-found",), **_UNAVAILABLE}),
+              errors={400: ("invalid-flow",), 404: ("not-found",), **_UNAVAILABLE}),
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -142,16 +142,18 @@ class FlowStore:
         return None if row is None else _version(row)
 
     async def activate(self, merchant_id: str, version: int, by: str) -> FlowVersion:
-        """Make ``version`` the merchant's active flow; 404 ``not-found`` if it has none."""
-        flipped = await self.pool.fetchval(
-            """INSERT INTO ivr_flow_active (merchant_id, version, activated_by)
-               SELECT merchant_id, version, $3 FROM ivr_flow_versions
-               WHERE merchant_id = $1 AND version = $2
-               ON CONFLICT (merchant_id) DO UPDATE
-                   SET version = EXCLUDED.version, activated_by = EXCLUDED.activated_by,
-                       activated_at = now(), generation = nextval('ivr_flow_generation')
-               RETURNING true""", merchant_id, version, by)
-        found = await self.get(merchant_id, version) if flipped else None
+        """Make ``version`` the merchant's active flow; 404 ``not-found`` if it has none,
+        400 ``invalid-flow`` if the site refuses it now (a prompt or guidance it plays was
+        removed since it was uploaded)."""
+        found = await self.get(merchant_id, version)
         if found is None:
             raise ApiError(404, "not-found", f"no flow version {version}")
-        return found
+        self.validate(merchant_id, found.source, found.filename)
+        await self.pool.execute(
+            """INSERT INTO ivr_flow_active (merchant_id, version, activated_by)
+               VALUES ($1, $2, $3)
+               ON CONFLICT (merchant_id) DO UPDATE
+                   SET version = EXCLUDED.version, activated_by = EXCLUDED.activated_by,
+                       activated_at = now(), generation = nextval('ivr_flow_generation')""",
+            merchant_id, version, by)
+        return replace(found, active=True)

@@ -1,6 +1,7 @@
 """Stored IVR flows as the callback site's composition root mounts them: two instances of the
 site on one database (real PostgreSQL), an upload and an activation through either one's
-API reaching both without a restart, and the site's own checks on an upload."""
+API reaching both without a restart, the site's own checks on an upload and an activation,
+and a guidance the active stored flow plays kept from deletion."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from callback_server.app import ACTIVE_FLOWS_KEY, WORKER_KEY, create_app
 from callback_server.ivr_flow import FLOWS_DIR
 from tests.integration.test_callback_app import settings
 from tests.integration.test_callback_flows import V1
+from tests.integration.test_ivr_audio import tone
+from tests.integration.test_ivr_media_site import media_settings
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +86,42 @@ async def test_an_activation_through_one_instance_reaches_both(
         paths = (await (await a.get("/openapi.json")).json())["paths"]
         assert {"/v1/ivr/flows", "/v1/ivr/flows/validate", "/v1/ivr/flows/{version}",
                 "/v1/ivr/flows/{version}/activate"} <= set(paths)
+
+
+async def test_a_guidance_the_active_stored_flow_plays_is_kept_and_checked_on_activation(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    app = create_app(media_settings(pki_dir, pg_url, tmp_path), with_ari=False)
+    async with served(app) as client:
+        resp = await client.put("/v1/media/guidance/spring", headers=AUTH,
+                                data=tone(tmp_path / "spring.mp3", 1.0).read_bytes())
+        assert resp.status == 201, await resp.text()
+        plays_it = order_welcoming_with("sound:cbgw-guidance/acme/spring")
+        versions = []                   # (the module's database: numbers go on from before)
+        for text in (plays_it, SPRING + "# spring\n"):
+            resp = await client.post("/v1/ivr/flows", data=text, headers=AUTH)
+            assert resp.status == 201, await resp.text()
+            versions.append((await resp.json())["version"])
+        guided, plain = versions
+
+        async def activate(version: int) -> None:
+            resp = await client.post(f"/v1/ivr/flows/{version}/activate", headers=AUTH)
+            assert resp.status == 200, await resp.text()
+            deadline = asyncio.get_running_loop().time() + 2.0
+            while active_version(app) != version:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+
+        await activate(guided)
+        resp = await client.delete("/v1/media/guidance/spring", headers=AUTH)
+        err = (await resp.json())["error"]
+        assert resp.status == 409 and err["id"] == "guidance-in-use", err
+        assert f"flow order version {guided}" in err["message"]
+
+        await activate(plain)
+        assert (await client.delete("/v1/media/guidance/spring", headers=AUTH)).status == 204
+        # the guided version plays a guidance that is gone now: activating it is refused
+        resp = await client.post(f"/v1/ivr/flows/{guided}/activate", headers=AUTH)
+        err = (await resp.json())["error"]
+        assert resp.status == 400 and err["id"] == "invalid-flow", err
+        assert "plays sound:cbgw-guidance/acme/spring, which is not uploaded" in err["message"]
+        assert active_version(app) == plain
