@@ -21,8 +21,9 @@ from advisors import assignment as am
 from advisors import presence as pm
 from advisors.errors import NotFound
 from advisors.live import Presences
-from advisors.model import PstnContact, SipContact, State
+from advisors.model import Advisor, PstnContact, SipContact, State
 from advisors.store import AdvisorStore
+from callback_server import ivr
 from callback_server.consult import Op
 from callback_server.dialer_messages import EDGE_TRUNK, Route
 from shared.phone import E164
@@ -51,8 +52,9 @@ class RouteSource(Protocol):
 
 
 class AdvisorPort(Protocol):
-    async def choose(self, merchant_id: str, *, code: str | None, group: str | None
-                     ) -> Chosen | Unavailable: ...
+    async def choose(self, merchant_id: str, *, code: str | None, group: str | None,
+                     advisor_id: int | None = None) -> Chosen | Unavailable: ...
+    async def listing(self, merchant_id: str, listing: str) -> tuple[ivr.Listed, ...]: ...
     async def assignment(self, merchant_id: str, op: Op, a: am.Assignment
                          ) -> tuple[am.Assignment, list[am.Command]]: ...
     async def contact(self, merchant_id: str, advisor_id: int, at: datetime
@@ -75,6 +77,18 @@ def unavailable_reason(state: State) -> str:
             assert_never(state)
 
 
+MAX_LISTED = 9          # one key each
+
+
+def name_media(advisor: Advisor) -> tuple[str, ...]:
+    """How an advisor is named aloud: their name prompt (a media URI, or a sound name),
+    else the digits of their code."""
+    prompt = advisor.name_prompt
+    if not prompt:
+        return (f"digits:{advisor.code}",)
+    return (prompt if ":" in prompt else f"sound:{prompt}",)
+
+
 class AdvisorDesk:
     def __init__(self, pool: asyncpg.Pool, routes: RouteSource) -> None:
         self.pool = pool
@@ -82,14 +96,16 @@ class AdvisorDesk:
         self.store = AdvisorStore(pool)
         self.route_source = routes
 
-    async def choose(self, merchant_id: str, *, code: str | None, group: str | None
-                     ) -> Chosen | Unavailable:
+    async def choose(self, merchant_id: str, *, code: str | None, group: str | None,
+                     advisor_id: int | None = None) -> Chosen | Unavailable:
+        """The members a choice reaches: the advisor of a code or chosen from a list
+        (only while they can take a call), or a group's members."""
         rules = await self.store.rules(merchant_id)
-        if code is not None:
-            advisor = await self.store.advisor_by_code(merchant_id, code)
-            if advisor is None:
+        if code is not None or advisor_id is not None:
+            found = await self._advisor(merchant_id, code, advisor_id)
+            if found is None:
                 return Unavailable("unknown")
-            _, presence = await self.store.advisor(merchant_id, advisor.id)
+            advisor, presence = found
             if not presence.takes_offer():
                 return Unavailable(unavailable_reason(presence.state))
             return Chosen(frozenset({advisor.id}), rules.ring_timeout_s,
@@ -104,6 +120,30 @@ class AdvisorDesk:
         except NotFound:
             return Unavailable("unknown")
         return Chosen(members, rules.ring_timeout_s, group_id=group_id)
+
+    async def _advisor(self, merchant_id: str, code: str | None, advisor_id: int | None
+                       ) -> tuple[Advisor, pm.Presence] | None:
+        if code is not None:
+            by_code = await self.store.advisor_by_code(merchant_id, code)
+            if by_code is None:
+                return None
+            advisor_id = by_code.id
+        assert advisor_id is not None
+        try:
+            return await self.store.advisor(merchant_id, advisor_id)
+        except NotFound:
+            return None
+
+    async def listing(self, merchant_id: str, listing: str) -> tuple[ivr.Listed, ...]:
+        """The advisors an IVR list reads (by id, up to 9): ``online`` those who can
+        take a call now, ``all`` everyone, with why those who cannot."""
+        listed = []
+        for advisor, presence in await self.store.advisors(merchant_id):
+            free = presence.takes_offer()
+            if free or listing == "all":
+                listed.append(ivr.Listed(advisor.id, name_media(advisor), None if free
+                                         else unavailable_reason(presence.state)))
+        return tuple(listed[:MAX_LISTED])
 
     async def assignment(self, merchant_id: str, op: Op, a: am.Assignment
                          ) -> tuple[am.Assignment, list[am.Command]]:

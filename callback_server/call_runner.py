@@ -221,8 +221,10 @@ class CallRunner:
         elif isinstance(event, ivr.ConnectAdvisor):
             await self.consult.start(event, self._customer_channel(), self.state.leg_seq)
             await self._sync_legs()
-        elif isinstance(event, ivr.Timeout | ivr.AdvisorUnavailable | ivr.ConsultBusy
-                        | ivr.ConsultFailed | ivr.ConsultEnded):
+        elif isinstance(event, ivr.ListAdvisors):
+            await self.consult.list_advisors(event)
+        elif isinstance(event, ivr.Timeout | ivr.AdvisorUnavailable | ivr.AdvisorsListed
+                        | ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultEnded):
             await self.ivr.handle(event)
         elif isinstance(event, ari.StasisStart):
             log.info("%s answered", event.channel.id)

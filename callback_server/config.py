@@ -243,6 +243,6 @@ def _media(flow: Flow) -> set[str]:
             played.update(node.invalid_prompt, node.timeout_prompt)
         if node.on_busy is not None:      # a consultation node
             played.update(node.busy_prompt)
-        if node.type == "advisor_code":
+        if node.type in ("advisor_code", "advisor_list"):
             played.update(*UNAVAILABLE.values())
     return played

@@ -109,7 +109,7 @@ class ConsultRunner:
             return
         try:
             chosen = await self.desk.choose(self.job.merchant_id, code=cmd.code,
-                                            group=cmd.group)
+                                            group=cmd.group, advisor_id=cmd.advisor_id)
         except DATABASE_ERRORS as exc:
             log.error("advisors unavailable: %s", exc)
             self.follow_up(ivr.ConsultFailed())
@@ -130,8 +130,18 @@ class ConsultRunner:
         self._started = _Started(cmd, chosen, now)
         self.state = ConsultState.new(request, leg_seq)
         log.info("consultation %s: %s %s, members %s", request.consultation_id, cmd.method,
-                 cmd.code or cmd.group, sorted(chosen.members))
+                 cmd.code or cmd.group or cmd.advisor_id, sorted(chosen.members))
         await self.handle(Begin(now))
+
+    async def list_advisors(self, cmd: ivr.ListAdvisors) -> None:
+        """The advisors an IVR list node reads (none when they cannot be read)."""
+        listed: tuple[ivr.Listed, ...] = ()
+        if self.desk is not None:
+            try:
+                listed = await self.desk.listing(self.job.merchant_id, cmd.listing)
+            except DATABASE_ERRORS as exc:
+                log.error("advisors unavailable: %s", exc)
+        self.follow_up(ivr.AdvisorsListed(listed))
 
     async def handle(self, event: consult.Event) -> None:
         if self.state is None:

@@ -69,6 +69,23 @@ class AdvisorUnavailable:
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    """One advisor read in a list: their key is their place (1-based); ``unavailable``
+    is why they cannot take the call now (None: they can)."""
+
+    advisor_id: int
+    name: Media
+    unavailable: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdvisorsListed:
+    """The advisors an ``advisor_list`` node reads (``ListAdvisors``), up to 9."""
+
+    advisors: tuple[Listed, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ConsultBusy:
     """All the merchant's lines are in use."""
 
@@ -84,7 +101,7 @@ class ConsultEnded:
 
 
 Event = (Dtmf | PlaybackFinished | Timeout | OperatorFailed | CallerHangup
-         | AdvisorUnavailable | ConsultBusy | ConsultFailed | ConsultEnded)
+         | AdvisorUnavailable | AdvisorsListed | ConsultBusy | ConsultFailed | ConsultEnded)
 
 #: what the customer hears when the advisor of a code cannot take the call, by reason
 UNAVAILABLE: dict[str, Media] = {
@@ -137,14 +154,24 @@ class DialOperator:
 
 @dataclass(frozen=True, slots=True)
 class ConnectAdvisor:
-    """Put the customer through to an advisor: of the 4-digit ``code`` (method ``code``)
-    or a member of the group named ``group`` (method ``group``); wait up to ``queue_s``
+    """Put the customer through to an advisor: of the 4-digit ``code`` (method ``code``),
+    a member of the group named ``group`` (method ``group``) or the one chosen from a
+    list (``advisor_id``; methods ``online_list``, ``all_list``); wait up to ``queue_s``
     for one to be free."""
 
     method: str
     code: str | None = None
     group: str | None = None
     queue_s: int = 0
+    advisor_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListAdvisors:
+    """Read the merchant's advisors: ``online`` (who can take a call now) or ``all``;
+    the answer comes back as ``AdvisorsListed``."""
+
+    listing: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +180,7 @@ class Hangup:
 
 
 Command = (Play | StopPlayback | StartTimer | CancelTimer | Submit | DialOperator
-           | ConnectAdvisor | Hangup)
+           | ConnectAdvisor | ListAdvisors | Hangup)
 
 # --- state ---------------------------------------------------------------------------------
 
@@ -163,6 +190,7 @@ class Mode(enum.StrEnum):
     WAIT = "wait"            # waiting for keys, the no-input timer running
     OPERATOR = "operator"    # handed to the operator leg
     CONSULT = "consult"      # handed to a consultation with an advisor
+    LISTING = "listing"      # waiting for the advisors a list node reads
     ENDING = "ending"        # playing the last prompt before hanging up
     DONE = "done"
 
@@ -179,6 +207,7 @@ class IvrState:
     playback: str | None = None
     timer: str | None = None
     seq: int = 0
+    listed: tuple[Listed, ...] = ()       # the advisors an advisor_list node read
 
     @property
     def current(self) -> Node:
@@ -215,6 +244,8 @@ def transition(state: IvrState, event: Event) -> Step:
         if state.mode is Mode.OPERATOR and state.current.on_fail:
             return _enter(state, state.current.on_fail)
         return state, []
+    if isinstance(event, AdvisorsListed):
+        return _listed(state, event.advisors)
     return _consult_outcome(state, event)
 
 
@@ -225,7 +256,8 @@ def _consult_outcome(state: IvrState, event: AdvisorUnavailable | ConsultBusy
         return state, []
     assert node.on_fail is not None and node.on_busy is not None and node.next is not None
     match event:
-        case AdvisorUnavailable(reason=reason) if node.type == "advisor_code":
+        case AdvisorUnavailable(reason=reason) if node.type in ("advisor_code",
+                                                                "advisor_list"):
             return _retry(state, UNAVAILABLE.get(reason, node.invalid_prompt))
         case AdvisorUnavailable() | ConsultFailed():
             return _enter(state, node.on_fail)
@@ -270,7 +302,7 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
     state, cmds = _leave(state)
     for _ in range(MAX_HOPS):
         node = state.flow.node(node_id)
-        state = replace(state, node=node_id, buffer="", tries=0)
+        state = replace(state, node=node_id, buffer="", tries=0, listed=())
         if node.type == "submit":
             fields = tuple((f, v) for f in node.fields if (v := state.value(f)) is not None)
             cmds.append(Submit(node.category or "request", fields))
@@ -287,20 +319,8 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
             for f in node.fields:
                 media += [*node.label(f), f"digits:{state.value(f) or ''}"]
             state, more = _play(state, tuple(m for m in media if m != "digits:"), Mode.PROMPT)
-        elif node.type == "operator":
-            assert node.target is not None
-            more = [DialOperator(node.target)]
-            if node.prompt:
-                state, play = _play(state, node.prompt, Mode.OPERATOR)
-                more = play + more
-            state = replace(state, mode=Mode.OPERATOR)
-        elif node.type == "connect":
-            more = [ConnectAdvisor("group" if node.group else "code", node.advisor,
-                                   node.group, node.queue_s)]
-            if node.prompt or preamble:
-                state, play = _play(state, preamble + node.prompt, Mode.CONSULT)
-                more = play + more
-            state = replace(state, mode=Mode.CONSULT)
+        elif node.type in HANDED_OFF:
+            state, more = _hand_off(state, node, preamble)
         else:  # hangup
             if node.prompt or preamble:
                 state, more = _play(state, preamble + node.prompt, Mode.ENDING)
@@ -308,6 +328,29 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
                 state, more = replace(state, mode=Mode.DONE), [Hangup()]
         return state, cmds + more
     raise RuntimeError(f"{state.flow.source}: more than {MAX_HOPS} nodes without waiting")
+
+
+#: nodes whose work another machine does while their prompt plays, and the mode they wait in
+HANDED_OFF = {"operator": Mode.OPERATOR, "connect": Mode.CONSULT, "advisor_list": Mode.LISTING}
+
+
+def _hand_off(state: IvrState, node: Node, preamble: Media) -> Step:
+    command: Command
+    if node.type == "operator":
+        assert node.target is not None
+        command, media = DialOperator(node.target), node.prompt
+    elif node.type == "advisor_list":           # its prompt plays with the list
+        command, media = ListAdvisors(node.list), preamble
+    else:
+        command = ConnectAdvisor("group" if node.group else "code", node.advisor,
+                                 node.group, node.queue_s)
+        media = preamble + node.prompt
+    mode = HANDED_OFF[node.type]
+    more: list[Command] = [command]
+    if media:
+        state, play = _play(state, media, mode)
+        more = play + more
+    return replace(state, mode=mode), more
 
 
 def _playback_finished(state: IvrState, ev: PlaybackFinished) -> Step:
@@ -342,6 +385,8 @@ def _dtmf(state: IvrState, digit: str) -> Step:
         state = replace(state, playback=None, mode=Mode.WAIT)
     if node.type in ("digits", "advisor_code"):
         nxt, more = _digit(state, node, digit)
+    elif node.type == "advisor_list":
+        nxt, more = _pick(state, node, digit)
     else:
         target = node.choice(digit)
         nxt, more = _enter(state, target) if target else _retry(state, node.invalid_prompt)
@@ -380,6 +425,43 @@ def _retry(state: IvrState, preamble: Media) -> Step:
         return _enter(state, node.on_fail)
     tries = state.tries + 1
     state, cmds = _leave(state)
-    state, more = _play(replace(state, buffer="", tries=tries), preamble + node.prompt,
-                        Mode.PROMPT)
+    state, more = _play(replace(state, buffer="", tries=tries),
+                        preamble + node.prompt + _listing(state), Mode.PROMPT)
     return state, cmds + more
+
+
+# --- advisor lists ------------------------------------------------------------------------
+
+
+def _listing(state: IvrState) -> Media:
+    """What a list node reads after its prompt: "1, <name>; 2, <name>, <why not> ..."."""
+    media: list[str] = []
+    for key, advisor in enumerate(state.listed, start=1):
+        media += [f"digits:{key}", *advisor.name]
+        if advisor.unavailable is not None:
+            media += UNAVAILABLE.get(advisor.unavailable, ())
+    return tuple(media)
+
+
+def _listed(state: IvrState, advisors: tuple[Listed, ...]) -> Step:
+    node = state.current
+    if state.mode is not Mode.LISTING or node.type != "advisor_list":
+        return state, []
+    if not advisors:
+        assert node.on_fail is not None
+        return _enter(state, node.on_fail)
+    state = replace(state, listed=advisors[:9], playback=None)
+    return _play(state, node.prompt + _listing(state), Mode.PROMPT)
+
+
+def _pick(state: IvrState, node: Node, digit: str) -> Step:
+    index = int(digit) - 1 if digit.isdigit() else -1
+    if not 0 <= index < len(state.listed):
+        return _retry(state, node.invalid_prompt)
+    chosen = state.listed[index]
+    if chosen.unavailable is not None:
+        return _retry(state, UNAVAILABLE.get(chosen.unavailable, node.invalid_prompt))
+    state, cmds = _leave(state)
+    method = "online_list" if node.list == "online" else "all_list"
+    return replace(state, mode=Mode.CONSULT), [
+        *cmds, ConnectAdvisor(method, advisor_id=chosen.advisor_id)]

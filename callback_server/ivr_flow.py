@@ -29,6 +29,8 @@ Node types and their keys (``*`` = required):
               retries, invalid_prompt, timeout_prompt
 ``connect``   group or advisor* (one of), next*, on_busy*, on_fail*, prompt,
               busy_prompt, queue_s
+``advisor_list``  prompt*, next*, on_busy*, on_fail*, list (online | all), busy_prompt,
+              timeout_s, retries, invalid_prompt, timeout_prompt
 ``hangup``    prompt
 ============  ==================================================================
 
@@ -44,7 +46,13 @@ Consultation nodes put the customer through to an advisor (``advisors``):
   A customer no member can take waits up to ``queue_s`` seconds (default 60, 0: not
   at all) with music on hold.
 
-Both go to ``on_busy`` after ``busy_prompt`` (default ``sound:cbgw/lines-busy``) when
+* ``advisor_list``: reads the merchant's advisors, up to 9, as "1, <name prompt>; 2,
+  ..." after its ``prompt``: ``list = "online"`` (default) those who can take a call
+  now (method ``online_list``), ``"all"`` every advisor, each who cannot with why
+  (method ``all_list``). The key of one who can rings them; of one who cannot says why
+  and reads the list again (``retries``, then ``on_fail``); no advisor: ``on_fail``.
+
+All three go to ``on_busy`` after ``busy_prompt`` (default ``sound:cbgw/lines-busy``) when
 all the merchant's lines are in use, to ``on_fail`` when no advisor answered or none
 was available, and to ``next`` when the advisor ended the consultation (the customer
 hanging up ends everything).
@@ -97,6 +105,8 @@ KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
     "advisor_code": ({"prompt", "next", "on_busy", "on_fail"}, _TIMED | {"busy_prompt"}),
     "connect": ({"next", "on_busy", "on_fail"},
                 {"prompt", "group", "advisor", "busy_prompt", "queue_s"}),
+    "advisor_list": ({"prompt", "next", "on_busy", "on_fail"},
+                     _TIMED | {"list", "busy_prompt"}),
     "hangup": (set(), {"prompt"}),
 }
 
@@ -143,6 +153,7 @@ class Node:
     group: str | None = None             # connect: the group's name
     advisor: str | None = None           # connect: a fixed advisor's 4-digit code
     queue_s: int = 60                    # connect: longest wait for a free member
+    list: str = "online"                 # advisor_list: online | all
 
     def choice(self, key: str) -> str | None:
         return next((node for k, node in self.choices if k == key), None)
@@ -152,7 +163,7 @@ class Node:
 
     @property
     def waits_for_input(self) -> bool:
-        return self.type in ("menu", "digits", "confirm", "advisor_code")
+        return self.type in ("menu", "digits", "confirm", "advisor_code", "advisor_list")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +305,7 @@ def _parse_node(source: str, node_id: str, raw: Any) -> Node:
         "group": r.name("group"),
         "advisor": r.code("advisor"),
         "queue_s": r.integer("queue_s", node.queue_s, 0, 3600),
+        "list": r.choice_of("list", node.list, ("online", "all")),
     }
     values.update(_kind_values(kind, r, values))
     if values["min_length"] > values["max_length"]:

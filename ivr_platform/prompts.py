@@ -103,9 +103,16 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
         "Sorry, no operator is available right now. Please try again later."),
     # --- consultation lines (callback_server/flows/consult.toml) ------------------------
     "consult-menu": PromptText(
-        "鑑定士の番号をご存じの方は1を、空いている鑑定士におつなぎする場合は2を"
-        "押してください。",
-        "Press 1 to enter your advisor's code, 2 for the first free advisor."),
+        "鑑定士の番号をご存じの方は1を、空いている鑑定士におつなぎする場合は2を、"
+        "ただいまお話しできる鑑定士の一覧は3を、すべての鑑定士の一覧は4を押してください。",
+        "Press 1 to enter your advisor's code, 2 for the first free advisor, 3 to hear "
+        "the advisors free now, 4 to hear all our advisors."),
+    "advisor-list-online": PromptText(
+        "ただいまお話しできる鑑定士です。番号を押してお選びください。",
+        "These advisors can take your call now. Press the number of your choice."),
+    "advisor-list-all": PromptText(
+        "鑑定士の一覧です。番号を押してお選びください。",
+        "Here are our advisors. Press the number of your choice."),
     "enter-advisor-code": PromptText(
         "鑑定士の4桁の番号を入力してください。",
         "Please enter the four-digit code of your advisor."),

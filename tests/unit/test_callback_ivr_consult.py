@@ -124,3 +124,67 @@ def test_consult_node_errors_name_the_node(mutate: Any, node: str, text: str) ->
     with pytest.raises(FlowError) as err:
         parse_flow(data, "flows/consult.toml")
     assert err.value.node == node and text in str(err.value)
+
+
+# --- advisor lists ------------------------------------------------------------------------
+
+AOI = ivr.Listed(7, ("sound:cbgw-guidance/acme/aoi",))
+REN_TALKING = ivr.Listed(9, ("digits:8765",), "talking")
+
+
+def at_list(flow: Flow, key: str) -> tuple[IvrState, list[ivr.Command]]:
+    state, _ = ivr.start(flow, "cb-1-01")
+    return feed(state, Dtmf(key))
+
+
+def test_online_list_reads_each_advisor_with_their_key_and_rings_the_chosen(
+        flow: Flow) -> None:
+    state, cmds = at_list(flow, "3")
+    assert cmds[-1] == ivr.ListAdvisors("online") and state.mode is Mode.LISTING
+    state, cmds = feed(state, ivr.AdvisorsListed((AOI, replace(REN_TALKING,
+                                                                unavailable=None))))
+    assert plays(cmds) == [("sound:cbgw/advisor-list-online", "digits:1",
+                            "sound:cbgw-guidance/acme/aoi", "digits:2", "digits:8765")]
+    state, cmds = feed(state, Dtmf("2"))          # barge-in: the second one
+    assert cmds[-1] == ConnectAdvisor("online_list", advisor_id=9)
+    assert state.mode is Mode.CONSULT
+
+
+def test_all_list_says_why_an_advisor_cannot_take_it_and_reads_the_list_again(
+        flow: Flow) -> None:
+    state, _ = at_list(flow, "4")
+    state, cmds = feed(state, ivr.AdvisorsListed((AOI, REN_TALKING)))
+    assert plays(cmds)[-1][-3:] == ("digits:2", "digits:8765", "sound:cbgw/advisor-talking")
+    state, cmds = feed(state, Dtmf("2"))
+    assert not any(isinstance(c, ConnectAdvisor) for c in cmds)
+    assert plays(cmds) == [("sound:cbgw/advisor-talking", "sound:cbgw/advisor-list-all",
+                            "digits:1", "sound:cbgw-guidance/acme/aoi", "digits:2",
+                            "digits:8765", "sound:cbgw/advisor-talking")]
+    state, cmds = feed(state, Dtmf("1"))
+    assert cmds[-1] == ConnectAdvisor("all_list", advisor_id=7)
+
+
+def test_a_key_past_the_list_is_invalid_and_an_empty_list_fails(flow: Flow) -> None:
+    state, _ = at_list(flow, "3")
+    listed, _ = feed(state, ivr.AdvisorsListed((AOI,)))
+    _, cmds = feed(listed, Dtmf("5"))
+    assert plays(cmds)[0][:2] == ("sound:cbgw/invalid", "sound:cbgw/advisor-list-online")
+    empty, _ = feed(state, ivr.AdvisorsListed(()))
+    assert empty.node == "no_advisor"
+
+
+def test_a_listed_advisor_taken_meanwhile_is_said_and_the_list_read_again(
+        flow: Flow) -> None:
+    state, _ = at_list(flow, "3")
+    state, _ = feed(state, ivr.AdvisorsListed((AOI,)), Dtmf("1"))
+    state, cmds = feed(state, AdvisorUnavailable("talking"))
+    assert state.node == "online_list" and plays(cmds)[0][0] == "sound:cbgw/advisor-talking"
+    assert plays(cmds)[0][-1] == "sound:cbgw-guidance/acme/aoi"
+
+
+def test_list_node_keys_are_checked() -> None:
+    data = raw_flow()
+    data["nodes"]["all_list"]["list"] = "everyone"
+    with pytest.raises(FlowError) as err:
+        parse_flow(data, "flows/consult.toml")
+    assert err.value.node == "all_list" and "list: expected one of online all" in str(err.value)
