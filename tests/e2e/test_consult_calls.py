@@ -52,13 +52,22 @@ class Admin:
             assert resp.status in (200, 201), (method, path, resp.status, data)
             return data
 
-    async def advisor(self, name: str, code: str, contact: dict[str, str]) -> int:
+    async def advisor(self, name: str, code: str, contact: dict[str, str], *,
+                      online: bool = True) -> int:
         made = await self.call("POST", "/v1/advisors", {
             "display_name": name, "code": code, "contact": contact,
             "price_per_minute_yen": 200})
         advisor_id = int(made["id"])
-        await self.call("PUT", f"/v1/advisors/{advisor_id}/presence", {"presence": "online"})
+        if online:
+            await self.call("PUT", f"/v1/advisors/{advisor_id}/presence",
+                            {"presence": "online"})
         return advisor_id
+
+    async def list_keys(self) -> dict[int, str]:
+        """Each advisor's key in an IVR list of all advisors (their place by id)."""
+        async with self.session.get(self.url + "/v1/advisors", headers=self.headers) as resp:
+            ids = sorted(a["id"] for a in (await resp.json())["items"])
+        return {advisor_id: str(i) for i, advisor_id in enumerate(ids, start=1) if i <= 9}
 
     async def group(self, name: str, members: list[int]) -> None:
         async with self.session.get(self.url + "/v1/advisor-groups",
@@ -288,3 +297,28 @@ async def test_customer_hanging_up_while_the_advisor_rings_withdraws_without_a_m
     made = await record(stack, "+817011110004")
     assert made["end_reason"] == "customer_abandoned" and made["answered_at"] is None
     assert ring_outcomes(made) == [(advisor, "withdrawn")]
+
+
+async def test_all_list_says_why_an_offline_advisor_cannot_and_rings_the_one_chosen_next(
+        stack: Stack, admin: Admin) -> None:
+    """Method 3: the list of all advisors; the customer first picks one who is offline
+    (told why, the list read again), then one in standby, who is rung and answers."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    away = await admin.advisor("紬", "3691", pstn("+81312340005"), online=False)
+    chosen = await admin.advisor("樹", "2580", SIP_ADVISOR)
+    keys = await admin.list_keys()
+    customer = "07011110005"
+    async with stack.carriers(digits=CONFIRM + "4" + keys[away] + keys[chosen],
+                              operator="uas_answer_dtmf_bye.xml",
+                              pcap_options={"gap_ms": 1500}) as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        invite = await wait_for(roles["operator"], lambda m: m.method == "INVITE", 60)
+        made = await record(stack, "+817011110005")
+        carrier_invites = roles["carrier-a"].invites_received() + \
+            roles["carrier-b"].invites_received()
+    assert invite.ruri_user == "operator"
+    assert {m.ruri_user for m in carrier_invites} == {"817011110005"}, "the offline one rang"
+    assert made["method"] == "all_list" and made["advisor_id"] == chosen
+    assert ring_outcomes(made) == [(chosen, "answered")]
+    assert await events(stack, away) == []
