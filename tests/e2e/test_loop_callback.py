@@ -115,6 +115,15 @@ async def test_early_media_call_back_with_failover_ivr_and_cdr_to_the_edge(
     assert Decimal(cdr["carrier_cost_amount"]) == Decimal("0.1398")  # one minute, its deck
     assert cdr["carrier_cost_currency"] == "USD" and cdr["direct_cost_amount"] is not None
 
+    # The carriers' post-dial delay: the answered leg's first ring (or its answer) is
+    # recorded from ARI in callback_attempts.progress_at, after its originate, by its answer.
+    (up,) = await stack.fetch(
+        "callback", "SELECT c.started_at, c.answered_at, a.progress_at FROM cdrs c "
+        "JOIN callback_attempts a ON a.channel_id = c.call_id WHERE c.call_id = $1",
+        cdr["call_id"])
+    assert up["progress_at"] is not None, "no ring or answer recorded for the answered leg"
+    assert up["started_at"] <= up["progress_at"] <= up["answered_at"], dict(up)
+
     # The merchant's call center reads both over the edge's API.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
             ssl=stack.client_ssl())) as session:
