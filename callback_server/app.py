@@ -235,9 +235,7 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ROUTING_KEY] = Routing(service, settings.callback.static_routes)
     yield
     if service is not None:
-        if service.quality_board is not None:
-            await service.quality_board.close()
-        await service.close()
+        await service.close()       # and its quality board
 
 
 async def active_flows_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -107,7 +107,12 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
         decider = RatesDecider(service, {m.id: m.inbound_tariff for m in settings.merchants},
                                announce_s=settings.rates.announce_s,
                                max_rates={m.id: m.max_cost_per_minute
-                                          for m in settings.merchants})
+                                          for m in settings.merchants},
+                               quality={m.id: m.carrier_quality for m in settings.merchants})
+        if any(m.carrier_quality for m in settings.merchants):
+            from routing_rates.quality import QualityBoard
+
+            service.quality_board = await QualityBoard(app[POOL_KEY], site="edge").start()
         app[LEARN_CALL_LENGTHS_KEY] = True
         log.info("routing_rates loaded: the call-back decision is priced")
     else:

@@ -5,7 +5,9 @@ docs/CONTRACTS.md) behind the flow's :class:`~edge_server.stasis.Decider`
 Protocol, passing the merchant, so the decision assumes that merchant's call
 lengths for the caller's number class (learned, configured or the default) and
 leaves out the carriers above its ``max_cost_per_minute`` (none left: the call is
-kept, reason ``no-carrier-within-max-rate``).
+kept, reason ``no-carrier-within-max-rate``); with its ``carrier_quality`` floor, the
+carriers below it on the edge's own CDRs come last, so the decision prices the carrier
+the callback site will dial first.
 Anything that goes wrong while rating (no deck for the number, a
 tariff missing, a bug) becomes ``DecisionUnavailable`` and the flow falls back
 to the merchant's ``callback_when_unrated``. :class:`FixedDecider` stands in
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 
 from edge_server.flow_messages import Decided, DecisionUnavailable, RequestDecision
 from edge_server.metrics import edge as edge_metrics
+from shared.config import CarrierQuality
 from shared.money import Money
 from shared.phone import E164
 
@@ -44,17 +47,20 @@ class SupportsDecide(Protocol):
 
     def decide(self, number: E164, at: datetime, *, inbound_tariff: str = ...,
                announce_mode: str = ..., announce_s: Decimal = ...,
-               merchant: str | None = ..., max_rate: Money | None = ...) -> DecisionLike: ...
+               merchant: str | None = ..., max_rate: Money | None = ...,
+               quality: CarrierQuality | None = ...) -> DecisionLike: ...
 
 
 class RatesDecider:
     def __init__(self, rates: SupportsDecide, inbound_tariffs: Mapping[str, str],
                  announce_s: Decimal = Decimal("5"),
-                 max_rates: Mapping[str, Money | None] | None = None) -> None:
+                 max_rates: Mapping[str, Money | None] | None = None,
+                 quality: Mapping[str, CarrierQuality | None] | None = None) -> None:
         self.rates = rates
         self.inbound_tariffs = inbound_tariffs  # merchant id -> routing_rates deck id
         self.announce_s = announce_s
         self.max_rates = max_rates or {}        # merchant id -> max_cost_per_minute
+        self.quality = quality or {}            # merchant id -> [merchants.carrier_quality]
 
     async def decide(self, cmd: RequestDecision, at: datetime
                      ) -> Decided | DecisionUnavailable:
@@ -64,7 +70,8 @@ class RatesDecider:
                                          announce_mode=cmd.announce_mode.value,
                                          announce_s=self.announce_s,
                                          merchant=cmd.merchant_id,
-                                         max_rate=self.max_rates.get(cmd.merchant_id))
+                                         max_rate=self.max_rates.get(cmd.merchant_id),
+                                         quality=self.quality.get(cmd.merchant_id))
         except Exception as exc:  # the flow must get an answer whatever rating does
             log.warning("no decision for %s (%s): %s: %s", cmd.caller, cmd.merchant_id,
                         type(exc).__name__, exc)

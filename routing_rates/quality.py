@@ -2,7 +2,8 @@
 
 Per carrier and destination (the called number's type under the numbering plan,
 ``routing_rates.numbering``; ``other`` without a plan), over the customer legs of the
-last :attr:`QualityBoard.window_s` (default 7 days) in ``cdrs``:
+last :attr:`QualityBoard.window_s` (default 7 days) in ``cdrs`` (the callback site's
+own; on the edge, those it received over the link: ASR and ACD, no PDD):
 
 * **ASR** (answer-seizure ratio): answered legs / legs;
 * **ACD** (average call length): talk seconds / answered legs;
@@ -113,7 +114,8 @@ def demote(quotes: Sequence[RouteQuote], board: Board, destination: str,
     return kept + moved
 
 
-QUERY = f"""
+#: the callback site: its own CDRs and the legs' progress (PDD)
+CALLBACK_QUERY = f"""
 SELECT c.carrier_id, left(ltrim(c.destination, '+'), {HEAD_DIGITS}) AS head,
        count(*) AS calls,
        count(*) FILTER (WHERE c.answered_at IS NOT NULL) AS answered,
@@ -124,12 +126,26 @@ SELECT c.carrier_id, left(ltrim(c.destination, '+'), {HEAD_DIGITS}) AS head,
 FROM cdrs c LEFT JOIN callback_attempts a ON a.channel_id = c.call_id
 WHERE c.leg = 'customer' AND c.started_at >= $1
 GROUP BY 1, 2"""
+#: the edge: the CDRs the callback site sent it (``cdr`` link events); no leg progress
+#: travels with them, so no PDD there (a ``max_pdd_s`` floor only acts on the callback site)
+EDGE_QUERY = f"""
+SELECT carrier AS carrier_id, left(ltrim(destination, '+'), {HEAD_DIGITS}) AS head,
+       count(*) AS calls,
+       count(*) FILTER (WHERE answered_at IS NOT NULL) AS answered,
+       coalesce(sum(duration_s) FILTER (WHERE answered_at IS NOT NULL), 0) AS talk_s,
+       0 AS pdd_calls, 0 AS pdd_s
+FROM cdrs
+WHERE leg = 'customer' AND carrier IS NOT NULL AND started_at >= $1
+GROUP BY 1, 2"""
+QUERIES = {"callback": CALLBACK_QUERY, "edge": EDGE_QUERY}
 
 
-async def load(conn: Connection, since: datetime) -> dict[tuple[str, str], Stats]:
-    """Every carrier's figures per destination from the customer legs since ``since``."""
+async def load(conn: Connection, since: datetime, site: str = "callback",
+               ) -> dict[tuple[str, str], Stats]:
+    """Every carrier's figures per destination from the customer legs since ``since``
+    in ``site``'s CDRs."""
     board: dict[tuple[str, str], Stats] = {}
-    for r in await conn.fetch(QUERY, since):
+    for r in await conn.fetch(QUERIES[site], since):
         key = (r["carrier_id"], destination_of(r["head"]))
         stats = Stats(r["calls"], r["answered"], Decimal(r["talk_s"]), r["pdd_calls"],
                       Decimal(r["pdd_s"]))
@@ -140,9 +156,10 @@ async def load(conn: Connection, since: datetime) -> dict[tuple[str, str], Stats
 class QualityBoard:
     """The figures in memory, reloaded every ``refresh_s`` (lookups never touch the DB)."""
 
-    def __init__(self, pool: Pool, *, window_s: float = 7 * 86400.0,
+    def __init__(self, pool: Pool, *, site: str = "callback", window_s: float = 7 * 86400.0,
                  refresh_s: float = 300.0) -> None:
         self.pool = pool
+        self.site = site
         self.window_s = window_s
         self.refresh_s = refresh_s
         self.board: Board = {}
@@ -152,7 +169,7 @@ class QualityBoard:
     async def refresh(self) -> None:
         now = datetime.now(UTC)
         async with self.pool.acquire() as conn:
-            board = await load(conn, now - timedelta(seconds=self.window_s))
+            board = await load(conn, now - timedelta(seconds=self.window_s), self.site)
         self.board, self.loaded_at = board, now
 
     async def start(self) -> QualityBoard:

@@ -146,6 +146,8 @@ class RatingService:
         return cls(Snapshot.build(carriers, rows), fx, **kwargs)  # type: ignore[arg-type]
 
     async def close(self) -> None:
+        if self.quality_board is not None:
+            await self.quality_board.close()
         for task in (self._task, self._lengths_task):
             if task is not None:
                 task.cancel()

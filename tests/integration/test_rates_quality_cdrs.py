@@ -116,7 +116,6 @@ async def rates(pool: asyncpg.Pool) -> AsyncIterator[RatingService]:
     service = await RatingService.start(pool, fx=FX, listen=False)
     service.quality_board = await QualityBoard(pool).start()
     yield service
-    await service.quality_board.close()
     await service.close()
 
 
