@@ -161,7 +161,8 @@ class CallRunner:
         reported gone at ``lost_at``, when the events websocket was lost: the last moment
         the leg is known to have been up, so the customer is never billed for the outage.
         """
-        for leg in (self.state.customer, self.state.operator):
+        advisor = self.consult.state.live_leg if self.consult.state is not None else None
+        for leg in (self.state.customer, self.state.operator, advisor):
             if leg is None or leg.ended:
                 continue
             cid = leg.channel_id

@@ -3,7 +3,9 @@
 ``FakeAri`` records REST calls and lets a test push ARI events through the
 real :class:`~shared.ari.router.EventRouter`; ``MemoryStore`` implements
 :class:`~callback_server.call_ports.CallStore` in memory; ``FixedRater`` prices
-every second the same. Integration tests use the real adapters instead.
+every second the same; ``MemoryDesk`` is :class:`~callback_server.advisor_desk.AdvisorPort`
+over the real pure presence and assignment machines in memory, ``MemoryRecords`` keeps
+consultation records. Integration tests use the real adapters instead.
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
+from advisors import assignment as am
+from advisors import presence as pm
+from advisors.model import Desk, Rules
+from advisors.records import ConsultationRecord
+from callback_server import ivr
+from callback_server.advisor_desk import Chosen, Unavailable, unavailable_reason
+from callback_server.consult import Op
+from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr, Route
 from callback_server.ivr import Submit
 from callback_server.store.queue_store import LeaseLost
 from shared import ari
@@ -95,6 +104,9 @@ class FakeAri:
         state = self.channels.get(channel_id)
         return None if state is None else ari.Channel(id=channel_id, state=state)
 
+    async def get_variable(self, channel_id: str, name: str) -> str | None:
+        return self.variables.get(channel_id, {}).get(name)
+
     def named(self, name: str) -> list[Any]:
         return [c[1] for c in self.calls if isinstance(c, tuple) and c[0] == name]
 
@@ -148,3 +160,91 @@ class FixedRater:
     def direct_cost(self, inbound_tariff: str, number: E164, at: datetime,
                     duration_s: int) -> Money | None:
         return self.direct_per_minute * Decimal(max(1, -(-duration_s // 60)))
+
+
+@dataclass
+class MemoryDesk:
+    """The advisors of one merchant in memory, all in standby: ``Presences`` with the same
+    machines over one board. Advisor ``n`` has code ``f"{n:04d}"`` and is reached by
+    ``routes[n]``."""
+
+    advisors: int = 3
+    rules: Rules = field(default_factory=Rules)
+    routes: dict[int, tuple[Route, ...]] = field(default_factory=dict)
+    seats: dict[int, pm.Presence] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        for a in range(1, self.advisors + 1):
+            self.seats.setdefault(a, pm.Presence(desk=Desk.STANDBY,
+                                                 idle_since=start + timedelta(seconds=a)))
+
+    async def choose(self, merchant_id: str, *, code: str | None, group: str | None,
+                     advisor_id: int | None = None) -> Chosen | Unavailable:
+        if group is not None:
+            return Chosen(frozenset(self.seats), self.rules.ring_timeout_s, group_id=1)
+        chosen = int(code) if code is not None else advisor_id
+        if chosen not in self.seats:
+            return Unavailable("unknown")
+        if not self.seats[chosen].takes_offer():
+            return Unavailable(unavailable_reason(self.seats[chosen].state))
+        return Chosen(frozenset({chosen}), self.rules.ring_timeout_s, advisor_id=chosen)
+
+    async def listing(self, merchant_id: str, listing: str) -> tuple[ivr.Listed, ...]:
+        return tuple(ivr.Listed(a, (f"digits:{a:04d}",), None if p.takes_offer()
+                                else unavailable_reason(p.state))
+                     for a, p in sorted(self.seats.items())
+                     if listing == "all" or p.takes_offer())
+
+    async def assignment(self, merchant_id: str, op: Op, a: am.Assignment
+                         ) -> tuple[am.Assignment, list[am.Command]]:
+        return self.run(op, a, datetime.now(UTC))
+
+    def run(self, op: Op, a: am.Assignment, now: datetime
+            ) -> tuple[am.Assignment, list[am.Command]]:
+        advisor = a.offered_to
+        if advisor is not None and op is Op.RING_MISSED:
+            self.apply(advisor, pm.RingMissed(now, a.consultation_id))
+        if advisor is not None and op is Op.ANSWERED:
+            self.apply(advisor, pm.Answered(now, a.consultation_id))
+        board = am.Board(self.rules.lines, dict(self.seats))
+        event: am.Event
+        match op:
+            case Op.ASSIGN:
+                event = am.Assign(board)
+            case Op.RING_MISSED:
+                event = am.OfferMissed(board)
+            case Op.ANSWERED:
+                event = am.OfferAnswered()
+            case Op.CANCELLED:
+                event = am.Cancelled()
+        after, cmds = am.transition(a, event)
+        for cmd in cmds:
+            if isinstance(cmd, am.OfferTo):
+                self.apply(cmd.advisor_id, pm.Offered(now, cmd.consultation_id))
+            elif isinstance(cmd, am.Withdraw):
+                self.apply(cmd.advisor_id, pm.ConsultationEnded(now, a.consultation_id))
+        return after, cmds
+
+    def apply(self, advisor: int, event: pm.Event) -> None:
+        self.seats[advisor], _ = pm.transition(self.seats[advisor], event, self.rules)
+
+    async def contact(self, merchant_id: str, advisor_id: int, at: datetime
+                      ) -> tuple[str, tuple[Route, ...]]:
+        return f"+8131234{advisor_id:04d}", self.routes.get(advisor_id, ())
+
+    async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
+                    at: datetime) -> None:
+        self.apply(advisor_id, pm.ConsultationEnded(at, consultation_id))
+
+    async def customer_id(self, merchant_id: str, number: E164) -> int | None:
+        return None
+
+
+@dataclass
+class MemoryRecords:
+    saved: list[ConsultationRecord] = field(default_factory=list)
+
+    async def save(self, record: ConsultationRecord) -> bool:
+        self.saved.append(record)
+        return True

@@ -50,6 +50,7 @@ from callback_server.dialer_messages import (
     StartTimer,
     TimerFired,
 )
+from callback_server.testing import MemoryDesk
 from tests.purity import io_imports
 
 T0 = datetime(2026, 12, 5, 1, 0, 0, tzinfo=UTC)
@@ -60,45 +61,11 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-class Desk:
-    """``Presences`` in memory: the same machines, one board, no database."""
-
-    def __init__(self, advisors: int = 3, rules: Rules | None = None, lines: int | None = None
-                 ) -> None:
-        self.rules = rules or Rules()
-        if lines is not None:
-            self.rules = replace(self.rules, lines=lines)
-        self.seats = {a: pm.Presence(desk=DeskState.STANDBY, idle_since=at(-100 + a))
-                      for a in range(1, advisors + 1)}
-
-    def run(self, op: Op, a: am.Assignment, now: datetime
-            ) -> tuple[am.Assignment, list[am.Command]]:
-        advisor = a.offered_to
-        if advisor is not None and op is Op.RING_MISSED:
-            self.apply(advisor, pm.RingMissed(now, a.consultation_id))
-        if advisor is not None and op is Op.ANSWERED:
-            self.apply(advisor, pm.Answered(now, a.consultation_id))
-        board = am.Board(self.rules.lines, dict(self.seats))
-        event: am.Event
-        match op:
-            case Op.ASSIGN:
-                event = am.Assign(board)
-            case Op.RING_MISSED:
-                event = am.OfferMissed(board)
-            case Op.ANSWERED:
-                event = am.OfferAnswered()
-            case Op.CANCELLED:
-                event = am.Cancelled()
-        after, cmds = am.transition(a, event)
-        for cmd in cmds:
-            if isinstance(cmd, am.OfferTo):
-                self.apply(cmd.advisor_id, pm.Offered(now, cmd.consultation_id))
-            elif isinstance(cmd, am.Withdraw):
-                self.apply(cmd.advisor_id, pm.ConsultationEnded(now, a.consultation_id))
-        return after, cmds
-
-    def apply(self, advisor: int, event: pm.Event) -> None:
-        self.seats[advisor], _ = pm.transition(self.seats[advisor], event, self.rules)
+def make_desk(advisors: int = 3, rules: Rules | None = None, lines: int | None = None
+              ) -> MemoryDesk:
+    """The merchant's advisors in memory (the real machines), all in standby."""
+    rules = rules or Rules()
+    return MemoryDesk(advisors, rules if lines is None else replace(rules, lines=lines))
 
 
 ROUTES = {1: (Route("carrier-a", "PJSIP/+819011110001@carrier-a"),
@@ -111,7 +78,7 @@ class Call:
     """Drives one consultation: runs its assignments on the desk at once (as the adapter
     does) and collects every command."""
 
-    def __init__(self, desk: Desk, *, members: frozenset[int] = frozenset({1, 2, 3}),
+    def __init__(self, desk: MemoryDesk, *, members: frozenset[int] = frozenset({1, 2, 3}),
                  queue_s: int = 0, ring_timeout_s: int = 20) -> None:
         self.desk = desk
         request = Request(CID, "cb-1", 1, "cb-1-01", members, ring_timeout_s, queue_s,
@@ -161,7 +128,7 @@ def test_consult_module_imports_no_io() -> None:
 
 
 def test_offer_goes_to_the_longest_idle_advisor_via_the_cheapest_carrier() -> None:
-    call = Call(Desk())
+    call = Call(make_desk())
     cmds = call.send(Begin(call.at(0)))
     persist, originate = only(cmds, PersistAttempt)[0], only(cmds, Originate)[0]
     assert isinstance(persist, PersistAttempt) and isinstance(originate, Originate)
@@ -173,7 +140,7 @@ def test_offer_goes_to_the_longest_idle_advisor_via_the_cheapest_carrier() -> No
 
 
 def test_answer_bridges_customer_and_advisor_and_advisor_hangup_returns_to_the_ivr() -> None:
-    call = Call(Desk())
+    call = Call(make_desk())
     call.send(Begin(call.at(0)))
     leg = call.ringing()
     call.send(Originated(leg, call.at(0.1)))
@@ -193,7 +160,7 @@ def test_answer_bridges_customer_and_advisor_and_advisor_hangup_returns_to_the_i
 
 
 def test_customer_hangup_while_talking_hangs_up_the_advisor_then_records() -> None:
-    call = Call(Desk())
+    call = Call(make_desk())
     call.send(Begin(call.at(0)))
     leg = call.ringing()
     call.send(Answered(leg, call.at(3)))
@@ -207,7 +174,7 @@ def test_customer_hangup_while_talking_hangs_up_the_advisor_then_records() -> No
 
 
 def test_ring_timeout_counts_a_miss_and_rings_the_next_member() -> None:
-    call = Call(Desk())
+    call = Call(make_desk())
     call.send(Begin(call.at(0)))
     first = call.ringing()
     cmds = call.send(TimerFired(consult.T_RING, call.at(20)))
@@ -224,7 +191,7 @@ def test_ring_timeout_counts_a_miss_and_rings_the_next_member() -> None:
 
 
 def test_misses_in_a_row_put_the_advisor_on_break() -> None:
-    desk = Desk(advisors=1, rules=Rules(misses_before_break=2))
+    desk = make_desk(advisors=1, rules=Rules(misses_before_break=2))
     for n in range(2):
         call = Call(desk, members=frozenset({1}))
         call.send(Begin(call.at(100 * n)))
@@ -237,7 +204,7 @@ def test_misses_in_a_row_put_the_advisor_on_break() -> None:
 
 
 def test_carrier_fault_fails_over_to_the_next_route_for_the_same_advisor() -> None:
-    call = Call(Desk())
+    call = Call(make_desk())
     call.send(Begin(call.at(0)))
     first = call.ringing()
     cmds = call.send(ChannelGone(first, 34, call.at(1)))       # no circuit: carrier fault
@@ -254,7 +221,7 @@ def test_carrier_fault_fails_over_to_the_next_route_for_the_same_advisor() -> No
 
 
 def test_customer_hangup_while_ringing_withdraws_without_a_miss() -> None:
-    call = Call(Desk())
+    call = Call(make_desk())
     call.send(Begin(call.at(0)))
     leg = call.ringing()
     cmds = call.send(CustomerGone(call.at(4)))
@@ -269,7 +236,7 @@ def test_customer_hangup_while_ringing_withdraws_without_a_miss() -> None:
 
 
 def test_lines_busy_tells_the_ivr_and_rings_nobody() -> None:
-    desk = Desk(lines=1)
+    desk = make_desk(lines=1)
     desk.apply(3, pm.Offered(at(-1), "other"))        # the merchant's one line is in use
     call = Call(desk)
     cmds = call.send(Begin(call.at(0)))
@@ -278,7 +245,7 @@ def test_lines_busy_tells_the_ivr_and_rings_nobody() -> None:
 
 
 def test_queue_plays_music_retries_and_connects_when_an_advisor_frees() -> None:
-    desk = Desk(advisors=1)
+    desk = make_desk(advisors=1)
     desk.apply(1, pm.Offered(at(-1), "other"))        # advisor 1 is on another call
     call = Call(desk, members=frozenset({1}), queue_s=60)
     cmds = call.send(Begin(call.at(0)))
@@ -294,7 +261,7 @@ def test_queue_plays_music_retries_and_connects_when_an_advisor_frees() -> None:
 
 
 def test_queue_gives_up_after_its_maximum() -> None:
-    desk = Desk(advisors=1)
+    desk = make_desk(advisors=1)
     desk.apply(1, pm.SetBreak(at(-1), Via.API, "lunch"))
     call = Call(desk, members=frozenset({1}), queue_s=30)
     call.send(Begin(call.at(0)))
@@ -304,7 +271,7 @@ def test_queue_gives_up_after_its_maximum() -> None:
 
 
 def test_stale_timers_change_nothing() -> None:
-    call = Call(Desk())
+    call = Call(make_desk())
     call.send(Begin(call.at(0)))
     leg = call.ringing()
     call.send(Answered(leg, call.at(2)))
@@ -349,7 +316,7 @@ def world(call: Call, behaviour: str, talk_ends_by: str, t: int) -> consult.Even
 def test_simulated_consultations_end_once_with_every_leg_down_and_no_session_left(
         behaviours: list[str], customer_leaves_at: int | None, talk_ends_by: str,
         queue_s: int, misses_before_break: int) -> None:
-    desk = Desk(rules=Rules(misses_before_break=misses_before_break))
+    desk = make_desk(rules=Rules(misses_before_break=misses_before_break))
     call = Call(desk, queue_s=queue_s)
     call.send(Begin(call.at(0)))
     t = 0
