@@ -67,6 +67,7 @@ from callback_server.store import CallbackStore
 from callback_server.worker import Worker
 from ivr_platform.guidance import media_ref
 from ivr_platform.media_http import install as install_media
+from ivr_platform.notify_http import install as install_notify
 from shared import outbox_operator
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
@@ -125,7 +126,10 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
     install_billing(app, lambda a: a[POOL_KEY])
-    install_media(app, settings.media, lambda a: a[POOL_KEY], guidance_in_use(app, settings))
+    notify = settings.notify if settings.notify.channels else None
+    install_media(app, settings.media, lambda a: a[POOL_KEY], guidance_in_use(app, settings),
+                  notify)
+    install_notify(app, settings.notify, lambda a: a[POOL_KEY], owner=owner_name())
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems)
     app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:
@@ -205,7 +209,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     fx = settings.rates.fx() if settings.rates.fx_rates else None  # for spend caps
     guard = Guard(pool, settings.guard, fx=fx)
     store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,
-                          guard=guard)
+                          guard=guard, notify=settings.notify if settings.notify.channels
+                          else None)
     await store.sync_merchants(settings.merchants)
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool

@@ -21,6 +21,7 @@ from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
 from callback_server.worker import WorkerSettings
 from ivr_platform.guidance import GUIDANCE_PREFIX, GuidanceLibrary, parse_ref
 from ivr_platform.media_config import MediaSettings
+from ivr_platform.notify_config import NotifySettings, merchant_languages
 from ivr_platform.prompts import SYSTEM_PROMPTS
 from shared.config import (
     AriSettings,
@@ -110,6 +111,7 @@ class CallbackSettings:
     guard: GuardSettings = field(default_factory=GuardSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
@@ -137,13 +139,14 @@ class CallbackSettings:
                 if gate := _gate_problem(guard, flows[m.ivr_flow]):
                     raise top.error(f"merchants[{i}].ivr_flow", gate)
         media = MediaSettings.parse(top.section("media"), (m.id for m in merchants))
+        notify = NotifySettings.parse(top.section("notify"), merchant_languages(merchants))
         source.check_unknown()
         if check_files:
             source.refuse(common.file_problems() + media.file_problems()
                           + _prompt_problems(merchants, flows, behaviour.prompts_dir)
                           + _guidance_problems(merchants, flows, media))
         return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard,
-                   media=media, billing=billing)
+                   media=media, billing=billing, notify=notify)
 
     @classmethod
     def load_checked(cls, path: Path) -> CallbackSettings:

@@ -39,6 +39,7 @@ from aiohttp import web
 from ivr_platform.audio import AudioRejected, too_large
 from ivr_platform.guidance import NAME, Guidance, GuidanceLibrary
 from ivr_platform.media_config import MediaSettings
+from ivr_platform.notify_config import NotifySettings
 from ivr_platform.recordings import (
     LinkRefused,
     LinkSigner,
@@ -85,7 +86,9 @@ MAX_PAGE = 1000
 
 def install(app: web.Application, settings: MediaSettings,
             pool: Callable[[web.Application], asyncpg.Pool],
-            in_use: InUse = lambda merchant, name: ()) -> None:
+            in_use: InUse = lambda merchant, name: (),
+            notify: NotifySettings | None = None) -> None:
+    """``notify``: a stored recording queues its ``message_recorded`` notifications."""
     app[MEDIA_SETTINGS_KEY] = settings
     app[IN_USE_KEY] = in_use
     if settings.guidance_dir is not None:
@@ -98,7 +101,7 @@ def install(app: web.Application, settings: MediaSettings,
     directory = settings.recordings_dir
 
     async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = app[RECORDINGS_KEY] = RecordingStore(pool(app), directory)
+        store = app[RECORDINGS_KEY] = RecordingStore(pool(app), directory, notify)
         async with background(expire_forever(store, settings.sweep_s), "recording expiry"):
             yield
 

@@ -22,11 +22,12 @@ _LABELS = {
     Language.JAPANESE: {"title": "着信通知", "caller": "発信者番号", "withheld": "非通知",
                         "company": "会社名", "name": "名前", "at": "着信日時",
                         "called": "着信番号", "transcript": "音声認識",
-                        "recording": "録音", "listen": "録音を聞く"},
+                        "recording": "録音", "listen": "録音を聞く", "request": "用件"},
     Language.ENGLISH: {"title": "Incoming call", "caller": "Caller", "withheld": "withheld",
                        "company": "Company", "name": "Name", "at": "Received",
                        "called": "Number called", "transcript": "Transcript",
-                       "recording": "Recording", "listen": "Listen to the recording"},
+                       "recording": "Recording", "listen": "Listen to the recording",
+                       "request": "Request"},
 }
 _WEEKDAYS_JA = "月火水木金土日"
 
@@ -98,6 +99,11 @@ class CallNotice:
         if link is not None:
             lines.append(f"{_LABELS[language]['recording']}: {link[1]}")
         return "\n".join(lines)
+
+
+def label(language: Language, key: str) -> str:
+    """A notice's label (``request``: the kind of request the menu chose, 用件)."""
+    return _LABELS[language][key]
 
 
 def received(at: datetime, language: Language) -> str:

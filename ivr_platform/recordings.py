@@ -7,6 +7,10 @@ deleted by :meth:`RecordingStore.expire` (the site runs :func:`expire_forever`).
 A recording is fetched with a link signed for it (:class:`LinkSigner`): HMAC-SHA256 over
 the path and the expiry with the site's secret, so the link alone (in a notification, in
 a browser) fetches the file until it expires, and nothing else.
+
+With notification settings, storing a recording also queues a ``message_recorded``
+notification to the merchant's channels that take it, in the row's transaction
+(:mod:`ivr_platform.notify_outbox`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from typing import Any
 import asyncpg
 
 from ivr_platform.audio import wav_seconds
+from ivr_platform.notify_config import Event, NotifySettings
+from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import CONNECTION_ERRORS
+from shared.outbox import isoformat
+from shared.phone import E164
 
 log = logging.getLogger("ivr.recordings")
 
@@ -67,19 +75,22 @@ def _recording(row: Mapping[str, Any]) -> Recording:
 
 
 class RecordingStore:
-    def __init__(self, pool: asyncpg.Pool, directory: Path) -> None:
+    def __init__(self, pool: asyncpg.Pool, directory: Path,
+                 notify: NotifySettings | None = None) -> None:
         self.pool = pool
         self.directory = directory
+        self.notify = notify
 
     def path(self, recording: Recording) -> Path:
         return self.directory / recording.file
 
     async def add(self, merchant_id: str, source: Path, *, retention: timedelta,
                   call_id: str | None = None, callback_id: str | None = None,
-                  edge_call_id: str | None = None, transcript: str | None = None
-                  ) -> Recording:
+                  edge_call_id: str | None = None, transcript: str | None = None,
+                  caller: E164 | None = None) -> Recording:
         """Move the WAV file ``source`` (what a call recorded) into the store for
-        ``retention``; ValueError if it is not a WAV file (nothing moved)."""
+        ``retention``; ValueError if it is not a WAV file (nothing moved). ``caller``
+        (None: withheld or unknown) is what its notification shows."""
         if retention <= timedelta(0):
             raise ValueError("retention must be positive")
         try:
@@ -93,12 +104,20 @@ class RecordingStore:
         shutil.move(source, dest)
         created = datetime.now(UTC)
         try:
-            row = await self.pool.fetchrow(
-                f"INSERT INTO recordings ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-                f"$9, $10, $11) RETURNING {_COLUMNS}",
-                recording_id, merchant_id, call_id, callback_id, edge_call_id, relative,
-                round(seconds * 1000), dest.stat().st_size, created, created + retention,
-                transcript)
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    f"INSERT INTO recordings ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+                    f"$8, $9, $10, $11) RETURNING {_COLUMNS}",
+                    recording_id, merchant_id, call_id, callback_id, edge_call_id, relative,
+                    round(seconds * 1000), dest.stat().st_size, created, created + retention,
+                    transcript)
+                if self.notify is not None:
+                    await enqueue_notification(
+                        conn, self.notify, merchant_id=merchant_id,
+                        event=Event.MESSAGE_RECORDED, fact_key=f"recording:{recording_id}",
+                        facts={"caller": str(caller) if caller else None,
+                               "at": isoformat(created), "recording_id": str(recording_id),
+                               "edge_call_id": edge_call_id})
         except BaseException:
             dest.unlink(missing_ok=True)
             raise

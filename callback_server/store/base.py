@@ -16,17 +16,22 @@ import asyncpg
 
 if TYPE_CHECKING:
     from callback_server.guard.service import Guard
+    from ivr_platform.notify_config import NotifySettings
 
 
 class StoreBase:
     """The state the store's parts share: one pool, one lease owner, one guard."""
 
     def __init__(self, pool: asyncpg.Pool, *, owner: str, lease_s: int = 30,
-                 guard: Guard | None = None, foreign_rescue_after_s: float = 300.0) -> None:
+                 guard: Guard | None = None, foreign_rescue_after_s: float = 300.0,
+                 notify: NotifySettings | None = None) -> None:
         self.pool = pool
         self.owner = owner
         self.lease_s = lease_s
         self.guard = guard          # None: no toll-fraud/harassment screening (unit setups)
+        # The merchants' call notifications (ivr_platform.notify_outbox), queued with the
+        # facts they report; None: none.
+        self.notify = notify
         # The Asterisk (its systemname) this server places legs on; set on ARI connect.
         self.asterisk: str | None = None
         # A rescued job whose live leg is on another Asterisk waits this long for a

@@ -1,5 +1,7 @@
-"""Request info: what the customer gave the IVR, reported to the edge through the outbox;
-and the flow each round played to the customer."""
+"""Request info: what the customer gave the IVR, reported to the edge through the outbox
+and, to the merchant's channels that take ``request_collected``, queued as a call
+notification (:mod:`ivr_platform.notify_outbox`) in the same transaction; and the flow
+each round played to the customer."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from datetime import datetime
 
 from callback_server.ivr import Submit
 from callback_server.store.base import StoreBase
+from ivr_platform.notify_config import Event
+from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
 from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
 from shared.phone import E164
@@ -33,6 +37,13 @@ class InfoStore(StoreBase):
                     "caller": str(caller), "category": submit.category,
                     "fields": submit.as_dict(), "collected_at": isoformat(collected_at),
                 }, message_id=mid, merchant_id=merchant_id)
+                if self.notify is not None:
+                    await enqueue_notification(
+                        conn, self.notify, merchant_id=merchant_id,
+                        event=Event.REQUEST_COLLECTED, fact_key=f"request_info:{mid}",
+                        facts={"caller": str(caller), "at": isoformat(collected_at),
+                               "category": submit.category, "fields": submit.as_dict(),
+                               "callback_id": callback_id, "edge_call_id": edge_call_id})
         return mid
 
     async def record_round_flow(self, callback_id: str, attempt_no: int, merchant_id: str,

@@ -34,6 +34,9 @@ from callback_server.store import CallbackStore
 from ivr_platform.audio import AudioLimits
 from ivr_platform.media_config import MediaSettings
 from ivr_platform.media_http import install as install_media
+from ivr_platform.notify_config import NotifySettings
+from ivr_platform.notify_http import install as install_notify
+from ivr_platform.phonebook import Entry, Phonebook
 from ivr_platform.recordings import RecordingStore
 from routing_rates.carriers import Carrier
 from routing_rates.http import routes as rates_routes
@@ -44,6 +47,7 @@ from shared.db import migrate_url, package_migrations
 from shared.link import OPERATOR_PREFIX
 from shared.metrics_http import install as install_metrics
 from shared.openapi import add_operations
+from shared.phone import E164
 from shared.signing import Signer, Verifier
 from tests.integration import callback_db
 from tests.integration.api_contract import (
@@ -73,7 +77,8 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
     letters, the advisors' admin API, presence by phone, the billing API with its card
-    routes (against a real localstripe) and the media API."""
+    routes (against a real localstripe), the media API and the notifications' phonebook
+    and deliveries."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -91,6 +96,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     install_billing(app, lambda _: pool)
     install_media(app, media, lambda _: pool)
     install_flows(app, lambda _: pool)
+    install_notify(app, NotifySettings(), lambda _: pool, owner="contract")
     install_cards(app, lambda _: pool, settings_for(stripe_port))
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
@@ -115,6 +121,7 @@ async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path, localstripe: 
     await clean.execute("TRUNCATE ivr_flow_active, ivr_flow_versions")
     await FlowStore(clean).upload(  # a flow version to read back and activate
         "acme", (FLOWS_DIR / "order.toml").read_text(), "order.toml", "contract")
+    await Phonebook(clean).put("acme", Entry(E164("819012345678"), "株式会社サンプル", "山田"))
     session = SigningSession(Signer([PEER_KEY]), {"/v1/": TOKEN, "/v1/guard/": OPERATOR,
                                                       OPERATOR_PREFIX: OPERATOR})
     a_callback = [("/v1/link/callbacks", body("edge-contract-1"))]  # to read back
