@@ -8,6 +8,7 @@ max_attempts = 10       # then a delivery still failing is parked
 backoff_s = 5           # first retry after this; doubles each time ...
 max_backoff_s = 900     # ... up to this
 lease_s = 60            # a claimed delivery is another worker's again after this
+                        # (at least 4 x the longest channel timeout_s)
 
 [[notify.channels]]
 merchant = "acme"
@@ -52,6 +53,9 @@ from shared.config import Section
 from shared.language import Language
 
 CHANNEL_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"
+#: a delivery may make this many requests, each up to the channel's timeout_s (LINE WORKS:
+#: a token, the message, a renewed token, the message again), all within its lease
+LEASE_TIMEOUTS = 4
 
 
 class Event(enum.StrEnum):
@@ -139,13 +143,19 @@ class NotifySettings:
                                       f"named {channel.name!r}")
             channels.append(channel)
         backoff = float(s.decimal("backoff_s", "5", min=Decimal("0.01")))
+        lease_s = float(s.decimal("lease_s", "60", min=Decimal(1)))
+        longest = max((c.settings.timeout_s for c in channels), default=0.0)
+        if lease_s < LEASE_TIMEOUTS * longest:
+            raise s.error("lease_s", f"{lease_s:g} s is shorter than {LEASE_TIMEOUTS} times "
+                                     f"the longest channel timeout_s ({longest:g} s): a "
+                                     "delivery still being sent would be sent again")
         return cls(
             channels=tuple(channels),
             poll_s=float(s.decimal("poll_s", "1", min=Decimal("0.01"))),
             max_attempts=s.int("max_attempts", 10, min=1, max=100),
             backoff_s=backoff,
             max_backoff_s=float(s.decimal("max_backoff_s", "900", min=Decimal(str(backoff)))),
-            lease_s=float(s.decimal("lease_s", "60", min=Decimal(1))))
+            lease_s=lease_s)
 
 
 def _channel(c: Section, merchants: Mapping[str, Language]) -> Channel:

@@ -62,8 +62,10 @@ AT = datetime(2026, 12, 4, 6, 15, tzinfo=UTC)   # 15:15 in Tokyo, a Friday
 PUBLIC = "https://callback.example.jp"
 
 
-def notify_settings(pki: Path, db_url: str, tmp_path: Path, notify_toml: str
+def notify_settings(pki: Path, db_url: str, tmp_path: Path, notify_toml: str, **env: str
                     ) -> CallbackSettings:
+    """The example config with ``[[notify.channels]]`` appended (its ``[notify]`` table
+    comes first) and a worker polling and retrying in tenths of a second."""
     base = settings(pki, db_url, tmp_path)
     base.path.write_text(base.path.read_text() + "\n" + notify_toml)
     return CallbackSettings.load(base.path, environ={
@@ -71,7 +73,7 @@ def notify_settings(pki: Path, db_url: str, tmp_path: Path, notify_toml: str
         "CALLBACK__RATES__ENABLED": "false",
         "CALLBACK__PEER__ROUTES": '[{name = "internet", url = "http://127.0.0.1:9"}]',
         "CALLBACK__MEDIA__RECORDINGS_DIR": str(tmp_path / "recordings"),
-        "CALLBACK__MEDIA__PUBLIC_URL": PUBLIC})
+        "CALLBACK__MEDIA__PUBLIC_URL": PUBLIC, **FAST, **env})
 
 
 def channel_toml(name: str, kind: str, events: str = '["request_collected"]',
@@ -86,7 +88,8 @@ def channel_toml(name: str, kind: str, events: str = '["request_collected"]',
     return "\n".join(lines) + "\n"
 
 
-FAST = "[notify]\npoll_s = 0.05\nbackoff_s = 0.1\nmax_backoff_s = 0.2\nmax_attempts = 4\n"
+FAST = {"CALLBACK__NOTIFY__POLL_S": "0.05", "CALLBACK__NOTIFY__BACKOFF_S": "0.1",
+        "CALLBACK__NOTIFY__MAX_BACKOFF_S": "0.2", "CALLBACK__NOTIFY__MAX_ATTEMPTS": "4"}
 
 
 @pytest.fixture
@@ -150,7 +153,7 @@ async def test_request_info_notifies_every_channel_with_what_the_call_gave(
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     inbox, smtp_port = smtp
-    toml = FAST + "".join([
+    toml = "".join([
         channel_toml("slack", "slack", '["request_collected", "message_recorded"]',
                      url=base + SLACK_PATH),
         channel_toml("teams", "teams", url=base + TEAMS_PATH, language="en"),
@@ -214,7 +217,7 @@ async def test_a_500_is_retried_until_delivered_and_a_4xx_is_parked_until_requeu
         pki_dir: Path, pg_url: str, tmp_path: Path, chat: tuple[FakeChat, str]) -> None:
     fake, base = chat
     fake.fail_next.extend([500, 503])
-    toml = FAST + channel_toml("slack", "slack", url=base + SLACK_PATH) + channel_toml(
+    toml = channel_toml("slack", "slack", url=base + SLACK_PATH) + channel_toml(
         "archived", "slack", url=base + "/services/T0001/B0001/archived")
     app = create_app(notify_settings(pki_dir, pg_url, tmp_path, toml), with_ari=False)
     async with TestClient(TestServer(app)) as client:
@@ -261,7 +264,7 @@ async def test_a_channel_that_hangs_never_delays_storing_the_request(
     hanging = web.Application()
     hanging.router.add_post("/hook", hang)
     url = str((await aiohttp_server(hanging)).make_url("/hook"))
-    toml = FAST + channel_toml("slow", "slack", url=url, timeout_s=20)
+    toml = channel_toml("slow", "slack", url=url, timeout_s=12)
     app = create_app(notify_settings(pki_dir, pg_url, tmp_path, toml), with_ari=False)
     async with TestClient(TestServer(app)):
         await app[POOL_KEY].execute("TRUNCATE notifications CASCADE")
@@ -271,7 +274,7 @@ async def test_a_channel_that_hangs_never_delays_storing_the_request(
             assert time.monotonic() < deadline, "the worker never sent"
             await asyncio.sleep(0.05)
         took = [first] + [await store_request(app, f"e-3-{i}") for i in range(3)]
-        # The channel holds each send 20 s; storing a request never waits for it.
+        # The channel holds each send 12 s and more; storing a request never waits for it.
         assert max(took) < 2.0, took
         assert await app[POOL_KEY].fetchval(
             "SELECT count(*) FROM notification_deliveries WHERE state = 'pending'") == 4
@@ -384,6 +387,10 @@ def test_notify_config_errors_name_file_line_and_key_and_never_a_secret(
                                           r"of request_collected, message_recorded"):
         notify_settings(pki_dir, db, tmp_path,
                         channel_toml("s", "slack", '["missed"]', url=secret))
+    with pytest.raises(ConfigError, match=r"notify\.lease_s: 30 s is shorter than 4 times "
+                                          r"the longest channel timeout_s \(10 s\)"):
+        notify_settings(pki_dir, db, tmp_path, channel_toml("s", "slack", url=secret),
+                        CALLBACK__NOTIFY__LEASE_S="30")
     with pytest.raises(ConfigError, match=r"notify\.channels\[1\]\.name: merchant 'acme' "
                                           r"has two channels named 's'"):
         notify_settings(pki_dir, db, tmp_path, channel_toml("s", "slack", url=secret) * 2)
