@@ -49,6 +49,7 @@ from billing.http import install as install_billing
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.config import CallbackSettings
+from callback_server.consult_control import install as install_consult_control
 from callback_server.flows_http import install as install_flows
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
@@ -131,6 +132,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
                   notify)
     install_notify(app, settings.notify, lambda a: a[POOL_KEY], owner=owner_name())
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems)
+    install_consult_control(app, lambda a: a[POOL_KEY])
     app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:
         from billing.card_http import install as install_cards  # needs stripe

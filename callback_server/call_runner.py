@@ -146,6 +146,16 @@ class CallRunner:
     def shutdown(self) -> None:
         self.inbox.put_nowait(Shutdown(utcnow()))
 
+    def end_consultation(self, consultation_id: str) -> bool:
+        """An operator ends the round's consultation ``consultation_id`` (if it is the
+        one in progress; the machine ignores it unless customer and advisor talk)."""
+        state = self.consult.state
+        if state is None or state.request.consultation_id != consultation_id \
+                or not self.consult.live:
+            return False
+        self.inbox.put_nowait(consult.ForceEnd(utcnow()))
+        return True
+
     async def resync(self, lost_at: datetime | None = None) -> None:
         """After an events reconnect (in the events task): see :meth:`_resync`."""
         with self._bound():
@@ -243,7 +253,12 @@ class CallRunner:
             if self._is_customer(event.channel.id):
                 await self.ivr.handle(ivr.Dtmf(event.digit))
         elif isinstance(event, ari.PlaybackFinished):
-            await self.ivr.handle(ivr.PlaybackFinished(event.playback.id))
+            if self.consult.owns_playback(event.playback.id):
+                await self._consult(consult.FarewellDone(event.playback.id))
+            else:
+                await self.ivr.handle(ivr.PlaybackFinished(event.playback.id))
+        elif isinstance(event, consult.ForceEnd):
+            await self._consult(event)
 
     def _customer_channel(self) -> str | None:
         return None if self.state.customer is None else self.state.customer.channel_id

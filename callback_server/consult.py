@@ -24,6 +24,9 @@ One consultation, from the IVR's ``ConnectAdvisor`` to its end::
     talking:  either side hangs up -> the other leg is hung up (the advisor) or handed
               back to the IVR's next node (the customer); ConsultationEnded is applied
               to the advisor (EndPresence)
+              ForceEnd (an operator, through the API) -> the advisor leg is hung up, the
+              customer hears FAREWELL_PROMPT (Farewell) and is hung up when it finished
+              (FarewellDone) or after FAREWELL_GUARD_S; the end reason is forced_end
 
 When nothing is left to wait for, ``Over`` carries what the consultation record needs
 (rings, answer, end, reason, the advisor legs for their costs). Every leg is torn down
@@ -63,11 +66,14 @@ from callback_server.dialer_messages import (
 
 RETRY_S = 2.0                  # a queued customer's assignment is tried again this often
 TEARDOWN_GUARD_S = 5.0
+FAREWELL_GUARD_S = 20.0        # the customer is hung up by then even if no playback ends
+FAREWELL_PROMPT = "sound:cbgw/forced-end"
 T_RING = "consult:ring"
 T_QUEUE = "consult:queue"
 T_RETRY = "consult:retry"
 T_TEARDOWN = "consult:teardown"
-TIMERS = (T_RING, T_QUEUE, T_RETRY, T_TEARDOWN)
+T_FAREWELL = "consult:farewell"
+TIMERS = (T_RING, T_QUEUE, T_RETRY, T_TEARDOWN, T_FAREWELL)
 LEG_FAILED_CAUSES = frozenset({17, 20})   # busy, unreachable: the leg failed, not missed
 
 
@@ -118,6 +124,7 @@ class ConsultState:
     end_reason: EndReason | None = None
     ended_at: datetime | None = None
     assigning: bool = False                       # a RunAssignment is in flight
+    farewell: str | None = None                   # the forced end's playback, not finished
 
     @classmethod
     def new(cls, request: Request, leg_seq: int) -> ConsultState:
@@ -155,8 +162,22 @@ class CustomerGone:
     at: datetime
 
 
-Event = (Begin | Assigned | CustomerGone | Originated | OriginateFailed | OriginateRefused
-         | Answered | ChannelGone | TimerFired)
+@dataclass(frozen=True, slots=True)
+class ForceEnd:
+    """An operator ends the consultation now (only while customer and advisor talk)."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FarewellDone:
+    """The forced end's message to the customer finished (its playback id)."""
+
+    playback_id: str
+
+
+Event = (Begin | Assigned | CustomerGone | ForceEnd | FarewellDone | Originated
+         | OriginateFailed | OriginateRefused | Answered | ChannelGone | TimerFired)
 
 # --- commands -----------------------------------------------------------------------------
 
@@ -184,6 +205,15 @@ class StartMoh:
 @dataclass(frozen=True, slots=True)
 class StopMoh:
     channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Farewell:
+    """Play ``media`` to the customer (in the merchant's language) as ``playback_id``."""
+
+    channel_id: str
+    media: str
+    playback_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +245,12 @@ class Over:
 
 Command = (RunAssignment | PersistAttempt | Originate | Hangup | StartTimer | CancelTimer
            | RecordLegResult | RecordCdr | CreateBridge | DestroyBridge | StartMoh | StopMoh
-           | EndPresence | Tell | Over)
+           | Farewell | EndPresence | Tell | Over)
 
 Step = tuple[ConsultState, list[Command]]
 
 
-def transition(state: ConsultState, event: Event) -> Step:
+def transition(state: ConsultState, event: Event) -> Step:  # noqa: C901 - one branch per event
     """Advance the consultation by one event. Events it does not own change nothing."""
     if state.phase is Phase.DONE:
         return state, []
@@ -231,6 +261,8 @@ def transition(state: ConsultState, event: Event) -> Step:
             return _assigned(state, event)
         case CustomerGone(at=at):
             return _customer_gone(state, at)
+        case ForceEnd() | FarewellDone():
+            return _operator(state, event)
         case Originated(channel_id=cid):
             return state, ([RecordLegResult(cid, "originated")] if _ours(state, cid) else [])
         case OriginateFailed(channel_id=cid, at=at) | OriginateRefused(channel_id=cid, at=at):
@@ -459,8 +491,49 @@ def _customer_gone(state: ConsultState, at: datetime) -> Step:
     return nxt, cmds + more + ending
 
 
+def _operator(state: ConsultState, event: ForceEnd | FarewellDone) -> Step:
+    """An operator's control of the consultation, and what follows from it."""
+    match event:
+        case ForceEnd(at=at):
+            return _force_end(state, at)
+        case FarewellDone(playback_id=pid):
+            return _farewell_over(state) if pid == state.farewell else (state, [])
+        case _:
+            assert_never(event)
+
+
+def _force_end(state: ConsultState, at: datetime) -> Step:
+    """The operator ends a talking consultation: the advisor leg goes at once, the
+    customer hears the farewell, then is hung up (``_farewell_over``)."""
+    leg = state.live_leg
+    if state.phase is not Phase.TALKING or leg is None:
+        return state, []
+    assert state.connected_advisor is not None
+    customer = state.request.customer_channel
+    farewell = f"{state.request.consultation_id}-farewell"
+    cmds: list[Command] = [Hangup(leg.channel_id), EndPresence(state.connected_advisor)]
+    if state.bridge_id is not None:
+        cmds.append(DestroyBridge(state.bridge_id))
+    cmds += [Farewell(customer, FAREWELL_PROMPT, farewell),
+             StartTimer(T_FAREWELL, FAREWELL_GUARD_S)]
+    state = replace(state, bridge_id=None, farewell=farewell)
+    nxt, more = _end(state, EndReason.FORCED_END, at)
+    return nxt, cmds + more
+
+
+def _farewell_over(state: ConsultState) -> Step:
+    ended_at = state.ended_at
+    assert ended_at is not None       # set by the forced end
+    state = replace(state, farewell=None)
+    cmds: list[Command] = [CancelTimer(T_FAREWELL), Hangup(state.request.customer_channel)]
+    nxt, more = _settle(state, ended_at)
+    return nxt, cmds + more
+
+
 def _timer(state: ConsultState, name: str, at: datetime) -> Step:
     leg = state.live_leg
+    if name == T_FAREWELL and state.farewell is not None:
+        return _farewell_over(state)
     if name == T_RING and state.phase is Phase.RINGING and leg is not None \
             and leg.answered_at is None and state.ring_outcome is None:
         return (replace(state, ring_outcome=RingOutcome.MISSED),
@@ -493,8 +566,10 @@ def _end(state: ConsultState, reason: EndReason, at: datetime, *tell: Tell) -> S
 
 
 def _settle(state: ConsultState, at: datetime) -> Step:
-    """Once ending, with no leg live and no assignment in flight: ``Over``."""
-    if state.phase is not Phase.ENDING or state.live_leg is not None or state.assigning:
+    """Once ending, with no leg live, no assignment in flight and no farewell playing:
+    ``Over``."""
+    if state.phase is not Phase.ENDING or state.live_leg is not None or state.assigning \
+            or state.farewell is not None:
         return state, []
     assert state.end_reason is not None
     last = state.rings[-1].advisor_id if state.rings else None

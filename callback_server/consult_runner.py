@@ -34,6 +34,7 @@ from callback_server.consult import (
     Begin,
     ConsultState,
     EndPresence,
+    Farewell,
     Over,
     Request,
     RunAssignment,
@@ -94,6 +95,9 @@ class ConsultRunner:
     def owns(self, channel_id: str) -> bool:
         return self.state is not None and self.state.leg is not None \
             and self.state.leg.channel_id == channel_id
+
+    def owns_playback(self, playback_id: str) -> bool:
+        return self.state is not None and self.state.farewell == playback_id
 
     @property
     def channel_id(self) -> str | None:
@@ -159,6 +163,9 @@ class ConsultRunner:
                 await safely(self.client.start_moh(cid))
             case StopMoh(channel_id=cid):
                 await safely(self.client.stop_moh(cid))
+            case Farewell(channel_id=cid, media=media, playback_id=pid):
+                await safely(self.client.play(cid, [media], playback_id=pid,
+                                              lang=self.ctx.language.value))
             case EndPresence(advisor_id=advisor):
                 await self._ended(advisor)
             case Tell(outcome=outcome):

@@ -41,6 +41,7 @@ from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import AriPort, CallContext, Rater
 from callback_server.call_runner import CallRunner, no_answer_outcome
+from callback_server.consult_control import CONTROL_CHANNEL, deliver_controls
 from callback_server.consult_runner import RecordSink
 from callback_server.dialer import RescueAction, reason_for, rescue_action
 from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
@@ -118,12 +119,16 @@ class Worker:
         try:
             while not self._stopping:
                 try:
-                    async with listening(self.db_url, JOBS_CHANNEL) as notes:
+                    async with listening(self.db_url, JOBS_CHANNEL) as notes, \
+                            listening(self.db_url, CONTROL_CHANNEL) as controls:
                         reader = asyncio.create_task(self._read_notes(notes))
+                        # an operator's control of a consultation this process runs
+                        control = asyncio.create_task(deliver_controls(controls, self.calls))
                         try:
                             await self._loop()
                         finally:
                             reader.cancel()
+                            control.cancel()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("worker lost the database (%s); retrying in 1 s", exc)
                     await asyncio.sleep(1.0)

@@ -138,6 +138,9 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
         "申し訳ございません。ただいま鑑定士におつなぎできません。"
         "しばらくしてからおかけ直しください。",
         "Sorry, no advisor is available right now. Please try again later."),
+    "forced-end": PromptText(
+        "オペレーターにより通話を終了します。ご利用ありがとうございました。",
+        "The operator is ending this call. Thank you for calling."),
     "thank-you": PromptText(
         "ありがとうございます。ご依頼を承りました。",
         "Thank you. Your request has been recorded."),

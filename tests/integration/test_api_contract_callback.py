@@ -23,6 +23,7 @@ from advisors.phone import install as install_phone_presence
 from advisors.record_store import ConsultationRecords
 from billing.card_http import install as install_cards
 from billing.http import install as install_billing
+from callback_server.consult_control import install as install_consult_control
 from callback_server.flows_http import install as install_flows
 from callback_server.flows_store import FlowStore
 from callback_server.guard.http import GUARD_KEY, install
@@ -76,7 +77,8 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
              ) -> web.Application:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
-    letters, the advisors' admin API, presence by phone, the billing API with its card
+    letters, the advisors' admin API and an operator's control of consultations, presence
+    by phone, the billing API with its card
     routes (against a real localstripe), the media API and the notifications' phonebook
     and deliveries."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
@@ -96,6 +98,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     install_billing(app, lambda _: pool)
     install_media(app, media, lambda _: pool)
     install_flows(app, lambda _: pool)
+    install_consult_control(app, lambda _: pool)
     install_notify(app, NotifySettings(), lambda _: pool, owner="contract")
     install_cards(app, lambda _: pool, settings_for(stripe_port))
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)

@@ -1,0 +1,172 @@
+"""An operator's control of a consultation in progress, from the API to the process that
+runs the call.
+
+``POST /v1/consultations/{consultation_id}/end`` (the merchant's bearer token) checks in
+the database that the consultation's call-back is the merchant's and is being dialled
+(``callback_requests.status = 'dialing'``) and that no record of the consultation was
+saved (a saved record: it is over), then sends ``NOTIFY consult_control`` with the
+request. Every worker process of the site LISTENs on that channel
+(:func:`deliver_controls`); the one running the call-back's round
+(``Worker.calls``) hands it to its :class:`~callback_server.call_runner.CallRunner`,
+which feeds the consult machine (``consult.ForceEnd``): the advisor leg is hung up, the
+customer hears the ``forced-end`` prompt and is hung up, and the record says
+``forced_end``. A process not running it ignores the notification.
+
+Replies: 202 ``{"consultation_id", "action", "state": "requested"}``; 404 ``not-found``
+(no such call-back of this merchant), 409 ``consultation-not-running`` (its call-back is
+not being dialled, or the consultation is over), 400 ``invalid-field`` (not a
+consultation id), 503 ``database-unavailable``. A consultation whose customer and advisor
+do not talk (still ringing or queued) is not ended by the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+from aiohttp import web
+
+from advisors.errors import NotFound
+from shared.http import (
+    ApiError,
+    InvalidField,
+    ServiceUnavailable,
+    authenticated_merchant,
+    database_errors_as_503,
+    json_response,
+)
+from shared.openapi import MERCHANT, Operation, Param, Reply, Schema, add_operations
+
+log = logging.getLogger("callback.consult")
+
+CONTROL_CHANNEL = "consult_control"
+#: a consultation of a call-back round: ``<callback_id>-c<n>`` (``ConsultRunner``)
+CONSULTATION_ID = re.compile(
+    r"\A(?P<callback>[A-Za-z0-9][A-Za-z0-9._:-]{0,119})-c[1-9][0-9]{0,5}\Z")
+
+
+class Action(enum.StrEnum):
+    END = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """What an operator asks of a running consultation (the NOTIFY payload)."""
+
+    consultation_id: str
+    action: Action
+
+    @property
+    def callback_id(self) -> str:
+        match = CONSULTATION_ID.match(self.consultation_id)
+        assert match is not None
+        return match["callback"]
+
+    def payload(self) -> str:
+        return json.dumps({"consultation_id": self.consultation_id, "action": self.action})
+
+    @classmethod
+    def parse(cls, payload: str) -> Control | None:
+        """The control a payload carries; None for anything else."""
+        try:
+            data = json.loads(payload)
+            control = cls(data["consultation_id"], Action(data["action"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(control.consultation_id, str) \
+                or not CONSULTATION_ID.match(control.consultation_id):
+            return None
+        return control
+
+
+class NotRunning(ApiError):
+    def __init__(self, consultation_id: str) -> None:
+        super().__init__(409, "consultation-not-running",
+                         f"consultation {consultation_id} is not in progress",
+                         consultation_id=consultation_id)
+
+
+async def request_control(pool: asyncpg.Pool, merchant_id: str, control: Control) -> None:
+    """Check that the consultation may be running, then notify every worker process."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.fetchval(
+            "SELECT status FROM callback_requests WHERE callback_id = $1 AND merchant_id = $2",
+            control.callback_id, merchant_id)
+        if status is None:
+            raise NotFound("consultation", control.consultation_id)
+        recorded = await conn.fetchval(
+            "SELECT true FROM consultations WHERE consultation_id = $1",
+            control.consultation_id)
+        if status != "dialing" or recorded:
+            raise NotRunning(control.consultation_id)
+        await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, control.payload())
+
+
+class Controlled(Protocol):
+    """A running round (``CallRunner``) as far as an operator's control goes."""
+
+    def end_consultation(self, consultation_id: str) -> bool: ...
+
+
+async def deliver_controls(notes: asyncio.Queue[str],
+                           calls: Mapping[str, Controlled]) -> None:
+    """Hand each control notified to the round of this process it is for (forever)."""
+    while True:
+        control = Control.parse(await notes.get())
+        if control is None:
+            continue
+        runner = calls.get(control.callback_id)
+        if runner is not None and runner.end_consultation(control.consultation_id):
+            log.info("consultation %s: %s requested", control.consultation_id, control.action)
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+PoolOf = Callable[[web.Application], asyncpg.Pool]
+POOL_OF_KEY: web.AppKey[PoolOf] = web.AppKey("consult_control_pool")
+
+
+def install(app: web.Application, pool: PoolOf) -> None:
+    app[POOL_OF_KEY] = pool
+    add_operations(app, OPERATIONS)
+
+
+async def end_consultation(request: web.Request) -> web.Response:
+    """An operator ends a consultation: the customer hears why, both legs are hung up."""
+    merchant_id = authenticated_merchant(request)
+    consultation_id = request.match_info["consultation_id"]
+    if not CONSULTATION_ID.match(consultation_id):
+        raise InvalidField("consultation_id", "not a consultation id")
+    try:
+        pool = request.app[POOL_OF_KEY](request.app)
+    except KeyError:
+        raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
+    control = Control(consultation_id, Action.END)
+    await request_control(pool, merchant_id, control)
+    return json_response({"consultation_id": consultation_id, "action": str(control.action),
+                          "state": "requested"}, status=202)
+
+
+REQUESTED: Schema = {
+    "type": "object", "required": ["consultation_id", "action", "state"],
+    "additionalProperties": False,
+    "properties": {"consultation_id": {"type": "string"}, "action": {"enum": ["end"]},
+                   "state": {"const": "requested"}}}
+
+OPERATIONS = [
+    Operation("POST", "/v1/consultations/{consultation_id}/end",
+              database_errors_as_503(end_consultation),
+              "End a consultation in progress (forced end)", "advisors",
+              {202: Reply("sent to the process running the call", REQUESTED)},
+              access=MERCHANT,
+              params=(Param("consultation_id", "path", {"type": "string"}),),
+              errors={404: ("not-found",), 409: ("consultation-not-running",),
+                      503: ("database-unavailable",)}),
+]

@@ -1,0 +1,109 @@
+"""An operator's forced end over HTTP and PostgreSQL NOTIFY: the request is checked in the
+database (the merchant's call-back, being dialled, the consultation not recorded yet) and
+reaches the process listening on the control channel; real PostgreSQL, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from advisors import record_store
+from advisors.record_store import ConsultationRecords
+from callback_server.consult_control import (
+    CONTROL_CHANNEL,
+    Action,
+    Control,
+    deliver_controls,
+    install,
+)
+from shared.db import listening, migrate_url
+from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
+from tests.integration import callback_db
+from tests.integration.test_callback_http import MERCHANTS, TOKEN
+from tests.unit.test_advisors_records import answered
+
+pytestmark = pytest.mark.integration
+pool, clean = callback_db.fixtures(MERCHANTS)
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NOW = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)
+
+
+
+class Round:
+    def __init__(self, consultation_id: str) -> None:
+        self.consultation_id = consultation_id
+        self.ended = asyncio.Event()
+
+    def end_consultation(self, consultation_id: str) -> bool:
+        if consultation_id != self.consultation_id:
+            return False
+        self.ended.set()
+        return True
+
+
+@pytest.fixture
+async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Any]:
+    await migrate_url(pg_url, [record_store.MIGRATIONS])
+    await clean.execute("TRUNCATE consultations CASCADE")
+    for i, (merchant, status) in enumerate((("acme", "dialing"), ("acme", "completed"),
+                                            ("bento", "dialing"))):
+        await clean.execute(
+            "INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,"
+            " received_at, message_id, max_attempts, next_attempt_at, status)"
+            " VALUES ($1, $2, $3, '+819012345678', $4, $5, 3, $4, $6)",
+            f"cb-{i}", f"edge-{i}", merchant, NOW, f"m-{i}", status)
+    app = web.Application(middlewares=[error_middleware])
+    app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in MERCHANTS
+                                      if m.api_token_sha256])
+    install(app, lambda _: clean)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+async def test_an_end_request_reaches_the_process_running_the_call(
+        client: Any, pg_url: str) -> None:
+    here = Round("cb-0-c1")
+    async with listening(pg_url, CONTROL_CHANNEL) as notes:
+        delivering = asyncio.create_task(deliver_controls(notes, {"cb-0": here}))
+        try:
+            resp = await client.post("/v1/consultations/cb-0-c1/end", headers=AUTH)
+            assert resp.status == 202, await resp.text()
+            assert await resp.json() == {"consultation_id": "cb-0-c1", "action": "end",
+                                         "state": "requested"}
+            await asyncio.wait_for(here.ended.wait(), 5)
+        finally:
+            delivering.cancel()
+
+
+async def test_a_consultation_not_running_is_409_and_another_merchants_404(
+        client: Any, clean: asyncpg.Pool) -> None:
+    resp = await client.post("/v1/consultations/cb-1-c1/end", headers=AUTH)   # completed
+    assert resp.status == 409
+    assert (await resp.json())["error"]["id"] == "consultation-not-running"
+    await ConsultationRecords(clean).save(answered(consultation_id="cb-0-c2",
+                                                   callback_id="cb-0"))
+    resp = await client.post("/v1/consultations/cb-0-c2/end", headers=AUTH)   # recorded
+    assert resp.status == 409
+    for cid in ("cb-2-c1", "cb-9-c1"):                                        # bento's, none
+        resp = await client.post(f"/v1/consultations/{cid}/end", headers=AUTH)
+        assert resp.status == 404 and (await resp.json())["error"]["id"] == "not-found"
+    resp = await client.post("/v1/consultations/cb-0/end", headers=AUTH)
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "consultation_id"
+    resp = await client.post("/v1/consultations/cb-0-c1/end")
+    assert resp.status == 401
+
+
+def test_control_payloads_round_trip_and_garbage_is_ignored() -> None:
+    control = Control("3f2a-77.x-c12", Action.END)
+    assert Control.parse(control.payload()) == control and control.callback_id == "3f2a-77.x"
+    for junk in ("", "[]", '{"consultation_id": "x", "action": "end"}',
+                 '{"consultation_id": "cb-c1", "action": "explode"}', '{"action": "end"}'):
+        assert Control.parse(junk) is None, junk

@@ -1,0 +1,89 @@
+"""An operator's forced end of a consultation, in the pure consult machine."""
+
+from __future__ import annotations
+
+from advisors.model import State
+from advisors.records import EndReason
+from callback_server import consult
+from callback_server.consult import (
+    EndPresence,
+    Farewell,
+    FarewellDone,
+    ForceEnd,
+    Over,
+    Phase,
+    Tell,
+)
+from callback_server.dialer_messages import (
+    Answered,
+    CancelTimer,
+    ChannelGone,
+    DestroyBridge,
+    Hangup,
+    StartTimer,
+    TimerFired,
+)
+from tests.unit.test_callback_consult import CID, Call, at, make_desk, only
+
+
+def talking(call: Call) -> str:
+    call.send(consult.Begin(call.at(0)))
+    leg = call.ringing()
+    call.send(Answered(leg, call.at(4)))
+    assert call.state.phase is Phase.TALKING
+    return leg
+
+
+def test_forced_end_hangs_up_the_advisor_plays_the_farewell_then_hangs_up_the_customer(
+        ) -> None:
+    call = Call(make_desk())
+    leg = talking(call)
+    cmds = call.send(ForceEnd(call.at(40)))
+    farewell = f"{CID}-farewell"
+    assert Hangup(leg) in cmds and EndPresence(1) in cmds
+    assert DestroyBridge(f"{CID}-br") in cmds
+    assert Farewell("cb-1-01", consult.FAREWELL_PROMPT, farewell) in cmds
+    assert StartTimer(consult.T_FAREWELL, consult.FAREWELL_GUARD_S) in cmds
+    assert Hangup("cb-1-01") not in cmds, "the customer hears the message first"
+    assert not only(cmds, Tell), "the IVR does not go on: the call is over"
+    assert call.desk.seats[1].state is not State.TALKING
+    cmds = call.send(ChannelGone(leg, 16, call.at(40.2)))
+    assert not only(cmds, Over), "the farewell is still playing"
+    cmds = call.send(FarewellDone(farewell))
+    assert Hangup("cb-1-01") in cmds and CancelTimer(consult.T_FAREWELL) in cmds
+    over = call.over()
+    assert over.end_reason is EndReason.FORCED_END
+    assert over.answered_at == at(4) and over.ended_at == at(40) and over.advisor_id == 1
+
+
+def test_the_farewell_guard_hangs_up_the_customer_when_no_playback_ends() -> None:
+    call = Call(make_desk())
+    leg = talking(call)
+    call.send(ForceEnd(call.at(10)))
+    call.send(ChannelGone(leg, 16, call.at(10.1)))
+    assert call.send(FarewellDone("someone-else")) == []
+    cmds = call.send(TimerFired(consult.T_FAREWELL, call.at(30)))
+    assert Hangup("cb-1-01") in cmds
+    assert call.over().end_reason is EndReason.FORCED_END
+
+
+def test_forced_end_outside_a_talk_changes_nothing() -> None:
+    call = Call(make_desk())
+    before = call.state
+    assert call.send(ForceEnd(call.at(0))) == [] and call.state == before
+    call.send(consult.Begin(call.at(0)))
+    ringing = call.state
+    assert call.send(ForceEnd(call.at(1))) == [] and call.state == ringing
+    done = Call(make_desk())
+    leg = talking(done)
+    done.send(consult.CustomerGone(done.at(20)))
+    done.send(ChannelGone(leg, 16, done.at(20.1)))
+    assert done.state.phase is Phase.DONE
+    assert done.send(ForceEnd(done.at(21))) == []
+
+
+def test_a_second_forced_end_is_ignored() -> None:
+    call = Call(make_desk())
+    talking(call)
+    call.send(ForceEnd(call.at(10)))
+    assert call.send(ForceEnd(call.at(11))) == []
