@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what
-# they need, idempotently: Debian packages (SIPp, debootstrap, sox, ffmpeg, espeak-ng,
-# Open JTalk with its dictionary and voice), the Python virtualenv, and the
+# they need, idempotently: Debian packages (SIPp, Kamailio, debootstrap, sox, ffmpeg,
+# espeak-ng, Open JTalk with its dictionary and voice), the Python virtualenv, and the
 # Asterisk 22 root for both sites.
 
 PYTHON     ?= python3
@@ -8,7 +8,7 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 APT_STAMP  := /var/cache/cbgw/.apt-installed
-APT_PKGS   := sip-tester debootstrap sox ffmpeg espeak-ng iproute2 tshark \
+APT_PKGS   := sip-tester debootstrap sox ffmpeg espeak-ng iproute2 tshark kamailio \
               open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001
 # Open JTalk's voice is in Debian's contrib component: this sources entry enables
 # contrib (bookworm, the same mirror and key as the machine's main entry).
@@ -33,6 +33,9 @@ $(APT_STAMP): Makefile
 	    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > $(CONTRIB_SOURCES); \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# the package's own service (stock config) stays off: deploy/kamailio/instance.py runs ours
+	@if command -v systemctl >/dev/null && systemctl is-enabled kamailio >/dev/null 2>&1; then \
+	  systemctl disable --now kamailio >/dev/null 2>&1 || true; fi
 	@mkdir -p $(dir $@) && touch $@
 
 venv: $(STAMP)

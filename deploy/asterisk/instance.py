@@ -10,8 +10,9 @@ Usage::
     deploy/asterisk/instance.py [--root ROOT] status SITE    # exit 0 running, 3 stopped
 
 SITE is a directory next to this file holding the versioned configs
-(``edge``, ``callback``, and ``callback2``: a second callback Asterisk with its own
-SIP/ARI/RTP ports for scale-out and fault tests). ROOT defaults to ``$CBGW_ASTERISK_ROOT`` or
+(``edge``, ``callback``, and ``edge2`` / ``callback2``: a second Asterisk of each site with
+its own SIP/ARI/RTP ports for scale-out and fault tests; edge2 sits behind Kamailio with
+edge, deploy/kamailio). ROOT defaults to ``$CBGW_ASTERISK_ROOT`` or
 ``/var/cache/cbgw/asterisk-sid`` and is built by ``provision-root.sh``.
 
 Each site runs as the root's ``asterisk`` user with its own config, run, log,

@@ -12,6 +12,10 @@ plus what the scale-out and fault tests need::
 * ``callback_servers=2``: a second ``callback_server`` (HTTP 9444) driving the second
   callback Asterisk (``deploy/asterisk/callback2``, ARI 8388, SIP 5262) against the
   same callback database.
+* ``edge_servers=2``: the edge scaled out behind Kamailio (``deploy/kamailio``, SIP
+  127.0.0.2:5060, dispatcher over both edge Asterisks): a second ``edge_server``
+  (``edge2``, HTTP 8445) driving the second edge Asterisk (``deploy/asterisk/edge2``, ARI
+  8488, SIP 5162) against the same edge database. Customers call ``sites.edge_sip``.
 * ``edge_routes`` / ``callback_routes``: the link's ``[[peer.routes]]`` on each side
   (e.g. internet and leased line through delaying proxies in network namespaces),
   ``peer_policy``: extra ``[peer.policy]`` / ``[peer.health]`` TOML.
@@ -46,12 +50,16 @@ import asyncpg
 from demo.stack import REPO, TOLL_FREE, Stack, StackError
 from shared import ari, pki
 from tests.harness import asterisk as ast_harness
+from tests.harness import kamailio as kamailio_harness
 from tests.harness import sipp as sipp_harness
 
 EDGE_HTTP_PORT = 8443
+EDGE_HTTP_PORTS = {"edge": EDGE_HTTP_PORT, "edge2": 8445}
 CALLBACK_HTTP_PORTS = {"callback": 9443, "callback2": 9444}
+HTTP_PORTS = {**EDGE_HTTP_PORTS, **CALLBACK_HTTP_PORTS}
 ASTERISK_OF = {"callback": "callback", "callback2": "callback2"}
-ARI_URLS = {"callback": "http://127.0.0.1:8288", "callback2": "http://127.0.0.1:8388"}
+ARI_URLS = {"callback": "http://127.0.0.1:8288", "callback2": "http://127.0.0.1:8388",
+            "edge2": "http://127.0.0.1:8488"}
 
 # Many new numbers in a few minutes: the guard's anomaly brake and CPS caps would (rightly)
 # stop that in production, so load runs lift them (as bench/callback_latency.py does).
@@ -150,6 +158,7 @@ async def _drop(url: str) -> None:
 @dataclass
 class Sites(Stack):
     callback_servers: int = 2
+    edge_servers: int = 1
     edge_routes: tuple[tuple[str, str], ...] = (("internet", "https://127.0.0.1:9443"),)
     callback_routes: tuple[tuple[str, str], ...] = (("internet", "https://127.0.0.1:8443"),)
     peer_policy: str = ""
@@ -164,6 +173,15 @@ class Sites(Stack):
     def callback_names(self) -> list[str]:
         return ["callback", "callback2"][:self.callback_servers]
 
+    @property
+    def edge_names(self) -> list[str]:
+        return ["edge", "edge2"][:self.edge_servers]
+
+    @property
+    def edge_sip(self) -> tuple[str, int]:
+        """Where customers call: Kamailio in front of a scaled-out edge, else the edge."""
+        return kamailio_harness.SIP if self.edge_servers > 1 else sipp_harness.EDGE_SIP
+
     async def _start(self) -> Sites:
         """Called by ``Stack.__aenter__`` once it holds the one-stack-per-machine lock."""
         self.started_at = time.monotonic()
@@ -175,7 +193,7 @@ class Sites(Stack):
         await asyncio.to_thread(self._rates)
         self.edge_site = await asyncio.to_thread(ast_harness.ensure_running, "edge")
         self.asterisks = {"edge": self.edge_site}
-        for name in self.callback_names:
+        for name in [*self.edge_names[1:], *self.callback_names]:
             self.asterisks[name] = await asyncio.to_thread(
                 ast_harness.ensure_running, ASTERISK_OF[name])
         self.callback_site = self.asterisks["callback"]
@@ -183,12 +201,15 @@ class Sites(Stack):
             await clear(site)
         self._write_site_configs()
         try:
-            self._spawn("edge", "edge_server", self.workdir / "edge.toml")
+            for name in self.edge_names:     # one at a time: the first migrates the database
+                self._spawn(name, "edge_server", self.workdir / f"{name}.toml")
+                await self._wait_healthy(name, EDGE_HTTP_PORTS[name])
             for name in self.callback_names:
                 self._spawn(name, "callback_server", self.workdir / f"{name}.toml")
-            await self._wait_healthy("edge", EDGE_HTTP_PORT)
             for name in self.callback_names:
                 await self._wait_healthy(name, CALLBACK_HTTP_PORTS[name])
+            if self.edge_servers > 1:
+                await asyncio.to_thread(kamailio_harness.ensure_running)
         except BaseException:
             self.stop_servers()
             raise
@@ -198,6 +219,8 @@ class Sites(Stack):
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
             self.stop_servers()
+            if self.edge_servers > 1:
+                await asyncio.to_thread(kamailio_harness.stop_started)
             if self.drop_databases:
                 for url in (self.edge_db_url, self.callback_db_url):
                     await _drop(url)
@@ -229,9 +252,11 @@ class Sites(Stack):
         return text + "".join(m.toml() for m in self.merchants)
 
     def _write_site_configs(self) -> None:
-        (self.workdir / "edge.toml").write_text(self._site_config(
-            "edge.example.toml", port=EDGE_HTTP_PORT, ari_url=None,
-            peer=routes_toml(self.edge_routes) + self.peer_policy))
+        for name in self.edge_names:
+            ari_url = self.ari_urls.get(name, ARI_URLS.get(name))
+            (self.workdir / f"{name}.toml").write_text(self._site_config(
+                "edge.example.toml", port=EDGE_HTTP_PORTS[name], ari_url=ari_url,
+                peer=routes_toml(self.edge_routes) + self.peer_policy))
         for name in self.callback_names:
             (self.workdir / f"{name}.toml").write_text(self._site_config(
                 "callback.example.toml", port=CALLBACK_HTTP_PORTS[name],
@@ -260,11 +285,10 @@ class Sites(Stack):
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 30)
-        module = "edge_server" if name == "edge" else "callback_server"
+        module = "edge_server" if name in EDGE_HTTP_PORTS else "callback_server"
         self._spawn(name, module, self.workdir / f"{name}.toml")
         self.restarts[name] += 1
-        port = EDGE_HTTP_PORT if name == "edge" else CALLBACK_HTTP_PORTS[name]
-        await self._wait_healthy(name, port, timeout_s=60.0)
+        await self._wait_healthy(name, HTTP_PORTS[name], timeout_s=60.0)
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid
@@ -313,13 +337,15 @@ def customer_numbers(count: int, first: int = 9031000000) -> list[str]:
 
 
 def start_customers(workdir: Path, numbers: Sequence[str], *, rate: float, name: str,
-                    limit: int = 30, timeout_s: int = 1800) -> sipp_harness.SippRole:
-    """One SIPp calling the merchant's toll-free number once from each of ``numbers``."""
+                    limit: int = 30, timeout_s: int = 1800,
+                    remote: tuple[str, int] = sipp_harness.EDGE_SIP) -> sipp_harness.SippRole:
+    """One SIPp calling the merchant's toll-free number once from each of ``numbers``
+    (at ``remote``: the edge Asterisk, or the Kamailio in front of the edges)."""
     inf = workdir / f"{name}-callers.csv"
     inf.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
     return sipp_harness.start_role(
         "customer_calls_csv.xml", port=sipp_harness.CUSTOMER_PORT, ip=sipp_harness.CUSTOMER_IP,
-        workdir=workdir, name=name, remote=sipp_harness.EDGE_SIP, service=TOLL_FREE,
+        workdir=workdir, name=name, remote=remote, service=TOLL_FREE,
         max_calls=len(numbers), timeout_s=timeout_s,
         extra_args=["-inf", str(inf), "-r", str(rate), "-l", str(limit)])
 

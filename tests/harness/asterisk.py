@@ -47,15 +47,20 @@ class HarnessError(RuntimeError):
     """A real component the tests need is missing or broken (the message names it)."""
 
 
-@cache
-def instance_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cbgw_instance_tool", INSTANCE_TOOL)
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a stdlib-only deploy script (not a package module) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise HarnessError(f"cannot load {INSTANCE_TOOL}")
+        raise HarnessError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module   # dataclasses look their module up while defining
     spec.loader.exec_module(module)
     return module
+
+
+@cache
+def instance_tool() -> ModuleType:
+    return load_script(INSTANCE_TOOL, "cbgw_instance_tool")
 
 
 def asterisk_root() -> Path:
@@ -90,7 +95,7 @@ class AsteriskSite:
         return result.stdout
 
 
-SIP_PORTS = {"edge": 5160, "callback": 5260}
+SIP_PORTS = {"edge": 5160, "callback": 5260, "callback2": 5262, "edge2": 5162}
 
 
 def ensure_root() -> Path:
@@ -161,12 +166,17 @@ def stop(name: str) -> None:
     _STARTED.discard(name)
 
 
+def running_pid(name: str) -> int | None:
+    """The pid of site ``name``'s running Asterisk, or None."""
+    tool = instance_tool()
+    found: int | None = tool.running_pid(tool.load_site(name, asterisk_root()))
+    return found
+
+
 def kill9(name: str, *, within_s: float = 10.0) -> int:
     """SIGKILL site ``name``'s Asterisk (a crash: no hangup handlers, no clean shutdown)
     and wait until it is gone; its pid. :func:`ensure_running` starts it again."""
-    tool = instance_tool()
-    site = tool.load_site(name, asterisk_root())
-    pid = tool.running_pid(site)
+    pid = running_pid(name)
     if pid is None:
         raise HarnessError(f"Asterisk {name} is not running: nothing to kill")
     os.kill(pid, signal.SIGKILL)
