@@ -134,18 +134,25 @@ def start(front: Front) -> None:
                            capture_output=True, text=True, check=False)
     if check.returncode != 0:
         raise InstanceError(f"{CONFIG} does not load:\n{check.stderr.strip()[-1500:]}")
-    with open(front.logfile, "ab") as out:
-        proc = subprocess.Popen(front.command(kamailio), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    front.pidfile.write_text(f"{proc.pid}\n")
+    pid = detach(front.command(kamailio), front.logfile)
+    front.pidfile.write_text(f"{pid}\n")
     deadline = time.monotonic() + START_TIMEOUT_S
     while not answers_options():
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if running_pid(front) is None or time.monotonic() > deadline:
             raise InstanceError(f"Kamailio did not answer OPTIONS on {LISTEN[0]}:{LISTEN[1]} "
                                 f"within {START_TIMEOUT_S:.0f} s; {front.logfile}:\n"
                                 f"{log_tail(front)}")
         time.sleep(0.05)
-    log(f"running pid {proc.pid}, SIP udp:{LISTEN[0]}:{LISTEN[1]}, log {front.logfile}")
+    log(f"running pid {pid}, SIP udp:{LISTEN[0]}:{LISTEN[1]}, log {front.logfile}")
+
+
+def detach(command: list[str], logfile: Path) -> int:
+    """Start ``command`` as the leader of its own session, appending its output to
+    ``logfile``, and leave it running on its own (no child of ours); its pid."""
+    shell = 'setsid "$@" >>"$0" 2>&1 </dev/null & echo $!'
+    started = subprocess.run(["sh", "-c", shell, str(logfile), *command], capture_output=True,
+                             text=True, check=True)
+    return int(started.stdout.strip())
 
 
 def stop(front: Front) -> None:
@@ -186,16 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "restart", "status"])
     args = parser.parse_args(argv)
     front = Front(args.run_dir)
+    if args.command == "status":
+        return status(front)
+    steps = {"start": [start], "stop": [stop], "restart": [stop, start]}[args.command]
     try:
-        if args.command == "start":
-            start(front)
-        elif args.command == "stop":
-            stop(front)
-        elif args.command == "restart":
-            stop(front)
-            start(front)
-        else:
-            return status(front)
+        for step in steps:
+            step(front)
     except InstanceError as exc:
         log(f"error: {exc}")
         return 1

@@ -57,7 +57,7 @@ EDGE_HTTP_PORT = 8443
 EDGE_HTTP_PORTS = {"edge": EDGE_HTTP_PORT, "edge2": 8445}
 CALLBACK_HTTP_PORTS = {"callback": 9443, "callback2": 9444}
 HTTP_PORTS = {**EDGE_HTTP_PORTS, **CALLBACK_HTTP_PORTS}
-ASTERISK_OF = {"callback": "callback", "callback2": "callback2"}
+ASTERISK_OF = {"callback": "callback", "callback2": "callback2", "edge2": "edge2"}
 ARI_URLS = {"callback": "http://127.0.0.1:8288", "callback2": "http://127.0.0.1:8388",
             "edge2": "http://127.0.0.1:8488"}
 
