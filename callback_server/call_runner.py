@@ -146,14 +146,14 @@ class CallRunner:
     def shutdown(self) -> None:
         self.inbox.put_nowait(Shutdown(utcnow()))
 
-    def end_consultation(self, consultation_id: str) -> bool:
-        """An operator ends the round's consultation ``consultation_id`` (if it is the
-        one in progress; the machine ignores it unless customer and advisor talk)."""
+    def operator(self, consultation_id: str, event: consult.Operator) -> bool:
+        """An operator's control of the round's consultation ``consultation_id`` (if it
+        is the one in progress; the machine ignores what does not apply in its phase)."""
         state = self.consult.state
         if state is None or state.request.consultation_id != consultation_id \
                 or not self.consult.live:
             return False
-        self.inbox.put_nowait(consult.ForceEnd(utcnow()))
+        self.inbox.put_nowait(event)
         return True
 
     async def resync(self, lost_at: datetime | None = None) -> None:
@@ -257,7 +257,8 @@ class CallRunner:
                 await self._consult(consult.FarewellDone(event.playback.id))
             else:
                 await self.ivr.handle(ivr.PlaybackFinished(event.playback.id))
-        elif isinstance(event, consult.ForceEnd):
+        elif isinstance(event, consult.ForceEnd | consult.HoldCustomer
+                        | consult.ResumeCustomer):
             await self._consult(event)
 
     def _customer_channel(self) -> str | None:

@@ -24,6 +24,9 @@ One consultation, from the IVR's ``ConnectAdvisor`` to its end::
     talking:  either side hangs up -> the other leg is hung up (the advisor) or handed
               back to the IVR's next node (the customer); ConsultationEnded is applied
               to the advisor (EndPresence)
+              HoldCustomer / ResumeCustomer (the API): the customer leaves the bridge
+              for music on hold (the advisor stays in it, hearing nothing), then is put
+              back; each hold is kept (Hold(started_at, ended_at)) for the record
               ForceEnd (an operator, through the API) -> the advisor leg is hung up, the
               customer hears FAREWELL_PROMPT (Farewell) and is hung up when it finished
               (FarewellDone) or after FAREWELL_GUARD_S; the end reason is forced_end
@@ -41,7 +44,7 @@ from datetime import datetime
 from typing import assert_never
 
 from advisors import assignment as am
-from advisors.records import EndReason, Ring, RingOutcome
+from advisors.records import EndReason, Hold, Ring, RingOutcome
 from callback_server import dialer, ivr
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import (
@@ -125,6 +128,8 @@ class ConsultState:
     ended_at: datetime | None = None
     assigning: bool = False                       # a RunAssignment is in flight
     farewell: str | None = None                   # the forced end's playback, not finished
+    held_since: datetime | None = None            # the customer is on hold since
+    holds: tuple[Hold, ...] = ()                  # the holds that ended
 
     @classmethod
     def new(cls, request: Request, leg_seq: int) -> ConsultState:
@@ -170,14 +175,29 @@ class ForceEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldCustomer:
+    """Put the talking customer on hold (music); the advisor stays on the line."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeCustomer:
+    """Take the customer off hold, back to the advisor."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class FarewellDone:
     """The forced end's message to the customer finished (its playback id)."""
 
     playback_id: str
 
 
-Event = (Begin | Assigned | CustomerGone | ForceEnd | FarewellDone | Originated
-         | OriginateFailed | OriginateRefused | Answered | ChannelGone | TimerFired)
+Operator = ForceEnd | FarewellDone | HoldCustomer | ResumeCustomer
+Event = (Begin | Assigned | CustomerGone | Operator | Originated | OriginateFailed
+         | OriginateRefused | Answered | ChannelGone | TimerFired)
 
 # --- commands -----------------------------------------------------------------------------
 
@@ -217,6 +237,22 @@ class Farewell:
 
 
 @dataclass(frozen=True, slots=True)
+class Unbridge:
+    """Take ``channel_id`` out of the bridge (it stays up, in the application)."""
+
+    bridge_id: str
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rebridge:
+    """Put ``channel_id`` back into the bridge."""
+
+    bridge_id: str
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class EndPresence:
     """Apply ``ConsultationEnded`` to the advisor who talked (after-call work)."""
 
@@ -241,11 +277,12 @@ class Over:
     ended_at: datetime
     end_reason: EndReason
     legs: tuple[Leg, ...]
+    holds: tuple[Hold, ...] = ()
 
 
 Command = (RunAssignment | PersistAttempt | Originate | Hangup | StartTimer | CancelTimer
            | RecordLegResult | RecordCdr | CreateBridge | DestroyBridge | StartMoh | StopMoh
-           | Farewell | EndPresence | Tell | Over)
+           | Farewell | Unbridge | Rebridge | EndPresence | Tell | Over)
 
 Step = tuple[ConsultState, list[Command]]
 
@@ -261,7 +298,7 @@ def transition(state: ConsultState, event: Event) -> Step:  # noqa: C901 - one b
             return _assigned(state, event)
         case CustomerGone(at=at):
             return _customer_gone(state, at)
-        case ForceEnd() | FarewellDone():
+        case ForceEnd() | FarewellDone() | HoldCustomer() | ResumeCustomer():
             return _operator(state, event)
         case Originated(channel_id=cid):
             return state, ([RecordLegResult(cid, "originated")] if _ours(state, cid) else [])
@@ -461,8 +498,10 @@ def _unanswered_gone(state: ConsultState, ev: ChannelGone) -> Step:
 
 
 def _advisor_hung_up(state: ConsultState, at: datetime) -> Step:
-    assert state.connected_advisor is not None
-    cmds: list[Command] = [EndPresence(state.connected_advisor)]
+    advisor = state.connected_advisor
+    assert advisor is not None
+    state, cmds = _hold_over(state, at, customer_here=True)
+    cmds.append(EndPresence(advisor))
     if state.bridge_id is not None:
         cmds.append(DestroyBridge(state.bridge_id))
     state = replace(state, bridge_id=None)
@@ -476,8 +515,10 @@ def _customer_gone(state: ConsultState, at: datetime) -> Step:
     cmds: list[Command] = [CancelTimer(T_QUEUE), CancelTimer(T_RETRY)]
     leg = state.live_leg
     if state.phase is Phase.TALKING and leg is not None:
-        assert state.connected_advisor is not None
-        cmds += [Hangup(leg.channel_id), EndPresence(state.connected_advisor)]
+        advisor = state.connected_advisor
+        assert advisor is not None
+        state, _ = _hold_over(state, at, customer_here=False)
+        cmds += [Hangup(leg.channel_id), EndPresence(advisor)]
         if state.bridge_id is not None:
             cmds.append(DestroyBridge(state.bridge_id))
         state = replace(state, bridge_id=None)
@@ -491,9 +532,13 @@ def _customer_gone(state: ConsultState, at: datetime) -> Step:
     return nxt, cmds + more + ending
 
 
-def _operator(state: ConsultState, event: ForceEnd | FarewellDone) -> Step:
+def _operator(state: ConsultState, event: Operator) -> Step:
     """An operator's control of the consultation, and what follows from it."""
     match event:
+        case HoldCustomer(at=at):
+            return _hold(state, at)
+        case ResumeCustomer(at=at):
+            return _resume(state, at)
         case ForceEnd(at=at):
             return _force_end(state, at)
         case FarewellDone(playback_id=pid):
@@ -502,16 +547,46 @@ def _operator(state: ConsultState, event: ForceEnd | FarewellDone) -> Step:
             assert_never(event)
 
 
+def _hold(state: ConsultState, at: datetime) -> Step:
+    if state.phase is not Phase.TALKING or state.held_since is not None \
+            or state.bridge_id is None:
+        return state, []
+    customer = state.request.customer_channel
+    return replace(state, held_since=at), [Unbridge(state.bridge_id, customer),
+                                           StartMoh(customer)]
+
+
+def _resume(state: ConsultState, at: datetime) -> Step:
+    bridge = state.bridge_id
+    if state.phase is not Phase.TALKING or state.held_since is None or bridge is None:
+        return state, []
+    customer = state.request.customer_channel
+    state, cmds = _hold_over(state, at, customer_here=True)
+    return state, [*cmds, Rebridge(bridge, customer)]
+
+
+def _hold_over(state: ConsultState, at: datetime, *, customer_here: bool) -> Step:
+    """A hold in progress ends (kept for the record); the music stops if the customer
+    is still there."""
+    if state.held_since is None:
+        return state, []
+    state = replace(state, holds=(*state.holds, Hold(state.held_since, max(at, state.held_since))),
+                    held_since=None)
+    return state, [StopMoh(state.request.customer_channel)] if customer_here else []
+
+
 def _force_end(state: ConsultState, at: datetime) -> Step:
     """The operator ends a talking consultation: the advisor leg goes at once, the
     customer hears the farewell, then is hung up (``_farewell_over``)."""
     leg = state.live_leg
     if state.phase is not Phase.TALKING or leg is None:
         return state, []
-    assert state.connected_advisor is not None
+    advisor = state.connected_advisor
+    assert advisor is not None
     customer = state.request.customer_channel
     farewell = f"{state.request.consultation_id}-farewell"
-    cmds: list[Command] = [Hangup(leg.channel_id), EndPresence(state.connected_advisor)]
+    state, cmds = _hold_over(state, at, customer_here=True)
+    cmds += [Hangup(leg.channel_id), EndPresence(advisor)]
     if state.bridge_id is not None:
         cmds.append(DestroyBridge(state.bridge_id))
     cmds += [Farewell(customer, FAREWELL_PROMPT, farewell),
@@ -574,5 +649,6 @@ def _settle(state: ConsultState, at: datetime) -> Step:
     assert state.end_reason is not None
     last = state.rings[-1].advisor_id if state.rings else None
     over = Over(state.request.consultation_id, state.connected_advisor or last, state.rings,
-                state.answered_at, state.ended_at or at, state.end_reason, state.legs)
+                state.answered_at, state.ended_at or at, state.end_reason, state.legs,
+                state.holds)
     return replace(state, phase=Phase.DONE), [*(CancelTimer(t) for t in TIMERS), over]

@@ -1,22 +1,26 @@
 """An operator's control of a consultation in progress, from the API to the process that
 runs the call.
 
-``POST /v1/consultations/{consultation_id}/end`` (the merchant's bearer token) checks in
+``POST /v1/consultations/{consultation_id}/end`` (and ``/hold``, ``/unhold``; the
+merchant's bearer token) checks in
 the database that the consultation's call-back is the merchant's and is being dialled
 (``callback_requests.status = 'dialing'``) and that no record of the consultation was
 saved (a saved record: it is over), then sends ``NOTIFY consult_control`` with the
 request. Every worker process of the site LISTENs on that channel
 (:func:`deliver_controls`); the one running the call-back's round
 (``Worker.calls``) hands it to its :class:`~callback_server.call_runner.CallRunner`,
-which feeds the consult machine (``consult.ForceEnd``): the advisor leg is hung up, the
-customer hears the ``forced-end`` prompt and is hung up, and the record says
-``forced_end``. A process not running it ignores the notification.
+which feeds the consult machine: ``end`` (``consult.ForceEnd``): the advisor leg is hung
+up, the customer hears the ``forced-end`` prompt and is hung up, and the record says
+``forced_end``; ``hold`` (``HoldCustomer``): the customer leaves the bridge for music on
+hold; ``unhold`` (``ResumeCustomer``): back into the bridge (each hold in the record's
+``holds``). A process not running it ignores the notification.
 
 Replies: 202 ``{"consultation_id", "action", "state": "requested"}``; 404 ``not-found``
 (no such call-back of this merchant), 409 ``consultation-not-running`` (its call-back is
 not being dialled, or the consultation is over), 400 ``invalid-field`` (not a
-consultation id), 503 ``database-unavailable``. A consultation whose customer and advisor
-do not talk (still ringing or queued) is not ended by the request.
+consultation id), 503 ``database-unavailable``. The machine ignores a control that does
+not apply in its phase: a consultation still ringing or queued is not ended or held, a
+hold of a customer on hold or an unhold of one not on hold changes nothing.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ import enum
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, assert_never
 
 import asyncpg
 from aiohttp import web
 
 from advisors.errors import NotFound
+from callback_server import consult
+from callback_server.call_ports import utcnow
 from shared.http import (
     ApiError,
     InvalidField,
@@ -54,6 +61,20 @@ CONSULTATION_ID = re.compile(
 
 class Action(enum.StrEnum):
     END = "end"
+    HOLD = "hold"
+    UNHOLD = "unhold"
+
+    def event(self, at: datetime) -> consult.Operator:
+        """The consult machine's event for this action."""
+        match self:
+            case Action.END:
+                return consult.ForceEnd(at)
+            case Action.HOLD:
+                return consult.HoldCustomer(at)
+            case Action.UNHOLD:
+                return consult.ResumeCustomer(at)
+            case _:
+                assert_never(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +133,7 @@ async def request_control(pool: asyncpg.Pool, merchant_id: str, control: Control
 class Controlled(Protocol):
     """A running round (``CallRunner``) as far as an operator's control goes."""
 
-    def end_consultation(self, consultation_id: str) -> bool: ...
+    def operator(self, consultation_id: str, event: consult.Operator) -> bool: ...
 
 
 async def deliver_controls(notes: asyncio.Queue[str],
@@ -123,7 +144,8 @@ async def deliver_controls(notes: asyncio.Queue[str],
         if control is None:
             continue
         runner = calls.get(control.callback_id)
-        if runner is not None and runner.end_consultation(control.consultation_id):
+        if runner is not None and runner.operator(control.consultation_id,
+                                                  control.action.event(utcnow())):
             log.info("consultation %s: %s requested", control.consultation_id, control.action)
 
 
@@ -138,35 +160,46 @@ def install(app: web.Application, pool: PoolOf) -> None:
     add_operations(app, OPERATIONS)
 
 
-async def end_consultation(request: web.Request) -> web.Response:
-    """An operator ends a consultation: the customer hears why, both legs are hung up."""
-    merchant_id = authenticated_merchant(request)
-    consultation_id = request.match_info["consultation_id"]
-    if not CONSULTATION_ID.match(consultation_id):
-        raise InvalidField("consultation_id", "not a consultation id")
-    try:
-        pool = request.app[POOL_OF_KEY](request.app)
-    except KeyError:
-        raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
-    control = Control(consultation_id, Action.END)
-    await request_control(pool, merchant_id, control)
-    return json_response({"consultation_id": consultation_id, "action": str(control.action),
-                          "state": "requested"}, status=202)
+def controlling(action: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of ``POST /v1/consultations/{consultation_id}/<action>``."""
+
+    async def control_consultation(request: web.Request) -> web.Response:
+        merchant_id = authenticated_merchant(request)
+        consultation_id = request.match_info["consultation_id"]
+        if not CONSULTATION_ID.match(consultation_id):
+            raise InvalidField("consultation_id", "not a consultation id")
+        try:
+            pool = request.app[POOL_OF_KEY](request.app)
+        except KeyError:
+            raise ServiceUnavailable("database-unavailable",
+                                     "database not connected yet") from None
+        await request_control(pool, merchant_id, Control(consultation_id, action))
+        return json_response({"consultation_id": consultation_id, "action": str(action),
+                              "state": "requested"}, status=202)
+
+    return control_consultation
 
 
 REQUESTED: Schema = {
     "type": "object", "required": ["consultation_id", "action", "state"],
     "additionalProperties": False,
-    "properties": {"consultation_id": {"type": "string"}, "action": {"enum": ["end"]},
+    "properties": {"consultation_id": {"type": "string"},
+                   "action": {"enum": [str(a) for a in Action]},
                    "state": {"const": "requested"}}}
 
+_SUMMARIES = {
+    Action.END: "End a consultation in progress (forced end: a message, then both hung up)",
+    Action.HOLD: "Put the customer of a consultation on hold (music; the advisor waits)",
+    Action.UNHOLD: "Take the customer off hold, back to the advisor",
+}
+
 OPERATIONS = [
-    Operation("POST", "/v1/consultations/{consultation_id}/end",
-              database_errors_as_503(end_consultation),
-              "End a consultation in progress (forced end)", "advisors",
+    Operation("POST", f"/v1/consultations/{{consultation_id}}/{action}",
+              database_errors_as_503(controlling(action)), _SUMMARIES[action], "advisors",
               {202: Reply("sent to the process running the call", REQUESTED)},
               access=MERCHANT,
               params=(Param("consultation_id", "path", {"type": "string"}),),
               errors={404: ("not-found",), 409: ("consultation-not-running",),
-                      503: ("database-unavailable",)}),
+                      503: ("database-unavailable",)})
+    for action in Action
 ]

@@ -36,11 +36,13 @@ from callback_server.consult import (
     EndPresence,
     Farewell,
     Over,
+    Rebridge,
     Request,
     RunAssignment,
     StartMoh,
     StopMoh,
     Tell,
+    Unbridge,
 )
 from callback_server.dialer import leg_variables
 from callback_server.dialer_messages import Command as LegCommand
@@ -163,6 +165,10 @@ class ConsultRunner:
                 await safely(self.client.start_moh(cid))
             case StopMoh(channel_id=cid):
                 await safely(self.client.stop_moh(cid))
+            case Unbridge(bridge_id=bridge, channel_id=cid):
+                await safely(self.client.remove_channel(bridge, cid))
+            case Rebridge(bridge_id=bridge, channel_id=cid):
+                await safely(self.client.add_channel(bridge, [cid]))
             case Farewell(channel_id=cid, media=media, playback_id=pid):
                 await safely(self.client.play(cid, [media], playback_id=pid,
                                               lang=self.ctx.language.value))
@@ -224,7 +230,7 @@ class ConsultRunner:
                 customer_number=str(self.job.destination), customer_id=customer_id,
                 advisor_id=over.advisor_id, group_id=started.chosen.group_id,
                 method=Method(started.command.method), requested_at=started.requested_at,
-                rings=over.rings, answered_at=over.answered_at, holds=(), transfers=(),
+                rings=over.rings, answered_at=over.answered_at, holds=over.holds, transfers=(),
                 ended_at=over.ended_at, talk_s=talk_seconds(over),
                 end_reason=over.end_reason,
                 customer_call_id=self.state.request.customer_channel,

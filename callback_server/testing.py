@@ -97,6 +97,9 @@ class FakeAri:
     async def add_channel(self, bridge_id: str, channel_ids: str | list[str]) -> None:
         self.calls.append(("add_channel", (bridge_id, tuple(channel_ids))))
 
+    async def remove_channel(self, bridge_id: str, channel_id: str) -> None:
+        self.calls.append(("remove_channel", (bridge_id, channel_id)))
+
     async def destroy_bridge(self, bridge_id: str) -> None:
         self.calls.append(("destroy_bridge", bridge_id))
 

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from advisors import record_store
 from advisors.record_store import ConsultationRecords
+from callback_server import consult
 from callback_server.consult_control import (
     CONTROL_CHANNEL,
     Action,
@@ -40,12 +41,14 @@ NOW = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)
 class Round:
     def __init__(self, consultation_id: str) -> None:
         self.consultation_id = consultation_id
-        self.ended = asyncio.Event()
+        self.events: list[consult.Operator] = []
+        self.got = asyncio.Event()
 
-    def end_consultation(self, consultation_id: str) -> bool:
+    def operator(self, consultation_id: str, event: consult.Operator) -> bool:
         if consultation_id != self.consultation_id:
             return False
-        self.ended.set()
+        self.events.append(event)
+        self.got.set()
         return True
 
 
@@ -68,19 +71,24 @@ async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Any]:
         yield c
 
 
-async def test_an_end_request_reaches_the_process_running_the_call(
-        client: Any, pg_url: str) -> None:
-    here = Round("cb-0-c1")
+@pytest.mark.parametrize(("action", "event"), [("end", consult.ForceEnd),
+                                               ("hold", consult.HoldCustomer),
+                                               ("unhold", consult.ResumeCustomer)])
+async def test_a_control_reaches_the_process_running_the_call(
+        client: Any, pg_url: str, action: str, event: type) -> None:
+    here, elsewhere = Round("cb-0-c1"), Round("cb-1-c1")
     async with listening(pg_url, CONTROL_CHANNEL) as notes:
-        delivering = asyncio.create_task(deliver_controls(notes, {"cb-0": here}))
+        delivering = asyncio.create_task(deliver_controls(notes, {"cb-0": here,
+                                                                  "cb-1": elsewhere}))
         try:
-            resp = await client.post("/v1/consultations/cb-0-c1/end", headers=AUTH)
+            resp = await client.post(f"/v1/consultations/cb-0-c1/{action}", headers=AUTH)
             assert resp.status == 202, await resp.text()
-            assert await resp.json() == {"consultation_id": "cb-0-c1", "action": "end",
+            assert await resp.json() == {"consultation_id": "cb-0-c1", "action": action,
                                          "state": "requested"}
-            await asyncio.wait_for(here.ended.wait(), 5)
+            await asyncio.wait_for(here.got.wait(), 5)
         finally:
             delivering.cancel()
+    assert [type(e) for e in here.events] == [event] and elsewhere.events == []
 
 
 async def test_a_consultation_not_running_is_409_and_another_merchants_404(

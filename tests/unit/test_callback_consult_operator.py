@@ -1,18 +1,24 @@
-"""An operator's forced end of a consultation, in the pure consult machine."""
+"""An operator's controls of a consultation (forced end, hold), in the pure consult machine."""
 
 from __future__ import annotations
 
 from advisors.model import State
-from advisors.records import EndReason
+from advisors.records import EndReason, Hold
 from callback_server import consult
 from callback_server.consult import (
     EndPresence,
     Farewell,
     FarewellDone,
     ForceEnd,
+    HoldCustomer,
     Over,
     Phase,
+    Rebridge,
+    ResumeCustomer,
+    StartMoh,
+    StopMoh,
     Tell,
+    Unbridge,
 )
 from callback_server.dialer_messages import (
     Answered,
@@ -87,3 +93,61 @@ def test_a_second_forced_end_is_ignored() -> None:
     talking(call)
     call.send(ForceEnd(call.at(10)))
     assert call.send(ForceEnd(call.at(11))) == []
+
+
+BRIDGE = f"{CID}-br"
+
+
+def test_hold_takes_the_customer_out_to_music_and_unhold_puts_them_back() -> None:
+    call = Call(make_desk())
+    talking(call)
+    cmds = call.send(HoldCustomer(call.at(10)))
+    assert cmds == [Unbridge(BRIDGE, "cb-1-01"), StartMoh("cb-1-01")]
+    assert call.send(HoldCustomer(call.at(11))) == [], "already on hold"
+    cmds = call.send(ResumeCustomer(call.at(25)))
+    assert cmds == [StopMoh("cb-1-01"), Rebridge(BRIDGE, "cb-1-01")]
+    assert call.send(ResumeCustomer(call.at(26))) == [], "not on hold"
+    call.send(HoldCustomer(call.at(30)))
+    call.send(ResumeCustomer(call.at(31)))
+    assert call.state.holds == (Hold(at(10), at(25)), Hold(at(30), at(31)))
+    leg = call.state.live_leg
+    assert leg is not None
+    call.send(ChannelGone(leg.channel_id, 16, call.at(60)))
+    over = call.over()
+    assert over.holds == (Hold(at(10), at(25)), Hold(at(30), at(31)))
+    assert over.end_reason is EndReason.ADVISOR_HANGUP
+
+
+def test_hold_outside_a_talk_changes_nothing() -> None:
+    call = Call(make_desk())
+    call.send(consult.Begin(call.at(0)))
+    ringing = call.state
+    assert call.send(HoldCustomer(call.at(1))) == [] and call.state == ringing
+
+
+def test_an_end_while_on_hold_closes_the_hold() -> None:
+    # the advisor hangs up: the music stops, the customer goes back to the IVR
+    call = Call(make_desk())
+    leg = talking(call)
+    call.send(HoldCustomer(call.at(10)))
+    cmds = call.send(ChannelGone(leg, 16, call.at(20)))
+    assert StopMoh("cb-1-01") in cmds and Tell(consult.ivr.ConsultEnded()) in cmds
+    assert call.over().holds == (Hold(at(10), at(20)),)
+    # the customer hangs up: nothing to stop on their side
+    call = Call(make_desk())
+    leg = talking(call)
+    call.send(HoldCustomer(call.at(10)))
+    cmds = call.send(consult.CustomerGone(call.at(15)))
+    assert not only(cmds, StopMoh) and Hangup(leg) in cmds
+    call.send(ChannelGone(leg, 16, call.at(15.1)))
+    assert call.over().holds == (Hold(at(10), at(15)),)
+    # a forced end: the music stops before the farewell
+    call = Call(make_desk())
+    leg = talking(call)
+    call.send(HoldCustomer(call.at(10)))
+    cmds = call.send(ForceEnd(call.at(12)))
+    assert cmds.index(StopMoh("cb-1-01")) < cmds.index(
+        Farewell("cb-1-01", consult.FAREWELL_PROMPT, f"{CID}-farewell"))
+    call.send(ChannelGone(leg, 16, call.at(12.1)))
+    call.send(FarewellDone(f"{CID}-farewell"))
+    assert call.over().holds == (Hold(at(10), at(12)),)

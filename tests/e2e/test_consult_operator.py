@@ -1,0 +1,90 @@
+"""An operator's controls of a consultation end to end: real Asterisks, PostgreSQL, the
+sites' servers and SIPp (carrier A is the customer's phone, the edge's ``operator`` phone
+the advisor's). The operator's request goes over the callback site's API; the process
+running the call gets it through PostgreSQL NOTIFY. Asserted: SIP facts from SIPp's
+message logs, the RTP reaching the customer, and the consultation record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from demo.stack import Stack
+from tests.e2e.test_consult_calls import (
+    BY_CODE,
+    CONFIRM,
+    SIP_ADVISOR,
+    Admin,
+    admin,
+    events,
+    record,
+    stack,
+    wait_for,
+)
+from tests.harness import asterisk as ast_harness
+from tests.harness.rtp import RtpCapture
+from tests.harness.sipp import CARRIER_A_PORT, media_port_for
+
+pytestmark = pytest.mark.e2e
+__all__ = ["admin", "stack"]      # the fixtures, as the consultation tests set them up
+
+
+async def post(stack: Stack, admin: Admin, path: str) -> tuple[int, dict[str, object]]:
+    async with admin.session.post(stack.callback_url + path, headers=admin.headers) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def talking_settings(admin: Admin) -> AsyncIterator[None]:
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    yield
+
+
+async def test_forced_end_plays_the_message_to_the_customer_then_hangs_up_both(
+        stack: Stack, admin: Admin, talking_settings: None) -> None:
+    """The customer talks with the advisor of code 5151 (a SIP phone that stays on the
+    line); the operator ends the consultation over the API: the advisor gets a BYE at
+    once, the customer hears the forced-end message (RTP from the site) and then gets a
+    BYE; the record says forced_end."""
+    chosen = await admin.advisor("朝陽", "5151", SIP_ADVISOR)
+    customer = "07011110011"
+    async with stack.carriers(digits=CONFIRM + BY_CODE + "5151") as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
+                       and m.cseq_method == "INVITE", 60)
+        answered = await stack.wait_for_row(
+            "callback", "SELECT consultation_id FROM advisor_events WHERE advisor_id = $1"
+            " AND event = 'answered'", chosen)
+        consultation_id = answered["consultation_id"]
+        await asyncio.sleep(3)                                  # they talk
+        wall_minus_monotonic = time.time() - time.monotonic()
+        with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            status, body = await post(stack, admin, f"/v1/consultations/{consultation_id}/end")
+            assert status == 202, body
+            advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                         and m.direction == "received", 20)
+            customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                          and m.direction == "received", 40)
+        made = await record(stack, "+817011110011")
+    farewell_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "forced-end")
+    heard_s = (customer_bye.at - advisor_bye.at).total_seconds()
+    assert heard_s >= farewell_s - 0.3, (heard_s, farewell_s)
+    assert heard_s <= farewell_s + 10, "hung up once the message finished"
+    start = advisor_bye.at.timestamp() - wall_minus_monotonic
+    end = customer_bye.at.timestamp() - wall_minus_monotonic
+    played = [t for t, pt in to_customer.packets if pt == 0 and start <= t <= end]
+    assert len(played) >= 0.8 * farewell_s / 0.02, (len(played), farewell_s)
+    assert made["end_reason"] == "forced_end" and made["advisor_id"] == chosen
+    assert made["method"] == "code" and made["talk_s"] >= 3
+    assert [e for e, _ in await events(stack, chosen)] == [
+        "online", "offered", "answered", "ended"]
+    status, body = await post(stack, admin, f"/v1/consultations/{consultation_id}/end")
+    assert status == 409 and body["error"] == { 
+        "id": "consultation-not-running", "consultation_id": consultation_id,
+        "message": f"consultation {consultation_id} is not in progress"}
