@@ -31,12 +31,14 @@ from shared.phone import E164
 
 @dataclass(frozen=True, slots=True)
 class Chosen:
-    """Who the customer's choice reaches, and how long each of them is rung."""
+    """Who the customer's choice reaches, how long each of them is rung, and the price
+    per minute billing admits and reserves at (a group: its dearest member's)."""
 
     members: frozenset[int]
     ring_timeout_s: int
     group_id: int | None = None
     advisor_id: int | None = None
+    price_per_minute_yen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,8 @@ class AdvisorDesk:
             if not presence.takes_offer():
                 return Unavailable(unavailable_reason(presence.state))
             return Chosen(frozenset({advisor.id}), rules.ring_timeout_s,
-                          advisor_id=advisor.id)
+                          advisor_id=advisor.id,
+                          price_per_minute_yen=advisor.price_per_minute_yen)
         group_id = await self.pool.fetchval(
             "SELECT id FROM advisor_groups WHERE merchant_id = $1 AND name = $2",
             merchant_id, group)
@@ -119,7 +122,10 @@ class AdvisorDesk:
             members = await self.presences.members(merchant_id, group_id=group_id)
         except NotFound:
             return Unavailable("unknown")
-        return Chosen(members, rules.ring_timeout_s, group_id=group_id)
+        prices = [a.price_per_minute_yen for a, _ in await self.store.advisors(merchant_id)
+                  if a.id in members]
+        return Chosen(members, rules.ring_timeout_s, group_id=group_id,
+                      price_per_minute_yen=max(prices, default=0))
 
     async def _advisor(self, merchant_id: str, code: str | None, advisor_id: int | None
                        ) -> tuple[Advisor, pm.Presence] | None:

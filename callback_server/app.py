@@ -49,6 +49,7 @@ from billing.http import install as install_billing
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.config import CallbackSettings
+from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
 from callback_server.flows_http import install as install_flows
 from callback_server.guard.alerts import Alert
@@ -301,6 +302,7 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                     guard=app[GUARD_KEY], settler=settler,
                     desk=AdvisorDesk(app[POOL_KEY], routing),
                     consultations=ConsultationRecords(app[POOL_KEY]),
+                    billing=ConsultBilling(app[POOL_KEY], settings.billing),
                     active_flows=app[ACTIVE_FLOWS_KEY])
     workers.append(worker)
     app[STASIS_KEY] = stasis

@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import InvalidOperation
 
-from callback_server import consult, dialer, ivr
+from callback_server import consult, consult_meter, dialer, ivr
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import (
     AriPort,
@@ -38,6 +38,7 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.cdr_rating import store_cdr
+from callback_server.consult_billing import BillingPort
 from callback_server.consult_runner import ConsultRunner, RecordSink
 from callback_server.dialer import DialerState, Phase
 from callback_server.dialer_messages import (
@@ -87,7 +88,8 @@ class CallRunner:
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
                  store: CallStore, rater: Rater, guard: RoundObserver | None = None,
                  records: LegRecordSource | None = None, desk: AdvisorPort | None = None,
-                 consultations: RecordSink | None = None) -> None:
+                 consultations: RecordSink | None = None,
+                 billing: BillingPort | None = None) -> None:
         self.job = job
         self.records = records           # Asterisk's own leg records (after missed events)
         self.guard = guard
@@ -108,7 +110,7 @@ class CallRunner:
                              customer=self._customer_channel, follow_up=self._pending.append)
         self.consult = ConsultRunner(job, ctx, client=client, store=store, rater=rater,
                                      desk=desk, records=consultations, run_leg=self._run,
-                                     follow_up=self._pending.append)
+                                     follow_up=self._pending.append, billing=billing)
         self.outcome: Finish | None = None
 
     @property
@@ -224,7 +226,9 @@ class CallRunner:
         log.debug("<- %s", event)
         if isinstance(event, Originated | OriginateFailed | OriginateRefused | Answered
                       | ChannelGone) and self.consult.owns(event.channel_id) \
-                or isinstance(event, TimerFired) and event.name in consult.TIMERS:
+                or isinstance(event, TimerFired) and (
+                    event.name in consult.TIMERS
+                    or event.name.startswith(consult_meter.TIMER_PREFIX)):
             await self._consult(event)
         elif isinstance(event, Begin | Originated | OriginateFailed | OriginateRefused | Answered
                         | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
@@ -235,7 +239,8 @@ class CallRunner:
         elif isinstance(event, ivr.ListAdvisors):
             await self.consult.list_advisors(event)
         elif isinstance(event, ivr.Timeout | ivr.AdvisorUnavailable | ivr.AdvisorsListed
-                        | ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultEnded):
+                        | ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultRefused
+                        | ivr.ConsultEnded):
             await self.ivr.handle(event)
         elif isinstance(event, ari.StasisStart):
             log.info("%s answered", event.channel.id)

@@ -30,6 +30,8 @@ One consultation, from the IVR's ``ConnectAdvisor`` to its end::
               ForceEnd (an operator, through the API) -> the advisor leg is hung up, the
               customer hears FAREWELL_PROMPT (Farewell) and is hung up when it finished
               (FarewellDone) or after FAREWELL_GUARD_S; the end reason is forced_end
+              (ForceEnd with reason cut_off and its own message: the prepaid meter's
+              cut-off, :mod:`callback_server.consult_meter`)
 
 When nothing is left to wait for, ``Over`` carries what the consultation record needs
 (rings, answer, end, reason, the advisor legs for their costs). Every leg is torn down
@@ -169,9 +171,12 @@ class CustomerGone:
 
 @dataclass(frozen=True, slots=True)
 class ForceEnd:
-    """An operator ends the consultation now (only while customer and advisor talk)."""
+    """An operator ends the consultation now (only while customer and advisor talk), or
+    billing cuts it off (``reason`` cut_off, with its own message ``farewell``)."""
 
     at: datetime
+    reason: EndReason = EndReason.FORCED_END
+    farewell: str = FAREWELL_PROMPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,8 +544,8 @@ def _operator(state: ConsultState, event: Operator) -> Step:
             return _hold(state, at)
         case ResumeCustomer(at=at):
             return _resume(state, at)
-        case ForceEnd(at=at):
-            return _force_end(state, at)
+        case ForceEnd(at=at, reason=reason, farewell=media):
+            return _force_end(state, at, reason, media)
         case FarewellDone(playback_id=pid):
             return _farewell_over(state) if pid == state.farewell else (state, [])
         case _:
@@ -575,7 +580,7 @@ def _hold_over(state: ConsultState, at: datetime, *, customer_here: bool) -> Ste
     return state, [StopMoh(state.request.customer_channel)] if customer_here else []
 
 
-def _force_end(state: ConsultState, at: datetime) -> Step:
+def _force_end(state: ConsultState, at: datetime, reason: EndReason, media: str) -> Step:
     """The operator ends a talking consultation: the advisor leg goes at once, the
     customer hears the farewell, then is hung up (``_farewell_over``)."""
     leg = state.live_leg
@@ -589,10 +594,10 @@ def _force_end(state: ConsultState, at: datetime) -> Step:
     cmds += [Hangup(leg.channel_id), EndPresence(advisor)]
     if state.bridge_id is not None:
         cmds.append(DestroyBridge(state.bridge_id))
-    cmds += [Farewell(customer, FAREWELL_PROMPT, farewell),
+    cmds += [Farewell(customer, media, farewell),
              StartTimer(T_FAREWELL, FAREWELL_GUARD_S)]
     state = replace(state, bridge_id=None, farewell=farewell)
-    nxt, more = _end(state, EndReason.FORCED_END, at)
+    nxt, more = _end(state, reason, at)
     return nxt, cmds + more
 
 

@@ -10,10 +10,23 @@ bridge) are the round's own (``CallRunner``), its CDRs are rated like the custom
 and its ``Over`` becomes a :class:`~advisors.records.ConsultationRecord`, saved
 through ``RecordSink``. The machine's outcome for the customer (``Tell``) goes back to
 the IVR after the current event.
+
+Billing (``BillingPort``, :mod:`callback_server.consult_billing`): once the choice is
+resolved and before any advisor is rung, admission is asked at the chosen advisor's price
+(a group: its dearest member's); a refusal goes back to the IVR as ``ConsultRefused`` (its
+guidance, then the node's failure branch) and nothing is dialled. A prepaid consultation
+then runs its meter (:mod:`billing.meter`, routed by :mod:`callback_server.consult_meter`):
+the reservation is made before the first advisor is rung (so no advisor is rung for a
+consultation the balance no longer pays for when another call took it meanwhile; a
+consultation nobody answers settles 0 and releases it), the bridge starts its clock, the
+warning plays to both legs, the cut-off plays its message to the customer and hangs their
+leg up, and the record's end settles the talk seconds. A postpaid consultation is charged
+(``Postpaid.charge``, keyed by the consultation id) once its record is saved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -25,7 +38,9 @@ import asyncpg
 
 from advisors import assignment as am
 from advisors.records import ConsultationRecord, LegCost, Method
-from callback_server import consult, ivr
+from billing import meter
+from billing.ledger import LedgerError, Refusal
+from callback_server import consult, consult_meter, ivr
 from callback_server.advisor_desk import AdvisorPort, Chosen, Unavailable
 from callback_server.call_ports import AriPort, CallContext, CallStore, Rater, safely, utcnow
 from callback_server.cdr_rating import store_cdr
@@ -44,9 +59,16 @@ from callback_server.consult import (
     Tell,
     Unbridge,
 )
+from callback_server.consult_billing import BillingPort, Plan
 from callback_server.dialer import leg_variables
 from callback_server.dialer_messages import Command as LegCommand
-from callback_server.dialer_messages import Job, RecordCdr, Route
+from callback_server.dialer_messages import (
+    Job,
+    RecordCdr,
+    Route,
+    StartTimer,
+    TimerFired,
+)
 from shared.db import CONNECTION_ERRORS
 from shared.money import Money
 from shared.phone import E164, InvalidNumber
@@ -54,6 +76,7 @@ from shared.phone import E164, InvalidNumber
 log = logging.getLogger("callback.consult")
 
 DATABASE_ERRORS = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+BILLING_ERRORS = (*DATABASE_ERRORS, LedgerError)
 
 
 class RecordSink(Protocol):
@@ -75,7 +98,8 @@ class ConsultRunner:
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, store: CallStore,
                  rater: Rater, desk: AdvisorPort | None, records: RecordSink | None,
                  run_leg: Callable[[LegCommand], Awaitable[None]],
-                 follow_up: Callable[[object], None]) -> None:
+                 follow_up: Callable[[object], None],
+                 billing: BillingPort | None = None) -> None:
         self.job = job
         self.ctx = ctx
         self.client = client
@@ -89,10 +113,17 @@ class ConsultRunner:
         self._started: _Started | None = None
         self._count = 0
         self._costs: dict[str, Money | None] = {}
+        self.billing = billing
+        self._plan: Plan | None = None
+        self._request: Request | None = None
+        self.meter: meter.Meter | None = None
+        self._leg_seq = 0
+        self._charging: set[asyncio.Task[None]] = set()
 
     @property
     def live(self) -> bool:
-        return self.state is not None and self.state.phase is not consult.Phase.DONE
+        metering = self.meter is not None and self.meter.phase is not meter.Phase.DONE
+        return metering or self.state is not None and self.state.phase is not consult.Phase.DONE
 
     def owns(self, channel_id: str) -> bool:
         return self.state is not None and self.state.leg is not None \
@@ -124,6 +155,9 @@ class ConsultRunner:
             log.info("advisor %s: %s", cmd.code or cmd.group, chosen.reason)
             self.follow_up(ivr.AdvisorUnavailable(chosen.reason))
             return
+        admitted, plan = await self._admit(chosen)
+        if not admitted:
+            return
         self._count += 1
         now = utcnow()
         request = Request(
@@ -134,10 +168,43 @@ class ConsultRunner:
             caller_id=str(self.job.caller_id), sip_caller_id=str(self.job.destination),
             variables=leg_variables(self.job))
         self._started = _Started(cmd, chosen, now)
-        self.state = ConsultState.new(request, leg_seq)
+        self._plan = plan
         log.info("consultation %s: %s %s, members %s", request.consultation_id, cmd.method,
                  cmd.code or cmd.group or cmd.advisor_id, sorted(chosen.members))
-        await self.handle(Begin(now))
+        self._request = request
+        self._leg_seq = leg_seq
+        self.state = None
+        if plan is not None and not plan.postpaid:
+            self.meter = consult_meter.new_meter(request.consultation_id)
+            await self._metered(meter.Start())     # Ready: the consultation begins
+        else:
+            self.meter = None
+            await self._begin()
+
+    async def _admit(self, chosen: Chosen) -> tuple[bool, Plan | None]:
+        """Billing's answer for the choice: admitted or not (the IVR told why), and the
+        plan (None: no billing here)."""
+        if self.billing is None:
+            return True, None
+        try:
+            plan = await self.billing.admit(self.job.merchant_id, self.job.destination,
+                                            chosen.price_per_minute_yen)
+        except BILLING_ERRORS as exc:
+            log.error("billing unavailable: %s", exc)
+            self.follow_up(ivr.ConsultFailed())
+            return False, None
+        if not plan.admission.allowed:
+            log.info("consultation refused by billing: %s (available %d yen, needs %d)",
+                     plan.admission.reason, plan.admission.available_yen,
+                     plan.admission.needed_yen)
+            self.follow_up(ivr.ConsultRefused(plan.admission.reason))
+            return False, plan
+        return True, plan
+
+    async def _begin(self) -> None:
+        assert self._request is not None
+        self.state = ConsultState.new(self._request, self._leg_seq)
+        await self.handle(Begin(utcnow()))
 
     async def list_advisors(self, cmd: ivr.ListAdvisors) -> None:
         """The advisors an IVR list node reads (none when they cannot be read)."""
@@ -150,11 +217,98 @@ class ConsultRunner:
         self.follow_up(ivr.AdvisorsListed(listed))
 
     async def handle(self, event: consult.Event) -> None:
+        if isinstance(event, TimerFired) and event.name.startswith(consult_meter.TIMER_PREFIX):
+            await self._meter_timer(event)
+            return
         if self.state is None:
             return
         self.state, commands = consult.transition(self.state, event)
         for cmd in commands:
             await self._run(cmd)
+            metered = consult_meter.meter_event(cmd, self.state)
+            if metered is not None:
+                await self._metered(metered)
+
+    # --- the prepaid meter --------------------------------------------------------------
+
+    async def _metered(self, event: meter.Event) -> None:
+        if self.meter is None:
+            return
+        self.meter, commands = meter.transition(self.meter, event)
+        for cmd in commands:
+            await self._meter_command(cmd)
+
+    async def _meter_command(self, cmd: meter.Command) -> None:  # noqa: C901 - one per command
+        log.debug("-> meter %s", cmd)
+        plan, merchant = self._plan, self.job.merchant_id
+        assert plan is not None and self.billing is not None
+        match cmd:
+            case meter.Reserve(consultation_id=cid):
+                await self._metered(await self._reserve(plan, cid))
+            case meter.Ready(allowed_s=allowed):
+                log.info("reserved %d s of talk", allowed)
+                await self._begin()
+            case meter.Refuse(reason=reason):
+                self.follow_up(ivr.ConsultRefused(reason))
+            case meter.SetTimer(due=due, token=token):
+                await self.run_leg(StartTimer(consult_meter.timer_name(token),
+                                              consult_meter.delay_s(due, utcnow())))
+            case meter.Extend(reservation_id=rid):
+                await self._metered(await self._extend(rid))
+            case meter.Warn(seconds_left=left):
+                log.info("%d s of talk left: the warning", left)
+                await self._warn()
+            case meter.CutOff(talk_s=talk):
+                log.info("the balance is used up after %d s: cut off", talk)
+                await self.handle(consult_meter.cut_off(utcnow()))
+            case meter.Settle(reservation_id=rid, talk_s=talk):
+                try:
+                    settled = await self.billing.settle(merchant, rid, talk)
+                except BILLING_ERRORS as exc:     # the reservation stays live: rescued
+                    log.error("reservation %d not settled: %s", rid, exc)
+                    return
+                log.info("reservation %d settled: %d s, %d yen", rid, talk,
+                         settled.charge.total_yen)
+                await self._metered(meter.Settled())
+            case meter.Ignored():
+                pass
+
+    async def _reserve(self, plan: Plan, consultation_id: str) -> meter.Event:
+        assert self.billing is not None
+        try:
+            got = await self.billing.reserve(self.job.merchant_id, plan, consultation_id)
+        except BILLING_ERRORS as exc:
+            log.error("no reservation: %s", exc)
+            return meter.Refused("billing-unavailable", 0, 0)
+        if isinstance(got, Refusal):
+            return meter.Refused(got.reason, got.available_yen, got.needed_yen)
+        return meter.Reserved(got.id, got.allowed_s)
+
+    async def _extend(self, reservation_id: int) -> meter.Event:
+        assert self.billing is not None and self.meter is not None
+        try:
+            got = await self.billing.extend(self.job.merchant_id, reservation_id)
+            allowed = got.allowed_s
+        except BILLING_ERRORS as exc:
+            log.error("reservation %d not extended: %s", reservation_id, exc)
+            allowed = self.meter.allowed_s
+        return meter.Extended(allowed, utcnow())
+
+    async def _meter_timer(self, fired: TimerFired) -> None:
+        event = consult_meter.timer_event(fired.name, fired.at)
+        if event is not None:
+            await self._metered(event)
+
+    async def _warn(self) -> None:
+        """The warning to the customer and, while bridged, to the advisor too."""
+        for cid in (self._customer, self.channel_id):
+            if cid is not None:
+                await safely(self.client.play(cid, list(consult_meter.WARNING),
+                                              lang=self.ctx.language.value))
+
+    @property
+    def _customer(self) -> str | None:
+        return None if self._request is None else self._request.customer_channel
 
     async def _run(self, cmd: consult.Command) -> None:  # noqa: C901 - one branch per command
         log.debug("-> consult %s", cmd)
@@ -219,6 +373,30 @@ class ConsultRunner:
         assert self._started is not None and self.state is not None and self.desk is not None
         log.info("consultation %s over: %s, advisor %s", over.consultation_id,
                  over.end_reason, over.advisor_id)
+        await self._save(over)
+        plan = self._plan
+        if plan is not None and plan.postpaid and over.answered_at is not None:
+            charging = asyncio.create_task(self._charge(plan, over),
+                                           name=f"charge {over.consultation_id}")
+            self._charging.add(charging)
+            charging.add_done_callback(self._charging.discard)
+
+    async def _charge(self, plan: Plan, over: Over) -> None:
+        """The postpaid charge, keyed by the consultation (durable before Stripe is
+        called: one left pending is finished by ``Postpaid.reconcile``)."""
+        assert self.billing is not None
+        try:
+            charge = await self.billing.charge(self.job.merchant_id, plan,
+                                               over.consultation_id, talk_seconds(over))
+        except BILLING_ERRORS as exc:
+            log.error("consultation %s: charge not finished: %s", over.consultation_id, exc)
+            return
+        if charge is not None:
+            log.info("consultation %s charged: %d yen, %s", over.consultation_id,
+                     charge.total_yen, charge.state)
+
+    async def _save(self, over: Over) -> None:
+        assert self._started is not None and self.state is not None and self.desk is not None
         if self.records is None:
             return
         started = self._started

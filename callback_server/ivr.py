@@ -7,7 +7,8 @@ asyncpg or ``shared.ari`` imports); the ARI adapter turns ``Play`` into
 back as ``Timeout``, ``Submit`` into a ``request_info`` row plus its outbox
 message, ``DialOperator`` into the dialer's operator leg, ``ConnectAdvisor`` into a
 consultation (:mod:`callback_server.consult`, whose outcome comes back as
-``AdvisorUnavailable``, ``ConsultBusy``, ``ConsultFailed`` or ``ConsultEnded``), and
+``AdvisorUnavailable``, ``ConsultBusy``, ``ConsultFailed``, ``ConsultRefused`` (billing's
+refusal: its guidance, then the node's ``on_fail``) or ``ConsultEnded``), and
 ``Hangup`` into the dialer's ``EndCall``.
 
 Behaviour of the waiting nodes (``menu``, ``digits``, ``confirm``):
@@ -96,12 +97,21 @@ class ConsultFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsultRefused:
+    """Billing refused the consultation before any advisor was rung: ``reason`` is the
+    admission's (``balance-too-low``, ``no-card``, ``in-dunning``, ``unpaid-limit``)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConsultEnded:
     """The advisor ended the consultation; the customer is still on the line."""
 
 
 Event = (Dtmf | PlaybackFinished | Timeout | OperatorFailed | CallerHangup
-         | AdvisorUnavailable | AdvisorsListed | ConsultBusy | ConsultFailed | ConsultEnded)
+         | AdvisorUnavailable | AdvisorsListed | ConsultBusy | ConsultFailed | ConsultRefused
+         | ConsultEnded)
 
 #: what the customer hears when the advisor of a code cannot take the call, by reason
 UNAVAILABLE: dict[str, Media] = {
@@ -110,6 +120,11 @@ UNAVAILABLE: dict[str, Media] = {
     "offline": ("sound:cbgw/advisor-offline",),
     "away": ("sound:cbgw/advisor-away",),
 }
+
+#: the guidance a customer refused by billing hears, by the admission's reason, before
+#: the node's ``on_fail``
+REFUSED: dict[str, Media] = {reason: (f"sound:cbgw/{reason}",) for reason in
+                             ("balance-too-low", "no-card", "in-dunning", "unpaid-limit")}
 
 # --- commands ------------------------------------------------------------------------------
 
@@ -250,7 +265,7 @@ def transition(state: IvrState, event: Event) -> Step:
 
 
 def _consult_outcome(state: IvrState, event: AdvisorUnavailable | ConsultBusy
-                     | ConsultFailed | ConsultEnded) -> Step:
+                     | ConsultFailed | ConsultRefused | ConsultEnded) -> Step:
     node = state.current
     if state.mode is not Mode.CONSULT:
         return state, []
@@ -261,6 +276,8 @@ def _consult_outcome(state: IvrState, event: AdvisorUnavailable | ConsultBusy
             return _retry(state, UNAVAILABLE.get(reason, node.invalid_prompt))
         case AdvisorUnavailable() | ConsultFailed():
             return _enter(state, node.on_fail)
+        case ConsultRefused(reason=reason):
+            return _enter(state, node.on_fail, REFUSED.get(reason, ()))
         case ConsultBusy():
             return _enter(state, node.on_busy, node.busy_prompt)
         case ConsultEnded():

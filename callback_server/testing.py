@@ -175,6 +175,8 @@ class MemoryDesk:
     rules: Rules = field(default_factory=Rules)
     routes: dict[int, tuple[Route, ...]] = field(default_factory=dict)
     seats: dict[int, pm.Presence] = field(default_factory=dict)
+    #: advisor → yen per minute (0 when not given)
+    prices: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -185,13 +187,15 @@ class MemoryDesk:
     async def choose(self, merchant_id: str, *, code: str | None, group: str | None,
                      advisor_id: int | None = None) -> Chosen | Unavailable:
         if group is not None:
-            return Chosen(frozenset(self.seats), self.rules.ring_timeout_s, group_id=1)
+            return Chosen(frozenset(self.seats), self.rules.ring_timeout_s, group_id=1,
+                          price_per_minute_yen=max(self.prices.values(), default=0))
         chosen = int(code) if code is not None else advisor_id
         if chosen not in self.seats:
             return Unavailable("unknown")
         if not self.seats[chosen].takes_offer():
             return Unavailable(unavailable_reason(self.seats[chosen].state))
-        return Chosen(frozenset({chosen}), self.rules.ring_timeout_s, advisor_id=chosen)
+        return Chosen(frozenset({chosen}), self.rules.ring_timeout_s, advisor_id=chosen,
+                      price_per_minute_yen=self.prices.get(chosen, 0))
 
     async def listing(self, merchant_id: str, listing: str) -> tuple[ivr.Listed, ...]:
         return tuple(ivr.Listed(a, (f"digits:{a:04d}",), None if p.takes_offer()

@@ -41,6 +41,7 @@ from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import AriPort, CallContext, Rater
 from callback_server.call_runner import CallRunner, no_answer_outcome
+from callback_server.consult_billing import BillingPort
 from callback_server.consult_control import CONTROL_CHANNEL, deliver_controls
 from callback_server.consult_runner import RecordSink
 from callback_server.dialer import RescueAction, reason_for, rescue_action
@@ -86,12 +87,14 @@ class Worker:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  desk: AdvisorPort | None = None,
                  consultations: RecordSink | None = None,
+                 billing: BillingPort | None = None,
                  active_flows: ActiveFlows | None = None) -> None:
         self.store = store
         self.active_flows = active_flows    # merchants' stored flows (None: files only)
         self.clock = clock              # business hours are applied at its time
         self.desk = desk                      # the advisors a consultation reaches
         self.consultations = consultations    # where consultation records go
+        self.billing = billing                # admission, the prepaid meter, the charge
         # Settles legs no call owns from Asterisk's own records (None: unit setups).
         self.settler = settler
         self.guard = guard
@@ -283,7 +286,8 @@ class Worker:
         runner = CallRunner(job, ctx, client=self.client, router=self.router,
                             store=self.store, rater=self.rater, guard=self.guard,
                             records=self.settler.records if self.settler else None,
-                            desk=self.desk, consultations=self.consultations)
+                            desk=self.desk, consultations=self.consultations,
+                            billing=self.billing)
         self.calls[job.callback_id] = runner
         if self._stopping:
             runner.shutdown()

@@ -8,7 +8,9 @@ file of that language. The edge plays ``received``, ``dial-186`` and, out of hou
 sentence saying when it opens is not rendered yet, ``closed`` to customers, and the
 ``presence-*`` prompts to advisors calling a presence number (``edge_server.presence_flow``);
 the call-back IVR plays the others (``callback_server/flows/order.toml``, ``consult.toml``;
-the IVR itself plays ``advisor-*`` and ``lines-busy`` for its consultation nodes).
+the IVR itself plays ``advisor-*`` and ``lines-busy`` for its consultation nodes, and the
+billing refusals ``balance-too-low``, ``no-card``, ``in-dunning``, ``unpaid-limit``; a
+prepaid consultation plays ``balance-warning`` and ``balance-cutoff``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ivr_platform.speech import English, Japanese
 from shared.language import Language
 
 
@@ -141,6 +144,29 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
     "forced-end": PromptText(
         "オペレーターにより通話を終了します。ご利用ありがとうございました。",
         "The operator is ending this call. Thank you for calling."),
+    # --- billing of consultations (callback_server.consult_runner) -------------------
+    "balance-too-low": PromptText(
+        "残高が不足しているため、おつなぎできません。"
+        "チャージしてから、もう一度おかけください。",
+        "Your balance is too low for a consultation. Please top up your balance and "
+        "call again."),
+    "no-card": PromptText(
+        "お支払いのカードが登録されていないため、おつなぎできません。"
+        "カードをご登録のうえ、もう一度おかけください。",
+        "No payment card is registered. Please register a card and call again."),
+    "in-dunning": PromptText(
+        "前回のお支払いが完了していないため、おつなぎできません。"
+        "お支払いのカードをご確認ください。",
+        "Your last payment did not go through. Please check your payment card."),
+    "unpaid-limit": PromptText(
+        "未払いのご利用があるため、おつなぎできません。"
+        "お支払いの完了後に、もう一度おかけください。",
+        "You have unpaid consultations. Please call again once they are paid."),
+    "balance-warning": PromptText(
+        Japanese().remaining(60) + "。", "About " + English().remaining(60) + "."),
+    "balance-cutoff": PromptText(
+        "残高がなくなりましたので、通話を終了します。",
+        "Your balance has run out. The call will now end."),
     "thank-you": PromptText(
         "ありがとうございます。ご依頼を承りました。",
         "Thank you. Your request has been recorded."),

@@ -13,22 +13,23 @@ import pytest
 import advisors
 import shared
 from advisors import record_store
-from shared.db import create_pool, migrate_url, package_migrations
+from shared.db import MigrationSet, create_pool, migrate_url, package_migrations
 
 TABLES = ("advisor_settings, advisors, advisor_groups, advisor_group_members, "
           "advisor_presence, advisor_events, customers, customer_numbers, consultations, "
           "consultation_leg_costs, outbox, inbound_messages")
 
 
-def fixtures() -> tuple[Any, Any]:
-    """``pool`` (per module: migrated) and ``clean`` (per test: the same pool, emptied):
+def fixtures(*more: MigrationSet) -> tuple[Any, Any]:
+    """``pool`` (per module: migrated, with the sets ``more`` after these) and ``clean``
+    (per test: the same pool, the advisors' tables emptied):
     ``pool, clean = advisors_db.fixtures()``."""
 
     @pytest.fixture(scope="module")
     async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
         await migrate_url(pg_url, [package_migrations("link", shared.__file__),
                                    package_migrations("advisors", advisors.__file__),
-                                   record_store.MIGRATIONS])
+                                   record_store.MIGRATIONS, *more])
         p = await create_pool(pg_url, max_size=20)
         yield p
         await p.close()

@@ -15,6 +15,7 @@ from callback_server.ivr import (
     ConsultBusy,
     ConsultEnded,
     ConsultFailed,
+    ConsultRefused,
     Dtmf,
     IvrState,
     Mode,
@@ -22,6 +23,7 @@ from callback_server.ivr import (
     Timeout,
 )
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named, parse_flow
+from ivr_platform.prompts import SYSTEM_PROMPTS
 from tests.unit.test_callback_ivr import feed, finish_prompt, plays
 
 
@@ -93,9 +95,21 @@ def test_connect_rings_the_group_and_outcomes_lead_on(flow: Flow) -> None:
     assert feed(state, AdvisorUnavailable("talking"))[0].node == "no_advisor"
 
 
+@pytest.mark.parametrize("reason", ["balance-too-low", "no-card", "in-dunning",
+                                    "unpaid-limit"])
+def test_a_billing_refusal_says_why_then_takes_the_failure_branch(flow: Flow,
+                                                                  reason: str) -> None:
+    state, _ = feed(at_code(flow), *(Dtmf(d) for d in "0042"))
+    state, cmds = feed(state, ConsultRefused(reason))
+    assert state.node == "no_advisor"
+    assert plays(cmds) == [(f"sound:cbgw/{reason}", "sound:cbgw/advisor-unavailable")]
+    assert f"{reason}" in SYSTEM_PROMPTS
+
+
 def test_outcomes_outside_a_consultation_change_nothing(flow: Flow) -> None:
     state, _ = ivr.start(flow, "cb-1-01")
-    for event in (ConsultBusy(), ConsultFailed(), ConsultEnded(), AdvisorUnavailable("x")):
+    for event in (ConsultBusy(), ConsultFailed(), ConsultEnded(), AdvisorUnavailable("x"),
+                  ConsultRefused("balance-too-low")):
         assert feed(state, event) == (state, [])
 
 

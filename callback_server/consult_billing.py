@@ -1,0 +1,107 @@
+"""Billing a consultation, the database side: admission before any advisor is rung, the
+prepaid meter's ``Reserve``/``Extend``/``Settle`` on the ledger, the postpaid charge after.
+
+:class:`ConsultBilling` is the :class:`BillingPort` of
+:class:`~callback_server.consult_runner.ConsultRunner`. The customer's billing account is
+the ``account`` of the merchant's customer with the called number (``advisors.customers``),
+else the number itself (E.164 digits: a caller nobody entered has no balance and no card,
+so admission refuses them). A merchant in ``[billing] postpaid_merchants`` charges the
+card on file after the consultation (:class:`billing.postpaid.Postpaid`, keyed by the
+consultation id); every other merchant is prepaid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import asyncpg
+
+from advisors.store import AdvisorStore
+from billing import policy
+from billing.admission import Admission, Admissions
+from billing.ledger import Ledger, Refusal, Reservation, Settlement
+from billing.rating import Terms
+from billing.settings import BillingSettings
+from billing.standing import Charge
+from shared.phone import E164
+
+if TYPE_CHECKING:
+    from billing.postpaid import Postpaid
+
+log = logging.getLogger("callback.consult.billing")
+
+#: who the ledger's and the charges' movements name
+BY = "consultation"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What billing stands behind for one consultation: the account, the terms it is
+    rated with, prepaid or postpaid, and the admission's answer."""
+
+    account: str
+    terms: Terms
+    postpaid: bool
+    admission: Admission
+
+
+class BillingPort(Protocol):
+    async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int) -> Plan: ...
+    async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str
+                      ) -> Reservation | Refusal: ...
+    async def extend(self, merchant_id: str, reservation_id: int) -> Reservation: ...
+    async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement: ...
+    async def charge(self, merchant_id: str, plan: Plan, consultation_id: str, talk_s: int
+                     ) -> Charge | None: ...
+
+
+class ConsultBilling:
+    def __init__(self, pool: asyncpg.Pool, settings: BillingSettings) -> None:
+        self.pool = pool
+        self.postpaid_merchants = settings.postpaid_merchants
+        self.admissions = Admissions(pool, postpaid_merchants=settings.postpaid_merchants,
+                                     max_unpaid_charges=settings.max_unpaid_charges)
+        self.ledger = Ledger(pool)
+        self.customers = AdvisorStore(pool)
+        self.postpaid: Postpaid | None = None
+        if settings.stripe is not None and settings.postpaid_merchants:
+            from billing.postpaid import Postpaid  # needs stripe (the billing extra)
+            self.postpaid = Postpaid(pool, settings.stripe.client(),
+                                     retry_after_s=settings.retry_after_s)
+
+    async def account(self, merchant_id: str, number: E164) -> str:
+        customer = await self.customers.customer_by_number(merchant_id, number)
+        return str(number) if customer is None else customer.account
+
+    async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int) -> Plan:
+        account = await self.account(merchant_id, number)
+        terms = await policy.terms_for(self.pool, merchant_id, price_per_minute_yen)
+        admission = await self.admissions.ask(merchant_id, account, price_per_minute_yen,
+                                              terms.max_talk_s)
+        return Plan(account, terms, merchant_id in self.postpaid_merchants, admission)
+
+    async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str
+                      ) -> Reservation | Refusal:
+        return await self.ledger.reserve(merchant_id, plan.account, consultation_id,
+                                         plan.terms)
+
+    async def extend(self, merchant_id: str, reservation_id: int) -> Reservation:
+        return await self.ledger.extend(merchant_id, reservation_id)
+
+    async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement:
+        return await self.ledger.settle(merchant_id, reservation_id, talk_s)
+
+    async def charge(self, merchant_id: str, plan: Plan, consultation_id: str, talk_s: int
+                     ) -> Charge | None:
+        """The postpaid charge; None when it costs nothing or Stripe's answer is not known
+        (the charge stays recorded and ``Postpaid.reconcile`` finishes it)."""
+        assert self.postpaid is not None, "a postpaid merchant needs [billing.stripe]"
+        from billing.stripe_payments import Pending
+        try:
+            return await self.postpaid.charge(merchant_id, plan.account, consultation_id,
+                                              talk_s, plan.terms, by=BY)
+        except Pending as exc:
+            log.warning("consultation %s: charge pending: %s", consultation_id, exc)
+            return None

@@ -1,0 +1,202 @@
+"""Consultations billed through the call-back round (CallRunner + ConsultRunner, Asterisk
+faked in process) against a real PostgreSQL (the ledger, the policy, the customers) and,
+for postpaid, a real localstripe: a refused customer hears the guidance and no advisor is
+offered the call; a prepaid consultation reserves before the advisor rings, warns both
+legs, cuts the customer off with a message, then settles the record's talk seconds; a
+postpaid one is charged once after its record, keyed by the consultation id."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+import stripe
+
+from advisors.model import Rules, State
+from advisors.record_store import ConsultationRecords
+from advisors.schemas import CustomerInput
+from advisors.store import AdvisorStore
+from billing.ledger import Balance, Ledger
+from billing.settings import BillingSettings, StripeSettings
+from callback_server.call_ports import CallContext
+from callback_server.call_runner import CallRunner
+from callback_server.consult_billing import ConsultBilling
+from callback_server.dialer_messages import Finish, Job, RetryPolicy, Route, TimerFired
+from callback_server.ivr_flow import load_named
+from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryStore
+from shared import ari
+from shared.phone import E164
+from tests.integration import advisors_db, billing_db
+from tests.integration.localstripe import client_for, localstripe_fixture
+from tests.integration.test_billing_postpaid import registered
+
+pytestmark = pytest.mark.integration
+localstripe = localstripe_fixture()
+
+CUSTOMER = Route("carrier-b", "PJSIP/819012345678@carrier-b")
+ADVISOR_2 = (Route("carrier-a", "PJSIP/81312340002@carrier-a"),)
+NUMBER = E164("819012345678")
+PREPAID = BillingSettings()
+
+
+pool, clean = advisors_db.fixtures(billing_db.migrations())
+
+
+@pytest.fixture
+async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
+    """Emptied, with the customer member-42 at ``NUMBER``."""
+    pool = clean
+    await pool.execute("TRUNCATE billing_accounts, billing_policies CASCADE")
+    await AdvisorStore(pool).create_customer(
+        "acme", CustomerInput(account="member-42", name="Sato", numbers=(NUMBER,)))
+    return pool
+
+
+class Call:
+    """A round on the consult flow: advisor 2 costs 100 yen a minute."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: BillingSettings = PREPAID) -> None:
+        self.ari = FakeAri()
+        self.desk = MemoryDesk(3, Rules(ring_timeout_s=20), {2: ADVISOR_2}, prices={2: 100})
+        self.billing = ConsultBilling(pool, settings)
+        flow = replace(load_named("consult"), start="main", confirm_callback=None)
+        job = Job(callback_id="cb-7", merchant_id="acme", destination=NUMBER,
+                  caller_id=E164("81120123456"), ring_timeout_s=30,
+                  policy=RetryPolicy(3, (30,)), attempt_no=1, leg_seq=0)
+        self.runner = CallRunner(job, CallContext("edge-7", "ntt-freedial", flow),
+                                 client=self.ari, router=self.ari.router, store=MemoryStore(),
+                                 rater=FixedRater(), desk=self.desk,
+                                 consultations=ConsultationRecords(pool), billing=self.billing)
+        self.task: asyncio.Task[Finish | None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.runner.run((CUSTOMER,)))
+        await self.settle()
+        await self.push(ari.StasisStart(ari.Channel(id="cb-7-01")))
+
+    async def push(self, *events: ari.Event) -> None:
+        for event in events:
+            self.ari.router.dispatch(event)
+            await self.settle()
+
+    async def fire(self, timer: str) -> None:
+        """The round's timer ``timer`` fires now (as its asyncio timer would, later)."""
+        self.runner.inbox.put_nowait(TimerFired(timer, datetime.now(UTC)))
+        await self.settle()
+
+    async def code(self, digits: str) -> None:
+        for d in "1" + digits:
+            await self.push(ari.ChannelDtmfReceived(ari.Channel(id="cb-7-01"), d))
+
+    @staticmethod
+    async def settle() -> None:
+        for _ in range(20):       # the database answers between the round's steps
+            await asyncio.sleep(0.01)
+
+    def plays(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(cid, media) for cid, media, _, _ in self.ari.named("play")]
+
+    async def done(self) -> None:
+        assert self.task is not None
+        self.runner.shutdown()
+        await asyncio.wait_for(self.task, 5)
+
+
+async def test_a_balance_too_low_hears_why_and_no_advisor_is_offered_the_call(
+        db: asyncpg.Pool) -> None:
+    await Ledger(db).deposit("acme", "member-42", 50, "op", "bank transfer")
+    call = Call(db)
+    await call.start()
+    await call.code("0002")
+    assert call.plays()[-1] == ("cb-7-01", ("sound:cbgw/balance-too-low",
+                                            "sound:cbgw/advisor-unavailable"))
+    assert len(call.ari.named("originate")) == 1                    # the customer's only
+    assert call.desk.seats[2].state is State.STANDBY                # never offered
+    assert await db.fetchval("SELECT count(*) FROM billing_reservations") == 0
+    await call.done()
+
+
+async def test_a_prepaid_consultation_is_warned_cut_off_and_settled_from_its_record(
+        db: asyncpg.Pool) -> None:
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")  # two minutes
+    call = Call(db)
+    await call.start()
+    await call.code("0002")
+    # reserved before the advisor's INVITE: what the balance pays for
+    assert call.ari.named("originate")[-1][1] == "cb-7-02"
+    assert await ledger.balance("acme", "member-42") == Balance(0, 200)
+    (allowed,) = await db.fetchrow("SELECT allowed_s FROM billing_reservations")
+    assert allowed == 120
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # the advisor answers
+    await call.fire("meter:1")      # the check, a minute before the end: nothing to extend
+    warning = ("sound:cbgw/balance-warning",)
+    assert ("cb-7-01", warning) in call.plays() and ("cb-7-02", warning) in call.plays()
+    await call.fire("meter:2")      # the cut-off: the advisor's leg goes, the message
+    assert "cb-7-02" in call.ari.named("hangup")
+    assert call.plays()[-1] == ("cb-7-01", ("sound:cbgw/balance-cutoff",))
+    assert "cb-7-01" not in call.ari.named("hangup")
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    await call.push(ari.PlaybackFinished(ari.Playback("cb-7-c1-farewell",
+                                                      target_uri="channel:cb-7-01")))
+    assert "cb-7-01" in call.ari.named("hangup")                    # then the customer
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))
+    await call.settle()
+    talk_s, reason = await db.fetchrow("SELECT talk_s, end_reason FROM consultations")
+    assert reason == "cut_off"
+    settled = await db.fetchrow("SELECT talk_s, total_yen, released_yen "
+                                   "FROM billing_settlements")
+    assert settled["talk_s"] == talk_s and talk_s < 60
+    assert (settled["total_yen"], settled["released_yen"]) == (100, 100)
+    assert await ledger.balance("acme", "member-42") == Balance(100, 0)
+    assert call.task is not None
+    await asyncio.wait_for(call.task, 5)
+
+
+async def test_an_unanswered_prepaid_consultation_releases_its_reservation(
+        db: asyncpg.Pool) -> None:
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")
+    call = Call(db)
+    await call.start()
+    await call.code("0002")
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))        # the customer leaves
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    await call.settle()
+    assert await ledger.balance("acme", "member-42") == Balance(200, 0)
+    assert await db.fetchval("SELECT total_yen FROM billing_settlements") == 0
+
+
+@pytest.fixture
+def stripe_client(localstripe: int) -> stripe.StripeClient:
+    return client_for(localstripe)
+
+
+async def test_a_postpaid_consultation_is_charged_once_after_its_record(
+        db: asyncpg.Pool, stripe_client: stripe.StripeClient, localstripe: int) -> None:
+    await registered(db, stripe_client, "member-42")
+    settings = BillingSettings(
+        stripe=StripeSettings("sk_test_billing", api_base=f"http://127.0.0.1:{localstripe}"),
+        postpaid_merchants=frozenset({"acme"}))
+    call = Call(db, settings)
+    await call.start()
+    await call.code("0002")
+    assert await db.fetchval("SELECT count(*) FROM billing_reservations") == 0
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))         # the advisor ends it
+    for _ in range(100):
+        if await db.fetchval("SELECT count(*) FROM billing_postpaid_outcomes"):
+            break
+        await asyncio.sleep(0.1)
+    charge = await db.fetchrow(
+        "SELECT c.consultation_id, c.talk_s, c.total_yen, o.outcome "
+        "FROM billing_postpaid_charges c JOIN billing_postpaid_attempts t "
+        "ON t.charge_id = c.id JOIN billing_postpaid_outcomes o ON o.attempt_id = t.id")
+    record = await db.fetchrow("SELECT consultation_id, talk_s FROM consultations")
+    assert (charge["consultation_id"], charge["talk_s"]) == (record["consultation_id"],
+                                                             record["talk_s"])
+    assert (charge["total_yen"], charge["outcome"]) == (100, "succeeded")
+    await call.done()
