@@ -37,6 +37,7 @@ from typing import Protocol
 import asyncpg
 
 from advisors import assignment as am
+from advisors.errors import NotFound
 from advisors.records import ConsultationRecord, LegCost, Method
 from billing import meter
 from billing.ledger import LedgerError, Refusal
@@ -356,7 +357,7 @@ class ConsultRunner:
         if offer is not None:
             try:
                 destination, routes = await self.desk.contact(merchant, offer.advisor_id, now)
-            except DATABASE_ERRORS as exc:   # no way to ring them: the next member
+            except (*DATABASE_ERRORS, NotFound) as exc:   # no way to ring them: the next
                 log.error("advisor %s: no contact: %s", offer.advisor_id, exc)
         log.info("assignment %s: %s", cmd.op, result)
         await self.handle(Assigned(a, tuple(result), now, routes, destination))

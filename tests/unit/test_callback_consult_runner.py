@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import datetime
 
+from advisors.errors import NotFound
 from advisors.model import Rules, State
 from advisors.records import EndReason, Method, RingOutcome
 from callback_server.call_ports import CallContext
@@ -21,11 +23,21 @@ CUSTOMER = Route("carrier-b", "PJSIP/819012345678@carrier-b")
 ADVISOR_2 = (Route("carrier-a", "PJSIP/81312340002@carrier-a"),)
 
 
+class GoneAdvisorDesk(MemoryDesk):
+    """Advisor 1 was deleted after the assignment read the board."""
+
+    async def contact(self, merchant_id: str, advisor_id: int, at: datetime
+                      ) -> tuple[str, tuple[Route, ...]]:
+        if advisor_id == 1:
+            raise NotFound("advisor", advisor_id)
+        return await super().contact(merchant_id, advisor_id, at)
+
+
 class Consultation:
-    def __init__(self) -> None:
+    def __init__(self, desk: type[MemoryDesk] = MemoryDesk) -> None:
         self.ari = FakeAri()
         self.store = MemoryStore()
-        self.desk = MemoryDesk(3, Rules(ring_timeout_s=20), {2: ADVISOR_2})
+        self.desk = desk(3, Rules(ring_timeout_s=20), {2: ADVISOR_2})
         self.records = MemoryRecords()
         flow = replace(load_named("consult"), start="main", confirm_callback=None)
         job = Job(callback_id="cb-7", merchant_id="acme", destination=E164("819012345678"),
@@ -85,6 +97,16 @@ async def test_code_dials_the_advisor_bridges_and_their_hang_up_saves_the_record
     # the advisor leg's CDR, rated through its carrier
     advisor_cdr = next(c for c in call.store.cdrs if c[0].call_id == "cb-7-02")
     assert advisor_cdr[0].leg == "advisor" and advisor_cdr[2] is not None
+
+
+async def test_an_advisor_whose_contact_is_gone_is_passed_over_for_the_next() -> None:
+    call = Consultation(GoneAdvisorDesk)
+    await call.start()
+    await call.keys("2")                       # the group: advisor 1 is idle the longest
+    assert call.ari.named("originate")[-1][1] == "cb-7-02"
+    assert call.runner.consult.state is not None
+    assert call.runner.consult.state.advisor == 2
+    assert call.desk.seats[1].misses == 1      # passed over as a miss
 
 
 async def test_an_unknown_code_goes_back_to_the_ivr() -> None:
