@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.e2e
 ACME = MerchantOptions(pre_callback_delay_s="0", ivr_flow="consult")
 CONFIRM = "1"
 BY_CODE, ANYONE = "1", "2"          # the consult flow's menu
+TOKYO = ZoneInfo("Asia/Tokyo")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,15 @@ class Admin:
             await self.call("PUT", f"/v1/advisors/{advisor_id}/presence",
                             {"presence": "online"})
         return advisor_id
+
+    async def fund(self, customer: str, yen: int = 10_000) -> None:
+        """A bank transfer to the prepaid balance of the customer calling from
+        ``customer`` (a national number; their billing account is the E.164 number)."""
+        await self.call("POST", "/v1/billing/bank-transfers", {
+            "account": "+81" + customer[1:], "amount_yen": yen,
+            "transferred_on": datetime.now(TOKYO).date().isoformat(),
+            "payer_name": "E2E", "bank_reference": f"e2e-{uuid.uuid4()}",
+            "entered_by": "e2e"})
 
     async def list_keys(self) -> dict[int, str]:
         """Each advisor's key in an IVR list of all advisors (their place by id)."""
@@ -138,6 +151,7 @@ async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
     chosen = await admin.advisor("葵", "4321", SIP_ADVISOR)
     other = await admin.advisor("蓮", "8765", pstn("+81312340001"))
     customer = "07011110001"
+    await admin.fund(customer)
     keys = CONFIRM + BY_CODE + "4321"
     # both phones keep sending PCMU (silence) for 20 s after their keys
     async with stack.carriers(digits=keys, operator="uas_answer_dtmf_bye.xml",
@@ -202,6 +216,7 @@ async def test_ring_timeout_goes_to_the_next_advisor_and_the_miss_puts_one_on_br
     second = await admin.advisor("結衣", "2468", pstn("+81312340002"))
     await admin.group("all", [first, second])
     customer = "07011110002"
+    await admin.fund(customer)
     async with stack.carriers(digits=CONFIRM + ANYONE,
                               operator="uas_ring_no_answer.xml") as roles:
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
@@ -246,6 +261,7 @@ async def test_lines_busy_plays_the_busy_guidance_and_rings_nobody(
                       "'[{\"consultation_id\": \"elsewhere\", \"answered\": true}]' "
                       "WHERE advisor_id = $1", busy)      # the one line is taken
     customer = "07011110003"
+    await admin.fund(customer)
     try:
         async with stack.carriers(digits=CONFIRM + ANYONE) as roles:
             await asyncio.to_thread(stack.customer_call(customer).wait, 40)
@@ -281,6 +297,7 @@ async def test_customer_hanging_up_while_the_advisor_rings_withdraws_without_a_m
     advisor = await admin.advisor("大和", "1470", SIP_ADVISOR)
     await admin.group("all", [advisor])
     customer = "07011110004"
+    await admin.fund(customer)
     async with stack.carriers(a="uas_answer_dtmf_bye.xml", digits=CONFIRM + ANYONE,
                               operator="uas_ring_no_answer.xml") as roles:
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
@@ -309,6 +326,7 @@ async def test_all_list_says_why_an_offline_advisor_cannot_and_rings_the_one_cho
     chosen = await admin.advisor("樹", "2580", SIP_ADVISOR)
     keys = await admin.list_keys()
     customer = "07011110005"
+    await admin.fund(customer)
     async with stack.carriers(digits=CONFIRM + "4" + keys[away] + keys[chosen],
                               operator="uas_answer_dtmf_bye.xml",
                               pcap_options={"gap_ms": 1500}) as roles:

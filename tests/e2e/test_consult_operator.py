@@ -53,6 +53,7 @@ async def test_forced_end_plays_the_message_to_the_customer_then_hangs_up_both(
     BYE; the record says forced_end."""
     chosen = await admin.advisor("朝陽", "5151", SIP_ADVISOR)
     customer = "07011110011"
+    await admin.fund(customer)
     async with stack.carriers(digits=CONFIRM + BY_CODE + "5151") as roles:
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
         advisor, phone = roles["operator"], roles["carrier-a"]

@@ -6,6 +6,7 @@ on ``lo`` sees every datagram to the phone's media port::
     with RtpCapture("127.0.0.2", 25060) as rtp:
         ...the call...
     rtp.packets   # [(monotonic seconds, payload type)], e.g. 0 = PCMU
+    rtp.sounding  # [monotonic seconds] of the PCMU packets that are not silence
 
 Only traffic to that address and port is kept; nothing is sent.
 """
@@ -28,6 +29,7 @@ class RtpCapture:
         self.address = socket.inet_aton(ip)
         self.port = port
         self.packets: list[tuple[float, int]] = []
+        self.sounding: list[float] = []
         self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
         self._socket.bind((interface, 0))
         self._socket.settimeout(0.2)
@@ -57,11 +59,14 @@ class RtpCapture:
                 continue
             if where[2] == PACKET_OUTGOING:
                 continue
-            payload_type = self._rtp_payload_type(frame)
-            if payload_type is not None:
-                self.packets.append((time.monotonic(), payload_type))
+            rtp = self._rtp(frame)
+            if rtp is not None:
+                now, payload_type = time.monotonic(), rtp[1] & 0x7F
+                self.packets.append((now, payload_type))
+                if payload_type == 0 and _sounds(rtp[12 + 4 * (rtp[0] & 0x0F):]):
+                    self.sounding.append(now)
 
-    def _rtp_payload_type(self, frame: bytes) -> int | None:
+    def _rtp(self, frame: bytes) -> bytes | None:
         ip = frame[_ETHERNET:]
         if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_UDP:
             return None
@@ -73,4 +78,10 @@ class RtpCapture:
         rtp = udp[8:]
         if rtp[0] >> 6 != 2:        # RTP version 2
             return None
-        return rtp[1] & 0x7F
+        return rtp
+
+
+def _sounds(pcmu: bytes) -> bool:
+    """Audible: some μ-law sample is louder than the quietest levels (silence is 0xFF or
+    0x7F: a low 7-bit value is a loud sample)."""
+    return any((b & 0x7F) < 0x70 for b in pcmu)

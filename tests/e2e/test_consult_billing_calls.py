@@ -1,0 +1,126 @@
+"""Prepaid consultations end to end: real Asterisks, PostgreSQL, the sites' servers and
+SIPp (carrier A is the customer's phone, the edge's ``operator`` phone the advisor's, who
+stays on the line). The balance is entered over the billing API (a bank transfer), the
+merchant bills by the second. Asserted: SIP facts from SIPp's message logs, the audio
+reaching the customer, the consultation record and the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from billing.rating import Terms, rate
+from demo.stack import Stack
+from tests.e2e.test_consult_calls import (
+    BY_CODE,
+    CONFIRM,
+    SIP_ADVISOR,
+    Admin,
+    admin,
+    events,
+    invites_to,
+    record,
+    stack,
+    wait_for,
+)
+from tests.harness import asterisk as ast_harness
+from tests.harness.rtp import RtpCapture
+from tests.harness.sipp import CARRIER_A_PORT, media_port_for
+
+pytestmark = pytest.mark.e2e
+__all__ = ["admin", "stack"]      # the fixtures, as the consultation tests set them up
+
+PRICE = 200                       # yen a minute (the advisors the tests make)
+TERMS = Terms(PRICE, unit_s=1)
+#: pays for 70 s of talk at 200 yen a minute by the second (234 × 60 // 200 = 70)
+BALANCE_YEN = 234
+ALLOWED_S = 70
+
+
+async def test_a_small_balance_is_warned_a_minute_before_and_cut_off_when_it_runs_out(
+        stack: Stack, admin: Admin) -> None:
+    """The customer's balance pays for 70 s with advisor 6161: 60 s before the end the
+    customer hears 「残り一分です」 while bridged; at the end the advisor's leg is hung up,
+    the customer hears the cut-off message, then the gateway's BYE; the ledger charges the
+    record's talk seconds and releases the rest."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    await admin.call("PUT", "/v1/billing/policy", {"unit_s": 1, "by": "e2e"})
+    chosen = await admin.advisor("湊", "6161", SIP_ADVISOR)
+    customer = "07011110021"
+    await admin.fund(customer, BALANCE_YEN)
+    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
+                              digits=CONFIRM + BY_CODE + "6161") as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        wall_minus_monotonic = time.time() - time.monotonic()
+        with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            ok = await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
+                                and m.cseq_method == "INVITE", 60)
+            held = await stack.fetch("callback", "SELECT held_yen, allowed_s FROM "
+                                     "billing_reservations")
+            advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                         and m.direction == "received", ALLOWED_S + 20)
+            customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                          and m.direction == "received", 30)
+        made = await record(stack, "+817011110021")
+        settled = await stack.wait_for_row(
+            "callback", "SELECT * FROM billing_settlements")
+        balance = await stack.fetch(
+            "callback", "SELECT e.book, sum(e.amount_yen) AS yen FROM billing_entries e "
+            "JOIN billing_accounts a ON a.id = e.account_id WHERE a.account = $1 "
+            "GROUP BY e.book", "+817011110021")
+    # reserved before the advisor rang: all the balance, for 70 s
+    assert [(r["held_yen"], r["allowed_s"]) for r in held] == [(BALANCE_YEN, ALLOWED_S)]
+    # cut off when the money runs out (1 s early, for a late timer)
+    talked = (advisor_bye.at - ok.at).total_seconds()
+    assert ALLOWED_S - 4 <= talked <= ALLOWED_S + 1, talked
+    # the warning, a minute before the end, while bridged: audio where there was none
+    to_mono = -wall_minus_monotonic
+    warn_at = ok.at.timestamp() + to_mono + ALLOWED_S - 60
+    warning_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "balance-warning")
+    quiet = [t for t in to_customer.sounding if warn_at - 5 <= t <= warn_at - 1]
+    warned = [t for t in to_customer.sounding if warn_at - 1 <= t <= warn_at + warning_s + 2]
+    assert len(quiet) <= 10, len(quiet)
+    assert len(warned) >= 0.6 * warning_s / 0.02, (len(warned), warning_s)
+    # then the cut-off message to the customer, then the gateway's BYE
+    cutoff_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "balance-cutoff")
+    heard_s = (customer_bye.at - advisor_bye.at).total_seconds()
+    assert cutoff_s - 0.3 <= heard_s <= cutoff_s + 10, (heard_s, cutoff_s)
+    start = advisor_bye.at.timestamp() + to_mono
+    said = [t for t in to_customer.sounding if start <= t <= customer_bye.at.timestamp() + to_mono]
+    assert len(said) >= 0.6 * cutoff_s / 0.02, (len(said), cutoff_s)
+    # the record and the ledger
+    assert made["end_reason"] == "cut_off" and made["advisor_id"] == chosen
+    assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
+    charge = rate(made["talk_s"], TERMS)
+    assert (settled["talk_s"], settled["total_yen"]) == (made["talk_s"], charge.total_yen)
+    assert settled["released_yen"] == BALANCE_YEN - charge.total_yen
+    books = {r["book"]: r["yen"] for r in balance}
+    assert books["available"] == BALANCE_YEN - charge.total_yen and books["held"] == 0
+    assert [e for e, _ in await events(stack, chosen)] == [
+        "online", "offered", "answered", "ended"]
+
+
+async def test_a_balance_too_low_hears_why_and_no_advisor_is_rung(
+        stack: Stack, admin: Admin) -> None:
+    """A customer with no balance keys advisor 7171's code: they hear the refusal (the
+    IVR's failure branch follows) and the advisor gets no INVITE."""
+    chosen = await admin.advisor("凛", "7171", SIP_ADVISOR)
+    customer = "07011110022"
+    async with stack.carriers(digits=CONFIRM + BY_CODE + "7171") as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            await wait_for(roles["carrier-a"], lambda m: m.method == "BYE", 60)
+        rung = invites_to(roles["operator"], "operator")
+    refusal_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "balance-too-low")
+    assert refusal_s > 2
+    assert len(to_customer.sounding) >= 0.6 * refusal_s / 0.02
+    assert rung == []
+    assert [e for e, _ in await events(stack, chosen)] == ["online"]
+    assert await stack.fetch("callback", "SELECT * FROM billing_reservations r JOIN "
+                             "billing_accounts a ON a.id = r.account_id "
+                             "WHERE a.account = '+817011110022'") == []
