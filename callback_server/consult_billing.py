@@ -34,6 +34,17 @@ log = logging.getLogger("callback.consult.billing")
 
 #: who the ledger's and the charges' movements name
 BY = "consultation"
+RESCUE = "rescue"
+
+#: the call-back's live reservations whose consultation record was saved, with its talk
+_RECORDED_LIVE = """
+    SELECT r.id, c.talk_s FROM billing_reservations r
+    JOIN billing_accounts a ON a.id = r.account_id
+    JOIN consultations c ON c.consultation_id = r.consultation_id
+                        AND c.merchant_id = a.merchant_id
+    LEFT JOIN billing_settlements s ON s.reservation_id = r.id
+    WHERE a.merchant_id = $1 AND c.callback_id = $2 AND s.reservation_id IS NULL
+    ORDER BY r.id"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,7 @@ class BillingPort(Protocol):
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement: ...
     async def charge(self, merchant_id: str, plan: Plan, consultation_id: str, talk_s: int
                      ) -> Charge | None: ...
+    async def rescue(self, merchant_id: str, callback_id: str) -> list[Settlement]: ...
 
 
 class ConsultBilling:
@@ -92,6 +104,14 @@ class ConsultBilling:
 
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement:
         return await self.ledger.settle(merchant_id, reservation_id, talk_s)
+
+    async def rescue(self, merchant_id: str, callback_id: str) -> list[Settlement]:
+        """Settle the call-back's reservations a dead process left live after saving
+        their consultation's record, with the record's talk seconds (by ``rescue``)."""
+        rows = await self.pool.fetch(_RECORDED_LIVE, merchant_id, callback_id)
+        return [await self.ledger.settle(merchant_id, r["id"], r["talk_s"], by=RESCUE,
+                                         reason="from the consultation record")
+                for r in rows]
 
     async def charge(self, merchant_id: str, plan: Plan, consultation_id: str, talk_s: int
                      ) -> Charge | None:

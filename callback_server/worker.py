@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
+from billing.ledger import LedgerError
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import AriPort, CallContext, Rater
@@ -246,6 +247,8 @@ class Worker:
                                     Finish("failed", Reason.UNKNOWN_MERCHANT, claimed.attempts))
             return
         job = self._job(claimed, merchant)
+        if claimed.rescued and self.billing is not None:
+            await self._settle_rescued(claimed)
         if not self.ari_ready.is_set():
             log.warning("job waits: Asterisk (ARI) not connected")
             await self.store.release(claimed.callback_id, 2.0, "asterisk_unreachable")
@@ -336,6 +339,20 @@ class Worker:
                    operator_endpoint=self.settings.operator_endpoint.format(
                        operator=merchant.operator),
                    max_call_s=self.settings.max_call_s)
+
+    async def _settle_rescued(self, claimed: ClaimedJob) -> None:
+        """A rescued job's prepaid consultations whose record was saved but whose
+        reservation was not settled (the process died in between): settled now with the
+        record's talk seconds. One without a record stays live for an operator."""
+        assert self.billing is not None
+        try:
+            settled = await self.billing.rescue(claimed.merchant_id, claimed.callback_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, LedgerError) as exc:
+            log.error("rescue: reservations not settled: %s", exc)
+            return
+        for done in settled:
+            log.warning("rescue: reservation %d settled from its record: %d s, %d yen",
+                        done.reservation_id, done.charge.talk_s, done.charge.total_yen)
 
     async def _resolve_last_leg(self, claimed: ClaimedJob, job: Job) -> bool:
         """True if the job may dial now; otherwise it has been finished or given back.

@@ -20,6 +20,7 @@ from advisors.record_store import ConsultationRecords
 from advisors.schemas import CustomerInput
 from advisors.store import AdvisorStore
 from billing.ledger import Balance, Ledger
+from billing.rating import Terms
 from billing.settings import BillingSettings, StripeSettings
 from callback_server.call_ports import CallContext
 from callback_server.call_runner import CallRunner
@@ -32,6 +33,7 @@ from shared.phone import E164
 from tests.integration import advisors_db, billing_db
 from tests.integration.localstripe import client_for, localstripe_fixture
 from tests.integration.test_billing_postpaid import registered
+from tests.unit.test_advisors_records import answered
 
 pytestmark = pytest.mark.integration
 localstripe = localstripe_fixture()
@@ -200,3 +202,25 @@ async def test_a_postpaid_consultation_is_charged_once_after_its_record(
                                                              record["talk_s"])
     assert (charge["total_yen"], charge["outcome"]) == (100, "succeeded")
     await call.done()
+
+
+async def test_a_rescued_call_backs_recorded_consultation_is_settled_from_its_record(
+        db: asyncpg.Pool) -> None:
+    """The process died after saving the record and before settling: the rescue settles
+    the record's talk seconds once; a consultation without a record stays live."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 1000, "op", "bank transfer")
+    recorded = answered()                                     # 95 s of talk, cb-0f3a9c
+    await ledger.reserve("acme", "member-42", recorded.consultation_id, Terms(100),
+                         at_most_s=300)
+    await ledger.reserve("acme", "member-42", "cb-0f3a9c-c2", Terms(100))   # no record
+    await ConsultationRecords(db).save(recorded)
+    billing = ConsultBilling(db, PREPAID)
+    (settled,) = await billing.rescue("acme", "cb-0f3a9c")
+    assert (settled.charge.talk_s, settled.charge.total_yen) == (95, 200)
+    assert await billing.rescue("acme", "cb-0f3a9c") == []
+    assert await billing.rescue("other", "cb-0f3a9c") == []
+    (live,) = await ledger.live("acme")
+    assert live.reservation.consultation_id == "cb-0f3a9c-c2"
+    by = await db.fetchval("SELECT by_whom FROM billing_transactions WHERE kind = 'charge'")
+    assert by == "rescue"
