@@ -22,12 +22,15 @@ _LABELS = {
     Language.JAPANESE: {"title": "着信通知", "caller": "発信者番号", "withheld": "非通知",
                         "company": "会社名", "name": "名前", "at": "着信日時",
                         "called": "着信番号", "transcript": "音声認識",
-                        "recording": "録音", "listen": "録音を聞く", "request": "用件"},
+                        "recording": "録音", "listen": "録音を聞く", "request": "用件",
+                        "callback": "折り返し", "missed": "不成立", "reason": "理由",
+                        "attempts": "発信回数"},
     Language.ENGLISH: {"title": "Incoming call", "caller": "Caller", "withheld": "withheld",
                        "company": "Company", "name": "Name", "at": "Received",
                        "called": "Number called", "transcript": "Transcript",
                        "recording": "Recording", "listen": "Listen to the recording",
-                       "request": "Request"},
+                       "request": "Request", "callback": "Call-back",
+                       "missed": "not reached", "reason": "Reason", "attempts": "Attempts"},
 }
 _WEEKDAYS_JA = "月火水木金土日"
 

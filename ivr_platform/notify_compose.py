@@ -8,6 +8,9 @@ transcript and a link signed for it then (a link made at delivery lives its full
   ``edge_call_id``): the menu's choice as 用件/Request, each field entered, and the newest
   recording of the call (``edge_call_id``) if one is stored by then.
 * ``message_recorded`` (facts ``caller``, ``at``, ``recording_id``): that recording.
+* ``callback_missed`` (facts ``caller``, ``at`` (the call's arrival at the edge),
+  ``reason``, ``attempts``, ``edge_call_id``): 折り返し: 不成立, the reason code and the
+  rounds tried.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class Composer:
         choices: tuple[tuple[str, str], ...] = ()
         if c.event is Event.REQUEST_COLLECTED:
             choices = ((label(language, "request"), str(facts["category"])),)
+        elif c.event is Event.CALLBACK_MISSED:
+            choices = ((label(language, "callback"), label(language, "missed")),
+                       (label(language, "reason"), str(facts["reason"])),
+                       (label(language, "attempts"), str(facts["attempts"])))
         recording = await self._recording(c)
         now = datetime.now(UTC)
         return CallNotice(

@@ -14,7 +14,7 @@ lease_s = 60            # a claimed delivery is another worker's again after thi
 merchant = "acme"
 name = "ops-slack"                  # [a-z0-9][a-z0-9_-]{0,63}, unique per merchant
 kind = "slack"                      # slack | teams | google_chat | chatwork | lineworks | mail
-events = ["request_collected", "message_recorded"]   # default: all
+events = ["request_collected", "message_recorded", "callback_missed"]   # default: all
 language = "en"                     # default: the merchant's language
 url = "https://hooks.slack.com/services/..."         # slack, teams, google_chat: a secret
 ```
@@ -61,6 +61,7 @@ LEASE_TIMEOUTS = 4
 class Event(enum.StrEnum):
     REQUEST_COLLECTED = "request_collected"   # the IVR stored what the caller gave
     MESSAGE_RECORDED = "message_recorded"     # a recording of the call was stored
+    CALLBACK_MISSED = "callback_missed"       # the call-back ended failed: never reached
 
 
 class Kind(enum.StrEnum):

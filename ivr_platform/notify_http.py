@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ivr_platform.media_http import MEDIA_SETTINGS_KEY, RECORDINGS_KEY, SIGNER_KEY
 from ivr_platform.notify_compose import Composer, RecordingLinks
-from ivr_platform.notify_config import CHANNEL_NAME, NotifySettings
+from ivr_platform.notify_config import CHANNEL_NAME, Event, NotifySettings
 from ivr_platform.notify_outbox import NotificationWorker, deliveries, requeue
 from ivr_platform.phonebook import MAX_TEXT, Entry, Phonebook
 from shared.http import (
@@ -183,7 +183,7 @@ DELIVERY: Schema = {
                  "created_at", "next_attempt_at", "finished_at", "attempt_log"],
     "properties": {
         "notification_id": {"type": "integer"}, "channel": {"type": "string"},
-        "event": {"enum": ["request_collected", "message_recorded"]},
+        "event": {"enum": [e.value for e in Event]},
         "state": {"enum": list(STATES)}, "attempts": {"type": "integer"},
         "last_error": nullable({"type": "string"}), "created_at": TIMESTAMP,
         "next_attempt_at": nullable(TIMESTAMP), "finished_at": nullable(TIMESTAMP),

@@ -3,7 +3,9 @@
 A worker claims due rows with ``FOR UPDATE SKIP LOCKED`` on that table only, sets
 ``status = 'dialing'`` and a lease; a heartbeat extends the lease. A row whose lease
 ran out is claimable again (a *rescue*). A round ends with :meth:`QueueStore.finish`:
-the job is queued again, or closed and the edge told.
+the job is queued again, or closed and the edge told; one closed ``failed`` is also
+queued as a ``callback_missed`` notification to the merchant's channels that take it
+(:mod:`ivr_platform.notify_outbox`), in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from datetime import datetime
 from callback_server.dialer_messages import Finish
 from callback_server.metrics import callback as callback_metrics
 from callback_server.store.base import StoreBase
+from ivr_platform.notify_config import Event
+from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
 from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
 from shared.phone import E164, InvalidNumber, normalise
@@ -167,7 +171,7 @@ class QueueStore(StoreBase):
                        lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
                        updated_at = now()
                    WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
-                   RETURNING edge_call_id, merchant_id, finished_at""",
+                   RETURNING edge_call_id, merchant_id, finished_at, caller, received_at""",
                 callback_id, self.owner, outcome.status, outcome.attempts, str(outcome.reason))
             if row is None:
                 log.error("finish %s: lease lost; outcome %s not recorded", callback_id, outcome)
@@ -179,4 +183,11 @@ class QueueStore(StoreBase):
                 "attempts": outcome.attempts, "at": isoformat(row["finished_at"]),
             }, message_id=fact_message_id("callback_status", callback_id),
                 merchant_id=row["merchant_id"])
+            if outcome.status == "failed" and self.notify is not None:
+                await enqueue_notification(
+                    conn, self.notify, merchant_id=row["merchant_id"],
+                    event=Event.CALLBACK_MISSED, fact_key=f"callback_missed:{callback_id}",
+                    facts={"caller": row["caller"], "at": isoformat(row["received_at"]),
+                           "reason": str(outcome.reason), "attempts": outcome.attempts,
+                           "edge_call_id": row["edge_call_id"]})
             return str(row["merchant_id"])

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from callback_server.app import POOL_KEY, SETTINGS_KEY, create_app
 from callback_server.config import CallbackSettings
+from callback_server.dialer_messages import Finish, Reason
 from callback_server.http import STORE_KEY
 from callback_server.ivr import Submit
 from callback_server.schemas import IntakeRequest
@@ -107,20 +108,20 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
 
 async def store_request(app: web.Application, edge_call_id: str,
-                        category: str = "order") -> float:
+                        caller: E164 = CALLER) -> float:
     """An intake then the IVR's request info, as the call stores it; the seconds the
     request info's store call took."""
     store = app[STORE_KEY]
     s = app[SETTINGS_KEY]
     await store.intake(str(uuid.uuid4()), IntakeRequest(
-        edge_call_id=edge_call_id, merchant_id="acme", caller=CALLER, dialed="+81120123456",
+        edge_call_id=edge_call_id, merchant_id="acme", caller=caller, dialed="+81120123456",
         received_at=AT, hungup_at=AT, announce_mode="early_media"), s.merchant("acme"))
     callback_id = await app[POOL_KEY].fetchval(
         "SELECT callback_id FROM callback_requests WHERE edge_call_id = $1", edge_call_id)
     started = time.monotonic()
-    await store.record_info(Submit(category, (("item_code", "1234"), ("quantity", "2"))),
+    await store.record_info(Submit("order", (("item_code", "1234"), ("quantity", "2"))),
                             callback_id=callback_id, edge_call_id=edge_call_id,
-                            merchant_id="acme", caller=CALLER, collected_at=AT, seq=1)
+                            merchant_id="acme", caller=caller, collected_at=AT, seq=1)
     return time.monotonic() - started
 
 
@@ -398,3 +399,31 @@ def test_notify_config_errors_name_file_line_and_key_and_never_a_secret(
     assert "SECRET" not in repr(loaded.notify)
     assert loaded.notify.channels_for("acme", Event.REQUEST_COLLECTED) == ("s",)
     assert loaded.notify.channels_for("acme", Event.MESSAGE_RECORDED) == ()
+
+
+async def test_a_call_back_that_failed_is_notified_as_missed(
+        pki_dir: Path, pg_url: str, tmp_path: Path, chat: tuple[FakeChat, str]) -> None:
+    fake, base = chat
+    toml = channel_toml("missed", "google_chat", '["callback_missed"]',
+                        url=f"{base}{CHAT_PATH}?key={CHAT_KEY}&token={CHAT_TOKEN}")
+    app = create_app(notify_settings(pki_dir, pg_url, tmp_path, toml), with_ari=False)
+    async with TestClient(TestServer(app)) as client:
+        await app[POOL_KEY].execute("TRUNCATE notifications CASCADE")
+        # A number of its own: the guard limits call-backs per number and hour.
+        await store_request(app, "e-4", E164("819087654321"))   # not an event it takes
+        store = app[STORE_KEY]
+        callback_id = await app[POOL_KEY].fetchval(   # due now, not after the example's delay
+            "UPDATE callback_requests SET next_attempt_at = now() WHERE edge_call_id = 'e-4' "
+            "RETURNING callback_id")
+        assert callback_id in [j.callback_id for j in await store.claim(100)]
+        assert await store.finish(callback_id, Finish("failed", Reason.NO_ANSWER, 3))
+
+        async def delivered() -> bool:
+            return [d["event"] for d in await deliveries(client, state="delivered")] == [
+                "callback_missed"]
+        await until(delivered, "the missed call-back notified")
+    text = fake.chat[0]["text"]
+    for expected in ("090-8765-4321", "2026年12月4日(金) 15:15", "折り返し: 不成立",
+                     "理由: no_answer", "発信回数: 3"):
+        assert expected in text, (expected, text)
+    assert len(fake.chat) == 1
