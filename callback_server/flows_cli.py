@@ -18,20 +18,16 @@ or failing (:func:`shared.api_cli.run_command`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from callback_server.app import migration_sets
+from callback_server.cli_db import load_settings, site_pool
 from callback_server.config import CallbackSettings
 from callback_server.flows_store import FlowStore, valid_json, validate, versions_json
-from callback_server.store import CallbackStore
 from shared.api_cli import run_command
-from shared.config import ConfigError
-from shared.db import create_pool, migrate, resolve_url
 from shared.http import ApiError
 
 
@@ -57,12 +53,7 @@ async def run(args: argparse.Namespace, settings: CallbackSettings) -> Any:
         flow = validate(settings.stored_flow_problems, merchant, _read(args.file),
                         str(args.file))
         return valid_json(flow)
-    url = await asyncio.to_thread(resolve_url, settings.database.url, settings.database.name)
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn, migration_sets(settings.rates.enabled))
-        await CallbackStore(pool, owner="flows-cli").sync_merchants(settings.merchants)
+    async with site_pool(settings, "flows-cli") as pool:
         store = FlowStore(pool, settings.stored_flow_problems)
         match args.verb:
             case "upload":
@@ -78,8 +69,6 @@ async def run(args: argparse.Namespace, settings: CallbackSettings) -> Any:
                 return found.to_json(with_source=True)
             case _:
                 return (await store.activate(merchant, args.version, args.author)).to_json()
-    finally:
-        await pool.close()
 
 
 def _read(path: Path) -> str:
@@ -91,12 +80,8 @@ def _read(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = CallbackSettings.load(args.config)
-        settings.merchant(args.merchant)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            print(f"config error: {line}", file=sys.stderr)
+    settings = load_settings(args.config, args.merchant)
+    if settings is None:
         return 2
     return run_command(run(args, settings), {})
 

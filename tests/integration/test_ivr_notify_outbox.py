@@ -9,6 +9,7 @@ retries a 500, parks a 4xx, never holds up the store, and is at least once acros
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ from callback_server.config import CallbackSettings
 from callback_server.dialer_messages import Finish, Reason
 from callback_server.http import STORE_KEY
 from callback_server.ivr import Submit
+from callback_server.notify_cli import main as notify_cli
 from callback_server.schemas import IntakeRequest
 from ivr_platform.media_http import RECORDINGS_KEY
 from ivr_platform.notify_compose import Composer
@@ -427,3 +429,49 @@ async def test_a_call_back_that_failed_is_notified_as_missed(
                      "理由: no_answer", "発信回数: 3"):
         assert expected in text, (expected, text)
     assert len(fake.chat) == 1
+
+
+async def test_the_cli_lists_parked_deliveries_requeues_them_and_keeps_the_phonebook(
+        pki_dir: Path, pg_url: str, tmp_path: Path, chat: tuple[FakeChat, str],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _, base = chat
+    toml = channel_toml("archived", "slack", url=base + "/services/T0001/B0001/archived")
+    s = notify_settings(pki_dir, pg_url, tmp_path, toml)
+    for key, value in {"CALLBACK__DATABASE__URL": pg_url, "CALLBACK__RATES__ENABLED": "false",
+                       **FAST}.items():
+        monkeypatch.setenv(key, value)
+
+    async def cli(*args: str, status: int = 0) -> Any:
+        code = await asyncio.to_thread(notify_cli, ["--config", str(s.path), "--merchant",
+                                                    "acme", *args])
+        out = capsys.readouterr()
+        assert code == status, out
+        return json.loads(out.out) if status == 0 else out.err
+
+    app = create_app(s, with_ari=False)
+    async with TestClient(TestServer(app)) as client:
+        await app[POOL_KEY].execute("TRUNCATE notifications, phonebook CASCADE")
+        await store_request(app, "e-5", E164("819011112222"))
+
+        async def parked() -> bool:
+            return len(await deliveries(client, state="parked")) == 1
+        await until(parked, "the archived channel's delivery parked")
+        (item,) = await cli("deliveries", "--state", "parked")
+        assert item["channel"] == "archived" and "channel_is_archived" in item["last_error"]
+        again = await cli("requeue", str(item["notification_id"]), "archived")
+        assert again["state"] == "pending"
+        err = await cli("requeue", "999999", "archived", status=2)
+        assert err.startswith("error: no parked delivery of notification 999999")
+
+    added = await cli("phonebook", "put", "090-1111-2222", "--company", "株式会社サンプル",
+                      "--name", "山田太郎")
+    assert added == {"number": "+819011112222", "company": "株式会社サンプル",
+                     "name": "山田太郎", "created": True}
+    assert await cli("phonebook", "list") == [{k: v for k, v in added.items()
+                                               if k != "created"}]
+    assert (await cli("phonebook", "put", "0901111222x", status=2)).startswith(
+        "error: NUMBER: ")
+    assert (await cli("phonebook", "put", "09011112222", status=2)).startswith(
+        "error: --name: an entry has a company, a name or both")
+    assert (await cli("phonebook", "delete", "+819011112222"))["deleted"] is True
+    assert "no phonebook entry" in await cli("phonebook", "delete", "09011112222", status=2)
