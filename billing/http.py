@@ -6,6 +6,9 @@ authenticated_merchant`, selects the tenant).
 * ``GET /v1/billing/reports/daily?date=``: a day's charges (tax per rate), money in and out
 * ``GET /v1/billing/reservations/live``, ``POST /v1/billing/reservations/{id}/settle``:
   reservations not settled, and an operator settling one a call left live
+* ``GET /v1/billing/consultations/{consultation_id}``: what billing made of a consultation
+  (its prepaid reservation and settlement, its postpaid charge): the revenue beside the
+  consultation record
 * ``GET|PUT /v1/billing/policy``: the billing unit, grace, minimum, maximum length, tax
 * ``POST /v1/billing/accounts/{account}/adjustments``: an operator's correction (201)
 * ``POST /v1/billing/accounts/{account}/refunds``: charges given back (201)
@@ -32,6 +35,7 @@ import asyncpg
 from aiohttp import web
 
 from billing import policy, reports, transfers
+from billing.consultation_charges import consultation_charges
 from billing.ledger import (
     Balance,
     Ledger,
@@ -206,6 +210,19 @@ async def get_live_reservations(request: web.Request) -> web.Response:
     return json_response({"items": [live_json(x) for x in items]})
 
 
+async def get_consultation(request: web.Request) -> web.Response:
+    """A consultation's prepaid reservation (live or settled: the charge and what was
+    released) and postpaid charge; 404 when billing has none."""
+    ledger, merchant = _ledger(request)
+    consultation_id = request.match_info["consultation_id"]
+    if not 1 <= len(consultation_id) <= 128:
+        raise InvalidField("consultation_id", "expected 1..128 characters")
+    items = await consultation_charges(ledger.pool, merchant, consultation_id)
+    if not items:
+        raise ApiError(404, "not-found", f"no charge for consultation {consultation_id!r}")
+    return json_response({"consultation_id": consultation_id, "items": items})
+
+
 async def post_settle(request: web.Request) -> web.Response:
     """Settle a reservation a call left live, with its talk time, who and why: the charge
     is rated with the reservation's terms, the rest of the hold released."""
@@ -322,6 +339,14 @@ SETTLE_BODY: Schema = {
 SETTLEMENT: Schema = {"type": "object", "properties": {
     n: _YEN for n in ("reservation_id", "talk_s", "billed_s", "total_yen", "tax_yen",
                       "released_yen", "overrun_yen")}}
+_OPT_YEN = {"type": ["integer", "null"]}
+CONSULTATION_CHARGE: Schema = {
+    "type": "object", "required": ["kind", "id", "account", "state", "total_yen"],
+    "properties": {
+        "kind": {"enum": ["prepaid", "postpaid"]}, "id": _ID, "account": {"type": "string"},
+        "state": {"enum": ["live", "settled", "pending", "paid", "failed", "closed"]},
+        **{n: _OPT_YEN for n in ("price_per_minute_yen", "held_yen", "allowed_s", "talk_s",
+                                 "billed_s", "total_yen", "tax_yen", "released_yen")}}}
 _PAGE = (Param("after_id", "query", {"type": "integer", "minimum": 0},
                "only what comes after this id (the reply's next_after_id)"),
          Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}))
@@ -362,6 +387,14 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               {200: Reply("the settlement", SETTLEMENT)}, access=MERCHANT,
               params=(Param("reservation_id", "path", _ID),), body=SETTLE_BODY,
               errors={404: ("not-found",), 409: ("already-settled",), **UNAVAILABLE}),
+    Operation("GET", "/v1/billing/consultations/{consultation_id}", get_consultation,
+              "What billing made of a consultation", TAG,
+              {200: Reply("its reservations and charges, oldest first", {
+                  "type": "object", "required": ["consultation_id", "items"],
+                  "properties": {"consultation_id": {"type": "string"},
+                                 "items": {"type": "array", "items": CONSULTATION_CHARGE}}})},
+              access=MERCHANT, params=(Param("consultation_id", "path", string(128)),),
+              errors={400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}),
     Operation("GET", "/v1/billing/policy", get_policy, "The billing policy in force", TAG,
               {200: Reply("the policy", POLICY)}, access=MERCHANT, errors=UNAVAILABLE),
     Operation("PUT", "/v1/billing/policy", put_policy, "Change the billing policy", TAG,

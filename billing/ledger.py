@@ -226,11 +226,12 @@ def _terms(data: dict[str, Any]) -> Terms:
 
 
 #: a reservation as it stands: its hold and allowed talk after its newest extension
-_RESERVATION = """
+RESERVATION = """
     SELECT r.id, r.account_id, r.consultation_id, r.terms, r.created_at, a.account,
            coalesce(x.held_yen, r.held_yen) AS held_yen,
            coalesce(x.allowed_s, r.allowed_s) AS allowed_s,
-           s.talk_s AS settled_talk_s, s.released_yen
+           s.talk_s AS settled_talk_s, s.released_yen, s.billed_s AS settled_billed_s,
+           s.total_yen AS settled_total_yen, s.tax_yen AS settled_tax_yen
     FROM billing_reservations r
     JOIN billing_accounts a ON a.id = r.account_id
     LEFT JOIN LATERAL (SELECT e.held_yen, e.allowed_s FROM billing_reservation_extensions e
@@ -331,7 +332,7 @@ class Ledger:
             if acc is None:
                 return Refusal("balance-too-low", 0, terms.first_unit_yen())
             existing = await conn.fetchrow(
-                _RESERVATION + " WHERE r.account_id = $1 AND r.consultation_id = $2",
+                RESERVATION + " WHERE r.account_id = $1 AND r.consultation_id = $2",
                 acc, consultation_id)
             if existing is not None:
                 return _reservation(existing)
@@ -382,7 +383,7 @@ class Ledger:
         oldest first: consultations in progress, or left live by a call that crashed
         (their funds stay held until settled)."""
         rows = await self.pool.fetch(
-            _RESERVATION + """ WHERE a.merchant_id = $1 AND s.reservation_id IS NULL
+            RESERVATION + """ WHERE a.merchant_id = $1 AND s.reservation_id IS NULL
                    AND r.created_at <= now() - make_interval(secs => $2)
                  ORDER BY r.id LIMIT $3""", merchant_id, older_than_s, limit)
         return [LiveReservation(_reservation(r), r["account"], r["created_at"]) for r in rows]
@@ -430,7 +431,7 @@ class Ledger:
             reservation_id, merchant_id)
         if locked is None:
             raise LedgerError(404, "not-found", f"no reservation {reservation_id}")
-        row: asyncpg.Record = await conn.fetchrow(_RESERVATION + " WHERE r.id = $1",
+        row: asyncpg.Record = await conn.fetchrow(RESERVATION + " WHERE r.id = $1",
                                                   reservation_id)
         return row
 

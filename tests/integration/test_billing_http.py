@@ -301,3 +301,24 @@ async def test_a_reservation_a_call_left_live_is_listed_and_settled_by_an_operat
     assert "call crashed" in moves[-1]["reason"]
     assert (await ok(await client.get("/v1/billing/reservations/live", headers=AUTH)))[
         "items"] == []
+
+
+async def test_a_consultations_reservation_and_settlement_are_read_by_its_id(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "member-42", 1000, "op", "bank transfer")
+    held = await ledger.reserve("acme", "member-42", "cb-1-c1", Terms(100), at_most_s=300)
+    assert isinstance(held, Reservation)
+    url = "/v1/billing/consultations/cb-1-c1"
+    live = await ok(await client.get(url, headers=AUTH))
+    assert live["items"] == [{
+        "kind": "prepaid", "id": held.id, "account": "member-42", "price_per_minute_yen": 100,
+        "held_yen": 500, "allowed_s": 300, "state": "live", "talk_s": None, "billed_s": None,
+        "total_yen": None, "tax_yen": None, "released_yen": None}]
+    await ledger.settle("acme", held.id, 95)
+    (settled,) = (await ok(await client.get(url, headers=AUTH)))["items"]
+    assert (settled["state"], settled["talk_s"], settled["billed_s"], settled["total_yen"],
+            settled["tax_yen"], settled["released_yen"]) == ("settled", 95, 120, 200, 18, 300)
+    assert await refused(await client.get(url, headers=BENTO_AUTH), 404) == ("not-found", None)
+    assert await refused(await client.get("/v1/billing/consultations/" + "x" * 129,
+                                          headers=AUTH)) == ("invalid-field", "consultation_id")

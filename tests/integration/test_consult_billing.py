@@ -19,6 +19,7 @@ from advisors.model import Rules, State
 from advisors.record_store import ConsultationRecords
 from advisors.schemas import CustomerInput
 from advisors.store import AdvisorStore
+from billing.consultation_charges import consultation_charges
 from billing.ledger import Balance, Ledger
 from billing.rating import Terms
 from billing.settings import BillingSettings, StripeSettings
@@ -201,6 +202,8 @@ async def test_a_postpaid_consultation_is_charged_once_after_its_record(
     assert (charge["consultation_id"], charge["talk_s"]) == (record["consultation_id"],
                                                              record["talk_s"])
     assert (charge["total_yen"], charge["outcome"]) == (100, "succeeded")
+    (beside,) = await consultation_charges(db, "acme", record["consultation_id"])
+    assert (beside["kind"], beside["total_yen"], beside["state"]) == ("postpaid", 100, "paid")
     await call.done()
 
 
