@@ -131,7 +131,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     notify = settings.notify if settings.notify.channels else None
     install_media(app, settings.media, lambda a: a[POOL_KEY], guidance_in_use(app, settings),
                   notify)
-    install_notify(app, settings.notify, lambda a: a[POOL_KEY], owner=owner_name())
+    install_notify(app, settings.notify, lambda a: a[POOL_KEY], owner=owner_name(),
+                   db_url=lambda a: a[DB_URL_KEY])
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems)
     install_consult_control(app, lambda a: a[POOL_KEY])
     app.cleanup_ctx.append(active_flows_ctx)

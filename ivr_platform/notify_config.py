@@ -3,7 +3,7 @@ notifications go, for which events, and how the delivery worker retries.
 
 ```toml
 [notify]
-poll_s = 1.0            # the worker looks for due deliveries this often
+poll_s = 1.0            # besides waking on NOTIFY, the worker looks this often
 max_attempts = 10       # then a delivery still failing is parked
 backoff_s = 5           # first retry after this; doubles each time ...
 max_backoff_s = 900     # ... up to this

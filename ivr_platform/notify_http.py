@@ -58,9 +58,11 @@ MAX_PAGE = 1000
 
 
 def install(app: web.Application, settings: NotifySettings,
-            pool: Callable[[web.Application], asyncpg.Pool], *, owner: str) -> None:
+            pool: Callable[[web.Application], asyncpg.Pool], *, owner: str,
+            db_url: Callable[[web.Application], str] | None = None) -> None:
     """Mount the routes; with channels, run the delivery worker while the app runs (after
-    the media context, whose recordings and link signer make the notices' links)."""
+    the media context, whose recordings and link signer make the notices' links), woken
+    by NOTIFY through ``db_url`` (else it polls every ``poll_s``)."""
     app[POOL_FN_KEY] = pool
     add_operations(app, OPERATIONS)
 
@@ -79,7 +81,8 @@ def install(app: web.Application, settings: NotifySettings,
                 pool(app), settings,
                 {(c.merchant_id, c.name): c.notifier(session) for c in settings.channels},
                 Composer(settings, phonebook, links), owner=owner)
-            async with background(worker.run(), "notification delivery"):
+            url = db_url(app) if db_url is not None else None
+            async with background(worker.run(url), "notification delivery"):
                 yield
 
     app.cleanup_ctx.append(notify_ctx)

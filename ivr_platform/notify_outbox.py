@@ -4,7 +4,7 @@
 a recording stored): one ``notifications`` row (its facts as JSON, unique per fact) and
 one ``notification_deliveries`` row per channel of the merchant that takes the event. No
 channel configured: nothing is written. Nothing is sent there, so a channel that is down
-never delays the call.
+never delays the call. A NOTIFY on ``notifications`` at commit wakes the worker.
 
 :class:`NotificationWorker` (one per site process; several are safe) leases due
 deliveries (``FOR UPDATE SKIP LOCKED``, ``attempts + 1``, ``leased_until``), builds each
@@ -28,6 +28,7 @@ committed it is never sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,11 +40,13 @@ import asyncpg
 from ivr_platform.delivery import Rejected, Unavailable
 from ivr_platform.notice import CallNotice, Notifier
 from ivr_platform.notify_config import Event, NotifySettings
-from shared.db import CONNECTION_ERRORS
+from shared.db import CONNECTION_ERRORS, listening
 
 log = logging.getLogger("ivr.notify")
 
 CLAIM_BATCH = 32
+#: NOTIFY channel: a notification was queued (at its commit)
+CHANNEL = "notifications"
 
 
 async def enqueue(conn: asyncpg.Connection, settings: NotifySettings, *, merchant_id: str,
@@ -61,6 +64,7 @@ async def enqueue(conn: asyncpg.Connection, settings: NotifySettings, *, merchan
         await conn.executemany(
             "INSERT INTO notification_deliveries (notification_id, channel) VALUES ($1, $2)",
             [(notification_id, channel) for channel in channels])
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)   # delivered at commit
     return notification_id
 
 
@@ -89,16 +93,32 @@ class NotificationWorker:
         self.compose = compose
         self.owner = owner
 
-    async def run(self) -> None:
-        """Deliver what is due, forever; sleeps ``poll_s`` when nothing was."""
+    async def run(self, db_url: str | None = None) -> None:
+        """Deliver what is due, forever. With ``db_url`` a dedicated connection LISTENs
+        for queued notifications and wakes the worker at once; either way it looks every
+        ``poll_s`` (retries come due, a lost LISTEN connection is opened again)."""
         while True:
             try:
-                handled = await self.run_once()
+                if db_url is None:
+                    await self._deliver_forever(None)
+                else:
+                    async with listening(db_url, CHANNEL) as woken:
+                        await self._deliver_forever(woken)
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("notification delivery paused: database: %s", exc)
-                handled = 0
-            if handled < CLAIM_BATCH:
                 await asyncio.sleep(self.settings.poll_s)
+
+    async def _deliver_forever(self, woken: asyncio.Queue[str] | None) -> None:
+        while True:
+            if await self.run_once() >= CLAIM_BATCH:
+                continue
+            if woken is None:
+                await asyncio.sleep(self.settings.poll_s)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.get(), self.settings.poll_s)
+            while not woken.empty():
+                woken.get_nowait()
 
     async def run_once(self) -> int:
         """Claim a batch of due deliveries and send them side by side; how many."""

@@ -475,3 +475,23 @@ async def test_the_cli_lists_parked_deliveries_requeues_them_and_keeps_the_phone
         "error: --name: an entry has a company, a name or both")
     assert (await cli("phonebook", "delete", "+819011112222"))["deleted"] is True
     assert "no phonebook entry" in await cli("phonebook", "delete", "09011112222", status=2)
+
+
+async def test_a_queued_notification_wakes_the_worker_at_once(
+        pki_dir: Path, pg_url: str, tmp_path: Path, chat: tuple[FakeChat, str]) -> None:
+    """The site's worker polls only every 60 s here: the NOTIFY sent at the fact's commit
+    is what has it deliver within seconds."""
+    fake, base = chat
+    s = notify_settings(pki_dir, pg_url, tmp_path,
+                        channel_toml("slack", "slack", url=base + SLACK_PATH),
+                        CALLBACK__NOTIFY__POLL_S="60")
+    app = create_app(s, with_ari=False)
+    async with TestClient(TestServer(app)) as client:
+        await app[POOL_KEY].execute("TRUNCATE notifications CASCADE")
+        await asyncio.sleep(0.5)   # the worker's first look is over: it now waits
+        await store_request(app, "e-6", E164("819033334444"))
+
+        async def delivered() -> bool:
+            return len(await deliveries(client, state="delivered")) == 1
+        await until(delivered, "delivered on NOTIFY, long before the 60 s poll", 10)
+    assert len(fake.slack) == 1
