@@ -265,11 +265,11 @@ class ConsultRunner:
             case meter.Settle(reservation_id=rid, talk_s=talk):
                 try:
                     settled = await self.billing.settle(merchant, rid, talk)
-                except BILLING_ERRORS as exc:     # the reservation stays live: rescued
+                    log.info("reservation %d settled: %d s, %d yen", rid, talk,
+                             settled.charge.total_yen)
+                except BILLING_ERRORS as exc:
+                    # the reservation stays live (the operator's path); the round goes on
                     log.error("reservation %d not settled: %s", rid, exc)
-                    return
-                log.info("reservation %d settled: %d s, %d yen", rid, talk,
-                         settled.charge.total_yen)
                 await self._metered(meter.Settled())
             case meter.Ignored():
                 pass

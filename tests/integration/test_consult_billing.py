@@ -227,3 +227,22 @@ async def test_a_rescued_call_backs_recorded_consultation_is_settled_from_its_re
     assert live.reservation.consultation_id == "cb-0f3a9c-c2"
     by = await db.fetchval("SELECT by_whom FROM billing_transactions WHERE kind = 'charge'")
     assert by == "rescue"
+
+
+async def test_a_settlement_the_ledger_refuses_leaves_the_reservation_and_the_round_ends(
+        db: asyncpg.Pool) -> None:
+    """An operator settled the reservation during the talk with another talk time: the
+    consultation's own settle is refused (409), logged, and the round still finishes."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")
+    call = Call(db)
+    await call.start()
+    await call.code("0002")
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))
+    (live,) = await ledger.live("acme")
+    await ledger.settle("acme", live.reservation.id, 5, by="op", reason="by hand")
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))        # the advisor ends it
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))        # the customer leaves
+    assert call.task is not None
+    await asyncio.wait_for(call.task, 5)
+    assert await db.fetchval("SELECT talk_s FROM billing_settlements") == 5
