@@ -55,7 +55,8 @@ def test_an_unknown_language_is_refused_naming_the_key(site: str, tmp_path: Path
     text = example.read_text().replace('language = "ja"', 'language = "jp"')
     path = tmp_path / f"{site}.toml"
     path.write_text(text)
-    line = next(i for i, t in enumerate(text.splitlines(), 1) if 'language = "jp"' in t)
+    line = next(i for i, t in enumerate(text.splitlines(), 1)
+                if t.startswith('language = "jp"'))   # the merchant's key, not a comment
     with pytest.raises(ConfigError) as err:
         kind.load(path, {})
     assert str(err.value) == (f"{path}:{line}: merchants[0].language: "
