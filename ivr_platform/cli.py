@@ -12,9 +12,10 @@
 is Tokyo time; default now), whether the line is open, why, when it opens next and what
 the IVR would say. ``say`` renders a prompt into the cache (default
 ``/var/cache/cbgw/prompts``) and prints its file, ``sound:`` URI and length.
-``prompts`` renders every system prompt (:mod:`ivr_platform.prompts`) in every
-language into the cache and prints ``{language: {name: file}}`` (what
-``deploy/asterisk/instance.py install`` copies into each site). ``sms-count`` prints the
+``prompts`` renders every system prompt and the Japanese digits
+(:func:`ivr_platform.prompts.sounds`) into the cache and prints ``{language: {name:
+file}}``, names as under ``sounds/LANG/`` (``cbgw/received``, ``digits/0``): what
+``deploy/asterisk/instance.py install`` copies into each site. ``sms-count`` prints the
 encoding and the messages a text is billed as. ``guidance`` manages a merchant's own
 audio in a guidance library (``[media] guidance_dir`` of the callback site): ``add``
 converts an mp3, m4a/mp4 or wav file (:mod:`ivr_platform.audio`) and prints what a flow
@@ -42,7 +43,7 @@ from ivr_platform.guidance import GuidanceLibrary
 from ivr_platform.hours import TOKYO
 from ivr_platform.hours_config import parse_merchant_hours
 from ivr_platform.hours_speech import closed_announcement
-from ivr_platform.prompts import SYSTEM_PROMPTS
+from ivr_platform.prompts import sounds
 from ivr_platform.sms import count
 from ivr_platform.speech import reading
 from ivr_platform.tools import ToolError
@@ -116,8 +117,8 @@ def _say(args: argparse.Namespace) -> dict[str, Any]:
 
 def _prompts(args: argparse.Namespace) -> dict[str, Any]:
     cache = PromptCache(args.cache)
-    wanted = [(language, name, prompt.text(language))
-              for language in Language for name, prompt in SYSTEM_PROMPTS.items()]
+    wanted = [(language, name, text)
+              for language in Language for name, text in sounds(language).items()]
 
     async def render() -> list[Path]:
         return list(await asyncio.gather(*(cache.get(text, language)

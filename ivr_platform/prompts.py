@@ -11,6 +11,12 @@ the call-back IVR plays the others (``callback_server/flows/order.toml``, ``cons
 the IVR itself plays ``advisor-*`` and ``lines-busy`` for its consultation nodes, and the
 billing refusals ``balance-too-low``, ``no-card``, ``in-dunning``, ``unpaid-limit``; a
 prepaid consultation plays ``balance-warning`` and ``balance-cutoff``).
+
+The digits Asterisk says for ``digits:`` media (a read-back: ``digits:123`` plays
+``digits/1``, ``digits/2``, ``digits/3`` of the channel's language) come with Asterisk in
+English only; Japanese ones (phone-number style, as :mod:`ivr_platform.speech` reads
+them: ゼロ, イチ, ニー, …) are rendered with the system prompts into ``sounds/ja/digits/``
+(:data:`DIGIT_PROMPTS`). Without them Asterisk falls back to its English digits.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ class PromptText:
 
 SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
     # --- the edge ------------------------------------------------------------------------
+    # played within the answer-mode guard (edge_server.flow_messages.FlowTimings
+    # answer_guard_s, 4.5 s after the answer): tests/integration/test_ivr_prompt_lengths.py
+    # holds its rendered length to that bound (the longer greeting rendered to 8.1 s: cut)
     "received": PromptText(
-        "お電話ありがとうございます。ただいま折り返しお電話いたしますので、"
-        "このままお切りになってお待ちください。",
-        "We received your call. Please hang up. We will call you back."),
+        "折り返しお電話しますので、お切りください。",
+        "We will call you back. Please hang up."),
     "dial-186": PromptText(
         "恐れ入りますが、番号の前にイチハチロクをつけておかけ直しください。",
         "Your number was withheld. Please dial 1 8 6 before the number and call again."),
@@ -174,3 +182,18 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
         "お電話ありがとうございました。失礼いたします。",
         "Thank you for calling. Goodbye."),
 })
+
+#: ``{language: {digit: text}}``: the ``digits/N`` sounds rendered for a language that
+#: Asterisk has no recordings of (English has Asterisk's own)
+DIGIT_PROMPTS: Mapping[Language, Mapping[str, str]] = MappingProxyType({
+    Language.JAPANESE: MappingProxyType({
+        str(d): Japanese().digits(str(d)) for d in range(10)}),
+})
+
+
+def sounds(language: Language) -> dict[str, str]:
+    """Every sound rendered for ``language``: ``{name under sounds/LANG: text}``, the
+    system prompts as ``cbgw/NAME`` and the digits as ``digits/N``."""
+    named = {f"cbgw/{name}": prompt.text(language) for name, prompt in SYSTEM_PROMPTS.items()}
+    digits = DIGIT_PROMPTS.get(language, {})
+    return named | {f"digits/{digit}": text for digit, text in digits.items()}

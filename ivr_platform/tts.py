@@ -1,8 +1,9 @@
 """Prompts from text: Open JTalk (Japanese) or espeak-ng (English), cached by a hash.
 
-A prompt is rendered once into ``<cache>/<key>.wav``, 8 kHz 16-bit mono PCM (what
-Asterisk plays as ``sound:<cache>/<key>``), ``key`` being the SHA-256 of the engine,
-voice, language, options and text (NFC, stripped). The engine writes a temporary file,
+A prompt is rendered once into ``<cache>/<key>.wav``, 8 kHz 16-bit mono PCM with the
+engine's silence trimmed at both ends (what Asterisk plays as ``sound:<cache>/<key>``),
+``key`` being the SHA-256 of the engine, voice, language, options and text (NFC,
+stripped). The engine writes a temporary file,
 sox converts it next to the cache entry and ``os.replace`` publishes it: a reader sees a
 whole prompt or none, and two renders of one text at once run the engine once.
 
@@ -29,8 +30,14 @@ from ivr_platform.tools import ToolError, ToolMissing, need_program, run
 from shared.language import Language
 
 #: bump when the rendering changes (sox options, format): every key changes with it
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 SAMPLE_RATE = 8000
+#: the engines pad a sentence with about 0.5 s of silence each side (Open JTalk: a digit
+#: of 0.3 s renders to 1.2 s); sox cuts what is below this level at both ends and puts
+#: back a short lead-in and tail, so prompts played one after another (a ``digits:``
+#: read-back) do not drag and an answered call hears speech at once
+TRIM_BELOW = "-50d"
+PAD_S = (0.05, 0.15)
 MAX_CHARS = 2000
 ENGINE_TIMEOUT_S = 60.0
 _SOX = ("sox", "sox")   # (program, Debian package)
@@ -176,8 +183,10 @@ class PromptCache:
             source, raw, part = Path(tmp) / "text.txt", Path(tmp) / "raw.wav", Path(tmp) / "p.wav"
             source.write_text(clean + "\n", encoding="utf-8")
             await _run(voice.command(raw, source))
+            trim = ["silence", "1", "0.01", TRIM_BELOW]
             await _run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
-                        "-e", "signed-integer", str(part)])
+                        "-e", "signed-integer", str(part), *trim, "reverse", *trim, "reverse",
+                        "pad", *(str(s) for s in PAD_S)])
             os.replace(part, dest)
         return dest
 

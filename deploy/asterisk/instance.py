@@ -22,6 +22,8 @@ spool, lib and data directories::
     ROOT/var/lib/asterisk-SITE/data/         astdatadir: links to /usr/share/asterisk
         sounds/LANG/cbgw/<name>.wav          the system prompts (ivr_platform/prompts.py),
                                              LANG ja and en
+        sounds/ja/digits/<0-9>.wav           Japanese digits for ``digits:`` read-backs
+                                             (en/digits links Asterisk's own)
         sounds/cbgw-guidance/<merchant>/     merchants' own guidance, written by the
                                              callback site ([media] guidance_dir)
     ROOT/run/asterisk-SITE/asterisk.pid, asterisk.ctl
@@ -317,16 +319,23 @@ def render_prompts(root: Path) -> dict[str, dict[str, Path]]:
 
 def install_prompts(rendered: dict[str, dict[str, Path]], sounds: Path, uid: int,
                     gid: int) -> None:
-    """Copy the rendered prompts to ``sounds/LANG/cbgw/<name>.wav``; drop stale ones."""
+    """Copy the rendered sounds to ``sounds/LANG/<name>.wav`` (``cbgw/received``,
+    ``digits/0``); drop stale ones from the directories written to."""
     for language, files in rendered.items():
-        dest = sounds / language / "cbgw"
-        make_dir(dest, uid, gid)
+        written: dict[Path, set[str]] = {}
         for name, path in files.items():
-            if write_if_changed(dest / f"{name}.wav", path.read_bytes(), uid, gid, 0o640):
+            dest = sounds / language / f"{name}.wav"
+            if dest.parent not in written:
+                if dest.parent.is_symlink():   # a link into Asterisk's own sounds
+                    dest.parent.unlink()
+                make_dir(dest.parent, uid, gid)
+            written.setdefault(dest.parent, set()).add(dest.name)
+            if write_if_changed(dest, path.read_bytes(), uid, gid, 0o640):
                 log(f"  prompt {language}/{name}")
-        for stale in dest.glob("*.wav"):
-            if stale.stem not in files:
-                stale.unlink()
+        for directory, names in written.items():
+            for stale in directory.glob("*.wav"):
+                if stale.name not in names:
+                    stale.unlink()
 
 
 # --------------------------------------------------------------------------- run state

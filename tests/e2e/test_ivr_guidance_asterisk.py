@@ -8,22 +8,20 @@ Holds the stack's lock (``demo.stack.LOCK_PATH``) while it drives the shared Ast
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from demo.stack import LOCK_PATH
 from ivr_platform.guidance import GuidanceLibrary
 from shared.ari import Connected, PlaybackFinished, PlaybackStarted, StasisStart
 from tests.harness.asterisk import (
     AsteriskSite,
-    ensure_running,
     expect_event,
     qualify,
     reset,
+    running_locked,
     sounds_dir,
 )
 from tests.harness.sipp import role
@@ -37,9 +35,8 @@ CUSTOMER = "09012345678"
 
 @pytest.fixture(scope="module")
 def callback() -> Iterator[AsteriskSite]:
-    with open(LOCK_PATH, "ab") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield ensure_running("callback")
+    with running_locked("callback") as site:
+        yield site
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
@@ -206,6 +207,17 @@ def stop_started() -> list[str]:
     for name in stopped:
         stop(name)
     return stopped
+
+
+@contextmanager
+def running_locked(name: str) -> Iterator[AsteriskSite]:
+    """The site running, with the stack's lock (``demo.stack.LOCK_PATH``) held inside: for
+    a test that drives a shared Asterisk without ``demo.stack.Stack``."""
+    from demo.stack import LOCK_PATH
+
+    with open(LOCK_PATH, "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield ensure_running(name)
 
 
 @contextmanager
