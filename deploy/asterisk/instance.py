@@ -26,6 +26,8 @@ spool, lib and data directories::
                                              (en/digits links Asterisk's own)
         sounds/cbgw-guidance/<merchant>/     merchants' own guidance, written by the
                                              callback site ([media] guidance_dir)
+        cbgw-moh/hold.wav                    the music on hold (musiconhold.conf), a
+                                             generated tune
     ROOT/run/asterisk-SITE/asterisk.pid, asterisk.ctl
     ROOT/var/log/asterisk-SITE/{messages,full}.log
 
@@ -38,15 +40,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
+import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +66,8 @@ SHARE = "/usr/share/asterisk"
 LANGUAGES = ("ja", "en")
 #: merchants' guidance (``ivr_platform.guidance.SOUNDS_SUBDIR``): one file for every language
 GUIDANCE = "cbgw-guidance"
+#: music on hold (``musiconhold.conf`` ``directory``, under astdatadir)
+HOLD_MUSIC_DIR = "cbgw-moh"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -220,8 +228,30 @@ def install(site: Site) -> bool:
     install_prompts(render_prompts(site.root), sounds, uid, gid)
     make_dir(sounds / GUIDANCE, uid, gid)
     (sounds / GUIDANCE).chmod(0o755)   # the callback site writes, Asterisk reads
+    moh = site.host(dirs["astdatadir"]) / HOLD_MUSIC_DIR
+    make_dir(moh, uid, gid)
+    write_if_changed(moh / "hold.wav", hold_music(), uid, gid, 0o640)
     log(f"installed {site.name} into {site.host(dirs['astetcdir'])}")
     return changed
+
+
+def hold_music(seconds_per_note: float = 0.4, rate: int = 8000) -> bytes:
+    """A short arpeggio (C5 E5 G5 C6, twice) as an 8 kHz 16-bit mono WAV: the music a
+    held or queued customer hears, looped by Asterisk; the same bytes every time."""
+    frames = bytearray()
+    per_note = int(seconds_per_note * rate)
+    for frequency in (523.25, 659.25, 783.99, 1046.5) * 2:
+        for i in range(per_note):
+            envelope = min(1.0, i / 400, (per_note - i) / 400)   # no clicks between notes
+            sample = 0.3 * envelope * math.sin(2 * math.pi * frequency * i / rate)
+            frames += struct.pack("<h", int(sample * 32767))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(frames))
+    return out.getvalue()
 
 
 def make_dir(path: Path, uid: int, gid: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import pytest
 
@@ -89,3 +90,51 @@ async def test_forced_end_plays_the_message_to_the_customer_then_hangs_up_both(
     assert status == 409 and body["error"] == { 
         "id": "consultation-not-running", "consultation_id": consultation_id,
         "message": f"consultation {consultation_id} is not in progress"}
+
+
+async def test_hold_plays_music_to_the_customer_and_unhold_brings_back_the_advisor(
+        stack: Stack, admin: Admin, talking_settings: None) -> None:
+    """The advisor's phone sends no audio, so what the customer hears while bridged is
+    silence; on hold they get the site's music on hold (audible PCMU), after unhold the
+    silence of the bridge again. The record keeps the hold."""
+    chosen = await admin.advisor("湊斗", "5252", SIP_ADVISOR)
+    customer = "07011110012"
+    async with stack.carriers(digits=CONFIRM + BY_CODE + "5252") as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        await wait_for(roles["operator"], lambda m: m.direction == "sent" and m.status == 200
+                       and m.cseq_method == "INVITE", 60)
+        answered = await stack.wait_for_row(
+            "callback", "SELECT consultation_id FROM advisor_events WHERE advisor_id = $1"
+            " AND event = 'answered'", chosen)
+        consultation_id = answered["consultation_id"]
+        with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            await asyncio.sleep(3)                                  # talking
+            held_at = time.monotonic()
+            status, body = await post(stack, admin, f"/v1/consultations/{consultation_id}/hold")
+            assert status == 202, body
+            await asyncio.sleep(5)                                  # on hold
+            unheld_at = time.monotonic()
+            status, body = await post(stack, admin,
+                                      f"/v1/consultations/{consultation_id}/unhold")
+            assert status == 202, body
+            await asyncio.sleep(3)                                  # talking again
+            back_until = time.monotonic()
+        customer_leg = await stack.wait_for_row(
+            "callback", "SELECT channel_id FROM callback_attempts WHERE leg = 'customer' "
+            "AND answered AND endpoint LIKE '%7011110012%'")
+        async with stack.callback_site.client() as ari:             # the customer hangs up
+            await ari.hangup(customer_leg["channel_id"])
+        made = await record(stack, "+817011110012")
+
+    def audible(start: float, end: float) -> int:
+        return len([t for t in to_customer.sounding if start <= t <= end])
+
+    assert audible(held_at - 3, held_at) <= 5, "the advisor sends no sound"
+    on_hold = audible(held_at + 1, unheld_at)            # a second for the request to land
+    assert on_hold >= 0.8 * (unheld_at - held_at - 1) / 0.02, on_hold
+    assert audible(unheld_at + 1, back_until) <= 5, "back in the bridge: no music"
+    assert made["end_reason"] == "customer_hangup" and made["advisor_id"] == chosen
+    (hold,) = made["holds"]
+    held_s = (datetime.fromisoformat(hold["ended_at"])
+              - datetime.fromisoformat(hold["started_at"])).total_seconds()
+    assert 3 <= held_s <= 7, held_s
