@@ -171,8 +171,9 @@ class CustomerGone:
 
 @dataclass(frozen=True, slots=True)
 class ForceEnd:
-    """An operator ends the consultation now (only while customer and advisor talk), or
-    billing cuts it off (``reason`` cut_off, with its own message ``farewell``)."""
+    """An operator ends the consultation now (talking; or, ``forced_end`` only, while an
+    advisor is sought: the ring withdrawn, no miss), or billing cuts it off (``reason``
+    cut_off, with its own message ``farewell``; only while talking)."""
 
     at: datetime
     reason: EndReason = EndReason.FORCED_END
@@ -529,12 +530,21 @@ def _customer_gone(state: ConsultState, at: datetime) -> Step:
         state = replace(state, bridge_id=None)
         nxt, more = _end(state, EndReason.CUSTOMER_HANGUP, at)
         return nxt, cmds + more
+    state, more = _withdraw(state)
+    nxt, ending = _end(state, EndReason.CUSTOMER_ABANDONED, at)
+    return nxt, cmds + more + ending
+
+
+def _withdraw(state: ConsultState) -> Step:
+    """Stop seeking an advisor: the ringing leg is hung up (withdrawn: no miss) and the
+    assignment cancelled."""
+    cmds: list[Command] = []
+    leg = state.live_leg
     if state.phase is Phase.RINGING and leg is not None:
         state = replace(state, ring_outcome=RingOutcome.WITHDRAWN)
         cmds.append(Hangup(leg.channel_id))
     state, more = _run(state, Op.CANCELLED)
-    nxt, ending = _end(state, EndReason.CUSTOMER_ABANDONED, at)
-    return nxt, cmds + more + ending
+    return state, cmds + more
 
 
 def _operator(state: ConsultState, event: Operator) -> Step:
@@ -584,6 +594,9 @@ def _force_end(state: ConsultState, at: datetime, reason: EndReason, media: str)
     """The operator ends a talking consultation: the advisor leg goes at once, the
     customer hears the farewell, then is hung up (``_farewell_over``)."""
     leg = state.live_leg
+    if state.phase in (Phase.ASSIGNING, Phase.RINGING, Phase.QUEUED) \
+            and reason is EndReason.FORCED_END and state.end_reason is None:
+        return _force_end_seeking(state, at, media)
     if state.phase is not Phase.TALKING or leg is None:
         return state, []
     advisor = state.connected_advisor
@@ -599,6 +612,21 @@ def _force_end(state: ConsultState, at: datetime, reason: EndReason, media: str)
     state = replace(state, bridge_id=None, farewell=farewell)
     nxt, more = _end(state, reason, at)
     return nxt, cmds + more
+
+
+def _force_end_seeking(state: ConsultState, at: datetime, media: str) -> Step:
+    """The operator ends a consultation before an advisor talked: the search stops, the
+    customer hears the farewell, then is hung up."""
+    customer = state.request.customer_channel
+    farewell = f"{state.request.consultation_id}-farewell"
+    cmds: list[Command] = [CancelTimer(T_QUEUE), CancelTimer(T_RETRY)]
+    if state.queued:
+        cmds.append(StopMoh(customer))
+    state, more = _withdraw(replace(state, farewell=farewell))
+    cmds += [*more, Farewell(customer, media, farewell),
+             StartTimer(T_FAREWELL, FAREWELL_GUARD_S)]
+    nxt, ending = _end(state, EndReason.FORCED_END, at)
+    return nxt, cmds + ending
 
 
 def _farewell_over(state: ConsultState) -> Step:

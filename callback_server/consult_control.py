@@ -19,8 +19,9 @@ Replies: 202 ``{"consultation_id", "action", "state": "requested"}``; 404 ``not-
 (no such call-back of this merchant), 409 ``consultation-not-running`` (its call-back is
 not being dialled, or the consultation is over), 400 ``invalid-field`` (not a
 consultation id), 503 ``database-unavailable``. The machine ignores a control that does
-not apply in its phase: a consultation still ringing or queued is not ended or held, a
-hold of a customer on hold or an unhold of one not on hold changes nothing.
+not apply in its phase: a consultation still ringing or queued is not held (an end
+is applied: the search stops), a hold of a customer on hold or an unhold of one not on
+hold changes nothing.
 """
 
 from __future__ import annotations

@@ -73,13 +73,44 @@ def test_the_farewell_guard_hangs_up_the_customer_when_no_playback_ends() -> Non
     assert call.over().end_reason is EndReason.FORCED_END
 
 
-def test_forced_end_outside_a_talk_changes_nothing() -> None:
+def test_forced_end_while_ringing_withdraws_the_offer_then_says_goodbye() -> None:
     call = Call(make_desk())
-    before = call.state
-    assert call.send(ForceEnd(call.at(0))) == [] and call.state == before
+    call.send(consult.Begin(call.at(0)))
+    leg = call.ringing()
+    cmds = call.send(ForceEnd(call.at(3)))
+    farewell = f"{CID}-farewell"
+    assert Hangup(leg) in cmds and Farewell("cb-1-01", consult.FAREWELL_PROMPT, farewell) in cmds
+    assert not only(cmds, Tell)
+    call.send(ChannelGone(leg, 16, call.at(3.1)))
+    assert call.desk.seats[1].misses == 0 and call.desk.seats[1].state is State.STANDBY
+    assert len(only(call.commands, consult.Originate)) == 1, "nobody else is rung"
+    cmds = call.send(FarewellDone(farewell))
+    assert Hangup("cb-1-01") in cmds
+    over = call.over()
+    assert over.end_reason is EndReason.FORCED_END and over.answered_at is None
+    assert [r.outcome for r in over.rings] == [consult.RingOutcome.WITHDRAWN]
+
+
+def test_forced_end_while_queued_stops_the_music_first() -> None:
+    desk = make_desk(advisors=1)
+    busy = Call(desk, members=frozenset({1}))
+    talking(busy)                                  # the only advisor talks
+    call = Call(desk, members=frozenset({1}), queue_s=60)
+    call.send(consult.Begin(call.at(5)))
+    assert call.state.phase is Phase.QUEUED
+    cmds = call.send(ForceEnd(call.at(8)))
+    assert cmds.index(StopMoh("cb-1-01")) < cmds.index(
+        Farewell("cb-1-01", consult.FAREWELL_PROMPT, f"{CID}-farewell"))
+    call.send(TimerFired(consult.T_FAREWELL, call.at(28)))
+    assert call.over().end_reason is EndReason.FORCED_END
+
+
+def test_a_cut_off_outside_a_talk_and_any_end_when_done_change_nothing() -> None:
+    call = Call(make_desk())
     call.send(consult.Begin(call.at(0)))
     ringing = call.state
-    assert call.send(ForceEnd(call.at(1))) == [] and call.state == ringing
+    assert call.send(ForceEnd(call.at(1), EndReason.CUT_OFF, "sound:x")) == []
+    assert call.state == ringing
     done = Call(make_desk())
     leg = talking(done)
     done.send(consult.CustomerGone(done.at(20)))
