@@ -5,19 +5,22 @@ end plays the farewell in the merchant's language, hangs up both, and the record
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from advisors.records import EndReason
 from callback_server import consult
 from callback_server.call_ports import utcnow
 from callback_server.dialer_messages import Finish, Reason
 from shared import ari
+from shared.language import Language
 from tests.unit.test_callback_consult_runner import Consultation, settle, shown
 
 BRIDGE = "cb-7-c1-br"
 
 
-async def talking() -> Consultation:
+async def talking(language: Language = Language.JAPANESE) -> Consultation:
     call = Consultation()
+    call.runner.consult.ctx = replace(call.runner.consult.ctx, language=language)
     await call.start()
     await call.keys("1" + "0002")
     await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))
@@ -62,3 +65,10 @@ async def test_forced_end_plays_the_farewell_then_hangs_up_both_and_records_it()
     assert call.task is not None
     assert await asyncio.wait_for(call.task, 2) == Finish("completed", Reason.ANSWERED, 1)
     assert not call.runner.operator("cb-7-c1", consult.ForceEnd(utcnow())), "over"
+
+
+async def test_an_english_merchants_customer_hears_the_farewell_in_english() -> None:
+    call = await talking(Language.ENGLISH)
+    assert await control(call, consult.ForceEnd(utcnow()))
+    assert call.ari.named("play")[-1] == ("cb-7-01", (consult.FAREWELL_PROMPT,),
+                                          "cb-7-c1-farewell", "en")
