@@ -30,6 +30,7 @@ import importlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ from advisors.record_store import ConsultationRecords
 from billing.http import install as install_billing
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
+from callback_server.answerlog import AnswerLog
 from callback_server.config import CallbackSettings
 from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
@@ -288,7 +290,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE_KEY]
     routing = app[ROUTING_KEY]
     merchants = {m.id: m for m in settings.merchants}
-    records = LegRecords(client)
+    answers = settings.callback.answer_log
+    records = LegRecords(client, answers=AnswerLog(answers) if answers is not None else None)
     settler = LegSettler(store, routing, records, merchants)
 
     def identified(name: str) -> None:
@@ -318,6 +321,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
             await stasis.ready.wait()
             try:
                 await records.purge()
+                if records.answers is not None:
+                    await asyncio.to_thread(records.answers.rotate, time.time())
             except Exception:   # never let housekeeping stop for good
                 log.exception("purge of leg records failed; next in %.0f s", PURGE_EVERY_S)
             await asyncio.sleep(PURGE_EVERY_S)

@@ -198,10 +198,12 @@ class CallRunner:
             if record is not None and record.answered_at is not None \
                     and leg.answered_at is None:
                 self.inbox.put_nowait(Answered(cid, record.answered_at))
-            cause = record.cause if record is not None else self._hangup_causes.get(cid, 0)
+            ended = record.ended_at if record is not None else None
+            cause = record.cause if ended is not None and record is not None \
+                else self._hangup_causes.get(cid, 0)
             now = utcnow()
-            if record is not None:
-                ended_at = record.ended_at
+            if ended is not None:
+                ended_at = ended
             elif lost_at is not None:   # never before the leg began, nor after now
                 ended_at = min(now, max(lost_at, leg.answered_at or leg.started_at))
             else:

@@ -67,6 +67,9 @@ class CallbackBehaviour:
     static_routes: tuple[StaticRoute, ...]
     #: more prompts than the system ones: ``<prompts_dir>/<language>/<name>.*``
     prompts_dir: Path | None = None
+    #: Asterisk's log of answers (``cbgw-answers.csv`` in its astlogdir, as this host sees
+    #: it; :mod:`callback_server.answerlog`); None: an answer dies with a killed Asterisk
+    answer_log: Path | None = None
 
     @classmethod
     def parse(cls, s: Section) -> CallbackBehaviour:
@@ -90,7 +93,8 @@ class CallbackBehaviour:
             lease_s=lease_s,
             flows_dir=s.path_value("flows_dir") if s.has("flows_dir") else FLOWS_DIR,
             static_routes=tuple(routes),
-            prompts_dir=s.path_value("prompts_dir") if s.has("prompts_dir") else None)
+            prompts_dir=s.path_value("prompts_dir") if s.has("prompts_dir") else None,
+            answer_log=s.path_value("answer_log") if s.has("answer_log") else None)
 
 
 @dataclass(frozen=True, slots=True)

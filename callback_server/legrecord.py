@@ -26,8 +26,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 from shared import ari
+
+if TYPE_CHECKING:
+    from callback_server.answerlog import AnswerLog
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +44,13 @@ KEEP_DAYS = 2
 
 @dataclass(frozen=True, slots=True)
 class LegRecord:
-    """What Asterisk saw of one leg when it ended."""
+    """What Asterisk saw of one leg when it ended.
+
+    ``ended_at`` None: Asterisk logged the leg's answer but died with the leg up
+    (:mod:`callback_server.answerlog`), so when it ended, and why, are unknown."""
 
     answered_at: datetime | None
-    ended_at: datetime
+    ended_at: datetime | None
     cause: int
 
     @property
@@ -104,14 +111,18 @@ class LegRecords:
     StasisApp's stray handler calls it first): the lookup channel arrives there.
     """
 
-    def __init__(self, client: ari.AriClient, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, client: ari.AriClient, *, timeout_s: float = 5.0,
+                 answers: AnswerLog | None = None) -> None:
         self.client = client
         self.timeout_s = timeout_s
+        #: Asterisk's log of answers: read for a leg with no record (Asterisk died)
+        self.answers = answers
         self._waiting: dict[str, asyncio.Future[str]] = {}
         self._lookups: dict[str, asyncio.Task[LegRecord | None]] = {}
 
     async def fetch(self, channel_id: str, started_at: datetime) -> LegRecord | None:
-        """Asterisk's record of ``channel_id``; None if it has none.
+        """Asterisk's record of ``channel_id`` (its answer alone if the leg ended with
+        Asterisk); None if it has none.
 
         Concurrent fetches of one channel share one lookup (its answer comes
         back keyed by the channel id); a cancelled caller does not cancel it for
@@ -146,6 +157,10 @@ class LegRecords:
             self._waiting.pop(channel_id, None)
             await _hang_up_quietly(self.client, token)
         record = LegRecord.parse(value)
+        if record is None and self.answers is not None:
+            answered_at = await self.answers.answered_at(channel_id)
+            if answered_at is not None:
+                record = LegRecord(answered_at, None, 0)
         log.info("leg record of %s: %s", channel_id, record or "none")
         return record
 

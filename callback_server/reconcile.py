@@ -65,11 +65,16 @@ class LegSettler:
         now = datetime.now(UTC)
         answered = leg.answered or seen_up or (record is not None and record.answered)
         answered_at = (record.answered_at if record is not None else None) or leg.answered_at
-        ended_at = record.ended_at if record is not None else now
+        ended_at = now
+        if record is not None:
+            # No end: Asterisk logged the answer and died with the leg up. When it ended
+            # is unknown, so it is billed nothing beyond its answer.
+            ended_at = record.ended_at or answered_at or now
         if answered and answered_at is None:
             answered_at = ended_at          # answered, but when is unknown: bill 0 s
-        cause = record.cause if record is not None else (leg.cause or (16 if answered else 0))
-        if leg.status == "ended" and leg.cause is not None and record is None:
+        ended = record if record is not None and record.ended_at is not None else None
+        cause = ended.cause if ended is not None else (leg.cause or (16 if answered else 0))
+        if leg.status == "ended" and leg.cause is not None and ended is None:
             cause = leg.cause
         await self.store.settle_leg(leg.channel_id, answered=answered, answered_at=answered_at,
                                     cause=cause)

@@ -242,6 +242,8 @@ class Stack:
             "CALLBACK__DATABASE__URL": self.callback_db_url,
             "LOG_LEVEL": self.log_level,
             "LOG_FORMAT": "json",       # whatever the caller's shell says: tests parse it
+            # the callback Asterisk's log of answers (deploy/asterisk/callback/cel.conf)
+            "CALLBACK__CALLBACK__ANSWER_LOG": str(ast_harness.answer_log("callback")),
         })
         env.update(self.extra_env)
         return env

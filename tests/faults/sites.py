@@ -239,7 +239,8 @@ class Sites(Stack):
 
     # ---- configs and processes ---------------------------------------------------------
 
-    def _site_config(self, example: str, *, port: int, peer: str, ari_url: str | None) -> str:
+    def _site_config(self, example: str, *, port: int, peer: str, ari_url: str | None,
+                     asterisk: str | None = None) -> str:
         text = (REPO / "deploy" / example).read_text().split("[[merchants]]", 1)[0]
         text = text.replace("../var/pki/", f"{self.pki_dir}/")
         text = _replace_once(text, 'host = "127.0.0.1"\nport = ',
@@ -248,6 +249,12 @@ class Sites(Stack):
         if ari_url is not None:
             text = re.sub(r'^url = "http://127\.0\.0\.1:\d+"$', f'url = "{ari_url}"', text,
                           count=1, flags=re.M)
+        if asterisk is not None:    # its own Asterisk's log of answers
+            text, found = re.subn(r'^answer_log = ".*"$',
+                                  f'answer_log = "{ast_harness.answer_log(asterisk)}"', text,
+                                  count=1, flags=re.M)
+            if not found:
+                raise StackError(f"cannot set answer_log: not in deploy/{example}")
         text = _replace_peer(text, peer)
         return text + "".join(m.toml() for m in self.merchants)
 
@@ -260,7 +267,7 @@ class Sites(Stack):
         for name in self.callback_names:
             (self.workdir / f"{name}.toml").write_text(self._site_config(
                 "callback.example.toml", port=CALLBACK_HTTP_PORTS[name],
-                ari_url=self.ari_urls[name],
+                ari_url=self.ari_urls[name], asterisk=ASTERISK_OF[name],
                 peer=routes_toml(self.callback_routes) + self.peer_policy))
 
     def _spawn(self, name: str, module: str, config: Path) -> None:

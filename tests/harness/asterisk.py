@@ -161,6 +161,11 @@ def prompt_seconds(site: AsteriskSite, language: str, name: str) -> float:
         return w.getnframes() / w.getframerate()
 
 
+def answer_log(name: str) -> Path:
+    """Site ``name``'s log of answers (its cel_custom.conf), as this host sees it."""
+    return asterisk_root() / f"var/log/asterisk-{name}/cbgw-answers.csv"
+
+
 def stop(name: str) -> None:
     tool = instance_tool()
     tool.stop(tool.load_site(name, asterisk_root()))
