@@ -40,7 +40,7 @@ from demo.stack import MerchantOptions, Stack
 from tests.harness import asterisk as ast_harness
 from tests.harness.sipp import SippRole
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]   # about 4 minutes, lock wait apart
 
 KILLS = 20
 BATCH = 5
