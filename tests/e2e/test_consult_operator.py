@@ -54,6 +54,7 @@ async def test_forced_end_plays_the_message_to_the_customer_then_hangs_up_both(
     BYE; the record says forced_end."""
     chosen = await admin.advisor("朝陽", "5151", SIP_ADVISOR)
     customer = "07011110011"
+    await admin.fund(customer)                     # billing admits a prepaid balance
     await admin.fund(customer)
     async with stack.carriers(digits=CONFIRM + BY_CODE + "5151") as roles:
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
@@ -99,6 +100,7 @@ async def test_hold_plays_music_to_the_customer_and_unhold_brings_back_the_advis
     silence of the bridge again. The record keeps the hold."""
     chosen = await admin.advisor("湊斗", "5252", SIP_ADVISOR)
     customer = "07011110012"
+    await admin.fund(customer)                     # billing admits a prepaid balance
     async with stack.carriers(digits=CONFIRM + BY_CODE + "5252") as roles:
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
         await wait_for(roles["operator"], lambda m: m.direction == "sent" and m.status == 200
