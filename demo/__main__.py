@@ -7,6 +7,11 @@ by expected cost; the cheapest (B) refuses with 503 and the next (A) reaches
 the customer's phone, which confirms the call-back with 1 and then
 the customer orders item 1234, quantity 2, and confirms. The CDR and the order
 travel back to the edge, where the call center reads them.
+
+Then a consultation on a second merchant of the same stack (``demo/consult.py``): a
+customer of a fortune-telling line keys an advisor's 4-digit code on the call-back and
+talks to the advisor, shown with the advisor's presence, the billing settlement and the
+record reaching the edge.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from demo import consult
 from demo.stack import REPO, TOLL_FREE, MerchantOptions, Stack, StackError
 from demo.timeline import cost_summary, db_entries, render, sip_entries
 from shared.money import DEFAULT_FX_RATES, FxTable
@@ -40,7 +46,8 @@ async def run(args: argparse.Namespace) -> int:
     print("== bringing up both sites (PostgreSQL, 2× Asterisk 22, edge_server, callback_server)")
     started = time.monotonic()
     stack = Stack(args.workdir, merchants=(MerchantOptions(announce_mode=args.mode,
-                                                           pre_callback_delay_s="1"),),
+                                                           pre_callback_delay_s="1"),
+                                    consult.LINE),
                   db_prefix="cbgw_demo", stop_asterisks=True)
     async with stack:
         print(f"   up in {time.monotonic() - started:.1f} s; Asterisk "
@@ -75,6 +82,10 @@ async def run(args: argparse.Namespace) -> int:
                              args.caller], name="routing_rates").rstrip())
         print("\n== what this particular call cost")
         print(cost_summary(facts, FxTable.from_mapping("JPY", {"USD": FX_USD_JPY})))
+        print("\n== a consultation")
+        consultation = await consult.run(stack)
+        print("\n== consultation timeline (wall clock, from the first fact)")
+        print(render(consultation))
     print(f"\n== stopped what the demo started: the servers and "
           f"{', '.join(f'Asterisk {n}' for n in stack.stopped_asterisks) or 'no Asterisk'}"
           f" (one already running is left alone)")

@@ -1,4 +1,5 @@
-"""``make demo`` end to end: one call-back, and afterwards nothing it started is running.
+"""``make demo`` end to end: one call-back, a consultation, and afterwards nothing it
+started is running.
 
 The demo is run as ``make demo`` runs it (``python -m demo``, its own process). An
 Asterisk that was running before it is left running; one it started is stopped.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from demo import consult
 from demo.stack import REPO
 from tests.harness import asterisk as ast_harness
 
@@ -35,5 +37,14 @@ def test_demo_stops_the_asterisk_it_started_and_leaves_a_running_one(tmp_path: P
 
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "CDR" in demo.stdout and "never answered" in demo.stdout
+    # the consultation: record, advisor's presence, settlement, the record at the edge
+    assert (f"consultation record: advisor {consult.ADVISOR_NAME}, method code"
+            in demo.stdout), demo.stdout[-4000:]
+    assert "end advisor_hangup" in demo.stdout
+    for step in ("offered (standby → ringing)", "answered (ringing → talking)",
+                 "ended (talking → wrap_up)"):
+        assert f"{consult.ADVISOR_NAME}: {step}" in demo.stdout, step
+    assert "yen tax" in demo.stdout and "consultation record stored for the merchant" \
+        in demo.stdout
     assert running_pid("callback") is None, "the demo left the Asterisk it started running"
     assert running_pid("edge") == edge_before, "the demo stopped an Asterisk it found running"
