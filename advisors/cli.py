@@ -6,6 +6,7 @@
     python -m advisors --merchant acme group add --name タロット --member 1 --member 2
     python -m advisors --merchant acme customer add --account u-42 --number 08012345678
     python -m advisors --merchant acme settings set --after-call manual --lines 5
+    python -m advisors --merchant acme settings set --click-to-call-first advisor
     python -m advisors --merchant acme events --since 0
 
 Output is JSON. Input goes through the same parsers as the API (:mod:`advisors.schemas`),
@@ -39,6 +40,7 @@ OPTIONS = {"display_name": "--name", "name_prompt": "--prompt", "code": "--code"
            "account": "--account", "numbers": "--number", "after_call": "--after-call",
            "wrap_up_s": "--wrap-up-s", "ring_timeout_s": "--ring-timeout-s",
            "misses_before_break": "--misses-before-break", "lines": "--lines",
+           "click_to_call_first": "--click-to-call-first",
            "presence": "presence", "reason": "--reason"}
 
 
@@ -80,7 +82,9 @@ def parser() -> argparse.ArgumentParser:
     st = nouns.add_parser("settings").add_subparsers(dest="verb", required=True)
     st.add_parser("show")
     ss = st.add_parser("set")
-    ss.add_argument("--after-call", choices=("timer", "manual"))
+    for key, kind in s.SETTINGS_CHOICES.items():
+        ss.add_argument("--" + key.replace("_", "-"), dest=key,
+                        choices=[m.value for m in kind])
     for key in s.SETTINGS_LIMITS:
         ss.add_argument("--" + key.replace("_", "-"), dest=key, type=int)
 
@@ -152,7 +156,7 @@ async def _command(args: argparse.Namespace, store: AdvisorStore, live: Presence
         case "settings", "show":
             return s.settings_json(await store.rules(m))
         case "settings", _:
-            rules = s.parse_settings(_fields(args, ("after_call", *s.SETTINGS_LIMITS)),
+            rules = s.parse_settings(_fields(args, (*s.SETTINGS_CHOICES, *s.SETTINGS_LIMITS)),
                                      await store.rules(m))
             return s.settings_json(await store.set_rules(m, rules))
     return {"items": await since(store.pool, m, args.since)}

@@ -51,6 +51,13 @@ class AfterCallMode(enum.StrEnum):
     MANUAL = "manual"
 
 
+class FirstParty(enum.StrEnum):
+    """Web click-to-call: the party rung first; the other is rung once it has answered."""
+
+    CUSTOMER = "customer"
+    ADVISOR = "advisor"
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     """A merchant's settings the machines apply."""
@@ -61,6 +68,7 @@ class Rules:
     misses_before_break: int = 3
     #: consultations in progress at once across the merchant (its lines)
     lines: int = 10
+    click_to_call_first: FirstParty = FirstParty.CUSTOMER
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from advisors.model import (
     AfterCallMode,
     Contact,
     Customer,
+    FirstParty,
     Group,
     PstnContact,
     Rules,
@@ -204,21 +205,24 @@ SETTINGS_LIMITS = {"wrap_up_s": (0, 3600), "ring_timeout_s": (5, 300),
                    "misses_before_break": (0, 100), "lines": (1, 100_000)}
 
 
+#: the settings that take one of a few words
+SETTINGS_CHOICES: dict[str, type[AfterCallMode] | type[FirstParty]] = {
+    "after_call": AfterCallMode, "click_to_call_first": FirstParty}
+
+
 def parse_settings(data: Mapping[str, Any], current: Rules) -> Rules:
     """``current`` with the fields of ``data`` changed."""
-    _only(data, ("after_call", *SETTINGS_LIMITS))
-    after_call = current.after_call
-    if "after_call" in data:
-        if data["after_call"] not in ("timer", "manual"):
-            raise InvalidField("after_call", "expected timer or manual")
-        after_call = AfterCallMode(data["after_call"])
-    ints = {k: _int(data, k, lo, hi) for k, (lo, hi) in SETTINGS_LIMITS.items() if k in data}
-    return Rules(after_call=after_call,
-                 wrap_up_s=ints.get("wrap_up_s", current.wrap_up_s),
-                 ring_timeout_s=ints.get("ring_timeout_s", current.ring_timeout_s),
-                 misses_before_break=ints.get("misses_before_break",
-                                              current.misses_before_break),
-                 lines=ints.get("lines", current.lines))
+    _only(data, (*SETTINGS_CHOICES, *SETTINGS_LIMITS))
+    words: dict[str, Any] = {}
+    for key, kind in SETTINGS_CHOICES.items():
+        if key in data:
+            choices = [m.value for m in kind]
+            if data[key] not in choices:
+                raise InvalidField(key, "expected " + " or ".join(choices))
+            words[key] = kind(data[key])
+    words.update({k: _int(data, k, lo, hi) for k, (lo, hi) in SETTINGS_LIMITS.items()
+                  if k in data})
+    return replace(current, **words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +280,7 @@ def customer_json(c: Customer) -> dict[str, Any]:
 def settings_json(r: Rules) -> dict[str, Any]:
     return {"after_call": r.after_call.value, "wrap_up_s": r.wrap_up_s,
             "ring_timeout_s": r.ring_timeout_s, "misses_before_break": r.misses_before_break,
-            "lines": r.lines}
+            "lines": r.lines, "click_to_call_first": r.click_to_call_first.value}
 
 
 # --- JSON Schemas (documentation of the same rules) ----------------------------------------
@@ -332,6 +336,9 @@ SETTINGS: Schema = {"type": "object", "additionalProperties": False, "properties
     "after_call": {"enum": ["timer", "manual"],
                    "description": "after a consultation: back to standby after wrap_up_s, "
                                   "or stay in after-call work until the advisor changes it"},
+    "click_to_call_first": {"enum": [m.value for m in FirstParty],
+                            "description": "web click-to-call: the party rung first; the "
+                                           "other is rung once it has answered"},
     **{k: {"type": "integer", "minimum": lo, "maximum": hi}
        for k, (lo, hi) in SETTINGS_LIMITS.items()}}}
 PRESENCE_INPUT: Schema = {"type": "object", "required": ["presence"],

@@ -20,6 +20,7 @@ from advisors.model import (
     Contact,
     Customer,
     Desk,
+    FirstParty,
     Group,
     PstnContact,
     Rules,
@@ -81,7 +82,8 @@ def rules_of(row: asyncpg.Record | None) -> Rules:
         return Rules()
     return Rules(after_call=AfterCallMode(row["after_call"]), wrap_up_s=row["wrap_up_s"],
                  ring_timeout_s=row["ring_timeout_s"],
-                 misses_before_break=row["misses_before_break"], lines=row["lines"])
+                 misses_before_break=row["misses_before_break"], lines=row["lines"],
+                 click_to_call_first=FirstParty(row["click_to_call_first"]))
 
 
 def _duplicate(exc: asyncpg.UniqueViolationError) -> Duplicate:
@@ -102,13 +104,13 @@ class AdvisorStore:
     async def set_rules(self, merchant_id: str, rules: Rules) -> Rules:
         await self.pool.execute(
             """INSERT INTO advisor_settings AS s (merchant_id, after_call, wrap_up_s,
-                   ring_timeout_s, misses_before_break, lines)
-               VALUES ($1, $2, $3, $4, $5, $6)
+                   ring_timeout_s, misses_before_break, lines, click_to_call_first)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
                ON CONFLICT (merchant_id) DO UPDATE SET after_call = $2, wrap_up_s = $3,
                    ring_timeout_s = $4, misses_before_break = $5, lines = $6,
-                   updated_at = now()""",
+                   click_to_call_first = $7, updated_at = now()""",
             merchant_id, rules.after_call.value, rules.wrap_up_s, rules.ring_timeout_s,
-            rules.misses_before_break, rules.lines)
+            rules.misses_before_break, rules.lines, rules.click_to_call_first.value)
         return rules
 
     # --- advisors -------------------------------------------------------------------------

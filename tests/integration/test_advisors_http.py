@@ -83,10 +83,13 @@ async def test_advisors_groups_customers_and_settings(client: TestClient[Any, An
     assert customer["numbers"] == ["+81312345678", "+818012345678"]
     assert (await ok(await client.get("/v1/advisor-settings", headers=AUTH))) == {
         "after_call": "timer", "wrap_up_s": 30, "ring_timeout_s": 20,
-        "misses_before_break": 3, "lines": 10}
+        "misses_before_break": 3, "lines": 10, "click_to_call_first": "customer"}
     settings = await ok(await client.put("/v1/advisor-settings", json={
-        "after_call": "manual", "lines": 3}, headers=AUTH))
+        "after_call": "manual", "lines": 3, "click_to_call_first": "advisor"}, headers=AUTH))
     assert settings["after_call"] == "manual" and settings["lines"] == 3
+    assert settings["click_to_call_first"] == "advisor"
+    assert (await ok(await client.get("/v1/advisor-settings", headers=AUTH)))[
+        "click_to_call_first"] == "advisor"
     assert settings["wrap_up_s"] == 30
     # another merchant's token sees none of it
     other = {"Authorization": f"Bearer {BENTO}"}
@@ -128,6 +131,8 @@ async def test_other_bad_input_and_duplicates(client: TestClient[Any, Any]) -> N
         "presence": "asleep"}, headers=AUTH)) == "presence"
     assert await field_error(await client.put("/v1/advisor-settings", json={
         "after_call": "never"}, headers=AUTH)) == "after_call"
+    assert await field_error(await client.put("/v1/advisor-settings", json={
+        "click_to_call_first": "both"}, headers=AUTH)) == "click_to_call_first"
     assert await field_error(await client.put("/v1/advisor-settings", json={
         "lines": 0}, headers=AUTH)) == "lines"
     assert await field_error(await client.post("/v1/customers", json={
