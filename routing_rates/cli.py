@@ -411,8 +411,10 @@ async def cmd_simulate(args: argparse.Namespace, conn: asyncpg.Connection) -> No
              f"  call every call back:        {result.callback:>14.2f}",
              f"  as the project decides:      {result.project:>14.2f}   saving "
              f"{result.saving:.2f} against keeping every call",
-             f"  regret: {result.regret:.2f} over {result.regret_calls:,} calls the decision "
-             "lost money on in hindsight"]
+             f"  regret: {result.regret:.2f} over {result.regret_calls:,} calls decided alike "
+             "whose other choice was cheaper in total",
+             f"  hindsight: {result.hindsight:.2f} over {result.hindsight_calls:,} calls "
+             "each cheaper the other way for its own talk time"]
     lines += [f"  {cls:<7} {calls:>8,} calls  saving {keep - project:>12.2f}"
               for cls, (calls, keep, project) in result.by_class.items() if calls]
     lines += [f"  hour {h:02d} {calls:>8,} calls  saving {keep - project:>12.2f}"
@@ -421,7 +423,8 @@ async def cmd_simulate(args: argparse.Namespace, conn: asyncpg.Connection) -> No
               f"{int(log.talk_s[i])} s" for i, amount in result.worst]
     data = {"calls": result.calls, "currency": cur, "keep": str(result.keep),
             "callback": str(result.callback), "project": str(result.project),
-            "regret": str(result.regret), "regret_calls": result.regret_calls}
+            "regret": str(result.regret), "regret_calls": result.regret_calls,
+            "hindsight": str(result.hindsight), "hindsight_calls": result.hindsight_calls}
     _print(args, data, "\n".join(lines))
 
 

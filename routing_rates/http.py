@@ -251,9 +251,10 @@ def _result_json(r: whatif.Result) -> dict[str, Any]:
     return {"currency": r.currency, "calls": r.calls, "keep": str(r.keep),
             "callback": str(r.callback), "project": str(r.project), "saving": str(r.saving),
             "regret": str(r.regret), "regret_calls": r.regret_calls,
+            "hindsight": str(r.hindsight), "hindsight_calls": r.hindsight_calls,
             "by_class": {c: totals(*t) for c, t in r.by_class.items()},
             "by_hour": [totals(*t) for t in r.by_hour],
-            "worst": [{"call": i, "regret": str(amount)} for i, amount in r.worst]}
+            "worst": [{"call": i, "hindsight": str(amount)} for i, amount in r.worst]}
 
 
 _SECONDS = {"type": "number", "minimum": 0, "maximum": 86400}
@@ -296,17 +297,19 @@ _TOTALS = {"type": "object", "required": ["calls", "keep", "project", "saving"],
 SIMULATION = {
     "type": "object",
     "required": ["currency", "calls", "keep", "callback", "project", "saving", "regret",
-                 "regret_calls", "by_class", "by_hour", "worst"],
+                 "regret_calls", "hindsight", "hindsight_calls", "by_class", "by_hour",
+                 "worst"],
     "properties": {
         "currency": {"type": "string"}, "calls": {"type": "integer"},
         "keep": {"type": "string"}, "callback": {"type": "string"},
         "project": {"type": "string"}, "saving": {"type": "string"},
         "regret": {"type": "string"}, "regret_calls": {"type": "integer"},
+        "hindsight": {"type": "string"}, "hindsight_calls": {"type": "integer"},
         "by_class": {"type": "object", "additionalProperties": _TOTALS},
         "by_hour": {"type": "array", "items": _TOTALS},
         "worst": {"type": "array", "items": {
-            "type": "object", "required": ["call", "regret"],
-            "properties": {"call": {"type": "integer"}, "regret": {"type": "string"}}}}}}
+            "type": "object", "required": ["call", "hindsight"],
+            "properties": {"call": {"type": "integer"}, "hindsight": {"type": "string"}}}}}}
 QUOTE = {"type": "object", "required": ["number", "currency", "routes", "dropped"],
          "properties": {
              "number": {"type": "string"}, "currency": {"type": "string"},

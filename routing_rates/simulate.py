@@ -4,8 +4,21 @@ For every call of the log (time, caller, talk seconds) three costs in the compar
 currency: keeping it on the toll-free line (the inbound tariff's row for the caller),
 calling back (the edge leg plus the carrier route the decision would take), and what
 the project's decision would have cost (``RatingService.decide`` with the merchant's
-call lengths, at the call's time). Regret: the project's cost minus the cheaper of
-the two in hindsight, for the calls where the decision lost money.
+call lengths, at the call's time).
+
+Two shortfalls, not the same thing:
+
+* **regret** (the decision's): a decision is taken before the talk time is known, so
+  every call with the same costs (inbound and carrier terms, edge leg) and number class
+  gets the same one. Per such group, what the project paid minus the cheaper of keeping *all* its
+  calls and calling *all* of them back. When the log's talk times follow the
+  distribution the decision assumes, the expected-cost choice is the cheaper on
+  average, and this goes to 0 as the log grows: it measures a wrong distribution or
+  a wrong decision.
+* **hindsight** (per call): the project's cost minus the cheaper of the two *for that
+  call's own talk time*. No decision that cannot see the talk time avoids it (a short
+  call is cheaper kept and a long one called back under the same expected costs), so
+  it stays positive even for the optimal decision; ``worst`` lists its largest calls.
 
 Vectorised: decisions are taken once per distinct (matched rows, rate periods,
 number class), the costs per distinct (terms, billed seconds); per call only numpy
@@ -113,11 +126,13 @@ class Result:
     keep: Decimal                 # every call kept on the toll-free line
     callback: Decimal             # every call called back
     project: Decimal              # as the project decides
-    regret: Decimal               # sum over the calls the decision lost money on
-    regret_calls: int
+    regret: Decimal               # the decisions' shortfall per group of alike calls
+    regret_calls: int             # calls in the groups whose decision lost money
+    hindsight: Decimal            # per call against its own cheaper choice (clairvoyant)
+    hindsight_calls: int
     by_class: dict[str, tuple[int, Decimal, Decimal]]   # class -> calls, keep, project
     by_hour: list[tuple[int, Decimal, Decimal]]         # Tokyo hour -> calls, keep, project
-    worst: list[tuple[int, Decimal]]                    # (call index, regret), largest first
+    worst: list[tuple[int, Decimal]]                    # (call index, hindsight), largest first
 
     @property
     def saving(self) -> Decimal:
@@ -153,6 +168,8 @@ def simulate(rates: RatingService, log: CallLog, *, merchant: str | None = None,
     decisions: dict[tuple[object, ...], tuple[bool, Terms | None, Terms | None, Decimal]] = {}
     per_pair: list[tuple[bool, Terms | None, Terms | None, Decimal]] = []
     classes = np.empty(len(uniq_pair), np.int64)
+    group_of_pair = np.empty(len(uniq_pair), np.int64)
+    group_ids: dict[tuple[object, ...], int] = {}
     for j, first in enumerate(first_of_pair):
         number, at = log.callers[first], log.at(first)
         periods = combo_list[int(combo_of_min[min_of_call[first]])]
@@ -171,6 +188,7 @@ def simulate(rates: RatingService, log: CallLog, *, merchant: str | None = None,
             decisions[rows_key] = (d.callback, direct.terms if direct else None,
                               d.route.row.terms if d.route else None, edge)
         per_pair.append(decisions[rows_key])
+        group_of_pair[j] = group_ids.setdefault((decisions[rows_key], cls), len(group_ids))
     scale = _scale(rates, [t for _, a, b, _ in per_pair for t in (a, b) if t is not None])
     talk = log.talk_s
     keep = _costs(rates, [p[1] for p in per_pair], pair_of_call, talk, scale)
@@ -181,22 +199,28 @@ def simulate(rates: RatingService, log: CallLog, *, merchant: str | None = None,
     callback = np.where(has_route, carrier_leg + edge_units[pair_of_call], keep)
     decided = np.asarray([p[0] for p in per_pair])[pair_of_call]
     project = np.where(decided, callback, keep)
-    regret = project - np.minimum(keep, callback)
+    hindsight = project - np.minimum(keep, callback)
+    group = group_of_pair[pair_of_call]
+    totals = np.zeros((3, len(group_ids)), np.int64)
+    for row, per_call in enumerate((keep, callback, project)):
+        np.add.at(totals[row], group, per_call)
+    group_regret = totals[2] - np.minimum(totals[0], totals[1])
     hour = (log.at_s + TOKYO_OFFSET_S) // 3600 % 24
     cls_of_call = classes[pair_of_call]
-    order = np.argsort(-regret, kind="stable")[:worst]
+    order = np.argsort(-hindsight, kind="stable")[:worst]
 
     def money(units: int | np.integer) -> Decimal:
         return Decimal(int(units)).scaleb(-scale)
 
     return Result(
         rates.currency, n, money(keep.sum()), money(callback.sum()), money(project.sum()),
-        money(regret.sum()), int((regret > 0).sum()),
+        money(group_regret.sum()), int((group_regret[group] > 0).sum()),
+        money(hindsight.sum()), int((hindsight > 0).sum()),
         {c: (int((cls_of_call == i).sum()), money(keep[cls_of_call == i].sum()),
              money(project[cls_of_call == i].sum())) for i, c in enumerate(NUMBER_CLASSES)},
         [(int((hour == h).sum()), money(keep[hour == h].sum()),
           money(project[hour == h].sum())) for h in range(24)],
-        [(int(i), money(regret[i])) for i in order if regret[i] > 0])
+        [(int(i), money(hindsight[i])) for i in order if hindsight[i] > 0])
 
 
 def _scale(rates: RatingService, terms: Iterable[Terms]) -> int:

@@ -48,9 +48,11 @@ async def test_simulate_prints_totals_and_writes_chart_and_csv(
     assert await asyncio.to_thread(main, args) == 0
     out = json.loads(capsys.readouterr().out)
     # kept: 10 + 300 + 17 JPY; called back (21 JPY a minute, 60/60): 21 + 210, the fixed
-    # line kept; the default call lengths call both mobile calls back: 11 lost on the short
+    # line kept; the default call lengths call both mobile calls back: cheaper than keeping
+    # both (no regret), but the short one alone would have cost 11 less kept (hindsight)
     assert out == {"calls": 3, "currency": "JPY", "keep": "327.0000", "callback": "248.0000",
-                   "project": "248.0000", "regret": "11.0000", "regret_calls": 1}
+                   "project": "248.0000", "regret": "0.0000", "regret_calls": 0,
+                   "hindsight": "11.0000", "hindsight_calls": 1}
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.reader((tmp_path / "c.csv").read_text().splitlines()))
     assert rows[-1] == ["total", "", "3", "327.0000", "248.0000", "79.0000"]

@@ -69,8 +69,11 @@ async def test_simulate_replays_the_calls(aiohttp_client: Any) -> None:
     # kept: 10 + 300 JPY; called back: 0.1398 USD x 150 a minute, 60/60: 20.97 + 209.70
     assert (body["keep"], body["callback"], body["project"]) == \
         ("310.0000", "230.6700", "230.6700")
-    assert (body["regret"], body["regret_calls"]) == ("10.9700", 1)
-    assert body["worst"] == [{"call": 0, "regret": "10.9700"}]
+    # both calls decided alike (called back): cheaper in total than keeping both, so no
+    # regret; the short one alone would have been cheaper kept
+    assert (body["regret"], body["regret_calls"]) == ("0.0000", 0)
+    assert (body["hindsight"], body["hindsight_calls"]) == ("10.9700", 1)
+    assert body["worst"] == [{"call": 0, "hindsight": "10.9700"}]
     assert body["by_class"]["mobile"] == {"calls": 2, "keep": "310.0000",
                                           "project": "230.6700", "saving": "79.3300"}
     assert sum(h["calls"] for h in body["by_hour"]) == 2
