@@ -39,6 +39,10 @@ from shared.timeutil import TimestampError, parse_timestamp
 # Plivo's published outbound deck (public data, 72,554 rows), shipped gzipped so the
 # demo works on a fresh clone.
 PLIVO_DECK = Path(__file__).resolve().parent / "data" / "plivo-voice-outbound-2026-04-01.csv.gz"
+#: the demo carriers' decks (``demo-setup``), tariff id -> file
+DEMO_DECKS = (("carrier-a", PLIVO_DECK), ("carrier-b", DATA_DIR / "carrier-b.csv"),
+              ("carrier-c", DATA_DIR / "carrier-c.csv"),
+              ("ntt-freedial", DATA_DIR / "ntt-freedial.csv"))
 DEFAULT_FX = ",".join(f"{code}={rate}" for code, rate in DEFAULT_FX_RATES.items())
 
 
@@ -430,9 +434,7 @@ async def cmd_simulate(args: argparse.Namespace, conn: asyncpg.Connection) -> No
 
 async def cmd_demo_setup(args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
-    for tariff, path in (("carrier-a", PLIVO_DECK), ("carrier-b", DATA_DIR / "carrier-b.csv"),
-                         ("carrier-c", DATA_DIR / "carrier-c.csv"),
-                         ("ntt-freedial", DATA_DIR / "ntt-freedial.csv")):
+    for tariff, path in DEMO_DECKS:
         result = await importer.import_deck(conn, tariff, path, progress=False)
         print(f"{tariff}: deck {result.deck.id if result.deck else '?'}, {result.rows} rows")
 
