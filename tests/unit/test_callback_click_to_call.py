@@ -1,0 +1,201 @@
+"""Web click-to-call, the customer rung first (pure): the customer's leg, then the advisor's
+through the consult machine, the assignment run on the real presence machines in memory."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from advisors import assignment as am
+from advisors import presence as pm
+from advisors.model import State
+from advisors.records import EndReason, RingOutcome
+from callback_server import click_to_call as ctc
+from callback_server import consult
+from callback_server.click_to_call import ClickState, MessageDone, Phase, Request
+from callback_server.consult import Assigned, Begin, EndPresence, Farewell, Over, RunAssignment
+from callback_server.dialer_messages import (
+    Answered,
+    ChannelGone,
+    CreateBridge,
+    Hangup,
+    Originate,
+    OriginateFailed,
+    PersistAttempt,
+    RecordCdr,
+    Route,
+    StartTimer,
+    TimerFired,
+)
+from callback_server.testing import MemoryDesk
+from tests.purity import io_imports
+
+C = TypeVar("C")
+T0 = datetime(2026, 12, 5, 1, 0, 0, tzinfo=UTC)
+CID = "cb-7-c1"
+ADVISOR = 2
+CUSTOMER_ROUTES = (Route("carrier-a", "PJSIP/+819012345678@carrier-a"),
+                   Route("carrier-b", "PJSIP/+819012345678@carrier-b"))
+ADVISOR_ROUTES = (Route("carrier-a", "PJSIP/+819011110002@carrier-a"),)
+
+
+class Call:
+    """Drives one click-to-call: runs the consult machine's assignments on the desk at
+    once (as the adapter does) and collects every command."""
+
+    def __init__(self, desk: MemoryDesk | None = None) -> None:
+        self.desk = desk or MemoryDesk(3)
+        creq = consult.Request(CID, "cb-7", 1, "", frozenset({ADVISOR}), 20, 0,
+                               "+81120123456", "+819012345678")
+        self.state = ctc.new(Request(creq, CUSTOMER_ROUTES, "+819012345678",
+                                     "+81120123456", ADVISOR))
+        self.commands: list[consult.Command] = []
+
+    def send(self, event: ctc.Event) -> list[consult.Command]:
+        todo: list[ctc.Event] = [event]
+        out: list[consult.Command] = []
+        while todo:
+            self.state, cmds = ctc.transition(self.state, todo.pop(0))
+            out += cmds
+            for cmd in cmds:
+                if isinstance(cmd, RunAssignment):
+                    a, result = self.desk.run(cmd.op, cmd.assignment, T0)
+                    offer = any(isinstance(c, am.OfferTo) for c in result)
+                    todo.append(Assigned(a, tuple(result), T0,
+                                         ADVISOR_ROUTES if offer else ()))
+                elif isinstance(cmd, EndPresence):
+                    self.desk.apply(cmd.advisor_id, pm.ConsultationEnded(T0, CID))
+        self.commands += out
+        return out
+
+    def over(self) -> Over:
+        overs = [c for c in self.commands if isinstance(c, Over)]
+        assert len(overs) == 1, overs
+        return overs[0]
+
+    def advisor_leg(self) -> str:
+        consultation = self.state.consultation
+        assert consultation is not None and consultation.live_leg is not None
+        return consultation.live_leg.channel_id
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def of(cmds: list[consult.Command], kind: type[C]) -> list[C]:
+    return [c for c in cmds if isinstance(c, kind)]
+
+
+def answered_customer(call: Call) -> list[consult.Command]:
+    call.send(Begin(at(0)))
+    return call.send(Answered("cb-7-01", at(3)))
+
+
+def test_click_to_call_module_imports_no_io() -> None:
+    assert io_imports(Path(ctc.__file__)) == []
+
+
+def test_the_customer_is_rung_first_then_hears_connecting_while_the_advisor_rings() -> None:
+    call = Call()
+    cmds = call.send(Begin(at(0)))
+    originates = of(cmds, Originate)
+    assert [(o.channel_id, o.endpoint, o.caller_id) for o in originates] == [
+        ("cb-7-01", "PJSIP/+819012345678@carrier-a", "+81120123456")]
+    assert of(cmds, PersistAttempt)[0].leg == "customer"
+    assert StartTimer(ctc.T_FIRST_RING, 20) in cmds
+    assert call.desk.seats[ADVISOR].state is State.STANDBY     # nobody else rung yet
+    cmds = call.send(Answered("cb-7-01", at(3)))
+    assert Farewell("cb-7-01", ctc.CONNECTING_PROMPT, f"{CID}-connecting") in cmds
+    advisor = of(cmds, Originate)
+    assert [(o.channel_id, o.endpoint) for o in advisor] == [
+        ("cb-7-02", "PJSIP/+819011110002@carrier-a")]
+    assert call.desk.seats[ADVISOR].state is State.RINGING
+    cmds = call.send(Answered("cb-7-02", at(8)))
+    assert CreateBridge(f"{CID}-br", ("cb-7-01", "cb-7-02")) in cmds
+    assert call.desk.seats[ADVISOR].state is State.TALKING
+    # the advisor hangs up: the customer is hung up, then the record
+    cmds = call.send(ChannelGone("cb-7-02", 16, at(68)))
+    assert Hangup("cb-7-01") in cmds and not of(cmds, Over)
+    call.send(ChannelGone("cb-7-01", 16, at(69)))
+    over = call.over()
+    assert over.answered_at == at(8) and over.end_reason is EndReason.ADVISOR_HANGUP
+    assert over.advisor_id == ADVISOR and call.state.phase is Phase.DONE
+    assert len(of(call.commands, RecordCdr)) == 2           # both legs' costs
+
+
+def test_the_advisor_not_answering_the_customer_hears_the_message_then_bye() -> None:
+    call = Call()
+    answered_customer(call)
+    leg = call.advisor_leg()
+    cmds = call.send(TimerFired(consult.T_RING, at(23)))
+    assert Hangup(leg, "no_answer") in cmds
+    cmds = call.send(ChannelGone(leg, 16, at(23)))
+    message = Farewell("cb-7-01", ctc.NO_ANSWER_PROMPT, f"{CID}-no-answer")
+    assert message in cmds and StartTimer(ctc.T_MESSAGE, ctc.MESSAGE_GUARD_S) in cmds
+    assert not of(cmds, Hangup) and not of(cmds, Over)        # the customer hears it first
+    assert call.desk.seats[ADVISOR].misses == 1               # the miss counts
+    cmds = call.send(MessageDone(f"{CID}-no-answer"))
+    assert Hangup("cb-7-01") in cmds
+    call.send(ChannelGone("cb-7-01", 16, at(30)))
+    over = call.over()
+    assert over.answered_at is None and over.end_reason is EndReason.NO_ADVISOR
+    assert [r.outcome for r in over.rings] == [RingOutcome.MISSED]
+
+
+def test_the_message_guard_hangs_the_customer_up_when_no_playback_ends() -> None:
+    call = Call()
+    answered_customer(call)
+    leg = call.advisor_leg()
+    call.send(ChannelGone(leg, 17, at(5)))                     # the advisor is busy
+    cmds = call.send(TimerFired(ctc.T_MESSAGE, at(25)))
+    assert Hangup("cb-7-01") in cmds
+    call.send(ChannelGone("cb-7-01", 16, at(25)))
+    over = call.over()
+    assert over.end_reason is EndReason.NO_ADVISOR and over.answered_at is None
+    assert [r.outcome for r in over.rings] == [RingOutcome.FAILED]
+
+
+def test_the_customer_hanging_up_while_the_advisor_rings_withdraws_the_ring() -> None:
+    call = Call()
+    answered_customer(call)
+    leg = call.advisor_leg()
+    cmds = call.send(ChannelGone("cb-7-01", 16, at(6)))
+    assert Hangup(leg) in cmds and not of(cmds, Over)
+    call.send(ChannelGone(leg, 16, at(6)))
+    over = call.over()
+    assert over.end_reason is EndReason.CUSTOMER_ABANDONED and over.answered_at is None
+    assert [r.outcome for r in over.rings] == [RingOutcome.WITHDRAWN]
+    assert call.desk.seats[ADVISOR].state is State.STANDBY
+    assert call.desk.seats[ADVISOR].misses == 0
+
+
+def test_the_customer_not_answering_rings_nobody_else() -> None:
+    call = Call()
+    call.send(Begin(at(0)))
+    assert Hangup("cb-7-01", "no_answer") in call.send(TimerFired(ctc.T_FIRST_RING, at(20)))
+    call.send(ChannelGone("cb-7-01", 16, at(20)))
+    over = call.over()
+    assert over.end_reason is EndReason.CUSTOMER_ABANDONED and over.answered_at is None
+    assert over.rings == () and over.advisor_id == ADVISOR
+    assert not [c for c in call.commands if isinstance(c, RunAssignment)]
+    assert call.desk.seats[ADVISOR].state is State.STANDBY
+
+
+def test_a_carrier_fault_on_the_customer_leg_fails_over_to_the_next_carrier() -> None:
+    call = Call()
+    call.send(Begin(at(0)))
+    cmds = call.send(ChannelGone("cb-7-01", 34, at(1)))       # no circuit: a carrier fault
+    assert [o.endpoint for o in of(cmds, Originate)] == [
+        "PJSIP/+819012345678@carrier-b"]
+    call.send(OriginateFailed("cb-7-02", "Allocation failed", at(1)))   # no route left
+    assert call.over().end_reason is EndReason.CUSTOMER_ABANDONED
+    assert call.state.phase is Phase.DONE
+    # the advisor is dialled after the customer's legs when the second carrier answers
+    call = Call()
+    call.send(Begin(at(0)))
+    call.send(ChannelGone("cb-7-01", 34, at(1)))
+    cmds = call.send(Answered("cb-7-02", at(4)))
+    assert [o.channel_id for o in of(cmds, Originate)] == ["cb-7-03"]
+    assert isinstance(call.state, ClickState)
