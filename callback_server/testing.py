@@ -11,7 +11,7 @@ consultation records. Integration tests use the real adapters instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +23,7 @@ from advisors.model import Desk, Rules
 from advisors.records import ConsultationRecord
 from callback_server import ivr
 from callback_server.advisor_desk import Chosen, Unavailable, unavailable_reason
-from callback_server.consult import Op
+from callback_server.consult import Assigned, EndPresence, Op, RunAssignment
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr, Route
 from callback_server.ivr import Submit
 from callback_server.store.queue_store import LeaseLost
@@ -232,6 +232,22 @@ class MemoryDesk:
             elif isinstance(cmd, am.Withdraw):
                 self.apply(cmd.advisor_id, pm.ConsultationEnded(now, a.consultation_id))
         return after, cmds
+
+    def results(self, commands: Sequence[object], now: datetime, consultation_id: str,
+                routes: Mapping[int, tuple[Route, ...]]) -> list[Assigned]:
+        """Run consultation ``consultation_id``'s ``commands`` on the desk at once (as its
+        adapter does): each ``RunAssignment``'s result (an ``OfferTo`` with the advisor's
+        ``routes``); each ``EndPresence`` applied."""
+        results: list[Assigned] = []
+        for cmd in commands:
+            if isinstance(cmd, RunAssignment):
+                a, done = self.run(cmd.op, cmd.assignment, now)
+                offer = next((c for c in done if isinstance(c, am.OfferTo)), None)
+                results.append(Assigned(a, tuple(done), now,
+                                        routes[offer.advisor_id] if offer else ()))
+            elif isinstance(cmd, EndPresence):
+                self.apply(cmd.advisor_id, pm.ConsultationEnded(now, consultation_id))
+        return results
 
     def apply(self, advisor: int, event: pm.Event) -> None:
         self.seats[advisor], _ = pm.transition(self.seats[advisor], event, self.rules)

@@ -7,14 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from advisors import assignment as am
-from advisors import presence as pm
 from advisors.model import State
 from advisors.records import EndReason, RingOutcome
 from callback_server import click_to_call as ctc
 from callback_server import consult
 from callback_server.click_to_call import ClickState, MessageDone, Phase, Request
-from callback_server.consult import Assigned, Begin, EndPresence, Farewell, Over, RunAssignment
+from callback_server.consult import Begin, Farewell, Over, RunAssignment
 from callback_server.dialer_messages import (
     Answered,
     ChannelGone,
@@ -58,14 +56,7 @@ class Call:
         while todo:
             self.state, cmds = ctc.transition(self.state, todo.pop(0))
             out += cmds
-            for cmd in cmds:
-                if isinstance(cmd, RunAssignment):
-                    a, result = self.desk.run(cmd.op, cmd.assignment, T0)
-                    offer = any(isinstance(c, am.OfferTo) for c in result)
-                    todo.append(Assigned(a, tuple(result), T0,
-                                         ADVISOR_ROUTES if offer else ()))
-                elif isinstance(cmd, EndPresence):
-                    self.desk.apply(cmd.advisor_id, pm.ConsultationEnded(T0, CID))
+            todo += self.desk.results(cmds, T0, CID, {ADVISOR: ADVISOR_ROUTES})
         self.commands += out
         return out
 

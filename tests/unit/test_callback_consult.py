@@ -20,7 +20,6 @@ from advisors.model import Rules, State, Via
 from advisors.records import EndReason, RingOutcome
 from callback_server import consult, ivr
 from callback_server.consult import (
-    Assigned,
     Begin,
     ConsultState,
     CustomerGone,
@@ -93,14 +92,7 @@ class Call:
         while todo:
             self.state, cmds = consult.transition(self.state, todo.pop(0))
             out += cmds
-            for cmd in cmds:
-                if isinstance(cmd, RunAssignment):
-                    a, result = self.desk.run(cmd.op, cmd.assignment, self.now)
-                    offer = next((c for c in result if isinstance(c, am.OfferTo)), None)
-                    routes = ROUTES[offer.advisor_id] if offer else ()
-                    todo.append(Assigned(a, tuple(result), self.now, routes))
-                elif isinstance(cmd, EndPresence):
-                    self.desk.apply(cmd.advisor_id, pm.ConsultationEnded(self.now, CID))
+            todo += self.desk.results(cmds, self.now, CID, ROUTES)
         self.commands += out
         return out
 
