@@ -110,8 +110,8 @@ async def cmd_carriers(args: argparse.Namespace, conn: asyncpg.Connection) -> No
 
 
 def _deck_distribution(args: argparse.Namespace, option: str) -> distribute.Distribution | None:
-    """With ``--distribute``: the lead of ``--lead-s``, else ``[rates] distribution_lead_s``
-    of ``--config``, else the default."""
+    """When distributing (the callback site's default): the lead of ``--lead-s``, else
+    ``[rates] distribution_lead_s`` of ``--config``, else the default."""
     if not args.distribute:
         return None
     lead = args.lead_s
@@ -460,10 +460,11 @@ def _decision_options(p: argparse.ArgumentParser) -> None:
 
 def _distribution_options(p: argparse.ArgumentParser) -> None:
     """How an activation on the callback site reaches the edge."""
-    p.add_argument("--distribute", action="store_true",
-                   help="the callback site: send the activated version to the edge over the "
-                        "link, in the activation's transaction (default effective time: now "
-                        "+ the lead; an earlier one is refused)")
+    p.add_argument("--distribute", action=argparse.BooleanOptionalAction, default=None,
+                   help="send the activated version to the edge over the link, in the "
+                        "activation's transaction (default effective time: now + the lead; "
+                        "an earlier one is refused). The default on the callback site (--site "
+                        "callback, the default); --no-distribute for a site without an edge")
     p.add_argument("--lead-s", type=int, help="the least time from activation to effective "
                    "time with --distribute (default [rates] distribution_lead_s of --config, "
                    f"else {distribute.DEFAULT_LEAD_S})")
@@ -499,7 +500,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("deck_id", nargs="?", type=int)
     d.add_argument("--tariff")
     d.add_argument("--at", help="activate: in force from (ISO; default now, or the earliest "
-                                "the lead allows with --distribute)")
+                                "the lead allows when distributing)")
     _distribution_options(d)
     for name in ("quote", "decide"):
         q = sub.add_parser(name, help=f"{name} a number (national or +E.164)")
@@ -538,9 +539,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolve_distribute(args: argparse.Namespace) -> None:
+    """The callback site owns the decks: an import or activation there goes to the edge
+    unless ``--no-distribute``; the edge never sends one."""
+    if not hasattr(args, "distribute"):
+        return
+    activates = args.command == "import" or args.action == "activate"
+    if args.distribute and (args.site == "edge" or not activates):
+        raise CliError("--distribute: only an import or activation on the callback site "
+                       "sends a deck to the edge")
+    if args.distribute is None:
+        args.distribute = activates and args.site == "callback"
+
+
 async def run(args: argparse.Namespace) -> None:
     if args.command == "decks" and args.action in ("activate", "cancel") and args.deck_id is None:
         raise CliError(f"decks {args.action} needs a deck id")
+    _resolve_distribute(args)
     conn = await _connect(args)
     try:
         await COMMANDS[args.command](args, conn)

@@ -316,6 +316,36 @@ async def _pending_at_the_edge(sites: Sites, tmp_path: Path, ahead: timedelta,
     return deck, held, later
 
 
+async def test_the_callback_site_distributes_by_default_and_not_with_no_distribute(
+        sites: Sites, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The callback site owns the decks: a plain ``import`` there goes to the edge (in force
+    after the lead); ``--no-distribute`` (a site without an edge) is in force at once and
+    sends nothing; the edge never sends one."""
+    assert await sites.cli("carriers", "load") == 0
+    started = datetime.now(UTC)
+    assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b1.csv", "0.0800")),
+                           "--profile", "generic", "--no-progress", "--lead-s", "2") == 0
+    assert capsys.readouterr().out.rstrip().endswith("; sent to the edge")
+    sent = await _latest(sites.callback_pool, "carrier-b")
+    assert sent["effective_from"] >= started + timedelta(seconds=2)
+    assert (await _edge_deck(sites, "carrier-b", sent["id"]))["content_sha256"] \
+        == sent["content_sha256"]
+    assert await sites.cli("import", "carrier-c", str(_deck(tmp_path / "c.csv", "0.0900")),
+                           "--profile", "generic", "--no-progress", "--no-distribute") == 0
+    assert "sent to the edge" not in capsys.readouterr().out
+    kept = await _latest(sites.callback_pool, "carrier-c")
+    assert kept["effective_from"] <= datetime.now(UTC)
+    assert await sites.callback_pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE kind = 'rate_deck' AND "
+        "convert_from(body, 'UTF8') LIKE $1", f'%"version":{kept["id"]},%') == 0
+    edge = ["--database-url", sites.edge_url, "--site", "edge"]
+    assert await asyncio.to_thread(main, [*edge, "import", "carrier-c", str(tmp_path / "c.csv"),
+                                          "--profile", "generic", "--no-progress",
+                                          "--distribute"]) == 2
+    assert "--distribute: only an import or activation on the callback site" \
+        in capsys.readouterr().err
+
+
 async def test_a_newer_activation_moves_the_edge_copy_and_an_older_one_does_not(
         sites: Sites, tmp_path: Path) -> None:
     deck, held, later = await _pending_at_the_edge(sites, tmp_path, timedelta(hours=2))
