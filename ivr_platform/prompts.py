@@ -11,7 +11,8 @@ the call-back IVR plays the others (``callback_server/flows/order.toml``, ``cons
 the IVR itself plays ``advisor-*`` and ``lines-busy`` for its consultation nodes, and the
 billing refusals ``balance-too-low``, ``no-card``, ``in-dunning``, ``unpaid-limit``; a
 prepaid consultation plays ``balance-warning`` and ``balance-cutoff``; a web click-to-call
-plays ``connecting-advisor`` and ``party-no-answer`` to the party rung first).
+plays ``connecting-advisor`` or ``connecting-customer`` and ``party-no-answer`` to the
+party rung first).
 
 The digits Asterisk says for ``digits:`` media (a read-back: ``digits:123`` plays
 ``digits/1``, ``digits/2``, ``digits/3`` of the channel's language) come with Asterisk in
@@ -151,6 +152,9 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
         "しばらくしてからおかけ直しください。",
         "Sorry, no advisor is available right now. Please try again later."),
     # --- web click-to-call (callback_server.click_to_call): the party rung first -----
+    "connecting-customer": PromptText(
+        "お客様におつなぎします。そのままお待ちください。",
+        "Please hold while we connect you to the customer."),
     "party-no-answer": PromptText(
         "申し訳ございません。お相手が応答しませんでした。通話を終了します。",
         "Sorry, the other party did not answer. This call will now end."),

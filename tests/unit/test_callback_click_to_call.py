@@ -1,5 +1,5 @@
-"""Web click-to-call, the customer rung first (pure): the customer's leg, then the advisor's
-through the consult machine, the assignment run on the real presence machines in memory."""
+"""Web click-to-call (pure), both orders: the customer's leg and the advisor's through the
+consult machine, the assignment run on the real presence machines in memory."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from advisors.model import State
+from advisors.model import FirstParty, State
 from advisors.records import EndReason, RingOutcome
 from callback_server import click_to_call as ctc
 from callback_server import consult
-from callback_server.click_to_call import ClickState, MessageDone, Phase, Request
+from callback_server.click_to_call import MessageDone, Request
 from callback_server.consult import Begin, Farewell, Over, RunAssignment
 from callback_server.dialer_messages import (
     Answered,
     ChannelGone,
     CreateBridge,
+    DestroyBridge,
     Hangup,
     Originate,
     OriginateFailed,
@@ -42,11 +43,11 @@ class Call:
     """Drives one click-to-call: runs the consult machine's assignments on the desk at
     once (as the adapter does) and collects every command."""
 
-    def __init__(self, desk: MemoryDesk | None = None) -> None:
-        self.desk = desk or MemoryDesk(3)
+    def __init__(self, first: FirstParty = FirstParty.CUSTOMER) -> None:
+        self.desk = MemoryDesk(3)
         creq = consult.Request(CID, "cb-7", 1, "", frozenset({ADVISOR}), 20, 0,
                                "+81120123456", "+819012345678")
-        self.state = ctc.new(Request(creq, CUSTOMER_ROUTES, "+819012345678",
+        self.state = ctc.new(Request(creq, first, CUSTOMER_ROUTES, "+819012345678",
                                      "+81120123456", ADVISOR))
         self.commands: list[consult.Command] = []
 
@@ -66,9 +67,9 @@ class Call:
         return overs[0]
 
     def advisor_leg(self) -> str:
-        consultation = self.state.consultation
-        assert consultation is not None and consultation.live_leg is not None
-        return consultation.live_leg.channel_id
+        leg = self.state.advisor_leg
+        assert leg is not None
+        return leg
 
 
 def at(seconds: float) -> datetime:
@@ -95,10 +96,10 @@ def test_the_customer_is_rung_first_then_hears_connecting_while_the_advisor_ring
     assert [(o.channel_id, o.endpoint, o.caller_id) for o in originates] == [
         ("cb-7-01", "PJSIP/+819012345678@carrier-a", "+81120123456")]
     assert of(cmds, PersistAttempt)[0].leg == "customer"
-    assert StartTimer(ctc.T_FIRST_RING, 20) in cmds
+    assert StartTimer(ctc.T_RING, 20) in cmds
     assert call.desk.seats[ADVISOR].state is State.STANDBY     # nobody else rung yet
     cmds = call.send(Answered("cb-7-01", at(3)))
-    assert Farewell("cb-7-01", ctc.CONNECTING_PROMPT, f"{CID}-connecting") in cmds
+    assert Farewell("cb-7-01", ctc.CONNECTING_ADVISOR, f"{CID}-connecting") in cmds
     advisor = of(cmds, Originate)
     assert [(o.channel_id, o.endpoint) for o in advisor] == [
         ("cb-7-02", "PJSIP/+819011110002@carrier-a")]
@@ -112,7 +113,7 @@ def test_the_customer_is_rung_first_then_hears_connecting_while_the_advisor_ring
     call.send(ChannelGone("cb-7-01", 16, at(69)))
     over = call.over()
     assert over.answered_at == at(8) and over.end_reason is EndReason.ADVISOR_HANGUP
-    assert over.advisor_id == ADVISOR and call.state.phase is Phase.DONE
+    assert over.advisor_id == ADVISOR and call.state.done
     assert len(of(call.commands, RecordCdr)) == 2           # both legs' costs
 
 
@@ -165,7 +166,7 @@ def test_the_customer_hanging_up_while_the_advisor_rings_withdraws_the_ring() ->
 def test_the_customer_not_answering_rings_nobody_else() -> None:
     call = Call()
     call.send(Begin(at(0)))
-    assert Hangup("cb-7-01", "no_answer") in call.send(TimerFired(ctc.T_FIRST_RING, at(20)))
+    assert Hangup("cb-7-01", "no_answer") in call.send(TimerFired(ctc.T_RING, at(20)))
     call.send(ChannelGone("cb-7-01", 16, at(20)))
     over = call.over()
     assert over.end_reason is EndReason.CUSTOMER_ABANDONED and over.answered_at is None
@@ -182,11 +183,79 @@ def test_a_carrier_fault_on_the_customer_leg_fails_over_to_the_next_carrier() ->
         "PJSIP/+819012345678@carrier-b"]
     call.send(OriginateFailed("cb-7-02", "Allocation failed", at(1)))   # no route left
     assert call.over().end_reason is EndReason.CUSTOMER_ABANDONED
-    assert call.state.phase is Phase.DONE
+    assert call.state.done
     # the advisor is dialled after the customer's legs when the second carrier answers
     call = Call()
     call.send(Begin(at(0)))
     call.send(ChannelGone("cb-7-01", 34, at(1)))
     cmds = call.send(Answered("cb-7-02", at(4)))
     assert [o.channel_id for o in of(cmds, Originate)] == ["cb-7-03"]
-    assert isinstance(call.state, ClickState)
+
+
+# --- the advisor first ---------------------------------------------------------------------
+
+
+def answered_advisor(call: Call) -> list[consult.Command]:
+    cmds = call.send(Begin(at(0)))
+    assert [o.channel_id for o in of(cmds, Originate)] == ["cb-7-01"]
+    assert of(cmds, PersistAttempt)[0].leg == "advisor"
+    return call.send(Answered("cb-7-01", at(4)))
+
+
+def test_the_advisor_first_hears_connecting_while_the_customer_is_dialled() -> None:
+    call = Call(FirstParty.ADVISOR)
+    cmds = answered_advisor(call)
+    assert Farewell("cb-7-01", ctc.CONNECTING_CUSTOMER, f"{CID}-connecting") in cmds
+    assert not of(cmds, CreateBridge)                    # not before the customer answers
+    assert [(o.channel_id, o.endpoint) for o in of(cmds, Originate)] == [
+        ("cb-7-02", "PJSIP/+819012345678@carrier-a")]
+    assert of(cmds, PersistAttempt)[0].leg == "customer"
+    assert call.desk.seats[ADVISOR].state is State.TALKING
+    cmds = call.send(Answered("cb-7-02", at(9)))
+    assert CreateBridge(f"{CID}-br", ("cb-7-02", "cb-7-01")) in cmds
+    consultation = call.state.consultation
+    assert consultation is not None and consultation.answered_at == at(9)
+    cmds = call.send(ChannelGone("cb-7-02", 16, at(70)))    # the customer hangs up
+    assert Hangup("cb-7-01") in cmds
+    call.send(ChannelGone("cb-7-01", 16, at(70)))
+    over = call.over()
+    assert over.answered_at == at(9) and over.end_reason is EndReason.CUSTOMER_HANGUP
+
+
+def test_the_advisor_first_hears_the_message_when_the_customer_does_not_answer() -> None:
+    call = Call(FirstParty.ADVISOR)
+    answered_advisor(call)
+    assert Hangup("cb-7-02", "no_answer") in call.send(TimerFired(ctc.T_RING, at(24)))
+    cmds = call.send(ChannelGone("cb-7-02", 16, at(24)))
+    assert Farewell("cb-7-01", ctc.NO_ANSWER_PROMPT, f"{CID}-no-answer") in cmds
+    assert not of(cmds, Hangup) and not of(cmds, Over)
+    cmds = call.send(MessageDone(f"{CID}-no-answer"))
+    assert Hangup("cb-7-01") in cmds
+    cmds = call.send(ChannelGone("cb-7-01", 16, at(29)))
+    assert not of(cmds, DestroyBridge)                   # it was never created
+    over = call.over()
+    assert over.answered_at is None and over.end_reason is EndReason.CUSTOMER_ABANDONED
+    assert call.state.done and not of(call.commands, CreateBridge)
+
+
+def test_the_advisor_first_not_answering_rings_nobody_else() -> None:
+    call = Call(FirstParty.ADVISOR)
+    call.send(Begin(at(0)))
+    assert Hangup("cb-7-01", "no_answer") in call.send(TimerFired(consult.T_RING, at(20)))
+    call.send(ChannelGone("cb-7-01", 16, at(20)))
+    over = call.over()
+    assert over.end_reason is EndReason.NO_ADVISOR and over.answered_at is None
+    assert [r.outcome for r in over.rings] == [RingOutcome.MISSED]
+    assert [o.channel_id for o in of(call.commands, Originate)] == ["cb-7-01"]
+    assert not of(call.commands, Farewell)               # nobody on the line to tell
+
+
+def test_the_advisor_first_hanging_up_while_the_customer_rings() -> None:
+    call = Call(FirstParty.ADVISOR)
+    answered_advisor(call)
+    cmds = call.send(ChannelGone("cb-7-01", 16, at(8)))
+    assert Hangup("cb-7-02") in cmds and not of(cmds, Over)
+    call.send(ChannelGone("cb-7-02", 16, at(8)))
+    over = call.over()
+    assert over.answered_at is None and over.end_reason is EndReason.NO_ADVISOR
+    assert not of(call.commands, CreateBridge) and not of(call.commands, Farewell)[1:]
