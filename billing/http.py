@@ -34,7 +34,7 @@ from typing import Any, Literal
 import asyncpg
 from aiohttp import web
 
-from billing import policy, reports, transfers
+from billing import policy, records, reports, transfers
 from billing.consultation_charges import consultation_charges
 from billing.ledger import (
     Balance,
@@ -54,6 +54,7 @@ from shared.http import (
     query_int,
     read_json_object,
 )
+from shared.money import FxTable
 from shared.openapi import (
     MERCHANT,
     TIMESTAMP,
@@ -70,11 +71,13 @@ MAX_PAGE = 1000
 MAX_ID = 10**18
 
 
-def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool]) -> None:
+def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool], *,
+            fx: FxTable | None = None) -> None:
+    """``fx``: the site's FX table, for the billing records of settlements made here."""
     add_operations(app, OPERATIONS)
 
     async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[LEDGER_KEY] = Ledger(pool(app))
+        app[LEDGER_KEY] = Ledger(pool(app), fx=fx)
         yield
 
     app.cleanup_ctx.append(billing_ctx)
@@ -212,7 +215,8 @@ async def get_live_reservations(request: web.Request) -> web.Response:
 
 async def get_consultation(request: web.Request) -> web.Response:
     """A consultation's prepaid reservation (live or settled: the charge and what was
-    released) and postpaid charge; 404 when billing has none."""
+    released) and postpaid charge, and the billing records of its settlements (revenue,
+    the legs' costs in yen, margin); 404 when billing has none."""
     ledger, merchant = _ledger(request)
     consultation_id = request.match_info["consultation_id"]
     if not 1 <= len(consultation_id) <= 128:
@@ -220,7 +224,9 @@ async def get_consultation(request: web.Request) -> web.Response:
     items = await consultation_charges(ledger.pool, merchant, consultation_id)
     if not items:
         raise ApiError(404, "not-found", f"no charge for consultation {consultation_id!r}")
-    return json_response({"consultation_id": consultation_id, "items": items})
+    return json_response({"consultation_id": consultation_id, "items": items,
+                          "billing_records": await records.consultation_records(
+                              ledger.pool, merchant, consultation_id)})
 
 
 async def post_settle(request: web.Request) -> web.Response:
@@ -389,10 +395,13 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               errors={404: ("not-found",), 409: ("already-settled",), **UNAVAILABLE}),
     Operation("GET", "/v1/billing/consultations/{consultation_id}", get_consultation,
               "What billing made of a consultation", TAG,
-              {200: Reply("its reservations and charges, oldest first", {
-                  "type": "object", "required": ["consultation_id", "items"],
+              {200: Reply("its reservations and charges, and its billing records (revenue, "
+                          "cost, margin), oldest first", {
+                  "type": "object", "required": ["consultation_id", "items", "billing_records"],
                   "properties": {"consultation_id": {"type": "string"},
-                                 "items": {"type": "array", "items": CONSULTATION_CHARGE}}})},
+                                 "items": {"type": "array", "items": CONSULTATION_CHARGE},
+                                 "billing_records": {"type": "array",
+                                                     "items": records.LISTED}}})},
               access=MERCHANT, params=(Param("consultation_id", "path", string(128)),),
               errors={400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}),
     Operation("GET", "/v1/billing/policy", get_policy, "The billing policy in force", TAG,

@@ -34,8 +34,10 @@ from typing import Any, Literal
 
 import asyncpg
 
+from billing import records
 from billing.rating import MAX_TALK_LIMIT_S, Charge, Terms, rate, seconds_affordable
 from shared.http import ApiError, InvalidField, require_str
+from shared.money import DEFAULT_FX_BASE, DEFAULT_FX_RATES, FxTable
 
 Book = Literal["available", "held", "funding", "revenue", "adjustment"]
 Kind = Literal["deposit", "charge", "refund", "adjustment", "hold", "release"]
@@ -245,8 +247,12 @@ def _reservation(row: asyncpg.Record) -> Reservation:
 
 
 class Ledger:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """``fx``: the site's FX table (``[rates]``), taken when a settlement's billing record
+    converts the call's leg costs to yen (default: ``shared.money``'s indicative one)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, fx: FxTable | None = None) -> None:
         self.pool = pool
+        self.fx = fx or FxTable.from_mapping(DEFAULT_FX_BASE, DEFAULT_FX_RATES)
 
     async def balance(self, merchant_id: str, account: str) -> Balance:
         """404 ``not-found`` for an account that never had a movement."""
@@ -374,8 +380,22 @@ class Ledger:
                                       f"{row['settled_talk_s']} s of talk")
                 return Settlement(reservation_id, charge, row["released_yen"],
                                   max(0, charge.total_yen - held))
-            return await self._settle(conn, row["account_id"], reservation, charge, by,
-                                      reason)
+            settled = await self._settle(conn, row["account_id"], reservation, charge, by,
+                                         reason)
+            await self._record(conn, merchant_id, row, charge)
+            return settled
+
+    async def _record(self, conn: asyncpg.Connection, merchant_id: str, row: asyncpg.Record,
+                      charge: Charge) -> None:
+        """The settlement's billing record and its message to the edge (same transaction:
+        the settlement is written once, so is its record)."""
+        advisor, legs = await records.call_legs(conn, row["consultation_id"])
+        at: datetime = await conn.fetchval("SELECT now()")  # the transaction's time
+        await records.write(conn, records.BillingRecord(
+            f"{row['consultation_id']}/settlement-{row['id']}", merchant_id,
+            row["consultation_id"], advisor, row["account"], "prepaid", "settled",
+            _terms(row["terms"]).price_per_minute_yen, charge.talk_s, charge.billed_s,
+            charge.total_yen, charge.tax_yen, legs, self.fx, at))
 
     async def live(self, merchant_id: str, *, older_than_s: int = 0, limit: int = 100
                    ) -> list[LiveReservation]:

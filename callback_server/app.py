@@ -47,6 +47,7 @@ from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from advisors.record_store import ConsultationRecords
 from billing.http import install as install_billing
+from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.answerlog import AnswerLog
@@ -78,6 +79,7 @@ from shared.http import HEALTH_KEY, Health
 from shared.link import pin_peer, purge_seen
 from shared.metrics_http import READINGS_KEY
 from shared.metrics_http import install as install_metrics
+from shared.money import FxTable
 from shared.openapi import add_operations
 from shared.outbox import DeadLetter, OutboxRelay
 from shared.site import ari_client as make_ari_client
@@ -112,6 +114,12 @@ def owner_name() -> str:
     return f"callback-{socket.gethostname()}-{os.getpid()}"
 
 
+def site_fx(settings: CallbackSettings) -> FxTable | None:
+    """The ``[rates]`` FX table, when configured (billing records convert legs' costs with
+    it; otherwise ``shared.money``'s default)."""
+    return settings.rates.fx() if settings.rates.fx_rates else None
+
+
 def migration_sets(with_rates: bool) -> list[MigrationSet]:
     sets = [package_migrations("link", shared.__file__)]
     if with_rates:
@@ -121,6 +129,7 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
     sets.append(package_migrations("advisors", advisors.__file__))
     sets.append(CONSULTATION_MIGRATIONS)
     sets.append(package_migrations("billing", billing.__file__))
+    sets.append(BILLING_RECORD_MIGRATIONS)
     sets.append(package_migrations("ivr_platform", ivr_platform.__file__))
     return sets
 
@@ -129,7 +138,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     app = _intake_app(settings, "all")
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
-    install_billing(app, lambda a: a[POOL_KEY])
+    install_billing(app, lambda a: a[POOL_KEY], fx=site_fx(settings))
     notify = settings.notify if settings.notify.channels else None
     install_media(app, settings.media, lambda a: a[POOL_KEY], guidance_in_use(app, settings),
                   notify)
@@ -212,7 +221,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         applied = await migrate(conn, migration_sets(settings.rates.enabled))
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    fx = settings.rates.fx() if settings.rates.fx_rates else None  # for spend caps
+    fx = site_fx(settings)  # for spend caps
     guard = Guard(pool, settings.guard, fx=fx)
     store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,
                           guard=guard, notify=settings.notify if settings.notify.channels
@@ -306,7 +315,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                     guard=app[GUARD_KEY], settler=settler,
                     desk=AdvisorDesk(app[POOL_KEY], routing),
                     consultations=ConsultationRecords(app[POOL_KEY]),
-                    billing=ConsultBilling(app[POOL_KEY], settings.billing),
+                    billing=ConsultBilling(app[POOL_KEY], settings.billing,
+                                           fx=site_fx(settings)),
                     active_flows=app[ACTIVE_FLOWS_KEY])
     workers.append(worker)
     app[STASIS_KEY] = stasis

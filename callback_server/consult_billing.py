@@ -25,6 +25,7 @@ from billing.ledger import Ledger, Refusal, Reservation, Settlement
 from billing.rating import Terms
 from billing.settings import BillingSettings
 from billing.standing import Charge
+from shared.money import FxTable
 from shared.phone import E164
 
 if TYPE_CHECKING:
@@ -70,12 +71,13 @@ class BillingPort(Protocol):
 
 
 class ConsultBilling:
-    def __init__(self, pool: asyncpg.Pool, settings: BillingSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: BillingSettings, *,
+                 fx: FxTable | None = None) -> None:
         self.pool = pool
         self.postpaid_merchants = settings.postpaid_merchants
         self.admissions = Admissions(pool, postpaid_merchants=settings.postpaid_merchants,
                                      max_unpaid_charges=settings.max_unpaid_charges)
-        self.ledger = Ledger(pool)
+        self.ledger = Ledger(pool, fx=fx)
         self.customers = AdvisorStore(pool)
         self.postpaid: Postpaid | None = None
         if settings.stripe is not None and settings.postpaid_merchants:

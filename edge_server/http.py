@@ -32,6 +32,7 @@ from aiohttp import web
 
 from advisors import record_schemas
 from advisors.record_store import ID_FILTERS, list_records
+from billing import records as billing_records
 from edge_server.reports import (
     EVENT_ANSWER,
     EVENT_EXAMPLES,
@@ -158,6 +159,11 @@ async def list_consultations(request: web.Request) -> web.Response:
     return await _list(request, "consultations", list_records, ID_FILTERS)
 
 
+async def list_billing_records(request: web.Request) -> web.Response:
+    return await _list(request, "billing records", billing_records.list_records,
+                       billing_records.ID_FILTERS)
+
+
 async def list_calls(request: web.Request) -> web.Response:
     return await _list(request, "calls", lambda pool, q: list_rows(pool, "calls", q))
 
@@ -212,6 +218,13 @@ OPERATIONS = (
               {200: Reply("one page, oldest stored first",
                           page_of_items(record_schemas.LISTED))},
               access=MERCHANT, params=list_params(*ID_FILTERS), errors=_LIST_ERRORS),
+    Operation("GET", "/v1/billing-records", list_billing_records,
+              "The merchant's billing records: each charge of a consultation, its revenue, "
+              "its legs' costs in yen and the margin", "call center",
+              {200: Reply("one page, oldest stored first",
+                          page_of_items(billing_records.LISTED))},
+              access=MERCHANT, params=list_params(*billing_records.ID_FILTERS),
+              errors=_LIST_ERRORS),
     Operation("GET", "/healthz", healthz, "Database and Asterisk connection", "meta",
               {200: Reply("up", HEALTH), 503: Reply("database down", HEALTH)}),
 )

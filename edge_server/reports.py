@@ -1,6 +1,7 @@
 """What the callback site reports back to the edge: request info, CDRs, call-back status,
 consultation records (:class:`advisors.records.ConsultationRecord`, stored by
-:func:`advisors.record_store.insert_record`).
+:func:`advisors.record_store.insert_record`), billing records
+(:class:`billing.records.BillingRecord`, stored by :func:`billing.records.insert_record`).
 
 Parsed at the edge of the system into value types (:func:`parse_event`, which
 raises ``InvalidField`` naming the bad field), stored tenant-scoped with
@@ -23,6 +24,8 @@ from advisors import record_schemas
 from advisors.record_store import KIND as CONSULTATION
 from advisors.record_store import insert_record
 from advisors.records import ConsultationRecord, InvalidRecord
+from billing import records as billing_records
+from billing.records import BillingRecord
 from routing_rates import call_lengths
 from shared.http import (
     ApiError,
@@ -192,10 +195,12 @@ def parse_consultation(data: Mapping[str, Any]) -> ConsultationRecord:
         raise InvalidField(exc.field, exc.reason) from None
 
 
-Report: TypeAlias = RequestInfo | Cdr | CallbackStatusReport | ConsultationRecord
+Report: TypeAlias = (RequestInfo | Cdr | CallbackStatusReport | ConsultationRecord
+                     | BillingRecord)
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Report]] = {
     "request_info": RequestInfo.parse, "cdr": Cdr.parse,
-    "callback_status": CallbackStatusReport.parse, CONSULTATION: parse_consultation}
+    "callback_status": CallbackStatusReport.parse, CONSULTATION: parse_consultation,
+    billing_records.KIND: BillingRecord.from_json}
 
 
 def parse_event(data: Mapping[str, Any]) -> Report:
@@ -208,7 +213,8 @@ def parse_event(data: Mapping[str, Any]) -> Report:
 
 def kind_of(report: Report) -> str:
     return {RequestInfo: "request_info", Cdr: "cdr", CallbackStatusReport: "callback_status",
-            ConsultationRecord: CONSULTATION}[type(report)]
+            ConsultationRecord: CONSULTATION,
+            BillingRecord: billing_records.KIND}[type(report)]
 
 
 # --- the JSON Schemas of what the parsers above take and the listings give ---------------
@@ -245,7 +251,8 @@ _STATUS: Schema = {
         "reason": nullable({"type": "string", "maxLength": 128}),
         "attempts": {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "at": TIMESTAMP}}
 #: ``POST /v1/link/events``: one report
-EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS, record_schemas.MESSAGE]}
+EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS, record_schemas.MESSAGE,
+                                  billing_records.MESSAGE]}
 _EXAMPLE_IDS = {"merchant_id": "acme", "callback_id": "cb-0f3a9c", "edge_call_id": "edge-1700.42"}
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
     "request_info": {"kind": "request_info", **_EXAMPLE_IDS, "caller": "+819012345678",
@@ -261,6 +268,7 @@ EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
     "callback_status": {"kind": "callback_status", **_EXAMPLE_IDS, "status": "completed",
                         "reason": None, "attempts": 1, "at": "2026-11-22T01:03:40Z"},
     CONSULTATION: {"kind": CONSULTATION, **record_schemas.EXAMPLE},
+    billing_records.KIND: {"kind": billing_records.KIND, **billing_records.EXAMPLE},
 }
 EVENT_ANSWER: Schema = {"type": "object", "required": ["status", "kind"],
                         "properties": {"status": {"enum": ["stored", "duplicate"]},
@@ -311,10 +319,11 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
     if not known:
         raise ApiError(422, "unknown-merchant", f"merchant {report.merchant_id!r} is not "
                        "served by this edge", field="merchant_id")
+    edge_call_id = None if isinstance(report, BillingRecord) else report.edge_call_id
     owner = await conn.fetchval("SELECT merchant_id FROM edge_calls WHERE edge_call_id = $1",
-                                report.edge_call_id)
+                                edge_call_id)
     if owner is not None and owner != report.merchant_id:
-        raise ApiError(422, "tenant-mismatch", f"call {report.edge_call_id} belongs to another "
+        raise ApiError(422, "tenant-mismatch", f"call {edge_call_id} belongs to another "
                        "merchant", field="merchant_id")
     match report:
         case RequestInfo():
@@ -329,6 +338,8 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
             row_id = await _insert_status(conn, report)
         case ConsultationRecord():
             row_id = await insert_record(conn, report)
+        case BillingRecord():
+            row_id = await billing_records.insert_record(conn, report)
     status = "stored" if row_id is not None else "duplicate"
     return 200, {"status": status, "kind": kind_of(report)}
 

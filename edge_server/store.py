@@ -25,6 +25,7 @@ from datetime import datetime
 import asyncpg
 
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
+from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
 from edge_server.flow_messages import CancelRequest, Outcome, RecordCall, StoreRequest
 from shared.config import Merchant
 from shared.db import MigrationSet, package_migrations
@@ -71,7 +72,8 @@ def edge_migrations(*, with_rates: bool = False) -> list[MigrationSet]:
         import routing_rates
 
         sets.append(package_migrations("routing_rates", routing_rates.__file__))
-    return [*sets, package_migrations("edge", __file__), CONSULTATION_MIGRATIONS]
+    return [*sets, package_migrations("edge", __file__), CONSULTATION_MIGRATIONS,
+            BILLING_RECORD_MIGRATIONS]
 
 
 def message_id_for(edge_call_id: str) -> str:

@@ -1,4 +1,6 @@
-"""A billing database for integration tests: its migration set on a fresh database."""
+"""A billing database for integration tests: its migration sets on a fresh database (with
+the link's outbox and the consultation records a settlement's billing record reads and
+writes to)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,19 @@ import asyncpg
 import pytest
 
 import billing
+import shared
+from advisors import record_store
+from billing import records
 from shared.db import MigrationSet, create_pool, migrate_url, package_migrations
 
 
 def migrations() -> MigrationSet:
     return package_migrations("billing", billing.__file__)
+
+
+#: what a billing database needs, in order
+SETS = (package_migrations("link", shared.__file__), record_store.MIGRATIONS, migrations(),
+        records.MIGRATIONS)
 
 
 def fixtures() -> tuple[Any, Any]:
@@ -23,15 +33,15 @@ def fixtures() -> tuple[Any, Any]:
 
     @pytest.fixture(scope="module")
     async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-        await migrate_url(pg_url, [migrations()])
+        await migrate_url(pg_url, list(SETS))
         p = await create_pool(pg_url, max_size=20)
         yield p
         await p.close()
 
     @pytest.fixture
     async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-        await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_stripe_events "
-                           "CASCADE")
+        await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_stripe_events, "
+                           "billing_records, consultations, outbox CASCADE")
         return pool
 
     return pool, clean

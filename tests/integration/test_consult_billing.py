@@ -19,6 +19,7 @@ from advisors.model import Rules, State
 from advisors.record_store import ConsultationRecords
 from advisors.schemas import CustomerInput
 from advisors.store import AdvisorStore
+from billing import records
 from billing.consultation_charges import consultation_charges
 from billing.ledger import Balance, Ledger
 from billing.rating import Terms
@@ -45,14 +46,14 @@ NUMBER = E164("819012345678")
 PREPAID = BillingSettings()
 
 
-pool, clean = advisors_db.fixtures(billing_db.migrations())
+pool, clean = advisors_db.fixtures(billing_db.migrations(), records.MIGRATIONS)
 
 
 @pytest.fixture
 async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
     """Emptied, with the customer member-42 at ``NUMBER``."""
     pool = clean
-    await pool.execute("TRUNCATE billing_accounts, billing_policies CASCADE")
+    await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_records CASCADE")
     await AdvisorStore(pool).create_customer(
         "acme", CustomerInput(account="member-42", name="Sato", numbers=(NUMBER,)))
     return pool
