@@ -32,6 +32,19 @@ One consultation, from the IVR's ``ConnectAdvisor`` to its end::
               (FarewellDone) or after FAREWELL_GUARD_S; the end reason is forced_end
               (ForceEnd with reason cut_off and its own message: the prepaid meter's
               cut-off, :mod:`callback_server.consult_meter`)
+              StartTransfer (the API): a consult transfer to another advisor (their own
+              one-member assignment ``<consultation>-t<n>``: offered, ringing, talking,
+              through their contact's routes) or to a number (``RouteTransfer``: the
+              adapter's cheapest routes); the customer is held (music), the second
+              party, once answered, joins the bridge with the first advisor.
+              CompleteTransfer: the first advisor's leg is hung up (their presence
+              ends), the customer back in the bridge, now with the second party (an
+              advisor: the consultation's advisor from then on). CancelTransfer: the
+              second party is hung up, the customer back with the first advisor. The
+              second party not answering (ring timeout, refused, every route failed):
+              the first advisor hears TRANSFER_FAILED_PROMPT, the customer stays on
+              hold. Either party of the consultation leaving ends the transfer
+              (cancelled); each transfer is kept (Transfer(at, to, outcome)).
 
 When nothing is left to wait for, ``Over`` carries what the consultation record needs
 (rings, answer, end, reason, the advisor legs for their costs). Every leg is torn down
@@ -46,7 +59,7 @@ from datetime import datetime
 from typing import assert_never
 
 from advisors import assignment as am
-from advisors.records import EndReason, Hold, Ring, RingOutcome
+from advisors.records import EndReason, Hold, Ring, RingOutcome, Transfer
 from callback_server import dialer, ivr
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import (
@@ -73,12 +86,14 @@ RETRY_S = 2.0                  # a queued customer's assignment is tried again t
 TEARDOWN_GUARD_S = 5.0
 FAREWELL_GUARD_S = 20.0        # the customer is hung up by then even if no playback ends
 FAREWELL_PROMPT = "sound:cbgw/forced-end"
+TRANSFER_FAILED_PROMPT = "sound:cbgw/advisor-away"   # to the first advisor
 T_RING = "consult:ring"
 T_QUEUE = "consult:queue"
 T_RETRY = "consult:retry"
 T_TEARDOWN = "consult:teardown"
 T_FAREWELL = "consult:farewell"
-TIMERS = (T_RING, T_QUEUE, T_RETRY, T_TEARDOWN, T_FAREWELL)
+T_TRANSFER = "consult:transfer-ring"
+TIMERS = (T_RING, T_QUEUE, T_RETRY, T_TEARDOWN, T_FAREWELL, T_TRANSFER)
 LEG_FAILED_CAUSES = frozenset({17, 20})   # busy, unreachable: the leg failed, not missed
 
 
@@ -107,6 +122,32 @@ class Request:
     variables: tuple[tuple[str, str], ...] = ()   # every leg's channel variables
 
 
+class Outcome(enum.StrEnum):
+    """How a transfer ended (``Transfer.outcome``)."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Transferring:
+    """A consult transfer in progress: to ``to_advisor_id`` (through ``assignment``) or
+    to ``to_number``; ``leg`` the second party's (role ``advisor``)."""
+
+    at: datetime
+    to_advisor_id: int | None
+    to_number: str | None
+    assignment: am.Assignment | None
+    routes: tuple[Route, ...] = ()
+    route_index: int = 0
+    leg: Leg | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.leg is not None and self.leg.answered_at is not None
+
+
 @dataclass(frozen=True, slots=True)
 class ConsultState:
     request: Request
@@ -132,6 +173,11 @@ class ConsultState:
     farewell: str | None = None                   # the forced end's playback, not finished
     held_since: datetime | None = None            # the customer is on hold since
     holds: tuple[Hold, ...] = ()                  # the holds that ended
+    transferring: Transferring | None = None
+    transfers: tuple[Transfer, ...] = ()          # the transfers that ended
+    parting: tuple[Leg, ...] = ()                 # legs hung up, their end not yet seen
+    presence_id: str | None = None                # the talking advisor's presence is under
+    presence_ended: bool = False                  # (a transfer's id; None: this one's)
 
     @classmethod
     def new(cls, request: Request, leg_seq: int) -> ConsultState:
@@ -195,14 +241,47 @@ class ResumeCustomer:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTransfer:
+    """Start a consult transfer to an advisor or to a number (exactly one)."""
+
+    at: datetime
+    to_advisor_id: int | None = None
+    to_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteTransfer:
+    """Connect the customer to the second party; the first advisor leaves."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTransfer:
+    """Hang up the second party (if any); the customer back to the first advisor."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRouted:
+    """The result of a ``RouteTransfer``: the ways to the number (cheapest first)."""
+
+    at: datetime
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class FarewellDone:
     """The forced end's message to the customer finished (its playback id)."""
 
     playback_id: str
 
 
-Operator = ForceEnd | FarewellDone | HoldCustomer | ResumeCustomer
-Event = (Begin | Assigned | CustomerGone | Operator | Originated | OriginateFailed
+Operator = (ForceEnd | FarewellDone | HoldCustomer | ResumeCustomer | StartTransfer
+            | CompleteTransfer | CancelTransfer)
+Event = (Begin | Assigned | CustomerGone | Operator | TransferRouted | Originated
+         | OriginateFailed
          | OriginateRefused | Answered | ChannelGone | TimerFired)
 
 # --- commands -----------------------------------------------------------------------------
@@ -221,6 +300,21 @@ class RunAssignment:
 
     op: Op
     assignment: am.Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTransfer:
+    """Find the routes to a transfer's number; the result comes back as ``TransferRouted``."""
+
+    number: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """Play ``media`` to ``channel_id`` (no end awaited)."""
+
+    channel_id: str
+    media: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +354,11 @@ class Rebridge:
 
 @dataclass(frozen=True, slots=True)
 class EndPresence:
-    """Apply ``ConsultationEnded`` to the advisor who talked (after-call work)."""
+    """Apply ``ConsultationEnded`` to the advisor who talked (after-call work), under
+    ``consultation_id`` (None: this consultation's; a transfer's assignment id)."""
 
     advisor_id: int
+    consultation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,10 +380,12 @@ class Over:
     end_reason: EndReason
     legs: tuple[Leg, ...]
     holds: tuple[Hold, ...] = ()
+    transfers: tuple[Transfer, ...] = ()
 
 
-Command = (RunAssignment | PersistAttempt | Originate | Hangup | StartTimer | CancelTimer
-           | RecordLegResult | RecordCdr | CreateBridge | DestroyBridge | StartMoh | StopMoh
+Command = (RunAssignment | RouteTransfer | Prompt | PersistAttempt | Originate | Hangup
+           | StartTimer | CancelTimer | RecordLegResult | RecordCdr | CreateBridge
+           | DestroyBridge | StartMoh | StopMoh
            | Farewell | Unbridge | Rebridge | EndPresence | Tell | Over)
 
 Step = tuple[ConsultState, list[Command]]
@@ -300,14 +398,23 @@ def transition(state: ConsultState, event: Event) -> Step:  # noqa: C901 - one b
     match event:
         case Begin():
             return _run(state, Op.ASSIGN)
+        case Assigned() if event.assignment.consultation_id != state.assignment.consultation_id:
+            return _xfer_assigned(state, event)
         case Assigned():
             return _assigned(state, event)
         case CustomerGone(at=at):
             return _customer_gone(state, at)
-        case ForceEnd() | FarewellDone() | HoldCustomer() | ResumeCustomer():
+        case ForceEnd() | FarewellDone() | HoldCustomer() | ResumeCustomer() \
+                | StartTransfer() | CompleteTransfer() | CancelTransfer():
             return _operator(state, event)
+        case TransferRouted(at=at, routes=routes):
+            return _xfer_offer(state, routes, at) if _xfer_seeking(state) else (state, [])
         case Originated(channel_id=cid):
-            return state, ([RecordLegResult(cid, "originated")] if _ours(state, cid) else [])
+            mine = _ours(state, cid) or _xfer_leg(state, cid) is not None
+            return state, ([RecordLegResult(cid, "originated")] if mine else [])
+        case OriginateFailed(channel_id=cid, at=at) | OriginateRefused(channel_id=cid, at=at) \
+                if _xfer_leg(state, cid) is not None:
+            return _xfer_leg_failed(state, at, failed=isinstance(event, OriginateFailed))
         case OriginateFailed(channel_id=cid, at=at) | OriginateRefused(channel_id=cid, at=at):
             if not _ours(state, cid) or state.phase is not Phase.RINGING:
                 return state, []
@@ -316,8 +423,14 @@ def transition(state: ConsultState, event: Event) -> Step:  # noqa: C901 - one b
                 cmds.append(RecordLegResult(cid, "failed"))
             nxt, more = _failover(state, at)
             return nxt, cmds + more
+        case Answered(channel_id=cid, at=at) if _xfer_leg(state, cid) is not None:
+            return _xfer_answered(state, at)
         case Answered(channel_id=cid, at=at):
             return _answered(state, cid, at)
+        case ChannelGone(channel_id=cid) if _xfer_leg(state, cid) is not None:
+            return _xfer_gone(state, event)
+        case ChannelGone(channel_id=cid) if any(p.channel_id == cid for p in state.parting):
+            return _parted(state, event)
         case ChannelGone(channel_id=cid):
             return _gone(state, event) if _ours(state, cid) else (state, [])
         case TimerFired(name=name, at=at):
@@ -506,8 +619,9 @@ def _unanswered_gone(state: ConsultState, ev: ChannelGone) -> Step:
 def _advisor_hung_up(state: ConsultState, at: datetime) -> Step:
     advisor = state.connected_advisor
     assert advisor is not None
-    state, cmds = _hold_over(state, at, customer_here=True)
-    cmds.append(EndPresence(advisor))
+    state, cmds = _xfer_drop(state, at, Outcome.CANCELLED)
+    state, more = _hold_over(state, at, customer_here=True)
+    cmds += [*more, *_end_presence(state, advisor)]
     if state.bridge_id is not None:
         cmds.append(DestroyBridge(state.bridge_id))
     state = replace(state, bridge_id=None)
@@ -523,8 +637,9 @@ def _customer_gone(state: ConsultState, at: datetime) -> Step:
     if state.phase is Phase.TALKING and leg is not None:
         advisor = state.connected_advisor
         assert advisor is not None
+        state, more = _xfer_drop(state, at, Outcome.CANCELLED)
         state, _ = _hold_over(state, at, customer_here=False)
-        cmds += [Hangup(leg.channel_id), EndPresence(advisor)]
+        cmds += [*more, Hangup(leg.channel_id), *_end_presence(state, advisor)]
         if state.bridge_id is not None:
             cmds.append(DestroyBridge(state.bridge_id))
         state = replace(state, bridge_id=None)
@@ -556,6 +671,16 @@ def _operator(state: ConsultState, event: Operator) -> Step:
             return _resume(state, at)
         case ForceEnd(at=at, reason=reason, farewell=media):
             return _force_end(state, at, reason, media)
+        case StartTransfer():
+            return _start_transfer(state, event)
+        case CompleteTransfer(at=at):
+            return _complete_transfer(state, at)
+        case CancelTransfer(at=at):
+            if state.transferring is None:
+                return _resume(state, at)
+            state, cmds = _xfer_drop(state, at, Outcome.CANCELLED)
+            nxt, more = _resume(state, at)
+            return nxt, cmds + more
         case FarewellDone(playback_id=pid):
             return _farewell_over(state) if pid == state.farewell else (state, [])
         case _:
@@ -603,8 +728,9 @@ def _force_end(state: ConsultState, at: datetime, reason: EndReason, media: str)
     assert advisor is not None
     customer = state.request.customer_channel
     farewell = f"{state.request.consultation_id}-farewell"
-    state, cmds = _hold_over(state, at, customer_here=True)
-    cmds += [Hangup(leg.channel_id), EndPresence(advisor)]
+    state, cmds = _xfer_drop(state, at, Outcome.CANCELLED)
+    state, more = _hold_over(state, at, customer_here=True)
+    cmds += [*more, Hangup(leg.channel_id), *_end_presence(state, advisor)]
     if state.bridge_id is not None:
         cmds.append(DestroyBridge(state.bridge_id))
     cmds += [Farewell(customer, media, farewell),
@@ -654,11 +780,13 @@ def _timer(state: ConsultState, name: str, at: datetime) -> Step:
         state, more = _run(state, Op.CANCELLED)
         nxt, ending = _end(state, EndReason.NO_ADVISOR, at, Tell(ivr.ConsultFailed()))
         return nxt, cmds + more + ending
+    if name == T_TRANSFER:
+        return _xfer_ring_out(state)
     if name == T_TEARDOWN and state.phase is Phase.ENDING:
-        legs = state.legs
+        legs = (*state.legs, *(replace(p, ended=True) for p in state.parting))
         if leg is not None:       # it never reported its end: record what we know
             legs = (*legs, replace(leg, ended=True))
-        state = replace(state, leg=None, legs=legs, assigning=False)
+        state = replace(state, leg=None, legs=legs, assigning=False, parting=())
         return _settle(state, at)
     return state, []
 
@@ -677,11 +805,228 @@ def _settle(state: ConsultState, at: datetime) -> Step:
     """Once ending, with no leg live, no assignment in flight and no farewell playing:
     ``Over``."""
     if state.phase is not Phase.ENDING or state.live_leg is not None or state.assigning \
-            or state.farewell is not None:
+            or state.farewell is not None or state.parting:
         return state, []
     assert state.end_reason is not None
     last = state.rings[-1].advisor_id if state.rings else None
     over = Over(state.request.consultation_id, state.connected_advisor or last, state.rings,
                 state.answered_at, state.ended_at or at, state.end_reason, state.legs,
-                state.holds)
+                state.holds, state.transfers)
     return replace(state, phase=Phase.DONE), [*(CancelTimer(t) for t in TIMERS), over]
+
+
+# --- consult transfer ---------------------------------------------------------------------
+
+
+def _end_presence(state: ConsultState, advisor: int) -> list[Command]:
+    """``EndPresence`` for the talking advisor, unless a transfer to a number ended it."""
+    return [] if state.presence_ended else [EndPresence(advisor, state.presence_id)]
+
+
+def _xfer_leg(state: ConsultState, channel_id: str) -> Leg | None:
+    t = state.transferring
+    leg = None if t is None else t.leg
+    return leg if leg is not None and leg.channel_id == channel_id and not leg.ended else None
+
+
+def _xfer_seeking(state: ConsultState) -> bool:
+    t = state.transferring
+    return t is not None and t.leg is None
+
+
+def _start_transfer(state: ConsultState, ev: StartTransfer) -> Step:
+    """Hold the customer, then seek the second party."""
+    bridge = state.bridge_id
+    if state.phase is not Phase.TALKING or state.transferring is not None or bridge is None \
+            or (ev.to_advisor_id is None) == (ev.to_number is None) \
+            or ev.to_advisor_id == state.connected_advisor:
+        return state, []
+    cmds: list[Command] = []
+    if state.held_since is None:
+        state, cmds = _hold(state, ev.at)
+    if ev.to_number is not None:
+        t = Transferring(ev.at, None, ev.to_number, None)
+        return replace(state, transferring=t), [*cmds, RouteTransfer(ev.to_number)]
+    assert ev.to_advisor_id is not None
+    n = len(state.transfers) + 1
+    a = am.Assignment(f"{state.request.consultation_id}-t{n}", frozenset({ev.to_advisor_id}))
+    t = Transferring(ev.at, ev.to_advisor_id, None, a)
+    return replace(state, transferring=t), [*cmds, RunAssignment(Op.ASSIGN, a)]
+
+
+def _xfer_assigned(state: ConsultState, ev: Assigned) -> Step:
+    """The second advisor's assignment: offered (ring them), or not available (failed)."""
+    t = state.transferring
+    if t is None or t.assignment is None \
+            or t.assignment.consultation_id != ev.assignment.consultation_id:
+        return state, []          # a cancelled or missed transfer's assignment: done
+    state = replace(state, transferring=replace(t, assignment=ev.assignment))
+    if t.leg is not None:         # Connect: the second advisor is talking
+        return state, []
+    if any(isinstance(c, am.OfferTo) for c in ev.commands):
+        return _xfer_offer(state, ev.routes, ev.at, ev.destination)
+    return _xfer_failed(state, ev.at)
+
+
+def _xfer_offer(state: ConsultState, routes: tuple[Route, ...], at: datetime,
+                destination: str = "") -> Step:
+    t = state.transferring
+    assert t is not None
+    t = replace(t, routes=routes, route_index=0)
+    state = replace(state, transferring=t)
+    if not routes:
+        return _xfer_failed(state, at)
+    return _xfer_dial(state, destination or t.to_number or "", at)
+
+
+def _xfer_dial(state: ConsultState, destination: str, at: datetime) -> Step:
+    t = state.transferring
+    assert t is not None
+    req = state.request
+    route = t.routes[t.route_index]
+    seq = state.leg_seq + 1
+    channel_id = f"{req.callback_id}-{seq:02d}"
+    leg = Leg(channel_id, "advisor", route.carrier_id, destination, at)
+    caller_id = req.sip_caller_id if route.carrier_id == EDGE_TRUNK else req.caller_id
+    state = replace(state, leg_seq=seq, transferring=replace(t, leg=leg))
+    return state, [
+        PersistAttempt(req.callback_id, req.attempt_no, seq, channel_id, "advisor",
+                       route.carrier_id, route.endpoint),
+        Originate(channel_id, route.endpoint, caller_id,
+                  req.ring_timeout_s + int(dialer.RING_GUARD_S),
+                  ("callback", req.callback_id, "advisor"), req.variables),
+        StartTimer(T_TRANSFER, req.ring_timeout_s),
+    ]
+
+
+def _xfer_answered(state: ConsultState, at: datetime) -> Step:
+    """The second party answered: into the bridge with the first advisor."""
+    t = state.transferring
+    bridge = state.bridge_id
+    assert t is not None and t.leg is not None and bridge is not None
+    leg = replace(t.leg, answered_at=at)
+    t = replace(t, leg=leg)
+    state = replace(state, transferring=t)
+    cmds: list[Command] = [CancelTimer(T_TRANSFER), RecordLegResult(leg.channel_id, "answered"),
+                           Rebridge(bridge, leg.channel_id)]
+    if t.to_advisor_id is not None and t.assignment is not None:
+        state = replace(state, rings=(*state.rings, Ring(t.to_advisor_id, leg.channel_id,
+                                                         leg.started_at, at,
+                                                         RingOutcome.ANSWERED)))
+        cmds.append(RunAssignment(Op.ANSWERED, t.assignment))
+    return state, cmds
+
+
+def _xfer_ring_out(state: ConsultState) -> Step:
+    t = state.transferring
+    if t is None or t.leg is None or t.answered:
+        return state, []
+    return state, [Hangup(t.leg.channel_id, "no_answer")]
+
+
+def _xfer_leg_failed(state: ConsultState, at: datetime, *, failed: bool) -> Step:
+    """The second party's leg was not placed: the next route, else the transfer failed."""
+    t = state.transferring
+    assert t is not None and t.leg is not None
+    cmds: list[Command] = [RecordLegResult(t.leg.channel_id, "failed")] if failed else []
+    nxt, more = _xfer_next_route(replace(state, transferring=replace(
+        t, leg=replace(t.leg, ended=True))), at)
+    return nxt, cmds + more
+
+
+def _xfer_next_route(state: ConsultState, at: datetime) -> Step:
+    t = state.transferring
+    assert t is not None and t.leg is not None
+    if t.route_index + 1 < len(t.routes):
+        state = replace(state, transferring=replace(t, route_index=t.route_index + 1))
+        return _xfer_dial(state, t.leg.destination, at)
+    return _xfer_failed(state, at)
+
+
+def _xfer_gone(state: ConsultState, ev: ChannelGone) -> Step:
+    """The second party's leg ended by itself: unanswered (the next route on a carrier
+    fault, else failed) or after talking (cancelled: back to the first advisor's call)."""
+    t = state.transferring
+    assert t is not None and t.leg is not None
+    leg = replace(t.leg, ended=True)
+    state = replace(state, legs=(*state.legs, leg), transferring=replace(t, leg=leg))
+    cmds: list[Command] = [RecordLegResult(leg.channel_id, "ended", ev.cause),
+                           dialer.leg_cdr(state.request.callback_id, leg, ev.at, ev.cause)]
+    if t.answered:
+        nxt, more = _xfer_drop(state, ev.at, Outcome.CANCELLED)
+    elif dialer.classify(ev.cause) is dialer.CauseClass.FAILOVER:
+        nxt, more = _xfer_next_route(state, ev.at)
+    else:
+        nxt, more = _xfer_failed(state, ev.at)
+    return nxt, cmds + more
+
+
+def _xfer_failed(state: ConsultState, at: datetime) -> Step:
+    """Nobody answered: the first advisor is told; the customer stays on hold."""
+    state, cmds = _xfer_drop(state, at, Outcome.FAILED)
+    leg = state.live_leg
+    if leg is not None:
+        cmds.append(Prompt(leg.channel_id, TRANSFER_FAILED_PROMPT))
+    return state, cmds
+
+
+def _xfer_drop(state: ConsultState, at: datetime, outcome: Outcome) -> Step:
+    """End the transfer in progress without connecting the customer: its leg hung up,
+    the second advisor's assignment withdrawn or their presence ended, kept for the
+    record."""
+    t = state.transferring
+    if t is None:
+        return state, []
+    cmds: list[Command] = [CancelTimer(T_TRANSFER)]
+    live = t.leg if t.leg is not None and not t.leg.ended else None
+    if live is not None:
+        cmds.append(Hangup(live.channel_id))
+        state = replace(state, parting=(*state.parting, live))
+    if t.to_advisor_id is not None and t.assignment is not None:
+        if t.answered:
+            cmds.append(EndPresence(t.to_advisor_id, t.assignment.consultation_id))
+        else:
+            op = Op.RING_MISSED if outcome is Outcome.FAILED and t.leg else Op.CANCELLED
+            cmds.append(RunAssignment(op, t.assignment))
+            if t.leg is not None:
+                ring = RingOutcome.MISSED if op is Op.RING_MISSED else RingOutcome.WITHDRAWN
+                state = replace(state, rings=(*state.rings, Ring(
+                    t.to_advisor_id, t.leg.channel_id, t.leg.started_at,
+                    max(at, t.leg.started_at), ring)))
+    record = Transfer(t.at, t.to_advisor_id, t.to_number, str(outcome))
+    return replace(state, transferring=None, transfers=(*state.transfers, record)), cmds
+
+
+def _complete_transfer(state: ConsultState, at: datetime) -> Step:
+    """The customer to the second party: the first advisor's leg hung up, their presence
+    ended; the second party is the consultation's from now on."""
+    t = state.transferring
+    first = state.live_leg
+    if t is None or not t.answered or first is None or state.bridge_id is None:
+        return state, []
+    assert t.leg is not None and state.connected_advisor is not None
+    cmds: list[Command] = [Hangup(first.channel_id),
+                           *_end_presence(state, state.connected_advisor)]
+    state, more = _resume(state, at)
+    record = Transfer(t.at, t.to_advisor_id, t.to_number, str(Outcome.COMPLETED))
+    to_advisor = t.to_advisor_id is not None
+    state = replace(
+        state, leg=t.leg, parting=(*state.parting, first), transferring=None,
+        transfers=(*state.transfers, record),
+        connected_advisor=t.to_advisor_id if to_advisor else state.connected_advisor,
+        presence_id=t.assignment.consultation_id if t.assignment is not None else None,
+        presence_ended=not to_advisor)
+    return state, cmds + more
+
+
+def _parted(state: ConsultState, ev: ChannelGone) -> Step:
+    """A leg hung up by a transfer ended: kept with its CDR."""
+    leg = next(p for p in state.parting if p.channel_id == ev.channel_id)
+    leg = replace(leg, ended=True)
+    state = replace(state, parting=tuple(p for p in state.parting
+                                         if p.channel_id != ev.channel_id),
+                    legs=(*state.legs, leg))
+    cmds: list[Command] = [RecordLegResult(ev.channel_id, "ended", ev.cause),
+                           dialer.leg_cdr(state.request.callback_id, leg, ev.at, ev.cause)]
+    nxt, more = _settle(state, ev.at)
+    return nxt, cmds + more

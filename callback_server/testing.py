@@ -246,7 +246,8 @@ class MemoryDesk:
                 results.append(Assigned(a, tuple(done), now,
                                         routes[offer.advisor_id] if offer else ()))
             elif isinstance(cmd, EndPresence):
-                self.apply(cmd.advisor_id, pm.ConsultationEnded(now, consultation_id))
+                self.apply(cmd.advisor_id, pm.ConsultationEnded(
+                    now, cmd.consultation_id or consultation_id))
         return results
 
     def apply(self, advisor: int, event: pm.Event) -> None:

@@ -339,5 +339,6 @@ def test_simulated_consultations_end_once_with_every_leg_down_and_no_session_lef
     for advisor, p in desk.seats.items():
         if p.desk is DeskState.BREAK:
             assert misses_before_break and p.misses >= misses_before_break, (advisor, p)
-    cancels = {c.name for c in call.commands[-6:] if isinstance(c, CancelTimer)}
+    cancels = {c.name for c in call.commands[-len(consult.TIMERS) - 1:]
+               if isinstance(c, CancelTimer)}
     assert set(consult.TIMERS) <= cancels
