@@ -61,6 +61,7 @@ class AdvisorPort(Protocol):
                          ) -> tuple[am.Assignment, list[am.Command]]: ...
     async def contact(self, merchant_id: str, advisor_id: int, at: datetime
                       ) -> tuple[str, tuple[Route, ...]]: ...
+    async def number_routes(self, number: E164, at: datetime) -> tuple[Route, ...]: ...
     async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
                     at: datetime) -> None: ...
     async def customer_id(self, merchant_id: str, number: E164) -> int | None: ...
@@ -170,11 +171,15 @@ class AdvisorDesk:
         advisor, _ = await self.store.advisor(merchant_id, advisor_id)
         match advisor.contact:
             case PstnContact(number=number):
-                return str(number), await self.route_source.routes(number, at)
+                return str(number), await self.number_routes(number, at)
             case SipContact(user=user):
                 return user, (Route(EDGE_TRUNK, f"PJSIP/{user}@{EDGE_TRUNK}"),)
             case _:
                 assert_never(advisor.contact)
+
+    async def number_routes(self, number: E164, at: datetime) -> tuple[Route, ...]:
+        """The ways to a number, cheapest carrier first."""
+        return await self.route_source.routes(number, at)
 
     async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
                     at: datetime) -> None:

@@ -117,7 +117,7 @@ class CallRunner:
     def channel_ids(self) -> tuple[str, ...]:
         legs = (self.state.customer, self.state.operator)
         ids = tuple(leg.channel_id for leg in legs if leg is not None and not leg.ended)
-        return ids if self.consult.channel_id is None else (*ids, self.consult.channel_id)
+        return (*ids, *self.consult.channel_ids)
 
     def _bound(self) -> AbstractContextManager[logs.LogContext]:
         """The round's log context (the worker binds the same for the whole job)."""
@@ -173,8 +173,8 @@ class CallRunner:
         reported gone at ``lost_at``, when the events websocket was lost: the last moment
         the leg is known to have been up, so the customer is never billed for the outage.
         """
-        advisor = self.consult.state.live_leg if self.consult.state is not None else None
-        for leg in (self.state.customer, self.state.operator, advisor):
+        consulting = self.consult.state.live_legs if self.consult.state is not None else ()
+        for leg in (self.state.customer, self.state.operator, *consulting):
             if leg is None or leg.ended:
                 continue
             cid = leg.channel_id
@@ -264,8 +264,7 @@ class CallRunner:
                 await self._consult(consult.FarewellDone(event.playback.id))
             else:
                 await self.ivr.handle(ivr.PlaybackFinished(event.playback.id))
-        elif isinstance(event, consult.ForceEnd | consult.HoldCustomer
-                        | consult.ResumeCustomer):
+        elif isinstance(event, consult.OPERATOR_EVENTS):
             await self._consult(event)
 
     def _customer_channel(self) -> str | None:

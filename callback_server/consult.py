@@ -188,6 +188,14 @@ class ConsultState:
     def live_leg(self) -> Leg | None:
         return self.leg if self.leg is not None and not self.leg.ended else None
 
+    @property
+    def live_legs(self) -> tuple[Leg, ...]:
+        """Every leg of the consultation not known to have ended: the advisor's, a
+        transfer's second party, the legs a transfer hung up."""
+        second = None if self.transferring is None else self.transferring.leg
+        return tuple(leg for leg in (self.leg, second, *self.parting)
+                     if leg is not None and not leg.ended)
+
 
 # --- events -------------------------------------------------------------------------------
 
@@ -278,6 +286,8 @@ class FarewellDone:
     playback_id: str
 
 
+OPERATOR_EVENTS = (ForceEnd, FarewellDone, HoldCustomer, ResumeCustomer, StartTransfer,
+                   CompleteTransfer, CancelTransfer)
 Operator = (ForceEnd | FarewellDone | HoldCustomer | ResumeCustomer | StartTransfer
             | CompleteTransfer | CancelTransfer)
 Event = (Begin | Assigned | CustomerGone | Operator | TransferRouted | Originated

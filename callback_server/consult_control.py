@@ -13,7 +13,13 @@ which feeds the consult machine: ``end`` (``consult.ForceEnd``): the advisor leg
 up, the customer hears the ``forced-end`` prompt and is hung up, and the record says
 ``forced_end``; ``hold`` (``HoldCustomer``): the customer leaves the bridge for music on
 hold; ``unhold`` (``ResumeCustomer``): back into the bridge (each hold in the record's
-``holds``). A process not running it ignores the notification.
+``holds``); ``transfer`` (``StartTransfer``, body ``{"advisor_id"}`` or ``{"number"}``,
+exactly one; an advisor of another merchant: 404): the customer held, the second party
+rung and, answering, bridged with the first advisor; ``transfer/complete``
+(``CompleteTransfer``): the customer to the second party, the first advisor hung up;
+``transfer/cancel`` (``CancelTransfer``): the second party hung up, the customer back
+(each transfer in the record's ``transfers``). A process not running it ignores the
+notification.
 
 Replies: 202 ``{"consultation_id", "action", "state": "requested"}``; 404 ``not-found``
 (no such call-back of this merchant), 409 ``consultation-not-running`` (its call-back is
@@ -32,7 +38,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol, assert_never
 
@@ -40,6 +46,7 @@ import asyncpg
 from aiohttp import web
 
 from advisors.errors import NotFound
+from advisors.records import MAX_INT
 from callback_server import consult
 from callback_server.call_ports import utcnow
 from shared.http import (
@@ -49,8 +56,10 @@ from shared.http import (
     authenticated_merchant,
     database_errors_as_503,
     json_response,
+    read_json_object,
 )
 from shared.openapi import MERCHANT, Operation, Param, Reply, Schema, add_operations
+from shared.phone import E164, InvalidNumber
 
 log = logging.getLogger("callback.consult")
 
@@ -64,26 +73,43 @@ class Action(enum.StrEnum):
     END = "end"
     HOLD = "hold"
     UNHOLD = "unhold"
+    TRANSFER = "transfer"
+    TRANSFER_COMPLETE = "transfer-complete"
+    TRANSFER_CANCEL = "transfer-cancel"
+
+    @property
+    def path(self) -> str:
+        """The route's last segments (``transfer/complete``)."""
+        return self.value.replace("-", "/")
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """What an operator asks of a running consultation (the NOTIFY payload); a transfer
+    names its second party (``to_advisor_id`` or ``to_number``)."""
+
+    consultation_id: str
+    action: Action
+    to_advisor_id: int | None = None
+    to_number: str | None = None
 
     def event(self, at: datetime) -> consult.Operator:
-        """The consult machine's event for this action."""
-        match self:
+        """The consult machine's event for this control."""
+        match self.action:
             case Action.END:
                 return consult.ForceEnd(at)
             case Action.HOLD:
                 return consult.HoldCustomer(at)
             case Action.UNHOLD:
                 return consult.ResumeCustomer(at)
+            case Action.TRANSFER:
+                return consult.StartTransfer(at, self.to_advisor_id, self.to_number)
+            case Action.TRANSFER_COMPLETE:
+                return consult.CompleteTransfer(at)
+            case Action.TRANSFER_CANCEL:
+                return consult.CancelTransfer(at)
             case _:
-                assert_never(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Control:
-    """What an operator asks of a running consultation (the NOTIFY payload)."""
-
-    consultation_id: str
-    action: Action
+                assert_never(self.action)
 
     @property
     def callback_id(self) -> str:
@@ -92,18 +118,22 @@ class Control:
         return match["callback"]
 
     def payload(self) -> str:
-        return json.dumps({"consultation_id": self.consultation_id, "action": self.action})
+        return json.dumps({"consultation_id": self.consultation_id, "action": self.action,
+                           "to_advisor_id": self.to_advisor_id, "to_number": self.to_number})
 
     @classmethod
     def parse(cls, payload: str) -> Control | None:
         """The control a payload carries; None for anything else."""
         try:
             data = json.loads(payload)
-            control = cls(data["consultation_id"], Action(data["action"]))
-        except (ValueError, TypeError, KeyError):
+            control = cls(data["consultation_id"], Action(data["action"]),
+                          data.get("to_advisor_id"), data.get("to_number"))
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
         if not isinstance(control.consultation_id, str) \
-                or not CONSULTATION_ID.match(control.consultation_id):
+                or not CONSULTATION_ID.match(control.consultation_id) \
+                or not isinstance(control.to_advisor_id, int | None) \
+                or not isinstance(control.to_number, str | None):
             return None
         return control
 
@@ -128,6 +158,10 @@ async def request_control(pool: asyncpg.Pool, merchant_id: str, control: Control
             control.consultation_id)
         if status != "dialing" or recorded:
             raise NotRunning(control.consultation_id)
+        if control.to_advisor_id is not None and not await conn.fetchval(
+                "SELECT true FROM advisors WHERE id = $1 AND merchant_id = $2",
+                control.to_advisor_id, merchant_id):
+            raise NotFound("advisor", str(control.to_advisor_id))
         await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, control.payload())
 
 
@@ -146,7 +180,7 @@ async def deliver_controls(notes: asyncio.Queue[str],
             continue
         runner = calls.get(control.callback_id)
         if runner is not None and runner.operator(control.consultation_id,
-                                                  control.action.event(utcnow())):
+                                                  control.event(utcnow())):
             log.info("consultation %s: %s requested", control.consultation_id, control.action)
 
 
@@ -174,11 +208,36 @@ def controlling(action: Action) -> Callable[[web.Request], Awaitable[web.Respons
         except KeyError:
             raise ServiceUnavailable("database-unavailable",
                                      "database not connected yet") from None
-        await request_control(pool, merchant_id, Control(consultation_id, action))
+        control = Control(consultation_id, action)
+        if action is Action.TRANSFER:
+            control = await _transfer_target(request, control)
+        await request_control(pool, merchant_id, control)
         return json_response({"consultation_id": consultation_id, "action": str(action),
                               "state": "requested"}, status=202)
 
     return control_consultation
+
+
+async def _transfer_target(request: web.Request, control: Control) -> Control:
+    """A transfer's second party from the body: ``advisor_id`` or ``number``."""
+    data = await read_json_object(request)
+    unknown = set(data) - {"advisor_id", "number"}
+    if unknown:
+        raise InvalidField(min(unknown), "unknown field")
+    advisor_id, number = data.get("advisor_id"), data.get("number")
+    if (advisor_id is None) == (number is None):
+        raise InvalidField("advisor_id", "give exactly one of advisor_id and number")
+    if advisor_id is not None:
+        if isinstance(advisor_id, bool) or not isinstance(advisor_id, int) \
+                or not 1 <= advisor_id <= MAX_INT:
+            raise InvalidField("advisor_id", f"expected an advisor id 1..{MAX_INT}")
+        return replace(control, to_advisor_id=advisor_id)
+    if not isinstance(number, str):
+        raise InvalidField("number", "expected an E.164 number")
+    try:
+        return replace(control, to_number=str(E164.parse(number)))
+    except InvalidNumber as exc:
+        raise InvalidField("number", str(exc)) from None
 
 
 REQUESTED: Schema = {
@@ -192,14 +251,27 @@ _SUMMARIES = {
     Action.END: "End a consultation in progress (forced end: a message, then both hung up)",
     Action.HOLD: "Put the customer of a consultation on hold (music; the advisor waits)",
     Action.UNHOLD: "Take the customer off hold, back to the advisor",
+    Action.TRANSFER: "Start a consult transfer to an advisor or a number (the customer held, "
+                     "the advisor talks to them first)",
+    Action.TRANSFER_COMPLETE: "Connect the customer to the transfer's second party (the "
+                              "first advisor leaves)",
+    Action.TRANSFER_CANCEL: "Cancel the transfer: the second party hung up, the customer "
+                            "back to the first advisor",
 }
 
+TRANSFER_BODY: Schema = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"advisor_id": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                   "number": {"type": "string", "pattern": r"^\+[1-9][0-9]{6,14}$"}},
+    "oneOf": [{"required": ["advisor_id"]}, {"required": ["number"]}]}
+
 OPERATIONS = [
-    Operation("POST", f"/v1/consultations/{{consultation_id}}/{action}",
+    Operation("POST", f"/v1/consultations/{{consultation_id}}/{action.path}",
               database_errors_as_503(controlling(action)), _SUMMARIES[action], "advisors",
               {202: Reply("sent to the process running the call", REQUESTED)},
               access=MERCHANT,
               params=(Param("consultation_id", "path", {"type": "string"}),),
+              body=TRANSFER_BODY if action is Action.TRANSFER else None,
               errors={404: ("not-found",), 409: ("consultation-not-running",),
                       503: ("database-unavailable",)})
     for action in Action

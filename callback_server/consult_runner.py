@@ -52,12 +52,15 @@ from callback_server.consult import (
     EndPresence,
     Farewell,
     Over,
+    Prompt,
     Rebridge,
     Request,
+    RouteTransfer,
     RunAssignment,
     StartMoh,
     StopMoh,
     Tell,
+    TransferRouted,
     Unbridge,
 )
 from callback_server.consult_billing import BillingPort, Plan
@@ -127,11 +130,19 @@ class ConsultRunner:
         return metering or self.state is not None and self.state.phase is not consult.Phase.DONE
 
     def owns(self, channel_id: str) -> bool:
-        return self.state is not None and self.state.leg is not None \
-            and self.state.leg.channel_id == channel_id
+        if self.state is None:
+            return False
+        return self.state.leg is not None and self.state.leg.channel_id == channel_id \
+            or channel_id in self.channel_ids
 
     def owns_playback(self, playback_id: str) -> bool:
         return self.state is not None and self.state.farewell == playback_id
+
+    @property
+    def channel_ids(self) -> tuple[str, ...]:
+        """Every leg of the consultation not known to have ended."""
+        return () if self.state is None else tuple(leg.channel_id
+                                                   for leg in self.state.live_legs)
 
     @property
     def channel_id(self) -> str | None:
@@ -327,8 +338,12 @@ class ConsultRunner:
             case Farewell(channel_id=cid, media=media, playback_id=pid):
                 await safely(self.client.play(cid, [media], playback_id=pid,
                                               lang=self.ctx.language.value))
-            case EndPresence(advisor_id=advisor):
-                await self._ended(advisor)
+            case Prompt(channel_id=cid, media=media):
+                await safely(self.client.play(cid, [media], lang=self.ctx.language.value))
+            case RouteTransfer(number=number):
+                await self._route_transfer(number)
+            case EndPresence(advisor_id=advisor, consultation_id=presence_id):
+                await self._ended(advisor, presence_id)
             case Tell(outcome=outcome):
                 self.follow_up(outcome)
             case Over():
@@ -362,11 +377,21 @@ class ConsultRunner:
         log.info("assignment %s: %s", cmd.op, result)
         await self.handle(Assigned(a, tuple(result), now, routes, destination))
 
-    async def _ended(self, advisor: int) -> None:
+    async def _route_transfer(self, number: str) -> None:
+        """The ways to a transfer's number, cheapest first (none: the transfer fails)."""
+        assert self.desk is not None
+        routes: tuple[Route, ...] = ()
+        try:
+            routes = await self.desk.number_routes(E164.parse(number), utcnow())
+        except (*DATABASE_ERRORS, InvalidNumber) as exc:
+            log.error("transfer to %s: no routes: %s", number, exc)
+        await self.handle(TransferRouted(utcnow(), routes))
+
+    async def _ended(self, advisor: int, presence_id: str | None) -> None:
         assert self.desk is not None and self.state is not None
         try:
             await self.desk.ended(self.job.merchant_id, advisor,
-                                  self.state.request.consultation_id, utcnow())
+                                  presence_id or self.state.request.consultation_id, utcnow())
         except DATABASE_ERRORS as exc:
             log.error("advisor %s: the consultation's end not applied: %s", advisor, exc)
 
@@ -409,7 +434,8 @@ class ConsultRunner:
                 customer_number=str(self.job.destination), customer_id=customer_id,
                 advisor_id=over.advisor_id, group_id=started.chosen.group_id,
                 method=Method(started.command.method), requested_at=started.requested_at,
-                rings=over.rings, answered_at=over.answered_at, holds=over.holds, transfers=(),
+                rings=over.rings, answered_at=over.answered_at, holds=over.holds,
+                transfers=over.transfers,
                 ended_at=over.ended_at, talk_s=talk_seconds(over),
                 end_reason=over.end_reason,
                 customer_call_id=self.state.request.customer_channel,

@@ -257,6 +257,9 @@ class MemoryDesk:
                       ) -> tuple[str, tuple[Route, ...]]:
         return f"+8131234{advisor_id:04d}", self.routes.get(advisor_id, ())
 
+    async def number_routes(self, number: E164, at: datetime) -> tuple[Route, ...]:
+        return (Route("carrier-a", f"PJSIP/{number}@carrier-a"),)
+
     async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
                     at: datetime) -> None:
         self.apply(advisor_id, pm.ConsultationEnded(at, consultation_id))

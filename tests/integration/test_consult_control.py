@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+import advisors
 from advisors import record_store
 from advisors.record_store import ConsultationRecords
 from callback_server import consult
@@ -24,7 +25,7 @@ from callback_server.consult_control import (
     deliver_controls,
     install,
 )
-from shared.db import listening, migrate_url
+from shared.db import listening, migrate_url, package_migrations
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from tests.integration import callback_db
 from tests.integration.test_callback_http import MERCHANTS, TOKEN
@@ -54,8 +55,14 @@ class Round:
 
 @pytest.fixture
 async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Any]:
-    await migrate_url(pg_url, [record_store.MIGRATIONS])
-    await clean.execute("TRUNCATE consultations CASCADE")
+    await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__),
+                               record_store.MIGRATIONS])
+    await clean.execute("TRUNCATE consultations, advisors CASCADE")
+    for merchant, code in (("acme", "0001"), ("bento", "0002")):
+        await clean.execute(
+            "INSERT INTO advisors (merchant_id, display_name, code, contact_kind, contact,"
+            " price_per_minute_yen) VALUES ($1, $2, $3, 'sip', $2, 100)",
+            merchant, f"adv-{merchant}", code)
     for i, (merchant, status) in enumerate((("acme", "dialing"), ("acme", "completed"),
                                             ("bento", "dialing"))):
         await clean.execute(
@@ -115,3 +122,62 @@ def test_control_payloads_round_trip_and_garbage_is_ignored() -> None:
     for junk in ("", "[]", '{"consultation_id": "x", "action": "end"}',
                  '{"consultation_id": "cb-c1", "action": "explode"}', '{"action": "end"}'):
         assert Control.parse(junk) is None, junk
+
+
+async def _delivered(client: Any, pg_url: str, path: str, body: Any) -> list[consult.Operator]:
+    here = Round("cb-0-c1")
+    async with listening(pg_url, CONTROL_CHANNEL) as notes:
+        delivering = asyncio.create_task(deliver_controls(notes, {"cb-0": here}))
+        try:
+            resp = await client.post(f"/v1/consultations/cb-0-c1/{path}", headers=AUTH,
+                                     json=body)
+            assert resp.status == 202, await resp.text()
+            assert (await resp.json())["state"] == "requested"
+            await asyncio.wait_for(here.got.wait(), 5)
+        finally:
+            delivering.cancel()
+    return here.events
+
+
+async def test_transfer_controls_reach_the_process_running_the_call(
+        client: Any, clean: asyncpg.Pool, pg_url: str) -> None:
+    advisor = await clean.fetchval("SELECT id FROM advisors WHERE merchant_id = 'acme'")
+    events = await _delivered(client, pg_url, "transfer", {"advisor_id": advisor})
+    assert [(type(e), e.to_advisor_id, e.to_number) for e in events
+            if isinstance(e, consult.StartTransfer)] == [(consult.StartTransfer, advisor, None)]
+    events = await _delivered(client, pg_url, "transfer", {"number": "+81311112222"})
+    assert [(e.to_advisor_id, e.to_number) for e in events
+            if isinstance(e, consult.StartTransfer)] == [(None, "+81311112222")]
+    assert [type(e) for e in await _delivered(client, pg_url, "transfer/complete", None)] \
+        == [consult.CompleteTransfer]
+    assert [type(e) for e in await _delivered(client, pg_url, "transfer/cancel", None)] \
+        == [consult.CancelTransfer]
+
+
+async def test_a_transfer_to_nobody_or_another_merchants_advisor_is_refused(
+        client: Any, clean: asyncpg.Pool) -> None:
+    theirs = await clean.fetchval("SELECT id FROM advisors WHERE merchant_id = 'bento'")
+    resp = await client.post("/v1/consultations/cb-0-c1/transfer", headers=AUTH,
+                             json={"advisor_id": theirs})
+    assert resp.status == 404 and (await resp.json())["error"]["id"] == "not-found"
+    for body, field in (({}, "advisor_id"), ({"advisor_id": 1, "number": "+81311112222"},
+                                             "advisor_id"),
+                        ({"advisor_id": "1"}, "advisor_id"), ({"number": "0311112222"},
+                                                              "number"),
+                        ({"number": "+81311112222", "x": 1}, "x")):
+        resp = await client.post("/v1/consultations/cb-0-c1/transfer", headers=AUTH,
+                                 json=body)
+        assert resp.status == 400, body
+        assert (await resp.json())["error"]["field"] == field, body
+    resp = await client.post("/v1/consultations/cb-1-c1/transfer", headers=AUTH,
+                             json={"number": "+81311112222"})
+    assert resp.status == 409
+
+
+def test_transfer_payloads_round_trip() -> None:
+    for control in (Control("cb-0-c1", Action.TRANSFER, to_advisor_id=7),
+                    Control("cb-0-c1", Action.TRANSFER, to_number="+81311112222"),
+                    Control("cb-0-c1", Action.TRANSFER_COMPLETE)):
+        assert Control.parse(control.payload()) == control
+    assert Control.parse('{"consultation_id": "cb-0-c1", "action": "transfer",'
+                         ' "to_advisor_id": "7"}') is None
