@@ -498,20 +498,27 @@ def _offer(state: ConsultState, advisor: int, routes: tuple[Route, ...], at: dat
 
 
 def _dial(state: ConsultState, advisor: int, at: datetime) -> Step:
+    leg, cmds = _originate(state, state.routes[state.route_index], state.destination, at,
+                           T_RING)
+    return replace(state, leg_seq=state.leg_seq + 1, leg=leg, advisor=advisor), cmds
+
+
+def _originate(state: ConsultState, route: Route, destination: str, at: datetime,
+               timer: str) -> tuple[Leg, list[Command]]:
+    """The round's next leg (role ``advisor``) to ``destination`` through ``route``, rung
+    for the merchant's ring timeout (``timer``)."""
     req = state.request
-    route = state.routes[state.route_index]
     seq = state.leg_seq + 1
     channel_id = f"{req.callback_id}-{seq:02d}"
-    leg = Leg(channel_id, "advisor", route.carrier_id, state.destination, at)
+    leg = Leg(channel_id, "advisor", route.carrier_id, destination, at)
     caller_id = req.sip_caller_id if route.carrier_id == EDGE_TRUNK else req.caller_id
-    state = replace(state, leg_seq=seq, leg=leg, advisor=advisor)
-    return state, [
+    return leg, [
         PersistAttempt(req.callback_id, req.attempt_no, seq, channel_id, "advisor",
                        route.carrier_id, route.endpoint),
         Originate(channel_id, route.endpoint, caller_id,
                   req.ring_timeout_s + int(dialer.RING_GUARD_S),
                   ("callback", req.callback_id, "advisor"), req.variables),
-        StartTimer(T_RING, req.ring_timeout_s),
+        StartTimer(timer, req.ring_timeout_s),
     ]
 
 
@@ -892,21 +899,8 @@ def _xfer_offer(state: ConsultState, routes: tuple[Route, ...], at: datetime,
 def _xfer_dial(state: ConsultState, destination: str, at: datetime) -> Step:
     t = state.transferring
     assert t is not None
-    req = state.request
-    route = t.routes[t.route_index]
-    seq = state.leg_seq + 1
-    channel_id = f"{req.callback_id}-{seq:02d}"
-    leg = Leg(channel_id, "advisor", route.carrier_id, destination, at)
-    caller_id = req.sip_caller_id if route.carrier_id == EDGE_TRUNK else req.caller_id
-    state = replace(state, leg_seq=seq, transferring=replace(t, leg=leg))
-    return state, [
-        PersistAttempt(req.callback_id, req.attempt_no, seq, channel_id, "advisor",
-                       route.carrier_id, route.endpoint),
-        Originate(channel_id, route.endpoint, caller_id,
-                  req.ring_timeout_s + int(dialer.RING_GUARD_S),
-                  ("callback", req.callback_id, "advisor"), req.variables),
-        StartTimer(T_TRANSFER, req.ring_timeout_s),
-    ]
+    leg, cmds = _originate(state, t.routes[t.route_index], destination, at, T_TRANSFER)
+    return replace(state, leg_seq=state.leg_seq + 1, transferring=replace(t, leg=leg)), cmds
 
 
 def _xfer_answered(state: ConsultState, at: datetime) -> Step:
