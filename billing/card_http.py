@@ -63,6 +63,7 @@ from shared.http import (
     read_json_object,
     require_str,
 )
+from shared.money import FxTable
 from shared.openapi import (
     MERCHANT,
     TIMESTAMP,
@@ -91,7 +92,7 @@ SERVICES_KEY = web.AppKey("billing_card_services", CardServices)
 
 
 def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool],
-            settings: BillingSettings) -> None:
+            settings: BillingSettings, *, fx: FxTable | None = None) -> None:
     """The card routes and webhook, and (in ``cleanup_ctx``, after the site's database)
     the services on its pool and the periodic job."""
     assert settings.stripe is not None
@@ -102,7 +103,7 @@ def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool
         client = stripe_settings.client()
         p = pool(app)
         services = CardServices(Cards(p, client), CardTopUps(p, client),
-                                Postpaid(p, client, retry_after_s=settings.retry_after_s),
+                                Postpaid(p, client, retry_after_s=settings.retry_after_s, fx=fx),
                                 settings)
         app[SERVICES_KEY] = services
         async with background(periodic(services), "billing card job"):

@@ -44,6 +44,8 @@ Kind = Literal["deposit", "charge", "refund", "adjustment", "hold", "release"]
 SYSTEM = "billing"
 #: the largest single movement (a billion yen): far beyond any real one, far inside bigint
 MAX_AMOUNT_YEN = 1_000_000_000
+#: the FX table of billing records where the site configures none (``[rates]``)
+DEFAULT_FX = FxTable.from_mapping(DEFAULT_FX_BASE, DEFAULT_FX_RATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +254,7 @@ class Ledger:
 
     def __init__(self, pool: asyncpg.Pool, *, fx: FxTable | None = None) -> None:
         self.pool = pool
-        self.fx = fx or FxTable.from_mapping(DEFAULT_FX_BASE, DEFAULT_FX_RATES)
+        self.fx = fx or DEFAULT_FX
 
     async def balance(self, merchant_id: str, account: str) -> Balance:
         """404 ``not-found`` for an account that never had a movement."""

@@ -31,16 +31,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import stripe
 
-from billing.ledger import LedgerError, account_id
+from billing import records
+from billing.ledger import DEFAULT_FX, LedgerError, account_id
 from billing.rating import Terms, rate
 from billing.settings import RETRY_AFTER_S
 from billing.standing import CHARGES, Charge, card_on_file, charge_of, locked_charge
 from billing.stripe_payments import Pending, create_intent, find_intent, metadata_value, outcome_of
+from shared.money import FxTable
 
 METADATA_KEY = "cbgw_charge_key"
 NO_CARD = "no-card-on-file"
@@ -55,10 +58,13 @@ def charge_key(charge_id: int, merchant_id: str, account: str, consultation_id: 
 
 class Postpaid:
     def __init__(self, pool: asyncpg.Pool, client: stripe.StripeClient, *,
-                 retry_after_s: tuple[int, ...] = RETRY_AFTER_S) -> None:
+                 retry_after_s: tuple[int, ...] = RETRY_AFTER_S,
+                 fx: FxTable | None = None) -> None:
+        """``fx``: the site's FX table, for the billing records of the outcomes."""
         self.pool = pool
         self.client = client
         self.retry_after_s = retry_after_s
+        self.fx = fx or DEFAULT_FX
 
     async def record(self, merchant_id: str, account: str, consultation_id: str,
                      talk_s: int, terms: Terms, *, by: str) -> tuple[Charge, int] | None:
@@ -126,7 +132,7 @@ class Postpaid:
                 "SELECT 1 FROM billing_postpaid_attempts WHERE id = $1 FOR UPDATE", attempt_id)
             row = await conn.fetchrow(
                 """SELECT t.*, c.merchant_id, c.account_id, c.total_yen, c.consultation_id,
-                          a.account, o.outcome
+                          c.terms, c.talk_s, c.billed_s, c.tax_yen, a.account, o.outcome
                    FROM billing_postpaid_attempts t
                    JOIN billing_postpaid_charges c ON c.id = t.charge_id
                    JOIN billing_accounts a ON a.id = c.account_id
@@ -166,6 +172,22 @@ class Postpaid:
                 """INSERT INTO billing_notices (merchant_id, account_id, kind, charge_id,
                        detail) VALUES ($1, $2, $3, $4, $5)""",
                 row["merchant_id"], row["account_id"], kind, row["charge_id"], detail)
+        await self._record(conn, row, outcome)
+
+    async def _record(self, conn: asyncpg.Connection, row: asyncpg.Record, outcome: str
+                      ) -> None:
+        """The outcome's billing record and its message to the edge, in the outcome's
+        transaction: each attempt's outcome is a record of its own (``charged``; a first
+        attempt ``failed``, a retry that failed ``dunning``)."""
+        state: records.State = ("charged" if outcome == "succeeded" else
+                                 "failed" if row["attempt"] == 1 else "dunning")
+        advisor, legs = await records.call_legs(conn, row["consultation_id"])
+        at: datetime = await conn.fetchval("SELECT now()")  # the transaction's time
+        await records.write(conn, records.BillingRecord(
+            f"{row['consultation_id']}/charge-{row['charge_id']}-{row['attempt']}",
+            row["merchant_id"], row["consultation_id"], advisor, row["account"], "card",
+            state, row["terms"]["price_per_minute_yen"], row["talk_s"], row["billed_s"],
+            row["total_yen"], row["tax_yen"], legs, self.fx, at))
 
     async def retry(self, merchant_id: str, charge_id: int) -> Charge:
         """A new attempt of a charge in dunning, with the card on file now, run at once

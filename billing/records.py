@@ -43,8 +43,10 @@ KIND = "billing_record"
 #: the listings' integer filters (query parameters)
 ID_FILTERS = ("advisor_id",)
 YEN = "JPY"
-PAID_BY = ("prepaid", "card")
-STATES = ("settled", "charged", "failed", "dunning")
+PaidBy = Literal["prepaid", "card"]
+State = Literal["settled", "charged", "failed", "dunning"]
+PAID_BY: tuple[PaidBy, ...] = ("prepaid", "card")
+STATES: tuple[State, ...] = ("settled", "charged", "failed", "dunning")
 _MAX_INT = 2**31 - 1
 _MAX_LEGS = 32
 
@@ -82,8 +84,8 @@ class BillingRecord:
     consultation_id: str
     advisor_id: int | None
     account: str
-    paid_by: Literal["prepaid", "card"]
-    state: Literal["settled", "charged", "failed", "dunning"]
+    paid_by: PaidBy
+    state: State
     price_per_minute_yen: int
     talk_s: int
     billed_s: int
@@ -98,8 +100,14 @@ class BillingRecord:
         return sum((leg.cost_yen(self.fx) or Decimal(0) for leg in self.legs), Decimal(0))
 
     @property
+    def revenue_yen(self) -> int:
+        """The charge once it is paid (settled from the balance, charged to the card); 0
+        while it failed (the cost is spent all the same)."""
+        return self.total_yen if self.state in ("settled", "charged") else 0
+
+    @property
     def margin_yen(self) -> Decimal:
-        return Decimal(self.total_yen) - self.cost_yen
+        return self.revenue_yen - self.cost_yen
 
     def to_json(self) -> dict[str, Any]:
         return {"record_id": self.record_id, "merchant_id": self.merchant_id,
@@ -108,7 +116,7 @@ class BillingRecord:
                 "price_per_minute_yen": self.price_per_minute_yen, "talk_s": self.talk_s,
                 "billed_s": self.billed_s, "total_yen": self.total_yen,
                 "tax_yen": self.tax_yen, "legs": [leg.to_json(self.fx) for leg in self.legs],
-                "fx": _fx_json(self.fx), "revenue_yen": str(self.total_yen),
+                "fx": _fx_json(self.fx), "revenue_yen": str(self.revenue_yen),
                 "cost_yen": str(self.cost_yen), "margin_yen": str(self.margin_yen),
                 "at": isoformat(self.at)}
 

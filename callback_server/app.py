@@ -150,7 +150,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     if settings.billing.stripe is not None:
         from billing.card_http import install as install_cards  # needs stripe
 
-        install_cards(app, lambda a: a[POOL_KEY], settings.billing)
+        install_cards(app, lambda a: a[POOL_KEY], settings.billing, fx=site_fx(settings))
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:

@@ -83,7 +83,7 @@ class ConsultBilling:
         if settings.stripe is not None and settings.postpaid_merchants:
             from billing.postpaid import Postpaid  # needs stripe (the billing extra)
             self.postpaid = Postpaid(pool, settings.stripe.client(),
-                                     retry_after_s=settings.retry_after_s)
+                                     retry_after_s=settings.retry_after_s, fx=fx)
 
     async def account(self, merchant_id: str, number: E164) -> str:
         customer = await self.customers.customer_by_number(merchant_id, number)

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 import stripe
 
+from billing import records
 from billing.cards import CardError, Cards
 from billing.ledger import LedgerError
 from billing.postpaid import METADATA_KEY, NO_CARD, Postpaid, charge_key
@@ -185,6 +186,16 @@ async def test_a_declined_charge_is_dunned_and_retried_with_the_new_card(
         key = charge_key(failed.id, "acme", "member-42", "consult-1", attempt)
         assert len(await asyncio.to_thread(intents_with, stripe_client, METADATA_KEY,
                                            key)) == 1
+    # each outcome a billing record of its own, with its message to the edge
+    made = await records.consultation_records(clean, "acme", "consult-1")
+    assert [(r["record_id"], r["state"], r["revenue_yen"]) for r in made] == [
+        (f"consult-1/charge-{failed.id}-1", "failed", "0"),
+        (f"consult-1/charge-{failed.id}-2", "dunning", "0"),
+        (f"consult-1/charge-{failed.id}-3", "charged", "100")]
+    assert {(r["paid_by"], r["total_yen"], r["margin_yen"]) for r in made[2:]} == {
+        ("card", 100, "100")}
+    assert await clean.fetchval(
+        "SELECT count(*) FROM outbox WHERE kind = 'billing_record'") == 3
 
 
 async def test_no_card_on_file_is_a_failed_charge_in_dunning(
