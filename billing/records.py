@@ -40,8 +40,9 @@ MIGRATIONS = MigrationSet("billing_records",
                           Path(__file__).resolve().parent.joinpath("migrations_records"))
 #: the link message's kind
 KIND = "billing_record"
-#: the listings' integer filters (query parameters)
+#: the listings' filters (query parameters): integer, text
 ID_FILTERS = ("advisor_id",)
+TEXT_FILTERS = ("account",)
 YEN = "JPY"
 PaidBy = Literal["prepaid", "card"]
 State = Literal["settled", "charged", "failed", "dunning"]
@@ -301,15 +302,17 @@ def _of(row: asyncpg.Record) -> dict[str, Any]:
 
 async def list_records(db: asyncpg.Pool | asyncpg.Connection, q: ListQuery) -> Page:
     """One page of a merchant's billing records, oldest stored first; ``since``/``until``
-    on ``at``, ``advisor_id``."""
+    on ``at``, ``advisor_id``, ``account``."""
     rows = await db.fetch(
         f"""SELECT id, recorded_at, {_COLUMNS} FROM billing_records
             WHERE merchant_id = $1 AND id > $2
               AND ($3::timestamptz IS NULL OR at >= $3)
               AND ($4::timestamptz IS NULL OR at < $4)
               AND ($6::bigint IS NULL OR advisor_id = $6)
+              AND ($7::text IS NULL OR account = $7)
             ORDER BY id LIMIT $5""",
-        q.merchant_id, q.after_id, q.since, q.until, q.limit + 1, q.filters.get("advisor_id"))
+        q.merchant_id, q.after_id, q.since, q.until, q.limit + 1, q.filters.get("advisor_id"),
+        q.text.get("account"))
     return page_of(rows, q.limit, _of)
 
 

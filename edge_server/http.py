@@ -136,9 +136,10 @@ async def link_rate_decks(request: web.Request) -> web.Response:
 
 async def _list(request: web.Request, what: str,
                 fetch: Callable[[asyncpg.Pool, ListQuery], Awaitable[Page]],
-                id_filters: Sequence[str] = ()) -> web.Response:
+                id_filters: Sequence[str] = (), text_filters: Sequence[str] = ()
+                ) -> web.Response:
     q = parse_list_query(authenticated_merchant(request), request.rel_url.query,
-                         id_filters=id_filters)
+                         id_filters=id_filters, text_filters=text_filters)
     try:
         page = await fetch(_pool(request), q)
     except CONNECTION_ERRORS as exc:
@@ -161,7 +162,7 @@ async def list_consultations(request: web.Request) -> web.Response:
 
 async def list_billing_records(request: web.Request) -> web.Response:
     return await _list(request, "billing records", billing_records.list_records,
-                       billing_records.ID_FILTERS)
+                       billing_records.ID_FILTERS, billing_records.TEXT_FILTERS)
 
 
 async def list_calls(request: web.Request) -> web.Response:
@@ -223,7 +224,8 @@ OPERATIONS = (
               "its legs' costs in yen and the margin", "call center",
               {200: Reply("one page, oldest stored first",
                           page_of_items(billing_records.LISTED))},
-              access=MERCHANT, params=list_params(*billing_records.ID_FILTERS),
+              access=MERCHANT, params=list_params(
+                  *billing_records.ID_FILTERS, text_filters=billing_records.TEXT_FILTERS),
               errors=_LIST_ERRORS),
     Operation("GET", "/healthz", healthz, "Database and Asterisk connection", "meta",
               {200: Reply("up", HEALTH), 503: Reply("database down", HEALTH)}),

@@ -3,9 +3,10 @@
 A listing takes ``since``/``until`` (ISO 8601 with a zone; a time column of the
 listing's choosing), ``limit`` (1-500, default 100), ``cursor`` (the ``next_cursor``
 of the previous page) and, per listing, equality filters on integer id columns
-(``advisor_id``...). Rows come oldest first by their ``bigint`` row id; the cursor is
-that id, opaque to the client. A query parameter the listing does not take, a bad
-value or a cursor that is not one of ours is 400 ``invalid-field`` naming it.
+(``advisor_id``...) and on text columns (``account``: 1-64 characters). Rows come
+oldest first by their ``bigint`` row id; the cursor is that id, opaque to the client.
+A query parameter the listing does not take, a bad value or a cursor that is not one of
+ours is 400 ``invalid-field`` naming it.
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ from typing import Any
 
 import asyncpg
 
-from shared.http import ApiError, InvalidField, optional_timestamp, parse_json, query_int
-from shared.openapi import TIMESTAMP, Param, Schema, nullable
+from shared.http import (
+    ApiError,
+    InvalidField,
+    optional_timestamp,
+    parse_json,
+    query_int,
+    require_str,
+)
+from shared.openapi import TIMESTAMP, Param, Schema, nullable, string
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 #: the largest row id (``bigint``): a cursor past it is not one of ours
 MAX_ROW_ID = 2**63 - 1
 _COMMON = ("since", "until", "limit", "cursor")
+#: the longest value of a text filter
+MAX_TEXT_FILTER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,8 @@ class ListQuery:
     limit: int = DEFAULT_LIMIT
     #: equality filters on integer columns, by column name
     filters: Mapping[str, int] = field(default_factory=dict)
+    #: equality filters on text columns (1..64 characters), by column name
+    text: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +81,10 @@ def decode_cursor(cursor: str) -> int:
 
 
 def parse_list_query(merchant_id: str, query: Mapping[str, str], *,
-                     id_filters: Sequence[str] = ()) -> ListQuery:
+                     id_filters: Sequence[str] = (),
+                     text_filters: Sequence[str] = ()) -> ListQuery:
     """The listing's query; 400 ``invalid-field`` naming the parameter that is wrong."""
-    taken = {*_COMMON, *id_filters}
+    taken = {*_COMMON, *id_filters, *text_filters}
     unknown = sorted(set(query) - taken)
     if unknown:
         raise InvalidField(unknown[0], f"unknown parameter; expected {', '.join(sorted(taken))}")
@@ -90,10 +103,12 @@ def parse_list_query(merchant_id: str, query: Mapping[str, str], *,
             raise InvalidField("cursor", "not a cursor returned by this API") from None
     filters = {name: query_int(query, name, low=1, high=MAX_ROW_ID, default=0)
                for name in id_filters if name in query}
-    return ListQuery(merchant_id, since, until, after, limit, filters)
+    text = {name: require_str(query, name, max_len=MAX_TEXT_FILTER)
+            for name in text_filters if name in query}
+    return ListQuery(merchant_id, since, until, after, limit, filters, text)
 
 
-def list_params(*id_filters: str) -> tuple[Param, ...]:
+def list_params(*id_filters: str, text_filters: Sequence[str] = ()) -> tuple[Param, ...]:
     """The query parameters :func:`parse_list_query` takes, for the OpenAPI document."""
     return (
         Param("since", "query", TIMESTAMP, "only rows at or after this time"),
@@ -102,7 +117,9 @@ def list_params(*id_filters: str) -> tuple[Param, ...]:
                                  "default": DEFAULT_LIMIT}, "rows per page"),
         Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"),
         *(Param(name, "query", {"type": "integer", "minimum": 1, "maximum": MAX_ROW_ID},
-                f"only rows of this {name.removesuffix('_id')}") for name in id_filters))
+                f"only rows of this {name.removesuffix('_id')}") for name in id_filters),
+        *(Param(name, "query", string(MAX_TEXT_FILTER), f"only rows of this {name}")
+          for name in text_filters))
 
 
 def page_schema(item: Schema) -> Schema:

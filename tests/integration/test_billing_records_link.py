@@ -138,6 +138,12 @@ async def test_the_record_reaches_the_call_center_once_with_its_money_exact(
     status, mine = await edge.call_center("/v1/billing-records", advisor_id="12",
                                           since="2026-01-01T00:00:00Z")
     assert (status, len(mine["items"])) == (200, 1)
+    status, theirs = await edge.call_center("/v1/billing-records", account="member-7")
+    assert (status, theirs["items"]) == (200, [])
+    status, mine = await edge.call_center("/v1/billing-records", account="member-42")
+    assert (status, len(mine["items"])) == (200, 1)
+    status, bad = await edge.call_center("/v1/billing-records", account="m" * 65)
+    assert (status, bad["error"]["field"]) == (400, "account")
 
 
 def message(**changes: Any) -> dict[str, Any]:
