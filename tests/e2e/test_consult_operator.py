@@ -34,8 +34,10 @@ pytestmark = pytest.mark.e2e
 __all__ = ["admin", "stack"]      # the fixtures, as the consultation tests set them up
 
 
-async def post(stack: Stack, admin: Admin, path: str) -> tuple[int, dict[str, object]]:
-    async with admin.session.post(stack.callback_url + path, headers=admin.headers) as resp:
+async def post(stack: Stack, admin: Admin, path: str, body: dict[str, object] | None = None
+               ) -> tuple[int, dict[str, object]]:
+    async with admin.session.post(stack.callback_url + path, headers=admin.headers,
+                                  json=body) as resp:
         return resp.status, await resp.json()
 
 
