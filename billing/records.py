@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -49,6 +49,7 @@ State = Literal["settled", "charged", "failed", "dunning"]
 PAID_BY: tuple[PaidBy, ...] = ("prepaid", "card")
 STATES: tuple[State, ...] = ("settled", "charged", "failed", "dunning")
 _MAX_INT = 2**31 - 1
+Choice = TypeVar("Choice", bound=str)
 _MAX_LEGS = 32
 
 
@@ -140,7 +141,7 @@ class BillingRecord:
             require_str(data, "merchant_id", max_len=64),
             require_str(data, "consultation_id", max_len=128), advisor,
             require_str(data, "account", max_len=64),
-            _choice(data, "paid_by", PAID_BY), _choice(data, "state", STATES),  # type: ignore[arg-type]
+            _choice(data, "paid_by", PAID_BY), _choice(data, "state", STATES),
             _int(data, "price_per_minute_yen"), _int(data, "talk_s"), _int(data, "billed_s"),
             total, tax, _legs(data.get("legs")), _fx(data.get("fx")),
             require_timestamp(data, "at"))
@@ -158,11 +159,12 @@ def _int(data: Mapping[str, Any], field: str) -> int:
     return value
 
 
-def _choice(data: Mapping[str, Any], field: str, choices: Sequence[str]) -> str:
+def _choice(data: Mapping[str, Any], field: str, choices: Sequence[Choice]) -> Choice:
     value = data.get(field)
-    if value not in choices:
-        raise InvalidField(field, f"expected one of {', '.join(choices)}")
-    return str(value)
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise InvalidField(field, f"expected one of {', '.join(choices)}")
 
 
 def _fx_json(fx: FxTable) -> dict[str, Any]:
