@@ -52,12 +52,12 @@ from advisors.resources import (
 )
 from advisors.store import AdvisorStore
 from shared.http import (
-    ApiError,
     InvalidField,
     authenticated_merchant,
     database_errors_as_503,
     json_response,
     read_json_object,
+    started,
 )
 from shared.metrics_http import READINGS_KEY
 from shared.openapi import MERCHANT, Operation, Param, Reply, add_operations
@@ -109,11 +109,7 @@ def install(app: web.Application, database: Database) -> None:
 def _services(request: web.Request) -> tuple[Services, str]:
     """The services and the caller's merchant (401 first, then 503 if not started)."""
     merchant_id = authenticated_merchant(request)
-    services = request.app.get(SERVICES_KEY)
-    if services is None:
-        raise ApiError(503, "advisors-unavailable", "database not connected yet",
-                       retry_after_s=5)
-    return services, merchant_id
+    return started(request, SERVICES_KEY, "advisors-unavailable"), merchant_id
 
 
 def _directory(request: web.Request) -> tuple[AdvisorStore, str]:

@@ -62,6 +62,7 @@ from shared.http import (
     query_int,
     read_json_object,
     require_str,
+    started,
 )
 from shared.money import FxTable
 from shared.openapi import (
@@ -138,11 +139,7 @@ async def periodic(services: CardServices) -> None:
 
 
 def _services(request: web.Request) -> CardServices:
-    services = request.app.get(SERVICES_KEY)
-    if services is None:
-        raise ApiError(503, "billing-unavailable", "database not connected yet",
-                       retry_after_s=5)
-    return services
+    return started(request, SERVICES_KEY, "billing-unavailable")
 
 
 def _merchant(request: web.Request) -> tuple[CardServices, str]:

@@ -53,6 +53,7 @@ from shared.http import (
     json_response,
     query_int,
     read_json_object,
+    started,
 )
 from shared.money import FxTable
 from shared.openapi import (
@@ -86,11 +87,7 @@ def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool
 def _ledger(request: web.Request) -> tuple[Ledger, str]:
     """The ledger and the caller's merchant (401 first, then 503 if not started)."""
     merchant_id = authenticated_merchant(request)
-    ledger = request.app.get(LEDGER_KEY)
-    if ledger is None:
-        raise ApiError(503, "billing-unavailable", "database not connected yet",
-                       retry_after_s=5)
-    return ledger, merchant_id
+    return started(request, LEDGER_KEY, "billing-unavailable"), merchant_id
 
 
 def account_param(request: web.Request) -> str:

@@ -34,10 +34,10 @@ from callback_server.flows_store import (
 from shared.http import (
     ApiError,
     InvalidField,
-    ServiceUnavailable,
     authenticated_merchant,
     database_errors_as_503,
     json_response,
+    started,
 )
 from shared.openapi import (
     MERCHANT,
@@ -71,10 +71,7 @@ def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool
 
 
 def _store(request: web.Request) -> FlowStore:
-    store = request.app.get(STORE_KEY)
-    if store is None:
-        raise ServiceUnavailable("flows-unavailable", "database not connected yet")
-    return store
+    return started(request, STORE_KEY, "flows-unavailable")
 
 
 def _query(request: web.Request, name: str, default: str, pattern: re.Pattern[str]) -> str:

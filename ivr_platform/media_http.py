@@ -57,6 +57,7 @@ from shared.http import (
     database_errors_as_503,
     json_response,
     query_int,
+    started,
 )
 from shared.openapi import (
     BINARY,
@@ -217,10 +218,7 @@ async def delete_guidance(request: web.Request) -> web.Response:
 
 
 def _store(request: web.Request) -> RecordingStore:
-    store = request.app.get(RECORDINGS_KEY)
-    if store is None:
-        raise ServiceUnavailable("media-unavailable", "database not connected yet")
-    return store
+    return started(request, RECORDINGS_KEY, "media-unavailable")
 
 
 def _recording_id(request: web.Request) -> uuid.UUID:

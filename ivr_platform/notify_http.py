@@ -29,12 +29,12 @@ from ivr_platform.phonebook import MAX_TEXT, Entry, Phonebook
 from shared.http import (
     ApiError,
     InvalidField,
-    ServiceUnavailable,
     authenticated_merchant,
     database_errors_as_503,
     json_response,
     query_int,
     read_json_object,
+    started,
 )
 from shared.openapi import (
     MERCHANT,
@@ -89,10 +89,7 @@ def install(app: web.Application, settings: NotifySettings,
 
 
 def _phonebook(request: web.Request) -> Phonebook:
-    phonebook = request.app.get(PHONEBOOK_KEY)
-    if phonebook is None:
-        raise ServiceUnavailable("notify-unavailable", "database not connected yet")
-    return phonebook
+    return started(request, PHONEBOOK_KEY, "notify-unavailable")
 
 
 def _number(request: web.Request) -> E164:

@@ -21,12 +21,14 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from shared.db import CONNECTION_ERRORS
 from shared.timeutil import TimestampError, parse_timestamp
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("shared.http")
 
@@ -61,6 +63,16 @@ class Unauthorized(ApiError):
 class ServiceUnavailable(ApiError):
     def __init__(self, error_id: str, message: str, retry_after_s: int = 5) -> None:
         super().__init__(503, error_id, message, retry_after_s=retry_after_s)
+
+
+def started(request: web.Request, key: web.AppKey[_T], error_id: str) -> _T:
+    """What a part put in the app when it started (a store on the database's pool):
+    503 ``error_id`` (with Retry-After) until it has, e.g. while the database is not
+    connected yet."""
+    value = request.app.get(key)
+    if value is None:
+        raise ServiceUnavailable(error_id, "database not connected yet")
+    return value
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None

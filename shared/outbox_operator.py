@@ -42,6 +42,7 @@ from shared.http import (
     bearer_token,
     json_response,
     query_int,
+    started,
     token_digest,
 )
 from shared.link import OPERATOR_PREFIX
@@ -106,10 +107,7 @@ def authorize(request: web.Request, expected_sha256: str | None, *,
 
 
 def _operator(request: web.Request) -> OutboxOperator:
-    operator = request.app.get(OPERATOR_KEY)
-    if operator is None:
-        raise ApiError(503, "database-unavailable", "database not connected yet",
-                       retry_after_s=5)
+    operator = started(request, OPERATOR_KEY, "database-unavailable")
     authorize(request, operator.token_sha256)
     return operator
 
