@@ -108,7 +108,8 @@ async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) ->
         assert (await client.head("/openapi.json")).status == 200  # a GET has its HEAD
         assert set(body["paths"]) == {"/v1/link/events", "/v1/link/rate-decks",
                                       "/v1/requests", "/v1/cdrs", "/v1/calls",
-                                      "/v1/consultations", "/healthz", "/openapi.json"}
+                                      "/v1/consultations", "/v1/billing-records", "/healthz",
+                                      "/openapi.json"}
 
 
 def request_body_schema(app: web.Application, method: str, path: str) -> dict[str, Any]:
