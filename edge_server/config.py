@@ -7,7 +7,6 @@ Read from one TOML file with ``EDGE__SECTION__KEY`` environment overrides
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -24,6 +23,7 @@ from shared.config import (
     Section,
     SigningSettings,
     TlsSettings,
+    cannot_write,
     load,
     root,
 )
@@ -60,13 +60,8 @@ class HoursPrompts:
 
     def problems(self) -> list[tuple[str, str]]:
         """``check``: ``serve`` creates ``prompts_dir`` and writes there."""
-        if self.prompts_dir is None:
-            return []
-        existing = next(p for p in (self.prompts_dir, *self.prompts_dir.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            return [("edge.hours.prompts_dir",
-                     f"{self.prompts_dir}: cannot write in {existing}")]
-        return []
+        why = None if self.prompts_dir is None else cannot_write(self.prompts_dir)
+        return [] if why is None else [("edge.hours.prompts_dir", why)]
 
 
 @dataclass(frozen=True, slots=True)
