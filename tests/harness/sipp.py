@@ -164,6 +164,20 @@ def _parse_block(stamp: str, lines: list[str]) -> SipMessage | None:
     return SipMessage(direction, at, first, headers, body)
 
 
+def own_dialogs(messages: list[SipMessage]) -> list[SipMessage]:
+    """``messages`` without qualify OPTIONS and without strays.
+
+    A stray is an in-dialog request (it carries a To tag) for a dialog this trace
+    never saw start, and the answer to it: typically a BYE that Asterisk keeps
+    retransmitting (Timer F, 32 s) for a call whose earlier SIPp has gone, which
+    reaches the next SIPp bound to the same port. It belongs to someone else's call.
+    """
+    options_ids = {m.call_id for m in messages if m.method == "OPTIONS"}
+    started = {m.call_id for m in messages
+               if m.is_request and ";tag=" not in (m.header("to") or "")}
+    return [m for m in messages if m.call_id not in options_ids and m.call_id in started]
+
+
 @cache
 def _pcap_tool() -> ModuleType:
     path = SIPP_DIR / "make_dtmf_pcap.py"
@@ -232,9 +246,9 @@ class SippRole:
             return []
 
     def dialog_messages(self) -> list[SipMessage]:
-        """Messages other than out-of-dialog OPTIONS (qualify) and their answers."""
-        options_ids = {m.call_id for m in self.messages() if m.method == "OPTIONS"}
-        return [m for m in self.messages() if m.call_id not in options_ids]
+        """The messages of this role's own dialogs: not out-of-dialog OPTIONS (qualify)
+        and their answers, and not strays (see ``own_dialogs``)."""
+        return own_dialogs(self.messages())
 
     def requests_received(self, method: str | None = None) -> list[SipMessage]:
         return [m for m in self.dialog_messages()
