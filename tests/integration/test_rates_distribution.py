@@ -43,6 +43,7 @@ from routing_rates.service import RatingService
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.http import ApiError
 from shared.link import LinkClient, LinkRejected, accept_once
+from shared.money import FxTable
 from shared.outbox import encode
 from shared.phone import E164
 from shared.site import link_client
@@ -484,3 +485,89 @@ async def test_a_withdrawal_before_the_parts_and_one_after_the_version_came_into
         assert (refused.value.status, refused.value.error_id) == (422, "rate-deck-in-force")
         assert await edge.fetchval("SELECT state FROM rates_decks WHERE origin_version = $1",
                                    now.deck.id) == "scheduled"
+
+
+async def test_a_version_the_edge_has_not_received_is_never_assumed(
+        pg_server_url: str, tmp_path: Path) -> None:
+    """Each site's rating service on its own database; the link's messages handed over by
+    the test. Before carrier-b's first version reaches the edge, the edge decides without
+    carrier-b (dropped no-deck) while the callback site prices it. The callback site then
+    activates v2, in force there at once: until v2's parts reach the edge, the edge keeps
+    pricing carrier-b at v1, at any time asked about (v2's time and an hour later); once
+    they arrive, it switches to v2."""
+    tag = f"t{os.getpid()}_unreceived"
+    fx = FxTable.from_mapping("JPY", {"USD": "150"})
+    now = distribute.Distribution(lead_s=0)
+
+    async def deliver_version(version: int) -> None:
+        rows = await callback.fetch(
+            "SELECT message_id, body FROM outbox WHERE kind = 'rate_deck' "
+            "AND convert_from(body, 'UTF8') LIKE $1", f'%"version":{version},%')
+        assert rows
+        for r in rows:
+            status, _ = await _deliver(edge, str(r["message_id"]), r["body"])
+            assert status == 200
+
+    async def imported(tariff: str, path: Path, profile: str | None = None) -> int:
+        async with callback.acquire() as conn:
+            result = await importer.import_deck(
+                conn, tariff, path, load_profile(profile) if profile else None,
+                distribution=now)
+        assert result.deck is not None
+        return result.deck.id
+
+    def carrier_b(rates: RatingService, at: datetime) -> tuple[Decimal | None, int | None]:
+        routes, dropped = rates.quote(MOBILE, at)
+        route = next((q for q in routes if q.carrier_id == "carrier-b"), None)
+        if route is None:
+            assert any(d.carrier_id == "carrier-b" and d.reason == "no-deck" for d in dropped)
+            return None, None
+        return route.rate.amount, route.deck_id
+
+    async with _two_databases(pg_server_url, tag) as (callback, edge):
+        for pool in (callback, edge):   # both sites know the carriers
+            async with pool.acquire() as conn:
+                await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
+        await deliver_version(await imported(
+            "ntt-freedial", REPO / "routing_rates/data/ntt-freedial.csv"))
+        v1 = await imported("carrier-b", _deck(tmp_path / "b1.csv", "0.0800"), "generic")
+        edge_rates = await RatingService.start(edge, fx=fx)
+        cb_rates = await RatingService.start(callback, fx=fx)
+        try:
+            at = datetime.now(UTC)
+            assert carrier_b(cb_rates, at) == (Decimal("0.0800"), v1)
+            assert carrier_b(edge_rates, at) == (None, None)
+            decision = edge_rates.decide(MOBILE, at)
+            assert {"carrier": "carrier-b", "reason": "no-deck",
+                    "detail": "no deck version in force on this site (none received yet)"} \
+                in decision.explain["dropped"]
+
+            await deliver_version(v1)
+            await _until(lambda: _async(carrier_b(edge_rates, datetime.now(UTC))[0]), 10,
+                         "v1 in force at the edge")
+            edge_v1 = await edge.fetchval(
+                "SELECT id FROM rates_decks WHERE origin_version = $1", v1)
+            assert carrier_b(edge_rates, datetime.now(UTC)) == (Decimal("0.0800"), edge_v1)
+
+            v2 = await imported("carrier-b", _deck(tmp_path / "b2.csv", "0.0500"), "generic")
+            v2_from = await callback.fetchval(
+                "SELECT effective_from FROM rates_decks WHERE id = $1", v2)
+            await _until(lambda: _async(carrier_b(cb_rates, datetime.now(UTC))[1] == v2), 10,
+                         "v2 in force at the callback site")
+            await asyncio.sleep(0.5)    # a reload at the edge has had its chance
+            for when in (v2_from, datetime.now(UTC), datetime.now(UTC) + timedelta(hours=1)):
+                assert carrier_b(edge_rates, when) == (Decimal("0.0800"), edge_v1), when
+                decided = edge_rates.decide(MOBILE, when)
+                assert decided.route is not None and decided.route.deck_id == edge_v1
+            assert await edge.fetchval(
+                "SELECT count(*) FROM rates_decks WHERE origin_version = $1", v2) == 0
+
+            await deliver_version(v2)
+            edge_v2 = await _until(lambda: edge.fetchval(
+                "SELECT id FROM rates_decks WHERE origin_version = $1", v2), 10, "v2 stored")
+            await _until(lambda: _async(carrier_b(edge_rates, datetime.now(UTC))
+                                        == (Decimal("0.0500"), edge_v2)), 10,
+                         "the edge to switch to v2")
+        finally:
+            await edge_rates.close()
+            await cb_rates.close()
