@@ -7,11 +7,15 @@ connected, ``warn_before_s`` before the reserved talk time runs out it first tri
 more (:meth:`~billing.ledger.Ledger.extend`: a top-up during the call, or a reservation
 made in slices); if that brings nothing it has the warning played and the consultation is
 cut off when the reserved time is up (``cutoff_margin_s`` earlier, for the time the
-hang-up takes on the wire). Whenever the call ends, the reservation is settled once with
-the talk seconds (started seconds count whole; 0 when the advisor never answered).
+hang-up takes on the wire). While warned it asks again every ``recheck_s``: a top-up
+made after the warning moves the cut-off (and, when it buys more than ``warn_before_s``,
+the call talks on as before the warning, to be warned again before the new end).
+Whenever the call ends, the reservation is settled once with the talk seconds (started
+seconds count whole; 0 when the advisor never answered).
 
 Timers are commands: ``SetTimer(due, token)`` asks the adapter for ``TimerFired(token,
-at)`` at ``due``; a timer whose token is no longer the meter's is ignored.
+at)`` at ``due``; a timer whose token is no longer the meter's is ignored. Once warned
+two run at once: the cut-off's (``cutoff_token``) and the recheck's (``timer_token``).
 
 =====================  ==============================================================
 event                  commands
@@ -21,8 +25,12 @@ event                  commands
 ``Refused``            ``Refuse(reason, available_yen, needed_yen)``; the meter is done
 ``Connected(at)``      ``SetTimer`` for the check, ``warn_before_s`` before the end
 ``TimerFired`` check   ``Extend(reservation_id)``
-``Extended``           grown: ``SetTimer`` for the next check; not: ``Warn(seconds_left)``
-                       and ``SetTimer`` for the cut-off
+``Extended``           grown: ``SetTimer`` for the next check; not: ``Warn(seconds_left)``,
+                       ``SetTimer`` for the cut-off and for the recheck
+``TimerFired`` recheck ``Extend(reservation_id)`` (warned)
+``Extended`` (warned)  grown past ``warn_before_s`` left: as before the warning; grown
+                       less: a new cut-off ``SetTimer``; either way no second warning;
+                       then the next recheck
 ``TimerFired`` cut-off ``CutOff``
 ``HungUp(at)``         ``Settle(reservation_id, talk_s)`` (once); nothing to settle: done
 ``Settled``            the meter is done
@@ -58,6 +66,8 @@ class Meter:
     consultation_id: str
     warn_before_s: int = 60
     cutoff_margin_s: int = 0
+    #: how often a warned meter asks the ledger again (a top-up after the warning)
+    recheck_s: int = 5
     phase: Phase = Phase.NEW
     reservation_id: int | None = None
     allowed_s: int = 0
@@ -65,6 +75,8 @@ class Meter:
     #: the call ended while the reservation was being made
     hung_up: bool = False
     timer_token: int = 0
+    #: the cut-off timer's token once warned (None: not warned)
+    cutoff_token: int | None = None
 
     def elapsed_s(self, at: datetime) -> int:
         """Talk seconds at ``at``, a started second counting whole."""
@@ -204,9 +216,7 @@ def transition(meter: Meter, event: Event) -> Step:
         case TimerFired(token=token, at=at):
             return _timer(meter, token, at, event)
         case Extended(allowed_s=allowed, at=at):
-            if allowed > meter.allowed_s:
-                return _check_later(replace(meter, phase=Phase.TALKING, allowed_s=allowed))
-            return _warn(meter, at)
+            return _extended(meter, allowed, at)
         case HungUp(at=at):
             return _hung_up(meter, at, event)
         case Settled():
@@ -231,24 +241,50 @@ def _check_later(meter: Meter) -> Step:
     return replace(meter, timer_token=token), [SetTimer(due, token)]
 
 
-def _warn(meter: Meter, at: datetime) -> Step:
-    """Nothing more to hold: the warning, and the cut-off timer."""
+def _extended(meter: Meter, allowed: int, at: datetime) -> Step:
+    grown = replace(meter, allowed_s=max(allowed, meter.allowed_s))
+    left = grown.allowed_s - meter.elapsed_s(at)
+    if meter.cutoff_token is None:
+        if allowed > meter.allowed_s:
+            return _check_later(replace(grown, phase=Phase.TALKING))
+        meter, warn = _cut_off_later(meter)
+        return _recheck(meter, at, [Warn(max(0, left)), *warn])
+    if left > meter.warn_before_s:             # a top-up bought more than the warning's
+        return _check_later(replace(grown, phase=Phase.TALKING, cutoff_token=None))
+    if allowed > meter.allowed_s:              # a little more: the cut-off moves
+        grown, later = _cut_off_later(grown)
+        return _recheck(grown, at, later)
+    return _recheck(replace(meter, phase=Phase.WARNED), at, [])
+
+
+def _cut_off_later(meter: Meter) -> Step:
+    """The cut-off timer, ``cutoff_margin_s`` before the reserved time runs out."""
     token = meter.timer_token + 1
     end = max(0, meter.allowed_s - meter.cutoff_margin_s)
-    left = max(0, meter.allowed_s - meter.elapsed_s(at))
-    return replace(meter, phase=Phase.WARNED, timer_token=token), [
-        Warn(left), SetTimer(_due(meter, end), token)]
+    return (replace(meter, phase=Phase.WARNED, timer_token=token, cutoff_token=token),
+            [SetTimer(_due(meter, end), token)])
+
+
+def _recheck(meter: Meter, at: datetime, commands: list[Command]) -> Step:
+    """Warned: the timer for asking the ledger again, unless the cut-off comes first."""
+    assert meter.cutoff_token is not None
+    token = meter.timer_token + 1
+    due = at + timedelta(seconds=meter.recheck_s)
+    end = _due(meter, max(0, meter.allowed_s - meter.cutoff_margin_s))
+    if meter.recheck_s <= 0 or due >= end:
+        return replace(meter, timer_token=token), commands
+    return replace(meter, timer_token=token), [*commands, SetTimer(due, token)]
 
 
 def _timer(meter: Meter, token: int, at: datetime, event: Event) -> Step:
-    if token != meter.timer_token:
+    cutting = meter.phase in (Phase.WARNED, Phase.EXTENDING)
+    if cutting and token == meter.cutoff_token:
+        return (replace(meter, phase=Phase.ENDING, timer_token=meter.timer_token + 1),
+                [CutOff(meter.elapsed_s(at))])
+    if token != meter.timer_token or meter.phase not in (Phase.TALKING, Phase.WARNED):
         return _ignored(meter, event)
-    if meter.phase is Phase.TALKING:
-        assert meter.reservation_id is not None
-        return replace(meter, phase=Phase.EXTENDING), [Extend(meter.reservation_id)]
-    if meter.phase is Phase.WARNED:
-        return replace(meter, phase=Phase.ENDING), [CutOff(meter.elapsed_s(at))]
-    return _ignored(meter, event)
+    assert meter.reservation_id is not None
+    return replace(meter, phase=Phase.EXTENDING), [Extend(meter.reservation_id)]
 
 
 def _hung_up(meter: Meter, at: datetime, event: Event) -> Step:

@@ -13,7 +13,9 @@ The warning (``WARNING``, 「残り一分です」) plays ``WARN_BEFORE_S`` befo
 talk time ends; the cut-off (``CUTOFF_MARGIN_S`` before it, for a late timer) is the
 consult machine's ``ForceEnd`` with reason ``cut_off``: the advisor's leg is hung up and
 the talk ends there, so it never runs past what the reservation holds; the customer hears
-``CUTOFF``, then their leg is hung up (BYE).
+``CUTOFF``, then their leg is hung up (BYE). Once warned the meter asks the ledger again
+every ``RECHECK_S``, so a top-up made after the warning (a deposit, a card) moves the
+cut-off within that time.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from callback_server.dialer_messages import CreateBridge
 WARN_BEFORE_S = 60
 #: the cut-off comes this much before the reserved end (a timer may fire late)
 CUTOFF_MARGIN_S = 1
+#: how often a warned meter looks for a top-up
+RECHECK_S = 5
 WARNING = ("sound:cbgw/balance-warning",)
 CUTOFF = "sound:cbgw/balance-cutoff"
 TIMER_PREFIX = "meter:"
@@ -36,7 +40,7 @@ TIMER_PREFIX = "meter:"
 
 def new_meter(consultation_id: str) -> meter.Meter:
     return meter.Meter(consultation_id, warn_before_s=WARN_BEFORE_S,
-                       cutoff_margin_s=CUTOFF_MARGIN_S)
+                       cutoff_margin_s=CUTOFF_MARGIN_S, recheck_s=RECHECK_S)
 
 
 def meter_event(cmd: consult.Command, state: consult.ConsultState) -> meter.Event | None:

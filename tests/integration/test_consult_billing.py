@@ -160,6 +160,39 @@ async def test_a_prepaid_consultation_is_warned_cut_off_and_settled_from_its_rec
     await asyncio.wait_for(call.task, 5)
 
 
+async def test_a_top_up_after_the_warning_extends_the_live_consultation(
+        db: asyncpg.Pool) -> None:
+    """Warned a minute before the end, the customer pays two minutes more: the meter's
+    next recheck extends the reservation, the old cut-off no longer cuts, and the
+    consultation is settled with everything it talked."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")  # two minutes
+    call = Call(db)
+    await call.start()
+    await call.code("0002")
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # the advisor answers
+    await call.fire("meter:1")      # the check: nothing to extend, the warning
+    assert ("cb-7-01", ("sound:cbgw/balance-warning",)) in call.plays()
+    await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")  # two more
+    await call.fire("meter:3")      # the recheck finds it
+    assert await db.fetchval("SELECT max(allowed_s) FROM billing_reservation_extensions"
+                             ) == 240
+    assert await ledger.balance("acme", "member-42") == Balance(0, 400)
+    await call.fire("meter:2")      # the cut-off the warning set: stale now
+    assert "cb-7-02" not in call.ari.named("hangup")
+    assert ("cb-7-01", ("sound:cbgw/balance-cutoff",)) not in call.plays()
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))        # the customer leaves
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    await call.settle()
+    talk_s, reason = await db.fetchrow("SELECT talk_s, end_reason FROM consultations")
+    settled = await db.fetchrow("SELECT talk_s, total_yen, released_yen "
+                                "FROM billing_settlements")
+    assert reason != "cut_off" and settled["talk_s"] == talk_s
+    assert (settled["total_yen"], settled["released_yen"]) == (100, 300)
+    assert await ledger.balance("acme", "member-42") == Balance(300, 0)
+    await call.done()
+
+
 async def test_an_unanswered_prepaid_consultation_releases_its_reservation(
         db: asyncpg.Pool) -> None:
     ledger = Ledger(db)

@@ -62,7 +62,8 @@ def test_reserve_connect_warn_and_cut_off() -> None:
     meter, out = run(meter, TimerFired(1, at(240)))
     assert (meter.phase, out) == (Phase.EXTENDING, [Extend(7)])
     meter, out = run(meter, Extended(300, at(240.3)))
-    assert out == [Warn(59), SetTimer(at(298), 2)]     # 241 s started of 300
+    assert out == [Warn(59), SetTimer(at(298), 2),     # 241 s started of 300
+                   SetTimer(at(245.3), 3)]             # the recheck
     meter, out = run(meter, TimerFired(2, at(298)))
     assert out == [CutOff(298)]
     meter, out = run(meter, HungUp(at(298.4)), Settled())
@@ -78,6 +79,40 @@ def test_an_extension_moves_the_check_and_the_customer_hangs_up_first() -> None:
     assert out == [Ignored(TimerFired(1, at(100)), Phase.TALKING)]
     meter, out = run(meter, HungUp(at(155.2)), TimerFired(2, at(270)))
     assert out[0] == Settle(7, 156) and isinstance(out[1], Ignored)
+
+
+def test_a_top_up_after_the_warning_moves_the_cut_off() -> None:
+    """Warned with 60 s left, the ledger is asked again every 5 s: nothing, then a top-up
+    of 10 s (the cut-off moves, no second warning), then one of 300 s (talks on as before
+    the warning: the next check a minute before the new end, the old cut-off stale)."""
+    meter, out = run(Meter("c-1", warn_before_s=60, cutoff_margin_s=1), Start(),
+                     Reserved(7, 90), Connected(at(0)), TimerFired(1, at(30)),
+                     Extended(90, at(30)))
+    assert out[-3:] == [Warn(60), SetTimer(at(89), 2), SetTimer(at(35), 3)]
+    meter, out = run(meter, TimerFired(3, at(35)), Extended(90, at(35)))
+    assert (meter.phase, out) == (Phase.WARNED, [Extend(7), SetTimer(at(40), 4)])
+    meter, out = run(meter, TimerFired(4, at(40)), Extended(100, at(40)))
+    assert out == [Extend(7), SetTimer(at(99), 5), SetTimer(at(45), 6)]
+    assert (meter.phase, meter.cutoff_token, meter.allowed_s) == (Phase.WARNED, 5, 100)
+    meter, out = run(meter, TimerFired(2, at(89)))            # the old cut-off: stale
+    assert isinstance(out[0], Ignored)
+    meter, out = run(meter, TimerFired(6, at(45)), Extended(420, at(45)))
+    assert out == [Extend(7), SetTimer(at(360), 7)]
+    assert (meter.phase, meter.cutoff_token) == (Phase.TALKING, None)
+    meter, out = run(meter, TimerFired(5, at(99)), TimerFired(7, at(360)),
+                     Extended(420, at(360)))
+    assert isinstance(out[0], Ignored)
+    assert out[1:] == [Extend(7), Warn(60), SetTimer(at(419), 8), SetTimer(at(365), 9)]
+
+
+def test_the_cut_off_fires_while_a_recheck_asks_the_ledger() -> None:
+    meter, _ = run(Meter("c-1", warn_before_s=10, recheck_s=2), Start(), Reserved(7, 12),
+                   Connected(at(0)), TimerFired(1, at(2)), Extended(12, at(2)),
+                   TimerFired(3, at(4)))
+    assert meter.phase is Phase.EXTENDING
+    meter, out = run(meter, TimerFired(2, at(12)), Extended(600, at(12.1)))
+    assert out[0] == CutOff(12) and isinstance(out[1], Ignored)
+    assert meter.phase is Phase.ENDING
 
 
 def test_refused_hung_up_while_reserving_and_never_answered() -> None:

@@ -90,11 +90,12 @@ def test_the_cut_off_ends_the_talk_before_the_reserved_end_and_settles_the_recor
     s.send(Answered(leg, s.call.at(2)))
     s.feed(meter.TimerFired(1, s.call.at(2 + allowed_s - 60)))        # check: no more
     assert [c for c in s.metered if isinstance(c, meter.Warn)] == [meter.Warn(60)]
-    cutoff_due = s.timers()[-1].due
+    (cutoff,) = [t for t in s.timers() if t.token == s.meter.cutoff_token]
+    cutoff_due = cutoff.due
     assert cutoff_due == at(2 + allowed_s - consult_meter.CUTOFF_MARGIN_S)
     fired = cutoff_due + timedelta(milliseconds=late_ms)               # a late timer
     s.call.now = fired
-    s.feed(meter.TimerFired(2, fired))
+    s.feed(meter.TimerFired(cutoff.token, fired))
     assert any(isinstance(c, meter.CutOff) for c in s.metered)
     cmds = s.call.send(consult_meter.cut_off(fired))     # the advisor's leg goes at once
     assert Hangup(leg) in cmds
