@@ -3,11 +3,14 @@ Pure decisions.
 
 Checked for every customer leg just before its originate, in the same
 transaction that persists the leg (:meth:`Guard.admit_leg`). No lock is shared
-by all legs: each capped scope has its own counter row, and a leg takes a slot
-with one conditional ``UPDATE`` of it (``guard_claim``, migration 0600), so two
-workers cannot both take the last channel, and legs of different trunks never
-wait for each other. A scope without a cap (unset, or 0 in the settings) has no
-counter and is neither read nor written:
+by all legs: each capped scope has its own counters, split into up to
+:data:`SHARDS` rows whose rooms add up to the cap, and a leg takes a slot with
+one conditional ``UPDATE`` of a row no other leg holds (``guard_claim``,
+migrations 0600, 0610; it waits for a held row only when no free one has room),
+so two workers cannot both take the last channel, legs of different trunks never
+wait for each other, and legs under the site's cap wait for each other only when
+more than :data:`SHARDS` are being admitted at once. A scope without a cap
+(unset, or 0 in the settings) has no counter and is neither read nor written:
 
 * **channels**: customer legs dialling, ringing or up (``guard_live``; a leg's
   slot is given back by a trigger in the transaction that ends the leg, also
@@ -37,6 +40,8 @@ from callback_server.guard.reasons import Refusal, Verdict
 
 KINDS = ("channels", "cps", "spend_daily")
 GLOBAL = "global"
+#: counter rows per capped scope and kind (fewer when the cap is smaller)
+SHARDS = 8
 
 _REASONS = {
     ("global", "channels"): Refusal.CAP_GLOBAL_CHANNELS,

@@ -67,11 +67,12 @@ class HasCarrier(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A customer leg's caps: the scopes whose channel slot it took (kept on its row), or
-    why it was refused."""
+    """A customer leg's caps: the scopes whose channel slot it took and the counter shard
+    of each (kept on its row), or why it was refused."""
 
     scopes: tuple[str, ...]
     refused: GuardRefused | None
+    shards: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,25 +228,28 @@ class Guard:
     async def admit_leg(self, conn: asyncpg.Connection, carrier_id: str, callback_id: str,
                         merchant_id: str) -> Admission:
         """In the leg's transaction, just before its originate: trips and spend, then a
-        channel and a CPS slot in each capped scope (per-scope counter rows, no lock
-        shared by every leg). The admission's ``scopes`` go on the leg row: the slots it
-        gives back when it ends."""
+        channel and a CPS slot in each capped scope (per-scope sharded counter rows, no
+        lock shared by every leg). The admission's ``scopes`` and ``shards`` go on the leg
+        row: the slots it gives back when it ends."""
         scopes = caps.scopes_of(carrier_id, merchant_id)
         limits = [self.settings.caps.limits(scope) for scope in scopes]
         snap = await sql.cap_usage(conn, scopes, self.today())
         hit = self._cap_hit(snap, scopes)
+        taken = sql.Claim()
         if hit is None and any(lim.channels or lim.cps for lim in limits):
             taken = await sql.claim(conn, scopes, [lim.channels for lim in limits],
-                                    [lim.cps for lim in limits])
-            if taken is not None:
-                scope, kind, in_use = taken
+                                    [lim.cps for lim in limits], caps.SHARDS)
+            if taken.reached is not None:
+                scope, kind, in_use = taken.reached
                 verdict = caps.reached(scope, kind, self.settings.caps.limits(scope),
                                        caps.Usage(channels=in_use, cps=in_use))
                 assert verdict is not None, taken
                 hit = scope, kind, verdict
         if hit is None:
-            return Admission(tuple(s for s, lim in zip(scopes, limits, strict=True)
-                                   if lim.channels), None)
+            held = [(s, shard) for s, shard in zip(scopes, taken.shards, strict=False)
+                    if shard is not None]
+            return Admission(tuple(s for s, _ in held), None,
+                             tuple(shard for _, shard in held))
         scope, kind, verdict = hit
         await self._cap_reached(conn, scope, kind, verdict)
         await self.refused(conn, verdict, stage="dial", number=None, merchant_id=merchant_id,

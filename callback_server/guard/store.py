@@ -206,20 +206,23 @@ async def cap_snapshot(conn: asyncpg.Connection, day: date) -> CapSnapshot:
 
 async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
                     ) -> CapSnapshot:
-    """Trips, counters and spend of ``scopes`` in one read (no lock): what a route
-    choice filters on. Counters exist only for capped scopes (migration 0600)."""
+    """Trips, counters (all shards) and spend of ``scopes`` in one read (no lock): what a
+    route choice filters on. Counters exist only for capped scopes (migrations 0600,
+    0610)."""
     rows = await conn.fetch(
-        """SELECT s.scope, coalesce(l.live, 0) AS live,
-                  (SELECT count(*) FROM unnest(c.recent) r
-                   WHERE r > clock_timestamp() - interval '1 second') AS cps,
+        """SELECT s.scope,
+                  (SELECT coalesce(sum(live), 0) FROM guard_live l
+                   WHERE l.scope = s.scope) AS live,
+                  (SELECT count(*) FROM guard_cps c, unnest(c.recent) r
+                   WHERE c.scope = s.scope
+                     AND r > clock_timestamp() - interval '1 second') AS cps,
                   (SELECT amount - offset_amount FROM guard_spend p
                    WHERE p.day = $2 AND p.scope = s.scope) AS spend,
                   ARRAY(SELECT kind FROM guard_trips t WHERE t.scope = s.scope
                         AND t.reset_at IS NULL ORDER BY kind) AS trip_kinds,
                   ARRAY(SELECT reason FROM guard_trips t WHERE t.scope = s.scope
                         AND t.reset_at IS NULL ORDER BY kind) AS trip_reasons
-           FROM unnest($1::text[]) AS s(scope)
-           LEFT JOIN guard_live l USING (scope) LEFT JOIN guard_cps c USING (scope)""",
+           FROM unnest($1::text[]) AS s(scope)""",
         list(scopes), day)
     return CapSnapshot(
         trips={(r["scope"], kind): reason for r in rows
@@ -229,16 +232,26 @@ async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
         spend={r["scope"]: r["spend"] for r in rows if r["spend"] is not None})
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What ``guard_claim`` did: the channel shard taken in each scope (None where
+    channels are not capped), or the first cap reached (scope, kind, in use)."""
+    shards: tuple[int | None, ...] = ()
+    reached: tuple[str, str, int] | None = None
+
+
 async def claim(conn: asyncpg.Connection, scopes: Sequence[str],
-                channels: Sequence[int | None], cps: Sequence[int | None]
-                ) -> tuple[str, str, int] | None:
-    """Take a channel and a CPS slot in every capped scope, all or none (``guard_claim``);
-    the first cap reached (scope, kind, in use) if one was."""
-    row = await conn.fetchrow("SELECT * FROM guard_claim($1::text[], $2::int[], $3::int[])",
-                              list(scopes), list(channels), list(cps))
-    if row is None or row["reached_scope"] is None:
-        return None
-    return row["reached_scope"], row["reached_kind"], int(row["in_use"] or 0)
+                channels: Sequence[int | None], cps: Sequence[int | None], shards: int
+                ) -> Claim:
+    """Take a channel and a CPS slot in every capped scope, all or none, each in one of
+    the scope's ``shards`` counter rows (``guard_claim``)."""
+    row = await conn.fetchrow(
+        "SELECT * FROM guard_claim($1::text[], $2::int[], $3::int[], $4::int)",
+        list(scopes), list(channels), list(cps), shards)
+    if row["reached_scope"] is not None:
+        return Claim(reached=(row["reached_scope"], row["reached_kind"],
+                              int(row["in_use"] or 0)))
+    return Claim(shards=tuple(row["shards"]))
 
 
 async def add_spend(conn: asyncpg.Connection, day: date, scope: str, currency: str,

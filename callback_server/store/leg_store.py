@@ -66,19 +66,21 @@ class LegStore(StoreBase):
                 raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
                                 f"{cmd.channel_id}")
             scopes: tuple[str, ...] = ()
+            shards: tuple[int, ...] = ()
             if self.guard is not None and cmd.leg == "customer":
                 admission = await self.guard.admit_leg(conn, cmd.carrier_id, cmd.callback_id,
                                                        merchant_id)
-                scopes, refused = admission.scopes, admission.refused
+                scopes, shards = admission.scopes, admission.shards
+                refused = admission.refused
             if refused is None:
                 await conn.execute(
                     """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
                            attempt_no, leg_seq, leg, carrier_id, endpoint, worker, asterisk,
-                           cap_scopes)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                           cap_scopes, cap_shards)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
                     cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
                     cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner, self.asterisk,
-                    list(scopes))
+                    list(scopes), list(shards))
         if refused is not None:     # committed: the refusal (and a trip); no leg row
             raise refused
 

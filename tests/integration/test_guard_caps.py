@@ -317,7 +317,34 @@ def slot_guard(pool: asyncpg.Pool, trunk: CapLimits, site: CapLimits | None = No
 LIVE_ON_A = """SELECT (SELECT count(*) FROM callback_attempts WHERE leg = 'customer'
                          AND carrier_id = 'carrier-a'
                          AND status IN ('dialing', 'originated', 'answered')) AS legs,
-                      (SELECT live FROM guard_live WHERE scope = 'trunk:carrier-a') AS slots"""
+                      (SELECT sum(live) FROM guard_live WHERE scope = 'trunk:carrier-a')
+                          AS slots"""
+
+
+async def race(store: CallbackStore, legs: list[tuple[str, str]], live: str
+               ) -> list[tuple[int, int]]:
+    """Each (job, carrier) leg retries until admitted, rings, is answered and ends;
+    meanwhile ``live`` (legs, slots) is sampled: the samples."""
+    async def call(callback_id: str, carrier: str) -> None:
+        while True:
+            try:
+                await store.persist_leg(leg(callback_id, carrier), "acme")
+                break
+            except GuardRefused:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.03)
+        await store.leg_result(f"{callback_id}-01", "answered", None)
+        await asyncio.sleep(0.03)
+        await store.leg_result(f"{callback_id}-01", "ended", 16)
+
+    calls = [asyncio.create_task(call(cb, carrier)) for cb, carrier in legs]
+    samples: list[tuple[int, int]] = []
+    while not all(c.done() for c in calls):
+        row = await store.pool.fetchrow(live)
+        samples.append((int(row["legs"]), int(row["slots"] or 0)))
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*calls)
+    return samples
 
 
 async def test_concurrent_legs_never_exceed_the_channel_cap_and_all_get_through(
@@ -329,26 +356,7 @@ async def test_concurrent_legs_never_exceed_the_channel_cap_and_all_get_through(
     closing.append(guard)
     store = CallbackStore(clean, owner="w", guard=guard)
     jobs = [await claimed_job(store, 100 + i, f"81905555{i:04d}") for i in range(24)]
-
-    async def call(callback_id: str) -> None:
-        while True:
-            try:
-                await store.persist_leg(leg(callback_id, "carrier-a"), "acme")
-                break
-            except GuardRefused:
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(0.03)
-        await store.leg_result(f"{callback_id}-01", "answered", None)
-        await asyncio.sleep(0.03)
-        await store.leg_result(f"{callback_id}-01", "ended", 16)
-
-    calls = [asyncio.create_task(call(cb)) for cb in jobs]
-    samples: list[tuple[int, int]] = []
-    while not all(c.done() for c in calls):
-        row = await clean.fetchrow(LIVE_ON_A)
-        samples.append((int(row["legs"]), int(row["slots"] or 0)))
-        await asyncio.sleep(0.002)
-    await asyncio.gather(*calls)
+    samples = await race(store, [(cb, "carrier-a") for cb in jobs], LIVE_ON_A)
     assert all(legs <= cap for legs, _ in samples), max(samples)
     assert all(legs == slots for legs, slots in samples), samples
     assert max(legs for legs, _ in samples) == cap         # the cap was used to the full
@@ -365,8 +373,54 @@ async def test_a_leg_being_admitted_on_one_trunk_does_not_hold_up_another_trunk(
     second = await claimed_job(store, 121, "819066660002")
     async with clean.acquire() as conn, conn.transaction():   # a leg's transaction, open
         admitted = await guard.admit_leg(conn, "carrier-a", first, "acme")
-        assert admitted == Admission(("trunk:carrier-a",), None)
+        assert (admitted.scopes, admitted.refused) == (("trunk:carrier-a",), None)
         await asyncio.wait_for(store.persist_leg(leg(second, "carrier-b"), "acme"), 10)
+
+
+LIVE_LEGS = """SELECT (SELECT count(*) FROM callback_attempts WHERE leg = 'customer'
+                         AND status IN ('dialing', 'originated', 'answered')) AS legs,
+                      (SELECT sum(live) FROM guard_live WHERE scope = 'global') AS slots"""
+
+
+async def test_concurrent_legs_of_many_trunks_never_exceed_the_site_channel_cap(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """Legs on six trunks race for the site's 5 channels (split over counter shards):
+    at every sample at most 5 are live and the shards add up to the live legs."""
+    cap = 5
+    guard = slot_guard(clean, CapLimits(), site=CapLimits(channels=cap))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    jobs = [await claimed_job(store, 200 + i, f"81903030{i:04d}") for i in range(30)]
+    samples = await race(store, [(cb, f"carrier-{n % 6}") for n, cb in enumerate(jobs)],
+                         LIVE_LEGS)
+    assert all(legs <= cap for legs, _ in samples), max(samples)
+    assert all(legs == slots for legs, slots in samples), samples
+    assert max(legs for legs, _ in samples) == cap
+    assert await clean.fetchval("SELECT count(*) FROM callback_attempts") == len(jobs)
+    assert dict(await clean.fetchrow(LIVE_LEGS)) == {"legs": 0, "slots": 0}
+    assert await clean.fetchval("SELECT max(shard) FROM guard_live") == cap - 1
+
+
+async def test_legs_under_the_site_cap_do_not_wait_for_each_other(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """Legs of other trunks and merchants are admitted under the site's channel and CPS
+    caps while earlier legs' transactions are still open (each holds one shard)."""
+    guard = Guard(clean, GuardSettings(caps=CapSettings(
+        global_limits=CapLimits(channels=50, cps=50), trunk_default=CapLimits())))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    jobs = [await claimed_job(store, 220 + i, f"81904040000{i}") for i in range(5)]
+    await store.persist_leg(leg(jobs.pop(), "carrier-z"), "acme")  # creates the shard rows
+    async with clean.acquire() as a, a.transaction(), clean.acquire() as b, b.transaction():
+        first = await guard.admit_leg(a, "carrier-a", jobs[0], "acme")
+        second = await asyncio.wait_for(guard.admit_leg(b, "carrier-b", jobs[1], "other"), 10)
+        assert first.scopes == second.scopes == ("global",)
+        assert first.shards != second.shards
+        for n, callback_id in enumerate(jobs[2:]):
+            await asyncio.wait_for(
+                store.persist_leg(leg(callback_id, f"carrier-{n}"), "acme"), 10)
+        assert await clean.fetchval("SELECT count(*) FROM callback_attempts") == 3
+        assert await clean.fetchval("SELECT sum(live) FROM guard_live") == 3
 
 
 async def test_uncapped_scopes_take_no_lock_and_no_counter(
@@ -450,7 +504,7 @@ async def test_a_merchant_channel_cap_counts_its_legs_on_every_trunk(
     keep, capped = await guard.usable_routes([StaticRoute("carrier-c", "PJSIP/x")], third,
                                              "acme")
     assert keep == [] and capped is not None and capped.reason == "cap_merchant_channels"
-    assert await clean.fetchval("SELECT array_agg(scope) FROM guard_live") == [
+    assert await clean.fetchval("SELECT array_agg(DISTINCT scope) FROM guard_live") == [
         "merchant:acme"]                                  # uncapped scopes: no counters
     await store.leg_result(f"{first}-01", "failed", 17)
     await store.persist_leg(leg(third, "carrier-c"), "acme")
