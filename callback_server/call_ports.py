@@ -21,6 +21,7 @@ from callback_server import ivr
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
 from callback_server.ivr_flow import Flow
 from callback_server.legrecord import LegRecord
+from ivr_platform.hours import BusinessHours
 from shared import ari
 from shared.language import Language
 from shared.money import Money
@@ -97,6 +98,10 @@ class CallContext:
     hungup_at: datetime | None = None
     #: the merchant's language: every prompt plays as ``sound:`` of that language
     language: Language = Language.JAPANESE
+    #: the dialled number's business hours (an ``hours`` node's answer; None: always open)
+    hours: BusinessHours | None = None
+    #: the time an ``hours`` node is answered at
+    clock: Callable[[], datetime] = utcnow
 
 
 Inbox = asyncio.Queue[object]

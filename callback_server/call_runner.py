@@ -242,7 +242,8 @@ class CallRunner:
             await self.consult.list_advisors(event)
         elif isinstance(event, ivr.Timeout | ivr.AdvisorUnavailable | ivr.AdvisorsListed
                         | ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultRefused
-                        | ivr.ConsultEnded):
+                        | ivr.ConsultEnded | ivr.HoursChecked | ivr.Recorded
+                        | ivr.WebhookAnswered | ivr.WebhookFailed | ivr.TransferFailed):
             await self.ivr.handle(event)
         elif isinstance(event, ari.StasisStart):
             log.info("%s answered", event.channel.id)

@@ -5,8 +5,9 @@ whether every node can still end the call.
   again in the TOML text (``shared.config.Source.line_near``): the key the message
   names (``choices: ...``, ``unknown keys ...: foo``) inside the node's
   ``[nodes.<id>]`` table, else the table's header; a top-level key's own line.
-* :func:`without_exit`: the nodes from which no exit node (``hangup``, ``operator``:
-  the IVR ends or hands the call over) can be reached; a loop every branch of which
+* :func:`without_exit`: the nodes from which no exit node (``hangup``, ``operator``,
+  ``transfer``: the IVR ends or hands the call over; ``return``: back from a sub-flow)
+  can be reached; a loop every branch of which
   leads back into it (two ``say`` nodes pointing at each other, a menu whose every
   choice and ``on_fail`` return to it) leaves them there. A retry loop with a way out
   (``on_fail = "goodbye"``) is fine.
@@ -21,7 +22,7 @@ from pathlib import Path
 from shared.config import Source
 
 #: node types where the IVR's part of the call ends
-EXIT_TYPES = frozenset({"hangup", "operator"})
+EXIT_TYPES = frozenset({"hangup", "operator", "return", "transfer"})
 
 _KEYED = re.compile(r"^([a-z_][a-z0-9_]*)[^:\s]*: ")             # "choices.1: expected ..."
 _UNKNOWN = re.compile(r"^unknown (?:top-level )?keys[^:]*: ([^,\s]+)")

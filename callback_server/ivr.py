@@ -28,10 +28,11 @@ of a stopped prompt or a stale ``Timeout`` is recognised and ignored.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, replace
 from typing import assert_never
 
-from callback_server.ivr_flow import Flow, Media, Node
+from callback_server.ivr_flow import INSTANT_TYPES, PLACEHOLDER, Flow, Media, Node
 
 # --- events --------------------------------------------------------------------------------
 
@@ -109,9 +110,47 @@ class ConsultEnded:
     """The advisor ended the consultation; the customer is still on the line."""
 
 
+@dataclass(frozen=True, slots=True)
+class HoursChecked:
+    """The adapter's answer to ``CheckHours``: is the merchant's line open now."""
+
+    open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The recording ``name`` (``StartRecording``) ended: ``recording_id`` is the stored
+    recording's id, None when nothing was recorded or it could not be stored."""
+
+    name: str
+    recording_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAnswered:
+    """The webhook ``request_id`` answered 2xx; ``values``: the variables its JSON set."""
+
+    request_id: str
+    values: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookFailed:
+    """The webhook ``request_id`` failed: an error, a non-2xx answer or its timeout."""
+
+    request_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFailed:
+    """The transfer's number did not answer (or could not be called): ``on_fail``."""
+
+
 Event = (Dtmf | PlaybackFinished | Timeout | OperatorFailed | CallerHangup
          | AdvisorUnavailable | AdvisorsListed | ConsultBusy | ConsultFailed | ConsultRefused
-         | ConsultEnded)
+         | ConsultEnded | HoursChecked | Recorded | WebhookAnswered | WebhookFailed
+         | TransferFailed)
 
 #: what the customer hears when the advisor of a code cannot take the call, by reason
 UNAVAILABLE: dict[str, Media] = {
@@ -194,8 +233,55 @@ class Hangup:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class CheckHours:
+    """Ask whether the merchant's line is open now; the answer is ``HoursChecked``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartRecording:
+    """Record the customer as ``name``: a beep first (``beep``), up to ``max_s`` seconds,
+    ending on ``silence_s`` of silence (0: never) or the ``terminator`` key; the end
+    comes back as ``Recorded``."""
+
+    name: str
+    max_s: int
+    silence_s: int
+    beep: bool
+    terminator: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendSms:
+    """Send ``text`` to ``to`` (E.164) in the background: the call does not wait."""
+
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallWebhook:
+    """POST the call's ``variables`` to ``url``; the answer comes back as
+    ``WebhookAnswered`` (keeping only the variables of ``sets``) or ``WebhookFailed``."""
+
+    request_id: str
+    url: str
+    variables: tuple[tuple[str, str], ...]
+    sets: tuple[str, ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCall:
+    """Put the customer through to ``number`` (E.164), ringing up to ``ring_s``."""
+
+    number: str
+    ring_s: int
+
+
 Command = (Play | StopPlayback | StartTimer | CancelTimer | Submit | DialOperator
-           | ConnectAdvisor | ListAdvisors | Hangup)
+           | ConnectAdvisor | ListAdvisors | Hangup | CheckHours | StartRecording | SendSms
+           | CallWebhook | TransferCall)
 
 # --- state ---------------------------------------------------------------------------------
 
@@ -206,6 +292,10 @@ class Mode(enum.StrEnum):
     OPERATOR = "operator"    # handed to the operator leg
     CONSULT = "consult"      # handed to a consultation with an advisor
     LISTING = "listing"      # waiting for the advisors a list node reads
+    HOURS = "hours"          # waiting for the business hours' answer
+    RECORDING = "recording"  # recording the customer
+    WEBHOOK = "webhook"      # waiting for a webhook's answer
+    TRANSFER = "transfer"    # handed to a transfer to a number
     ENDING = "ending"        # playing the last prompt before hanging up
     DONE = "done"
 
@@ -223,6 +313,9 @@ class IvrState:
     timer: str | None = None
     seq: int = 0
     listed: tuple[Listed, ...] = ()       # the advisors an advisor_list node read
+    pending: str | None = None            # the recording or webhook request awaited
+    #: the sub-flows being run: (the flow that called, the node its return goes to)
+    frames: tuple[tuple[Flow, str], ...] = ()
 
     @property
     def current(self) -> Node:
@@ -231,13 +324,22 @@ class IvrState:
     def value(self, field: str) -> str | None:
         return next((v for f, v in self.collected if f == field), None)
 
+    def with_value(self, field: str, value: str) -> IvrState:
+        kept = tuple((f, v) for f, v in self.collected if f != field)
+        return replace(self, collected=(*kept, (field, value)))
+
+    def render(self, template: str) -> str:
+        """``template`` with each ``{variable}`` replaced by its value ("" if it has none)."""
+        return PLACEHOLDER.sub(lambda m: self.value(m.group(1)) or "", template)
+
 
 Step = tuple[IvrState, list[Command]]
 MAX_HOPS = 64
 
 
-def start(flow: Flow, call_id: str) -> Step:
-    state = IvrState(flow=flow, call_id=call_id, node=flow.start)
+def start(flow: Flow, call_id: str, variables: tuple[tuple[str, str], ...] = ()) -> Step:
+    """Run ``flow``; ``variables``: what the call brings (``caller``)."""
+    state = IvrState(flow=flow, call_id=call_id, node=flow.start, collected=variables)
     return _enter(state, flow.start)
 
 
@@ -261,7 +363,42 @@ def transition(state: IvrState, event: Event) -> Step:
         return state, []
     if isinstance(event, AdvisorsListed):
         return _listed(state, event.advisors)
+    if isinstance(event, HoursChecked | Recorded | WebhookAnswered | WebhookFailed
+                  | TransferFailed):
+        return _answered(state, event)
     return _consult_outcome(state, event)
+
+
+def _answered(state: IvrState, event: HoursChecked | Recorded | WebhookAnswered
+              | WebhookFailed | TransferFailed) -> Step:
+    """What an adapter answered for a node waiting on it (stale answers are ignored)."""
+    node = state.current
+    match event:
+        case HoursChecked(open=is_open) if state.mode is Mode.HOURS:
+            return _enter(state, node.branch("open" if is_open else "closed"))
+        case Recorded(name=name, recording_id=rid) if state.mode is Mode.RECORDING \
+                and name == state.pending:
+            assert node.field is not None and node.next is not None
+            state = replace(state, pending=None)
+            if rid is None:
+                return _enter(state, node.on_fail or node.next)
+            return _enter(state.with_value(node.field, rid), node.next)
+        case WebhookAnswered(request_id=rid, values=values) if state.mode is Mode.WEBHOOK \
+                and rid == state.pending:
+            assert node.next is not None
+            state = replace(state, pending=None)
+            for name, value in values:
+                if name in node.sets:
+                    state = state.with_value(name, value)
+            return _enter(state, node.next)
+        case WebhookFailed(request_id=rid) if state.mode is Mode.WEBHOOK \
+                and rid == state.pending:
+            assert node.on_fail is not None
+            return _enter(replace(state, pending=None), node.on_fail)
+        case TransferFailed() if state.mode is Mode.TRANSFER:
+            assert node.on_fail is not None
+            return _enter(state, node.on_fail)
+    return state, []
 
 
 def _consult_outcome(state: IvrState, event: AdvisorUnavailable | ConsultBusy
@@ -292,7 +429,29 @@ def _consult_outcome(state: IvrState, event: AdvisorUnavailable | ConsultBusy
 def _play(state: IvrState, media: Media, mode: Mode) -> Step:
     seq = state.seq + 1
     pid = f"{state.call_id}-p{seq}"
-    return replace(state, seq=seq, playback=pid, mode=mode), [Play(pid, media)]
+    return replace(state, seq=seq, playback=pid, mode=mode), [Play(pid, _rendered(state, media))]
+
+
+def _rendered(state: IvrState, media: Media) -> Media:
+    """``media`` with its ``{variable}`` filled in; a value keeps only what a media URI may
+    hold (no ``,``: one variable is never two media), and a URI left empty is dropped."""
+    out = []
+    for uri in media:
+        if "{" in uri:
+            uri = PLACEHOLDER.sub(lambda m: _MEDIA_UNSAFE.sub("", state.value(m.group(1)) or ""),
+                                  uri)
+            if uri.endswith(":"):
+                continue
+        out.append(uri)
+    return tuple(out)
+
+
+_MEDIA_UNSAFE = re.compile(r"[^A-Za-z0-9_/.:#*+-]")
+
+
+def _next_id(state: IvrState, kind: str) -> tuple[IvrState, str]:
+    seq = state.seq + 1
+    return replace(state, seq=seq), f"{state.call_id}-{kind}{seq}"
 
 
 def _start_timer(state: IvrState) -> Step:
@@ -319,36 +478,87 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
     state, cmds = _leave(state)
     for _ in range(MAX_HOPS):
         node = state.flow.node(node_id)
-        state = replace(state, node=node_id, buffer="", tries=0, listed=())
-        if node.type == "submit":
-            fields = tuple((f, v) for f in node.fields if (v := state.value(f)) is not None)
-            cmds.append(Submit(node.category or "request", fields))
-            assert node.next is not None
-            node_id = node.next
-            continue
-        more: list[Command]
-        if silent and node.waits_for_input:
-            state, more = replace(state, mode=Mode.WAIT), []
-        elif node.type in ("menu", "digits", "confirm", "say", "advisor_code"):
-            state, more = _play(state, preamble + node.prompt, Mode.PROMPT)
-        elif node.type == "readback":
-            media = list(preamble + node.prompt)
-            for f in node.fields:
-                media += [*node.label(f), f"digits:{state.value(f) or ''}"]
-            state, more = _play(state, tuple(m for m in media if m != "digits:"), Mode.PROMPT)
-        elif node.type in HANDED_OFF:
-            state, more = _hand_off(state, node, preamble)
-        else:  # hangup
-            if node.prompt or preamble:
-                state, more = _play(state, preamble + node.prompt, Mode.ENDING)
-            else:
-                state, more = replace(state, mode=Mode.DONE), [Hangup()]
-        return state, cmds + more
+        state = replace(state, node=node_id, buffer="", tries=0, listed=(), pending=None)
+        passed = _pass(state, node)
+        if passed is None:
+            state, more = _arrive(state, node, preamble, silent)
+            return state, cmds + more
+        state, node_id, more = passed
+        cmds += more
     raise RuntimeError(f"{state.flow.source}: more than {MAX_HOPS} nodes without waiting")
 
 
+def _pass(state: IvrState, node: Node) -> tuple[IvrState, str, list[Command]] | None:
+    """Where a node the machine passes through leads (submit, set, sms, a sub-flow's start
+    and its return), with what it did; None: the machine stops at ``node``."""
+    if node.type in INSTANT_TYPES:
+        state, cmds = _instant(state, node)
+        assert node.next is not None
+        return state, node.next, cmds
+    if node.type == "subflow":
+        assert node.flow is not None and node.next is not None
+        sub = state.flow.subflow(node.flow)
+        return replace(state, flow=sub, frames=(*state.frames, (state.flow, node.next))), \
+            sub.start, []
+    if node.type == "return" and state.frames:
+        back, node_id = state.frames[-1]
+        return replace(state, flow=back, frames=state.frames[:-1]), node_id, []
+    return None
+
+
+def _arrive(state: IvrState, node: Node, preamble: Media, silent: bool) -> Step:
+    """Start what ``node`` does where the machine stops at it."""
+    if silent and node.waits_for_input:
+        return replace(state, mode=Mode.WAIT), []
+    if node.type in ("menu", "digits", "confirm", "say", "advisor_code"):
+        return _play(state, preamble + node.prompt, Mode.PROMPT)
+    if node.type == "readback":
+        media = list(preamble + node.prompt)
+        for f in node.fields:
+            media += [*node.label(f), f"digits:{state.value(f) or ''}"]
+        return _play(state, tuple(m for m in media if m != "digits:"), Mode.PROMPT)
+    if node.type in HANDED_OFF:
+        return _hand_off(state, node, preamble)
+    if node.type == "hours":
+        return replace(state, mode=Mode.HOURS), [CheckHours()]
+    if node.type == "record":
+        if preamble + node.prompt:
+            return _play(state, preamble + node.prompt, Mode.PROMPT)
+        return _record(state, node)
+    if node.type == "webhook":
+        state, rid = _next_id(state, "w")
+        assert node.url is not None
+        return replace(state, mode=Mode.WEBHOOK, pending=rid), [
+            CallWebhook(rid, node.url, state.collected, node.sets, node.timeout_s)]
+    if node.prompt or preamble:       # hangup, or return from the top flow
+        return _play(state, preamble + node.prompt, Mode.ENDING)
+    return replace(state, mode=Mode.DONE), [Hangup()]
+
+
+def _instant(state: IvrState, node: Node) -> Step:
+    """What a node the machine passes through does: submit, set, sms."""
+    if node.type == "submit":
+        fields = tuple((f, v) for f in node.fields if (v := state.value(f)) is not None)
+        return state, [Submit(node.category or "request", fields)]
+    if node.type == "set":
+        for name, template in node.values:
+            state = state.with_value(name, state.render(template))
+        return state, []
+    assert node.to is not None and node.text is not None   # sms
+    to = state.value("caller") if node.to == "caller" else node.to
+    text = state.render(node.text).strip()
+    return state, [SendSms(to, text)] if to and text else []
+
+
+def _record(state: IvrState, node: Node) -> Step:
+    state, name = _next_id(state, "r")
+    return replace(state, mode=Mode.RECORDING, pending=name), [
+        StartRecording(name, node.max_s, node.silence_s, node.beep, node.terminator)]
+
+
 #: nodes whose work another machine does while their prompt plays, and the mode they wait in
-HANDED_OFF = {"operator": Mode.OPERATOR, "connect": Mode.CONSULT, "advisor_list": Mode.LISTING}
+HANDED_OFF = {"operator": Mode.OPERATOR, "connect": Mode.CONSULT, "advisor_list": Mode.LISTING,
+              "transfer": Mode.TRANSFER}
 
 
 def _hand_off(state: IvrState, node: Node, preamble: Media) -> Step:
@@ -356,6 +566,9 @@ def _hand_off(state: IvrState, node: Node, preamble: Media) -> Step:
     if node.type == "operator":
         assert node.target is not None
         command, media = DialOperator(node.target), node.prompt
+    elif node.type == "transfer":
+        assert node.number is not None
+        command, media = TransferCall(node.number, node.ring_s), preamble + node.prompt
     elif node.type == "advisor_list":           # its prompt plays with the list
         command, media = ListAdvisors(node.list), preamble
     else:
@@ -381,13 +594,15 @@ def _playback_finished(state: IvrState, ev: PlaybackFinished) -> Step:
         return state, []
     if node.waits_for_input:
         return _start_timer(state)
+    if node.type == "record":
+        return _record(state, node)
     assert node.next is not None   # say, readback
     return _enter(state, node.next)
 
 
 def _dtmf(state: IvrState, digit: str) -> Step:
     node = state.current
-    if (not node.waits_for_input and state.mode is Mode.PROMPT and node.next is not None
+    if (node.type in ("say", "readback") and state.mode is Mode.PROMPT and node.next is not None
             and state.flow.node(node.next).waits_for_input):
         # Type-ahead: a key during an announcement (a read-back) answers the question
         # that follows it, as a caller who knows the flow expects.

@@ -32,7 +32,42 @@ Node types and their keys (``*`` = required):
 ``advisor_list``  prompt*, next*, on_busy*, on_fail*, list (online | all), busy_prompt,
               timeout_s, retries, invalid_prompt, timeout_prompt
 ``hangup``    prompt
+``set``       values* (variable → template), next*
+``hours``     open* (node while the line is open), closed* (node while closed)
+``subflow``   flow* (another flow's name), next* (where its ``return`` comes back to)
+``return``    (none): back from a sub-flow (at the top: hangs up)
+``record``    field*, next*, prompt, max_s, silence_s, beep, terminator, on_fail
+``sms``       to* (``caller`` or an E.164 number), text* (template), next*
+``webhook``   url*, next*, on_fail*, sets (variables its answer may set), timeout_s
+``transfer``  number* (E.164), on_fail*, prompt, ring_s
 ============  ==================================================================
+
+Variables: what ``digits`` and ``advisor_code`` collect, ``set`` sets, ``record`` names
+(the stored recording's id) and a ``webhook``'s answer sets, and ``caller`` (the
+customer's E.164 number). A template (``set`` values, ``sms`` text) and a media URI
+(``digits:{order_no}``) put a variable's value where ``{name}`` is; every ``{name}`` must be
+a variable of the flow. A ``submit`` node's ``fields`` may name any variable: that is the
+call's request data.
+
+* ``hours``: the merchant's business hours for the dialled number (``[merchants.hours]``;
+  none: always open), asked of the adapter (the machine stays pure).
+* ``subflow``: runs the flow named ``flow`` (a file flow beside this one, or for a stored
+  flow the merchant's newest stored version of that name) from its ``start``; its
+  ``return`` node comes back to this node's ``next``, its ``hangup`` ends the call.
+  Resolved when the flow is loaded (:func:`resolve`): a missing sub-flow, or one that
+  leads back to a flow already being run (recursion), is a :class:`FlowError`.
+* ``record``: ``prompt``, a beep (``beep = false``: none), then records up to ``max_s``
+  seconds (default 60, 1..600), ending on ``silence_s`` seconds of silence (default 5;
+  0: not on silence) or the ``terminator`` key (``#``); the recording is stored for the
+  merchant's retention and its id is the variable ``field``. Nothing recorded:
+  ``on_fail`` (default ``next``).
+* ``sms``: sends ``text`` to the customer (``to = "caller"``) or a fixed number, in the
+  background (the call goes on at once, whatever becomes of the message).
+* ``webhook``: POSTs the call's variables as JSON to ``url`` (signed), waits up to
+  ``timeout_s`` (default 5, 1..30); the JSON object answered sets the variables named in
+  ``sets`` (strings or numbers); an error, a non-2xx answer or the timeout: ``on_fail``.
+* ``transfer``: puts the customer through to ``number`` (the cheapest carrier), ringing
+  up to ``ring_s`` (default 30); bridged, the IVR's part ends; no answer: ``on_fail``.
 
 Consultation nodes put the customer through to an advisor (``advisors``):
 
@@ -78,19 +113,26 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from callback_server.flow_check import EXIT_TYPES, error_line, without_exit
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows"
 DTMF_KEYS = frozenset("0123456789*#")
-MEDIA = re.compile(r"^(sound|digits|number|characters|tone|recording):[A-Za-z0-9_/.,:#*+-]+$")
+MEDIA = re.compile(r"^(sound|digits|number|characters|tone|recording):[A-Za-z0-9_/.,:#*+{}-]+$")
 FIELD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 NODE_ID = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 ADVISOR_CODE = re.compile(r"^[0-9]{4}$")
+E164_NUMBER = re.compile(r"^\+[1-9][0-9]{6,14}$")
+FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+#: variables every call has
+BUILTINS = frozenset({"caller"})
+MAX_TEMPLATE = 1600
 
 _TIMED = {"timeout_s", "retries", "invalid_prompt", "timeout_prompt", "on_fail"}
 KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
@@ -108,7 +150,18 @@ KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
     "advisor_list": ({"prompt", "next", "on_busy", "on_fail"},
                      _TIMED | {"list", "busy_prompt"}),
     "hangup": (set(), {"prompt"}),
+    "set": ({"values", "next"}, set()),
+    "hours": ({"open", "closed"}, set()),
+    "subflow": ({"flow", "next"}, set()),
+    "return": (set(), set()),
+    "record": ({"field", "next"},
+               {"prompt", "max_s", "silence_s", "beep", "terminator", "on_fail"}),
+    "sms": ({"to", "text", "next"}, set()),
+    "webhook": ({"url", "next", "on_fail"}, {"sets", "timeout_s"}),
+    "transfer": ({"number", "on_fail"}, {"prompt", "ring_s"}),
 }
+#: nodes the machine passes through without waiting for anything
+INSTANT_TYPES = frozenset({"submit", "set", "sms"})
 
 
 class FlowError(ValueError):
@@ -154,6 +207,21 @@ class Node:
     advisor: str | None = None           # connect: a fixed advisor's 4-digit code
     queue_s: int = 60                    # connect: longest wait for a free member
     list: str = "online"                 # advisor_list: online | all
+    values: tuple[tuple[str, str], ...] = ()   # set: (variable, template)
+    branches: tuple[tuple[str, str], ...] = ()  # hours: (open|closed, node)
+    flow: str | None = None              # subflow: the flow's name
+    max_s: int = 60                      # record
+    silence_s: int = 5                   # record
+    beep: bool = True                    # record
+    to: str | None = None                # sms: "caller" or an E.164 number
+    text: str | None = None              # sms: the template
+    url: str | None = None               # webhook
+    sets: tuple[str, ...] = ()           # webhook: variables its answer may set
+    number: str | None = None            # transfer: E.164
+    ring_s: int = 30                     # transfer
+
+    def branch(self, key: str) -> str:
+        return next(node for k, node in self.branches if k == key)
 
     def choice(self, key: str) -> str | None:
         return next((node for k, node in self.choices if k == key), None)
@@ -173,6 +241,19 @@ class Flow:
     nodes: tuple[Node, ...]
     source: str = "<memory>"
     confirm_callback: str | None = None   # the confirm-before-connect gate node
+    #: the flows its ``subflow`` nodes run, by name (:func:`resolve`)
+    subflows: tuple[tuple[str, Flow], ...] = ()
+
+    def subflow(self, name: str) -> Flow:
+        for known, flow in self.subflows:
+            if known == name:
+                return flow
+        raise KeyError(f"{self.source}: sub-flow {name!r} was not resolved")
+
+    @property
+    def calls(self) -> tuple[str, ...]:
+        """The names of the flows its ``subflow`` nodes run, in order, once each."""
+        return tuple(dict.fromkeys(n.flow for n in self.nodes if n.flow))
 
     @property
     def confirm_yes(self) -> str | None:
@@ -214,13 +295,56 @@ def parse_text(text: str, source: str) -> Flow:
 
 
 def load_named(name: str, directory: Path = FLOWS_DIR) -> Flow:
-    """The flow ``<directory>/<name>.toml``; its ``name`` must match the file name."""
+    """The flow ``<directory>/<name>.toml``; its ``name`` must match the file name. Its
+    sub-flows are the files of the same directory (:func:`resolve`)."""
+    flow = _load_file(name, directory)
+    if not flow.calls:
+        return flow
+
+    def lookup(called: str) -> Flow | None:
+        exists = (directory / f"{called}.toml").exists()
+        return _load_file(called, directory) if exists else None
+
+    return resolve(flow, lookup, Path(flow.source).read_text(encoding="utf-8"))
+
+
+def _load_file(name: str, directory: Path) -> Flow:
     if not NODE_ID.match(name.replace("-", "_")):
         raise FlowError(name, None, "flow names are lower-case letters, digits, - and _")
     flow = load_flow(directory / f"{name}.toml")
     if flow.name != name:
         raise FlowError(flow.source, None, f"name {flow.name!r} differs from the file name")
     return flow
+
+
+def resolve(flow: Flow, lookup: Callable[[str], Flow | None], text: str | None = None
+            ) -> Flow:
+    """``flow`` with the flows its ``subflow`` nodes run, and theirs, found by ``lookup``
+    (a name → its flow, None: no such flow). A missing sub-flow or one leading back to a
+    flow being run (recursion) is a :class:`FlowError` naming the node (and its line in
+    ``text``, the flow's TOML, when given)."""
+    try:
+        return _resolve(flow, lookup, (flow.name,))
+    except FlowError as exc:
+        if text is None or exc.file != flow.source:
+            raise
+        raise FlowError(exc.file, exc.node, exc.message,
+                        error_line(text, exc.node, exc.message)) from None
+
+
+def _resolve(flow: Flow, lookup: Callable[[str], Flow | None], running: tuple[str, ...]
+             ) -> Flow:
+    subflows = []
+    for name in flow.calls:
+        node = next(n for n in flow.nodes if n.flow == name)
+        if name in running:
+            raise FlowError(flow.source, node.id, f"flow: {name!r} is already running "
+                            f"({' -> '.join((*running, name))}): a flow cannot call itself")
+        sub = lookup(name)
+        if sub is None:
+            raise FlowError(flow.source, node.id, f"flow: no flow {name!r}")
+        subflows.append((name, _resolve(sub, lookup, (*running, name))))
+    return replace(flow, subflows=tuple(subflows))
 
 
 def parse_flow(data: Mapping[str, Any], source: str) -> Flow:
@@ -306,6 +430,17 @@ def _parse_node(source: str, node_id: str, raw: Any) -> Node:
         "advisor": r.code("advisor"),
         "queue_s": r.integer("queue_s", node.queue_s, 0, 3600),
         "list": r.choice_of("list", node.list, ("online", "all")),
+        "values": r.templates("values"),
+        "flow": r.flow_name("flow"),
+        "max_s": r.integer("max_s", node.max_s, 1, 600),
+        "silence_s": r.integer("silence_s", node.silence_s, 0, 60),
+        "beep": r.boolean("beep", node.beep),
+        "to": r.recipient("to"),
+        "text": r.template("text"),
+        "url": r.url("url"),
+        "sets": r.fields("sets"),
+        "number": r.number("number"),
+        "ring_s": r.integer("ring_s", node.ring_s, 5, 120),
     }
     values.update(_kind_values(kind, r, values))
     if values["min_length"] > values["max_length"]:
@@ -328,14 +463,22 @@ def _kind_values(kind: str, r: _Reader, values: Mapping[str, Any]) -> dict[str, 
         return {"field": "advisor_code", "max_length": 4, "min_length": 4}
     if kind == "connect" and (values["group"] is None) == (values["advisor"] is None):
         raise r.err("give one of group (a group's name) or advisor (an advisor's code)")
+    if kind == "hours":
+        return {"branches": (("open", r.target("open")), ("closed", r.target("closed")))}
+    if kind == "webhook":
+        return {"timeout_s": float(r.integer("timeout_s", 5, 1, 30))}
+    if kind == "set" and not values["values"]:
+        raise r.err("values: set at least one variable")
     return {}
 
 
 def _used(kind: str) -> set[str]:
     required, optional = KEYS[kind]
-    used = (required | optional) - {"yes", "no", "yes_key", "no_key"}
+    used = (required | optional) - {"yes", "no", "yes_key", "no_key", "open", "closed"}
     if kind == "confirm":
         used.add("choices")
+    if kind == "hours":
+        used.add("branches")
     if kind == "advisor_code":
         used |= {"field", "max_length", "min_length"}
     return used
@@ -387,6 +530,69 @@ class _Reader:
             raise self.err(f"{key}: expected a 4-digit advisor code as a string, got {value!r}")
         return value
 
+    def flow_name(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is not None and (not isinstance(value, str) or not FLOW_NAME.match(value)):
+            raise self.err(f"{key}: expected a flow name (lower-case letters, digits, - and _),"
+                           f" got {value!r}")
+        return value
+
+    def number(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is not None and (not isinstance(value, str) or not E164_NUMBER.match(value)):
+            raise self.err(f"{key}: expected an E.164 number such as \"+819012345678\", "
+                           f"got {value!r}")
+        return value
+
+    def recipient(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        return value if value == "caller" else self.number(key)
+
+    def url(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        parsed = urlsplit(value) if isinstance(value, str) else None
+        if parsed is None or parsed.scheme not in ("https", "http") or not parsed.hostname \
+                or len(value) > 2000:
+            raise self.err(f"{key}: expected an http(s) URL")
+        return str(value)
+
+    def template(self, key: str, raw: Any = None) -> str | None:
+        value = self.raw.get(key) if raw is None else raw
+        if value is None:
+            return None
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEMPLATE:
+            raise self.err(f"{key}: expected a text of 1 to {MAX_TEMPLATE} characters")
+        for name in PLACEHOLDER.findall(value):
+            if not FIELD.match(name):
+                raise self.err(f"{key}: {{{name}}} is not a variable name")
+        return value
+
+    def templates(self, key: str) -> tuple[tuple[str, str], ...]:
+        value = self.raw.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.err(f"{key}: expected a table of variable = text")
+        out = []
+        for name, text in value.items():
+            if not FIELD.match(name):
+                raise self.err(f"{key}: {name!r} is not a variable name")
+            if name in BUILTINS:
+                raise self.err(f"{key}: {name!r} is set by the call itself")
+            if text == "":
+                out.append((name, ""))
+                continue
+            template = self.template(f"{key}.{name}", text)
+            assert template is not None
+            out.append((name, template))
+        return tuple(out)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw.get(key, default)
+        if not isinstance(value, bool):
+            raise self.err(f"{key}: expected true or false, got {value!r}")
+        return value
+
     def integer(self, key: str, default: int, lo: int, hi: int) -> int:
         value = self.raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -433,14 +639,33 @@ def _targets(node: Node) -> list[tuple[str, str]]:
     edges = [(f"choices.{k}", v) for k, v in node.choices]
     edges += [(k, v) for k, v in (("next", node.next), ("on_fail", node.on_fail),
                                   ("on_busy", node.on_busy)) if v]
-    return edges
+    return edges + list(node.branches)
+
+
+def variables(flow: Flow) -> frozenset[str]:
+    """The variables ``flow`` collects or sets, and those every call has."""
+    names = set(BUILTINS)
+    for node in flow.nodes:
+        if node.type in ("digits", "advisor_code", "record") and node.field:
+            names.add(node.field)
+        names.update(name for name, _ in node.values)
+        names.update(node.sets)
+    return frozenset(names)
+
+
+def _templates(node: Node) -> list[tuple[str, str]]:
+    """(key, text) of everything of ``node`` in which ``{variable}`` is replaced."""
+    media = [("prompt", m) for m in node.prompt] + [(f"labels.{f}", m) for f, ms in node.labels
+                                                    for m in ms]
+    texts = [(f"values.{name}", text) for name, text in node.values]
+    return media + texts + ([("text", node.text)] if node.text else [])
 
 
 def _check_graph(flow: Flow) -> None:
     ids = {n.id for n in flow.nodes}
     if flow.start not in ids:
         raise FlowError(flow.source, None, f"start: no node {flow.start!r}")
-    collected = {n.field for n in flow.nodes if n.type in ("digits", "advisor_code") and n.field}
+    collected = variables(flow)
     for node in flow.nodes:
         for key, target in _targets(node):
             if target not in ids:
@@ -448,7 +673,12 @@ def _check_graph(flow: Flow) -> None:
         for f in node.fields:
             if f not in collected:
                 raise FlowError(flow.source, node.id,
-                                f"fields: {f!r} is not collected by any digits node")
+                                f"fields: {f!r} is not collected or set by any node")
+        for key, text in _templates(node):
+            for name in PLACEHOLDER.findall(text):
+                if name not in collected:
+                    raise FlowError(flow.source, node.id, f"{key}: {{{name}}} is not a "
+                                    "variable of this flow (collected, set or caller)")
         for f, _ in node.labels:
             if f not in node.fields:
                 raise FlowError(flow.source, node.id, f"labels: {f!r} is not in fields")
@@ -471,9 +701,10 @@ def _check_reachable(flow: Flow, ids: set[str]) -> None:
 def _check_loops(flow: Flow) -> None:
     for node in flow.nodes:   # chains of nodes that never wait must end
         hop, path = node, []
-        while hop.type == "submit" and hop.next:
+        while hop.type in INSTANT_TYPES and hop.next:
             if hop.id in path:
-                raise FlowError(flow.source, node.id, "submit nodes form a loop")
+                raise FlowError(flow.source, node.id,
+                                f"{', '.join(sorted(INSTANT_TYPES))} nodes form a loop")
             path.append(hop.id)
             hop = flow.node(hop.next)
 
@@ -483,4 +714,4 @@ def _check_exits(flow: Flow) -> None:
                            {n.id for n in flow.nodes if n.type in EXIT_TYPES})
     if trapped:
         raise FlowError(flow.source, trapped[0], f"loop without exit: from {', '.join(trapped)} "
-                        "no path reaches a hangup or operator node")
+                        "no path reaches a hangup, operator, transfer or return node")

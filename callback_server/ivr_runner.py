@@ -39,7 +39,8 @@ class IvrRunner:
         self._submits = 0
 
     async def start(self, channel_id: str) -> None:
-        self.state, commands = ivr.start(self.ctx.flow, channel_id)
+        self.state, commands = ivr.start(self.ctx.flow, channel_id,
+                                         (("caller", str(self.job.destination)),))
         for cmd in commands:
             await self._run(cmd)
 
@@ -49,7 +50,8 @@ class IvrRunner:
         before = self.state.node
         self.state, commands = ivr.transition(self.state, event)
         gate = self.ctx.flow.confirm_callback
-        if gate is not None and before == gate and self.state.node == self.ctx.flow.confirm_yes:
+        if gate is not None and before == gate and self.state.node == self.ctx.flow.confirm_yes \
+                and self.state.flow is self.ctx.flow:
             self.confirmed = True
             log.info("the customer confirmed the call-back")
         for cmd in commands:
@@ -81,6 +83,9 @@ class IvrRunner:
             self.follow_up(cmd)          # the round's consultation (ConsultRunner)
         elif isinstance(cmd, ivr.Hangup):
             self.follow_up(EndCall(utcnow()))
+        elif isinstance(cmd, ivr.CheckHours):
+            hours = self.ctx.hours
+            self.follow_up(ivr.HoursChecked(hours is None or hours.is_open(self.ctx.clock())))
 
 
 def _timeout(timer_id: str) -> Callable[[], object]:

@@ -50,6 +50,7 @@ from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Ro
 from callback_server.ivr_flow import Flow
 from callback_server.store import CallbackStore
 from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
+from ivr_platform.hours import BusinessHours
 from shared import ari, logs
 from shared.config import CarrierQuality, Merchant, OutsideHours
 from shared.db import listening
@@ -285,7 +286,8 @@ class Worker:
                  job.policy.max_attempts, [r.carrier_id for r in routes])
         flow = await self._round_flow(job, merchant)
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
-                          flow, claimed.hungup_at, merchant.language)
+                          flow, claimed.hungup_at, merchant.language,
+                          hours=self._hours(claimed, merchant), clock=self.clock)
         runner = CallRunner(job, ctx, client=self.client, router=self.router,
                             store=self.store, rater=self.rater, guard=self.guard,
                             records=self.settler.records if self.settler else None,
@@ -307,13 +309,20 @@ class Worker:
                                            flow.name, version)
         return flow
 
+    @staticmethod
+    def _hours(claimed: ClaimedJob, merchant: Merchant) -> BusinessHours | None:
+        """The hours of the number the customer dialled (else the merchant's; None: none)."""
+        if merchant.hours is None:
+            return None
+        return merchant.hours.default if claimed.dialed is None \
+            else merchant.hours.for_number(claimed.dialed)
+
     async def _within_hours(self, claimed: ClaimedJob, merchant: Merchant) -> bool:
         """True if the number's line is open now; otherwise the job has been given back
         until the next opening (``wait``) or finished ``outside_hours`` (``drop``)."""
-        if merchant.hours is None:
+        hours = self._hours(claimed, merchant)
+        if hours is None:
             return True
-        hours = merchant.hours.default if claimed.dialed is None \
-            else merchant.hours.for_number(claimed.dialed)
         now = self.clock()
         status = hours.status(now)
         if status.open:

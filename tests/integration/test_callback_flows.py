@@ -137,8 +137,8 @@ async def test_an_invalid_upload_is_400_naming_file_line_and_node(
     err = (await reply(await client.post("/v1/ivr/flows", data=looping, headers=AUTH),
                        400))["error"]
     assert (err["node"], err["line"]) == ("after", 10)
-    assert err["message"].endswith("loop without exit: from after no path reaches a hangup "
-                                   "or operator node")
+    assert err["message"].endswith("loop without exit: from after no path reaches a hangup, "
+                                   "operator, transfer or return node")
     err = (await reply(await client.post("/v1/ivr/flows", data=b"\xff\xfe", headers=AUTH),
                        400))["error"]
     assert err["id"] == "invalid-flow" and "not UTF-8" in err["message"]

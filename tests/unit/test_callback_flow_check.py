@@ -121,8 +121,8 @@ type = "hangup"
 def test_two_say_nodes_pointing_at_each_other_are_a_loop_without_exit() -> None:
     err = error_of(SAYS)
     assert err.node == "ping" and err.line == line_of(SAYS, "[nodes.ping]")
-    assert err.message == ("loop without exit: from ping, pong no path reaches a hangup "
-                           "or operator node")
+    assert err.message == ("loop without exit: from ping, pong no path reaches a hangup, "
+                           "operator, transfer or return node")
 
 
 def test_a_menu_whose_every_branch_returns_is_a_loop_without_exit() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -31,13 +32,14 @@ def job() -> Job:
 
 class Call:
     def __init__(self, store: MemoryStore | None = None,
-                 language: Language = Language.JAPANESE) -> None:
+                 language: Language = Language.JAPANESE, ctx: CallContext | None = None,
+                 **ports: Any) -> None:
         self.ari = FakeAri()
         self.store = store or MemoryStore()
-        self.runner = CallRunner(job(), CallContext("edge-9", "ntt-freedial",
-                                                    load_named("order"), language=language),
-                                 client=self.ari, router=self.ari.router, store=self.store,
-                                 rater=FixedRater())
+        ctx = ctx or CallContext("edge-9", "ntt-freedial", load_named("order"),
+                                 language=language)
+        self.runner = CallRunner(job(), ctx, client=self.ari, router=self.ari.router,
+                                 store=self.store, rater=FixedRater(), **ports)
         self.task: asyncio.Task[Finish | None] | None = None
 
     async def start(self, *routes: Route) -> None:
