@@ -65,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     def group_options(g: argparse.ArgumentParser) -> None:
         g.add_argument("--name")
         g.add_argument("--member", dest="members", type=int, action="append")
+        g.add_argument("--price", dest="price_per_minute_yen", type=int,
+                       help="yen per minute through the group (default: its dearest member's)")
 
     def customer_options(c: argparse.ArgumentParser) -> None:
         c.add_argument("--account")
@@ -143,7 +145,8 @@ async def _command(args: argparse.Namespace, store: AdvisorStore, live: Presence
         case "group", "list":
             return {"items": [s.group_json(g) for g in await store.groups(m)]}
         case "group", _:
-            group = s.parse_group(_fields(args, ("name", "members")), create=create)
+            group = s.parse_group(_fields(args, ("name", "members", "price_per_minute_yen")),
+                                  create=create)
             return s.group_json(await store.create_group(m, group) if create
                                 else await store.update_group(m, args.id, group))
         case "customer", "list":

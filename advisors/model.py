@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -115,6 +116,15 @@ class Group:
     merchant_id: str
     name: str
     members: tuple[int, ...]
+    #: what a consultation through the group costs; None: its dearest member's price
+    price_per_minute_yen: int | None = None
+
+    def price(self, member_prices: Iterable[int]) -> int:
+        """The price per minute of a consultation through the group, given its members'
+        prices: its own price, else the dearest member's (0 for an empty group)."""
+        if self.price_per_minute_yen is not None:
+            return self.price_per_minute_yen
+        return max(member_prices, default=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,17 +163,32 @@ def parse_advisor(data: Mapping[str, Any], *, create: bool) -> AdvisorInput:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnPrice:
+    """A group's own price per minute as set (None: its dearest member's price)."""
+
+    yen: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class GroupInput:
+    """A new group's fields, or the changed ones (None: unchanged)."""
+
     name: str | None = None
     members: tuple[int, ...] | None = None
+    price: OwnPrice | None = None
 
 
 def parse_group(data: Mapping[str, Any], *, create: bool) -> GroupInput:
-    _only(data, ("name", "members"))
+    _only(data, ("name", "members", "price_per_minute_yen"))
     if create:
         _missing(data, ("name",))
+    price = None
+    if "price_per_minute_yen" in data:
+        price = OwnPrice(None if data["price_per_minute_yen"] is None
+                         else _int(data, "price_per_minute_yen", 0, 100_000))
     return GroupInput(name=_text(data, "name", 64) if "name" in data else None,
-                      members=_ids(data, "members") if "members" in data else None)
+                      members=_ids(data, "members") if "members" in data else None,
+                      price=price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +284,8 @@ def advisor_json(a: Advisor, p: Presence) -> dict[str, Any]:
 
 
 def group_json(g: Group) -> dict[str, Any]:
-    return {"id": g.id, "name": g.name, "members": list(g.members)}
+    return {"id": g.id, "name": g.name, "members": list(g.members),
+            "price_per_minute_yen": g.price_per_minute_yen}
 
 
 def customer_json(c: Customer) -> dict[str, Any]:
@@ -319,11 +335,18 @@ PRESENCE: Schema = {
         "misses": {"type": "integer"}, "idle_since": nullable(TIMESTAMP)}}
 ADVISOR: Schema = {"type": "object", "properties": {
     **ADVISOR_INPUT["properties"], "id": _ID, "presence": PRESENCE, "created_at": TIMESTAMP}}
+_GROUP_PRICE: Schema = {
+    "type": ["integer", "null"], "minimum": 0, "maximum": 100_000, "default": None,
+    "description": "yen per minute of a consultation through the group (a customer "
+                   "choosing it); null: its dearest member's price. A named advisor (a "
+                   "code, a list) is always billed at their own price"}
 GROUP_INPUT: Schema = {"type": "object", "additionalProperties": False,
-                       "properties": {"name": string(64), "members": _IDS}}
+                       "properties": {"name": string(64), "members": _IDS,
+                                      "price_per_minute_yen": _GROUP_PRICE}}
 GROUP_CREATE: Schema = {**GROUP_INPUT, "required": ["name"]}
 GROUP: Schema = {"type": "object", "properties": {"id": _ID, "name": string(64),
-                                                  "members": _IDS}}
+                                                  "members": _IDS,
+                                                  "price_per_minute_yen": _GROUP_PRICE}}
 CUSTOMER_INPUT: Schema = {"type": "object", "additionalProperties": False, "properties": {
     "account": string(64), "name": string(64, 0),
     "numbers": {"type": "array", "minItems": 1, "maxItems": MAX_NUMBERS,

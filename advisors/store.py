@@ -190,13 +190,14 @@ class AdvisorStore:
     async def groups(self, merchant_id: str, group_id: int | None = None,
                      conn: asyncpg.Connection | None = None) -> list[Group]:
         rows = await (conn or self.pool).fetch(
-            """SELECT g.id, g.merchant_id, g.name,
+            """SELECT g.id, g.merchant_id, g.name, g.price_per_minute_yen,
                       coalesce(array_agg(m.advisor_id ORDER BY m.advisor_id)
                                FILTER (WHERE m.advisor_id IS NOT NULL), '{}') AS members
                FROM advisor_groups g LEFT JOIN advisor_group_members m ON m.group_id = g.id
                WHERE g.merchant_id = $1 AND ($2::bigint IS NULL OR g.id = $2)
                GROUP BY g.id ORDER BY g.id""", merchant_id, group_id)
-        return [Group(r["id"], r["merchant_id"], r["name"], tuple(r["members"])) for r in rows]
+        return [Group(r["id"], r["merchant_id"], r["name"], tuple(r["members"]),
+                      r["price_per_minute_yen"]) for r in rows]
 
     async def group(self, merchant_id: str, group_id: int,
                     conn: asyncpg.Connection | None = None) -> Group:
@@ -208,8 +209,9 @@ class AdvisorStore:
     async def create_group(self, merchant_id: str, new: GroupInput) -> Group:
         async with self._transaction() as conn:
             group_id = await conn.fetchval(
-                "INSERT INTO advisor_groups (merchant_id, name) VALUES ($1, $2) RETURNING id",
-                merchant_id, new.name)
+                "INSERT INTO advisor_groups (merchant_id, name, price_per_minute_yen) "
+                "VALUES ($1, $2, $3) RETURNING id",
+                merchant_id, new.name, None if new.price is None else new.price.yen)
             await _join(conn, merchant_id, [(group_id, a) for a in new.members or ()],
                         "members")
             return await self.group(merchant_id, group_id, conn)
@@ -221,6 +223,10 @@ class AdvisorStore:
             if changes.name is not None:
                 await conn.execute("UPDATE advisor_groups SET name = $2 WHERE id = $1",
                                    group_id, changes.name)
+            if changes.price is not None:
+                await conn.execute(
+                    "UPDATE advisor_groups SET price_per_minute_yen = $2 WHERE id = $1",
+                    group_id, changes.price.yen)
             if changes.members is not None:
                 await conn.execute("DELETE FROM advisor_group_members WHERE group_id = $1",
                                    group_id)

@@ -32,7 +32,8 @@ from shared.phone import E164
 @dataclass(frozen=True, slots=True)
 class Chosen:
     """Who the customer's choice reaches, how long each of them is rung, and the price
-    per minute billing admits and reserves at (a group: its dearest member's)."""
+    per minute billing admits and reserves at (a group: its own price, else its dearest
+    member's; :meth:`advisors.model.Group.price`)."""
 
     members: frozenset[int]
     ring_timeout_s: int
@@ -121,12 +122,13 @@ class AdvisorDesk:
             return Unavailable("unknown")
         try:
             members = await self.presences.members(merchant_id, group_id=group_id)
+            chosen = await self.store.group(merchant_id, group_id)
         except NotFound:
             return Unavailable("unknown")
         prices = [a.price_per_minute_yen for a, _ in await self.store.advisors(merchant_id)
                   if a.id in members]
         return Chosen(members, rules.ring_timeout_s, group_id=group_id,
-                      price_per_minute_yen=max(prices, default=0))
+                      price_per_minute_yen=chosen.price(prices))
 
     async def _advisor(self, merchant_id: str, code: str | None, advisor_id: int | None
                        ) -> tuple[Advisor, pm.Presence] | None:

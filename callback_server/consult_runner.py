@@ -12,10 +12,11 @@ through ``RecordSink``. The machine's outcome for the customer (``Tell``) goes b
 the IVR after the current event.
 
 Billing (``BillingPort``, :mod:`callback_server.consult_billing`): once the choice is
-resolved and before any advisor is rung, admission is asked at the chosen advisor's price
-(a group: its dearest member's); a refusal goes back to the IVR as ``ConsultRefused`` (its
-guidance, then the node's failure branch) and nothing is dialled. A prepaid consultation
-then runs its meter (:mod:`billing.meter`, routed by :mod:`callback_server.consult_meter`):
+resolved and before any advisor is rung, admission is asked at the chosen price (an
+advisor's own; a group's own, else its dearest member's); a refusal goes back to the IVR
+as ``ConsultRefused`` (its guidance, then the node's failure branch) and nothing is
+dialled. A prepaid consultation then runs its meter (:mod:`billing.meter`, routed by
+:mod:`callback_server.consult_meter`):
 the reservation is made before the first advisor is rung (so no advisor is rung for a
 consultation the balance no longer pays for when another call took it meanwhile; a
 consultation nobody answers settles 0 and releases it), the bridge starts its clock, the

@@ -33,6 +33,9 @@ async def test_advisors_groups_customers_settings_presence_and_events(
     aid = added["id"]
     assert added["contact"] == {"kind": "pstn", "number": "+819011112222"}
     group = await run("group", "add", "--name", "タロット", "--member", str(aid))
+    assert group["price_per_minute_yen"] is None          # its dearest member's
+    assert (await run("group", "set", str(group["id"]), "--price", "150"))[
+        "price_per_minute_yen"] == 150
     changed = await run("advisor", "set", str(aid), "--sip", "hoshino", "--max-concurrent",
                         "2")
     assert changed["contact"] == {"kind": "sip", "user": "hoshino"}
@@ -67,6 +70,8 @@ async def test_advisors_groups_customers_settings_presence_and_events(
     (["settings", "set", "--lines", "0"], "error: --lines: expected an integer 1..100000"),
     (["group", "add", "--name", "g", "--member", "42"], "error: --member: an id that is "
                                                         "not one of this merchant's"),
+    (["group", "add", "--name", "g", "--price", "-1"], "error: --price: expected an "
+                                                       "integer 0..100000"),
 ])
 def test_bad_input_is_one_line_naming_the_option(pg_url: str, args: list[str],
                                                  message: str) -> None:

@@ -120,6 +120,27 @@ async def test_bad_advisor_input_is_a_400_naming_the_field(
     assert (await ok(await client.get("/v1/advisors", headers=AUTH)))["items"] == []
 
 
+async def test_a_groups_own_price_is_set_shown_and_cleared(
+        client: TestClient[Any, Any]) -> None:
+    aid = (await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201))["id"]
+    group = await ok(await client.post("/v1/advisor-groups", json={
+        "name": "タロット", "members": [aid], "price_per_minute_yen": 150}, headers=AUTH), 201)
+    assert group["price_per_minute_yen"] == 150
+    path = f"/v1/advisor-groups/{group['id']}"
+    renamed = await ok(await client.patch(path, json={"name": "星占い"}, headers=AUTH))
+    assert (renamed["name"], renamed["price_per_minute_yen"]) == ("星占い", 150)
+    assert (await ok(await client.patch(path, json={"price_per_minute_yen": None},
+                                        headers=AUTH)))["price_per_minute_yen"] is None
+    for bad in (-1, 100_001, "150", 1.5, True):
+        assert await field_error(await client.patch(path, json={
+            "price_per_minute_yen": bad}, headers=AUTH)) == "price_per_minute_yen"
+        assert await field_error(await client.post("/v1/advisor-groups", json={
+            "name": "g", "price_per_minute_yen": bad}, headers=AUTH)) == "price_per_minute_yen"
+    assert (await ok(await client.get(path, headers=AUTH)))["price_per_minute_yen"] is None
+    assert [g["name"] for g in (await ok(await client.get("/v1/advisor-groups",
+                                                          headers=AUTH)))["items"]] == ["星占い"]
+
+
 async def test_other_bad_input_and_duplicates(client: TestClient[Any, Any]) -> None:
     aid = (await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201))["id"]
     assert await field_error(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH),

@@ -15,20 +15,23 @@ import asyncpg
 import pytest
 import stripe
 
-from advisors.model import Rules, State
+from advisors.model import Rules, SipContact, State, Via
+from advisors.presence import GoOnline
 from advisors.record_store import ConsultationRecords
-from advisors.schemas import CustomerInput
+from advisors.schemas import AdvisorInput, CustomerInput, GroupInput, OwnPrice
 from advisors.store import AdvisorStore
 from billing import records
 from billing.consultation_charges import consultation_charges
 from billing.ledger import Balance, Ledger
 from billing.rating import Terms
 from billing.settings import BillingSettings, StripeSettings
+from callback_server.advisor_desk import AdvisorDesk, Chosen
 from callback_server.call_ports import CallContext
 from callback_server.call_runner import CallRunner
 from callback_server.consult_billing import ConsultBilling
 from callback_server.dialer_messages import Finish, Job, RetryPolicy, Route, TimerFired
 from callback_server.ivr_flow import load_named
+from callback_server.routing import Routing
 from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryStore
 from shared import ari
 from shared.phone import E164
@@ -191,6 +194,34 @@ async def test_a_top_up_after_the_warning_extends_the_live_consultation(
     assert (settled["total_yen"], settled["released_yen"]) == (100, 300)
     assert await ledger.balance("acme", "member-42") == Balance(300, 0)
     await call.done()
+
+
+async def test_a_consultation_is_priced_by_the_advisor_else_the_groups_own_price(
+        db: asyncpg.Pool) -> None:
+    """The price billing admits at (the AdvisorDesk's choice): a named advisor's own; a
+    group's own price when it has one, else its dearest member's."""
+    store = AdvisorStore(db)
+    cheap, dear = [(await store.create_advisor("acme", AdvisorInput(
+        display_name=name, code=code, contact=SipContact(name), price_per_minute_yen=price)))[0]
+        for name, code, price in (("a", "1001", 100), ("b", "1002", 300))]
+    group = await store.create_group("acme", GroupInput(name="tarot",
+                                                        members=(cheap.id, dear.id)))
+    desk = AdvisorDesk(db, Routing(None, ()))
+
+    async def price(**choice: str) -> int:
+        chosen = await desk.choose("acme", code=choice.get("code"), group=choice.get("group"))
+        assert isinstance(chosen, Chosen), chosen
+        return chosen.price_per_minute_yen
+
+    for a in (cheap, dear):
+        await desk.presences.apply("acme", a.id, GoOnline(datetime.now(UTC), Via.API))
+    assert await price(group="tarot") == 300
+    assert await price(code="1001") == 100
+    await store.update_group("acme", group.id, GroupInput(price=OwnPrice(200)))
+    assert await price(group="tarot") == 200
+    assert await price(code="1001") == 100 and await price(code="1002") == 300
+    await store.update_group("acme", group.id, GroupInput(price=OwnPrice(None)))
+    assert await price(group="tarot") == 300
 
 
 async def test_an_unanswered_prepaid_consultation_releases_its_reservation(
