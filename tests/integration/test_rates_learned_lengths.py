@@ -95,16 +95,27 @@ def cdr(merchant: str, seconds: int, start: datetime) -> dict[str, Any]:
             "direct_cost": None}
 
 
+async def post(client: TestClient[Any, Any], signer: Signer, body: bytes,
+               message_id: str) -> str:
+    """One signed link event; its answer's status (stored, duplicate ...)."""
+    headers = signer.headers("POST", "/v1/link/events", body, message_id=message_id)
+    headers["content-type"] = "application/json"
+    resp = await client.post("/v1/link/events", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return str((await resp.json())["status"])
+
+
 async def post_cdrs(client: TestClient[Any, Any], signer: Signer, merchant: str,
-                    lengths: list[int]) -> None:
+                    lengths: list[int]) -> list[tuple[bytes, str]]:
+    """Each length as a customer leg's CDR; the (body, message id) of each."""
     start = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    sent = []
     for i, seconds in enumerate(lengths):
         body = json.dumps(cdr(merchant, seconds, start + timedelta(minutes=i))).encode()
-        headers = signer.headers("POST", "/v1/link/events", body,
-                                 message_id=str(uuid.uuid4()))
-        headers["content-type"] = "application/json"
-        resp = await client.post("/v1/link/events", data=body, headers=headers)
-        assert resp.status == 200, await resp.text()
+        message_id = str(uuid.uuid4())
+        assert await post(client, signer, body, message_id) == "stored"
+        sent.append((body, message_id))
+    return sent
 
 
 async def decide(app: web.Application, merchant: str) -> str:
@@ -154,11 +165,15 @@ async def test_the_edge_learns_short_and_long_calls_and_its_decision_flips(
 
     # enough of them: each merchant's decision follows its callers' real call lengths
     await post_cdrs(client, signer, "quick", short[1::2])
-    await post_cdrs(client, signer, "chatty", long)
+    sent = await post_cdrs(client, signer, "chatty", long)
     await until_reason(app, "quick", "direct-cheaper")
     await until_reason(app, "chatty", "callback-cheaper")
 
-    # a CDR delivered twice counts once (the link's dedup and the CDR's own key)
+    # a CDR delivered twice counts once: the same message again (the link's dedup) and
+    # the same CDR under a new message id (the CDR's own key)
+    for body, message_id in sent[:5]:
+        await post(client, signer, body, message_id)
+        assert await post(client, signer, body, str(uuid.uuid4())) == "duplicate"
     async with app[DECIDER_KEY].rates._pool.acquire() as c:   # type: ignore[attr-defined]
         counts = dict(await c.fetch("SELECT merchant_id, calls FROM rates_call_length_totals "
                                     "WHERE number_class = 'mobile'"))
