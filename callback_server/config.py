@@ -23,6 +23,7 @@ from ivr_platform.guidance import GUIDANCE_PREFIX, GuidanceLibrary, parse_ref
 from ivr_platform.media_config import MediaSettings
 from ivr_platform.notify_config import NotifySettings, merchant_languages
 from ivr_platform.prompts import SYSTEM_PROMPTS
+from shared.capacity import CapacitySettings, cap_problems
 from shared.config import (
     AriSettings,
     ConfigError,
@@ -116,6 +117,7 @@ class CallbackSettings:
     media: MediaSettings = field(default_factory=MediaSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    capacity: CapacitySettings | None = None
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
@@ -148,7 +150,9 @@ class CallbackSettings:
         if check_files:
             source.refuse(common.file_problems() + media.file_problems()
                           + _prompt_problems(merchants, flows, behaviour.prompts_dir)
-                          + _guidance_problems(merchants, flows, media))
+                          + _guidance_problems(merchants, flows, media)
+                          + cap_problems(common.capacity, "guard.caps.global.channels",
+                                         guard.caps.global_limits.channels))
         return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard,
                    media=media, billing=billing, notify=notify)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_server.flow_messages import AnnounceMode, FlowTimings, MerchantSettings
 from edge_server.presence_flow import PresenceLine, PresenceTimings, Wanted
+from shared.capacity import CapacitySettings
 from shared.config import (
     AriSettings,
     ConfigError,
@@ -124,6 +125,7 @@ class EdgeSettings:
     rates: RatesSettings
     operator: OperatorSettings
     edge: EdgeBehaviour
+    capacity: CapacitySettings | None = None
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,

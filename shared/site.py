@@ -30,6 +30,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from shared import ari
+from shared.capacity import CapacitySettings
 from shared.config import (
     AriSettings,
     DatabaseSettings,
@@ -117,6 +118,7 @@ class SiteCommon:
     merchants: tuple[Merchant, ...]
     rates: RatesSettings
     operator: OperatorSettings
+    capacity: CapacitySettings | None  # None: no [capacity], the Asterisks are not sized
 
     @classmethod
     def parse(cls, top: Section, path: Path, *, app: str, default_database: str,
@@ -136,7 +138,8 @@ class SiteCommon:
             peer=PeerSettings.parse(top.section("peer"), default_identity=_PEER_OF.get(app)),
             merchants=merchants,
             rates=RatesSettings.parse(top.section("rates")),
-            operator=OperatorSettings.parse(top.section("operator")))
+            operator=OperatorSettings.parse(top.section("operator")),
+            capacity=CapacitySettings.parse(top))
 
     def fields(self) -> dict[str, Any]:
         """As keyword arguments for a server's settings class."""
@@ -146,8 +149,9 @@ class SiteCommon:
         """What ``serve`` will open, loaded now: ``(key, problem)`` for each file that fails.
 
         The TLS CA, certificate and key (and that the key is the certificate's), our
-        signing keys and the peer's trusted public keys. ``check`` and ``serve`` refuse
-        a config with any (:meth:`shared.config.Source.refuse`), before anything starts.
+        signing keys and the peer's trusted public keys; with ``[capacity]``, the
+        Asterisks' limits (:mod:`shared.capacity`). ``check`` and ``serve`` refuse a
+        config with any (:meth:`shared.config.Source.refuse`), before anything starts.
         """
         problems = []
         if self.tls is not None:
@@ -158,6 +162,8 @@ class SiteCommon:
         for key_id, path in self.signing.trusted.items():
             problems += _load_problems(f"signing.trusted.{key_id}", path,
                                        "an Ed25519 public key", load_public_key)
+        if self.capacity is not None:
+            problems += self.capacity.problems()
         return problems + self._call_length_problems()
 
     def _call_length_problems(self) -> list[tuple[str, str]]:

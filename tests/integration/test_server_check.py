@@ -245,3 +245,78 @@ def test_the_rates_cli_with_an_unreachable_database_is_one_line() -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: database (ConnectionRefusedError): ")
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def _sized(*, rate: str, hold: str, asterisks: str) -> tuple[tuple[str, str], ...]:
+    """Replacements that turn on the example's [capacity] section."""
+    return (("# [capacity]", "[capacity]"),
+            ("# calls_per_second = 40", f"calls_per_second = {rate}"),
+            ("# hold_s = ", f"hold_s = {hold}\n# "),
+            ("# channels_per_call = ", "channels_per_call = "),
+            ("# asterisk_config = ", f"asterisk_config = {asterisks}\n# "))
+
+
+ASTERISKS = REPO / "deploy/asterisk"
+
+
+def test_check_refuses_asterisks_that_cannot_carry_the_rate(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """80 calls/s held 8 s on one edge Asterisk is 800 channels (x1.25): its maxcalls and
+    its RTP range (1,000 ports, 500 sessions) carry 500; over two Asterisks, 400 each."""
+    one = _config(tmp_path, pki_dir, "edge",
+                  *_sized(rate="80", hold="4", asterisks=f'["{ASTERISKS}/edge"]'))
+    code, err = _check("edge", one, capsys)
+    want = ("80 calls/s over 1 Asterisk(s), 4 s each with 1 channel(s), need 400 channels "
+            "on each (x1.25 headroom)")
+    assert (code, err) == (0, ""), err
+    one.write_text(one.read_text().replace("hold_s = 4", "hold_s = 8"))
+    code, err = _check("edge", one, capsys)
+    where = f"config error: {one}:{_line(one, 'calls_per_second = ')}: capacity.calls_per_second"
+    want = want.replace("4 s", "8 s").replace("need 400", "need 800")
+    asterisk_conf = ASTERISKS / "edge/asterisk.conf"
+    rtp_conf = ASTERISKS / "edge/rtp.conf"
+    assert code == 2
+    assert err.splitlines() == [
+        f"{where}: {want}: {asterisk_conf}:{_line(asterisk_conf, 'maxcalls')} maxcalls = 500",
+        f"{where}: {want}: {rtp_conf}:{_line(rtp_conf, 'rtpstart')},{_line(rtp_conf, 'rtpend')}"
+        " rtpstart..rtpend 20000..20999 is 500 RTP sessions (2 ports each)"]
+    two = _config(tmp_path, pki_dir, "edge", *_sized(
+        rate="80", hold="8", asterisks=f'["{ASTERISKS}/edge", "{ASTERISKS}/edge2"]'))
+    assert _check("edge", two, capsys) == (0, "")
+
+
+def test_check_names_an_asterisk_config_it_cannot_read_or_parse(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "asterisk-broken"
+    broken.mkdir()
+    (broken / "asterisk.conf").write_text("[options]\nverbose = 3\nmaxcalls = lots ; a typo\n")
+    (broken / "rtp.conf").write_text("[general]\nrtpstart = 20000\n")
+    config = _config(tmp_path, pki_dir, "callback", *_sized(
+        rate="10", hold="8", asterisks=f'["{tmp_path}/missing", "{broken}"]'))
+    code, err = _check("callback", config, capsys)
+    at = _line(config, "asterisk_config = ")
+    assert code == 2
+    assert err.splitlines() == [
+        f"config error: {config}:{at}: capacity.asterisk_config[0]: "
+        f"{tmp_path}/missing/asterisk.conf: no such file",
+        f"config error: {config}:{at}: capacity.asterisk_config[1]: "
+        f"{broken}/asterisk.conf:3: maxcalls: expected an integer, got 'lots'"]
+
+
+def test_check_refuses_a_site_channel_cap_the_asterisks_cannot_reach(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The callback site's two Asterisks carry 500 channels each: a site cap of 1,200
+    customer legs would never be reached (Asterisk refuses first); 1,000 is."""
+    sized = _sized(rate="40", hold="8",
+                   asterisks=f'["{ASTERISKS}/callback", "{ASTERISKS}/callback2"]')
+    config = _config(tmp_path, pki_dir, "callback", *sized,
+                     ("[guard.caps.global]              # 0 = no cap\nchannels = 50",
+                      "[guard.caps.global]\nchannels = 1200"))
+    code, err = _check("callback", config, capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"config error: {config}:{_line(config, 'channels = 1200')}: "
+        "guard.caps.global.channels: 1200 calls with 1 channel(s) each is 1200 channels, "
+        "more than the 1000 the Asterisks in capacity.asterisk_config carry"]
+    config.write_text(config.read_text().replace("channels = 1200", "channels = 1000"))
+    assert _check("callback", config, capsys) == (0, "")
