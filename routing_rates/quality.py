@@ -1,9 +1,21 @@
 """Carrier quality from the call-back site's own CDRs, and the ranking it moves.
 
-Per carrier and destination (the called number's type under the numbering plan,
-``routing_rates.numbering``; ``other`` without a plan), over the customer legs of the
-last :attr:`QualityBoard.window_s` (default 7 days) in ``cdrs`` (the callback site's
-own; on the edge, those it received over the link: ASR and ACD, no PDD):
+Per carrier and destination, over the customer legs of the last
+:attr:`QualityBoard.window_s` (default 7 days) in ``cdrs`` (the callback site's own; on
+the edge, those it received over the link: ASR and ACD, no PDD). A destination is kept
+at two levels:
+
+* the **range of the carrier's deck row** that prices the number (its prefix, up to
+  :data:`HEAD_DIGITS` digits: ``8170`` for 070 mobiles on a deck with a row per mobile
+  range): the legs to numbers under that prefix;
+* the called number's **type** under the numbering plan (``routing_rates.numbering``:
+  mobile, fixed_line, voip ...; ``other`` without a plan): every leg to that type.
+
+A carrier is judged on its row's range once that has ``min_calls`` legs, else on the
+type: a carrier failing only on 070 numbers moves down for 070 callers, not for 090
+callers with figures of their own. A row of another type than the number (the country's
+fixed-line row pricing a mobile, a gap priced at the type's rate) is judged on the type
+only.
 
 * **ASR** (answer-seizure ratio): answered legs / legs;
 * **ACD** (average call length): talk seconds / answered legs;
@@ -15,7 +27,8 @@ own; on the edge, those it received over the link: ASR and ACD, no PDD):
 A merchant's ``shared.config.CarrierQuality`` (``[merchants.carrier_quality]``: ``min_asr``,
 ``max_pdd_s``, ``min_calls``) demote a carrier whose figures for the destination fall
 below them over at least ``min_calls`` legs: :func:`demote` moves it after the others
-(cheapest first among each), with the reason. Fewer legs: no verdict. Pure but for
+(cheapest first among each), with the reason and the destination judged. Fewer legs at
+both levels: no verdict. Pure but for
 :func:`load` and :class:`QualityBoard` (refreshed every ``refresh_s``, default 300 s).
 """
 
@@ -35,8 +48,11 @@ from shared.config import CarrierQuality
 from shared.db import Connection, Pool
 
 log = logging.getLogger("rates.quality")
-#: digits of the destination the figures are grouped by before typing (81 90 12345)
+#: digits of the destination the figures are grouped by (81 90 12345): the longest range
+#: kept (a deck row's prefix longer than this is judged on its first 7 digits)
 HEAD_DIGITS = 7
+#: the shortest range kept: a row of the country code alone (81) is judged on the type
+MIN_RANGE_DIGITS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,21 +112,36 @@ def verdict(stats: Stats | None, limits: CarrierQuality) -> str | None:
 Board = Mapping[tuple[str, str], Stats]
 
 
+def judged(board: Board, carrier_id: str, row_prefix: str, destination: str,
+           limits: CarrierQuality) -> tuple[str, Stats | None]:
+    """The destination a carrier is judged on and its figures: the row's range once it
+    has ``limits.min_calls`` legs (a row of the number's type only), else the type."""
+    if len(row_prefix) >= MIN_RANGE_DIGITS and destination_of(row_prefix) == destination:
+        key = row_prefix[:HEAD_DIGITS]
+        stats = board.get((carrier_id, key))
+        if stats is not None and stats.calls >= limits.min_calls:
+            return key, stats
+    return destination, board.get((carrier_id, destination))
+
+
 def demote(quotes: Sequence[RouteQuote], board: Board, destination: str,
            limits: CarrierQuality) -> list[RouteQuote]:
-    """``quotes`` (cheapest first) with the carriers below ``limits`` for ``destination``
-    moved after the others, each marked (``demoted`` and ``explain["demoted"]``)."""
+    """``quotes`` (cheapest first) for a number of type ``destination`` with the carriers
+    below ``limits`` (:func:`judged`) moved after the others, each marked (``demoted``
+    and ``explain["demoted"]``: the verdict and the destination judged)."""
     kept: list[RouteQuote] = []
     moved: list[RouteQuote] = []
     for q in quotes:
-        stats = board.get((q.carrier_id, destination))
+        matched = q.gap.matched_prefix if q.gap is not None else q.row.prefix
+        where, stats = judged(board, q.carrier_id, matched, destination, limits)
         why = verdict(stats, limits)
         if why is None:
             kept.append(q)
             continue
         assert stats is not None
+        why = f"{why} to {where}"
         moved.append(replace(q, demoted=why, explain=q.explain | {
-            "demoted": why, "quality": {"destination": destination, **stats.to_json()}}))
+            "demoted": why, "quality": {"destination": where, **stats.to_json()}}))
     return kept + moved
 
 
@@ -143,13 +174,17 @@ QUERIES = {"callback": CALLBACK_QUERY, "edge": EDGE_QUERY}
 async def load(conn: Connection, since: datetime, site: str = "callback",
                ) -> dict[tuple[str, str], Stats]:
     """Every carrier's figures per destination from the customer legs since ``since``
-    in ``site``'s CDRs."""
+    in ``site``'s CDRs: per number type and per range (each prefix of the destinations'
+    first :data:`HEAD_DIGITS` digits from :data:`MIN_RANGE_DIGITS` on)."""
     board: dict[tuple[str, str], Stats] = {}
     for r in await conn.fetch(QUERIES[site], since):
-        key = (r["carrier_id"], destination_of(r["head"]))
         stats = Stats(r["calls"], r["answered"], Decimal(r["talk_s"]), r["pdd_calls"],
                       Decimal(r["pdd_s"]))
-        board[key] = board[key] + stats if key in board else stats
+        head: str = r["head"]
+        ranges = [head[:n] for n in range(MIN_RANGE_DIGITS, len(head) + 1)]
+        for destination in (destination_of(head), *ranges):
+            key = (r["carrier_id"], destination)
+            board[key] = board[key] + stats if key in board else stats
     return board
 
 

@@ -129,6 +129,8 @@ async def test_quality_is_computed_from_the_cdrs_and_leg_progress(
     a = board[("carrier-a", "mobile")]
     assert (a.calls, a.answered, a.pdd_s) == (20, 16, Decimal(2))
     assert board[("carrier-c", "mobile")].calls == 5
+    # and per range of the destinations (every leg here is to one 090 number)
+    assert board[("carrier-b", "8190")] == board[("carrier-b", "8190123")] == b
 
 
 async def test_the_callback_ranking_demotes_and_caps(rates: RatingService,
@@ -141,7 +143,7 @@ async def test_the_callback_ranking_demotes_and_caps(rates: RatingService,
         ranked = await routing.routes(MOBILE, at, quality=FLOOR)
     assert [r.carrier_id for r in ranked] == ["carrier-a", "carrier-c", "carrier-b"]
     assert ("carrier carrier-b demoted for +819012345678: ASR 0.250 < 0.5, PDD 6.00 s > "
-            "4 s over 20 calls") in caplog.messages
+            "4 s over 20 calls to 8190") in caplog.messages
     # 21 JPY/min: carrier-c (22.5) is never dialled, carrier-b (demoted) still last
     capped = await routing.routes(MOBILE, at, MERCHANT.max_cost_per_minute, FLOOR)
     assert [r.carrier_id for r in capped] == ["carrier-a", "carrier-b"]
@@ -159,8 +161,9 @@ async def test_the_rates_api_shows_the_reasons(rates: RatingService,
     assert resp.status == 200
     assert [r["carrier"] for r in body["routes"]] == ["carrier-a", "carrier-b"]
     assert body["routes"][1]["demoted"] == ("ASR 0.250 < 0.5, PDD 6.00 s > 4 s over "
-                                            "20 calls")
+                                            "20 calls to 8190")
     assert body["routes"][1]["quality"]["asr"] == "0.250"
+    assert body["routes"][1]["quality"]["destination"] == "8190"
     assert body["dropped"] == [{"carrier": "carrier-c", "reason": "above-max-rate",
                                 "detail": "22.5000 > 21.0000 JPY/min"}]
     resp = await client.get("/v1/rates/decide", params={"number": "09012345678",
@@ -188,7 +191,7 @@ async def test_the_cli_shows_the_demotion_and_the_cap(rates: RatingService, pg_u
     assert await asyncio.to_thread(main, args) == 0
     out = capsys.readouterr().out
     assert "carrier-a" in out.splitlines()[1]
-    assert ("    demoted: ASR 0.250 < 0.5, PDD 6.00 s > 4 s over 20 calls") in out
+    assert ("    demoted: ASR 0.250 < 0.5, PDD 6.00 s > 4 s over 20 calls to 8190") in out
     assert "dropped carrier-c: above-max-rate 22.5000 > 21.0000 JPY/min" in out
     args = [*db, "decide", "09012345678", "--merchant", "acme", "--config", str(config),
             "--duration", "600"]

@@ -90,4 +90,4 @@ async def test_a_demoted_carrier_changes_the_edges_decision(rates: RatingService
     assert await decider.decide(acme, at) == Decided(False, "direct-cheaper")
     decision = rates.decide(MOBILE, at, quality=FLOOR)
     assert decision.route is not None and decision.route.carrier_id == "carrier-a"
-    assert decision.explain["alternatives"][1]["demoted"] == "ASR 0.200 < 0.5 over 20 calls"
+    assert decision.explain["alternatives"][1]["demoted"] == "ASR 0.200 < 0.5 over 20 calls to 8190"
