@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -61,6 +62,7 @@ from callback_server.guard.http import install as install_guard
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
+from callback_server.ivr_services import site_services
 from callback_server.leg_progress import LegProgress
 from callback_server.legrecord import LegRecords
 from callback_server.metrics import callback as callback_metrics
@@ -302,6 +304,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     answers = settings.callback.answer_log
     records = LegRecords(client, answers=AnswerLog(answers) if answers is not None else None)
     settler = LegSettler(store, routing, records, merchants)
+    session = aiohttp.ClientSession()          # the IVR's SMS provider and webhooks
+    services = site_services(settings, app[POOL_KEY], session)
 
     def identified(name: str) -> None:
         store.asterisk = name
@@ -317,7 +321,7 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                     consultations=ConsultationRecords(app[POOL_KEY]),
                     billing=ConsultBilling(app[POOL_KEY], settings.billing,
                                            fx=site_fx(settings)),
-                    active_flows=app[ACTIVE_FLOWS_KEY])
+                    active_flows=app[ACTIVE_FLOWS_KEY], services=services)
     workers.append(worker)
     app[STASIS_KEY] = stasis
     app[WORKER_KEY] = worker
@@ -343,6 +347,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
         async with background(worker.run(), "callback worker"):
             yield
             await worker.shutdown()
+    await services.drain()
+    await session.close()
     await stasis.router.drain()
     await client.close()
 

@@ -46,6 +46,26 @@ class CallStore(Protocol):
     async def finish(self, callback_id: str, outcome: Finish) -> bool: ...
 
 
+class IvrPort(Protocol):
+    """What the IVR's verbs reach beyond ARI (:class:`callback_server.ivr_services.
+    IvrServices`): ``call`` is a :class:`~callback_server.ivr_services.CallFacts`."""
+
+    async def store_recording(self, name: str, call: CallFacts) -> str | None: ...
+    def send_sms(self, to: str, text: str, call: CallFacts) -> None: ...
+    async def call_webhook(self, cmd: ivr.CallWebhook, call: CallFacts
+                           ) -> ivr.WebhookAnswered | ivr.WebhookFailed: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """Who and which call a verb acts for."""
+
+    merchant_id: str
+    callback_id: str
+    edge_call_id: str
+    caller: E164
+
+
 class LegRecordSource(Protocol):
     """Asterisk's own record of a leg (``callback_server.legrecord.LegRecords``)."""
 
@@ -77,6 +97,9 @@ class AriPort(Protocol):
     async def hangup(self, channel_id: str, *, reason: str | None = None) -> None: ...
     async def play(self, channel_id: str, media: tuple[str, ...] | list[str], *,
                    playback_id: str | None = None, lang: str | None = None) -> ari.Playback: ...
+    async def record(self, channel_id: str, name: str, *, max_duration_s: int = 0,
+                     max_silence_s: int = 0, beep: bool = True,
+                     terminate_on: str = "#") -> ari.LiveRecording: ...
     async def stop_playback(self, playback_id: str) -> None: ...
     async def start_moh(self, channel_id: str) -> None: ...
     async def stop_moh(self, channel_id: str) -> None: ...

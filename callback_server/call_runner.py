@@ -30,6 +30,7 @@ from callback_server.call_ports import (
     CallContext,
     CallStore,
     Inbox,
+    IvrPort,
     LegRecordSource,
     Rater,
     RoundObserver,
@@ -89,7 +90,7 @@ class CallRunner:
                  store: CallStore, rater: Rater, guard: RoundObserver | None = None,
                  records: LegRecordSource | None = None, desk: AdvisorPort | None = None,
                  consultations: RecordSink | None = None,
-                 billing: BillingPort | None = None) -> None:
+                 billing: BillingPort | None = None, services: IvrPort | None = None) -> None:
         self.job = job
         self.records = records           # Asterisk's own leg records (after missed events)
         self.guard = guard
@@ -107,7 +108,8 @@ class CallRunner:
         self._pending: deque[object] = deque()
         self._hangup_causes: dict[str, int] = {}
         self.ivr = IvrRunner(job, ctx, client=client, store=store, timers=self.timers,
-                             customer=self._customer_channel, follow_up=self._pending.append)
+                             customer=self._customer_channel, follow_up=self._pending.append,
+                             post=self.inbox.put_nowait, services=services)
         self.consult = ConsultRunner(job, ctx, client=client, store=store, rater=rater,
                                      desk=desk, records=consultations, run_leg=self._run,
                                      follow_up=self._pending.append, billing=billing)
@@ -257,6 +259,9 @@ class CallRunner:
         elif isinstance(event, ari.StasisEnd):
             cause = self._hangup_causes.get(event.channel.id, NORMAL)
             await self._leg_gone(event.channel.id, cause, event.timestamp)
+        elif isinstance(event, ari.RecordingFinished | ari.RecordingFailed):
+            await self.ivr.recorded(event.recording.name,
+                                    isinstance(event, ari.RecordingFinished))
         elif isinstance(event, ari.ChannelDtmfReceived):
             if self._is_customer(event.channel.id):
                 await self.ivr.handle(ivr.Dtmf(event.digit))

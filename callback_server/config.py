@@ -23,6 +23,7 @@ from ivr_platform.guidance import GUIDANCE_PREFIX, GuidanceLibrary, parse_ref
 from ivr_platform.media_config import MediaSettings
 from ivr_platform.notify_config import NotifySettings, merchant_languages
 from ivr_platform.prompts import SYSTEM_PROMPTS
+from ivr_platform.sms_config import SmsSettings
 from shared.capacity import CapacitySettings, cap_problems
 from shared.config import (
     AriSettings,
@@ -118,6 +119,7 @@ class CallbackSettings:
     billing: BillingSettings = field(default_factory=BillingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     capacity: CapacitySettings | None = None
+    sms: SmsSettings | None = None      # [sms]: what a flow's sms node sends through
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None, *,
@@ -146,6 +148,7 @@ class CallbackSettings:
                     raise top.error(f"merchants[{i}].ivr_flow", gate)
         media = MediaSettings.parse(top.section("media"), (m.id for m in merchants))
         notify = NotifySettings.parse(top.section("notify"), merchant_languages(merchants))
+        sms = SmsSettings.parse(top.section("sms"), (m.id for m in merchants))
         source.check_unknown()
         if check_files:
             source.refuse(common.file_problems() + media.file_problems()
@@ -154,7 +157,7 @@ class CallbackSettings:
                           + cap_problems(common.capacity, "guard.caps.global.channels",
                                          guard.caps.global_limits.channels))
         return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard,
-                   media=media, billing=billing, notify=notify)
+                   media=media, billing=billing, notify=notify, sms=sms)
 
     @classmethod
     def load_checked(cls, path: Path) -> CallbackSettings:

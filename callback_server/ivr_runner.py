@@ -11,12 +11,23 @@ passes it, the round counts as confirmed (the guard's harassment brake).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from callback_server import ivr
-from callback_server.call_ports import AriPort, CallContext, CallStore, Timers, safely, utcnow
+from callback_server.call_ports import (
+    AriPort,
+    CallContext,
+    CallFacts,
+    CallStore,
+    IvrPort,
+    Timers,
+    safely,
+    utcnow,
+)
 from callback_server.dialer_messages import EndCall, Job, OperatorRequested
+from shared import ari
 
 log = logging.getLogger("callback.stasis")
 
@@ -26,7 +37,8 @@ class IvrRunner:
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, store: CallStore,
                  timers: Timers, customer: Callable[[], str | None],
-                 follow_up: Callable[[object], None]) -> None:
+                 follow_up: Callable[[object], None], post: Callable[[object], None],
+                 services: IvrPort | None = None) -> None:
         self.job = job
         self.ctx = ctx
         self.client = client
@@ -34,6 +46,11 @@ class IvrRunner:
         self.timers = timers
         self.customer = customer         # the customer leg's channel id, while there is one
         self.follow_up = follow_up       # an event for the round, after the current one
+        self.post = post                 # an event for the round, from another task
+        self.services = services         # recordings, SMS, webhooks (None: not configured)
+        self.facts = CallFacts(job.merchant_id, job.callback_id, ctx.edge_call_id,
+                               job.destination)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.state: ivr.IvrState | None = None
         self.confirmed = False           # the customer passed the flow's confirm gate
         self._submits = 0
@@ -83,9 +100,57 @@ class IvrRunner:
             self.follow_up(cmd)          # the round's consultation (ConsultRunner)
         elif isinstance(cmd, ivr.Hangup):
             self.follow_up(EndCall(utcnow()))
-        elif isinstance(cmd, ivr.CheckHours):
+        else:
+            await self._verb(cmd, customer)
+
+    async def _verb(self, cmd: ivr.Command, customer: str | None) -> None:
+        """Hours, recordings, SMS and webhooks."""
+        if isinstance(cmd, ivr.CheckHours):
             hours = self.ctx.hours
             self.follow_up(ivr.HoursChecked(hours is None or hours.is_open(self.ctx.clock())))
+        elif isinstance(cmd, ivr.StartRecording):
+            await self._record(cmd, customer)
+        elif isinstance(cmd, ivr.SendSms):
+            if self.services is None:
+                log.warning("sms to %s not sent: no IVR services", cmd.to)
+            else:
+                self.services.send_sms(cmd.to, cmd.text, self.facts)
+        elif isinstance(cmd, ivr.CallWebhook):
+            self._webhook(cmd)
+
+    async def _record(self, cmd: ivr.StartRecording, customer: str | None) -> None:
+        if customer is None or self.services is None:
+            self.follow_up(ivr.Recorded(cmd.name, None))
+            return
+        try:
+            await self.client.record(customer, cmd.name, max_duration_s=cmd.max_s,
+                                     max_silence_s=cmd.silence_s, beep=cmd.beep,
+                                     terminate_on=cmd.terminator)
+        except ari.AriError as exc:
+            log.warning("recording %s could not start: %s", cmd.name, exc)
+            self.follow_up(ivr.Recorded(cmd.name, None))
+
+    async def recorded(self, name: str, ok: bool) -> None:
+        """Asterisk finished (``ok``) or failed the recording ``name``: a finished one is
+        stored even when the customer has hung up meanwhile."""
+        stored = None
+        if ok and self.services is not None:
+            stored = await self.services.store_recording(name, self.facts)
+        await self.handle(ivr.Recorded(name, stored))
+
+    def _webhook(self, cmd: ivr.CallWebhook) -> None:
+        """Called in a task of its own: the call's events go on meanwhile."""
+        services = self.services
+        if services is None:
+            self.follow_up(ivr.WebhookFailed(cmd.request_id, "no IVR services"))
+            return
+
+        async def ask() -> None:
+            self.post(await services.call_webhook(cmd, self.facts))
+
+        task = asyncio.create_task(ask(), name=f"webhook {cmd.request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _timeout(timer_id: str) -> Callable[[], object]:

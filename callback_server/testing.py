@@ -5,7 +5,8 @@ real :class:`~shared.ari.router.EventRouter`; ``MemoryStore`` implements
 :class:`~callback_server.call_ports.CallStore` in memory; ``FixedRater`` prices
 every second the same; ``MemoryDesk`` is :class:`~callback_server.advisor_desk.AdvisorPort`
 over the real pure presence and assignment machines in memory, ``MemoryRecords`` keeps
-consultation records. Integration tests use the real adapters instead.
+consultation records, ``MemoryIvrServices`` stands for the IVR verbs' recordings, SMS and
+webhooks. Integration tests use the real adapters instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from advisors.model import Desk, Rules
 from advisors.records import ConsultationRecord
 from callback_server import ivr
 from callback_server.advisor_desk import Chosen, Unavailable, unavailable_reason
+from callback_server.call_ports import CallFacts
 from callback_server.consult import Assigned, EndPresence, Op, RunAssignment
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr, Route
 from callback_server.ivr import Submit
@@ -83,6 +85,13 @@ class FakeAri:
 
     async def stop_playback(self, playback_id: str) -> None:
         self.calls.append(("stop_playback", playback_id))
+
+    async def record(self, channel_id: str, name: str, *, max_duration_s: int = 0,
+                     max_silence_s: int = 0, beep: bool = True,
+                     terminate_on: str = "#") -> ari.LiveRecording:
+        self.calls.append(("record", (channel_id, name, max_duration_s, max_silence_s, beep,
+                                      terminate_on)))
+        return ari.LiveRecording(name=name, target_uri=f"channel:{channel_id}")
 
     async def start_moh(self, channel_id: str) -> None:
         self.calls.append(("start_moh", channel_id))
@@ -275,3 +284,28 @@ class MemoryRecords:
     async def save(self, record: ConsultationRecord) -> bool:
         self.saved.append(record)
         return True
+
+
+@dataclass
+class MemoryIvrServices:
+    """:class:`~callback_server.call_ports.IvrPort` in memory: ``recordings`` maps a
+    recording's name to the id it is stored as (absent: nothing recorded), SMS are kept,
+    a webhook answers ``webhook_values`` (None: it fails)."""
+
+    recordings: dict[str, str] = field(default_factory=dict)
+    sms: list[tuple[str, str, str]] = field(default_factory=list)   # (merchant, to, text)
+    webhook_values: tuple[tuple[str, str], ...] | None = ()
+    webhooks: list[ivr.CallWebhook] = field(default_factory=list)
+
+    async def store_recording(self, name: str, call: CallFacts) -> str | None:
+        return self.recordings.get(name)
+
+    def send_sms(self, to: str, text: str, call: CallFacts) -> None:
+        self.sms.append((call.merchant_id, to, text))
+
+    async def call_webhook(self, cmd: ivr.CallWebhook, call: CallFacts
+                           ) -> ivr.WebhookAnswered | ivr.WebhookFailed:
+        self.webhooks.append(cmd)
+        if self.webhook_values is None:
+            return ivr.WebhookFailed(cmd.request_id, "HTTP 500")
+        return ivr.WebhookAnswered(cmd.request_id, self.webhook_values)

@@ -40,7 +40,7 @@ import asyncpg
 from billing.ledger import LedgerError
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorPort
-from callback_server.call_ports import AriPort, CallContext, Rater
+from callback_server.call_ports import AriPort, CallContext, IvrPort, Rater
 from callback_server.call_runner import CallRunner, no_answer_outcome
 from callback_server.consult_billing import BillingPort
 from callback_server.consult_control import CONTROL_CHANNEL, deliver_controls
@@ -90,8 +90,10 @@ class Worker:
                  desk: AdvisorPort | None = None,
                  consultations: RecordSink | None = None,
                  billing: BillingPort | None = None,
-                 active_flows: ActiveFlows | None = None) -> None:
+                 active_flows: ActiveFlows | None = None,
+                 services: IvrPort | None = None) -> None:
         self.store = store
+        self.services = services            # what the IVR's verbs reach beyond ARI
         self.active_flows = active_flows    # merchants' stored flows (None: files only)
         self.clock = clock              # business hours are applied at its time
         self.desk = desk                      # the advisors a consultation reaches
@@ -292,7 +294,7 @@ class Worker:
                             store=self.store, rater=self.rater, guard=self.guard,
                             records=self.settler.records if self.settler else None,
                             desk=self.desk, consultations=self.consultations,
-                            billing=self.billing)
+                            billing=self.billing, services=self.services)
         self.calls[job.callback_id] = runner
         if self._stopping:
             runner.shutdown()

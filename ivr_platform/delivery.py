@@ -35,11 +35,12 @@ class Unavailable(DeliveryError):
 
 async def call(session: aiohttp.ClientSession, method: str, url: str, *,
                headers: Mapping[str, str], timeout_s: float,
-               data: Mapping[str, str] | None = None,
+               data: Mapping[str, str] | bytes | None = None,
                json_body: Any = None) -> tuple[int, str]:
     """``(status, body text)`` of a 2xx-4xx answer; :class:`Unavailable` for what is worth
     trying again. The caller turns the 4xx it got into :class:`Rejected` with the
-    provider's own error code."""
+    provider's own error code. ``data``: a form, or the raw body (sent as it is: what
+    was signed)."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with session.request(method, url, data=data, json=json_body, headers=headers,

@@ -7,6 +7,9 @@ guidance_dir = "/var/cache/cbgw/asterisk-sid/var/lib/asterisk-callback/data/soun
 max_upload_bytes = 20971520     # an upload's body (mp3, m4a/mp4, wav)
 max_guidance_s = 600            # a guidance's length
 recordings_dir = "/var/lib/cbgw/recordings"
+# where the callback Asterisk writes what a flow's record node records (its astspooldir's
+# recording directory, as this site sees it); the site moves each into recordings_dir
+asterisk_recordings_dir = "/var/cache/cbgw/asterisk-sid/var/spool/asterisk-callback/recording"
 retention_days = 90             # every merchant's recordings, unless below
 link_ttl_s = 3600               # a signed link to a recording stays valid this long
 link_secret_file = "keys/recording-links.secret"   # >= 32 bytes; unset: one per process
@@ -18,7 +21,8 @@ acme = 30
 ```
 
 Without ``guidance_dir`` the guidance routes are not mounted; without ``recordings_dir``
-the recordings routes and the expiry job are not.
+the recordings routes and the expiry job are not; without ``recordings_dir`` and
+``asterisk_recordings_dir`` a flow's ``record`` node records nothing (its ``on_fail``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class MediaSettings:
     guidance_dir: Path | None = None
     limits: AudioLimits = AudioLimits()
     recordings_dir: Path | None = None
+    asterisk_recordings_dir: Path | None = None
     retention_days: int = 90
     retention_days_by_merchant: Mapping[str, int] = field(default_factory=dict)
     link_ttl_s: int = 3600
@@ -66,6 +71,8 @@ class MediaSettings:
                                 max=200 * 1024 * 1024),
                 max_seconds=float(s.int("max_guidance_s", 600, min=1, max=3600))),
             recordings_dir=s.path_value("recordings_dir") if s.has("recordings_dir") else None,
+            asterisk_recordings_dir=(s.path_value("asterisk_recordings_dir")
+                                     if s.has("asterisk_recordings_dir") else None),
             retention_days=s.int("retention_days", 90, min=1, max=3650),
             retention_days_by_merchant=retention,
             link_ttl_s=s.int("link_ttl_s", 3600, min=10, max=7 * 86400),
@@ -82,7 +89,8 @@ class MediaSettings:
         """``(key, problem)`` for a directory the site cannot write in or a link secret
         file that cannot be used (``check``)."""
         problems = [(f"media.{key}", problem) for key, directory in (
-            ("guidance_dir", self.guidance_dir), ("recordings_dir", self.recordings_dir))
+            ("guidance_dir", self.guidance_dir), ("recordings_dir", self.recordings_dir),
+            ("asterisk_recordings_dir", self.asterisk_recordings_dir))
             if directory is not None and (problem := cannot_write(directory)) is not None]
         return problems + self._secret_problems()
 

@@ -222,6 +222,7 @@ def install(site: Site) -> bool:
                 "astlogdir", "astcachedir"):
         make_dir(site.host(dirs[key]), uid, gid)
     make_dir(site.host(dirs["astspooldir"]) / "tmp", uid, gid)
+    make_dir(site.host(dirs["astspooldir"]) / "recording", uid, gid)   # record nodes
     changed = install_configs(site, site.host(dirs["astetcdir"]), uid, gid)
     link_data_dir(site, dirs["astdatadir"], uid, gid)
     sounds = site.host(dirs["astdatadir"]) / "sounds"

@@ -32,6 +32,8 @@ from shared.ari.events import (
     Event,
     PlaybackFinished,
     PlaybackStarted,
+    RecordingFailed,
+    RecordingFinished,
     StasisEnd,
     StasisStart,
     Unknown,
@@ -39,7 +41,7 @@ from shared.ari.events import (
     decode_event,
     decode_message,
 )
-from shared.ari.models import AppState, Bridge, Channel, Endpoint, Playback
+from shared.ari.models import AppState, Bridge, Channel, Endpoint, LiveRecording, Playback
 from shared.ari.router import EventRouter
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "Bridge", "Channel", "ChannelDestroyed", "ChannelDtmfReceived", "ChannelEnteredBridge",
     "ChannelHangupRequest", "ChannelLeftBridge", "ChannelNotFound", "ChannelStateChange",
     "ChannelVarset", "Conflict", "Connected", "Dial", "Endpoint", "Event", "EventRouter",
-    "NotFound", "Playback", "PlaybackFinished", "PlaybackStarted", "StasisEnd", "StasisStart",
+    "LiveRecording", "NotFound", "Playback", "PlaybackFinished", "PlaybackStarted",
+    "RecordingFailed", "RecordingFinished", "StasisEnd", "StasisStart",
     "Unknown", "channel_ids", "decode_event", "decode_message",
 ]

@@ -39,7 +39,7 @@ from shared.ari.errors import (
     NotFound,
 )
 from shared.ari.events import Connected, Event, decode_message
-from shared.ari.models import AppState, Bridge, Channel, Endpoint, Playback
+from shared.ari.models import AppState, Bridge, Channel, Endpoint, LiveRecording, Playback
 from shared.metrics import common as metrics
 
 log = logging.getLogger("ari.client")
@@ -275,6 +275,17 @@ class AriClient:
         path = f"/channels/{channel_id}/play" + (f"/{playback_id}" if playback_id else "")
         raw = await self._request("POST", path, {"media": ",".join(media), "lang": lang})
         return Playback.from_json(raw)
+
+    async def record(self, channel_id: str, name: str, *, max_duration_s: int = 0,
+                     max_silence_s: int = 0, beep: bool = True,
+                     terminate_on: str = "#") -> LiveRecording:
+        """Record the channel into Asterisk's ``recording`` spool as ``<name>.wav``
+        (replacing one of that name); 0: no limit. Its end is ``RecordingFinished``."""
+        raw = await self._request("POST", f"/channels/{channel_id}/record", {
+            "name": name, "format": "wav", "maxDurationSeconds": max_duration_s,
+            "maxSilenceSeconds": max_silence_s, "ifExists": "overwrite",
+            "beep": beep, "terminateOn": terminate_on})
+        return LiveRecording.from_json(raw)
 
     async def start_moh(self, channel_id: str) -> None:
         """Music on hold to the channel (its default class) until :meth:`stop_moh`."""

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.ari.models import Bridge, Channel, JsonObject, Playback, parse_timestamp
+from shared.ari.models import (
+    Bridge,
+    Channel,
+    JsonObject,
+    LiveRecording,
+    Playback,
+    parse_timestamp,
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,21 @@ class PlaybackFinished:
 
 
 @dataclass(frozen=True)
+class RecordingFinished:
+    """A recording ended and its file is complete (``#``, silence, the length limit or
+    the channel hanging up)."""
+
+    recording: LiveRecording
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RecordingFailed:
+    recording: LiveRecording
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Dial:
     """Progress of a dial: ``dialstatus`` is empty while ringing, then ANSWER, BUSY, ..."""
 
@@ -135,7 +157,8 @@ class Unknown:
 Event = (
     Connected | StasisStart | StasisEnd | ChannelStateChange | ChannelDtmfReceived
     | ChannelDestroyed | ChannelHangupRequest | ChannelVarset | PlaybackStarted
-    | PlaybackFinished | Dial | ChannelEnteredBridge | ChannelLeftBridge | Unknown
+    | PlaybackFinished | RecordingFinished | RecordingFailed | Dial | ChannelEnteredBridge
+    | ChannelLeftBridge | Unknown
 )
 
 
@@ -160,6 +183,13 @@ def _playback(raw: JsonObject) -> Playback:
     if not isinstance(value, Mapping):
         raise ValueError("missing playback")
     return Playback.from_json(value)
+
+
+def _recording(raw: JsonObject) -> LiveRecording:
+    value = raw.get("recording")
+    if not isinstance(value, Mapping):
+        raise ValueError("missing recording")
+    return LiveRecording.from_json(value)
 
 
 def _bridge(raw: JsonObject) -> Bridge:
@@ -222,6 +252,8 @@ _DECODERS: dict[str, Callable[[JsonObject, datetime | None], Event]] = {
     "ChannelVarset": _varset,
     "PlaybackStarted": lambda raw, ts: PlaybackStarted(_playback(raw), ts),
     "PlaybackFinished": lambda raw, ts: PlaybackFinished(_playback(raw), ts),
+    "RecordingFinished": lambda raw, ts: RecordingFinished(_recording(raw), ts),
+    "RecordingFailed": lambda raw, ts: RecordingFailed(_recording(raw), ts),
     "Dial": _dial,
     "ChannelEnteredBridge": lambda raw, ts: ChannelEnteredBridge(_bridge(raw), _channel(raw), ts),
     "ChannelLeftBridge": lambda raw, ts: ChannelLeftBridge(_bridge(raw), _channel(raw), ts),
@@ -263,6 +295,9 @@ def channel_ids(event: Event) -> tuple[str, ...]:
         return (event.channel.id,) if event.channel else ()
     if isinstance(event, (PlaybackStarted, PlaybackFinished)):
         cid = event.playback.channel_id
+        return (cid,) if cid else ()
+    if isinstance(event, (RecordingFinished, RecordingFailed)):
+        cid = event.recording.channel_id
         return (cid,) if cid else ()
     if isinstance(event, Dial):
         return (event.peer.id,) + ((event.caller.id,) if event.caller else ())

@@ -111,6 +111,33 @@ class Playback:
 
 
 @dataclass(frozen=True)
+class LiveRecording:
+    """A recording of a channel (``POST /channels/{id}/record``): ``name`` is the file's
+    name (no extension) in Asterisk's ``recording`` spool; ``state`` ``queued``,
+    ``recording``, ``done``, ``failed``, ...; ``cause`` why it failed."""
+
+    name: str
+    format: str = ""
+    target_uri: str = ""
+    state: str = ""
+    duration_s: int = 0
+    cause: str = ""
+
+    @property
+    def channel_id(self) -> str | None:
+        kind, _, ident = self.target_uri.partition(":")
+        return ident if kind == "channel" and ident else None
+
+    @classmethod
+    def from_json(cls, obj: JsonObject) -> LiveRecording:
+        duration = obj.get("duration")
+        return cls(name=_str(obj, "name"), format=_str(obj, "format"),
+                   target_uri=_str(obj, "target_uri"), state=_str(obj, "state"),
+                   duration_s=duration if isinstance(duration, int) else 0,
+                   cause=_str(obj, "cause"))
+
+
+@dataclass(frozen=True)
 class Bridge:
     id: str
     bridge_type: str = ""

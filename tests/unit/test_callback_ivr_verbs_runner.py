@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from callback_server.call_ports import CallContext
+from callback_server.ivr import Submit
 from callback_server.ivr_flow import Flow
-from callback_server.testing import MemoryStore
+from callback_server.testing import MemoryIvrServices, MemoryStore
 from ivr_platform.hours import BusinessHours, Window
 from shared import ari
-from tests.unit.test_callback_ivr_verbs import HOURS, SET, flow_of
+from tests.unit.test_callback_ivr_verbs import HOOK, HOURS, RECORD, SET, SMS, flow_of
 from tests.unit.test_callback_stasis import A, Call, ch
 
 CHANNEL = "cb-9-01"
@@ -19,8 +20,10 @@ MORNING = datetime(2026, 12, 4, 1, 0, tzinfo=UTC)
 EVENING = datetime(2026, 12, 4, 11, 0, tzinfo=UTC)
 NINE_TO_FIVE = BusinessHours(weekly=((Window(540, 1020),),) * 7)
 
-async def answered(flow: Flow, **ctx: Any) -> Call:
-    call = Call(store=MemoryStore(), ctx=CallContext("edge-9", "ntt-freedial", flow, **ctx))
+async def answered(flow: Flow, services: MemoryIvrServices | None = None, **ctx: Any
+                   ) -> Call:
+    call = Call(store=MemoryStore(), ctx=CallContext("edge-9", "ntt-freedial", flow, **ctx),
+                services=services)
     await call.start(A)
     await call.push(ari.StasisStart(ch(CHANNEL)))
     return call
@@ -39,3 +42,48 @@ async def test_hours_node_branches_on_the_merchants_hours_at_the_clock() -> None
     assert call.ari.named("play")[-1][1] == ("sound:cbgw/closed",)
     call = await answered(flow, clock=lambda: EVENING)        # no hours: always open
     assert call.ari.named("play")[-1][1] == ("sound:cbgw/welcome",)
+
+
+def recording(name: str) -> ari.LiveRecording:
+    return ari.LiveRecording(name=name, target_uri=f"channel:{CHANNEL}")
+
+
+async def test_record_records_the_customer_and_submits_the_stored_recordings_id() -> None:
+    services = MemoryIvrServices(recordings={f"{CHANNEL}-r2": "5f0c"})
+    call = await answered(flow_of(RECORD), services=services)
+    assert call.ari.named("play")[-1][1] == ("sound:cbgw/leave-message",)
+    await call.finish_prompt(CHANNEL)
+    assert call.ari.named("record") == [(CHANNEL, f"{CHANNEL}-r2", 120, 3, True, "#")]
+    await call.keys(CHANNEL, "#")                  # Asterisk ends it on '#' itself
+    assert call.store.infos == []
+    await call.push(ari.RecordingFinished(recording(f"{CHANNEL}-r2")))
+    assert call.store.infos == [Submit("voicemail", (("message", "5f0c"),))]
+    assert CHANNEL in call.ari.named("hangup")
+
+
+async def test_a_failed_or_unstored_recording_takes_on_fail() -> None:
+    for event in (ari.RecordingFailed, ari.RecordingFinished):
+        call = await answered(flow_of(RECORD), services=MemoryIvrServices())
+        await call.finish_prompt(CHANNEL)
+        await call.push(event(recording(f"{CHANNEL}-r2")))
+        assert call.ari.named("play")[-1][1] == ("sound:cbgw/invalid",)
+        assert call.store.infos == []
+
+
+async def test_sms_is_handed_to_the_services_and_the_call_goes_on() -> None:
+    services = MemoryIvrServices()
+    call = await answered(flow_of(SMS), services=services)
+    await call.keys(CHANNEL, "42#")
+    assert services.sms == [("acme", "+819012345678", "ご注文 42 を承りました"),
+                            ("acme", "+819011112222", "order 42 from +819012345678")]
+    assert CHANNEL in call.ari.named("hangup")
+
+
+async def test_a_webhooks_answer_comes_back_to_the_ivr() -> None:
+    services = MemoryIvrServices(webhook_values=(("plan", "gold"),))
+    call = await answered(flow_of(HOOK), services=services)
+    assert services.webhooks[0].variables == (("caller", "+819012345678"),)
+    assert call.store.infos == [Submit("crm", (("plan", "gold"),))]
+    services = MemoryIvrServices(webhook_values=None)
+    call = await answered(flow_of(HOOK), services=services)
+    assert call.store.infos == [] and CHANNEL in call.ari.named("hangup")

@@ -1,0 +1,199 @@
+"""What a round's IVR verbs reach beyond ARI: the recordings store, SMS and webhooks
+(:class:`IvrServices`, the real :class:`~callback_server.call_ports.IvrPort`).
+
+* **Recordings** (``record``): Asterisk records into its ``recording`` spool
+  (``[media] asterisk_recordings_dir``, as this site sees it); a finished one is moved
+  into :class:`~ivr_platform.recordings.RecordingStore` (``[media] recordings_dir``) for
+  the merchant's retention, with the call's ids and the caller (its ``message_recorded``
+  notification is queued with the row). Its id is what the node's variable gets. A file
+  that is missing, not WAV or shorter than :data:`MIN_RECORDING_S` is nothing recorded.
+* **SMS** (``sms``): :class:`~ivr_platform.sms_store.SmsSender` (the row, the provider, its
+  answer) in a task of its own: the call never waits for it, and a failure is logged
+  (the row says ``pending`` or ``rejected``).
+* **Webhooks** (``webhook``): ``POST`` of a JSON body, signed like the link between the
+  sites (:mod:`shared.signing`: ``webhook-id``, ``webhook-timestamp``, ``webhook-key-id``,
+  ``webhook-signature: v1a,<Ed25519>`` over ``id.timestamp.POST.<path?query>.
+  sha256(body)`` with the site's signing keys, verified with its public key); the answer
+  within the node's ``timeout_s``: a 2xx whose JSON object's values (strings or numbers)
+  set variables; anything else fails (``WebhookFailed`` with why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+import wave
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from yarl import URL
+
+from callback_server import ivr
+from callback_server.call_ports import CallFacts
+from callback_server.config import CallbackSettings
+from ivr_platform import delivery
+from ivr_platform.audio import wav_seconds
+from ivr_platform.delivery import DeliveryError, json_object
+from ivr_platform.recordings import RecordingStore
+from ivr_platform.sms_config import SmsSettings
+from ivr_platform.sms_store import SmsSender, SmsStore
+from ivr_platform.sms_twilio import TwilioSms
+from shared.phone import E164
+from shared.signing import Signer, SigningKey
+
+log = logging.getLogger("callback.ivr")
+
+MIN_RECORDING_S = 0.2
+MAX_VALUE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Recordings:
+    store: RecordingStore
+    spool: Path                          # Asterisk's recording directory, as seen here
+    retention: Callable[[str], timedelta]
+
+
+@dataclass(frozen=True, slots=True)
+class Sms:
+    sender: SmsSender
+    settings: SmsSettings
+
+
+class IvrServices:
+    def __init__(self, *, recordings: Recordings | None = None, sms: Sms | None = None,
+                 session: aiohttp.ClientSession | None = None,
+                 signer: Signer | None = None) -> None:
+        self.recordings = recordings
+        self.sms = sms
+        self.session = session
+        self.signer = signer
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- recordings -----------------------------------------------------------------------
+
+    async def store_recording(self, name: str, call: CallFacts) -> str | None:
+        """The stored recording's id, None when nothing was recorded or it cannot be kept."""
+        if self.recordings is None:
+            log.warning("recording %s: no [media] recordings_dir and asterisk_recordings_dir",
+                        name)
+            return None
+        source = self.recordings.spool / f"{name}.wav"
+        try:
+            seconds = await asyncio.to_thread(wav_seconds, source)
+        except (OSError, EOFError, wave.Error) as exc:
+            log.warning("recording %s: not a readable WAV file: %s", name, exc)
+            return None
+        if seconds < MIN_RECORDING_S:
+            log.info("recording %s: %.2f s, nothing recorded", name, seconds)
+            source.unlink(missing_ok=True)
+            return None
+        try:
+            stored = await self.recordings.store.add(
+                call.merchant_id, source, retention=self.recordings.retention(call.merchant_id),
+                call_id=name, callback_id=call.callback_id, edge_call_id=call.edge_call_id,
+                caller=call.caller)
+        except Exception:
+            log.exception("recording %s could not be stored", name)
+            return None
+        log.info("recording %s stored as %s (%.1f s)", name, stored.id, seconds)
+        return str(stored.id)
+
+    # --- SMS ------------------------------------------------------------------------------
+
+    def send_sms(self, to: str, text: str, call: CallFacts) -> None:
+        """Send in the background; the call goes on at once."""
+        if self.sms is None:
+            log.warning("sms to %s not sent: no [sms] provider configured", to)
+            return
+        self._background(self._send_sms(self.sms, to, text, call), f"sms {call.callback_id}")
+
+    async def _send_sms(self, sms: Sms, to: str, text: str, call: CallFacts) -> None:
+        try:
+            record = await sms.sender.send(call.merchant_id, E164.parse(to),
+                                           sms.settings.sender_for(call.merchant_id), text)
+        except (ValueError, DeliveryError) as exc:
+            log.warning("sms to %s not sent: %s", to, exc)
+        except Exception:
+            log.exception("sms to %s failed", to)
+        else:
+            log.info("sms %d to %s: %s (%d segments)", record.id, to, record.status,
+                     record.segments)
+
+    # --- webhooks -------------------------------------------------------------------------
+
+    async def call_webhook(self, cmd: ivr.CallWebhook, call: CallFacts
+                           ) -> ivr.WebhookAnswered | ivr.WebhookFailed:
+        if self.session is None or self.signer is None:
+            return ivr.WebhookFailed(cmd.request_id, "webhooks are not configured")
+        body = json.dumps({
+            "request_id": cmd.request_id, "merchant_id": call.merchant_id,
+            "callback_id": call.callback_id, "edge_call_id": call.edge_call_id,
+            "variables": dict(cmd.variables)}, ensure_ascii=False).encode()
+        url = URL(cmd.url)
+        headers = {"Content-Type": "application/json; charset=utf-8",
+                   **self.signer.headers("POST", url.raw_path_qs, body,
+                                         message_id=str(uuid.uuid4()))}
+        try:      # a timeout, a transport error or a 5xx is Unavailable
+            status, answered = await delivery.call(self.session, "POST", cmd.url,
+                                                   headers=headers, timeout_s=cmd.timeout_s,
+                                                   data=body)
+        except DeliveryError as exc:
+            return self._failed(cmd, str(exc))
+        if not 200 <= status < 300:
+            return self._failed(cmd, f"HTTP {status}")
+        answer = json_object(answered)
+        values = tuple((name, value) for name in cmd.sets
+                       if (value := _text(answer.get(name))) is not None)
+        log.info("webhook %s answered %d: set %s", cmd.request_id, status,
+                 [name for name, _ in values])
+        return ivr.WebhookAnswered(cmd.request_id, values)
+
+    @staticmethod
+    def _failed(cmd: ivr.CallWebhook, reason: str) -> ivr.WebhookFailed:
+        log.warning("webhook %s failed: %s", cmd.request_id, reason)
+        return ivr.WebhookFailed(cmd.request_id, reason)
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Let the background sends finish (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+
+def _text(value: object) -> str | None:
+    """A JSON value a variable can take: a string or a number, as text."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value)[:MAX_VALUE]
+
+
+def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
+                  session: aiohttp.ClientSession) -> IvrServices:
+    """The callback site's: recordings when ``[media]`` has both directories, SMS when
+    ``[sms]`` is set, webhooks signed with the site's signing keys."""
+    media = settings.media
+    notify = settings.notify if settings.notify.channels else None
+    recordings = None
+    if media.recordings_dir is not None and media.asterisk_recordings_dir is not None:
+        recordings = Recordings(RecordingStore(pool, media.recordings_dir, notify),
+                                media.asterisk_recordings_dir, media.retention)
+    sms = None
+    if settings.sms is not None:
+        sms = Sms(SmsSender(SmsStore(pool), TwilioSms(session, settings.sms.twilio)),
+                  settings.sms)
+    signer = Signer([SigningKey.load(path) for path in settings.signing.keys])
+    return IvrServices(recordings=recordings, sms=sms, session=session, signer=signer)
