@@ -54,13 +54,9 @@ class MediaSettings:
 
     @classmethod
     def parse(cls, s: Section, merchant_ids: Iterable[str]) -> MediaSettings:
-        known = set(merchant_ids)
         by_merchant = s.section("retention_days_by_merchant")
-        retention = {}
-        for merchant_id in by_merchant.keys():
-            if merchant_id not in known:
-                raise by_merchant.error(merchant_id, f"no merchant {merchant_id!r}")
-            retention[merchant_id] = by_merchant.int(merchant_id, min=1, max=3650)
+        retention = {merchant_id: by_merchant.int(merchant_id, min=1, max=3650)
+                     for merchant_id in by_merchant.merchant_keys(merchant_ids)}
         public_url = s.opt_str("public_url")
         if public_url is not None and not public_url.startswith(("https://", "http://")):
             raise s.error("public_url", "expected an http(s) URL")

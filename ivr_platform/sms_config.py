@@ -48,13 +48,9 @@ class SmsSettings:
             account_sid=s.str("account_sid", pattern=r"AC[0-9a-fA-F]{32}"),
             auth_token=s.str("auth_token"), base_url=base_url,
             timeout_s=float(s.int("timeout_s", 10, min=1, max=60)))
-        known = set(merchant_ids)
         by_merchant = s.section("senders")
-        senders = {}
-        for merchant_id in by_merchant.keys():
-            if merchant_id not in known:
-                raise by_merchant.error(merchant_id, f"no merchant {merchant_id!r}")
-            senders[merchant_id] = _sender(by_merchant, merchant_id)
+        senders = {merchant_id: _sender(by_merchant, merchant_id)
+                   for merchant_id in by_merchant.merchant_keys(merchant_ids)}
         return cls(twilio, _sender(s, "sender"), senders)
 
     def sender_for(self, merchant_id: str) -> E164 | str:

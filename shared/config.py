@@ -34,7 +34,7 @@ import enum
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -245,6 +245,15 @@ class Section:
         """The keys of a table whose keys are data (currencies, key ids): all accepted."""
         for key in self.data:
             self.source.asked.add(self._key(key))
+        return list(self.data)
+
+    def merchant_keys(self, merchant_ids: Iterable[builtins.str]) -> list[builtins.str]:
+        """The keys of a table keyed by merchant id (``[media.retention_days_by_merchant]``),
+        each a configured merchant (an error naming it otherwise)."""
+        known = set(merchant_ids)
+        for key in self.keys():
+            if key not in known:
+                raise self.error(key, f"no merchant {key!r}")
         return list(self.data)
 
     def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
