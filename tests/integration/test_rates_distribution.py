@@ -27,6 +27,7 @@ from aiohttp import web
 
 import shared
 from callback_server.app import POOL_KEY as CALLBACK_POOL
+from callback_server.app import ROUTING_KEY
 from callback_server.app import create_app as create_callback
 from callback_server.config import CallbackSettings
 from edge_server.app import DECIDER_KEY
@@ -65,6 +66,7 @@ class Sites:
     edge_pool: asyncpg.Pool
     edge_rates: RatingService
     edge_decider: RatesDecider
+    callback_rates: RatingService
     link: LinkClient            # signs as the callback site, over its pinned mutual TLS
 
     def cli(self, *args: str) -> Awaitable[int]:
@@ -104,9 +106,11 @@ async def sites(pki_dir: Path, pg_server_url: str, tmp_path: Path,
     await link.start()
     decider = edge_app[DECIDER_KEY]
     assert isinstance(decider, RatesDecider) and isinstance(decider.rates, RatingService)
+    callback_rates = cb_app[ROUTING_KEY].service
+    assert callback_rates is not None
     try:
         yield Sites(cb_url, edge_url, cb_app[CALLBACK_POOL], edge_app[POOL_KEY], decider.rates,
-                    decider, link)
+                    decider, callback_rates, link)
     finally:
         await link.close()
         await callback.cleanup()
@@ -217,6 +221,10 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
     # the callback site's own service switches at the same instant
     assert await sites.callback_pool.fetchval(
         "SELECT effective_from FROM rates_decks WHERE id = $1", v2["id"]) == effective
+    await _until(lambda: _async(sites.callback_rates.snapshot_at(effective).deck_id(
+        "carrier-b") == v2["id"]), 10, "v2 preloaded at the callback site")
+    assert _carrier_b_rate(sites.callback_rates, just_before) == Decimal("0.0800")
+    assert _carrier_b_rate(sites.callback_rates, just_after) == Decimal("0.0500")
 
     # the edge's operator sees where each version came from and when it starts
     capsys.readouterr()
