@@ -39,7 +39,7 @@ from billing.card_topups import CardTopUps, Result, TopUp
 from billing.cards import Cards, Registration
 from billing.http import ACCOUNT_PARAM, TAG, UNAVAILABLE, account_param, id_param
 from billing.ledger import MAX_AMOUNT_YEN, LedgerError, find_account
-from billing.postpaid import Postpaid
+from billing.postpaid import NoticeSink, Postpaid
 from billing.settings import BillingSettings
 from billing.standing import (
     CLOSURES,
@@ -93,9 +93,11 @@ SERVICES_KEY = web.AppKey("billing_card_services", CardServices)
 
 
 def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool],
-            settings: BillingSettings, *, fx: FxTable | None = None) -> None:
+            settings: BillingSettings, *, fx: FxTable | None = None,
+            notices: NoticeSink | None = None) -> None:
     """The card routes and webhook, and (in ``cleanup_ctx``, after the site's database)
-    the services on its pool and the periodic job."""
+    the services on its pool and the periodic job; ``notices``: where the dunning notices
+    go besides ``billing_notices``."""
     assert settings.stripe is not None
     stripe_settings = settings.stripe
     add_operations(app, OPERATIONS)
@@ -104,7 +106,8 @@ def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool
         client = stripe_settings.client()
         p = pool(app)
         services = CardServices(Cards(p, client), CardTopUps(p, client),
-                                Postpaid(p, client, retry_after_s=settings.retry_after_s, fx=fx),
+                                Postpaid(p, client, retry_after_s=settings.retry_after_s, fx=fx,
+                                         notices=notices),
                                 settings)
         app[SERVICES_KEY] = services
         async with background(periodic(services), "billing card job"):

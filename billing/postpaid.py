@@ -16,10 +16,12 @@ only when Stripe has none with the key. Exactly once rests on this record and th
 look-up (localstripe ignores ``Idempotency-Key``).
 
 A failed attempt (declined, no card on file) puts the account into dunning: a
-``charge-failed`` notice (``billing_notices``), and retries on the schedule
-``retry_after_s`` (the n-th retry that long after the n-th failure), each a new attempt
-with the card on file at that time; :meth:`Postpaid.due` lists the retries due. A retry
-that succeeds writes ``charge-recovered``. An operator may :meth:`Postpaid.close` a charge
+``charge-failed`` notice (``billing_notices``, and handed in the outcome's transaction to
+the site's :class:`NoticeSink`, which queues it for the merchant's notification
+channels), and retries on the schedule ``retry_after_s`` (the n-th retry that long after
+the n-th failure), each a new attempt with the card on file at that time;
+:meth:`Postpaid.due` lists the retries due. A retry that succeeds writes
+``charge-recovered`` (to the sink too). An operator may :meth:`Postpaid.close` a charge
 in dunning (paid another way, or written off; ``billing_postpaid_closures``, migration
 0007): it is then neither unpaid nor retried. :meth:`Postpaid.standing` is what admission
 reads: the account's unpaid charges and whether one has failed
@@ -30,9 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import asyncpg
 import stripe
@@ -47,6 +49,28 @@ from shared.money import FxTable
 
 METADATA_KEY = "cbgw_charge_key"
 NO_CARD = "no-card-on-file"
+@dataclass(frozen=True, slots=True)
+class DunningNotice:
+    """A ``billing_notices`` row as its sink gets it."""
+
+    merchant_id: str
+    account: str
+    kind: Literal["charge-failed", "charge-recovered"]
+    charge_id: int
+    attempt_id: int
+    attempt: int
+    consultation_id: str
+    total_yen: int
+    failure: str            # "" when paid
+    at: datetime            # the outcome's transaction time
+
+
+class NoticeSink(Protocol):
+    async def __call__(self, conn: asyncpg.Connection, notice: DunningNotice) -> None:
+        """Take ``notice`` inside the transaction that recorded it (durably: it is sent
+        if and only if the outcome commits)."""
+
+
 def charge_key(charge_id: int, merchant_id: str, account: str, consultation_id: str,
                attempt: int) -> str:
     """The attempt's key: the consultation (with its charge row, so that a database
@@ -59,12 +83,14 @@ def charge_key(charge_id: int, merchant_id: str, account: str, consultation_id: 
 class Postpaid:
     def __init__(self, pool: asyncpg.Pool, client: stripe.StripeClient, *,
                  retry_after_s: tuple[int, ...] = RETRY_AFTER_S,
-                 fx: FxTable | None = None) -> None:
-        """``fx``: the site's FX table, for the billing records of the outcomes."""
+                 fx: FxTable | None = None, notices: NoticeSink | None = None) -> None:
+        """``fx``: the site's FX table, for the billing records of the outcomes;
+        ``notices``: where the dunning notices go besides ``billing_notices``."""
         self.pool = pool
         self.client = client
         self.retry_after_s = retry_after_s
         self.fx = fx or DEFAULT_FX
+        self.notices = notices
 
     async def record(self, merchant_id: str, account: str, consultation_id: str,
                      talk_s: int, terms: Terms, *, by: str) -> tuple[Charge, int] | None:
@@ -165,14 +191,24 @@ class Postpaid:
             """INSERT INTO billing_postpaid_outcomes (attempt_id, outcome, payment_intent,
                    failure) VALUES ($1, $2, $3, $4)""", row["id"], outcome, pi_id, failure)
         if outcome == "failed" or row["attempt"] > 1:
-            kind, detail = (("charge-failed", f"attempt {row['attempt']} failed: {failure}")
-                            if outcome == "failed" else
-                            ("charge-recovered", f"paid at attempt {row['attempt']}"))
-            await conn.execute(
-                """INSERT INTO billing_notices (merchant_id, account_id, kind, charge_id,
-                       detail) VALUES ($1, $2, $3, $4, $5)""",
-                row["merchant_id"], row["account_id"], kind, row["charge_id"], detail)
+            await self._notice(conn, row, outcome == "failed", failure)
         await self._record(conn, row, outcome)
+
+    async def _notice(self, conn: asyncpg.Connection, row: asyncpg.Record, failed: bool,
+                      failure: str) -> None:
+        kind: Literal["charge-failed", "charge-recovered"] = (
+            "charge-failed" if failed else "charge-recovered")
+        detail = (f"attempt {row['attempt']} failed: {failure}" if failed
+                  else f"paid at attempt {row['attempt']}")
+        at: datetime = await conn.fetchval(
+            """INSERT INTO billing_notices (merchant_id, account_id, kind, charge_id,
+                   detail) VALUES ($1, $2, $3, $4, $5) RETURNING created_at""",
+            row["merchant_id"], row["account_id"], kind, row["charge_id"], detail)
+        if self.notices is not None:
+            await self.notices(conn, DunningNotice(
+                row["merchant_id"], row["account"], kind, row["charge_id"], row["id"],
+                row["attempt"], row["consultation_id"], row["total_yen"],
+                failure if failed else "", at))
 
     async def _record(self, conn: asyncpg.Connection, row: asyncpg.Record, outcome: str
                       ) -> None:

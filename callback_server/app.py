@@ -55,6 +55,7 @@ from callback_server.answerlog import AnswerLog
 from callback_server.config import CallbackSettings
 from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
+from callback_server.dunning_notify import DunningNotifications
 from callback_server.flows_http import install as install_flows
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
@@ -122,6 +123,12 @@ def site_fx(settings: CallbackSettings) -> FxTable | None:
     return settings.rates.fx() if settings.rates.fx_rates else None
 
 
+def dunning_notifications(settings: CallbackSettings) -> DunningNotifications | None:
+    """Where a postpaid charge's dunning notices go: the merchants' notification channels
+    (none configured: only ``billing_notices``)."""
+    return DunningNotifications(settings.notify) if settings.notify.channels else None
+
+
 def migration_sets(with_rates: bool) -> list[MigrationSet]:
     sets = [package_migrations("link", shared.__file__)]
     if with_rates:
@@ -152,7 +159,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     if settings.billing.stripe is not None:
         from billing.card_http import install as install_cards  # needs stripe
 
-        install_cards(app, lambda a: a[POOL_KEY], settings.billing, fx=site_fx(settings))
+        install_cards(app, lambda a: a[POOL_KEY], settings.billing, fx=site_fx(settings),
+                      notices=dunning_notifications(settings))
     app.cleanup_ctx.append(rates_ctx)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:
@@ -320,7 +328,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                     desk=AdvisorDesk(app[POOL_KEY], routing),
                     consultations=ConsultationRecords(app[POOL_KEY]),
                     billing=ConsultBilling(app[POOL_KEY], settings.billing,
-                                           fx=site_fx(settings)),
+                                           fx=site_fx(settings),
+                                           notices=dunning_notifications(settings)),
                     active_flows=app[ACTIVE_FLOWS_KEY], services=services)
     workers.append(worker)
     app[STASIS_KEY] = stasis

@@ -29,7 +29,7 @@ from shared.money import FxTable
 from shared.phone import E164
 
 if TYPE_CHECKING:
-    from billing.postpaid import Postpaid
+    from billing.postpaid import NoticeSink, Postpaid
 
 log = logging.getLogger("callback.consult.billing")
 
@@ -72,7 +72,7 @@ class BillingPort(Protocol):
 
 class ConsultBilling:
     def __init__(self, pool: asyncpg.Pool, settings: BillingSettings, *,
-                 fx: FxTable | None = None) -> None:
+                 fx: FxTable | None = None, notices: NoticeSink | None = None) -> None:
         self.pool = pool
         self.postpaid_merchants = settings.postpaid_merchants
         self.admissions = Admissions(pool, postpaid_merchants=settings.postpaid_merchants,
@@ -83,7 +83,8 @@ class ConsultBilling:
         if settings.stripe is not None and settings.postpaid_merchants:
             from billing.postpaid import Postpaid  # needs stripe (the billing extra)
             self.postpaid = Postpaid(pool, settings.stripe.client(),
-                                     retry_after_s=settings.retry_after_s, fx=fx)
+                                     retry_after_s=settings.retry_after_s, fx=fx,
+                                     notices=notices)
 
     async def account(self, merchant_id: str, number: E164) -> str:
         customer = await self.customers.customer_by_number(merchant_id, number)

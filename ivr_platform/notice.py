@@ -1,4 +1,5 @@
-"""What a call notification says (pure): the CallCall guide's 着信通知.
+"""What a call notification says (pure): the CallCall guide's 着信通知, or (``topic``) a
+customer's card charge that failed (決済失敗通知) or was paid on a retry (決済回復通知).
 
 A notice carries the caller's number (or 非通知), the company and name when the number
 is in the merchant's phonebook, when the call came in (Asia/Tokyo), and what the call
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ivr_platform.hours import TOKYO
 from ivr_platform.speech import display_number
@@ -19,19 +20,31 @@ from shared.language import Language
 from shared.phone import E164
 
 _LABELS = {
-    Language.JAPANESE: {"title": "着信通知", "caller": "発信者番号", "withheld": "非通知",
-                        "company": "会社名", "name": "名前", "at": "着信日時",
+    Language.JAPANESE: {"company": "会社名", "name": "名前",
                         "called": "着信番号", "transcript": "音声認識",
                         "recording": "録音", "listen": "録音を聞く", "request": "用件",
                         "callback": "折り返し", "missed": "不成立", "reason": "理由",
-                        "attempts": "発信回数"},
-    Language.ENGLISH: {"title": "Incoming call", "caller": "Caller", "withheld": "withheld",
-                       "company": "Company", "name": "Name", "at": "Received",
+                        "attempts": "発信回数", "account": "口座", "amount": "金額",
+                        "attempt": "決済回数", "consultation": "相談ID"},
+    Language.ENGLISH: {"company": "Company", "name": "Name",
                        "called": "Number called", "transcript": "Transcript",
                        "recording": "Recording", "listen": "Listen to the recording",
                        "request": "Request", "callback": "Call-back",
-                       "missed": "not reached", "reason": "Reason", "attempts": "Attempts"},
+                       "missed": "not reached", "reason": "Reason", "attempts": "Attempts",
+                       "account": "Account", "amount": "Amount", "attempt": "Attempt",
+                       "consultation": "Consultation"},
 }
+#: per topic: the title, the caller's label, the time's label, a number not known
+_TOPICS = {
+    Language.JAPANESE: {"call": ("着信通知", "発信者番号", "着信日時", "非通知"),
+                        "charge_failed": ("決済失敗通知", "お客様番号", "決済日時", "不明"),
+                        "charge_recovered": ("決済回復通知", "お客様番号", "決済日時", "不明")},
+    Language.ENGLISH: {"call": ("Incoming call", "Caller", "Received", "withheld"),
+                       "charge_failed": ("Payment failed", "Customer", "Attempted", "unknown"),
+                       "charge_recovered": ("Payment recovered", "Customer", "Paid",
+                                            "unknown")},
+}
+Topic = Literal["call", "charge_failed", "charge_recovered"]
 _WEEKDAYS_JA = "月火水木金土日"
 
 
@@ -55,6 +68,7 @@ class CallNotice:
     digits: tuple[tuple[str, str], ...] = ()    # (what was asked, the digits)
     transcript: str | None = None
     recording_url: str | None = None
+    topic: Topic = "call"                # what the notice is about (its title)
 
     def __post_init__(self) -> None:
         if self.received_at.utcoffset() is None:
@@ -65,22 +79,23 @@ class CallNotice:
 
     def title(self, language: Language = Language.JAPANESE) -> str:
         """``着信通知 090-1234-5678 山田太郎``: a subject line."""
-        parts = [_LABELS[language]["title"], self.caller_display(language)]
+        parts = [_TOPICS[language][self.topic][0], self.caller_display(language)]
         parts += [p for p in (self.company, self.name) if p]
         return " ".join(parts)
 
     def caller_display(self, language: Language = Language.JAPANESE) -> str:
         return (display_number(self.caller) if self.caller is not None
-                else _LABELS[language]["withheld"])
+                else _TOPICS[language][self.topic][3])
 
     def fields(self, language: Language = Language.JAPANESE) -> list[tuple[str, str]]:
         """The labelled lines, in the guide's order; the recording link is not one of
         them (:meth:`link`)."""
         label = _LABELS[language]
-        lines = [(label["caller"], self.caller_display(language))]
+        _, caller, at, _ = _TOPICS[language][self.topic]
+        lines = [(caller, self.caller_display(language))]
         lines += [(label[k], v) for k, v in (("company", self.company), ("name", self.name))
                   if v]
-        lines.append((label["at"], received(self.received_at, language)))
+        lines.append((at, received(self.received_at, language)))
         if self.called is not None:
             lines.append((label["called"], display_number(self.called)))
         lines += list(self.choices) + list(self.digits)
@@ -96,7 +111,7 @@ class CallNotice:
 
     def text(self, language: Language = Language.JAPANESE) -> str:
         """Plain text: the title, ``label: value`` lines, then the recording link."""
-        lines = [f"【{_LABELS[language]['title']}】"]
+        lines = [f"【{_TOPICS[language][self.topic][0]}】"]
         lines += [f"{k}: {v}" for k, v in self.fields(language)]
         link = self.link(language)
         if link is not None:

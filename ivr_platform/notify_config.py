@@ -15,6 +15,7 @@ merchant = "acme"
 name = "ops-slack"                  # [a-z0-9][a-z0-9_-]{0,63}, unique per merchant
 kind = "slack"                      # slack | teams | google_chat | chatwork | lineworks | mail
 events = ["request_collected", "message_recorded", "callback_missed"]   # default: all
+# (also "charge_failed", "charge_recovered": a postpaid card charge failed, was paid later)
 language = "en"                     # default: the merchant's language
 url = "https://hooks.slack.com/services/..."         # slack, teams, google_chat: a secret
 ```
@@ -62,6 +63,8 @@ class Event(enum.StrEnum):
     REQUEST_COLLECTED = "request_collected"   # the IVR stored what the caller gave
     MESSAGE_RECORDED = "message_recorded"     # a recording of the call was stored
     CALLBACK_MISSED = "callback_missed"       # the call-back ended failed: never reached
+    CHARGE_FAILED = "charge_failed"           # a postpaid card charge failed: dunning
+    CHARGE_RECOVERED = "charge_recovered"     # a charge in dunning was paid on a retry
 
 
 class Kind(enum.StrEnum):
