@@ -8,6 +8,11 @@ it carries Kamailio's Record-Route; the customer's ACK (Route: Kamailio) reached
 which therefore sent its 200 once (an edge that got no ACK retransmits it from 500 ms
 on); and the edge's BYE came through Kamailio (its top Via is Kamailio's) and was
 answered.
+
+A caller who hangs up during the early media sends CANCEL through Kamailio: it answers
+the CANCEL and passes it, on the INVITE's transaction, to the edge that sent the 183,
+which ends the call with 487 (the 487 carries that edge's To tag, not one of
+Kamailio's).
 """
 
 from __future__ import annotations
@@ -52,3 +57,34 @@ async def test_ack_and_bye_of_a_call_go_through_kamailio_to_the_edge_that_answer
             assert any(m.status == 200 and m.cseq_method == "BYE"
                        for m in phone.responses_sent()), phone.describe()
     assert sorted(str(e) for e in answered_by) == ["edge", "edge2"], answered_by
+
+
+def to_tag(message: sipp_harness.SipMessage) -> str | None:
+    found = re.search(r";tag=([^;>\s]+)", message.header("to") or "")
+    return found.group(1) if found else None
+
+
+async def test_a_cancel_during_early_media_reaches_the_edge_playing_it(
+        tmp_path: Path) -> None:
+    sites = Sites(tmp_path, merchants=(MerchantOptions(),),
+                  db_prefix=f"cbgw_edgecancel{os.getpid()}", callback_servers=1,
+                  edge_servers=2)
+    cancelled_by = []
+    async with sites:
+        for caller in ("09031000011", "09031000012"):
+            phone = sipp_harness.customer_call(tmp_path, dialled="0120123456", caller=caller,
+                                               remote=sites.edge_sip,
+                                               scenario="customer_cancel.xml")
+            status = await asyncio.to_thread(phone.wait, 60)
+            assert status == 0, phone.describe()
+            early = [m for m in phone.responses_received() if m.status == 183]
+            assert len(early) == 1 and early[0].has_sdp, phone.describe()
+            contact = re.search(r"127\.0\.0\.1:(\d+)", early[0].header("contact") or "")
+            cancelled_by.append(EDGE_PORTS.get(contact.group(1)) if contact else None)
+            assert set(phone.statuses_received("CANCEL")) == {200}, phone.describe()
+            ends = [m for m in phone.responses_received()
+                    if m.cseq_method == "INVITE" and (m.status or 0) >= 200]
+            assert {m.status for m in ends} == {487}, phone.describe()
+            assert to_tag(ends[0]) == to_tag(early[0]) is not None, (early[0], ends[0])
+            assert "kamailio" not in (ends[0].header("server") or ""), ends[0]
+    assert sorted(str(e) for e in cancelled_by) == ["edge", "edge2"], cancelled_by

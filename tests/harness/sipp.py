@@ -375,15 +375,17 @@ def _wait_bound(role: SippRole, port: int, timeout: float = 3.0) -> None:
 
 def customer_call(workdir: Path, *, dialled: str, caller: str, pai: str | None = None,
                   privacy: str = "none", timeout_s: int = 40,
-                  remote: tuple[str, int] = EDGE_SIP) -> SippRole:
+                  remote: tuple[str, int] = EDGE_SIP,
+                  scenario: str = "customer_call.xml") -> SippRole:
     """The customer's phone calling ``dialled`` at the edge (one call; then SIPp exits).
 
     Sent from 127.0.0.2:15061, which the edge identifies as ``carrier-in``.
     ``caller`` is the From user; ``pai`` the P-Asserted-Identity user
     (default: ``caller``); ``privacy`` the Privacy header (``none`` or ``id``);
-    ``remote`` where the call goes (the edge Asterisk, or Kamailio in front of the edges).
+    ``remote`` where the call goes (the edge Asterisk, or Kamailio in front of the edges);
+    ``scenario`` ``customer_cancel.xml`` hangs up 1 s into the early media (CANCEL).
     """
-    return start_role("customer_call.xml", port=CUSTOMER_PORT, ip=CUSTOMER_IP, workdir=workdir,
+    return start_role(scenario, port=CUSTOMER_PORT, ip=CUSTOMER_IP, workdir=workdir,
                       name=f"customer-{os.getpid()}-{time.monotonic_ns()}", remote=remote,
                       service=dialled, max_calls=1, timeout_s=timeout_s,
                       keys={"caller": caller, "pai": pai or caller, "privacy": privacy})
