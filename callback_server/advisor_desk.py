@@ -6,11 +6,12 @@ the members an assignment offers the call to, runs the assignment
 (``advisors.live.Presences``: the presence rows locked, the machines, the event rows and
 their NOTIFY in one transaction), finds the ways to ring an advisor (a PSTN number
 ranked by ``callback_server.routing``, cheapest first; a SIP user through the edge
-trunk) and applies ``ConsultationEnded`` when a consultation is over.
+trunk, :func:`sip_route`) and applies ``ConsultationEnded`` when a consultation is over.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, assert_never
@@ -84,6 +85,14 @@ def unavailable_reason(state: State) -> str:
 MAX_LISTED = 9          # one key each
 
 
+def sip_route(merchant_id: str, user: str, operator: str | None) -> Route:
+    """How a SIP advisor is rung through the edge trunk: the merchant's endpoint
+    ``<merchant>.<user>`` at the edge (their softphone, registered there), or, when
+    ``user`` is the merchant's ``operator`` extension, the edge's operator phone."""
+    name = user if user == operator else f"{merchant_id}.{user}"
+    return Route(EDGE_TRUNK, f"PJSIP/{name}@{EDGE_TRUNK}")
+
+
 def name_media(advisor: Advisor) -> tuple[str, ...]:
     """How an advisor is named aloud: their name prompt (a media URI, or a sound name),
     else the digits of their code."""
@@ -94,11 +103,13 @@ def name_media(advisor: Advisor) -> tuple[str, ...]:
 
 
 class AdvisorDesk:
-    def __init__(self, pool: asyncpg.Pool, routes: RouteSource) -> None:
+    def __init__(self, pool: asyncpg.Pool, routes: RouteSource,
+                 operators: Mapping[str, str] | None = None) -> None:
         self.pool = pool
         self.presences = Presences(pool)
         self.store = AdvisorStore(pool)
         self.route_source = routes
+        self.operators = operators or {}      # merchant -> its operator extension
 
     async def choose(self, merchant_id: str, *, code: str | None, group: str | None,
                      advisor_id: int | None = None) -> Chosen | Unavailable:
@@ -175,7 +186,7 @@ class AdvisorDesk:
             case PstnContact(number=number):
                 return str(number), await self.number_routes(number, at)
             case SipContact(user=user):
-                return user, (Route(EDGE_TRUNK, f"PJSIP/{user}@{EDGE_TRUNK}"),)
+                return user, (sip_route(merchant_id, user, self.operators.get(merchant_id)),)
             case _:
                 assert_never(advisor.contact)
 

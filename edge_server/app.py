@@ -4,7 +4,8 @@
 generators own, in order: the database (pool, migrations, merchant sync), the
 rating service, the link to the callback site (client + outbox relay), the
 ARI connection with the Stasis application (and the closed messages rendered
-ahead for the numbers with business hours), and the held-request sweeper.
+ahead for the numbers with business hours, and the advisors' SIP endpoints pushed
+to Asterisk), and the held-request sweeper.
 Each is torn down in reverse order. The building blocks shared with the
 callback site are in :mod:`shared.site`.
 
@@ -30,6 +31,9 @@ from edge_server.decide import FixedDecider, RatesDecider
 from edge_server.hours_prompts import ClosedPrompts
 from edge_server.http import LEARN_CALL_LENGTHS_KEY, POOL_KEY, RATES_TABLES_KEY, create_http_app
 from edge_server.presence_stasis import LinkPresence
+from edge_server.sip_endpoints import SipEndpoints
+from edge_server.sip_http import SIP_ENDPOINTS_KEY
+from edge_server.sip_push import EndpointPusher
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from ivr_platform.tts import PromptCache
@@ -65,7 +69,8 @@ LINK_KEY = web.AppKey("edge_link", LinkClient)
 def create_app(settings: EdgeSettings, *, with_ari: bool = True) -> web.Application:
     health = Health()
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
-                          max_body_bytes=settings.http.max_body_bytes, health=health)
+                          max_body_bytes=settings.http.max_body_bytes, health=health,
+                          sip=settings.edge.sip_endpoints)
     app[SETTINGS_KEY] = settings
     pin_peer(app, settings.peer.identity if settings.tls else None)
     install_metrics(app, lambda a: a.get(POOL_KEY))
@@ -92,6 +97,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[POOL_KEY] = pool
     app[RATES_TABLES_KEY] = settings.rates.enabled  # decks from the callback site are taken
     app[STORE_KEY] = store
+    app[SIP_ENDPOINTS_KEY] = SipEndpoints(pool)
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(
         pool, settings.operator.api_token_sha256)
     yield
@@ -171,12 +177,16 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                       presence_timings=presence)
     stasis = StasisApp(deps)
     app[STASIS_KEY] = stasis
+    pusher = EndpointPusher(client, app[SIP_ENDPOINTS_KEY], settings.edge.sip_endpoints)
+    stasis.router.observe(pusher.observe)   # every (re)connect: all endpoints again
     app[HEALTH_KEY].ari_state = lambda: "connected" if stasis.connected else "connecting"
     await log_asterisk_reachability(client, settings.ari.url, log,
                                     "meanwhile the dialplan answers 503")
     async with contextlib.AsyncExitStack() as tasks:
         if prompts is not None:
             await tasks.enter_async_context(background(prompts.run(), "closed messages"))
+        await tasks.enter_async_context(background(pusher.serve(app[DB_URL_KEY]),
+                                                   "SIP endpoint push"))
         await tasks.enter_async_context(background(run_events(stasis, client), "ari events"))
         yield
     await stasis.router.drain()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_server.flow_messages import AnnounceMode, FlowTimings, MerchantSettings
 from edge_server.presence_flow import PresenceLine, PresenceTimings, Wanted
+from edge_server.sip_push import SipEndpointSettings
 from shared.capacity import CapacitySettings
 from shared.config import (
     AriSettings,
@@ -76,6 +77,7 @@ class EdgeBehaviour:
     destinations: PolicySettings   # [edge.destinations]: who may be offered a call-back
     hours: HoursPrompts            # [edge.hours]: the closed messages rendered ahead
     presence: PresenceTimings      # an advisor's call to a presence number
+    sip_endpoints: SipEndpointSettings = SipEndpointSettings()  # advisors' softphones
 
     @classmethod
     def parse(cls, s: Section) -> EdgeBehaviour:
@@ -108,7 +110,15 @@ class EdgeBehaviour:
             timings=timings,
             destinations=PolicySettings.parse(s.section("destinations")),
             hours=HoursPrompts.parse(s.section("hours")),
-            presence=presence)
+            presence=presence,
+            sip_endpoints=_sip_endpoints(s.section("sip_endpoints")))
+
+
+def _sip_endpoints(s: Section) -> SipEndpointSettings:
+    defaults = SipEndpointSettings()
+    return SipEndpointSettings(
+        realm=s.str("realm", defaults.realm, pattern=r"[A-Za-z0-9._-]{1,64}"),
+        qualify_s=s.int("qualify_s", defaults.qualify_s, min=0, max=3600))
 
 
 @dataclass(frozen=True, slots=True)

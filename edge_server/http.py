@@ -12,6 +12,8 @@
   merchant) selects the tenant. Query (:mod:`shared.paging`): ``since``/``until``
   (ISO 8601 with a zone), ``limit`` (1-500, default 100), ``cursor`` (from
   ``next_cursor``); consultations also ``advisor_id``, ``customer_id``, ``group_id``.
+* ``GET``/``PUT``/``DELETE /v1/sip-endpoints[/{user}]``: the merchant's advisors' SIP
+  endpoints (:mod:`edge_server.sip_http`).
 * ``GET /healthz``.
 * ``GET /openapi.json``: the OpenAPI 3.1 document of these routes.
 
@@ -42,6 +44,9 @@ from edge_server.reports import (
     parse_event,
     save_report,
 )
+from edge_server.sip_http import OPERATIONS as SIP_OPERATIONS
+from edge_server.sip_http import SIP_SETTINGS_KEY
+from edge_server.sip_push import SipEndpointSettings
 from routing_rates import deck_receiver, distribute
 from shared.config import Merchant
 from shared.db import CONNECTION_ERRORS
@@ -82,15 +87,17 @@ RATES_TABLES_KEY = web.AppKey("edge_rates_tables", bool)
 
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
-                    max_body_bytes: int = MAX_BODY_BYTES, health: Health | None = None
-                    ) -> web.Application:
-    """The aiohttp application; the caller puts the pool under ``POOL_KEY``."""
+                    max_body_bytes: int = MAX_BODY_BYTES, health: Health | None = None,
+                    sip: SipEndpointSettings | None = None) -> web.Application:
+    """The aiohttp application; the caller puts the pool under ``POOL_KEY`` (and the
+    SIP endpoints' store under ``sip_http.SIP_ENDPOINTS_KEY``)."""
     app = web.Application(client_max_size=max_body_bytes,
                           middlewares=[error_middleware, signature_middleware])
     app[VERIFIER_KEY] = verifier
     app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in merchants])
     app[HEALTH_KEY] = health or Health()
-    add_operations(app, OPERATIONS)
+    app[SIP_SETTINGS_KEY] = sip or SipEndpointSettings()
+    add_operations(app, (*OPERATIONS, *SIP_OPERATIONS))
     serve_openapi(app, "Callback gateway: edge site", __doc__ or "")
     return app
 

@@ -390,6 +390,25 @@ class AriClient:
         raw = await self._request("GET", "/asterisk/info")
         return dict(raw) if isinstance(raw, dict) else {}
 
+    async def put_config(self, config_class: str, object_type: str, object_id: str,
+                         fields: Sequence[tuple[str, str]]) -> None:
+        """Create or replace a sorcery object (ARI push configuration: the type needs a
+        writable wizard such as ``memory`` in sorcery.conf; 403 otherwise). The reply,
+        every field of the object, is dropped: it may hold secrets."""
+        await self._request(
+            "PUT", f"/asterisk/config/dynamic/{config_class}/{object_type}/{object_id}",
+            body={"fields": [{"attribute": a, "value": v} for a, v in fields]})
+
+    async def delete_config(self, config_class: str, object_type: str, object_id: str
+                            ) -> bool:
+        """Delete a pushed sorcery object; False if Asterisk has none of that id."""
+        try:
+            await self._request(
+                "DELETE", f"/asterisk/config/dynamic/{config_class}/{object_type}/{object_id}")
+        except NotFound:
+            return False
+        return True
+
     async def get_endpoint(self, technology: str, resource: str) -> Endpoint | None:
         """``state`` is ``online`` once a qualified trunk answers OPTIONS."""
         try:

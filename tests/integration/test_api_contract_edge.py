@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 
 from edge_server.http import POOL_KEY, create_http_app
+from edge_server.sip_endpoints import SipEndpoints
+from edge_server.sip_http import SIP_ENDPOINTS_KEY
 from shared import outbox_operator
 from shared.link import OPERATOR_PREFIX
 from shared.metrics_http import install as install_metrics
@@ -42,6 +44,7 @@ async def served(pool: asyncpg.Pool,  # noqa: F811 (test_edge_http's, on this mo
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
     app[POOL_KEY] = pool
+    app[SIP_ENDPOINTS_KEY] = SipEndpoints(pool)
     install_metrics(app, lambda _: pool)
     outbox_operator.add_routes(app)
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(

@@ -109,6 +109,7 @@ async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) ->
         assert set(body["paths"]) == {"/v1/link/events", "/v1/link/rate-decks",
                                       "/v1/requests", "/v1/cdrs", "/v1/calls",
                                       "/v1/consultations", "/v1/billing-records", "/healthz",
+                                      "/v1/sip-endpoints", "/v1/sip-endpoints/{user}",
                                       "/openapi.json"}
 
 

@@ -1,0 +1,121 @@
+"""Advisors' SIP endpoints at the edge, in PostgreSQL.
+
+An advisor whose contact is ``{"kind": "sip", "user": U}`` at merchant ``M`` is rung by
+the callback site as ``sip:M.U@edge`` over its trunk; their softphone registers to the
+edge Asterisk as the endpoint ``M.U`` with digest auth. This module keeps those
+endpoints (merchant, user, realm and the digest hash ``md5("M.U:realm:password")``:
+the password itself is never stored, logged or returned) and announces every change
+on the NOTIFY channel ``sip_endpoints`` (payload: the endpoint id) in the change's
+transaction, so every edge server pushes it to its own Asterisk
+(:mod:`edge_server.sip_push`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+#: the NOTIFY channel of changes; the payload is the endpoint id
+CHANNEL = "sip_endpoints"
+#: what a SIP user may be at the edge: a URI user part and a sorcery id needing no quoting
+SIP_USER = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+MIN_PASSWORD = 12
+MAX_PASSWORD = 128
+
+
+def endpoint_id(merchant_id: str, user: str) -> str:
+    """The endpoint's name in Asterisk (and its auth's and aor's): merchant ids hold no
+    ``.``, so the first one separates the merchant from the user."""
+    return f"{merchant_id}.{user}"
+
+
+def digest_ha1(endpoint: str, realm: str, password: str) -> str:
+    """RFC 2617's HA1 for the endpoint's user name: what Asterisk's ``md5_cred`` takes."""
+    return hashlib.md5(f"{endpoint}:{realm}:{password}".encode(), usedforsecurity=False
+                       ).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SipEndpoint:
+    merchant_id: str
+    user: str
+    realm: str
+    ha1: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def endpoint_id(self) -> str:
+        return endpoint_id(self.merchant_id, self.user)
+
+    def to_json(self) -> dict[str, Any]:
+        """What the API shows: never the hash."""
+        return {"user": self.user, "endpoint": self.endpoint_id, "realm": self.realm,
+                "created_at": self.created_at.isoformat(),
+                "updated_at": self.updated_at.isoformat()}
+
+
+def _endpoint(row: asyncpg.Record) -> SipEndpoint:
+    return SipEndpoint(row["merchant_id"], row["sip_user"], row["realm"], row["ha1"],
+                       row["created_at"], row["updated_at"])
+
+
+_COLUMNS = "merchant_id, sip_user, realm, ha1, created_at, updated_at"
+
+
+class SipEndpoints:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def put(self, merchant_id: str, user: str, password: str, realm: str
+                  ) -> tuple[SipEndpoint, bool]:
+        """Create the endpoint or set its password; True if it was created."""
+        name = endpoint_id(merchant_id, user)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO sip_endpoints (endpoint_id, merchant_id, sip_user, realm, ha1) "
+                f"VALUES ($1, $2, $3, $4, $5) ON CONFLICT (endpoint_id) DO UPDATE SET "
+                f"realm = EXCLUDED.realm, ha1 = EXCLUDED.ha1, updated_at = now() "
+                f"RETURNING {_COLUMNS}, (xmax = 0) AS created",
+                name, merchant_id, user, realm, digest_ha1(name, realm, password))
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, name)
+        assert row is not None
+        return _endpoint(row), bool(row["created"])
+
+    async def delete(self, merchant_id: str, user: str) -> bool:
+        """Remove the endpoint; False if the merchant had none of that user."""
+        name = endpoint_id(merchant_id, user)
+        async with self.pool.acquire() as conn, conn.transaction():
+            gone = await conn.fetchval("DELETE FROM sip_endpoints WHERE endpoint_id = $1 "
+                                       "RETURNING true", name)
+            if gone:
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, name)
+        return bool(gone)
+
+    async def of_merchant(self, merchant_id: str) -> list[SipEndpoint]:
+        rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM sip_endpoints "
+                                     f"WHERE merchant_id = $1 ORDER BY sip_user", merchant_id)
+        return [_endpoint(r) for r in rows]
+
+    async def get(self, endpoint: str) -> SipEndpoint | None:
+        row = await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM sip_endpoints "
+                                       f"WHERE endpoint_id = $1", endpoint)
+        return None if row is None else _endpoint(row)
+
+    async def all(self) -> list[SipEndpoint]:
+        rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM sip_endpoints "
+                                     f"ORDER BY endpoint_id")
+        return [_endpoint(r) for r in rows]
+
+    async def fingerprint(self) -> tuple[int, datetime | None]:
+        """How many endpoints there are and the last change (a deletion lowers the
+        count, a creation or a new password moves the time)."""
+        row = await self.pool.fetchrow("SELECT count(*) AS n, max(updated_at) AS last "
+                                       "FROM sip_endpoints")
+        assert row is not None
+        return int(row["n"]), row["last"]

@@ -1,0 +1,161 @@
+"""Advisors' own softphones at the edge, end to end: real Asterisks, PostgreSQL, both
+servers and SIPp.
+
+The merchant provisions an advisor's SIP endpoint over the edge's API (stored at the
+edge, pushed to the edge Asterisk over ARI: no restart, no config file edited); SIPp,
+as the advisor's softphone, REGISTERs with digest auth as ``<merchant>.<user>``
+(``deploy/sipp/advisor_register.xml``), then answers on the registered port. A
+customer keys the advisor's code: the callback site rings ``<merchant>.<user>`` over
+its edge trunk and the edge's dialplan rings that endpoint, not the operator phone.
+An advisor whose endpoint is not registered is refused at once (480) and the next
+advisor of the group is rung.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from demo.stack import CALL_CENTER_TOKEN, MerchantOptions, Stack
+from tests.e2e.test_consult_calls import (
+    ANYONE,
+    BY_CODE,
+    CONFIRM,
+    Admin,
+    events,
+    pstn,
+    record,
+    ring_outcomes,
+    wait_for,
+)
+from tests.harness.sipp import EDGE_SIP, SippRole, start_role
+
+pytestmark = pytest.mark.e2e
+
+ACME = MerchantOptions(pre_callback_delay_s="0", ivr_flow="consult")
+ADVISOR_PORT = 15100        # the advisor's softphone: registers from here, rung here
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with Stack(tmp_path_factory.mktemp("sipadv"), merchants=(ACME,),
+                     db_prefix="cbgw_e2e_sipadv", log_level="DEBUG") as running:
+        yield running
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[Admin]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session:
+        yield Admin(stack, session)
+
+
+async def provision(stack: Stack, user: str, password: str) -> str:
+    """The merchant creates the endpoint at the edge; it is in the edge Asterisk at once.
+    Returns its name there."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=stack.client_ssl())) as session, session.put(
+            f"{stack.edge_url}/v1/sip-endpoints/{user}", json={"password": password},
+            headers={"Authorization": f"Bearer {CALL_CENTER_TOKEN}"}) as resp:
+        made: dict[str, Any] = await resp.json()
+        assert resp.status == 201, made
+    assert password not in str(made)
+    endpoint = str(made["endpoint"])
+    assert endpoint == f"{ACME.id}.{user}"
+    async with stack.edge_site.client() as ari:
+        for _ in range(50):
+            if await ari.get_endpoint("PJSIP", endpoint) is not None:
+                return endpoint
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{endpoint} was not pushed to the edge Asterisk within 5 s")
+
+
+def register(workdir: Path, endpoint: str, password: str) -> SippRole:
+    """The softphone's REGISTER (401 challenge, then 200 with digest credentials)."""
+    phone = start_role("advisor_register.xml", port=ADVISOR_PORT, workdir=workdir,
+                       name=f"register-{endpoint}", remote=EDGE_SIP, service=endpoint,
+                       max_calls=1, timeout_s=15, keys={"expires": "600"},
+                       extra_args=["-au", endpoint, "-ap", password])
+    assert phone.wait(20) == 0, phone.describe()
+    return phone
+
+
+def sip(user: str) -> dict[str, str]:
+    return {"kind": "sip", "user": user}
+
+
+async def test_a_registered_softphone_is_rung_by_code_not_the_operator(
+        stack: Stack, admin: Admin) -> None:
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    user, password = f"hoshino{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4()}"
+    endpoint = await provision(stack, user, password)
+    registered = register(stack.workdir, endpoint, password)
+    assert registered.statuses_received("REGISTER") == [401, 200]
+    chosen = await admin.advisor("星野", "2580", sip(user))
+    customer = "07022220001"
+    await admin.fund(customer)
+    async with stack.carriers(digits=CONFIRM + BY_CODE + "2580") as roles:
+        with start_role("uas_answer_dtmf_bye.xml", port=ADVISOR_PORT,
+                        workdir=stack.workdir, name="advisor-phone") as phone:
+            await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+            invite = await wait_for(phone, lambda m: m.method == "INVITE", 60)
+            await wait_for(phone, lambda m: m.direction == "sent" and m.status == 200
+                           and m.cseq_method == "INVITE", 10)
+            await wait_for(phone, lambda m: m.method == "BYE" and m.direction == "sent", 40)
+            made = await record(stack, "+817022220001")
+        operator_invites = roles["operator"].invites_received()
+    assert invite.ruri_user == endpoint
+    assert invite.from_user is not None and invite.from_user.endswith("7022220001"), \
+        "the advisor sees the customer's number"
+    assert operator_invites == [], "the operator phone was rung"
+    assert made["method"] == "code" and made["advisor_id"] == chosen
+    assert made["end_reason"] == "advisor_hangup"
+    assert ring_outcomes(made) == [(chosen, "answered")]
+    leg = await stack.wait_for_row(
+        "callback", "SELECT * FROM callback_attempts WHERE leg = 'advisor' AND answered")
+    assert leg["endpoint"] == f"PJSIP/{endpoint}@edge-trunk"
+
+
+async def test_an_unregistered_endpoint_is_refused_at_once_and_the_next_advisor_rung(
+        stack: Stack, admin: Admin) -> None:
+    """The advisor idle the longest has an endpoint whose phone never registered: the
+    edge refuses the trunk's INVITE at once (not after the 20 s ring timeout), the
+    miss is counted, and the next member (over PSTN) is rung and answers."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    user = f"absent{uuid.uuid4().hex[:6]}"
+    endpoint = await provision(stack, user, f"pw-{uuid.uuid4()}")
+    first = await admin.advisor("不在", "3691", sip(user))
+    second = await admin.advisor("結衣", "4702", pstn("+81312340009"))
+    await admin.group("all", [first, second])
+    customer = "07022220002"
+    await admin.fund(customer)
+    async with stack.carriers(digits=CONFIRM + ANYONE) as roles:
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        await wait_for(roles["carrier-a"], lambda m: m.method == "INVITE"
+                       and m.ruri_user == "81312340009", 40)
+        await stack.wait_for_row("callback", "SELECT 1 FROM advisor_events WHERE "
+                                 "advisor_id = $1 AND event = 'answered'", second)
+        refused = await stack.wait_for_row(
+            "callback", "SELECT * FROM callback_attempts WHERE leg = 'advisor' AND "
+            "endpoint = $1", f"PJSIP/{endpoint}@edge-trunk")
+        customer_leg = await stack.wait_for_row(
+            "callback", "SELECT channel_id FROM callback_attempts WHERE leg = 'customer' "
+            "AND answered AND endpoint LIKE '%7022220002%'")
+        async with stack.callback_site.client() as ari:   # the customer hangs up
+            await ari.hangup(customer_leg["channel_id"])
+        made = await record(stack, "+817022220002")
+        operator_invites = roles["operator"].invites_received()
+    assert operator_invites == []
+    assert not refused["answered"] and refused["status"] in ("failed", "ended"), dict(refused)
+    rang_s = (refused["updated_at"] - refused["created_at"]).total_seconds()
+    assert rang_s < 3, f"the unregistered advisor's leg lasted {rang_s} s"
+    assert ring_outcomes(made) == [(first, "missed"), (second, "answered")]
+    assert ("ring_missed", "standby") in await events(stack, first)

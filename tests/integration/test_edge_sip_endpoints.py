@@ -1,0 +1,159 @@
+"""Advisors' SIP endpoints at the edge: the store and the call center's API, against a
+real PostgreSQL (the push to Asterisk is proven end to end in
+``tests/e2e/test_sip_advisors.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from edge_server.http import POOL_KEY, create_http_app
+from edge_server.sip_endpoints import CHANNEL, SipEndpoints
+from edge_server.sip_http import SIP_ENDPOINTS_KEY
+from edge_server.sip_push import SipEndpointSettings
+from shared.db import listening
+from shared.signing import Verifier
+from tests.integration.test_edge_http import (  # noqa: F401 (the pool fixture)
+    ACME_TOKEN,
+    BENTO_TOKEN,
+    MERCHANTS,
+    pool,
+)
+
+pytestmark = pytest.mark.integration
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+ACME, BENTO = ACME_TOKEN, BENTO_TOKEN
+PASSWORD = "hoshino-pass-2026"
+REALM = "edge.example.jp"
+
+
+@pytest.fixture
+async def db(pool: asyncpg.Pool) -> asyncpg.Pool:  # noqa: F811 (test_edge_http's)
+    await pool.execute("DELETE FROM sip_endpoints")
+    return pool
+
+
+@pytest.fixture
+async def client(db: asyncpg.Pool, aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
+    app = create_http_app(merchants=MERCHANTS, verifier=Verifier({}),
+                          sip=SipEndpointSettings(realm=REALM))
+    app[POOL_KEY] = db
+    app[SIP_ENDPOINTS_KEY] = SipEndpoints(db)
+    return await aiohttp_client(app)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def put(client: TestClient[Any, Any], user: str, body: Any, token: str = ACME
+              ) -> tuple[int, str]:
+    resp = await client.put(f"/v1/sip-endpoints/{user}", json=body, headers=auth(token))
+    return resp.status, await resp.text()
+
+
+async def test_put_creates_the_endpoint_storing_only_the_digest_hash(
+        client: TestClient[Any, Any], db: asyncpg.Pool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    status, text = await put(client, "hoshino", {"password": PASSWORD})
+    assert status == 201, text
+    row = await db.fetchrow("SELECT * FROM sip_endpoints")
+    assert row is not None
+    ha1 = hashlib.md5(f"acme.hoshino:{REALM}:{PASSWORD}".encode()).hexdigest()
+    assert (row["endpoint_id"], row["merchant_id"], row["sip_user"], row["realm"],
+            row["ha1"]) == ("acme.hoshino", "acme", "hoshino", REALM, ha1)
+    assert PASSWORD not in str(dict(row).values())
+    shown = await (await client.get("/v1/sip-endpoints", headers=auth(ACME))).json()
+    assert [(e["user"], e["endpoint"], e["realm"]) for e in shown["items"]] == [
+        ("hoshino", "acme.hoshino", REALM)]
+    for where in (text, str(shown), caplog.text):
+        assert PASSWORD not in where and ha1 not in where
+
+
+async def test_a_second_put_sets_a_new_password(client: TestClient[Any, Any],
+                                                db: asyncpg.Pool) -> None:
+    assert (await put(client, "hoshino", {"password": PASSWORD}))[0] == 201
+    before = await db.fetchval("SELECT ha1 FROM sip_endpoints")
+    status, text = await put(client, "hoshino", {"password": PASSWORD + "-new"})
+    assert status == 200, text
+    assert await db.fetchval("SELECT ha1 FROM sip_endpoints") != before
+    assert await db.fetchval("SELECT count(*) FROM sip_endpoints") == 1
+
+
+async def test_merchants_have_their_own_endpoints(client: TestClient[Any, Any]) -> None:
+    assert (await put(client, "hoshino", {"password": PASSWORD}))[0] == 201
+    assert (await put(client, "hoshino", {"password": PASSWORD}, BENTO))[0] == 201
+    for token, name in ((ACME, "acme.hoshino"), (BENTO, "bento.hoshino")):
+        shown = await (await client.get("/v1/sip-endpoints", headers=auth(token))).json()
+        assert [e["endpoint"] for e in shown["items"]] == [name]
+    gone = await client.delete("/v1/sip-endpoints/hoshino", headers=auth(BENTO))
+    assert gone.status == 200 and await gone.json() == {"user": "hoshino",
+                                                        "status": "deleted"}
+    again = await client.delete("/v1/sip-endpoints/hoshino", headers=auth(BENTO))
+    assert again.status == 404 and (await again.json())["error"]["id"] == "not-found"
+    shown = await (await client.get("/v1/sip-endpoints", headers=auth(ACME))).json()
+    assert [e["endpoint"] for e in shown["items"]] == ["acme.hoshino"]
+
+
+@pytest.mark.parametrize(("user", "body", "field"), [
+    ("hoshino", {"password": "short"}, "password"),
+    ("hoshino", {"password": "x" * 129}, "password"),
+    ("hoshino", {"password": "line\nbreak-passwd"}, "password"),
+    ("hoshino", {}, "password"),
+    ("hoshino", {"password": PASSWORD, "realm": "other"}, "realm"),
+    ("hos%2Fhino", {"password": PASSWORD}, "user"),
+    ("a" * 65, {"password": PASSWORD}, "user"),
+    ("hoshino+1", {"password": PASSWORD}, "user"),
+])
+async def test_bad_input_is_400_naming_the_field_never_the_password(
+        client: TestClient[Any, Any], db: asyncpg.Pool, user: str, body: Any,
+        field: str) -> None:
+    status, text = await put(client, user, body)
+    assert status == 400, text
+    assert f'"field": "{field}"' in text or f'"field":"{field}"' in text, text
+    assert "short" not in text and "break" not in text and PASSWORD not in text
+    assert await db.fetchval("SELECT count(*) FROM sip_endpoints") == 0
+
+
+async def test_without_a_token_nothing_is_read_or_changed(
+        client: TestClient[Any, Any]) -> None:
+    assert (await client.get("/v1/sip-endpoints")).status == 401
+    status, _ = await put(client, "hoshino", {"password": PASSWORD}, "wrong-token")
+    assert status == 401
+
+
+async def test_every_change_is_notified_for_the_edge_servers_to_push(
+        client: TestClient[Any, Any], pg_url: str) -> None:
+    async with listening(pg_url, CHANNEL) as changes:
+        assert (await put(client, "hoshino", {"password": PASSWORD}))[0] == 201
+        assert await asyncio.wait_for(changes.get(), 5) == "acme.hoshino"
+        await client.delete("/v1/sip-endpoints/hoshino", headers=auth(ACME))
+        assert await asyncio.wait_for(changes.get(), 5) == "acme.hoshino"
+        # a refused request changes nothing, so it notifies nothing
+        assert (await client.delete("/v1/sip-endpoints/hoshino",
+                                    headers=auth(ACME))).status == 404
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(changes.get(), 0.5)
+
+
+async def test_fingerprint_moves_with_every_change(db: asyncpg.Pool) -> None:
+    await db.execute("DELETE FROM sip_endpoints")
+    store = SipEndpoints(db)
+    empty = await store.fingerprint()
+    await store.put("acme", "ren", PASSWORD, REALM)
+    made = await store.fingerprint()
+    await store.put("acme", "ren", PASSWORD + "2", REALM)
+    changed = await store.fingerprint()
+    await store.delete("acme", "ren")
+    assert len({empty, made, changed}) == 3
+    assert (await store.fingerprint())[0] == 0
