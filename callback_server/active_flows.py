@@ -2,7 +2,9 @@
 restart and read without a database round trip.
 
 :meth:`ActiveFlows.refresh` reads the ``ivr_flow_active`` rows of a generation above the
-highest it has seen (all of them the first time) and parses their versions.
+highest it has seen (all of them the first time) and parses their versions, with their
+sub-flows (the merchant's newest stored version of each name, pinned until the next
+activation).
 :meth:`ActiveFlows.run` refreshes when the ``ivr_flows`` NOTIFY of an activation arrives
 (at its commit, in every process of the site) and at least every ``sweep_s`` (default 1 s)
 in case the listening connection was lost, so a process is never staler than that. A call
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from callback_server.ivr_flow import Flow, FlowError, parse_text
+from callback_server.flows_store import stored_subflows
+from callback_server.ivr_flow import Flow, FlowError, parse_text, resolve
 from shared.db import listening
 
 log = logging.getLogger("callback.flows")
@@ -59,6 +62,8 @@ class ActiveFlows:
             merchant, version = row["merchant_id"], row["version"]
             try:
                 flow = parse_text(row["source"], f"{merchant}/v{version}/{row['filename']}")
+                if flow.calls:
+                    flow = resolve(flow, await stored_subflows(self.pool, merchant))
             except FlowError as exc:
                 log.error("active flow of %s (version %d) no longer validates, kept %s: %s",
                           merchant, version, self._describe(merchant), exc)

@@ -134,7 +134,7 @@ async def validate_flow(request: web.Request) -> web.Response:
     """Validate a flow as an upload would, store nothing (dry run)."""
     merchant = authenticated_merchant(request)
     file = _file(request)
-    flow = _store(request).validate(merchant, await _text(request), file)
+    flow = await _store(request).checked(merchant, await _text(request), file)
     return json_response(valid_json(flow))
 
 

@@ -5,6 +5,10 @@
   the merchant's next version (1, 2, ...; immutable: text, SHA-256, who, when). The same
   text again is the version it already is (``created`` False), so a retried upload does
   not make a second one.
+* A flow's ``subflow`` nodes run the merchant's stored flows of those names: the newest
+  version of each when the calling flow is uploaded (checked: a missing one or recursion
+  is refused) and when it is activated or a process loads it (pinned then: a newer
+  version of a sub-flow is taken at the next activation of the calling flow).
 * :meth:`FlowStore.activate` makes a version the one new rounds use: one upsert of the
   merchant's ``ivr_flow_active`` row (atomic; the previous version stays, for rollback).
   Its trigger NOTIFYs ``ivr_flows`` (:mod:`callback_server.active_flows` listens).
@@ -25,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from callback_server.ivr_flow import Flow, FlowError, parse_text
+from callback_server.ivr_flow import Flow, FlowError, parse_text, resolve
 from shared.http import ApiError
 from shared.outbox import isoformat
 
@@ -37,6 +41,24 @@ MAX_FLOW_BYTES = 256 * 1024
 def invalid_flow(exc: FlowError) -> ApiError:
     return ApiError(400, "invalid-flow", str(exc), file=exc.file, line=exc.line,
                     node=exc.node)
+
+
+async def stored_subflows(pool: asyncpg.Pool, merchant_id: str
+                          ) -> Callable[[str], Flow | None]:
+    """A sub-flow look-up (:func:`~callback_server.ivr_flow.resolve`) over the merchant's
+    stored flows: a name is its newest version of that name (parsed when asked)."""
+    rows = await pool.fetch(
+        """SELECT DISTINCT ON (name) name, version, source, filename
+           FROM ivr_flow_versions WHERE merchant_id = $1 ORDER BY name, version DESC""",
+        merchant_id)
+    stored = {r["name"]: (r["source"], f"{merchant_id}/v{r['version']}/{r['filename']}")
+              for r in rows}
+
+    def lookup(name: str) -> Flow | None:
+        found = stored.get(name)
+        return None if found is None else parse_text(*found)
+
+    return lookup
 
 
 def validate(site_check: SiteCheck, merchant_id: str, text: str, filename: str) -> Flow:
@@ -104,10 +126,21 @@ class FlowStore:
     def validate(self, merchant_id: str, text: str, filename: str) -> Flow:
         return validate(self.site_check, merchant_id, text, filename)
 
+    async def checked(self, merchant_id: str, text: str, filename: str) -> Flow:
+        """:meth:`validate`, then its sub-flows found among the merchant's stored flows
+        (a missing one or recursion: 400 ``invalid-flow``)."""
+        flow = self.validate(merchant_id, text, filename)
+        if not flow.calls:
+            return flow
+        try:
+            return resolve(flow, await stored_subflows(self.pool, merchant_id), text)
+        except FlowError as exc:
+            raise invalid_flow(exc) from None
+
     async def upload(self, merchant_id: str, text: str, filename: str, author: str
                      ) -> tuple[FlowVersion, bool]:
         """Store ``text`` as the merchant's next version; ``(version, created)``."""
-        flow = self.validate(merchant_id, text, filename)
+        flow = await self.checked(merchant_id, text, filename)
         digest = hashlib.sha256(text.encode()).hexdigest()
         async with self.pool.acquire() as conn, conn.transaction():
             # one upload of a merchant at a time: versions are numbered without gaps
@@ -148,7 +181,7 @@ class FlowStore:
         found = await self.get(merchant_id, version)
         if found is None:
             raise ApiError(404, "not-found", f"no flow version {version}")
-        self.validate(merchant_id, found.source, found.filename)
+        await self.checked(merchant_id, found.source, found.filename)
         await self.pool.execute(
             """INSERT INTO ivr_flow_active (merchant_id, version, activated_by)
                VALUES ($1, $2, $3)

@@ -314,3 +314,57 @@ async def test_the_cli_uploads_lists_shows_activates_and_names_errors(
     assert (await run("list"))["active"] == 1
     assert (await run("show", "1"))["source"] == order.read_text()
     assert "no flow version 5" in await run("show", "5", status=2)
+
+
+MAIN = """\
+name = "main"
+start = "main"
+
+[nodes.main]
+type = "subflow"
+flow = "survey"
+next = "bye"
+
+[nodes.bye]
+type = "hangup"
+"""
+SURVEY = """\
+name = "survey"
+start = "ask"
+
+[nodes.ask]
+type = "say"
+prompt = ["sound:cbgw/thanks"]
+next = "done"
+
+[nodes.done]
+type = "return"
+"""
+
+
+async def test_sub_flows_are_the_merchants_stored_flows_checked_at_upload(
+        client: TestClient[Any, Any], flows_clean: asyncpg.Pool, pg_url: str) -> None:
+    err = (await reply(await client.post("/v1/ivr/flows?file=main.toml", data=MAIN,
+                                         headers=AUTH), 400))["error"]
+    assert (err["id"], err["file"], err["line"], err["node"]) == (
+        "invalid-flow", "main.toml", 6, "main")
+    assert err["message"].endswith("flow: no flow 'survey'")
+    dry = await client.post("/v1/ivr/flows/validate?file=main.toml", data=MAIN, headers=AUTH)
+    assert (await reply(dry, 400))["error"]["node"] == "main"
+    await reply(await client.post("/v1/ivr/flows?file=survey.toml", data=SURVEY,
+                                  headers=AUTH), 201)
+    assert (await reply(await client.post("/v1/ivr/flows", data=MAIN, headers=BENTO),
+                        400))["error"]["message"].endswith("no flow 'survey'")   # acme's
+    main = await reply(await client.post("/v1/ivr/flows?file=main.toml", data=MAIN,
+                                         headers=AUTH), 201)
+    calls_main = SURVEY.replace('type = "return"', 'type = "subflow"\nflow = "main"\n'
+                                'next = "end"\n\n[nodes.end]\ntype = "return"')
+    err = (await reply(await client.post("/v1/ivr/flows?file=survey.toml", data=calls_main,
+                                         headers=AUTH), 400))["error"]
+    assert "'survey' is already running (survey -> main -> survey)" in err["message"]
+    await reply(await client.post(f"/v1/ivr/flows/{main['version']}/activate",
+                                  headers=AUTH), 200)
+    flows = ActiveFlows(flows_clean, pg_url)
+    await flows.refresh()
+    stored = flows.get("acme")
+    assert stored is not None and stored.flow.subflow("survey").node("done").type == "return"
