@@ -82,7 +82,6 @@ def unavailable_reason(state: State) -> str:
             assert_never(state)
 
 
-MAX_LISTED = 9          # one key each
 
 
 def sip_route(merchant_id: str, user: str, operator: str | None) -> Route:
@@ -155,15 +154,16 @@ class AdvisorDesk:
             return None
 
     async def listing(self, merchant_id: str, listing: str) -> tuple[ivr.Listed, ...]:
-        """The advisors an IVR list reads (by id, up to 9): ``online`` those who can
-        take a call now, ``all`` everyone, with why those who cannot."""
+        """The advisors an IVR list reads (by id; the IVR reads them 9 a page):
+        ``online`` those who can take a call now, ``all`` everyone, with why those who
+        cannot."""
         listed = []
         for advisor, presence in await self.store.advisors(merchant_id):
             free = presence.takes_offer()
             if free or listing == "all":
                 listed.append(ivr.Listed(advisor.id, name_media(advisor), None if free
                                          else unavailable_reason(presence.state)))
-        return tuple(listed[:MAX_LISTED])
+        return tuple(listed)
 
     async def assignment(self, merchant_id: str, op: Op, a: am.Assignment
                          ) -> tuple[am.Assignment, list[am.Command]]:

@@ -82,7 +82,8 @@ class Listed:
 
 @dataclass(frozen=True, slots=True)
 class AdvisorsListed:
-    """The advisors an ``advisor_list`` node reads (``ListAdvisors``), up to 9."""
+    """The advisors an ``advisor_list`` node reads (``ListAdvisors``), in their order;
+    read 9 a page (:data:`PAGE`)."""
 
     advisors: tuple[Listed, ...]
 
@@ -313,6 +314,7 @@ class IvrState:
     timer: str | None = None
     seq: int = 0
     listed: tuple[Listed, ...] = ()       # the advisors an advisor_list node read
+    page: int = 0                         # the page of them read (PAGE a page), from 0
     pending: str | None = None            # the recording or webhook request awaited
     #: the sub-flows being run: (the flow that called, the node its return goes to)
     frames: tuple[tuple[Flow, str], ...] = ()
@@ -665,13 +667,29 @@ def _retry(state: IvrState, preamble: Media) -> Step:
 # --- advisor lists ------------------------------------------------------------------------
 
 
+#: advisors read a page: one key each, 1 to 9; 0 turns the page
+PAGE = 9
+#: the page key, and what it says at the end of a page: the next page, or (at the last
+#: page of a list of more than one) back to the first
+PAGE_KEY = "0"
+MORE: Media = ("sound:cbgw/advisor-list-more",)
+FIRST: Media = ("sound:cbgw/advisor-list-first",)
+
+
+def _page(state: IvrState) -> tuple[Listed, ...]:
+    return state.listed[state.page * PAGE:(state.page + 1) * PAGE]
+
+
 def _listing(state: IvrState) -> Media:
-    """What a list node reads after its prompt: "1, <name>; 2, <name>, <why not> ..."."""
+    """What a list node reads after its prompt: the page's "1, <name>; 2, <name>, <why
+    not> ..." then, if the list has more than one page, how 0 turns it."""
     media: list[str] = []
-    for key, advisor in enumerate(state.listed, start=1):
+    for key, advisor in enumerate(_page(state), start=1):
         media += [f"digits:{key}", *advisor.name]
         if advisor.unavailable is not None:
             media += UNAVAILABLE.get(advisor.unavailable, ())
+    if len(state.listed) > PAGE:
+        media += MORE if (state.page + 1) * PAGE < len(state.listed) else FIRST
     return tuple(media)
 
 
@@ -682,15 +700,28 @@ def _listed(state: IvrState, advisors: tuple[Listed, ...]) -> Step:
     if not advisors:
         assert node.on_fail is not None
         return _enter(state, node.on_fail)
-    state = replace(state, listed=advisors[:9], playback=None)
+    state = replace(state, listed=advisors, page=0, playback=None)
     return _play(state, node.prompt + _listing(state), Mode.PROMPT)
 
 
+def _turn_page(state: IvrState) -> Step:
+    """0 on a list of more than one page: the next page is read (after the last, the
+    first again), without the node's prompt and without counting a try."""
+    pages = -(-len(state.listed) // PAGE)
+    state, cmds = _leave(state)
+    state = replace(state, page=(state.page + 1) % pages, buffer="")
+    state, more = _play(state, _listing(state), Mode.PROMPT)
+    return state, cmds + more
+
+
 def _pick(state: IvrState, node: Node, digit: str) -> Step:
+    if digit == PAGE_KEY and len(state.listed) > PAGE:
+        return _turn_page(state)
+    page = _page(state)
     index = int(digit) - 1 if digit.isdigit() else -1
-    if not 0 <= index < len(state.listed):
+    if not 0 <= index < len(page):
         return _retry(state, node.invalid_prompt)
-    chosen = state.listed[index]
+    chosen = page[index]
     if chosen.unavailable is not None:
         return _retry(state, UNAVAILABLE.get(chosen.unavailable, node.invalid_prompt))
     state, cmds = _leave(state)

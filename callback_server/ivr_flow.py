@@ -81,11 +81,14 @@ Consultation nodes put the customer through to an advisor (``advisors``):
   A customer no member can take waits up to ``queue_s`` seconds (default 60, 0: not
   at all) with music on hold.
 
-* ``advisor_list``: reads the merchant's advisors, up to 9, as "1, <name prompt>; 2,
+* ``advisor_list``: reads the merchant's advisors, 9 a page, as "1, <name prompt>; 2,
   ..." after its ``prompt``: ``list = "online"`` (default) those who can take a call
   now (method ``online_list``), ``"all"`` every advisor, each who cannot with why
   (method ``all_list``). The key of one who can rings them; of one who cannot says why
-  and reads the list again (``retries``, then ``on_fail``); no advisor: ``on_fail``.
+  and reads the page again (``retries``, then ``on_fail``); no advisor: ``on_fail``.
+  More than 9: each page ends with "for more, press 0" (the last page: "to hear the
+  list from the start, press 0"), and 0 reads the next page (after the last, the
+  first); keys 1-9 pick from the page being read.
 
 All three go to ``on_busy`` after ``busy_prompt`` (default ``sound:cbgw/lines-busy``) when
 all the merchant's lines are in use, to ``on_fail`` when no advisor answered or none

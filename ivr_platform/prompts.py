@@ -126,6 +126,12 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
     "advisor-list-all": PromptText(
         "鑑定士の一覧です。番号を押してお選びください。",
         "Here are our advisors. Press the number of your choice."),
+    "advisor-list-more": PromptText(
+        "次の一覧は0を押してください。",
+        "For more advisors, press 0."),
+    "advisor-list-first": PromptText(
+        "最初の一覧に戻るには0を押してください。",
+        "To hear the list from the start, press 0."),
     "enter-advisor-code": PromptText(
         "鑑定士の4桁の番号を入力してください。",
         "Please enter the four-digit code of your advisor."),
