@@ -566,8 +566,8 @@ WITH h AS (SELECT g, 'cb-hist-' || g AS callback_id, '+8170' || (10000000 + g) A
                   jsonb_build_object('callback_id', callback_id, 'status', 'queued') FROM h)
 INSERT INTO guard_numbers (number, first_seen_at, confirmations) SELECT number, at, 1 FROM h
 """
-CALLBACK_TABLES = ("callback_attempts, callback_requests, guard_callbacks, guard_numbers, "
-                   "guard_refusals, outbox")
+CALLBACK_TABLES = ("callback_attempts, click_to_call_requests, callback_requests, "
+                   "guard_callbacks, guard_numbers, guard_refusals, outbox")
 
 
 async def _prepare_db(db_url: str, *, quiet: bool = False) -> None:

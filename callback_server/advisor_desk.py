@@ -22,7 +22,7 @@ from advisors import assignment as am
 from advisors import presence as pm
 from advisors.errors import NotFound
 from advisors.live import Presences
-from advisors.model import Advisor, PstnContact, SipContact, State
+from advisors.model import Advisor, FirstParty, PstnContact, SipContact, State
 from advisors.store import AdvisorStore
 from callback_server import ivr
 from callback_server.consult import Op
@@ -32,15 +32,17 @@ from shared.phone import E164
 
 @dataclass(frozen=True, slots=True)
 class Chosen:
-    """Who the customer's choice reaches, how long each of them is rung, and the price
-    per minute billing admits and reserves at (a group: its own price, else its dearest
-    member's; :meth:`advisors.model.Group.price`)."""
+    """Who the customer's choice reaches, how long each of them is rung, the price per
+    minute billing admits and reserves at (a group: its own price, else its dearest
+    member's; :meth:`advisors.model.Group.price`), and the merchant's party rung first in
+    a web click-to-call."""
 
     members: frozenset[int]
     ring_timeout_s: int
     group_id: int | None = None
     advisor_id: int | None = None
     price_per_minute_yen: int = 0
+    click_to_call_first: FirstParty = FirstParty.CUSTOMER
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,8 @@ class AdvisorDesk:
                 return Unavailable(unavailable_reason(presence.state))
             return Chosen(frozenset({advisor.id}), rules.ring_timeout_s,
                           advisor_id=advisor.id,
-                          price_per_minute_yen=advisor.price_per_minute_yen)
+                          price_per_minute_yen=advisor.price_per_minute_yen,
+                          click_to_call_first=rules.click_to_call_first)
         group_id = await self.pool.fetchval(
             "SELECT id FROM advisor_groups WHERE merchant_id = $1 AND name = $2",
             merchant_id, group)

@@ -52,6 +52,8 @@ from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.answerlog import AnswerLog
+from callback_server.click_http import ClickIntake
+from callback_server.click_http import install as install_click_to_call
 from callback_server.config import CallbackSettings
 from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
@@ -162,6 +164,9 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
         install_cards(app, lambda a: a[POOL_KEY], settings.billing, fx=site_fx(settings),
                       notices=dunning_notifications(settings))
     app.cleanup_ctx.append(rates_ctx)
+    install_click_to_call(app, lambda a: ClickIntake(
+        a[STORE_KEY], AdvisorDesk(a[POOL_KEY], a[ROUTING_KEY]), a[GUARD_KEY],
+        consult_billing(a), {m.id: m for m in settings.merchants}))
     app.cleanup_ctx.append(link_ctx)
     if with_ari:
         app.cleanup_ctx.append(ari_ctx)
@@ -169,6 +174,13 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     if settings.rates.enabled:
         _mount_rates(app)
     return app
+
+
+def consult_billing(app: web.Application) -> ConsultBilling:
+    """Billing as consultations see it (admission, the meter, the charge)."""
+    settings = app[SETTINGS_KEY]
+    return ConsultBilling(app[POOL_KEY], settings.billing, fx=site_fx(settings),
+                          notices=dunning_notifications(settings))
 
 
 def guidance_in_use(app: web.Application, settings: CallbackSettings
@@ -328,9 +340,7 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                     desk=AdvisorDesk(app[POOL_KEY], routing,
                                      {m.id: m.operator for m in settings.merchants}),
                     consultations=ConsultationRecords(app[POOL_KEY]),
-                    billing=ConsultBilling(app[POOL_KEY], settings.billing,
-                                           fx=site_fx(settings),
-                                           notices=dunning_notifications(settings)),
+                    billing=consult_billing(app),
                     active_flows=app[ACTIVE_FLOWS_KEY], services=services)
     workers.append(worker)
     app[STASIS_KEY] = stasis

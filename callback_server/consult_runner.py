@@ -233,12 +233,21 @@ class ConsultRunner:
         if isinstance(event, TimerFired) and event.name.startswith(consult_meter.TIMER_PREFIX):
             await self._meter_timer(event)
             return
+        await self._drive(self._step(event))
+
+    def _step(self, event: consult.Event) -> list[consult.Command]:
+        """The machine's commands for an event (a click-to-call runs its own machine,
+        which embeds this one: :class:`~callback_server.click_runner.ClickConsult`)."""
         if self.state is None:
-            return
+            return []
         self.state, commands = consult.transition(self.state, event)
+        return commands
+
+    async def _drive(self, commands: list[consult.Command]) -> None:
         for cmd in commands:
             await self._run(cmd)
-            metered = consult_meter.meter_event(cmd, self.state)
+            metered = None if self.state is None \
+                else consult_meter.meter_event(cmd, self.state)
             if metered is not None:
                 await self._metered(metered)
 
@@ -321,7 +330,10 @@ class ConsultRunner:
 
     @property
     def _customer(self) -> str | None:
-        return None if self._request is None else self._request.customer_channel
+        """The customer's leg (None: none yet)."""
+        if self.state is not None:
+            return self.state.request.customer_channel or None
+        return None if self._request is None else self._request.customer_channel or None
 
     async def _run(self, cmd: consult.Command) -> None:  # noqa: C901 - one branch per command
         log.debug("-> consult %s", cmd)
@@ -397,7 +409,7 @@ class ConsultRunner:
             log.error("advisor %s: the consultation's end not applied: %s", advisor, exc)
 
     async def _over(self, over: Over) -> None:
-        assert self._started is not None and self.state is not None and self.desk is not None
+        assert self._started is not None and self.desk is not None
         log.info("consultation %s over: %s, advisor %s", over.consultation_id,
                  over.end_reason, over.advisor_id)
         await self._save(over)
@@ -423,7 +435,7 @@ class ConsultRunner:
                      charge.total_yen, charge.state)
 
     async def _save(self, over: Over) -> None:
-        assert self._started is not None and self.state is not None and self.desk is not None
+        assert self._started is not None and self.desk is not None
         if self.records is None:
             return
         started = self._started
@@ -439,7 +451,7 @@ class ConsultRunner:
                 transfers=over.transfers,
                 ended_at=over.ended_at, talk_s=talk_seconds(over),
                 end_reason=over.end_reason,
-                customer_call_id=self.state.request.customer_channel,
+                customer_call_id=self._customer,
                 leg_costs=tuple(LegCost(leg.channel_id, "advisor", leg.carrier_id,
                                         self._costs.get(leg.channel_id))
                                 for leg in over.legs))

@@ -30,6 +30,11 @@ class Reason(enum.StrEnum):
     WORKER_LOST = "worker_lost"            # a rescue found an answered leg it cannot resume
     UNKNOWN_MERCHANT = "unknown_merchant"
     MAX_CALL_LENGTH = "max_call_length"    # the hard maximum call length ended the call
+    # a web click-to-call's: the advisor did not answer, was no longer in standby when
+    # dialled, or billing no longer admitted the consultation
+    ADVISOR_NO_ANSWER = "advisor_no_answer"
+    ADVISOR_UNAVAILABLE = "advisor_unavailable"
+    BILLING_REFUSED = "billing_refused"
     OTHER = "cause_other"
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from callback_server.call_ports import utcnow
 from callback_server.call_runner import CallRunner
+from callback_server.click_runner import ClickRunner
 from callback_server.legrecord import LegRecords
 from shared import ari
 
@@ -26,7 +27,7 @@ class StasisApp:
     """Reads the events websocket for the whole process; re-syncs on every (re)connect."""
 
     def __init__(self, client: ari.AriClient,
-                 runners: Callable[[], Mapping[str, CallRunner]], *,
+                 runners: Callable[[], Mapping[str, CallRunner | ClickRunner]], *,
                  records: LegRecords | None = None,
                  settle_stray: Callable[[ari.Channel], Awaitable[None]] | None = None,
                  identified: Callable[[str], None] | None = None) -> None:

@@ -204,7 +204,8 @@ class MemoryDesk:
         if not self.seats[chosen].takes_offer():
             return Unavailable(unavailable_reason(self.seats[chosen].state))
         return Chosen(frozenset({chosen}), self.rules.ring_timeout_s, advisor_id=chosen,
-                      price_per_minute_yen=self.prices.get(chosen, 0))
+                      price_per_minute_yen=self.prices.get(chosen, 0),
+                      click_to_call_first=self.rules.click_to_call_first)
 
     async def listing(self, merchant_id: str, listing: str) -> tuple[ivr.Listed, ...]:
         return tuple(ivr.Listed(a, (f"digits:{a:04d}",), None if p.takes_offer()

@@ -6,7 +6,8 @@ is due, or arms a timer for that moment (``pre_callback_delay_s``). A slow
 safety sweep (``sweep_s``) catches what a notification cannot: timers lost in
 a restart, retries due later, and leases that expired (rescue).
 
-A claimed job is run by :class:`~callback_server.call_runner.CallRunner`. Before
+A claimed job is run by :class:`~callback_server.call_runner.CallRunner` (a web
+click-to-call's by :class:`~callback_server.click_runner.ClickRunner`). Before
 dialling, a job whose last leg is unresolved (it was rescued, or its worker
 lost Asterisk mid-originate) asks Asterisk about that leg's channel id and
 follows :func:`callback_server.dialer.rescue_action`: it re-dials only if the
@@ -42,6 +43,7 @@ from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import AriPort, CallContext, IvrPort, Rater
 from callback_server.call_runner import CallRunner, no_answer_outcome
+from callback_server.click_runner import ClickRunner
 from callback_server.consult_billing import BillingPort
 from callback_server.consult_control import CONTROL_CHANNEL, deliver_controls
 from callback_server.consult_runner import RecordSink
@@ -111,7 +113,7 @@ class Worker:
         self.rater = rater
         self.ari_ready = ari_ready
         self.settings = settings
-        self.calls: dict[str, CallRunner] = {}
+        self.calls: dict[str, CallRunner | ClickRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -286,19 +288,33 @@ class Worker:
             routes = tuple(routes[i] for i in keep)
         log.info("job claimed, round %d/%d: routes %s", job.attempt_no,
                  job.policy.max_attempts, [r.carrier_id for r in routes])
-        flow = await self._round_flow(job, merchant)
-        ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
-                          flow, claimed.hungup_at, merchant.language,
-                          hours=self._hours(claimed, merchant), clock=self.clock)
-        runner = CallRunner(job, ctx, client=self.client, router=self.router,
-                            store=self.store, rater=self.rater, guard=self.guard,
-                            records=self.settler.records if self.settler else None,
-                            desk=self.desk, consultations=self.consultations,
-                            billing=self.billing, services=self.services)
+        runner = await self._runner(claimed, job, merchant)
         self.calls[job.callback_id] = runner
         if self._stopping:
             runner.shutdown()
         await runner.run(routes)
+
+    async def _runner(self, claimed: ClaimedJob, job: Job, merchant: Merchant
+                      ) -> CallRunner | ClickRunner:
+        """The round's runner: a call-back's (its IVR flow chosen and kept), or a web
+        click-to-call's."""
+        records = self.settler.records if self.settler else None
+        if claimed.click_advisor is not None:
+            ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
+                              self.flows[merchant.ivr_flow], None, merchant.language)
+            return ClickRunner(job, ctx, claimed.click_advisor, client=self.client,
+                               router=self.router, store=self.store, rater=self.rater,
+                               desk=self.desk, consultations=self.consultations,
+                               billing=self.billing, records=records)
+        flow = await self._round_flow(job, merchant)
+        ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
+                          flow, claimed.hungup_at, merchant.language,
+                          hours=self._hours(claimed, merchant), clock=self.clock)
+        return CallRunner(job, ctx, client=self.client, router=self.router,
+                          store=self.store, rater=self.rater, guard=self.guard,
+                          records=records, desk=self.desk,
+                          consultations=self.consultations, billing=self.billing,
+                          services=self.services)
 
     async def _round_flow(self, job: Job, merchant: Merchant) -> Flow:
         """The flow this round runs, kept with the round."""

@@ -165,9 +165,10 @@ class Guard:
 
     # --- before a round -------------------------------------------------------------------
 
-    async def screen_round(self, callback_id: str, number: E164, merchant_id: str
-                           ) -> Verdict | None:
-        """Lists, policy, lock and brake again, before every round (records a refusal)."""
+    async def screen_round(self, callback_id: str | None, number: E164, merchant_id: str,
+                           stage: str = "dial") -> Verdict | None:
+        """Lists, policy, lock and brake again, before every round (records a refusal at
+        ``stage``; a web click-to-call is screened so before it is stored, too)."""
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             facts = await sql.number_facts(conn, str(number), now)
@@ -180,7 +181,7 @@ class Guard:
                                                           self.settings.brake.window_s)
                 verdict = brake.check(False, count, self.settings.brake)
             if verdict is not None:
-                await self.refused(conn, verdict, stage="dial", number=str(number),
+                await self.refused(conn, verdict, stage=stage, number=str(number),
                                    merchant_id=merchant_id, callback_id=callback_id)
         return verdict
 

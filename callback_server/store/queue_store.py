@@ -47,6 +47,9 @@ class ClaimedJob:
     hungup_at: datetime
     #: the merchant's number the customer dialled (None: not reported, or not a number)
     dialed: E164 | None = None
+    #: a web click-to-call's advisor (:mod:`callback_server.store.click_store`); None: a
+    #: call-back of an edge call
+    click_advisor: int | None = None
 
 
 def _number_or_none(text: str | None) -> E164 | None:
@@ -88,12 +91,14 @@ class QueueStore(StoreBase):
                          r.max_attempts, c.prev_status, r.dialed,
                          coalesce(r.hungup_at, r.received_at) AS hungup_at,
                          (SELECT count(*) FROM callback_attempts a
-                          WHERE a.callback_id = r.callback_id) AS legs""",
+                          WHERE a.callback_id = r.callback_id) AS legs,
+                         (SELECT k.advisor_id FROM click_to_call_requests k
+                          WHERE k.callback_id = r.callback_id) AS click_advisor""",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
                            int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"],
-                           _number_or_none(r["dialed"]))
+                           _number_or_none(r["dialed"]), r["click_advisor"])
                 for r in rows]
         self.ending.difference_update(job.callback_id for job in jobs)
         for job in jobs:

@@ -91,6 +91,9 @@ def test_the_callback_site_documents_its_guard_rates_and_intake_routes(
         "signature-missing", "signature-timestamp", "signature-unknown-key",
         "signature-invalid"]
     assert "destination-refused" in intake["responses"]["422"]["x-error-ids"]
+    click = paths["/v1/consultations"]["post"]          # web click-to-call (GET: records)
+    assert click["responses"]["409"]["x-error-ids"] == ["advisor-unavailable"]
+    assert {p["name"] for p in click["parameters"]} == {"Idempotency-Key"}
     guard = paths["/v1/guard/caps/reset"]["post"]
     assert guard["security"] == [{"operatorToken": []}]
     assert guard["responses"]["403"]["x-error-ids"] == ["operator-api-disabled"]

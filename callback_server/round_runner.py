@@ -1,0 +1,134 @@
+"""What every round of a call-back job has, whatever it runs: one inbox for ARI events,
+timers and follow-up events (so the pure machines see one ordered stream), its legs
+(:class:`~callback_server.leg_runner.Legs`), its log context, the loop that runs it until
+it is over, shutdown, an operator's control of its consultation and the catch-up after
+the events websocket was down.
+
+:class:`~callback_server.call_runner.CallRunner` (a call-back: the dialer, the IVR, a
+consultation) and :class:`~callback_server.click_runner.ClickRunner` (a web
+click-to-call) are its two kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
+from datetime import datetime
+
+from callback_server.call_ports import (
+    AriPort,
+    CallContext,
+    CallStore,
+    Inbox,
+    LegRecordSource,
+    Rater,
+    Timers,
+    safely,
+    utcnow,
+)
+from callback_server.consult import Operator
+from callback_server.consult_runner import ConsultRunner
+from callback_server.dialer import Leg
+from callback_server.dialer_messages import Finish, Job, Shutdown
+from callback_server.leg_runner import Legs, resync_legs
+from callback_server.store.queue_store import LeaseLost
+from shared import ari, logs
+
+log = logging.getLogger("callback.stasis")
+
+
+class RoundRunner(ABC):
+    consult: ConsultRunner
+
+    def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
+                 store: CallStore, rater: Rater, records: LegRecordSource | None,
+                 originated: Callable[[str], None] = lambda _channel_id: None) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.client = client
+        self.router = router
+        self.store = store
+        self.rater = rater
+        self.records = records           # Asterisk's own leg records (after missed events)
+        self.inbox: Inbox = asyncio.Queue()
+        self._ari_queue: asyncio.Queue[ari.Event] = asyncio.Queue()
+        self.timers = Timers(self.inbox)
+        self._pending: deque[object] = deque()
+        self._hangup_causes: dict[str, int] = {}
+        self.legs = Legs(job, ctx, client=client, router=router, store=store, rater=rater,
+                         timers=self.timers, events=self._ari_queue, pending=self._pending,
+                         originated=originated)     # a leg was dialled
+        self.outcome: Finish | None = None
+
+    @property
+    @abstractmethod
+    def channel_ids(self) -> tuple[str, ...]:
+        """Every leg of the round not known to have ended."""
+
+    @abstractmethod
+    def _live_legs(self) -> Iterable[Leg | None]:
+        """The round's legs, for the catch-up after the events websocket was down."""
+
+    @abstractmethod
+    def _running(self) -> bool:
+        """The round goes on (events are awaited)."""
+
+    @abstractmethod
+    async def _handle(self, event: object) -> None: ...
+
+    def _bound(self) -> AbstractContextManager[logs.LogContext]:
+        """The round's log context (the worker binds the same for the whole job)."""
+        return logs.bind(call_id=self.ctx.edge_call_id, request_id=self.job.callback_id,
+                         merchant=self.job.merchant_id)
+
+    async def _loop(self, begin: Callable[[], Awaitable[None]]) -> bool:
+        """``begin``, then every event until the round is over; False if the lease on the
+        job was lost meanwhile (every leg is hung up)."""
+        pump = asyncio.create_task(self._pump(), name=f"pump {self.job.callback_id}")
+        try:
+            await begin()
+            while self._running():
+                event = self._pending.popleft() if self._pending else await self.inbox.get()
+                await self._handle(event)
+            return True
+        except LeaseLost as exc:
+            log.error("%s; abandoning the round without dialling", exc)
+            await self._hangup_all()
+            return False
+        finally:
+            pump.cancel()
+            self.timers.cancel_all()
+            for cid in {c for c in self.router.channel_ids if c.startswith(self.job.callback_id)}:
+                self.router.release(cid)
+
+    def shutdown(self) -> None:
+        self.inbox.put_nowait(Shutdown(utcnow()))
+
+    def operator(self, consultation_id: str, event: Operator) -> bool:
+        """An operator's control of the round's consultation ``consultation_id`` (if it
+        is the one in progress; the machine ignores what does not apply in its phase)."""
+        state = self.consult.state
+        if state is None or state.request.consultation_id != consultation_id \
+                or not self.consult.live:
+            return False
+        self.inbox.put_nowait(event)
+        return True
+
+    async def resync(self, lost_at: datetime | None = None) -> None:
+        """After an events reconnect (in the events task): the legs' answers and ends
+        missed meanwhile (:func:`~callback_server.leg_runner.resync_legs`)."""
+        with self._bound():
+            await resync_legs(self._live_legs(), client=self.client, records=self.records,
+                              causes=self._hangup_causes, inbox=self.inbox, lost_at=lost_at)
+
+    async def _pump(self) -> None:
+        while True:
+            self.inbox.put_nowait(await self._ari_queue.get())
+
+    async def _hangup_all(self) -> None:
+        for cid in self.channel_ids:
+            await safely(self.client.hangup(cid))

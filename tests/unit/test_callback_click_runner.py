@@ -1,0 +1,122 @@
+"""A web click-to-call through its ARI adapter (ClickRunner + ClickConsult) with the
+in-process fakes: both orders, the legs dialled, bridged, the record (method
+click_to_call) saved and the job finished; the second party not answering."""
+
+from __future__ import annotations
+
+import asyncio
+
+from advisors.model import FirstParty, Rules, State
+from advisors.records import EndReason, Method, RingOutcome
+from callback_server import click_to_call as ctc
+from callback_server.call_ports import CallContext
+from callback_server.click_runner import ClickRunner
+from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
+from callback_server.ivr_flow import load_named
+from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryRecords, MemoryStore
+from shared import ari
+from shared.phone import E164
+
+CUSTOMER = (Route("carrier-b", "PJSIP/819012345678@carrier-b"),
+            Route("carrier-a", "PJSIP/819012345678@carrier-a"))
+ADVISOR_2 = (Route("carrier-a", "PJSIP/81312340002@carrier-a"),)
+
+
+class Click:
+    def __init__(self, first: FirstParty = FirstParty.CUSTOMER, advisor: int = 2) -> None:
+        self.ari = FakeAri()
+        self.store = MemoryStore()
+        self.desk = MemoryDesk(3, Rules(ring_timeout_s=20, click_to_call_first=first),
+                               {2: ADVISOR_2})
+        self.records = MemoryRecords()
+        job = Job(callback_id="cb-7", merchant_id="acme", destination=E164("819012345678"),
+                  caller_id=E164("81120123456"), ring_timeout_s=30,
+                  policy=RetryPolicy(1, ()), attempt_no=1, leg_seq=0)
+        self.runner = ClickRunner(job, CallContext("click:cb-7", "ntt-freedial",
+                                                   load_named("consult")), advisor,
+                                  client=self.ari, router=self.ari.router, store=self.store,
+                                  rater=FixedRater(), desk=self.desk,
+                                  consultations=self.records, billing=None)
+        self.task: asyncio.Task[Finish | None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.runner.run(CUSTOMER))
+        await settle()
+
+    async def push(self, *events: ari.Event) -> None:
+        for event in events:
+            self.ari.router.dispatch(event)
+            await settle()
+
+    async def outcome(self) -> Finish | None:
+        assert self.task is not None
+        return await asyncio.wait_for(self.task, 5)
+
+    def originated(self) -> list[tuple[str, str]]:
+        return [(cid, endpoint) for endpoint, cid, _, _ in self.ari.named("originate")]
+
+
+def shown(click: Click) -> State:
+    """Advisor 2's state."""
+    return click.desk.seats[2].state
+
+
+async def settle() -> None:
+    for _ in range(40):
+        await asyncio.sleep(0)
+
+
+async def test_the_customer_first_then_the_advisor_bridged_and_recorded() -> None:
+    click = Click()
+    await click.start()
+    assert click.originated() == [("cb-7-01", CUSTOMER[0].endpoint)]   # the cheapest first
+    assert click.store.legs["cb-7-01"].leg == "customer"
+    await click.push(ari.ChannelDestroyed(ari.Channel(id="cb-7-01"), cause=34))  # carrier fault
+    assert click.originated()[-1] == ("cb-7-02", CUSTOMER[1].endpoint)           # the next
+    assert shown(click) is State.STANDBY                  # not rung yet
+    await click.push(ari.StasisStart(ari.Channel(id="cb-7-02")))
+    assert click.ari.named("play")[-1][:3] == ("cb-7-02", (ctc.CONNECTING_ADVISOR,),
+                                               "cb-7-c1-connecting")
+    assert click.originated()[-1] == ("cb-7-03", ADVISOR_2[0].endpoint)
+    assert click.store.legs["cb-7-03"].leg == "advisor"
+    await click.push(ari.StasisStart(ari.Channel(id="cb-7-03")))
+    assert click.ari.named("add_channel") == [("cb-7-c1-br", ("cb-7-02", "cb-7-03"))]
+    assert shown(click) is State.TALKING
+    await click.push(ari.StasisEnd(ari.Channel(id="cb-7-03")))         # the advisor hangs up
+    assert "cb-7-02" in click.ari.named("hangup")
+    await click.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    assert await click.outcome() == Finish("completed", Reason.ANSWERED, 1)
+    (saved,) = click.records.saved
+    assert saved.method is Method.CLICK_TO_CALL and saved.advisor_id == 2
+    assert saved.consultation_id == "cb-7-c1" and saved.customer_call_id == "cb-7-02"
+    assert saved.end_reason is EndReason.ADVISOR_HANGUP and saved.answered_at is not None
+    assert [r.outcome for r in saved.rings] == [RingOutcome.ANSWERED]
+    assert click.store.finished == [Finish("completed", Reason.ANSWERED, 1)]
+
+
+async def test_the_advisor_first_the_customer_not_answering_hears_nothing_billed() -> None:
+    click = Click(FirstParty.ADVISOR)
+    await click.start()
+    assert click.originated() == [("cb-7-01", ADVISOR_2[0].endpoint)]
+    await click.push(ari.StasisStart(ari.Channel(id="cb-7-01")))
+    assert click.ari.named("play")[-1][:2] == ("cb-7-01", (ctc.CONNECTING_CUSTOMER,))
+    assert click.originated()[-1] == ("cb-7-02", CUSTOMER[0].endpoint)
+    await click.push(ari.ChannelDestroyed(ari.Channel(id="cb-7-02"), cause=19))  # no answer
+    assert click.ari.named("play")[-1][:3] == ("cb-7-01", (ctc.NO_ANSWER_PROMPT,),
+                                               "cb-7-c1-no-answer")
+    assert "cb-7-01" not in click.ari.named("hangup")                 # hears it first
+    await click.push(ari.PlaybackFinished(ari.Playback(id="cb-7-c1-no-answer",
+                                                       target_uri="channel:cb-7-01")))
+    assert "cb-7-01" in click.ari.named("hangup")
+    assert await click.outcome() == Finish("failed", Reason.NO_ANSWER, 1)
+    (saved,) = click.records.saved
+    assert saved.answered_at is None and saved.talk_s == 0
+    assert saved.end_reason is EndReason.CUSTOMER_ABANDONED
+    assert click.ari.named("create_bridge") == []
+
+
+async def test_an_advisor_no_longer_free_is_never_rung() -> None:
+    click = Click(advisor=9)
+    await click.start()
+    assert await click.outcome() == Finish("failed", Reason.ADVISOR_UNAVAILABLE, 1)
+    assert click.originated() == [] and click.records.saved == []
