@@ -58,6 +58,7 @@ from callback_server.leg_runner import leg_event
 from callback_server.metrics import callback as callback_metrics
 from callback_server.round_runner import RoundRunner
 from shared import ari
+from shared.phone import E164
 
 log = logging.getLogger("callback.stasis")
 
@@ -72,6 +73,7 @@ class CallRunner(RoundRunner):
                  billing: BillingPort | None = None, services: IvrPort | None = None) -> None:
         super().__init__(job, ctx, client=client, router=router, store=store, rater=rater,
                          records=records, originated=self._originated)
+        self.desk = desk                 # the advisors, and the routes to a number
         self.guard = guard
         self.rang = False                # a customer leg was originated this round
         self.state = DialerState.new(job)
@@ -113,7 +115,12 @@ class CallRunner(RoundRunner):
                     event.name in consult.TIMERS
                     or event.name.startswith(consult_meter.TIMER_PREFIX)):
             await self._consult(event)
-        elif isinstance(event, Begin | Originated | OriginateFailed | OriginateRefused | Answered
+        elif isinstance(event, OriginateFailed):
+            failed = self._unanswered_second_leg(event.channel_id)
+            await self._dialer(event)
+            if failed is not None:       # the operator's or a transfer's: the IVR's on_fail
+                await self.ivr.handle(failed)
+        elif isinstance(event, Begin | Originated | OriginateRefused | Answered
                         | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
             await self._dialer(event)
         elif isinstance(event, ivr.ConnectAdvisor):
@@ -121,10 +128,13 @@ class CallRunner(RoundRunner):
             await self._sync_legs()
         elif isinstance(event, ivr.ListAdvisors):
             await self.consult.list_advisors(event)
+        elif isinstance(event, ivr.TransferCall):
+            await self._transfer(event)
         elif isinstance(event, ivr.Timeout | ivr.AdvisorUnavailable | ivr.AdvisorsListed
                         | ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultRefused
                         | ivr.ConsultEnded | ivr.HoursChecked | ivr.Recorded
-                        | ivr.WebhookAnswered | ivr.WebhookFailed | ivr.TransferFailed):
+                        | ivr.WebhookAnswered | ivr.WebhookFailed | ivr.TransferFailed
+                        | ivr.OperatorFailed):
             await self.ivr.handle(event)
         elif isinstance(event, ari.StasisStart | ari.ChannelHangupRequest | ari.ChannelDestroyed
                         | ari.StasisEnd):
@@ -157,16 +167,32 @@ class CallRunner(RoundRunner):
         if self.consult.owns(cid):
             await self._consult(ChannelGone(cid, cause, at or utcnow()))
             return
-        op = self.state.operator
-        operator_unanswered = (op is not None and op.channel_id == cid and not op.ended
-                               and op.answered_at is None)
+        unanswered = self._unanswered_second_leg(cid)
         customer = self._is_customer(cid)
         await self._dialer(ChannelGone(cid, cause, at or utcnow()))
         if customer:
             await self.ivr.handle(ivr.CallerHangup())
             await self._consult(consult.CustomerGone(at or utcnow()))
-        elif operator_unanswered:
-            await self.ivr.handle(ivr.OperatorFailed())
+        elif unanswered is not None:
+            await self.ivr.handle(unanswered)
+
+    def _unanswered_second_leg(self, cid: str) -> ivr.OperatorFailed | ivr.TransferFailed | None:
+        """What the IVR hears when ``cid``, the operator's or a transfer's leg not yet
+        answered, ends or cannot be dialled (None: ``cid`` is no such leg)."""
+        op = self.state.operator
+        if op is None or op.channel_id != cid or op.ended or op.answered_at is not None:
+            return None
+        return ivr.TransferFailed() if op.role == "transfer" else ivr.OperatorFailed()
+
+    async def _transfer(self, cmd: ivr.TransferCall) -> None:
+        """A flow's transfer: the number's cheapest carrier, as the round's second leg."""
+        number = E164.parse(cmd.number)
+        routes = await self.desk.number_routes(number, utcnow()) if self.desk else ()
+        if not routes:
+            log.warning("transfer to %s: no route", number)
+            await self.ivr.handle(ivr.TransferFailed())
+            return
+        await self._dialer(OperatorRequested(utcnow(), number, routes[0], cmd.ring_s))
 
     async def _consult(self, event: consult.Event) -> None:
         await self.consult.handle(event)

@@ -52,6 +52,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from callback_server.dialer_messages import (
+    EDGE_TRUNK,
     Answered,
     Begin,
     CancelTimer,
@@ -130,7 +131,7 @@ class Phase(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Leg:
     channel_id: str
-    role: str                    # customer | operator
+    role: str                    # customer | operator | transfer
     carrier_id: str
     destination: str
     started_at: datetime
@@ -386,14 +387,21 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
     job = state.job
     seq = state.leg_seq + 1
     channel_id = f"{job.callback_id}-{seq:02d}"
-    op = Leg(channel_id, "operator", "edge-trunk", job.operator_endpoint, ev.at)
+    if ev.transfer is not None and ev.route is not None:    # a number, through a carrier
+        role, carrier, endpoint = "transfer", ev.route.carrier_id, ev.route.endpoint
+        destination, caller, ring_s = (str(ev.transfer), str(job.caller_id),
+                                       ev.ring_s or job.ring_timeout_s)
+    else:           # the operator, through the edge trunk, shown the customer's number
+        role, carrier, endpoint = "operator", EDGE_TRUNK, job.operator_endpoint
+        destination, caller, ring_s = endpoint, str(job.destination), job.ring_timeout_s
+    op = Leg(channel_id, role, carrier, destination, ev.at)
     state = replace(state, leg_seq=seq, operator=op)
     return state, [
-        PersistAttempt(job.callback_id, job.attempt_no, seq, channel_id, "operator",
-                       "edge-trunk", job.operator_endpoint),
-        Originate(channel_id, job.operator_endpoint, str(job.destination), job.ring_timeout_s,
-                  ("callback", job.callback_id, "operator"), leg_variables(job)),
-        StartTimer(T_OPERATOR, job.ring_timeout_s + RING_GUARD_S),
+        PersistAttempt(job.callback_id, job.attempt_no, seq, channel_id, role, carrier,
+                       endpoint),
+        Originate(channel_id, endpoint, caller, ring_s, ("callback", job.callback_id, role),
+                  leg_variables(job)),
+        StartTimer(T_OPERATOR, ring_s + RING_GUARD_S),
     ]
 
 

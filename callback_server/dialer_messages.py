@@ -39,8 +39,9 @@ class Reason(enum.StrEnum):
 
 
 #: the legs that call out through a carrier, whose CDRs are rated and count as spend
-#: (the operator leg, and an advisor reached over SIP, go through the edge trunk)
-RATED_LEGS = frozenset({"customer", "advisor"})
+#: (the operator leg, and an advisor reached over SIP, go through the edge trunk; a
+#: transfer leg calls a flow's number through a carrier)
+RATED_LEGS = frozenset({"customer", "advisor", "transfer"})
 EDGE_TRUNK = "edge-trunk"
 
 
@@ -146,9 +147,14 @@ class TimerFired:
 
 @dataclass(frozen=True, slots=True)
 class OperatorRequested:
-    """The IVR asked for a human (``DialOperator``)."""
+    """The IVR asked for a human (``DialOperator``), or to put the customer through to a
+    number (``TransferCall``): ``transfer`` is then the number, reached by ``route`` (its
+    cheapest carrier's) and rung up to ``ring_s``, presenting the merchant's number."""
 
     at: datetime
+    transfer: E164 | None = None
+    route: Route | None = None
+    ring_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +192,7 @@ class PersistAttempt:
     attempt_no: int
     leg_seq: int
     channel_id: str
-    leg: str                 # "customer" | "operator"
+    leg: str                 # "customer" | "operator" | "transfer" | "advisor"
     carrier_id: str
     endpoint: str
 

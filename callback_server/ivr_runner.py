@@ -96,8 +96,8 @@ class IvrRunner:
             log.info("collected %s %s", cmd.category, cmd.as_dict())
         elif isinstance(cmd, ivr.DialOperator):
             self.follow_up(OperatorRequested(utcnow()))
-        elif isinstance(cmd, ivr.ConnectAdvisor | ivr.ListAdvisors):
-            self.follow_up(cmd)          # the round's consultation (ConsultRunner)
+        elif isinstance(cmd, ivr.ConnectAdvisor | ivr.ListAdvisors | ivr.TransferCall):
+            self.follow_up(cmd)          # the round's consultation (ConsultRunner), transfer
         elif isinstance(cmd, ivr.Hangup):
             self.follow_up(EndCall(utcnow()))
         else:

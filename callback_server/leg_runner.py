@@ -54,6 +54,7 @@ from callback_server.dialer_messages import (
 from callback_server.guard.reasons import GuardRefused
 from callback_server.legrecord import answer_time
 from shared import ari
+from shared.phone import E164
 
 log = logging.getLogger("callback.stasis")
 
@@ -100,8 +101,10 @@ class Legs:
                 await self._bridge(cmd)
             case DestroyBridge(bridge_id=bridge):
                 await safely(self.client.destroy_bridge(bridge))
-            case RecordCdr():
-                await store_cdr(self.store, self.rater, cmd, destination=self.job.destination,
+            case RecordCdr():      # a transfer's leg called a flow's number
+                destination = E164.parse(cmd.destination) if cmd.leg == "transfer" \
+                    else self.job.destination
+                await store_cdr(self.store, self.rater, cmd, destination=destination,
                                 inbound_tariff=self.ctx.inbound_tariff,
                                 edge_call_id=self.ctx.edge_call_id,
                                 merchant_id=self.job.merchant_id)

@@ -211,3 +211,16 @@ async def test_fact_and_outbox_roll_back_together(clean: asyncpg.Pool) -> None:
         await store.record_cdr(cdr, edge_call_id="e-x", merchant_id="acme", billed_s=0,
                                carrier_cost=None, direct_cost=None)
     assert await clean.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_flows_transfer_leg_is_persisted_like_the_operators(
+        clean: asyncpg.Pool) -> None:
+    store = CallbackStore(clean, owner="w1")
+    await store.intake("77777777-7777-4777-8777-777777777777", request("e-9"), MERCHANT)
+    (job,) = await store.claim(1)
+    await store.persist_leg(PersistAttempt(job.callback_id, 1, 2, f"{job.callback_id}-02",
+                                           "transfer", "carrier-a",
+                                           "PJSIP/+81312345678@carrier-a"), "acme")
+    leg = await clean.fetchval("SELECT leg FROM callback_attempts WHERE channel_id = $1",
+                               f"{job.callback_id}-02")
+    assert leg == "transfer"

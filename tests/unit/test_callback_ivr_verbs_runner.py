@@ -8,10 +8,18 @@ from typing import Any
 from callback_server.call_ports import CallContext
 from callback_server.ivr import Submit
 from callback_server.ivr_flow import Flow
-from callback_server.testing import MemoryIvrServices, MemoryStore
+from callback_server.testing import MemoryDesk, MemoryIvrServices, MemoryStore
 from ivr_platform.hours import BusinessHours, Window
 from shared import ari
-from tests.unit.test_callback_ivr_verbs import HOOK, HOURS, RECORD, SET, SMS, flow_of
+from tests.unit.test_callback_ivr_verbs import (
+    HOOK,
+    HOURS,
+    RECORD,
+    SET,
+    SMS,
+    TRANSFER,
+    flow_of,
+)
 from tests.unit.test_callback_stasis import A, Call, ch
 
 CHANNEL = "cb-9-01"
@@ -87,3 +95,43 @@ async def test_a_webhooks_answer_comes_back_to_the_ivr() -> None:
     services = MemoryIvrServices(webhook_values=None)
     call = await answered(flow_of(HOOK), services=services)
     assert call.store.infos == [] and CHANNEL in call.ari.named("hangup")
+
+
+async def test_transfer_bridges_the_number_over_its_cheapest_carrier() -> None:
+    call = Call(store=MemoryStore(), ctx=CallContext("edge-9", "ntt-freedial",
+                                                     flow_of(TRANSFER)), desk=MemoryDesk())
+    await call.start(A)
+    await call.push(ari.StasisStart(ch(CHANNEL)))
+    assert call.ari.named("play")[-1][1] == ("sound:cbgw/connecting",)
+    leg = "cb-9-02"
+    assert call.ari.named("originate")[-1] == ("PJSIP/+81312345678@carrier-a", leg,
+                                              "+81120123456", 20)   # the merchant's number
+    persisted = call.store.legs[leg]
+    assert (persisted.leg, persisted.carrier_id) == ("transfer", "carrier-a")
+    await call.push(ari.StasisStart(ch(leg)))
+    assert call.ari.named("add_channel") == [("cb-9-br02", (CHANNEL, leg))]
+    await call.push(ari.StasisEnd(ch(leg)))          # the number hangs up: the call is over
+    assert CHANNEL in call.ari.named("hangup")
+    await call.push(ari.StasisEnd(ch(CHANNEL)))
+    cdr, _, cost, direct = next(c for c in call.store.cdrs if c[0].call_id == leg)
+    assert (cdr.leg, cdr.destination, cdr.carrier_id) == ("transfer", "+81312345678",
+                                                           "carrier-a")
+    assert cost is not None and direct is None       # rated as spend, no counterfactual
+
+
+async def test_a_transfer_nobody_answers_or_without_a_route_takes_on_fail() -> None:
+    call = Call(store=MemoryStore(), ctx=CallContext("edge-9", "ntt-freedial",
+                                                     flow_of(TRANSFER)), desk=MemoryDesk())
+    await call.start(A)
+    await call.push(ari.StasisStart(ch(CHANNEL)))
+    await call.push(ari.ChannelDestroyed(ch("cb-9-02"), cause=19, cause_txt="No answer"))
+    assert CHANNEL in call.ari.named("hangup")           # on_fail = bye
+    call = Call(store=MemoryStore(), ctx=CallContext("edge-9", "ntt-freedial",
+                                                     flow_of(TRANSFER)), desk=MemoryDesk())
+    call.ari.allocation_fails.add("PJSIP/+81312345678@carrier-a")    # the carrier is down
+    await call.start(A)
+    await call.push(ari.StasisStart(ch(CHANNEL)))
+    assert CHANNEL in call.ari.named("hangup")
+    call = await answered(flow_of(TRANSFER))             # no desk: no route
+    assert call.ari.named("originate") == [(A.endpoint, CHANNEL, "+81120123456", 30)]
+    assert CHANNEL in call.ari.named("hangup")
