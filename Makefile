@@ -1,6 +1,7 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what
 # they need, idempotently: Debian packages (SIPp, Kamailio, debootstrap, sox, ffmpeg,
-# espeak-ng, Open JTalk with its dictionary and voice), the Python virtualenv, and the
+# espeak-ng, Open JTalk with its dictionary and voice, libfaketime for the end-to-end
+# tests' fixed clocks), the Python virtualenv, and the
 # Asterisk 22 root for both sites.
 
 PYTHON     ?= python3
@@ -8,7 +9,7 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 APT_STAMP  := /var/cache/cbgw/.apt-installed
-APT_PKGS   := sip-tester debootstrap sox ffmpeg espeak-ng iproute2 tshark kamailio \
+APT_PKGS   := sip-tester debootstrap sox ffmpeg espeak-ng iproute2 tshark kamailio libfaketime \
               open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001
 # Open JTalk's voice is in Debian's contrib component: this sources entry enables
 # contrib (bookworm, the same mirror and key as the machine's main entry).

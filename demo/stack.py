@@ -119,6 +119,10 @@ class Stack:
     db_prefix: str = "cbgw_stack"
     log_level: str = "INFO"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: one site's server's own environment on top (e.g. ``{"edge": {...}}``)
+    server_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: TOML appended to the callback site's config (e.g. ``[[notify.channels]]`` tables)
+    callback_config: str = ""
     #: on exit, stop the Asterisks this process started (the demo leaves nothing running;
     #: an Asterisk found running is left alone). Tests keep theirs for the next module
     #: and stop them at the session's end (tests/conftest.py).
@@ -231,9 +235,10 @@ class Stack:
                     raise StackError(f"deploy/{example} has no [edge.hours] table")
                 text = text.replace(header, f'{header}prompts_dir = "{host}"\n'
                                             f'asterisk_prompts_dir = "{inner}"\n')
-            (self.workdir / f"{site}.toml").write_text(text + tenants)
+            own = self.callback_config if site == "callback" else ""
+            (self.workdir / f"{site}.toml").write_text(text + tenants + own)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, site: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update({
             "PYTHONPATH": str(REPO),
@@ -246,6 +251,7 @@ class Stack:
             "CALLBACK__CALLBACK__ANSWER_LOG": str(ast_harness.answer_log("callback")),
         })
         env.update(self.extra_env)
+        env.update(self.server_env.get(site or "", {}))
         return env
 
     async def restart_server(self, name: str, *, kill: bool = False) -> None:
@@ -262,7 +268,7 @@ class Stack:
         with open(log_path, "ab") as log:    # a restarted server keeps its past
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", module, "serve", "--config", str(config)],
-                cwd=REPO, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO, env=self._env(name), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
     @property

@@ -10,11 +10,14 @@ continuous stream instead:
 * PCMU silence (PT 0) for ``--lead-ms`` first (lets Asterisk's strict RTP
   learn the source), between digits (``--gap-ms``) and at the end;
 * per digit: telephone-event packets (PT ``--pt``, default 101) every 20 ms for
-  ``--tone-ms`` (160 ms), the first with the marker bit, then 3 end packets.
+  ``--tone-ms`` (160 ms), the first with the marker bit, then 3 end packets;
+* ``[N]`` between digits: N ms of silence there instead of the gap, so a caller can
+  wait for each prompt to end before keying its answer (``1[4000]2``).
 
 Usage::
 
     make_dtmf_pcap.py '1234#' -o dtmf.pcap [--lead-ms 500] [--gap-ms 200]
+    make_dtmf_pcap.py '1[5200]1[6100]1234#' -o dtmf.pcap
 
 Digits: 0-9 * # A-D. An empty string gives silence only. Standard library only.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import struct
 import sys
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ PT_PCMU = 0
 PCMU_SILENCE = b"\xff" * (PACKET_MS * SAMPLES_PER_MS)
 SRC = (bytes([127, 0, 0, 1]), 40000)
 DST = (bytes([127, 0, 0, 1]), 40002)
+_TOKEN = re.compile(r"\[(\d+)\]|(.)", re.DOTALL)
 
 
 @dataclass
@@ -69,11 +74,18 @@ def build_packets(digits: str, *, lead_ms: int, gap_ms: int, tone_ms: int, tail_
             stream.clock_ms += PACKET_MS
 
     silence(lead_ms)
-    for index, digit in enumerate(digits.upper()):
+    pause: int | None = None
+    keyed = False
+    for match in _TOKEN.finditer(digits.upper()):
+        if match.group(1) is not None:
+            pause = int(match.group(1))
+            continue
+        digit = match.group(2)
         if digit not in EVENT_CODES:
             raise ValueError(f"not a DTMF digit: {digit!r}")
-        if index:
-            silence(gap_ms)
+        if keyed or pause is not None:
+            silence(gap_ms if pause is None else pause)
+        pause, keyed = None, True
         code = EVENT_CODES[digit]
         start_ts = stream.clock_ms * SAMPLES_PER_MS
         steps = max(1, tone_ms // PACKET_MS)
@@ -86,6 +98,7 @@ def build_packets(digits: str, *, lead_ms: int, gap_ms: int, tone_ms: int, tail_
         for _ in range(3):
             out.append((stream.clock_ms, stream.packet(pt, end, ts=start_ts)))
             stream.clock_ms += PACKET_MS
+    silence(pause or 0)
     silence(tail_ms)
     return out
 

@@ -38,10 +38,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         yield running
 
 
-async def call_api(stack: Stack, method: str, path: str, data: str | None = None) -> Any:
+async def call_api(stack: Stack, method: str, path: str, data: str | bytes | None = None,
+                   json: Any = None) -> Any:
+    """The callback site's API with the merchant's token; the answer's body (200 or 201)."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
             ssl=stack.client_ssl())) as session, \
-            session.request(method, stack.callback_url + path, data=data,
+            session.request(method, stack.callback_url + path, data=data, json=json,
                             headers=AUTH) as resp:
         body = await resp.json()
         assert resp.status in (200, 201), body

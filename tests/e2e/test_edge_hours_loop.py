@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from demo.stack import CALL_CENTER_TOKEN, CLOSED_PROMPTS, MerchantOptions, Stack
@@ -24,6 +25,7 @@ from ivr_platform.hours_speech import closed_announcement
 from ivr_platform.speech import reading
 from ivr_platform.tts import PromptCache
 from shared.language import Language
+from shared.phone import normalise
 from tests import prom
 from tests.harness.asterisk import prompt_seconds, sounds_dir
 from tests.harness.rtp import RtpCapture
@@ -38,10 +40,10 @@ SHUT_HOURS = BusinessHours(
     special=(SpecialDay(TODAY - timedelta(days=1), TODAY + timedelta(days=1), (), "臨時休業"),))
 
 
-def hours_toml(special: str) -> str:
+def hours_toml(special: str, holidays: str = "weekly") -> str:
     days = "".join(f'{day} = {list(WEEKLY)!r}\n'.replace("'", '"') for day in (
         "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
-    return f'[merchants.hours]\n{days}public_holidays = "weekly"\n' \
+    return f'[merchants.hours]\n{days}public_holidays = "{holidays}"\n' \
            f'outside_hours = "drop"\n{special}'
 
 
@@ -98,20 +100,25 @@ async def edge_metrics(stack: Stack) -> str:
         return await resp.text()
 
 
-async def test_a_closed_merchants_caller_hears_when_it_opens_and_is_never_called_back(
-        stack: Stack) -> None:
-    say = closed_announcement(SHUT_HOURS, datetime.now(UTC), reading(Language.JAPANESE))
-    assert say is not None and say.startswith("本日は休業日です。次の営業は、")
+async def closed_call(stack: Stack, merchant: MerchantOptions, hours: BusinessHours,
+                      now: datetime, caller: str) -> tuple[str, asyncpg.Record]:
+    """Call ``merchant``, closed at ``now`` by ``hours``, and check what the caller is
+    told and that nothing follows: 183, the closed sentence (its rendered length, on the
+    wire as RTP all along), 486 and never a 200 OK; the edge's call ``closed`` /
+    ``outside_hours`` and counted once; nothing in the outbox or queued at the callback
+    site, and no carrier sees a call-back INVITE. The sentence and the edge's call row."""
+    say = closed_announcement(hours, now, reading(Language.JAPANESE))
+    assert say is not None
     wav = await rendered(stack, say)
     with wave.open(str(wav), "rb") as w:
         sentence_s = w.getnframes() / w.getframerate()
     before = await edge_metrics(stack)
     async with stack.carriers(digits=ORDER_KEYS) as roles:
         with RtpCapture(CUSTOMER_IP, media_port_for(CUSTOMER_PORT)) as rtp:
-            phone = stack.customer_call("09011112222", dialled=SHUT.number)
+            phone = stack.customer_call(caller, dialled=merchant.number)
             await finished(phone)
         call = await stack.wait_for_row(
-            "edge", "SELECT * FROM edge_calls WHERE merchant_id = 'shut'")
+            "edge", "SELECT * FROM edge_calls WHERE merchant_id = $1", merchant.id)
         await asyncio.sleep(5)     # a call-back (pre-callback delay 0) would be ringing now
         invites = [m for role in (roles["carrier-a"], roles["carrier-b"])
                    for m in role.invites_received()]
@@ -130,17 +137,25 @@ async def test_a_closed_merchants_caller_hears_when_it_opens_and_is_never_called
     assert pcmu >= 0.9 * sentence_s / 0.020, (pcmu, sentence_s)
 
     assert (call["state"], call["outcome"]) == ("closed", "outside_hours")
-    assert call["detail"].startswith("special day: 臨時休業; opens ")
-    assert call["caller"] == "+819011112222" and call["message_id"] is None
-    assert not await stack.fetch("edge", "SELECT 1 FROM outbox WHERE merchant_id = 'shut'")
+    assert call["caller"] == str(normalise(caller)) and call["message_id"] is None
+    assert not await stack.fetch("edge", "SELECT 1 FROM outbox WHERE merchant_id = $1",
+                                 merchant.id)
     assert not await stack.fetch(
-        "callback", "SELECT 1 FROM callback_requests WHERE merchant_id = 'shut'")
+        "callback", "SELECT 1 FROM callback_requests WHERE merchant_id = $1", merchant.id)
     assert not invites, [str(m) for m in invites]
 
     after = await edge_metrics(stack)
-    labels = {"merchant": "shut", "outcome": "closed", "reason": "outside_hours"}
+    labels = {"merchant": merchant.id, "outcome": "closed", "reason": "outside_hours"}
     assert prom.scraped(after, "cbgw_edge_calls_total", **labels) - \
         prom.scraped(before, "cbgw_edge_calls_total", **labels) == 1
+    return say, call
+
+
+async def test_a_closed_merchants_caller_hears_when_it_opens_and_is_never_called_back(
+        stack: Stack) -> None:
+    say, call = await closed_call(stack, SHUT, SHUT_HOURS, datetime.now(UTC), "09011112222")
+    assert say.startswith("本日は休業日です。次の営業は、")
+    assert call["detail"].startswith("special day: 臨時休業; opens ")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
             ssl=stack.client_ssl())) as session, session.get(
             f"{stack.edge_url}/v1/calls", headers={"Authorization": "Bearer shut-token"}

@@ -7,8 +7,10 @@ on ``lo`` sees every datagram to the phone's media port::
         ...the call...
     rtp.packets   # [(monotonic seconds, payload type)], e.g. 0 = PCMU
     rtp.sounding  # [monotonic seconds] of the PCMU packets that are not silence
+    rtp.sent      # [(monotonic seconds, payload type)] the phone sent (its DTMF: 101)
+    rtp.keys()    # [(first, last)] packet times of each RFC 4733 digit the phone sent
 
-Only traffic to that address and port is kept; nothing is sent.
+Only traffic to or from that address and port is kept; nothing is sent.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from types import TracebackType
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4          # loopback shows each datagram twice: keep the received copy
 _ETHERNET = 14
+TELEPHONE_EVENT = 101
 
 
 class RtpCapture:
@@ -30,6 +33,7 @@ class RtpCapture:
         self.port = port
         self.packets: list[tuple[float, int]] = []
         self.sounding: list[float] = []
+        self.sent: list[tuple[float, int]] = []
         self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
         self._socket.bind((interface, 0))
         self._socket.settimeout(0.2)
@@ -51,6 +55,19 @@ class RtpCapture:
         times = [t for t, pt in self.packets if pt == payload_type]
         return times[-1] - times[0] if times else 0.0
 
+    def keys(self, payload_type: int = TELEPHONE_EVENT) -> list[tuple[float, float]]:
+        """Each digit the phone sent: its first and last event packet (a digit's packets
+        come every 20 ms; another payload type between two digits separates them)."""
+        digits: list[tuple[float, float]] = []
+        previous: int | None = None
+        for at, pt in self.sent:
+            if pt == payload_type and previous == payload_type:
+                digits[-1] = (digits[-1][0], at)
+            elif pt == payload_type:
+                digits.append((at, at))
+            previous = pt
+        return digits
+
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
@@ -59,26 +76,34 @@ class RtpCapture:
                 continue
             if where[2] == PACKET_OUTGOING:
                 continue
-            rtp = self._rtp(frame)
-            if rtp is not None:
-                now, payload_type = time.monotonic(), rtp[1] & 0x7F
+            found = self._rtp(frame)
+            if found is None:
+                continue
+            rtp, to_phone = found
+            now, payload_type = time.monotonic(), rtp[1] & 0x7F
+            if not to_phone:
+                self.sent.append((now, payload_type))
+            else:
                 self.packets.append((now, payload_type))
                 if payload_type == 0 and _sounds(rtp[12 + 4 * (rtp[0] & 0x0F):]):
                     self.sounding.append(now)
 
-    def _rtp(self, frame: bytes) -> bytes | None:
+    def _rtp(self, frame: bytes) -> tuple[bytes, bool] | None:
+        """The RTP packet in ``frame`` and whether it goes to the phone (else from it)."""
         ip = frame[_ETHERNET:]
         if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_UDP:
             return None
-        if ip[16:20] != self.address:
-            return None
         udp = ip[(ip[0] & 0x0F) * 4:]
-        if len(udp) < 8 + 12 or struct.unpack("!H", udp[2:4])[0] != self.port:
+        if len(udp) < 8 + 12:
+            return None
+        source, destination = struct.unpack("!HH", udp[:4])
+        to_phone = (ip[16:20], destination) == (self.address, self.port)
+        if not to_phone and (ip[12:16], source) != (self.address, self.port):
             return None
         rtp = udp[8:]
         if rtp[0] >> 6 != 2:        # RTP version 2
             return None
-        return rtp
+        return rtp, to_phone
 
 
 def _sounds(pcmu: bytes) -> bool:
