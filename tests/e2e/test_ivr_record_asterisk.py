@@ -20,7 +20,14 @@ from callback_server.call_ports import CallFacts
 from callback_server.ivr_services import IvrServices, Recordings
 from ivr_platform.recordings import RecordingStore
 from ivr_platform.sms_store import migrations
-from shared.ari import Connected, RecordingFinished, StasisStart, channel_ids
+from shared.ari import (
+    Connected,
+    Event,
+    RecordingFinished,
+    StasisEnd,
+    StasisStart,
+    channel_ids,
+)
 from shared.db import create_pool, migrate_url
 from shared.phone import normalise
 from tests.harness.asterisk import (
@@ -92,3 +99,36 @@ async def test_a_recording_ends_on_hash_and_is_stored(callback: AsteriskSite, tm
         assert store.path(row).exists()
     finally:
         await pool.close()
+
+
+async def test_a_customer_hanging_up_ends_the_recording_before_the_channel_leaves(
+        callback: AsteriskSite, tmp_path: Path) -> None:
+    """A message left by hanging up instead of '#': Asterisk finishes the recording (its
+    file complete) before ``StasisEnd``, so the round still has the channel's route."""
+    await reset(callback)
+    name = f"{CHANNEL}-r2"
+    spool = spool_of(callback)
+    (spool / f"{name}.wav").unlink(missing_ok=True)
+    with role("uas_answer_dtmf_bye.xml", "carrier-b", tmp_path, digits="",
+              pcap_options={"lead_ms": 3000}):       # hangs up 20 s after answering
+        await qualify(callback, "carrier-b")
+        async with callback.client() as ari:
+            events = ari.events()
+            await expect_event(events, Connected)
+            try:
+                await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id=CHANNEL,
+                                    caller_id="0120123456", timeout=10)
+                await expect_event(events, StasisStart, channel_id=CHANNEL)
+                await ari.record(CHANNEL, name, max_duration_s=60, max_silence_s=0,
+                                 beep=True, terminate_on="#")
+                seen: list[Event] = []
+                finished = await expect_event(events, RecordingFinished, channel_id=CHANNEL,
+                                              within_s=30, seen=seen)
+                assert not any(isinstance(e, StasisEnd) for e in seen), seen
+                assert finished.recording.state == "done"
+                await expect_event(events, StasisEnd, channel_id=CHANNEL)
+            finally:
+                await events.aclose()
+    with wave.open(str(spool / f"{name}.wav"), "rb") as w:
+        assert w.getnframes() / w.getframerate() >= 2.0
+    (spool / f"{name}.wav").unlink()
