@@ -107,6 +107,56 @@ async def test_a_small_balance_is_warned_a_minute_before_and_cut_off_when_it_run
         "online", "offered", "answered", "ended"]
 
 
+async def test_two_calls_at_once_on_one_balance_never_overdraw_it(
+        stack: Stack, admin: Admin) -> None:
+    """Two numbers of one customer account call at once and both key advisor 8181 (two
+    lines). The first reservation holds all the balance pays for (90 s), so the other is
+    refused before any advisor rings for it (the account's live hold is not available),
+    and the first is cut off when the money runs out: the balance ends at 0 to one billing
+    unit's price, nothing held, never below zero."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    await admin.call("PUT", "/v1/billing/policy", {"unit_s": 1, "by": "e2e"})
+    chosen = await admin.advisor("葵", "8181", SIP_ADVISOR)
+    await admin.call("PATCH", f"/v1/advisors/{chosen}", {"max_concurrent": 2})
+    numbers = ("07011110031", "07011110032")
+    await admin.call("POST", "/v1/customers", {"account": "family-e2e", "name": "E2E",
+                                               "numbers": list(numbers)})
+    await admin.fund(numbers[0], BALANCE_YEN, account="family-e2e")
+    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
+                              digits=CONFIRM + BY_CODE + "8181") as roles:
+        for number in numbers:            # one after the other: the calls are seconds long
+            await asyncio.to_thread(stack.customer_call(number).wait, 40)
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
+                       and m.cseq_method == "INVITE", 60)
+        await wait_for(advisor, lambda m: m.method == "BYE" and m.direction == "received",
+                       ALLOWED_S + 20)
+        ended: set[str | None] = set()
+        for _ in numbers:                 # both call-backs end with the gateway's BYE
+            bye = await wait_for(phone, lambda m: m.method == "BYE" and m.direction ==
+                                 "received" and m.call_id not in ended, 60)
+            ended.add(bye.call_id)
+        rung = invites_to(advisor, "operator")
+    held = await stack.fetch(
+        "callback", "SELECT r.id, r.allowed_s FROM billing_reservations r JOIN "
+        "billing_accounts a ON a.id = r.account_id WHERE a.account = 'family-e2e'")
+    settled = await stack.wait_for_row("callback", "SELECT s.* FROM billing_settlements s "
+                                       "WHERE s.reservation_id = $1", held[0]["id"])
+    books = {r["book"]: r["yen"] for r in await stack.fetch(
+        "callback", "SELECT e.book, sum(e.amount_yen) AS yen FROM billing_entries e "
+        "JOIN billing_accounts a ON a.id = e.account_id WHERE a.account = 'family-e2e' "
+        "GROUP BY e.book")}
+    cut = await stack.fetch("callback", "SELECT customer_number, end_reason, talk_s FROM "
+                            "consultations WHERE advisor_id = $1", chosen)
+    assert len(rung) == 1 and [r["allowed_s"] for r in held] == [ALLOWED_S]
+    assert [r["end_reason"] for r in cut] == ["cut_off"]
+    assert settled["total_yen"] == rate(cut[0]["talk_s"], TERMS).total_yen
+    one_unit_yen = -(-PRICE * TERMS.unit_s // 60)
+    assert 0 <= books["available"] <= one_unit_yen and books["held"] == 0, books
+    assert books["available"] == BALANCE_YEN - settled["total_yen"]
+
+
 async def test_a_balance_too_low_hears_why_and_no_advisor_is_rung(
         stack: Stack, admin: Admin) -> None:
     """A customer with no balance keys advisor 7171's code: they hear the refusal (the

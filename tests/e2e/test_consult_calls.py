@@ -67,11 +67,13 @@ class Admin:
                             {"presence": "online"})
         return advisor_id
 
-    async def fund(self, customer: str, yen: int = 10_000) -> None:
+    async def fund(self, customer: str, yen: int = 10_000, *, account: str | None = None
+                   ) -> None:
         """A bank transfer to the prepaid balance of the customer calling from
-        ``customer`` (a national number; their billing account is the E.164 number)."""
+        ``customer`` (a national number; their billing account is the E.164 number), or to
+        ``account`` (a customer account entered with its numbers)."""
         await self.call("POST", "/v1/billing/bank-transfers", {
-            "account": "+81" + customer[1:], "amount_yen": yen,
+            "account": account or "+81" + customer[1:], "amount_yen": yen,
             "transferred_on": datetime.now(TOKYO).date().isoformat(),
             "payer_name": "E2E", "bank_reference": f"e2e-{uuid.uuid4()}",
             "entered_by": "e2e"})
