@@ -15,12 +15,24 @@ a USD cost times a rate keeps its digits). A leg without a cost (not rated), or 
 currency the FX table has no rate for, adds nothing and is listed with ``cost_yen`` null.
 Records are append-only: a later outcome of the same consultation is a new record with its
 own ``record_id``.
+
+The call-back's customer leg is part of the cost, but its CDR is stored when that leg
+ends, after the consultation was settled or charged. So a record waits for it: the CDR
+store hands each rated customer leg to :func:`customer_leg_rated` in the CDR's
+transaction, which keeps it (``billing_customer_legs``) and writes, with that leg, the
+records written before it (``billing_records_awaiting``). A record whose customer leg is
+known by then (or among the consultation's leg costs) is written at once, with it; one
+of a consultation without a customer leg (no record, or none named) at once, without.
+The leg counts in the call-back's first consultation only (a second consultation on the
+same call does not count it again). Both sides take the leg's advisory lock, so a record
+and its leg never miss each other, and each record is written once (its ``record_id``;
+the waiting row goes in the same transaction).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -265,8 +277,81 @@ async def insert_record(conn: asyncpg.Connection, record: BillingRecord) -> int 
 
 
 async def write(conn: asyncpg.Connection, record: BillingRecord) -> bool:
-    """Store ``record`` and enqueue its ``billing_record`` message (message id from the
-    ``record_id``) in the caller's transaction; False (nothing written) if stored."""
+    """Store ``record`` with its consultation's customer leg and enqueue its
+    ``billing_record`` message (message id from the ``record_id``) in the caller's
+    transaction, or, that leg not rated yet, keep it until it is
+    (:func:`customer_leg_rated`); False (nothing written) if stored or kept before."""
+    call_id = await _customer_call(conn, record.consultation_id)
+    if call_id is None or any(leg.call_id == call_id for leg in record.legs):
+        return await _send(conn, record)
+    await _lock(conn, call_id)
+    leg = await _customer_leg(conn, call_id)
+    if leg is not None:
+        return await _send(conn, _with(record, leg))
+    if await conn.fetchval("SELECT 1 FROM billing_records WHERE record_id = $1",
+                           record.record_id):
+        return False
+    kept: bool | None = await conn.fetchval(
+        """INSERT INTO billing_records_awaiting (record_id, customer_call_id, record)
+           VALUES ($1, $2, $3) ON CONFLICT (record_id) DO NOTHING RETURNING true""",
+        record.record_id, call_id, record.to_json())
+    return bool(kept)
+
+
+async def customer_leg_rated(conn: asyncpg.Connection, leg: Leg) -> int:
+    """A call-back's customer leg, its CDR stored (in that transaction): kept for the
+    records of its consultation, and those that waited for it written now, with it; how
+    many."""
+    await _lock(conn, leg.call_id)
+    await conn.execute(
+        """INSERT INTO billing_customer_legs (call_id, carrier_id, cost_amount, cost_currency)
+           VALUES ($1, $2, $3, $4) ON CONFLICT (call_id) DO NOTHING""",
+        leg.call_id, leg.carrier_id, None if leg.cost is None else leg.cost.amount,
+        None if leg.cost is None else leg.cost.currency)
+    rows = await conn.fetch(
+        "DELETE FROM billing_records_awaiting WHERE customer_call_id = $1 RETURNING record",
+        leg.call_id)
+    for row in rows:
+        await _send(conn, _with(BillingRecord.from_json(row["record"]), leg))
+    return len(rows)
+
+
+async def _customer_call(conn: asyncpg.Connection, consultation_id: str) -> str | None:
+    """The customer leg the consultation's record counts: the call-back's, when this is
+    its first consultation (None: no record, no leg named, or a later consultation)."""
+    found: str | None = await conn.fetchval(
+        """SELECT c.customer_call_id FROM consultations c
+           WHERE c.consultation_id = $1 AND c.customer_call_id IS NOT NULL
+             AND c.consultation_id = (
+                 SELECT f.consultation_id FROM consultations f
+                 WHERE f.customer_call_id = c.customer_call_id
+                 ORDER BY f.requested_at, f.consultation_id LIMIT 1)""", consultation_id)
+    return found
+
+
+async def _lock(conn: asyncpg.Connection, call_id: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                       "billing-customer-leg:" + call_id)
+
+
+async def _customer_leg(conn: asyncpg.Connection, call_id: str) -> Leg | None:
+    row = await conn.fetchrow("SELECT * FROM billing_customer_legs WHERE call_id = $1",
+                              call_id)
+    if row is None:
+        return None
+    cost = (None if row["cost_amount"] is None
+            else Money(row["cost_amount"], row["cost_currency"]))
+    return Leg(call_id, "customer", row["carrier_id"], cost)
+
+
+def _with(record: BillingRecord, leg: Leg) -> BillingRecord:
+    """``record`` counting ``leg`` (once: a leg it has is not added again)."""
+    if any(known.call_id == leg.call_id for known in record.legs):
+        return record
+    return replace(record, legs=(*record.legs, leg))
+
+
+async def _send(conn: asyncpg.Connection, record: BillingRecord) -> bool:
     if await insert_record(conn, record) is None:
         return False
     await Outbox.enqueue(conn, kind=KIND, path=EVENTS_PATH,

@@ -49,6 +49,7 @@ from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from advisors.record_store import ConsultationRecords
 from billing.http import install as install_billing
 from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
+from billing.records import customer_leg_rated
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.answerlog import AnswerLog
@@ -247,7 +248,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     guard = Guard(pool, settings.guard, fx=fx)
     store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,
                           guard=guard, notify=settings.notify if settings.notify.channels
-                          else None)
+                          else None, customer_legs=customer_leg_rated)
     await store.sync_merchants(settings.merchants)
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool

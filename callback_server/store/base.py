@@ -10,13 +10,18 @@ during a live call retry on connection errors
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import asyncpg
 
 if TYPE_CHECKING:
+    from billing.records import Leg
     from callback_server.guard.service import Guard
     from ivr_platform.notify_config import NotifySettings
+
+#: takes a call-back's customer leg, rated, in the transaction storing its CDR
+CustomerLegs = Callable[[asyncpg.Connection, "Leg"], Awaitable[object]]
 
 
 class StoreBase:
@@ -24,7 +29,8 @@ class StoreBase:
 
     def __init__(self, pool: asyncpg.Pool, *, owner: str, lease_s: int = 30,
                  guard: Guard | None = None, foreign_rescue_after_s: float = 300.0,
-                 notify: NotifySettings | None = None) -> None:
+                 notify: NotifySettings | None = None,
+                 customer_legs: CustomerLegs | None = None) -> None:
         self.pool = pool
         self.owner = owner
         self.lease_s = lease_s
@@ -32,6 +38,9 @@ class StoreBase:
         # The merchants' call notifications (ivr_platform.notify_outbox), queued with the
         # facts they report; None: none.
         self.notify = notify
+        # The billing records waiting for the customer leg's cost
+        # (billing.records.customer_leg_rated); None: no billing here.
+        self.customer_legs = customer_legs
         # The Asterisk (its systemname) this server places legs on; set on ARI connect.
         self.asterisk: str | None = None
         # A rescued job whose live leg is on another Asterisk waits this long for a

@@ -1,9 +1,11 @@
-"""CDRs: one per finished leg, rated, and reported to the edge through the outbox."""
+"""CDRs: one per finished leg, rated, and reported to the edge through the outbox; a
+customer leg's also handed to billing (its consultation's billing record counts it)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
+from billing.records import Leg
 from callback_server.dialer_messages import RATED_LEGS, RecordCdr
 from callback_server.store.base import StoreBase
 from shared.db import survives_database_restarts
@@ -35,6 +37,9 @@ class CdrStore(StoreBase):
                 return False
             if self.guard is not None and carrier_cost is not None and cdr.leg in RATED_LEGS:
                 await self.guard.add_spend(conn, cdr.carrier_id, merchant_id, carrier_cost)
+            if self.customer_legs is not None and cdr.leg == "customer":
+                await self.customer_legs(conn, Leg(cdr.call_id, "customer", cdr.carrier_id,
+                                                   carrier_cost))
             payload = {
                 "kind": "cdr", "call_id": cdr.call_id, "callback_id": cdr.callback_id,
                 "edge_call_id": edge_call_id, "merchant_id": merchant_id, "leg": cdr.leg,

@@ -105,6 +105,15 @@ async def test_a_small_balance_is_warned_a_minute_before_and_cut_off_when_it_run
     assert books["available"] == BALANCE_YEN - charge.total_yen and books["held"] == 0
     assert [e for e, _ in await events(stack, chosen)] == [
         "online", "offered", "answered", "ended"]
+    # the billing record reaches the edge once, with the customer's leg and its carrier
+    # cost (that leg's CDR is stored after the settlement, when the customer is hung up)
+    query = "SELECT record_id, legs FROM billing_records WHERE consultation_id = $1"
+    billed = await stack.wait_for_row("edge", query, made["consultation_id"], timeout_s=60)
+    legs = {leg["role"]: leg for leg in billed["legs"]}
+    assert legs["customer"]["call_id"] == made["customer_call_id"], billed["legs"]
+    assert legs["customer"]["cost"] is not None and "advisor" in legs, billed["legs"]
+    assert len(await stack.fetch("edge", query, made["consultation_id"])) == 1
+    assert len(await stack.fetch("callback", query, made["consultation_id"])) == 1
 
 
 async def test_two_calls_at_once_on_one_balance_never_overdraw_it(

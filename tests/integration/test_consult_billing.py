@@ -18,12 +18,14 @@ import stripe
 from advisors.model import Rules, SipContact, State, Via
 from advisors.presence import GoOnline
 from advisors.record_store import ConsultationRecords
+from advisors.records import EndReason
 from advisors.schemas import AdvisorInput, CustomerInput, GroupInput, OwnPrice
 from advisors.store import AdvisorStore
 from billing import records
 from billing.consultation_charges import consultation_charges
-from billing.ledger import Balance, Ledger
+from billing.ledger import Balance, Ledger, Reservation
 from billing.rating import Terms
+from billing.records import Leg
 from billing.settings import BillingSettings, StripeSettings
 from callback_server.advisor_desk import AdvisorDesk, Chosen
 from callback_server.call_ports import CallContext
@@ -34,6 +36,7 @@ from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
 from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryStore
 from shared import ari
+from shared.money import Money
 from shared.phone import E164
 from tests.integration import advisors_db, billing_db
 from tests.integration.localstripe import client_for, localstripe_fixture
@@ -56,7 +59,8 @@ pool, clean = advisors_db.fixtures(billing_db.migrations(), records.MIGRATIONS)
 async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
     """Emptied, with the customer member-42 at ``NUMBER``."""
     pool = clean
-    await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_records CASCADE")
+    await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_records, "
+                       "billing_customer_legs, billing_records_awaiting, outbox CASCADE")
     await AdvisorStore(pool).create_customer(
         "acme", CustomerInput(account="member-42", name="Sato", numbers=(NUMBER,)))
     return pool
@@ -292,6 +296,47 @@ async def test_a_rescued_call_backs_recorded_consultation_is_settled_from_its_re
     assert live.reservation.consultation_id == "cb-0f3a9c-c2"
     by = await db.fetchval("SELECT by_whom FROM billing_transactions WHERE kind = 'charge'")
     assert by == "rescue"
+
+
+async def test_a_settlements_billing_record_waits_for_the_customer_legs_cost(
+        db: asyncpg.Pool) -> None:
+    """Settled before the call-back's customer leg ended: the billing record is kept, not
+    sent; the leg's CDR (customer_leg_rated) writes it with that leg's cost, once. A
+    second consultation on the same call-back does not count the leg again, and one
+    settled after the leg was rated is written at once."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 1000, "op", "bank transfer")
+    first = answered(leg_costs=answered().leg_costs[1:])       # the advisor legs only
+    second = answered(consultation_id="co-7f3b", requested_at=first.ended_at,
+                      rings=(), answered_at=None, holds=(), talk_s=0,
+                      end_reason=EndReason.CUSTOMER_ABANDONED, leg_costs=())
+    for made in (first, second):
+        await ConsultationRecords(db).save(made)
+    held = await ledger.reserve("acme", "member-42", first.consultation_id, Terms(100))
+    assert isinstance(held, Reservation)
+    await ledger.settle("acme", held.id, first.talk_s)
+    assert await records.consultation_records(db, "acme", first.consultation_id) == []
+    sent = ("SELECT count(*) FROM outbox WHERE kind = 'billing_record' "
+            "AND convert_from(body, 'UTF8')::jsonb ->> 'consultation_id' = $1")
+    assert await db.fetchval(sent, first.consultation_id) == 0
+    customer = Leg("cb-0f3a9c-1-customer", "customer", "carrier-b", Money.of("0.2097", "USD"))
+    async with db.acquire() as conn, conn.transaction():
+        assert await records.customer_leg_rated(conn, customer) == 1
+    async with db.acquire() as conn, conn.transaction():
+        assert await records.customer_leg_rated(conn, customer) == 0     # once
+    (written,) = await records.consultation_records(db, "acme", first.consultation_id)
+    assert [(leg["call_id"], leg["role"]) for leg in written["legs"]] == [
+        ("co-7f3a-r2", "advisor"), ("co-7f3a-r1", "advisor"),
+        ("cb-0f3a9c-1-customer", "customer")]
+    # 45 JPY + 0.2097 USD at the default 155 yen: 77.5035, of 200 yen charged
+    assert (written["cost_yen"], written["margin_yen"]) == ("77.5035", "122.4965")
+    assert await db.fetchval(sent, first.consultation_id) == 1
+    later = await ledger.reserve("acme", "member-42", second.consultation_id, Terms(100))
+    assert isinstance(later, Reservation)
+    await ledger.settle("acme", later.id, 0)
+    (other,) = await records.consultation_records(db, "acme", second.consultation_id)
+    assert other["legs"] == [] and other["cost_yen"] == "0"
+    assert await db.fetchval("SELECT count(*) FROM billing_records_awaiting") == 0
 
 
 async def test_a_settlement_the_ledger_refuses_leaves_the_reservation_and_the_round_ends(
