@@ -154,6 +154,7 @@ class CallbackSettings:
             source.refuse(common.file_problems() + media.file_problems()
                           + _prompt_problems(merchants, flows, behaviour.prompts_dir)
                           + _guidance_problems(merchants, flows, media)
+                          + _verb_problems(merchants, flows, media, sms)
                           + cap_problems(common.capacity, "guard.caps.global.channels",
                                          guard.caps.global_limits.channels))
         return cls(**common.fields(), callback=behaviour, flows=flows, guard=guard,
@@ -174,14 +175,16 @@ class CallbackSettings:
         """Why the site refuses ``flow`` as one of the merchant's stored flows although it
         validates: as ``check`` does for a configured flow, a confirm gate missing while
         ``[guard] require_confirm``, prompts it plays that are not there in the merchant's
-        language, guidance not the merchant's or not uploaded."""
+        language, guidance not the merchant's or not uploaded, a record or sms node the
+        site cannot run (its sub-flows' too, once resolved)."""
         merchant = replace(self.merchant(merchant_id), ivr_flow=flow.name)
         flows = {flow.name: flow}
         gate = _gate_problem(self.guard, flow)
         problems = [gate] if gate else []
         return problems + [p for _, p in _prompt_problems([merchant], flows,
                                                           self.callback.prompts_dir)
-                           + _guidance_problems([merchant], flows, self.media)]
+                           + _guidance_problems([merchant], flows, self.media)
+                           + _verb_problems([merchant], flows, self.media, self.sms)]
 
     def flows_playing(self, merchant_id: str, media: str,
                       stored: Mapping[str, Flow] | None = None) -> list[str]:
@@ -259,4 +262,33 @@ def _media(flow: Flow) -> set[str]:
             played.update(node.busy_prompt)
         if node.type in ("advisor_code", "advisor_list"):
             played.update(*UNAVAILABLE.values())
+    for _, sub in flow.subflows:          # what its sub-flows play is the flow's too
+        played |= _media(sub)
     return played
+
+
+def _verb_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
+                   media: MediaSettings, sms: SmsSettings | None) -> list[tuple[str, str]]:
+    """``(merchants[i].ivr_flow, problem)`` for a verb its flow (or a sub-flow) uses that
+    the site cannot run: ``record`` without somewhere to keep recordings, ``sms``
+    without ``[sms]``."""
+    problems = []
+    for i, m in enumerate(merchants):
+        types = _node_types(flows[m.ivr_flow])
+        if "record" in types and (media.recordings_dir is None
+                                  or media.asterisk_recordings_dir is None):
+            problems.append((f"merchants[{i}].ivr_flow",
+                             f"flow {m.ivr_flow!r} records (a record node), but [media] "
+                             "recordings_dir and asterisk_recordings_dir are not both set"))
+        if "sms" in types and sms is None:
+            problems.append((f"merchants[{i}].ivr_flow",
+                             f"flow {m.ivr_flow!r} sends SMS (an sms node), but [sms] is "
+                             "not set"))
+    return problems
+
+
+def _node_types(flow: Flow) -> set[str]:
+    types = {node.type for node in flow.nodes}
+    for _, sub in flow.subflows:
+        types |= _node_types(sub)
+    return types

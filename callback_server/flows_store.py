@@ -61,11 +61,15 @@ async def stored_subflows(pool: asyncpg.Pool, merchant_id: str
     return lookup
 
 
-def validate(site_check: SiteCheck, merchant_id: str, text: str, filename: str) -> Flow:
+def validate(site_check: SiteCheck, merchant_id: str, text: str, filename: str,
+             subflows: Callable[[str], Flow | None] | None = None) -> Flow:
     """The flow in ``text``, or 400 ``invalid-flow`` naming file, line and node (the
-    site's own checks name the file only)."""
+    site's own checks name the file only). With ``subflows`` (a look-up), its sub-flows
+    are resolved first, and the site checks them too."""
     try:
         flow = parse_text(text, filename)
+        if subflows is not None and flow.calls:
+            flow = resolve(flow, subflows, text)
     except FlowError as exc:
         raise invalid_flow(exc) from None
     problems = site_check(merchant_id, flow)
@@ -123,19 +127,11 @@ class FlowStore:
         self.pool = pool
         self.site_check = site_check
 
-    def validate(self, merchant_id: str, text: str, filename: str) -> Flow:
-        return validate(self.site_check, merchant_id, text, filename)
-
     async def checked(self, merchant_id: str, text: str, filename: str) -> Flow:
-        """:meth:`validate`, then its sub-flows found among the merchant's stored flows
-        (a missing one or recursion: 400 ``invalid-flow``)."""
-        flow = self.validate(merchant_id, text, filename)
-        if not flow.calls:
-            return flow
-        try:
-            return resolve(flow, await stored_subflows(self.pool, merchant_id), text)
-        except FlowError as exc:
-            raise invalid_flow(exc) from None
+        """:func:`validate` with its sub-flows found among the merchant's stored flows (a
+        missing one or recursion: 400 ``invalid-flow``)."""
+        return validate(self.site_check, merchant_id, text, filename,
+                        await stored_subflows(self.pool, merchant_id))
 
     async def upload(self, merchant_id: str, text: str, filename: str, author: str
                      ) -> tuple[FlowVersion, bool]:

@@ -320,3 +320,58 @@ def test_check_refuses_a_site_channel_cap_the_asterisks_cannot_reach(
         "more than the 1000 the Asterisks in capacity.asterisk_config carry"]
     config.write_text(config.read_text().replace("channels = 1200", "channels = 1000"))
     assert _check("callback", config, capsys) == (0, "")
+
+
+VOICEMAIL = """\
+name = "voicemail"
+start = "message"
+
+[nodes.message]
+type = "record"
+prompt = ["sound:cbgw/farewell"]
+field = "message"
+next = "text"
+
+[nodes.text]
+type = "sms"
+to = "caller"
+text = "message {message} received"
+next = "done"
+
+[nodes.done]
+type = "return"
+"""
+
+
+def test_check_refuses_a_sub_flows_missing_prompt_and_verbs_the_site_cannot_run(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "order.toml").write_text((FLOWS_DIR / "order.toml").read_text().replace(
+        '"0" = "operator" }', '"0" = "operator", "9" = "leave" }') + """
+[nodes.leave]
+type = "subflow"
+flow = "voicemail"
+next = "goodbye"
+""")
+    (flows / "voicemail.toml").write_text(VOICEMAIL)
+    config = _config(tmp_path, pki_dir, "callback", (
+        "# flows_dir = ", f'flows_dir = "{flows}"\n# '))
+    code, err = _check("callback", config, capsys)
+    assert code == 2
+    assert "flow 'order' plays prompts in 'ja' not in the system prompts" in err
+    assert ": farewell\n" in err
+    assert ("merchants[0].ivr_flow: flow 'order' records (a record node), but [media] "
+            "recordings_dir and asterisk_recordings_dir are not both set") in err
+    assert "flow 'order' sends SMS (an sms node), but [sms] is not set" in err
+    (flows / "voicemail.toml").write_text(VOICEMAIL.replace("sound:cbgw/farewell",
+                                                            "sound:cbgw/goodbye"))
+    spool = tmp_path / "spool"
+    config.write_text(config.read_text().replace(
+        "# asterisk_recordings_dir = ", f'asterisk_recordings_dir = "{spool}"\n# ') + f"""
+[sms]
+account_sid = "AC{'0' * 32}"
+auth_token = "t0ken"
+sender = "+815011112222"
+""")
+    assert _check("callback", config, capsys) == (0, "")
