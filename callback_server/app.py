@@ -66,7 +66,7 @@ from callback_server.guard.http import install as install_guard
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
-from callback_server.ivr_services import site_services
+from callback_server.ivr_services import site_services, webhook_session
 from callback_server.leg_progress import LegProgress
 from callback_server.legrecord import LegRecords
 from callback_server.metrics import callback as callback_metrics
@@ -325,8 +325,9 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     answers = settings.callback.answer_log
     records = LegRecords(client, answers=AnswerLog(answers) if answers is not None else None)
     settler = LegSettler(store, routing, records, merchants)
-    session = aiohttp.ClientSession()          # the IVR's SMS provider and webhooks
-    services = site_services(settings, app[POOL_KEY], session)
+    session = aiohttp.ClientSession()          # the IVR's SMS provider
+    webhooks = webhook_session()               # flows' webhooks: public addresses only
+    services = site_services(settings, app[POOL_KEY], session, webhooks)
 
     def identified(name: str) -> None:
         store.asterisk = name
@@ -370,6 +371,7 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
             await worker.shutdown()
     await services.drain()
     await session.close()
+    await webhooks.close()
     await stasis.router.drain()
     await client.close()
 

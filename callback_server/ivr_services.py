@@ -10,7 +10,9 @@
 * **SMS** (``sms``): :class:`~ivr_platform.sms_store.SmsSender` (the row, the provider, its
   answer) in a task of its own: the call never waits for it, and a failure is logged
   (the row says ``pending`` or ``rejected``).
-* **Webhooks** (``webhook``): ``POST`` of a JSON body, signed like the link between the
+* **Webhooks** (``webhook``): only to public addresses (:class:`PublicResolver`; an IP
+  literal URL too): a merchant's flow cannot make the site call its own network (SSRF).
+  ``POST`` of a JSON body, signed like the link between the
   sites (:mod:`shared.signing`: ``webhook-id``, ``webhook-timestamp``, ``webhook-key-id``,
   ``webhook-signature: v1a,<Ed25519>`` over ``id.timestamp.POST.<path?query>.
   sha256(body)`` with the site's signing keys, verified with its public key); the answer
@@ -21,8 +23,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import socket
 import uuid
 import wave
 from collections.abc import Callable, Coroutine
@@ -33,6 +37,8 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from callback_server import ivr
@@ -67,14 +73,50 @@ class Sms:
     settings: SmsSettings
 
 
+class PublicResolver(AbstractResolver):
+    """aiohttp's resolver, keeping only public addresses: a merchant's webhook never
+    reaches the site's own network (loopback, private, link-local: ARI, the database)."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = [a for a in await self._inner.resolve(host, port, family)
+                 if public_address(a["host"])]
+        if not found:
+            raise OSError(f"{host} has no public address")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def public_address(host: str) -> bool:
+    """Whether ``host`` (an IP address) is a global one."""
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False
+
+
+def webhook_session() -> aiohttp.ClientSession:
+    """The session flows' webhooks go out on: public addresses only."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PublicResolver()))
+
+
 class IvrServices:
+    """``session``: the webhooks' (:func:`webhook_session` on a site: public addresses
+    only; an IP literal URL must be public too unless ``private_ok``, for tests)."""
+
     def __init__(self, *, recordings: Recordings | None = None, sms: Sms | None = None,
                  session: aiohttp.ClientSession | None = None,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None, private_ok: bool = False) -> None:
         self.recordings = recordings
         self.sms = sms
         self.session = session
         self.signer = signer
+        self.private_ok = private_ok
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- recordings -----------------------------------------------------------------------
@@ -138,6 +180,9 @@ class IvrServices:
             "callback_id": call.callback_id, "edge_call_id": call.edge_call_id,
             "variables": dict(cmd.variables)}, ensure_ascii=False).encode()
         url = URL(cmd.url)
+        host = url.host or ""
+        if not self.private_ok and _ip_literal(host) and not public_address(host):
+            return self._failed(cmd, f"{host} is not a public address")
         headers = {"Content-Type": "application/json; charset=utf-8",
                    **self.signer.headers("POST", url.raw_path_qs, body,
                                          message_id=str(uuid.uuid4()))}
@@ -174,6 +219,14 @@ class IvrServices:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
 
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _text(value: object) -> str | None:
     """A JSON value a variable can take: a string or a number, as text."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -182,9 +235,11 @@ def _text(value: object) -> str | None:
 
 
 def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
-                  session: aiohttp.ClientSession) -> IvrServices:
+                  session: aiohttp.ClientSession, webhooks: aiohttp.ClientSession
+                  ) -> IvrServices:
     """The callback site's: recordings when ``[media]`` has both directories, SMS when
-    ``[sms]`` is set, webhooks signed with the site's signing keys."""
+    ``[sms]`` is set (on ``session``), webhooks signed with the site's signing keys (on
+    ``webhooks``: :func:`webhook_session`)."""
     media = settings.media
     notify = settings.notify if settings.notify.channels else None
     recordings = None
@@ -196,4 +251,4 @@ def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
         sms = Sms(SmsSender(SmsStore(pool), TwilioSms(session, settings.sms.twilio)),
                   settings.sms)
     signer = Signer([SigningKey.load(path) for path in settings.signing.keys])
-    return IvrServices(recordings=recordings, sms=sms, session=session, signer=signer)
+    return IvrServices(recordings=recordings, sms=sms, session=webhooks, signer=signer)

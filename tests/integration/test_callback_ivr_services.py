@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from callback_server.call_ports import CallFacts
 from callback_server.ivr import CallWebhook, WebhookAnswered, WebhookFailed
-from callback_server.ivr_services import IvrServices, Recordings, Sms
+from callback_server.ivr_services import IvrServices, Recordings, Sms, webhook_session
 from ivr_platform.recordings import RecordingStore
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_store import SmsSender, SmsStore, migrations
@@ -117,7 +117,7 @@ async def test_a_webhook_is_signed_and_its_answer_sets_variables(
     ask = CallWebhook("cb-7-01-w2", url, (("caller", "+819012345678"), ("order", "42")),
                       ("plan", "visits", "vip"), 1.0)
     async with aiohttp.ClientSession() as session:
-        services = IvrServices(session=session, signer=Signer([key]))
+        services = IvrServices(session=session, signer=Signer([key]), private_ok=True)
         assert await services.call_webhook(ask, CALL) == WebhookAnswered(
             "cb-7-01-w2", (("plan", "gold"), ("visits", "3")))
         assert b'"variables": {"caller": "+819012345678", "order": "42"}' in crm.bodies[0]
@@ -127,7 +127,34 @@ async def test_a_webhook_is_signed_and_its_answer_sets_variables(
         crm.delay_s, crm.answer = 0.0, web.json_response({"error": "no"}, status=404)
         assert await services.call_webhook(ask, CALL) == WebhookFailed("cb-7-01-w2",
                                                                        "HTTP 404")
-        other = IvrServices(session=session, signer=Signer([SigningKey.generate("x")]))
+        other = IvrServices(session=session, signer=Signer([SigningKey.generate("x")]),
+                            private_ok=True)
         crm.answer = web.json_response({})
         assert await other.call_webhook(ask, CALL) == WebhookFailed(   # another key
             "cb-7-01-w2", "HTTP 401")
+
+
+async def test_a_webhook_never_reaches_the_sites_own_network(
+        aiohttp_server: ServerFactory) -> None:
+    """A merchant's flow cannot make the site POST to loopback or private addresses
+    (ARI, the database's neighbours): neither as an IP literal nor by a name."""
+    key = SigningKey.generate("cb-1")
+    crm = Crm(Verifier({"cb-1": key.public()}))
+    app = web.Application()
+    app.router.add_post("/ivr", crm.handle)
+    server = await aiohttp_server(app)
+    by_name = CallWebhook("cb-7-01-w2", f"http://localhost:{server.port}/ivr", (), (), 1.0)
+    async with aiohttp.ClientSession() as plain:     # the name does lead to the server
+        services = IvrServices(session=plain, signer=Signer([key]), private_ok=True)
+        assert isinstance(await services.call_webhook(by_name, CALL), WebhookAnswered)
+    crm.bodies.clear()
+    async with webhook_session() as session:
+        services = IvrServices(session=session, signer=Signer([key]))
+        failed = await services.call_webhook(by_name, CALL)   # the resolver keeps no address
+        assert isinstance(failed, WebhookFailed) and "localhost" in failed.reason
+        for host in ("127.0.0.1", "[::1]", "10.0.0.7", "169.254.169.254"):
+            ask = CallWebhook("cb-7-01-w2", f"http://{host}:{server.port}/ivr", (), (), 1.0)
+            failed = await services.call_webhook(ask, CALL)
+            assert isinstance(failed, WebhookFailed), host
+            assert failed.reason.endswith("is not a public address"), failed
+    assert crm.bodies == []
