@@ -118,8 +118,7 @@ class CallRunner(RoundRunner):
         elif isinstance(event, OriginateFailed):
             failed = self._unanswered_second_leg(event.channel_id)
             await self._dialer(event)
-            if failed is not None:       # the operator's or a transfer's: the IVR's on_fail
-                await self.ivr.handle(failed)
+            await self._second_leg_failed(event.channel_id, failed)
         elif isinstance(event, Begin | Originated | OriginateRefused | Answered
                         | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
             await self._dialer(event)
@@ -173,8 +172,17 @@ class CallRunner(RoundRunner):
         if customer:
             await self.ivr.handle(ivr.CallerHangup())
             await self._consult(consult.CustomerGone(at or utcnow()))
-        elif unanswered is not None:
-            await self.ivr.handle(unanswered)
+        else:
+            await self._second_leg_failed(cid, unanswered)
+
+    async def _second_leg_failed(self, cid: str,
+                                 failed: ivr.OperatorFailed | ivr.TransferFailed | None) -> None:
+        """The IVR's ``on_fail`` for the operator's or a transfer's leg ``cid`` that ended
+        unanswered, unless the dialer placed the transfer again on another carrier."""
+        op = self.state.operator
+        retried = op is not None and op.channel_id != cid and not op.ended
+        if failed is not None and not retried:
+            await self.ivr.handle(failed)
 
     def _unanswered_second_leg(self, cid: str) -> ivr.OperatorFailed | ivr.TransferFailed | None:
         """What the IVR hears when ``cid``, the operator's or a transfer's leg not yet
@@ -192,7 +200,7 @@ class CallRunner(RoundRunner):
             log.warning("transfer to %s: no route", number)
             await self.ivr.handle(ivr.TransferFailed())
             return
-        await self._dialer(OperatorRequested(utcnow(), number, routes[0], cmd.ring_s))
+        await self._dialer(OperatorRequested(utcnow(), number, routes, cmd.ring_s))
 
     async def _consult(self, event: consult.Event) -> None:
         await self.consult.handle(event)

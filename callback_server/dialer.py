@@ -152,6 +152,7 @@ class DialerState:
     pending: Finish | None = None     # outcome decided, waiting for legs to go
     failures: tuple[tuple[str, str], ...] = field(default=())  # (carrier, why) this round
     refusals: tuple[tuple[Refusal, int], ...] = ()   # guard refusals this round (reason, wait)
+    transfer: OperatorRequested | None = None   # a transfer's request, its routes left
 
     @classmethod
     def new(cls, job: Job) -> DialerState:
@@ -263,10 +264,12 @@ def _originate_failed(state: DialerState, ev: OriginateFailed) -> Step:
     if _is_operator(state, ev.channel_id):
         assert state.operator is not None
         state = replace(state, operator=replace(state.operator, ended=True))
-        return state, [CancelTimer(T_OPERATOR), RecordLegResult(ev.channel_id, "failed")]
+        cmds: list[Command] = [CancelTimer(T_OPERATOR), RecordLegResult(ev.channel_id,
+                                                                        "failed")]
+        return _next_transfer_route(state, ev.at, cmds) or (state, cmds)
     if not (_is_customer(state, ev.channel_id) and state.phase is Phase.DIALING):
         return state, []
-    cmds: list[Command] = [CancelTimer(T_RING), RecordLegResult(ev.channel_id, "failed")]
+    cmds = [CancelTimer(T_RING), RecordLegResult(ev.channel_id, "failed")]
     state = _note_failure(state, f"originate: {ev.detail}")
     state = replace(state, customer=None)
     nxt, more = _failover(state, ev.at)
@@ -387,10 +390,11 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
     job = state.job
     seq = state.leg_seq + 1
     channel_id = f"{job.callback_id}-{seq:02d}"
-    if ev.transfer is not None and ev.route is not None:    # a number, through a carrier
-        role, carrier, endpoint = "transfer", ev.route.carrier_id, ev.route.endpoint
+    if ev.transfer is not None and ev.routes:    # a number, through its cheapest carrier
+        role, carrier, endpoint = "transfer", ev.routes[0].carrier_id, ev.routes[0].endpoint
         destination, caller, ring_s = (str(ev.transfer), str(job.caller_id),
                                        ev.ring_s or job.ring_timeout_s)
+        state = replace(state, transfer=ev)
     else:           # the operator, through the edge trunk, shown the customer's number
         role, carrier, endpoint = "operator", EDGE_TRUNK, job.operator_endpoint
         destination, caller, ring_s = endpoint, str(job.destination), job.ring_timeout_s
@@ -403,6 +407,18 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
                   leg_variables(job)),
         StartTimer(T_OPERATOR, ring_s + RING_GUARD_S),
     ]
+
+
+def _next_transfer_route(state: DialerState, at: datetime, cmds: list[Command]
+                         ) -> Step | None:
+    """A transfer's leg failed before ringing (a carrier fault): its next carrier, if it
+    has one (None: the transfer failed)."""
+    req = state.transfer
+    if req is None or len(req.routes) < 2 or state.phase is not Phase.IN_CALL:
+        return None
+    nxt, more = _operator(replace(state, operator=None),
+                          replace(req, at=at, routes=req.routes[1:]))
+    return nxt, cmds + more
 
 
 def _operator_gone(state: DialerState, ev: ChannelGone) -> Step:
@@ -423,7 +439,9 @@ def _operator_gone(state: DialerState, ev: ChannelGone) -> Step:
         return nxt, cmds + more
     if state.phase is Phase.TEARDOWN:
         return _maybe_done(state, cmds)
-    return state, cmds   # operator never answered: the customer stays in the IVR
+    if classify(ev.cause) is CauseClass.FAILOVER:
+        return _next_transfer_route(state, ev.at, cmds) or (state, cmds)
+    return state, cmds   # never answered: the customer stays in the IVR
 
 
 def _release_operator(state: DialerState) -> list[Command]:

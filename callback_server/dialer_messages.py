@@ -148,12 +148,13 @@ class TimerFired:
 @dataclass(frozen=True, slots=True)
 class OperatorRequested:
     """The IVR asked for a human (``DialOperator``), or to put the customer through to a
-    number (``TransferCall``): ``transfer`` is then the number, reached by ``route`` (its
-    cheapest carrier's) and rung up to ``ring_s``, presenting the merchant's number."""
+    number (``TransferCall``): ``transfer`` is then the number, reached by ``routes`` (its
+    carriers, cheapest first: the next when one fails before ringing) and rung up to
+    ``ring_s``, presenting the merchant's number."""
 
     at: datetime
     transfer: E164 | None = None
-    route: Route | None = None
+    routes: tuple[Route, ...] = ()
     ring_s: int | None = None
 
 

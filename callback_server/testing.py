@@ -186,6 +186,8 @@ class MemoryDesk:
     seats: dict[int, pm.Presence] = field(default_factory=dict)
     #: advisor → yen per minute (0 when not given)
     prices: dict[int, int] = field(default_factory=dict)
+    #: the carriers a number is reached by, cheapest first
+    carriers: tuple[str, ...] = ("carrier-a",)
 
     def __post_init__(self) -> None:
         start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -268,7 +270,7 @@ class MemoryDesk:
         return f"+8131234{advisor_id:04d}", self.routes.get(advisor_id, ())
 
     async def number_routes(self, number: E164, at: datetime) -> tuple[Route, ...]:
-        return (Route("carrier-a", f"PJSIP/{number}@carrier-a"),)
+        return tuple(Route(c, f"PJSIP/{number}@{c}") for c in self.carriers)
 
     async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
                     at: datetime) -> None:

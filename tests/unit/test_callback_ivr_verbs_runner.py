@@ -135,3 +135,22 @@ async def test_a_transfer_nobody_answers_or_without_a_route_takes_on_fail() -> N
     call = await answered(flow_of(TRANSFER))             # no desk: no route
     assert call.ari.named("originate") == [(A.endpoint, CHANNEL, "+81120123456", 30)]
     assert CHANNEL in call.ari.named("hangup")
+
+
+async def test_a_transfer_fails_over_to_the_numbers_next_carrier() -> None:
+    for fault in ("allocation", "congestion"):
+        call = Call(store=MemoryStore(), ctx=CallContext("edge-9", "ntt-freedial",
+                                                         flow_of(TRANSFER)),
+                    desk=MemoryDesk(carriers=("carrier-a", "carrier-b")))
+        if fault == "allocation":
+            call.ari.allocation_fails.add("PJSIP/+81312345678@carrier-a")
+        await call.start(A)
+        await call.push(ari.StasisStart(ch(CHANNEL)))
+        if fault == "congestion":
+            await call.push(ari.ChannelDestroyed(ch("cb-9-02"), cause=34,
+                                                 cause_txt="Congestion"))
+        assert call.ari.named("originate")[-1] == ("PJSIP/+81312345678@carrier-b", "cb-9-03",
+                                                  "+81120123456", 20), fault
+        assert CHANNEL not in call.ari.named("hangup")      # still transferring
+        await call.push(ari.StasisStart(ch("cb-9-03")))
+        assert call.ari.named("add_channel") == [("cb-9-br03", (CHANNEL, "cb-9-03"))]
