@@ -9,7 +9,13 @@ message, ``DialOperator`` into the dialer's operator leg, ``ConnectAdvisor`` int
 consultation (:mod:`callback_server.consult`, whose outcome comes back as
 ``AdvisorUnavailable``, ``ConsultBusy``, ``ConsultFailed``, ``ConsultRefused`` (billing's
 refusal: its guidance, then the node's ``on_fail``) or ``ConsultEnded``), and
-``Hangup`` into the dialer's ``EndCall``.
+``Hangup`` into the dialer's ``EndCall``. The other verbs ask the adapter too:
+``CheckHours`` (answered ``HoursChecked``), ``StartRecording`` (``Recorded``),
+``CallWebhook`` (``WebhookAnswered`` / ``WebhookFailed``), ``TransferCall``
+(``TransferFailed``); ``SendSms`` and ``Submit`` need no answer. A ``subflow`` node runs
+another flow in the same state (``frames`` remembers where its ``return`` goes).
+Variables (``collected``: ``caller``, what was keyed, set, recorded or answered) fill
+``{name}`` in templates and media.
 
 Behaviour of the waiting nodes (``menu``, ``digits``, ``confirm``):
 
