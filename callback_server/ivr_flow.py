@@ -100,8 +100,9 @@ Confirm before connect (toll-fraud and harassment guard): the top-level key
 ``start`` node. The customer must press its yes key (1) within its
 ``timeout_s`` before any IVR, advisor or billing; the ARI adapter reports a
 passed gate to the guard, and a round without it counts as *unconfirmed*
-(two lock the number for 24 h). Its ``yes`` target must be a waiting or
-speaking node (not ``submit``), so passing the gate is visible as entering it.
+(two lock the number for 24 h). Its ``yes`` target must be a node the call stops at
+(not ``submit``, ``set``, ``sms``, ``subflow`` or ``return``), so passing the gate is
+visible as entering it.
 
 Every error names the file, the line (when read from text: :func:`load_flow`,
 :func:`parse_text`) and the node: ``flows/order.toml:21: node 'main':
@@ -165,6 +166,8 @@ KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
 }
 #: nodes the machine passes through without waiting for anything
 INSTANT_TYPES = frozenset({"submit", "set", "sms"})
+#: nodes the call never stops at: entering one is not visible (a confirm gate's yes)
+PASSED_THROUGH = INSTANT_TYPES | {"subflow", "return"}
 
 
 class FlowError(ValueError):
@@ -386,10 +389,11 @@ def _check_gate(flow: Flow) -> None:
                         "nothing may run before the customer confirms")
     yes = flow.confirm_yes
     assert yes is not None
-    if flow.node(yes).type == "submit" or yes == gate or yes in (node.choices[1][1],
-                                                                  node.on_fail):
-        raise FlowError(flow.source, gate, "yes: must lead to its own non-submit node, "
-                        "different from no and on_fail")
+    if flow.node(yes).type in PASSED_THROUGH or yes == gate or yes in (node.choices[1][1],
+                                                                        node.on_fail):
+        raise FlowError(flow.source, gate, "yes: must lead to its own node that the call "
+                        f"stops at (not {', '.join(sorted(PASSED_THROUGH))}), different "
+                        "from no and on_fail")
 
 
 def _parse_node(source: str, node_id: str, raw: Any) -> Node:

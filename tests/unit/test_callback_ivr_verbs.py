@@ -416,3 +416,29 @@ def test_file_flows_find_their_sub_flows_beside_them(tmp_path: Path) -> None:
                                           + MAIN.replace('"survey"', '"t"'))
     with pytest.raises(FlowError, match=r"'t' is already running \(t -> survey -> t\)"):
         load_named("t", tmp_path)
+
+
+def test_a_confirm_gates_yes_must_be_a_node_the_call_stops_at() -> None:
+    gate = """\
+confirm_callback = "main"
+
+[nodes.main]
+type = "confirm"
+prompt = ["sound:cbgw/confirm-callback"]
+yes = "remember"
+no = "bye"
+on_fail = "bye"
+
+[nodes.remember]
+type = "set"
+values = { plan = "gold" }
+next = "bye"
+
+""" + BYE
+    err = error_of(gate)
+    assert err.node == "main" and err.message.startswith(
+        "yes: must lead to its own node that the call stops at (not return, set, sms, "
+        "subflow, submit)")
+    flow_of(gate.replace('type = "set"\nvalues = { plan = "gold" }',
+                         'type = "hours"\nopen = "bye"\nclosed = "bye"').replace(
+        'next = "bye"\n\n[nodes.bye]', '\n[nodes.bye]'))
