@@ -629,6 +629,8 @@ def _dtmf(state: IvrState, digit: str) -> Step:
         nxt, more = _pick(state, node, digit)
     else:
         target = node.choice(digit)
+        if target and node.type == "menu" and node.field:    # the choice is request data
+            state = state.with_value(node.field, digit)
         nxt, more = _enter(state, target) if target else _retry(state, node.invalid_prompt)
     return nxt, cmds + more
 

@@ -16,7 +16,7 @@ Node types and their keys (``*`` = required):
 
 ============  ==================================================================
 ``menu``      prompt*, choices* (DTMF key → node), timeout_s, retries,
-              invalid_prompt, timeout_prompt, on_fail*
+              invalid_prompt, timeout_prompt, on_fail*, field (keeps the key chosen)
 ``digits``    prompt*, field*, next*, max_length, min_length, terminator,
               timeout_s, retries, invalid_prompt, timeout_prompt, on_fail*
 ``readback``  prompt, fields* (collected fields), labels (field → media), next*
@@ -42,7 +42,8 @@ Node types and their keys (``*`` = required):
 ``transfer``  number* (E.164), on_fail*, prompt, ring_s
 ============  ==================================================================
 
-Variables: what ``digits`` and ``advisor_code`` collect, ``set`` sets, ``record`` names
+Variables: what ``digits`` and ``advisor_code`` collect, the key a ``menu`` with a
+``field`` was answered with, ``set`` sets, ``record`` names
 (the stored recording's id) and a ``webhook``'s answer sets, and ``caller`` (the
 customer's E.164 number). A template (``set`` values, ``sms`` text) and a media URI
 (``digits:{order_no}``) put a variable's value where ``{name}`` is; every ``{name}`` must be
@@ -140,7 +141,7 @@ MAX_TEMPLATE = 1600
 
 _TIMED = {"timeout_s", "retries", "invalid_prompt", "timeout_prompt", "on_fail"}
 KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
-    "menu": ({"prompt", "choices", "on_fail"}, _TIMED),
+    "menu": ({"prompt", "choices", "on_fail"}, _TIMED | {"field"}),
     "digits": ({"prompt", "field", "next", "on_fail"},
                _TIMED | {"max_length", "min_length", "terminator"}),
     "readback": ({"fields", "next"}, {"prompt", "labels"}),
@@ -653,7 +654,7 @@ def variables(flow: Flow) -> frozenset[str]:
     """The variables ``flow`` collects or sets, and those every call has."""
     names = set(BUILTINS)
     for node in flow.nodes:
-        if node.type in ("digits", "advisor_code", "record") and node.field:
+        if node.type in ("menu", "digits", "advisor_code", "record") and node.field:
             names.add(node.field)
         names.update(name for name, _ in node.values)
         names.update(node.sets)

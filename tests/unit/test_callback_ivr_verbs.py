@@ -442,3 +442,23 @@ next = "bye"
     flow_of(gate.replace('type = "set"\nvalues = { plan = "gold" }',
                          'type = "hours"\nopen = "bye"\nclosed = "bye"').replace(
         'next = "bye"\n\n[nodes.bye]', '\n[nodes.bye]'))
+
+
+def test_a_menu_with_a_field_keeps_the_key_chosen_as_a_variable() -> None:
+    flow = flow_of("""\
+[nodes.main]
+type = "menu"
+prompt = ["sound:cbgw/welcome-menu"]
+choices = { "1" = "send", "2" = "send" }
+field = "topic"
+on_fail = "bye"
+
+[nodes.send]
+type = "submit"
+category = "inquiry"
+fields = ["topic"]
+next = "bye"
+
+""" + BYE)
+    _, cmds = run(flow, Dtmf("9"), Dtmf("2"))         # an invalid key keeps nothing
+    assert of(cmds, Submit) == [Submit("inquiry", (("topic", "2"),))]
