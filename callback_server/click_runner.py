@@ -23,6 +23,7 @@ operator controls the consultation as any (``POST /v1/consultations/{id}/end``, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from advisors.records import EndReason, Method
 from billing import meter
@@ -38,7 +39,7 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.consult_billing import BillingPort
-from callback_server.consult_runner import ConsultRunner, RecordSink
+from callback_server.consult_runner import Command, ConsultRunner, RecordSink
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import Command as DialerCommand
 from callback_server.dialer_messages import (
@@ -97,10 +98,10 @@ class ClickConsult(ConsultRunner):
         log.info("click-to-call: %s first", chosen.click_to_call_first)
         await self.handle(consult.Begin(utcnow()))
 
-    def _step(self, event: consult.Event) -> list[consult.Command]:
+    def _step(self, event: consult.Event) -> Sequence[Command]:
         return self._click_step(event)
 
-    def _click_step(self, event: ctc.Event) -> list[consult.Command]:
+    def _click_step(self, event: ctc.Event) -> list[Command]:
         if self.click is None:
             return []
         self.click, commands = ctc.transition(self.click, event)
@@ -110,7 +111,7 @@ class ClickConsult(ConsultRunner):
     async def message_done(self, playback_id: str) -> None:
         await self._drive(self._click_step(ctc.MessageDone(playback_id)))
 
-    async def _run(self, cmd: consult.Command) -> None:
+    async def _run(self, cmd: Command) -> None:
         if isinstance(cmd, consult.Over):
             self.over = cmd
         await super()._run(cmd)

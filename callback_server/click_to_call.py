@@ -36,6 +36,9 @@ The advisor first::
     the advisor hangs up while the customer rings -> the customer's leg is hung up; no
                  answer, end reason no_advisor
 
+The connecting prompt, if still playing when the two are bridged, is stopped
+(``StopPlayback``): a channel joins a bridge only once its playback is over.
+
 Then either way: the advisor hangs up (ConsultEnded) -> the customer is hung up; the
 customer hangs up -> the consult machine hangs up the advisor. ``Over`` comes once both
 the consultation and the customer's leg are over.
@@ -68,6 +71,7 @@ from callback_server.dialer_messages import (
     StartTimer,
     TimerFired,
 )
+from callback_server.ivr import StopPlayback
 
 CONNECTING_ADVISOR = "sound:cbgw/connecting-advisor"     # to the customer
 CONNECTING_CUSTOMER = "sound:cbgw/connecting-customer"   # to the advisor
@@ -101,6 +105,7 @@ class ClickState:
                                               # customer answers
     unreached: bool = False                   # the advisor first: the customer never answered
     message: str | None = None                # the no-answer message's playback, not finished
+    connecting: str | None = None             # the connecting prompt's playback, not finished
     over: consult.Over | None = None          # the outcome, held until the customer's leg
                                               # is gone
     done: bool = False
@@ -134,7 +139,7 @@ class MessageDone:
 
 
 Event = consult.Event | MessageDone
-Command = consult.Command
+Command = consult.Command | StopPlayback
 Step = tuple[ClickState, list[Command]]
 
 
@@ -153,6 +158,8 @@ def transition(state: ClickState, event: Event) -> Step:
         case MessageDone(playback_id=pid):
             if pid == state.message:
                 return _message_over(state)
+            if pid == state.connecting:
+                return replace(state, connecting=None), []
             return _to_consult(state, consult.FarewellDone(pid))
         case Originated(channel_id=cid) if _customer(state, cid):
             return state, [RecordLegResult(cid, "originated")]
@@ -250,8 +257,10 @@ def _answered(state: ClickState, at: datetime) -> Step:
     cmds: list[Command] = [CancelTimer(T_RING), RecordLegResult(cid, "answered")]
     consultation_id = state.request.consult.consultation_id
     if state.request.first is FirstParty.CUSTOMER:
-        cmds.append(consult.Farewell(cid, CONNECTING_ADVISOR, f"{consultation_id}-connecting"))
-        state = _consulting(state, replace(state.request.consult, customer_channel=cid))
+        playback = f"{consultation_id}-connecting"
+        cmds.append(consult.Farewell(cid, CONNECTING_ADVISOR, playback))
+        state = _consulting(replace(state, connecting=playback),
+                            replace(state.request.consult, customer_channel=cid))
         nxt, more = _to_consult(state, consult.Begin(at))
         return nxt, cmds + more
     advisor, consultation, bridge = state.advisor_leg, state.consultation, state.bridge
@@ -259,7 +268,8 @@ def _answered(state: ClickState, at: datetime) -> Step:
         return state, [*cmds, Hangup(cid)]          # the advisor left meanwhile
     # the talk (the record's answer, the meter's start) begins now
     state = replace(state, bridge=None, consultation=replace(consultation, answered_at=at))
-    return state, [*cmds, CreateBridge(bridge, (cid, advisor))]
+    state, stop = _stop_connecting(state)
+    return state, [*cmds, *stop, CreateBridge(bridge, (cid, advisor))]
 
 
 def _gone(state: ClickState, ev: ChannelGone) -> Step:
@@ -339,6 +349,9 @@ def _from_consult(state: ClickState, cmd: Command) -> Step:
             return _advisor_answered(replace(state, bridge=bridge))
         case DestroyBridge(bridge_id=bridge) if bridge == state.bridge:
             return replace(state, bridge=None), []       # never created
+        case CreateBridge():
+            state, stop = _stop_connecting(state)
+            return state, [*stop, cmd]
         case _:
             return state, [cmd]
 
@@ -351,8 +364,16 @@ def _advisor_answered(state: ClickState) -> Step:
     at = consultation.answered_at
     assert at is not None
     playback = f"{state.request.consult.consultation_id}-connecting"
-    nxt, more = _dial(state, at)
+    nxt, more = _dial(replace(state, connecting=playback), at)
     return nxt, [consult.Farewell(advisor, CONNECTING_CUSTOMER, playback), *more]
+
+
+def _stop_connecting(state: ClickState) -> Step:
+    """The two are bridged: the connecting prompt, if still playing, stops (a channel
+    joins the bridge only once its playback is over)."""
+    if state.connecting is None:
+        return state, []
+    return replace(state, connecting=None), [StopPlayback(state.connecting)]
 
 
 def _told(state: ClickState, outcome: ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultEnded

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -81,6 +81,8 @@ from shared.phone import E164, InvalidNumber
 log = logging.getLogger("callback.consult")
 
 DATABASE_ERRORS = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+#: what the machine run asks of this runner (a click-to-call's also stops its prompt)
+Command = consult.Command | ivr.StopPlayback
 BILLING_ERRORS = (*DATABASE_ERRORS, LedgerError)
 
 
@@ -235,7 +237,7 @@ class ConsultRunner:
             return
         await self._drive(self._step(event))
 
-    def _step(self, event: consult.Event) -> list[consult.Command]:
+    def _step(self, event: consult.Event) -> Sequence[Command]:
         """The machine's commands for an event (a click-to-call runs its own machine,
         which embeds this one: :class:`~callback_server.click_runner.ClickConsult`)."""
         if self.state is None:
@@ -243,10 +245,10 @@ class ConsultRunner:
         self.state, commands = consult.transition(self.state, event)
         return commands
 
-    async def _drive(self, commands: list[consult.Command]) -> None:
+    async def _drive(self, commands: Sequence[Command]) -> None:
         for cmd in commands:
             await self._run(cmd)
-            metered = None if self.state is None \
+            metered = None if self.state is None or isinstance(cmd, ivr.StopPlayback) \
                 else consult_meter.meter_event(cmd, self.state)
             if metered is not None:
                 await self._metered(metered)
@@ -335,7 +337,7 @@ class ConsultRunner:
             return self.state.request.customer_channel or None
         return None if self._request is None else self._request.customer_channel or None
 
-    async def _run(self, cmd: consult.Command) -> None:  # noqa: C901 - one branch per command
+    async def _run(self, cmd: Command) -> None:  # noqa: C901 - one branch per command
         log.debug("-> consult %s", cmd)
         match cmd:
             case RunAssignment():
@@ -353,6 +355,8 @@ class ConsultRunner:
                                               lang=self.ctx.language.value))
             case Prompt(channel_id=cid, media=media):
                 await safely(self.client.play(cid, [media], lang=self.ctx.language.value))
+            case ivr.StopPlayback(playback_id=pid):
+                await safely(self.client.stop_playback(pid))
             case RouteTransfer(number=number):
                 await self._route_transfer(number)
             case EndPresence(advisor_id=advisor, consultation_id=presence_id):

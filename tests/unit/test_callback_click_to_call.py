@@ -27,6 +27,7 @@ from callback_server.dialer_messages import (
     StartTimer,
     TimerFired,
 )
+from callback_server.ivr import StopPlayback
 from callback_server.testing import MemoryDesk
 from tests.purity import io_imports
 
@@ -259,3 +260,28 @@ def test_the_advisor_first_hanging_up_while_the_customer_rings() -> None:
     over = call.over()
     assert over.answered_at is None and over.end_reason is EndReason.NO_ADVISOR
     assert not of(call.commands, CreateBridge) and not of(call.commands, Farewell)[1:]
+
+
+def test_the_connecting_prompt_still_playing_stops_when_the_two_are_bridged() -> None:
+    """A channel joins a bridge only once its playback is over: the advisor answering
+    during the customer's connecting prompt stops it, so they talk at once."""
+    call = Call()
+    answered_customer(call)
+    cmds = call.send(Answered(call.advisor_leg(), at(5)))
+    stop = StopPlayback(f"{CID}-connecting")
+    assert stop in cmds and cmds.index(stop) < cmds.index(
+        CreateBridge(f"{CID}-br", ("cb-7-01", "cb-7-02")))
+    # the prompt over before the answer: nothing to stop
+    call = Call()
+    answered_customer(call)
+    call.send(MessageDone(f"{CID}-connecting"))
+    assert not of(call.send(Answered(call.advisor_leg(), at(9))), StopPlayback)
+
+
+def test_the_advisor_first_hearing_connecting_is_stopped_at_the_customers_answer() -> None:
+    call = Call(FirstParty.ADVISOR)
+    call.send(Begin(at(0)))
+    call.send(Answered(call.advisor_leg(), at(4)))
+    cmds = call.send(Answered("cb-7-02", at(9)))
+    assert cmds.index(StopPlayback(f"{CID}-connecting")) < cmds.index(
+        CreateBridge(f"{CID}-br", ("cb-7-02", call.advisor_leg())))
