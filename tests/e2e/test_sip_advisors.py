@@ -8,7 +8,9 @@ as the advisor's softphone, REGISTERs with digest auth as ``<merchant>.<user>``
 customer keys the advisor's code: the callback site rings ``<merchant>.<user>`` over
 its edge trunk and the edge's dialplan rings that endpoint, not the operator phone.
 An advisor whose endpoint is not registered is refused at once (480) and the next
-advisor of the group is rung.
+advisor of the group is rung. Nothing else is reachable through the trunk: a trunk, a
+carrier's endpoint, a number or an unknown name is refused with 404, and a request from
+elsewhere naming a trunk in its From is not taken for that trunk.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import aiohttp
 import pytest
 
 from demo.stack import CALL_CENTER_TOKEN, MerchantOptions, Stack
+from shared import ari
 from tests.e2e.test_consult_calls import (
     ANYONE,
     BY_CODE,
@@ -159,3 +162,59 @@ async def test_an_unregistered_endpoint_is_refused_at_once_and_the_next_advisor_
     assert rang_s < 3, f"the unregistered advisor's leg lasted {rang_s} s"
     assert ring_outcomes(made) == [(first, "missed"), (second, "answered")]
     assert ("ring_missed", "standby") in await events(stack, first)
+
+
+async def refusals(stack: Stack, names: list[str]) -> dict[str, tuple[int, int | None]]:
+    """Each name as the callback site would ring it over its edge trunk (ARI originate
+    on the callback Asterisk, into a probe application): the Q.850 cause and the SIP
+    status it ended with."""
+    ended: dict[str, tuple[int, int | None]] = {}
+    async with stack.callback_site.client(app="sip-probe") as probe:
+        events = probe.events()
+        assert isinstance(await anext(events), ari.Connected)
+        for name in names:
+            channel_id = f"probe-{uuid.uuid4().hex[:12]}"
+            await probe.originate(f"PJSIP/{name}@edge-trunk", channel_id=channel_id,
+                                  timeout=10)
+            async with asyncio.timeout(5):
+                async for event in events:
+                    if isinstance(event, ari.ChannelDestroyed) \
+                            and event.channel.id == channel_id:
+                        ended[name] = (event.cause, event.tech_cause)
+                        break
+                    if isinstance(event, ari.StasisStart):    # answered: never expected
+                        await probe.hangup(event.channel.id)
+    return ended
+
+
+async def test_the_trunk_reaches_advisor_endpoints_only(stack: Stack) -> None:
+    user = f"guarded{uuid.uuid4().hex[:6]}"
+    absent = await provision(stack, user, f"pw-{uuid.uuid4()}")
+    others = ["carrier-in", "callback-site", "09012345678", "0120123456",
+              f"{ACME.id}.nobody", f"{ACME.id}.operator"]
+    async with stack.carriers() as roles:
+        ended = await refusals(stack, [absent, *others])
+        await asyncio.sleep(0.5)
+        rung = [m for role in roles.values() for m in role.invites_received()]
+    # the edge's 480 (cause 20) reads as cause 19 (no answer) at the callback site
+    assert ended == {absent: (19, 480), **{name: (1, 404) for name in others}}, ended
+    assert rung == [], [str(m) for m in rung]
+
+
+async def test_a_request_naming_a_trunk_from_elsewhere_is_not_that_trunk(
+        stack: Stack) -> None:
+    """From 127.0.0.1:15101 (no trunk's address), an INVITE whose From user is the
+    callback site's trunk, for the operator: identification by user name does not
+    apply to the trunks (identify_by = ip), so it is refused and no phone rings."""
+    async with stack.carriers() as roles:
+        caller = start_role("customer_call.xml", port=ADVISOR_PORT + 1, workdir=stack.workdir,
+                            name="spoofed-trunk", remote=EDGE_SIP, service="operator",
+                            max_calls=1, timeout_s=10,
+                            keys={"caller": "callback-site", "pai": "callback-site",
+                                  "privacy": "none"})
+        await asyncio.to_thread(caller.wait, 20)
+        operator_invites = roles["operator"].invites_received()
+    statuses = caller.statuses_received()
+    assert statuses and statuses[-1] in (401, 403), statuses
+    assert not {180, 183, 200} & set(statuses), statuses
+    assert operator_invites == []
