@@ -37,6 +37,7 @@ from tests.e2e.test_consult_calls import (
     ring_outcomes,
     wait_for,
 )
+from tests.harness import asterisk as ast_harness
 from tests.harness.sipp import EDGE_SIP, SippRole, start_role
 
 pytestmark = pytest.mark.e2e
@@ -218,3 +219,22 @@ async def test_a_request_naming_a_trunk_from_elsewhere_is_not_that_trunk(
     assert statuses and statuses[-1] in (401, 403), statuses
     assert not {180, 183, 200} & set(statuses), statuses
     assert operator_invites == []
+
+
+async def test_an_edge_asterisk_restarted_gets_every_endpoint_again(stack: Stack) -> None:
+    """Pushed endpoints live in Asterisk's memory: after the edge Asterisk is killed and
+    started again, the edge server pushes every endpoint again once ARI is back, and a
+    softphone can register at once (no API call, no restart of the server)."""
+    user, password = f"again{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4()}"
+    endpoint = await provision(stack, user, password)
+    await asyncio.to_thread(ast_harness.kill9, "edge")
+    await asyncio.to_thread(ast_harness.ensure_running, "edge")
+    async with stack.edge_site.client() as edge:
+        for _ in range(150):
+            if await edge.get_endpoint("PJSIP", endpoint) is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"{endpoint} not pushed again within 15 s of the restart")
+    registered = register(stack.workdir, endpoint, password)
+    assert registered.statuses_received("REGISTER") == [401, 200]
