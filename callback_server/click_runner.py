@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from advisors.records import EndReason, Method
 from billing import meter
@@ -86,6 +87,11 @@ class ClickConsult(ConsultRunner):
     def _customer(self) -> str | None:
         leg = None if self.click is None else self.click.leg
         return None if leg is None else leg.channel_id
+
+    def _requested_at(self, now: datetime) -> datetime:
+        """The web request's arrival (the job's ``received_at``, the context's
+        ``hungup_at``)."""
+        return self.ctx.hungup_at or now
 
     async def _begin(self) -> None:
         assert self._request is not None and self._started is not None

@@ -182,7 +182,7 @@ class ConsultRunner:
             ring_timeout_s=chosen.ring_timeout_s, queue_s=cmd.queue_s,
             caller_id=str(self.job.caller_id), sip_caller_id=str(self.job.destination),
             variables=leg_variables(self.job))
-        self._started = _Started(cmd, chosen, now)
+        self._started = _Started(cmd, chosen, self._requested_at(now))
         self._plan = plan
         log.info("consultation %s: %s %s, members %s", request.consultation_id, cmd.method,
                  cmd.code or cmd.group or cmd.advisor_id, sorted(chosen.members))
@@ -195,6 +195,11 @@ class ConsultRunner:
         else:
             self.meter = None
             await self._begin()
+
+    def _requested_at(self, now: datetime) -> datetime:
+        """When the customer asked for the advisor (the record's ``requested_at``): in an
+        IVR round, now."""
+        return now
 
     async def _admit(self, chosen: Chosen) -> tuple[bool, Plan | None]:
         """Billing's answer for the choice: admitted or not (the IVR told why), and the

@@ -301,7 +301,8 @@ class Worker:
         records = self.settler.records if self.settler else None
         if claimed.click_advisor is not None:
             ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
-                              self.flows[merchant.ivr_flow], None, merchant.language)
+                              self.flows[merchant.ivr_flow], claimed.hungup_at,
+                              merchant.language)     # hungup_at: when the request came
             return ClickRunner(job, ctx, claimed.click_advisor, client=self.client,
                                router=self.router, store=self.store, rater=self.rater,
                                desk=self.desk, consultations=self.consultations,

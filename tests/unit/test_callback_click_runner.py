@@ -5,6 +5,7 @@ click_to_call) saved and the job finished; the second party not answering."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from advisors.model import FirstParty, Rules, State
 from advisors.records import EndReason, Method, RingOutcome
@@ -20,6 +21,7 @@ from shared.phone import E164
 CUSTOMER = (Route("carrier-b", "PJSIP/819012345678@carrier-b"),
             Route("carrier-a", "PJSIP/819012345678@carrier-a"))
 ADVISOR_2 = (Route("carrier-a", "PJSIP/81312340002@carrier-a"),)
+REQUESTED = datetime(2026, 12, 5, 1, 0, tzinfo=UTC)     # the web request's arrival
 
 
 class Click:
@@ -33,7 +35,7 @@ class Click:
                   caller_id=E164("81120123456"), ring_timeout_s=30,
                   policy=RetryPolicy(1, ()), attempt_no=1, leg_seq=0)
         self.runner = ClickRunner(job, CallContext("click:cb-7", "ntt-freedial",
-                                                   load_named("consult")), advisor,
+                                                   load_named("consult"), REQUESTED), advisor,
                                   client=self.ari, router=self.ari.router, store=self.store,
                                   rater=FixedRater(), desk=self.desk,
                                   consultations=self.records, billing=None)
@@ -89,6 +91,7 @@ async def test_the_customer_first_then_the_advisor_bridged_and_recorded() -> Non
     (saved,) = click.records.saved
     assert saved.method is Method.CLICK_TO_CALL and saved.advisor_id == 2
     assert saved.consultation_id == "cb-7-c1" and saved.customer_call_id == "cb-7-02"
+    assert saved.requested_at == REQUESTED
     assert saved.end_reason is EndReason.ADVISOR_HANGUP and saved.answered_at is not None
     assert [r.outcome for r in saved.rings] == [RingOutcome.ANSWERED]
     assert click.store.finished == [Finish("completed", Reason.ANSWERED, 1)]
