@@ -20,12 +20,33 @@ from typing import Any
 
 import asyncpg
 
+from shared.http import InvalidField
+
 #: the NOTIFY channel of changes; the payload is the endpoint id
 CHANNEL = "sip_endpoints"
 #: what a SIP user may be at the edge: a URI user part and a sorcery id needing no quoting
 SIP_USER = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 MIN_PASSWORD = 12
 MAX_PASSWORD = 128
+
+
+def check_user(user: str) -> str:
+    """``user`` if it may be a SIP user at the edge; 400 ``invalid-field`` otherwise."""
+    if not SIP_USER.match(user):
+        raise InvalidField("user", "expected 1..64 of A-Z a-z 0-9 . _ -")
+    return user
+
+
+def check_password(password: object) -> str:
+    """``password`` if it may be a softphone's password; 400 ``invalid-field`` (which
+    never quotes it) otherwise."""
+    if not isinstance(password, str):
+        raise InvalidField("password", "required string")
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise InvalidField("password", f"expected {MIN_PASSWORD}..{MAX_PASSWORD} characters")
+    if not password.isprintable():     # no control characters, no lone surrogates
+        raise InvalidField("password", "must be printable characters")
+    return password
 
 
 def endpoint_id(merchant_id: str, user: str) -> str:

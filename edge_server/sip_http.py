@@ -16,7 +16,14 @@ import logging
 
 from aiohttp import web
 
-from edge_server.sip_endpoints import MAX_PASSWORD, MIN_PASSWORD, SIP_USER, SipEndpoints
+from edge_server.sip_endpoints import (
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    SIP_USER,
+    SipEndpoints,
+    check_password,
+    check_user,
+)
 from edge_server.sip_push import SipEndpointSettings
 from shared.db import CONNECTION_ERRORS
 from shared.http import (
@@ -53,24 +60,14 @@ _DB_DOWN = {503: ("database-unavailable",)}
 
 
 def _user(request: web.Request) -> str:
-    user = request.match_info["user"]
-    if not SIP_USER.match(user):
-        raise InvalidField("user", "expected 1..64 of A-Z a-z 0-9 . _ -")
-    return user
+    return check_user(request.match_info["user"])
 
 
 def _password(data: dict[str, object]) -> str:
     unknown = set(data) - {"password"}
     if unknown:
         raise InvalidField(sorted(unknown)[0], "unknown field")
-    password = data.get("password")
-    if not isinstance(password, str):
-        raise InvalidField("password", "required string")
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise InvalidField("password", f"expected {MIN_PASSWORD}..{MAX_PASSWORD} characters")
-    if not password.isprintable():     # no control characters, no lone surrogates
-        raise InvalidField("password", "must be printable characters")
-    return password
+    return check_password(data.get("password"))
 
 
 def _endpoints(request: web.Request) -> SipEndpoints:

@@ -11,12 +11,27 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 
+from shared.config import ConfigError
 from shared.http import ApiError
+
+S = TypeVar("S")
+
+
+def load_config(load: Callable[[Path], S], path: Path) -> S | None:
+    """A site's settings from ``path``; None with each problem printed as a ``config
+    error:`` line on stderr (the command then exits 2)."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"config error: {line}", file=sys.stderr)
+        return None
 
 
 def refusal_line(exc: ApiError, options: Mapping[str, str]) -> str:

@@ -46,7 +46,8 @@ from typing import Generic, Protocol, TypeVar
 from aiohttp import web
 
 from shared import logs, metrics
-from shared.config import ConfigError, DatabaseSettings, HttpSettings, Merchant, TlsSettings
+from shared.api_cli import load_config
+from shared.config import DatabaseSettings, HttpSettings, Merchant, TlsSettings
 
 
 class SiteSettings(Protocol):
@@ -130,11 +131,8 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
         parser.error(f"LOG_LEVEL {args.log_level!r}: one of {', '.join(LOG_LEVELS)}")
     if args.command == "keys":
         return _keys(site.name, args)
-    try:
-        settings = site.load(args.config)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            print(f"config error: {line}", file=sys.stderr)
+    settings = load_config(site.load, args.config)
+    if settings is None:
         return 2
     if args.command == "check":
         print(f"{args.config}: ok ({len(settings.merchants)} merchants)")

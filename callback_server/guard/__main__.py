@@ -38,7 +38,7 @@ from callback_server.config import CallbackSettings
 from callback_server.guard import store as sql
 from callback_server.guard.caps import KINDS
 from callback_server.guard.service import Guard
-from shared.config import ConfigError
+from shared.api_cli import load_config
 from shared.db import create_pool, resolve_url
 from shared.phone import InvalidNumber, normalise
 from shared.timeutil import parse_timestamp
@@ -110,11 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        settings = CallbackSettings.load(args.config)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            print(f"config error: {line}", file=sys.stderr)
+    settings = load_config(CallbackSettings.load, args.config)
+    if settings is None:
         return 2
     try:
         result = asyncio.run(run(settings, args))

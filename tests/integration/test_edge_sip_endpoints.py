@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edge_server.http import POOL_KEY, create_http_app
+from edge_server.sip_cli import main as sip_cli
 from edge_server.sip_endpoints import CHANNEL, SipEndpoints
 from edge_server.sip_http import SIP_ENDPOINTS_KEY
 from edge_server.sip_push import SipEndpointSettings
@@ -157,3 +161,37 @@ async def test_fingerprint_moves_with_every_change(db: asyncpg.Pool) -> None:
     await store.delete("acme", "ren")
     assert len({empty, made, changed}) == 3
     assert (await store.fingerprint())[0] == 0
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy/edge.example.toml"
+
+
+async def test_the_cli_sets_lists_and_deletes_reading_the_password_from_stdin(
+        db: asyncpg.Pool, pg_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EDGE__DATABASE__URL", pg_url)
+
+    async def cli(*args: str, stdin: str = "", status: int = 0) -> Any:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        code = await asyncio.to_thread(sip_cli, ["--config", str(EXAMPLE), "--merchant",
+                                                 "acme", *args])
+        out = capsys.readouterr()
+        assert code == status, out
+        assert PASSWORD not in out.out + out.err
+        return json.loads(out.out) if status == 0 else out.err
+
+    made = await cli("set", "ren", stdin=PASSWORD + "\n")
+    assert (made["endpoint"], made["created"], made["realm"]) == ("acme.ren", True, "cbgw")
+    assert await db.fetchval("SELECT ha1 FROM sip_endpoints") == hashlib.md5(
+        f"acme.ren:cbgw:{PASSWORD}".encode()).hexdigest()
+    assert (await cli("set", "ren", stdin=PASSWORD + "2\n"))["created"] is False
+    assert [e["endpoint"] for e in (await cli("list"))["items"]] == ["acme.ren"]
+    assert await cli("delete", "ren") == {"user": "ren", "status": "deleted"}
+    assert "no SIP endpoint ren" in await cli("delete", "ren", status=2)
+    assert "password: expected 12..128" in await cli("set", "ren", stdin="short\n", status=2)
+    assert "user: expected" in await cli("set", "ren/x", stdin=PASSWORD, status=2)
+    assert await db.fetchval("SELECT count(*) FROM sip_endpoints") == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code = await asyncio.to_thread(sip_cli, ["--config", str(EXAMPLE), "--merchant",
+                                             "nobody", "list"])
+    assert code == 2 and "--merchant: no merchant 'nobody'" in capsys.readouterr().err
