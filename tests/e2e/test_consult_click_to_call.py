@@ -4,7 +4,7 @@ dials both parties and bridges them.
 Real Asterisks, PostgreSQL, servers and SIPp: carrier A is the customer's phone (carrier
 B, the cheapest for mobiles, refuses with 503 first), the edge's ``operator`` phone is an
 advisor with a SIP contact (reached over the edge trunk). The merchant rings the customer
-first. Asserted: SIP facts from SIPp's message logs (each BYE matched to its dialog by
+first, or (one test) the advisor. Asserted: SIP facts from SIPp's message logs (each BYE matched to its dialog by
 Call-ID), RTP to each phone, the consultation record and the job in the callback site's
 database, and that nothing is billed when the advisor does not answer.
 """
@@ -115,6 +115,46 @@ async def test_customer_first_both_answer_talk_both_ways_and_the_record_says_cli
     assert (job["status"], job["reason"]) == ("completed", "answered")
     assert [e for e, _ in await events(stack, advisor)] == [
         "online", "offered", "answered", "ended"]
+
+
+async def test_advisor_first_then_the_customer_and_the_talk_counts_from_their_answer(
+        stack: Stack, admin: Admin) -> None:
+    """The merchant rings the advisor first: their SIP phone answers and hears the
+    connecting prompt while the customer is dialled (carrier B refuses, A answers); the
+    two then hear each other and the talk (the record's answer) starts at the customer's
+    answer."""
+    await admin.call("PUT", "/v1/advisor-settings", {
+        "ring_timeout_s": 20, "lines": 10, "misses_before_break": 3,
+        "click_to_call_first": "advisor"})
+    advisor = await admin.advisor("律", "5103", SIP_ADVISOR)
+    customer = "+817011110103"
+    await admin.fund("0" + customer[3:])
+    async with stack.carriers(operator="uas_answer_dtmf_bye.xml",
+                              pcap_options={"tail_ms": 25_000}) as roles:
+        phone, desk = roles["carrier-a"], roles["operator"]
+        wall_minus_monotonic = time.time() - time.monotonic()
+        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
+                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            queued = await click_to_call(admin, customer, advisor)
+            invite = await wait_for(desk, lambda m: m.method == "INVITE", 30)
+            rung = await wait_for(phone, lambda m: m.method == "INVITE", 30)
+            ok = await wait_for(phone, lambda m: m.direction == "sent"
+                                and m.status == 200 and m.cseq_method == "INVITE", 10)
+            advisor_bye = await wait_for(desk, lambda m: m.method == "BYE"
+                                         and m.direction == "sent"
+                                         and m.call_id == invite.call_id, 40)
+        await wait_for(phone, received_bye(rung), 20)
+    assert invite.ruri_user == "operator" and invite.at <= rung.at, "the advisor first"
+    assert rung.ruri_user == "817011110103"
+    start = ok.at.timestamp() - wall_minus_monotonic
+    for name, rtp in (("advisor", to_advisor), ("customer", to_customer)):
+        heard = [t for t, pt in rtp.packets if pt == 0 and start <= t <= start + 5]
+        assert len(heard) >= 0.8 * 5 / 0.02, (name, len(heard))
+    made = await record(stack, customer)
+    assert made["consultation_id"] == queued["consultation_id"]
+    assert made["method"] == "click_to_call" and made["end_reason"] == "advisor_hangup"
+    on_wire = (advisor_bye.at - ok.at).total_seconds()
+    assert abs(made["talk_s"] - on_wire) <= 2, (made["talk_s"], on_wire)
 
 
 async def test_the_advisor_not_answering_the_customer_hears_why_then_bye_nothing_billed(
