@@ -4,9 +4,10 @@ dials both parties and bridges them.
 Real Asterisks, PostgreSQL, servers and SIPp: carrier A is the customer's phone (carrier
 B, the cheapest for mobiles, refuses with 503 first), the edge's ``operator`` phone is an
 advisor with a SIP contact (reached over the edge trunk). The merchant rings the customer
-first, or (one test) the advisor. Asserted: SIP facts from SIPp's message logs (each BYE matched to its dialog by
-Call-ID), RTP to each phone, the consultation record and the job in the callback site's
-database, and that nothing is billed when the advisor does not answer.
+first, or (one test) the advisor. Asserted: SIP facts from SIPp's message logs (each BYE
+matched to its dialog by Call-ID), RTP to each phone, the consultation record and the job
+in the callback site's database, and that nothing is billed when the advisor does not
+answer.
 """
 
 from __future__ import annotations
