@@ -54,7 +54,9 @@ call's request data.
   none: always open), asked of the adapter (the machine stays pure).
 * ``subflow``: runs the flow named ``flow`` (a file flow beside this one, or for a stored
   flow the merchant's newest stored version of that name) from its ``start``; its
-  ``return`` node comes back to this node's ``next``, its ``hangup`` ends the call.
+  ``return`` node comes back to this node's ``next``, its ``hangup`` ends the call. The
+  variables are the call's: a sub-flow names those it expects from the flow running it in
+  its top-level ``uses = ["order_no"]``, which that flow must collect or set.
   Resolved when the flow is loaded (:func:`resolve`): a missing sub-flow, or one that
   leads back to a flow already being run (recursion), is a :class:`FlowError`.
 * ``record``: ``prompt``, a beep (``beep = false``: none), then records up to ``max_s``
@@ -250,6 +252,8 @@ class Flow:
     confirm_callback: str | None = None   # the confirm-before-connect gate node
     #: the flows its ``subflow`` nodes run, by name (:func:`resolve`)
     subflows: tuple[tuple[str, Flow], ...] = ()
+    #: variables a sub-flow expects from the flow that runs it (top-level ``uses``)
+    uses: tuple[str, ...] = ()
 
     def subflow(self, name: str) -> Flow:
         for known, flow in self.subflows:
@@ -350,12 +354,16 @@ def _resolve(flow: Flow, lookup: Callable[[str], Flow | None], running: tuple[st
         sub = lookup(name)
         if sub is None:
             raise FlowError(flow.source, node.id, f"flow: no flow {name!r}")
+        if missing := sorted(set(sub.uses) - variables(flow)):
+            raise FlowError(flow.source, node.id, f"flow: {name!r} uses "
+                            f"{', '.join(missing)}, which this flow does not collect or set")
         subflows.append((name, _resolve(sub, lookup, (*running, name))))
     return replace(flow, subflows=tuple(subflows))
 
 
 def parse_flow(data: Mapping[str, Any], source: str) -> Flow:
-    unknown = set(data) - {"name", "start", "nodes", "description", "confirm_callback"}
+    unknown = set(data) - {"name", "start", "nodes", "description", "confirm_callback",
+                           "uses"}
     if unknown:
         raise FlowError(source, None, f"unknown top-level keys: {', '.join(sorted(unknown))}")
     name, start, raw_nodes = data.get("name"), data.get("start"), data.get("nodes")
@@ -368,8 +376,13 @@ def parse_flow(data: Mapping[str, Any], source: str) -> Flow:
     gate = data.get("confirm_callback")
     if gate is not None and not isinstance(gate, str):
         raise FlowError(source, None, "confirm_callback: expected a node id")
+    uses = data.get("uses", [])
+    if not isinstance(uses, list) or not all(isinstance(u, str) and FIELD.match(u)
+                                             for u in uses):
+        raise FlowError(source, None, "uses: expected a list of variable names")
     nodes = tuple(_parse_node(source, str(k), v) for k, v in raw_nodes.items())
-    flow = Flow(name=name, start=start, nodes=nodes, source=source, confirm_callback=gate)
+    flow = Flow(name=name, start=start, nodes=nodes, source=source, confirm_callback=gate,
+                uses=tuple(uses))
     _check_graph(flow)
     _check_gate(flow)
     return flow
@@ -652,7 +665,7 @@ def _targets(node: Node) -> list[tuple[str, str]]:
 
 def variables(flow: Flow) -> frozenset[str]:
     """The variables ``flow`` collects or sets, and those every call has."""
-    names = set(BUILTINS)
+    names = set(BUILTINS) | set(flow.uses)
     for node in flow.nodes:
         if node.type in ("menu", "digits", "advisor_code", "record") and node.field:
             names.add(node.field)

@@ -462,3 +462,37 @@ next = "bye"
 """ + BYE)
     _, cmds = run(flow, Dtmf("9"), Dtmf("2"))         # an invalid key keeps nothing
     assert of(cmds, Submit) == [Submit("inquiry", (("topic", "2"),))]
+
+
+def test_a_sub_flow_uses_variables_the_calling_flow_must_have() -> None:
+    notify = flow_of("""\
+uses = ["order_no"]
+
+[nodes.main]
+type = "sms"
+to = "caller"
+text = "order {order_no}"
+next = "done"
+
+[nodes.done]
+type = "return"
+""", "notify")
+    calling = MAIN.replace('"survey"', '"notify"')
+    with pytest.raises(FlowError) as info:
+        resolve(flow_of(calling), {"notify": notify}.get)
+    assert (info.value.node, info.value.message) == (
+        "main", "flow: 'notify' uses order_no, which this flow does not collect or set")
+    with_order = flow_of("""\
+[nodes.main]
+type = "set"
+values = { order_no = "42" }
+next = "call"
+
+[nodes.call]
+type = "subflow"
+flow = "notify"
+next = "bye"
+
+""" + BYE)
+    _, cmds = run(resolve(with_order, {"notify": notify}.get))
+    assert of(cmds, SendSms) == [SendSms("+819012345678", "order 42")]
