@@ -37,7 +37,7 @@ from advisors.records import MAX_INT
 from callback_server.advisor_desk import AdvisorDesk, Unavailable
 from callback_server.consult_billing import BillingPort
 from callback_server.guard.service import Guard
-from callback_server.store.click_store import ClickStore
+from callback_server.store.click_store import ClickStore, StoredClick
 from shared.config import Merchant
 from shared.http import (
     ApiError,
@@ -123,17 +123,32 @@ async def request_click_to_call(request: web.Request) -> web.Response:
     merchant = intake.merchants.get(merchant_id)
     if merchant is None:
         raise ApiError(404, "not-found", f"merchant {merchant_id} is not configured here")
-    stored = None if click.idempotency_key is None \
-        else await intake.store.known_click(merchant.id, click.idempotency_key)
+    stored = await _known(intake, merchant, click)
     if stored is None:
-        advisor_id = await _admit(intake, merchant, click)
-        stored = await intake.store.store_click(merchant, click.customer, advisor_id,
-                                                click.idempotency_key)
+        try:
+            advisor_id, known = await _admit(intake, merchant, click)
+        except ApiError:
+            # a repeat racing its first request is refused by what the first did (the
+            # guard's count of it, the advisor rung): it gets the first's answer
+            stored = await _known(intake, merchant, click)
+            if stored is None:
+                raise
+        else:
+            stored = await intake.store.store_click(merchant, click.customer, advisor_id,
+                                                    click.idempotency_key, known)
         log.info("click-to-call %s %s: advisor %d", stored.callback_id,
                  "repeated" if stored.repeat else "queued", stored.advisor_id)
     return json_response({"consultation_id": consultation_id(stored.callback_id),
                           "callback_id": stored.callback_id, "advisor_id": stored.advisor_id,
                           "status": stored.status}, status=202)
+
+
+async def _known(intake: ClickIntake, merchant: Merchant, click: ClickRequest
+                 ) -> StoredClick | None:
+    """The request stored under the request's ``Idempotency-Key`` (None: none, no key)."""
+    if click.idempotency_key is None:
+        return None
+    return await intake.store.known_click(merchant.id, click.idempotency_key)
 
 
 def consultation_id(callback_id: str) -> str:
@@ -142,9 +157,11 @@ def consultation_id(callback_id: str) -> str:
     return f"{callback_id}-c1"
 
 
-async def _admit(intake: ClickIntake, merchant: Merchant, click: ClickRequest) -> int:
+async def _admit(intake: ClickIntake, merchant: Merchant, click: ClickRequest
+                 ) -> tuple[int, bool | None]:
     """The advisor's id, if they take calls now, the guard lets the number be dialled and
-    billing admits the consultation at the advisor's price; else the 4xx saying which."""
+    billing admits the consultation at the advisor's price; else the 4xx saying which.
+    With it, whether the guard knows the number (None: no guard here)."""
     field = "advisor_id" if click.advisor_id is not None else "advisor_code"
     chosen = await intake.desk.choose(merchant.id, code=click.advisor_code, group=None,
                                       advisor_id=click.advisor_id)
@@ -154,9 +171,10 @@ async def _admit(intake: ClickIntake, merchant: Merchant, click: ClickRequest) -
         raise ApiError(409, "advisor-unavailable",
                        f"the advisor does not take calls now ({chosen.reason})",
                        field=field, reason=chosen.reason)
+    known: bool | None = None
     if intake.guard is not None:
-        verdict = await intake.guard.screen_round(None, click.customer, merchant.id,
-                                                  stage="click_to_call")
+        screening = await intake.guard.screen_click(click.customer, merchant.id)
+        verdict, known = screening.verdict, screening.known
         if verdict is not None:
             raise ApiError(403, "number-refused",
                            f"the customer's number may not be called ({verdict.reason})",
@@ -171,7 +189,7 @@ async def _admit(intake: ClickIntake, merchant: Merchant, click: ClickRequest) -
                            available_yen=plan.admission.available_yen,
                            needed_yen=plan.admission.needed_yen)
     assert chosen.advisor_id is not None
-    return chosen.advisor_id
+    return chosen.advisor_id, known
 
 
 BODY: Schema = {

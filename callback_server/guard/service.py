@@ -165,10 +165,21 @@ class Guard:
 
     # --- before a round -------------------------------------------------------------------
 
-    async def screen_round(self, callback_id: str | None, number: E164, merchant_id: str,
-                           stage: str = "dial") -> Verdict | None:
-        """Lists, policy, lock and brake again, before every round (records a refusal at
-        ``stage``; a web click-to-call is screened so before it is stored, too)."""
+    async def screen_round(self, callback_id: str, number: E164, merchant_id: str
+                           ) -> Verdict | None:
+        """Lists, policy, lock and brake again, before every round (records a refusal)."""
+        screening = await self._screen(number, merchant_id, "dial", callback_id)
+        return screening.verdict
+
+    async def screen_click(self, number: E164, merchant_id: str) -> Screening:
+        """A web click-to-call before it is stored: as a call-back request at intake
+        (lists, policy, lock, velocity, brake; a refusal recorded at stage
+        ``click_to_call``). Accepted, it counts like one once stored
+        (``guard_note_accepted``, in the store's transaction)."""
+        return await self._screen(number, merchant_id, "click_to_call", None)
+
+    async def _screen(self, number: E164, merchant_id: str, stage: str,
+                      callback_id: str | None) -> Screening:
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             facts = await sql.number_facts(conn, str(number), now)
@@ -176,6 +187,8 @@ class Guard:
                               block_reason=facts.block_reason)
             verdict = self.policy.evaluate(number, listing) \
                 or velocity.check_locked(facts.history.locked_until, now)
+            if verdict is None and callback_id is None:
+                verdict = velocity.check_intake(facts.history, now, self.settings.velocity)
             if verdict is None and not facts.history.known:
                 count = await sql.unconfirmed_new_numbers(conn, now,
                                                           self.settings.brake.window_s)
@@ -183,7 +196,7 @@ class Guard:
             if verdict is not None:
                 await self.refused(conn, verdict, stage=stage, number=str(number),
                                    merchant_id=merchant_id, callback_id=callback_id)
-        return verdict
+        return Screening(verdict, facts.history.known)
 
     async def usable_routes(self, routes: Sequence[HasCarrier], callback_id: str,
                             merchant_id: str) -> tuple[list[int], Verdict | None]:

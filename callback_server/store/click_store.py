@@ -1,7 +1,8 @@
 """Web click-to-call requests in: each one a call-back job with the advisor picked.
 
 :meth:`ClickStore.store_click` writes the job (``callback_requests``: queued, due now, one
-round) and its ``click_to_call_requests`` row in one transaction (the jobs' NOTIFY is
+round), its ``click_to_call_requests`` row and, screened by the guard, its count
+against the number's velocity (``guard_note_accepted``) in one transaction (the jobs' NOTIFY is
 delivered at its commit), so a request answered 202 is dialled by whichever worker claims
 it, after a restart too (:mod:`callback_server.worker`). A merchant's ``Idempotency-Key``
 names one request: sent again, the first request's job is returned and nothing is queued.
@@ -35,16 +36,19 @@ class StoredClick:
 
 class ClickStore(StoreBase):
     async def store_click(self, merchant: Merchant, customer: E164, advisor_id: int,
-                          idempotency_key: str | None) -> StoredClick:
+                          idempotency_key: str | None, known: bool | None = None
+                          ) -> StoredClick:
+        """Store the job; screened by the guard (``known``: whether it knows the number;
+        None: not screened), it counts for the number's velocity as a call-back request."""
         async with self.pool.acquire() as conn, conn.transaction():
             if idempotency_key is not None:
                 # one transaction at a time per merchant and key: the second waits, then
                 # finds the first's row
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
                                    merchant.id, idempotency_key)
-                known = await self.known_click(merchant.id, idempotency_key, conn)
-                if known is not None:
-                    return known
+                repeat = await self.known_click(merchant.id, idempotency_key, conn)
+                if repeat is not None:
+                    return repeat
             callback_id = new_callback_id()
             await conn.execute(
                 """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id,
@@ -55,6 +59,9 @@ class ClickStore(StoreBase):
                 """INSERT INTO click_to_call_requests (callback_id, merchant_id, advisor_id,
                        idempotency_key) VALUES ($1, $2, $3, $4)""",
                 callback_id, merchant.id, advisor_id, idempotency_key)
+            if known is not None:
+                await conn.execute("SELECT guard_note_accepted($1, $2, $3, $4, now())",
+                                   [callback_id], [str(customer)], [merchant.id], [known])
         return StoredClick(callback_id, "queued", advisor_id, False)
 
     async def known_click(self, merchant_id: str, key: str,

@@ -45,6 +45,7 @@ pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CUSTOMER = "+819012345678"
 TABLES = ("click_to_call_requests, callback_attempts, callback_requests, guard_refusals, "
+          "guard_callbacks, guard_numbers, "
           "advisor_settings, advisors, advisor_presence, advisor_events, customers, "
           "customer_numbers, billing_accounts, billing_policies, billing_records")
 
@@ -177,3 +178,17 @@ async def test_refusals_name_the_reason_and_store_nothing(
         "SELECT stage FROM guard_refusals WHERE number = '+441632960123'") == "click_to_call"
     resp = await client.post("/v1/consultations", json={})
     assert resp.status == 401
+
+
+async def test_a_second_request_for_the_same_number_meets_the_guards_velocity(
+        client: Any, db: dict[str, int], pool: asyncpg.Pool) -> None:
+    """A click-to-call counts as a call-back request for the number: another one while
+    it is pending is refused (the guard's per-number limit), with nothing stored."""
+    body = {"customer_number": CUSTOMER, "advisor_id": db["sip"]}
+    status, first = await post(client, body, "first")
+    assert status == 202, first
+    status, second = await post(client, body, "second")
+    assert status == 403 and second["error"]["reason"] == "velocity_concurrent", second
+    assert await pool.fetchval("SELECT count(*) FROM callback_requests") == 1
+    assert await pool.fetchval("SELECT callback_id FROM guard_callbacks") == \
+        first["callback_id"]
