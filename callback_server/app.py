@@ -58,6 +58,7 @@ from callback_server.click_http import install as install_click_to_call
 from callback_server.config import CallbackSettings
 from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
+from callback_server.consult_live import ConsultReconciler, LiveConsultations
 from callback_server.dunning_notify import DunningNotifications
 from callback_server.flows_http import install as install_flows
 from callback_server.guard.alerts import Alert
@@ -328,22 +329,28 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession()          # the IVR's SMS provider
     webhooks = webhook_session()               # flows' webhooks: public addresses only
     services = site_services(settings, app[POOL_KEY], session, webhooks)
+    pool = app[POOL_KEY]
+    desk = AdvisorDesk(pool, routing, {m.id: m.operator for m in settings.merchants})
+    consultations = ConsultationRecords(pool)
+    billing = consult_billing(app)
+    live = LiveConsultations(pool)
+    reconciler = ConsultReconciler(live, client=client, store=store, settler=settler,
+                                   records=consultations, desk=desk, billing=billing)
 
     def identified(name: str) -> None:
         store.asterisk = name
     stasis = StasisApp(client, lambda: workers[0].calls if workers else {}, records=records,
-                       settle_stray=settler.settle_stray, identified=identified)
-    progress = LegProgress(app[POOL_KEY])      # first ring/answer: the carriers' PDD
+                       settle_stray=settler.settle_stray, identified=identified,
+                       reconcile=reconciler.reconcile)
+    progress = LegProgress(pool)      # first ring/answer: the carriers' PDD
     stasis.router.observe(progress.observe)
     worker = Worker(store=store, db_url=app[DB_URL_KEY], merchants=merchants,
                     flows=settings.flows, routes=routing, client=client, router=stasis.router,
                     rater=routing, ari_ready=stasis.ready, settings=settings.callback.worker,
-                    guard=app[GUARD_KEY], settler=settler,
-                    desk=AdvisorDesk(app[POOL_KEY], routing,
-                                     {m.id: m.operator for m in settings.merchants}),
-                    consultations=ConsultationRecords(app[POOL_KEY]),
-                    billing=consult_billing(app),
-                    active_flows=app[ACTIVE_FLOWS_KEY], services=services)
+                    guard=app[GUARD_KEY], settler=settler, desk=desk,
+                    consultations=consultations, billing=billing,
+                    active_flows=app[ACTIVE_FLOWS_KEY], services=services, live=live,
+                    reconciler=reconciler)
     workers.append(worker)
     app[STASIS_KEY] = stasis
     app[WORKER_KEY] = worker

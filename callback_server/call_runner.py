@@ -31,7 +31,7 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.consult_billing import BillingPort
-from callback_server.consult_runner import ConsultRunner, RecordSink
+from callback_server.consult_runner import ConsultRunner, LiveSink, RecordSink
 from callback_server.dialer import DialerState, Leg, Phase
 from callback_server.dialer_messages import (
     Answered,
@@ -70,7 +70,8 @@ class CallRunner(RoundRunner):
                  store: CallStore, rater: Rater, guard: RoundObserver | None = None,
                  records: LegRecordSource | None = None, desk: AdvisorPort | None = None,
                  consultations: RecordSink | None = None,
-                 billing: BillingPort | None = None, services: IvrPort | None = None) -> None:
+                 billing: BillingPort | None = None, services: IvrPort | None = None,
+                 live: LiveSink | None = None) -> None:
         super().__init__(job, ctx, client=client, router=router, store=store, rater=rater,
                          records=records, originated=self._originated)
         self.desk = desk                 # the advisors, and the routes to a number
@@ -82,7 +83,8 @@ class CallRunner(RoundRunner):
                              post=self.inbox.put_nowait, services=services)
         self.consult = ConsultRunner(job, ctx, client=client, store=store, rater=rater,
                                      desk=desk, records=consultations, run_leg=self._run,
-                                     follow_up=self._pending.append, billing=billing)
+                                     follow_up=self._pending.append, billing=billing,
+                                     live=live)
 
     @property
     def channel_ids(self) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ from advisors.errors import NotFound
 from advisors.records import ConsultationRecord, LegCost, Method
 from billing import meter
 from billing.ledger import LedgerError, Refusal
-from callback_server import consult, consult_meter, ivr
+from callback_server import consult, consult_meter, consult_recovery, ivr
 from callback_server.advisor_desk import AdvisorPort, Chosen, Unavailable
 from callback_server.call_ports import AriPort, CallContext, CallStore, Rater, safely, utcnow
 from callback_server.cdr_rating import store_cdr
@@ -65,6 +65,7 @@ from callback_server.consult import (
     Unbridge,
 )
 from callback_server.consult_billing import BillingPort, Plan
+from callback_server.consult_recovery import Live
 from callback_server.dialer import leg_variables
 from callback_server.dialer_messages import Command as LegCommand
 from callback_server.dialer_messages import (
@@ -92,6 +93,15 @@ class RecordSink(Protocol):
     async def save(self, record: ConsultationRecord) -> object: ...
 
 
+class LiveSink(Protocol):
+    """Where a talking consultation is kept until its record is saved (``consult_live``:
+    what a restart ends if the server dies meanwhile)."""
+
+    async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord
+                   ) -> None: ...
+    async def drop(self, consultation_id: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Started:
     command: ivr.ConnectAdvisor
@@ -106,7 +116,7 @@ class ConsultRunner:
                  rater: Rater, desk: AdvisorPort | None, records: RecordSink | None,
                  run_leg: Callable[[LegCommand], Awaitable[None]],
                  follow_up: Callable[[object], None],
-                 billing: BillingPort | None = None) -> None:
+                 billing: BillingPort | None = None, live: LiveSink | None = None) -> None:
         self.job = job
         self.ctx = ctx
         self.client = client
@@ -126,6 +136,8 @@ class ConsultRunner:
         self.meter: meter.Meter | None = None
         self._leg_seq = 0
         self._charging: set[asyncio.Task[None]] = set()
+        self.live_sink = live
+        self._kept: Live | None = None          # what consult_live holds of it
 
     @property
     def live(self) -> bool:
@@ -257,6 +269,18 @@ class ConsultRunner:
                 else consult_meter.meter_event(cmd, self.state)
             if metered is not None:
                 await self._metered(metered)
+        await self._keep_live()
+
+    async def _keep_live(self) -> None:
+        """Keep the talking consultation in ``consult_live`` as it changes."""
+        now = None if self.state is None else consult_recovery.live(self.state)
+        if self.live_sink is None or now is None or now == self._kept:
+            return
+        try:
+            await self.live_sink.keep(self.job.callback_id, now, await self._record(now.over))
+            self._kept = now
+        except DATABASE_ERRORS as exc:
+            log.error("consultation %s not kept as live: %s", now.over.consultation_id, exc)
 
     # --- the prepaid meter --------------------------------------------------------------
 
@@ -421,7 +445,12 @@ class ConsultRunner:
         assert self._started is not None and self.desk is not None
         log.info("consultation %s over: %s, advisor %s", over.consultation_id,
                  over.end_reason, over.advisor_id)
-        await self._save(over)
+        if await self._save(over) and self.live_sink is not None and self._kept is not None:
+            try:
+                await self.live_sink.drop(over.consultation_id)
+            except DATABASE_ERRORS as exc:   # a restart's reconciler finds it recorded
+                log.error("consultation %s still kept as live: %s", over.consultation_id,
+                          exc)
         plan = self._plan
         if plan is not None and plan.postpaid and over.answered_at is not None:
             charging = asyncio.create_task(self._charge(plan, over),
@@ -443,30 +472,35 @@ class ConsultRunner:
             log.info("consultation %s charged: %d yen, %s", over.consultation_id,
                      charge.total_yen, charge.state)
 
-    async def _save(self, over: Over) -> None:
-        assert self._started is not None and self.desk is not None
+    async def _save(self, over: Over) -> bool:
+        """Save the record; False if it could not be (no sink, or the database)."""
         if self.records is None:
-            return
-        started = self._started
+            return False
         try:
-            customer_id = await self.desk.customer_id(self.job.merchant_id, self.job.destination)
-            record = ConsultationRecord(
-                consultation_id=over.consultation_id, merchant_id=self.job.merchant_id,
-                callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
-                customer_number=str(self.job.destination), customer_id=customer_id,
-                advisor_id=over.advisor_id, group_id=started.chosen.group_id,
-                method=Method(started.command.method), requested_at=started.requested_at,
-                rings=over.rings, answered_at=over.answered_at, holds=over.holds,
-                transfers=over.transfers,
-                ended_at=over.ended_at, talk_s=talk_seconds(over),
-                end_reason=over.end_reason,
-                customer_call_id=self._customer,
-                leg_costs=tuple(LegCost(leg.channel_id, "advisor", leg.carrier_id,
-                                        self._costs.get(leg.channel_id))
-                                for leg in over.legs))
-            await self.records.save(record)
+            await self.records.save(await self._record(over))
         except DATABASE_ERRORS as exc:
             log.error("consultation %s: record not saved: %s", over.consultation_id, exc)
+            return False
+        return True
+
+    async def _record(self, over: Over) -> ConsultationRecord:
+        assert self._started is not None and self.desk is not None
+        started = self._started
+        customer_id = await self.desk.customer_id(self.job.merchant_id, self.job.destination)
+        return ConsultationRecord(
+            consultation_id=over.consultation_id, merchant_id=self.job.merchant_id,
+            callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
+            customer_number=str(self.job.destination), customer_id=customer_id,
+            advisor_id=over.advisor_id, group_id=started.chosen.group_id,
+            method=Method(started.command.method), requested_at=started.requested_at,
+            rings=over.rings, answered_at=over.answered_at, holds=over.holds,
+            transfers=over.transfers,
+            ended_at=over.ended_at, talk_s=talk_seconds(over),
+            end_reason=over.end_reason,
+            customer_call_id=self._customer,
+            leg_costs=tuple(LegCost(leg.channel_id, "advisor", leg.carrier_id,
+                                    self._costs.get(leg.channel_id))
+                            for leg in over.legs))
 
 
 def talk_seconds(over: Over) -> int:

@@ -2,7 +2,8 @@
 
 :class:`StasisApp` reads the events websocket and routes each event to the call
 runner that owns its channel (:class:`~callback_server.call_runner.CallRunner`,
-one per round). On every (re)connect it re-syncs: channels of our application
+one per round). On every (re)connect it re-syncs: the consultations a crashed predecessor left
+talking are ended (:mod:`callback_server.consult_live`), channels of our application
 that no running call owns are hung up (a crashed predecessor's legs, parked in
 Stasis), and running calls check that their legs still exist.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 
 from callback_server.call_ports import utcnow
@@ -30,7 +31,9 @@ class StasisApp:
                  runners: Callable[[], Mapping[str, CallRunner | ClickRunner]], *,
                  records: LegRecords | None = None,
                  settle_stray: Callable[[ari.Channel], Awaitable[None]] | None = None,
-                 identified: Callable[[str], None] | None = None) -> None:
+                 identified: Callable[[str], None] | None = None,
+                 reconcile: Callable[[Collection[str]], Awaitable[object]] | None = None
+                 ) -> None:
         self.client = client
         self.runners = runners
         # Lookups of Asterisk's leg records arrive as StasisStarts of our own.
@@ -41,6 +44,9 @@ class StasisApp:
         self.settle_stray = settle_stray
         # Told the Asterisk's systemname on every connect (legs record where they live).
         self.identified = identified
+        # Ends the consultations a dead server left talking (given the call-backs that
+        # run here), before the strays are hung up: it tells which leg ended first.
+        self.reconcile = reconcile
         self.router = ari.EventRouter(on_stasis_start=self._stray, on_connected=self._connected)
         self.ready = asyncio.Event()
         # While the events websocket is down, no job may originate: its events would
@@ -90,6 +96,8 @@ class StasisApp:
         except ari.AriError as exc:
             log.warning("re-sync after connect failed: %s", exc)
             return
+        if self.reconcile is not None:
+            await self.reconcile(set(self.runners()))
         owned = self.router.channel_ids
         for cid in state.channel_ids:
             if cid not in owned:

@@ -46,7 +46,8 @@ from callback_server.call_runner import CallRunner, no_answer_outcome
 from callback_server.click_runner import ClickRunner
 from callback_server.consult_billing import BillingPort
 from callback_server.consult_control import CONTROL_CHANNEL, deliver_controls
-from callback_server.consult_runner import RecordSink
+from callback_server.consult_live import ConsultReconciler
+from callback_server.consult_runner import LiveSink, RecordSink
 from callback_server.dialer import RescueAction, reason_for, rescue_action
 from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
 from callback_server.ivr_flow import Flow
@@ -93,9 +94,14 @@ class Worker:
                  consultations: RecordSink | None = None,
                  billing: BillingPort | None = None,
                  active_flows: ActiveFlows | None = None,
-                 services: IvrPort | None = None) -> None:
+                 services: IvrPort | None = None,
+                 live: LiveSink | None = None,
+                 reconciler: ConsultReconciler | None = None) -> None:
         self.store = store
         self.services = services            # what the IVR's verbs reach beyond ARI
+        self.live = live                      # where talking consultations are kept
+        # Ends the consultations a dead server left talking (a rescued job's).
+        self.reconciler = reconciler
         self.active_flows = active_flows    # merchants' stored flows (None: files only)
         self.clock = clock              # business hours are applied at its time
         self.desk = desk                      # the advisors a consultation reaches
@@ -252,8 +258,8 @@ class Worker:
                                     Finish("failed", Reason.UNKNOWN_MERCHANT, claimed.attempts))
             return
         job = self._job(claimed, merchant)
-        if claimed.rescued and self.billing is not None:
-            await self._settle_rescued(claimed)
+        if claimed.rescued:
+            await self._rescued(claimed)
         if not self.ari_ready.is_set():
             log.warning("job waits: Asterisk (ARI) not connected")
             await self.store.release(claimed.callback_id, 2.0, "asterisk_unreachable")
@@ -315,7 +321,7 @@ class Worker:
                           store=self.store, rater=self.rater, guard=self.guard,
                           records=records, desk=self.desk,
                           consultations=self.consultations, billing=self.billing,
-                          services=self.services)
+                          services=self.services, live=self.live)
 
     async def _round_flow(self, job: Job, merchant: Merchant) -> Flow:
         """The flow this round runs, kept with the round."""
@@ -368,11 +374,17 @@ class Worker:
                        operator=merchant.operator),
                    max_call_s=self.settings.max_call_s)
 
-    async def _settle_rescued(self, claimed: ClaimedJob) -> None:
-        """A rescued job's prepaid consultations whose record was saved but whose
-        reservation was not settled (the process died in between): settled now with the
-        record's talk seconds. One without a record stays live for an operator."""
-        assert self.billing is not None
+    async def _rescued(self, claimed: ClaimedJob) -> None:
+        """A rescued job's consultations its dead process left talking are ended (their
+        legs hung up, their records written, their advisors freed:
+        :class:`~callback_server.consult_live.ConsultReconciler`). Its prepaid
+        consultations whose record was saved but whose reservation was not settled (the
+        process died in between) are settled with the record's talk seconds. One without
+        a record stays live for an operator."""
+        if self.reconciler is not None:
+            await self.reconciler.reconcile(callback_id=claimed.callback_id)
+        if self.billing is None:
+            return
         try:
             settled = await self.billing.rescue(claimed.merchant_id, claimed.callback_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, LedgerError) as exc:

@@ -1,0 +1,180 @@
+"""Talking consultations in PostgreSQL (``consult_live``), and the reconciler that ends
+those a killed server left behind (the decision: :mod:`callback_server.consult_recovery`).
+
+:class:`LiveConsultations` is the table: the runner keeps a row while its consultation
+talks (:meth:`~LiveConsultations.keep`, rewritten on change) and drops it once the record
+is saved. :class:`ConsultReconciler` runs after a restart, for every row no running call
+of this process owns whose advisor leg lives on this server's Asterisk: on every
+(re)connect of the events websocket, before the strays are hung up
+(:class:`~callback_server.stasis.StasisApp`), and for a rescued job's own rows (the
+worker). For each one:
+
+1. each leg still up is hung up and settled from Asterisk's leg record (its end and CDR,
+   :class:`~callback_server.reconcile.LegSettler`); a leg already gone is settled the
+   same way if no runner saw its end; the bridge is destroyed;
+2. the record is the row's snapshot ended by the legs' ends (:func:`recovered`), saved
+   once (by consultation id; its message to the edge with it);
+3. the advisor's consultation is ended (``ConsultationEnded``: after-call work, never
+   left ``talking``);
+4. the prepaid reservation is settled from the saved record's talk seconds (once: a
+   settled reservation is not settled again), then the row is dropped.
+
+Every step is idempotent, so a reconciler killed half-way is finished by the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from advisors.records import ConsultationRecord
+from callback_server.advisor_desk import AdvisorPort
+from callback_server.call_ports import utcnow
+from callback_server.consult_billing import BillingPort
+from callback_server.consult_recovery import LegEnd, Live, recovered
+from callback_server.consult_runner import BILLING_ERRORS, DATABASE_ERRORS, RecordSink
+from callback_server.reconcile import LegSettler
+from callback_server.store import CallbackStore
+from shared import ari
+from shared.money import Money
+
+log = logging.getLogger("callback.consult")
+
+
+@dataclass(frozen=True, slots=True)
+class LostConsultation:
+    """A ``consult_live`` row: a talking consultation as its runner last kept it."""
+
+    consultation_id: str
+    callback_id: str
+    merchant_id: str
+    customer_channel: str
+    advisor_channel: str
+    bridge_id: str
+    advisor_id: int
+    presence_id: str
+    snapshot: ConsultationRecord
+
+
+class LiveConsultations:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord) -> None:
+        """Write (or rewrite) the talking consultation's row."""
+        await self.pool.execute(
+            """INSERT INTO consult_live (consultation_id, callback_id, merchant_id,
+                   customer_channel, advisor_channel, bridge_id, advisor_id, presence_id,
+                   snapshot)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (consultation_id) DO UPDATE SET
+                   customer_channel = $4, advisor_channel = $5, bridge_id = $6,
+                   advisor_id = $7, presence_id = $8, snapshot = $9, updated_at = now()""",
+            snapshot.consultation_id, callback_id, snapshot.merchant_id, live.customer_channel,
+            live.advisor_channel, live.bridge_id, live.advisor_id, live.presence_id,
+            snapshot.to_json())
+
+    async def drop(self, consultation_id: str) -> None:
+        await self.pool.execute("DELETE FROM consult_live WHERE consultation_id = $1",
+                                consultation_id)
+
+    async def lost(self, asterisk: str | None, callback_id: str | None = None
+                   ) -> list[LostConsultation]:
+        """The rows whose advisor leg was placed on ``asterisk`` (None: any), oldest
+        first; only ``callback_id``'s when given."""
+        rows = await self.pool.fetch(
+            """SELECT l.* FROM consult_live l
+               LEFT JOIN callback_attempts a ON a.channel_id = l.advisor_channel
+               WHERE ($1::text IS NULL OR a.asterisk IS NULL OR a.asterisk = $1)
+                 AND ($2::text IS NULL OR l.callback_id = $2)
+               ORDER BY l.updated_at""", asterisk, callback_id)
+        return [_lost(r) for r in rows]
+
+    async def leg_end(self, channel_id: str) -> tuple[datetime, Money | None] | None:
+        """When the leg ended and what it cost, from its CDR (None: it has none)."""
+        row = await self.pool.fetchrow(
+            "SELECT ended_at, carrier_cost, carrier_currency FROM cdrs WHERE call_id = $1",
+            channel_id)
+        if row is None:
+            return None
+        cost = None if row["carrier_cost"] is None else Money(row["carrier_cost"],
+                                                               row["carrier_currency"])
+        return row["ended_at"], cost
+
+
+def _lost(row: Any) -> LostConsultation:
+    return LostConsultation(
+        row["consultation_id"], row["callback_id"], row["merchant_id"],
+        row["customer_channel"], row["advisor_channel"], row["bridge_id"], row["advisor_id"],
+        row["presence_id"], ConsultationRecord.from_json(row["snapshot"]))
+
+
+class ConsultReconciler:
+    def __init__(self, live: LiveConsultations, *, client: ari.AriClient,
+                 store: CallbackStore, settler: LegSettler, records: RecordSink,
+                 desk: AdvisorPort, billing: BillingPort | None) -> None:
+        self.live = live
+        self.client = client
+        self.store = store
+        self.settler = settler
+        self.records = records
+        self.desk = desk
+        self.billing = billing
+
+    async def reconcile(self, running: Collection[str] = (), callback_id: str | None = None
+                        ) -> int:
+        """End the lost consultations of this server's Asterisk (only ``callback_id``'s
+        when given) whose call-back is not ``running`` here; how many were ended."""
+        ended = 0
+        try:
+            found = await self.live.lost(self.store.asterisk, callback_id)
+        except DATABASE_ERRORS as exc:
+            log.error("consultations left by a dead server not read: %s", exc)
+            return 0
+        for lost in found:
+            if lost.callback_id in running:
+                continue
+            try:
+                await self._end(lost)
+                ended += 1
+            except (ari.AriError, TimeoutError, *BILLING_ERRORS) as exc:
+                log.error("consultation %s left by a dead server not ended yet: %s",
+                          lost.consultation_id, exc)
+        return ended
+
+    async def _end(self, lost: LostConsultation) -> None:
+        log.warning("consultation %s was left talking by a dead server: ending it",
+                    lost.consultation_id)
+        customer = await self._leg_end(lost.customer_channel)
+        advisor = await self._leg_end(lost.advisor_channel)
+        await self.client.destroy_bridge(lost.bridge_id)
+        record = recovered(lost.snapshot, lost.advisor_channel, customer, advisor)
+        saved = await self.records.save(record)
+        await self.desk.ended(lost.merchant_id, lost.advisor_id, lost.presence_id, utcnow())
+        if self.billing is not None:
+            for done in await self.billing.rescue(lost.merchant_id, lost.callback_id):
+                log.warning("reservation %d settled from the record: %d s, %d yen",
+                            done.reservation_id, done.charge.talk_s, done.charge.total_yen)
+        await self.live.drop(lost.consultation_id)
+        log.warning("consultation %s ended %s after %d s of talk (%s)",
+                    lost.consultation_id, record.end_reason, record.talk_s,
+                    "record saved" if saved else "its record was already saved")
+
+    async def _leg_end(self, channel_id: str) -> LegEnd | None:
+        """Hang the leg up if it is still up; its end once settled (None: no CDR)."""
+        channel = await self.client.get_channel(channel_id)
+        if channel is not None:
+            await self.settler.settle_stray(channel)
+        else:
+            leg = await self.store.leg(channel_id)
+            if leg is not None and leg.status not in ("ended", "failed"):
+                await self.settler.settle(leg, await self.settler.record_of(leg, wait_s=2.0))
+        end = await self.live.leg_end(channel_id)
+        if end is None:
+            return None
+        return LegEnd(end[0], by_reconciler=channel is not None, cost=end[1])

@@ -1,0 +1,183 @@
+"""The callback server killed (``SIGKILL``) in the middle of a consultation: the call
+survives the death, and the restart ends it cleanly, once.
+
+On the real stack (both sites, both Asterisks, SIPp phones, PostgreSQL): the customer
+(carrier A's phone) keys an advisor's code; the advisor (a SIP phone at the edge) answers
+and they talk; the callback server is killed. The bridge lives on in Asterisk (the
+customer's audio keeps reaching the advisor while no server runs). At its restart the
+server finds the consultation its predecessor kept in ``consult_live``
+(:mod:`callback_server.consult_live`) and ends it: a leg still up is hung up, and
+
+* exactly one consultation record, with the talk seconds the phones saw and the end
+  reason of what happened (``failed``: both still talking, ended by the restart;
+  ``advisor_hangup`` at the advisor's BYE if they hung up while the server was dead);
+* billed once: one settlement of the prepaid reservation, for the record's talk seconds;
+* the advisor not left ``talking``: their consultation ended (after-call work);
+* the call-back finished ``completed`` (its rescued job rings nobody again).
+
+Takes the stack lock (``/tmp/cbgw-stack.lock``) for its whole run, through ``Stack``.
+About 2 minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from demo.stack import Stack
+from tests.e2e.test_consult_calls import (
+    ACME,
+    BY_CODE,
+    CONFIRM,
+    SIP_ADVISOR,
+    Admin,
+    admin,
+    events,
+    invites_to,
+    record,
+    wait_for,
+)
+from tests.harness.rtp import RtpCapture
+from tests.harness.sipp import OPERATOR_PORT, SipMessage, SippRole, media_port_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+__all__ = ["admin"]
+
+OUTAGE_S = 6.0                     # the server stays dead this long (both still talking)
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with Stack(tmp_path_factory.mktemp("consult-crash"), merchants=(ACME,),
+                     db_prefix="cbgw_consult_crash", log_level="DEBUG",
+                     extra_env={"CALLBACK__CALLBACK__LEASE_S": "5",   # rescues come soon
+                                "CALLBACK__CALLBACK__HEARTBEAT_S": "2",
+                                "CALLBACK__CALLBACK__SWEEP_S": "1"}) as running:
+        yield running
+
+
+@pytest.fixture
+async def settings(admin: Admin) -> None:
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    await admin.call("PUT", "/v1/billing/policy", {"unit_s": 1, "by": "e2e"})
+
+
+def _answered(m: SipMessage) -> bool:
+    return m.direction == "sent" and m.status == 200 and m.cseq_method == "INVITE"
+
+
+def _byes(role: SippRole) -> list[SipMessage]:
+    return [m for m in role.dialog_messages() if m.method == "BYE"]
+
+
+async def _talking(stack: Stack, roles: dict[str, SippRole], customer: str) -> SipMessage:
+    """The customer's call until the advisor answered and the runner kept it as live."""
+    await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+    ok = await wait_for(roles["operator"], _answered, 60)
+    await stack.wait_for_row("callback", "SELECT 1 FROM consult_live")
+    await asyncio.sleep(2)                     # talking a while
+    return ok
+
+
+async def _ended_once(stack: Stack, number: str, advisor_id: int) -> dict[str, Any]:
+    """What must hold whatever ended the consultation: one record, one settlement of
+    its talk, the advisor out of ``talking``, nothing kept live, the call-back done."""
+    made = await record(stack, number)
+    settled = await stack.wait_for_row(
+        "callback", "SELECT s.* FROM billing_settlements s JOIN billing_reservations r "
+        "ON r.id = s.reservation_id WHERE r.consultation_id = $1", made["consultation_id"])
+    request = await stack.wait_for_row(
+        "callback", "SELECT status, reason FROM callback_requests WHERE callback_id = $1 "
+        "AND status IN ('completed', 'failed')", made["callback_id"], timeout_s=60)
+    assert (request["status"], request["reason"]) == ("completed", "answered"), dict(request)
+    assert len(await stack.fetch("callback", "SELECT 1 FROM consultations WHERE "
+                                 "customer_number = $1", number)) == 1
+    assert len(await stack.fetch(
+        "callback", "SELECT 1 FROM billing_settlements s JOIN billing_reservations r ON "
+        "r.id = s.reservation_id WHERE r.consultation_id = $1",
+        made["consultation_id"])) == 1
+    assert settled["talk_s"] == made["talk_s"]
+    assert await stack.fetch("callback", "SELECT 1 FROM consult_live") == []
+    assert [e for e, _ in await events(stack, advisor_id)] == [
+        "online", "offered", "answered", "ended"]
+    presence = await stack.fetch("callback", "SELECT desk, sessions FROM advisor_presence "
+                                 "WHERE advisor_id = $1", advisor_id)
+    assert presence[0]["sessions"] == [] and presence[0]["desk"] in ("wrap_up", "standby")
+    return made
+
+
+async def test_both_talking_through_the_death_are_ended_by_the_restart_and_billed_once(
+        stack: Stack, admin: Admin, settings: None) -> None:
+    """Killed while they talk, dead 6 s: the customer's audio still reaches the advisor
+    meanwhile (nobody gets a BYE); the restart hangs up both; the record ends ``failed``
+    with the talk from the advisor's answer to their BYE."""
+    chosen = await admin.advisor("暁", "3131", SIP_ADVISOR)
+    customer = "07011110031"
+    await admin.fund(customer)
+    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
+                              digits=CONFIRM + BY_CODE + "3131",
+                              pcap_options={"tail_ms": 60_000}) as roles:
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        ok = await _talking(stack, roles, customer)
+        stack.processes["callback"].send_signal(signal.SIGKILL)
+        killed = time.time()
+        wall_minus_monotonic = time.time() - time.monotonic()
+        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor:
+            await asyncio.sleep(OUTAGE_S)
+        assert _byes(advisor) == [] and _byes(phone) == [], "the call survived the kill"
+        await stack.restart_server("callback", kill=True)
+        advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                     and m.direction == "received", 30)
+        customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                      and m.direction == "received", 30)
+        made = await _ended_once(stack, "+817011110031", chosen)
+        rung = invites_to(advisor, "operator")
+        customer_invites = [m for m in phone.invites_received()
+                            if m.ruri_user == "817011110031"]
+    # the bridge outlived the server: the customer's PCMU reached the advisor meanwhile
+    start, end = killed - wall_minus_monotonic, killed - wall_minus_monotonic + OUTAGE_S
+    heard = [t for t, pt in to_advisor.packets if pt == 0 and start <= t <= end]
+    assert len(heard) >= 0.8 * OUTAGE_S / 0.02, len(heard)
+    # hung up by the restart, not before
+    for bye in (advisor_bye, customer_bye):
+        assert bye.at.timestamp() >= killed + OUTAGE_S, (bye.at, killed)
+    talked = (advisor_bye.at - ok.at).total_seconds()
+    assert made["end_reason"] == "failed" and made["advisor_id"] == chosen
+    assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
+    assert len(rung) == 1 and len(customer_invites) == 1
+
+
+async def test_an_advisor_hanging_up_while_the_server_is_dead_ends_it_at_their_bye(
+        stack: Stack, admin: Admin, settings: None) -> None:
+    """Killed while they talk; the advisor hangs up while no server runs (their BYE about
+    20 s after answering); the restart hangs up the customer, left alone in the bridge:
+    the record ends ``advisor_hangup`` at the advisor's BYE, with the talk until then."""
+    chosen = await admin.advisor("澪", "3232", SIP_ADVISOR)
+    customer = "07011110032"
+    await admin.fund(customer)
+    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_dtmf_bye.xml",
+                              digits=CONFIRM + BY_CODE + "3232") as roles:
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        ok = await _talking(stack, roles, customer)
+        stack.processes["callback"].send_signal(signal.SIGKILL)
+        killed = time.time()
+        advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                     and m.direction == "sent", 60)
+        await asyncio.sleep(2)
+        assert _byes(phone) == [], "the customer stays, alone in the bridge"
+        restarting = time.time()
+        await stack.restart_server("callback", kill=True)
+        customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                      and m.direction == "received", 30)
+        made = await _ended_once(stack, "+817011110032", chosen)
+    assert advisor_bye.at.timestamp() > killed
+    assert customer_bye.at.timestamp() >= restarting          # by the restart
+    talked = (advisor_bye.at - ok.at).total_seconds()
+    assert made["end_reason"] == "advisor_hangup" and made["advisor_id"] == chosen
+    assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
