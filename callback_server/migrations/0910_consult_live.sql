@@ -8,7 +8,7 @@
 -- consultation had failed when the row was written; the reconciler replaces its end.
 CREATE TABLE consult_live (
     consultation_id  text        PRIMARY KEY,
-    callback_id      text        NOT NULL REFERENCES callback_requests,
+    callback_id      text        NOT NULL,
     merchant_id      text        NOT NULL,
     customer_channel text        NOT NULL,
     advisor_channel  text        NOT NULL,

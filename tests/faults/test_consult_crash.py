@@ -104,8 +104,9 @@ async def _ended_once(stack: Stack, number: str, advisor_id: int) -> dict[str, A
         made["consultation_id"])) == 1
     assert settled["talk_s"] == made["talk_s"]
     assert await stack.fetch("callback", "SELECT 1 FROM consult_live") == []
-    assert [e for e, _ in await events(stack, advisor_id)] == [
-        "online", "offered", "answered", "ended"]
+    happened = [e for e, _ in await events(stack, advisor_id)]
+    assert happened[:4] == ["online", "offered", "answered", "ended"], happened
+    assert set(happened[4:]) <= {"wrap_up_elapsed"}, happened     # after-call work over
     presence = await stack.fetch("callback", "SELECT desk, sessions FROM advisor_presence "
                                  "WHERE advisor_id = $1", advisor_id)
     assert presence[0]["sessions"] == [] and presence[0]["desk"] in ("wrap_up", "standby")

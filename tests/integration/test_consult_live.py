@@ -1,0 +1,69 @@
+"""The talking consultations a runner keeps (``consult_live``) against real PostgreSQL:
+rewritten as they change, found by the Asterisk their advisor leg lives on, dropped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+import callback_server
+import shared
+from advisors.records import EndReason
+from callback_server.consult import HoldCustomer
+from callback_server.consult_live import LiveConsultations
+from callback_server.consult_recovery import live
+from callback_server.store import CallbackStore
+from shared.db import create_pool, migrate_url, package_migrations
+from tests.integration.test_callback_store import MERCHANT, request
+from tests.unit.test_callback_consult_recovery import snapshot, talking
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
+                               package_migrations("callback", callback_server.__file__)])
+    p = await create_pool(pg_url, min_size=1, max_size=4)
+    await CallbackStore(p, owner="setup").sync_merchants([MERCHANT])
+    yield p
+    await p.close()
+
+
+async def test_kept_rewritten_found_by_asterisk_and_dropped(pool: asyncpg.Pool) -> None:
+    await pool.execute("TRUNCATE consult_live, cdrs, request_info, callback_attempts, "
+                       "callback_requests CASCADE")
+    _, body = await CallbackStore(pool, owner="w1").intake(
+        "22222222-2222-4222-8222-222222222222", request("e-live"), MERCHANT)
+    callback_id = body["callback_id"]
+    store = LiveConsultations(pool)
+    call, leg = talking()
+    kept = live(call.state)
+    assert kept is not None
+    await store.keep(callback_id, kept, snapshot(kept.over))
+    call.send(HoldCustomer(call.at(40)))
+    held = live(call.state)
+    assert held is not None
+    await store.keep(callback_id, held, snapshot(held.over))   # the same row, rewritten
+    # its advisor leg, placed on Asterisk ast-a
+    await pool.execute(
+        """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id, attempt_no,
+               leg_seq, leg, carrier_id, endpoint, worker, asterisk)
+           VALUES ($1, $2, 'acme', 1, 2, 'advisor', 'edge-trunk', 'PJSIP/a@edge-trunk',
+                   'w1', 'ast-a')""", leg, callback_id)
+    (found,) = await store.lost("ast-a")
+    assert (found.consultation_id, found.customer_channel, found.advisor_channel,
+            found.bridge_id, found.advisor_id) == (
+        kept.over.consultation_id, "cb-1-01", leg, f"{kept.over.consultation_id}-br", 1)
+    assert found.snapshot == snapshot(held.over)
+    assert [h.ended_at for h in found.snapshot.holds] == [None]
+    assert found.snapshot.end_reason is EndReason.FAILED
+    assert await store.lost("ast-b") == []
+    assert [f.consultation_id for f in await store.lost(None, callback_id)] == [
+        kept.over.consultation_id]
+    assert await store.lost(None, "cb-2") == []
+    assert await store.leg_end(leg) is None                    # no CDR yet
+    await store.drop(kept.over.consultation_id)
+    assert await store.lost(None) == []
