@@ -11,7 +11,11 @@ missed this customer, else back to the queue; a queued customer is tried again
 (``Assign``) when the store sees a member become free, with a clean slate. The merchant's
 *lines* bound the consultations in progress across all its advisors: a new customer who
 finds them all busy gets ``LinesBusy`` (busy guidance, then hang up); one already in
-(redirected after a miss, or retried from the queue) waits in the queue instead.
+(redirected after a miss, or retried from the queue) waits in the queue instead, and so
+does a new one when the merchant queues customers on busy lines (``busy_queue``). The
+queue is first come, first served: a customer with others of the same members queued
+before them (``Board.ahead``) waits behind them, and is told their place
+(``Queue.position``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ from advisors.presence import Presence
 class Board:
     """A merchant's advisors (id → presence) and its lines, as of one moment. ``seats``
     may hold only the advisors a decision is about (a group's members); ``elsewhere``
-    is then the consultations in progress of the merchant's other advisors."""
+    is then the consultations in progress of the merchant's other advisors. ``ahead``:
+    the queue in front of the customer (they are not offered a call before them)."""
 
     lines: int
     seats: Mapping[int, Presence]
     elsewhere: int = 0
+    #: customers of these members queued before this one, still waiting
+    ahead: int = 0
+    #: the merchant queues a new customer who finds every line busy (else LinesBusy)
+    busy_queue: bool = False
 
     @property
     def lines_in_use(self) -> int:
@@ -122,7 +131,11 @@ class OfferTo:
 
 @dataclass(frozen=True, slots=True)
 class Queue:
+    """Wait (music on hold, tried again); ``position``: the customer's place in the
+    queue (1: next)."""
+
     reason: str
+    position: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +172,10 @@ def transition(a: Assignment, event: Event) -> tuple[Assignment, list[Command]]:
         case Assign(board=board):
             if a.phase is Phase.OFFERING:
                 return a, [NotApplicable("an advisor is being offered the call")]
-            if not board.lines_free() and a.phase is Phase.NEW:
+            if not board.lines_free() and a.phase is Phase.NEW and not board.busy_queue:
                 return replace(a, phase=Phase.LINES_BUSY), [LinesBusy(board.lines)]
+            if board.ahead:
+                return _queued(a, f"{board.ahead} waiting longer", board)
             return _offer(replace(a, tried=frozenset()), board)
         case OfferMissed(board=board):
             if a.phase is not Phase.OFFERING or a.offered_to is None:
@@ -181,13 +196,14 @@ def transition(a: Assignment, event: Event) -> tuple[Assignment, list[Command]]:
 
 def _offer(a: Assignment, board: Board) -> tuple[Assignment, list[Command]]:
     if not board.lines_free():
-        return _queued(a, f"all {board.lines} lines busy")
+        return _queued(a, f"all {board.lines} lines busy", board)
     chosen = longest_idle(board, sorted(a.members), a.tried)
     if chosen is None:
-        return _queued(a, "no advisor of the group in standby with a free line")
+        return _queued(a, "no advisor of the group in standby with a free line", board)
     return (replace(a, phase=Phase.OFFERING, offered_to=chosen),
             [OfferTo(chosen, a.consultation_id)])
 
 
-def _queued(a: Assignment, reason: str) -> tuple[Assignment, list[Command]]:
-    return replace(a, phase=Phase.QUEUED, offered_to=None), [Queue(reason)]
+def _queued(a: Assignment, reason: str, board: Board) -> tuple[Assignment, list[Command]]:
+    return (replace(a, phase=Phase.QUEUED, offered_to=None),
+            [Queue(reason, board.ahead + 1)])

@@ -19,7 +19,11 @@ time on the row that :meth:`Presences.expire_wrap_ups` (run every second by the 
 turns into ``WrapUpElapsed``; ``AutoBreak`` is the event row's reason; ``RefuseOffer``
 and ``Ignored`` change nothing. Assignment commands ``OfferTo``/``Withdraw`` are applied
 to the advisor in the same transaction; ``Queue``, ``LinesBusy`` and ``Connect`` are the
-caller's (the call wiring) to act on.
+caller's (the call wiring) to act on. A queued customer is a row of ``advisor_queue``
+(when they were first queued, when last tried), written by each try that queues them and
+deleted by the one that does not: it is how the next customer's ``Board.ahead``, their
+place in the queue, is counted (under the merchant's lock, so two tries never see the
+same place).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import asyncpg
 from advisors import assignment as am
 from advisors import presence as pm
 from advisors.errors import NotFound
-from advisors.model import Rules
+from advisors.model import Rules, WhenLinesBusy
 from advisors.store import presence_of, rules_of
 
 log = logging.getLogger("advisors.live")
@@ -76,6 +80,19 @@ def event_name(event: pm.Event) -> str:
 _PRESENCE_ROW = """
     SELECT p.*, a.max_concurrent FROM advisor_presence p JOIN advisors a ON a.id = p.advisor_id
     WHERE p.merchant_id = $1"""
+#: a queued customer not tried again for this long is a dead process's: not waiting
+QUEUE_STALE_S = 15
+#: the customers of any of these members queued before this one (now, if not queued)
+_AHEAD = """
+    SELECT count(*)::int FROM advisor_queue q
+    WHERE q.merchant_id = $1 AND q.consultation_id <> $2 AND q.members && $3::bigint[]
+      AND q.seen_at > $4::timestamptz - make_interval(secs => $5)
+      AND q.queued_at < coalesce((SELECT queued_at FROM advisor_queue
+                                  WHERE consultation_id = $2), $4::timestamptz)"""
+_QUEUED = """
+    INSERT INTO advisor_queue (consultation_id, merchant_id, members, queued_at, seen_at)
+    VALUES ($1, $2, $3, $4, $4)
+    ON CONFLICT (consultation_id) DO UPDATE SET seen_at = $4"""
 _LOAD_ELSEWHERE = """
     SELECT coalesce(sum(jsonb_array_length(sessions)), 0)::int FROM advisor_presence
     WHERE merchant_id = $1 AND advisor_id <> ALL($2::bigint[])"""
@@ -188,12 +205,21 @@ class Presences:
                 event = am.OfferAnswered()
             else:
                 board = am.Board(rules.lines, seats, await conn.fetchval(
-                    _LOAD_ELSEWHERE, merchant_id, list(seats)))
+                    _LOAD_ELSEWHERE, merchant_id, list(seats)),
+                    ahead=await conn.fetchval(_AHEAD, merchant_id, a.consultation_id,
+                                              sorted(a.members), now, QUEUE_STALE_S),
+                    busy_queue=rules.lines_busy is WhenLinesBusy.QUEUE)
                 event = (am.OfferMissed(board) if offered_event is pm.RingMissed
                          else am.Assign(board))
             after, cmds = am.transition(a, event)
             for cmd in cmds:
                 await self._execute(conn, merchant_id, after, cmd, seats, rules, now)
+            if any(isinstance(c, am.Queue) for c in cmds):
+                await conn.execute(_QUEUED, a.consultation_id, merchant_id,
+                                   sorted(a.members), now)
+            elif not any(isinstance(c, am.NotApplicable) for c in cmds):
+                await conn.execute("DELETE FROM advisor_queue WHERE consultation_id = $1",
+                                   a.consultation_id)
         return after, cmds
 
     async def _execute(self, conn: asyncpg.Connection, merchant_id: str, a: am.Assignment,

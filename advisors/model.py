@@ -59,6 +59,15 @@ class FirstParty(enum.StrEnum):
     ADVISOR = "advisor"
 
 
+class WhenLinesBusy(enum.StrEnum):
+    """A new customer who finds all the merchant's lines in use: hears the busy guidance
+    and is hung up (``guidance``), or waits in the queue with music on hold, up to the
+    connect node's ``queue_s``, hearing their place in it (``queue``)."""
+
+    GUIDANCE = "guidance"
+    QUEUE = "queue"
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     """A merchant's settings the machines apply."""
@@ -70,6 +79,10 @@ class Rules:
     #: consultations in progress at once across the merchant (its lines)
     lines: int = 10
     click_to_call_first: FirstParty = FirstParty.CUSTOMER
+    lines_busy: WhenLinesBusy = WhenLinesBusy.GUIDANCE
+    #: a queued customer hears their place on entering the queue, when it changes and
+    #: again every this many seconds (0: only on entering and on changes)
+    queue_announce_s: int = 30
 
 
 @dataclass(frozen=True, slots=True)

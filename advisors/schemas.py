@@ -25,6 +25,7 @@ from advisors.model import (
     Rules,
     SipContact,
     Via,
+    WhenLinesBusy,
 )
 from advisors.presence import (
     GoOffline,
@@ -217,12 +218,14 @@ def parse_customer(data: Mapping[str, Any], *, create: bool) -> CustomerInput:
 # --- settings and presence ----------------------------------------------------------------
 
 SETTINGS_LIMITS = {"wrap_up_s": (0, 3600), "ring_timeout_s": (5, 300),
-                   "misses_before_break": (0, 100), "lines": (1, 100_000)}
+                   "misses_before_break": (0, 100), "lines": (1, 100_000),
+                   "queue_announce_s": (0, 600)}
 
 
 #: the settings that take one of a few words
-SETTINGS_CHOICES: dict[str, type[AfterCallMode] | type[FirstParty]] = {
-    "after_call": AfterCallMode, "click_to_call_first": FirstParty}
+SETTINGS_CHOICES: dict[str, type[AfterCallMode] | type[FirstParty] | type[WhenLinesBusy]] = {
+    "after_call": AfterCallMode, "click_to_call_first": FirstParty,
+    "lines_busy": WhenLinesBusy}
 
 
 def parse_settings(data: Mapping[str, Any], current: Rules) -> Rules:
@@ -296,7 +299,8 @@ def customer_json(c: Customer) -> dict[str, Any]:
 def settings_json(r: Rules) -> dict[str, Any]:
     return {"after_call": r.after_call.value, "wrap_up_s": r.wrap_up_s,
             "ring_timeout_s": r.ring_timeout_s, "misses_before_break": r.misses_before_break,
-            "lines": r.lines, "click_to_call_first": r.click_to_call_first.value}
+            "lines": r.lines, "click_to_call_first": r.click_to_call_first.value,
+            "lines_busy": r.lines_busy.value, "queue_announce_s": r.queue_announce_s}
 
 
 # --- JSON Schemas (documentation of the same rules) ----------------------------------------
@@ -362,6 +366,10 @@ SETTINGS: Schema = {"type": "object", "additionalProperties": False, "properties
     "click_to_call_first": {"enum": [m.value for m in FirstParty],
                             "description": "web click-to-call: the party rung first; the "
                                            "other is rung once it has answered"},
+    "lines_busy": {"enum": [m.value for m in WhenLinesBusy],
+                   "description": "a new customer who finds all lines in use: the busy "
+                                  "guidance, or the queue (music on hold, their place "
+                                  "announced, up to the connect node's queue_s)"},
     **{k: {"type": "integer", "minimum": lo, "maximum": hi}
        for k, (lo, hi) in SETTINGS_LIMITS.items()}}}
 PRESENCE_INPUT: Schema = {"type": "object", "required": ["presence"],

@@ -25,6 +25,7 @@ from advisors.model import (
     PstnContact,
     Rules,
     SipContact,
+    WhenLinesBusy,
 )
 from advisors.presence import Presence, Session
 from advisors.schemas import AdvisorInput, CustomerInput, GroupInput
@@ -83,7 +84,9 @@ def rules_of(row: asyncpg.Record | None) -> Rules:
     return Rules(after_call=AfterCallMode(row["after_call"]), wrap_up_s=row["wrap_up_s"],
                  ring_timeout_s=row["ring_timeout_s"],
                  misses_before_break=row["misses_before_break"], lines=row["lines"],
-                 click_to_call_first=FirstParty(row["click_to_call_first"]))
+                 click_to_call_first=FirstParty(row["click_to_call_first"]),
+                 lines_busy=WhenLinesBusy(row["lines_busy"]),
+                 queue_announce_s=row["queue_announce_s"])
 
 
 def _duplicate(exc: asyncpg.UniqueViolationError) -> Duplicate:
@@ -104,13 +107,16 @@ class AdvisorStore:
     async def set_rules(self, merchant_id: str, rules: Rules) -> Rules:
         await self.pool.execute(
             """INSERT INTO advisor_settings AS s (merchant_id, after_call, wrap_up_s,
-                   ring_timeout_s, misses_before_break, lines, click_to_call_first)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ring_timeout_s, misses_before_break, lines, click_to_call_first,
+                   lines_busy, queue_announce_s)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (merchant_id) DO UPDATE SET after_call = $2, wrap_up_s = $3,
                    ring_timeout_s = $4, misses_before_break = $5, lines = $6,
-                   click_to_call_first = $7, updated_at = now()""",
+                   click_to_call_first = $7, lines_busy = $8, queue_announce_s = $9,
+                   updated_at = now()""",
             merchant_id, rules.after_call.value, rules.wrap_up_s, rules.ring_timeout_s,
-            rules.misses_before_break, rules.lines, rules.click_to_call_first.value)
+            rules.misses_before_break, rules.lines, rules.click_to_call_first.value,
+            rules.lines_busy.value, rules.queue_announce_s)
         return rules
 
     # --- advisors -------------------------------------------------------------------------

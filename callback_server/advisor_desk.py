@@ -34,8 +34,9 @@ from shared.phone import E164
 class Chosen:
     """Who the customer's choice reaches, how long each of them is rung, the price per
     minute billing admits and reserves at (a group: its own price, else its dearest
-    member's; :meth:`advisors.model.Group.price`), and the merchant's party rung first in
-    a web click-to-call."""
+    member's; :meth:`advisors.model.Group.price`), the merchant's party rung first in
+    a web click-to-call, and how often a queued customer hears their place (the
+    merchant's queue_announce_s)."""
 
     members: frozenset[int]
     ring_timeout_s: int
@@ -43,6 +44,7 @@ class Chosen:
     advisor_id: int | None = None
     price_per_minute_yen: int = 0
     click_to_call_first: FirstParty = FirstParty.CUSTOMER
+    queue_announce_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +129,8 @@ class AdvisorDesk:
             return Chosen(frozenset({advisor.id}), rules.ring_timeout_s,
                           advisor_id=advisor.id,
                           price_per_minute_yen=advisor.price_per_minute_yen,
-                          click_to_call_first=rules.click_to_call_first)
+                          click_to_call_first=rules.click_to_call_first,
+                          queue_announce_s=rules.queue_announce_s)
         group_id = await self.pool.fetchval(
             "SELECT id FROM advisor_groups WHERE merchant_id = $1 AND name = $2",
             merchant_id, group)
@@ -141,7 +144,8 @@ class AdvisorDesk:
         prices = [a.price_per_minute_yen for a, _ in await self.store.advisors(merchant_id)
                   if a.id in members]
         return Chosen(members, rules.ring_timeout_s, group_id=group_id,
-                      price_per_minute_yen=chosen.price(prices))
+                      price_per_minute_yen=chosen.price(prices),
+                      queue_announce_s=rules.queue_announce_s)
 
     async def _advisor(self, merchant_id: str, code: str | None, advisor_id: int | None
                        ) -> tuple[Advisor, pm.Presence] | None:

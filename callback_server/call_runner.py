@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from callback_server import consult, consult_meter, dialer, ivr
+from callback_server import consult, dialer, ivr
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import (
     AriPort,
@@ -113,9 +113,7 @@ class CallRunner(RoundRunner):
         log.debug("<- %s", event)
         if isinstance(event, Originated | OriginateFailed | OriginateRefused | Answered
                       | ChannelGone) and self.consult.owns(event.channel_id) \
-                or isinstance(event, TimerFired) and (
-                    event.name in consult.TIMERS
-                    or event.name.startswith(consult_meter.TIMER_PREFIX)):
+                or isinstance(event, TimerFired) and self.consult.owns_timer(event.name):
             await self._consult(event)
         elif isinstance(event, OriginateFailed):
             failed = self._unanswered_second_leg(event.channel_id)
@@ -152,7 +150,8 @@ class CallRunner(RoundRunner):
                 await self.ivr.handle(ivr.Dtmf(event.digit))
         elif isinstance(event, ari.PlaybackFinished):
             if self.consult.owns_playback(event.playback.id):
-                await self._consult(consult.FarewellDone(event.playback.id))
+                await self.consult.playback_finished(event.playback.id)
+                await self._sync_legs()
             else:
                 await self.ivr.handle(ivr.PlaybackFinished(event.playback.id))
         elif isinstance(event, consult.OPERATOR_EVENTS):

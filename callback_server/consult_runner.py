@@ -42,7 +42,7 @@ from advisors.errors import NotFound
 from advisors.records import ConsultationRecord, LegCost, Method
 from billing import meter
 from billing.ledger import LedgerError, Refusal
-from callback_server import consult, consult_meter, consult_recovery, ivr
+from callback_server import consult, consult_meter, consult_recovery, ivr, queue_announce
 from callback_server.advisor_desk import AdvisorPort, Chosen, Unavailable
 from callback_server.call_ports import AriPort, CallContext, CallStore, Rater, safely, utcnow
 from callback_server.cdr_rating import store_cdr
@@ -138,6 +138,7 @@ class ConsultRunner:
         self._charging: set[asyncio.Task[None]] = set()
         self.live_sink = live
         self._kept: Live | None = None          # what consult_live holds of it
+        self.announcer: queue_announce.Announcer | None = None   # the customer's place
 
     @property
     def live(self) -> bool:
@@ -151,7 +152,19 @@ class ConsultRunner:
             or channel_id in self.channel_ids
 
     def owns_playback(self, playback_id: str) -> bool:
-        return self.state is not None and self.state.farewell == playback_id
+        return self.state is not None and self.state.farewell == playback_id \
+            or self.announcer is not None and self.announcer.playing == playback_id
+
+    def owns_timer(self, name: str) -> bool:
+        return name in consult.TIMERS or name == queue_announce.T_ANNOUNCE \
+            or name.startswith(consult_meter.TIMER_PREFIX)
+
+    async def playback_finished(self, playback_id: str) -> None:
+        """The forced end's message, or a place in the queue, was said."""
+        if self.state is not None and self.state.farewell == playback_id:
+            await self.handle(consult.FarewellDone(playback_id))
+        else:
+            await self._announce(queue_announce.Played(playback_id))
 
     @property
     def channel_ids(self) -> tuple[str, ...]:
@@ -234,8 +247,10 @@ class ConsultRunner:
         return True, plan
 
     async def _begin(self) -> None:
-        assert self._request is not None
+        assert self._request is not None and self._started is not None
         self.state = ConsultState.new(self._request, self._leg_seq)
+        self.announcer = queue_announce.Announcer(self._request.customer_channel,
+                                                  self._started.chosen.queue_announce_s)
         await self.handle(Begin(utcnow()))
 
     async def list_advisors(self, cmd: ivr.ListAdvisors) -> None:
@@ -251,6 +266,9 @@ class ConsultRunner:
     async def handle(self, event: consult.Event) -> None:
         if isinstance(event, TimerFired) and event.name.startswith(consult_meter.TIMER_PREFIX):
             await self._meter_timer(event)
+            return
+        if isinstance(event, TimerFired) and event.name == queue_announce.T_ANNOUNCE:
+            await self._announce(event)
             return
         await self._drive(self._step(event))
 
@@ -270,6 +288,35 @@ class ConsultRunner:
             if metered is not None:
                 await self._metered(metered)
         await self._keep_live()
+        await self._left_queue()
+
+    # --- the customer's place in the queue ----------------------------------------------
+
+    async def _left_queue(self) -> None:
+        announcer, state = self.announcer, self.state
+        if announcer is None or state is None or not announcer.waiting \
+                or queue_announce.in_queue(state):
+            return
+        await self._announce(queue_announce.Left(
+            utcnow(), music=state.queued and state.phase is consult.Phase.RINGING))
+
+    async def _announce(self, event: queue_announce.Event) -> None:
+        if self.announcer is None:
+            return
+        self.announcer, commands = queue_announce.transition(self.announcer, event)
+        for cmd in commands:
+            log.debug("-> queue %s", cmd)
+            match cmd:
+                case queue_announce.Announce(channel_id=cid, media=media, playback_id=pid):
+                    await safely(self.client.stop_moh(cid))
+                    await safely(self.client.play(cid, [media], playback_id=pid,
+                                                  lang=self.ctx.language.value))
+                case queue_announce.Resume(channel_id=cid):
+                    await safely(self.client.start_moh(cid))
+                case queue_announce.Stop(playback_id=pid):
+                    await safely(self.client.stop_playback(pid))
+                case _:
+                    await self.run_leg(cmd)
 
     async def _keep_live(self) -> None:
         """Keep the talking consultation in ``consult_live`` as it changes."""
@@ -422,6 +469,11 @@ class ConsultRunner:
                 log.error("advisor %s: no contact: %s", offer.advisor_id, exc)
         log.info("assignment %s: %s", cmd.op, result)
         await self.handle(Assigned(a, tuple(result), now, routes, destination))
+        queued = next((c for c in result if isinstance(c, am.Queue)), None)
+        if queued is not None and self.state is not None \
+                and a.consultation_id == self.state.request.consultation_id \
+                and queue_announce.in_queue(self.state):
+            await self._announce(queue_announce.Waiting(now, queued.position))
 
     async def _route_transfer(self, number: str) -> None:
         """The ways to a transfer's number, cheapest first (none: the transfer fails)."""

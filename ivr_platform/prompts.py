@@ -8,7 +8,8 @@ file of that language. The edge plays ``received``, ``dial-186`` and, out of hou
 sentence saying when it opens is not rendered yet, ``closed`` to customers, and the
 ``presence-*`` prompts to advisors calling a presence number (``edge_server.presence_flow``);
 the call-back IVR plays the others (``callback_server/flows/order.toml``, ``consult.toml``;
-the IVR itself plays ``advisor-*`` and ``lines-busy`` for its consultation nodes, and the
+the IVR itself plays ``advisor-*`` and ``lines-busy`` for its consultation nodes, a queued
+customer hears ``queue-place-N`` (``queue-place-many`` past 9), and the
 billing refusals ``balance-too-low``, ``no-card``, ``in-dunning``, ``unpaid-limit``; a
 prepaid consultation plays ``balance-warning`` and ``balance-cutoff``; a web click-to-call
 plays ``connecting-advisor`` or ``connecting-customer`` and ``party-no-answer`` to the
@@ -153,6 +154,14 @@ SYSTEM_PROMPTS: Mapping[str, PromptText] = MappingProxyType({
     "lines-busy": PromptText(
         "ただいま回線が大変混み合っております。しばらくしてからおかけ直しください。",
         "All our lines are busy. Please call again later."),
+    # a queued customer's place (callback_server.queue_announce): 1..9, then
+    # one for every place after
+    **{f"queue-place-{n}": PromptText(Japanese().queue_place(n) + "。",
+                                      English().queue_place(n) + ".")
+       for n in range(1, 10)},
+    "queue-place-many": PromptText(
+        "ただいま大変混み合っております。順番におつなぎしますので、そのままお待ちください。",
+        "Many callers are waiting. Please hold; we will connect you in turn."),
     "advisor-unavailable": PromptText(
         "申し訳ございません。ただいま鑑定士におつなぎできません。"
         "しばらくしてからおかけ直しください。",

@@ -38,6 +38,7 @@ class Reading(Protocol):
     def phone(self, number: E164) -> str: ...
     def duration(self, seconds: int) -> str: ...
     def remaining(self, seconds: int) -> str: ...
+    def queue_place(self, position: int) -> str: ...
     def clock(self, at: time) -> str: ...
     def day(self, on: date) -> str: ...
 
@@ -78,6 +79,12 @@ def _check_seconds(seconds: int) -> int:
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
         raise ValueError(f"expected whole non-negative seconds, got {seconds!r}")
     return seconds
+
+
+def _check_place(position: int) -> int:
+    if position < 1:
+        raise ValueError(f"a place in a queue starts at 1, not {position}")
+    return position
 
 
 def _hms(seconds: int) -> tuple[int, int, int]:
@@ -131,6 +138,10 @@ class Japanese:
 
     def remaining(self, seconds: int) -> str:
         return f"残り{self.duration(seconds)}です"
+
+    def queue_place(self, position: int) -> str:
+        """ただいま二番目にお待ちいただいております (a customer's place in a queue, 1..)."""
+        return f"ただいま{self.number(_check_place(position))}番目にお待ちいただいております"
 
     def clock(self, at: time) -> str:
         """午前九時, 午後三時十五分; midnight 午前零時, noon 午後零時."""
@@ -201,6 +212,10 @@ class English:
 
     def remaining(self, seconds: int) -> str:
         return f"{self.duration(seconds)} remaining"
+
+    def queue_place(self, position: int) -> str:
+        """You are second in line (a customer's place in a queue, 1..)."""
+        return f"You are {self.ordinal(_check_place(position))} in line"
 
     def clock(self, at: time) -> str:
         """nine a.m., three fifteen p.m., three oh five p.m.; midnight twelve a.m."""

@@ -7,18 +7,24 @@ on ``lo`` sees every datagram to the phone's media port::
         ...the call...
     rtp.packets   # [(monotonic seconds, payload type)], e.g. 0 = PCMU
     rtp.sounding  # [monotonic seconds] of the PCMU packets that are not silence
+    rtp.audible   # [(monotonic seconds, μ-law payload)] of those packets
     rtp.sent      # [(monotonic seconds, payload type)] the phone sent (its DTMF: 101)
     rtp.keys()    # [(first, last)] packet times of each RFC 4733 digit the phone sent
+
+``tone_share`` tells a pure tone (the site's music on hold is a tune of sine notes) from
+speech in one packet.
 
 Only traffic to or from that address and port is kept; nothing is sent.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 ETH_P_ALL = 0x0003
@@ -34,6 +40,7 @@ class RtpCapture:
         self.packets: list[tuple[float, int]] = []
         self.sounding: list[float] = []
         self.sent: list[tuple[float, int]] = []
+        self.audible: list[tuple[float, bytes]] = []
         self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
         self._socket.bind((interface, 0))
         self._socket.settimeout(0.2)
@@ -85,8 +92,10 @@ class RtpCapture:
                 self.sent.append((now, payload_type))
             else:
                 self.packets.append((now, payload_type))
-                if payload_type == 0 and _sounds(rtp[12 + 4 * (rtp[0] & 0x0F):]):
+                payload = rtp[12 + 4 * (rtp[0] & 0x0F):]
+                if payload_type == 0 and _sounds(payload):
                     self.sounding.append(now)
+                    self.audible.append((now, payload))
 
     def _rtp(self, frame: bytes) -> tuple[bytes, bool] | None:
         """The RTP packet in ``frame`` and whether it goes to the phone (else from it)."""
@@ -110,3 +119,26 @@ def _sounds(pcmu: bytes) -> bool:
     """Audible: some μ-law sample is louder than the quietest levels (silence is 0xFF or
     0x7F: a low 7-bit value is a loud sample)."""
     return any((b & 0x7F) < 0x70 for b in pcmu)
+
+
+def _linear(ulaw: int) -> int:
+    """One G.711 μ-law byte as a 14-bit linear sample."""
+    u = ~ulaw & 0xFF
+    magnitude = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return (0x84 - magnitude) if u & 0x80 else (magnitude - 0x84)
+
+
+def tone_share(pcmu: bytes, frequencies: Sequence[float], rate: int = 8000) -> float:
+    """The share (0..1) of a μ-law packet's energy at the strongest of ``frequencies``
+    (Goertzel): about 1 for a sine at one of them, far less for speech."""
+    samples = [_linear(b) for b in pcmu]
+    energy = sum(x * x for x in samples)
+    if not samples or energy == 0:
+        return 0.0
+    best = 0.0
+    for frequency in frequencies:
+        w = 2 * math.pi * frequency / rate
+        re = sum(x * math.cos(w * n) for n, x in enumerate(samples))
+        im = sum(x * math.sin(w * n) for n, x in enumerate(samples))
+        best = max(best, re * re + im * im)
+    return min(1.0, best / (energy * len(samples) / 2))

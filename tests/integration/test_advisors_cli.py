@@ -45,9 +45,11 @@ async def test_advisors_groups_customers_settings_presence_and_events(
                          "--number", "+81312345678")
     assert customer["numbers"] == ["+81312345678", "+818012345678"]
     assert (await run("settings", "set", "--after-call", "manual", "--lines", "4",
-                      "--click-to-call-first", "advisor")) == {
+                      "--click-to-call-first", "advisor", "--lines-busy", "queue",
+                      "--queue-announce-s", "20")) == {
         "after_call": "manual", "wrap_up_s": 30, "ring_timeout_s": 20,
-        "misses_before_break": 3, "lines": 4, "click_to_call_first": "advisor"}
+        "misses_before_break": 3, "lines": 4, "click_to_call_first": "advisor",
+        "lines_busy": "queue", "queue_announce_s": 20}
     assert (await run("advisor", "presence", str(aid), "online"))["state"] == "standby"
     assert (await run("advisor", "presence", str(aid), "break", "--reason", "昼"))[
         "reason"] == "昼"

@@ -83,7 +83,8 @@ async def test_advisors_groups_customers_and_settings(client: TestClient[Any, An
     assert customer["numbers"] == ["+81312345678", "+818012345678"]
     assert (await ok(await client.get("/v1/advisor-settings", headers=AUTH))) == {
         "after_call": "timer", "wrap_up_s": 30, "ring_timeout_s": 20,
-        "misses_before_break": 3, "lines": 10, "click_to_call_first": "customer"}
+        "misses_before_break": 3, "lines": 10, "click_to_call_first": "customer",
+        "lines_busy": "guidance", "queue_announce_s": 30}
     settings = await ok(await client.put("/v1/advisor-settings", json={
         "after_call": "manual", "lines": 3, "click_to_call_first": "advisor"}, headers=AUTH))
     assert settings["after_call"] == "manual" and settings["lines"] == 3

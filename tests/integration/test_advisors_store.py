@@ -18,7 +18,16 @@ from advisors.errors import Duplicate, NotFound
 from advisors.events import EventHub, since
 from advisors.live import Presences
 from advisors.metrics import ADVISORS_BY_STATE
-from advisors.model import AfterCallMode, Desk, PstnContact, Rules, SipContact, State, Via
+from advisors.model import (
+    AfterCallMode,
+    Desk,
+    PstnContact,
+    Rules,
+    SipContact,
+    State,
+    Via,
+    WhenLinesBusy,
+)
 from advisors.presence import ConsultationEnded, GoOnline, SetBreak
 from advisors.schemas import parse_advisor, parse_customer, parse_group
 from advisors.store import AdvisorStore
@@ -244,3 +253,43 @@ async def test_an_assignment_counts_but_does_not_lock_the_advisors_outside_the_g
     await live.cancelled("acme", a)
     _, cmds = await live.assign("acme", Assignment("c3", frozenset({inside})))
     assert cmds == [OfferTo(inside, "c3")]
+
+
+async def test_the_queue_is_first_come_first_served_and_tells_each_their_place(
+        clean: asyncpg.Pool) -> None:
+    """One line in use, the merchant queues customers on busy lines: each new customer is
+    queued behind those before them and told their place; when the line frees the first
+    one queued gets the advisor even if a later one tries first; a customer not tried
+    for a while (a dead process's) no longer counts."""
+    clock = Clock()
+    store, live = AdvisorStore(clean), Presences(clean, clock)
+    await store.set_rules("acme", Rules(lines=1, lines_busy=WhenLinesBusy.QUEUE))
+    advisor_id = await seat(store, "acme", "0001")
+    await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+    members = frozenset({advisor_id})
+    talking, cmds = await live.assign("acme", Assignment("c0", members))
+    assert cmds == [OfferTo(advisor_id, "c0")]
+    waiting = {}
+    for n, cid in enumerate(("c1", "c2", "c3"), start=1):
+        clock.now = T0 + timedelta(seconds=n)
+        waiting[cid], cmds = await live.assign("acme", Assignment(cid, members))
+        assert cmds == [Queue("all 1 lines busy" if n == 1 else f"{n - 1} waiting longer", n)]
+    clock.now = T0 + timedelta(seconds=4)
+    _, cmds = await live.assign("acme", waiting["c2"])          # tried again: still 2nd
+    assert [c.position for c in cmds if isinstance(c, Queue)] == [2]
+    await live.cancelled("acme", talking)                      # the line frees
+    _, cmds = await live.assign("acme", waiting["c3"])          # c3 tries first: waits
+    assert cmds == [Queue("2 waiting longer", 3)]
+    waiting["c1"], cmds = await live.assign("acme", waiting["c1"])
+    assert cmds == [OfferTo(advisor_id, "c1")]
+    _, cmds = await live.assign("acme", waiting["c3"])          # c1 left the queue
+    assert [c.position for c in cmds if isinstance(c, Queue)] == [2]
+    assert [r["consultation_id"] for r in await clean.fetch(
+        "SELECT consultation_id FROM advisor_queue ORDER BY queued_at")] == ["c2", "c3"]
+    clock.now = T0 + timedelta(seconds=60)                      # c2's process died
+    _, cmds = await live.assign("acme", waiting["c3"])
+    assert [c.position for c in cmds if isinstance(c, Queue)] == [1]
+    # the guidance instead of the queue when the merchant says so
+    await store.set_rules("acme", Rules(lines=1))
+    _, cmds = await live.assign("acme", Assignment("c4", members))
+    assert cmds == [LinesBusy(1)]
