@@ -24,6 +24,7 @@ Every step is idempotent, so a reconciler killed half-way is finished by the nex
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -125,11 +126,17 @@ class ConsultReconciler:
         self.records = records
         self.desk = desk
         self.billing = billing
+        # one at a time: a reconnect's and a rescue's would end the same consultation
+        self._lock = asyncio.Lock()
 
     async def reconcile(self, running: Collection[str] = (), callback_id: str | None = None
                         ) -> int:
         """End the lost consultations of this server's Asterisk (only ``callback_id``'s
         when given) whose call-back is not ``running`` here; how many were ended."""
+        async with self._lock:
+            return await self._reconcile(running, callback_id)
+
+    async def _reconcile(self, running: Collection[str], callback_id: str | None) -> int:
         ended = 0
         try:
             found = await self.live.lost(self.store.asterisk, callback_id)

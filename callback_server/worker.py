@@ -258,12 +258,13 @@ class Worker:
                                     Finish("failed", Reason.UNKNOWN_MERCHANT, claimed.attempts))
             return
         job = self._job(claimed, merchant)
-        if claimed.rescued:
-            await self._rescued(claimed)
         if not self.ari_ready.is_set():
             log.warning("job waits: Asterisk (ARI) not connected")
-            await self.store.release(claimed.callback_id, 2.0, "asterisk_unreachable")
+            await self.store.release(claimed.callback_id, 2.0, "asterisk_unreachable",
+                                     rescue=claimed.rescued)
             return
+        if claimed.rescued:
+            await self._rescued(claimed)
         if not await self._resolve_last_leg(claimed, job):
             return
         if not await self._within_hours(claimed, merchant):

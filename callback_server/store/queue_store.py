@@ -134,15 +134,24 @@ class QueueStore(StoreBase):
                    WHERE status = 'dialing') s""")
         return None if value is None else float(value)
 
-    async def release(self, callback_id: str, delay_s: float, reason: str) -> None:
-        """Give a job back without counting a round (e.g. Asterisk unreachable)."""
+    async def release(self, callback_id: str, delay_s: float, reason: str, *,
+                      rescue: bool = False) -> None:
+        """Give a job back without counting a round (e.g. Asterisk unreachable).
+
+        ``rescue``: the job was claimed as a rescue and its last round is not resolved
+        yet: it stays ``dialing``, its lease lapsing after ``delay_s``, so its next claim
+        is a rescue again (a plain one would take the round as finished and dial)."""
         self.ending.add(callback_id)
         await self.pool.execute(
-            """UPDATE callback_requests SET status = 'queued', lease_owner = NULL,
-                   lease_expires_at = NULL, reason = $3, updated_at = now(),
-                   next_attempt_at = now() + $2 * interval '1 millisecond'
+            """UPDATE callback_requests SET lease_owner = NULL, reason = $3,
+                   updated_at = now(),
+                   status = CASE WHEN $5 THEN status ELSE 'queued' END,
+                   lease_expires_at = CASE WHEN $5
+                       THEN now() + $2 * interval '1 millisecond' END,
+                   next_attempt_at = CASE WHEN $5 THEN next_attempt_at
+                       ELSE now() + $2 * interval '1 millisecond' END
                WHERE callback_id = $1 AND lease_owner = $4 AND status = 'dialing'""",
-            callback_id, int(delay_s * 1000), reason, self.owner)
+            callback_id, int(delay_s * 1000), reason, self.owner, rescue)
 
     @survives_database_restarts
     async def finish(self, callback_id: str, outcome: Finish) -> bool:

@@ -302,3 +302,41 @@ async def test_heartbeat_reports_lost_leases_but_not_rounds_that_just_ended(
     finally:
         running_forever.set()
         await asyncio.gather(*worker._tasks.values())
+
+
+async def test_a_rescue_waiting_for_asterisk_stays_a_rescue_and_never_redials(
+        clean: asyncpg.Pool, pg_url: str, ids: Iterator[str]) -> None:
+    """Found by the consultation crash test: the restarted server rescued the job before
+    its events websocket was up and gave it back as a plain queued job; the next claim
+    took the answered, hung-up round as finished and dialled the customer again."""
+    callback_id = await intake(clean, next(ids))
+    stalled = CallbackStore(clean, owner="stalled", lease_s=1)
+    await stalled.claim(1)
+    leg = f"{callback_id}-01"
+    await stalled.persist_leg(PersistAttempt(callback_id, 1, 1, leg, "customer",
+                                             "carrier-b", "PJSIP/x@carrier-b"), "acme")
+    await stalled.leg_result(leg, "answered", None)
+    await asyncio.sleep(1.1)                              # the stalled worker's lease lapses
+    worker, fake = make_worker(clean, pg_url, "restarted", sweep_s=0.2)
+    worker.ari_ready.clear()                              # not connected yet
+    task = asyncio.create_task(worker.run())
+    try:
+        for _ in range(100):                              # claimed and given back
+            if await clean.fetchval("SELECT reason FROM callback_requests") \
+                    == "asterisk_unreachable":
+                break
+            await asyncio.sleep(0.02)
+        # meanwhile its connect hung up the leg left in Stasis, from what it saw
+        assert await worker.store.settle_leg(leg, answered=True, answered_at=None, cause=16)
+        worker.ari_ready.set()
+        for _ in range(500):
+            if await clean.fetchval("SELECT status FROM callback_requests") == "completed":
+                break
+            await asyncio.sleep(0.02)
+        assert await clean.fetchval("SELECT (status, reason)::text FROM callback_requests") \
+            == "(completed,answered)"
+        assert fake.named("originate") == []
+    finally:
+        await worker.shutdown()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
