@@ -55,6 +55,7 @@ class ConfigGateway(Protocol):
                          fields: Sequence[tuple[str, str]]) -> None: ...
     async def delete_config(self, config_class: str, object_type: str, object_id: str
                             ) -> bool: ...
+    async def list_endpoints(self, technology: str) -> list[ari.Endpoint]: ...
 
 
 def objects(endpoint: SipEndpoint, settings: SipEndpointSettings
@@ -123,10 +124,21 @@ class EndpointPusher:
             log.info("SIP endpoint %s pushed", endpoint_id)
 
     async def push_all(self) -> int:
+        """Push every endpoint of the table, and remove from Asterisk the advisor
+        endpoints it holds that the table no longer has (deleted while this server was
+        not listening). Advisor endpoints are the ones named with a ``.``: pjsip.conf's
+        never are."""
         every = await self.endpoints.all()
         for endpoint in every:
             await self.push(endpoint)
-        log.info("pushed %d advisor SIP endpoint(s) to Asterisk", len(every))
+        held = {e.resource for e in await self.gateway.list_endpoints("PJSIP")
+                if "." in e.resource}
+        stale = sorted(held - {e.endpoint_id for e in every})
+        for endpoint_id in stale:
+            await self.remove(endpoint_id)
+        log.info("pushed %d advisor SIP endpoint(s) to Asterisk%s", len(every),
+                 f", removed {len(stale)} deleted meanwhile: {', '.join(stale)}"
+                 if stale else "")
         return len(every)
 
     async def run(self) -> None:

@@ -409,6 +409,11 @@ class AriClient:
             return False
         return True
 
+    async def list_endpoints(self, technology: str) -> list[Endpoint]:
+        """Every endpoint of ``technology`` (``PJSIP``), from config files or pushed."""
+        raw = await self._request("GET", f"/endpoints/{technology}")
+        return [Endpoint.from_json(e) for e in raw or [] if isinstance(e, dict)]
+
     async def get_endpoint(self, technology: str, resource: str) -> Endpoint | None:
         """``state`` is ``online`` once a qualified trunk answers OPTIONS."""
         try:

@@ -221,6 +221,27 @@ async def test_a_request_naming_a_trunk_from_elsewhere_is_not_that_trunk(
     assert operator_invites == []
 
 
+async def test_an_endpoint_deleted_unheard_of_is_removed_when_the_server_comes_back(
+        stack: Stack) -> None:
+    """A deletion the edge server never heard of (the row deleted without its NOTIFY,
+    as while the server was down) leaves the endpoint in Asterisk until the server
+    syncs: restarted, it pushes the table and removes what the table no longer has."""
+    kept_user, gone_user = f"kept{uuid.uuid4().hex[:6]}", f"gone{uuid.uuid4().hex[:6]}"
+    kept = await provision(stack, kept_user, f"pw-{uuid.uuid4()}")
+    gone = await provision(stack, gone_user, f"pw-{uuid.uuid4()}")
+    await stack.fetch("edge", "DELETE FROM sip_endpoints WHERE endpoint_id = $1", gone)
+    await stack.restart_server("edge")
+    async with stack.edge_site.client() as edge:
+        for _ in range(150):
+            if await edge.get_endpoint("PJSIP", gone) is None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"{gone} still in the edge Asterisk 15 s after the restart")
+        assert await edge.get_endpoint("PJSIP", kept) is not None
+        assert await edge.get_endpoint("PJSIP", "operator") is not None   # pjsip.conf's
+
+
 async def test_an_edge_asterisk_restarted_gets_every_endpoint_again(stack: Stack) -> None:
     """Pushed endpoints live in Asterisk's memory: after the edge Asterisk is killed and
     started again, the edge server pushes every endpoint again once ARI is back, and a
