@@ -115,12 +115,12 @@ class CallRunner(RoundRunner):
                       | ChannelGone) and self.consult.owns(event.channel_id) \
                 or isinstance(event, TimerFired) and self.consult.owns_timer(event.name):
             await self._consult(event)
-        elif isinstance(event, OriginateFailed):
+        elif isinstance(event, OriginateFailed | OriginateRefused):
             failed = self._unanswered_second_leg(event.channel_id)
             await self._dialer(event)
             await self._second_leg_failed(event.channel_id, failed)
-        elif isinstance(event, Begin | Originated | OriginateRefused | Answered
-                        | ChannelGone | TimerFired | OperatorRequested | EndCall | Shutdown):
+        elif isinstance(event, Begin | Originated | Answered | ChannelGone | TimerFired
+                        | OperatorRequested | EndCall | Shutdown):
             await self._dialer(event)
         elif isinstance(event, ivr.ConnectAdvisor):
             await self.consult.start(event, self._customer_channel(), self.state.leg_seq)
@@ -181,7 +181,7 @@ class CallRunner(RoundRunner):
         """The IVR's ``on_fail`` for the operator's or a transfer's leg ``cid`` that ended
         unanswered, unless the dialer placed the transfer again on another carrier."""
         op = self.state.operator
-        retried = op is not None and op.channel_id != cid and not op.ended
+        retried = op is not None and not op.ended     # the failed leg is ended or gone
         if failed is not None and not retried:
             await self.ivr.handle(failed)
 

@@ -278,6 +278,10 @@ def _originate_failed(state: DialerState, ev: OriginateFailed) -> Step:
 
 def _originate_refused(state: DialerState, ev: OriginateRefused) -> Step:
     """The guard refused this leg before the originate (a cap): nothing rang."""
+    if _is_operator(state, ev.channel_id):      # a transfer's: its next carrier, if any
+        state = replace(state, operator=None, leg_seq=state.leg_seq - 1)
+        cancel: list[Command] = [CancelTimer(T_OPERATOR)]
+        return _next_transfer_route(state, ev.at, cancel) or (state, cancel)
     if not (_is_customer(state, ev.channel_id) and state.phase is Phase.DIALING):
         return state, []
     state = _note_failure(state, f"guard: {ev.reason}")

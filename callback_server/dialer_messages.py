@@ -42,6 +42,9 @@ class Reason(enum.StrEnum):
 #: (the operator leg, and an advisor reached over SIP, go through the edge trunk; a
 #: transfer leg calls a flow's number through a carrier)
 RATED_LEGS = frozenset({"customer", "advisor", "transfer"})
+#: the legs the guard's caps admit before their originate (their carrier's channels, CPS,
+#: trips and spend): the call-back itself and a flow's transfer to a number
+CAPPED_LEGS = frozenset({"customer", "transfer"})
 EDGE_TRUNK = "edge-trunk"
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from callback_server.dialer import LastLeg
-from callback_server.dialer_messages import PersistAttempt
+from callback_server.dialer_messages import CAPPED_LEGS, PersistAttempt
 from callback_server.guard.reasons import GuardRefused
 from callback_server.store.base import StoreBase
 from callback_server.store.queue_store import LeaseLost
@@ -52,7 +52,7 @@ class LegStore(StoreBase):
     async def persist_leg(self, cmd: PersistAttempt, merchant_id: str) -> None:
         """Commit the leg row before its originate, only while our lease holds.
 
-        With a guard, a customer leg must also pass the caps (raises
+        With a guard, a customer or transfer leg must also pass the caps (raises
         :class:`~callback_server.guard.reasons.GuardRefused`; nothing is dialled).
         """
         refused: GuardRefused | None = None
@@ -67,7 +67,7 @@ class LegStore(StoreBase):
                                 f"{cmd.channel_id}")
             scopes: tuple[str, ...] = ()
             shards: tuple[int, ...] = ()
-            if self.guard is not None and cmd.leg == "customer":
+            if self.guard is not None and cmd.leg in CAPPED_LEGS:
                 admission = await self.guard.admit_leg(conn, cmd.carrier_id, cmd.callback_id,
                                                        merchant_id)
                 scopes, shards = admission.scopes, admission.shards

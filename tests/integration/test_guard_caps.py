@@ -529,3 +529,23 @@ async def test_a_merchant_spend_cap_trips_on_its_cdrs(clean: asyncpg.Pool,
     assert [tuple(t) for t in trips] == [("merchant:acme", "spend_daily")]
     assert await guard.reset_caps("merchant:acme", "spend_daily", "noc") == 1
     await store.persist_leg(leg(refused_job, "carrier-b"), "acme")
+
+
+async def test_a_flows_transfer_leg_takes_a_channel_of_its_carrier_like_the_customers(
+        clean: asyncpg.Pool, smtp: tuple[Inbox, int],
+        webhook: tuple[list[dict[str, Any]], str], closing: list[Guard]) -> None:
+    _, port = smtp
+    guard = Guard(clean, settings(port, webhook[1]))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    job = await claimed_job(store, 30, "819033330001")
+    await store.persist_leg(leg(job, "carrier-a"), "acme")         # 1 of 1 channel
+    transfer = PersistAttempt(job, 1, 2, f"{job}-02", "transfer", "carrier-a",
+                              "PJSIP/+81312345678@carrier-a")
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(transfer, "acme")
+    assert refused.value.verdict.reason == "cap_trunk_channels"
+    await store.persist_leg(replace(transfer, carrier_id="carrier-b"), "acme")
+    scopes = await clean.fetchval("SELECT cap_scopes FROM callback_attempts "
+                                  "WHERE channel_id = $1", f"{job}-02")
+    assert "trunk:carrier-b" in scopes

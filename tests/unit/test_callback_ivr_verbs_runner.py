@@ -21,6 +21,7 @@ from tests.unit.test_callback_ivr_verbs import (
     flow_of,
 )
 from tests.unit.test_callback_stasis import A, Call, ch
+from tests.unit.test_guard_confirm import CappedStore
 
 CHANNEL = "cb-9-01"
 #: Friday 4 December 2026 10:00 and 20:00 in Tokyo
@@ -154,3 +155,19 @@ async def test_a_transfer_fails_over_to_the_numbers_next_carrier() -> None:
         assert CHANNEL not in call.ari.named("hangup")      # still transferring
         await call.push(ari.StasisStart(ch("cb-9-03")))
         assert call.ari.named("add_channel") == [("cb-9-br03", (CHANNEL, "cb-9-03"))]
+
+
+async def test_a_transfer_the_guard_refuses_tries_the_next_carrier_then_fails() -> None:
+    for refused, placed in (({"carrier-x"}, "carrier-y"), ({"carrier-x", "carrier-y"}, None)):
+        store = CappedStore(refuse=refused)
+        call = Call(store=store, ctx=CallContext("edge-9", "ntt-freedial", flow_of(TRANSFER)),
+                    desk=MemoryDesk(carriers=("carrier-x", "carrier-y")))
+        await call.start(A)
+        await call.push(ari.StasisStart(ch(CHANNEL)))
+        transfers = [o for o in call.ari.named("originate") if o[1] != CHANNEL]
+        if placed is None:                     # every carrier capped: on_fail
+            assert transfers == [] and CHANNEL in call.ari.named("hangup")
+        else:       # the refused leg was never persisted: its channel id is used again
+            assert transfers == [(f"PJSIP/+81312345678@{placed}", "cb-9-02",
+                                  "+81120123456", 20)]
+            assert CHANNEL not in call.ari.named("hangup")
