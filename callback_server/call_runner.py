@@ -243,20 +243,8 @@ class CallRunner(RoundRunner):
         callback_metrics().latency.labels(self.job.merchant_id).observe(max(0.0, waited))
 
     async def _finish(self, cmd: Finish) -> None:
-        self.outcome = cmd
-        if self.guard is not None:      # before the job can be queued again
-            rang = self.rang and cmd.reason not in _NOT_RUNG
-            try:
-                await self.guard.round_ended(
-                    callback_id=self.job.callback_id, attempt_no=self.job.attempt_no,
-                    number=self.job.destination, merchant_id=self.job.merchant_id,
-                    rang=rang, confirmed=self.ivr.confirmed)
-            except Exception:
-                log.exception("the guard could not record the round")
-        if not await self.store.finish(self.job.callback_id, cmd):
-            log.error("lease lost; outcome %s dropped", cmd)
-        log.info("round %d: %s (%s)%s", self.job.attempt_no, cmd.status, cmd.reason,
-                 f", retry in {cmd.retry_in_s} s" if cmd.retry_in_s is not None else "")
+        await self._finish_round(cmd, rang=self.rang and cmd.reason not in _NOT_RUNG,
+                                 confirmed=self.ivr.confirmed)
 
 
 # Rounds that end with these reasons never rang the customer's phone.

@@ -37,6 +37,7 @@ from callback_server.call_ports import (
     CallStore,
     LegRecordSource,
     Rater,
+    RoundObserver,
     utcnow,
 )
 from callback_server.consult_billing import BillingPort
@@ -145,9 +146,11 @@ class ClickRunner(RoundRunner):
     def __init__(self, job: Job, ctx: CallContext, advisor_id: int, *, client: AriPort,
                  router: ari.EventRouter, store: CallStore, rater: Rater,
                  desk: AdvisorPort | None, consultations: RecordSink | None,
-                 billing: BillingPort | None, records: LegRecordSource | None = None) -> None:
+                 billing: BillingPort | None, records: LegRecordSource | None = None,
+                 guard: RoundObserver | None = None) -> None:
         super().__init__(job, ctx, client=client, router=router, store=store, rater=rater,
-                         records=records)
+                         records=records, guard=guard, originated=self._originated)
+        self.rang = False                # the customer's phone was dialled
         self.advisor_id = advisor_id
         self.consult = ClickConsult(
             job, ctx, client=client, store=store, rater=rater, desk=desk,
@@ -178,7 +181,10 @@ class ClickRunner(RoundRunner):
 
         with self._bound():
             if await self._loop(begin):
-                await self._finish(self.consult.outcome(self._refused))
+                # a customer who talked with the advisor is a person who wanted the call
+                outcome = self.consult.outcome(self._refused)
+                await self._finish_round(outcome, rang=self.rang,
+                                         confirmed=outcome.reason is Reason.ANSWERED)
         return self.outcome
 
     async def _handle(self, event: object) -> None:
@@ -201,8 +207,7 @@ class ClickRunner(RoundRunner):
         if isinstance(cmd, LegCommand):
             await self.legs.run(cmd)
 
-    async def _finish(self, outcome: Finish) -> None:
-        self.outcome = outcome
-        if not await self.store.finish(self.job.callback_id, outcome):
-            log.error("lease lost; outcome %s dropped", outcome)
-        log.info("click-to-call over: %s (%s)", outcome.status, outcome.reason)
+    def _originated(self, channel_id: str) -> None:
+        click = self.consult.click
+        if click is not None and click.leg is not None and click.leg.channel_id == channel_id:
+            self.rang = True

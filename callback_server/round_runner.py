@@ -26,6 +26,7 @@ from callback_server.call_ports import (
     Inbox,
     LegRecordSource,
     Rater,
+    RoundObserver,
     Timers,
     safely,
     utcnow,
@@ -46,6 +47,7 @@ class RoundRunner(ABC):
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
                  store: CallStore, rater: Rater, records: LegRecordSource | None,
+                 guard: RoundObserver | None = None,
                  originated: Callable[[str], None] = lambda _channel_id: None) -> None:
         self.job = job
         self.ctx = ctx
@@ -54,6 +56,7 @@ class RoundRunner(ABC):
         self.store = store
         self.rater = rater
         self.records = records           # Asterisk's own leg records (after missed events)
+        self.guard = guard
         self.inbox: Inbox = asyncio.Queue()
         self._ari_queue: asyncio.Queue[ari.Event] = asyncio.Queue()
         self.timers = Timers(self.inbox)
@@ -104,6 +107,24 @@ class RoundRunner(ABC):
             self.timers.cancel_all()
             for cid in {c for c in self.router.channel_ids if c.startswith(self.job.callback_id)}:
                 self.router.release(cid)
+
+    async def _finish_round(self, outcome: Finish, *, rang: bool, confirmed: bool) -> None:
+        """The round's outcome: told to the guard (before the job can be queued again:
+        whether the customer's phone rang, whether a person confirmed), then stored."""
+        self.outcome = outcome
+        if self.guard is not None:
+            try:
+                await self.guard.round_ended(
+                    callback_id=self.job.callback_id, attempt_no=self.job.attempt_no,
+                    number=self.job.destination, merchant_id=self.job.merchant_id,
+                    rang=rang, confirmed=confirmed)
+            except Exception:
+                log.exception("the guard could not record the round")
+        if not await self.store.finish(self.job.callback_id, outcome):
+            log.error("lease lost; outcome %s dropped", outcome)
+        log.info("round %d: %s (%s)%s", self.job.attempt_no, outcome.status, outcome.reason,
+                 f", retry in {outcome.retry_in_s} s" if outcome.retry_in_s is not None
+                 else "")
 
     def shutdown(self) -> None:
         self.inbox.put_nowait(Shutdown(utcnow()))

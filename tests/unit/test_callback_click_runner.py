@@ -17,6 +17,7 @@ from callback_server.ivr_flow import load_named
 from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryRecords, MemoryStore
 from shared import ari
 from shared.phone import E164
+from tests.unit.test_guard_confirm import Rounds
 
 CUSTOMER = (Route("carrier-b", "PJSIP/819012345678@carrier-b"),
             Route("carrier-a", "PJSIP/819012345678@carrier-a"))
@@ -31,6 +32,7 @@ class Click:
         self.desk = MemoryDesk(3, Rules(ring_timeout_s=20, click_to_call_first=first),
                                {2: ADVISOR_2})
         self.records = MemoryRecords()
+        self.guard = Rounds()
         job = Job(callback_id="cb-7", merchant_id="acme", destination=E164("819012345678"),
                   caller_id=E164("81120123456"), ring_timeout_s=30,
                   policy=RetryPolicy(1, ()), attempt_no=1, leg_seq=0)
@@ -38,7 +40,8 @@ class Click:
                                                    load_named("consult"), REQUESTED), advisor,
                                   client=self.ari, router=self.ari.router, store=self.store,
                                   rater=FixedRater(), desk=self.desk,
-                                  consultations=self.records, billing=None)
+                                  consultations=self.records, billing=None,
+                                  guard=self.guard)
         self.task: asyncio.Task[Finish | None] | None = None
 
     async def start(self) -> None:
@@ -95,6 +98,8 @@ async def test_the_customer_first_then_the_advisor_bridged_and_recorded() -> Non
     assert saved.end_reason is EndReason.ADVISOR_HANGUP and saved.answered_at is not None
     assert [r.outcome for r in saved.rings] == [RingOutcome.ANSWERED]
     assert click.store.finished == [Finish("completed", Reason.ANSWERED, 1)]
+    # the guard hears of the round: rang, and a person who talked (confirmed)
+    assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(True, True)]
 
 
 async def test_the_advisor_first_the_customer_not_answering_hears_nothing_billed() -> None:
@@ -116,6 +121,8 @@ async def test_the_advisor_first_the_customer_not_answering_hears_nothing_billed
     assert saved.answered_at is None and saved.talk_s == 0
     assert saved.end_reason is EndReason.CUSTOMER_ABANDONED
     assert click.ari.named("create_bridge") == []
+    # rang and not confirmed: counts towards the number's lock like a missed call-back
+    assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(True, False)]
 
 
 async def test_an_advisor_no_longer_free_is_never_rung() -> None:
@@ -123,3 +130,4 @@ async def test_an_advisor_no_longer_free_is_never_rung() -> None:
     await click.start()
     assert await click.outcome() == Finish("failed", Reason.ADVISOR_UNAVAILABLE, 1)
     assert click.originated() == [] and click.records.saved == []
+    assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(False, False)]
