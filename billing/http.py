@@ -22,7 +22,8 @@ Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``no
 ``database-unavailable`` (503 while it is away).
 
 :func:`install` mounts the routes and, in ``cleanup_ctx`` after the site's database, the
-ledger on its pool.
+ledger on its pool, and sends the billing records whose customer leg's CDR did not come
+within ``customer_leg_wait_s`` (:func:`billing.records.send_overdue`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from billing.ledger import (
     parse_operator_settle,
     settlement_json,
 )
+from billing.settings import CUSTOMER_LEG_WAIT_S
 from shared.http import (
     ApiError,
     InvalidField,
@@ -66,6 +68,7 @@ from shared.openapi import (
     add_operations,
     string,
 )
+from shared.site import background
 
 LEDGER_KEY = web.AppKey("billing_ledger", Ledger)
 MAX_PAGE = 1000
@@ -73,13 +76,18 @@ MAX_ID = 10**18
 
 
 def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool], *,
-            fx: FxTable | None = None) -> None:
-    """``fx``: the site's FX table, for the billing records of settlements made here."""
+            fx: FxTable | None = None,
+            customer_leg_wait_s: int = CUSTOMER_LEG_WAIT_S) -> None:
+    """``fx``: the site's FX table, for the billing records of settlements made here;
+    ``customer_leg_wait_s``: how long a record waits for its customer leg's CDR
+    (:func:`billing.records.send_overdue`, run in the background)."""
     add_operations(app, OPERATIONS)
 
     async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         app[LEDGER_KEY] = Ledger(pool(app), fx=fx)
-        yield
+        async with background(records.send_overdue_forever(pool(app), customer_leg_wait_s),
+                              "billing records past their customer leg's wait"):
+            yield
 
     app.cleanup_ctx.append(billing_ctx)
 

@@ -26,11 +26,16 @@ of a consultation without a customer leg (no record, or none named) at once, wit
 The leg counts in the call-back's first consultation only (a second consultation on the
 same call does not count it again). Both sides take the leg's advisory lock, so a record
 and its leg never miss each other, and each record is written once (its ``record_id``;
-the waiting row goes in the same transaction).
+the waiting row goes in the same transaction). A record waits at most the site's
+``[billing] customer_leg_wait_s`` (:func:`send_overdue`): then it goes without the leg's
+cost, the customer leg listed with ``cost_unknown`` true (no carrier, no cost); a CDR
+stored later sends nothing again (the record left the waiting table with its message).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -63,16 +68,21 @@ STATES: tuple[State, ...] = ("settled", "charged", "failed", "dunning")
 _MAX_INT = 2**31 - 1
 Choice = TypeVar("Choice", bound=str)
 _MAX_LEGS = 32
+#: the longest pause between two looks for records past their customer leg's wait
+OVERDUE_EVERY_S = 60
+log = logging.getLogger("billing.records")
 
 
 @dataclass(frozen=True, slots=True)
 class Leg:
-    """One leg of the consultation's call and its carrier cost (None: not rated)."""
+    """One leg of the consultation's call and its carrier cost (None: not rated).
+    ``cost_unknown``: the leg's CDR did not come within the wait (:func:`send_overdue`)."""
 
     call_id: str
     role: str
     carrier_id: str | None
     cost: Money | None
+    cost_unknown: bool = False
 
     def cost_yen(self, fx: FxTable) -> Decimal | None:
         """The cost in yen; None when the leg is not rated or ``fx`` has no rate for its
@@ -86,9 +96,10 @@ class Leg:
 
     def to_json(self, fx: FxTable) -> dict[str, Any]:
         yen = self.cost_yen(fx)
-        return {"call_id": self.call_id, "role": self.role, "carrier_id": self.carrier_id,
-                "cost": None if self.cost is None else self.cost.to_json(),
-                "cost_yen": None if yen is None else str(yen)}
+        known = {"call_id": self.call_id, "role": self.role, "carrier_id": self.carrier_id,
+                 "cost": None if self.cost is None else self.cost.to_json(),
+                 "cost_yen": None if yen is None else str(yen)}
+        return {**known, "cost_unknown": True} if self.cost_unknown else known
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +224,12 @@ def _legs(value: Any) -> tuple[Leg, ...]:
             money = None if cost is None else Money.from_json(cost)
         except MoneyError as exc:
             raise InvalidField(f"{field}.cost", str(exc)) from None
+        unknown = item.get("cost_unknown", False)
+        if type(unknown) is not bool or unknown and money is not None:
+            raise InvalidField(f"{field}.cost_unknown", "expected true without a cost, or "
+                                                        "false")
         legs.append(Leg(require_str(item, "call_id", max_len=128),
-                        require_str(item, "role", max_len=32), carrier, money))
+                        require_str(item, "role", max_len=32), carrier, money, unknown))
     return tuple(legs)
 
 
@@ -225,7 +240,8 @@ _LEG: Schema = {"type": "object", "required": ["call_id", "role", "carrier_id", 
                                                "cost_yen"],
                 "properties": {"call_id": string(128), "role": string(32),
                                "carrier_id": nullable(string(64)), "cost": nullable(MONEY),
-                               "cost_yen": nullable(_DECIMAL)}}
+                               "cost_yen": nullable(_DECIMAL),
+                               "cost_unknown": {"type": "boolean"}}}
 _COUNT: Schema = {"type": "integer", "minimum": 0, "maximum": _MAX_INT}
 PROPERTIES: dict[str, Schema] = {
     "record_id": string(200), "merchant_id": string(64), "consultation_id": string(128),
@@ -314,6 +330,41 @@ async def customer_leg_rated(conn: asyncpg.Connection, leg: Leg) -> int:
     for row in rows:
         await _send(conn, _with(BillingRecord.from_json(row["record"]), leg))
     return len(rows)
+
+
+async def send_overdue(pool: asyncpg.Pool, wait_s: int, *, limit: int = 100) -> int:
+    """Send the records that waited more than ``wait_s`` for their customer leg's CDR,
+    that leg listed with ``cost_unknown``; how many. Each under the leg's lock, in its own
+    transaction: one whose CDR came meanwhile was sent with it and is passed over, and a
+    CDR stored after this sends nothing again."""
+    rows = await pool.fetch(
+        """SELECT record_id, customer_call_id FROM billing_records_awaiting
+           WHERE created_at <= now() - make_interval(secs => $1)
+           ORDER BY created_at, record_id LIMIT $2""", wait_s, limit)
+    sent = 0
+    for row in rows:
+        call_id = row["customer_call_id"]
+        async with pool.acquire() as conn, conn.transaction():
+            await _lock(conn, call_id)
+            kept = await conn.fetchval("DELETE FROM billing_records_awaiting WHERE "
+                                       "record_id = $1 RETURNING record", row["record_id"])
+            if kept is not None:
+                unknown = Leg(call_id, "customer", None, None, cost_unknown=True)
+                sent += await _send(conn, _with(BillingRecord.from_json(kept), unknown))
+    return sent
+
+
+async def send_overdue_forever(pool: asyncpg.Pool, wait_s: int) -> None:
+    """:func:`send_overdue` every ``OVERDUE_EVERY_S`` (or ``wait_s``, when shorter); the
+    database away: logged, tried again next time."""
+    while True:
+        await asyncio.sleep(min(OVERDUE_EVERY_S, wait_s))
+        try:
+            if sent := await send_overdue(pool, wait_s):
+                log.warning("%d billing record(s) sent without their customer leg's cost "
+                            "(no CDR within %d s)", sent, wait_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("billing records past their customer leg's wait not sent: %s", exc)
 
 
 async def _customer_call(conn: asyncpg.Connection, consultation_id: str) -> str | None:

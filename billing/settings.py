@@ -13,6 +13,8 @@ webhook and the periodic job are not mounted, and no merchant can be postpaid::
     every_s = 60                      # the periodic job: due retries and reconciles
     reconcile_after_s = 300           # a Stripe call left unanswered this long is looked up
     card_page_url = "https://pay.example.jp/card?t={token}"   # the link sent to a customer
+    customer_leg_wait_s = 600         # a billing record waits this long for the customer
+                                      # leg's CDR, then goes without its cost
 
     [billing.stripe]
     api_key = "sk_live_…"             # CALLBACK__BILLING__STRIPE__API_KEY overrides it
@@ -38,6 +40,8 @@ _URL = r"https?://[^\s]+"
 MAX_UNPAID_CHARGES = 1
 #: the default dunning schedule: one hour, one day and three days after each failure
 RETRY_AFTER_S = (3600, 86400, 259200)
+#: how long a billing record waits for its customer leg's CDR before it goes without
+CUSTOMER_LEG_WAIT_S = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class BillingSettings:
     every_s: int = 60
     reconcile_after_s: int = 300
     card_page_url: str | None = None
+    customer_leg_wait_s: int = CUSTOMER_LEG_WAIT_S
 
     @classmethod
     def parse(cls, s: Section, merchant_ids: Sequence[str]) -> BillingSettings:
@@ -98,4 +103,6 @@ class BillingSettings:
                                             min=1, max=100),
                    retry_after_s=retries, every_s=s.int("every_s", 60, min=1, max=86400),
                    reconcile_after_s=s.int("reconcile_after_s", 300, min=60, max=86400),
-                   card_page_url=page)
+                   card_page_url=page,
+                   customer_leg_wait_s=s.int("customer_leg_wait_s", CUSTOMER_LEG_WAIT_S,
+                                             min=1, max=7 * 86400))

@@ -151,7 +151,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     app = _intake_app(settings, "all")
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
-    install_billing(app, lambda a: a[POOL_KEY], fx=site_fx(settings))
+    install_billing(app, lambda a: a[POOL_KEY], fx=site_fx(settings),
+                    customer_leg_wait_s=settings.billing.customer_leg_wait_s)
     notify = settings.notify if settings.notify.channels else None
     install_media(app, settings.media, lambda a: a[POOL_KEY], guidance_in_use(app, settings),
                   notify)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -36,6 +37,7 @@ from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
 from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryStore
 from shared import ari
+from shared.http import InvalidField
 from shared.money import Money
 from shared.phone import E164
 from tests.integration import advisors_db, billing_db
@@ -336,6 +338,44 @@ async def test_a_settlements_billing_record_waits_for_the_customer_legs_cost(
     await ledger.settle("acme", later.id, 0)
     (other,) = await records.consultation_records(db, "acme", second.consultation_id)
     assert other["legs"] == [] and other["cost_yen"] == "0"
+    assert await db.fetchval("SELECT count(*) FROM billing_records_awaiting") == 0
+
+
+async def test_a_record_whose_customer_leg_never_comes_goes_after_the_wait_once(
+        db: asyncpg.Pool) -> None:
+    """Settled before the customer leg ended, and that leg's CDR does not come: within
+    the wait the record is kept; past it (send_overdue) it is sent, the customer leg
+    listed with its cost unknown, and the edge's parser takes it; the CDR stored later
+    sends nothing again."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 1000, "op", "bank transfer")
+    first = answered(leg_costs=answered().leg_costs[1:])       # the advisor legs only
+    await ConsultationRecords(db).save(first)
+    held = await ledger.reserve("acme", "member-42", first.consultation_id, Terms(100))
+    assert isinstance(held, Reservation)
+    await ledger.settle("acme", held.id, first.talk_s)
+    sent = ("SELECT convert_from(body, 'UTF8')::jsonb AS payload FROM outbox WHERE kind = "
+            "'billing_record' AND convert_from(body, 'UTF8')::jsonb ->> 'consultation_id' = $1")
+    assert await records.send_overdue(db, 600) == 0             # within the wait: kept
+    assert await db.fetch(sent, first.consultation_id) == []
+    assert await records.send_overdue(db, 0) == 1
+    (written,) = await records.consultation_records(db, "acme", first.consultation_id)
+    assert written["legs"][-1] == {"call_id": "cb-0f3a9c-1-customer", "role": "customer",
+                                   "carrier_id": None, "cost": None, "cost_yen": None,
+                                   "cost_unknown": True}
+    assert [leg["role"] for leg in written["legs"]] == ["advisor", "advisor", "customer"]
+    (message,) = await db.fetch(sent, first.consultation_id)
+    edge = records.BillingRecord.from_json(message["payload"])             # what the edge stores
+    assert edge.legs[-1].cost_unknown and edge.cost_yen == Decimal(written["cost_yen"])
+    priced = {**message["payload"]["legs"][-1], "cost": {"amount": "1", "currency": "JPY"}}
+    with pytest.raises(InvalidField, match="cost_unknown"):      # unknown, yet a cost
+        records.BillingRecord.from_json({**message["payload"],
+                                         "legs": [*message["payload"]["legs"][:2], priced]})
+    customer = Leg("cb-0f3a9c-1-customer", "customer", "carrier-b", Money.of("0.2097", "USD"))
+    async with db.acquire() as conn, conn.transaction():
+        assert await records.customer_leg_rated(conn, customer) == 0   # the CDR, late
+    assert len(await db.fetch(sent, first.consultation_id)) == 1
+    assert await records.send_overdue(db, 0) == 0
     assert await db.fetchval("SELECT count(*) FROM billing_records_awaiting") == 0
 
 

@@ -28,6 +28,9 @@ def with_billing(extra: str, postpaid: str = "[]") -> str:
 def test_the_example_has_no_cards_and_the_defaults(tmp_path: Path) -> None:
     assert _callback(tmp_path, CALLBACK_EXAMPLE).billing == BillingSettings()
     assert BillingSettings().retry_after_s == RETRY_AFTER_S
+    waiting = _callback(tmp_path, CALLBACK_EXAMPLE.replace("customer_leg_wait_s = 600 ",
+                                                           "customer_leg_wait_s = 120 "))
+    assert waiting.billing.customer_leg_wait_s == 120
 
 
 def test_stripe_and_postpaid_are_read(tmp_path: Path) -> None:
@@ -47,6 +50,8 @@ def test_stripe_and_postpaid_are_read(tmp_path: Path) -> None:
      "0 is outside 1..100"),
     ("retry_after_s = [3600,", "retry_after_s = [5,", "billing.retry_after_s",
      "expected at most 20 delays of 60..7776000 s"),
+    ("customer_leg_wait_s = 600 ", "customer_leg_wait_s = 0 ", "billing.customer_leg_wait_s",
+     "0 is outside 1..604800"),
     ('postpaid_merchants = []', 'postpaid_merchants = ["nobody"]',
      "billing.postpaid_merchants", "no [[merchants]] id 'nobody'"),
     ('postpaid_merchants = []', 'postpaid_merchants = ["acme"]',
