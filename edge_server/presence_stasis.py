@@ -86,11 +86,15 @@ class PresenceSession(ChannelSession[pf.Event]):
 
     def __init__(self, gateway: AriGateway, asker: PresenceAsker, line: pf.PresenceLine,
                  timings: pf.PresenceTimings, start: ari.StasisStart,
-                 ari_queue: asyncio.Queue[ari.Event]) -> None:
+                 ari_queue: asyncio.Queue[ari.Event], *, sip_user: str | None = None
+                 ) -> None:
         super().__init__(gateway, start, ari_queue)
         self.asker = asker
         self.line = line
         self.timings = timings
+        #: the caller is the advisor's softphone registered at the edge: this is who
+        #: they are (their endpoint's user), whatever their phone put in From
+        self.sip_user = sip_user
         self.state: pf.State = pf.Idle()
 
     async def run(self) -> None:
@@ -98,9 +102,13 @@ class PresenceSession(ChannelSession[pf.Event]):
                        merchant=self.line.merchant_id):
             forwarder = self._start_forwarding()
             try:
-                pres, asserted = await self._caller_headers()
+                if self.sip_user is None:
+                    pres, asserted = await self._caller_headers()
+                    caller = self.channel.caller_number
+                else:
+                    pres, asserted, caller = None, None, self.sip_user
                 await self.feed(pf.PresenceCallArrived(
-                    self.channel_id, self.line, self.channel.caller_number, pres,
+                    self.channel_id, self.line, caller, pres,
                     asserted_raw=asserted, timings=self.timings))
                 while not pf.is_terminal(self.state):
                     await self.feed(await self.inbox.get())

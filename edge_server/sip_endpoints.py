@@ -55,6 +55,17 @@ def endpoint_id(merchant_id: str, user: str) -> str:
     return f"{merchant_id}.{user}"
 
 
+def advisor_of_channel(channel_name: str) -> tuple[str, str] | None:
+    """``(merchant, user)`` of the advisor endpoint a channel belongs to, from its name
+    (``PJSIP/acme.hoshino-0000002a``); None for any other channel."""
+    tech, _, rest = channel_name.partition("/")
+    endpoint = rest.rpartition("-")[0]
+    merchant, dot, user = endpoint.partition(".")
+    if tech != "PJSIP" or not dot or not merchant or not SIP_USER.match(user):
+        return None
+    return merchant, user
+
+
 def digest_ha1(endpoint: str, realm: str, password: str) -> str:
     """RFC 2617's HA1 for the endpoint's user name: what Asterisk's ``md5_cred`` takes."""
     return hashlib.md5(f"{endpoint}:{realm}:{password}".encode(), usedforsecurity=False

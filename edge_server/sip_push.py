@@ -11,7 +11,7 @@ server arrives on the NOTIFY channel ``sip_endpoints`` and is pushed by every on
 them (each drives its own Asterisk). A push that fails (Asterisk or the database
 down) is tried again after ``retry_s``.
 
-An advisor endpoint's context is ``from-advisor`` (it cannot place calls), it is
+An advisor endpoint's context is ``from-advisor`` (it calls only presence numbers), it is
 identified by its user name only and must answer the digest challenge; the edge
 dialplan rings only endpoints of that context for the trunk (``[from-callback-site]``).
 """

@@ -65,6 +65,7 @@ from edge_server.metrics import OUTCOME_CLASS, UNKNOWN_MERCHANT
 from edge_server.metrics import edge as edge_metrics
 from edge_server.presence_flow import PresenceLine, PresenceTimings
 from edge_server.presence_stasis import PresenceAsker, PresenceSession
+from edge_server.sip_endpoints import advisor_of_channel
 from shared import ari, logs
 from shared.language import Language
 from shared.phone import E164, InvalidNumber, normalise
@@ -72,6 +73,10 @@ from shared.phone import E164, InvalidNumber, normalise
 __all__ = ["PAI_VAR", "PRESENTATION_VAR", "AriGateway", "asserted_number"]
 
 log = logging.getLogger("edge.stasis")
+
+#: the Stasis argument of calls placed by advisors' softphones (the dialplan's
+#: ``[from-advisor]``): only their merchant's presence numbers are taken
+ADVISOR_ARG = "advisor"
 flow_log = logging.getLogger("edge.flow")
 
 
@@ -283,7 +288,19 @@ class StasisApp:
         deps = self.deps
         line = deps.merchants.presence_line(start.channel.exten)
         session: CallSession | PresenceSession
-        if line is not None and deps.presence is not None:
+        if start.args[:1] == (ADVISOR_ARG,):        # an advisor's softphone ([from-advisor])
+            advisor = advisor_of_channel(start.channel.name)
+            if line is None or deps.presence is None or advisor is None \
+                    or advisor[0] != line.merchant_id:
+                with logs.bind(call_id=edge_call_id_for(start.channel.id)):
+                    log.warning("advisor phone %s dialled %s: not a presence number of its "
+                                "merchant, refused (403)", start.channel.name,
+                                start.channel.exten)
+                await deps.ari.hangup(start.channel.id, reason_code=21)
+                return
+            session = PresenceSession(deps.ari, deps.presence, line, deps.presence_timings,
+                                      start, queue, sip_user=advisor[1])
+        elif line is not None and deps.presence is not None:
             session = PresenceSession(deps.ari, deps.presence, line, deps.presence_timings,
                                       start, queue)
         else:

@@ -42,7 +42,9 @@ from tests.harness.sipp import EDGE_SIP, SippRole, start_role
 
 pytestmark = pytest.mark.e2e
 
-ACME = MerchantOptions(pre_callback_delay_s="0", ivr_flow="consult")
+ONLINE = "0120123457"        # the merchant's presence number: online
+ACME = MerchantOptions(pre_callback_delay_s="0", ivr_flow="consult",
+                       presence_online_number=ONLINE, presence_offline_number="0120123458")
 ADVISOR_PORT = 15100        # the advisor's softphone: registers from here, rung here
 
 
@@ -219,6 +221,40 @@ async def test_a_request_naming_a_trunk_from_elsewhere_is_not_that_trunk(
     assert statuses and statuses[-1] in (401, 403), statuses
     assert not {180, 183, 200} & set(statuses), statuses
     assert operator_invites == []
+
+
+def softphone_call(stack: Stack, endpoint: str, password: str, dialled: str) -> SippRole:
+    """The advisor's softphone calls ``dialled`` at the edge (digest auth on the INVITE)."""
+    call = start_role("advisor_call.xml", port=ADVISOR_PORT + 2, workdir=stack.workdir,
+                      name=f"call-{endpoint}-{dialled}", remote=EDGE_SIP, service=dialled,
+                      max_calls=1, timeout_s=20, keys={"endpoint": endpoint},
+                      extra_args=["-au", endpoint, "-ap", password])
+    call.wait(30)
+    return call
+
+
+async def test_the_softphone_calls_its_merchant_s_presence_number_and_nothing_else(
+        stack: Stack, admin: Admin) -> None:
+    """From the registered softphone, the merchant's presence number puts the advisor
+    online (announced as early media, rejected, never answered; asked by the endpoint's
+    user); the toll-free number is refused (403): no call-back for a softphone."""
+    user, password = f"sakura{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4()}"
+    endpoint = await provision(stack, user, password)
+    advisor = await admin.advisor("さくら", "5791", sip(user), online=False)
+    calls_before = (await stack.fetch("edge", "SELECT count(*) AS n FROM edge_calls"))[0]["n"]
+    online = await asyncio.to_thread(softphone_call, stack, endpoint, password, ONLINE)
+    statuses = online.statuses_received()
+    assert 401 in statuses and 183 in statuses and statuses[-1] == 486, statuses
+    assert 200 not in statuses
+    event = await stack.wait_for_row(
+        "callback", "SELECT event, via, after FROM advisor_events WHERE advisor_id = $1 "
+        "AND event = 'online'", advisor)
+    assert (event["via"], event["after"]) == ("phone", "standby")
+    refused = await asyncio.to_thread(softphone_call, stack, endpoint, password,
+                                      ACME.number)
+    assert refused.statuses_received()[-1] == 403, refused.statuses_received()
+    calls_after = (await stack.fetch("edge", "SELECT count(*) AS n FROM edge_calls"))[0]["n"]
+    assert calls_after == calls_before, "the edge took a softphone's call as a customer's"
 
 
 async def test_an_endpoint_deleted_unheard_of_is_removed_when_the_server_comes_back(

@@ -45,11 +45,13 @@ def test_an_advisor_endpoint_can_be_rung_but_dials_nowhere_and_needs_its_passwor
     assert "password" not in str(pushed)
 
 
-def test_the_dialplan_refuses_every_call_of_an_advisor_endpoint() -> None:
+def test_an_advisor_endpoint_dials_nothing_but_edge_server() -> None:
     dialplan = (REPO / "deploy/asterisk/edge/extensions.conf").read_text()
     context = dialplan.split(f"[{ADVISOR_CONTEXT}]", 1)[1].split("\n[", 1)[0]
     actions = [line for line in context.splitlines() if line.startswith(("exten", " same"))]
-    assert actions == ["exten => _[+0-9A-Za-z]!,1,Hangup(21)"]
+    assert actions == ["exten => _[+0-9]!,1,Set(TIMEOUT(absolute)=${MAX_CALL_S})",
+                       " same => n,Stasis(edge,advisor)",     # presence numbers only
+                       " same => n,Hangup(21)"]
     trunk = dialplan.split("[from-callback-site]", 1)[1].split("\n[", 1)[0]
     dials = re.findall(r"Dial\(([^,]+)", trunk)
     assert dials == ["PJSIP/${EXTEN}"]
