@@ -10,7 +10,8 @@ Holds the stack's lock (``demo.stack.LOCK_PATH``) while it drives the shared Ast
 from __future__ import annotations
 
 import wave
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from callback_server.ivr_services import IvrServices, Recordings
 from ivr_platform.recordings import RecordingStore
 from ivr_platform.sms_store import migrations
 from shared.ari import (
+    AriClient,
     Connected,
     Event,
     RecordingFinished,
@@ -54,17 +56,19 @@ def callback() -> Iterator[AsteriskSite]:
 
 def spool_of(site: AsteriskSite) -> Path:
     installed = instance_tool().load_site(site.name, site.root)
-    return installed.host(installed.directories()["astspooldir"]) / "recording"
+    return Path(installed.host(installed.directories()["astspooldir"])) / "recording"
 
 
-async def test_a_recording_ends_on_hash_and_is_stored(callback: AsteriskSite, tmp_path: Path,
-                                                      pg_url: str) -> None:
+@asynccontextmanager
+async def recording(callback: AsteriskSite, tmp_path: Path, name: str, scenario: str,
+                    digits: str, lead_ms: int, max_s: int
+                    ) -> AsyncIterator[tuple[AriClient, AsyncIterator[Event]]]:
+    """A call SIPp's ``scenario`` answers (``lead_ms`` of silence, then ``digits``), its
+    channel being recorded as ``name`` (ended on ``#``, at most ``max_s``)."""
     await reset(callback)
-    name = f"{CHANNEL}-r1"
-    spool = spool_of(callback)
-    (spool / f"{name}.wav").unlink(missing_ok=True)
-    with role("uas_answer_dtmf.xml", "carrier-b", tmp_path, digits="#",
-              pcap_options={"lead_ms": 2500}):
+    (spool_of(callback) / f"{name}.wav").unlink(missing_ok=True)
+    with role(scenario, "carrier-b", tmp_path, digits=digits,
+              pcap_options={"lead_ms": lead_ms}):
         await qualify(callback, "carrier-b")
         async with callback.client() as ari:
             events = ari.events()
@@ -73,15 +77,24 @@ async def test_a_recording_ends_on_hash_and_is_stored(callback: AsteriskSite, tm
                 await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id=CHANNEL,
                                     caller_id="0120123456", timeout=10)
                 await expect_event(events, StasisStart, channel_id=CHANNEL)
-                await ari.record(CHANNEL, name, max_duration_s=20, max_silence_s=0,
+                await ari.record(CHANNEL, name, max_duration_s=max_s, max_silence_s=0,
                                  beep=True, terminate_on="#")
-                finished = await expect_event(events, RecordingFinished, channel_id=CHANNEL,
-                                              within_s=10)
-                assert channel_ids(finished) == (CHANNEL,)
-                assert (finished.recording.name, finished.recording.state) == (name, "done")
-                await ari.hangup(CHANNEL)
+                yield ari, events
             finally:
                 await events.aclose()
+
+
+async def test_a_recording_ends_on_hash_and_is_stored(callback: AsteriskSite, tmp_path: Path,
+                                                      pg_url: str) -> None:
+    name = f"{CHANNEL}-r1"
+    spool = spool_of(callback)
+    async with recording(callback, tmp_path, name, "uas_answer_dtmf.xml", "#", 2500,
+                         20) as (ari, events):
+        finished = await expect_event(events, RecordingFinished, channel_id=CHANNEL,
+                                      within_s=10)
+        assert channel_ids(finished) == (CHANNEL,)
+        assert (finished.recording.name, finished.recording.state) == (name, "done")
+        await ari.hangup(CHANNEL)
     with wave.open(str(spool / f"{name}.wav"), "rb") as w:
         seconds = w.getnframes() / w.getframerate()
         assert (w.getnchannels(), w.getframerate()) == (1, 8000)
@@ -105,30 +118,16 @@ async def test_a_customer_hanging_up_ends_the_recording_before_the_channel_leave
         callback: AsteriskSite, tmp_path: Path) -> None:
     """A message left by hanging up instead of '#': Asterisk finishes the recording (its
     file complete) before ``StasisEnd``, so the round still has the channel's route."""
-    await reset(callback)
     name = f"{CHANNEL}-r2"
-    spool = spool_of(callback)
-    (spool / f"{name}.wav").unlink(missing_ok=True)
-    with role("uas_answer_dtmf_bye.xml", "carrier-b", tmp_path, digits="",
-              pcap_options={"lead_ms": 3000}):       # hangs up 20 s after answering
-        await qualify(callback, "carrier-b")
-        async with callback.client() as ari:
-            events = ari.events()
-            await expect_event(events, Connected)
-            try:
-                await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id=CHANNEL,
-                                    caller_id="0120123456", timeout=10)
-                await expect_event(events, StasisStart, channel_id=CHANNEL)
-                await ari.record(CHANNEL, name, max_duration_s=60, max_silence_s=0,
-                                 beep=True, terminate_on="#")
-                seen: list[Event] = []
-                finished = await expect_event(events, RecordingFinished, channel_id=CHANNEL,
-                                              within_s=30, seen=seen)
-                assert not any(isinstance(e, StasisEnd) for e in seen), seen
-                assert finished.recording.state == "done"
-                await expect_event(events, StasisEnd, channel_id=CHANNEL)
-            finally:
-                await events.aclose()
-    with wave.open(str(spool / f"{name}.wav"), "rb") as w:
+    async with recording(callback, tmp_path, name, "uas_answer_dtmf_bye.xml", "", 3000,
+                         60) as (_, events):            # the phone hangs up after 20 s
+        seen: list[Event] = []
+        finished = await expect_event(events, RecordingFinished, channel_id=CHANNEL,
+                                      within_s=30, seen=seen)
+        assert not any(isinstance(e, StasisEnd) for e in seen), seen
+        assert finished.recording.state == "done"
+        await expect_event(events, StasisEnd, channel_id=CHANNEL)
+    path = spool_of(callback) / f"{name}.wav"
+    with wave.open(str(path), "rb") as w:
         assert w.getnframes() / w.getframerate() >= 2.0
-    (spool / f"{name}.wav").unlink()
+    path.unlink()
