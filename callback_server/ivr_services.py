@@ -8,8 +8,9 @@
   notification is queued with the row). Its id is what the node's variable gets. A file
   that is missing, not WAV or shorter than :data:`MIN_RECORDING_S` is nothing recorded.
 * **SMS** (``sms``): :class:`~ivr_platform.sms_store.SmsSender` (the row, the provider, its
-  answer) in a task of its own: the call never waits for it, and a failure is logged
-  (the row says ``pending`` or ``rejected``).
+  answer; a provider that cannot be reached asked again after 5, 30 and 120 s) in a task
+  of its own: the call never waits for it, and a failure is logged (the row says
+  ``pending`` or ``rejected``).
 * **Webhooks** (``webhook``): only to public addresses (:class:`PublicResolver`; an IP
   literal URL too): a merchant's flow cannot make the site call its own network (SSRF).
   ``POST`` of a JSON body, signed like the link between the
@@ -71,6 +72,8 @@ class Recordings:
 class Sms:
     sender: SmsSender
     settings: SmsSettings
+    #: a provider that cannot be reached (transport, 408, 429, 5xx) is asked again after
+    retry_after_s: tuple[float, ...] = (5.0, 30.0, 120.0)
 
 
 class PublicResolver(AbstractResolver):
@@ -160,7 +163,8 @@ class IvrServices:
     async def _send_sms(self, sms: Sms, to: str, text: str, call: CallFacts) -> None:
         try:
             record = await sms.sender.send(call.merchant_id, E164.parse(to),
-                                           sms.settings.sender_for(call.merchant_id), text)
+                                           sms.settings.sender_for(call.merchant_id), text,
+                                           retry_after_s=sms.retry_after_s)
         except (ValueError, DeliveryError) as exc:
             log.warning("sms to %s not sent: %s", to, exc)
         except Exception:

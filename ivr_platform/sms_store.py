@@ -2,21 +2,24 @@
 
 :class:`SmsSender` writes the row first (``pending``, with its encoding and segments),
 then calls the provider, then records its answer: the provider's id and status, or
-``rejected`` with its error. A provider that cannot be reached leaves the row
-``pending`` and raises :class:`~ivr_platform.delivery.Unavailable`: sending it
-again later (an outbox with retries) is not built yet. Status callbacks and fetches go
+``rejected`` with its error. A provider that cannot be reached is asked again after each
+of ``retry_after_s`` (the same row); after the last it leaves the row ``pending`` and
+raises :class:`~ivr_platform.delivery.Unavailable`: sending it again after a restart (an
+outbox) is not built yet. Status callbacks and fetches go
 through :meth:`SmsStore.record_status`, which moves a status forward only.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import asyncpg
 
-from ivr_platform.delivery import Rejected
+from ivr_platform.delivery import Rejected, Unavailable
 from ivr_platform.sms import Encoding, SmsStatus, count
 from ivr_platform.sms_twilio import Receipt
 from shared.db import MigrationSet, package_migrations
@@ -156,15 +159,26 @@ class SmsSender:
         self.provider = provider
         self.status_callback = status_callback
 
-    async def send(self, merchant_id: str, to: E164, sender: E164 | str, body: str) -> SmsRecord:
+    async def send(self, merchant_id: str, to: E164, sender: E164 | str, body: str, *,
+                   retry_after_s: Sequence[float] = ()) -> SmsRecord:
+        """One row, then the provider; when it is :class:`Unavailable` the same row is
+        sent again after each of ``retry_after_s`` (then it stays ``pending`` and the last
+        error is raised)."""
         check_message(to, body)
         sms_id = await self.store.create(merchant_id, to, str(sender), body,
                                          self.provider.provider)
-        try:
-            receipt = await self.provider.send(to, sender, body, self.status_callback)
-        except Rejected as exc:
-            await self.store.rejected(sms_id, exc)
-            raise
+        waits = list(retry_after_s)
+        while True:
+            try:
+                receipt = await self.provider.send(to, sender, body, self.status_callback)
+                break
+            except Rejected as exc:
+                await self.store.rejected(sms_id, exc)
+                raise
+            except Unavailable:
+                if not waits:
+                    raise
+                await asyncio.sleep(waits.pop(0))
         await self.store.accepted(sms_id, receipt)
         record = await self.store.get(sms_id)
         assert record is not None

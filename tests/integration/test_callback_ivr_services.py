@@ -158,3 +158,26 @@ async def test_a_webhook_never_reaches_the_sites_own_network(
             assert isinstance(failed, WebhookFailed), host
             assert failed.reason.endswith("is not a public address"), failed
     assert crm.bodies == []
+
+
+async def test_an_sms_the_provider_cannot_take_now_is_sent_again(
+        pool: asyncpg.Pool, aiohttp_server: ServerFactory) -> None:
+    fake = FakeTwilio()
+    provider = await aiohttp_server(fake.app())
+    async with aiohttp.ClientSession() as session:
+        twilio = TwilioSms(session, TwilioSettings(ACCOUNT_SID, AUTH_TOKEN,
+                                                   str(provider.make_url(""))))
+        settings = SmsSettings(twilio.settings, normalise("050-1111-2222"))
+        services = IvrServices(sms=Sms(SmsSender(SmsStore(pool), twilio), settings,
+                                       retry_after_s=(0.05, 0.05)))
+        for body, failures in (("third time lucky", [503, 429]),
+                               ("never taken", [503, 503, 503])):
+            fake.fail_next = failures
+            services.send_sms("+819012345678", body, CALL)
+            await services.drain()
+            assert fake.fail_next == []
+    rows = await pool.fetch("SELECT body, status FROM sms_messages "
+                            "WHERE body IN ('third time lucky', 'never taken') ORDER BY id")
+    assert [tuple(r) for r in rows] == [("third time lucky", "queued"),
+                                        ("never taken", "pending")]   # one row each
+    assert [m["Body"] for m in fake.received] == ["third time lucky"]
