@@ -31,6 +31,9 @@ from shared import ari
 
 log = logging.getLogger("callback.stasis")
 
+#: the most SMS one round's flow sends
+MAX_SMS = 3
+
 
 class IvrRunner:
     """The IVR of one round (started by the dialer's ``StartIvr``)."""
@@ -51,6 +54,7 @@ class IvrRunner:
         self.facts = CallFacts(job.merchant_id, job.callback_id, ctx.edge_call_id,
                                job.destination)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sms_sent = 0
         self.state: ivr.IvrState | None = None
         self.confirmed = False           # the customer passed the flow's confirm gate
         self._submits = 0
@@ -111,12 +115,19 @@ class IvrRunner:
         elif isinstance(cmd, ivr.StartRecording):
             await self._record(cmd, customer)
         elif isinstance(cmd, ivr.SendSms):
-            if self.services is None:
-                log.warning("sms to %s not sent: no IVR services", cmd.to)
-            else:
-                self.services.send_sms(cmd.to, cmd.text, self.facts)
+            self._sms(cmd)
         elif isinstance(cmd, ivr.CallWebhook):
             self._webhook(cmd)
+
+    def _sms(self, cmd: ivr.SendSms) -> None:
+        """At most :data:`MAX_SMS` a round: a flow looping through an sms node (a menu
+        answered again and again) cannot run up the merchant's bill or flood a phone."""
+        self._sms_sent += 1
+        if self.services is None or self._sms_sent > MAX_SMS:
+            log.warning("sms to %s not sent: %s", cmd.to, "no IVR services"
+                        if self.services is None else f"more than {MAX_SMS} this round")
+            return
+        self.services.send_sms(cmd.to, cmd.text, self.facts)
 
     async def _record(self, cmd: ivr.StartRecording, customer: str | None) -> None:
         if customer is None or self.services is None:

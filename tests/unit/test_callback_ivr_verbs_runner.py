@@ -171,3 +171,26 @@ async def test_a_transfer_the_guard_refuses_tries_the_next_carrier_then_fails() 
             assert transfers == [(f"PJSIP/+81312345678@{placed}", "cb-9-02",
                                   "+81120123456", 20)]
             assert CHANNEL not in call.ari.named("hangup")
+
+
+async def test_a_round_sends_at_most_three_sms_however_often_its_flow_loops() -> None:
+    looping = flow_of("""\
+[nodes.main]
+type = "menu"
+prompt = ["sound:cbgw/welcome-menu"]
+choices = { "1" = "text", "0" = "bye" }
+on_fail = "bye"
+
+[nodes.text]
+type = "sms"
+to = "caller"
+text = "hello"
+next = "main"
+
+[nodes.bye]
+type = "hangup"
+""")
+    services = MemoryIvrServices()
+    call = await answered(looping, services=services)
+    await call.keys(CHANNEL, "11111")
+    assert services.sms == [("acme", "+819012345678", "hello")] * 3
