@@ -7,7 +7,10 @@ the ``account`` of the merchant's customer with the called number (``advisors.cu
 else the number itself (E.164 digits: a caller nobody entered has no balance and no card,
 so admission refuses them). A merchant in ``[billing] postpaid_merchants`` charges the
 card on file after the consultation (:class:`billing.postpaid.Postpaid`, keyed by the
-consultation id); every other merchant is prepaid.
+consultation id); every other merchant is prepaid. A postpaid consultation a killed
+server left talking is charged by the restart's reconciler (:meth:`ConsultBilling.recharge`)
+from its saved record, with the account and terms its runner kept (:class:`ChargeTo`): the
+same charge, keyed by the same consultation id, so it is made once whoever makes it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,19 @@ _RECORDED_LIVE = """
     ORDER BY r.id"""
 
 
+#: a consultation's saved talk seconds
+_RECORDED_TALK = """
+    SELECT talk_s FROM consultations WHERE merchant_id = $1 AND consultation_id = $2"""
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeTo:
+    """Whom a postpaid consultation is charged to afterwards, and how it is rated."""
+
+    account: str
+    terms: Terms
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What billing stands behind for one consultation: the account, the terms it is
@@ -58,6 +74,11 @@ class Plan:
     postpaid: bool
     admission: Admission
 
+    @property
+    def charge_to(self) -> ChargeTo | None:
+        """The charge after the consultation (None: prepaid)."""
+        return ChargeTo(self.account, self.terms) if self.postpaid else None
+
 
 class BillingPort(Protocol):
     async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int) -> Plan: ...
@@ -65,8 +86,10 @@ class BillingPort(Protocol):
                       ) -> Reservation | Refusal: ...
     async def extend(self, merchant_id: str, reservation_id: int) -> Reservation: ...
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement: ...
-    async def charge(self, merchant_id: str, plan: Plan, consultation_id: str, talk_s: int
+    async def charge(self, merchant_id: str, to: ChargeTo, consultation_id: str, talk_s: int
                      ) -> Charge | None: ...
+    async def recharge(self, merchant_id: str, to: ChargeTo, consultation_id: str
+                       ) -> Charge | None: ...
     async def rescue(self, merchant_id: str, callback_id: str) -> list[Settlement]: ...
 
 
@@ -116,15 +139,26 @@ class ConsultBilling:
                                          reason="from the consultation record")
                 for r in rows]
 
-    async def charge(self, merchant_id: str, plan: Plan, consultation_id: str, talk_s: int
-                     ) -> Charge | None:
+    async def charge(self, merchant_id: str, to: ChargeTo, consultation_id: str, talk_s: int,
+                     *, by: str = BY) -> Charge | None:
         """The postpaid charge; None when it costs nothing or Stripe's answer is not known
         (the charge stays recorded and ``Postpaid.reconcile`` finishes it)."""
         assert self.postpaid is not None, "a postpaid merchant needs [billing.stripe]"
         from billing.stripe_payments import Pending
         try:
-            return await self.postpaid.charge(merchant_id, plan.account, consultation_id,
-                                              talk_s, plan.terms, by=BY)
+            return await self.postpaid.charge(merchant_id, to.account, consultation_id,
+                                              talk_s, to.terms, by=by)
         except Pending as exc:
             log.warning("consultation %s: charge pending: %s", consultation_id, exc)
             return None
+
+    async def recharge(self, merchant_id: str, to: ChargeTo, consultation_id: str
+                       ) -> Charge | None:
+        """The postpaid charge of a consultation a dead server left, from its saved
+        record's talk seconds (by ``rescue``); None when it has no record yet, costs
+        nothing or Stripe's answer is not known. A charge already made is returned as it
+        is (one per account and consultation)."""
+        talk_s = await self.pool.fetchval(_RECORDED_TALK, merchant_id, consultation_id)
+        if talk_s is None:
+            return None
+        return await self.charge(merchant_id, to, consultation_id, talk_s, by=RESCUE)

@@ -17,7 +17,11 @@ worker). For each one:
 3. the advisor's consultation is ended (``ConsultationEnded``: after-call work, never
    left ``talking``);
 4. the prepaid reservation is settled from the saved record's talk seconds (once: a
-   settled reservation is not settled again), then the row is dropped.
+   settled reservation is not settled again); a postpaid consultation (the row has the
+   account and terms its runner kept) is charged from them like the runner charges
+   (:meth:`~callback_server.consult_billing.ConsultBilling.recharge`: the charge row
+   before Stripe, one per consultation, so a second reconcile returns the first charge);
+   then the row is dropped.
 
 Every step is idempotent, so a reconciler killed half-way is finished by the next one.
 """
@@ -27,16 +31,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from advisors.records import ConsultationRecord
+from billing.rating import Terms
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import utcnow
-from callback_server.consult_billing import BillingPort
+from callback_server.consult_billing import BillingPort, ChargeTo
 from callback_server.consult_recovery import LegEnd, Live, recovered
 from callback_server.consult_runner import BILLING_ERRORS, DATABASE_ERRORS, RecordSink
 from callback_server.reconcile import LegSettler
@@ -60,25 +65,29 @@ class LostConsultation:
     advisor_id: int
     presence_id: str
     snapshot: ConsultationRecord
+    charge_to: ChargeTo | None = None      # postpaid: charged once ended
 
 
 class LiveConsultations:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord) -> None:
-        """Write (or rewrite) the talking consultation's row."""
+    async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord,
+                   charge_to: ChargeTo | None = None) -> None:
+        """Write (or rewrite) the talking consultation's row (``charge_to``: postpaid)."""
         await self.pool.execute(
             """INSERT INTO consult_live (consultation_id, callback_id, merchant_id,
                    customer_channel, advisor_channel, bridge_id, advisor_id, presence_id,
-                   snapshot)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   snapshot, charge_account, charge_terms)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                ON CONFLICT (consultation_id) DO UPDATE SET
                    customer_channel = $4, advisor_channel = $5, bridge_id = $6,
-                   advisor_id = $7, presence_id = $8, snapshot = $9, updated_at = now()""",
+                   advisor_id = $7, presence_id = $8, snapshot = $9, charge_account = $10,
+                   charge_terms = $11, updated_at = now()""",
             snapshot.consultation_id, callback_id, snapshot.merchant_id, live.customer_channel,
             live.advisor_channel, live.bridge_id, live.advisor_id, live.presence_id,
-            snapshot.to_json())
+            snapshot.to_json(), None if charge_to is None else charge_to.account,
+            None if charge_to is None else asdict(charge_to.terms))
 
     async def drop(self, consultation_id: str) -> None:
         await self.pool.execute("DELETE FROM consult_live WHERE consultation_id = $1",
@@ -109,10 +118,12 @@ class LiveConsultations:
 
 
 def _lost(row: Any) -> LostConsultation:
+    charge_to = None if row["charge_account"] is None else ChargeTo(
+        row["charge_account"], Terms(**row["charge_terms"]))
     return LostConsultation(
         row["consultation_id"], row["callback_id"], row["merchant_id"],
         row["customer_channel"], row["advisor_channel"], row["bridge_id"], row["advisor_id"],
-        row["presence_id"], ConsultationRecord.from_json(row["snapshot"]))
+        row["presence_id"], ConsultationRecord.from_json(row["snapshot"]), charge_to)
 
 
 class ConsultReconciler:
@@ -167,6 +178,12 @@ class ConsultReconciler:
             for done in await self.billing.rescue(lost.merchant_id, lost.callback_id):
                 log.warning("reservation %d settled from the record: %d s, %d yen",
                             done.reservation_id, done.charge.talk_s, done.charge.total_yen)
+            if lost.charge_to is not None:
+                charge = await self.billing.recharge(lost.merchant_id, lost.charge_to,
+                                                     lost.consultation_id)
+                if charge is not None:
+                    log.warning("consultation %s charged from the record: %d yen, %s",
+                                lost.consultation_id, charge.total_yen, charge.state)
         await self.live.drop(lost.consultation_id)
         log.warning("consultation %s ended %s after %d s of talk (%s)",
                     lost.consultation_id, record.end_reason, record.talk_s,

@@ -64,7 +64,7 @@ from callback_server.consult import (
     TransferRouted,
     Unbridge,
 )
-from callback_server.consult_billing import BillingPort, Plan
+from callback_server.consult_billing import BillingPort, ChargeTo, Plan
 from callback_server.consult_recovery import Live
 from callback_server.dialer import leg_variables
 from callback_server.dialer_messages import Command as LegCommand
@@ -97,8 +97,8 @@ class LiveSink(Protocol):
     """Where a talking consultation is kept until its record is saved (``consult_live``:
     what a restart ends if the server dies meanwhile)."""
 
-    async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord
-                   ) -> None: ...
+    async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord,
+                   charge_to: ChargeTo | None = None) -> None: ...
     async def drop(self, consultation_id: str) -> None: ...
 
 
@@ -324,7 +324,8 @@ class ConsultRunner:
         if self.live_sink is None or now is None or now == self._kept:
             return
         try:
-            await self.live_sink.keep(self.job.callback_id, now, await self._record(now.over))
+            await self.live_sink.keep(self.job.callback_id, now, await self._record(now.over),
+                                      None if self._plan is None else self._plan.charge_to)
             self._kept = now
         except DATABASE_ERRORS as exc:
             log.error("consultation %s not kept as live: %s", now.over.consultation_id, exc)
@@ -497,29 +498,38 @@ class ConsultRunner:
         assert self._started is not None and self.desk is not None
         log.info("consultation %s over: %s, advisor %s", over.consultation_id,
                  over.end_reason, over.advisor_id)
-        if await self._save(over) and self.live_sink is not None and self._kept is not None:
-            try:
-                await self.live_sink.drop(over.consultation_id)
-            except DATABASE_ERRORS as exc:   # a restart's reconciler finds it recorded
-                log.error("consultation %s still kept as live: %s", over.consultation_id,
-                          exc)
-        plan = self._plan
-        if plan is not None and plan.postpaid and over.answered_at is not None:
-            charging = asyncio.create_task(self._charge(plan, over),
+        saved = await self._save(over)
+        to = None if self._plan is None else self._plan.charge_to
+        if to is not None and over.answered_at is not None:
+            charging = asyncio.create_task(self._charge(to, over, saved),
                                            name=f"charge {over.consultation_id}")
             self._charging.add(charging)
             charging.add_done_callback(self._charging.discard)
+        elif saved:
+            await self._drop_live(over.consultation_id)
 
-    async def _charge(self, plan: Plan, over: Over) -> None:
+    async def _drop_live(self, consultation_id: str) -> None:
+        if self.live_sink is None or self._kept is None:
+            return
+        try:
+            await self.live_sink.drop(consultation_id)
+        except DATABASE_ERRORS as exc:   # a restart's reconciler finds it recorded
+            log.error("consultation %s still kept as live: %s", consultation_id, exc)
+
+    async def _charge(self, to: ChargeTo, over: Over, saved: bool) -> None:
         """The postpaid charge, keyed by the consultation (durable before Stripe is
-        called: one left pending is finished by ``Postpaid.reconcile``)."""
+        called: one left pending is finished by ``Postpaid.reconcile``); the live row is
+        dropped once the charge is recorded (a server that dies before leaves the row,
+        and the restart's reconciler charges it)."""
         assert self.billing is not None
         try:
-            charge = await self.billing.charge(self.job.merchant_id, plan,
+            charge = await self.billing.charge(self.job.merchant_id, to,
                                                over.consultation_id, talk_seconds(over))
         except BILLING_ERRORS as exc:
             log.error("consultation %s: charge not finished: %s", over.consultation_id, exc)
             return
+        if saved:
+            await self._drop_live(over.consultation_id)
         if charge is not None:
             log.info("consultation %s charged: %d yen, %s", over.consultation_id,
                      charge.total_yen, charge.state)
