@@ -6,7 +6,8 @@ round of its call-back job (``POST /v1/consultations``, :mod:`callback_server.cl
 CDRs). Its :class:`ClickConsult` is the consultation side of an IVR round
 (:class:`~callback_server.consult_runner.ConsultRunner`: the advisor chosen again at dial
 time, billing's admission and the prepaid meter's reservation before anyone is rung, the
-assignment, the record with method ``click_to_call``, the postpaid charge) driving the
+assignment, the record with method ``click_to_call``, the postpaid charge, the row of
+``consult_live`` while the customer and the advisor talk) driving the
 click-to-call machine instead of the bare consult machine. The customer is dialled over
 the job's routes (the customer's number through the carriers, cheapest first, as for a
 call-back's customer; the next on a carrier fault), the advisor over their contact (PSTN
@@ -41,7 +42,7 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.consult_billing import BillingPort
-from callback_server.consult_runner import Command, ConsultRunner, RecordSink
+from callback_server.consult_runner import Command, ConsultRunner, LiveSink, RecordSink
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import Command as DialerCommand
 from callback_server.dialer_messages import (
@@ -83,6 +84,10 @@ class ClickConsult(ConsultRunner):
         leg = None if self.click is None else self.click.leg
         customer = (leg.channel_id,) if leg is not None and not leg.ended else ()
         return (*customer, *self.channel_ids)
+
+    @property
+    def _talking(self) -> consult.ConsultState | None:
+        return None if self.click is None else self.click.talking
 
     @property
     def _customer(self) -> str | None:
@@ -147,7 +152,7 @@ class ClickRunner(RoundRunner):
                  router: ari.EventRouter, store: CallStore, rater: Rater,
                  desk: AdvisorPort | None, consultations: RecordSink | None,
                  billing: BillingPort | None, records: LegRecordSource | None = None,
-                 guard: RoundObserver | None = None) -> None:
+                 guard: RoundObserver | None = None, live: LiveSink | None = None) -> None:
         super().__init__(job, ctx, client=client, router=router, store=store, rater=rater,
                          records=records, guard=guard, originated=self._originated)
         self.rang = False                # the customer's phone was dialled
@@ -155,7 +160,7 @@ class ClickRunner(RoundRunner):
         self.consult = ClickConsult(
             job, ctx, client=client, store=store, rater=rater, desk=desk,
             records=consultations, run_leg=self._run_leg, follow_up=self._pending.append,
-            billing=billing)
+            billing=billing, live=live)
         self._refused: NobodyRung | None = None
 
     @property

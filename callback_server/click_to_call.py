@@ -119,6 +119,12 @@ class ClickState:
         return self.leg is not None and self.leg.answered_at is not None
 
     @property
+    def talking(self) -> consult.ConsultState | None:
+        """The consultation once the customer and the advisor talk (the advisor first:
+        not while the customer is being dialled, when nothing is billed yet)."""
+        return self.consultation if self.customer_answered else None
+
+    @property
     def advisor_leg(self) -> str | None:
         leg = None if self.consultation is None else self.consultation.live_leg
         return None if leg is None else leg.channel_id

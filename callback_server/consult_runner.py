@@ -318,9 +318,15 @@ class ConsultRunner:
                 case _:
                     await self.run_leg(cmd)
 
+    @property
+    def _talking(self) -> ConsultState | None:
+        """The consultation to keep in ``consult_live`` (None: none talks)."""
+        return self.state
+
     async def _keep_live(self) -> None:
         """Keep the talking consultation in ``consult_live`` as it changes."""
-        now = None if self.state is None else consult_recovery.live(self.state)
+        talking = self._talking
+        now = None if talking is None else consult_recovery.live(talking)
         if self.live_sink is None or now is None or now == self._kept:
             return
         try:

@@ -26,6 +26,8 @@ from callback_server import ivr
 from callback_server.advisor_desk import Chosen, Unavailable, unavailable_reason
 from callback_server.call_ports import CallFacts
 from callback_server.consult import Assigned, EndPresence, Op, RunAssignment
+from callback_server.consult_billing import ChargeTo
+from callback_server.consult_recovery import Live
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr, Route
 from callback_server.ivr import Submit
 from callback_server.store.queue_store import LeaseLost
@@ -287,6 +289,22 @@ class MemoryRecords:
     async def save(self, record: ConsultationRecord) -> bool:
         self.saved.append(record)
         return True
+
+
+@dataclass
+class MemoryLive:
+    """``consult_live`` in memory: the rows by consultation id, and every write."""
+
+    rows: dict[str, Live] = field(default_factory=dict)
+    writes: list[Live] = field(default_factory=list)
+
+    async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord,
+                   charge_to: ChargeTo | None = None) -> None:
+        self.rows[snapshot.consultation_id] = live
+        self.writes.append(live)
+
+    async def drop(self, consultation_id: str) -> None:
+        self.rows.pop(consultation_id, None)
 
 
 @dataclass

@@ -313,7 +313,8 @@ class Worker:
             return ClickRunner(job, ctx, claimed.click_advisor, client=self.client,
                                router=self.router, store=self.store, rater=self.rater,
                                desk=self.desk, consultations=self.consultations,
-                               billing=self.billing, records=records, guard=self.guard)
+                               billing=self.billing, records=records, guard=self.guard,
+                               live=self.live)
         flow = await self._round_flow(job, merchant)
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
                           flow, claimed.hungup_at, merchant.language,

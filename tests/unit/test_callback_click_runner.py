@@ -1,6 +1,7 @@
 """A web click-to-call through its ARI adapter (ClickRunner + ClickConsult) with the
 in-process fakes: both orders, the legs dialled, bridged, the record (method
-click_to_call) saved and the job finished; the second party not answering."""
+click_to_call) saved and the job finished; the second party not answering; the
+consultation kept in ``consult_live`` only while the two talk."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from callback_server.call_ports import CallContext
 from callback_server.click_runner import ClickRunner
 from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
 from callback_server.ivr_flow import load_named
-from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryRecords, MemoryStore
+from callback_server.testing import (
+    FakeAri,
+    FixedRater,
+    MemoryDesk,
+    MemoryLive,
+    MemoryRecords,
+    MemoryStore,
+)
 from shared import ari
 from shared.phone import E164
 from tests.unit.test_guard_confirm import Rounds
@@ -33,6 +41,7 @@ class Click:
                                {2: ADVISOR_2})
         self.records = MemoryRecords()
         self.guard = Rounds()
+        self.live = MemoryLive()
         job = Job(callback_id="cb-7", merchant_id="acme", destination=E164("819012345678"),
                   caller_id=E164("81120123456"), ring_timeout_s=30,
                   policy=RetryPolicy(1, ()), attempt_no=1, leg_seq=0)
@@ -41,7 +50,7 @@ class Click:
                                   client=self.ari, router=self.ari.router, store=self.store,
                                   rater=FixedRater(), desk=self.desk,
                                   consultations=self.records, billing=None,
-                                  guard=self.guard)
+                                  guard=self.guard, live=self.live)
         self.task: asyncio.Task[Finish | None] | None = None
 
     async def start(self) -> None:
@@ -84,12 +93,17 @@ async def test_the_customer_first_then_the_advisor_bridged_and_recorded() -> Non
                                                "cb-7-c1-connecting")
     assert click.originated()[-1] == ("cb-7-03", ADVISOR_2[0].endpoint)
     assert click.store.legs["cb-7-03"].leg == "advisor"
+    assert click.live.writes == []                        # the advisor still rings
     await click.push(ari.StasisStart(ari.Channel(id="cb-7-03")))
     assert click.ari.named("add_channel") == [("cb-7-c1-br", ("cb-7-02", "cb-7-03"))]
     assert shown(click) is State.TALKING
+    kept = click.live.rows["cb-7-c1"]                     # a restart would end it
+    assert (kept.customer_channel, kept.advisor_channel, kept.bridge_id, kept.advisor_id) \
+        == ("cb-7-02", "cb-7-03", "cb-7-c1-br", 2)
     await click.push(ari.StasisEnd(ari.Channel(id="cb-7-03")))         # the advisor hangs up
     assert "cb-7-02" in click.ari.named("hangup")
     await click.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    assert click.live.rows == {}                          # dropped with the record saved
     assert await click.outcome() == Finish("completed", Reason.ANSWERED, 1)
     (saved,) = click.records.saved
     assert saved.method is Method.CLICK_TO_CALL and saved.advisor_id == 2
@@ -121,8 +135,28 @@ async def test_the_advisor_first_the_customer_not_answering_hears_nothing_billed
     assert saved.answered_at is None and saved.talk_s == 0
     assert saved.end_reason is EndReason.CUSTOMER_ABANDONED
     assert click.ari.named("create_bridge") == []
+    assert click.live.writes == []        # the customer never talked: never kept
     # rang and not confirmed: counts towards the number's lock like a missed call-back
     assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(True, False)]
+
+
+async def test_the_advisor_first_is_kept_live_from_the_customers_answer() -> None:
+    click = Click(FirstParty.ADVISOR)
+    await click.start()
+    await click.push(ari.StasisStart(ari.Channel(id="cb-7-01")))      # the advisor answers
+    assert click.originated()[-1] == ("cb-7-02", CUSTOMER[0].endpoint)
+    assert click.live.writes == []        # the customer rings: nothing talks nor is billed
+    await click.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # the customer answers
+    kept = click.live.rows["cb-7-c1"]
+    assert (kept.customer_channel, kept.advisor_channel, kept.bridge_id) == (
+        "cb-7-02", "cb-7-01", "cb-7-c1-br")
+    assert click.runner.consult.click is not None
+    leg = click.runner.consult.click.leg
+    assert leg is not None and kept.over.answered_at == leg.answered_at   # talk from here
+    await click.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))         # the customer hangs up
+    await click.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))
+    assert await click.outcome() == Finish("completed", Reason.ANSWERED, 1)
+    assert click.live.rows == {}
 
 
 async def test_an_advisor_no_longer_free_is_never_rung() -> None:
