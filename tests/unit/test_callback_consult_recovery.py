@@ -133,6 +133,31 @@ def test_an_end_before_what_the_record_knew_is_taken_as_that_moment() -> None:
     assert [(h.started_at, h.ended_at) for h in made.holds] == [(at(40), None)]
 
 
+def test_a_customer_on_hold_at_the_death_is_recorded_held_to_the_end() -> None:
+    """Killed while the customer hears the hold music (out of the bridge, the advisor
+    alone in it): the restart hangs up both, the record ends ``failed`` at the first
+    hang-up with the hold still open (held to the end) and the talk counted through the
+    hold, as the runner counts it; a held customer who hangs up meanwhile ends it
+    ``customer_hangup`` then."""
+    call, leg = talking()                                    # answered at 5 s
+    call.send(HoldCustomer(call.at(40)))
+    kept = live(call.state)
+    assert kept is not None
+    assert (kept.customer_channel, kept.advisor_channel) == ("cb-1-01", leg)
+    snap = snapshot(kept.over)
+    made = recovered(snap, leg, ended(70, by_reconciler=True), ended(70.4, by_reconciler=True))
+    assert (made.end_reason, made.ended_at, made.talk_s) == (EndReason.FAILED, at(70), 65)
+    assert [(h.started_at, h.ended_at) for h in made.holds] == [(at(40), None)]
+    assert ConsultationRecord.from_json(made.to_json()) == made        # a valid record
+    gone = recovered(snap, leg, ended(55, by_reconciler=False), ended(70, by_reconciler=True))
+    assert (gone.end_reason, gone.ended_at, gone.talk_s) == (
+        EndReason.CUSTOMER_HANGUP, at(55), 50)
+    assert [(h.started_at, h.ended_at) for h in gone.holds] == [(at(40), None)]
+    left = recovered(snap, leg, ended(70, by_reconciler=True), ended(62, by_reconciler=False))
+    assert (left.end_reason, left.ended_at, left.talk_s) == (
+        EndReason.ADVISOR_HANGUP, at(62), 57)
+
+
 def test_the_advisor_legs_cost_comes_from_its_cdr() -> None:
     snap, leg = lost()
     cost = Money(Decimal("0.42"), "USD")
