@@ -4,7 +4,7 @@
     ├── Rejected      the provider refused this request (4xx but 408 and 429): never
     │                 send it again as it is
     └── Unavailable   transport error, timeout, 408, 429 or 5xx: the same request may be
-                      sent again later (by the outbox with retries, a later step)
+                      sent again later (by an outbox, after :func:`backoff`)
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ async def call(session: aiohttp.ClientSession, method: str, url: str, *,
     if status in _RETRYABLE_4XX or status >= 500:
         raise Unavailable(f"{method} {_safe(url)}: HTTP {status}: {text[:200]}")
     return status, text
+
+
+def backoff(first_s: float, most_s: float, failed: int) -> float:
+    """Seconds before the next attempt after ``failed`` failed ones: ``first_s``, doubling
+    each time, at most ``most_s``."""
+    return float(min(most_s, first_s * 2 ** max(0, failed - 1)))
 
 
 def json_object(text: str) -> dict[str, Any]:

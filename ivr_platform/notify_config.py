@@ -39,6 +39,7 @@ from typing import Any
 
 import aiohttp
 
+from ivr_platform.delivery import backoff
 from ivr_platform.notice import Notifier
 from ivr_platform.notify_lineworks import AUTH_URL, LineWorksBot, LineWorksSettings
 from ivr_platform.notify_mail import MailNotifier, MailSettings
@@ -133,7 +134,7 @@ class NotifySettings:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next attempt after ``attempts`` failed ones."""
-        return float(min(self.max_backoff_s, self.backoff_s * 2 ** max(0, attempts - 1)))
+        return backoff(self.backoff_s, self.max_backoff_s, attempts)
 
     @classmethod
     def parse(cls, s: Section, merchants: Mapping[str, Language]) -> NotifySettings:

@@ -27,8 +27,6 @@ committed it is never sent again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -37,14 +35,14 @@ from typing import Any
 
 import asyncpg
 
+from ivr_platform.claim_loop import CLAIM_BATCH, ClaimWorker
 from ivr_platform.delivery import Rejected, Unavailable
 from ivr_platform.notice import CallNotice, Notifier
 from ivr_platform.notify_config import Event, NotifySettings
-from shared.db import CONNECTION_ERRORS, listening
+from shared.db import CONNECTION_ERRORS
 
 log = logging.getLogger("ivr.notify")
 
-CLAIM_BATCH = 32
 #: NOTIFY channel: a notification was queued (at its commit)
 CHANNEL = "notifications"
 
@@ -83,48 +81,17 @@ class Claimed:
 Compose = Callable[[Claimed], Awaitable[CallNotice]]
 
 
-class NotificationWorker:
+class NotificationWorker(ClaimWorker[Claimed]):
     def __init__(self, pool: asyncpg.Pool, settings: NotifySettings,
                  notifiers: Mapping[tuple[str, str], Notifier], compose: Compose, *,
                  owner: str) -> None:
+        super().__init__(channel=CHANNEL, what="notification delivery",
+                         poll_s=settings.poll_s, log=log)
         self.pool = pool
         self.settings = settings
         self.notifiers = notifiers     # (merchant, channel name) -> its adapter
         self.compose = compose
         self.owner = owner
-
-    async def run(self, db_url: str | None = None) -> None:
-        """Deliver what is due, forever. With ``db_url`` a dedicated connection LISTENs
-        for queued notifications and wakes the worker at once; either way it looks every
-        ``poll_s`` (retries come due, a lost LISTEN connection is opened again)."""
-        while True:
-            try:
-                if db_url is None:
-                    await self._deliver_forever(None)
-                else:
-                    async with listening(db_url, CHANNEL) as woken:
-                        await self._deliver_forever(woken)
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-                log.warning("notification delivery paused: database: %s", exc)
-                await asyncio.sleep(self.settings.poll_s)
-
-    async def _deliver_forever(self, woken: asyncio.Queue[str] | None) -> None:
-        while True:
-            if await self.run_once() >= CLAIM_BATCH:
-                continue
-            if woken is None:
-                await asyncio.sleep(self.settings.poll_s)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.get(), self.settings.poll_s)
-            while not woken.empty():
-                woken.get_nowait()
-
-    async def run_once(self) -> int:
-        """Claim a batch of due deliveries and send them side by side; how many."""
-        claimed = await self._claim()
-        await asyncio.gather(*(self._deliver(c) for c in claimed))
-        return len(claimed)
 
     async def _claim(self) -> list[Claimed]:
         rows = await self.pool.fetch(
