@@ -34,7 +34,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -80,6 +79,7 @@ from callback_server.worker import Worker
 from ivr_platform.guidance import media_ref
 from ivr_platform.media_http import install as install_media
 from ivr_platform.notify_http import install as install_notify
+from ivr_platform.sms_http import install as install_sms
 from shared import outbox_operator
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
@@ -158,6 +158,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
                   notify)
     install_notify(app, settings.notify, lambda a: a[POOL_KEY], owner=owner_name(),
                    db_url=lambda a: a[DB_URL_KEY])
+    install_sms(app, settings.sms, lambda a: a[POOL_KEY], owner=owner_name(),
+                db_url=lambda a: a[DB_URL_KEY])
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems)
     install_consult_control(app, lambda a: a[POOL_KEY])
     app.cleanup_ctx.append(active_flows_ctx)
@@ -327,9 +329,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     answers = settings.callback.answer_log
     records = LegRecords(client, answers=AnswerLog(answers) if answers is not None else None)
     settler = LegSettler(store, routing, records, merchants)
-    session = aiohttp.ClientSession()          # the IVR's SMS provider
     webhooks = webhook_session()               # flows' webhooks: public addresses only
-    services = site_services(settings, app[POOL_KEY], session, webhooks)
+    services = site_services(settings, app[POOL_KEY], webhooks)
     pool = app[POOL_KEY]
     desk = AdvisorDesk(pool, routing, {m.id: m.operator for m in settings.merchants})
     consultations = ConsultationRecords(pool)
@@ -378,7 +379,6 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
             await worker.shutdown()
     await services.drain()
-    await session.close()
     await webhooks.close()
     await stasis.router.drain()
     await client.close()

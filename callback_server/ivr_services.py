@@ -7,10 +7,9 @@
   the merchant's retention, with the call's ids and the caller (its ``message_recorded``
   notification is queued with the row). Its id is what the node's variable gets. A file
   that is missing, not WAV or shorter than :data:`MIN_RECORDING_S` is nothing recorded.
-* **SMS** (``sms``): :class:`~ivr_platform.sms_store.SmsSender` (the row, the provider, its
-  answer; a provider that cannot be reached asked again after 5, 30 and 120 s) in a task
-  of its own: the call never waits for it, and a failure is logged (the row says
-  ``pending`` or ``rejected``).
+* **SMS** (``sms``): :class:`~ivr_platform.sms_store.SmsSender` writes the message's row in
+  a task of its own (the call never waits for it); the site's SMS worker
+  (:mod:`ivr_platform.sms_outbox`) sends it, with retries across restarts.
 * **Webhooks** (``webhook``): only to public addresses (:class:`PublicResolver`; an IP
   literal URL too): a merchant's flow cannot make the site call its own network (SSRF).
   ``POST`` of a JSON body, signed like the link between the
@@ -72,8 +71,6 @@ class Recordings:
 class Sms:
     sender: SmsSender
     settings: SmsSettings
-    #: a provider that cannot be reached (transport, 408, 429, 5xx) is asked again after
-    retry_after_s: tuple[float, ...] = (5.0, 30.0, 120.0)
 
 
 class PublicResolver(AbstractResolver):
@@ -163,15 +160,13 @@ class IvrServices:
     async def _send_sms(self, sms: Sms, to: str, text: str, call: CallFacts) -> None:
         try:
             record = await sms.sender.send(call.merchant_id, E164.parse(to),
-                                           sms.settings.sender_for(call.merchant_id), text,
-                                           retry_after_s=sms.retry_after_s)
-        except (ValueError, DeliveryError) as exc:
+                                           sms.settings.sender_for(call.merchant_id), text)
+        except ValueError as exc:
             log.warning("sms to %s not sent: %s", to, exc)
         except Exception:
-            log.exception("sms to %s failed", to)
+            log.exception("sms to %s not queued", to)
         else:
-            log.info("sms %d to %s: %s (%d segments)", record.id, to, record.status,
-                     record.segments)
+            log.info("sms %d to %s queued (%d segments)", record.id, to, record.segments)
 
     # --- webhooks -------------------------------------------------------------------------
 
@@ -239,10 +234,9 @@ def _text(value: object) -> str | None:
 
 
 def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
-                  session: aiohttp.ClientSession, webhooks: aiohttp.ClientSession
-                  ) -> IvrServices:
+                  webhooks: aiohttp.ClientSession) -> IvrServices:
     """The callback site's: recordings when ``[media]`` has both directories, SMS when
-    ``[sms]`` is set (on ``session``), webhooks signed with the site's signing keys (on
+    ``[sms]`` is set (queued for the SMS worker), webhooks signed with the site's signing keys (on
     ``webhooks``: :func:`webhook_session`)."""
     media = settings.media
     notify = settings.notify if settings.notify.channels else None
@@ -252,7 +246,6 @@ def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
                                 media.asterisk_recordings_dir, media.retention)
     sms = None
     if settings.sms is not None:
-        sms = Sms(SmsSender(SmsStore(pool), TwilioSms(session, settings.sms.twilio)),
-                  settings.sms)
+        sms = Sms(SmsSender(SmsStore(pool), TwilioSms.provider), settings.sms)
     signer = Signer([SigningKey.load(path) for path in settings.signing.keys])
     return IvrServices(recordings=recordings, sms=sms, session=webhooks, signer=signer)

@@ -66,11 +66,12 @@ def count(text: str) -> SmsCount:
 
 
 class SmsStatus(enum.StrEnum):
-    """A message's delivery status: ours (``pending``, ``rejected``) and the provider's
+    """A message's delivery status: ours (``pending``, ``rejected``, ``expired``) and the provider's
     (Twilio's names). Stable codes."""
 
     PENDING = "pending"          # recorded, not yet accepted by the provider
     REJECTED = "rejected"        # the provider refused it when it was sent
+    EXPIRED = "expired"          # not accepted by the provider within the maximum age
     ACCEPTED = "accepted"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
@@ -96,4 +97,5 @@ class SmsStatus(enum.StrEnum):
 _RANK = {SmsStatus.PENDING: 0, SmsStatus.ACCEPTED: 1, SmsStatus.SCHEDULED: 1,
          SmsStatus.QUEUED: 2, SmsStatus.SENDING: 3, SmsStatus.SENT: 4,
          SmsStatus.DELIVERED: 5, SmsStatus.UNDELIVERED: 5, SmsStatus.FAILED: 5,
-         SmsStatus.CANCELED: 5, SmsStatus.REJECTED: 5, SmsStatus.READ: 6}
+         SmsStatus.CANCELED: 5, SmsStatus.REJECTED: 5, SmsStatus.EXPIRED: 5,
+         SmsStatus.READ: 6}

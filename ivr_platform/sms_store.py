@@ -1,31 +1,29 @@
-"""SMS in PostgreSQL (migration set ``ivr_platform``) and the sender that uses it.
+"""SMS in PostgreSQL (migration set ``ivr_platform``).
 
-:class:`SmsSender` writes the row first (``pending``, with its encoding and segments),
-then calls the provider, then records its answer: the provider's id and status, or
-``rejected`` with its error. A provider that cannot be reached is asked again after each
-of ``retry_after_s`` (the same row); after the last it leaves the row ``pending`` and
-raises :class:`~ivr_platform.delivery.Unavailable`: sending it again after a restart (an
-outbox) is not built yet. Status callbacks and fetches go
-through :meth:`SmsStore.record_status`, which moves a status forward only.
+A message accepted for sending is a row (:func:`enqueue` inside the caller's transaction,
+or :class:`SmsSender`): ``pending``, with its encoding and segments. The SMS worker
+(:mod:`ivr_platform.sms_outbox`) sends it and records the provider's answer. Status
+callbacks and fetches go through :meth:`SmsStore.record_status`, which moves a status
+forward only.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import asyncpg
 
-from ivr_platform.delivery import Rejected, Unavailable
 from ivr_platform.sms import Encoding, SmsStatus, count
 from ivr_platform.sms_twilio import Receipt
 from shared.db import MigrationSet, package_migrations
 from shared.phone import E164, NumberType
 
 MAX_BODY = 1600
+#: NOTIFY channel: a message was queued (at its commit)
+CHANNEL = "sms_messages"
 _SMS_NUMBER_TYPES = frozenset({NumberType.MOBILE, NumberType.FIXED_LINE_OR_MOBILE})
 
 
@@ -41,6 +39,9 @@ class SmsProvider(Protocol):
 
     async def send(self, to: E164, sender: E164 | str, body: str,
                    status_callback: str | None = None) -> Receipt: ...
+
+    async def find(self, to: E164, sender: E164 | str, body: str, since: datetime,
+                   known: Collection[str]) -> Receipt | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,34 +79,8 @@ class SmsStore:
 
     async def create(self, merchant_id: str, to: E164, sender: str, body: str,
                      provider: str) -> int:
-        counted = count(body)
         async with self._pool.acquire() as conn, conn.transaction():
-            sms_id: int = await conn.fetchval(
-                """INSERT INTO sms_messages (merchant_id, to_number, sender, body, encoding,
-                                             segments, provider)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
-                merchant_id, str(to), sender, body, counted.encoding.value, counted.segments,
-                provider)
-            await _event(conn, sms_id, SmsStatus.PENDING, None)
-        return sms_id
-
-    async def accepted(self, sms_id: int, receipt: Receipt) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """UPDATE sms_messages SET provider_id = $2, status = $3, error_code = $4,
-                          error_message = $5, updated_at = now() WHERE id = $1""",
-                sms_id, receipt.provider_id, receipt.status.value, receipt.error_code,
-                receipt.error_message)
-            await _event(conn, sms_id, receipt.status, receipt.error_code)
-
-    async def rejected(self, sms_id: int, error: Rejected) -> None:
-        code = error.code if isinstance(error.code, int) else None   # Twilio's are numbers
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """UPDATE sms_messages SET status = 'rejected', error_code = $2,
-                          error_message = $3, updated_at = now() WHERE id = $1""",
-                sms_id, code, error.message[:500])
-            await _event(conn, sms_id, SmsStatus.REJECTED, code)
+            return await enqueue(conn, merchant_id, to, sender, body, provider)
 
     async def record_status(self, provider: str, provider_id: str, status: SmsStatus,
                             error_code: int | None) -> SmsRecord | None:
@@ -117,7 +92,7 @@ class SmsStore:
                 " FOR UPDATE", provider, provider_id)
             if row is None:
                 return None
-            await _event(conn, row["id"], status, error_code)
+            await event(conn, row["id"], status, error_code)
             if status.rank > SmsStatus(row["status"]).rank:
                 await conn.execute(
                     """UPDATE sms_messages SET status = $2,
@@ -144,42 +119,41 @@ class SmsStore:
         return [(SmsStatus(r["status"]), r["error_code"]) for r in rows]
 
 
-async def _event(conn: asyncpg.Connection, sms_id: int, status: SmsStatus,
-                 error_code: int | None) -> None:
+async def enqueue(conn: asyncpg.Connection, merchant_id: str, to: E164, sender: str,
+                  body: str, provider: str) -> int:
+    """Inside the caller's transaction: the message's row, ``pending`` and due now (the
+    SMS worker, woken by NOTIFY at the commit, sends it); its id. ValueError as
+    :func:`check_message`."""
+    check_message(to, body)
+    counted = count(body)
+    sms_id: int = await conn.fetchval(
+        """INSERT INTO sms_messages (merchant_id, to_number, sender, body, encoding, segments,
+                                     provider)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+        merchant_id, str(to), sender, body, counted.encoding.value, counted.segments, provider)
+    await event(conn, sms_id, SmsStatus.PENDING, None)
+    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+    return sms_id
+
+
+async def event(conn: asyncpg.Connection, sms_id: int, status: SmsStatus,
+                error_code: int | None) -> None:
     await conn.execute("INSERT INTO sms_events (sms_id, status, error_code) VALUES ($1, $2, $3)",
                        sms_id, status.value, error_code)
 
 
 class SmsSender:
-    """A durable row, then the provider's call, then its answer recorded."""
+    """Accepts a message for sending: its durable row (the SMS worker delivers it)."""
 
-    def __init__(self, store: SmsStore, provider: SmsProvider,
-                 status_callback: str | None = None) -> None:
+    def __init__(self, store: SmsStore, provider: str) -> None:
         self.store = store
         self.provider = provider
-        self.status_callback = status_callback
 
-    async def send(self, merchant_id: str, to: E164, sender: E164 | str, body: str, *,
-                   retry_after_s: Sequence[float] = ()) -> SmsRecord:
-        """One row, then the provider; when it is :class:`Unavailable` the same row is
-        sent again after each of ``retry_after_s`` (then it stays ``pending`` and the last
-        error is raised)."""
+    async def send(self, merchant_id: str, to: E164, sender: E164 | str,
+                   body: str) -> SmsRecord:
+        """The message's row, ``pending``; ValueError for a message no phone can take."""
         check_message(to, body)
-        sms_id = await self.store.create(merchant_id, to, str(sender), body,
-                                         self.provider.provider)
-        waits = list(retry_after_s)
-        while True:
-            try:
-                receipt = await self.provider.send(to, sender, body, self.status_callback)
-                break
-            except Rejected as exc:
-                await self.store.rejected(sms_id, exc)
-                raise
-            except Unavailable:
-                if not waits:
-                    raise
-                await asyncio.sleep(waits.pop(0))
-        await self.store.accepted(sms_id, receipt)
+        sms_id = await self.store.create(merchant_id, to, str(sender), body, self.provider)
         record = await self.store.get(sms_id)
         assert record is not None
         return record

@@ -6,6 +6,10 @@
   ``aiohttp.BasicAuth`` is deprecated in this aiohttp). 201 and the message resource
   (``sid``, ``status``, ``error_code``, ``error_message``, ``num_segments``).
 * Fetch: ``GET .../Messages/{MessageSid}.json``, the same resource.
+* Look-up: ``GET .../Messages.json?To=&From=&PageSize=``, newest first (``messages``).
+  Twilio takes no idempotency key on a send, so after an attempt whose outcome is unknown
+  (:mod:`ivr_platform.sms_outbox`) the message is looked for among the
+  :data:`LOOKUP_PAGE` newest to that number (:meth:`TwilioSms.find`).
 * Status callback: Twilio POSTs a form (``MessageSid``, ``MessageStatus``, ``ErrorCode``
   ...) to ``StatusCallback``, signed in ``X-Twilio-Signature``: base64 HMAC-SHA1 with
   the auth token of the URL followed by each POST parameter's name and value, sorted by
@@ -21,11 +25,14 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from ivr_platform.delivery import Rejected, Unavailable, call, check_url, json_object
 from ivr_platform.sms import SmsStatus
@@ -33,6 +40,7 @@ from shared.phone import E164
 
 API_VERSION = "2010-04-01"
 DEFAULT_BASE_URL = "https://api.twilio.com"
+LOOKUP_PAGE = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +96,31 @@ class TwilioSms:
     async def fetch(self, provider_id: str) -> Receipt:
         return await self._call("GET", f"{self._messages}/{provider_id}.json", None)
 
+    async def find(self, to: E164, sender: E164 | str, body: str, since: datetime,
+                   known: Collection[str]) -> Receipt | None:
+        """The message sent to ``to`` with ``body`` (from ``sender`` when it is a number)
+        created at ``since`` or later and not one of ``known`` (SIDs already recorded),
+        among the :data:`LOOKUP_PAGE` newest to ``to``; None when there is none."""
+        query = {"To": str(to), "PageSize": str(LOOKUP_PAGE)}
+        if isinstance(sender, E164):
+            query["From"] = str(sender)
+        url = f"{self._messages}.json"
+        found = await self._request("GET", str(URL(url).with_query(query)), None)
+        messages = found.get("messages")
+        if not isinstance(messages, list):
+            raise Unavailable(f"{url}: a message list without messages")
+        for message in messages:
+            if (isinstance(message, dict) and message.get("body") == body
+                    and message.get("sid") not in known
+                    and _created(message) >= since.replace(microsecond=0)):
+                return _receipt(message, url)
+        return None
+
     async def _call(self, method: str, url: str, form: dict[str, str] | None) -> Receipt:
+        return _receipt(await self._request(method, url, form), url)
+
+    async def _request(self, method: str, url: str, form: dict[str, str] | None
+                       ) -> dict[str, Any]:
         status, text = await call(
             self._session, method, url, data=form, timeout_s=self.settings.timeout_s,
             headers={"Authorization": self._auth, "Accept": "application/json"})
@@ -97,7 +129,19 @@ class TwilioSms:
             code = body.get("code")
             raise Rejected(status, code if isinstance(code, int) else None,
                            str(body.get("message") or text[:200]))
-        return _receipt(body, url)
+        return body
+
+
+def _created(message: Mapping[str, Any]) -> datetime:
+    """A resource's ``date_created`` (RFC 2822, to the second); the epoch when missing."""
+    raw = message.get("date_created")
+    try:
+        return parsedate_to_datetime(raw) if isinstance(raw, str) else _EPOCH
+    except (TypeError, ValueError):
+        return _EPOCH
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _receipt(body: Mapping[str, Any], url: str) -> Receipt:

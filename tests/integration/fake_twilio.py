@@ -1,9 +1,10 @@
 """A local server speaking Twilio's Messages API (2010-04-01), for the SMS adapter's tests.
 
-It checks HTTP basic auth, answers Twilio's JSON resources and errors (codes 20003,
-20404, 21211, 21602, 21603, 21610), keeps what it was sent, and delivers: it POSTs status
-callbacks to ``StatusCallback`` signed as Twilio signs them (HMAC-SHA1 of the URL and the
-sorted parameters, written here from Twilio's documentation, not from the adapter).
+It checks HTTP basic auth, lists messages (newest first, by ``To`` and ``From``),
+answers Twilio's JSON resources and errors (codes 20003, 20404, 21211, 21602, 21603,
+21610), keeps what it was sent, and delivers: it POSTs status callbacks to
+``StatusCallback`` signed as Twilio signs them (HMAC-SHA1 of the URL and the sorted
+parameters, written here from Twilio's documentation, not from the adapter).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -37,6 +40,7 @@ class FakeTwilio:
         app = web.Application()
         base = "/2010-04-01/Accounts/{account}/Messages"
         app.router.add_post(base + ".json", self._create)
+        app.router.add_get(base + ".json", self._list)
         app.router.add_get(base + "/{sid}.json", self._fetch)
         return app
 
@@ -76,9 +80,22 @@ class FakeTwilio:
             else "queued", "num_segments": "1", "direction": "outbound-api",
             "error_code": None, "error_message": None, "price": None, "price_unit": "USD",
             "api_version": "2010-04-01", "status_callback": form.get("StatusCallback"),
+            "date_created": format_datetime(datetime.now(UTC)),
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"}
         self.messages[sid] = resource
         return web.json_response(resource, status=201)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """Newest first, filtered by ``To`` and ``From``, ``PageSize`` of them."""
+        if self.fail_next:
+            return web.Response(status=self.fail_next.pop(0), text="upstream trouble")
+        if not self._authorised(request):
+            return self._error(401, 20003, "Authenticate")
+        query = request.query
+        found = [m for m in reversed(self.messages.values())
+                 if m["to"] == query.get("To", m["to"])
+                 and m["from"] == query.get("From", m["from"])]
+        return web.json_response({"messages": found[:int(query.get("PageSize", "50"))]})
 
     async def _fetch(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

@@ -39,6 +39,9 @@ from ivr_platform.notify_config import NotifySettings
 from ivr_platform.notify_http import install as install_notify
 from ivr_platform.phonebook import Entry, Phonebook
 from ivr_platform.recordings import RecordingStore
+from ivr_platform.sms_config import SmsSettings
+from ivr_platform.sms_http import install as install_sms
+from ivr_platform.sms_twilio import TwilioSettings
 from routing_rates.carriers import Carrier
 from routing_rates.http import routes as rates_routes
 from routing_rates.index import Row
@@ -100,6 +103,10 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     install_flows(app, lambda _: pool)
     install_consult_control(app, lambda _: pool)
     install_notify(app, NotifySettings(), lambda _: pool, owner="contract")
+    install_sms(app, SmsSettings(   # the status route checks Twilio's signature
+        TwilioSettings("AC" + "0" * 32, "t" * 32, "http://127.0.0.1:9"), "MG" + "0" * 32,
+        status_callback_url="https://cb.example.jp/v1/sms/twilio/status"),
+        lambda _: pool, owner="contract")
     install_cards(app, lambda _: pool, settings_for(stripe_port))
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app

@@ -1,6 +1,6 @@
 """What the IVR verbs reach beyond ARI (callback_server.ivr_services), on real PostgreSQL
 and real HTTP servers: a recording moved from Asterisk's spool into the recordings store,
-an SMS through the Twilio adapter in the background, a signed webhook and its answer."""
+an SMS queued in the background and sent by the SMS worker, a signed webhook and its answer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from callback_server.ivr import CallWebhook, WebhookAnswered, WebhookFailed
 from callback_server.ivr_services import IvrServices, Recordings, Sms, webhook_session
 from ivr_platform.recordings import RecordingStore
 from ivr_platform.sms_config import SmsSettings
+from ivr_platform.sms_outbox import SmsWorker
 from ivr_platform.sms_store import SmsSender, SmsStore, migrations
 from ivr_platform.sms_twilio import TwilioSettings, TwilioSms
 from shared.db import create_pool, migrate_url
@@ -66,23 +67,28 @@ async def test_a_recording_is_moved_from_the_spool_into_the_store(
     assert await IvrServices().store_recording("cb-7-01-r3", CALL) is None
 
 
-async def test_an_sms_goes_out_in_the_background(pool: asyncpg.Pool,
-                                                 aiohttp_server: ServerFactory) -> None:
+async def test_an_sms_is_queued_in_the_background_and_sent_by_the_worker(
+        pool: asyncpg.Pool, aiohttp_server: ServerFactory) -> None:
     fake = FakeTwilio()
     provider = await aiohttp_server(fake.app())
     async with aiohttp.ClientSession() as session:
         twilio = TwilioSms(session, TwilioSettings(ACCOUNT_SID, AUTH_TOKEN,
                                                    str(provider.make_url(""))))
         settings = SmsSettings(twilio.settings, normalise("050-1111-2222"))
-        services = IvrServices(sms=Sms(SmsSender(SmsStore(pool), twilio), settings))
+        services = IvrServices(sms=Sms(SmsSender(SmsStore(pool), twilio.provider), settings))
         services.send_sms("+819012345678", "ご注文 42 を承りました", CALL)
-        assert fake.received == []             # not sent yet: the call did not wait
         await services.drain()
+        row = await pool.fetchrow("SELECT id, merchant_id, status FROM sms_messages "
+                                  "WHERE body = 'ご注文 42 を承りました'")
+        assert row is not None and (row["merchant_id"], row["status"]) == ("acme", "pending")
+        assert fake.received == []             # queued: the call did not wait for Twilio
+        worker = SmsWorker(pool, twilio, settings, owner="test")
+        while await worker.run_once():
+            pass
     assert fake.received == [{"To": "+819012345678", "From": "+815011112222",
                               "Body": "ご注文 42 を承りました"}]
-    row = await pool.fetchrow("SELECT merchant_id, status FROM sms_messages "
-                              "WHERE body = 'ご注文 42 を承りました'")
-    assert row is not None and tuple(row) == ("acme", "queued")
+    assert await pool.fetchval("SELECT status FROM sms_messages WHERE id = $1",
+                               row["id"]) == "queued"
 
 
 class Crm:
@@ -158,26 +164,3 @@ async def test_a_webhook_never_reaches_the_sites_own_network(
             assert isinstance(failed, WebhookFailed), host
             assert failed.reason.endswith("is not a public address"), failed
     assert crm.bodies == []
-
-
-async def test_an_sms_the_provider_cannot_take_now_is_sent_again(
-        pool: asyncpg.Pool, aiohttp_server: ServerFactory) -> None:
-    fake = FakeTwilio()
-    provider = await aiohttp_server(fake.app())
-    async with aiohttp.ClientSession() as session:
-        twilio = TwilioSms(session, TwilioSettings(ACCOUNT_SID, AUTH_TOKEN,
-                                                   str(provider.make_url(""))))
-        settings = SmsSettings(twilio.settings, normalise("050-1111-2222"))
-        services = IvrServices(sms=Sms(SmsSender(SmsStore(pool), twilio), settings,
-                                       retry_after_s=(0.05, 0.05)))
-        for body, failures in (("third time lucky", [503, 429]),
-                               ("never taken", [503, 503, 503])):
-            fake.fail_next = failures
-            services.send_sms("+819012345678", body, CALL)
-            await services.drain()
-            assert fake.fail_next == []
-    rows = await pool.fetch("SELECT body, status FROM sms_messages "
-                            "WHERE body IN ('third time lucky', 'never taken') ORDER BY id")
-    assert [tuple(r) for r in rows] == [("third time lucky", "queued"),
-                                        ("never taken", "pending")]   # one row each
-    assert [m["Body"] for m in fake.received] == ["third time lucky"]

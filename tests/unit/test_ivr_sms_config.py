@@ -31,6 +31,19 @@ def test_sms_settings_name_the_sender_per_merchant(tmp_path: Path) -> None:
     assert sms.sender_for("bento") == normalise("050-1111-2222")
     assert sms.sender_for("acme") == "MG" + "a" * 32
     assert "t0ken" not in repr(sms)
+    assert (sms.status_callback_url, sms.max_age_s, sms.lease_s) == (None, 86400.0, 60.0)
+    assert [sms.backoff(n) for n in (1, 2, 9, 20)] == [5.0, 10.0, 900.0, 900.0]
+
+
+def test_sms_outbox_settings(tmp_path: Path) -> None:
+    sms = parsed(tmp_path, f'[sms]\naccount_sid = "{SID}"\nauth_token = "t"\n'
+                           'sender = "050-1111-2222"\nstatus_callback_url = '
+                           '"https://cb.example.jp/v1/sms/twilio/status"\nmax_age_s = 3600\n'
+                           'backoff_s = 2\nmax_backoff_s = 60\nlease_s = 40\npoll_s = 2\n')
+    assert sms is not None
+    assert sms.status_callback_url == "https://cb.example.jp/v1/sms/twilio/status"
+    assert (sms.max_age_s, sms.lease_s, sms.poll_s) == (3600.0, 40.0, 2.0)
+    assert [sms.backoff(n) for n in (1, 3, 9)] == [2.0, 8.0, 60.0]
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -38,6 +51,10 @@ def test_sms_settings_name_the_sender_per_merchant(tmp_path: Path) -> None:
     (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "hello"', "sender: expected an E.164"),
     (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "+815011112222"\nfrom = "x"',
      "sms.from"),
+    (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "+815011112222"\nlease_s = 30',
+     "lease_s: 30 s is shorter than 4 times timeout_s"),
+    (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "+815011112222"\n'
+     'status_callback_url = "ftp://x"', "status_callback_url: expected an http"),
     (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "+815011112222"\n'
      '[sms.senders]\nbento = "+815011112222"', "no merchant 'bento'"),
 ])
