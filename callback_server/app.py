@@ -129,8 +129,11 @@ def site_fx(settings: CallbackSettings) -> FxTable | None:
 
 def dunning_notifications(settings: CallbackSettings) -> DunningNotifications | None:
     """Where a postpaid charge's dunning notices go: the merchants' notification channels
-    (none configured: only ``billing_notices``)."""
-    return DunningNotifications(settings.notify) if settings.notify.channels else None
+    and the customers of ``[sms] dunning_merchants`` by SMS (neither: only
+    ``billing_notices``)."""
+    notify = settings.notify if settings.notify.channels else None
+    sms = settings.sms if settings.sms is not None and settings.sms.dunning_merchants else None
+    return DunningNotifications(notify, sms) if notify is not None or sms is not None else None
 
 
 def migration_sets(with_rates: bool) -> list[MigrationSet]:

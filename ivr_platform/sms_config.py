@@ -16,6 +16,8 @@ max_backoff_s = 900                 # ... up to this
 lease_s = 60                        # a claimed message is another worker's again after
                                     # this (at least 4 x timeout_s)
 poll_s = 1                          # besides waking on NOTIFY, the worker looks this often
+dunning_merchants = ["acme"]        # their postpaid customers get a Japanese SMS when a
+                                    # card charge fails and when it is paid after all
 
 [sms.senders]                       # a merchant's own sender instead
 acme = "+815099998888"
@@ -51,6 +53,7 @@ class SmsSettings:
     max_backoff_s: float = 900.0
     lease_s: float = 60.0
     poll_s: float = 1.0
+    dunning_merchants: frozenset[str] = frozenset()
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next attempt after ``attempts`` failed ones."""
@@ -61,6 +64,7 @@ class SmsSettings:
         """The settings, or None when the section is absent."""
         if not s.data:
             return None
+        merchants = frozenset(merchant_ids)
         s.str("provider", "twilio", pattern="twilio")
         base_url = s.str("base_url", DEFAULT_BASE_URL)
         if not base_url.startswith(("https://", "http://")):
@@ -71,7 +75,7 @@ class SmsSettings:
             timeout_s=float(s.int("timeout_s", 10, min=1, max=60)))
         by_merchant = s.section("senders")
         senders = {merchant_id: _sender(by_merchant, merchant_id)
-                   for merchant_id in by_merchant.merchant_keys(merchant_ids)}
+                   for merchant_id in by_merchant.merchant_keys(merchants)}
         callback = s.str("status_callback_url", "") or None
         if callback is not None:
             try:
@@ -84,12 +88,16 @@ class SmsSettings:
                                      f"timeout_s ({twilio.timeout_s:g} s): a message still "
                                      "being sent would be claimed again")
         first = float(s.int("backoff_s", 5, min=1, max=3600))
+        dunning = s.str_list("dunning_merchants")
+        if unknown := sorted(set(dunning) - merchants):
+            raise s.error("dunning_merchants", f"no merchant {unknown[0]!r}")
         return cls(twilio, _sender(s, "sender"), senders, status_callback_url=callback,
                    max_age_s=float(s.int("max_age_s", 86400, min=60, max=7 * 86400)),
                    backoff_s=first,
                    max_backoff_s=float(s.int("max_backoff_s", 900, min=int(first),
                                              max=86400)),
-                   lease_s=lease_s, poll_s=float(s.int("poll_s", 1, min=1, max=60)))
+                   lease_s=lease_s, poll_s=float(s.int("poll_s", 1, min=1, max=60)),
+                   dunning_merchants=frozenset(dunning))
 
     def sender_for(self, merchant_id: str) -> E164 | str:
         return self.senders.get(merchant_id, self.sender)

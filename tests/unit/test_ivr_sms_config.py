@@ -39,11 +39,13 @@ def test_sms_outbox_settings(tmp_path: Path) -> None:
     sms = parsed(tmp_path, f'[sms]\naccount_sid = "{SID}"\nauth_token = "t"\n'
                            'sender = "050-1111-2222"\nstatus_callback_url = '
                            '"https://cb.example.jp/v1/sms/twilio/status"\nmax_age_s = 3600\n'
-                           'backoff_s = 2\nmax_backoff_s = 60\nlease_s = 40\npoll_s = 2\n')
+                           'backoff_s = 2\nmax_backoff_s = 60\nlease_s = 40\npoll_s = 2\n'
+                           'dunning_merchants = ["acme"]\n')
     assert sms is not None
     assert sms.status_callback_url == "https://cb.example.jp/v1/sms/twilio/status"
     assert (sms.max_age_s, sms.lease_s, sms.poll_s) == (3600.0, 40.0, 2.0)
     assert [sms.backoff(n) for n in (1, 3, 9)] == [2.0, 8.0, 60.0]
+    assert sms.dunning_merchants == {"acme"}
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -55,6 +57,8 @@ def test_sms_outbox_settings(tmp_path: Path) -> None:
      "lease_s: 30 s is shorter than 4 times timeout_s"),
     (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "+815011112222"\n'
      'status_callback_url = "ftp://x"', "status_callback_url: expected an http"),
+    (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "+815011112222"\n'
+     'dunning_merchants = ["bento"]', "dunning_merchants: no merchant 'bento'"),
     (f'account_sid = "{SID}"\nauth_token = "t"\nsender = "+815011112222"\n'
      '[sms.senders]\nbento = "+815011112222"', "no merchant 'bento'"),
 ])
