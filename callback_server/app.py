@@ -158,7 +158,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
                     customer_leg_wait_s=settings.billing.customer_leg_wait_s)
     notify = settings.notify if settings.notify.channels else None
     install_media(app, settings.media, lambda a: a[POOL_KEY], guidance_in_use(app, settings),
-                  notify)
+                  notify, owner=owner_name(), db_url=lambda a: a[DB_URL_KEY])
     install_notify(app, settings.notify, lambda a: a[POOL_KEY], owner=owner_name(),
                    db_url=lambda a: a[DB_URL_KEY])
     install_sms(app, settings.sms, lambda a: a[POOL_KEY], owner=owner_name(),

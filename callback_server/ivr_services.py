@@ -5,7 +5,8 @@
   (``[media] asterisk_recordings_dir``, as this site sees it); a finished one is moved
   into :class:`~ivr_platform.recordings.RecordingStore` (``[media] recordings_dir``) for
   the merchant's retention, with the call's ids and the caller (its ``message_recorded``
-  notification is queued with the row). Its id is what the node's variable gets. A file
+  notification is queued with the row; with ``[media] transcribe``, by the transcription
+  worker with its transcript, after the call). Its id is what the node's variable gets. A file
   that is missing, not WAV or shorter than :data:`MIN_RECORDING_S` is nothing recorded.
 * **SMS** (``sms``): :class:`~ivr_platform.sms_store.SmsSender` writes the message's row in
   a task of its own (the call never waits for it); the site's SMS worker
@@ -65,6 +66,7 @@ class Recordings:
     store: RecordingStore
     spool: Path                          # Asterisk's recording directory, as seen here
     retention: Callable[[str], timedelta]
+    transcribe: bool = False             # transcribed after the call ([media] transcribe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,7 @@ class IvrServices:
             stored = await self.recordings.store.add(
                 call.merchant_id, source, retention=self.recordings.retention(call.merchant_id),
                 call_id=name, callback_id=call.callback_id, edge_call_id=call.edge_call_id,
-                caller=call.caller)
+                caller=call.caller, transcribe=self.recordings.transcribe)
         except Exception:
             log.exception("recording %s could not be stored", name)
             return None
@@ -243,7 +245,8 @@ def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
     recordings = None
     if media.recordings_dir is not None and media.asterisk_recordings_dir is not None:
         recordings = Recordings(RecordingStore(pool, media.recordings_dir, notify),
-                                media.asterisk_recordings_dir, media.retention)
+                                media.asterisk_recordings_dir, media.retention,
+                                media.transcribe)
     sms = None
     if settings.sms is not None:
         sms = Sms(SmsSender(SmsStore(pool), TwilioSms.provider), settings.sms)

@@ -15,6 +15,13 @@ link_ttl_s = 3600               # a signed link to a recording stays valid this 
 link_secret_file = "keys/recording-links.secret"   # >= 32 bytes; unset: one per process
 public_url = "https://callback.example.com"        # the links' base; unset: paths only
 sweep_s = 300                   # expired recordings are deleted this often
+transcribe = true               # a flow's recorded messages get a transcript after the
+                                # call (PocketSphinx; their notification waits for it)
+# the PocketSphinx model (all three; unset: the US English model the wheel ships, which
+# writes English words for Japanese speech: a Japanese site installs a Japanese one)
+sphinx_acoustic_model = "/usr/share/pocketsphinx/model/ja/acoustic"
+sphinx_language_model = "/usr/share/pocketsphinx/model/ja/ja.lm.bin"
+sphinx_dictionary = "/usr/share/pocketsphinx/model/ja/ja.dic"
 
 [media.retention_days_by_merchant]
 acme = 30
@@ -34,6 +41,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from ivr_platform.audio import AudioLimits
+from ivr_platform.transcribe import SphinxModel
 from shared.config import Section, cannot_write
 
 MIN_SECRET_BYTES = 32
@@ -51,6 +59,8 @@ class MediaSettings:
     link_secret_file: Path | None = None
     public_url: str | None = None
     sweep_s: float = 300.0
+    transcribe: bool = False
+    sphinx_model: SphinxModel | None = None     # None: the packaged US English one
 
     @classmethod
     def parse(cls, s: Section, merchant_ids: Iterable[str]) -> MediaSettings:
@@ -75,7 +85,8 @@ class MediaSettings:
             link_secret_file=(s.path_value("link_secret_file")
                               if s.has("link_secret_file") else None),
             public_url=public_url.rstrip("/") if public_url else None,
-            sweep_s=float(s.decimal("sweep_s", "300", min=Decimal(1))))
+            sweep_s=float(s.decimal("sweep_s", "300", min=Decimal(1))),
+            transcribe=s.bool("transcribe", False), sphinx_model=_sphinx_model(s))
 
     def retention(self, merchant_id: str) -> timedelta:
         return timedelta(days=self.retention_days_by_merchant.get(merchant_id,
@@ -102,3 +113,18 @@ class MediaSettings:
             return [("media.link_secret_file", f"{self.link_secret_file} holds {size} bytes; "
                                                f"at least {MIN_SECRET_BYTES} are needed")]
         return []
+
+
+_SPHINX_KEYS = ("sphinx_acoustic_model", "sphinx_language_model", "sphinx_dictionary")
+
+
+def _sphinx_model(s: Section) -> SphinxModel | None:
+    given = [key for key in _SPHINX_KEYS if s.has(key)]
+    if not given:
+        return None
+    if missing := [key for key in _SPHINX_KEYS if key not in given]:
+        raise s.error(missing[0], f"required with {given[0]} (all three name one model)")
+    model = SphinxModel(*(s.path_value(key) for key in _SPHINX_KEYS))
+    if problems := model.problems():
+        raise s.error("sphinx_acoustic_model", "; ".join(problems))
+    return model

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -49,6 +50,8 @@ from ivr_platform.recordings import (
     expire_forever,
     link_for,
 )
+from ivr_platform.transcribe import PocketSphinxTranscriber
+from ivr_platform.transcribe_outbox import TranscriptionWorker
 from shared.http import (
     ApiError,
     InvalidField,
@@ -88,8 +91,12 @@ MAX_PAGE = 1000
 def install(app: web.Application, settings: MediaSettings,
             pool: Callable[[web.Application], asyncpg.Pool],
             in_use: InUse = lambda merchant, name: (),
-            notify: NotifySettings | None = None) -> None:
-    """``notify``: a stored recording queues its ``message_recorded`` notifications."""
+            notify: NotifySettings | None = None, *,
+            owner: str | None = None,
+            db_url: Callable[[web.Application], str] | None = None) -> None:
+    """``notify``: a stored recording queues its ``message_recorded`` notifications. With
+    ``[media] transcribe`` the transcription worker runs while the app runs (as ``owner``,
+    woken by NOTIFY through ``db_url``)."""
     app[MEDIA_SETTINGS_KEY] = settings
     app[IN_USE_KEY] = in_use
     if settings.guidance_dir is not None:
@@ -104,7 +111,18 @@ def install(app: web.Application, settings: MediaSettings,
     async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
         store = app[RECORDINGS_KEY] = RecordingStore(pool(app), directory, notify)
         async with background(expire_forever(store, settings.sweep_s), "recording expiry"):
-            yield
+            if not settings.transcribe:
+                yield
+                return
+            transcriber = PocketSphinxTranscriber(settings.sphinx_model)
+            worker = TranscriptionWorker(
+                store, transcriber, owner=owner or f"media-{socket.gethostname()}-{os.getpid()}")
+            try:
+                async with background(worker.run(db_url(app) if db_url else None),
+                                      "transcription"):
+                    yield
+            finally:
+                transcriber.close()
 
     app.cleanup_ctx.append(recordings_ctx)
 

@@ -10,7 +10,8 @@ a browser) fetches the file until it expires, and nothing else.
 
 With notification settings, storing a recording also queues a ``message_recorded``
 notification to the merchant's channels that take it, in the row's transaction
-(:mod:`ivr_platform.notify_outbox`).
+(:mod:`ivr_platform.notify_outbox`); a recording stored to be transcribed queues it with
+its transcript instead (:mod:`ivr_platform.transcribe_outbox`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Recording:
                 "expires_at": self.expires_at.isoformat(), "transcript": self.transcript}
 
 
+#: NOTIFY channel: a recording waits for its transcript (at its commit)
+TRANSCRIPTIONS = "recording_transcriptions"
 _COLUMNS = ("id, merchant_id, call_id, callback_id, edge_call_id, file, duration_ms, "
             "size_bytes, created_at, expires_at, transcript")
 
@@ -87,10 +90,12 @@ class RecordingStore:
     async def add(self, merchant_id: str, source: Path, *, retention: timedelta,
                   call_id: str | None = None, callback_id: str | None = None,
                   edge_call_id: str | None = None, transcript: str | None = None,
-                  caller: E164 | None = None) -> Recording:
+                  caller: E164 | None = None, transcribe: bool = False) -> Recording:
         """Move the WAV file ``source`` (what a call recorded) into the store for
         ``retention``; ValueError if it is not a WAV file (nothing moved). ``caller``
-        (None: withheld or unknown) is what its notification shows."""
+        (None: withheld or unknown) is what its notification shows. ``transcribe``: the
+        transcription worker (:mod:`ivr_platform.transcribe_outbox`) transcribes it after
+        the call and queues its notification then, with the transcript."""
         if retention <= timedelta(0):
             raise ValueError("retention must be positive")
         try:
@@ -111,18 +116,31 @@ class RecordingStore:
                     recording_id, merchant_id, call_id, callback_id, edge_call_id, relative,
                     round(seconds * 1000), dest.stat().st_size, created, created + retention,
                     transcript)
-                if self.notify is not None:
-                    await enqueue_notification(
-                        conn, self.notify, merchant_id=merchant_id,
-                        event=Event.MESSAGE_RECORDED, fact_key=f"recording:{recording_id}",
-                        facts={"caller": str(caller) if caller else None,
-                               "at": isoformat(created), "recording_id": str(recording_id),
-                               "edge_call_id": edge_call_id})
+                facts = {"caller": str(caller) if caller else None,
+                         "at": isoformat(created), "recording_id": str(recording_id),
+                         "edge_call_id": edge_call_id}
+                if transcribe:      # the notification waits for the transcript
+                    await conn.execute(
+                        "INSERT INTO recording_transcriptions (recording_id, notify_facts) "
+                        "VALUES ($1, $2)", recording_id,
+                        facts if self.notify is not None else None)
+                    await conn.execute("SELECT pg_notify($1, '')", TRANSCRIPTIONS)
+                elif self.notify is not None:
+                    await self.notify_recorded(conn, merchant_id, facts)
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
         assert row is not None
         return _recording(row)
+
+    async def notify_recorded(self, conn: asyncpg.Connection, merchant_id: str,
+                              facts: Mapping[str, Any]) -> None:
+        """Inside the recording's (or its transcript's) transaction: its
+        ``message_recorded`` notification, once per recording."""
+        if self.notify is not None:
+            await enqueue_notification(
+                conn, self.notify, merchant_id=merchant_id, event=Event.MESSAGE_RECORDED,
+                fact_key=f"recording:{facts['recording_id']}", facts=facts)
 
     async def get(self, merchant_id: str, recording_id: uuid.UUID) -> Recording | None:
         row = await self.pool.fetchrow(

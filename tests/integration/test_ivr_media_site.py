@@ -1,7 +1,7 @@
 """The media API as the callback site's composition root mounts it from ``[media]``: the
 ``ivr_platform`` migration set applied at start, a guidance the merchant's configured flow
-plays kept from deletion, the per-merchant retention, and the expiry job running in the
-site (real PostgreSQL, real ffmpeg)."""
+plays kept from deletion, the per-merchant retention, the expiry job and the transcription
+worker running in the site (real PostgreSQL, real ffmpeg, PocketSphinx)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ivr_platform.media_http import RECORDINGS_KEY
 from shared.config import ConfigError
 from tests.integration.test_callback_app import settings
 from tests.integration.test_ivr_audio import tone
+from tests.integration.test_ivr_transcribe import SENTENCE, spoken
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +80,38 @@ def test_a_retention_for_a_merchant_that_is_not_one_is_a_config_error(
     with pytest.raises(ConfigError, match=r"media\.retention_days: 0 is outside 1\.\.3650"):
         media_settings(pki_dir, "postgresql://x@127.0.0.1/x", tmp_path,
                        CALLBACK__MEDIA__RETENTION_DAYS="0")
+
+
+async def test_the_site_transcribes_a_recorded_message_after_the_call(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    """``[media] transcribe``: the site runs the transcription worker (the packaged
+    English model); a recording stored as a flow's record node stores it gets its
+    transcript, woken by NOTIFY."""
+    s = media_settings(pki_dir, pg_url, tmp_path, CALLBACK__MEDIA__TRANSCRIBE="true")
+    assert s.media.transcribe and s.media.sphinx_model is None
+    app = create_app(s, with_ari=False)
+    async with TestClient(TestServer(app)):
+        store = app[RECORDINGS_KEY]
+        wav = await spoken(tmp_path, SENTENCE)
+        recording = await store.add("acme", wav, retention=timedelta(days=1),
+                                    edge_call_id="e-site", transcribe=True)
+        for _ in range(600):
+            stored = await store.get("acme", recording.id)
+            if stored is not None and stored.transcript is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert stored is not None and stored.transcript is not None
+        assert "tomorrow morning" in stored.transcript
+
+
+def test_a_sphinx_model_is_named_whole_and_must_exist(pki_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"media\.sphinx_language_model: required with "
+                                          r"sphinx_acoustic_model"):
+        media_settings(pki_dir, "postgresql://x@127.0.0.1/x", tmp_path,
+                       CALLBACK__MEDIA__SPHINX_ACOUSTIC_MODEL=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"media\.sphinx_acoustic_model: .*dictionary "
+                                          r".*nothing\.dic is missing"):
+        media_settings(pki_dir, "postgresql://x@127.0.0.1/x", tmp_path,
+                       CALLBACK__MEDIA__SPHINX_ACOUSTIC_MODEL=str(tmp_path),
+                       CALLBACK__MEDIA__SPHINX_LANGUAGE_MODEL=str(tmp_path),
+                       CALLBACK__MEDIA__SPHINX_DICTIONARY=str(tmp_path / "nothing.dic"))

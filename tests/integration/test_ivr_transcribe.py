@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 
 import ivr_platform
+from ivr_platform.notify_config import Channel, Event, Kind, NotifySettings
+from ivr_platform.notify_webhooks import WebhookSettings
 from ivr_platform.recordings import RecordingStore
 from ivr_platform.transcribe import (
     PocketSphinxTranscriber,
@@ -22,6 +24,7 @@ from ivr_platform.transcribe import (
     TranscriptionError,
     add_transcribed,
 )
+from ivr_platform.transcribe_outbox import TranscriptionWorker
 from ivr_platform.tts import EspeakVoice, PromptCache, Voice
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.language import Language
@@ -106,3 +109,53 @@ async def test_a_recording_is_stored_with_its_transcript(
     assert recording.transcript is not None and "tomorrow morning" in recording.transcript
     again = await store.get("acme", recording.id)
     assert again is not None and again.transcript == recording.transcript
+
+
+async def notifying_store(pool: asyncpg.Pool, tmp_path: Path) -> RecordingStore:
+    """A store whose recordings are notified to a Slack channel (queued, not sent here)."""
+    await pool.execute("TRUNCATE notifications, recordings CASCADE")
+    notify = NotifySettings(channels=(Channel(
+        "acme", "slack", Kind.SLACK, frozenset({Event.MESSAGE_RECORDED}),
+        WebhookSettings("https://hooks.slack.com/services/T/B/x")),))
+    store = RecordingStore(pool, tmp_path / "recordings", notify)
+    return store
+
+
+async def test_a_recording_is_transcribed_after_the_call_and_notified_with_its_transcript(
+        transcriber: PocketSphinxTranscriber, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """Stored at once without a transcript (the call goes on); the worker transcribes it
+    and queues its message_recorded notification in the transcript's transaction, once."""
+    store = await notifying_store(pool, tmp_path)
+    recording = await store.add("acme", await spoken(tmp_path, SENTENCE),
+                                retention=timedelta(days=1), edge_call_id="e-1",
+                                transcribe=True)
+    assert recording.transcript is None
+    assert await pool.fetchval("SELECT count(*) FROM notifications") == 0   # not yet
+    worker = TranscriptionWorker(store, transcriber, owner="w1")
+    assert await worker.run_once() == 1
+    assert await worker.run_once() == 0                                   # once
+    stored = await store.get("acme", recording.id)
+    assert stored is not None and stored.transcript is not None
+    assert "tomorrow morning" in stored.transcript
+    rows = await pool.fetch("SELECT event, fact_key, facts FROM notifications")
+    assert [(r["event"], r["fact_key"], r["facts"]["recording_id"]) for r in rows] == [
+        ("message_recorded", f"recording:{recording.id}", str(recording.id))]
+    state = await pool.fetchrow("SELECT state, attempts, error FROM recording_transcriptions "
+                                "WHERE recording_id = $1", recording.id)
+    assert state is not None and tuple(state) == ("done", 1, None)
+
+
+async def test_a_recording_the_engine_cannot_read_is_notified_without_a_transcript(
+        transcriber: PocketSphinxTranscriber, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    store = await notifying_store(pool, tmp_path)
+    recording = await store.add("acme", await spoken(tmp_path, SENTENCE),
+                                retention=timedelta(days=1), transcribe=True)
+    store.path(recording).unlink()                  # gone before the worker reads it
+    assert await TranscriptionWorker(store, transcriber, owner="w1").run_once() == 1
+    state = await pool.fetchrow("SELECT state, error FROM recording_transcriptions "
+                                "WHERE recording_id = $1", recording.id)
+    assert state is not None and state["state"] == "failed" and "sox" in state["error"]
+    assert await pool.fetchval("SELECT count(*) FROM notifications") == 1
+    stored = await pool.fetchval("SELECT transcript FROM recordings WHERE id = $1",
+                                 recording.id)
+    assert stored is None
