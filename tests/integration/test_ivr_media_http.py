@@ -51,7 +51,7 @@ async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-    await pool.execute("TRUNCATE recordings")
+    await pool.execute("TRUNCATE recordings CASCADE")
     return pool
 
 
