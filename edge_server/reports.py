@@ -1,4 +1,5 @@
-"""What the callback site reports back to the edge: request info, CDRs, call-back status,
+"""What the callback site reports back to the edge: request info, transcripts of the
+recordings it holds, CDRs, call-back status,
 consultation records (:class:`advisors.records.ConsultationRecord`, stored by
 :func:`advisors.record_store.insert_record`), billing records
 (:class:`billing.records.BillingRecord`, stored by :func:`billing.records.insert_record`).
@@ -44,6 +45,8 @@ from shared.phone import E164, InvalidNumber
 log = logging.getLogger("edge.reports")
 
 MAX_FIELDS = 32
+#: the longest transcript taken (a recording is at most minutes of speech)
+MAX_TRANSCRIPT = 20_000
 #: the largest integer field (an ``integer`` column)
 MAX_INT = 2**31 - 1
 #: ``duration_s`` is ``numeric(12, 3)``
@@ -114,6 +117,25 @@ class RequestInfo:
         return cls(merchant_id, callback_id, edge_call_id, _number(data, "caller"),
                    require_str(data, "category", max_len=64), dict(fields),
                    require_timestamp(data, "collected_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingTranscript:
+    """The transcript of a recording whose id a request's fields hold."""
+    merchant_id: str
+    callback_id: str
+    edge_call_id: str
+    recording_id: str
+    transcript: str
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> RecordingTranscript:
+        merchant_id, callback_id, edge_call_id = _ids(data)
+        transcript = data.get("transcript")
+        if not isinstance(transcript, str) or len(transcript) > MAX_TRANSCRIPT:
+            raise InvalidField("transcript", f"required string of at most {MAX_TRANSCRIPT}")
+        return cls(merchant_id, callback_id, edge_call_id,
+                   require_str(data, "recording_id", max_len=64), transcript)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +217,11 @@ def parse_consultation(data: Mapping[str, Any]) -> ConsultationRecord:
         raise InvalidField(exc.field, exc.reason) from None
 
 
-Report: TypeAlias = (RequestInfo | Cdr | CallbackStatusReport | ConsultationRecord
-                     | BillingRecord)
+Report: TypeAlias = (RequestInfo | RecordingTranscript | Cdr | CallbackStatusReport
+                     | ConsultationRecord | BillingRecord)
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Report]] = {
-    "request_info": RequestInfo.parse, "cdr": Cdr.parse,
+    "request_info": RequestInfo.parse, "recording_transcript": RecordingTranscript.parse,
+    "cdr": Cdr.parse,
     "callback_status": CallbackStatusReport.parse, CONSULTATION: parse_consultation,
     billing_records.KIND: BillingRecord.from_json}
 
@@ -212,7 +235,8 @@ def parse_event(data: Mapping[str, Any]) -> Report:
 
 
 def kind_of(report: Report) -> str:
-    return {RequestInfo: "request_info", Cdr: "cdr", CallbackStatusReport: "callback_status",
+    return {RequestInfo: "request_info", RecordingTranscript: "recording_transcript",
+            Cdr: "cdr", CallbackStatusReport: "callback_status",
             ConsultationRecord: CONSULTATION,
             BillingRecord: billing_records.KIND}[type(report)]
 
@@ -228,6 +252,11 @@ _REQUEST_INFO: Schema = {
         "fields": {"type": "object", "maxProperties": MAX_FIELDS,
                    "propertyNames": {"maxLength": 64},
                    "additionalProperties": {"type": "string", "maxLength": 256}}}}
+_TRANSCRIPT: Schema = {
+    "type": "object", "required": ["kind", *_IDS, "recording_id", "transcript"],
+    "properties": {
+        "kind": {"const": "recording_transcript"}, **_IDS, "recording_id": string(64),
+        "transcript": {"type": "string", "maxLength": MAX_TRANSCRIPT}}}
 _CDR: Schema = {
     "type": "object", "required": ["kind", *_IDS, "call_id", "leg", "destination",
                                    "started_at", "ended_at", "duration_s", "billed_s",
@@ -251,13 +280,16 @@ _STATUS: Schema = {
         "reason": nullable({"type": "string", "maxLength": 128}),
         "attempts": {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "at": TIMESTAMP}}
 #: ``POST /v1/link/events``: one report
-EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _CDR, _STATUS, record_schemas.MESSAGE,
+EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _TRANSCRIPT, _CDR, _STATUS, record_schemas.MESSAGE,
                                   billing_records.MESSAGE]}
 _EXAMPLE_IDS = {"merchant_id": "acme", "callback_id": "cb-0f3a9c", "edge_call_id": "edge-1700.42"}
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
     "request_info": {"kind": "request_info", **_EXAMPLE_IDS, "caller": "+819012345678",
                      "category": "order", "fields": {"item_code": "1234", "quantity": "2"},
                      "collected_at": "2026-11-22T01:03:10Z"},
+    "recording_transcript": {"kind": "recording_transcript", **_EXAMPLE_IDS,
+                             "recording_id": "0b7c6f3e-5d1a-4c7e-9a52-1f0e8d2c4b6a",
+                             "transcript": "please call me back tomorrow morning"},
     "cdr": {"kind": "cdr", **_EXAMPLE_IDS, "call_id": "cb-0f3a9c-1-customer",
             "leg": "customer", "destination": "+819012345678", "carrier": "carrier-b",
             "started_at": "2026-11-22T01:02:10Z", "answered_at": "2026-11-22T01:02:14Z",
@@ -279,6 +311,9 @@ _LISTED: dict[str, Schema] = {
     "requests": {"callback_id": {"type": "string"}, "edge_call_id": {"type": "string"},
                  "caller": {"type": "string"}, "category": {"type": "string"},
                  "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                 # field name -> transcript of the recording whose id the field holds
+                 "transcripts": {"type": "object",
+                                 "additionalProperties": {"type": "string"}},
                  "collected_at": TIMESTAMP, "received_at": TIMESTAMP},
     "cdrs": {"call_id": {"type": "string"}, "callback_id": {"type": "string"},
              "edge_call_id": {"type": "string"}, "leg": {"type": "string"},
@@ -328,6 +363,8 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
     match report:
         case RequestInfo():
             row_id = await _insert_request(conn, report)
+        case RecordingTranscript():
+            row_id = await _insert_transcript(conn, report)
         case Cdr():
             row_id = await _insert_cdr(conn, report)
             if row_id is not None and learn_call_lengths and report.leg == "customer" \
@@ -352,6 +389,16 @@ async def _insert_request(conn: asyncpg.Connection, r: RequestInfo) -> int | Non
            ON CONFLICT (merchant_id, callback_id, collected_at) DO NOTHING RETURNING id""",
         r.merchant_id, r.callback_id, r.edge_call_id, str(r.caller), r.category, r.fields,
         r.collected_at)
+    return value
+
+
+async def _insert_transcript(conn: asyncpg.Connection, t: RecordingTranscript) -> int | None:
+    value: int | None = await conn.fetchval(
+        """INSERT INTO request_transcripts (merchant_id, callback_id, edge_call_id,
+               recording_id, transcript)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (merchant_id, recording_id) DO NOTHING RETURNING id""",
+        t.merchant_id, t.callback_id, t.edge_call_id, t.recording_id, t.transcript)
     return value
 
 
@@ -392,10 +439,16 @@ async def _insert_status(conn: asyncpg.Connection, s: CallbackStatusReport) -> i
 
 # --- listing for the call center ----------------------------------------------------------
 
+#: a request's transcripts: each field holding the id of a recording transcribed since
+_TRANSCRIPTS = """COALESCE((SELECT jsonb_object_agg(f.key, t.transcript)
+       FROM jsonb_each_text(fields) f JOIN request_transcripts t
+         ON t.merchant_id = requests.merchant_id AND t.callback_id = requests.callback_id
+        AND t.recording_id = f.value), '{}'::jsonb)"""
+
 _LISTS = {
     # table: (time column for since/until, columns)
     "requests": ("collected_at", "id, callback_id, edge_call_id, caller, category, fields, "
-                                 "collected_at, received_at"),
+                                 f"{_TRANSCRIPTS} AS transcripts, collected_at, received_at"),
     "cdrs": ("started_at", "id, call_id, callback_id, edge_call_id, leg, destination, carrier, "
                            "started_at, answered_at, ended_at, duration_s, billed_s, "
                            "hangup_cause, disposition, carrier_cost_amount, "

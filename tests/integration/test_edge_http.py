@@ -106,6 +106,38 @@ async def test_signed_event_is_stored_and_a_replay_is_a_no_op(
     assert await pool.fetchval("SELECT count(*) FROM requests WHERE callback_id = 'cb-h1'") == 1
 
 
+async def test_a_recordings_transcript_is_stored_once_and_shown_with_its_request(
+        client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
+    """The transcript arrives after the request (made after the call) or before it; it is
+    shown against the field holding its recording's id, stored once however redelivered."""
+    rec = str(uuid.uuid4())
+    transcript = {"kind": "recording_transcript", "callback_id": "cb-tr",
+                  "edge_call_id": "edge-cb-tr", "merchant_id": "acme", "recording_id": rec,
+                  "transcript": "please call me back tomorrow morning"}
+    body = json.dumps(transcript).encode()
+    resp = await client.post("/v1/link/events", data=body,
+                             headers={"content-type": "application/json"})
+    assert resp.status == 401                       # signed like every link message
+    mid = str(uuid.uuid4())
+    assert await post_event(client, transcript, mid) == (
+        200, {"status": "stored", "kind": "recording_transcript"})
+    assert await post_event(client, transcript, mid) == (
+        200, {"status": "stored", "kind": "recording_transcript"})
+    assert await post_event(client, transcript) == (        # the same fact, a new message
+        200, {"status": "duplicate", "kind": "recording_transcript"})
+    assert await pool.fetchval("SELECT count(*) FROM request_transcripts "
+                               "WHERE recording_id = $1", rec) == 1
+    assert (await post_event(client, request_info(
+        "cb-tr", minute=40, fields={"item_code": "9", "message": rec})))[0] == 200
+    page = await (await client.get("/v1/requests", headers=bearer(ACME_TOKEN), params={
+        "since": "2026-11-22T03:40:00Z", "until": "2026-11-22T03:41:00Z"})).json()
+    [item] = page["items"]
+    assert item["fields"] == {"item_code": "9", "message": rec}
+    assert item["transcripts"] == {"message": "please call me back tomorrow morning"}
+    others = await (await client.get("/v1/requests", headers=bearer(BENTO_TOKEN))).json()
+    assert all(i["transcripts"] == {} for i in others["items"])
+
+
 async def test_unsigned_or_tampered_events_are_refused(client: TestClient[Any, Any]) -> None:
     body = json.dumps(request_info("cb-h2")).encode()
     resp = await client.post("/v1/link/events", data=body,

@@ -6,6 +6,7 @@ transcript (real PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ import asyncpg
 import pytest
 
 import ivr_platform
+import shared
 from ivr_platform.notify_config import Channel, Event, Kind, NotifySettings
 from ivr_platform.notify_webhooks import WebhookSettings
 from ivr_platform.recordings import RecordingStore
@@ -28,6 +30,7 @@ from ivr_platform.transcribe_outbox import TranscriptionWorker
 from ivr_platform.tts import EspeakVoice, PromptCache, Voice
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.language import Language
+from shared.outbox import EVENTS_PATH, fact_message_id
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +97,8 @@ def test_a_model_that_is_not_installed_names_what_is_missing(tmp_path: Path) -> 
 
 @pytest.fixture
 async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(pg_url, [package_migrations("ivr_platform", ivr_platform.__file__)])
+    await migrate_url(pg_url, [package_migrations("link", shared.__file__),
+                               package_migrations("ivr_platform", ivr_platform.__file__)])
     p = await create_pool(pg_url, min_size=1, max_size=4)
     yield p
     await p.close()
@@ -143,6 +147,33 @@ async def test_a_recording_is_transcribed_after_the_call_and_notified_with_its_t
     state = await pool.fetchrow("SELECT state, attempts, error FROM recording_transcriptions "
                                 "WHERE recording_id = $1", recording.id)
     assert state is not None and tuple(state) == ("done", 1, None)
+
+
+async def test_a_call_backs_transcript_is_queued_for_the_edge_with_it_once(
+        transcriber: PocketSphinxTranscriber, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """A recording made on a call-back: the transcript's link message is in the outbox in
+    the transcript's transaction, once; one without a call-back queues none."""
+    store = await notifying_store(pool, tmp_path)
+    await pool.execute("TRUNCATE outbox")
+    recording = await store.add("acme", await spoken(tmp_path, SENTENCE),
+                                retention=timedelta(days=1), callback_id="cb-7",
+                                edge_call_id="e-7", transcribe=True)
+    await store.add("acme", await spoken(tmp_path, SENTENCE), retention=timedelta(days=1),
+                    transcribe=True)
+    worker = TranscriptionWorker(store, transcriber, owner="w1")
+    assert await worker.run_once() == 2
+    assert await worker.run_once() == 0
+    rows = await pool.fetch("SELECT message_id, kind, path, body, merchant_id FROM outbox")
+    [row] = rows
+    body = json.loads(row["body"])
+    assert "tomorrow morning" in body.pop("transcript")
+    assert body == {"kind": "recording_transcript", "merchant_id": "acme",
+                    "callback_id": "cb-7", "edge_call_id": "e-7",
+                    "recording_id": str(recording.id)}
+    assert (row["kind"], row["path"], row["merchant_id"]) == (
+        "recording_transcript", EVENTS_PATH, "acme")
+    assert str(row["message_id"]) == fact_message_id("recording_transcript",
+                                                     str(recording.id))
 
 
 async def test_a_recording_the_engine_cannot_read_is_notified_without_a_transcript(
