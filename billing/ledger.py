@@ -35,7 +35,14 @@ from typing import Any, Literal
 import asyncpg
 
 from billing import records
-from billing.rating import MAX_TALK_LIMIT_S, Charge, Terms, rate, seconds_affordable
+from billing.rating import (
+    MAX_TALK_LIMIT_S,
+    Charge,
+    Terms,
+    rate,
+    seconds_affordable,
+    whole_units_s,
+)
 from shared.http import ApiError, InvalidField, require_str
 from shared.money import DEFAULT_FX_BASE, DEFAULT_FX_RATES, FxTable
 
@@ -332,9 +339,10 @@ class Ledger:
 
     async def reserve(self, merchant_id: str, account: str, consultation_id: str,
                       terms: Terms, *, at_most_s: int | None = None) -> Reservation | Refusal:
-        """Hold what the available balance pays for (at most ``at_most_s`` of talk, and
-        never past the terms' maximum) before ``consultation_id`` connects. Asking again
-        for the same consultation returns its reservation."""
+        """Hold what the available balance pays for (at most ``at_most_s`` of talk rounded
+        up to a whole billing unit, and never past the terms' maximum) before
+        ``consultation_id`` connects. Asking again for the same consultation returns its
+        reservation."""
         async with self.pool.acquire() as conn, conn.transaction():
             acc = await account_id(conn, merchant_id, account, create=False)
             if acc is None:
@@ -350,7 +358,7 @@ class Ledger:
                 return Refusal("balance-too-low", available, needed)
             allowed = seconds_affordable(available, terms)
             if at_most_s is not None:
-                allowed = min(allowed, max(at_most_s, 0))
+                allowed = min(allowed, whole_units_s(at_most_s, terms))
             held = rate(allowed, terms).total_yen
             row = await conn.fetchrow(
                 """INSERT INTO billing_reservations (account_id, consultation_id, terms,
@@ -413,9 +421,9 @@ class Ledger:
     async def extend(self, merchant_id: str, reservation_id: int, *,
                      at_most_s: int | None = None) -> Reservation:
         """Hold more for a live consultation: as much talk as the available balance and
-        what the reservation holds already pay for (up to ``at_most_s`` in all, never past
-        the terms' maximum). Nothing more affordable: the reservation as it was. A settled
-        one: 409 ``already-settled``."""
+        what the reservation holds already pay for (up to ``at_most_s`` in all, rounded up
+        to a whole billing unit, never past the terms' maximum). Nothing more affordable:
+        the reservation as it was. A settled one: 409 ``already-settled``."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._locked_reservation(conn, merchant_id, reservation_id)
             now = _reservation(row)
@@ -426,7 +434,7 @@ class Ledger:
             available = max(0, (await books(conn, row["account_id"])).get("available", 0))
             allowed = seconds_affordable(available + now.held_yen, now.terms)
             if at_most_s is not None:
-                allowed = min(allowed, at_most_s)
+                allowed = min(allowed, whole_units_s(at_most_s, now.terms))
             if allowed <= now.allowed_s:
                 return now
             held = rate(allowed, now.terms).total_yen

@@ -2,7 +2,12 @@
 (meter, commands)``, the ``meter`` sub-machine of the call's session (DESIGN.md).
 
 Before the advisor's leg is connected the meter reserves funds
-(:meth:`billing.ledger.Ledger.reserve`); a refusal ends it (the IVR says why). Once
+(:meth:`billing.ledger.Ledger.reserve`); a refusal ends it (the IVR says why). With
+``slice_s`` it reserves in slices: first ``warn_before_s + slice_s`` of talk (what the
+warning needs and a slice), then, at each check, ``slice_s`` more than it holds (at most:
+what the balance less the other live calls' holds pays for), so calls live at once on one
+balance each hold a slice at a time and share what is left; without, it reserves all the
+balance pays for at once. Once
 connected, ``warn_before_s`` before the reserved talk time runs out it first tries to hold
 more (:meth:`~billing.ledger.Ledger.extend`: a top-up during the call, or a reservation
 made in slices); if that brings nothing it has the warning played and the consultation is
@@ -20,14 +25,14 @@ two run at once: the cut-off's (``cutoff_token``) and the recheck's (``timer_tok
 =====================  ==============================================================
 event                  commands
 =====================  ==============================================================
-``Start``              ``Reserve(consultation_id)``
+``Start``              ``Reserve(consultation_id, at_most_s)``
 ``Reserved``           ``Ready`` (connect the advisor); after a hang-up: ``Settle(id, 0)``
 ``Refused``            ``Refuse(reason, available_yen, needed_yen)``; the meter is done
 ``Connected(at)``      ``SetTimer`` for the check, ``warn_before_s`` before the end
-``TimerFired`` check   ``Extend(reservation_id)``
+``TimerFired`` check   ``Extend(reservation_id, at_most_s)``
 ``Extended``           grown: ``SetTimer`` for the next check; not: ``Warn(seconds_left)``,
                        ``SetTimer`` for the cut-off and for the recheck
-``TimerFired`` recheck ``Extend(reservation_id)`` (warned)
+``TimerFired`` recheck ``Extend(reservation_id, at_most_s)`` (warned)
 ``Extended`` (warned)  grown past ``warn_before_s`` left: as before the warning; grown
                        less: a new cut-off ``SetTimer``; either way no second warning;
                        then the next recheck
@@ -68,6 +73,8 @@ class Meter:
     cutoff_margin_s: int = 0
     #: how often a warned meter asks the ledger again (a top-up after the warning)
     recheck_s: int = 5
+    #: reserve in slices of this much talk (None: all the balance pays for at once)
+    slice_s: int | None = None
     phase: Phase = Phase.NEW
     reservation_id: int | None = None
     allowed_s: int = 0
@@ -83,6 +90,14 @@ class Meter:
         if self.connected_at is None:
             return 0
         return max(0, -(-(at - self.connected_at) // ONE_SECOND))
+
+    def first_slice_s(self) -> int | None:
+        """The talk the first reservation holds at most: the warning's and a slice."""
+        return None if self.slice_s is None else self.warn_before_s + self.slice_s
+
+    def next_slice_s(self) -> int | None:
+        """The talk an extension holds at most in all: a slice more than now."""
+        return None if self.slice_s is None else self.allowed_s + self.slice_s
 
 
 # --- events ----------------------------------------------------------------------------
@@ -140,6 +155,8 @@ Event = Start | Reserved | Refused | Connected | TimerFired | Extended | HungUp 
 @dataclass(frozen=True, slots=True)
 class Reserve:
     consultation_id: str
+    #: the talk to hold at most (None: all the balance pays for)
+    at_most_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +180,8 @@ class SetTimer:
 @dataclass(frozen=True, slots=True)
 class Extend:
     reservation_id: int
+    #: the talk to hold at most in all (None: all the balance pays for)
+    at_most_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +222,8 @@ def transition(meter: Meter, event: Event) -> Step:
         return _ignored(meter, event)
     match event:
         case Start():
-            return replace(meter, phase=Phase.RESERVING), [Reserve(meter.consultation_id)]
+            return replace(meter, phase=Phase.RESERVING), [
+                Reserve(meter.consultation_id, meter.first_slice_s())]
         case Reserved(reservation_id=rid, allowed_s=allowed):
             reserved = replace(meter, reservation_id=rid, allowed_s=allowed)
             if meter.hung_up:
@@ -284,7 +304,8 @@ def _timer(meter: Meter, token: int, at: datetime, event: Event) -> Step:
     if token != meter.timer_token or meter.phase not in (Phase.TALKING, Phase.WARNED):
         return _ignored(meter, event)
     assert meter.reservation_id is not None
-    return replace(meter, phase=Phase.EXTENDING), [Extend(meter.reservation_id)]
+    return (replace(meter, phase=Phase.EXTENDING),
+            [Extend(meter.reservation_id, meter.next_slice_s())])
 
 
 def _hung_up(meter: Meter, at: datetime, event: Event) -> Step:

@@ -117,6 +117,18 @@ def rate(talk_s: int, terms: Terms) -> Charge:
                   talk_s, capped)
 
 
+def whole_units_s(talk_s: int, terms: Terms) -> int:
+    """``talk_s`` rounded up to the end of its billing unit (what a hold of that long
+    pays for anyway: a started unit is billed whole): the grace period, whole units past
+    it, never past ``max_talk_s`` (none: none)."""
+    if talk_s <= 0:
+        return 0
+    if talk_s <= terms.grace_s:
+        return min(terms.grace_s, terms.max_talk_s)
+    units = -(-(talk_s - terms.grace_s) // terms.unit_s)
+    return min(terms.max_talk_s, terms.grace_s + units * terms.unit_s)
+
+
 def seconds_affordable(balance_yen: int, terms: Terms) -> int:
     """The longest talk, in seconds, whose :func:`rate` is at most ``balance_yen``.
 

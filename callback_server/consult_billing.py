@@ -82,9 +82,10 @@ class Plan:
 
 class BillingPort(Protocol):
     async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int) -> Plan: ...
-    async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str
-                      ) -> Reservation | Refusal: ...
-    async def extend(self, merchant_id: str, reservation_id: int) -> Reservation: ...
+    async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,
+                      at_most_s: int | None) -> Reservation | Refusal: ...
+    async def extend(self, merchant_id: str, reservation_id: int, at_most_s: int | None
+                     ) -> Reservation: ...
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement: ...
     async def charge(self, merchant_id: str, to: ChargeTo, consultation_id: str, talk_s: int
                      ) -> Charge | None: ...
@@ -120,13 +121,14 @@ class ConsultBilling:
                                               terms.max_talk_s)
         return Plan(account, terms, merchant_id in self.postpaid_merchants, admission)
 
-    async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str
-                      ) -> Reservation | Refusal:
+    async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,
+                      at_most_s: int | None) -> Reservation | Refusal:
         return await self.ledger.reserve(merchant_id, plan.account, consultation_id,
-                                         plan.terms)
+                                         plan.terms, at_most_s=at_most_s)
 
-    async def extend(self, merchant_id: str, reservation_id: int) -> Reservation:
-        return await self.ledger.extend(merchant_id, reservation_id)
+    async def extend(self, merchant_id: str, reservation_id: int, at_most_s: int | None
+                     ) -> Reservation:
+        return await self.ledger.extend(merchant_id, reservation_id, at_most_s=at_most_s)
 
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement:
         return await self.ledger.settle(merchant_id, reservation_id, talk_s)

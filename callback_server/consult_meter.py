@@ -9,13 +9,16 @@ between the consult machine (:mod:`callback_server.consult`) and the meter
   started seconds whole, from the answer to the end);
 * the meter's timers are the round's named timers ``meter:<token>``.
 
-The warning (``WARNING``, 「残り一分です」) plays ``WARN_BEFORE_S`` before the reserved
-talk time ends; the cut-off (``CUTOFF_MARGIN_S`` before it, for a late timer) is the
-consult machine's ``ForceEnd`` with reason ``cut_off``: the advisor's leg is hung up and
-the talk ends there, so it never runs past what the reservation holds; the customer hears
-``CUTOFF``, then their leg is hung up (BYE). Once warned the meter asks the ledger again
-every ``RECHECK_S``, so a top-up made after the warning (a deposit, a card) moves the
-cut-off within that time.
+The meter reserves in slices (``SLICE_S``): first the warning's minute and a slice, then
+a slice more at each check, so calls live at once on one balance share it (each holds a
+slice at a time, from what the others do not hold) and each is warned and cut off when
+no more can be had. The warning (``WARNING``, 「残り一分です」) plays ``WARN_BEFORE_S``
+before the reserved talk time ends; the cut-off (``CUTOFF_MARGIN_S`` before it, for a late
+timer) is the consult machine's ``ForceEnd`` with reason ``cut_off``: the advisor's leg is
+hung up and the talk ends there, so it never runs past what the reservation holds; the
+customer hears ``CUTOFF``, then their leg is hung up (BYE). Once warned the meter asks the
+ledger again every ``RECHECK_S``, so a top-up made after the warning (a deposit, a card)
+moves the cut-off within that time.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ WARN_BEFORE_S = 60
 CUTOFF_MARGIN_S = 1
 #: how often a warned meter looks for a top-up
 RECHECK_S = 5
+#: the talk each step of a reservation adds (the first holds the warning's and this)
+SLICE_S = 60
 WARNING = ("sound:cbgw/balance-warning",)
 CUTOFF = "sound:cbgw/balance-cutoff"
 TIMER_PREFIX = "meter:"
@@ -40,7 +45,8 @@ TIMER_PREFIX = "meter:"
 
 def new_meter(consultation_id: str) -> meter.Meter:
     return meter.Meter(consultation_id, warn_before_s=WARN_BEFORE_S,
-                       cutoff_margin_s=CUTOFF_MARGIN_S, recheck_s=RECHECK_S)
+                       cutoff_margin_s=CUTOFF_MARGIN_S, recheck_s=RECHECK_S,
+                       slice_s=SLICE_S)
 
 
 def meter_event(cmd: consult.Command, state: consult.ConsultState) -> meter.Event | None:

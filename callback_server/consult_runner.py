@@ -350,8 +350,8 @@ class ConsultRunner:
         plan, merchant = self._plan, self.job.merchant_id
         assert plan is not None and self.billing is not None
         match cmd:
-            case meter.Reserve(consultation_id=cid):
-                await self._metered(await self._reserve(plan, cid))
+            case meter.Reserve(consultation_id=cid, at_most_s=at_most):
+                await self._metered(await self._reserve(plan, cid, at_most))
             case meter.Ready(allowed_s=allowed):
                 log.info("reserved %d s of talk", allowed)
                 await self._begin()
@@ -360,8 +360,8 @@ class ConsultRunner:
             case meter.SetTimer(due=due, token=token):
                 await self.run_leg(StartTimer(consult_meter.timer_name(token),
                                               consult_meter.delay_s(due, utcnow())))
-            case meter.Extend(reservation_id=rid):
-                await self._metered(await self._extend(rid))
+            case meter.Extend(reservation_id=rid, at_most_s=at_most):
+                await self._metered(await self._extend(rid, at_most))
             case meter.Warn(seconds_left=left):
                 log.info("%d s of talk left: the warning", left)
                 await self._warn()
@@ -380,10 +380,12 @@ class ConsultRunner:
             case meter.Ignored():
                 pass
 
-    async def _reserve(self, plan: Plan, consultation_id: str) -> meter.Event:
+    async def _reserve(self, plan: Plan, consultation_id: str, at_most_s: int | None
+                       ) -> meter.Event:
         assert self.billing is not None
         try:
-            got = await self.billing.reserve(self.job.merchant_id, plan, consultation_id)
+            got = await self.billing.reserve(self.job.merchant_id, plan, consultation_id,
+                                             at_most_s)
         except BILLING_ERRORS as exc:
             log.error("no reservation: %s", exc)
             return meter.Refused("billing-unavailable", 0, 0)
@@ -391,10 +393,10 @@ class ConsultRunner:
             return meter.Refused(got.reason, got.available_yen, got.needed_yen)
         return meter.Reserved(got.id, got.allowed_s)
 
-    async def _extend(self, reservation_id: int) -> meter.Event:
+    async def _extend(self, reservation_id: int, at_most_s: int | None) -> meter.Event:
         assert self.billing is not None and self.meter is not None
         try:
-            got = await self.billing.extend(self.job.merchant_id, reservation_id)
+            got = await self.billing.extend(self.job.merchant_id, reservation_id, at_most_s)
             allowed = got.allowed_s
         except BILLING_ERRORS as exc:
             log.error("reservation %d not extended: %s", reservation_id, exc)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.ledger import Balance, Ledger, LedgerError, Refusal, Reservation
-from billing.rating import Terms, rate, seconds_affordable
+from billing.rating import Terms, rate, seconds_affordable, whole_units_s
 from shared.db import create_pool
 from tests.integration import billing_db
 
@@ -213,7 +213,10 @@ async def scenario(url: str, terms: Terms, ops: list[Op]) -> None:
                 assert got.available_yen < got.needed_yen == terms.first_unit_yen()
                 return 0
             assert got.held_yen == rate(got.allowed_s, terms).total_yen
-            if share < 4:       # reserved a slice: hold the rest the balance pays for
+            if share < 4:       # reserved a slice: a unit more, then the rest it pays for
+                more = await ledger.extend("acme", got.id, at_most_s=got.allowed_s + 1)
+                assert more.held_yen == rate(more.allowed_s, terms).total_yen
+                assert more.allowed_s <= whole_units_s(got.allowed_s + 1, terms)
                 got = await ledger.extend("acme", got.id)
                 assert got.held_yen == rate(got.allowed_s, terms).total_yen
             talk = got.allowed_s * talk_pct // 100 + (terms.unit_s - 1 if late_cut else 0)

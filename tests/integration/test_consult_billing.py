@@ -172,8 +172,8 @@ async def test_a_prepaid_consultation_is_warned_cut_off_and_settled_from_its_rec
 async def test_a_top_up_after_the_warning_extends_the_live_consultation(
         db: asyncpg.Pool) -> None:
     """Warned a minute before the end, the customer pays two minutes more: the meter's
-    next recheck extends the reservation, the old cut-off no longer cuts, and the
-    consultation is settled with everything it talked."""
+    next recheck extends the reservation by a slice (a minute), the old cut-off no longer
+    cuts, and the consultation is settled with everything it talked."""
     ledger = Ledger(db)
     await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")  # two minutes
     call = Call(db)
@@ -183,10 +183,10 @@ async def test_a_top_up_after_the_warning_extends_the_live_consultation(
     await call.fire("meter:1")      # the check: nothing to extend, the warning
     assert ("cb-7-01", ("sound:cbgw/balance-warning",)) in call.plays()
     await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")  # two more
-    await call.fire("meter:3")      # the recheck finds it
+    await call.fire("meter:3")      # the recheck finds it and holds a slice of it
     assert await db.fetchval("SELECT max(allowed_s) FROM billing_reservation_extensions"
-                             ) == 240
-    assert await ledger.balance("acme", "member-42") == Balance(0, 400)
+                             ) == 180
+    assert await ledger.balance("acme", "member-42") == Balance(100, 300)
     await call.fire("meter:2")      # the cut-off the warning set: stale now
     assert "cb-7-02" not in call.ari.named("hangup")
     assert ("cb-7-01", ("sound:cbgw/balance-cutoff",)) not in call.plays()
@@ -197,8 +197,32 @@ async def test_a_top_up_after_the_warning_extends_the_live_consultation(
     settled = await db.fetchrow("SELECT talk_s, total_yen, released_yen "
                                 "FROM billing_settlements")
     assert reason != "cut_off" and settled["talk_s"] == talk_s
-    assert (settled["total_yen"], settled["released_yen"]) == (100, 300)
+    assert (settled["total_yen"], settled["released_yen"]) == (100, 200)
     assert await ledger.balance("acme", "member-42") == Balance(300, 0)
+    await call.done()
+
+
+async def test_a_consultation_holds_its_balance_a_slice_at_a_time(db: asyncpg.Pool) -> None:
+    """Ten minutes' balance: the consultation first holds the warning's minute and a
+    slice (two minutes), then a minute more at each check, leaving the rest to the
+    account's other calls; settled, all it did not talk is free again."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 1000, "op", "bank transfer")
+    call = Call(db)
+    await call.start()
+    await call.code("0002")
+    assert await db.fetchval("SELECT allowed_s FROM billing_reservations") == 120
+    assert await ledger.balance("acme", "member-42") == Balance(800, 200)
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # the advisor answers
+    await call.fire("meter:1")      # the check a minute before the end: a slice more
+    assert await db.fetchval("SELECT max(allowed_s) FROM billing_reservation_extensions"
+                             ) == 180
+    assert await ledger.balance("acme", "member-42") == Balance(700, 300)
+    assert ("cb-7-01", ("sound:cbgw/balance-warning",)) not in call.plays()
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))        # the customer leaves
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    await call.settle()
+    assert await ledger.balance("acme", "member-42") == Balance(900, 0)
     await call.done()
 
 

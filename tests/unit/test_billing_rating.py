@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import billing
-from billing.rating import Charge, Terms, TermsError, rate, seconds_affordable, tax_included
+from billing.rating import (
+    Charge,
+    Terms,
+    TermsError,
+    rate,
+    seconds_affordable,
+    tax_included,
+    whole_units_s,
+)
 
 
 def test_per_started_minute_with_tax_inside_the_total() -> None:
@@ -135,3 +143,21 @@ def test_no_float_in_billing() -> None:
             elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
                 offences.append(f"{path.name}:{node.lineno}: true division (/)")
     assert offences == []
+
+
+def test_whole_units_examples() -> None:
+    terms = Terms(100, unit_s=60, grace_s=30, max_talk_s=600)
+    assert [whole_units_s(t, terms) for t in (0, 1, 30, 31, 90, 91, 599, 9999)] == [
+        0, 30, 30, 90, 90, 150, 600, 600]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(terms_st, st.integers(1, 6 * 3600))
+def test_whole_units_cost_what_the_started_unit_costs(terms: Terms, talk: int) -> None:
+    """Rounded up to its unit's end, a talk costs the same and is at least as long
+    (within the maximum); one second more costs more or is past the maximum."""
+    whole = whole_units_s(talk, terms)
+    assert whole >= min(talk, terms.max_talk_s)
+    assert rate(whole, terms).total_yen == rate(min(talk, terms.max_talk_s), terms).total_yen
+    assert whole == terms.max_talk_s or whole == terms.grace_s or (
+        (whole - terms.grace_s) % terms.unit_s == 0)
