@@ -328,7 +328,8 @@ class Stack:
     @contextlib.asynccontextmanager
     async def carriers(self, *, a: str = "uas_answer_dtmf.xml", b: str = "uas_reject_503.xml",
                        digits: str | None = None, operator: str = "uas_answer_hold.xml",
-                       pcap_options: Mapping[str, int] | None = None
+                       pcap_options: Mapping[str, int] | None = None,
+                       timeout_s: int = 120
                        ) -> AsyncIterator[dict[str, sipp_harness.SippRole]]:
         """Carrier A, carrier B and the operator, as SIPp roles, qualified and ready.
 
@@ -338,18 +339,20 @@ class Stack:
         (OPTIONS) before this yields: Asterisk refuses to dial an unqualified trunk.
         ``pcap_options`` shape the media every role plays (``make_dtmf_pcap``: e.g.
         ``tail_ms``, PCMU silence after the keys, so a phone keeps sending audio).
+        ``timeout_s``: how long the roles run at most (SIPp's hard cap; calls longer than
+        two minutes need more).
         """
         with contextlib.ExitStack() as stack:
             roles = {
                 "carrier-a": stack.enter_context(
                     sipp_harness.role(a, "carrier-a", self.workdir, digits=digits,
-                                      pcap_options=pcap_options)),
+                                      pcap_options=pcap_options, timeout_s=timeout_s)),
                 "carrier-b": stack.enter_context(
                     sipp_harness.role(b, "carrier-b", self.workdir, digits=digits,
-                                      pcap_options=pcap_options)),
+                                      pcap_options=pcap_options, timeout_s=timeout_s)),
                 "operator": stack.enter_context(
                     sipp_harness.role(operator, "operator", self.workdir,
-                                      pcap_options=pcap_options)),
+                                      pcap_options=pcap_options, timeout_s=timeout_s)),
             }
             for trunk in ("carrier-a", "carrier-b"):
                 await ast_harness.qualify(self.callback_site, trunk)

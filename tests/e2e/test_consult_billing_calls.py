@@ -28,7 +28,7 @@ from tests.e2e.test_consult_calls import (
 )
 from tests.harness import asterisk as ast_harness
 from tests.harness.rtp import RtpCapture
-from tests.harness.sipp import CARRIER_A_PORT, media_port_for
+from tests.harness.sipp import CARRIER_A_PORT, SipMessage, media_port_for
 
 pytestmark = pytest.mark.e2e
 __all__ = ["admin", "stack"]      # the fixtures, as the consultation tests set them up
@@ -38,6 +38,20 @@ TERMS = Terms(PRICE, unit_s=1)
 #: pays for 90 s of talk at 200 yen a minute by the second (300 × 60 // 200 = 90)
 BALANCE_YEN = 300
 ALLOWED_S = 90
+#: a reservation's first slice: the warning's minute and a slice (consult_meter.SLICE_S)
+FIRST_SLICE_S = 60 + 60
+#: pays for 270 s, shared by two calls: 120 s each at first, then the last 30 s
+SHARED_YEN = 900
+SHARED_S = 270
+
+
+def heard_warning(to_customer: RtpCapture, warn_at: float, warning_s: float) -> None:
+    """The warning reached the customer at ``warn_at`` (monotonic): audio where there
+    was none just before."""
+    quiet = [t for t in to_customer.sounding if warn_at - 5 <= t <= warn_at - 1]
+    warned = [t for t in to_customer.sounding if warn_at - 1 <= t <= warn_at + warning_s + 2]
+    assert len(quiet) <= 10, (len(quiet), warn_at)
+    assert len(warned) >= 0.6 * warning_s / 0.02, (len(warned), warning_s, warn_at)
 
 
 async def test_a_small_balance_is_warned_a_minute_before_and_cut_off_when_it_runs_out(
@@ -84,10 +98,7 @@ async def test_a_small_balance_is_warned_a_minute_before_and_cut_off_when_it_run
     to_mono = -wall_minus_monotonic
     warn_at = ok.at.timestamp() + to_mono + ALLOWED_S - 60
     warning_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "balance-warning")
-    quiet = [t for t in to_customer.sounding if warn_at - 5 <= t <= warn_at - 1]
-    warned = [t for t in to_customer.sounding if warn_at - 1 <= t <= warn_at + warning_s + 2]
-    assert len(quiet) <= 10, len(quiet)
-    assert len(warned) >= 0.6 * warning_s / 0.02, (len(warned), warning_s)
+    heard_warning(to_customer, warn_at, warning_s)
     # then the cut-off message to the customer, then the gateway's BYE
     cutoff_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "balance-cutoff")
     heard_s = (customer_bye.at - advisor_bye.at).total_seconds()
@@ -116,13 +127,16 @@ async def test_a_small_balance_is_warned_a_minute_before_and_cut_off_when_it_run
     assert len(await stack.fetch("callback", query, made["consultation_id"])) == 1
 
 
-async def test_two_calls_at_once_on_one_balance_never_overdraw_it(
+@pytest.mark.timeout(900)           # 150 s of talk, after the stack (and its lock)
+async def test_two_calls_at_once_on_one_balance_share_it_and_are_both_cut_off(
         stack: Stack, admin: Admin) -> None:
     """Two numbers of one customer account call at once and both key advisor 8181 (two
-    lines). The first reservation holds all the balance pays for (90 s), so the other is
-    refused before any advisor rings for it (the account's live hold is not available),
-    and the first is cut off when the money runs out: the balance ends at 0 to one billing
-    unit's price, nothing held, never below zero."""
+    lines); the balance pays for 270 s. Each reservation first holds 120 s (the warning's
+    minute and a 60 s slice), so both connect; at its check, 60 s in, the call answered
+    first takes the last 30 s, the other gets nothing: the second is warned 60 s in and
+    cut off at 120 s, the first warned at 90 s and cut off at 150 s. The balance ends at
+    0 or more and below one billing unit's price beside what the cut-offs' 1 s margins
+    left unbilled, nothing held."""
     await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
                                                       "misses_before_break": 3})
     await admin.call("PUT", "/v1/billing/policy", {"unit_s": 1, "by": "e2e"})
@@ -131,39 +145,63 @@ async def test_two_calls_at_once_on_one_balance_never_overdraw_it(
     numbers = ("07011110031", "07011110032")
     await admin.call("POST", "/v1/customers", {"account": "family-e2e", "name": "E2E",
                                                "numbers": list(numbers)})
-    await admin.fund(numbers[0], BALANCE_YEN, account="family-e2e")
+    await admin.fund(numbers[0], SHARED_YEN, account="family-e2e")
     async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
-                              digits=CONFIRM + BY_CODE + "8181") as roles:
+                              digits=CONFIRM + BY_CODE + "8181", timeout_s=360) as roles:
         for number in numbers:            # one after the other: the calls are seconds long
             await asyncio.to_thread(stack.customer_call(number).wait, 40)
         advisor, phone = roles["operator"], roles["carrier-a"]
-        await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
-                       and m.cseq_method == "INVITE", 60)
-        await wait_for(advisor, lambda m: m.method == "BYE" and m.direction == "received",
-                       ALLOWED_S + 20)
-        ended: set[str | None] = set()
-        for _ in numbers:                 # both call-backs end with the gateway's BYE
-            bye = await wait_for(phone, lambda m: m.method == "BYE" and m.direction ==
-                                 "received" and m.call_id not in ended, 60)
-            ended.add(bye.call_id)
+        wall_minus_monotonic = time.time() - time.monotonic()
+        with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            oks: list[SipMessage] = []
+            for _ in numbers:             # the advisor answers both, the first first
+                oks.append(await wait_for(
+                    advisor, lambda m: m.direction == "sent" and m.status == 200
+                    and m.cseq_method == "INVITE" and m.call_id not in
+                    {ok.call_id for ok in oks}, 60))
+            byes = [await wait_for(advisor, lambda m, ok=ok: m.method == "BYE"
+                                   and m.direction == "received" and m.call_id == ok.call_id,
+                                   SHARED_S + 20) for ok in oks]
+            ended: set[str | None] = set()
+            for _ in numbers:             # both call-backs end with the gateway's BYE
+                bye = await wait_for(phone, lambda m: m.method == "BYE" and m.direction ==
+                                     "received" and m.call_id not in ended, 60)
+                ended.add(bye.call_id)
         rung = invites_to(advisor, "operator")
     held = await stack.fetch(
-        "callback", "SELECT r.id, r.allowed_s FROM billing_reservations r JOIN "
-        "billing_accounts a ON a.id = r.account_id WHERE a.account = 'family-e2e'")
-    settled = await stack.wait_for_row("callback", "SELECT s.* FROM billing_settlements s "
-                                       "WHERE s.reservation_id = $1", held[0]["id"])
+        "callback", "SELECT r.id, r.allowed_s, coalesce((SELECT x.allowed_s FROM "
+        "billing_reservation_extensions x WHERE x.reservation_id = r.id ORDER BY x.id DESC "
+        "LIMIT 1), r.allowed_s) AS now_s FROM billing_reservations r JOIN billing_accounts "
+        "a ON a.id = r.account_id WHERE a.account = 'family-e2e'")
+    settled = [await stack.wait_for_row("callback", "SELECT * FROM billing_settlements "
+                                        "WHERE reservation_id = $1", r["id"]) for r in held]
     books = {r["book"]: r["yen"] for r in await stack.fetch(
         "callback", "SELECT e.book, sum(e.amount_yen) AS yen FROM billing_entries e "
         "JOIN billing_accounts a ON a.id = e.account_id WHERE a.account = 'family-e2e' "
         "GROUP BY e.book")}
-    cut = await stack.fetch("callback", "SELECT customer_number, end_reason, talk_s FROM "
-                            "consultations WHERE advisor_id = $1", chosen)
-    assert len(rung) == 1 and [r["allowed_s"] for r in held] == [ALLOWED_S]
-    assert [r["end_reason"] for r in cut] == ["cut_off"]
-    assert settled["total_yen"] == rate(cut[0]["talk_s"], TERMS).total_yen
+    cut = await stack.fetch("callback", "SELECT end_reason, talk_s FROM consultations "
+                            "WHERE advisor_id = $1", chosen)
+    # both connected, each first holding the warning's minute and a slice
+    assert len(rung) == 2 and [r["allowed_s"] for r in held] == [FIRST_SLICE_S] * 2
+    assert sorted(r["now_s"] for r in held) == [FIRST_SLICE_S, SHARED_S - FIRST_SLICE_S]
+    # each cut off at its reserved end, warned a minute before it, on the wire and heard
+    warning_s = ast_harness.prompt_seconds(stack.callback_site, "ja", "balance-warning")
+    to_mono = -wall_minus_monotonic
+    for ok, bye, allowed in zip(oks, byes, (SHARED_S - FIRST_SLICE_S, FIRST_SLICE_S),
+                                strict=True):
+        talked = (bye.at - ok.at).total_seconds()
+        assert allowed - 1 <= talked <= allowed + 1, (talked, allowed)
+        heard_warning(to_customer, ok.at.timestamp() + to_mono + allowed - 60, warning_s)
+    assert [r["end_reason"] for r in cut] == ["cut_off", "cut_off"]
+    # the ledger: each charged its record's talk, nothing held, never below zero, less
+    # than one more second's price left beside what the margins released
+    assert sorted(s["talk_s"] for s in settled) == sorted(r["talk_s"] for r in cut)
+    for s in settled:
+        assert s["total_yen"] == rate(s["talk_s"], TERMS).total_yen
     one_unit_yen = -(-PRICE * TERMS.unit_s // 60)
-    assert 0 <= books["available"] <= one_unit_yen and books["held"] == 0, books
-    assert books["available"] == BALANCE_YEN - settled["total_yen"]
+    released = sum(s["released_yen"] for s in settled)
+    assert books["held"] == 0 and 0 <= books["available"] < one_unit_yen + released, books
+    assert books["available"] == SHARED_YEN - sum(s["total_yen"] for s in settled)
 
 
 async def test_a_balance_too_low_hears_why_and_no_advisor_is_rung(
