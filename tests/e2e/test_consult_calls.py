@@ -57,10 +57,10 @@ class Admin:
             return data
 
     async def advisor(self, name: str, code: str, contact: dict[str, str], *,
-                      online: bool = True) -> int:
+                      online: bool = True, name_prompt: str = "") -> int:
         made = await self.call("POST", "/v1/advisors", {
             "display_name": name, "code": code, "contact": contact,
-            "price_per_minute_yen": 200})
+            "price_per_minute_yen": 200, "name_prompt": name_prompt})
         advisor_id = int(made["id"])
         if online:
             await self.call("PUT", f"/v1/advisors/{advisor_id}/presence",
@@ -137,6 +137,17 @@ def ring_outcomes(made: dict[str, Any]) -> list[tuple[int, str]]:
     return [(r["advisor_id"], r["outcome"]) for r in made["rings"]]
 
 
+def assert_heard_each_other(answered: SipMessage, wall_minus_monotonic: float,
+                            **captures: RtpCapture) -> None:
+    """Bridged: each phone (its capture named by whose it is) gets the other's media,
+    PCMU a packet per 20 ms, in the first 5 s after the advisor's 200 OK ``answered``
+    (SIPp's clock is the wall's, the captures' monotonic)."""
+    start = answered.at.timestamp() - wall_minus_monotonic
+    for name, rtp in captures.items():
+        heard = [t for t, pt in rtp.packets if pt == 0 and start <= t <= start + 5]
+        assert len(heard) >= 0.8 * 5 / 0.02, (name, len(heard))
+
+
 async def presence(stack: Stack, advisor_id: int) -> dict[str, Any]:
     rows = await stack.fetch("callback", "SELECT * FROM advisor_presence WHERE advisor_id = $1",
                              advisor_id)
@@ -179,12 +190,8 @@ async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
     assert invite.ruri_user == "operator"
     assert invite.from_user is not None and invite.from_user.endswith("7011110001"), \
         "the advisor sees the customer's number"
-    # bridged: each phone gets the other's media (PCMU, a packet per 20 ms) in the first
-    # 5 s after the advisor answered (the RTP capture's clock is monotonic)
-    start = ok.at.timestamp() - wall_minus_monotonic
-    for name, rtp in (("advisor", to_advisor), ("customer", to_customer)):
-        heard = [t for t, pt in rtp.packets if pt == 0 and start <= t <= start + 5]
-        assert len(heard) >= 0.8 * 5 / 0.02, (name, len(heard))
+    assert_heard_each_other(ok, wall_minus_monotonic, advisor=to_advisor,
+                            customer=to_customer)
     assert customer_bye.at > advisor_bye.at, "the advisor hung up first"
     # nobody else was rung: the carriers saw only the customer's call-back
     assert {m.ruri_user for m in carrier_invites} == {"817011110001"}
@@ -321,7 +328,8 @@ async def test_customer_hanging_up_while_the_advisor_rings_withdraws_without_a_m
 async def test_all_list_says_why_an_offline_advisor_cannot_and_rings_the_one_chosen_next(
         stack: Stack, admin: Admin) -> None:
     """Method 3: the list of all advisors; the customer first picks one who is offline
-    (told why, the list read again), then one in standby, who is rung and answers."""
+    (told why, the list read again), then one in standby, who is rung, answers, and
+    talks with the customer (audio both ways) until they hang up."""
     await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
                                                       "misses_before_break": 3})
     away = await admin.advisor("紬", "3691", pstn("+81312340005"), online=False)
@@ -329,16 +337,26 @@ async def test_all_list_says_why_an_offline_advisor_cannot_and_rings_the_one_cho
     keys = await admin.list_keys()
     customer = "07011110005"
     await admin.fund(customer)
+    # both phones keep sending PCMU (silence) for 20 s after their keys
     async with stack.carriers(digits=CONFIRM + "4" + keys[away] + keys[chosen],
                               operator="uas_answer_dtmf_bye.xml",
-                              pcap_options={"gap_ms": 1500}) as roles:
+                              pcap_options={"gap_ms": 1500, "tail_ms": 20_000}) as roles:
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
-        invite = await wait_for(roles["operator"], lambda m: m.method == "INVITE", 60)
+        advisor = roles["operator"]
+        wall_minus_monotonic = time.time() - time.monotonic()
+        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
+                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+            invite = await wait_for(advisor, lambda m: m.method == "INVITE", 60)
+            ok = await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
+                                and m.cseq_method == "INVITE", 10)
+            await wait_for(advisor, lambda m: m.method == "BYE" and m.direction == "sent", 40)
         made = await record(stack, "+817011110005")
         carrier_invites = roles["carrier-a"].invites_received() + \
             roles["carrier-b"].invites_received()
     assert invite.ruri_user == "operator"
     assert {m.ruri_user for m in carrier_invites} == {"817011110005"}, "the offline one rang"
+    assert_heard_each_other(ok, wall_minus_monotonic, advisor=to_advisor,
+                            customer=to_customer)
     assert made["method"] == "all_list" and made["advisor_id"] == chosen
     assert ring_outcomes(made) == [(chosen, "answered")]
     assert await events(stack, away) == []

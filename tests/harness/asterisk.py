@@ -153,10 +153,16 @@ def sounds_dir(site: str, name: str, root: Path | None = None) -> tuple[Path, st
 
 def prompt_seconds(site: AsteriskSite, language: str, name: str) -> float:
     """How long the installed prompt ``sound:cbgw/<name>`` in ``language`` plays."""
+    return sound_seconds(site, language, f"cbgw/{name}")
+
+
+def sound_seconds(site: AsteriskSite, language: str, sound: str) -> float:
+    """How long the installed sound ``sound:<sound>`` in ``language`` plays (e.g.
+    ``digits/1``, what ``digits:1`` says first)."""
     tool = instance_tool()
     installed = tool.load_site(site.name, site.root)
     path = (installed.host(installed.directories()["astdatadir"])
-            / "sounds" / language / "cbgw" / f"{name}.wav")
+            / "sounds" / language / f"{sound}.wav")
     with wave.open(str(path), "rb") as w:
         return w.getnframes() / w.getframerate()
 
