@@ -11,9 +11,10 @@ from SIPp's message logs and the advisors' state in the callback site's database
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -137,6 +138,26 @@ def ring_outcomes(made: dict[str, Any]) -> list[tuple[int, str]]:
     return [(r["advisor_id"], r["outcome"]) for r in made["rings"]]
 
 
+@contextlib.contextmanager
+def phones_media() -> Iterator[tuple[RtpCapture, RtpCapture]]:
+    """The RTP to and from the advisor's phone (the edge's ``operator``) and the
+    customer's (carrier A), in that order."""
+    with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
+            RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+        yield to_advisor, to_customer
+
+
+async def answered_then_hung_up(advisor: SippRole, rung_within_s: float = 60
+                                ) -> tuple[SipMessage, SipMessage, SipMessage]:
+    """The advisor's phone (``uas_answer_dtmf_bye.xml``) rung, answering and hanging up
+    20 s later: the INVITE it got, its 200 OK and its BYE."""
+    invite = await wait_for(advisor, lambda m: m.method == "INVITE", rung_within_s)
+    ok = await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
+                        and m.cseq_method == "INVITE", 10)
+    bye = await wait_for(advisor, lambda m: m.method == "BYE" and m.direction == "sent", 40)
+    return invite, ok, bye
+
+
 def assert_heard_each_other(answered: SipMessage, wall_minus_monotonic: float,
                             **captures: RtpCapture) -> None:
     """Bridged: each phone (its capture named by whose it is) gets the other's media,
@@ -172,13 +193,8 @@ async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
         advisor = roles["operator"]
         wall_minus_monotonic = time.time() - time.monotonic()
-        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
-                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
-            invite = await wait_for(advisor, lambda m: m.method == "INVITE", 60)
-            ok = await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
-                                and m.cseq_method == "INVITE", 10)
-            advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
-                                         and m.direction == "sent", 40)
+        with phones_media() as (to_advisor, to_customer):
+            invite, ok, advisor_bye = await answered_then_hung_up(advisor)
         phone = roles["carrier-a"]
         customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
                                       and m.direction == "received", 40)
@@ -344,12 +360,8 @@ async def test_all_list_says_why_an_offline_advisor_cannot_and_rings_the_one_cho
         await asyncio.to_thread(stack.customer_call(customer).wait, 40)
         advisor = roles["operator"]
         wall_minus_monotonic = time.time() - time.monotonic()
-        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
-                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
-            invite = await wait_for(advisor, lambda m: m.method == "INVITE", 60)
-            ok = await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
-                                and m.cseq_method == "INVITE", 10)
-            await wait_for(advisor, lambda m: m.method == "BYE" and m.direction == "sent", 40)
+        with phones_media() as (to_advisor, to_customer):
+            invite, ok, _ = await answered_then_hung_up(advisor)
         made = await record(stack, "+817011110005")
         carrier_invites = roles["carrier-a"].invites_received() + \
             roles["carrier-b"].invites_received()

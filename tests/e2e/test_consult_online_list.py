@@ -19,17 +19,16 @@ from tests.e2e.test_consult_calls import (
     SIP_ADVISOR,
     Admin,
     admin,
+    answered_then_hung_up,
     assert_heard_each_other,
     events,
+    phones_media,
     pstn,
     record,
     ring_outcomes,
     stack,
-    wait_for,
 )
 from tests.harness import asterisk as ast_harness
-from tests.harness.rtp import RtpCapture
-from tests.harness.sipp import CARRIER_A_PORT, OPERATOR_PORT, media_port_for
 
 pytestmark = pytest.mark.e2e
 __all__ = ["admin", "stack"]      # the fixtures, as the consultation tests set them up
@@ -73,14 +72,9 @@ async def test_online_list_reads_the_two_online_and_connects_the_second(
                               operator="uas_answer_dtmf_bye.xml",
                               pcap_options={"tail_ms": 20_000}) as roles:
         advisor = roles["operator"]
-        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
-                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+        with phones_media() as (to_advisor, to_customer):
             await asyncio.to_thread(stack.customer_call(customer).wait, 40)
-            invite = await wait_for(advisor, lambda m: m.method == "INVITE", 90)
-            ok = await wait_for(advisor, lambda m: m.direction == "sent" and m.status == 200
-                                and m.cseq_method == "INVITE", 10)
-            advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
-                                         and m.direction == "sent", 40)
+            invite, ok, advisor_bye = await answered_then_hung_up(advisor, 90)
         carrier_invites = roles["carrier-a"].invites_received() + \
             roles["carrier-b"].invites_received()
         made = await record(stack, "+817011110031")
