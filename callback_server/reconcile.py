@@ -39,14 +39,16 @@ class LegSettler:
 
     async def record_of(self, leg: LegRow, *, wait_s: float = 0.0) -> LegRecord | None:
         """Asterisk's record of ``leg``. With ``wait_s``, keep asking that long while
-        there is none yet (a leg just hung up: its handler may still be running).
+        there is none yet, or only its answer (a leg just hung up: its handler may still
+        be running; the answer log alone would date its end at its answer).
 
         Raises ``ari.AriError`` / ``TimeoutError`` when Asterisk cannot be asked."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             record = await self.records.fetch(leg.channel_id, leg.created_at)
-            if record is not None or loop.time() >= deadline:
+            if record is not None and record.ended_at is not None \
+                    or loop.time() >= deadline:
                 return record
             await asyncio.sleep(0.25)
 

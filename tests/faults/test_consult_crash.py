@@ -15,8 +15,12 @@ server finds the consultation its predecessor kept in ``consult_live``
 * the advisor not left ``talking``: their consultation ended (after-call work);
 * the call-back finished ``completed`` (its rescued job rings nobody again).
 
+The same for a customer on hold at the death (the hold music on their channel, out of the
+bridge: hung up by the restart, the record held to the end) and for a web click-to-call
+(both parties dialled by the server, kept from the customer's answer).
+
 Takes the stack lock (``/tmp/cbgw-stack.lock``) for its whole run, through ``Stack``.
-About 2 minutes.
+About 4 minutes.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from tests.e2e.test_consult_calls import (
     record,
     wait_for,
 )
+from tests.e2e.test_consult_click_to_call import click_to_call
+from tests.e2e.test_consult_operator import post
 from tests.harness.rtp import RtpCapture
 from tests.harness.sipp import OPERATOR_PORT, SipMessage, SippRole, media_port_for
 
@@ -182,3 +188,72 @@ async def test_an_advisor_hanging_up_while_the_server_is_dead_ends_it_at_their_b
     talked = (advisor_bye.at - ok.at).total_seconds()
     assert made["end_reason"] == "advisor_hangup" and made["advisor_id"] == chosen
     assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
+
+
+async def _restarted_hangs_up_both(stack: Stack, advisor: SippRole, phone: SippRole
+                                   ) -> tuple[SipMessage, float]:
+    """Kill the server, keep it dead a while (nobody gets a BYE), restart it: its
+    reconciler hangs up both phones. The advisor's BYE and the kill's time."""
+    stack.processes["callback"].send_signal(signal.SIGKILL)
+    killed = time.time()
+    await asyncio.sleep(3)
+    assert _byes(advisor) == [] and _byes(phone) == [], "the call survived the kill"
+    await stack.restart_server("callback", kill=True)
+    advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                 and m.direction == "received", 30)
+    customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                  and m.direction == "received", 30)
+    for bye in (advisor_bye, customer_bye):
+        assert bye.at.timestamp() >= killed + 3, (bye.at, killed)
+    return advisor_bye, killed
+
+
+async def test_a_customer_on_hold_at_the_death_is_hung_up_and_recorded_held_to_the_end(
+        stack: Stack, admin: Admin, settings: None) -> None:
+    """Put on hold (the hold music on the customer's channel, the advisor alone in the
+    bridge), then killed: the restart hangs up both; the record ends ``failed``, its hold
+    open to the end, the talk from the answer to the hang-up (the hold included)."""
+    chosen = await admin.advisor("朔", "3333", SIP_ADVISOR)
+    customer = "07011110033"
+    await admin.fund(customer)
+    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
+                              digits=CONFIRM + BY_CODE + "3333",
+                              pcap_options={"tail_ms": 60_000}) as roles:
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        ok = await _talking(stack, roles, customer)
+        live = await stack.wait_for_row("callback", "SELECT consultation_id FROM consult_live")
+        status, body = await post(stack, admin,
+                                  f"/v1/consultations/{live['consultation_id']}/hold")
+        assert status == 202, body
+        await stack.wait_for_row("callback", "SELECT 1 FROM consult_live WHERE "
+                                 "jsonb_array_length(snapshot->'holds') = 1")
+        advisor_bye, _ = await _restarted_hangs_up_both(stack, advisor, phone)
+        made = await _ended_once(stack, "+817011110033", chosen)
+    assert made["end_reason"] == "failed" and made["advisor_id"] == chosen
+    assert [h["ended_at"] for h in made["holds"]] == [None], made["holds"]
+    talked = (advisor_bye.at - ok.at).total_seconds()
+    assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
+
+
+async def test_a_click_to_call_talking_at_the_death_is_ended_by_the_restart(
+        stack: Stack, admin: Admin, settings: None) -> None:
+    """A web click-to-call (the customer rung first, then the advisor), killed while they
+    talk: the restart hangs up both, one ``click_to_call`` record ending ``failed``, billed
+    once, the advisor freed, the job ``completed``."""
+    chosen = await admin.advisor("湊", "3434", SIP_ADVISOR)
+    customer = "+817011110034"
+    await admin.fund("0" + customer[3:])
+    async with stack.carriers(a="uas_answer_forever.xml",
+                              operator="uas_answer_forever.xml") as roles:
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        queued = await click_to_call(admin, customer, chosen)
+        ok = await wait_for(advisor, _answered, 60)
+        await stack.wait_for_row("callback", "SELECT 1 FROM consult_live")
+        await asyncio.sleep(2)                     # talking a while
+        advisor_bye, _ = await _restarted_hangs_up_both(stack, advisor, phone)
+        made = await _ended_once(stack, customer, chosen)
+    assert made["consultation_id"] == queued["consultation_id"]
+    assert made["method"] == "click_to_call" and made["end_reason"] == "failed"
+    talked = (advisor_bye.at - ok.at).total_seconds()
+    assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
+    assert len(invites_to(advisor, "operator")) == 1
