@@ -26,6 +26,7 @@ About 4 minutes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -91,6 +92,21 @@ async def _talking(stack: Stack, roles: dict[str, SippRole], customer: str) -> S
     return ok
 
 
+@contextlib.asynccontextmanager
+async def _consultation(stack: Stack, admin: Admin, name: str, code: str, customer: str
+                        ) -> AsyncIterator[tuple[int, SippRole, SippRole, SipMessage]]:
+    """A funded customer keys advisor ``name``'s ``code`` (a SIP phone that answers and
+    never hangs up): the advisor, their phone, the customer's and the advisor's 200 OK,
+    once the runner kept the consultation as live."""
+    chosen = await admin.advisor(name, code, SIP_ADVISOR)
+    await admin.fund(customer)
+    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
+                              digits=CONFIRM + BY_CODE + code,
+                              pcap_options={"tail_ms": 60_000}) as roles:
+        ok = await _talking(stack, roles, customer)
+        yield chosen, roles["operator"], roles["carrier-a"], ok
+
+
 async def _ended_once(stack: Stack, number: str, advisor_id: int) -> dict[str, Any]:
     """What must hold whatever ended the consultation: one record, one settlement of
     its talk, the advisor out of ``talking``, nothing kept live, the call-back done."""
@@ -119,30 +135,35 @@ async def _ended_once(stack: Stack, number: str, advisor_id: int) -> dict[str, A
     return made
 
 
+async def _restarted_hangs_up_both(stack: Stack, advisor: SippRole, phone: SippRole,
+                                   outage_s: float = 3.0) -> tuple[SipMessage, float]:
+    """Kill the server, keep it dead ``outage_s`` (nobody gets a BYE), restart it: its
+    reconciler hangs up both phones, not before. The advisor's BYE and the kill's time."""
+    stack.processes["callback"].send_signal(signal.SIGKILL)
+    killed = time.time()
+    await asyncio.sleep(outage_s)
+    assert _byes(advisor) == [] and _byes(phone) == [], "the call survived the kill"
+    await stack.restart_server("callback", kill=True)
+    advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                 and m.direction == "received", 30)
+    customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                  and m.direction == "received", 30)
+    for bye in (advisor_bye, customer_bye):
+        assert bye.at.timestamp() >= killed + outage_s, (bye.at, killed)
+    return advisor_bye, killed
+
+
 async def test_both_talking_through_the_death_are_ended_by_the_restart_and_billed_once(
         stack: Stack, admin: Admin, settings: None) -> None:
     """Killed while they talk, dead 6 s: the customer's audio still reaches the advisor
     meanwhile (nobody gets a BYE); the restart hangs up both; the record ends ``failed``
     with the talk from the advisor's answer to their BYE."""
-    chosen = await admin.advisor("暁", "3131", SIP_ADVISOR)
-    customer = "07011110031"
-    await admin.fund(customer)
-    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
-                              digits=CONFIRM + BY_CODE + "3131",
-                              pcap_options={"tail_ms": 60_000}) as roles:
-        advisor, phone = roles["operator"], roles["carrier-a"]
-        ok = await _talking(stack, roles, customer)
-        stack.processes["callback"].send_signal(signal.SIGKILL)
-        killed = time.time()
+    async with _consultation(stack, admin, "暁", "3131", "07011110031") as (
+            chosen, advisor, phone, ok):
         wall_minus_monotonic = time.time() - time.monotonic()
         with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor:
-            await asyncio.sleep(OUTAGE_S)
-        assert _byes(advisor) == [] and _byes(phone) == [], "the call survived the kill"
-        await stack.restart_server("callback", kill=True)
-        advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
-                                     and m.direction == "received", 30)
-        customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
-                                      and m.direction == "received", 30)
+            advisor_bye, killed = await _restarted_hangs_up_both(stack, advisor, phone,
+                                                                 OUTAGE_S)
         made = await _ended_once(stack, "+817011110031", chosen)
         rung = invites_to(advisor, "operator")
         customer_invites = [m for m in phone.invites_received()
@@ -151,9 +172,6 @@ async def test_both_talking_through_the_death_are_ended_by_the_restart_and_bille
     start, end = killed - wall_minus_monotonic, killed - wall_minus_monotonic + OUTAGE_S
     heard = [t for t, pt in to_advisor.packets if pt == 0 and start <= t <= end]
     assert len(heard) >= 0.8 * OUTAGE_S / 0.02, len(heard)
-    # hung up by the restart, not before
-    for bye in (advisor_bye, customer_bye):
-        assert bye.at.timestamp() >= killed + OUTAGE_S, (bye.at, killed)
     talked = (advisor_bye.at - ok.at).total_seconds()
     assert made["end_reason"] == "failed" and made["advisor_id"] == chosen
     assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
@@ -190,37 +208,13 @@ async def test_an_advisor_hanging_up_while_the_server_is_dead_ends_it_at_their_b
     assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
 
 
-async def _restarted_hangs_up_both(stack: Stack, advisor: SippRole, phone: SippRole
-                                   ) -> tuple[SipMessage, float]:
-    """Kill the server, keep it dead a while (nobody gets a BYE), restart it: its
-    reconciler hangs up both phones. The advisor's BYE and the kill's time."""
-    stack.processes["callback"].send_signal(signal.SIGKILL)
-    killed = time.time()
-    await asyncio.sleep(3)
-    assert _byes(advisor) == [] and _byes(phone) == [], "the call survived the kill"
-    await stack.restart_server("callback", kill=True)
-    advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
-                                 and m.direction == "received", 30)
-    customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
-                                  and m.direction == "received", 30)
-    for bye in (advisor_bye, customer_bye):
-        assert bye.at.timestamp() >= killed + 3, (bye.at, killed)
-    return advisor_bye, killed
-
-
 async def test_a_customer_on_hold_at_the_death_is_hung_up_and_recorded_held_to_the_end(
         stack: Stack, admin: Admin, settings: None) -> None:
     """Put on hold (the hold music on the customer's channel, the advisor alone in the
     bridge), then killed: the restart hangs up both; the record ends ``failed``, its hold
     open to the end, the talk from the answer to the hang-up (the hold included)."""
-    chosen = await admin.advisor("朔", "3333", SIP_ADVISOR)
-    customer = "07011110033"
-    await admin.fund(customer)
-    async with stack.carriers(a="uas_answer_dtmf_long.xml", operator="uas_answer_forever.xml",
-                              digits=CONFIRM + BY_CODE + "3333",
-                              pcap_options={"tail_ms": 60_000}) as roles:
-        advisor, phone = roles["operator"], roles["carrier-a"]
-        ok = await _talking(stack, roles, customer)
+    async with _consultation(stack, admin, "朔", "3333", "07011110033") as (
+            chosen, advisor, phone, ok):
         live = await stack.wait_for_row("callback", "SELECT consultation_id FROM consult_live")
         status, body = await post(stack, admin,
                                   f"/v1/consultations/{live['consultation_id']}/hold")
