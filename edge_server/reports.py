@@ -28,6 +28,7 @@ from advisors.records import ConsultationRecord, InvalidRecord
 from billing import records as billing_records
 from billing.records import BillingRecord
 from routing_rates import call_lengths
+from shared import leg_destination
 from shared.http import (
     ApiError,
     InvalidField,
@@ -145,7 +146,9 @@ class Cdr:
     edge_call_id: str
     call_id: str
     leg: str
-    destination: E164
+    #: an E.164 number (``destination_kind`` ``pstn``) or a SIP endpoint (``sip``)
+    destination: str
+    destination_kind: str
     carrier: str | None
     started_at: datetime
     answered_at: datetime | None
@@ -177,12 +180,32 @@ class Cdr:
             raise InvalidField("carrier", "expected a string or null")
         return cls(merchant_id, callback_id, edge_call_id,
                    require_str(data, "call_id", max_len=128),
-                   require_str(data, "leg", max_len=32), _number(data, "destination"),
+                   require_str(data, "leg", max_len=32), *_destination(data),
                    carrier, require_timestamp(data, "started_at"),
                    optional_timestamp(data, "answered_at"), require_timestamp(data, "ended_at"),
                    duration, billed, _int(data, "hangup_cause", optional=True),
                    require_str(data, "disposition", max_len=32),
                    _money(data, "carrier_cost"), _money(data, "direct_cost"))
+
+
+    @property
+    def number(self) -> E164 | None:
+        """The number the leg called; None for a SIP endpoint."""
+        if self.destination_kind != leg_destination.PSTN:
+            return None
+        return E164.parse(self.destination)
+
+
+def _destination(data: Mapping[str, Any]) -> tuple[str, str]:
+    kind = data.get("destination_kind")
+    if kind is not None and kind not in leg_destination.KINDS:
+        raise InvalidField("destination_kind",
+                           f"expected one of {', '.join(leg_destination.KINDS)}")
+    try:
+        return leg_destination.parse(
+            require_str(data, "destination", max_len=leg_destination.MAX_SIP), kind)
+    except ValueError as exc:
+        raise InvalidField("destination", str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +286,12 @@ _CDR: Schema = {
                                    "disposition"],
     "properties": {
         "kind": {"const": "cdr"}, **_IDS, "call_id": string(128), "leg": string(32),
-        "destination": E164_NUMBER, "carrier": nullable({"type": "string"}),
+        # an E.164 number, or (a SIP advisor's or the operator's leg) a SIP endpoint
+        "destination": {"anyOf": [E164_NUMBER, string(leg_destination.MAX_SIP,
+                                                      pattern=leg_destination.SIP_PATTERN)]},
+        # absent: inferred from the destination (a CDR sent before CDRs named it)
+        "destination_kind": {"enum": list(leg_destination.KINDS)},
+        "carrier": nullable({"type": "string"}),
         "started_at": TIMESTAMP, "answered_at": nullable(TIMESTAMP), "ended_at": TIMESTAMP,
         "duration_s": {"anyOf": [{"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]+)?$"},
                                  {"type": "integer", "minimum": 0,
@@ -291,7 +319,8 @@ EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
                              "recording_id": "0b7c6f3e-5d1a-4c7e-9a52-1f0e8d2c4b6a",
                              "transcript": "please call me back tomorrow morning"},
     "cdr": {"kind": "cdr", **_EXAMPLE_IDS, "call_id": "cb-0f3a9c-1-customer",
-            "leg": "customer", "destination": "+819012345678", "carrier": "carrier-b",
+            "leg": "customer", "destination": "+819012345678", "destination_kind": "pstn",
+            "carrier": "carrier-b",
             "started_at": "2026-11-22T01:02:10Z", "answered_at": "2026-11-22T01:02:14Z",
             "ended_at": "2026-11-22T01:03:40Z", "duration_s": "86.120", "billed_s": 90,
             "hangup_cause": 16, "disposition": "answered",
@@ -317,7 +346,9 @@ _LISTED: dict[str, Schema] = {
                  "collected_at": TIMESTAMP, "received_at": TIMESTAMP},
     "cdrs": {"call_id": {"type": "string"}, "callback_id": {"type": "string"},
              "edge_call_id": {"type": "string"}, "leg": {"type": "string"},
-             "destination": {"type": "string"}, "carrier": nullable({"type": "string"}),
+             "destination": {"type": "string"},
+             "destination_kind": {"enum": list(leg_destination.KINDS)},
+             "carrier": nullable({"type": "string"}),
              "started_at": TIMESTAMP, "answered_at": _TIME_OR_NULL, "ended_at": TIMESTAMP,
              "duration_s": {"type": "string"}, "billed_s": {"type": "integer"},
              "hangup_cause": nullable({"type": "integer"}), "disposition": {"type": "string"},
@@ -367,9 +398,10 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
             row_id = await _insert_transcript(conn, report)
         case Cdr():
             row_id = await _insert_cdr(conn, report)
+            number = report.number
             if row_id is not None and learn_call_lengths and report.leg == "customer" \
-                    and report.answered_at is not None:
-                await call_lengths.record(conn, report.merchant_id, report.destination,
+                    and report.answered_at is not None and number is not None:
+                await call_lengths.record(conn, report.merchant_id, number,
                                           report.duration_s, report.ended_at)
         case CallbackStatusReport():
             row_id = await _insert_status(conn, report)
@@ -405,15 +437,15 @@ async def _insert_transcript(conn: asyncpg.Connection, t: RecordingTranscript) -
 async def _insert_cdr(conn: asyncpg.Connection, c: Cdr) -> int | None:
     value: int | None = await conn.fetchval(
         """INSERT INTO cdrs (merchant_id, call_id, callback_id, edge_call_id, leg, destination,
-               carrier, started_at, answered_at, ended_at, duration_s, billed_s, hangup_cause,
-               disposition, carrier_cost_amount, carrier_cost_currency, direct_cost_amount,
-               direct_cost_currency)
+               destination_kind, carrier, started_at, answered_at, ended_at, duration_s,
+               billed_s, hangup_cause, disposition, carrier_cost_amount, carrier_cost_currency,
+               direct_cost_amount, direct_cost_currency)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                   $17, $18)
+                   $17, $18, $19)
            ON CONFLICT (merchant_id, call_id) DO NOTHING RETURNING id""",
-        c.merchant_id, c.call_id, c.callback_id, c.edge_call_id, c.leg, str(c.destination),
-        c.carrier, c.started_at, c.answered_at, c.ended_at, c.duration_s, c.billed_s,
-        c.hangup_cause, c.disposition,
+        c.merchant_id, c.call_id, c.callback_id, c.edge_call_id, c.leg, c.destination,
+        c.destination_kind, c.carrier, c.started_at, c.answered_at, c.ended_at, c.duration_s,
+        c.billed_s, c.hangup_cause, c.disposition,
         c.carrier_cost.amount if c.carrier_cost else None,
         c.carrier_cost.currency if c.carrier_cost else None,
         c.direct_cost.amount if c.direct_cost else None,
@@ -449,7 +481,8 @@ _LISTS = {
     # table: (time column for since/until, columns)
     "requests": ("collected_at", "id, callback_id, edge_call_id, caller, category, fields, "
                                  f"{_TRANSCRIPTS} AS transcripts, collected_at, received_at"),
-    "cdrs": ("started_at", "id, call_id, callback_id, edge_call_id, leg, destination, carrier, "
+    "cdrs": ("started_at", "id, call_id, callback_id, edge_call_id, leg, destination, "
+                           "destination_kind, carrier, "
                            "started_at, answered_at, ended_at, duration_s, billed_s, "
                            "hangup_cause, disposition, carrier_cost_amount, "
                            "carrier_cost_currency, direct_cost_amount, direct_cost_currency, "

@@ -8,6 +8,7 @@ from decimal import Decimal
 from billing.records import Leg
 from callback_server.dialer_messages import RATED_LEGS, RecordCdr
 from callback_server.store.base import StoreBase
+from shared import leg_destination
 from shared.db import survives_database_restarts
 from shared.money import Money
 from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
@@ -43,7 +44,9 @@ class CdrStore(StoreBase):
             payload = {
                 "kind": "cdr", "call_id": cdr.call_id, "callback_id": cdr.callback_id,
                 "edge_call_id": edge_call_id, "merchant_id": merchant_id, "leg": cdr.leg,
-                "destination": cdr.destination, "carrier": cdr.carrier_id,
+                "destination": cdr.destination,
+                "destination_kind": leg_destination.kind_of(cdr.destination),
+                "carrier": cdr.carrier_id,
                 "started_at": isoformat(cdr.started_at),
                 "answered_at": isoformat(cdr.answered_at), "ended_at": isoformat(cdr.ended_at),
                 "duration_s": str(cdr.duration_s), "billed_s": billed_s,
