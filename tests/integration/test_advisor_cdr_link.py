@@ -17,16 +17,16 @@ import callback_server
 import shared
 from callback_server.dialer import Leg, leg_cdr
 from callback_server.store import CallbackStore
-from edge_server.reports import list_rows, parse_event, save_report
+from edge_server.reports import list_rows, parse_event
 from edge_server.store import CallStore, edge_migrations
 from edge_server.testing import merchant
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.http import InvalidField
-from shared.link import accept_once
 from shared.outbox import fact_message_id
 from shared.paging import ListQuery
 from tests.conftest import drop_database, fresh_database
 from tests.integration.test_callback_store import MERCHANT, request
+from tests.integration.test_edge_store import deliver
 
 pytestmark = pytest.mark.integration
 
@@ -70,14 +70,6 @@ async def sent_cdr(pool: asyncpg.Pool, channel_id: str, role: str, carrier: str,
                                "AND message_id = $1::uuid", fact_message_id("cdr", channel_id))
     message: dict[str, Any] = json.loads(bytes(body))
     return message
-
-
-async def deliver(pool: asyncpg.Pool, message_id: str, event: dict[str, Any]
-                  ) -> tuple[int, dict[str, Any]]:
-    report = parse_event(event)
-    async with pool.acquire() as conn, conn.transaction():
-        return await accept_once(conn, message_id, event["kind"],
-                                 lambda c: save_report(c, report))
 
 
 @pytest.mark.parametrize(("channel_id", "role", "carrier", "destination", "kind"), [
