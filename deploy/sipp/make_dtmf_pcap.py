@@ -12,12 +12,15 @@ continuous stream instead:
 * per digit: telephone-event packets (PT ``--pt``, default 101) every 20 ms for
   ``--tone-ms`` (160 ms), the first with the marker bit, then 3 end packets;
 * ``[N]`` between digits: N ms of silence there instead of the gap, so a caller can
-  wait for each prompt to end before keying its answer (``1[4000]2``).
+  wait for each prompt to end before keying its answer (``1[4000]2``);
+* ``[~N]``: N ms of sound (a 1 kHz PCMU tone), e.g. a message spoken after a beep and
+  ended by ``#`` (``[5000][~3000]#``: silence, the tone, then the key, no gap between).
 
 Usage::
 
     make_dtmf_pcap.py '1234#' -o dtmf.pcap [--lead-ms 500] [--gap-ms 200]
     make_dtmf_pcap.py '1[5200]1[6100]1234#' -o dtmf.pcap
+    make_dtmf_pcap.py '1[4000][~3000]#' -o message.pcap
 
 Digits: 0-9 * # A-D. An empty string gives silence only. Standard library only.
 """
@@ -25,6 +28,7 @@ Digits: 0-9 * # A-D. An empty string gives silence only. Standard library only.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import re
 import struct
@@ -40,7 +44,23 @@ PT_PCMU = 0
 PCMU_SILENCE = b"\xff" * (PACKET_MS * SAMPLES_PER_MS)
 SRC = (bytes([127, 0, 0, 1]), 40000)
 DST = (bytes([127, 0, 0, 1]), 40002)
-_TOKEN = re.compile(r"\[(\d+)\]|(.)", re.DOTALL)
+_TOKEN = re.compile(r"\[(~?)(\d+)\]|(.)", re.DOTALL)
+TONE_HZ, TONE_LEVEL = 1000, 8000      # of 32767: about -12 dBFS
+
+
+def _ulaw(sample: int) -> int:
+    """G.711 μ-law of a 16-bit linear sample."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent = max(0, magnitude.bit_length() - 8)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def tone_payload(start_sample: int, samples: int) -> bytes:
+    """``samples`` of the tone from ``start_sample`` on, μ-law (phase-continuous)."""
+    return bytes(_ulaw(round(TONE_LEVEL * math.sin(2 * math.pi * TONE_HZ * n / 8000)))
+                 for n in range(start_sample, start_sample + samples))
 
 
 @dataclass
@@ -67,24 +87,31 @@ def build_packets(digits: str, *, lead_ms: int, gap_ms: int, tone_ms: int, tail_
                        ts_base=rng.getrandbits(31))
     out: list[tuple[int, bytes]] = []
 
-    def silence(ms: int) -> None:
+    def audio(ms: int, *, tone: bool = False) -> None:
+        """``ms`` of PCMU: silence, or the tone."""
         for _ in range(max(0, ms) // PACKET_MS):
-            out.append((stream.clock_ms,
-                        stream.packet(PT_PCMU, PCMU_SILENCE, ts=stream.clock_ms * SAMPLES_PER_MS)))
+            ts = stream.clock_ms * SAMPLES_PER_MS
+            payload = tone_payload(ts, PACKET_MS * SAMPLES_PER_MS) if tone else PCMU_SILENCE
+            out.append((stream.clock_ms, stream.packet(PT_PCMU, payload, ts=ts)))
             stream.clock_ms += PACKET_MS
 
-    silence(lead_ms)
+    audio(lead_ms)
     pause: int | None = None
     keyed = False
     for match in _TOKEN.finditer(digits.upper()):
-        if match.group(1) is not None:
-            pause = int(match.group(1))
+        if match.group(1) == "~":
+            audio(pause or 0)
+            audio(int(match.group(2)), tone=True)
+            pause = 0
             continue
-        digit = match.group(2)
+        if match.group(2) is not None:
+            pause = int(match.group(2))
+            continue
+        digit = match.group(3)
         if digit not in EVENT_CODES:
             raise ValueError(f"not a DTMF digit: {digit!r}")
         if keyed or pause is not None:
-            silence(gap_ms if pause is None else pause)
+            audio(gap_ms if pause is None else pause)
         pause, keyed = None, True
         code = EVENT_CODES[digit]
         start_ts = stream.clock_ms * SAMPLES_PER_MS
@@ -98,8 +125,8 @@ def build_packets(digits: str, *, lead_ms: int, gap_ms: int, tone_ms: int, tail_
         for _ in range(3):
             out.append((stream.clock_ms, stream.packet(pt, end, ts=start_ts)))
             stream.clock_ms += PACKET_MS
-    silence(pause or 0)
-    silence(tail_ms)
+    audio(pause or 0)
+    audio(tail_ms)
     return out
 
 

@@ -35,8 +35,8 @@ from shared.phone import normalise
 from tests.harness.asterisk import (
     AsteriskSite,
     expect_event,
-    instance_tool,
     qualify,
+    recordings_spool,
     reset,
     running_locked,
 )
@@ -54,11 +54,6 @@ def callback() -> Iterator[AsteriskSite]:
         yield site
 
 
-def spool_of(site: AsteriskSite) -> Path:
-    installed = instance_tool().load_site(site.name, site.root)
-    return Path(installed.host(installed.directories()["astspooldir"])) / "recording"
-
-
 @asynccontextmanager
 async def recording(callback: AsteriskSite, tmp_path: Path, name: str, scenario: str,
                     digits: str, lead_ms: int, max_s: int
@@ -66,7 +61,7 @@ async def recording(callback: AsteriskSite, tmp_path: Path, name: str, scenario:
     """A call SIPp's ``scenario`` answers (``lead_ms`` of silence, then ``digits``), its
     channel being recorded as ``name`` (ended on ``#``, at most ``max_s``)."""
     await reset(callback)
-    (spool_of(callback) / f"{name}.wav").unlink(missing_ok=True)
+    (recordings_spool(callback.name, callback.root) / f"{name}.wav").unlink(missing_ok=True)
     with role(scenario, "carrier-b", tmp_path, digits=digits,
               pcap_options={"lead_ms": lead_ms}):
         await qualify(callback, "carrier-b")
@@ -87,7 +82,7 @@ async def recording(callback: AsteriskSite, tmp_path: Path, name: str, scenario:
 async def test_a_recording_ends_on_hash_and_is_stored(callback: AsteriskSite, tmp_path: Path,
                                                       pg_url: str) -> None:
     name = f"{CHANNEL}-r1"
-    spool = spool_of(callback)
+    spool = recordings_spool(callback.name, callback.root)
     async with recording(callback, tmp_path, name, "uas_answer_dtmf.xml", "#", 2500,
                          20) as (ari, events):
         finished = await expect_event(events, RecordingFinished, channel_id=CHANNEL,
@@ -127,7 +122,7 @@ async def test_a_customer_hanging_up_ends_the_recording_before_the_channel_leave
         assert not any(isinstance(e, StasisEnd) for e in seen), seen
         assert finished.recording.state == "done"
         await expect_event(events, StasisEnd, channel_id=CHANNEL)
-    path = spool_of(callback) / f"{name}.wav"
+    path = recordings_spool(callback.name, callback.root) / f"{name}.wav"
     with wave.open(str(path), "rb") as w:
         assert w.getnframes() / w.getframerate() >= 2.0
     path.unlink()

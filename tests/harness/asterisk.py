@@ -151,6 +151,13 @@ def sounds_dir(site: str, name: str, root: Path | None = None) -> tuple[Path, st
     return installed.host(inner), inner
 
 
+def recordings_spool(site: str, root: Path | None = None) -> Path:
+    """Where site ``site``'s Asterisk writes ARI recordings (``<astspooldir>/recording``),
+    as this host sees it: what the callback site's ``[media] asterisk_recordings_dir`` is."""
+    installed = instance_tool().load_site(site, root or asterisk_root())
+    return Path(installed.host(installed.directories()["astspooldir"])) / "recording"
+
+
 def prompt_seconds(site: AsteriskSite, language: str, name: str) -> float:
     """How long the installed prompt ``sound:cbgw/<name>`` in ``language`` plays."""
     return sound_seconds(site, language, f"cbgw/{name}")

@@ -4,7 +4,8 @@ It checks HTTP basic auth, lists messages (newest first, by ``To`` and ``From``)
 answers Twilio's JSON resources and errors (codes 20003, 20404, 21211, 21602, 21603,
 21610), keeps what it was sent, and delivers: it POSTs status callbacks to
 ``StatusCallback`` signed as Twilio signs them (HMAC-SHA1 of the URL and the sorted
-parameters, written here from Twilio's documentation, not from the adapter).
+parameters, written here from Twilio's documentation, not from the adapter). Its
+``num_segments`` is Twilio's count of the body (:func:`twilio_segments`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -24,6 +26,21 @@ from aiohttp import web
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "f" * 32
+#: GSM 03.38's basic table and the extension table's characters (each 2 septets)
+GSM_BASIC = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+             "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
+GSM_EXTENDED = "^{}\\[~]|€\f"
+
+
+def twilio_segments(body: str) -> int:
+    """How many segments Twilio sends ``body`` as: GSM-7 160 septets in one, else 153 a
+    segment; UCS-2 70 UTF-16 units in one, else 67 a segment (its documentation's figures;
+    a character is not split across segments, which these bodies never need)."""
+    if all(c in GSM_BASIC or c in GSM_EXTENDED for c in body):
+        units, single, part = sum(1 + (c in GSM_EXTENDED) for c in body), 160, 153
+    else:
+        units, single, part = len(body.encode("utf-16-le")) // 2, 70, 67
+    return 1 if units <= single else math.ceil(units / part)
 
 
 @dataclass
@@ -77,7 +94,8 @@ class FakeTwilio:
             "sid": sid, "account_sid": self.account_sid, "to": to,
             "from": form.get("From"), "messaging_service_sid": form.get("MessagingServiceSid"),
             "body": form["Body"], "status": "accepted" if form.get("MessagingServiceSid")
-            else "queued", "num_segments": "1", "direction": "outbound-api",
+            else "queued", "num_segments": str(twilio_segments(form["Body"])),
+            "direction": "outbound-api",
             "error_code": None, "error_message": None, "price": None, "price_unit": "USD",
             "api_version": "2010-04-01", "status_callback": form.get("StatusCallback"),
             "date_created": format_datetime(datetime.now(UTC)),

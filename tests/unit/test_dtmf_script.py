@@ -1,6 +1,7 @@
 """The caller's keys as the e2e phones send them: ``make_dtmf_pcap``'s ``[N]`` pauses put N
 ms of silence where the gap would be (so a caller keys each answer once its prompt has
-ended), and :meth:`RtpCapture.keys` reads each digit back from the packets the phone sent."""
+ended), ``[~N]`` N ms of sound (a message to record), and :meth:`RtpCapture.keys` reads each
+digit back from the packets the phone sent."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import struct
 
 import pytest
 
-from tests.harness.rtp import RtpCapture
+from tests.harness.rtp import RtpCapture, _sounds
 from tests.harness.sipp import _pcap_tool
 
 EVENT = 101
@@ -41,6 +42,16 @@ def test_a_trailing_pause_is_silence_before_the_tail() -> None:
     paused = tool.build_packets("1[1000]", lead_ms=0, gap_ms=200, tone_ms=160,
                                 tail_ms=200, pt=EVENT, seed=1)
     assert paused[-1][0] - plain[-1][0] == 1000
+
+
+def test_a_tone_is_sound_for_its_length_and_the_next_key_follows_it_at_once() -> None:
+    packets = _pcap_tool().build_packets("1[1000][~3000]#", lead_ms=500, gap_ms=200,
+                                         tone_ms=160, tail_ms=200, pt=EVENT, seed=1)
+    loud = [at for at, rtp in packets if rtp[1] & 0x7F == 0 and _sounds(rtp[12:])]
+    tone_starts = 500 + 220 + 1000
+    assert (loud[0], loud[-1]) == (tone_starts, tone_starts + 3000 - 20)
+    assert len(loud) == 3000 // 20
+    assert digit_starts("1[1000][~3000]#")[1] == (tone_starts + 3000, 11)
 
 
 def test_not_a_digit_is_refused() -> None:
