@@ -74,7 +74,10 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The Asterisks the session started are stopped (left running, they would take CPU
-    from whatever runs next, a benchmark say)."""
-    from tests.harness.asterisk import stop_started
+    from whatever runs next, a benchmark say), once no other session's stack is using
+    them: its lock taken first."""
+    from tests.harness.asterisk import stack_lock, started_here, stop_started
 
-    stop_started()
+    if started_here():
+        with stack_lock():
+            stop_started()

@@ -216,8 +216,14 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def started_here() -> bool:
+    """Whether this process started a site (that :func:`stop_started` would stop)."""
+    return bool(_STARTED)
+
+
 def stop_started() -> list[str]:
-    """Stop the sites this process started (a test session, at its end), so no Asterisk
+    """Stop the sites this process started (a test session, at its end, holding
+    :func:`stack_lock`: another session may be using them by then), so no Asterisk
     keeps running, and taking CPU from what runs next (``make bench``), after
     ``make test``. A site that was already running when first asked for is left alone,
     unless its configs had changed and it was restarted with the new ones."""
@@ -228,13 +234,21 @@ def stop_started() -> list[str]:
 
 
 @contextmanager
-def running_locked(name: str) -> Iterator[AsteriskSite]:
-    """The site running, with the stack's lock (``demo.stack.LOCK_PATH``) held inside: for
-    a test that drives a shared Asterisk without ``demo.stack.Stack``."""
+def stack_lock() -> Iterator[None]:
+    """The stack's lock (``demo.stack.LOCK_PATH``) held inside: whoever holds it has the
+    shared Asterisks to itself (it waits for the holder)."""
     from demo.stack import LOCK_PATH
 
     with open(LOCK_PATH, "ab") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def running_locked(name: str) -> Iterator[AsteriskSite]:
+    """The site running, with the stack's lock held inside: for a test that drives a
+    shared Asterisk without ``demo.stack.Stack``."""
+    with stack_lock():
         yield ensure_running(name)
 
 
