@@ -119,6 +119,7 @@ on_fail = "goodbye"
 type = "menu"
 prompt = ["sound:cbgw/welcome-menu"]
 choices = { "1" = "order_menu", "0" = "goodbye" }
+field = "section"
 timeout_s = 10
 retries = 1
 on_fail = "goodbye"
@@ -127,6 +128,7 @@ on_fail = "goodbye"
 type = "menu"
 prompt = ["sound:cbgw-guidance/acme/order-menu"]
 choices = { "2" = "item_code", "3" = "goodbye" }
+field = "order_kind"
 timeout_s = 10
 retries = 1
 on_fail = "goodbye"
@@ -170,7 +172,7 @@ on_fail = "goodbye"
 [nodes.submit]
 type = "submit"
 category = "new_order"
-fields = ["item_code", "message"]
+fields = ["section", "order_kind", "item_code", "message"]
 next = "text_me"
 
 [nodes.text_me]
@@ -398,11 +400,11 @@ async def test_inside_hours_the_stored_flow_runs_every_prompt_is_heard_and_notif
     for span, expected in zip(spans, prompts, strict=True):
         assert abs(span - expected) <= 0.5, (spans, prompts)
 
-    # The request reached the edge once, from the stored flow's nested menu, gather and
-    # recording.
+    # The request reached the edge once: both menus' choices, the digits, the recording.
     recording_id = request["fields"]["message"]
     assert (request["category"], request["fields"]) == (
-        "new_order", {"item_code": ITEM, "message": recording_id})
+        "new_order", {"section": "1", "order_kind": "2", "item_code": ITEM,
+                      "message": recording_id})
     rounds = await stack.fetch(
         "callback", """SELECT f.flow_name, f.version FROM callback_round_flows f
                        JOIN callback_requests r USING (callback_id)
