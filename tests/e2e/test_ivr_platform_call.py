@@ -64,7 +64,8 @@ from tests.integration.fake_chat import (
 )
 from tests.integration.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
-pytestmark = pytest.mark.e2e
+#: a stack waits for the machine's stack lock, and its setup counts against the timeout
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 CUSTOMER = "09012345678"
