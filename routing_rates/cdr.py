@@ -10,7 +10,8 @@ force when the call started, against the toll-free counterfactual.
   would have cost had the edge kept the toll-free call.
 
 Reading CDR files (JSON lines shaped like the link's ``cdr`` message, or CSV
-with the same field names) reports bad lines with file and line number.
+with the same field names) reports bad lines with file and line number; a leg whose
+``destination_kind`` is ``sip`` (a SIP advisor's, the operator's) is left out.
 Rated legs go to ``rates_cdr_ratings`` (upsert on call id + leg).
 """
 
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 from routing_rates.carriers import Carrier
 from routing_rates.index import RateIndex, Row, Tables
 from routing_rates.tariff import Terms, ceil_seconds, period_at
+from shared import leg_destination
 from shared.money import FxTable, Money
 from shared.phone import E164, InvalidNumber
 from shared.timeutil import parse_timestamp
@@ -318,8 +320,9 @@ def read_cdrs(path: Path, inbound_tariff: str = "ntt-freedial") -> Iterator[Cdr]
                 data = json.loads(record) if isinstance(record, str) else record
                 if not isinstance(data, dict):
                     raise ValueError("not a JSON object")
-                if data.get("kind", "cdr") != "cdr":
-                    continue
+                if data.get("kind", "cdr") != "cdr" \
+                        or data.get("destination_kind") == leg_destination.SIP:
+                    continue        # a leg to a SIP endpoint has no number to price
                 good.append(cdr_from_mapping(data, inbound_tariff))
             except (ValueError, KeyError) as exc:
                 problems.append(f"{path}:{number}: {exc}")

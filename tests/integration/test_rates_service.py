@@ -106,9 +106,17 @@ async def test_cdrs_are_rated_with_the_deck_in_force_at_call_time(
             "started_at": started.isoformat(), "answered_at": started.isoformat(),
             "ended_at": started.isoformat(), "duration_s": "61.2", "billed_s": 120,
             "hangup_cause": 16, "disposition": "answered"}))
+    # a SIP advisor's leg (through the edge trunk, no number to price): not rated
+    lines.append(json.dumps({
+        "kind": "cdr", "call_id": "c-sip", "callback_id": "cb0", "merchant_id": "acme",
+        "leg": "advisor", "destination": "alice", "destination_kind": "sip",
+        "carrier": "edge-trunk", "started_at": t0.isoformat(), "answered_at": t0.isoformat(),
+        "ended_at": t0.isoformat(), "duration_s": "30", "billed_s": 30, "hangup_cause": 16,
+        "disposition": "answered"}))
     cdrs_file.write_text("\n".join(lines) + "\n")
     history = DeckHistory(await store.history(conn))
     cdrs = list(read_cdrs(cdrs_file))
+    assert [c.call_id for c in cdrs] == ["c0", "c1"]
     rows = await store.rows_by_deck(conn, sorted(history.decks_for(cdrs)))
     carriers = {c.id: c for c in await store.load_tariffs(conn)}
     rated = CdrRater(carriers, history, rows.__getitem__, FX).rate_all(cdrs)
