@@ -303,6 +303,22 @@ async def test_cdrs_are_listed_with_money_as_strings(client: TestClient[Any, Any
     assert all(i["call_id"] != "call-h1" for i in acme["items"])
 
 
+async def test_cdrs_of_legs_to_sip_endpoints_are_stored_and_listed(
+        client: TestClient[Any, Any]) -> None:
+    sip = {"merchant_id": "acme", "edge_call_id": "edge-cb-sip", "carrier": "edge-trunk",
+           "carrier_cost": None}
+    advisor = cdr("call-sip-1", leg="advisor", destination="alice", destination_kind="sip",
+                  **sip)
+    # the operator's leg as sent before CDRs named the kind (a dead letter requeued)
+    operator = cdr("call-sip-2", leg="operator", destination="PJSIP/operator@edge-trunk",
+                   **sip)
+    assert [(await post_event(client, e))[0] for e in (advisor, operator)] == [200, 200]
+    body = await (await client.get("/v1/cdrs", headers=bearer(ACME_TOKEN))).json()
+    assert {(i["call_id"], i["destination"], i["destination_kind"]) for i in body["items"]
+            if i["edge_call_id"] == "edge-cb-sip"} == {
+        ("call-sip-1", "alice", "sip"), ("call-sip-2", "PJSIP/operator@edge-trunk", "sip")}
+
+
 async def test_calls_show_a_closed_call_and_a_dropped_call_back_with_why(
         client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
     store = CallStore(pool)
