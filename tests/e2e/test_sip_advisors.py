@@ -127,6 +127,12 @@ async def test_a_registered_softphone_is_rung_by_code_not_the_operator(
     leg = await stack.wait_for_row(
         "callback", "SELECT * FROM callback_attempts WHERE leg = 'advisor' AND answered")
     assert leg["endpoint"] == f"PJSIP/{endpoint}@edge-trunk"
+    # its CDR reaches the edge (not parked dead there as a destination that is no number)
+    edge_cdr = await stack.wait_for_row(
+        "edge", "SELECT * FROM cdrs WHERE call_id = $1", leg["channel_id"])
+    assert (edge_cdr["destination"], edge_cdr["destination_kind"]) == (user, "sip")
+    assert await stack.fetch("callback", "SELECT message_id FROM outbox WHERE kind = 'cdr' "
+                             "AND dead_at IS NOT NULL") == []
 
 
 async def test_an_unregistered_endpoint_is_refused_at_once_and_the_next_advisor_rung(
