@@ -745,7 +745,15 @@ def _force_end(state: ConsultState, at: datetime, reason: EndReason, media: str)
     assert advisor is not None
     customer = state.request.customer_channel
     farewell = f"{state.request.consultation_id}-farewell"
-    state, cmds = _xfer_drop(state, at, Outcome.CANCELLED)
+    # The customer leaves the bridge (a request Asterisk answers once they are out) before
+    # the advisor is hung up and the bridge destroyed: a play sent while the bridge is
+    # being torn down is queued to the bridge and lost with it (no playback starts).
+    # (On hold, and so during a transfer, the customer is out of it already.)
+    bridge = state.bridge_id
+    cmds: list[Command] = [Unbridge(bridge, customer)] \
+        if bridge is not None and state.held_since is None else []
+    state, more = _xfer_drop(state, at, Outcome.CANCELLED)
+    cmds += more
     state, more = _hold_over(state, at, customer_here=True)
     cmds += [*more, Hangup(leg.channel_id), *_end_presence(state, advisor)]
     if state.bridge_id is not None:

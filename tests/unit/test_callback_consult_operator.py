@@ -62,6 +62,30 @@ def test_forced_end_hangs_up_the_advisor_plays_the_farewell_then_hangs_up_the_cu
     assert over.answered_at == at(4) and over.ended_at == at(40) and over.advisor_id == 1
 
 
+def test_the_customer_leaves_the_bridge_before_its_teardown_and_the_farewell() -> None:
+    """A play sent while the customer's bridge is destroyed is queued to that bridge and
+    lost with it (the cut-off message never started; the guard hung the customer up 20 s
+    later): the customer is taken out of the bridge first, then the advisor hung up, the
+    bridge destroyed and the message played, for a cut-off as for an operator's end."""
+    for end in (ForceEnd(at(40)), ForceEnd(at(40), EndReason.CUT_OFF, "sound:cbgw/x")):
+        call = Call(make_desk())
+        leg = talking(call)
+        cmds = call.send(end)
+        out = cmds.index(Unbridge(BRIDGE, "cb-1-01"))
+        assert out < cmds.index(Hangup(leg)) < cmds.index(DestroyBridge(BRIDGE)) < cmds.index(
+            Farewell("cb-1-01", end.farewell, f"{CID}-farewell")), cmds
+
+
+def test_a_customer_on_hold_is_out_of_the_bridge_already_at_a_forced_end() -> None:
+    call = Call(make_desk())
+    leg = talking(call)
+    call.send(HoldCustomer(call.at(10)))
+    cmds = call.send(ForceEnd(call.at(20)))
+    assert not only(cmds, Unbridge)
+    assert cmds.index(StopMoh("cb-1-01")) < cmds.index(Hangup(leg)) < cmds.index(
+        Farewell("cb-1-01", consult.FAREWELL_PROMPT, f"{CID}-farewell"))
+
+
 def test_the_farewell_guard_hangs_up_the_customer_when_no_playback_ends() -> None:
     call = Call(make_desk())
     leg = talking(call)
