@@ -633,10 +633,23 @@ def _unanswered_gone(state: ConsultState, ev: ChannelGone) -> Step:
     return _ring_over(state, ev.at)
 
 
+def _customer_out(state: ConsultState) -> list[Command]:
+    """Take the customer out of the bridge (a request Asterisk answers once they are out)
+    before the bridge is destroyed and anything is played to them: a play sent while the
+    bridge is torn down is queued to that bridge and lost with it (no playback starts) or
+    cut at once. On hold, and so during a transfer, the customer is out of it already."""
+    bridge = state.bridge_id
+    if bridge is None or state.held_since is not None:
+        return []
+    return [Unbridge(bridge, state.request.customer_channel)]
+
+
 def _advisor_hung_up(state: ConsultState, at: datetime) -> Step:
     advisor = state.connected_advisor
     assert advisor is not None
-    state, cmds = _xfer_drop(state, at, Outcome.CANCELLED)
+    cmds = _customer_out(state)
+    state, more = _xfer_drop(state, at, Outcome.CANCELLED)
+    cmds += more
     state, more = _hold_over(state, at, customer_here=True)
     cmds += [*more, *_end_presence(state, advisor)]
     if state.bridge_id is not None:
@@ -745,13 +758,7 @@ def _force_end(state: ConsultState, at: datetime, reason: EndReason, media: str)
     assert advisor is not None
     customer = state.request.customer_channel
     farewell = f"{state.request.consultation_id}-farewell"
-    # The customer leaves the bridge (a request Asterisk answers once they are out) before
-    # the advisor is hung up and the bridge destroyed: a play sent while the bridge is
-    # being torn down is queued to the bridge and lost with it (no playback starts).
-    # (On hold, and so during a transfer, the customer is out of it already.)
-    bridge = state.bridge_id
-    cmds: list[Command] = [Unbridge(bridge, customer)] \
-        if bridge is not None and state.held_since is None else []
+    cmds = _customer_out(state)
     state, more = _xfer_drop(state, at, Outcome.CANCELLED)
     cmds += more
     state, more = _hold_over(state, at, customer_here=True)

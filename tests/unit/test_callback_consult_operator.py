@@ -187,6 +187,7 @@ def test_an_end_while_on_hold_closes_the_hold() -> None:
     call.send(HoldCustomer(call.at(10)))
     cmds = call.send(ChannelGone(leg, 16, call.at(20)))
     assert StopMoh("cb-1-01") in cmds and Tell(consult.ivr.ConsultEnded()) in cmds
+    assert not only(cmds, Unbridge), "on hold: out of the bridge already"
     assert call.over().holds == (Hold(at(10), at(20)),)
     # the customer hangs up: nothing to stop on their side
     call = Call(make_desk())
