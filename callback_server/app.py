@@ -66,7 +66,12 @@ from callback_server.guard.http import install as install_guard
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
-from callback_server.ivr_services import site_services, webhook_session
+from callback_server.ivr_services import (
+    prerender,
+    site_services,
+    site_speech,
+    webhook_session,
+)
 from callback_server.leg_progress import LegProgress
 from callback_server.legrecord import LegRecords
 from callback_server.metrics import callback as callback_metrics
@@ -80,6 +85,7 @@ from ivr_platform.guidance import media_ref
 from ivr_platform.media_http import install as install_media
 from ivr_platform.notify_http import install as install_notify
 from ivr_platform.sms_http import install as install_sms
+from ivr_platform.tts import PromptCache
 from shared import outbox_operator
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
@@ -109,6 +115,8 @@ POOL_KEY = web.AppKey("callback_pool", asyncpg.Pool)
 ROUTING_KEY = web.AppKey("callback_routing", Routing)
 WORKER_KEY = web.AppKey("callback_worker", Worker)
 ACTIVE_FLOWS_KEY = web.AppKey("callback_active_flows", ActiveFlows)
+#: where say nodes' texts are rendered (None: no ``[media] guidance_dir``)
+SPEECH_KEY: web.AppKey[PromptCache | None] = web.AppKey("callback_speech")
 STASIS_KEY = web.AppKey("callback_stasis", StasisApp)
 #: ``serve --role``: ``all`` (the whole site) or ``intake``
 ROLE_KEY = web.AppKey("callback_role", str)
@@ -163,7 +171,10 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
                    db_url=lambda a: a[DB_URL_KEY])
     install_sms(app, settings.sms, lambda a: a[POOL_KEY], owner=owner_name(),
                 db_url=lambda a: a[DB_URL_KEY])
-    install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems)
+    speech = app[SPEECH_KEY] = site_speech(settings.media)
+    install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems,
+                  None if speech is None else lambda merchant, flow: prerender(
+                      speech, flow, settings.merchant(merchant).language))
     install_consult_control(app, lambda a: a[POOL_KEY])
     app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:
@@ -333,7 +344,11 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     records = LegRecords(client, answers=AnswerLog(answers) if answers is not None else None)
     settler = LegSettler(store, routing, records, merchants)
     webhooks = webhook_session()               # flows' webhooks: public addresses only
-    services = site_services(settings, app[POOL_KEY], webhooks)
+    speech = app[SPEECH_KEY]
+    services = site_services(settings, app[POOL_KEY], webhooks, speech)
+    if speech is not None:        # the configured flows' fixed texts, before any call
+        for m in settings.merchants:
+            await prerender(speech, settings.flows[m.ivr_flow], m.language)
     pool = app[POOL_KEY]
     desk = AdvisorDesk(pool, routing, {m.id: m.operator for m in settings.merchants})
     consultations = ConsultationRecords(pool)

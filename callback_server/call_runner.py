@@ -133,7 +133,7 @@ class CallRunner(RoundRunner):
                         | ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultRefused
                         | ivr.ConsultEnded | ivr.HoursChecked | ivr.Recorded
                         | ivr.WebhookAnswered | ivr.WebhookFailed | ivr.TransferFailed
-                        | ivr.OperatorFailed):
+                        | ivr.Spoken | ivr.OperatorFailed):
             await self.ivr.handle(event)
         elif isinstance(event, ari.StasisStart | ari.ChannelHangupRequest | ari.ChannelDestroyed
                         | ari.StasisEnd):

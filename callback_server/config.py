@@ -24,6 +24,7 @@ from ivr_platform.media_config import MediaSettings
 from ivr_platform.notify_config import NotifySettings, merchant_languages
 from ivr_platform.prompts import SYSTEM_PROMPTS
 from ivr_platform.sms_config import SmsSettings
+from ivr_platform.tts import EngineMissing, default_voices
 from shared.capacity import CapacitySettings, cap_problems
 from shared.config import (
     AriSettings,
@@ -175,8 +176,8 @@ class CallbackSettings:
         """Why the site refuses ``flow`` as one of the merchant's stored flows although it
         validates: as ``check`` does for a configured flow, a confirm gate missing while
         ``[guard] require_confirm``, prompts it plays that are not there in the merchant's
-        language, guidance not the merchant's or not uploaded, a record or sms node the
-        site cannot run (its sub-flows' too, once resolved)."""
+        language, guidance not the merchant's or not uploaded, a record, sms or say node
+        the site cannot run (its sub-flows' too, once resolved)."""
         merchant = replace(self.merchant(merchant_id), ivr_flow=flow.name)
         flows = {flow.name: flow}
         gate = _gate_problem(self.guard, flow)
@@ -271,7 +272,7 @@ def _verb_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
                    media: MediaSettings, sms: SmsSettings | None) -> list[tuple[str, str]]:
     """``(merchants[i].ivr_flow, problem)`` for a verb its flow (or a sub-flow) uses that
     the site cannot run: ``record`` without somewhere to keep recordings, ``sms``
-    without ``[sms]``."""
+    without ``[sms]``, ``say`` with a text the site cannot render."""
     problems = []
     for i, m in enumerate(merchants):
         types = _node_types(flows[m.ivr_flow])
@@ -284,7 +285,38 @@ def _verb_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
             problems.append((f"merchants[{i}].ivr_flow",
                              f"flow {m.ivr_flow!r} sends SMS (an sms node), but [sms] is "
                              "not set"))
+        problems += [(f"merchants[{i}].ivr_flow", problem) for problem
+                     in speech_problems(flows[m.ivr_flow], m.language, media)]
     return problems
+
+
+def speech_problems(flow: Flow, language: Language, media: MediaSettings) -> list[str]:
+    """Why the site cannot speak the texts of ``flow``'s say nodes: nowhere to render them
+    (``[media] guidance_dir``), or the TTS engine of a language not installed."""
+    spoken = _spoken_languages(flow, language)
+    if not spoken:
+        return []
+    if media.guidance_dir is None:
+        return [f"flow {flow.name!r} speaks a text (a say node), but [media] guidance_dir "
+                "(where the callback Asterisk reads it) is not set"]
+    problems = []
+    voices = default_voices()
+    for spoken_in in sorted(spoken):
+        try:
+            voices[spoken_in].check()
+        except EngineMissing as exc:
+            problems.append(f"flow {flow.name!r} speaks {spoken_in.value!r} text (a say "
+                            f"node), but {exc}")
+    return problems
+
+
+def _spoken_languages(flow: Flow, language: Language) -> set[Language]:
+    """The languages ``flow``'s say nodes (and its sub-flows') speak their texts in."""
+    spoken = {Language(node.language or language.value) for node in flow.nodes
+              if node.type == "say" and node.text is not None}
+    for _, sub in flow.subflows:
+        spoken |= _spoken_languages(sub, language)
+    return spoken
 
 
 def _node_types(flow: Flow) -> set[str]:

@@ -27,6 +27,7 @@ from aiohttp import web
 from callback_server.flows_store import (
     MAX_FLOW_BYTES,
     FlowStore,
+    Prepare,
     SiteCheck,
     valid_json,
     versions_json,
@@ -58,13 +59,14 @@ DEFAULT_FILE = "flow.toml"
 
 
 def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool],
-            site_check: SiteCheck = lambda merchant, flow: ()) -> None:
+            site_check: SiteCheck = lambda merchant, flow: (),
+            prepare: Prepare | None = None) -> None:
     """Mount the routes; the store opens on ``pool(app)`` at start-up (after the
     database's ``cleanup_ctx``)."""
     add_operations(app, OPERATIONS)
 
     async def flows_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STORE_KEY] = FlowStore(pool(app), site_check)
+        app[STORE_KEY] = FlowStore(pool(app), site_check, prepare)
         yield
 
     app.cleanup_ctx.append(flows_ctx)

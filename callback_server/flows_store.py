@@ -22,7 +22,7 @@ with ``file``, ``line`` and ``node``, 404 ``not-found``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,9 @@ from shared.outbox import isoformat
 
 #: what the site refuses in a flow that validates: (merchant, flow) -> problems
 SiteCheck = Callable[[str, Flow], Sequence[str]]
+#: what the site does with a flow it activates, before new rounds run it (its say nodes'
+#: texts without variables rendered: :func:`callback_server.ivr_services.prerender`)
+Prepare = Callable[[str, Flow], Awaitable[None]]
 MAX_FLOW_BYTES = 256 * 1024
 
 
@@ -123,9 +126,11 @@ def _version(row: asyncpg.Record) -> FlowVersion:
 
 
 class FlowStore:
-    def __init__(self, pool: asyncpg.Pool, site_check: SiteCheck = lambda m, f: ()) -> None:
+    def __init__(self, pool: asyncpg.Pool, site_check: SiteCheck = lambda m, f: (),
+                 prepare: Prepare | None = None) -> None:
         self.pool = pool
         self.site_check = site_check
+        self.prepare = prepare
 
     async def checked(self, merchant_id: str, text: str, filename: str) -> Flow:
         """:func:`validate` with its sub-flows found among the merchant's stored flows (a
@@ -173,11 +178,14 @@ class FlowStore:
     async def activate(self, merchant_id: str, version: int, by: str) -> FlowVersion:
         """Make ``version`` the merchant's active flow; 404 ``not-found`` if it has none,
         400 ``invalid-flow`` if the site refuses it now (a prompt or guidance it plays was
-        removed since it was uploaded)."""
+        removed since it was uploaded). The site prepares it (``prepare``) before it is
+        made active."""
         found = await self.get(merchant_id, version)
         if found is None:
             raise ApiError(404, "not-found", f"no flow version {version}")
-        await self.checked(merchant_id, found.source, found.filename)
+        flow = await self.checked(merchant_id, found.source, found.filename)
+        if self.prepare is not None:
+            await self.prepare(merchant_id, flow)
         await self.pool.execute(
             """INSERT INTO ivr_flow_active (merchant_id, version, activated_by)
                VALUES ($1, $2, $3)

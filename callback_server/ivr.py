@@ -11,7 +11,8 @@ consultation (:mod:`callback_server.consult`, whose outcome comes back as
 refusal: its guidance, then the node's ``on_fail``) or ``ConsultEnded``), and
 ``Hangup`` into the dialer's ``EndCall``. The other verbs ask the adapter too:
 ``CheckHours`` (answered ``HoursChecked``), ``StartRecording`` (``Recorded``),
-``CallWebhook`` (``WebhookAnswered`` / ``WebhookFailed``), ``TransferCall``
+``CallWebhook`` (``WebhookAnswered`` / ``WebhookFailed``), ``Speak`` (a ``say`` node's
+text, answered ``Spoken`` with the rendered media to play, or none), ``TransferCall``
 (``TransferFailed``); ``SendSms`` and ``Submit`` need no answer. A ``subflow`` node runs
 another flow in the same state (``frames`` remembers where its ``return`` goes).
 Variables (``collected``: ``caller``, what was keyed, set, recorded or answered) fill
@@ -38,7 +39,14 @@ import re
 from dataclasses import dataclass, replace
 from typing import assert_never
 
-from callback_server.ivr_flow import INSTANT_TYPES, PLACEHOLDER, Flow, Media, Node
+from callback_server.ivr_flow import (
+    DIGITS_FORMAT,
+    INSTANT_TYPES,
+    PLACEHOLDER,
+    Flow,
+    Media,
+    Node,
+)
 
 # --- events --------------------------------------------------------------------------------
 
@@ -150,6 +158,15 @@ class WebhookFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Spoken:
+    """The text of ``Speak`` ``request_id`` rendered as ``media`` (a ``sound:`` URI); None:
+    it could not be (the node goes on without it)."""
+
+    request_id: str
+    media: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TransferFailed:
     """The transfer's number did not answer (or could not be called): ``on_fail``."""
 
@@ -157,7 +174,7 @@ class TransferFailed:
 Event = (Dtmf | PlaybackFinished | Timeout | OperatorFailed | CallerHangup
          | AdvisorUnavailable | AdvisorsListed | ConsultBusy | ConsultFailed | ConsultRefused
          | ConsultEnded | HoursChecked | Recorded | WebhookAnswered | WebhookFailed
-         | TransferFailed)
+         | TransferFailed | Spoken)
 
 #: what the customer hears when the advisor of a code cannot take the call, by reason
 UNAVAILABLE: dict[str, Media] = {
@@ -279,6 +296,17 @@ class CallWebhook:
 
 
 @dataclass(frozen=True, slots=True)
+class Speak:
+    """Render ``parts`` as speech in ``language`` (None: the merchant's); the media comes
+    back as ``Spoken``. ``parts``: (text, digits) in order, ``digits`` for a variable's
+    value read digit by digit (``{name:digits}``)."""
+
+    request_id: str
+    parts: tuple[tuple[str, bool], ...]
+    language: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TransferCall:
     """Put the customer through to ``number`` (E.164), ringing up to ``ring_s``."""
 
@@ -288,7 +316,7 @@ class TransferCall:
 
 Command = (Play | StopPlayback | StartTimer | CancelTimer | Submit | DialOperator
            | ConnectAdvisor | ListAdvisors | Hangup | CheckHours | StartRecording | SendSms
-           | CallWebhook | TransferCall)
+           | CallWebhook | TransferCall | Speak)
 
 # --- state ---------------------------------------------------------------------------------
 
@@ -303,6 +331,7 @@ class Mode(enum.StrEnum):
     RECORDING = "recording"  # recording the customer
     WEBHOOK = "webhook"      # waiting for a webhook's answer
     TRANSFER = "transfer"    # handed to a transfer to a number
+    SPEAKING = "speaking"    # waiting for a say node's text to be rendered
     ENDING = "ending"        # playing the last prompt before hanging up
     DONE = "done"
 
@@ -321,7 +350,8 @@ class IvrState:
     seq: int = 0
     listed: tuple[Listed, ...] = ()       # the advisors an advisor_list node read
     page: int = 0                         # the page of them read (PAGE a page), from 0
-    pending: str | None = None            # the recording or webhook request awaited
+    pending: str | None = None            # the recording, webhook or speech awaited
+    held: Media = ()                      # what plays before the speech awaited
     #: the sub-flows being run: (the flow that called, the node its return goes to)
     frames: tuple[tuple[Flow, str], ...] = ()
 
@@ -372,13 +402,13 @@ def transition(state: IvrState, event: Event) -> Step:
     if isinstance(event, AdvisorsListed):
         return _listed(state, event.advisors)
     if isinstance(event, HoursChecked | Recorded | WebhookAnswered | WebhookFailed
-                  | TransferFailed):
+                  | TransferFailed | Spoken):
         return _answered(state, event)
     return _consult_outcome(state, event)
 
 
 def _answered(state: IvrState, event: HoursChecked | Recorded | WebhookAnswered
-              | WebhookFailed | TransferFailed) -> Step:
+              | WebhookFailed | TransferFailed | Spoken) -> Step:
     """What an adapter answered for a node waiting on it (stale answers are ignored)."""
     node = state.current
     match event:
@@ -403,6 +433,12 @@ def _answered(state: IvrState, event: HoursChecked | Recorded | WebhookAnswered
                 and rid == state.pending:
             assert node.on_fail is not None
             return _enter(replace(state, pending=None), node.on_fail)
+        case Spoken(request_id=rid, media=media) if state.mode is Mode.SPEAKING \
+                and rid == state.pending:
+            assert node.next is not None
+            played = state.held + ((media,) if media else ())
+            state = replace(state, pending=None, held=())
+            return _play(state, played, Mode.PROMPT) if played else _enter(state, node.next)
         case TransferFailed() if state.mode is Mode.TRANSFER:
             assert node.on_fail is not None
             return _enter(state, node.on_fail)
@@ -486,7 +522,8 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
     state, cmds = _leave(state)
     for _ in range(MAX_HOPS):
         node = state.flow.node(node_id)
-        state = replace(state, node=node_id, buffer="", tries=0, listed=(), pending=None)
+        state = replace(state, node=node_id, buffer="", tries=0, listed=(), pending=None,
+                        held=())
         passed = _pass(state, node)
         if passed is None:
             state, more = _arrive(state, node, preamble, silent)
@@ -518,6 +555,10 @@ def _arrive(state: IvrState, node: Node, preamble: Media, silent: bool) -> Step:
     """Start what ``node`` does where the machine stops at it."""
     if silent and node.waits_for_input:
         return replace(state, mode=Mode.WAIT), []
+    if node.type == "say" and node.text is not None:
+        state, rid = _next_id(state, "s")
+        return replace(state, mode=Mode.SPEAKING, pending=rid, held=preamble), [
+            Speak(rid, _speech(state, node.text), node.language)]
     if node.type in ("menu", "digits", "confirm", "say", "advisor_code"):
         return _play(state, preamble + node.prompt, Mode.PROMPT)
     if node.type == "readback":
@@ -556,6 +597,21 @@ def _instant(state: IvrState, node: Node) -> Step:
     to = state.value("caller") if node.to == "caller" else node.to
     text = state.render(node.text).strip()
     return state, [SendSms(to, text)] if to and text else []
+
+
+def _speech(state: IvrState, template: str) -> tuple[tuple[str, bool], ...]:
+    """A say node's ``template`` filled in: (text, digits) parts, ``digits`` for a
+    ``{name:digits}`` value; empty parts are left out."""
+    parts: list[tuple[str, bool]] = []
+    at = 0
+    for m in PLACEHOLDER.finditer(template):
+        name = m.group(1)
+        digits = name.endswith(DIGITS_FORMAT)
+        parts += [(template[at:m.start()], False),
+                  (state.value(name.removesuffix(DIGITS_FORMAT)) or "", digits)]
+        at = m.end()
+    parts.append((template[at:], False))
+    return tuple((text, digits) for text, digits in parts if text)
 
 
 def _record(state: IvrState, node: Node) -> Step:

@@ -22,7 +22,7 @@ Node types and their keys (``*`` = required):
 ``readback``  prompt, fields* (collected fields), labels (field → media), next*
 ``confirm``   prompt*, yes* (node on 1), no* (node on 2), yes_key, no_key,
               timeout_s, retries, invalid_prompt, timeout_prompt, on_fail*
-``say``       prompt*, next*
+``say``       prompt* or text* (one of), next*, language (with text: ja | en)
 ``submit``    category*, fields*, next*
 ``operator``  prompt, target*, on_fail* (when no operator answers)
 ``advisor_code``  prompt*, next*, on_busy*, on_fail*, busy_prompt, timeout_s,
@@ -64,6 +64,11 @@ call's request data.
   0: not on silence) or the ``terminator`` key (``#``); the recording is stored for the
   merchant's retention and its id is the variable ``field``. Nothing recorded:
   ``on_fail`` (default ``next``).
+* ``say`` with ``text``: the text (a template) is spoken by the site's TTS (Open JTalk
+  for ``ja``, espeak-ng for ``en``; ``language`` defaults to the merchant's), rendered
+  once per filled text and cached. ``{name:digits}`` reads the variable's digits one by
+  one (other characters dropped: ``{caller:digits}``); ``:digits`` is only for a say
+  node's text. A text that cannot be rendered during a call is skipped (``next``).
 * ``sms``: sends ``text`` to the customer (``to = "caller"``) or a fixed number, in the
   background (the call goes on at once, whatever becomes of the message).
 * ``webhook``: POSTs the call's variables as JSON to ``url`` (signed), waits up to
@@ -137,6 +142,9 @@ ADVISOR_CODE = re.compile(r"^[0-9]{4}$")
 E164_NUMBER = re.compile(r"^\+[1-9][0-9]{6,14}$")
 FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+#: a say node's text reads ``{name:digits}`` digit by digit
+DIGITS_FORMAT = ":digits"
+LANGUAGES = ("ja", "en")
 #: variables every call has
 BUILTINS = frozenset({"caller"})
 MAX_TEMPLATE = 1600
@@ -148,7 +156,7 @@ KEYS: dict[str, tuple[set[str], set[str]]] = {   # type -> (required, optional)
                _TIMED | {"max_length", "min_length", "terminator"}),
     "readback": ({"fields", "next"}, {"prompt", "labels"}),
     "confirm": ({"prompt", "yes", "no", "on_fail"}, _TIMED | {"yes_key", "no_key"}),
-    "say": ({"prompt", "next"}, set()),
+    "say": ({"next"}, {"prompt", "text", "language"}),
     "submit": ({"category", "fields", "next"}, set()),
     "operator": ({"target", "on_fail"}, {"prompt"}),
     "advisor_code": ({"prompt", "next", "on_busy", "on_fail"}, _TIMED | {"busy_prompt"}),
@@ -223,7 +231,8 @@ class Node:
     silence_s: int = 5                   # record
     beep: bool = True                    # record
     to: str | None = None                # sms: "caller" or an E.164 number
-    text: str | None = None              # sms: the template
+    text: str | None = None              # sms, say: the template
+    language: str | None = None          # say: ja | en (None: the merchant's)
     url: str | None = None               # webhook
     sets: tuple[str, ...] = ()           # webhook: variables its answer may set
     number: str | None = None            # transfer: E.164
@@ -458,6 +467,7 @@ def _parse_node(source: str, node_id: str, raw: Any) -> Node:
         "beep": r.boolean("beep", node.beep),
         "to": r.recipient("to"),
         "text": r.template("text"),
+        "language": r.optional_choice("language", LANGUAGES),
         "url": r.url("url"),
         "sets": r.fields("sets"),
         "number": r.number("number"),
@@ -488,6 +498,10 @@ def _kind_values(kind: str, r: _Reader, values: Mapping[str, Any]) -> dict[str, 
         return {"branches": (("open", r.target("open")), ("closed", r.target("closed")))}
     if kind == "webhook":
         return {"timeout_s": float(r.integer("timeout_s", 5, 1, 30))}
+    if kind == "say" and (values["prompt"] == ()) == (values["text"] is None):
+        raise r.err("give one of prompt (media) or text (spoken by the site's TTS)")
+    if kind == "say" and values["language"] is not None and values["text"] is None:
+        raise r.err("language: only with text")
     if kind == "set" and not values["values"]:
         raise r.err("values: set at least one variable")
     return {}
@@ -586,7 +600,7 @@ class _Reader:
         if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEMPLATE:
             raise self.err(f"{key}: expected a text of 1 to {MAX_TEMPLATE} characters")
         for name in PLACEHOLDER.findall(value):
-            if not FIELD.match(name):
+            if not FIELD.match(name.removesuffix(DIGITS_FORMAT)):
                 raise self.err(f"{key}: {{{name}}} is not a variable name")
         return value
 
@@ -607,6 +621,9 @@ class _Reader:
             assert template is not None
             out.append((name, template))
         return tuple(out)
+
+    def optional_choice(self, key: str, allowed: tuple[str, ...]) -> str | None:
+        return None if self.raw.get(key) is None else self.choice_of(key, "", allowed)
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.raw.get(key, default)
@@ -695,17 +712,28 @@ def _check_graph(flow: Flow) -> None:
             if f not in collected:
                 raise FlowError(flow.source, node.id,
                                 f"fields: {f!r} is not collected or set by any node")
-        for key, text in _templates(node):
-            for name in PLACEHOLDER.findall(text):
-                if name not in collected:
-                    raise FlowError(flow.source, node.id, f"{key}: {{{name}}} is not a "
-                                    "variable of this flow (collected, set or caller)")
+        _check_variables(flow, node, collected)
         for f, _ in node.labels:
             if f not in node.fields:
                 raise FlowError(flow.source, node.id, f"labels: {f!r} is not in fields")
     _check_reachable(flow, ids)
     _check_loops(flow)
     _check_exits(flow)
+
+
+def _check_variables(flow: Flow, node: Node, collected: frozenset[str]) -> None:
+    """Every ``{name}`` of ``node``'s templates is a variable of ``flow``; ``{name:digits}``
+    only in a say node's text."""
+    for key, text in _templates(node):
+        for name in PLACEHOLDER.findall(text):
+            if name.endswith(DIGITS_FORMAT) and (node.type, key) == ("say", "text"):
+                name = name.removesuffix(DIGITS_FORMAT)
+            elif name.endswith(DIGITS_FORMAT):
+                raise FlowError(flow.source, node.id, f"{key}: {{{name}}}: "
+                                f"{DIGITS_FORMAT} is only for a say node's text")
+            if name not in collected:
+                raise FlowError(flow.source, node.id, f"{key}: {{{name}}} is not a "
+                                "variable of this flow (collected, set or caller)")
 
 
 def _check_reachable(flow: Flow, ids: set[str]) -> None:

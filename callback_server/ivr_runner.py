@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from callback_server import ivr
 from callback_server.call_ports import (
@@ -27,7 +28,9 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.dialer_messages import EndCall, Job, OperatorRequested
+from ivr_platform.speech import spoken_text
 from shared import ari
+from shared.language import Language
 
 log = logging.getLogger("callback.stasis")
 
@@ -108,7 +111,7 @@ class IvrRunner:
             await self._verb(cmd, customer)
 
     async def _verb(self, cmd: ivr.Command, customer: str | None) -> None:
-        """Hours, recordings, SMS and webhooks."""
+        """Hours, recordings, SMS, webhooks and speech."""
         if isinstance(cmd, ivr.CheckHours):
             hours = self.ctx.hours
             self.follow_up(ivr.HoursChecked(hours is None or hours.is_open(self.ctx.clock())))
@@ -118,6 +121,27 @@ class IvrRunner:
             self._sms(cmd)
         elif isinstance(cmd, ivr.CallWebhook):
             self._webhook(cmd)
+        elif isinstance(cmd, ivr.Speak):
+            self._speak(cmd)
+
+    def _speak(self, cmd: ivr.Speak) -> None:
+        """A cached text plays at once; another is rendered in a task of its own (the
+        call's events go on meanwhile); one that cannot be is skipped."""
+        services = self.services
+        language = Language(cmd.language) if cmd.language else self.ctx.language
+        text = spoken_text(cmd.parts, language)
+        media = services.spoken(text, language) if services is not None else None
+        if services is None or media is not None or not text.strip():
+            if media is None:
+                log.warning("say %r skipped: %s", text, "nothing to say" if text.strip()
+                            else "no IVR services")
+            self.follow_up(ivr.Spoken(cmd.request_id, media))
+            return
+
+        async def render() -> None:
+            self.post(ivr.Spoken(cmd.request_id, await services.speak(text, language)))
+
+        self._task(render(), f"say {cmd.request_id}")
 
     def _sms(self, cmd: ivr.SendSms) -> None:
         """At most :data:`MAX_SMS` a round: a flow looping through an sms node (a menu
@@ -159,7 +183,10 @@ class IvrRunner:
         async def ask() -> None:
             self.post(await services.call_webhook(cmd, self.facts))
 
-        task = asyncio.create_task(ask(), name=f"webhook {cmd.request_id}")
+        self._task(ask(), f"webhook {cmd.request_id}")
+
+    def _task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -11,6 +11,15 @@
 * **SMS** (``sms``): :class:`~ivr_platform.sms_store.SmsSender` writes the message's row in
   a task of its own (the call never waits for it); the site's SMS worker
   (:mod:`ivr_platform.sms_outbox`) sends it, with retries across restarts.
+* **Speech** (``say`` with ``text``): the filled text (:func:`ivr_platform.speech.spoken_text`: a
+  ``{name:digits}`` value read digit by digit, :mod:`ivr_platform.speech`) is rendered by
+  :class:`~ivr_platform.tts.PromptCache` into the guidance library's ``_tts`` directory
+  (``[media] guidance_dir``, which the callback Asterisk reads as ``sounds/cbgw-guidance``)
+  and played as ``sound:cbgw-guidance/_tts/<key>`` (:func:`ivr_platform.guidance.speech_ref`).
+  A cached text is found without awaiting (:meth:`IvrServices.spoken`); another is
+  rendered in a task (:meth:`IvrServices.speak`), the call's events going on meanwhile. A
+  text that cannot be rendered is logged and skipped. A flow's texts without variables are
+  rendered when the site starts (:meth:`IvrServices.prerender`).
 * **Webhooks** (``webhook``): only to public addresses (:class:`PublicResolver`; an IP
   literal URL too): a merchant's flow cannot make the site call its own network (SSRF).
   ``POST`` of a JSON body, signed like the link between the
@@ -45,13 +54,18 @@ from yarl import URL
 from callback_server import ivr
 from callback_server.call_ports import CallFacts
 from callback_server.config import CallbackSettings
+from callback_server.ivr_flow import PLACEHOLDER, Flow
 from ivr_platform import delivery
 from ivr_platform.audio import wav_seconds
 from ivr_platform.delivery import DeliveryError, json_object
+from ivr_platform.guidance import speech_dir, speech_ref
+from ivr_platform.media_config import MediaSettings
 from ivr_platform.recordings import RecordingStore
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_store import SmsSender, SmsStore
 from ivr_platform.sms_twilio import TwilioSms
+from ivr_platform.tts import PromptCache, TtsError
+from shared.language import Language
 from shared.phone import E164
 from shared.signing import Signer, SigningKey
 
@@ -113,8 +127,10 @@ class IvrServices:
 
     def __init__(self, *, recordings: Recordings | None = None, sms: Sms | None = None,
                  session: aiohttp.ClientSession | None = None,
-                 signer: Signer | None = None, private_ok: bool = False) -> None:
+                 signer: Signer | None = None, private_ok: bool = False,
+                 speech: PromptCache | None = None) -> None:
         self.recordings = recordings
+        self.speech = speech             # in the guidance library ([media] guidance_dir)
         self.sms = sms
         self.session = session
         self.signer = signer
@@ -170,6 +186,22 @@ class IvrServices:
         else:
             log.info("sms %d to %s queued (%d segments)", record.id, to, record.segments)
 
+    # --- speech ---------------------------------------------------------------------------
+
+    def spoken(self, text: str, language: Language) -> str | None:
+        """The media of ``text`` if it is rendered already (a hash and a stat)."""
+        if self.speech is None or not text.strip():
+            return None
+        path = self.speech.cached(text, language)
+        return speech_ref(path) if path is not None else None
+
+    async def speak(self, text: str, language: Language) -> str | None:
+        """The media of ``text``, rendered first if need be; None (logged) if it cannot be."""
+        if self.speech is None:
+            log.warning("say %r: no [media] guidance_dir to render it into", text)
+            return None
+        return await render(self.speech, text, language)
+
     # --- webhooks -------------------------------------------------------------------------
 
     async def call_webhook(self, cmd: ivr.CallWebhook, call: CallFacts
@@ -220,6 +252,36 @@ class IvrServices:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
 
+async def render(speech: PromptCache, text: str, language: Language) -> str | None:
+    """The media of ``text`` rendered in ``speech``; None (logged) if it cannot be."""
+    try:
+        path = await speech.get(text, language)
+    except (TtsError, ValueError, OSError) as exc:
+        log.warning("say %r (%s) could not be rendered: %s", text, language.value, exc)
+        return None
+    return speech_ref(path)
+
+
+async def prerender(speech: PromptCache, flow: Flow, language: Language) -> None:
+    """Render the texts of ``flow``'s say nodes (and its sub-flows') that have no
+    variables (``language``: the merchant's), so that no call waits for them."""
+    for node in flow.nodes:
+        if node.type == "say" and node.text and not PLACEHOLDER.search(node.text):
+            await render(speech, node.text, Language(node.language or language.value))
+    for _, sub in flow.subflows:
+        await prerender(speech, sub, language)
+
+
+def site_speech(media: MediaSettings) -> PromptCache | None:
+    """Where the site renders say nodes' texts: the guidance library's ``_tts`` directory,
+    which the callback Asterisk reads (None: no ``[media] guidance_dir``)."""
+    if media.guidance_dir is None:
+        return None
+    speech = PromptCache(speech_dir(media.guidance_dir))
+    speech.directory.chmod(0o755)
+    return speech
+
+
 def _ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -236,10 +298,12 @@ def _text(value: object) -> str | None:
 
 
 def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
-                  webhooks: aiohttp.ClientSession) -> IvrServices:
+                  webhooks: aiohttp.ClientSession, speech: PromptCache | None = None
+                  ) -> IvrServices:
     """The callback site's: recordings when ``[media]`` has both directories, SMS when
     ``[sms]`` is set (queued for the SMS worker), webhooks signed with the site's signing keys (on
-    ``webhooks``: :func:`webhook_session`)."""
+    ``webhooks``: :func:`webhook_session`), say nodes' texts rendered in ``speech``
+    (:func:`site_speech`)."""
     media = settings.media
     notify = settings.notify if settings.notify.channels else None
     recordings = None
@@ -251,4 +315,5 @@ def site_services(settings: CallbackSettings, pool: asyncpg.Pool,
     if settings.sms is not None:
         sms = Sms(SmsSender(SmsStore(pool), TwilioSms.provider), settings.sms)
     signer = Signer([SigningKey.load(path) for path in settings.signing.keys])
-    return IvrServices(recordings=recordings, sms=sms, session=webhooks, signer=signer)
+    return IvrServices(recordings=recordings, sms=sms, session=webhooks, signer=signer,
+                       speech=speech)

@@ -33,6 +33,7 @@ from callback_server.ivr import Submit
 from callback_server.store.queue_store import LeaseLost
 from shared import ari
 from shared.config import AnnounceMode, Merchant
+from shared.language import Language
 from shared.money import Money
 from shared.phone import E164, normalise
 
@@ -311,12 +312,24 @@ class MemoryLive:
 class MemoryIvrServices:
     """:class:`~callback_server.call_ports.IvrPort` in memory: ``recordings`` maps a
     recording's name to the id it is stored as (absent: nothing recorded), SMS are kept,
-    a webhook answers ``webhook_values`` (None: it fails)."""
+    a webhook answers ``webhook_values`` (None: it fails), a text is ``cached`` already
+    (text → media) or is rendered as ``rendered`` says (absent: it cannot be), each
+    render kept in ``said``."""
 
     recordings: dict[str, str] = field(default_factory=dict)
     sms: list[tuple[str, str, str]] = field(default_factory=list)   # (merchant, to, text)
     webhook_values: tuple[tuple[str, str], ...] | None = ()
     webhooks: list[ivr.CallWebhook] = field(default_factory=list)
+    cached: dict[str, str] = field(default_factory=dict)
+    rendered: dict[str, str] = field(default_factory=dict)
+    said: list[tuple[str, Language]] = field(default_factory=list)
+
+    def spoken(self, text: str, language: Language) -> str | None:
+        return self.cached.get(text)
+
+    async def speak(self, text: str, language: Language) -> str | None:
+        self.said.append((text, language))
+        return self.rendered.get(text)
 
     async def store_recording(self, name: str, call: CallFacts) -> str | None:
         return self.recordings.get(name)

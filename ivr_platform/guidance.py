@@ -7,7 +7,11 @@ Layout of the library's directory (``[media] guidance_dir``; the Asterisk instan
     <dir>/<merchant>/<name>.wav     8 kHz 16-bit mono PCM, -23 LUFS
     <dir>/<merchant>/<name>.json    what was measured, when it was uploaded
 
-A flow plays it as ``sound:cbgw-guidance/<merchant>/<name>`` (:func:`media_ref`):
+    <dir>/_tts/<key>.wav            a say node's text, rendered (:mod:`ivr_platform.tts`)
+
+A flow plays it as ``sound:cbgw-guidance/<merchant>/<name>`` (:func:`media_ref`), a
+rendered text as ``sound:cbgw-guidance/_tts/<key>`` (:func:`speech_ref`; ``_`` is in no
+merchant id):
 Asterisk looks for a sound in the language's directory, then in ``sounds/`` itself, where
 ``cbgw-guidance`` is, so one recording serves every language. The files are the truth:
 ``check`` (no database) sees exactly what a call will play. An upload replaces a
@@ -36,8 +40,22 @@ MERCHANT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 CONVERSIONS = 2
 
 
+#: the library's subdirectory of rendered texts (the TTS cache)
+SPEECH_SUBDIR = "_tts"
+
+
 def media_ref(merchant_id: str, name: str) -> str:
     return f"{GUIDANCE_PREFIX}{merchant_id}/{name}"
+
+
+def speech_dir(library: Path) -> Path:
+    """Where the site renders say nodes' texts, inside the library's directory."""
+    return library / SPEECH_SUBDIR
+
+
+def speech_ref(wav: Path) -> str:
+    """What plays the rendered text ``<library>/_tts/<key>.wav``."""
+    return f"{GUIDANCE_PREFIX}{SPEECH_SUBDIR}/{wav.stem}"
 
 
 def parse_ref(media: str) -> tuple[str, str] | None:

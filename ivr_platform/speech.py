@@ -264,3 +264,17 @@ ENGLISH = English()
 def reading(language: Language) -> Reading:
     return JAPANESE if language is Language.JAPANESE else ENGLISH
 
+
+
+def spoken_text(parts: tuple[tuple[str, bool], ...], language: Language) -> str:
+    """A flow's say text filled in (``(text, digits)`` parts): a ``digits`` part is read
+    digit by digit in ``language``, its other characters dropped (``+81 3-1234`` → the
+    digits 8131234)."""
+    read = reading(language)
+    out = []
+    for text, digits in parts:
+        if digits:
+            text = "".join(c for c in text if c.isascii() and c.isdigit())
+            text = read.digits(text) if text else ""
+        out.append(text)
+    return "".join(out)

@@ -126,13 +126,17 @@ class Voice(Protocol):
     def command(self, wav: Path, text_file: Path) -> list[str]: ...
 
 
+def default_voices() -> dict[Language, Voice]:
+    """Open JTalk for Japanese, espeak-ng for English."""
+    return {Language.JAPANESE: OpenJTalkVoice(), Language.ENGLISH: EspeakVoice()}
+
+
 class PromptCache:
     """Rendered prompts in ``directory``, one file per (voice, language, text, options)."""
 
     def __init__(self, directory: Path, voices: dict[Language, Voice] | None = None) -> None:
         self.directory = directory
-        self.voices: dict[Language, Voice] = voices or {
-            Language.JAPANESE: OpenJTalkVoice(), Language.ENGLISH: EspeakVoice()}
+        self.voices: dict[Language, Voice] = voices or default_voices()
         self._rendering: dict[str, asyncio.Task[Path]] = {}
         directory.mkdir(parents=True, exist_ok=True)
 
