@@ -67,6 +67,7 @@ from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
 from callback_server.ivr_services import (
+    flow_preparer,
     prerender,
     site_services,
     site_speech,
@@ -173,8 +174,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
                 db_url=lambda a: a[DB_URL_KEY])
     speech = app[SPEECH_KEY] = site_speech(settings.media)
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems,
-                  None if speech is None else lambda merchant, flow: prerender(
-                      speech, flow, settings.merchant(merchant).language))
+                  flow_preparer(settings, speech))
     install_consult_control(app, lambda a: a[POOL_KEY])
     app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:

@@ -27,6 +27,7 @@ from typing import Any
 from callback_server.cli_db import load_settings, site_pool
 from callback_server.config import CallbackSettings
 from callback_server.flows_store import FlowStore, valid_json, validate, versions_json
+from callback_server.ivr_services import flow_preparer, site_speech
 from shared.api_cli import run_command
 from shared.http import ApiError
 
@@ -54,7 +55,8 @@ async def run(args: argparse.Namespace, settings: CallbackSettings) -> Any:
                         str(args.file))
         return valid_json(flow)
     async with site_pool(settings, "flows-cli") as pool:
-        store = FlowStore(pool, settings.stored_flow_problems)
+        speech = site_speech(settings.media) if args.verb == "activate" else None
+        store = FlowStore(pool, settings.stored_flow_problems, flow_preparer(settings, speech))
         match args.verb:
             case "upload":
                 version, created = await store.upload(merchant, _read(args.file),

@@ -45,7 +45,7 @@ Node types and their keys (``*`` = required):
 Variables: what ``digits`` and ``advisor_code`` collect, the key a ``menu`` with a
 ``field`` was answered with, ``set`` sets, ``record`` names
 (the stored recording's id) and a ``webhook``'s answer sets, and ``caller`` (the
-customer's E.164 number). A template (``set`` values, ``sms`` text) and a media URI
+customer's E.164 number). A template (``set`` values, ``sms`` and ``say`` text) and a media URI
 (``digits:{order_no}``) put a variable's value where ``{name}`` is; every ``{name}`` must be
 a variable of the flow. A ``submit`` node's ``fields`` may name any variable: that is the
 call's request data.

@@ -54,6 +54,7 @@ from yarl import URL
 from callback_server import ivr
 from callback_server.call_ports import CallFacts
 from callback_server.config import CallbackSettings
+from callback_server.flows_store import Prepare
 from callback_server.ivr_flow import PLACEHOLDER, Flow
 from ivr_platform import delivery
 from ivr_platform.audio import wav_seconds
@@ -270,6 +271,17 @@ async def prerender(speech: PromptCache, flow: Flow, language: Language) -> None
             await render(speech, node.text, Language(node.language or language.value))
     for _, sub in flow.subflows:
         await prerender(speech, sub, language)
+
+
+def flow_preparer(settings: CallbackSettings, speech: PromptCache | None) -> Prepare | None:
+    """What the site does with a stored flow it activates (``FlowStore``'s ``prepare``):
+    its fixed say texts rendered in the merchant's language."""
+    if speech is None:
+        return None
+
+    async def prepare(merchant_id: str, flow: Flow) -> None:
+        await prerender(speech, flow, settings.merchant(merchant_id).language)
+    return prepare
 
 
 def site_speech(media: MediaSettings) -> PromptCache | None:

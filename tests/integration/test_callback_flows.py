@@ -22,13 +22,16 @@ from callback_server.active_flows import ActiveFlows
 from callback_server.flows_cli import main as flows_cli
 from callback_server.flows_http import install
 from callback_server.flows_store import FlowStore
-from callback_server.ivr_flow import FLOWS_DIR, load_named
+from callback_server.ivr_flow import FLOWS_DIR, Flow, load_named
+from callback_server.ivr_services import prerender, site_speech
 from callback_server.routing import Routing
 from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater
 from callback_server.worker import Worker, WorkerSettings
+from ivr_platform.media_config import MediaSettings
 from shared import ari
 from shared.db import create_pool
+from shared.language import Language
 from tests.integration import callback_db
 from tests.integration.test_callback_http import MERCHANTS, TOKEN, make_app
 from tests.integration.test_callback_worker import ROUTES, intake, wait_for
@@ -196,6 +199,25 @@ async def test_an_activation_reaches_every_process_at_once(flows_clean: asyncpg.
         await wait_for(lambda: version_of(one) == version_of(two) == 1, limit_s=2.0)
         held = one.get("acme")
         assert held is not None and held.flow.name == "spring"
+
+
+async def test_an_activated_flows_fixed_say_text_is_rendered_before_it_is_active(
+        flows_clean: asyncpg.Pool, tmp_path: Path) -> None:
+    speech = site_speech(MediaSettings(guidance_dir=tmp_path))
+    assert speech is not None
+    seen: list[bool] = []
+
+    async def prepare(merchant: str, flow: Flow) -> None:
+        await prerender(speech, flow, Language.JAPANESE)
+        seen.append(await flows_clean.fetchval("SELECT count(*) FROM ivr_flow_active") == 0)
+
+    store = FlowStore(flows_clean, prepare=prepare)
+    text = V1.replace('prompt = ["sound:cbgw/thanks"]', 'text = "ご利用ありがとうございます。"')
+    await store.upload("acme", text, "spring.toml", "ana")
+    assert speech.cached("ご利用ありがとうございます。", Language.JAPANESE) is None
+    await store.activate("acme", 1, "ana")
+    assert speech.cached("ご利用ありがとうございます。", Language.JAPANESE) is not None
+    assert seen == [True]                                   # before new rounds run it
 
 
 async def test_the_sweep_catches_what_no_notification_said(flows_clean: asyncpg.Pool,
