@@ -190,10 +190,14 @@ class IvrServices:
     # --- speech ---------------------------------------------------------------------------
 
     def spoken(self, text: str, language: Language) -> str | None:
-        """The media of ``text`` if it is rendered already (a hash and a stat)."""
+        """The media of ``text`` if it is rendered already (a hash and a stat); None
+        also for a text that cannot be (too long: :meth:`speak` says why)."""
         if self.speech is None or not text.strip():
             return None
-        path = self.speech.cached(text, language)
+        try:
+            path = self.speech.cached(text, language)
+        except ValueError:
+            return None
         return speech_ref(path) if path is not None else None
 
     async def speak(self, text: str, language: Language) -> str | None:

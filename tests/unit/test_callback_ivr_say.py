@@ -20,9 +20,11 @@ from callback_server.ivr import (
     Speak,
     Spoken,
 )
+from callback_server.ivr_services import IvrServices
 from callback_server.testing import MemoryIvrServices
 from ivr_platform.media_config import MediaSettings
 from ivr_platform.speech import spoken_text
+from ivr_platform.tts import MAX_CHARS, PromptCache
 from shared.language import Language
 from tests.unit.test_callback_ivr_verbs import BYE, error_of, flow_of, of, run
 from tests.unit.test_callback_ivr_verbs_runner import CHANNEL, answered
@@ -158,6 +160,14 @@ async def test_the_adapter_fills_digits_in_the_merchants_language_and_skips_a_fa
     assert services.said == [("商品番号ヨン、ゼロ、ナナ、イチ、4071個ですね。",
                               Language.JAPANESE)]
     assert CHANNEL in call.ari.named("hangup")            # on to next: the call goes on
+
+
+async def test_a_filled_text_too_long_to_render_is_skipped_not_raised(tmp_path: Path
+                                                                      ) -> None:
+    services = IvrServices(speech=PromptCache(tmp_path))
+    text = "あ" * (MAX_CHARS + 1)               # a short template, long values
+    assert services.spoken(text, Language.JAPANESE) is None
+    assert await services.speak(text, Language.JAPANESE) is None
 
 
 def test_check_refuses_a_say_text_without_guidance_dir_or_its_engine(
