@@ -2,7 +2,8 @@
 ffmpeg into the instance's ``sounds/cbgw-guidance`` (what ``[media] guidance_dir`` points
 at), then played on a call answered by SIPp as ``sound:cbgw-guidance/<merchant>/<name>``,
 in either language; each plays as long as its file (one of 1 s, one of 3 s), and a
-guidance that is not there fails at once.
+guidance that is not there fails at once. A say node's text rendered by Open JTalk into
+the library's ``_tts`` plays there too.
 
 Holds the stack's lock (``demo.stack.LOCK_PATH``) while it drives the shared Asterisk."""
 
@@ -14,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from callback_server.ivr_services import IvrServices, site_speech
+from ivr_platform.audio import wav_seconds
 from ivr_platform.guidance import GuidanceLibrary
+from ivr_platform.media_config import MediaSettings
+from ivr_platform.speech import spoken_text
 from shared.ari import Connected, PlaybackFinished, PlaybackStarted, StasisStart
+from shared.language import Language
 from tests.harness.asterisk import (
     AsteriskSite,
     expect_event,
@@ -79,5 +85,38 @@ async def test_uploaded_guidance_plays_as_long_as_its_file_in_either_language(
                                              within_s=3)
                 assert missing.playback.state == "failed", missing
                 await ari.hangup("guidance-b")
+            finally:
+                await events.aclose()
+
+
+async def test_a_say_text_rendered_into_the_library_plays_as_long_as_its_file(
+        callback: AsteriskSite, tmp_path: Path) -> None:
+    """What a flow's say node plays: Open JTalk's render in the library's ``_tts``."""
+    await reset(callback)
+    host, _ = sounds_dir("callback", "cbgw-guidance", callback.root)
+    services = IvrServices(speech=site_speech(MediaSettings(guidance_dir=host)))
+    text = spoken_text((("ご注文番号は", False), ("4071", True), ("ですね。", False)),
+                       Language.JAPANESE)
+    media = await services.speak(text, Language.JAPANESE)
+    assert media is not None and media.startswith("sound:cbgw-guidance/_tts/")
+    seconds = wav_seconds(host / "_tts" / f"{media.rsplit('/', 1)[1]}.wav")
+    with role("uas_answer_forever.xml", "carrier-b", tmp_path):
+        await qualify(callback, "carrier-b")
+        async with callback.client() as ari:
+            events = ari.events()
+            await expect_event(events, Connected)
+            try:
+                await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id="say-b",
+                                    caller_id="0120123456", timeout=10)
+                await expect_event(events, StasisStart, channel_id="say-b")
+                await ari.play("say-b", [media], playback_id="p-say", lang="ja")
+                started = await expect_event(events, PlaybackStarted, channel_id="say-b")
+                finished = await expect_event(events, PlaybackFinished, channel_id="say-b",
+                                              within_s=seconds + 8)
+                assert finished.playback.state == "done", finished
+                assert started.timestamp and finished.timestamp
+                played = (finished.timestamp - started.timestamp).total_seconds()
+                assert seconds - 0.3 <= played <= seconds + 1.0, (seconds, played)
+                await ari.hangup("say-b")
             finally:
                 await events.aclose()
