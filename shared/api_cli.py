@@ -1,9 +1,10 @@
 """The tail every domain CLI shares (``python -m advisors``, ``python -m billing``).
 
 Their commands run the same parsers and stores as the HTTP API and end the same way:
-the result printed as JSON (exit 0); a refusal (:class:`shared.http.ApiError`) as one
-``error:`` line naming the command-line option of the field it concerns (exit 2); the
-database away or failing as one ``error: database …`` line (exit 1). Never a traceback.
+the result printed as JSON (exit 0), or a :class:`Text` (a CSV export, say) as it is;
+a refusal (:class:`shared.http.ApiError`) as one ``error:`` line naming the command-line
+option of the field it concerns (exit 2); the database away or failing as one
+``error: database …`` line (exit 1). Never a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +23,13 @@ from shared.config import ConfigError
 from shared.http import ApiError
 
 S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A command's result printed as it is rather than as JSON."""
+
+    text: str
 
 
 def load_config(load: Callable[[Path], S], path: Path) -> S | None:
@@ -54,5 +63,8 @@ def run_command(command: Coroutine[Any, Any, Any], options: Mapping[str, str]) -
     except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
         print(f"error: database ({type(exc).__name__}): {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    if isinstance(result, Text):
+        sys.stdout.write(result.text)
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

@@ -66,11 +66,13 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A success reply: its JSON Schema (``None``: no body) and media type."""
+    """A success reply: its JSON Schema (``None``: no body) and media type, and the other
+    media types the route answers with on request (``also``: media type → schema)."""
 
     description: str
     schema: Schema | None = None
     content_type: str = "application/json"
+    also: Mapping[str, Schema] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +186,8 @@ def _camel(path: str) -> str:
 def _reply(reply: Reply) -> Schema:
     out: Schema = {"description": reply.description}
     if reply.schema is not None:
-        out["content"] = {reply.content_type: {"schema": reply.schema}}
+        out["content"] = {reply.content_type: {"schema": reply.schema},
+                          **{t: {"schema": x} for t, x in reply.also.items()}}
     return out
 
 
