@@ -7,7 +7,7 @@
     python -m billing --merchant acme refund member-42 --amount 300 --reason "line dropped"
     python -m billing --merchant acme policy set --unit-s 10 --grace-s 30 --minimum-yen 100
     python -m billing --merchant acme policy show
-    python -m billing --merchant acme report [--date 2026-12-04]
+    python -m billing --merchant acme report [--date 2026-12-04] [--csv]
     python -m billing --merchant acme reservations [--older-than-s 3600]
     python -m billing --merchant acme settle 17 --talk-s 754 --reason "call crashed"
     python -m billing --merchant acme postpaid member-42
@@ -46,7 +46,7 @@ from billing.ledger import (
     parse_operator_settle,
     settlement_json,
 )
-from shared.api_cli import run_command
+from shared.api_cli import Text, run_command
 from shared.db import create_pool, migrate, package_migrations, resolve_url
 
 #: API field -> the option that sets it
@@ -103,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     told = commands.add_parser("notices", help="dunning notices, oldest first")
     report = commands.add_parser("report", help="a day in billing (Asia/Tokyo)")
     report.add_argument("--date", help="YYYY-MM-DD (default: today)")
+    report.add_argument("--csv", action="store_true", help="CSV: a header row, the day's row")
     listed = commands.add_parser("transfers", help="bank transfers entered, oldest first")
     account = commands.add_parser("balance", help="an account's balance")
     account.add_argument("account")
@@ -174,7 +175,8 @@ async def _read(args: argparse.Namespace, pool: asyncpg.Pool, ledger: Ledger) ->
                 m, older_than_s=args.older_than_s, limit=args.limit)]}
         case "report":
             day = transfers.parse_day(args.date, "date", default=transfers.tokyo_today())
-            return (await reports.daily(pool, m, day)).to_json()
+            report = await reports.daily(pool, m, day)
+            return Text(report.to_csv()) if args.csv else report.to_json()
         case "policy":
             now = await policy.current(pool, m)
             if args.action == "set":

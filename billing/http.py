@@ -193,11 +193,18 @@ async def put_policy(request: web.Request) -> web.Response:
 async def get_daily_report(request: web.Request) -> web.Response:
     """The merchant's day (``date``, Asia/Tokyo; default today): consultations charged by
     tax rate with the tax of each rate's total, money in by source, refunds, adjustments,
-    the customers' funds at the end of the day."""
+    the customers' funds at the end of the day; revenue, carrier cost and margin. As CSV
+    with ``format=csv`` or ``Accept: text/csv`` (``format=json`` asks for JSON)."""
     ledger, merchant = _ledger(request)
     day = transfers.parse_day(request.query.get("date"), "date",
                               default=transfers.tokyo_today())
-    return json_response((await reports.daily(ledger.pool, merchant, day)).to_json())
+    wanted = request.query.get("format")
+    if wanted not in (None, "json", "csv"):
+        raise InvalidField("format", "expected json or csv")
+    report = await reports.daily(ledger.pool, merchant, day)
+    if wanted == "csv" or (wanted is None and "text/csv" in request.headers.get("Accept", "")):
+        return web.Response(text=report.to_csv(), content_type="text/csv", charset="utf-8")
+    return json_response(report.to_json())
 
 
 def live_json(live: LiveReservation) -> dict[str, Any]:
@@ -327,6 +334,8 @@ POLICY_BODY: Schema = {"type": "object", "additionalProperties": False, "require
 _RATE_LINE: Schema = {"type": "object", "properties": {
     n: _YEN for n in ("tax_percent", "consultations", "talk_s", "billed_s", "total_yen",
                       "tax_yen")}}
+_MINUTES: Schema = {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$"}
+_EXACT_YEN: Schema = {"type": "string", "description": "exact decimal yen (may be negative)"}
 DAILY_REPORT: Schema = {
     "type": "object",
     "required": ["merchant_id", "date", "charges", "charged_yen", "bank_transfers_yen",
@@ -336,7 +345,10 @@ DAILY_REPORT: Schema = {
                    "charges": {"type": "array", "items": _RATE_LINE},
                    "postpaid_charges": {"type": "array", "items": _RATE_LINE},
                    "postpaid_charged_yen": _YEN, "postpaid_paid_yen": _YEN,
-                   **{n: _YEN for n in ("charged_yen", "bank_transfers_yen",
+                   "talk_minutes": _MINUTES, "billed_minutes": _MINUTES,
+                   "carrier_cost_yen": _EXACT_YEN, "margin_yen": _EXACT_YEN,
+                   **{n: _YEN for n in ("consultations", "talk_s", "billed_s", "tax_yen",
+                                        "revenue_yen", "charged_yen", "bank_transfers_yen",
                                         "card_topups_yen", "refunds_yen", "adjustments_yen",
                                         "customer_funds_yen")}}}
 LIVE: Schema = {"type": "object", "properties": {
@@ -381,9 +393,13 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                                  "next_after_id": {"type": "integer"}}})},
               access=MERCHANT, params=_PAGE, errors=UNAVAILABLE),
     Operation("GET", "/v1/billing/reports/daily", get_daily_report, "A day in billing", TAG,
-              {200: Reply("the day's figures", DAILY_REPORT)}, access=MERCHANT,
+              {200: Reply("the day's figures", DAILY_REPORT, also={"text/csv": {
+                  "type": "string", "description": "a header row, then the day's row: "
+                  + ", ".join(reports.CSV_COLUMNS)}})}, access=MERCHANT,
               params=(Param("date", "query", {"type": "string", "format": "date"},
-                            "YYYY-MM-DD, Asia/Tokyo (default: today)"),),
+                            "YYYY-MM-DD, Asia/Tokyo (default: today)"),
+                      Param("format", "query", {"type": "string", "enum": ["json", "csv"]},
+                            "csv: text/csv (as Accept: text/csv asks); default json"),),
               errors=UNAVAILABLE),
     Operation("GET", "/v1/billing/reservations/live", get_live_reservations,
               "Reservations not settled", TAG, {200: Reply("oldest first", {

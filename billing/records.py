@@ -428,14 +428,27 @@ async def call_legs(conn: asyncpg.Connection, consultation_id: str
         for r in rows)
 
 
-def _of(row: asyncpg.Record) -> dict[str, Any]:
-    """A stored row as the APIs give it: the record's wire form and ``recorded_at``."""
-    record = BillingRecord(
+def _record(row: asyncpg.Record) -> BillingRecord:
+    return BillingRecord(
         row["record_id"], row["merchant_id"], row["consultation_id"], row["advisor_id"],
         row["account"], row["paid_by"], row["state"], row["price_per_minute_yen"],
         row["talk_s"], row["billed_s"], row["total_yen"], row["tax_yen"], _legs(row["legs"]),
         _fx(row["fx"]), row["at"])
-    return {**record.to_json(), "recorded_at": isoformat(row["recorded_at"])}
+
+
+def _of(row: asyncpg.Record) -> dict[str, Any]:
+    """A stored row as the APIs give it: the record's wire form and ``recorded_at``."""
+    return {**_record(row).to_json(), "recorded_at": isoformat(row["recorded_at"])}
+
+
+async def between(db: asyncpg.Pool | asyncpg.Connection, merchant_id: str, start: datetime,
+                  end: datetime) -> list[BillingRecord]:
+    """A merchant's billing records with ``at`` in [start, end), oldest first."""
+    rows = await db.fetch(
+        f"""SELECT {_COLUMNS} FROM billing_records
+            WHERE merchant_id = $1 AND at >= $2 AND at < $3 ORDER BY at, id""",
+        merchant_id, start, end)
+    return [_record(r) for r in rows]
 
 
 async def list_records(db: asyncpg.Pool | asyncpg.Connection, q: ListQuery) -> Page:

@@ -7,17 +7,26 @@ yen lower); money in by source (bank transfers, card top-ups), refunds, adjustme
 the customers' funds (available and held) at the end of the day. Postpaid consultations
 charged that day are apart, by tax rate the same way (their cards are charged after them,
 outside the prepaid ledger), with what the cards paid that day.
+
+Beside them, the day's totals (consultations, talk and billed seconds and minutes, tax)
+and, from the billing records of the day (``at`` that day), revenue (what was paid),
+carrier cost (exact ``Decimal`` yen) and margin (revenue less cost). :meth:`to_csv` gives
+the flat figures as CSV: a header row and the day's row.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
+from billing import records
 from billing.rating import tax_included
 from billing.transfers import TOKYO
 
@@ -49,9 +58,25 @@ class DailyReport:
     postpaid: tuple[RateLine, ...] = ()
     #: postpaid charges the card paid that day
     postpaid_paid_yen: int = 0
+    #: what the day's billing records were paid (failed charges: nothing)
+    revenue_yen: int = 0
+    #: the day's billing records' carrier costs, exact yen
+    carrier_cost_yen: Decimal = Decimal(0)
+
+    @property
+    def margin_yen(self) -> Decimal:
+        return self.revenue_yen - self.carrier_cost_yen
 
     def to_json(self) -> dict[str, Any]:
+        lines = self.charges + self.postpaid
+        talk_s, billed_s = sum(c.talk_s for c in lines), sum(c.billed_s for c in lines)
         return {"merchant_id": self.merchant_id, "date": self.day.isoformat(),
+                "consultations": sum(c.consultations for c in lines),
+                "talk_s": talk_s, "billed_s": billed_s, "talk_minutes": _minutes(talk_s),
+                "billed_minutes": _minutes(billed_s),
+                "tax_yen": sum(c.tax_yen for c in lines), "revenue_yen": self.revenue_yen,
+                "carrier_cost_yen": str(self.carrier_cost_yen),
+                "margin_yen": str(self.margin_yen),
                 "charges": _lines_json(self.charges),
                 "charged_yen": sum(c.total_yen for c in self.charges),
                 "postpaid_charges": _lines_json(self.postpaid),
@@ -61,6 +86,29 @@ class DailyReport:
                 "card_topups_yen": self.card_topups_yen, "refunds_yen": self.refunds_yen,
                 "adjustments_yen": self.adjustments_yen,
                 "customer_funds_yen": self.customer_funds_yen}
+
+    def to_csv(self) -> str:
+        """The flat figures of :meth:`to_json` (not the lines by tax rate): a header row
+        (:data:`CSV_COLUMNS`) and the day's row."""
+        figures = self.to_json()
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerow([figures[c] for c in CSV_COLUMNS])
+        return out.getvalue()
+
+
+#: the CSV export's columns, in order
+CSV_COLUMNS = ("merchant_id", "date", "consultations", "talk_s", "billed_s", "talk_minutes",
+               "billed_minutes", "charged_yen", "postpaid_charged_yen", "tax_yen",
+               "revenue_yen", "carrier_cost_yen", "margin_yen", "postpaid_paid_yen",
+               "bank_transfers_yen", "card_topups_yen", "refunds_yen", "adjustments_yen",
+               "customer_funds_yen")
+
+
+def _minutes(seconds: int) -> str:
+    """Seconds as minutes to the hundredth (half up)."""
+    return str(Decimal((seconds * 100 + 30) // 60).scaleb(-2))
 
 
 def _lines_json(lines: tuple[RateLine, ...]) -> list[dict[str, int]]:
@@ -134,7 +182,9 @@ async def daily(pool: asyncpg.Pool, merchant_id: str, day: date) -> DailyReport:
                JOIN billing_accounts a ON a.id = e.account_id
                WHERE a.merchant_id = $1 AND t.created_at < $2
                  AND e.book IN ('available', 'held')""", merchant_id, end)
+        day_records = await records.between(conn, merchant_id, start, end)
     return DailyReport(
         merchant_id, day, _rate_lines(rates), int(moves["bank"]), int(moves["card"]),
         int(moves["refunds"]), int(moves["adjusted"]), int(funds), _rate_lines(postpaid),
-        int(paid))
+        int(paid), sum(r.revenue_yen for r in day_records),
+        sum((r.cost_yen for r in day_records), Decimal(0)))

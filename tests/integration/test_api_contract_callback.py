@@ -21,6 +21,7 @@ from advisors import record_store
 from advisors.http import install as install_advisors
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import ConsultationRecords
+from billing import records as billing_records
 from billing.card_http import install as install_cards
 from billing.http import install as install_billing
 from callback_server.consult_control import install as install_consult_control
@@ -118,6 +119,7 @@ async def served(clean: asyncpg.Pool, pg_url: str, tmp_path: Path, localstripe: 
     await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__),
                                record_store.MIGRATIONS,
                                package_migrations("billing", billing.__file__),
+                               billing_records.MIGRATIONS,
                                package_migrations("ivr_platform", ivr_platform.__file__)])
     secret = tmp_path / "links.secret"
     secret.write_bytes(b"k" * 32)
