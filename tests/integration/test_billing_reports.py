@@ -24,6 +24,7 @@ from billing.rating import Terms, rate
 from billing.reports import CSV_COLUMNS, daily, tax_by_rate
 from billing.transfers import parse, record, tokyo_today
 from shared.money import FxTable, Money
+from shared.openapi import document
 from tests.integration import billing_db
 from tests.integration.test_billing_http import AUTH, app_over, ok, refused, transfer
 
@@ -93,7 +94,8 @@ async def test_a_day_of_deposits_consultations_refunds_and_adjustments(
         "3.00", "31.507425", "286.492575")
     before = (await daily(clean, "acme", today - timedelta(days=1))).to_json()
     assert (before["charges"], before["customer_funds_yen"]) == ([], 0)
-    async with TestClient(TestServer(app_over(clean))) as client:
+    app = app_over(clean)
+    async with TestClient(TestServer(app)) as client:
         got = await ok(await client.get(f"/v1/billing/reports/daily?date={today}",
                                         headers=AUTH))
         assert got == report
@@ -106,6 +108,9 @@ async def test_a_day_of_deposits_consultations_refunds_and_adjustments(
         assert await ok(await client.get(
             f"/v1/billing/reports/daily?date={today}&format=json",
             headers={**AUTH, "Accept": "text/csv"})) == report
+        reply = document(app)["paths"]["/v1/billing/reports/daily"]["get"][
+            "responses"]["200"]["content"]
+        assert sorted(reply) == ["application/json", "text/csv"]
         assert await refused(await client.get("/v1/billing/reports/daily?format=xml",
                                               headers=AUTH)) == ("invalid-field", "format")
         assert await refused(await client.get("/v1/billing/reports/daily?date=2026-02-30",
