@@ -61,7 +61,8 @@ def live(state: ConsultState) -> Live | None:
         holds = (*holds, Hold(state.held_since, None))
     known = [state.answered_at, *(h.started_at for h in holds),
              *(h.ended_at for h in holds if h.ended_at is not None),
-             *(t.at for t in state.transfers)]
+             *(t.at for t in state.transfers),
+             *(r.ended_at for r in state.rings if r.ended_at is not None)]
     over = Over(state.request.consultation_id, advisor, state.rings, state.answered_at,
                 max(known), EndReason.FAILED, (*state.legs, leg), holds, state.transfers)
     return Live(state.request.customer_channel, leg.channel_id, state.bridge_id, advisor,

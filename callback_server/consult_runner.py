@@ -39,7 +39,7 @@ import asyncpg
 
 from advisors import assignment as am
 from advisors.errors import NotFound
-from advisors.records import ConsultationRecord, LegCost, Method
+from advisors.records import ConsultationRecord, InvalidRecord, LegCost, Method
 from billing import meter
 from billing.ledger import LedgerError, Refusal
 from callback_server import consult, consult_meter, consult_recovery, ivr, queue_announce
@@ -333,7 +333,8 @@ class ConsultRunner:
             await self.live_sink.keep(self.job.callback_id, now, await self._record(now.over),
                                       None if self._plan is None else self._plan.charge_to)
             self._kept = now
-        except DATABASE_ERRORS as exc:
+        except (*DATABASE_ERRORS, InvalidRecord) as exc:
+            # keeping it is for a restart's sake: the call goes on without it
             log.error("consultation %s not kept as live: %s", now.over.consultation_id, exc)
 
     # --- the prepaid meter --------------------------------------------------------------

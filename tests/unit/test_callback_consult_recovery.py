@@ -14,6 +14,7 @@ from callback_server.consult_recovery import LegEnd, live, recovered
 from callback_server.dialer_messages import Answered, Originated
 from shared.money import Money
 from tests.purity import io_imports
+from tests.unit import test_callback_consult_transfer as transfer_tests
 from tests.unit.test_callback_consult import CID, Call, at, make_desk
 
 
@@ -173,3 +174,17 @@ def test_the_advisor_legs_cost_comes_from_its_cdr() -> None:
 def test_the_record_survives_its_wire_form_as_kept() -> None:
     snap, _ = lost()
     assert ConsultationRecord.from_json(snap.to_json()) == snap
+
+
+def test_a_ring_during_a_transfer_is_within_what_is_kept() -> None:
+    """The second advisor of a consult transfer answers after the hold began: the kept
+    record ends no earlier than that ring (a snapshot ending at the hold's start was an
+    invalid record, and building it crashed the call-back's job in a stack run)."""
+    call, _ = transfer_tests.talking()
+    second = transfer_tests.transferring_to_2(call)
+    call.send(Answered(second, call.at(14)))
+    kept = live(call.state)
+    assert kept is not None
+    assert kept.over.ended_at == at(14)
+    record = snapshot(kept.over)                 # a valid record: no InvalidRecord
+    assert [r.ended_at for r in record.rings] == [at(2), at(14)]
