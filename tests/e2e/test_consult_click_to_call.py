@@ -26,13 +26,14 @@ from tests.e2e.test_consult_calls import (
     Admin,
     assert_heard_each_other,
     events,
+    phones_media,
     record,
     ring_outcomes,
     wait_for,
 )
 from tests.harness import asterisk as ast_harness
 from tests.harness.rtp import RtpCapture
-from tests.harness.sipp import CARRIER_A_PORT, OPERATOR_PORT, SipMessage, media_port_for
+from tests.harness.sipp import CARRIER_A_PORT, SipMessage, media_port_for
 
 pytestmark = pytest.mark.e2e
 
@@ -84,8 +85,7 @@ async def test_customer_first_both_answer_talk_both_ways_and_the_record_says_cli
                               pcap_options={"tail_ms": 25_000}) as roles:
         phone, desk = roles["carrier-a"], roles["operator"]
         wall_minus_monotonic = time.time() - time.monotonic()
-        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
-                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+        with phones_media() as (to_advisor, to_customer):
             queued = await click_to_call(admin, customer, advisor)
             refused = await wait_for(roles["carrier-b"], lambda m: m.method == "INVITE", 30)
             rung = await wait_for(phone, lambda m: m.method == "INVITE", 30)
@@ -138,8 +138,7 @@ async def test_advisor_first_then_the_customer_and_the_talk_counts_from_their_an
                               pcap_options={"tail_ms": 25_000}) as roles:
         phone, desk = roles["carrier-a"], roles["operator"]
         wall_minus_monotonic = time.time() - time.monotonic()
-        with RtpCapture("127.0.0.1", media_port_for(OPERATOR_PORT)) as to_advisor, \
-                RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as to_customer:
+        with phones_media() as (to_advisor, to_customer):
             queued = await click_to_call(admin, customer, advisor)
             invite = await wait_for(desk, lambda m: m.method == "INVITE", 30)
             rung = await wait_for(phone, lambda m: m.method == "INVITE", 30)
