@@ -12,10 +12,28 @@ missed this customer, else back to the queue; a queued customer is tried again
 *lines* bound the consultations in progress across all its advisors: a new customer who
 finds them all busy gets ``LinesBusy`` (busy guidance, then hang up); one already in
 (redirected after a miss, or retried from the queue) waits in the queue instead, and so
-does a new one when the merchant queues customers on busy lines (``busy_queue``). The
-queue is first come, first served: a customer with others of the same members queued
-before them (``Board.ahead``) waits behind them, and is told their place
-(``Queue.position``).
+does a new one when the merchant queues customers on busy lines (``busy_queue``).
+
+The queue is first come, first served, for both things a customer waits for: a line
+and an advisor of their members. ``Board.ahead`` is the merchant's customers queued
+before this one, oldest first (every group's). Taken in that order, each takes the
+member an offer would go to (the longest idle in standby) that none before them took,
+if any: those who get one are *ready* (:func:`ready`), only a line keeps them waiting.
+
+* Lines are merchant-wide and go to the ready customers in queue order, whatever their
+  group: a ready customer is offered a call only when the free lines reach past the
+  ready ones before them, and their place is one more than those ready ones (the free
+  lines do not reach them) or 1 (they do). So the customer told place k is the k-th
+  served as lines free up (a property test checks it).
+* A customer not ready waits for an advisor: behind the customers before them who share
+  a member with them, and, when the lines are short too, behind the ready ones before
+  them. Customers of disjoint members are served separately then (each group in its own
+  order as its advisors free up).
+
+A customer queued before them whose advisors are all busy and who shares none of theirs
+is not counted: if one of their advisors frees first they become ready and are served
+in between, and the place said next grows by one. The place is ``Queue.position``
+(:func:`place`).
 """
 
 from __future__ import annotations
@@ -33,14 +51,16 @@ from advisors.presence import Presence
 class Board:
     """A merchant's advisors (id → presence) and its lines, as of one moment. ``seats``
     may hold only the advisors a decision is about (a group's members); ``elsewhere``
-    is then the consultations in progress of the merchant's other advisors. ``ahead``:
-    the queue in front of the customer (they are not offered a call before them)."""
+    is then the consultations in progress of the merchant's other advisors (the
+    customers ``ahead`` are ready only with an advisor in ``seats``: the store puts the
+    merchant's every advisor there). ``ahead``: the queue in front of the customer (see
+    :func:`place`)."""
 
     lines: int
     seats: Mapping[int, Presence]
     elsewhere: int = 0
-    #: customers of these members queued before this one, still waiting
-    ahead: int = 0
+    #: the members of each customer queued before this one and still waiting, oldest first
+    ahead: tuple[frozenset[int], ...] = ()
     #: the merchant queues a new customer who finds every line busy (else LinesBusy)
     busy_queue: bool = False
 
@@ -65,6 +85,30 @@ def longest_idle(board: Board, members: Iterable[int], excluded: Iterable[int] =
     eligible = [(a, board.seats[a]) for a in members
                 if a not in skip and a in board.seats and board.seats[a].takes_offer()]
     return min(eligible, key=_idle_key)[0] if eligible else None
+
+
+def ready(board: Board) -> tuple[list[bool], frozenset[int]]:
+    """For each customer of ``board.ahead``, oldest first: whether an advisor of theirs
+    takes an offer now, each taking the member an offer would go to (the longest idle)
+    that none before them took; and the advisors they take."""
+    taken: set[int] = set()
+    flags = []
+    for group in board.ahead:
+        taker = longest_idle(board, group, taken)
+        if taker is not None:
+            taken.add(taker)
+        flags.append(taker is not None)
+    return flags, frozenset(taken)
+
+
+def place(board: Board, members: frozenset[int]) -> int:
+    """The place in the queue of a customer of ``members`` (1: served now or next; see
+    the module docstring)."""
+    flags, taken = ready(board)
+    own = longest_idle(board, members, taken) is not None
+    short = board.lines - board.lines_in_use <= sum(flags)
+    return 1 + sum(1 for group, first in zip(board.ahead, flags, strict=True)
+                   if (first and short) or (not own and group & members))
 
 
 class Phase(enum.StrEnum):
@@ -174,9 +218,10 @@ def transition(a: Assignment, event: Event) -> tuple[Assignment, list[Command]]:
                 return a, [NotApplicable("an advisor is being offered the call")]
             if not board.lines_free() and a.phase is Phase.NEW and not board.busy_queue:
                 return replace(a, phase=Phase.LINES_BUSY), [LinesBusy(board.lines)]
-            if board.ahead:
-                return _queued(a, f"{board.ahead} waiting longer", board)
-            return _offer(replace(a, tried=frozenset()), board)
+            position = place(board, a.members)
+            if position > 1:
+                return _queued(a, f"{position - 1} waiting longer", board, position)
+            return _offer(replace(a, tried=frozenset()), board, ready(board)[1])
         case OfferMissed(board=board):
             if a.phase is not Phase.OFFERING or a.offered_to is None:
                 return a, [NotApplicable("no offer in progress")]
@@ -194,16 +239,20 @@ def transition(a: Assignment, event: Event) -> tuple[Assignment, list[Command]]:
             assert_never(event)
 
 
-def _offer(a: Assignment, board: Board) -> tuple[Assignment, list[Command]]:
+def _offer(a: Assignment, board: Board, taken: frozenset[int] = frozenset()
+           ) -> tuple[Assignment, list[Command]]:
+    """Offer the call to the longest idle member not tried yet nor ``taken`` by the
+    customers queued before (a new or queued customer's try), else queue."""
     if not board.lines_free():
         return _queued(a, f"all {board.lines} lines busy", board)
-    chosen = longest_idle(board, sorted(a.members), a.tried)
+    chosen = longest_idle(board, sorted(a.members), a.tried | taken)
     if chosen is None:
         return _queued(a, "no advisor of the group in standby with a free line", board)
     return (replace(a, phase=Phase.OFFERING, offered_to=chosen),
             [OfferTo(chosen, a.consultation_id)])
 
 
-def _queued(a: Assignment, reason: str, board: Board) -> tuple[Assignment, list[Command]]:
+def _queued(a: Assignment, reason: str, board: Board, position: int | None = None
+            ) -> tuple[Assignment, list[Command]]:
     return (replace(a, phase=Phase.QUEUED, offered_to=None),
-            [Queue(reason, board.ahead + 1)])
+            [Queue(reason, place(board, a.members) if position is None else position)])

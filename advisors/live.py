@@ -21,9 +21,11 @@ and ``Ignored`` change nothing. Assignment commands ``OfferTo``/``Withdraw`` are
 to the advisor in the same transaction; ``Queue``, ``LinesBusy`` and ``Connect`` are the
 caller's (the call wiring) to act on. A queued customer is a row of ``advisor_queue``
 (when they were first queued, when last tried), written by each try that queues them and
-deleted by the one that does not: it is how the next customer's ``Board.ahead``, their
-place in the queue, is counted (under the merchant's lock, so two tries never see the
-same place).
+deleted by the one that does not: it is the next customer's ``Board.ahead`` (every
+customer of the merchant queued before them, with their members), read under the
+merchant's lock with the presence of the merchant's other advisors (on the board beside
+the group's locked ones), so two tries never see the same place and the free lines go to
+the customers in queue order (:func:`advisors.assignment.place`).
 """
 
 from __future__ import annotations
@@ -82,21 +84,18 @@ _PRESENCE_ROW = """
     WHERE p.merchant_id = $1"""
 #: a queued customer not tried again for this long is a dead process's: not waiting
 QUEUE_STALE_S = 15
-#: the customers of any of these members queued before this one (now, if not queued)
+#: the merchant's customers queued before this one (now, if not queued), oldest first
 _AHEAD = """
-    SELECT count(*)::int FROM advisor_queue q
-    WHERE q.merchant_id = $1 AND q.consultation_id <> $2 AND q.members && $3::bigint[]
-      AND q.seen_at > $4::timestamptz - make_interval(secs => $5)
+    SELECT q.members FROM advisor_queue q
+    WHERE q.merchant_id = $1 AND q.consultation_id <> $2
+      AND q.seen_at > $3::timestamptz - make_interval(secs => $4)
       AND q.queued_at < coalesce((SELECT queued_at FROM advisor_queue
-                                  WHERE consultation_id = $2), $4::timestamptz)"""
+                                  WHERE consultation_id = $2), $3::timestamptz)
+    ORDER BY q.queued_at, q.consultation_id"""
 _QUEUED = """
     INSERT INTO advisor_queue (consultation_id, merchant_id, members, queued_at, seen_at)
     VALUES ($1, $2, $3, $4, $4)
     ON CONFLICT (consultation_id) DO UPDATE SET seen_at = $4"""
-_LOAD_ELSEWHERE = """
-    SELECT coalesce(sum(jsonb_array_length(sessions)), 0)::int FROM advisor_presence
-    WHERE merchant_id = $1 AND advisor_id <> ALL($2::bigint[])"""
-
 
 class Presences:
     def __init__(self, pool: asyncpg.Pool, clock: Clock = utcnow) -> None:
@@ -204,10 +203,14 @@ class Presences:
             elif offered_event is pm.Answered:
                 event = am.OfferAnswered()
             else:
-                board = am.Board(rules.lines, seats, await conn.fetchval(
-                    _LOAD_ELSEWHERE, merchant_id, list(seats)),
-                    ahead=await conn.fetchval(_AHEAD, merchant_id, a.consultation_id,
-                                              sorted(a.members), now, QUEUE_STALE_S),
+                others = {r["advisor_id"]: presence_of(r) for r in await conn.fetch(
+                    _PRESENCE_ROW + " AND p.advisor_id <> ALL($2::bigint[])",
+                    merchant_id, list(seats))}
+                ahead = await conn.fetch(_AHEAD, merchant_id, a.consultation_id, now,
+                                         QUEUE_STALE_S)
+                board = am.Board(
+                    rules.lines, {**others, **seats},
+                    ahead=tuple(frozenset(r["members"]) for r in ahead),
                     busy_queue=rules.lines_busy is WhenLinesBusy.QUEUE)
                 event = (am.OfferMissed(board) if offered_event is pm.RingMissed
                          else am.Assign(board))

@@ -293,3 +293,34 @@ async def test_the_queue_is_first_come_first_served_and_tells_each_their_place(
     await store.set_rules("acme", Rules(lines=1))
     _, cmds = await live.assign("acme", Assignment("c4", members))
     assert cmds == [LinesBusy(1)]
+
+
+async def test_customers_of_two_groups_waiting_for_a_line_count_each_other(
+        clean: asyncpg.Pool) -> None:
+    """The merchant's one line in use by a third advisor, each group's advisor in
+    standby: the customers of both groups wait for the line, so the second one queued
+    (of the other group) is told place 2, and when the line frees it goes to the first
+    one queued even if the second tries first; the second is then first."""
+    clock = Clock()
+    store, live = AdvisorStore(clean), Presences(clean, clock)
+    await store.set_rules("acme", Rules(lines=1, lines_busy=WhenLinesBusy.QUEUE))
+    first, second, third = [await seat(store, "acme", code)
+                            for code in ("0001", "0002", "0003")]
+    for advisor_id in (first, second, third):
+        await live.apply("acme", advisor_id, GoOnline(T0, Via.API))
+    talking, cmds = await live.assign("acme", Assignment("c0", frozenset({third})))
+    assert cmds == [OfferTo(third, "c0")]
+    clock.now = T0 + timedelta(seconds=1)
+    a, cmds = await live.assign("acme", Assignment("c1", frozenset({first})))
+    assert cmds == [Queue("all 1 lines busy", 1)]
+    clock.now = T0 + timedelta(seconds=2)
+    b, cmds = await live.assign("acme", Assignment("c2", frozenset({second})))
+    assert cmds == [Queue("1 waiting longer", 2)]
+    await live.cancelled("acme", talking)                      # the line frees
+    b, cmds = await live.assign("acme", b)                      # c2 tries first: waits
+    assert cmds == [Queue("1 waiting longer", 2)]
+    a, cmds = await live.assign("acme", a)
+    assert cmds == [OfferTo(first, "c1")]
+    await live.cancelled("acme", a)                             # and frees it again
+    _, cmds = await live.assign("acme", b)
+    assert cmds == [OfferTo(second, "c2")]

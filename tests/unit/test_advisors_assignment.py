@@ -223,3 +223,115 @@ def test_assignment_never_exceeds_capacities_nor_offers_outside_standby(
         ringing = {s.consultation_id for p in board.seats.values() for s in p.sessions
                    if not s.answered}
         assert {a.consultation_id for a in offering} == ringing
+
+
+# --- the place said is the order of service -----------------------------------------------
+
+
+class Line:
+    """A merchant's queue, every customer tried again after each change, in any order
+    (each process retries its own customer on its own timer), as the store does: the board
+    has every advisor and the customers queued before the one tried."""
+
+    def __init__(self, lines: int, seats: dict[int, Presence], elsewhere: int) -> None:
+        self.lines = lines
+        self.seats = seats
+        self.elsewhere = elsewhere          # the lines the merchant's other calls use
+        self.waiting: list[Assignment] = []
+        self.said: dict[str, int] = {}      # the place each customer was told last
+        self.served: list[str] = []
+        self.now = T0
+
+    def board(self, before: list[Assignment]) -> Board:
+        return Board(self.lines, dict(self.seats), self.elsewhere,
+                     ahead=tuple(a.members for a in before), busy_queue=True)
+
+    def queue(self, members: frozenset[int]) -> None:
+        a = Assignment(f"c{len(self.said)}", members)
+        after, cmds = transition(a, Assign(self.board(self.waiting)))
+        assert after.phase is Phase.QUEUED, cmds
+        self.waiting.append(after)
+        self.said[a.consultation_id] = next(c.position for c in cmds if isinstance(c, Queue))
+
+    def retry(self, order: list[int]) -> None:
+        """Each waiting customer tried again, in ``order`` (indexes into the queue); one
+        offered a call answers it at once."""
+        queued = list(self.waiting)
+        for index in order:
+            a = queued[index]
+            position = self.waiting.index(a)
+            after, cmds = transition(a, Assign(self.board(self.waiting[:position])))
+            for cmd in cmds:
+                if isinstance(cmd, Queue):
+                    self.waiting[position] = after
+                    queued[index] = after
+                    self.said[a.consultation_id] = cmd.position
+                elif isinstance(cmd, OfferTo):
+                    for event in (Offered(self.now, a.consultation_id),
+                                  Answered(self.now, a.consultation_id)):
+                        self.seats[cmd.advisor_id], _ = presence_transition(
+                            self.seats[cmd.advisor_id], event, Rules())
+                    del self.waiting[position]
+                    self.served.append(a.consultation_id)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.integers(1, 3), standby_=st.lists(st.booleans(), min_size=4, max_size=4),
+       idle=st.permutations(range(4)),
+       groups=st.lists(st.integers(0, len(GROUPS) - 1), min_size=1, max_size=8),
+       data=st.data())
+def test_the_customer_told_place_k_is_the_kth_served_as_lines_free_up(
+        lines: int, standby_: list[bool], idle: list[int], groups: list[int],
+        data: st.DataObject) -> None:
+    """Every line in use, customers of any groups (sharing members or not) queue; each
+    is told a place. The lines then free up one at a time, every customer tried again
+    after each in any order: the customers served are those told 1, 2, 3, ... in that
+    order; once the lines are free again, no customer with an advisor in standby still
+    waits."""
+    seats = {a: standby(idle[a - 1]) if up else Presence(desk=Desk.WORKING)
+             for a, up in zip(ADVISORS, standby_, strict=True)}
+    line = Line(lines, seats, elsewhere=lines)
+    for g in groups:
+        line.queue(GROUPS[g])
+    told = dict(line.said)
+    while line.elsewhere:
+        line.elsewhere -= 1                 # a call of another group ends: a line frees
+        line.retry(data.draw(st.permutations(range(len(line.waiting)))))
+    assert [told[c] for c in line.served] == list(range(1, len(line.served) + 1))
+    if line.board([]).lines_free():
+        free = {a for a, p in line.seats.items() if p.takes_offer()}
+        assert not any(a.members & free for a in line.waiting), line.waiting
+
+
+@settings(max_examples=300, deadline=None)
+@given(groups=st.lists(st.integers(0, 2), min_size=1, max_size=8), data=st.data())
+def test_customers_of_separate_groups_are_served_in_their_groups_order(
+        groups: list[int], data: st.DataObject) -> None:
+    """Lines to spare, every advisor talking; customers of three groups without a member
+    in common queue. The advisors then free up in any order, every customer tried again
+    after each in any order: each group's customers are served in the order of the places
+    they were told, 1, 2, 3, ... (each group served separately)."""
+    separate = [frozenset({1, 2}), frozenset({3}), frozenset({4})]
+    seats = {}
+    for a in ADVISORS:
+        p = standby(a)
+        for event in (Offered(T0, f"busy{a}"), Answered(T0, f"busy{a}")):
+            p, _ = presence_transition(p, event, Rules())
+        seats[a] = p
+    line = Line(10, seats, elsewhere=0)
+    for g in groups:
+        line.queue(separate[g])
+    told = dict(line.said)
+    of_group = {c: separate[g] for c, g in zip(told, groups, strict=True)}
+    while line.waiting:
+        talking = sorted(a for a, p in line.seats.items() if p.sessions)
+        a = data.draw(st.sampled_from(talking))
+        line.now += timedelta(seconds=10)
+        ended = line.seats[a].sessions[0].consultation_id
+        p, _ = presence_transition(line.seats[a], ConsultationEnded(line.now, ended), Rules())
+        line.seats[a], _ = presence_transition(p, WrapUpElapsed(line.now, p.wrap_up_token),
+                                               Rules())
+        line.retry(data.draw(st.permutations(range(len(line.waiting)))))
+    for members in separate:
+        served = [c for c in line.served if of_group[c] == members]
+        assert [told[c] for c in served] == list(range(1, len(served) + 1))

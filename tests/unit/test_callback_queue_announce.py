@@ -143,7 +143,7 @@ def test_a_busy_line_queues_a_new_customer_when_the_merchant_queues_them() -> No
 def test_a_customer_waits_behind_those_queued_before_and_is_told_their_place() -> None:
     free = {1: standby(0)}
     a = am.Assignment("c3", frozenset({1}))
-    _, cmds = am.transition(a, am.Assign(am.Board(lines=1, seats=free, ahead=1)))
+    _, cmds = am.transition(a, am.Assign(am.Board(lines=1, seats=free, ahead=(frozenset({1}),))))
     assert cmds == [am.Queue("1 waiting longer", 2)]      # the first one gets the advisor
     offered, cmds = am.transition(a, am.Assign(am.Board(lines=1, seats=free)))
     assert cmds == [am.OfferTo(1, "c3")] and offered.phase is am.Phase.OFFERING
