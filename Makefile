@@ -1,8 +1,8 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what
 # they need, idempotently: Debian packages (SIPp, Kamailio, debootstrap, sox, ffmpeg,
 # espeak-ng, Open JTalk with its dictionary and voice, libfaketime for the end-to-end
-# tests' fixed clocks), the Python virtualenv, and the
-# Asterisk 22 root for both sites.
+# tests' fixed clocks, chromium for the web pages' browser tests), the Python
+# virtualenv, and the Asterisk 22 root for both sites.
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -10,7 +10,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 APT_STAMP  := /var/cache/cbgw/.apt-installed
 APT_PKGS   := sip-tester debootstrap sox ffmpeg espeak-ng iproute2 tshark kamailio libfaketime \
-              open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001
+              chromium open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001
 # Open JTalk's voice is in Debian's contrib component: this sources entry enables
 # contrib (bookworm, the same mirror and key as the machine's main entry).
 CONTRIB_SOURCES := /etc/apt/sources.list.d/cbgw-contrib.sources
@@ -50,8 +50,8 @@ asterisk: system-deps
 	@deploy/asterisk/provision-root.sh $(ASTERISK_ROOT)
 
 lint: venv
-	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates advisors ivr_platform billing deploy tests bench demo
-	$(VENV)/bin/mypy shared edge_server callback_server routing_rates advisors ivr_platform billing demo
+	$(VENV)/bin/ruff check shared edge_server callback_server routing_rates advisors ivr_platform billing web deploy tests bench demo
+	$(VENV)/bin/mypy shared edge_server callback_server routing_rates advisors ivr_platform billing web demo
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

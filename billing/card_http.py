@@ -15,8 +15,10 @@ Merchant bearer token:
 * ``GET /v1/billing/notices``: the dunning notices, oldest first
 
 Public: ``GET /v1/billing/card-setup/{token}`` (what the card page behind the link
-needs) and ``POST /v1/billing/stripe/webhook`` (Stripe's signature checked with the
-endpoint's secret; each event applied once).
+needs), ``POST /v1/billing/card-setup/{token}/confirm`` (the card page, once Stripe.js
+confirmed the SetupIntent: the site asks Stripe itself) and ``POST
+/v1/billing/stripe/webhook`` (Stripe's signature checked with the endpoint's secret; each
+event applied once).
 
 The job (every ``[billing] every_s``): the postpaid retries due, the top-ups and
 postpaid attempts left without Stripe's answer for ``reconcile_after_s`` reconciled, and
@@ -208,15 +210,30 @@ async def post_confirm(request: web.Request) -> web.Response:
 async def get_card_setup(request: web.Request) -> web.Response:
     """What the card page behind a registration's link needs to confirm it."""
     services = _services(request)
-    token = request.match_info["token"]
-    if not 16 <= len(token) <= 128:
-        raise InvalidField("token", "expected 16..128 characters")
-    reg = await services.cards.by_token(token)
+    reg = await services.cards.by_token(link_token(request))
     settings = services.settings
     return json_response({
         "client_secret": reg.client_secret,
         "publishable_key": settings.stripe.publishable_key if settings.stripe else None,
         "state": "on-file" if reg.payment_method else "awaiting-card"})
+
+
+def link_token(request: web.Request) -> str:
+    """The ``{token}`` of a card page's link; 400 ``invalid-field`` if it cannot be one."""
+    token = request.match_info["token"]
+    if not 16 <= len(token) <= 128:
+        raise InvalidField("token", "expected 16..128 characters")
+    return token
+
+
+async def post_card_setup_confirm(request: web.Request) -> web.Response:
+    """The card page says Stripe.js confirmed the SetupIntent: the site asks Stripe
+    (the browser's word is not taken) and puts the card on file if it succeeded; 409
+    ``setup-not-succeeded`` if not."""
+    services = _services(request)
+    reg = await services.cards.by_token(link_token(request))
+    reg = await services.cards.confirm(reg.merchant_id, reg.id)
+    return json_response({"state": "on-file" if reg.payment_method else "awaiting-card"})
 
 
 async def post_topup(request: web.Request) -> web.Response:
@@ -367,6 +384,8 @@ CHARGE: Schema = {
                    "state": {"enum": ["pending", "paid", "failed", "closed"]},
                    "payment_intent": nullable(_TEXT), "failure": nullable(_TEXT),
                    "closed": nullable({"enum": list(CLOSURES)})}}
+#: a card page link's token
+TOKEN_PARAM = Param("token", "path", string(128, 16))
 BY_BODY: Schema = {"type": "object", "additionalProperties": False, "required": ["by"],
                    "properties": {"by": string(128, description="who asks")}}
 TOPUP_BODY: Schema = {
@@ -403,8 +422,16 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                   "type": "object", "required": ["client_secret", "state"],
                   "properties": {"client_secret": _TEXT, "publishable_key": nullable(_TEXT),
                                  "state": {"enum": ["awaiting-card", "on-file"]}}})},
-              params=(Param("token", "path", string(128, 16)),),
+              params=(TOKEN_PARAM,),
               errors={400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}),
+    Operation("POST", "/v1/billing/card-setup/{token}/confirm", post_card_setup_confirm,
+              "The card page's SetupIntent confirmed: ask Stripe, put the card on file", TAG,
+              {200: Reply("the card is on file", {
+                  "type": "object", "required": ["state"],
+                  "properties": {"state": {"enum": ["on-file"]}}})},
+              params=(TOKEN_PARAM,), body_required=False,
+              errors={400: ("invalid-field",), 404: ("not-found",),
+                      409: ("setup-not-succeeded",), **_STRIPE_DOWN}),
     Operation("POST", "/v1/billing/accounts/{account}/card-topups", post_topup,
               "Top the prepaid balance up from the card on file", TAG,
               {201: Reply("charged (succeeded, with its deposit) or failed", TOPUP),

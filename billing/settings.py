@@ -12,7 +12,8 @@ webhook and the periodic job are not mounted, and no merchant can be postpaid::
     retry_after_s = [3600, 86400, 259200]   # dunning: the n-th retry after the n-th failure
     every_s = 60                      # the periodic job: due retries and reconciles
     reconcile_after_s = 300           # a Stripe call left unanswered this long is looked up
-    card_page_url = "https://pay.example.jp/card?t={token}"   # the link sent to a customer
+    card_page_url = "https://pay.example.jp/card/{token}"   # the link sent to a customer
+    card_link_valid_s = 604800        # the card page refuses a link older than this (410)
     customer_leg_wait_s = 600         # a billing record waits this long for the customer
                                       # leg's CDR, then goes without its cost
 
@@ -21,6 +22,8 @@ webhook and the periodic job are not mounted, and no merchant can be postpaid::
     webhook_secret = "whsec_…"        # the webhook endpoint's signing secret
     publishable_key = "pk_live_…"     # handed to the card page
     api_base = "http://127.0.0.1:8420"   # tests: localstripe
+    js_url = "https://js.stripe.com/v3/"   # Stripe.js for the card page (tests: localstripe's
+                                           # fake at http://127.0.0.1:8420/js.stripe.com/v3/)
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ _URL = r"https?://[^\s]+"
 MAX_UNPAID_CHARGES = 1
 #: the default dunning schedule: one hour, one day and three days after each failure
 RETRY_AFTER_S = (3600, 86400, 259200)
+#: Stripe.js, which the card page loads
+STRIPE_JS_URL = "https://js.stripe.com/v3/"
+#: how long a card page's link is good for: a week
+CARD_LINK_VALID_S = 7 * 86400
 #: how long a billing record waits for its customer leg's CDR before it goes without
 CUSTOMER_LEG_WAIT_S = 600
 
@@ -51,6 +58,8 @@ class StripeSettings:
     publishable_key: str | None = None
     #: another API server than Stripe's (localstripe in tests)
     api_base: str | None = None
+    #: Stripe.js for the card page (tests: localstripe's own fake of it)
+    js_url: str = STRIPE_JS_URL
 
     def client(self) -> stripe.StripeClient:
         import stripe
@@ -70,6 +79,7 @@ class BillingSettings:
     every_s: int = 60
     reconcile_after_s: int = 300
     card_page_url: str | None = None
+    card_link_valid_s: int = CARD_LINK_VALID_S
     customer_leg_wait_s: int = CUSTOMER_LEG_WAIT_S
 
     @classmethod
@@ -84,7 +94,8 @@ class BillingSettings:
                 publishable_key=(t.str("publishable_key", pattern=r"pk_(test|live)_\w+")
                                  if t.opt_str("publishable_key") else None),
                 api_base=(t.str("api_base", pattern=_URL).rstrip("/")
-                          if t.opt_str("api_base") else None))
+                          if t.opt_str("api_base") else None),
+                js_url=t.str("js_url", STRIPE_JS_URL, pattern=_URL))
         postpaid = s.str_list("postpaid_merchants")
         for name in postpaid:
             if name not in merchant_ids:
@@ -104,5 +115,7 @@ class BillingSettings:
                    retry_after_s=retries, every_s=s.int("every_s", 60, min=1, max=86400),
                    reconcile_after_s=s.int("reconcile_after_s", 300, min=60, max=86400),
                    card_page_url=page,
+                   card_link_valid_s=s.int("card_link_valid_s", CARD_LINK_VALID_S, min=60,
+                                           max=90 * 86400),
                    customer_leg_wait_s=s.int("customer_leg_wait_s", CUSTOMER_LEG_WAIT_S,
                                              min=1, max=7 * 86400))

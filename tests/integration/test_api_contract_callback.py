@@ -68,6 +68,7 @@ from tests.integration.test_callback_http import MERCHANTS, PEER_KEY, TOKEN, bod
 from tests.integration.test_ivr_audio import tone
 from tests.unit.test_advisors_records import answered
 from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
+from web.card_page import install as install_card_page
 
 pytestmark = pytest.mark.integration
 
@@ -82,9 +83,8 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
     letters, the advisors' admin API and an operator's control of consultations, presence
-    by phone, the billing API with its card
-    routes (against a real localstripe), the media API and the notifications' phonebook
-    and deliveries."""
+    by phone, the billing API with its card routes (against a real localstripe) and the
+    card page, the media API and the notifications' phonebook and deliveries."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -109,6 +109,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
         status_callback_url="https://cb.example.jp/v1/sms/twilio/status"),
         lambda _: pool, owner="contract")
     install_cards(app, lambda _: pool, settings_for(stripe_port))
+    install_card_page(app, {m.id: m.name for m in MERCHANTS})
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
 

@@ -97,6 +97,13 @@ def test_the_callback_site_documents_its_guard_rates_and_intake_routes(
     guard = paths["/v1/guard/caps/reset"]["post"]
     assert guard["security"] == [{"operatorToken": []}]
     assert guard["responses"]["403"]["x-error-ids"] == ["operator-api-disabled"]
+    card_page = paths["/card/{token}"]["get"]            # the customer's card page: HTML
+    assert {s: list(r["content"]) for s, r in card_page["responses"].items()} == {
+        "200": ["text/html"], "404": ["text/html"], "410": ["text/html"],
+        "503": ["text/html"], "400": ["application/json"]}
+    assert "post" in paths["/v1/billing/card-setup/{token}/confirm"]
+    assert set(paths["/web/{name}"]["get"]["responses"]["200"]["content"]) == {
+        "text/javascript", "text/css"}
 
 
 async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) -> None:

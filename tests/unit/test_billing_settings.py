@@ -38,6 +38,12 @@ def test_stripe_and_postpaid_are_read(tmp_path: Path) -> None:
     assert settings.stripe == StripeSettings("sk_test_abc", "whsec_xyz", None,
                                              "http://127.0.0.1:8420")
     assert settings.postpaid_merchants == frozenset({"acme"})
+    assert (settings.stripe.js_url, settings.card_link_valid_s) == (
+        "https://js.stripe.com/v3/", 7 * 86400)
+    local = _callback(tmp_path, with_billing(
+        STRIPE + 'js_url = "http://127.0.0.1:8420/js.stripe.com/v3/"\n')).billing
+    assert local.stripe is not None
+    assert local.stripe.js_url == "http://127.0.0.1:8420/js.stripe.com/v3/"
     from_env = _callback(tmp_path, with_billing(STRIPE), {
         "CALLBACK__BILLING__STRIPE__API_KEY": "sk_live_fromenv"}).billing
     assert from_env.stripe is not None and from_env.stripe.api_key == "sk_live_fromenv"
@@ -52,6 +58,8 @@ def test_stripe_and_postpaid_are_read(tmp_path: Path) -> None:
      "expected at most 20 delays of 60..7776000 s"),
     ("customer_leg_wait_s = 600 ", "customer_leg_wait_s = 0 ", "billing.customer_leg_wait_s",
      "0 is outside 1..604800"),
+    ("card_link_valid_s = 604800 ", "card_link_valid_s = 5 ", "billing.card_link_valid_s",
+     "5 is outside 60..7776000"),
     ('postpaid_merchants = []', 'postpaid_merchants = ["nobody"]',
      "billing.postpaid_merchants", "no [[merchants]] id 'nobody'"),
     ('postpaid_merchants = []', 'postpaid_merchants = ["acme"]',
@@ -71,6 +79,9 @@ def test_a_bad_stripe_key_is_named(tmp_path: Path) -> None:
     text = with_billing(STRIPE.replace("sk_test_abc", "pk_test_abc"))
     with pytest.raises(ConfigError, match=rf"callback.toml:{_line(text, 'pk_test_abc')}: "
                                           r"billing.stripe.api_key: 'pk_test_abc' does not"):
+        _callback(tmp_path, text)
+    text = with_billing(STRIPE + 'js_url = "js.stripe.com"\n')
+    with pytest.raises(ConfigError, match=r"billing.stripe.js_url: 'js.stripe.com' does not"):
         _callback(tmp_path, text)
     text = with_billing(STRIPE + "secret = 1\n")
     with pytest.raises(ConfigError, match=r"billing.stripe.secret: unknown key"):

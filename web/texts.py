@@ -1,0 +1,53 @@
+"""What the pages say, in Japanese and English: name → (Japanese, English). ``{merchant}``
+is the merchant's name. The script's messages (``msg-*``) reach it as the page's data
+attributes."""
+
+from __future__ import annotations
+
+from shared.language import Language
+
+TEXTS: dict[str, tuple[str, str]] = {
+    "card.title": ("カードのご登録", "Register your card"),
+    "card.lead": ("{merchant} でご利用になるクレジットカードを登録します。",
+                  "Register the credit card you will use with {merchant}."),
+    "card.postpaid": ("ご相談が終わるたびに、通話料金をこのカードにご請求します。",
+                      "After each consultation, its charge is made to this card."),
+    "card.prepaid": ("このカードで、ご相談用の残高をチャージできるようになります。",
+                     "You will be able to top your consultation balance up from this card."),
+    "card.label": ("カード情報", "Card details"),
+    "card.submit": ("カードを登録する", "Register the card"),
+    "card.note": ("カード番号は決済代行会社 Stripe が直接お預かりし、当社には保存されません。",
+                  "Your card number goes straight to Stripe, our payment processor; we do "
+                  "not store it."),
+    "msg-working": ("登録しています…", "Registering…"),
+    "msg-done": ("カードを登録しました。このページを閉じてください。",
+                 "Your card is registered. You can close this page."),
+    "msg-declined": ("このカードはご利用いただけませんでした。別のカードをお試しください。",
+                     "This card was declined. Please try another card."),
+    "msg-expired-card": ("カードの有効期限が切れています。別のカードをお試しください。",
+                         "This card has expired. Please try another card."),
+    "msg-incorrect": ("カード番号・有効期限・セキュリティコードをご確認ください。",
+                      "Please check the card number, expiry date and security code."),
+    "msg-failed": ("カードを登録できませんでした。時間をおいてもう一度お試しください。",
+                   "The card could not be registered. Please try again later."),
+    "error.not-found.title": ("リンクが見つかりません", "Link not found"),
+    "error.not-found": ("このリンクは無効です。お送りしたリンクをもう一度ご確認ください。",
+                        "This link is not valid. Please check the link we sent you."),
+    "error.used.title": ("登録済みのリンクです", "Link already used"),
+    "error.used": ("このリンクのカードはすでに登録されています。",
+                   "The card for this link is already registered."),
+    "error.expired.title": ("リンクの有効期限切れ", "Link expired"),
+    "error.expired": ("このリンクは有効期限が切れています。"
+                      "お手数ですが、新しいリンクをご依頼ください。",
+                      "This link has expired. Please ask us for a new one."),
+    "error.unavailable.title": ("ただいまご利用いただけません", "Not available right now"),
+    "error.unavailable": ("ただいまカードの登録を受け付けられません。しばらくしてから、"
+                          "もう一度お試しください。",
+                          "Card registration is not available right now. Please try again "
+                          "in a while."),
+}
+
+
+def text(name: str, language: Language, **values: str) -> str:
+    ja, en = TEXTS[name]
+    return (ja if language is Language.JAPANESE else en).format(**values)
