@@ -176,7 +176,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     speech = app[SPEECH_KEY] = site_speech(settings.media)
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems,
                   flow_preparer(settings, speech))
-    install_consult_control(app, lambda a: a[POOL_KEY])
+    install_consult_control(app, lambda a: a[POOL_KEY], lambda a: a.get(GUARD_KEY))
     app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:
         from billing.card_http import install as install_cards  # needs stripe

@@ -514,7 +514,8 @@ def _originate(state: ConsultState, route: Route, destination: str, at: datetime
     caller_id = req.sip_caller_id if route.carrier_id == EDGE_TRUNK else req.caller_id
     return leg, [
         PersistAttempt(req.callback_id, req.attempt_no, seq, channel_id, "advisor",
-                       route.carrier_id, route.endpoint),
+                       route.carrier_id, route.endpoint,
+                       None if route.carrier_id == EDGE_TRUNK else destination),
         Originate(channel_id, route.endpoint, caller_id,
                   req.ring_timeout_s + int(dialer.RING_GUARD_S),
                   ("callback", req.callback_id, "advisor"), req.variables),

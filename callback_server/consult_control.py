@@ -21,6 +21,12 @@ rung and, answering, bridged with the first advisor; ``transfer/complete``
 (each transfer in the record's ``transfers``). A process not running it ignores the
 notification.
 
+A transfer to a number is screened by the toll-fraud guard first (block and allow
+lists, the destination policy, a locked number: ``Guard.screen_transfer``): refused, 403
+``number-refused`` with ``field`` ``number`` and the guard's ``reason`` (recorded at stage
+``transfer`` and alerted), and nothing is asked of the call; its leg is screened again,
+with the caps, at its originate.
+
 Replies: 202 ``{"consultation_id", "action", "state": "requested"}``; 404 ``not-found``
 (no such call-back of this merchant), 409 ``consultation-not-running`` (its call-back is
 not being dialled, or the consultation is over), 400 ``invalid-field`` (not a
@@ -49,6 +55,7 @@ from advisors.errors import NotFound
 from advisors.records import MAX_INT
 from callback_server import consult
 from callback_server.call_ports import utcnow
+from callback_server.guard.service import Guard
 from shared.http import (
     ApiError,
     InvalidField,
@@ -188,10 +195,14 @@ async def deliver_controls(notes: asyncio.Queue[str],
 
 PoolOf = Callable[[web.Application], asyncpg.Pool]
 POOL_OF_KEY: web.AppKey[PoolOf] = web.AppKey("consult_control_pool")
+#: the site's toll-fraud guard (None: a site without one)
+GuardOf = Callable[[web.Application], Guard | None]
+GUARD_OF_KEY: web.AppKey[GuardOf] = web.AppKey("consult_control_guard")
 
 
-def install(app: web.Application, pool: PoolOf) -> None:
+def install(app: web.Application, pool: PoolOf, guard: GuardOf = lambda _app: None) -> None:
     app[POOL_OF_KEY] = pool
+    app[GUARD_OF_KEY] = guard
     add_operations(app, OPERATIONS)
 
 
@@ -211,6 +222,7 @@ def controlling(action: Action) -> Callable[[web.Request], Awaitable[web.Respons
         control = Control(consultation_id, action)
         if action is Action.TRANSFER:
             control = await _transfer_target(request, control)
+            await _screen_number(request.app[GUARD_OF_KEY](request.app), merchant_id, control)
         await request_control(pool, merchant_id, control)
         return json_response({"consultation_id": consultation_id, "action": str(action),
                               "state": "requested"}, status=202)
@@ -238,6 +250,19 @@ async def _transfer_target(request: web.Request, control: Control) -> Control:
         return replace(control, to_number=str(E164.parse(number)))
     except InvalidNumber as exc:
         raise InvalidField("number", str(exc)) from None
+
+
+async def _screen_number(guard: Guard | None, merchant_id: str, control: Control) -> None:
+    """A transfer to a number the guard refuses (lists, policy, lock): 403
+    ``number-refused`` with its ``reason``, nothing asked of the call."""
+    if guard is None or control.to_number is None:
+        return
+    verdict = await guard.screen_transfer(E164.parse(control.to_number), merchant_id,
+                                          control.callback_id)
+    if verdict is not None:
+        raise ApiError(403, "number-refused",
+                       f"the number may not be called ({verdict.reason})",
+                       field="number", reason=str(verdict.reason))
 
 
 REQUESTED: Schema = {
@@ -272,7 +297,8 @@ OPERATIONS = [
               access=MERCHANT,
               params=(Param("consultation_id", "path", {"type": "string"}),),
               body=TRANSFER_BODY if action is Action.TRANSFER else None,
-              errors={404: ("not-found",), 409: ("consultation-not-running",),
+              errors={**({403: ("number-refused",)} if action is Action.TRANSFER else {}),
+                      404: ("not-found",), 409: ("consultation-not-running",),
                       503: ("database-unavailable",)})
     for action in Action
 ]

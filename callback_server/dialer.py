@@ -406,7 +406,7 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
     state = replace(state, leg_seq=seq, operator=op)
     return state, [
         PersistAttempt(job.callback_id, job.attempt_no, seq, channel_id, role, carrier,
-                       endpoint),
+                       endpoint, destination if role == "transfer" else None),
         Originate(channel_id, endpoint, caller, ring_s, ("callback", job.callback_id, role),
                   leg_variables(job)),
         StartTimer(T_OPERATOR, ring_s + RING_GUARD_S),

@@ -43,9 +43,18 @@ class Reason(enum.StrEnum):
 #: transfer leg calls a flow's number through a carrier)
 RATED_LEGS = frozenset({"customer", "advisor", "transfer"})
 #: the legs the guard's caps admit before their originate (their carrier's channels, CPS,
-#: trips and spend): the call-back itself and a flow's transfer to a number
-CAPPED_LEGS = frozenset({"customer", "transfer"})
+#: trips and spend) when they go through a carrier (:func:`capped`): the call-back
+#: itself, a flow's transfer to a number, and an advisor's leg (their phone, or a
+#: consult transfer's second party)
+CAPPED_LEGS = frozenset({"customer", "transfer", "advisor"})
 EDGE_TRUNK = "edge-trunk"
+
+
+def capped(leg: str, carrier_id: str) -> bool:
+    """Whether the guard admits this leg before its originate: every leg dialled through
+    a carrier (a SIP leg through the edge trunk, the operator's or an advisor's
+    softphone, reaches no PSTN number and costs nothing)."""
+    return leg in CAPPED_LEGS and carrier_id != EDGE_TRUNK
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -199,6 +208,9 @@ class PersistAttempt:
     leg: str                 # "customer" | "operator" | "transfer" | "advisor"
     carrier_id: str
     endpoint: str
+    #: the number a leg to another party than the customer dials through a carrier (an
+    #: advisor's phone, a transfer's number): the guard screens it at the originate
+    number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Spend and capacity caps, per trunk (carrier), per merchant and global (the site).
 Pure decisions.
 
-Checked for every customer leg just before its originate, in the same
+Checked for every leg dialled through a carrier (the customer's, an advisor's PSTN leg,
+a transfer's: ``dialer_messages.capped``) just before its originate, in the same
 transaction that persists the leg (:meth:`Guard.admit_leg`). No lock is shared
 by all legs: each capped scope has its own counters, split into up to
 :data:`SHARDS` rows whose rooms add up to the cap, and a leg takes a slot with
@@ -12,10 +13,10 @@ wait for each other, and legs under the site's cap wait for each other only when
 more than :data:`SHARDS` are being admitted at once. A scope without a cap
 (unset, or 0 in the settings) has no counter and is neither read nor written:
 
-* **channels**: customer legs dialling, ringing or up (``guard_live``; a leg's
+* **channels**: admitted legs dialling, ringing or up (``guard_live``; a leg's
   slot is given back by a trigger in the transaction that ends the leg, also
   when reconcile settles it after a crash);
-* **cps**: customer legs admitted in the last second (``guard_cps``, a sliding
+* **cps**: legs admitted in the last second (``guard_cps``, a sliding
   window);
 * **spend_daily**: carrier cost of today's CDRs (``guard_spend``, in
   ``currency``; the day is taken in ``timezone``), minus what was spent when

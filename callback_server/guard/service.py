@@ -1,4 +1,4 @@
-"""The guard as the callback site uses it: one object, called at four points.
+"""The guard as the callback site uses it: one object, called at these points.
 
 =================  ===========================================  =====================
 where              what                                         refusal stage
@@ -10,9 +10,13 @@ before each round  lists + policy again, lock, brake             ``dial``: job f
 (``worker``)                                                     ``failed`` + reason
 route choice       caps read: drop capped trunks                 ``dial``: job waits
 (``worker``)                                                     ``caps.retry_s``
-each customer leg  caps: a slot in each capped scope's        ``dial``: next route,
-(``persist_leg``)  counter row, in the leg's transaction;       else job waits
+each carrier leg   another party's number: lists, policy,       ``dial``: next route,
+(``persist_leg``)  lock; caps: a slot in each capped scope's    else job waits (caps)
+                   counter row, in the leg's transaction;
                    trips latched kinds
+consult transfer   lists, policy, lock of the number            ``transfer``: 403
+(``consult_        (before the request is notified)
+control``)
 round end          confirmed? lock / block list / brake alert    —
 (``stasis``)
 each CDR           daily spend; trips the spend cap             —
@@ -39,13 +43,13 @@ import asyncpg
 from callback_server.guard import brake, caps, velocity
 from callback_server.guard import store as sql
 from callback_server.guard.alerts import Alert, Alerter
-from callback_server.guard.reasons import GuardRefused, Verdict
+from callback_server.guard.reasons import GuardRefused, Refusal, Verdict
 from callback_server.guard.settings import GuardSettings
 from callback_server.metrics import UNKNOWN_MERCHANT
 from callback_server.metrics import callback as metrics
 from shared.destination import Listing, Policy
 from shared.money import Money, MoneyError
-from shared.phone import E164
+from shared.phone import E164, InvalidNumber
 
 log = logging.getLogger("callback.guard")
 
@@ -178,15 +182,46 @@ class Guard:
         (``guard_note_accepted``, in the store's transaction)."""
         return await self._screen(number, merchant_id, "click_to_call", None)
 
+    async def screen_transfer(self, number: E164, merchant_id: str, callback_id: str
+                              ) -> Verdict | None:
+        """An operator's consult transfer to ``number``, before it is asked of the call:
+        lists, policy and lock, as a call-back's number before a round (a refusal is
+        recorded at stage ``transfer`` and alerted). Its leg is screened again, with the
+        caps, at the originate (:meth:`admit_leg`)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            verdict, _ = await self._undialable(conn, number, self.clock())
+            if verdict is not None:
+                await self._dial_refused(conn, verdict, stage="transfer", number=str(number),
+                                         merchant_id=merchant_id, callback_id=callback_id)
+        return verdict
+
+    async def _undialable(self, conn: asyncpg.Connection, number: E164, now: datetime
+                          ) -> tuple[Verdict | None, sql.NumberFacts]:
+        """Why ``number`` may not be dialled (lists, policy, lock), with its facts."""
+        facts = await sql.number_facts(conn, str(number), now)
+        listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
+                          block_reason=facts.block_reason)
+        verdict = self.policy.evaluate(number, listing) \
+            or velocity.check_locked(facts.history.locked_until, now)
+        return verdict, facts
+
+    async def _dial_refused(self, conn: asyncpg.Connection, verdict: Verdict, *, stage: str,
+                            number: str, merchant_id: str, callback_id: str) -> None:
+        """A leg to a number other than the customer's refused: recorded and alerted."""
+        await self.refused(conn, verdict, stage=stage, number=number,
+                           merchant_id=merchant_id, callback_id=callback_id)
+        self.alerter.alert(Alert("destination_refused", f"{merchant_id}/{number}",
+                                 f"{merchant_id} asked to dial {number} ({stage}, "
+                                 f"{callback_id}): {verdict}", self.clock(),
+                                 {"number": number, "merchant_id": merchant_id,
+                                  "callback_id": callback_id, "stage": stage,
+                                  "reason": str(verdict.reason)}))
+
     async def _screen(self, number: E164, merchant_id: str, stage: str,
                       callback_id: str | None) -> Screening:
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
-            facts = await sql.number_facts(conn, str(number), now)
-            listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
-                              block_reason=facts.block_reason)
-            verdict = self.policy.evaluate(number, listing) \
-                or velocity.check_locked(facts.history.locked_until, now)
+            verdict, facts = await self._undialable(conn, number, now)
             if verdict is None and callback_id is None:
                 verdict = velocity.check_intake(facts.history, now, self.settings.velocity)
             if verdict is None and not facts.history.known:
@@ -240,11 +275,17 @@ class Guard:
         return None
 
     async def admit_leg(self, conn: asyncpg.Connection, carrier_id: str, callback_id: str,
-                        merchant_id: str) -> Admission:
-        """In the leg's transaction, just before its originate: trips and spend, then a
-        channel and a CPS slot in each capped scope (per-scope sharded counter rows, no
-        lock shared by every leg). The admission's ``scopes`` and ``shards`` go on the leg
+                        merchant_id: str, number: str | None = None) -> Admission:
+        """In the leg's transaction, just before its originate: the ``number`` of a leg
+        to another party than the customer (an advisor, a transfer: lists, policy, lock;
+        the customer's was screened before the round), trips and spend, then a channel
+        and a CPS slot in each capped scope (per-scope sharded counter rows, no lock
+        shared by every leg). The admission's ``scopes`` and ``shards`` go on the leg
         row: the slots it gives back when it ends."""
+        if number is not None:
+            refused = await self._screen_leg(conn, number, callback_id, merchant_id)
+            if refused is not None:
+                return Admission((), refused)
         scopes = caps.scopes_of(carrier_id, merchant_id)
         limits = [self.settings.caps.limits(scope) for scope in scopes]
         snap = await sql.cap_usage(conn, scopes, self.today())
@@ -269,6 +310,19 @@ class Guard:
         await self.refused(conn, verdict, stage="dial", number=None, merchant_id=merchant_id,
                            callback_id=callback_id)
         return Admission((), GuardRefused(verdict, self.settings.caps.retry_s))
+
+    async def _screen_leg(self, conn: asyncpg.Connection, number: str, callback_id: str,
+                          merchant_id: str) -> GuardRefused | None:
+        """A leg's own number refused (recorded at stage ``dial``, alerted), or None."""
+        try:
+            verdict, _ = await self._undialable(conn, E164.parse(number), self.clock())
+        except InvalidNumber as exc:
+            verdict = Verdict(Refusal.DESTINATION_MALFORMED, str(exc))
+        if verdict is None:
+            return None
+        await self._dial_refused(conn, verdict, stage="dial", number=number,
+                                 merchant_id=merchant_id, callback_id=callback_id)
+        return GuardRefused(verdict)
 
     async def _cap_reached(self, conn: asyncpg.Connection, scope: str, kind: str,
                            verdict: Verdict) -> None:

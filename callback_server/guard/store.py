@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from callback_server.dialer_messages import CAPPED_LEGS, EDGE_TRUNK
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.velocity import NumberHistory
 
@@ -191,9 +192,9 @@ async def cap_snapshot(conn: asyncpg.Connection, day: date) -> CapSnapshot:
                   count(*) FILTER (WHERE status = ANY($1::text[])) AS live,
                   count(*) FILTER (WHERE created_at > now() - interval '1 second') AS cps
            FROM callback_attempts
-           WHERE leg = 'customer' AND (status = ANY($1::text[])
+           WHERE leg = ANY($2::text[]) AND carrier_id <> $3 AND (status = ANY($1::text[])
                  OR created_at > now() - interval '1 second')
-           GROUP BY carrier_id""", list(LIVE))
+           GROUP BY carrier_id""", list(LIVE), list(CAPPED_LEGS), EDGE_TRUNK)
     channels = {f"trunk:{r['carrier_id']}": int(r["live"]) for r in rows}
     cps = {f"trunk:{r['carrier_id']}": int(r["cps"]) for r in rows}
     channels["global"] = sum(channels.values())

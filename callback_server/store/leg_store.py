@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from callback_server.dialer import LastLeg
-from callback_server.dialer_messages import CAPPED_LEGS, PersistAttempt
+from callback_server.dialer_messages import PersistAttempt, capped
 from callback_server.guard.reasons import GuardRefused
 from callback_server.store.base import StoreBase
 from callback_server.store.queue_store import LeaseLost
@@ -52,7 +52,8 @@ class LegStore(StoreBase):
     async def persist_leg(self, cmd: PersistAttempt, merchant_id: str) -> None:
         """Commit the leg row before its originate, only while our lease holds.
 
-        With a guard, a customer or transfer leg must also pass the caps (raises
+        With a guard, a leg through a carrier must also pass the caps, and its own number
+        (an advisor's, a transfer's) the destination screening (raises
         :class:`~callback_server.guard.reasons.GuardRefused`; nothing is dialled).
         """
         refused: GuardRefused | None = None
@@ -67,9 +68,9 @@ class LegStore(StoreBase):
                                 f"{cmd.channel_id}")
             scopes: tuple[str, ...] = ()
             shards: tuple[int, ...] = ()
-            if self.guard is not None and cmd.leg in CAPPED_LEGS:
+            if self.guard is not None and capped(cmd.leg, cmd.carrier_id):
                 admission = await self.guard.admit_leg(conn, cmd.carrier_id, cmd.callback_id,
-                                                       merchant_id)
+                                                       merchant_id, cmd.number)
                 scopes, shards = admission.scopes, admission.shards
                 refused = admission.refused
             if refused is None:

@@ -25,6 +25,8 @@ from callback_server.consult_control import (
     deliver_controls,
     install,
 )
+from callback_server.guard.service import Guard
+from callback_server.guard.settings import GuardSettings
 from shared.db import listening, migrate_url, package_migrations
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from tests.integration import callback_db
@@ -73,9 +75,11 @@ async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Any]:
     app = web.Application(middlewares=[error_middleware])
     app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in MERCHANTS
                                       if m.api_token_sha256])
-    install(app, lambda _: clean)
+    guard = Guard(clean, GuardSettings())
+    install(app, lambda _: clean, lambda _: guard)
     async with TestClient(TestServer(app)) as c:
         yield c
+    await guard.alerter.close()
 
 
 @pytest.mark.parametrize(("action", "event"), [("end", consult.ForceEnd),
@@ -181,3 +185,48 @@ def test_transfer_payloads_round_trip() -> None:
         assert Control.parse(control.payload()) == control
     assert Control.parse('{"consultation_id": "cb-0-c1", "action": "transfer",'
                          ' "to_advisor_id": "7"}') is None
+
+
+@pytest.mark.parametrize(("number", "reason"), [
+    ("+81990123456", "destination_premium"),      # 0990: premium rate
+    ("+88213012345", "destination_foreign"),      # an international premium range (IRSF)
+    ("+81570012345", "destination_uan"),
+    ("+819011112222", "number_blocked"),          # on the block list
+])
+async def test_a_transfer_to_a_number_the_guard_refuses_is_403_and_never_asked_of_the_call(
+        client: Any, clean: asyncpg.Pool, pg_url: str, number: str, reason: str) -> None:
+    """The toll-fraud guard screens a consult transfer's number at the request (lists,
+    policy, lock): 403 with its reason, recorded, alerted, and no control is sent."""
+    await clean.execute("INSERT INTO guard_lists (number, list, reason, source, created_by,"
+                        " created_at) VALUES ('+819011112222', 'block', 'fraud', 'operator',"
+                        " 'noc', now())")
+    here = Round("cb-0-c1")
+    async with listening(pg_url, CONTROL_CHANNEL) as notes:
+        delivering = asyncio.create_task(deliver_controls(notes, {"cb-0": here}))
+        try:
+            resp = await client.post("/v1/consultations/cb-0-c1/transfer", headers=AUTH,
+                                     json={"number": number})
+            assert resp.status == 403, await resp.text()
+            error = (await resp.json())["error"]
+            assert (error["id"], error["field"], error["reason"]) == \
+                ("number-refused", "number", reason)
+            await asyncio.sleep(0.3)
+        finally:
+            delivering.cancel()
+    assert here.events == []
+    refusal = await clean.fetchrow("SELECT stage, reason, number, merchant_id, callback_id"
+                                   " FROM guard_refusals")
+    assert dict(refusal) == {"stage": "transfer", "reason": reason, "number": number,
+                             "merchant_id": "acme", "callback_id": "cb-0"}
+    alert = await _alert(clean, "destination_refused")
+    assert alert["key"] == f"acme/{number}" and alert["details"]["reason"] == reason
+
+
+async def _alert(pool: asyncpg.Pool, kind: str) -> asyncpg.Record:
+    """The guard's alert of ``kind`` (recorded by its sender, in the background)."""
+    for _ in range(100):
+        row = await pool.fetchrow("SELECT * FROM guard_alerts WHERE kind = $1", kind)
+        if row is not None:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} alert")

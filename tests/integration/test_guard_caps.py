@@ -531,21 +531,69 @@ async def test_a_merchant_spend_cap_trips_on_its_cdrs(clean: asyncpg.Pool,
     await store.persist_leg(leg(refused_job, "carrier-b"), "acme")
 
 
-async def test_a_flows_transfer_leg_takes_a_channel_of_its_carrier_like_the_customers(
+@pytest.mark.parametrize("leg_kind", ["transfer", "advisor"])
+async def test_a_transfer_or_advisor_leg_takes_a_channel_of_its_carrier_like_the_customers(
         clean: asyncpg.Pool, smtp: tuple[Inbox, int],
-        webhook: tuple[list[dict[str, Any]], str], closing: list[Guard]) -> None:
+        webhook: tuple[list[dict[str, Any]], str], closing: list[Guard], leg_kind: str) -> None:
+    """A flow's transfer leg and an advisor's PSTN leg (their phone, a click-to-call's or
+    a consult transfer's) count in their carrier's, the merchant's and the site's caps
+    like a customer leg; an advisor's softphone through the edge trunk takes none."""
     _, port = smtp
     guard = Guard(clean, settings(port, webhook[1]))
     closing.append(guard)
     store = CallbackStore(clean, owner="w", guard=guard)
     job = await claimed_job(store, 30, "819033330001")
     await store.persist_leg(leg(job, "carrier-a"), "acme")         # 1 of 1 channel
-    transfer = PersistAttempt(job, 1, 2, f"{job}-02", "transfer", "carrier-a",
-                              "PJSIP/+81312345678@carrier-a")
+    other = PersistAttempt(job, 1, 2, f"{job}-02", leg_kind, "carrier-a",
+                           "PJSIP/+81312345678@carrier-a", "+81312345678")
     with pytest.raises(GuardRefused) as refused:
-        await store.persist_leg(transfer, "acme")
+        await store.persist_leg(other, "acme")
     assert refused.value.verdict.reason == "cap_trunk_channels"
-    await store.persist_leg(replace(transfer, carrier_id="carrier-b"), "acme")
-    scopes = await clean.fetchval("SELECT cap_scopes FROM callback_attempts "
-                                  "WHERE channel_id = $1", f"{job}-02")
-    assert "trunk:carrier-b" in scopes
+    await store.persist_leg(replace(other, carrier_id="carrier-b"), "acme")
+    sip = PersistAttempt(job, 1, 3, f"{job}-03", "advisor", "edge-trunk",
+                         "PJSIP/acme.adv@edge-trunk")
+    await store.persist_leg(sip, "acme")
+    rows = await clean.fetch("SELECT channel_id, cap_scopes FROM callback_attempts "
+                             "ORDER BY channel_id")
+    assert [(r["channel_id"], r["cap_scopes"]) for r in rows] == [
+        (f"{job}-01", ["global", "trunk:carrier-a"]),
+        (f"{job}-02", ["global", "trunk:carrier-b"]), (f"{job}-03", [])]
+    status = await guard.status()
+    assert status["channels"] == {"trunk:carrier-a": 1, "trunk:carrier-b": 1, "global": 2}
+
+
+@pytest.mark.parametrize(("leg_kind", "number", "reason"), [
+    ("advisor", "+81990123456", "destination_premium"),     # a consult transfer's number
+    ("advisor", "+88213012345", "destination_foreign"),     # an advisor's "phone" abroad
+    ("transfer", "+819055551234", "number_blocked"),        # a flow's transfer
+])
+async def test_a_leg_to_a_number_the_guard_refuses_is_never_dialled_and_alerts(
+        clean: asyncpg.Pool, smtp: tuple[Inbox, int],
+        webhook: tuple[list[dict[str, Any]], str], closing: list[Guard],
+        leg_kind: str, number: str, reason: str) -> None:
+    """At its originate a leg to another number than the customer's is screened like the
+    customer's (lists, policy, lock): refused, it has no row (never dialled), the refusal
+    is stored with its number and the guard's alert goes out."""
+    hooks, url = webhook
+    guard = Guard(clean, settings(smtp[1], url))
+    closing.append(guard)
+    await clean.execute("INSERT INTO guard_lists (number, list, reason, created_at) "
+                        "VALUES ('+819055551234', 'block', 'fraud', now())")
+    store = CallbackStore(clean, owner="w", guard=guard)
+    job = await claimed_job(store, 50, "819055550001")
+    attempt = PersistAttempt(job, 1, 2, f"{job}-02", leg_kind, "carrier-a",
+                             f"PJSIP/{number}@carrier-a", number)
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(attempt, "acme")
+    assert refused.value.verdict.reason == reason and refused.value.retry_in_s is None
+    assert await clean.fetchval("SELECT count(*) FROM callback_attempts") == 0
+    assert await clean.fetchval("SELECT sum(live) FROM guard_live") is None
+    row = await clean.fetchrow("SELECT stage, reason, number, callback_id FROM guard_refusals")
+    assert dict(row) == {"stage": "dial", "reason": reason, "number": number,
+                         "callback_id": job}
+    for _ in range(100):
+        if hooks:
+            break
+        await asyncio.sleep(0.05)
+    assert [(h["kind"], h["details"]["reason"]) for h in hooks] == [
+        ("destination_refused", reason)]

@@ -30,9 +30,13 @@ from callback_server.dialer_messages import (
     DestroyBridge,
     Hangup,
     Originate,
+    OriginateRefused,
+    PersistAttempt,
     Route,
     TimerFired,
+    capped,
 )
+from shared.refusals import Refusal
 from tests.unit.test_callback_consult import CID, Call, at, make_desk, only
 
 CUSTOMER = "cb-1-01"
@@ -190,3 +194,36 @@ def test_transfers_that_do_not_apply_change_nothing() -> None:
     assert call.send(StartTransfer(call.at(11), to_number="+81311112222")) == []
     assert call.send(CompleteTransfer(call.at(11))) == [], "not answered yet"
     assert call.state == before
+
+
+def test_a_transfer_leg_carries_its_number_for_the_guard_and_a_refusal_fails_over() -> None:
+    """Each carrier leg of a transfer to a number names the number (the guard screens it
+    and takes its caps at the originate); the guard refusing it on every carrier fails
+    the transfer: nothing dialled, the first advisor told, the customer still held."""
+    call, first = talking()
+    call.send(StartTransfer(call.at(10), to_number="+81311112222"))
+    routes = (Route("carrier-a", "PJSIP/+81311112222@carrier-a"),
+              Route("carrier-b", "PJSIP/+81311112222@carrier-b"))
+    cmds = call.send(TransferRouted(call.at(10.1), routes))
+    persist = only(cmds, PersistAttempt)[0]
+    assert isinstance(persist, PersistAttempt)
+    assert (persist.leg, persist.carrier_id, persist.number) == \
+        ("advisor", "carrier-a", "+81311112222")
+    assert capped(persist.leg, persist.carrier_id)
+    cmds = call.send(OriginateRefused(persist.channel_id, Refusal.DESTINATION_PREMIUM, 30,
+                                      call.at(10.2)))
+    again = only(cmds, PersistAttempt)[0]
+    assert isinstance(again, PersistAttempt)
+    assert (again.carrier_id, again.number) == ("carrier-b", "+81311112222")
+    cmds = call.send(OriginateRefused(again.channel_id, Refusal.CAP_TRUNK_CPS, 30,
+                                      call.at(10.3)))
+    assert Prompt(first, consult.TRANSFER_FAILED_PROMPT) in cmds
+    assert call.state.transferring is None and call.state.held_since is not None
+
+
+def test_an_advisor_reached_over_sip_has_no_number_and_is_not_capped() -> None:
+    call, _ = talking()
+    cmds = call.send(StartTransfer(call.at(10), to_advisor_id=2))      # edge trunk (SIP)
+    persist = only(cmds, PersistAttempt)[0]
+    assert isinstance(persist, PersistAttempt) and persist.carrier_id == "edge-trunk"
+    assert persist.number is None and not capped(persist.leg, persist.carrier_id)

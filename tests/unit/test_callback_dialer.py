@@ -36,6 +36,7 @@ from callback_server.dialer_messages import (
     StartIvr,
     StartTimer,
     TimerFired,
+    capped,
 )
 from shared.phone import E164
 from tests.purity import io_imports
@@ -289,6 +290,21 @@ def test_operator_leg_is_persisted_dialled_and_bridged_with_dtmf_events() -> Non
     assert orig.endpoint == "PJSIP/operator@edge-trunk"
     state, cmds = run(state, Answered("cb-1-02", at(12)))
     assert CreateBridge("cb-1-br02", ("cb-1-01", "cb-1-02"), "mixing,dtmf_events") in cmds
+
+
+def test_a_flows_transfer_leg_names_its_number_for_the_guard_the_operators_does_not() -> None:
+    """The guard screens the number a flow's transfer dials (and takes its carrier's caps)
+    at the originate; the operator's leg goes through the edge trunk: no number, no caps."""
+    number = E164.parse("+81312345678")
+    route = Route("carrier-b", "PJSIP/+81312345678@carrier-b")
+    _, cmds = run(answered(), OperatorRequested(at(10), number, (route,), 30))
+    persist = of(cmds, PersistAttempt)[0]
+    assert (persist.leg, persist.carrier_id, persist.number) == \
+        ("transfer", "carrier-b", "+81312345678")
+    assert capped(persist.leg, persist.carrier_id)
+    _, cmds = run(answered(), OperatorRequested(at(10)))
+    persist = of(cmds, PersistAttempt)[0]
+    assert persist.number is None and not capped(persist.leg, persist.carrier_id)
 
 
 def test_operator_hangup_ends_the_call_with_two_cdrs() -> None:
