@@ -267,6 +267,17 @@ class AdvisorStore:
             merchant_id, str(number))
         return None if customer_id is None else await self.customer(merchant_id, customer_id)
 
+    async def account_by_number(self, merchant_id: str, number: E164,
+                                db: asyncpg.Pool | asyncpg.Connection | None = None
+                                ) -> str | None:
+        """The account of the merchant's customer with this number (one statement on
+        ``db``, default the pool: the question billing asks before each consultation)."""
+        account: str | None = await (db or self.pool).fetchval(
+            """SELECT c.account FROM customer_numbers n
+               JOIN customers c ON c.merchant_id = n.merchant_id AND c.id = n.customer_id
+               WHERE n.merchant_id = $1 AND n.number = $2""", merchant_id, str(number))
+        return account
+
     async def create_customer(self, merchant_id: str, new: CustomerInput) -> Customer:
         async with self._transaction() as conn:
             customer_id = await conn.fetchval(

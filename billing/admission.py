@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from billing import policy
-from billing.ledger import books, find_account
+from billing.ledger import available_yen
 from billing.rating import Terms, seconds_affordable
 from billing.settings import MAX_UNPAID_CHARGES
 from billing.standing import Standing, standing
@@ -92,18 +92,24 @@ class Admissions:
         self.postpaid_merchants = postpaid_merchants
         self.max_unpaid_charges = max_unpaid_charges
 
-    async def facts(self, merchant_id: str, account: str) -> Facts:
-        postpaid = merchant_id in self.postpaid_merchants
-        async with self.pool.acquire() as conn:
-            if postpaid:
-                return Facts(True, 0, await standing(conn, merchant_id, account))
-            acc = await find_account(conn, merchant_id, account)
-            available = 0 if acc is None else (await books(conn, acc)).get("available", 0)
-        return Facts(False, available, Standing(False, 0, False))
+    async def facts(self, merchant_id: str, account: str,
+                    db: asyncpg.Pool | asyncpg.Connection | None = None) -> Facts:
+        """Read on ``db`` (default: the pool)."""
+        db = db or self.pool
+        if merchant_id in self.postpaid_merchants:
+            return Facts(True, 0, await standing(db, merchant_id, account))
+        return Facts(False, await available_yen(db, merchant_id, account),
+                     Standing(False, 0, False))
 
     async def ask(self, merchant_id: str, account: str, price_per_minute_yen: int,
                   wanted_s: int) -> Admission:
         """May ``account`` start a consultation at this price of up to ``wanted_s``?"""
         terms = await policy.terms_for(self.pool, merchant_id, price_per_minute_yen)
-        return decide(await self.facts(merchant_id, account), terms, wanted_s,
+        return await self.ask_under(merchant_id, account, terms, wanted_s)
+
+    async def ask_under(self, merchant_id: str, account: str, terms: Terms, wanted_s: int,
+                        db: asyncpg.Pool | asyncpg.Connection | None = None) -> Admission:
+        """:meth:`ask` under terms the caller has read already (the facts read on ``db``,
+        default: the pool)."""
+        return decide(await self.facts(merchant_id, account, db), terms, wanted_s,
                       max_unpaid_charges=self.max_unpaid_charges)

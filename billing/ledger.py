@@ -210,15 +210,18 @@ async def find_account(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str
 async def post(conn: asyncpg.Connection, account: int, kind: Kind, amount_yen: int,
                legs: Sequence[tuple[Book, int]], by: str, reason: str,
                reservation_id: int | None = None) -> int:
-    """Write one movement and its legs (zero legs left out); its transaction id. Call it
-    inside a transaction holding the account's lock."""
+    """Write one movement and its legs (zero legs left out) in one statement; its
+    transaction id. Call it inside a transaction holding the account's lock."""
+    kept = [(book, y) for book, y in legs if y]
     txn: int = await conn.fetchval(
-        """INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, reason,
-               reservation_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-        account, kind, amount_yen, by, reason, reservation_id)
-    await conn.executemany(
-        "INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen) "
-        "VALUES ($1, $2, $3, $4)", [(txn, account, book, y) for book, y in legs if y])
+        """WITH t AS (INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom,
+                          reason, reservation_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id),
+                e AS (INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen)
+                      SELECT t.id, $1, leg.book, leg.yen
+                      FROM t, unnest($7::text[], $8::bigint[]) AS leg (book, yen))
+           SELECT id FROM t""",
+        account, kind, amount_yen, by, reason, reservation_id,
+        [book for book, _ in kept], [y for _, y in kept])
     return txn
 
 
@@ -226,6 +229,18 @@ async def books(conn: asyncpg.Connection, account: int) -> dict[str, int]:
     rows = await conn.fetch("SELECT book, sum(amount_yen) AS yen FROM billing_entries "
                             "WHERE account_id = $1 GROUP BY book", account)
     return {r["book"]: int(r["yen"]) for r in rows}
+
+
+async def available_yen(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str,
+                        account: str) -> int:
+    """The account's available balance, read without a lock in one statement (0 for an
+    account that never had a movement)."""
+    found: int | None = await conn.fetchval(
+        """SELECT sum(e.amount_yen) FROM billing_entries e
+           JOIN billing_accounts a ON a.id = e.account_id
+           WHERE a.merchant_id = $1 AND a.account = $2 AND e.book = 'available'""",
+        merchant_id, account)
+    return int(found or 0)
 
 
 def _balance(sums: dict[str, int]) -> Balance:
@@ -347,23 +362,25 @@ class Ledger:
             acc = await account_id(conn, merchant_id, account, create=False)
             if acc is None:
                 return Refusal("balance-too-low", 0, terms.first_unit_yen())
-            existing = await conn.fetchrow(
-                RESERVATION + " WHERE r.account_id = $1 AND r.consultation_id = $2",
-                acc, consultation_id)
-            if existing is not None:
-                return _reservation(existing)
             available = (await books(conn, acc)).get("available", 0)
             needed = terms.first_unit_yen()
-            if available < needed:
-                return Refusal("balance-too-low", available, needed)
             allowed = seconds_affordable(available, terms)
             if at_most_s is not None:
                 allowed = min(allowed, whole_units_s(at_most_s, terms))
-            held = rate(allowed, terms).total_yen
+            held = rate(allowed, terms).total_yen if available >= needed else 0
+            # made at most once per consultation (unique); asked again: the one made
             row = await conn.fetchrow(
                 """INSERT INTO billing_reservations (account_id, consultation_id, terms,
-                       held_yen, allowed_s) VALUES ($1, $2, $3, $4, $5) RETURNING *""",
-                acc, consultation_id, asdict(terms), held, allowed)
+                       held_yen, allowed_s) SELECT $1, $2, $3, $4, $5 WHERE $6
+                   ON CONFLICT (account_id, consultation_id) DO NOTHING RETURNING *""",
+                acc, consultation_id, asdict(terms), held, allowed, available >= needed)
+            if row is None:
+                existing = await conn.fetchrow(
+                    RESERVATION + " WHERE r.account_id = $1 AND r.consultation_id = $2",
+                    acc, consultation_id)
+                if existing is None:
+                    return Refusal("balance-too-low", available, needed)
+                return _reservation(existing)
             if held:
                 await post(conn, acc, "hold", held, [("available", -held), ("held", held)],
                            SYSTEM, f"consultation {consultation_id}", row["id"])

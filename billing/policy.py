@@ -64,8 +64,8 @@ def _policy(row: asyncpg.Record | None) -> Policy:
                   changed_at=row["changed_at"])
 
 
-async def current(pool: asyncpg.Pool, merchant_id: str) -> Policy:
-    return _policy(await pool.fetchrow(
+async def current(db: asyncpg.Pool | asyncpg.Connection, merchant_id: str) -> Policy:
+    return _policy(await db.fetchrow(
         "SELECT * FROM billing_policies WHERE merchant_id = $1 ORDER BY id DESC LIMIT 1",
         merchant_id))
 

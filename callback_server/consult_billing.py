@@ -110,15 +110,15 @@ class ConsultBilling:
                                      retry_after_s=settings.retry_after_s, fx=fx,
                                      notices=notices)
 
-    async def account(self, merchant_id: str, number: E164) -> str:
-        customer = await self.customers.customer_by_number(merchant_id, number)
-        return str(number) if customer is None else customer.account
-
     async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int) -> Plan:
-        account = await self.account(merchant_id, number)
-        terms = await policy.terms_for(self.pool, merchant_id, price_per_minute_yen)
-        admission = await self.admissions.ask(merchant_id, account, price_per_minute_yen,
-                                              terms.max_talk_s)
+        """The account, the terms and admission's answer, read on one pooled connection
+        (each connection given back to the pool costs a round trip of its own)."""
+        async with self.pool.acquire() as conn:
+            account = await self.customers.account_by_number(merchant_id, number, conn)
+            account = str(number) if account is None else account
+            terms = (await policy.current(conn, merchant_id)).terms(price_per_minute_yen)
+            admission = await self.admissions.ask_under(merchant_id, account, terms,
+                                                        terms.max_talk_s, conn)
         return Plan(account, terms, merchant_id in self.postpaid_merchants, admission)
 
     async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,

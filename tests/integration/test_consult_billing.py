@@ -37,6 +37,7 @@ from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
 from callback_server.testing import FakeAri, FixedRater, MemoryDesk, MemoryStore
 from shared import ari
+from shared.db import create_pool
 from shared.http import InvalidField
 from shared.money import Money
 from shared.phone import E164
@@ -420,3 +421,30 @@ async def test_a_settlement_the_ledger_refuses_leaves_the_reservation_and_the_ro
     assert call.task is not None
     await asyncio.wait_for(call.task, 5)
     assert await db.fetchval("SELECT talk_s FROM billing_settlements") == 5
+
+
+async def test_admission_and_the_first_slice_cost_eleven_statements_on_two_connections(
+        db: asyncpg.Pool, pg_url: str) -> None:
+    """What every prepaid consultation pays before the first ring (``python -m bench
+    billing_reserve``): admission reads the account, the policy and the balance on one
+    pooled connection, the reservation is one transaction on another; each connection
+    given back costs the pool's reset statement. Counted on a one-connection pool, for a
+    second consultation (the first one's statements learn the column types)."""
+    await Ledger(db).deposit("acme", "member-42", 1000, "op", "bank transfer")
+    one = await create_pool(pg_url, min_size=1, max_size=1)
+    try:
+        billing = ConsultBilling(one, PREPAID)
+        statements: list[str] = []
+        async with one.acquire() as conn:
+            conn.add_query_logger(lambda q: statements.append(q.query))
+        await billing.reserve("acme", await billing.admit("acme", NUMBER, 100), "cb-7-c1",
+                              120)          # the connection learns the types it reads
+        statements.clear()
+        plan = await billing.admit("acme", NUMBER, 100)
+        reserved = await billing.reserve("acme", plan, "cb-7-c2", 120)
+    finally:
+        await one.close()
+    assert isinstance(reserved, Reservation) and reserved.allowed_s == 120
+    resets = [s for s in statements if "pg_advisory_unlock_all" in s]
+    assert len(resets) == 2, statements
+    assert len(statements) == 11, "\n".join(statements)
