@@ -19,6 +19,8 @@ from shared.metrics import LATENCY_BUCKETS, registry
 #: the guard decides in microseconds to a few milliseconds
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 1.0)
+#: a leg paced by a CPS cap waits up to [guard.caps] cps_max_wait_s (a few seconds)
+PACE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 UNKNOWN_MERCHANT = "unknown"
 
 
@@ -56,6 +58,13 @@ class CallbackMetrics:
         self.guard_cap_trips = Counter(
             "cbgw_guard_cap_trips", "Caps latched, by scope and kind.", ["scope", "kind"],
             registry=r)
+        self.guard_paced = Counter(
+            "cbgw_guard_paced", "Legs a CPS cap paced: admitted after waiting for its "
+            "sliding second to have room, by merchant.", ["merchant"], registry=r)
+        self.guard_pace_wait = Histogram(
+            "cbgw_guard_pace_wait_seconds", "How long each paced leg waited for a CPS "
+            "cap's window before it was admitted, by merchant.", ["merchant"],
+            buckets=PACE_BUCKETS, registry=r)
         self.guard_decision = Histogram(
             "cbgw_guard_decision_seconds",
             "Time the guard took to decide on a call-back request.",

@@ -22,13 +22,19 @@ more than :data:`SHARDS` are being admitted at once. A scope without a cap
   ``currency``; the day is taken in ``timezone``), minus what was spent when
   an operator last reset that cap.
 
-A reached cap refuses the leg at once (the next route is tried, else the job
-waits ``retry_s`` without counting a round) and raises an alert. Cap kinds in
-``latch`` (default: ``spend_daily``) *trip*: the trip is stored and every
-origination in that scope is refused until an operator resets it
-(``POST /v1/guard/caps/reset``, ``python -m callback_server.guard caps reset``).
-Channel and CPS caps are throttles by default; add them to ``latch`` to make
-them trip too.
+A reached CPS cap *paces* the leg, as a production switch does (Twilio's queued CPS,
+Kamailio's ratelimit): the leg waits, holding no transaction nor connection, until the
+sliding second has room again (the guard's claim says when: the admission that must leave
+the window, + 1 s), then is claimed again on the same route, for at most
+``cps_max_wait_s`` in all (:func:`pace`); a burst is smoothed instead of being spilled to
+a dearer carrier. Any other reached cap, a CPS cap past that bound, or a CPS cap that
+latches, refuses the leg at once (the next route is tried, else the job waits
+``retry_s`` without counting a round) and raises an alert. Cap kinds in ``latch``
+(default: ``spend_daily``) *trip*: the trip is stored and every origination in that
+scope is refused until an operator resets it (``POST /v1/guard/caps/reset``,
+``python -m callback_server.guard caps reset``). Channel and CPS caps are throttles by
+default; add them to ``latch`` to make them trip too (``cps_max_wait_s = 0``: CPS
+refuses without waiting, without tripping).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ KINDS = ("channels", "cps", "spend_daily")
 GLOBAL = "global"
 #: counter rows per capped scope and kind (fewer when the cap is smaller)
 SHARDS = 8
+#: the shortest wait of a paced leg (its window frees as it is refused: claim again soon)
+MIN_PACE_S = 0.005
 
 _REASONS = {
     ("global", "channels"): Refusal.CAP_GLOBAL_CHANNELS,
@@ -95,6 +103,13 @@ class CapSettings:
     merchants: Mapping[str, CapLimits] = field(default_factory=dict)
     latch: frozenset[str] = frozenset({"spend_daily"})
     retry_s: int = 30
+    #: the longest a leg waits in all for a CPS cap's window to free (0: no pacing)
+    cps_max_wait_s: float = 3.0
+
+    @property
+    def paces(self) -> bool:
+        """Whether a reached CPS cap paces legs rather than refusing them."""
+        return self.cps_max_wait_s > 0 and "cps" not in self.latch
 
     def limits(self, scope: str) -> CapLimits:
         if scope == GLOBAL:
@@ -112,9 +127,11 @@ class Usage:
     spend: Decimal = Decimal(0)
 
 
-def check(scope: str, limits: CapLimits, usage: Usage) -> tuple[str, Verdict] | None:
-    """The first cap reached in ``scope``: (kind, verdict), or None."""
-    for kind in ("spend_daily", "channels", "cps"):
+def check(scope: str, limits: CapLimits, usage: Usage, *, pace_cps: bool = False
+          ) -> tuple[str, Verdict] | None:
+    """The first cap reached in ``scope``: (kind, verdict), or None. With ``pace_cps`` a
+    reached CPS cap is not one (the leg will wait for the window)."""
+    for kind in ("spend_daily", "channels") if pace_cps else ("spend_daily", "channels", "cps"):
         verdict = reached(scope, kind, limits, usage)
         if verdict is not None:
             return kind, verdict
@@ -135,6 +152,17 @@ def reached(scope: str, kind: str, limits: CapLimits, usage: Usage) -> Verdict |
         return Verdict(reason_for(scope, kind),
                        f"{scope}: {usage.cps} calls in the last second (cap {limits.cps})")
     return None
+
+
+def pace(settings: CapSettings, kind: str, waited_s: float, free_in_s: float | None
+         ) -> float | None:
+    """How long a leg refused by a ``kind`` cap waits before it is claimed again, having
+    waited ``waited_s`` already, when the window has room in ``free_in_s``; None: it is
+    refused (not a pacing CPS cap, or the wait would pass ``cps_max_wait_s``)."""
+    if kind != "cps" or not settings.paces or free_in_s is None:
+        return None
+    wait = max(free_in_s, MIN_PACE_S)
+    return None if waited_s + wait > settings.cps_max_wait_s else wait
 
 
 def crossed_spend(scope: str, limits: CapLimits, before: Decimal, after: Decimal

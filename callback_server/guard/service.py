@@ -8,7 +8,8 @@ intake             policy + lists, lock, velocity, brake —       ``intake``: t
 batch``)           under per-number advisory locks              ``refused`` + reason
 before each round  lists + policy again, lock, brake             ``dial``: job finished
 (``worker``)                                                     ``failed`` + reason
-route choice       caps read: drop capped trunks                 ``dial``: job waits
+route choice       caps read: drop capped trunks (not for a      ``dial``: job waits
+                   CPS cap that paces)
 (``worker``)                                                     ``caps.retry_s``
 each carrier leg   another party's number: lists, policy,       ``dial``: next route,
 (``persist_leg``)  lock; caps: a slot in each capped scope's    else job waits (caps)
@@ -71,12 +72,16 @@ class HasCarrier(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A customer leg's caps: the scopes whose channel slot it took and the counter shard
-    of each (kept on its row), or why it was refused."""
+    """A leg's caps: the scopes whose channel slot it took and the counter shard of each
+    and when it was admitted (kept on its row), or why it was refused, or (``pace_s``)
+    how long it waits for a CPS cap's window before it is claimed again (nothing taken,
+    nothing recorded)."""
 
     scopes: tuple[str, ...]
     refused: GuardRefused | None
     shards: tuple[int, ...] = ()
+    at: datetime | None = None
+    pace_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,19 +274,23 @@ class Guard:
                     return scope, kind, verdict
             usage = caps.Usage(channels=snap.channels.get(scope, 0), cps=snap.cps.get(scope, 0),
                                spend=snap.spend.get(scope, Decimal(0)))
-            found = caps.check(scope, self.settings.caps.limits(scope), usage)
+            found = caps.check(scope, self.settings.caps.limits(scope), usage,
+                               pace_cps=self.settings.caps.paces)
             if found is not None:
                 return scope, found[0], found[1]
         return None
 
     async def admit_leg(self, conn: asyncpg.Connection, carrier_id: str, callback_id: str,
-                        merchant_id: str, number: str | None = None) -> Admission:
+                        merchant_id: str, number: str | None = None, *,
+                        waited_s: float = 0.0) -> Admission:
         """In the leg's transaction, just before its originate: the ``number`` of a leg
         to another party than the customer (an advisor, a transfer: lists, policy, lock;
         the customer's was screened before the round), trips and spend, then a channel
         and a CPS slot in each capped scope (per-scope sharded counter rows, no lock
         shared by every leg). The admission's ``scopes`` and ``shards`` go on the leg
-        row: the slots it gives back when it ends."""
+        row: the slots it gives back when it ends. A reached CPS cap that paces answers
+        how long to wait (``pace_s``: the caller ends the transaction, waits and asks
+        again, telling ``waited_s`` in all so far)."""
         if number is not None:
             refused = await self._screen_leg(conn, number, callback_id, merchant_id)
             if refused is not None:
@@ -296,15 +305,21 @@ class Guard:
                                     [lim.cps for lim in limits], caps.SHARDS)
             if taken.reached is not None:
                 scope, kind, in_use = taken.reached
+                wait = caps.pace(self.settings.caps, kind, waited_s, taken.free_in_s)
+                if wait is not None:
+                    return Admission((), None, pace_s=wait)
                 verdict = caps.reached(scope, kind, self.settings.caps.limits(scope),
                                        caps.Usage(channels=in_use, cps=in_use))
                 assert verdict is not None, taken
                 hit = scope, kind, verdict
         if hit is None:
+            if waited_s > 0:
+                metrics().guard_paced.labels(merchant_id).inc()
+                metrics().guard_pace_wait.labels(merchant_id).observe(waited_s)
             held = [(s, shard) for s, shard in zip(scopes, taken.shards, strict=False)
                     if shard is not None]
             return Admission(tuple(s for s, _ in held), None,
-                             tuple(shard for _, shard in held))
+                             tuple(shard for _, shard in held), taken.at)
         scope, kind, verdict = hit
         await self._cap_reached(conn, scope, kind, verdict)
         await self.refused(conn, verdict, stage="dial", number=None, merchant_id=merchant_id,

@@ -15,6 +15,8 @@ from shared.destination import PolicySettings
 from shared.money import check_currency
 
 _SHA256 = r"[0-9a-f]{64}"
+#: the longest ``[guard.caps] cps_max_wait_s``
+MAX_CPS_WAIT_S = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,10 @@ def _caps(s: Section) -> CapSettings:
     merchants = {m.str("merchant", pattern=r"[a-z0-9][a-z0-9-]{0,62}"):
                  _cap_limits(m, merchant_default)
                  for m in s.sections("merchants")}
+    max_wait = s.decimal("cps_max_wait_s", str(d.cps_max_wait_s), min=Decimal(0))
+    if max_wait > MAX_CPS_WAIT_S:
+        raise s.error("cps_max_wait_s", f"{max_wait} is above {MAX_CPS_WAIT_S} (a paced "
+                                        "leg waits holding its job's lease)")
     try:
         currency = check_currency(s.str("currency", d.currency))
     except ValueError as exc:
@@ -99,7 +105,8 @@ def _caps(s: Section) -> CapSettings:
                        trunk_default=trunk_default, trunks=trunks,
                        merchant_default=merchant_default, merchants=merchants,
                        latch=frozenset(latch),
-                       retry_s=s.int("retry_s", d.retry_s, min=1))
+                       retry_s=s.int("retry_s", d.retry_s, min=1),
+                       cps_max_wait_s=float(max_wait))
 
 
 def _alerts(s: Section) -> AlertSettings:

@@ -236,9 +236,13 @@ async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What ``guard_claim`` did: the channel shard taken in each scope (None where
-    channels are not capped), or the first cap reached (scope, kind, in use)."""
+    channels are not capped) and when it admitted the leg (the CPS window's clock), or
+    the first cap reached (scope, kind, in use) and, a CPS cap, in how many seconds its
+    window has room again (migration 0930)."""
     shards: tuple[int | None, ...] = ()
     reached: tuple[str, str, int] | None = None
+    at: datetime | None = None
+    free_in_s: float | None = None
 
 
 async def claim(conn: asyncpg.Connection, scopes: Sequence[str],
@@ -251,8 +255,8 @@ async def claim(conn: asyncpg.Connection, scopes: Sequence[str],
         list(scopes), list(channels), list(cps), shards)
     if row["reached_scope"] is not None:
         return Claim(reached=(row["reached_scope"], row["reached_kind"],
-                              int(row["in_use"] or 0)))
-    return Claim(shards=tuple(row["shards"]))
+                              int(row["in_use"] or 0)), free_in_s=row["free_in"])
+    return Claim(shards=tuple(row["shards"]), at=row["admitted_at"])
 
 
 async def add_spend(conn: asyncpg.Connection, day: date, scope: str, currency: str,

@@ -7,12 +7,14 @@ can never both originate the same leg.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
 from callback_server.dialer import LastLeg
 from callback_server.dialer_messages import PersistAttempt, capped
 from callback_server.guard.reasons import GuardRefused
+from callback_server.guard.service import Admission
 from callback_server.store.base import StoreBase
 from callback_server.store.queue_store import LeaseLost
 from shared.db import survives_database_restarts
@@ -54,8 +56,23 @@ class LegStore(StoreBase):
 
         With a guard, a leg through a carrier must also pass the caps, and its own number
         (an advisor's, a transfer's) the destination screening (raises
-        :class:`~callback_server.guard.reasons.GuardRefused`; nothing is dialled).
+        :class:`~callback_server.guard.reasons.GuardRefused`; nothing is dialled). A CPS
+        cap that paces makes it wait for the cap's window between two transactions,
+        holding no connection, then try again (``[guard.caps] cps_max_wait_s`` in all).
         """
+        loop = asyncio.get_running_loop()
+        started, waited_s = loop.time(), 0.0
+        while True:
+            pace_s = await self._persist_leg(cmd, merchant_id, waited_s)
+            if pace_s is None:
+                return
+            await asyncio.sleep(pace_s)
+            waited_s = loop.time() - started
+
+    async def _persist_leg(self, cmd: PersistAttempt, merchant_id: str, waited_s: float
+                           ) -> float | None:
+        """One try of :meth:`persist_leg`: None (stored), else how long to wait for the
+        CPS window (nothing stored, nothing held)."""
         refused: GuardRefused | None = None
         async with self.pool.acquire() as conn, conn.transaction():
             held = await conn.fetchval(
@@ -66,24 +83,26 @@ class LegStore(StoreBase):
             if not held:
                 raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
                                 f"{cmd.channel_id}")
-            scopes: tuple[str, ...] = ()
-            shards: tuple[int, ...] = ()
+            admission = Admission((), None)
             if self.guard is not None and capped(cmd.leg, cmd.carrier_id):
                 admission = await self.guard.admit_leg(conn, cmd.carrier_id, cmd.callback_id,
-                                                       merchant_id, cmd.number)
-                scopes, shards = admission.scopes, admission.shards
+                                                       merchant_id, cmd.number,
+                                                       waited_s=waited_s)
+                if admission.pace_s is not None:
+                    return admission.pace_s
                 refused = admission.refused
             if refused is None:
                 await conn.execute(
                     """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
                            attempt_no, leg_seq, leg, carrier_id, endpoint, worker, asterisk,
-                           cap_scopes, cap_shards)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+                           cap_scopes, cap_shards, admitted_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
                     cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
                     cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner, self.asterisk,
-                    list(scopes), list(shards))
+                    list(admission.scopes), list(admission.shards), admission.at)
         if refused is not None:     # committed: the refusal (and a trip); no leg row
             raise refused
+        return None
 
     @survives_database_restarts
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:

@@ -39,6 +39,7 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker
+from shared.db import create_pool
 from shared.money import Money
 from shared.phone import E164
 from tests import prom
@@ -470,10 +471,11 @@ async def test_cps_cap_is_a_sliding_second_per_scope(clean: asyncpg.Pool,
     closing.append(guard)
     store = CallbackStore(clean, owner="w", guard=guard)
     a, b = [await claimed_job(store, 150 + i, f"81909999000{i}") for i in range(2)]
-    # two legs admitted "just now" (stamped ahead, so the test does not race the clock)
-    await clean.execute("INSERT INTO guard_cps (scope, recent) VALUES ('trunk:carrier-a', "
-                        "ARRAY[clock_timestamp() + interval '1 minute', "
-                        "clock_timestamp() + interval '1 minute'])")
+    # two legs admitted "just now", one in each of the cap's two shards (stamped ahead, so
+    # the test does not race the clock, and so far ahead that pacing would wait too long)
+    await clean.execute("INSERT INTO guard_cps (scope, shard, recent) SELECT "
+                        "'trunk:carrier-a', j, ARRAY[clock_timestamp() + interval '1 minute']"
+                        " FROM generate_series(0, 1) j")
     with pytest.raises(GuardRefused) as refused:
         await store.persist_leg(leg(a, "carrier-a"), "acme")
     assert refused.value.verdict.reason == "cap_trunk_cps"
@@ -482,8 +484,8 @@ async def test_cps_cap_is_a_sliding_second_per_scope(clean: asyncpg.Pool,
     await clean.execute("UPDATE guard_cps SET recent = ARRAY[clock_timestamp() - interval "
                         "'2 seconds'] WHERE scope = 'trunk:carrier-a'")
     await store.persist_leg(leg(b, "carrier-a"), "acme")        # the window slid past
-    assert await clean.fetchval("SELECT cardinality(recent) FROM guard_cps "
-                                "WHERE scope = 'trunk:carrier-a'") == 1
+    assert await clean.fetchval("SELECT sum(cardinality(recent)) FROM guard_cps "
+                                "WHERE scope = 'trunk:carrier-a'") == 2   # one pruned
 
 
 async def test_a_merchant_channel_cap_counts_its_legs_on_every_trunk(
@@ -597,3 +599,76 @@ async def test_a_leg_to_a_number_the_guard_refuses_is_never_dialled_and_alerts(
         await asyncio.sleep(0.05)
     assert [(h["kind"], h["details"]["reason"]) for h in hooks] == [
         ("destination_refused", reason)]
+
+
+def paced_guard(pool: asyncpg.Pool, cps: int, max_wait_s: float) -> Guard:
+    """A guard whose only cap is ``cps`` legs a second per trunk, pacing up to
+    ``max_wait_s``."""
+    return Guard(pool, GuardSettings(caps=CapSettings(
+        global_limits=CapLimits(), trunk_default=CapLimits(cps=cps),
+        cps_max_wait_s=max_wait_s)))
+
+
+async def test_concurrent_legs_over_a_cps_cap_are_paced_never_more_than_n_a_second(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """Nine legs race for a trunk's 3 calls a second (three counter shards): none is
+    refused, each waits for the sliding second on the same route, and the admission
+    times stored on the legs never put more than 3 in any second."""
+    cap, legs = 3, 9
+    guard = paced_guard(clean, cap, 10.0)
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    jobs = [await claimed_job(store, 300 + i, f"81906060{i:04d}") for i in range(legs)]
+    paced_before = prom.sample("cbgw_guard_paced_total", merchant="acme")
+    waits_before = prom.sample("cbgw_guard_pace_wait_seconds_count", merchant="acme")
+    started = time.monotonic()
+    await asyncio.gather(*(store.persist_leg(leg(cb, "carrier-a"), "acme") for cb in jobs))
+    assert time.monotonic() - started >= legs // cap - 1     # three windows: 2 s at least
+    rows = await clean.fetch("SELECT admitted_at, carrier_id FROM callback_attempts "
+                             "ORDER BY admitted_at")
+    assert len(rows) == legs and {r["carrier_id"] for r in rows} == {"carrier-a"}
+    times = [r["admitted_at"] for r in rows]
+    assert all(later - first >= timedelta(seconds=1)
+               for first, later in zip(times, times[cap:], strict=False)), times
+    assert await clean.fetchval("SELECT count(*) FROM guard_refusals") == 0
+    paced = prom.sample("cbgw_guard_paced_total", merchant="acme") - paced_before
+    assert legs - cap <= paced < legs
+    assert prom.sample("cbgw_guard_pace_wait_seconds_count", merchant="acme") \
+        - waits_before == paced
+
+
+async def test_a_paced_leg_waits_holding_no_connection_and_keeps_its_route(
+        clean: asyncpg.Pool, pg_url: str, closing: list[Guard]) -> None:
+    """A leg over a CPS cap of 1 waits for the admission in the window to leave it: its
+    one-connection pool serves another query meanwhile, the route choice keeps the trunk,
+    and it is admitted a second after that admission. Past the bound it is refused."""
+    guard = paced_guard(clean, 1, 3.0)
+    closing.append(guard)
+    single = await create_pool(pg_url, min_size=1, max_size=1)
+    try:
+        store = CallbackStore(single, owner="w", guard=guard)
+        job = await claimed_job(store, 320, "819070700001")
+        stamp = await clean.fetchval(
+            "INSERT INTO guard_cps (scope, shard, recent) VALUES ('trunk:carrier-a', 0, "
+            "ARRAY[clock_timestamp() - interval '0.2 seconds']) RETURNING recent[1]")
+        keep, capped = await guard.usable_routes([StaticRoute("carrier-a", "PJSIP/x")], job,
+                                                 "acme")
+        assert (keep, capped) == ([0], None)               # paced there, not dropped
+        placing = asyncio.create_task(store.persist_leg(leg(job, "carrier-a"), "acme"))
+        await asyncio.sleep(0.2)
+        assert await asyncio.wait_for(single.fetchval("SELECT 1"), 0.4) == 1
+        assert not placing.done()
+        await asyncio.wait_for(placing, 5)
+        admitted = await clean.fetchval("SELECT admitted_at FROM callback_attempts")
+        assert admitted - stamp >= timedelta(seconds=1)
+    finally:
+        await single.close()
+    late = await claimed_job(store := CallbackStore(clean, owner="w", guard=guard), 321,
+                             "819070700002")
+    await clean.execute("UPDATE guard_cps SET recent = ARRAY[clock_timestamp() + interval "
+                        "'10 seconds']")                   # frees in 11 s: past 3 s
+    started = time.monotonic()
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(leg(late, "carrier-a"), "acme")
+    assert refused.value.verdict.reason == "cap_trunk_cps"
+    assert time.monotonic() - started < 2                  # refused at once, not after 3 s

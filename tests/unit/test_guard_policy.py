@@ -185,3 +185,21 @@ def test_pure_guard_modules_import_no_io(module: str) -> None:
         elif isinstance(node, ast.ImportFrom):
             names.append(node.module or "")
     assert [n for n in names if n.split(".")[0] in {"aiohttp", "asyncpg", "asyncio"}] == []
+
+
+def test_a_cps_cap_paces_a_leg_up_to_the_bound_other_caps_refuse() -> None:
+    paced = caps.CapSettings(cps_max_wait_s=3.0)
+    assert paced.paces
+    assert caps.pace(paced, "cps", 0.0, 0.4) == 0.4
+    assert caps.pace(paced, "cps", 2.5, 0.5) == 0.5               # 3.0 s in all: still
+    assert caps.pace(paced, "cps", 2.6, 0.5) is None              # past the bound: refused
+    assert caps.pace(paced, "cps", 0.0, 0.0) == caps.MIN_PACE_S   # frees now: claim soon
+    assert caps.pace(paced, "channels", 0.0, 0.4) is None
+    assert caps.pace(paced, "spend_daily", 0.0, None) is None
+    for off in (caps.CapSettings(cps_max_wait_s=0),
+                caps.CapSettings(latch=frozenset({"spend_daily", "cps"}))):
+        assert not off.paces and caps.pace(off, "cps", 0.0, 0.4) is None
+    limits = caps.CapLimits(channels=2, cps=1)
+    assert caps.check("global", limits, caps.Usage(0, 1), pace_cps=True) is None
+    hit = caps.check("global", limits, caps.Usage(2, 1), pace_cps=True)
+    assert hit is not None and hit[0] == "channels"

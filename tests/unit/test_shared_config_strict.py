@@ -239,6 +239,23 @@ def test_merchant_caps_are_configured_per_merchant_over_a_default(tmp_path: Path
         _callback(tmp_path, bad)
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("-1", "is below 0"), ("31", "is above 30"), ('"soon"', "not a number")])
+def test_the_cps_wait_bound_is_checked_naming_its_key(tmp_path: Path, value: str,
+                                                      message: str) -> None:
+    assert _callback(tmp_path, CALLBACK_EXAMPLE).guard.caps.cps_max_wait_s == 3.0
+    text = CALLBACK_EXAMPLE.replace("cps_max_wait_s = 3 ", f"cps_max_wait_s = {value} ")
+    assert text != CALLBACK_EXAMPLE
+    with pytest.raises(ConfigError, match=rf"guard.caps.cps_max_wait_s.*{message}"):
+        _callback(tmp_path, text)
+    text = CALLBACK_EXAMPLE.replace("cps_max_wait_s = 3 ", "cps_max_wait_s = 0.5 ")
+    assert _callback(tmp_path, text).guard.caps.cps_max_wait_s == 0.5
+    text = CALLBACK_EXAMPLE.replace("cps_max_wait_s = 3 ", "cps_max_wait = 3 ")
+    with pytest.raises(ConfigError, match=r"guard.caps.cps_max_wait: unknown key \(did you "
+                                          r"mean cps_max_wait_s\?\)"):
+        _callback(tmp_path, text)
+
+
 def test_a_merchants_max_cost_per_minute_is_money(tmp_path: Path) -> None:
     text = EDGE_EXAMPLE.replace('announce_mode = "early_media"',
                                 'announce_mode = "early_media"\nmax_cost_per_minute = 20.5')
