@@ -20,7 +20,9 @@ confirmed the SetupIntent: the site asks Stripe itself) and ``POST
 /v1/billing/stripe/webhook`` (Stripe's signature checked with the endpoint's secret; each
 event applied once).
 
-The job (every ``[billing] every_s``): the postpaid retries due, the top-ups and
+The job (every ``[billing] every_s``): the postpaid retries due, the top-up links whose
+card is on file charged if they were not (:meth:`billing.topup_links.TopUpLinks.charge_due`),
+the top-ups and
 postpaid attempts left without Stripe's answer for ``reconcile_after_s`` reconciled, and
 the Stripe event ids older than 30 days forgotten.
 """
@@ -55,6 +57,7 @@ from billing.standing import (
     standing_json,
 )
 from billing.stripe_payments import Pending
+from billing.topup_links import TopUpLinks
 from shared.http import (
     ApiError,
     InvalidField,
@@ -89,6 +92,7 @@ class CardServices:
     topups: CardTopUps
     postpaid: Postpaid
     settings: BillingSettings
+    links: TopUpLinks
 
 
 SERVICES_KEY = web.AppKey("billing_card_services", CardServices)
@@ -107,10 +111,11 @@ def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool
     async def cards_ctx(app: web.Application) -> AsyncIterator[None]:
         client = stripe_settings.client()
         p = pool(app)
-        services = CardServices(Cards(p, client), CardTopUps(p, client),
+        cards, topups = Cards(p, client), CardTopUps(p, client)
+        services = CardServices(cards, topups,
                                 Postpaid(p, client, retry_after_s=settings.retry_after_s, fx=fx,
                                          notices=notices),
-                                settings)
+                                settings, TopUpLinks(cards, topups))
         app[SERVICES_KEY] = services
         async with background(periodic(services), "billing card job"):
             yield
@@ -124,9 +129,11 @@ EVENTS_KEPT_S = 30 * 86400
 
 
 async def run_once(services: CardServices) -> None:
-    """The retries due, then the reconciles, then the event ids past keeping."""
+    """The retries due, the top-up links left uncharged, then the reconciles, then the
+    event ids past keeping."""
     after = services.settings.reconcile_after_s
     await services.postpaid.run_due()
+    await services.links.charge_due()
     await services.postpaid.reconcile(older_than_s=after)
     await services.topups.reconcile(older_than_s=after)
     await services.postpaid.pool.execute(
@@ -143,16 +150,17 @@ async def periodic(services: CardServices) -> None:
         await asyncio.sleep(services.settings.every_s)
 
 
-def _services(request: web.Request) -> CardServices:
+def card_services(request: web.Request) -> CardServices:
     return started(request, SERVICES_KEY, "billing-unavailable")
 
 
-def _merchant(request: web.Request) -> tuple[CardServices, str]:
+def merchant_services(request: web.Request) -> tuple[CardServices, str]:
+    """The services, and the merchant whose bearer token the request has."""
     merchant_id = authenticated_merchant(request)
-    return _services(request), merchant_id
+    return card_services(request), merchant_id
 
 
-def _only(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
+def only_fields(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
     for name in data:
         if name not in allowed:
             raise InvalidField(name, f"unknown field (expected {', '.join(allowed)})")
@@ -183,10 +191,10 @@ async def post_card(request: web.Request) -> web.Response:
     """Register a card for the account: a Stripe SetupIntent for off-session use. The
     card page confirms it with Stripe.js (``client_secret``, ``publishable_key``); the
     ``link`` (``[billing] card_page_url``) can be sent to the customer."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     account = account_param(request)
     data = await read_json_object(request)
-    _only(data, ("by",))
+    only_fields(data, ("by",))
     reg = await services.cards.register(merchant, account,
                                         by=require_str(data, "by", max_len=128))
     return json_response(registration_json(reg, services.settings), status=201)
@@ -194,7 +202,7 @@ async def post_card(request: web.Request) -> web.Response:
 
 async def get_registration(request: web.Request) -> web.Response:
     """A card registration: awaiting the card, or on file."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     reg = await services.cards.get(merchant, id_param(request, "registration_id"))
     return json_response(registration_json(reg, services.settings))
 
@@ -202,14 +210,14 @@ async def get_registration(request: web.Request) -> web.Response:
 async def post_confirm(request: web.Request) -> web.Response:
     """Ask Stripe whether the SetupIntent succeeded and put the card on file if it did
     (the ``setup_intent.succeeded`` webhook does the same)."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     reg = await services.cards.confirm(merchant, id_param(request, "registration_id"))
     return json_response(registration_json(reg, services.settings))
 
 
 async def get_card_setup(request: web.Request) -> web.Response:
     """What the card page behind a registration's link needs to confirm it."""
-    services = _services(request)
+    services = card_services(request)
     reg = await services.cards.by_token(link_token(request))
     settings = services.settings
     return json_response({
@@ -230,24 +238,30 @@ async def post_card_setup_confirm(request: web.Request) -> web.Response:
     """The card page says Stripe.js confirmed the SetupIntent: the site asks Stripe
     (the browser's word is not taken) and puts the card on file if it succeeded; 409
     ``setup-not-succeeded`` if not."""
-    services = _services(request)
+    services = card_services(request)
     reg = await services.cards.by_token(link_token(request))
     reg = await services.cards.confirm(reg.merchant_id, reg.id)
     return json_response({"state": "on-file" if reg.payment_method else "awaiting-card"})
+
+
+async def read_topup(request: web.Request) -> tuple[int, str]:
+    """``amount_yen`` and ``by`` of a top-up's body (``TOPUP_BODY``); 400
+    ``invalid-field`` naming the field otherwise."""
+    data = await read_json_object(request)
+    only_fields(data, ("amount_yen", "by"))
+    amount = data.get("amount_yen")
+    if type(amount) is not int or not 0 < amount <= MAX_AMOUNT_YEN:
+        raise InvalidField("amount_yen", f"expected an integer 1..{MAX_AMOUNT_YEN}")
+    return amount, require_str(data, "by", max_len=128)
 
 
 async def post_topup(request: web.Request) -> web.Response:
     """Top the account's prepaid balance up from its card on file: 201 with the outcome
     (succeeded with its deposit, or failed), 202 while Stripe's answer is not known (the
     periodic job reconciles it); 409 ``no-card`` without a card on file."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     account = account_param(request)
-    data = await read_json_object(request)
-    _only(data, ("amount_yen", "by"))
-    amount = data.get("amount_yen")
-    if type(amount) is not int or not 0 < amount <= MAX_AMOUNT_YEN:
-        raise InvalidField("amount_yen", f"expected an integer 1..{MAX_AMOUNT_YEN}")
-    by = require_str(data, "by", max_len=128)
+    amount, by = await read_topup(request)
     pool = services.topups.pool
     acc = await find_account(pool, merchant, account)
     card = None if acc is None else await card_on_file(pool, acc)
@@ -264,7 +278,7 @@ async def post_topup(request: web.Request) -> web.Response:
 
 async def get_topup(request: web.Request) -> web.Response:
     """A card top-up: pending, succeeded (with its deposit), failed or abandoned."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     topup, result = await services.topups.get(merchant, id_param(request, "topup_id"))
     return json_response(topup_json(topup, result))
 
@@ -272,7 +286,7 @@ async def get_topup(request: web.Request) -> web.Response:
 async def get_postpaid(request: web.Request) -> web.Response:
     """The account's postpaid standing (card on file, unpaid charges, dunning) and its
     charges, oldest first."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     account = account_param(request)
     pool = services.postpaid.pool
     now = await standing(pool, merchant, account)
@@ -282,7 +296,7 @@ async def get_postpaid(request: web.Request) -> web.Response:
 async def post_retry(request: web.Request) -> web.Response:
     """Try a charge in dunning again now, with the card on file now (after the customer
     registered another card); a charge paid or pending is returned as it is."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     try:
         charge: Charge = await services.postpaid.retry(merchant, id_param(request, "charge_id"))
     except Pending:
@@ -294,7 +308,7 @@ async def post_retry(request: web.Request) -> web.Response:
 async def post_close(request: web.Request) -> web.Response:
     """Close a charge in dunning: paid another way (``paid-elsewhere``) or
     ``written-off``, saying who and why; it no longer counts as unpaid nor is retried."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     charge_id = id_param(request, "charge_id")
     closing = parse_close(await read_json_object(request))
     charge = await close(services.postpaid.pool, merchant, charge_id, closing.how,
@@ -304,7 +318,7 @@ async def post_close(request: web.Request) -> web.Response:
 
 async def get_notices(request: web.Request) -> web.Response:
     """Dunning notices (a charge failed; a charge in dunning was paid), oldest first."""
-    services, merchant = _merchant(request)
+    services, merchant = merchant_services(request)
     after_id = query_int(request.query, "after_id", low=0, high=10**18, default=0)
     limit = query_int(request.query, "limit", low=1, high=1000, default=100)
     items = await notices(services.postpaid.pool, merchant, after_id=after_id, limit=limit)
@@ -317,7 +331,7 @@ async def post_webhook(request: web.Request) -> web.Response:
     PaymentIntents of top-ups and postpaid charges (succeeded, failed) are recorded,
     a SetupIntent that succeeded puts its card on file. An event already applied is
     answered 200 and not applied again."""
-    services = _services(request)
+    services = card_services(request)
     secret = services.settings.stripe.webhook_secret if services.settings.stripe else None
     if secret is None:
         raise ApiError(404, "webhook-disabled", "no [billing.stripe] webhook_secret")
@@ -350,14 +364,18 @@ async def _apply(services: CardServices, kind: str, obj: Any) -> bool:
         return (await services.topups.apply_intent(obj) is not None
                 or await services.postpaid.apply_intent(obj) is not None)
     if kind == "setup_intent.succeeded" and obj.payment_method:
-        return await services.cards.confirmed(str(obj.id), str(obj.payment_method)) is not None
+        reg = await services.cards.confirmed(str(obj.id), str(obj.payment_method))
+        if reg is None:
+            return False
+        await services.links.charge(reg)     # a top-up link's amount, charged once
+        return True
     return False
 
 
 _ID = {"type": "integer", "minimum": 1}
 _YEN = {"type": "integer"}
 _TEXT = {"type": "string"}
-_STRIPE_DOWN = {503: (*UNAVAILABLE[503], "stripe-unavailable")}
+STRIPE_DOWN = {503: (*UNAVAILABLE[503], "stripe-unavailable")}
 REGISTRATION: Schema = {
     "type": "object",
     "required": ["id", "account", "customer", "setup_intent", "client_secret", "state"],
@@ -406,7 +424,7 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               {201: Reply("the registration, with what the card page needs",
                           REGISTRATION)},
               access=MERCHANT, params=(ACCOUNT_PARAM,), body=BY_BODY,
-              errors={400: ("invalid-field",), **_STRIPE_DOWN}),
+              errors={400: ("invalid-field",), **STRIPE_DOWN}),
     Operation("GET", "/v1/billing/card-registrations/{registration_id}", get_registration,
               "A card registration", TAG, {200: Reply("the registration", REGISTRATION)},
               access=MERCHANT, params=(Param("registration_id", "path", _ID),),
@@ -415,7 +433,7 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               post_confirm, "Put the card on file once its SetupIntent succeeded", TAG,
               {200: Reply("the registration, on file", REGISTRATION)}, access=MERCHANT,
               params=(Param("registration_id", "path", _ID),), body_required=False,
-              errors={404: ("not-found",), 409: ("setup-not-succeeded",), **_STRIPE_DOWN}),
+              errors={404: ("not-found",), 409: ("setup-not-succeeded",), **STRIPE_DOWN}),
     Operation("GET", "/v1/billing/card-setup/{token}", get_card_setup,
               "What the card page behind a registration's link needs", TAG,
               {200: Reply("the SetupIntent's client secret", {
@@ -431,7 +449,7 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                   "properties": {"state": {"enum": ["on-file"]}}})},
               params=(TOKEN_PARAM,), body_required=False,
               errors={400: ("invalid-field",), 404: ("not-found",),
-                      409: ("setup-not-succeeded",), **_STRIPE_DOWN}),
+                      409: ("setup-not-succeeded",), **STRIPE_DOWN}),
     Operation("POST", "/v1/billing/accounts/{account}/card-topups", post_topup,
               "Top the prepaid balance up from the card on file", TAG,
               {201: Reply("charged (succeeded, with its deposit) or failed", TOPUP),
@@ -455,7 +473,7 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               "Try a charge in dunning again now", TAG,
               {200: Reply("the charge after the attempt", CHARGE)}, access=MERCHANT,
               params=(Param("charge_id", "path", _ID),), body_required=False,
-              errors={404: ("not-found",), **_STRIPE_DOWN}),
+              errors={404: ("not-found",), **STRIPE_DOWN}),
     Operation("POST", "/v1/billing/postpaid-charges/{charge_id}/close", post_close,
               "Close a charge in dunning (paid another way, or written off)", TAG,
               {200: Reply("the charge, closed", CHARGE)}, access=MERCHANT,

@@ -89,18 +89,23 @@ class CardTopUps:
         self.client = client
 
     async def request(self, merchant_id: str, account: str, amount_yen: int, *,
-                      customer: str, payment_method: str, by: str) -> TopUp:
-        """The durable request, written before Stripe is called."""
+                      customer: str, payment_method: str, by: str,
+                      conn: asyncpg.Connection | None = None) -> TopUp:
+        """The durable request, written before Stripe is called (in ``conn``'s
+        transaction if given)."""
         if type(amount_yen) is not int or not 0 < amount_yen <= MAX_AMOUNT_YEN:
             raise ValueError(f"amount_yen: expected an integer 1..{MAX_AMOUNT_YEN}")
+        if conn is None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self.request(merchant_id, account, amount_yen, customer=customer,
+                                          payment_method=payment_method, by=by, conn=conn)
         key = f"topup-{uuid.uuid4()}"
-        async with self.pool.acquire() as conn, conn.transaction():
-            acc = await account_id(conn, merchant_id, account, create=True)
-            topup_id = await conn.fetchval(
-                """INSERT INTO billing_card_topups (merchant_id, account_id, amount_yen,
-                       idempotency_key, customer, payment_method, requested_by)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
-                merchant_id, acc, amount_yen, key, customer, payment_method, by)
+        acc = await account_id(conn, merchant_id, account, create=True)
+        topup_id = await conn.fetchval(
+            """INSERT INTO billing_card_topups (merchant_id, account_id, amount_yen,
+                   idempotency_key, customer, payment_method, requested_by)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+            merchant_id, acc, amount_yen, key, customer, payment_method, by)
         return TopUp(topup_id, merchant_id, account, amount_yen, key, customer,
                      payment_method, by)
 

@@ -106,6 +106,12 @@ class Cards:
             raise CardError(404, "not-found", f"no card registration {registration_id}")
         return _registration(row)
 
+    async def by_id(self, registration_id: int) -> Registration:
+        row = await self.pool.fetchrow(_SELECT + " WHERE r.id = $1", registration_id)
+        if row is None:
+            raise CardError(404, "not-found", f"no card registration {registration_id}")
+        return _registration(row)
+
     async def by_token(self, token: str) -> Registration:
         row = await self.pool.fetchrow(_SELECT + " WHERE r.link_token = $1", token)
         if row is None:

@@ -14,6 +14,7 @@ webhook and the periodic job are not mounted, and no merchant can be postpaid::
     reconcile_after_s = 300           # a Stripe call left unanswered this long is looked up
     card_page_url = "https://pay.example.jp/card/{token}"   # the link sent to a customer
     card_link_valid_s = 604800        # the card page refuses a link older than this (410)
+    topup_page_url = "https://pay.example.jp/topup/{token}"   # a top-up link sent
     customer_leg_wait_s = 600         # a billing record waits this long for the customer
                                       # leg's CDR, then goes without its cost
 
@@ -70,6 +71,13 @@ class StripeSettings:
                                    max_network_retries=0)
 
 
+def _page_url(s: Section, key: str) -> str | None:
+    page = s.opt_str(key)
+    if page is not None and (not re.fullmatch(_URL, page) or "{token}" not in page):
+        raise s.error(key, "expected an http(s) URL with {token}")
+    return page
+
+
 @dataclass(frozen=True, slots=True)
 class BillingSettings:
     stripe: StripeSettings | None = None
@@ -80,6 +88,7 @@ class BillingSettings:
     reconcile_after_s: int = 300
     card_page_url: str | None = None
     card_link_valid_s: int = CARD_LINK_VALID_S
+    topup_page_url: str | None = None
     customer_leg_wait_s: int = CUSTOMER_LEG_WAIT_S
 
     @classmethod
@@ -106,15 +115,13 @@ class BillingSettings:
         retries = s.int_list("retry_after_s", RETRY_AFTER_S)
         if len(retries) > 20 or any(not 60 <= r <= 90 * 86400 for r in retries):
             raise s.error("retry_after_s", "expected at most 20 delays of 60..7776000 s")
-        page = s.opt_str("card_page_url")
-        if page is not None and (not re.fullmatch(_URL, page) or "{token}" not in page):
-            raise s.error("card_page_url", "expected an http(s) URL with {token}")
+        page, topup_page = _page_url(s, "card_page_url"), _page_url(s, "topup_page_url")
         return cls(stripe=stripe, postpaid_merchants=frozenset(postpaid),
                    max_unpaid_charges=s.int("max_unpaid_charges", MAX_UNPAID_CHARGES,
                                             min=1, max=100),
                    retry_after_s=retries, every_s=s.int("every_s", 60, min=1, max=86400),
                    reconcile_after_s=s.int("reconcile_after_s", 300, min=60, max=86400),
-                   card_page_url=page,
+                   card_page_url=page, topup_page_url=topup_page,
                    card_link_valid_s=s.int("card_link_valid_s", CARD_LINK_VALID_S, min=60,
                                            max=90 * 86400),
                    customer_leg_wait_s=s.int("customer_leg_wait_s", CUSTOMER_LEG_WAIT_S,

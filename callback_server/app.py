@@ -7,7 +7,8 @@ domain (:func:`advisors.http.install`: its admin API, presence events and timers
 billing API (:func:`billing.http.install`: deposits, balances, ledgers; with
 ``[billing.stripe]`` :func:`billing.card_http.install`: cards, top-ups, postpaid
 dunning, Stripe's webhook and the job retrying and reconciling them, and
-:func:`web.card_page.install`: the customer's card page), the media API
+:func:`billing.topup_link_http.install`: top-up links, and :func:`web.pages.install`: the
+customer's card and top-up pages), the media API
 (:func:`ivr_platform.media_http.install`: guidance uploads, recordings and their expiry job,
 as ``[media]`` enables them), the merchants' IVR flows (:func:`callback_server.flows_http.
 install`: versions, activation; :class:`~callback_server.active_flows.ActiveFlows` following
@@ -183,9 +184,11 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
 
         install_cards(app, lambda a: a[POOL_KEY], settings.billing, fx=site_fx(settings),
                       notices=dunning_notifications(settings))
-        from web.card_page import install as install_card_page
+        from billing.topup_link_http import install as install_topup_links
+        from web.pages import install as install_pages
 
-        install_card_page(app, {m.id: m.name for m in settings.merchants})
+        install_topup_links(app)
+        install_pages(app, {m.id: m.name for m in settings.merchants})
     app.cleanup_ctx.append(rates_ctx)
     install_click_to_call(app, lambda a: ClickIntake(
         a[STORE_KEY], AdvisorDesk(a[POOL_KEY], a[ROUTING_KEY]), a[GUARD_KEY],

@@ -24,6 +24,10 @@ TAG = "pages"
 #: the package's static files: name → media type
 STATIC_TYPES = {"card.js": "text/javascript", "page.css": "text/css"}
 HTML: Schema = {"type": "string", "description": "an HTML page"}
+#: a page link's token
+TOKEN_PARAM = Param("token", "path", string(128))
+LANG_PARAM = Param("lang", "query", {"enum": ["ja", "en"]},
+                   "the page's language (default: from Accept-Language, else Japanese)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """What the pages say, in Japanese and English: name → (Japanese, English). ``{merchant}``
-is the merchant's name. The script's messages (``msg-*``) reach it as the page's data
-attributes."""
+is the merchant's name, ``{amount}`` an amount of yen (:func:`yen`). The script's messages
+(``msg-*``) reach it as the page's data attributes."""
 
 from __future__ import annotations
 
@@ -19,23 +19,44 @@ TEXTS: dict[str, tuple[str, str]] = {
     "card.note": ("カード番号は決済代行会社 Stripe が直接お預かりし、当社には保存されません。",
                   "Your card number goes straight to Stripe, our payment processor; we do "
                   "not store it."),
-    "msg-working": ("登録しています…", "Registering…"),
-    "msg-done": ("カードを登録しました。このページを閉じてください。",
-                 "Your card is registered. You can close this page."),
+    "topup.title": ("残高のチャージ", "Top up your balance"),
+    "topup.lead": ("{merchant} のご相談用の残高に {amount} をチャージします。",
+                   "Add {amount} to your {merchant} consultation balance."),
+    "topup.saved": ("お支払いのカードは、次からのチャージにも使えるよう登録されます。",
+                    "The card you pay with is kept for your next top-ups."),
+    "topup.submit": ("{amount} を支払う", "Pay {amount}"),
+    "topup.done": ("{amount} をチャージしました。このページを閉じてください。",
+                   "{amount} has been added to your balance. You can close this page."),
+    "card.done": ("カードを登録しました。このページを閉じてください。",
+                  "Your card is registered. You can close this page."),
+    "msg-working": ("処理しています…", "Processing…"),
     "msg-declined": ("このカードはご利用いただけませんでした。別のカードをお試しください。",
                      "This card was declined. Please try another card."),
     "msg-expired-card": ("カードの有効期限が切れています。別のカードをお試しください。",
                          "This card has expired. Please try another card."),
     "msg-incorrect": ("カード番号・有効期限・セキュリティコードをご確認ください。",
                       "Please check the card number, expiry date and security code."),
-    "msg-failed": ("カードを登録できませんでした。時間をおいてもう一度お試しください。",
-                   "The card could not be registered. Please try again later."),
+    "msg-failed": ("お手続きを完了できませんでした。時間をおいてもう一度お試しください。",
+                   "This could not be completed. Please try again later."),
     "error.not-found.title": ("リンクが見つかりません", "Link not found"),
     "error.not-found": ("このリンクは無効です。お送りしたリンクをもう一度ご確認ください。",
                         "This link is not valid. Please check the link we sent you."),
     "error.used.title": ("登録済みのリンクです", "Link already used"),
     "error.used": ("このリンクのカードはすでに登録されています。",
                    "The card for this link is already registered."),
+    "error.topped-up.title": ("お支払い済みのリンクです", "Already paid"),
+    "error.topped-up": ("このリンクの {amount} のチャージは完了しています。",
+                        "The top-up of {amount} for this link is done."),
+    "error.topup-failed.title": ("使用済みのリンクです", "Link already used"),
+    "error.topup-failed": ("このリンクのお支払いはできませんでした。お手数ですが、新しいリンクを"
+                           "ご依頼ください。",
+                           "The payment for this link did not go through. Please ask us for "
+                           "a new link."),
+    "error.topup-pending.title": ("お支払いを確認しています", "Payment in progress"),
+    "error.topup-pending": ("このリンクのお支払いを確認しています。しばらくしてから、もう一度"
+                            "開いてください。",
+                            "We are confirming the payment for this link. Please open it "
+                            "again in a while."),
     "error.expired.title": ("リンクの有効期限切れ", "Link expired"),
     "error.expired": ("このリンクは有効期限が切れています。"
                       "お手数ですが、新しいリンクをご依頼ください。",
@@ -51,3 +72,8 @@ TEXTS: dict[str, tuple[str, str]] = {
 def text(name: str, language: Language, **values: str) -> str:
     ja, en = TEXTS[name]
     return (ja if language is Language.JAPANESE else en).format(**values)
+
+
+def yen(amount: int, language: Language) -> str:
+    """3000 → 「3,000円」 or "¥3,000"."""
+    return f"{amount:,}円" if language is Language.JAPANESE else f"¥{amount:,}"

@@ -24,6 +24,7 @@ from advisors.record_store import ConsultationRecords
 from billing import records as billing_records
 from billing.card_http import install as install_cards
 from billing.http import install as install_billing
+from billing.topup_link_http import install as install_topup_links
 from callback_server.consult_control import install as install_consult_control
 from callback_server.flows_http import install as install_flows
 from callback_server.flows_store import FlowStore
@@ -68,7 +69,7 @@ from tests.integration.test_callback_http import MERCHANTS, PEER_KEY, TOKEN, bod
 from tests.integration.test_ivr_audio import tone
 from tests.unit.test_advisors_records import answered
 from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
-from web.card_page import install as install_card_page
+from web.pages import install as install_pages
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +84,9 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     """As the site's composition root mounts them: intake and call-center API, the guard
     (operator API, intake screening), the rates routes, /metrics, the outbox's dead
     letters, the advisors' admin API and an operator's control of consultations, presence
-    by phone, the billing API with its card routes (against a real localstripe) and the
-    card page, the media API and the notifications' phonebook and deliveries."""
+    by phone, the billing API with its card routes (against a real localstripe), its
+    top-up links and the card and top-up pages, the media API and the notifications'
+    phonebook and deliveries."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -109,7 +111,8 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
         status_callback_url="https://cb.example.jp/v1/sms/twilio/status"),
         lambda _: pool, owner="contract")
     install_cards(app, lambda _: pool, settings_for(stripe_port))
-    install_card_page(app, {m.id: m.name for m in MERCHANTS})
+    install_topup_links(app)
+    install_pages(app, {m.id: m.name for m in MERCHANTS})
     app[outbox_operator.OPERATOR_KEY] = outbox_operator.OutboxOperator(pool, OPERATOR_SHA256)
     return app
 

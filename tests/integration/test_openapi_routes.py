@@ -97,11 +97,15 @@ def test_the_callback_site_documents_its_guard_rates_and_intake_routes(
     guard = paths["/v1/guard/caps/reset"]["post"]
     assert guard["security"] == [{"operatorToken": []}]
     assert guard["responses"]["403"]["x-error-ids"] == ["operator-api-disabled"]
-    card_page = paths["/card/{token}"]["get"]            # the customer's card page: HTML
-    assert {s: list(r["content"]) for s, r in card_page["responses"].items()} == {
-        "200": ["text/html"], "404": ["text/html"], "410": ["text/html"],
-        "503": ["text/html"], "400": ["application/json"]}
-    assert "post" in paths["/v1/billing/card-setup/{token}/confirm"]
+    for page in ("/card/{token}", "/topup/{token}"):     # the customer's pages: HTML
+        replies = paths[page]["get"]["responses"]
+        assert {s: list(r["content"]) for s, r in replies.items()} == {
+            "200": ["text/html"], "404": ["text/html"], "410": ["text/html"],
+            "503": ["text/html"], "400": ["application/json"]}
+    for path in ("/v1/billing/card-setup/{token}/confirm",
+                 "/v1/billing/topup-links/{token}/confirm",
+                 "/v1/billing/accounts/{account}/topup-links"):
+        assert "post" in paths[path]
     assert set(paths["/web/{name}"]["get"]["responses"]["200"]["content"]) == {
         "text/javascript", "text/css"}
 

@@ -17,13 +17,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from billing.card_http import SERVICES_KEY
 from billing.settings import BillingSettings
+from billing.topup_link_http import install as install_topup_links
 from tests.integration import billing_db
 from tests.integration.browser import browser_fixture
 from tests.integration.localstripe import localstripe_fixture
 from tests.integration.test_billing_card_http import app_with, error_id, ok, settings_for
 from tests.integration.test_billing_http import AUTH
 from tests.integration.test_billing_postpaid import TERMS
-from web.card_page import install as install_card_page
+from web.pages import install as install_pages
 
 pytestmark = pytest.mark.integration
 pool, clean = billing_db.fixtures()
@@ -34,15 +35,17 @@ browser = browser_fixture()
 def page_settings(port: int) -> BillingSettings:
     settings = settings_for(port)
     assert settings.stripe is not None
-    return replace(settings, stripe=replace(
-        settings.stripe, js_url=f"http://127.0.0.1:{port}/js.stripe.com/v3/"))
+    return replace(settings, topup_page_url="https://pay.example.jp/topup/{token}",
+                   stripe=replace(settings.stripe,
+                                  js_url=f"http://127.0.0.1:{port}/js.stripe.com/v3/"))
 
 
 @pytest.fixture
 async def client(clean: asyncpg.Pool, localstripe: int
                  ) -> AsyncIterator[TestClient[Any, Any]]:
     app = app_with(clean, page_settings(localstripe))
-    install_card_page(app, {"acme": "占いの館 星読み"})
+    install_topup_links(app)
+    install_pages(app, {"acme": "占いの館 星読み"})
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         yield c
 
@@ -55,9 +58,11 @@ async def registered(client: TestClient[Any, Any], account: str = "member-42"
     return reg
 
 
-async def typed_card(browser: Any, url: str, number: str) -> tuple[str, list[str]]:
-    """Open the page, type the card into the card element and submit: the status line
-    once the page has an answer, and what the browser's console said."""
+async def typed_card(browser: Any, url: str, number: str, title: str = "カードのご登録"
+                     ) -> tuple[str, list[str]]:
+    """Open the page (its title ``title``), type the card into the card element and
+    submit: the status line once the page has an answer, and what the browser's console
+    said."""
     context = await browser.new_context(locale="ja-JP")
     try:
         page = await context.new_page()
@@ -65,7 +70,7 @@ async def typed_card(browser: Any, url: str, number: str) -> tuple[str, list[str
         page.on("console", lambda message: console.append(message.text))
         response = await page.goto(url)
         assert response is not None and response.status == 200
-        assert await page.title() == "カードのご登録"
+        assert await page.title() == title
         field = "#card-element input[placeholder={}]".format
         await page.locator(field("number")).press_sequentially(number)
         await page.locator(field("exp_month")).fill("12")

@@ -38,8 +38,8 @@ def test_stripe_and_postpaid_are_read(tmp_path: Path) -> None:
     assert settings.stripe == StripeSettings("sk_test_abc", "whsec_xyz", None,
                                              "http://127.0.0.1:8420")
     assert settings.postpaid_merchants == frozenset({"acme"})
-    assert (settings.stripe.js_url, settings.card_link_valid_s) == (
-        "https://js.stripe.com/v3/", 7 * 86400)
+    assert (settings.stripe.js_url, settings.card_link_valid_s, settings.topup_page_url) == (
+        "https://js.stripe.com/v3/", 7 * 86400, None)
     local = _callback(tmp_path, with_billing(
         STRIPE + 'js_url = "http://127.0.0.1:8420/js.stripe.com/v3/"\n')).billing
     assert local.stripe is not None
@@ -79,6 +79,12 @@ def test_a_bad_stripe_key_is_named(tmp_path: Path) -> None:
     text = with_billing(STRIPE.replace("sk_test_abc", "pk_test_abc"))
     with pytest.raises(ConfigError, match=rf"callback.toml:{_line(text, 'pk_test_abc')}: "
                                           r"billing.stripe.api_key: 'pk_test_abc' does not"):
+        _callback(tmp_path, text)
+    text = with_billing(STRIPE).replace("card_link_valid_s = 604800 ",
+                                        'topup_page_url = "https://x.jp/topup"\n'
+                                        "card_link_valid_s = 604800 ")
+    with pytest.raises(ConfigError, match=r"billing.topup_page_url: expected an http\(s\) "
+                                          r"URL with \{token\}"):
         _callback(tmp_path, text)
     text = with_billing(STRIPE + 'js_url = "js.stripe.com"\n')
     with pytest.raises(ConfigError, match=r"billing.stripe.js_url: 'js.stripe.com' does not"):

@@ -1,6 +1,7 @@
-// The card page (web/card_page.py): Stripe's card element, the SetupIntent confirmed
-// with Stripe.js, then the site asked to look it up at Stripe and put the card on file.
-// Everything the script needs is in #card-page's data attributes.
+// The card page and the top-up page (web/card_form.py): Stripe's card element, the
+// SetupIntent confirmed with Stripe.js, then the site asked to look it up at Stripe (and
+// put the card on file, or charge the top-up to it). Everything the script needs is in
+// #card-page's data attributes.
 'use strict';
 
 (function () {
@@ -39,11 +40,11 @@
     return data.msgFailed;
   }
 
-  async function onFile() {
+  async function confirmed() {
     // the site asks Stripe itself: the browser's word is not taken
     const response = await fetch(data.confirmUrl, {method: 'POST'});
     const body = await response.json().catch(() => ({}));
-    return response.ok && body.state === 'on-file';
+    return response.ok ? body.state : '';
   }
 
   form.addEventListener('submit', async (event) => {
@@ -62,15 +63,18 @@
       button.disabled = false;
       return;
     }
-    let saved = false;
+    let state = '';
     try {
-      saved = await onFile();
+      state = await confirmed();
     } catch (err) {
-      saved = false;
+      state = '';
     }
-    if (saved) {
+    if (state === data.doneState) {
       form.hidden = true;
       show('done', data.msgDone);
+    } else if (state === 'failed') {     // the top-up's charge to the card was declined
+      form.hidden = true;
+      show('error', data.msgChargeFailed);
     } else {
       show('error', data.msgFailed);
       button.disabled = false;
