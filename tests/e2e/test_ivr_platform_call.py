@@ -235,11 +235,12 @@ def sounding(rtp: RtpCapture, start: float, end: float) -> list[float]:
     return [t for t in rtp.sounding if start < t < end]
 
 
-def audible_seconds(wav: bytes) -> float:
-    """From the first to the last sample above -40 dBFS of a 16-bit mono WAV."""
+def audible_seconds(wav: bytes, floor: int = 328) -> float:
+    """From the first to the last sample louder than ``floor`` (by default -40 dBFS) of a
+    16-bit mono WAV."""
     with wave.open(io.BytesIO(wav), "rb") as w:
         frames, rate = w.readframes(w.getnframes()), w.getframerate()
-    loud = [i for i, (v,) in enumerate(struct.iter_unpack("<h", frames)) if abs(v) > 328]
+    loud = [i for i, (v,) in enumerate(struct.iter_unpack("<h", frames)) if abs(v) > floor]
     return (loud[-1] - loud[0]) / rate if loud else 0.0
 
 
