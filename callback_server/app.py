@@ -69,6 +69,7 @@ from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
 from callback_server.ivr_services import (
+    evict_forever,
     flow_preparer,
     prerender,
     site_services,
@@ -175,6 +176,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     install_sms(app, settings.sms, lambda a: a[POOL_KEY], owner=owner_name(),
                 db_url=lambda a: a[DB_URL_KEY])
     speech = app[SPEECH_KEY] = site_speech(settings.media)
+    if speech is not None:
+        app.cleanup_ctx.append(speech_ctx)
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems,
                   flow_preparer(settings, speech))
     install_consult_control(app, lambda a: a[POOL_KEY], lambda a: a.get(GUARD_KEY))
@@ -407,6 +410,16 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     await webhooks.close()
     await stasis.router.drain()
     await client.close()
+
+
+async def speech_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The say nodes' renders, least recently used first, evicted every ``[media]
+    sweep_s``."""
+    speech, media = app[SPEECH_KEY], app[SETTINGS_KEY].media
+    assert speech is not None       # mounted only with one
+    async with background(evict_forever(speech, media.tts_cache, media.sweep_s),
+                          "tts eviction"):
+        yield
 
 
 async def purge_ctx(app: web.Application) -> AsyncIterator[None]:

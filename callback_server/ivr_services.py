@@ -19,7 +19,9 @@
   A cached text is found without awaiting (:meth:`IvrServices.spoken`); another is
   rendered in a task (:meth:`IvrServices.speak`), the call's events going on meanwhile. A
   text that cannot be rendered is logged and skipped. A flow's texts without variables are
-  rendered when the site starts (:meth:`IvrServices.prerender`).
+  rendered when the site starts (:meth:`IvrServices.prerender`). The least recently used
+  renders are evicted every ``[media] sweep_s`` (:func:`evict_forever`, ``[media]
+  tts_cache_max_days`` / ``tts_cache_max_bytes``); an evicted text renders again.
 * **Webhooks** (``webhook``): only to public addresses (:class:`PublicResolver`; an IP
   literal URL too): a merchant's flow cannot make the site call its own network (SSRF).
   ``POST`` of a JSON body, signed like the link between the
@@ -65,7 +67,7 @@ from ivr_platform.recordings import RecordingStore
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_store import SmsSender, SmsStore
 from ivr_platform.sms_twilio import TwilioSms
-from ivr_platform.tts import PromptCache, TtsError
+from ivr_platform.tts import CacheLimits, PromptCache, TtsError
 from shared.language import Language
 from shared.phone import E164
 from shared.signing import Signer, SigningKey
@@ -296,6 +298,20 @@ def site_speech(media: MediaSettings) -> PromptCache | None:
     speech = PromptCache(speech_dir(media.guidance_dir))
     speech.directory.chmod(0o755)
     return speech
+
+
+async def evict_forever(speech: PromptCache, limits: CacheLimits, every_s: float) -> None:
+    """:meth:`PromptCache.evict` now and every ``every_s`` seconds (in a thread: a
+    directory scan); a failed run is logged and tried again at the next."""
+    while True:
+        try:
+            evicted = await asyncio.to_thread(speech.evict, limits)
+        except OSError as exc:
+            log.warning("evicting TTS renders failed (next in %.0f s): %s", every_s, exc)
+        else:
+            if evicted.files:
+                log.info("evicted %d TTS renders (%d bytes)", evicted.files, evicted.bytes)
+        await asyncio.sleep(every_s)
 
 
 def _ip_literal(host: str) -> bool:

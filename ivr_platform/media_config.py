@@ -14,7 +14,12 @@ retention_days = 90             # every merchant's recordings, unless below
 link_ttl_s = 3600               # a signed link to a recording stays valid this long
 link_secret_file = "keys/recording-links.secret"   # >= 32 bytes; unset: one per process
 public_url = "https://callback.example.com"        # the links' base; unset: paths only
-sweep_s = 300                   # expired recordings are deleted this often
+sweep_s = 300                   # expired recordings (and TTS renders) are deleted this often
+# say nodes' texts rendered into guidance_dir's _tts: the least recently used renders go
+# when unused this long or when they take more room than this (a render handed out to a
+# call in the last 5 minutes plus its length stays)
+tts_cache_max_days = 30
+tts_cache_max_bytes = 536870912
 transcribe = true               # a flow's recorded messages get a transcript after the
                                 # call (PocketSphinx; their notification waits for it)
 # the PocketSphinx model (all three; unset: the US English model the wheel ships, which
@@ -42,9 +47,11 @@ from pathlib import Path
 
 from ivr_platform.audio import AudioLimits
 from ivr_platform.transcribe import SphinxModel
+from ivr_platform.tts import CacheLimits
 from shared.config import Section, cannot_write
 
 MIN_SECRET_BYTES = 32
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,7 @@ class MediaSettings:
     sweep_s: float = 300.0
     transcribe: bool = False
     sphinx_model: SphinxModel | None = None     # None: the packaged US English one
+    tts_cache: CacheLimits = CacheLimits(max_bytes=512 * MIB, max_age_s=30 * 86400.0)
 
     @classmethod
     def parse(cls, s: Section, merchant_ids: Iterable[str]) -> MediaSettings:
@@ -86,7 +94,10 @@ class MediaSettings:
                               if s.has("link_secret_file") else None),
             public_url=public_url.rstrip("/") if public_url else None,
             sweep_s=float(s.decimal("sweep_s", "300", min=Decimal(1))),
-            transcribe=s.bool("transcribe", False), sphinx_model=_sphinx_model(s))
+            transcribe=s.bool("transcribe", False), sphinx_model=_sphinx_model(s),
+            tts_cache=CacheLimits(
+                max_bytes=s.int("tts_cache_max_bytes", 512 * MIB, min=MIB, max=1024 * 1024 * MIB),
+                max_age_s=86400.0 * s.int("tts_cache_max_days", 30, min=1, max=3650)))
 
     def retention(self, merchant_id: str) -> timedelta:
         return timedelta(days=self.retention_days_by_merchant.get(merchant_id,

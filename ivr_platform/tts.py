@@ -7,10 +7,16 @@ stripped). The engine writes a temporary file,
 sox converts it next to the cache entry and ``os.replace`` publishes it: a reader sees a
 whole prompt or none, and two renders of one text at once run the engine once.
 
-A hit is a hash and one ``stat`` (:meth:`PromptCache.cached`, no await; ≤ 1 ms is the
-target, ``python -m bench ivr_tts``). A missing engine, dictionary, voice or sox raises
-:class:`EngineMissing` naming the Debian package; Open JTalk's voice is in Debian's
-contrib component (the Makefile's ``system-deps`` enables it).
+A hit is a hash, one ``stat`` and one ``utime`` (:meth:`PromptCache.cached`, no await;
+≤ 1 ms is the target, ``python -m bench ivr_tts``): a file's modification time is when it
+was last handed out, so :meth:`PromptCache.evict` removes the least recently used ones
+past an age or over a size (:class:`CacheLimits`), never one handed out within its own
+length plus :data:`PLAY_GRACE_S` (a call may be about to play it; one already playing is
+held open by Asterisk). A text whose file was evicted is a miss: rendered again.
+
+A missing engine, dictionary, voice or sox raises :class:`EngineMissing` naming the
+Debian package; Open JTalk's voice is in Debian's contrib component (the Makefile's
+``system-deps`` enables it).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +47,26 @@ TRIM_BELOW = "-50d"
 PAD_S = (0.05, 0.15)
 MAX_CHARS = 2000
 ENGINE_TIMEOUT_S = 60.0
+#: a render handed out this long ago, plus its own length, is never evicted: the call it
+#: was handed to may not have opened it yet (queued behind another prompt)
+PLAY_GRACE_S = 300.0
+BYTES_PER_S = SAMPLE_RATE * 2
 _SOX = ("sox", "sox")   # (program, Debian package)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLimits:
+    """What :meth:`PromptCache.evict` keeps: at most ``max_bytes`` of renders, none unused
+    for more than ``max_age_s``."""
+
+    max_bytes: int
+    max_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    files: int = 0
+    bytes: int = 0
 
 
 class TtsError(ToolError):
@@ -151,8 +177,13 @@ class PromptCache:
         return self.directory / f"{self.key(text, language)}.wav"
 
     def cached(self, text: str, language: Language) -> Path | None:
-        """The rendered prompt if it is there already (a hash and a stat)."""
+        """The rendered prompt if it is there already (a hash, a stat and a touch: its
+        modification time is now, when it was last used)."""
         path = self.path(text, language)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
         return path if path.is_file() else None
 
     async def get(self, text: str, language: Language) -> Path:
@@ -174,6 +205,30 @@ class PromptCache:
         if not task.cancelled():
             task.exception()   # retrieved: callers that were cancelled leave it unawaited
 
+    def evict(self, limits: CacheLimits, now: float | None = None) -> Evicted:
+        """Remove the renders unused for more than ``limits.max_age_s``, then the least
+        recently used until at most ``limits.max_bytes`` are left; a render handed out
+        within its length plus :data:`PLAY_GRACE_S` stays (even over the size), and so
+        does one used while this runs. Blocking (a directory scan): run it in a thread."""
+        now = time.time() if now is None else now
+        renders = []
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(".wav") and entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                renders.append((st.st_mtime, st.st_size, Path(entry.path)))
+        renders.sort()                                  # least recently used first
+        total = sum(size for _, size, _ in renders)
+        evicted = Evicted()
+        for used, size, path in renders:
+            if now - used <= limits.max_age_s and total <= limits.max_bytes:
+                break
+            if now - used <= size / BYTES_PER_S + PLAY_GRACE_S or not _unlink_unused(path,
+                                                                                     used):
+                continue
+            total -= size
+            evicted = Evicted(evicted.files + 1, evicted.bytes + size)
+        return evicted
+
     @staticmethod
     def media_uri(path: Path) -> str:
         """``sound:/dir/key`` for ARI ``play``: Asterisk adds the extension."""
@@ -193,6 +248,17 @@ class PromptCache:
                         "pad", *(str(s) for s in PAD_S)])
             os.replace(part, dest)
         return dest
+
+
+def _unlink_unused(path: Path, used: float) -> bool:
+    """Remove ``path`` unless it was used (touched) since ``used``, or is gone."""
+    try:
+        if path.stat().st_mtime != used:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _clean(text: str) -> str:

@@ -5,6 +5,7 @@ IvrServices) into the guidance library, where the callback Asterisk reads it: pl
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from pathlib import Path
 
@@ -53,12 +54,14 @@ async def test_open_jtalk_renders_the_filled_text_once_per_text_into_the_library
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 8000)
         assert w.getnframes() / w.getframerate() > 2.0      # the sentence, not a clip
     assert (guidance / "_tts").stat().st_mode & 0o755 == 0o755   # Asterisk reads it
-    rendered_at = wav.stat().st_mtime_ns
+    rendered = wav.stat().st_ino              # a render publishes a new file (os.replace)
 
+    used = time.time()
     again = await keyed(services, "4071")                  # the same filled text: a hit
     plays = [m for _, played, *_ in again.ari.named("play") for m in played]
     assert plays[-1] == first                              # at once, without a render
-    assert wav.stat().st_mtime_ns == rendered_at
+    assert wav.stat().st_ino == rendered
+    assert wav.stat().st_mtime >= used - 0.01               # touched: its last use (LRU)
 
     other = await played_speech(await keyed(services, "4072"))
     assert other != first and wav_of(guidance, other).is_file()

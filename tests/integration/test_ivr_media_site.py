@@ -6,6 +6,8 @@ worker running in the site (real PostgreSQL, real ffmpeg, PocketSphinx)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from callback_server.app import POOL_KEY, create_app
+from callback_server.app import POOL_KEY, SPEECH_KEY, create_app
 from callback_server.config import CallbackSettings
 from callback_server.ivr_flow import FLOWS_DIR
 from ivr_platform.media_http import RECORDINGS_KEY
+from ivr_platform.tts import CacheLimits
 from shared.config import ConfigError
 from tests.integration.test_callback_app import settings
 from tests.integration.test_ivr_audio import tone
@@ -69,6 +72,36 @@ async def test_the_site_mounts_guidance_and_recordings_from_its_config(
             assert asyncio.get_running_loop().time() < deadline, "the site's expiry job ran not"
             await asyncio.sleep(0.2)
         assert await pool.fetchval("SELECT count(*) FROM recordings") == 0
+
+
+async def test_the_site_evicts_tts_renders_unused_past_the_age_in_its_sweep(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    s = media_settings(pki_dir, pg_url, tmp_path, CALLBACK__MEDIA__SWEEP_S="1",
+                       CALLBACK__MEDIA__TTS_CACHE_MAX_DAYS="2")
+    assert s.media.tts_cache == CacheLimits(max_bytes=512 * 1024 * 1024, max_age_s=2 * 86400)
+    app = create_app(s, with_ari=False)
+    speech = app[SPEECH_KEY]
+    assert speech is not None
+    old, recent = speech.directory / f"{'a' * 64}.wav", speech.directory / f"{'b' * 64}.wav"
+    for path, days in ((old, 3), (recent, 1)):
+        path.write_bytes(b"RIFF" + bytes(4000))
+        at = time.time() - days * 86400
+        os.utime(path, (at, at))
+    async with TestClient(TestServer(app)):
+        deadline = asyncio.get_running_loop().time() + 10
+        while old.exists():
+            assert asyncio.get_running_loop().time() < deadline, "the site's eviction ran not"
+            await asyncio.sleep(0.2)
+        assert recent.exists()
+
+
+def test_tts_cache_limits_are_validated(pki_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"media\.tts_cache_max_bytes: 1000 is outside "):
+        media_settings(pki_dir, "postgresql://x@127.0.0.1/x", tmp_path,
+                       CALLBACK__MEDIA__TTS_CACHE_MAX_BYTES="1000")
+    with pytest.raises(ConfigError, match=r"media\.tts_cache_max_days: 0 is outside 1\.\.3650"):
+        media_settings(pki_dir, "postgresql://x@127.0.0.1/x", tmp_path,
+                       CALLBACK__MEDIA__TTS_CACHE_MAX_DAYS="0")
 
 
 def test_a_retention_for_a_merchant_that_is_not_one_is_a_config_error(

@@ -21,7 +21,15 @@ from ivr_platform.cli import main
 from ivr_platform.hours import TOKYO, BusinessHours, Window
 from ivr_platform.hours_speech import closed_announcement
 from ivr_platform.speech import ENGLISH, JAPANESE
-from ivr_platform.tts import EngineMissing, EspeakVoice, OpenJTalkVoice, PromptCache
+from ivr_platform.tts import (
+    PLAY_GRACE_S,
+    CacheLimits,
+    EngineMissing,
+    EspeakVoice,
+    Evicted,
+    OpenJTalkVoice,
+    PromptCache,
+)
 from shared.language import Language
 from shared.phone import normalise
 
@@ -67,7 +75,7 @@ async def test_english_with_espeak(tmp_path: Path) -> None:
 async def test_a_hit_costs_a_hash_and_a_stat_and_never_renders_again(tmp_path: Path) -> None:
     cache = PromptCache(tmp_path)
     first = await cache.get(SHORT, Language.JAPANESE)
-    mtime = first.stat().st_mtime_ns
+    inode = first.stat().st_ino           # a render publishes a new file (os.replace)
     assert cache.cached(SHORT, Language.JAPANESE) == first
     assert cache.cached("  " + SHORT + "\n", Language.JAPANESE) == first  # same text
     started = time.perf_counter()
@@ -76,7 +84,7 @@ async def test_a_hit_costs_a_hash_and_a_stat_and_never_renders_again(tmp_path: P
     per_hit_ms = (time.perf_counter() - started) / 200 * 1000
     assert per_hit_ms < 1.0, per_hit_ms
     assert await cache.get(SHORT, Language.JAPANESE) == first
-    assert first.stat().st_mtime_ns == mtime
+    assert first.stat().st_ino == inode
     # a different voice option, language or text is a different prompt
     slower = PromptCache(tmp_path, {Language.JAPANESE: OpenJTalkVoice(speed=0.8),
                                     Language.ENGLISH: EspeakVoice()})
@@ -169,3 +177,50 @@ def test_cache_directory_is_created(tmp_path: Path) -> None:
     PromptCache(tmp_path / "a" / "b")
     assert (tmp_path / "a" / "b").is_dir()
     assert os.access(tmp_path / "a" / "b", os.W_OK)
+
+
+DAY = 86400.0
+
+
+async def test_evict_removes_unused_renders_by_age_then_least_recently_used_by_size(
+        tmp_path: Path) -> None:
+    cache = PromptCache(tmp_path)
+    texts = [f"ご注文番号{n}番ですね。" for n in range(4)]
+    paths = [await cache.get(text, Language.JAPANESE) for text in texts]
+    now = time.time()
+    # last used: 40 days, 10 days, 2 days and 1 hour ago; the second used again just now
+    for path, days in zip(paths, (40, 10, 2, 1 / 24), strict=True):
+        os.utime(path, (now - days * DAY, now - days * DAY))
+    assert cache.cached(texts[1], Language.JAPANESE) == paths[1]
+    sizes = [p.stat().st_size for p in paths]
+
+    # past the age: only the one unused for 40 days
+    roomy = CacheLimits(max_bytes=sum(sizes), max_age_s=30 * DAY)
+    assert cache.evict(roomy) == Evicted(1, sizes[0])
+    assert _names(tmp_path) == sorted(p.name for p in paths[1:])
+    # over the size: the least recently used first (2 days ago), not the one used now
+    tight = CacheLimits(max_bytes=sizes[1] + sizes[3], max_age_s=30 * DAY)
+    assert cache.evict(tight) == Evicted(1, sizes[2])
+    assert _names(tmp_path) == sorted(p.name for p in (paths[1], paths[3]))
+    # an evicted text is a miss, rendered again on the next call
+    assert cache.cached(texts[0], Language.JAPANESE) is None
+    assert await cache.get(texts[0], Language.JAPANESE) == paths[0]
+    assert paths[0].is_file()
+
+
+async def test_evict_never_removes_a_render_handed_out_within_its_length_and_the_grace(
+        tmp_path: Path) -> None:
+    cache = PromptCache(tmp_path)
+    playing = await cache.get(LONG, Language.JAPANESE)       # handed out just now
+    seconds = _format(playing)[3]
+    now = time.time()
+    # no room at all and no age allowed: it stays all the same
+    assert cache.evict(CacheLimits(max_bytes=0, max_age_s=0)) == Evicted()
+    assert playing.is_file()
+    # still protected just inside its length + grace, gone just after
+    inside = now + seconds + PLAY_GRACE_S - 1
+    assert cache.evict(CacheLimits(max_bytes=0, max_age_s=DAY), now=inside) == Evicted()
+    assert playing.is_file()
+    after = now + seconds + PLAY_GRACE_S + 1
+    assert cache.evict(CacheLimits(max_bytes=0, max_age_s=DAY), now=after).files == 1
+    assert not playing.exists()
