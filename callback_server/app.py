@@ -87,6 +87,7 @@ from callback_server.store import CallbackStore
 from callback_server.worker import Worker
 from ivr_platform.guidance import media_ref
 from ivr_platform.media_http import install as install_media
+from ivr_platform.metrics import ivr as ivr_metrics
 from ivr_platform.notify_http import install as install_notify
 from ivr_platform.sms_http import install as install_sms
 from ivr_platform.tts import PromptCache
@@ -175,6 +176,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
                    db_url=lambda a: a[DB_URL_KEY])
     install_sms(app, settings.sms, lambda a: a[POOL_KEY], owner=owner_name(),
                 db_url=lambda a: a[DB_URL_KEY])
+    ivr_metrics()  # its families are on /metrics before the first call
     speech = app[SPEECH_KEY] = site_speech(settings.media)
     if speech is not None:
         app.cleanup_ctx.append(speech_ctx)

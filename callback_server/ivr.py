@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import assert_never
 
 from callback_server.ivr_flow import (
@@ -354,6 +354,9 @@ class IvrState:
     held: Media = ()                      # what plays before the speech awaited
     #: the sub-flows being run: (the flow that called, the node its return goes to)
     frames: tuple[tuple[Flow, str], ...] = ()
+    #: the types of the nodes the last step entered, in order (passed through or stopped
+    #: at; a re-prompt enters none): what the adapter counts
+    entered: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def current(self) -> Node:
@@ -382,6 +385,7 @@ def start(flow: Flow, call_id: str, variables: tuple[tuple[str, str], ...] = ())
 
 
 def transition(state: IvrState, event: Event) -> Step:
+    state = replace(state, entered=())
     if state.mode is Mode.DONE:
         return state, []
     if isinstance(event, CallerHangup):
@@ -523,7 +527,7 @@ def _enter(state: IvrState, node_id: str, preamble: Media = (), *, silent: bool 
     for _ in range(MAX_HOPS):
         node = state.flow.node(node_id)
         state = replace(state, node=node_id, buffer="", tries=0, listed=(), pending=None,
-                        held=())
+                        held=(), entered=(*state.entered, node.type))
         passed = _pass(state, node)
         if passed is None:
             state, more = _arrive(state, node, preamble, silent)

@@ -28,6 +28,7 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.dialer_messages import EndCall, Job, OperatorRequested
+from ivr_platform.metrics import ivr as ivr_metrics
 from ivr_platform.speech import spoken_text
 from shared import ari
 from shared.language import Language
@@ -65,21 +66,37 @@ class IvrRunner:
     async def start(self, channel_id: str) -> None:
         self.state, commands = ivr.start(self.ctx.flow, channel_id,
                                          (("caller", str(self.job.destination)),))
+        self._count(None, None, self.state)
         for cmd in commands:
             await self._run(cmd)
 
     async def handle(self, event: ivr.Event) -> None:
         if self.state is None:
             return
-        before = self.state.node
-        self.state, commands = ivr.transition(self.state, event)
+        before = self.state
+        self.state, commands = ivr.transition(before, event)
+        self._count(before, event, self.state)
         gate = self.ctx.flow.confirm_callback
-        if gate is not None and before == gate and self.state.node == self.ctx.flow.confirm_yes \
+        if gate is not None and before.node == gate \
+                and self.state.node == self.ctx.flow.confirm_yes \
                 and self.state.flow is self.ctx.flow:
             self.confirmed = True
             log.info("the customer confirmed the call-back")
         for cmd in commands:
             await self._run(cmd)
+
+    def _count(self, before: ivr.IvrState | None, event: ivr.Event | None,
+               after: ivr.IvrState) -> None:
+        """The nodes a step entered, by verb; a re-prompt of the node (its tries went up,
+        nothing entered) by why: a key it does not take, no key in time, or an advisor
+        that cannot be reached."""
+        metrics, merchant = ivr_metrics(), self.job.merchant_id
+        for verb in after.entered:
+            metrics.nodes.labels(merchant, verb).inc()
+        if before is not None and not after.entered and after.tries > before.tries:
+            reason = ("timeout" if isinstance(event, ivr.Timeout)
+                      else "invalid" if isinstance(event, ivr.Dtmf) else "unavailable")
+            metrics.retries.labels(merchant, after.current.type, reason).inc()
 
     async def _run(self, cmd: ivr.Command) -> None:
         log.debug("-> ivr %s", cmd)
@@ -155,7 +172,7 @@ class IvrRunner:
 
     async def _record(self, cmd: ivr.StartRecording, customer: str | None) -> None:
         if customer is None or self.services is None:
-            self.follow_up(ivr.Recorded(cmd.name, None))
+            self._nothing_recorded(cmd.name)
             return
         try:
             await self.client.record(customer, cmd.name, max_duration_s=cmd.max_s,
@@ -163,7 +180,7 @@ class IvrRunner:
                                      terminate_on=cmd.terminator)
         except ari.AriError as exc:
             log.warning("recording %s could not start: %s", cmd.name, exc)
-            self.follow_up(ivr.Recorded(cmd.name, None))
+            self._nothing_recorded(cmd.name)
 
     async def recorded(self, name: str, ok: bool) -> None:
         """Asterisk finished (``ok``) or failed the recording ``name``: a finished one is
@@ -171,7 +188,16 @@ class IvrRunner:
         stored = None
         if ok and self.services is not None:
             stored = await self.services.store_recording(name, self.facts)
+        self._count_recording(stored)
         await self.handle(ivr.Recorded(name, stored))
+
+    def _nothing_recorded(self, name: str) -> None:
+        self._count_recording(None)
+        self.follow_up(ivr.Recorded(name, None))
+
+    def _count_recording(self, stored: str | None) -> None:
+        ivr_metrics().recordings.labels(self.job.merchant_id,
+                                        "none" if stored is None else "stored").inc()
 
     def _webhook(self, cmd: ivr.CallWebhook) -> None:
         """Called in a task of its own: the call's events go on meanwhile."""

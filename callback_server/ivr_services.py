@@ -39,6 +39,7 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 import uuid
 import wave
 from collections.abc import Callable, Coroutine
@@ -63,6 +64,7 @@ from ivr_platform.audio import wav_seconds
 from ivr_platform.delivery import DeliveryError, json_object
 from ivr_platform.guidance import speech_dir, speech_ref
 from ivr_platform.media_config import MediaSettings
+from ivr_platform.metrics import ivr as ivr_metrics
 from ivr_platform.recordings import RecordingStore
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_store import SmsSender, SmsStore
@@ -200,13 +202,17 @@ class IvrServices:
             path = self.speech.cached(text, language)
         except ValueError:
             return None
-        return speech_ref(path) if path is not None else None
+        if path is None:
+            return None
+        ivr_metrics().tts_lookups.labels(language.value, "hit").inc()
+        return speech_ref(path)
 
     async def speak(self, text: str, language: Language) -> str | None:
         """The media of ``text``, rendered first if need be; None (logged) if it cannot be."""
         if self.speech is None:
             log.warning("say %r: no [media] guidance_dir to render it into", text)
             return None
+        ivr_metrics().tts_lookups.labels(language.value, "miss").inc()
         return await render(self.speech, text, language)
 
     # --- webhooks -------------------------------------------------------------------------
@@ -214,7 +220,7 @@ class IvrServices:
     async def call_webhook(self, cmd: ivr.CallWebhook, call: CallFacts
                            ) -> ivr.WebhookAnswered | ivr.WebhookFailed:
         if self.session is None or self.signer is None:
-            return ivr.WebhookFailed(cmd.request_id, "webhooks are not configured")
+            return self._failed(cmd, call, "refused", "webhooks are not configured")
         body = json.dumps({
             "request_id": cmd.request_id, "merchant_id": call.merchant_id,
             "callback_id": call.callback_id, "edge_call_id": call.edge_call_id,
@@ -222,7 +228,7 @@ class IvrServices:
         url = URL(cmd.url)
         host = url.host or ""
         if not self.private_ok and _ip_literal(host) and not public_address(host):
-            return self._failed(cmd, f"{host} is not a public address")
+            return self._failed(cmd, call, "refused", f"{host} is not a public address")
         headers = {"Content-Type": "application/json; charset=utf-8",
                    **self.signer.headers("POST", url.raw_path_qs, body,
                                          message_id=str(uuid.uuid4()))}
@@ -230,20 +236,23 @@ class IvrServices:
             status, answered = await delivery.call(self.session, "POST", cmd.url,
                                                    headers=headers, timeout_s=cmd.timeout_s,
                                                    data=body)
-        except DeliveryError as exc:
-            return self._failed(cmd, str(exc))
+        except DeliveryError as exc:     # a name with no public address too
+            return self._failed(cmd, call, "unavailable", str(exc))
         if not 200 <= status < 300:
-            return self._failed(cmd, f"HTTP {status}")
+            return self._failed(cmd, call, "rejected", f"HTTP {status}")
         answer = json_object(answered)
         values = tuple((name, value) for name in cmd.sets
                        if (value := _text(answer.get(name))) is not None)
         log.info("webhook %s answered %d: set %s", cmd.request_id, status,
                  [name for name, _ in values])
+        ivr_metrics().webhooks.labels(call.merchant_id, "answered").inc()
         return ivr.WebhookAnswered(cmd.request_id, values)
 
     @staticmethod
-    def _failed(cmd: ivr.CallWebhook, reason: str) -> ivr.WebhookFailed:
+    def _failed(cmd: ivr.CallWebhook, call: CallFacts, outcome: str, reason: str
+                ) -> ivr.WebhookFailed:
         log.warning("webhook %s failed: %s", cmd.request_id, reason)
+        ivr_metrics().webhooks.labels(call.merchant_id, outcome).inc()
         return ivr.WebhookFailed(cmd.request_id, reason)
 
     # --- tasks ----------------------------------------------------------------------------
@@ -261,12 +270,16 @@ class IvrServices:
 
 async def render(speech: PromptCache, text: str, language: Language) -> str | None:
     """The media of ``text`` rendered in ``speech``; None (logged) if it cannot be."""
+    started = time.monotonic()
     try:
         path = await speech.get(text, language)
     except (TtsError, ValueError, OSError) as exc:
         log.warning("say %r (%s) could not be rendered: %s", text, language.value, exc)
-        return None
-    return speech_ref(path)
+        result = "failed"
+    else:
+        result = "ok"
+    ivr_metrics().tts_render.labels(language.value, result).observe(time.monotonic() - started)
+    return speech_ref(path) if result == "ok" else None
 
 
 async def prerender(speech: PromptCache, flow: Flow, language: Language) -> None:
@@ -310,6 +323,7 @@ async def evict_forever(speech: PromptCache, limits: CacheLimits, every_s: float
             log.warning("evicting TTS renders failed (next in %.0f s): %s", every_s, exc)
         else:
             if evicted.files:
+                ivr_metrics().tts_evicted.inc(evicted.files)
                 log.info("evicted %d TTS renders (%d bytes)", evicted.files, evicted.bytes)
         await asyncio.sleep(every_s)
 

@@ -250,15 +250,15 @@ def _closed(event: CallArrived, merchant: MerchantSettings, dialed: E164,
     return _refuse(event, merchant, dialed, Outcome.CLOSED, detail,
                    Play(PROMPT_CLOSED, early=_early(merchant), language=merchant.language,
                         say=say),
-                   caller=caller_id.number, log_code="closed")
+                   caller=caller_id.number, log_code="closed", closed=status.status.value)
 
 
 def _refuse(event: CallArrived, merchant: MerchantSettings, dialed: E164, outcome: Outcome,
             detail: str, play: Play, *, caller: E164 | None = None,
-            log_code: str | None = None) -> Result:
+            log_code: str | None = None, closed: str | None = None) -> Result:
     mode = merchant.announce_mode
     record = RecordCall(edge_call_id_for(event.channel_id), event.channel_id, merchant.id,
-                        caller, dialed, outcome, detail)
+                        caller, dialed, outcome, detail, closed)
     commands: list[Command] = [Log(log_code or outcome, detail), record]
     if mode is AnnounceMode.ANSWER:
         commands.append(Answer())

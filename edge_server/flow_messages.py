@@ -235,6 +235,9 @@ class RecordCall:
     dialed: E164 | None
     outcome: Outcome
     detail: str
+    #: outside business hours: why (``ivr_platform.hours.Status``: outside_windows,
+    #: closed_weekday, holiday, special_day), counted by the edge's metrics
+    closed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

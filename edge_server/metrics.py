@@ -56,6 +56,11 @@ class EdgeMetrics:
             "How much more a call-back would cost than keeping the call, summed over "
             "decisions where the saving is negative, yen, by merchant and decision (net "
             "saving: saving minus loss).", ["merchant", "decision"], registry=r)
+        self.closed_calls = Counter(
+            "cbgw_edge_closed_calls",
+            "Inbound calls refused outside the number's business hours (they hear the "
+            "closed message; nothing is queued), by merchant and why (outside_windows, "
+            "closed_weekday, holiday, special_day).", ["merchant", "status"], registry=r)
         self.presence_calls = Counter(
             "cbgw_edge_presence_calls",
             "Advisors' calls to a presence number, by merchant and outcome (online, "

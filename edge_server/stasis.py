@@ -219,7 +219,9 @@ class CallSession(ChannelSession[Event]):
                 await self._release(request_id, outcome)
             case CancelRequest():
                 await self._db_step("cancel", deps.store.cancel(command))
-            case RecordCall():
+            case RecordCall(closed=closed):
+                if closed is not None:
+                    edge_metrics().closed_calls.labels(command.merchant_id, closed).inc()
                 await self._db_step("record", deps.store.record_call(command,
                                                                      self.received_at))
             case Log(code=code, detail=detail, warning=warning):

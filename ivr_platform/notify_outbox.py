@@ -37,6 +37,7 @@ import asyncpg
 
 from ivr_platform.claim_loop import CLAIM_BATCH, ClaimWorker
 from ivr_platform.delivery import Rejected, Unavailable
+from ivr_platform.metrics import ivr
 from ivr_platform.notice import CallNotice, Notifier
 from ivr_platform.notify_config import Event, NotifySettings
 from shared.db import CONNECTION_ERRORS
@@ -152,6 +153,11 @@ class NotificationWorker(ClaimWorker[Claimed]):
                 "INSERT INTO notification_attempts (notification_id, channel, attempt, "
                 "outcome, error) VALUES ($1, $2, $3, $4, $5)",
                 c.notification_id, c.channel, c.attempt, outcome, error)
+        if outcome != "retry":
+            channel = self.settings.channel(c.merchant_id, c.channel)
+            kind = channel.kind.value if channel is not None else "unknown"
+            ivr().notifications.labels(c.merchant_id, kind,
+                                       "delivered" if outcome == "delivered" else "failed").inc()
         level = logging.INFO if outcome == "delivered" else logging.WARNING
         log.log(level, "notification %d (%s, %s) to %s: %s%s", c.notification_id,
                 c.merchant_id, c.event.value, c.channel, outcome,

@@ -35,6 +35,7 @@ import asyncpg
 
 from ivr_platform.claim_loop import CLAIM_BATCH, ClaimWorker
 from ivr_platform.delivery import Rejected, Unavailable
+from ivr_platform.metrics import ivr
 from ivr_platform.sms import SmsStatus
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_store import CHANNEL, SmsProvider, event
@@ -122,42 +123,49 @@ class SmsWorker(ClaimWorker[Claimed]):
         return [r["provider_id"] for r in rows]
 
     async def _accepted(self, c: Claimed, receipt: Receipt) -> None:
-        await self._finish(c, "provider_id = $4, status = $5, error_code = $6, "
-                              "error_message = $7, last_error = NULL",
-                           receipt.status, receipt.error_code,
-                           receipt.provider_id, receipt.status.value, receipt.error_code,
-                           receipt.error_message)
+        segments = await self._finish(c, "provider_id = $4, status = $5, error_code = $6, "
+                                         "error_message = $7, last_error = NULL",
+                                      receipt.status, receipt.error_code,
+                                      receipt.provider_id, receipt.status.value,
+                                      receipt.error_code, receipt.error_message)
+        if segments is not None:             # taken by the provider (it bills them)
+            ivr().sms.labels(c.merchant_id, "sent").inc()
+            ivr().sms_segments.labels(c.merchant_id).inc(segments)
         log.info("sms %d to %s: %s as %s", c.id, c.to, receipt.status.value,
                  receipt.provider_id)
 
     async def _rejected(self, c: Claimed, exc: Rejected) -> None:
         code = exc.code if isinstance(exc.code, int) else None    # Twilio's are numbers
-        await self._finish(c, "status = 'rejected', error_code = $4, error_message = $5, "
-                              "last_error = $5", SmsStatus.REJECTED, code,
-                           code, exc.message[:500])
+        if await self._finish(c, "status = 'rejected', error_code = $4, error_message = $5, "
+                                 "last_error = $5", SmsStatus.REJECTED, code,
+                              code, exc.message[:500]) is not None:
+            ivr().sms.labels(c.merchant_id, "failed").inc()
         log.warning("sms %d to %s: rejected: %s", c.id, c.to, exc)
 
     async def _expire(self, c: Claimed) -> None:
         message = (f"not taken by the provider within {self.settings.max_age_s:g} s "
                    f"({c.attempt - 1} attempts)")
-        await self._finish(c, "status = 'expired', error_message = $4", SmsStatus.EXPIRED,
-                           None, message)
+        if await self._finish(c, "status = 'expired', error_message = $4",
+                              SmsStatus.EXPIRED, None, message) is not None:
+            ivr().sms.labels(c.merchant_id, "failed").inc()
         log.warning("sms %d to %s: expired: %s", c.id, c.to, message)
 
     async def _finish(self, c: Claimed, assignments: str, status: SmsStatus,
-                      error_code: int | None, *values: object) -> None:
-        """A definite outcome, only while the lease holds: the row, and its event."""
+                      error_code: int | None, *values: object) -> int | None:
+        """A definite outcome, only while the lease holds: the row, and its event; the
+        message's segments (None: the lease was lost, nothing recorded)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            done = await conn.fetchval(
+            segments: int | None = await conn.fetchval(
                 f"""UPDATE sms_messages SET {assignments}, leased_by = NULL,
                            leased_until = NULL, attempt_started_at = NULL, updated_at = now()
                      WHERE id = $1 AND attempts = $2 AND leased_by = $3
-                       AND status = 'pending' RETURNING true""",
+                       AND status = 'pending' RETURNING segments""",
                 c.id, c.attempt, self.owner, *values)
-            if not done:
+            if segments is None:
                 log.warning("sms %d: lease lost, %s not recorded", c.id, status.value)
-                return
+                return None
             await event(conn, c.id, status, error_code)
+        return segments
 
     async def _retry(self, c: Claimed, error: str) -> None:
         """Again after the backoff; the attempt stays in doubt (a timeout or a cut

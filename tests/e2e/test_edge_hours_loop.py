@@ -105,8 +105,9 @@ async def closed_call(stack: Stack, merchant: MerchantOptions, hours: BusinessHo
     """Call ``merchant``, closed at ``now`` by ``hours``, and check what the caller is
     told and that nothing follows: 183, the closed sentence (its rendered length, on the
     wire as RTP all along), 486 and never a 200 OK; the edge's call ``closed`` /
-    ``outside_hours`` and counted once; nothing in the outbox or queued at the callback
-    site, and no carrier sees a call-back INVITE. The sentence and the edge's call row."""
+    ``outside_hours`` and counted once (and once by why it is closed); nothing in the
+    outbox or queued at the callback site, and no carrier sees a call-back INVITE. The
+    sentence and the edge's call row."""
     say = closed_announcement(hours, now, reading(Language.JAPANESE))
     assert say is not None
     wav = await rendered(stack, say)
@@ -148,6 +149,9 @@ async def closed_call(stack: Stack, merchant: MerchantOptions, hours: BusinessHo
     labels = {"merchant": merchant.id, "outcome": "closed", "reason": "outside_hours"}
     assert prom.scraped(after, "cbgw_edge_calls_total", **labels) - \
         prom.scraped(before, "cbgw_edge_calls_total", **labels) == 1
+    why = {"merchant": merchant.id, "status": hours.status(now).status.value}
+    assert prom.scraped(after, "cbgw_edge_closed_calls_total", **why) - \
+        prom.scraped(before, "cbgw_edge_closed_calls_total", **why) == 1
     return say, call
 
 

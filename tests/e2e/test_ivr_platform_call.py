@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
@@ -39,9 +40,10 @@ from ivr_platform.audio import wav_seconds
 from ivr_platform.hours import TOKYO, BusinessHours, Window
 from ivr_platform.tts import PromptCache
 from shared.language import Language
+from tests import prom
 from tests.e2e.test_callback_stored_flows import call_api
 from tests.e2e.test_edge_hours_loop import WEEKLY, closed_call, hours_toml
-from tests.e2e.test_loop_callback import finished, last_call_id, new_edge_call
+from tests.e2e.test_loop_callback import finished, last_call_id, new_edge_call, scrape
 from tests.harness.asterisk import (
     AsteriskSite,
     instance_tool,
@@ -359,6 +361,24 @@ async def fetch(stack: Stack, url: str) -> bytes:
         return await resp.read()
 
 
+async def keyed_call(stack: Stack, steps: list[tuple[float, str]]
+                     ) -> tuple[RtpCapture, asyncpg.Record, asyncpg.Record]:
+    """A customer's call, called back, keying ``steps`` (:func:`keyed`): what the phone
+    was sent and what it sent (RTP), the edge's call and its request, once the call-back's BYE
+    came."""
+    async with stack.carriers(digits=keyed(steps)) as roles:
+        before = await last_call_id(stack)
+        with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as rtp:
+            await finished(stack.customer_call(CUSTOMER))
+            call = await new_edge_call(stack, before)
+            request = await stack.wait_for_row(
+                "edge", "SELECT * FROM requests WHERE edge_call_id = $1",
+                call["edge_call_id"], timeout_s=90)
+            await asyncio.to_thread(roles["carrier-a"].wait_for,
+                                    lambda m: m.method == "BYE", 60, "the call-back's BYE")
+    return rtp, call, request
+
+
 async def test_inside_hours_the_stored_flow_runs_every_prompt_is_heard_and_notified(
         stack: Stack, providers: Providers, tmp_path: Path) -> None:
     order_menu = await guidance(stack, tmp_path, "order-menu", SUB_MENU)
@@ -385,16 +405,7 @@ async def test_inside_hours_the_stored_flow_runs_every_prompt_is_heard_and_notif
         (leave_message + beep, f"[~{MESSAGE_MS}]#"),
     ]
     prompts = [seconds for seconds, _ in steps] + [system("thank-you")]
-    async with stack.carriers(digits=keyed(steps)) as roles:
-        before = await last_call_id(stack)
-        with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as rtp:
-            await finished(stack.customer_call(CUSTOMER))
-            call = await new_edge_call(stack, before)
-            request = await stack.wait_for_row(
-                "edge", "SELECT * FROM requests WHERE edge_call_id = $1",
-                call["edge_call_id"], timeout_s=90)
-            await asyncio.to_thread(roles["carrier-a"].wait_for,
-                                    lambda m: m.method == "BYE", 60, "the call-back's BYE")
+    rtp, call, request = await keyed_call(stack, steps)
 
     # Every key reached Asterisk, each after its prompt, and each prompt was heard whole.
     waits = windows(rtp, [step for _, step in steps])
@@ -470,3 +481,21 @@ async def test_inside_hours_the_stored_flow_runs_every_prompt_is_heard_and_notif
     # ... and the edge still has the request once
     assert len(await stack.fetch("edge", "SELECT 1 FROM requests WHERE edge_call_id = $1",
                                  call["edge_call_id"])) == 1
+
+    # The callback site's /metrics counted it: the nodes entered by verb, the recording,
+    # the SMS and its segments, each notification by its channel's kind.
+    metrics = await scrape(stack, "callback")
+    entered = {verb: prom.scraped(metrics, "cbgw_ivr_nodes_total", merchant="acme", verb=verb)
+               for verb in ("confirm", "menu", "digits", "readback", "record", "submit",
+                            "sms", "hangup")}
+    assert entered == {"confirm": 2, "menu": 2, "digits": 1, "readback": 1, "record": 1,
+                       "submit": 1, "sms": 1, "hangup": 1}, entered
+    assert prom.scraped(metrics, "cbgw_ivr_retries_total", merchant="acme", verb="menu",
+                        reason="invalid") == 0
+    assert prom.scraped(metrics, "cbgw_ivr_recordings_total", merchant="acme",
+                        result="stored") == 1
+    assert prom.scraped(metrics, "cbgw_ivr_sms_total", merchant="acme", result="sent") == 1
+    assert prom.scraped(metrics, "cbgw_ivr_sms_segments_total", merchant="acme") == 2
+    assert {kind: prom.scraped(metrics, "cbgw_ivr_notifications_total", merchant="acme",
+                               kind=kind, result="delivered")
+            for kind in providers.deliveries()} == providers.deliveries()

@@ -10,7 +10,6 @@ request data reaches the edge as any flow's.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,20 @@ from ivr_platform.audio import wav_seconds
 from ivr_platform.speech import spoken_text
 from ivr_platform.tts import PromptCache
 from shared.language import Language
+from tests import prom
 from tests.e2e.test_callback_stored_flows import call_api
-from tests.e2e.test_ivr_platform_call import audible_seconds, keyed, sounding, windows
-from tests.e2e.test_loop_callback import finished, last_call_id, new_edge_call
+from tests.e2e.test_ivr_platform_call import (
+    audible_seconds,
+    keyed_call,
+    sounding,
+    windows,
+)
+from tests.e2e.test_loop_callback import scrape
 from tests.harness.asterisk import prompt_seconds, sounds_dir
-from tests.harness.rtp import RtpCapture
-from tests.harness.sipp import CARRIER_A_PORT, media_port_for
 
 #: a stack waits for the machine's stack lock, and its setup counts against the timeout
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-CUSTOMER = "09012345678"
 QTY = "12"
 FLOW = """
 name = "say-qty"
@@ -97,16 +99,8 @@ async def test_a_say_text_filled_with_the_callers_digits_is_rendered_and_heard(
         assert (await call_api(stack, "POST", "/v1/ivr/flows/1/activate"))["active"] is True
         steps = [(prompt_seconds(site, "ja", "confirm-callback"), "1"),
                  (prompt_seconds(site, "ja", "enter-item"), f"{QTY}#")]
-        async with stack.carriers(digits=keyed(steps)) as roles:
-            before = await last_call_id(stack)
-            with RtpCapture("127.0.0.1", media_port_for(CARRIER_A_PORT)) as rtp:
-                await finished(stack.customer_call(CUSTOMER))
-                call = await new_edge_call(stack, before)
-                request = await stack.wait_for_row(
-                    "edge", "SELECT * FROM requests WHERE edge_call_id = $1",
-                    call["edge_call_id"], timeout_s=90)
-                await asyncio.to_thread(roles["carrier-a"].wait_for,
-                                        lambda m: m.method == "BYE", 60, "the call-back's BYE")
+        rtp, _, request = await keyed_call(stack, steps)
+        metrics = await scrape(stack, "callback")
 
     # The site rendered the filled text during the call: as long as this render of it
     # (sox dithers, so not the same bytes).
@@ -118,3 +112,11 @@ async def test_a_say_text_filled_with_the_callers_digits_is_rendered_and_heard(
     assert abs((heard[-1] - heard[0]) - expected) <= 0.3, (heard[-1] - heard[0], expected)
     # The request data reached the edge as any flow's.
     assert (request["category"], request["fields"]) == ("order", {"qty": QTY})
+    # The site's /metrics counted the say node, the cache's miss and the render.
+    assert prom.scraped(metrics, "cbgw_ivr_nodes_total", merchant="acme", verb="say") == 1
+    assert prom.scraped(metrics, "cbgw_ivr_tts_lookups_total", language="ja",
+                        result="miss") == 1
+    assert prom.scraped(metrics, "cbgw_ivr_tts_lookups_total", language="ja",
+                        result="hit") == 0
+    assert prom.scraped(metrics, "cbgw_ivr_tts_render_seconds_count", language="ja",
+                        result="ok") == 1

@@ -26,6 +26,7 @@ from ivr_platform.sms_twilio import TwilioSettings, TwilioSms
 from shared.db import create_pool, migrate_url
 from shared.phone import normalise
 from shared.signing import SignatureError, Signer, SigningKey, Verifier
+from tests import prom
 from tests.integration.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 from tests.integration.test_ivr_audio import tone
 
@@ -82,9 +83,13 @@ async def test_an_sms_is_queued_in_the_background_and_sent_by_the_worker(
                                   "WHERE body = 'ご注文 42 を承りました'")
         assert row is not None and (row["merchant_id"], row["status"]) == ("acme", "pending")
         assert fake.received == []             # queued: the call did not wait for Twilio
+        sent = prom.sample("cbgw_ivr_sms_total", merchant="acme", result="sent")
+        segments = prom.sample("cbgw_ivr_sms_segments_total", merchant="acme")
         worker = SmsWorker(pool, twilio, settings, owner="test")
         while await worker.run_once():
             pass
+    assert prom.sample("cbgw_ivr_sms_total", merchant="acme", result="sent") == sent + 1
+    assert prom.sample("cbgw_ivr_sms_segments_total", merchant="acme") == segments + 1
     assert fake.received == [{"To": "+819012345678", "From": "+815011112222",
                               "Body": "ご注文 42 を承りました"}]
     assert await pool.fetchval("SELECT status FROM sms_messages WHERE id = $1",
@@ -122,6 +127,7 @@ async def test_a_webhook_is_signed_and_its_answer_sets_variables(
     url = str(server.make_url("/ivr?shop=1"))
     ask = CallWebhook("cb-7-01-w2", url, (("caller", "+819012345678"), ("order", "42")),
                       ("plan", "visits", "vip"), 1.0)
+    before = webhooks()
     async with aiohttp.ClientSession() as session:
         services = IvrServices(session=session, signer=Signer([key]), private_ok=True)
         assert await services.call_webhook(ask, CALL) == WebhookAnswered(
@@ -138,6 +144,8 @@ async def test_a_webhook_is_signed_and_its_answer_sets_variables(
         crm.answer = web.json_response({})
         assert await other.call_webhook(ask, CALL) == WebhookFailed(   # another key
             "cb-7-01-w2", "HTTP 401")
+    # counted on the site's /metrics by outcome
+    assert webhooks(before) == {"answered": 1, "unavailable": 1, "rejected": 2, "refused": 0}
 
 
 async def test_a_webhook_never_reaches_the_sites_own_network(
@@ -154,6 +162,7 @@ async def test_a_webhook_never_reaches_the_sites_own_network(
         services = IvrServices(session=plain, signer=Signer([key]), private_ok=True)
         assert isinstance(await services.call_webhook(by_name, CALL), WebhookAnswered)
     crm.bodies.clear()
+    before = webhooks()
     async with webhook_session() as session:
         services = IvrServices(session=session, signer=Signer([key]))
         failed = await services.call_webhook(by_name, CALL)   # the resolver keeps no address
@@ -164,3 +173,11 @@ async def test_a_webhook_never_reaches_the_sites_own_network(
             assert isinstance(failed, WebhookFailed), host
             assert failed.reason.endswith("is not a public address"), failed
     assert crm.bodies == []
+    assert webhooks(before) == {"answered": 0, "unavailable": 1, "rejected": 0, "refused": 4}
+
+
+def webhooks(before: dict[str, float] | None = None) -> dict[str, float]:
+    """``cbgw_ivr_webhooks_total`` of the merchant by outcome (since ``before``)."""
+    now = {outcome: prom.sample("cbgw_ivr_webhooks_total", merchant="acme", outcome=outcome)
+           for outcome in ("answered", "unavailable", "rejected", "refused")}
+    return {k: v - (before or {}).get(k, 0.0) for k, v in now.items()}

@@ -40,6 +40,7 @@ from ivr_platform.notify_webhooks import SlackWebhook, WebhookSettings
 from ivr_platform.phonebook import Phonebook
 from shared.config import ConfigError
 from shared.phone import E164
+from tests import prom
 from tests.harness.smtp import smtp_server
 from tests.integration.fake_chat import (
     CHAT_KEY,
@@ -225,11 +226,19 @@ async def test_a_500_is_retried_until_delivered_and_a_4xx_is_parked_until_requeu
     app = create_app(notify_settings(pki_dir, pg_url, tmp_path, toml), with_ari=False)
     async with TestClient(TestServer(app)) as client:
         await app[POOL_KEY].execute("TRUNCATE notifications CASCADE")
+        before = await (await client.get("/metrics")).text()
         await store_request(app, "e-2")
 
         async def settled() -> bool:
             return not await deliveries(client, state="pending")
         await until(settled, "both deliveries settled")
+        # the site's /metrics: one delivered, one failed (parked); retries are neither
+        after = await (await client.get("/metrics")).text()
+        assert {result: prom.scraped(after, "cbgw_ivr_notifications_total", merchant="acme",
+                                     kind="slack", result=result)
+                - prom.scraped(before, "cbgw_ivr_notifications_total", merchant="acme",
+                               kind="slack", result=result)
+                for result in ("delivered", "failed")} == {"delivered": 1, "failed": 1}
         by_channel = {d["channel"]: d for d in await deliveries(client)}
         slack = by_channel["slack"]
         assert slack["state"] == "delivered" and slack["attempts"] == 3, slack

@@ -496,3 +496,19 @@ next = "bye"
 """ + BYE)
     _, cmds = run(resolve(with_order, {"notify": notify}.get))
     assert of(cmds, SendSms) == [SendSms("+819012345678", "order 42")]
+
+
+def test_a_step_says_which_nodes_it_entered_and_a_re_prompt_enters_none() -> None:
+    flow = flow_of(SET.replace('next = "send"', 'next = "menu"', 1) + """
+[nodes.menu]
+type = "menu"
+prompt = ["sound:cbgw/welcome-menu"]
+choices = { "1" = "send" }
+on_fail = "bye"
+""")
+    state, _ = ivr.start(flow, "ch", CALLER)
+    assert state.entered == ("set", "menu")
+    state, _ = ivr.transition(state, Dtmf("7"))           # not a choice: the menu again
+    assert (state.entered, state.tries) == ((), 1)
+    state, _ = ivr.transition(state, Dtmf("1"))
+    assert state.entered == ("submit", "hangup")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,9 @@ from callback_server.ivr_flow import Flow
 from callback_server.testing import MemoryDesk, MemoryIvrServices, MemoryStore
 from ivr_platform.hours import BusinessHours, Window
 from shared import ari
+from tests import prom
 from tests.unit.test_callback_ivr_verbs import (
+    BYE,
     HOOK,
     HOURS,
     RECORD,
@@ -20,7 +23,7 @@ from tests.unit.test_callback_ivr_verbs import (
     TRANSFER,
     flow_of,
 )
-from tests.unit.test_callback_stasis import A, Call, ch
+from tests.unit.test_callback_stasis import A, Call, ch, settle
 from tests.unit.test_guard_confirm import CappedStore
 
 CHANNEL = "cb-9-01"
@@ -65,18 +68,24 @@ async def test_record_records_the_customer_and_submits_the_stored_recordings_id(
     assert call.ari.named("record") == [(CHANNEL, f"{CHANNEL}-r2", 120, 3, True, "#")]
     await call.keys(CHANNEL, "#")                  # Asterisk ends it on '#' itself
     assert call.store.infos == []
+    stored = prom.sample("cbgw_ivr_recordings_total", merchant="acme", result="stored")
     await call.push(ari.RecordingFinished(recording(f"{CHANNEL}-r2")))
     assert call.store.infos == [Submit("voicemail", (("message", "5f0c"),))]
+    assert prom.sample("cbgw_ivr_recordings_total", merchant="acme",
+                       result="stored") == stored + 1
     assert CHANNEL in call.ari.named("hangup")
 
 
 async def test_a_failed_or_unstored_recording_takes_on_fail() -> None:
+    none = prom.sample("cbgw_ivr_recordings_total", merchant="acme", result="none")
     for event in (ari.RecordingFailed, ari.RecordingFinished):
         call = await answered(flow_of(RECORD), services=MemoryIvrServices())
         await call.finish_prompt(CHANNEL)
         await call.push(event(recording(f"{CHANNEL}-r2")))
         assert call.ari.named("play")[-1][1] == ("sound:cbgw/invalid",)
         assert call.store.infos == []
+    # counted as nothing recorded, twice
+    assert prom.sample("cbgw_ivr_recordings_total", merchant="acme", result="none") == none + 2
 
 
 async def test_sms_is_handed_to_the_services_and_the_call_goes_on() -> None:
@@ -194,3 +203,43 @@ type = "hangup"
     call = await answered(looping, services=services)
     await call.keys(CHANNEL, "11111")
     assert services.sms == [("acme", "+819012345678", "hello")] * 3
+
+
+RETRY = """\
+[nodes.main]
+type = "set"
+values = { plan = "gold" }
+next = "menu"
+
+[nodes.menu]
+type = "menu"
+prompt = ["sound:cbgw/welcome-menu"]
+choices = { "1" = "bye" }
+timeout_s = 1
+retries = 2
+on_fail = "bye"
+
+""" + BYE
+
+
+async def test_the_runner_counts_nodes_entered_by_verb_and_re_prompts_by_reason() -> None:
+    def counts() -> dict[str, float]:
+        return {"set": prom.sample("cbgw_ivr_nodes_total", merchant="acme", verb="set"),
+                "menu": prom.sample("cbgw_ivr_nodes_total", merchant="acme", verb="menu"),
+                "hangup": prom.sample("cbgw_ivr_nodes_total", merchant="acme", verb="hangup"),
+                **{reason: prom.sample("cbgw_ivr_retries_total", merchant="acme",
+                                       verb="menu", reason=reason)
+                   for reason in ("invalid", "timeout")}}
+
+    before = counts()
+    call = await answered(flow_of(RETRY))
+    await call.finish_prompt(CHANNEL)
+    await call.keys(CHANNEL, "7")                       # a key the menu does not take
+    await call.finish_prompt(CHANNEL)
+    await asyncio.sleep(1.3)                            # no key within timeout_s
+    await settle()
+    await call.finish_prompt(CHANNEL)
+    await call.keys(CHANNEL, "1")
+    after = counts()
+    assert {k: after[k] - before[k] for k in after} == {
+        "set": 1, "menu": 1, "hangup": 1, "invalid": 1, "timeout": 1}

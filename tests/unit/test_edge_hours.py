@@ -102,29 +102,31 @@ def plays(commands: list[Command]) -> list[Play]:
 
 # --- the decision -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("at", "say", "detail"), [
+@pytest.mark.parametrize(("at", "say", "detail", "why"), [
     # 成人の日 2027 is Monday 11 January: a public holiday, closed
     ("2027-01-11T10:00", "本日は祝日のため、休業しております。明日は、午前九時から営業いたします。",
-     "holiday: 成人の日; opens 2027-01-12T09:00:00+09:00"),
+     "holiday: 成人の日; opens 2027-01-12T09:00:00+09:00", "holiday"),
     # a special day (the year-end closing): the next opening is after it, on a Monday
     ("2026-12-30T10:00", "本日は休業日です。次の営業は、一月四日月曜日、午前九時からです。",
-     "special day: 年末年始; opens 2027-01-04T09:00:00+09:00"),
+     "special day: 年末年始; opens 2027-01-04T09:00:00+09:00", "special_day"),
     # a Tuesday at lunch: between two windows
     ("2026-12-08T12:30", "ただいまの時間は、営業時間外です。本日は、午後一時から営業いたします。",
-     "outside hours: Tuesday 09:00-12:00, 13:00-18:00; opens 2026-12-08T13:00:00+09:00"),
+     "outside hours: Tuesday 09:00-12:00, 13:00-18:00; opens 2026-12-08T13:00:00+09:00",
+     "outside_windows"),
     # 3 a.m.: closed, opens this morning
     ("2026-12-08T03:00", "ただいまの時間は、営業時間外です。本日は、午前九時から営業いたします。",
-     "outside hours: Tuesday 09:00-12:00, 13:00-18:00; opens 2026-12-08T09:00:00+09:00"),
+     "outside hours: Tuesday 09:00-12:00, 13:00-18:00; opens 2026-12-08T09:00:00+09:00",
+     "outside_windows"),
 ])
 def test_closed_the_caller_hears_when_it_opens_and_is_rejected_with_nothing_stored(
-        acme: Merchant, at: str, say: str, detail: str) -> None:
+        acme: Merchant, at: str, say: str, detail: str, why: str) -> None:
     state, commands = transition(Idle(), arrive(settings(acme), tokyo(at)))
     assert isinstance(state, Refusing) and state.outcome is Outcome.CLOSED
     assert plays(commands) == [Play(PROMPT_CLOSED, early=True, language=Language.JAPANESE,
                                     say=say)]
     assert not [c for c in commands if isinstance(c, RequestDecision | StoreRequest | Answer)]
     record = next(c for c in commands if isinstance(c, RecordCall))
-    assert (record.outcome, record.detail) == (Outcome.CLOSED, detail)
+    assert (record.outcome, record.detail, record.closed) == (Outcome.CLOSED, detail, why)
     assert record.caller == E164("819012345678")
     assert Log("closed", detail) in commands
     state, commands = transition(state, PlaybackFinished())

@@ -13,6 +13,7 @@ from typing import Any
 from callback_server.metrics import callback
 from callback_server.queue_reading import CALLBACK_QUEUE
 from edge_server.metrics import edge
+from ivr_platform.metrics import ivr
 from shared.metrics import PROCESS, common
 from shared.metrics_http import OUTBOX_BACKLOG
 
@@ -24,7 +25,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
 
 def exported() -> set[str]:
     """The sample names a scrape of both sites can hold."""
-    common(), edge(), callback()
+    common(), edge(), callback(), ivr()
     names = {family.name + suffix for family in PROCESS.collect()
              for suffix in SUFFIXES[family.type]}
     for reading in (OUTBOX_BACKLOG, CALLBACK_QUEUE):
@@ -58,7 +59,7 @@ def test_every_call_metric_is_on_the_dashboard() -> None:
     """A metric with a merchant label that no panel reads is a metric nobody watches."""
     dashboard = json.loads(DASHBOARD.read_text())
     text = " ".join(queries(dashboard))
-    common(), edge(), callback()
+    common(), edge(), callback(), ivr()
     by_merchant = {family.name for family in PROCESS.collect()
                    if any("merchant" in getattr(c, "_labelnames", ())
                           for c in [PROCESS._names_to_collectors.get(family.name + s)
