@@ -254,6 +254,7 @@ def _terms(data: dict[str, Any]) -> Terms:
 #: a reservation as it stands: its hold and allowed talk after its newest extension
 RESERVATION = """
     SELECT r.id, r.account_id, r.consultation_id, r.terms, r.created_at, a.account,
+           p.price_per_minute_yen AS priced_yen,
            coalesce(x.held_yen, r.held_yen) AS held_yen,
            coalesce(x.allowed_s, r.allowed_s) AS allowed_s,
            s.talk_s AS settled_talk_s, s.released_yen, s.billed_s AS settled_billed_s,
@@ -262,12 +263,18 @@ RESERVATION = """
     JOIN billing_accounts a ON a.id = r.account_id
     LEFT JOIN LATERAL (SELECT e.held_yen, e.allowed_s FROM billing_reservation_extensions e
                        WHERE e.reservation_id = r.id ORDER BY e.id DESC LIMIT 1) x ON true
+    LEFT JOIN billing_reservation_prices p ON p.reservation_id = r.id
     LEFT JOIN billing_settlements s ON s.reservation_id = r.id"""
 
 
 def _reservation(row: asyncpg.Record) -> Reservation:
+    """The reservation as it stands: its terms at the price it was priced at once
+    answered (:meth:`Ledger.reprice`), else at the price it was reserved at."""
+    terms = _terms(row["terms"])
+    if row.get("priced_yen") is not None:
+        terms = replace(terms, price_per_minute_yen=row["priced_yen"])
     return Reservation(row["id"], row["consultation_id"], row["held_yen"], row["allowed_s"],
-                       _terms(row["terms"]))
+                       terms)
 
 
 class Ledger:
@@ -421,7 +428,7 @@ class Ledger:
         await records.write(conn, records.BillingRecord(
             f"{row['consultation_id']}/settlement-{row['id']}", merchant_id,
             row["consultation_id"], advisor, row["account"], "prepaid", "settled",
-            _terms(row["terms"]).price_per_minute_yen, charge.talk_s, charge.billed_s,
+            _reservation(row).terms.price_per_minute_yen, charge.talk_s, charge.billed_s,
             charge.total_yen, charge.tax_yen, legs, self.fx, at))
 
     async def live(self, merchant_id: str, *, older_than_s: int = 0, limit: int = 100
@@ -464,6 +471,44 @@ class Ledger:
                 "INSERT INTO billing_reservation_extensions (reservation_id, held_yen, "
                 "allowed_s) VALUES ($1, $2, $3)", reservation_id, held, allowed)
             return replace(now, held_yen=held, allowed_s=allowed)
+
+    async def reprice(self, merchant_id: str, reservation_id: int, price_per_minute_yen: int,
+                      *, advisor_id: int | None = None) -> Reservation:
+        """Price a live reservation made at a dearer price at ``price_per_minute_yen``
+        (a group consultation reserved at its dearest member's price, answered by a
+        cheaper member): from now on it is extended and settled at this price, and what
+        it holds pays for the talk this price allows (more than at the reserved price:
+        the cut-off moves later), nothing released. Priced once: asked again, the
+        reservation as it stands. A price above the reserved one: 409
+        ``price-above-reservation`` (the hold would not cover it); settled: 409
+        ``already-settled``."""
+        if type(price_per_minute_yen) is not int or price_per_minute_yen < 0:
+            raise ValueError(f"price_per_minute_yen: expected a non-negative integer, "
+                             f"got {price_per_minute_yen!r}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked_reservation(conn, merchant_id, reservation_id)
+            now = _reservation(row)
+            if row["settled_talk_s"] is not None:
+                raise LedgerError(409, "already-settled",
+                                  f"reservation {reservation_id} is settled")
+            if row["priced_yen"] is not None:
+                return now
+            if price_per_minute_yen > now.terms.price_per_minute_yen:
+                raise LedgerError(409, "price-above-reservation",
+                                  f"reservation {reservation_id} holds for "
+                                  f"{now.terms.price_per_minute_yen} yen a minute; cannot "
+                                  f"price it at {price_per_minute_yen}")
+            terms = replace(now.terms, price_per_minute_yen=price_per_minute_yen)
+            await conn.execute(
+                "INSERT INTO billing_reservation_prices (reservation_id, price_per_minute_yen,"
+                " advisor_id) VALUES ($1, $2, $3)", reservation_id, price_per_minute_yen,
+                advisor_id)
+            allowed = max(now.allowed_s, seconds_affordable(now.held_yen, terms))
+            if allowed > now.allowed_s:
+                await conn.execute(
+                    "INSERT INTO billing_reservation_extensions (reservation_id, held_yen, "
+                    "allowed_s) VALUES ($1, $2, $3)", reservation_id, now.held_yen, allowed)
+            return replace(now, allowed_s=allowed, terms=terms)
 
     @staticmethod
     async def _locked_reservation(conn: asyncpg.Connection, merchant_id: str,

@@ -28,7 +28,9 @@ event                  commands
 ``Start``              ``Reserve(consultation_id, at_most_s)``
 ``Reserved``           ``Ready`` (connect the advisor); after a hang-up: ``Settle(id, 0)``
 ``Refused``            ``Refuse(reason, available_yen, needed_yen)``; the meter is done
-``Connected(at)``      ``SetTimer`` for the check, ``warn_before_s`` before the end
+``Connected(at)``      ``SetTimer`` for the check, ``warn_before_s`` before the end (of
+                       the talk the reservation pays for at the answering advisor's price,
+                       when the answer changed it)
 ``TimerFired`` check   ``Extend(reservation_id, at_most_s)``
 ``Extended``           grown: ``SetTimer`` for the next check; not: ``Warn(seconds_left)``,
                        ``SetTimer`` for the cut-off and for the recheck
@@ -123,6 +125,10 @@ class Refused:
 @dataclass(frozen=True, slots=True)
 class Connected:
     at: datetime
+    #: the talk the reservation pays for once the advisor answered, when it changed then
+    #: (a group consultation priced at the answering member's lower price; None: as
+    #: reserved)
+    allowed_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +237,10 @@ def transition(meter: Meter, event: Event) -> Step:
             return replace(reserved, phase=Phase.READY), [Ready(allowed)]
         case Refused(reason=reason, available_yen=available, needed_yen=needed):
             return replace(meter, phase=Phase.DONE), [Refuse(reason, available, needed)]
-        case Connected(at=at):
-            return _check_later(replace(meter, phase=Phase.TALKING, connected_at=at))
+        case Connected(at=at, allowed_s=repriced):
+            allowed = meter.allowed_s if repriced is None else max(meter.allowed_s, repriced)
+            return _check_later(replace(meter, phase=Phase.TALKING, connected_at=at,
+                                        allowed_s=allowed))
         case TimerFired(token=token, at=at):
             return _timer(meter, token, at, event)
         case Extended(allowed_s=allowed, at=at):

@@ -34,9 +34,10 @@ from shared.phone import E164
 class Chosen:
     """Who the customer's choice reaches, how long each of them is rung, the price per
     minute billing admits and reserves at (a group: its own price, else its dearest
-    member's; :meth:`advisors.model.Group.price`), the merchant's party rung first in
-    a web click-to-call, and how often a queued customer hears their place (the
-    merchant's queue_announce_s)."""
+    member's; :meth:`advisors.model.Group.price`), the price each member is rated at once
+    they answer (a group without a price of its own: their own; :meth:`price_of`), the
+    merchant's party rung first in a web click-to-call, and how often a queued customer
+    hears their place (the merchant's queue_announce_s)."""
 
     members: frozenset[int]
     ring_timeout_s: int
@@ -45,6 +46,16 @@ class Chosen:
     price_per_minute_yen: int = 0
     click_to_call_first: FirstParty = FirstParty.CUSTOMER
     queue_announce_s: int = 0
+    #: (advisor, their price per minute) of a group priced by whoever answers
+    member_prices: tuple[tuple[int, int], ...] = ()
+
+    def price_of(self, advisor_id: int | None) -> int:
+        """The price a consultation answered by ``advisor_id`` is rated at: their own in
+        a group priced by its members (never above the reserved price), else the price
+        admitted and reserved at."""
+        own = dict(self.member_prices).get(advisor_id) if advisor_id is not None else None
+        return self.price_per_minute_yen if own is None \
+            else min(own, self.price_per_minute_yen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +152,12 @@ class AdvisorDesk:
             chosen = await self.store.group(merchant_id, group_id)
         except NotFound:
             return Unavailable("unknown")
-        prices = [a.price_per_minute_yen for a, _ in await self.store.advisors(merchant_id)
-                  if a.id in members]
+        prices = tuple((a.id, a.price_per_minute_yen)
+                       for a, _ in await self.store.advisors(merchant_id) if a.id in members)
         return Chosen(members, rules.ring_timeout_s, group_id=group_id,
-                      price_per_minute_yen=chosen.price(prices),
-                      queue_announce_s=rules.queue_announce_s)
+                      price_per_minute_yen=chosen.price(p for _, p in prices),
+                      queue_announce_s=rules.queue_announce_s,
+                      member_prices=() if chosen.price_per_minute_yen is not None else prices)
 
     async def _advisor(self, merchant_id: str, code: str | None, advisor_id: int | None
                        ) -> tuple[Advisor, pm.Presence] | None:

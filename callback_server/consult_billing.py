@@ -16,7 +16,7 @@ same charge, keyed by the same consultation id, so it is made once whoever makes
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
@@ -74,6 +74,11 @@ class Plan:
     postpaid: bool
     admission: Admission
 
+    def at_price(self, price_per_minute_yen: int) -> Plan:
+        """The plan rated at another price (the member of a group who answered)."""
+        return replace(self, terms=replace(self.terms,
+                                           price_per_minute_yen=price_per_minute_yen))
+
     @property
     def charge_to(self) -> ChargeTo | None:
         """The charge after the consultation (None: prepaid)."""
@@ -86,6 +91,8 @@ class BillingPort(Protocol):
                       at_most_s: int | None) -> Reservation | Refusal: ...
     async def extend(self, merchant_id: str, reservation_id: int, at_most_s: int | None
                      ) -> Reservation: ...
+    async def reprice(self, merchant_id: str, reservation_id: int, price_per_minute_yen: int,
+                      advisor_id: int | None) -> Reservation: ...
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement: ...
     async def charge(self, merchant_id: str, to: ChargeTo, consultation_id: str, talk_s: int
                      ) -> Charge | None: ...
@@ -129,6 +136,11 @@ class ConsultBilling:
     async def extend(self, merchant_id: str, reservation_id: int, at_most_s: int | None
                      ) -> Reservation:
         return await self.ledger.extend(merchant_id, reservation_id, at_most_s=at_most_s)
+
+    async def reprice(self, merchant_id: str, reservation_id: int, price_per_minute_yen: int,
+                      advisor_id: int | None) -> Reservation:
+        return await self.ledger.reprice(merchant_id, reservation_id, price_per_minute_yen,
+                                         advisor_id=advisor_id)
 
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int) -> Settlement:
         return await self.ledger.settle(merchant_id, reservation_id, talk_s)

@@ -132,6 +132,7 @@ class ConsultRunner:
         self._costs: dict[str, Money | None] = {}
         self.billing = billing
         self._plan: Plan | None = None
+        self._answer_priced = False     # priced at the answering advisor's price
         self._request: Request | None = None
         self.meter: meter.Meter | None = None
         self._leg_seq = 0
@@ -209,6 +210,7 @@ class ConsultRunner:
             variables=leg_variables(self.job))
         self._started = _Started(cmd, chosen, self._requested_at(now))
         self._plan = plan
+        self._answer_priced = False
         log.info("consultation %s: %s %s, members %s", request.consultation_id, cmd.method,
                  cmd.code or cmd.group or cmd.advisor_id, sorted(chosen.members))
         self._request = request
@@ -285,6 +287,8 @@ class ConsultRunner:
             await self._run(cmd)
             metered = None if self.state is None or isinstance(cmd, ivr.StopPlayback) \
                 else consult_meter.meter_event(cmd, self.state)
+            if isinstance(metered, meter.Connected):
+                metered = await self._priced(metered)
             if metered is not None:
                 await self._metered(metered)
         await self._keep_live()
@@ -380,6 +384,37 @@ class ConsultRunner:
                 await self._metered(meter.Settled())
             case meter.Ignored():
                 pass
+
+    async def _priced(self, connected: meter.Connected) -> meter.Connected:
+        """The advisor answered: a group priced by its members is rated at the answering
+        member's price from here (the plan's terms, for a postpaid charge; a prepaid
+        reservation repriced, its hold paying for longer at that price: the meter's
+        ``Connected`` with the talk it now allows). Once per consultation: a transfer's
+        second advisor does not change it."""
+        plan, started, state = self._plan, self._started, self.state
+        if plan is None or started is None or state is None or self._answer_priced:
+            return connected
+        self._answer_priced = True
+        advisor = state.connected_advisor
+        price = started.chosen.price_of(advisor)
+        if price == plan.terms.price_per_minute_yen:
+            return connected
+        log.info("consultation %s: answered by advisor %s, rated at %d yen a minute "
+                 "(reserved at %d)", state.request.consultation_id, advisor, price,
+                 plan.terms.price_per_minute_yen)
+        rid = None if self.meter is None else self.meter.reservation_id
+        if rid is None:
+            self._plan = plan.at_price(price)
+            return connected
+        assert self.billing is not None
+        try:
+            got = await self.billing.reprice(self.job.merchant_id, rid, price, advisor)
+        except BILLING_ERRORS as exc:
+            # the reservation stays at the price it was made at (and is settled at it)
+            log.error("reservation %d not repriced: %s", rid, exc)
+            return connected
+        self._plan = plan.at_price(got.terms.price_per_minute_yen)
+        return meter.Connected(connected.at, got.allowed_s)
 
     async def _reserve(self, plan: Plan, consultation_id: str, at_most_s: int | None
                        ) -> meter.Event:

@@ -202,7 +202,8 @@ class MemoryDesk:
                      advisor_id: int | None = None) -> Chosen | Unavailable:
         if group is not None:
             return Chosen(frozenset(self.seats), self.rules.ring_timeout_s, group_id=1,
-                          price_per_minute_yen=max(self.prices.values(), default=0))
+                          price_per_minute_yen=max(self.prices.values(), default=0),
+                          member_prices=tuple(sorted(self.prices.items())))
         chosen = int(code) if code is not None else advisor_id
         if chosen not in self.seats:
             return Unavailable("unknown")

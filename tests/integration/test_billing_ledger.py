@@ -162,6 +162,38 @@ async def test_a_live_reservation_extends_as_the_balance_allows(clean: asyncpg.P
     assert done.value.error_id == "already-settled"
 
 
+async def test_a_reservation_priced_lower_at_the_answer_pays_longer_and_settles_there(
+        clean: asyncpg.Pool) -> None:
+    """Reserved at 300 yen a minute (a group's dearest member), priced at 100 (who
+    answered): the hold pays three times the talk, extensions and the settlement rate
+    at 100; priced once; a dearer price or a settled reservation refused."""
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 1000, "sato", "first")
+    r = await reserved(ledger, "c-1", "call-1", at_most_s=90)   # 30 s free + 1 min: 300 yen
+    with pytest.raises(LedgerError) as dearer:
+        await ledger.reprice("acme", r.id, 400)
+    assert dearer.value.error_id == "price-above-reservation"
+    priced = await ledger.reprice("acme", r.id, 100, advisor_id=7)
+    assert (priced.allowed_s, priced.held_yen, priced.terms.price_per_minute_yen) == (
+        30 + 180, 300, 100)
+    assert await ledger.reprice("acme", r.id, 50) == priced          # priced once
+    assert await ledger.balance("acme", "c-1") == Balance(700, 300)
+    grown = await ledger.extend("acme", r.id, at_most_s=330)          # at 100 yen a minute
+    assert (grown.allowed_s, grown.held_yen) == (330, 500)
+    (live,) = await ledger.live("acme")
+    assert live.reservation == grown
+    settled = await ledger.settle("acme", r.id, 200)                  # 3 minutes at 100
+    assert (settled.charge.total_yen, settled.released_yen) == (300, 200)
+    assert await ledger.balance("acme", "c-1") == Balance(700, 0)
+    with pytest.raises(LedgerError) as done:
+        await ledger.reprice("acme", r.id, 100)
+    assert done.value.error_id == "already-settled"
+    r2 = await reserved(ledger, "c-1", "call-2", at_most_s=90)
+    with pytest.raises(LedgerError) as other:
+        await ledger.reprice("other", r2.id, 100)
+    assert other.value.error_id == "not-found"
+
+
 async def test_concurrent_settles_of_one_reservation_charge_once(clean: asyncpg.Pool) -> None:
     ledger = Ledger(clean)
     await ledger.deposit("acme", "c-1", 1000, "sato", "first")

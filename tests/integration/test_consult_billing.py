@@ -50,7 +50,15 @@ pytestmark = pytest.mark.integration
 localstripe = localstripe_fixture()
 
 CUSTOMER = Route("carrier-b", "PJSIP/819012345678@carrier-b")
+ADVISOR_1 = (Route("carrier-a", "PJSIP/81312340001@carrier-a"),)
 ADVISOR_2 = (Route("carrier-a", "PJSIP/81312340002@carrier-a"),)
+
+
+def group_desk() -> MemoryDesk:
+    """Two advisors in the group "all" without a price of its own: advisor 1 at 100 yen
+    a minute (idle longest: offered first), advisor 2 at 300 (the dearest)."""
+    return MemoryDesk(2, Rules(ring_timeout_s=20), {1: ADVISOR_1, 2: ADVISOR_2},
+                      prices={1: 100, 2: 300})
 NUMBER = E164("819012345678")
 PREPAID = BillingSettings()
 
@@ -72,9 +80,11 @@ async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
 class Call:
     """A round on the consult flow: advisor 2 costs 100 yen a minute."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: BillingSettings = PREPAID) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: BillingSettings = PREPAID,
+                 desk: MemoryDesk | None = None) -> None:
         self.ari = FakeAri()
-        self.desk = MemoryDesk(3, Rules(ring_timeout_s=20), {2: ADVISOR_2}, prices={2: 100})
+        self.desk = desk or MemoryDesk(3, Rules(ring_timeout_s=20), {2: ADVISOR_2},
+                                       prices={2: 100})
         self.billing = ConsultBilling(pool, settings)
         flow = replace(load_named("consult"), start="main", confirm_callback=None)
         job = Job(callback_id="cb-7", merchant_id="acme", destination=NUMBER,
@@ -100,6 +110,10 @@ class Call:
         """The round's timer ``timer`` fires now (as its asyncio timer would, later)."""
         self.runner.inbox.put_nowait(TimerFired(timer, datetime.now(UTC)))
         await self.settle()
+
+    async def anyone(self) -> None:
+        """The first free advisor of the group (the flow's 2)."""
+        await self.push(ari.ChannelDtmfReceived(ari.Channel(id="cb-7-01"), "2"))
 
     async def code(self, digits: str) -> None:
         for d in "1" + digits:
@@ -269,6 +283,69 @@ async def test_an_unanswered_prepaid_consultation_releases_its_reservation(
     assert await db.fetchval("SELECT total_yen FROM billing_settlements") == 0
 
 
+async def test_a_group_consultation_is_reserved_at_the_dearest_and_rated_at_who_answers(
+        db: asyncpg.Pool) -> None:
+    """Reserved at the dearest member's price (300 yen: the warning's minute and a slice,
+    600 yen held), answered by the member at 100 yen: the same hold pays 360 s at their
+    price (the cut-off moves), and the consultation is settled and recorded at 100 yen a
+    minute, the rest released."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 600, "op", "bank transfer")
+    call = Call(db, desk=group_desk())
+    await call.start()
+    await call.anyone()
+    assert call.ari.named("originate")[-1][1] == "cb-7-02"           # advisor 1 rung
+    reserved = await db.fetchrow("SELECT terms, held_yen, allowed_s FROM billing_reservations")
+    assert (reserved["terms"]["price_per_minute_yen"], reserved["held_yen"],
+            reserved["allowed_s"]) == (300, 600, 120)
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # advisor 1 answers
+    priced = await db.fetchrow("SELECT price_per_minute_yen, advisor_id "
+                               "FROM billing_reservation_prices")
+    assert tuple(priced) == (100, 1)
+    assert await db.fetchval("SELECT max(allowed_s) FROM billing_reservation_extensions"
+                             ) == 360
+    assert await ledger.balance("acme", "member-42") == Balance(0, 600)   # nothing released
+    await call.fire("meter:1")      # the check: nothing more to hold, warned before 360 s
+    assert ("cb-7-01", ("sound:cbgw/balance-warning",)) in call.plays()
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))        # the customer leaves
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    await call.settle()
+    settled = await db.fetchrow("SELECT talk_s, total_yen, released_yen "
+                                "FROM billing_settlements")
+    assert (settled["total_yen"], settled["released_yen"]) == (100, 500)
+    assert await ledger.balance("acme", "member-42") == Balance(500, 0)
+    # the billing record waits for the customer leg's cost (never rated here)
+    record = await db.fetchval("SELECT record FROM billing_records_awaiting")
+    assert (record["price_per_minute_yen"], record["total_yen"]) == (100, 100)
+    await call.done()
+
+
+async def test_a_group_with_a_price_of_its_own_keeps_it_whoever_answers(
+        db: asyncpg.Pool) -> None:
+    """The group's own price (AdvisorDesk: no member prices) is reserved and rated
+    whoever answers: nothing repriced."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 600, "op", "bank transfer")
+    desk = group_desk()
+    own = Chosen(frozenset({1, 2}), 20, group_id=1, price_per_minute_yen=200)
+    assert own.price_of(1) == own.price_of(2) == 200
+    priced_by_members = await desk.choose("acme", code=None, group="all")
+    assert isinstance(priced_by_members, Chosen)
+    assert (priced_by_members.price_of(1), priced_by_members.price_of(2),
+            priced_by_members.price_of(None)) == (100, 300, 300)
+    desk.prices = {1: 300, 2: 300}          # whoever answers costs what was reserved
+    call = Call(db, desk=desk)
+    await call.start()
+    await call.anyone()
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    await call.settle()
+    assert await db.fetchval("SELECT count(*) FROM billing_reservation_prices") == 0
+    assert await db.fetchval("SELECT total_yen FROM billing_settlements") == 300
+    await call.done()
+
+
 @pytest.fixture
 def stripe_client(localstripe: int) -> stripe.StripeClient:
     return client_for(localstripe)
@@ -300,6 +377,26 @@ async def test_a_postpaid_consultation_is_charged_once_after_its_record(
     assert (charge["total_yen"], charge["outcome"]) == (100, "succeeded")
     (beside,) = await consultation_charges(db, "acme", record["consultation_id"])
     assert (beside["kind"], beside["total_yen"], beside["state"]) == ("postpaid", 100, "paid")
+    await call.done()
+
+
+async def test_a_postpaid_group_consultation_is_charged_at_the_answering_members_price(
+        db: asyncpg.Pool, stripe_client: stripe.StripeClient, localstripe: int) -> None:
+    await registered(db, stripe_client, "member-42")
+    settings = BillingSettings(
+        stripe=StripeSettings("sk_test_billing", api_base=f"http://127.0.0.1:{localstripe}"),
+        postpaid_merchants=frozenset({"acme"}))
+    call = Call(db, settings, desk=group_desk())
+    await call.start()
+    await call.anyone()
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # advisor 1, 100 yen
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    for _ in range(100):
+        if await db.fetchval("SELECT count(*) FROM billing_postpaid_outcomes"):
+            break
+        await asyncio.sleep(0.1)
+    charge = await db.fetchrow("SELECT terms, total_yen FROM billing_postpaid_charges")
+    assert (charge["terms"]["price_per_minute_yen"], charge["total_yen"]) == (100, 100)
     await call.done()
 
 

@@ -70,6 +70,20 @@ def test_reserve_connect_warn_and_cut_off() -> None:
     assert (meter.phase, out) == (Phase.DONE, [Settle(7, 299)])
 
 
+def test_an_answer_at_a_lower_price_moves_the_check_and_the_cut_off_later() -> None:
+    """A group consultation reserved at 300 yen a minute for 120 s (600 yen held),
+    answered by a member at 200 yen: the hold pays 180 s at their price, so the check
+    comes a minute before 180 s, and with nothing more to hold the cut-off at 180 s."""
+    meter, out = run(Meter("c-1", warn_before_s=60, cutoff_margin_s=1, slice_s=60), Start(),
+                     Reserved(7, 120), Connected(at(0), allowed_s=180))
+    assert out == [Reserve("c-1", 120), Ready(120), SetTimer(at(120), 1)]
+    assert meter.allowed_s == 180
+    meter, out = run(meter, TimerFired(1, at(120)), Extended(180, at(120)))
+    assert out == [Extend(7, 240), Warn(60), SetTimer(at(179), 2), SetTimer(at(125), 3)]
+    meter, out = run(meter, Connected(at(5), allowed_s=600))          # once only
+    assert isinstance(out[0], Ignored) and meter.allowed_s == 180
+
+
 def test_an_extension_moves_the_check_and_the_customer_hangs_up_first() -> None:
     meter, _ = run(Meter("c-1", warn_before_s=30), Start(), Reserved(7, 120),
                    Connected(at(0)), TimerFired(1, at(90)))

@@ -5,6 +5,7 @@ seconds_affordable is the exact inverse of rate for a balance."""
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,18 @@ def test_whole_units_cost_what_the_started_unit_costs(terms: Terms, talk: int) -
     assert rate(whole, terms).total_yen == rate(min(talk, terms.max_talk_s), terms).total_yen
     assert whole == terms.max_talk_s or whole == terms.grace_s or (
         (whole - terms.grace_s) % terms.unit_s == 0)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(terms_st, st.integers(0, 4 * 3600), st.integers(0, 5000))
+def test_a_hold_at_a_dearer_price_pays_at_least_as_long_at_a_cheaper_one(
+        terms: Terms, allowed: int, cheaper: int) -> None:
+    """What ``Ledger.reprice`` rests on: a reservation holding ``rate(allowed)`` at the
+    dearest member's price, priced at the answering member's (not dearer), pays at
+    least as much talk at their price, and that talk never costs more than the hold."""
+    cheaper = min(cheaper, terms.price_per_minute_yen)
+    held = rate(allowed, terms).total_yen
+    at_theirs = replace(terms, price_per_minute_yen=cheaper)
+    longer = max(allowed, seconds_affordable(held, at_theirs))
+    assert longer >= allowed
+    assert rate(longer, at_theirs).total_yen <= held
