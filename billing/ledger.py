@@ -449,11 +449,7 @@ class Ledger:
         to a whole billing unit, never past the terms' maximum). Nothing more affordable:
         the reservation as it was. A settled one: 409 ``already-settled``."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await self._locked_reservation(conn, merchant_id, reservation_id)
-            now = _reservation(row)
-            if row["settled_talk_s"] is not None:
-                raise LedgerError(409, "already-settled",
-                                  f"reservation {reservation_id} is settled")
+            row, now = await self._live_locked(conn, merchant_id, reservation_id)
             # overdrawn by another consultation's late cut-off: only what this one holds
             available = max(0, (await books(conn, row["account_id"])).get("available", 0))
             allowed = seconds_affordable(available + now.held_yen, now.terms)
@@ -486,11 +482,7 @@ class Ledger:
             raise ValueError(f"price_per_minute_yen: expected a non-negative integer, "
                              f"got {price_per_minute_yen!r}")
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await self._locked_reservation(conn, merchant_id, reservation_id)
-            now = _reservation(row)
-            if row["settled_talk_s"] is not None:
-                raise LedgerError(409, "already-settled",
-                                  f"reservation {reservation_id} is settled")
+            row, now = await self._live_locked(conn, merchant_id, reservation_id)
             if row["priced_yen"] is not None:
                 return now
             if price_per_minute_yen > now.terms.price_per_minute_yen:
@@ -509,6 +501,15 @@ class Ledger:
                     "INSERT INTO billing_reservation_extensions (reservation_id, held_yen, "
                     "allowed_s) VALUES ($1, $2, $3)", reservation_id, now.held_yen, allowed)
             return replace(now, allowed_s=allowed, terms=terms)
+
+    @classmethod
+    async def _live_locked(cls, conn: asyncpg.Connection, merchant_id: str,
+                           reservation_id: int) -> tuple[asyncpg.Record, Reservation]:
+        """:meth:`_locked_reservation` of a live one (settled: 409 ``already-settled``)."""
+        row = await cls._locked_reservation(conn, merchant_id, reservation_id)
+        if row["settled_talk_s"] is not None:
+            raise LedgerError(409, "already-settled", f"reservation {reservation_id} is settled")
+        return row, _reservation(row)
 
     @staticmethod
     async def _locked_reservation(conn: asyncpg.Connection, merchant_id: str,

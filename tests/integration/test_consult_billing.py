@@ -351,22 +351,34 @@ def stripe_client(localstripe: int) -> stripe.StripeClient:
     return client_for(localstripe)
 
 
-async def test_a_postpaid_consultation_is_charged_once_after_its_record(
-        db: asyncpg.Pool, stripe_client: stripe.StripeClient, localstripe: int) -> None:
+async def postpaid_call(db: asyncpg.Pool, stripe_client: stripe.StripeClient,
+                        localstripe: int, desk: MemoryDesk | None = None) -> Call:
+    """A round of the postpaid merchant acme, member-42's card on file, started."""
     await registered(db, stripe_client, "member-42")
     settings = BillingSettings(
         stripe=StripeSettings("sk_test_billing", api_base=f"http://127.0.0.1:{localstripe}"),
         postpaid_merchants=frozenset({"acme"}))
-    call = Call(db, settings)
+    call = Call(db, settings, desk)
     await call.start()
-    await call.code("0002")
-    assert await db.fetchval("SELECT count(*) FROM billing_reservations") == 0
+    return call
+
+
+async def talked_and_charged(call: Call, db: asyncpg.Pool) -> None:
+    """The advisor (cb-7-02) answers and ends it; waits for the charge's outcome."""
     await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))
     await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))         # the advisor ends it
     for _ in range(100):
         if await db.fetchval("SELECT count(*) FROM billing_postpaid_outcomes"):
             break
         await asyncio.sleep(0.1)
+
+
+async def test_a_postpaid_consultation_is_charged_once_after_its_record(
+        db: asyncpg.Pool, stripe_client: stripe.StripeClient, localstripe: int) -> None:
+    call = await postpaid_call(db, stripe_client, localstripe)
+    await call.code("0002")
+    assert await db.fetchval("SELECT count(*) FROM billing_reservations") == 0
+    await talked_and_charged(call, db)
     charge = await db.fetchrow(
         "SELECT c.consultation_id, c.talk_s, c.total_yen, o.outcome "
         "FROM billing_postpaid_charges c JOIN billing_postpaid_attempts t "
@@ -382,19 +394,9 @@ async def test_a_postpaid_consultation_is_charged_once_after_its_record(
 
 async def test_a_postpaid_group_consultation_is_charged_at_the_answering_members_price(
         db: asyncpg.Pool, stripe_client: stripe.StripeClient, localstripe: int) -> None:
-    await registered(db, stripe_client, "member-42")
-    settings = BillingSettings(
-        stripe=StripeSettings("sk_test_billing", api_base=f"http://127.0.0.1:{localstripe}"),
-        postpaid_merchants=frozenset({"acme"}))
-    call = Call(db, settings, desk=group_desk())
-    await call.start()
+    call = await postpaid_call(db, stripe_client, localstripe, group_desk())
     await call.anyone()
-    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # advisor 1, 100 yen
-    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
-    for _ in range(100):
-        if await db.fetchval("SELECT count(*) FROM billing_postpaid_outcomes"):
-            break
-        await asyncio.sleep(0.1)
+    await talked_and_charged(call, db)                                # advisor 1, 100 yen
     charge = await db.fetchrow("SELECT terms, total_yen FROM billing_postpaid_charges")
     assert (charge["terms"]["price_per_minute_yen"], charge["total_yen"]) == (100, 100)
     await call.done()
