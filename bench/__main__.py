@@ -11,7 +11,10 @@ from pathlib import Path
 def main() -> int:
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
                    if not m.name.startswith("_"))
-    only = sys.argv[1:]
+    # python -m bench [NAME ...] [--flags for them]: the flags go to each one named
+    args = sys.argv[1:]
+    flags_at = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+    only, flags = args[:flags_at], args[flags_at:]
     failed = []
     from bench._machine import speed_line
 
@@ -23,7 +26,7 @@ def main() -> int:
         if not hasattr(module, "main"):
             continue
         print(f"\n===== bench.{name} =====", flush=True)
-        if module.main([]) != 0:
+        if module.main(flags if only else []) != 0:
             failed.append(name)
     if failed:
         print(f"\ntargets not met: {', '.join(failed)}")

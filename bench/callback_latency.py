@@ -26,68 +26,25 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
-from demo.stack import TOLL_FREE, MerchantOptions, Stack
+from bench._stack_load import (
+    callers,
+    carriers,
+    hangup_times,
+    invite_times,
+    latencies_ms,
+    percentile,
+)
+from demo.stack import MerchantOptions, Stack
 from shared import ari
 from shared.phone import normalise
+from tests.faults.sites import start_customers
 from tests.harness import asterisk as ast_harness
 from tests.harness import sipp as sipp_harness
 
 TARGET_P50_MS = 50.0
 TARGET_P99_MS = 150.0
-
-
-def callers(count: int, first: int = 9011000000) -> list[str]:
-    return [f"0{first + i}" for i in range(count)]
-
-
-def start_customers(workdir: Path, numbers: list[str], rate: float, name: str
-                    ) -> sipp_harness.SippRole:
-    inf = workdir / f"{name}-callers.csv"
-    inf.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
-    return sipp_harness.start_role(
-        "customer_calls_csv.xml", port=sipp_harness.CUSTOMER_PORT, ip=sipp_harness.CUSTOMER_IP,
-        workdir=workdir, name=name, remote=sipp_harness.EDGE_SIP, service=TOLL_FREE,
-        max_calls=len(numbers), timeout_s=300,
-        extra_args=["-inf", str(inf), "-r", str(rate), "-l", "20"])
-
-
-def hangup_times(customers: sipp_harness.SippRole) -> dict[str, datetime]:
-    """Customer E.164 digits -> when the 486 arrived."""
-    by_call: dict[str, str] = {}
-    out: dict[str, datetime] = {}
-    for m in customers.messages():
-        if m.method == "INVITE" and m.direction == "sent" and m.call_id and m.from_user:
-            by_call[m.call_id] = normalise(m.from_user).digits
-        elif m.status == 486 and m.direction == "received" and m.call_id in by_call:
-            out.setdefault(by_call[m.call_id], m.at)
-    return out
-
-
-def invite_times(*carriers: sipp_harness.SippRole) -> dict[str, datetime]:
-    out: dict[str, datetime] = {}
-    for role in carriers:
-        for m in role.invites_received():
-            if m.ruri_user and (m.ruri_user not in out or m.at < out[m.ruri_user]):
-                out[m.ruri_user] = m.at
-    return out
-
-
-def latencies_ms(customers: sipp_harness.SippRole, *carriers: sipp_harness.SippRole
-                 ) -> tuple[list[float], int]:
-    hung = hangup_times(customers)
-    invited = invite_times(*carriers)
-    values = [(invited[n] - t).total_seconds() * 1000 for n, t in hung.items() if n in invited]
-    return sorted(values), len(hung) - len(values)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    index = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
-    return values[index]
 
 
 def report(label: str, values: list[float], missing: int) -> str:
@@ -99,14 +56,12 @@ def report(label: str, values: list[float], missing: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def carriers(workdir: Path) -> AsyncIterator[tuple[sipp_harness.SippRole, ...]]:
+async def declining_carriers(workdir: Path) -> AsyncIterator[tuple[sipp_harness.SippRole, ...]]:
     """Both carriers decline (603): a final answer, so nothing is retried later."""
-    with sipp_harness.role("uas_reject_603.xml", "carrier-a", workdir) as a, \
-            sipp_harness.role("uas_reject_603.xml", "carrier-b", workdir) as b:
-        callback_site = ast_harness.ensure_running("callback")
-        await ast_harness.qualify(callback_site, "carrier-a")
-        await ast_harness.qualify(callback_site, "carrier-b")
-        yield a, b
+    callback_site = ast_harness.ensure_running("callback")
+    async with carriers(workdir, [callback_site], a="uas_reject_603.xml",
+                        b="uas_reject_603.xml") as roles:
+        yield roles
 
 
 async def bare_ari_baseline(workdir: Path, numbers: list[str], rate: float
@@ -115,7 +70,7 @@ async def bare_ari_baseline(workdir: Path, numbers: list[str], rate: float
     callback = await asyncio.to_thread(ast_harness.ensure_running, "callback")
     await ast_harness.reset(edge)
     await ast_harness.reset(callback)
-    async with carriers(workdir) as (carrier_a, carrier_b), \
+    async with declining_carriers(workdir) as (carrier_a, carrier_b), \
             edge.client() as edge_ari, callback.client() as cb_ari:
         events = edge_ari.events()
         connected = asyncio.Event()
@@ -138,14 +93,15 @@ async def bare_ari_baseline(workdir: Path, numbers: list[str], rate: float
 
         reader = asyncio.create_task(pump())
         await asyncio.wait_for(connected.wait(), 10)
-        customers = start_customers(workdir, numbers, rate, "baseline-customers")
+        customers = start_customers(workdir, numbers, rate=rate, name="baseline-customers",
+                                    limit=20, timeout_s=300)
         await asyncio.to_thread(customers.wait, 120)
         await asyncio.sleep(1.0)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
         await events.aclose()
-        result = latencies_ms(customers, carrier_a, carrier_b)
+        result = latencies_ms(hangup_times(customers), invite_times(carrier_a, carrier_b))
     await ast_harness.reset(callback)
     return result
 
@@ -155,15 +111,16 @@ async def through_the_system(workdir: Path, numbers: list[str], rate: float
     merchant = MerchantOptions(pre_callback_delay_s="0", max_attempts=1)
     async with Stack(workdir / "stack", merchants=(merchant,), db_prefix="cbgw_bench_latency",
                      log_level="WARNING", extra_env=BENCH_GUARD_ENV):
-        async with carriers(workdir) as (carrier_a, carrier_b):
-            customers = start_customers(workdir, numbers, rate, "customers")
+        async with declining_carriers(workdir) as (carrier_a, carrier_b):
+            customers = start_customers(workdir, numbers, rate=rate, name="customers",
+                                        limit=20, timeout_s=300)
             await asyncio.to_thread(customers.wait, 300)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if len(invite_times(carrier_a, carrier_b)) >= len(numbers):
                     break
                 await asyncio.sleep(0.25)
-            return latencies_ms(customers, carrier_a, carrier_b)
+            return latencies_ms(hangup_times(customers), invite_times(carrier_a, carrier_b))
 
 
 # A latency run calls 50 new numbers in a few seconds: the guard's anomaly brake and

@@ -165,13 +165,14 @@ def test_tables_whose_keys_are_data_accept_any_key(tmp_path: Path) -> None:
 
 def test_the_example_configs_and_the_environments_the_repo_sets_parse(tmp_path: Path) -> None:
     from bench.callback_latency import BENCH_GUARD_ENV
+    from bench.load_sweep import SWEEP_ENV
     from tests.faults.sites import LOAD_GUARD_ENV
 
     edge_env = {"EDGE__DATABASE__URL": "postgresql://x/y",
                 "EDGE__PEER__ROUTES": '[{name = "internet", url = "https://127.0.0.1:1"}]'}
     _edge(tmp_path, EDGE_EXAMPLE, edge_env)
     callback_env = {
-        **LOAD_GUARD_ENV, **BENCH_GUARD_ENV,
+        **LOAD_GUARD_ENV, **BENCH_GUARD_ENV, **SWEEP_ENV,
         "CALLBACK__DATABASE__URL": "postgresql://x/y",
         "CALLBACK__DATABASE__MIN_CONNECTIONS": "2", "CALLBACK__DATABASE__MAX_CONNECTIONS": "2",
         "CALLBACK__ARI__URL": "http://127.0.0.1:9", "CALLBACK__RATES__ENABLED": "false",

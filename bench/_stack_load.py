@@ -1,0 +1,160 @@
+"""What the whole-stack benches share: callers, carriers, what the SIPp logs say, CPU.
+
+The clock of a call-back, on the wire: from the edge's 486 arriving at the customer's
+SIPp (the moment the inbound leg ends) to the call-back INVITE arriving at a carrier's
+SIPp, for the same customer number (``latencies_ms``). CPU time of a process (all its
+threads) is read from ``/proc/<pid>/stat`` (``CpuSampler``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from shared.phone import normalise
+from tests.harness import asterisk as ast_harness
+from tests.harness import sipp as sipp_harness
+
+#: clock ticks per second of ``/proc/<pid>/stat``'s utime and stime
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def callers(count: int, first: int = 9011000000) -> list[str]:
+    """``count`` distinct Japanese mobile numbers, national form, from ``0<first>``."""
+    return [f"0{first + i}" for i in range(count)]
+
+
+def hangup_times(customers: sipp_harness.SippRole) -> dict[str, datetime]:
+    """Customer E.164 digits -> when the 486 arrived."""
+    by_call: dict[str, str] = {}
+    out: dict[str, datetime] = {}
+    for m in customers.messages():
+        if m.method == "INVITE" and m.direction == "sent" and m.call_id and m.from_user:
+            by_call[m.call_id] = normalise(m.from_user).digits
+        elif m.status == 486 and m.direction == "received" and m.call_id in by_call:
+            out.setdefault(by_call[m.call_id], m.at)
+    return out
+
+
+def invite_times(*carriers: sipp_harness.SippRole) -> dict[str, datetime]:
+    """Called number (E.164 digits) -> its first call-back INVITE at any carrier."""
+    out: dict[str, datetime] = {}
+    for role in carriers:
+        for m in role.invites_received():
+            if m.ruri_user and (m.ruri_user not in out or m.at < out[m.ruri_user]):
+                out[m.ruri_user] = m.at
+    return out
+
+
+def latencies_ms(hung: dict[str, datetime], invited: dict[str, datetime]
+                 ) -> tuple[list[float], int]:
+    """Sorted hang-up -> INVITE latencies of the numbers hung up, and how many of them
+    were never called back."""
+    values = [(invited[n] - t).total_seconds() * 1000 for n, t in hung.items() if n in invited]
+    return sorted(values), len(hung) - len(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
+    return values[index]
+
+
+@contextlib.asynccontextmanager
+async def carriers(workdir: Path, sites: Iterable[ast_harness.AsteriskSite], *, a: str, b: str,
+             digits: str | None = None, timeout_s: int = 120
+             ) -> AsyncIterator[tuple[sipp_harness.SippRole, sipp_harness.SippRole]]:
+    """Carriers A and B as SIPp roles running ``a`` and ``b``, qualified on every callback
+    Asterisk in ``sites`` (Asterisk refuses to dial an unqualified trunk). With the demo
+    decks carrier B is the cheapest for Japanese mobiles, so it is tried first."""
+    with sipp_harness.role(a, "carrier-a", workdir, digits=digits, timeout_s=timeout_s) as ra, \
+            sipp_harness.role(b, "carrier-b", workdir, digits=digits,
+                              timeout_s=timeout_s) as rb:
+        for site in sites:
+            for trunk in ("carrier-a", "carrier-b"):
+                await ast_harness.qualify(site, trunk, within_s=10.0)
+        yield ra, rb
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads); None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()    # the name may hold spaces and ')'
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def _proc_pids() -> Iterator[int]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (SIPp under coreutils ``timeout``)."""
+    out = []
+    for child in _proc_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{child}/stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.append(child)
+    return out
+
+
+def postgres_backends(databases: Sequence[str]) -> list[int]:
+    """The PostgreSQL backends connected to any of ``databases`` (by their process title,
+    ``postgres: <user> <database> ...``, so no connection of ours is needed)."""
+    wanted = set(databases)
+    out = []
+    for pid in _proc_pids():
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+            if len(title) >= 3 and title[0] == b"postgres:" and title[2].decode() in wanted:
+                out.append(pid)
+    return out
+
+
+class CpuSampler:
+    """CPU seconds used by groups of processes between ``start()`` and the last ``sample()``.
+
+    A group is a name and a function giving its pids now (PostgreSQL's backends come and
+    go). A pid seen at ``start()`` counts from its value then; one first seen later was
+    born since, and counts from zero. Sampling every second or so keeps what a process
+    used before it exited, up to the last sample.
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], Iterable[int]]]) -> None:
+        self.groups = groups
+        self.first: dict[tuple[str, int], float] = {}
+        self.last: dict[tuple[str, int], float] = {}
+
+    def start(self) -> None:
+        self.first.clear()
+        self.last.clear()
+        self._read(into_first=True)
+
+    def sample(self) -> None:
+        self._read(into_first=False)
+
+    def _read(self, *, into_first: bool) -> None:
+        for name, pids in self.groups.items():
+            for pid in pids():
+                value = cpu_seconds(pid)
+                if value is None:
+                    continue
+                if into_first:
+                    self.first[(name, pid)] = value
+                self.last[(name, pid)] = value
+
+    def used(self) -> dict[str, float]:
+        """Group -> CPU seconds used since ``start()``."""
+        out = dict.fromkeys(self.groups, 0.0)
+        for (name, pid), value in self.last.items():
+            out[name] += value - self.first.get((name, pid), 0.0)
+        return out
