@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import re
 import sys
 import tempfile
 import time
@@ -108,6 +110,7 @@ class Step:
     window_s: float                # first call to the carriers' last message
     idle_own_per_s: float          # own processes' CPU seconds a second with no calls
     ivr_s: float | None            # mean answer -> BYE at carrier B (media)
+    transactions: dict[str, int]   # site -> PostgreSQL transactions in its database
 
     @property
     def called_back_share(self) -> float:
@@ -138,7 +141,10 @@ class Step:
                 f"        own CPU per call-back (servers + PostgreSQL): "
                 f"{self.cpu_ms_per_callback:.1f} ms over {self.window_s:.0f} s, "
                 f"{self.busy_ms_per_callback:.1f} ms less their idle "
-                f"{self.idle_own_per_s * 1000:.0f} ms/s")
+                f"{self.idle_own_per_s * 1000:.0f} ms/s\n"
+                f"        PostgreSQL transactions per call-back: " + ", ".join(
+                    f"{site} {count / max(1, self.called_back):.1f}"
+                    for site, count in self.transactions.items()))
 
 
 def asterisks_needed(site: str, rate: Decimal, hold_s: Decimal) -> int:
@@ -216,6 +222,7 @@ class Sweep:
                             digits=ORDER_KEYS if self.mode == "media" else None,
                             timeout_s=role_s) as (carrier_a, carrier_b):
             self.sipp = [carrier_a.process.pid, carrier_b.process.pid]
+            before = await self.transactions()
             self.sampler.start()
             customers = start_customers(
                 workdir, numbers, rate=rate, name="customers", limit=int(rate * 8) + 20,
@@ -225,30 +232,40 @@ class Sweep:
             invited = invite_times(carrier_a, carrier_b)
             latencies, _ = latencies_ms(hangup_times(customers), invited)
             ivr = ivr_seconds(carrier_b) if self.mode == "media" else None
+            after = await self.transactions()
         called_back = sum(1 for n in numbers if normalise(n).digits in invited)
         return Step(rate=rate, offered=len(numbers), called_back=called_back,
                     originated_per_s=originated_per_s(invited.values()),
                     p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99),
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
-                    ivr_s=ivr)
+                    ivr_s=ivr, transactions={k: after[k] - before[k] for k in after})
 
     async def _drain(self, customers: sipp_harness.SippRole,
                      *roles: sipp_harness.SippRole) -> tuple[dict[str, float], float]:
-        """Sample the CPU every second until the customers are done and the carriers have
-        been quiet for ``QUIET_S`` (SIPp's own -timeout bounds both); the CPU used up to
-        the carriers' last message, and the seconds to it."""
-        logs = [r.message_log for r in roles]
-        sizes: list[int] = []
+        """Sample the CPU every second until the customers are done and the carriers'
+        calls have been quiet for ``QUIET_S`` (SIPp's own -timeout bounds both); the CPU
+        used up to the carriers' last call message, and the seconds to it."""
+        offsets = dict.fromkeys((r.message_log for r in roles), 0)
         used = self.sampler.used()
         started = changed = time.monotonic()
         while customers.running or time.monotonic() - changed < QUIET_S[self.mode]:
             await asyncio.sleep(1.0)
             await asyncio.to_thread(self.sampler.sample)
-            now_sizes = [p.stat().st_size if p.exists() else 0 for p in logs]
-            if now_sizes != sizes or customers.running:
-                sizes, changed = now_sizes, time.monotonic()
+            if customers.running or _calls_went_on(offsets):
+                changed = time.monotonic()
                 used = self.sampler.used()
         return used, changed - started
+
+    async def transactions(self) -> dict[str, int]:
+        """Transactions committed or rolled back so far in each site's database (a
+        statement outside a transaction is one): its round trips that wrote or read."""
+        out = {}
+        for site in ("edge", "callback"):
+            rows = await self.sites.fetch(site, "SELECT xact_commit + xact_rollback AS n "
+                                                "FROM pg_stat_database "
+                                                "WHERE datname = current_database()")
+            out[site] = int(rows[0]["n"])
+        return out
 
     async def idle(self, seconds: float) -> None:
         """What the own processes use a second with no calls (timers, sweeps, probes)."""
@@ -257,6 +274,23 @@ class Sweep:
         self.sampler.sample()
         used = self.sampler.used()
         self.idle_own_per_s = sum(used[name] for name in OWN) / seconds
+
+
+#: a SIP message of a call in a SIPp message log (not the trunks' OPTIONS qualify, every 5 s)
+_CALL_MESSAGE = re.compile(rb"^CSeq: *\d+ (?:INVITE|ACK|BYE|CANCEL)\b", re.M)
+
+
+def _calls_went_on(offsets: dict[Path, int]) -> bool:
+    """Whether any log has a call's message past its offset (offsets move to the end)."""
+    went_on = False
+    for path in offsets:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as log:
+            log.seek(offsets[path])
+            chunk = log.read()
+            end = chunk.rfind(b"\n") + 1     # a message half written is read next time
+            offsets[path] += end
+            went_on = went_on or _CALL_MESSAGE.search(chunk, 0, end) is not None
+    return went_on
 
 
 def knee(steps: list[Step]) -> Step | None:
