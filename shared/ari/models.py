@@ -15,16 +15,16 @@ JsonObject = Mapping[str, Any]
 
 
 def parse_timestamp(value: object) -> datetime | None:
-    """Parse ARI's ``2026-11-22T02:27:22.004+0000`` (aware) or return None."""
+    """Parse ARI's ``2026-11-22T02:27:22.004+0000`` (aware) or return None.
+
+    Every event carries one or more of these: ``fromisoformat`` (which takes ARI's
+    ``+0000`` since Python 3.11) is some 200 times cheaper than ``strptime``."""
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
+        return datetime.fromisoformat(value)
     except ValueError:
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
+        return None
 
 
 def _str(obj: JsonObject, key: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -24,6 +24,7 @@ from shared.ari import (
     decode_event,
     decode_message,
 )
+from shared.ari.models import parse_timestamp
 
 # --- recorded with tests/harness (SIPp customer -> edge; callback -> carrier-a 503, carrier-b)
 EDGE_STASIS_START = r"""{"type":"StasisStart","timestamp":"2026-11-22T02:34:27.214+0000","args":["inbound"],"channel":{"id":"cbgw-edge-1795314867.5","name":"PJSIP/carrier-in-00000005","state":"Ring","protocol_id":"1-20776@127.0.0.2","caller":{"name":"","number":"09012345678"},"connected":{"name":"","number":""},"accountcode":"","dialplan":{"context":"from-carrier","exten":"0120123456","priority":2,"app_name":"Stasis","app_data":"edge,inbound"},"creationtime":"2026-11-22T02:34:27.213+0000","language":"en"},"asterisk_id":"02:fc:00:00:00:01","application":"edge"}"""  # noqa: E501
@@ -155,6 +156,23 @@ def test_lenient_channel_decoding() -> None:
     ch = Channel.from_json({"id": "c1", "caller": None, "dialplan": {"priority": "x"},
                             "creationtime": "garbage", "channelvars": {"A": 1}})
     assert ch == Channel(id="c1", variables={"A": "1"})
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-11-22T02:34:27.214+0000", datetime(2026, 11, 22, 2, 34, 27, 214000, tzinfo=UTC)),
+    ("2026-11-22T11:34:27.214+0900",
+     datetime(2026, 11, 22, 11, 34, 27, 214000, tzinfo=timezone(timedelta(hours=9)))),
+    ("2026-11-22T02:34:27.214-0130",
+     datetime(2026, 11, 22, 2, 34, 27, 214000, tzinfo=timezone(-timedelta(hours=1, minutes=30)))),
+    ("2026-11-22T02:34:27+0000", datetime(2026, 11, 22, 2, 34, 27, tzinfo=UTC)),
+    ("2026-11-22T02:34:27.214Z", datetime(2026, 11, 22, 2, 34, 27, 214000, tzinfo=UTC)),
+    ("garbage", None), ("", None), (1700000000, None), (None, None),
+])
+def test_ari_timestamps(text: object, expected: datetime | None) -> None:
+    """ARI's form with any offset, with or without fractions; anything else is None."""
+    parsed = parse_timestamp(text)
+    assert parsed == expected
+    assert parsed is None or parsed.utcoffset() == expected.utcoffset()  # type: ignore[union-attr]
 
 
 def test_recorded_fixtures_round_trip_as_json() -> None:
