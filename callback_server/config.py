@@ -19,7 +19,7 @@ from callback_server.guard.settings import GuardSettings
 from callback_server.ivr import UNAVAILABLE
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
 from callback_server.worker import WorkerSettings
-from ivr_platform.guidance import GUIDANCE_PREFIX, GuidanceLibrary, parse_ref
+from ivr_platform.guidance import GUIDANCE_PREFIX, GuidanceLibrary, parse_ref, plays
 from ivr_platform.media_config import MediaSettings
 from ivr_platform.notify_config import NotifySettings, merchant_languages
 from ivr_platform.prompts import SYSTEM_PROMPTS
@@ -243,7 +243,7 @@ def _guidance_problems(merchants: Sequence[Merchant], flows: Mapping[str, Flow],
                 problem = f"is merchant {ref[0]!r}'s guidance, not {m.id!r}'s"
             elif library is None:
                 problem = "is a guidance, but [media] guidance_dir is not set"
-            elif not library.has(*ref):
+            elif not plays(library.files(*ref), m.language):
                 problem = f"is not uploaded (no {library.wav(*ref)})"
             else:
                 continue

@@ -4,8 +4,8 @@
     python -m ivr_platform say "お電話ありがとうございます。" [--lang ja] [--cache DIR]
     python -m ivr_platform sms-count "ご予約ありがとうございます。"
     python -m ivr_platform prompts [--cache DIR]
-    python -m ivr_platform guidance add --dir DIR --merchant acme welcome welcome.mp3
-    python -m ivr_platform guidance list|delete --dir DIR --merchant acme [NAME]
+    python -m ivr_platform guidance add --dir DIR --merchant acme [--language en] welcome X.mp3
+    python -m ivr_platform guidance list|delete --dir DIR --merchant acme [NAME [--language]]
 
 ``hours`` reads the ``[hours]`` table of a file (the format of
 :mod:`ivr_platform.hours_config`) and prints, for ``--at`` (ISO 8601; without a zone it
@@ -80,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
         a.add_argument("--merchant", required=True)
         if action != "list":
             a.add_argument("name")
+            a.add_argument("--language", type=Language, choices=list(Language),
+                           help="that language's own file (default: for every language)")
         if action == "add":
             a.add_argument("file", type=Path, help="mp3, m4a/mp4 or wav")
             a.add_argument("--max-seconds", type=float, default=AudioLimits().max_seconds)
@@ -138,12 +140,13 @@ def _guidance(args: argparse.Namespace) -> Any:
     if args.action == "list":
         return [g.to_json() for g in GuidanceLibrary(args.dir).list(args.merchant)]
     if args.action == "delete":
-        if not GuidanceLibrary(args.dir).delete(args.merchant, args.name):
+        if not GuidanceLibrary(args.dir).delete(args.merchant, args.name, args.language):
             raise NotThere(f"no guidance {args.name!r} of merchant {args.merchant!r}")
         return {"deleted": args.name}
     library = GuidanceLibrary(args.dir, AudioLimits(max_seconds=args.max_seconds))
     try:
-        return asyncio.run(library.add(args.merchant, args.name, args.file)).to_json()
+        return asyncio.run(library.add(args.merchant, args.name, args.file,
+                                       args.language)).to_json()
     except AudioRejected as exc:
         raise ValueError(f"{args.file}: {exc.error_id}: {exc}") from None
     except FileNotFoundError:

@@ -9,13 +9,22 @@ Layout of the library's directory (``[media] guidance_dir``; the Asterisk instan
 
     <dir>/_tts/<key>.wav            a say node's text, rendered (:mod:`ivr_platform.tts`)
 
+    <dir>/../<lang>/<dir name>/<merchant>/<name>.wav (and .json)   one language's own file
+
 A flow plays it as ``sound:cbgw-guidance/<merchant>/<name>`` (:func:`media_ref`), a
 rendered text as ``sound:cbgw-guidance/_tts/<key>`` (:func:`speech_ref`; ``_`` is in no
 merchant id):
-Asterisk looks for a sound in the language's directory, then in ``sounds/`` itself, where
-``cbgw-guidance`` is, so one recording serves every language. The files are the truth:
-``check`` (no database) sees exactly what a call will play. An upload replaces a
-guidance of the same name whole (the WAV, then its description, each by ``os.replace``).
+Asterisk looks for a sound in the language's directory (``sounds/<lang>/``), then in
+``sounds/`` itself, where ``cbgw-guidance`` is, then in its default language's (``en``): so
+one recording serves every language, and a merchant may upload a guidance per language
+(``ja``, ``en``) into ``sounds/<lang>/cbgw-guidance`` beside it, which a call in that
+language plays instead (the playback's ``lang``: the merchant's language). A call in
+another language falls back to the file for every language, then to the English one
+(Asterisk's ``defaultlanguage``; a Japanese file never plays for an English call):
+:func:`plays`.
+The files are the truth: ``check`` (no database) sees exactly what a call will play. An
+upload replaces a guidance of the same name whole (the WAV, then its description, each by
+``os.replace``).
 """
 
 from __future__ import annotations
@@ -25,11 +34,13 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ivr_platform.audio import AudioLimits, convert
+from shared.language import Language
 
 #: the directory under Asterisk's ``sounds/`` that holds the library
 SOUNDS_SUBDIR = "cbgw-guidance"
@@ -69,6 +80,13 @@ def parse_ref(media: str) -> tuple[str, str] | None:
     return None
 
 
+def plays(files: Collection[Language | None], language: Language) -> bool:
+    """Whether a guidance with ``files`` (:meth:`GuidanceLibrary.files`) plays for a call
+    in ``language``: Asterisk tries that language's file, the one for every language,
+    then its default language's (English)."""
+    return bool({language, None, Language.ENGLISH} & set(files))
+
+
 class InvalidName(ValueError):
     """A guidance name that is not ``[a-z0-9][a-z0-9_-]{0,63}``."""
 
@@ -92,6 +110,7 @@ class Guidance:
     source_codec: str
     source_loudness_lufs: float
     uploaded_at: str            # ISO 8601, UTC
+    language: str | None = None   # ja | en: that language's own file; None: every language's
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -103,16 +122,28 @@ class GuidanceLibrary:
         self.limits = limits or AudioLimits()
         self._converting = asyncio.Semaphore(CONVERSIONS)
 
-    def _dir(self, merchant_id: str) -> Path:
+    def root(self, language: Language | None = None) -> Path:
+        """Where the files for ``language`` are (None: for every language): the library's
+        directory, or its namesake in Asterisk's ``sounds/<language>/``."""
+        if language is None:
+            return self.directory
+        return self.directory.parent / language.value / self.directory.name
+
+    def _dir(self, merchant_id: str, language: Language | None = None) -> Path:
         if not MERCHANT.fullmatch(merchant_id):
             raise ValueError(f"merchant id {merchant_id!r} is not one")
-        return self.directory / merchant_id
+        return self.root(language) / merchant_id
 
-    def wav(self, merchant_id: str, name: str) -> Path:
-        return self._dir(merchant_id) / f"{check_name(name)}.wav"
+    def wav(self, merchant_id: str, name: str, language: Language | None = None) -> Path:
+        return self._dir(merchant_id, language) / f"{check_name(name)}.wav"
 
-    def has(self, merchant_id: str, name: str) -> bool:
-        return self.wav(merchant_id, name).is_file()
+    def has(self, merchant_id: str, name: str, language: Language | None = None) -> bool:
+        return self.wav(merchant_id, name, language).is_file()
+
+    def files(self, merchant_id: str, name: str) -> list[Language | None]:
+        """The languages ``name`` has a file for (None: the one for every language)."""
+        return [language for language in (None, *Language)
+                if self.has(merchant_id, name, language)]
 
     def spool(self) -> Path:
         """Where an upload is written before it is converted (inside the library, so the
@@ -121,10 +152,12 @@ class GuidanceLibrary:
         spool.mkdir(parents=True, exist_ok=True)
         return spool
 
-    async def add(self, merchant_id: str, name: str, source: Path) -> Guidance:
-        """Convert ``source`` into the merchant's guidance ``name`` (replacing one of that
-        name); :class:`ivr_platform.audio.AudioRejected` leaves any old one as it was."""
-        wav = self.wav(merchant_id, name)
+    async def add(self, merchant_id: str, name: str, source: Path,
+                  language: Language | None = None) -> Guidance:
+        """Convert ``source`` into the merchant's guidance ``name`` for ``language`` (None:
+        every language), replacing that file; :class:`ivr_platform.audio.AudioRejected`
+        leaves any old one as it was."""
+        wav = self.wav(merchant_id, name, language)
         async with self._converting:
             with tempfile.TemporaryDirectory(prefix=".add-", dir=self.spool()) as tmp:
                 converted = await convert(source, Path(tmp) / "guidance.wav", self.limits)
@@ -132,18 +165,21 @@ class GuidanceLibrary:
                     merchant_id, name, media_ref(merchant_id, name), round(converted.seconds, 3),
                     converted.bytes, converted.loudness_lufs, converted.source_format,
                     converted.source_codec, converted.source_loudness_lufs,
-                    datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
+                    datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    None if language is None else language.value)
                 described = Path(tmp) / "guidance.json"
                 described.write_text(json.dumps(guidance.to_json(), ensure_ascii=False),
                                      encoding="utf-8")
                 wav.parent.mkdir(parents=True, exist_ok=True)
-                wav.parent.chmod(0o755)
+                for made in (wav.parent, wav.parent.parent):   # Asterisk reads them
+                    made.chmod(0o755)
                 os.replace(converted.path, wav)
                 os.replace(described, wav.with_suffix(".json"))
         return guidance
 
-    def get(self, merchant_id: str, name: str) -> Guidance | None:
-        wav = self.wav(merchant_id, name)
+    def get(self, merchant_id: str, name: str, language: Language | None = None
+            ) -> Guidance | None:
+        wav = self.wav(merchant_id, name, language)
         try:
             data = json.loads(wav.with_suffix(".json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -151,17 +187,18 @@ class GuidanceLibrary:
         return Guidance(**data) if wav.is_file() else None
 
     def list(self, merchant_id: str) -> list[Guidance]:
-        """The merchant's guidance, by name."""
-        directory = self._dir(merchant_id)
-        if not directory.is_dir():
-            return []
-        found = (self.get(merchant_id, p.stem) for p in sorted(directory.glob("*.wav"))
+        """The merchant's guidance, by name: each name's file for every language first,
+        then its languages' own."""
+        found = (self.get(merchant_id, p.stem, language)
+                 for language in (None, *Language)
+                 for p in self._dir(merchant_id, language).glob("*.wav")
                  if NAME.fullmatch(p.stem))
-        return [g for g in found if g is not None]
+        return sorted((g for g in found if g is not None),
+                      key=lambda g: (g.name, g.language or ""))
 
-    def delete(self, merchant_id: str, name: str) -> bool:
-        """Remove it; False if there was none."""
-        wav = self.wav(merchant_id, name)
+    def delete(self, merchant_id: str, name: str, language: Language | None = None) -> bool:
+        """Remove its file for ``language``; False if there was none."""
+        wav = self.wav(merchant_id, name, language)
         existed = wav.is_file()
         wav.unlink(missing_ok=True)
         wav.with_suffix(".json").unlink(missing_ok=True)

@@ -38,7 +38,7 @@ import asyncpg
 from aiohttp import web
 
 from ivr_platform.audio import AudioRejected, too_large
-from ivr_platform.guidance import NAME, Guidance, GuidanceLibrary
+from ivr_platform.guidance import NAME, Guidance, GuidanceLibrary, plays
 from ivr_platform.media_config import MediaSettings
 from ivr_platform.notify_config import NotifySettings
 from ivr_platform.recordings import (
@@ -62,6 +62,7 @@ from shared.http import (
     query_int,
     started,
 )
+from shared.language import Language
 from shared.openapi import (
     BINARY,
     MERCHANT,
@@ -138,6 +139,17 @@ def _name(request: web.Request) -> str:
     return name
 
 
+def _language(request: web.Request) -> Language | None:
+    """``?language=ja|en``: that language's own file; absent: the one for every language."""
+    value = request.query.get("language")
+    if value is None:
+        return None
+    try:
+        return Language(value)
+    except ValueError:
+        raise InvalidField("language", "expected ja or en") from None
+
+
 def _audio_error(exc: AudioRejected) -> ApiError:
     return ApiError(exc.status, exc.error_id, str(exc))
 
@@ -181,13 +193,13 @@ async def put_guidance(request: web.Request) -> web.Response:
     name; the reply gives the ``media`` reference a flow plays and the measured length
     and loudness."""
     merchant = authenticated_merchant(request)
-    name = _name(request)
+    name, language = _name(request), _language(request)
     library = request.app[LIBRARY_KEY]
     try:
         upload = await _spool_body(request, library.spool(), library.limits.max_bytes)
         try:
-            existed = library.has(merchant, name)
-            guidance = await library.add(merchant, name, upload)
+            existed = library.has(merchant, name, language)
+            guidance = await library.add(merchant, name, upload, language)
         finally:
             _discard(upload)
     except AudioRejected as exc:
@@ -207,10 +219,11 @@ async def list_guidance(request: web.Request) -> web.Response:
 
 def _guidance(request: web.Request) -> tuple[str, str, Guidance]:
     merchant = authenticated_merchant(request)
-    name = _name(request)
-    guidance = request.app[LIBRARY_KEY].get(merchant, name)
+    name, language = _name(request), _language(request)
+    guidance = request.app[LIBRARY_KEY].get(merchant, name, language)
     if guidance is None:
-        raise ApiError(404, "not-found", f"no guidance {name!r}")
+        raise ApiError(404, "not-found", f"no guidance {name!r}" + (
+            "" if language is None else f" in {language.value!r}"))
     return merchant, name, guidance
 
 
@@ -220,15 +233,20 @@ async def get_guidance(request: web.Request) -> web.Response:
 
 
 async def delete_guidance(request: web.Request) -> web.Response:
-    """Delete a guidance; 409 ``guidance-in-use`` while a configured flow of the merchant
-    plays it."""
-    merchant, name, _ = _guidance(request)
+    """Delete a guidance's file (``?language=``: that language's own); 409
+    ``guidance-in-use`` while a configured flow of the merchant plays it and without that
+    file a call in some language would find none (:func:`ivr_platform.guidance.plays`)."""
+    merchant, name, guidance = _guidance(request)
+    library = request.app[LIBRARY_KEY]
     flows = request.app[IN_USE_KEY](merchant, name)
-    if flows:
+    left = [f for f in library.files(merchant, name)
+            if (f.value if f is not None else None) != guidance.language]
+    if flows and not all(plays(left, language) for language in Language):
         raise ApiError(409, "guidance-in-use", f"guidance {name!r} is played by flow "
                                                f"{', '.join(sorted(flows))}: change the flow "
                                                "first")
-    request.app[LIBRARY_KEY].delete(merchant, name)
+    library.delete(merchant, name, None if guidance.language is None
+                   else Language(guidance.language))
     return web.Response(status=204)
 
 
@@ -325,9 +343,14 @@ GUIDANCE: Schema = {
         "seconds": {"type": "number"}, "bytes": {"type": "integer"},
         "loudness_lufs": {"type": "number", "description": "of the converted file"},
         "source_format": {"enum": ["mp3", "mp4", "wav"]}, "source_codec": {"type": "string"},
-        "source_loudness_lufs": {"type": "number"}, "uploaded_at": TIMESTAMP}}
+        "source_loudness_lufs": {"type": "number"}, "uploaded_at": TIMESTAMP,
+        "language": nullable({"enum": ["ja", "en"], "description": "that language's own "
+                              "file; null: the file for every language"})}}
 _NAME_PARAM = Param("name", "path", string(64, pattern=NAME.pattern),
                     "the guidance's name: a-z, 0-9, _ and -")
+_LANGUAGE_PARAM = Param("language", "query", {"enum": ["ja", "en"]},
+                        "that language's own file (a call in it plays it instead of the "
+                        "file for every language); absent: the file for every language")
 _ID_PARAM = Param("recording_id", "path", {"type": "string", "format": "uuid"})
 LINK: Schema = {"type": "object", "required": ["path", "url", "expires_at"],
                 "properties": {"path": {"type": "string", "description": "path and query"},
@@ -351,17 +374,19 @@ _UNAVAILABLE = {503: ("media-unavailable", "database-unavailable")}
 GUIDANCE_OPERATIONS = [
     Operation("PUT", "/v1/media/guidance/{name}", put_guidance, "Upload a guidance", _TAG,
               {200: Reply("replaced", GUIDANCE), 201: Reply("stored", GUIDANCE)},
-              access=MERCHANT, params=(_NAME_PARAM,), body=BINARY,
+              access=MERCHANT, params=(_NAME_PARAM, _LANGUAGE_PARAM), body=BINARY,
               body_type="application/octet-stream",
               errors={**_AUDIO_ERRORS, 503: ("media-unavailable",)}),
     Operation("GET", "/v1/media/guidance", list_guidance, "The merchant's guidance", _TAG,
-              {200: Reply("by name", {"type": "object", "required": ["items"], "properties": {
-                  "items": {"type": "array", "items": GUIDANCE}}})}, access=MERCHANT),
+              {200: Reply("by name, then language", {
+                  "type": "object", "required": ["items"],
+                  "properties": {"items": {"type": "array", "items": GUIDANCE}}})},
+              access=MERCHANT),
     Operation("GET", "/v1/media/guidance/{name}", get_guidance, "One guidance", _TAG,
-              {200: Reply("the guidance", GUIDANCE)}, access=MERCHANT, params=(_NAME_PARAM,),
-              errors={404: ("not-found",)}),
+              {200: Reply("the guidance", GUIDANCE)}, access=MERCHANT,
+              params=(_NAME_PARAM, _LANGUAGE_PARAM), errors={404: ("not-found",)}),
     Operation("DELETE", "/v1/media/guidance/{name}", delete_guidance, "Delete a guidance", _TAG,
-              {204: Reply("deleted")}, access=MERCHANT, params=(_NAME_PARAM,),
+              {204: Reply("deleted")}, access=MERCHANT, params=(_NAME_PARAM, _LANGUAGE_PARAM),
               errors={404: ("not-found",), 409: ("guidance-in-use",)}),
 ]
 

@@ -166,6 +166,52 @@ async def test_a_guidance_a_flow_plays_is_not_deleted(client: TestClient[Any, An
     assert error_id == "guidance-in-use" and "flow order" in message
 
 
+async def test_a_guidance_per_language_sits_where_asterisk_looks_for_that_language(
+        client: TestClient[Any, Any], tmp_path: Path) -> None:
+    """``?language=en``: the English file in ``sounds/en/cbgw-guidance`` beside the file
+    for every language (the library is ``sounds/cbgw-guidance``); one media reference."""
+    every, english = tone(tmp_path / "ja.wav", 1.0), tone(tmp_path / "en.mp3", 2.0)
+    stored = await ok(await client.put("/v1/media/guidance/welcome", data=every.read_bytes(),
+                                       headers=AUTH), 201)
+    assert stored["language"] is None
+    en = await ok(await client.put("/v1/media/guidance/welcome?language=en",
+                                   data=english.read_bytes(), headers=AUTH), 201)
+    assert (en["media"], en["language"]) == (stored["media"], "en")
+    assert abs(en["seconds"] - 2.0) < 0.05
+    assert fmt(tmp_path / "en" / "guidance" / "acme" / "welcome.wav")[:3] == (1, 2, 8000)
+    assert (tmp_path / "guidance" / "acme" / "welcome.wav").is_file()
+    listed = await ok(await client.get("/v1/media/guidance", headers=AUTH))
+    assert [(g["name"], g["language"]) for g in listed["items"]] == [
+        ("welcome", None), ("welcome", "en")]
+    assert await ok(await client.get("/v1/media/guidance/welcome?language=en",
+                                     headers=AUTH)) == en
+    assert (await refused(await client.get("/v1/media/guidance/welcome?language=ja",
+                                           headers=AUTH), 404))[0] == "not-found"
+    assert (await refused(await client.get("/v1/media/guidance/welcome?language=fr",
+                                           headers=AUTH), 400))[0] == "invalid-field"
+    assert (await client.delete("/v1/media/guidance/welcome?language=en",
+                                headers=AUTH)).status == 204
+    assert not (tmp_path / "en" / "guidance" / "acme" / "welcome.wav").exists()
+    assert (await ok(await client.get("/v1/media/guidance/welcome", headers=AUTH))) == stored
+
+    # a guidance a flow plays: a file may go while calls in both languages find another
+    # (Asterisk: the call's language, the file for every language, then English's)
+    async def put(language: str, audio: bytes) -> None:
+        await ok(await client.put(f"/v1/media/guidance/in-use?language={language}",
+                                  data=audio, headers=AUTH), 201)
+
+    async def delete(language: str) -> ClientResponse:
+        return await client.delete(f"/v1/media/guidance/in-use?language={language}",
+                                   headers=AUTH)
+
+    await put("ja", every.read_bytes())
+    await put("en", english.read_bytes())
+    assert (await delete("ja")).status == 204       # Japanese calls play the English one
+    await put("ja", every.read_bytes())
+    # without the English file, English calls would find none
+    assert (await refused(await delete("en"), 409))[0] == "guidance-in-use"
+
+
 def recorded(tmp_path: Path, seconds: float = 1.5) -> Path:
     """What Asterisk's record would leave: 8 kHz 16-bit mono WAV."""
     return tone(tmp_path / f"rec-{uuid.uuid4()}.wav", seconds, channels=1,

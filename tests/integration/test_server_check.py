@@ -168,6 +168,12 @@ def test_check_refuses_a_flow_whose_guidance_is_not_the_merchants_or_not_uploade
         f"{where}flow 'order' plays sound:cbgw-guidance/acme/goodbye, which is not uploaded "
         f"(no {guidance}/acme/goodbye.wav)\n"))
     source = tone(tmp_path / "goodbye.mp3", 1.0)
+    # an English file alone plays for a Japanese merchant too (Asterisk falls back to it)
+    assert ivr_main(["guidance", "add", "--dir", str(guidance), "--merchant", "acme",
+                     "--language", "en", "goodbye", str(source)]) == 0
+    assert (tmp_path / "en" / "guidance" / "acme" / "goodbye.wav").is_file()
+    capsys.readouterr()
+    assert _check("callback", config, capsys) == (0, "")
     assert ivr_main(["guidance", "add", "--dir", str(guidance), "--merchant", "acme",
                      "goodbye", str(source)]) == 0
     capsys.readouterr()
