@@ -184,6 +184,8 @@ class PromptCache:
             os.utime(path)
         except FileNotFoundError:
             return None
+        except PermissionError:   # another user's cache: a hit, its use just not noted
+            pass
         return path if path.is_file() else None
 
     async def get(self, text: str, language: Language) -> Path:
