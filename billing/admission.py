@@ -102,9 +102,10 @@ class Admissions:
                      Standing(False, 0, False))
 
     async def ask(self, merchant_id: str, account: str, price_per_minute_yen: int,
-                  wanted_s: int) -> Admission:
-        """May ``account`` start a consultation at this price of up to ``wanted_s``?"""
-        terms = await policy.terms_for(self.pool, merchant_id, price_per_minute_yen)
+                  wanted_s: int, group_id: int | None = None) -> Admission:
+        """May ``account`` start a consultation at this price of up to ``wanted_s`` (through
+        ``group_id``: under the group's policy)?"""
+        terms = await policy.terms_for(self.pool, merchant_id, price_per_minute_yen, group_id)
         return await self.ask_under(merchant_id, account, terms, wanted_s)
 
     async def ask_under(self, merchant_id: str, account: str, terms: Terms, wanted_s: int,

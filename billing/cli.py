@@ -7,6 +7,7 @@
     python -m billing --merchant acme refund member-42 --amount 300 --reason "line dropped"
     python -m billing --merchant acme policy set --unit-s 10 --grace-s 30 --minimum-yen 100
     python -m billing --merchant acme policy show
+    python -m billing --merchant acme policy set --group 7 --unit-s 30 --inherit grace_s
     python -m billing --merchant acme report [--date 2026-12-04] [--csv]
     python -m billing --merchant acme reservations [--older-than-s 3600]
     python -m billing --merchant acme settle 17 --talk-s 754 --reason "call crashed"
@@ -48,12 +49,14 @@ from billing.ledger import (
 )
 from shared.api_cli import Text, run_command
 from shared.db import create_pool, migrate, package_migrations, resolve_url
+from shared.http import InvalidField
 
 #: API field -> the option that sets it
 OPTIONS = {"account": "--account", "amount_yen": "--amount", "transferred_on": "--date",
            "payer_name": "--payer", "bank_reference": "--reference", "entered_by": "--by",
            "delta_yen": "--delta", "by": "--by", "reason": "--reason",
-           "date": "--date", "talk_s": "--talk-s", "how": "--how",
+           "date": "--date", "talk_s": "--talk-s", "how": "--how", "group": "--group",
+           "inherit": "--inherit",
            **{name: "--" + name.replace("_", "-") for name in policy.FIELDS}}
 
 
@@ -80,11 +83,15 @@ def parser() -> argparse.ArgumentParser:
         correction.add_argument("--by", default=getpass.getuser(), help="who corrects it")
     rules = commands.add_parser("policy", help="the billing policy in force, or change it")
     rules_sub = rules.add_subparsers(dest="action", required=True)
-    rules_sub.add_parser("show")
+    show = rules_sub.add_parser("show")
     change = rules_sub.add_parser("set")
     for name in policy.FIELDS:
         change.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
     change.add_argument("--by", default=getpass.getuser(), help="who changes it")
+    change.add_argument("--inherit", action="append", default=[], metavar="FIELD",
+                        help="with --group: give this field back to the merchant's policy")
+    for action in (show, change):
+        action.add_argument("--group", type=int, help="an advisor group's policy (its id)")
     live = commands.add_parser("reservations", help="reservations not settled, oldest first")
     live.add_argument("--older-than-s", type=int, default=0, dest="older_than_s")
     live.add_argument("--limit", type=int, default=100, help="1..1000 (100)")
@@ -166,6 +173,24 @@ async def run(args: argparse.Namespace, given: Given) -> Any:
         await pool.close()
 
 
+async def _group_policy(args: argparse.Namespace, pool: asyncpg.Pool, merchant: policy.Policy,
+                        wanted: dict[str, Any]) -> Any:
+    """``policy show|set --group N``: the group's overrides (``--inherit`` gives a field
+    back to the merchant's) and the policy in force for it."""
+    if args.group < 1:
+        raise InvalidField("group", "expected a positive group id")
+    group = await policy.current_group(pool, args.merchant, args.group)
+    if args.action == "set":
+        for name in getattr(args, "inherit", []):
+            if name not in policy.FIELDS:
+                raise InvalidField("inherit", f"unknown field {name!r} (expected "
+                                              f"{', '.join(policy.FIELDS)})")
+            wanted[name] = None
+        group = await policy.set_group_policy(pool, args.merchant, policy.group_changed(
+            group, merchant, {**wanted, "by": args.by}))
+    return group.to_json(merchant)
+
+
 async def _read(args: argparse.Namespace, pool: asyncpg.Pool, ledger: Ledger) -> Any:
     """The commands that only read (and ``policy set``)."""
     m = args.merchant
@@ -179,9 +204,11 @@ async def _read(args: argparse.Namespace, pool: asyncpg.Pool, ledger: Ledger) ->
             return Text(report.to_csv()) if args.csv else report.to_json()
         case "policy":
             now = await policy.current(pool, m)
+            wanted = {n: getattr(args, n) for n in policy.FIELDS
+                      if args.action == "set" and getattr(args, n) is not None}
+            if args.group is not None:
+                return await _group_policy(args, pool, now, wanted)
             if args.action == "set":
-                wanted = {n: getattr(args, n) for n in policy.FIELDS
-                          if getattr(args, n) is not None}
                 now = await policy.set_policy(pool, m, policy.changed(
                     now, {**wanted, "by": args.by}))
             return now.to_json()

@@ -9,6 +9,8 @@ authenticated_merchant`, selects the tenant).
 * ``GET /v1/billing/consultations/{consultation_id}``: what billing made of a consultation
   (its prepaid reservation and settlement, its postpaid charge): the revenue beside the
   consultation record
+* ``GET|PUT /v1/billing/groups/{group_id}/policy``: the fields an advisor group overrides
+  of the merchant's policy (null: the merchant's) and the policy in force for it
 * ``GET|PUT /v1/billing/policy``: the billing unit, grace, minimum, maximum length, tax
 * ``POST /v1/billing/accounts/{account}/adjustments``: an operator's correction (201)
 * ``POST /v1/billing/accounts/{account}/refunds``: charges given back (201)
@@ -109,7 +111,7 @@ def account_param(request: web.Request) -> str:
 def id_param(request: web.Request, name: str) -> int:
     """A positive integer id of the path (400 ``invalid-field`` naming it otherwise)."""
     text = request.match_info[name]
-    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19 and int(text) > 0):
         raise InvalidField(name, "expected a positive integer id")
     return int(text)
 
@@ -188,6 +190,31 @@ async def put_policy(request: web.Request) -> web.Response:
     data = await read_json_object(request)
     wanted = policy.changed(await policy.current(ledger.pool, merchant), data)
     return json_response((await policy.set_policy(ledger.pool, merchant, wanted)).to_json())
+
+
+async def get_group_policy(request: web.Request) -> web.Response:
+    """A group's billing policy: the fields it overrides (null: the merchant's) and the
+    policy in force for consultations through it."""
+    ledger, merchant = _ledger(request)
+    group_id = id_param(request, "group_id")
+    async with ledger.pool.acquire() as conn:
+        return json_response((await policy.current_group(conn, merchant, group_id)).to_json(
+            await policy.current(conn, merchant)))
+
+
+async def put_group_policy(request: web.Request) -> web.Response:
+    """Override fields of the merchant's policy for the group (an integer), or give them
+    back to the merchant's (null); ``by`` says who. Consultations through the group
+    reserved from now on are rated with it."""
+    ledger, merchant = _ledger(request)
+    group_id = id_param(request, "group_id")
+    data = await read_json_object(request)
+    async with ledger.pool.acquire() as conn:
+        merchant_policy = await policy.current(conn, merchant)
+        wanted = policy.group_changed(await policy.current_group(conn, merchant, group_id),
+                                      merchant_policy, data)
+        return json_response((await policy.set_group_policy(conn, merchant, wanted)).to_json(
+            merchant_policy))
 
 
 async def get_daily_report(request: web.Request) -> web.Response:
@@ -331,6 +358,17 @@ POLICY: Schema = {"type": "object", "required": [*policy.FIELDS, "changed_by", "
                                  "changed_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}}}
 POLICY_BODY: Schema = {"type": "object", "additionalProperties": False, "required": ["by"],
                        "properties": {**_POLICY_FIELDS, "by": string(128)}}
+_OVERRIDE = {n: {"anyOf": [f, {"type": "null"}]} for n, f in _POLICY_FIELDS.items()}
+GROUP_POLICY: Schema = {
+    "type": "object",
+    "required": ["group_id", *policy.FIELDS, "in_force", "changed_by", "changed_at"],
+    "properties": {"group_id": _ID, **_OVERRIDE,
+                   "in_force": {"type": "object", "required": list(policy.FIELDS),
+                                "properties": _POLICY_FIELDS},
+                   "changed_by": {"type": ["string", "null"]},
+                   "changed_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}}}
+GROUP_POLICY_BODY: Schema = {"type": "object", "additionalProperties": False,
+                             "required": ["by"], "properties": {**_OVERRIDE, "by": string(128)}}
 _RATE_LINE: Schema = {"type": "object", "properties": {
     n: _YEN for n in ("tax_percent", "consultations", "talk_s", "billed_s", "total_yen",
                       "tax_yen")}}
@@ -430,6 +468,17 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
     Operation("PUT", "/v1/billing/policy", put_policy, "Change the billing policy", TAG,
               {200: Reply("the policy now in force", POLICY)}, access=MERCHANT,
               body=POLICY_BODY, errors={400: ("invalid-field",), **UNAVAILABLE}),
+    Operation("GET", "/v1/billing/groups/{group_id}/policy", get_group_policy,
+              "An advisor group's billing policy", TAG,
+              {200: Reply("the fields the group overrides and the policy in force for it",
+                          GROUP_POLICY)}, access=MERCHANT,
+              params=(Param("group_id", "path", _ID, "the advisors' group id"),),
+              errors={400: ("invalid-field",), **UNAVAILABLE}),
+    Operation("PUT", "/v1/billing/groups/{group_id}/policy", put_group_policy,
+              "Override the billing policy for an advisor group", TAG,
+              {200: Reply("the group's policy now", GROUP_POLICY)}, access=MERCHANT,
+              params=(Param("group_id", "path", _ID, "the advisors' group id"),),
+              body=GROUP_POLICY_BODY, errors={400: ("invalid-field",), **UNAVAILABLE}),
     Operation("POST", "/v1/billing/accounts/{account}/adjustments", post_adjustment,
               "Correct an account's balance", TAG, {201: Reply("the movement", CORRECTED)},
               access=MERCHANT, params=(ACCOUNT_PARAM,), body=ADJUSTMENT_BODY,

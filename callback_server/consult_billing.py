@@ -86,7 +86,8 @@ class Plan:
 
 
 class BillingPort(Protocol):
-    async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int) -> Plan: ...
+    async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int,
+                    group_id: int | None = None) -> Plan: ...
     async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,
                       at_most_s: int | None) -> Reservation | Refusal: ...
     async def extend(self, merchant_id: str, reservation_id: int, at_most_s: int | None
@@ -117,13 +118,16 @@ class ConsultBilling:
                                      retry_after_s=settings.retry_after_s, fx=fx,
                                      notices=notices)
 
-    async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int) -> Plan:
-        """The account, the terms and admission's answer, read on one pooled connection
-        (each connection given back to the pool costs a round trip of its own)."""
+    async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int,
+                    group_id: int | None = None) -> Plan:
+        """The account, the terms (the merchant's policy; through a group, with the
+        group's fields) and admission's answer, read on one pooled connection (each
+        connection given back to the pool costs a round trip of its own)."""
         async with self.pool.acquire() as conn:
             account = await self.customers.account_by_number(merchant_id, number, conn)
             account = str(number) if account is None else account
-            terms = (await policy.current(conn, merchant_id)).terms(price_per_minute_yen)
+            terms = (await policy.in_force(conn, merchant_id, group_id)).terms(
+                price_per_minute_yen)
             admission = await self.admissions.ask_under(merchant_id, account, terms,
                                                         terms.max_talk_s, conn)
         return Plan(account, terms, merchant_id in self.postpaid_merchants, admission)

@@ -235,7 +235,7 @@ class ConsultRunner:
             return True, None
         try:
             plan = await self.billing.admit(self.job.merchant_id, self.job.destination,
-                                            chosen.price_per_minute_yen)
+                                            chosen.price_per_minute_yen, chosen.group_id)
         except BILLING_ERRORS as exc:
             log.error("billing unavailable: %s", exc)
             self.follow_up(ivr.ConsultFailed())

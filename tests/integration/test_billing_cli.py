@@ -68,6 +68,19 @@ async def test_deposit_balance_ledger_and_transfers(
     assert (rules["unit_s"], rules["minimum_yen"], rules["changed_by"]) == (10, 100, "sato")
     assert await run("policy", "set", "--grace-s", "5000", code=2) == (
         "error: --grace-s: expected 0..3600, got 5000\n")
+    group = await run("policy", "set", "--group", "7", "--unit-s", "30", "--grace-s", "20")
+    assert (group["unit_s"], group["grace_s"], group["in_force"]["minimum_yen"]) == (30, 20, 100)
+    group = await run("policy", "set", "--group", "7", "--inherit", "grace_s")
+    assert (group["unit_s"], group["grace_s"], group["in_force"]["grace_s"]) == (30, None, 0)
+    assert (await run("policy", "show", "--group", "7"))["in_force"]["unit_s"] == 30
+    assert (await run("policy", "show"))["unit_s"] == 10
+    assert await run("policy", "set", "--group", "7", "--inherit", "price", code=2) == (
+        "error: --inherit: unknown field 'price' (expected unit_s, grace_s, minimum_yen, "
+        "max_talk_s, tax_percent)\n")
+    assert await run("policy", "set", "--group", "0", "--unit-s", "5", code=2) == (
+        "error: --group: expected a positive group id\n")
+    assert await run("policy", "set", "--group", "7", "--max-talk-s", "0", code=2) == (
+        "error: --max-talk-s: expected 1..86400, got 0\n")
 
 
 @pytest.mark.parametrize(("args", "message"), [

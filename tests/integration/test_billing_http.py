@@ -265,6 +265,52 @@ async def test_bad_policies_are_400_naming_the_field(
                                           headers=AUTH)) == ("invalid-field", field)
 
 
+async def test_a_group_overrides_fields_of_the_merchants_policy(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    """A group's policy: the fields it sets in place of the merchant's (null: the
+    merchant's, even as the merchant's changes), its history, and the terms of a
+    consultation through the group; other groups and merchants keep the merchant's."""
+    url = "/v1/billing/groups/7/policy"
+    none = await ok(await client.get(url, headers=AUTH))
+    assert (none["unit_s"], none["in_force"]["unit_s"], none["changed_by"]) == (None, 60, None)
+    await ok(await client.put("/v1/billing/policy", json={"minimum_yen": 100, "by": "sato"},
+                              headers=AUTH))
+    set_ = await ok(await client.put(url, json={"unit_s": 10, "max_talk_s": 1800,
+                                                "by": "suzuki"}, headers=AUTH))
+    assert {n: set_[n] for n in policy.FIELDS} == {
+        "unit_s": 10, "grace_s": None, "minimum_yen": None, "max_talk_s": 1800,
+        "tax_percent": None}
+    assert set_["in_force"] == {"unit_s": 10, "grace_s": 0, "minimum_yen": 100,
+                                "max_talk_s": 1800, "tax_percent": 10}
+    assert set_["changed_by"] == "suzuki"
+    assert await policy.terms_for(clean, "acme", 300, 7) == Terms(
+        300, unit_s=10, minimum_yen=100, max_talk_s=1800)
+    assert await policy.terms_for(clean, "acme", 300, 8) == Terms(300, minimum_yen=100)
+    assert await policy.terms_for(clean, "acme", 300) == Terms(300, minimum_yen=100)
+    assert (await ok(await client.get(url, headers=BENTO_AUTH)))["unit_s"] is None
+    back = await ok(await client.put(url, json={"unit_s": None, "by": "sato"}, headers=AUTH))
+    assert (back["unit_s"], back["max_talk_s"], back["in_force"]["unit_s"]) == (None, 1800, 60)
+    assert await clean.fetchval("SELECT count(*) FROM billing_group_policies") == 2
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"unit_s": 0, "by": "a"}, "unit_s"), ({"grace_s": "30", "by": "a"}, "grace_s"),
+    ({"max_talk_s": 86_401, "by": "a"}, "max_talk_s"), ({"unit_s": 10}, "by"),
+    ({"price_per_minute_yen": 10, "by": "a"}, "price_per_minute_yen"),
+    ({"tax_percent": True, "by": "a"}, "tax_percent"),
+    ({"minimum_yen": 1.5, "by": "a"}, "minimum_yen")])
+async def test_bad_group_policies_are_400_naming_the_field(
+        client: TestClient[Any, Any], body: dict[str, Any], field: str) -> None:
+    assert await refused(await client.put("/v1/billing/groups/7/policy", json=body,
+                                          headers=AUTH)) == ("invalid-field", field)
+
+
+async def test_a_group_policy_needs_a_group_id(client: TestClient[Any, Any]) -> None:
+    for bad in ("0", "x", "-1"):
+        assert await refused(await client.get(f"/v1/billing/groups/{bad}/policy",
+                                              headers=AUTH)) == ("invalid-field", "group_id")
+
+
 async def test_a_reservation_a_call_left_live_is_listed_and_settled_by_an_operator(
         client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
     await ok(await client.post("/v1/billing/bank-transfers", json=transfer(), headers=AUTH),

@@ -22,7 +22,7 @@ from advisors.record_store import ConsultationRecords
 from advisors.records import EndReason
 from advisors.schemas import AdvisorInput, CustomerInput, GroupInput, OwnPrice
 from advisors.store import AdvisorStore
-from billing import records
+from billing import policy, records
 from billing.consultation_charges import consultation_charges
 from billing.ledger import Balance, Ledger, Reservation
 from billing.rating import Terms
@@ -70,7 +70,8 @@ pool, clean = advisors_db.fixtures(billing_db.migrations(), records.MIGRATIONS)
 async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
     """Emptied, with the customer member-42 at ``NUMBER``."""
     pool = clean
-    await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_records, "
+    await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_group_policies, "
+                       "billing_records, "
                        "billing_customer_legs, billing_records_awaiting, outbox CASCADE")
     await AdvisorStore(pool).create_customer(
         "acme", CustomerInput(account="member-42", name="Sato", numbers=(NUMBER,)))
@@ -344,6 +345,37 @@ async def test_a_group_with_a_price_of_its_own_keeps_it_whoever_answers(
     assert await db.fetchval("SELECT count(*) FROM billing_reservation_prices") == 0
     assert await db.fetchval("SELECT total_yen FROM billing_settlements") == 300
     await call.done()
+
+
+async def test_a_group_consultation_is_admitted_reserved_and_rated_under_the_groups_policy(
+        db: asyncpg.Pool) -> None:
+    """The group (id 1) bills by 10 s with a 30 s maximum beside the merchant's minute:
+    its consultation is reserved for the 30 s (the meter checks at once, warns and cuts
+    off there) with the group's terms, and rated with them; a named advisor's keeps the
+    merchant's."""
+    ledger = Ledger(db)
+    await ledger.deposit("acme", "member-42", 600, "op", "bank transfer")
+    await policy.set_group_policy(db, "acme", policy.group_changed(
+        policy.GroupPolicy(1), policy.Policy(), {"unit_s": 10, "max_talk_s": 30, "by": "op"}))
+    call = Call(db, desk=group_desk())
+    await call.start()
+    await call.anyone()
+    reserved = await db.fetchrow("SELECT terms, held_yen, allowed_s FROM billing_reservations")
+    assert (reserved["terms"]["unit_s"], reserved["terms"]["max_talk_s"],
+            reserved["allowed_s"], reserved["held_yen"]) == (10, 30, 30, 150)
+    await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # advisor 1, 100 yen
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-01")))
+    await call.push(ari.StasisEnd(ari.Channel(id="cb-7-02")))
+    await call.settle()
+    settled = await db.fetchrow("SELECT talk_s, billed_s, total_yen FROM billing_settlements")
+    assert settled["billed_s"] == max(10, -(-settled["talk_s"] // 10) * 10)   # by 10 s
+    assert settled["total_yen"] == settled["billed_s"] * 100 // 60
+    await call.done()
+    named = ConsultBilling(db, PREPAID)
+    plan = await named.admit("acme", NUMBER, 100)
+    assert (plan.terms.unit_s, plan.terms.max_talk_s) == (60, 10800)
+    through = await named.admit("acme", NUMBER, 100, group_id=1)
+    assert (through.terms.unit_s, through.admission.max_talk_s) == (10, 30)
 
 
 @pytest.fixture
