@@ -42,6 +42,7 @@ from callback_server.call_ports import (
     utcnow,
 )
 from callback_server.consult_billing import BillingPort
+from callback_server.consult_recovery import Live
 from callback_server.consult_runner import Command, ConsultRunner, LiveSink, RecordSink
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import Command as DialerCommand
@@ -85,9 +86,10 @@ class ClickConsult(ConsultRunner):
         customer = (leg.channel_id,) if leg is not None and not leg.ended else ()
         return (*customer, *self.channel_ids)
 
-    @property
-    def _talking(self) -> consult.ConsultState | None:
-        return None if self.click is None else self.click.talking
+    def _to_keep(self) -> Live | None:
+        """The consultation once the two talk, and the advisor first from their answer
+        (:func:`~callback_server.click_to_call.kept`)."""
+        return None if self.click is None else ctc.kept(self.click)
 
     @property
     def _customer(self) -> str | None:

@@ -36,6 +36,12 @@ The advisor first::
     the advisor hangs up while the customer rings -> the customer's leg is hung up; no
                  answer, end reason no_advisor
 
+What ``consult_live`` keeps of it (:func:`kept`, for a restart after the server's death):
+the consultation once the two talk, and the advisor first from their answer on, while
+the customer is dialled (and while the advisor hears why the customer was not reached),
+with no answer in its record: a restart then ends it with no talk, nothing billed
+(:func:`callback_server.consult_recovery.recovered`).
+
 The connecting prompt, if still playing when the two are bridged, is stopped
 (``StopPlayback``): a channel joins a bridge only once its playback is over.
 
@@ -52,7 +58,7 @@ from typing import assert_never
 
 from advisors.model import FirstParty
 from advisors.records import ONLY_ANSWERED, EndReason
-from callback_server import consult, dialer, ivr
+from callback_server import consult, consult_recovery, dialer, ivr
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import (
     Answered,
@@ -119,12 +125,6 @@ class ClickState:
         return self.leg is not None and self.leg.answered_at is not None
 
     @property
-    def talking(self) -> consult.ConsultState | None:
-        """The consultation once the customer and the advisor talk (the advisor first:
-        not while the customer is being dialled, when nothing is billed yet)."""
-        return self.consultation if self.customer_answered else None
-
-    @property
     def advisor_leg(self) -> str | None:
         leg = None if self.consultation is None else self.consultation.live_leg
         return None if leg is None else leg.channel_id
@@ -135,6 +135,17 @@ class ClickState:
         if self.request.first is FirstParty.ADVISOR:
             return self.advisor_leg
         return self.leg.channel_id if self.customer_live and self.leg is not None else None
+
+
+def kept(state: ClickState) -> consult_recovery.Live | None:
+    """What ``consult_live`` keeps of the click-to-call now (None: nothing): the
+    consultation once the customer and the advisor talk; the advisor first and answered
+    while the customer is not (yet) on the line, the same with no answer (no talk)."""
+    consultation = state.consultation
+    live = None if consultation is None else consult_recovery.live(consultation)
+    if live is None or state.customer_answered:
+        return live
+    return replace(live, over=replace(live.over, answered_at=None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,10 @@ worker). For each one:
 2. the record is the row's snapshot ended by the legs' ends (:func:`recovered`), saved
    once (by consultation id; its message to the edge with it);
 3. the advisor's consultation is ended (``ConsultationEnded``: after-call work, never
-   left ``talking``);
+   left ``talking``); a consult transfer's second party (the row's ``second_party``) is
+   hung up and settled in step 1 too, its record's transfer ``failed`` or ``cancelled``
+   and its cost in the record, and the second advisor's presence ended (ringing:
+   standby again, no miss; answered: after-call work);
 4. the prepaid reservation is settled from the saved record's talk seconds (once: a
    settled reservation is not settled again); a postpaid consultation (the row has the
    account and terms its runner kept) is charged from them like the runner charges
@@ -42,7 +45,7 @@ from billing.rating import Terms
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import utcnow
 from callback_server.consult_billing import BillingPort, ChargeTo
-from callback_server.consult_recovery import LegEnd, Live, recovered
+from callback_server.consult_recovery import LegEnd, Live, Second, recovered
 from callback_server.consult_runner import BILLING_ERRORS, DATABASE_ERRORS, RecordSink
 from callback_server.reconcile import LegSettler
 from callback_server.store import CallbackStore
@@ -66,6 +69,7 @@ class LostConsultation:
     presence_id: str
     snapshot: ConsultationRecord
     charge_to: ChargeTo | None = None      # postpaid: charged once ended
+    second: Second | None = None           # a consult transfer's second party
 
 
 class LiveConsultations:
@@ -78,16 +82,17 @@ class LiveConsultations:
         await self.pool.execute(
             """INSERT INTO consult_live (consultation_id, callback_id, merchant_id,
                    customer_channel, advisor_channel, bridge_id, advisor_id, presence_id,
-                   snapshot, charge_account, charge_terms)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                   snapshot, charge_account, charge_terms, second_party)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                ON CONFLICT (consultation_id) DO UPDATE SET
                    customer_channel = $4, advisor_channel = $5, bridge_id = $6,
                    advisor_id = $7, presence_id = $8, snapshot = $9, charge_account = $10,
-                   charge_terms = $11, updated_at = now()""",
+                   charge_terms = $11, second_party = $12, updated_at = now()""",
             snapshot.consultation_id, callback_id, snapshot.merchant_id, live.customer_channel,
             live.advisor_channel, live.bridge_id, live.advisor_id, live.presence_id,
             snapshot.to_json(), None if charge_to is None else charge_to.account,
-            None if charge_to is None else asdict(charge_to.terms))
+            None if charge_to is None else asdict(charge_to.terms),
+            None if live.second is None else asdict(live.second))
 
     async def drop(self, consultation_id: str) -> None:
         await self.pool.execute("DELETE FROM consult_live WHERE consultation_id = $1",
@@ -120,10 +125,11 @@ class LiveConsultations:
 def _lost(row: Any) -> LostConsultation:
     charge_to = None if row["charge_account"] is None else ChargeTo(
         row["charge_account"], Terms(**row["charge_terms"]))
+    second = None if row["second_party"] is None else Second(**row["second_party"])
     return LostConsultation(
         row["consultation_id"], row["callback_id"], row["merchant_id"],
         row["customer_channel"], row["advisor_channel"], row["bridge_id"], row["advisor_id"],
-        row["presence_id"], ConsultationRecord.from_json(row["snapshot"]), charge_to)
+        row["presence_id"], ConsultationRecord.from_json(row["snapshot"]), charge_to, second)
 
 
 class ConsultReconciler:
@@ -170,10 +176,17 @@ class ConsultReconciler:
                     lost.consultation_id)
         customer = await self._leg_end(lost.customer_channel)
         advisor = await self._leg_end(lost.advisor_channel)
+        second, xleg = lost.second, None
+        if second is not None and second.channel_id is not None:
+            xleg = (second.channel_id, await self._leg_end(second.channel_id))
         await self.client.destroy_bridge(lost.bridge_id)
-        record = recovered(lost.snapshot, lost.advisor_channel, customer, advisor)
+        record = recovered(lost.snapshot, lost.advisor_channel, customer, advisor, xleg)
         saved = await self.records.save(record)
         await self.desk.ended(lost.merchant_id, lost.advisor_id, lost.presence_id, utcnow())
+        if second is not None and second.advisor_id is not None \
+                and second.presence_id is not None:
+            await self.desk.ended(lost.merchant_id, second.advisor_id, second.presence_id,
+                                  utcnow())
         if self.billing is not None:
             for done in await self.billing.rescue(lost.merchant_id, lost.callback_id):
                 log.warning("reservation %d settled from the record: %d s, %d yen",

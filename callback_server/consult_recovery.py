@@ -21,6 +21,21 @@ a leg still up is hung up then; each leg's end is what Asterisk recorded.
 ``talk_s`` is the whole seconds from the answer to that end, started seconds counted,
 like a consultation that ended in the runner; the prepaid settlement and the postpaid
 charge are made from it.
+
+A consult transfer in progress at the death (its second party's leg ringing, or answered
+with the customer on hold) is kept with it (:class:`Second`): the record has the
+transfer, ``failed`` if the second party had not answered, else ``cancelled`` (it was
+never completed), and, for a second advisor still ringing, their ring ``withdrawn``
+(no miss), ended when their leg ended; the leg's cost is taken from its CDR like the
+advisor's. The reconciler hangs that leg up and ends the second advisor's presence
+(ringing: back to standby; talking: after-call work).
+
+A web click-to-call whose advisor (rung first) answered and waits while the customer is
+dialled is kept too, with no answer in its record (the talk begins at the customer's
+answer: :func:`callback_server.click_to_call.kept`). Its record then has no talk
+(nothing is billed) and ends as the runner would have ended it: ``no_advisor`` if the
+advisor hung up first while the server was away, ``customer_abandoned`` if the
+customer's leg ended first by itself (never answered), else ``failed``.
 """
 
 from __future__ import annotations
@@ -29,9 +44,20 @@ import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from advisors.records import ConsultationRecord, EndReason, Hold
-from callback_server.consult import ConsultState, Over, Phase
+from advisors.records import ConsultationRecord, EndReason, Hold, Ring, RingOutcome, Transfer
+from callback_server.consult import ConsultState, Outcome, Over, Phase
 from shared.money import Money
+
+
+@dataclass(frozen=True, slots=True)
+class Second:
+    """A consult transfer's second party at the moment it was kept: their leg (None:
+    not dialled yet), and the second advisor with the id their presence is under (None:
+    a transfer to a number)."""
+
+    channel_id: str | None
+    advisor_id: int | None = None
+    presence_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +65,9 @@ class Live:
     """A talking consultation as ``consult_live`` keeps it: its legs and bridge, its
     advisor (and the id their presence is under), and its record's parts as known now
     (``over``: ended ``failed`` at the latest moment the state knows, its legs the
-    advisor leg last)."""
+    advisor leg, then a transfer's second party's, last; a transfer in progress in its
+    transfers and rings as a restart would end it); ``second``: a transfer's second
+    party."""
 
     customer_channel: str
     advisor_channel: str
@@ -47,6 +75,7 @@ class Live:
     advisor_id: int
     presence_id: str
     over: Over
+    second: Second | None = None
 
 
 def live(state: ConsultState) -> Live | None:
@@ -59,14 +88,27 @@ def live(state: ConsultState) -> Live | None:
     holds = state.holds
     if state.held_since is not None:
         holds = (*holds, Hold(state.held_since, None))
+    legs, rings, transfers, second = (*state.legs, leg), state.rings, state.transfers, None
+    t = state.transferring
+    if t is not None:
+        xleg = t.leg if t.leg is not None and not t.leg.ended else None
+        outcome = Outcome.CANCELLED if t.answered else Outcome.FAILED
+        transfers = (*transfers, Transfer(t.at, t.to_advisor_id, t.to_number, str(outcome)))
+        presence = None if t.assignment is None else t.assignment.consultation_id
+        second = Second(None if xleg is None else xleg.channel_id, t.to_advisor_id, presence)
+        if xleg is not None:
+            legs = (*legs, xleg)
+            if t.to_advisor_id is not None and not t.answered:
+                rings = (*rings, Ring(t.to_advisor_id, xleg.channel_id, xleg.started_at,
+                                      None, RingOutcome.WITHDRAWN))
     known = [state.answered_at, *(h.started_at for h in holds),
              *(h.ended_at for h in holds if h.ended_at is not None),
-             *(t.at for t in state.transfers),
-             *(r.ended_at for r in state.rings if r.ended_at is not None)]
-    over = Over(state.request.consultation_id, advisor, state.rings, state.answered_at,
-                max(known), EndReason.FAILED, (*state.legs, leg), holds, state.transfers)
+             *(t.at for t in transfers), *(r.started_at for r in rings),
+             *(r.ended_at for r in rings if r.ended_at is not None)]
+    over = Over(state.request.consultation_id, advisor, rings, state.answered_at,
+                max(known), EndReason.FAILED, legs, holds, transfers)
     return Live(state.request.customer_channel, leg.channel_id, state.bridge_id, advisor,
-                state.presence_id or state.request.consultation_id, over)
+                state.presence_id or state.request.consultation_id, over, second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +123,16 @@ class LegEnd:
 
 
 def recovered(snapshot: ConsultationRecord, advisor_channel: str, customer: LegEnd | None,
-              advisor: LegEnd | None) -> ConsultationRecord:
+              advisor: LegEnd | None, second: tuple[str, LegEnd | None] | None = None
+              ) -> ConsultationRecord:
     """The record of a lost consultation: ``snapshot`` (written while it talked) ended
-    by its legs' ends (see the module docstring)."""
+    by its legs' ends (see the module docstring); ``second``: a transfer's second
+    party's leg and its end."""
     answered_at = snapshot.answered_at
-    assert answered_at is not None, "only talking consultations are kept"
-    by_party = [(end.ended_at, reason) for end, reason in
-                ((customer, EndReason.CUSTOMER_HANGUP), (advisor, EndReason.ADVISOR_HANGUP))
+    reasons = (EndReason.CUSTOMER_HANGUP, EndReason.ADVISOR_HANGUP) if answered_at \
+        else (EndReason.CUSTOMER_ABANDONED, EndReason.NO_ADVISOR)
+    by_party = [(end.ended_at, reason) for end, reason in zip((customer, advisor), reasons,
+                                                              strict=True)
                 if end is not None and end.ended_at is not None and not end.by_reconciler]
     known = [end.ended_at for end in (customer, advisor)
              if end is not None and end.ended_at is not None]
@@ -98,10 +143,24 @@ def recovered(snapshot: ConsultationRecord, advisor_channel: str, customer: LegE
     else:
         ended_at, reason = snapshot.ended_at, EndReason.FAILED
     ended_at = max(ended_at, snapshot.ended_at)     # never before what the record knew
-    talk_s = max(0, math.ceil((ended_at - answered_at).total_seconds()))
-    costs = tuple(replace(c, cost=advisor.cost) if c.call_id == advisor_channel
-                  and advisor is not None and c.cost is None else c
+    talk_s = 0 if answered_at is None \
+        else max(0, math.ceil((ended_at - answered_at).total_seconds()))
+    ends = {advisor_channel: advisor}
+    if second is not None:
+        ends[second[0]] = second[1]
+    costs = tuple(replace(c, cost=end.cost) if c.cost is None
+                  and (end := ends.get(c.call_id)) is not None else c
                   for c in snapshot.leg_costs)
+    rings = tuple(_ring_ended(r, ends.get(r.call_id), ended_at) for r in snapshot.rings)
     return replace(snapshot, ended_at=ended_at, end_reason=reason, talk_s=talk_s,
-                   leg_costs=costs)
+                   leg_costs=costs, rings=rings)
+
+
+def _ring_ended(ring: Ring, end: LegEnd | None, ended_at: datetime) -> Ring:
+    """A ring still open in the snapshot (a transfer's second advisor) ends when their
+    leg ended (the record's end at the latest; the record's end when not known)."""
+    if ring.ended_at is not None:
+        return ring
+    when = ended_at if end is None or end.ended_at is None else min(end.ended_at, ended_at)
+    return replace(ring, ended_at=max(when, ring.started_at))
 

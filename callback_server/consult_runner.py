@@ -322,15 +322,13 @@ class ConsultRunner:
                 case _:
                     await self.run_leg(cmd)
 
-    @property
-    def _talking(self) -> ConsultState | None:
-        """The consultation to keep in ``consult_live`` (None: none talks)."""
-        return self.state
+    def _to_keep(self) -> Live | None:
+        """What ``consult_live`` is to hold now (None: nothing, no consultation talks)."""
+        return None if self.state is None else consult_recovery.live(self.state)
 
     async def _keep_live(self) -> None:
         """Keep the talking consultation in ``consult_live`` as it changes."""
-        talking = self._talking
-        now = None if talking is None else consult_recovery.live(talking)
+        now = self._to_keep()
         if self.live_sink is None or now is None or now == self._kept:
             return
         try:

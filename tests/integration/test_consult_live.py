@@ -11,12 +11,13 @@ import pytest
 import callback_server
 import shared
 from advisors.records import EndReason
-from callback_server.consult import HoldCustomer
+from callback_server.consult import CancelTransfer, HoldCustomer
 from callback_server.consult_live import LiveConsultations
-from callback_server.consult_recovery import live
+from callback_server.consult_recovery import Second, live
 from callback_server.store import CallbackStore
 from shared.db import create_pool, migrate_url, package_migrations
 from tests.integration.test_callback_store import MERCHANT, request
+from tests.unit import test_callback_consult_transfer as transfer_tests
 from tests.unit.test_callback_consult_recovery import snapshot, talking
 
 pytestmark = pytest.mark.integration
@@ -32,12 +33,17 @@ async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-async def test_kept_rewritten_found_by_asterisk_and_dropped(pool: asyncpg.Pool) -> None:
+async def a_call_back(pool: asyncpg.Pool) -> str:
+    """A clean database with one call-back: its id."""
     await pool.execute("TRUNCATE consult_live, cdrs, request_info, callback_attempts, "
                        "callback_requests CASCADE")
     _, body = await CallbackStore(pool, owner="w1").intake(
         "22222222-2222-4222-8222-222222222222", request("e-live"), MERCHANT)
-    callback_id = body["callback_id"]
+    return str(body["callback_id"])
+
+
+async def test_kept_rewritten_found_by_asterisk_and_dropped(pool: asyncpg.Pool) -> None:
+    callback_id = await a_call_back(pool)
     store = LiveConsultations(pool)
     call, leg = talking()
     kept = live(call.state)
@@ -67,3 +73,25 @@ async def test_kept_rewritten_found_by_asterisk_and_dropped(pool: asyncpg.Pool) 
     assert await store.leg_end(leg) is None                    # no CDR yet
     await store.drop(kept.over.consultation_id)
     assert await store.lost(None) == []
+
+
+async def test_a_transfer_in_progress_is_kept_with_its_second_party(pool: asyncpg.Pool) -> None:
+    """The second advisor's leg and presence are kept beside the row (and found by the
+    restart), and forgotten when the transfer ended."""
+    callback_id = await a_call_back(pool)
+    store = LiveConsultations(pool)
+    call, _ = transfer_tests.talking()
+    second = transfer_tests.transferring_to_2(call)
+    kept = live(call.state)
+    assert kept is not None and kept.second is not None
+    await store.keep(callback_id, kept, snapshot(kept.over))
+    (found,) = await store.lost(None, callback_id)
+    assert found.second == Second(second, 2, f"{kept.over.consultation_id}-t1")
+    assert found.snapshot.transfers[-1].outcome == "failed"
+    call.send(CancelTransfer(call.at(20)))
+    back = live(call.state)
+    assert back is not None and back.second is None
+    await store.keep(callback_id, back, snapshot(back.over))
+    (found,) = await store.lost(None, callback_id)
+    assert found.second is None
+    assert [t.outcome for t in found.snapshot.transfers] == ["cancelled"]

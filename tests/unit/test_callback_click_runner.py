@@ -1,7 +1,8 @@
 """A web click-to-call through its ARI adapter (ClickRunner + ClickConsult) with the
 in-process fakes: both orders, the legs dialled, bridged, the record (method
 click_to_call) saved and the job finished; the second party not answering; the
-consultation kept in ``consult_live`` only while the two talk."""
+consultation kept in ``consult_live`` while the two talk, and the advisor first from
+their answer (a restart ends it with no talk)."""
 
 from __future__ import annotations
 
@@ -135,17 +136,24 @@ async def test_the_advisor_first_the_customer_not_answering_hears_nothing_billed
     assert saved.answered_at is None and saved.talk_s == 0
     assert saved.end_reason is EndReason.CUSTOMER_ABANDONED
     assert click.ari.named("create_bridge") == []
-    assert click.live.writes == []        # the customer never talked: never kept
+    # kept from the advisor's answer, without an answer (no talk), dropped with the record
+    assert click.live.writes and all(w.over.answered_at is None for w in click.live.writes)
+    assert click.live.rows == {}
     # rang and not confirmed: counts towards the number's lock like a missed call-back
     assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(True, False)]
 
 
-async def test_the_advisor_first_is_kept_live_from_the_customers_answer() -> None:
+async def test_the_advisor_first_is_kept_live_from_their_answer_talking_from_the_customers(
+        ) -> None:
     click = Click(FirstParty.ADVISOR)
     await click.start()
+    assert click.live.writes == []                                     # the advisor rings
     await click.push(ari.StasisStart(ari.Channel(id="cb-7-01")))      # the advisor answers
     assert click.originated()[-1] == ("cb-7-02", CUSTOMER[0].endpoint)
-    assert click.live.writes == []        # the customer rings: nothing talks nor is billed
+    # the customer rings: kept (a restart ends it, the advisor freed), with no talk yet
+    waiting = click.live.rows["cb-7-c1"]
+    assert (waiting.customer_channel, waiting.advisor_channel) == ("cb-7-02", "cb-7-01")
+    assert waiting.over.answered_at is None
     await click.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # the customer answers
     kept = click.live.rows["cb-7-c1"]
     assert (kept.customer_channel, kept.advisor_channel, kept.bridge_id) == (

@@ -285,3 +285,48 @@ def test_the_advisor_first_hearing_connecting_is_stopped_at_the_customers_answer
     cmds = call.send(Answered("cb-7-02", at(9)))
     assert cmds.index(StopPlayback(f"{CID}-connecting")) < cmds.index(
         CreateBridge(f"{CID}-br", ("cb-7-02", call.advisor_leg())))
+
+
+# --- what consult_live keeps (for a restart after the server's death) ----------------------
+
+
+def test_the_advisor_first_is_kept_from_their_answer_with_no_talk_until_the_customers() -> None:
+    """The advisor answered and waits while the customer is dialled: kept (their leg,
+    the customer's ringing leg, the bridge to be, their presence) with no answer in the
+    record, so a restart ends it with no talk; the customer's answer begins the talk."""
+    call = Call(FirstParty.ADVISOR)
+    assert ctc.kept(call.state) is None
+    answered_advisor(call)
+    waiting = ctc.kept(call.state)
+    assert waiting is not None
+    assert (waiting.customer_channel, waiting.advisor_channel, waiting.bridge_id,
+            waiting.advisor_id, waiting.presence_id) == ("cb-7-02", "cb-7-01", f"{CID}-br",
+                                                         ADVISOR, CID)
+    assert waiting.over.answered_at is None and waiting.over.ended_at == at(4)
+    assert [r.outcome for r in waiting.over.rings] == [RingOutcome.ANSWERED]
+    call.send(Answered("cb-7-02", at(9)))
+    talking = ctc.kept(call.state)
+    assert talking is not None and talking.over.answered_at == at(9)
+    assert talking.customer_channel == "cb-7-02"
+
+
+def test_the_advisor_first_hearing_the_customer_was_not_reached_is_still_kept() -> None:
+    call = Call(FirstParty.ADVISOR)
+    answered_advisor(call)
+    call.send(TimerFired(ctc.T_RING, at(24)))
+    call.send(ChannelGone("cb-7-02", 19, at(24)))       # the customer's phone rang out
+    told = ctc.kept(call.state)
+    assert told is not None and told.over.answered_at is None
+    call.send(MessageDone(f"{CID}-no-answer"))
+    call.send(ChannelGone("cb-7-01", 16, at(29)))
+    assert ctc.kept(call.state) is None                 # over: the runner drops its row
+
+
+def test_the_customer_first_is_kept_only_once_the_two_talk() -> None:
+    call = Call()
+    answered_customer(call)
+    assert ctc.kept(call.state) is None                  # the advisor rings
+    call.send(Answered(call.advisor_leg(), at(5)))
+    kept = ctc.kept(call.state)
+    assert kept is not None and kept.over.answered_at == at(5)
+    assert (kept.customer_channel, kept.advisor_channel) == ("cb-7-01", "cb-7-02")

@@ -7,13 +7,24 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
-from advisors.records import ConsultationRecord, EndReason, LegCost, Method
+from advisors.model import FirstParty
+from advisors.records import ConsultationRecord, EndReason, LegCost, Method, RingOutcome, Transfer
 from callback_server import consult_recovery
-from callback_server.consult import Begin, CustomerGone, HoldCustomer, Over, ResumeCustomer
+from callback_server.click_to_call import kept as kept_click
+from callback_server.consult import (
+    Begin,
+    CustomerGone,
+    HoldCustomer,
+    Over,
+    ResumeCustomer,
+    StartTransfer,
+    TransferRouted,
+)
 from callback_server.consult_recovery import LegEnd, live, recovered
-from callback_server.dialer_messages import Answered, Originated
+from callback_server.dialer_messages import Answered, ChannelGone, Originate, Originated, Route
 from shared.money import Money
 from tests.purity import io_imports
+from tests.unit import test_callback_click_to_call as click_tests
 from tests.unit import test_callback_consult_transfer as transfer_tests
 from tests.unit.test_callback_consult import CID, Call, at, make_desk
 
@@ -188,3 +199,97 @@ def test_a_ring_during_a_transfer_is_within_what_is_kept() -> None:
     assert kept.over.ended_at == at(14)
     record = snapshot(kept.over)                 # a valid record: no InvalidRecord
     assert [r.ended_at for r in record.rings] == [at(2), at(14)]
+
+
+def test_an_advisor_first_click_to_call_lost_before_the_customer_answered_has_no_talk() -> None:
+    """A web click-to-call whose advisor answered first and waited while the customer
+    was dialled: no talk whatever ended it (nothing billed), and the end reason the runner
+    would have given: both hung up by the restart ``failed``; the advisor gone first by
+    themselves ``no_advisor``; the customer's leg ended first by itself (never answered)
+    ``customer_abandoned``. Each a valid record."""
+    call = click_tests.Call(FirstParty.ADVISOR)
+    click_tests.answered_advisor(call)                  # the advisor answered at 4 s
+    kept = kept_click(call.state)
+    assert kept is not None
+    snap = snapshot(kept.over)
+    leg = kept.advisor_channel
+    cases = [((30, True), (30.2, True), EndReason.FAILED, at(30)),
+             ((30, True), (12, False), EndReason.NO_ADVISOR, at(12)),
+             ((20, False), (30, True), EndReason.CUSTOMER_ABANDONED, at(20))]
+    for customer, advisor, reason, when in cases:
+        made = recovered(snap, leg, ended(customer[0], by_reconciler=customer[1]),
+                         ended(advisor[0], by_reconciler=advisor[1]))
+        assert (made.end_reason, made.ended_at, made.talk_s, made.answered_at) == (
+            reason, when, 0, None)
+        assert ConsultationRecord.from_json(made.to_json()) == made
+
+
+# --- a consult transfer in progress at the death -------------------------------------------
+
+
+def test_a_transfer_ringing_the_second_advisor_is_kept_with_its_leg_and_presence() -> None:
+    """Killed while the second advisor's phone rings (the customer on hold): the kept
+    row has their leg and presence, the record has the transfer ``failed`` at the time it
+    was asked and their ring ``withdrawn`` (no miss); the restart ends that ring when
+    their leg ended and takes the leg's cost from its CDR."""
+    call, first = transfer_tests.talking()
+    second = transfer_tests.transferring_to_2(call)        # asked at 10 s, rings
+    kept = live(call.state)
+    assert kept is not None
+    assert kept.second == consult_recovery.Second(second, 2, f"{CID}-t1")
+    assert kept.over.transfers == (Transfer(at(10), 2, None, "failed"),)
+    assert [(r.advisor_id, r.call_id, r.ended_at, r.outcome) for r in kept.over.rings] == [
+        (1, first, at(2), RingOutcome.ANSWERED), (2, second, None, RingOutcome.WITHDRAWN)]
+    assert [leg.channel_id for leg in kept.over.legs] == [first, second]
+    snap = snapshot(kept.over)
+    cost = Money(Decimal("0"), "USD")
+    made = recovered(snap, first, ended(40, by_reconciler=True), ended(40.1, by_reconciler=True),
+                     (second, LegEnd(at(40.2), by_reconciler=True, cost=cost)))
+    assert (made.end_reason, made.ended_at, made.talk_s) == (EndReason.FAILED, at(40), 38)
+    assert made.transfers == (Transfer(at(10), 2, None, "failed"),)
+    assert [(r.advisor_id, r.ended_at, r.outcome) for r in made.rings] == [
+        (1, at(2), RingOutcome.ANSWERED), (2, at(40), RingOutcome.WITHDRAWN)]
+    assert [(c.call_id, c.cost) for c in made.leg_costs] == [(first, None), (second, cost)]
+    assert ConsultationRecord.from_json(made.to_json()) == made
+    # their phone stopped ringing by itself while the server was away: the ring ends then
+    rang_out = recovered(snap, first, ended(40, by_reconciler=True), None,
+                         (second, LegEnd(at(30), by_reconciler=False)))
+    assert [r.ended_at for r in rang_out.rings] == [at(2), at(30)]
+
+
+def test_a_transfer_answered_at_the_death_is_kept_cancelled() -> None:
+    """The second advisor answered, the customer on hold: the record's transfer is
+    ``cancelled`` (never completed), their ring answered; their presence is kept to end."""
+    call, first = transfer_tests.talking()
+    second = transfer_tests.transferring_to_2(call)
+    call.send(Answered(second, call.at(14)))
+    kept = live(call.state)
+    assert kept is not None
+    assert kept.second == consult_recovery.Second(second, 2, f"{CID}-t1")
+    assert kept.over.transfers == (Transfer(at(10), 2, None, "cancelled"),)
+    assert [(r.advisor_id, r.ended_at, r.outcome) for r in kept.over.rings] == [
+        (1, at(2), RingOutcome.ANSWERED), (2, at(14), RingOutcome.ANSWERED)]
+    made = recovered(snapshot(kept.over), first, ended(50, by_reconciler=True),
+                     ended(50, by_reconciler=True), (second, ended(50, by_reconciler=True)))
+    assert made.transfers == kept.over.transfers and made.end_reason is EndReason.FAILED
+    assert ConsultationRecord.from_json(made.to_json()) == made
+
+
+def test_a_transfer_to_a_number_is_kept_with_its_leg_after_a_carrier_fault() -> None:
+    """To a number: the leg ringing now is kept (no advisor, no presence, no ring); the
+    leg its first carrier refused is among the record's legs, ended, not kept to hang up."""
+    call, first = transfer_tests.talking()
+    call.send(StartTransfer(call.at(10), to_number="+81311112222"))
+    routing = live(call.state)                           # nothing dialled yet
+    assert routing is not None and routing.second == consult_recovery.Second(None, None, None)
+    routes = (Route("carrier-a", "PJSIP/+81311112222@carrier-a"),
+              Route("carrier-b", "PJSIP/+81311112222@carrier-b"))
+    refused = [c for c in call.send(TransferRouted(call.at(10.1), routes))
+               if isinstance(c, Originate)][0].channel_id
+    ringing = [c for c in call.send(ChannelGone(refused, 38, call.at(11)))
+               if isinstance(c, Originate)][0].channel_id
+    kept = live(call.state)
+    assert kept is not None and kept.second == consult_recovery.Second(ringing, None, None)
+    assert kept.over.transfers == (Transfer(at(10), None, "+81311112222", "failed"),)
+    assert [r.advisor_id for r in kept.over.rings] == [1]
+    assert [leg.channel_id for leg in kept.over.legs] == [refused, first, ringing]
