@@ -36,7 +36,7 @@ from aiohttp import web
 from advisors import record_schemas
 from advisors import schemas as s
 from advisors.errors import NotFound
-from advisors.events import EventHub, Published, since
+from advisors.events import EventHub, Published, Subscriber, since
 from advisors.live import Presences
 from advisors.metrics import ADVISORS_BY_STATE
 from advisors.model import Via
@@ -50,6 +50,7 @@ from advisors.resources import (
     id_param,
     path_id,
 )
+from advisors.sessions import Sessions
 from advisors.store import AdvisorStore
 from shared.http import (
     InvalidField,
@@ -77,6 +78,7 @@ class Services:
     live: Presences
     hub: EventHub
     records: ConsultationRecords
+    sessions: Sessions
 
 
 SERVICES_KEY = web.AppKey("advisors_services", Services)
@@ -90,7 +92,7 @@ def install(app: web.Application, database: Database) -> None:
     async def advisors_ctx(app: web.Application) -> AsyncIterator[None]:
         url, pool = database(app)
         services = Services(AdvisorStore(pool), Presences(pool), EventHub(url),
-                            ConsultationRecords(pool))
+                            ConsultationRecords(pool), Sessions(pool))
         app[SERVICES_KEY] = services
         async with background(services.hub.run(), "advisor events"), \
                 background(services.live.run_timers(), "advisor timers"):
@@ -135,6 +137,31 @@ def _sse(published: Published) -> bytes:
     return f"id: {published.id}\nevent: presence\ndata: {published.text}\n\n".encode()
 
 
+async def pump(response: web.StreamResponse, queue: Subscriber, seen: int,
+               keep: Callable[[dict[str, Any]], bool] = lambda _: True) -> None:
+    """Write the events of ``queue`` after id ``seen`` that ``keep`` takes, until the
+    queue is closed; a comment every :data:`HEARTBEAT_S` while none come. The events
+    queued by the time the stream is written to go out in one write."""
+    while True:
+        try:
+            async with asyncio.timeout(HEARTBEAT_S):
+                batch = [await queue.get()]
+        except TimeoutError:
+            await response.write(b": keep-alive\n\n")
+            continue
+        while batch[-1] is not None and not queue.empty():
+            batch.append(queue.get_nowait())
+        frames = []
+        for item in batch:
+            if item is not None and item.id > seen and keep(item.event):
+                frames.append(_sse(item))
+                seen = item.id
+        if frames:
+            await response.write(b"".join(frames))
+        if batch[-1] is None:
+            return
+
+
 async def advisor_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: each change of an advisor's state as it is committed (the
     ``advisor_events`` row: advisor_id, at, event, via, before, after, desk, load,
@@ -157,24 +184,7 @@ async def advisor_events(request: web.Request) -> web.StreamResponse:
             for event in missed:
                 await response.write(_sse(Published.of(event)))
                 seen = event["id"]
-            while True:
-                try:
-                    async with asyncio.timeout(HEARTBEAT_S):
-                        batch = [await queue.get()]
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                while batch[-1] is not None and not queue.empty():
-                    batch.append(queue.get_nowait())
-                frames = []
-                for item in batch:
-                    if item is not None and item.id > seen:
-                        frames.append(_sse(item))
-                        seen = item.id
-                if frames:
-                    await response.write(b"".join(frames))
-                if batch[-1] is None:
-                    break
+            await pump(response, queue, seen)
         except ConnectionResetError:
             pass  # the subscriber went away
     return response
@@ -226,7 +236,7 @@ EVENT: dict[str, Any] = {
     "description": "lines 'id: <n>', 'event: presence', 'data: <JSON>' per event; the JSON "
                    "has id, merchant_id, advisor_id, at, event (online, offline, working, "
                    "break, offered, answered, ring_missed, ended, wrap_up_elapsed), via "
-                   "(api, phone, system or null), consultation_id, before, after, desk, "
+                   "(api, web, phone, system or null), consultation_id, before, after, desk, "
                    "load, reason"}
 _A, _G, _C = "advisors", "advisor groups", "customers"
 OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for op in (

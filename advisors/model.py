@@ -40,6 +40,8 @@ class Via(enum.StrEnum):
     """Where a presence change came from."""
 
     API = "api"
+    #: the advisor's own page (``GET /advisor``)
+    WEB = "web"
     PHONE = "phone"
     SYSTEM = "system"
 

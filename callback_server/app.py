@@ -48,6 +48,7 @@ from advisors.http import install as install_advisors
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from advisors.record_store import ConsultationRecords
+from advisors.session_http import install as install_advisor_sessions
 from billing.http import install as install_billing
 from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
 from billing.records import customer_leg_rated
@@ -109,6 +110,7 @@ from shared.site import (
     start_rating_service,
     verifier_for,
 )
+from web.advisor_page import install as install_advisor_page
 
 log = logging.getLogger("callback.app")
 
@@ -167,6 +169,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     app = _intake_app(settings, "all")
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
+    install_advisor_sessions(app)
+    install_advisor_page(app)
     install_billing(app, lambda a: a[POOL_KEY], fx=site_fx(settings),
                     customer_leg_wait_s=settings.billing.customer_leg_wait_s)
     notify = settings.notify if settings.notify.channels else None

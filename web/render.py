@@ -18,11 +18,12 @@ from aiohttp import web
 
 from shared.http import ApiError
 from shared.language import Language
-from shared.openapi import Operation, Param, Reply, Schema, string
+from shared.openapi import Operation, Param, Reply, Schema, add_operations, string
 
 TAG = "pages"
 #: the package's static files: name → media type
-STATIC_TYPES = {"card.js": "text/javascript", "page.css": "text/css"}
+STATIC_TYPES = {"card.js": "text/javascript", "advisor.js": "text/javascript",
+                "page.css": "text/css"}
 HTML: Schema = {"type": "string", "description": "an HTML page"}
 #: a page link's token
 TOKEN_PARAM = Param("token", "path", string(128))
@@ -108,3 +109,13 @@ STATIC_OPERATION = Operation(
                 also={"text/css": {"type": "string"}})},
     params=(Param("name", "path", string(64, enum=sorted(STATIC_TYPES))),),
     errors={404: ("not-found",)})
+
+
+_STATIC_KEY = web.AppKey("web_static_mounted", bool)
+
+
+def mount_static(app: web.Application) -> None:
+    """``GET /web/{name}``, once whichever pages ask for it."""
+    if not app.get(_STATIC_KEY):
+        app[_STATIC_KEY] = True
+        add_operations(app, (STATIC_OPERATION,))

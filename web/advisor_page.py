@@ -1,0 +1,147 @@
+"""``GET /advisor``: the advisor's own page, and the sign-in behind the link the merchant
+issues (``POST /v1/advisors/{id}/signin-links``, :mod:`advisors.session_http`).
+
+``GET /advisor/signin/{token}`` is a page with one button; pressing it
+(``POST /advisor/signin/{token}``) uses the link and sets the session cookie
+(HttpOnly, SameSite=Strict, Secure when served over TLS) before sending the browser to
+``/advisor``. A link opened by a mail or chat client's preview therefore signs nobody
+in, and the cookie set from the site's own form is sent on the redirect that follows (a
+SameSite=Strict cookie set in answer to a link followed from another site would not be).
+
+The page shows the advisor's name and state, kept live by ``static/advisor.js`` from
+``GET /v1/advisor/events``, and the buttons that change it through
+``PUT /v1/advisor/presence`` with the session's CSRF token (in the page's data
+attributes, sent as ``X-CSRF-Token``). Without a live session the page asks for a new
+link (401); a link unknown, used or expired is a 410 page.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from aiohttp import web
+
+from advisors.session_http import COOKIE, me, services, session_of
+from advisors.sessions import SESSION_VALID_S
+from shared.http import ApiError
+from shared.language import Language
+from shared.openapi import Operation, Param, Reply, add_operations, string
+from web.language import page_language
+from web.render import HTML, LANG_PARAM, TAG, message_page, mount_static, page
+from web.texts import text
+
+#: the advisor's states the page names (``advisors.model.State``)
+STATES = ("standby", "ringing", "talking", "wrap_up", "working", "break", "offline")
+#: the buttons: (presence sent, text); the last ends after-call work
+BUTTONS = (("online", "advisor.go-online"), ("break", "advisor.go-break"),
+           ("working", "advisor.go-working"), ("offline", "advisor.go-offline"))
+_LINK_PARAM = Param("token", "path", string(128))
+
+
+def install(app: web.Application) -> None:
+    """The page, on an app with :func:`advisors.http.install` and
+    :func:`advisors.session_http.install`."""
+    add_operations(app, OPERATIONS)
+    mount_static(app)
+
+
+def _lang_query(language: Language) -> str:
+    return "" if language is Language.JAPANESE else f"?lang={language.value}"
+
+
+async def get_advisor(request: web.Request) -> web.StreamResponse:
+    """The signed-in advisor's page; 401 (a page asking for a new link) without a
+    session."""
+    language = page_language(request)
+    try:
+        svc, session = await session_of(request)
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        return _refusal(language, 401, "signed-out")
+    mine = await me(svc, session)
+    state = mine["presence"]["state"]
+    data = {"csrf": session.csrf_token,
+            **{f"state-{name.replace('_', '-')}": text(f"advisor.state.{name}", language)
+               for name in STATES},
+            "msg-failed": text("advisor.failed", language),
+            "msg-signed-out": text("error.signed-out", language),
+            "signed-out-url": f"/advisor{_lang_query(language)}"}
+    attributes = " ".join(f'data-{k}="{escape(v)}"' for k, v in data.items())
+    buttons = "".join(
+        f'\n<button type="button" class="presence" data-presence="{value}">'
+        f'{escape(text(name, language))}</button>' for value, name in BUTTONS)
+    title = text("advisor.title", language)
+    body = f"""<main id="advisor-page" {attributes}>
+<h1>{escape(title)}</h1>
+<p class="merchant" id="advisor-name">{escape(mine["display_name"])}</p>
+<p>{escape(text("advisor.now", language))}
+<strong id="advisor-state" data-state="{escape(state)}">{escape(
+        text(f"advisor.state.{state}", language))}</strong></p>
+<p id="advisor-reason" class="note">{escape(mine["presence"]["reason"])}</p>
+<div id="presence-buttons">{buttons}
+<button type="button" class="presence" id="end-wrap-up" data-presence="online" hidden>{
+        escape(text("advisor.end-wrap-up", language))}</button>
+</div>
+<p id="advisor-status" role="status" aria-live="polite"></p>
+<button type="button" id="sign-out" class="secondary">{
+        escape(text("advisor.sign-out", language))}</button>
+</main>"""
+    return page(language, title, body, scripts=("/web/advisor.js",))
+
+
+async def get_signin(request: web.Request) -> web.StreamResponse:
+    """The sign-in page of a link: one button that uses it; 410 for a link unknown,
+    used or expired."""
+    language = page_language(request)
+    token = request.match_info["token"]
+    svc = services(request)
+    if not await svc.sessions.usable(token, svc.live.clock()):
+        return _refusal(language, 410, "signin-link")
+    title = text("advisor.signin.title", language)
+    body = f"""<main>
+<h1>{escape(title)}</h1>
+<p>{escape(text("advisor.signin.lead", language))}</p>
+<form method="post" action="/advisor/signin/{escape(token)}{_lang_query(language)}">
+<button type="submit" id="sign-in">{escape(text("advisor.signin.submit", language))}</button>
+</form>
+</main>"""
+    return page(language, title, body)
+
+
+async def post_signin(request: web.Request) -> web.StreamResponse:
+    """Use the link: the session cookie, and on to ``/advisor`` (303); 410 for a link
+    unknown, used or expired."""
+    language = page_language(request)
+    svc = services(request)
+    opened = await svc.sessions.sign_in(request.match_info["token"], svc.live.clock())
+    if opened is None:
+        return _refusal(language, 410, "signin-link")
+    response = web.Response(status=303, headers={
+        "Location": f"/advisor{_lang_query(language)}", "Cache-Control": "no-store"})
+    response.set_cookie(COOKIE, opened.token, max_age=SESSION_VALID_S, path="/",
+                        httponly=True, secure=request.secure, samesite="Strict")
+    return response
+
+
+def _refusal(language: Language, status: int, why: str) -> web.Response:
+    return message_page(language, status, text(f"error.{why}.title", language),
+                        text(f"error.{why}", language))
+
+
+_PAGE_REPLIES = {401: Reply("no live session: a page asking for a new link", HTML,
+                            "text/html")}
+_LINK_GONE = {410: Reply("the link is unknown, used or expired", HTML, "text/html")}
+OPERATIONS = (
+    Operation("GET", "/advisor", get_advisor, "The advisor's page", TAG,
+              {200: Reply("the page", HTML, "text/html"), **_PAGE_REPLIES},
+              params=(LANG_PARAM,)),
+    Operation("GET", "/advisor/signin/{token}", get_signin,
+              "The sign-in page of an advisor's link", TAG,
+              {200: Reply("the page", HTML, "text/html"), **_LINK_GONE},
+              params=(_LINK_PARAM, LANG_PARAM)),
+    Operation("POST", "/advisor/signin/{token}", post_signin,
+              "Sign in with the link (sets the session cookie)", TAG,
+              {303: Reply("signed in: on to /advisor (Set-Cookie)"), **_LINK_GONE},
+              params=(_LINK_PARAM, LANG_PARAM)),
+)
