@@ -59,6 +59,12 @@ def media_ref(merchant_id: str, name: str) -> str:
     return f"{GUIDANCE_PREFIX}{merchant_id}/{name}"
 
 
+def language_root(library: Path, language: Language | None) -> Path:
+    """The directory of ``language``'s own files beside ``library`` (Asterisk's
+    ``sounds/cbgw-guidance`` → ``sounds/<language>/cbgw-guidance``); None: ``library``."""
+    return library if language is None else library.parent / language.value / library.name
+
+
 def speech_dir(library: Path) -> Path:
     """Where the site renders say nodes' texts, inside the library's directory."""
     return library / SPEECH_SUBDIR
@@ -125,9 +131,7 @@ class GuidanceLibrary:
     def root(self, language: Language | None = None) -> Path:
         """Where the files for ``language`` are (None: for every language): the library's
         directory, or its namesake in Asterisk's ``sounds/<language>/``."""
-        if language is None:
-            return self.directory
-        return self.directory.parent / language.value / self.directory.name
+        return language_root(self.directory, language)
 
     def _dir(self, merchant_id: str, language: Language | None = None) -> Path:
         if not MERCHANT.fullmatch(merchant_id):

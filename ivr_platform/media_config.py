@@ -4,6 +4,12 @@ live, their limits, how long recordings are kept, and the links to them.
 ```toml
 [media]
 guidance_dir = "/var/cache/cbgw/asterisk-sid/var/lib/asterisk-callback/data/sounds/cbgw-guidance"
+# the site's other callback Asterisks' sounds/cbgw-guidance as this site sees it (callback2):
+# each must be guidance_dir itself (a bind mount, or a relative link inside a shared chroot),
+# as must its ../<lang>/cbgw-guidance where the site keeps per-language files: check refuses
+# one that is not, so what is uploaded and rendered is what every Asterisk plays
+asterisk_guidance_dirs = [
+    "/var/cache/cbgw/asterisk-sid/var/lib/asterisk-callback2/data/sounds/cbgw-guidance"]
 max_upload_bytes = 20971520     # an upload's body (mp3, m4a/mp4, wav)
 max_guidance_s = 600            # a guidance's length
 recordings_dir = "/var/lib/cbgw/recordings"
@@ -39,6 +45,7 @@ the recordings routes and the expiry job are not; without ``recordings_dir`` and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,9 +53,11 @@ from decimal import Decimal
 from pathlib import Path
 
 from ivr_platform.audio import AudioLimits
+from ivr_platform.guidance import language_root
 from ivr_platform.transcribe import SphinxModel
 from ivr_platform.tts import CacheLimits
 from shared.config import Section, cannot_write
+from shared.language import Language
 
 MIN_SECRET_BYTES = 32
 MIB = 1024 * 1024
@@ -69,6 +78,7 @@ class MediaSettings:
     transcribe: bool = False
     sphinx_model: SphinxModel | None = None     # None: the packaged US English one
     tts_cache: CacheLimits = CacheLimits(max_bytes=512 * MIB, max_age_s=30 * 86400.0)
+    asterisk_guidance_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def parse(cls, s: Section, merchant_ids: Iterable[str]) -> MediaSettings:
@@ -95,6 +105,9 @@ class MediaSettings:
             public_url=public_url.rstrip("/") if public_url else None,
             sweep_s=float(s.decimal("sweep_s", "300", min=Decimal(1))),
             transcribe=s.bool("transcribe", False), sphinx_model=_sphinx_model(s),
+            asterisk_guidance_dirs=tuple(
+                p if p.is_absolute() else (s.source.path.parent / p).resolve()
+                for p in map(Path, s.str_list("asterisk_guidance_dirs"))),
             tts_cache=CacheLimits(
                 max_bytes=s.int("tts_cache_max_bytes", 512 * MIB, min=MIB, max=1024 * 1024 * MIB),
                 max_age_s=86400.0 * s.int("tts_cache_max_days", 30, min=1, max=3650)))
@@ -110,7 +123,27 @@ class MediaSettings:
             ("guidance_dir", self.guidance_dir), ("recordings_dir", self.recordings_dir),
             ("asterisk_recordings_dir", self.asterisk_recordings_dir))
             if directory is not None and (problem := cannot_write(directory)) is not None]
-        return problems + self._secret_problems()
+        return problems + self._shared_problems() + self._secret_problems()
+
+    def _shared_problems(self) -> list[tuple[str, str]]:
+        """Another Asterisk's guidance directory that is not the library's own, or whose
+        per-language sibling is not the library's (where the site keeps such files)."""
+        problems = []
+        for i, theirs in enumerate(self.asterisk_guidance_dirs):
+            key = f"media.asterisk_guidance_dirs[{i}]"
+            if self.guidance_dir is None:
+                problems.append((key, "needs [media] guidance_dir (the one it must be)"))
+                continue
+            pairs = [(self.guidance_dir, theirs)] + [
+                (ours, language_root(theirs, language)) for language in Language
+                if (ours := language_root(self.guidance_dir, language)).is_dir()]
+            for ours, other in pairs:
+                if not _same_dir(ours, other):
+                    problems.append((key, f"{other} is not {ours}: bind-mount it there (or "
+                                          "link it, relative, inside a shared chroot), so "
+                                          "that Asterisk plays what the site stores"))
+                    break
+        return problems
 
     def _secret_problems(self) -> list[tuple[str, str]]:
         if self.link_secret_file is None:
@@ -124,6 +157,13 @@ class MediaSettings:
             return [("media.link_secret_file", f"{self.link_secret_file} holds {size} bytes; "
                                                f"at least {MIN_SECRET_BYTES} are needed")]
         return []
+
+
+def _same_dir(ours: Path, theirs: Path) -> bool:
+    try:
+        return theirs.is_dir() and os.path.samefile(ours, theirs)
+    except OSError:          # ours not made yet
+        return False
 
 
 _SPHINX_KEYS = ("sphinx_acoustic_model", "sphinx_language_model", "sphinx_dictionary")

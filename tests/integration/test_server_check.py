@@ -196,6 +196,39 @@ def test_check_refuses_media_directories_it_cannot_write_and_a_short_link_secret
         f"media.link_secret_file: {secret} holds 5 bytes; at least 32 are needed\n"))
 
 
+def test_check_refuses_another_asterisks_guidance_dir_that_is_not_the_librarys(
+        pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """callback2 plays what the site uploads and renders only through the same directory:
+    a bind mount, or a relative link (which resolves inside a shared chroot too)."""
+    ours, theirs = (tmp_path / site / "sounds" / "cbgw-guidance" for site in ("a", "b"))
+    ours.mkdir(parents=True)
+    theirs.mkdir(parents=True)
+    config = _config(tmp_path, pki_dir, "callback", (
+        'guidance_dir = "/var/cache/cbgw/asterisk-sid/var/lib/asterisk-callback/data/sounds/'
+        'cbgw-guidance"', f'guidance_dir = "{ours}"'), (
+        "# asterisk_guidance_dirs = [", f'asterisk_guidance_dirs = ["{theirs}"]  # ['))
+    where = (f"config error: {config}:{_line(config, 'asterisk_guidance_dirs = ')}: "
+             "media.asterisk_guidance_dirs[0]: ")
+    advice = (": bind-mount it there (or link it, relative, inside a shared chroot), so "
+              "that Asterisk plays what the site stores\n")
+    assert _check("callback", config, capsys) == (2, f"{where}{theirs} is not {ours}{advice}")
+    theirs.rmdir()
+    theirs.symlink_to("../../a/sounds/cbgw-guidance")
+    assert _check("callback", config, capsys) == (0, "")
+    # per-language guidance uploaded: its directory must be theirs too
+    (tmp_path / "a" / "sounds" / "en" / "cbgw-guidance").mkdir(parents=True)
+    english = tmp_path / "b" / "sounds" / "en" / "cbgw-guidance"
+    assert _check("callback", config, capsys) == (2, (
+        f"{where}{english} is not {tmp_path}/a/sounds/en/cbgw-guidance{advice}"))
+    english.parent.mkdir()
+    english.symlink_to("../../../a/sounds/en/cbgw-guidance")
+    assert _check("callback", config, capsys) == (0, "")
+    config.write_text(config.read_text().replace(f'guidance_dir = "{ours}"',
+                                                 f'# guidance_dir = "{ours}"'))
+    assert _check("callback", config, capsys) == (2, (
+        f"{where}needs [media] guidance_dir (the one it must be)\n"))
+
+
 def test_check_refuses_an_invalid_flow_with_the_merchant_key(
         pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _config(tmp_path, pki_dir, "callback", ('ivr_flow = "order"', 'ivr_flow = "nope"'))
