@@ -17,7 +17,13 @@ server finds the consultation its predecessor kept in ``consult_live``
 
 The same for a customer on hold at the death (the hold music on their channel, out of the
 bridge: hung up by the restart, the record held to the end) and for a web click-to-call
-(both parties dialled by the server, kept from the customer's answer).
+(both parties dialled by the server, kept from the customer's answer). A web click-to-call
+rung advisor first, killed while the advisor waits for the customer being dialled, is
+kept from the advisor's answer: the restart hangs up both, records no talk, bills
+nothing, ends the advisor's consultation and fails the job. A consult transfer in
+progress at the death (the second advisor ringing, or answered with the customer on
+hold) is kept with its second party: the restart hangs their leg up too, records the
+transfer (``failed`` / ``cancelled``) and their ring, and frees the second advisor.
 
 Takes the stack lock (``/tmp/cbgw-stack.lock``) for its whole run, through ``Stack``.
 About 4 minutes.
@@ -44,7 +50,9 @@ from tests.e2e.test_consult_calls import (
     admin,
     events,
     invites_to,
+    pstn,
     record,
+    ring_outcomes,
     wait_for,
 )
 from tests.e2e.test_consult_click_to_call import click_to_call
@@ -71,7 +79,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 @pytest.fixture
 async def settings(admin: Admin) -> None:
     await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
-                                                      "misses_before_break": 3})
+                                                      "misses_before_break": 3,
+                                                      "click_to_call_first": "customer"})
     await admin.call("PUT", "/v1/billing/policy", {"unit_s": 1, "by": "e2e"})
 
 
@@ -251,3 +260,146 @@ async def test_a_click_to_call_talking_at_the_death_is_ended_by_the_restart(
     talked = (advisor_bye.at - ok.at).total_seconds()
     assert abs(made["talk_s"] - talked) <= 2, (made["talk_s"], talked)
     assert len(invites_to(advisor, "operator")) == 1
+
+
+async def test_an_advisor_first_click_to_call_waiting_for_the_customer_is_ended_by_the_restart(
+        stack: Stack, admin: Admin, settings: None) -> None:
+    """A web click-to-call rung advisor first: the advisor answers and waits while the
+    customer's phone rings (never answered); killed, dead 3 s (the advisor gets no BYE,
+    the customer's phone no CANCEL), restarted: the restart hangs up both; one
+    ``click_to_call`` record with no answer and no talk, ending ``failed``; nothing
+    billed; the advisor's consultation ended (after-call work, not left talking); nothing
+    kept; the job failed, nobody rung again."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 60,
+                                                      "click_to_call_first": "advisor"})
+    chosen = await admin.advisor("凪", "3535", SIP_ADVISOR)
+    customer = "+817011110035"
+    await admin.fund("0" + customer[3:], 10_000)
+    async with stack.carriers(a="uas_ring_no_answer.xml",
+                              operator="uas_answer_forever.xml") as roles:
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        queued = await click_to_call(admin, customer, chosen)
+        await wait_for(advisor, _answered, 60)
+        rung = await wait_for(phone, lambda m: m.method == "INVITE", 60)
+        await stack.wait_for_row("callback", "SELECT 1 FROM consult_live")
+        stack.processes["callback"].send_signal(signal.SIGKILL)
+        killed = time.time()
+        await asyncio.sleep(3.0)
+        assert _byes(advisor) == [], "the advisor waits on through the kill"
+        assert not [m for m in phone.dialog_messages() if m.method == "CANCEL"]
+        await stack.restart_server("callback", kill=True)
+        advisor_bye = await wait_for(advisor, lambda m: m.method == "BYE"
+                                     and m.direction == "received", 30)
+        cancel = await wait_for(phone, lambda m: m.method == "CANCEL"
+                                and m.call_id == rung.call_id, 30)
+        for ended in (advisor_bye, cancel):
+            assert ended.at.timestamp() >= killed + 3.0, (ended.at, killed)
+        made = await record(stack, customer)
+        job = await stack.wait_for_row(
+            "callback", "SELECT status, reason FROM callback_requests WHERE callback_id = $1 "
+            "AND status IN ('completed', 'failed')", queued["callback_id"], timeout_s=60)
+        await asyncio.sleep(3)                      # nobody is rung again
+        assert len(invites_to(advisor, "operator")) == 1
+        assert len(phone.invites_received()) == 1
+    assert made["consultation_id"] == queued["consultation_id"]
+    assert made["method"] == "click_to_call" and made["advisor_id"] == chosen
+    assert made["answered_at"] is None and made["talk_s"] == 0
+    assert made["end_reason"] == "failed"
+    assert ring_outcomes(made) == [(chosen, "answered")]
+    assert job["status"] == "failed", dict(job)
+    # nothing billed: the reservation released whole, no charge
+    settled = await stack.fetch(
+        "callback", "SELECT s.total_yen, s.talk_s FROM billing_settlements s "
+        "JOIN billing_reservations r ON r.id = s.reservation_id "
+        "WHERE r.consultation_id = $1", queued["consultation_id"])
+    assert [(r["total_yen"], r["talk_s"]) for r in settled] in ([], [(0, 0)])
+    assert await stack.fetch(
+        "callback", "SELECT 1 FROM billing_reservations r LEFT JOIN billing_settlements s "
+        "ON s.reservation_id = r.id WHERE r.consultation_id = $1 AND s.reservation_id IS NULL",
+        queued["consultation_id"]) == [], "a reservation left live"
+    assert await stack.fetch(
+        "callback", "SELECT t.amount_yen FROM billing_transactions t "
+        "JOIN billing_accounts a ON a.id = t.account_id "
+        "WHERE a.account = $1 AND t.kind = 'charge'", customer) == []
+    assert await stack.fetch("callback", "SELECT 1 FROM consult_live") == []
+    happened = [e for e, _ in await events(stack, chosen)]
+    assert happened[:4] == ["online", "offered", "answered", "ended"], happened
+    assert set(happened[4:]) <= {"wrap_up_elapsed"}, happened
+    presence = await stack.fetch("callback", "SELECT desk, sessions FROM advisor_presence "
+                                 "WHERE advisor_id = $1", chosen)
+    assert presence[0]["sessions"] == [] and presence[0]["desk"] in ("wrap_up", "standby")
+
+
+@pytest.mark.parametrize("second_answers", [False, True], ids=["ringing", "answered"])
+async def test_a_consult_transfer_in_progress_at_the_death_is_ended_by_the_restart(
+        stack: Stack, admin: Admin, settings: None, second_answers: bool) -> None:
+    """The customer talks with a PSTN advisor; the operator transfers the consultation
+    to a second advisor (a SIP phone, the customer on hold) who rings, or has answered;
+    the server is killed, dead 3 s (nobody hung up), restarted: the restart hangs up
+    all three legs; the record has the transfer (``failed`` while ringing, ``cancelled``
+    once answered: never completed) and the second advisor's ring (``withdrawn``: no
+    miss; or ``answered``), every leg in its costs; the second advisor freed (standby
+    again; after-call work once answered); billed once; the job completed."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 60})
+    n = 2 if second_answers else 1
+    first = await admin.advisor(f"颯{n}", f"717{n}", pstn(f"+8131234007{n}"))
+    second = await admin.advisor(f"澪{n}", f"727{n}", SIP_ADVISOR)
+    customer = f"0701111007{n}"
+    await admin.fund(customer)
+    async with stack.carriers(a="uas_answer_dtmf_long.xml", digits=CONFIRM + BY_CODE
+                              + f"717{n}", operator="uas_answer_forever.xml" if second_answers
+                              else "uas_ring_no_answer.xml",
+                              pcap_options={"tail_ms": 60_000}) as roles:
+        phones, desk = roles["carrier-a"], roles["operator"]
+        await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+        first_invite = await wait_for(phones, lambda m: m.method == "INVITE"
+                                      and m.ruri_user == f"8131234007{n}", 60)
+        customer_invite = await wait_for(phones, lambda m: m.method == "INVITE"
+                                         and m.ruri_user == f"81{customer[1:]}", 10)
+        live = await stack.wait_for_row("callback", "SELECT consultation_id FROM consult_live")
+        await asyncio.sleep(2)                                        # they talk
+        status, body = await post(stack, admin, f"/v1/consultations/"
+                                  f"{live['consultation_id']}/transfer", {"advisor_id": second})
+        assert status == 202, body
+        rung = await wait_for(desk, lambda m: m.method == "INVITE", 30)
+        outcome = "cancelled" if second_answers else "failed"
+        await stack.wait_for_row(
+            "callback", "SELECT 1 FROM consult_live WHERE second_party IS NOT NULL AND "
+            "snapshot->'transfers'->-1->>'outcome' = $1", outcome)
+        await asyncio.sleep(1)
+        stack.processes["callback"].send_signal(signal.SIGKILL)
+        killed = time.time()
+        await asyncio.sleep(3.0)
+        assert _byes(phones) == [] and _byes(desk) == [], "the call survived the kill"
+        assert not [m for m in desk.dialog_messages() if m.method == "CANCEL"]
+        await stack.restart_server("callback", kill=True)
+        if second_answers:
+            gone = await wait_for(desk, lambda m: m.method == "BYE"
+                                  and m.direction == "received", 30)
+        else:
+            gone = await wait_for(desk, lambda m: m.method == "CANCEL"
+                                  and m.call_id == rung.call_id, 30)
+        for invite in (customer_invite, first_invite):
+            await wait_for(phones, lambda m, i=invite: m.method == "BYE"
+                           and m.direction == "received" and m.call_id == i.call_id, 30)
+        assert gone.at.timestamp() >= killed + 3.0, (gone.at, killed)
+        made = await _ended_once(stack, f"+81{customer[1:]}", first)
+    assert made["end_reason"] == "failed" and made["advisor_id"] == first
+    (transfer,) = made["transfers"]
+    assert (transfer["to_advisor_id"], transfer["to_number"], transfer["outcome"]) == (
+        second, None, outcome)
+    assert ring_outcomes(made) == [(first, "answered"),
+                                   (second, "answered" if second_answers else "withdrawn")]
+    assert all(r["ended_at"] is not None for r in made["rings"])
+    carriers = [c["carrier_id"] for c in made["leg_costs"]]     # the second's last
+    assert carriers[-1] == "edge-trunk" and "carrier-a" in carriers, carriers
+    happened = [e for e, _ in await events(stack, second)]
+    if second_answers:
+        assert happened[:4] == ["online", "offered", "answered", "ended"], happened
+        assert set(happened[4:]) <= {"wrap_up_elapsed"}, happened
+    else:
+        assert happened == ["online", "offered", "ended"], happened
+    presence = await stack.fetch("callback", "SELECT desk, sessions, misses FROM "
+                                 "advisor_presence WHERE advisor_id = $1", second)
+    assert presence[0]["sessions"] == [] and presence[0]["misses"] == 0
+    assert presence[0]["desk"] in (("wrap_up", "standby") if second_answers else ("standby",))
