@@ -194,7 +194,7 @@ class IvrServices:
     # --- speech ---------------------------------------------------------------------------
 
     def spoken(self, text: str, language: Language) -> str | None:
-        """The media of ``text`` if it is rendered already (a hash and a stat); None
+        """The media of ``text`` if it is rendered already (a hash, a stat and a touch); None
         also for a text that cannot be (too long: :meth:`speak` says why)."""
         if self.speech is None or not text.strip():
             return None
