@@ -29,6 +29,7 @@ import asyncpg
 import stripe
 
 from billing.ledger import MAX_AMOUNT_YEN, LedgerError, account_id, post
+from billing.metrics import billing as billing_metrics
 from billing.stripe_payments import (
     Outcome,
     Pending,
@@ -180,7 +181,10 @@ class CardTopUps:
             failure = ""
             if intent is None and create:
                 intent, failure = await asyncio.to_thread(self._create, topup)
-            return await self._record(conn, row["account_id"], topup, intent, failure)
+            result = await self._record(conn, row["account_id"], topup, intent, failure)
+        if result.outcome == "failed":  # committed: counted once, as the outcome is recorded
+            billing_metrics().card_failed.labels(topup.merchant_id, "topup").inc()
+        return result
 
     async def _record(self, conn: asyncpg.Connection, acc: int, topup: TopUp,
                       intent: Any, failure: str) -> Result:

@@ -48,6 +48,8 @@ from billing.ledger import (
     parse_operator_settle,
     settlement_json,
 )
+from billing.metrics import BILLING_STATE
+from billing.metrics import billing as billing_metrics
 from billing.settings import CUSTOMER_LEG_WAIT_S
 from shared.http import (
     ApiError,
@@ -59,6 +61,7 @@ from shared.http import (
     read_json_object,
     started,
 )
+from shared.metrics_http import READINGS_KEY
 from shared.money import FxTable
 from shared.openapi import (
     MERCHANT,
@@ -84,6 +87,9 @@ def install(app: web.Application, pool: Callable[[web.Application], asyncpg.Pool
     ``customer_leg_wait_s``: how long a record waits for its customer leg's CDR
     (:func:`billing.records.send_overdue`, run in the background)."""
     add_operations(app, OPERATIONS)
+    billing_metrics()  # its families are on /metrics before the first consultation
+    if READINGS_KEY in app:  # the site serves /metrics
+        app[READINGS_KEY].append(BILLING_STATE)
 
     async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         app[LEDGER_KEY] = Ledger(pool(app), fx=fx)

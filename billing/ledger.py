@@ -35,6 +35,7 @@ from typing import Any, Literal
 import asyncpg
 
 from billing import records
+from billing.metrics import billing as billing_metrics
 from billing.rating import (
     MAX_TALK_LIMIT_S,
     Charge,
@@ -417,7 +418,11 @@ class Ledger:
             settled = await self._settle(conn, row["account_id"], reservation, charge, by,
                                          reason)
             await self._record(conn, merchant_id, row, charge)
-            return settled
+        if charge.total_yen:        # committed: counted once, as the settlement is made
+            counted = billing_metrics()
+            counted.charged.labels(merchant_id, "prepaid").inc()
+            counted.charged_yen.labels(merchant_id, "prepaid").inc(charge.total_yen)
+        return settled
 
     async def _record(self, conn: asyncpg.Connection, merchant_id: str, row: asyncpg.Record,
                       charge: Charge) -> None:

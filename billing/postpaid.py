@@ -41,6 +41,7 @@ import stripe
 
 from billing import records
 from billing.ledger import DEFAULT_FX, LedgerError, account_id
+from billing.metrics import billing as billing_metrics
 from billing.rating import Terms, rate
 from billing.settings import RETRY_AFTER_S
 from billing.standing import CHARGES, Charge, card_on_file, charge_of, locked_charge
@@ -166,13 +167,21 @@ class Postpaid:
                    WHERE t.id = $1""", attempt_id)
             if row is None:
                 raise LedgerError(404, "not-found", f"no postpaid attempt {attempt_id}")
-            if row["outcome"] is None:
-                await self._finish(conn, row, intent)
-            return charge_of(await conn.fetchrow(CHARGES + " WHERE c.id = $1",
-                                               row["charge_id"]))
+            outcome = None if row["outcome"] is not None else await self._finish(conn, row,
+                                                                                 intent)
+            charge = charge_of(await conn.fetchrow(CHARGES + " WHERE c.id = $1",
+                                                 row["charge_id"]))
+        counted, merchant = billing_metrics(), row["merchant_id"]
+        if outcome == "succeeded":      # committed: counted once, as the outcome is recorded
+            counted.charged.labels(merchant, "postpaid").inc()
+            counted.charged_yen.labels(merchant, "postpaid").inc(row["total_yen"])
+        elif outcome == "failed":
+            counted.card_failed.labels(merchant, "postpaid").inc()
+        return charge
 
     async def _finish(self, conn: asyncpg.Connection, row: asyncpg.Record, intent: Any
-                      ) -> None:
+                      ) -> str:
+        """Record the attempt's outcome; it (``succeeded`` or ``failed``)."""
         failure = ""
         if row["customer"] is None:
             failure = NO_CARD
@@ -193,6 +202,7 @@ class Postpaid:
         if outcome == "failed" or row["attempt"] > 1:
             await self._notice(conn, row, outcome == "failed", failure)
         await self._record(conn, row, outcome)
+        return outcome
 
     async def _notice(self, conn: asyncpg.Connection, row: asyncpg.Record, failed: bool,
                       failure: str) -> None:

@@ -25,6 +25,7 @@ from advisors.store import AdvisorStore
 from billing import policy
 from billing.admission import Admission, Admissions
 from billing.ledger import Ledger, Refusal, Reservation, Settlement
+from billing.metrics import billing as billing_metrics
 from billing.rating import Terms
 from billing.settings import BillingSettings
 from billing.standing import Charge
@@ -130,12 +131,17 @@ class ConsultBilling:
                 price_per_minute_yen)
             admission = await self.admissions.ask_under(merchant_id, account, terms,
                                                         terms.max_talk_s, conn)
+        if not admission.allowed:
+            billing_metrics().refusals.labels(merchant_id, admission.reason).inc()
         return Plan(account, terms, merchant_id in self.postpaid_merchants, admission)
 
     async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,
                       at_most_s: int | None) -> Reservation | Refusal:
-        return await self.ledger.reserve(merchant_id, plan.account, consultation_id,
-                                         plan.terms, at_most_s=at_most_s)
+        got = await self.ledger.reserve(merchant_id, plan.account, consultation_id,
+                                        plan.terms, at_most_s=at_most_s)
+        if isinstance(got, Refusal):    # another call's hold took it since the admission
+            billing_metrics().refusals.labels(merchant_id, got.reason).inc()
+        return got
 
     async def extend(self, merchant_id: str, reservation_id: int, at_most_s: int | None
                      ) -> Reservation:

@@ -42,6 +42,7 @@ from advisors.errors import NotFound
 from advisors.records import ConsultationRecord, InvalidRecord, LegCost, Method
 from billing import meter
 from billing.ledger import LedgerError, Refusal
+from billing.metrics import billing as billing_metrics
 from callback_server import consult, consult_meter, consult_recovery, ivr, queue_announce
 from callback_server.advisor_desk import AdvisorPort, Chosen, Unavailable
 from callback_server.call_ports import AriPort, CallContext, CallStore, Rater, safely, utcnow
@@ -370,6 +371,7 @@ class ConsultRunner:
                 await self._warn()
             case meter.CutOff(talk_s=talk):
                 log.info("the balance is used up after %d s: cut off", talk)
+                billing_metrics().cutoffs.labels(merchant).inc()
                 await self.handle(consult_meter.cut_off(utcnow()))
             case meter.Settle(reservation_id=rid, talk_s=talk):
                 try:

@@ -32,3 +32,8 @@ def scraped_total(text: str, name: str) -> float:
     """The sum of a sample's series over all their labels, in a ``GET /metrics`` answer."""
     return sum(float(s.value) for family in text_string_to_metric_families(text)
                for s in family.samples if s.name == name)
+
+
+def grew(before: str, after: str, name: str, **labels: str) -> float:
+    """How much one series grew between two ``GET /metrics`` answers."""
+    return scraped(after, name, **labels) - scraped(before, name, **labels)

@@ -17,6 +17,24 @@ from billing import records
 from shared.db import MigrationSet, create_pool, migrate_url, package_migrations
 
 
+async def scrape(pool: asyncpg.Pool) -> str:
+    """``GET /metrics`` of a site serving billing on ``pool``: this process's counters and
+    billing's readings from the database."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from billing.http import install
+    from shared.metrics_http import install as install_metrics
+
+    app = web.Application()
+    install_metrics(app, lambda _: pool)
+    install(app, lambda _: pool)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/metrics")
+        assert response.status == 200
+        return await response.text()
+
+
 def migrations() -> MigrationSet:
     return package_migrations("billing", billing.__file__)
 

@@ -19,6 +19,7 @@ from tests.integration import billing_db
 from tests.integration.localstripe import card, client_for, localstripe_fixture
 from tests.integration.localstripe import intents_with as intents_of
 from tests.integration.test_edge_app import free_port
+from tests.prom import grew
 
 pytestmark = pytest.mark.integration
 pool, clean = billing_db.fixtures()
@@ -63,10 +64,14 @@ async def test_a_declined_card_deposits_nothing(
         clean: asyncpg.Pool, stripe_client: stripe.StripeClient) -> None:
     topups = CardTopUps(clean, stripe_client)
     customer, method = await asyncio.to_thread(card, stripe_client, "4000000000000341")
+    before = await billing_db.scrape(clean)
     result = await topups.top_up("acme", "member-42", 3000, customer=customer,
                                  payment_method=method, by="member-42 (web)")
     assert (result.outcome, result.failure, result.transaction_id) == (
         "failed", "card_declined", None)
+    assert await topups.charge(result.topup_id) == result                # recorded once
+    assert grew(before, await billing_db.scrape(clean),
+                "cbgw_billing_card_charges_failed_total", merchant="acme", kind="topup") == 1
     assert result.payment_intent is not None
     assert await Ledger(clean).balance("acme", "member-42") == Balance(0, 0)
 

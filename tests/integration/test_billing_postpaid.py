@@ -25,6 +25,7 @@ from billing.reports import daily
 from billing.standing import Standing, card_on_file, charges, close, standing
 from tests.integration import billing_db
 from tests.integration.localstripe import card, client_for, intents_with, localstripe_fixture
+from tests.prom import grew, scraped
 
 pytestmark = pytest.mark.integration
 pool, clean = billing_db.fixtures()
@@ -164,10 +165,15 @@ async def test_a_declined_charge_is_dunned_and_retried_with_the_new_card(
         clean: asyncpg.Pool, stripe_client: stripe.StripeClient) -> None:
     await registered(clean, stripe_client, "member-42", "4000000000000341")
     postpaid = Postpaid(clean, stripe_client, retry_after_s=(0, 3600))
+    before = await billing_db.scrape(clean)
     failed = await postpaid.charge("acme", "member-42", "consult-1", 60, TERMS, by="calls")
     assert failed is not None
     assert (failed.state, failed.failure, failed.attempts) == ("failed", "card_declined", 1)
     assert await standing(clean, "acme", "member-42") == Standing(True, 1, True)
+    after = await billing_db.scrape(clean)
+    assert grew(before, after, "cbgw_billing_card_charges_failed_total", merchant="acme",
+                kind="postpaid") == 1
+    assert scraped(after, "cbgw_billing_accounts_in_dunning", merchant="acme") == 1
     notices = await clean.fetch("SELECT kind, charge_id FROM billing_notices ORDER BY id")
     assert [(n["kind"], n["charge_id"]) for n in notices] == [("charge-failed", failed.id)]
     # the first retry is due at once: declined again by the same card
@@ -182,6 +188,14 @@ async def test_a_declined_charge_is_dunned_and_retried_with_the_new_card(
     assert [n["kind"] for n in kinds] == ["charge-failed", "charge-failed",
                                           "charge-recovered"]
     assert await standing(clean, "acme", "member-42") == Standing(True, 0, False)
+    paid_off = await billing_db.scrape(clean)
+    assert grew(after, paid_off, "cbgw_billing_card_charges_failed_total", merchant="acme",
+                kind="postpaid") == 1                             # the retry's decline
+    assert grew(after, paid_off, "cbgw_billing_consultations_charged_total",
+                merchant="acme", paid_by="postpaid") == 1
+    assert grew(after, paid_off, "cbgw_billing_charged_yen_total", merchant="acme",
+                paid_by="postpaid") == 100
+    assert scraped(paid_off, "cbgw_billing_accounts_in_dunning", merchant="acme") == 0
     for attempt in (1, 2, 3):
         key = charge_key(failed.id, "acme", "member-42", "consult-1", attempt)
         assert len(await asyncio.to_thread(intents_with, stripe_client, METADATA_KEY,

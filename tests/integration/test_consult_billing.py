@@ -44,6 +44,7 @@ from shared.phone import E164
 from tests.integration import advisors_db, billing_db
 from tests.integration.localstripe import client_for, localstripe_fixture
 from tests.integration.test_billing_postpaid import registered
+from tests.prom import grew, scraped
 from tests.unit.test_advisors_records import answered
 
 pytestmark = pytest.mark.integration
@@ -138,10 +139,13 @@ async def test_a_balance_too_low_hears_why_and_no_advisor_is_offered_the_call(
         db: asyncpg.Pool) -> None:
     await Ledger(db).deposit("acme", "member-42", 50, "op", "bank transfer")
     call = Call(db)
+    before = await billing_db.scrape(db)
     await call.start()
     await call.code("0002")
     assert call.plays()[-1] == ("cb-7-01", ("sound:cbgw/balance-too-low",
                                             "sound:cbgw/advisor-unavailable"))
+    assert grew(before, await billing_db.scrape(db), "cbgw_billing_refusals_total",
+                merchant="acme", reason="balance-too-low") == 1
     assert len(call.ari.named("originate")) == 1                    # the customer's only
     assert call.desk.seats[2].state is State.STANDBY                # never offered
     assert await db.fetchval("SELECT count(*) FROM billing_reservations") == 0
@@ -153,11 +157,15 @@ async def test_a_prepaid_consultation_is_warned_cut_off_and_settled_from_its_rec
     ledger = Ledger(db)
     await ledger.deposit("acme", "member-42", 200, "op", "bank transfer")  # two minutes
     call = Call(db)
+    before = await billing_db.scrape(db)
     await call.start()
     await call.code("0002")
     # reserved before the advisor's INVITE: what the balance pays for
     assert call.ari.named("originate")[-1][1] == "cb-7-02"
     assert await ledger.balance("acme", "member-42") == Balance(0, 200)
+    live = await billing_db.scrape(db)
+    assert (scraped(live, "cbgw_billing_live_reservations", merchant="acme"),
+            scraped(live, "cbgw_billing_held_yen", merchant="acme")) == (1, 200)
     (allowed,) = await db.fetchrow("SELECT allowed_s FROM billing_reservations")
     assert allowed == 120
     await call.push(ari.StasisStart(ari.Channel(id="cb-7-02")))      # the advisor answers
@@ -181,6 +189,13 @@ async def test_a_prepaid_consultation_is_warned_cut_off_and_settled_from_its_rec
     assert settled["talk_s"] == talk_s and talk_s < 60
     assert (settled["total_yen"], settled["released_yen"]) == (100, 100)
     assert await ledger.balance("acme", "member-42") == Balance(100, 0)
+    after = await billing_db.scrape(db)
+    assert grew(before, after, "cbgw_billing_cutoffs_total", merchant="acme") == 1
+    assert grew(before, after, "cbgw_billing_consultations_charged_total", merchant="acme",
+                paid_by="prepaid") == 1
+    assert grew(before, after, "cbgw_billing_charged_yen_total", merchant="acme",
+                paid_by="prepaid") == 100
+    assert scraped(after, "cbgw_billing_live_reservations", merchant="acme") == 0
     assert call.task is not None
     await asyncio.wait_for(call.task, 5)
 
