@@ -1,6 +1,7 @@
 """deploy/grafana/cbgw.json reads only metrics the servers export: every ``cbgw_*`` name
 in its queries is a sample of a metric registered by the two sites (shared.metrics,
-edge_server.metrics, callback_server.metrics) or of a scrape-time reading."""
+edge_server.metrics, callback_server.metrics, ivr_platform.metrics, billing.metrics) or of a
+scrape-time reading."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from billing.metrics import BILLING_STATE, billing
 from callback_server.metrics import callback
 from callback_server.queue_reading import CALLBACK_QUEUE
 from edge_server.metrics import edge
@@ -25,10 +27,10 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
 
 def exported() -> set[str]:
     """The sample names a scrape of both sites can hold."""
-    common(), edge(), callback(), ivr()
+    common(), edge(), callback(), ivr(), billing()
     names = {family.name + suffix for family in PROCESS.collect()
              for suffix in SUFFIXES[family.type]}
-    for reading in (OUTBOX_BACKLOG, CALLBACK_QUEUE):
+    for reading in (OUTBOX_BACKLOG, CALLBACK_QUEUE, BILLING_STATE):
         names.update(reading.names)
     return names | {"cbgw_metrics_reading_up"}
 
@@ -59,7 +61,7 @@ def test_every_call_metric_is_on_the_dashboard() -> None:
     """A metric with a merchant label that no panel reads is a metric nobody watches."""
     dashboard = json.loads(DASHBOARD.read_text())
     text = " ".join(queries(dashboard))
-    common(), edge(), callback(), ivr()
+    common(), edge(), callback(), ivr(), billing()
     by_merchant = {family.name for family in PROCESS.collect()
                    if any("merchant" in getattr(c, "_labelnames", ())
                           for c in [PROCESS._names_to_collectors.get(family.name + s)
