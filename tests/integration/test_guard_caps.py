@@ -648,9 +648,10 @@ async def test_a_paced_leg_waits_holding_no_connection_and_keeps_its_route(
     try:
         store = CallbackStore(single, owner="w", guard=guard)
         job = await claimed_job(store, 320, "819070700001")
+        # admitted "just now", stamped a second ahead: the window frees in 2 s, within 3 s
         stamp = await clean.fetchval(
             "INSERT INTO guard_cps (scope, shard, recent) VALUES ('trunk:carrier-a', 0, "
-            "ARRAY[clock_timestamp() - interval '0.2 seconds']) RETURNING recent[1]")
+            "ARRAY[clock_timestamp() + interval '1 second']) RETURNING recent[1]")
         keep, capped = await guard.usable_routes([StaticRoute("carrier-a", "PJSIP/x")], job,
                                                  "acme")
         assert (keep, capped) == ([0], None)               # paced there, not dropped
@@ -658,7 +659,7 @@ async def test_a_paced_leg_waits_holding_no_connection_and_keeps_its_route(
         await asyncio.sleep(0.2)
         assert await asyncio.wait_for(single.fetchval("SELECT 1"), 0.4) == 1
         assert not placing.done()
-        await asyncio.wait_for(placing, 5)
+        await asyncio.wait_for(placing, 10)
         admitted = await clean.fetchval("SELECT admitted_at FROM callback_attempts")
         assert admitted - stamp >= timedelta(seconds=1)
     finally:
