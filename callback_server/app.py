@@ -100,7 +100,7 @@ from shared.metrics_http import READINGS_KEY
 from shared.metrics_http import install as install_metrics
 from shared.money import FxTable
 from shared.openapi import add_operations
-from shared.outbox import DeadLetter, OutboxRelay
+from shared.outbox import EVENTS_PATH, DeadLetter, OutboxRelay
 from shared.site import ari_client as make_ari_client
 from shared.site import (
     background,
@@ -329,6 +329,7 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.start()
     relay = OutboxRelay(app[POOL_KEY], app[DB_URL_KEY], client, owner=owner_name(),
                         passes_in_flight=settings.peer.passes_in_flight,
+                        batch_paths=[EVENTS_PATH], batch_messages=settings.peer.batch_messages,
                         on_dead_letter=dead_letter_alert(app[GUARD_KEY]))
     async with background(relay.run(), "outbox relay"):
         yield

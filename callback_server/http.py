@@ -68,13 +68,14 @@ from shared.link import (
     VERIFIER_KEY,
     Answer,
     batch_answer,
+    batch_answer_schema,
     batch_path,
+    batch_schema,
     message_id,
     parse_batch,
     raw_body,
     signature_middleware,
 )
-from shared.link_policy import BATCH_MAX_MESSAGES
 from shared.openapi import (
     HEALTH,
     LINK,
@@ -85,7 +86,7 @@ from shared.openapi import (
     add_operations,
     serve_openapi,
 )
-from shared.signing import MAX_MESSAGE_ID, Verifier
+from shared.signing import Verifier
 
 log = logging.getLogger("callback.http")
 
@@ -268,21 +269,8 @@ _BUSY = {503: ("database-unavailable", "overloaded")}
 #: what a single request to the intake answers (also each message of a batch)
 _INTAKE_ERRORS = {400: ("invalid-field",), 422: ("unknown-merchant", "destination-refused"),
                   **_BUSY}
-BATCH_SCHEMA = {
-    "type": "object", "required": ["messages"],
-    "properties": {"messages": {
-        "type": "array", "minItems": 1, "maxItems": BATCH_MAX_MESSAGES,
-        "items": {"type": "object", "required": ["message_id", "body"],
-                  "properties": {"message_id": {"type": "string", "minLength": 1,
-                                                "maxLength": MAX_MESSAGE_ID},
-                                 "body": INTAKE_SCHEMA}}}}}
-BATCH_ANSWER = {
-    "type": "object", "required": ["results"],
-    "properties": {"results": {"type": "array", "items": {
-        "type": "object", "required": ["message_id", "status", "body"],
-        "properties": {"message_id": {"type": "string"}, "status": {"type": "integer"},
-                       "body": {"type": "object", "description": "what a single request "
-                                "would have answered: INTAKE_ANSWER or an Error"}}}}}}
+BATCH_SCHEMA = batch_schema(INTAKE_SCHEMA)
+BATCH_ANSWER = batch_answer_schema("INTAKE_ANSWER")
 OPERATIONS = (
     Operation("POST", CALLBACKS_PATH, link_callbacks, "A call-back request from the edge",
               "link", {202: Reply("accepted (or the answer to an earlier delivery of it)",

@@ -3,6 +3,8 @@
 * ``POST /v1/link/events``: reports from the callback site (signed; verified by
   ``shared.link.signature_middleware``; idempotent by message id through
   ``shared.link.accept_once``, and by natural key in the tables).
+* ``POST /v1/link/events/batch``: several such reports in one signed request (the
+  callback site's relay sends what is due together), each answered on its own.
 * ``POST /v1/link/rate-decks``: the parts of a rate deck version the callback site
   activated (``routing_rates.distribute``; signed, idempotent likewise).
 * ``GET /v1/requests``, ``GET /v1/cdrs``, ``GET /v1/calls`` (every inbound call:
@@ -39,6 +41,7 @@ from edge_server.reports import (
     EVENT_ANSWER,
     EVENT_EXAMPLES,
     EVENT_SCHEMA,
+    Report,
     list_rows,
     page_schema,
     parse_event,
@@ -63,7 +66,19 @@ from shared.http import (
     json_response,
     read_json_object,
 )
-from shared.link import VERIFIER_KEY, accept_once, message_id, raw_body, signature_middleware
+from shared.link import (
+    VERIFIER_KEY,
+    Answer,
+    accept_once,
+    batch_answer,
+    batch_answer_schema,
+    batch_path,
+    batch_schema,
+    message_id,
+    parse_batch,
+    raw_body,
+    signature_middleware,
+)
 from shared.openapi import (
     HEALTH,
     LINK,
@@ -73,6 +88,7 @@ from shared.openapi import (
     add_operations,
     serve_openapi,
 )
+from shared.outbox import EVENTS_PATH
 from shared.paging import ListQuery, Page, list_params, parse_list_query
 from shared.paging import page_schema as page_of_items
 from shared.signing import Verifier
@@ -116,13 +132,46 @@ async def link_events(request: web.Request) -> web.Response:
     learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
     try:
         async with _pool(request).acquire() as conn, conn.transaction():
-            status, body = await accept_once(
-                conn, mid, str(data["kind"]),
-                lambda c: save_report(c, report, learn_call_lengths=learn))
+            status, body = await accept_once(conn, mid, str(data["kind"]),
+                                             _saver(report, learn))
     except CONNECTION_ERRORS as exc:
         log.warning("link event %s not stored: %s", mid, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(body, status=status)
+
+
+def _saver(report: Report, learn: bool) -> Callable[[asyncpg.Connection], Awaitable[Answer]]:
+    """What ``accept_once`` runs once for a report: store it."""
+    return lambda conn: save_report(conn, report, learn_call_lengths=learn)
+
+
+async def link_events_batch(request: web.Request) -> web.Response:
+    """Several reports in one signed request; ``200`` with each one's answer.
+
+    Each message is what a single ``POST /v1/link/events`` would carry, with its own
+    message id, and gets the answer that request would get (stored or a duplicate's first
+    answer, 400 ``invalid-field``, 422 ``unknown-merchant``), each stored in its own
+    transaction on one connection. The database failing answers the whole request 503:
+    the sender sends them all again, and those already stored are duplicates.
+    """
+    items = parse_batch(await read_json_object(request, raw_body(request)))
+    learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
+    answers: list[Answer] = []
+    try:
+        async with _pool(request).acquire() as conn:
+            for item in items:
+                try:
+                    report = parse_event(item.body)
+                    async with conn.transaction():
+                        answers.append(await accept_once(conn, item.message_id,
+                                                         str(item.body["kind"]),
+                                                         _saver(report, learn)))
+                except ApiError as exc:
+                    answers.append((exc.status, exc.body()))
+    except CONNECTION_ERRORS as exc:
+        log.warning("a batch of %d link events not stored: %s", len(items), exc)
+        raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
+    return json_response(batch_answer(items, answers))
 
 
 async def link_rate_decks(request: web.Request) -> web.Response:
@@ -197,11 +246,17 @@ _DB_DOWN = {503: ("database-unavailable",)}
 _LIST_PARAMETERS = list_params()
 _LIST_ERRORS = {400: ("invalid-field",), **_DB_DOWN}
 OPERATIONS = (
-    Operation("POST", "/v1/link/events", link_events, "A report from the callback site",
+    Operation("POST", EVENTS_PATH, link_events, "A report from the callback site",
               "link", {200: Reply("stored, or a duplicate of a stored report", EVENT_ANSWER)},
               access=LINK, body=EVENT_SCHEMA, examples=EVENT_EXAMPLES,
               errors={400: ("invalid-field",), 422: ("unknown-merchant", "tenant-mismatch"),
                       **_DB_DOWN}),
+    Operation("POST", batch_path(EVENTS_PATH), link_events_batch,
+              "Several reports from the callback site in one signed request", "link",
+              {200: Reply("each report's own answer, in order", batch_answer_schema("the "
+                          "answer of POST /v1/link/events"))},
+              access=LINK, body=batch_schema(EVENT_SCHEMA),
+              errors={400: ("invalid-field",), **_DB_DOWN}),
     Operation("POST", distribute.PATH, link_rate_decks,
               "A part of a rate deck version the callback site activated, or its withdrawal",
               "link", {200: Reply("the version is stored (or was), or withdrawn",

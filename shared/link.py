@@ -587,6 +587,30 @@ def batch_answer(items: Sequence[BatchItem], answers: Sequence[Answer]) -> dict[
                         for item, (status, body) in zip(items, answers, strict=True)]}
 
 
+def batch_schema(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a batch request whose messages' bodies are ``body``."""
+    return {
+        "type": "object", "required": ["messages"],
+        "properties": {"messages": {
+            "type": "array", "minItems": 1, "maxItems": BATCH_MAX_MESSAGES,
+            "items": {"type": "object", "required": ["message_id", "body"],
+                      "properties": {"message_id": {"type": "string", "minLength": 1,
+                                                    "maxLength": MAX_MESSAGE_ID},
+                                     "body": body}}}}}
+
+
+def batch_answer_schema(answer: str) -> dict[str, Any]:
+    """The JSON Schema of a batch's ``200``; ``answer`` names what a single request to the
+    message path answers."""
+    return {
+        "type": "object", "required": ["results"],
+        "properties": {"results": {"type": "array", "items": {
+            "type": "object", "required": ["message_id", "status", "body"],
+            "properties": {"message_id": {"type": "string"}, "status": {"type": "integer"},
+                           "body": {"type": "object", "description": "what a single request "
+                                    f"would have answered: {answer} or an Error"}}}}}}
+
+
 def parse_batch_answer(body: Any) -> dict[str, Answer]:
     """Answers by message id from a batch's ``200``; items that are malformed are left out
     (the sender retries those messages)."""

@@ -222,6 +222,45 @@ async def test_time_out_of_range_in_utc_is_400(client: TestClient[Any, Any], at:
     assert body["error"]["field"] == "collected_at" and "out of range" in body["error"]["message"]
 
 
+async def test_a_batch_of_events_is_answered_message_by_message(
+        client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
+    stored_before = str(uuid.uuid4())
+    assert (await post_event(client, request_info("cb-b0"), stored_before))[0] == 200
+    messages = [(str(uuid.uuid4()), request_info("cb-b1")),
+                (str(uuid.uuid4()), cdr("call-b1", callback_id="cb-b1", merchant_id="acme")),
+                (stored_before, request_info("cb-b0")),                 # a duplicate
+                (str(uuid.uuid4()), {"kind": "nonsense"}),
+                (str(uuid.uuid4()), request_info("cb-b2", merchant_id="ghost")),
+                (str(uuid.uuid4()), callback_status("cb-b1", status="completed"))]
+    body = json.dumps({"messages": [{"message_id": mid, "body": event}
+                                    for mid, event in messages]}).encode()
+    path = "/v1/link/events/batch"
+    resp = await client.post(path, data=body, headers=signed(body, path=path))
+    assert resp.status == 200
+    results = (await resp.json())["results"]
+    assert [r["message_id"] for r in results] == [mid for mid, _ in messages]
+    assert [r["status"] for r in results] == [200, 200, 200, 400, 422, 200]
+    assert results[0]["body"] == results[2]["body"] == {"status": "stored",
+                                                        "kind": "request_info"}
+    assert results[3]["body"]["error"]["field"] == "kind"
+    assert results[4]["body"]["error"]["id"] == "unknown-merchant"
+    assert await pool.fetchval("SELECT count(*) FROM requests "
+                               "WHERE callback_id IN ('cb-b0', 'cb-b1', 'cb-b2')") == 2
+    assert await pool.fetchval("SELECT count(*) FROM cdrs WHERE call_id = 'call-b1'") == 1
+    again = await client.post(path, data=body, headers=signed(body, path=path))
+    assert [r["status"] for r in (await again.json())["results"]] == [200, 200, 200, 400, 422,
+                                                                      200]
+    assert await pool.fetchval("SELECT count(*) FROM cdrs WHERE call_id = 'call-b1'") == 1
+
+
+async def test_a_batch_that_is_not_one_is_400(client: TestClient[Any, Any]) -> None:
+    body = json.dumps({"messages": [{"message_id": "m1"}]}).encode()
+    path = "/v1/link/events/batch"
+    resp = await client.post(path, data=body, headers=signed(body, path=path))
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == "messages[0].body"
+
+
 async def test_event_for_an_unknown_merchant_is_422(client: TestClient[Any, Any]) -> None:
     status, body = await post_event(client, request_info("cb-h5", merchant_id="ghost"))
     assert status == 422 and body["error"]["id"] == "unknown-merchant"

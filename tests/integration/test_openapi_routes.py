@@ -120,7 +120,8 @@ async def test_each_server_serves_its_document(pki_dir: Path, tmp_path: Path) ->
         assert resp.status == 200 and body["openapi"].startswith("3.1")
         assert body == document(app)
         assert (await client.head("/openapi.json")).status == 200  # a GET has its HEAD
-        assert set(body["paths"]) == {"/v1/link/events", "/v1/link/rate-decks",
+        assert set(body["paths"]) == {"/v1/link/events", "/v1/link/events/batch",
+                                      "/v1/link/rate-decks",
                                       "/v1/requests", "/v1/cdrs", "/v1/calls",
                                       "/v1/consultations", "/v1/billing-records", "/healthz",
                                       "/v1/sip-endpoints", "/v1/sip-endpoints/{user}",
