@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,10 @@ async def admin(stack: Stack) -> AsyncIterator[Admin]:
         yield Admin(stack, session)
 
 
-async def provision(stack: Stack, user: str, password: str) -> str:
-    """The merchant creates the endpoint at the edge; it is in the edge Asterisk at once.
-    Returns its name there."""
+async def provision(stack: Stack, user: str, password: str,
+                    edges: Sequence[ast_harness.AsteriskSite] = ()) -> str:
+    """The merchant creates the endpoint at the edge; it is in the edge Asterisk (each of
+    ``edges``, by default the stack's one) at once. Returns its name there."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
             ssl=stack.client_ssl())) as session, session.put(
             f"{stack.edge_url}/v1/sip-endpoints/{user}", json={"password": password},
@@ -74,18 +75,23 @@ async def provision(stack: Stack, user: str, password: str) -> str:
     assert password not in str(made)
     endpoint = str(made["endpoint"])
     assert endpoint == f"{ACME.id}.{user}"
-    async with stack.edge_site.client() as ari:
-        for _ in range(50):
-            if await ari.get_endpoint("PJSIP", endpoint) is not None:
-                return endpoint
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{endpoint} was not pushed to the edge Asterisk within 5 s")
+    for site in edges or (stack.edge_site,):
+        async with site.client() as ari:
+            for _ in range(50):
+                if await ari.get_endpoint("PJSIP", endpoint) is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"{endpoint} was not pushed to {site.name} within 5 s")
+    return endpoint
 
 
-def register(workdir: Path, endpoint: str, password: str) -> SippRole:
-    """The softphone's REGISTER (401 challenge, then 200 with digest credentials)."""
-    phone = start_role("advisor_register.xml", port=ADVISOR_PORT, workdir=workdir,
-                       name=f"register-{endpoint}", remote=EDGE_SIP, service=endpoint,
+def register(workdir: Path, endpoint: str, password: str, *,
+             edge: tuple[str, int] = EDGE_SIP, port: int = ADVISOR_PORT) -> SippRole:
+    """The softphone's REGISTER (401 challenge, then 200 with digest credentials) from
+    ``port`` to the edge Asterisk at ``edge``."""
+    phone = start_role("advisor_register.xml", port=port, workdir=workdir,
+                       name=f"register-{endpoint}", remote=edge, service=endpoint,
                        max_calls=1, timeout_s=15, keys={"expires": "600"},
                        extra_args=["-au", endpoint, "-ap", password])
     assert phone.wait(20) == 0, phone.describe()
@@ -173,17 +179,23 @@ async def test_an_unregistered_endpoint_is_refused_at_once_and_the_next_advisor_
     assert ("ring_missed", "standby") in await events(stack, first)
 
 
-async def refusals(stack: Stack, names: list[str]) -> dict[str, tuple[int, int | None]]:
+def over_trunk(name: str) -> str:
+    return f"PJSIP/{name}@edge-trunk"
+
+
+async def refusals(stack: Stack, names: list[str],
+                   dial: Callable[[str], str] = over_trunk
+                   ) -> dict[str, tuple[int, int | None]]:
     """Each name as the callback site would ring it over its edge trunk (ARI originate
-    on the callback Asterisk, into a probe application): the Q.850 cause and the SIP
-    status it ended with."""
+    on the callback Asterisk of ``dial(name)``, into a probe application): the Q.850
+    cause and the SIP status it ended with (answered: hung up by the probe, 16)."""
     ended: dict[str, tuple[int, int | None]] = {}
     async with stack.callback_site.client(app="sip-probe") as probe:
         events = probe.events()
         assert isinstance(await anext(events), ari.Connected)
         for name in names:
             channel_id = f"probe-{uuid.uuid4().hex[:12]}"
-            await probe.originate(f"PJSIP/{name}@edge-trunk", channel_id=channel_id,
+            await probe.originate(dial(name), channel_id=channel_id,
                                   timeout=10)
             async with asyncio.timeout(5):
                 async for event in events:
@@ -199,7 +211,7 @@ async def refusals(stack: Stack, names: list[str]) -> dict[str, tuple[int, int |
 async def test_the_trunk_reaches_advisor_endpoints_only(stack: Stack) -> None:
     user = f"guarded{uuid.uuid4().hex[:6]}"
     absent = await provision(stack, user, f"pw-{uuid.uuid4()}")
-    others = ["carrier-in", "callback-site", "09012345678", "0120123456",
+    others = ["carrier-in", "callback-site", "edge-peer", "09012345678", "0120123456",
               f"{ACME.id}.nobody", f"{ACME.id}.operator"]
     async with stack.carriers() as roles:
         ended = await refusals(stack, [absent, *others])

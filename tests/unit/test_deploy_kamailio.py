@@ -51,6 +51,20 @@ def test_the_edge_asterisks_take_kamailio_for_the_carrier() -> None:
         assert sections["carrier-in"]["rewrite_contact"] == "no", site
 
 
+def test_each_edge_forwards_advisor_calls_to_the_other_and_takes_them_from_it() -> None:
+    """An advisor registered at the other edge is rung through the edge-peer trunk:
+    each edge's edge-peer is the other's SIP address, and the dialplans are the same."""
+    for site, other in (EDGES, EDGES[::-1]):
+        peer, bind = _pjsip(site)["edge-peer"], _pjsip(other)["transport-udp"]["bind"]
+        assert peer["contact"] == f"sip:{bind}", site
+        assert peer["match"] == bind, site
+        assert peer["context"] == "from-edge-peer", site
+        # qualified: while the other is down the forward fails at once, not after Timer B
+        assert "[edge-peer](qualified)" in (ASTERISK / site / "pjsip.conf").read_text()
+    dialplans = {(ASTERISK / site / "extensions.conf").read_text() for site in EDGES}
+    assert len(dialplans) == 1
+
+
 def test_every_asterisk_instance_has_its_own_ports() -> None:
     tool = instance_tool()
     sites = sorted(p.parent.name for p in ASTERISK.glob("*/asterisk.conf"))

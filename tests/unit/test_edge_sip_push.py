@@ -47,15 +47,26 @@ def test_an_advisor_endpoint_can_be_rung_but_dials_nowhere_and_needs_its_passwor
 
 def test_an_advisor_endpoint_dials_nothing_but_edge_server() -> None:
     dialplan = (REPO / "deploy/asterisk/edge/extensions.conf").read_text()
-    context = dialplan.split(f"[{ADVISOR_CONTEXT}]", 1)[1].split("\n[", 1)[0]
-    actions = [line for line in context.splitlines() if line.startswith(("exten", " same"))]
+    advisor = dialplan.split(f"[{ADVISOR_CONTEXT}]", 1)[1].split("\n[", 1)[0]
+    actions = [line for line in advisor.splitlines() if line.startswith(("exten", " same"))]
     assert actions == ["exten => _[+0-9]!,1,Set(TIMEOUT(absolute)=${MAX_CALL_S})",
                        " same => n,Stasis(edge,advisor)",     # presence numbers only
                        " same => n,Hangup(21)"]
-    trunk = dialplan.split("[from-callback-site]", 1)[1].split("\n[", 1)[0]
-    dials = re.findall(r"Dial\(([^,]+)", trunk)
-    assert dials == ["PJSIP/${EXTEN}"]
-    assert f'PJSIP_ENDPOINT(${{EXTEN}},context)}}" != "{ADVISOR_CONTEXT}"' in trunk
+    def context(name: str) -> str:
+        return dialplan.split(f"\n[{name}]\n", 1)[1].split("\n[", 1)[0]
+
+    def dials(name: str) -> list[str]:
+        return re.findall(r"Dial\(([^,]+)", context(name))
+
+    # the trunk rings an advisor endpoint here, else forwards to the other edge, whose
+    # calls ring its own contacts only: a call crosses between edges at most once
+    assert dials("from-callback-site") == ["PJSIP/${EXTEN}@edge-peer"]
+    assert dials("from-edge-peer") == []
+    assert dials("ring-advisor") == ["PJSIP/${ARG1}"]
+    assert f'PJSIP_ENDPOINT(${{ARG1}},context)}}" != "{ADVISOR_CONTEXT}"' \
+        in context("ring-advisor")
+    for name in ("from-callback-site", "from-edge-peer"):
+        assert "Gosub(ring-advisor,s,1(${EXTEN}))" in context(name), name
 
 
 def test_the_qualify_interval_is_pushed() -> None:

@@ -1,0 +1,142 @@
+"""Advisors' softphones rung at whichever edge Asterisk they registered to, end to end.
+
+The edge scaled out as in the failover test (``tests.faults.sites.Sites``, two edge
+Asterisks, each with its own ``edge_server`` on one edge database, Kamailio in front):
+every edge Asterisk has every advisor endpoint (each edge server pushes the one table to
+its own), a softphone registers at one of them, and the callback site's trunk reaches
+the first. The edge with no contact for the endpoint forwards the call over its
+``edge-peer`` trunk to the other, which rings its own contact only (a call crosses at
+most once). Proved on the wire: SIPp registers to edge2 and answers the callback site's
+advisor leg that arrived at edge1 (a consultation by code), the INVITE it gets is
+edge2's; a phone registered at edge1 answers a leg sent to edge2; an endpoint
+registered nowhere is refused 480 at once through either edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from demo.stack import MerchantOptions
+from tests.e2e.test_consult_calls import BY_CODE, CONFIRM, Admin, record, ring_outcomes, wait_for
+from tests.e2e.test_sip_advisors import (
+    ADVISOR_PORT,
+    over_trunk,
+    provision,
+    refusals,
+    register,
+    sip,
+)
+from tests.faults.sites import Sites
+from tests.harness.sipp import EDGE_SIP, start_role
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+ACME = MerchantOptions(pre_callback_delay_s="0", ivr_flow="consult")
+EDGE2_SIP = ("127.0.0.1", 5162)
+EDGE_OF_PORT = {EDGE_SIP[1]: "edge", EDGE2_SIP[1]: "edge2"}
+
+
+@pytest.fixture(scope="module")
+async def sites(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sites]:
+    async with Sites(tmp_path_factory.mktemp("sipedges"), merchants=(ACME,),
+                     db_prefix="cbgw_e2e_sipedges", log_level="DEBUG",
+                     callback_servers=1, edge_servers=2) as running:
+        yield running
+
+
+@pytest.fixture
+async def admin(sites: Sites) -> AsyncIterator[Admin]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=sites.client_ssl())) as session:
+        yield Admin(sites, session)
+
+
+async def endpoint_at_both(sites: Sites, user: str, password: str) -> str:
+    """Provisioned once over edge1's API: pushed to both edge Asterisks."""
+    return await provision(sites, user, password,
+                           [sites.asterisks["edge"], sites.asterisks["edge2"]])
+
+
+def sent_by(invite_via: str | None) -> str | None:
+    """Which edge Asterisk sent a request, from its top Via."""
+    for port, edge in EDGE_OF_PORT.items():
+        if f"127.0.0.1:{port}" in (invite_via or ""):
+            return edge
+    return None
+
+
+def on_edge2(name: str) -> str:
+    """The callback Asterisk's trunk, but to edge2's address (the trunk is edge1's)."""
+    return f"PJSIP/edge-trunk/sip:{name}@{EDGE2_SIP[0]}:{EDGE2_SIP[1]}"
+
+
+async def test_a_softphone_registered_at_edge2_is_rung_when_the_leg_reaches_edge1(
+        sites: Sites, admin: Admin) -> None:
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 3})
+    user, password = f"hoshino{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4()}"
+    endpoint = await endpoint_at_both(sites, user, password)
+    registered = register(sites.workdir, endpoint, password, edge=EDGE2_SIP)
+    assert registered.statuses_received("REGISTER") == [401, 200]
+    chosen = await admin.advisor("星野", "2580", sip(user))
+    customer = "07022230001"
+    await admin.fund(customer)
+    async with sites.carriers(digits=CONFIRM + BY_CODE + "2580") as roles:
+        with start_role("uas_answer_dtmf_bye.xml", port=ADVISOR_PORT,
+                        workdir=sites.workdir, name="advisor-phone-edge2") as phone:
+            await asyncio.to_thread(sites.customer_call(customer).wait, 40)
+            invite = await wait_for(phone, lambda m: m.method == "INVITE", 60)
+            await wait_for(phone, lambda m: m.direction == "sent" and m.status == 200
+                           and m.cseq_method == "INVITE", 10)
+            await wait_for(phone, lambda m: m.method == "BYE" and m.direction == "sent", 40)
+            made = await record(sites, "+817022230001")
+        operator_invites = roles["operator"].invites_received()
+    assert invite.ruri_user == endpoint
+    assert sent_by(invite.header("via")) == "edge2", invite.header("via")
+    assert invite.from_user is not None and invite.from_user.endswith("7022230001"), \
+        "the advisor sees the customer's number"
+    assert operator_invites == []
+    assert made["method"] == "code" and made["advisor_id"] == chosen
+    assert ring_outcomes(made) == [(chosen, "answered")]
+    leg = await sites.wait_for_row(
+        "callback", "SELECT * FROM callback_attempts WHERE leg = 'advisor' AND answered")
+    assert leg["endpoint"] == f"PJSIP/{endpoint}@edge-trunk"     # the trunk is edge1's
+
+
+async def test_a_softphone_registered_at_edge1_is_rung_when_the_leg_reaches_edge2(
+        sites: Sites, tmp_path: Path) -> None:
+    user, password = f"yui{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4()}"
+    endpoint = await endpoint_at_both(sites, user, password)
+    port = ADVISOR_PORT + 3
+    register(tmp_path, endpoint, password, edge=EDGE_SIP, port=port)
+    with start_role("uas_answer_hold.xml", port=port, workdir=tmp_path,
+                    name="advisor-phone-edge1") as phone:
+        ended = await refusals(sites, [endpoint], dial=on_edge2)
+        invite = await wait_for(phone, lambda m: m.method == "INVITE", 5)
+        answered = await wait_for(phone, lambda m: m.direction == "sent" and m.status == 200
+                                  and m.cseq_method == "INVITE", 5)
+    assert answered.call_id == invite.call_id
+    assert sent_by(invite.header("via")) == "edge", invite.header("via")
+    assert ended[endpoint][0] == 16, ended      # answered, then hung up by the probe
+
+
+async def test_an_endpoint_registered_nowhere_is_refused_at_once_through_either_edge(
+        sites: Sites) -> None:
+    """Each edge forwards it to the other, which has no contact either and refuses it:
+    480 back at the callback site (its cause 19) within a second or two, not after the
+    ring time (nor bounced back: the other edge's [from-edge-peer] never forwards)."""
+    endpoint = await endpoint_at_both(sites, f"absent{uuid.uuid4().hex[:6]}",
+                                      f"pw-{uuid.uuid4()}")
+    for dial in (over_trunk, on_edge2):
+        started = time.monotonic()
+        ended = await refusals(sites, [endpoint], dial=dial)
+        took = time.monotonic() - started
+        assert ended == {endpoint: (19, 480)}, (dial(endpoint), ended)
+        assert took < 3, f"{dial(endpoint)} refused after {took:.1f} s"
