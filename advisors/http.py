@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -84,14 +84,18 @@ class Services:
 SERVICES_KEY = web.AppKey("advisors_services", Services)
 
 
-def install(app: web.Application, database: Database) -> None:
+def install(app: web.Application, database: Database, *, operators: Mapping[str, str]
+            ) -> None:
+    """``operators``: each merchant's operator extension (a SIP contact taken without an
+    endpoint at the edge); any other SIP contact needs the edge's endpoint
+    (:mod:`advisors.edge_phones`)."""
     add_operations(app, OPERATIONS)
     if READINGS_KEY in app:  # the site serves /metrics
         app[READINGS_KEY].append(ADVISORS_BY_STATE)
 
     async def advisors_ctx(app: web.Application) -> AsyncIterator[None]:
         url, pool = database(app)
-        services = Services(AdvisorStore(pool), Presences(pool), EventHub(url),
+        services = Services(AdvisorStore(pool, operators), Presences(pool), EventHub(url),
                             ConsultationRecords(pool), Sessions(pool))
         app[SERVICES_KEY] = services
         async with background(services.hub.run(), "advisor events"), \

@@ -123,6 +123,9 @@ class Advisor:
     max_concurrent: int
     groups: tuple[int, ...]
     created_at: datetime
+    #: a SIP contact's endpoint at the edge: a softphone registered there (None: no such
+    #: endpoint known, or a PSTN contact)
+    sip_registered: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ route, a replay) gets the first answer and changes nothing. Bad input: 400
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ from shared.http import (
     json_response,
     read_json_object,
 )
-from shared.link import accept_once, message_id, raw_body
+from shared.link import Answer, accept_once, message_id, raw_body
 from shared.openapi import (
     E164_NUMBER,
     LINK,
@@ -61,7 +61,7 @@ from shared.phone import E164, InvalidNumber
 
 PRESENCE_PATH = "/v1/link/presence"
 LINK_KIND = "presence"
-_MERCHANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MERCHANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _EDGE_CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SIP_USER = re.compile(r"^[A-Za-z0-9._~+-]{1,64}$")
 _FIELDS = ("merchant_id", "edge_call_id", "presence", "caller", "caller_user")
@@ -85,8 +85,8 @@ def parse_presence_call(data: Mapping[str, Any]) -> PresenceCall:
     for key in data:
         if key not in _FIELDS:
             raise InvalidField(key, f"unknown field (expected one of: {', '.join(_FIELDS)})")
-    merchant_id = _matching(data, "merchant_id", _MERCHANT_ID)
-    edge_call_id = _matching(data, "edge_call_id", _EDGE_CALL_ID)
+    merchant_id = matching(data, "merchant_id", MERCHANT_ID)
+    edge_call_id = matching(data, "edge_call_id", _EDGE_CALL_ID)
     wanted = data.get("presence")
     if wanted not in WANTED:
         raise InvalidField("presence", "expected online or offline")
@@ -100,13 +100,13 @@ def parse_presence_call(data: Mapping[str, Any]) -> PresenceCall:
         except InvalidNumber as exc:
             raise InvalidField("caller", str(exc)) from None
     if data.get("caller_user") is not None:
-        contacts.append(SipContact(_matching(data, "caller_user", _SIP_USER)))
+        contacts.append(SipContact(matching(data, "caller_user", _SIP_USER)))
     if not contacts:
         raise InvalidField("caller", "the caller's number or SIP user is required")
     return PresenceCall(merchant_id, edge_call_id, wanted == "online", tuple(contacts))
 
 
-def _matching(data: Mapping[str, Any], key: str, pattern: re.Pattern[str]) -> str:
+def matching(data: Mapping[str, Any], key: str, pattern: re.Pattern[str]) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidField(key, f"required, matching {pattern.pattern}")
@@ -133,19 +133,28 @@ async def change(conn: asyncpg.Connection, pool: asyncpg.Pool, call: PresenceCal
                  "advisor_id": advisor.id, "state": after.state.value}
 
 
-async def link_presence(request: web.Request) -> web.Response:
-    """Set an advisor online or offline: they called a presence number at the edge. A
-    repeated message id gets the first answer back and changes nothing."""
-    call = parse_presence_call(await read_json_object(request, raw_body(request)))
+async def accept_link(request: web.Request, kind: str,
+                      handler: Callable[[asyncpg.Connection, asyncpg.Pool], Awaitable[Answer]]
+                      ) -> web.Response:
+    """Answer a link message of ``kind`` by ``handler(conn, pool)``, once per message id
+    (:func:`shared.link.accept_once`, in the handler's transaction); 503 before the
+    site's database is connected."""
     try:
         pool = request.app[POOL_KEY](request.app)
     except KeyError:
         raise ApiError(503, "advisors-unavailable", "database not connected yet",
                        retry_after_s=5) from None
     async with pool.acquire() as conn, conn.transaction():
-        status, body = await accept_once(conn, message_id(request), LINK_KIND,
-                                         lambda c: change(c, pool, call))
+        status, body = await accept_once(conn, message_id(request), kind,
+                                         lambda c: handler(c, pool))
     return json_response(body, status=status)
+
+
+async def link_presence(request: web.Request) -> web.Response:
+    """Set an advisor online or offline: they called a presence number at the edge. A
+    repeated message id gets the first answer back and changes nothing."""
+    call = parse_presence_call(await read_json_object(request, raw_body(request)))
+    return await accept_link(request, LINK_KIND, lambda conn, pool: change(conn, pool, call))
 
 
 PRESENCE_CALL: Schema = {
@@ -153,7 +162,7 @@ PRESENCE_CALL: Schema = {
     "additionalProperties": False,
     "description": "at least one of caller and caller_user",
     "properties": {
-        "merchant_id": {"type": "string", "pattern": _MERCHANT_ID.pattern},
+        "merchant_id": {"type": "string", "pattern": MERCHANT_ID.pattern},
         "edge_call_id": {"type": "string", "pattern": _EDGE_CALL_ID.pattern},
         "presence": {"enum": list(WANTED)},
         "caller": nullable(E164_NUMBER),

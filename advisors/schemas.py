@@ -283,7 +283,7 @@ def advisor_json(a: Advisor, p: Presence) -> dict[str, Any]:
             "code": a.code, "contact": a.contact.to_json(),
             "price_per_minute_yen": a.price_per_minute_yen, "max_concurrent": a.max_concurrent,
             "groups": list(a.groups), "presence": presence_json(p),
-            "created_at": a.created_at.isoformat()}
+            "sip_registered": a.sip_registered, "created_at": a.created_at.isoformat()}
 
 
 def group_json(g: Group) -> dict[str, Any]:
@@ -338,7 +338,11 @@ PRESENCE: Schema = {
         "reason": {"type": "string"}, "consultations": {"type": "integer"},
         "misses": {"type": "integer"}, "idle_since": nullable(TIMESTAMP)}}
 ADVISOR: Schema = {"type": "object", "properties": {
-    **ADVISOR_INPUT["properties"], "id": _ID, "presence": PRESENCE, "created_at": TIMESTAMP}}
+    **ADVISOR_INPUT["properties"], "id": _ID, "presence": PRESENCE,
+    "sip_registered": {"type": ["boolean", "null"],
+                       "description": "a SIP contact: its softphone is registered at the "
+                                      "edge; null: a PSTN contact or no endpoint known"},
+    "created_at": TIMESTAMP}}
 _GROUP_PRICE: Schema = {
     "type": ["integer", "null"], "minimum": 0, "maximum": 100_000, "default": None,
     "description": "yen per minute of a consultation through the group (a customer "

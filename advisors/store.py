@@ -8,7 +8,7 @@ naming ``groups`` or ``members``. Presence and assignment are in :mod:`advisors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -40,7 +40,10 @@ _UNIQUE_FIELDS = {"advisors_merchant_id_code_key": ("code", "another advisor has
 _ADVISOR_SELECT = """
     SELECT a.*, p.desk, p.sessions, p.misses, p.reason, p.idle_since, p.wrap_up_token,
            coalesce((SELECT array_agg(m.group_id ORDER BY m.group_id)
-                     FROM advisor_group_members m WHERE m.advisor_id = a.id), '{}') AS groups
+                     FROM advisor_group_members m WHERE m.advisor_id = a.id), '{}') AS groups,
+           (SELECT e.registered FROM edge_sip_endpoints e WHERE a.contact_kind = 'sip'
+              AND e.merchant_id = a.merchant_id AND e.sip_user = a.contact AND e.present
+           ) AS sip_registered
     FROM advisors a JOIN advisor_presence p ON p.advisor_id = a.id
     WHERE a.merchant_id = $1"""
 
@@ -74,7 +77,7 @@ def _advisor(row: asyncpg.Record) -> tuple[Advisor, Presence]:
                       code=row["code"], contact=_contact(row),
                       price_per_minute_yen=row["price_per_minute_yen"],
                       max_concurrent=row["max_concurrent"], groups=tuple(row["groups"]),
-                      created_at=row["created_at"])
+                      created_at=row["created_at"], sip_registered=row["sip_registered"])
     return advisor, presence_of(row)
 
 
@@ -94,9 +97,36 @@ def _duplicate(exc: asyncpg.UniqueViolationError) -> Duplicate:
     return Duplicate(field, message)
 
 
+async def check_contact(conn: asyncpg.Connection, merchant_id: str, contact: Contact,
+                        operator: str | None) -> None:
+    """400 ``invalid-field`` ``contact.user`` for a SIP contact that the edge has no
+    endpoint of (the merchant's ``operator`` extension is the edge's operator phone, no
+    endpoint: always taken)."""
+    if not isinstance(contact, SipContact) or contact.user == operator:
+        return
+    present = await conn.fetchval("SELECT present FROM edge_sip_endpoints WHERE "
+                                  "merchant_id = $1 AND sip_user = $2",
+                                  merchant_id, contact.user)
+    if not present:
+        raise InvalidField("contact.user", "no SIP endpoint of this user at the edge: "
+                           "create it there first (PUT /v1/sip-endpoints/{user})")
+
+
 class AdvisorStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """``operators``: each merchant's operator extension; given, an advisor's SIP contact
+    is taken only if the edge has its endpoint (or it is that extension), else 400
+    ``contact.user`` (:func:`check_contact`; the edge's endpoints:
+    :mod:`advisors.edge_phones`)."""
+
+    def __init__(self, pool: asyncpg.Pool, operators: Mapping[str, str] | None = None
+                 ) -> None:
         self.pool = pool
+        self.operators = operators
+
+    async def _check_contact(self, conn: asyncpg.Connection, merchant_id: str,
+                             contact: Contact | None) -> None:
+        if self.operators is not None and contact is not None:
+            await check_contact(conn, merchant_id, contact, self.operators.get(merchant_id))
 
     # --- settings -------------------------------------------------------------------------
 
@@ -158,6 +188,7 @@ class AdvisorStore:
         assert new.contact is not None  # parse_advisor(create=True) requires these
         kind, contact = _contact_columns(new.contact)
         async with self._transaction() as conn:
+            await self._check_contact(conn, merchant_id, new.contact)
             advisor_id = await conn.fetchval(
                 """INSERT INTO advisors (merchant_id, display_name, name_prompt, code,
                        contact_kind, contact, price_per_minute_yen, max_concurrent)
@@ -180,6 +211,7 @@ class AdvisorStore:
             columns["contact_kind"], columns["contact"] = _contact_columns(changes.contact)
         async with self._transaction() as conn:
             await self.advisor(merchant_id, advisor_id, conn)
+            await self._check_contact(conn, merchant_id, changes.contact)
             if columns:
                 sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
                 await conn.execute(f"UPDATE advisors SET {sets} WHERE merchant_id = $1 "

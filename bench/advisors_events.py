@@ -95,7 +95,7 @@ async def _serve(url: str, port: int, ready: Any) -> None:
         await app[pool_key].close()
 
     app.cleanup_ctx.append(database)
-    install(app, lambda a: (url, a[pool_key]))
+    install(app, lambda a: (url, a[pool_key]), operators={})
     settle_heap_on_startup(app)
     runner = web.AppRunner(app, access_log=None, **serve_options())
     await runner.setup()

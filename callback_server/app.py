@@ -44,6 +44,7 @@ import billing
 import callback_server
 import ivr_platform
 import shared
+from advisors.edge_phones import install as install_edge_phones
 from advisors.http import install as install_advisors
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
@@ -168,7 +169,8 @@ def migration_sets(with_rates: bool) -> list[MigrationSet]:
 def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Application:
     app = _intake_app(settings, "all")
     outbox_operator.add_routes(app)
-    install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]))
+    install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]),
+                     operators={m.id: m.operator for m in settings.merchants})
     install_advisor_sessions(app)
     install_advisor_page(app)
     install_billing(app, lambda a: a[POOL_KEY], fx=site_fx(settings),
@@ -253,6 +255,7 @@ def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
     app[ROLE_KEY] = role
     install_guard(app)
     install_phone_presence(app, lambda a: a[POOL_KEY])
+    install_edge_phones(app, lambda a: a[POOL_KEY])
     install_metrics(app, lambda a: a.get(POOL_KEY))
     callback_metrics()  # its series exist before the first call-back
     app[READINGS_KEY].append(CALLBACK_QUEUE)

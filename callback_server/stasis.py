@@ -79,16 +79,12 @@ class StasisApp:
         if self.identified is None:
             return
         try:
-            info = await self.client.asterisk_info()
+            name = await self.client.system_name()
         except ari.AriError as exc:
             log.warning("cannot read the Asterisk's name: %s", exc)
             return
-        config = info.get("config")
-        system = info.get("system")
-        name = (config.get("name") if isinstance(config, dict) else None) or \
-            (system.get("entity_id") if isinstance(system, dict) else None)
         if name:
-            self.identified(str(name))
+            self.identified(name)
 
     async def _resync(self) -> None:
         try:

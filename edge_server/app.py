@@ -34,6 +34,7 @@ from edge_server.presence_stasis import LinkPresence
 from edge_server.sip_endpoints import SipEndpoints
 from edge_server.sip_http import SIP_ENDPOINTS_KEY
 from edge_server.sip_push import EndpointPusher
+from edge_server.sip_registrations import RegistrationWatch
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from ivr_platform.tts import PromptCache
@@ -187,6 +188,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
             await tasks.enter_async_context(background(prompts.run(), "closed messages"))
         await tasks.enter_async_context(background(pusher.serve(app[DB_URL_KEY]),
                                                    "SIP endpoint push"))
+        await tasks.enter_async_context(background(
+            RegistrationWatch(client, app[SIP_ENDPOINTS_KEY]).run(), "SIP registrations"))
         await tasks.enter_async_context(background(run_events(stasis, client), "ari events"))
         yield
     await stasis.router.drain()

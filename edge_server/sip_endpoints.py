@@ -8,6 +8,13 @@ the password itself is never stored, logged or returned) and announces every cha
 on the NOTIFY channel ``sip_endpoints`` (payload: the endpoint id) in the change's
 transaction, so every edge server pushes it to its own Asterisk
 (:mod:`edge_server.sip_push`).
+
+The callback site is told every change of an endpoint's state (created, deleted,
+registered at some edge Asterisk or at none: :meth:`SipEndpoints.registrations`, fed by
+:mod:`edge_server.sip_registrations`) through the outbox in the change's transaction, as
+link kind ``sip_endpoint`` (:mod:`advisors.edge_phones`), each with the endpoint's next
+version (sequence ``sip_endpoint_versions``), so the callback site keeps the latest
+whatever order the messages arrive in.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from typing import Any
 
 import asyncpg
 
+from advisors.edge_phones import KIND, PATH, EndpointState
 from shared.http import InvalidField
+from shared.outbox import Outbox, fact_message_id
 
 #: the NOTIFY channel of changes; the payload is the endpoint id
 CHANNEL = "sip_endpoints"
@@ -100,6 +109,24 @@ def _endpoint(row: asyncpg.Record) -> SipEndpoint:
 _COLUMNS = "merchant_id, sip_user, realm, ha1, created_at, updated_at"
 
 
+async def _registered(conn: asyncpg.Connection, endpoint_ids: list[str]) -> set[str]:
+    """Which of ``endpoint_ids`` have a registered contact at some edge Asterisk."""
+    return {r["endpoint_id"] for r in await conn.fetch(
+        "SELECT DISTINCT endpoint_id FROM sip_registrations WHERE endpoint_id = ANY($1)",
+        endpoint_ids)}
+
+
+async def _announce(conn: asyncpg.Connection, merchant_id: str, user: str, version: int, *,
+                    exists: bool, registered: bool) -> None:
+    """Tell the callback site the endpoint's state as of ``version`` (in the caller's
+    transaction)."""
+    state = EndpointState(merchant_id, user, exists, registered, version)
+    await Outbox.enqueue(conn, kind=KIND, path=PATH, payload=state.to_json(),
+                         message_id=fact_message_id(KIND, f"{endpoint_id(merchant_id, user)}"
+                                                          f":{version}"),
+                         merchant_id=merchant_id)
+
+
 class SipEndpoints:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -113,10 +140,13 @@ class SipEndpoints:
                 f"INSERT INTO sip_endpoints (endpoint_id, merchant_id, sip_user, realm, ha1) "
                 f"VALUES ($1, $2, $3, $4, $5) ON CONFLICT (endpoint_id) DO UPDATE SET "
                 f"realm = EXCLUDED.realm, ha1 = EXCLUDED.ha1, updated_at = now() "
-                f"RETURNING {_COLUMNS}, (xmax = 0) AS created",
+                f"RETURNING {_COLUMNS}, version, (xmax = 0) AS created",
                 name, merchant_id, user, realm, digest_ha1(name, realm, password))
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, name)
-        assert row is not None
+            assert row is not None
+            if row["created"]:
+                await _announce(conn, merchant_id, user, int(row["version"]),
+                                exists=True, registered=False)
         return _endpoint(row), bool(row["created"])
 
     async def delete(self, merchant_id: str, user: str) -> bool:
@@ -127,7 +157,45 @@ class SipEndpoints:
                                        "RETURNING true", name)
             if gone:
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, name)
+                version = await conn.fetchval("SELECT nextval('sip_endpoint_versions')")
+                await _announce(conn, merchant_id, user, int(version), exists=False,
+                                registered=False)
         return bool(gone)
+
+    async def registrations(self, asterisk: str, online: set[str]) -> list[str]:
+        """Record that, of the advisor endpoints, exactly ``online`` have a registered
+        contact at the edge Asterisk ``asterisk`` (its system name); the callback site is
+        told of each endpoint registered now at some edge Asterisk and not before, or
+        the other way round. Returns those endpoint ids."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            held = {r["endpoint_id"] for r in await conn.fetch(
+                "SELECT endpoint_id FROM sip_registrations WHERE asterisk = $1", asterisk)}
+            moved = sorted(held ^ online)
+            if not moved:
+                return []
+            rows = await conn.fetch(   # locked: each edge server's changes one after another
+                "SELECT endpoint_id, merchant_id, sip_user FROM sip_endpoints "
+                "WHERE endpoint_id = ANY($1) ORDER BY endpoint_id FOR UPDATE", moved)
+            before = await _registered(conn, moved)
+            await conn.execute("DELETE FROM sip_registrations WHERE asterisk = $1 "
+                               "AND NOT endpoint_id = ANY($2)", asterisk, sorted(online))
+            await conn.execute(
+                "INSERT INTO sip_registrations (endpoint_id, asterisk) SELECT e, $1 FROM "
+                "unnest($2::text[]) AS e ON CONFLICT DO NOTHING", asterisk,
+                sorted({r["endpoint_id"] for r in rows} & online))
+            after = await _registered(conn, moved)
+            changed = []
+            for row in rows:
+                name = row["endpoint_id"]
+                if (name in before) == (name in after):
+                    continue
+                version = await conn.fetchval(
+                    "UPDATE sip_endpoints SET version = nextval('sip_endpoint_versions') "
+                    "WHERE endpoint_id = $1 RETURNING version", name)
+                await _announce(conn, row["merchant_id"], row["sip_user"], int(version),
+                                exists=True, registered=name in after)
+                changed.append(name)
+        return changed
 
     async def of_merchant(self, merchant_id: str) -> list[SipEndpoint]:
         rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM sip_endpoints "

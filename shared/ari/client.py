@@ -390,6 +390,14 @@ class AriClient:
         raw = await self._request("GET", "/asterisk/info")
         return dict(raw) if isinstance(raw, dict) else {}
 
+    async def system_name(self) -> str | None:
+        """The Asterisk's ``systemname`` (``asterisk.conf``), else its entity id."""
+        info = await self.asterisk_info()
+        config, system = info.get("config"), info.get("system")
+        name = (config.get("name") if isinstance(config, dict) else None) or \
+            (system.get("entity_id") if isinstance(system, dict) else None)
+        return str(name) if name else None
+
     async def put_config(self, config_class: str, object_type: str, object_id: str,
                          fields: Sequence[tuple[str, str]]) -> None:
         """Create or replace a sorcery object (ARI push configuration: the type needs a

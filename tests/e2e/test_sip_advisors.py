@@ -38,7 +38,7 @@ from tests.e2e.test_consult_calls import (
     wait_for,
 )
 from tests.harness import asterisk as ast_harness
-from tests.harness.sipp import EDGE_SIP, SippRole, start_role
+from tests.harness.sipp import EDGE_SIP, SipMessage, SippRole, start_role
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,9 @@ async def admin(stack: Stack) -> AsyncIterator[Admin]:
 async def provision(stack: Stack, user: str, password: str,
                     edges: Sequence[ast_harness.AsteriskSite] = ()) -> str:
     """The merchant creates the endpoint at the edge; it is in the edge Asterisk (each of
-    ``edges``, by default the stack's one) at once. Returns its name there."""
+    ``edges``, by default the stack's one) at once, and the callback site is told of it
+    over the link (an advisor may have it as a contact from then on). Returns its name
+    there."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
             ssl=stack.client_ssl())) as session, session.put(
             f"{stack.edge_url}/v1/sip-endpoints/{user}", json={"password": password},
@@ -83,6 +85,9 @@ async def provision(stack: Stack, user: str, password: str,
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError(f"{endpoint} was not pushed to {site.name} within 5 s")
+    await stack.wait_for_row("callback", "SELECT 1 FROM edge_sip_endpoints WHERE "
+                             "merchant_id = $1 AND sip_user = $2 AND present", ACME.id, user,
+                             timeout_s=10)
     return endpoint
 
 
@@ -102,6 +107,24 @@ def sip(user: str) -> dict[str, str]:
     return {"kind": "sip", "user": user}
 
 
+async def consult_by_code(stack: Stack, admin: Admin, customer: str, code: str
+                          ) -> tuple[SipMessage, dict[str, Any], list[SipMessage]]:
+    """A funded customer (a national number) keys the advisor's ``code``; the advisor's
+    softphone (SIPp on ``ADVISOR_PORT``) answers and hangs up. The INVITE it got, the
+    consultation's record and the INVITEs the operator phone got."""
+    await admin.fund(customer)
+    async with stack.carriers(digits=CONFIRM + BY_CODE + code) as roles:
+        with start_role("uas_answer_dtmf_bye.xml", port=ADVISOR_PORT,
+                        workdir=stack.workdir, name=f"advisor-phone-{customer}") as phone:
+            await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+            invite = await wait_for(phone, lambda m: m.method == "INVITE", 60)
+            await wait_for(phone, lambda m: m.direction == "sent" and m.status == 200
+                           and m.cseq_method == "INVITE", 10)
+            await wait_for(phone, lambda m: m.method == "BYE" and m.direction == "sent", 40)
+            made = await record(stack, "+81" + customer[1:])
+        return invite, made, roles["operator"].invites_received()
+
+
 async def test_a_registered_softphone_is_rung_by_code_not_the_operator(
         stack: Stack, admin: Admin) -> None:
     await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
@@ -111,18 +134,8 @@ async def test_a_registered_softphone_is_rung_by_code_not_the_operator(
     registered = register(stack.workdir, endpoint, password)
     assert registered.statuses_received("REGISTER") == [401, 200]
     chosen = await admin.advisor("星野", "2580", sip(user))
-    customer = "07022220001"
-    await admin.fund(customer)
-    async with stack.carriers(digits=CONFIRM + BY_CODE + "2580") as roles:
-        with start_role("uas_answer_dtmf_bye.xml", port=ADVISOR_PORT,
-                        workdir=stack.workdir, name="advisor-phone") as phone:
-            await asyncio.to_thread(stack.customer_call(customer).wait, 40)
-            invite = await wait_for(phone, lambda m: m.method == "INVITE", 60)
-            await wait_for(phone, lambda m: m.direction == "sent" and m.status == 200
-                           and m.cseq_method == "INVITE", 10)
-            await wait_for(phone, lambda m: m.method == "BYE" and m.direction == "sent", 40)
-            made = await record(stack, "+817022220001")
-        operator_invites = roles["operator"].invites_received()
+    invite, made, operator_invites = await consult_by_code(stack, admin, "07022220001",
+                                                            "2580")
     assert invite.ruri_user == endpoint
     assert invite.from_user is not None and invite.from_user.endswith("7022220001"), \
         "the advisor sees the customer's number"

@@ -10,11 +10,14 @@ most once). Proved on the wire: SIPp registers to edge2 and answers the callback
 advisor leg that arrived at edge1 (a consultation by code), the INVITE it gets is
 edge2's; a phone registered at edge1 answers a leg sent to edge2; an endpoint
 registered nowhere is refused 480 at once through either edge.
+
+The callback site knows the endpoints over the link: an advisor whose SIP user has no
+endpoint at the edge is refused (400 ``contact.user``), and the advisor shows
+``sip_registered`` turning true once the phone registered at edge2.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,9 +27,10 @@ import aiohttp
 import pytest
 
 from demo.stack import MerchantOptions
-from tests.e2e.test_consult_calls import BY_CODE, CONFIRM, Admin, record, ring_outcomes, wait_for
+from tests.e2e.test_consult_calls import Admin, ring_outcomes, wait_for
 from tests.e2e.test_sip_advisors import (
     ADVISOR_PORT,
+    consult_by_code,
     over_trunk,
     provision,
     refusals,
@@ -83,21 +87,21 @@ async def test_a_softphone_registered_at_edge2_is_rung_when_the_leg_reaches_edge
                                                       "misses_before_break": 3})
     user, password = f"hoshino{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4()}"
     endpoint = await endpoint_at_both(sites, user, password)
+    async with admin.session.post(admin.url + "/v1/advisors", headers=admin.headers, json={
+            "display_name": "星野", "code": "2580", "price_per_minute_yen": 200,
+            "contact": sip(f"x{user}")}) as resp:     # no such endpoint at the edge
+        refused = await resp.json()
+    assert resp.status == 400 and refused["error"]["field"] == "contact.user", refused
+    chosen = await admin.advisor("星野", "2580", sip(user))
+    assert (await admin.call("GET", f"/v1/advisors/{chosen}", {}))["sip_registered"] is False
     registered = register(sites.workdir, endpoint, password, edge=EDGE2_SIP)
     assert registered.statuses_received("REGISTER") == [401, 200]
-    chosen = await admin.advisor("星野", "2580", sip(user))
-    customer = "07022230001"
-    await admin.fund(customer)
-    async with sites.carriers(digits=CONFIRM + BY_CODE + "2580") as roles:
-        with start_role("uas_answer_dtmf_bye.xml", port=ADVISOR_PORT,
-                        workdir=sites.workdir, name="advisor-phone-edge2") as phone:
-            await asyncio.to_thread(sites.customer_call(customer).wait, 40)
-            invite = await wait_for(phone, lambda m: m.method == "INVITE", 60)
-            await wait_for(phone, lambda m: m.direction == "sent" and m.status == 200
-                           and m.cseq_method == "INVITE", 10)
-            await wait_for(phone, lambda m: m.method == "BYE" and m.direction == "sent", 40)
-            made = await record(sites, "+817022230001")
-        operator_invites = roles["operator"].invites_received()
+    # edge2's server reads the registration and the callback site is told of it
+    await sites.wait_for_row("callback", "SELECT 1 FROM edge_sip_endpoints WHERE "
+                             "sip_user = $1 AND registered", user, timeout_s=15)
+    assert (await admin.call("GET", f"/v1/advisors/{chosen}", {}))["sip_registered"] is True
+    invite, made, operator_invites = await consult_by_code(sites, admin, "07022230001",
+                                                            "2580")
     assert invite.ruri_user == endpoint
     assert sent_by(invite.header("via")) == "edge2", invite.header("via")
     assert invite.from_user is not None and invite.from_user.endswith("7022230001"), \

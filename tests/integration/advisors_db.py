@@ -18,7 +18,7 @@ from shared.db import MigrationSet, create_pool, migrate_url, package_migrations
 TABLES = ("advisor_settings, advisors, advisor_groups, advisor_group_members, "
           "advisor_presence, advisor_events, customers, customer_numbers, consultations, "
           "consultation_leg_costs, outbox, inbound_messages, advisor_queue, "
-          "advisor_signin_links, advisor_sessions")
+          "advisor_signin_links, advisor_sessions, edge_sip_endpoints")
 
 
 def fixtures(*more: MigrationSet) -> tuple[Any, Any]:

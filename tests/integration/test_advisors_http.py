@@ -16,7 +16,9 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from advisors import edge_phones
 from advisors.assignment import Assignment
+from advisors.edge_phones import EndpointState
 from advisors.http import SERVICES_KEY, install
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from tests.integration import advisors_db
@@ -36,7 +38,7 @@ def digest(token: str) -> str:
 async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[TestClient[Any, Any]]:
     app = web.Application(middlewares=[error_middleware])
     app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME)), ("bento", digest(BENTO))])
-    install(app, lambda _: (pg_url, clean))
+    install(app, lambda _: (pg_url, clean), operators={})
     async with TestClient(TestServer(app)) as c:
         await asyncio.wait_for(app[SERVICES_KEY].hub.listening.wait(), 10)
         yield c
@@ -59,8 +61,11 @@ async def field_error(resp: ClientResponse, status: int = 400) -> str:
     return str(body["error"].get("field", body["error"]["id"]))
 
 
-async def test_advisors_groups_customers_and_settings(client: TestClient[Any, Any]) -> None:
+async def test_advisors_groups_customers_and_settings(client: TestClient[Any, Any],
+                                                     clean: asyncpg.Pool) -> None:
     assert (await client.get("/v1/advisors")).status == 401
+    async with clean.acquire() as conn:     # the edge told of sakura's SIP endpoint
+        await edge_phones.store(conn, EndpointState("acme", "sakura", True, False, 1))
     created = await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201)
     assert created["contact"] == {"kind": "pstn", "number": "+819011112222"}
     assert created["max_concurrent"] == 1 and created["presence"]["state"] == "offline"
@@ -258,7 +263,7 @@ async def test_the_database_away_is_a_503_to_retry(pg_url: str) -> None:
     away = await create_pool(pg_url, min_size=1, max_size=1)
     app = web.Application(middlewares=[error_middleware])
     app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME))])
-    install(app, lambda _: (pg_url, away))
+    install(app, lambda _: (pg_url, away), operators={})
     async with TestClient(TestServer(app)) as c:
         await away.close()
         for resp in (await c.get("/v1/advisors", headers=AUTH),
@@ -272,7 +277,7 @@ async def test_stopping_the_server_ends_open_event_streams(clean: asyncpg.Pool,
                                                            pg_url: str) -> None:
     app = web.Application(middlewares=[error_middleware])
     app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME))])
-    install(app, lambda _: (pg_url, clean))
+    install(app, lambda _: (pg_url, clean), operators={})
     server = TestServer(app)
     async with TestClient(server) as c:
         stream = await c.get("/v1/advisors/events", headers=AUTH)

@@ -5,6 +5,7 @@ a real PostgreSQL, asked by the edge's own :class:`edge_server.presence_stasis.L
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -53,18 +54,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def site(clean: asyncpg.Pool) -> AsyncIterator[str]:
-    """The call-back site's link middleware and the presence route; its base URL."""
+def link_app() -> web.Application:
+    """The call-back site's link middleware, taking the edge's signatures."""
     app = web.Application(middlewares=[error_middleware, signature_middleware])
     app[VERIFIER_KEY] = Verifier({EDGE_KEY.key_id: EDGE_KEY.public()})
-    install_phone_presence(app, lambda _: clean)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free port; its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def site(clean: asyncpg.Pool) -> AsyncIterator[str]:
+    """The call-back site's link middleware and the presence route; its base URL."""
+    app = link_app()
+    install_phone_presence(app, lambda _: clean)
+    async with served(app) as url:
+        yield url
 
 
 def link_client(*urls: str) -> LinkClient:

@@ -18,6 +18,7 @@ import advisors
 import billing
 import ivr_platform
 from advisors import record_store
+from advisors.edge_phones import install as install_edge_phones
 from advisors.http import install as install_advisors
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import ConsultationRecords
@@ -99,8 +100,9 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     add_operations(app, rates_routes(rates))
     install_metrics(app, lambda _: pool)
     outbox_operator.add_routes(app)
-    install_advisors(app, lambda _: (db_url, pool))
+    install_advisors(app, lambda _: (db_url, pool), operators={})
     install_phone_presence(app, lambda _: pool)
+    install_edge_phones(app, lambda _: pool)
     install_billing(app, lambda _: pool)
     install_media(app, media, lambda _: pool)
     install_flows(app, lambda _: pool)

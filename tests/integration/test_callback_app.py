@@ -85,7 +85,9 @@ def test_example_config_loads(pki_dir: Path, tmp_path: Path) -> None:
 async def test_the_site_serves_the_advisors_api_on_its_own_migrations(
         pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
     """The composition root applies the advisors migration set and mounts its routes: an
-    advisor added with the example merchant's token (sha256 of "test") is listed."""
+    advisor added with the example merchant's token (sha256 of "test") is listed. Its SIP
+    contact is the merchant's operator extension (the edge's operator phone); another SIP
+    user, of which the edge has told of no endpoint, is refused."""
     app = create_app(settings(pki_dir, pg_url, tmp_path), with_ari=False)
     auth = {"Authorization": "Bearer test"}
     async with TestClient(TestServer(app)) as client:
@@ -93,6 +95,11 @@ async def test_the_site_serves_the_advisors_api_on_its_own_migrations(
         resp = await client.post("/v1/advisors", headers=auth, json={
             "display_name": "星野", "code": "7001", "price_per_minute_yen": 250,
             "contact": {"kind": "sip", "user": "hoshino"}})
+        refused = await resp.json()
+        assert resp.status == 400 and refused["error"]["field"] == "contact.user", refused
+        resp = await client.post("/v1/advisors", headers=auth, json={
+            "display_name": "星野", "code": "7001", "price_per_minute_yen": 250,
+            "contact": {"kind": "sip", "user": "operator"}})
         assert resp.status == 201, await resp.text()
         listed = await (await client.get("/v1/advisors", headers=auth)).json()
         assert [a["code"] for a in listed["items"]] == ["7001"]

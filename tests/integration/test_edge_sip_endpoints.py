@@ -18,12 +18,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from advisors.edge_phones import KIND, PATH, EndpointState
 from edge_server.http import POOL_KEY, create_http_app
 from edge_server.sip_cli import main as sip_cli
 from edge_server.sip_endpoints import CHANNEL, SipEndpoints
 from edge_server.sip_http import SIP_ENDPOINTS_KEY
 from edge_server.sip_push import SipEndpointSettings
 from shared.db import listening
+from shared.outbox import fact_message_id
 from shared.signing import Verifier
 from tests.integration.test_edge_http import (  # noqa: F401 (the pool fixture)
     ACME_TOKEN,
@@ -43,6 +45,7 @@ REALM = "edge.example.jp"
 @pytest.fixture
 async def db(pool: asyncpg.Pool) -> asyncpg.Pool:  # noqa: F811 (test_edge_http's)
     await pool.execute("DELETE FROM sip_endpoints")
+    await pool.execute("DELETE FROM outbox WHERE kind = $1", KIND)
     return pool
 
 
@@ -195,3 +198,54 @@ async def test_the_cli_sets_lists_and_deletes_reading_the_password_from_stdin(
     code = await asyncio.to_thread(sip_cli, ["--config", str(EXAMPLE), "--merchant",
                                              "nobody", "list"])
     assert code == 2 and "--merchant: no merchant 'nobody'" in capsys.readouterr().err
+
+
+async def told(db: asyncpg.Pool) -> list[EndpointState]:
+    """The states the outbox holds for the callback site, oldest first (each message's
+    id is its fact's: endpoint and version)."""
+    rows = await db.fetch("SELECT message_id, path, body FROM outbox WHERE kind = $1 "
+                          "ORDER BY created_at, message_id", KIND)
+    states = []
+    for row in rows:
+        assert row["path"] == PATH
+        body = json.loads(bytes(row["body"]))
+        states.append(EndpointState(body["merchant_id"], body["user"], body["exists"],
+                                    body["registered"], body["version"]))
+        assert str(row["message_id"]) == fact_message_id(
+            KIND, f"{body['merchant_id']}.{body['user']}:{body['version']}")
+    return sorted(states, key=lambda s: s.version)
+
+
+async def test_the_callback_site_is_told_each_change_of_an_endpoint_s_state_once(
+        db: asyncpg.Pool) -> None:
+    """Created, registered at one edge Asterisk, at the other too (no change), left the
+    first (still registered), left the second, deleted: four messages, each with a later
+    version; a new password, an endpoint the table does not hold and a round with
+    nothing new tell nothing."""
+    store = SipEndpoints(db)
+    await store.put("acme", "hoshino", PASSWORD, REALM)
+    await store.put("acme", "hoshino", PASSWORD + "2", REALM)          # a new password
+    assert await store.registrations("cbgw-edge", {"acme.hoshino", "acme.ghost"}) \
+        == ["acme.hoshino"]
+    assert await store.registrations("cbgw-edge", {"acme.hoshino"}) == []
+    assert await store.registrations("cbgw-edge2", {"acme.hoshino"}) == []
+    assert await store.registrations("cbgw-edge", set()) == []          # still at edge2
+    assert await store.registrations("cbgw-edge2", set()) == ["acme.hoshino"]
+    await store.delete("acme", "hoshino")
+    states = await told(db)
+    assert [(s.merchant_id, s.user, s.exists, s.registered) for s in states] == [
+        ("acme", "hoshino", True, False), ("acme", "hoshino", True, True),
+        ("acme", "hoshino", True, False), ("acme", "hoshino", False, False)]
+    assert len({s.version for s in states}) == 4
+
+
+async def test_a_deleted_endpoint_s_registrations_go_with_it(db: asyncpg.Pool) -> None:
+    store = SipEndpoints(db)
+    await store.put("acme", "ren", PASSWORD, REALM)
+    await store.registrations("cbgw-edge", {"acme.ren"})
+    await store.delete("acme", "ren")
+    assert await db.fetchval("SELECT count(*) FROM sip_registrations") == 0
+    await store.put("acme", "ren", PASSWORD, REALM)      # made again: not registered
+    assert (await told(db))[-1] == EndpointState("acme", "ren", True, False,
+                                                 (await told(db))[-1].version)
+    assert await store.registrations("cbgw-edge", {"acme.ren"}) == ["acme.ren"]

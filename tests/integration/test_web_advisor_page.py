@@ -42,7 +42,7 @@ browser = browser_fixture()
 def site(pg_url: str, pool: asyncpg.Pool) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME)), ("bento", digest(BENTO))])
-    install_advisors(app, lambda _: (pg_url, pool))
+    install_advisors(app, lambda _: (pg_url, pool), operators={})
     install_sessions(app)
     install_page(app)
     return app
