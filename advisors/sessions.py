@@ -13,24 +13,18 @@ that advisor only.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
 from advisors.errors import NotFound
+from shared.browser_session import csrf_matches, digest, new_csrf_token, new_token
 
 #: how long a sign-in link may be used
 LINK_VALID_S = 15 * 60
 #: how long a session lasts (a working day and then some)
 SESSION_VALID_S = 12 * 3600
-
-
-def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +43,7 @@ class Session:
     expires_at: datetime
 
     def csrf_ok(self, sent: str) -> bool:
-        return hmac.compare_digest(sent.encode(), self.csrf_token.encode())
+        return csrf_matches(sent, self.csrf_token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +60,7 @@ class Sessions:
 
     async def issue(self, merchant_id: str, advisor_id: int, now: datetime) -> SigninLink:
         """A sign-in link for the merchant's advisor (404 if not theirs)."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         expires = now + timedelta(seconds=LINK_VALID_S)
         inserted = await self.pool.fetchval(
             """INSERT INTO advisor_signin_links (token_sha256, merchant_id, advisor_id,
@@ -87,7 +81,7 @@ class Sessions:
 
     async def sign_in(self, link_token: str, now: datetime) -> Opened | None:
         """Use the link: a new session, or None for a link unknown, used or expired."""
-        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+        token, csrf = new_token(), new_csrf_token()
         expires = now + timedelta(seconds=SESSION_VALID_S)
         row = await self.pool.fetchrow(
             """WITH used AS (

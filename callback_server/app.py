@@ -58,6 +58,7 @@ from callback_server.advisor_desk import AdvisorDesk
 from callback_server.answerlog import AnswerLog
 from callback_server.click_http import ClickIntake
 from callback_server.click_http import install as install_click_to_call
+from callback_server.click_web_http import install as install_click_web
 from callback_server.config import CallbackSettings
 from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
@@ -112,6 +113,7 @@ from shared.site import (
     verifier_for,
 )
 from web.advisor_page import install as install_advisor_page
+from web.click_page import install as install_click_page
 
 log = logging.getLogger("callback.app")
 
@@ -204,6 +206,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     install_click_to_call(app, lambda a: ClickIntake(
         a[STORE_KEY], AdvisorDesk(a[POOL_KEY], a[ROUTING_KEY]), a[GUARD_KEY],
         consult_billing(a), {m.id: m for m in settings.merchants}))
+    install_click_web(app, settings.sms)
+    install_click_page(app)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:
         app.cleanup_ctx.append(ari_ctx)

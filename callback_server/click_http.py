@@ -123,6 +123,16 @@ async def request_click_to_call(request: web.Request) -> web.Response:
     merchant = intake.merchants.get(merchant_id)
     if merchant is None:
         raise ApiError(404, "not-found", f"merchant {merchant_id} is not configured here")
+    stored = await click_to_call(intake, merchant, click)
+    return json_response({"consultation_id": consultation_id(stored.callback_id),
+                          "callback_id": stored.callback_id, "advisor_id": stored.advisor_id,
+                          "status": stored.status}, status=202)
+
+
+async def click_to_call(intake: ClickIntake, merchant: Merchant, click: ClickRequest
+                        ) -> StoredClick:
+    """The request checked (advisor, guard, billing: the 4xx saying which) and stored as
+    a queued job; a repeat of its ``Idempotency-Key``: the first's."""
     stored = await _known(intake, merchant, click)
     if stored is None:
         try:
@@ -138,9 +148,7 @@ async def request_click_to_call(request: web.Request) -> web.Response:
                                                     click.idempotency_key, known)
         log.info("click-to-call %s %s: advisor %d", stored.callback_id,
                  "repeated" if stored.repeat else "queued", stored.advisor_id)
-    return json_response({"consultation_id": consultation_id(stored.callback_id),
-                          "callback_id": stored.callback_id, "advisor_id": stored.advisor_id,
-                          "status": stored.status}, status=202)
+    return stored
 
 
 async def _known(intake: ClickIntake, merchant: Merchant, click: ClickRequest

@@ -65,7 +65,6 @@ async def get_advisor(request: web.Request) -> web.StreamResponse:
             **{f"state-{name.replace('_', '-')}": text(f"advisor.state.{name}", language)
                for name in STATES},
             "msg-failed": text("advisor.failed", language),
-            "msg-signed-out": text("error.signed-out", language),
             "signed-out-url": f"/advisor{_lang_query(language)}"}
     attributes = " ".join(f'data-{k}="{escape(v)}"' for k, v in data.items())
     buttons = "".join(

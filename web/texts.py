@@ -59,6 +59,55 @@ TEXTS: dict[str, tuple[str, str]] = {
     "advisor.signin.lead": ("下のボタンを押すと、このブラウザでサインインします。",
                             "Press the button to sign in on this browser."),
     "advisor.signin.submit": ("サインインする", "Sign in"),
+    "click.title": ("{merchant} 電話相談", "{merchant}: talk to an advisor"),
+    "click.lead": ("相談したい相談員の「電話で相談する」を押してください。"
+                   "お客様の電話にお掛けします。",
+                   "Press \"Call me\" next to an advisor: we call your phone."),
+    "click.no-merchant": ("このページは見つかりません。", "This page does not exist."),
+    "click.available": ("相談できます", "Available"),
+    "click.talking": ("通話中", "On a call"),
+    "click.offline": ("オフライン", "Offline"),
+    "click.per-minute": ("1分 {amount}（税込）", "{amount} a minute (tax included)"),
+    "click.call": ("電話で相談する", "Call me"),
+    "click.number": ("お客様の電話番号", "Your phone number"),
+    "click.send-code": ("確認コードを送る", "Send me a code"),
+    "click.code": ("SMSで届いた6桁の確認コード", "The 6-digit code we sent by SMS"),
+    "click.verify": ("確認して電話を受ける", "Verify and call me"),
+    "click.code-sent": ("確認コードをSMSでお送りしました。", "We sent you a code by SMS."),
+    "click.calling": ("お客様のお電話をお呼び出ししています…", "Calling your phone…"),
+    "click.connecting": ("相談員におつなぎしています…", "Connecting you to the advisor…"),
+    "click.talking-now": ("通話中です。", "You are talking with the advisor."),
+    "click.ended": ("通話は終了しました。", "The call has ended."),
+    "click.failed": ("うまくいきませんでした。時間をおいてもう一度お試しください。",
+                     "That did not work. Please try again later."),
+    "click.invalid-number": ("電話番号をご確認ください。", "Please check the phone number."),
+    "click.code-wrong": ("確認コードが違います（あと{n}回）。",
+                         "That code is not right ({n} tries left)."),
+    "click.code-expired": ("確認コードの有効期限が切れました。もう一度お送りください。",
+                           "The code has expired. Please ask for a new one."),
+    "click.number-locked": ("確認コードの誤りが続いたため、この番号はしばらく"
+                            "ご利用いただけません。",
+                            "Too many wrong codes: this number is locked for a while."),
+    "click.rate-limited": ("お手続きが多すぎます。しばらくしてからお試しください。",
+                           "Too many tries. Please wait a while."),
+    "click.number-refused": ("この電話番号にはおかけできません。",
+                             "We cannot call this phone number."),
+    "click.advisor-unavailable": ("この相談員はただいま電話を受けられません。",
+                                  "This advisor cannot take a call right now."),
+    "click.balance-too-low": ("残高が不足しています（残高 {available}円、必要 {needed}円）。"
+                              "チャージしてからお試しください。",
+                              "Your balance is too low (¥{available}; ¥{needed} needed). "
+                              "Please top up first."),
+    "click.no-card": ("お支払いのカードが登録されていません。",
+                      "No card is registered for payment."),
+    "click.in-dunning": ("未払いのご利用料金があります。お支払い後にご利用ください。",
+                         "A charge is unpaid. Please pay it first."),
+    "click.unpaid-limit": ("未払いのご利用料金があります。お支払い後にご利用ください。",
+                           "Charges are unpaid. Please pay them first."),
+    "click.billing-refused": ("ご利用いただけません（{reason}）。",
+                              "This consultation cannot be started ({reason})."),
+    "click.verify-again": ("もう一度、電話番号の確認をお願いします。",
+                           "Please verify your phone number again."),
     "error.signed-out.title": ("サインインしてください", "Please sign in"),
     "error.signed-out": ("サインインしていないか、有効期限が切れています。"
                          "新しいサインイン用リンクを管理者にご依頼ください。",
@@ -101,8 +150,13 @@ TEXTS: dict[str, tuple[str, str]] = {
 
 
 def text(name: str, language: Language, **values: str) -> str:
+    return template(name, language).format(**values)
+
+
+def template(name: str, language: Language) -> str:
+    """The text with its ``{placeholders}`` (a script fills them in)."""
     ja, en = TEXTS[name]
-    return (ja if language is Language.JAPANESE else en).format(**values)
+    return ja if language is Language.JAPANESE else en
 
 
 def yen(amount: int, language: Language) -> str:

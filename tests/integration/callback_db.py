@@ -14,7 +14,8 @@ from callback_server.store import CallbackStore
 from shared.config import Merchant
 from shared.db import create_pool, migrate_url, package_migrations
 
-TABLES = ("cdrs, request_info, callback_attempts, click_to_call_requests, callback_requests, "
+TABLES = ("cdrs, request_info, callback_attempts, click_to_call_requests, click_web_calls, "
+          "callback_requests, "
           "outbox, inbound_messages, "
           "guard_lists, guard_numbers, guard_callbacks, guard_rounds, guard_refusals, "
           "guard_spend, guard_trips, guard_alerts, guard_live, guard_cps")

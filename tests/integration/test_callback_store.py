@@ -55,7 +55,7 @@ async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
     await pool.execute("TRUNCATE cdrs, request_info, callback_attempts, click_to_call_requests,"
-                       " callback_requests, outbox, inbound_messages")
+                       " click_web_calls, callback_requests, outbox, inbound_messages")
     return pool
 
 

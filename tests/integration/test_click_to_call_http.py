@@ -34,6 +34,7 @@ from callback_server.guard.service import Guard
 from callback_server.guard.settings import GuardSettings
 from callback_server.routing import Routing
 from callback_server.store import CallbackStore
+from ivr_platform.sms_store import migrations as sms_migrations
 from shared.db import create_pool, migrate_url, package_migrations
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from shared.phone import E164
@@ -56,7 +57,7 @@ async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
                                package_migrations("callback", callback_server.__file__),
                                package_migrations("advisors", advisors.__file__),
                                record_store.MIGRATIONS, billing_db.migrations(),
-                               records.MIGRATIONS])
+                               records.MIGRATIONS, sms_migrations()])
     p = await create_pool(pg_url, max_size=10)
     await CallbackStore(p, owner="setup").sync_merchants(MERCHANTS)
     yield p
