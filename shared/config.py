@@ -661,6 +661,9 @@ class Merchant:
     max_cost_per_minute: Money | None = None
     #: ``[merchants.carrier_quality]``; None: carriers are ranked by cost alone
     carrier_quality: CarrierQuality | None = None
+    #: where the merchant's customers top their balance up (an https URL); the
+    #: click-to-call page links it when billing finds the balance too low. None: no link
+    topup_url: str | None = None
 
     @classmethod
     def parse(cls, s: Section) -> Merchant:
@@ -701,6 +704,7 @@ class Merchant:
             presence_offline_number=_opt_number(s, "presence_offline_number"),
             max_cost_per_minute=_max_cost(s),
             carrier_quality=CarrierQuality.parse(s.section("carrier_quality")),
+            topup_url=_opt_https(s, "topup_url"),
         )
 
     def presence_numbers(self) -> tuple[tuple[str, E164], ...]:
@@ -708,6 +712,13 @@ class Merchant:
         return tuple((key, number) for key, number in (
             ("presence_online_number", self.presence_online_number),
             ("presence_offline_number", self.presence_offline_number)) if number is not None)
+
+
+def _opt_https(s: Section, key: str) -> str | None:
+    url = s.opt_str(key)
+    if url is not None and not re.fullmatch(r"https://[^\s\"<>]+", url):
+        raise s.error(key, f"expected an https:// URL, got {url!r}")
+    return url
 
 
 def _opt_number(s: Section, key: str) -> E164 | None:

@@ -7,8 +7,9 @@ visitors: short requests, no connection held open per visitor), and a 「電話�
 button on an advisor in standby. The customer types their number, receives a one-time
 code by SMS, types it in, and only then may the page ask for the call
 (:mod:`callback_server.click_web_http`); the page then follows the call (calling you,
-connecting, talking, ended) and says why when a request is refused (billing's guidance,
-the advisor busy, too many tries).
+connecting, talking, ended) and says why when a request is refused (billing's guidance, with a
+link to the merchant's ``topup_url`` when the balance is too low; the advisor busy, too
+many tries).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ async def get_click_page(request: web.Request) -> web.StreamResponse:
                             text("click.no-merchant", language))
     advisors = await advisors_of(intake, merchant)
     data = {"merchant": merchant.id, "refresh-s": str(REFRESH_S),
+            "topup-url": merchant.topup_url or "",
             **{f"msg-{name}": template(f"click.{name}", language) for name in MESSAGES}}
     attributes = " ".join(f'data-{k}="{escape(v)}"' for k, v in data.items())
     items = "".join(_advisor(a, language) for a in advisors)
@@ -75,6 +77,8 @@ async def get_click_page(request: web.Request) -> web.StreamResponse:
 <button type="submit" id="verify-code">{escape(text("click.verify", language))}</button>
 </form>
 <p id="call-status" role="status" aria-live="polite"></p>
+<p><a id="topup-link" href="{escape(merchant.topup_url or "")}" hidden>{
+        escape(text("click.topup", language))}</a></p>
 </section>
 </main>"""
     return page(language, title, body, scripts=("/web/click.js",))

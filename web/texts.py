@@ -98,6 +98,7 @@ TEXTS: dict[str, tuple[str, str]] = {
                               "チャージしてからお試しください。",
                               "Your balance is too low (¥{available}; ¥{needed} needed). "
                               "Please top up first."),
+    "click.topup": ("残高をチャージする", "Top up your balance"),
     "click.no-card": ("お支払いのカードが登録されていません。",
                       "No card is registered for payment."),
     "click.in-dunning": ("未払いのご利用料金があります。お支払い後にご利用ください。",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +53,7 @@ CUSTOMER = click_to_call.CUSTOMER
 SENDER = normalise("050-1111-2222")
 #: a number with no account: no balance
 STRANGER = "080-5555-6666"
+TOPUP = "https://acme.example.jp/charge"
 MINE = ("click_phone_codes, click_phone_locks, click_verified, click_web_calls, "
         "sms_messages")
 
@@ -72,7 +74,7 @@ async def site(pool: asyncpg.Pool, db: dict[str, int]
     install_click(app, lambda _: ClickIntake(
         CallbackStore(pool, owner="http"), AdvisorDesk(pool, Routing(None, ())),
         Guard(pool, GuardSettings()), ConsultBilling(pool, BillingSettings()),
-        {m.id: m for m in MERCHANTS}))
+        {m.id: replace(m, topup_url=TOPUP) if m.id == "acme" else m for m in MERCHANTS}))
     install_sms(app, sms, lambda _: pool, owner="page-test")
     install_click_web(app, sms)
     install_page(app)
@@ -200,6 +202,9 @@ async def test_a_refused_request_says_why(
         await page.fill("#phone-code", await code_sent(fake, STRANGER))
         await page.click("#verify-code")
         await status_says(page, "残高が不足しています（残高 0円、必要 100円）")
+        link = page.locator("#topup-link")
+        assert await link.is_visible() and await link.inner_text() == "残高をチャージする"
+        assert await link.get_attribute("href") == TOPUP
     finally:
         await context.close()
     assert await pool.fetchval("SELECT count(*) FROM click_to_call_requests") == 0
@@ -244,3 +249,18 @@ async def test_codes_and_calls_are_rate_limited_and_need_a_verified_number(
     assert statuses == [202, 403, 403, 429]
     assert await pool.fetchval("SELECT count(*) FROM click_web_calls") == 3
     assert await pool.fetchval("SELECT count(callback_id) FROM click_web_calls") == 1
+
+
+async def test_the_page_in_english_and_its_headers(
+        site: tuple[TestClient[Any, Any], FakeTwilio, dict[str, int]]) -> None:
+    client, _, ids = site
+    resp = await client.get("/m/acme/advisors", headers={"Accept-Language": "en-US,en"})
+    html = await resp.text()
+    assert (resp.status, resp.content_type) == (200, "text/html")
+    assert '<html lang="en">' in html and "¥100 a minute (tax included)" in html
+    assert ">Call me</button>" in html and f'data-topup-url="{TOPUP}"' in html
+    assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert "1分 100円（税込）" in await (await client.get("/m/acme/advisors")).text()
+    listed = await (await client.get("/v1/m/acme/advisors")).json()
+    assert [(a["id"], a["availability"]) for a in listed["advisors"]] == [
+        (ids["sip"], "available"), (ids["pstn"], "offline")]

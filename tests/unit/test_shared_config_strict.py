@@ -285,3 +285,17 @@ def test_a_bad_max_cost_names_file_line_and_key(tmp_path: Path, line: str,
                                 'announce_mode = "early_media"\n' + line)
     with pytest.raises(ConfigError, match=rf"edge.toml:\d+: {re.escape(message)}"):
         _edge(tmp_path, text)
+
+
+def test_a_merchants_top_up_url_is_https(tmp_path: Path) -> None:
+    text = CALLBACK_EXAMPLE.replace(
+        'announce_mode = "early_media"',
+        'announce_mode = "early_media"\ntopup_url = "https://acme.example.jp/charge"')
+    assert _callback(tmp_path, text).merchants[0].topup_url == "https://acme.example.jp/charge"
+    assert _callback(tmp_path, CALLBACK_EXAMPLE).merchants[0].topup_url is None
+    text = CALLBACK_EXAMPLE.replace(
+        'announce_mode = "early_media"',
+        'announce_mode = "early_media"\ntopup_url = "http://acme.example.jp/charge"')
+    with pytest.raises(ConfigError, match=r"callback.toml:\d+: merchants\[0\].topup_url: "
+                                          r"expected an https:// URL"):
+        _callback(tmp_path, text)

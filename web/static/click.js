@@ -21,9 +21,12 @@
   let csrf = '';
   let following = null;
 
+  const topUp = document.getElementById('topup-link');
+
   function say(kind, message) {
     status.textContent = message;
     status.className = kind;
+    topUp.hidden = true;
   }
 
   function fill(template, values) {
@@ -96,6 +99,9 @@
     }
     if (!answer.ok) {
       say('error', refusal(answer.body));
+      const error = answer.body.error || {};
+      // the balance is too low: the merchant's top-up page, if it has one
+      topUp.hidden = !(error.reason === 'balance-too-low' && data.topupUrl);
       return;
     }
     numberForm.hidden = true;
