@@ -31,9 +31,13 @@ Replies: 202 ``{"consultation_id", "action", "state": "requested"}``; 404 ``not-
 (no such call-back of this merchant), 409 ``consultation-not-running`` (its call-back is
 not being dialled, or the consultation is over), 400 ``invalid-field`` (not a
 consultation id), 503 ``database-unavailable``. The machine ignores a control that does
-not apply in its phase: a consultation still ringing or queued is not held (an end
-is applied: the search stops), a hold of a customer on hold or an unhold of one not on
-hold changes nothing.
+not apply in its phase (an end is applied at any phase: the search stops), a hold of a
+customer on hold or an unhold of one not on hold changes nothing. A hold is refused
+before it is sent when nobody talks yet: 409 ``consultation-not-talking`` while the
+consultation has no ``consult_live`` row with an answer (still assigning, ringing or
+queued; an advisor-first click-to-call whose customer has not answered), as an ACD
+refuses to hold a call that is not connected (applying it later would put a customer
+on hold the moment they reach an advisor).
 """
 
 from __future__ import annotations
@@ -152,6 +156,13 @@ class NotRunning(ApiError):
                          consultation_id=consultation_id)
 
 
+class NotTalking(ApiError):
+    def __init__(self, consultation_id: str) -> None:
+        super().__init__(409, "consultation-not-talking",
+                         f"consultation {consultation_id} has nobody talking to hold yet "
+                         "(still ringing or queued)", consultation_id=consultation_id)
+
+
 async def request_control(pool: asyncpg.Pool, merchant_id: str, control: Control) -> None:
     """Check that the consultation may be running, then notify every worker process."""
     async with pool.acquire() as conn, conn.transaction():
@@ -165,6 +176,10 @@ async def request_control(pool: asyncpg.Pool, merchant_id: str, control: Control
             control.consultation_id)
         if status != "dialing" or recorded:
             raise NotRunning(control.consultation_id)
+        if control.action is Action.HOLD and not await conn.fetchval(
+                "SELECT true FROM consult_live WHERE consultation_id = $1"
+                " AND snapshot->>'answered_at' IS NOT NULL", control.consultation_id):
+            raise NotTalking(control.consultation_id)
         if control.to_advisor_id is not None and not await conn.fetchval(
                 "SELECT true FROM advisors WHERE id = $1 AND merchant_id = $2",
                 control.to_advisor_id, merchant_id):
@@ -298,7 +313,10 @@ OPERATIONS = [
               params=(Param("consultation_id", "path", {"type": "string"}),),
               body=TRANSFER_BODY if action is Action.TRANSFER else None,
               errors={**({403: ("number-refused",)} if action is Action.TRANSFER else {}),
-                      404: ("not-found",), 409: ("consultation-not-running",),
+                      404: ("not-found",),
+                      409: ("consultation-not-running",
+                            *(("consultation-not-talking",) if action is Action.HOLD
+                              else ())),
                       503: ("database-unavailable",)})
     for action in Action
 ]

@@ -31,7 +31,7 @@ from shared.db import listening, migrate_url, package_migrations
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from tests.integration import callback_db
 from tests.integration.test_callback_http import MERCHANTS, TOKEN
-from tests.unit.test_advisors_records import answered
+from tests.unit.test_advisors_records import answered, unanswered
 
 pytestmark = pytest.mark.integration
 pool, clean = callback_db.fixtures(MERCHANTS)
@@ -59,7 +59,7 @@ class Round:
 async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Any]:
     await migrate_url(pg_url, [package_migrations("advisors", advisors.__file__),
                                record_store.MIGRATIONS])
-    await clean.execute("TRUNCATE consultations, advisors CASCADE")
+    await clean.execute("TRUNCATE consultations, advisors, consult_live CASCADE")
     for merchant, code in (("acme", "0001"), ("bento", "0002")):
         await clean.execute(
             "INSERT INTO advisors (merchant_id, display_name, code, contact_kind, contact,"
@@ -82,11 +82,25 @@ async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[Any]:
     await guard.alerter.close()
 
 
+async def _live(pool: asyncpg.Pool, consultation_id: str, *, talking: bool = True) -> None:
+    """The consultation's ``consult_live`` row as its runner keeps it (answered: talking;
+    not: an advisor-first click-to-call whose customer is still dialled)."""
+    callback_id = consultation_id.rsplit("-c", 1)[0]
+    record = (answered if talking else unanswered)(consultation_id=consultation_id,
+                                                   callback_id=callback_id)
+    await pool.execute(
+        "INSERT INTO consult_live (consultation_id, callback_id, merchant_id,"
+        " customer_channel, advisor_channel, bridge_id, advisor_id, presence_id, snapshot)"
+        " VALUES ($1, $2, 'acme', 'cust', 'adv', 'br', 12, $1, $3)",
+        consultation_id, callback_id, record.to_json())
+
+
 @pytest.mark.parametrize(("action", "event"), [("end", consult.ForceEnd),
                                                ("hold", consult.HoldCustomer),
                                                ("unhold", consult.ResumeCustomer)])
 async def test_a_control_reaches_the_process_running_the_call(
-        client: Any, pg_url: str, action: str, event: type) -> None:
+        client: Any, clean: asyncpg.Pool, pg_url: str, action: str, event: type) -> None:
+    await _live(clean, "cb-0-c1")
     here, elsewhere = Round("cb-0-c1"), Round("cb-1-c1")
     async with listening(pg_url, CONTROL_CHANNEL) as notes:
         delivering = asyncio.create_task(deliver_controls(notes, {"cb-0": here,
@@ -118,6 +132,35 @@ async def test_a_consultation_not_running_is_409_and_another_merchants_404(
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "consultation_id"
     resp = await client.post("/v1/consultations/cb-0-c1/end")
     assert resp.status == 401
+
+
+async def test_a_hold_before_anyone_talks_is_409_and_never_sent(
+        client: Any, clean: asyncpg.Pool, pg_url: str) -> None:
+    """Still assigning, ringing or queued (no ``consult_live`` row), or an advisor-first
+    click-to-call whose customer has not answered (a row without an answer): hold is
+    refused 409 ``consultation-not-talking`` and nothing reaches the call; an end still
+    goes (it stops the search)."""
+    here = Round("cb-0-c1")
+    async with listening(pg_url, CONTROL_CHANNEL) as notes:
+        delivering = asyncio.create_task(deliver_controls(notes, {"cb-0": here}))
+        try:
+            for talking in (None, False):
+                if talking is not None:
+                    await _live(clean, "cb-0-c1", talking=talking)
+                resp = await client.post("/v1/consultations/cb-0-c1/hold", headers=AUTH)
+                assert resp.status == 409, await resp.text()
+                assert (await resp.json())["error"] == {
+                    "id": "consultation-not-talking", "consultation_id": "cb-0-c1",
+                    "message": "consultation cb-0-c1 has nobody talking to hold yet "
+                               "(still ringing or queued)"}
+            await asyncio.sleep(0.3)
+            assert here.events == []
+            resp = await client.post("/v1/consultations/cb-0-c1/end", headers=AUTH)
+            assert resp.status == 202
+            await asyncio.wait_for(here.got.wait(), 5)
+        finally:
+            delivering.cancel()
+    assert [type(e) for e in here.events] == [consult.ForceEnd]
 
 
 def test_control_payloads_round_trip_and_garbage_is_ignored() -> None:
