@@ -21,7 +21,8 @@ every change also needs the session's CSRF token in ``X-CSRF-Token``):
   ``me`` body) first, then a ``presence`` event per change, as committed. The hub already
   holds the site's one LISTEN connection and fans out each commit at once, so the page
   sees a change made anywhere (an offer, the phone, the API) within the commit's NOTIFY
-  rather than a polling period, at no cost while nothing changes
+  rather than a polling period, at no cost while nothing changes. The stream ends within
+  :data:`SESSION_CHECK_S` of its session ending (the page's reconnection is then refused)
 * ``POST /v1/advisor/signout``: end this session
 
 Errors: ``session-missing``/``session-invalid`` (401: no cookie, or one signed out,
@@ -30,17 +31,21 @@ revoked or expired), ``csrf-invalid`` (403).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from advisors import schemas as s
+from advisors.events import Subscriber
 from advisors.http import SERVICES_KEY, Services, pump
 from advisors.model import Via
 from advisors.resources import UNAVAILABLE, id_param, path_id
 from advisors.sessions import Session
+from shared.db import CONNECTION_ERRORS
 from shared.http import (
     ApiError,
     Unauthorized,
@@ -51,9 +56,14 @@ from shared.http import (
     started,
 )
 from shared.openapi import MERCHANT, Access, Operation, Reply, Schema, add_operations
+from shared.site import background
+
+log = logging.getLogger("advisors.session_http")
 
 #: the session cookie
 COOKIE = "cbgw_advisor"
+#: how often an open event stream checks that its session is still live
+SESSION_CHECK_S = 5.0
 CSRF_HEADER = "X-CSRF-Token"
 
 ADVISOR_SESSION = Access("advisorSession", {
@@ -156,11 +166,29 @@ async def own_events(request: web.Request) -> web.StreamResponse:
         try:
             text = json.dumps(state, ensure_ascii=False)
             await response.write(f"event: state\ndata: {text}\n\n".encode())
-            await pump(response, queue, state["event_id"],
-                       lambda event: event["advisor_id"] == session.advisor_id)
+            async with background(_ends_with_session(svc, request.cookies[COOKIE], queue),
+                                  "advisor session watch"):
+                await pump(response, queue, state["event_id"],
+                           lambda event: event["advisor_id"] == session.advisor_id)
         except ConnectionResetError:
             pass  # the page went away
     return response
+
+
+async def _ends_with_session(svc: Services, token: str, queue: Subscriber) -> None:
+    """Close the stream's queue once its session is over (signed out, revoked, expired):
+    checked every :data:`SESSION_CHECK_S`."""
+    while True:
+        await asyncio.sleep(SESSION_CHECK_S)
+        try:
+            live = await svc.sessions.current(token, svc.live.clock())
+        except CONNECTION_ERRORS as exc:
+            log.warning("advisor stream: session not checked: %s", exc)
+            continue
+        if live is None:
+            if not queue.full():       # a full queue was closed by the hub already
+                queue.put_nowait(None)
+            return
 
 
 async def post_signout(request: web.Request) -> web.Response:

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from advisors import presence as pm
 from advisors.http import SERVICES_KEY
 from advisors.http import install as install_advisors
-from advisors.session_http import COOKIE
+from advisors.session_http import COOKIE, SESSION_CHECK_S
 from advisors.session_http import install as install_sessions
 from shared import pki
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
@@ -175,10 +175,17 @@ async def test_sign_out_and_a_revoked_session_end_at_the_sign_in_page(
         await page.click("#sign-in")
         await page.wait_for_url("**/advisor")
         assert await page.inner_text("#advisor-state") == "オフライン"
+        token = (await context.cookies())[0]["value"]
+        csrf = await page.get_attribute("#advisor-page", "data-csrf")
+        assert csrf is not None
         ended = await ok(await client.delete(f"/v1/advisors/{aid}/sessions", headers=AUTH))
         assert ended == {"advisor_id": aid, "sessions_ended": 1}
-        await page.click("button.presence[data-presence=online]")   # refused: 401
-        await page.locator("main.message h1").wait_for(timeout=5_000)
+        # the open page's stream ends with its session, and its reconnection is refused
+        await page.locator("main.message h1").wait_for(
+            timeout=(SESSION_CHECK_S + 10) * 1000)
+        refused = await client.put("/v1/advisor/presence", json={"presence": "online"},
+                                   headers={**cookie(token), "X-CSRF-Token": csrf})
+        assert (await refused.json())["error"]["id"] == "session-invalid"
         assert await desk(clean, aid) == "offline"
         resp = await client.get("/advisor")
         assert (resp.status, resp.content_type) == (401, "text/html")
