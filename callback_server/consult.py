@@ -164,6 +164,7 @@ class ConsultState:
     rings: tuple[Ring, ...] = ()
     ring_outcome: RingOutcome | None = None              # decided for the ringing leg, not logged
     queued: bool = False
+    queued_at: datetime | None = None             # when the customer was first queued
     bridge_id: str | None = None
     connected_advisor: int | None = None
     answered_at: datetime | None = None
@@ -557,7 +558,8 @@ def _queue(state: ConsultState, at: datetime) -> Step:
     cmds: list[Command] = [StartTimer(T_RETRY, RETRY_S)]
     if not state.queued:
         cmds += [StartMoh(req.customer_channel), StartTimer(T_QUEUE, req.queue_s)]
-    return replace(state, phase=Phase.QUEUED, queued=True), cmds
+    return replace(state, phase=Phase.QUEUED, queued=True,
+                   queued_at=state.queued_at or at), cmds
 
 
 def _connect(state: ConsultState, advisor: int, at: datetime) -> Step:

@@ -1,9 +1,11 @@
-"""Talking consultations in PostgreSQL (``consult_live``), and the reconciler that ends
-those a killed server left behind (the decision: :mod:`callback_server.consult_recovery`).
+"""Consultations in progress in PostgreSQL (``consult_live``), and the reconciler that
+ends those a killed server left behind (the decision:
+:mod:`callback_server.consult_recovery`).
 
-:class:`LiveConsultations` is the table: the runner keeps a row while its consultation
-talks (:meth:`~LiveConsultations.keep`, rewritten on change) and drops it once the record
-is saved. :class:`ConsultReconciler` runs after a restart, for every row no running call
+:class:`LiveConsultations` is the table: the runner keeps a row from the consultation's
+first offer (an advisor rung, or the customer queued) while it rings, queues and talks
+(:meth:`~LiveConsultations.keep`, rewritten on change) and drops it once the record is
+saved. :class:`ConsultReconciler` runs after a restart, for every row no running call
 of this process owns whose advisor leg lives on this server's Asterisk: on every
 (re)connect of the events websocket, before the strays are hung up
 (:class:`~callback_server.stasis.StasisApp`), and for a rescued job's own rows (the
@@ -15,7 +17,9 @@ worker). For each one:
 2. the record is the row's snapshot ended by the legs' ends (:func:`recovered`), saved
    once (by consultation id; its message to the edge with it);
 3. the advisor's consultation is ended (``ConsultationEnded``: after-call work, never
-   left ``talking``); a consult transfer's second party (the row's ``second_party``) is
+   left ``talking``); an offer's assignment is cancelled instead (:func:`withdrawn`: the
+   advisor being rung back to standby with no miss, never left ``ringing``; a queued
+   customer out of the queue); a consult transfer's second party (the row's ``second_party``) is
    hung up and settled in step 1 too, its record's transfer ``failed`` or ``cancelled``
    and its cost in the record, and the second advisor's presence ended (ringing:
    standby again, no miss; answered: after-call work);
@@ -40,10 +44,12 @@ from typing import Any
 
 import asyncpg
 
+from advisors import assignment as am
 from advisors.records import ConsultationRecord
 from billing.rating import Terms
 from callback_server.advisor_desk import AdvisorPort
 from callback_server.call_ports import utcnow
+from callback_server.consult import Op
 from callback_server.consult_billing import BillingPort, ChargeTo
 from callback_server.consult_recovery import LegEnd, Live, Second, recovered
 from callback_server.consult_runner import BILLING_ERRORS, DATABASE_ERRORS, RecordSink
@@ -57,15 +63,15 @@ log = logging.getLogger("callback.consult")
 
 @dataclass(frozen=True, slots=True)
 class LostConsultation:
-    """A ``consult_live`` row: a talking consultation as its runner last kept it."""
+    """A ``consult_live`` row: a consultation as its runner last kept it."""
 
     consultation_id: str
     callback_id: str
     merchant_id: str
     customer_channel: str
-    advisor_channel: str
-    bridge_id: str
-    advisor_id: int
+    advisor_channel: str | None          # None: queued, nobody rung
+    bridge_id: str | None                # None: an offer (nobody talks yet)
+    advisor_id: int | None
     presence_id: str
     snapshot: ConsultationRecord
     charge_to: ChargeTo | None = None      # postpaid: charged once ended
@@ -78,7 +84,7 @@ class LiveConsultations:
 
     async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord,
                    charge_to: ChargeTo | None = None) -> None:
-        """Write (or rewrite) the talking consultation's row (``charge_to``: postpaid)."""
+        """Write (or rewrite) the consultation's row (``charge_to``: postpaid)."""
         await self.pool.execute(
             """INSERT INTO consult_live (consultation_id, callback_id, merchant_id,
                    customer_channel, advisor_channel, bridge_id, advisor_id, presence_id,
@@ -100,11 +106,12 @@ class LiveConsultations:
 
     async def lost(self, asterisk: str | None, callback_id: str | None = None
                    ) -> list[LostConsultation]:
-        """The rows whose advisor leg was placed on ``asterisk`` (None: any), oldest
-        first; only ``callback_id``'s when given."""
+        """The rows whose advisor leg (a queued customer's: their leg) was placed on
+        ``asterisk`` (None: any), oldest first; only ``callback_id``'s when given."""
         rows = await self.pool.fetch(
             """SELECT l.* FROM consult_live l
-               LEFT JOIN callback_attempts a ON a.channel_id = l.advisor_channel
+               LEFT JOIN callback_attempts a
+                      ON a.channel_id = coalesce(l.advisor_channel, l.customer_channel)
                WHERE ($1::text IS NULL OR a.asterisk IS NULL OR a.asterisk = $1)
                  AND ($2::text IS NULL OR l.callback_id = $2)
                ORDER BY l.updated_at""", asterisk, callback_id)
@@ -120,6 +127,16 @@ class LiveConsultations:
         cost = None if row["carrier_cost"] is None else Money(row["carrier_cost"],
                                                                row["carrier_currency"])
         return row["ended_at"], cost
+
+
+def withdrawn(lost: LostConsultation) -> am.Assignment:
+    """The assignment of an offer left by a dead server, to cancel: the advisor being
+    rung (their ring withdrawn: standby, no miss), else the customer queued (out of the
+    queue)."""
+    if lost.advisor_id is None:
+        return am.Assignment(lost.presence_id, frozenset(), am.Phase.QUEUED)
+    return am.Assignment(lost.presence_id, frozenset(), am.Phase.OFFERING,
+                         offered_to=lost.advisor_id)
 
 
 def _lost(row: Any) -> LostConsultation:
@@ -172,17 +189,25 @@ class ConsultReconciler:
         return ended
 
     async def _end(self, lost: LostConsultation) -> None:
-        log.warning("consultation %s was left talking by a dead server: ending it",
-                    lost.consultation_id)
-        customer = await self._leg_end(lost.customer_channel)
-        advisor = await self._leg_end(lost.advisor_channel)
+        log.warning("consultation %s was left %s by a dead server: ending it",
+                    lost.consultation_id,
+                    "talking" if lost.bridge_id is not None else "ringing or queued")
+        customer = None if not lost.customer_channel \
+            else await self._leg_end(lost.customer_channel)    # "": not dialled yet
+        advisor = None if lost.advisor_channel is None \
+            else await self._leg_end(lost.advisor_channel)
         second, xleg = lost.second, None
         if second is not None and second.channel_id is not None:
             xleg = (second.channel_id, await self._leg_end(second.channel_id))
-        await self.client.destroy_bridge(lost.bridge_id)
+        if lost.bridge_id is not None:
+            await self.client.destroy_bridge(lost.bridge_id)
         record = recovered(lost.snapshot, lost.advisor_channel, customer, advisor, xleg)
         saved = await self.records.save(record)
-        await self.desk.ended(lost.merchant_id, lost.advisor_id, lost.presence_id, utcnow())
+        if lost.bridge_id is None:
+            await self.desk.assignment(lost.merchant_id, Op.CANCELLED, withdrawn(lost))
+        elif lost.advisor_id is not None:
+            await self.desk.ended(lost.merchant_id, lost.advisor_id, lost.presence_id,
+                                  utcnow())
         if second is not None and second.advisor_id is not None \
                 and second.presence_id is not None:
             await self.desk.ended(lost.merchant_id, second.advisor_id, second.presence_id,

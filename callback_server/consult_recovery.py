@@ -30,6 +30,16 @@ never completed), and, for a second advisor still ringing, their ring ``withdraw
 advisor's. The reconciler hangs that leg up and ends the second advisor's presence
 (ringing: back to standby; talking: after-call work).
 
+A consultation not talking yet is kept from its first offer (:func:`offer`): the
+advisor being rung (their leg, their ring open in the snapshot, ``withdrawn``) or the
+customer queued (nobody rung), no answer, no bridge. A restart withdraws the offer (the
+assignment cancelled: the advisor back to standby, no miss; the customer out of the
+queue) and hangs the legs up; the record has no talk and ends ``customer_abandoned`` if
+the customer's leg ended first by itself, ``no_advisor`` if the advisor's did (a ring
+declined while no server ran), else ``failed``; the ring ends when its leg ended. A web
+click-to-call whose customer was rung first and answered is kept so while its advisor
+rings.
+
 A web click-to-call whose advisor (rung first) answered and waits while the customer is
 dialled is kept too, with no answer in its record (the talk begins at the customer's
 answer: :func:`callback_server.click_to_call.kept`). Its record then has no talk
@@ -62,24 +72,34 @@ class Second:
 
 @dataclass(frozen=True, slots=True)
 class Live:
-    """A talking consultation as ``consult_live`` keeps it: its legs and bridge, its
-    advisor (and the id their presence is under), and its record's parts as known now
-    (``over``: ended ``failed`` at the latest moment the state knows, its legs the
-    advisor leg, then a transfer's second party's, last; a transfer in progress in its
-    transfers and rings as a restart would end it); ``second``: a transfer's second
-    party."""
+    """A consultation as ``consult_live`` keeps it: its legs and bridge, its advisor (and
+    the id their presence is under), and its record's parts as known now (``over``:
+    ended ``failed`` at the latest moment the state knows, its legs the advisor leg, then
+    a transfer's second party's, last; a transfer in progress in its transfers and rings
+    as a restart would end it); ``second``: a transfer's second party.
+
+    An offer (:attr:`offering`: no bridge yet) has the advisor being rung and their leg
+    (None: queued, nobody rung), their ring open and ``withdrawn`` in ``over``."""
 
     customer_channel: str
-    advisor_channel: str
-    bridge_id: str
-    advisor_id: int
+    advisor_channel: str | None
+    bridge_id: str | None
+    advisor_id: int | None
     presence_id: str
     over: Over
     second: Second | None = None
 
+    @property
+    def offering(self) -> bool:
+        """Nobody talks yet: an advisor is rung, or the customer is queued."""
+        return self.bridge_id is None
+
 
 def live(state: ConsultState) -> Live | None:
-    """What to keep of ``state``: None unless the customer talks with an advisor."""
+    """What to keep of ``state``: the customer talking with an advisor, an advisor being
+    rung for them or the customer queued (:func:`offer`); None otherwise."""
+    if state.phase in (Phase.RINGING, Phase.QUEUED) and state.end_reason is None:
+        return offer(state)
     leg = state.live_leg
     advisor = state.connected_advisor
     if state.phase is not Phase.TALKING or leg is None or advisor is None \
@@ -111,6 +131,27 @@ def live(state: ConsultState) -> Live | None:
                 state.presence_id or state.request.consultation_id, over, second)
 
 
+def offer(state: ConsultState) -> Live:
+    """An advisor being rung (their ring open, ``withdrawn`` as a restart ends it; their
+    leg the record's last) or the customer queued: no answer, the assignment's id."""
+    leg, advisor = state.live_leg, state.advisor
+    ringing = state.phase is Phase.RINGING and advisor is not None
+    legs, rings = state.legs, state.rings
+    if ringing and leg is not None and advisor is not None:
+        legs = (*legs, leg)
+        rings = (*rings, Ring(advisor, leg.channel_id, state.ring_started or leg.started_at,
+                              None, RingOutcome.WITHDRAWN))
+    known = [*(g.started_at for g in legs), *(r.started_at for r in rings),
+             *(r.ended_at for r in rings if r.ended_at is not None),
+             *(t for t in (state.queued_at, state.ring_started) if t is not None)]
+    last_rung = advisor if ringing else (rings[-1].advisor_id if rings else None)
+    over = Over(state.request.consultation_id, last_rung, rings, None, max(known),
+                EndReason.FAILED, legs)
+    return Live(state.request.customer_channel,
+                None if leg is None or not ringing else leg.channel_id, None,
+                advisor if ringing else None, state.assignment.consultation_id, over)
+
+
 @dataclass(frozen=True, slots=True)
 class LegEnd:
     """How one leg of a lost consultation ended: when (None: not known), whether the
@@ -122,7 +163,8 @@ class LegEnd:
     cost: Money | None = None
 
 
-def recovered(snapshot: ConsultationRecord, advisor_channel: str, customer: LegEnd | None,
+def recovered(snapshot: ConsultationRecord, advisor_channel: str | None,
+              customer: LegEnd | None,
               advisor: LegEnd | None, second: tuple[str, LegEnd | None] | None = None
               ) -> ConsultationRecord:
     """The record of a lost consultation: ``snapshot`` (written while it talked) ended
@@ -145,7 +187,7 @@ def recovered(snapshot: ConsultationRecord, advisor_channel: str, customer: LegE
     ended_at = max(ended_at, snapshot.ended_at)     # never before what the record knew
     talk_s = 0 if answered_at is None \
         else max(0, math.ceil((ended_at - answered_at).total_seconds()))
-    ends = {advisor_channel: advisor}
+    ends = {} if advisor_channel is None else {advisor_channel: advisor}
     if second is not None:
         ends[second[0]] = second[1]
     costs = tuple(replace(c, cost=end.cost) if c.cost is None

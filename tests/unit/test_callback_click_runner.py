@@ -94,7 +94,10 @@ async def test_the_customer_first_then_the_advisor_bridged_and_recorded() -> Non
                                                "cb-7-c1-connecting")
     assert click.originated()[-1] == ("cb-7-03", ADVISOR_2[0].endpoint)
     assert click.store.legs["cb-7-03"].leg == "advisor"
-    assert click.live.writes == []                        # the advisor still rings
+    ringing = click.live.rows["cb-7-c1"]                  # the advisor rings: kept
+    assert (ringing.customer_channel, ringing.advisor_channel, ringing.bridge_id,
+            ringing.advisor_id, ringing.over.answered_at) == ("cb-7-02", "cb-7-03", None, 2,
+                                                             None)
     await click.push(ari.StasisStart(ari.Channel(id="cb-7-03")))
     assert click.ari.named("add_channel") == [("cb-7-c1-br", ("cb-7-02", "cb-7-03"))]
     assert shown(click) is State.TALKING
@@ -147,7 +150,9 @@ async def test_the_advisor_first_is_kept_live_from_their_answer_talking_from_the
         ) -> None:
     click = Click(FirstParty.ADVISOR)
     await click.start()
-    assert click.live.writes == []                                     # the advisor rings
+    ringing = click.live.rows["cb-7-c1"]         # the advisor rings: kept, no customer yet
+    assert (ringing.customer_channel, ringing.advisor_channel, ringing.bridge_id) \
+        == ("", "cb-7-01", None)
     await click.push(ari.StasisStart(ari.Channel(id="cb-7-01")))      # the advisor answers
     assert click.originated()[-1] == ("cb-7-02", CUSTOMER[0].endpoint)
     # the customer rings: kept (a restart ends it, the advisor freed), with no talk yet

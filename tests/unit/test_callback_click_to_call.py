@@ -322,10 +322,13 @@ def test_the_advisor_first_hearing_the_customer_was_not_reached_is_still_kept() 
     assert ctc.kept(call.state) is None                 # over: the runner drops its row
 
 
-def test_the_customer_first_is_kept_only_once_the_two_talk() -> None:
+def test_the_customer_first_is_kept_while_the_advisor_rings_then_talking() -> None:
     call = Call()
     answered_customer(call)
-    assert ctc.kept(call.state) is None                  # the advisor rings
+    ringing = ctc.kept(call.state)                       # the advisor rings
+    assert ringing is not None and ringing.offering
+    assert (ringing.customer_channel, ringing.advisor_channel) == ("cb-7-01", "cb-7-02")
+    assert ringing.over.answered_at is None
     call.send(Answered(call.advisor_leg(), at(5)))
     kept = ctc.kept(call.state)
     assert kept is not None and kept.over.answered_at == at(5)

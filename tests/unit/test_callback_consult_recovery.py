@@ -7,11 +7,14 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
+from advisors import presence as pm
 from advisors.model import FirstParty
 from advisors.records import ConsultationRecord, EndReason, LegCost, Method, RingOutcome, Transfer
 from callback_server import consult_recovery
 from callback_server.click_to_call import kept as kept_click
 from callback_server.consult import (
+    T_RETRY,
+    T_RING,
     Begin,
     CustomerGone,
     HoldCustomer,
@@ -21,7 +24,14 @@ from callback_server.consult import (
     TransferRouted,
 )
 from callback_server.consult_recovery import LegEnd, live, recovered
-from callback_server.dialer_messages import Answered, ChannelGone, Originate, Originated, Route
+from callback_server.dialer_messages import (
+    Answered,
+    ChannelGone,
+    Originate,
+    Originated,
+    Route,
+    TimerFired,
+)
 from shared.money import Money
 from tests.purity import io_imports
 from tests.unit import test_callback_click_to_call as click_tests
@@ -42,20 +52,107 @@ def talking() -> tuple[Call, str]:
     return call, leg
 
 
-def test_nothing_is_kept_until_the_customer_talks_with_an_advisor() -> None:
+def test_nothing_is_kept_before_the_first_offer_then_the_ring_then_the_talk() -> None:
     call = Call(make_desk())
     assert live(call.state) is None
     call.send(Begin(call.at(0)))
-    assert live(call.state) is None              # ringing
     leg = call.ringing()
+    ringing = live(call.state)
+    assert ringing is not None and ringing.offering
+    assert (ringing.customer_channel, ringing.advisor_channel, ringing.bridge_id,
+            ringing.advisor_id, ringing.presence_id) == ("cb-1-01", leg, None, 1, CID)
+    assert ringing.over.answered_at is None and ringing.over.advisor_id == 1
+    assert [(r.advisor_id, r.call_id, r.ended_at, r.outcome) for r in ringing.over.rings] \
+        == [(1, leg, None, RingOutcome.WITHDRAWN)]
+    assert [leg_.channel_id for leg_ in ringing.over.legs] == [leg]
+    call.send(Originated(leg, call.at(1)))
+    assert live(call.state) == ringing           # nothing new: not rewritten
     call.send(Answered(leg, call.at(5)))
     kept = live(call.state)
-    assert kept is not None
+    assert kept is not None and not kept.offering
     assert (kept.customer_channel, kept.advisor_channel, kept.bridge_id, kept.presence_id) \
         == ("cb-1-01", leg, f"{CID}-br", CID)
     assert kept.over.answered_at == at(5) == kept.over.ended_at
     assert kept.over.end_reason is EndReason.FAILED
     assert [leg_.channel_id for leg_ in kept.over.legs] == [leg]
+
+
+def test_a_missed_ring_then_the_next_advisor_rung_is_kept_with_both_rings() -> None:
+    call = Call(make_desk())
+    call.send(Begin(call.at(0)))
+    first = call.ringing()
+    call.send(TimerFired(T_RING, call.at(20)))        # missed: hung up, the next member
+    call.send(ChannelGone(first, 16, call.at(20.1)))
+    second = call.ringing()
+    kept = live(call.state)
+    assert kept is not None and kept.offering and kept.advisor_channel == second
+    assert [(r.call_id, r.outcome) for r in kept.over.rings] \
+        == [(first, RingOutcome.MISSED), (second, RingOutcome.WITHDRAWN)]
+    assert kept.advisor_id == kept.over.advisor_id == kept.over.rings[-1].advisor_id
+
+
+def queued() -> Call:
+    """A customer queued at 0 s for advisor 1, who is on another call."""
+    desk = make_desk(advisors=1)
+    desk.apply(1, pm.Offered(at(-1), "other"))
+    call = Call(desk, members=frozenset({1}), queue_s=60)
+    call.send(Begin(call.at(0)))
+    return call
+
+
+def test_a_queued_customer_is_kept_with_nobody_rung() -> None:
+    call = queued()
+    kept = live(call.state)
+    assert kept is not None and kept.offering
+    assert (kept.advisor_channel, kept.advisor_id, kept.presence_id) == (None, None, CID)
+    assert kept.over.rings == () and kept.over.ended_at == at(0)
+    call.send(TimerFired(T_RETRY, call.at(2)))        # tried again, still queued
+    assert live(call.state) == kept
+
+
+def offered() -> tuple[ConsultationRecord, str]:
+    """The snapshot kept of a consultation ringing advisor 1, and their leg."""
+    call = Call(make_desk())
+    call.send(Begin(call.at(0)))
+    leg = call.ringing()
+    kept = live(call.state)
+    assert kept is not None
+    return snapshot(kept.over), leg
+
+
+def test_an_offer_lost_while_the_customer_waits_ends_failed_with_no_talk() -> None:
+    kept, leg = offered()
+    record = recovered(kept, leg, ended(40, by_reconciler=True),
+                       ended(40, by_reconciler=True))
+    assert (record.end_reason, record.talk_s, record.answered_at, record.ended_at) \
+        == (EndReason.FAILED, 0, None, at(40))
+    assert [(r.ended_at, r.outcome) for r in record.rings] \
+        == [(at(40), RingOutcome.WITHDRAWN)]
+
+
+def test_an_offer_whose_customer_left_while_no_server_ran_is_abandoned_then() -> None:
+    kept, leg = offered()
+    record = recovered(kept, leg, ended(12, by_reconciler=False),
+                       ended(40, by_reconciler=True))
+    assert (record.end_reason, record.talk_s, record.ended_at) \
+        == (EndReason.CUSTOMER_ABANDONED, 0, at(12))
+    assert record.rings[0].ended_at == at(12)        # withdrawn when the customer left
+
+
+def test_a_ring_declined_while_no_server_ran_ends_it_no_advisor() -> None:
+    kept, leg = offered()
+    record = recovered(kept, leg, ended(40, by_reconciler=True),
+                       ended(9, by_reconciler=False))
+    assert (record.end_reason, record.talk_s, record.ended_at) \
+        == (EndReason.NO_ADVISOR, 0, at(9))
+
+
+def test_a_queued_customer_lost_has_no_advisor_leg_and_no_ring() -> None:
+    kept = live(queued().state)
+    assert kept is not None
+    record = recovered(snapshot(kept.over), None, ended(30, by_reconciler=True), None)
+    assert (record.end_reason, record.talk_s, record.advisor_id, record.rings,
+            record.leg_costs) == (EndReason.FAILED, 0, None, (), ())
 
 
 def test_what_is_kept_changes_with_a_hold_and_not_with_time() -> None:
