@@ -7,7 +7,7 @@ CDRs). Its :class:`ClickConsult` is the consultation side of an IVR round
 (:class:`~callback_server.consult_runner.ConsultRunner`: the advisor chosen again at dial
 time, billing's admission and the prepaid meter's reservation before anyone is rung, the
 assignment, the record with method ``click_to_call``, the postpaid charge, the row of
-``consult_live`` while the customer and the advisor talk) driving the
+``consult_live`` from the advisor's ring on) driving the
 click-to-call machine instead of the bare consult machine. The customer is dialled over
 the job's routes (the customer's number through the carriers, cheapest first, as for a
 call-back's customer; the next on a carrier fault), the advisor over their contact (PSTN

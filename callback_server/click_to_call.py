@@ -37,10 +37,12 @@ The advisor first::
                  answer, end reason no_advisor
 
 What ``consult_live`` keeps of it (:func:`kept`, for a restart after the server's death):
-the consultation once the two talk, and the advisor first from their answer on, while
-the customer is dialled (and while the advisor hears why the customer was not reached),
-with no answer in its record: a restart then ends it with no talk, nothing billed
-(:func:`callback_server.consult_recovery.recovered`).
+the consultation from its advisor's first offer (while the advisor rings:
+:func:`callback_server.consult_recovery.offer`), then once the two talk, and the advisor
+first from their answer on, while the customer is dialled (and while the advisor hears
+why the customer was not reached), with no answer in its record: a restart then ends it
+with no talk, nothing billed (:func:`callback_server.consult_recovery.recovered`), the
+ring withdrawn.
 
 The connecting prompt, if still playing when the two are bridged, is stopped
 (``StopPlayback``): a channel joins a bridge only once its playback is over.
@@ -139,8 +141,9 @@ class ClickState:
 
 def kept(state: ClickState) -> consult_recovery.Live | None:
     """What ``consult_live`` keeps of the click-to-call now (None: nothing): the
-    consultation once the customer and the advisor talk; the advisor first and answered
-    while the customer is not (yet) on the line, the same with no answer (no talk)."""
+    consultation while its advisor rings and once the customer and the advisor talk; the
+    advisor first and answered while the customer is not (yet) on the line, the same
+    with no answer (no talk)."""
     consultation = state.consultation
     live = None if consultation is None else consult_recovery.live(consultation)
     if live is None or state.customer_answered:

@@ -95,8 +95,8 @@ class RecordSink(Protocol):
 
 
 class LiveSink(Protocol):
-    """Where a talking consultation is kept until its record is saved (``consult_live``:
-    what a restart ends if the server dies meanwhile)."""
+    """Where a consultation is kept from its first offer until its record is saved
+    (``consult_live``: what a restart ends if the server dies meanwhile)."""
 
     async def keep(self, callback_id: str, live: Live, snapshot: ConsultationRecord,
                    charge_to: ChargeTo | None = None) -> None: ...
@@ -324,11 +324,12 @@ class ConsultRunner:
                     await self.run_leg(cmd)
 
     def _to_keep(self) -> Live | None:
-        """What ``consult_live`` is to hold now (None: nothing, no consultation talks)."""
+        """What ``consult_live`` is to hold now (None: nothing new to keep)."""
         return None if self.state is None else consult_recovery.live(self.state)
 
     async def _keep_live(self) -> None:
-        """Keep the talking consultation in ``consult_live`` as it changes."""
+        """Keep the consultation (ringing, queued, talking) in ``consult_live`` as it
+        changes."""
         now = self._to_keep()
         if self.live_sink is None or now is None or now == self._kept:
             return
