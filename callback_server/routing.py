@@ -36,7 +36,9 @@ class Routing:
         """The carriers to try, cheapest first; none above ``max_rate`` per minute (the
         merchant's maximum): if every carrier pricing the number is, none (and never the
         static routes, whose price is not known). Those below the merchant's ``quality``
-        floor come last (``routing_rates.quality``), each logged with why."""
+        floor come last (``routing_rates.quality``), each logged with why. One INFO line
+        names the carriers in order with their expected costs; each one's terms and deck
+        are logged at DEBUG."""
         if self.service is not None:
             quotes, dropped = self.service.quote(number, at, max_rate=max_rate,
                                                  quality=quality)
@@ -49,8 +51,10 @@ class Routing:
                     if q.demoted:
                         log.warning("carrier %s demoted for %s: %s", q.carrier_id, number,
                                     q.demoted)
-                    log.info("route %s for %s: expected %s (%s)", q.carrier_id, number,
-                             q.expected_cost.round_up(4), q.explain)
+                    log.debug("route %s for %s: expected %s (%s)", q.carrier_id, number,
+                              q.expected_cost.round_up(4), q.explain)
+                log.info("routes for %s: %s", number, ", ".join(
+                    f"{q.carrier_id} {q.expected_cost.round_up(4)}" for q in quotes))
                 return tuple(Route(q.carrier_id, q.endpoint_template.format(
                     digits=number.digits, e164=str(number))) for q in quotes)
             if capped:

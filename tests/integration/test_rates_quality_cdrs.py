@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -148,6 +149,17 @@ async def test_the_callback_ranking_demotes_and_caps(rates: RatingService,
     capped = await routing.routes(MOBILE, at, MERCHANT.max_cost_per_minute, FLOOR)
     assert [r.carrier_id for r in capped] == ["carrier-a", "carrier-b"]
     assert await routing.routes(MOBILE, at, Money.of("20", "JPY"), FLOOR) == ()
+
+
+async def test_the_ranking_is_one_info_line(rates: RatingService,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, "callback.routing"):
+        await Routing(rates, ()).routes(MOBILE, datetime.now(UTC))
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "callback.routing" and r.levelno == logging.INFO]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"routes for \+819012345678: carrier-b \S+ JPY, carrier-a \S+ JPY, "
+                        r"carrier-c \S+ JPY", lines[0]), lines[0]
 
 
 async def test_the_rates_api_shows_the_reasons(rates: RatingService,
