@@ -26,7 +26,8 @@ every change also needs the session's CSRF token in ``X-CSRF-Token``):
 * ``POST /v1/advisor/signout``: end this session
 
 Errors: ``session-missing``/``session-invalid`` (401: no cookie, or one signed out,
-revoked or expired), ``csrf-invalid`` (403).
+revoked or expired), ``csrf-invalid`` (403), ``cross-site-request`` (403: a change
+another site's page asked for, :func:`shared.browser_session.refuse_cross_site`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from advisors.http import SERVICES_KEY, Services, pump
 from advisors.model import Via
 from advisors.resources import UNAVAILABLE, id_param, path_id
 from advisors.sessions import Session
+from shared.browser_session import CROSS_SITE, refuse_cross_site
 from shared.db import CONNECTION_ERRORS
 from shared.http import (
     ApiError,
@@ -95,7 +97,9 @@ async def session_of(request: web.Request) -> tuple[Services, Session]:
 
 
 async def changing(request: web.Request) -> tuple[Services, Session]:
-    """A live session whose page sent its CSRF token (403 otherwise)."""
+    """A live session whose page sent its CSRF token, from the site's own page (403
+    otherwise)."""
+    refuse_cross_site(request)
     svc, session = await session_of(request)
     if not session.csrf_ok(request.headers.get(CSRF_HEADER, "")):
         raise ApiError(403, "csrf-invalid", f"{CSRF_HEADER} is missing or wrong")
@@ -218,7 +222,7 @@ EVENTS: Schema = {"type": "string", "description":
                   "'event: state' with the me body first, then 'id: <n>', 'event: "
                   "presence', 'data: <JSON>' per change of this advisor (as GET "
                   "/v1/advisors/events)"}
-_CSRF = {403: ("csrf-invalid",)}
+_CSRF = {403: ("csrf-invalid", CROSS_SITE)}
 _T = "advisor page"
 OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for op in (
     Operation("POST", "/v1/advisors/{advisor_id}/signin-links", post_signin_link,

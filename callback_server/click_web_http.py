@@ -6,8 +6,8 @@ so the site never rings a number its holder has not shown they hold.
   display name, price per minute (tax included, yen) and ``available`` (standby with a
   free line), ``talking`` (a call in progress) or ``offline`` (anything else)
 * ``POST /v1/m/{merchant}/phone-codes`` ``{"number"}``: a one-time code to the number by
-  SMS (:mod:`callback_server.click_verify`: rate-limited per number and per client
-  address; 202)
+  SMS, a Japanese mobile only (:mod:`callback_server.click_verify`: rate-limited per
+  number and per client address; 202)
 * ``POST /v1/m/{merchant}/phone-verifications`` ``{"number", "code"}``: the right code sets
   the caller cookie :data:`COOKIE` (HttpOnly, SameSite=Strict, Secure over TLS) of a
   verified session and answers its CSRF token; three wrong ones lock the number
@@ -21,7 +21,10 @@ so the site never rings a number its holder has not shown they hold.
 
 Errors besides those of :mod:`callback_server.click_verify` and ``click_http``: 404
 ``not-found`` (no such merchant here), 401 ``verification-required`` (no verified
-session for this merchant), 403 ``csrf-invalid``, 503 ``sms-unavailable`` (no ``[sms]``).
+session for this merchant), 403 ``csrf-invalid``, 403 ``cross-site-request`` (a POST
+another site's page made: it would spend the SMS of a code from its visitors' addresses,
+or open a session in their browsers; :func:`shared.browser_session.refuse_cross_site`),
+503 ``sms-unavailable`` (no ``[sms]``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from callback_server.click_http import (
 from callback_server.click_verify import VERIFIED_S, PhoneCodes, Verified
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_store import check_message
+from shared.browser_session import CROSS_SITE, refuse_cross_site
 from shared.config import Merchant
 from shared.http import (
     ApiError,
@@ -60,6 +64,9 @@ from shared.phone import E164, InvalidNumber, normalise
 
 COOKIE = "cbgw_caller"
 CSRF_HEADER = "X-CSRF-Token"
+#: the only numbers a code is sent to: the customers are in Japan, and a page that sent
+#: codes anywhere would pay for SMS to numbers abroad whose operators share the fee
+SMS_REGION = "JP"
 SMS_KEY: web.AppKey[SmsSettings | None] = web.AppKey("click_web_sms")
 #: what the SMS says ({merchant}, {code})
 SMS_TEXT = {Language.JAPANESE: "【{merchant}】確認コード: {code}（5分間有効）",
@@ -133,6 +140,7 @@ async def get_advisors(request: web.Request) -> web.Response:
 
 async def post_phone_code(request: web.Request) -> web.Response:
     """Send a one-time code to the number by SMS."""
+    refuse_cross_site(request)
     intake, merchant = merchant_of(request)
     data = await read_json_object(request)
     _only(data, ("number",))
@@ -140,6 +148,8 @@ async def post_phone_code(request: web.Request) -> web.Response:
     sms = request.app[SMS_KEY]
     if sms is None:
         raise ServiceUnavailable("sms-unavailable", "no SMS provider configured", 60)
+    if number.region != SMS_REGION:     # SMS pumping: codes to dear foreign numbers
+        raise InvalidField("number", "a Japanese mobile number is expected")
     text = SMS_TEXT[merchant.language].replace("{merchant}", merchant.name)
     try:
         check_message(number, text)
@@ -153,6 +163,7 @@ async def post_phone_code(request: web.Request) -> web.Response:
 
 async def post_verification(request: web.Request) -> web.Response:
     """The code sent: a verified session (cookie) and its CSRF token."""
+    refuse_cross_site(request)
     intake, merchant = merchant_of(request)
     data = await read_json_object(request)
     _only(data, ("number", "code"))
@@ -171,6 +182,7 @@ async def post_verification(request: web.Request) -> web.Response:
 
 async def post_call(request: web.Request) -> web.Response:
     """The verified number's call with the advisor (as ``POST /v1/consultations``)."""
+    refuse_cross_site(request)
     intake, merchant = merchant_of(request)
     verified = await verified_of(request, intake, merchant)
     if not verified.csrf_ok(request.headers.get(CSRF_HEADER, "")):
@@ -257,7 +269,7 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               {202: Reply("queued for sending", {"type": "object"})}, params=(_MERCHANT,),
               body={"type": "object", "required": ["number"],
                     "properties": {"number": _NUMBER}},
-              errors={400: ("invalid-field",), 404: ("not-found",),
+              errors={400: ("invalid-field",), 403: (CROSS_SITE,), 404: ("not-found",),
                       423: ("number-locked",), 429: ("rate-limited",),
                       503: ("sms-unavailable", "database-unavailable")}),
     Operation("POST", "/v1/m/{merchant}/phone-verifications", post_verification,
@@ -268,7 +280,8 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               body={"type": "object", "required": ["number", "code"],
                     "properties": {"number": _NUMBER,
                                    "code": {"type": "string", "pattern": "^[0-9]{6}$"}}},
-              errors={400: ("invalid-field", "code-wrong"), 404: ("not-found",),
+              errors={400: ("invalid-field", "code-wrong"), 403: (CROSS_SITE,),
+                      404: ("not-found",),
                       410: ("code-expired",), 423: ("number-locked",),
                       503: ("database-unavailable",)}),
     Operation("POST", "/v1/m/{merchant}/calls", post_call,
@@ -279,7 +292,8 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               body={"type": "object", "required": ["advisor_id"],
                     "properties": {"advisor_id": {"type": "integer", "minimum": 1}}},
               errors={**_VERIFY, 400: ("invalid-field",), 402: ("billing-refused",),
-                      403: ("csrf-invalid", "number-refused"), 404: ("not-found",),
+                      403: ("csrf-invalid", "number-refused", CROSS_SITE),
+                      404: ("not-found",),
                       409: ("advisor-unavailable",), 429: ("rate-limited",),
                       503: ("database-unavailable",)}),
     Operation("GET", "/v1/m/{merchant}/calls/{callback_id}", get_call,

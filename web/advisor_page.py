@@ -23,6 +23,7 @@ from aiohttp import web
 
 from advisors.session_http import COOKIE, me, services, session_of
 from advisors.sessions import SESSION_VALID_S
+from shared.browser_session import from_own_pages
 from shared.http import ApiError
 from shared.language import Language
 from shared.openapi import Operation, Param, Reply, add_operations, string
@@ -110,8 +111,11 @@ async def get_signin(request: web.Request) -> web.StreamResponse:
 
 async def post_signin(request: web.Request) -> web.StreamResponse:
     """Use the link: the session cookie, and on to ``/advisor`` (303); 410 for a link
-    unknown, used or expired."""
+    unknown, used or expired; 403 when another site's page sent the form (it would sign
+    its visitor in as the advisor whose link it holds)."""
     language = page_language(request)
+    if not from_own_pages(request):     # another site signing its visitor in as someone
+        return _refusal(language, 403, "cross-site")
     svc = services(request)
     opened = await svc.sessions.sign_in(request.match_info["token"], svc.live.clock())
     if opened is None:
@@ -141,6 +145,7 @@ OPERATIONS = (
               params=(_LINK_PARAM, LANG_PARAM)),
     Operation("POST", "/advisor/signin/{token}", post_signin,
               "Sign in with the link (sets the session cookie)", TAG,
-              {303: Reply("signed in: on to /advisor (Set-Cookie)"), **_LINK_GONE},
+              {303: Reply("signed in: on to /advisor (Set-Cookie)"), **_LINK_GONE,
+               403: Reply("sent from another site's page", HTML, "text/html")},
               params=(_LINK_PARAM, LANG_PARAM)),
 )

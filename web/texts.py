@@ -119,6 +119,11 @@ TEXTS: dict[str, tuple[str, str]] = {
                           "新しいリンクを管理者にご依頼ください。",
                           "This sign-in link is not valid, already used or expired. Please "
                           "ask your administrator for a new one."),
+    "error.cross-site.title": ("このページからは使えません", "Not from this page"),
+    "error.cross-site": ("別のサイトから送られた操作は受け付けていません。"
+                         "届いたリンクを直接開いてください。",
+                         "This was sent from another site. Please open the link you were "
+                         "sent directly."),
     "error.not-found.title": ("リンクが見つかりません", "Link not found"),
     "error.not-found": ("このリンクは無効です。お送りしたリンクをもう一度ご確認ください。",
                         "This link is not valid. Please check the link we sent you."),

@@ -256,6 +256,36 @@ async def test_a_session_changes_its_own_advisor_only_and_needs_its_csrf_token(
         assert b'"after": "working"' in frame
 
 
+async def test_another_sites_page_can_neither_sign_its_visitor_in_nor_change_anything(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    """Login CSRF: a page elsewhere holding the attacker's own sign-in link posts its form
+    from the victim's browser, which would then work (and be watched) as the attacker's
+    advisor. The browser names the other site; the link stays unused."""
+    aid = await advisor(client)
+    path = await link(client, aid)
+    own = str(client.make_url("")).rstrip("/")
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Sec-Fetch-Site": "cross-site", "Origin": own}):
+        resp = await client.post(path, headers=headers, allow_redirects=False)
+        assert (resp.status, resp.content_type) == (403, "text/html"), headers
+        assert COOKIE not in resp.cookies and "別のサイト" in await resp.text()
+    assert await clean.fetchval("SELECT count(*) FROM advisor_sessions") == 0
+    resp = await client.post(path, headers={"Origin": own, "Sec-Fetch-Site": "same-origin"},
+                             allow_redirects=False)
+    assert resp.status == 303
+    client.session.cookie_jar.clear()
+    token, csrf = await signed_in(client, aid)
+    mine = {**cookie(token), "X-CSRF-Token": csrf, "Origin": "https://evil.example"}
+    for method, route, body in (("PUT", "/v1/advisor/presence", {"presence": "online"}),
+                                ("POST", "/v1/advisor/signout", None)):
+        resp = await client.request(method, route, json=body, headers=mine)
+        assert (resp.status, (await resp.json())["error"]["id"]) == (
+            403, "cross-site-request"), route
+    assert await desk(clean, aid) == "offline"
+    assert (await client.get("/advisor", headers=cookie(token))).status == 200
+
+
 async def test_english_and_the_cookie_is_secure_over_tls(
         clean: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
     app = site(pg_url, clean)

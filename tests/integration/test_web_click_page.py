@@ -264,3 +264,33 @@ async def test_the_page_in_english_and_its_headers(
     listed = await (await client.get("/v1/m/acme/advisors")).json()
     assert [(a["id"], a["availability"]) for a in listed["advisors"]] == [
         (ids["sip"], "available"), (ids["pstn"], "offline")]
+
+
+async def test_another_sites_page_cannot_send_codes_or_verify_and_codes_go_to_japan_only(
+        site: tuple[TestClient[Any, Any], FakeTwilio, dict[str, int]],
+        pool: asyncpg.Pool) -> None:
+    """A page elsewhere posting to the code routes from its visitors' browsers (each its
+    own address, so the per-client limit never bites) is refused before anything is sent;
+    so is a code to a mobile abroad, whose operator may share the SMS fee."""
+    client, fake, ids = site
+    own = str(client.make_url("")).rstrip("/")
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "cross-site", "Origin": own},
+                    {"Sec-Fetch-Site": "same-site"}):
+        for path, body in (("phone-codes", {"number": CUSTOMER}),
+                           ("phone-verifications", {"number": CUSTOMER, "code": "123456"}),
+                           ("calls", {"advisor_id": ids["sip"]})):
+            resp = await client.post(f"/v1/m/acme/{path}", json=body, headers=headers)
+            assert (resp.status, (await resp.json())["error"]["id"]) == (
+                403, "cross-site-request"), (path, headers)
+    assert await pool.fetchval("SELECT count(*) FROM click_phone_codes") == 0
+    for number in ("+44 7700 900123", "+63 917 123 4567", "+1 212 555 0100"):
+        resp = await client.post("/v1/m/acme/phone-codes", json={"number": number},
+                                 headers={"Origin": own})
+        assert (resp.status, (await resp.json())["error"]["field"]) == (400, "number")
+    assert await pool.fetchval("SELECT count(*) FROM sms_messages") == 0
+    for headers in ({"Origin": own}, {"Sec-Fetch-Site": "same-origin"}):
+        resp = await client.post("/v1/m/acme/phone-codes", json={"number": CUSTOMER},
+                                 headers=headers)
+        assert resp.status == 202, await resp.text()
+    assert await pool.fetchval("SELECT count(*) FROM click_phone_codes") == 2
