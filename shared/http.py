@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from shared.access_log import logged_path
 from shared.db import CONNECTION_ERRORS
 from shared.timeutil import TimestampError, parse_timestamp
 
@@ -104,7 +105,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         if exc.status >= 500:
-            log.warning("%s %s -> %s %s", request.method, request.path, exc.status, exc.error_id)
+            log.warning("%s %s -> %s %s", request.method, logged_path(request), exc.status,
+                        exc.error_id)
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -115,7 +117,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"request body exceeds {request.app._client_max_size} bytes"
         return error_response(ApiError(exc.status, error_id, message))
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, logged_path(request))
         return error_response(ApiError(500, "internal-error", "internal error"))
 
 
@@ -235,7 +237,8 @@ def database_errors_as_503(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except CONNECTION_ERRORS as exc:
-            log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
+            log.warning("%s %s: database unavailable: %s", request.method, logged_path(request),
+                        exc)
             raise ServiceUnavailable("database-unavailable", "database unavailable; retry"
                                      ) from None
     return guarded

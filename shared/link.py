@@ -49,6 +49,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from shared.access_log import AccessLogger
 from shared.config import LinkRoute
 from shared.http import ApiError, Handler, InvalidField, error_response
 from shared.link_policy import (
@@ -365,6 +366,8 @@ def serve_options(*, keepalive_timeout_s: float = SERVER_KEEPALIVE_S,
     * ``lingering_time``: after refusing a body (413) the server reads and
       discards at most this long, then closes.
     * ``shutdown_timeout``: in-flight requests get this long on SIGTERM.
+    * ``access_log_class``: the access log's line leaves out the secrets a path holds
+      (a page link's token, a recording link's signature), :mod:`shared.access_log`.
 
     Other clients are not blocked by a slow or huge request in any case: each
     connection is its own task on the event loop.
@@ -376,6 +379,7 @@ def serve_options(*, keepalive_timeout_s: float = SERVER_KEEPALIVE_S,
         "max_headers": 64,
         "lingering_time": 2.0,
         "shutdown_timeout": shutdown_timeout_s,
+        "access_log_class": AccessLogger,
     }
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from billing.card_http import SERVICES_KEY, CardServices
 from billing.cards import Registration
 from billing.settings import BillingSettings
+from shared.access_log import logged_path
 from shared.db import CONNECTION_ERRORS
 from shared.http import ApiError, started
 from shared.language import Language
@@ -80,7 +81,7 @@ async def page_or_refusal(request: web.Request, build: Build) -> web.StreamRespo
         services = started(request, SERVICES_KEY, "billing-unavailable")
         return await build(request, language, services)
     except CONNECTION_ERRORS as exc:
-        log.warning("%s: database unavailable: %s", request.path, exc)
+        log.warning("%s: database unavailable: %s", logged_path(request), exc)
         return refusal(language, 503, "unavailable")
     except ApiError as exc:
         if exc.status in (400, 404):

@@ -9,6 +9,7 @@ need its CSRF token."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import time
@@ -29,6 +30,7 @@ from advisors.session_http import COOKIE, SESSION_CHECK_S
 from advisors.session_http import install as install_sessions
 from shared import pki
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
+from shared.link import serve_options
 from tests.integration import advisors_db
 from tests.integration.browser import browser_fixture
 from tests.integration.test_advisors_http import ACME, ADVISOR, AUTH, BENTO, digest, ok
@@ -284,6 +286,31 @@ async def test_another_sites_page_can_neither_sign_its_visitor_in_nor_change_any
             403, "cross-site-request"), route
     assert await desk(clean, aid) == "offline"
     assert (await client.get("/advisor", headers=cookie(token))).status == 200
+
+
+async def test_the_access_log_leaves_a_links_token_out(
+        clean: asyncpg.Pool, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The server's options (``serve``'s) log each request without the token that is
+    the link's credential, nor a recording link's signature."""
+    app = site(pg_url, clean)
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(access_log=logging.getLogger("aiohttp.access"),
+                              **serve_options())
+    async with TestClient(server) as c:
+        await asyncio.wait_for(app[SERVICES_KEY].hub.listening.wait(), 10)
+        path = await link(c, await advisor(c))
+        token = path.rsplit("/", 1)[1]
+        assert (await c.get(path)).status == 200
+        assert (await c.post(path, allow_redirects=False)).status == 303
+        await c.get("/v1/recordings/1/audio?expires=9&signature=cafe01")
+    # each line is written once its response is sent: all are in once the server closed
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"
+             and "/v1/advisors" not in r.getMessage()]
+    assert token not in "\n".join(lines) and "cafe01" not in "\n".join(lines), lines
+    assert '"GET /advisor/signin/[redacted] HTTP/1.1" 200' in lines[0], lines
+    assert '"POST /advisor/signin/[redacted] HTTP/1.1" 303' in lines[1], lines
+    assert "/v1/recordings/1/audio?expires=9&signature=[redacted]" in lines[2], lines
 
 
 async def test_english_and_the_cookie_is_secure_over_tls(
