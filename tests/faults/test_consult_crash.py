@@ -23,10 +23,14 @@ kept from the advisor's answer: the restart hangs up both, records no talk, bill
 nothing, ends the advisor's consultation and fails the job. A consult transfer in
 progress at the death (the second advisor ringing, or answered with the customer on
 hold) is kept with its second party: the restart hangs their leg up too, records the
-transfer (``failed`` / ``cancelled``) and their ring, and frees the second advisor.
+transfer (``failed`` / ``cancelled``) and their ring, and frees the second advisor. An
+advisor still ringing at the death (for a customer who keyed their code, or a web
+click-to-call's customer rung first) is kept from the offer: the restart sends their
+phone a CANCEL, hangs the customer up, puts the advisor back in standby with no miss,
+records no talk and bills nothing, and nobody is called again.
 
 Takes the stack lock (``/tmp/cbgw-stack.lock``) for its whole run, through ``Stack``.
-About 4 minutes.
+About 5 minutes.
 """
 
 from __future__ import annotations
@@ -403,3 +407,92 @@ async def test_a_consult_transfer_in_progress_at_the_death_is_ended_by_the_resta
                                  "advisor_presence WHERE advisor_id = $1", second)
     assert presence[0]["sessions"] == [] and presence[0]["misses"] == 0
     assert presence[0]["desk"] in (("wrap_up", "standby") if second_answers else ("standby",))
+
+
+@pytest.mark.parametrize("way", ["code", "click"])
+async def test_an_advisor_ringing_at_the_death_is_withdrawn_by_the_restart(
+        stack: Stack, admin: Admin, settings: None, way: str) -> None:
+    """The advisor's phone rings (never answered) for a customer who keyed their code in
+    the IVR, or for a web click-to-call whose customer was rung first and answered; the
+    server is killed, dead 3 s (the advisor's phone gets no CANCEL, the customer no
+    BYE), restarted: the restart ends the ring (a CANCEL to the advisor's phone) and
+    hangs the customer up; the advisor is back in standby within 15 s of the restart with
+    no miss counted; one record with no answer and no talk, ending ``failed``, their ring
+    ``withdrawn``; nothing billed (the reservation released); nothing kept; the customer
+    is not called again."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 60})
+    n = 1 if way == "code" else 2
+    chosen = await admin.advisor(f"灯{n}", f"373{n}", SIP_ADVISOR)
+    customer = f"+81701111037{n}"
+    await admin.fund("0" + customer[3:], 10_000)
+    phone_script = "uas_answer_dtmf_long.xml" if way == "code" else "uas_answer_forever.xml"
+    digits = CONFIRM + BY_CODE + f"373{n}" if way == "code" else None
+    async with stack.carriers(a=phone_script, operator="uas_ring_no_answer.xml",
+                              digits=digits) as roles:
+        advisor, phone = roles["operator"], roles["carrier-a"]
+        if way == "code":
+            await asyncio.to_thread(stack.customer_call("0" + customer[3:]).wait, 40)
+        else:
+            queued = await click_to_call(admin, customer, chosen)
+        customer_invite = await wait_for(phone, lambda m: m.method == "INVITE"
+                                         and m.ruri_user == customer[1:], 60)
+        rung = await wait_for(advisor, lambda m: m.method == "INVITE", 60)
+        await stack.wait_for_row("callback", "SELECT 1 FROM consult_live WHERE "
+                                 "bridge_id IS NULL AND advisor_id = $1", chosen)
+        await asyncio.sleep(1)
+        stack.processes["callback"].send_signal(signal.SIGKILL)
+        killed = time.time()
+        await asyncio.sleep(3.0)
+        assert not [m for m in advisor.dialog_messages() if m.method == "CANCEL"]
+        assert _byes(phone) == [], "the customer waits on through the kill"
+        await stack.restart_server("callback", kill=True)
+        restarted = time.time()
+        cancel = await wait_for(advisor, lambda m: m.method == "CANCEL"
+                                and m.call_id == rung.call_id, 30)
+        customer_bye = await wait_for(phone, lambda m: m.method == "BYE"
+                                      and m.direction == "received"
+                                      and m.call_id == customer_invite.call_id, 30)
+        for ended in (cancel, customer_bye):
+            assert ended.at.timestamp() >= killed + 3.0, (ended.at, killed)
+        await stack.wait_for_row(
+            "callback", "SELECT 1 FROM advisor_presence WHERE advisor_id = $1 AND "
+            "desk = 'standby' AND sessions = '[]'::jsonb", chosen, timeout_s=15)
+        standby_after_s = time.time() - restarted
+        made = await record(stack, customer)
+        job = await stack.wait_for_row(
+            "callback", "SELECT status, reason FROM callback_requests WHERE callback_id = $1 "
+            "AND status IN ('completed', 'failed')", made["callback_id"], timeout_s=60)
+        await asyncio.sleep(5)                      # nobody is rung again
+        assert len(invites_to(advisor, "operator")) == 1
+        assert [m for m in phone.invites_received() if m.ruri_user == customer[1:]] == [
+            customer_invite]
+    assert standby_after_s <= 15, standby_after_s
+    if way == "click":
+        assert made["consultation_id"] == queued["consultation_id"]
+    assert made["method"] == ("code" if way == "code" else "click_to_call")
+    assert made["advisor_id"] == chosen and made["answered_at"] is None
+    assert made["talk_s"] == 0 and made["end_reason"] == "failed"
+    assert ring_outcomes(made) == [(chosen, "withdrawn")]
+    assert made["rings"][0]["ended_at"] is not None
+    assert len(await stack.fetch("callback", "SELECT 1 FROM consultations WHERE "
+                                 "customer_number = $1", customer)) == 1
+    assert job["status"] in ("completed", "failed"), dict(job)
+    # nothing billed: the reservation released whole, no charge
+    settled = await stack.fetch(
+        "callback", "SELECT s.total_yen, s.talk_s FROM billing_settlements s "
+        "JOIN billing_reservations r ON r.id = s.reservation_id "
+        "WHERE r.consultation_id = $1", made["consultation_id"])
+    assert [(r["total_yen"], r["talk_s"]) for r in settled] in ([], [(0, 0)])
+    assert await stack.fetch(
+        "callback", "SELECT 1 FROM billing_reservations r LEFT JOIN billing_settlements s "
+        "ON s.reservation_id = r.id WHERE r.consultation_id = $1 AND s.reservation_id IS NULL",
+        made["consultation_id"]) == [], "a reservation left live"
+    assert await stack.fetch(
+        "callback", "SELECT t.amount_yen FROM billing_transactions t "
+        "JOIN billing_accounts a ON a.id = t.account_id "
+        "WHERE a.account = $1 AND t.kind = 'charge'", customer) == []
+    assert await stack.fetch("callback", "SELECT 1 FROM consult_live") == []
+    assert [e for e, _ in await events(stack, chosen)] == ["online", "offered", "ended"]
+    presence = await stack.fetch("callback", "SELECT misses FROM advisor_presence "
+                                 "WHERE advisor_id = $1", chosen)
+    assert presence[0]["misses"] == 0
