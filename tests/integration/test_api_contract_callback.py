@@ -22,10 +22,17 @@ from advisors.edge_phones import install as install_edge_phones
 from advisors.http import install as install_advisors
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import ConsultationRecords
+from advisors.session_http import install as install_sessions
 from billing import records as billing_records
 from billing.card_http import install as install_cards
 from billing.http import install as install_billing
+from billing.settings import BillingSettings
 from billing.topup_link_http import install as install_topup_links
+from callback_server.advisor_desk import AdvisorDesk
+from callback_server.click_http import ClickIntake
+from callback_server.click_http import install as install_click_to_call
+from callback_server.click_web_http import install as install_click_web
+from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
 from callback_server.flows_http import install as install_flows
 from callback_server.flows_store import FlowStore
@@ -34,6 +41,7 @@ from callback_server.guard.service import Guard
 from callback_server.guard.settings import GuardSettings
 from callback_server.http import attach_store, create_http_app
 from callback_server.ivr_flow import FLOWS_DIR
+from callback_server.routing import Routing
 from callback_server.store import CallbackStore
 from ivr_platform.audio import AudioLimits
 from ivr_platform.media_config import MediaSettings
@@ -62,6 +70,7 @@ from tests.integration.api_contract import (
     SigningSession,
     assert_keeps_its_document,
     assert_no_5xx,
+    document,
     serving,
 )
 from tests.integration.localstripe import localstripe_fixture
@@ -70,6 +79,8 @@ from tests.integration.test_callback_http import MERCHANTS, PEER_KEY, TOKEN, bod
 from tests.integration.test_ivr_audio import tone
 from tests.unit.test_advisors_records import answered
 from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
+from web.advisor_page import install as install_advisor_page
+from web.click_page import install as install_click_page
 from web.pages import install as install_pages
 
 pytestmark = pytest.mark.integration
@@ -87,7 +98,8 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     letters, the advisors' admin API and an operator's control of consultations, presence
     by phone, the billing API with its card routes (against a real localstripe), its
     top-up links and the card and top-up pages, the media API and the notifications'
-    phonebook and deliveries."""
+    phonebook and deliveries, the advisor's page and its session routes, click-to-call
+    (``POST /v1/consultations``) and the customer's click-to-call page and its routes."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
                           verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
@@ -108,10 +120,17 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     install_flows(app, lambda _: pool)
     install_consult_control(app, lambda _: pool)
     install_notify(app, NotifySettings(), lambda _: pool, owner="contract")
-    install_sms(app, SmsSettings(   # the status route checks Twilio's signature
+    sms = SmsSettings(   # the status route checks Twilio's signature
         TwilioSettings("AC" + "0" * 32, "t" * 32, "http://127.0.0.1:9"), "MG" + "0" * 32,
-        status_callback_url="https://cb.example.jp/v1/sms/twilio/status"),
-        lambda _: pool, owner="contract")
+        status_callback_url="https://cb.example.jp/v1/sms/twilio/status")
+    install_sms(app, sms, lambda _: pool, owner="contract")
+    install_sessions(app)
+    install_advisor_page(app)
+    install_click_to_call(app, lambda _: ClickIntake(
+        CallbackStore(pool, owner="contract"), AdvisorDesk(pool, Routing(None, ())), guard,
+        ConsultBilling(pool, BillingSettings()), {m.id: m for m in MERCHANTS}))
+    install_click_web(app, sms)
+    install_click_page(app)
     install_cards(app, lambda _: pool, settings_for(stripe_port))
     install_topup_links(app)
     install_pages(app, {m.id: m.name for m in MERCHANTS})
@@ -155,3 +174,15 @@ async def test_the_callback_site_keeps_its_openapi_document(served: Served) -> N
 async def test_no_route_of_the_callback_site_answers_5xx_to_arbitrary_input(
         served: Served) -> None:
     await assert_no_5xx(served)
+
+
+async def test_both_runs_cover_the_pages_and_their_routes(served: Served) -> None:
+    """The pages the site serves to browsers and the routes behind them are in the
+    document both runs read (the event stream aside: a valid request stays open)."""
+    paths = set(document(served.app)["paths"])
+    assert {"/advisor", "/advisor/signin/{token}", "/v1/advisor/presence",
+            "/v1/advisor/signout", "/v1/advisors/{advisor_id}/signin-links",
+            "/m/{merchant}/advisors", "/v1/m/{merchant}/phone-codes",
+            "/v1/m/{merchant}/phone-verifications", "/v1/m/{merchant}/calls",
+            "/v1/m/{merchant}/calls/{callback_id}", "/v1/consultations", "/card/{token}",
+            "/topup/{token}", "/v1/billing/card-setup/{token}/confirm"} <= paths
