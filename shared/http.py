@@ -76,6 +76,13 @@ def started(request: web.Request, key: web.AppKey[_T], error_id: str) -> _T:
     return value
 
 
+#: what every JSON answer says besides its type: a browser never reads it as anything
+#: else (sniffing a value it echoes as HTML, or running it as a script) nor shows it as a
+#: page (no framing, nothing loaded)
+JSON_HEADERS = {"X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"}
+
+
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
                   ) -> web.Response:
     try:
@@ -83,7 +90,7 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
     except UnicodeEncodeError:  # a message echoing header bytes the server could not decode
         data = json.dumps(body, default=str).encode()
     return web.Response(body=data, status=status, content_type="application/json",
-                        charset="utf-8", headers=headers)
+                        charset="utf-8", headers={**JSON_HEADERS, **(headers or {})})
 
 
 def error_response(error: ApiError) -> web.Response:

@@ -261,7 +261,14 @@ async def test_the_page_in_english_and_its_headers(
     assert ">Call me</button>" in html and f'data-topup-url="{TOPUP}"' in html
     assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
     assert "1分 100円（税込）" in await (await client.get("/m/acme/advisors")).text()
-    listed = await (await client.get("/v1/m/acme/advisors")).json()
+    listed_resp = await client.get("/v1/m/acme/advisors")
+    listed = await listed_resp.json()
+    # JSON, answered or refused, is never sniffed as HTML nor shown as a page
+    for json_resp in (listed_resp, await client.get("/v1/m/<script>/advisors"),
+                      await client.post("/v1/m/acme/phone-codes", data=b"<html>")):
+        assert json_resp.content_type == "application/json"
+        assert json_resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert json_resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
     assert [(a["id"], a["availability"]) for a in listed["advisors"]] == [
         (ids["sip"], "available"), (ids["pstn"], "offline")]
 
