@@ -288,6 +288,29 @@ async def test_another_sites_page_can_neither_sign_its_visitor_in_nor_change_any
     assert (await client.get("/advisor", headers=cookie(token))).status == 200
 
 
+async def test_a_hostile_name_is_text_on_the_advisors_page(
+        client: TestClient[Any, Any], browser: Any) -> None:
+    """A display name with markup, quotes and a closing script tag is escaped in the
+    page and stays text once the event stream's state has rewritten it."""
+    hostile = '月読</script><img src=x onerror="document.title=\'xss\'">\'"&<b>さくら'
+    aid = await advisor(client, name=hostile)
+    token, _ = await signed_in(client, aid)
+    html = await (await client.get("/advisor", headers=cookie(token))).text()
+    assert "<img" not in html and "月読&lt;/script&gt;&lt;img" in html
+    context = await browser.new_context(locale="ja-JP")
+    try:
+        page = await context.new_page()
+        await page.goto(str(client.make_url(await link(client, aid))))
+        await page.click("#sign-in")
+        await page.locator("#advisor-state").wait_for(timeout=5_000)
+        await asyncio.sleep(1)          # the stream's first state has been written
+        assert await page.locator("#advisor-name").inner_text() == hostile
+        assert await page.locator("main img, main b").count() == 0
+        assert await page.title() != "xss"
+    finally:
+        await context.close()
+
+
 async def test_the_access_log_leaves_a_links_token_out(
         clean: asyncpg.Pool, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """The server's options (``serve``'s) log each request without the token that is

@@ -301,3 +301,31 @@ async def test_another_sites_page_cannot_send_codes_or_verify_and_codes_go_to_ja
                                  headers=headers)
         assert resp.status == 202, await resp.text()
     assert await pool.fetchval("SELECT count(*) FROM click_phone_codes") == 2
+
+
+HOSTILE = '星野</script><img src=x onerror="document.title=\'xss\'">\'"&<b>ひかり'
+
+
+async def test_a_hostile_advisor_name_and_query_are_shown_as_text(
+        site: tuple[TestClient[Any, Any], FakeTwilio, dict[str, int]], browser: Any,
+        pool: asyncpg.Pool) -> None:
+    """An advisor's name with markup, quotes and a closing script tag, and a ``lang``
+    that is markup: the HTML has them escaped, the browser shows the name as the text
+    it is, in the page and after the script's refresh, and runs nothing."""
+    client, _, ids = site
+    await pool.execute("UPDATE advisors SET display_name = $1 WHERE id = $2", HOSTILE,
+                       ids["sip"])
+    resp = await client.get("/m/acme/advisors", params={"lang": '"><script>x</script>'})
+    html = await resp.text()
+    assert resp.status == 200 and "<img" not in html and "<script>x" not in html
+    assert "星野&lt;/script&gt;&lt;img src=x onerror=&quot;" in html
+    context, page = await open_page(browser, client)
+    try:
+        name = page.locator(f'li.advisor[data-advisor-id="{ids["sip"]}"] .name')
+        assert await name.inner_text() == HOSTILE
+        await asyncio.sleep(2.5)       # the script's refresh (REFRESH_S) rewrites the list
+        assert await name.inner_text() == HOSTILE
+        assert await page.locator("#advisors img, #advisors b").count() == 0
+        assert await page.title() == "ACME 電話相談"
+    finally:
+        await context.close()
