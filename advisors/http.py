@@ -130,10 +130,17 @@ async def put_presence(request: web.Request) -> web.Response:
     """Set the advisor online (standby: gets calls), offline, working or on break. A
     consultation in progress goes on; the advisor takes no new one unless online."""
     svc, merchant = _services(request)
+    return await set_presence(request, svc, merchant, Via.API)
+
+
+async def set_presence(request: web.Request, svc: Services, merchant: str, via: Via
+                       ) -> web.Response:
+    """Apply the body's presence to the path's advisor of ``merchant``: the reply of
+    ``PUT /v1/advisors/{advisor_id}/presence`` and of the operator page's route."""
     advisor_id = path_id(request, "advisor_id")
     wanted = s.parse_presence(await read_json_object(request))
     presence, _ = await svc.live.apply(merchant, advisor_id,
-                                       wanted.event(svc.live.clock(), Via.API))
+                                       wanted.event(svc.live.clock(), via))
     return json_response(s.presence_json(presence))
 
 

@@ -42,6 +42,8 @@ class Via(enum.StrEnum):
     API = "api"
     #: the advisor's own page (``GET /advisor``)
     WEB = "web"
+    #: the merchant's operators' page (``GET /operator``)
+    OPERATOR = "operator"
     PHONE = "phone"
     SYSTEM = "system"
 

@@ -36,7 +36,7 @@ import asyncio
 import json
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -68,11 +68,19 @@ COOKIE = "cbgw_advisor"
 SESSION_CHECK_S = 5.0
 CSRF_HEADER = "X-CSRF-Token"
 
-ADVISOR_SESSION = Access("advisorSession", {
-    "type": "apiKey", "in": "cookie", "name": COOKIE,
-    "description": "the advisor's session, opened by a sign-in link (POST "
-                   "/advisor/signin/{token}); changes also need X-CSRF-Token"},
-    errors={401: ("session-missing", "session-invalid")})
+
+
+def session_access(scheme: str, cookie: str, whose: str, signin: str) -> Access:
+    """A page's session cookie as the OpenAPI security scheme ``scheme``."""
+    return Access(scheme, {
+        "type": "apiKey", "in": "cookie", "name": cookie,
+        "description": f"{whose} session, opened by a sign-in link (POST {signin}); "
+                       f"changes also need {CSRF_HEADER}"},
+        errors={401: ("session-missing", "session-invalid")})
+
+
+ADVISOR_SESSION = session_access("advisorSession", COOKIE, "the advisor's",
+                                 "/advisor/signin/{token}")
 
 
 def install(app: web.Application) -> None:
@@ -84,16 +92,40 @@ def services(request: web.Request) -> Services:
     return started(request, SERVICES_KEY, "advisors-unavailable")
 
 
+class WithCsrf(Protocol):
+    def csrf_ok(self, sent: str) -> bool: ...
+
+
+_S = TypeVar("_S", bound=WithCsrf)
+
+
+def cookie_token(request: web.Request, cookie: str) -> str:
+    """The session token of the request's ``cookie`` (401 ``session-missing``)."""
+    token = request.cookies.get(cookie)
+    if not token:
+        raise Unauthorized("session-missing", "sign in with your sign-in link")
+    return token
+
+
+def live_session(session: _S | None) -> _S:
+    """The session a cookie's token found (401 ``session-invalid`` for none)."""
+    if session is None:
+        raise Unauthorized("session-invalid", "signed out or expired: sign in again")
+    return session
+
+
+def csrf_checked(request: web.Request, session: _S) -> _S:
+    """The session, if its page sent its CSRF token (403 ``csrf-invalid`` otherwise)."""
+    if not session.csrf_ok(request.headers.get(CSRF_HEADER, "")):
+        raise ApiError(403, "csrf-invalid", f"{CSRF_HEADER} is missing or wrong")
+    return session
+
+
 async def session_of(request: web.Request) -> tuple[Services, Session]:
     """The request's live session (401 otherwise)."""
     svc = services(request)
-    token = request.cookies.get(COOKIE)
-    if not token:
-        raise Unauthorized("session-missing", "sign in with your sign-in link")
-    session = await svc.sessions.current(token, svc.live.clock())
-    if session is None:
-        raise Unauthorized("session-invalid", "signed out or expired: sign in again")
-    return svc, session
+    token = cookie_token(request, COOKIE)
+    return svc, live_session(await svc.sessions.current(token, svc.live.clock()))
 
 
 async def changing(request: web.Request) -> tuple[Services, Session]:
@@ -101,9 +133,7 @@ async def changing(request: web.Request) -> tuple[Services, Session]:
     otherwise)."""
     refuse_cross_site(request)
     svc, session = await session_of(request)
-    if not session.csrf_ok(request.headers.get(CSRF_HEADER, "")):
-        raise ApiError(403, "csrf-invalid", f"{CSRF_HEADER} is missing or wrong")
-    return svc, session
+    return svc, csrf_checked(request, session)
 
 
 async def me(svc: Services, session: Session) -> dict[str, Any]:

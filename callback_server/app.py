@@ -114,6 +114,7 @@ from shared.site import (
 )
 from web.advisor_page import install as install_advisor_page
 from web.click_page import install as install_click_page
+from web.operator_page import install as install_operator_page
 
 log = logging.getLogger("callback.app")
 
@@ -191,6 +192,7 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     install_flows(app, lambda a: a[POOL_KEY], settings.stored_flow_problems,
                   flow_preparer(settings, speech))
     install_consult_control(app, lambda a: a[POOL_KEY], lambda a: a.get(GUARD_KEY))
+    install_operator_page(app)
     app.cleanup_ctx.append(active_flows_ctx)
     if settings.billing.stripe is not None:
         from billing.card_http import install as install_cards  # needs stripe

@@ -221,11 +221,22 @@ def install(app: web.Application, pool: PoolOf, guard: GuardOf = lambda _app: No
     add_operations(app, OPERATIONS)
 
 
-def controlling(action: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The handler of ``POST /v1/consultations/{consultation_id}/<action>``."""
+#: who asks, for which merchant (401/403 otherwise)
+MerchantOf = Callable[[web.Request], Awaitable[str]]
+
+
+async def bearer_merchant(request: web.Request) -> str:
+    return authenticated_merchant(request)
+
+
+def controlling(action: Action, merchant_of: MerchantOf = bearer_merchant
+                ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of ``POST /v1/consultations/{consultation_id}/<action>`` (the
+    merchant's token), or of the operator page's route for it (``merchant_of``: the
+    operator's session)."""
 
     async def control_consultation(request: web.Request) -> web.Response:
-        merchant_id = authenticated_merchant(request)
+        merchant_id = await merchant_of(request)
         consultation_id = request.match_info["consultation_id"]
         if not CONSULTATION_ID.match(consultation_id):
             raise InvalidField("consultation_id", "not a consultation id")
@@ -305,18 +316,19 @@ TRANSFER_BODY: Schema = {
                    "number": {"type": "string", "pattern": r"^\+[1-9][0-9]{6,14}$"}},
     "oneOf": [{"required": ["advisor_id"]}, {"required": ["number"]}]}
 
-OPERATIONS = [
-    Operation("POST", f"/v1/consultations/{{consultation_id}}/{action.path}",
-              database_errors_as_503(controlling(action)), _SUMMARIES[action], "advisors",
-              {202: Reply("sent to the process running the call", REQUESTED)},
-              access=MERCHANT,
-              params=(Param("consultation_id", "path", {"type": "string"}),),
-              body=TRANSFER_BODY if action is Action.TRANSFER else None,
-              errors={**({403: ("number-refused",)} if action is Action.TRANSFER else {}),
-                      404: ("not-found",),
-                      409: ("consultation-not-running",
-                            *(("consultation-not-talking",) if action is Action.HOLD
-                              else ())),
-                      503: ("database-unavailable",)})
-    for action in Action
-]
+def operation(action: Action) -> Operation:
+    """The route of ``action``: ``POST /v1/consultations/{consultation_id}/<action>``."""
+    return Operation(
+        "POST", f"/v1/consultations/{{consultation_id}}/{action.path}",
+        database_errors_as_503(controlling(action)), _SUMMARIES[action], "advisors",
+        {202: Reply("sent to the process running the call", REQUESTED)},
+        access=MERCHANT, params=(Param("consultation_id", "path", {"type": "string"}),),
+        body=TRANSFER_BODY if action is Action.TRANSFER else None,
+        errors={**({403: ("number-refused",)} if action is Action.TRANSFER else {}),
+                404: ("not-found",),
+                409: ("consultation-not-running",
+                      *(("consultation-not-talking",) if action is Action.HOLD else ())),
+                503: ("database-unavailable",)})
+
+
+OPERATIONS = [operation(action) for action in Action]

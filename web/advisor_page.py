@@ -46,7 +46,7 @@ def install(app: web.Application) -> None:
     mount_static(app)
 
 
-def _lang_query(language: Language) -> str:
+def lang_query(language: Language) -> str:
     return "" if language is Language.JAPANESE else f"?lang={language.value}"
 
 
@@ -59,14 +59,14 @@ async def get_advisor(request: web.Request) -> web.StreamResponse:
     except ApiError as exc:
         if exc.status != 401:
             raise
-        return _refusal(language, 401, "signed-out")
+        return refusal(language, 401, "signed-out")
     mine = await me(svc, session)
     state = mine["presence"]["state"]
     data = {"csrf": session.csrf_token,
             **{f"state-{name.replace('_', '-')}": text(f"advisor.state.{name}", language)
                for name in STATES},
             "msg-failed": text("advisor.failed", language),
-            "signed-out-url": f"/advisor{_lang_query(language)}"}
+            "signed-out-url": f"/advisor{lang_query(language)}"}
     attributes = " ".join(f'data-{k}="{escape(v)}"' for k, v in data.items())
     buttons = "".join(
         f'\n<button type="button" class="presence" data-presence="{value}">'
@@ -97,16 +97,8 @@ async def get_signin(request: web.Request) -> web.StreamResponse:
     token = request.match_info["token"]
     svc = services(request)
     if not await svc.sessions.usable(token, svc.live.clock()):
-        return _refusal(language, 410, "signin-link")
-    title = text("advisor.signin.title", language)
-    body = f"""<main>
-<h1>{escape(title)}</h1>
-<p>{escape(text("advisor.signin.lead", language))}</p>
-<form method="post" action="/advisor/signin/{escape(token)}{_lang_query(language)}">
-<button type="submit" id="sign-in">{escape(text("advisor.signin.submit", language))}</button>
-</form>
-</main>"""
-    return page(language, title, body)
+        return refusal(language, 410, "signin-link")
+    return signin_page(language, "advisor", f"/advisor/signin/{token}")
 
 
 async def post_signin(request: web.Request) -> web.StreamResponse:
@@ -115,19 +107,40 @@ async def post_signin(request: web.Request) -> web.StreamResponse:
     its visitor in as the advisor whose link it holds)."""
     language = page_language(request)
     if not from_own_pages(request):     # another site signing its visitor in as someone
-        return _refusal(language, 403, "cross-site")
+        return refusal(language, 403, "cross-site")
     svc = services(request)
     opened = await svc.sessions.sign_in(request.match_info["token"], svc.live.clock())
     if opened is None:
-        return _refusal(language, 410, "signin-link")
+        return refusal(language, 410, "signin-link")
+    return signed_in(request, language, COOKIE, opened.token, "/advisor")
+
+
+def signin_page(language: Language, who: str, action: str) -> web.Response:
+    """The page of a sign-in link (``who``: the texts' prefix): one button that POSTs
+    to ``action``."""
+    title = text(f"{who}.signin.title", language)
+    body = f"""<main>
+<h1>{escape(title)}</h1>
+<p>{escape(text(f"{who}.signin.lead", language))}</p>
+<form method="post" action="{escape(action)}{lang_query(language)}">
+<button type="submit" id="sign-in">{escape(text("advisor.signin.submit", language))}</button>
+</form>
+</main>"""
+    return page(language, title, body)
+
+
+def signed_in(request: web.Request, language: Language, cookie: str, token: str,
+              location: str) -> web.Response:
+    """On to the page (303) with the session's cookie: HttpOnly, SameSite=Strict, Secure
+    over TLS."""
     response = web.Response(status=303, headers={
-        "Location": f"/advisor{_lang_query(language)}", "Cache-Control": "no-store"})
-    response.set_cookie(COOKIE, opened.token, max_age=SESSION_VALID_S, path="/",
+        "Location": f"{location}{lang_query(language)}", "Cache-Control": "no-store"})
+    response.set_cookie(cookie, token, max_age=SESSION_VALID_S, path="/",
                         httponly=True, secure=request.secure, samesite="Strict")
     return response
 
 
-def _refusal(language: Language, status: int, why: str) -> web.Response:
+def refusal(language: Language, status: int, why: str) -> web.Response:
     return message_page(language, status, text(f"error.{why}.title", language),
                         text(f"error.{why}", language))
 

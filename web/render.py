@@ -23,7 +23,8 @@ from shared.openapi import Operation, Param, Reply, Schema, add_operations, stri
 TAG = "pages"
 #: the package's static files: name → media type
 STATIC_TYPES = {"card.js": "text/javascript", "advisor.js": "text/javascript",
-                "click.js": "text/javascript", "page.css": "text/css"}
+                "click.js": "text/javascript", "operator.js": "text/javascript",
+                "page.css": "text/css"}
 HTML: Schema = {"type": "string", "description": "an HTML page"}
 #: a page link's token
 TOKEN_PARAM = Param("token", "path", string(128))
