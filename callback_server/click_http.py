@@ -90,6 +90,14 @@ def install(app: web.Application, make: Callable[[web.Application], ClickIntake]
     add_operations(app, OPERATIONS)
 
 
+def parse_advisor_id(value: object) -> int:
+    """A body's ``advisor_id``: 400 ``invalid-field`` unless an integer 1..MAX_INT (one
+    past it is no bigint for the database)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+        raise InvalidField("advisor_id", f"expected an advisor id 1..{MAX_INT}")
+    return value
+
+
 def parse(data: dict[str, Any], idempotency_key: str | None) -> ClickRequest:
     unknown = set(data) - {"customer_number", "advisor_id", "advisor_code"}
     if unknown:
@@ -104,10 +112,8 @@ def parse(data: dict[str, Any], idempotency_key: str | None) -> ClickRequest:
     advisor_id, code = data.get("advisor_id"), data.get("advisor_code")
     if (advisor_id is None) == (code is None):
         raise InvalidField("advisor_id", "give exactly one of advisor_id and advisor_code")
-    if advisor_id is not None and (isinstance(advisor_id, bool)
-                                   or not isinstance(advisor_id, int)
-                                   or not 1 <= advisor_id <= MAX_INT):
-        raise InvalidField("advisor_id", f"expected an advisor id 1..{MAX_INT}")
+    if advisor_id is not None:
+        advisor_id = parse_advisor_id(advisor_id)
     if code is not None and (not isinstance(code, str) or not ADVISOR_CODE.match(code)):
         raise InvalidField("advisor_code", "expected the advisor's 4-digit code")
     if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):

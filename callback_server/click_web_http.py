@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from advisors.live import utcnow
+from advisors.records import MAX_INT
 from advisors.store import AdvisorStore
 from callback_server.click_http import (
     CLICK_KEY,
@@ -43,6 +44,7 @@ from callback_server.click_http import (
     ClickRequest,
     click_to_call,
     consultation_id,
+    parse_advisor_id,
 )
 from callback_server.click_verify import VERIFIED_S, PhoneCodes, Verified
 from ivr_platform.sms_config import SmsSettings
@@ -189,9 +191,7 @@ async def post_call(request: web.Request) -> web.Response:
         raise ApiError(403, "csrf-invalid", f"{CSRF_HEADER} is missing or wrong")
     data = await read_json_object(request)
     _only(data, ("advisor_id",))
-    advisor_id = data.get("advisor_id")
-    if isinstance(advisor_id, bool) or not isinstance(advisor_id, int) or advisor_id < 1:
-        raise InvalidField("advisor_id", "expected an advisor id")
+    advisor_id = parse_advisor_id(data.get("advisor_id"))
     codes, client, now = PhoneCodes(intake.store.pool), client_address(request), utcnow()
     asked = await codes.call_asked(verified, client, now)
     stored = await click_to_call(intake, merchant, ClickRequest(
@@ -290,7 +290,8 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               params=(_MERCHANT, Param(CSRF_HEADER, "header", string(64),
                                        "the verification's csrf")),
               body={"type": "object", "required": ["advisor_id"],
-                    "properties": {"advisor_id": {"type": "integer", "minimum": 1}}},
+                    "properties": {"advisor_id": {"type": "integer", "minimum": 1,
+                                                  "maximum": MAX_INT}}},
               errors={**_VERIFY, 400: ("invalid-field",), 402: ("billing-refused",),
                       403: ("csrf-invalid", "number-refused", CROSS_SITE),
                       404: ("not-found",),

@@ -329,3 +329,20 @@ async def test_a_hostile_advisor_name_and_query_are_shown_as_text(
         assert await page.title() == "ACME 電話相談"
     finally:
         await context.close()
+
+
+async def test_an_advisor_id_past_a_bigint_is_a_400_not_a_500(
+        site: tuple[TestClient[Any, Any], FakeTwilio, dict[str, int]],
+        pool: asyncpg.Pool) -> None:
+    """Behind a verified session (where the contract fuzz, which has none, cannot reach):
+    an advisor id one past the database's bigint, or of 400 digits, is refused naming the
+    field, and is not counted as a call asked for."""
+    client, fake, _ = site
+    await client.post("/v1/m/acme/phone-codes", json={"number": CUSTOMER})
+    verified = await client.post("/v1/m/acme/phone-verifications", json={
+        "number": CUSTOMER, "code": await code_sent(fake, CUSTOMER)})
+    csrf = {"X-CSRF-Token": (await verified.json())["csrf"]}
+    for raw in (b'{"advisor_id": %d}' % 2**63, b'{"advisor_id": 1' + b"0" * 400 + b"}"):
+        resp = await client.post("/v1/m/acme/calls", data=raw, headers=csrf)
+        assert (resp.status, (await resp.json())["error"]["field"]) == (400, "advisor_id")
+    assert await pool.fetchval("SELECT count(*) FROM click_web_calls") == 0
