@@ -3,6 +3,7 @@
     python -m advisors --merchant acme advisor add --name 星野 --code 0123 \\
         --phone 090-1111-2222 --price 300
     python -m advisors --merchant acme advisor presence 1 online
+    python -m advisors --merchant acme advisor retire 1
     python -m advisors --merchant acme group add --name タロット --member 1 --member 2
     python -m advisors --merchant acme customer add --account u-42 --number 08012345678
     python -m advisors --merchant acme settings set --after-call manual --lines 5
@@ -78,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
     pres.add_argument("id", type=int)
     pres.add_argument("presence", choices=s.PRESENCE_VALUES)
     pres.add_argument("--reason")
+    adv.add_parser("retire", help="retire an advisor (DELETE /v1/advisors/{id})"
+                   ).add_argument("id", type=int)
     _collection(nouns, "group", group_options)
     _collection(nouns, "customer", customer_options)
 
@@ -133,6 +136,9 @@ async def _command(args: argparse.Namespace, store: AdvisorStore, live: Presence
     match args.noun, getattr(args, "verb", None):
         case "advisor", "list":
             return {"items": [s.advisor_json(a, p) for a, p in await store.advisors(m)]}
+        case "advisor", "retire":
+            await live.retire(m, args.id)
+            return s.advisor_json(*await store.advisor(m, args.id))
         case "advisor", "presence":
             wanted = s.parse_presence(_fields(args, ("presence", "reason")))
             event = wanted.event(live.clock(), Via.API)

@@ -3,7 +3,9 @@
     ApiError
     ├── InvalidField   400 invalid-field  (shared.http; a bad or unknown id too)
     ├── NotFound       404 not-found      (no such advisor, group or customer here)
-    └── Duplicate      409 duplicate      (a code, group name, account or number taken)
+    ├── Duplicate      409 duplicate      (a code, group name, account or number taken)
+    ├── Busy           409 advisor-busy   (retiring an advisor rung, talking or awaited)
+    └── Retired        409 advisor-retired (changing a retired advisor)
 """
 
 from __future__ import annotations
@@ -19,3 +21,15 @@ class NotFound(ApiError):
 class Duplicate(ApiError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(409, "duplicate", f"{field}: {message}", field=field)
+
+
+
+
+class Busy(ApiError):
+    def __init__(self, advisor_id: int, why: str) -> None:
+        super().__init__(409, "advisor-busy", f"advisor {advisor_id} {why}")
+
+
+class Retired(ApiError):
+    def __init__(self, advisor_id: int) -> None:
+        super().__init__(409, "advisor-retired", f"advisor {advisor_id} is retired")

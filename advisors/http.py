@@ -1,7 +1,8 @@
 """The advisors admin API and presence event stream (JSON; the merchant's bearer token,
 :func:`shared.http.authenticated_merchant`, selects the tenant).
 
-* ``GET|POST /v1/advisors``, ``GET|PATCH /v1/advisors/{advisor_id}``
+* ``GET|POST /v1/advisors`` (the current advisors), ``GET|PATCH|DELETE
+  /v1/advisors/{advisor_id}`` (DELETE retires the advisor, who stays readable by id)
 * ``PUT /v1/advisors/{advisor_id}/presence``: online (standby), offline, working, break
 * ``GET /v1/advisors/events``: Server-Sent Events, one ``presence`` event per change of
   any of the merchant's advisors (``id:`` is the event row's id; reconnect with
@@ -14,8 +15,10 @@
   /v1/consultations/{consultation_id}``: the consultation records (:mod:`advisors.records`)
 
 Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
-(404), ``duplicate`` (409, with ``field``), ``auth-*`` (401), ``advisors-unavailable``
-(503 before the database is connected), ``database-unavailable`` (503 when it is away).
+(404), ``duplicate`` (409, with ``field``), ``advisor-busy`` (409: retiring an advisor
+rung, talking or awaited in the queue), ``advisor-retired`` (409: changing one),
+``auth-*`` (401), ``advisors-unavailable`` (503 before the database is connected),
+``database-unavailable`` (503 when it is away).
 
 :func:`install` mounts the routes, adds :data:`advisors.metrics.ADVISORS_BY_STATE` to
 the site's ``/metrics`` readings and, in ``cleanup_ctx`` after the site's database, the
@@ -144,6 +147,19 @@ async def set_presence(request: web.Request, svc: Services, merchant: str, via: 
     return json_response(s.presence_json(presence))
 
 
+async def retire_advisor(request: web.Request) -> web.Response:
+    """Retire the advisor: offline, out of every group, signed out, never offered, listed
+    or found by code or contact again; their code is free for a new advisor; their
+    records and events stay, and ``GET /v1/advisors/{advisor_id}`` still reads them (with
+    ``retired_at``). A ``retired`` presence event is published. 409 ``advisor-busy`` while
+    they are rung or talking, or a queued customer waits for them alone. Retiring a
+    retired advisor changes nothing."""
+    svc, merchant = _services(request)
+    advisor_id = path_id(request, "advisor_id")
+    await svc.live.retire(merchant, advisor_id)
+    return json_response(s.advisor_json(*await svc.store.advisor(merchant, advisor_id)))
+
+
 def _sse(published: Published) -> bytes:
     return f"id: {published.id}\nevent: presence\ndata: {published.text}\n\n".encode()
 
@@ -246,7 +262,7 @@ EVENT: dict[str, Any] = {
     "type": "string",
     "description": "lines 'id: <n>', 'event: presence', 'data: <JSON>' per event; the JSON "
                    "has id, merchant_id, advisor_id, at, event (online, offline, working, "
-                   "break, offered, answered, ring_missed, ended, wrap_up_elapsed), via "
+                   "break, offered, answered, ring_missed, ended, wrap_up_elapsed, retired), via "
                    "(api, web, phone, system or null), consultation_id, before, after, desk, "
                    "load, reason"}
 _A, _G, _C = "advisors", "advisor groups", "customers"
@@ -261,11 +277,17 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
                             "replay the merchant's events after this id first"),),
               errors={400: ("invalid-field",), **UNAVAILABLE}),
     *ADVISORS.items(_directory),
+    Operation("DELETE", "/v1/advisors/{advisor_id}", retire_advisor, "Retire an advisor",
+              "advisors", {200: Reply("the retired advisor", s.ADVISOR)}, access=MERCHANT,
+              params=id_param("advisor_id"),
+              errors={400: ("invalid-field",), 404: ("not-found",),
+                      409: ("advisor-busy",), **UNAVAILABLE}),
     Operation("PUT", "/v1/advisors/{advisor_id}/presence", put_presence,
               "Set an advisor's presence", "advisors",
               {200: Reply("the presence", s.PRESENCE)}, access=MERCHANT,
               params=id_param("advisor_id"), body=s.PRESENCE_INPUT,
-              errors={400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}),
+              errors={400: ("invalid-field",), 404: ("not-found",),
+                      409: ("advisor-retired",), **UNAVAILABLE}),
     *GROUPS.collection(_directory), *GROUPS.items(_directory),
     *CUSTOMERS.collection(_directory), *CUSTOMERS.items(_directory),
     Operation("GET", "/v1/advisor-settings", get_settings, "Advisor settings", "advisors",

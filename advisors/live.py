@@ -41,8 +41,9 @@ import asyncpg
 
 from advisors import assignment as am
 from advisors import presence as pm
-from advisors.errors import NotFound
-from advisors.model import Rules, WhenLinesBusy
+from advisors.errors import Busy, NotFound, Retired
+from advisors.model import Rules, Via, WhenLinesBusy
+from advisors.sessions import revoke
 from advisors.store import presence_of, rules_of
 
 log = logging.getLogger("advisors.live")
@@ -80,7 +81,8 @@ def event_name(event: pm.Event) -> str:
 
 
 _PRESENCE_ROW = """
-    SELECT p.*, a.max_concurrent FROM advisor_presence p JOIN advisors a ON a.id = p.advisor_id
+    SELECT p.*, a.max_concurrent, a.retired_at
+    FROM advisor_presence p JOIN advisors a ON a.id = p.advisor_id
     WHERE p.merchant_id = $1"""
 #: a queued customer not tried again for this long is a dead process's: not waiting
 QUEUE_STALE_S = 15
@@ -118,7 +120,44 @@ class Presences:
                                   merchant_id, advisor_id)
         if row is None:
             raise NotFound("advisor", advisor_id)
+        if row["retired_at"] is not None:
+            raise Retired(advisor_id)
         return await _apply(conn, merchant_id, advisor_id, presence_of(row), event, rules)
+
+    async def retire(self, merchant_id: str, advisor_id: int) -> bool:
+        """Retire the advisor (404 if not the merchant's): offline, out of every group,
+        their sessions and sign-in links ended, ``retired_at`` set, a ``retired`` event
+        recorded and published, in one transaction. Refused (409 ``advisor-busy``) while
+        they are rung or talking, or a queued customer waits for them alone (by their
+        code). False if they were already retired (nothing changes)."""
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rules = await _rules(conn, merchant_id, lock=True)  # no offer to them meanwhile
+            row = await conn.fetchrow(_PRESENCE_ROW + " AND p.advisor_id = $2 FOR UPDATE OF p",
+                                      merchant_id, advisor_id)
+            if row is None:
+                raise NotFound("advisor", advisor_id)
+            if row["retired_at"] is not None:
+                return False
+            before = presence_of(row)
+            if before.sessions:
+                raise Busy(advisor_id, f"is {before.state}: "
+                           + ", ".join(s.consultation_id for s in before.sessions))
+            waiting = await conn.fetchval(
+                "SELECT consultation_id FROM advisor_queue WHERE merchant_id = $1 AND "
+                "members = ARRAY[$2::bigint] AND seen_at > $3::timestamptz - "
+                "make_interval(secs => $4) LIMIT 1", merchant_id, advisor_id, now,
+                QUEUE_STALE_S)
+            if waiting is not None:
+                raise Busy(advisor_id, f"is awaited by the queued consultation {waiting}")
+            await _apply(conn, merchant_id, advisor_id, before,
+                         pm.GoOffline(now, Via.SYSTEM), rules, recorded_as="retired")
+            await conn.execute("DELETE FROM advisor_group_members WHERE advisor_id = $1",
+                               advisor_id)
+            await conn.execute("UPDATE advisors SET retired_at = $2 WHERE id = $1",
+                               advisor_id, now)
+            await revoke(conn, merchant_id, advisor_id, now)
+        return True
 
     async def expire_wrap_ups(self) -> int:
         """Bring back to standby the advisors whose after-call work timer elapsed."""
@@ -150,7 +189,8 @@ class Presences:
         """Who a customer's choice reaches: a group's members, or the advisor of a code."""
         if code is not None:
             found = await self.pool.fetchval(
-                "SELECT id FROM advisors WHERE merchant_id = $1 AND code = $2",
+                "SELECT id FROM advisors WHERE merchant_id = $1 AND code = $2"
+                " AND retired_at IS NULL",
                 merchant_id, code)
             if found is None:
                 raise NotFound("advisor with code", code)
@@ -254,10 +294,12 @@ async def _rules(conn: asyncpg.Connection, merchant_id: str, *, lock: bool) -> R
 
 
 async def _apply(conn: asyncpg.Connection, merchant_id: str, advisor_id: int,
-                 before: pm.Presence, event: pm.Event, rules: Rules
-                 ) -> tuple[pm.Presence, list[pm.Command]]:
+                 before: pm.Presence, event: pm.Event, rules: Rules, *,
+                 recorded_as: str | None = None) -> tuple[pm.Presence, list[pm.Command]]:
+    """``recorded_as``: the event row's name instead of the event's, recorded even when
+    the presence does not change."""
     after, cmds = pm.transition(before, event, rules)
-    if after == before:
+    if after == before and recorded_as is None:
         return after, cmds
     due: datetime | None = None
     for cmd in cmds:
@@ -278,16 +320,18 @@ async def _apply(conn: asyncpg.Connection, merchant_id: str, advisor_id: int,
         [{"consultation_id": s.consultation_id, "answered": s.answered}
          for s in after.sessions],
         after.misses, after.reason, after.idle_since, after.wrap_up_token, event.at, due)
-    await _record(conn, merchant_id, advisor_id, before, after, event)
+    await _record(conn, merchant_id, advisor_id, before, after, event,
+                  recorded_as or event_name(event))
     return after, cmds
 
 
 async def _record(conn: asyncpg.Connection, merchant_id: str, advisor_id: int,
-                  before: pm.Presence, after: pm.Presence, event: pm.Event) -> None:
+                  before: pm.Presence, after: pm.Presence, event: pm.Event, name: str
+                  ) -> None:
     via = getattr(event, "via", None)
     row: dict[str, Any] = {
         "merchant_id": merchant_id, "advisor_id": advisor_id, "at": event.at,
-        "event": event_name(event), "via": via.value if via is not None else None,
+        "event": name, "via": via.value if via is not None else None,
         "consultation_id": getattr(event, "consultation_id", None),
         "before": before.state.value, "after": after.state.value, "desk": after.desk.value,
         "load": after.load, "reason": after.reason}

@@ -1,7 +1,8 @@
 """Advisors on each scrape of ``GET /metrics``, read from the presence rows:
 
 * ``cbgw_advisors{merchant, state}``: advisors by shown state (offline, standby, working,
-  break, wrap_up, ringing, talking), every state present (0 when none);
+  break, wrap_up, ringing, talking), every state present (0 when none); retired
+  advisors are not counted;
 * ``cbgw_advisor_consultations{merchant}``: consultations in progress (ringing or talking).
 """
 
@@ -21,7 +22,10 @@ async def _read(app: web.Application) -> list[Metric]:
                        WHEN jsonb_array_length(sessions) > 0 THEN 'ringing'
                        ELSE desk END AS state,
                   count(*) AS advisors, sum(jsonb_array_length(sessions)) AS consultations
-           FROM advisor_presence GROUP BY 1, 2""")
+           FROM advisor_presence p
+           WHERE NOT EXISTS (SELECT 1 FROM advisors a WHERE a.id = p.advisor_id
+                             AND a.retired_at IS NOT NULL)
+           GROUP BY 1, 2""")
     advisors = GaugeMetricFamily("cbgw_advisors", "Advisors by merchant and shown state.",
                                  labels=["merchant", "state"])
     consultations = GaugeMetricFamily("cbgw_advisor_consultations",

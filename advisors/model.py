@@ -128,6 +128,9 @@ class Advisor:
     #: a SIP contact's endpoint at the edge: a softphone registered there (None: no such
     #: endpoint known, or a PSTN contact)
     sip_registered: bool | None = None
+    #: when the advisor was retired (left the merchant): never offered, listed or found by
+    #: code or contact again, still read by id; None: a current advisor
+    retired_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

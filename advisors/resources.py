@@ -26,7 +26,7 @@ Directory = Callable[[web.Request], tuple[AdvisorStore, str]]
 UNAVAILABLE = {503: ("advisors-unavailable", "database-unavailable")}
 _ONE = {400: ("invalid-field",), 404: ("not-found",), **UNAVAILABLE}
 _ADD = {400: ("invalid-field",), 409: ("duplicate",), **UNAVAILABLE}
-_CHANGE = {**_ONE, 409: ("duplicate",)}
+_CHANGE = {**_ONE, 409: ("duplicate", "advisor-retired")}
 
 
 def path_id(request: web.Request, name: str) -> int:

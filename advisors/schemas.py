@@ -283,7 +283,8 @@ def advisor_json(a: Advisor, p: Presence) -> dict[str, Any]:
             "code": a.code, "contact": a.contact.to_json(),
             "price_per_minute_yen": a.price_per_minute_yen, "max_concurrent": a.max_concurrent,
             "groups": list(a.groups), "presence": presence_json(p),
-            "sip_registered": a.sip_registered, "created_at": a.created_at.isoformat()}
+            "sip_registered": a.sip_registered, "created_at": a.created_at.isoformat(),
+            "retired_at": None if a.retired_at is None else a.retired_at.isoformat()}
 
 
 def group_json(g: Group) -> dict[str, Any]:
@@ -342,7 +343,9 @@ ADVISOR: Schema = {"type": "object", "properties": {
     "sip_registered": {"type": ["boolean", "null"],
                        "description": "a SIP contact: its softphone is registered at the "
                                       "edge; null: a PSTN contact or no endpoint known"},
-    "created_at": TIMESTAMP}}
+    "created_at": TIMESTAMP,
+    "retired_at": {"type": ["string", "null"], "format": "date-time",
+                   "description": "when the advisor was retired (DELETE); null: current"}}}
 _GROUP_PRICE: Schema = {
     "type": ["integer", "null"], "minimum": 0, "maximum": 100_000, "default": None,
     "description": "yen per minute of a consultation through the group (a customer "

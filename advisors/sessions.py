@@ -66,7 +66,7 @@ class Sessions:
             """INSERT INTO advisor_signin_links (token_sha256, merchant_id, advisor_id,
                    created_at, expires_at)
                SELECT $1, merchant_id, id, $4, $5 FROM advisors
-               WHERE merchant_id = $2 AND id = $3
+               WHERE merchant_id = $2 AND id = $3 AND retired_at IS NULL
                RETURNING advisor_id""",
             digest(token), merchant_id, advisor_id, now, expires)
         if inserted is None:
@@ -113,17 +113,23 @@ class Sessions:
         """End every session of the merchant's advisor and void their unused links; the
         number of sessions ended."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE advisor_signin_links SET used_at = $3 "
-                "WHERE merchant_id = $1 AND advisor_id = $2 AND used_at IS NULL",
-                merchant_id, advisor_id, now)
-            ended: int = await conn.fetchval(
-                """WITH ended AS (
-                       UPDATE advisor_sessions SET revoked_at = $3
-                       WHERE merchant_id = $1 AND advisor_id = $2 AND revoked_at IS NULL
-                       RETURNING 1)
-                   SELECT count(*) FROM ended""", merchant_id, advisor_id, now)
-        return ended
+            return await revoke(conn, merchant_id, advisor_id, now)
+
+
+async def revoke(conn: asyncpg.Connection, merchant_id: str, advisor_id: int, now: datetime
+                 ) -> int:
+    """:meth:`Sessions.revoke` in the caller's transaction."""
+    await conn.execute(
+        "UPDATE advisor_signin_links SET used_at = $3 "
+        "WHERE merchant_id = $1 AND advisor_id = $2 AND used_at IS NULL",
+        merchant_id, advisor_id, now)
+    ended: int = await conn.fetchval(
+        """WITH ended AS (
+               UPDATE advisor_sessions SET revoked_at = $3
+               WHERE merchant_id = $1 AND advisor_id = $2 AND revoked_at IS NULL
+               RETURNING 1)
+           SELECT count(*) FROM ended""", merchant_id, advisor_id, now)
+    return ended
 
 
 def _session(row: asyncpg.Record) -> Session:

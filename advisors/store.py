@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from advisors.errors import Duplicate, NotFound
+from advisors.errors import Duplicate, NotFound, Retired
 from advisors.model import (
     Advisor,
     AfterCallMode,
@@ -46,6 +46,8 @@ _ADVISOR_SELECT = """
            ) AS sip_registered
     FROM advisors a JOIN advisor_presence p ON p.advisor_id = a.id
     WHERE a.merchant_id = $1"""
+#: the current advisors only (a retired one is read by id alone)
+_CURRENT_SELECT = _ADVISOR_SELECT + " AND a.retired_at IS NULL"
 
 
 def _contact(row: asyncpg.Record) -> Contact:
@@ -77,7 +79,8 @@ def _advisor(row: asyncpg.Record) -> tuple[Advisor, Presence]:
                       code=row["code"], contact=_contact(row),
                       price_per_minute_yen=row["price_per_minute_yen"],
                       max_concurrent=row["max_concurrent"], groups=tuple(row["groups"]),
-                      created_at=row["created_at"], sip_registered=row["sip_registered"])
+                      created_at=row["created_at"], sip_registered=row["sip_registered"],
+                      retired_at=row["retired_at"])
     return advisor, presence_of(row)
 
 
@@ -152,11 +155,13 @@ class AdvisorStore:
     # --- advisors -------------------------------------------------------------------------
 
     async def advisors(self, merchant_id: str) -> list[tuple[Advisor, Presence]]:
-        rows = await self.pool.fetch(_ADVISOR_SELECT + " ORDER BY a.id", merchant_id)
+        """The current advisors (not retired)."""
+        rows = await self.pool.fetch(_CURRENT_SELECT + " ORDER BY a.id", merchant_id)
         return [_advisor(r) for r in rows]
 
     async def advisor(self, merchant_id: str, advisor_id: int,
                       conn: asyncpg.Connection | None = None) -> tuple[Advisor, Presence]:
+        """The advisor of this id, retired or not."""
         row = await (conn or self.pool).fetchrow(_ADVISOR_SELECT + " AND a.id = $2",
                                                  merchant_id, advisor_id)
         if row is None:
@@ -164,20 +169,20 @@ class AdvisorStore:
         return _advisor(row)
 
     async def advisor_by_code(self, merchant_id: str, code: str) -> Advisor | None:
-        row = await self.pool.fetchrow(_ADVISOR_SELECT + " AND a.code = $2", merchant_id, code)
+        row = await self.pool.fetchrow(_CURRENT_SELECT + " AND a.code = $2", merchant_id, code)
         return None if row is None else _advisor(row)[0]
 
     async def advisors_by_contact(self, merchant_id: str, contacts: Sequence[Contact],
                                   conn: asyncpg.Connection | None = None, *,
                                   lock: bool = False) -> list[tuple[Advisor, Presence]]:
-        """The merchant's advisors reached at any of ``contacts`` (a phone calling in is
+        """The merchant's current advisors reached at any of ``contacts`` (a phone calling in is
         looked up by its number, or by its SIP user), lowest id first; ``lock``: their
         presence rows ``FOR UPDATE`` (pass ``conn`` in a transaction)."""
         columns = [_contact_columns(c) for c in contacts]
         if not columns:
             return []
         rows = await (conn or self.pool).fetch(
-            _ADVISOR_SELECT + " AND (a.contact_kind, a.contact) IN "
+            _CURRENT_SELECT + " AND (a.contact_kind, a.contact) IN "
             "(SELECT * FROM unnest($2::text[], $3::text[])) ORDER BY a.id"
             + (" FOR UPDATE OF p" if lock else ""),
             merchant_id, [k for k, _ in columns], [c for _, c in columns])
@@ -210,7 +215,8 @@ class AdvisorStore:
         if changes.contact is not None:
             columns["contact_kind"], columns["contact"] = _contact_columns(changes.contact)
         async with self._transaction() as conn:
-            await self.advisor(merchant_id, advisor_id, conn)
+            if (await self.advisor(merchant_id, advisor_id, conn))[0].retired_at is not None:
+                raise Retired(advisor_id)
             await self._check_contact(conn, merchant_id, changes.contact)
             if columns:
                 sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
@@ -369,6 +375,10 @@ async def _join(conn: asyncpg.Connection, merchant_id: str, pairs: Sequence[tupl
     """Group memberships (group id, advisor id); an id not of this merchant is a 400."""
     if not pairs:
         return
+    if await conn.fetchval("SELECT true FROM advisors WHERE id = ANY($1::bigint[]) "
+                           "AND retired_at IS NOT NULL", [a for _, a in pairs]):
+        raise InvalidField(field, "a retired advisor" if field == "members"
+                           else "a retired advisor joins no group")
     try:
         await conn.executemany(
             "INSERT INTO advisor_group_members (merchant_id, group_id, advisor_id) "

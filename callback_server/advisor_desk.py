@@ -168,9 +168,10 @@ class AdvisorDesk:
             advisor_id = by_code.id
         assert advisor_id is not None
         try:
-            return await self.store.advisor(merchant_id, advisor_id)
+            found = await self.store.advisor(merchant_id, advisor_id)
         except NotFound:
             return None
+        return None if found[0].retired_at is not None else found
 
     async def listing(self, merchant_id: str, listing: str) -> tuple[ivr.Listed, ...]:
         """The advisors an IVR list reads (by id; the IVR reads them 9 a page):

@@ -181,7 +181,8 @@ async def request_control(pool: asyncpg.Pool, merchant_id: str, control: Control
                 " AND snapshot->>'answered_at' IS NOT NULL", control.consultation_id):
             raise NotTalking(control.consultation_id)
         if control.to_advisor_id is not None and not await conn.fetchval(
-                "SELECT true FROM advisors WHERE id = $1 AND merchant_id = $2",
+                "SELECT true FROM advisors WHERE id = $1 AND merchant_id = $2"
+                " AND retired_at IS NULL",
                 control.to_advisor_id, merchant_id):
             raise NotFound("advisor", str(control.to_advisor_id))
         await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, control.payload())

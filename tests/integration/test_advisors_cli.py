@@ -58,6 +58,33 @@ async def test_advisors_groups_customers_settings_presence_and_events(
                                                           ("break", "break")]
 
 
+
+async def test_an_advisor_retired_by_command_line(
+        pg_url: str, clean: asyncpg.Pool, capsys: pytest.CaptureFixture[str]) -> None:
+    async def run(*args: str, status: int = 0) -> Any:
+        code = await asyncio.to_thread(main, ["--database-url", pg_url, "--merchant", "acme",
+                                              *args])
+        out = capsys.readouterr()
+        assert code == status, out.err
+        return json.loads(out.out) if status == 0 else out.err
+
+    aid = (await run("advisor", "add", "--name", "星野", "--code", "0123", "--phone",
+                     "090-1111-2222", "--price", "300"))["id"]
+    group = await run("group", "add", "--name", "タロット", "--member", str(aid))
+    await run("advisor", "presence", str(aid), "online")
+    retired = await run("advisor", "retire", str(aid))
+    assert retired["retired_at"] is not None and retired["groups"] == []
+    assert retired["presence"]["state"] == "offline"
+    assert (await run("advisor", "list"))["items"] == []
+    assert (await run("group", "list"))["items"] == [{**group, "members": []}]
+    assert [e["event"] for e in (await run("events"))["items"]] == ["online", "retired"]
+    assert (await run("advisor", "presence", str(aid), "online", status=2)).startswith(
+        f"error: advisor {aid} is retired")
+    again = await run("advisor", "add", "--name", "星野 二代目", "--code", "0123", "--phone",
+                      "090-1111-2222", "--price", "300")
+    assert again["id"] != aid
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["advisor", "add", "--name", "x", "--code", "12", "--phone", "09011112222",
       "--price", "1"], "error: --code: expected 4 digits"),
@@ -68,6 +95,7 @@ async def test_advisors_groups_customers_settings_presence_and_events(
     (["advisor", "add", "--name", "x", "--code", "1234", "--sip", "a b", "--price", "1"],
      "error: --sip: expected 1..64"),
     (["advisor", "set", "99", "--price", "5"], "error: no advisor 99"),
+    (["advisor", "retire", "99"], "error: no advisor 99"),
     (["customer", "add", "--account", "a", "--number", "abc"], "error: --number: "),
     (["settings", "set", "--lines", "0"], "error: --lines: expected an integer 1..100000"),
     (["group", "add", "--name", "g", "--member", "42"], "error: --member: an id that is "

@@ -19,8 +19,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from advisors import edge_phones
 from advisors.assignment import Assignment
 from advisors.edge_phones import EndpointState
+from advisors.errors import NotFound
 from advisors.http import SERVICES_KEY, install
+from advisors.model import PstnContact
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
+from shared.phone import E164
 from tests.integration import advisors_db
 
 pytestmark = pytest.mark.integration
@@ -287,3 +290,80 @@ async def test_stopping_the_server_ends_open_event_streams(clean: asyncpg.Pool,
         assert (await asyncio.wait_for(stream.content.read(), 5)).strip() == b""
         assert time.monotonic() - started < 5
         stream.release()
+
+
+async def test_retiring_an_advisor_keeps_their_history_and_frees_their_code(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    """DELETE /v1/advisors/{id} retires: refused while rung or awaited alone in the
+    queue; then offline, out of their groups, signed out, a ``retired`` event on the
+    stream, found by no code, contact or list, unchangeable, read by id; the code is free
+    for a new advisor."""
+    svc = client.app[SERVICES_KEY]
+    aid = (await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201))["id"]
+    other = (await ok(await client.post("/v1/advisors", json={**ADVISOR, "code": "0999"},
+                                        headers=AUTH), 201))["id"]
+    group = await ok(await client.post("/v1/advisor-groups", json={
+        "name": "タロット", "members": [aid, other]}, headers=AUTH), 201)
+    # a customer queued for this advisor alone (by their code, the advisor offline)
+    queued, _ = await svc.live.assign("acme", Assignment("q1", frozenset({aid})))
+    busy = await client.delete(f"/v1/advisors/{aid}", headers=AUTH)
+    assert busy.status == 409 and (await busy.json())["error"]["id"] == "advisor-busy"
+    assert "q1" in (await busy.json())["error"]["message"]
+    await svc.live.cancelled("acme", queued)
+    await ok(await client.put(f"/v1/advisors/{aid}/presence", json={"presence": "online"},
+                              headers=AUTH))
+    offered, _ = await svc.live.assign("acme", Assignment("c1", frozenset({aid})))
+    assert offered.offered_to == aid
+    busy = await client.delete(f"/v1/advisors/{aid}", headers=AUTH)
+    assert busy.status == 409 and (await busy.json())["error"]["id"] == "advisor-busy"
+    assert "ringing" in (await busy.json())["error"]["message"]
+    await svc.live.cancelled("acme", offered)
+    link = await svc.sessions.issue("acme", aid, svc.live.clock())
+    opened = await svc.sessions.sign_in(link.token, svc.live.clock())
+    assert opened is not None
+
+    async with client.get("/v1/advisors/events", headers={
+            **AUTH, "Last-Event-ID": "0"}) as stream:
+        retired = await ok(await client.delete(f"/v1/advisors/{aid}", headers=AUTH))
+        seen = [await asyncio.wait_for(next_event(stream), 5) for _ in range(4)]
+    assert retired["retired_at"] is not None and retired["groups"] == []
+    assert retired["presence"]["state"] == "offline"
+    assert (seen[-1]["event"], seen[-1]["advisor_id"], seen[-1]["before"],
+            seen[-1]["after"], seen[-1]["via"]) == ("retired", aid, "standby", "offline",
+                                                    "system")
+    # a second DELETE changes nothing, and records nothing
+    assert (await ok(await client.delete(f"/v1/advisors/{aid}", headers=AUTH)))[
+        "retired_at"] == retired["retired_at"]
+    assert await clean.fetchval("SELECT count(*) FROM advisor_events WHERE "
+                                "event = 'retired'") == 1
+    assert await svc.sessions.current(opened.token, svc.live.clock()) is None
+    # read by id with their name, listed nowhere, found by no code or contact
+    assert (await ok(await client.get(f"/v1/advisors/{aid}", headers=AUTH)))[
+        "display_name"] == ADVISOR["display_name"]
+    assert [a["id"] for a in (await ok(await client.get("/v1/advisors", headers=AUTH)))[
+        "items"]] == [other]
+    assert (await ok(await client.get(f"/v1/advisor-groups/{group['id']}", headers=AUTH)))[
+        "members"] == [other]
+    assert await svc.store.advisor_by_code("acme", "0123") is None
+    assert await svc.store.advisors_by_contact("acme", [
+        PstnContact(E164.parse("+819011112222"))]) == [
+        await svc.store.advisor("acme", other)]
+    with pytest.raises(NotFound):
+        await svc.live.members("acme", code="0123")
+    with pytest.raises(NotFound):
+        await svc.sessions.issue("acme", aid, svc.live.clock())
+    # unchangeable
+    for resp in (await client.patch(f"/v1/advisors/{aid}", json={"code": "0124"},
+                                    headers=AUTH),
+                 await client.put(f"/v1/advisors/{aid}/presence",
+                                  json={"presence": "online"}, headers=AUTH)):
+        assert resp.status == 409 and (await resp.json())["error"]["id"] == "advisor-retired"
+    assert await field_error(await client.patch(f"/v1/advisor-groups/{group['id']}", json={
+        "members": [aid, other]}, headers=AUTH)) == "members"
+    # the code is free for a new advisor
+    again = await ok(await client.post("/v1/advisors", json=ADVISOR, headers=AUTH), 201)
+    assert again["id"] != aid and again["code"] == "0123"
+    assert (await svc.store.advisor_by_code("acme", "0123")).id == again["id"]  # type: ignore[union-attr]
+    assert (await client.delete("/v1/advisors/99999", headers=AUTH)).status == 404
+    assert (await client.delete(f"/v1/advisors/{aid}", headers={
+        "Authorization": f"Bearer {BENTO}"})).status == 404
