@@ -172,7 +172,9 @@ OPERATIONS = (
                   "Set an advisor's presence", _T, {200: Reply("the presence", PRESENCE)},
                   access=OPERATOR_SESSION, params=id_param("advisor_id"),
                   body=PRESENCE_INPUT, errors={400: ("invalid-field",),
-                                               404: ("not-found",), **_CSRF, **UNAVAILABLE}),
+                                               404: ("not-found",),
+                                               409: ("advisor-retired",), **_CSRF,
+                                               **UNAVAILABLE}),
         Operation("POST", "/v1/operator/signout", post_signout, "Sign out of the page", _T,
                   {200: Reply("signed out", {"type": "object", "properties": {
                       "signed_out": {"const": True}}})},
