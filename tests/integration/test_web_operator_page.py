@@ -216,6 +216,19 @@ async def test_an_operator_sees_and_changes_its_own_merchant_only(
     assert (resp.status, (await resp.json())["error"]["id"]) == (404, "not-found")
     # acme's operator may not transfer to bento's advisor
     acme_cookie, acme_csrf = await signed_in(client)
+    # acme's board: two customers queued for sakura (offline) in order, one stale
+    for cid_q, queued, seen in (("q-1", "1 min", "1 s"), ("q-2", "30 s", "1 s"),
+                                ("q-old", "2 min", "1 min")):
+        await clean.execute(
+            "INSERT INTO advisor_queue (consultation_id, merchant_id, members, queued_at,"
+            " seen_at) VALUES ($1, 'acme', $2, now() - $3::text::interval,"
+            " now() - $4::text::interval)",
+            cid_q, [sakura], queued, seen)
+    mine = await ok(await client.get("/v1/operator/board", headers=acme_cookie))
+    assert [(q["consultation_id"], q["place"]) for q in mine["queue"]] == [("q-1", 1),
+                                                                          ("q-2", 2)]
+    assert mine["lines"] == {"in_use": 0, "total": 10}
+    assert [c["customer"] for c in mine["consultations"]] == ["*********5678"]
     resp = await client.post(f"/v1/operator/consultations/{cid}/transfer",
                              headers={**acme_cookie, "X-CSRF-Token": acme_csrf},
                              json={"advisor_id": theirs})
@@ -228,6 +241,9 @@ async def test_a_change_needs_the_sessions_csrf_token_and_a_live_session(
     cid = await talking(clean, "acme", "cb-1", sakura)
     cookie, csrf = await signed_in(client)
     _, other_csrf = await signed_in(client)
+    english = await client.get("/operator?lang=en", headers=cookie)
+    assert "<title>Operator board</title>" in await english.text()
+    assert 'data-t-end="Force end"' in await english.text()
     for headers in ({}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": other_csrf}):
         resp = await client.post(f"/v1/operator/consultations/{cid}/end",
                                  headers={**cookie, **headers})
