@@ -185,6 +185,19 @@ async def test_the_board_is_live_and_its_buttons_send_the_controls(
             done = page.locator("#operator-status.done")   # cleared at the click
             await done.wait_for(timeout=3_000)
             assert await done.inner_text() == "受け付けました。"
+            # on hold with a transfer in progress: resume, complete and cancel
+            await clean.execute(
+                "UPDATE consult_live SET second_party = '{}', snapshot = jsonb_set(snapshot,"
+                " '{holds}', jsonb_build_array(jsonb_build_object('started_at',"
+                " snapshot->'answered_at', 'ended_at', null)))")
+            held = page.locator(f'#consultations tr[data-consultation-id="{cid}"]'
+                                '[data-on-hold="true"]')
+            await held.wait_for(timeout=3_000)
+            for button, action in (("unhold", "unhold"),
+                                   ("transfer-complete", "transfer-complete"),
+                                   ("transfer-cancel", "transfer-cancel")):
+                await held.locator(f"button.{button}").click()
+                assert (await control(notes))["action"] == action
             # over meanwhile: the API's refusal, in Japanese
             await clean.execute("UPDATE callback_requests SET status = 'completed'")
             page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
