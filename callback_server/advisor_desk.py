@@ -6,7 +6,7 @@ the members an assignment offers the call to, runs the assignment
 (``advisors.live.Presences``: the presence rows locked, the machines, the event rows and
 their NOTIFY in one transaction), finds the ways to ring an advisor (a PSTN number
 ranked by ``callback_server.routing``, cheapest first; a SIP user through the edge
-trunk, :func:`sip_route`) and applies ``ConsultationEnded`` when a consultation is over.
+trunk, :func:`sip_routes`) and applies ``ConsultationEnded`` when a consultation is over.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from advisors.model import Advisor, FirstParty, PstnContact, SipContact, State
 from advisors.store import AdvisorStore
 from callback_server import ivr
 from callback_server.consult import Op
-from callback_server.dialer_messages import EDGE_TRUNK, Route
+from callback_server.dialer_messages import EDGE_TRUNK, Route, edge_routes
 from shared.phone import E164
 
 
@@ -99,12 +99,14 @@ def unavailable_reason(state: State) -> str:
 
 
 
-def sip_route(merchant_id: str, user: str, operator: str | None) -> Route:
-    """How a SIP advisor is rung through the edge trunk: the merchant's endpoint
+def sip_routes(merchant_id: str, user: str, operator: str | None,
+               trunks: tuple[str, ...] = (EDGE_TRUNK,)) -> tuple[Route, ...]:
+    """How a SIP advisor is rung through the edge: the merchant's endpoint
     ``<merchant>.<user>`` at the edge (their softphone, registered there), or, when
-    ``user`` is the merchant's ``operator`` extension, the edge's operator phone."""
+    ``user`` is the merchant's ``operator`` extension, the edge's operator phone; over
+    each edge trunk in order (the next when an edge Asterisk is down: a carrier fault)."""
     name = user if user == operator else f"{merchant_id}.{user}"
-    return Route(EDGE_TRUNK, f"PJSIP/{name}@{EDGE_TRUNK}")
+    return edge_routes(f"PJSIP/{name}@{{trunk}}", trunks)
 
 
 def name_media(advisor: Advisor) -> tuple[str, ...]:
@@ -118,12 +120,14 @@ def name_media(advisor: Advisor) -> tuple[str, ...]:
 
 class AdvisorDesk:
     def __init__(self, pool: asyncpg.Pool, routes: RouteSource,
-                 operators: Mapping[str, str] | None = None) -> None:
+                 operators: Mapping[str, str] | None = None,
+                 edge_trunks: tuple[str, ...] = (EDGE_TRUNK,)) -> None:
         self.pool = pool
         self.presences = Presences(pool)
         self.store = AdvisorStore(pool)
         self.route_source = routes
         self.operators = operators or {}      # merchant -> its operator extension
+        self.edge_trunks = edge_trunks        # [callback] edge_trunks, in order
 
     async def choose(self, merchant_id: str, *, code: str | None, group: str | None,
                      advisor_id: int | None = None) -> Chosen | Unavailable:
@@ -206,7 +210,8 @@ class AdvisorDesk:
             case PstnContact(number=number):
                 return str(number), await self.number_routes(number, at)
             case SipContact(user=user):
-                return user, (sip_route(merchant_id, user, self.operators.get(merchant_id)),)
+                return user, sip_routes(merchant_id, user, self.operators.get(merchant_id),
+                                        self.edge_trunks)
             case _:
                 assert_never(advisor.contact)
 

@@ -376,7 +376,8 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
         for m in settings.merchants:
             await prerender(speech, settings.flows[m.ivr_flow], m.language)
     pool = app[POOL_KEY]
-    desk = AdvisorDesk(pool, routing, {m.id: m.operator for m in settings.merchants})
+    desk = AdvisorDesk(pool, routing, {m.id: m.operator for m in settings.merchants},
+                       settings.callback.worker.edge_trunks)
     consultations = ConsultationRecords(pool)
     billing = consult_billing(app)
     live = LiveConsultations(pool)

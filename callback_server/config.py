@@ -8,13 +8,14 @@ Read from one TOML file with ``CALLBACK__SECTION__KEY`` environment overrides
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
 from billing.settings import BillingSettings
-from callback_server.dialer_messages import Route
+from callback_server.dialer_messages import EDGE_TRUNK, Route
 from callback_server.guard.settings import GuardSettings
 from callback_server.ivr import UNAVAILABLE
 from callback_server.ivr_flow import FLOWS_DIR, Flow, FlowError, load_named
@@ -80,6 +81,15 @@ class CallbackBehaviour:
         heartbeat = float(s.decimal("heartbeat_s", "10", min=Decimal(1)))
         if heartbeat * 2 > lease_s:
             raise s.error("heartbeat_s", f"must be at most half of lease_s ({lease_s})")
+        trunks = s.str_list("edge_trunks", (EDGE_TRUNK,))
+        if not trunks or len(set(trunks)) < len(trunks) \
+                or not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t) for t in trunks):
+            raise s.error("edge_trunks", "expected distinct endpoint names of the callback "
+                          "Asterisk's pjsip.conf, at least one")
+        operator = s.str("operator_endpoint", "PJSIP/{operator}@{trunk}")
+        if len(trunks) > 1 and "{trunk}" not in operator:
+            raise s.error("operator_endpoint", "needs {trunk} to reach the operator over each "
+                          "of edge_trunks")
         routes = []
         for r in s.sections("routes"):
             dial = r.str("dial_string")
@@ -92,7 +102,7 @@ class CallbackBehaviour:
                 sweep_s=float(s.decimal("sweep_s", "5", min=Decimal("0.5"))),
                 heartbeat_s=heartbeat,
                 drain_s=float(s.decimal("drain_s", "30", min=Decimal(0))),
-                operator_endpoint=s.str("operator_endpoint", "PJSIP/{operator}@edge-trunk")),
+                operator_endpoint=operator, edge_trunks=trunks),
             lease_s=lease_s,
             flows_dir=s.path_value("flows_dir") if s.has("flows_dir") else FLOWS_DIR,
             static_routes=tuple(routes),

@@ -52,7 +52,6 @@ from datetime import datetime
 from decimal import Decimal
 
 from callback_server.dialer_messages import (
-    EDGE_TRUNK,
     Answered,
     Begin,
     CancelTimer,
@@ -152,7 +151,7 @@ class DialerState:
     pending: Finish | None = None     # outcome decided, waiting for legs to go
     failures: tuple[tuple[str, str], ...] = field(default=())  # (carrier, why) this round
     refusals: tuple[tuple[Refusal, int], ...] = ()   # guard refusals this round (reason, wait)
-    transfer: OperatorRequested | None = None   # a transfer's request, its routes left
+    transfer: OperatorRequested | None = None   # the operator leg's request, routes left
 
     @classmethod
     def new(cls, job: Job) -> DialerState:
@@ -266,7 +265,7 @@ def _originate_failed(state: DialerState, ev: OriginateFailed) -> Step:
         state = replace(state, operator=replace(state.operator, ended=True))
         cmds: list[Command] = [CancelTimer(T_OPERATOR), RecordLegResult(ev.channel_id,
                                                                         "failed")]
-        return _next_transfer_route(state, ev.at, cmds) or (state, cmds)
+        return _next_party_route(state, ev.at, cmds) or (state, cmds)
     if not (_is_customer(state, ev.channel_id) and state.phase is Phase.DIALING):
         return state, []
     cmds = [CancelTimer(T_RING), RecordLegResult(ev.channel_id, "failed")]
@@ -278,10 +277,10 @@ def _originate_failed(state: DialerState, ev: OriginateFailed) -> Step:
 
 def _originate_refused(state: DialerState, ev: OriginateRefused) -> Step:
     """The guard refused this leg before the originate (a cap): nothing rang."""
-    if _is_operator(state, ev.channel_id):      # a transfer's: its next carrier, if any
+    if _is_operator(state, ev.channel_id):      # its next route, if any
         state = replace(state, operator=None, leg_seq=state.leg_seq - 1)
         cancel: list[Command] = [CancelTimer(T_OPERATOR)]
-        return _next_transfer_route(state, ev.at, cancel) or (state, cancel)
+        return _next_party_route(state, ev.at, cancel) or (state, cancel)
     if not (_is_customer(state, ev.channel_id) and state.phase is Phase.DIALING):
         return state, []
     state = _note_failure(state, f"guard: {ev.reason}")
@@ -399,9 +398,11 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
         destination, caller, ring_s = (str(ev.transfer), str(job.caller_id),
                                        ev.ring_s or job.ring_timeout_s)
         state = replace(state, transfer=ev)
-    else:           # the operator, through the edge trunk, shown the customer's number
-        role, carrier, endpoint = "operator", EDGE_TRUNK, job.operator_endpoint
+    else:   # the operator, over the first edge trunk left, shown the customer's number
+        routes = ev.routes or job.operator_routes
+        role, carrier, endpoint = "operator", routes[0].carrier_id, routes[0].endpoint
         destination, caller, ring_s = endpoint, str(job.destination), job.ring_timeout_s
+        state = replace(state, transfer=replace(ev, transfer=None, routes=routes))
     op = Leg(channel_id, role, carrier, destination, ev.at)
     state = replace(state, leg_seq=seq, operator=op)
     return state, [
@@ -413,10 +414,10 @@ def _operator(state: DialerState, ev: OperatorRequested) -> Step:
     ]
 
 
-def _next_transfer_route(state: DialerState, at: datetime, cmds: list[Command]
+def _next_party_route(state: DialerState, at: datetime, cmds: list[Command]
                          ) -> Step | None:
-    """A transfer's leg failed before ringing (a carrier fault): its next carrier, if it
-    has one (None: the transfer failed)."""
+    """A transfer's or the operator's leg failed before ringing (a carrier fault, an edge
+    Asterisk down): its next route, if it has one (None: the leg failed)."""
     req = state.transfer
     if req is None or len(req.routes) < 2 or state.phase is not Phase.IN_CALL:
         return None
@@ -444,7 +445,7 @@ def _operator_gone(state: DialerState, ev: ChannelGone) -> Step:
     if state.phase is Phase.TEARDOWN:
         return _maybe_done(state, cmds)
     if classify(ev.cause) is CauseClass.FAILOVER:
-        return _next_transfer_route(state, ev.at, cmds) or (state, cmds)
+        return _next_party_route(state, ev.at, cmds) or (state, cmds)
     return state, cmds   # never answered: the customer stays in the IVR
 
 

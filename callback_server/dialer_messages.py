@@ -47,6 +47,8 @@ RATED_LEGS = frozenset({"customer", "advisor", "transfer"})
 #: itself, a flow's transfer to a number, and an advisor's leg (their phone, or a
 #: consult transfer's second party)
 CAPPED_LEGS = frozenset({"customer", "transfer", "advisor"})
+#: the carrier of every leg through an edge Asterisk (the operator's or an advisor's
+#: softphone): not rated, not capped, whichever edge trunk endpoint it is dialled over
 EDGE_TRUNK = "edge-trunk"
 
 
@@ -66,6 +68,15 @@ class Route:
 
     carrier_id: str
     endpoint: str           # e.g. "PJSIP/09012345678@carrier-a"
+
+
+def edge_routes(dial_string: str, trunks: tuple[str, ...]) -> tuple[Route, ...]:
+    """The ways to a SIP user at the edge: ``dial_string`` (``{trunk}`` = the callback
+    Asterisk's endpoint of an edge Asterisk) over each of ``trunks`` in order, the next
+    when one is down; one route when the dial string names no trunk."""
+    if "{trunk}" not in dial_string:
+        return (Route(EDGE_TRUNK, dial_string),)
+    return tuple(Route(EDGE_TRUNK, dial_string.replace("{trunk}", t)) for t in trunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +101,8 @@ class Job:
     policy: RetryPolicy
     attempt_no: int          # this round, 1-based
     leg_seq: int             # legs already persisted for this job (channel id uniqueness)
-    operator_endpoint: str = "PJSIP/operator@edge-trunk"
+    #: the operator's ways through the edge (:func:`edge_routes`), the next on a fault
+    operator_routes: tuple[Route, ...] = (Route(EDGE_TRUNK, "PJSIP/operator@edge-trunk"),)
     max_call_s: int = 3600   # hard maximum call length, from answer ([guard] max_call_s)
 
 

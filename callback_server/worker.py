@@ -49,7 +49,15 @@ from callback_server.consult_control import CONTROL_CHANNEL, deliver_controls
 from callback_server.consult_live import ConsultReconciler
 from callback_server.consult_runner import LiveSink, RecordSink
 from callback_server.dialer import RescueAction, reason_for, rescue_action
-from callback_server.dialer_messages import Finish, Job, Reason, RetryPolicy, Route
+from callback_server.dialer_messages import (
+    EDGE_TRUNK,
+    Finish,
+    Job,
+    Reason,
+    RetryPolicy,
+    Route,
+    edge_routes,
+)
 from callback_server.ivr_flow import Flow
 from callback_server.store import CallbackStore
 from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
@@ -79,7 +87,10 @@ class WorkerSettings:
     sweep_s: float = 5.0
     heartbeat_s: float = 10.0
     drain_s: float = 30.0
-    operator_endpoint: str = "PJSIP/{operator}@edge-trunk"
+    #: {operator} = the merchant's operator extension, {trunk} = each of ``edge_trunks``
+    operator_endpoint: str = "PJSIP/{operator}@{trunk}"
+    #: the callback Asterisk's endpoints of the edge Asterisks, tried in this order
+    edge_trunks: tuple[str, ...] = (EDGE_TRUNK,)
     max_call_s: int = 3600          # [guard] max_call_s: hard maximum call length
 
 
@@ -372,8 +383,9 @@ class Worker:
                    ring_timeout_s=merchant.ring_timeout_s,
                    policy=RetryPolicy(claimed.max_attempts, merchant.retry_backoff_s),
                    attempt_no=claimed.attempts + 1, leg_seq=claimed.legs,
-                   operator_endpoint=self.settings.operator_endpoint.format(
-                       operator=merchant.operator),
+                   operator_routes=edge_routes(
+                       self.settings.operator_endpoint.replace("{operator}", merchant.operator),
+                       self.settings.edge_trunks),
                    max_call_s=self.settings.max_call_s)
 
     async def _rescued(self, claimed: ClaimedJob) -> None:

@@ -360,9 +360,13 @@ class Stack:
             yield roles
 
     def customer_call(self, caller: str = "09012345678", *, dialled: str = TOLL_FREE,
-                      privacy: str = "none", pai: str | None = None) -> sipp_harness.SippRole:
+                      privacy: str = "none", pai: str | None = None,
+                      remote: tuple[str, int] = sipp_harness.EDGE_SIP
+                      ) -> sipp_harness.SippRole:
+        """The customer's call to ``remote`` (the edge Asterisk, or Kamailio in front of
+        a scaled-out edge: ``Sites.edge_sip``)."""
         return sipp_harness.customer_call(self.workdir, dialled=dialled, caller=caller,
-                                          privacy=privacy, pai=pai)
+                                          privacy=privacy, pai=pai, remote=remote)
 
     # ---- reading results ---------------------------------------------------------------
 

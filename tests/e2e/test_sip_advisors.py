@@ -107,16 +107,17 @@ def sip(user: str) -> dict[str, str]:
     return {"kind": "sip", "user": user}
 
 
-async def consult_by_code(stack: Stack, admin: Admin, customer: str, code: str
+async def consult_by_code(stack: Stack, admin: Admin, customer: str, code: str, *,
+                          edge: tuple[str, int] = EDGE_SIP
                           ) -> tuple[SipMessage, dict[str, Any], list[SipMessage]]:
-    """A funded customer (a national number) keys the advisor's ``code``; the advisor's
-    softphone (SIPp on ``ADVISOR_PORT``) answers and hangs up. The INVITE it got, the
-    consultation's record and the INVITEs the operator phone got."""
+    """A funded customer (a national number) calls ``edge`` and keys the advisor's
+    ``code``; the advisor's softphone (SIPp on ``ADVISOR_PORT``) answers and hangs up. The
+    INVITE it got, the consultation's record and the INVITEs the operator phone got."""
     await admin.fund(customer)
     async with stack.carriers(digits=CONFIRM + BY_CODE + code) as roles:
         with start_role("uas_answer_dtmf_bye.xml", port=ADVISOR_PORT,
                         workdir=stack.workdir, name=f"advisor-phone-{customer}") as phone:
-            await asyncio.to_thread(stack.customer_call(customer).wait, 40)
+            await asyncio.to_thread(stack.customer_call(customer, remote=edge).wait, 40)
             invite = await wait_for(phone, lambda m: m.method == "INVITE", 60)
             await wait_for(phone, lambda m: m.direction == "sent" and m.status == 200
                            and m.cseq_method == "INVITE", 10)

@@ -3,13 +3,15 @@
 The edge scaled out as in the failover test (``tests.faults.sites.Sites``, two edge
 Asterisks, each with its own ``edge_server`` on one edge database, Kamailio in front):
 every edge Asterisk has every advisor endpoint (each edge server pushes the one table to
-its own), a softphone registers at one of them, and the callback site's trunk reaches
-the first. The edge with no contact for the endpoint forwards the call over its
-``edge-peer`` trunk to the other, which rings its own contact only (a call crosses at
-most once). Proved on the wire: SIPp registers to edge2 and answers the callback site's
-advisor leg that arrived at edge1 (a consultation by code), the INVITE it gets is
-edge2's; a phone registered at edge1 answers a leg sent to edge2; an endpoint
-registered nowhere is refused 480 at once through either edge.
+its own), a softphone registers at one of them, and the callback site's trunks reach
+the first, then the second when the first fails (``[callback] edge_trunks``). The edge
+with no contact for the endpoint forwards the call over its ``edge-peer`` trunk to the
+other, which rings its own contact only (a call crosses at most once). Proved on the
+wire: SIPp registers to edge2 and answers the callback site's advisor leg that arrived
+at edge1 (a consultation by code), the INVITE it gets is edge2's; a phone registered at
+edge1 answers a leg sent to edge2; an endpoint registered nowhere is refused 480 at once
+through either edge; with edge1's Asterisk stopped the advisor leg fails over to the
+callback site's second trunk and reaches the softphone at edge2.
 
 The callback site knows the endpoints over the link: an advisor whose SIP user has no
 endpoint at the edge is refused (400 ``contact.user``), and the advisor shows
@@ -18,6 +20,7 @@ endpoint at the edge is refused (400 ``contact.user``), and the advisor shows
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -38,6 +41,7 @@ from tests.e2e.test_sip_advisors import (
     sip,
 )
 from tests.faults.sites import Sites
+from tests.harness import asterisk as ast_harness
 from tests.harness.sipp import EDGE_SIP, start_role
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -109,9 +113,12 @@ async def test_a_softphone_registered_at_edge2_is_rung_when_the_leg_reaches_edge
     assert operator_invites == []
     assert made["method"] == "code" and made["advisor_id"] == chosen
     assert ring_outcomes(made) == [(chosen, "answered")]
-    leg = await sites.wait_for_row(
-        "callback", "SELECT * FROM callback_attempts WHERE leg = 'advisor' AND answered")
-    assert leg["endpoint"] == f"PJSIP/{endpoint}@edge-trunk"     # the trunk is edge1's
+    legs = await sites.fetch("callback", "SELECT endpoint, answered FROM callback_attempts "
+                             "WHERE leg = 'advisor' AND endpoint LIKE $1", f"%{endpoint}@%")
+    # both edges up: the callback site's first trunk, edge1's, took the leg (edge-trunk2
+    # is its second, tried only when edge1 fails)
+    assert [(r["endpoint"], r["answered"]) for r in legs] == [
+        (f"PJSIP/{endpoint}@edge-trunk", True)]
 
 
 async def test_a_softphone_registered_at_edge1_is_rung_when_the_leg_reaches_edge2(
@@ -144,3 +151,49 @@ async def test_an_endpoint_registered_nowhere_is_refused_at_once_through_either_
         took = time.monotonic() - started
         assert ended == {endpoint: (19, 480)}, (dial(endpoint), ended)
         assert took < 3, f"{dial(endpoint)} refused after {took:.1f} s"
+
+
+async def edge_trunk_state(sites: Sites, trunk: str) -> str | None:
+    async with sites.callback_site.client() as ari:
+        state = await ari.get_endpoint("PJSIP", trunk)
+    return None if state is None else state.state
+
+
+async def test_with_edge1_s_asterisk_down_the_advisor_is_rung_through_edge2(
+        sites: Sites, admin: Admin) -> None:
+    """The callback site's trunks are edge1's then edge2's ([callback] edge_trunks): edge1's
+    Asterisk stopped (its trunk unqualified at the callback site, the originate over it
+    fails at once), the advisor leg goes over edge-trunk2 and reaches the softphone
+    registered at edge2; no miss is counted. The customer calls through Kamailio, which
+    sends the call to edge2 alone."""
+    await admin.call("PUT", "/v1/advisor-settings", {"ring_timeout_s": 20, "lines": 10,
+                                                      "misses_before_break": 1})
+    user, password = f"mio{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4()}"
+    endpoint = await endpoint_at_both(sites, user, password)
+    chosen = await admin.advisor("澪", "2581", sip(user))
+    register(sites.workdir, endpoint, password, edge=EDGE2_SIP)
+    await sites.wait_for_row("callback", "SELECT 1 FROM edge_sip_endpoints WHERE "
+                             "sip_user = $1 AND registered", user, timeout_s=15)
+    assert await edge_trunk_state(sites, "edge-trunk") == "online"
+    await asyncio.to_thread(ast_harness.stop, "edge")
+    try:
+        deadline = time.monotonic() + 15
+        while await edge_trunk_state(sites, "edge-trunk") != "offline":
+            assert time.monotonic() < deadline, "edge-trunk still qualified 15 s after edge1"
+            await asyncio.sleep(0.5)
+        invite, made, _ = await consult_by_code(sites, admin, "07022230002", "2581",
+                                                edge=sites.edge_sip)
+    finally:
+        await asyncio.to_thread(ast_harness.ensure_running, "edge")
+    assert invite.ruri_user == endpoint
+    assert sent_by(invite.header("via")) == "edge2", invite.header("via")
+    assert made["method"] == "code" and made["advisor_id"] == chosen
+    assert ring_outcomes(made) == [(chosen, "answered")], made["rings"]
+    legs = await sites.fetch("callback", "SELECT endpoint, status, answered FROM "
+                             "callback_attempts WHERE leg = 'advisor' AND endpoint LIKE $1 "
+                             "ORDER BY leg_seq", f"%{endpoint}@%")
+    assert [(r["endpoint"], r["status"], r["answered"]) for r in legs] == [
+        (f"PJSIP/{endpoint}@edge-trunk", "failed", False),
+        (f"PJSIP/{endpoint}@edge-trunk2", "ended", True)], legs
+    presence = (await admin.call("GET", f"/v1/advisors/{chosen}", {}))["presence"]
+    assert presence["misses"] == 0 and presence["desk"] != "break", presence

@@ -265,10 +265,15 @@ class Sites(Stack):
                 "edge.example.toml", port=EDGE_HTTP_PORTS[name], ari_url=ari_url,
                 peer=routes_toml(self.edge_routes) + self.peer_policy))
         for name in self.callback_names:
-            (self.workdir / f"{name}.toml").write_text(self._site_config(
+            text = self._site_config(
                 "callback.example.toml", port=CALLBACK_HTTP_PORTS[name],
                 ari_url=self.ari_urls[name], asterisk=ASTERISK_OF[name],
-                peer=routes_toml(self.callback_routes) + self.peer_policy))
+                peer=routes_toml(self.callback_routes) + self.peer_policy)
+            if self.edge_servers > 1:     # its trunks to both edge Asterisks, edge1 first
+                text = _replace_once(text, 'edge_trunks = ["edge-trunk"]',
+                                     'edge_trunks = ["edge-trunk", "edge-trunk2"]',
+                                     "[callback] edge_trunks")
+            (self.workdir / f"{name}.toml").write_text(text)
 
     def _spawn(self, name: str, module: str, config: Path) -> None:
         """Like Stack._spawn, but appends to the log, so a restarted server keeps its past."""

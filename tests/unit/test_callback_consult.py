@@ -6,10 +6,12 @@ database: the real pure presence and assignment machines over one board (``Desk`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +21,7 @@ from advisors.model import Desk as DeskState
 from advisors.model import Rules, State, Via
 from advisors.records import EndReason, RingOutcome
 from callback_server import consult, ivr
+from callback_server.advisor_desk import sip_routes
 from callback_server.consult import (
     Begin,
     ConsultState,
@@ -79,8 +82,10 @@ class Call:
     does) and collects every command."""
 
     def __init__(self, desk: MemoryDesk, *, members: frozenset[int] = frozenset({1, 2, 3}),
-                 queue_s: int = 0, ring_timeout_s: int = 20) -> None:
+                 queue_s: int = 0, ring_timeout_s: int = 20,
+                 routes: Mapping[int, tuple[Route, ...]] = ROUTES) -> None:
         self.desk = desk
+        self.routes = routes
         request = Request(CID, "cb-1", 1, "cb-1-01", members, ring_timeout_s, queue_s,
                           "+81120123456", "+819012345678")
         self.state = ConsultState.new(request, leg_seq=1)
@@ -93,7 +98,7 @@ class Call:
         while todo:
             self.state, cmds = consult.transition(self.state, todo.pop(0))
             out += cmds
-            todo += self.desk.results(cmds, self.now, CID, ROUTES)
+            todo += self.desk.results(cmds, self.now, CID, self.routes)
         self.commands += out
         return out
 
@@ -213,6 +218,42 @@ def test_carrier_fault_fails_over_to_the_next_route_for_the_same_advisor() -> No
     rings = [(r.advisor_id, r.outcome) for r in call.state.rings]
     assert rings == [(1, RingOutcome.FAILED)]
     assert call.state.advisor == 2
+
+
+TWO_EDGES = {**ROUTES, 2: sip_routes("acme", "adv2", None, ("edge-trunk", "edge-trunk2"))}
+
+
+@pytest.mark.parametrize("cause", [34, 18, 38])     # SIP 503, 408 (or silence), edge down
+def test_a_sip_advisor_is_rung_through_the_other_edge_when_the_first_fails(
+        cause: int) -> None:
+    call = Call(make_desk(), members=frozenset({2}), routes=TWO_EDGES)
+    cmds = call.send(Begin(call.at(0)))
+    assert [o.endpoint for o in only(cmds, Originate)] == ["PJSIP/acme.adv2@edge-trunk"]
+    cmds = call.send(ChannelGone(call.ringing(), cause, call.at(0.5)))
+    assert [(p.carrier_id, p.endpoint) for p in only(cmds, PersistAttempt)] == [
+        ("edge-trunk", "PJSIP/acme.adv2@edge-trunk2")]
+    assert call.desk.seats[2].misses == 0 and not call.state.rings
+    cmds = call.send(Answered(call.ringing(), call.at(3)))
+    assert only(cmds, CreateBridge) and call.desk.seats[2].state is State.TALKING
+
+
+def test_an_unqualified_edge_fails_the_originate_and_the_other_edge_rings_the_advisor(
+        ) -> None:
+    call = Call(make_desk(), members=frozenset({2}), routes=TWO_EDGES)
+    call.send(Begin(call.at(0)))
+    cmds = call.send(OriginateFailed(call.ringing(), "Allocation failed", call.at(0.1)))
+    assert [o.endpoint for o in only(cmds, Originate)] == ["PJSIP/acme.adv2@edge-trunk2"]
+
+
+@pytest.mark.parametrize("cause", [19, 17, 1])     # 480 not registered, 486 busy, 404
+def test_a_living_edge_s_answer_is_the_advisor_s_and_the_other_edge_is_not_tried(
+        cause: int) -> None:
+    call = Call(make_desk(), members=frozenset({2}), routes=TWO_EDGES)
+    call.send(Begin(call.at(0)))
+    cmds = call.send(ChannelGone(call.ringing(), cause, call.at(0.5)))
+    assert not only(cmds, Originate)
+    assert [(r.advisor_id, r.outcome) for r in call.state.rings] in (
+        [(2, RingOutcome.MISSED)], [(2, RingOutcome.FAILED)])
 
 
 def test_customer_hangup_while_ringing_withdraws_without_a_miss() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from callback_server import dialer
 from callback_server.dialer import DialerState, LastLeg, Phase, RescueAction, rescue_action
 from callback_server.dialer_messages import (
+    EDGE_TRUNK,
     Answered,
     Begin,
     CancelTimer,
@@ -37,6 +39,7 @@ from callback_server.dialer_messages import (
     StartTimer,
     TimerFired,
     capped,
+    edge_routes,
 )
 from shared.phone import E164
 from tests.purity import io_imports
@@ -202,8 +205,8 @@ def test_cause_classes() -> None:
 
 # --- answer, IVR, CDR, cleanup -------------------------------------------------------------
 
-def answered() -> DialerState:
-    state, _ = begin()
+def answered(j: Job | None = None) -> DialerState:
+    state, _ = begin(j)
     state, cmds = run(state, Originated("cb-1-01", at(0)), Answered("cb-1-01", at(4)))
     assert StartIvr("cb-1-01") in cmds and CancelTimer(dialer.T_RING) in cmds
     return state
@@ -305,6 +308,45 @@ def test_a_flows_transfer_leg_names_its_number_for_the_guard_the_operators_does_
     _, cmds = run(answered(), OperatorRequested(at(10)))
     persist = of(cmds, PersistAttempt)[0]
     assert persist.number is None and not capped(persist.leg, persist.carrier_id)
+
+
+EDGES = edge_routes("PJSIP/operator@{trunk}", ("edge-trunk", "edge-trunk2"))
+
+
+def two_edges() -> Job:
+    return replace(job(), operator_routes=EDGES)
+
+
+@pytest.mark.parametrize("cause", [34, 18, 38])      # SIP 503, 408 (or no answer), down
+def test_an_edge_fault_rings_the_operator_through_the_other_edge(cause: int) -> None:
+    state, cmds = run(answered(two_edges()), OperatorRequested(at(10)))
+    assert [o.endpoint for o in of(cmds, Originate)] == ["PJSIP/operator@edge-trunk"]
+    state, cmds = run(state, Originated("cb-1-02", at(10.1)),
+                      ChannelGone("cb-1-02", cause, at(10.2)))
+    assert [(p.channel_id, p.carrier_id, p.endpoint) for p in of(cmds, PersistAttempt)] == [
+        ("cb-1-03", EDGE_TRUNK, "PJSIP/operator@edge-trunk2")]
+    assert [o.endpoint for o in of(cmds, Originate)] == ["PJSIP/operator@edge-trunk2"]
+    state, cmds = run(state, Answered("cb-1-03", at(11)))
+    assert CreateBridge("cb-1-br03", ("cb-1-01", "cb-1-03"), "mixing,dtmf_events") in cmds
+
+
+def test_an_edge_asterisk_unqualified_fails_the_originate_and_the_other_edge_is_rung() -> None:
+    state, _ = run(answered(two_edges()), OperatorRequested(at(10)))
+    state, cmds = run(state, OriginateFailed("cb-1-02", "Allocation failed", at(10.1)))
+    assert RecordLegResult("cb-1-02", "failed") in cmds
+    assert [o.endpoint for o in of(cmds, Originate)] == ["PJSIP/operator@edge-trunk2"]
+    state, cmds = run(state, OriginateFailed("cb-1-03", "Allocation failed", at(10.2)))
+    assert not of(cmds, Originate) and state.phase is Phase.IN_CALL   # back to the IVR
+
+
+@pytest.mark.parametrize("cause", [19, 17, 1, 21])     # 480, 486, 404, 603: the answer
+def test_a_living_edge_s_refusal_is_the_operator_s_answer_and_rings_no_other_edge(
+        cause: int) -> None:
+    state, _ = run(answered(two_edges()), OperatorRequested(at(10)))
+    state, cmds = run(state, Originated("cb-1-02", at(10.1)),
+                      ChannelGone("cb-1-02", cause, at(11)))
+    assert not of(cmds, Originate) and not of(cmds, PersistAttempt)
+    assert state.phase is Phase.IN_CALL
 
 
 def test_operator_hangup_ends_the_call_with_two_cdrs() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from callback_server.advisor_desk import sip_route
-from callback_server.dialer_messages import EDGE_TRUNK
+from callback_server.advisor_desk import sip_routes
+from callback_server.dialer_messages import EDGE_TRUNK, Route
 from edge_server.config import EdgeSettings
 from edge_server.sip_endpoints import SipEndpoint, digest_ha1, endpoint_id
 from edge_server.sip_push import ADVISOR_CONTEXT, SipEndpointSettings, objects
@@ -75,12 +75,22 @@ def test_the_qualify_interval_is_pushed() -> None:
 
 
 def test_the_callback_site_rings_the_merchant_s_endpoint_or_its_operator() -> None:
-    assert sip_route("acme", "hoshino", "operator").endpoint == \
-        f"PJSIP/acme.hoshino@{EDGE_TRUNK}"
-    assert sip_route("acme", "operator", "operator").endpoint == f"PJSIP/operator@{EDGE_TRUNK}"
-    assert sip_route("bento", "operator", "op-bento").endpoint == \
-        f"PJSIP/bento.operator@{EDGE_TRUNK}"
-    assert sip_route("acme", "hoshino", None).carrier_id == EDGE_TRUNK
+    def endpoints(merchant: str, user: str, operator: str | None) -> list[str]:
+        return [r.endpoint for r in sip_routes(merchant, user, operator)]
+
+    assert endpoints("acme", "hoshino", "operator") == [f"PJSIP/acme.hoshino@{EDGE_TRUNK}"]
+    assert endpoints("acme", "operator", "operator") == [f"PJSIP/operator@{EDGE_TRUNK}"]
+    assert endpoints("bento", "operator", "op-bento") == [f"PJSIP/bento.operator@{EDGE_TRUNK}"]
+    assert [r.carrier_id for r in sip_routes("acme", "hoshino", None)] == [EDGE_TRUNK]
+
+
+def test_a_sip_advisor_is_rung_over_each_edge_trunk_in_order() -> None:
+    trunks = ("edge-trunk", "edge-trunk2")
+    assert sip_routes("acme", "hoshino", "operator", trunks) == (
+        Route(EDGE_TRUNK, "PJSIP/acme.hoshino@edge-trunk"),
+        Route(EDGE_TRUNK, "PJSIP/acme.hoshino@edge-trunk2"))
+    assert [r.endpoint for r in sip_routes("acme", "operator", "operator", trunks)] == [
+        "PJSIP/operator@edge-trunk", "PJSIP/operator@edge-trunk2"]
 
 
 def write(tmp_path: Path, table: str) -> Path:

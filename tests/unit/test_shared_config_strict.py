@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from callback_server.config import CallbackSettings
+from callback_server.dialer_messages import EDGE_TRUNK, Route, edge_routes
 from edge_server.config import EdgeSettings
 from shared.config import ConfigError
 from shared.money import Money
@@ -208,6 +209,11 @@ def test_the_demo_stack_and_fault_sites_write_configs_that_parse(tmp_path: Path)
     assert len(EdgeSettings.load(tmp_path / "edge.toml", {}).peer.routes) == 2
     for name in sites.callback_names:
         CallbackSettings.load(tmp_path / f"{name}.toml", {})
+    sites = Sites(tmp_path, callback_servers=1, edge_servers=2)
+    sites.pki_dir = tmp_path / "pki"
+    sites._write_site_configs()
+    assert CallbackSettings.load(tmp_path / "callback.toml", {}).callback.worker.edge_trunks \
+        == ("edge-trunk", "edge-trunk2")
 
 
 def test_a_table_an_override_makes_is_named_by_the_variable(tmp_path: Path) -> None:
@@ -298,4 +304,49 @@ def test_a_merchants_top_up_url_is_https(tmp_path: Path) -> None:
         'announce_mode = "early_media"\ntopup_url = "http://acme.example.jp/charge"')
     with pytest.raises(ConfigError, match=r"callback.toml:\d+: merchants\[0\].topup_url: "
                                           r"expected an https:// URL"):
+        _callback(tmp_path, text)
+
+
+def test_the_edge_trunks_are_the_operator_s_and_a_sip_advisor_s_routes_in_order(
+        tmp_path: Path) -> None:
+    worker = _callback(tmp_path, CALLBACK_EXAMPLE).callback.worker
+    assert worker.edge_trunks == ("edge-trunk",)
+    assert edge_routes(worker.operator_endpoint.replace("{operator}", "op"),
+                       worker.edge_trunks) == (Route(EDGE_TRUNK, "PJSIP/op@edge-trunk"),)
+    text = CALLBACK_EXAMPLE.replace('edge_trunks = ["edge-trunk"]',
+                                    'edge_trunks = ["edge-trunk", "edge-trunk2"]')
+    worker = _callback(tmp_path, text).callback.worker
+    assert worker.edge_trunks == ("edge-trunk", "edge-trunk2")
+    assert [r.endpoint for r in edge_routes(worker.operator_endpoint, worker.edge_trunks)] \
+        == ["PJSIP/{operator}@edge-trunk", "PJSIP/{operator}@edge-trunk2"]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('edge_trunks = ["edge-trunk"]', "edge_trunks = []", "callback.edge_trunks: expected "
+     "distinct endpoint names"),
+    ('edge_trunks = ["edge-trunk"]', 'edge_trunks = ["edge-trunk", "edge-trunk"]',
+     "callback.edge_trunks: expected distinct endpoint names"),
+    ('edge_trunks = ["edge-trunk"]', 'edge_trunks = ["edge trunk"]',
+     "callback.edge_trunks: expected distinct endpoint names"),
+    ('edge_trunks = ["edge-trunk"]', 'edge_trunks = "edge-trunk"',
+     "callback.edge_trunks: expected an array of strings"),
+    ('edge_trunks = ["edge-trunk"]', 'edge_trunk = ["edge-trunk"]',
+     r"callback.edge_trunk: unknown key (did you mean edge_trunks?)"),
+])
+def test_bad_edge_trunks_name_file_line_and_key(tmp_path: Path, old: str, new: str,
+                                                message: str) -> None:
+    text = CALLBACK_EXAMPLE.replace(old, new)
+    assert text != CALLBACK_EXAMPLE
+    with pytest.raises(ConfigError, match=rf"callback.toml:\d+: {re.escape(message)}"):
+        _callback(tmp_path, text)
+
+
+def test_an_operator_endpoint_of_one_trunk_is_refused_with_two(tmp_path: Path) -> None:
+    one = CALLBACK_EXAMPLE.replace('operator_endpoint = "PJSIP/{operator}@{trunk}"',
+                                   'operator_endpoint = "PJSIP/{operator}@edge-trunk"')
+    assert _callback(tmp_path, one).callback.worker.operator_endpoint == \
+        "PJSIP/{operator}@edge-trunk"
+    text = one.replace('edge_trunks = ["edge-trunk"]', 'edge_trunks = ["edge-trunk", "b"]')
+    with pytest.raises(ConfigError, match=r"callback.toml:\d+: callback.operator_endpoint: "
+                                          r"needs \{trunk\}"):
         _callback(tmp_path, text)
