@@ -159,6 +159,14 @@ class Presences:
             await revoke(conn, merchant_id, advisor_id, now)
         return True
 
+    async def ringing(self, merchant_id: str, consultation_id: str) -> list[int]:
+        """The advisors being rung for ``consultation_id`` (an offer not answered)."""
+        rows = await self.pool.fetch(
+            "SELECT advisor_id FROM advisor_presence WHERE merchant_id = $1 AND sessions @> "
+            "jsonb_build_array(jsonb_build_object('consultation_id', $2::text, "
+            "'answered', false)) ORDER BY advisor_id", merchant_id, consultation_id)
+        return [r["advisor_id"] for r in rows]
+
     async def expire_wrap_ups(self) -> int:
         """Bring back to standby the advisors whose after-call work timer elapsed."""
         now = self.clock()

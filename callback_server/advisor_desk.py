@@ -81,6 +81,7 @@ class AdvisorPort(Protocol):
     async def number_routes(self, number: E164, at: datetime) -> tuple[Route, ...]: ...
     async def ended(self, merchant_id: str, advisor_id: int, consultation_id: str,
                     at: datetime) -> None: ...
+    async def ringing(self, merchant_id: str, consultation_id: str) -> list[int]: ...
     async def customer_id(self, merchant_id: str, number: E164) -> int | None: ...
 
 
@@ -223,6 +224,9 @@ class AdvisorDesk:
                     at: datetime) -> None:
         await self.presences.apply(merchant_id, advisor_id,
                                    pm.ConsultationEnded(at, consultation_id))
+
+    async def ringing(self, merchant_id: str, consultation_id: str) -> list[int]:
+        return await self.presences.ringing(merchant_id, consultation_id)
 
     async def customer_id(self, merchant_id: str, number: E164) -> int | None:
         customer = await self.store.customer_by_number(merchant_id, number)

@@ -165,6 +165,7 @@ class ConsultState:
     ring_outcome: RingOutcome | None = None              # decided for the ringing leg, not logged
     queued: bool = False
     queued_at: datetime | None = None             # when the customer was first queued
+    sought_at: datetime | None = None             # when an advisor was first sought
     bridge_id: str | None = None
     connected_advisor: int | None = None
     answered_at: datetime | None = None
@@ -407,8 +408,8 @@ def transition(state: ConsultState, event: Event) -> Step:  # noqa: C901 - one b
     if state.phase is Phase.DONE:
         return state, []
     match event:
-        case Begin():
-            return _run(state, Op.ASSIGN)
+        case Begin(at=at):
+            return _run(replace(state, sought_at=at), Op.ASSIGN)
         case Assigned() if event.assignment.consultation_id != state.assignment.consultation_id:
             return _xfer_assigned(state, event)
         case Assigned():

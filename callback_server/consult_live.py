@@ -18,11 +18,13 @@ worker). For each one:
    once (by consultation id; its message to the edge with it);
 3. the advisor's consultation is ended (``ConsultationEnded``: after-call work, never
    left ``talking``); an offer's assignment is cancelled instead (:func:`withdrawn`: the
-   advisor being rung back to standby with no miss, never left ``ringing``; a queued
-   customer out of the queue); a consult transfer's second party (the row's ``second_party``) is
-   hung up and settled in step 1 too, its record's transfer ``failed`` or ``cancelled``
-   and its cost in the record, and the second advisor's presence ended (ringing:
-   standby again, no miss; answered: after-call work);
+   advisor being rung back to standby with no miss, never left ``ringing``, and so is
+   any advisor still rung under the consultation's id, an offer the runner made after
+   it last kept the row; a queued customer out of the queue); a consult transfer's
+   second party (the row's ``second_party``) is hung up and settled in step 1 too, its
+   record's transfer ``failed`` or ``cancelled`` and its cost in the record, and the
+   second advisor's presence ended (ringing: standby again, no miss; answered:
+   after-call work);
 4. the prepaid reservation is settled from the saved record's talk seconds (once: a
    settled reservation is not settled again); a postpaid consultation (the row has the
    account and terms its runner kept) is charged from them like the runner charges
@@ -205,6 +207,9 @@ class ConsultReconciler:
         saved = await self.records.save(record)
         if lost.bridge_id is None:
             await self.desk.assignment(lost.merchant_id, Op.CANCELLED, withdrawn(lost))
+            # an offer made after the row was last kept (the runner died before knowing)
+            for rung in await self.desk.ringing(lost.merchant_id, lost.presence_id):
+                await self.desk.ended(lost.merchant_id, rung, lost.presence_id, utcnow())
         elif lost.advisor_id is not None:
             await self.desk.ended(lost.merchant_id, lost.advisor_id, lost.presence_id,
                                   utcnow())

@@ -30,11 +30,12 @@ never completed), and, for a second advisor still ringing, their ring ``withdraw
 advisor's. The reconciler hangs that leg up and ends the second advisor's presence
 (ringing: back to standby; talking: after-call work).
 
-A consultation not talking yet is kept from its first offer (:func:`offer`): the
-advisor being rung (their leg, their ring open in the snapshot, ``withdrawn``) or the
-customer queued (nobody rung), no answer, no bridge. A restart withdraws the offer (the
-assignment cancelled: the advisor back to standby, no miss; the customer out of the
-queue) and hangs the legs up; the record has no talk and ends ``customer_abandoned`` if
+A consultation not talking yet is kept from before its first assignment (:func:`offer`):
+the advisor being rung (their leg, their ring open in the snapshot, ``withdrawn``) or the
+customer queued or an advisor being sought (nobody rung), no answer, no bridge. A
+restart withdraws the offer (the assignment cancelled, and every ring under its id
+ended: the advisor back to standby, no miss; the customer out of the queue) and hangs
+the legs up; the record has no talk and ends ``customer_abandoned`` if
 the customer's leg ended first by itself, ``no_advisor`` if the advisor's did (a ring
 declined while no server ran), else ``failed``; the ring ends when its leg ended. A web
 click-to-call whose customer was rung first and answered is kept so while its advisor
@@ -98,7 +99,8 @@ class Live:
 def live(state: ConsultState) -> Live | None:
     """What to keep of ``state``: the customer talking with an advisor, an advisor being
     rung for them or the customer queued (:func:`offer`); None otherwise."""
-    if state.phase in (Phase.RINGING, Phase.QUEUED) and state.end_reason is None:
+    if state.phase in (Phase.ASSIGNING, Phase.RINGING, Phase.QUEUED) \
+            and state.end_reason is None and state.sought_at is not None:
         return offer(state)
     leg = state.live_leg
     advisor = state.connected_advisor
@@ -133,7 +135,9 @@ def live(state: ConsultState) -> Live | None:
 
 def offer(state: ConsultState) -> Live:
     """An advisor being rung (their ring open, ``withdrawn`` as a restart ends it; their
-    leg the record's last) or the customer queued: no answer, the assignment's id."""
+    leg the record's last), or the customer queued or an advisor being sought (kept
+    before each assignment runs: whoever it offers the call to is found by the
+    assignment's id at the restart): no answer, the assignment's id."""
     leg, advisor = state.live_leg, state.advisor
     ringing = state.phase is Phase.RINGING and advisor is not None
     legs, rings = state.legs, state.rings
@@ -143,7 +147,8 @@ def offer(state: ConsultState) -> Live:
                               None, RingOutcome.WITHDRAWN))
     known = [*(g.started_at for g in legs), *(r.started_at for r in rings),
              *(r.ended_at for r in rings if r.ended_at is not None),
-             *(t for t in (state.queued_at, state.ring_started) if t is not None)]
+             *(t for t in (state.sought_at, state.queued_at, state.ring_started)
+               if t is not None)]
     last_rung = advisor if ringing else (rings[-1].advisor_id if rings else None)
     over = Over(state.request.consultation_id, last_rung, rings, None, max(known),
                 EndReason.FAILED, legs)

@@ -501,6 +501,7 @@ class ConsultRunner:
         now = utcnow()
         destination: str = ""
         routes: tuple[Route, ...] = ()
+        await self._keep_live()       # kept before anyone is offered the call
         try:
             a, result = await self.desk.assignment(merchant, cmd.op, cmd.assignment)
         except DATABASE_ERRORS as exc:

@@ -280,6 +280,10 @@ class MemoryDesk:
                     at: datetime) -> None:
         self.apply(advisor_id, pm.ConsultationEnded(at, consultation_id))
 
+    async def ringing(self, merchant_id: str, consultation_id: str) -> list[int]:
+        return [a for a, p in sorted(self.seats.items())
+                if (s := p.session(consultation_id)) is not None and not s.answered]
+
     async def customer_id(self, merchant_id: str, number: E164) -> int | None:
         return None
 

@@ -25,6 +25,7 @@ from advisors.store import AdvisorStore
 from billing import records
 from billing.ledger import Balance, Ledger, Reservation
 from billing.settings import BillingSettings
+from callback_server import consult
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.consult import Begin, Op
 from callback_server.consult_billing import ConsultBilling
@@ -142,6 +143,28 @@ async def test_an_advisor_left_ringing_is_withdrawn_and_recorded_once(db: asyncp
     _, cmds = await desk.assignment("acme", Op.ASSIGN,
                                     am.Assignment("cb-9-c1", frozenset({1})))
     assert cmds == [am.OfferTo(1, "cb-9-c1")]
+
+
+async def test_an_offer_made_after_the_row_was_kept_is_withdrawn_too(db: asyncpg.Pool) -> None:
+    """Killed after the assignment offered the call, before the runner kept the ring:
+    the row has nobody rung; the advisor rung under its id is found and withdrawn."""
+    await reserved(db)
+    call = Call(make_desk(), members=frozenset({1, 2}))
+    state, _ = consult.transition(call.state, Begin(call.at(0)))
+    kept = live(state)
+    assert kept is not None and kept.advisor_id is None
+    await LiveConsultations(db).keep("cb-1", kept, snapshot(kept.over))
+    desk = AdvisorDesk(db, Routing(None, ()))
+    _, cmds = await desk.assignment("acme", Op.ASSIGN, am.Assignment(CID, frozenset({1, 2})))
+    assert cmds == [am.OfferTo(1, CID)]
+    assert await desk.ringing("acme", CID) == [1]
+
+    assert await reconciler(db, "w2").reconcile() == 1
+    assert await state_of(db, 1) == (State.STANDBY, 0)
+    assert await desk.ringing("acme", CID) == []
+    record = await recorded(db)
+    assert (record.talk_s, record.end_reason, record.rings) == (0, EndReason.FAILED, ())
+    assert await Ledger(db).balance("acme", "member-42") == Balance(500, 0)
 
 
 async def test_a_customer_left_queued_leaves_the_queue_with_a_record(db: asyncpg.Pool) -> None:

@@ -95,6 +95,9 @@ async def test_the_customer_first_then_the_advisor_bridged_and_recorded() -> Non
     assert click.originated()[-1] == ("cb-7-03", ADVISOR_2[0].endpoint)
     assert click.store.legs["cb-7-03"].leg == "advisor"
     ringing = click.live.rows["cb-7-c1"]                  # the advisor rings: kept
+    # kept before the assignment offered the call (nobody rung yet), then ringing
+    assert [(w.advisor_id, w.advisor_channel) for w in click.live.writes] == [
+        (None, None), (2, "cb-7-03")]
     assert (ringing.customer_channel, ringing.advisor_channel, ringing.bridge_id,
             ringing.advisor_id, ringing.over.answered_at) == ("cb-7-02", "cb-7-03", None, 2,
                                                              None)

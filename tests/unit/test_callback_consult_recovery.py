@@ -10,7 +10,7 @@ from pathlib import Path
 from advisors import presence as pm
 from advisors.model import FirstParty
 from advisors.records import ConsultationRecord, EndReason, LegCost, Method, RingOutcome, Transfer
-from callback_server import consult_recovery
+from callback_server import consult, consult_recovery
 from callback_server.click_to_call import kept as kept_click
 from callback_server.consult import (
     T_RETRY,
@@ -75,6 +75,16 @@ def test_nothing_is_kept_before_the_first_offer_then_the_ring_then_the_talk() ->
     assert kept.over.answered_at == at(5) == kept.over.ended_at
     assert kept.over.end_reason is EndReason.FAILED
     assert [leg_.channel_id for leg_ in kept.over.legs] == [leg]
+
+
+def test_an_advisor_being_sought_is_kept_before_the_assignment_runs() -> None:
+    call = Call(make_desk())
+    state, cmds = consult.transition(call.state, Begin(at(3)))   # the assignment not run
+    assert [type(c) for c in cmds] == [consult.RunAssignment]
+    kept = live(state)
+    assert kept is not None and kept.offering
+    assert (kept.advisor_channel, kept.advisor_id, kept.presence_id) == (None, None, CID)
+    assert kept.over.rings == () and kept.over.ended_at == at(3)
 
 
 def test_a_missed_ring_then_the_next_advisor_rung_is_kept_with_both_rings() -> None:
