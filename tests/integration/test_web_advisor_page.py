@@ -311,6 +311,38 @@ async def test_a_hostile_name_is_text_on_the_advisors_page(
         await context.close()
 
 
+async def test_a_real_browser_on_another_site_is_not_signed_in_by_its_form(
+        client: TestClient[Any, Any], browser: Any, clean: asyncpg.Pool) -> None:
+    """Chromium opens a page on another site (``localhost``, the site being
+    ``127.0.0.1``) that posts the attacker's sign-in link by itself: the site answers the
+    403 page, the link stays unused and the browser holds no session cookie."""
+    path = await link(client, await advisor(client))
+    target = str(client.make_url(path))
+
+    async def attacker(_: web.Request) -> web.Response:
+        return web.Response(content_type="text/html", text=(
+            f'<form id="f" method="post" action="{target}"></form>'
+            '<script>document.getElementById("f").submit()</script>'))
+
+    evil = web.Application()
+    evil.router.add_get("/", attacker)
+    async with TestServer(evil, host="127.0.0.1") as evil_server:
+        context = await browser.new_context(locale="ja-JP")
+        try:
+            page = await context.new_page()
+            async with page.expect_response(target) as answered:
+                await page.goto(f"http://localhost:{evil_server.port}/")
+            response = await answered.value
+            assert response.status == 403
+            await page.get_by_text("別のサイトから送られた操作").wait_for(timeout=5_000)
+            assert not [c for c in await context.cookies() if c["name"] == COOKIE]
+        finally:
+            await context.close()
+    assert await clean.fetchval("SELECT count(*) FROM advisor_sessions") == 0
+    assert await clean.fetchval("SELECT count(*) FROM advisor_signin_links "
+                                "WHERE used_at IS NULL") == 1
+
+
 async def test_the_access_log_leaves_a_links_token_out(
         clean: asyncpg.Pool, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """The server's options (``serve``'s) log each request without the token that is
