@@ -81,6 +81,7 @@ from tests.unit.test_advisors_records import answered
 from tests.unit.test_rates_decision import FX, INBOUND, NTT, usd
 from web.advisor_page import install as install_advisor_page
 from web.click_page import install as install_click_page
+from web.operator_page import install as install_operator_page
 from web.pages import install as install_pages
 
 pytestmark = pytest.mark.integration
@@ -98,7 +99,8 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     letters, the advisors' admin API and an operator's control of consultations, presence
     by phone, the billing API with its card routes (against a real localstripe), its
     top-up links and the card and top-up pages, the media API and the notifications'
-    phonebook and deliveries, the advisor's page and its session routes, click-to-call
+    phonebook and deliveries, the advisor's and the operators' pages and their session
+    routes, click-to-call
     (``POST /v1/consultations``) and the customer's click-to-call page and its routes."""
     guard = Guard(pool, GuardSettings(operator_token_sha256=OPERATOR_SHA256))
     app = create_http_app(merchants=MERCHANTS,
@@ -126,6 +128,7 @@ def make_app(pool: asyncpg.Pool, db_url: str, media: MediaSettings, stripe_port:
     install_sms(app, sms, lambda _: pool, owner="contract")
     install_sessions(app)
     install_advisor_page(app)
+    install_operator_page(app)
     install_click_to_call(app, lambda _: ClickIntake(
         CallbackStore(pool, owner="contract"), AdvisorDesk(pool, Routing(None, ())), guard,
         ConsultBilling(pool, BillingSettings()), {m.id: m for m in MERCHANTS}))
@@ -185,4 +188,6 @@ async def test_both_runs_cover_the_pages_and_their_routes(served: Served) -> Non
             "/m/{merchant}/advisors", "/v1/m/{merchant}/phone-codes",
             "/v1/m/{merchant}/phone-verifications", "/v1/m/{merchant}/calls",
             "/v1/m/{merchant}/calls/{callback_id}", "/v1/consultations", "/card/{token}",
-            "/topup/{token}", "/v1/billing/card-setup/{token}/confirm"} <= paths
+            "/topup/{token}", "/v1/billing/card-setup/{token}/confirm", "/operator",
+            "/operator/signin/{token}", "/v1/operator/board", "/v1/operator/signout",
+            "/v1/operator/advisors/{advisor_id}/presence"} <= paths
