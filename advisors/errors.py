@@ -5,7 +5,8 @@
     ├── NotFound       404 not-found      (no such advisor, group or customer here)
     ├── Duplicate      409 duplicate      (a code, group name, account or number taken)
     ├── Busy           409 advisor-busy   (retiring an advisor rung, talking or awaited)
-    └── Retired        409 advisor-retired (changing a retired advisor)
+    ├── Retired        409 advisor-retired (changing a retired advisor)
+    └── InUse          409 group-in-use   (deleting a group a consultation or flow uses)
 """
 
 from __future__ import annotations
@@ -33,3 +34,8 @@ class Busy(ApiError):
 class Retired(ApiError):
     def __init__(self, advisor_id: int) -> None:
         super().__init__(409, "advisor-retired", f"advisor {advisor_id} is retired")
+
+
+class InUse(ApiError):
+    def __init__(self, group_id: int, uses: list[str]) -> None:
+        super().__init__(409, "group-in-use", f"group {group_id}: " + "; ".join(uses))

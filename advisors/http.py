@@ -7,7 +7,7 @@
 * ``GET /v1/advisors/events``: Server-Sent Events, one ``presence`` event per change of
   any of the merchant's advisors (``id:`` is the event row's id; reconnect with
   ``Last-Event-ID`` to get the ones missed), a comment every 15 s to keep it open
-* ``GET|POST /v1/advisor-groups``, ``GET|PATCH /v1/advisor-groups/{group_id}``
+* ``GET|POST /v1/advisor-groups``, ``GET|PATCH|DELETE /v1/advisor-groups/{group_id}``
 * ``GET|POST /v1/customers``, ``GET|PATCH /v1/customers/{customer_id}``
 * ``GET|PUT /v1/advisor-settings``
 * ``GET /v1/consultations`` (``since``/``until`` on ``requested_at``, ``advisor_id``,
@@ -17,6 +17,7 @@
 Error ids: ``invalid-field`` (400, with ``field``), ``invalid-json`` (400), ``not-found``
 (404), ``duplicate`` (409, with ``field``), ``advisor-busy`` (409: retiring an advisor
 rung, talking or awaited in the queue), ``advisor-retired`` (409: changing one),
+``group-in-use`` (409: deleting a group a consultation or flow uses),
 ``auth-*`` (401), ``advisors-unavailable`` (503 before the database is connected),
 ``database-unavailable`` (503 when it is away).
 
@@ -54,7 +55,7 @@ from advisors.resources import (
     path_id,
 )
 from advisors.sessions import Sessions
-from advisors.store import AdvisorStore
+from advisors.store import AdvisorStore, GroupInUse
 from shared.http import (
     InvalidField,
     authenticated_merchant,
@@ -85,14 +86,17 @@ class Services:
 
 
 SERVICES_KEY = web.AppKey("advisors_services", Services)
+GROUP_IN_USE_KEY: web.AppKey[GroupInUse | None] = web.AppKey("advisors_group_in_use")
 
 
-def install(app: web.Application, database: Database, *, operators: Mapping[str, str]
-            ) -> None:
+def install(app: web.Application, database: Database, *, operators: Mapping[str, str],
+            group_in_use: GroupInUse | None = None) -> None:
     """``operators``: each merchant's operator extension (a SIP contact taken without an
     endpoint at the edge); any other SIP contact needs the edge's endpoint
-    (:mod:`advisors.edge_phones`)."""
+    (:mod:`advisors.edge_phones`). ``group_in_use``: what the site finds using a group
+    (its consultations in progress, its flows), refusing its deletion."""
     add_operations(app, OPERATIONS)
+    app[GROUP_IN_USE_KEY] = group_in_use
     if READINGS_KEY in app:  # the site serves /metrics
         app[READINGS_KEY].append(ADVISORS_BY_STATE)
 
@@ -158,6 +162,17 @@ async def retire_advisor(request: web.Request) -> web.Response:
     advisor_id = path_id(request, "advisor_id")
     await svc.live.retire(merchant, advisor_id)
     return json_response(s.advisor_json(*await svc.store.advisor(merchant, advisor_id)))
+
+
+async def delete_group(request: web.Request) -> web.Response:
+    """Delete the group: its memberships go, the consultation records naming it stay, a
+    billing policy of it is never in force again (group ids are not reused). 409
+    ``group-in-use`` naming each consultation in progress through it and each flow node
+    ringing it (the merchant's configured flow, its active stored version)."""
+    svc, merchant = _services(request)
+    group = await svc.store.delete_group(merchant, path_id(request, "group_id"),
+                                         request.app[GROUP_IN_USE_KEY])
+    return json_response(s.group_json(group))
 
 
 def _sse(published: Published) -> bytes:
@@ -289,6 +304,11 @@ OPERATIONS = tuple(replace(op, handler=database_errors_as_503(op.handler)) for o
               errors={400: ("invalid-field",), 404: ("not-found",),
                       409: ("advisor-retired",), **UNAVAILABLE}),
     *GROUPS.collection(_directory), *GROUPS.items(_directory),
+    Operation("DELETE", "/v1/advisor-groups/{group_id}", delete_group, "Delete a group",
+              "advisor groups", {200: Reply("the deleted group", s.GROUP)}, access=MERCHANT,
+              params=id_param("group_id"),
+              errors={400: ("invalid-field",), 404: ("not-found",), 409: ("group-in-use",),
+                      **UNAVAILABLE}),
     *CUSTOMERS.collection(_directory), *CUSTOMERS.items(_directory),
     Operation("GET", "/v1/advisor-settings", get_settings, "Advisor settings", "advisors",
               {200: Reply("the settings", s.SETTINGS)}, access=MERCHANT, errors=UNAVAILABLE),

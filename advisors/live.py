@@ -44,7 +44,7 @@ from advisors import presence as pm
 from advisors.errors import Busy, NotFound, Retired
 from advisors.model import Rules, Via, WhenLinesBusy
 from advisors.sessions import revoke
-from advisors.store import presence_of, rules_of
+from advisors.store import lock_settings, presence_of, rules_of
 
 log = logging.getLogger("advisors.live")
 
@@ -295,10 +295,7 @@ async def _rules(conn: asyncpg.Connection, merchant_id: str, *, lock: bool) -> R
     if not lock:
         return rules_of(await conn.fetchrow(
             "SELECT * FROM advisor_settings WHERE merchant_id = $1", merchant_id))
-    await conn.execute("INSERT INTO advisor_settings (merchant_id) VALUES ($1) "
-                       "ON CONFLICT DO NOTHING", merchant_id)
-    return rules_of(await conn.fetchrow(
-        "SELECT * FROM advisor_settings WHERE merchant_id = $1 FOR UPDATE", merchant_id))
+    return rules_of(await lock_settings(conn, merchant_id))
 
 
 async def _apply(conn: asyncpg.Connection, merchant_id: str, advisor_id: int,

@@ -8,12 +8,12 @@ naming ``groups`` or ``members``. Presence and assignment are in :mod:`advisors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
-from advisors.errors import Duplicate, NotFound, Retired
+from advisors.errors import Duplicate, InUse, NotFound, Retired
 from advisors.model import (
     Advisor,
     AfterCallMode,
@@ -31,6 +31,10 @@ from advisors.presence import Presence, Session
 from advisors.schemas import AdvisorInput, CustomerInput, GroupInput
 from shared.http import InvalidField
 from shared.phone import E164
+
+#: why a group cannot be deleted now (the site's consultations and flows that use it);
+#: empty: it can
+GroupInUse = Callable[[asyncpg.Connection, str, Group], Awaitable[list[str]]]
 
 _UNIQUE_FIELDS = {"advisors_merchant_id_code_key": ("code", "another advisor has this code"),
                   "advisor_groups_merchant_id_name_key": ("name", "a group has this name"),
@@ -93,6 +97,16 @@ def rules_of(row: asyncpg.Record | None) -> Rules:
                  click_to_call_first=FirstParty(row["click_to_call_first"]),
                  lines_busy=WhenLinesBusy(row["lines_busy"]),
                  queue_announce_s=row["queue_announce_s"])
+
+
+async def lock_settings(conn: asyncpg.Connection, merchant_id: str) -> asyncpg.Record:
+    """The merchant's settings row (made with the defaults if none), locked ``FOR UPDATE``:
+    what serialises a merchant's assignments (and what must not run beside one)."""
+    await conn.execute("INSERT INTO advisor_settings (merchant_id) VALUES ($1) "
+                       "ON CONFLICT DO NOTHING", merchant_id)
+    row: asyncpg.Record = await conn.fetchrow(
+        "SELECT * FROM advisor_settings WHERE merchant_id = $1 FOR UPDATE", merchant_id)
+    return row
 
 
 def _duplicate(exc: asyncpg.UniqueViolationError) -> Duplicate:
@@ -277,6 +291,20 @@ class AdvisorStore:
                 await _join(conn, merchant_id, [(group_id, a) for a in changes.members],
                             "members")
             return await self.group(merchant_id, group_id, conn)
+
+    async def delete_group(self, merchant_id: str, group_id: int,
+                           in_use: GroupInUse | None = None) -> Group:
+        """Delete the group (404 if not the merchant's): its memberships go with it, the
+        consultation records naming it stay. Under the merchant's settings lock (no
+        assignment starts meanwhile): 409 ``group-in-use`` naming what ``in_use`` finds."""
+        async with self._transaction() as conn:
+            await lock_settings(conn, merchant_id)
+            group = await self.group(merchant_id, group_id, conn)
+            uses = [] if in_use is None else await in_use(conn, merchant_id, group)
+            if uses:
+                raise InUse(group_id, uses)
+            await conn.execute("DELETE FROM advisor_groups WHERE id = $1", group_id)
+            return group
 
     # --- customers ------------------------------------------------------------------------
 

@@ -46,10 +46,12 @@ import ivr_platform
 import shared
 from advisors.edge_phones import install as install_edge_phones
 from advisors.http import install as install_advisors
+from advisors.model import Group
 from advisors.phone import install as install_phone_presence
 from advisors.record_store import MIGRATIONS as CONSULTATION_MIGRATIONS
 from advisors.record_store import ConsultationRecords
 from advisors.session_http import install as install_advisor_sessions
+from advisors.store import GroupInUse
 from billing.http import install as install_billing
 from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
 from billing.records import customer_leg_rated
@@ -71,6 +73,7 @@ from callback_server.guard.http import install as install_guard
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
+from callback_server.ivr_flow import Flow
 from callback_server.ivr_services import (
     evict_forever,
     flow_preparer,
@@ -173,7 +176,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
     app = _intake_app(settings, "all")
     outbox_operator.add_routes(app)
     install_advisors(app, lambda a: (a[DB_URL_KEY], a[POOL_KEY]),
-                     operators={m.id: m.operator for m in settings.merchants})
+                     operators={m.id: m.operator for m in settings.merchants},
+                     group_in_use=group_in_use(app, settings))
     install_advisor_sessions(app)
     install_advisor_page(app)
     install_billing(app, lambda a: a[POOL_KEY], fx=site_fx(settings),
@@ -226,14 +230,33 @@ def consult_billing(app: web.Application) -> ConsultBilling:
                           notices=dunning_notifications(settings))
 
 
+def _active_stored(app: web.Application, merchant: str) -> dict[str, Flow]:
+    """The merchant's active stored flow, by its label (none: its configured file)."""
+    held = app[ACTIVE_FLOWS_KEY].get(merchant) if ACTIVE_FLOWS_KEY in app else None
+    return {f"{held.flow.name} version {held.version}": held.flow} if held else {}
+
+
 def guidance_in_use(app: web.Application, settings: CallbackSettings
                     ) -> Callable[[str, str], list[str]]:
     """The flows that play a merchant's guidance: its configured flow and its active
     stored version (a guidance in use is not deleted)."""
     def in_use(merchant: str, name: str) -> list[str]:
-        held = app[ACTIVE_FLOWS_KEY].get(merchant) if ACTIVE_FLOWS_KEY in app else None
-        stored = {f"{held.flow.name} version {held.version}": held.flow} if held else {}
-        return settings.flows_playing(merchant, media_ref(merchant, name), stored)
+        return settings.flows_playing(merchant, media_ref(merchant, name),
+                                      _active_stored(app, merchant))
+    return in_use
+
+
+def group_in_use(app: web.Application, settings: CallbackSettings) -> GroupInUse:
+    """Why a merchant's advisor group cannot be deleted now: a consultation through it
+    in progress (ringing, queued or talking: a ``consult_live`` row), or its configured
+    flow or active stored version ringing it (the flow and node named)."""
+    async def in_use(conn: asyncpg.Connection, merchant: str, group: Group) -> list[str]:
+        live = [f"consultation {r['consultation_id']} in progress" for r in await conn.fetch(
+            "SELECT consultation_id FROM consult_live WHERE merchant_id = $1"
+            " AND snapshot->>'group_id' = $2 ORDER BY consultation_id",
+            merchant, str(group.id))]
+        flows = settings.flows_connecting(merchant, group.name, _active_stored(app, merchant))
+        return live + [f"flow {node} rings it" for node in flows]
     return in_use
 
 

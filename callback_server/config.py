@@ -205,6 +205,23 @@ class CallbackSettings:
         flows = ({flow: self.flows[flow]} if flow is not None else {}) | dict(stored or {})
         return [label for label, f in flows.items() if media in _media(f)]
 
+    def flows_connecting(self, merchant_id: str, group: str,
+                         stored: Mapping[str, Flow] | None = None) -> list[str]:
+        """The merchant's configured flow and its ``stored`` flows (label → flow) whose
+        ``connect`` nodes ring the group named ``group``, as ``<label> node <id>`` (a
+        group a flow rings is not deleted)."""
+        flow = next((m.ivr_flow for m in self.merchants if m.id == merchant_id), None)
+        flows = ({flow: self.flows[flow]} if flow is not None else {}) | dict(stored or {})
+        return [f"{label} node {node}" for label, f in flows.items()
+                for node in _connecting(f, group)]
+
+
+def _connecting(flow: Flow, group: str) -> list[str]:
+    """The ids of the ``connect`` nodes of ``flow`` and its sub-flows ringing ``group``."""
+    return ([n.id for n in flow.nodes if n.type == "connect" and n.group == group]
+            + [f"{name}.{node}" for name, sub in flow.subflows
+               for node in _connecting(sub, group)])
+
 
 def _gate_problem(guard: GuardSettings, flow: Flow) -> str | None:
     if guard.require_confirm and flow.confirm_callback is None:
