@@ -109,12 +109,16 @@ class LiveConsultations:
     async def lost(self, asterisk: str | None, callback_id: str | None = None
                    ) -> list[LostConsultation]:
         """The rows whose advisor leg (a queued customer's: their leg) was placed on
-        ``asterisk`` (None: any), oldest first; only ``callback_id``'s when given."""
+        ``asterisk`` (None: any), oldest first; only ``callback_id``'s when given. A row
+        with no leg at all (an advisor-first click-to-call seeking its advisor) is another
+        server's as much as this one's: only its job's rescue (``callback_id``) takes it."""
         rows = await self.pool.fetch(
             """SELECT l.* FROM consult_live l
                LEFT JOIN callback_attempts a
                       ON a.channel_id = coalesce(l.advisor_channel, l.customer_channel)
-               WHERE ($1::text IS NULL OR a.asterisk IS NULL OR a.asterisk = $1)
+               WHERE ($1::text IS NULL OR a.asterisk = $1 OR (a.asterisk IS NULL AND
+                      ($2::text IS NOT NULL OR l.advisor_channel IS NOT NULL
+                       OR l.customer_channel <> '')))
                  AND ($2::text IS NULL OR l.callback_id = $2)
                ORDER BY l.updated_at""", asterisk, callback_id)
         return [_lost(r) for r in rows]

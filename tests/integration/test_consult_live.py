@@ -4,6 +4,7 @@ rewritten as they change, found by the Asterisk their advisor leg lives on, drop
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -11,13 +12,15 @@ import pytest
 import callback_server
 import shared
 from advisors.records import EndReason
-from callback_server.consult import CancelTransfer, HoldCustomer
+from callback_server import consult
+from callback_server.consult import Begin, CancelTransfer, HoldCustomer
 from callback_server.consult_live import LiveConsultations
 from callback_server.consult_recovery import Second, live
 from callback_server.store import CallbackStore
 from shared.db import create_pool, migrate_url, package_migrations
 from tests.integration.test_callback_store import MERCHANT, request
 from tests.unit import test_callback_consult_transfer as transfer_tests
+from tests.unit.test_callback_consult import CID, Call, at, make_desk
 from tests.unit.test_callback_consult_recovery import snapshot, talking
 
 pytestmark = pytest.mark.integration
@@ -73,6 +76,22 @@ async def test_kept_rewritten_found_by_asterisk_and_dropped(pool: asyncpg.Pool) 
     assert await store.leg_end(leg) is None                    # no CDR yet
     await store.drop(kept.over.consultation_id)
     assert await store.lost(None) == []
+
+
+async def test_a_row_with_no_leg_is_found_only_by_its_jobs_rescue(pool: asyncpg.Pool) -> None:
+    """An advisor-first click-to-call seeking its advisor (no leg placed anywhere): not
+    taken by a server's reconnect, which cannot tell whose it is; its job's rescue is."""
+    callback_id = await a_call_back(pool)
+    store = LiveConsultations(pool)
+    state, _ = consult.transition(Call(make_desk()).state, Begin(at(0)))
+    seeking = live(state)
+    assert seeking is not None
+    await store.keep(callback_id, replace(seeking, customer_channel=""),
+                     snapshot(seeking.over))
+    assert await store.lost("ast-a") == []
+    assert [f.consultation_id for f in await store.lost("ast-a", callback_id)] == [CID]
+    await store.keep(callback_id, seeking, snapshot(seeking.over))   # its customer's leg
+    assert [f.consultation_id for f in await store.lost("ast-a")] == [CID]
 
 
 async def test_a_transfer_in_progress_is_kept_with_its_second_party(pool: asyncpg.Pool) -> None:
