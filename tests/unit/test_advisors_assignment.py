@@ -201,8 +201,11 @@ class Merchant:
         elif name == "hangup" and a.phase in (Phase.OFFERING, Phase.QUEUED):
             self.step(index, Cancelled())
         elif name == "end" and a.phase is Phase.CONNECTED:
-            talking = next(x for x, p in self.seats.items() if p.session(a.consultation_id))
-            self.apply(talking, ConsultationEnded(self.now, a.consultation_id))
+            # a consultation ends once: a second "end" of the same customer finds no seat
+            talking = next((x for x, p in self.seats.items()
+                            if p.session(a.consultation_id)), None)
+            if talking is not None:
+                self.apply(talking, ConsultationEnded(self.now, a.consultation_id))
         elif name == "retry" and a.phase is Phase.QUEUED:
             self.step(index, Assign(self.board(a.members)))
 
