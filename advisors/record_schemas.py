@@ -35,8 +35,11 @@ RING = _object({"advisor_id": _ROW, "call_id": _ID, "started_at": TIMESTAMP,
 HOLD = _object({"started_at": TIMESTAMP, "ended_at": nullable(TIMESTAMP)})
 TRANSFER = _object({"at": TIMESTAMP, "to_advisor_id": nullable(_ROW),
                     "to_number": nullable(E164_NUMBER), "outcome": _WORD})
-LEG_COST = _object({"call_id": _ID, "role": _WORD, "carrier_id": nullable(_ID),
-                    "cost": nullable({**MONEY, "additionalProperties": False})})
+_LEG_FIELDS: dict[str, Schema] = {"call_id": _ID, "role": _WORD, "carrier_id": nullable(_ID),
+                                  "cost": nullable({**MONEY, "additionalProperties": False})}
+#: ``cost_unknown`` (sent only when true): the leg's CDR did not come within the wait
+LEG_COST = {**_object(_LEG_FIELDS),
+            "properties": {**_LEG_FIELDS, "cost_unknown": {"type": "boolean"}}}
 #: the record's fields, in the order of ``ConsultationRecord.to_json``
 PROPERTIES: dict[str, Schema] = {
     "consultation_id": _ID,

@@ -172,12 +172,14 @@ class Transfer:
 @dataclass(frozen=True, slots=True)
 class LegCost:
     """What one leg of the consultation cost (``cost`` None: unrated), by its ``role``
-    (``customer``, ``advisor``, ``transfer`` ...)."""
+    (``customer``, ``advisor``, ``transfer`` ...). ``cost_unknown``: the leg's CDR did not
+    come within the site's wait (no carrier, no cost)."""
 
     call_id: str
     role: str
     carrier_id: str | None
     cost: Money | None
+    cost_unknown: bool = False
 
     def __post_init__(self) -> None:
         _ident(self.call_id, "call_id")
@@ -189,16 +191,23 @@ class LegCost:
                 raise InvalidRecord("cost", "expected Money")
             if abs(self.cost.amount) >= MAX_AMOUNT:
                 raise InvalidRecord("cost", f"amount must be below {MAX_AMOUNT:,}")
+        if self.cost_unknown is not False and (
+                self.cost_unknown is not True or self.cost is not None
+                or self.carrier_id is not None):
+            raise InvalidRecord("cost_unknown", "expected true without a carrier and a "
+                                                "cost, or false")
 
     def to_json(self) -> dict[str, Any]:
-        return {"call_id": self.call_id, "role": self.role, "carrier_id": self.carrier_id,
-                "cost": None if self.cost is None else self.cost.to_json()}
+        """``cost_unknown`` is there only when true."""
+        known = {"call_id": self.call_id, "role": self.role, "carrier_id": self.carrier_id,
+                 "cost": None if self.cost is None else self.cost.to_json()}
+        return {**known, "cost_unknown": True} if self.cost_unknown else known
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LegCost:
-        r = _Reader(data, ("call_id", "role", "carrier_id", "cost"))
+        r = _Reader(data, ("call_id", "role", "carrier_id", "cost", "cost_unknown"))
         return cls(r.text("call_id"), r.text("role"), r.text("carrier_id", optional=True),
-                   r.money("cost"))
+                   r.money("cost"), data.get("cost_unknown", False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,21 +30,27 @@ the waiting row goes in the same transaction). A record waits at most the site's
 ``[billing] customer_leg_wait_s`` (:func:`send_overdue`): then it goes without the leg's
 cost, the customer leg listed with ``cost_unknown`` true (no carrier, no cost); a CDR
 stored later sends nothing again (the record left the waiting table with its message).
+The consultation records' messages wait for the same leg the same way
+(:mod:`advisors.record_store`): :func:`customer_leg` answers their save, and the leg's
+CDR and :func:`send_overdue` send those too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import asyncpg
 
+from advisors import record_store
+from advisors.records import LegCost
 from shared.db import MigrationSet
 from shared.http import InvalidField, require_str, require_timestamp
 from shared.money import FxTable, MissingFxRate, Money, MoneyError
@@ -297,7 +303,7 @@ async def write(conn: asyncpg.Connection, record: BillingRecord) -> bool:
     ``billing_record`` message (message id from the ``record_id``) in the caller's
     transaction, or, that leg not rated yet, keep it until it is
     (:func:`customer_leg_rated`); False (nothing written) if stored or kept before."""
-    call_id = await _customer_call(conn, record.consultation_id)
+    call_id = await record_store.first_of_leg(conn, record.consultation_id)
     if call_id is None or any(leg.call_id == call_id for leg in record.legs):
         return await _send(conn, record)
     await _lock(conn, call_id)
@@ -317,7 +323,7 @@ async def write(conn: asyncpg.Connection, record: BillingRecord) -> bool:
 async def customer_leg_rated(conn: asyncpg.Connection, leg: Leg) -> int:
     """A call-back's customer leg, its CDR stored (in that transaction): kept for the
     records of its consultation, and those that waited for it written now, with it; how
-    many."""
+    many billing records (the consultation records that waited for it go too)."""
     await _lock(conn, leg.call_id)
     await conn.execute(
         """INSERT INTO billing_customer_legs (call_id, carrier_id, cost_amount, cost_currency)
@@ -329,29 +335,51 @@ async def customer_leg_rated(conn: asyncpg.Connection, leg: Leg) -> int:
         leg.call_id)
     for row in rows:
         await _send(conn, _with(BillingRecord.from_json(row["record"]), leg))
+    await record_store.customer_leg_rated(
+        conn, LegCost(leg.call_id, "customer", leg.carrier_id, leg.cost))
     return len(rows)
 
 
+async def customer_leg(conn: asyncpg.Connection, call_id: str) -> LegCost | None:
+    """The call-back's customer leg as rated, taking its lock in the caller's transaction
+    (None: its CDR is not stored yet): what a consultation record's save asks
+    (:class:`advisors.record_store.ConsultationRecords`)."""
+    await _lock(conn, call_id)
+    leg = await _customer_leg(conn, call_id)
+    return None if leg is None else LegCost(call_id, "customer", leg.carrier_id, leg.cost)
+
+
 async def send_overdue(pool: asyncpg.Pool, wait_s: int, *, limit: int = 100) -> int:
-    """Send the records that waited more than ``wait_s`` for their customer leg's CDR,
-    that leg listed with ``cost_unknown``; how many. Each under the leg's lock, in its own
-    transaction: one whose CDR came meanwhile was sent with it and is passed over, and a
-    CDR stored after this sends nothing again."""
+    """Send the billing and consultation records that waited more than ``wait_s`` for
+    their customer leg's CDR, that leg listed with ``cost_unknown``; how many. Each under
+    the leg's lock, in its own transaction: one whose CDR came meanwhile was sent with it
+    and is passed over, and a CDR stored after this sends nothing again."""
     rows = await pool.fetch(
         """SELECT record_id, customer_call_id FROM billing_records_awaiting
            WHERE created_at <= now() - make_interval(secs => $1)
            ORDER BY created_at, record_id LIMIT $2""", wait_s, limit)
+    waiting: list[tuple[str, Callable[[asyncpg.Connection], Awaitable[bool]]]] = [
+        (r["customer_call_id"], partial(_send_unknown, record_id=r["record_id"]))
+        for r in rows]
+    waiting += [(call_id, partial(record_store.send_without_customer_leg,
+                                  consultation_id=consultation_id))
+                for consultation_id, call_id in await record_store.overdue(pool, wait_s,
+                                                                           limit)]
     sent = 0
-    for row in rows:
-        call_id = row["customer_call_id"]
+    for call_id, send in waiting:
         async with pool.acquire() as conn, conn.transaction():
             await _lock(conn, call_id)
-            kept = await conn.fetchval("DELETE FROM billing_records_awaiting WHERE "
-                                       "record_id = $1 RETURNING record", row["record_id"])
-            if kept is not None:
-                unknown = Leg(call_id, "customer", None, None, cost_unknown=True)
-                sent += await _send(conn, _with(BillingRecord.from_json(kept), unknown))
+            sent += await send(conn)
     return sent
+
+
+async def _send_unknown(conn: asyncpg.Connection, *, record_id: str) -> bool:
+    kept = await conn.fetchrow("DELETE FROM billing_records_awaiting WHERE record_id = $1 "
+                               "RETURNING record, customer_call_id", record_id)
+    if kept is None:
+        return False
+    unknown = Leg(kept["customer_call_id"], "customer", None, None, cost_unknown=True)
+    return await _send(conn, _with(BillingRecord.from_json(kept["record"]), unknown))
 
 
 async def send_overdue_forever(pool: asyncpg.Pool, wait_s: int) -> None:
@@ -361,23 +389,10 @@ async def send_overdue_forever(pool: asyncpg.Pool, wait_s: int) -> None:
         await asyncio.sleep(min(OVERDUE_EVERY_S, wait_s))
         try:
             if sent := await send_overdue(pool, wait_s):
-                log.warning("%d billing record(s) sent without their customer leg's cost "
-                            "(no CDR within %d s)", sent, wait_s)
+                log.warning("%d billing or consultation record(s) sent without their "
+                            "customer leg's cost (no CDR within %d s)", sent, wait_s)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("billing records past their customer leg's wait not sent: %s", exc)
-
-
-async def _customer_call(conn: asyncpg.Connection, consultation_id: str) -> str | None:
-    """The customer leg the consultation's record counts: the call-back's, when this is
-    its first consultation (None: no record, no leg named, or a later consultation)."""
-    found: str | None = await conn.fetchval(
-        """SELECT c.customer_call_id FROM consultations c
-           WHERE c.consultation_id = $1 AND c.customer_call_id IS NOT NULL
-             AND c.consultation_id = (
-                 SELECT f.consultation_id FROM consultations f
-                 WHERE f.customer_call_id = c.customer_call_id
-                 ORDER BY f.requested_at, f.consultation_id LIMIT 1)""", consultation_id)
-    return found
 
 
 async def _lock(conn: asyncpg.Connection, call_id: str) -> None:
@@ -419,12 +434,13 @@ async def call_legs(conn: asyncpg.Connection, consultation_id: str
     advisor = await conn.fetchval(
         "SELECT advisor_id FROM consultations WHERE consultation_id = $1", consultation_id)
     rows = await conn.fetch(
-        """SELECT call_id, role, carrier_id, cost_amount, cost_currency
+        """SELECT call_id, role, carrier_id, cost_amount, cost_currency, cost_unknown
            FROM consultation_leg_costs WHERE consultation_id = $1 ORDER BY position""",
         consultation_id)
     return advisor, tuple(
         Leg(r["call_id"], r["role"], r["carrier_id"],
-            None if r["cost_amount"] is None else Money(r["cost_amount"], r["cost_currency"]))
+            None if r["cost_amount"] is None else Money(r["cost_amount"], r["cost_currency"]),
+            r["cost_unknown"])
         for r in rows)
 
 

@@ -54,7 +54,7 @@ from advisors.session_http import install as install_advisor_sessions
 from advisors.store import GroupInUse
 from billing.http import install as install_billing
 from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
-from billing.records import customer_leg_rated
+from billing.records import customer_leg, customer_leg_rated
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.answerlog import AnswerLog
@@ -401,7 +401,7 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = app[POOL_KEY]
     desk = AdvisorDesk(pool, routing, {m.id: m.operator for m in settings.merchants},
                        settings.callback.worker.edge_trunks)
-    consultations = ConsultationRecords(pool)
+    consultations = ConsultationRecords(pool, customer_leg=customer_leg)
     billing = consult_billing(app)
     live = LiveConsultations(pool)
     reconciler = ConsultReconciler(live, client=client, store=store, settler=settler,

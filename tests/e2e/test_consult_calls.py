@@ -134,6 +134,15 @@ async def record(stack: Stack, customer_number: str) -> dict[str, Any]:
     return {**dict(row), "leg_costs": [dict(c) for c in costs]}
 
 
+async def customer_leg_at_edge(stack: Stack, made: dict[str, Any]) -> dict[str, Any]:
+    """The record's customer leg as the edge stored it (the record goes there once its
+    customer leg's CDR is stored, with that leg)."""
+    row = await stack.wait_for_row(
+        "edge", "SELECT * FROM consultation_leg_costs WHERE consultation_id = $1 "
+        "AND role = 'customer'", made["consultation_id"])
+    return dict(row)
+
+
 def ring_outcomes(made: dict[str, Any]) -> list[tuple[int, str]]:
     return [(r["advisor_id"], r["outcome"]) for r in made["rings"]]
 
@@ -226,7 +235,12 @@ async def test_code_rings_that_advisor_and_their_hang_up_ends_the_call(
     on_wire = (advisor_bye.at - ok.at).total_seconds()
     assert abs(made["talk_s"] - on_wire) <= 2, (made["talk_s"], on_wire)
     assert [(c["call_id"], c["role"], c["carrier_id"], c["cost_amount"])
-            for c in made["leg_costs"]] == [(leg["channel_id"], "advisor", "edge-trunk", None)]
+            for c in made["leg_costs"] if c["role"] == "advisor"] == [
+        (leg["channel_id"], "advisor", "edge-trunk", None)]
+    customer_leg = await customer_leg_at_edge(stack, made)
+    assert customer_leg["call_id"] == made["customer_call_id"]
+    assert customer_leg["carrier_id"] == "carrier-a" and customer_leg["cost_amount"] > 0, \
+        customer_leg
 
 
 async def test_ring_timeout_goes_to_the_next_advisor_and_the_miss_puts_one_on_break(
@@ -268,7 +282,8 @@ async def test_ring_timeout_goes_to_the_next_advisor_and_the_miss_puts_one_on_br
     assert made["method"] == "group" and made["group_id"] is not None
     assert made["advisor_id"] == second and made["end_reason"] == "customer_hangup"
     assert ring_outcomes(made) == [(first, "missed"), (second, "answered")]
-    carriers = [(c["carrier_id"], c["cost_amount"] is not None) for c in made["leg_costs"]]
+    carriers = [(c["carrier_id"], c["cost_amount"] is not None) for c in made["leg_costs"]
+                if c["role"] != "customer"]   # the customer's comes with its CDR, later
     # the ring through the edge, carrier B's refusal, carrier A's answered (rated) leg
     assert carriers == [("edge-trunk", False), ("carrier-b", False), ("carrier-a", True)]
 

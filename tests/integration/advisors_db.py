@@ -17,8 +17,9 @@ from shared.db import MigrationSet, create_pool, migrate_url, package_migrations
 
 TABLES = ("advisor_settings, advisors, advisor_groups, advisor_group_members, "
           "advisor_presence, advisor_events, customers, customer_numbers, consultations, "
-          "consultation_leg_costs, outbox, inbound_messages, advisor_queue, "
-          "advisor_signin_links, advisor_sessions, edge_sip_endpoints")
+          "consultation_leg_costs, consultations_awaiting_customer_leg, outbox, "
+          "inbound_messages, advisor_queue, advisor_signin_links, advisor_sessions, "
+          "edge_sip_endpoints")
 
 
 def fixtures(*more: MigrationSet) -> tuple[Any, Any]:

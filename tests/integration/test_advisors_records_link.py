@@ -67,8 +67,9 @@ async def edge_pool(pg_server_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def clean(callback_pool: asyncpg.Pool, edge_pool: asyncpg.Pool) -> None:
-    await callback_pool.execute("TRUNCATE consultations, consultation_leg_costs, outbox")
-    await edge_pool.execute("TRUNCATE consultations, consultation_leg_costs, inbound_messages")
+    await callback_pool.execute("TRUNCATE consultations, consultation_leg_costs, outbox CASCADE")
+    await edge_pool.execute("TRUNCATE consultations, consultation_leg_costs, inbound_messages "
+                            "CASCADE")
 
 
 class Edge:
@@ -190,6 +191,28 @@ async def test_the_same_record_under_another_message_id_is_a_duplicate(edge: Edg
     assert status == 200 and len(page["items"]) == 1
 
 
+async def test_a_customer_leg_whose_cost_is_unknown_is_stored_once_and_shown(
+        edge: Edge, edge_pool: asyncpg.Pool) -> None:
+    """The record sent past the customer leg's wait: the edge stores it once under its
+    message id (a re-delivery answered alike, nothing stored again) and the call center
+    reads the customer leg marked ``cost_unknown``."""
+    unknown = LegCost("cb-0f3a9c-1-customer", "customer", None, None, cost_unknown=True)
+    record = answered(leg_costs=(*answered().leg_costs[1:], unknown))
+    body = {"kind": "consultation", **record.to_json()}
+    message_id = fact_message_id("consultation", record.consultation_id)
+    first = await edge.post(body, message_id)
+    assert first == (200, {"status": "stored", "kind": "consultation"})
+    assert await edge.post(body, message_id) == first
+    assert await edge_pool.fetchval("SELECT count(*) FROM consultation_leg_costs") == 3
+    status, page = await edge.call_center("/v1/consultations")
+    [item] = page["items"]
+    assert status == 200 and item["leg_costs"][-1] == {
+        "call_id": "cb-0f3a9c-1-customer", "role": "customer", "carrier_id": None,
+        "cost": None, "cost_unknown": True}
+    item.pop("recorded_at")
+    assert ConsultationRecord.from_json(item) == record
+
+
 @pytest.mark.parametrize(("mutate", "status", "error", "field"), [
     (lambda b: b.update(talk_s=-1), 400, "invalid-field", "talk_s"),
     (lambda b: b.update(end_reason="hung_up"), 400, "invalid-field", "end_reason"),
@@ -198,6 +221,8 @@ async def test_the_same_record_under_another_message_id_is_a_duplicate(edge: Edg
      "rings[1].ended_at"),
     (lambda b: b["leg_costs"][0].update(cost={"amount": 0.2, "currency": "USD"}), 400,
      "invalid-field", "leg_costs[0].cost"),
+    (lambda b: b["leg_costs"][0].update(cost_unknown=True), 400, "invalid-field",
+     "leg_costs[0].cost_unknown"),                             # unknown, yet a cost
     (lambda b: b.update(advisor_id=None), 400, "invalid-field", "advisor_id"),
     (lambda b: b.update(surprise=True), 400, "invalid-field", "surprise"),
     (lambda b: b.update(merchant_id="nobody"), 422, "unknown-merchant", "merchant_id"),

@@ -62,7 +62,7 @@ async def edge(callback_pool: asyncpg.Pool, edge_pool: asyncpg.Pool,
         "TRUNCATE billing_accounts, billing_policies, billing_records, consultations, "
         "consultation_leg_costs, outbox CASCADE")
     await edge_pool.execute("TRUNCATE billing_records, consultations, consultation_leg_costs, "
-                            "inbound_messages")
+                            "inbound_messages CASCADE")
     site = Edge(edge_pool, pki_dir)
     await site.start()
     yield site

@@ -19,7 +19,7 @@ import stripe
 from advisors.model import Rules, SipContact, State, Via
 from advisors.presence import GoOnline
 from advisors.record_store import ConsultationRecords
-from advisors.records import EndReason
+from advisors.records import ConsultationRecord, EndReason
 from advisors.schemas import AdvisorInput, CustomerInput, GroupInput, OwnPrice
 from advisors.store import AdvisorStore
 from billing import policy, records
@@ -73,7 +73,8 @@ async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
     pool = clean
     await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_group_policies, "
                        "billing_records, "
-                       "billing_customer_legs, billing_records_awaiting, outbox CASCADE")
+                       "billing_customer_legs, billing_records_awaiting, "
+                       "outbox CASCADE")
     await AdvisorStore(pool).create_customer(
         "acme", CustomerInput(account="member-42", name="Sato", numbers=(NUMBER,)))
     return pool
@@ -548,6 +549,78 @@ async def test_a_record_whose_customer_leg_never_comes_goes_after_the_wait_once(
     assert len(await db.fetch(sent, first.consultation_id)) == 1
     assert await records.send_overdue(db, 0) == 0
     assert await db.fetchval("SELECT count(*) FROM billing_records_awaiting") == 0
+
+
+CONSULTATION_MESSAGES = ("SELECT convert_from(body, 'UTF8')::jsonb AS payload FROM outbox "
+                         "WHERE kind = 'consultation' ORDER BY created_at")
+
+
+async def test_a_consultation_record_waits_for_its_customer_leg_and_counts_its_cost_once(
+        db: asyncpg.Pool) -> None:
+    """Two consultations on one call-back, saved before its customer leg ended: stored,
+    their messages wait; the leg's CDR (customer_leg_rated) sends each once with the leg
+    among its leg costs: its cost in the first consultation, zero (its carrier kept) in
+    the second. A third saved after the leg was rated goes at once, the leg at zero."""
+    saved = ConsultationRecords(db, customer_leg=records.customer_leg)
+    first = answered(leg_costs=answered().leg_costs[1:])       # the advisor legs only
+    second = answered(consultation_id="co-7f3b", requested_at=first.ended_at,
+                      rings=(), answered_at=None, holds=(), talk_s=0,
+                      end_reason=EndReason.CUSTOMER_ABANDONED, leg_costs=())
+    for made in (second, first):                 # saved in either order: first by time
+        assert await saved.save(made)
+    assert await db.fetch(CONSULTATION_MESSAGES) == []
+    assert (await saved.get("acme", "co-7f3b") or {})["leg_costs"] == []
+    customer = Leg("cb-0f3a9c-1-customer", "customer", "carrier-b", Money.of("0.2097", "USD"))
+    async with db.acquire() as conn, conn.transaction():
+        await records.customer_leg_rated(conn, customer)
+    async with db.acquire() as conn, conn.transaction():
+        await records.customer_leg_rated(conn, customer)                 # once
+    sent = {m["payload"]["consultation_id"]: m["payload"]
+            for m in await db.fetch(CONSULTATION_MESSAGES)}
+    assert len(await db.fetch(CONSULTATION_MESSAGES)) == 2
+    leg = {"call_id": "cb-0f3a9c-1-customer", "role": "customer", "carrier_id": "carrier-b"}
+    assert sent[first.consultation_id]["leg_costs"] == [
+        *(c.to_json() for c in first.leg_costs),
+        {**leg, "cost": {"amount": "0.2097", "currency": "USD"}}]
+    assert sent["co-7f3b"]["leg_costs"] == [{**leg, "cost": {"amount": "0",
+                                                             "currency": "USD"}}]
+    for payload in sent.values():          # what the edge parses, and the API shows
+        edge = ConsultationRecord.from_json({k: v for k, v in payload.items() if k != "kind"})
+        stored = await saved.get("acme", edge.consultation_id) or {}
+        assert stored.pop("recorded_at") and stored == edge.to_json()
+    third = replace(second, consultation_id="co-7f3c", requested_at=second.ended_at)
+    assert await saved.save(third)
+    (*_, late) = await db.fetch(CONSULTATION_MESSAGES)
+    assert late["payload"]["leg_costs"] == [{**leg, "cost": {"amount": "0",
+                                                             "currency": "USD"}}]
+    assert await db.fetchval(
+        "SELECT count(*) FROM consultations_awaiting_customer_leg") == 0
+
+
+async def test_a_consultation_record_whose_customer_leg_never_comes_goes_after_the_wait(
+        db: asyncpg.Pool) -> None:
+    """Within the wait the record's message is kept; past it (send_overdue) it goes once,
+    the customer leg listed with its cost unknown; the CDR stored later sends nothing."""
+    saved = ConsultationRecords(db, customer_leg=records.customer_leg)
+    first = answered(leg_costs=answered().leg_costs[1:])
+    assert await saved.save(first)
+    assert await records.send_overdue(db, 600) == 0
+    assert await db.fetch(CONSULTATION_MESSAGES) == []
+    assert await records.send_overdue(db, 0) == 1
+    (message,) = await db.fetch(CONSULTATION_MESSAGES)
+    assert message["payload"]["leg_costs"][-1] == {
+        "call_id": "cb-0f3a9c-1-customer", "role": "customer", "carrier_id": None,
+        "cost": None, "cost_unknown": True}
+    edge = ConsultationRecord.from_json({k: v for k, v in message["payload"].items()
+                                         if k != "kind"})
+    assert edge.leg_costs[-1].cost_unknown
+    customer = Leg("cb-0f3a9c-1-customer", "customer", "carrier-b", Money.of("0.2097", "USD"))
+    async with db.acquire() as conn, conn.transaction():
+        await records.customer_leg_rated(conn, customer)                 # the CDR, late
+    assert len(await db.fetch(CONSULTATION_MESSAGES)) == 1
+    assert await records.send_overdue(db, 0) == 0
+    stored = await saved.get("acme", first.consultation_id) or {}
+    assert stored["leg_costs"][-1]["cost_unknown"] is True
 
 
 async def test_a_settlement_the_ledger_refuses_leaves_the_reservation_and_the_round_ends(

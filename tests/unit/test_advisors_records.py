@@ -180,6 +180,11 @@ def test_talk_may_round_the_connected_time_up() -> None:
     (lambda: LegCost("c", "customer", "carrier b", None), "carrier_id"),
     (lambda: LegCost("c", "customer", None, Money.of("1e13", "USD")), "cost"),
     (lambda: LegCost("c", "customer", None, "1.00"), "cost"),  # type: ignore[arg-type]
+    (lambda: LegCost("c", "customer", None, Money.of("1", "USD"), cost_unknown=True),
+     "cost_unknown"),
+    (lambda: LegCost("c", "customer", "carrier-b", None, cost_unknown=True), "cost_unknown"),
+    (lambda: LegCost("c", "customer", None, None, cost_unknown=1),  # type: ignore[arg-type]
+     "cost_unknown"),
 ])
 def test_parts_check_themselves(build: Any, field: str) -> None:
     with pytest.raises(InvalidRecord) as caught:
@@ -208,6 +213,9 @@ def test_parts_check_themselves(build: Any, field: str) -> None:
      "leg_costs[0].cost"),
     (lambda w: w["leg_costs"][0].update(cost={"amount": "1"}), "leg_costs[0].cost"),
     (lambda w: w.update(customer_number=None), "customer_number"),
+    (lambda w: w["leg_costs"][0].update(cost_unknown=True), "leg_costs[0].cost_unknown"),
+    (lambda w: w["leg_costs"][1].update(cost=None, carrier_id=None, cost_unknown="yes"),
+     "leg_costs[1].cost_unknown"),
 ])
 def test_the_wire_form_is_parsed_strictly(mutate: Any, field: str) -> None:
     wire = answered().to_json()
@@ -249,12 +257,18 @@ def test_the_json_schema_follows_the_record() -> None:
         transfers=(Transfer(at(100), None, "+81312345678", "completed"),)).to_json()}
     assert message.is_valid(wire)
     assert message.is_valid({"kind": "consultation", **unanswered().to_json()})
+    unknown = answered(leg_costs=(LegCost("c-1", "customer", None, None, cost_unknown=True),))
+    assert unknown.to_json()["leg_costs"][0]["cost_unknown"] is True
+    assert message.is_valid({"kind": "consultation", **unknown.to_json()})
+    assert ConsultationRecord.from_json(unknown.to_json()) == unknown
+    assert "cost_unknown" not in answered().to_json()["leg_costs"][0]
     example = ConsultationRecord.from_json(record_schemas.EXAMPLE)
     assert message.is_valid({"kind": "consultation", **example.to_json()})
     mutations: list[Callable[[dict[str, Any]], object]] = [
         lambda w: w.pop("talk_s"), lambda w: w.update(extra=1),
         lambda w: w.update(method="web"), lambda w: w["rings"][0].update(outcome="rang"),
-        lambda w: w["leg_costs"][0].update(cost={"amount": 0.2, "currency": "USD"})]
+        lambda w: w["leg_costs"][0].update(cost={"amount": 0.2, "currency": "USD"}),
+        lambda w: w["leg_costs"][1].update(cost=None, carrier_id=None, cost_unknown="yes")]
     for mutate in mutations:
         bad = json.loads(json.dumps(wire))
         mutate(bad)
