@@ -440,31 +440,33 @@ async def test_a_call_back_that_failed_is_notified_as_missed(
     assert len(fake.chat) == 1
 
 
-@pytest.mark.parametrize("reason", [Reason.NO_ANSWER, Reason.ADVISOR_NO_ANSWER,
-                                    Reason.BILLING_REFUSED])
 async def test_a_click_to_call_that_failed_queues_the_missed_notification_with_its_reason(
-        pki_dir: Path, pg_url: str, tmp_path: Path, reason: Reason) -> None:
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
     """A web click-to-call finished failed (the customer or the advisor not answering,
     billing refusing) queues ``callback_missed`` in the transaction finishing it, with its
     reason, once."""
     toml = channel_toml("missed", "google_chat", '["callback_missed"]',
                         url="https://chat.example.jp/v1/spaces/S/messages?key=k&token=t")
     app = create_app(notify_settings(pki_dir, pg_url, tmp_path, toml), with_ari=False)
+    reasons = (Reason.NO_ANSWER, Reason.ADVISOR_NO_ANSWER, Reason.BILLING_REFUSED)
     async with TestClient(TestServer(app)):
         pool = app[POOL_KEY]
         await pool.execute("TRUNCATE notifications CASCADE")
         store = app[STORE_KEY]
-        click = await store.store_click(app[SETTINGS_KEY].merchant("acme"),
-                                        E164("819087650001"), 7, None)
-        assert click.callback_id in [j.callback_id for j in await store.claim(100)]
-        assert await store.finish(click.callback_id, Finish("failed", reason, 1))
-        rows = await pool.fetch("SELECT event, fact_key, facts FROM notifications")
+        clicks = []
+        for i, reason in enumerate(reasons):
+            click = await store.store_click(app[SETTINGS_KEY].merchant("acme"),
+                                            E164(f"81908765000{i}"), 7, None)
+            assert click.callback_id in [j.callback_id for j in await store.claim(100)]
+            assert await store.finish(click.callback_id, Finish("failed", reason, 1))
+            clicks.append(click.callback_id)
+        rows = await pool.fetch("SELECT event, fact_key, facts FROM notifications ORDER BY id")
     assert [(r["event"], r["fact_key"]) for r in rows] == [
-        ("callback_missed", f"callback_missed:{click.callback_id}")]
-    facts = rows[0]["facts"]
-    assert (facts["caller"], facts["reason"], facts["attempts"]) == (
-        "+819087650001", str(reason), 1)
-    assert facts["edge_call_id"] == f"click:{click.callback_id}"
+        ("callback_missed", f"callback_missed:{callback_id}") for callback_id in clicks]
+    assert [(r["facts"]["caller"], r["facts"]["reason"], r["facts"]["attempts"],
+             r["facts"]["edge_call_id"]) for r in rows] == [
+        (f"+81908765000{i}", str(reason), 1, f"click:{callback_id}")
+        for i, (reason, callback_id) in enumerate(zip(reasons, clicks, strict=True))]
 
 
 async def test_the_cli_lists_parked_deliveries_requeues_them_and_keeps_the_phonebook(
