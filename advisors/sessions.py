@@ -19,12 +19,15 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from advisors.errors import NotFound
-from shared.browser_session import csrf_matches, digest, new_csrf_token, new_token
+from shared.browser_session import csrf_matches, digest, new_token
+from shared.signin_store import SigninTables
 
 #: how long a sign-in link may be used
 LINK_VALID_S = 15 * 60
 #: how long a session lasts (a working day and then some)
 SESSION_VALID_S = 12 * 3600
+
+TABLES = SigninTables("advisor_signin_links", "advisor_sessions", ("advisor_id",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,39 +78,20 @@ class Sessions:
 
     async def usable(self, link_token: str, now: datetime) -> bool:
         """Whether the link would sign in now (known, unused, not expired)."""
-        return bool(await self.pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM advisor_signin_links WHERE token_sha256 = $1 "
-            "AND used_at IS NULL AND expires_at > $2)", digest(link_token), now))
+        return await TABLES.usable(self.pool, link_token, now)
 
     async def sign_in(self, link_token: str, now: datetime) -> Opened | None:
         """Use the link: a new session, or None for a link unknown, used or expired."""
-        token, csrf = new_token(), new_csrf_token()
-        expires = now + timedelta(seconds=SESSION_VALID_S)
-        row = await self.pool.fetchrow(
-            """WITH used AS (
-                   UPDATE advisor_signin_links SET used_at = $2
-                   WHERE token_sha256 = $1 AND used_at IS NULL AND expires_at > $2
-                   RETURNING merchant_id, advisor_id)
-               INSERT INTO advisor_sessions (token_sha256, csrf_token, merchant_id,
-                   advisor_id, created_at, expires_at)
-               SELECT $3, $4, merchant_id, advisor_id, $2, $5 FROM used
-               RETURNING id, merchant_id, advisor_id, csrf_token, expires_at""",
-            digest(link_token), now, digest(token), csrf, expires)
-        return None if row is None else Opened(token, _session(row))
+        opened = await TABLES.sign_in(self.pool, link_token, now, SESSION_VALID_S)
+        return None if opened is None else Opened(opened[0], _session(opened[1]))
 
     async def current(self, token: str, now: datetime) -> Session | None:
         """The live session of a cookie's token: not expired, not revoked."""
-        row = await self.pool.fetchrow(
-            """SELECT id, merchant_id, advisor_id, csrf_token, expires_at
-               FROM advisor_sessions
-               WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at > $2""",
-            digest(token), now)
+        row = await TABLES.current(self.pool, token, now)
         return None if row is None else _session(row)
 
     async def sign_out(self, session: Session, now: datetime) -> None:
-        await self.pool.execute(
-            "UPDATE advisor_sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            session.id, now)
+        await TABLES.sign_out(self.pool, session.id, now)
 
     async def revoke(self, merchant_id: str, advisor_id: int, now: datetime) -> int:
         """End every session of the merchant's advisor and void their unused links; the
@@ -119,17 +103,7 @@ class Sessions:
 async def revoke(conn: asyncpg.Connection, merchant_id: str, advisor_id: int, now: datetime
                  ) -> int:
     """:meth:`Sessions.revoke` in the caller's transaction."""
-    await conn.execute(
-        "UPDATE advisor_signin_links SET used_at = $3 "
-        "WHERE merchant_id = $1 AND advisor_id = $2 AND used_at IS NULL",
-        merchant_id, advisor_id, now)
-    ended: int = await conn.fetchval(
-        """WITH ended AS (
-               UPDATE advisor_sessions SET revoked_at = $3
-               WHERE merchant_id = $1 AND advisor_id = $2 AND revoked_at IS NULL
-               RETURNING 1)
-           SELECT count(*) FROM ended""", merchant_id, advisor_id, now)
-    return ended
+    return await TABLES.revoke(conn, merchant_id, now, advisor_id)
 
 
 def _session(row: asyncpg.Record) -> Session:

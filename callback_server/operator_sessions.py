@@ -14,7 +14,10 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from advisors.sessions import LINK_VALID_S, SESSION_VALID_S
-from shared.browser_session import csrf_matches, digest, new_csrf_token, new_token
+from shared.browser_session import csrf_matches, digest, new_token
+from shared.signin_store import SigninTables
+
+TABLES = SigninTables("operator_signin_links", "operator_sessions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,46 +44,25 @@ class OperatorSessions:
 
     async def usable(self, link_token: str, now: datetime) -> bool:
         """Whether the link would sign in now (known, unused, not expired)."""
-        return bool(await self.pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM operator_signin_links WHERE token_sha256 = $1 "
-            "AND used_at IS NULL AND expires_at > $2)", digest(link_token), now))
+        return await TABLES.usable(self.pool, link_token, now)
 
     async def sign_in(self, link_token: str, now: datetime) -> str | None:
         """Use the link (two uses race to one winner): the new session's cookie token, or
         None for a link unknown, used or expired."""
-        token = new_token()
-        opened = await self.pool.fetchval(
-            """WITH used AS (
-                   UPDATE operator_signin_links SET used_at = $2
-                   WHERE token_sha256 = $1 AND used_at IS NULL AND expires_at > $2
-                   RETURNING merchant_id)
-               INSERT INTO operator_sessions (token_sha256, csrf_token, merchant_id,
-                   created_at, expires_at)
-               SELECT $3, $4, merchant_id, $2, $5 FROM used RETURNING id""",
-            digest(link_token), now, digest(token), new_csrf_token(),
-            now + timedelta(seconds=SESSION_VALID_S))
-        return None if opened is None else token
+        opened = await TABLES.sign_in(self.pool, link_token, now, SESSION_VALID_S)
+        return None if opened is None else opened[0]
 
     async def current(self, token: str, now: datetime) -> OperatorSession | None:
         """The live session of a cookie's token: not expired, not revoked."""
-        row = await self.pool.fetchrow(
-            "SELECT id, merchant_id, csrf_token FROM operator_sessions WHERE token_sha256"
-            " = $1 AND revoked_at IS NULL AND expires_at > $2", digest(token), now)
+        row = await TABLES.current(self.pool, token, now)
         return None if row is None else OperatorSession(row["id"], row["merchant_id"],
                                                         row["csrf_token"])
 
     async def sign_out(self, session: OperatorSession, now: datetime) -> None:
-        await self.pool.execute("UPDATE operator_sessions SET revoked_at = $2"
-                                " WHERE id = $1 AND revoked_at IS NULL", session.id, now)
+        await TABLES.sign_out(self.pool, session.id, now)
 
     async def revoke(self, merchant_id: str, now: datetime) -> int:
         """End every operator session of the merchant and void its unused links; the
         number of sessions ended."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("UPDATE operator_signin_links SET used_at = $2"
-                               " WHERE merchant_id = $1 AND used_at IS NULL", merchant_id, now)
-            ended: int = await conn.fetchval(
-                """WITH ended AS (UPDATE operator_sessions SET revoked_at = $2
-                                  WHERE merchant_id = $1 AND revoked_at IS NULL RETURNING 1)
-                   SELECT count(*) FROM ended""", merchant_id, now)
-        return ended
+            return await TABLES.revoke(conn, merchant_id, now)
