@@ -106,10 +106,10 @@ async def seed(pool: asyncpg.Pool, count: int) -> list[Ask]:
                                           merchant, account)
                 reg = await conn.fetchval(
                     """INSERT INTO billing_card_registrations (merchant_id, account_id,
-                           customer, setup_intent, client_secret, link_token, requested_by)
-                       VALUES ($1, $2, $3, $4, $5, $6, 'bench') RETURNING id""",
+                           customer, setup_intent, client_secret, link_sha256, requested_by)
+                       VALUES ($1, $2, $3, $4, $5, sha256($6::bytea), 'bench') RETURNING id""",
                     merchant, acc, f"cus_{account}", f"seti_{account}", f"secret_{account}",
-                    f"link-token-{account:>16}")
+                    account.encode())
                 await conn.execute("INSERT INTO billing_cards (registration_id, "
                                    "payment_method) VALUES ($1, $2)", reg, f"pm_{account}")
     ledger = Ledger(pool)

@@ -171,7 +171,8 @@ def registration_json(reg: Registration, settings: BillingSettings) -> dict[str,
     return {"id": reg.id, "account": reg.account, "customer": reg.customer,
             "setup_intent": reg.setup_intent, "client_secret": reg.client_secret,
             "publishable_key": settings.stripe.publishable_key if settings.stripe else None,
-            "link": page.replace("{token}", reg.link_token) if page else None,
+            "link": page.replace("{token}", reg.link_token)
+            if page and reg.link_token else None,
             "requested_at": reg.requested_at.isoformat(),
             "state": "on-file" if reg.payment_method else "awaiting-card",
             "payment_method": reg.payment_method,
@@ -385,7 +386,9 @@ REGISTRATION: Schema = {
                           "description": "for Stripe.js on the card page (confirmCardSetup)"},
         "publishable_key": nullable(_TEXT),
         "link": nullable({"type": "string",
-                           "description": "the card page for this registration, to send"}),
+                           "description": "the card page for this registration, to send: "
+                                          "in the reply that makes it only (the site "
+                                          "keeps the token's SHA-256 alone)"}),
         "requested_at": TIMESTAMP, "state": {"enum": ["awaiting-card", "on-file"]},
         "payment_method": nullable(_TEXT), "confirmed_at": nullable(TIMESTAMP)}}
 TOPUP: Schema = {

@@ -2,9 +2,11 @@
 
 :meth:`Cards.register` makes (or reuses) the account's Stripe Customer and a SetupIntent
 for off-session use, and records them (tables ``billing_card_registrations``; migration
-0006) with a random link token: the API hands a card page the client secret (Stripe.js
+0006) with a random link token, of which only the SHA-256 is stored (migration 0012):
+the API hands a card page the client secret (Stripe.js
 confirms the SetupIntent with the card the customer types in) and a link to that page
-that can be sent later, by SMS for instance. The card is on file once Stripe says the
+that can be sent later, by SMS for instance (the token is in that one reply only; the
+page finds the registration by the token's digest). The card is on file once Stripe says the
 SetupIntent succeeded: :meth:`Cards.confirm` asks Stripe, the ``setup_intent.succeeded``
 webhook says it (:meth:`Cards.confirmed`); both record ``billing_cards`` once. The card on
 file is the account's newest confirmed registration.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +27,7 @@ import asyncpg
 import stripe
 
 from billing.ledger import LedgerError, account_id, find_account
+from shared.browser_session import digest
 
 
 class CardError(LedgerError):
@@ -40,7 +43,9 @@ class Registration:
     customer: str
     setup_intent: str
     client_secret: str
-    link_token: str
+    #: the link's token: only on the registration just made and on one found by it
+    #: (only its digest is stored)
+    link_token: str | None
     requested_at: datetime
     #: the card, once the SetupIntent succeeded
     payment_method: str | None
@@ -55,7 +60,7 @@ _SELECT = """SELECT r.*, a.account, c.payment_method, c.confirmed_at
 
 def _registration(row: asyncpg.Record) -> Registration:
     return Registration(row["id"], row["merchant_id"], row["account"], row["customer"],
-                        row["setup_intent"], row["client_secret"], row["link_token"],
+                        row["setup_intent"], row["client_secret"], None,
                         row["requested_at"], row["payment_method"], row["confirmed_at"])
 
 
@@ -78,12 +83,12 @@ class Cards:
             acc = await account_id(conn, merchant_id, account, create=True)
             reg_id = await conn.fetchval(
                 """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
-                       setup_intent, client_secret, link_token, requested_by)
+                       setup_intent, client_secret, link_sha256, requested_by)
                    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
                 merchant_id, acc, customer, str(intent.id), str(intent.client_secret),
-                token, by)
+                digest(token), by)
             row = await conn.fetchrow(_SELECT + " WHERE r.id = $1", reg_id)
-        return _registration(row)
+        return replace(_registration(row), link_token=token)
 
     def _setup(self, merchant_id: str, account: str, customer: str | None
                ) -> tuple[str, Any]:
@@ -113,10 +118,10 @@ class Cards:
         return _registration(row)
 
     async def by_token(self, token: str) -> Registration:
-        row = await self.pool.fetchrow(_SELECT + " WHERE r.link_token = $1", token)
+        row = await self.pool.fetchrow(_SELECT + " WHERE r.link_sha256 = $1", digest(token))
         if row is None:
             raise CardError(404, "not-found", "no card registration with this link")
-        return _registration(row)
+        return replace(_registration(row), link_token=token)
 
     async def confirm(self, merchant_id: str, registration_id: int) -> Registration:
         """Ask Stripe whether the registration's SetupIntent succeeded, and record the

@@ -56,7 +56,8 @@ def link_json(link: TopUpLink, settings: BillingSettings) -> dict[str, Any]:
     return {"id": reg.id, "account": reg.account, "amount_yen": link.amount_yen,
             "client_secret": reg.client_secret,
             "publishable_key": settings.stripe.publishable_key if settings.stripe else None,
-            "link": page.replace("{token}", reg.link_token) if page else None,
+            "link": page.replace("{token}", reg.link_token)
+            if page and reg.link_token else None,
             "requested_at": reg.requested_at.isoformat(), "state": state,
             "topup_id": link.topup_id,
             "failure": (link.result.failure or None) if link.result else None}
@@ -99,7 +100,9 @@ LINK: Schema = {
         "amount_yen": {"type": "integer"},
         "client_secret": {"type": "string", "description": "for Stripe.js on the top-up page"},
         "publishable_key": nullable({"type": "string"}),
-        "link": nullable({"type": "string", "description": "the top-up page, to send"}),
+        "link": nullable({"type": "string", "description": "the top-up page, to send: in "
+                          "the reply that makes it only (the site keeps the token's SHA-256 "
+                          "alone)"}),
         "requested_at": {"type": "string", "format": "date-time"},
         "state": {"enum": _STATES}, "topup_id": nullable({"type": "integer"}),
         "failure": nullable({"type": "string"})}}

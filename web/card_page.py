@@ -33,7 +33,8 @@ async def get_card(request: web.Request) -> web.StreamResponse:
 
 async def _card_page(request: web.Request, language: Language, services: CardServices
                      ) -> web.Response:
-    reg = await services.cards.by_token(link_token(request))
+    token = link_token(request)
+    reg = await services.cards.by_token(token)
     if reg.payment_method is not None:
         return refusal(language, 410, "used")
     settings = services.settings
@@ -44,7 +45,7 @@ async def _card_page(request: web.Request, language: Language, services: CardSer
         title=text("card.title", language),
         lines=(text("card.lead", language, merchant=merchant), text(purpose, language)),
         button=text("card.submit", language),
-        confirm_url=f"/v1/billing/card-setup/{reg.link_token}/confirm",
+        confirm_url=f"/v1/billing/card-setup/{token}/confirm",
         done_state="on-file", done_message=text("card.done", language)))
 
 

@@ -31,7 +31,8 @@ async def get_topup(request: web.Request) -> web.StreamResponse:
 
 async def _topup_page(request: web.Request, language: Language, services: CardServices
                       ) -> web.Response:
-    link = await services.links.by_token(link_token(request))
+    token = link_token(request)
+    link = await services.links.by_token(token)
     amount = yen(link.amount_yen, language)
     if link.registration.payment_method is not None:     # the card is given
         outcome = link.result.outcome if link.result else "pending"
@@ -45,7 +46,7 @@ async def _topup_page(request: web.Request, language: Language, services: CardSe
         lines=(text("topup.lead", language, merchant=merchant, amount=amount),
                text("topup.saved", language)),
         button=text("topup.submit", language, amount=amount),
-        confirm_url=f"/v1/billing/topup-links/{reg.link_token}/confirm",
+        confirm_url=f"/v1/billing/topup-links/{token}/confirm",
         done_state="succeeded", done_message=text("topup.done", language, amount=amount),
         failed_message=text("error.topup-failed", language)))
 

@@ -50,9 +50,9 @@ async def test_postpaid_needs_a_card_and_nothing_unpaid_beyond_the_limit(
                                   "VALUES ('acme', 'member-42') RETURNING id")
         reg = await conn.fetchval(
             """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
-                   setup_intent, client_secret, link_token, requested_by)
-               VALUES ('acme', $1, 'cus_1', 'seti_1', 'seti_1_secret', $2, 'op')
-               RETURNING id""", acc, "t" * 32)
+                   setup_intent, client_secret, link_sha256, requested_by)
+               VALUES ('acme', $1, 'cus_1', 'seti_1', 'seti_1_secret', sha256('t'), 'op')
+               RETURNING id""", acc)
         await conn.execute("INSERT INTO billing_cards VALUES ($1, 'pm_1')", reg)
     assert await admissions.ask("acme", "member-42", 100, 7200) == Admission(
         True, 7200, "ok")

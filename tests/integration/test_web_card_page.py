@@ -2,13 +2,18 @@
 process (its own fake Stripe.js) and a real PostgreSQL: the card typed in is put on file
 from Stripe's word and a postpaid consultation is charged to it; a declined card says why
 in Japanese and leaves nothing on file; a used, expired or unknown link is its own page;
-English on request; the page's headers forbid inline script and framing."""
+English on request; the page's headers forbid inline script and framing; the database
+keeps the links' digests only (a dump holds no usable link), links sent before that
+still open."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,11 +21,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from billing.card_http import SERVICES_KEY
+from billing.cards import Cards
 from billing.settings import BillingSettings
 from billing.topup_link_http import install as install_topup_links
+from shared.db import MigrationSet, create_pool, migrate_url
+from tests.conftest import drop_database, fresh_database
 from tests.integration import billing_db
 from tests.integration.browser import browser_fixture
-from tests.integration.localstripe import localstripe_fixture
+from tests.integration.db_scan import tables_holding
+from tests.integration.localstripe import client_for, localstripe_fixture
 from tests.integration.test_billing_card_http import app_with, error_id, ok, settings_for
 from tests.integration.test_billing_http import AUTH
 from tests.integration.test_billing_postpaid import TERMS
@@ -191,12 +200,69 @@ async def test_an_unknown_used_or_expired_link_is_its_own_page(
     reg = await registered(client)     # and one like it, sent 8 days ago (a week is valid)
     await clean.execute(
         "INSERT INTO billing_card_registrations (merchant_id, account_id, customer, "
-        "setup_intent, client_secret, link_token, requested_by, requested_at) "
-        "SELECT merchant_id, account_id, customer, 'seti_old', client_secret, 'old-link-"
-        "token-1234', requested_by, now() - interval '8 days' "
+        "setup_intent, client_secret, link_sha256, requested_by, requested_at) "
+        "SELECT merchant_id, account_id, customer, 'seti_old', client_secret, "
+        "sha256('old-link-token-1234'), requested_by, now() - interval '8 days' "
         "FROM billing_card_registrations WHERE id = $1", reg["id"])
     assert (await client.get(f"/card/{reg['token']}")).status == 200
     resp = await client.get("/card/old-link-token-1234?lang=en")
     assert (resp.status, resp.content_type) == (410, "text/html")
     assert "This link has expired" in await resp.text()
     assert resp.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_a_dump_of_the_database_holds_no_usable_link(
+        client: TestClient[Any, Any], clean: asyncpg.Pool) -> None:
+    reg = await registered(client)
+    link = await ok(await client.post("/v1/billing/accounts/member-43/topup-links",
+                                      json={"amount_yen": 3000, "by": "op"}, headers=AUTH), 201)
+    topup_token = link["link"].removeprefix("https://pay.example.jp/topup/")
+    for token in (reg["token"], topup_token):
+        assert len(token) >= 32 and await tables_holding(clean, token) == {}
+        assert await clean.fetchval("SELECT count(*) FROM billing_card_registrations WHERE "
+                                    "link_sha256 = sha256($1::bytea)", token.encode()) == 1
+    # the link is in the reply that made it only; the pages still open by it
+    again = await ok(await client.get(f"/v1/billing/card-registrations/{reg['id']}",
+                                      headers=AUTH))
+    assert again["link"] is None and again["client_secret"] == reg["client_secret"]
+    assert (await client.get(f"/card/{reg['token']}")).status == 200
+    assert (await client.get(f"/topup/{topup_token}")).status == 200
+    assert (await ok(await client.get(f"/v1/billing/card-setup/{reg['token']}")))[
+        "state"] == "awaiting-card"
+
+
+async def test_the_links_sent_before_the_digests_still_open_their_pages(
+        pg_server_url: str) -> None:
+    """Migration 0012 on rows written with the token itself: each keeps its digest."""
+    name = "links_before_digests"
+    url = await fresh_database(pg_server_url, name)
+    try:
+        with tempfile.TemporaryDirectory() as before:
+            for path in sorted(billing_db.migrations().directory.glob("*.sql")):
+                if path.name < "0012":
+                    shutil.copy(path, before)
+            older = [*billing_db.SETS]
+            older[older.index(billing_db.migrations())] = MigrationSet("billing", Path(before))
+            await migrate_url(url, older)
+        conn = await asyncpg.connect(url)
+        try:
+            acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
+                                      "VALUES ('acme', 'member-1') RETURNING id")
+            await conn.execute(
+                "INSERT INTO billing_card_registrations (merchant_id, account_id, customer, "
+                "setup_intent, client_secret, link_token, requested_by) VALUES ('acme', $1, "
+                "'cus_1', 'seti_1', 'seti_1_secret', 'a-link-sent-before-0012', 'op')", acc)
+        finally:
+            await conn.close()
+        assert await migrate_url(url, list(billing_db.SETS)) == [
+            "billing/0012_link_digests.sql"]
+        pool = await create_pool(url)
+        try:
+            assert await tables_holding(pool, "a-link-sent-before-0012") == {}
+            cards = Cards(pool, client_for(1))
+            reg = await cards.by_token("a-link-sent-before-0012")
+            assert (reg.setup_intent, reg.link_token) == ("seti_1", "a-link-sent-before-0012")
+        finally:
+            await pool.close()
+    finally:
+        await drop_database(pg_server_url, name)
