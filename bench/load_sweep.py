@@ -9,6 +9,10 @@ distinct numbers for ``--duration`` seconds (the guard's caps lifted, pre-callba
 * originated/s: those INVITEs per second between the first and the last of the step;
 * hang-up -> INVITE p50 / p99: from the edge's 486 at the customer to the INVITE at the
   carrier, for the same number (``bench/_stack_load.py``);
+* the servers' own metrics over the step (``GET /metrics`` of each, at its start, every
+  few seconds and at its end): the database pool's acquire waits and the event loop's
+  delay (histograms: mean and the bucket holding p50 / p99 of the step's samples) and
+  the most pool connections in use at one sample;
 * CPU seconds of each process from ``/proc/<pid>/stat`` over the step (from the first
   call to the last SIP message of its call-backs): the edge server(s), the callback
   server(s), the PostgreSQL backends of the run's two databases summed (the shared
@@ -45,6 +49,9 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench._machine import speed_line
 from bench._stack_load import (
     CpuSampler,
@@ -60,7 +67,7 @@ from bench._stack_load import (
 from demo.stack import REPO, MerchantOptions
 from shared.capacity import CapacitySettings
 from shared.phone import normalise
-from tests.faults.sites import LOAD_GUARD_ENV, Sites, start_customers
+from tests.faults.sites import HTTP_PORTS, LOAD_GUARD_ENV, Sites, start_customers
 from tests.harness import asterisk as ast_harness
 from tests.harness import sipp as sipp_harness
 
@@ -111,6 +118,7 @@ class Step:
     idle_own_per_s: float          # own processes' CPU seconds a second with no calls
     ivr_s: float | None            # mean answer -> BYE at carrier B (media)
     transactions: dict[str, int]   # site -> PostgreSQL transactions in its database
+    servers: list[str]             # what each server's own metrics said (ServerWatch)
 
     @property
     def called_back_share(self) -> float:
@@ -144,7 +152,97 @@ class Step:
                 f"{self.idle_own_per_s * 1000:.0f} ms/s\n"
                 f"        PostgreSQL transactions per call-back: " + ", ".join(
                     f"{site} {count / max(1, self.called_back):.1f}"
-                    for site, count in self.transactions.items()))
+                    for site, count in self.transactions.items())
+                + "".join(f"\n        {line}" for line in self.servers))
+
+
+#: the servers' histograms the sweep reads (shared.metrics.Common)
+WAITS = {"pool acquire wait": "cbgw_db_pool_acquire_wait_seconds",
+         "event-loop delay": "cbgw_event_loop_delay_seconds"}
+#: seconds between two scrapes of the servers during a step (the pool's gauge)
+SCRAPE_EVERY_S = 2.0
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """A scrape's samples by (name, sorted labels)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): float(s.value)
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def histogram_delta(before: Samples, after: Samples, name: str) -> str:
+    """A histogram's observations between two scrapes: count, mean and the upper bounds
+    of the buckets holding p50 and p99."""
+    def grown(sample: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after.get((sample, labels), 0.0) - before.get((sample, labels), 0.0)
+
+    count = grown(f"{name}_count")
+    if count <= 0:
+        return "none"
+    buckets = sorted((float(dict(labels)["le"]), grown(f"{name}_bucket", labels))
+                     for (sample, labels) in after if sample == f"{name}_bucket")
+
+    def upper(q: float) -> str:
+        le = next(le for le, cumulative in buckets if cumulative >= q * count)
+        return "> 10 s" if le == float("inf") else f"<= {le * 1000:g} ms"
+
+    mean_ms = grown(f"{name}_sum") / count * 1000
+    return f"mean {mean_ms:.1f} ms, p50 {upper(0.5)}, p99 {upper(0.99)} ({count:,.0f})"
+
+
+class ServerWatch:
+    """The servers' own metrics over a step: their histograms' growth from the step's
+    start, and the most database pool connections in use at one scrape."""
+
+    def __init__(self, sites: Sites) -> None:
+        self.sites = sites
+        self.names = [*sites.edge_names, *sites.callback_names]
+        self.before: dict[str, Samples] = {}
+        self.last: dict[str, Samples] = {}
+        self.in_use: dict[str, float] = {}
+        self.scraped_at = 0.0
+
+    async def _scrape_all(self) -> dict[str, Samples]:
+        connector = aiohttp.TCPConnector(ssl=self.sites.client_ssl())
+        timeout = aiohttp.ClientTimeout(total=10)
+        out = {}
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            for name in self.names:
+                async with session.get(f"https://127.0.0.1:{HTTP_PORTS[name]}/metrics") as r:
+                    out[name] = parse_metrics(await r.text())
+        return out
+
+    async def start(self) -> None:
+        self.before = self.last = await self._scrape_all()
+        self.in_use = dict.fromkeys(self.names, 0.0)
+        self.scraped_at = time.monotonic()
+
+    async def sample(self) -> None:
+        """Scrape again if the last was ``SCRAPE_EVERY_S`` ago (a server too busy to
+        answer within 10 s leaves its previous scrape)."""
+        if time.monotonic() - self.scraped_at < SCRAPE_EVERY_S:
+            return
+        self.scraped_at = time.monotonic()
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            self.last = await self._scrape_all()
+        for name, samples in self.last.items():
+            used = sum(v for (sample, labels), v in samples.items()
+                       if sample == "cbgw_db_pool_connections"
+                       and ("state", "in_use") in labels)
+            self.in_use[name] = max(self.in_use[name], used)
+
+    def lines(self) -> list[str]:
+        out = []
+        for name in self.names:
+            size = max((v for (sample, labels), v in self.last[name].items()
+                        if sample == "cbgw_db_pool_connections" and ("state", "max") in labels),
+                       default=0.0)
+            waits = "; ".join(f"{what} {histogram_delta(self.before[name], self.last[name], m)}"
+                              for what, m in WAITS.items())
+            out.append(f"{name} server: {waits}; pool in use at most "
+                       f"{self.in_use[name]:.0f} of {size:.0f}")
+        return out
 
 
 def asterisks_needed(site: str, rate: Decimal, hold_s: Decimal) -> int:
@@ -192,6 +290,7 @@ class Sweep:
         self.workdir = workdir
         self.sipp: list[int] = []        # the roles' `timeout` wrappers, SIPp their child
         self.idle_own_per_s = 0.0
+        self.watch = ServerWatch(sites)
         databases = [urlsplit(url).path.lstrip("/")
                      for url in (sites.edge_db_url, sites.callback_db_url)]
 
@@ -223,6 +322,7 @@ class Sweep:
                             timeout_s=role_s) as (carrier_a, carrier_b):
             self.sipp = [carrier_a.process.pid, carrier_b.process.pid]
             before = await self.transactions()
+            await self.watch.start()
             self.sampler.start()
             customers = start_customers(
                 workdir, numbers, rate=rate, name="customers", limit=int(rate * 8) + 20,
@@ -233,12 +333,15 @@ class Sweep:
             latencies, _ = latencies_ms(hangup_times(customers), invited)
             ivr = ivr_seconds(carrier_b) if self.mode == "media" else None
             after = await self.transactions()
+            self.watch.scraped_at = 0.0
+            await self.watch.sample()
         called_back = sum(1 for n in numbers if normalise(n).digits in invited)
         return Step(rate=rate, offered=len(numbers), called_back=called_back,
                     originated_per_s=originated_per_s(invited.values()),
                     p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99),
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
-                    ivr_s=ivr, transactions={k: after[k] - before[k] for k in after})
+                    ivr_s=ivr, transactions={k: after[k] - before[k] for k in after},
+                    servers=self.watch.lines())
 
     async def _drain(self, customers: sipp_harness.SippRole,
                      *roles: sipp_harness.SippRole) -> tuple[dict[str, float], float]:
@@ -251,6 +354,7 @@ class Sweep:
         while customers.running or time.monotonic() - changed < QUIET_S[self.mode]:
             await asyncio.sleep(1.0)
             await asyncio.to_thread(self.sampler.sample)
+            await self.watch.sample()
             if customers.running or _calls_went_on(offsets):
                 changed = time.monotonic()
                 used = self.sampler.used()

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -155,11 +156,38 @@ async def fresh_database(server_url: str, name: str) -> str:
 
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
-                      command_timeout: float = 10.0) -> Pool:
-    pool: Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                           command_timeout=command_timeout,
-                                           init=init_connection)
-    return pool
+                      command_timeout: float = 10.0,
+                      on_acquire: Callable[[float], None] | None = None) -> Pool:
+    """A pool whose connections map json; ``on_acquire`` is told the seconds each acquire
+    waited for a connection (every ``pool.acquire()``, and the pool's own ``fetch``,
+    ``execute`` ...), for the servers' ``cbgw_db_pool_acquire_wait_seconds``."""
+    if on_acquire is None:
+        pool: Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                               command_timeout=command_timeout,
+                                               init=init_connection)
+        return pool
+    timed = _TimedPool(url, on_acquire=on_acquire, min_size=min_size, max_size=max_size,
+                       command_timeout=command_timeout, init=init_connection,
+                       max_queries=50000, max_inactive_connection_lifetime=300.0, loop=None,
+                       connection_class=asyncpg.Connection, record_class=asyncpg.Record)
+    await timed
+    return timed
+
+
+class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
+    """An asyncpg pool that reports how long each acquire waited (the defaults above are
+    ``asyncpg.create_pool``'s, which cannot make a subclass)."""
+
+    def __init__(self, *args: Any, on_acquire: Callable[[float], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_acquire = on_acquire
+
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's)
+        started = time.monotonic()
+        try:
+            return await super()._acquire(timeout)
+        finally:
+            self._on_acquire(time.monotonic() - started)
 
 
 async def init_connection(conn: Connection) -> None:

@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import mark_process_dead
 
 #: every metric of this process (rendered directly in single-process mode; in
@@ -127,6 +127,12 @@ LATENCY_BUCKETS: Sequence[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
                                     10.0, 30.0, 60.0, 300.0)
 
 
+#: seconds, for waits from a tenth of a millisecond to ten seconds (the event loop's
+#: lateness, a database pool's acquire)
+WAIT_BUCKETS: Sequence[float] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class Common:
     """What both sites measure: the link, Asterisk's events websocket, the event loop
     and the database pool."""
@@ -153,10 +159,18 @@ class Common:
             "cbgw_event_loop_lag_seconds",
             "How late the event loop ran a timer, at the last sample (per process).",
             registry=r, multiprocess_mode="liveall")
+        self.loop_delay = Histogram(
+            "cbgw_event_loop_delay_seconds",
+            "How late the event loop ran the sampler's timer, every sample: the time a "
+            "ready callback waits for the loop.", registry=r, buckets=WAIT_BUCKETS)
         self.db_pool = Gauge(
             "cbgw_db_pool_connections",
-            "Database pool connections by state (in_use, idle, max), per process.",
-            ["state"], registry=r, multiprocess_mode="liveall")
+            "Database pool connections by state (in_use, idle, size: open, max), per "
+            "process.", ["state"], registry=r, multiprocess_mode="liveall")
+        self.db_pool_acquire_wait = Histogram(
+            "cbgw_db_pool_acquire_wait_seconds",
+            "How long each acquire of a database pool connection waited for one (a free "
+            "connection, or a new one opened).", registry=r, buckets=WAIT_BUCKETS)
 
 
 @functools.cache

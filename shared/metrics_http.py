@@ -11,8 +11,9 @@
   ``cbgw_metrics_reading_up{reading}`` says 0, so a scrape never fails because
   the database is slow.
 * the sampler: every :data:`SAMPLE_EVERY_S`, how late the event loop ran its
-  timer (``cbgw_event_loop_lag_seconds``) and the database pool's use
-  (``cbgw_db_pool_connections``).
+  timer (``cbgw_event_loop_delay_seconds``, every sample; ``cbgw_event_loop_lag_seconds``,
+  the last) and the database pool's use (``cbgw_db_pool_connections``). The pool itself
+  times each acquire (``cbgw_db_pool_acquire_wait_seconds``, :func:`shared.db.create_pool`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from shared.outbox import outbox_stats
 
 log = logging.getLogger("shared.metrics")
 
-SAMPLE_EVERY_S = 1.0
+SAMPLE_EVERY_S = 0.25
 READING_TIMEOUT_S = 2.0
 
 
@@ -158,10 +159,13 @@ async def _sample_forever(app: web.Application) -> None:
     while True:
         started = time.monotonic()
         await asyncio.sleep(SAMPLE_EVERY_S)
-        m.loop_lag.set(max(0.0, time.monotonic() - started - SAMPLE_EVERY_S))
+        late = max(0.0, time.monotonic() - started - SAMPLE_EVERY_S)
+        m.loop_lag.set(late)
+        m.loop_delay.observe(late)
         pool = app[POOL_GETTER_KEY](app)
         if pool is not None:
             size, idle = pool.get_size(), pool.get_idle_size()
             m.db_pool.labels("in_use").set(size - idle)
             m.db_pool.labels("idle").set(idle)
+            m.db_pool.labels("size").set(size)
             m.db_pool.labels("max").set(pool.get_max_size())

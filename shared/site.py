@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from shared import ari
+from shared import ari, metrics
 from shared.capacity import CapacitySettings
 from shared.config import (
     AriSettings,
@@ -231,7 +231,8 @@ async def connect_database(db: DatabaseSettings, log: logging.Logger,
     while True:
         try:
             pool = await create_pool(url, min_size=db.min_connections,
-                                     max_size=db.max_connections)
+                                     max_size=db.max_connections,
+                                     on_acquire=metrics.common().db_pool_acquire_wait.observe)
             return url, pool
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if loop.time() > deadline:

@@ -83,7 +83,8 @@ async def test_server_starts_and_serves_while_asterisk_is_unreachable(
 async def test_the_edge_serves_its_metrics(
         tmp_path: Path, pki_dir: Path, pg_url: str, aiohttp_client: ClientFactory) -> None:
     """``GET /metrics``: Prometheus text with the outbox backlog read from the database,
-    the ARI websocket down (Asterisk unreachable) and the pool in use."""
+    the ARI websocket down (Asterisk unreachable), the pool in use and its acquires'
+    waits, and the event loop's lateness."""
     settings = EdgeSettings.load(write_config(tmp_path, pki_dir, pg_url, free_port()))
     client = await aiohttp_client(create_app(settings))
     await asyncio.sleep(SAMPLE_EVERY_S * 1.5)  # one sample of the loop and the pool
@@ -97,6 +98,11 @@ async def test_the_edge_serves_its_metrics(
     assert prom.scraped(text, "cbgw_ari_websocket_connected") == 0.0
     assert prom.scraped(text, "cbgw_db_pool_connections", state="max") \
         == settings.database.max_connections
+    assert prom.scraped(text, "cbgw_db_pool_connections", state="size") >= 1
+    # every sample of the loop's lateness, and the wait of every pool acquire (the
+    # outbox backlog's reading made one)
+    assert prom.scraped(text, "cbgw_event_loop_delay_seconds_count") >= 1
+    assert prom.scraped(text, "cbgw_db_pool_acquire_wait_seconds_count") >= 1
 
 
 def test_config_errors_name_the_key(tmp_path: Path, pki_dir: Path) -> None:
