@@ -405,7 +405,11 @@ class Guard:
 
     async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, merchant_id: str,
                         cost: Money) -> None:
-        """In the CDR's transaction: add the leg's carrier cost; trip the spend caps."""
+        """In the CDR's transaction: add the leg's carrier cost to its scopes' spend (each
+        in a shard row no other CDR holds: concurrent CDRs do not wait for each other);
+        trip a spend cap this CDR took over. Two CDRs committing at once see each other's
+        cost only once committed, so a crossing they make together is tripped by the next
+        leg's admission (``admit_leg`` reads the committed spend)."""
         cfg = self.settings.caps
         try:
             amount = cost if cost.currency == cfg.currency or self.fx is None \
@@ -420,7 +424,8 @@ class Guard:
             return
         day = self.today()
         for scope in caps.scopes_of(carrier_id, merchant_id):
-            after = await sql.add_spend(conn, day, scope, cfg.currency, amount.amount)
+            after = await sql.add_spend(conn, day, scope, cfg.currency, amount.amount,
+                                        caps.SHARDS)
             crossed = caps.crossed_spend(scope, cfg.limits(scope), after - amount.amount, after)
             if crossed is not None:
                 await self._cap_reached(conn, scope, "spend_daily", crossed)

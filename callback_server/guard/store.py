@@ -200,14 +200,14 @@ async def cap_snapshot(conn: asyncpg.Connection, day: date) -> CapSnapshot:
     channels["global"] = sum(channels.values())
     cps["global"] = sum(cps.values())
     spend = {r["scope"]: r["effective"] for r in await conn.fetch(
-        "SELECT scope, amount - offset_amount AS effective FROM guard_spend WHERE day = $1",
-        day)}
+        """SELECT scope, sum(amount - offset_amount) AS effective FROM guard_spend
+           WHERE day = $1 GROUP BY scope""", day)}
     return CapSnapshot(trips, channels, cps, spend)
 
 
 async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
                     ) -> CapSnapshot:
-    """Trips, counters (all shards) and spend of ``scopes`` in one read (no lock): what a
+    """Trips, counters and spend (all shards) of ``scopes`` in one read (no lock): what a
     route choice filters on. Counters exist only for capped scopes (migrations 0600,
     0610)."""
     rows = await conn.fetch(
@@ -217,7 +217,7 @@ async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
                   (SELECT count(*) FROM guard_cps c, unnest(c.recent) r
                    WHERE c.scope = s.scope
                      AND r > clock_timestamp() - interval '1 second') AS cps,
-                  (SELECT amount - offset_amount FROM guard_spend p
+                  (SELECT sum(amount - offset_amount) FROM guard_spend p
                    WHERE p.day = $2 AND p.scope = s.scope) AS spend,
                   ARRAY(SELECT kind FROM guard_trips t WHERE t.scope = s.scope
                         AND t.reset_at IS NULL ORDER BY kind) AS trip_kinds,
@@ -260,12 +260,12 @@ async def claim(conn: asyncpg.Connection, scopes: Sequence[str],
 
 
 async def add_spend(conn: asyncpg.Connection, day: date, scope: str, currency: str,
-                    amount: Decimal) -> Decimal:
-    """Add to a scope's spend of ``day``; returns the effective spend after it."""
-    value = await conn.fetchval(
-        """INSERT INTO guard_spend (day, scope, currency, amount) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (day, scope) DO UPDATE SET amount = guard_spend.amount + $4
-           RETURNING amount - offset_amount""", day, scope, currency, amount)
+                    amount: Decimal, shards: int) -> Decimal:
+    """Add to a scope's spend of ``day``, in one of its ``shards`` rows no other
+    transaction holds (``guard_add_spend``, migration 0985); returns the effective spend
+    after it as this transaction sees it (other open transactions' additions not yet)."""
+    value = await conn.fetchval("SELECT guard_add_spend($1, $2, $3, $4, $5)",
+                                day, scope, currency, amount, shards)
     return Decimal(value)
 
 

@@ -673,3 +673,42 @@ async def test_a_paced_leg_waits_holding_no_connection_and_keeps_its_route(
         await store.persist_leg(leg(late, "carrier-a"), "acme")
     assert refused.value.verdict.reason == "cap_trunk_cps"
     assert time.monotonic() - started < 2                  # refused at once, not after 3 s
+
+
+async def test_concurrent_cdrs_of_one_merchant_and_trunk_do_not_wait_for_each_other(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """Two CDR transactions on the same trunk and merchant both add their cost to the
+    three spend scopes before either commits (each in a shard row the other does not
+    hold); committed, the spend is their sum in every scope. Two costs that cross a cap
+    together, neither seeing the other's, still stop the next leg: its admission reads
+    the committed sum and trips the cap."""
+    cap = CapLimits(spend_daily=Decimal("2.00"))
+    guard = Guard(clean, GuardSettings(caps=CapSettings(
+        currency="USD", global_limits=cap, trunk_default=cap, merchants={"acme": cap})))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    async with clean.acquire() as conn, conn.transaction():      # today's first shards
+        await guard.add_spend(conn, "carrier-a", "acme", Money.of("0.10", "USD"))
+
+    async def two_at_once(first: str, second: str) -> None:
+        async with clean.acquire() as a, a.transaction(), \
+                clean.acquire() as b, b.transaction():
+            await guard.add_spend(a, "carrier-a", "acme", Money.of(first, "USD"))
+            await asyncio.wait_for(
+                guard.add_spend(b, "carrier-a", "acme", Money.of(second, "USD")), 10)
+
+    await two_at_once("0.30", "0.40")
+    spent = (await guard.status())["spend_today"]
+    assert {scope: Decimal(v) for scope, v in spent.items()} == dict.fromkeys(
+        ("global", "merchant:acme", "trunk:carrier-a"), Decimal("0.80"))
+    await two_at_once("0.60", "0.60")                             # 2.00: the cap
+    assert await clean.fetchval("SELECT count(*) FROM guard_trips") == 0
+    job = await claimed_job(store, 260, "819060600001")
+    with pytest.raises(GuardRefused) as refused:
+        await store.persist_leg(leg(job, "carrier-a"), "acme")
+    assert refused.value.verdict.reason == "cap_spend_daily"
+    assert await clean.fetchval("SELECT count(*) FROM guard_trips WHERE kind = "
+                                "'spend_daily' AND reset_at IS NULL") == 1
+    assert await guard.reset_caps(None, "spend_daily", "noc") >= 1
+    assert {Decimal(v) for v in (await guard.status())["spend_today"].values()} \
+        == {Decimal(0)}
