@@ -98,6 +98,7 @@ from ivr_platform.notify_http import install as install_notify
 from ivr_platform.sms_http import install as install_sms
 from ivr_platform.tts import PromptCache
 from shared import outbox_operator
+from shared.client_address import TRUSTED_PROXIES_KEY
 from shared.db import MigrationSet, migrate, package_migrations
 from shared.http import HEALTH_KEY, Health
 from shared.link import pin_peer, purge_seen
@@ -280,6 +281,7 @@ def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
                           max_body_bytes=settings.http.max_body_bytes, health=health)
     app[SETTINGS_KEY] = settings
+    app[TRUSTED_PROXIES_KEY] = settings.http.trusted_proxies
     pin_peer(app, settings.peer.identity if settings.tls else None)
     app[ROLE_KEY] = role
     install_guard(app)

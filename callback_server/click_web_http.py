@@ -50,6 +50,7 @@ from callback_server.click_verify import VERIFIED_S, PhoneCodes, Verified
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_store import check_message
 from shared.browser_session import CROSS_SITE, refuse_cross_site
+from shared.client_address import client_address
 from shared.config import Merchant
 from shared.http import (
     ApiError,
@@ -87,10 +88,6 @@ def merchant_of(request: web.Request) -> tuple[ClickIntake, Merchant]:
     if merchant is None:
         raise ApiError(404, "not-found", "no such merchant")
     return intake, merchant
-
-
-def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
 
 
 def _number(data: dict[str, Any]) -> E164:

@@ -39,6 +39,7 @@ from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from ivr_platform.tts import PromptCache
 from shared import outbox_operator
+from shared.client_address import TRUSTED_PROXIES_KEY
 from shared.db import migrate
 from shared.http import HEALTH_KEY, Health
 from shared.link import LinkClient, pin_peer, purge_seen
@@ -73,6 +74,7 @@ def create_app(settings: EdgeSettings, *, with_ari: bool = True) -> web.Applicat
                           max_body_bytes=settings.http.max_body_bytes, health=health,
                           sip=settings.edge.sip_endpoints)
     app[SETTINGS_KEY] = settings
+    app[TRUSTED_PROXIES_KEY] = settings.http.trusted_proxies
     pin_peer(app, settings.peer.identity if settings.tls else None)
     install_metrics(app, lambda a: a.get(POOL_KEY))
     outbox_operator.add_routes(app)

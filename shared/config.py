@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 from ivr_platform.hours import MerchantHours
 from ivr_platform.hours_config import parse_merchant_hours
+from shared.client_address import Network, parse_network
 from shared.language import Language
 from shared.money import Money, UnknownCurrency, check_currency
 from shared.phone import E164, InvalidNumber, normalise
@@ -447,6 +448,9 @@ class HttpSettings:
     #: sums every process serving the port; see shared.metrics); None: the
     #: ``PROMETHEUS_MULTIPROC_DIR`` environment variable, else one process's metrics
     metrics_dir: Path | None = None
+    #: the proxies in front (CIDRs) whose ``X-Forwarded-For`` names the client
+    #: (:mod:`shared.client_address`); none: the client is the TCP peer
+    trusted_proxies: tuple[Network, ...] = ()
 
     @classmethod
     def parse(cls, s: Section, default_port: int) -> HttpSettings:
@@ -457,7 +461,18 @@ class HttpSettings:
             reuse_port=s.bool("reuse_port", False),
             access_log=s.bool("access_log", False),
             metrics_dir=s.path_value("metrics_dir") if s.has("metrics_dir") else None,
+            trusted_proxies=_networks(s, "trusted_proxies"),
         )
+
+
+def _networks(s: Section, key: str) -> tuple[Network, ...]:
+    networks = []
+    for value in s.str_list(key):
+        try:
+            networks.append(parse_network(value))
+        except ValueError as exc:
+            raise s.error(key, f"{value!r} is not a network (CIDR or address): {exc}") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from typing import Generic, Protocol, TypeVar
 from aiohttp import web
 
 from shared import logs, metrics
+from shared.access_log import AccessLogger
 from shared.api_cli import load_config
 from shared.config import DatabaseSettings, HttpSettings, Merchant, TlsSettings
 
@@ -202,7 +203,9 @@ def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "al
     web.run_app(app, host=http.host, port=http.port, ssl_context=ssl_ctx, print=None,
                 reuse_port=http.reuse_port or None,
                 access_log=logging.getLogger("aiohttp.access") if http.access_log else None,
-                loop=uvloop.new_event_loop(), **serve_options())
+                loop=uvloop.new_event_loop(), **{
+                    **serve_options(),
+                    "access_log_class": AccessLogger.behind(http.trusted_proxies)})
     metrics.process_ended()
     return 0
 

@@ -17,6 +17,7 @@ link (401); a link unknown, used or expired is a 410 page.
 
 from __future__ import annotations
 
+import logging
 from html import escape
 
 from aiohttp import web
@@ -24,12 +25,15 @@ from aiohttp import web
 from advisors.session_http import COOKIE, me, services, session_of
 from advisors.sessions import SESSION_VALID_S
 from shared.browser_session import from_own_pages
+from shared.client_address import client_address
 from shared.http import ApiError
 from shared.language import Language
 from shared.openapi import Operation, Param, Reply, add_operations, string
 from web.language import page_language
 from web.render import HTML, LANG_PARAM, TAG, message_page, mount_static, page
 from web.texts import text
+
+log = logging.getLogger("web.signin")
 
 #: the advisor's states the page names (``advisors.model.State``)
 STATES = ("standby", "ringing", "talking", "wrap_up", "working", "break", "offline")
@@ -132,7 +136,9 @@ def signin_page(language: Language, who: str, action: str) -> web.Response:
 def signed_in(request: web.Request, language: Language, cookie: str, token: str,
               location: str) -> web.Response:
     """On to the page (303) with the session's cookie: HttpOnly, SameSite=Strict, Secure
-    over TLS."""
+    over TLS; logged with the client's address (behind a trusted proxy, the one it
+    names)."""
+    log.info("signed in to %s from %s", location, client_address(request))
     response = web.Response(status=303, headers={
         "Location": f"{location}{lang_query(language)}", "Cache-Control": "no-store"})
     response.set_cookie(cookie, token, max_age=SESSION_VALID_S, path="/",

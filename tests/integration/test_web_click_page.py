@@ -38,6 +38,7 @@ from callback_server.store import CallbackStore
 from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_http import install as install_sms
 from ivr_platform.sms_twilio import TwilioSettings
+from shared.client_address import TRUSTED_PROXIES_KEY, parse_network
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from shared.phone import normalise
 from tests.integration import test_click_to_call_http as click_to_call
@@ -54,6 +55,8 @@ SENDER = normalise("050-1111-2222")
 #: a number with no account: no balance
 STRANGER = "080-5555-6666"
 TOPUP = "https://acme.example.jp/charge"
+#: the site's trusted proxy: the test client's address
+LOAD_BALANCER = parse_network("127.0.0.1")
 MINE = ("click_phone_codes, click_phone_locks, click_verified, click_web_calls, "
         "sms_messages")
 
@@ -69,6 +72,7 @@ async def site(pool: asyncpg.Pool, db: dict[str, int]
                                      timeout_s=2), SENDER, backoff_s=0.2, max_backoff_s=0.4,
                       lease_s=8, poll_s=0.1)
     app = web.Application(middlewares=[error_middleware])
+    app[TRUSTED_PROXIES_KEY] = (LOAD_BALANCER,)     # the test client stands for it
     app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in MERCHANTS
                                       if m.api_token_sha256])
     install_click(app, lambda _: ClickIntake(
@@ -346,3 +350,29 @@ async def test_an_advisor_id_past_a_bigint_is_a_400_not_a_500(
         resp = await client.post("/v1/m/acme/calls", data=raw, headers=csrf)
         assert (resp.status, (await resp.json())["error"]["field"]) == (400, "advisor_id")
     assert await pool.fetchval("SELECT count(*) FROM click_web_calls") == 0
+
+
+async def test_behind_the_load_balancer_the_limits_key_on_the_client_it_names(
+        site: tuple[TestClient[Any, Any], FakeTwilio, dict[str, int]],
+        pool: asyncpg.Pool) -> None:
+    """The balancer appends the client's address; what a client wrote to its left (a
+    forged hop) changes nothing, and another client behind the same balancer has its own
+    count."""
+    client, _, _ = site
+    numbers = iter(f"+81902222{n:04d}" for n in range(100))
+
+    async def ask(*hops: str) -> int:
+        resp = await client.post("/v1/m/acme/phone-codes", json={"number": next(numbers)},
+                                 headers={"X-Forwarded-For": ", ".join(hops)})
+        return resp.status
+
+    statuses = [await ask(f"6.6.6.{n}", "203.0.113.7")
+                for n in range(click_verify.CODES_PER_CLIENT + 1)]
+    assert statuses == [202] * click_verify.CODES_PER_CLIENT + [429]
+    assert await ask("203.0.113.8") == 202                  # another customer
+    assert await ask("203.0.113.8", "203.0.113.7") == 429   # the balancer names .7 again
+    assert await ask() == 202                               # the balancer itself
+    clients = await pool.fetch("SELECT client, count(*) FROM click_phone_codes GROUP BY 1 "
+                               "ORDER BY 1")
+    assert [(r["client"], r["count"]) for r in clients] == [
+        ("127.0.0.1", 1), ("203.0.113.7", click_verify.CODES_PER_CLIENT), ("203.0.113.8", 1)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from callback_server.consult_control import CONTROL_CHANNEL
 from callback_server.consult_control import install as install_control
 from callback_server.operator_http import COOKIE
 from callback_server.operator_sessions import OperatorSessions
+from shared.client_address import TRUSTED_PROXIES_KEY, parse_network
 from shared.db import listening, migrate_url, package_migrations
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from tests.integration import advisors_db, callback_db
@@ -55,6 +57,7 @@ async def client(clean: asyncpg.Pool, pg_url: str) -> AsyncIterator[TestClient[A
     await clean.execute(f"TRUNCATE {advisors_db.TABLES}, consult_live, "
                         "operator_signin_links, operator_sessions CASCADE")
     app = web.Application(middlewares=[error_middleware])
+    app[TRUSTED_PROXIES_KEY] = (parse_network("127.0.0.1"),)   # the client: a balancer
     app[TOKENS_KEY] = MerchantTokens([("acme", digest(ACME)), ("bento", digest(BENTO))])
     install_advisors(app, lambda _: (pg_url, clean), operators={})
     install_control(app, lambda _: clean)
@@ -290,3 +293,13 @@ async def test_a_change_needs_the_sessions_csrf_token_and_a_live_session(
     resp = await client.get("/operator", headers=cookie)
     assert (resp.status, resp.content_type) == (401, "text/html")
     assert await OperatorSessions(clean).usable("nothing", NOW) is False
+
+
+async def test_a_sign_in_is_logged_with_the_client_the_balancer_names(
+        client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, "web.signin"):
+        resp = await client.post(await link(client), allow_redirects=False, headers={
+            "X-Forwarded-For": "6.6.6.6, 203.0.113.9"})
+    assert resp.status == 303
+    assert [r.getMessage() for r in caplog.records if r.name == "web.signin"] == [
+        "signed in to /operator from 203.0.113.9"]
