@@ -20,9 +20,10 @@ more than :data:`SHARDS` are being admitted at once. A scope without a cap
   window);
 * **spend_daily**: carrier cost of today's CDRs (``guard_spend``, in
   ``currency``; the day is taken in ``timezone``), minus what was spent when
-  an operator last reset that cap; added in each CDR's transaction to a shard
-  row of the scope no other CDR holds (``guard_add_spend``, migration 0985), so
-  CDRs do not wait for each other; the spend is the sum of the shards.
+  an operator last reset that cap; added in each CDR's transaction (one
+  statement for the leg's scopes) to a shard row of each scope no other CDR
+  holds (``guard_add_spend``, migrations 0985, 0986), so CDRs do not wait for
+  each other; the spend is the sum of the shards.
 
 A reached CPS cap *paces* the leg, as a production switch does (Twilio's queued CPS,
 Kamailio's ratelimit): the leg waits, holding no transaction nor connection, until the

@@ -422,10 +422,10 @@ class Guard:
             log.error("spend of %s on %s not counted: caps are in %s and no FX rate is set",
                       cost, carrier_id, cfg.currency)
             return
-        day = self.today()
-        for scope in caps.scopes_of(carrier_id, merchant_id):
-            after = await sql.add_spend(conn, day, scope, cfg.currency, amount.amount,
-                                        caps.SHARDS)
+        scopes = caps.scopes_of(carrier_id, merchant_id)
+        afters = await sql.add_spend(conn, self.today(), scopes, cfg.currency, amount.amount,
+                                     caps.SHARDS)
+        for scope, after in zip(scopes, afters, strict=True):
             crossed = caps.crossed_spend(scope, cfg.limits(scope), after - amount.amount, after)
             if crossed is not None:
                 await self._cap_reached(conn, scope, "spend_daily", crossed)

@@ -259,14 +259,15 @@ async def claim(conn: asyncpg.Connection, scopes: Sequence[str],
     return Claim(shards=tuple(row["shards"]), at=row["admitted_at"])
 
 
-async def add_spend(conn: asyncpg.Connection, day: date, scope: str, currency: str,
-                    amount: Decimal, shards: int) -> Decimal:
-    """Add to a scope's spend of ``day``, in one of its ``shards`` rows no other
-    transaction holds (``guard_add_spend``, migration 0985); returns the effective spend
-    after it as this transaction sees it (other open transactions' additions not yet)."""
-    value = await conn.fetchval("SELECT guard_add_spend($1, $2, $3, $4, $5)",
-                                day, scope, currency, amount, shards)
-    return Decimal(value)
+async def add_spend(conn: asyncpg.Connection, day: date, scopes: Sequence[str],
+                    currency: str, amount: Decimal, shards: int) -> list[Decimal]:
+    """Add to each scope's spend of ``day`` in one statement, in one of its ``shards`` rows
+    no other transaction holds (``guard_add_spend``, migrations 0985, 0986); returns each
+    scope's effective spend after it as this transaction sees it (other open
+    transactions' additions not yet)."""
+    values = await conn.fetchval("SELECT guard_add_spend($1, $2::text[], $3, $4, $5)",
+                                 day, list(scopes), currency, amount, shards)
+    return [Decimal(v) for v in values]
 
 
 async def trip(conn: asyncpg.Connection, scope: str, kind: str, verdict: Verdict,
