@@ -12,7 +12,9 @@ distinct numbers for ``--duration`` seconds (the guard's caps lifted, pre-callba
 * the servers' own metrics over the step (``GET /metrics`` of each, at its start, every
   few seconds and at its end): the database pool's acquire waits and the event loop's
   delay (histograms: mean and the bucket holding p50 / p99 of the step's samples) and
-  the most pool connections in use at one sample;
+  the most pool connections in use at one sample; and what the callback database's
+  sessions were doing at those samples (``pg_stat_activity``: state, wait, statement),
+  the most frequent first;
 * CPU seconds of each process from ``/proc/<pid>/stat`` over the step (from the first
   call to the last SIP message of its call-backs): the edge server(s), the callback
   server(s), the PostgreSQL backends of the run's two databases summed (the shared
@@ -42,6 +44,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -191,6 +194,16 @@ def histogram_delta(before: Samples, after: Samples, name: str) -> str:
     return f"mean {mean_ms:.1f} ms, p50 {upper(0.5)}, p99 {upper(0.99)} ({count:,.0f})"
 
 
+#: what a callback database session was doing, at a scrape (not idle; not the sweep's own)
+ACTIVITY = """SELECT state, coalesce(wait_event_type || '/' || wait_event, '') AS wait,
+                     left(regexp_replace(query, '\\s+', ' ', 'g'), 70) AS query
+              FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND backend_type = 'client backend' AND state <> 'idle'"""
+#: how many kinds of session activity a step prints
+ACTIVITY_TOP = 8
+
+
 class ServerWatch:
     """The servers' own metrics over a step: their histograms' growth from the step's
     start, and the most database pool connections in use at one scrape."""
@@ -202,6 +215,8 @@ class ServerWatch:
         self.last: dict[str, Samples] = {}
         self.in_use: dict[str, float] = {}
         self.scraped_at = 0.0
+        self.activity: Counter[tuple[str, str, str]] = Counter()
+        self.activity_samples = 0
 
     async def _scrape_all(self) -> dict[str, Samples]:
         connector = aiohttp.TCPConnector(ssl=self.sites.client_ssl())
@@ -217,6 +232,8 @@ class ServerWatch:
         self.before = self.last = await self._scrape_all()
         self.in_use = dict.fromkeys(self.names, 0.0)
         self.scraped_at = time.monotonic()
+        self.activity.clear()
+        self.activity_samples = 0
 
     async def sample(self) -> None:
         """Scrape again if the last was ``SCRAPE_EVERY_S`` ago (a server too busy to
@@ -231,6 +248,9 @@ class ServerWatch:
                        if sample == "cbgw_db_pool_connections"
                        and ("state", "in_use") in labels)
             self.in_use[name] = max(self.in_use[name], used)
+        rows = await self.sites.fetch("callback", ACTIVITY)
+        self.activity.update((r["state"], r["wait"], r["query"]) for r in rows)
+        self.activity_samples += 1
 
     def lines(self) -> list[str]:
         out = []
@@ -242,6 +262,11 @@ class ServerWatch:
                               for what, m in WAITS.items())
             out.append(f"{name} server: {waits}; pool in use at most "
                        f"{self.in_use[name]:.0f} of {size:.0f}")
+        samples = max(1, self.activity_samples)
+        out.append(f"callback database sessions, mean over {self.activity_samples} samples "
+                   "(state, wait, statement):")
+        out += [f"  {count / samples:5.2f}  {state}  {wait or '-'}  {query}"
+                for (state, wait, query), count in self.activity.most_common(ACTIVITY_TOP)]
         return out
 
 
