@@ -3,11 +3,13 @@
 What a consultation pays in billing before any advisor is rung, as
 :class:`~callback_server.consult_runner.ConsultRunner` pays it: admission
 (:meth:`callback_server.consult_billing.ConsultBilling.admit`: the customer's account by
-the called number, the merchant's policy, :meth:`billing.admission.Admissions.ask`) and,
-prepaid, the meter's first slice (:meth:`ConsultBilling.reserve` with the meter's
-``first_slice_s``: :meth:`billing.ledger.Ledger.reserve` under the account's lock). No
-Stripe call is on this path: a postpaid admission reads the card on file and the charges
-from the database (:func:`billing.standing.standing`).
+the called number, the merchant's policy, the facts :func:`billing.admission.decide`
+decides on) and, prepaid, the meter's first slice (:meth:`ConsultBilling.reserve` with
+the meter's ``first_slice_s``: :func:`billing.ledger.reserve_all` under the accounts'
+locks). Both are group-committed: the asks that arrive together are one admission
+statement, then one reservation transaction, per batch (the report counts the batches).
+No Stripe call is on this path: a postpaid admission reads the card on file and the
+charges from the database.
 
 The account mix of one burst of N requests (N=200 by default), each a distinct
 consultation: most from distinct prepaid accounts, a tenth from households of four
@@ -205,10 +207,13 @@ async def _run(args: argparse.Namespace) -> int:
         await burst(billing, asks, "warm")                         # warm the connections
         runs = [await burst(billing, asks, f"b{r}") for r in range(args.bursts)]
         steady = await paced(billing, asks, args.rate, args.seconds)
+        batches = (billing.admitting.batches, billing.reserving.batches)
         one_at_a_time = await serial(billing, asks, "serial")
         bare = [await select_one(pool, len(asks)) for _ in range(args.bursts)]
     finally:
         await pool.close()
+    print(f"group commit: {batches[0]:,} admission and {batches[1]:,} reservation batches "
+          f"for the warm-up, the bursts and the paced run")
     return _report(args, asks, runs, steady, one_at_a_time, bare)
 
 

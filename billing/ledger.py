@@ -27,6 +27,8 @@ is refused with :class:`Refusal` (``balance-too-low``, with the amounts for the 
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -278,6 +280,112 @@ def _reservation(row: asyncpg.Record) -> Reservation:
                        terms)
 
 
+@dataclass(frozen=True, slots=True)
+class ReserveAsk:
+    """One consultation's :meth:`Ledger.reserve`."""
+
+    merchant_id: str
+    account: str
+    consultation_id: str
+    terms: Terms
+    at_most_s: int | None = None
+
+
+#: lock the accounts named, in id order (two batches sharing accounts never deadlock)
+_LOCK_ACCOUNTS = """
+    SELECT id, merchant_id, account FROM billing_accounts
+    WHERE (merchant_id, account) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+    ORDER BY id FOR UPDATE"""
+
+#: each ask's account's available balance and its reservation made already, if any
+_BALANCES = """
+    SELECT k.n, x.id AS made,
+           coalesce((SELECT sum(e.amount_yen) FROM billing_entries e
+                     WHERE e.account_id = k.account_id AND e.book = 'available'), 0)
+               AS available_yen
+    FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k (account_id, consultation_id, n)
+    LEFT JOIN billing_reservations x ON x.account_id = k.account_id
+                                    AND x.consultation_id = k.consultation_id"""
+
+#: the reservations and their holds (the legs as :func:`post` writes them), one statement
+_HOLD = """
+    WITH k AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                                    $5::int[]) WITH ORDINALITY
+                   AS k (account_id, consultation_id, terms, held_yen, allowed_s, n)),
+         r AS (INSERT INTO billing_reservations (account_id, consultation_id, terms, held_yen,
+                   allowed_s)
+               SELECT account_id, consultation_id, terms::jsonb, held_yen, allowed_s FROM k
+               ORDER BY n
+               RETURNING *),
+         t AS (INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, reason,
+                   reservation_id)
+               SELECT account_id, 'hold', held_yen, $6, 'consultation ' || consultation_id, id
+               FROM r WHERE held_yen > 0 RETURNING id, account_id, amount_yen),
+         e AS (INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen)
+               SELECT t.id, t.account_id, leg.book, leg.sign * t.amount_yen
+               FROM t, (VALUES ('available', -1), ('held', 1)) AS leg (book, sign))
+    SELECT * FROM r"""
+
+
+@functools.lru_cache(maxsize=1024)
+def _terms_json(terms: Terms) -> str:
+    """The terms as a reservation stores them (a batch's asks mostly share a few)."""
+    return json.dumps(asdict(terms))
+
+
+async def reserve_all(conn: asyncpg.Connection, asks: Sequence[ReserveAsk]
+                      ) -> list[Reservation | Refusal]:
+    """:meth:`Ledger.reserve` for many consultations at once, inside the caller's
+    transaction: the accounts locked (in id order), their balances read after the lock,
+    each ask decided in order in Python, the holds written by one statement. Asks on one
+    account take their holds in turn (each sees the earlier ones'); an ask repeated, or
+    made before, gets the one reservation. Four round trips whatever the number."""
+    locked = await conn.fetch(_LOCK_ACCOUNTS, [a.merchant_id for a in asks],
+                              [a.account for a in asks])
+    ids = {(r["merchant_id"], r["account"]): r["id"] for r in locked}
+    found = [(i, a, ids[a.merchant_id, a.account]) for i, a in enumerate(asks)
+             if (a.merchant_id, a.account) in ids]
+    got: list[Reservation | Refusal] = [Refusal("balance-too-low", 0, a.terms.first_unit_yen())
+                                        for a in asks]
+    if not found:
+        return got
+    read = await conn.fetch(_BALANCES, [acc for _, _, acc in found],
+                            [a.consultation_id for _, a, _ in found])
+    made = {found[r["n"] - 1][0]: r["made"] for r in read if r["made"] is not None}
+    available = {found[r["n"] - 1][2]: int(r["available_yen"]) for r in read}
+    new: dict[tuple[int, str], list[int]] = {}       # account, consultation → asks
+    holds: list[tuple[int, str, str, int, int]] = []
+    for i, ask, acc in found:
+        if i in made:
+            continue
+        if (acc, ask.consultation_id) in new:          # the same consultation twice
+            new[acc, ask.consultation_id].append(i)
+            continue
+        needed = ask.terms.first_unit_yen()
+        if available[acc] < needed:
+            got[i] = Refusal("balance-too-low", available[acc], needed)
+            continue
+        allowed = seconds_affordable(available[acc], ask.terms)
+        if ask.at_most_s is not None:
+            allowed = min(allowed, whole_units_s(ask.at_most_s, ask.terms))
+        held = rate(allowed, ask.terms).total_yen
+        available[acc] -= held
+        new[acc, ask.consultation_id] = [i]
+        holds.append((acc, ask.consultation_id, _terms_json(ask.terms), held, allowed))
+    if holds:
+        rows = await conn.fetch(_HOLD, *(list(col) for col in zip(*holds, strict=True)),
+                                SYSTEM)
+        for row in rows:
+            for i in new[row["account_id"], row["consultation_id"]]:
+                got[i] = _reservation(row)
+    if made:
+        rows = {r["id"]: r for r in await conn.fetch(RESERVATION + " WHERE r.id = ANY($1)",
+                                                       list(made.values()))}
+        for i, rid in made.items():
+            got[i] = _reservation(rows[rid])
+    return got
+
+
 class Ledger:
     """``fx``: the site's FX table (``[rates]``), taken when a settlement's billing record
     converts the call's leg costs to yen (default: ``shared.money``'s indicative one)."""
@@ -365,34 +473,11 @@ class Ledger:
         """Hold what the available balance pays for (at most ``at_most_s`` of talk rounded
         up to a whole billing unit, and never past the terms' maximum) before
         ``consultation_id`` connects. Asking again for the same consultation returns its
-        reservation."""
+        reservation. (:func:`reserve_all` in a transaction of its own.)"""
         async with self.pool.acquire() as conn, conn.transaction():
-            acc = await account_id(conn, merchant_id, account, create=False)
-            if acc is None:
-                return Refusal("balance-too-low", 0, terms.first_unit_yen())
-            available = (await books(conn, acc)).get("available", 0)
-            needed = terms.first_unit_yen()
-            allowed = seconds_affordable(available, terms)
-            if at_most_s is not None:
-                allowed = min(allowed, whole_units_s(at_most_s, terms))
-            held = rate(allowed, terms).total_yen if available >= needed else 0
-            # made at most once per consultation (unique); asked again: the one made
-            row = await conn.fetchrow(
-                """INSERT INTO billing_reservations (account_id, consultation_id, terms,
-                       held_yen, allowed_s) SELECT $1, $2, $3, $4, $5 WHERE $6
-                   ON CONFLICT (account_id, consultation_id) DO NOTHING RETURNING *""",
-                acc, consultation_id, asdict(terms), held, allowed, available >= needed)
-            if row is None:
-                existing = await conn.fetchrow(
-                    RESERVATION + " WHERE r.account_id = $1 AND r.consultation_id = $2",
-                    acc, consultation_id)
-                if existing is None:
-                    return Refusal("balance-too-low", available, needed)
-                return _reservation(existing)
-            if held:
-                await post(conn, acc, "hold", held, [("available", -held), ("held", held)],
-                           SYSTEM, f"consultation {consultation_id}", row["id"])
-            return _reservation(row)
+            (got,) = await reserve_all(conn, [ReserveAsk(merchant_id, account,
+                                                         consultation_id, terms, at_most_s)])
+            return got
 
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int, *,
                      by: str = SYSTEM, reason: str = "") -> Settlement:

@@ -11,24 +11,31 @@ consultation id); every other merchant is prepaid. A postpaid consultation a kil
 server left talking is charged by the restart's reconciler (:meth:`ConsultBilling.recharge`)
 from its saved record, with the account and terms its runner kept (:class:`ChargeTo`): the
 same charge, keyed by the same consultation id, so it is made once whoever makes it.
+
+Admission and the first reservation are group-committed (:class:`shared.intake_batch.
+Batcher`): the calls that arrive together are one admission statement (:data:`_ADMIT`)
+and one reservation transaction (:func:`billing.ledger.reserve_all`) per batch, the
+decisions made in Python (:func:`billing.admission.decide`, :mod:`billing.rating`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
-from advisors.store import AdvisorStore
 from billing import policy
-from billing.admission import Admission, Admissions
-from billing.ledger import Ledger, Refusal, Reservation, Settlement
+from billing.admission import Admission, Admissions, Facts, decide
+from billing.ledger import Ledger, Refusal, Reservation, ReserveAsk, Settlement, reserve_all
 from billing.metrics import billing as billing_metrics
 from billing.rating import Terms
 from billing.settings import BillingSettings
-from billing.standing import Charge
+from billing.standing import CHARGES, Charge, Standing
+from shared.intake_batch import Batcher
 from shared.money import FxTable
 from shared.phone import E164
 
@@ -50,6 +57,46 @@ _RECORDED_LIVE = """
     LEFT JOIN billing_settlements s ON s.reservation_id = r.id
     WHERE a.merchant_id = $1 AND c.callback_id = $2 AND s.reservation_id IS NULL
     ORDER BY r.id"""
+
+
+#: what admission reads for each of a batch of asks (merchant, called number, group,
+#: postpaid), in one statement: the customer's account (``advisors.customers``, else the
+#: number), the merchant's newest policy and the group's, and the facts
+#: (:class:`billing.admission.Facts`): prepaid, the available balance; postpaid, the card
+#: on file and the unpaid and failed charges (:func:`billing.standing.standing`'s counts)
+_ADMIT = f"""
+    WITH k AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
+                   WITH ORDINALITY AS k (merchant_id, number, group_id, postpaid, n)),
+         w AS (SELECT k.*, coalesce(cu.account, k.number) AS account FROM k
+               LEFT JOIN customer_numbers cn ON cn.merchant_id = k.merchant_id
+                                            AND cn.number = k.number
+               LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id
+                                     AND cu.id = cn.customer_id)
+    SELECT w.n, w.account,
+           CASE WHEN p.id IS NOT NULL THEN jsonb_build_object(
+               {", ".join(f"'{n}', p.{n}" for n in policy.FIELDS)}) END AS policy,
+           CASE WHEN g.id IS NOT NULL THEN jsonb_build_object(
+               {", ".join(f"'{n}', g.{n}" for n in policy.FIELDS)}) END AS group_policy,
+           CASE WHEN NOT w.postpaid THEN
+               (SELECT sum(e.amount_yen) FROM billing_entries e
+                WHERE e.account_id = acct.id AND e.book = 'available') END AS available_yen,
+           w.postpaid AND EXISTS (SELECT 1 FROM billing_card_registrations r
+                                  JOIN billing_cards cd ON cd.registration_id = r.id
+                                  WHERE r.account_id = acct.id) AS has_card,
+           s.unpaid, s.failed
+    FROM w
+    LEFT JOIN billing_accounts acct ON acct.merchant_id = w.merchant_id
+                                   AND acct.account = w.account
+    LEFT JOIN LATERAL (SELECT * FROM billing_policies
+                       WHERE merchant_id = w.merchant_id ORDER BY id DESC LIMIT 1) p ON true
+    LEFT JOIN LATERAL (SELECT * FROM billing_group_policies
+                       WHERE merchant_id = w.merchant_id AND group_id = w.group_id
+                       ORDER BY id DESC LIMIT 1) g ON true
+    LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE state IN ('pending', 'failed')) AS unpaid,
+               count(*) FILTER (WHERE state = 'failed') AS failed
+        FROM ({CHARGES} WHERE c.account_id = acct.id) s WHERE w.postpaid) s ON true
+    ORDER BY w.n"""
 
 
 #: a consultation's saved talk seconds
@@ -103,15 +150,86 @@ class BillingPort(Protocol):
     async def rescue(self, merchant_id: str, callback_id: str) -> list[Settlement]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    merchant_id: str
+    number: E164
+    price_per_minute_yen: int
+    group_id: int | None
+
+
+@dataclass
+class _Admitting(Batcher[_Ask, Plan]):
+    """Admission of the asks that arrive together: one :data:`_ADMIT` statement a batch,
+    then :func:`billing.admission.decide` for each (an ask whose terms the rating
+    refuses fails alone)."""
+
+    admissions: Admissions | None = None
+
+    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, _Ask]]
+                    ) -> Mapping[str, Plan | Exception]:
+        assert self.admissions is not None
+        postpaid = self.admissions.postpaid_merchants
+        asks = [ask for _, ask in batch]
+        rows = await conn.fetch(_ADMIT, [a.merchant_id for a in asks],
+                                [str(a.number) for a in asks], [a.group_id for a in asks],
+                                [a.merchant_id in postpaid for a in asks])
+        plans: dict[str, Plan | Exception] = {}
+        for (key, ask), row in zip(batch, rows, strict=True):
+            try:
+                plans[key] = self._plan(ask, row)
+            except Exception as exc:  # that ask's own error, for its caller
+                plans[key] = exc
+        return plans
+
+    def _plan(self, ask: _Ask, row: asyncpg.Record) -> Plan:
+        assert self.admissions is not None
+        in_force = policy.Policy(**(row["policy"] or {}))
+        if ask.group_id is not None and row["group_policy"] is not None:
+            own = row["group_policy"]
+            in_force = policy.GroupPolicy(ask.group_id, tuple(
+                (n, own[n]) for n in policy.FIELDS if own[n] is not None)).over(in_force)
+        terms = in_force.terms(ask.price_per_minute_yen)
+        postpaid = ask.merchant_id in self.admissions.postpaid_merchants
+        facts = Facts(postpaid, int(row["available_yen"] or 0),
+                      Standing(row["has_card"], row["unpaid"] or 0, (row["failed"] or 0) > 0))
+        return Plan(row["account"], terms, postpaid, decide(
+            facts, terms, terms.max_talk_s,
+            max_unpaid_charges=self.admissions.max_unpaid_charges))
+
+
+@dataclass
+class _Reserving(Batcher[ReserveAsk, Reservation | Refusal]):
+    """The first holds of the consultations that connect together: one transaction a
+    batch (:func:`billing.ledger.reserve_all`), answered after its commit."""
+
+    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, ReserveAsk]]
+                    ) -> Mapping[str, Reservation | Refusal | Exception]:
+        async with conn.transaction():
+            got = await reserve_all(conn, [ask for _, ask in batch])
+        return dict(zip((key for key, _ in batch), got, strict=True))
+
+
 class ConsultBilling:
+    """Admission and the first reservation are group-committed: the calls that arrive
+    together share one statement (admission) and one transaction (reservations) a batch,
+    each batch on a connection taken from ``pool`` for it (at most ``max_in_flight``
+    batches of each at once), so 200 consultations asking at once cost a handful of
+    round trips instead of a queue for the pool's connections."""
+
     def __init__(self, pool: asyncpg.Pool, settings: BillingSettings, *,
-                 fx: FxTable | None = None, notices: NoticeSink | None = None) -> None:
+                 fx: FxTable | None = None, notices: NoticeSink | None = None,
+                 max_in_flight: int = 2) -> None:
         self.pool = pool
         self.postpaid_merchants = settings.postpaid_merchants
         self.admissions = Admissions(pool, postpaid_merchants=settings.postpaid_merchants,
                                      max_unpaid_charges=settings.max_unpaid_charges)
         self.ledger = Ledger(pool, fx=fx)
-        self.customers = AdvisorStore(pool)
+        self.admitting = _Admitting(pool, "admission", max_in_flight=max_in_flight,
+                                     hold=False, admissions=self.admissions)
+        self.reserving = _Reserving(pool, "reservation", max_in_flight=max_in_flight,
+                                     hold=False)
+        self._asks = itertools.count()
         self.postpaid: Postpaid | None = None
         if settings.stripe is not None and settings.postpaid_merchants:
             from billing.postpaid import Postpaid  # needs stripe (the billing extra)
@@ -122,23 +240,22 @@ class ConsultBilling:
     async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int,
                     group_id: int | None = None) -> Plan:
         """The account, the terms (the merchant's policy; through a group, with the
-        group's fields) and admission's answer, read on one pooled connection (each
-        connection given back to the pool costs a round trip of its own)."""
-        async with self.pool.acquire() as conn:
-            account = await self.customers.account_by_number(merchant_id, number, conn)
-            account = str(number) if account is None else account
-            terms = (await policy.in_force(conn, merchant_id, group_id)).terms(
-                price_per_minute_yen)
-            admission = await self.admissions.ask_under(merchant_id, account, terms,
-                                                        terms.max_talk_s, conn)
-        if not admission.allowed:
-            billing_metrics().refusals.labels(merchant_id, admission.reason).inc()
-        return Plan(account, terms, merchant_id in self.postpaid_merchants, admission)
+        group's fields) and admission's answer, read with the asks that arrive with it
+        (one statement a batch)."""
+        plan = await self.admitting.deliver(
+            str(next(self._asks)), _Ask(merchant_id, number, price_per_minute_yen, group_id))
+        if not plan.admission.allowed:
+            billing_metrics().refusals.labels(merchant_id, plan.admission.reason).inc()
+        return plan
 
     async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,
                       at_most_s: int | None) -> Reservation | Refusal:
-        got = await self.ledger.reserve(merchant_id, plan.account, consultation_id,
-                                        plan.terms, at_most_s=at_most_s)
+        """:meth:`billing.ledger.Ledger.reserve`, with the reservations that arrive with
+        it (one transaction a batch; answered after its commit). The same consultation
+        asked again while its first ask is in flight shares that one's answer."""
+        key = "\x00".join((merchant_id, plan.account, consultation_id))
+        got = await self.reserving.deliver(key, ReserveAsk(
+            merchant_id, plan.account, consultation_id, plan.terms, at_most_s))
         if isinstance(got, Refusal):    # another call's hold took it since the admission
             billing_metrics().refusals.labels(merchant_id, got.reason).inc()
         return got

@@ -42,12 +42,16 @@ answer ``202``) at one round trip and one WAL flush per *batch*:
   commit outcome is unknown (connection lost mid-commit) is answered with an
   error too; the sender's retry then finds the id and gets the first answer.
 
-The queueing, slots, held connections and failure handling are
-:class:`GroupCommit`, generic over what a batch writes: subclasses implement
-:meth:`GroupCommit.write` (one transaction for the whole batch, answers by
-message id). :class:`IntakeBatcher` is the one-statement writer above;
-``callback_server.intake.CallbackIntake`` screens and stores call-back
-requests, guard included, one transaction per batch.
+The queueing, slots and connections are :class:`Batcher`, generic over what
+a request carries and what it is answered: a subclass implements
+:meth:`Batcher.write` (the whole batch on one connection, an answer per key),
+and a batch that raises fails every caller in it with that exception.
+:class:`GroupCommit` adds the intake's failure handling above (message ids,
+retry-the-rest, :class:`IntakeFailed`): :class:`IntakeBatcher` is the
+one-statement writer above; ``callback_server.intake.CallbackIntake`` screens
+and stores call-back requests, guard included, one transaction per batch;
+``callback_server.consult_billing.ConsultBilling`` admits consultations (one
+statement a batch) and reserves their first slices (one transaction a batch).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ log = logging.getLogger("shared.intake_batch")
 
 Answer = tuple[int, dict[str, Any]]
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 
@@ -89,17 +94,6 @@ class IntakeBroken(IntakeFailed):
 
     def __init__(self, message_id: str, reason: str) -> None:
         super().__init__(message_id, reason, status=500, error_id="internal-error")
-
-
-@dataclass(slots=True)
-class _Pending(Generic[T]):
-    message_id: str
-    item: T
-    #: one future per caller waiting for this message (the first delivery and its repeats);
-    #: a cancelled caller cancels only its own future, never the write
-    waiters: list[asyncio.Future[Answer]]
-    settled: bool = False
-    queued_at: float = 0.0          # loop time it was queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +127,41 @@ _FIRST_ANSWERS = ("SELECT message_id, response_status, response_body::text AS bo
                   " FROM inbound_messages WHERE message_id = ANY($1::text[])")
 
 
-@dataclass
-class GroupCommit(Generic[T]):
-    """Batches :meth:`deliver` calls; :meth:`write` stores a batch in one transaction.
+class BatchFailed(RuntimeError):
+    """A :class:`Batcher`'s batch gave no answer for this request (the writer left it
+    out, or the batcher closed before writing it)."""
 
-    The batcher keeps up to ``max_in_flight`` connections of ``pool`` for
-    itself (taken on first use, given back by :meth:`close` or when one fails);
-    size the pool for that plus whatever else shares it, and close the batcher
-    before the pool (``Pool.close`` waits for held connections).
+
+@dataclass(slots=True)
+class _Pending(Generic[T, R]):
+    key: str
+    item: T
+    #: one future per caller waiting for this key (the first request and its repeats);
+    #: a cancelled caller cancels only its own future, never the write
+    waiters: list[asyncio.Future[R]]
+    settled: bool = False
+    queued_at: float = 0.0          # loop time it was queued
+
+
+@dataclass
+class Batcher(Generic[T, R]):
+    """Group commit: the :meth:`deliver` calls that arrive together are served by one
+    :meth:`write` per batch, on one connection.
+
+    Requests that arrive while earlier batches are being written wait in a queue; when
+    a slot is free (at most ``max_in_flight`` batches at once) the queue, up to
+    ``max_batch`` requests, is one batch. No batch waits for a timer unless
+    ``linger_s`` asks for it. A key still queued or in flight is not queued again: its
+    repeat waits for the same answer. The queue's task ends when the queue is empty
+    (the next request starts it again), so a batcher left unclosed leaves no task.
+
+    ``hold``: keep up to ``max_in_flight`` connections of ``pool`` between batches
+    (returning one to the pool costs a reset round trip; :meth:`close` gives them back,
+    so close the batcher before the pool); false: each batch takes a pooled connection
+    and gives it back once its callers are answered.
+
+    A batch that raises fails every caller of that batch with the exception (none is
+    left waiting); :class:`GroupCommit` retries each message alone instead.
     """
 
     pool: asyncpg.Pool
@@ -151,24 +172,184 @@ class GroupCommit(Generic[T]):
     #: :meth:`overloaded` once a message has waited this long for a free connection
     #: (None: never)
     shed_after_s: float | None = None
-    _queue: list[_Pending[T]] = field(default_factory=list, init=False)
-    _waiting: dict[str, _Pending[T]] = field(default_factory=dict, init=False)
-    _wake: asyncio.Event | None = field(default=None, init=False)
-    _slots: asyncio.Semaphore | None = field(default=None, init=False)
+    hold: bool = True
+    _queue: list[_Pending[T, R]] = field(default_factory=list, init=False)
+    _waiting: dict[str, _Pending[T, R]] = field(default_factory=dict, init=False)
+    _slots: asyncio.Semaphore = field(init=False)
     _loop_task: asyncio.Task[None] | None = field(default=None, init=False)
     _batches: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _idle: list[asyncpg.Connection] = field(default_factory=list, init=False)
     #: counters for benchmarks and health pages
     batches: int = field(default=0, init=False)
     messages: int = field(default=0, init=False)
-    #: repeats of a message still queued or in flight in this batcher (repeats of stored
-    #: ones are found by the writer, which logs them)
+    #: repeats of a key still queued or in flight in this batcher
     repeats: int = field(default=0, init=False)
-    fallbacks: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
+        self._slots = asyncio.Semaphore(self.max_in_flight)
+
+    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, T]]
+                    ) -> Mapping[str, R | Exception]:
+        """Serve ``batch`` (distinct keys, in arrival order) on ``conn``: each key's
+        answer, once what it answers is durable, or the exception its callers get (one
+        request's own error fails only that request). A key missing from the result fails its
+        callers with :class:`BatchFailed`."""
+        raise NotImplementedError
+
+    async def deliver(self, key: str, item: T) -> R:
+        """``item``'s answer from the batch it goes out in (a repeat of a key still
+        queued or in flight: that one's). Cancelling the caller does not cancel the
+        write (the batch is shared)."""
+        return await self._enqueue(key, item)
+
+    def overloaded(self) -> bool:
+        """The database does not keep up: the oldest message still waiting for one of
+        the batcher's connections has waited over ``shed_after_s`` (the server should
+        refuse new messages with 503 + Retry-After rather than queue them)."""
+        return self.shed_after_s is not None and bool(self._queue) and \
+            asyncio.get_running_loop().time() - self._queue[0].queued_at > self.shed_after_s
+
+    def _enqueue(self, key: str, item: T) -> asyncio.Future[R]:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        existing = self._waiting.get(key)
+        if existing is not None:  # a repeat of a key still queued or in flight here
+            self.repeats += 1
+            existing.waiters.append(future)
+            return future
+        pending = _Pending[T, R](key, item, [future],
+                                 queued_at=asyncio.get_running_loop().time())
+        self._queue.append(pending)
+        self._waiting[key] = pending
+        if self._loop_task is None or self._loop_task.done():
+            # started by the first request, it serves them all: no request's log context
+            self._loop_task = asyncio.create_task(self._run(), name=f"batcher {self.kind}",
+                                                  context=logs.unbound())
+        return future
+
+    async def close(self) -> None:
+        """Stop taking batches; wait for those in flight; fail what is still queued."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self.pool.release(conn)
+        queued, self._queue = self._queue, []
+        for pending in queued:
+            self._missing(pending, f"the {self.kind} batcher is shutting down")
+
+    # --- internals ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while self._queue:
+            await self._slots.acquire()
+            if self.linger_s > 0 and len(self._queue) < self.max_batch:
+                await asyncio.sleep(self.linger_s)
+            batch = self._queue[:self.max_batch]
+            del self._queue[:self.max_batch]
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._flush(batch), name=f"{self.kind} batch")
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:  # a bug, not a DB error
+            log.error("%s batch crashed", self.kind, exc_info=task.exception())
+
+    async def _flush(self, batch: list[_Pending[T, R]]) -> None:
+        self.batches += 1
+        self.messages += len(batch)
+        try:
+            await self._write_batch(batch)
+        finally:
+            for pending in batch:  # never leave a caller waiting
+                if not pending.settled:
+                    self._missing(pending, "no answer")
+
+    async def _write_batch(self, batch: list[_Pending[T, R]]) -> None:
+        """Write the batch; if it raises, every caller of the batch gets the exception."""
+        try:
+            await self._write_on_held(batch)
+        except BaseException as exc:
+            log.warning("%s batch of %d failed: %s: %s", self.kind, len(batch),
+                        type(exc).__name__, exc)
+            for pending in batch:
+                self._settle_error(pending, exc)
+            if not isinstance(exc, Exception):  # cancelled
+                raise
+
+    async def _write_on_held(self, batch: Sequence[_Pending[T, R]]) -> None:
+        """Write on one of the batcher's own connections (at most ``max_in_flight``).
+
+        Held (``hold``), they are taken from the pool once and kept, not returned after
+        every batch: returning one costs a reset round trip (``RESET ALL`` etc.). A
+        connection that failed goes back to the pool, which replaces it.
+        """
+        conn = self._idle.pop() if self._idle else await self.pool.acquire()
+        try:
+            answers = await self.write(conn, [(p.key, p.item) for p in batch])
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        for pending in batch:  # committed
+            answer = answers.get(pending.key, _NONE)
+            if answer is _NONE:
+                self._missing(pending, "no answer from the writer")
+            elif isinstance(answer, Exception):
+                self._settle_error(pending, answer)
+            else:
+                self._settle(pending, answer)
+        if self.hold:
+            self._idle.append(conn)
+        else:
+            await self.pool.release(conn)
+
+    def _settle(self, pending: _Pending[T, R], answer: R) -> None:
+        self._forget(pending)
+        for future in pending.waiters:
+            if not future.done():
+                future.set_result(answer)
+
+    def _settle_error(self, pending: _Pending[T, R], exc: BaseException) -> None:
+        self._forget(pending)
+        for future in pending.waiters:
+            if not future.done():
+                future.set_exception(exc)
+
+    def _missing(self, pending: _Pending[T, R], reason: str) -> None:
+        """Fail the callers of a request that got no answer."""
+        self._settle_error(pending, BatchFailed(f"{self.kind} {pending.key}: {reason}"))
+
+    def _forget(self, pending: _Pending[T, R]) -> None:
+        pending.settled = True
+        if self._waiting.get(pending.key) is pending:
+            del self._waiting[pending.key]
+
+
+_NONE: Any = object()
+
+
+@dataclass
+class GroupCommit(Batcher[T, Answer]):
+    """Batches :meth:`deliver` calls; :meth:`write` stores a batch in one transaction.
+
+    The batcher keeps up to ``max_in_flight`` connections of ``pool`` for
+    itself (taken on first use, given back by :meth:`close` or when one fails);
+    size the pool for that plus whatever else shares it, and close the batcher
+    before the pool (``Pool.close`` waits for held connections).
+    """
+
+    fallbacks: int = field(default=0, init=False)
 
     async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, T]]
                     ) -> Mapping[str, Answer]:
@@ -186,7 +367,8 @@ class GroupCommit(Generic[T]):
         message could not be stored. Cancelling the caller does not cancel the
         write (the batch is shared).
         """
-        return await self._enqueue(message_id, item)
+        status, body = await self._enqueue(message_id, item)
+        return status, dict(body)
 
     async def deliver_many(self, items: Sequence[tuple[str, T]]) -> list[Answer | IntakeFailed]:
         """:meth:`deliver` for several messages at once (one batch request of the link).
@@ -194,98 +376,22 @@ class GroupCommit(Generic[T]):
         All are queued together, so they share batches; returns each message's first
         answer, or the :class:`IntakeFailed` that says it was not stored, in order.
         """
-        futures = [self._enqueue(mid, item) for mid, item in items]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await asyncio.gather(*(self.deliver(mid, item) for mid, item in items),
+                                       return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, IntakeFailed):
                 raise result
         return results  # type: ignore[return-value]  # narrowed by the loop above
 
-    def overloaded(self) -> bool:
-        """The database does not keep up: the oldest message still waiting for one of
-        the batcher's connections has waited over ``shed_after_s`` (the server should
-        refuse new messages with 503 + Retry-After rather than queue them)."""
-        return self.shed_after_s is not None and bool(self._queue) and \
-            asyncio.get_running_loop().time() - self._queue[0].queued_at > self.shed_after_s
-
-    def _enqueue(self, message_id: str, item: T) -> asyncio.Future[Answer]:
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        existing = self._waiting.get(message_id)
-        if existing is not None:  # a repeat of a message still queued or in flight here
-            self.repeats += 1
-            existing.waiters.append(future)
-            return future
-        self._ensure_running()
-        assert self._wake is not None
-        pending = _Pending(message_id, item, [future],
-                           queued_at=asyncio.get_running_loop().time())
-        self._queue.append(pending)
-        self._waiting[message_id] = pending
-        self._wake.set()
-        return future
-
-    async def close(self) -> None:
-        """Stop taking batches; wait for those in flight; fail what is still queued."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
-        if self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await self.pool.release(conn)
-        queued, self._queue = self._queue, []
-        for pending in queued:
-            self._settle_error(pending, "the intake is shutting down")
-
-    # --- internals ---------------------------------------------------------------------------
-
-    def _ensure_running(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            self._wake = asyncio.Event()
-            self._slots = asyncio.Semaphore(self.max_in_flight)
-            # started by the first request, it serves them all: no request's log context
-            self._loop_task = asyncio.create_task(self._run(), name=f"intake batcher {self.kind}",
-                                                  context=logs.unbound())
-
-    async def _run(self) -> None:
-        assert self._wake is not None and self._slots is not None
-        while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            await self._slots.acquire()
-            if self.linger_s > 0 and len(self._queue) < self.max_batch:
-                await asyncio.sleep(self.linger_s)
-            batch = self._queue[:self.max_batch]
-            del self._queue[:self.max_batch]
-            if not batch:
-                self._slots.release()
-                continue
-            task = asyncio.create_task(self._flush(batch), name="intake batch")
-            self._batches.add(task)
-            task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._batches.discard(task)
-        assert self._slots is not None
-        self._slots.release()
-        if not task.cancelled() and task.exception() is not None:  # a bug, not a DB error
-            log.error("intake batch crashed", exc_info=task.exception())
-
-    async def _flush(self, batch: list[_Pending[T]]) -> None:
-        batch.sort(key=lambda p: p.message_id)
-        self.batches += 1
-        self.messages += len(batch)
+    async def _write_batch(self, batch: list[_Pending[T, Answer]]) -> None:
+        batch.sort(key=lambda p: p.key)     # two batches sharing ids lock them in one order
         try:
             await self._write_on_held(batch)
         except CONNECTION_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("intake batch of %d failed, database unreachable: %s", len(batch), reason)
             for pending in batch:
-                self._settle_error(pending, reason)
+                self._missing(pending, reason)
         except Exception as exc:  # an SQL error, or a bug on one message: isolate it
             log.warning("intake batch of %d failed (%s: %s); retrying each message alone",
                         len(batch), type(exc).__name__, exc)
@@ -293,14 +399,10 @@ class GroupCommit(Generic[T]):
             await self._one_by_one(batch)
         except BaseException as exc:  # cancelled
             for pending in batch:
-                self._settle_error(pending, f"{type(exc).__name__}: {exc}")
+                self._missing(pending, f"{type(exc).__name__}: {exc}")
             raise
-        finally:
-            for pending in batch:  # never leave a caller waiting
-                if not pending.settled:
-                    self._settle_error(pending, "no answer")
 
-    async def _one_by_one(self, batch: Sequence[_Pending[T]]) -> None:
+    async def _one_by_one(self, batch: Sequence[_Pending[T, Answer]]) -> None:
         for pending in batch:
             if pending.settled:  # answered before the failure
                 continue
@@ -308,52 +410,16 @@ class GroupCommit(Generic[T]):
                 await self._write_on_held([pending])
             except CONNECTION_ERRORS as exc:
                 log.warning("intake of %s %s failed, database unreachable: %s: %s", self.kind,
-                            pending.message_id, type(exc).__name__, exc)
-                self._settle_error(pending, f"{type(exc).__name__}: {exc}")
+                            pending.key, type(exc).__name__, exc)
+                self._missing(pending, f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 log.error("intake of %s %s failed alone: %s: %s", self.kind,
-                          pending.message_id, type(exc).__name__, exc, exc_info=exc)
-                self._settle_error(pending, f"{type(exc).__name__}: {exc}", broken=True)
+                          pending.key, type(exc).__name__, exc, exc_info=exc)
+                self._settle_error(pending, IntakeBroken(pending.key,
+                                                         f"{type(exc).__name__}: {exc}"))
 
-    async def _write_on_held(self, batch: Sequence[_Pending[T]]) -> None:
-        """Write on one of the batcher's own connections (at most ``max_in_flight``).
-
-        They are taken from the pool once and kept, not returned after every
-        batch: returning one costs a reset round trip (``RESET ALL`` etc.). A
-        connection that failed goes back to the pool, which replaces it.
-        """
-        conn = self._idle.pop() if self._idle else await self.pool.acquire()
-        try:
-            answers = await self.write(conn, [(p.message_id, p.item) for p in batch])
-        except BaseException:
-            await self.pool.release(conn)
-            raise
-        self._idle.append(conn)
-        for pending in batch:  # committed
-            answer = answers.get(pending.message_id)
-            if answer is None:
-                self._settle_error(pending, "no answer from the store")
-            else:
-                self._settle(pending, answer)
-
-    def _settle(self, pending: _Pending[T], answer: Answer) -> None:
-        self._forget(pending)
-        status, body = answer
-        for future in pending.waiters:
-            if not future.done():
-                future.set_result((status, dict(body)))
-
-    def _settle_error(self, pending: _Pending[T], reason: str, *, broken: bool = False) -> None:
-        self._forget(pending)
-        kind = IntakeBroken if broken else IntakeFailed
-        for future in pending.waiters:
-            if not future.done():
-                future.set_exception(kind(pending.message_id, reason))
-
-    def _forget(self, pending: _Pending[T]) -> None:
-        pending.settled = True
-        if self._waiting.get(pending.message_id) is pending:
-            del self._waiting[pending.message_id]
+    def _missing(self, pending: _Pending[T, Answer], reason: str) -> None:
+        self._settle_error(pending, IntakeFailed(pending.key, reason))
 
 
 async def first_answers(conn: asyncpg.Connection, message_ids: Sequence[str]

@@ -24,7 +24,7 @@ from advisors.schemas import AdvisorInput, CustomerInput, GroupInput, OwnPrice
 from advisors.store import AdvisorStore
 from billing import policy, records
 from billing.consultation_charges import consultation_charges
-from billing.ledger import Balance, Ledger, Reservation
+from billing.ledger import Balance, Ledger, Refusal, Reservation
 from billing.rating import Terms
 from billing.records import Leg
 from billing.settings import BillingSettings, StripeSettings
@@ -642,28 +642,38 @@ async def test_a_settlement_the_ledger_refuses_leaves_the_reservation_and_the_ro
     assert await db.fetchval("SELECT talk_s FROM billing_settlements") == 5
 
 
-async def test_admission_and_the_first_slice_cost_eleven_statements_on_two_connections(
+async def test_admission_and_the_first_slice_cost_six_statements_whatever_the_batch(
         db: asyncpg.Pool, pg_url: str) -> None:
     """What every prepaid consultation pays before the first ring (``python -m bench
-    billing_reserve``): admission reads the account, the policy and the balance on one
-    pooled connection, the reservation is one transaction on another; each connection
-    given back costs the pool's reset statement. Counted on a one-connection pool, for a
-    second consultation (the first one's statements learn the column types)."""
-    await Ledger(db).deposit("acme", "member-42", 1000, "op", "bank transfer")
+    billing_reserve``): one admission statement (account, policy and balance) for the
+    asks that arrive together, one transaction (lock, read, hold) for their reservations;
+    each batch's connection given back costs the pool's reset statement. Counted on a
+    one-connection pool for one consultation, then for eight at once: the same six."""
+    await Ledger(db).deposit("acme", "member-42", 10_000, "op", "bank transfer")
     one = await create_pool(pg_url, min_size=1, max_size=1)
     try:
         billing = ConsultBilling(one, PREPAID)
         statements: list[str] = []
         async with one.acquire() as conn:
             conn.add_query_logger(lambda q: statements.append(q.query))
-        await billing.reserve("acme", await billing.admit("acme", NUMBER, 100), "cb-7-c1",
-                              120)          # the connection learns the types it reads
-        statements.clear()
-        plan = await billing.admit("acme", NUMBER, 100)
-        reserved = await billing.reserve("acme", plan, "cb-7-c2", 120)
+
+        async def consult(consultation_id: str) -> Reservation | Refusal:
+            plan = await billing.admit("acme", NUMBER, 100)
+            return await billing.reserve("acme", plan, consultation_id, 120)
+
+        await consult("cb-7-c0")             # the connection learns the types it reads
+        counted = []
+        for ids in (["cb-7-c1"], [f"cb-7-c{i}" for i in range(2, 10)]):
+            statements.clear()
+            reserved = await asyncio.gather(*(consult(c) for c in ids))
+            assert all(isinstance(r, Reservation) and r.allowed_s == 120 for r in reserved)
+            counted.append([s for s in statements if "pg_advisory_unlock_all" not in s])
     finally:
         await one.close()
-    assert isinstance(reserved, Reservation) and reserved.allowed_s == 120
-    resets = [s for s in statements if "pg_advisory_unlock_all" in s]
-    assert len(resets) == 2, statements
-    assert len(statements) == 11, "\n".join(statements)
+    for work in counted:
+        assert len(work) == 6, "\n".join(work)
+        assert [s.strip().split()[0] for s in work[1:]] == [
+            "BEGIN;", "SELECT", "SELECT", "WITH", "COMMIT;"], work
+    assert await db.fetchval("SELECT sum(e.amount_yen) FROM billing_entries e JOIN "
+                             "billing_transactions t ON t.id = e.transaction_id "
+                             "WHERE t.kind = 'hold' AND e.book = 'held'") == 10 * 200

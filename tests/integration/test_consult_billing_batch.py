@@ -1,0 +1,125 @@
+"""Admission and the first reservation of consultations that arrive together, group-
+committed (:class:`callback_server.consult_billing.ConsultBilling` over a real
+PostgreSQL): one batch on one balance never overdraws and answers each request its own;
+a batch whose statement fails fails every caller in it with the error (none hangs) and
+holds nothing; an ask the rating refuses fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import asyncpg
+import pytest
+
+from advisors.schemas import CustomerInput
+from advisors.store import AdvisorStore
+from billing import records
+from billing.ledger import Ledger, Refusal, Reservation
+from billing.rating import TermsError
+from billing.settings import BillingSettings
+from callback_server.consult_billing import ConsultBilling
+from shared.phone import E164
+from tests.integration import advisors_db, billing_db
+
+pytestmark = pytest.mark.integration
+pool, clean = advisors_db.fixtures(billing_db.migrations(), records.MIGRATIONS)
+
+#: a household: four numbers sharing the account member-42's balance
+HOUSEHOLD = tuple(E164(f"81901234567{i}") for i in range(4))
+
+
+@pytest.fixture
+async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
+    await clean.execute("TRUNCATE billing_accounts, billing_policies, billing_group_policies,"
+                        " billing_records, outbox CASCADE")
+    await AdvisorStore(clean).create_customer(
+        "acme", CustomerInput(account="member-42", name="Sato", numbers=HOUSEHOLD))
+    return clean
+
+
+async def test_forty_at_once_on_one_balance_share_it_in_one_batch_each_its_own_answer(
+        db: asyncpg.Pool) -> None:
+    """1,150 yen at 100 yen a minute, 40 consultations of the household asking at once
+    for two minutes each (200 yen), one of them twice: one admission batch, one
+    reservation batch; five get two minutes, the sixth the one minute left's worth, the
+    rest are refused with the 50 yen left; no hold beyond the balance; each answer names
+    its own consultation."""
+    await Ledger(db).deposit("acme", "member-42", 1150, "op", "bank transfer")
+    billing = ConsultBilling(db, BillingSettings())
+
+    async def consult(i: int) -> Reservation | Refusal:
+        plan = await billing.admit("acme", HOUSEHOLD[i % 4], 100)
+        assert plan.account == "member-42" and plan.admission.allowed
+        return await billing.reserve("acme", plan, f"cb-{i}", 120)
+
+    got = await asyncio.wait_for(asyncio.gather(*(consult(i) for i in range(40)),
+                                                consult(7)), 30)
+    assert (billing.admitting.batches, billing.reserving.batches) == (1, 1)
+    assert billing.reserving.messages == 40 and billing.reserving.repeats == 1
+    made = [g for g in got[:40] if isinstance(g, Reservation)]
+    assert [g.consultation_id for g in made] == [f"cb-{i}" for i in range(6)]
+    assert [(g.allowed_s, g.held_yen) for g in made] == [(120, 200)] * 5 + [(60, 100)]
+    assert got[40] == got[7]
+    assert got[6:40] == [Refusal("balance-too-low", 50, 100)] * 34
+    balance = await Ledger(db).balance("acme", "member-42")
+    assert (balance.available_yen, balance.held_yen) == (50, 1100)
+    assert await db.fetchval("SELECT count(*) FROM billing_reservations") == 6
+
+
+async def test_a_failing_batch_statement_fails_every_caller_with_its_error(
+        db: asyncpg.Pool) -> None:
+    """One consultation id longer than the table allows among five good ones: the
+    batch's transaction fails, every caller of that batch gets the database's error
+    (none is left waiting), nothing is held; the next batch reserves as usual."""
+    await Ledger(db).deposit("acme", "member-42", 10_000, "op", "bank transfer")
+    billing = ConsultBilling(db, BillingSettings())
+    plan = await billing.admit("acme", HOUSEHOLD[0], 100)
+    ids = [f"cb-{i}" for i in range(5)] + ["x" * 200]
+    got = await asyncio.wait_for(asyncio.gather(
+        *(billing.reserve("acme", plan, c, 120) for c in ids), return_exceptions=True), 30)
+    assert billing.reserving.batches == 1
+    assert all(isinstance(g, asyncpg.CheckViolationError) for g in got), got
+    assert len({id(g) for g in got}) == 1          # the one error of the one statement
+    assert (await Ledger(db).balance("acme", "member-42")).held_yen == 0
+    again = await billing.reserve("acme", plan, "cb-0", 120)
+    assert isinstance(again, Reservation) and again.held_yen == 200
+
+
+async def test_an_ask_the_rating_refuses_fails_alone_in_its_admission_batch(
+        db: asyncpg.Pool) -> None:
+    await Ledger(db).deposit("acme", "member-42", 1000, "op", "bank transfer")
+    billing = ConsultBilling(db, BillingSettings())
+    got = await asyncio.wait_for(asyncio.gather(
+        billing.admit("acme", HOUSEHOLD[0], 100), billing.admit("acme", HOUSEHOLD[1], -5),
+        billing.admit("acme", E164("81311112222"), 100), return_exceptions=True), 30)
+    assert billing.admitting.batches == 1
+    ok, refused, stranger = got
+    assert not isinstance(ok, BaseException) and ok.admission.allowed
+    assert ok.admission.max_talk_s == 600
+    assert isinstance(refused, TermsError) and refused.field == "price_per_minute_yen"
+    assert not isinstance(stranger, BaseException)
+    assert (stranger.account, stranger.admission.reason) == ("+81311112222", "balance-too-low")
+
+
+async def test_two_sites_batches_on_shared_balances_neither_deadlock_nor_overdraw(
+        db: asyncpg.Pool) -> None:
+    """Two billing instances (two processes' batchers) reserving at once on three shared
+    balances, asked in opposite orders: the accounts are locked in one order, so both
+    batches finish, and the holds of each account stay within its balance."""
+    ledger = Ledger(db)
+    for account in ("a-1", "a-2", "a-3"):
+        await ledger.deposit("acme", account, 700, "op", "bank transfer")
+    one, two = ConsultBilling(db, BillingSettings()), ConsultBilling(db, BillingSettings())
+    plan = await one.admit("acme", HOUSEHOLD[0], 100)
+    plans = {a: replace(plan, account=a) for a in ("a-1", "a-2", "a-3")}
+    asks = [(billing, account, f"{n}-{account}-{i}")
+            for n, (billing, order) in enumerate(((one, ("a-1", "a-2", "a-3")),
+                                                  (two, ("a-3", "a-2", "a-1"))))
+            for i in range(3) for account in order]
+    got = await asyncio.wait_for(asyncio.gather(
+        *(b.reserve("acme", plans[a], c, 120) for b, a, c in asks)), 30)
+    assert sum(isinstance(g, Reservation) for g in got) == 3 * 4   # 3 × 200 + 100 each
+    for account in ("a-1", "a-2", "a-3"):
+        balance = await ledger.balance("acme", account)
+        assert (balance.available_yen, balance.held_yen) == (0, 700)
