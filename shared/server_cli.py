@@ -27,7 +27,10 @@ exit (:mod:`shared.metrics`). A site whose intake may need more than
 one core (the callback site) also has ``--role intake``: that process serves
 only the intake, beside one full server (``--role all``) on the same port
 (it needs ``reuse_port`` and a metrics directory); ``deploy/systemd/`` runs them so.
-Logs go to stderr as JSON lines (``--log-format json``, the default, or
+For profiling, ``CBGW_PROFILE=FILE`` runs the server under ``cProfile`` and writes
+its statistics to FILE when it stops (``python -m pstats FILE``), on the standard
+asyncio event loop rather than uvloop, so that the profile (and ``py-spy``) sees the
+coroutines' frames. Logs go to stderr as JSON lines (``--log-format json``, the default, or
 ``LOG_FORMAT``), or as text for reading live (``--log-format text``);
 :mod:`shared.logs` has the fields.
 """
@@ -35,6 +38,8 @@ Logs go to stderr as JSON lines (``--log-format json``, the default, or
 from __future__ import annotations
 
 import argparse
+import asyncio
+import cProfile
 import logging
 import os
 import sys
@@ -49,6 +54,9 @@ from shared import logs, metrics
 from shared.access_log import AccessLogger
 from shared.api_cli import load_config
 from shared.config import DatabaseSettings, HttpSettings, Merchant, TlsSettings
+
+#: a file: run the server under cProfile (on asyncio's own loop) and write its stats there
+PROFILE_ENV = "CBGW_PROFILE"
 
 
 class SiteSettings(Protocol):
@@ -200,12 +208,22 @@ def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "al
         app = site.create_app(settings)
     settle_heap_on_startup(app)
     http = settings.http
-    web.run_app(app, host=http.host, port=http.port, ssl_context=ssl_ctx, print=None,
-                reuse_port=http.reuse_port or None,
-                access_log=logging.getLogger("aiohttp.access") if http.access_log else None,
-                loop=uvloop.new_event_loop(), **{
-                    **serve_options(),
-                    "access_log_class": AccessLogger.behind(http.trusted_proxies)})
+    profile_to = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile() if profile_to else None
+    if profiler:
+        profiler.enable()
+    try:
+        web.run_app(app, host=http.host, port=http.port, ssl_context=ssl_ctx, print=None,
+                    reuse_port=http.reuse_port or None,
+                    access_log=logging.getLogger("aiohttp.access") if http.access_log
+                    else None,
+                    loop=asyncio.new_event_loop() if profiler else uvloop.new_event_loop(),
+                    **{**serve_options(),
+                       "access_log_class": AccessLogger.behind(http.trusted_proxies)})
+    finally:
+        if profiler and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
     metrics.process_ended()
     return 0
 

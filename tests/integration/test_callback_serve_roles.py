@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pstats
 import signal
 import subprocess
 import sys
@@ -238,3 +239,21 @@ def test_the_edge_has_no_intake_role(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and "invalid choice: 'intake'" in proc.stderr
+
+
+async def test_a_server_run_with_cbgw_profile_writes_its_profile_when_it_stops(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    """``CBGW_PROFILE=FILE``: the server runs under cProfile on asyncio's own loop (its
+    coroutines' frames in the profile) and writes the statistics to FILE at SIGTERM."""
+    port, profile = free_port(), tmp_path / "callback.prof"
+    env = {**_env(pg_url, port, reuse_port=False), "CBGW_PROFILE": str(profile)}
+    proc = _serve(_config(pki_dir, tmp_path), "all", env, tmp_path / "server.log")
+    try:
+        await _health_by_pid(port, pki_dir, 1, within_s=60.0)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
+    functions = {(Path(file).name, name)
+                 for file, _, name in pstats.Stats(str(profile)).stats}  # type: ignore[attr-defined]
+    assert ("base_events.py", "_run_once") in functions          # asyncio's loop, not uvloop
+    assert ("site.py", "connect_database") in functions     # the server's start, profiled
