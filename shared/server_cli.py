@@ -28,7 +28,8 @@ one core (the callback site) also has ``--role intake``: that process serves
 only the intake, beside one full server (``--role all``) on the same port
 (it needs ``reuse_port`` and a metrics directory); ``deploy/systemd/`` runs them so.
 For profiling, ``CBGW_PROFILE=FILE`` runs the server under ``cProfile`` and writes
-its statistics to FILE when it stops (``python -m pstats FILE``), on the standard
+its statistics to FILE when it stops (``python -m pstats FILE``; ``{site}`` and ``{pid}``
+in FILE are the site's name and the process id, for several servers), on the standard
 asyncio event loop rather than uvloop, so that the profile (and ``py-spy``) sees the
 coroutines' frames. Logs go to stderr as JSON lines (``--log-format json``, the default, or
 ``LOG_FORMAT``), or as text for reading live (``--log-format text``);
@@ -223,7 +224,7 @@ def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "al
     finally:
         if profiler and profile_to:
             profiler.disable()
-            profiler.dump_stats(profile_to)
+            profiler.dump_stats(profile_to.format(site=site.name, pid=os.getpid()))
     metrics.process_ended()
     return 0
 

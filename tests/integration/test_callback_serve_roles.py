@@ -244,9 +244,11 @@ def test_the_edge_has_no_intake_role(tmp_path: Path) -> None:
 async def test_a_server_run_with_cbgw_profile_writes_its_profile_when_it_stops(
         pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
     """``CBGW_PROFILE=FILE``: the server runs under cProfile on asyncio's own loop (its
-    coroutines' frames in the profile) and writes the statistics to FILE at SIGTERM."""
+    coroutines' frames in the profile) and writes the statistics to FILE at SIGTERM
+    (``{site}`` in it: the site's name)."""
     port, profile = free_port(), tmp_path / "callback.prof"
-    env = {**_env(pg_url, port, reuse_port=False), "CBGW_PROFILE": str(profile)}
+    env = {**_env(pg_url, port, reuse_port=False),
+           "CBGW_PROFILE": str(tmp_path / "{site}.prof")}
     proc = _serve(_config(pki_dir, tmp_path), "all", env, tmp_path / "server.log")
     try:
         await _health_by_pid(port, pki_dir, 1, within_s=60.0)
