@@ -66,6 +66,8 @@ from callback_server.consult_billing import ConsultBilling
 from callback_server.consult_control import install as install_consult_control
 from callback_server.consult_live import ConsultReconciler, LiveConsultations
 from callback_server.dunning_notify import DunningNotifications
+from callback_server.erasure import install as install_erasure
+from callback_server.erasure import site_secret
 from callback_server.flows_http import install as install_flows
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
@@ -215,6 +217,8 @@ def create_app(settings: CallbackSettings, *, with_ari: bool = True) -> web.Appl
         consult_billing(a), {m.id: m for m in settings.merchants}))
     install_click_web(app, settings.sms)
     install_click_page(app)
+    install_erasure(app, lambda a: a.get(POOL_KEY), site_secret(settings.signing.keys[0]),
+                    settings.media.recordings_dir)
     app.cleanup_ctx.append(link_ctx)
     if with_ari:
         app.cleanup_ctx.append(ari_ctx)

@@ -27,8 +27,11 @@ from advisors.record_store import insert_record
 from advisors.records import ConsultationRecord, InvalidRecord
 from billing import records as billing_records
 from billing.records import BillingRecord
+from edge_server import erasure
+from edge_server.erasure import CustomerErasure
 from routing_rates import call_lengths
 from shared import leg_destination
+from shared.erasure import KIND as ERASURE
 from shared.http import (
     ApiError,
     InvalidField,
@@ -241,12 +244,12 @@ def parse_consultation(data: Mapping[str, Any]) -> ConsultationRecord:
 
 
 Report: TypeAlias = (RequestInfo | RecordingTranscript | Cdr | CallbackStatusReport
-                     | ConsultationRecord | BillingRecord)
+                     | ConsultationRecord | BillingRecord | CustomerErasure)
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Report]] = {
     "request_info": RequestInfo.parse, "recording_transcript": RecordingTranscript.parse,
     "cdr": Cdr.parse,
     "callback_status": CallbackStatusReport.parse, CONSULTATION: parse_consultation,
-    billing_records.KIND: BillingRecord.from_json}
+    billing_records.KIND: BillingRecord.from_json, ERASURE: CustomerErasure.parse}
 
 
 def parse_event(data: Mapping[str, Any]) -> Report:
@@ -261,7 +264,7 @@ def kind_of(report: Report) -> str:
     return {RequestInfo: "request_info", RecordingTranscript: "recording_transcript",
             Cdr: "cdr", CallbackStatusReport: "callback_status",
             ConsultationRecord: CONSULTATION,
-            BillingRecord: billing_records.KIND}[type(report)]
+            BillingRecord: billing_records.KIND, CustomerErasure: ERASURE}[type(report)]
 
 
 # --- the JSON Schemas of what the parsers above take and the listings give ---------------
@@ -309,7 +312,7 @@ _STATUS: Schema = {
         "attempts": {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "at": TIMESTAMP}}
 #: ``POST /v1/link/events``: one report
 EVENT_SCHEMA: Schema = {"oneOf": [_REQUEST_INFO, _TRANSCRIPT, _CDR, _STATUS, record_schemas.MESSAGE,
-                                  billing_records.MESSAGE]}
+                                  billing_records.MESSAGE, erasure.MESSAGE]}
 _EXAMPLE_IDS = {"merchant_id": "acme", "callback_id": "cb-0f3a9c", "edge_call_id": "edge-1700.42"}
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
     "request_info": {"kind": "request_info", **_EXAMPLE_IDS, "caller": "+819012345678",
@@ -385,7 +388,8 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
     if not known:
         raise ApiError(422, "unknown-merchant", f"merchant {report.merchant_id!r} is not "
                        "served by this edge", field="merchant_id")
-    edge_call_id = None if isinstance(report, BillingRecord) else report.edge_call_id
+    edge_call_id = None if isinstance(report, BillingRecord | CustomerErasure) \
+        else report.edge_call_id
     owner = await conn.fetchval("SELECT merchant_id FROM edge_calls WHERE edge_call_id = $1",
                                 edge_call_id)
     if owner is not None and owner != report.merchant_id:
@@ -409,6 +413,9 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
             row_id = await insert_record(conn, report)
         case BillingRecord():
             row_id = await billing_records.insert_record(conn, report)
+        case CustomerErasure():
+            await erasure.apply(conn, report)
+            row_id = 0      # applied; its message id keeps a replay from applying twice
     status = "stored" if row_id is not None else "duplicate"
     return 200, {"status": status, "kind": kind_of(report)}
 
