@@ -212,23 +212,25 @@ class _Reserving(Batcher[ReserveAsk, Reservation | Refusal]):
 
 class ConsultBilling:
     """Admission and the first reservation are group-committed: the calls that arrive
-    together share one statement (admission) and one transaction (reservations) a batch,
-    each batch on a connection taken from ``pool`` for it (at most ``max_in_flight``
-    batches of each at once), so 200 consultations asking at once cost a handful of
-    round trips instead of a queue for the pool's connections."""
+    together share one statement (admission) and one transaction (reservations) a batch
+    of up to ``max_batch``, each batch on a connection taken from ``pool`` for it (at
+    most ``max_in_flight`` batches of each at once), so 200 consultations asking at once
+    cost a handful of round trips instead of a queue for the pool's connections. Two
+    batches of 100 rather than one of 200: the database works on both at once (two
+    cores), so a burst's last answer comes sooner (``python -m bench billing_reserve``)."""
 
     def __init__(self, pool: asyncpg.Pool, settings: BillingSettings, *,
                  fx: FxTable | None = None, notices: NoticeSink | None = None,
-                 max_in_flight: int = 2) -> None:
+                 max_batch: int = 100, max_in_flight: int = 2) -> None:
         self.pool = pool
         self.postpaid_merchants = settings.postpaid_merchants
         self.admissions = Admissions(pool, postpaid_merchants=settings.postpaid_merchants,
                                      max_unpaid_charges=settings.max_unpaid_charges)
         self.ledger = Ledger(pool, fx=fx)
-        self.admitting = _Admitting(pool, "admission", max_in_flight=max_in_flight,
-                                     hold=False, admissions=self.admissions)
-        self.reserving = _Reserving(pool, "reservation", max_in_flight=max_in_flight,
-                                     hold=False)
+        self.admitting = _Admitting(pool, "admission", max_batch, max_in_flight,
+                                    hold=False, admissions=self.admissions)
+        self.reserving = _Reserving(pool, "reservation", max_batch, max_in_flight,
+                                    hold=False)
         self._asks = itertools.count()
         self.postpaid: Postpaid | None = None
         if settings.stripe is not None and settings.postpaid_merchants:
