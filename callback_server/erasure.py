@@ -15,7 +15,8 @@ In one transaction, under a lock on the merchant and number:
    (:mod:`shared.erasure`): call-back requests and attempts, CDRs, collected request
    info, click-to-call codes, locks, sessions and calls, consultation records, the
    billing account (so the ledger, append-only, keeps every row and amount, now under
-   the pseudonym) and billing records, the guard's counts, refusals and alerts,
+   the pseudonym; its notices name the account by its row) and billing records, the
+   guard's counts, refusals and alerts,
    notifications, the link's messages; the guard's facts about a number no other row
    refers to any more are deleted;
 4. the audit row (``customer_erasures``: who, when, the rows per table) and the link
@@ -78,7 +79,6 @@ TABLES = (
     Table("billing_accounts", (("account", _T),)),
     Table("billing_records", (("account", _T), ("legs", _J))),
     Table("billing_records_awaiting", (("record", _J),), "record->>'merchant_id' = $1"),
-    Table("billing_notices", (("detail", _T),)),
     Table("guard_callbacks", (("number", _T),)),
     Table("guard_rounds", (("number", _T),)),
     Table("guard_refusals", (("number", _T), ("detail", _T))),

@@ -22,7 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from advisors.record_store import ConsultationRecords
 from billing.ledger import Ledger
+from billing.postpaid import Postpaid
 from billing.rating import Terms
+from billing.standing import close
 from callback_server.app import migration_sets
 from callback_server.erasure import install
 from callback_server.store import CallbackStore
@@ -31,7 +33,9 @@ from shared.db import create_pool, migrate_url
 from shared.http import TOKENS_KEY, MerchantTokens, error_middleware
 from shared.outbox import EVENTS_PATH, Outbox, OutboxRelay
 from tests.integration.db_scan import tables_holding
+from tests.integration.localstripe import client_for
 from tests.integration.test_advisors_records_link import Edge, edge_pool, until
+from tests.integration.test_edge_app import free_port
 from tests.integration.test_edge_http import ACME_TOKEN, MERCHANTS, bearer
 from tests.unit.test_advisors_records import answered
 
@@ -179,7 +183,8 @@ async def money(pool: asyncpg.Pool) -> list[Any]:
         "SELECT e.transaction_id, e.book, e.amount_yen FROM billing_entries e "
         "ORDER BY e.transaction_id, e.book, e.amount_yen")] + [tuple(r) for r in await pool.fetch(
             "SELECT record_id, total_yen, tax_yen FROM billing_records "
-            "ORDER BY record_id")]
+            "ORDER BY record_id")] + [tuple(r) for r in await pool.fetch(
+                "SELECT id, total_yen, tax_yen FROM billing_postpaid_charges ORDER BY id")]
 
 
 async def test_a_customer_erased_leaves_no_number_at_either_site_and_every_amount(
@@ -211,6 +216,28 @@ async def test_a_customer_erased_leaves_no_number_at_either_site_and_every_amoun
     assert (status, body["error"]["id"], body["error"]["reservations"]) == (
         409, "charge-unsettled", 1)
     await ledger.settle("acme", held.id, record.talk_s)
+    # a postpaid charge of an earlier consultation, unpaid, then declined and written off
+    postpaid = Postpaid(callback_pool, client_for(free_port()))
+    recorded = await postpaid.record("acme", NUMBER, "co-e0", 60, Terms(100), by="calls")
+    assert recorded is not None
+    charge, attempt = recorded
+    status, body = await erase(client)
+    assert (status, body["error"]["id"], body["error"]["unpaid"]) == (
+        409, "charge-unsettled", 1)
+    await callback_pool.execute("INSERT INTO billing_postpaid_outcomes (attempt_id, outcome, "
+                                "failure) VALUES ($1, 'failed', 'card_declined')", attempt)
+    await callback_pool.execute(
+        "INSERT INTO billing_notices (merchant_id, account_id, kind, charge_id, detail) "
+        "SELECT 'acme', account_id, 'charge-failed', id, $2 FROM billing_postpaid_charges "
+        "WHERE id = $1", charge.id, "attempt 1 failed: card_declined")
+    await close(callback_pool, "acme", charge.id, "written-off", by="op", reason="test")
+    await callback_pool.execute(
+        "INSERT INTO guard_alerts (at, kind, key, message, details) VALUES ($1, 'lockout', "
+        "$2, $3, $4)", NOW, f"number:{NUMBER}", f"{NUMBER} locked out",
+        {"merchant_id": "acme", "number": NUMBER})
+    await callback_pool.execute(
+        "INSERT INTO billing_records_awaiting (record_id, customer_call_id, record) VALUES "
+        "('br-e0', 'cb-e0-1-customer', $1)", {"merchant_id": "acme", "account": NUMBER})
     await relayed(callback_pool, pg_url, edge)
     assert await tables_holding(edge_pool, SIGNIFICANT) == {
         "public.billing_records": 1, "public.cdrs": 1, "public.consultations": 1,
@@ -225,6 +252,8 @@ async def test_a_customer_erased_leaves_no_number_at_either_site_and_every_amoun
     assert first["requested_by"] == "support desk"
     assert first["rows"]["recordings"] == 1 and first["rows"]["callback_requests"] == 1
     assert first["rows"]["billing_accounts"] == 1 and first["rows"]["consultations"] == 1
+    for table in ("guard_alerts", "billing_records_awaiting"):
+        assert first["rows"][table] == 1, first["rows"]
     assert not (tmp_path / "cb-e1.wav").exists()
     await relayed(callback_pool, pg_url, edge)
 
