@@ -15,18 +15,24 @@ import pytest
 from advisors.schemas import CustomerInput
 from advisors.store import AdvisorStore
 from billing import records
+from billing.admission import Admission, Admissions
 from billing.ledger import Ledger, Refusal, Reservation
-from billing.rating import TermsError
+from billing.postpaid import Postpaid
+from billing.rating import Terms, TermsError
 from billing.settings import BillingSettings
 from callback_server.consult_billing import ConsultBilling
 from shared.phone import E164
 from tests.integration import advisors_db, billing_db
+from tests.integration.localstripe import client_for
+from tests.integration.test_edge_app import free_port
 
 pytestmark = pytest.mark.integration
 pool, clean = advisors_db.fixtures(billing_db.migrations(), records.MIGRATIONS)
 
 #: a household: four numbers sharing the account member-42's balance
 HOUSEHOLD = tuple(E164(f"81901234567{i}") for i in range(4))
+#: a number no customer has
+STRANGER = E164("81311112222")
 
 
 @pytest.fixture
@@ -92,7 +98,7 @@ async def test_an_ask_the_rating_refuses_fails_alone_in_its_admission_batch(
     billing = ConsultBilling(db, BillingSettings())
     got = await asyncio.wait_for(asyncio.gather(
         billing.admit("acme", HOUSEHOLD[0], 100), billing.admit("acme", HOUSEHOLD[1], -5),
-        billing.admit("acme", E164("81311112222"), 100), return_exceptions=True), 30)
+        billing.admit("acme", STRANGER, 100), return_exceptions=True), 30)
     assert billing.admitting.batches == 1
     ok, refused, stranger = got
     assert not isinstance(ok, BaseException) and ok.admission.allowed
@@ -123,3 +129,44 @@ async def test_two_sites_batches_on_shared_balances_neither_deadlock_nor_overdra
     for account in ("a-1", "a-2", "a-3"):
         balance = await ledger.balance("acme", account)
         assert (balance.available_yen, balance.held_yen) == (0, 700)
+
+
+async def test_postpaid_standing_refuses_in_a_batch_as_admissions_decides_alone(
+        db: asyncpg.Pool) -> None:
+    """A postpaid merchant's customer asked in one batch with a stranger and a prepaid
+    merchant's ask, at each standing: no card, a card, unpaid charges up to the limit,
+    one in dunning. The batch's answer is :class:`billing.admission.Admissions`'s."""
+    settings = BillingSettings(postpaid_merchants=frozenset({"acme"}), max_unpaid_charges=2)
+    billing = ConsultBilling(db, settings)
+    alone = Admissions(db, postpaid_merchants=settings.postpaid_merchants,
+                       max_unpaid_charges=2)
+
+    async def same(reason: str) -> None:
+        mine, stranger, prepaid = await asyncio.wait_for(asyncio.gather(
+            billing.admit("acme", HOUSEHOLD[2], 100), billing.admit("acme", STRANGER, 100),
+            billing.admit("other", HOUSEHOLD[2], 100)), 30)
+        assert mine.postpaid and mine.admission.reason == reason
+        assert mine.admission == await alone.ask("acme", "member-42", 100, 10_800)
+        assert stranger.admission == Admission(False, 0, "no-card")
+        assert (prepaid.postpaid, prepaid.admission.reason) == (False, "balance-too-low")
+
+    await same("no-card")
+    async with db.acquire() as conn:     # a card on file, as Cards.confirm records it
+        acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
+                                  "VALUES ('acme', 'member-42') RETURNING id")
+        reg = await conn.fetchval(
+            """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
+                   setup_intent, client_secret, link_sha256, requested_by)
+               VALUES ('acme', $1, 'cus_1', 'seti_1', 'seti_1_secret', sha256('t'), 'op')
+               RETURNING id""", acc)
+        await conn.execute("INSERT INTO billing_cards VALUES ($1, 'pm_1')", reg)
+    await same("ok")
+    postpaid = Postpaid(db, client_for(free_port()))       # recorded, not yet charged
+    for n, reason in ((1, "ok"), (2, "unpaid-limit")):
+        await postpaid.record("acme", "member-42", f"consult-{n}", 60, Terms(100), by="calls")
+        await same(reason)
+    async with db.acquire() as conn:     # the first one declined
+        attempt = await conn.fetchval("SELECT min(id) FROM billing_postpaid_attempts")
+        await conn.execute("INSERT INTO billing_postpaid_outcomes (attempt_id, outcome, "
+                           "failure) VALUES ($1, 'failed', 'card_declined')", attempt)
+    await same("in-dunning")
