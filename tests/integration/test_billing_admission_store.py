@@ -39,21 +39,26 @@ async def test_prepaid_is_what_the_balance_pays_less_live_reservations(
     assert (await admissions.ask("other", "member-42", 100, 60)).reason == "balance-too-low"
 
 
+async def card_on_file(db: asyncpg.Pool, merchant_id: str, account: str) -> None:
+    """A card on file for a new billing account, as ``Cards.confirm`` records it."""
+    async with db.acquire() as conn, conn.transaction():
+        acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
+                                  "VALUES ($1, $2) RETURNING id", merchant_id, account)
+        reg = await conn.fetchval(
+            """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
+                   setup_intent, client_secret, link_sha256, requested_by)
+               VALUES ($1, $2, 'cus_1', 'seti_1', 'seti_1_secret', sha256($3::bytea), 'op')
+               RETURNING id""", merchant_id, acc, account.encode())
+        await conn.execute("INSERT INTO billing_cards VALUES ($1, 'pm_1')", reg)
+
+
 async def test_postpaid_needs_a_card_and_nothing_unpaid_beyond_the_limit(
         clean: asyncpg.Pool) -> None:
     admissions = Admissions(clean, postpaid_merchants=frozenset({"acme"}),
                             max_unpaid_charges=2)
     assert await admissions.ask("acme", "member-42", 100, 7200) == Admission(
         False, 0, "no-card")
-    async with clean.acquire() as conn:     # a card on file, as Cards.confirm records it
-        acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
-                                  "VALUES ('acme', 'member-42') RETURNING id")
-        reg = await conn.fetchval(
-            """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
-                   setup_intent, client_secret, link_sha256, requested_by)
-               VALUES ('acme', $1, 'cus_1', 'seti_1', 'seti_1_secret', sha256('t'), 'op')
-               RETURNING id""", acc)
-        await conn.execute("INSERT INTO billing_cards VALUES ($1, 'pm_1')", reg)
+    await card_on_file(clean, "acme", "member-42")
     assert await admissions.ask("acme", "member-42", 100, 7200) == Admission(
         True, 7200, "ok")
     assert (await admissions.ask("acme", "member-42", 100, 99999)).max_talk_s == 10800

@@ -24,6 +24,7 @@ from callback_server.consult_billing import ConsultBilling
 from shared.phone import E164
 from tests.integration import advisors_db, billing_db
 from tests.integration.localstripe import client_for
+from tests.integration.test_billing_admission_store import card_on_file
 from tests.integration.test_edge_app import free_port
 
 pytestmark = pytest.mark.integration
@@ -151,15 +152,7 @@ async def test_postpaid_standing_refuses_in_a_batch_as_admissions_decides_alone(
         assert (prepaid.postpaid, prepaid.admission.reason) == (False, "balance-too-low")
 
     await same("no-card")
-    async with db.acquire() as conn:     # a card on file, as Cards.confirm records it
-        acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
-                                  "VALUES ('acme', 'member-42') RETURNING id")
-        reg = await conn.fetchval(
-            """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
-                   setup_intent, client_secret, link_sha256, requested_by)
-               VALUES ('acme', $1, 'cus_1', 'seti_1', 'seti_1_secret', sha256('t'), 'op')
-               RETURNING id""", acc)
-        await conn.execute("INSERT INTO billing_cards VALUES ($1, 'pm_1')", reg)
+    await card_on_file(db, "acme", "member-42")
     await same("ok")
     postpaid = Postpaid(db, client_for(free_port()))       # recorded, not yet charged
     for n, reason in ((1, "ok"), (2, "unpaid-limit")):
