@@ -158,20 +158,35 @@ async def fresh_database(server_url: str, name: str) -> str:
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
                       command_timeout: float = 10.0,
                       on_acquire: Callable[[float], None] | None = None) -> Pool:
-    """A pool whose connections map json; ``on_acquire`` is told the seconds each acquire
+    """A pool whose connections map json and go back to it without a reset query
+    (:func:`release_connection`); ``on_acquire`` is told the seconds each acquire
     waited for a connection (every ``pool.acquire()``, and the pool's own ``fetch``,
     ``execute`` ...), for the servers' ``cbgw_db_pool_acquire_wait_seconds``."""
     if on_acquire is None:
         pool: Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                                command_timeout=command_timeout,
-                                               init=init_connection)
+                                               init=init_connection, reset=release_connection)
         return pool
     timed = _TimedPool(url, on_acquire=on_acquire, min_size=min_size, max_size=max_size,
                        command_timeout=command_timeout, init=init_connection,
-                       max_queries=50000, max_inactive_connection_lifetime=300.0, loop=None,
+                       reset=release_connection, max_queries=50000,
+                       max_inactive_connection_lifetime=300.0, loop=None,
                        connection_class=asyncpg.Connection, record_class=asyncpg.Record)
     await timed
     return timed
+
+
+async def release_connection(conn: Connection) -> None:
+    """What a connection needs before it goes back to the pool, beyond what asyncpg does
+    for every release (an open transaction rolled back, listener callbacks dropped):
+    nothing. asyncpg's default also sends a reset query (``pg_advisory_unlock_all()``,
+    ``CLOSE ALL``, ``UNLISTEN *``, ``RESET ALL``), one more round trip for every acquire,
+    holding the connection through it and an event-loop turn; no code leaves such
+    session state on a pooled connection: advisory locks are taken per transaction
+    (``pg_advisory_xact_lock``; the migrations' session lock is released in a
+    ``finally``), nothing is ``SET`` for the session, cursors live in transactions, and
+    a pooled connection that listens removes its listeners (``UNLISTEN``) before release
+    (the long-lived LISTEN connections are not pooled: :func:`listening`)."""
 
 
 class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped

@@ -1,0 +1,61 @@
+"""The servers' database pool (``shared.db.create_pool``) against real PostgreSQL: a
+connection goes back to the pool without a reset round trip, an open transaction is
+still rolled back on release, and each acquire's wait is reported."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from shared.db import create_pool
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_released_connection_sends_no_reset_query(pg_url: str) -> None:
+    """The last statement the backend ran is the caller's, not asyncpg's default reset
+    (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``)."""
+    for on_acquire in (None, lambda _s: None):        # both kinds of pool
+        pool = await create_pool(pg_url, min_size=1, max_size=1, on_acquire=on_acquire)
+        watcher = await asyncpg.connect(pg_url)
+        try:
+            async with pool.acquire() as conn:
+                pid = await conn.fetchval("SELECT pg_backend_pid() AS released_here")
+            async with pool.acquire() as conn:     # the one connection, back from the pool
+                assert await conn.fetchval("SELECT pg_backend_pid()") == pid
+            last = await watcher.fetchval(
+                "SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+            assert last == "SELECT pg_backend_pid()"
+        finally:
+            await watcher.close()
+            await pool.close()
+
+
+async def test_a_transaction_left_open_is_rolled_back_on_release(pg_url: str) -> None:
+    pool = await create_pool(pg_url, min_size=1, max_size=1)
+    try:
+        await pool.execute("CREATE TABLE IF NOT EXISTS pool_probe (n integer)")
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO pool_probe VALUES (1)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM pool_probe") == 0
+    finally:
+        await pool.close()
+
+
+async def test_each_acquire_reports_how_long_it_waited(pg_url: str) -> None:
+    waits: list[float] = []
+    pool = await create_pool(pg_url, min_size=1, max_size=1, on_acquire=waits.append)
+    try:
+        async with pool.acquire():
+            second = asyncio.create_task(pool.fetchval("SELECT 1"))
+            await asyncio.sleep(0.3)                 # the second waits for the one connection
+        assert await second == 1
+    finally:
+        await pool.close()
+    assert len(waits) == 2
+    assert waits[0] < 0.3 <= waits[1]
