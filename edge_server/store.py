@@ -29,7 +29,7 @@ from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
 from edge_server.flow_messages import CancelRequest, Outcome, RecordCall, StoreRequest
 from shared.config import Merchant
 from shared.db import MigrationSet, package_migrations
-from shared.outbox import Outbox, isoformat
+from shared.outbox import Outbox, encode, isoformat
 
 log = logging.getLogger("edge.store")
 
@@ -125,7 +125,7 @@ class CallStore:
                                [m.id for m in merchants])
 
     async def store_request(self, cmd: StoreRequest, received_at: datetime) -> str:
-        """Write the call and its held outbox message in one transaction.
+        """Write the call and its held outbox message in one statement (one round trip).
 
         Returns the request id (the edge call id). Storing the same call twice
         is a no-op; :class:`DuplicateCall` if the id is taken by a call that is
@@ -136,41 +136,49 @@ class CallStore:
                    "caller": str(cmd.caller), "dialed": str(cmd.dialed),
                    "received_at": isoformat(received_at), "hungup_at": None,
                    "announce_mode": cmd.announce_mode.value}
-        async with self.pool.acquire() as conn, conn.transaction():
-            try:
-                inserted = await conn.fetchval(
-                    """INSERT INTO edge_calls (edge_call_id, channel_id, merchant_id, caller,
-                           dialed, announce_mode, state, decision_reason, message_id,
-                           received_at, stored_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, 'stored', $7, $8, $9, now())
-                       ON CONFLICT (edge_call_id) DO NOTHING RETURNING true""",
-                    cmd.edge_call_id, cmd.channel_id, cmd.merchant_id, str(cmd.caller),
-                    str(cmd.dialed), cmd.announce_mode.value, cmd.decision_reason,
-                    uuid.UUID(mid), received_at)
-            except asyncpg.ForeignKeyViolationError:
-                raise UnknownMerchant(cmd.merchant_id) from None
-            if not inserted:
-                state = await conn.fetchval(
-                    "SELECT state FROM edge_calls WHERE edge_call_id = $1", cmd.edge_call_id)
-                if state not in ("stored", "released"):
-                    raise DuplicateCall(cmd.edge_call_id, str(state))
-                return cmd.edge_call_id
-            await Outbox.enqueue(conn, kind=CALLBACK_KIND, path=CALLBACK_PATH, payload=payload,
-                                 message_id=mid, merchant_id=cmd.merchant_id, held=True)
+        try:
+            row = await self.pool.fetchrow(
+                f"""WITH call AS (
+                        INSERT INTO edge_calls (edge_call_id, channel_id, merchant_id, caller,
+                            dialed, announce_mode, state, decision_reason, message_id,
+                            received_at, stored_at)
+                        VALUES ($1, $2, $3, $4, $5, $6, 'stored', $7, $8, $9, now())
+                        ON CONFLICT (edge_call_id) DO NOTHING RETURNING message_id),
+                    message AS (
+                        INSERT INTO outbox ({Outbox.INSERT_COLUMNS})
+                        SELECT message_id, $10, $11, $12, $3, true FROM call
+                        ON CONFLICT (message_id) DO NOTHING)
+                    SELECT EXISTS (SELECT FROM call) AS inserted,
+                           (SELECT state FROM edge_calls WHERE edge_call_id = $1) AS state""",
+                cmd.edge_call_id, cmd.channel_id, cmd.merchant_id, str(cmd.caller),
+                str(cmd.dialed), cmd.announce_mode.value, cmd.decision_reason,
+                uuid.UUID(mid), received_at, CALLBACK_KIND, CALLBACK_PATH, encode(payload))
+        except asyncpg.ForeignKeyViolationError:
+            raise UnknownMerchant(cmd.merchant_id) from None
+        assert row is not None
+        if row["inserted"]:
+            return cmd.edge_call_id
+        # The statement's snapshot misses a row another transaction committed while this
+        # one waited on it: read it again then.
+        state = row["state"] or await self.pool.fetchval(
+            "SELECT state FROM edge_calls WHERE edge_call_id = $1", cmd.edge_call_id)
+        if state not in ("stored", "released"):
+            raise DuplicateCall(cmd.edge_call_id, str(state))
         return cmd.edge_call_id
 
     async def release(self, request_id: str, outcome: Outcome,
                       hungup_at: datetime | None = None) -> bool:
-        """The caller is gone: make the request's message sendable. False if not held."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            mid = await conn.fetchval(
-                """UPDATE edge_calls SET state = 'released', outcome = $2,
-                       hungup_at = coalesce($3, now()), released_at = now()
-                   WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id""",
-                request_id, outcome.value, hungup_at)
-            if mid is None:
-                return False
-            return await Outbox.release(conn, str(mid))
+        """The caller is gone: make the request's message sendable, in one statement.
+        False if not held."""
+        released = await self.pool.fetchval(
+            f"""WITH call AS (
+                    UPDATE edge_calls SET state = 'released', outcome = $2,
+                        hungup_at = coalesce($3, now()), released_at = now()
+                    WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id)
+                UPDATE outbox SET {Outbox.RELEASE_SET} FROM call
+                WHERE outbox.message_id = call.message_id AND held RETURNING true""",
+            request_id, outcome.value, hungup_at)
+        return bool(released)
 
     async def cancel(self, cmd: CancelRequest) -> bool:
         """Withdraw a stored request that must not be called back (it committed too late)."""

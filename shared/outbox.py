@@ -118,13 +118,20 @@ def encode(payload: Mapping[str, Any]) -> bytes:
 class Outbox:
     """Writes messages; used inside the caller's transaction."""
 
+    #: the columns :meth:`enqueue` writes, for a statement that writes its fact and its
+    #: message at once (``INSERT INTO outbox (INSERT_COLUMNS) SELECT ... ON CONFLICT
+    #: (message_id) DO NOTHING``)
+    INSERT_COLUMNS = "message_id, kind, path, body, merchant_id, held"
+    #: what :meth:`release` sets, for a statement that releases with its fact's update
+    RELEASE_SET = "held = false, released_at = now(), next_attempt_at = now()"
+
     @staticmethod
     async def enqueue(conn: asyncpg.Connection, *, kind: str, path: str,
                       payload: Mapping[str, Any], message_id: str | None = None,
                       merchant_id: str | None = None, held: bool = False) -> str:
         mid = message_id or str(uuid.uuid4())
         await conn.execute(
-            "INSERT INTO outbox (message_id, kind, path, body, merchant_id, held) "
+            f"INSERT INTO outbox ({Outbox.INSERT_COLUMNS}) "
             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
             uuid.UUID(mid), kind, path, encode(payload), merchant_id, held)
         return mid
@@ -133,8 +140,8 @@ class Outbox:
     async def release(conn: asyncpg.Connection, message_id: str) -> bool:
         """Make a held message sendable now. False if it was not held."""
         result: str = await conn.execute(
-            "UPDATE outbox SET held = false, released_at = now(), next_attempt_at = now() "
-            "WHERE message_id = $1 AND held", uuid.UUID(message_id))
+            f"UPDATE outbox SET {Outbox.RELEASE_SET} WHERE message_id = $1 AND held",
+            uuid.UUID(message_id))
         return result.endswith(" 1")
 
     @staticmethod

@@ -33,6 +33,7 @@ from shared.db import create_pool, migrate_url
 from shared.link import accept_once
 from shared.paging import ListQuery, decode_cursor
 from shared.phone import E164
+from tests.integration.statements import counted_pool
 
 pytestmark = pytest.mark.integration
 
@@ -256,3 +257,22 @@ async def test_listing_pages_with_a_cursor_and_stays_in_its_tenant(pool: asyncpg
     bento = await list_rows(pool, "requests", ListQuery("bento"))
     assert [i["callback_id"] for i in bento.items] == ["cb-b"]
     assert bento.items[0]["collected_at"] == "2026-11-22T02:00:30.000Z"
+
+
+async def test_a_request_stored_and_released_costs_one_statement_each(
+        pool: asyncpg.Pool, pg_url: str) -> None:
+    """The hot path of every call-back at the edge: the call and its held message written
+    together, then released together, each one statement (one round trip, one
+    transaction), besides the pool's reset when the connection is given back."""
+    async with counted_pool(pg_url) as (counted, statements):
+        store = CallStore(counted)
+        await store.store_request(store_cmd("c20.1"), T0)   # learns the statements' types
+        await store.release("edge-c20.1", Outcome.RELEASED)
+        statements.clear()
+        await store.store_request(store_cmd("c20.2"), T0)
+        assert await store.release("edge-c20.2", Outcome.RELEASED) is True
+    own = [q for q in statements.queries if "pg_advisory_unlock_all" not in q]
+    assert len(own) == 2, str(statements)
+    assert statements.transactions == len(statements.queries), str(statements)
+    row = await outbox_row(pool, "edge-c20.2")
+    assert row is not None and row["held"] is False and row["released_at"] is not None
