@@ -233,14 +233,16 @@ DeadLetterHook = Callable[[DeadLetter], None]
 class _PassWindow:
     """The relay's passes under way: at most ``size`` at once, outliving a lost database.
 
-    A pass that finishes frees its slot and wakes the relay's current loop through
+    A pass that finishes frees its slot; one that did not deliver every message it
+    claimed (a retry, a dead letter, a crash) also wakes the relay's current loop through
     ``wakeups`` (the queue of the loop's LISTEN connection, replaced when the relay
-    reconnects), so the loop reckons its next wait with that pass's retries recorded.
+    reconnects), so the loop reckons its next wait with that pass's retries recorded. A
+    pass that delivered everything has nothing to reckon: the loop sleeps on.
     """
 
     def __init__(self, size: int) -> None:
         self._slots = asyncio.Semaphore(size)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         #: where a finished pass says so: the current loop's notification queue
         self.wakeups: asyncio.Queue[str] | None = None
 
@@ -254,18 +256,20 @@ class _PassWindow:
     def release(self) -> None:
         self._slots.release()
 
-    def start(self, delivery: Coroutine[Any, Any, None]) -> None:
-        """Run ``delivery`` in the slot acquired for it."""
+    def start(self, delivery: Coroutine[Any, Any, bool]) -> None:
+        """Run ``delivery`` (True when it delivered every message) in the slot acquired
+        for it."""
         task = asyncio.create_task(delivery, name="outbox pass")
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)
         self._slots.release()
-        if self.wakeups is not None:
-            self.wakeups.put_nowait("pass finished")
         exc = None if task.cancelled() else task.exception()
+        all_delivered = not task.cancelled() and exc is None and task.result()
+        if self.wakeups is not None and not all_delivered:
+            self.wakeups.put_nowait("pass finished")
         if isinstance(exc, _DATABASE_ERRORS):
             log.warning("an outbox pass lost the database (%s); its unsettled messages "
                         "go again when their leases expire", exc)
@@ -318,6 +322,8 @@ class OutboxRelay:
         self.batches_sent = 0
         self.delivered_by_route: dict[str, int] = {}
         self._last_alert_check = float("-inf")
+        #: seconds until the next message not claimed may be claimed, as of the last claim
+        self._next_due_s = sweep_s
 
     async def run(self) -> None:
         """Run until cancelled, surviving database restarts.
@@ -351,9 +357,11 @@ class OutboxRelay:
         relay carries up to ``batch * passes_in_flight / rtt`` messages per second
         (64 × 16 / 200 ms ≈ 5,100/s), where one pass at a time carried ``batch / rtt``.
         Claims never overlap (each is leased, ``FOR UPDATE SKIP LOCKED``). While a pass
-        is under way the loop waits for it (or a notification) instead of asking the
-        database when the next retry is due: a finished pass wakes the loop, which then
-        reckons the wait with that pass's retries recorded.
+        is under way the loop waits for it (or a notification) instead of reckoning when
+        the next retry is due: a pass that leaves a message undelivered wakes the loop,
+        which then reckons the wait with that pass's retries recorded. The claim itself
+        says when the next message is due (one statement), for the wait when it claimed
+        nothing.
         """
         while True:
             pause = self._peer_busy_until - time.monotonic()
@@ -375,19 +383,11 @@ class OutboxRelay:
             if len(rows) >= self.batch:
                 continue  # more may be waiting
             # a pass under way wakes the loop when it finishes: reckon the wait then
-            wait = self.sweep_s if window.busy else await self._seconds_to_next_due()
+            wait = self.sweep_s if window.busy else self._next_due_s
             try:
                 await asyncio.wait_for(wakeups.get(), timeout=wait)
             except TimeoutError:
                 pass
-
-    async def _seconds_to_next_due(self) -> float:
-        due = await self.pool.fetchval(
-            "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now())) FROM outbox "
-            "WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held")
-        if due is None:
-            return self.sweep_s
-        return max(0.0, min(self.sweep_s, float(due)))
 
     async def pass_once(self) -> int:
         """Claim due messages and deliver them concurrently; return how many were claimed
@@ -399,27 +399,41 @@ class OutboxRelay:
         return len(rows)
 
     async def _claim(self) -> list[asyncpg.Record]:
-        """Lease up to ``batch`` due messages to this relay (``lease_s``)."""
+        """Lease up to ``batch`` due messages to this relay (``lease_s``), and learn in the
+        same statement when the first message not claimable now will be (its retry, or
+        the end of another relay's lease): :attr:`_next_due_s`, at most ``sweep_s``."""
         rows: list[asyncpg.Record] = await self.pool.fetch(
-            """UPDATE outbox SET lease_owner = $1,
-                      lease_expires_at = now() + $2 * interval '1 second',
-                      attempts = attempts + 1
-               WHERE message_id IN (
-                   SELECT message_id FROM outbox
-                   WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
-                     AND next_attempt_at <= now()
-                     AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                   ORDER BY next_attempt_at
-                   LIMIT $3
-                   FOR UPDATE SKIP LOCKED)
-               RETURNING message_id, kind, path, body, merchant_id, attempts, created_at""",
+            """WITH claimed AS (
+                   UPDATE outbox SET lease_owner = $1,
+                          lease_expires_at = now() + $2 * interval '1 second',
+                          attempts = attempts + 1
+                   WHERE message_id IN (
+                       SELECT message_id FROM outbox
+                       WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
+                         AND next_attempt_at <= now()
+                         AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                       ORDER BY next_attempt_at
+                       LIMIT $3
+                       FOR UPDATE SKIP LOCKED)
+                   RETURNING message_id, kind, path, body, merchant_id, attempts, created_at),
+               due AS (
+                   SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at,
+                              coalesce(lease_expires_at, next_attempt_at))) - now()) AS due_s
+                   FROM outbox
+                   WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held)
+               SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true""",
             self.owner, self.lease_s, self.batch)
-        return rows
+        due = rows[0]["due_s"]
+        self._next_due_s = self.sweep_s if due is None else max(0.0, min(self.sweep_s,
+                                                                         float(due)))
+        return [row for row in rows if row["message_id"] is not None]
 
-    async def _deliver_claimed(self, rows: list[asyncpg.Record]) -> None:
-        await asyncio.gather(*(self._deliver(group[0]) if len(group) == 1
-                               else self._deliver_batch(group)
-                               for group in self._groups(rows)))
+    async def _deliver_claimed(self, rows: list[asyncpg.Record]) -> bool:
+        """Deliver the claimed messages; True when every one of them was delivered."""
+        delivered = await asyncio.gather(*(self._deliver(group[0]) if len(group) == 1
+                                           else self._deliver_batch(group)
+                                           for group in self._groups(rows)))
+        return sum(delivered) == len(rows)
 
     def _groups(self, rows: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
         """Claimed messages as they will go out: alone, or in batches of up to
@@ -438,29 +452,32 @@ class OutboxRelay:
                           for i in range(0, len(same), self.batch_messages))
         return groups
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
+    async def _deliver(self, row: asyncpg.Record) -> int:
+        """Send one message; 1 if it was delivered, else 0."""
         with _bound(row):
-            await self._deliver_bound(row)
+            return await self._deliver_bound(row)
 
-    async def _deliver_bound(self, row: asyncpg.Record) -> None:
+    async def _deliver_bound(self, row: asyncpg.Record) -> int:
         mid = str(row["message_id"])
         try:
             result = await self.client.post(row["path"], bytes(row["body"]), mid,
                                             kind=row["kind"])
         except LinkRejected as exc:
             await self._settle(row, exc.status, exc.body)
-            return
+            return 0
         except LinkUnavailable as exc:
             await self._retry(row, str(exc), self._wait_asked(exc))
-            return
+            return 0
         await self._delivered([(row, result.status, result.body)], result.route)
         log.debug("delivered a %s message via %s in %.1f ms", row["kind"], result.route,
                   result.elapsed_s * 1000)
+        return 1
 
-    async def _deliver_batch(self, rows: list[asyncpg.Record]) -> None:
+    async def _deliver_batch(self, rows: list[asyncpg.Record]) -> int:
         """Several messages in one signed request to ``batch_path(path)``, each answered
-        (and settled) on its own. A batch the peer refuses as a whole goes again one
-        message at a time, so a peer without the batch route still gets everything."""
+        (and settled) on its own; how many were delivered. A batch the peer refuses as a
+        whole goes again one message at a time, so a peer without the batch route still
+        gets everything."""
         kind, path = rows[0]["kind"], rows[0]["path"]
         body = encode_batch([(str(r["message_id"]), bytes(r["body"])) for r in rows])
         try:
@@ -469,17 +486,16 @@ class OutboxRelay:
             if exc.status in RETRYABLE_4XX:
                 await asyncio.gather(*(self._retry(r, f"HTTP {exc.status}: {exc.body}")
                                        for r in rows))
-                return
+                return 0
             if exc.status in (404, 405):  # a peer without the route: don't ask every time
                 self._no_batches_until[path] = time.monotonic() + NO_BATCH_ROUTE_RECHECK_S
             log.warning("peer refused a batch of %d %s messages (HTTP %s: %s); "
                         "sending them one by one", len(rows), kind, exc.status, exc.body)
-            await asyncio.gather(*(self._deliver(r) for r in rows))
-            return
+            return sum(await asyncio.gather(*(self._deliver(r) for r in rows)))
         except LinkUnavailable as exc:
             wait = self._wait_asked(exc)
             await asyncio.gather(*(self._retry(r, str(exc), wait) for r in rows))
-            return
+            return 0
         self.batches_sent += 1
         answers = parse_batch_answer(result.body)
         done: list[tuple[asyncpg.Record, int, Any]] = []
@@ -497,6 +513,7 @@ class OutboxRelay:
         await asyncio.gather(*others)
         log.debug("delivered a batch of %d %s messages (%d acknowledged) via %s in %.1f ms",
                   len(rows), kind, len(done), result.route, result.elapsed_s * 1000)
+        return len(done)
 
     async def _settle(self, row: asyncpg.Record, status: int, body: Any) -> None:
         """A message the peer did not acknowledge: retried, or parked as dead when the peer

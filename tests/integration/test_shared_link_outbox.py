@@ -34,6 +34,7 @@ from tests.faults.linklab import (
 )
 from tests.faults.proxy import DelayProxy
 from tests.harness.json_log import json_log
+from tests.integration.statements import counted_pool
 
 NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
 TEST_PATH = "/v1/link/test"
@@ -445,3 +446,33 @@ async def test_lines_about_a_message_name_it_its_merchant_and_its_call(
         assert (line["request_id"], line["merchant"], line["call_id"]) == \
             (mid, "acme", "edge-1700000000.9")
         assert mid not in line["message"]
+
+
+async def test_a_message_delivered_alone_costs_the_sender_two_statements(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """What the relay asks of its database for each message of a quiet link: the claim
+    (which also says when the next one is due) and the delivered mark; a pass that
+    delivered everything does not wake the loop to claim nothing and ask again."""
+    port = free_port()
+    runner = await serve(receiver_app(pool, verifier(pki_dir)), pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    async with counted_pool(pg_url) as (counted, statements):
+        relay = OutboxRelay(counted, pg_url, client, owner="quiet", sweep_s=30.0)
+        task = asyncio.create_task(relay.run())
+        try:
+            await _enqueue(pool, 1)             # the statements learn their types
+            await _drained(pool, 10.0)
+            await asyncio.sleep(0.3)
+            statements.clear()
+            for n in range(1, 4):
+                await _enqueue(pool, 1, n)
+                await _drained(pool, 10.0)
+                await asyncio.sleep(0.3)        # what the loop does after the pass
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
+            await runner.cleanup()
+    assert relay.delivered == 4
+    assert len(statements.queries) == 3 * 2, str(statements)
+    assert statements.transactions == 3 * 2
