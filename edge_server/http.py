@@ -69,6 +69,7 @@ from shared.http import (
 from shared.link import (
     VERIFIER_KEY,
     Answer,
+    BatchItem,
     accept_once,
     batch_answer,
     batch_answer_schema,
@@ -150,28 +151,50 @@ async def link_events_batch(request: web.Request) -> web.Response:
 
     Each message is what a single ``POST /v1/link/events`` would carry, with its own
     message id, and gets the answer that request would get (stored or a duplicate's first
-    answer, 400 ``invalid-field``, 422 ``unknown-merchant``), each stored in its own
-    transaction on one connection. The database failing answers the whole request 503:
-    the sender sends them all again, and those already stored are duplicates.
+    answer, 400 ``invalid-field``, 422 ``unknown-merchant``). They are stored in one
+    transaction (one commit for the batch), each under its own savepoint, in the order of
+    their calls, so two batches about the same calls take their rows in the same order;
+    should one still deadlock with another writer, they are stored again each in its own
+    transaction. The database failing answers the whole request 503: the sender sends
+    them all again, and those already stored are duplicates.
     """
     items = parse_batch(await read_json_object(request, raw_body(request)))
     learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
-    answers: list[Answer] = []
     try:
         async with _pool(request).acquire() as conn:
-            for item in items:
-                try:
-                    report = parse_event(item.body)
-                    async with conn.transaction():
-                        answers.append(await accept_once(conn, item.message_id,
-                                                         str(item.body["kind"]),
-                                                         _saver(report, learn)))
-                except ApiError as exc:
-                    answers.append((exc.status, exc.body()))
+            try:
+                async with conn.transaction():
+                    answers = await _store_each(conn, items, learn)
+            except asyncpg.DeadlockDetectedError as exc:
+                log.warning("a batch of %d link events deadlocked (%s); storing each in its "
+                            "own transaction", len(items), exc)
+                answers = await _store_each(conn, items, learn)
     except CONNECTION_ERRORS as exc:
         log.warning("a batch of %d link events not stored: %s", len(items), exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(batch_answer(items, answers))
+
+
+async def _store_each(conn: asyncpg.Connection, items: Sequence[BatchItem], learn: bool
+                      ) -> list[Answer]:
+    """Each item in a transaction of its own (a savepoint inside the caller's), ordered
+    by call and message id; the answers in the items' order."""
+    answers: dict[int, Answer] = {}
+    for i in sorted(range(len(items)), key=lambda i: _order_of(items[i])):
+        item = items[i]
+        try:
+            report = parse_event(item.body)
+            async with conn.transaction():
+                answers[i] = await accept_once(conn, item.message_id, str(item.body["kind"]),
+                                               _saver(report, learn))
+        except ApiError as exc:
+            answers[i] = (exc.status, exc.body())
+    return [answers[i] for i in range(len(items))]
+
+
+def _order_of(item: BatchItem) -> tuple[str, str]:
+    call = item.body.get("edge_call_id")
+    return (call if isinstance(call, str) else "", item.message_id)
 
 
 async def link_rate_decks(request: web.Request) -> web.Response:

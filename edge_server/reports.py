@@ -384,14 +384,17 @@ async def save_report(conn: asyncpg.Connection, report: Report, *,
     ``learn_call_lengths`` (rates on): a new answered customer leg's talk seconds are
     counted for the merchant's call lengths (``routing_rates.call_lengths.record``),
     in the same transaction, so a CDR delivered twice counts once."""
-    known = await conn.fetchval("SELECT true FROM merchants WHERE id = $1", report.merchant_id)
-    if not known:
-        raise ApiError(422, "unknown-merchant", f"merchant {report.merchant_id!r} is not "
-                       "served by this edge", field="merchant_id")
     edge_call_id = None if isinstance(report, BillingRecord | CustomerErasure) \
         else report.edge_call_id
-    owner = await conn.fetchval("SELECT merchant_id FROM edge_calls WHERE edge_call_id = $1",
-                                edge_call_id)
+    tenant = await conn.fetchrow(
+        "SELECT EXISTS (SELECT FROM merchants WHERE id = $1) AS known, "
+        "(SELECT merchant_id FROM edge_calls WHERE edge_call_id = $2) AS owner",
+        report.merchant_id, edge_call_id)
+    assert tenant is not None
+    if not tenant["known"]:
+        raise ApiError(422, "unknown-merchant", f"merchant {report.merchant_id!r} is not "
+                       "served by this edge", field="merchant_id")
+    owner = tenant["owner"]
     if owner is not None and owner != report.merchant_id:
         raise ApiError(422, "tenant-mismatch", f"call {edge_call_id} belongs to another "
                        "merchant", field="merchant_id")
@@ -461,18 +464,19 @@ async def _insert_cdr(conn: asyncpg.Connection, c: Cdr) -> int | None:
 
 
 async def _insert_status(conn: asyncpg.Connection, s: CallbackStatusReport) -> int | None:
+    """The status row and, when it is new, the call's current status: one statement."""
     value: int | None = await conn.fetchval(
-        """INSERT INTO callback_status (merchant_id, callback_id, edge_call_id, status, reason,
-               attempts, at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (merchant_id, callback_id, status, at) DO NOTHING RETURNING id""",
+        """WITH status AS (
+               INSERT INTO callback_status (merchant_id, callback_id, edge_call_id, status,
+                   reason, attempts, at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (merchant_id, callback_id, status, at) DO NOTHING RETURNING id),
+           call AS (
+               UPDATE edge_calls SET callback_id = $2, callback_status = $4,
+                   callback_reason = $5
+               WHERE edge_call_id = $3 AND merchant_id = $1 AND EXISTS (SELECT FROM status))
+           SELECT id FROM status""",
         s.merchant_id, s.callback_id, s.edge_call_id, s.status, s.reason, s.attempts, s.at)
-    if value is not None:
-        await conn.execute(
-            """UPDATE edge_calls SET callback_id = $2, callback_status = $3,
-                   callback_reason = $4
-               WHERE edge_call_id = $1 AND merchant_id = $5""",
-            s.edge_call_id, s.callback_id, s.status, s.reason, s.merchant_id)
     return value
 
 

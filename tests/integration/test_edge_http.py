@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -23,6 +24,7 @@ from shared.paging import encode_cursor
 from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
 from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
+from tests.integration.statements import counted_pool
 
 pytestmark = pytest.mark.integration
 
@@ -390,3 +392,85 @@ async def test_healthz_reports_the_database(client: TestClient[Any, Any]) -> Non
     body = await resp.json()
     assert resp.status == 200 and body["database"] == "up"
     assert body["status"] == "degraded"  # no ARI in this test app
+
+
+async def test_a_call_back_s_reports_cost_the_edge_one_transaction_a_request(
+        pool: asyncpg.Pool, pg_url: str, aiohttp_client: ClientFactory) -> None:
+    """What the edge's database does for the reports of a declined call-back (a CDR and
+    the status): one transaction of six statements each alone (the message claimed, the
+    tenant checked, the report written with what it updates, the answer kept), and one
+    transaction for all of them in a batch."""
+    store = CallStore(pool)
+    for n in range(4):
+        await store.store_request(StoreRequest(
+            f"edge-cb-n{n}", f"n{n}", "acme", E164("819012345678"), E164("81120123456"),
+            AnnounceMode.EARLY_MEDIA, "cheaper"), datetime.now(UTC))
+    async with counted_pool(pg_url) as (counted, statements):
+        app = create_http_app(merchants=MERCHANTS,
+                              verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
+        app[POOL_KEY] = counted
+        client = await aiohttp_client(app)
+
+        def reports(n: int) -> list[dict[str, Any]]:
+            return [cdr(f"call-n{n}", callback_id=f"cb-n{n}", edge_call_id=f"edge-cb-n{n}",
+                        merchant_id="acme"),
+                    callback_status(f"cb-n{n}", status="failed")]
+
+        for event in reports(0):                    # the statements learn their types
+            assert (await post_event(client, event))[0] == 200
+        statements.clear()
+        for event in reports(1):
+            assert (await post_event(client, event))[0] == 200
+        alone = list(statements.queries)
+        assert len(alone) == 2 * 6, str(statements)
+        assert statements.transactions == 2
+        statements.clear()
+        path = "/v1/link/events/batch"
+        body = json.dumps({"messages": [{"message_id": str(uuid.uuid4()), "body": event}
+                                        for event in reports(2) + reports(3)]}).encode()
+        resp = await client.post(path, data=body, headers=signed(body, path=path))
+        assert resp.status == 200
+        assert [r["status"] for r in (await resp.json())["results"]] == [200] * 4
+        assert statements.transactions == 1, str(statements)
+    assert await pool.fetchval("SELECT count(*) FROM edge_calls WHERE callback_status = "
+                               "'failed' AND edge_call_id LIKE 'edge-cb-n_'") == 4
+    assert await pool.fetchval("SELECT count(*) FROM cdrs WHERE call_id LIKE 'call-n_'") == 4
+
+
+async def test_a_batch_that_deadlocks_is_stored_again_each_report_alone(
+        pool: asyncpg.Pool, client: TestClient[Any, Any]) -> None:
+    """Another writer holds the second call's row and then asks for the first, which the
+    batch's transaction holds: PostgreSQL aborts the batch (its deadlock check comes first),
+    and the edge stores each report in its own transaction once the writer is through."""
+    store = CallStore(pool)
+    for n in (1, 2):
+        await store.store_request(StoreRequest(
+            f"edge-cb-d{n}", f"d{n}", "acme", E164("819012345678"), E164("81120123456"),
+            AnnounceMode.EARLY_MEDIA, "cheaper"), datetime.now(UTC))
+    path = "/v1/link/events/batch"
+    body = json.dumps({"messages": [
+        {"message_id": str(uuid.uuid4()), "body": callback_status(f"cb-d{n}", status="failed")}
+        for n in (1, 2)]}).encode()
+    async with pool.acquire() as writer, writer.transaction():
+        await writer.execute("SET LOCAL deadlock_timeout = '20s'")
+        await writer.execute("UPDATE edge_calls SET detail = 'held' "
+                             "WHERE edge_call_id = 'edge-cb-d2'")
+        batch = asyncio.create_task(client.post(path, data=body,
+                                                headers=signed(body, path=path)))
+        await _waiting_on_a_lock(pool, "callback_status")
+        await writer.execute("UPDATE edge_calls SET detail = 'held' "
+                             "WHERE edge_call_id = 'edge-cb-d1'")
+    resp = await asyncio.wait_for(batch, 30)
+    assert resp.status == 200
+    assert [r["status"] for r in (await resp.json())["results"]] == [200, 200]
+    assert await pool.fetchval("SELECT count(*) FROM edge_calls WHERE callback_status = "
+                               "'failed' AND edge_call_id LIKE 'edge-cb-d_'") == 2
+
+
+async def _waiting_on_a_lock(pool: asyncpg.Pool, query_part: str) -> None:
+    for _ in range(200):
+        if await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                               "'Lock' AND query LIKE '%' || $1 || '%'", query_part):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no statement like {query_part!r} waited on a lock")
