@@ -630,22 +630,24 @@ def _bound(row: asyncpg.Record) -> AbstractContextManager[logs.LogContext]:
 
 
 async def outbox_stats(pool: asyncpg.Pool) -> OutboxStats:
-    """Messages not delivered (pending, held, dead) and the oldest pending one."""
+    """Messages not delivered (pending, held, dead) and the oldest pending one (one
+    statement: every scrape of ``/metrics`` asks)."""
     row = await pool.fetchrow(
-        """SELECT count(*) FILTER (WHERE delivered_at IS NULL AND dead_at IS NULL
-                                   AND NOT held) AS pending,
-                  count(*) FILTER (WHERE held AND delivered_at IS NULL) AS held,
-                  count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead
-           FROM outbox WHERE delivered_at IS NULL""")
-    oldest = await pool.fetchrow(
-        """SELECT message_id, kind, EXTRACT(EPOCH FROM now() - created_at) AS age
-           FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
-           ORDER BY created_at LIMIT 1""")
+        """SELECT counts.*, oldest.message_id, oldest.kind, oldest.age
+           FROM (SELECT count(*) FILTER (WHERE dead_at IS NULL AND NOT held) AS pending,
+                        count(*) FILTER (WHERE held) AS held,
+                        count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead
+                 FROM outbox WHERE delivered_at IS NULL) AS counts
+           LEFT JOIN LATERAL (
+               SELECT message_id, kind, EXTRACT(EPOCH FROM now() - created_at) AS age
+               FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
+               ORDER BY created_at LIMIT 1) AS oldest ON true""")
     assert row is not None
+    found = row["message_id"] is not None
     return OutboxStats(int(row["pending"]), int(row["held"]), int(row["dead"]),
-                       None if oldest is None else float(oldest["age"]),
-                       None if oldest is None else str(oldest["message_id"]),
-                       None if oldest is None else str(oldest["kind"]))
+                       float(row["age"]) if found else None,
+                       str(row["message_id"]) if found else None,
+                       str(row["kind"]) if found else None)
 
 
 def _as_object(body: Any) -> dict[str, Any]:

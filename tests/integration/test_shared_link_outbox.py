@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from shared.link_policy import HealthSettings, LinkPolicy
-from shared.outbox import Outbox, OutboxAlert, OutboxRelay
+from shared.outbox import Outbox, OutboxAlert, OutboxRelay, outbox_stats
 from tests import prom
 from tests.faults.linklab import (
     BATCHES_KEY,
@@ -476,3 +476,15 @@ async def test_a_message_delivered_alone_costs_the_sender_two_statements(
     assert relay.delivered == 4
     assert len(statements.queries) == 3 * 2, str(statements)
     assert statements.transactions == 3 * 2
+
+
+async def test_the_outbox_s_figures_are_one_statement(pool: asyncpg.Pool, pg_url: str) -> None:
+    """Every scrape of /metrics asks for them."""
+    await _enqueue(pool, 2)
+    async with pool.acquire() as conn:
+        await Outbox.enqueue(conn, kind="test", path=TEST_PATH, payload={"n": 9}, held=True)
+    async with counted_pool(pg_url) as (counted, statements):
+        stats = await outbox_stats(counted)
+    assert (stats.pending, stats.held, stats.dead, stats.oldest_pending_kind) == (2, 1, 0, "test")
+    assert stats.oldest_pending_s is not None and stats.oldest_pending_s >= 0
+    assert len(statements.queries) == 1, str(statements)
