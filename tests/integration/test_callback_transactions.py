@@ -1,0 +1,142 @@
+"""What one call-back costs the callback site's PostgreSQL: its transactions, counted.
+
+One request is stored, claimed by the worker (with the guard, as the site runs it),
+dialled through a fake Asterisk and declined by the carrier (603, cause 21: the control
+plane of ``bench.load_sweep``), so its round ends ``failed`` and the edge is told. Every
+statement the pool's connections send is seen (asyncpg's query logger), and a transaction
+is what PostgreSQL counts as one (``pg_stat_database.xact_commit``): a ``BEGIN`` …
+``COMMIT`` block, or a statement sent on its own (the pool's reset of a released
+connection included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from callback_server.config import StaticRoute
+from callback_server.guard.service import Guard
+from callback_server.guard.settings import GuardSettings
+from callback_server.ivr_flow import load_named
+from callback_server.routing import Routing
+from callback_server.schemas import IntakeRequest
+from callback_server.store import CallbackStore
+from callback_server.testing import FakeAri, FixedRater, merchant
+from callback_server.worker import Worker, WorkerSettings
+from shared import ari
+from shared.db import create_pool
+from shared.phone import E164
+from tests.integration import callback_db
+
+pytestmark = pytest.mark.integration
+
+ACME = merchant("acme")
+ROUTES = (StaticRoute("carrier-a", "PJSIP/{digits}@carrier-a"),
+          StaticRoute("carrier-b", "PJSIP/{digits}@carrier-b"))
+#: one declined call-back, its intake to its round's end and the edge's outbox message
+#: (30 before the pool kept its sessions)
+MAX_TRANSACTIONS = 15
+ASYNCPG_INTROSPECTION = ("SELECT current_setting('jit')", "SELECT set_config('jit'",
+                         "WITH RECURSIVE typeinfo_tree")
+
+
+@dataclass
+class Statements:
+    """Each pool connection's statements, folded into transactions as PostgreSQL counts
+    them."""
+
+    open: dict[int, list[str]] = field(default_factory=dict)
+    transactions: list[tuple[str, ...]] = field(default_factory=list)
+
+    def seen(self, key: int, logged: asyncpg.connection.LoggedQuery) -> None:
+        text = " ".join(logged.query.split())
+        if text.startswith(ASYNCPG_INTROSPECTION):
+            return      # a connection's first use of a type, not the call-back's
+        if text.upper().startswith("BEGIN"):
+            self.open[key] = []
+        elif key in self.open:
+            if text.upper() in ("COMMIT;", "COMMIT", "ROLLBACK;", "ROLLBACK"):
+                self.transactions.append(tuple(self.open.pop(key)))
+            else:
+                self.open[key].append(text)
+        else:
+            self.transactions.append((text,))
+
+
+@pytest.fixture(scope="module")
+async def counted(pg_url: str) -> AsyncIterator[tuple[asyncpg.Pool, Statements]]:
+    await (await callback_db.open_pool(pg_url, [ACME])).close()     # migrated, synced
+    statements = Statements()
+    pool = await create_pool(pg_url, min_size=20, max_size=20)    # as the site's, all open
+    held = [await pool.acquire() for _ in range(20)]
+    for conn in held:
+        conn.add_query_logger(functools.partial(statements.seen, id(conn)))
+    for conn in held:
+        await pool.release(conn)
+    await callback_db.emptied(pool)
+    yield pool, statements
+    await pool.close()
+
+
+async def test_one_declined_call_back_costs_at_most_n_transactions(
+        counted: tuple[asyncpg.Pool, Statements], pg_url: str) -> None:
+    pool, statements = counted
+    fake = FakeAri()
+    ready = asyncio.Event()
+    ready.set()
+    guard = Guard(pool, GuardSettings())
+    store = CallbackStore(pool, owner="w1", guard=guard)
+    worker = Worker(store=store, db_url=pg_url, merchants={"acme": ACME},
+                    flows={"order": load_named("order")}, routes=Routing(None, ROUTES),
+                    client=fake, router=fake.router, rater=FixedRater(), ari_ready=ready,
+                    settings=WorkerSettings(sweep_s=30.0, drain_s=0.5), guard=guard)
+    probe = await asyncpg.connect(pg_url)          # the test's own reads: not counted
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.3)                      # LISTEN is up, the first sweep done
+        # warm: the statements prepared, their types introspected
+        await one_call_back(pool, probe, fake, guard, "819012345678")
+        await asyncio.sleep(0.1)
+        statements.transactions.clear()
+        await one_call_back(pool, probe, fake, guard, "819087654321")
+        assert await probe.fetchval("SELECT count(*) FROM outbox "
+                                    "WHERE kind = 'callback_status'") == 2
+    finally:
+        await worker.shutdown()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await probe.close()
+    listing = "\n".join(" | ".join(s[:70] for s in t) for t in statements.transactions)
+    print(f"{len(statements.transactions)} transactions:\n{listing}")
+    assert len(statements.transactions) <= MAX_TRANSACTIONS, listing
+
+
+async def one_call_back(pool: asyncpg.Pool, probe: asyncpg.Connection, fake: FakeAri,
+                        guard: Guard, caller: str) -> None:
+    """A request stored, dialled, declined by the carrier; returns once its round ended
+    and its job's task with it."""
+    now = datetime.now(UTC)
+    req = IntakeRequest(f"edge-{uuid.uuid4().hex[:8]}", "acme", E164(caller), None, now,
+                        now, "early_media")
+    dialled = len(fake.named("originate"))
+    _, body = await CallbackStore(pool, owner="edge", guard=guard).intake(
+        str(uuid.uuid4()), req, ACME)
+    for _ in range(500):
+        if len(fake.named("originate")) > dialled:
+            break
+        await asyncio.sleep(0.01)
+    _, channel_id, _, _ = fake.named("originate")[-1]
+    fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id=channel_id), cause=21))
+    for _ in range(500):
+        if await probe.fetchval("SELECT status FROM callback_requests WHERE callback_id = $1",
+                                body["callback_id"]) == "failed":
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)                           # the job's task has ended
