@@ -164,8 +164,7 @@ class Worker:
     async def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            await self.claim_and_start()
-            due = await self.store.seconds_to_next_due()
+            _, due = await self._claim_and_start()
             if due is not None and due > 0:
                 self._arm(due)
             try:
@@ -197,21 +196,31 @@ class Worker:
         self._timer = loop.call_at(at, self._wake.set)
 
     async def claim_and_start(self) -> int:
-        free = self.settings.max_calls - len(self._tasks)
-        if free <= 0 or self._stopping:
-            return 0
-        jobs = await self.store.claim(free)
+        """Claim what is due into the free slots and start it; the jobs started."""
+        started, _ = await self._claim_and_start()
+        return started
+
+    async def _claim_and_start(self) -> tuple[int, float | None]:
+        """:meth:`claim_and_start`, and the seconds until the next job not claimed is due
+        (:meth:`QueueStore.claim_due`), in one statement. Full (or stopping), nothing is
+        claimed."""
+        free = 0 if self._stopping else max(0, self.settings.max_calls - len(self._tasks))
+        jobs, due = await self.store.claim_due(free)
         for job in jobs:
             task = asyncio.create_task(self._run_job(job), name=f"job {job.callback_id}")
             self._tasks[job.callback_id] = task
             task.add_done_callback(functools.partial(self._done, job.callback_id))
-        return len(jobs)
+        return len(jobs), due
 
     def _done(self, callback_id: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(callback_id, None)
         self.calls.pop(callback_id, None)
         self.store.forget(callback_id)
-        self._wake.set()            # a slot is free
+        if len(self._tasks) == self.settings.max_calls - 1:
+            # A slot is free where none was: due jobs may have been left unclaimed. Not
+            # full, every due job was claimed, and a job queued later wakes the loop by
+            # its NOTIFY (a retry's and a give-back's too).
+            self._wake.set()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -276,7 +285,8 @@ class Worker:
             return
         if claimed.rescued:
             await self._rescued(claimed)
-        if not await self._resolve_last_leg(claimed, job):
+        # a job with no leg yet (the claim counts them) has none to settle: nothing read
+        if claimed.legs and not await self._resolve_last_leg(claimed, job):
             return
         if not await self._within_hours(claimed, merchant):
             return

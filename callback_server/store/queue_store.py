@@ -64,6 +64,13 @@ class QueueStore(StoreBase):
 
     async def claim(self, limit: int) -> list[ClaimedJob]:
         """Claim up to ``limit`` due jobs (and jobs whose lease expired)."""
+        jobs, _ = await self.claim_due(limit)
+        return jobs
+
+    async def claim_due(self, limit: int) -> tuple[list[ClaimedJob], float | None]:
+        """:meth:`claim`, and in the same statement the seconds until the next job not
+        claimed now is due (a queued job, or a lease that runs out; negative: overdue;
+        None: none), for the worker's timer. ``limit`` 0 claims nothing."""
         rows = await self.pool.fetch(
             """WITH c AS (
                    SELECT callback_id, status AS prev_status
@@ -81,30 +88,42 @@ class QueueStore(StoreBase):
                                      AND a.asterisk IS NOT NULL AND a.asterisk <> $4)))
                    ORDER BY next_attempt_at
                    LIMIT $3
-                   FOR UPDATE SKIP LOCKED)
-               UPDATE callback_requests r
-               SET status = 'dialing', lease_owner = $1,
-                   lease_expires_at = now() + $2 * interval '1 second',
-                   heartbeat_at = now(), updated_at = now()
-               FROM c WHERE r.callback_id = c.callback_id
-               RETURNING r.callback_id, r.edge_call_id, r.merchant_id, r.caller, r.attempts,
-                         r.max_attempts, c.prev_status, r.dialed,
-                         coalesce(r.hungup_at, r.received_at) AS hungup_at,
-                         (SELECT count(*) FROM callback_attempts a
-                          WHERE a.callback_id = r.callback_id) AS legs,
-                         (SELECT k.advisor_id FROM click_to_call_requests k
-                          WHERE k.callback_id = r.callback_id) AS click_advisor""",
+                   FOR UPDATE SKIP LOCKED),
+               claimed AS (
+                   UPDATE callback_requests r
+                   SET status = 'dialing', lease_owner = $1,
+                       lease_expires_at = now() + $2 * interval '1 second',
+                       heartbeat_at = now(), updated_at = now()
+                   FROM c WHERE r.callback_id = c.callback_id
+                   RETURNING r.callback_id, r.edge_call_id, r.merchant_id, r.caller,
+                             r.attempts, r.max_attempts, c.prev_status, r.dialed,
+                             coalesce(r.hungup_at, r.received_at) AS hungup_at,
+                             (SELECT count(*) FROM callback_attempts a
+                              WHERE a.callback_id = r.callback_id) AS legs,
+                             (SELECT k.advisor_id FROM click_to_call_requests k
+                              WHERE k.callback_id = r.callback_id) AS click_advisor),
+               next AS (
+                   SELECT extract(epoch FROM min(t) - now()) AS due_s FROM (
+                       SELECT min(next_attempt_at) AS t FROM callback_requests
+                       WHERE status = 'queued'
+                         AND callback_id NOT IN (SELECT callback_id FROM c)
+                       UNION ALL
+                       SELECT min(lease_expires_at) FROM callback_requests
+                       WHERE status = 'dialing'
+                         AND callback_id NOT IN (SELECT callback_id FROM c)) s)
+               SELECT next.due_s, claimed.* FROM next LEFT JOIN claimed ON true""",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
                            int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"],
                            _number_or_none(r["dialed"]), r["click_advisor"])
-                for r in rows]
+                for r in rows if r["callback_id"] is not None]
         self.ending.difference_update(job.callback_id for job in jobs)
         for job in jobs:
             if job.rescued:
                 log.warning("rescued job %s (previous worker's lease expired)", job.callback_id)
-        return jobs
+        due_s = rows[0]["due_s"]
+        return jobs, None if due_s is None else float(due_s)
 
     async def heartbeat(self, callback_ids: Sequence[str]) -> set[str]:
         """Extend our leases; returns the ids whose lease was lost: no longer ours (another
@@ -122,17 +141,6 @@ class QueueStore(StoreBase):
     def forget(self, callback_id: str) -> None:
         """The worker no longer runs the job (its task ended)."""
         self.ending.discard(callback_id)
-
-    async def seconds_to_next_due(self) -> float | None:
-        """Seconds until the next queued job is due (negative: overdue), or None."""
-        value = await self.pool.fetchval(
-            """SELECT extract(epoch FROM min(t) - now()) FROM (
-                   SELECT min(next_attempt_at) AS t FROM callback_requests
-                   WHERE status = 'queued'
-                   UNION ALL
-                   SELECT min(lease_expires_at) FROM callback_requests
-                   WHERE status = 'dialing') s""")
-        return None if value is None else float(value)
 
     async def release(self, callback_id: str, delay_s: float, reason: str, *,
                       rescue: bool = False) -> None:

@@ -41,8 +41,8 @@ ACME = merchant("acme")
 ROUTES = (StaticRoute("carrier-a", "PJSIP/{digits}@carrier-a"),
           StaticRoute("carrier-b", "PJSIP/{digits}@carrier-b"))
 #: one declined call-back, its intake to its round's end and the edge's outbox message
-#: (30 before the pool kept its sessions)
-MAX_TRANSACTIONS = 15
+#: (30 before the pool kept its sessions, 15 before the worker read less)
+MAX_TRANSACTIONS = 11
 ASYNCPG_INTROSPECTION = ("SELECT current_setting('jit')", "SELECT set_config('jit'",
                          "WITH RECURSIVE typeinfo_tree")
 
