@@ -22,7 +22,8 @@ opens again), ends ``failed`` with reason ``outside_hours``, reported to the edg
 The round's IVR flow is the merchant's active stored flow (:mod:`callback_server.
 active_flows`, kept current in memory: no query per round) or else its configured file
 flow; it is chosen once when the round starts (a call in progress keeps it) and kept with
-the round (``callback_round_flows``, shown in ``GET /v1/callbacks/{id}``).
+the round (``callback_round_flows``, shown in ``GET /v1/callbacks/{id}``), written in the
+transaction of the round's first leg.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from callback_server.dialer_messages import (
 )
 from callback_server.ivr_flow import Flow
 from callback_server.store import CallbackStore
+from callback_server.store.base import RoundFlow
 from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from ivr_platform.hours import BusinessHours
 from shared import ari, logs
@@ -336,7 +338,7 @@ class Worker:
                                desk=self.desk, consultations=self.consultations,
                                billing=self.billing, records=records, guard=self.guard,
                                live=self.live)
-        flow = await self._round_flow(job, merchant)
+        flow = self._round_flow(job, merchant)
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
                           flow, claimed.hungup_at, merchant.language,
                           hours=self._hours(claimed, merchant), clock=self.clock)
@@ -346,15 +348,15 @@ class Worker:
                           consultations=self.consultations, billing=self.billing,
                           services=self.services, live=self.live)
 
-    async def _round_flow(self, job: Job, merchant: Merchant) -> Flow:
-        """The flow this round runs, kept with the round."""
+    def _round_flow(self, job: Job, merchant: Merchant) -> Flow:
+        """The flow this round runs, kept with the round (written with its first leg)."""
         stored = self.active_flows.get(merchant.id) if self.active_flows else None
         flow = stored.flow if stored else self.flows[merchant.ivr_flow]
         version = stored.version if stored else None
         log.info("round %d runs flow %s %s", job.attempt_no, flow.name,
                  f"version {version}" if version else "(configured file)")
-        await self.store.record_round_flow(job.callback_id, job.attempt_no, merchant.id,
-                                           flow.name, version)
+        self.store.keep_round_flow(job.callback_id, RoundFlow(job.attempt_no, flow.name,
+                                                              version))
         return flow
 
     @staticmethod

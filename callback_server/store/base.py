@@ -11,6 +11,7 @@ during a live call retry on connection errors
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -22,6 +23,15 @@ if TYPE_CHECKING:
 
 #: takes a call-back's customer leg, rated, in the transaction storing its CDR
 CustomerLegs = Callable[[asyncpg.Connection, "Leg"], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundFlow:
+    """The IVR flow a round runs: a stored version, or (None) the configured file flow."""
+
+    attempt_no: int
+    name: str
+    version: int | None
 
 
 class StoreBase:
@@ -49,3 +59,6 @@ class StoreBase:
         # Jobs whose round this store is giving back (finish, release), until the worker
         # forgets them: a heartbeat that no longer finds them ours is not a lost lease.
         self.ending: set[str] = set()
+        # The flow each running round runs, kept with the round's first leg
+        # (:meth:`~callback_server.store.info_store.InfoStore.keep_round_flow`).
+        self.round_flows: dict[str, RoundFlow] = {}

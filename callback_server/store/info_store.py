@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from callback_server.ivr import Submit
-from callback_server.store.base import StoreBase
+from callback_server.store.base import RoundFlow, StoreBase
 from ivr_platform.notify_config import Event
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
@@ -46,16 +46,10 @@ class InfoStore(StoreBase):
                                "callback_id": callback_id, "edge_call_id": edge_call_id})
         return mid
 
-    async def record_round_flow(self, callback_id: str, attempt_no: int, merchant_id: str,
-                                flow_name: str, version: int | None) -> None:
-        """Keep which flow round ``attempt_no`` of ``callback_id`` runs: a stored version,
-        or (None) the configured file flow. A rescued round started again keeps the flow
-        it runs now."""
-        await self.pool.execute(
-            """INSERT INTO callback_round_flows (callback_id, attempt_no, merchant_id,
-                   flow_name, version)
-               VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (callback_id, attempt_no) DO UPDATE
-                   SET flow_name = EXCLUDED.flow_name, version = EXCLUDED.version,
-                       started_at = now()""",
-            callback_id, attempt_no, merchant_id, flow_name, version)
+    def keep_round_flow(self, callback_id: str, flow: RoundFlow) -> None:
+        """Keep which flow the round running ``callback_id`` runs: written
+        (``callback_round_flows``) in the transaction of the round's first leg
+        (:meth:`~callback_server.store.leg_store.LegStore.persist_leg`), not in one of
+        its own; a round that places no leg keeps none. A rescued round started again
+        keeps the flow it runs now."""
+        self.round_flows[callback_id] = flow

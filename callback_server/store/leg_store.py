@@ -74,12 +74,25 @@ class LegStore(StoreBase):
         """One try of :meth:`persist_leg`: None (stored), else how long to wait for the
         CPS window (nothing stored, nothing held)."""
         refused: GuardRefused | None = None
+        flow = self.round_flows.get(cmd.callback_id)
+        if flow is not None and flow.attempt_no != cmd.attempt_no:
+            flow = None
         async with self.pool.acquire() as conn, conn.transaction():
+            # the lease extended and checked; the round's flow kept with its first leg
             held = await conn.fetchval(
-                """UPDATE callback_requests
+                """WITH flow AS (
+                       INSERT INTO callback_round_flows (callback_id, attempt_no, merchant_id,
+                           flow_name, version)
+                       SELECT $1, $4, $5, $6, $7 WHERE $6::text IS NOT NULL
+                       ON CONFLICT (callback_id, attempt_no) DO UPDATE
+                           SET flow_name = EXCLUDED.flow_name, version = EXCLUDED.version,
+                               started_at = now())
+                   UPDATE callback_requests
                    SET lease_expires_at = now() + $3 * interval '1 second', heartbeat_at = now()
                    WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
-                   RETURNING true""", cmd.callback_id, self.owner, self.lease_s)
+                   RETURNING true""", cmd.callback_id, self.owner, self.lease_s,
+                cmd.attempt_no, merchant_id, flow.name if flow else None,
+                flow.version if flow else None)
             if not held:
                 raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
                                 f"{cmd.channel_id}")
@@ -100,6 +113,8 @@ class LegStore(StoreBase):
                     cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
                     cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner, self.asterisk,
                     list(admission.scopes), list(admission.shards), admission.at)
+        if flow is not None:        # committed with the leg (or its refusal)
+            self.round_flows.pop(cmd.callback_id, None)
         if refused is not None:     # committed: the refusal (and a trip); no leg row
             raise refused
         return None

@@ -141,6 +141,7 @@ class QueueStore(StoreBase):
     def forget(self, callback_id: str) -> None:
         """The worker no longer runs the job (its task ended)."""
         self.ending.discard(callback_id)
+        self.round_flows.pop(callback_id, None)
 
     async def release(self, callback_id: str, delay_s: float, reason: str, *,
                       rescue: bool = False) -> None:
