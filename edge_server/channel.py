@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import unquote
 
 from edge_server.flow_messages import CallerHungUp, PlaybackFinished, Timeout
 from shared import ari
@@ -26,6 +27,8 @@ log = logging.getLogger("edge.stasis")
 
 PRESENTATION_VAR = "CALLERID(pres)"
 PAI_VAR = "PJSIP_HEADER(read,P-Asserted-Identity)"
+#: what the dialplan passes after ``inbound`` (the PAI URI-encoded: it may hold commas)
+HEADER_ARGS = (PRESENTATION_VAR, PAI_VAR)
 _PAI_USER = re.compile(r"<?\s*(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)
 
 #: what a machine's inbox holds: its own events and these, which every session makes
@@ -64,6 +67,7 @@ class ChannelSession(Generic[E]):
                  ari_queue: asyncio.Queue[ari.Event]) -> None:
         self.gateway = gateway
         self.channel = start.channel
+        self.stasis_args = start.args
         self.channel_id = start.channel.id
         self.ari_queue = ari_queue
         self.inbox: asyncio.Queue[E | ChannelEvent] = asyncio.Queue()
@@ -105,7 +109,15 @@ class ChannelSession(Generic[E]):
         return None
 
     async def _caller_headers(self) -> tuple[str | None, str | None]:
-        """The caller's presentation (``CALLERID(pres)``) and asserted number (PAI)."""
+        """The caller's presentation (``CALLERID(pres)``) and asserted number (PAI).
+
+        The edge's dialplan passes both as the Stasis arguments after the first
+        (``Stasis(edge,inbound,${CALLERID(pres)},${URIENCODE(${PJSIP_HEADER(read,
+        P-Asserted-Identity)})})``), so no request to Asterisk is needed; a channel that
+        came without them (another dialplan) has them read over ARI."""
+        if len(self.stasis_args) >= len(HEADER_ARGS) + 1:
+            given = self.stasis_args[1]
+            return given or None, asserted_number(unquote(self.stasis_args[2]))
         pres, pai = await asyncio.gather(self._variable(PRESENTATION_VAR),
                                          self._variable(PAI_VAR))
         return pres, asserted_number(pai)

@@ -272,3 +272,21 @@ async def test_each_call_is_counted_by_merchant_outcome_and_reason() -> None:
     await run_call(deps(), start(caller="anonymous"), [finished("1700000000.7-pb1")])
     await run_call(deps(), start(exten="0120999999"))
     assert [a - b for a, b in zip(counts(), before, strict=True)] == [1, 1, 1]
+
+
+async def test_the_caller_s_headers_come_with_stasis_start_without_asking_asterisk() -> None:
+    """The dialplan passes the presentation and the URI-encoded PAI after ``inbound``."""
+    fake, store = FakeAri(), FakeCallStore()
+    withheld = ari.StasisStart(
+        ari.Channel(id="1700000000.7", caller_number="+819012345678", exten="0120123456",
+                    state="Ring"),
+        args=("inbound", "prohib_not_screened",
+              "%3Csip%3A%2B819012345678%4010.0.0.1%3Buser%3Dphone%3E"))
+    await run_call(deps(fake_ari=fake, store=store), withheld, [finished("1700000000.7-pb1")])
+    assert "get_variable" not in fake.names()
+    assert not store.stored and store.recorded[0].outcome is Outcome.WITHHELD
+    fake, store = FakeAri(), FakeCallStore()
+    allowed = ari.StasisStart(withheld.channel, args=("inbound", "allowed_not_screened", ""))
+    await run_call(deps(fake_ari=fake, store=store), allowed, [finished("1700000000.7-pb1")])
+    assert "get_variable" not in fake.names()
+    assert store.stored["edge-1700000000.7"].caller == E164("819012345678")
