@@ -162,18 +162,13 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
     (:func:`release_connection`); ``on_acquire`` is told the seconds each acquire
     waited for a connection (every ``pool.acquire()``, and the pool's own ``fetch``,
     ``execute`` ...), for the servers' ``cbgw_db_pool_acquire_wait_seconds``."""
-    if on_acquire is None:
-        pool: Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                               command_timeout=command_timeout,
-                                               init=init_connection, reset=release_connection)
-        return pool
-    timed = _TimedPool(url, on_acquire=on_acquire, min_size=min_size, max_size=max_size,
-                       command_timeout=command_timeout, init=init_connection,
-                       reset=release_connection, max_queries=50000,
-                       max_inactive_connection_lifetime=300.0, loop=None,
-                       connection_class=asyncpg.Connection, record_class=asyncpg.Record)
-    await timed
-    return timed
+    pool: Pool = _TimedPool(
+        url, on_acquire=on_acquire, min_size=min_size, max_size=max_size,
+        command_timeout=command_timeout, init=init_connection, reset=release_connection,
+        max_queries=50000, max_inactive_connection_lifetime=300.0, loop=None,
+        connection_class=asyncpg.Connection, record_class=asyncpg.Record)
+    await pool
+    return pool
 
 
 async def release_connection(conn: Connection) -> None:
@@ -190,14 +185,17 @@ async def release_connection(conn: Connection) -> None:
 
 
 class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
-    """An asyncpg pool that reports how long each acquire waited (the defaults above are
-    ``asyncpg.create_pool``'s, which cannot make a subclass)."""
+    """An asyncpg pool that reports how long each acquire waited, when asked to (the
+    defaults above are ``asyncpg.create_pool``'s, which cannot make a subclass)."""
 
-    def __init__(self, *args: Any, on_acquire: Callable[[float], None], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_acquire: Callable[[float], None] | None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_acquire = on_acquire
 
     async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's)
+        if self._on_acquire is None:
+            return await super()._acquire(timeout)
         started = time.monotonic()
         try:
             return await super()._acquire(timeout)
