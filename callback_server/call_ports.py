@@ -19,8 +19,10 @@ from typing import Protocol
 
 from callback_server import ivr
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr
+from callback_server.guard.service import RoundEnd
 from callback_server.ivr_flow import Flow
 from callback_server.legrecord import LegRecord
+from callback_server.store.leg_end import LegEnd
 from ivr_platform.hours import BusinessHours
 from shared import ari
 from shared.language import Language
@@ -43,7 +45,9 @@ class CallStore(Protocol):
     async def record_info(self, submit: ivr.Submit, *, callback_id: str, edge_call_id: str,
                           merchant_id: str, caller: E164, collected_at: datetime,
                           seq: int) -> str: ...
-    async def finish(self, callback_id: str, outcome: Finish) -> bool: ...
+    async def end_leg(self, end: LegEnd) -> None: ...
+    async def finish(self, callback_id: str, outcome: Finish, *, ended: LegEnd | None = None,
+                     round_end: RoundEnd | None = None) -> bool: ...
 
 
 class IvrPort(Protocol):
@@ -81,13 +85,6 @@ class Rater(Protocol):
                  duration_s: int) -> tuple[Money | None, int]: ...
     def direct_cost(self, inbound_tariff: str, number: E164, at: datetime,
                     duration_s: int) -> Money | None: ...
-
-
-class RoundObserver(Protocol):
-    """The guard's view of a round's end (``Guard.round_ended``)."""
-
-    async def round_ended(self, *, callback_id: str, attempt_no: int, number: E164,
-                          merchant_id: str, rang: bool, confirmed: bool) -> None: ...
 
 
 class AriPort(Protocol):

@@ -16,6 +16,7 @@ is gone, nothing is dialled. A leg's CDR is rated and stored by
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 from callback_server import consult, dialer, ivr
@@ -27,7 +28,6 @@ from callback_server.call_ports import (
     IvrPort,
     LegRecordSource,
     Rater,
-    RoundObserver,
     utcnow,
 )
 from callback_server.consult_billing import BillingPort
@@ -36,6 +36,7 @@ from callback_server.dialer import DialerState, Leg, Phase
 from callback_server.dialer_messages import (
     Answered,
     Begin,
+    CancelTimer,
     ChannelGone,
     Command,
     EndCall,
@@ -47,9 +48,12 @@ from callback_server.dialer_messages import (
     OriginateFailed,
     OriginateRefused,
     Reason,
+    RecordCdr,
+    RecordLegResult,
     Route,
     Shutdown,
     StartIvr,
+    StartTimer,
     TimerFired,
 )
 from callback_server.dialer_messages import Event as DialerEvent
@@ -57,6 +61,7 @@ from callback_server.ivr_runner import IvrRunner
 from callback_server.leg_runner import leg_event
 from callback_server.metrics import callback as callback_metrics
 from callback_server.round_runner import RoundRunner
+from callback_server.store.leg_end import LegEnd
 from shared import ari
 from shared.phone import E164
 
@@ -67,7 +72,7 @@ class CallRunner(RoundRunner):
     """One round of one job: the dialer driven by ARI events; the IVR step is ``self.ivr``."""
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
-                 store: CallStore, rater: Rater, guard: RoundObserver | None = None,
+                 store: CallStore, rater: Rater,
                  records: LegRecordSource | None = None, desk: AdvisorPort | None = None,
                  consultations: RecordSink | None = None,
                  billing: BillingPort | None = None, services: IvrPort | None = None,
@@ -75,7 +80,6 @@ class CallRunner(RoundRunner):
         super().__init__(job, ctx, client=client, router=router, store=store, rater=rater,
                          records=records, originated=self._originated)
         self.desk = desk                 # the advisors, and the routes to a number
-        self.guard = guard
         self.rang = False                # a customer leg was originated this round
         self.state = DialerState.new(job)
         self.ivr = IvrRunner(job, ctx, client=client, store=store, timers=self.timers,
@@ -214,9 +218,29 @@ class CallRunner(RoundRunner):
             await self._dialer(LegsUsed(state.leg_seq))
 
     async def _dialer(self, event: DialerEvent) -> None:
+        """The dialer's commands for ``event``, in order; a leg's end (its result and CDR)
+        is written in one transaction, with the round's finish when that follows it
+        (nothing but timers in between)."""
         self.state, commands = dialer.transition(self.state, event)
+        ended: LegEnd | None = None
         for cmd in commands:
-            await self._run(cmd)
+            if isinstance(cmd, RecordLegResult) and cmd.status in LEG_ENDS and ended is None:
+                ended = LegEnd(cmd.channel_id, cmd.status, cmd.cause)
+            elif isinstance(cmd, RecordCdr) and ended is not None and ended.cdr is None \
+                    and cmd.call_id == ended.channel_id:
+                ended = replace(ended, cdr=self.legs.rated(cmd))
+            elif isinstance(cmd, Finish):
+                await self._finish(cmd, ended)
+                ended = None
+            elif isinstance(cmd, CancelTimer | StartTimer):
+                await self._run(cmd)
+            else:
+                if ended is not None:
+                    await self.legs.end(ended)
+                    ended = None
+                await self._run(cmd)
+        if ended is not None:
+            await self.legs.end(ended)
 
     # --- dialer commands ------------------------------------------------------------------
 
@@ -242,10 +266,14 @@ class CallRunner(RoundRunner):
         waited = (utcnow() - self.ctx.hungup_at).total_seconds()
         callback_metrics().latency.labels(self.job.merchant_id).observe(max(0.0, waited))
 
-    async def _finish(self, cmd: Finish) -> None:
+    async def _finish(self, cmd: Finish, ended: LegEnd | None = None) -> None:
         await self._finish_round(cmd, rang=self.rang and cmd.reason not in _NOT_RUNG,
-                                 confirmed=self.ivr.confirmed)
+                                 confirmed=self.ivr.confirmed, ended=ended)
 
+
+# A leg's results that end it (written with its CDR; "originated" and "answered" are
+# written on their own, at once).
+LEG_ENDS = frozenset({"ended", "failed"})
 
 # Rounds that end with these reasons never rang the customer's phone.
 _NOT_RUNG = frozenset({Reason.CARRIERS_EXHAUSTED, Reason.NO_ROUTE})

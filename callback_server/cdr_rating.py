@@ -10,6 +10,7 @@ import logging
 
 from callback_server.call_ports import CallStore, Rater
 from callback_server.dialer_messages import EDGE_TRUNK, RATED_LEGS, RecordCdr
+from callback_server.store.leg_end import StoredCdr
 from shared.money import Money
 from shared.phone import E164
 
@@ -19,8 +20,20 @@ log = logging.getLogger("callback.stasis")
 async def store_cdr(store: CallStore, rater: Rater, cmd: RecordCdr, *,
                     destination: E164 | None,
                     inbound_tariff: str, edge_call_id: str, merchant_id: str) -> Money | None:
-    """Rate one leg's CDR (carrier cost, toll-free counterfactual) and store it; the
-    carrier cost is returned (None: not rated).
+    """Rate one leg's CDR (:func:`rate_cdr`) and store it; the carrier cost is returned
+    (None: not rated)."""
+    stored = rate_cdr(rater, cmd, destination=destination, inbound_tariff=inbound_tariff,
+                      edge_call_id=edge_call_id, merchant_id=merchant_id)
+    await store.record_cdr(cmd, edge_call_id=edge_call_id, merchant_id=merchant_id,
+                           billed_s=stored.billed_s, carrier_cost=stored.carrier_cost,
+                           direct_cost=stored.direct_cost)
+    logged(cmd)
+    return stored.carrier_cost
+
+
+def rate_cdr(rater: Rater, cmd: RecordCdr, *, destination: E164 | None,
+             inbound_tariff: str, edge_call_id: str, merchant_id: str) -> StoredCdr:
+    """One leg's CDR rated: its carrier cost and toll-free counterfactual.
 
     ``destination`` is the number the leg called: the customer's, or a PSTN advisor's
     (an advisor leg has no toll-free counterfactual; None: not a number, not rated).
@@ -37,8 +50,10 @@ async def store_cdr(store: CallStore, rater: Rater, cmd: RecordCdr, *,
                                            seconds)
         except Exception:
             log.exception("rating %s failed; CDR stored without cost", cmd.call_id)
-    await store.record_cdr(cmd, edge_call_id=edge_call_id, merchant_id=merchant_id,
-                           billed_s=billed_s, carrier_cost=carrier_cost, direct_cost=direct)
+    return StoredCdr(cmd, edge_call_id, merchant_id, billed_s, carrier_cost, direct)
+
+
+def logged(cmd: RecordCdr) -> None:
+    """The line every stored CDR leaves."""
     log.info("CDR %s %s %s %ss cause %s", cmd.call_id, cmd.carrier_id, cmd.disposition,
              cmd.duration_s, cmd.hangup_cause)
-    return carrier_cost

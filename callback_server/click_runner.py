@@ -38,7 +38,6 @@ from callback_server.call_ports import (
     CallStore,
     LegRecordSource,
     Rater,
-    RoundObserver,
     utcnow,
 )
 from callback_server.consult_billing import BillingPort
@@ -154,9 +153,9 @@ class ClickRunner(RoundRunner):
                  router: ari.EventRouter, store: CallStore, rater: Rater,
                  desk: AdvisorPort | None, consultations: RecordSink | None,
                  billing: BillingPort | None, records: LegRecordSource | None = None,
-                 guard: RoundObserver | None = None, live: LiveSink | None = None) -> None:
+                 live: LiveSink | None = None) -> None:
         super().__init__(job, ctx, client=client, router=router, store=store, rater=rater,
-                         records=records, guard=guard, originated=self._originated)
+                         records=records, originated=self._originated)
         self.rang = False                # the customer's phone was dialled
         self.advisor_id = advisor_id
         self.consult = ClickConsult(

@@ -31,7 +31,7 @@ from callback_server.call_ports import (
     safely,
     utcnow,
 )
-from callback_server.cdr_rating import store_cdr
+from callback_server.cdr_rating import logged, rate_cdr, store_cdr
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import (
     Answered,
@@ -53,6 +53,7 @@ from callback_server.dialer_messages import (
 )
 from callback_server.guard.reasons import GuardRefused
 from callback_server.legrecord import answer_time
+from callback_server.store.leg_end import LegEnd, StoredCdr
 from shared import ari
 from shared.phone import E164
 
@@ -101,13 +102,28 @@ class Legs:
                 await self._bridge(cmd)
             case DestroyBridge(bridge_id=bridge):
                 await safely(self.client.destroy_bridge(bridge))
-            case RecordCdr():      # a transfer's leg called a flow's number
-                destination = E164.parse(cmd.destination) if cmd.leg == "transfer" \
-                    else self.job.destination
-                await store_cdr(self.store, self.rater, cmd, destination=destination,
+            case RecordCdr():
+                await store_cdr(self.store, self.rater, cmd, destination=self._called(cmd),
                                 inbound_tariff=self.ctx.inbound_tariff,
                                 edge_call_id=self.ctx.edge_call_id,
                                 merchant_id=self.job.merchant_id)
+
+    def rated(self, cmd: RecordCdr) -> StoredCdr:
+        """A leg's CDR rated, to be stored with the leg's end (:meth:`end`, or its
+        round's finish)."""
+        return rate_cdr(self.rater, cmd, destination=self._called(cmd),
+                        inbound_tariff=self.ctx.inbound_tariff,
+                        edge_call_id=self.ctx.edge_call_id, merchant_id=self.job.merchant_id)
+
+    async def end(self, ended: LegEnd) -> None:
+        """A leg's result and its CDR, in one transaction."""
+        await self.store.end_leg(ended)
+        if ended.cdr is not None:
+            logged(ended.cdr.cdr)
+
+    def _called(self, cmd: RecordCdr) -> E164:
+        """The number a leg called: a transfer's leg a flow's number, else the customer."""
+        return E164.parse(cmd.destination) if cmd.leg == "transfer" else self.job.destination
 
     async def _persist(self, cmd: PersistAttempt) -> None:
         self.router.subscribe(cmd.channel_id, self.events)

@@ -26,16 +26,18 @@ from callback_server.call_ports import (
     Inbox,
     LegRecordSource,
     Rater,
-    RoundObserver,
     Timers,
     safely,
     utcnow,
 )
+from callback_server.cdr_rating import logged
 from callback_server.consult import Operator
 from callback_server.consult_runner import ConsultRunner
 from callback_server.dialer import Leg
 from callback_server.dialer_messages import Finish, Job, Shutdown
+from callback_server.guard.service import RoundEnd
 from callback_server.leg_runner import Legs, resync_legs
+from callback_server.store.leg_end import LegEnd
 from callback_server.store.queue_store import LeaseLost
 from shared import ari, logs
 
@@ -47,7 +49,6 @@ class RoundRunner(ABC):
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
                  store: CallStore, rater: Rater, records: LegRecordSource | None,
-                 guard: RoundObserver | None = None,
                  originated: Callable[[str], None] = lambda _channel_id: None) -> None:
         self.job = job
         self.ctx = ctx
@@ -56,7 +57,6 @@ class RoundRunner(ABC):
         self.store = store
         self.rater = rater
         self.records = records           # Asterisk's own leg records (after missed events)
-        self.guard = guard
         self.inbox: Inbox = asyncio.Queue()
         self._ari_queue: asyncio.Queue[ari.Event] = asyncio.Queue()
         self.timers = Timers(self.inbox)
@@ -108,19 +108,19 @@ class RoundRunner(ABC):
             for cid in {c for c in self.router.channel_ids if c.startswith(self.job.callback_id)}:
                 self.router.release(cid)
 
-    async def _finish_round(self, outcome: Finish, *, rang: bool, confirmed: bool) -> None:
-        """The round's outcome: told to the guard (before the job can be queued again:
-        whether the customer's phone rang, whether a person confirmed), then stored."""
+    async def _finish_round(self, outcome: Finish, *, rang: bool, confirmed: bool,
+                            ended: LegEnd | None = None) -> None:
+        """The round's outcome stored, in one transaction with its last leg's end
+        (``ended``) and what the guard records of the round (whether the customer's phone
+        rang, whether a person confirmed: before the job can be queued again)."""
         self.outcome = outcome
-        if self.guard is not None:
-            try:
-                await self.guard.round_ended(
-                    callback_id=self.job.callback_id, attempt_no=self.job.attempt_no,
-                    number=self.job.destination, merchant_id=self.job.merchant_id,
-                    rang=rang, confirmed=confirmed)
-            except Exception:
-                log.exception("the guard could not record the round")
-        if not await self.store.finish(self.job.callback_id, outcome):
+        round_end = RoundEnd(self.job.callback_id, self.job.attempt_no, self.job.destination,
+                             self.job.merchant_id, rang, confirmed)
+        kept = await self.store.finish(self.job.callback_id, outcome, ended=ended,
+                                       round_end=round_end)
+        if ended is not None and ended.cdr is not None:
+            logged(ended.cdr.cdr)
+        if not kept:
             log.error("lease lost; outcome %s dropped", outcome)
         log.info("round %d: %s (%s)%s", self.job.attempt_no, outcome.status, outcome.reason,
                  f", retry in {outcome.retry_in_s} s" if outcome.retry_in_s is not None

@@ -29,7 +29,9 @@ from callback_server.consult import Assigned, EndPresence, Op, RunAssignment
 from callback_server.consult_billing import ChargeTo
 from callback_server.consult_recovery import Live
 from callback_server.dialer_messages import Finish, PersistAttempt, RecordCdr, Route
+from callback_server.guard.service import RoundEnd
 from callback_server.ivr import Submit
+from callback_server.store.leg_end import LegEnd
 from callback_server.store.queue_store import LeaseLost
 from shared import ari
 from shared.config import AnnounceMode, Merchant
@@ -133,6 +135,8 @@ class MemoryStore:
     cdrs: list[tuple[RecordCdr, int, Money | None, Money | None]] = field(default_factory=list)
     infos: list[Submit] = field(default_factory=list)
     finished: list[Finish] = field(default_factory=list)
+    #: the rounds' ends as the guard would record them
+    rounds: list[RoundEnd] = field(default_factory=list)
     lease_held: bool = True
     order: list[str] = field(default_factory=list)
 
@@ -157,7 +161,18 @@ class MemoryStore:
         self.infos.append(submit)
         return f"info-{seq}"
 
-    async def finish(self, callback_id: str, outcome: Finish) -> bool:
+    async def end_leg(self, end: LegEnd) -> None:
+        self.results.append((end.channel_id, end.status, end.cause))
+        if end.cdr is not None:
+            self.cdrs.append((end.cdr.cdr, end.cdr.billed_s, end.cdr.carrier_cost,
+                              end.cdr.direct_cost))
+
+    async def finish(self, callback_id: str, outcome: Finish, *, ended: LegEnd | None = None,
+                     round_end: RoundEnd | None = None) -> bool:
+        if ended is not None:
+            await self.end_leg(ended)
+        if round_end is not None:
+            self.rounds.append(round_end)
         self.finished.append(outcome)
         return True
 

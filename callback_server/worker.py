@@ -292,9 +292,9 @@ class Worker:
             return
         if not await self._within_hours(claimed, merchant):
             return
-        if self.guard is not None:
+        if self.guard is not None and claimed.guard is not None:
             verdict = await self.guard.screen_round(claimed.callback_id, claimed.caller,
-                                                    merchant.id)
+                                                    merchant.id, claimed.guard)
             if verdict is not None:     # blocked, locked or braked since intake: final
                 await self.store.finish(claimed.callback_id,
                                         Finish("failed", verdict.reason, claimed.attempts))
@@ -336,14 +336,14 @@ class Worker:
             return ClickRunner(job, ctx, claimed.click_advisor, client=self.client,
                                router=self.router, store=self.store, rater=self.rater,
                                desk=self.desk, consultations=self.consultations,
-                               billing=self.billing, records=records, guard=self.guard,
+                               billing=self.billing, records=records,
                                live=self.live)
         flow = self._round_flow(job, merchant)
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
                           flow, claimed.hungup_at, merchant.language,
                           hours=self._hours(claimed, merchant), clock=self.clock)
         return CallRunner(job, ctx, client=self.client, router=self.router,
-                          store=self.store, rater=self.rater, guard=self.guard,
+                          store=self.store, rater=self.rater,
                           records=records, desk=self.desk,
                           consultations=self.consultations, billing=self.billing,
                           services=self.services, live=self.live)

@@ -6,8 +6,8 @@ where              what                                         refusal stage
 intake             policy + lists, lock, velocity, brake —       ``intake``: the request
 (``store.intake_   inside the batch's intake transaction,       row is stored
 batch``)           under per-number advisory locks              ``refused`` + reason
-before each round  lists + policy again, lock, brake             ``dial``: job finished
-(``worker``)                                                     ``failed`` + reason
+before each round  lists + policy again, lock, brake, on facts   ``dial``: job finished
+(``worker``)       read by the job's claim                       ``failed`` + reason
 route choice       caps read: drop capped trunks (not for a      ``dial``: job waits
                    CPS cap that paces)
 (``worker``)                                                     ``caps.retry_s``
@@ -18,8 +18,8 @@ each carrier leg   another party's number: lists, policy,       ``dial``: next r
 consult transfer   lists, policy, lock of the number            ``transfer``: 403
 (``consult_        (before the request is notified)
 control``)
-round end          confirmed? lock / block list / brake alert    —
-(``stasis``)
+round end          confirmed? lock / block list / brake alert,   —
+(``finish``)       in the transaction that finishes the round
 each CDR           daily spend; trips the spend cap             —
 (``record_cdr``)
 =================  ===========================================  =====================
@@ -85,6 +85,30 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimFacts:
+    """What a round's screening decides on, read by the job's claim
+    (``guard_number_facts`` as of ``now``, see :meth:`Guard.intake_window`): the
+    number's facts and the anomaly brake's count."""
+
+    now: datetime
+    facts: sql.NumberFacts
+    brake: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoundEnd:
+    """A round's end as the guard records it: whether the customer's phone rang, whether
+    a person confirmed (:meth:`Guard.record_round`)."""
+
+    callback_id: str
+    attempt_no: int
+    number: E164
+    merchant_id: str
+    rang: bool
+    confirmed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Screening:
     verdict: Verdict | None
     known: bool
@@ -141,8 +165,9 @@ class Guard:
     # --- intake -------------------------------------------------------------------------
 
     def intake_window(self) -> tuple[datetime, datetime]:
-        """(now, start of the brake's window): what ``callback_intake_open`` needs to
-        load the facts of an intake batch (migration 0400)."""
+        """(now, start of the brake's window): what ``guard_number_facts`` needs to load
+        the facts of an intake batch (``callback_intake_open``, migration 0400) or of
+        the jobs a claim takes (:class:`ClaimFacts`)."""
         now = self.clock()
         return now, sql.brake_since(now, self.settings.brake.window_s)
 
@@ -174,18 +199,44 @@ class Guard:
 
     # --- before a round -------------------------------------------------------------------
 
-    async def screen_round(self, callback_id: str, number: E164, merchant_id: str
-                           ) -> Verdict | None:
-        """Lists, policy, lock and brake again, before every round (records a refusal)."""
-        screening = await self._screen(number, merchant_id, "dial", callback_id)
-        return screening.verdict
+    def claim_facts(self, now: datetime, row: Any) -> ClaimFacts:
+        """The facts of a claimed job's number (a ``guard_facts`` row, loaded by the claim
+        as of ``now`` from :meth:`intake_window`)."""
+        return ClaimFacts(now, sql.facts_of(row), int(row["brake"]))
+
+    async def screen_round(self, callback_id: str, number: E164, merchant_id: str,
+                           claimed: ClaimFacts) -> Verdict | None:
+        """Lists, policy, lock and brake again, before every round, on the facts its
+        claim read (records a refusal)."""
+        started = time.perf_counter()
+        verdict = self._undialable_on(number, claimed.facts, claimed.now)
+        if verdict is None and not claimed.facts.history.known:
+            verdict = brake.check(False, claimed.brake, self.settings.brake)
+        metrics().guard_decision.observe(time.perf_counter() - started)
+        if verdict is not None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self.refused(conn, verdict, stage="dial", number=str(number),
+                                   merchant_id=merchant_id, callback_id=callback_id)
+        return verdict
 
     async def screen_click(self, number: E164, merchant_id: str) -> Screening:
         """A web click-to-call before it is stored: as a call-back request at intake
         (lists, policy, lock, velocity, brake; a refusal recorded at stage
         ``click_to_call``). Accepted, it counts like one once stored
         (``guard_note_accepted``, in the store's transaction)."""
-        return await self._screen(number, merchant_id, "click_to_call", None)
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            verdict, facts = await self._undialable(conn, number, now)
+            if verdict is None:
+                verdict = velocity.check_intake(facts.history, now, self.settings.velocity)
+            if verdict is None and not facts.history.known:
+                count = await sql.unconfirmed_new_numbers(conn, now,
+                                                          self.settings.brake.window_s)
+                verdict = brake.check(False, count, self.settings.brake)
+            if verdict is not None:
+                await self.refused(conn, verdict, stage="click_to_call", number=str(number),
+                                   merchant_id=merchant_id)
+        return Screening(verdict, facts.history.known)
 
     async def screen_transfer(self, number: E164, merchant_id: str, callback_id: str
                               ) -> Verdict | None:
@@ -204,11 +255,15 @@ class Guard:
                           ) -> tuple[Verdict | None, sql.NumberFacts]:
         """Why ``number`` may not be dialled (lists, policy, lock), with its facts."""
         facts = await sql.number_facts(conn, str(number), now)
+        return self._undialable_on(number, facts, now), facts
+
+    def _undialable_on(self, number: E164, facts: sql.NumberFacts, now: datetime
+                       ) -> Verdict | None:
+        """Why ``number`` may not be dialled (lists, policy, lock) on its ``facts``."""
         listing = Listing(blocked=facts.blocked, allowed=facts.allowed,
                           block_reason=facts.block_reason)
-        verdict = self.policy.evaluate(number, listing) \
+        return self.policy.evaluate(number, listing) \
             or velocity.check_locked(facts.history.locked_until, now)
-        return verdict, facts
 
     async def _dial_refused(self, conn: asyncpg.Connection, verdict: Verdict, *, stage: str,
                             number: str, merchant_id: str, callback_id: str) -> None:
@@ -221,22 +276,6 @@ class Guard:
                                  {"number": number, "merchant_id": merchant_id,
                                   "callback_id": callback_id, "stage": stage,
                                   "reason": str(verdict.reason)}))
-
-    async def _screen(self, number: E164, merchant_id: str, stage: str,
-                      callback_id: str | None) -> Screening:
-        now = self.clock()
-        async with self.pool.acquire() as conn, conn.transaction():
-            verdict, facts = await self._undialable(conn, number, now)
-            if verdict is None and callback_id is None:
-                verdict = velocity.check_intake(facts.history, now, self.settings.velocity)
-            if verdict is None and not facts.history.known:
-                count = await sql.unconfirmed_new_numbers(conn, now,
-                                                          self.settings.brake.window_s)
-                verdict = brake.check(False, count, self.settings.brake)
-            if verdict is not None:
-                await self.refused(conn, verdict, stage=stage, number=str(number),
-                                   merchant_id=merchant_id, callback_id=callback_id)
-        return Screening(verdict, facts.history.known)
 
     async def usable_routes(self, routes: Sequence[HasCarrier], callback_id: str,
                             merchant_id: str) -> tuple[list[int], Verdict | None]:
@@ -359,49 +398,54 @@ class Guard:
 
     async def round_ended(self, *, callback_id: str, attempt_no: int, number: E164,
                           merchant_id: str, rang: bool, confirmed: bool) -> None:
+        """:meth:`record_round` in a transaction of its own."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.record_round(conn, RoundEnd(callback_id, attempt_no, number,
+                                                   merchant_id, rang, confirmed))
+
+    async def record_round(self, conn: asyncpg.Connection, end: RoundEnd) -> None:
+        """In the caller's transaction (the round's finish): the round recorded under its
+        number's lock, a confirmation counted; a round that rang unconfirmed may lock the
+        number, put it on the block list for review, or engage the anomaly brake."""
         now = self.clock()
         s = self.settings.velocity
-        text = str(number)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await sql.lock_number(conn, text)
-            facts = await sql.number_facts(conn, text, now)
-            known = facts.history.known
-            if not await sql.insert_round(conn, callback_id=callback_id, attempt_no=attempt_no,
-                                          number=text, merchant_id=merchant_id, known=known,
-                                          rang=rang, confirmed=confirmed, now=now):
-                return
-            if confirmed:
-                await sql.note_confirmed(conn, text, now)
-                log.info("%s confirmed the call-back %s", text, callback_id)
-                return
-            if not rang:
-                return
-            recent, window, locked_until = await sql.unconfirmed_counts(
-                conn, text, now, s.lock_window_s, s.block_window_s)
-            action = velocity.after_unconfirmed(
-                recent, window, locked_until is not None and locked_until > now, now, s)
-            if action.lock_until is not None:
-                await sql.lock(conn, text, action.lock_until, now)
-                metrics().guard_locks.labels("lock").inc()
-                log.warning("locked %s until %s: %d unconfirmed call-backs", text,
-                            action.lock_until.isoformat(), recent)
-            if action.block and await sql.add_entry(
-                    conn, number=text, list_name="block", source="auto", by="guard", now=now,
-                    reason=f"{window} unconfirmed call-backs in {s.block_window_s // 86400} "
-                           "days: review", expires_at=None, replace=False):
-                metrics().guard_locks.labels("block").inc()
-                self.alerter.alert(Alert("number_blocked", text,
-                                         f"{text} put on the block list for review: {window} "
-                                         "unconfirmed call-backs", now,
-                                         {"number": text, "unconfirmed": window}))
-            if not known:
-                count = await sql.unconfirmed_new_numbers(conn, now, self.settings.brake.window_s)
-                if brake.engaged(count, self.settings.brake):
-                    self.alerter.alert(Alert(
-                        "brake_engaged", "new_numbers",
-                        f"anomaly brake: {count} new numbers unconfirmed in "
-                        f"{self.settings.brake.window_s} s; call-backs to new numbers paused",
-                        now, {"count": count, "threshold": self.settings.brake.threshold}))
+        text = str(end.number)
+        got = await sql.round_ended(conn, callback_id=end.callback_id,
+                                    attempt_no=end.attempt_no, number=text,
+                                    merchant_id=end.merchant_id, rang=end.rang,
+                                    confirmed=end.confirmed, now=now,
+                                    lock_window_s=s.lock_window_s,
+                                    block_window_s=s.block_window_s,
+                                    brake_window_s=self.settings.brake.window_s)
+        if not got.recorded or not end.rang and not end.confirmed:
+            return
+        if end.confirmed:
+            log.info("%s confirmed the call-back %s", text, end.callback_id)
+            return
+        action = velocity.after_unconfirmed(
+            got.recent, got.window, got.locked_until is not None and got.locked_until > now,
+            now, s)
+        if action.lock_until is not None:
+            await sql.lock(conn, text, action.lock_until, now)
+            metrics().guard_locks.labels("lock").inc()
+            log.warning("locked %s until %s: %d unconfirmed call-backs", text,
+                        action.lock_until.isoformat(), got.recent)
+        if action.block and await sql.add_entry(
+                conn, number=text, list_name="block", source="auto", by="guard", now=now,
+                reason=f"{got.window} unconfirmed call-backs in {s.block_window_s // 86400} "
+                       "days: review", expires_at=None, replace=False):
+            metrics().guard_locks.labels("block").inc()
+            self.alerter.alert(Alert("number_blocked", text,
+                                     f"{text} put on the block list for review: "
+                                     f"{got.window} unconfirmed call-backs", now,
+                                     {"number": text, "unconfirmed": got.window}))
+        if not got.known and brake.engaged(got.new_unconfirmed, self.settings.brake):
+            self.alerter.alert(Alert(
+                "brake_engaged", "new_numbers",
+                f"anomaly brake: {got.new_unconfirmed} new numbers unconfirmed in "
+                f"{self.settings.brake.window_s} s; call-backs to new numbers paused",
+                now, {"count": got.new_unconfirmed,
+                      "threshold": self.settings.brake.threshold}))
 
     async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, merchant_id: str,
                         cost: Money) -> None:

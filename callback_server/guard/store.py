@@ -45,12 +45,6 @@ class CapSnapshot:
     spend: dict[str, Decimal]                   # scope -> today's spend since the last reset
 
 
-async def lock_number(conn: asyncpg.Connection, number: str) -> None:
-    """Serialise decisions on ``number`` for the rest of the transaction: the same lock the
-    intake takes for a batch's numbers (``guard_lock_numbers``, in callback_intake_open)."""
-    await conn.execute("SELECT guard_lock_numbers(ARRAY[$1::text])", number)
-
-
 async def number_facts(conn: asyncpg.Connection, number: str, now: datetime) -> NumberFacts:
     rows = await conn.fetch("SELECT * FROM guard_number_facts($1::text[], $2, NULL)",
                             [number], now)
@@ -104,44 +98,37 @@ async def record_refusal(conn: asyncpg.Connection, *, stage: str, verdict: Verdi
         edge_call_id, message_id)
 
 
-async def insert_round(conn: asyncpg.Connection, *, callback_id: str, attempt_no: int,
-                       number: str, merchant_id: str, known: bool, rang: bool,
-                       confirmed: bool, now: datetime) -> bool:
-    inserted = await conn.fetchval(
-        """INSERT INTO guard_rounds (callback_id, attempt_no, number, merchant_id, known, rang,
-               confirmed, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-           ON CONFLICT DO NOTHING RETURNING true""",
-        callback_id, attempt_no, number, merchant_id, known, rang, confirmed, now)
-    await conn.execute(
-        """INSERT INTO guard_numbers (number, first_seen_at) VALUES ($1, $2)
-           ON CONFLICT (number) DO NOTHING""", number, now)
-    return bool(inserted)
+@dataclass(frozen=True, slots=True)
+class RoundFacts:
+    """What ``guard_round_ended`` wrote and read (migration 0997): whether the round was
+    recorded now (False: it already was, nothing else was done), whether its number was
+    known, and for a round that rang unconfirmed the velocity counts (unconfirmed rounds
+    since the last confirmation within the lock window, within the block window), the
+    number's lock and, for a number not known, the brake's count of new numbers left
+    unconfirmed."""
+
+    recorded: bool
+    known: bool
+    recent: int
+    window: int
+    locked_until: datetime | None
+    new_unconfirmed: int
 
 
-async def note_confirmed(conn: asyncpg.Connection, number: str, now: datetime) -> None:
-    await conn.execute(
-        """UPDATE guard_numbers SET confirmations = confirmations + 1, confirmed_at = $2
-           WHERE number = $1""", number, now)
-
-
-async def unconfirmed_counts(conn: asyncpg.Connection, number: str, now: datetime,
-                             lock_window_s: int, block_window_s: int
-                             ) -> tuple[int, int, datetime | None]:
-    """(unconfirmed since last confirmation within the lock window, within the block
-    window, locked_until)."""
+async def round_ended(conn: asyncpg.Connection, *, callback_id: str, attempt_no: int,
+                      number: str, merchant_id: str, rang: bool, confirmed: bool,
+                      now: datetime, lock_window_s: int, block_window_s: int,
+                      brake_window_s: int) -> RoundFacts:
+    """Record a round's end under its number's lock, in the caller's transaction, and read
+    what the velocity rules and the brake decide on (one statement)."""
     row = await conn.fetchrow(
-        """SELECT
-             (SELECT count(*) FROM guard_rounds r WHERE r.number = $1 AND r.rang
-                 AND NOT r.confirmed AND r.ended_at > greatest($2::timestamptz,
-                     coalesce(n.confirmed_at, '-infinity'::timestamptz))) AS recent,
-             (SELECT count(*) FROM guard_rounds r WHERE r.number = $1 AND r.rang
-                 AND NOT r.confirmed AND r.ended_at > $3) AS block_window,
-             n.locked_until
-           FROM guard_numbers n WHERE n.number = $1""",
-        number, now - timedelta(seconds=lock_window_s), now - timedelta(seconds=block_window_s))
-    if row is None:
-        return 0, 0, None
-    return int(row["recent"]), int(row["block_window"]), row["locked_until"]
+        "SELECT * FROM guard_round_ended($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        callback_id, attempt_no, number, merchant_id, rang, confirmed, now,
+        now - timedelta(seconds=lock_window_s), now - timedelta(seconds=block_window_s),
+        brake_since(now, brake_window_s))
+    return RoundFacts(bool(row["recorded"]), bool(row["number_known"]),
+                      int(row["recent_unconfirmed"] or 0), int(row["window_unconfirmed"] or 0),
+                      row["number_locked_until"], int(row["new_unconfirmed"] or 0))
 
 
 async def lock(conn: asyncpg.Connection, number: str, until: datetime, now: datetime) -> None:

@@ -16,6 +16,7 @@ from callback_server.dialer_messages import PersistAttempt, capped
 from callback_server.guard.reasons import GuardRefused
 from callback_server.guard.service import Admission
 from callback_server.store.base import StoreBase
+from callback_server.store.leg_end import LegEnd, write_leg_end, write_leg_result
 from callback_server.store.queue_store import LeaseLost
 from shared.db import survives_database_restarts
 
@@ -121,13 +122,15 @@ class LegStore(StoreBase):
 
     @survives_database_restarts
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
-        await self.pool.execute(
-            """UPDATE callback_attempts SET status = $2, cause = coalesce($3, cause),
-                   answered = answered OR $2 = 'answered',
-                   answered_at = CASE WHEN $2 = 'answered' THEN coalesce(answered_at, now())
-                                      ELSE answered_at END,
-                   updated_at = now()
-               WHERE channel_id = $1""", channel_id, status, cause)
+        async with self.pool.acquire() as conn:
+            await write_leg_result(conn, channel_id, status, cause)
+
+    @survives_database_restarts
+    async def end_leg(self, end: LegEnd) -> None:
+        """A leg's result and its CDR in one transaction (a round that goes on: its next
+        route; a round that ends writes them with its finish)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await write_leg_end(self, conn, end)
 
     # The columns of a LegRow: the leg and what a CDR needs from its request.
     _LEG_ROW = """SELECT a.channel_id, a.callback_id, a.merchant_id, a.leg, a.carrier_id,

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from callback_server.dialer_messages import Finish
+from callback_server.guard.service import ClaimFacts, RoundEnd
 from callback_server.metrics import callback as callback_metrics
 from callback_server.store.base import StoreBase
+from callback_server.store.leg_end import LegEnd, write_leg_end
 from ivr_platform.notify_config import Event
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
@@ -50,6 +52,8 @@ class ClaimedJob:
     #: a web click-to-call's advisor (:mod:`callback_server.store.click_store`); None: a
     #: call-back of an edge call
     click_advisor: int | None = None
+    #: what the guard screens the round on, read by the claim (None: no guard)
+    guard: ClaimFacts | None = None
 
 
 def _number_or_none(text: str | None) -> E164 | None:
@@ -70,7 +74,11 @@ class QueueStore(StoreBase):
     async def claim_due(self, limit: int) -> tuple[list[ClaimedJob], float | None]:
         """:meth:`claim`, and in the same statement the seconds until the next job not
         claimed now is due (a queued job, or a lease that runs out; negative: overdue;
-        None: none), for the worker's timer. ``limit`` 0 claims nothing."""
+        None: none), for the worker's timer. ``limit`` 0 claims nothing. With a guard,
+        the same statement reads what the guard screens each claimed job's round on
+        (``guard_number_facts`` of the callers: :class:`ClaimFacts`)."""
+        now, brake_since = self.guard.intake_window() if self.guard is not None \
+            else (None, None)
         rows = await self.pool.fetch(
             """WITH c AS (
                    SELECT callback_id, status AS prev_status
@@ -110,13 +118,22 @@ class QueueStore(StoreBase):
                        UNION ALL
                        SELECT min(lease_expires_at) FROM callback_requests
                        WHERE status = 'dialing'
-                         AND callback_id NOT IN (SELECT callback_id FROM c)) s)
-               SELECT next.due_s, claimed.* FROM next LEFT JOIN claimed ON true""",
-            self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s)
+                         AND callback_id NOT IN (SELECT callback_id FROM c)) s),
+               facts AS (
+                   SELECT f FROM guard_number_facts(
+                       (SELECT array_agg(caller) FROM claimed), $6, $7) f
+                   WHERE $6::timestamptz IS NOT NULL)
+               SELECT next.due_s, claimed.*, facts.f AS guard_facts
+               FROM next LEFT JOIN claimed ON true
+               LEFT JOIN facts ON (facts.f).number = claimed.caller""",
+            self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s,
+            now, brake_since)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
                            int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"],
-                           _number_or_none(r["dialed"]), r["click_advisor"])
+                           _number_or_none(r["dialed"]), r["click_advisor"],
+                           None if self.guard is None or now is None
+                           else self.guard.claim_facts(now, r["guard_facts"]))
                 for r in rows if r["callback_id"] is not None]
         self.ending.difference_update(job.callback_id for job in jobs)
         for job in jobs:
@@ -163,23 +180,32 @@ class QueueStore(StoreBase):
             callback_id, int(delay_s * 1000), reason, self.owner, rescue)
 
     @survives_database_restarts
-    async def finish(self, callback_id: str, outcome: Finish) -> bool:
+    async def finish(self, callback_id: str, outcome: Finish, *, ended: LegEnd | None = None,
+                     round_end: RoundEnd | None = None) -> bool:
         """End our round: queue the job again, or close it and tell the edge; counted
-        (``cbgw_callbacks_total``) once committed.
+        (``cbgw_callbacks_total``) once committed. In the same transaction, first: the
+        round's last leg's end (``ended``: its result and CDR), and the round as the
+        guard records it (``round_end``: before the job can be claimed again).
 
-        Returns False (and changes nothing) if our lease was lost meanwhile.
+        Returns False (and changes nothing of the job) if our lease was lost meanwhile;
+        the leg's end and the guard's record are written all the same.
         """
         self.ending.add(callback_id)
-        merchant_id = await self._finish(callback_id, outcome)
+        merchant_id = await self._finish(callback_id, outcome, ended, round_end)
         if merchant_id is None:
             return False
         callback_metrics().callbacks.labels(merchant_id, outcome.status,
                                             str(outcome.reason)).inc()
         return True
 
-    async def _finish(self, callback_id: str, outcome: Finish) -> str | None:
+    async def _finish(self, callback_id: str, outcome: Finish, ended: LegEnd | None,
+                      round_end: RoundEnd | None) -> str | None:
         """The job's merchant, or None if our lease was lost."""
         async with self.pool.acquire() as conn, conn.transaction():
+            if ended is not None:
+                await write_leg_end(self, conn, ended)
+            if round_end is not None and self.guard is not None:
+                await self.guard.record_round(conn, round_end)
             if outcome.retry_in_s is not None:
                 row = await conn.fetchrow(
                     """UPDATE callback_requests SET status = 'queued', attempts = $3,

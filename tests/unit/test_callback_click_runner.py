@@ -26,7 +26,6 @@ from callback_server.testing import (
 )
 from shared import ari
 from shared.phone import E164
-from tests.unit.test_guard_confirm import Rounds
 
 CUSTOMER = (Route("carrier-b", "PJSIP/819012345678@carrier-b"),
             Route("carrier-a", "PJSIP/819012345678@carrier-a"))
@@ -41,7 +40,6 @@ class Click:
         self.desk = MemoryDesk(3, Rules(ring_timeout_s=20, click_to_call_first=first),
                                {2: ADVISOR_2})
         self.records = MemoryRecords()
-        self.guard = Rounds()
         self.live = MemoryLive()
         job = Job(callback_id="cb-7", merchant_id="acme", destination=E164("819012345678"),
                   caller_id=E164("81120123456"), ring_timeout_s=30,
@@ -51,7 +49,7 @@ class Click:
                                   client=self.ari, router=self.ari.router, store=self.store,
                                   rater=FixedRater(), desk=self.desk,
                                   consultations=self.records, billing=None,
-                                  guard=self.guard, live=self.live)
+                                  live=self.live)
         self.task: asyncio.Task[Finish | None] | None = None
 
     async def start(self) -> None:
@@ -120,7 +118,7 @@ async def test_the_customer_first_then_the_advisor_bridged_and_recorded() -> Non
     assert [r.outcome for r in saved.rings] == [RingOutcome.ANSWERED]
     assert click.store.finished == [Finish("completed", Reason.ANSWERED, 1)]
     # the guard hears of the round: rang, and a person who talked (confirmed)
-    assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(True, True)]
+    assert [(r.rang, r.confirmed) for r in click.store.rounds] == [(True, True)]
 
 
 async def test_the_advisor_first_the_customer_not_answering_hears_nothing_billed() -> None:
@@ -146,7 +144,7 @@ async def test_the_advisor_first_the_customer_not_answering_hears_nothing_billed
     assert click.live.writes and all(w.over.answered_at is None for w in click.live.writes)
     assert click.live.rows == {}
     # rang and not confirmed: counts towards the number's lock like a missed call-back
-    assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(True, False)]
+    assert [(r.rang, r.confirmed) for r in click.store.rounds] == [(True, False)]
 
 
 async def test_the_advisor_first_is_kept_live_from_their_answer_talking_from_the_customers(
@@ -180,4 +178,4 @@ async def test_an_advisor_no_longer_free_is_never_rung() -> None:
     await click.start()
     assert await click.outcome() == Finish("failed", Reason.ADVISOR_UNAVAILABLE, 1)
     assert click.originated() == [] and click.records.saved == []
-    assert [(r["rang"], r["confirmed"]) for r in click.guard.ended] == [(False, False)]
+    assert [(r.rang, r.confirmed) for r in click.store.rounds] == [(False, False)]

@@ -29,6 +29,7 @@ from callback_server.dialer_messages import (
     TimerFired,
 )
 from callback_server.guard.reasons import GuardRefused, Refusal, Verdict
+from callback_server.guard.service import RoundEnd
 from callback_server.ivr_flow import FlowError, load_named, parse_flow
 from callback_server.testing import FakeAri, FixedRater, MemoryStore
 from shared import ari
@@ -114,14 +115,6 @@ def test_guard_refused_leg_fails_over_then_waits_uncounted() -> None:
 # --- the ARI adapter -----------------------------------------------------------------------
 
 @dataclass
-class Rounds:
-    ended: list[dict[str, object]] = field(default_factory=list)
-
-    async def round_ended(self, **kw: object) -> None:
-        self.ended.append(kw)
-
-
-@dataclass
 class CappedStore(MemoryStore):
     refuse: set[str] = field(default_factory=set)
 
@@ -136,15 +129,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def runner(j: Job, store: MemoryStore, fake: FakeAri, rounds: Rounds) -> CallRunner:
+def runner(j: Job, store: MemoryStore, fake: FakeAri) -> CallRunner:
     return CallRunner(j, CallContext("edge-7", "ntt-freedial", load_named("order")),
-                      client=fake, router=fake.router, store=store, rater=FixedRater(),
-                      guard=rounds)
+                      client=fake, router=fake.router, store=store, rater=FixedRater())
 
 
 async def test_max_call_length_timer_fires_at_the_limit() -> None:
-    fake, rounds = FakeAri(), Rounds()
-    call = runner(job(max_call_s=1), MemoryStore(), fake, rounds)
+    fake, store = FakeAri(), MemoryStore()
+    call = runner(job(max_call_s=1), store, fake)
     task = asyncio.create_task(call.run((A,)))
     await settle()
     assert fake.variables["cb-7-01"]["TIMEOUT(absolute)"] == "36"
@@ -157,32 +149,33 @@ async def test_max_call_length_timer_fires_at_the_limit() -> None:
     assert outcome == Finish("completed", Reason.MAX_CALL_LENGTH, 1)
     assert 0.9 <= elapsed < 4.0, elapsed     # the 1 s timer: never early
     assert "cb-7-01" in fake.named("hangup")
-    assert rounds.ended == [dict(callback_id="cb-7", attempt_no=1, number=E164("819012345678"),
-                                 merchant_id="acme", rang=True, confirmed=True)]
+    assert store.rounds == [RoundEnd(callback_id="cb-7", attempt_no=1,
+                                     number=E164("819012345678"), merchant_id="acme",
+                                     rang=True, confirmed=True)]
 
 
 async def test_unanswered_round_is_reported_unconfirmed() -> None:
-    fake, rounds = FakeAri(), Rounds()
-    call = runner(job(), MemoryStore(), fake, rounds)
+    fake, store = FakeAri(), MemoryStore()
+    call = runner(job(), store, fake)
     task = asyncio.create_task(call.run((A,)))
     await settle()
     fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id="cb-7-01"), cause=19))
     assert await asyncio.wait_for(task, 2) == Finish("retry", Reason.NO_ANSWER, 1, 30)
-    assert rounds.ended[0]["rang"] is True and rounds.ended[0]["confirmed"] is False
+    assert store.rounds[0].rang is True and store.rounds[0].confirmed is False
 
 
 async def test_capped_trunk_is_skipped_and_nothing_is_dialled_when_all_are() -> None:
-    fake, rounds = FakeAri(), Rounds()
+    fake = FakeAri()
     store = CappedStore(refuse={"carrier-a"})
-    call = runner(job(), store, fake, rounds)
+    call = runner(job(), store, fake)
     task = asyncio.create_task(call.run((A, B)))
     await settle()
     assert [o[0] for o in fake.named("originate")] == [B.endpoint]
     fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id="cb-7-01"), cause=17))
     await asyncio.wait_for(task, 2)
-    fake2, rounds2 = FakeAri(), Rounds()
-    call = runner(job(), CappedStore(refuse={"carrier-a", "carrier-b"}), fake2, rounds2)
+    fake2, store2 = FakeAri(), CappedStore(refuse={"carrier-a", "carrier-b"})
+    call = runner(job(), store2, fake2)
     outcome = await asyncio.wait_for(call.run((A, B)), 2)
     assert outcome == Finish("retry", Refusal.CAP_TRUNK_CHANNELS, 0, 30)
     assert fake2.named("originate") == []
-    assert rounds2.ended[0]["rang"] is False
+    assert store2.rounds[0].rang is False
