@@ -23,6 +23,12 @@ connection included. Its reservations are settled (0 s, untimed) before the next
 Baselines in the same run: the same N requests one at a time, and N concurrent bare
 ``SELECT 1`` round trips on the same pool (what the pool's queueing alone costs).
 
+``--breakdown``: where a request's ms go, from stamps on each request and each batch
+(the batchers' ``write`` wrapped with a connection whose round trips are timed): waiting
+for its admission batch to start, the admission statement, deciding the batch in Python,
+waking up once the batch answered; the same for the reservation batch with each of
+``reserve_all``'s round trips (BEGIN, lock, balances, holds, COMMIT) and its Python.
+
 Target (the billing issue): p99 <= 10 ms at 200 concurrent requests. PostgreSQL:
 ``DATABASE_URL``'s server, else the embedded one (database ``cbgw_bench_billing``,
 re-created each run).
@@ -35,7 +41,8 @@ import asyncio
 import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -125,28 +132,170 @@ async def seed(pool: asyncpg.Pool, count: int) -> list[Ask]:
     return asks
 
 
-async def authorise(billing: Any, ask: Ask, consultation_id: str) -> tuple[float, int | None]:
+@dataclass
+class _Batch:
+    """One batch as the profiler saw it: when its write started and ended, its round
+    trips (name, start, end) in order, the keys it served."""
+
+    started: float
+    ended: float = 0.0
+    trips: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+class _TimedConnection:
+    """The batch's connection, each round trip stamped (named by its statement)."""
+
+    def __init__(self, conn: Any, batch: _Batch, names: dict[str, str]) -> None:
+        self._conn, self._batch, self._names = conn, batch, names
+
+    async def _timed(self, name: str, call: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self._batch.trips.append((name, t0, time.perf_counter()))
+
+    def _name(self, sql: str) -> str:
+        return self._names.get(sql, "other statement")
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        return await self._timed(self._name(sql), self._conn.fetch(sql, *args))
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._timed(self._name(sql), self._conn.fetchval(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        return await self._timed(self._name(sql), self._conn.fetchrow(sql, *args))
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        return await self._timed(self._name(sql), self._conn.execute(sql, *args))
+
+    def transaction(self) -> _TimedTransaction:
+        return _TimedTransaction(self, self._conn.transaction())
+
+
+class _TimedTransaction:
+    def __init__(self, conn: _TimedConnection, txn: Any) -> None:
+        self._conn, self._txn = conn, txn
+
+    async def __aenter__(self) -> None:
+        await self._conn._timed("BEGIN", self._txn.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._conn._timed("COMMIT" if exc[0] is None else "ROLLBACK",
+                                self._txn.__aexit__(*exc))
+
+
+@dataclass
+class Profile:
+    """Stamps of every request (by number for admission, by consultation for the
+    reservation) and of the batch that served it."""
+
+    requests: dict[str, dict[str, float]] = field(default_factory=dict)
+    admitted_in: dict[str, _Batch] = field(default_factory=dict)
+    reserved_in: dict[str, _Batch] = field(default_factory=dict)
+    parts: dict[str, list[float]] = field(default_factory=dict)
+    on: bool = False
+
+    def wrap(self, billing: Any) -> None:
+        """Time the batchers' writes (their connection's round trips), while :attr:`on`."""
+        from billing import ledger
+        from callback_server import consult_billing
+        names = {consult_billing._ADMIT: "admission statement",
+                 ledger._LOCK_ACCOUNTS: "lock the accounts", ledger._BALANCES: "balances",
+                 ledger._HOLD: "write the holds"}
+        for batcher, served, key in ((billing.admitting, self.admitted_in,
+                                      lambda item: str(item.number)),
+                                     (billing.reserving, self.reserved_in,
+                                      lambda item: item.consultation_id)):
+            batcher.write = self._timed_write(batcher.write, served, key, names)
+
+    def _timed_write(self, write: Any, served: dict[str, _Batch], key: Callable[[Any], str],
+                     names: dict[str, str]) -> Any:
+        async def timed(conn: Any, batch: Any) -> Any:
+            if not self.on:
+                return await write(conn, batch)
+            b = _Batch(time.perf_counter())
+            for _, item in batch:
+                served[key(item)] = b
+            try:
+                return await write(_TimedConnection(conn, b, names), batch)
+            finally:
+                b.ended = time.perf_counter()
+        return timed
+
+    def stamp(self, request: str, what: str) -> None:
+        if self.on:
+            self.requests.setdefault(request, {})[what] = time.perf_counter()
+
+    def collect(self) -> None:
+        """Add the burst just run to :attr:`parts` (each part of the requests' time, in
+        order: what, each request's ms) and forget its stamps (the next burst's
+        requests have the same numbers)."""
+        def add(name: str, s: float) -> None:
+            self.parts.setdefault(name, []).append(s * 1000)
+
+        for request, st in self.requests.items():
+            number, consultation = request.split("|", 1)
+            add("total", st["answered"] - st["start"])
+            a = self.admitted_in[number]
+            add("admission: wait for the batch to start", a.started - st["start"])
+            self._trips(add, "admission", a)
+            add("admission: wake up after the batch (futures, tasks)", st["admitted"] - a.ended)
+            if "reserve" not in st:
+                continue
+            add("between admission and reservation (caller)", st["reserve"] - st["admitted"])
+            r = self.reserved_in[consultation]
+            add("reservation: wait for the batch to start", r.started - st["reserve"])
+            self._trips(add, "reservation", r)
+            add("reservation: wake up after the batch (futures, tasks)",
+                st["answered"] - r.ended)
+        self.requests.clear()
+        self.admitted_in.clear()
+        self.reserved_in.clear()
+
+    @staticmethod
+    def _trips(add: Callable[[str, float], None], stage: str, b: _Batch) -> None:
+        at = b.started
+        for name, t0, t1 in b.trips:
+            add(f"{stage}: Python before {name}", t0 - at)
+            add(f"{stage}: {name}", t1 - t0)
+            at = t1
+        add(f"{stage}: Python after the last round trip", b.ended - at)
+
+
+_NO_PROFILE = Profile()
+
+
+async def authorise(billing: Any, ask: Ask, consultation_id: str,
+                    profile: Profile = _NO_PROFILE) -> tuple[float, int | None]:
     """One consultation's admission and, prepaid, its first slice: ms, reservation id."""
     from callback_server import consult_meter
     from shared.phone import E164
 
+    request = f"{ask.number}|{consultation_id}"
     t0 = time.perf_counter()
+    profile.stamp(request, "start")
     plan = await billing.admit(ask.merchant_id, E164.parse(ask.number),
                                ask.price_per_minute_yen)
+    profile.stamp(request, "admitted")
     reserved = None
     if plan.admission.allowed and not plan.postpaid:
         first = consult_meter.new_meter(consultation_id).first_slice_s()
+        profile.stamp(request, "reserve")
         got = await billing.reserve(ask.merchant_id, plan, consultation_id, first)
         reserved = getattr(got, "id", None)
         assert reserved is not None, got
+    profile.stamp(request, "answered")
     assert plan.admission.allowed, plan
     return (time.perf_counter() - t0) * 1000, reserved
 
 
-async def burst(billing: Any, asks: list[Ask], tag: str) -> tuple[float, list[float]]:
+async def burst(billing: Any, asks: list[Ask], tag: str, profile: Profile = _NO_PROFILE
+                ) -> tuple[float, list[float]]:
     """All requests at once: seconds for all, each request's ms; settled after (untimed)."""
     started = time.perf_counter()
-    done = await asyncio.gather(*(authorise(billing, a, f"{tag}-{i}")
+    done = await asyncio.gather(*(authorise(billing, a, f"{tag}-{i}", profile)
                                   for i, a in enumerate(asks)))
     took_s = time.perf_counter() - started
     await release(billing, done)
@@ -211,6 +360,14 @@ async def _run(args: argparse.Namespace) -> int:
         for w in range(WARM_BURSTS):
             await burst(billing, asks, f"warm-{w}")
         runs = [await burst(billing, asks, f"b{r}") for r in range(args.bursts)]
+        profile = Profile()
+        if args.breakdown:  # profiled bursts of their own: the timed figures stay unprofiled
+            profile.wrap(billing)
+            profile.on = True
+            for r in range(args.bursts):
+                await burst(billing, asks, f"profiled-{r}", profile)
+                profile.collect()
+            profile.on = False
         steady = await paced(billing, asks, args.rate, args.seconds)
         batches = (billing.admitting.batches, billing.reserving.batches)
         one_at_a_time = await serial(billing, asks, "serial")
@@ -219,7 +376,10 @@ async def _run(args: argparse.Namespace) -> int:
         await pool.close()
     print(f"group commit: {batches[0]:,} admission and {batches[1]:,} reservation batches "
           f"for the warm-up, the bursts and the paced run")
-    return _report(args, asks, runs, steady, one_at_a_time, bare)
+    code = _report(args, asks, runs, steady, one_at_a_time, bare)
+    if args.breakdown:
+        _report_breakdown(args, asks, profile)
+    return code
 
 
 def _mix(asks: list[Ask]) -> str:
@@ -263,6 +423,17 @@ def _report(args: argparse.Namespace, asks: list[Ask], runs: list[tuple[float, l
     return 0 if met else 1
 
 
+def _report_breakdown(args: argparse.Namespace, asks: list[Ask], profile: Profile) -> None:
+    from bench._advisors import percentile
+
+    print(f"where a request's ms go ({args.bursts} more bursts of {len(asks)} at once, "
+          f"profiled; mean / p50 / p99 over the requests that have the part, n):")
+    for name, ms in profile.parts.items():
+        ordered = sorted(ms)
+        print(f"  {name:<58} {sum(ms) / len(ms):7.3f} {percentile(ordered, 0.5):7.3f} "
+              f"{percentile(ordered, 0.99):7.3f}  {len(ms):>5,}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.billing_reserve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests a second in the paced run")
     parser.add_argument("--seconds", type=float, default=5.0, help="the paced run's length")
     parser.add_argument("--pool", type=int, default=POOL_SIZE, help="database connections")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="then profile as many bursts more: where a request's ms go")
     args = parser.parse_args(argv)
     if args.requests < 20 or args.bursts < 1 or args.pool < 1 or args.rate <= 0 \
             or args.seconds <= 0:
