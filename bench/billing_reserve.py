@@ -205,7 +205,7 @@ class Profile:
                  ledger._LOCK_ACCOUNTS: "lock the accounts", ledger._BALANCES: "balances",
                  ledger._HOLD: "write the holds"}
         for batcher, served, key in ((billing.admitting, self.admitted_in,
-                                      lambda item: str(item.number)),
+                                      lambda item: item.account),  # the number asked
                                      (billing.reserving, self.reserved_in,
                                       lambda item: item.consultation_id)):
             batcher.write = self._timed_write(batcher.write, served, key, names)

@@ -234,18 +234,6 @@ async def books(conn: asyncpg.Connection, account: int) -> dict[str, int]:
     return {r["book"]: int(r["yen"]) for r in rows}
 
 
-async def available_yen(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str,
-                        account: str) -> int:
-    """The account's available balance, read without a lock in one statement (0 for an
-    account that never had a movement)."""
-    found: int | None = await conn.fetchval(
-        """SELECT sum(e.amount_yen) FROM billing_entries e
-           JOIN billing_accounts a ON a.id = e.account_id
-           WHERE a.merchant_id = $1 AND a.account = $2 AND e.book = 'available'""",
-        merchant_id, account)
-    return int(found or 0)
-
-
 def _balance(sums: dict[str, int]) -> Balance:
     return Balance(sums.get("available", 0), sums.get("held", 0))
 

@@ -13,7 +13,8 @@ from its saved record, with the account and terms its runner kept (:class:`Charg
 same charge, keyed by the same consultation id, so it is made once whoever makes it.
 
 Admission and the first reservation are group-committed (:class:`shared.intake_batch.
-Batcher`): the calls that arrive together are one admission statement (:data:`_ADMIT`)
+Batcher`): the calls that arrive together are one admission statement (billing's
+:func:`~billing.admission.admission_sql` over the asks' accounts by number)
 and one reservation transaction (:func:`billing.ledger.reserve_all`) per batch, the
 decisions made in Python (:func:`billing.admission.decide`, :mod:`billing.rating`).
 """
@@ -23,18 +24,18 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
-from billing import policy
-from billing.admission import Admission, Admissions, Facts, decide
+from billing.admission import Admission, Admissions, admission_sql
+from billing.admission import Ask as AdmitAsk
 from billing.ledger import Ledger, Refusal, Reservation, ReserveAsk, Settlement, reserve_all
 from billing.metrics import billing as billing_metrics
 from billing.rating import Terms
 from billing.settings import BillingSettings
-from billing.standing import CHARGES, Charge, Standing
+from billing.standing import Charge
 from shared.intake_batch import Batcher
 from shared.money import FxTable
 from shared.phone import E164
@@ -59,44 +60,16 @@ _RECORDED_LIVE = """
     ORDER BY r.id"""
 
 
-#: what admission reads for each of a batch of asks (merchant, called number, group,
-#: postpaid), in one statement: the customer's account (``advisors.customers``, else the
-#: number), the merchant's newest policy and the group's, and the facts
-#: (:class:`billing.admission.Facts`): prepaid, the available balance; postpaid, the card
-#: on file and the unpaid and failed charges (:func:`billing.standing.standing`'s counts)
-_ADMIT = f"""
-    WITH k AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
-                   WITH ORDINALITY AS k (merchant_id, number, group_id, postpaid, n)),
-         w AS (SELECT k.*, coalesce(cu.account, k.number) AS account FROM k
-               LEFT JOIN customer_numbers cn ON cn.merchant_id = k.merchant_id
-                                            AND cn.number = k.number
-               LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id
-                                     AND cu.id = cn.customer_id)
-    SELECT w.n, w.account,
-           CASE WHEN p.id IS NOT NULL THEN jsonb_build_object(
-               {", ".join(f"'{n}', p.{n}" for n in policy.FIELDS)}) END AS policy,
-           CASE WHEN g.id IS NOT NULL THEN jsonb_build_object(
-               {", ".join(f"'{n}', g.{n}" for n in policy.FIELDS)}) END AS group_policy,
-           CASE WHEN NOT w.postpaid THEN
-               (SELECT sum(e.amount_yen) FROM billing_entries e
-                WHERE e.account_id = acct.id AND e.book = 'available') END AS available_yen,
-           w.postpaid AND EXISTS (SELECT 1 FROM billing_card_registrations r
-                                  JOIN billing_cards cd ON cd.registration_id = r.id
-                                  WHERE r.account_id = acct.id) AS has_card,
-           s.unpaid, s.failed
-    FROM w
-    LEFT JOIN billing_accounts acct ON acct.merchant_id = w.merchant_id
-                                   AND acct.account = w.account
-    LEFT JOIN LATERAL (SELECT * FROM billing_policies
-                       WHERE merchant_id = w.merchant_id ORDER BY id DESC LIMIT 1) p ON true
-    LEFT JOIN LATERAL (SELECT * FROM billing_group_policies
-                       WHERE merchant_id = w.merchant_id AND group_id = w.group_id
-                       ORDER BY id DESC LIMIT 1) g ON true
-    LEFT JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE state IN ('pending', 'failed')) AS unpaid,
-               count(*) FILTER (WHERE state = 'failed') AS failed
-        FROM ({CHARGES} WHERE c.account_id = acct.id) s WHERE w.postpaid) s ON true
-    ORDER BY w.n"""
+#: the asks of an admission batch (merchant, called number, group, postpaid) with the
+#: customer's account (``advisors.customers``, else the number), for
+#: :func:`billing.admission.admission_sql`
+_ASKS_BY_NUMBER = """SELECT k.n, k.merchant_id, coalesce(cu.account, k.number) AS account,
+           k.group_id, k.postpaid
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
+         WITH ORDINALITY AS k (merchant_id, number, group_id, postpaid, n)
+    LEFT JOIN customer_numbers cn ON cn.merchant_id = k.merchant_id AND cn.number = k.number
+    LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id AND cu.id = cn.customer_id"""
+_ADMIT = admission_sql(_ASKS_BY_NUMBER)
 
 
 #: a consultation's saved talk seconds
@@ -150,52 +123,21 @@ class BillingPort(Protocol):
     async def rescue(self, merchant_id: str, callback_id: str) -> list[Settlement]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Ask:
-    merchant_id: str
-    number: E164
-    price_per_minute_yen: int
-    group_id: int | None
-
-
 @dataclass
-class _Admitting(Batcher[_Ask, Plan]):
-    """Admission of the asks that arrive together: one :data:`_ADMIT` statement a batch,
-    then :func:`billing.admission.decide` for each (an ask whose terms the rating
+class _Admitting(Batcher[AdmitAsk, Plan]):
+    """Admission of the asks that arrive together (each naming the called number): one
+    statement a batch, then :func:`billing.admission.decide` for each
+    (:meth:`billing.admission.Admissions.answer_all`; an ask whose terms the rating
     refuses fails alone)."""
 
-    admissions: Admissions | None = None
+    admissions: Admissions = field(kw_only=True)
 
-    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, _Ask]]
+    async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, AdmitAsk]]
                     ) -> Mapping[str, Plan | Exception]:
-        assert self.admissions is not None
-        postpaid = self.admissions.postpaid_merchants
-        asks = [ask for _, ask in batch]
-        rows = await conn.fetch(_ADMIT, [a.merchant_id for a in asks],
-                                [str(a.number) for a in asks], [a.group_id for a in asks],
-                                [a.merchant_id in postpaid for a in asks])
-        plans: dict[str, Plan | Exception] = {}
-        for (key, ask), row in zip(batch, rows, strict=True):
-            try:
-                plans[key] = self._plan(ask, row)
-            except Exception as exc:  # that ask's own error, for its caller
-                plans[key] = exc
-        return plans
-
-    def _plan(self, ask: _Ask, row: asyncpg.Record) -> Plan:
-        assert self.admissions is not None
-        in_force = policy.Policy(**(row["policy"] or {}))
-        if ask.group_id is not None and row["group_policy"] is not None:
-            own = row["group_policy"]
-            in_force = policy.GroupPolicy(ask.group_id, tuple(
-                (n, own[n]) for n in policy.FIELDS if own[n] is not None)).over(in_force)
-        terms = in_force.terms(ask.price_per_minute_yen)
-        postpaid = ask.merchant_id in self.admissions.postpaid_merchants
-        facts = Facts(postpaid, int(row["available_yen"] or 0),
-                      Standing(row["has_card"], row["unpaid"] or 0, (row["failed"] or 0) > 0))
-        return Plan(row["account"], terms, postpaid, decide(
-            facts, terms, terms.max_talk_s,
-            max_unpaid_charges=self.admissions.max_unpaid_charges))
+        answers = await self.admissions.answer_all(conn, [ask for _, ask in batch], _ADMIT)
+        return {key: a if isinstance(a, Exception)
+                else Plan(a.account, a.terms, a.postpaid, a.admission)
+                for (key, _), a in zip(batch, answers, strict=True)}
 
 
 @dataclass
@@ -245,7 +187,8 @@ class ConsultBilling:
         group's fields) and admission's answer, read with the asks that arrive with it
         (one statement a batch)."""
         plan = await self.admitting.deliver(
-            str(next(self._asks)), _Ask(merchant_id, number, price_per_minute_yen, group_id))
+            str(next(self._asks)), AdmitAsk(merchant_id, str(number), price_per_minute_yen,
+                                            group_id))
         if not plan.admission.allowed:
             billing_metrics().refusals.labels(merchant_id, plan.admission.reason).inc()
         return plan

@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 
 from billing import policy
-from billing.admission import Admission, Admissions
+from billing.admission import Admission, Admissions, Answer, Ask
 from billing.ledger import Ledger
 from billing.postpaid import Postpaid
-from billing.rating import Terms
+from billing.rating import Terms, TermsError
 from tests.integration import billing_db
 from tests.integration.localstripe import client_for
 from tests.integration.test_edge_app import free_port
@@ -74,3 +74,26 @@ async def test_postpaid_needs_a_card_and_nothing_unpaid_beyond_the_limit(
     assert await admissions.ask("acme", "member-42", 100, 60) == Admission(
         False, 0, "in-dunning")
     assert (await admissions.ask("acme", "member-7", 100, 60)).reason == "no-card"
+
+
+async def test_many_asks_answered_by_one_statement_as_each_alone(clean: asyncpg.Pool) -> None:
+    """A batch of asks (prepaid funded and not, postpaid without a card, another
+    merchant's policy, a price the rating refuses) answered together: each answer is what
+    asking alone answers; the refused price fails only its own ask."""
+    admissions = Admissions(clean, postpaid_merchants=frozenset({"post"}))
+    await Ledger(clean).deposit("acme", "member-42", 1000, "op", "bank transfer")
+    await policy.set_policy(clean, "other", policy.Policy(minimum_yen=500, changed_by="op"))
+    await Ledger(clean).deposit("other", "member-42", 400, "op", "bank transfer")
+    asks = [Ask("acme", "member-42", 100, wanted_s=3600), Ask("acme", "member-7", 100),
+            Ask("post", "member-42", 100, wanted_s=60), Ask("other", "member-42", 100),
+            Ask("acme", "member-42", -5)]
+    *answers, refused = await admissions.answer_all(clean, asks)
+    assert isinstance(refused, TermsError) and refused.field == "price_per_minute_yen"
+    assert [a.admission for a in answers if isinstance(a, Answer)] == [
+        Admission(True, 600, "ok", 1000, 100), Admission(False, 0, "balance-too-low", 0, 100),
+        Admission(False, 0, "no-card"), Admission(False, 0, "balance-too-low", 400, 500)]
+    for ask, answer in zip(asks, answers, strict=False):
+        assert isinstance(answer, Answer)
+        assert answer.admission == await admissions.ask(
+            ask.merchant_id, ask.account, ask.price_per_minute_yen,
+            answer.terms.max_talk_s if ask.wanted_s is None else ask.wanted_s)
