@@ -354,7 +354,9 @@ async def _run(args: argparse.Namespace) -> int:
     pool = await create_pool(await database(), min_size=2, max_size=args.pool)
     try:
         asks = await seed(pool, args.requests)
-        billing = ConsultBilling(pool, BillingSettings(postpaid_merchants=frozenset({POSTPAID})))
+        billing = ConsultBilling(pool, BillingSettings(postpaid_merchants=frozenset({POSTPAID})),
+                                 **({"max_batch": args.max_batch} if args.max_batch else {}),
+                                 **({"max_in_flight": args.in_flight} if args.in_flight else {}))
         # warm the connections: each of the pool's learns the statements' types once, and
         # the batches take them in turn (two admission and two reservation batches a burst)
         for w in range(WARM_BURSTS):
@@ -443,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests a second in the paced run")
     parser.add_argument("--seconds", type=float, default=5.0, help="the paced run's length")
     parser.add_argument("--pool", type=int, default=POOL_SIZE, help="database connections")
+    parser.add_argument("--max-batch", type=int, default=0,
+                        help="ConsultBilling's max_batch (0: its default)")
+    parser.add_argument("--in-flight", type=int, default=0,
+                        help="ConsultBilling's max_in_flight (0: its default)")
     parser.add_argument("--breakdown", action="store_true",
                         help="then profile as many bursts more: where a request's ms go")
     args = parser.parse_args(argv)
