@@ -105,7 +105,7 @@ async def server(rng: random.Random, histogram: tuple[tuple[int, int], ...],
                 await importer.import_deck(conn, cid, path,
                                            replace(generic, unit_s=SHAPES[cid][0]),
                                            effective=LONG_AGO)
-        # the counts as ``call_lengths.record`` leaves them, one row per talk second
+        # the counts as ``call_lengths.counting`` leaves them, one row per talk second
         await conn.executemany(
             "INSERT INTO rates_call_lengths (merchant_id, number_class, talk_s, calls) "
             "VALUES ($1, 'mobile', $2, $3)", [(MERCHANT, s, n) for s, n in histogram])

@@ -1,8 +1,9 @@
 """The edge's HTTP API.
 
 * ``POST /v1/link/events``: reports from the callback site (signed; verified by
-  ``shared.link.signature_middleware``; idempotent by message id through
-  ``shared.link.accept_once``, and by natural key in the tables).
+  ``shared.link.signature_middleware``; idempotent by message id, each in one statement
+  (:mod:`edge_server.report_store`) or through ``shared.link.accept_once``, and by
+  natural key in the tables).
 * ``POST /v1/link/events/batch``: several such reports in one signed request (the
   callback site's relay sends what is due together), each answered on its own.
 * ``POST /v1/link/rate-decks``: the parts of a rate deck version the callback site
@@ -37,15 +38,16 @@ from aiohttp import web
 from advisors import record_schemas
 from advisors.record_store import ID_FILTERS, list_records
 from billing import records as billing_records
+from edge_server.report_store import ONE_STATEMENT, apply_report, save_report
 from edge_server.reports import (
     EVENT_ANSWER,
     EVENT_EXAMPLES,
     EVENT_SCHEMA,
     Report,
+    kind_of,
     list_rows,
     page_schema,
     parse_event,
-    save_report,
 )
 from edge_server.sip_http import OPERATIONS as SIP_OPERATIONS
 from edge_server.sip_http import SIP_SETTINGS_KEY
@@ -126,24 +128,33 @@ def _pool(request: web.Request) -> asyncpg.Pool:
         raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
 
 
+#: the database failing a link message: 503, the sender sends it again (a deadlock
+#: with another writer too)
+_RETRY_LATER = (*CONNECTION_ERRORS, asyncpg.DeadlockDetectedError)
+
+
 async def link_events(request: web.Request) -> web.Response:
     data = await read_json_object(request, raw_body(request))
     report = parse_event(data)
     mid = message_id(request)
     learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
     try:
-        async with _pool(request).acquire() as conn, conn.transaction():
-            status, body = await accept_once(conn, mid, str(data["kind"]),
-                                             _saver(report, learn))
-    except CONNECTION_ERRORS as exc:
+        async with _pool(request).acquire() as conn:
+            status, body = await _store(conn, mid, report, learn)
+    except _RETRY_LATER as exc:
         log.warning("link event %s not stored: %s", mid, exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(body, status=status)
 
 
-def _saver(report: Report, learn: bool) -> Callable[[asyncpg.Connection], Awaitable[Answer]]:
-    """What ``accept_once`` runs once for a report: store it."""
-    return lambda conn: save_report(conn, report, learn_call_lengths=learn)
+async def _store(conn: asyncpg.Connection, mid: str, report: Report, learn: bool) -> Answer:
+    """One report once per message id, in a transaction of its own: one statement
+    (``report_store.apply_report``), else ``accept_once`` around ``save_report``."""
+    if isinstance(report, ONE_STATEMENT):
+        return await apply_report(conn, mid, report, learn_call_lengths=learn)
+    async with conn.transaction():
+        return await accept_once(conn, mid, kind_of(report),
+                                 lambda c: save_report(c, report))
 
 
 async def link_events_batch(request: web.Request) -> web.Response:
@@ -164,7 +175,7 @@ async def link_events_batch(request: web.Request) -> web.Response:
     try:
         async with _pool(request).acquire() as conn:
             answers = await _store_each(conn, items, learn)
-    except (*CONNECTION_ERRORS, asyncpg.DeadlockDetectedError) as exc:
+    except _RETRY_LATER as exc:
         log.warning("a batch of %d link events not stored: %s", len(items), exc)
         raise ServiceUnavailable("database-unavailable", "database unavailable; retry") from None
     return json_response(batch_answer(items, answers))
@@ -176,10 +187,7 @@ async def _store_each(conn: asyncpg.Connection, items: Sequence[BatchItem], lear
     answers: list[Answer] = []
     for item in items:
         try:
-            report = parse_event(item.body)
-            async with conn.transaction():
-                answers.append(await accept_once(conn, item.message_id, str(item.body["kind"]),
-                                                 _saver(report, learn)))
+            answers.append(await _store(conn, item.message_id, parse_event(item.body), learn))
         except ApiError as exc:
             answers.append((exc.status, exc.body()))
     return answers

@@ -23,17 +23,14 @@ import asyncpg
 
 from advisors import record_schemas
 from advisors.record_store import KIND as CONSULTATION
-from advisors.record_store import insert_record
 from advisors.records import ConsultationRecord, InvalidRecord
 from billing import records as billing_records
 from billing.records import BillingRecord
 from edge_server import erasure
 from edge_server.erasure import CustomerErasure
-from routing_rates import call_lengths
 from shared import leg_destination
 from shared.erasure import KIND as ERASURE
 from shared.http import (
-    ApiError,
     InvalidField,
     optional_timestamp,
     require_str,
@@ -373,111 +370,6 @@ def page_schema(table: str) -> Schema:
     """A page of :func:`list_rows` for ``table``."""
     return page_of_items({"type": "object", "required": sorted(_LISTED[table]),
                           "properties": _LISTED[table], "additionalProperties": False})
-
-
-# --- storing ------------------------------------------------------------------------------
-
-async def save_report(conn: asyncpg.Connection, report: Report, *,
-                      learn_call_lengths: bool = False) -> tuple[int, dict[str, Any]]:
-    """Store one report inside the caller's transaction; the answer for the link.
-
-    ``learn_call_lengths`` (rates on): a new answered customer leg's talk seconds are
-    counted for the merchant's call lengths (``routing_rates.call_lengths.record``),
-    in the same transaction, so a CDR delivered twice counts once."""
-    edge_call_id = None if isinstance(report, BillingRecord | CustomerErasure) \
-        else report.edge_call_id
-    tenant = await conn.fetchrow(
-        "SELECT EXISTS (SELECT FROM merchants WHERE id = $1) AS known, "
-        "(SELECT merchant_id FROM edge_calls WHERE edge_call_id = $2) AS owner",
-        report.merchant_id, edge_call_id)
-    assert tenant is not None
-    if not tenant["known"]:
-        raise ApiError(422, "unknown-merchant", f"merchant {report.merchant_id!r} is not "
-                       "served by this edge", field="merchant_id")
-    owner = tenant["owner"]
-    if owner is not None and owner != report.merchant_id:
-        raise ApiError(422, "tenant-mismatch", f"call {edge_call_id} belongs to another "
-                       "merchant", field="merchant_id")
-    match report:
-        case RequestInfo():
-            row_id = await _insert_request(conn, report)
-        case RecordingTranscript():
-            row_id = await _insert_transcript(conn, report)
-        case Cdr():
-            row_id = await _insert_cdr(conn, report)
-            number = report.number
-            if row_id is not None and learn_call_lengths and report.leg == "customer" \
-                    and report.answered_at is not None and number is not None:
-                await call_lengths.record(conn, report.merchant_id, number,
-                                          report.duration_s, report.ended_at)
-        case CallbackStatusReport():
-            row_id = await _insert_status(conn, report)
-        case ConsultationRecord():
-            row_id = await insert_record(conn, report)
-        case BillingRecord():
-            row_id = await billing_records.insert_record(conn, report)
-        case CustomerErasure():
-            await erasure.apply(conn, report)
-            row_id = 0      # applied; its message id keeps a replay from applying twice
-    status = "stored" if row_id is not None else "duplicate"
-    return 200, {"status": status, "kind": kind_of(report)}
-
-
-async def _insert_request(conn: asyncpg.Connection, r: RequestInfo) -> int | None:
-    value: int | None = await conn.fetchval(
-        """INSERT INTO requests (merchant_id, callback_id, edge_call_id, caller, category,
-               fields, collected_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (merchant_id, callback_id, collected_at) DO NOTHING RETURNING id""",
-        r.merchant_id, r.callback_id, r.edge_call_id, str(r.caller), r.category, r.fields,
-        r.collected_at)
-    return value
-
-
-async def _insert_transcript(conn: asyncpg.Connection, t: RecordingTranscript) -> int | None:
-    value: int | None = await conn.fetchval(
-        """INSERT INTO request_transcripts (merchant_id, callback_id, edge_call_id,
-               recording_id, transcript)
-           VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (merchant_id, recording_id) DO NOTHING RETURNING id""",
-        t.merchant_id, t.callback_id, t.edge_call_id, t.recording_id, t.transcript)
-    return value
-
-
-async def _insert_cdr(conn: asyncpg.Connection, c: Cdr) -> int | None:
-    value: int | None = await conn.fetchval(
-        """INSERT INTO cdrs (merchant_id, call_id, callback_id, edge_call_id, leg, destination,
-               destination_kind, carrier, started_at, answered_at, ended_at, duration_s,
-               billed_s, hangup_cause, disposition, carrier_cost_amount, carrier_cost_currency,
-               direct_cost_amount, direct_cost_currency)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                   $17, $18, $19)
-           ON CONFLICT (merchant_id, call_id) DO NOTHING RETURNING id""",
-        c.merchant_id, c.call_id, c.callback_id, c.edge_call_id, c.leg, c.destination,
-        c.destination_kind, c.carrier, c.started_at, c.answered_at, c.ended_at, c.duration_s,
-        c.billed_s, c.hangup_cause, c.disposition,
-        c.carrier_cost.amount if c.carrier_cost else None,
-        c.carrier_cost.currency if c.carrier_cost else None,
-        c.direct_cost.amount if c.direct_cost else None,
-        c.direct_cost.currency if c.direct_cost else None)
-    return value
-
-
-async def _insert_status(conn: asyncpg.Connection, s: CallbackStatusReport) -> int | None:
-    """The status row and, when it is new, the call's current status: one statement."""
-    value: int | None = await conn.fetchval(
-        """WITH status AS (
-               INSERT INTO callback_status (merchant_id, callback_id, edge_call_id, status,
-                   reason, attempts, at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
-               ON CONFLICT (merchant_id, callback_id, status, at) DO NOTHING RETURNING id),
-           call AS (
-               UPDATE edge_calls SET callback_id = $2, callback_status = $4,
-                   callback_reason = $5
-               WHERE edge_call_id = $3 AND merchant_id = $1 AND EXISTS (SELECT FROM status))
-           SELECT id FROM status""",
-        s.merchant_id, s.callback_id, s.edge_call_id, s.status, s.reason, s.attempts, s.at)
-    return value
 
 
 # --- listing for the call center ----------------------------------------------------------

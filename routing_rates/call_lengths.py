@@ -17,15 +17,15 @@ fixed, ip, other) assumes, in this order:
 3. **default**: ``routing_rates.duration.DEFAULT_DURATION``.
 
 The counts live in PostgreSQL (``rates_call_lengths``, ``rates_call_length_totals``):
-:func:`record` adds one answered call inside the caller's transaction (the edge
-does it when a customer leg's CDR arrives over the link, once per CDR) and
-NOTIFYs :data:`CHANNEL` with the merchant id; ``RatingService`` reloads that
+:func:`counting` adds one answered call in the statement that stores a customer leg's
+CDR arriving over the link at the edge (once per CDR) and NOTIFYs :data:`CHANNEL` with
+the merchant id; ``RatingService`` reloads that
 merchant's counts and swaps the new models in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -171,26 +171,32 @@ def from_merchants(merchants: Sequence[Merchant], policy: Policy) -> MerchantLen
 
 # --- PostgreSQL --------------------------------------------------------------------------
 
-async def record(conn: asyncpg.Connection, merchant_id: str, number: E164,
-                 talk_s: int | Decimal, at: datetime) -> None:
-    """Count one answered call of ``talk_s`` seconds (in the caller's transaction)."""
+def counting(param: Callable[[object], str], source: str, merchant_id: str, number: E164,
+             talk_s: int | Decimal, at: datetime) -> str | None:
+    """SQL that counts one answered call of ``talk_s`` seconds for each row of ``source``
+    (a relation of the statement it goes in: one row, or none to count nothing), as two
+    CTEs for that statement's ``WITH`` (``call_length``, ``call_length_total``); None when
+    there is nothing to count (no talk). ``param(value)`` adds a value to the statement's
+    arguments and gives its placeholder. The totals' upsert NOTIFYs :data:`CHANNEL` with
+    the merchant id (in its ``RETURNING``, evaluated for each row a data-modifying CTE
+    writes whether or not the statement reads it), delivered when the statement commits."""
     seconds = min(ceil_seconds(talk_s), MAX_TALK_S)
     if seconds <= 0:
-        return
-    cls = number_class(number)
-    await conn.execute(
-        """INSERT INTO rates_call_lengths (merchant_id, number_class, talk_s, calls)
-           VALUES ($1, $2, $3, 1)
-           ON CONFLICT (merchant_id, number_class, talk_s)
-           DO UPDATE SET calls = rates_call_lengths.calls + 1""", merchant_id, cls, seconds)
-    await conn.execute(
-        """INSERT INTO rates_call_length_totals AS t
-               (merchant_id, number_class, calls, first_call_at, last_call_at)
-           VALUES ($1, $2, 1, $3, $3)
-           ON CONFLICT (merchant_id, number_class) DO UPDATE SET calls = t.calls + 1,
-               first_call_at = LEAST(t.first_call_at, $3),
-               last_call_at = GREATEST(t.last_call_at, $3)""", merchant_id, cls, at)
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, merchant_id)
+        return None
+    merchant, cls, at_ = param(merchant_id), param(number_class(number)), param(at)
+    return f"""call_length AS (
+               INSERT INTO rates_call_lengths (merchant_id, number_class, talk_s, calls)
+               SELECT {merchant}, {cls}, {param(seconds)}, 1 FROM {source}
+               ON CONFLICT (merchant_id, number_class, talk_s)
+               DO UPDATE SET calls = rates_call_lengths.calls + 1),
+           call_length_total AS (
+               INSERT INTO rates_call_length_totals AS t
+                   (merchant_id, number_class, calls, first_call_at, last_call_at)
+               SELECT {merchant}, {cls}, 1, {at_}, {at_} FROM {source}
+               ON CONFLICT (merchant_id, number_class) DO UPDATE SET calls = t.calls + 1,
+                   first_call_at = LEAST(t.first_call_at, {at_}),
+                   last_call_at = GREATEST(t.last_call_at, {at_})
+               RETURNING pg_notify({param(CHANNEL)}, {merchant}))"""
 
 
 async def load(conn: asyncpg.Connection, merchants: Collection[str] | None = None,

@@ -506,17 +506,23 @@ async def accept_once(conn: asyncpg.Connection, msg_id: str, kind: str,
         "VALUES ($1, $2, 0, '{}'::jsonb) ON CONFLICT (message_id) DO NOTHING RETURNING true",
         msg_id, kind)
     if not claimed:
-        row = await conn.fetchrow(
-            "SELECT response_status, response_body FROM inbound_messages WHERE message_id = $1",
-            msg_id)
-        assert row is not None
+        answer = await first_answer(conn, msg_id)
+        assert answer is not None
         log.info("duplicate %s message %s: returning the first answer", kind, msg_id)
-        return int(row["response_status"]), dict(row["response_body"])
+        return answer
     status, body = await handler(conn)
     await conn.execute(
         "UPDATE inbound_messages SET response_status = $2, response_body = $3 "
         "WHERE message_id = $1", msg_id, status, body)
     return status, body
+
+
+async def first_answer(conn: asyncpg.Connection, msg_id: str) -> Answer | None:
+    """The answer stored for a message id claimed before (None: never claimed)."""
+    row = await conn.fetchrow(
+        "SELECT response_status, response_body FROM inbound_messages WHERE message_id = $1",
+        msg_id)
+    return None if row is None else (int(row["response_status"]), dict(row["response_body"]))
 
 
 # --- batches: several messages in one signed request -------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,7 +20,8 @@ from edge_server.flow_messages import (
     StoreRequest,
     edge_call_id_for,
 )
-from edge_server.reports import list_rows, parse_event, save_report
+from edge_server.report_store import ONE_STATEMENT, apply_report
+from edge_server.reports import list_rows, parse_event
 from edge_server.store import (
     CALLBACK_PATH,
     CallStore,
@@ -30,7 +32,6 @@ from edge_server.store import (
 )
 from edge_server.testing import merchant
 from shared.db import create_pool, migrate_url
-from shared.link import accept_once
 from shared.paging import ListQuery, decode_cursor
 from shared.phone import E164
 from tests.integration.statements import counted_pool
@@ -193,9 +194,9 @@ def cdr_event(call_id: str, merchant_id: str = "acme") -> dict[str, Any]:
 async def deliver(pool: asyncpg.Pool, message_id: str, event: dict[str, Any]
                   ) -> tuple[int, dict[str, Any]]:
     report = parse_event(event)
-    async with pool.acquire() as conn, conn.transaction():
-        return await accept_once(conn, message_id, event["kind"],
-                                 lambda c: save_report(c, report))
+    assert isinstance(report, ONE_STATEMENT)
+    async with pool.acquire() as conn:
+        return await apply_report(conn, message_id, report)
 
 
 async def test_replayed_link_event_is_a_no_op(pool: asyncpg.Pool) -> None:
@@ -211,6 +212,28 @@ async def test_replayed_link_event_is_a_no_op(pool: asyncpg.Pool) -> None:
     assert row["carrier_cost_amount"] == Decimal("0.1398")
 
 
+async def test_a_delivery_waiting_on_the_same_message_gets_its_first_answer(
+        pool: asyncpg.Pool) -> None:
+    """Two deliveries of one message at once (over both links): the second's statement
+    waits for the first's commit, writes nothing and answers what the first answered."""
+    event = cdr_event("call-twice")
+    report = parse_event(event)
+    assert isinstance(report, ONE_STATEMENT)
+    async with pool.acquire() as first, pool.acquire() as second:
+        async with first.transaction():     # the first delivery, not committed yet
+            assert await apply_report(first, "m-twice", report) == (
+                200, {"status": "stored", "kind": "cdr"})
+            waiting = asyncio.create_task(apply_report(second, "m-twice", report))
+            for _ in range(200):
+                if await pool.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                       "WHERE wait_event_type = 'Lock'"):
+                    break
+                await asyncio.sleep(0.05)
+            assert not waiting.done()
+        assert await asyncio.wait_for(waiting, 10) == (200, {"status": "stored", "kind": "cdr"})
+    assert await pool.fetchval("SELECT count(*) FROM cdrs WHERE call_id = 'call-twice'") == 1
+
+
 async def test_reports_for_another_tenants_call_are_refused(pool: asyncpg.Pool) -> None:
     from shared.http import ApiError
 
@@ -220,6 +243,8 @@ async def test_reports_for_another_tenants_call_are_refused(pool: asyncpg.Pool) 
     with pytest.raises(ApiError) as info:
         await deliver(pool, "m-x-2", cdr_event("call-y", merchant_id="ghost"))
     assert info.value.error_id == "unknown-merchant"
+    assert await pool.fetchval("SELECT count(*) FROM inbound_messages "        # judged again
+                               "WHERE message_id IN ('m-x-1', 'm-x-2')") == 0  # when resent
 
 
 async def test_status_report_updates_the_call(pool: asyncpg.Pool) -> None:
