@@ -72,7 +72,8 @@ def create_app(settings: EdgeSettings, *, with_ari: bool = True) -> web.Applicat
     health = Health()
     app = create_http_app(merchants=settings.merchants, verifier=verifier_for(settings.signing),
                           max_body_bytes=settings.http.max_body_bytes, health=health,
-                          sip=settings.edge.sip_endpoints)
+                          sip=settings.edge.sip_endpoints,
+                          link_connections=settings.link_connections())
     app[SETTINGS_KEY] = settings
     app[TRUSTED_PROXIES_KEY] = settings.http.trusted_proxies
     pin_peer(app, settings.peer.identity if settings.tls else None)

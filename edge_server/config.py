@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from edge_server.flow_messages import AnnounceMode, FlowTimings, MerchantSettings
+from edge_server.link_share import DEFAULT_RESERVE
 from edge_server.presence_flow import PresenceLine, PresenceTimings, Wanted
 from edge_server.sip_push import SipEndpointSettings
 from shared.capacity import CapacitySettings
@@ -73,6 +74,9 @@ class EdgeBehaviour:
     per_merchant_unrated: Mapping[str, bool]
     sweep_after_s: int           # held requests older than this are released (crash recovery)
     sweep_every_s: float
+    #: pool connections the link's messages never take: kept for the inbound calls'
+    #: request store and release (:mod:`edge_server.link_share`)
+    store_reserve_connections: int
     timings: FlowTimings
     destinations: PolicySettings   # [edge.destinations]: who may be offered a call-back
     hours: HoursPrompts            # [edge.hours]: the closed messages rendered ahead
@@ -80,7 +84,9 @@ class EdgeBehaviour:
     sip_endpoints: SipEndpointSettings = SipEndpointSettings()  # advisors' softphones
 
     @classmethod
-    def parse(cls, s: Section) -> EdgeBehaviour:
+    def parse(cls, s: Section, max_connections: int) -> EdgeBehaviour:
+        """``max_connections``: ``[database] max_connections``, the pool the link's
+        messages share with the inbound calls."""
         t = s.section("timings")
         defaults = FlowTimings()
 
@@ -101,12 +107,18 @@ class EdgeBehaviour:
         except ValueError as exc:
             raise t.error(str(exc).split()[0], str(exc)) from None
         overrides = s.section("unrated_callback")
+        reserve = s.int("store_reserve_connections", DEFAULT_RESERVE, min=1)
+        if reserve >= max_connections:
+            raise s.error("store_reserve_connections",
+                          f"{reserve} must be below [database] max_connections "
+                          f"({max_connections}): the link's messages need at least one")
         return cls(
             direct_context=s.str("direct_context", "direct", pattern=r"[A-Za-z0-9_-]+"),
             callback_when_unrated=s.bool("callback_when_unrated", True),
             per_merchant_unrated={k: overrides.bool(k) for k in overrides.keys()},
             sweep_after_s=s.int("sweep_after_s", 60, min=10),
             sweep_every_s=float(s.decimal("sweep_every_s", "15", min=Decimal(1))),
+            store_reserve_connections=reserve,
             timings=timings,
             destinations=PolicySettings.parse(s.section("destinations")),
             hours=HoursPrompts.parse(s.section("hours")),
@@ -145,7 +157,8 @@ class EdgeSettings:
         top = root(source)
         common = SiteCommon.parse(top, path, app="edge", default_database=DEFAULT_DATABASE,
                                   default_port=DEFAULT_PORT, require_client_cert=False)
-        settings = cls(**common.fields(), edge=EdgeBehaviour.parse(top.section("edge")))
+        settings = cls(**common.fields(), edge=EdgeBehaviour.parse(
+            top.section("edge"), common.database.max_connections))
         source.check_unknown()
         if check_files:
             source.refuse(common.file_problems() + settings.edge.hours.problems())
@@ -159,6 +172,10 @@ class EdgeSettings:
     def load_checked(cls, path: Path) -> EdgeSettings:
         """For ``check`` and ``serve``: :meth:`load` with the files checked."""
         return cls.load(path, check_files=True)
+
+    def link_connections(self) -> int:
+        """The pool connections the link's messages may hold at once."""
+        return self.database.max_connections - self.edge.store_reserve_connections
 
     def merchant_settings(self) -> dict[E164, MerchantSettings]:
         """Dialled number → what the flow needs about its merchant (and the number's hours)."""

@@ -3,7 +3,8 @@
 * ``POST /v1/link/events``: reports from the callback site (signed; verified by
   ``shared.link.signature_middleware``; idempotent by message id, each in one statement
   (:mod:`edge_server.report_store`) or through ``shared.link.accept_once``, and by
-  natural key in the tables).
+  natural key in the tables). The link's messages hold at most their share of the
+  pool's connections (:mod:`edge_server.link_share`).
 * ``POST /v1/link/events/batch``: several such reports in one signed request (the
   callback site's relay sends what is due together), each answered on its own.
 * ``POST /v1/link/rate-decks``: the parts of a rate deck version the callback site
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
@@ -38,6 +40,7 @@ from aiohttp import web
 from advisors import record_schemas
 from advisors.record_store import ID_FILTERS, list_records
 from billing import records as billing_records
+from edge_server.link_share import DEFAULT_RESERVE, LinkShare
 from edge_server.report_store import ONE_STATEMENT, apply_report, save_report
 from edge_server.reports import (
     EVENT_ANSWER,
@@ -53,7 +56,7 @@ from edge_server.sip_http import OPERATIONS as SIP_OPERATIONS
 from edge_server.sip_http import SIP_SETTINGS_KEY
 from edge_server.sip_push import SipEndpointSettings
 from routing_rates import deck_receiver, distribute
-from shared.config import Merchant
+from shared.config import DatabaseSettings, Merchant
 from shared.db import CONNECTION_ERRORS
 from shared.http import (
     HEALTH_KEY,
@@ -99,6 +102,10 @@ from shared.signing import Verifier
 log = logging.getLogger("edge.http")
 
 POOL_KEY = web.AppKey("edge_pool", asyncpg.Pool)
+#: the link handlers' share of the pool (:mod:`edge_server.link_share`)
+LINK_SHARE_KEY = web.AppKey("edge_link_share", LinkShare)
+#: the pool's size less the reserve, by default
+DEFAULT_LINK_CONNECTIONS = DatabaseSettings.DEFAULT_MAX_CONNECTIONS - DEFAULT_RESERVE
 #: set while routing_rates runs: CDRs arriving over the link teach the call lengths
 LEARN_CALL_LENGTHS_KEY = web.AppKey("edge_learn_call_lengths", bool)
 #: set when the database has the routing_rates tables ([rates] enabled): decks are taken
@@ -107,15 +114,18 @@ RATES_TABLES_KEY = web.AppKey("edge_rates_tables", bool)
 
 def create_http_app(*, merchants: Sequence[Merchant], verifier: Verifier,
                     max_body_bytes: int = MAX_BODY_BYTES, health: Health | None = None,
-                    sip: SipEndpointSettings | None = None) -> web.Application:
+                    sip: SipEndpointSettings | None = None,
+                    link_connections: int = DEFAULT_LINK_CONNECTIONS) -> web.Application:
     """The aiohttp application; the caller puts the pool under ``POOL_KEY`` (and the
-    SIP endpoints' store under ``sip_http.SIP_ENDPOINTS_KEY``)."""
+    SIP endpoints' store under ``sip_http.SIP_ENDPOINTS_KEY``). The link's messages hold
+    at most ``link_connections`` of the pool's connections at once."""
     app = web.Application(client_max_size=max_body_bytes,
                           middlewares=[error_middleware, signature_middleware])
     app[VERIFIER_KEY] = verifier
     app[TOKENS_KEY] = MerchantTokens([(m.id, m.api_token_sha256) for m in merchants])
     app[HEALTH_KEY] = health or Health()
     app[SIP_SETTINGS_KEY] = sip or SipEndpointSettings()
+    app[LINK_SHARE_KEY] = LinkShare(link_connections)
     add_operations(app, (*OPERATIONS, *SIP_OPERATIONS))
     serve_openapi(app, "Callback gateway: edge site", __doc__ or "")
     return app
@@ -126,6 +136,11 @@ def _pool(request: web.Request) -> asyncpg.Pool:
         return request.app[POOL_KEY]
     except KeyError:
         raise ServiceUnavailable("database-unavailable", "database not connected yet") from None
+
+
+def _link_connection(request: web.Request) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    """A pool connection for a link message, within the link's share of the pool."""
+    return request.app[LINK_SHARE_KEY].acquire(_pool(request))
 
 
 #: the database failing a link message: 503, the sender sends it again (a deadlock
@@ -139,7 +154,7 @@ async def link_events(request: web.Request) -> web.Response:
     mid = message_id(request)
     learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
     try:
-        async with _pool(request).acquire() as conn:
+        async with _link_connection(request) as conn:
             status, body = await _store(conn, mid, report, learn)
     except _RETRY_LATER as exc:
         log.warning("link event %s not stored: %s", mid, exc)
@@ -173,7 +188,7 @@ async def link_events_batch(request: web.Request) -> web.Response:
     items = parse_batch(await read_json_object(request, raw_body(request)))
     learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
     try:
-        async with _pool(request).acquire() as conn:
+        async with _link_connection(request) as conn:
             answers = await _store_each(conn, items, learn)
     except _RETRY_LATER as exc:
         log.warning("a batch of %d link events not stored: %s", len(items), exc)
@@ -200,7 +215,7 @@ async def link_rate_decks(request: web.Request) -> web.Response:
                        "([rates] enabled = false): the deck waits in the sender's outbox")
     mid = message_id(request)
     try:
-        async with _pool(request).acquire() as conn, conn.transaction():
+        async with _link_connection(request) as conn, conn.transaction():
             status, body = await accept_once(conn, mid, distribute.KIND,
                                              lambda c: deck_receiver.receive(c, message))
     except CONNECTION_ERRORS as exc:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import functools
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edge_server.flow_messages import Outcome
-from shared.metrics import registry
+from shared.metrics import WAIT_BUCKETS, registry
 
 UNKNOWN_MERCHANT = "unknown"
 
@@ -66,6 +66,16 @@ class EdgeMetrics:
             "Advisors' calls to a presence number, by merchant and outcome (online, "
             "offline, in_call, not_registered, ambiguous, unavailable, caller_id_withheld, "
             "abandoned).", ["merchant", "outcome"], registry=r)
+        self.link_db_wait = Histogram(
+            "cbgw_edge_link_db_wait_seconds",
+            "How long each link message (a report, a batch of them, a rate deck) waited "
+            "for the link's share of the database pool ([edge] store_reserve_connections "
+            "are kept for the inbound calls), before the pool's own acquire.",
+            registry=r, buckets=WAIT_BUCKETS)
+        self.link_db_connections = Gauge(
+            "cbgw_edge_link_db_connections",
+            "Link messages holding a database connection of the link's share, per process.",
+            registry=r, multiprocess_mode="liveall")
 
 
 @functools.cache

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ivr_platform.hours import MerchantHours
 from ivr_platform.hours_config import parse_merchant_hours
@@ -412,6 +412,7 @@ class DatabaseSettings:
     name: str  # database name on the embedded server
     min_connections: int
     max_connections: int
+    DEFAULT_MAX_CONNECTIONS: ClassVar[int] = 10
 
     @classmethod
     def parse(cls, s: Section, default_name: str) -> DatabaseSettings:
@@ -419,7 +420,7 @@ class DatabaseSettings:
             url=s.opt_str("url"),
             name=s.str("name", default_name, pattern=r"[a-z_0-9]+"),
             min_connections=s.int("min_connections", 2, min=1),
-            max_connections=s.int("max_connections", 10, min=1),
+            max_connections=s.int("max_connections", cls.DEFAULT_MAX_CONNECTIONS, min=1),
         )
 
 

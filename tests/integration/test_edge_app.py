@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from edge_server.__main__ import main
 from edge_server.app import STASIS_KEY, STORE_KEY, create_app
 from edge_server.config import EdgeSettings
+from edge_server.http import LINK_SHARE_KEY
 from shared.config import ConfigError
 from shared.metrics_http import SAMPLE_EVERY_S
 from tests import prom
@@ -99,6 +100,9 @@ async def test_the_edge_serves_its_metrics(
     assert prom.scraped(text, "cbgw_db_pool_connections", state="max") \
         == settings.database.max_connections
     assert prom.scraped(text, "cbgw_db_pool_connections", state="size") >= 1
+    # the link's messages hold at most the pool less [edge] store_reserve_connections
+    assert client.server.app[LINK_SHARE_KEY].size == settings.link_connections() \
+        == settings.database.max_connections - settings.edge.store_reserve_connections
     # every sample of the loop's lateness, and the wait of every pool acquire (the
     # outbox backlog's reading made one)
     assert prom.scraped(text, "cbgw_event_loop_delay_seconds_count") >= 1

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edge_server.flow_messages import AnnounceMode, Outcome, RecordCall, StoreRequest
-from edge_server.http import POOL_KEY, create_http_app
+from edge_server.http import LINK_SHARE_KEY, POOL_KEY, create_http_app
 from edge_server.store import CallStore, edge_migrations
 from edge_server.testing import merchant
 from shared.db import create_pool, migrate_url
@@ -25,6 +25,7 @@ from shared.phone import E164
 from shared.signing import Signer, SigningKey, Verifier
 from tests.integration.raw_http import DEEP_JSON, EDGE_TIMES, raw_get
 from tests.integration.statements import counted_pool
+from tests.prom import total
 
 pytestmark = pytest.mark.integration
 
@@ -476,3 +477,42 @@ async def _waiting_on_a_lock(pool: asyncpg.Pool, query_part: str, count: int = 1
             return waiting
         await asyncio.sleep(0.05)
     raise AssertionError(f"fewer than {count} statements like {query_part!r} waited on a lock")
+
+
+async def test_an_inbound_call_stores_its_request_while_the_link_s_share_is_full(
+        pool: asyncpg.Pool, pg_url: str, aiohttp_client: ClientFactory) -> None:
+    """Reports held up in the database (a writer holds their call's row) fill the link's
+    share of a pool of 4 (2 of them): the reports after them wait for the share, not for
+    the pool, and an inbound call stores its request at once, from the 2 kept for it.
+    The waits show in ``cbgw_edge_link_db_wait_seconds``."""
+    store = CallStore(pool)
+    await store.store_request(StoreRequest(
+        "edge-cb-s0", "s0", "acme", E164("819012345678"), E164("81120123456"),
+        AnnounceMode.EARLY_MEDIA, "cheaper"), datetime.now(UTC))
+    small = await create_pool(pg_url, min_size=1, max_size=4)
+    try:
+        app = create_http_app(merchants=MERCHANTS, link_connections=2,
+                              verifier=Verifier({PEER_KEY.key_id: PEER_KEY.public()}))
+        app[POOL_KEY] = small
+        client = await aiohttp_client(app)
+        waits = total("cbgw_edge_link_db_wait_seconds_count")
+        async with pool.acquire() as writer, writer.transaction():
+            await writer.execute("UPDATE edge_calls SET detail = 'held' "
+                                 "WHERE edge_call_id = 'edge-cb-s0'")
+            reports = [asyncio.create_task(post_event(client, callback_status(
+                "cb-s0", status="dialing", attempts=n, at=f"2026-11-22T01:02:0{n}Z")))
+                for n in range(6)]
+            assert await _waiting_on_a_lock(pool, "callback_status", count=2) == 2
+            await asyncio.sleep(0.2)    # time for the four others to reach the database
+            assert await _waiting_on_a_lock(pool, "callback_status", count=2) == 2
+            assert app[LINK_SHARE_KEY].in_use == 2
+            await asyncio.wait_for(CallStore(small).store_request(StoreRequest(
+                "edge-cb-s1", "s1", "acme", E164("819012345678"), E164("81120123456"),
+                AnnounceMode.EARLY_MEDIA, "cheaper"), datetime.now(UTC)), 5)
+        assert [(await r)[0] for r in reports] == [200] * 6
+    finally:
+        await small.close()
+    assert await pool.fetchval("SELECT state FROM edge_calls "
+                               "WHERE edge_call_id = 'edge-cb-s1'") == "stored"
+    assert total("cbgw_edge_link_db_wait_seconds_count") - waits == 6
+    assert total("cbgw_edge_link_db_wait_seconds_sum") > 0

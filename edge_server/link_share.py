@@ -1,0 +1,52 @@
+"""The link's share of the edge's database pool.
+
+The messages the callback site sends (``/v1/link/events``, their batches, rate decks)
+come in bursts, and each holds a pool connection while it is written. Unbounded, a burst
+takes every connection, and an inbound call then waits for one to store its request
+(the caller hears nothing meanwhile; past ``[edge.timings] store_s`` the call is kept
+on the toll-free line). :class:`LinkShare` lets at most ``size`` of those handlers hold
+a connection at once (``[database] max_connections`` less ``[edge]
+store_reserve_connections``); the others wait here, in order, not in the pool's queue,
+so the reserve stays free for the request store and release, the relay and the sweeper.
+The waits are ``cbgw_edge_link_db_wait_seconds``; the share in use
+``cbgw_edge_link_db_connections``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from edge_server.metrics import edge
+
+#: ``[edge] store_reserve_connections`` by default
+DEFAULT_RESERVE = 3
+
+
+class LinkShare:
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"the link's share of the pool must be at least 1, not {size}")
+        self.size = size
+        self._slots = asyncio.Semaphore(size)
+        self.in_use = 0
+
+    @asynccontextmanager
+    async def acquire(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of ``pool``, once one of the share's ``size`` slots is free."""
+        m = edge()
+        started = time.monotonic()
+        async with self._slots:
+            m.link_db_wait.observe(time.monotonic() - started)
+            self.in_use += 1
+            m.link_db_connections.set(self.in_use)
+            try:
+                async with pool.acquire() as conn:
+                    yield conn
+            finally:
+                self.in_use -= 1
+                m.link_db_connections.set(self.in_use)
