@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from billing import policy
+from billing.ledger import BOOK_BALANCE
 from billing.rating import Terms, seconds_affordable
 from billing.settings import MAX_UNPAID_CHARGES
 from billing.standing import CHARGES, Standing
@@ -104,9 +105,9 @@ def admission_sql(asks: str) -> str:
                END AS policy,
            CASE WHEN g.id IS NOT NULL THEN jsonb_build_object({fields.format(t="g")})
                END AS group_policy,
-           CASE WHEN NOT w.postpaid THEN
-               (SELECT sum(e.amount_yen) FROM billing_entries e
-                WHERE e.account_id = acct.id AND e.book = 'available') END AS available_yen,
+           CASE WHEN NOT w.postpaid AND acct.id IS NOT NULL THEN
+               {BOOK_BALANCE.format(account="acct.id", book="'available'")}
+               END AS available_yen,
            w.postpaid AND EXISTS (SELECT 1 FROM billing_card_registrations r
                                   JOIN billing_cards cd ON cd.registration_id = r.id
                                   WHERE r.account_id = acct.id) AS has_card,

@@ -5,7 +5,9 @@ why) with double-entry legs over the account's books (``available``, ``held``,
 ``funding``, ``revenue``, ``adjustment``) that sum to zero; nothing is updated or
 deleted, and a balance is the sum of its book's legs. Every movement of an account runs
 under that account's row lock (``SELECT … FOR UPDATE``), so the balance it reads is the
-balance it moves.
+balance it moves, and each leg it writes carries its book's balance after it
+(``balance_after``, the running sum): a balance is read from the book's newest leg, however
+long the account's history.
 
 Movements::
 
@@ -32,7 +34,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import asyncpg
 
@@ -210,17 +212,28 @@ async def find_account(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str
     return found
 
 
+#: the balance of account ``{account}``'s book ``{book}``: its newest leg's balance after it
+BOOK_BALANCE = """coalesce((SELECT b.balance_after FROM billing_entries b
+                            WHERE b.account_id = {account} AND b.book = {book}
+                            ORDER BY b.id DESC LIMIT 1), 0)"""
+
+
 async def post(conn: asyncpg.Connection, account: int, kind: Kind, amount_yen: int,
                legs: Sequence[tuple[Book, int]], by: str, reason: str,
                reservation_id: int | None = None) -> int:
-    """Write one movement and its legs (zero legs left out) in one statement; its
-    transaction id. Call it inside a transaction holding the account's lock."""
+    """Write one movement and its legs (zero legs left out; one a book), each with its
+    book's balance after it, in one statement; its transaction id. Call it inside a
+    transaction holding the account's lock."""
     kept = [(book, y) for book, y in legs if y]
+    if len({book for book, _ in kept}) != len(kept):
+        raise ValueError(f"one leg a book: {kept}")
     txn: int = await conn.fetchval(
-        """WITH t AS (INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom,
+        f"""WITH t AS (INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom,
                           reason, reservation_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id),
-                e AS (INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen)
-                      SELECT t.id, $1, leg.book, leg.yen
+                e AS (INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen,
+                          balance_after)
+                      SELECT t.id, $1, leg.book, leg.yen,
+                             {BOOK_BALANCE.format(account="$1", book="leg.book")} + leg.yen
                       FROM t, unnest($7::text[], $8::bigint[]) AS leg (book, yen))
            SELECT id FROM t""",
         account, kind, amount_yen, by, reason, reservation_id,
@@ -228,9 +241,15 @@ async def post(conn: asyncpg.Connection, account: int, kind: Kind, amount_yen: i
     return txn
 
 
+#: every book's balance of account $1 (a book it never moved: none)
+_BOOKS = f"""
+    SELECT k.book, {BOOK_BALANCE.format(account="$1", book="k.book")} AS yen
+    FROM unnest($2::text[]) AS k (book)
+    WHERE EXISTS (SELECT 1 FROM billing_entries e WHERE e.account_id = $1 AND e.book = k.book)"""
+
+
 async def books(conn: asyncpg.Connection, account: int) -> dict[str, int]:
-    rows = await conn.fetch("SELECT book, sum(amount_yen) AS yen FROM billing_entries "
-                            "WHERE account_id = $1 GROUP BY book", account)
+    rows = await conn.fetch(_BOOKS, account, list(get_args(Book)))
     return {r["book"]: int(r["yen"]) for r in rows}
 
 
@@ -285,21 +304,22 @@ _LOCK_ACCOUNTS = """
     WHERE (merchant_id, account) IN (SELECT * FROM unnest($1::text[], $2::text[]))
     ORDER BY id FOR UPDATE"""
 
-#: each ask's account's available balance and its reservation made already, if any
-_BALANCES = """
+#: each ask's account's available and held balances and its reservation made already, if any
+_BALANCES = f"""
     SELECT k.n, x.id AS made,
-           coalesce((SELECT sum(e.amount_yen) FROM billing_entries e
-                     WHERE e.account_id = k.account_id AND e.book = 'available'), 0)
-               AS available_yen
+           {BOOK_BALANCE.format(account="k.account_id", book="'available'")} AS available_yen,
+           {BOOK_BALANCE.format(account="k.account_id", book="'held'")} AS held_yen
     FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k (account_id, consultation_id, n)
     LEFT JOIN billing_reservations x ON x.account_id = k.account_id
                                     AND x.consultation_id = k.consultation_id"""
 
-#: the reservations and their holds (the legs as :func:`post` writes them), one statement
+#: the reservations and their holds (the legs as :func:`post` writes them, with the
+#: balances after each hold as the caller counted them, in the asks' order), one statement
 _HOLD = """
     WITH k AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
-                                    $5::int[]) WITH ORDINALITY
-                   AS k (account_id, consultation_id, terms, held_yen, allowed_s, n)),
+                                    $5::int[], $7::bigint[], $8::bigint[]) WITH ORDINALITY
+                   AS k (account_id, consultation_id, terms, held_yen, allowed_s,
+                         available_after, held_after, n)),
          r AS (INSERT INTO billing_reservations (account_id, consultation_id, terms, held_yen,
                    allowed_s)
                SELECT account_id, consultation_id, terms::jsonb, held_yen, allowed_s FROM k
@@ -308,10 +328,16 @@ _HOLD = """
          t AS (INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, reason,
                    reservation_id)
                SELECT account_id, 'hold', held_yen, $6, 'consultation ' || consultation_id, id
-               FROM r WHERE held_yen > 0 RETURNING id, account_id, amount_yen),
-         e AS (INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen)
-               SELECT t.id, t.account_id, leg.book, leg.sign * t.amount_yen
-               FROM t, (VALUES ('available', -1), ('held', 1)) AS leg (book, sign))
+               FROM r WHERE held_yen > 0 RETURNING id, account_id, amount_yen, reservation_id),
+         e AS (INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen,
+                   balance_after)
+               SELECT t.id, t.account_id, leg.book, leg.sign * t.amount_yen,
+                      CASE leg.book WHEN 'available' THEN k.available_after
+                                    ELSE k.held_after END
+               FROM t JOIN r ON r.id = t.reservation_id
+               JOIN k ON k.account_id = r.account_id AND k.consultation_id = r.consultation_id,
+                    (VALUES ('available', -1), ('held', 1)) AS leg (book, sign)
+               ORDER BY k.n, leg.book)
     SELECT * FROM r"""
 
 
@@ -341,8 +367,9 @@ async def reserve_all(conn: asyncpg.Connection, asks: Sequence[ReserveAsk]
                             [a.consultation_id for _, a, _ in found])
     made = {found[r["n"] - 1][0]: r["made"] for r in read if r["made"] is not None}
     available = {found[r["n"] - 1][2]: int(r["available_yen"]) for r in read}
+    held_now = {found[r["n"] - 1][2]: int(r["held_yen"]) for r in read}
     new: dict[tuple[int, str], list[int]] = {}       # account, consultation → asks
-    holds: list[tuple[int, str, str, int, int]] = []
+    holds: list[tuple[int, str, str, int, int, int, int]] = []
     for i, ask, acc in found:
         if i in made:
             continue
@@ -358,11 +385,13 @@ async def reserve_all(conn: asyncpg.Connection, asks: Sequence[ReserveAsk]
             allowed = min(allowed, whole_units_s(ask.at_most_s, ask.terms))
         held = rate(allowed, ask.terms).total_yen
         available[acc] -= held
+        held_now[acc] += held
         new[acc, ask.consultation_id] = [i]
-        holds.append((acc, ask.consultation_id, _terms_json(ask.terms), held, allowed))
+        holds.append((acc, ask.consultation_id, _terms_json(ask.terms), held, allowed,
+                      available[acc], held_now[acc]))
     if holds:
-        rows = await conn.fetch(_HOLD, *(list(col) for col in zip(*holds, strict=True)),
-                                SYSTEM)
+        cols = [list(col) for col in zip(*holds, strict=True)]
+        rows = await conn.fetch(_HOLD, *cols[:5], SYSTEM, *cols[5:])
         for row in rows:
             for i in new[row["account_id"], row["consultation_id"]]:
                 got[i] = _reservation(row)

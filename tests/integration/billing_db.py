@@ -4,7 +4,11 @@ writes to)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,6 +19,7 @@ import shared
 from advisors import record_store
 from billing import records
 from shared.db import MigrationSet, create_pool, migrate_url, package_migrations
+from tests.conftest import drop_database, fresh_database
 
 
 async def scrape(pool: asyncpg.Pool) -> str:
@@ -42,6 +47,25 @@ def migrations() -> MigrationSet:
 #: what a billing database needs, in order
 SETS = (package_migrations("link", shared.__file__), record_store.MIGRATIONS, migrations(),
         records.MIGRATIONS)
+
+
+@asynccontextmanager
+async def database_before(server_url: str, name: str, version: str) -> AsyncIterator[str]:
+    """A fresh database ``name`` migrated as :data:`SETS` do, billing's only up to before
+    ``version`` ("0012"), for the rows a later migration finds written as its predecessors
+    left them; dropped after."""
+    url = await fresh_database(server_url, name)
+    try:
+        with tempfile.TemporaryDirectory() as before:
+            for path in sorted(migrations().directory.glob("*.sql")):
+                if path.name < version:
+                    shutil.copy(path, before)
+            older = [*SETS]
+            older[older.index(migrations())] = MigrationSet("billing", Path(before))
+            await migrate_url(url, older)
+        yield url
+    finally:
+        await drop_database(server_url, name)
 
 
 def fixtures() -> tuple[Any, Any]:

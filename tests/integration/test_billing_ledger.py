@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from billing.ledger import Balance, Ledger, LedgerError, Refusal, Reservation
 from billing.rating import Terms, rate, seconds_affordable, whole_units_s
-from shared.db import create_pool
+from shared.db import create_pool, migrate_url
 from tests.integration import billing_db
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,8 @@ async def test_entries_and_movements_are_append_only_and_balanced(clean: asyncpg
                     "INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, "
                     "reason) VALUES ($1, 'deposit', 5, 'x', 'y') RETURNING id", acc)
                 await conn.execute("INSERT INTO billing_entries (transaction_id, account_id, "
-                                   "book, amount_yen) VALUES ($1, $2, 'available', 5)", txn, acc)
+                                   "book, amount_yen, balance_after) "
+                                   "VALUES ($1, $2, 'available', 5, 405)", txn, acc)
     assert await ledger.balance("acme", "c-1") == Balance(1000 - 600, 0)
 
 
@@ -203,6 +204,60 @@ async def test_concurrent_settles_of_one_reservation_charge_once(clean: asyncpg.
     assert await ledger.balance("acme", "c-1") == Balance(400, 0)
 
 
+async def balances_are_running_sums(db: asyncpg.Pool) -> None:
+    """Every entry's ``balance_after`` is the sum of its account's book up to it."""
+    wrong = await db.fetch(
+        """SELECT id, balance_after, running FROM (
+               SELECT id, balance_after, sum(amount_yen) OVER (PARTITION BY account_id, book
+                                                              ORDER BY id) AS running
+               FROM billing_entries) s WHERE balance_after <> running""")
+    assert wrong == []
+
+
+async def test_migration_0013_back_fills_each_entrys_balance_after(
+        pg_server_url: str) -> None:
+    """Entries written before ``balance_after`` existed (two accounts, deposits, a hold,
+    a charge and a release, interleaved): after migration 0013 each carries its running
+    balance, the balances read from the newest entries are the sums, and the ledger goes
+    on from there."""
+    async with billing_db.database_before(pg_server_url, "entries_before_balances", "0013") as url:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                accounts = [await conn.fetchval(
+                    "INSERT INTO billing_accounts (merchant_id, account) VALUES ('acme', $1) "
+                    "RETURNING id", a) for a in ("c-1", "c-2")]
+                for acc, legs in [(0, (("available", 1000), ("funding", -1000))),
+                                  (1, (("available", 300), ("funding", -300))),
+                                  (0, (("available", -400), ("held", 400))),
+                                  (1, (("available", 50), ("funding", -50))),
+                                  (0, (("held", -250), ("revenue", 250))),
+                                  (0, (("held", -150), ("available", 150)))]:
+                    txn = await conn.fetchval(
+                        "INSERT INTO billing_transactions (account_id, kind, amount_yen, "
+                        "by_whom, reason) VALUES ($1, 'deposit', 1, 'op', 'before') "
+                        "RETURNING id", accounts[acc])
+                    await conn.executemany(
+                        "INSERT INTO billing_entries (transaction_id, account_id, book, "
+                        "amount_yen) VALUES ($1, $2, $3, $4)",
+                        [(txn, accounts[acc], book, yen) for book, yen in legs])
+        finally:
+            await conn.close()
+        assert await migrate_url(url, list(billing_db.SETS)) == [
+            "billing/0013_entry_balances.sql"]
+        p = await create_pool(url)
+        try:
+            await balances_are_running_sums(p)
+            ledger = Ledger(p)
+            assert await ledger.balance("acme", "c-1") == Balance(750, 0)
+            assert await ledger.balance("acme", "c-2") == Balance(350, 0)
+            await ledger.deposit("acme", "c-1", 100, "op", "after")
+            assert await ledger.balance("acme", "c-1") == Balance(850, 0)
+            await balances_are_running_sums(p)
+        finally:
+            await p.close()
+
+
 # --- property: random concurrent sequences against the real database ----------------------
 
 def run_async(make: Callable[[], Awaitable[T]]) -> T:
@@ -276,6 +331,7 @@ async def scenario(url: str, terms: Terms, ops: list[Op]) -> None:
         assert running.get("held", 0) == 0
         if late == 0:
             assert running["available"] >= 0
+        await balances_are_running_sums(p)
     finally:
         await p.close()
 

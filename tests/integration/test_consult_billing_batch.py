@@ -25,6 +25,7 @@ from shared.phone import E164
 from tests.integration import advisors_db, billing_db
 from tests.integration.localstripe import client_for
 from tests.integration.test_billing_admission_store import card_on_file
+from tests.integration.test_billing_ledger import balances_are_running_sums
 from tests.integration.test_edge_app import free_port
 
 pytestmark = pytest.mark.integration
@@ -72,6 +73,7 @@ async def test_forty_at_once_on_one_balance_share_it_in_one_batch_each_its_own_a
     balance = await Ledger(db).balance("acme", "member-42")
     assert (balance.available_yen, balance.held_yen) == (50, 1100)
     assert await db.fetchval("SELECT count(*) FROM billing_reservations") == 6
+    await balances_are_running_sums(db)     # six holds on one balance in one statement
 
 
 async def test_a_failing_batch_statement_fails_every_caller_with_its_error(

@@ -8,12 +8,9 @@ still open."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,8 +21,7 @@ from billing.card_http import SERVICES_KEY
 from billing.cards import Cards
 from billing.settings import BillingSettings
 from billing.topup_link_http import install as install_topup_links
-from shared.db import MigrationSet, create_pool, migrate_url
-from tests.conftest import drop_database, fresh_database
+from shared.db import create_pool, migrate_url
 from tests.integration import billing_db
 from tests.integration.browser import browser_fixture
 from tests.integration.db_scan import tables_holding
@@ -234,16 +230,7 @@ async def test_a_dump_of_the_database_holds_no_usable_link(
 async def test_the_links_sent_before_the_digests_still_open_their_pages(
         pg_server_url: str) -> None:
     """Migration 0012 on rows written with the token itself: each keeps its digest."""
-    name = "links_before_digests"
-    url = await fresh_database(pg_server_url, name)
-    try:
-        with tempfile.TemporaryDirectory() as before:
-            for path in sorted(billing_db.migrations().directory.glob("*.sql")):
-                if path.name < "0012":
-                    shutil.copy(path, before)
-            older = [*billing_db.SETS]
-            older[older.index(billing_db.migrations())] = MigrationSet("billing", Path(before))
-            await migrate_url(url, older)
+    async with billing_db.database_before(pg_server_url, "links_before_digests", "0012") as url:
         conn = await asyncpg.connect(url)
         try:
             acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
@@ -254,8 +241,8 @@ async def test_the_links_sent_before_the_digests_still_open_their_pages(
                 "'cus_1', 'seti_1', 'seti_1_secret', 'a-link-sent-before-0012', 'op')", acc)
         finally:
             await conn.close()
-        assert await migrate_url(url, list(billing_db.SETS)) == [
-            "billing/0012_link_digests.sql"]
+        assert (await migrate_url(url, list(billing_db.SETS)))[0] == \
+            "billing/0012_link_digests.sql"
         pool = await create_pool(url)
         try:
             assert await tables_holding(pool, "a-link-sent-before-0012") == {}
@@ -264,5 +251,3 @@ async def test_the_links_sent_before_the_digests_still_open_their_pages(
             assert (reg.setup_intent, reg.link_token) == ("seti_1", "a-link-sent-before-0012")
         finally:
             await pool.close()
-    finally:
-        await drop_database(pg_server_url, name)
