@@ -47,16 +47,17 @@ class Routing:
                 log.info("route %s left out for %s: above the merchant's maximum (%s)",
                          d.carrier_id, number, d.detail)
             if quotes:
+                debug = log.isEnabledFor(logging.DEBUG)
                 for q in quotes:
                     if q.demoted:
                         log.warning("carrier %s demoted for %s: %s", q.carrier_id, number,
                                     q.demoted)
-                    log.debug("route %s for %s: expected %s (%s)", q.carrier_id, number,
-                              q.expected_cost.round_up(4), q.explain)
+                    if debug:
+                        log.debug("route %s for %s: expected %s (%s)", q.carrier_id, number,
+                                  q.expected_cost.round_up(4), q.explain)
                 log.info("routes for %s: %s", number, ", ".join(
                     f"{q.carrier_id} {q.expected_cost.round_up(4)}" for q in quotes))
-                return tuple(Route(q.carrier_id, q.endpoint_template.format(
-                    digits=number.digits, e164=str(number))) for q in quotes)
+                return tuple(Route(q.carrier_id, q.endpoint) for q in quotes)
             if capped:
                 log.warning("no carrier within the merchant's maximum of %s/min for %s",
                             max_rate, number)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -38,7 +38,7 @@ from routing_rates.decision import Decision, Dropped, RouteQuote, decide, rank_r
 from routing_rates.duration import BUILTIN, DEFAULT_DURATION, DurationModel
 from routing_rates.index import RateIndex, Row
 from routing_rates.numbering import Gap, TypeRates
-from routing_rates.quality import QualityBoard, demote, destination_of
+from routing_rates.quality import Board, QualityBoard, demote, destination_of
 from routing_rates.tariff import Terms, period_at
 from shared.config import CarrierQuality
 from shared.db import Connection, Pool
@@ -49,6 +49,8 @@ log = logging.getLogger("rates.service")
 SAFETY_POLL_S = 300.0
 #: the decks coming into force next are loaded this long before their time
 PRELOAD_S = 3600.0
+#: the rankings a snapshot keeps (:class:`Ranked`); past it they are dropped and rebuilt
+RANKED_MAX = 4096
 
 
 class UnknownTariff(LookupError):
@@ -59,6 +61,19 @@ class UnknownTariff(LookupError):
 
 class DeckNotInForce(LookupError):
     """The in-memory deck was not in force at the requested time (rate history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One ranking of the rows matched for a number, kept for every number the same rows
+    price (its prefixes, time period, number type): the routes as quoted for the first
+    such number, the drops, and the duration model and quality board they were ranked
+    with (kept by identity, so a new model or board is ranked afresh)."""
+
+    duration: DurationModel
+    board: Board | None
+    routes: tuple[RouteQuote, ...]
+    dropped: tuple[Dropped, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +88,10 @@ class Snapshot:
     starts: datetime | None = None            # preloaded: in force from then (else now)
     no_deck: frozenset[str] = frozenset()     # enabled tariffs with no deck in force
     type_rates: TypeRates = TypeRates({})     # carriers' rates per number type (gaps)
+    #: rankings by the rows they rank (``RatingService.quote``); a reload builds a new
+    #: snapshot, so rankings never outlive the decks and carriers they were made from
+    ranked: dict[tuple[object, ...], Ranked] = field(default_factory=dict, compare=False,
+                                                      repr=False)
 
     @classmethod
     def build(cls, carriers: Sequence[Carrier], rows: Mapping[str, Sequence[Row]],
@@ -323,7 +342,13 @@ class RatingService:
 
         ``max_rate``: no carrier above this rate per minute (the merchant's maximum).
         ``quality``: the merchant's floor; the carriers below it on :attr:`quality_board`
-        (the call-back site's figures) for the number's destination come last."""
+        (the call-back site's figures) for the number's destination come last.
+
+        Without ``busy``, the ranking is kept on the snapshot (:class:`Ranked`) by the
+        rows matched, the periods, the limits and the number's type: the next number
+        those rows price takes it with its own dial strings instead of pricing the rows
+        again. A reload's new snapshot starts without any; a new quality board or
+        duration model is ranked afresh."""
         snap = self.snapshot_at(at)
         index = snap.carrier_index if kind == "carrier" else snap.inbound_index
         carriers = [snap.carriers[c] for c in index.carriers]
@@ -341,14 +366,26 @@ class RatingService:
                 if gap is not None:
                     gaps[c.id] = gap
             rows = tuple(priced)
+        board = self.quality_board.board if quality is not None and \
+            self.quality_board is not None else None
+        key = (kind, id(duration), tuple(map(id, rows)), tuple(periods),
+               tuple(gaps.get(c.id) for c in carriers), max_cost, max_rate, quality,
+               destination_of(number.digits) if board is not None else None)
+        hit = snap.ranked.get(key) if busy is None else None
+        if hit is not None and hit.duration is duration and hit.board is board:
+            return [replace(q, endpoint=snap.carriers[q.carrier_id].endpoint(number.digits))
+                    for q in hit.routes], list(hit.dropped)
         candidates = [(c, r, snap.deck_id(c.id), p)
                       for c, r, p in zip(carriers, rows, periods, strict=True)]
         routes, dropped = rank_routes(candidates, number.digits, duration, self.fx,
                                       self.currency, busy=busy, max_cost=max_cost,
                                       no_deck=snap.no_deck, gaps=gaps, max_rate=max_rate)
-        if quality is not None and self.quality_board is not None and routes:
-            routes = demote(routes, self.quality_board.board, destination_of(number.digits),
-                            quality)
+        if board is not None and quality is not None and routes:
+            routes = demote(routes, board, destination_of(number.digits), quality)
+        if busy is None:
+            if len(snap.ranked) >= RANKED_MAX:
+                snap.ranked.clear()
+            snap.ranked[key] = Ranked(duration, board, tuple(routes), tuple(dropped))
         return routes, dropped
 
     def rank(self, number: E164, at: datetime, *, kind: str = "carrier",

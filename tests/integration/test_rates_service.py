@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -161,3 +162,44 @@ def test_cli_end_to_end(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main([*db, "rate-cdrs", str(bad_cdrs)]) == 2
     err = capsys.readouterr().err
     assert f"{bad_cdrs}:1:" in err and f"{bad_cdrs}:2:" in err
+
+
+async def test_the_call_back_routing_follows_reloaded_decks_and_carriers(
+        conn: asyncpg.Connection, pg_url: str, tmp_path: Path) -> None:
+    """The callback site's route choice keeps a ranking per matched rows: a new deck and a
+    carrier disabled (each reloaded on its NOTIFY) change the answer for numbers ranked
+    before."""
+    from callback_server.routing import Routing
+    from routing_rates.service import RatingService
+
+    generic = load_profile("generic")
+    for tariff, rate in (("carrier-b", "0.1000"), ("carrier-c", "0.1200")):
+        # whatever the tests before left in force (the CLI's demo decks) is replaced
+        await importer.import_deck(conn, tariff, _deck(tmp_path, f"{tariff}.csv", rate),
+                                   generic, allow_shrink=True)
+    carrier_c = next(c for c in load_carriers(DEMO_CARRIERS) if c.id == "carrier-c")
+    pool = await create_pool(pg_url, min_size=1, max_size=3)
+    rates = await RatingService.start(pool, fx=FX)
+    routing = Routing(rates, ())
+
+    async def order(number: E164) -> list[str]:
+        routes = await routing.routes(number, datetime.now(UTC))
+        return [r.carrier_id for r in routes if r.carrier_id in ("carrier-b", "carrier-c")]
+
+    async def reloaded(change: Awaitable[object]) -> None:
+        before = rates.snapshot
+        await change
+        await _until(lambda: rates.snapshot is not before)
+
+    other = E164("819087654321")
+    try:
+        assert await order(MOBILE) == await order(other) == ["carrier-b", "carrier-c"]
+        await reloaded(importer.import_deck(conn, "carrier-c",
+                                            _deck(tmp_path, "rc2.csv", "0.0800"), generic))
+        assert await order(MOBILE) == await order(other) == ["carrier-c", "carrier-b"]
+        await reloaded(store.upsert_tariffs(conn, [replace(carrier_c, enabled=False)]))
+        assert await order(MOBILE) == await order(other) == ["carrier-b"]
+    finally:
+        await store.upsert_tariffs(conn, [carrier_c])
+        await rates.close()
+        await pool.close()
