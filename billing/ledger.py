@@ -7,7 +7,9 @@ deleted, and a balance is the sum of its book's legs. Every movement of an accou
 under that account's row lock (``SELECT … FOR UPDATE``), so the balance it reads is the
 balance it moves, and each leg it writes carries its book's balance after it
 (``balance_after``, the running sum): a balance is read from the book's newest leg, however
-long the account's history.
+long the account's history. A movement's legs are written by one statement; the database
+refuses a statement whose transactions do not balance or whose legs' balances are not the
+running sums (``billing/migrations/0014_entries_checked_per_statement.sql``).
 
 Movements::
 

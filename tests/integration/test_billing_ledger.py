@@ -81,6 +81,16 @@ async def test_entries_and_movements_are_append_only_and_balanced(clean: asyncpg
                 await conn.execute("INSERT INTO billing_entries (transaction_id, account_id, "
                                    "book, amount_yen, balance_after) "
                                    "VALUES ($1, $2, 'available', 5, 405)", txn, acc)
+        # balanced, but the legs' balances are not their books' running sums
+        with pytest.raises(asyncpg.CheckViolationError, match="says its book's balance"):
+            async with conn.transaction():
+                txn = await conn.fetchval(
+                    "INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, "
+                    "reason) VALUES ($1, 'deposit', 5, 'x', 'y') RETURNING id", acc)
+                await conn.execute("INSERT INTO billing_entries (transaction_id, account_id, "
+                                   "book, amount_yen, balance_after) "
+                                   "VALUES ($1, $2, 'available', 5, 5000), "
+                                   "($1, $2, 'funding', -5, -1005)", txn, acc)
     assert await ledger.balance("acme", "c-1") == Balance(1000 - 600, 0)
 
 
@@ -243,8 +253,8 @@ async def test_migration_0013_back_fills_each_entrys_balance_after(
                         [(txn, accounts[acc], book, yen) for book, yen in legs])
         finally:
             await conn.close()
-        assert await migrate_url(url, list(billing_db.SETS)) == [
-            "billing/0013_entry_balances.sql"]
+        assert (await migrate_url(url, list(billing_db.SETS)))[0] == \
+            "billing/0013_entry_balances.sql"
         p = await create_pool(url)
         try:
             await balances_are_running_sums(p)
