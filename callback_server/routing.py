@@ -1,6 +1,6 @@
 """Route choice and leg pricing, from routing_rates when it runs, else from config.
 
-:class:`Routing` adapts ``routing_rates.RatingService`` (``rank`` and
+:class:`Routing` adapts ``routing_rates.RatingService`` (``ranking`` and
 ``cost``) to the two small protocols the worker and the ARI adapter use
 (:class:`~callback_server.worker.RouteSource`, :class:`~callback_server.call_ports.Rater`).
 Without a rating service, or when it knows no route, the static
@@ -40,8 +40,8 @@ class Routing:
         names the carriers in order with their expected costs; each one's terms and deck
         are logged at DEBUG."""
         if self.service is not None:
-            quotes, dropped = self.service.quote(number, at, max_rate=max_rate,
-                                                 quality=quality)
+            ranked = self.service.ranking(number, at, max_rate=max_rate, quality=quality)
+            quotes, dropped = ranked.routes, ranked.dropped
             capped = [d for d in dropped if d.reason == "above-max-rate"]
             for d in capped:
                 log.info("route %s left out for %s: above the merchant's maximum (%s)",
@@ -57,7 +57,8 @@ class Routing:
                                   q.expected_cost.round_up(4), q.explain)
                 log.info("routes for %s: %s", number, ", ".join(
                     f"{q.carrier_id} {q.expected_cost.round_up(4)}" for q in quotes))
-                return tuple(Route(q.carrier_id, q.endpoint) for q in quotes)
+                return tuple(Route(q.carrier_id, q.endpoint_template.format(
+                    digits=number.digits, e164=str(number))) for q in quotes)
             if capped:
                 log.warning("no carrier within the merchant's maximum of %s/min for %s",
                             max_rate, number)

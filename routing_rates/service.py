@@ -349,6 +349,28 @@ class RatingService:
         those rows price takes it with its own dial strings instead of pricing the rows
         again. A reload's new snapshot starts without any; a new quality board or
         duration model is ranked afresh."""
+        ranked, fresh = self._ranking(number, at, kind, duration, origin, busy, max_cost,
+                                      max_rate, quality)
+        if fresh:
+            return list(ranked.routes), list(ranked.dropped)
+        carriers = self.snapshot_at(at).carriers
+        return [replace(q, endpoint=carriers[q.carrier_id].endpoint(number.digits))
+                for q in ranked.routes], list(ranked.dropped)
+
+    def ranking(self, number: E164, at: datetime, *, duration: DurationModel = DEFAULT_DURATION,
+                max_rate: Money | None = None, quality: CarrierQuality | None = None,
+                ) -> Ranked:
+        """:meth:`quote`'s carriers as kept, without a copy per number: their order,
+        costs, reasons and drops are this number's, their ``endpoint`` the first number's
+        ranked alike (dial ``endpoint_template`` for this one)."""
+        return self._ranking(number, at, "carrier", duration, None, None, None, max_rate,
+                             quality)[0]
+
+    def _ranking(self, number: E164, at: datetime, kind: str, duration: DurationModel,
+                 origin: E164 | None, busy: Mapping[str, int] | None, max_cost: Money | None,
+                 max_rate: Money | None, quality: CarrierQuality | None,
+                 ) -> tuple[Ranked, bool]:
+        """The ranking kept for ``number``'s rows, or a new one (True: made for it)."""
         snap = self.snapshot_at(at)
         index = snap.carrier_index if kind == "carrier" else snap.inbound_index
         carriers = [snap.carriers[c] for c in index.carriers]
@@ -373,8 +395,7 @@ class RatingService:
                destination_of(number.digits) if board is not None else None)
         hit = snap.ranked.get(key) if busy is None else None
         if hit is not None and hit.duration is duration and hit.board is board:
-            return [replace(q, endpoint=snap.carriers[q.carrier_id].endpoint(number.digits))
-                    for q in hit.routes], list(hit.dropped)
+            return hit, False
         candidates = [(c, r, snap.deck_id(c.id), p)
                       for c, r, p in zip(carriers, rows, periods, strict=True)]
         routes, dropped = rank_routes(candidates, number.digits, duration, self.fx,
@@ -382,11 +403,12 @@ class RatingService:
                                       no_deck=snap.no_deck, gaps=gaps, max_rate=max_rate)
         if board is not None and quality is not None and routes:
             routes = demote(routes, board, destination_of(number.digits), quality)
+        made = Ranked(duration, board, tuple(routes), tuple(dropped))
         if busy is None:
             if len(snap.ranked) >= RANKED_MAX:
                 snap.ranked.clear()
-            snap.ranked[key] = Ranked(duration, board, tuple(routes), tuple(dropped))
-        return routes, dropped
+            snap.ranked[key] = made
+        return made, True
 
     def rank(self, number: E164, at: datetime, *, kind: str = "carrier",
              duration: DurationModel = DEFAULT_DURATION, origin: E164 | None = None,
