@@ -23,14 +23,14 @@ another's. A task shared by many calls is started with :func:`unbound`.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import TextIO
 
 #: ``serve --log-format``: ``json`` for production (the default), ``text`` to read live
@@ -99,26 +99,52 @@ class ContextFilter(logging.Filter):
         return True
 
 
+#: the second last formatted and its text: the lines of one second share it
+_second: tuple[int, str] = (-1, "")
+
+
 def timestamp(record: logging.LogRecord) -> str:
     """``2026-12-04T22:21:45.123Z``: the record's time, UTC, milliseconds."""
-    at = datetime.fromtimestamp(record.created, UTC)
-    return f"{at:%Y-%m-%dT%H:%M:%S}.{int(record.msecs):03d}Z"
+    global _second
+    second = int(record.created)
+    at, text = _second
+    if at != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, text)
+    return f"{text}.{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; see the module docstring for the fields."""
+    """One JSON object per line; see the module docstring for the fields.
+
+    The line is the text ``json.dumps`` makes of the fields (ASCII, ``", "`` and
+    ``": "`` between them), written out directly: the ``level`` and ``logger`` part is
+    encoded once per logger and level, each string with the encoder ``json.dumps``
+    uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._middles: dict[tuple[str, str], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, str] = {"ts": timestamp(record), "level": record.levelname,
-                                "logger": record.name, "message": record.getMessage()}
-        for name in FIELDS:
-            value = getattr(record, name, None)
+        level, name = record.levelname, record.name
+        middle = self._middles.get((level, name))
+        if middle is None:
+            middle = self._middles[level, name] = (
+                f'", "level": {encode_basestring_ascii(level)}, '
+                f'"logger": {encode_basestring_ascii(name)}, "message": ')
+        line = ['{"ts": "', timestamp(record), middle,
+                encode_basestring_ascii(record.getMessage())]
+        for field in FIELDS:
+            value = getattr(record, field, None)
             if value is not None:
-                line[name] = str(value)
-        exc = self._exc_text(record)
-        if exc:
-            line["exc"] = exc
-        return json.dumps(line)
+                line += (', "', field, '": ', encode_basestring_ascii(str(value)))
+        if record.exc_info or record.exc_text or record.stack_info:
+            exc = self._exc_text(record)
+            if exc:
+                line += (', "exc": ', encode_basestring_ascii(exc))
+        line.append("}")
+        return "".join(line)
 
     def _exc_text(self, record: logging.LogRecord) -> str:
         if record.exc_info and not record.exc_text:
@@ -165,3 +191,11 @@ def configure(level: str, fmt: str) -> None:
     if level.upper() not in logging.getLevelNamesMapping():
         raise ValueError(f"unknown log level {level!r}")
     logging.basicConfig(level=level.upper(), handlers=[handler(fmt)], force=True)
+    lean_records()
+
+
+def lean_records() -> None:
+    """Records without what no line shows: the caller's file and line (a stack walk per
+    record), the thread and the process (the Logging HOWTO's "Optimization")."""
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_server.__main__ import main as edge_main
 from shared import logs
@@ -191,3 +195,71 @@ async def test_a_task_started_unbound_does_not_name_the_call_that_started_it(
     first, second = captured()
     assert set(first) == {"ts", "level", "logger", "message"}
     assert (second["call_id"], second["merchant"]) == ("edge-6", "acme")
+
+
+def _old_line(record: logging.LogRecord) -> str:
+    """The line as ``json.dumps`` of the fields (what the formatter wrote before it
+    wrote the text itself)."""
+    at = datetime.fromtimestamp(record.created, UTC)
+    line = {"ts": f"{at:%Y-%m-%dT%H:%M:%S}.{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+    for name in logs.FIELDS:
+        value = getattr(record, name, None)
+        if value is not None:
+            line[name] = str(value)
+    if record.exc_text:
+        line["exc"] = record.exc_text
+    return json.dumps(line)
+
+
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(created=st.integers(0, 4 * 10**15).map(lambda us: us / 1e6),
+       name=st.text("abcdé.-_\"\\", min_size=1, max_size=20),
+       level=st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR]),
+       message=TEXT, fields=st.fixed_dictionaries({}, optional={
+           f: st.one_of(TEXT, st.integers()) for f in logs.FIELDS}),
+       exc=st.one_of(st.none(), TEXT))
+def test_a_json_line_is_the_text_json_dumps_makes_of_its_fields(
+        created: float, name: str, level: int, message: str, fields: dict[str, object],
+        exc: str | None) -> None:
+    """(Whole microseconds: ``datetime`` rounds a time 0.5 µs before a second up to it,
+    which put the line a second ahead with its milliseconds at 999.)"""
+    record = logging.LogRecord(name, level, "f.py", 1, "%s", (message,), None)
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    record.exc_text = exc
+    for key, value in fields.items():
+        setattr(record, key, value)
+    formatter = logs.JsonFormatter()
+    assert formatter.format(record) == _old_line(record)
+    assert formatter.format(record) == _old_line(record)     # the logger's part kept
+
+
+def test_lines_of_one_second_and_the_next_have_their_own_times() -> None:
+    records = []
+    for created in (1733350905.25, 1733350905.75, 1733350906.0, 1733350905.5):
+        record = logging.LogRecord("t", logging.INFO, "f.py", 1, "m", (), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        records.append(logs.timestamp(record))
+    assert records == ["2024-12-04T22:21:45.250Z", "2024-12-04T22:21:45.750Z",
+                       "2024-12-04T22:21:46.000Z", "2024-12-04T22:21:45.500Z"]
+
+
+def test_configure_leaves_out_of_records_what_no_line_shows() -> None:
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses,
+             logging.logMultiprocessing)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure("INFO", "json")
+        record = logging.getLogger("t").makeRecord("t", logging.INFO, "(unknown file)", 0,
+                                                   "m", (), None)
+        assert (record.thread, record.process, record.processName) == (None, None, None)
+        assert logging._srcfile is None
+    finally:
+        (logging._srcfile, logging.logThreads, logging.logProcesses,
+         logging.logMultiprocessing) = saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
