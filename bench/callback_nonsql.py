@@ -33,13 +33,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from bench.rates_simulate import load_demo_decks
 from callback_server.routing import Routing
-from routing_rates import importer, store
-from routing_rates.carriers import DEMO_CARRIERS, load_carriers
-from routing_rates.cli import DEMO_DECKS
 from routing_rates.service import RatingService
 from shared import logs
-from shared.db import create_pool, fresh_database, migrate, resolve_url
+from shared.db import Pool, create_pool, fresh_database, resolve_url
 from shared.money import FxTable
 from shared.phone import E164
 
@@ -89,15 +87,11 @@ def _report(what: str, unit: str, new: list[float], old: list[float]) -> None:
           f"{', '.join(f'{x:.1f}' for x in old)})")
 
 
-async def _rating_service() -> tuple[RatingService, object]:
+async def _rating_service() -> tuple[RatingService, Pool]:
     url = await fresh_database(await asyncio.to_thread(resolve_url, None, "postgres"),
                                "cbgw_bench_callback_nonsql")
     pool = await create_pool(url, min_size=1, max_size=2)
-    async with pool.acquire() as conn:
-        await migrate(conn, [store.migrations()])
-        await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
-        for tariff, path in DEMO_DECKS:
-            await importer.import_deck(conn, tariff, path)
+    await load_demo_decks(pool)
     return await RatingService.start(pool, fx=FX, listen=False), pool
 
 
@@ -133,7 +127,7 @@ async def routing(calls: int, compare: int) -> None:
         _report("Routing.routes", "call", new, old)
     finally:
         await rates.close()
-        await pool.close()  # type: ignore[attr-defined]
+        await pool.close()
 
 
 def _lines_us(call_backs: int, formatter: logging.Formatter, lean: bool) -> float:

@@ -32,7 +32,7 @@ from routing_rates.cli import DEMO_DECKS
 from routing_rates.duration import DurationModel
 from routing_rates.service import RatingService
 from routing_rates.simulate import CallLog, read_calls, simulate
-from shared.db import create_pool, migrate, resolve_url
+from shared.db import Pool, create_pool, migrate, resolve_url
 from shared.money import DEFAULT_FX_BASE, DEFAULT_FX_RATES, FxTable
 from shared.phone import E164
 
@@ -84,14 +84,20 @@ def write_csv(log: CallLog, path: Path) -> None:
             f.write(f"{log.at(i).isoformat()},+{log.callers[i].digits},{log.talk_s[i]}\n")
 
 
-async def service() -> RatingService:
-    url = await asyncio.to_thread(resolve_url, None, "cbgw_bench_rates_simulate")
-    pool = await create_pool(url, min_size=1, max_size=2)
+async def load_demo_decks(pool: Pool) -> None:
+    """The demo carriers and their decks (as ``routing_rates demo-setup``) into ``pool``'s
+    database."""
     async with pool.acquire() as conn:
         await migrate(conn, [store.migrations()])
         await store.upsert_tariffs(conn, load_carriers(DEMO_CARRIERS))
         for tariff, path in DEMO_DECKS:
             await importer.import_deck(conn, tariff, path)
+
+
+async def service() -> RatingService:
+    url = await asyncio.to_thread(resolve_url, None, "cbgw_bench_rates_simulate")
+    pool = await create_pool(url, min_size=1, max_size=2)
+    await load_demo_decks(pool)
     rates = await RatingService.start(pool, fx=FxTable.from_mapping(DEFAULT_FX_BASE,
                                                                     DEFAULT_FX_RATES),
                                       lengths=lengths(), listen=False)
