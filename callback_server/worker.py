@@ -307,9 +307,9 @@ class Worker:
             log.exception("route choice failed")
             await self.store.release(claimed.callback_id, 30.0, "routing_error")
             return
-        if self.guard is not None and routes:
+        if self.guard is not None and claimed.guard is not None and routes:
             keep, capped = await self.guard.usable_routes(routes, claimed.callback_id,
-                                                          merchant.id)
+                                                          merchant.id, claimed.guard)
             if capped is not None:      # every trunk is capped: wait, uncounted
                 await self.store.release(claimed.callback_id,
                                          float(self.guard.settings.caps.retry_s),

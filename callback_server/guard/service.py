@@ -86,13 +86,15 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class ClaimFacts:
-    """What a round's screening decides on, read by the job's claim
-    (``guard_number_facts`` as of ``now``, see :meth:`Guard.intake_window`): the
-    number's facts and the anomaly brake's count."""
+    """What a round's screening and route choice decide on, read by the job's claim
+    (``guard_number_facts`` as of ``now``, see :meth:`Guard.intake_window`, and
+    ``guard_cap_usage``): the number's facts, the anomaly brake's count, and the caps'
+    usage (every scope that has any)."""
 
     now: datetime
     facts: sql.NumberFacts
     brake: int
+    caps: sql.CapSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +201,11 @@ class Guard:
 
     # --- before a round -------------------------------------------------------------------
 
-    def claim_facts(self, now: datetime, row: Any) -> ClaimFacts:
+    def claim_facts(self, now: datetime, row: Any, caps: Sequence[Any]) -> ClaimFacts:
         """The facts of a claimed job's number (a ``guard_facts`` row, loaded by the claim
-        as of ``now`` from :meth:`intake_window`)."""
-        return ClaimFacts(now, sql.facts_of(row), int(row["brake"]))
+        as of ``now`` from :meth:`intake_window`) and the caps' usage (``guard_cap_use``
+        rows of every scope that has any, of :meth:`today`)."""
+        return ClaimFacts(now, sql.facts_of(row), int(row["brake"]), sql.snapshot_of(caps))
 
     async def screen_round(self, callback_id: str, number: E164, merchant_id: str,
                            claimed: ClaimFacts) -> Verdict | None:
@@ -278,29 +281,25 @@ class Guard:
                                   "reason": str(verdict.reason)}))
 
     async def usable_routes(self, routes: Sequence[HasCarrier], callback_id: str,
-                            merchant_id: str) -> tuple[list[int], Verdict | None]:
+                            merchant_id: str, claimed: ClaimFacts
+                            ) -> tuple[list[int], Verdict | None]:
         """Indexes of routes whose trunk (and the site, and the merchant) is under every
-        cap; if none is, the refusal (recorded)."""
-        if not routes:
-            return [], None
-        scopes = list(dict.fromkeys(scope for r in routes
-                                    for scope in caps.scopes_of(r.carrier_id, merchant_id)))
-        async with self.pool.acquire() as conn:
-            snap = await sql.cap_usage(conn, scopes, self.today())
-            keep: list[int] = []
-            first: Verdict | None = None
-            for i, route in enumerate(routes):
-                hit = self._cap_hit(snap, caps.scopes_of(route.carrier_id, merchant_id))
-                if hit is None:
-                    keep.append(i)
-                elif first is None:
-                    first = hit[2]
-            if keep or first is None:
-                return keep, None
-            async with conn.transaction():
-                await self.refused(conn, first, stage="dial", number=None,
-                                   merchant_id=merchant_id, callback_id=callback_id)
-            return keep, first
+        cap, on the usage the job's claim read; if none is, the refusal (recorded). Each
+        leg's admission checks its own scopes again (:meth:`admit_leg`)."""
+        keep: list[int] = []
+        first: Verdict | None = None
+        for i, route in enumerate(routes):
+            hit = self._cap_hit(claimed.caps, caps.scopes_of(route.carrier_id, merchant_id))
+            if hit is None:
+                keep.append(i)
+            elif first is None:
+                first = hit[2]
+        if keep or first is None:
+            return keep, None
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.refused(conn, first, stage="dial", number=None,
+                               merchant_id=merchant_id, callback_id=callback_id)
+        return keep, first
 
     def _cap_hit(self, snap: sql.CapSnapshot, scopes: Sequence[str]
                  ) -> tuple[str, str, Verdict] | None:

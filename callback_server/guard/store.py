@@ -195,23 +195,15 @@ async def cap_snapshot(conn: asyncpg.Connection, day: date) -> CapSnapshot:
 async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
                     ) -> CapSnapshot:
     """Trips, counters and spend (all shards) of ``scopes`` in one read (no lock): what a
-    route choice filters on. Counters exist only for capped scopes (migrations 0600,
-    0610)."""
-    rows = await conn.fetch(
-        """SELECT s.scope,
-                  (SELECT coalesce(sum(live), 0) FROM guard_live l
-                   WHERE l.scope = s.scope) AS live,
-                  (SELECT count(*) FROM guard_cps c, unnest(c.recent) r
-                   WHERE c.scope = s.scope
-                     AND r > clock_timestamp() - interval '1 second') AS cps,
-                  (SELECT sum(amount - offset_amount) FROM guard_spend p
-                   WHERE p.day = $2 AND p.scope = s.scope) AS spend,
-                  ARRAY(SELECT kind FROM guard_trips t WHERE t.scope = s.scope
-                        AND t.reset_at IS NULL ORDER BY kind) AS trip_kinds,
-                  ARRAY(SELECT reason FROM guard_trips t WHERE t.scope = s.scope
-                        AND t.reset_at IS NULL ORDER BY kind) AS trip_reasons
-           FROM unnest($1::text[]) AS s(scope)""",
-        list(scopes), day)
+    leg's admission checks (``guard_cap_usage``, migration 0998). Counters exist only for
+    capped scopes (migrations 0600, 0610)."""
+    return snapshot_of(await conn.fetch("SELECT * FROM guard_cap_usage($1::text[], $2)",
+                                        list(scopes), day))
+
+
+def snapshot_of(rows: Sequence[Any]) -> CapSnapshot:
+    """``guard_cap_use`` rows (migration 0998) as a :class:`CapSnapshot` (a scope not in
+    them has no usage)."""
     return CapSnapshot(
         trips={(r["scope"], kind): reason for r in rows
                for kind, reason in zip(r["trip_kinds"], r["trip_reasons"], strict=True)},

@@ -75,10 +75,12 @@ class QueueStore(StoreBase):
         """:meth:`claim`, and in the same statement the seconds until the next job not
         claimed now is due (a queued job, or a lease that runs out; negative: overdue;
         None: none), for the worker's timer. ``limit`` 0 claims nothing. With a guard,
-        the same statement reads what the guard screens each claimed job's round on
-        (``guard_number_facts`` of the callers: :class:`ClaimFacts`)."""
+        the same statement reads what the guard screens each claimed job's round and
+        chooses its routes on (``guard_number_facts`` of the callers, ``guard_cap_usage``
+        once for all: :class:`ClaimFacts`)."""
         now, brake_since = self.guard.intake_window() if self.guard is not None \
             else (None, None)
+        day = None if self.guard is None or now is None else self.guard.today(now)
         rows = await self.pool.fetch(
             """WITH c AS (
                    SELECT callback_id, status AS prev_status
@@ -123,17 +125,19 @@ class QueueStore(StoreBase):
                    SELECT f FROM guard_number_facts(
                        (SELECT array_agg(caller) FROM claimed), $6, $7) f
                    WHERE $6::timestamptz IS NOT NULL)
-               SELECT next.due_s, claimed.*, facts.f AS guard_facts
+               SELECT next.due_s, claimed.*, facts.f AS guard_facts,
+                      (SELECT coalesce(array_agg(u), '{}') FROM guard_cap_usage(NULL, $8) u
+                       WHERE $6::timestamptz IS NOT NULL) AS guard_caps
                FROM next LEFT JOIN claimed ON true
                LEFT JOIN facts ON (facts.f).number = claimed.caller""",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s,
-            now, brake_since)
+            now, brake_since, day)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
                            int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"],
                            _number_or_none(r["dialed"]), r["click_advisor"],
                            None if self.guard is None or now is None
-                           else self.guard.claim_facts(now, r["guard_facts"]))
+                           else self.guard.claim_facts(now, r["guard_facts"], r["guard_caps"]))
                 for r in rows if r["callback_id"] is not None]
         self.ending.difference_update(job.callback_id for job in jobs)
         for job in jobs:

@@ -42,9 +42,10 @@ ROUTES = (StaticRoute("carrier-a", "PJSIP/{digits}@carrier-a"),
           StaticRoute("carrier-b", "PJSIP/{digits}@carrier-b"))
 #: one declined call-back, its intake to its round's end and the edge's outbox message
 #: (30 before the pool kept its sessions, 15 before the worker read less, 11 before the
-#: round's flow was kept with its first leg, 10 before the guard's round screening rode on
-#: the claim and the leg's end, its CDR and the guard's round on the finish)
-MAX_TRANSACTIONS = 6
+#: round's flow was kept with its first leg, 10 before the guard's round screening and
+#: route choice rode on the claim and the leg's end, its CDR and the guard's round on the
+#: finish)
+MAX_TRANSACTIONS = 5
 ASYNCPG_INTROSPECTION = ("SELECT current_setting('jit')", "SELECT set_config('jit'",
                          "WITH RECURSIVE typeinfo_tree")
 

@@ -28,7 +28,7 @@ from callback_server.guard.__main__ import main as guard_cli
 from callback_server.guard.alerts import AlertSettings
 from callback_server.guard.caps import CapLimits, CapSettings
 from callback_server.guard.reasons import GuardRefused
-from callback_server.guard.service import Admission, Guard
+from callback_server.guard.service import Admission, ClaimFacts, Guard
 from callback_server.guard.settings import GuardSettings
 from callback_server.guard.testing import FakeClock
 from callback_server.ivr_flow import load_named
@@ -116,6 +116,15 @@ async def claimed_job(store: CallbackStore, n: int, number: str) -> str:
     jobs = await store.claim(10)
     assert [j.callback_id for j in jobs] == [answer["callback_id"]]
     return str(answer["callback_id"])
+
+
+async def claimed_again(store: CallbackStore, callback_id: str) -> ClaimFacts:
+    """The job given back and claimed again: what its claim read for the guard."""
+    await store.release(callback_id, 0, "test")
+    jobs = await store.claim(10)
+    assert [j.callback_id for j in jobs] == [callback_id]
+    assert jobs[0].guard is not None
+    return jobs[0].guard
 
 
 def leg(callback_id: str, carrier: str) -> PersistAttempt:
@@ -504,7 +513,7 @@ async def test_a_merchant_channel_cap_counts_its_legs_on_every_trunk(
     assert refused.value.verdict.reason == "cap_merchant_channels"
     assert refused.value.verdict.detail == "merchant:acme: 2 of 2 channels"
     keep, capped = await guard.usable_routes([StaticRoute("carrier-c", "PJSIP/x")], third,
-                                             "acme")
+                                             "acme", await claimed_again(store, third))
     assert keep == [] and capped is not None and capped.reason == "cap_merchant_channels"
     assert await clean.fetchval("SELECT array_agg(DISTINCT scope) FROM guard_live") == [
         "merchant:acme"]                                  # uncapped scopes: no counters
@@ -653,7 +662,7 @@ async def test_a_paced_leg_waits_holding_no_connection_and_keeps_its_route(
             "INSERT INTO guard_cps (scope, shard, recent) VALUES ('trunk:carrier-a', 0, "
             "ARRAY[clock_timestamp() + interval '1 second']) RETURNING recent[1]")
         keep, capped = await guard.usable_routes([StaticRoute("carrier-a", "PJSIP/x")], job,
-                                                 "acme")
+                                                 "acme", await claimed_again(store, job))
         assert (keep, capped) == ([0], None)               # paced there, not dropped
         placing = asyncio.create_task(store.persist_leg(leg(job, "carrier-a"), "acme"))
         await asyncio.sleep(0.2)
