@@ -127,7 +127,8 @@ class QueueStore(StoreBase):
                    WHERE $6::timestamptz IS NOT NULL)
                SELECT next.due_s, claimed.*, facts.f AS guard_facts,
                       (SELECT coalesce(array_agg(u), '{}') FROM guard_cap_usage(NULL, $8) u
-                       WHERE $6::timestamptz IS NOT NULL) AS guard_caps
+                       WHERE $6::timestamptz IS NOT NULL
+                         AND EXISTS (SELECT 1 FROM claimed)) AS guard_caps
                FROM next LEFT JOIN claimed ON true
                LEFT JOIN facts ON (facts.f).number = claimed.caller""",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s,
