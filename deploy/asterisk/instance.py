@@ -28,6 +28,11 @@ spool, lib and data directories::
                                              callback site ([media] guidance_dir)
         cbgw-moh/hold.wav                    the music on hold (musiconhold.conf), a
                                              generated tune
+
+    Every sound installed here (the prompts, the digits, the hold music) is also written
+    as ``.ulaw`` and ``.alaw`` (G.711, :func:`g711`) beside its ``.wav``: the endpoints
+    allow only ulaw and alaw, and Asterisk plays the file of the channel's own codec,
+    so no 20 ms frame of a prompt is translated from signed linear.
     ROOT/run/asterisk-SITE/asterisk.pid, asterisk.ctl
     ROOT/var/log/asterisk-SITE/{messages,full}.log
 
@@ -39,7 +44,9 @@ project's virtualenv: Open JTalk for Japanese, espeak-ng for English).
 from __future__ import annotations
 
 import argparse
+import array
 import base64
+import functools
 import io
 import json
 import math
@@ -68,6 +75,10 @@ LANGUAGES = ("ja", "en")
 GUIDANCE = "cbgw-guidance"
 #: music on hold (``musiconhold.conf`` ``directory``, under astdatadir)
 HOLD_MUSIC_DIR = "cbgw-moh"
+#: the formats every sound is installed in beside its 8 kHz ``.wav`` (signed linear)
+G711_FORMATS = ("ulaw", "alaw")
+#: every extension :func:`install_prompts` writes, and so the stale files it removes
+SOUND_EXTENSIONS = ("wav", *G711_FORMATS)
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -231,7 +242,7 @@ def install(site: Site) -> bool:
     (sounds / GUIDANCE).chmod(0o755)   # the callback site writes, Asterisk reads
     moh = site.host(dirs["astdatadir"]) / HOLD_MUSIC_DIR
     make_dir(moh, uid, gid)
-    write_if_changed(moh / "hold.wav", hold_music(), uid, gid, 0o640)
+    write_sound(moh / "hold", hold_music(), uid, gid)
     log(f"installed {site.name} into {site.host(dirs['astetcdir'])}")
     return changed
 
@@ -351,22 +362,83 @@ def render_prompts(root: Path) -> dict[str, dict[str, Path]]:
 def install_prompts(rendered: dict[str, dict[str, Path]], sounds: Path, uid: int,
                     gid: int) -> None:
     """Copy the rendered sounds to ``sounds/LANG/<name>.wav`` (``cbgw/received``,
-    ``digits/0``); drop stale ones from the directories written to."""
+    ``digits/0``) with their ``.ulaw`` and ``.alaw`` (:func:`write_sound`); drop stale
+    files of any of :data:`SOUND_EXTENSIONS` from the directories written to."""
     for language, files in rendered.items():
         written: dict[Path, set[str]] = {}
         for name, path in files.items():
-            dest = sounds / language / f"{name}.wav"
+            dest = sounds / language / name
             if dest.parent not in written:
                 if dest.parent.is_symlink():   # a link into Asterisk's own sounds
                     dest.parent.unlink()
                 make_dir(dest.parent, uid, gid)
             written.setdefault(dest.parent, set()).add(dest.name)
-            if write_if_changed(dest, path.read_bytes(), uid, gid, 0o640):
+            if write_sound(dest, path.read_bytes(), uid, gid):
                 log(f"  prompt {language}/{name}")
         for directory, names in written.items():
-            for stale in directory.glob("*.wav"):
-                if stale.name not in names:
-                    stale.unlink()
+            for extension in SOUND_EXTENSIONS:
+                for stale in directory.glob(f"*.{extension}"):
+                    if stale.name.removesuffix(f".{extension}") not in names:
+                        stale.unlink()
+
+
+def write_sound(stem: Path, wav: bytes, uid: int, gid: int) -> bool:
+    """Write ``stem.wav`` and its G.711 copies ``stem.ulaw``, ``stem.alaw``; True if any
+    of them changed."""
+    changed = write_if_changed(stem.with_name(f"{stem.name}.wav"), wav, uid, gid, 0o640)
+    for law in G711_FORMATS:
+        changed |= write_if_changed(stem.with_name(f"{stem.name}.{law}"), g711(wav, law),
+                                    uid, gid, 0o640)
+    return changed
+
+
+# --------------------------------------------------------------------------- G.711
+
+
+def ulaw_byte(sample: int) -> int:
+    """G.711 μ-law of one 16-bit linear sample (the reference encoder: bias 0x84,
+    clipped at 32635, the complemented sign/segment/mantissa byte)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent = magnitude.bit_length() - 8
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def alaw_byte(sample: int) -> int:
+    """G.711 A-law of one 16-bit linear sample (the reference encoder: 13 bits, even
+    bits inverted, 0xD5 / 0x55 by sign)."""
+    value = sample >> 3
+    mask = 0xD5 if value >= 0 else 0x55
+    if value < 0:
+        value = -value - 1
+    if value > 0xFFF:
+        return 0x7F ^ mask
+    segment = max(0, value.bit_length() - 5)
+    mantissa = (value >> max(1, segment)) & 0x0F
+    return ((segment << 4) | mantissa) ^ mask
+
+
+@functools.cache
+def _g711_table(law: str) -> bytes:
+    """The G.711 byte of every 16-bit sample, indexed by the sample's unsigned value."""
+    encode = {"ulaw": ulaw_byte, "alaw": alaw_byte}[law]
+    return bytes(encode(u - 0x10000 if u & 0x8000 else u) for u in range(0x10000))
+
+
+def g711(wav: bytes, law: str) -> bytes:
+    """The raw G.711 (``law`` ``ulaw`` or ``alaw``) of an 8 kHz 16-bit mono WAV: what
+    Asterisk's ``format_pcm`` plays from a ``.ulaw`` / ``.alaw`` file."""
+    with wave.open(io.BytesIO(wav), "rb") as w:
+        shape = (w.getnchannels(), w.getsampwidth(), w.getframerate())
+        frames = w.readframes(w.getnframes())
+    if shape != (1, 2, 8000):
+        raise InstanceError(f"a sound to install is not 8 kHz 16-bit mono WAV "
+                            f"(channels, bytes a sample, rate: {shape})")
+    samples = array.array("H", frames)
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return bytes(map(_g711_table(law).__getitem__, samples))
 
 
 # --------------------------------------------------------------------------- run state
