@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=150, help="calls a phase")
     parser.add_argument("--rate", type=float, default=10.0, help="calls started a second")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="times every phase runs, the phases interleaved")
     parser.add_argument("--idle-s", type=float, default=10.0,
                         help="seconds the idle Asterisk's CPU is measured first")
