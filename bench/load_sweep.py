@@ -12,8 +12,9 @@ distinct numbers for ``--duration`` seconds (the guard's caps lifted, pre-callba
 * the servers' own metrics over the step (``GET /metrics`` of each, at its start, every
   few seconds and at its end): the database pool's acquire waits and the event loop's
   delay (histograms: mean and the bucket holding p50 / p99 of the step's samples) and
-  the most pool connections in use at one sample; and what the callback database's
-  sessions were doing at those samples (``pg_stat_activity``: state, wait, statement),
+  the most pool connections in use at one sample, and who held the edge's (its
+  ``cbgw_db_pool_holders``); and what each site's database sessions were doing, every
+  ``ACTIVITY_EVERY_S`` over the step (``pg_stat_activity``: state, wait, statement),
   the most frequent first;
 * CPU seconds of each process from ``/proc/<pid>/stat`` over the step (from the first
   call to the last SIP message of its call-backs): the edge server(s), the callback
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -53,6 +54,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._machine import speed_line
@@ -194,14 +196,63 @@ def histogram_delta(before: Samples, after: Samples, name: str) -> str:
     return f"mean {mean_ms:.1f} ms, p50 {upper(0.5)}, p99 {upper(0.99)} ({count:,.0f})"
 
 
-#: what a callback database session was doing, at a scrape (not idle; not the sweep's own)
+#: what a database session was doing, at a sample (not idle; not the sweep's own)
 ACTIVITY = """SELECT state, coalesce(wait_event_type || '/' || wait_event, '') AS wait,
                      left(regexp_replace(query, '\\s+', ' ', 'g'), 70) AS query
               FROM pg_stat_activity
               WHERE datname = current_database() AND pid <> pg_backend_pid()
                 AND backend_type = 'client backend' AND state <> 'idle'"""
-#: how many kinds of session activity a step prints
+#: how many kinds of session activity a step prints, a site
 ACTIVITY_TOP = 8
+#: seconds between two samples of the sites' ``pg_stat_activity``
+ACTIVITY_EVERY_S = 0.25
+
+
+class ActivityWatch:
+    """What each site's database sessions were doing over a step: ``pg_stat_activity``
+    every ``ACTIVITY_EVERY_S``, on one connection a site held for the step."""
+
+    SITES = ("edge", "callback")
+
+    def __init__(self, sites: Sites) -> None:
+        self.sites = sites
+        self.seen: dict[str, Counter[tuple[str, str, str]]] = {s: Counter() for s in self.SITES}
+        self.samples = 0
+
+    @contextlib.asynccontextmanager
+    async def over_step(self) -> AsyncIterator[None]:
+        for seen in self.seen.values():
+            seen.clear()
+        self.samples = 0
+        urls = {"edge": self.sites.edge_db_url, "callback": self.sites.callback_db_url}
+        conns = {site: await asyncpg.connect(urls[site]) for site in self.SITES}
+        task = asyncio.create_task(self._sample(conns))
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for conn in conns.values():
+                await conn.close()
+
+    async def _sample(self, conns: dict[str, asyncpg.Connection]) -> None:
+        while True:
+            for site, conn in conns.items():
+                rows = await conn.fetch(ACTIVITY)
+                self.seen[site].update((r["state"], r["wait"], r["query"]) for r in rows)
+            self.samples += 1
+            await asyncio.sleep(ACTIVITY_EVERY_S)
+
+    def lines(self) -> list[str]:
+        out = []
+        samples = max(1, self.samples)
+        for site, seen in self.seen.items():
+            busy = sum(seen.values()) / samples
+            out.append(f"{site} database sessions not idle, mean over {self.samples} samples "
+                       f"{busy:.2f} (state, wait, statement):")
+            out += [f"  {count / samples:5.2f}  {state}  {wait or '-'}  {query}"
+                    for (state, wait, query), count in seen.most_common(ACTIVITY_TOP)]
+        return out
 
 
 class ServerWatch:
@@ -215,8 +266,8 @@ class ServerWatch:
         self.last: dict[str, Samples] = {}
         self.in_use: dict[str, float] = {}
         self.scraped_at = 0.0
-        self.activity: Counter[tuple[str, str, str]] = Counter()
-        self.activity_samples = 0
+        #: the most connections each holder held at one scrape, by server
+        self.holders: dict[str, Counter[str]] = {}
 
     async def _scrape_all(self) -> dict[str, Samples]:
         connector = aiohttp.TCPConnector(ssl=self.sites.client_ssl())
@@ -232,8 +283,7 @@ class ServerWatch:
         self.before = self.last = await self._scrape_all()
         self.in_use = dict.fromkeys(self.names, 0.0)
         self.scraped_at = time.monotonic()
-        self.activity.clear()
-        self.activity_samples = 0
+        self.holders = {name: Counter() for name in self.names}
 
     async def sample(self) -> None:
         """Scrape again if the last was ``SCRAPE_EVERY_S`` ago (a server too busy to
@@ -248,9 +298,10 @@ class ServerWatch:
                        if sample == "cbgw_db_pool_connections"
                        and ("state", "in_use") in labels)
             self.in_use[name] = max(self.in_use[name], used)
-        rows = await self.sites.fetch("callback", ACTIVITY)
-        self.activity.update((r["state"], r["wait"], r["query"]) for r in rows)
-        self.activity_samples += 1
+            for (sample, labels), v in samples.items():
+                if sample == "cbgw_db_pool_holders":
+                    holder = dict(labels)["holder"]
+                    self.holders[name][holder] = max(self.holders[name][holder], int(v))
 
     def lines(self) -> list[str]:
         out = []
@@ -260,13 +311,11 @@ class ServerWatch:
                        default=0.0)
             waits = "; ".join(f"{what} {histogram_delta(self.before[name], self.last[name], m)}"
                               for what, m in WAITS.items())
+            held = ", ".join(f"{holder} {n}" for holder, n in self.holders[name].most_common()
+                             if n)
             out.append(f"{name} server: {waits}; pool in use at most "
-                       f"{self.in_use[name]:.0f} of {size:.0f}")
-        samples = max(1, self.activity_samples)
-        out.append(f"callback database sessions, mean over {self.activity_samples} samples "
-                   "(state, wait, statement):")
-        out += [f"  {count / samples:5.2f}  {state}  {wait or '-'}  {query}"
-                for (state, wait, query), count in self.activity.most_common(ACTIVITY_TOP)]
+                       f"{self.in_use[name]:.0f} of {size:.0f}"
+                       + (f" (most held at a scrape: {held})" if held else ""))
         return out
 
 
@@ -316,6 +365,7 @@ class Sweep:
         self.sipp: list[int] = []        # the roles' `timeout` wrappers, SIPp their child
         self.idle_own_per_s = 0.0
         self.watch = ServerWatch(sites)
+        self.activity = ActivityWatch(sites)
         databases = [urlsplit(url).path.lstrip("/")
                      for url in (sites.edge_db_url, sites.callback_db_url)]
 
@@ -349,11 +399,12 @@ class Sweep:
             before = await self.transactions()
             await self.watch.start()
             self.sampler.start()
-            customers = start_customers(
-                workdir, numbers, rate=rate, name="customers", limit=int(rate * 8) + 20,
-                timeout_s=role_s, remote=self.sites.edge_sip)
-            self.sipp.append(customers.process.pid)
-            cpu, window_s = await self._drain(customers, carrier_a, carrier_b)
+            async with self.activity.over_step():
+                customers = start_customers(
+                    workdir, numbers, rate=rate, name="customers", limit=int(rate * 8) + 20,
+                    timeout_s=role_s, remote=self.sites.edge_sip)
+                self.sipp.append(customers.process.pid)
+                cpu, window_s = await self._drain(customers, carrier_a, carrier_b)
             invited = invite_times(carrier_a, carrier_b)
             latencies, _ = latencies_ms(hangup_times(customers), invited)
             ivr = ivr_seconds(carrier_b) if self.mode == "media" else None
@@ -366,7 +417,7 @@ class Sweep:
                     p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99),
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
                     ivr_s=ivr, transactions={k: after[k] - before[k] for k in after},
-                    servers=self.watch.lines())
+                    servers=[*self.watch.lines(), *self.activity.lines()])
 
     async def _drain(self, customers: sipp_harness.SippRole,
                      *roles: sipp_harness.SippRole) -> tuple[dict[str, float], float]:

@@ -38,9 +38,9 @@ from edge_server.sip_registrations import RegistrationWatch
 from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from ivr_platform.tts import PromptCache
-from shared import outbox_operator
+from shared import ari, outbox_operator
 from shared.client_address import TRUSTED_PROXIES_KEY
-from shared.db import migrate
+from shared.db import holding, migrate
 from shared.http import HEALTH_KEY, Health
 from shared.link import LinkClient, pin_peer, purge_seen
 from shared.metrics_http import install as install_metrics
@@ -155,6 +155,12 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+async def _calls(stasis: StasisApp, client: ari.AriClient) -> None:
+    """The calls' events; their pool connections count as ``calls``'."""
+    with holding("calls"):
+        await run_events(stasis, client)
+
+
 def closed_prompts(settings: EdgeSettings) -> ClosedPrompts | None:
     """The closed messages of every number with business hours, rendered ahead into
     ``[edge.hours] prompts_dir``; None without one (or without hours)."""
@@ -193,7 +199,7 @@ async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
                                                    "SIP endpoint push"))
         await tasks.enter_async_context(background(
             RegistrationWatch(client, app[SIP_ENDPOINTS_KEY]).run(), "SIP registrations"))
-        await tasks.enter_async_context(background(run_events(stasis, client), "ari events"))
+        await tasks.enter_async_context(background(_calls(stasis, client), "ari events"))
         yield
     await stasis.router.drain()
     await client.close()
@@ -205,6 +211,11 @@ async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep_forever(app: web.Application, settings: EdgeSettings) -> None:
+    with holding("sweeper"):
+        await _sweep(app, settings)
+
+
+async def _sweep(app: web.Application, settings: EdgeSettings) -> None:
     store, pool = app[STORE_KEY], app[POOL_KEY]
     since_purge = 0.0
     while True:

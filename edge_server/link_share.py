@@ -9,7 +9,7 @@ a connection at once (``[database] max_connections`` less ``[edge]
 store_reserve_connections``); the others wait here, in order, not in the pool's queue,
 so the reserve stays free for the request store and release, the relay and the sweeper.
 The waits are ``cbgw_edge_link_db_wait_seconds``; the share in use
-``cbgw_edge_link_db_connections``.
+``cbgw_edge_link_db_connections``; the connections held, ``cbgw_db_pool_holders{holder="link"}``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from edge_server.metrics import edge
+from shared.db import holding
 
 #: ``[edge] store_reserve_connections`` by default
 DEFAULT_RESERVE = 3
@@ -45,8 +46,12 @@ class LinkShare:
             self.in_use += 1
             m.link_db_connections.set(self.in_use)
             try:
-                async with pool.acquire() as conn:
+                with holding("link"):
+                    conn = await pool.acquire()
+                try:
                     yield conn
+                finally:
+                    await pool.release(conn)
             finally:
                 self.in_use -= 1
                 m.link_db_connections.set(self.in_use)

@@ -15,13 +15,15 @@ at once do not race.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeAlias, TypeVar
@@ -184,23 +186,57 @@ async def release_connection(conn: Connection) -> None:
     (the long-lived LISTEN connections are not pooled: :func:`listening`)."""
 
 
+#: who the current task's pool connections are for (:func:`holding`)
+_HOLDER: contextvars.ContextVar[str] = contextvars.ContextVar("pool_holder",
+                                                             default="unlabelled")
+
+
+@contextmanager
+def holding(label: str) -> Iterator[None]:
+    """The pool connections the current task (and the tasks it starts) acquires meanwhile
+    are counted as ``label``'s (:func:`pool_holders`; ``cbgw_db_pool_holders``)."""
+    token = _HOLDER.set(label)
+    try:
+        yield
+    finally:
+        _HOLDER.reset(token)
+
+
+def pool_holders(pool: Pool) -> Counter[str]:
+    """The connections of ``pool`` held now, by :func:`holding` label (a label seen once
+    stays, at 0); empty for a pool not made by :func:`create_pool`."""
+    return pool.holders if isinstance(pool, _TimedPool) else Counter()
+
+
 class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
-    """An asyncpg pool that reports how long each acquire waited, when asked to (the
-    defaults above are ``asyncpg.create_pool``'s, which cannot make a subclass)."""
+    """An asyncpg pool that reports how long each acquire waited, when asked to, and
+    counts the connections held by :func:`holding` label (the defaults above are
+    ``asyncpg.create_pool``'s, which cannot make a subclass)."""
 
     def __init__(self, *args: Any, on_acquire: Callable[[float], None] | None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_acquire = on_acquire
+        self.holders: Counter[str] = Counter()
+        self._held_by: dict[int, str] = {}
 
     async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        if self._on_acquire is None:
-            return await super()._acquire(timeout)
         started = time.monotonic()
         try:
-            return await super()._acquire(timeout)
+            conn = await super()._acquire(timeout)
         finally:
-            self._on_acquire(time.monotonic() - started)
+            if self._on_acquire is not None:
+                self._on_acquire(time.monotonic() - started)
+        label = _HOLDER.get()
+        self._held_by[id(conn)] = label
+        self.holders[label] += 1
+        return conn
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
+        label = self._held_by.pop(id(connection), None)
+        if label is not None:
+            self.holders[label] -= 1
+        await super().release(connection, timeout=timeout)
 
 
 async def init_connection(conn: Connection) -> None:

@@ -167,6 +167,11 @@ class Common:
             "cbgw_db_pool_connections",
             "Database pool connections by state (in_use, idle, size: open, max), per "
             "process.", ["state"], registry=r, multiprocess_mode="liveall")
+        self.db_pool_holders = Gauge(
+            "cbgw_db_pool_holders",
+            "Database pool connections in use by who holds them (shared.db.holding: the "
+            "outbox relay, the link's messages, the sweeper ...; unlabelled: the rest), "
+            "per process.", ["holder"], registry=r, multiprocess_mode="liveall")
         self.db_pool_acquire_wait = Histogram(
             "cbgw_db_pool_acquire_wait_seconds",
             "How long each acquire of a database pool connection waited for one (a free "

@@ -12,7 +12,8 @@
   the database is slow.
 * the sampler: every :data:`SAMPLE_EVERY_S`, how late the event loop ran its
   timer (``cbgw_event_loop_delay_seconds``, every sample; ``cbgw_event_loop_lag_seconds``,
-  the last) and the database pool's use (``cbgw_db_pool_connections``). The pool itself
+  the last) and the database pool's use (``cbgw_db_pool_connections``, and by holder
+  ``cbgw_db_pool_holders``). The pool itself
   times each acquire (``cbgw_db_pool_acquire_wait_seconds``, :func:`shared.db.create_pool`).
 """
 
@@ -32,6 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from shared import metrics
+from shared.db import pool_holders
 from shared.openapi import Operation, Reply, add_operations
 from shared.outbox import outbox_stats
 
@@ -169,3 +171,5 @@ async def _sample_forever(app: web.Application) -> None:
             m.db_pool.labels("idle").set(idle)
             m.db_pool.labels("size").set(size)
             m.db_pool.labels("max").set(pool.get_max_size())
+            for holder, held in pool_holders(pool).items():
+                m.db_pool_holders.labels(holder).set(held)

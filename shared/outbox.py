@@ -77,7 +77,7 @@ from typing import Any
 import asyncpg
 
 from shared import logs
-from shared.db import listening
+from shared.db import holding, listening
 from shared.link import (
     LinkBusy,
     LinkClient,
@@ -335,18 +335,22 @@ class OutboxRelay:
         """
         window = _PassWindow(self.passes_in_flight)
         try:
-            while True:
-                try:
-                    async with listening(self.db_url, NOTIFY_CHANNEL) as wakeups:
-                        window.wakeups = wakeups
-                        await self._loop(wakeups, window)
-                except asyncio.CancelledError:
-                    raise
-                except _DATABASE_ERRORS as exc:
-                    log.warning("outbox relay lost the database (%s); retrying in 1 s", exc)
-                    await asyncio.sleep(1.0)
+            with holding("relay"):
+                await self._run(window)
         finally:
             await window.cancel()
+
+    async def _run(self, window: _PassWindow) -> None:
+        while True:
+            try:
+                async with listening(self.db_url, NOTIFY_CHANNEL) as wakeups:
+                    window.wakeups = wakeups
+                    await self._loop(wakeups, window)
+            except asyncio.CancelledError:
+                raise
+            except _DATABASE_ERRORS as exc:
+                log.warning("outbox relay lost the database (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
 
     async def _loop(self, wakeups: asyncio.Queue[str], window: _PassWindow) -> None:
         """Claim and deliver, with up to ``passes_in_flight`` claims' deliveries under way.

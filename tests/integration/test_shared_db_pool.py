@@ -9,7 +9,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared.db import create_pool
+from shared.db import create_pool, holding, pool_holders
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +59,31 @@ async def test_each_acquire_reports_how_long_it_waited(pg_url: str) -> None:
         await pool.close()
     assert len(waits) == 2
     assert waits[0] < 0.3 <= waits[1]
+
+
+async def test_the_connections_held_are_counted_by_who_holds_them(pg_url: str) -> None:
+    """``holding(label)`` names who the current task's (and its children's) connections
+    are for; released ones go back to 0, the pool's own ``fetch`` counts too."""
+    pool = await create_pool(pg_url, min_size=1, max_size=3)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with pool.acquire():
+            await release.wait()
+
+    try:
+        with holding("relay"):
+            relay = [asyncio.create_task(hold()) for _ in range(2)]
+        link = asyncio.create_task(hold())
+        await asyncio.sleep(0.3)
+        assert pool_holders(pool) == {"relay": 2, "unlabelled": 1}
+        release.set()
+        await asyncio.gather(*relay, link)
+        assert pool_holders(pool) == {"relay": 0, "unlabelled": 0}
+        with holding("sweeper"):
+            async with pool.acquire():
+                assert pool_holders(pool)["sweeper"] == 1
+            assert await pool.fetchval("SELECT 1") == 1
+        assert pool_holders(pool) == {"relay": 0, "unlabelled": 0, "sweeper": 0}
+    finally:
+        await pool.close()
