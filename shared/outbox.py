@@ -68,8 +68,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -228,6 +228,8 @@ class OutboxAlert:
 
 AlertHook = Callable[[OutboxAlert], None]
 DeadLetterHook = Callable[[DeadLetter], None]
+#: where the relay's statements take a database connection (:class:`OutboxRelay`)
+ConnectionSource = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
 
 class _PassWindow:
@@ -292,7 +294,8 @@ class OutboxRelay:
                  sweep_s: float = 5.0, alert_after_s: int = 300, alert_every_s: float = 60.0,
                  on_alert: AlertHook | None = None, on_dead_letter: DeadLetterHook | None = None,
                  batch_paths: Collection[str] = (), batch_messages: int = 32,
-                 passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT) -> None:
+                 passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT,
+                 connections: ConnectionSource | None = None) -> None:
         if not 1 <= batch_messages <= BATCH_MAX_MESSAGES:
             raise ValueError(f"batch_messages must be 1 to {BATCH_MAX_MESSAGES}")
         if passes_in_flight < 1:
@@ -315,6 +318,10 @@ class OutboxRelay:
         self.batch_messages = batch_messages
         #: claims whose deliveries may be under way at once (see :meth:`run`)
         self.passes_in_flight = passes_in_flight
+        #: where the claims and settlements take their connection: the pool's, else a
+        #: share of it (the edge: the link's, so that however many passes are under
+        #: way they never hold the connections its inbound calls need)
+        self._connections: ConnectionSource = connections or pool.acquire
         self._no_batches_until: dict[str, float] = {}
         #: monotonic time until which the peer asked us to wait (its Retry-After)
         self._peer_busy_until = 0.0
@@ -406,27 +413,28 @@ class OutboxRelay:
         """Lease up to ``batch`` due messages to this relay (``lease_s``), and learn in the
         same statement when the first message not claimable now will be (its retry, or
         the end of another relay's lease): :attr:`_next_due_s`, at most ``sweep_s``."""
-        rows: list[asyncpg.Record] = await self.pool.fetch(
-            """WITH claimed AS (
-                   UPDATE outbox SET lease_owner = $1,
-                          lease_expires_at = now() + $2 * interval '1 second',
-                          attempts = attempts + 1
-                   WHERE message_id IN (
-                       SELECT message_id FROM outbox
-                       WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
-                         AND next_attempt_at <= now()
-                         AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                       ORDER BY next_attempt_at
-                       LIMIT $3
-                       FOR UPDATE SKIP LOCKED)
-                   RETURNING message_id, kind, path, body, merchant_id, attempts, created_at),
-               due AS (
-                   SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at,
-                              coalesce(lease_expires_at, next_attempt_at))) - now()) AS due_s
-                   FROM outbox
-                   WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held)
-               SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true""",
-            self.owner, self.lease_s, self.batch)
+        async with self._connections() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                """WITH claimed AS (
+                       UPDATE outbox SET lease_owner = $1,
+                              lease_expires_at = now() + $2 * interval '1 second',
+                              attempts = attempts + 1
+                       WHERE message_id IN (
+                           SELECT message_id FROM outbox
+                           WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
+                             AND next_attempt_at <= now()
+                             AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                           ORDER BY next_attempt_at
+                           LIMIT $3
+                           FOR UPDATE SKIP LOCKED)
+                       RETURNING message_id, kind, path, body, merchant_id, attempts, created_at),
+                   due AS (
+                       SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at,
+                                  coalesce(lease_expires_at, next_attempt_at))) - now()) AS due_s
+                       FROM outbox
+                       WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held)
+                   SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true""",
+                self.owner, self.lease_s, self.batch)
         due = rows[0]["due_s"]
         self._next_due_s = self.sweep_s if due is None else max(0.0, min(self.sweep_s,
                                                                          float(due)))
@@ -470,7 +478,7 @@ class OutboxRelay:
             await self._settle(row, exc.status, exc.body)
             return 0
         except LinkUnavailable as exc:
-            await self._retry(row, str(exc), self._wait_asked(exc))
+            await self._retry([(row, str(exc))], self._wait_asked(exc))
             return 0
         await self._delivered([(row, result.status, result.body)], result.route)
         log.debug("delivered a %s message via %s in %.1f ms", row["kind"], result.route,
@@ -488,8 +496,7 @@ class OutboxRelay:
             result = await self.client.post(batch_path(path), body, str(uuid.uuid4()), kind=kind)
         except LinkRejected as exc:
             if exc.status in RETRYABLE_4XX:
-                await asyncio.gather(*(self._retry(r, f"HTTP {exc.status}: {exc.body}")
-                                       for r in rows))
+                await self._retry([(r, f"HTTP {exc.status}: {exc.body}") for r in rows])
                 return 0
             if exc.status in (404, 405):  # a peer without the route: don't ask every time
                 self._no_batches_until[path] = time.monotonic() + NO_BATCH_ROUTE_RECHECK_S
@@ -497,24 +504,30 @@ class OutboxRelay:
                         "sending them one by one", len(rows), kind, exc.status, exc.body)
             return sum(await asyncio.gather(*(self._deliver(r) for r in rows)))
         except LinkUnavailable as exc:
-            wait = self._wait_asked(exc)
-            await asyncio.gather(*(self._retry(r, str(exc), wait) for r in rows))
+            await self._retry([(r, str(exc)) for r in rows], self._wait_asked(exc))
             return 0
         self.batches_sent += 1
         answers = parse_batch_answer(result.body)
         done: list[tuple[asyncpg.Record, int, Any]] = []
-        others: list[Awaitable[None]] = []
+        again: list[tuple[asyncpg.Record, str]] = []
+        refused: list[tuple[asyncpg.Record, int, Any]] = []
         for row in rows:
             answer = answers.get(str(row["message_id"]))
             if answer is None:
-                others.append(self._retry(row, "the batch's answer did not include it"))
+                again.append((row, "the batch's answer did not include it"))
             elif answer[0] < 400:
                 done.append((row, *answer))
+            elif _retryable(answer[0]):
+                again.append((row, f"HTTP {answer[0]}: {answer[1]}"))
             else:
-                others.append(self._settle(row, *answer))
+                refused.append((row, *answer))
+        # one statement for the acknowledged, one for the retried, one connection at a time
         if done:
             await self._delivered(done, result.route)
-        await asyncio.gather(*others)
+        if again:
+            await self._retry(again)
+        for row, status, answer_body in refused:
+            await self._park_dead(row, status, answer_body)
         log.debug("delivered a batch of %d %s messages (%d acknowledged) via %s in %.1f ms",
                   len(rows), kind, len(done), result.route, result.elapsed_s * 1000)
         return len(done)
@@ -522,14 +535,18 @@ class OutboxRelay:
     async def _settle(self, row: asyncpg.Record, status: int, body: Any) -> None:
         """A message the peer did not acknowledge: retried, or parked as dead when the peer
         refused it for good (a 4xx other than :data:`RETRYABLE_4XX`)."""
-        if status >= 500 or status in RETRYABLE_4XX:
-            await self._retry(row, f"HTTP {status}: {body}")
-            return
-        dead = await self.pool.fetchrow(
-            "UPDATE outbox SET dead_at = now(), response_status = $2, response_body = $3, "
-            "lease_owner = NULL, lease_expires_at = NULL, last_error = NULL "
-            f"WHERE message_id = $1 AND delivered_at IS NULL RETURNING {_DEAD_COLUMNS}",
-            row["message_id"], status, _as_object(body))
+        if _retryable(status):
+            await self._retry([(row, f"HTTP {status}: {body}")])
+        else:
+            await self._park_dead(row, status, body)
+
+    async def _park_dead(self, row: asyncpg.Record, status: int, body: Any) -> None:
+        async with self._connections() as conn:
+            dead = await conn.fetchrow(
+                "UPDATE outbox SET dead_at = now(), response_status = $2, response_body = $3, "
+                "lease_owner = NULL, lease_expires_at = NULL, last_error = NULL "
+                f"WHERE message_id = $1 AND delivered_at IS NULL RETURNING {_DEAD_COLUMNS}",
+                row["message_id"], status, _as_object(body))
         if dead is None:  # delivered meanwhile (a lease that expired under a slow answer)
             return
         letter = DeadLetter.of(dead)
@@ -546,14 +563,15 @@ class OutboxRelay:
 
     async def _delivered(self, answered: list[tuple[asyncpg.Record, int, Any]],
                          route: str) -> None:
-        await self.pool.execute(
-            "UPDATE outbox o SET delivered_at = now(), response_status = a.status, "
-            "response_body = a.body, last_route = $4, lease_owner = NULL, last_error = NULL "
-            "FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS a(message_id, status, body) "
-            "WHERE o.message_id = a.message_id",
-            [row["message_id"] for row, _, _ in answered],
-            [status for _, status, _ in answered],
-            [_as_object(body) for _, _, body in answered], route)
+        async with self._connections() as conn:
+            await conn.execute(
+                "UPDATE outbox o SET delivered_at = now(), response_status = a.status, "
+                "response_body = a.body, last_route = $4, lease_owner = NULL, "
+                "last_error = NULL FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) "
+                "AS a(message_id, status, body) WHERE o.message_id = a.message_id",
+                [row["message_id"] for row, _, _ in answered],
+                [status for _, status, _ in answered],
+                [_as_object(body) for _, _, body in answered], route)
         self.delivered += len(answered)
         self.delivered_by_route[route] = self.delivered_by_route.get(route, 0) + len(answered)
         for row, _, _ in answered:
@@ -571,18 +589,29 @@ class OutboxRelay:
             self._peer_busy_until = until
         return wait
 
-    async def _retry(self, row: asyncpg.Record, error: str, at_least_s: float = 0.0) -> None:
-        attempts = int(row["attempts"])
-        backoff = min(self.max_backoff_s, 0.5 * 2 ** min(attempts, 16))
-        backoff = max(at_least_s, backoff * random.uniform(0.8, 1.2))
-        with _bound(row):
-            log.warning("delivery of a %s message failed (attempt %d, next in %.1f s): %s",
-                        row["kind"], attempts, backoff, error[:300])
-        await self.pool.execute(
-            "UPDATE outbox SET next_attempt_at = now() + $2 * interval '1 millisecond', "
-            "last_error = $3, lease_owner = NULL, lease_expires_at = NULL "
-            "WHERE message_id = $1", row["message_id"], int(backoff * 1000), error[:1000])
-        metrics().link_deliveries.labels(row["kind"], "none", "retry").inc()
+    async def _retry(self, failed: Sequence[tuple[asyncpg.Record, str]],
+                     at_least_s: float = 0.0) -> None:
+        """Messages not delivered (each with its error) go again after their backoff (at
+        least ``at_least_s``), all in one statement."""
+        waits_ms = []
+        for row, error in failed:
+            attempts = int(row["attempts"])
+            backoff = min(self.max_backoff_s, 0.5 * 2 ** min(attempts, 16))
+            backoff = max(at_least_s, backoff * random.uniform(0.8, 1.2))
+            with _bound(row):
+                log.warning("delivery of a %s message failed (attempt %d, next in %.1f s): %s",
+                            row["kind"], attempts, backoff, error[:300])
+            waits_ms.append(int(backoff * 1000))
+        async with self._connections() as conn:
+            await conn.execute(
+                "UPDATE outbox o SET next_attempt_at = now() + a.wait_ms * interval "
+                "'1 millisecond', last_error = a.error, lease_owner = NULL, "
+                "lease_expires_at = NULL FROM unnest($1::uuid[], $2::bigint[], $3::text[]) "
+                "AS a(message_id, wait_ms, error) WHERE o.message_id = a.message_id",
+                [row["message_id"] for row, _ in failed], waits_ms,
+                [error[:1000] for _, error in failed])
+        for row, _ in failed:
+            metrics().link_deliveries.labels(row["kind"], "none", "retry").inc()
 
     async def stats(self) -> OutboxStats:
         return await outbox_stats(self.pool)
@@ -652,6 +681,11 @@ async def outbox_stats(pool: asyncpg.Pool) -> OutboxStats:
                        float(row["age"]) if found else None,
                        str(row["message_id"]) if found else None,
                        str(row["kind"]) if found else None)
+
+
+def _retryable(status: int) -> bool:
+    """A peer's answer that may pass later (retried); any other refusal is for good."""
+    return status >= 500 or status in RETRYABLE_4XX
 
 
 def _as_object(body: Any) -> dict[str, Any]:

@@ -488,3 +488,27 @@ async def test_the_outbox_s_figures_are_one_statement(pool: asyncpg.Pool, pg_url
     assert (stats.pending, stats.held, stats.dead, stats.oldest_pending_kind) == (2, 1, 0, "test")
     assert stats.oldest_pending_s is not None and stats.oldest_pending_s >= 0
     assert len(statements.queries) == 1, str(statements)
+
+
+async def test_a_claim_that_could_not_go_is_put_back_in_one_statement_a_batch(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """The peer down: a claim of 40 (three batch requests of up to 16) is put back with one
+    statement a batch request, each message with its backoff and error, not one a
+    message (which took as many connections at once as the pool had)."""
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{free_port()}")],
+                         policy=NO_PROBES)
+    await _enqueue(pool, 40)
+    try:
+        async with counted_pool(pg_url) as (counted, statements):
+            relay = OutboxRelay(counted, pg_url, client, owner="put-back",
+                                batch_paths=[TEST_PATH], batch_messages=16)
+            assert await relay.pass_once() == 40
+        put_back = [q for q in statements.queries if "next_attempt_at = now() +" in q]
+        assert len(put_back) == 3, str(statements)
+        rows = await pool.fetch("SELECT next_attempt_at > now() AS later, last_error, "
+                                "lease_owner, attempts, delivered_at FROM outbox")
+        assert len(rows) == 40
+        assert all(r["later"] and r["last_error"] and r["lease_owner"] is None
+                   and r["attempts"] == 1 and r["delivered_at"] is None for r in rows)
+    finally:
+        await client.close()
