@@ -29,7 +29,14 @@ from aiohttp import web
 from edge_server.config import EdgeSettings
 from edge_server.decide import FixedDecider, RatesDecider
 from edge_server.hours_prompts import ClosedPrompts
-from edge_server.http import LEARN_CALL_LENGTHS_KEY, POOL_KEY, RATES_TABLES_KEY, create_http_app
+from edge_server.http import (
+    LEARN_CALL_LENGTHS_KEY,
+    LINK_SHARE_KEY,
+    POOL_KEY,
+    RATES_TABLES_KEY,
+    create_http_app,
+)
+from edge_server.link_share import LinkShare
 from edge_server.presence_stasis import LinkPresence
 from edge_server.sip_endpoints import SipEndpoints
 from edge_server.sip_http import SIP_ENDPOINTS_KEY
@@ -133,21 +140,23 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
-def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient,
-               settings: EdgeSettings) -> OutboxRelay:
+def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient, settings: EdgeSettings,
+               share: LinkShare) -> OutboxRelay:
     """The edge's outbox relay: a backlog of call-back requests goes to the callback site
     in batch requests of ``[peer] batch_messages``, ``[peer] passes_in_flight`` claims
-    under way at once."""
+    under way at once, their statements within the link's ``share`` of the pool (never
+    the connections the inbound calls need)."""
     return OutboxRelay(pool, db_url, client, owner=f"edge-{socket.gethostname()}-{os.getpid()}",
                        batch_paths=[CALLBACK_PATH], batch_messages=settings.peer.batch_messages,
-                       passes_in_flight=settings.peer.passes_in_flight)
+                       passes_in_flight=settings.peer.passes_in_flight,
+                       connections=lambda: share.acquire(pool, holder="relay"))
 
 
 async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     client = link_client(settings.signing, settings.tls, settings.peer)
     await client.start()
-    relay = edge_relay(app[POOL_KEY], app[DB_URL_KEY], client, settings)
+    relay = edge_relay(app[POOL_KEY], app[DB_URL_KEY], client, settings, app[LINK_SHARE_KEY])
     app[RELAY_KEY] = relay
     app[LINK_KEY] = client
     async with background(relay.run(), "outbox relay"):

@@ -1,13 +1,16 @@
 """The link's share of the edge's database pool.
 
 The messages the callback site sends (``/v1/link/events``, their batches, rate decks)
-come in bursts, and each holds a pool connection while it is written. Unbounded, a burst
-takes every connection, and an inbound call then waits for one to store its request
-(the caller hears nothing meanwhile; past ``[edge.timings] store_s`` the call is kept
-on the toll-free line). :class:`LinkShare` lets at most ``size`` of those handlers hold
-a connection at once (``[database] max_connections`` less ``[edge]
-store_reserve_connections``); the others wait here, in order, not in the pool's queue,
-so the reserve stays free for the request store and release, the relay and the sweeper.
+come in bursts, and each holds a pool connection while it is written; the edge's outbox
+relay, ``[peer] passes_in_flight`` claims under way at once, settles each batch's answer
+with a statement of its own. Unbounded, either takes every connection, and an inbound
+call then waits for one to store its request (the caller hears nothing meanwhile; past
+``[edge.timings] store_s`` the call is kept on the toll-free line). :class:`LinkShare`
+lets at most ``size`` of those statements hold a connection at once (``[database]
+max_connections`` less ``[edge] store_reserve_connections``), the link's handlers and
+the relay's claims and settlements together; the others wait here, in order, not in the
+pool's queue, so the reserve stays free for the calls' request store and release and
+the sweeper.
 The waits are ``cbgw_edge_link_db_wait_seconds``; the share in use
 ``cbgw_edge_link_db_connections``; the connections held, ``cbgw_db_pool_holders{holder="link"}``.
 """
@@ -37,8 +40,10 @@ class LinkShare:
         self.in_use = 0
 
     @asynccontextmanager
-    async def acquire(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-        """A connection of ``pool``, once one of the share's ``size`` slots is free."""
+    async def acquire(self, pool: asyncpg.Pool, *,
+                      holder: str = "link") -> AsyncIterator[asyncpg.Connection]:
+        """A connection of ``pool``, once one of the share's ``size`` slots is free, held
+        as ``holder``'s (``cbgw_db_pool_holders``)."""
         m = edge()
         started = time.monotonic()
         async with self._slots:
@@ -46,7 +51,7 @@ class LinkShare:
             self.in_use += 1
             m.link_db_connections.set(self.in_use)
             try:
-                with holding("link"):
+                with holding(holder):
                     conn = await pool.acquire()
                 try:
                     yield conn

@@ -13,12 +13,25 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edge_server.__main__ import main
-from edge_server.app import STASIS_KEY, STORE_KEY, create_app
+from edge_server.app import STASIS_KEY, STORE_KEY, create_app, edge_relay
 from edge_server.config import EdgeSettings
 from edge_server.http import LINK_SHARE_KEY
+from edge_server.link_share import LinkShare
 from shared.config import ConfigError
+from shared.db import create_pool, pool_holders
+from shared.link_policy import HealthSettings, LinkPolicy
 from shared.metrics_http import SAMPLE_EVERY_S
+from shared.outbox import Outbox
 from tests import prom
+from tests.faults.linklab import (
+    REQUESTS_KEY,
+    effect_counts,
+    link_client,
+    prepare_pool,
+    receiver_app,
+    serve,
+    verifier,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +155,45 @@ def test_cli_keys_init_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[s
     config = tmp_path / "edge.toml"
     config.write_text(example.read_text().replace("../var/pki", str(tmp_path / "pki")))
     assert main(["check", "--config", str(config)]) == 0
+
+
+async def test_the_edge_relay_holds_at_most_the_link_share_of_the_pool(
+        tmp_path: Path, pki_dir: Path, pg_url: str) -> None:
+    """A backlog over a slow link (answers after 0.3 s): ``[peer] passes_in_flight`` claims
+    under way, each settling its answers as they come, hold at most the link's share of
+    the edge's pool at once (the share's slots), so the reserve stays free for the calls;
+    every message is delivered, once."""
+    settings = EdgeSettings.load(write_config(tmp_path, pki_dir, pg_url, free_port()))
+    assert settings.peer.passes_in_flight > 2
+    receiver_pool = await prepare_pool(pg_url, max_size=10)
+    await receiver_pool.execute("TRUNCATE outbox, inbound_messages, effects")
+    receiver = receiver_app(receiver_pool, verifier(pki_dir), answer_delay_s=0.3)
+    port = free_port()
+    runner = await serve(receiver, pki_dir, port)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")],
+                         policy=LinkPolicy(health=HealthSettings(interval_s=0)))
+    pool = await create_pool(pg_url, max_size=20)
+    share = LinkShare(2)
+    relay = edge_relay(pool, pg_url, client, settings, share)
+    async with pool.acquire() as conn, conn.transaction():
+        for n in range(400):
+            await Outbox.enqueue(conn, kind="test", path="/v1/link/test", payload={"n": n})
+    most = {"in_use": 0, "relay": 0}
+    task = asyncio.create_task(relay.run())
+    try:
+        while await pool.fetchval("SELECT count(*) FROM outbox WHERE delivered_at IS NULL"):
+            for _ in range(100):
+                most["in_use"] = max(most["in_use"], pool.get_size() - pool.get_idle_size())
+                most["relay"] = max(most["relay"], pool_holders(pool)["relay"])
+                await asyncio.sleep(0.001)
+        assert await effect_counts(receiver_pool) == (400, 0)
+        assert max(receiver[REQUESTS_KEY].values()) == 1
+        assert 1 <= most["relay"] <= share.size
+        assert most["in_use"] <= share.size + 1      # + the test's own count of the backlog
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await runner.cleanup()
+        await pool.close()
+        await receiver_pool.close()
