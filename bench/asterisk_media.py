@@ -1,8 +1,9 @@
 """The callback Asterisk's CPU per call-back playing the IVR's prompts, by what is installed.
 
 On the real callback Asterisk (under the stack's lock), this process originates ``--calls``
-calls at ``--rate`` a second to a SIPp carrier that answers with PCMU (as the carriers
-do) and, on each answer, plays the order IVR's first two prompts in Japanese in one ARI
+calls at ``--rate`` a second to a SIPp carrier that answers with PCMU and sends the order
+IVR's keys as RFC 4733 DTMF on its RTP (as the carrier of ``bench.load_sweep --mode
+media`` does) and, on each answer, plays the order IVR's first two prompts in Japanese in one ARI
 play (``confirm-callback``, ``enter-quantity``: 9.1 s, about the 8–9 s a call-back's IVR
 lasts), then hangs up. The same calls run in phases, one after the other, ``--rounds``
 times over (the phases interleaved, so a change in the machine's speed hits all alike):
@@ -170,6 +171,7 @@ async def _run_phase(site: AsteriskSite, phase: Phase, calls: int, rate: float, 
 
 async def _run(calls: int, rate: float, idle_s: float, rounds: int) -> int:
     from bench._stack_load import children, cpu_seconds
+    from bench.load_sweep import ORDER_KEYS
     from tests.harness.asterisk import (
         instance_tool,
         qualify,
@@ -203,7 +205,7 @@ async def _run(calls: int, rate: float, idle_s: float, rounds: int) -> int:
                 shutil.copy2(host_cbgw / f"{p}.wav", wav_only / f"{p}.wav")
                 shutil.chown(wav_only / f"{p}.wav", *_owner(host_cbgw))
             shutil.chown(wav_only, *_owner(host_cbgw))
-            with role("uas_answer_forever.xml", "carrier-b", Path(tmp),
+            with role("uas_answer_dtmf.xml", "carrier-b", Path(tmp), digits=ORDER_KEYS,
                       timeout_s=int(rounds * len(PHASES) * (calls / rate + 60))) as carrier:
                 await qualify(callback, "carrier-b")
                 sipp = children(carrier.process.pid) or [carrier.process.pid]
@@ -214,7 +216,8 @@ async def _run(calls: int, rate: float, idle_s: float, rounds: int) -> int:
                       f"{idle_per_s * 1000:.1f} ms CPU a second over {idle_s:.0f} s; "
                       f"{rounds} rounds of {calls} calls at {rate:g}/s a phase, "
                       f"{media_s:.2f} s of prompts "
-                      f"each ({', '.join(PROMPTS)}, {LANGUAGE}), answered with PCMU",
+                      f"each ({', '.join(PROMPTS)}, {LANGUAGE}), answered with PCMU, keys "
+                      f"{ORDER_KEYS} sent",
                       flush=True)
                 for _ in range(rounds):
                     for phase in PHASES:
