@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import TextIO
 
@@ -82,9 +82,8 @@ def unbound() -> Context:
 
 def _merged(call_id: str | None, request_id: str | None, merchant: str | None) -> LogContext:
     ctx = _context.get()
-    return replace(ctx, call_id=call_id or ctx.call_id,
-                   request_id=request_id or ctx.request_id,
-                   merchant=merchant or ctx.merchant)
+    return LogContext(call_id or ctx.call_id, request_id or ctx.request_id,
+                      merchant or ctx.merchant)
 
 
 class ContextFilter(logging.Filter):
