@@ -195,6 +195,7 @@ def configure(level: str, fmt: str) -> None:
 
 def lean_records() -> None:
     """Records without what no line shows: the caller's file and line (a stack walk per
-    record), the thread and the process (the Logging HOWTO's "Optimization")."""
+    record), the thread and the process (the Logging HOWTO's "Optimization"). Without the
+    caller's frame ``stack_info=True`` adds no stack either (no code here asks for one)."""
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
