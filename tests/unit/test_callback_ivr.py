@@ -77,6 +77,16 @@ def test_menu_barge_in_stops_prompt_and_follows_choice(flow: Flow) -> None:
     assert state.node == "order_number"
 
 
+def test_only_the_first_key_during_a_prompt_stops_it(flow: Flow) -> None:
+    """Barge-in costs one ARI request a prompt, however many keys the caller types into it."""
+    state, _ = keys(started(flow), "2")              # the order number's prompt plays
+    prompt = state.playback
+    assert prompt is not None
+    state, cmds = keys(state, "7001")
+    assert [c for c in cmds if isinstance(c, StopPlayback)] == [StopPlayback(prompt)]
+    assert state.playback is None and state.node == "order_number"
+
+
 def test_menu_invalid_key_reprompts_then_fails(flow: Flow) -> None:
     state, _ = finish_prompt(started(flow))
     state, cmds = keys(state, "7")
