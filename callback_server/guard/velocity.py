@@ -10,7 +10,10 @@ Counted per destination number, on the guard's clock:
   and ended without the customer pressing 1. ``lock_after`` of them since the
   last confirmation (within ``lock_window_s``) lock the number for
   ``lock_s``; ``block_after`` within ``block_window_s`` put it on the block
-  list for review.
+  list for review. One per call-back and attempt number; a round its job does
+  not count (every leg refused at admission, or a shutdown before the first:
+  queued again under the same attempt number) is none, so the round that
+  follows under that number is the one recorded (``QueueStore.finish``).
 
 *Known* numbers (confirmed at least once, or on the allow list) get
 ``known`` limits; all others the stricter ``unknown`` ones (Kazoo CCCP calls

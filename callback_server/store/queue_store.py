@@ -190,7 +190,10 @@ class QueueStore(StoreBase):
         """End our round: queue the job again, or close it and tell the edge; counted
         (``cbgw_callbacks_total``) once committed. In the same transaction, first: the
         round's last leg's end (``ended``: its result and CDR), and the round as the
-        guard records it (``round_end``: before the job can be claimed again).
+        guard records it (``round_end``: before the job can be claimed again). A round
+        the outcome does not count (``attempts`` below its number: every leg refused at
+        admission, or a shutdown before the first) did not happen: the guard records
+        none, and the round that runs under the same number later is the one it holds.
 
         Returns False (and changes nothing of the job) if our lease was lost meanwhile;
         the leg's end and the guard's record are written all the same.
@@ -209,7 +212,8 @@ class QueueStore(StoreBase):
         async with self.pool.acquire() as conn, conn.transaction():
             if ended is not None:
                 await write_leg_end(self, conn, ended)
-            if round_end is not None and self.guard is not None:
+            if round_end is not None and self.guard is not None \
+                    and outcome.attempts >= round_end.attempt_no:
                 await self.guard.record_round(conn, round_end)
             if outcome.retry_in_s is not None:
                 row = await conn.fetchrow(

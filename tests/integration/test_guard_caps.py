@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from aiosmtpd.smtp import Envelope, Session
 
 from callback_server.config import StaticRoute
-from callback_server.dialer_messages import PersistAttempt, RecordCdr
+from callback_server.dialer_messages import PersistAttempt, RecordCdr, Route
 from callback_server.guard.__main__ import main as guard_cli
 from callback_server.guard.alerts import AlertSettings
 from callback_server.guard.caps import CapLimits, CapSettings
@@ -38,13 +38,16 @@ from callback_server.routing import Routing
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
-from callback_server.worker import Worker
+from callback_server.worker import RouteSource, Worker
+from shared import ari
+from shared.config import CarrierQuality
 from shared.db import create_pool
 from shared.money import Money
 from shared.phone import E164
 from tests import prom
 from tests.harness.smtp import smtp_server
 from tests.integration import callback_db
+from tests.integration.test_callback_worker import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +130,33 @@ async def claimed_again(store: CallbackStore, callback_id: str) -> ClaimFacts:
     return jobs[0].guard
 
 
+def routes_via(carrier: str) -> Routing:
+    return Routing(None, (StaticRoute(carrier, f"PJSIP/{{digits}}@{carrier}"),))
+
+
+def guarded_worker(store: CallbackStore, pg_url: str, guard: Guard,
+                   routes: RouteSource) -> tuple[Worker, FakeAri]:
+    """A worker of ``store`` screening with ``guard``, on a fake Asterisk."""
+    fake = FakeAri()
+    ready = asyncio.Event()
+    ready.set()
+    return Worker(store=store, db_url=pg_url, merchants={"acme": ACME},
+                  flows={"order": load_named("order")}, routes=routes, client=fake,
+                  router=fake.router, rater=FixedRater(), ari_ready=ready,
+                  guard=guard), fake
+
+
+async def a_round_dials_nothing(pool: asyncpg.Pool, w: Worker, fake: FakeAri,
+                                 callback_id: str, reason: str) -> None:
+    """The worker claims the job and dials nothing: it is queued again uncounted."""
+    assert await w.claim_and_start() == 1
+    await asyncio.wait(list(w._tasks.values()), timeout=5)
+    assert fake.named("originate") == []
+    row = await pool.fetchrow("SELECT status, reason, attempts FROM callback_requests "
+                              "WHERE callback_id = $1", callback_id)
+    assert dict(row) == {"status": "queued", "reason": reason, "attempts": 0}
+
+
 def leg(callback_id: str, carrier: str) -> PersistAttempt:
     return PersistAttempt(callback_id, 1, 1, f"{callback_id}-01", "customer", carrier,
                           f"PJSIP/x@{carrier}")
@@ -203,20 +233,8 @@ async def test_spend_cap_trips_and_only_an_operator_reset_reenables(
 
     # The worker leaves jobs queued (uncounted) while every trunk is capped.
     await store.release(c, 0, "test")
-    fake = FakeAri()
-    ready = asyncio.Event()
-    ready.set()
-    w = Worker(store=store, db_url=pg_url, merchants={"acme": ACME},
-               flows={"order": load_named("order")},
-               routes=Routing(None, (StaticRoute("carrier-b", "PJSIP/{digits}@carrier-b"),)),
-               client=fake, router=fake.router, rater=FixedRater(), ari_ready=ready,
-               guard=guard)
-    assert await w.claim_and_start() == 1
-    await asyncio.wait(list(w._tasks.values()), timeout=5)
-    assert fake.named("originate") == []
-    row = await clean.fetchrow("SELECT status, reason, attempts FROM callback_requests "
-                               "WHERE callback_id = $1", c)
-    assert dict(row) == {"status": "queued", "reason": "cap_spend_daily", "attempts": 0}
+    w, fake = guarded_worker(store, pg_url, guard, routes_via("carrier-b"))
+    await a_round_dials_nothing(clean, w, fake, c, "cap_spend_daily")
 
     # Still refused on any trunk until an operator resets the cap.
     await clean.execute("UPDATE callback_requests SET next_attempt_at = now() "
@@ -721,3 +739,67 @@ async def test_concurrent_cdrs_of_one_merchant_and_trunk_do_not_wait_for_each_ot
     assert await guard.reset_caps(None, "spend_daily", "noc") >= 1
     assert {Decimal(v) for v in (await guard.status())["spend_today"].values()} \
         == {Decimal(0)}
+
+
+class TakenMeanwhile:
+    """The routes, chosen while another worker's leg takes the trunk's last channel: after
+    the claim read the caps (its route choice keeps the trunk), before the leg's
+    admission (which refuses it)."""
+
+    def __init__(self, routes: Routing, take: Callable[[], Awaitable[None]]) -> None:
+        self.inner = routes
+        self.take: Callable[[], Awaitable[None]] | None = take
+
+    async def routes(self, number: E164, at: datetime, max_rate: Money | None = None,
+                     quality: CarrierQuality | None = None) -> tuple[Route, ...]:
+        if self.take is not None:
+            await self.take()
+            self.take = None
+        return await self.inner.routes(number, at, max_rate, quality)
+
+
+async def test_a_round_refused_at_every_admission_is_no_round_and_the_real_one_is_recorded(
+        clean: asyncpg.Pool, pg_url: str, closing: list[Guard]) -> None:
+    """Every leg of a round refused at admission (a cap taken after the claim): the job
+    is queued again uncounted, under the same attempt number, and the guard records no
+    round for it (only the refusal, stage ``dial``). The round that follows once the
+    channel is free rings unconfirmed: that is the round the guard holds, with its facts,
+    and it counts towards the number's lock."""
+    guard = slot_guard(clean, CapLimits(channels=1))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    other = await claimed_job(store, 300, "819070700001")
+    req = IntakeRequest("cap-301", "acme", E164("819070700002"), None, T0, T0, None)
+    job = str((await store.intake(str(uuid.uuid4()), req, ACME))[1]["callback_id"])
+
+    async def take() -> None:
+        await store.persist_leg(leg(other, "carrier-a"), "acme")
+
+    w, fake = guarded_worker(store, pg_url, guard,
+                             TakenMeanwhile(routes_via("carrier-a"), take))
+    await a_round_dials_nothing(clean, w, fake, job, "cap_trunk_channels")
+    assert [dict(r) for r in await clean.fetch(
+        "SELECT stage, reason, callback_id FROM guard_refusals")] == [
+        {"stage": "dial", "reason": "cap_trunk_channels", "callback_id": job}]
+    assert await clean.fetchval("SELECT count(*) FROM guard_rounds") == 0
+
+    await store.leg_result(f"{other}-01", "ended", 16)              # the channel frees
+    await clean.execute("UPDATE callback_requests SET next_attempt_at = now() "
+                        "WHERE callback_id = $1", job)
+    assert await w.claim_and_start() == 1
+    await wait_for(lambda: fake.named("originate"))
+    assert fake.named("originate")[0][1] == f"{job}-01"            # round 1, leg 1 again
+    fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id=f"{job}-01"), cause=19))
+    await asyncio.wait(list(w._tasks.values()), timeout=5)
+    row = await clean.fetchrow("SELECT status, reason, attempts FROM callback_requests "
+                               "WHERE callback_id = $1", job)
+    assert dict(row) == {"status": "queued", "reason": "no_answer", "attempts": 1}
+    rounds = await clean.fetch("SELECT * FROM guard_rounds")
+    assert [{k: v for k, v in r.items() if k != "ended_at"} for r in rounds] == [
+        {"callback_id": job, "attempt_no": 1, "number": "+819070700002",
+         "merchant_id": "acme", "known": False, "rang": True, "confirmed": False}]
+    # the number's second unconfirmed round locks it (lock_after 2): the first counted
+    await guard.round_ended(callback_id=job, attempt_no=2, number=E164("819070700002"),
+                            merchant_id="acme", rang=True, confirmed=False)
+    assert await clean.fetchval("SELECT locked_until > now() FROM guard_numbers "
+                                "WHERE number = '+819070700002'")
