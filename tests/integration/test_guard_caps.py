@@ -803,3 +803,34 @@ async def test_a_round_refused_at_every_admission_is_no_round_and_the_real_one_i
                             merchant_id="acme", rang=True, confirmed=False)
     assert await clean.fetchval("SELECT locked_until > now() FROM guard_numbers "
                                 "WHERE number = '+819070700002'")
+
+
+async def test_rounds_recorded_uncounted_before_are_dropped_by_their_migration(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """Migration 0999 drops the guard rounds recorded for rounds their job did not count
+    (did not ring, the job's attempts still below the round's number); every other
+    round stays, and the shadowed job's real round is then recorded."""
+    store = CallbackStore(clean, owner="w")
+    jobs = [await claimed_job(store, 400 + n, f"81908080000{n}") for n in range(4)]
+    await clean.execute("UPDATE callback_requests SET attempts = 1 WHERE callback_id = $1",
+                        jobs[1])
+    rows = [(jobs[0], False),       # uncounted (attempts 0): dropped
+            (jobs[1], False),       # counted, did not ring: stays
+            (jobs[2], True),        # rang (its finish's lease lost, say): stays
+            ("cb-no-job", False)]   # not a job's: stays
+    for callback_id, rang in rows:
+        await clean.execute(
+            "INSERT INTO guard_rounds (callback_id, attempt_no, number, merchant_id, known,"
+            " rang, confirmed, ended_at) VALUES ($1, 1, '+819080800009', 'acme', false,"
+            " $2, false, now())", callback_id, rang)
+    migration = REPO / "callback_server/migrations/0999_guard_uncounted_rounds.sql"
+    await clean.execute(migration.read_text(encoding="utf-8"))
+    assert sorted(r["callback_id"] for r in await clean.fetch(
+        "SELECT callback_id FROM guard_rounds")) == sorted(cb for cb, _ in rows[1:])
+    guard = Guard(clean, GuardSettings())
+    closing.append(guard)
+    await guard.round_ended(callback_id=jobs[0], attempt_no=1,
+                            number=E164("819080800000"), merchant_id="acme", rang=True,
+                            confirmed=False)
+    assert await clean.fetchval("SELECT rang FROM guard_rounds WHERE callback_id = $1",
+                                jobs[0])
