@@ -171,7 +171,7 @@ class MemoryStore:
                      round_end: RoundEnd | None = None) -> bool:
         if ended is not None:
             await self.end_leg(ended)
-        if round_end is not None:
+        if round_end is not None and round_end.counted(outcome.attempts):
             self.rounds.append(round_end)
         self.finished.append(outcome)
         return True

@@ -109,6 +109,12 @@ class RoundEnd:
     rang: bool
     confirmed: bool
 
+    def counted(self, attempts: int) -> bool:
+        """Whether the job, ending with ``attempts`` rounds counted, counts this one: a
+        round whose legs were all refused at admission (or never dialled) is queued again
+        under the same number and is no round for the guard."""
+        return attempts >= self.attempt_no
+
 
 @dataclass(frozen=True, slots=True)
 class Screening:

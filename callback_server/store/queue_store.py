@@ -213,7 +213,7 @@ class QueueStore(StoreBase):
             if ended is not None:
                 await write_leg_end(self, conn, ended)
             if round_end is not None and self.guard is not None \
-                    and outcome.attempts >= round_end.attempt_no:
+                    and round_end.counted(outcome.attempts):
                 await self.guard.record_round(conn, round_end)
             if outcome.retry_in_s is not None:
                 row = await conn.fetchrow(
