@@ -68,9 +68,10 @@ class EdgeMetrics:
             "abandoned).", ["merchant", "outcome"], registry=r)
         self.link_db_wait = Histogram(
             "cbgw_edge_link_db_wait_seconds",
-            "How long each link message (a report, a batch of them, a rate deck) waited "
-            "for the link's share of the database pool ([edge] store_reserve_connections "
-            "are kept for the inbound calls), before the pool's own acquire.",
+            "How long each link message (a report, a batch of them, a rate deck) and each "
+            "statement of the outbox relay waited for the link's share of the database "
+            "pool ([edge] store_reserve_connections are kept for the inbound calls), "
+            "before the pool's own acquire.",
             registry=r, buckets=WAIT_BUCKETS)
         self.link_db_connections = Gauge(
             "cbgw_edge_link_db_connections",
