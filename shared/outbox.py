@@ -697,3 +697,15 @@ def isoformat(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def isoformat_sql(expression: str) -> str:
+    """:func:`isoformat` in SQL, of a ``timestamptz`` expression: the same text."""
+    return (f"to_char(({expression}) AT TIME ZONE 'UTC', "
+            """'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')""")
+
+
+def encode_sql(expression: str) -> str:
+    """A message body in SQL, of a ``jsonb`` expression (for a statement that writes its
+    fact and its message at once: ``INSERT INTO outbox (Outbox.INSERT_COLUMNS)``)."""
+    return f"convert_to(({expression})::text, 'UTF8')"

@@ -11,6 +11,7 @@ queued as a ``callback_missed`` notification to the merchant's channels that tak
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,12 +24,37 @@ from callback_server.store.leg_end import LegEnd, write_leg_end
 from ivr_platform.notify_config import Event
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
-from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
+from shared.outbox import (
+    EVENTS_PATH,
+    Outbox,
+    encode_sql,
+    fact_message_id,
+    isoformat,
+    isoformat_sql,
+)
 from shared.phone import E164, InvalidNumber, normalise
 
 log = logging.getLogger("callback.store")
 
 JOBS_CHANNEL = "callback_jobs"
+
+
+#: close a job and tell the edge, in one statement: the ``callback_status`` message (its
+#: facts ``$8``, the job's own added) only with the job closed under our lease
+_CLOSE = f"""WITH job AS (
+        UPDATE callback_requests SET status = $3, attempts = $4, reason = $5,
+            lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
+            updated_at = now()
+        WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+        RETURNING edge_call_id, merchant_id, finished_at, caller, received_at),
+    message AS (
+        INSERT INTO outbox ({Outbox.INSERT_COLUMNS})
+        SELECT $6, 'callback_status', $7, {encode_sql(
+            "$8::jsonb || jsonb_build_object('edge_call_id', edge_call_id, "
+            f"'merchant_id', merchant_id, 'at', {isoformat_sql('finished_at')})")},
+            merchant_id, false FROM job
+        ON CONFLICT (message_id) DO NOTHING)
+    SELECT * FROM job"""
 
 
 class LeaseLost(RuntimeError):
@@ -224,23 +250,19 @@ class QueueStore(StoreBase):
                        RETURNING merchant_id""", callback_id, self.owner, outcome.attempts,
                     str(outcome.reason), outcome.retry_in_s)
                 return None if row is None else str(row["merchant_id"])
-            row = await conn.fetchrow(
-                """UPDATE callback_requests SET status = $3, attempts = $4, reason = $5,
-                       lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
-                       updated_at = now()
-                   WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
-                   RETURNING edge_call_id, merchant_id, finished_at, caller, received_at""",
-                callback_id, self.owner, outcome.status, outcome.attempts, str(outcome.reason))
+            row = await conn.fetchrow(_CLOSE, callback_id, self.owner, outcome.status,
+                                      outcome.attempts, str(outcome.reason),
+                                      uuid.UUID(fact_message_id("callback_status",
+                                                                callback_id)),
+                                      EVENTS_PATH, {
+                                          "kind": "callback_status",
+                                          "callback_id": callback_id,
+                                          "status": outcome.status,
+                                          "reason": str(outcome.reason),
+                                          "attempts": outcome.attempts})
             if row is None:
                 log.error("finish %s: lease lost; outcome %s not recorded", callback_id, outcome)
                 return None
-            await Outbox.enqueue(conn, kind="callback_status", path=EVENTS_PATH, payload={
-                "kind": "callback_status", "callback_id": callback_id,
-                "edge_call_id": row["edge_call_id"], "merchant_id": row["merchant_id"],
-                "status": outcome.status, "reason": str(outcome.reason),
-                "attempts": outcome.attempts, "at": isoformat(row["finished_at"]),
-            }, message_id=fact_message_id("callback_status", callback_id),
-                merchant_id=row["merchant_id"])
             if outcome.status == "failed" and self.notify is not None:
                 await enqueue_notification(
                     conn, self.notify, merchant_id=row["merchant_id"],

@@ -22,6 +22,7 @@ from callback_server.store.queue_store import LeaseLost
 from shared.config import AnnounceMode, Merchant
 from shared.db import create_pool, listening, migrate_url, package_migrations
 from shared.money import Money
+from shared.outbox import fact_message_id, isoformat
 from shared.phone import E164
 
 pytestmark = pytest.mark.integration
@@ -147,6 +148,7 @@ async def test_expired_lease_is_rescued_and_the_old_owner_cannot_dial(
         await stalled.persist_leg(leg, "acme")
     assert await stalled.heartbeat([job.callback_id]) == {job.callback_id}  # lost
     assert not await stalled.finish(job.callback_id, Finish("completed", Reason.ANSWERED, 1))
+    assert await clean.fetchval("SELECT count(*) FROM outbox") == 0   # the edge not told
     await rescuer.persist_leg(leg, "acme")
     with pytest.raises(asyncpg.UniqueViolationError):   # one channel id, one originate
         await rescuer.persist_leg(leg, "acme")
@@ -188,7 +190,8 @@ async def test_final_outcome_and_its_outbox_message_commit_together(
                             callback_id=job.callback_id, edge_call_id="e-8",
                             merchant_id="acme", caller=job.caller, collected_at=t0, seq=1)
     assert await store.finish(job.callback_id, Finish("completed", Reason.ANSWERED, 1))
-    rows = await clean.fetch("SELECT kind, path, body FROM outbox ORDER BY created_at, kind")
+    rows = await clean.fetch("SELECT kind, path, body, message_id, merchant_id, held "
+                             "FROM outbox ORDER BY created_at, kind")
     kinds = sorted(r["kind"] for r in rows)
     assert kinds == ["callback_status", "cdr", "request_info"]
     bodies = {r["kind"]: json.loads(bytes(r["body"])) for r in rows}
@@ -196,7 +199,16 @@ async def test_final_outcome_and_its_outbox_message_commit_together(
     assert bodies["cdr"]["duration_s"] == "12.480"
     assert bodies["cdr"]["carrier_cost"] == {"amount": "0.1398", "currency": "USD"}
     assert bodies["request_info"]["fields"] == {"item_code": "1234", "quantity": "2"}
-    assert bodies["callback_status"]["status"] == "completed"
+    finished_at = await clean.fetchval(
+        "SELECT finished_at FROM callback_requests WHERE callback_id = $1", job.callback_id)
+    assert bodies["callback_status"] == {
+        "kind": "callback_status", "callback_id": job.callback_id, "edge_call_id": "e-8",
+        "merchant_id": "acme", "status": "completed", "reason": "answered", "attempts": 1,
+        "at": isoformat(finished_at)}
+    ids = {r["kind"]: (str(r["message_id"]), r["merchant_id"], r["held"]) for r in rows}
+    assert ids["callback_status"] == (fact_message_id("callback_status", job.callback_id),
+                                      "acme", False)
+    assert ids["cdr"] == (fact_message_id("cdr", "ch-8"), "acme", False)
     status = await store.get(job.callback_id)
     assert status is not None and status["status"] == "completed"
     assert status["legs"][0]["channel_id"] == "ch-8"
