@@ -1,4 +1,5 @@
-"""What one call-back costs the callback site's PostgreSQL: its transactions, counted.
+"""What one call-back costs the callback site's PostgreSQL: its transactions, counted, and
+the round trips of the largest, the round's finish.
 
 One request is stored, claimed by the worker (with the guard, as the site runs it),
 dialled through a fake Asterisk and declined by the carrier (603, cause 21: the control
@@ -46,6 +47,10 @@ ROUTES = (StaticRoute("carrier-a", "PJSIP/{digits}@carrier-a"),
 #: route choice rode on the claim and the leg's end, its CDR and the guard's round on the
 #: finish)
 MAX_TRANSACTIONS = 5
+#: the round's finish (the job closed ``failed``), its BEGIN and COMMIT included: the
+#: leg's result with its CDR and the CDR's message, the guard's round, the job closed
+#: with its ``callback_status`` message (8 while each of those was a statement of its own)
+MAX_FINISH_ROUND_TRIPS = 5
 ASYNCPG_INTROSPECTION = ("SELECT current_setting('jit')", "SELECT set_config('jit'",
                          "WITH RECURSIVE typeinfo_tree")
 
@@ -112,6 +117,11 @@ async def test_one_declined_call_back_costs_at_most_n_transactions(
         assert await probe.fetchval("SELECT count(*) FROM outbox "
                                     "WHERE kind = 'callback_status'") == 2
         assert await probe.fetchval("SELECT count(*) FROM callback_round_flows") == 2
+        # each leg's result and its CDR, its message with it
+        legs = await probe.fetch("SELECT a.status, a.cause, c.disposition FROM "
+                                 "callback_attempts a JOIN cdrs c ON c.call_id = a.channel_id")
+        assert [tuple(r) for r in legs] == [("ended", 21, "declined")] * 2
+        assert await probe.fetchval("SELECT count(*) FROM outbox WHERE kind = 'cdr'") == 2
     finally:
         await worker.shutdown()
         task.cancel()
@@ -120,6 +130,8 @@ async def test_one_declined_call_back_costs_at_most_n_transactions(
     listing = "\n".join(" | ".join(s[:70] for s in t) for t in statements.transactions)
     print(f"{len(statements.transactions)} transactions:\n{listing}")
     assert len(statements.transactions) <= MAX_TRANSACTIONS, listing
+    finish, = (t for t in statements.transactions if any("finished_at = now()" in s for s in t))
+    assert len(finish) + 2 <= MAX_FINISH_ROUND_TRIPS, "\n".join(finish)
 
 
 async def one_call_back(pool: asyncpg.Pool, probe: asyncpg.Connection, fake: FakeAri,
