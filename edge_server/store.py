@@ -181,17 +181,19 @@ class CallStore:
         return bool(released)
 
     async def cancel(self, cmd: CancelRequest) -> bool:
-        """Withdraw a stored request that must not be called back (it committed too late)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            mid = await conn.fetchval(
-                """UPDATE edge_calls SET state = 'cancelled', outcome = $2
-                   WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id""",
-                cmd.request_id, cmd.reason.value)
-            if mid is None:
-                return False
-            # shared.outbox has no discard yet; a held message has never been sent.
-            await conn.execute("DELETE FROM outbox WHERE message_id = $1 AND held", mid)
-            return True
+        """Withdraw a stored request that must not be called back (it committed too late),
+        with its held message (never sent), in one statement: the calls that come here are
+        those the overloaded store already kept waiting. False if it was not stored."""
+        cancelled = await self.pool.fetchval(
+            """WITH call AS (
+                   UPDATE edge_calls SET state = 'cancelled', outcome = $2
+                   WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id),
+               message AS (
+                   DELETE FROM outbox USING call
+                   WHERE outbox.message_id = call.message_id AND outbox.held)
+               SELECT EXISTS (SELECT FROM call)""",
+            cmd.request_id, cmd.reason.value)
+        return bool(cancelled)
 
     async def record_call(self, cmd: RecordCall, received_at: datetime) -> None:
         """Keep a call that produced no request (refused, kept direct, abandoned)."""

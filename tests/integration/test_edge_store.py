@@ -143,6 +143,23 @@ async def test_cancel_withdraws_a_late_request(pool: asyncpg.Pool) -> None:
     assert "edge-c7.1" not in await store.sweep_held(60), "a cancelled request stays dead"
 
 
+async def test_a_late_request_is_cancelled_in_one_statement(
+        pool: asyncpg.Pool, pg_url: str) -> None:
+    """The overload path (the store answered after its guard): the call and its held
+    message withdrawn together in one statement, not a transaction of four round trips
+    holding a pool connection between them; a second cancel finds nothing."""
+    store = CallStore(pool)
+    await store.store_request(store_cmd("c7.2"), T0)
+    async with counted_pool(pg_url) as (counted, statements):
+        late = CallStore(counted)
+        assert await late.cancel(CancelRequest("edge-c7.2", Outcome.STORE_TIMEOUT)) is True
+        assert len(statements.queries) == 1, str(statements)
+        assert await late.cancel(CancelRequest("edge-c7.2", Outcome.STORE_TIMEOUT)) is False
+    assert await outbox_row(pool, "edge-c7.2") is None
+    call = await store.get_call("edge-c7.2")
+    assert call is not None and (call.state, call.outcome) == ("cancelled", "store_timeout")
+
+
 async def test_sweeper_releases_only_requests_held_too_long(pool: asyncpg.Pool) -> None:
     store = CallStore(pool)
     await store.store_request(store_cmd("c8.old"), T0)
