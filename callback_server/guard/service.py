@@ -117,6 +117,17 @@ class RoundEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """A round's end as one query (:meth:`Guard.round_record`): its clock, the query and
+    its arguments."""
+
+    end: RoundEnd
+    now: datetime
+    query: str
+    args: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Screening:
     verdict: Verdict | None
     known: bool
@@ -412,16 +423,27 @@ class Guard:
         """In the caller's transaction (the round's finish): the round recorded under its
         number's lock, a confirmation counted; a round that rang unconfirmed may lock the
         number, put it on the block list for review, or engage the anomaly brake."""
+        record = self.round_record(end, 1)
+        row = await conn.fetchrow(record.query, *record.args)
+        await self.round_recorded(conn, record, sql.round_facts_of(row))
+
+    def round_record(self, end: RoundEnd, first: int) -> RoundRecord:
+        """:meth:`record_round`'s statement, for one of the finish's statements to carry
+        (its parameters from ``$first`` on); its facts then go to :meth:`round_recorded`
+        in the same transaction."""
         now = self.clock()
         s = self.settings.velocity
+        return RoundRecord(end, now, sql.round_ended_query(first), sql.round_ended_args(
+            callback_id=end.callback_id, attempt_no=end.attempt_no, number=str(end.number),
+            merchant_id=end.merchant_id, rang=end.rang, confirmed=end.confirmed, now=now,
+            lock_window_s=s.lock_window_s, block_window_s=s.block_window_s,
+            brake_window_s=self.settings.brake.window_s))
+
+    async def round_recorded(self, conn: asyncpg.Connection, record: RoundRecord,
+                             got: sql.RoundFacts) -> None:
+        """:meth:`record_round`'s decisions on what its statement wrote and read."""
+        end, now, s = record.end, record.now, self.settings.velocity
         text = str(end.number)
-        got = await sql.round_ended(conn, callback_id=end.callback_id,
-                                    attempt_no=end.attempt_no, number=text,
-                                    merchant_id=end.merchant_id, rang=end.rang,
-                                    confirmed=end.confirmed, now=now,
-                                    lock_window_s=s.lock_window_s,
-                                    block_window_s=s.block_window_s,
-                                    brake_window_s=self.settings.brake.window_s)
         if not got.recorded or not end.rang and not end.confirmed:
             return
         if end.confirmed:

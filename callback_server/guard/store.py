@@ -115,17 +115,24 @@ class RoundFacts:
     new_unconfirmed: int
 
 
-async def round_ended(conn: asyncpg.Connection, *, callback_id: str, attempt_no: int,
-                      number: str, merchant_id: str, rang: bool, confirmed: bool,
-                      now: datetime, lock_window_s: int, block_window_s: int,
-                      brake_window_s: int) -> RoundFacts:
-    """Record a round's end under its number's lock, in the caller's transaction, and read
-    what the velocity rules and the brake decide on (one statement)."""
-    row = await conn.fetchrow(
-        "SELECT * FROM guard_round_ended($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        callback_id, attempt_no, number, merchant_id, rang, confirmed, now,
-        now - timedelta(seconds=lock_window_s), now - timedelta(seconds=block_window_s),
-        brake_since(now, brake_window_s))
+def round_ended_query(first: int) -> str:
+    """Record a round's end under its number's lock and read what the velocity rules and
+    the brake decide on (:class:`RoundFacts`, :func:`round_facts_of`): one query, its
+    parameters (:func:`round_ended_args`) from ``$first`` on, alone or carried by a
+    statement of the round's finish."""
+    return "SELECT * FROM guard_round_ended({})".format(
+        ", ".join(f"${n}" for n in range(first, first + 10)))
+
+
+def round_ended_args(*, callback_id: str, attempt_no: int, number: str, merchant_id: str,
+                     rang: bool, confirmed: bool, now: datetime, lock_window_s: int,
+                     block_window_s: int, brake_window_s: int) -> tuple[object, ...]:
+    return (callback_id, attempt_no, number, merchant_id, rang, confirmed, now,
+            now - timedelta(seconds=lock_window_s), now - timedelta(seconds=block_window_s),
+            brake_since(now, brake_window_s))
+
+
+def round_facts_of(row: asyncpg.Record) -> RoundFacts:
     return RoundFacts(bool(row["recorded"]), bool(row["number_known"]),
                       int(row["recent_unconfirmed"] or 0), int(row["window_unconfirmed"] or 0),
                       row["number_locked_until"], int(row["new_unconfirmed"] or 0))

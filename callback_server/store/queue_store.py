@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from callback_server.dialer_messages import Finish
-from callback_server.guard.service import ClaimFacts, RoundEnd
+from callback_server.guard.service import ClaimFacts, RoundEnd, RoundRecord
+from callback_server.guard.store import round_facts_of
 from callback_server.metrics import callback as callback_metrics
 from callback_server.store.base import StoreBase
 from callback_server.store.leg_end import LegEnd, write_leg_end
@@ -39,9 +40,16 @@ log = logging.getLogger("callback.store")
 JOBS_CHANNEL = "callback_jobs"
 
 
-#: close a job and tell the edge, in one statement: the ``callback_status`` message (its
-#: facts ``$8``, the job's own added) only with the job closed under our lease
-_CLOSE = f"""WITH job AS (
+#: queue a job again under our lease (its own statement's CTE ``job``, 5 parameters)
+_REQUEUE = ("""job AS (
+        UPDATE callback_requests SET status = 'queued', attempts = $3, reason = $4,
+            lease_owner = NULL, lease_expires_at = NULL,
+            next_attempt_at = now() + $5 * interval '1 second', updated_at = now()
+        WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+        RETURNING merchant_id)""", 5)
+#: close a job under our lease and tell the edge (CTEs ``job`` and its ``callback_status``
+#: message: its facts ``$8``, the job's own added; 8 parameters)
+_CLOSE = (f"""job AS (
         UPDATE callback_requests SET status = $3, attempts = $4, reason = $5,
             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
             updated_at = now()
@@ -53,8 +61,17 @@ _CLOSE = f"""WITH job AS (
             "$8::jsonb || jsonb_build_object('edge_call_id', edge_call_id, "
             f"'merchant_id', merchant_id, 'at', {isoformat_sql('finished_at')})")},
             merchant_id, false FROM job
-        ON CONFLICT (message_id) DO NOTHING)
-    SELECT * FROM job"""
+        ON CONFLICT (message_id) DO NOTHING)""", 8)
+
+
+def _ending(ctes: str, record: RoundRecord | None) -> str:
+    """The job's end (``ctes``) as one statement, carrying the guard's round when there is
+    one: a row all the same when the job is not ours (its columns NULL), the round's
+    facts with it."""
+    if record is None:
+        return f"WITH {ctes} SELECT job.* FROM (SELECT) one LEFT JOIN job ON true"
+    return (f"WITH {ctes}, round AS ({record.query}) SELECT job.*, round.* "
+            "FROM (SELECT) one LEFT JOIN job ON true LEFT JOIN round ON true")
 
 
 class LeaseLost(RuntimeError):
@@ -238,31 +255,33 @@ class QueueStore(StoreBase):
         async with self.pool.acquire() as conn, conn.transaction():
             if ended is not None:
                 await write_leg_end(self, conn, ended)
+            ctes, params = _CLOSE if outcome.retry_in_s is None else _REQUEUE
+            record = None
             if round_end is not None and self.guard is not None \
                     and round_end.counted(outcome.attempts):
-                await self.guard.record_round(conn, round_end)
+                record = self.guard.round_record(round_end, params + 1)
+            args: tuple[object, ...] = (callback_id, self.owner)
             if outcome.retry_in_s is not None:
-                row = await conn.fetchrow(
-                    """UPDATE callback_requests SET status = 'queued', attempts = $3,
-                           reason = $4, lease_owner = NULL, lease_expires_at = NULL,
-                           next_attempt_at = now() + $5 * interval '1 second', updated_at = now()
-                       WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
-                       RETURNING merchant_id""", callback_id, self.owner, outcome.attempts,
-                    str(outcome.reason), outcome.retry_in_s)
-                return None if row is None else str(row["merchant_id"])
-            row = await conn.fetchrow(_CLOSE, callback_id, self.owner, outcome.status,
-                                      outcome.attempts, str(outcome.reason),
-                                      uuid.UUID(fact_message_id("callback_status",
-                                                                callback_id)),
-                                      EVENTS_PATH, {
-                                          "kind": "callback_status",
-                                          "callback_id": callback_id,
-                                          "status": outcome.status,
-                                          "reason": str(outcome.reason),
-                                          "attempts": outcome.attempts})
-            if row is None:
-                log.error("finish %s: lease lost; outcome %s not recorded", callback_id, outcome)
+                args += (outcome.attempts, str(outcome.reason), outcome.retry_in_s)
+            else:
+                args += (outcome.status, outcome.attempts, str(outcome.reason),
+                         uuid.UUID(fact_message_id("callback_status", callback_id)),
+                         EVENTS_PATH, {"kind": "callback_status", "callback_id": callback_id,
+                                       "status": outcome.status,
+                                       "reason": str(outcome.reason),
+                                       "attempts": outcome.attempts})
+            row = await conn.fetchrow(_ending(ctes, record),
+                                      *args, *(() if record is None else record.args))
+            assert row is not None
+            if record is not None and self.guard is not None:
+                await self.guard.round_recorded(conn, record, round_facts_of(row))
+            if row["merchant_id"] is None:
+                if outcome.retry_in_s is None:
+                    log.error("finish %s: lease lost; outcome %s not recorded", callback_id,
+                              outcome)
                 return None
+            if outcome.retry_in_s is not None:
+                return str(row["merchant_id"])
             if outcome.status == "failed" and self.notify is not None:
                 await enqueue_notification(
                     conn, self.notify, merchant_id=row["merchant_id"],

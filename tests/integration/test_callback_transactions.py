@@ -48,9 +48,10 @@ ROUTES = (StaticRoute("carrier-a", "PJSIP/{digits}@carrier-a"),
 #: finish)
 MAX_TRANSACTIONS = 5
 #: the round's finish (the job closed ``failed``), its BEGIN and COMMIT included: the
-#: leg's result with its CDR and the CDR's message, the guard's round, the job closed
-#: with its ``callback_status`` message (8 while each of those was a statement of its own)
-MAX_FINISH_ROUND_TRIPS = 5
+#: leg's result with its CDR and the CDR's message, then the job closed with its
+#: ``callback_status`` message and the guard's round (8 while each of those was a
+#: statement of its own)
+MAX_FINISH_ROUND_TRIPS = 4
 ASYNCPG_INTROSPECTION = ("SELECT current_setting('jit')", "SELECT set_config('jit'",
                          "WITH RECURSIVE typeinfo_tree")
 

@@ -23,12 +23,12 @@ from aiohttp.test_utils import TestServer
 from aiosmtpd.smtp import Envelope, Session
 
 from callback_server.config import StaticRoute
-from callback_server.dialer_messages import PersistAttempt, RecordCdr, Route
+from callback_server.dialer_messages import Finish, PersistAttempt, Reason, RecordCdr, Route
 from callback_server.guard.__main__ import main as guard_cli
 from callback_server.guard.alerts import AlertSettings
 from callback_server.guard.caps import CapLimits, CapSettings
 from callback_server.guard.reasons import GuardRefused
-from callback_server.guard.service import Admission, ClaimFacts, Guard
+from callback_server.guard.service import Admission, ClaimFacts, Guard, RoundEnd
 from callback_server.guard.settings import GuardSettings
 from callback_server.guard.testing import FakeClock
 from callback_server.ivr_flow import load_named
@@ -834,3 +834,26 @@ async def test_rounds_recorded_uncounted_before_are_dropped_by_their_migration(
                             confirmed=False)
     assert await clean.fetchval("SELECT rang FROM guard_rounds WHERE callback_id = $1",
                                 jobs[0])
+
+
+async def test_a_finish_whose_lease_was_lost_still_records_the_guards_round(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """The finish's statement carries the guard's round: with the job no longer ours it
+    changes nothing of the job and tells the edge nothing, but the round is recorded."""
+    guard = slot_guard(clean, CapLimits())
+    closing.append(guard)
+    job = await claimed_job(CallbackStore(clean, owner="w", guard=guard), 400,
+                            "819070700040")
+    stranger = CallbackStore(clean, owner="stranger", guard=guard)
+    end = RoundEnd(job, 1, E164("819070700040"), "acme", rang=True, confirmed=False)
+    assert not await stranger.finish(job, Finish("failed", Reason.NO_ANSWER, 1),
+                                     round_end=end)
+    assert not await stranger.finish(job, Finish("retry", Reason.NO_ANSWER, 1, 30),
+                                     round_end=end)
+    row = await clean.fetchrow("SELECT status, attempts, lease_owner FROM callback_requests "
+                               "WHERE callback_id = $1", job)
+    assert dict(row) == {"status": "dialing", "attempts": 0, "lease_owner": "w"}
+    assert await clean.fetchval("SELECT count(*) FROM outbox") == 0
+    rounds = await clean.fetch("SELECT callback_id, attempt_no, rang, confirmed "
+                               "FROM guard_rounds")
+    assert [tuple(r) for r in rounds] == [(job, 1, True, False)]
