@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,9 @@ from tests.harness.asterisk import (
     AsteriskSite,
     expect_event,
     instance_tool,
+    locked_site_fixture,
     qualify,
     reset,
-    running_locked,
     sounds_dir,
 )
 from tests.harness.sipp import role
@@ -36,10 +35,7 @@ CUSTOMER = "09012345678"
 PROMPT = "confirm-callback"
 
 
-@pytest.fixture(scope="module")
-def callback() -> Iterator[AsteriskSite]:
-    with running_locked("callback") as site:
-        yield site
+callback = locked_site_fixture("callback")
 
 
 def installed_wavs(site: AsteriskSite) -> list[Path]:

@@ -8,7 +8,6 @@ Holds the stack's lock (``demo.stack.LOCK_PATH``) while it drives the shared Ast
 from __future__ import annotations
 
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,9 @@ from tests.harness.asterisk import (
     AsteriskSite,
     expect_event,
     instance_tool,
+    locked_site_fixture,
     qualify,
     reset,
-    running_locked,
     sounds_dir,
 )
 from tests.harness.sipp import role
@@ -34,10 +33,7 @@ CUSTOMER = "09012345678"
 CODE = "123"
 
 
-@pytest.fixture(scope="module")
-def callback() -> Iterator[AsteriskSite]:
-    with running_locked("callback") as site:
-        yield site
+callback = locked_site_fixture("callback")
 
 
 def seconds(path: Path) -> float:

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -35,9 +35,9 @@ from shared.language import Language
 from tests.harness.asterisk import (
     AsteriskSite,
     expect_event,
+    locked_site_fixture,
     qualify,
     reset,
-    running_locked,
     sounds_dir,
 )
 from tests.harness.sipp import role
@@ -49,10 +49,7 @@ MERCHANT = "e2e-guidance"
 CUSTOMER = "09012345678"
 
 
-@pytest.fixture(scope="module")
-def callback() -> Iterator[AsteriskSite]:
-    with running_locked("callback") as site:
-        yield site
+callback = locked_site_fixture("callback")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ Holds the stack's lock (``demo.stack.LOCK_PATH``) while it drives the shared Ast
 from __future__ import annotations
 
 import wave
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -35,10 +35,10 @@ from shared.phone import normalise
 from tests.harness.asterisk import (
     AsteriskSite,
     expect_event,
+    locked_site_fixture,
     qualify,
     recordings_spool,
     reset,
-    running_locked,
 )
 from tests.harness.sipp import role
 
@@ -48,10 +48,7 @@ CUSTOMER = "09012345678"
 CHANNEL = "record-b"
 
 
-@pytest.fixture(scope="module")
-def callback() -> Iterator[AsteriskSite]:
-    with running_locked("callback") as site:
-        yield site
+callback = locked_site_fixture("callback")
 
 
 @asynccontextmanager

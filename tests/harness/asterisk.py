@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.ari import AriClient, AriError, ChannelNotFound, Conflict, Event, channel_ids
 
@@ -250,6 +250,18 @@ def running_locked(name: str) -> Iterator[AsteriskSite]:
     shared Asterisk without ``demo.stack.Stack``."""
     with stack_lock():
         yield ensure_running(name)
+
+
+def locked_site_fixture(name: str) -> Any:
+    """A module-scoped fixture named ``name``: the site running with the stack's lock held
+    for the module's tests (:func:`running_locked`)."""
+    import pytest  # here: the demo and the benches import this module without pytest's use
+
+    @pytest.fixture(scope="module", name=name)
+    def site() -> Iterator[AsteriskSite]:
+        with running_locked(name) as running_site:
+            yield running_site
+    return site
 
 
 @contextmanager
