@@ -412,13 +412,6 @@ class Guard:
 
     # --- after a round and per CDR ------------------------------------------------------
 
-    async def round_ended(self, *, callback_id: str, attempt_no: int, number: E164,
-                          merchant_id: str, rang: bool, confirmed: bool) -> None:
-        """:meth:`record_round` in a transaction of its own."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.record_round(conn, RoundEnd(callback_id, attempt_no, number,
-                                                   merchant_id, rang, confirmed))
-
     async def record_round(self, conn: asyncpg.Connection, end: RoundEnd) -> None:
         """In the caller's transaction (the round's finish): the round recorded under its
         number's lock, a confirmation counted; a round that rang unconfirmed may lock the

@@ -56,6 +56,13 @@ T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[2]
 
 
+async def round_ended(guard: Guard, **end: Any) -> None:
+    """A round's end recorded in a transaction of its own (a job's finish carries it in its
+    own statement)."""
+    async with guard.pool.acquire() as conn, conn.transaction():
+        await guard.record_round(conn, RoundEnd(**end))
+
+
 class Inbox:
     def __init__(self) -> None:
         self.messages: list[Any] = []
@@ -256,9 +263,9 @@ async def test_brake_alerts_when_new_numbers_stay_unconfirmed(
     guard = Guard(clean, s, clock=clock)
     closing.append(guard)
     for i in range(4):
-        await guard.round_ended(callback_id=f"cb-b{i}", attempt_no=1,
-                                number=E164(f"81903333000{i}"), merchant_id="acme",
-                                rang=True, confirmed=False)
+        await round_ended(guard, callback_id=f"cb-b{i}", attempt_no=1,
+                          number=E164(f"81903333000{i}"), merchant_id="acme",
+                          rang=True, confirmed=False)
         clock.advance(10)
     await guard.alerter.drain()
     assert [h["kind"] for h in hooks] == ["brake_engaged"]
@@ -294,9 +301,9 @@ async def test_an_alert_raised_by_two_processes_goes_out_once_per_repeat_window(
     async def engage(prefix: str) -> None:
         for i in range(4):
             for guard in (one, two):  # each process sees the rounds of the other
-                await guard.round_ended(callback_id=f"cb-{prefix}{i}-{id(guard)}",
-                                        attempt_no=1, number=E164(f"81903333{prefix}{i}"),
-                                        merchant_id="acme", rang=True, confirmed=False)
+                await round_ended(guard, callback_id=f"cb-{prefix}{i}-{id(guard)}",
+                                  attempt_no=1, number=E164(f"81903333{prefix}{i}"),
+                                  merchant_id="acme", rang=True, confirmed=False)
             clock.advance(10)
         await asyncio.gather(one.alerter.drain(), two.alerter.drain())
 
@@ -799,8 +806,8 @@ async def test_a_round_refused_at_every_admission_is_no_round_and_the_real_one_i
         {"callback_id": job, "attempt_no": 1, "number": "+819070700002",
          "merchant_id": "acme", "known": False, "rang": True, "confirmed": False}]
     # the number's second unconfirmed round locks it (lock_after 2): the first counted
-    await guard.round_ended(callback_id=job, attempt_no=2, number=E164("819070700002"),
-                            merchant_id="acme", rang=True, confirmed=False)
+    await round_ended(guard, callback_id=job, attempt_no=2, number=E164("819070700002"),
+                      merchant_id="acme", rang=True, confirmed=False)
     assert await clean.fetchval("SELECT locked_until > now() FROM guard_numbers "
                                 "WHERE number = '+819070700002'")
 
@@ -829,9 +836,9 @@ async def test_rounds_recorded_uncounted_before_are_dropped_by_their_migration(
         "SELECT callback_id FROM guard_rounds")) == sorted(cb for cb, _ in rows[1:])
     guard = Guard(clean, GuardSettings())
     closing.append(guard)
-    await guard.round_ended(callback_id=jobs[0], attempt_no=1,
-                            number=E164("819080800000"), merchant_id="acme", rang=True,
-                            confirmed=False)
+    await round_ended(guard, callback_id=jobs[0], attempt_no=1,
+                      number=E164("819080800000"), merchant_id="acme", rang=True,
+                      confirmed=False)
     assert await clean.fetchval("SELECT rang FROM guard_rounds WHERE callback_id = $1",
                                 jobs[0])
 
