@@ -7,12 +7,16 @@ gets a freshly created database, so modules never see each other's rows.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.harness import hangs
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = Path(os.environ.get("CBGW_TEST_DATA_DIR", "/tmp/cbgw-test"))
@@ -70,6 +74,27 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("pki")
     init(directory, ["edge", "callback"])
     yield directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _session_loop() -> None:
+    """The session's event loop: a wider default executor, and the hang watchdog's."""
+    hangs.widen_executor(asyncio.get_running_loop())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    hangs.start(item)
+    try:
+        yield
+    finally:
+        hangs.stop(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, Any, None]:
+    outcome = yield
+    hangs.annotate(item, outcome.get_result())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -101,11 +101,23 @@ async def test_the_edge_serves_its_metrics(
     waits, and the event loop's lateness."""
     settings = EdgeSettings.load(write_config(tmp_path, pki_dir, pg_url, free_port()))
     client = await aiohttp_client(create_app(settings))
-    await asyncio.sleep(SAMPLE_EVERY_S * 1.5)  # one sample of the loop and the pool
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    assert resp.headers["Content-Type"].startswith("text/plain; version=")
-    text = await resp.text()
+
+    async def scrape() -> str:
+        resp = await client.get("/metrics")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        return await resp.text()
+
+    # the pool gauges are the process's: until this app's sampler has run with its pool
+    # up they hold what an earlier test's app sampled, so wait for a sample after the
+    # start (on a loaded machine a fixed sleep missed it: the first sample may come
+    # before the pool is up, the next one late)
+    samples = prom.scraped(await scrape(), "cbgw_event_loop_delay_seconds_count")
+    deadline = asyncio.get_running_loop().time() + 40 * SAMPLE_EVERY_S
+    while prom.scraped(text := await scrape(),
+                       "cbgw_event_loop_delay_seconds_count") <= samples:
+        assert asyncio.get_running_loop().time() < deadline, "no sample in 10 s"
+        await asyncio.sleep(SAMPLE_EVERY_S / 2)
     assert prom.scraped(text, "cbgw_metrics_reading_up", reading="outbox_backlog") == 1.0
     assert prom.scraped(text, "cbgw_outbox_messages", state="dead") == 0.0
     assert "# TYPE cbgw_outbox_oldest_pending_seconds gauge" in text
