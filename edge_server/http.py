@@ -6,7 +6,8 @@
   natural key in the tables). The link's messages hold at most their share of the
   pool's connections (:mod:`edge_server.link_share`).
 * ``POST /v1/link/events/batch``: several such reports in one signed request (the
-  callback site's relay sends what is due together), each answered on its own.
+  callback site's relay sends what is due together), each answered on its own; a
+  call-back's reports in one statement for the batch.
 * ``POST /v1/link/rate-decks``: the parts of a rate deck version the callback site
   activated (``routing_rates.distribute``; signed, idempotent likewise).
 * ``GET /v1/requests``, ``GET /v1/cdrs``, ``GET /v1/calls`` (every inbound call:
@@ -41,7 +42,13 @@ from advisors import record_schemas
 from advisors.record_store import ID_FILTERS, list_records
 from billing import records as billing_records
 from edge_server.link_share import DEFAULT_RESERVE, LinkShare
-from edge_server.report_store import ONE_STATEMENT, apply_report, save_report
+from edge_server.report_store import (
+    ONE_STATEMENT,
+    Delivery,
+    apply_report,
+    apply_reports,
+    save_report,
+)
 from edge_server.reports import (
     EVENT_ANSWER,
     EVENT_EXAMPLES,
@@ -176,14 +183,18 @@ async def link_events_batch(request: web.Request) -> web.Response:
     """Several reports in one signed request; ``200`` with each one's answer.
 
     Each message is what a single ``POST /v1/link/events`` would carry, with its own
-    message id, and gets the answer that request would get (stored or a duplicate's first
-    answer, 400 ``invalid-field``, 422 ``unknown-merchant``). Each is stored in its own
-    transaction, in the batch's order. Not one transaction for the batch: a report
-    updates rows other batches share (a number's learned call lengths, a merchant's), and
-    batches holding many of them until one commit deadlocked one another under load
-    (measured: 70 deadlocks in a 40/s step, the pool held by them, the edge's own request
-    stores timing out). The database failing (a deadlock too) answers the whole request
-    503: the sender sends them all again, and those already stored are duplicates.
+    message id, and gets the answer that request would get in the batch's order (stored
+    or a duplicate's first answer, 400 ``invalid-field``, 422 ``unknown-merchant``).
+    The reports each call-back sends, one after another in the batch, are applied in one
+    statement (``report_store.apply_reports``: one transaction, one commit); each other
+    report in a transaction of its own, in its place in the batch. Not one transaction
+    held across statements: a report updates rows other batches share (a number's
+    learned call lengths, a merchant's), and batches holding many of them until one
+    commit deadlocked one another under load (measured: 70 deadlocks in a 40/s step, the
+    pool held by them, the edge's own request stores timing out); one statement takes
+    them in their keys' order and holds them for its own run only. The database failing
+    answers the whole request 503: the sender sends them all again, and those already
+    stored are duplicates.
     """
     items = parse_batch(await read_json_object(request, raw_body(request)))
     learn = request.app.get(LEARN_CALL_LENGTHS_KEY, False)
@@ -198,14 +209,30 @@ async def link_events_batch(request: web.Request) -> web.Response:
 
 async def _store_each(conn: asyncpg.Connection, items: Sequence[BatchItem], learn: bool
                       ) -> list[Answer]:
-    """Each item in a transaction of its own; the answers in the items' order."""
-    answers: list[Answer] = []
-    for item in items:
+    """The items' answers in their order: each run of reports of ``ONE_STATEMENT`` kinds
+    (a malformed message between them writes nothing and does not end the run) in one
+    statement, each other report in a transaction of its own."""
+    answers: dict[int, Answer] = {}
+    run: list[tuple[int, Delivery]] = []
+
+    async def apply_run() -> None:
+        if run:
+            stored = await apply_reports(conn, [d for _, d in run], learn_call_lengths=learn)
+            answers.update(zip((i for i, _ in run), stored, strict=True))
+            run.clear()
+
+    for i, item in enumerate(items):
         try:
-            answers.append(await _store(conn, item.message_id, parse_event(item.body), learn))
+            report = parse_event(item.body)
+            if isinstance(report, ONE_STATEMENT):
+                run.append((i, (item.message_id, report)))
+                continue
+            await apply_run()
+            answers[i] = await _store(conn, item.message_id, report, learn)
         except ApiError as exc:
-            answers.append((exc.status, exc.body()))
-    return answers
+            answers[i] = exc.status, exc.body()
+    await apply_run()
+    return [answers[i] for i in range(len(items))]
 
 
 async def link_rate_decks(request: web.Request) -> web.Response:

@@ -1,31 +1,39 @@
 """Storing the reports of the callback site at the edge (:mod:`edge_server.reports`
 parses them), once per link message id, tenant-scoped.
 
-A report of the kinds each call-back sends (:data:`ONE_STATEMENT`: request info, a
-recording's transcript, CDRs, call-back status) is applied in ONE statement, its own
-transaction (:func:`apply_report`)::
+Reports of the kinds each call-back sends (:data:`ONE_STATEMENT`: request info, a
+recording's transcript, CDRs, call-back status) are applied in ONE statement, its own
+transaction, however many a batch holds (:func:`apply_reports`; :func:`apply_report` for
+one)::
 
-    WITH prior   AS (the answer kept for the message id, if it was claimed before),
-         tenant  AS (is the merchant known; who owns the call),
-         ok      AS (one row if the report is to be written: not claimed, tenant right),
-         written AS (INSERT the report SELECT ... FROM ok
-                     ON CONFLICT (its natural key) DO NOTHING RETURNING id),
-         ...        what a new report updates (FROM written): the call's call-back
-                    status; a customer leg's talk time for the call lengths,
-         claimed AS (INSERT INTO inbound_messages the message id and its answer,
-                     stored if written else duplicate, SELECT ... FROM ok
-                     ON CONFLICT (message_id) DO NOTHING RETURNING response_body)
-    SELECT the tenant, the prior answer, the claimed answer
+    WITH judged  AS (each report (its arrays unnested): is its merchant known, who owns
+                     its call, the answer kept for its message id if claimed before),
+         ok      AS (the first report of each message id to be written: not claimed,
+                     tenant right),
+         <kind>_new AS (the reports of ok of a kind, the first of each natural key),
+         <kind>_written AS (INSERT them ON CONFLICT (the natural key) DO NOTHING
+                     RETURNING the key), ...
+         ...        what the new rows update: the call's call-back status (the batch's
+                    last status of each call), customer legs' talk times for the call
+                    lengths,
+         claimed AS (INSERT INTO inbound_messages each ok report's message id and its
+                     answer, stored if its row was written else duplicate,
+                     ON CONFLICT (message_id) DO NOTHING RETURNING the answer)
+    SELECT for each report: the tenant, the prior answer, the claim it shares, its answer
 
-so a report holds a pool connection for one round trip, not for six statements each
-waiting for the event loop to send the next. The answers are those of
-:func:`shared.link.accept_once` around :func:`save_report`: a message id claimed before
-gets its first answer back; an unknown merchant, or a call of another merchant, 422 with
-nothing written (not even the claim: a resend is judged again); else ``stored``, or
-``duplicate`` when the natural key was stored under another message id. Two deliveries
-of one message at once: the second's claim (and its report, on the natural key) waits
-for the first's commit and writes nothing; the first answer is then read, a second
-statement, the only case with one.
+so a batch holds a pool connection for one round trip and commits (a WAL flush) once,
+not once a report. The answers are those the reports would get one by one in the
+batch's order (:func:`shared.link.accept_once` around :func:`save_report`): a message id
+claimed before, or earlier in the batch, gets its first answer back; an unknown
+merchant, or a call of another merchant, 422 with nothing written (not even the claim: a
+resend is judged again); else ``stored``, or ``duplicate`` when the natural key was
+stored under another message id, before or earlier in the batch. Two deliveries of one
+message at once: the second's claim (and its report, on the natural key) waits for the
+first's commit and writes nothing; the first answer is then read, a second statement,
+the only case with one. The rows are written in their keys' order, so two batches with
+the same reports wait for one another rather than deadlock; a writer taking rows of the
+batch (the calls' rows) in another order can still deadlock with it: the batch is then
+rolled back whole and applied a report at a time, each its own statement.
 
 The other kinds (consultation records, billing records, customer erasures: a few per
 consultation, not per call-back) are written by :func:`save_report` inside
@@ -34,7 +42,10 @@ consultation, not per call-back) are written by :func:`save_report` inside
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -59,20 +70,72 @@ from shared.link import Answer, first_answer
 
 log = logging.getLogger("edge.reports")
 
-#: the reports :func:`apply_report` writes in one statement
+#: the reports :func:`apply_reports` writes in one statement
 ONE_STATEMENT = (RequestInfo, RecordingTranscript, Cdr, CallbackStatusReport)
 OneStatementReport = RequestInfo | RecordingTranscript | Cdr | CallbackStatusReport
+#: a report of :data:`ONE_STATEMENT` and the id of the message that carried it
+Delivery = tuple[str, OneStatementReport]
 
 
-class _Params:
-    """A statement's arguments, given as it is written: ``p(value)`` is ``$n``."""
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How :func:`apply_reports` writes one kind of report: its CTEs' prefix, its table,
+    the columns besides ``merchant_id`` and ``edge_call_id`` (name, type) and those only
+    read (``extra``), its natural key besides ``merchant_id``, and a report's values for
+    ``columns + extra`` (given whether call lengths are learned)."""
 
-    def __init__(self) -> None:
-        self.values: list[Any] = []
+    name: str
+    report: type
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+    values: Callable[[Any, bool], tuple[object, ...]]
+    extra: tuple[tuple[str, str], ...] = ()
 
-    def __call__(self, value: object) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
+
+def _cdr_values(c: Cdr, learn_call_lengths: bool) -> tuple[object, ...]:
+    number = c.number
+    counted = call_lengths.talk_counted(number, c.duration_s) if learn_call_lengths \
+        and c.leg == "customer" and c.answered_at is not None and number is not None \
+        else None
+    return (c.call_id, c.callback_id, c.leg, c.destination, c.destination_kind, c.carrier,
+            c.started_at, c.answered_at, c.ended_at, c.duration_s, c.billed_s,
+            c.hangup_cause, c.disposition,
+            c.carrier_cost.amount if c.carrier_cost else None,
+            c.carrier_cost.currency if c.carrier_cost else None,
+            c.direct_cost.amount if c.direct_cost else None,
+            c.direct_cost.currency if c.direct_cost else None,
+            *(counted or (None, None)))
+
+
+_KINDS = (
+    _Kind("request", RequestInfo, "requests",
+          (("callback_id", "text"), ("caller", "text"), ("category", "text"),
+           ("fields", "jsonb"), ("collected_at", "timestamptz")),
+          ("callback_id", "collected_at"),
+          lambda r, _: (r.callback_id, str(r.caller), r.category, r.fields, r.collected_at)),
+    _Kind("transcript", RecordingTranscript, "request_transcripts",
+          (("callback_id", "text"), ("recording_id", "text"), ("transcript", "text")),
+          ("recording_id",), lambda r, _: (r.callback_id, r.recording_id, r.transcript)),
+    _Kind("cdr", Cdr, "cdrs",
+          (("call_id", "text"), ("callback_id", "text"), ("leg", "text"),
+           ("destination", "text"), ("destination_kind", "text"), ("carrier", "text"),
+           ("started_at", "timestamptz"), ("answered_at", "timestamptz"),
+           ("ended_at", "timestamptz"), ("duration_s", "numeric"), ("billed_s", "int"),
+           ("hangup_cause", "int"), ("disposition", "text"),
+           ("carrier_cost_amount", "numeric"), ("carrier_cost_currency", "text"),
+           ("direct_cost_amount", "numeric"), ("direct_cost_currency", "text")),
+          ("call_id",), _cdr_values,
+          extra=(("count_class", "text"), ("count_s", "int"))),
+    _Kind("status", CallbackStatusReport, "callback_status",
+          (("callback_id", "text"), ("status", "text"), ("reason", "text"),
+           ("attempts", "int"), ("at", "timestamptz")),
+          ("callback_id", "status", "at"),
+          lambda r, _: (r.callback_id, r.status, r.reason, r.attempts, r.at)),
+)
+#: each report's own columns, unnested first
+_EVENT = (("ord", "int"), ("message_id", "text"), ("kind", "text"), ("merchant_id", "text"),
+          ("edge_call_id", "text"))
 
 
 def _tenant_refusal(merchant_id: str, edge_call_id: str | None, known: bool,
@@ -88,122 +151,156 @@ def _tenant_refusal(merchant_id: str, edge_call_id: str | None, known: bool,
 
 async def apply_report(conn: asyncpg.Connection, message_id: str, report: OneStatementReport,
                        *, learn_call_lengths: bool = False) -> Answer:
-    """Claim ``message_id``, check the tenant, write ``report`` with what it updates and
-    keep the answer, in one statement (outside a transaction: it commits on its own);
-    the answer for the link (see the module docstring). ``learn_call_lengths`` (rates
-    on): a new answered customer leg's talk seconds are counted for the merchant's call
-    lengths in the same statement, so a CDR delivered twice counts once."""
-    p = _Params()
-    mid, kind = p(message_id), p(kind_of(report))
-    merchant, call = p(report.merchant_id), p(report.edge_call_id)
-    rows = await conn.fetchrow(
-        f"""WITH prior AS (
-                SELECT response_status, response_body FROM inbound_messages
-                WHERE message_id = {mid}),
-            tenant AS (
-                SELECT EXISTS (SELECT FROM merchants WHERE id = {merchant}) AS known,
-                       (SELECT merchant_id FROM edge_calls WHERE edge_call_id = {call})
-                           AS owner),
-            ok AS (
-                SELECT FROM tenant WHERE known AND (owner IS NULL OR owner = {merchant})
-                    AND NOT EXISTS (SELECT FROM prior)),
-            {_writes(report, p, merchant, call, learn_call_lengths)},
-            claimed AS (
-                INSERT INTO inbound_messages (message_id, kind, response_status,
-                    response_body)
-                SELECT {mid}, {kind}::text, 200, jsonb_build_object(
-                    'status', CASE WHEN EXISTS (SELECT FROM written) THEN 'stored'
-                                   ELSE 'duplicate' END, 'kind', {kind}::text)
-                FROM ok
-                ON CONFLICT (message_id) DO NOTHING RETURNING response_body)
-            SELECT t.known, t.owner, p.response_status AS prior_status,
-                   p.response_body AS prior_body,
-                   (SELECT response_body FROM claimed) AS answer
-            FROM tenant t LEFT JOIN prior p ON true""", *p.values)
-    assert rows is not None
-    if rows["prior_status"] is not None:
-        log.info("duplicate %s message %s: returning the first answer", kind_of(report),
-                 message_id)
-        return int(rows["prior_status"]), dict(rows["prior_body"])
-    refusal = _tenant_refusal(report.merchant_id, report.edge_call_id, rows["known"],
-                              rows["owner"])
-    if refusal is not None:
-        raise refusal
-    if rows["answer"] is not None:
-        return 200, dict(rows["answer"])
-    # claimed by a delivery of the same message that committed while this one waited
-    answer = await first_answer(conn, message_id)
-    assert answer is not None
-    log.info("duplicate %s message %s: returning the first answer", kind_of(report),
-             message_id)
+    """:func:`apply_reports` of one report; a refusal is raised (``ApiError`` 422)."""
+    (answer,) = await _apply(conn, [(message_id, report)], learn_call_lengths)
+    if isinstance(answer, ApiError):
+        raise answer
     return answer
 
 
-def _writes(report: OneStatementReport, p: _Params, merchant: str, call: str,
-            learn_call_lengths: bool) -> str:
-    """The CTEs writing ``report`` for each row of ``ok``: ``written`` (the new row's id,
-    none for a duplicate natural key) and what a new row updates."""
-    match report:
-        case RequestInfo():
-            return f"""written AS (
-                INSERT INTO requests (merchant_id, callback_id, edge_call_id, caller,
-                    category, fields, collected_at)
-                SELECT {merchant}, {p(report.callback_id)}, {call}, {p(str(report.caller))},
-                    {p(report.category)}, {p(report.fields)}, {p(report.collected_at)}
-                FROM ok
-                ON CONFLICT (merchant_id, callback_id, collected_at) DO NOTHING
-                RETURNING id)"""
-        case RecordingTranscript():
-            return f"""written AS (
-                INSERT INTO request_transcripts (merchant_id, callback_id, edge_call_id,
-                    recording_id, transcript)
-                SELECT {merchant}, {p(report.callback_id)}, {call}, {p(report.recording_id)},
-                    {p(report.transcript)}
-                FROM ok
-                ON CONFLICT (merchant_id, recording_id) DO NOTHING RETURNING id)"""
-        case Cdr():
-            return _cdr(report, p, merchant, call, learn_call_lengths)
-        case CallbackStatusReport():
-            callback, status, reason = p(report.callback_id), p(report.status), p(report.reason)
-            return f"""written AS (
-                INSERT INTO callback_status (merchant_id, callback_id, edge_call_id, status,
-                    reason, attempts, at)
-                SELECT {merchant}, {callback}, {call}, {status}, {reason},
-                    {p(report.attempts)}, {p(report.at)}
-                FROM ok
-                ON CONFLICT (merchant_id, callback_id, status, at) DO NOTHING RETURNING id),
-            call_status AS (
-                UPDATE edge_calls SET callback_id = {callback}, callback_status = {status},
-                    callback_reason = {reason}
-                WHERE edge_call_id = {call} AND merchant_id = {merchant}
-                  AND EXISTS (SELECT FROM written))"""
+async def apply_reports(conn: asyncpg.Connection, deliveries: Sequence[Delivery], *,
+                        learn_call_lengths: bool = False) -> list[Answer]:
+    """Claim the message ids, check the tenants, write the reports with what they update
+    and keep the answers, in one statement (outside a transaction: it commits on its
+    own); each report's answer for the link, in order (see the module docstring).
+    ``learn_call_lengths`` (rates on): new answered customer legs' talk seconds are
+    counted for their merchants' call lengths in the same statement, so a CDR delivered
+    twice counts once. A deadlock with another writer: the statement is rolled back and
+    the reports applied one at a time."""
+    try:
+        answers = await _apply(conn, deliveries, learn_call_lengths)
+    except asyncpg.DeadlockDetectedError:
+        if len(deliveries) == 1 or conn.is_in_transaction():
+            raise
+        log.warning("%d reports deadlocked with another writer: applying them one at a "
+                    "time", len(deliveries))
+        answers = [answer for delivery in deliveries
+                   for answer in await _apply(conn, [delivery], learn_call_lengths)]
+    return [(a.status, a.body()) if isinstance(a, ApiError) else a for a in answers]
 
 
-def _cdr(c: Cdr, p: _Params, merchant: str, call: str, learn_call_lengths: bool) -> str:
-    written = f"""written AS (
-                INSERT INTO cdrs (merchant_id, call_id, callback_id, edge_call_id, leg,
-                    destination, destination_kind, carrier, started_at, answered_at,
-                    ended_at, duration_s, billed_s, hangup_cause, disposition,
-                    carrier_cost_amount, carrier_cost_currency, direct_cost_amount,
-                    direct_cost_currency)
-                SELECT {merchant}, {p(c.call_id)}, {p(c.callback_id)}, {call}, {p(c.leg)},
-                    {p(c.destination)}, {p(c.destination_kind)}, {p(c.carrier)},
-                    {p(c.started_at)}, {p(c.answered_at)}, {p(c.ended_at)},
-                    {p(c.duration_s)}, {p(c.billed_s)}, {p(c.hangup_cause)},
-                    {p(c.disposition)},
-                    {p(c.carrier_cost.amount if c.carrier_cost else None)},
-                    {p(c.carrier_cost.currency if c.carrier_cost else None)},
-                    {p(c.direct_cost.amount if c.direct_cost else None)},
-                    {p(c.direct_cost.currency if c.direct_cost else None)}
-                FROM ok
-                ON CONFLICT (merchant_id, call_id) DO NOTHING RETURNING id)"""
-    number = c.number
-    if not learn_call_lengths or c.leg != "customer" or c.answered_at is None \
-            or number is None:
-        return written
-    counted = call_lengths.counting(p, "written", c.merchant_id, number, c.duration_s,
-                                    c.ended_at)
-    return written if counted is None else f"{written},\n{counted}"
+async def _apply(conn: asyncpg.Connection, deliveries: Sequence[Delivery],
+                 learn_call_lengths: bool) -> list[Answer | ApiError]:
+    rows = await conn.fetch(_statement(learn_call_lengths),
+                            *_arguments(deliveries, learn_call_lengths))
+    answers: list[Answer | ApiError] = []
+    for i, ((mid, report), row) in enumerate(zip(deliveries, rows, strict=True)):
+        answers.append(await _answer(conn, i, mid, report, row, answers))
+    return answers
+
+
+async def _answer(conn: asyncpg.Connection, i: int, mid: str, report: OneStatementReport,
+                  row: asyncpg.Record, earlier: Sequence[Answer | ApiError]
+                  ) -> Answer | ApiError:
+    """The answer of the ``i``-th report from its row of the statement; ``earlier``, the
+    answers of the reports before it."""
+    claimer = row["claimer"]        # the first report of its message id that was written
+    if claimer == i and row["answer"] is not None:
+        return 200, dict(row["answer"])
+    if row["prior_status"] is None and (claimer is None or claimer > i):
+        refusal = _tenant_refusal(report.merchant_id, report.edge_call_id, row["known"],
+                                  row["owner"])
+        assert refusal is not None
+        return refusal
+    answer: Answer | ApiError | None
+    if row["prior_status"] is not None:         # claimed before the statement
+        answer = int(row["prior_status"]), dict(row["prior_body"])
+    elif claimer < i:                           # the same message earlier in the batch
+        answer = earlier[claimer]
+    else:       # claimed by a delivery that committed while this one waited
+        answer = await first_answer(conn, mid)
+        assert answer is not None
+    log.info("duplicate %s message %s: returning the first answer", kind_of(report), mid)
+    return answer
+
+
+def _arguments(deliveries: Sequence[Delivery], learn_call_lengths: bool) -> list[object]:
+    """The arrays :func:`_statement` unnests: the reports' own columns, then each kind's."""
+    args: list[object] = [list(range(len(deliveries))), [mid for mid, _ in deliveries],
+                          [kind_of(r) for _, r in deliveries],
+                          [r.merchant_id for _, r in deliveries],
+                          [r.edge_call_id for _, r in deliveries]]
+    for kind in _KINDS:
+        mine = [(i, kind.values(r, learn_call_lengths)) for i, (_, r) in enumerate(deliveries)
+                if isinstance(r, kind.report)]
+        args.append([i for i, _ in mine])
+        args.extend([values[c] for _, values in mine]
+                    for c in range(len(kind.columns) + len(kind.extra)))
+    return args
+
+
+@functools.cache
+def _statement(learn_call_lengths: bool) -> str:
+    """The statement applying a batch of reports (see the module docstring); one text,
+    prepared once on each connection, whatever the batch holds."""
+    placeholders = iter(range(1, 1000))
+
+    def unnest(columns: Sequence[tuple[str, str]], alias: str = "r") -> str:
+        arrays = ", ".join(f"${next(placeholders)}::{typ}[]" for _, typ in columns)
+        return f"unnest({arrays}) AS {alias}({', '.join(name for name, _ in columns)})"
+
+    event = unnest(_EVENT, "e")
+    writes = ",\n".join(_kind_writes(kind, unnest((("ord", "int"), *kind.columns,
+                                                      *kind.extra))) for kind in _KINDS)
+    stored = " UNION ALL ".join(f"SELECT ord FROM {kind.name}_stored" for kind in _KINDS)
+    counting = "" if not learn_call_lengths else f"""
+        counted AS (
+            SELECT merchant_id, count_class AS number_class, count_s AS talk_s, ended_at AS at
+            FROM cdr_stored WHERE count_class IS NOT NULL),
+        {call_lengths.counting("counted")},"""
+    # named first: pg_stat_activity shows a statement's first 1 KB
+    return f"""/* edge_server.report_store: the link's requests, request_transcripts, cdrs,
+        callback_status */
+        WITH judged AS (
+            SELECT e.*, EXISTS (SELECT FROM merchants m WHERE m.id = e.merchant_id) AS known,
+                   (SELECT c.merchant_id FROM edge_calls c
+                    WHERE c.edge_call_id = e.edge_call_id) AS owner,
+                   p.response_status AS prior_status, p.response_body AS prior_body
+            FROM {event}
+                LEFT JOIN inbound_messages p ON p.message_id = e.message_id),
+        ok AS (
+            SELECT DISTINCT ON (message_id) ord, message_id, kind, merchant_id, edge_call_id
+            FROM judged
+            WHERE known AND (owner IS NULL OR owner = merchant_id) AND prior_status IS NULL
+            ORDER BY message_id, ord),
+        {writes},
+        stored AS ({stored}),
+        call_status AS (
+            UPDATE edge_calls c SET callback_id = s.callback_id, callback_status = s.status,
+                callback_reason = s.reason
+            FROM (SELECT DISTINCT ON (edge_call_id) * FROM status_stored
+                  ORDER BY edge_call_id, ord DESC) s
+            WHERE c.edge_call_id = s.edge_call_id AND c.merchant_id = s.merchant_id),{counting}
+        claimed AS (
+            INSERT INTO inbound_messages (message_id, kind, response_status, response_body)
+            SELECT message_id, kind, 200, jsonb_build_object(
+                'status', CASE WHEN ord IN (SELECT ord FROM stored) THEN 'stored'
+                               ELSE 'duplicate' END, 'kind', kind)
+            FROM ok ORDER BY message_id
+            ON CONFLICT (message_id) DO NOTHING RETURNING message_id, response_body)
+        SELECT j.known, j.owner, j.prior_status, j.prior_body, o.ord AS claimer,
+               c.response_body AS answer
+        FROM judged j LEFT JOIN ok o ON o.message_id = j.message_id
+            LEFT JOIN claimed c ON c.message_id = j.message_id
+        ORDER BY j.ord"""
+
+
+def _kind_writes(kind: _Kind, unnested: str) -> str:
+    """The CTEs writing the reports of ``kind`` among ``ok``: ``<name>_new`` (the first of
+    each natural key), ``<name>_written`` (their keys, those not stored before),
+    ``<name>_stored`` (the new rows' reports)."""
+    key = ", ".join(("merchant_id", *kind.key))
+    columns = ", ".join(name for name, _ in kind.columns)
+    return f"""{kind.name}_new AS (
+            SELECT DISTINCT ON ({key}) ok.merchant_id, ok.edge_call_id, r.*
+            FROM {unnested} JOIN ok USING (ord)
+            ORDER BY {key}, ord),
+        {kind.name}_written AS (
+            INSERT INTO {kind.table} (merchant_id, edge_call_id, {columns})
+            SELECT merchant_id, edge_call_id, {columns} FROM {kind.name}_new ORDER BY {key}
+            ON CONFLICT ({key}) DO NOTHING RETURNING {key}),
+        {kind.name}_stored AS (
+            SELECT n.* FROM {kind.name}_new n JOIN {kind.name}_written USING ({key}))"""
 
 
 async def save_report(conn: asyncpg.Connection, report: Report) -> Answer:

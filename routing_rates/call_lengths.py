@@ -17,15 +17,15 @@ fixed, ip, other) assumes, in this order:
 3. **default**: ``routing_rates.duration.DEFAULT_DURATION``.
 
 The counts live in PostgreSQL (``rates_call_lengths``, ``rates_call_length_totals``):
-:func:`counting` adds one answered call in the statement that stores a customer leg's
-CDR arriving over the link at the edge (once per CDR) and NOTIFYs :data:`CHANNEL` with
+:func:`counting` adds the answered calls in the statement that stores customer legs'
+CDRs arriving over the link at the edge (once per CDR) and NOTIFYs :data:`CHANNEL` with
 the merchant id; ``RatingService`` reloads that
 merchant's counts and swaps the new models in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -171,32 +171,41 @@ def from_merchants(merchants: Sequence[Merchant], policy: Policy) -> MerchantLen
 
 # --- PostgreSQL --------------------------------------------------------------------------
 
-def counting(param: Callable[[object], str], source: str, merchant_id: str, number: E164,
-             talk_s: int | Decimal, at: datetime) -> str | None:
-    """SQL that counts one answered call of ``talk_s`` seconds for each row of ``source``
-    (a relation of the statement it goes in: one row, or none to count nothing), as two
-    CTEs for that statement's ``WITH`` (``call_length``, ``call_length_total``); None when
-    there is nothing to count (no talk). ``param(value)`` adds a value to the statement's
-    arguments and gives its placeholder. The totals' upsert NOTIFYs :data:`CHANNEL` with
-    the merchant id (in its ``RETURNING``, evaluated for each row a data-modifying CTE
-    writes whether or not the statement reads it), delivered when the statement commits."""
+def talk_counted(number: E164, talk_s: int | Decimal) -> tuple[str, int] | None:
+    """The number class and whole talk seconds (up to :data:`MAX_TALK_S`) an answered
+    call to ``number`` of ``talk_s`` seconds counts as; None when there is nothing to
+    count (no talk)."""
     seconds = min(ceil_seconds(talk_s), MAX_TALK_S)
-    if seconds <= 0:
-        return None
-    merchant, cls, at_ = param(merchant_id), param(number_class(number)), param(at)
+    return None if seconds <= 0 else (number_class(number), seconds)
+
+
+def counting(source: str) -> str:
+    """SQL that counts the answered calls of ``source`` (a relation of the statement it
+    goes in, a row a call, with the columns ``merchant_id``, ``number_class``, ``talk_s``
+    as :func:`talk_counted` gives them, and ``at``), as two CTEs for that statement's
+    ``WITH`` (``call_length``, ``call_length_total``). The calls of one class and length
+    are added together (an upsert may not touch a row twice), in the keys' order, so two
+    statements counting the same keys lock them in one order. The totals' upsert NOTIFYs
+    :data:`CHANNEL` with the merchant id (in its ``RETURNING``, evaluated for each row a
+    data-modifying CTE writes whether or not the statement reads it), delivered when the
+    statement commits."""
     return f"""call_length AS (
                INSERT INTO rates_call_lengths (merchant_id, number_class, talk_s, calls)
-               SELECT {merchant}, {cls}, {param(seconds)}, 1 FROM {source}
+               SELECT merchant_id, number_class, talk_s, count(*) FROM {source}
+               GROUP BY merchant_id, number_class, talk_s
+               ORDER BY merchant_id, number_class, talk_s
                ON CONFLICT (merchant_id, number_class, talk_s)
-               DO UPDATE SET calls = rates_call_lengths.calls + 1),
+               DO UPDATE SET calls = rates_call_lengths.calls + excluded.calls),
            call_length_total AS (
                INSERT INTO rates_call_length_totals AS t
                    (merchant_id, number_class, calls, first_call_at, last_call_at)
-               SELECT {merchant}, {cls}, 1, {at_}, {at_} FROM {source}
-               ON CONFLICT (merchant_id, number_class) DO UPDATE SET calls = t.calls + 1,
-                   first_call_at = LEAST(t.first_call_at, {at_}),
-                   last_call_at = GREATEST(t.last_call_at, {at_})
-               RETURNING pg_notify({param(CHANNEL)}, {merchant}))"""
+               SELECT merchant_id, number_class, count(*), min(at), max(at) FROM {source}
+               GROUP BY merchant_id, number_class ORDER BY merchant_id, number_class
+               ON CONFLICT (merchant_id, number_class) DO UPDATE SET
+                   calls = t.calls + excluded.calls,
+                   first_call_at = LEAST(t.first_call_at, excluded.first_call_at),
+                   last_call_at = GREATEST(t.last_call_at, excluded.last_call_at)
+               RETURNING pg_notify('{CHANNEL}', t.merchant_id))"""
 
 
 async def load(conn: asyncpg.Connection, merchants: Collection[str] | None = None,

@@ -20,7 +20,7 @@ from edge_server.flow_messages import (
     StoreRequest,
     edge_call_id_for,
 )
-from edge_server.report_store import ONE_STATEMENT, apply_report
+from edge_server.report_store import ONE_STATEMENT, Delivery, apply_report, apply_reports
 from edge_server.reports import list_rows, parse_event
 from edge_server.store import (
     CALLBACK_PATH,
@@ -216,6 +216,15 @@ async def deliver(pool: asyncpg.Pool, message_id: str, event: dict[str, Any]
         return await apply_report(conn, message_id, report)
 
 
+async def a_statement_waits_on_a_lock(pool: asyncpg.Pool) -> None:
+    """Returns once a statement waits on a lock (or after 10 s)."""
+    for _ in range(200):
+        if await pool.fetchval("SELECT count(*) FROM pg_stat_activity "
+                               "WHERE wait_event_type = 'Lock'"):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_replayed_link_event_is_a_no_op(pool: asyncpg.Pool) -> None:
     first = await deliver(pool, "m-cdr-1", cdr_event("call-1"))
     again = await deliver(pool, "m-cdr-1", cdr_event("call-1"))
@@ -241,11 +250,7 @@ async def test_a_delivery_waiting_on_the_same_message_gets_its_first_answer(
             assert await apply_report(first, "m-twice", report) == (
                 200, {"status": "stored", "kind": "cdr"})
             waiting = asyncio.create_task(apply_report(second, "m-twice", report))
-            for _ in range(200):
-                if await pool.fetchval("SELECT count(*) FROM pg_stat_activity "
-                                       "WHERE wait_event_type = 'Lock'"):
-                    break
-                await asyncio.sleep(0.05)
+            await a_statement_waits_on_a_lock(pool)
             assert not waiting.done()
         assert await asyncio.wait_for(waiting, 10) == (200, {"status": "stored", "kind": "cdr"})
     assert await pool.fetchval("SELECT count(*) FROM cdrs WHERE call_id = 'call-twice'") == 1
@@ -318,3 +323,114 @@ async def test_a_request_stored_and_released_costs_one_statement_each(
     assert statements.transactions == len(statements.queries), str(statements)
     row = await outbox_row(pool, "edge-c20.2")
     assert row is not None and row["held"] is False and row["released_at"] is not None
+
+
+def status_event(status: str, second: int, edge_call_id: str = "edge-c30.1",
+                 merchant_id: str = "acme") -> dict[str, Any]:
+    return {"kind": "callback_status", "callback_id": "cb-30", "edge_call_id": edge_call_id,
+            "merchant_id": merchant_id, "status": status, "reason": None, "attempts": 1,
+            "at": f"2026-11-22T01:03:{second:02d}Z"}
+
+
+def deliveries(*messages: tuple[str, dict[str, Any]]) -> list[Delivery]:
+    parsed = [(mid, parse_event(event)) for mid, event in messages]
+    assert all(isinstance(report, ONE_STATEMENT) for _, report in parsed)
+    return parsed   # type: ignore[return-value]
+
+
+STORED = {"kind": "callback_status", "status": "stored"}
+
+
+async def test_a_batch_gets_the_answers_its_reports_would_get_one_by_one(
+        pool: asyncpg.Pool) -> None:
+    """In one statement, each report is answered as if applied alone in the batch's order:
+    a message id claimed before or earlier in the batch gets its first answer, a natural
+    key stored earlier in the batch is a duplicate, a refused report writes nothing (its
+    message id judged again later in the batch), and the call keeps the batch's last
+    status (not the last in time or in the keys' order)."""
+    await CallStore(pool).store_request(store_cmd("c30.1"), T0)
+    async with pool.acquire() as conn:
+        assert await apply_reports(conn, deliveries(("m-b-0", status_event("queued", 0)))) \
+            == [(200, STORED)]
+    bento_cdr = cdr_event("call-b-30", merchant_id="bento") | {"edge_call_id": "edge-c30.1"}
+    batch = deliveries(
+        ("m-b-1", status_event("failed", 2)),
+        ("m-b-1", status_event("failed", 2)),                   # the same message again
+        ("m-b-2", status_event("failed", 2)),                   # the same report, a new id
+        ("m-b-0", status_event("queued", 0)),                  # claimed before the batch
+        ("m-b-4", bento_cdr),                                   # another merchant's call
+        ("m-b-5", cdr_event("call-b-31", merchant_id="ghost")),
+        ("m-b-4", bento_cdr | {"merchant_id": "acme"}),         # judged again: stored
+        ("m-b-3", status_event("dialing", 1)),                  # the batch's last status
+    )
+    stored_cdr = (200, {"kind": "cdr", "status": "stored"})
+    async with pool.acquire() as conn:
+        answers = await apply_reports(conn, batch)
+    assert [(status, body.get("status") or body["error"]["id"]) for status, body in answers] \
+        == [(200, "stored"), (200, "stored"), (200, "duplicate"), (200, "stored"),
+            (422, "tenant-mismatch"), (422, "unknown-merchant"), (200, "stored"),
+            (200, "stored")]
+    assert answers[6] == stored_cdr
+    call = await CallStore(pool).get_call("edge-c30.1")
+    assert call is not None and call.callback_status == "dialing"
+    assert await pool.fetchval("SELECT count(*) FROM callback_status WHERE callback_id = "
+                               "'cb-30'") == 3
+    assert await pool.fetchval("SELECT count(*) FROM inbound_messages "
+                               "WHERE message_id = 'm-b-5'") == 0
+    # again: every message id but the refused one's is claimed now, so the first answers
+    async with pool.acquire() as conn:
+        again = await apply_reports(conn, batch)
+    assert again[:4] == answers[:4] and again[4] == again[6] == stored_cdr
+    assert again[5] == answers[5] and again[7] == answers[7]
+    assert await pool.fetchval("SELECT count(*) FROM cdrs WHERE call_id = 'call-b-30'") == 1
+
+
+async def test_a_batch_racing_the_same_batch_gets_its_first_answers(pool: asyncpg.Pool) -> None:
+    """Two deliveries of one batch at once: the second's statement waits for the first's
+    commit, writes nothing and answers what the first answered, message by message."""
+    batch = deliveries(("m-race-1", cdr_event("call-race-1")),
+                       ("m-race-2", cdr_event("call-race-2")),
+                       ("m-race-3", cdr_event("call-race-1")))   # the first's CDR again
+    async with pool.acquire() as first, pool.acquire() as second:
+        async with first.transaction():
+            answers = await apply_reports(first, batch)
+            waiting = asyncio.create_task(apply_reports(second, list(reversed(batch))))
+            await a_statement_waits_on_a_lock(pool)
+            assert not waiting.done()
+        assert await asyncio.wait_for(waiting, 10) == list(reversed(answers))
+    assert [body["status"] for _, body in answers] == ["stored", "stored", "duplicate"]
+    assert await pool.fetchval("SELECT count(*) FROM cdrs "
+                               "WHERE call_id IN ('call-race-1', 'call-race-2')") == 2
+
+
+async def test_a_batch_counts_each_new_customer_leg_once_for_the_call_lengths(
+        pool: asyncpg.Pool, pg_url: str) -> None:
+    """Rates on: the answered customer legs of a batch are counted in its statement, those
+    of one length together, a CDR stored before or twice in the batch not again."""
+    await migrate_url(pg_url, edge_migrations(with_rates=True))
+
+    def leg(call_id: str, ended: str, seconds: str, **extra: Any) -> dict[str, Any]:
+        return cdr_event(call_id, merchant_id="bento") | {
+            "edge_call_id": "edge-c31", "ended_at": ended, "duration_s": seconds, **extra}
+
+    async with pool.acquire() as conn:
+        assert await apply_reports(conn, deliveries(
+            ("m-len-0", leg("len-0", "2026-11-22T01:05:00Z", "12.480"))),
+            learn_call_lengths=True) == [(200, {"kind": "cdr", "status": "stored"})]
+        answers = await apply_reports(conn, deliveries(
+            ("m-len-0", leg("len-0", "2026-11-22T01:05:00Z", "12.480")),   # seen
+            ("m-len-1", leg("len-1", "2026-11-22T01:04:00Z", "12.010")),
+            ("m-len-2", leg("len-2", "2026-11-22T01:07:00Z", "30")),
+            ("m-len-3", leg("len-2", "2026-11-22T01:07:00Z", "30")),       # a duplicate
+            ("m-len-4", leg("len-4", "2026-11-22T01:08:00Z", "13", leg="advisor")),
+            ("m-len-5", leg("len-5", "2026-11-22T01:09:00Z", "0", answered_at=None)),
+        ), learn_call_lengths=True)
+    assert [body["status"] for _, body in answers] == [
+        "stored", "stored", "stored", "duplicate", "stored", "stored"]
+    assert dict(await pool.fetch("SELECT talk_s, calls FROM rates_call_lengths "
+                                 "WHERE merchant_id = 'bento'")) == {13: 2, 30: 1}
+    total = await pool.fetchrow("SELECT number_class, calls, first_call_at, last_call_at "
+                                "FROM rates_call_length_totals WHERE merchant_id = 'bento'")
+    assert total is not None and tuple(total) == (
+        "mobile", 3, datetime(2026, 11, 22, 1, 4, tzinfo=UTC),
+        datetime(2026, 11, 22, 1, 7, tzinfo=UTC))
