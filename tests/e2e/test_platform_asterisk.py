@@ -16,9 +16,11 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
+from edge_server.channel import asserted_number
 from shared.ari import (
     AllocationFailed,
     AriClient,
@@ -77,8 +79,10 @@ async def test_early_media_then_busy_never_answers(edge: AsteriskSite, tmp_path:
             assert start.channel.exten == TOLL_FREE
             assert start.channel.caller_number == CUSTOMER
             # the dialplan hands the caller's presentation and P-Asserted-Identity
-            # (none from this phone) with the call, so the edge need not ask over ARI
-            assert start.args == ("inbound", "allowed_not_screened", "")
+            # (URI-encoded; this phone asserts its own number) with the call, so the
+            # edge need not ask over ARI
+            assert start.args[:2] == ("inbound", "allowed_not_screened")
+            assert asserted_number(unquote(start.args[2])) == CUSTOMER, start.args
             cid = start.channel.id
             await ari.play(cid, ["sound:cbgw/received"], playback_id=f"{cid}-received")
             await expect_event(events, PlaybackStarted, channel_id=cid)
