@@ -2,8 +2,8 @@
 Pure decisions.
 
 Checked for every leg dialled through a carrier (the customer's, an advisor's PSTN leg,
-a transfer's: ``dialer_messages.capped``) just before its originate, in the same
-transaction that persists the leg (:meth:`Guard.admit_leg`). No lock is shared
+a transfer's: ``dialer_messages.capped``) just before its originate, in the one
+statement that stores the leg (:meth:`Guard.leg_admission`). No lock is shared
 by all legs: each capped scope has its own counters, split into up to
 :data:`SHARDS` rows whose rooms add up to the cap, and a leg takes a slot with
 one conditional ``UPDATE`` of a row no other leg holds (``guard_claim``,

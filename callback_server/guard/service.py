@@ -13,8 +13,8 @@ route choice       caps read: drop capped trunks (not for a      ``dial``: job w
 (``worker``)                                                     ``caps.retry_s``
 each carrier leg   another party's number: lists, policy,       ``dial``: next route,
 (``persist_leg``)  lock; caps: a slot in each capped scope's    else job waits (caps)
-                   counter row, in the leg's transaction;
-                   trips latched kinds
+                   counter row, in the statement that stores
+                   the leg; trips latched kinds
 consult transfer   lists, policy, lock of the number            ``transfer``: 403
 (``consult_        (before the request is notified)
 control``)
@@ -82,6 +82,16 @@ class Admission:
     shards: tuple[int, ...] = ()
     at: datetime | None = None
     pace_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LegAdmission:
+    """A leg's admission as CTEs of the statement that stores it (:meth:`Guard.leg_admission`):
+    the leg's scopes, the CTEs and their arguments."""
+
+    scopes: tuple[str, ...]
+    ctes: str
+    args: tuple[object, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +273,7 @@ class Guard:
         """An operator's consult transfer to ``number``, before it is asked of the call:
         lists, policy and lock, as a call-back's number before a round (a refusal is
         recorded at stage ``transfer`` and alerted). Its leg is screened again, with the
-        caps, at the originate (:meth:`admit_leg`)."""
+        caps, at the originate (:meth:`screen_leg`, :meth:`leg_admission`)."""
         async with self.pool.acquire() as conn, conn.transaction():
             verdict, _ = await self._undialable(conn, number, self.clock())
             if verdict is not None:
@@ -302,7 +312,7 @@ class Guard:
                             ) -> tuple[list[int], Verdict | None]:
         """Indexes of routes whose trunk (and the site, and the merchant) is under every
         cap, on the usage the job's claim read; if none is, the refusal (recorded). Each
-        leg's admission checks its own scopes again (:meth:`admit_leg`)."""
+        leg's admission checks its own scopes again (:meth:`leg_admission`)."""
         keep: list[int] = []
         first: Verdict | None = None
         for i, route in enumerate(routes):
@@ -335,63 +345,68 @@ class Guard:
                 return scope, found[0], found[1]
         return None
 
-    async def admit_leg(self, conn: asyncpg.Connection, carrier_id: str, callback_id: str,
-                        merchant_id: str, number: str | None = None, *,
-                        waited_s: float = 0.0) -> Admission:
-        """In the leg's transaction, just before its originate: the ``number`` of a leg
-        to another party than the customer (an advisor, a transfer: lists, policy, lock;
-        the customer's was screened before the round), trips and spend, then a channel
-        and a CPS slot in each capped scope (per-scope sharded counter rows, no lock
-        shared by every leg). The admission's ``scopes`` and ``shards`` go on the leg
-        row: the slots it gives back when it ends. A reached CPS cap that paces answers
-        how long to wait (``pace_s``: the caller ends the transaction, waits and asks
-        again, telling ``waited_s`` in all so far)."""
-        if number is not None:
-            refused = await self._screen_leg(conn, number, callback_id, merchant_id)
-            if refused is not None:
-                return Admission((), refused)
+    def leg_admission(self, carrier_id: str, merchant_id: str, first: int) -> LegAdmission:
+        """A leg's admission, for the statement that stores the leg (just before its
+        originate) to carry: trips and spend, then a channel and a CPS slot in each
+        capped scope (per-scope sharded counter rows, no lock shared by every leg), all
+        in that one statement, so the caps are checked and taken with the leg's row and
+        no transaction waits between them (``guard.store.admission_ctes``, its parameters
+        from ``$first`` on). Its row goes to :meth:`admitted`; a leg to another party than
+        the customer is screened first (:meth:`screen_leg`)."""
         scopes = caps.scopes_of(carrier_id, merchant_id)
         limits = [self.settings.caps.limits(scope) for scope in scopes]
-        snap = await sql.cap_usage(conn, scopes, self.today())
-        hit = self._cap_hit(snap, scopes)
-        taken = sql.Claim()
-        if hit is None and any(lim.channels or lim.cps for lim in limits):
-            taken = await sql.claim(conn, scopes, [lim.channels for lim in limits],
-                                    [lim.cps for lim in limits], caps.SHARDS)
-            if taken.reached is not None:
-                scope, kind, in_use = taken.reached
-                wait = caps.pace(self.settings.caps, kind, waited_s, taken.free_in_s)
-                if wait is not None:
-                    return Admission((), None, pace_s=wait)
-                verdict = caps.reached(scope, kind, self.settings.caps.limits(scope),
-                                       caps.Usage(channels=in_use, cps=in_use))
-                assert verdict is not None, taken
-                hit = scope, kind, verdict
-        if hit is None:
+        return LegAdmission(scopes, sql.admission_ctes(first), sql.admission_args(
+            scopes, limits, paces=self.settings.caps.paces, day=self.today(),
+            shards=caps.SHARDS))
+
+    async def admitted(self, admission: LegAdmission, row: Any, callback_id: str,
+                       merchant_id: str, *, waited_s: float = 0.0) -> Admission:
+        """What the statement that carried ``admission`` did (its ``admitted`` columns in
+        ``row``; the leg's lease held): the slots it took (they go on the leg row, given
+        back when it ends), or the cap that refuses the leg (recorded, alerted, a latched
+        kind tripped), or for a reached CPS cap that paces how long to wait (``pace_s``:
+        the caller asks again, telling ``waited_s`` in all so far)."""
+        if row["ok"]:
             if waited_s > 0:
                 metrics().guard_paced.labels(merchant_id).inc()
                 metrics().guard_pace_wait.labels(merchant_id).observe(waited_s)
-            held = [(s, shard) for s, shard in zip(scopes, taken.shards, strict=False)
-                    if shard is not None]
-            return Admission(tuple(s for s, _ in held), None,
-                             tuple(shard for _, shard in held), taken.at)
+            return Admission(tuple(row["cap_scopes"]), None, tuple(row["cap_shards"]),
+                             row["admitted_at"])
+        if row["reached_scope"] is None:        # the gate: a scope tripped or at a cap
+            hit = self._cap_hit(sql.snapshot_of(row["usage"]), admission.scopes)
+            assert hit is not None, f"no cap reached in {row['usage']}"
+        else:
+            scope, kind = row["reached_scope"], row["reached_kind"]
+            wait = caps.pace(self.settings.caps, kind, waited_s, row["free_in"])
+            if wait is not None:
+                return Admission((), None, pace_s=wait)
+            in_use = int(row["in_use"] or 0)
+            verdict = caps.reached(scope, kind, self.settings.caps.limits(scope),
+                                   caps.Usage(channels=in_use, cps=in_use))
+            assert verdict is not None, dict(row)
+            hit = scope, kind, verdict
         scope, kind, verdict = hit
-        await self._cap_reached(conn, scope, kind, verdict)
-        await self.refused(conn, verdict, stage="dial", number=None, merchant_id=merchant_id,
-                           callback_id=callback_id)
+        async with self.pool.acquire() as conn:
+            await self._cap_reached(conn, scope, kind, verdict)
+            await self.refused(conn, verdict, stage="dial", number=None,
+                               merchant_id=merchant_id, callback_id=callback_id)
         return Admission((), GuardRefused(verdict, self.settings.caps.retry_s))
 
-    async def _screen_leg(self, conn: asyncpg.Connection, number: str, callback_id: str,
-                          merchant_id: str) -> GuardRefused | None:
-        """A leg's own number refused (recorded at stage ``dial``, alerted), or None."""
-        try:
-            verdict, _ = await self._undialable(conn, E164.parse(number), self.clock())
-        except InvalidNumber as exc:
-            verdict = Verdict(Refusal.DESTINATION_MALFORMED, str(exc))
-        if verdict is None:
-            return None
-        await self._dial_refused(conn, verdict, stage="dial", number=number,
-                                 merchant_id=merchant_id, callback_id=callback_id)
+    async def screen_leg(self, number: str, callback_id: str, merchant_id: str
+                         ) -> GuardRefused | None:
+        """A leg to another party than the customer (an advisor, a transfer), before it is
+        stored: its ``number`` refused by the lists, the policy or a lock (recorded at
+        stage ``dial``, alerted), or None; the customer's was screened before the
+        round."""
+        async with self.pool.acquire() as conn:
+            try:
+                verdict, _ = await self._undialable(conn, E164.parse(number), self.clock())
+            except InvalidNumber as exc:
+                verdict = Verdict(Refusal.DESTINATION_MALFORMED, str(exc))
+            if verdict is None:
+                return None
+            await self._dial_refused(conn, verdict, stage="dial", number=number,
+                                     merchant_id=merchant_id, callback_id=callback_id)
         return GuardRefused(verdict)
 
     async def _cap_reached(self, conn: asyncpg.Connection, scope: str, kind: str,
@@ -473,7 +488,7 @@ class Guard:
         in a shard row no other CDR holds: concurrent CDRs do not wait for each other);
         trip a spend cap this CDR took over. Two CDRs committing at once see each other's
         cost only once committed, so a crossing they make together is tripped by the next
-        leg's admission (``admit_leg`` reads the committed spend)."""
+        leg's admission (``leg_admission`` reads the committed spend)."""
         cfg = self.settings.caps
         try:
             amount = cost if cost.currency == cfg.currency or self.fx is None \

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from callback_server.dialer_messages import CAPPED_LEGS, EDGE_TRUNK
+from callback_server.guard.caps import CapLimits
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.velocity import NumberHistory
 
@@ -199,15 +200,6 @@ async def cap_snapshot(conn: asyncpg.Connection, day: date) -> CapSnapshot:
     return CapSnapshot(trips, channels, cps, spend)
 
 
-async def cap_usage(conn: asyncpg.Connection, scopes: Sequence[str], day: date
-                    ) -> CapSnapshot:
-    """Trips, counters and spend (all shards) of ``scopes`` in one read (no lock): what a
-    leg's admission checks (``guard_cap_usage``, migration 0998). Counters exist only for
-    capped scopes (migrations 0600, 0610)."""
-    return snapshot_of(await conn.fetch("SELECT * FROM guard_cap_usage($1::text[], $2)",
-                                        list(scopes), day))
-
-
 def snapshot_of(rows: Sequence[Any]) -> CapSnapshot:
     """``guard_cap_use`` rows (migration 0998) as a :class:`CapSnapshot` (a scope not in
     them has no usage)."""
@@ -219,30 +211,54 @@ def snapshot_of(rows: Sequence[Any]) -> CapSnapshot:
         spend={r["scope"]: r["spend"] for r in rows if r["spend"] is not None})
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """What ``guard_claim`` did: the channel shard taken in each scope (None where
-    channels are not capped) and when it admitted the leg (the CPS window's clock), or
-    the first cap reached (scope, kind, in use) and, a CPS cap, in how many seconds its
-    window has room again (migration 0930)."""
-    shards: tuple[int | None, ...] = ()
-    reached: tuple[str, str, int] | None = None
-    at: datetime | None = None
-    free_in_s: float | None = None
+def admission_ctes(first: int) -> str:
+    """A leg's admission as CTEs of the statement that stores the leg (its parameters from
+    ``$first`` on, :class:`LegAdmission`; after a CTE ``held``: a row while the leg may be
+    stored). ``admitted`` is one row: ``ok`` (the leg row may be inserted, with the slots
+    ``cap_scopes``/``cap_shards`` and the CPS window's clock ``admitted_at``), the first
+    cap ``guard_claim`` found reached (``reached_scope``, ``reached_kind``, ``in_use``,
+    ``free_in``: migration 0930), and ``usage``: the ``guard_cap_use`` rows read before
+    (migration 0998). The slots are claimed only when no scope of the leg is tripped, at
+    or over its spend cap, or at its channel cap or (a CPS cap that does not pace) its
+    CPS cap: the test :meth:`~callback_server.guard.service.Guard.admitted` makes on
+    ``usage`` to tell which."""
+    scopes, channels, cps, spend, paces, day, claimed, shards = (
+        f"${n}" for n in range(first, first + 8))
+    return f"""usage AS (SELECT * FROM guard_cap_usage({scopes}::text[], {day}::date)),
+               gate AS (
+                   SELECT EXISTS (SELECT 1 FROM held) AND NOT EXISTS (
+                       SELECT 1 FROM usage u JOIN unnest({scopes}::text[], {channels}::int[],
+                           {cps}::int[], {spend}::numeric[]) AS l(scope, channels, cps, spend)
+                           USING (scope)
+                       WHERE cardinality(u.trip_kinds) > 0
+                          OR coalesce(u.spend, 0) >= l.spend OR u.live >= l.channels
+                          OR (NOT {paces}::boolean AND u.cps >= l.cps)) AS open),
+               claim AS (
+                   SELECT g.open, c.* FROM gate g, LATERAL guard_claim(
+                       CASE WHEN g.open THEN {claimed}::text[] END, {channels}::int[],
+                       {cps}::int[], {shards}::int) c),
+               admitted AS (
+                   SELECT c.open AND c.reached_scope IS NULL AS ok,
+                          ARRAY(SELECT s FROM unnest({scopes}::text[], c.shards) x(s, sh)
+                                WHERE sh IS NOT NULL) AS cap_scopes,
+                          ARRAY(SELECT sh FROM unnest({scopes}::text[], c.shards) x(s, sh)
+                                WHERE sh IS NOT NULL) AS cap_shards,
+                          CASE WHEN {claimed}::text[] IS NOT NULL THEN c.admitted_at END
+                              AS admitted_at,
+                          c.reached_scope, c.reached_kind, c.in_use, c.free_in,
+                          (SELECT coalesce(array_agg(ROW(u.*)::guard_cap_use), '{{}}')
+                           FROM usage u) AS usage
+                   FROM claim c)"""
 
 
-async def claim(conn: asyncpg.Connection, scopes: Sequence[str],
-                channels: Sequence[int | None], cps: Sequence[int | None], shards: int
-                ) -> Claim:
-    """Take a channel and a CPS slot in every capped scope, all or none, each in one of
-    the scope's ``shards`` counter rows (``guard_claim``)."""
-    row = await conn.fetchrow(
-        "SELECT * FROM guard_claim($1::text[], $2::int[], $3::int[], $4::int)",
-        list(scopes), list(channels), list(cps), shards)
-    if row["reached_scope"] is not None:
-        return Claim(reached=(row["reached_scope"], row["reached_kind"],
-                              int(row["in_use"] or 0)), free_in_s=row["free_in"])
-    return Claim(shards=tuple(row["shards"]), at=row["admitted_at"])
+def admission_args(scopes: Sequence[str], limits: Sequence[CapLimits], *, paces: bool,
+                   day: date, shards: int) -> tuple[object, ...]:
+    """:func:`admission_ctes`' parameters: a leg's ``scopes`` and their ``limits``; the
+    slots are claimed only in a scope with a channel or CPS cap (``guard_claim``), so
+    none when no scope has one."""
+    claimed = list(scopes) if any(lim.channels or lim.cps for lim in limits) else None
+    return (list(scopes), [lim.channels for lim in limits], [lim.cps for lim in limits],
+            [lim.spend_daily for lim in limits], paces, day, claimed, shards)
 
 
 async def add_spend(conn: asyncpg.Connection, day: date, scopes: Sequence[str],

@@ -13,8 +13,6 @@ from datetime import datetime
 
 from callback_server.dialer import LastLeg
 from callback_server.dialer_messages import PersistAttempt, capped
-from callback_server.guard.reasons import GuardRefused
-from callback_server.guard.service import Admission
 from callback_server.store.base import StoreBase
 from callback_server.store.leg_end import LegEnd, write_leg_end, write_leg_result
 from callback_server.store.queue_store import LeaseLost
@@ -49,6 +47,36 @@ class LegRow:
         return self.caller if self.leg == "customer" else self.endpoint
 
 
+#: the first parameter of the guard's admission in :data:`_PERSIST` (after its 13)
+_ADMISSION_FROM = 14
+#: a leg's row stored only while the job's lease holds (``held``), the round's flow with
+#: it, and only if ``admitted`` (the guard's admission, ``guard.store.admission_ctes``, or
+#: :data:`_ADMITTED` for a leg the guard does not admit): one statement
+_PERSIST = """WITH held AS (
+                  UPDATE callback_requests
+                  SET lease_expires_at = now() + $3 * interval '1 second', heartbeat_at = now()
+                  WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                  RETURNING true),
+              flow AS (
+                  INSERT INTO callback_round_flows (callback_id, attempt_no, merchant_id,
+                      flow_name, version)
+                  SELECT $1, $4, $5, $6, $7 FROM held WHERE $6::text IS NOT NULL
+                  ON CONFLICT (callback_id, attempt_no) DO UPDATE
+                      SET flow_name = EXCLUDED.flow_name, version = EXCLUDED.version,
+                          started_at = now()),
+              {admitted},
+              leg AS (
+                  INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
+                      attempt_no, leg_seq, leg, carrier_id, endpoint, worker, asterisk,
+                      cap_scopes, cap_shards, admitted_at)
+                  SELECT $8, $1, $5, $4, $9, $10, $11, $12, $2, $13, a.cap_scopes,
+                         a.cap_shards, a.admitted_at
+                  FROM admitted a WHERE a.ok)
+              SELECT EXISTS (SELECT 1 FROM held) AS held, a.* FROM admitted a"""
+_ADMITTED = """admitted AS (SELECT EXISTS (SELECT 1 FROM held) AS ok, '{}'::text[] AS cap_scopes,
+                                '{}'::int[] AS cap_shards, NULL::timestamptz AS admitted_at)"""
+
+
 class LegStore(StoreBase):
     """The legs of the jobs: written under the lease, settled, read back for CDRs."""
 
@@ -60,6 +88,8 @@ class LegStore(StoreBase):
         :class:`~callback_server.guard.reasons.GuardRefused`; nothing is dialled). A CPS
         cap that paces makes it wait for the cap's window between two transactions,
         holding no connection, then try again (``[guard.caps] cps_max_wait_s`` in all).
+        A leg to another party than the customer is screened by the guard first
+        (:meth:`~callback_server.guard.service.Guard.screen_leg`).
         """
         loop = asyncio.get_running_loop()
         started, waited_s = loop.time(), 0.0
@@ -73,52 +103,40 @@ class LegStore(StoreBase):
     async def _persist_leg(self, cmd: PersistAttempt, merchant_id: str, waited_s: float
                            ) -> float | None:
         """One try of :meth:`persist_leg`: None (stored), else how long to wait for the
-        CPS window (nothing stored, nothing held)."""
-        refused: GuardRefused | None = None
+        CPS window (nothing stored, nothing held). One statement (its own transaction, so
+        no session waits idle in one for this loop): the lease extended and checked, the
+        round's flow kept with its first leg, the guard's admission, the leg's row."""
         flow = self.round_flows.get(cmd.callback_id)
         if flow is not None and flow.attempt_no != cmd.attempt_no:
             flow = None
-        async with self.pool.acquire() as conn, conn.transaction():
-            # the lease extended and checked; the round's flow kept with its first leg
-            held = await conn.fetchval(
-                """WITH flow AS (
-                       INSERT INTO callback_round_flows (callback_id, attempt_no, merchant_id,
-                           flow_name, version)
-                       SELECT $1, $4, $5, $6, $7 WHERE $6::text IS NOT NULL
-                       ON CONFLICT (callback_id, attempt_no) DO UPDATE
-                           SET flow_name = EXCLUDED.flow_name, version = EXCLUDED.version,
-                               started_at = now())
-                   UPDATE callback_requests
-                   SET lease_expires_at = now() + $3 * interval '1 second', heartbeat_at = now()
-                   WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
-                   RETURNING true""", cmd.callback_id, self.owner, self.lease_s,
-                cmd.attempt_no, merchant_id, flow.name if flow else None,
-                flow.version if flow else None)
-            if not held:
-                raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
-                                f"{cmd.channel_id}")
-            admission = Admission((), None)
-            if self.guard is not None and capped(cmd.leg, cmd.carrier_id):
-                admission = await self.guard.admit_leg(conn, cmd.carrier_id, cmd.callback_id,
-                                                       merchant_id, cmd.number,
-                                                       waited_s=waited_s)
-                if admission.pace_s is not None:
-                    return admission.pace_s
-                refused = admission.refused
-            if refused is None:
-                await conn.execute(
-                    """INSERT INTO callback_attempts (channel_id, callback_id, merchant_id,
-                           attempt_no, leg_seq, leg, carrier_id, endpoint, worker, asterisk,
-                           cap_scopes, cap_shards, admitted_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
-                    cmd.channel_id, cmd.callback_id, merchant_id, cmd.attempt_no, cmd.leg_seq,
-                    cmd.leg, cmd.carrier_id, cmd.endpoint, self.owner, self.asterisk,
-                    list(admission.scopes), list(admission.shards), admission.at)
-        if flow is not None:        # committed with the leg (or its refusal)
+        admission = None
+        if self.guard is not None and capped(cmd.leg, cmd.carrier_id):
+            if cmd.number is not None:
+                refused = await self.guard.screen_leg(cmd.number, cmd.callback_id,
+                                                      merchant_id)
+                if refused is not None:
+                    raise refused
+            admission = self.guard.leg_admission(cmd.carrier_id, merchant_id,
+                                                 _ADMISSION_FROM)
+        row = await self.pool.fetchrow(
+            _PERSIST.format(admitted=_ADMITTED if admission is None else admission.ctes),
+            cmd.callback_id, self.owner, self.lease_s, cmd.attempt_no, merchant_id,
+            flow.name if flow else None, flow.version if flow else None, cmd.channel_id,
+            cmd.leg_seq, cmd.leg, cmd.carrier_id, cmd.endpoint, self.asterisk,
+            *(() if admission is None else admission.args))
+        assert row is not None
+        if not row["held"]:
+            raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
+                            f"{cmd.channel_id}")
+        if flow is not None:        # stored with the leg (or its refusal)
             self.round_flows.pop(cmd.callback_id, None)
-        if refused is not None:     # committed: the refusal (and a trip); no leg row
-            raise refused
-        return None
+        if admission is None or self.guard is None:
+            return None
+        admitted = await self.guard.admitted(admission, row, cmd.callback_id, merchant_id,
+                                             waited_s=waited_s)
+        if admitted.refused is not None:    # stored: the refusal (and a trip); no leg row
+            raise admitted.refused
+        return admitted.pace_s
 
     @survives_database_restarts
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:

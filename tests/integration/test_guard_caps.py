@@ -63,6 +63,17 @@ async def round_ended(guard: Guard, **end: Any) -> None:
         await guard.record_round(conn, RoundEnd(**end))
 
 
+async def admitted_in(conn: asyncpg.Connection, guard: Guard, carrier_id: str,
+                      callback_id: str, merchant_id: str) -> Admission:
+    """A leg's admission alone, in the caller's open transaction on ``conn`` (the statement
+    that stores a leg carries it with the leg's row): the slots it takes stay held until
+    that transaction ends."""
+    admission = guard.leg_admission(carrier_id, merchant_id, 1)
+    row = await conn.fetchrow(f"WITH held AS (SELECT 1), {admission.ctes} "
+                              "SELECT * FROM admitted", *admission.args)
+    return await guard.admitted(admission, row, callback_id, merchant_id)
+
+
 class Inbox:
     def __init__(self) -> None:
         self.messages: list[Any] = []
@@ -407,7 +418,7 @@ async def test_a_leg_being_admitted_on_one_trunk_does_not_hold_up_another_trunk(
     first = await claimed_job(store, 120, "819066660001")
     second = await claimed_job(store, 121, "819066660002")
     async with clean.acquire() as conn, conn.transaction():   # a leg's transaction, open
-        admitted = await guard.admit_leg(conn, "carrier-a", first, "acme")
+        admitted = await admitted_in(conn, guard, "carrier-a", first, "acme")
         assert (admitted.scopes, admitted.refused) == (("trunk:carrier-a",), None)
         await asyncio.wait_for(store.persist_leg(leg(second, "carrier-b"), "acme"), 10)
 
@@ -447,8 +458,9 @@ async def test_legs_under_the_site_cap_do_not_wait_for_each_other(
     jobs = [await claimed_job(store, 220 + i, f"81904040000{i}") for i in range(5)]
     await store.persist_leg(leg(jobs.pop(), "carrier-z"), "acme")  # creates the shard rows
     async with clean.acquire() as a, a.transaction(), clean.acquire() as b, b.transaction():
-        first = await guard.admit_leg(a, "carrier-a", jobs[0], "acme")
-        second = await asyncio.wait_for(guard.admit_leg(b, "carrier-b", jobs[1], "other"), 10)
+        first = await admitted_in(a, guard, "carrier-a", jobs[0], "acme")
+        second = await asyncio.wait_for(
+            admitted_in(b, guard, "carrier-b", jobs[1], "other"), 10)
         assert first.scopes == second.scopes == ("global",)
         assert first.shards != second.shards
         for n, callback_id in enumerate(jobs[2:]):
@@ -465,7 +477,7 @@ async def test_uncapped_scopes_take_no_lock_and_no_counter(
     store = CallbackStore(clean, owner="w", guard=guard)
     first = await claimed_job(store, 130, "819077770001")
     async with clean.acquire() as conn, conn.transaction():
-        assert await guard.admit_leg(conn, "carrier-a", first, "acme") == Admission((), None)
+        assert await admitted_in(conn, guard, "carrier-a", first, "acme") == Admission((), None)
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         assert await clean.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND "
                                     "locktype = 'advisory'", pid) == 0
