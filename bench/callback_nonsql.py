@@ -8,7 +8,7 @@ lines, each against the path it replaced, in the same run.
   carriers B and C; NTT Free Dial). Baseline: the same calls with the snapshot's
   rankings dropped before each, so every call prices its rows again (the path before
   the rankings were kept).
-* ``logs``: the seven INFO lines a declined call-back writes on the callback site (their
+* ``logs``: the five INFO lines a declined call-back writes on the callback site (their
   loggers and messages as in a ``load_sweep --mode control`` run's log, the call's
   context bound) through the handler ``serve`` installs, to ``/dev/null``, records as
   ``shared.logs.configure`` leaves them. Baseline: the formatter before (``json.dumps``
@@ -49,14 +49,12 @@ CALLBACK_LINES = (
     ("callback.store", "stored 1 call-back request messages in one commit: {'queued': 1}"),
     ("callback.routing", "routes for +819050000000: carrier-b 50.8585 JPY, carrier-a "
                          "66.6181 JPY, carrier-c 88.0616 JPY"),
-    ("callback.worker", "job claimed, round 1/1: routes ['carrier-b', 'carrier-a', "
-                        "'carrier-c']"),
-    ("callback.worker", "round 1 runs flow order (configured file)"),
+    ("callback.worker", "job claimed, round 1/1: flow order (configured file), routes "
+                        "['carrier-b', 'carrier-a', 'carrier-c']"),
     ("callback.stasis", "originated cb-37db13d26dbe0140859728fd57956762-01 via "
                         "PJSIP/819050000000@carrier-b"),
     ("callback.stasis", "CDR cb-37db13d26dbe0140859728fd57956762-01 carrier-b declined "
-                        "0.000s cause 21"),
-    ("callback.stasis", "round 1: failed (declined)"),
+                        "0.000s cause 21; round 1: failed (declined)"),
 )
 
 

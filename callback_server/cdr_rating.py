@@ -53,7 +53,16 @@ def rate_cdr(rater: Rater, cmd: RecordCdr, *, destination: E164 | None,
     return StoredCdr(cmd, edge_call_id, merchant_id, billed_s, carrier_cost, direct)
 
 
+#: what the line of a stored CDR says (:func:`logged`; a round's last leg's CDR begins its
+#: round's line instead)
+CDR_LINE = "CDR %s %s %s %ss cause %s"
+
+
+def cdr_facts(cmd: RecordCdr) -> tuple[object, ...]:
+    """:data:`CDR_LINE`'s arguments."""
+    return cmd.call_id, cmd.carrier_id, cmd.disposition, cmd.duration_s, cmd.hangup_cause
+
+
 def logged(cmd: RecordCdr) -> None:
-    """The line every stored CDR leaves."""
-    log.info("CDR %s %s %s %ss cause %s", cmd.call_id, cmd.carrier_id, cmd.disposition,
-             cmd.duration_s, cmd.hangup_cause)
+    """The line every stored CDR leaves (but a round's last leg's: its round's line)."""
+    log.info(CDR_LINE, *cdr_facts(cmd))

@@ -30,7 +30,7 @@ from callback_server.call_ports import (
     safely,
     utcnow,
 )
-from callback_server.cdr_rating import logged
+from callback_server.cdr_rating import CDR_LINE, cdr_facts
 from callback_server.consult import Operator
 from callback_server.consult_runner import ConsultRunner
 from callback_server.dialer import Leg
@@ -118,13 +118,15 @@ class RoundRunner(ABC):
                              self.job.merchant_id, rang, confirmed)
         kept = await self.store.finish(self.job.callback_id, outcome, ended=ended,
                                        round_end=round_end)
-        if ended is not None and ended.cdr is not None:
-            logged(ended.cdr.cdr)
         if not kept:
             log.error("lease lost; outcome %s dropped", outcome)
-        log.info("round %d: %s (%s)%s", self.job.attempt_no, outcome.status, outcome.reason,
-                 f", retry in {outcome.retry_in_s} s" if outcome.retry_in_s is not None
-                 else "")
+        line = "round %d: %s (%s)%s"
+        facts: tuple[object, ...] = (
+            self.job.attempt_no, outcome.status, outcome.reason,
+            f", retry in {outcome.retry_in_s} s" if outcome.retry_in_s is not None else "")
+        if ended is not None and ended.cdr is not None:   # one line: its CDR, then the round
+            line, facts = f"{CDR_LINE}; {line}", cdr_facts(ended.cdr.cdr) + facts
+        log.info(line, *facts)
 
     def shutdown(self) -> None:
         self.inbox.put_nowait(Shutdown(utcnow()))

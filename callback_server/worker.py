@@ -316,18 +316,18 @@ class Worker:
                                          str(capped.reason))
                 return
             routes = tuple(routes[i] for i in keep)
-        log.info("job claimed, round %d/%d: routes %s", job.attempt_no,
-                 job.policy.max_attempts, [r.carrier_id for r in routes])
-        runner = await self._runner(claimed, job, merchant)
+        runner, runs = await self._runner(claimed, job, merchant)
+        log.info("job claimed, round %d/%d: %s, routes %s", job.attempt_no,
+                 job.policy.max_attempts, runs, [r.carrier_id for r in routes])
         self.calls[job.callback_id] = runner
         if self._stopping:
             runner.shutdown()
         await runner.run(routes)
 
     async def _runner(self, claimed: ClaimedJob, job: Job, merchant: Merchant
-                      ) -> CallRunner | ClickRunner:
+                      ) -> tuple[CallRunner | ClickRunner, str]:
         """The round's runner: a call-back's (its IVR flow chosen and kept), or a web
-        click-to-call's."""
+        click-to-call's; with what it runs, for the round's first line."""
         records = self.settler.records if self.settler else None
         if claimed.click_advisor is not None:
             ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
@@ -337,8 +337,8 @@ class Worker:
                                router=self.router, store=self.store, rater=self.rater,
                                desk=self.desk, consultations=self.consultations,
                                billing=self.billing, records=records,
-                               live=self.live)
-        flow = self._round_flow(job, merchant)
+                               live=self.live), "web click-to-call"
+        flow, runs = self._round_flow(job, merchant)
         ctx = CallContext(claimed.edge_call_id, merchant.inbound_tariff,
                           flow, claimed.hungup_at, merchant.language,
                           hours=self._hours(claimed, merchant), clock=self.clock)
@@ -346,18 +346,18 @@ class Worker:
                           store=self.store, rater=self.rater,
                           records=records, desk=self.desk,
                           consultations=self.consultations, billing=self.billing,
-                          services=self.services, live=self.live)
+                          services=self.services, live=self.live), runs
 
-    def _round_flow(self, job: Job, merchant: Merchant) -> Flow:
-        """The flow this round runs, kept with the round (written with its first leg)."""
+    def _round_flow(self, job: Job, merchant: Merchant) -> tuple[Flow, str]:
+        """The flow this round runs, kept with the round (written with its first leg),
+        and as the round's first line names it (``flow NAME version V``)."""
         stored = self.active_flows.get(merchant.id) if self.active_flows else None
         flow = stored.flow if stored else self.flows[merchant.ivr_flow]
         version = stored.version if stored else None
-        log.info("round %d runs flow %s %s", job.attempt_no, flow.name,
-                 f"version {version}" if version else "(configured file)")
         self.store.keep_round_flow(job.callback_id, RoundFlow(job.attempt_no, flow.name,
                                                               version))
-        return flow
+        return flow, f"flow {flow.name} " + (f"version {version}" if version
+                                             else "(configured file)")
 
     @staticmethod
     def _hours(claimed: ClaimedJob, merchant: Merchant) -> BusinessHours | None:
