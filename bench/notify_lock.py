@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import statistics
 import time
-import uuid
 
 import asyncpg
 

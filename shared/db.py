@@ -21,8 +21,9 @@ import logging
 import os
 import re
 import time
+import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,8 @@ async def release_connection(conn: Connection) -> None:
     holding the connection through it and an event-loop turn; no code leaves such
     session state on a pooled connection: advisory locks are taken per transaction
     (``pg_advisory_xact_lock``; the migrations' session lock is released in a
-    ``finally``), nothing is ``SET`` for the session, cursors live in transactions, and
+    ``finally``), nothing is ``SET`` for the session but what :func:`watching` sets on
+    purpose (and replaces the connections after), cursors live in transactions, and
     a pooled connection that listens removes its listeners (``UNLISTEN``) before release
     (the long-lived LISTEN connections are not pooled: :func:`listening`)."""
 
@@ -208,10 +210,69 @@ def pool_holders(pool: Pool) -> Counter[str]:
     return pool.holders if isinstance(pool, _TimedPool) else Counter()
 
 
+@asynccontextmanager
+async def watching(pool: Pool, statements: re.Pattern[str], on_written: Callable[[], None],
+                   *, session: Mapping[str, str], unless_holder: str) -> AsyncIterator[bool]:
+    """While inside, every connection of ``pool`` carries the settings ``session`` (set on
+    its first acquire meanwhile), and ``on_written()`` is called when a connection that
+    ran a statement matching ``statements`` is back in the pool (so its transaction is
+    over: committed, or rolled back and the call is spurious); statements of a task
+    :func:`holding` ``unless_holder`` do not count. On the way out, once no one watches,
+    the connections that carry those settings are replaced. Yields False, and watches
+    nothing, for a pool not made by :func:`create_pool`.
+
+    For work that tells a process's own task of a commit without PostgreSQL (the outbox
+    relay, :mod:`shared.outbox`): ``session`` tells the database's triggers that it is so.
+    """
+    if not isinstance(pool, _TimedPool):
+        yield False
+        return
+    watch = _Watch(statements, on_written, dict(session), unless_holder)
+    pool.watches.append(watch)
+    try:
+        yield True
+    finally:
+        pool.watches.remove(watch)
+        if not pool.watches:
+            pool.set_up.clear()
+            await pool.expire_connections()
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    statements: re.Pattern[str]
+    on_written: Callable[[], None]
+    session: dict[str, str]
+    unless_holder: str
+
+
+class _Hold:
+    """One acquire of a watched pool's connection: which watches its statements matched,
+    told once the connection is back (or, for a statement logged after that, at once)."""
+
+    def __init__(self, watches: list[_Watch]) -> None:
+        self.watches = watches
+        self.written: set[int] = set()
+        self.released = False
+
+    def saw(self, record: Any) -> None:      # asyncpg's query logger: a LoggedQuery
+        for n, watch in enumerate(self.watches):
+            if n not in self.written and watch.statements.search(record.query):
+                self.written.add(n)
+                if self.released:
+                    watch.on_written()
+
+    def back(self) -> None:
+        self.released = True
+        for n in self.written:
+            self.watches[n].on_written()
+
+
 class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
-    """An asyncpg pool that reports how long each acquire waited, when asked to, and
-    counts the connections held by :func:`holding` label (the defaults above are
-    ``asyncpg.create_pool``'s, which cannot make a subclass)."""
+    """An asyncpg pool that reports how long each acquire waited, when asked to, counts
+    the connections held by :func:`holding` label, and tells a watcher of the statements
+    it watches (:func:`watching`) (the defaults above are ``asyncpg.create_pool``'s,
+    which cannot make a subclass)."""
 
     def __init__(self, *args: Any, on_acquire: Callable[[float], None] | None,
                  **kwargs: Any) -> None:
@@ -219,6 +280,10 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         self._on_acquire = on_acquire
         self.holders: Counter[str] = Counter()
         self._held_by: dict[int, str] = {}
+        self.watches: list[_Watch] = []
+        #: the connections that carry the watches' session settings
+        self.set_up: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._holds: dict[int, _Hold] = {}
 
     async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's)
         started = time.monotonic()
@@ -230,13 +295,36 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         label = _HOLDER.get()
         self._held_by[id(conn)] = label
         self.holders[label] += 1
+        if self.watches:
+            try:
+                await self._watch(conn, label)
+            except BaseException:
+                await self.release(conn)
+                raise
         return conn
+
+    async def _watch(self, conn: Any, label: str) -> None:
+        raw = conn._con       # the connection behind the pool's proxy
+        if raw not in self.set_up:
+            for watch in self.watches:
+                for name, value in watch.session.items():
+                    await conn.execute("SELECT set_config($1, $2, false)", name, value)
+            self.set_up.add(raw)
+        watches = [w for w in self.watches if w.unless_holder != label]
+        if watches:
+            hold = self._holds[id(conn)] = _Hold(watches)
+            conn.add_query_logger(hold.saw)
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
         label = self._held_by.pop(id(connection), None)
         if label is not None:
             self.holders[label] -= 1
+        hold = self._holds.pop(id(connection), None)
+        if hold is not None:
+            connection.remove_query_logger(hold.saw)
         await super().release(connection, timeout=timeout)
+        if hold is not None:
+            hold.back()
 
 
 async def init_connection(conn: Connection) -> None:

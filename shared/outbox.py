@@ -10,14 +10,22 @@ A message may be written *held*: durable, but not to be sent yet (the edge
 holds a call-back request until the caller has hung up). :meth:`Outbox.release`
 makes it sendable.
 
-The relay is event-driven: a trigger NOTIFYs ``outbox`` when a message becomes
-sendable, and the relay wakes at once. Besides that it sleeps until the next
-retry is due (at most ``sweep_s``), so a lost notification delays a message by
-at most that much. Retries back off exponentially up to ``max_backoff_s`` and
-never give up on a 5xx, a lost connection, or a 4xx that may pass later
-(:data:`RETRYABLE_4XX`: 408/409/425/429, and 401/403, which judge the sender's
-keys, clock or certificate rather than the message: a signing-key rotation half
-done, or a peer identity being re-pinned, must not kill the whole backlog).
+The relay is event-driven: it wakes at once when a message becomes sendable.
+Written in a process whose relay runs (the servers), the relay is told in the
+process once the writing connection is back in its pool, its transaction over
+(:func:`shared.db.watching`), and the transaction sends no NOTIFY: PostgreSQL
+commits the transactions that NOTIFY one after another, each through its own WAL
+flush, under one lock for the whole cluster (``python -m bench notify_lock``).
+Written anywhere else (a CLI, a pool without a relay, a plain connection), a
+trigger NOTIFYs ``outbox`` and every relay wakes (migration ``link/0004``).
+Besides that a relay sleeps until the next retry is due (at most ``sweep_s``),
+so a lost notification, or a message written in a process whose relay does not
+deliver it, waits at most that much for another process's relay. Retries back
+off exponentially up to ``max_backoff_s`` and never give up on a 5xx, a lost
+connection, or a 4xx that may pass later (:data:`RETRYABLE_4XX`: 408/409/425/429,
+and 401/403, which judge the sender's keys, clock or certificate rather than the
+message: a signing-key rotation half done, or a peer identity being re-pinned,
+must not kill the whole backlog).
 
 A busy peer (a 5xx or 429 with ``Retry-After``: the callback site shedding load)
 is honoured: the message is not retried before then, and the relay claims
@@ -66,6 +74,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
@@ -77,7 +86,7 @@ from typing import Any
 import asyncpg
 
 from shared import logs
-from shared.db import holding, listening
+from shared.db import holding, listening, watching
 from shared.link import (
     LinkBusy,
     LinkClient,
@@ -93,6 +102,14 @@ from shared.metrics import common as metrics
 log = logging.getLogger("shared.outbox")
 
 NOTIFY_CHANNEL = "outbox"
+#: the :func:`shared.db.holding` label of the relay's own connections
+RELAY_HOLDER = "relay"
+#: what the sessions of a process whose relay runs carry: the outbox trigger sends them
+#: no NOTIFY (migration ``link/0004``)
+IN_PROCESS_SESSION = {"cbgw.outbox_wake": "in-process"}
+#: the statements after which the process's relay looks for sendable messages (any
+#: statement on the table: a spurious look costs one claim, a missed one a sweep)
+_WRITES = re.compile(r"\boutbox\b", re.IGNORECASE)
 #: 4xx answers retried like a 5xx; every other 4xx parks the message as dead
 RETRYABLE_4XX = frozenset({401, 403, 408, 409, 425, 429})
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -258,6 +275,11 @@ class _PassWindow:
     def release(self) -> None:
         self._slots.release()
 
+    def wake(self) -> None:
+        """A message may have become sendable (written in this process): the loop claims."""
+        if self.wakeups is not None:
+            self.wakeups.put_nowait("written here")
+
     def start(self, delivery: Coroutine[Any, Any, bool]) -> None:
         """Run ``delivery`` (True when it delivered every message) in the slot acquired
         for it."""
@@ -339,11 +361,16 @@ class OutboxRelay:
         own) and wake the loop that replaces the lost one; on cancellation they are
         cancelled, and what they had claimed and not settled goes again when its lease
         expires (the peer dedupes a repeat).
+
+        Meanwhile the messages written through its pool wake it in the process, without
+        a NOTIFY (:data:`IN_PROCESS_SESSION`); once it stops, they NOTIFY again.
         """
         window = _PassWindow(self.passes_in_flight)
         try:
-            with holding("relay"):
-                await self._run(window)
+            with holding(RELAY_HOLDER):
+                async with watching(self.pool, _WRITES, window.wake,
+                                    session=IN_PROCESS_SESSION, unless_holder=RELAY_HOLDER):
+                    await self._run(window)
         finally:
             await window.cancel()
 
@@ -396,7 +423,10 @@ class OutboxRelay:
             # a pass under way wakes the loop when it finishes: reckon the wait then
             wait = self.sweep_s if window.busy else self._next_due_s
             try:
-                await asyncio.wait_for(wakeups.get(), timeout=wait)
+                # not wait_for: on 3.11 it returns a wake-up that came with a cancellation
+                # and drops the cancellation (the relay then ran on for a sweep)
+                async with asyncio.timeout(wait):
+                    await wakeups.get()
             except TimeoutError:
                 pass
 

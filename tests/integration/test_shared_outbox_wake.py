@@ -1,0 +1,162 @@
+"""How a relay learns of a sendable message: in its own process without a NOTIFY (which
+makes PostgreSQL commit the transactions that send one one after another), by NOTIFY
+from anywhere else, and by its sweep when the process that wrote it does not deliver it.
+
+Each relay here sleeps ``sweep_s`` = 30 s unless woken, so a delivery within a few
+seconds proves a wake-up, not a sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from shared.db import listening, watching
+from shared.link_policy import HealthSettings, LinkPolicy
+from shared.outbox import IN_PROCESS_SESSION, NOTIFY_CHANNEL, Outbox, OutboxRelay
+from tests.faults.linklab import free_port, link_client, prepare_pool, receiver_app, serve, verifier
+
+NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
+ASLEEP_S = 30.0
+#: a wake-up, not a sweep: far under ASLEEP_S, and generous on a crowded machine
+PROMPT_S = 5.0
+
+
+@pytest.fixture
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await prepare_pool(pg_url, max_size=10)
+    await p.execute("TRUNCATE outbox, inbound_messages, effects")
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def peer(pool: asyncpg.Pool, pki_dir: Path) -> AsyncIterator[str]:
+    port = free_port()
+    runner: web.AppRunner = await serve(receiver_app(pool, verifier(pki_dir)), pki_dir, port)
+    yield f"https://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def _write(conn: asyncpg.Connection, n: int) -> str:
+    async with conn.transaction():
+        return await Outbox.enqueue(conn, kind="test", path="/v1/link/test", payload={"n": n})
+
+
+async def _delivered(pool: asyncpg.Pool, mid: str) -> float:
+    """Seconds until ``mid`` is delivered (at most ASLEEP_S + 5)."""
+    started = time.monotonic()
+    while not await pool.fetchval("SELECT delivered_at IS NOT NULL FROM outbox "
+                                  "WHERE message_id = $1::uuid", mid):
+        assert time.monotonic() - started < ASLEEP_S + 5, "never delivered"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def _heard(wakeups: asyncio.Queue[str], wait_s: float = 0.5) -> list[str]:
+    await asyncio.sleep(wait_s)
+    heard = []
+    while not wakeups.empty():
+        heard.append(wakeups.get_nowait())
+    return heard
+
+
+async def _running(relay: OutboxRelay) -> asyncio.Task[None]:
+    """The relay's loop, once it listens (its first claim made)."""
+    task = asyncio.create_task(relay.run())
+    await asyncio.sleep(0.5)
+    return task
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_message_written_where_its_relay_runs_wakes_it_without_a_notify(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="here", sweep_s=ASLEEP_S)
+    task = await _running(relay)
+    try:
+        async with listening(pg_url, NOTIFY_CHANNEL) as wakeups:
+            took = []
+            for n in range(3):
+                async with pool.acquire() as conn:
+                    mid = await _write(conn, n)
+                took.append(await _delivered(pool, mid))
+            assert await _heard(wakeups) == []          # no NOTIFY sent
+        assert max(took) < PROMPT_S, took
+        assert relay.delivered == 3
+    finally:
+        await _stop(task)
+        await client.close()
+
+
+async def test_a_message_written_elsewhere_wakes_the_relay_by_notify(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    """A CLI's connection, or another pool of the process: not the relay's pool."""
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="there", sweep_s=ASLEEP_S)
+    task = await _running(relay)
+    other = await prepare_pool(pg_url, max_size=2)
+    cli = await asyncpg.connect(pg_url)
+    try:
+        async with listening(pg_url, NOTIFY_CHANNEL) as wakeups:
+            mid = await _write(cli, 1)
+            assert await _delivered(pool, mid) < PROMPT_S
+            async with other.acquire() as conn:
+                mid2 = await _write(conn, 2)
+            assert await _delivered(pool, mid2) < PROMPT_S
+            assert await _heard(wakeups, 0.0) == [mid, mid2]
+    finally:
+        await cli.close()
+        await other.close()
+        await _stop(task)
+        await client.close()
+
+
+async def test_once_the_relay_stops_its_pool_s_messages_notify_again(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    task = await _running(OutboxRelay(pool, pg_url, client, owner="gone", sweep_s=ASLEEP_S))
+    async with pool.acquire() as conn:           # a connection marked for the relay
+        await _write(conn, 1)
+    await _stop(task)
+    await client.close()
+    async with listening(pg_url, NOTIFY_CHANNEL) as wakeups:
+        for n in range(2, 12):                   # every connection of the pool, in turn
+            async with pool.acquire() as conn:
+                mid = await _write(conn, n)
+            assert await asyncio.wait_for(wakeups.get(), 2.0) == mid
+
+
+async def test_a_message_whose_writer_does_not_relay_it_waits_at_most_a_sweep(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    """Process A marks its sessions (its relay runs, or is about to) but does not deliver;
+    process B's relay, with ``sweep_s`` 1 s, delivers A's message by its sweep."""
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="b", sweep_s=1.0)
+    task = await _running(relay)
+    writer = await prepare_pool(pg_url, max_size=2)
+    try:
+        async with watching(writer, re.compile("(?!)"), lambda: None,
+                            session=IN_PROCESS_SESSION, unless_holder="-") as watched:
+            assert watched
+            async with listening(pg_url, NOTIFY_CHANNEL) as wakeups:
+                async with writer.acquire() as conn:
+                    mid = await _write(conn, 1)
+                took = await _delivered(pool, mid)
+                assert await _heard(wakeups, 0.0) == []
+        assert took <= 1.0 + 2.0, took               # the sweep, and a crowded machine
+        assert relay.delivered == 1
+    finally:
+        await writer.close()
+        await _stop(task)
+        await client.close()
