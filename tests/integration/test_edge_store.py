@@ -434,3 +434,30 @@ async def test_a_batch_counts_each_new_customer_leg_once_for_the_call_lengths(
     assert total is not None and tuple(total) == (
         "mobile", 3, datetime(2026, 11, 22, 1, 4, tzinfo=UTC),
         datetime(2026, 11, 22, 1, 7, tzinfo=UTC))
+
+
+async def test_the_batch_statement_runs_its_generic_plan_after_five(
+        pool: asyncpg.Pool, pg_url: str) -> None:
+    """The relay's batches of one kind, on a new connection: after the plan cache's five
+    custom plans the statement runs its generic plan, not planned again for each batch
+    (planning a custom plan cost PostgreSQL more than the statement's run)."""
+    async with counted_pool(pg_url) as (fresh, _), fresh.acquire() as conn:
+        for n in range(8):
+            assert [body["status"] for _, body in await apply_reports(conn, deliveries(
+                (f"m-plan-{n}", cdr_event(f"call-plan-{n}"))))] == ["stored"]
+        plans = await conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '/* edge_server.report_store%'")
+    assert plans is not None and tuple(plans) == (3, 5), dict(plans or {})
+
+
+async def test_a_batch_of_one_kind_opens_no_other_kind_s_table(pool: asyncpg.Pool) -> None:
+    """A batch of CDRs (the relay sends one kind a batch) is written by a statement of that
+    kind's writes only: the other kinds' tables are not opened and locked for nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        await apply_reports(conn, deliveries(("m-kind-1", cdr_event("call-kind-1"))))
+        locked = {row["relname"] for row in await conn.fetch(
+            "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE l.pid = pg_backend_pid() AND c.relkind = 'r'")}
+    assert "cdrs" in locked and "inbound_messages" in locked, locked
+    assert not locked & {"requests", "request_transcripts", "callback_status"}, locked
