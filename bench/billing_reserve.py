@@ -27,7 +27,7 @@ Baselines in the same run: the same N requests one at a time, and N concurrent b
 (the batchers' ``write`` wrapped with a connection whose round trips are timed): waiting
 for its admission batch to start, the admission statement, deciding the batch in Python,
 waking up once the batch answered; the same for the reservation batch with each of
-``reserve_all``'s round trips (BEGIN, lock, balances, holds, COMMIT) and its Python.
+``reserve_all``'s round trips (BEGIN, lock and balances, holds, COMMIT) and its Python.
 
 Target (the billing issue): p99 <= 10 ms at 200 concurrent requests. PostgreSQL:
 ``DATABASE_URL``'s server, else the embedded one (database ``cbgw_bench_billing``,
@@ -202,7 +202,7 @@ class Profile:
         from billing import ledger
         from callback_server import consult_billing
         names = {consult_billing._ADMIT: "admission statement",
-                 ledger._LOCK_ACCOUNTS: "lock the accounts", ledger._BALANCES: "balances",
+                 ledger._LOCK_BALANCES: "lock the accounts, read their balances",
                  ledger._HOLD: "write the holds"}
         for batcher, served, key in ((billing.admitting, self.admitted_in,
                                       lambda item: item.account),  # the number asked

@@ -300,20 +300,10 @@ class ReserveAsk:
     at_most_s: int | None = None
 
 
-#: lock the accounts named, in id order (two batches sharing accounts never deadlock)
-_LOCK_ACCOUNTS = """
-    SELECT id, merchant_id, account FROM billing_accounts
-    WHERE (merchant_id, account) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-    ORDER BY id FOR UPDATE"""
-
-#: each ask's account's available and held balances and its reservation made already, if any
-_BALANCES = f"""
-    SELECT k.n, x.id AS made,
-           {BOOK_BALANCE.format(account="k.account_id", book="'available'")} AS available_yen,
-           {BOOK_BALANCE.format(account="k.account_id", book="'held'")} AS held_yen
-    FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k (account_id, consultation_id, n)
-    LEFT JOIN billing_reservations x ON x.account_id = k.account_id
-                                    AND x.consultation_id = k.consultation_id"""
+#: lock the asks' accounts in id order (two batches sharing accounts never deadlock), then
+#: read each ask's account, its available and held balances and its reservation made
+#: already, if any (``billing/migrations/0015_accounts_locked_and_read.sql``): one round trip
+_LOCK_BALANCES = "SELECT * FROM billing_locked_balances($1, $2, $3)"
 
 #: the reservations and their holds (the legs as :func:`post` writes them, with the
 #: balances after each hold as the caller counted them, in the asks' order), one statement
@@ -352,29 +342,26 @@ def _terms_json(terms: Terms) -> str:
 async def reserve_all(conn: asyncpg.Connection, asks: Sequence[ReserveAsk]
                       ) -> list[Reservation | Refusal]:
     """:meth:`Ledger.reserve` for many consultations at once, inside the caller's
-    transaction: the accounts locked (in id order), their balances read after the lock,
-    each ask decided in order in Python, the holds written by one statement. Asks on one
-    account take their holds in turn (each sees the earlier ones'); an ask repeated, or
-    made before, gets the one reservation. Four round trips whatever the number."""
-    locked = await conn.fetch(_LOCK_ACCOUNTS, [a.merchant_id for a in asks],
-                              [a.account for a in asks])
-    ids = {(r["merchant_id"], r["account"]): r["id"] for r in locked}
-    found = [(i, a, ids[a.merchant_id, a.account]) for i, a in enumerate(asks)
-             if (a.merchant_id, a.account) in ids]
+    transaction: the accounts locked (in id order) and their balances read after the lock
+    in one statement, each ask decided in order in Python, the holds written by one
+    statement. Asks on one account take their holds in turn (each sees the earlier
+    ones'); an ask repeated, or made before, gets the one reservation. Two round trips
+    whatever the number (a third reads the reservations made before, if any were asked
+    again)."""
+    read = await conn.fetch(_LOCK_BALANCES, [a.merchant_id for a in asks],
+                            [a.account for a in asks], [a.consultation_id for a in asks])
     got: list[Reservation | Refusal] = [Refusal("balance-too-low", 0, a.terms.first_unit_yen())
                                         for a in asks]
-    if not found:
-        return got
-    read = await conn.fetch(_BALANCES, [acc for _, _, acc in found],
-                            [a.consultation_id for _, a, _ in found])
-    made = {found[r["n"] - 1][0]: r["made"] for r in read if r["made"] is not None}
-    available = {found[r["n"] - 1][2]: int(r["available_yen"]) for r in read}
-    held_now = {found[r["n"] - 1][2]: int(r["held_yen"]) for r in read}
+    found = {r["n"] - 1: r["account_id"] for r in read}
+    made = {r["n"] - 1: r["made"] for r in read if r["made"] is not None}
+    available = {r["account_id"]: int(r["available_yen"]) for r in read}
+    held_now = {r["account_id"]: int(r["held_yen"]) for r in read}
     new: dict[tuple[int, str], list[int]] = {}       # account, consultation → asks
     holds: list[tuple[int, str, str, int, int, int, int]] = []
-    for i, ask, acc in found:
-        if i in made:
+    for i, ask in enumerate(asks):
+        if i not in found or i in made:
             continue
+        acc = found[i]
         if (acc, ask.consultation_id) in new:          # the same consultation twice
             new[acc, ask.consultation_id].append(i)
             continue

@@ -16,7 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.ledger import Balance, Ledger, LedgerError, Refusal, Reservation
+from billing.ledger import (
+    Balance,
+    Ledger,
+    LedgerError,
+    Refusal,
+    Reservation,
+    ReserveAsk,
+    account_id,
+    post,
+    reserve_all,
+)
 from billing.rating import Terms, rate, seconds_affordable, whole_units_s
 from shared.db import create_pool, migrate_url
 from tests.integration import billing_db
@@ -147,6 +157,40 @@ async def test_concurrent_reservations_never_hold_more_than_the_balance(
     holds = [g for g in got if isinstance(g, Reservation)]
     assert len(holds) == 5 and sum(h.held_yen for h in holds) == 3000
     assert await ledger.balance("acme", "c-1") == Balance(0, 3000)
+
+
+async def test_holds_that_waited_for_the_accounts_lock_see_what_its_holder_wrote(
+        clean: asyncpg.Pool) -> None:
+    """``reserve_all`` locks the accounts and reads their balances in one statement: when
+    it waited for an account's lock, it reads the balance as the lock's holder left it
+    (a deposit made under the lock), and holds what that balance pays for."""
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 900, "sato", "first")
+    async with clean.acquire() as holder, clean.acquire() as conn:
+        async with holder.transaction():
+            acc = await account_id(holder, "acme", "c-1", create=False)
+            assert acc is not None
+
+            async def reserve() -> list[Reservation | Refusal]:
+                async with conn.transaction():
+                    return await reserve_all(
+                        conn, [ReserveAsk("acme", "c-1", "call-1", PER_MINUTE)])
+
+            reserving = asyncio.create_task(reserve())
+            for _ in range(500):
+                if await clean.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%billing_locked_balances%'"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the holds did not wait for the account's lock")
+            await post(holder, acc, "deposit", 600, [("available", 600), ("funding", -600)],
+                       "sato", "second")
+        (got,) = await reserving
+    assert isinstance(got, Reservation)
+    assert (got.allowed_s, got.held_yen) == (30 + 5 * 60, 1500)
+    assert await ledger.balance("acme", "c-1") == Balance(0, 1500)
 
 
 async def test_a_live_reservation_extends_as_the_balance_allows(clean: asyncpg.Pool) -> None:
