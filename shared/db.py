@@ -211,23 +211,24 @@ def pool_holders(pool: Pool) -> Counter[str]:
 
 
 @asynccontextmanager
-async def watching(pool: Pool, statements: re.Pattern[str], on_written: Callable[[], None],
-                   *, session: Mapping[str, str], unless_holder: str) -> AsyncIterator[bool]:
+async def watching(pool: Pool, notice: str, on_written: Callable[[], None],
+                   *, session: Mapping[str, str]) -> AsyncIterator[bool]:
     """While inside, every connection of ``pool`` carries the settings ``session`` (set on
     its first acquire meanwhile), and ``on_written()`` is called when a connection that
-    ran a statement matching ``statements`` is back in the pool (so its transaction is
-    over: committed, or rolled back and the call is spurious); statements of a task
-    :func:`holding` ``unless_holder`` do not count. On the way out, once no one watches,
-    the connections that carry those settings are replaced. Yields False, and watches
-    nothing, for a pool not made by :func:`create_pool`.
+    was sent the NOTICE ``notice`` (a trigger's ``RAISE NOTICE``) is back in the pool, so
+    its transaction is over (committed; or rolled back, and the call is spurious). On the
+    way out, once no one watches, the connections that carry those settings are
+    replaced. Yields False, and watches nothing, for a pool not made by
+    :func:`create_pool`.
 
-    For work that tells a process's own task of a commit without PostgreSQL (the outbox
-    relay, :mod:`shared.outbox`): ``session`` tells the database's triggers that it is so.
+    For work that tells a process's own task of a commit without a NOTIFY (the outbox
+    relay, :mod:`shared.outbox`): ``session`` tells the database's triggers to say so by
+    ``notice`` instead.
     """
     if not isinstance(pool, _TimedPool):
         yield False
         return
-    watch = _Watch(statements, on_written, dict(session), unless_holder)
+    watch = _Watch(notice, on_written, dict(session))
     pool.watches.append(watch)
     try:
         yield True
@@ -240,24 +241,23 @@ async def watching(pool: Pool, statements: re.Pattern[str], on_written: Callable
 
 @dataclass(frozen=True, slots=True)
 class _Watch:
-    statements: re.Pattern[str]
+    notice: str
     on_written: Callable[[], None]
     session: dict[str, str]
-    unless_holder: str
 
 
 class _Hold:
-    """One acquire of a watched pool's connection: which watches its statements matched,
-    told once the connection is back (or, for a statement logged after that, at once)."""
+    """One acquire of a watched pool's connection: which watches' notices it was sent,
+    told once the connection is back (or, for a notice handled after that, at once)."""
 
     def __init__(self, watches: list[_Watch]) -> None:
         self.watches = watches
         self.written: set[int] = set()
         self.released = False
 
-    def saw(self, record: Any) -> None:      # asyncpg's query logger: a LoggedQuery
+    def heard(self, _conn: Any, message: Any) -> None:   # asyncpg's log listener
         for n, watch in enumerate(self.watches):
-            if n not in self.written and watch.statements.search(record.query):
+            if n not in self.written and message.message == watch.notice:
                 self.written.add(n)
                 if self.released:
                     watch.on_written()
@@ -270,7 +270,7 @@ class _Hold:
 
 class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
     """An asyncpg pool that reports how long each acquire waited, when asked to, counts
-    the connections held by :func:`holding` label, and tells a watcher of the statements
+    the connections held by :func:`holding` label, and tells a watcher of the notices
     it watches (:func:`watching`) (the defaults above are ``asyncpg.create_pool``'s,
     which cannot make a subclass)."""
 
@@ -297,23 +297,21 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         self.holders[label] += 1
         if self.watches:
             try:
-                await self._watch(conn, label)
+                await self._watch(conn)
             except BaseException:
                 await self.release(conn)
                 raise
         return conn
 
-    async def _watch(self, conn: Any, label: str) -> None:
+    async def _watch(self, conn: Any) -> None:
         raw = conn._con       # the connection behind the pool's proxy
         if raw not in self.set_up:
             for watch in self.watches:
                 for name, value in watch.session.items():
                     await conn.execute("SELECT set_config($1, $2, false)", name, value)
             self.set_up.add(raw)
-        watches = [w for w in self.watches if w.unless_holder != label]
-        if watches:
-            hold = self._holds[id(conn)] = _Hold(watches)
-            conn.add_query_logger(hold.saw)
+        hold = self._holds[id(conn)] = _Hold(list(self.watches))
+        conn.add_log_listener(hold.heard)
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
         label = self._held_by.pop(id(connection), None)
@@ -321,7 +319,7 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
             self.holders[label] -= 1
         hold = self._holds.pop(id(connection), None)
         if hold is not None:
-            connection.remove_query_logger(hold.saw)
+            connection.remove_log_listener(hold.heard)
         await super().release(connection, timeout=timeout)
         if hold is not None:
             hold.back()

@@ -13,7 +13,8 @@ makes it sendable.
 The relay is event-driven: it wakes at once when a message becomes sendable.
 Written in a process whose relay runs (the servers), the relay is told in the
 process once the writing connection is back in its pool, its transaction over
-(:func:`shared.db.watching`), and the transaction sends no NOTIFY: PostgreSQL
+(:func:`shared.db.watching`: the trigger sends the session a NOTICE instead, migration
+``link/0005``), and the transaction sends no NOTIFY: PostgreSQL
 commits the transactions that NOTIFY one after another, each through its own WAL
 flush, under one lock for the whole cluster (``python -m bench notify_lock``).
 Written anywhere else (a CLI, a pool without a relay, a plain connection), a
@@ -74,7 +75,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
@@ -107,9 +107,9 @@ RELAY_HOLDER = "relay"
 #: what the sessions of a process whose relay runs carry: the outbox trigger sends them
 #: no NOTIFY (migration ``link/0004``)
 IN_PROCESS_SESSION = {"cbgw.outbox_wake": "in-process"}
-#: the statements after which the process's relay looks for sendable messages (any
-#: statement on the table: a spurious look costs one claim, a missed one a sweep)
-_WRITES = re.compile(r"\boutbox\b", re.IGNORECASE)
+#: what the outbox trigger tells such a session instead, for each message it made
+#: sendable (migration ``link/0005``): the process's relay claims
+SENDABLE_NOTICE = "outbox: sendable"
 #: 4xx answers retried like a 5xx; every other 4xx parks the message as dead
 RETRYABLE_4XX = frozenset({401, 403, 408, 409, 425, 429})
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -368,8 +368,8 @@ class OutboxRelay:
         window = _PassWindow(self.passes_in_flight)
         try:
             with holding(RELAY_HOLDER):
-                async with watching(self.pool, _WRITES, window.wake,
-                                    session=IN_PROCESS_SESSION, unless_holder=RELAY_HOLDER):
+                async with watching(self.pool, SENDABLE_NOTICE, window.wake,
+                                    session=IN_PROCESS_SESSION):
                     await self._run(window)
         finally:
             await window.cancel()

@@ -8,7 +8,6 @@ seconds proves a wake-up, not a sweep."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,13 @@ from aiohttp import web
 
 from shared.db import listening, watching
 from shared.link_policy import HealthSettings, LinkPolicy
-from shared.outbox import IN_PROCESS_SESSION, NOTIFY_CHANNEL, Outbox, OutboxRelay
+from shared.outbox import (
+    IN_PROCESS_SESSION,
+    NOTIFY_CHANNEL,
+    SENDABLE_NOTICE,
+    Outbox,
+    OutboxRelay,
+)
 from tests.faults.linklab import free_port, link_client, prepare_pool, receiver_app, serve, verifier
 
 NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
@@ -146,8 +151,8 @@ async def test_a_message_whose_writer_does_not_relay_it_waits_at_most_a_sweep(
     task = await _running(relay)
     writer = await prepare_pool(pg_url, max_size=2)
     try:
-        async with watching(writer, re.compile("(?!)"), lambda: None,
-                            session=IN_PROCESS_SESSION, unless_holder="-") as watched:
+        async with watching(writer, "not this one", lambda: None,
+                            session=IN_PROCESS_SESSION) as watched:
             assert watched
             async with listening(pg_url, NOTIFY_CHANNEL) as wakeups:
                 async with writer.acquire() as conn:
@@ -160,3 +165,29 @@ async def test_a_message_whose_writer_does_not_relay_it_waits_at_most_a_sweep(
         await writer.close()
         await _stop(task)
         await client.close()
+
+
+async def test_only_a_message_made_sendable_wakes_the_relay_in_its_process(
+        pool: asyncpg.Pool) -> None:
+    """A held message (the edge's stored request), a read or a relay's own settlement of
+    the table tell the watcher nothing: each would cost the relay a claim of nothing."""
+    told: list[int] = []
+    async with watching(pool, SENDABLE_NOTICE, lambda: told.append(1),
+                        session=IN_PROCESS_SESSION):
+        async with pool.acquire() as conn, conn.transaction():
+            mid = await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                       payload={"n": 1}, held=True)
+        await pool.fetchval("SELECT count(*) FROM outbox")
+        await pool.execute("UPDATE outbox SET last_error = 'x' WHERE message_id = $1::uuid", mid)
+        await asyncio.sleep(0.1)
+        assert told == []
+        async with pool.acquire() as conn:
+            assert await Outbox.release(conn, mid)
+            await asyncio.sleep(0.1)
+            assert told == []                   # not before the connection is back
+        await asyncio.sleep(0.1)
+        assert told == [1]
+        async with pool.acquire() as conn:
+            await _write(conn, 2)
+        await asyncio.sleep(0.1)
+        assert told == [1, 1]
