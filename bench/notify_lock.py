@@ -18,8 +18,9 @@ Three ways, alternated ``--rounds`` times in one run:
   (a CLI's): the trigger NOTIFYs ``outbox``, as every sendable message did before
   migration ``link/0004``.
 * **in-process**: the message written sendable by a session of a process whose own relay
-  runs (:meth:`shared.db.WatchedPool.watch`; ``cbgw.outbox_wake = 'in-process'``): since
-  ``link/0004`` no NOTIFY, the relay woken in the process after the commit.
+  runs (:func:`shared.db.watching`; ``cbgw.outbox_wake = 'in-process'``): since
+  ``link/0004`` no NOTIFY (since ``link/0005`` a NOTICE to the session instead), the
+  relay woken in the process after the commit.
 
 Per way: transactions a second, the transaction's time (``BEGIN`` to ``COMMIT``
 returned) p50 / p99, and the sessions waiting on the NOTIFY lock (``pg_stat_activity``
@@ -38,7 +39,7 @@ import asyncpg
 
 DATABASE = "cbgw_bench_notify"
 WAYS = ("held", "notify", "in-process")
-#: what a process whose relay runs sets on its sessions (shared.db.WatchedPool.watch)
+#: what a process whose relay runs sets on its sessions (shared.db.watching)
 IN_PROCESS = {"cbgw.outbox_wake": "in-process"}
 
 
