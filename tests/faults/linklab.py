@@ -14,7 +14,8 @@ import asyncio
 import json
 import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,17 @@ async def prepare_pool(pg_url: str, **pool_kw: Any) -> asyncpg.Pool:
     await pool.execute("CREATE TABLE IF NOT EXISTS effects (message_id text NOT NULL, "
                        "n int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
     return pool
+
+
+@asynccontextmanager
+async def empty_link_pool(pg_url: str, **pool_kw: Any) -> AsyncIterator[asyncpg.Pool]:
+    """:func:`prepare_pool` with the link's tables and ``effects`` emptied; closed after."""
+    pool = await prepare_pool(pg_url, **pool_kw)
+    try:
+        await pool.execute("TRUNCATE outbox, inbound_messages, effects")
+        yield pool
+    finally:
+        await pool.close()
 
 
 def verifier(pki_dir: Path, *key_ids: str) -> Verifier:

@@ -25,9 +25,9 @@ from tests.faults.linklab import (
     BATCHES_KEY,
     REQUESTS_KEY,
     effect_counts,
+    empty_link_pool,
     free_port,
     link_client,
-    prepare_pool,
     receiver_app,
     serve,
     verifier,
@@ -42,10 +42,8 @@ TEST_PATH = "/v1/link/test"
 
 @pytest.fixture
 async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await prepare_pool(pg_url, max_size=20)
-    await p.execute("TRUNCATE outbox, inbound_messages, effects")
-    yield p
-    await p.close()
+    async with empty_link_pool(pg_url, max_size=20) as p:
+        yield p
 
 
 async def _enqueue(pool: asyncpg.Pool, count: int, start: int = 0) -> list[str]:

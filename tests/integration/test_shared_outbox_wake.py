@@ -25,7 +25,15 @@ from shared.outbox import (
     Outbox,
     OutboxRelay,
 )
-from tests.faults.linklab import free_port, link_client, prepare_pool, receiver_app, serve, verifier
+from tests.faults.linklab import (
+    empty_link_pool,
+    free_port,
+    link_client,
+    prepare_pool,
+    receiver_app,
+    serve,
+    verifier,
+)
 
 NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
 ASLEEP_S = 30.0
@@ -35,10 +43,8 @@ PROMPT_S = 5.0
 
 @pytest.fixture
 async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await prepare_pool(pg_url, max_size=10)
-    await p.execute("TRUNCATE outbox, inbound_messages, effects")
-    yield p
-    await p.close()
+    async with empty_link_pool(pg_url, max_size=10) as p:
+        yield p
 
 
 @pytest.fixture
