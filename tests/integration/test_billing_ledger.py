@@ -104,6 +104,28 @@ async def test_entries_and_movements_are_append_only_and_balanced(clean: asyncpg
     assert await ledger.balance("acme", "c-1") == Balance(1000 - 600, 0)
 
 
+async def test_an_entry_is_of_its_transactions_account(clean: asyncpg.Pool) -> None:
+    """An entry names its transaction and its account, and the database keeps them one:
+    a leg of one account's transaction written to another account, or a leg of no
+    transaction, is refused."""
+    ledger = Ledger(clean)
+    for account in ("c-1", "c-2"):
+        await ledger.deposit("acme", account, 1000, "sato", "first")
+    ids = {r["account"]: r["id"] for r in await clean.fetch(
+        "SELECT account, id FROM billing_accounts")}
+    async with clean.acquire() as conn:
+        txn = await conn.fetchval(
+            "INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, reason) "
+            "VALUES ($1, 'deposit', 5, 'x', 'y') RETURNING id", ids["c-1"])
+        for to_txn in (txn, txn + 1000):        # c-1's transaction; none
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                await conn.execute(
+                    "INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen, "
+                    "balance_after) VALUES ($1, $2, 'available', 5, 1005), "
+                    "($1, $2, 'funding', -5, -1005)", to_txn, ids["c-2"])
+    assert await ledger.balance("acme", "c-2") == Balance(1000, 0)
+
+
 async def test_a_reservation_holds_what_the_balance_pays_and_settles_at_the_rated_amount(
         clean: asyncpg.Pool) -> None:
     ledger = Ledger(clean)
