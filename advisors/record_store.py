@@ -11,8 +11,9 @@ Every record lists the call-back's customer leg (``customer_call_id``) among its
 with its carrier and cost. Its CDR is stored when that leg ends, after the consultation,
 so a record saved before the leg is rated is stored but its message waits
 (``consultations_awaiting_customer_leg``): the callback site's billing owns the customer
-legs (the CDR store hands each to :func:`billing.records.customer_leg_rated`, which calls
-:func:`customer_leg_rated` here in the CDR's transaction, under the leg's lock, and its
+legs (the CDR store hands each to :func:`billing.records.customer_leg_rated`, which takes
+the records waiting for it and calls :func:`customer_leg_waited` here in the CDR's
+transaction, under the leg's lock, and its
 ``send_overdue`` sends what waited past ``[billing] customer_leg_wait_s``, the leg listed
 with ``cost_unknown``). Its cost counts once: in the call-back's first consultation (by
 ``requested_at``, as the billing record counts it); a later consultation of the same
@@ -172,15 +173,14 @@ async def first_of_leg(conn: asyncpg.Connection, consultation_id: str) -> str | 
     return found
 
 
-async def customer_leg_rated(conn: asyncpg.Connection, leg: LegCost) -> int:
+async def customer_leg_waited(conn: asyncpg.Connection, leg: LegCost,
+                              waiting: Sequence[tuple[str, str]]) -> None:
     """The call-back's customer leg, rated (in its CDR's transaction, under the leg's
-    lock): the records that waited for it get it and their messages go; how many."""
-    rows = await conn.fetch(
-        """DELETE FROM consultations_awaiting_customer_leg WHERE customer_call_id = $1
-           RETURNING consultation_id, path""", leg.call_id)
-    for row in rows:
-        await _send_with(conn, row["consultation_id"], leg, row["path"])
-    return len(rows)
+    lock): the records that waited for it (``waiting``: consultation id and path, taken
+    from ``consultations_awaiting_customer_leg`` by
+    :func:`billing.records.customer_leg_rated`) get it and their messages go."""
+    for consultation_id, path in waiting:
+        await _send_with(conn, consultation_id, leg, path)
 
 
 async def overdue(db: asyncpg.Pool | asyncpg.Connection, wait_s: int, limit: int

@@ -320,24 +320,45 @@ async def write(conn: asyncpg.Connection, record: BillingRecord) -> bool:
     return bool(kept)
 
 
+#: the SQLSTATE of :func:`customer_leg_rated_query` ``alone`` finding records waiting
+RECORDS_WAITING = "CBW01"
+
+
+def customer_leg_rated_query(call_id: str, carrier_id: str, cost_amount: str,
+                             cost_currency: str, *, alone: bool = False) -> str:
+    """:func:`customer_leg_rated`'s statement part: the leg kept and what waited for it
+    taken (migration 0017's ``billing_customer_leg_rated``, under the leg's lock), given
+    the parameters (``$n``) of the leg's call id, carrier and cost: alone, or carried by
+    the statement storing the leg's CDR; its value goes to :func:`customer_leg_waited`.
+    ``alone``: the statement commits on its own, so a record waiting for the leg fails it
+    with SQLSTATE :data:`RECORDS_WAITING` (nothing written), to be run in a transaction
+    that sends them."""
+    return (f"billing_customer_leg_rated({call_id}, {carrier_id}, {cost_amount}::numeric, "
+            f"{cost_currency}, {'true' if alone else 'false'})")
+
+
 async def customer_leg_rated(conn: asyncpg.Connection, leg: Leg) -> int:
     """A call-back's customer leg, its CDR stored (in that transaction): kept for the
     records of its consultation, and those that waited for it written now, with it; how
     many billing records (the consultation records that waited for it go too)."""
-    await _lock(conn, leg.call_id)
-    await conn.execute(
-        """INSERT INTO billing_customer_legs (call_id, carrier_id, cost_amount, cost_currency)
-           VALUES ($1, $2, $3, $4) ON CONFLICT (call_id) DO NOTHING""",
-        leg.call_id, leg.carrier_id, None if leg.cost is None else leg.cost.amount,
+    waiting = await conn.fetchval(
+        f"SELECT {customer_leg_rated_query('$1', '$2', '$3', '$4')}", leg.call_id,
+        leg.carrier_id, None if leg.cost is None else leg.cost.amount,
         None if leg.cost is None else leg.cost.currency)
-    rows = await conn.fetch(
-        "DELETE FROM billing_records_awaiting WHERE customer_call_id = $1 RETURNING record",
-        leg.call_id)
-    for row in rows:
-        await _send(conn, _with(BillingRecord.from_json(row["record"]), leg))
-    await record_store.customer_leg_rated(
-        conn, LegCost(leg.call_id, "customer", leg.carrier_id, leg.cost))
-    return len(rows)
+    return await customer_leg_waited(conn, leg, waiting)
+
+
+async def customer_leg_waited(conn: asyncpg.Connection, leg: Leg,
+                              waiting: Mapping[str, Any]) -> int:
+    """Send, in the transaction that took them, the billing and consultation records that
+    waited for ``leg`` (``waiting``: :func:`customer_leg_rated_query`'s value), with it;
+    how many billing records."""
+    for record in waiting["records"]:
+        await _send(conn, _with(BillingRecord.from_json(record), leg))
+    await record_store.customer_leg_waited(
+        conn, LegCost(leg.call_id, "customer", leg.carrier_id, leg.cost),
+        [(c["consultation_id"], c["path"]) for c in waiting["consultations"]])
+    return len(waiting["records"])
 
 
 async def customer_leg(conn: asyncpg.Connection, call_id: str) -> LegCost | None:

@@ -54,7 +54,7 @@ from advisors.session_http import install as install_advisor_sessions
 from advisors.store import GroupInUse
 from billing.http import install as install_billing
 from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
-from billing.records import customer_leg, customer_leg_rated
+from billing.records import customer_leg
 from callback_server.active_flows import ActiveFlows
 from callback_server.advisor_desk import AdvisorDesk
 from callback_server.answerlog import AnswerLog
@@ -320,7 +320,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     guard = Guard(pool, settings.guard, fx=fx)
     store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,
                           guard=guard, notify=settings.notify if settings.notify.channels
-                          else None, customer_legs=customer_leg_rated)
+                          else None, customer_legs=True)
     await store.sync_merchants(settings.merchants)
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool

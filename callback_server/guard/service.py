@@ -107,6 +107,10 @@ class ClaimFacts:
     caps: sql.CapSnapshot
 
 
+#: the SQLSTATE of :meth:`Guard.round_decided_after`'s column when the rules act
+VELOCITY_ACTS = "CBW02"
+
+
 @dataclass(frozen=True, slots=True)
 class RoundEnd:
     """A round's end as the guard records it: whether the customer's phone rang, whether
@@ -124,6 +128,13 @@ class RoundEnd:
         round whose legs were all refused at admission (or never dialled) is queued again
         under the same number and is no round for the guard."""
         return attempts >= self.attempt_no
+
+    @property
+    def decided_after(self) -> bool:
+        """Whether the velocity rules decide on the round once recorded (it rang and no
+        one confirmed): :meth:`Guard.round_recorded` may write in the record's
+        transaction; otherwise it writes nothing."""
+        return self.rang and not self.confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +457,20 @@ class Guard:
             merchant_id=end.merchant_id, rang=end.rang, confirmed=end.confirmed, now=now,
             lock_window_s=s.lock_window_s, block_window_s=s.block_window_s,
             brake_window_s=self.settings.brake.window_s))
+
+    def round_decided_after(self, record: RoundRecord, first: int
+                            ) -> tuple[str, tuple[object, ...]]:
+        """For a round's finish committed as one statement carrying ``record`` (its CTE
+        ``round``), when the velocity rules decide on the round
+        (:attr:`RoundEnd.decided_after`): a column of that statement that undoes it
+        (SQLSTATE :data:`VELOCITY_ACTS`, migration 1000) when they act, i.e. when
+        :meth:`round_recorded` would write; and its parameters, from ``$first`` on."""
+        s = self.settings.velocity
+        acts = velocity.acts_sql("round.recent_unconfirmed", "round.window_unconfirmed",
+                                 "round.number_locked_until", f"${first}::timestamptz",
+                                 f"${first + 1}::int", f"${first + 2}::int")
+        return (f"guard_round_decided_after(coalesce(round.recorded AND {acts}, false)) "
+                "AS round_alone", (record.now, s.lock_after, s.block_after))
 
     async def round_recorded(self, conn: asyncpg.Connection, record: RoundRecord,
                              got: sql.RoundFacts) -> None:

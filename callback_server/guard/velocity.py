@@ -104,6 +104,15 @@ class LockAction:
     block: bool = False
 
 
+def acts_sql(recent: str, window: str, locked_until: str, now: str, lock_after: str,
+             block_after: str) -> str:
+    """Whether :func:`after_unconfirmed` acts (a lock or a block), as an SQL condition on
+    its facts and settings (each an SQL expression): for a statement that must know
+    whether writes follow it."""
+    return (f"({recent} >= {lock_after} AND NOT coalesce({locked_until} > {now}, false) "
+            f"OR {window} >= {block_after})")
+
+
 def after_unconfirmed(recent: int, in_block_window: int, already_locked: bool,
                       now: datetime, s: VelocitySettings) -> LockAction:
     """What an unconfirmed round does to its number.

@@ -10,20 +10,14 @@ during a live call retry on connection errors
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
 
 if TYPE_CHECKING:
-    from billing.records import Leg
     from callback_server.guard.service import Guard
     from ivr_platform.notify_config import NotifySettings
-
-#: takes a call-back's customer leg, rated, in the transaction storing its CDR
-CustomerLegs = Callable[[asyncpg.Connection, "Leg"], Awaitable[object]]
-
 
 @dataclass(frozen=True, slots=True)
 class RoundFlow:
@@ -40,7 +34,7 @@ class StoreBase:
     def __init__(self, pool: asyncpg.Pool, *, owner: str, lease_s: int = 30,
                  guard: Guard | None = None, foreign_rescue_after_s: float = 300.0,
                  notify: NotifySettings | None = None,
-                 customer_legs: CustomerLegs | None = None) -> None:
+                 customer_legs: bool = False) -> None:
         self.pool = pool
         self.owner = owner
         self.lease_s = lease_s
@@ -49,7 +43,8 @@ class StoreBase:
         # facts they report; None: none.
         self.notify = notify
         # The billing records waiting for the customer leg's cost
-        # (billing.records.customer_leg_rated); None: no billing here.
+        # (billing.records.customer_leg_rated, carried by the CDR's statement); False: no
+        # billing here.
         self.customer_legs = customer_legs
         # The Asterisk (its systemname) this server places legs on; set on ARI connect.
         self.asterisk: str | None = None

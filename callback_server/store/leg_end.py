@@ -6,12 +6,14 @@ with its round's finish (:meth:`~callback_server.store.leg_store.LegStore.end_le
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
-from billing.records import Leg
+from billing.records import Leg, customer_leg_rated_query, customer_leg_waited
 from callback_server.dialer_messages import RATED_LEGS, RecordCdr
 from callback_server.store.base import StoreBase
 from shared import leg_destination
@@ -57,30 +59,84 @@ async def write_leg_result(conn: asyncpg.Connection, channel_id: str, status: st
     await conn.execute(_leg_result("$1", "$2", "$3"), channel_id, status, cause)
 
 
-#: a CDR and its outbox message in one statement (the message only with a new CDR);
-#: ``$21``-``$23``: the leg's result with it (:func:`write_leg_end`)
-_CDR = f"""cdr AS (
+def _cdr_ctes(p: Callable[[int], str], billing: bool, alone: bool) -> str:
+    """A CDR and its outbox message (the message only with a new CDR), and with a new
+    customer leg's, when ``billing``, that leg handed to billing
+    (:func:`billing.records.customer_leg_rated_query`, its arguments among the CDR's;
+    ``alone``: the statement is a transaction of its own); ``p(n)``: the CDR's ``n``-th
+    parameter (:func:`_cdr_args`)."""
+    ctes = f"""cdr AS (
         INSERT INTO cdrs (call_id, callback_id, merchant_id, leg, destination,
             carrier_id, started_at, answered_at, ended_at, duration_s, billed_s,
             hangup_cause, disposition, carrier_cost, carrier_currency, direct_cost,
             direct_currency)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                $16, $17)
+        VALUES ({", ".join(p(n) for n in range(1, 18))})
         ON CONFLICT (call_id) DO NOTHING RETURNING true),
-    message AS (
+    cdr_message AS (
         INSERT INTO outbox ({Outbox.INSERT_COLUMNS})
-        SELECT $18, 'cdr', $19, $20, $3, false FROM cdr
-        ON CONFLICT (message_id) DO NOTHING)
-    SELECT EXISTS (SELECT FROM cdr)"""
-_CDR_ALONE = f"WITH {_CDR}"
-_CDR_WITH_LEG_RESULT = f"WITH leg AS ({_leg_result('$21', '$22', '$23')}), {_CDR}"
+        SELECT {p(18)}, 'cdr', {p(19)}, {p(20)}, {p(3)}, false FROM cdr
+        ON CONFLICT (message_id) DO NOTHING)"""
+    if not billing:
+        return ctes
+    rated = customer_leg_rated_query(p(1), p(6), p(14), p(15), alone=alone)
+    return f"{ctes},\n    customer_leg AS (SELECT {rated} AS waiting FROM cdr)"
 
 
-async def write_cdr(store: StoreBase, conn: asyncpg.Connection, stored: StoredCdr,
-                    leg: LegEnd | None = None) -> bool:
-    """Store one CDR and its outbox message, in the caller's transaction (the guard's
-    spend and the billing record's customer leg with it); ``leg``: its result in the same
-    statement. False if it was already stored."""
+#: what the leg's end's statement part gives when it has a CDR, for
+#: :func:`leg_end_written` (``customer_leg``: the billing's, or none)
+def leg_end_columns(store: StoreBase, stored: StoredCdr) -> str:
+    waiting = "(SELECT waiting FROM customer_leg)" if _billed(store, stored) else "NULL"
+    return f"EXISTS (SELECT FROM cdr) AS cdr_stored, {waiting} AS customer_leg_waiting"
+
+
+def _billed(store: StoreBase, stored: StoredCdr) -> bool:
+    """Whether billing takes the CDR's leg (a call-back's customer leg, billing here)."""
+    return store.customer_legs and stored.cdr.leg == "customer"
+
+
+def _spends(store: StoreBase, stored: StoredCdr) -> bool:
+    """Whether the CDR's cost counts against the guard's spend caps."""
+    return store.guard is not None and stored.carrier_cost is not None \
+        and stored.cdr.leg in RATED_LEGS
+
+
+def leg_end_alone(store: StoreBase, stored: StoredCdr | None) -> bool:
+    """Whether :func:`leg_end_part` can be a transaction of its own: nothing of the CDR
+    is written after its statement (no spend to count; a customer leg's records waiting
+    for it fail the statement, :data:`billing.records.RECORDS_WAITING`)."""
+    return stored is None or not _spends(store, stored)
+
+
+@dataclass(frozen=True, slots=True)
+class LegEndPart:
+    """A leg's end as CTEs of a statement (its result, its CDR and what goes with it),
+    its parameters from ``$first`` on; :func:`leg_end_columns` reads what it did, when it
+    has a CDR."""
+
+    ctes: str
+    args: tuple[object, ...]
+
+
+def leg_end_part(store: StoreBase, stored: StoredCdr | None, leg: LegEnd | None,
+                 first: int, *, alone: bool = False) -> LegEndPart:
+    """The CTEs of ``stored`` (a CDR) and ``leg`` (its result), either or both;
+    ``alone``: in a statement that is a transaction of its own
+    (:func:`leg_end_alone`)."""
+    def p(n: int) -> str:
+        return f"${first + n - 1}"
+    parts: list[str] = []
+    args: tuple[object, ...] = ()
+    if stored is not None:
+        parts.append(_cdr_ctes(p, _billed(store, stored), alone))
+        args = _cdr_args(stored)
+    if leg is not None:
+        n = len(args)
+        parts.append(f"leg AS ({_leg_result(p(n + 1), p(n + 2), p(n + 3))})")
+        args += (leg.channel_id, leg.status, leg.cause)
+    return LegEndPart(",\n    ".join(parts), args)
+
+
+def _cdr_args(stored: StoredCdr) -> tuple[object, ...]:
     cdr, merchant_id, carrier_cost = stored.cdr, stored.merchant_id, stored.carrier_cost
     payload = {
         "kind": "cdr", "call_id": cdr.call_id, "callback_id": cdr.callback_id,
@@ -95,23 +151,41 @@ async def write_cdr(store: StoreBase, conn: asyncpg.Connection, stored: StoredCd
         "carrier_cost": carrier_cost.to_json() if carrier_cost else None,
         "direct_cost": stored.direct_cost.to_json() if stored.direct_cost else None,
     }
-    args = (cdr.call_id, cdr.callback_id, merchant_id, cdr.leg, cdr.destination,
+    return (cdr.call_id, cdr.callback_id, merchant_id, cdr.leg, cdr.destination,
             cdr.carrier_id, cdr.started_at, cdr.answered_at, cdr.ended_at, cdr.duration_s,
             stored.billed_s, cdr.hangup_cause, cdr.disposition,
             _amount(carrier_cost), _currency(carrier_cost), _amount(stored.direct_cost),
             _currency(stored.direct_cost),
             uuid.UUID(fact_message_id("cdr", cdr.call_id)), EVENTS_PATH, encode(payload))
-    inserted = await (conn.fetchval(_CDR_ALONE, *args) if leg is None else
-                      conn.fetchval(_CDR_WITH_LEG_RESULT, *args, leg.channel_id,
-                                    leg.status, leg.cause))
-    if not inserted:
+
+
+async def leg_end_written(store: StoreBase, conn: asyncpg.Connection, stored: StoredCdr,
+                          row: Mapping[str, Any]) -> bool:
+    """After the statement that carried :func:`leg_end_part` with ``stored``, in its
+    transaction (``row``: its :func:`leg_end_columns`): the guard's spend, and the records
+    that waited for the customer leg sent with it. False if the CDR was already stored."""
+    if not row["cdr_stored"]:
         return False
-    if store.guard is not None and carrier_cost is not None and cdr.leg in RATED_LEGS:
-        await store.guard.add_spend(conn, cdr.carrier_id, merchant_id, carrier_cost)
-    if store.customer_legs is not None and cdr.leg == "customer":
-        await store.customer_legs(conn, Leg(cdr.call_id, "customer", cdr.carrier_id,
-                                            carrier_cost))
+    cdr, carrier_cost = stored.cdr, stored.carrier_cost
+    if store.guard is not None and carrier_cost is not None and _spends(store, stored):
+        await store.guard.add_spend(conn, cdr.carrier_id, stored.merchant_id, carrier_cost)
+    waiting = row["customer_leg_waiting"]
+    if waiting is not None and (waiting["records"] or waiting["consultations"]):
+        await customer_leg_waited(conn, Leg(cdr.call_id, "customer", cdr.carrier_id,
+                                            carrier_cost), waiting)
     return True
+
+
+async def write_cdr(store: StoreBase, conn: asyncpg.Connection, stored: StoredCdr,
+                    leg: LegEnd | None = None) -> bool:
+    """Store one CDR and its outbox message, in the caller's transaction (the guard's
+    spend and the billing record's customer leg with it); ``leg``: its result in the same
+    statement. False if it was already stored."""
+    part = leg_end_part(store, stored, leg, 1)
+    row = await conn.fetchrow(f"WITH {part.ctes} SELECT {leg_end_columns(store, stored)}",
+                              *part.args)
+    assert row is not None
+    return await leg_end_written(store, conn, stored, row)
 
 
 async def write_leg_end(store: StoreBase, conn: asyncpg.Connection, end: LegEnd) -> None:

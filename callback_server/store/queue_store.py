@@ -16,12 +16,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
+
+from billing.records import RECORDS_WAITING
 from callback_server.dialer_messages import Finish
-from callback_server.guard.service import ClaimFacts, RoundEnd, RoundRecord
+from callback_server.guard.service import VELOCITY_ACTS, ClaimFacts, RoundEnd, RoundRecord
 from callback_server.guard.store import round_facts_of
 from callback_server.metrics import callback as callback_metrics
 from callback_server.store.base import StoreBase
-from callback_server.store.leg_end import LegEnd, write_leg_end
+from callback_server.store.leg_end import (
+    LegEnd,
+    leg_end_alone,
+    leg_end_columns,
+    leg_end_part,
+    leg_end_written,
+)
 from ivr_platform.notify_config import Event
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
@@ -64,14 +73,18 @@ _CLOSE = (f"""job AS (
         ON CONFLICT (message_id) DO NOTHING)""", 8)
 
 
-def _ending(ctes: str, record: RoundRecord | None) -> str:
+def _ending(ctes: str, record: RoundRecord | None, leg_end: str | None = None,
+            columns: Sequence[str] = ()) -> str:
     """The job's end (``ctes``) as one statement, carrying the guard's round when there is
-    one: a row all the same when the job is not ours (its columns NULL), the round's
-    facts with it."""
-    if record is None:
-        return f"WITH {ctes} SELECT job.* FROM (SELECT) one LEFT JOIN job ON true"
-    return (f"WITH {ctes}, round AS ({record.query}) SELECT job.*, round.* "
-            "FROM (SELECT) one LEFT JOIN job ON true LEFT JOIN round ON true")
+    one and the round's last leg's end (``leg_end``: its CTEs; ``columns``: what it did,
+    with a CDR, and the guard's check of a statement committed alone): a row all the same
+    when the job is not ours (its columns NULL), the round's facts with it."""
+    withs = [ctes, *(() if record is None else (f"round AS ({record.query})",)),
+             *(() if leg_end is None else (leg_end,))]
+    columns = ["job.*", *(() if record is None else ("round.*",)), *columns]
+    joins = "" if record is None else " LEFT JOIN round ON true"
+    return (f"WITH {', '.join(withs)} SELECT {', '.join(columns)} "
+            f"FROM (SELECT) one LEFT JOIN job ON true{joins}")
 
 
 class LeaseLost(RuntimeError):
@@ -231,9 +244,11 @@ class QueueStore(StoreBase):
     async def finish(self, callback_id: str, outcome: Finish, *, ended: LegEnd | None = None,
                      round_end: RoundEnd | None = None) -> bool:
         """End our round: queue the job again, or close it and tell the edge; counted
-        (``cbgw_callbacks_total``) once committed. In the same transaction, first: the
-        round's last leg's end (``ended``: its result and CDR), and the round as the
-        guard records it (``round_end``: before the job can be claimed again). A round
+        (``cbgw_callbacks_total``) once committed. In the same statement: the round's
+        last leg's end (``ended``: its result and CDR, and a customer leg kept for the
+        billing records), and the round as the guard records it (``round_end``: before
+        the job can be claimed again); that statement is the whole transaction unless
+        something is written after it in Python (:meth:`_finish`). A round
         the outcome does not count (``attempts`` below its number: every leg refused at
         admission, or a shutdown before the first) did not happen: the guard records
         none, and the round that runs under the same number later is the one it holds.
@@ -251,42 +266,81 @@ class QueueStore(StoreBase):
 
     async def _finish(self, callback_id: str, outcome: Finish, ended: LegEnd | None,
                       round_end: RoundEnd | None) -> str | None:
-        """The job's merchant, or None if our lease was lost."""
+        """The job's merchant, or None if our lease was lost: one statement, a transaction
+        of its own, when nothing is decided after it (:meth:`_alone`; records waiting for
+        a customer leg undo it), else that statement and what follows it in a
+        transaction."""
+        if self._alone(outcome, ended, round_end):
+            try:
+                async with self.pool.acquire() as conn:
+                    return await self._ending(conn, callback_id, outcome, ended, round_end,
+                                              alone=True)
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate not in (RECORDS_WAITING, VELOCITY_ACTS):
+                    raise
         async with self.pool.acquire() as conn, conn.transaction():
-            if ended is not None:
-                await write_leg_end(self, conn, ended)
-            ctes, params = _CLOSE if outcome.retry_in_s is None else _REQUEUE
-            record = None
-            if round_end is not None and self.guard is not None \
-                    and round_end.counted(outcome.attempts):
-                record = self.guard.round_record(round_end, params + 1)
-            args: tuple[object, ...] = (callback_id, self.owner)
-            if outcome.retry_in_s is not None:
-                args += (outcome.attempts, str(outcome.reason), outcome.retry_in_s)
-            else:
-                args += (outcome.status, outcome.attempts, str(outcome.reason),
-                         uuid.UUID(fact_message_id("callback_status", callback_id)),
-                         EVENTS_PATH, {"kind": "callback_status", "callback_id": callback_id,
-                                       "status": outcome.status,
-                                       "reason": str(outcome.reason),
-                                       "attempts": outcome.attempts})
-            row = await conn.fetchrow(_ending(ctes, record),
-                                      *args, *(() if record is None else record.args))
-            assert row is not None
-            if record is not None and self.guard is not None:
-                await self.guard.round_recorded(conn, record, round_facts_of(row))
-            if row["merchant_id"] is None:
-                if outcome.retry_in_s is None:
-                    log.error("finish %s: lease lost; outcome %s not recorded", callback_id,
-                              outcome)
-                return None
-            if outcome.retry_in_s is not None:
-                return str(row["merchant_id"])
-            if outcome.status == "failed" and self.notify is not None:
-                await enqueue_notification(
-                    conn, self.notify, merchant_id=row["merchant_id"],
-                    event=Event.CALLBACK_MISSED, fact_key=f"callback_missed:{callback_id}",
-                    facts={"caller": row["caller"], "at": isoformat(row["received_at"]),
-                           "reason": str(outcome.reason), "attempts": outcome.attempts,
-                           "edge_call_id": row["edge_call_id"]})
+            return await self._ending(conn, callback_id, outcome, ended, round_end,
+                                      alone=False)
+
+    def _alone(self, outcome: Finish, ended: LegEnd | None,
+               round_end: RoundEnd | None) -> bool:
+        """Whether the finish's statement can commit on its own: no spend to count for
+        the leg's CDR, no missed call-back to notify (each written in Python after the
+        statement, in its transaction); the statement itself fails when the velocity
+        rules act on the round or records wait for its customer leg."""
+        return leg_end_alone(self, None if ended is None else ended.cdr) \
+            and not (outcome.retry_in_s is None and outcome.status == "failed"
+                     and self.notify is not None)
+
+    async def _ending(self, conn: asyncpg.Connection, callback_id: str, outcome: Finish,
+                      ended: LegEnd | None, round_end: RoundEnd | None, *,
+                      alone: bool) -> str | None:
+        ctes, params = _CLOSE if outcome.retry_in_s is None else _REQUEUE
+        record = None
+        if round_end is not None and self.guard is not None \
+                and round_end.counted(outcome.attempts):
+            record = self.guard.round_record(round_end, params + 1)
+        args: tuple[object, ...] = (callback_id, self.owner)
+        if outcome.retry_in_s is not None:
+            args += (outcome.attempts, str(outcome.reason), outcome.retry_in_s)
+        else:
+            args += (outcome.status, outcome.attempts, str(outcome.reason),
+                     uuid.UUID(fact_message_id("callback_status", callback_id)),
+                     EVENTS_PATH, {"kind": "callback_status", "callback_id": callback_id,
+                                   "status": outcome.status, "reason": str(outcome.reason),
+                                   "attempts": outcome.attempts})
+        args += () if record is None else record.args
+        columns = []
+        if alone and record is not None and self.guard is not None \
+                and record.end.decided_after:
+            decided, decided_args = self.guard.round_decided_after(record, len(args) + 1)
+            columns.append(decided)
+            args += decided_args
+        stored = None if ended is None else ended.cdr
+        part = None if ended is None \
+            else leg_end_part(self, stored, ended, len(args) + 1, alone=alone)
+        if stored is not None:
+            columns.append(leg_end_columns(self, stored))
+        row = await conn.fetchrow(
+            _ending(ctes, record, None if part is None else part.ctes, columns),
+            *args, *(() if part is None else part.args))
+        assert row is not None
+        if stored is not None:
+            await leg_end_written(self, conn, stored, row)
+        if record is not None and self.guard is not None:
+            await self.guard.round_recorded(conn, record, round_facts_of(row))
+        if row["merchant_id"] is None:
+            if outcome.retry_in_s is None:
+                log.error("finish %s: lease lost; outcome %s not recorded", callback_id,
+                          outcome)
+            return None
+        if outcome.retry_in_s is not None:
             return str(row["merchant_id"])
+        if outcome.status == "failed" and self.notify is not None:
+            await enqueue_notification(
+                conn, self.notify, merchant_id=row["merchant_id"],
+                event=Event.CALLBACK_MISSED, fact_key=f"callback_missed:{callback_id}",
+                facts={"caller": row["caller"], "at": isoformat(row["received_at"]),
+                       "reason": str(outcome.reason), "attempts": outcome.attempts,
+                       "edge_call_id": row["edge_call_id"]})
+        return str(row["merchant_id"])

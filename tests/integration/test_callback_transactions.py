@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
+from billing import records
+from callback_server.app import migration_sets
 from callback_server.config import StaticRoute
-from callback_server.guard.service import Guard
+from callback_server.guard.service import Guard, RoundEnd
 from callback_server.guard.settings import GuardSettings
 from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
@@ -33,7 +37,7 @@ from callback_server.store import CallbackStore
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker, WorkerSettings
 from shared import ari
-from shared.db import create_pool
+from shared.db import create_pool, migrate_url
 from shared.phone import E164
 from tests.integration import callback_db
 
@@ -48,18 +52,20 @@ ROUTES = (StaticRoute("carrier-a", "PJSIP/{digits}@carrier-a"),
 #: route choice rode on the claim and the leg's end, its CDR and the guard's round on the
 #: finish)
 MAX_TRANSACTIONS = 5
-#: the round's finish (the job closed ``failed``), its BEGIN and COMMIT included: the
-#: leg's result with its CDR and the CDR's message, then the job closed with its
-#: ``callback_status`` message and the guard's round (8 while each of those was a
-#: statement of its own)
-MAX_FINISH_ROUND_TRIPS = 4
+#: the round's finish (the job closed ``failed``): the leg's result with its CDR and the
+#: CDR's message, the job closed with its ``callback_status`` message, the guard's round
+#: and, with billing, the customer leg kept for the billing records: one statement
+#: committed on its own (4 round trips, a block of two statements, before; 8 with
+#: billing, its advisory lock, the leg's row and two deletes each a statement; 8 without
+#: billing while each of those was a statement of its own)
+FINISH_ROUND_TRIPS = 1
 #: the leg's persist before its originate (the lease, the round's flow, the guard's caps
 #: read and claimed, the leg's row): one statement on its own (6 round trips, a block of
 #: four statements, while the caps were read and claimed in statements of their own)
 PERSIST_ROUND_TRIPS = 1
 #: every round trip of the call-back's transactions (16 before the leg's persist was one
-#: statement)
-MAX_ROUND_TRIPS = 11
+#: statement, 11 before the finish was, 15 with billing)
+MAX_ROUND_TRIPS = 8
 ASYNCPG_INTROSPECTION = ("SELECT current_setting('jit')", "SELECT set_config('jit'",
                          "WITH RECURSIVE typeinfo_tree")
 
@@ -101,6 +107,7 @@ class Statements:
 
 @pytest.fixture(scope="module")
 async def counted(pg_url: str) -> AsyncIterator[tuple[asyncpg.Pool, Statements]]:
+    await migrate_url(pg_url, migration_sets(with_rates=False))     # billing's as the site's
     await (await callback_db.open_pool(pg_url, [ACME])).close()     # migrated, synced
     statements = Statements()
     pool = await create_pool(pg_url, min_size=20, max_size=20)    # as the site's, all open
@@ -114,27 +121,67 @@ async def counted(pg_url: str) -> AsyncIterator[tuple[asyncpg.Pool, Statements]]
     await pool.close()
 
 
-async def test_one_declined_call_back_costs_at_most_n_transactions(
-        counted: tuple[asyncpg.Pool, Statements], pg_url: str) -> None:
-    pool, statements = counted
+@dataclass
+class Running:
+    """A worker running on the counted pool, its fake Asterisk, its guard and the test's
+    own connection (not counted)."""
+
+    pool: asyncpg.Pool
+    fake: FakeAri
+    guard: Guard
+    probe: asyncpg.Connection
+
+    async def call_back(self, caller: str,
+                        before_end: Callable[[str], Awaitable[None]] | None = None) -> None:
+        await one_call_back(self.pool, self.probe, self.fake, self.guard, caller, before_end)
+
+
+@asynccontextmanager
+async def running(pool: asyncpg.Pool, pg_url: str, *, billing: bool
+                  ) -> AsyncIterator[Running]:
+    """The tables emptied, then a worker with the guard (and ``billing``: the billing
+    records' customer legs) as the site runs it, until the block ends."""
+    await callback_db.emptied(pool)
+    await pool.execute("TRUNCATE callback_round_flows, billing_records, "
+                       "billing_customer_legs, billing_records_awaiting")
     fake = FakeAri()
     ready = asyncio.Event()
     ready.set()
     guard = Guard(pool, GuardSettings())
-    store = CallbackStore(pool, owner="w1", guard=guard)
+    store = CallbackStore(pool, owner="w1", guard=guard, customer_legs=billing)
     worker = Worker(store=store, db_url=pg_url, merchants={"acme": ACME},
                     flows={"order": load_named("order")}, routes=Routing(None, ROUTES),
                     client=fake, router=fake.router, rater=FixedRater(), ari_ready=ready,
                     settings=WorkerSettings(sweep_s=30.0, drain_s=0.5), guard=guard)
-    probe = await asyncpg.connect(pg_url)          # the test's own reads: not counted
+    probe = await asyncpg.connect(pg_url)
     task = asyncio.create_task(worker.run())
     try:
         await asyncio.sleep(0.3)                      # LISTEN is up, the first sweep done
-        # warm: the statements prepared, their types introspected
-        await one_call_back(pool, probe, fake, guard, "819012345678")
+        yield Running(pool, fake, guard, probe)
+    finally:
+        await worker.shutdown()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await probe.close()
+
+
+def finishes(statements: Statements) -> list[Transaction]:
+    return [t for t in statements.transactions
+            if any("finished_at = now()" in s for s in t.statements)]
+
+
+@pytest.mark.parametrize("billing", [False, True], ids=["without billing", "with billing"])
+async def test_one_declined_call_back_costs_at_most_n_transactions(
+        counted: tuple[asyncpg.Pool, Statements], pg_url: str, billing: bool) -> None:
+    pool, statements = counted
+    async with running(pool, pg_url, billing=billing) as run:
+        probe = run.probe
+        # warm: the statements prepared, their types introspected (numbers of their own:
+        # a number's second unconfirmed round is locked, a finish in a transaction)
+        await run.call_back(f"81901234567{int(billing)}")
         await asyncio.sleep(0.1)
         statements.transactions.clear()
-        await one_call_back(pool, probe, fake, guard, "819087654321")
+        await run.call_back(f"81908765432{int(billing)}")
         assert await probe.fetchval("SELECT count(*) FROM outbox "
                                     "WHERE kind = 'callback_status'") == 2
         assert await probe.fetchval("SELECT count(*) FROM callback_round_flows") == 2
@@ -143,11 +190,9 @@ async def test_one_declined_call_back_costs_at_most_n_transactions(
                                  "callback_attempts a JOIN cdrs c ON c.call_id = a.channel_id")
         assert [tuple(r) for r in legs] == [("ended", 21, "declined")] * 2
         assert await probe.fetchval("SELECT count(*) FROM outbox WHERE kind = 'cdr'") == 2
-    finally:
-        await worker.shutdown()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await probe.close()
+        kept = await probe.fetchval("SELECT count(*) FROM billing_customer_legs c JOIN cdrs "
+                                    "USING (call_id) WHERE cdrs.leg = 'customer'")
+        assert kept == (2 if billing else 0)
     done = statements.transactions
     listing = "\n".join(f"{t.round_trips}: " + " | ".join(s[:70] for s in t.statements)
                          for t in done)
@@ -158,14 +203,71 @@ async def test_one_declined_call_back_costs_at_most_n_transactions(
     persist, = (t for t in done if any("INSERT INTO callback_attempts" in s
                                        for s in t.statements))
     assert persist.round_trips == PERSIST_ROUND_TRIPS, "\n".join(persist.statements)
-    finish, = (t for t in done if any("finished_at = now()" in s for s in t.statements))
-    assert finish.round_trips <= MAX_FINISH_ROUND_TRIPS, "\n".join(finish.statements)
+    finish, = finishes(statements)
+    assert finish.round_trips == FINISH_ROUND_TRIPS, "\n".join(finish.statements)
+    assert ("billing_customer_leg_rated" in finish.statements[0]) == billing
+
+
+async def test_a_finish_whose_customer_leg_records_wait_sends_them_in_its_transaction(
+        counted: tuple[asyncpg.Pool, Statements], pg_url: str) -> None:
+    """A billing record kept waiting for the declined leg (its consultation settled
+    first): the finish's statement alone is undone and the finish runs as a transaction
+    that sends the record with the leg, once."""
+    pool, statements = counted
+    async with running(pool, pg_url, billing=True) as run:
+        async def kept(channel_id: str) -> None:
+            record = records.BillingRecord.from_json({**records.EXAMPLE,
+                                                      "merchant_id": "acme"})
+            await run.probe.execute(
+                "INSERT INTO billing_records_awaiting (record_id, customer_call_id, record) "
+                "VALUES ($1, $2, $3::jsonb)", record.record_id, channel_id,
+                json.dumps(record.to_json()))
+        statements.transactions.clear()
+        await run.call_back("819055555555", before_end=kept)
+        (written,) = await records.consultation_records(pool, "acme", "co-7f3a")
+        customer = await run.probe.fetchval("SELECT call_id FROM cdrs WHERE leg = 'customer'")
+        assert [(leg["call_id"], leg["role"]) for leg in written["legs"]] == [
+            ("co-7f3a-r2", "advisor"), (customer, "customer")]
+        assert await run.probe.fetchval("SELECT count(*) FROM billing_records_awaiting") == 0
+        assert await run.probe.fetchval("SELECT count(*) FROM outbox "
+                                        "WHERE kind = 'billing_record'") == 1
+        assert await run.probe.fetchval("SELECT status FROM callback_requests") == "failed"
+    undone, finish = finishes(statements)
+    assert not undone.block and len(undone.statements) == 1, undone
+    assert finish.block and any("INSERT INTO billing_records" in s
+                                for s in finish.statements), finish
+
+
+async def test_a_finish_the_velocity_rules_act_on_locks_the_number_in_its_transaction(
+        counted: tuple[asyncpg.Pool, Statements], pg_url: str) -> None:
+    """A number's second unconfirmed round (``lock_after`` 2; its first an hour ago): the
+    finish's statement alone is undone, and the finish runs as a transaction that records
+    the round and locks the number."""
+    pool, statements = counted
+    number = E164("819066666666")
+    async with running(pool, pg_url, billing=True) as run:
+        await pool.execute("TRUNCATE guard_rounds")
+        async with pool.acquire() as conn, conn.transaction():
+            await run.guard.record_round(conn, RoundEnd("cb-earlier", 1, number, "acme",
+                                                        rang=True, confirmed=False))
+        await pool.execute("UPDATE guard_rounds SET ended_at = now() - interval '1 hour'")
+        statements.transactions.clear()
+        await run.call_back(number.digits)
+        assert await run.probe.fetchval(
+            "SELECT locked_until > now() FROM guard_numbers WHERE number = $1", str(number))
+        assert await run.probe.fetchval("SELECT count(*) FROM guard_rounds") == 2
+        assert await run.probe.fetchval("SELECT count(*) FROM billing_customer_legs") == 1
+    undone, second = finishes(statements)
+    assert not undone.block and len(undone.statements) == 1, undone
+    assert second.block and any("UPDATE guard_numbers SET locked_until" in s
+                                for s in second.statements), second
 
 
 async def one_call_back(pool: asyncpg.Pool, probe: asyncpg.Connection, fake: FakeAri,
-                        guard: Guard, caller: str) -> None:
-    """A request stored, dialled, declined by the carrier; returns once its round ended
-    and its job's task with it."""
+                        guard: Guard, caller: str,
+                        before_end: Callable[[str], Awaitable[None]] | None = None) -> None:
+    """A request stored, dialled, declined by the carrier (``before_end``: called with
+    the leg's channel first); returns once its round ended and its job's task with it."""
     now = datetime.now(UTC)
     req = IntakeRequest(f"edge-{uuid.uuid4().hex[:8]}", "acme", E164(caller), None, now,
                         now, "early_media")
@@ -177,6 +279,8 @@ async def one_call_back(pool: asyncpg.Pool, probe: asyncpg.Connection, fake: Fak
             break
         await asyncio.sleep(0.01)
     _, channel_id, _, _ = fake.named("originate")[-1]
+    if before_end is not None:
+        await before_end(channel_id)
     fake.router.dispatch(ari.ChannelDestroyed(ari.Channel(id=channel_id), cause=21))
     for _ in range(500):
         if await probe.fetchval("SELECT status FROM callback_requests WHERE callback_id = $1",
