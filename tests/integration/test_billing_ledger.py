@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.ledger import (
+    _LOCK_BALANCES,
     Balance,
     Ledger,
     LedgerError,
@@ -213,6 +214,26 @@ async def test_holds_that_waited_for_the_accounts_lock_see_what_its_holder_wrote
     assert isinstance(got, Reservation)
     assert (got.allowed_s, got.held_yen) == (30 + 5 * 60, 1500)
     assert await ledger.balance("acme", "c-1") == Balance(0, 1500)
+
+
+async def test_holds_look_a_reservation_made_before_up_by_its_key_whatever_the_history(
+        clean: asyncpg.Pool) -> None:
+    """Locking and reading a batch's accounts finds an ask's reservation made before by
+    its key (account, consultation), also once the statement runs its generic plan (after
+    five calls on a connection): ten batches on an account of 30 reservations, none of
+    them asked again, fetch none of its reservations."""
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 1_000_000, "sato", "first")
+    for i in range(30):
+        await reserved(ledger, "c-1", f"call-{i}")
+    fetched = ("SELECT idx_tup_fetch FROM pg_stat_xact_user_tables "   # this backend's,
+               "WHERE relname = 'billing_reservations'")                # not yet reported
+    async with clean.acquire() as conn, conn.transaction():
+        before = await conn.fetchval(fetched)
+        for i in range(10):
+            (row,) = await conn.fetch(_LOCK_BALANCES, ["acme"], ["c-1"], [f"new-{i}"])
+            assert row["made"] is None
+        assert await conn.fetchval(fetched) == before
 
 
 async def test_a_live_reservation_extends_as_the_balance_allows(clean: asyncpg.Pool) -> None:
