@@ -90,7 +90,7 @@ from callback_server.metrics import callback as callback_metrics
 from callback_server.queue_reading import CALLBACK_QUEUE
 from callback_server.reconcile import LegSettler
 from callback_server.routing import Routing
-from callback_server.stasis import StasisApp
+from callback_server.stasis import EVENTS_USED, StasisApp
 from callback_server.store import CallbackStore
 from callback_server.worker import Worker
 from ivr_platform.guidance import media_ref
@@ -389,7 +389,7 @@ def dead_letter_alert(guard: Guard) -> Callable[[DeadLetter], None]:
 
 async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    client = make_ari_client(settings.ari)
+    client = make_ari_client(settings.ari, EVENTS_USED)
     await client.start()
     workers: list[Worker] = []
     store = app[STORE_KEY]

@@ -23,6 +23,14 @@ from shared import ari
 
 log = logging.getLogger("callback.stasis")
 
+#: the ARI event types the call-back site reads (legs' progress, ends and answers; the
+#: IVR's digits, playbacks and recordings): the application's event filter, so Asterisk
+#: sends no other
+EVENTS_USED = ari.event_types(
+    ari.StasisStart, ari.StasisEnd, ari.ChannelHangupRequest, ari.ChannelDestroyed,
+    ari.ChannelStateChange, ari.ChannelDtmfReceived, ari.PlaybackFinished,
+    ari.RecordingFinished, ari.RecordingFailed)
+
 
 class StasisApp:
     """Reads the events websocket for the whole process; re-syncs on every (re)connect."""

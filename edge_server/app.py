@@ -42,7 +42,14 @@ from edge_server.sip_endpoints import SipEndpoints
 from edge_server.sip_http import SIP_ENDPOINTS_KEY
 from edge_server.sip_push import EndpointPusher
 from edge_server.sip_registrations import RegistrationWatch
-from edge_server.stasis import Decider, MerchantDirectory, StasisApp, StasisDeps, run_events
+from edge_server.stasis import (
+    EVENTS_USED,
+    Decider,
+    MerchantDirectory,
+    StasisApp,
+    StasisDeps,
+    run_events,
+)
 from edge_server.store import CALLBACK_PATH, CallStore, edge_migrations
 from ivr_platform.tts import PromptCache
 from shared import ari, outbox_operator
@@ -183,7 +190,7 @@ def closed_prompts(settings: EdgeSettings) -> ClosedPrompts | None:
 
 async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    client = make_ari_client(settings.ari)
+    client = make_ari_client(settings.ari, EVENTS_USED)
     await client.start()
     prompts = closed_prompts(settings)
     presence = settings.edge.presence

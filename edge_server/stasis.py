@@ -70,9 +70,14 @@ from shared import ari, logs
 from shared.language import Language
 from shared.phone import E164, InvalidNumber, normalise
 
-__all__ = ["PAI_VAR", "PRESENTATION_VAR", "AriGateway", "asserted_number"]
+__all__ = ["EVENTS_USED", "PAI_VAR", "PRESENTATION_VAR", "AriGateway", "asserted_number"]
 
 log = logging.getLogger("edge.stasis")
+
+#: the ARI event types the edge reads (the router's calls, ``edge_server.channel``'s
+#: translation): the application's event filter, so Asterisk sends no other
+EVENTS_USED = ari.event_types(ari.StasisStart, ari.StasisEnd, ari.ChannelHangupRequest,
+                              ari.ChannelDestroyed, ari.PlaybackFinished)
 
 #: the Stasis argument of calls placed by advisors' softphones (the dialplan's
 #: ``[from-advisor]``): only their merchant's presence numbers are taken

@@ -16,7 +16,7 @@ import asyncio
 import gc
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
@@ -304,8 +304,10 @@ async def log_asterisk_reachability(client: ari.AriClient, url: str, log: loggin
                     "retrying; %s", url, exc, meanwhile)
 
 
-def ari_client(a: AriSettings) -> ari.AriClient:
-    return ari.AriClient(base_url=a.url, username=a.username, password=a.password, app=a.app)
+def ari_client(a: AriSettings, events_allowed: Collection[str]) -> ari.AriClient:
+    """The site's ARI client; Asterisk sends its application only ``events_allowed``."""
+    return ari.AriClient(base_url=a.url, username=a.username, password=a.password, app=a.app,
+                         events_allowed=events_allowed)
 
 
 def settle_heap() -> None:

@@ -40,6 +40,7 @@ from shared.ari.events import (
     channel_ids,
     decode_event,
     decode_message,
+    event_types,
 )
 from shared.ari.models import AppState, Bridge, Channel, Endpoint, LiveRecording, Playback
 from shared.ari.router import EventRouter
@@ -51,5 +52,5 @@ __all__ = [
     "ChannelVarset", "Conflict", "Connected", "Dial", "Endpoint", "Event", "EventRouter",
     "LiveRecording", "NotFound", "Playback", "PlaybackFinished", "PlaybackStarted",
     "RecordingFailed", "RecordingFinished", "StasisEnd", "StasisStart",
-    "Unknown", "channel_ids", "decode_event", "decode_message",
+    "Unknown", "channel_ids", "decode_event", "decode_message", "event_types",
 ]

@@ -24,7 +24,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -32,6 +32,7 @@ import aiohttp
 
 from shared.ari.errors import (
     AllocationFailed,
+    AriError,
     AriHttpError,
     AriUnavailable,
     ChannelNotFound,
@@ -62,9 +63,13 @@ class AriClient:
         reconnect_initial_s: float = 0.1,
         reconnect_max_s: float = 2.0,
         heartbeat_s: float = 5.0,
+        events_allowed: Collection[str] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.app = app
+        # The event types Asterisk sends this application (its event filter, set on
+        # every connect); empty: every type.
+        self.events_allowed = tuple(sorted(events_allowed))
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {token}"}
         self._request_timeout = request_timeout
@@ -111,7 +116,8 @@ class AriClient:
     async def events(self) -> AsyncGenerator[Event, None]:
         """Yield decoded events forever, reconnecting whenever the websocket drops.
 
-        Each successful (re)connect yields ``Connected`` first; events that
+        Each successful (re)connect sets the application's event filter
+        (``events_allowed``), then yields ``Connected``; events that
         happened while disconnected are lost, so the application re-syncs
         (``list_channels``/``application``) on ``Connected``. Only one
         consumer per client.
@@ -142,6 +148,7 @@ class AriClient:
             failures = 0
             delay = self._reconnect_initial_s
             try:
+                await self._filter_events()
                 self.connected = True
                 metrics().ari_connected.set(1)
                 metrics().ari_connects.labels("reconnect" if connected_before else "first").inc()
@@ -161,6 +168,18 @@ class AriClient:
                 await ws.close()
             log.warning("ARI events websocket to %s closed; reconnecting", self.base_url)
             await asyncio.sleep(delay)
+
+    async def _filter_events(self) -> None:
+        """Ask Asterisk to send only ``events_allowed`` (the application exists once its
+        websocket is up). Should that fail, every event keeps coming: the router drops
+        what nobody reads, at the CPU cost the filter saves."""
+        if not self.events_allowed:
+            return
+        try:
+            await self.set_event_filter(self.events_allowed)
+        except AriError as exc:
+            log.warning("ARI event filter of app %s not set (%s); receiving every event",
+                        self.app, exc)
 
     # ------------------------------------------------------------------ transport
 
@@ -385,6 +404,12 @@ class AriClient:
     async def application(self) -> AppState:
         """What Asterisk says this application owns (channels, bridges)."""
         return AppState.from_json(await self._request("GET", f"/applications/{self.app}"))
+
+    async def set_event_filter(self, allowed: Collection[str]) -> AppState:
+        """Only ``allowed`` event types reach this application (empty: every type)."""
+        body = {"allowed": [{"type": kind} for kind in allowed], "disallowed": []}
+        return AppState.from_json(
+            await self._request("PUT", f"/applications/{self.app}/eventFilter", body=body))
 
     async def asterisk_info(self) -> dict[str, Any]:
         raw = await self._request("GET", "/asterisk/info")

@@ -260,6 +260,16 @@ _DECODERS: dict[str, Callable[[JsonObject, datetime | None], Event]] = {
 }
 
 
+def event_types(*kinds: type) -> frozenset[str]:
+    """The ARI type names of event classes (each is named after its type), for an
+    application's event filter. Only modelled types: anything else would arrive as
+    ``Unknown``, which no application reads."""
+    names = frozenset(kind.__name__ for kind in kinds)
+    if unmodelled := sorted(names - _DECODERS.keys()):
+        raise ValueError(f"not modelled ARI event types: {', '.join(unmodelled)}")
+    return names
+
+
 def decode_event(raw: Mapping[str, Any]) -> Event:
     """Decode one event object; unknown or malformed events become ``Unknown``."""
     kind = raw.get("type")

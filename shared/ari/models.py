@@ -160,6 +160,8 @@ class AppState:
     channel_ids: tuple[str, ...] = ()
     bridge_ids: tuple[str, ...] = ()
     endpoint_ids: tuple[str, ...] = ()
+    #: the event types of its filter (empty: every type), sorted
+    events_allowed: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> AppState:
@@ -167,8 +169,12 @@ class AppState:
             value = obj.get(key)
             return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
+        allowed = obj.get("events_allowed")
         return cls(name=_str(obj, "name"), channel_ids=ids("channel_ids"),
-                   bridge_ids=ids("bridge_ids"), endpoint_ids=ids("endpoint_ids"))
+                   bridge_ids=ids("bridge_ids"), endpoint_ids=ids("endpoint_ids"),
+                   events_allowed=tuple(sorted(
+                       e["type"] for e in allowed if isinstance(e, Mapping)
+                       and isinstance(e.get("type"), str))) if isinstance(allowed, list) else ())
 
 
 @dataclass(frozen=True)
