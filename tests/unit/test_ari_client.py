@@ -39,6 +39,7 @@ class FakeAri:
     def __init__(self) -> None:
         self.sockets: list[web.WebSocketResponse] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.bodies: list[object] = []
         self.runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -77,6 +78,8 @@ class FakeAri:
     async def rest(self, request: web.Request) -> web.StreamResponse:
         tail = request.match_info["tail"]
         self.requests.append((request.method, tail, dict(request.query)))
+        if request.can_read_body:
+            self.bodies.append(await request.json())
         if request.headers.get("Authorization") != AUTH:
             return web.json_response({"message": "auth"}, status=401)
         routes: dict[tuple[str, str], tuple[int, object]] = {
@@ -88,6 +91,7 @@ class FakeAri:
             ("POST", "channels"): (500, {"message": "Allocation failed"}),
             ("GET", "channels/c1/variable"): (500, {"message": "Unable to read provided function"}),
             ("GET", "bridges/b1"): (503, {"message": "?"}),
+            ("PUT", "applications/edge/eventFilter"): (200, {"name": "edge"}),
         }
         status, body = routes.get((request.method, tail), (404, {"message": "no route"}))
         if body is None:
@@ -138,6 +142,46 @@ async def test_unreachable_is_ari_unavailable() -> None:
             await ari.answer("c1")
 
 
+async def test_the_event_filter_is_set_on_every_connect_before_connected() -> None:
+    port = free_port()
+    server = FakeAri()
+    await server.start(port)
+    filter_put = ("PUT", "applications/edge/eventFilter", {})
+    body = {"allowed": [{"type": "PlaybackFinished"}, {"type": "StasisStart"}],
+            "disallowed": []}
+    async with AriClient(f"http://127.0.0.1:{port}", "edge", "secret", "edge",
+                         reconnect_initial_s=0.02, reconnect_max_s=0.1,
+                         events_allowed={"StasisStart", "PlaybackFinished"}) as ari:
+        events = ari.events()
+        try:
+            assert await asyncio.wait_for(anext(events), 3) == Connected(reconnect=False)
+            assert (server.requests, server.bodies) == ([filter_put], [body])
+            await asyncio.wait_for(anext(events), 3)
+            await server.drop()
+            assert await asyncio.wait_for(anext(events), 3) == Connected(reconnect=True)
+            assert (server.requests, server.bodies) == ([filter_put] * 2, [body] * 2)
+        finally:
+            await events.aclose()
+            await server.stop()
+
+
+async def test_a_refused_event_filter_still_lets_every_event_through(
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    server = FakeAri()
+    await server.start(port)
+    async with AriClient(f"http://127.0.0.1:{port}", "edge", "secret", "other",
+                         events_allowed={"StasisStart"}) as ari:   # the fake has no "other"
+        events = ari.events()
+        try:
+            assert await asyncio.wait_for(anext(events), 3) == Connected(reconnect=False)
+            assert isinstance(await asyncio.wait_for(anext(events), 3), StasisStart)
+        finally:
+            await events.aclose()
+            await server.stop()
+    assert "event filter of app other not set" in caplog.text
+
+
 async def test_events_wait_for_asterisk_then_reconnect_forever() -> None:
     port = free_port()
     server = FakeAri()
@@ -155,6 +199,7 @@ async def test_events_wait_for_asterisk_then_reconnect_forever() -> None:
             await server.drop()                               # websocket drops
             assert await asyncio.wait_for(anext(events), 3) == Connected(reconnect=True)
             assert isinstance(await asyncio.wait_for(anext(events), 3), StasisStart)
+            assert server.requests == []                      # no filter asked: none set
         finally:
             await events.aclose()
             await server.stop()
