@@ -302,7 +302,7 @@ class ReserveAsk:
 
 #: lock the asks' accounts in id order (two batches sharing accounts never deadlock), then
 #: read each ask's account, its available and held balances and its reservation made
-#: already, if any (``billing/migrations/0015_accounts_locked_and_read.sql``, 0017): one round trip
+#: already, if any (``billing/migrations/0015_accounts_locked_and_read.sql``, 0018): one round trip
 _LOCK_BALANCES = "SELECT * FROM billing_locked_balances($1, $2, $3)"
 
 #: the reservations and their holds (the legs as :func:`post` writes them, with the
