@@ -84,7 +84,8 @@ class ActiveFlows:
                     while True:
                         await self.refresh()
                         try:
-                            await asyncio.wait_for(notes.get(), timeout=self.sweep_s)
+                            async with asyncio.timeout(self.sweep_s):  # not wait_for (3.11
+                                await notes.get()                      # drops a cancel)
                         except TimeoutError:
                             pass
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -170,7 +170,8 @@ class Worker:
             if due is not None and due > 0:
                 self._arm(due)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.sweep_s)
+                async with asyncio.timeout(self.settings.sweep_s):  # not wait_for: see
+                    await self._wake.wait()                         # shared.outbox's relay
             except TimeoutError:
                 pass
 

@@ -173,7 +173,8 @@ class EndpointPusher:
                     seen = await self.endpoints.fingerprint()
                     while True:
                         try:
-                            endpoint_id = await asyncio.wait_for(changes.get(), self.sweep_s)
+                            async with asyncio.timeout(self.sweep_s):  # not wait_for (3.11
+                                endpoint_id = await changes.get()      # drops a cancel)
                         except TimeoutError:
                             now = await self.endpoints.fingerprint()
                             if now != seen:

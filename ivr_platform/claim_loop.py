@@ -76,6 +76,7 @@ async def _claim_forever(run_once: Callable[[], Awaitable[int]], batch: int, pol
             await asyncio.sleep(poll_s)
             continue
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.get(), poll_s)
+            async with asyncio.timeout(poll_s):  # not wait_for: on 3.11 it drops a
+                await woken.get()                # cancellation that came with a wake-up
         while not woken.empty():
             woken.get_nowait()

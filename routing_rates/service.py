@@ -276,7 +276,10 @@ class RatingService:
                     wait_s -= PRELOAD_S
                 timeout = min(timeout, max(wait_s, 0) + 0.05)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                # not wait_for: on 3.11 it returns a wake-up that came with a cancellation
+                # and drops the cancellation (close() then waited for ever)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
