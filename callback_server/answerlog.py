@@ -12,7 +12,10 @@ appends each as one line to ``astlogdir/cbgw-answers.csv``::
 
 ``cel_custom`` opens, writes and closes the file for every event, so the line
 is in the kernel's page cache once logged, whatever becomes of Asterisk after
-(a crash of the machine itself is another matter). An AstDB write would not do:
+(a crash of the machine itself is another matter). CEL writes it from its own
+task processor, a few milliseconds after the answer (and the ACK of the 200 OK):
+an Asterisk killed inside those milliseconds, with the server not seeing the
+answer either, loses it, and the customer is called again. An AstDB write would not do:
 Asterisk commits AstDB at most once a second, so a kill within that second
 loses it.
 

@@ -8,8 +8,10 @@ Twenty times, on the real stack (both sites, both Asterisks, SIPp carriers, Post
    the INVITE, the callback server is killed (``SIGKILL``): no event of the call reaches
    it any more (a frozen server would do no good: the kernel keeps receiving its events
    and it reads them once thawed);
-3. when the phone has answered and received Asterisk's ACK, Asterisk is killed with
-   ``kill -9`` (no hangup handler runs: its leg record is never written);
+3. when the phone has answered, received Asterisk's ACK, and the answer is in
+   Asterisk's answer log (its CEL line follows the ACK by milliseconds; a kill before
+   it loses the answer with Asterisk, a window this test does not cover), Asterisk is
+   killed with ``kill -9`` (no hangup handler runs: its leg record is never written);
 4. Asterisk and the server are started again; the job is rescued once its lease (5 s
    here) lapses.
 
@@ -85,6 +87,36 @@ async def _wait_for(traces: list[Trace], needle: str, timeout_s: float) -> None:
     raise AssertionError(f"no {needle!r} at the carriers within {timeout_s} s")
 
 
+class AnswerLog:
+    """New lines of the callback Asterisk's answer log (``cel_custom``) since the last
+    look."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    async def logged(self, callback_id: str, timeout_s: float = 2.0) -> None:
+        """Until a leg of ``callback_id`` is in the log (polling every 2 ms). Asterisk's
+        CEL writes the line from its own task processor, a few milliseconds after the
+        200 OK it ACKs: a kill inside those milliseconds loses the answer with Asterisk
+        (the customer would be called again), a window this test does not cover; one
+        that follows the line must lose nothing."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.path.exists():
+                with self.path.open("rb") as log:
+                    log.seek(self.offset)
+                    data = log.read()
+                if f"{callback_id}-".encode() in data:
+                    self.offset += len(data)
+                    print(f"answer logged {1000 * (time.monotonic() - started):.0f} ms "
+                          "after the ACK was seen", flush=True)
+                    return
+            await asyncio.sleep(0.002)
+        raise AssertionError(f"no answer of {callback_id} in {self.path} within "
+                             f"{timeout_s} s of its ACK")
+
+
 def _invites_to(roles: list[SippRole], digits: str) -> int:
     return sum(1 for role in roles for m in role.dialog_messages()
                if m.method == "INVITE" and m.direction == "received" and m.ruri_user == digits)
@@ -103,6 +135,7 @@ async def _batch(stack: Stack, kills: range) -> None:
             as roles:
         carriers = [roles["carrier-a"], roles["carrier-b"]]
         requests: dict[str, str] = {}       # callback id -> customer digits
+        answers = AnswerLog(ast_harness.answer_log("callback"))
         async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=stack.client_ssl())) as session:
             for n in kills:
@@ -119,6 +152,7 @@ async def _batch(stack: Stack, kills: range) -> None:
                 await _wait_for(traces, f"INVITE sip:{digits}@", 30)
                 stack.processes["callback"].send_signal(signal.SIGKILL)
                 await _wait_for(traces, "ACK sip:", 10)
+                await answers.logged(body["callback_id"])
                 await asyncio.to_thread(ast_harness.kill9, "callback")
                 await asyncio.to_thread(ast_harness.ensure_running, "callback")
                 await stack.restart_server("callback", kill=True)
