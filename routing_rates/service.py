@@ -173,7 +173,9 @@ class RatingService:
                 try:
                     await task
                 except asyncio.CancelledError:
-                    pass
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise           # the caller's own cancellation, not the task's
         self._task = self._lengths_task = None
 
     @property

@@ -204,3 +204,28 @@ async def test_the_call_back_routing_follows_reloaded_decks_and_carriers(
         await store.upsert_tariffs(conn, [carrier_c])
         await rates.close()
         await pool.close()
+
+
+async def test_close_ends_the_listener_when_a_reload_wake_up_comes_with_it(
+        conn: asyncpg.Connection, pg_url: str) -> None:
+    """A NOTIFY's wake-up and close()'s cancellation in one event-loop turn: the listener
+    still ends (asyncio.wait_for on 3.11 returned the wake-up and dropped the
+    cancellation: close() waited for ever, as the reload test's ``finally`` once did after
+    re-enabling a carrier); and close() passes on its caller's own cancellation."""
+    from routing_rates.service import RatingService
+
+    pool = await create_pool(pg_url, min_size=1, max_size=3)
+    try:
+        rates = await RatingService.start(pool, fx=FX)
+        await asyncio.sleep(0.1)            # the listener waits for a wake-up
+        rates._wake.set()                   # what a NOTIFY does, then at once:
+        closing = asyncio.create_task(rates.close())
+        done, _ = await asyncio.wait({closing}, timeout=10)
+        if closing not in done:
+            closing.cancel()
+            done, _ = await asyncio.wait({closing}, timeout=10)
+            assert closing in done and closing.cancelled(), "close() ignored its cancel"
+            raise AssertionError("close() did not end within 10 s")
+        await closing
+    finally:
+        await pool.close()
