@@ -25,6 +25,7 @@ import asyncpg
 from callback_server.flows_store import stored_subflows
 from callback_server.ivr_flow import Flow, FlowError, parse_text, resolve
 from shared.db import listening
+from shared.waits import within
 
 log = logging.getLogger("callback.flows")
 
@@ -83,11 +84,7 @@ class ActiveFlows:
                 async with listening(self.db_url, CHANNEL) as notes:
                     while True:
                         await self.refresh()
-                        try:
-                            async with asyncio.timeout(self.sweep_s):  # not wait_for (3.11
-                                await notes.get()                      # drops a cancel)
-                        except TimeoutError:
-                            pass
+                        await within(notes.get(), self.sweep_s)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("flow activations: database lost (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)

@@ -70,6 +70,7 @@ from shared.db import listening
 from shared.money import Money
 from shared.phone import E164
 from shared.refusals import Refusal
+from shared.waits import within
 
 if TYPE_CHECKING:
     from callback_server.guard.service import Guard
@@ -169,11 +170,7 @@ class Worker:
             _, due = await self._claim_and_start()
             if due is not None and due > 0:
                 self._arm(due)
-            try:
-                async with asyncio.timeout(self.settings.sweep_s):  # not wait_for: see
-                    await self._wake.wait()                         # shared.outbox's relay
-            except TimeoutError:
-                pass
+            await within(self._wake.wait(), self.settings.sweep_s)
 
     async def _read_notes(self, notes: asyncio.Queue[str]) -> None:
         while True:

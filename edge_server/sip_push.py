@@ -29,6 +29,7 @@ import asyncpg
 from edge_server.sip_endpoints import CHANNEL, SipEndpoint, SipEndpoints
 from shared import ari
 from shared.db import CONNECTION_ERRORS, listening
+from shared.waits import within
 
 log = logging.getLogger("edge.sip")
 
@@ -172,10 +173,8 @@ class EndpointPusher:
                     self.push_everything()
                     seen = await self.endpoints.fingerprint()
                     while True:
-                        try:
-                            async with asyncio.timeout(self.sweep_s):  # not wait_for (3.11
-                                endpoint_id = await changes.get()      # drops a cancel)
-                        except TimeoutError:
+                        endpoint_id = await within(changes.get(), self.sweep_s)
+                        if endpoint_id is None:
                             now = await self.endpoints.fingerprint()
                             if now != seen:
                                 log.warning("SIP endpoints changed without a notification: "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -17,6 +16,7 @@ from typing import Generic, TypeVar
 import asyncpg
 
 from shared.db import CONNECTION_ERRORS, listening
+from shared.waits import within
 
 CLAIM_BATCH = 32
 C = TypeVar("C")
@@ -75,8 +75,6 @@ async def _claim_forever(run_once: Callable[[], Awaitable[int]], batch: int, pol
         if woken is None:
             await asyncio.sleep(poll_s)
             continue
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(poll_s):  # not wait_for: on 3.11 it drops a
-                await woken.get()                # cancellation that came with a wake-up
+        await within(woken.get(), poll_s)
         while not woken.empty():
             woken.get_nowait()

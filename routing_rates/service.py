@@ -44,6 +44,7 @@ from shared.config import CarrierQuality
 from shared.db import Connection, Pool
 from shared.money import FxTable, Money
 from shared.phone import E164
+from shared.waits import within
 
 log = logging.getLogger("rates.service")
 SAFETY_POLL_S = 300.0
@@ -277,13 +278,7 @@ class RatingService:
                 if self._next is None:
                     wait_s -= PRELOAD_S
                 timeout = min(timeout, max(wait_s, 0) + 0.05)
-            try:
-                # not wait_for: on 3.11 it returns a wake-up that came with a cancellation
-                # and drops the cancellation (close() then waited for ever)
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await within(self._wake.wait(), timeout)
             self._wake.clear()
             await self.reload()
 

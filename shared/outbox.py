@@ -98,6 +98,7 @@ from shared.link import (
 )
 from shared.link_policy import BATCH_MAX_MESSAGES, DEFAULT_PASSES_IN_FLIGHT
 from shared.metrics import common as metrics
+from shared.waits import within
 
 log = logging.getLogger("shared.outbox")
 
@@ -422,13 +423,7 @@ class OutboxRelay:
                 continue  # more may be waiting
             # a pass under way wakes the loop when it finishes: reckon the wait then
             wait = self.sweep_s if window.busy else self._next_due_s
-            try:
-                # not wait_for: on 3.11 it returns a wake-up that came with a cancellation
-                # and drops the cancellation (the relay then ran on for a sweep)
-                async with asyncio.timeout(wait):
-                    await wakeups.get()
-            except TimeoutError:
-                pass
+            await within(wakeups.get(), wait)
 
     async def pass_once(self) -> int:
         """Claim due messages and deliver them concurrently; return how many were claimed
