@@ -46,6 +46,7 @@ from routing_rates.decision import RouteQuote
 from routing_rates.numbering import prefix_type
 from shared.config import CarrierQuality
 from shared.db import Connection, Pool
+from shared.waits import cancel_and_wait
 
 log = logging.getLogger("rates.quality")
 #: digits of the destination the figures are grouped by (81 90 12345): the longest range
@@ -222,9 +223,5 @@ class QualityBoard:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None

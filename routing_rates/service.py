@@ -44,7 +44,7 @@ from shared.config import CarrierQuality
 from shared.db import Connection, Pool
 from shared.money import FxTable, Money
 from shared.phone import E164
-from shared.waits import within
+from shared.waits import cancel_and_wait, within
 
 log = logging.getLogger("rates.service")
 SAFETY_POLL_S = 300.0
@@ -170,13 +170,7 @@ class RatingService:
             await self.quality_board.close()
         for task in (self._task, self._lengths_task):
             if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise           # the caller's own cancellation, not the task's
+                await cancel_and_wait(task)
         self._task = self._lengths_task = None
 
     @property

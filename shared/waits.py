@@ -1,10 +1,11 @@
-"""Waiting for a wake-up with a time limit, without losing a cancellation."""
+"""Waiting for a wake-up with a time limit, and stopping a task, without losing a
+cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,3 +21,19 @@ async def within(awaitable: Awaitable[T], timeout_s: float) -> T | None:
             return await awaitable
     except TimeoutError:
         return None
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended (a ``close()``'s or ``stop()``'s).
+
+    Its own CancelledError is taken; the caller's is passed on: a bare ``except
+    CancelledError: pass`` around ``await task`` cannot tell them apart, so a caller
+    cancelled while it waits (a shutdown, a test's time limit) would carry on as if
+    nothing happened. An exception the task ended with is raised."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise           # the caller's own cancellation, not the task's
