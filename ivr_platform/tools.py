@@ -33,16 +33,25 @@ async def run(argv: list[str], timeout_s: float, error: type[ToolError] = ToolEr
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+        # not asyncio.wait_for: on 3.11 it returns output that comes in the same event-loop
+        # turn as the caller's cancellation and drops the cancellation
+        async with asyncio.timeout(timeout_s):
+            out, err = await process.communicate()
     except TimeoutError:
-        process.kill()
-        await process.wait()
+        await _end(process)
         raise error(f"{argv[0]} took more than {timeout_s:.0f} s") from None
     except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
+        await _end(process)
         raise
     if process.returncode != 0:
         detail = (err or out).decode(errors="replace").strip()[-300:]
         raise error(f"{argv[0]} exited with {process.returncode}: {detail}")
     return out, err
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    """Kill the child unless it has exited (a reaped child's kill() raises
+    ProcessLookupError), and reap it."""
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
