@@ -297,7 +297,8 @@ async def log_asterisk_reachability(client: ari.AriClient, url: str, log: loggin
                                     meanwhile: str) -> None:
     """Say at start-up whether Asterisk answers; the ARI client keeps retrying anyway."""
     try:
-        info = await asyncio.wait_for(client.asterisk_info(), 2.0)
+        async with asyncio.timeout(2.0):    # not wait_for: it can drop a cancellation
+            info = await client.asterisk_info()
         log.info("Asterisk %s reachable at %s", info.get("system", {}).get("version", "?"), url)
     except (ari.AriError, TimeoutError) as exc:
         log.warning("Asterisk ARI at %s is not reachable yet (%s); the server runs and keeps "
