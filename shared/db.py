@@ -217,8 +217,9 @@ async def watching(pool: Pool, notice: str, on_written: Callable[[], None],
     its first acquire meanwhile), and ``on_written()`` is called when a connection that
     was sent the NOTICE ``notice`` (a trigger's ``RAISE NOTICE``) is back in the pool, so
     its transaction is over (committed; or rolled back, and the call is spurious). On the
-    way out, once no one watches, the connections that carry those settings are
-    replaced. Yields False, and watches nothing, for a pool not made by
+    way out, once no other watch sets the same settings, the connections that carry
+    them are replaced. Several watches may be inside at once (the outbox relay's and the
+    callback job worker's). Yields False, and watches nothing, for a pool not made by
     :func:`create_pool`.
 
     For work that tells a process's own task of a commit without a NOTIFY (the outbox
@@ -230,11 +231,15 @@ async def watching(pool: Pool, notice: str, on_written: Callable[[], None],
         return
     watch = _Watch(notice, on_written, dict(session))
     pool.watches.append(watch)
+    # the connections set up for the watches before this one carry their settings only:
+    # each is set up again, with every watch's, on its next acquire
+    pool.set_up.clear()
     try:
         yield True
     finally:
         pool.watches.remove(watch)
-        if not pool.watches:
+        still = {name for w in pool.watches for name in w.session}
+        if not pool.watches or not watch.session.keys() <= still:
             pool.set_up.clear()
             await pool.expire_connections()
 
