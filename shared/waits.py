@@ -26,14 +26,17 @@ async def within(awaitable: Awaitable[T], timeout_s: float) -> T | None:
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait until it has ended (a ``close()``'s or ``stop()``'s).
 
-    Its own CancelledError is taken; the caller's is passed on: a bare ``except
-    CancelledError: pass`` around ``await task`` cannot tell them apart, so a caller
-    cancelled while it waits (a shutdown, a test's time limit) would carry on as if
-    nothing happened. An exception the task ended with is raised."""
+    Its own CancelledError is taken; the caller's is passed on, at once, even while the
+    task is still finishing its cleanup. The wait is ``asyncio.wait``: it never raises the
+    task's outcome and does not hand the caller's cancellation on to the task, so a
+    CancelledError out of it is the caller's. Around ``await task`` none of the ways to
+    tell them apart holds: ``except CancelledError: pass`` swallowed the caller's (a
+    shutdown, a test's time limit carried on as if nothing had happened); asking
+    ``current_task().cancelling()`` takes the task's own for the caller's in a cleanup that
+    runs while its task is being cancelled (aiohttp's cleanup contexts on SIGTERM), cutting
+    the cleanup short; and a task that takes the cancellation handed on to it and ends
+    normally drops it. An exception the task ended with is raised."""
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise           # the caller's own cancellation, not the task's
+    await asyncio.wait({task})      # a CancelledError here is the caller's own
+    if not task.cancelled():
+        task.result()               # raises what the task ended with, if anything
