@@ -17,7 +17,7 @@ import gc
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -49,6 +49,7 @@ from shared.money import FxTable
 from shared.outbox_operator import OperatorSettings
 from shared.pki import client_context, server_context
 from shared.signing import Signer, SigningKey, Verifier, load_public_key
+from shared.waits import cancel_and_wait
 
 if TYPE_CHECKING:
     from routing_rates import RatingService
@@ -263,9 +264,7 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)     # the task's cancellation taken, the caller's passed on
 
 
 async def start_rating_service(pool: asyncpg.Pool, rates: RatesSettings,
