@@ -61,6 +61,7 @@ from shared.link_policy import (
 )
 from shared.metrics import common as metrics
 from shared.signing import MAX_MESSAGE_ID, SignatureError, Signer, Verifier
+from shared.waits import cancel_and_wait
 
 log = logging.getLogger("shared.link")
 
@@ -190,8 +191,8 @@ class LinkClient:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with suppress(asyncio.CancelledError, Exception):
-                await task
+            with suppress(Exception):   # its own failure: nobody waits for its answer now
+                await cancel_and_wait(task)     # the caller's cancellation is passed on
         self._probe_task = None
         self._background.clear()
         if self._session is not None:
