@@ -60,7 +60,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -69,6 +68,7 @@ import asyncpg
 from shared import logs
 from shared.db import CONNECTION_ERRORS
 from shared.http import ApiError
+from shared.waits import cancel_and_wait
 
 log = logging.getLogger("shared.intake_batch")
 
@@ -229,20 +229,21 @@ class Batcher(Generic[T, R]):
         return future
 
     async def close(self) -> None:
-        """Stop taking batches; wait for those in flight; fail what is still queued."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
-        if self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await self.pool.release(conn)
-        queued, self._queue = self._queue, []
-        for pending in queued:
-            self._missing(pending, f"the {self.kind} batcher is shutting down")
+        """Stop taking batches; wait for those in flight; fail what is still queued (that
+        too when the caller's cancellation, passed on, cuts the waits short)."""
+        try:
+            if self._loop_task is not None:
+                await cancel_and_wait(self._loop_task)
+                self._loop_task = None
+            if self._batches:
+                await asyncio.gather(*self._batches, return_exceptions=True)
+            idle, self._idle = self._idle, []
+            for conn in idle:
+                await self.pool.release(conn)
+        finally:
+            queued, self._queue = self._queue, []
+            for pending in queued:      # never leave a caller waiting
+                self._missing(pending, f"the {self.kind} batcher is shutting down")
 
     # --- internals ---------------------------------------------------------------------------
 
