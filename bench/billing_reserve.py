@@ -7,7 +7,7 @@ the called number, the merchant's policy, the facts :func:`billing.admission.dec
 decides on) and, prepaid, the meter's first slice (:meth:`ConsultBilling.reserve` with
 the meter's ``first_slice_s``: :func:`billing.ledger.reserve_all` under the accounts'
 locks). Both are group-committed: the asks that arrive together are one admission
-statement, then one reservation transaction, per batch (the report counts the batches).
+statement, then one reservation statement, per batch (the report counts the batches).
 No Stripe call is on this path: a postpaid admission reads the card on file and the
 charges from the database.
 
@@ -26,8 +26,9 @@ Baselines in the same run: the same N requests one at a time, and N concurrent b
 ``--breakdown``: where a request's ms go, from stamps on each request and each batch
 (the batchers' ``write`` wrapped with a connection whose round trips are timed): waiting
 for its admission batch to start, the admission statement, deciding the batch in Python,
-waking up once the batch answered; the same for the reservation batch with each of
-``reserve_all``'s round trips (BEGIN, lock and balances, holds, COMMIT) and its Python.
+waking up once the batch answered; the same for the reservation batch with
+``reserve_all``'s round trip (one statement: lock, read, decide, write the holds, commit)
+and its Python.
 
 Target (the billing issue): p99 <= 10 ms at 200 concurrent requests. PostgreSQL:
 ``DATABASE_URL``'s server, else the embedded one (database ``cbgw_bench_billing``,
@@ -202,8 +203,7 @@ class Profile:
         from billing import ledger
         from callback_server import consult_billing
         names = {consult_billing._ADMIT: "admission statement",
-                 ledger._LOCK_BALANCES: "lock the accounts, read their balances",
-                 ledger._HOLD: "write the holds"}
+                 ledger._RESERVE: "lock, read, decide and write the holds"}
         for batcher, served, key in ((billing.admitting, self.admitted_in,
                                       lambda item: item.account),  # the number asked
                                      (billing.reserving, self.reserved_in,

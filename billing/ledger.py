@@ -302,35 +302,15 @@ class ReserveAsk:
 
 #: lock the asks' accounts in id order (two batches sharing accounts never deadlock), then
 #: read each ask's account, its available and held balances and its reservation made
-#: already, if any (``billing/migrations/0015_accounts_locked_and_read.sql``, 0018): one round trip
+#: already, if any (``billing/migrations/0015_accounts_locked_and_read.sql``, 0018): the
+#: first statement of :data:`_RESERVE`
 _LOCK_BALANCES = "SELECT * FROM billing_locked_balances($1, $2, $3)"
 
-#: the reservations and their holds (the legs as :func:`post` writes them, with the
-#: balances after each hold as the caller counted them, in the asks' order), one statement
-_HOLD = """
-    WITH k AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
-                                    $5::int[], $7::bigint[], $8::bigint[]) WITH ORDINALITY
-                   AS k (account_id, consultation_id, terms, held_yen, allowed_s,
-                         available_after, held_after, n)),
-         r AS (INSERT INTO billing_reservations (account_id, consultation_id, terms, held_yen,
-                   allowed_s)
-               SELECT account_id, consultation_id, terms::jsonb, held_yen, allowed_s FROM k
-               ORDER BY n
-               RETURNING *),
-         t AS (INSERT INTO billing_transactions (account_id, kind, amount_yen, by_whom, reason,
-                   reservation_id)
-               SELECT account_id, 'hold', held_yen, $6, 'consultation ' || consultation_id, id
-               FROM r WHERE held_yen > 0 RETURNING id, account_id, amount_yen, reservation_id),
-         e AS (INSERT INTO billing_entries (transaction_id, account_id, book, amount_yen,
-                   balance_after)
-               SELECT t.id, t.account_id, leg.book, leg.sign * t.amount_yen,
-                      CASE leg.book WHEN 'available' THEN k.available_after
-                                    ELSE k.held_after END
-               FROM t JOIN r ON r.id = t.reservation_id
-               JOIN k ON k.account_id = r.account_id AND k.consultation_id = r.consultation_id,
-                    (VALUES ('available', -1), ('held', 1)) AS leg (book, sign)
-               ORDER BY k.n, leg.book)
-    SELECT * FROM r"""
+#: a batch of first holds, one statement (``billing/migrations/0019_reservations_in_one_
+#: statement.sql``): the accounts locked and read, each ask decided as
+#: :func:`decide_holds` decides it, the holds written; a row an ask, in the asks' order
+_RESERVE = """SELECT * FROM billing_reserve_holds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                                              $11, $12)"""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -339,56 +319,88 @@ def _terms_json(terms: Terms) -> str:
     return json.dumps(asdict(terms))
 
 
+def _cap_s(ask: ReserveAsk) -> int:
+    """The longest hold the ask takes, whatever the balance: its ``at_most_s`` rounded up
+    to a whole unit, else the terms' maximum."""
+    if ask.at_most_s is None:
+        return ask.terms.max_talk_s
+    return whole_units_s(ask.at_most_s, ask.terms)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One ask's hold as :func:`decide_holds` decides it."""
+
+    held_yen: int
+    allowed_s: int
+
+
+def decide_holds(asks: Sequence[ReserveAsk], accounts: Sequence[int | None],
+                 available: Mapping[int, int]) -> list[Grant | Refusal | int]:
+    """The ledger's rule for a batch of first holds, in Python: each ask's account
+    (None: none), each account's available balance; each ask's grant in the asks' order
+    (an account's asks each see what the earlier ones took), its refusal, or, for an ask
+    of a consultation granted earlier in the batch, that ask's index. (Asks whose
+    reservation was made before are the caller's.) The database decides a batch with the
+    same rule in ``billing_reserve_holds`` (migration 0019); a property test holds the
+    two together."""
+    left = dict(available)
+    first: dict[tuple[int, str], int] = {}
+    got: list[Grant | Refusal | int] = []
+    for i, (ask, acc) in enumerate(zip(asks, accounts, strict=True)):
+        needed = ask.terms.first_unit_yen()
+        if acc is None:
+            got.append(Refusal("balance-too-low", 0, needed))
+            continue
+        if (acc, ask.consultation_id) in first:
+            got.append(first[acc, ask.consultation_id])
+            continue
+        if left[acc] < needed:
+            got.append(Refusal("balance-too-low", left[acc], needed))
+            continue
+        allowed = min(seconds_affordable(left[acc], ask.terms), _cap_s(ask))
+        held = rate(allowed, ask.terms).total_yen
+        left[acc] -= held
+        first[acc, ask.consultation_id] = i
+        got.append(Grant(held, allowed))
+    return got
+
+
 async def reserve_all(conn: asyncpg.Connection, asks: Sequence[ReserveAsk]
                       ) -> list[Reservation | Refusal]:
-    """:meth:`Ledger.reserve` for many consultations at once, inside the caller's
-    transaction: the accounts locked (in id order) and their balances read after the lock
-    in one statement, each ask decided in order in Python, the holds written by one
-    statement. Asks on one account take their holds in turn (each sees the earlier
-    ones'); an ask repeated, or made before, gets the one reservation. Two round trips
-    whatever the number (a third reads the reservations made before, if any were asked
-    again)."""
-    read = await conn.fetch(_LOCK_BALANCES, [a.merchant_id for a in asks],
-                            [a.account for a in asks], [a.consultation_id for a in asks])
-    got: list[Reservation | Refusal] = [Refusal("balance-too-low", 0, a.terms.first_unit_yen())
-                                        for a in asks]
-    found = {r["n"] - 1: r["account_id"] for r in read}
-    made = {r["n"] - 1: r["made"] for r in read if r["made"] is not None}
-    available = {r["account_id"]: int(r["available_yen"]) for r in read}
-    held_now = {r["account_id"]: int(r["held_yen"]) for r in read}
-    new: dict[tuple[int, str], list[int]] = {}       # account, consultation → asks
-    holds: list[tuple[int, str, str, int, int, int, int]] = []
-    for i, ask in enumerate(asks):
-        if i not in found or i in made:
+    """:meth:`Ledger.reserve` for many consultations at once, in one statement (outside a
+    transaction, its own: one round trip whatever the number; a second reads the
+    reservations made before, if any were asked again): the accounts locked in id order,
+    their balances read after the lock, each ask decided in order (:func:`decide_holds`'s
+    rule), the holds written. Asks on one account take their holds in turn (each sees the
+    earlier ones'); an ask repeated, or made before, gets the one reservation."""
+    t = [a.terms for a in asks]
+    needed = [x.first_unit_yen() for x in t]
+    rows = await conn.fetch(
+        _RESERVE, [a.merchant_id for a in asks], [a.account for a in asks],
+        [a.consultation_id for a in asks], [_terms_json(x) for x in t],
+        [x.price_per_minute_yen for x in t], [x.unit_s for x in t], [x.grace_s for x in t],
+        [x.minimum_yen for x in t], [x.max_talk_s for x in t], [_cap_s(a) for a in asks],
+        needed, SYSTEM)
+    got: list[Reservation | Refusal] = []
+    made: dict[int, int] = {}
+    new: dict[int, Reservation] = {}    # the first ask of each made by the batch: its terms
+    for ask, least, row in zip(asks, needed, rows, strict=True):
+        rid = row["reservation_id"]
+        if row["made"]:
+            made[len(got)] = rid
+        if rid is None:
+            got.append(Refusal("balance-too-low", row["available_yen"], least))
             continue
-        acc = found[i]
-        if (acc, ask.consultation_id) in new:          # the same consultation twice
-            new[acc, ask.consultation_id].append(i)
-            continue
-        needed = ask.terms.first_unit_yen()
-        if available[acc] < needed:
-            got[i] = Refusal("balance-too-low", available[acc], needed)
-            continue
-        allowed = seconds_affordable(available[acc], ask.terms)
-        if ask.at_most_s is not None:
-            allowed = min(allowed, whole_units_s(ask.at_most_s, ask.terms))
-        held = rate(allowed, ask.terms).total_yen
-        available[acc] -= held
-        held_now[acc] += held
-        new[acc, ask.consultation_id] = [i]
-        holds.append((acc, ask.consultation_id, _terms_json(ask.terms), held, allowed,
-                      available[acc], held_now[acc]))
-    if holds:
-        cols = [list(col) for col in zip(*holds, strict=True)]
-        rows = await conn.fetch(_HOLD, *cols[:5], SYSTEM, *cols[5:])
-        for row in rows:
-            for i in new[row["account_id"], row["consultation_id"]]:
-                got[i] = _reservation(row)
+        if rid not in new:
+            new[rid] = Reservation(rid, ask.consultation_id, row["held_yen"],
+                                   row["allowed_s"], ask.terms)
+        got.append(new[rid])
     if made:
-        rows = {r["id"]: r for r in await conn.fetch(RESERVATION + " WHERE r.id = ANY($1)",
-                                                       list(made.values()))}
+        found = {r["id"]: r for r in await conn.fetch(RESERVATION + " WHERE r.id = ANY($1)",
+                                                        list(made.values()))}
         for i, rid in made.items():
-            got[i] = _reservation(rows[rid])
+            got[i] = _reservation(found[rid])
     return got
 
 
@@ -479,8 +491,8 @@ class Ledger:
         """Hold what the available balance pays for (at most ``at_most_s`` of talk rounded
         up to a whole billing unit, and never past the terms' maximum) before
         ``consultation_id`` connects. Asking again for the same consultation returns its
-        reservation. (:func:`reserve_all` in a transaction of its own.)"""
-        async with self.pool.acquire() as conn, conn.transaction():
+        reservation. (:func:`reserve_all`: one statement, its own transaction.)"""
+        async with self.pool.acquire() as conn:
             (got,) = await reserve_all(conn, [ReserveAsk(merchant_id, account,
                                                          consultation_id, terms, at_most_s)])
             return got

@@ -15,8 +15,9 @@ same charge, keyed by the same consultation id, so it is made once whoever makes
 Admission and the first reservation are group-committed (:class:`shared.intake_batch.
 Batcher`): the calls that arrive together are one admission statement (billing's
 :func:`~billing.admission.admission_sql` over the asks' accounts by number)
-and one reservation transaction (:func:`billing.ledger.reserve_all`) per batch, the
-decisions made in Python (:func:`billing.admission.decide`, :mod:`billing.rating`).
+and one reservation statement (:func:`billing.ledger.reserve_all`) per batch, admission
+decided in Python (:func:`billing.admission.decide`), the holds in the reservation
+statement (the ledger's rule, :func:`billing.ledger.decide_holds`).
 """
 
 from __future__ import annotations
@@ -142,19 +143,18 @@ class _Admitting(Batcher[AdmitAsk, Plan]):
 
 @dataclass
 class _Reserving(Batcher[ReserveAsk, Reservation | Refusal]):
-    """The first holds of the consultations that connect together: one transaction a
-    batch (:func:`billing.ledger.reserve_all`), answered after its commit."""
+    """The first holds of the consultations that connect together: one statement a batch,
+    its own transaction (:func:`billing.ledger.reserve_all`), answered after its commit."""
 
     async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, ReserveAsk]]
                     ) -> Mapping[str, Reservation | Refusal | Exception]:
-        async with conn.transaction():
-            got = await reserve_all(conn, [ask for _, ask in batch])
+        got = await reserve_all(conn, [ask for _, ask in batch])
         return dict(zip((key for key, _ in batch), got, strict=True))
 
 
 class ConsultBilling:
     """Admission and the first reservation are group-committed: the calls that arrive
-    together share one statement (admission) and one transaction (reservations) a batch
+    together share one statement (admission) and one statement (reservations) a batch
     of up to ``max_batch``, each batch on a connection taken from ``pool`` for it (at
     most ``max_in_flight`` batches of each at once), so 200 consultations asking at once
     cost a handful of round trips instead of a queue for the pool's connections. Two
@@ -196,7 +196,7 @@ class ConsultBilling:
     async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,
                       at_most_s: int | None) -> Reservation | Refusal:
         """:meth:`billing.ledger.Ledger.reserve`, with the reservations that arrive with
-        it (one transaction a batch; answered after its commit). The same consultation
+        it (one statement a batch; answered after its commit). The same consultation
         asked again while its first ask is in flight shares that one's answer."""
         key = "\x00".join((merchant_id, plan.account, consultation_id))
         got = await self.reserving.deliver(key, ReserveAsk(

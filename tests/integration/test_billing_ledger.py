@@ -19,12 +19,15 @@ from hypothesis import strategies as st
 from billing.ledger import (
     _LOCK_BALANCES,
     Balance,
+    Grant,
     Ledger,
     LedgerError,
     Refusal,
     Reservation,
     ReserveAsk,
     account_id,
+    books,
+    decide_holds,
     post,
     reserve_all,
 )
@@ -184,7 +187,8 @@ async def test_concurrent_reservations_never_hold_more_than_the_balance(
 
 async def test_holds_that_waited_for_the_accounts_lock_see_what_its_holder_wrote(
         clean: asyncpg.Pool) -> None:
-    """``reserve_all`` locks the accounts and reads their balances in one statement: when
+    """``reserve_all`` locks the accounts and reads their balances in one statement's
+    plpgsql function (``billing_reserve_holds``), each read after the lock: when
     it waited for an account's lock, it reads the balance as the lock's holder left it
     (a deposit made under the lock), and holds what that balance pays for."""
     ledger = Ledger(clean)
@@ -203,7 +207,7 @@ async def test_holds_that_waited_for_the_accounts_lock_see_what_its_holder_wrote
             for _ in range(500):
                 if await clean.fetchval(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE '%billing_locked_balances%'"):
+                        " AND query LIKE '%billing_reserve_holds%'"):
                     break
                 await asyncio.sleep(0.01)
             else:
@@ -438,3 +442,93 @@ async def scenario(url: str, terms: Terms, ops: list[Op]) -> None:
 def test_random_concurrent_sequences_keep_the_ledger_whole(
         pool: asyncpg.Pool, pg_url: str, terms: Terms, ops: list[Op]) -> None:
     run_async(lambda: scenario(pg_url, terms, ops))
+
+
+# --- property: the database's rule for a hold is the Python one ------------------------------
+
+any_terms_st = st.builds(
+    Terms, price_per_minute_yen=st.one_of(st.sampled_from([0, 1, 30, 60, 120, 300]),
+                                          st.integers(0, 600), st.integers(0, 100_000)),
+    unit_s=st.one_of(st.sampled_from([1, 6, 10, 30, 60]), st.integers(1, 3600)),
+    grace_s=st.one_of(st.just(0), st.integers(0, 120), st.integers(0, 3600)),
+    minimum_yen=st.one_of(st.just(0), st.integers(0, 1000), st.integers(0, 1_000_000)),
+    max_talk_s=st.one_of(st.integers(1, 3600), st.integers(1, 86_400)),
+    tax_percent=st.integers(0, 100))
+Asked = tuple[int, int, Terms, int | None]
+
+
+@st.composite
+def batch_st(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[Asked]]:
+    """Balances (available, held) of up to 5 accounts and up to 12 asks (account: an
+    index into the balances, past them none; consultation; terms; at_most_s): the asks'
+    terms from a few, the balances often a yen either side of what some talk costs
+    under one of them (where a unit more is just paid for, or just not)."""
+    terms = draw(st.lists(any_terms_st, min_size=1, max_size=3))
+    at_edge = st.tuples(st.sampled_from(terms), st.integers(0, 7200),
+                        st.integers(-1, 1)).map(lambda x: rate(x[1], x[0]).total_yen + x[2])
+    balance = st.one_of(at_edge, st.integers(-500, 3000), st.integers(0, 10_000_000))
+    balances = draw(st.lists(st.tuples(balance, st.integers(0, 5000)), max_size=5))
+    asks = draw(st.lists(st.tuples(
+        st.integers(0, 5), st.integers(0, 6), st.sampled_from(terms),
+        st.one_of(st.none(), st.integers(0, 600), st.integers(0, 90_000))),
+        min_size=1, max_size=12))
+    return balances, asks
+
+
+async def grants_compared(url: str, balances: list[tuple[int, int]],
+                          asks: list[Asked]) -> None:
+    """One batch by ``reserve_all`` (the database's rule) against :func:`decide_holds`
+    (Python's) on the same balances (available, held), in a transaction rolled back."""
+    conn = await asyncpg.connect(url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        accounts: list[int] = []
+        name = f"g{next(NAMES)}"
+        for i, (available, held) in enumerate(balances):
+            acc = await account_id(conn, "acme", f"{name}-{i}", create=True)
+            assert acc is not None
+            await post(conn, acc, "adjustment", abs(available) or 1,
+                       [("available", available), ("held", held),
+                        ("adjustment", -available - held)], "t", "the balances")
+            accounts.append(acc)
+        batch = [ReserveAsk("acme", f"{name}-{a}", f"c{c}", terms, at_most_s)
+                 for a, c, terms, at_most_s in asks]
+        got = await reserve_all(conn, batch)
+        python = decide_holds(batch, [accounts[a] if a < len(accounts) else None
+                                      for a, *_ in asks],
+                              {acc: available for acc, (available, _) in
+                               zip(accounts, balances, strict=True)})
+        for i, (ask, sql, py) in enumerate(zip(batch, got, python, strict=True)):
+            if isinstance(py, Refusal):
+                assert sql == py, (i, ask)
+            elif isinstance(py, int):
+                assert sql == got[py], (i, ask)
+            else:
+                assert isinstance(sql, Reservation), (i, ask, sql, py)
+                assert (sql.held_yen, sql.allowed_s, sql.terms, sql.consultation_id) == (
+                    py.held_yen, py.allowed_s, ask.terms, ask.consultation_id), (i, ask)
+        for acc, (available, held) in zip(accounts, balances, strict=True):
+            took = sum(py.held_yen for py, a in zip(python, asks, strict=True)
+                       if isinstance(py, Grant) and a[0] < len(accounts)
+                       and accounts[a[0]] == acc)
+            sums = await books(conn, acc)
+            assert (sums.get("available", 0), sums.get("held", 0)) == (available - took,
+                                                                       held + took)
+        await balances_are_running_sums(conn)
+        await tx.rollback()
+    finally:
+        await conn.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batch_st())
+def test_the_databases_holds_are_pythons_refusals_included(
+        pool: asyncpg.Pool, pg_url: str, batch: tuple[list[tuple[int, int]], list[Asked]]
+        ) -> None:
+    """``billing_reserve_holds`` (migration 0019) grants, refuses and shares reservations
+    as :func:`billing.ledger.decide_holds` (``seconds_affordable``, ``whole_units_s``,
+    ``rate``) decides, over random terms, balances (overdrawn ones too), held amounts and
+    asks (several on an account, a consultation asked twice, accounts that do not exist),
+    and the balances it leaves are what the grants took."""
+    run_async(lambda: grants_compared(pg_url, *batch))

@@ -642,14 +642,13 @@ async def test_a_settlement_the_ledger_refuses_leaves_the_reservation_and_the_ro
     assert await db.fetchval("SELECT talk_s FROM billing_settlements") == 5
 
 
-async def test_admission_and_the_first_slice_cost_five_statements_whatever_the_batch(
+async def test_admission_and_the_first_slice_cost_two_statements_whatever_the_batch(
         db: asyncpg.Pool, pg_url: str) -> None:
     """What every prepaid consultation pays before the first ring (``python -m bench
     billing_reserve``): one admission statement (account, policy and balance) for the
-    asks that arrive together, one transaction (lock and read in one statement, hold) for
-    their reservations; each batch's connection given back costs the pool's reset
-    statement. Counted on a one-connection pool for one consultation, then for eight at
-    once: the same five."""
+    asks that arrive together, one statement (its own transaction: lock, read, decide,
+    hold; ``billing_reserve_holds``) for their reservations. Counted on a one-connection
+    pool for one consultation, then for eight at once: the same two."""
     await Ledger(db).deposit("acme", "member-42", 10_000, "op", "bank transfer")
     one = await create_pool(pg_url, min_size=1, max_size=1)
     try:
@@ -672,9 +671,10 @@ async def test_admission_and_the_first_slice_cost_five_statements_whatever_the_b
     finally:
         await one.close()
     for work in counted:
-        assert len(work) == 5, "\n".join(work)
-        assert [s.strip().split()[0] for s in work[1:]] == [
-            "BEGIN;", "SELECT", "WITH", "COMMIT;"], work
+        assert len(work) == 2, "\n".join(work)
+        assert work[1].split() == ["SELECT", "*", "FROM", "billing_reserve_holds($1,", "$2,",
+                                   "$3,", "$4,", "$5,", "$6,", "$7,", "$8,", "$9,", "$10,",
+                                   "$11,", "$12)"], work
     assert await db.fetchval("SELECT sum(e.amount_yen) FROM billing_entries e JOIN "
                              "billing_transactions t ON t.id = e.transaction_id "
                              "WHERE t.kind = 'hold' AND e.book = 'held'") == 10 * 200
