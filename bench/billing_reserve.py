@@ -57,6 +57,9 @@ HOUSEHOLD = 4
 PRICES = (100, 200, 300, 400)
 DEPOSIT_YEN = 100_000
 #: untimed bursts first, so that every pooled connection has run the statements
+#: (``--warm``: more, so that each has run them past PostgreSQL's first five executions of
+#: a prepared statement or a plpgsql function's statement, each planned for its
+#: parameters, as on a server that has been up a while)
 WARM_BURSTS = 3
 
 
@@ -359,7 +362,7 @@ async def _run(args: argparse.Namespace) -> int:
                                  **({"max_in_flight": args.in_flight} if args.in_flight else {}))
         # warm the connections: each of the pool's learns the statements' types once, and
         # the batches take them in turn (two admission and two reservation batches a burst)
-        for w in range(WARM_BURSTS):
+        for w in range(args.warm):
             await burst(billing, asks, f"warm-{w}")
         runs = [await burst(billing, asks, f"b{r}") for r in range(args.bursts)]
         profile = Profile()
@@ -449,13 +452,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="ConsultBilling's max_batch (0: its default)")
     parser.add_argument("--in-flight", type=int, default=0,
                         help="ConsultBilling's max_in_flight (0: its default)")
+    parser.add_argument("--warm", type=int, default=WARM_BURSTS,
+                        help="untimed bursts first")
     parser.add_argument("--breakdown", action="store_true",
                         help="then profile as many bursts more: where a request's ms go")
     args = parser.parse_args(argv)
     if args.requests < 20 or args.bursts < 1 or args.pool < 1 or args.rate <= 0 \
-            or args.seconds <= 0:
+            or args.seconds <= 0 or args.warm < 0:
         parser.error("--requests: at least 20; --bursts, --pool: at least 1; --rate, "
-                     "--seconds: above 0")
+                     "--seconds: above 0; --warm: at least 0")
     from bench._machine import speed_line
 
     print(speed_line(), flush=True)

@@ -27,7 +27,11 @@ CREATE FUNCTION billing_reserve_holds(merchants text[], accounts text[],
                                       who text)
 RETURNS TABLE (n int, reservation_id bigint, made boolean, available_yen bigint,
                held_yen bigint, allowed_s int)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- each statement's generic plan from the first call on a connection: the first five would
+-- otherwise each be planned for their arrays (13-20 ms a batch of 100 against 7-8 ms)
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     asks int := cardinality(merchants);
