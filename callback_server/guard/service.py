@@ -149,6 +149,17 @@ class RoundRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SpendPart:
+    """A CDR's spend as CTEs of the statement that stores it (:meth:`Guard.spend`): the
+    CTEs, their arguments, and the column that tells :meth:`Guard.spend_counted` what
+    they did."""
+
+    ctes: str
+    args: tuple[object, ...]
+    column: str = sql.SPEND_CROSSED
+
+
+@dataclass(frozen=True, slots=True)
 class Screening:
     verdict: Verdict | None
     known: bool
@@ -507,13 +518,18 @@ class Guard:
                 now, {"count": got.new_unconfirmed,
                       "threshold": self.settings.brake.threshold}))
 
-    async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, merchant_id: str,
-                        cost: Money) -> None:
-        """In the CDR's transaction: add the leg's carrier cost to its scopes' spend (each
-        in a shard row no other CDR holds: concurrent CDRs do not wait for each other);
-        trip a spend cap this CDR took over. Two CDRs committing at once see each other's
-        cost only once committed, so a crossing they make together is tripped by the next
-        leg's admission (``leg_admission`` reads the committed spend)."""
+    def spend(self, carrier_id: str, merchant_id: str, cost: Money, first: int,
+              gate: str) -> SpendPart | None:
+        """A CDR's carrier cost added to its scopes' spend (each in a shard row no other
+        CDR holds: concurrent CDRs do not wait for each other) and a spend cap it took
+        over tripped, as CTEs for the statement that stores the CDR to carry (after its
+        CTE ``gate``, a row when the CDR is new; parameters from ``$first`` on;
+        ``guard.store.spend_ctes``): committed with that statement, no spend row lock is
+        held across a round trip. None when the cost cannot count (logged). Its column
+        (:data:`SpendPart.column`) goes to :meth:`spend_counted`. Two CDRs committing at
+        once see each other's cost only once committed, so a crossing they make together
+        is tripped by the next leg's admission (``leg_admission`` reads the committed
+        spend)."""
         cfg = self.settings.caps
         try:
             amount = cost if cost.currency == cfg.currency or self.fx is None \
@@ -521,18 +537,48 @@ class Guard:
         except MoneyError as exc:
             log.error("spend of %s on %s not counted against the caps: %s", cost, carrier_id,
                       exc)
-            return
+            return None
         if amount.currency != cfg.currency:
             log.error("spend of %s on %s not counted: caps are in %s and no FX rate is set",
                       cost, carrier_id, cfg.currency)
-            return
+            return None
         scopes = caps.scopes_of(carrier_id, merchant_id)
-        afters = await sql.add_spend(conn, self.today(), scopes, cfg.currency, amount.amount,
-                                     caps.SHARDS)
-        for scope, after in zip(scopes, afters, strict=True):
-            crossed = caps.crossed_spend(scope, cfg.limits(scope), after - amount.amount, after)
-            if crossed is not None:
-                await self._cap_reached(conn, scope, "spend_daily", crossed)
+        args = sql.spend_args(
+            self.today(), scopes, cfg.currency, amount.amount,
+            [cfg.limits(scope) for scope in scopes],
+            [str(caps.reason_for(scope, "spend_daily")) for scope in scopes],
+            latch="spend_daily" in cfg.latch, now=self.clock(), shards=caps.SHARDS)
+        return SpendPart(sql.spend_ctes(first, gate), args)
+
+    def spend_counted(self, crossed: Sequence[Any]) -> None:
+        """After the statement that carried :meth:`spend` (its ``spend_crossed``): the
+        spend caps the cost took over alerted, a trip it stored counted."""
+        now = self.clock()
+        for one in crossed:
+            scope = one["scope"]
+            verdict = Verdict(caps.reason_for(scope, "spend_daily"), one["detail"])
+            if "spend_daily" not in self.settings.caps.latch:
+                self.alerter.alert(Alert("cap_reached", f"{scope}/spend_daily",
+                                         f"cap reached: {verdict}", now,
+                                         {"scope": scope, "kind": "spend_daily",
+                                          "reason": str(verdict.reason)}))
+            elif one["tripped"]:
+                metrics().guard_cap_trips.labels(scope, "spend_daily").inc()
+                self.alerter.alert(Alert("cap_tripped", f"{scope}/spend_daily",
+                                         f"cap tripped, originations refused until an "
+                                         f"operator resets it: {verdict}", now,
+                                         {"scope": scope, "kind": "spend_daily",
+                                          "reason": str(verdict.reason)}))
+
+    async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, merchant_id: str,
+                        cost: Money) -> None:
+        """:meth:`spend` as a statement of its own on ``conn`` (in the caller's
+        transaction, if one is open)."""
+        part = self.spend(carrier_id, merchant_id, cost, 1, "(SELECT) gate")
+        if part is None:
+            return
+        row = await conn.fetchrow(f"WITH {part.ctes} SELECT {part.column}", *part.args)
+        self.spend_counted(row["spend_crossed"])
 
     # --- operator actions -------------------------------------------------------------
 

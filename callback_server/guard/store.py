@@ -261,15 +261,54 @@ def admission_args(scopes: Sequence[str], limits: Sequence[CapLimits], *, paces:
             [lim.spend_daily for lim in limits], paces, day, claimed, shards)
 
 
-async def add_spend(conn: asyncpg.Connection, day: date, scopes: Sequence[str],
-                    currency: str, amount: Decimal, shards: int) -> list[Decimal]:
-    """Add to each scope's spend of ``day`` in one statement, in one of its ``shards`` rows
-    no other transaction holds (``guard_add_spend``, migrations 0985, 0986); returns each
-    scope's effective spend after it as this transaction sees it (other open
-    transactions' additions not yet)."""
-    values = await conn.fetchval("SELECT guard_add_spend($1, $2::text[], $3, $4, $5)",
-                                 day, list(scopes), currency, amount, shards)
-    return [Decimal(v) for v in values]
+def spend_ctes(first: int, gate: str) -> str:
+    """A CDR's carrier cost added to its scopes' spend of the day, the spend caps it took
+    over tripped, as CTEs of the statement that stores the CDR (its parameters
+    (:func:`spend_args`) from ``$first`` on; after a CTE ``gate``: a row when the CDR is
+    new, none when it was stored before). ``spend``: each scope's spend after it as this
+    statement sees it (``guard_add_spend``, migrations 0985, 0986: a shard row no other
+    transaction holds; other open transactions' additions not yet counted), ``crossed``
+    when the cost took it from below its cap to at or above it, with the trip's
+    ``detail``; ``spend_trip``: the scopes whose trip this statement stored (a latched
+    spend cap not tripped yet). Committed with the statement, no spend row stays locked
+    while the client is away."""
+    day, scopes, currency, amount, shards, caps_, reasons, latch, now = (
+        f"${n}" for n in range(first, first + 9))
+    return f"""spend AS (
+                   SELECT s.scope, s.spent, s.reason,
+                          s.cap IS NOT NULL AND s.spent - {amount}::numeric < s.cap
+                              AND s.cap <= s.spent AS crossed,
+                          format('%s: spent %s of %s', s.scope, s.spent, s.cap) AS detail
+                   FROM {gate},
+                        LATERAL guard_add_spend({day}::date, {scopes}::text[],
+                            {currency}::text, {amount}::numeric, {shards}::int) AS a(afters),
+                        unnest({scopes}::text[], a.afters, {caps_}::numeric[],
+                               {reasons}::text[]) AS s(scope, spent, cap, reason)),
+               spend_trip AS (
+                   INSERT INTO guard_trips (scope, kind, reason, detail, tripped_at)
+                   SELECT scope, 'spend_daily', reason, detail, {now}::timestamptz
+                   FROM spend WHERE crossed AND {latch}::boolean
+                   ON CONFLICT (scope, kind) WHERE reset_at IS NULL DO NOTHING
+                   RETURNING scope)"""
+
+
+#: what :func:`spend_ctes` did, as a column of its statement: the scopes whose spend cap
+#: the cost crossed (``scope``, ``detail``, ``tripped``: its trip stored now), a list
+SPEND_CROSSED = """(SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'scope', s.scope, 'detail', s.detail,
+                        'tripped', EXISTS (SELECT 1 FROM spend_trip t WHERE t.scope = s.scope))),
+                        '[]'::jsonb)
+                    FROM spend s WHERE s.crossed) AS spend_crossed"""
+
+
+def spend_args(day: date, scopes: Sequence[str], currency: str, amount: Decimal,
+               limits: Sequence[CapLimits], reasons: Sequence[str], *, latch: bool,
+               now: datetime, shards: int) -> tuple[object, ...]:
+    """:func:`spend_ctes`' parameters: the cost ``amount`` (in the caps' ``currency``) of
+    a CDR counted in ``scopes``, their ``limits`` and trip ``reasons``; ``latch``: a
+    reached spend cap trips (stored at ``now``)."""
+    return (day, list(scopes), currency, amount, shards,
+            [lim.spend_daily for lim in limits], list(reasons), latch, now)
 
 
 async def trip(conn: asyncpg.Connection, scope: str, kind: str, verdict: Verdict,

@@ -1,6 +1,7 @@
 """A leg's end as the store writes it: its result and its CDR (with the CDR's outbox
-message), on the caller's connection, so one transaction can carry a leg's end together
-with its round's finish (:meth:`~callback_server.store.leg_store.LegStore.end_leg`,
+message, its cost counted against the guard's spend caps, a customer leg handed to
+billing), on the caller's connection, as CTEs one statement can carry with its round's
+finish (:meth:`~callback_server.store.leg_store.LegStore.end_leg`,
 :meth:`~callback_server.store.queue_store.QueueStore.finish`)."""
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from typing import Any
 
 import asyncpg
 
-from billing.records import Leg, customer_leg_rated_query, customer_leg_waited
+from billing.records import (
+    RECORDS_WAITING,
+    Leg,
+    customer_leg_rated_query,
+    customer_leg_waited,
+)
 from callback_server.dialer_messages import RATED_LEGS, RecordCdr
+from callback_server.guard.service import SpendPart
 from callback_server.store.base import StoreBase
 from shared import leg_destination
 from shared.money import Money
@@ -82,13 +89,6 @@ def _cdr_ctes(p: Callable[[int], str], billing: bool, alone: bool) -> str:
     return f"{ctes},\n    customer_leg AS (SELECT {rated} AS waiting FROM cdr)"
 
 
-#: what the leg's end's statement part gives when it has a CDR, for
-#: :func:`leg_end_written` (``customer_leg``: the billing's, or none)
-def leg_end_columns(store: StoreBase, stored: StoredCdr) -> str:
-    waiting = "(SELECT waiting FROM customer_leg)" if _billed(store, stored) else "NULL"
-    return f"EXISTS (SELECT FROM cdr) AS cdr_stored, {waiting} AS customer_leg_waiting"
-
-
 def _billed(store: StoreBase, stored: StoredCdr) -> bool:
     """Whether billing takes the CDR's leg (a call-back's customer leg, billing here)."""
     return store.customer_legs and stored.cdr.leg == "customer"
@@ -100,40 +100,58 @@ def _spends(store: StoreBase, stored: StoredCdr) -> bool:
         and stored.cdr.leg in RATED_LEGS
 
 
-def leg_end_alone(store: StoreBase, stored: StoredCdr | None) -> bool:
-    """Whether :func:`leg_end_part` can be a transaction of its own: nothing of the CDR
-    is written after its statement (no spend to count; a customer leg's records waiting
-    for it fail the statement, :data:`billing.records.RECORDS_WAITING`)."""
-    return stored is None or not _spends(store, stored)
-
-
 @dataclass(frozen=True, slots=True)
 class LegEndPart:
-    """A leg's end as CTEs of a statement (its result, its CDR and what goes with it),
-    its parameters from ``$first`` on; :func:`leg_end_columns` reads what it did, when it
-    has a CDR."""
+    """A leg's end as CTEs of a statement (its result, its CDR and what goes with it:
+    the CDR's message, the guard's spend with its cap check, billing's customer leg), its
+    parameters from ``$first`` on; with a CDR, :attr:`columns` reads what it did, for
+    :func:`leg_end_written`."""
 
     ctes: str
     args: tuple[object, ...]
+    stored: StoredCdr | None = None
+    billed: bool = False
+    spend: SpendPart | None = None
+
+    @property
+    def columns(self) -> str | None:
+        """What the part did, with a CDR (``cdr_stored``, ``customer_leg_waiting``: the
+        billing's, or none; ``spend_crossed``: the guard's, or none); None without."""
+        if self.stored is None:
+            return None
+        waiting = "(SELECT waiting FROM customer_leg)" if self.billed else "NULL"
+        spend = "NULL::jsonb AS spend_crossed" if self.spend is None else self.spend.column
+        return (f"EXISTS (SELECT FROM cdr) AS cdr_stored, {waiting} AS customer_leg_waiting, "
+                f"{spend}")
 
 
 def leg_end_part(store: StoreBase, stored: StoredCdr | None, leg: LegEnd | None,
                  first: int, *, alone: bool = False) -> LegEndPart:
-    """The CTEs of ``stored`` (a CDR) and ``leg`` (its result), either or both;
-    ``alone``: in a statement that is a transaction of its own
-    (:func:`leg_end_alone`)."""
+    """The CTEs of ``stored`` (a CDR: its spend counted and its spend caps checked in the
+    same statement) and ``leg`` (its result), either or both; ``alone``: in a statement
+    that is a transaction of its own (records waiting for a customer leg then fail it,
+    :data:`billing.records.RECORDS_WAITING`, nothing written)."""
     def p(n: int) -> str:
         return f"${first + n - 1}"
     parts: list[str] = []
     args: tuple[object, ...] = ()
+    billed, spend = False, None
     if stored is not None:
-        parts.append(_cdr_ctes(p, _billed(store, stored), alone))
+        billed = _billed(store, stored)
+        parts.append(_cdr_ctes(p, billed, alone))
         args = _cdr_args(stored)
+        if store.guard is not None and stored.carrier_cost is not None \
+                and _spends(store, stored):
+            spend = store.guard.spend(stored.cdr.carrier_id, stored.merchant_id,
+                                      stored.carrier_cost, first + len(args), "cdr")
+        if spend is not None:
+            parts.append(spend.ctes)
+            args += spend.args
     if leg is not None:
         n = len(args)
         parts.append(f"leg AS ({_leg_result(p(n + 1), p(n + 2), p(n + 3))})")
         args += (leg.channel_id, leg.status, leg.cause)
-    return LegEndPart(",\n    ".join(parts), args)
+    return LegEndPart(",\n    ".join(parts), args, stored, billed, spend)
 
 
 def _cdr_args(stored: StoredCdr) -> tuple[object, ...]:
@@ -159,41 +177,60 @@ def _cdr_args(stored: StoredCdr) -> tuple[object, ...]:
             uuid.UUID(fact_message_id("cdr", cdr.call_id)), EVENTS_PATH, encode(payload))
 
 
-async def leg_end_written(store: StoreBase, conn: asyncpg.Connection, stored: StoredCdr,
+async def leg_end_written(store: StoreBase, conn: asyncpg.Connection, part: LegEndPart,
                           row: Mapping[str, Any]) -> bool:
-    """After the statement that carried :func:`leg_end_part` with ``stored``, in its
-    transaction (``row``: its :func:`leg_end_columns`): the guard's spend, and the records
-    that waited for the customer leg sent with it. False if the CDR was already stored."""
+    """After the statement that carried ``part`` with a CDR (``row``: its
+    :attr:`~LegEndPart.columns`; in its transaction when it has one): the spend caps its
+    cost took over alerted, and the records that waited for the customer leg sent with it
+    (only in a transaction: a statement alone fails instead). False if the CDR was already
+    stored."""
+    stored = part.stored
+    assert stored is not None
     if not row["cdr_stored"]:
         return False
-    cdr, carrier_cost = stored.cdr, stored.carrier_cost
-    if store.guard is not None and carrier_cost is not None and _spends(store, stored):
-        await store.guard.add_spend(conn, cdr.carrier_id, stored.merchant_id, carrier_cost)
+    if store.guard is not None and row["spend_crossed"]:
+        store.guard.spend_counted(row["spend_crossed"])
     waiting = row["customer_leg_waiting"]
     if waiting is not None and (waiting["records"] or waiting["consultations"]):
+        cdr = stored.cdr
         await customer_leg_waited(conn, Leg(cdr.call_id, "customer", cdr.carrier_id,
-                                            carrier_cost), waiting)
+                                            stored.carrier_cost), waiting)
     return True
 
 
 async def write_cdr(store: StoreBase, conn: asyncpg.Connection, stored: StoredCdr,
-                    leg: LegEnd | None = None) -> bool:
-    """Store one CDR and its outbox message, in the caller's transaction (the guard's
-    spend and the billing record's customer leg with it); ``leg``: its result in the same
+                    leg: LegEnd | None = None, *, alone: bool = False) -> bool:
+    """Store one CDR and its outbox message, its cost counted against the guard's spend
+    caps and the billing record's customer leg with it, in one statement (``alone``: a
+    transaction of its own, else in the caller's); ``leg``: its result in the same
     statement. False if it was already stored."""
-    part = leg_end_part(store, stored, leg, 1)
-    row = await conn.fetchrow(f"WITH {part.ctes} SELECT {leg_end_columns(store, stored)}",
-                              *part.args)
+    part = leg_end_part(store, stored, leg, 1, alone=alone)
+    row = await conn.fetchrow(f"WITH {part.ctes} SELECT {part.columns}", *part.args)
     assert row is not None
-    return await leg_end_written(store, conn, stored, row)
+    return await leg_end_written(store, conn, part, row)
+
+
+async def write_cdr_alone(store: StoreBase, conn: asyncpg.Connection, stored: StoredCdr,
+                          leg: LegEnd | None = None) -> bool:
+    """:func:`write_cdr` as a statement committed on its own (``conn`` in no
+    transaction), or, when billing records wait for its customer leg (the statement
+    fails, nothing written), as a transaction that sends them with it."""
+    try:
+        return await write_cdr(store, conn, stored, leg, alone=True)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != RECORDS_WAITING:
+            raise
+    async with conn.transaction():
+        return await write_cdr(store, conn, stored, leg)
 
 
 async def write_leg_end(store: StoreBase, conn: asyncpg.Connection, end: LegEnd) -> None:
-    """The leg's result and its CDR, in the caller's transaction: one statement."""
+    """The leg's result and its CDR: one statement (committed on its own, ``conn`` in no
+    transaction; :func:`write_cdr_alone`)."""
     if end.cdr is None:
         await write_leg_result(conn, end.channel_id, end.status, end.cause)
     else:
-        await write_cdr(store, conn, end.cdr, end)
+        await write_cdr_alone(store, conn, end.cdr, end)
 
 
 def _amount(money: Money | None) -> Decimal | None:

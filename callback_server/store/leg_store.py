@@ -145,9 +145,10 @@ class LegStore(StoreBase):
 
     @survives_database_restarts
     async def end_leg(self, end: LegEnd) -> None:
-        """A leg's result and its CDR in one transaction (a round that goes on: its next
-        route; a round that ends writes them with its finish)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        """A leg's result and its CDR (its spend with it) in one statement committed on
+        its own (a round that goes on: its next route; a round that ends writes them with
+        its finish)."""
+        async with self.pool.acquire() as conn:
             await write_leg_end(self, conn, end)
 
     # The columns of a LegRow: the leg and what a CDR needs from its request.

@@ -24,13 +24,7 @@ from callback_server.guard.service import VELOCITY_ACTS, ClaimFacts, RoundEnd, R
 from callback_server.guard.store import round_facts_of
 from callback_server.metrics import callback as callback_metrics
 from callback_server.store.base import StoreBase
-from callback_server.store.leg_end import (
-    LegEnd,
-    leg_end_alone,
-    leg_end_columns,
-    leg_end_part,
-    leg_end_written,
-)
+from callback_server.store.leg_end import LegEnd, leg_end_part, leg_end_written
 from ivr_platform.notify_config import Event
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
@@ -284,13 +278,13 @@ class QueueStore(StoreBase):
 
     def _alone(self, outcome: Finish, ended: LegEnd | None,
                round_end: RoundEnd | None) -> bool:
-        """Whether the finish's statement can commit on its own: no spend to count for
-        the leg's CDR, no missed call-back to notify (each written in Python after the
-        statement, in its transaction); the statement itself fails when the velocity
-        rules act on the round or records wait for its customer leg."""
-        return leg_end_alone(self, None if ended is None else ended.cdr) \
-            and not (outcome.retry_in_s is None and outcome.status == "failed"
-                     and self.notify is not None)
+        """Whether the finish's statement can commit on its own: no missed call-back to
+        notify (written in Python after the statement, in its transaction); the leg's CDR
+        with its spend and the spend caps' check is in the statement; the statement
+        itself fails when the velocity rules act on the round or records wait for its
+        customer leg."""
+        return not (outcome.retry_in_s is None and outcome.status == "failed"
+                    and self.notify is not None)
 
     async def _ending(self, conn: asyncpg.Connection, callback_id: str, outcome: Finish,
                       ended: LegEnd | None, round_end: RoundEnd | None, *,
@@ -316,17 +310,16 @@ class QueueStore(StoreBase):
             decided, decided_args = self.guard.round_decided_after(record, len(args) + 1)
             columns.append(decided)
             args += decided_args
-        stored = None if ended is None else ended.cdr
         part = None if ended is None \
-            else leg_end_part(self, stored, ended, len(args) + 1, alone=alone)
-        if stored is not None:
-            columns.append(leg_end_columns(self, stored))
+            else leg_end_part(self, ended.cdr, ended, len(args) + 1, alone=alone)
+        if part is not None and part.columns is not None:
+            columns.append(part.columns)
         row = await conn.fetchrow(
             _ending(ctes, record, None if part is None else part.ctes, columns),
             *args, *(() if part is None else part.args))
         assert row is not None
-        if stored is not None:
-            await leg_end_written(self, conn, stored, row)
+        if part is not None and part.stored is not None:
+            await leg_end_written(self, conn, part, row)
         if record is not None and self.guard is not None:
             await self.guard.round_recorded(conn, record, round_facts_of(row))
         if row["merchant_id"] is None:

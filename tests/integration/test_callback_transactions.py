@@ -20,7 +20,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -28,16 +29,20 @@ import pytest
 from billing import records
 from callback_server.app import migration_sets
 from callback_server.config import StaticRoute
+from callback_server.dialer_messages import Finish, PersistAttempt, Reason, RecordCdr
+from callback_server.guard.caps import CapLimits, CapSettings
 from callback_server.guard.service import Guard, RoundEnd
 from callback_server.guard.settings import GuardSettings
 from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
+from callback_server.store.leg_end import LegEnd, StoredCdr, write_cdr
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker, WorkerSettings
 from shared import ari
 from shared.db import create_pool, migrate_url
+from shared.money import Money
 from shared.phone import E164
 from tests.integration import callback_db
 
@@ -288,3 +293,85 @@ async def one_call_back(pool: asyncpg.Pool, probe: asyncpg.Connection, fake: Fak
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)                           # the job's task has ended
+
+
+@pytest.mark.parametrize("billing", [False, True], ids=["without billing", "with billing"])
+async def test_an_answered_finish_with_its_spend_is_one_round_trip(
+        counted: tuple[asyncpg.Pool, Statements], billing: bool) -> None:
+    """An answered, confirmed round's finish: the customer leg's result and its rated CDR
+    (its message, its carrier cost added to the site's, the merchant's and the trunk's
+    spend with the caps checked, with billing the customer leg kept), the job closed with
+    its message and the guard's round, in one statement committed on its own: no spend
+    row is locked while the session waits for the server (4 round trips before, with or
+    without billing: BEGIN, the statement, the spend in a statement of its own, COMMIT,
+    the spend rows locked from the third to the fourth). The spend is counted once and a
+    cap it reaches trips in that statement."""
+    pool, statements = counted
+    await callback_db.emptied(pool)
+    await pool.execute("TRUNCATE callback_round_flows, billing_records, "
+                       "billing_customer_legs, billing_records_awaiting")
+    cap = CapLimits(spend_daily=Decimal("1.00"))
+    guard = Guard(pool, GuardSettings(caps=CapSettings(
+        currency="USD", global_limits=CapLimits(), trunk_default=CapLimits(),
+        merchants={"acme": cap})))
+    store = CallbackStore(pool, owner="w1", guard=guard, customer_legs=billing)
+    try:
+        for n, cost in enumerate(("0.70", "0.40")):        # the second one crosses 1.00
+            callback_id, channel_id, number = await answered_leg(store, guard, n, billing)
+            statements.transactions.clear()
+            assert await store.finish(
+                callback_id, Finish("completed", Reason.ANSWERED, 1),
+                ended=LegEnd(channel_id, "ended", 16, answered_cdr(
+                    callback_id, channel_id, Money.of(cost, "USD"))),
+                round_end=RoundEnd(callback_id, 1, number, "acme", rang=True,
+                                   confirmed=True))
+            finish, = finishes(statements)
+            assert finish.round_trips == 1, "\n".join(finish.statements)
+            assert "guard_add_spend" in finish.statements[0]
+            assert ("billing_customer_leg_rated" in finish.statements[0]) == billing
+        spent = (await guard.status())["spend_today"]
+        assert {scope: Decimal(v) for scope, v in spent.items()} == dict.fromkeys(
+            ("global", "merchant:acme", "trunk:carrier-a"), Decimal("1.10"))
+        trips = await pool.fetch("SELECT scope, kind, detail FROM guard_trips")
+        assert [tuple(t) for t in trips] == [
+            ("merchant:acme", "spend_daily", "merchant:acme: spent 1.100000 of 1.00")]
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE kind = 'cdr'") == 2
+        assert await pool.fetchval("SELECT count(*) FROM billing_customer_legs") == (
+            2 if billing else 0)
+        # the same CDR again (a finish retried after a lost reply): nothing counted twice
+        async with pool.acquire() as conn:
+            assert not await write_cdr(store, conn, answered_cdr(
+                callback_id, channel_id, Money.of(cost, "USD")), alone=True)
+        again = (await guard.status())["spend_today"]
+        assert {Decimal(v) for v in again.values()} == {Decimal("1.10")}
+    finally:
+        await guard.alerter.close()
+
+
+async def answered_leg(store: CallbackStore, guard: Guard, n: int, billing: bool
+                       ) -> tuple[str, str, E164]:
+    """A request stored and claimed, its customer leg persisted through ``carrier-a`` and
+    answered: its job, its channel and its number."""
+    number = E164(f"8190777700{n}{int(billing)}")
+    now = datetime.now(UTC)
+    req = IntakeRequest(f"edge-{uuid.uuid4().hex[:8]}", "acme", number, None, now, now,
+                        None)
+    _, body = await store.intake(str(uuid.uuid4()), req, ACME)
+    callback_id = str(body["callback_id"])
+    assert [j.callback_id for j in await store.claim(10)] == [callback_id]
+    channel_id = f"{callback_id}-01"
+    await store.persist_leg(PersistAttempt(callback_id, 1, 1, channel_id, "customer",
+                                           "carrier-a", "PJSIP/x@carrier-a"), "acme")
+    await store.leg_result(channel_id, "answered", None)
+    return callback_id, channel_id, number
+
+
+def answered_cdr(callback_id: str, channel_id: str, cost: Money) -> StoredCdr:
+    at = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    return StoredCdr(RecordCdr(call_id=channel_id, callback_id=callback_id, leg="customer",
+                               destination="+819077770000", carrier_id="carrier-a",
+                               started_at=at, answered_at=at,
+                               ended_at=at + timedelta(minutes=5),
+                               duration_s=Decimal("300"), hangup_cause=16,
+                               disposition="answered"),
+                     "edge-call", "acme", 300, cost, None)

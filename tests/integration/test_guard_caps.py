@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from callback_server.config import StaticRoute
 from callback_server.dialer_messages import Finish, PersistAttempt, Reason, RecordCdr, Route
+from callback_server.guard import caps
 from callback_server.guard.__main__ import main as guard_cli
 from callback_server.guard.alerts import AlertSettings
 from callback_server.guard.caps import CapLimits, CapSettings
@@ -37,6 +38,7 @@ from callback_server.reconcile import LegSettler
 from callback_server.routing import Routing
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
+from callback_server.store.leg_end import LegEnd, StoredCdr
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import RouteSource, Worker
 from shared import ari
@@ -876,3 +878,50 @@ async def test_a_finish_whose_lease_was_lost_still_records_the_guards_round(
     rounds = await clean.fetch("SELECT callback_id, attempt_no, rang, confirmed "
                                "FROM guard_rounds")
     assert [tuple(r) for r in rounds] == [(job, 1, True, False)]
+
+
+async def test_concurrent_answered_finishes_count_every_cost_and_the_cap_stops_the_next(
+        clean: asyncpg.Pool, closing: list[Guard]) -> None:
+    """Eight answered rounds of one merchant and trunk finish at once, each its statement
+    committed on its own (the CDR's cost added to the spend and the caps checked in it):
+    every cost is counted once in every scope, the merchant's cap (1.00 against 8 × 0.30)
+    is tripped once, by a finish that saw the crossing or else by the next leg's
+    admission, and once the finishes are committed no leg of that merchant is admitted
+    on any trunk."""
+    guard = Guard(clean, GuardSettings(caps=CapSettings(
+        currency="USD", global_limits=CapLimits(), trunk_default=CapLimits(),
+        merchants={"acme": CapLimits(spend_daily=Decimal("1.00"))})))
+    closing.append(guard)
+    store = CallbackStore(clean, owner="w", guard=guard)
+    jobs = [await claimed_job(store, 400 + i, f"81904040000{i}") for i in range(8)]
+    for job in jobs:
+        await store.persist_leg(leg(job, "carrier-a"), "acme")
+        await store.leg_result(f"{job}-01", "answered", None)
+
+    async def finished(n: int, job: str) -> bool:
+        return await store.finish(
+            job, Finish("completed", Reason.ANSWERED, 1),
+            ended=LegEnd(f"{job}-01", "ended", 16, StoredCdr(
+                cdr(job, "carrier-a"), f"cap-{400 + n}", "acme", 300,
+                Money.of("0.30", "USD"), None)),
+            round_end=RoundEnd(job, 1, E164(f"81904040000{n}"), "acme", rang=True,
+                               confirmed=True))
+
+    assert await asyncio.wait_for(
+        asyncio.gather(*(finished(n, job) for n, job in enumerate(jobs))), 30) == [True] * 8
+    spent = (await guard.status())["spend_today"]
+    assert {scope: Decimal(v) for scope, v in spent.items()} == dict.fromkeys(
+        ("global", "merchant:acme", "trunk:carrier-a"), Decimal("2.40"))
+    assert await clean.fetchval("SELECT count(*) FROM guard_spend WHERE scope = "
+                                "'merchant:acme'") <= caps.SHARDS
+    assert await clean.fetchval("SELECT count(*) FROM callback_requests "
+                                "WHERE status = 'completed'") == 8
+    nxt = await claimed_job(store, 420, "819040400099")
+    for carrier in ("carrier-a", "carrier-b"):
+        with pytest.raises(GuardRefused) as refused:
+            await store.persist_leg(leg(nxt, carrier), "acme")
+        assert refused.value.verdict.reason == "cap_merchant_spend_daily"
+    trips = await clean.fetch("SELECT scope, kind FROM guard_trips WHERE reset_at IS NULL")
+    assert [tuple(t) for t in trips] == [("merchant:acme", "spend_daily")]
+    assert await clean.fetchval("SELECT count(*) FROM callback_attempts "
+                                "WHERE callback_id = $1", nxt) == 0
