@@ -67,6 +67,39 @@ async def enqueue(conn: asyncpg.Connection, settings: NotifySettings, *, merchan
     return notification_id
 
 
+def enqueue_ctes(first: int, source: str) -> str:
+    """:func:`enqueue` as CTEs of the statement that writes the fact, for a statement that
+    commits on its own: after a CTE ``source`` of one row (``merchant_id``, ``facts``:
+    jsonb) when the fact happened, none when not, its parameters (:func:`enqueue_args`)
+    from ``$first`` on. The statement must read :data:`ENQUEUED` (the wake-up is sent
+    only then)."""
+    event, fact_key, channels, channel = (f"${n}" for n in range(first, first + 4))
+    return f"""notification AS (
+        INSERT INTO notifications (merchant_id, event, fact_key, facts)
+        SELECT merchant_id, {event}::text, {fact_key}::text, facts FROM {source}
+        ON CONFLICT (fact_key) DO NOTHING RETURNING id),
+    notification_deliveries_ AS (
+        INSERT INTO notification_deliveries (notification_id, channel)
+        SELECT n.id, c FROM notification n, unnest({channels}::text[]) c),
+    notification_woken AS (SELECT pg_notify({channel}::text, '') FROM notification)"""
+
+
+#: what :func:`enqueue_ctes` did, a column of its statement: the notification's id, or
+#: NULL (the fact was notified before, or did not happen)
+ENQUEUED = "(SELECT n.id FROM notification n, (SELECT count(*) FROM notification_woken) w) " \
+    "AS notification_id"
+
+
+def enqueue_args(settings: NotifySettings, *, merchant_id: str, event: Event,
+                 fact_key: str) -> tuple[object, ...] | None:
+    """:func:`enqueue_ctes`' parameters for the merchant's channels that take ``event``;
+    None when none does (nothing to write)."""
+    channels = settings.channels_for(merchant_id, event)
+    if not channels:
+        return None
+    return (event.value, fact_key, list(channels), CHANNEL)
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     notification_id: int

@@ -26,6 +26,7 @@ from callback_server.metrics import callback as callback_metrics
 from callback_server.store.base import StoreBase
 from callback_server.store.leg_end import LegEnd, leg_end_part, leg_end_written
 from ivr_platform.notify_config import Event
+from ivr_platform.notify_outbox import ENQUEUED, enqueue_args, enqueue_ctes
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
 from shared.outbox import (
@@ -79,6 +80,17 @@ def _ending(ctes: str, record: RoundRecord | None, leg_end: str | None = None,
     joins = "" if record is None else " LEFT JOIN round ON true"
     return (f"WITH {', '.join(withs)} SELECT {', '.join(columns)} "
             f"FROM (SELECT) one LEFT JOIN job ON true{joins}")
+
+
+def _missed(merchant: int) -> str:
+    """A missed call-back's notification facts as a CTE ``missed`` after :data:`_CLOSE`'s
+    (its attempts ``$4``, reason ``$5``; ``$merchant``: the merchant whose channels the
+    notification goes to): a row when the job closed is that merchant's."""
+    return f"""missed AS (
+        SELECT merchant_id, jsonb_build_object(
+            'caller', caller, 'at', {isoformat_sql('received_at')}, 'reason', $5::text,
+            'attempts', $4::int, 'edge_call_id', edge_call_id) AS facts
+        FROM job WHERE merchant_id = ${merchant})"""
 
 
 class LeaseLost(RuntimeError):
@@ -261,14 +273,19 @@ class QueueStore(StoreBase):
     async def _finish(self, callback_id: str, outcome: Finish, ended: LegEnd | None,
                       round_end: RoundEnd | None) -> str | None:
         """The job's merchant, or None if our lease was lost: one statement, a transaction
-        of its own, when nothing is decided after it (:meth:`_alone`; records waiting for
-        a customer leg undo it), else that statement and what follows it in a
-        transaction."""
-        if self._alone(outcome, ended, round_end):
+        of its own (the leg's CDR with its spend and the spend caps' check; a missed
+        call-back's notification, its merchant known before: the round's), else that
+        statement and what follows it in a transaction: when it fails (records waiting
+        for a customer leg, the velocity rules acting on the round), or when a missed
+        call-back's merchant is known only from the statement."""
+        merchant_id = round_end.merchant_id if round_end is not None \
+            else ended.cdr.merchant_id if ended is not None and ended.cdr is not None \
+            else None
+        if not self._missed(outcome) or merchant_id is not None:
             try:
                 async with self.pool.acquire() as conn:
                     return await self._ending(conn, callback_id, outcome, ended, round_end,
-                                              alone=True)
+                                              alone=True, merchant_id=merchant_id)
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate not in (RECORDS_WAITING, VELOCITY_ACTS):
                     raise
@@ -276,19 +293,17 @@ class QueueStore(StoreBase):
             return await self._ending(conn, callback_id, outcome, ended, round_end,
                                       alone=False)
 
-    def _alone(self, outcome: Finish, ended: LegEnd | None,
-               round_end: RoundEnd | None) -> bool:
-        """Whether the finish's statement can commit on its own: no missed call-back to
-        notify (written in Python after the statement, in its transaction); the leg's CDR
-        with its spend and the spend caps' check is in the statement; the statement
-        itself fails when the velocity rules act on the round or records wait for its
-        customer leg."""
-        return not (outcome.retry_in_s is None and outcome.status == "failed"
-                    and self.notify is not None)
+    def _missed(self, outcome: Finish) -> bool:
+        """Whether the finish notifies a missed call-back (closed ``failed``)."""
+        return outcome.retry_in_s is None and outcome.status == "failed" \
+            and self.notify is not None
 
     async def _ending(self, conn: asyncpg.Connection, callback_id: str, outcome: Finish,
                       ended: LegEnd | None, round_end: RoundEnd | None, *,
-                      alone: bool) -> str | None:
+                      alone: bool, merchant_id: str | None = None) -> str | None:
+        """The finish's statement (``alone``: committed on its own, with a missed
+        call-back's notification for the channels of ``merchant_id``), and in the caller's
+        transaction what follows it."""
         ctes, params = _CLOSE if outcome.retry_in_s is None else _REQUEUE
         record = None
         if round_end is not None and self.guard is not None \
@@ -310,13 +325,23 @@ class QueueStore(StoreBase):
             decided, decided_args = self.guard.round_decided_after(record, len(args) + 1)
             columns.append(decided)
             args += decided_args
+        withs: list[str] = []
         part = None if ended is None \
             else leg_end_part(self, ended.cdr, ended, len(args) + 1, alone=alone)
-        if part is not None and part.columns is not None:
-            columns.append(part.columns)
+        if part is not None:
+            withs.append(part.ctes)
+            args += part.args
+            if part.columns is not None:
+                columns.append(part.columns)
+        missed = self._missed(outcome)
+        notice = None if not (alone and missed) \
+            else self._notice(callback_id, merchant_id)
+        if notice is not None:
+            withs += [_missed(len(args) + 1), enqueue_ctes(len(args) + 2, "missed")]
+            args += (merchant_id, *notice)
+            columns.append(ENQUEUED)
         row = await conn.fetchrow(
-            _ending(ctes, record, None if part is None else part.ctes, columns),
-            *args, *(() if part is None else part.args))
+            _ending(ctes, record, ",\n    ".join(withs) or None, columns), *args)
         assert row is not None
         if part is not None and part.stored is not None:
             await leg_end_written(self, conn, part, row)
@@ -327,13 +352,38 @@ class QueueStore(StoreBase):
                 log.error("finish %s: lease lost; outcome %s not recorded", callback_id,
                           outcome)
             return None
-        if outcome.retry_in_s is not None:
-            return str(row["merchant_id"])
-        if outcome.status == "failed" and self.notify is not None:
+        if missed:
+            await self._missed_notified(conn, callback_id, outcome, row,
+                                        merchant_id if alone else None)
+        return str(row["merchant_id"])
+
+    def _notice(self, callback_id: str, merchant_id: str | None
+                ) -> tuple[object, ...] | None:
+        """A missed call-back's notification for the statement to queue
+        (``notify_outbox.enqueue_args``): None when none of the merchant's channels takes
+        it."""
+        if self.notify is None or merchant_id is None:
+            return None
+        return enqueue_args(self.notify, merchant_id=merchant_id, event=Event.CALLBACK_MISSED,
+                            fact_key=f"callback_missed:{callback_id}")
+
+    async def _missed_notified(self, conn: asyncpg.Connection, callback_id: str,
+                               outcome: Finish, row: asyncpg.Record,
+                               merchant_id: str | None) -> None:
+        """After the finish's statement (``row``) of a missed call-back: its notification
+        queued in the caller's transaction, or in one of its own, unless the statement
+        queued it for the job's merchant (``merchant_id``: the one it queued it for, or
+        found no channel of; None: not done in the statement)."""
+        if self.notify is None or merchant_id == row["merchant_id"]:
+            return
+        if merchant_id is not None:
+            log.error("finish %s: the job's merchant is %s, not %s: its missed call-back "
+                      "notified after its finish", callback_id, row["merchant_id"],
+                      merchant_id)
+        async with conn.transaction():
             await enqueue_notification(
                 conn, self.notify, merchant_id=row["merchant_id"],
                 event=Event.CALLBACK_MISSED, fact_key=f"callback_missed:{callback_id}",
                 facts={"caller": row["caller"], "at": isoformat(row["received_at"]),
                        "reason": str(outcome.reason), "attempts": outcome.attempts,
                        "edge_call_id": row["edge_call_id"]})
-        return str(row["merchant_id"])

@@ -40,9 +40,13 @@ from callback_server.store import CallbackStore
 from callback_server.store.leg_end import LegEnd, StoredCdr, write_cdr
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker, WorkerSettings
+from ivr_platform import notify_outbox
+from ivr_platform.notify_config import Channel, Event, Kind, NotifySettings
+from ivr_platform.notify_webhooks import WebhookSettings
 from shared import ari
 from shared.db import create_pool, migrate_url
 from shared.money import Money
+from shared.outbox import isoformat
 from shared.phone import E164
 from tests.integration import callback_db
 
@@ -375,3 +379,62 @@ def answered_cdr(callback_id: str, channel_id: str, cost: Money) -> StoredCdr:
                                duration_s=Decimal("300"), hangup_cause=16,
                                disposition="answered"),
                      "edge-call", "acme", 300, cost, None)
+
+
+async def test_a_missed_call_backs_finish_with_its_notification_is_one_round_trip(
+        counted: tuple[asyncpg.Pool, Statements], pg_url: str) -> None:
+    """A round that closes the job ``failed`` (its last leg declined) for a merchant whose
+    channel takes ``callback_missed``: the notification, its delivery and the wake-up of
+    the delivery worker are in the finish's one statement (6 round trips before: BEGIN,
+    the statement, the notification's three statements, COMMIT), the same facts as the
+    notification queued in Python; a finish that does not know the merchant before (none
+    of its round or leg) still queues it, in a transaction."""
+    pool, statements = counted
+    await callback_db.emptied(pool)
+    await pool.execute("TRUNCATE callback_round_flows, notifications CASCADE")
+    notify = NotifySettings(channels=(Channel(
+        "acme", "missed", Kind.SLACK, frozenset({Event.CALLBACK_MISSED}),
+        WebhookSettings("https://hooks.example.jp/missed")),))
+    guard = Guard(pool, GuardSettings())
+    store = CallbackStore(pool, owner="w1", guard=guard, notify=notify)
+    listener = await asyncpg.connect(pg_url)
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(notify_outbox.CHANNEL, lambda *a: woken.put_nowait(a[2]))
+    try:
+        callback_id, channel_id, number = await answered_leg(store, guard, 5, False)
+        statements.transactions.clear()
+        assert await store.finish(
+            callback_id, Finish("failed", Reason.DECLINED, 1),
+            ended=LegEnd(channel_id, "ended", 21, None),
+            round_end=RoundEnd(callback_id, 1, number, "acme", rang=False, confirmed=False))
+        finish, = finishes(statements)
+        assert finish.round_trips == 1, "\n".join(finish.statements)
+        assert "INSERT INTO notifications" in finish.statements[0]
+        await asyncio.wait_for(woken.get(), 5)
+        other, _, _ = await answered_leg(store, guard, 6, False)
+        statements.transactions.clear()
+        assert await store.finish(other, Finish("failed", Reason.NO_ANSWER, 1))
+        second, = finishes(statements)
+        assert second.block
+        await asyncio.wait_for(woken.get(), 5)
+        rows = await pool.fetch(
+            "SELECT n.merchant_id, n.event, n.fact_key, n.facts, d.channel, r.received_at "
+            "FROM notifications n JOIN notification_deliveries d ON d.notification_id = n.id "
+            "JOIN callback_requests r ON n.fact_key = 'callback_missed:' || r.callback_id "
+            "ORDER BY n.id")
+        assert [(r["merchant_id"], r["event"], r["fact_key"], r["channel"]) for r in rows] \
+            == [("acme", "callback_missed", f"callback_missed:{job}", "missed")
+                for job in (callback_id, other)]
+        assert [r["facts"] for r in rows] == [
+            {"caller": str(E164(f"8190777700{n}0")), "at": isoformat(r["received_at"]),
+             "reason": reason, "attempts": 1, "edge_call_id": r["facts"]["edge_call_id"]}
+            for n, reason, r in zip((5, 6), ("declined", "no_answer"), rows, strict=True)]
+        assert all(r["facts"]["edge_call_id"].startswith("edge-") for r in rows)
+        # a finish sent again (its reply lost): the job is no longer ours, nothing queued
+        assert not await store.finish(
+            callback_id, Finish("failed", Reason.DECLINED, 1),
+            round_end=RoundEnd(callback_id, 1, number, "acme", rang=False, confirmed=False))
+        assert await pool.fetchval("SELECT count(*) FROM notifications") == 2
+    finally:
+        await listener.close()
+        await guard.alerter.close()
