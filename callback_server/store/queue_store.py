@@ -10,6 +10,7 @@ queued as a ``callback_missed`` notification to the merchant's channels that tak
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -380,7 +381,9 @@ class QueueStore(StoreBase):
             log.error("finish %s: the job's merchant is %s, not %s: its missed call-back "
                       "notified after its finish", callback_id, row["merchant_id"],
                       merchant_id)
-        async with conn.transaction():
+        async with contextlib.AsyncExitStack() as block:
+            if not conn.is_in_transaction():    # after a statement that committed alone
+                await block.enter_async_context(conn.transaction())
             await enqueue_notification(
                 conn, self.notify, merchant_id=row["merchant_id"],
                 event=Event.CALLBACK_MISSED, fact_key=f"callback_missed:{callback_id}",

@@ -98,6 +98,9 @@ class Statements:
 
     open: dict[int, list[str]] = field(default_factory=dict)
     transactions: list[Transaction] = field(default_factory=list)
+    #: each backend's logger (by its pid), added once to its connection
+    loggers: dict[int, Callable[[asyncpg.connection.LoggedQuery], None]] = field(
+        default_factory=dict)
 
     def seen(self, key: int, logged: asyncpg.connection.LoggedQuery) -> None:
         text = " ".join(logged.query.split())
@@ -120,14 +123,26 @@ async def counted(pg_url: str) -> AsyncIterator[tuple[asyncpg.Pool, Statements]]
     await (await callback_db.open_pool(pg_url, [ACME])).close()     # migrated, synced
     statements = Statements()
     pool = await create_pool(pg_url, min_size=20, max_size=20)    # as the site's, all open
-    held = [await pool.acquire() for _ in range(20)]
-    for conn in held:
-        conn.add_query_logger(functools.partial(statements.seen, id(conn)))
-    for conn in held:
-        await pool.release(conn)
+    await logged(pool, statements)
     await callback_db.emptied(pool)
     yield pool, statements
     await pool.close()
+
+
+async def logged(pool: asyncpg.Pool, statements: Statements) -> None:
+    """Every connection of the pool seen by ``statements``: again after a worker ran (its
+    ``shared.db.watching`` replaces the pool's connections when it stops), each backend
+    once."""
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        for conn in held:
+            pid = conn.get_server_pid()
+            if pid not in statements.loggers:
+                statements.loggers[pid] = functools.partial(statements.seen, pid)
+            conn.add_query_logger(statements.loggers[pid])
+    finally:
+        for conn in held:
+            await pool.release(conn)
 
 
 @dataclass
@@ -146,8 +161,8 @@ class Running:
 
 
 @asynccontextmanager
-async def running(pool: asyncpg.Pool, pg_url: str, *, billing: bool
-                  ) -> AsyncIterator[Running]:
+async def running(pool: asyncpg.Pool, pg_url: str, statements: Statements, *,
+                  billing: bool) -> AsyncIterator[Running]:
     """The tables emptied, then a worker with the guard (and ``billing``: the billing
     records' customer legs) as the site runs it, until the block ends."""
     await callback_db.emptied(pool)
@@ -166,6 +181,7 @@ async def running(pool: asyncpg.Pool, pg_url: str, *, billing: bool
     task = asyncio.create_task(worker.run())
     try:
         await asyncio.sleep(0.3)                      # LISTEN is up, the first sweep done
+        await logged(pool, statements)
         yield Running(pool, fake, guard, probe)
     finally:
         await worker.shutdown()
@@ -183,7 +199,7 @@ def finishes(statements: Statements) -> list[Transaction]:
 async def test_one_declined_call_back_costs_at_most_n_transactions(
         counted: tuple[asyncpg.Pool, Statements], pg_url: str, billing: bool) -> None:
     pool, statements = counted
-    async with running(pool, pg_url, billing=billing) as run:
+    async with running(pool, pg_url, statements, billing=billing) as run:
         probe = run.probe
         # warm: the statements prepared, their types introspected (numbers of their own:
         # a number's second unconfirmed round is locked, a finish in a transaction)
@@ -223,7 +239,7 @@ async def test_a_finish_whose_customer_leg_records_wait_sends_them_in_its_transa
     first): the finish's statement alone is undone and the finish runs as a transaction
     that sends the record with the leg, once."""
     pool, statements = counted
-    async with running(pool, pg_url, billing=True) as run:
+    async with running(pool, pg_url, statements, billing=True) as run:
         async def kept(channel_id: str) -> None:
             record = records.BillingRecord.from_json({**records.EXAMPLE,
                                                       "merchant_id": "acme"})
@@ -254,7 +270,7 @@ async def test_a_finish_the_velocity_rules_act_on_locks_the_number_in_its_transa
     the round and locks the number."""
     pool, statements = counted
     number = E164("819066666666")
-    async with running(pool, pg_url, billing=True) as run:
+    async with running(pool, pg_url, statements, billing=True) as run:
         await pool.execute("TRUNCATE guard_rounds")
         async with pool.acquire() as conn, conn.transaction():
             await run.guard.record_round(conn, RoundEnd("cb-earlier", 1, number, "acme",
@@ -319,6 +335,7 @@ async def test_an_answered_finish_with_its_spend_is_one_round_trip(
         currency="USD", global_limits=CapLimits(), trunk_default=CapLimits(),
         merchants={"acme": cap})))
     store = CallbackStore(pool, owner="w1", guard=guard, customer_legs=billing)
+    await logged(pool, statements)
     try:
         for n, cost in enumerate(("0.70", "0.40")):        # the second one crosses 1.00
             callback_id, channel_id, number = await answered_leg(store, guard, n, billing)
@@ -397,6 +414,7 @@ async def test_a_missed_call_backs_finish_with_its_notification_is_one_round_tri
         WebhookSettings("https://hooks.example.jp/missed")),))
     guard = Guard(pool, GuardSettings())
     store = CallbackStore(pool, owner="w1", guard=guard, notify=notify)
+    await logged(pool, statements)
     listener = await asyncpg.connect(pg_url)
     woken: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(notify_outbox.CHANNEL, lambda *a: woken.put_nowait(a[2]))
