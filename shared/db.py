@@ -244,6 +244,18 @@ async def watching(pool: Pool, notice: str, on_written: Callable[[], None],
             await pool.expire_connections()
 
 
+def transaction_over(pool: Pool, conn: Connection) -> None:
+    """Tell the watchers (:func:`watching`) now of the notices ``conn`` was sent, its
+    transaction being over, rather than when it goes back to ``pool``: for a caller that
+    keeps a pooled connection across transactions (the held connections of
+    :class:`shared.intake_batch.GroupCommit`), whose watchers would otherwise hear only
+    when it is released, which may be never. Nothing for a connection not watched."""
+    if isinstance(pool, _TimedPool):
+        hold = pool._holds.get(id(conn))
+        if hold is not None:
+            hold.over()
+
+
 @dataclass(frozen=True, slots=True)
 class _Watch:
     notice: str
@@ -269,7 +281,12 @@ class _Hold:
 
     def back(self) -> None:
         self.released = True
-        for n in self.written:
+        self.over()
+
+    def over(self) -> None:
+        """The transaction is over: tell each watch once of what it heard so far."""
+        written, self.written = self.written, set()
+        for n in written:
             self.watches[n].on_written()
 
 

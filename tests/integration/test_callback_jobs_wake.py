@@ -19,6 +19,7 @@ import pytest
 
 import callback_server
 import shared
+from callback_server.intake import CallbackIntake
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.worker import IN_PROCESS_SESSION, QUEUED_NOTICE
@@ -101,6 +102,28 @@ async def test_a_request_stored_in_the_workers_process_wakes_it_without_a_notify
             assert took < PROMPT_S
             assert worker_running()[-1][1] == f"{callback_id}-01"  # type: ignore[index]
         assert await _heard(notes, 0.3) == []
+
+
+async def test_a_request_stored_by_the_batcher_wakes_the_worker_though_it_keeps_its_connection(
+        clean: asyncpg.Pool, pg_url: str, worker_running: Callable[[], list[object]]) -> None:
+    """The site's intake (:class:`CallbackIntake`) keeps its connections between batches:
+    the worker is told at each batch's commit, not when the connection goes back to the
+    pool (never, while the batcher runs): found by the sweep at 50/s, where call-backs
+    waited for the worker's 5 s sweep."""
+    batcher = CallbackIntake(CallbackStore(clean, owner="edge"))
+    try:
+        async with listening(pg_url, JOBS) as notes:
+            for n in range(1, 4):
+                now = datetime.now(UTC)
+                req = IntakeRequest(f"edge-b{n}", "acme", E164("819012345678"), None, now, now,
+                                    "early_media")
+                _, body = await batcher.submit(f"m-b{n}", req, ACME)
+                await _within(lambda n=n: len(worker_running()) >= n, PROMPT_S)  # type: ignore[misc]
+                assert worker_running()[-1][1] == f"{body['callback_id']}-01"  # type: ignore[index]
+            assert await _heard(notes, 0.3) == []
+        assert batcher._idle, "the batcher kept its connection"
+    finally:
+        await batcher.close()
 
 
 async def test_a_session_not_marked_still_notifies_and_wakes_the_worker(
