@@ -17,14 +17,28 @@ PACKAGES="asterisk,asterisk-modules,asterisk-core-sounds-en-wav"
 
 log() { printf '[provision-root] %s\n' "$*" >&2; }
 
-if [ -f "$MARKER" ] && [ -x "$ROOT/usr/sbin/asterisk" ]; then
+provisioned() { [ -f "$MARKER" ] && [ -x "$ROOT/usr/sbin/asterisk" ]; }
+reuse() {
     log "reusing $ROOT ($(chroot "$ROOT" asterisk -V 2>/dev/null || echo 'version unknown'))"
     exit 0
-fi
+}
+
+provisioned && reuse
 
 if [ "$(id -u)" -ne 0 ]; then
     log "must run as root (debootstrap and chroot need it)"; exit 2
 fi
+
+# One build at a time: test runs and benches started together each find the root missing
+# and would otherwise debootstrap into the same $ROOT.partial and move it over each
+# other. The first takes the lock and builds; the others wait for it (up to 15 min), then
+# find the marker and reuse the root.
+mkdir -p "$(dirname "$ROOT")"
+exec 9>"$ROOT.lock"
+if ! flock -w 900 9; then
+    log "another provisioning of $ROOT has held $ROOT.lock for 15 minutes; giving up"; exit 1
+fi
+provisioned && reuse
 
 if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"
@@ -35,8 +49,10 @@ if [ -e "$ROOT" ]; then
     log "removing incomplete root $ROOT"
     rm -rf "$ROOT"
 fi
-mkdir -p "$(dirname "$ROOT")"
 tmp="$ROOT.partial"
+# a build killed part-way may leave debootstrap's mounts (/proc, /sys) in it: rm -rf
+# would then walk into them and fail
+awk -v p="$tmp/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r umount -l
 rm -rf "$tmp"
 
 log "debootstrap sid into $tmp (about 45 s)"
