@@ -13,11 +13,13 @@ the machine's speed hits all alike), each a variant of the running edge Asterisk
 run time and undone after:
 
 * ``current``: as ``deploy/asterisk/edge`` installs it;
-* ``quiet full.log``: full.log without ``verbose`` and ``dtmf`` (logger.conf rewritten in
-  the root and ``logger reload``);
-* ``no unused modules``: the modules nothing on the edge uses unloaded
-  (``module unload``; loaded again after): :data:`UNUSED_MODULES`;
-* ``both``: the two together.
+* ``+ verbose, dtmf``: full.log with ``verbose`` and ``dtmf`` again, as before the cut
+  (logger.conf rewritten in the root and ``logger reload``);
+* ``+ unused modules``: the modules nothing on the edge uses, which modules.conf loaded
+  before the cut (``module load``; unloaded again after): :data:`UNUSED_MODULES`;
+* ``as before``: the two together: the edge Asterisk as it was configured before;
+* ``0.1 s announcement``: the announcement's files swapped for 0.1 s of silence (restored
+  after): the baseline that tells the announcement's cost from the rest of the call's.
 
 Per phase it prints the edge Asterisk's CPU (``/proc/<pid>/stat``, all threads) less what
 it uses idle (measured for ``--idle-s`` first) per call, that CPU by thread name
@@ -53,17 +55,17 @@ if TYPE_CHECKING:
     from tests.harness.asterisk import AsteriskSite
     from tests.harness.sipp import SippRole
 
-#: full.log's line in deploy/asterisk/edge/logger.conf, and without verbose and dtmf
-FULL_LOG = "full.log => notice,warning,error,verbose,dtmf"
-QUIET_FULL_LOG = "full.log => notice,warning,error"
+#: full.log's line in deploy/asterisk/edge/logger.conf, and with verbose and dtmf as before
+QUIET_FULL_LOG = "full.log => notice,warning,error\n"
+FULL_LOG = "full.log => notice,warning,error,verbose,dtmf\n"
 
-#: loaded by deploy/asterisk/edge/modules.conf, used by nothing on the edge (neither the
-#: dialplan nor the edge server's ARI requests), in an order ``module unload`` accepts
-#: (``res_stasis_recording`` and ``res_stasis_snoop`` are unused too, but ``res_ari_channels``
-#: requires them)
-UNUSED_MODULES = ("res_ari_recordings.so", "res_ari_device_states.so",
-                  "res_stasis_device_state.so", "res_ari_sounds.so", "app_echo.so",
-                  "format_wav_gsm.so", "format_gsm.so", "codec_gsm.so")
+#: loaded by deploy/asterisk/edge/modules.conf before the cut, used by nothing on the edge
+#: (neither the dialplan nor the edge server's ARI requests), in an order ``module load``
+#: accepts (``res_stasis_recording`` and ``res_stasis_snoop`` are unused too, but
+#: ``res_ari_channels`` requires them)
+UNUSED_MODULES = ("codec_gsm.so", "format_gsm.so", "format_wav_gsm.so", "app_echo.so",
+                  "res_stasis_device_state.so", "res_ari_device_states.so",
+                  "res_ari_recordings.so", "res_ari_sounds.so")
 
 #: seconds between two readings of the Asterisk's threads
 THREAD_EVERY_S = 0.2
@@ -78,14 +80,14 @@ SHORT_S = 0.1
 @dataclass(frozen=True)
 class Variant:
     name: str
-    quiet_log: bool = False
-    unload: bool = False
+    verbose_log: bool = False
+    load: bool = False
     short: bool = False     # the announcement swapped for SHORT_S of silence: a baseline
 
 
-VARIANTS = (Variant("current"), Variant("quiet full.log", quiet_log=True),
-            Variant("no unused modules", unload=True),
-            Variant("both", quiet_log=True, unload=True),
+VARIANTS = (Variant("current"), Variant("+ verbose, dtmf", verbose_log=True),
+            Variant("+ unused modules", load=True),
+            Variant("as before", verbose_log=True, load=True),
             Variant("0.1 s announcement", short=True))
 
 
@@ -186,11 +188,11 @@ class ThreadWatch:
 
 
 @contextlib.contextmanager
-def _quiet_full_log(site: AsteriskSite, logger_conf: Path) -> Iterator[None]:
+def _verbose_full_log(site: AsteriskSite, logger_conf: Path) -> Iterator[None]:
     configured = logger_conf.read_text()
-    if FULL_LOG not in configured:
-        raise RuntimeError(f"{logger_conf} has no line {FULL_LOG!r}")
-    logger_conf.write_text(configured.replace(FULL_LOG, QUIET_FULL_LOG))
+    if QUIET_FULL_LOG not in configured:
+        raise RuntimeError(f"{logger_conf} has no line {QUIET_FULL_LOG.strip()!r}")
+    logger_conf.write_text(configured.replace(QUIET_FULL_LOG, FULL_LOG))
     try:
         site.cli("logger reload")
         yield
@@ -200,18 +202,18 @@ def _quiet_full_log(site: AsteriskSite, logger_conf: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _unloaded(site: AsteriskSite) -> Iterator[None]:
-    unloaded: list[str] = []
+def _loaded(site: AsteriskSite) -> Iterator[None]:
+    loaded: list[str] = []
     try:
         for module in UNUSED_MODULES:
-            out = site.cli(f"module unload {module}")
-            if "Unloaded" not in out:
-                raise RuntimeError(f"module unload {module}: {out.strip()}")
-            unloaded.append(module)
+            out = site.cli(f"module load {module}")
+            if "Loaded" not in out:
+                raise RuntimeError(f"module load {module}: {out.strip()}")
+            loaded.append(module)
         yield
     finally:
-        for module in reversed(unloaded):
-            site.cli(f"module load {module}")
+        for module in reversed(loaded):
+            site.cli(f"module unload {module}")
 
 
 @contextlib.contextmanager
@@ -247,10 +249,10 @@ def _short_announcement(site: AsteriskSite) -> Iterator[None]:
 @contextlib.contextmanager
 def _variant(site: AsteriskSite, variant: Variant, logger_conf: Path) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
-        if variant.quiet_log:
-            stack.enter_context(_quiet_full_log(site, logger_conf))
-        if variant.unload:
-            stack.enter_context(_unloaded(site))
+        if variant.verbose_log:
+            stack.enter_context(_verbose_full_log(site, logger_conf))
+        if variant.load:
+            stack.enter_context(_loaded(site))
         if variant.short:
             stack.enter_context(_short_announcement(site))
         yield
