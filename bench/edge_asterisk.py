@@ -390,6 +390,13 @@ async def _run(args: argparse.Namespace) -> int:
                   f"{args.idle_s:.0f} s; {args.rounds} rounds of {args.calls} calls at "
                   f"{args.rate:g}/s a phase; work in {workdir}", flush=True)
             index = 0
+            if args.warmup:     # the first phase of a run costs more, whichever it is
+                warm = await _phase(sites, Variant("warm-up"), index, args.warmup, args.rate,
+                                    pid, log, logger_conf, workdir, 0.0)
+                index += 1
+                own = warm.asterisk_s - idle_per_s * warm.wall_s
+                print(f"  {'warm-up (not counted)':20} {own / warm.calls * 1000:6.2f} ms a call",
+                      flush=True)
             for round_ in range(args.rounds):
                 for variant in variants:
                     perf_s = args.perf if round_ == 0 and variant is variants[0] else 0.0
@@ -448,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="calls started a second")
     parser.add_argument("--rounds", type=int, default=2,
                         help="times every variant runs, the variants interleaved")
+    parser.add_argument("--warmup", type=int, default=100,
+                        help="calls of an untimed phase first (0: none): a run's first phase "
+                        "cost 1-3 ms a call more than the same variant later")
     parser.add_argument("--idle-s", type=float, default=10.0,
                         help="seconds the idle Asterisk's CPU is measured first")
     parser.add_argument("--variants", type=lambda s: [v.strip() for v in s.split(",")],
