@@ -13,7 +13,7 @@ the machine's speed hits all alike), each a variant of the running edge Asterisk
 run time and undone after:
 
 * ``current``: as ``deploy/asterisk/edge`` installs it;
-* ``+ verbose, dtmf``: full.log with ``verbose`` and ``dtmf`` again, as before the cut
+* ``+ verbose and dtmf``: full.log with ``verbose`` and ``dtmf`` again, as before the cut
   (logger.conf rewritten in the root and ``logger reload``);
 * ``+ unused modules``: the modules nothing on the edge uses, which modules.conf loaded
   before the cut (``module load``; unloaded again after): :data:`UNUSED_MODULES`;
@@ -85,7 +85,7 @@ class Variant:
     short: bool = False     # the announcement swapped for SHORT_S of silence: a baseline
 
 
-VARIANTS = (Variant("current"), Variant("+ verbose, dtmf", verbose_log=True),
+VARIANTS = (Variant("current"), Variant("+ verbose and dtmf", verbose_log=True),
             Variant("+ unused modules", load=True),
             Variant("as before", verbose_log=True, load=True),
             Variant("0.1 s announcement", short=True))
