@@ -250,19 +250,26 @@ def _report(results: list[Result], idle_per_s: float, media_s: float) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_full_log(site: AsteriskSite, logger_conf: Path) -> Iterator[None]:
-    """full.log without verbose and dtmf inside (the running Asterisk reloads its logger);
-    the installed logger.conf again after."""
+def logger_line_swapped(site: AsteriskSite, logger_conf: Path, line: str,
+                        replacement: str) -> Iterator[None]:
+    """``logger_conf`` with its whole line ``line`` replaced by ``replacement`` inside (the
+    running Asterisk reloads its logger); the installed logger.conf again after."""
     configured = logger_conf.read_text()
-    if FULL_LOG not in configured:
-        raise RuntimeError(f"{logger_conf} has no line {FULL_LOG!r}")
-    logger_conf.write_text(configured.replace(FULL_LOG, QUIET_FULL_LOG))
+    if f"{line}\n" not in configured:
+        raise RuntimeError(f"{logger_conf} has no line {line!r}")
+    logger_conf.write_text(configured.replace(f"{line}\n", f"{replacement}\n"))
     try:
         site.cli("logger reload")
         yield
     finally:
         logger_conf.write_text(configured)
         site.cli("logger reload")
+
+
+def _quiet_full_log(site: AsteriskSite, logger_conf: Path
+                    ) -> contextlib.AbstractContextManager[None]:
+    """full.log without verbose and dtmf inside."""
+    return logger_line_swapped(site, logger_conf, FULL_LOG, QUIET_FULL_LOG)
 
 
 def _size(path: Path) -> int:

@@ -50,14 +50,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.asterisk_media import logger_line_swapped
+
 if TYPE_CHECKING:
     from tests.faults.sites import Sites
     from tests.harness.asterisk import AsteriskSite
     from tests.harness.sipp import SippRole
 
 #: full.log's line in deploy/asterisk/edge/logger.conf, and with verbose and dtmf as before
-QUIET_FULL_LOG = "full.log => notice,warning,error\n"
-FULL_LOG = "full.log => notice,warning,error,verbose,dtmf\n"
+QUIET_FULL_LOG = "full.log => notice,warning,error"
+FULL_LOG = "full.log => notice,warning,error,verbose,dtmf"
 
 #: loaded by deploy/asterisk/edge/modules.conf before the cut, used by nothing on the edge
 #: (neither the dialplan nor the edge server's ARI requests), in an order ``module load``
@@ -187,18 +189,10 @@ class ThreadWatch:
 # ---- the variants -------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _verbose_full_log(site: AsteriskSite, logger_conf: Path) -> Iterator[None]:
-    configured = logger_conf.read_text()
-    if QUIET_FULL_LOG not in configured:
-        raise RuntimeError(f"{logger_conf} has no line {QUIET_FULL_LOG.strip()!r}")
-    logger_conf.write_text(configured.replace(QUIET_FULL_LOG, FULL_LOG))
-    try:
-        site.cli("logger reload")
-        yield
-    finally:
-        logger_conf.write_text(configured)
-        site.cli("logger reload")
+def _verbose_full_log(site: AsteriskSite, logger_conf: Path
+                      ) -> contextlib.AbstractContextManager[None]:
+    """full.log with verbose and dtmf again inside (the config before the cut)."""
+    return logger_line_swapped(site, logger_conf, QUIET_FULL_LOG, FULL_LOG)
 
 
 @contextlib.contextmanager
