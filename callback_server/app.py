@@ -271,10 +271,8 @@ def create_intake_app(settings: CallbackSettings) -> web.Application:
     ``GET /v1/callbacks/{id}``, ``/healthz`` and the guard's routes, over the database.
 
     No relay, rates, ARI, jobs or housekeeping: the site's full process (``create_app``)
-    runs those and serves the same routes. Its worker hears of a request this process
-    stores by the ``callback_jobs`` NOTIFY (this process's sessions are not marked for
-    the in-process wake, migration 1010), and of one it stores itself without a NOTIFY,
-    at the commit (``shared.db.watching``). Extra intake processes share its port
+    runs those, serves the same routes, and wakes on each stored request's NOTIFY
+    whichever process stored it. Extra intake processes share its port
     (``[http] reuse_port``) when one core's worth of intake is not enough."""
     app = _intake_app(settings, "intake")
     app[HEALTH_KEY].ari_state = lambda: "not used (intake role)"

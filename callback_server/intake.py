@@ -23,7 +23,6 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.store.intake_store import Intake
 from shared.config import Merchant
-from shared.db import transaction_over
 from shared.intake_batch import GroupCommit, IntakeFailed
 from shared.link import Answer
 
@@ -53,8 +52,4 @@ class CallbackIntake(GroupCommit[Intake]):
 
     async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, Intake]]
                     ) -> Mapping[str, Answer]:
-        answers = await self.store.intake_batch(conn, batch)
-        # committed: this process's job worker (and outbox relay) told now, as the batcher
-        # keeps its connection for the next batch instead of returning it to the pool
-        transaction_over(self.store.pool, conn)
-        return answers
+        return await self.store.intake_batch(conn, batch)

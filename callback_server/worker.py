@@ -1,14 +1,10 @@
 """Job pickup: LISTEN, claim with SKIP LOCKED, lease + heartbeat, rescue, run calls.
 
-Hot path (no polling): a job stored or queued again through this process's pool
-wakes the worker in the process once its transaction is over (the trigger sends the
-session the NOTICE :data:`QUEUED_NOTICE`, no NOTIFY: migration 1010,
-:func:`shared.db.watching`); one queued by any other session (an intake-only process, a
-CLI) NOTIFYs ``callback_jobs``, which the worker LISTENs to. Either way the worker claims
-at once, and the claim says when the next job not claimed is due, for which it arms a
-timer (``pre_callback_delay_s``). A slow safety sweep (``sweep_s``) catches what a wake-up
-cannot: timers lost in a restart, jobs another full callback server queued for its own
-worker, and leases that expired (rescue).
+Hot path (no polling): the intake transaction's trigger NOTIFYs
+``callback_jobs`` with the job's due time; the worker claims at once when it
+is due, or arms a timer for that moment (``pre_callback_delay_s``). A slow
+safety sweep (``sweep_s``) catches what a notification cannot: timers lost in
+a restart, retries due later, and leases that expired (rescue).
 
 A claimed job is run by :class:`~callback_server.call_runner.CallRunner` (a web
 click-to-call's by :class:`~callback_server.click_runner.ClickRunner`). Before
@@ -70,7 +66,7 @@ from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from ivr_platform.hours import BusinessHours
 from shared import ari, logs
 from shared.config import CarrierQuality, Merchant, OutsideHours
-from shared.db import listening, watching
+from shared.db import listening
 from shared.money import Money
 from shared.phone import E164
 from shared.refusals import Refusal
@@ -81,12 +77,6 @@ if TYPE_CHECKING:
     from callback_server.reconcile import LegSettler
 
 log = logging.getLogger("callback.worker")
-
-#: what the sessions of a process whose worker runs set: the jobs they queue are told to
-#: that worker by :data:`QUEUED_NOTICE` instead of a NOTIFY (migration 1010)
-IN_PROCESS_SESSION = {"cbgw.jobs_wake": "in-process"}
-#: the NOTICE a marked session gets for each statement that queues a job
-QUEUED_NOTICE = "callback_jobs: queued"
 
 
 class RouteSource(Protocol):
@@ -153,34 +143,26 @@ class Worker:
     # --- main loop ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Claim and run jobs until cancelled; survives database outages.
-
-        Meanwhile the jobs queued through the store's pool wake it in the process, without
-        a NOTIFY (:data:`IN_PROCESS_SESSION`); once it stops, they NOTIFY again."""
+        """Claim and run jobs until cancelled; survives database outages."""
         beat = asyncio.create_task(self._heartbeat_loop(), name="callback heartbeat")
         try:
-            async with watching(self.store.pool, QUEUED_NOTICE, self._wake.set,
-                                session=IN_PROCESS_SESSION):
-                await self._run()
+            while not self._stopping:
+                try:
+                    async with listening(self.db_url, JOBS_CHANNEL) as notes, \
+                            listening(self.db_url, CONTROL_CHANNEL) as controls:
+                        reader = asyncio.create_task(self._read_notes(notes))
+                        # an operator's control of a consultation this process runs
+                        control = asyncio.create_task(deliver_controls(controls, self.calls))
+                        try:
+                            await self._loop()
+                        finally:
+                            reader.cancel()
+                            control.cancel()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("worker lost the database (%s); retrying in 1 s", exc)
+                    await asyncio.sleep(1.0)
         finally:
             beat.cancel()
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                async with listening(self.db_url, JOBS_CHANNEL) as notes, \
-                        listening(self.db_url, CONTROL_CHANNEL) as controls:
-                    reader = asyncio.create_task(self._read_notes(notes))
-                    # an operator's control of a consultation this process runs
-                    control = asyncio.create_task(deliver_controls(controls, self.calls))
-                    try:
-                        await self._loop()
-                    finally:
-                        reader.cancel()
-                        control.cancel()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("worker lost the database (%s); retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -237,7 +219,7 @@ class Worker:
         if len(self._tasks) == self.settings.max_calls - 1:
             # A slot is free where none was: due jobs may have been left unclaimed. Not
             # full, every due job was claimed, and a job queued later wakes the loop by
-            # its NOTICE or NOTIFY (a retry's and a give-back's too).
+            # its NOTIFY (a retry's and a give-back's too).
             self._wake.set()
 
     async def _heartbeat_loop(self) -> None:

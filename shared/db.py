@@ -217,9 +217,8 @@ async def watching(pool: Pool, notice: str, on_written: Callable[[], None],
     its first acquire meanwhile), and ``on_written()`` is called when a connection that
     was sent the NOTICE ``notice`` (a trigger's ``RAISE NOTICE``) is back in the pool, so
     its transaction is over (committed; or rolled back, and the call is spurious). On the
-    way out, once no other watch sets the same settings, the connections that carry
-    them are replaced. Several watches may be inside at once (the outbox relay's and the
-    callback job worker's). Yields False, and watches nothing, for a pool not made by
+    way out, once no one watches, the connections that carry those settings are
+    replaced. Yields False, and watches nothing, for a pool not made by
     :func:`create_pool`.
 
     For work that tells a process's own task of a commit without a NOTIFY (the outbox
@@ -231,29 +230,13 @@ async def watching(pool: Pool, notice: str, on_written: Callable[[], None],
         return
     watch = _Watch(notice, on_written, dict(session))
     pool.watches.append(watch)
-    # the connections set up for the watches before this one carry their settings only:
-    # each is set up again, with every watch's, on its next acquire
-    pool.set_up.clear()
     try:
         yield True
     finally:
         pool.watches.remove(watch)
-        still = {name for w in pool.watches for name in w.session}
-        if not pool.watches or not watch.session.keys() <= still:
+        if not pool.watches:
             pool.set_up.clear()
             await pool.expire_connections()
-
-
-def transaction_over(pool: Pool, conn: Connection) -> None:
-    """Tell the watchers (:func:`watching`) now of the notices ``conn`` was sent, its
-    transaction being over, rather than when it goes back to ``pool``: for a caller that
-    keeps a pooled connection across transactions (the held connections of
-    :class:`shared.intake_batch.GroupCommit`), whose watchers would otherwise hear only
-    when it is released, which may be never. Nothing for a connection not watched."""
-    if isinstance(pool, _TimedPool):
-        hold = pool._holds.get(id(conn))
-        if hold is not None:
-            hold.over()
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,12 +264,7 @@ class _Hold:
 
     def back(self) -> None:
         self.released = True
-        self.over()
-
-    def over(self) -> None:
-        """The transaction is over: tell each watch once of what it heard so far."""
-        written, self.written = self.written, set()
-        for n in written:
+        for n in self.written:
             self.watches[n].on_written()
 
 

@@ -2,8 +2,7 @@
 
 A batch of requests is one transaction (:meth:`IntakeStore.intake_batch`): the message
 ids with their answers, the request rows (queued, or refused by the guard with its
-reason, which the edge hears through the outbox) and the wake-up of the workers (a
-NOTICE to this process's own worker when it runs, else a NOTIFY: migration 1010).
+reason, which the edge hears through the outbox) and their NOTIFY to the workers.
 """
 
 from __future__ import annotations
@@ -84,9 +83,8 @@ class IntakeStore(StoreBase):
         """Store call-back requests once each; answer ``202 {callback_id, status}``.
 
         One transaction for the whole batch (message ids distinct): the message ids
-        (``inbound_messages``, with their answers), the request rows and the
-        workers' wake-up (trigger: a NOTICE to this process's worker, else a NOTIFY
-        delivered at commit). A message id already stored gets its
+        (``inbound_messages``, with their answers), the request rows and their
+        NOTIFY (trigger; delivered at commit). A message id already stored gets its
         first answer; a new message for a known ``edge_call_id`` (stored, or
         earlier in the batch) gets that call-back and queues nothing.
 
