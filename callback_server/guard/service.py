@@ -435,17 +435,22 @@ class Guard:
                            verdict: Verdict) -> None:
         now = self.clock()
         latched = kind in self.settings.caps.latch
-        if latched and await sql.trip(conn, scope, kind, verdict, now):
+        tripped = latched and await sql.trip(conn, scope, kind, verdict, now)
+        self._cap_announced(scope, kind, verdict, now, tripped=tripped)
+
+    def _cap_announced(self, scope: str, kind: str, verdict: Verdict, now: datetime, *,
+                       tripped: bool) -> None:
+        """A cap reached: alerted when it does not latch; when it latches, counted and
+        alerted only by the statement that tripped it (``tripped``)."""
+        details = {"scope": scope, "kind": kind, "reason": str(verdict.reason)}
+        if kind not in self.settings.caps.latch:
+            self.alerter.alert(Alert("cap_reached", f"{scope}/{kind}", f"cap reached: {verdict}",
+                                     now, details))
+        elif tripped:
             metrics().guard_cap_trips.labels(scope, kind).inc()
             self.alerter.alert(Alert("cap_tripped", f"{scope}/{kind}",
                                      f"cap tripped, originations refused until an operator "
-                                     f"resets it: {verdict}", now,
-                                     {"scope": scope, "kind": kind,
-                                      "reason": str(verdict.reason)}))
-        elif not latched:
-            self.alerter.alert(Alert("cap_reached", f"{scope}/{kind}", f"cap reached: {verdict}",
-                                     now, {"scope": scope, "kind": kind,
-                                           "reason": str(verdict.reason)}))
+                                     f"resets it: {verdict}", now, details))
 
     # --- after a round and per CDR ------------------------------------------------------
 
@@ -557,18 +562,7 @@ class Guard:
         for one in crossed:
             scope = one["scope"]
             verdict = Verdict(caps.reason_for(scope, "spend_daily"), one["detail"])
-            if "spend_daily" not in self.settings.caps.latch:
-                self.alerter.alert(Alert("cap_reached", f"{scope}/spend_daily",
-                                         f"cap reached: {verdict}", now,
-                                         {"scope": scope, "kind": "spend_daily",
-                                          "reason": str(verdict.reason)}))
-            elif one["tripped"]:
-                metrics().guard_cap_trips.labels(scope, "spend_daily").inc()
-                self.alerter.alert(Alert("cap_tripped", f"{scope}/spend_daily",
-                                         f"cap tripped, originations refused until an "
-                                         f"operator resets it: {verdict}", now,
-                                         {"scope": scope, "kind": "spend_daily",
-                                          "reason": str(verdict.reason)}))
+            self._cap_announced(scope, "spend_daily", verdict, now, tripped=one["tripped"])
 
     async def add_spend(self, conn: asyncpg.Connection, carrier_id: str, merchant_id: str,
                         cost: Money) -> None:
