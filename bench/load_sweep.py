@@ -107,6 +107,7 @@ SWEEP_ENV = {
 
 OWN = ("edge server", "callback server", "postgres")
 #: seconds of no calls before the first step, to measure what the stack uses idle
+#: (``--idle``)
 IDLE_S = 10.0
 
 
@@ -447,13 +448,17 @@ class Sweep:
             out[site] = int(rows[0]["n"])
         return out
 
-    async def idle(self, seconds: float) -> None:
-        """What the own processes use a second with no calls (timers, sweeps, probes)."""
+    async def idle(self, seconds: float) -> str:
+        """What the own processes use a second with no calls (timers, sweeps, probes);
+        a line of each process group's CPU seconds a second."""
         self.sampler.start()
         await asyncio.sleep(seconds)
         self.sampler.sample()
         used = self.sampler.used()
         self.idle_own_per_s = sum(used[name] for name in OWN) / seconds
+        return (f"idle {seconds:g} s, CPU ms a second: "
+                + "  ".join(f"{name} {used[name] * 1000 / seconds:.1f}" for name in used)
+                + f"  (own {self.idle_own_per_s * 1000:.1f})")
 
 
 #: a SIP message of a call in a SIPp message log (not the trunks' OPTIONS qualify, every 5 s)
@@ -478,8 +483,8 @@ def knee(steps: list[Step]) -> Step | None:
 
 
 async def run(args: argparse.Namespace) -> list[Step]:
-    rates = [float(r) for r in args.rates.split(",")]
-    top = Decimal(str(max(rates)))
+    rates = [float(r) for r in args.rates.split(",") if r]   # none: the idle stack alone
+    top = Decimal(str(max(rates, default=1.0)))
     edges = asterisks_needed("edge", top, EDGE_HOLD_S)
     callbacks = asterisks_needed("callback", top, CALLBACK_HOLD_S[args.mode])
     workdir = Path(tempfile.mkdtemp(prefix="cbgw-bench-sweep-"))
@@ -493,7 +498,7 @@ async def run(args: argparse.Namespace) -> list[Step]:
                   callback_servers=callbacks, edge_servers=edges)
     async with sites:
         sweep = Sweep(sites, args.mode, workdir)
-        await sweep.idle(IDLE_S)
+        print(await sweep.idle(args.idle), flush=True)
         for index, rate in enumerate(rates):
             step = await sweep.step(index, rate, args.duration)
             print(step.line(), flush=True)
@@ -517,9 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench load_sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("media", "control"), default="media")
-    parser.add_argument("--rates", default="10,20", help="offered call-backs/s, comma-separated")
+    parser.add_argument("--rates", default="10,20",
+                        help="offered call-backs/s, comma-separated (empty: the idle alone)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds a step offers")
     parser.add_argument("--log-level", default="INFO", help="the servers' (as in production)")
+    parser.add_argument("--idle", type=float, default=IDLE_S,
+                        help="seconds of no calls before the first step, measured per process")
     args = parser.parse_args(argv)
     print(speed_line(), flush=True)
     steps = asyncio.run(run(args))
