@@ -125,6 +125,7 @@ class Step:
     ivr_s: float | None            # mean answer -> BYE at carrier B (media)
     transactions: dict[str, int]   # site -> PostgreSQL transactions in its database
     servers: list[str]             # what each server's own metrics said (ServerWatch)
+    wal: WalCounts | None = None   # commits a site, the cluster's WAL (WalCounts)
 
     @property
     def called_back_share(self) -> float:
@@ -159,7 +160,55 @@ class Step:
                 f"        PostgreSQL transactions per call-back: " + ", ".join(
                     f"{site} {count / max(1, self.called_back):.1f}"
                     for site, count in self.transactions.items())
+                + (f"\n        {self.wal.line(self.called_back)}" if self.wal else "")
                 + "".join(f"\n        {line}" for line in self.servers))
+
+
+# --- commits and WAL flushes a call-back (issue #23's WAL flush queue) ---------------------
+# What each call-back costs the one PostgreSQL cluster both sites' databases live on, the
+# yardstick for any change to the commit path: commits of each site's database
+# (``pg_stat_database.xact_commit``) and the cluster's WAL (``pg_stat_wal``: records,
+# bytes, writes and syncs (the flushes a commit waits for), full WAL buffers). The WAL is
+# the cluster's, not a database's (PostgreSQL counts it so): the sweep's stack is the
+# cluster's only user, as the test data dir is its own.
+
+#: ``pg_stat_wal``'s counters the sweep reads, and how a line names them
+WAL_COUNTERS = {"wal_records": "records", "wal_bytes": "bytes", "wal_write": "writes",
+                "wal_sync": "syncs", "wal_buffers_full": "buffers full"}
+
+
+@dataclass(frozen=True)
+class WalCounts:
+    """Commits of each site's database and the cluster's WAL counters: a reading, or the
+    growth between two (``after - before``)."""
+
+    commits: dict[str, int]        # site -> xact_commit of its database
+    wal: dict[str, int]            # WAL_COUNTERS' names -> the cluster's count
+
+    def __sub__(self, before: WalCounts) -> WalCounts:
+        return WalCounts({k: v - before.commits[k] for k, v in self.commits.items()},
+                         {k: v - before.wal[k] for k, v in self.wal.items()})
+
+    def line(self, called_back: int) -> str:
+        n = max(1, called_back)
+        commits = ", ".join(f"{site} {count / n:.2f}" for site, count in self.commits.items())
+        wal = ", ".join(f"{WAL_COUNTERS[k]} {v / n:,.{0 if k == 'wal_bytes' else 2}f}"
+                        for k, v in self.wal.items())
+        per_commit = self.wal["wal_bytes"] / max(1, sum(self.commits.values()))
+        return (f"commits per call-back: {commits}; the cluster's WAL per call-back: {wal} "
+                f"(bytes per commit {per_commit:,.0f})")
+
+
+async def wal_counts(sites: Sites) -> WalCounts:
+    """The commits of each site's database and the cluster's WAL counters, now."""
+    commits = {}
+    for site in ("edge", "callback"):
+        rows = await sites.fetch(site, "SELECT xact_commit FROM pg_stat_database "
+                                       "WHERE datname = current_database()")
+        commits[site] = int(rows[0]["xact_commit"])
+    rows = await sites.fetch("callback", f"SELECT {', '.join(WAL_COUNTERS)} FROM pg_stat_wal")
+    return WalCounts(commits, {k: int(rows[0][k]) for k in WAL_COUNTERS})
+# --- end of the commit and WAL counters ----------------------------------------------------
 
 
 #: the servers' histograms the sweep reads (shared.metrics.Common)
@@ -398,6 +447,7 @@ class Sweep:
                             timeout_s=role_s) as (carrier_a, carrier_b):
             self.sipp = [carrier_a.process.pid, carrier_b.process.pid]
             before = await self.transactions()
+            wal_before = await wal_counts(self.sites)
             await self.watch.start()
             self.sampler.start()
             async with self.activity.over_step():
@@ -410,6 +460,7 @@ class Sweep:
             latencies, _ = latencies_ms(hangup_times(customers), invited)
             ivr = ivr_seconds(carrier_b) if self.mode == "media" else None
             after = await self.transactions()
+            wal = await wal_counts(self.sites) - wal_before
             self.watch.scraped_at = 0.0
             await self.watch.sample()
         called_back = sum(1 for n in numbers if normalise(n).digits in invited)
@@ -418,7 +469,7 @@ class Sweep:
                     p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99),
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
                     ivr_s=ivr, transactions={k: after[k] - before[k] for k in after},
-                    servers=[*self.watch.lines(), *self.activity.lines()])
+                    servers=[*self.watch.lines(), *self.activity.lines()], wal=wal)
 
     async def _drain(self, customers: sipp_harness.SippRole,
                      *roles: sipp_harness.SippRole) -> tuple[dict[str, float], float]:
