@@ -3,8 +3,9 @@
 Concurrent ``POST /v1/link/callbacks`` (and the messages of ``POST
 /v1/link/callbacks/batch``) share one transaction per batch
 (:class:`shared.intake_batch.GroupCommit`): message ids, guard screening under
-per-number locks, request rows, answers, one WAL flush, four round trips
-whatever the batch size (:meth:`callback_server.store.intake_store.IntakeStore.intake_batch`).
+per-number locks, request rows, answers, one WAL flush, one round trip (one statement,
+its own transaction) whatever the batch size
+(:meth:`callback_server.store.intake_store.IntakeStore.intake_batch`).
 Each request is answered only after its batch committed; a batch that fails on
 an SQL error is retried request by request, so one bad request fails alone; an
 unreachable database fails every waiting request (the edge retries). While the

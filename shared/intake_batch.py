@@ -49,7 +49,7 @@ and a batch that raises fails every caller in it with that exception.
 :class:`GroupCommit` adds the intake's failure handling above (message ids,
 retry-the-rest, :class:`IntakeFailed`): :class:`IntakeBatcher` is the
 one-statement writer above; ``callback_server.intake.CallbackIntake`` screens
-and stores call-back requests, guard included, one transaction per batch;
+and stores call-back requests, guard included, one statement per batch;
 ``callback_server.consult_billing.ConsultBilling`` admits consultations (one
 statement a batch) and reserves their first slices (one transaction a batch).
 """

@@ -4,8 +4,9 @@
 where              what                                         refusal stage
 =================  ===========================================  =====================
 intake             policy + lists, lock, velocity, brake —       ``intake``: the request
-(``store.intake_   inside the batch's intake transaction,       row is stored
-batch``)           under per-number advisory locks              ``refused`` + reason
+(``store.intake_   inside the batch's one intake statement      row is stored
+batch``)           (``callback_intake``, migration 1020), under ``refused`` + reason
+                   per-number advisory locks
 before each round  lists + policy again, lock, brake, on facts   ``dial``: job finished
 (``worker``)       read by the job's claim                       ``failed`` + reason
 route choice       caps read: drop capped trunks (not for a      ``dial``: job waits
@@ -169,7 +170,11 @@ class IntakeScreen:
     """The intake decisions of one batch: policy + lists, lock, velocity, brake, per
     request, on facts loaded once (:meth:`Guard.intake_screen`). Requests are judged in
     order; :meth:`accepted` counts one against its number, so the next request for the
-    same number in the batch is judged as if the first were already stored."""
+    same number in the batch is judged as if the first were already stored.
+
+    The intake decides in its statement (``callback_intake``, migration 1020); this is
+    the same rule in Python, held equal to the statement's by
+    tests/integration/test_callback_intake_rule.py."""
 
     def __init__(self, guard: Guard, now: datetime, facts: dict[str, sql.NumberFacts],
                  brake_count: int, load_s: float) -> None:
@@ -243,10 +248,17 @@ class Guard:
                                  merchant_id=merchant_id, callback_id=callback_id,
                                  edge_call_id=edge_call_id, message_id=message_id,
                                  now=self.clock())
+        self.refusal_noted(verdict, stage=stage, number=number, merchant_id=merchant_id,
+                           callback_id=callback_id or edge_call_id)
+
+    def refusal_noted(self, verdict: Verdict, *, stage: str, number: str | None,
+                      merchant_id: str | None, callback_id: str | None) -> None:
+        """Count and log one refusal a statement stored (the intake's ``callback_intake``),
+        as :meth:`refused` does."""
         metrics().guard_refusals.labels(stage, str(verdict.reason),
                                          merchant_id or UNKNOWN_MERCHANT).inc()
         log.warning("refused (%s) %s for %s/%s: %s", stage, number, merchant_id,
-                    callback_id or edge_call_id or "-", verdict)
+                    callback_id or "-", verdict)
 
     # --- before a round -------------------------------------------------------------------
 

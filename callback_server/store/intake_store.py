@@ -1,8 +1,8 @@
 """Intake: call-back requests the edge sends, stored once each with their answers.
 
-A batch of requests is one transaction (:meth:`IntakeStore.intake_batch`): the message
-ids with their answers, the request rows (queued, or refused by the guard with its
-reason, which the edge hears through the outbox) and their NOTIFY to the workers.
+A batch of requests is one statement (:meth:`IntakeStore.intake_batch`, migration 1020):
+the message ids with their answers, the request rows (queued, or refused by the guard with
+its reason, which the edge hears through the outbox) and their NOTIFY to the workers.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,15 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from callback_server.guard.reasons import Verdict
+from callback_server.guard.intake import limits_param, policy_parts
+from callback_server.guard.reasons import Refusal, Verdict
+from callback_server.metrics import callback as metrics
 from callback_server.schemas import IntakeRequest
 from callback_server.store.base import StoreBase
 from shared.config import Merchant
 from shared.link import Answer
-from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
+from shared.outbox import fact_message_id, isoformat
 
 if TYPE_CHECKING:
-    from callback_server.guard.service import IntakeScreen
+    from callback_server.guard.service import Guard
 
 log = logging.getLogger("callback.store")
 
@@ -82,151 +85,87 @@ class IntakeStore(StoreBase):
                            batch: Sequence[tuple[str, Intake]]) -> dict[str, Answer]:
         """Store call-back requests once each; answer ``202 {callback_id, status}``.
 
-        One transaction for the whole batch (message ids distinct): the message ids
-        (``inbound_messages``, with their answers), the request rows and their
-        NOTIFY (trigger; delivered at commit). A message id already stored gets its
-        first answer; a new message for a known ``edge_call_id`` (stored, or
-        earlier in the batch) gets that call-back and queues nothing.
+        One statement for the whole batch (message ids distinct, sorted), sent on its own
+        so it is its own transaction: ``callback_intake`` (migration 1020) stores the
+        message ids (``inbound_messages``, with their answers), the request rows and
+        their NOTIFY (trigger; delivered at commit). A message id already stored gets its
+        first answer; a new message for a known ``edge_call_id`` (stored, or earlier in
+        the batch) gets that call-back and queues nothing.
 
-        With a guard, every number is screened in the transaction (policy,
-        lists, lock, velocity, brake) under per-number advisory locks, requests
-        in message-id order, each judged as if the earlier ones were stored; a
-        refusal stores the row as ``refused`` with its reason code, tells the
-        edge (``callback_status`` ``failed`` + reason) and answers ``202
-        {callback_id, status: "refused", reason}``.
+        With a guard, every number is screened in the statement (policy, lists, lock,
+        velocity, brake) under per-number advisory locks, requests in message-id order,
+        each judged as if the earlier ones were stored; a refusal stores the row as
+        ``refused`` with its reason code, records it (``guard_refusals``), tells the
+        edge (``callback_status`` ``failed`` + reason) and answers ``202 {callback_id,
+        status: "refused", reason}``. The destination policy is decided here, before
+        the statement (:func:`callback_server.guard.intake.policy_parts`), the rest in
+        the statement (the rule held equal to
+        :class:`callback_server.guard.service.IntakeScreen` by a property test).
 
-        Four round trips per batch, whatever its size (migration 0400): BEGIN;
-        ``callback_intake_open``: the number locks, then the stored message ids,
-        the known edge calls and the guard's facts; the statement that stores the
-        batch; COMMIT. Plus three per refusal.
+        One round trip per batch, whatever its size and its refusals (four before
+        migration 1020, plus three a refusal).
 
         Logs one INFO line per commit (how many messages, by status), not one per
         request: the rows are the record, and a line per request with the caller's
         number costs the intake about a tenth of its CPU at full rate (the HTTP
-        handler logs each request at DEBUG).
+        handler logs each request at DEBUG). Each refusal is logged (WARNING) and
+        counted as :meth:`Guard.refused` does.
 
         Raises :class:`MessageRace` (nothing stored) when another transaction
         stored one of the message ids meanwhile: only possible for numbers not
         locked in common, so without a guard; run the batch again.
         """
         guard = self.guard
-        now, brake_since = guard.intake_window() if guard is not None else (None, None)
-        async with conn.transaction():
-            started = time.perf_counter()
-            rows = await conn.fetch(
-                "SELECT kind, key, answer_status, answer, facts"
-                " FROM callback_intake_open($1, $2, $3, $4, $5)",
-                [mid for mid, _ in batch], [item.req.edge_call_id for _, item in batch],
-                None if guard is None else [str(item.req.caller) for _, item in batch],
-                now, brake_since)
-            load_s = time.perf_counter() - started
-            stored: dict[str, Answer] = {}
-            calls: dict[str, Answer] = {}
-            facts = []
-            for row in rows:
-                if row["kind"] == "message":
-                    stored[row["key"]] = (row["answer_status"], _json(row["answer"]))
-                elif row["kind"] == "call":
-                    calls[row["key"]] = (202, _answer(_json(row["answer"])))
-                else:
-                    facts.append(row["facts"])
-            screen = None if guard is None or now is None \
-                else guard.intake_screen(now, facts, load_s)
-            fresh = [(mid, item) for mid, item in batch if mid not in stored]
-            answers = await self._decide_and_store(conn, fresh, calls, screen) if fresh else {}
-        if answers:
-            log.info("stored %d call-back request messages in one commit: %s", len(answers),
-                     dict(Counter(body.get("status") for _, body in answers.values())))
-        if stored:
-            log.info("duplicate callback_request messages %s: returning the first answers",
-                     ", ".join(stored))
-            answers.update(stored)
-        return answers
-
-    async def _decide_and_store(self, conn: asyncpg.Connection,
-                                fresh: Sequence[tuple[str, Intake]], calls: dict[str, Answer],
-                                screen: IntakeScreen | None) -> dict[str, Answer]:
+        started = time.perf_counter()
+        try:
+            rows = await conn.fetch(_INTAKE, *_intake_args(batch, guard))
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == _MESSAGE_RACE:
+                raise MessageRace(str(getattr(exc, "detail", "") or "").split(",")) from None
+            raise
         answers: dict[str, Answer] = {}
-        new: list[_NewRequest] = []
-        for mid, item in fresh:
-            req = item.req
-            known_call = calls.get(req.edge_call_id)
-            if known_call is not None:  # a repeat of a known edge call: its call-back
-                answers[mid] = known_call
-                continue
-            known_number = False
-            if screen is not None:
-                screening = screen.screen(req.caller)
-                if screening.verdict is not None:
-                    answers[mid] = calls[req.edge_call_id] = await self._refuse(
-                        conn, mid, req, item.merchant, screening.verdict)
-                    continue
-                known_number = screening.known
-                screen.accepted(req.caller)
-            request = _NewRequest(mid, item, new_callback_id(), known_number)
-            new.append(request)
-            answers[mid] = calls[req.edge_call_id] = request.answer
-        await self._store_batch(conn, new, answers, None if screen is None else screen.now)
+        repeats: list[str] = []
+        for row in rows:
+            if row["outcome"] == "repeat":
+                answers[row["message_id"]] = (row["answer_status"], _json(row["body"]))
+                repeats.append(row["message_id"])
+            else:
+                answers[row["message_id"]] = (202, _answer(row))
+        self._noted(batch, rows, time.perf_counter() - started)
+        if len(repeats) < len(answers):
+            fresh = [body for mid, (_, body) in answers.items() if mid not in repeats]
+            log.info("stored %d call-back request messages in one commit: %s", len(fresh),
+                     dict(Counter(body.get("status") for body in fresh)))
+        if repeats:
+            log.info("duplicate callback_request messages %s: returning the first answers",
+                     ", ".join(repeats))
         return answers
 
-    async def _store_batch(self, conn: asyncpg.Connection, new: Sequence[_NewRequest],
-                           answers: dict[str, Answer], screened_at: datetime | None) -> None:
-        """The message ids with every answer of the batch, the new request rows and (when
-        ``screened_at``) the guard's counts of them, in one statement."""
-        row = await conn.fetchrow(_STORE_BATCH, *_request_columns(new),
-                                  *_answer_columns(answers), [n.known for n in new],
-                                  screened_at)
-        assert row is not None
-        raced = answers.keys() - set(row["claimed"])
-        if raced:
-            raise MessageRace(sorted(raced))
-        queued = set(row["queued"])
-        lost = {n.callback_id: n.item.req.edge_call_id for n in new
-                if n.callback_id not in queued}
-        if lost:  # stored meanwhile by another transaction (only without the guard's locks)
-            stored = {r["edge_call_id"]: (202, _answer(r)) for r in await conn.fetch(
-                "SELECT edge_call_id, callback_id, status, reason FROM callback_requests"
-                " WHERE edge_call_id = ANY($1::text[])", list(lost.values()))}
-            fixed = {mid: stored[lost[body["callback_id"]]] for mid, (_, body) in answers.items()
-                     if body.get("callback_id") in lost}
-            log.info("edge calls %s already had call-backs", ", ".join(lost.values()))
-            answers.update(fixed)
-            await conn.execute(_UPDATE_ANSWERS, *_answer_columns(fixed))
-        if self.guard is not None and screened_at is not None:
-            self.guard.accepted(len(queued))
-
-    async def _refuse(self, conn: asyncpg.Connection, message_id: str, req: IntakeRequest,
-                      merchant: Merchant, verdict: Verdict) -> Answer:
-        """Keep the refused request (status ``refused`` + reason code) and tell the edge
-        (``callback_status`` ``failed`` with that reason); nothing is queued."""
-        row = await conn.fetchrow(
-            """INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller,
-                   dialed, announce_mode, received_at, hungup_at, message_id, max_attempts,
-                   next_attempt_at, status, reason, finished_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), 'refused', $11, now())
-               ON CONFLICT (edge_call_id) DO NOTHING
-               RETURNING callback_id, status, reason, finished_at""",
-            new_callback_id(), req.edge_call_id, merchant.id, str(req.caller), req.dialed,
-            req.announce_mode, req.received_at, req.hungup_at, message_id,
-            merchant.max_attempts, str(verdict.reason))
-        if row is None:
-            existing = await conn.fetchrow(
-                "SELECT callback_id, status, reason FROM callback_requests "
-                "WHERE edge_call_id = $1", req.edge_call_id)
-            assert existing is not None
-            return 202, _answer(existing)
-        assert self.guard is not None
-        await self.guard.refused(conn, verdict, stage="intake", number=str(req.caller),
-                            merchant_id=merchant.id, callback_id=row["callback_id"],
-                            edge_call_id=req.edge_call_id, message_id=message_id)
-        await Outbox.enqueue(conn, kind="callback_status", path=EVENTS_PATH, payload={
-            "kind": "callback_status", "callback_id": row["callback_id"],
-            "edge_call_id": req.edge_call_id, "merchant_id": merchant.id,
-            "status": "failed", "reason": str(verdict.reason), "attempts": 0,
-            "at": isoformat(row["finished_at"]),
-        }, message_id=fact_message_id("callback_status", row["callback_id"]),
-            merchant_id=merchant.id)
-        return 202, _answer(row)
+    def _noted(self, batch: Sequence[tuple[str, Intake]], rows: Sequence[asyncpg.Record],
+               elapsed_s: float) -> None:
+        """The guard's metrics and logs of a stored batch (``callback_intake``'s rows, in
+        ``elapsed_s``): decisions timed, refusals counted and logged, acceptances counted;
+        edge calls stored meanwhile by another transaction logged."""
+        items = dict(batch)
+        decided = [row for row in rows if row["outcome"] in ("queued", "refused")]
+        guard = self.guard
+        if guard is not None and decided:
+            share = elapsed_s / len(decided)  # the statement decided them all
+            for row in decided:
+                metrics().guard_decision.observe(share)
+                if row["outcome"] == "refused":
+                    item = items[row["message_id"]]
+                    guard.refusal_noted(Verdict(Refusal(row["reason"]), row["detail"] or ""),
+                                        stage="intake", number=str(item.req.caller),
+                                        merchant_id=item.merchant.id,
+                                        callback_id=row["callback_id"])
+            accepted = sum(row["outcome"] == "queued" for row in decided)
+            if accepted:
+                guard.accepted(accepted)
+        lost = [items[row["message_id"]].req.edge_call_id for row in rows
+                if row["outcome"] == "lost"]
+        if lost:
+            log.info("edge calls %s already had call-backs", ", ".join(lost))
 
     async def get(self, callback_id: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
@@ -250,18 +189,6 @@ class IntakeStore(StoreBase):
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class _NewRequest:
-    message_id: str
-    item: Intake
-    callback_id: str
-    known: bool        # the guard knows the number (confirmed before, or allow-listed)
-
-    @property
-    def answer(self) -> Answer:
-        return 202, {"callback_id": self.callback_id, "status": "queued"}
-
-
 class MessageRace(RuntimeError):
     """Another transaction stored some of a batch's message ids meanwhile (the batch was
     rolled back; run it again, and they are repeats)."""
@@ -271,59 +198,38 @@ class MessageRace(RuntimeError):
         self.message_ids = message_ids
 
 
-_UPDATE_ANSWERS = """
-UPDATE inbound_messages m SET response_status = a.status, response_body = a.body::jsonb
-FROM unnest($1::text[], $2::int[], $3::text[]) AS a(message_id, status, body)
-WHERE m.message_id = a.message_id"""
+_MESSAGE_RACE = "CB001"       # callback_intake: message ids stored meanwhile
 
-# $1-$11 the new requests (_request_columns), $12-$14 every answer of the batch
-# (_answer_columns), $15 the guard knows each new request's number, $16 when the guard
-# screened them (NULL: not screened, not counted). The pre-call-back delay counts from the
-# hang-up, or from when the edge received the call if it sent no hang-up time.
-_STORE_BATCH = """
-WITH claimed AS (
-    INSERT INTO inbound_messages (message_id, kind, response_status, response_body)
-    SELECT message_id, 'callback_request', status, body::jsonb
-    FROM unnest($12::text[], $13::int[], $14::text[]) AS a(message_id, status, body)
-    ON CONFLICT (message_id) DO NOTHING
-    RETURNING message_id),
-queued AS (
-    INSERT INTO callback_requests (callback_id, edge_call_id, merchant_id, caller, dialed,
-        announce_mode, received_at, hungup_at, message_id, max_attempts, next_attempt_at)
-    SELECT callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
-           received_at, hungup_at, message_id, max_attempts,
-           least(now() + delay_s * interval '1 second',
-                 greatest(now(), coalesce(hungup_at, received_at)
-                                 + delay_s * interval '1 second'))
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[], $11::numeric[])
-         AS r(callback_id, edge_call_id, merchant_id, caller, dialed, announce_mode,
-              received_at, hungup_at, message_id, max_attempts, delay_s)
-    ON CONFLICT (edge_call_id) DO NOTHING
-    RETURNING callback_id, caller, merchant_id),
-counted AS (
-    SELECT guard_note_accepted(array_agg(q.callback_id), array_agg(q.caller),
-                               array_agg(q.merchant_id), array_agg(k.known), $16)
-    FROM queued q JOIN unnest($1::text[], $15::bool[]) AS k(callback_id, known)
-         USING (callback_id))
-SELECT ARRAY(SELECT message_id FROM claimed) AS claimed,
-       ARRAY(SELECT callback_id FROM queued) AS queued,
-       (SELECT count(*) FROM counted) AS counted"""
+_INTAKE = ("SELECT message_id, outcome, answer_status, body, callback_id, status, reason,"
+           " detail FROM callback_intake($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+           " $13, $14, $15, $16, $17, $18, $19, $20)")
 
 
-def _request_columns(new: Sequence[_NewRequest]) -> tuple[list[Any], ...]:
-    reqs = [n.item.req for n in new]
-    merchants = [n.item.merchant for n in new]
-    return ([n.callback_id for n in new], [r.edge_call_id for r in reqs],
-            [m.id for m in merchants], [str(r.caller) for r in reqs], [r.dialed for r in reqs],
-            [r.announce_mode for r in reqs], [r.received_at for r in reqs],
-            [r.hungup_at for r in reqs], [n.message_id for n in new],
-            [m.max_attempts for m in merchants], [m.pre_callback_delay_s for m in merchants])
-
-
-def _answer_columns(answers: dict[str, Answer]) -> tuple[list[Any], ...]:
-    return (list(answers), [status for status, _ in answers.values()],
-            [json.dumps(body, separators=(",", ":")) for _, body in answers.values()])
+def _intake_args(batch: Sequence[tuple[str, Intake]], guard: Guard | None) -> list[Any]:
+    """``callback_intake``'s arguments: the requests, their destination policy (with a
+    guard), the guard's clock, brake window and limits (None: no guard)."""
+    reqs = [item.req for _, item in batch]
+    merchants = [item.merchant for _, item in batch]
+    callback_ids = [new_callback_id() for _ in batch]
+    args: list[Any] = [
+        [mid for mid, _ in batch], callback_ids, [r.edge_call_id for r in reqs],
+        [m.id for m in merchants], [str(r.caller) for r in reqs], [r.dialed for r in reqs],
+        [r.announce_mode for r in reqs], [r.received_at for r in reqs],
+        [r.hungup_at for r in reqs], [m.max_attempts for m in merchants],
+        [m.pre_callback_delay_s for m in merchants]]
+    if guard is None:
+        return [*args, None, None, None, None, None, None, None, None, None]
+    parts = [policy_parts(guard.policy, r.caller) for r in reqs]
+    now, brake_since = guard.intake_window()
+    settings = guard.settings
+    return [*args,
+            [uuid.UUID(fact_message_id("callback_status", cb)) for cb in callback_ids],
+            [p.first for p in parts],
+            [None if p.plain is None else str(p.plain.reason) for p in parts],
+            [None if p.plain is None else p.plain.detail for p in parts],
+            [None if p.allowed is None else str(p.allowed.reason) for p in parts],
+            [None if p.allowed is None else p.allowed.detail for p in parts],
+            now, brake_since, limits_param(settings.velocity, settings.brake)]
 
 
 def _json(value: Any) -> Any:

@@ -72,9 +72,13 @@ FINISH_ROUND_TRIPS = 1
 #: read and claimed, the leg's row): one statement on its own (6 round trips, a block of
 #: four statements, while the caps were read and claimed in statements of their own)
 PERSIST_ROUND_TRIPS = 1
+#: the request's intake (its message id and answer, the guard's locks, facts, decision
+#: and count, the request row): one statement on its own (4 round trips, a block of two
+#: statements, before migration 1020)
+INTAKE_ROUND_TRIPS = 1
 #: every round trip of the call-back's transactions (16 before the leg's persist was one
-#: statement, 11 before the finish was, 15 with billing)
-MAX_ROUND_TRIPS = 8
+#: statement, 11 before the finish was, 15 with billing, 8 before the intake was)
+MAX_ROUND_TRIPS = 5
 ASYNCPG_INTROSPECTION = ("SELECT current_setting('jit')", "SELECT set_config('jit'",
                          "WITH RECURSIVE typeinfo_tree")
 
@@ -231,6 +235,8 @@ async def test_one_declined_call_back_costs_at_most_n_transactions(
     finish, = finishes(statements)
     assert finish.round_trips == FINISH_ROUND_TRIPS, "\n".join(finish.statements)
     assert ("billing_customer_leg_rated" in finish.statements[0]) == billing
+    intake, = (t for t in done if any("callback_intake(" in s for s in t.statements))
+    assert intake.round_trips == INTAKE_ROUND_TRIPS, "\n".join(intake.statements)
 
 
 async def test_a_finish_whose_customer_leg_records_wait_sends_them_in_its_transaction(
