@@ -5,9 +5,12 @@ What a consultation pays in billing before any advisor is rung, as
 (:meth:`callback_server.consult_billing.ConsultBilling.admit`: the customer's account by
 the called number, the merchant's policy, the facts :func:`billing.admission.decide`
 decides on) and, prepaid, the meter's first slice (:meth:`ConsultBilling.reserve` with
-the meter's ``first_slice_s``: :func:`billing.ledger.reserve_all` under the accounts'
-locks). Both are group-committed: the asks that arrive together are one admission
-statement, then one reservation statement, per batch (the report counts the batches).
+the meter's ``first_slice_s``). Both are group-committed: the asks that arrive together
+are one statement a batch, which, as the runner asks (admission naming the consultation),
+also holds the admitted prepaid asks' first slices (:func:`billing.admission.
+admit_and_hold_sql`: ``billing_reserve_holds`` under the accounts' locks), so ``reserve``
+answers from the plan; a reservation the admission did not make is one
+:func:`billing.ledger.reserve_all` statement a batch (the report counts the batches).
 No Stripe call is on this path: a postpaid admission reads the card on file and the
 charges from the database.
 
@@ -206,6 +209,7 @@ class Profile:
         from billing import ledger
         from callback_server import consult_billing
         names = {consult_billing._ADMIT: "admission statement",
+                 consult_billing._ADMIT_AND_HOLD: "admission and the first holds statement",
                  ledger._RESERVE: "lock, read, decide and write the holds"}
         for batcher, served, key in ((billing.admitting, self.admitted_in,
                                       lambda item: item.account),  # the number asked
@@ -248,7 +252,10 @@ class Profile:
             if "reserve" not in st:
                 continue
             add("between admission and reservation (caller)", st["reserve"] - st["admitted"])
-            r = self.reserved_in[consultation]
+            r = self.reserved_in.get(consultation)
+            if r is None:   # held with the admission: answered from the plan
+                add("reservation: answered from the plan", st["answered"] - st["reserve"])
+                continue
             add("reservation: wait for the batch to start", r.started - st["reserve"])
             self._trips(add, "reservation", r)
             add("reservation: wake up after the batch (futures, tasks)",
@@ -280,7 +287,7 @@ async def authorise(billing: Any, ask: Ask, consultation_id: str,
     t0 = time.perf_counter()
     profile.stamp(request, "start")
     plan = await billing.admit(ask.merchant_id, E164.parse(ask.number),
-                               ask.price_per_minute_yen)
+                               ask.price_per_minute_yen, None, consultation_id)
     profile.stamp(request, "admitted")
     reserved = None
     if plan.admission.allowed and not plan.postpaid:

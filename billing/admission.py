@@ -16,12 +16,21 @@ behind, and a reason id for the IVR to say:
 facts from PostgreSQL, for many asks in one statement (:func:`admission_sql`: the
 policy in force, the ledger's available book, :func:`billing.standing.standing`'s
 counts) and decides each.
-Admitting holds nothing: a prepaid consultation still reserves (:meth:`billing.ledger.
-Ledger.reserve`) when it connects, which is what guards concurrent consultations.
+Admitting alone holds nothing: a prepaid consultation still reserves (:meth:`billing.
+ledger.Ledger.reserve`) before it connects, which is what guards concurrent consultations.
+An ask that names its consultation (``Ask.consultation_id``) is admitted and, prepaid and
+admitted, reserved in the same statement (:func:`admit_and_hold_sql`: one round trip for
+both): the statement reads the facts as :func:`admission_sql` does, keeps the asks whose
+available balance pays for the first billed unit (:func:`decide`'s prepaid rule) and
+calls the ledger's ``billing_reserve_holds`` (migration 0019) for them, which locks the
+accounts and decides each hold on the balance after the lock (``Answer.hold``). So an
+admitted ask's hold is what :meth:`Ledger.reserve` right after the admission would have
+answered, and an ask admission refuses holds nothing.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +38,12 @@ from typing import Any
 import asyncpg
 
 from billing import policy
-from billing.ledger import BOOK_BALANCE
-from billing.rating import Terms, seconds_affordable
+from billing.ledger import BOOK_BALANCE, SYSTEM, Refusal, Reservation
+from billing.rating import Terms, TermsError, seconds_affordable
 from billing.settings import MAX_UNPAID_CHARGES
 from billing.standing import CHARGES, Standing
+
+log = logging.getLogger("billing.admission")
 
 ALLOWED = "ok"
 #: the refusals, for the IVR to say
@@ -91,16 +102,17 @@ ASKS = """SELECT k.n, k.merchant_id, k.account, k.group_id, k.postpaid
          WITH ORDINALITY AS k (merchant_id, account, group_id, postpaid, n)"""
 
 
-def admission_sql(asks: str) -> str:
+def admission_sql(asks: str, extra: Sequence[str] = ()) -> str:
     """The statement that reads what admission decides on for every ask of ``asks`` (a
     query of columns ``n, merchant_id, account, group_id, postpaid``: :data:`ASKS`, or a
     caller's that finds the accounts itself), in ``n`` order: the merchant's newest policy
     and the group's, and the facts: prepaid, the available balance; postpaid, the card on
-    file and the unpaid and failed charges."""
+    file and the unpaid and failed charges. ``extra``: columns of ``asks`` passed through."""
     fields = ", ".join(f"'{n}', {{t}}.{n}" for n in policy.FIELDS)
+    passed = "".join(f"w.{c}, " for c in extra)
     return f"""
     WITH w AS ({asks})
-    SELECT w.n, w.account,
+    SELECT w.n, w.account, {passed}
            CASE WHEN p.id IS NOT NULL THEN jsonb_build_object({fields.format(t="p")})
                END AS policy,
            CASE WHEN g.id IS NOT NULL THEN jsonb_build_object({fields.format(t="g")})
@@ -130,6 +142,82 @@ def admission_sql(asks: str) -> str:
 #: :func:`admission_sql` of the accounts asked for
 ADMIT = admission_sql(ASKS)
 
+#: the asks as :data:`ADMIT_AND_HOLD` reads them: :data:`ASKS`' columns, then the price,
+#: the consultation, the longest first hold and whether to hold ($5..$8)
+HOLD_ASKS = """SELECT k.n, k.merchant_id, k.account, k.group_id, k.postpaid, k.price,
+           k.consultation_id, k.at_most_s, k.hold
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[], $5::int[], $6::text[],
+                $7::int[], $8::bool[])
+         WITH ORDINALITY AS k (merchant_id, account, group_id, postpaid, price,
+                               consultation_id, at_most_s, hold, n)"""
+
+#: a field of the terms in force: the group's, else the merchant's, else ``Terms``' default
+_FIELD = "coalesce((a.group_policy->>'{n}')::int, (a.policy->>'{n}')::int, {default})"
+
+
+def admit_and_hold_sql(asks: str) -> str:
+    """:func:`admission_sql` of ``asks`` (:data:`HOLD_ASKS`' columns, or a caller's that
+    finds the accounts itself) and, in the same statement, the first hold of each ask
+    marked ``hold`` whose available balance pays for its first billed unit (the prepaid
+    rule of :func:`decide`), by the ledger's ``billing_reserve_holds`` (migration 0019:
+    the accounts locked in id order, each hold decided on the balance after the lock, in
+    the asks' order). Each row: the admission's columns, ``needed`` (the first unit's
+    price, for the asks held), and the hold's ``reservation_id``, ``made``,
+    ``hold_available_yen``, ``held_yen``, ``allowed_s`` (``held``: the ask was held).
+
+    The terms the hold is decided and stored with are built here from the policies the
+    statement reads, as :meth:`Admissions._answer` builds them in Python (the group's
+    fields over the merchant's over ``Terms``' defaults), and with them ``needed``
+    (:meth:`~billing.rating.Terms.first_unit_yen`) and the cap (:func:`billing.rating.
+    whole_units_s` of ``at_most_s``, else ``max_talk_s``): a property test
+    (``tests/integration/test_billing_admit_hold.py``) holds this statement equal to the
+    admission then :func:`billing.ledger.reserve_all` it replaces."""
+    default = Terms(0)
+    terms = {n: _FIELD.format(n=n, default=getattr(default, n)) for n in policy.FIELDS}
+    columns = ",\n               ".join(f"{v} AS {n}" for n, v in terms.items())
+    as_json = ", ".join(f"'{n}', k.{n}" for n in ("price_per_minute_yen", *policy.FIELDS))
+    return f"""
+    WITH a AS ({admission_sql(asks, ("merchant_id", "price", "consultation_id",
+                                     "at_most_s", "hold"))}),
+    t AS (SELECT a.n, a.merchant_id, a.account, a.consultation_id, a.at_most_s,
+               a.price AS price_per_minute_yen,
+               {columns}
+          FROM a WHERE a.hold),
+    k AS (SELECT t.*, CASE WHEN t.grace_s < t.max_talk_s
+                           THEN greatest(t.price_per_minute_yen::bigint * t.unit_s / 60,
+                                         t.minimum_yen)
+                           ELSE 0 END AS needed
+          FROM t),
+    q AS (SELECT k.*, row_number() OVER (ORDER BY k.n)::int AS h,
+                 CASE WHEN k.at_most_s IS NULL THEN k.max_talk_s
+                      WHEN k.at_most_s <= 0 THEN 0
+                      WHEN k.at_most_s <= k.grace_s THEN least(k.grace_s, k.max_talk_s)
+                      ELSE least(k.max_talk_s, k.grace_s + (k.at_most_s - k.grace_s
+                                 + k.unit_s - 1) / k.unit_s * k.unit_s) END AS cap,
+                 jsonb_build_object({as_json})::text AS terms
+          FROM k JOIN a USING (n)
+          WHERE greatest(coalesce(a.available_yen, 0), 0) >= k.needed),
+    r AS (SELECT * FROM billing_reserve_holds(
+              ARRAY(SELECT merchant_id FROM q ORDER BY h),
+              ARRAY(SELECT account FROM q ORDER BY h),
+              ARRAY(SELECT consultation_id FROM q ORDER BY h),
+              ARRAY(SELECT terms FROM q ORDER BY h),
+              ARRAY(SELECT price_per_minute_yen FROM q ORDER BY h),
+              ARRAY(SELECT unit_s FROM q ORDER BY h),
+              ARRAY(SELECT grace_s FROM q ORDER BY h),
+              ARRAY(SELECT minimum_yen FROM q ORDER BY h),
+              ARRAY(SELECT max_talk_s FROM q ORDER BY h),
+              ARRAY(SELECT cap FROM q ORDER BY h),
+              ARRAY(SELECT needed FROM q ORDER BY h), '{SYSTEM}'))
+    SELECT a.*, q.h IS NOT NULL AS held, q.needed, r.reservation_id, r.made,
+           r.available_yen AS hold_available_yen, r.held_yen, r.allowed_s
+    FROM a LEFT JOIN q USING (n) LEFT JOIN r ON r.n = q.h
+    ORDER BY a.n"""
+
+
+#: :func:`admit_and_hold_sql` of the accounts asked for
+ADMIT_AND_HOLD = admit_and_hold_sql(HOLD_ASKS)
+
 
 @dataclass(frozen=True, slots=True)
 class Ask:
@@ -143,6 +231,11 @@ class Ask:
     price_per_minute_yen: int
     group_id: int | None = None
     wanted_s: int | None = None
+    #: prepaid: admitted, the consultation's first hold in the same statement, of at
+    #: most ``at_most_s`` (None: all the balance pays for), as :meth:`billing.ledger.
+    #: Ledger.reserve` would make it (None: no hold)
+    consultation_id: str | None = None
+    at_most_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +247,10 @@ class Answer:
     terms: Terms
     postpaid: bool
     admission: Admission
+    #: the first hold of an admitted prepaid ask that named its consultation: made, or
+    #: refused on the balance after the accounts' lock (None: none asked, or the
+    #: consultation's reservation was made before: :meth:`Ledger.reserve` reads it)
+    hold: Reservation | Refusal | None = None
 
 
 class Admissions:
@@ -177,20 +274,48 @@ class Admissions:
             raise got
         return got.admission
 
+    def _holds(self, ask: Ask) -> bool:
+        """Whether ``ask`` is to be held with its admission: prepaid, naming its
+        consultation, at a price the rating takes (an ask it refuses fails alone, with
+        nothing held)."""
+        if ask.consultation_id is None or ask.merchant_id in self.postpaid_merchants:
+            return False
+        try:
+            Terms(ask.price_per_minute_yen)
+        except TermsError:
+            return False
+        return True
+
     async def answer_all(self, db: asyncpg.Pool | asyncpg.Connection, asks: Sequence[Ask],
-                         sql: str = ADMIT) -> list[Answer | Exception]:
+                         sql: str = ADMIT, hold_sql: str = ADMIT_AND_HOLD
+                         ) -> list[Answer | Exception]:
         """Each ask's answer, the facts of all read by one statement on ``db`` (``sql``:
         :data:`ADMIT`, or :func:`admission_sql` over asks that find their accounts); an
         ask whose terms the rating refuses gets its :class:`~billing.rating.TermsError`
-        (the others their answers)."""
-        rows = await db.fetch(sql, [a.merchant_id for a in asks], [a.account for a in asks],
-                              [a.group_id for a in asks],
-                              [a.merchant_id in self.postpaid_merchants for a in asks])
+        (the others their answers). When some ask is to be held (prepaid, naming its
+        consultation) the statement is ``hold_sql`` (:data:`ADMIT_AND_HOLD`, or
+        :func:`admit_and_hold_sql` over asks that find their accounts), which also makes
+        the admitted asks' first holds (``Answer.hold``); call it outside a transaction,
+        so that it is its own and its holds are committed when it answers."""
+        args: list[list[Any]] = [
+            [a.merchant_id for a in asks], [a.account for a in asks],
+            [a.group_id for a in asks], [a.merchant_id in self.postpaid_merchants for a in asks]]
+        holds = [self._holds(a) for a in asks]
+        if any(holds):
+            args += [[a.price_per_minute_yen for a in asks], [a.consultation_id for a in asks],
+                     [a.at_most_s for a in asks], holds]
+            sql = hold_sql
+        rows = await db.fetch(sql, *args)
         answers: list[Answer | Exception] = []
         for ask, row in zip(asks, rows, strict=True):
             try:
                 answers.append(self._answer(ask, row))
             except Exception as exc:  # that ask's own error, for its caller
+                if row.get("reservation_id") is not None and not row["made"]:
+                    # not expected: the statement holds only at a price the rating takes,
+                    # and a policy's fields are checked when written
+                    log.error("consultation %s: hold %d made for an ask that failed: %s",
+                              ask.consultation_id, row["reservation_id"], exc)
                 answers.append(exc)
         return answers
 
@@ -205,5 +330,19 @@ class Admissions:
         facts = Facts(postpaid, int(row["available_yen"] or 0),
                       Standing(row["has_card"], row["unpaid"] or 0, (row["failed"] or 0) > 0))
         wanted = terms.max_talk_s if ask.wanted_s is None else ask.wanted_s
-        return Answer(row["account"], terms, postpaid, decide(
-            facts, terms, wanted, max_unpaid_charges=self.max_unpaid_charges))
+        admission = decide(facts, terms, wanted, max_unpaid_charges=self.max_unpaid_charges)
+        return Answer(row["account"], terms, postpaid, admission, _hold(ask, row, terms))
+
+
+def _hold(ask: Ask, row: asyncpg.Record, terms: Terms) -> Reservation | Refusal | None:
+    """The hold :data:`ADMIT_AND_HOLD` made or refused for ``ask`` (None: none asked, or
+    made before: the caller reads that one as it stands)."""
+    if not row.get("held"):
+        return None
+    rid = row["reservation_id"]
+    if rid is None:
+        return Refusal("balance-too-low", row["hold_available_yen"], terms.first_unit_yen())
+    if row["made"]:
+        return None
+    assert ask.consultation_id is not None
+    return Reservation(rid, ask.consultation_id, row["held_yen"], row["allowed_s"], terms)

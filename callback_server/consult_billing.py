@@ -13,11 +13,14 @@ from its saved record, with the account and terms its runner kept (:class:`Charg
 same charge, keyed by the same consultation id, so it is made once whoever makes it.
 
 Admission and the first reservation are group-committed (:class:`shared.intake_batch.
-Batcher`): the calls that arrive together are one admission statement (billing's
-:func:`~billing.admission.admission_sql` over the asks' accounts by number)
-and one reservation statement (:func:`billing.ledger.reserve_all`) per batch, admission
-decided in Python (:func:`billing.admission.decide`), the holds in the reservation
-statement (the ledger's rule, :func:`billing.ledger.decide_holds`).
+Batcher`): the calls that arrive together are one admission statement per batch
+(billing's :func:`~billing.admission.admission_sql` over the asks' accounts by number),
+admission decided in Python (:func:`billing.admission.decide`). A prepaid ask that names
+its consultation (the consult runner's) is admitted and held in that same statement
+(:func:`~billing.admission.admit_and_hold_sql`: the meter's first slice, the ledger's rule
+in ``billing_reserve_holds``), so its ``reserve`` of that slice answers from the plan with
+no round trip: one round trip a batch for both. Other reservations are one statement
+(:func:`billing.ledger.reserve_all`) per batch.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
-from billing.admission import Admission, Admissions, admission_sql
+from billing.admission import Admission, Admissions, admission_sql, admit_and_hold_sql
 from billing.admission import Ask as AdmitAsk
 from billing.ledger import Ledger, Refusal, Reservation, ReserveAsk, Settlement, reserve_all
 from billing.metrics import billing as billing_metrics
 from billing.rating import Terms
 from billing.settings import BillingSettings
 from billing.standing import Charge
+from callback_server import consult_meter
 from shared.intake_batch import Batcher
 from shared.money import FxTable
 from shared.phone import E164
@@ -71,6 +75,17 @@ _ASKS_BY_NUMBER = """SELECT k.n, k.merchant_id, coalesce(cu.account, k.number) A
     LEFT JOIN customer_numbers cn ON cn.merchant_id = k.merchant_id AND cn.number = k.number
     LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id AND cu.id = cn.customer_id"""
 _ADMIT = admission_sql(_ASKS_BY_NUMBER)
+#: the same with the price, the consultation, the first slice and whether to hold, for
+#: :func:`billing.admission.admit_and_hold_sql`
+_HOLD_ASKS_BY_NUMBER = """SELECT k.n, k.merchant_id, coalesce(cu.account, k.number) AS account,
+           k.group_id, k.postpaid, k.price, k.consultation_id, k.at_most_s, k.hold
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[], $5::int[], $6::text[],
+                $7::int[], $8::bool[])
+         WITH ORDINALITY AS k (merchant_id, number, group_id, postpaid, price,
+                               consultation_id, at_most_s, hold, n)
+    LEFT JOIN customer_numbers cn ON cn.merchant_id = k.merchant_id AND cn.number = k.number
+    LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id AND cu.id = cn.customer_id"""
+_ADMIT_AND_HOLD = admit_and_hold_sql(_HOLD_ASKS_BY_NUMBER)
 
 
 #: a consultation's saved talk seconds
@@ -95,6 +110,11 @@ class Plan:
     terms: Terms
     postpaid: bool
     admission: Admission
+    #: prepaid, admitted with its consultation named: the first hold the admission's
+    #: statement made (or refused) for that consultation and slice, which ``reserve``
+    #: answers with (None: none made, ``reserve`` asks the ledger)
+    held: Reservation | Refusal | None = field(default=None, compare=False)
+    held_for: tuple[str, int | None] | None = field(default=None, compare=False)
 
     def at_price(self, price_per_minute_yen: int) -> Plan:
         """The plan rated at another price (the member of a group who answered)."""
@@ -109,7 +129,8 @@ class Plan:
 
 class BillingPort(Protocol):
     async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int,
-                    group_id: int | None = None) -> Plan: ...
+                    group_id: int | None = None, consultation_id: str | None = None
+                    ) -> Plan: ...
     async def reserve(self, merchant_id: str, plan: Plan, consultation_id: str,
                       at_most_s: int | None) -> Reservation | Refusal: ...
     async def extend(self, merchant_id: str, reservation_id: int, at_most_s: int | None
@@ -135,10 +156,13 @@ class _Admitting(Batcher[AdmitAsk, Plan]):
 
     async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, AdmitAsk]]
                     ) -> Mapping[str, Plan | Exception]:
-        answers = await self.admissions.answer_all(conn, [ask for _, ask in batch], _ADMIT)
+        asks = [ask for _, ask in batch]
+        answers = await self.admissions.answer_all(conn, asks, _ADMIT, _ADMIT_AND_HOLD)
         return {key: a if isinstance(a, Exception)
-                else Plan(a.account, a.terms, a.postpaid, a.admission)
-                for (key, _), a in zip(batch, answers, strict=True)}
+                else Plan(a.account, a.terms, a.postpaid, a.admission, a.hold,
+                          None if a.hold is None or ask.consultation_id is None
+                          else (ask.consultation_id, ask.at_most_s))
+                for (key, ask), a in zip(batch, answers, strict=True)}
 
 
 @dataclass
@@ -182,13 +206,19 @@ class ConsultBilling:
                                      notices=notices)
 
     async def admit(self, merchant_id: str, number: E164, price_per_minute_yen: int,
-                    group_id: int | None = None) -> Plan:
+                    group_id: int | None = None, consultation_id: str | None = None
+                    ) -> Plan:
         """The account, the terms (the merchant's policy; through a group, with the
         group's fields) and admission's answer, read with the asks that arrive with it
-        (one statement a batch)."""
+        (one statement a batch). With ``consultation_id``, a prepaid consultation that is
+        admitted also holds the meter's first slice in that statement (``Plan.held``),
+        which :meth:`reserve` of that consultation and slice then answers with."""
+        first = None if consultation_id is None \
+            else consult_meter.new_meter(consultation_id).first_slice_s()
         plan = await self.admitting.deliver(
             str(next(self._asks)), AdmitAsk(merchant_id, str(number), price_per_minute_yen,
-                                            group_id))
+                                            group_id, consultation_id=consultation_id,
+                                            at_most_s=first))
         if not plan.admission.allowed:
             billing_metrics().refusals.labels(merchant_id, plan.admission.reason).inc()
         return plan
@@ -197,7 +227,14 @@ class ConsultBilling:
                       at_most_s: int | None) -> Reservation | Refusal:
         """:meth:`billing.ledger.Ledger.reserve`, with the reservations that arrive with
         it (one statement a batch; answered after its commit). The same consultation
-        asked again while its first ask is in flight shares that one's answer."""
+        asked again while its first ask is in flight shares that one's answer. The hold
+        the admission made for this consultation and slice (``plan.held``) is the answer
+        without asking the ledger again."""
+        if plan.held is not None and plan.held_for == (consultation_id, at_most_s):
+            got: Reservation | Refusal = plan.held
+            if isinstance(got, Refusal):
+                billing_metrics().refusals.labels(merchant_id, got.reason).inc()
+            return got
         key = "\x00".join((merchant_id, plan.account, consultation_id))
         got = await self.reserving.deliver(key, ReserveAsk(
             merchant_id, plan.account, consultation_id, plan.terms, at_most_s))

@@ -197,13 +197,14 @@ class ConsultRunner:
             log.info("advisor %s: %s", cmd.code or cmd.group, chosen.reason)
             self.follow_up(ivr.AdvisorUnavailable(chosen.reason))
             return
-        admitted, plan = await self._admit(chosen)
+        consultation_id = f"{self.job.callback_id}-c{self._count + 1}"
+        admitted, plan = await self._admit(chosen, consultation_id)
         if not admitted:
             return
         self._count += 1
         now = utcnow()
         request = Request(
-            consultation_id=f"{self.job.callback_id}-c{self._count}",
+            consultation_id=consultation_id,
             callback_id=self.job.callback_id, attempt_no=self.job.attempt_no,
             customer_channel=customer, members=chosen.members,
             ring_timeout_s=chosen.ring_timeout_s, queue_s=cmd.queue_s,
@@ -229,14 +230,17 @@ class ConsultRunner:
         IVR round, now."""
         return now
 
-    async def _admit(self, chosen: Chosen) -> tuple[bool, Plan | None]:
+    async def _admit(self, chosen: Chosen, consultation_id: str
+                     ) -> tuple[bool, Plan | None]:
         """Billing's answer for the choice: admitted or not (the IVR told why), and the
-        plan (None: no billing here)."""
+        plan (None: no billing here; prepaid, the meter's first slice for
+        ``consultation_id`` held with it, which the meter's ``Reserve`` then gets)."""
         if self.billing is None:
             return True, None
         try:
             plan = await self.billing.admit(self.job.merchant_id, self.job.destination,
-                                            chosen.price_per_minute_yen, chosen.group_id)
+                                            chosen.price_per_minute_yen, chosen.group_id,
+                                            consultation_id)
         except BILLING_ERRORS as exc:
             log.error("billing unavailable: %s", exc)
             self.follow_up(ivr.ConsultFailed())

@@ -165,3 +165,31 @@ async def test_postpaid_standing_refuses_in_a_batch_as_admissions_decides_alone(
         await conn.execute("INSERT INTO billing_postpaid_outcomes (attempt_id, outcome, "
                            "failure) VALUES ($1, 'failed', 'card_declined')", attempt)
     await same("in-dunning")
+
+
+async def test_admitted_with_its_consultation_the_first_slice_is_held_in_the_same_batch(
+        db: asyncpg.Pool) -> None:
+    """As the consult runner asks (admission naming the consultation): 1,150 yen at 100 yen
+    a minute, 40 of the household at once: one statement for admission and the holds,
+    no reservation batch; every admission sees the balance before the batch's holds (as
+    before: all admitted), the holds share it in arrival order (five of two minutes, one
+    of one, the rest refused at ``reserve`` with the 50 yen left), ``reserve`` of each
+    consultation's first slice answers from the plan; ``reserve`` of another slice asks
+    the ledger (the reservation made)."""
+    await Ledger(db).deposit("acme", "member-42", 1150, "op", "bank transfer")
+    billing = ConsultBilling(db, BillingSettings())
+    plans = await asyncio.wait_for(asyncio.gather(*(
+        billing.admit("acme", HOUSEHOLD[i % 4], 100, None, f"cb-{i}") for i in range(40))), 30)
+    assert billing.admitting.batches == 1
+    assert all(p.account == "member-42" and p.admission.allowed for p in plans)
+    got = [await billing.reserve("acme", p, f"cb-{i}", 120) for i, p in enumerate(plans)]
+    assert billing.reserving.batches == 0
+    made = [g for g in got if isinstance(g, Reservation)]
+    assert [(g.consultation_id, g.allowed_s, g.held_yen) for g in made] == [
+        (f"cb-{i}", 120, 200) for i in range(5)] + [("cb-5", 60, 100)]
+    assert got[6:] == [Refusal("balance-too-low", 50, 100)] * 34
+    assert await Ledger(db).reserve("acme", "member-42", "cb-0", Terms(100),
+                                    at_most_s=120) == made[0]
+    assert await billing.reserve("acme", plans[1], "cb-1", 60) == made[1]   # another slice
+    assert billing.reserving.batches == 1
+    await balances_are_running_sums(db)
