@@ -20,6 +20,7 @@ from shared.db import listening, watching
 from shared.link_policy import HealthSettings, LinkPolicy
 from shared.outbox import (
     IN_PROCESS_SESSION,
+    MAX_LINGER_S,
     NOTIFY_CHANNEL,
     SENDABLE_NOTICE,
     Outbox,
@@ -39,6 +40,8 @@ NO_PROBES = LinkPolicy(health=HealthSettings(interval_s=0))
 ASLEEP_S = 30.0
 #: a wake-up, not a sweep: far under ASLEEP_S, and generous on a crowded machine
 PROMPT_S = 5.0
+#: a relay's linger in these tests: long beside a claim, short beside ASLEEP_S
+LINGER_S = 1.0
 
 
 @pytest.fixture
@@ -197,3 +200,37 @@ async def test_only_a_message_made_sendable_wakes_the_relay_in_its_process(
             await _write(conn, 2)
         await asyncio.sleep(0.1)
         assert told == [1, 1]
+
+
+async def test_a_lingering_relay_sends_the_messages_written_meanwhile_in_one_pass(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    """``linger_s``: woken by the first message, the relay waits that long before it
+    claims, so a second one written meanwhile goes in the same pass and the same batch
+    request; neither goes before the linger is over."""
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="lingers", sweep_s=ASLEEP_S,
+                        batch_paths=["/v1/link/test"], linger_s=LINGER_S)
+    task = await _running(relay)
+    try:
+        async with pool.acquire() as conn:
+            first = await _write(conn, 1)
+        written = time.monotonic()
+        await asyncio.sleep(0.1)
+        async with pool.acquire() as conn:
+            second = await _write(conn, 2)
+        took = await _delivered(pool, first)
+        await _delivered(pool, second)
+        assert time.monotonic() - written >= LINGER_S - 0.05   # not before the linger
+        assert took < LINGER_S + PROMPT_S, took
+        assert relay.delivered == 2
+        assert relay.batches_sent == 1                      # both in one request
+    finally:
+        await _stop(task)
+        await client.close()
+
+
+async def test_a_relay_lingers_zero_to_one_second(pool: asyncpg.Pool, pki_dir: Path) -> None:
+    client = link_client(pki_dir, [("r", "https://127.0.0.1:1")], policy=NO_PROBES)
+    for bad in (-0.1, MAX_LINGER_S + 0.1):
+        with pytest.raises(ValueError, match="linger_s"):
+            OutboxRelay(pool, "postgresql://unused", client, owner="x", linger_s=bad)
