@@ -227,6 +227,13 @@ class Guard:
         now = self.clock()
         return now, sql.brake_since(now, self.settings.brake.window_s)
 
+    def brake_since(self, now: datetime) -> datetime | None:
+        """Where the brake's window starts as of ``now`` for the database's count (which
+        ``guard_number_facts`` makes up to :attr:`BrakeSettings.limit`); None with the
+        brake off (``[guard.brake] enabled = false``): nothing counted."""
+        b = self.settings.brake
+        return sql.brake_since(now, b.window_s) if b.enabled else None
+
     def intake_screen(self, now: datetime, facts: Iterable[Any], load_s: float) -> IntakeScreen:
         """Decide an intake batch's requests on ``facts`` (``guard_facts`` rows, loaded
         under the numbers' locks as of ``now``, in ``load_s`` seconds)."""
@@ -293,9 +300,10 @@ class Guard:
             verdict, facts = await self._undialable(conn, number, now)
             if verdict is None:
                 verdict = velocity.check_intake(facts.history, now, self.settings.velocity)
-            if verdict is None and not facts.history.known:
+            if verdict is None and not facts.history.known and self.settings.brake.enabled:
                 count = await sql.unconfirmed_new_numbers(conn, now,
-                                                          self.settings.brake.window_s)
+                                                          self.settings.brake.window_s,
+                                                          self.settings.brake.limit)
                 verdict = brake.check(False, count, self.settings.brake)
             if verdict is not None:
                 await self.refused(conn, verdict, stage="click_to_call", number=str(number),
@@ -484,7 +492,7 @@ class Guard:
             callback_id=end.callback_id, attempt_no=end.attempt_no, number=str(end.number),
             merchant_id=end.merchant_id, rang=end.rang, confirmed=end.confirmed, now=now,
             lock_window_s=s.lock_window_s, block_window_s=s.block_window_s,
-            brake_window_s=self.settings.brake.window_s))
+            brake=self.settings.brake))
 
     def round_decided_after(self, record: RoundRecord, first: int
                             ) -> tuple[str, tuple[object, ...]]:
@@ -528,11 +536,12 @@ class Guard:
                                      f"{got.window} unconfirmed call-backs", now,
                                      {"number": text, "unconfirmed": got.window}))
         if not got.known and brake.engaged(got.new_unconfirmed, self.settings.brake):
+            # the count is bounded at threshold + 1: the alert says "more than" the threshold
             self.alerter.alert(Alert(
                 "brake_engaged", "new_numbers",
-                f"anomaly brake: {got.new_unconfirmed} new numbers unconfirmed in "
-                f"{self.settings.brake.window_s} s; call-backs to new numbers paused",
-                now, {"count": got.new_unconfirmed,
+                f"anomaly brake: {brake.described(self.settings.brake)}; "
+                "call-backs to new numbers paused",
+                now, {"more_than": self.settings.brake.threshold,
                       "threshold": self.settings.brake.threshold}))
 
     def spend(self, carrier_id: str, merchant_id: str, cost: Money, first: int,
@@ -601,15 +610,19 @@ class Guard:
         async with self.pool.acquire() as conn:
             trips = await sql.active_trips(conn)
             snap = await sql.cap_snapshot(conn, self.today(now))
-            new_unconfirmed = await sql.unconfirmed_new_numbers(conn, now,
-                                                                self.settings.brake.window_s)
+            # an operator's look: the full count (None with the brake off: not counted)
+            new_unconfirmed = await sql.unconfirmed_new_numbers(
+                conn, now, self.settings.brake.window_s, None) \
+                if self.settings.brake.enabled else None
             locked = await sql.locked_numbers(conn, now)
         return {"trips": trips, "channels": snap.channels, "cps": snap.cps,
                 "spend_today": {k: str(v) for k, v in snap.spend.items()},
                 "spend_currency": self.settings.caps.currency,
-                "brake": {"unconfirmed_new_numbers": new_unconfirmed,
+                "brake": {"enabled": self.settings.brake.enabled,
+                          "unconfirmed_new_numbers": new_unconfirmed,
                           "threshold": self.settings.brake.threshold,
-                          "engaged": brake.engaged(new_unconfirmed, self.settings.brake)},
+                          "engaged": new_unconfirmed is not None
+                          and brake.engaged(new_unconfirmed, self.settings.brake)},
                 "locked_numbers": locked}
 
     async def _record_alert(self, alert: Alert) -> bool:

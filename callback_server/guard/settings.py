@@ -34,13 +34,19 @@ class GuardSettings:
     def parse(cls, s: Section) -> GuardSettings:
         return cls(policy=PolicySettings.parse(s.section("policy")),
                    velocity=_velocity(s.section("velocity")),
-                   brake=BrakeSettings(threshold=s.section("brake").int("threshold", 20, min=0),
-                                       window_s=s.section("brake").int("window_s", 600, min=10)),
+                   brake=_brake(s.section("brake")),
                    caps=_caps(s.section("caps")), alerts=_alerts(s.section("alerts")),
                    max_call_s=s.int("max_call_s", 3600, min=10, max=6 * 3600),
                    require_confirm=s.bool("require_confirm", True),
                    operator_token_sha256=(s.str("operator_token_sha256", pattern=_SHA256)
                                           if s.opt_str("operator_token_sha256") else None))
+
+
+def _brake(s: Section) -> BrakeSettings:
+    d = BrakeSettings()
+    return BrakeSettings(threshold=s.int("threshold", d.threshold, min=0),
+                         window_s=s.int("window_s", d.window_s, min=10),
+                         enabled=s.bool("enabled", d.enabled))
 
 
 def _limits(s: Section, default: Limits) -> Limits:

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from callback_server.dialer_messages import CAPPED_LEGS, EDGE_TRUNK
+from callback_server.guard.brake import BrakeSettings
 from callback_server.guard.caps import CapLimits
 from callback_server.guard.reasons import Verdict
 from callback_server.guard.velocity import NumberHistory
@@ -69,11 +70,11 @@ def facts_of(row: asyncpg.Record) -> NumberFacts:
 
 
 async def unconfirmed_new_numbers(conn: asyncpg.Connection, now: datetime,
-                                  window_s: int) -> int:
-    value = await conn.fetchval(
-        """SELECT count(DISTINCT number) FROM guard_rounds
-           WHERE rang AND NOT confirmed AND NOT known AND ended_at > $1""",
-        brake_since(now, window_s))
+                                  window_s: int, limit: int | None) -> int:
+    """The anomaly brake's count of new numbers left unconfirmed in its window, counted up
+    to ``limit`` (``guard_brake_count``, migration 1030; None: all of them)."""
+    value = await conn.fetchval("SELECT guard_brake_count($1, $2)",
+                                brake_since(now, window_s), limit)
     return int(value or 0)
 
 
@@ -122,15 +123,17 @@ def round_ended_query(first: int) -> str:
     parameters (:func:`round_ended_args`) from ``$first`` on, alone or carried by a
     statement of the round's finish."""
     return "SELECT * FROM guard_round_ended({})".format(
-        ", ".join(f"${n}" for n in range(first, first + 10)))
+        ", ".join(f"${n}" for n in range(first, first + 11)))
 
 
 def round_ended_args(*, callback_id: str, attempt_no: int, number: str, merchant_id: str,
                      rang: bool, confirmed: bool, now: datetime, lock_window_s: int,
-                     block_window_s: int, brake_window_s: int) -> tuple[object, ...]:
+                     block_window_s: int, brake: BrakeSettings) -> tuple[object, ...]:
+    """The brake's count is bounded at ``brake.limit``, and not made at all with the
+    brake off (its window's start NULL)."""
     return (callback_id, attempt_no, number, merchant_id, rang, confirmed, now,
             now - timedelta(seconds=lock_window_s), now - timedelta(seconds=block_window_s),
-            brake_since(now, brake_window_s))
+            brake_since(now, brake.window_s) if brake.enabled else None, brake.limit)
 
 
 def round_facts_of(row: asyncpg.Record) -> RoundFacts:

@@ -141,8 +141,10 @@ class QueueStore(StoreBase):
         the same statement reads what the guard screens each claimed job's round and
         chooses its routes on (``guard_number_facts`` of the callers, ``guard_cap_usage``
         once for all: :class:`ClaimFacts`)."""
-        now, brake_since = self.guard.intake_window() if self.guard is not None \
-            else (None, None)
+        now = self.guard.clock() if self.guard is not None else None
+        brake_since = self.guard.brake_since(now) if self.guard is not None \
+            and now is not None else None
+        brake_limit = self.guard.settings.brake.limit if self.guard is not None else None
         day = None if self.guard is None or now is None else self.guard.today(now)
         rows = await self.pool.fetch(
             """WITH c AS (
@@ -186,7 +188,7 @@ class QueueStore(StoreBase):
                          AND callback_id NOT IN (SELECT callback_id FROM c)) s),
                facts AS (
                    SELECT f FROM guard_number_facts(
-                       (SELECT array_agg(caller) FROM claimed), $6, $7) f
+                       (SELECT array_agg(caller) FROM claimed), $6, $7, $9) f
                    WHERE $6::timestamptz IS NOT NULL)
                SELECT next.due_s, claimed.*, facts.f AS guard_facts,
                       (SELECT coalesce(array_agg(u), '{}') FROM guard_cap_usage(NULL, $8) u
@@ -195,7 +197,7 @@ class QueueStore(StoreBase):
                FROM next LEFT JOIN claimed ON true
                LEFT JOIN facts ON (facts.f).number = claimed.caller""",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s,
-            now, brake_since, day)
+            now, brake_since, day, brake_limit)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
                            E164.parse(r["caller"]), r["attempts"], r["max_attempts"],
                            int(r["legs"]), r["prev_status"] == "dialing", r["hungup_at"],
