@@ -222,7 +222,7 @@ class Guard:
 
     def intake_window(self) -> tuple[datetime, datetime]:
         """(now, start of the brake's window): what ``guard_number_facts`` needs to load
-        the facts of an intake batch (``callback_intake_open``, migration 0400) or of
+        the facts of an intake batch (``callback_intake``, migration 1020) or of
         the jobs a claim takes (:class:`ClaimFacts`)."""
         now = self.clock()
         return now, sql.brake_since(now, self.settings.brake.window_s)

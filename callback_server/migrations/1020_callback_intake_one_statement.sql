@@ -19,7 +19,8 @@
 -- (concurrent, per_hour, per_day, min_gap_s), the unknown ones, the brake's threshold and
 -- window_s. A message id stored by another transaction meanwhile (only without the
 -- guard's locks) raises SQLSTATE CB001, DETAIL the ids: nothing is stored, run it again.
--- Rows, one a message, in input order: outcome 'repeat' (a stored message id: its first
+-- callback_intake_open (0400) stays, unused by this tree, for a process of the previous one
+-- still running against a migrated database. Rows, one a message, in input order: outcome 'repeat' (a stored message id: its first
 -- answer in answer_status, body), 'call' (a known edge call: its call-back), 'queued',
 -- 'refused' (stored refused now: reason, detail), 'lost' (its edge call was stored
 -- meanwhile by another transaction: that call-back).
