@@ -270,11 +270,13 @@ async def test_reports_for_another_tenants_call_are_refused(pool: asyncpg.Pool) 
 
 
 async def test_status_report_updates_the_call(pool: asyncpg.Pool) -> None:
+    # its own call: a test chosen alone (``-k status``) finds no call of another test's
+    request_id = await CallStore(pool).store_request(store_cmd("c-st.1"), T0)
     await deliver(pool, "m-st-1", {
-        "kind": "callback_status", "callback_id": "cb-1", "edge_call_id": "edge-c1.1",
+        "kind": "callback_status", "callback_id": "cb-st-1", "edge_call_id": request_id,
         "merchant_id": "acme", "status": "completed", "reason": "", "attempts": 2,
         "at": "2026-11-22T01:03:00Z"})
-    call = await CallStore(pool).get_call("edge-c1.1")
+    call = await CallStore(pool).get_call(request_id)
     assert call is not None and call.callback_status == "completed"
 
 
