@@ -211,7 +211,7 @@ def _loaded(site: AsteriskSite) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _short_announcement(site: AsteriskSite) -> Iterator[None]:
+def short_announcement(site: AsteriskSite) -> Iterator[None]:
     """The announcement's files (every language, every format) swapped for ``SHORT_S`` of
     silence; the installed files again after."""
     from tests.harness.asterisk import sounds_dir
@@ -248,7 +248,7 @@ def _variant(site: AsteriskSite, variant: Variant, logger_conf: Path) -> Iterato
         if variant.load:
             stack.enter_context(_loaded(site))
         if variant.short:
-            stack.enter_context(_short_announcement(site))
+            stack.enter_context(short_announcement(site))
         yield
 
 
