@@ -6,10 +6,7 @@ keep every balance the sum of its movements and never overdraw by more than one 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -33,11 +30,11 @@ from billing.ledger import (
 )
 from billing.rating import Terms, rate, seconds_affordable, whole_units_s
 from shared.db import create_pool, migrate_url
+from tests.harness.sync import run_async
 from tests.integration import billing_db
 
 pytestmark = pytest.mark.integration
 pool, clean = billing_db.fixtures()
-T = TypeVar("T")
 PER_MINUTE = Terms(price_per_minute_yen=300, unit_s=60, grace_s=30, max_talk_s=3600)
 
 
@@ -360,15 +357,6 @@ async def test_migration_0013_back_fills_each_entrys_balance_after(
 
 
 # --- property: random concurrent sequences against the real database ----------------------
-
-def run_async(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on its own loop in a worker thread (hypothesis drives a plain
-    function; the session's loop stays untouched)."""
-    async def main() -> T:
-        return await make()
-    with concurrent.futures.ThreadPoolExecutor(1) as worker:
-        return worker.submit(asyncio.run, main()).result()
-
 
 NAMES = itertools.count()
 terms_st = st.builds(Terms, price_per_minute_yen=st.integers(30, 600),

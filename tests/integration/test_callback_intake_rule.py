@@ -8,9 +8,7 @@ requests for one number sent at once to two servers make one job."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -32,6 +30,7 @@ from callback_server.store.intake_store import Intake, _intake_args
 from callback_server.testing import merchant
 from shared.destination import PolicySettings
 from shared.phone import E164
+from tests.harness.sync import run_async
 from tests.integration import callback_db
 
 pytestmark = pytest.mark.integration
@@ -47,15 +46,6 @@ NUMBERS = DIALABLE + ("81120123456", "81990123456", "81501234567", "12025550123"
                       "447012345678", "8190123")
 
 pool, clean = callback_db.fixtures([ACME])
-
-
-def run_async(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on its own loop in a worker thread (hypothesis drives a plain
-    function; the session's loop stays untouched)."""
-    async def main() -> T:
-        return await make()
-    with concurrent.futures.ThreadPoolExecutor(1) as worker:
-        return worker.submit(asyncio.run, main()).result()
 
 
 limits_st = st.builds(Limits, concurrent=st.integers(1, 2), per_hour=st.integers(1, 4),
