@@ -96,10 +96,26 @@ def decide(facts: Facts, terms: Terms, wanted_s: int, *,
                      available, needed)
 
 
+def asks_sql(hold: bool, *, key: str = "account", account: str = "k.account",
+             joins: str = "") -> str:
+    """The asks of a batch, passed as arrays, in order: merchant, ``key`` (the account, or
+    what finds it: then ``account`` is its expression over ``joins``), group, postpaid
+    ($1..$4); with ``hold``, also the price, the consultation, the longest first hold and
+    whether to hold ($5..$8), for :func:`admit_and_hold_sql`."""
+    names = ["merchant_id", key, "group_id", "postpaid"]
+    types = ["text", "text", "bigint", "bool"]
+    if hold:
+        names += ["price", "consultation_id", "at_most_s", "hold"]
+        types += ["int", "text", "int", "bool"]
+    params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    extra = "".join(f", k.{n}" for n in names[4:])
+    return f"""SELECT k.n, k.merchant_id, {account} AS account, k.group_id, k.postpaid{extra}
+    FROM unnest({params})
+         WITH ORDINALITY AS k ({", ".join(names)}, n){joins}"""
+
+
 #: the asks as :data:`ADMIT` reads them: merchant, account, group, postpaid ($1..$4), in order
-ASKS = """SELECT k.n, k.merchant_id, k.account, k.group_id, k.postpaid
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
-         WITH ORDINALITY AS k (merchant_id, account, group_id, postpaid, n)"""
+ASKS = asks_sql(False)
 
 
 def admission_sql(asks: str, extra: Sequence[str] = ()) -> str:
@@ -144,12 +160,7 @@ ADMIT = admission_sql(ASKS)
 
 #: the asks as :data:`ADMIT_AND_HOLD` reads them: :data:`ASKS`' columns, then the price,
 #: the consultation, the longest first hold and whether to hold ($5..$8)
-HOLD_ASKS = """SELECT k.n, k.merchant_id, k.account, k.group_id, k.postpaid, k.price,
-           k.consultation_id, k.at_most_s, k.hold
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[], $5::int[], $6::text[],
-                $7::int[], $8::bool[])
-         WITH ORDINALITY AS k (merchant_id, account, group_id, postpaid, price,
-                               consultation_id, at_most_s, hold, n)"""
+HOLD_ASKS = asks_sql(True)
 
 #: a field of the terms in force: the group's, else the merchant's, else ``Terms``' default
 _FIELD = "coalesce((a.group_policy->>'{n}')::int, (a.policy->>'{n}')::int, {default})"

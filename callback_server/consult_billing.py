@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
-from billing.admission import Admission, Admissions, admission_sql, admit_and_hold_sql
+from billing.admission import (
+    Admission,
+    Admissions,
+    admission_sql,
+    admit_and_hold_sql,
+    asks_sql,
+)
 from billing.admission import Ask as AdmitAsk
 from billing.ledger import Ledger, Refusal, Reservation, ReserveAsk, Settlement, reserve_all
 from billing.metrics import billing as billing_metrics
@@ -65,27 +71,23 @@ _RECORDED_LIVE = """
     ORDER BY r.id"""
 
 
-#: the asks of an admission batch (merchant, called number, group, postpaid) with the
-#: customer's account (``advisors.customers``, else the number), for
-#: :func:`billing.admission.admission_sql`
-_ASKS_BY_NUMBER = """SELECT k.n, k.merchant_id, coalesce(cu.account, k.number) AS account,
-           k.group_id, k.postpaid
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
-         WITH ORDINALITY AS k (merchant_id, number, group_id, postpaid, n)
+#: the customer's account of a called number (``advisors.customers``, else the number)
+_CUSTOMER_OF_NUMBER = """
     LEFT JOIN customer_numbers cn ON cn.merchant_id = k.merchant_id AND cn.number = k.number
     LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id AND cu.id = cn.customer_id"""
-_ADMIT = admission_sql(_ASKS_BY_NUMBER)
-#: the same with the price, the consultation, the first slice and whether to hold, for
-#: :func:`billing.admission.admit_and_hold_sql`
-_HOLD_ASKS_BY_NUMBER = """SELECT k.n, k.merchant_id, coalesce(cu.account, k.number) AS account,
-           k.group_id, k.postpaid, k.price, k.consultation_id, k.at_most_s, k.hold
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[], $5::int[], $6::text[],
-                $7::int[], $8::bool[])
-         WITH ORDINALITY AS k (merchant_id, number, group_id, postpaid, price,
-                               consultation_id, at_most_s, hold, n)
-    LEFT JOIN customer_numbers cn ON cn.merchant_id = k.merchant_id AND cn.number = k.number
-    LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id AND cu.id = cn.customer_id"""
-_ADMIT_AND_HOLD = admit_and_hold_sql(_HOLD_ASKS_BY_NUMBER)
+
+
+def _asks_by_number(hold: bool) -> str:
+    """The asks of an admission batch (merchant, called number, group, postpaid; with
+    ``hold``, the price, the consultation, the first slice and whether to hold) with the
+    customer's account, for :func:`billing.admission.admission_sql` and
+    :func:`~billing.admission.admit_and_hold_sql`."""
+    return asks_sql(hold, key="number", account="coalesce(cu.account, k.number)",
+                    joins=_CUSTOMER_OF_NUMBER)
+
+
+_ADMIT = admission_sql(_asks_by_number(False))
+_ADMIT_AND_HOLD = admit_and_hold_sql(_asks_by_number(True))
 
 
 #: a consultation's saved talk seconds

@@ -220,19 +220,15 @@ class Guard:
 
     # --- intake -------------------------------------------------------------------------
 
-    def intake_window(self) -> tuple[datetime, datetime]:
+    def intake_window(self) -> tuple[datetime, datetime | None]:
         """(now, start of the brake's window): what ``guard_number_facts`` needs to load
         the facts of an intake batch (``callback_intake``, migration 1020) or of
-        the jobs a claim takes (:class:`ClaimFacts`)."""
+        the jobs a claim takes (:class:`ClaimFacts`); it counts up to
+        :attr:`BrakeSettings.limit`. The window's start is None with the brake off
+        (``[guard.brake] enabled = false``): nothing counted."""
         now = self.clock()
-        return now, sql.brake_since(now, self.settings.brake.window_s)
-
-    def brake_since(self, now: datetime) -> datetime | None:
-        """Where the brake's window starts as of ``now`` for the database's count (which
-        ``guard_number_facts`` makes up to :attr:`BrakeSettings.limit`); None with the
-        brake off (``[guard.brake] enabled = false``): nothing counted."""
         b = self.settings.brake
-        return sql.brake_since(now, b.window_s) if b.enabled else None
+        return now, sql.brake_since(now, b.window_s) if b.enabled else None
 
     def intake_screen(self, now: datetime, facts: Iterable[Any], load_s: float) -> IntakeScreen:
         """Decide an intake batch's requests on ``facts`` (``guard_facts`` rows, loaded

@@ -1,4 +1,4 @@
--- The anomaly brake's count bounded by its threshold (issue #23). The brake decides
+-- The anomaly brake's count bounded by its threshold. The brake decides
 -- whether more than `threshold` distinct new numbers were left unconfirmed in its window;
 -- counting every round of the window (count(DISTINCT number), 0400 and 0997) read about
 -- one row per round stored in the window per call-back (5.0 M, 14.1 M, 23.9 M rows of

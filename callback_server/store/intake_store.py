@@ -220,8 +220,7 @@ def _intake_args(batch: Sequence[tuple[str, Intake]], guard: Guard | None) -> li
     if guard is None:
         return [*args, None, None, None, None, None, None, None, None, None]
     parts = [policy_parts(guard.policy, r.caller) for r in reqs]
-    now, _ = guard.intake_window()
-    brake_since = guard.brake_since(now)        # None: the brake off, nothing counted
+    now, brake_since = guard.intake_window()    # brake_since None: the brake off
     settings = guard.settings
     return [*args,
             [uuid.UUID(fact_message_id("callback_status", cb)) for cb in callback_ids],

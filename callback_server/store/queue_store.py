@@ -141,9 +141,8 @@ class QueueStore(StoreBase):
         the same statement reads what the guard screens each claimed job's round and
         chooses its routes on (``guard_number_facts`` of the callers, ``guard_cap_usage``
         once for all: :class:`ClaimFacts`)."""
-        now = self.guard.clock() if self.guard is not None else None
-        brake_since = self.guard.brake_since(now) if self.guard is not None \
-            and now is not None else None
+        now, brake_since = self.guard.intake_window() if self.guard is not None \
+            else (None, None)
         brake_limit = self.guard.settings.brake.limit if self.guard is not None else None
         day = None if self.guard is None or now is None else self.guard.today(now)
         rows = await self.pool.fetch(
