@@ -329,16 +329,25 @@ class ServerWatch:
         self.scraped_at = 0.0
         #: the most connections each holder held at one scrape, by server
         self.holders: dict[str, Counter[str]] = {}
+        #: one session for every scrape: its connections are kept alive between scrapes
+        #: (every ``SCRAPE_EVERY_S``), not a TLS handshake with each server a scrape
+        self._session: aiohttp.ClientSession | None = None
 
     async def _scrape_all(self) -> dict[str, Samples]:
-        connector = aiohttp.TCPConnector(ssl=self.sites.client_ssl())
-        timeout = aiohttp.ClientTimeout(total=10)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.sites.client_ssl()),
+                timeout=aiohttp.ClientTimeout(total=10))
         out = {}
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            for name in self.names:
-                async with session.get(f"https://127.0.0.1:{HTTP_PORTS[name]}/metrics") as r:
-                    out[name] = parse_metrics(await r.text())
+        for name in self.names:
+            async with self._session.get(f"https://127.0.0.1:{HTTP_PORTS[name]}/metrics") as r:
+                out[name] = parse_metrics(await r.text())
         return out
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def start(self) -> None:
         self.before = self.last = await self._scrape_all()
@@ -567,11 +576,14 @@ async def run(args: argparse.Namespace) -> list[Step]:
                     if name.startswith("edge"):
                         swapped.enter_context(short_announcement(site))
             sweep = Sweep(sites, args.mode, workdir)
-            print(await sweep.idle(args.idle), flush=True)
-            for index, rate in enumerate(rates):
-                step = await sweep.step(index, rate, args.duration)
-                print(step.line(), flush=True)
-                steps.append(step)
+            try:
+                print(await sweep.idle(args.idle), flush=True)
+                for index, rate in enumerate(rates):
+                    step = await sweep.step(index, rate, args.duration)
+                    print(step.line(), flush=True)
+                    steps.append(step)
+            finally:
+                await sweep.watch.close()
     return steps
 
 

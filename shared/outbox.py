@@ -41,9 +41,13 @@ lists them and requeues one once the cause is fixed (:meth:`Outbox.dead_letters`
 :meth:`Outbox.revive`; HTTP and CLI in :mod:`shared.outbox_operator`): a
 requeue resets its attempts and it is delivered once, under the same id.
 
-Batches: for the paths in ``batch_paths`` (the edge: call-back requests), the
+Batches: for the paths in ``batch_paths`` (the edge: call-back requests; the callback
+site: its reports to the edge's ``/v1/link/events``, CDRs, statuses, request info,
+billing and consultation records ... in one batch whatever their kinds), the
 messages claimed in one pass go out up to ``batch_messages`` per signed request
-to ``shared.link.batch_path(path)`` (:func:`shared.link.encode_batch`); the
+to ``shared.link.batch_path(path)`` (:func:`shared.link.encode_batch`), one request for
+the pass's messages to a path whose kinds travel the same way (the same link policy:
+a kind sent on ``both`` routes goes apart from one sent ``primary_backup``); the
 peer answers each message on its own, and each is settled on its own
 (delivered, retried, or parked as dead), exactly as if it had gone alone. A
 single due message still goes alone, so an idle link keeps its latency; a
@@ -96,7 +100,7 @@ from shared.link import (
     encode_batch,
     parse_batch_answer,
 )
-from shared.link_policy import BATCH_MAX_MESSAGES, DEFAULT_PASSES_IN_FLIGHT
+from shared.link_policy import BATCH_MAX_MESSAGES, DEFAULT_PASSES_IN_FLIGHT, KindPolicy
 from shared.metrics import common as metrics
 from shared.waits import within
 
@@ -489,14 +493,19 @@ class OutboxRelay:
 
     def _groups(self, rows: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
         """Claimed messages as they will go out: alone, or in batches of up to
-        ``batch_messages`` of one kind to one path the peer takes batches for."""
+        ``batch_messages`` to one path the peer takes batches for, whatever their kinds,
+        as long as their kinds travel the same way (:meth:`shared.link_policy.LinkPolicy.
+        for_kind`: the same mode over the same routes). With one policy for every kind (the
+        default) a pass's messages to a path go in one signed request."""
         groups: list[list[asyncpg.Record]] = []
-        batchable: dict[tuple[str, str], list[asyncpg.Record]] = {}
+        batchable: dict[tuple[str, KindPolicy], list[asyncpg.Record]] = {}
+        policy = self.client.policy
         now = time.monotonic()
         for row in rows:
             if row["path"] in self.batch_paths \
                     and self._no_batches_until.get(row["path"], 0.0) <= now:
-                batchable.setdefault((row["kind"], row["path"]), []).append(row)
+                batchable.setdefault((row["path"], policy.for_kind(row["kind"])),
+                                     []).append(row)
             else:
                 groups.append([row])
         for same in batchable.values():
@@ -526,14 +535,17 @@ class OutboxRelay:
         return 1
 
     async def _deliver_batch(self, rows: list[asyncpg.Record]) -> int:
-        """Several messages in one signed request to ``batch_path(path)``, each answered
-        (and settled) on its own; how many were delivered. A batch the peer refuses as a
-        whole goes again one message at a time, so a peer without the batch route still
-        gets everything."""
-        kind, path = rows[0]["kind"], rows[0]["path"]
+        """Several messages (of kinds that travel the same way, :meth:`_groups`) in one
+        signed request to ``batch_path(path)``, each answered (and settled) on its own; how
+        many were delivered. A batch the peer refuses as a whole goes again one message at
+        a time, so a peer without the batch route still gets everything."""
+        path = rows[0]["path"]
+        kind = ",".join(sorted({r["kind"] for r in rows}))   # for the log lines
         body = encode_batch([(str(r["message_id"]), bytes(r["body"])) for r in rows])
         try:
-            result = await self.client.post(batch_path(path), body, str(uuid.uuid4()), kind=kind)
+            # any of the rows' kinds: they all have the same policy
+            result = await self.client.post(batch_path(path), body, str(uuid.uuid4()),
+                                            kind=rows[0]["kind"])
         except LinkRejected as exc:
             if exc.status in RETRYABLE_4XX:
                 await self._retry([(r, f"HTTP {exc.status}: {exc.body}") for r in rows])

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from shared.link_policy import HealthSettings, LinkPolicy
+from shared.link_policy import HealthSettings, KindPolicy, LinkMode, LinkPolicy
 from shared.outbox import Outbox, OutboxAlert, OutboxRelay, outbox_stats
 from tests import prom
 from tests.faults.linklab import (
@@ -209,13 +209,14 @@ async def test_refused_message_is_dead_lettered_visible_and_revivable(
 
 
 @asynccontextmanager
-async def batching_relay(pool: asyncpg.Pool, pg_url: str, pki_dir: Path, *, batches: bool
+async def batching_relay(pool: asyncpg.Pool, pg_url: str, pki_dir: Path, *, batches: bool,
+                         policy: LinkPolicy = NO_PROBES
                          ) -> AsyncIterator[tuple[web.Application, OutboxRelay]]:
     """A receiver (with the batch route or without) and a relay batching ``TEST_PATH`` by 16."""
     app = receiver_app(pool, verifier(pki_dir), batches=batches)
     port = free_port()
     runner = await serve(app, pki_dir, port)
-    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=NO_PROBES)
+    client = link_client(pki_dir, [("r", f"https://127.0.0.1:{port}")], policy=policy)
     try:
         yield app, OutboxRelay(pool, pg_url, client, owner="batches", sweep_s=0.2,
                                batch_paths=[TEST_PATH], batch_messages=16)
@@ -261,6 +262,61 @@ async def test_a_peer_without_the_batch_route_gets_every_message_alone(
         assert relay.batches_sent == 0 and relay.delivered == 40
         assert (await relay.stats()).dead == 0
         assert sum(app[REQUESTS_KEY].values()) == 40
+
+
+async def _enqueue_kinds(pool: asyncpg.Pool, kinds: list[str]) -> list[str]:
+    """A message of each of ``kinds`` to ``TEST_PATH``, in that order."""
+    async with pool.acquire() as conn, conn.transaction():
+        return [await Outbox.enqueue(conn, kind=kind, path=TEST_PATH, payload={"n": i})
+                for i, kind in enumerate(kinds)]
+
+
+async def test_a_pass_s_messages_go_in_one_request_whatever_their_kinds(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """Kinds with the same link policy (here all: the default) share a pass's batch: one
+    signed request for 12 messages of 4 kinds, each settled on its own."""
+    kinds = ["cdr", "callback_status", "request_info", "billing"] * 3
+    async with batching_relay(pool, pg_url, pki_dir, batches=True) as (app, relay):
+        mids = await _enqueue_kinds(pool, kinds)
+        assert await relay.pass_once() == 12
+        assert app[BATCHES_KEY] == {12: 1} and relay.batches_sent == 1
+        assert await effect_counts(pool) == (12, 0)
+        rows = await pool.fetch("SELECT message_id::text AS id, kind, response_body FROM outbox "
+                                "WHERE delivered_at IS NOT NULL")
+        assert {r["id"]: r["kind"] for r in rows} == dict(zip(mids, kinds, strict=True))
+        assert {r["response_body"]["accepted"] for r in rows} == set(range(12))
+
+
+async def test_kinds_that_travel_differently_go_in_a_request_each(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """A kind sent on ``both`` routes does not ride in the batch of the kinds sent
+    ``primary_backup``: two requests for the pass, one a policy."""
+    policy = LinkPolicy(kinds={"cdr": KindPolicy(LinkMode.BOTH)},
+                        health=HealthSettings(interval_s=0))
+    kinds = ["cdr", "callback_status", "request_info", "cdr", "callback_status"]
+    async with batching_relay(pool, pg_url, pki_dir, batches=True, policy=policy) \
+            as (app, relay):
+        await _enqueue_kinds(pool, kinds)
+        assert await relay.pass_once() == 5
+        assert app[BATCHES_KEY] == {2: 1, 3: 1} and relay.batches_sent == 2
+        assert await effect_counts(pool) == (5, 0)
+
+
+async def test_a_peer_without_the_batch_route_gets_a_mixed_pass_one_by_one(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """A peer of the previous version (no batch route: 404) gets each message of a mixed
+    pass on its own, once, and the relay sends it no batch for a while."""
+    kinds = ["cdr", "callback_status", "request_info"] * 4
+    async with batching_relay(pool, pg_url, pki_dir, batches=False) as (app, relay):
+        await _enqueue_kinds(pool, kinds)
+        assert await relay.pass_once() == 12
+        assert await effect_counts(pool) == (12, 0)
+        assert relay.batches_sent == 0 and relay.delivered == 12
+        assert sorted(app[REQUESTS_KEY].values()) == [1] * 12
+        await _enqueue_kinds(pool, kinds[:3])
+        assert await relay.pass_once() == 3     # alone at once: no batch tried again
+        assert sum(app[REQUESTS_KEY].values()) == 15 and relay.delivered == 15
+        assert (await relay.stats()).dead == 0
 
 
 @pytest.mark.parametrize("passes", [1, 4])
