@@ -307,8 +307,9 @@ class ReserveAsk:
 _LOCK_BALANCES = "SELECT * FROM billing_locked_balances($1, $2, $3)"
 
 #: a batch of first holds, one statement (``billing/migrations/0019_reservations_in_one_
-#: statement.sql``): the accounts locked and read, each ask decided as
-#: :func:`decide_holds` decides it, the holds written; a row an ask, in the asks' order
+#: statement.sql``; its write as 0020 replaced it): the accounts locked and read, each ask
+#: decided as :func:`decide_holds` decides it, the holds written; a row an ask, in the
+#: asks' order
 _RESERVE = """SELECT * FROM billing_reserve_holds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                                               $11, $12)"""
 
