@@ -33,6 +33,9 @@ waking up once the batch answered; the same for the reservation batch with
 ``reserve_all``'s round trip (one statement: lock, read, decide, write the holds, commit)
 and its Python.
 
+The requests and ConsultBilling run on uvloop, as the callback server's ``serve`` runs
+them (``--asyncio``: on asyncio's own loop, as this bench ran before 2026-12-06 06:30 UTC).
+
 Target (the billing issue): p99 <= 10 ms at 200 concurrent requests. PostgreSQL:
 ``DATABASE_URL``'s server, else the embedded one (database ``cbgw_bench_billing``,
 re-created each run).
@@ -463,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed bursts first")
     parser.add_argument("--breakdown", action="store_true",
                         help="then profile as many bursts more: where a request's ms go")
+    parser.add_argument("--asyncio", action="store_true",
+                        help="run on asyncio's own event loop instead of uvloop (the "
+                             "callback server's ``serve`` runs on uvloop)")
     args = parser.parse_args(argv)
     if args.requests < 20 or args.bursts < 1 or args.pool < 1 or args.rate <= 0 \
             or args.seconds <= 0 or args.warm < 0:
@@ -471,7 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench._machine import speed_line
 
     print(speed_line(), flush=True)
-    return asyncio.run(_run(args))
+    if args.asyncio:
+        print("event loop: asyncio's own (--asyncio)")
+        return asyncio.run(_run(args))
+    import uvloop
+
+    print("event loop: uvloop, as the callback server's serve runs")
+    return uvloop.run(_run(args))
 
 
 if __name__ == "__main__":
