@@ -198,8 +198,9 @@ async def test_merchant_sync_marks_removed_merchants_inactive(pool: asyncpg.Pool
 
 # --- reports from the callback site -------------------------------------------------------
 
-def cdr_event(call_id: str, merchant_id: str = "acme") -> dict[str, Any]:
-    return {"kind": "cdr", "call_id": call_id, "callback_id": "cb-1", "edge_call_id": "edge-c1.1",
+def cdr_event(call_id: str, merchant_id: str = "acme",
+              edge_call_id: str = "edge-c1.1") -> dict[str, Any]:
+    return {"kind": "cdr", "call_id": call_id, "callback_id": "cb-1", "edge_call_id": edge_call_id,
             "merchant_id": merchant_id, "leg": "customer", "destination": "+819012345678",
             "carrier": "carrier-b", "started_at": "2026-11-22T01:02:10.000Z",
             "answered_at": "2026-11-22T01:02:12.000Z", "ended_at": "2026-11-22T01:02:24.480Z",
@@ -259,8 +260,11 @@ async def test_a_delivery_waiting_on_the_same_message_gets_its_first_answer(
 async def test_reports_for_another_tenants_call_are_refused(pool: asyncpg.Pool) -> None:
     from shared.http import ApiError
 
+    # its own acme call: a test chosen alone (``-k report``) finds no call of another test's
+    acme_call = await CallStore(pool).store_request(store_cmd("c-x.1"), T0)
     with pytest.raises(ApiError) as info:
-        await deliver(pool, "m-x-1", cdr_event("call-x", merchant_id="bento"))
+        await deliver(pool, "m-x-1", cdr_event("call-x", merchant_id="bento",
+                                               edge_call_id=acme_call))
     assert info.value.error_id == "tenant-mismatch"
     with pytest.raises(ApiError) as info:
         await deliver(pool, "m-x-2", cdr_event("call-y", merchant_id="ghost"))
