@@ -205,6 +205,9 @@ class Profile:
     admitted_in: dict[str, _Batch] = field(default_factory=dict)
     reserved_in: dict[str, _Batch] = field(default_factory=dict)
     parts: dict[str, list[float]] = field(default_factory=dict)
+    #: the last burst collected, as lines: its batches and its slowest request, in ms
+    #: from the burst's first request
+    timeline: list[str] = field(default_factory=list)
     on: bool = False
 
     def wrap(self, billing: Any) -> None:
@@ -245,6 +248,7 @@ class Profile:
         def add(name: str, s: float) -> None:
             self.parts.setdefault(name, []).append(s * 1000)
 
+        self._timeline()
         for request, st in self.requests.items():
             number, consultation = request.split("|", 1)
             add("total", st["answered"] - st["start"])
@@ -266,6 +270,33 @@ class Profile:
         self.requests.clear()
         self.admitted_in.clear()
         self.reserved_in.clear()
+
+    def _timeline(self) -> None:
+        """The burst as it ran: each batch formed, its round trips sent and answered, its
+        Python done; and the slowest request's start, its batch and its answer."""
+        if not self.requests:
+            return
+        t0 = min(st["start"] for st in self.requests.values())
+
+        def ms(t: float) -> str:
+            return f"{(t - t0) * 1000:6.2f}"
+
+        lines = []
+        batches = {id(b): b for b in (*self.admitted_in.values(), *self.reserved_in.values())}
+        for i, b in enumerate(sorted(batches.values(), key=lambda b: b.started), 1):
+            size = sum(x is b for x in (*self.admitted_in.values(),
+                                        *self.reserved_in.values()))
+            trips = "; ".join(f"{name} sent {ms(s)} answered {ms(e)}"
+                              for name, s, e in b.trips)
+            lines.append(f"batch {i} ({size} asks): formed {ms(b.started)}; {trips}; "
+                         f"Python done {ms(b.ended)}")
+        slow, st = max(self.requests.items(), key=lambda kv: kv[1]["answered"] - kv[1]["start"])
+        b = self.admitted_in[slow.split("|", 1)[0]]
+        lines.append(f"slowest request: started {ms(st['start'])}, its batch formed "
+                     f"{ms(b.started)}, answered {ms(b.trips[-1][2] if b.trips else b.ended)},"
+                     f" Python done {ms(b.ended)}, the request resumed {ms(st['admitted'])}, "
+                     f"answered {ms(st['answered'])}")
+        self.timeline = lines
 
     @staticmethod
     def _trips(add: Callable[[str, float], None], stage: str, b: _Batch) -> None:
@@ -447,6 +478,9 @@ def _report_breakdown(args: argparse.Namespace, asks: list[Ask], profile: Profil
         ordered = sorted(ms)
         print(f"  {name:<58} {sum(ms) / len(ms):7.3f} {percentile(ordered, 0.5):7.3f} "
               f"{percentile(ordered, 0.99):7.3f}  {len(ms):>5,}")
+    print("the last profiled burst's timeline (ms from its first request's start):")
+    for line in profile.timeline:
+        print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
