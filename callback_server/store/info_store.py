@@ -12,8 +12,20 @@ from callback_server.store.base import RoundFlow, StoreBase
 from ivr_platform.notify_config import Event
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
-from shared.outbox import EVENTS_PATH, Outbox, fact_message_id, isoformat
+from shared.outbox import EVENTS_PATH, Outbox, encode, fact_message_id, isoformat
 from shared.phone import E164
+
+#: the request info and its outbox message in one statement (without call notifications):
+#: the message only if the row is new, so a repeat of the fact sends nothing twice
+RECORD_INFO_SQL = f"""
+    WITH info AS (
+        INSERT INTO request_info (callback_id, merchant_id, category, fields, collected_at,
+                                  message_id)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (message_id) DO NOTHING RETURNING message_id)
+    INSERT INTO outbox ({Outbox.INSERT_COLUMNS})
+    SELECT message_id::uuid, 'request_info', $7, $8, $2, false FROM info
+    ON CONFLICT (message_id) DO NOTHING"""
 
 
 class InfoStore(StoreBase):
@@ -23,6 +35,21 @@ class InfoStore(StoreBase):
                           seq: int) -> str:
         """Store collected request info and its outbox message; returns the message id."""
         mid = fact_message_id("request_info", f"{callback_id}:{seq}")
+        message = {
+            "kind": "request_info", "callback_id": callback_id,
+            "edge_call_id": edge_call_id, "merchant_id": merchant_id,
+            "caller": str(caller), "category": submit.category,
+            "fields": submit.as_dict(), "collected_at": isoformat(collected_at),
+        }
+        if self.notify is None:
+            # One statement, its own transaction: the row and its message, or neither
+            # (a repeat of the same fact inserts nothing). A connection is held for one
+            # round trip, not four (BEGIN, two INSERTs, COMMIT) each waiting for the
+            # event loop's turn while the IVRs of many calls submit.
+            await self.pool.execute(RECORD_INFO_SQL, callback_id, merchant_id,
+                                    submit.category, submit.as_dict(), collected_at, mid,
+                                    EVENTS_PATH, encode(message))
+            return mid
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """INSERT INTO request_info (callback_id, merchant_id, category, fields,
@@ -31,19 +58,15 @@ class InfoStore(StoreBase):
                    ON CONFLICT (message_id) DO NOTHING RETURNING true""",
                 callback_id, merchant_id, submit.category, submit.as_dict(), collected_at, mid)
             if inserted:
-                await Outbox.enqueue(conn, kind="request_info", path=EVENTS_PATH, payload={
-                    "kind": "request_info", "callback_id": callback_id,
-                    "edge_call_id": edge_call_id, "merchant_id": merchant_id,
-                    "caller": str(caller), "category": submit.category,
-                    "fields": submit.as_dict(), "collected_at": isoformat(collected_at),
-                }, message_id=mid, merchant_id=merchant_id)
-                if self.notify is not None:
-                    await enqueue_notification(
-                        conn, self.notify, merchant_id=merchant_id,
-                        event=Event.REQUEST_COLLECTED, fact_key=f"request_info:{mid}",
-                        facts={"caller": str(caller), "at": isoformat(collected_at),
-                               "category": submit.category, "fields": submit.as_dict(),
-                               "callback_id": callback_id, "edge_call_id": edge_call_id})
+                await Outbox.enqueue(conn, kind="request_info", path=EVENTS_PATH,
+                                     payload=message, message_id=mid,
+                                     merchant_id=merchant_id)
+                await enqueue_notification(
+                    conn, self.notify, merchant_id=merchant_id,
+                    event=Event.REQUEST_COLLECTED, fact_key=f"request_info:{mid}",
+                    facts={"caller": str(caller), "at": isoformat(collected_at),
+                           "category": submit.category, "fields": submit.as_dict(),
+                           "callback_id": callback_id, "edge_call_id": edge_call_id})
         return mid
 
     def keep_round_flow(self, callback_id: str, flow: RoundFlow) -> None:
