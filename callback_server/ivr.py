@@ -385,7 +385,8 @@ def start(flow: Flow, call_id: str, variables: tuple[tuple[str, str], ...] = ())
 
 
 def transition(state: IvrState, event: Event) -> Step:
-    state = replace(state, entered=())
+    if state.entered:            # what the last step entered (a copy only when it did)
+        state = replace(state, entered=())
     if state.mode is Mode.DONE:
         return state, []
     if isinstance(event, CallerHangup):
