@@ -43,6 +43,10 @@ class StasisApp:
                  reconcile: Callable[[Collection[str]], Awaitable[object]] | None = None
                  ) -> None:
         self.client = client
+        # The calls' prompts (a play each, a stop at the key that cuts one short: most of
+        # a call-back's ARI requests) on the events websocket this app reads, where the
+        # Asterisk takes REST requests (22.4 on; else over HTTP): no HTTP request each.
+        client.requests_over_events = True
         self.runners = runners
         # Lookups of Asterisk's leg records arrive as StasisStarts of our own.
         self.records = records

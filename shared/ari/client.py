@@ -16,17 +16,29 @@ raises because Asterisk is down: it logs, backs off (capped at
 
 Credentials travel in an ``Authorization: Basic`` header built here (aiohttp
 3.14 deprecates ``BasicAuth``/``auth=``).
+
+REST over the events websocket (``requests_over_events``): Asterisk 20.14, 21.9 and 22.4
+on answer a ``RESTRequest`` sent on the events websocket with a ``RESTResponse`` event
+there, the same status and body as over HTTP, without an HTTP request's parsing,
+headers and authentication at either end. With it on, the requests a call makes most
+(:data:`OVER_EVENTS`: a prompt's ``play``, its stop at a barge-in key) go that way while
+the websocket is up and Asterisk answered the probe sent on each connect (a ``GET`` of
+the application); otherwise, and for every other request, over HTTP as before. A
+request in flight when the websocket drops raises ``AriUnavailable``, as a lost HTTP
+connection does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -39,7 +51,7 @@ from shared.ari.errors import (
     Conflict,
     NotFound,
 )
-from shared.ari.events import Connected, Event, decode_message
+from shared.ari.events import Connected, Event, Unknown, decode_event
 from shared.ari.models import AppState, Bridge, Channel, Endpoint, LiveRecording, Playback
 from shared.metrics import common as metrics
 
@@ -47,6 +59,12 @@ log = logging.getLogger("ari.client")
 events_log = logging.getLogger("ari.events")
 
 ParamValue = str | int | float | bool | None
+
+#: what a REST response on the events websocket is (an event of its own type)
+REST_RESPONSE = "RESTResponse"
+#: the requests sent on the events websocket with ``requests_over_events``: the IVR's
+#: prompts (each a play, and a stop at the key that cuts one short), most of a call's
+OVER_EVENTS = frozenset({"play", "stop_playback"})
 
 
 class AriClient:
@@ -64,6 +82,7 @@ class AriClient:
         reconnect_max_s: float = 2.0,
         heartbeat_s: float = 5.0,
         events_allowed: Collection[str] = (),
+        requests_over_events: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.app = app
@@ -81,6 +100,13 @@ class AriClient:
         # drops: events are lost from then until the next ``Connected``.
         self.connected = False
         self.on_disconnect: Callable[[], None] | None = None
+        #: send :data:`OVER_EVENTS` on the events websocket when Asterisk takes them there
+        self.requests_over_events = requests_over_events
+        # The events websocket while requests may go on it (connected, the probe answered),
+        # and the requests sent there awaiting their response, by request id.
+        self._rest_ws: aiohttp.ClientWebSocketResponse | None = None
+        self._awaiting: dict[str, asyncio.Future[tuple[int, str]]] = {}
+        self._request_ids = itertools.count(1)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,19 +175,25 @@ class AriClient:
             delay = self._reconnect_initial_s
             try:
                 await self._filter_events()
+                early = await self._probe_requests(ws) if self.requests_over_events else []
                 self.connected = True
                 metrics().ari_connected.set(1)
                 metrics().ari_connects.labels("reconnect" if connected_before else "first").inc()
                 yield Connected(reconnect=connected_before)
                 connected_before = True
+                for event in early:
+                    yield event
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.TEXT:
-                        yield decode_message(msg.data)
+                        received = self._received(msg.data)
+                        if received is not None:
+                            yield received
                     elif msg.type == aiohttp.WSMsgType.ERROR:
                         log.warning("ARI events websocket error: %s", ws.exception())
                         break
             finally:
                 self.connected = False
+                self._lose_requests()
                 metrics().ari_connected.set(0)
                 if self.on_disconnect is not None:
                     self.on_disconnect()
@@ -181,6 +213,92 @@ class AriClient:
             log.warning("ARI event filter of app %s not set (%s); receiving every event",
                         self.app, exc)
 
+    # ------------------------------------------------------------------ REST on the events
+
+    def _received(self, data: str) -> Event | None:
+        """An event of the websocket's text frame ``data``; None for a REST response,
+        handed to the request awaiting it."""
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            return Unknown("", {"invalid_json": data})
+        if not isinstance(raw, dict):
+            return Unknown("", {"not_an_object": raw})
+        if raw.get("type") != REST_RESPONSE:
+            return decode_event(raw)
+        waiting = self._awaiting.pop(str(raw.get("request_id")), None)
+        if waiting is not None and not waiting.done():
+            status = raw.get("status_code")
+            body = raw.get("message_body")
+            waiting.set_result((status if isinstance(status, int) else 500,
+                                body if isinstance(body, str) else
+                                "" if body is None else json.dumps(body)))
+        return None
+
+    async def _probe_requests(self, ws: aiohttp.ClientWebSocketResponse) -> list[Event]:
+        """Whether Asterisk answers REST requests on the events websocket (one ``GET`` of
+        the application within the request timeout): if so, they may go there from now
+        on. The events that arrived meanwhile are returned, in order."""
+        early: list[Event] = []
+        probe = asyncio.ensure_future(self._over_events(ws, "GET", f"/applications/{self.app}",
+                                                        {}, None))
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                while not probe.done():
+                    msg = await ws.receive()
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    event = self._received(msg.data)
+                    if event is not None:
+                        early.append(event)
+        except TimeoutError:
+            pass
+        if probe.done() and not probe.cancelled() and probe.exception() is None \
+                and probe.result()[0] == 200:
+            log.info("ARI requests of the calls' prompts go on the events websocket")
+            self._rest_ws = ws
+            return early
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+        self._lose_requests()
+        log.warning("ARI at %s does not answer REST requests on the events websocket: "
+                    "over HTTP", self.base_url)
+        return early
+
+    def _lose_requests(self) -> None:
+        """The events websocket is gone: the requests awaiting on it fail, as a lost
+        HTTP connection's do, and the next go over HTTP."""
+        self._rest_ws = None
+        awaiting, self._awaiting = self._awaiting, {}
+        for waiting in awaiting.values():
+            if not waiting.done():
+                waiting.set_exception(AriUnavailable("ARI events websocket lost"))
+
+    async def _over_events(self, ws: aiohttp.ClientWebSocketResponse | None, method: str,
+                           path: str, query: Mapping[str, str],
+                           body: Mapping[str, Any] | None) -> tuple[int, str]:
+        """One request on the events websocket ``ws``: its status and body."""
+        if ws is None or ws.closed:
+            raise AriUnavailable(f"ARI {method} {path}: events websocket not connected")
+        request_id = str(next(self._request_ids))
+        uri = path.lstrip("/") + (f"?{urlencode(query)}" if query else "")
+        request: dict[str, Any] = {"type": "RESTRequest", "request_id": request_id,
+                                   "method": method, "uri": uri}
+        if body is not None:
+            request["content_type"] = "application/json"
+            request["message_body"] = json.dumps(body)
+        answer = asyncio.get_running_loop().create_future()
+        self._awaiting[request_id] = answer
+        try:
+            await ws.send_str(json.dumps(request))
+            async with asyncio.timeout(self._request_timeout):
+                answered: tuple[int, str] = await answer
+                return answered
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
+        finally:
+            self._awaiting.pop(request_id, None)
+
     # ------------------------------------------------------------------ transport
 
     async def _request(
@@ -191,18 +309,22 @@ class AriClient:
         body: Mapping[str, Any] | None = None,
         *,
         allocation: bool = False,
+        over_events: bool = False,
     ) -> Any:
         session = self._require_session()
         query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
-        url = f"{self.base_url}/ari{path}"
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                async with session.request(method, url, params=query, json=body,
-                                           headers=self._headers) as resp:
-                    status = resp.status
-                    text = await resp.text()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
+        if over_events and self._rest_ws is not None:
+            status, text = await self._over_events(self._rest_ws, method, path, query, body)
+        else:
+            url = f"{self.base_url}/ari{path}"
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    async with session.request(method, url, params=query, json=body,
+                                               headers=self._headers) as resp:
+                        status = resp.status
+                        text = await resp.text()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
         if status >= 400:
             raise _http_error(status, text, method, path, allocation=allocation)
         if not text:
@@ -292,7 +414,8 @@ class AriClient:
         On an unanswered inbound channel this sends 183 and plays early media.
         """
         path = f"/channels/{channel_id}/play" + (f"/{playback_id}" if playback_id else "")
-        raw = await self._request("POST", path, {"media": ",".join(media), "lang": lang})
+        raw = await self._request("POST", path, {"media": ",".join(media), "lang": lang},
+                                  over_events=self.requests_over_events)
         return Playback.from_json(raw)
 
     async def record(self, channel_id: str, name: str, *, max_duration_s: int = 0,
@@ -315,7 +438,8 @@ class AriClient:
 
     async def stop_playback(self, playback_id: str) -> None:
         try:
-            await self._request("DELETE", f"/playbacks/{playback_id}")
+            await self._request("DELETE", f"/playbacks/{playback_id}",
+                                over_events=self.requests_over_events)
         except NotFound:
             pass
 
