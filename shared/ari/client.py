@@ -23,9 +23,9 @@ there, the same status and body as over HTTP, without an HTTP request's parsing,
 headers and authentication at either end. With it on, the requests a call makes most
 (:data:`OVER_EVENTS`: a prompt's ``play``, its stop at a barge-in key) go that way while
 the websocket is up and Asterisk answered the probe sent on each connect (a ``GET`` of
-the application); otherwise, and for every other request, over HTTP as before. A
-request in flight when the websocket drops raises ``AriUnavailable``, as a lost HTTP
-connection does.
+the application; the event filter lets ``RESTResponse`` through); otherwise, and for
+every other request, over HTTP as before. A request in flight when the websocket drops
+raises ``AriUnavailable``, as a lost HTTP connection does.
 """
 
 from __future__ import annotations
@@ -207,8 +207,12 @@ class AriClient:
         what nobody reads, at the CPU cost the filter saves."""
         if not self.events_allowed:
             return
+        # The filter holds back REST responses too (they are events): with requests on the
+        # websocket, it lets them through.
+        allowed = (*self.events_allowed, REST_RESPONSE) if self.requests_over_events \
+            else self.events_allowed
         try:
-            await self.set_event_filter(self.events_allowed)
+            await self.set_event_filter(allowed)
         except AriError as exc:
             log.warning("ARI event filter of app %s not set (%s); receiving every event",
                         self.app, exc)

@@ -46,6 +46,9 @@ class FakeAri:
     hold: bool = False
     over_http: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     over_ws: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    #: the application's event filter (None: every type), as Asterisk applies it to the
+    #: REST responses too
+    allowed: set[str] | None = None
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
     runner: web.AppRunner | None = None
 
@@ -81,6 +84,9 @@ class FakeAri:
 
     async def http(self, request: web.Request) -> web.StreamResponse:
         tail, query = request.match_info["tail"], dict(request.query)
+        if request.method == "PUT" and tail == "applications/callback/eventFilter":
+            self.allowed = {kind["type"] for kind in (await request.json())["allowed"]}
+            return web.json_response({"name": "callback", "channel_ids": []})
         self.over_http.append((request.method, tail, query))
         status, body = self.answer(request.method, tail, query)
         if body is None:
@@ -112,7 +118,8 @@ class FakeAri:
             if body is not None:
                 response |= {"content_type": "application/json",
                              "message_body": json.dumps(body)}
-            await ws.send_json(response)
+            if self.allowed is None or "RESTResponse" in self.allowed:
+                await ws.send_json(response)
         return ws
 
 
@@ -130,6 +137,7 @@ async def running(request: pytest.FixtureRequest) -> AsyncIterator[Running]:
     await fake.start(port)
     client = AriClient(f"http://127.0.0.1:{port}", "cb", "secret", "callback",
                        reconnect_initial_s=0.02, reconnect_max_s=0.1, request_timeout=0.5,
+                       events_allowed=("StasisStart", "PlaybackFinished"),
                        requests_over_events=True)
     await client.start()
     seen: list[Event] = []
@@ -174,12 +182,19 @@ async def test_prompts_go_on_the_events_websocket_with_the_same_answers(
         ("DELETE", "playbacks/p1", {}),
         ("DELETE", "playbacks/stopped-already", {}),
         ("POST", "channels/gone/play", {"media": ",".join(MEDIA)})]
-    assert fake.over_http == []
+    assert fake.over_http == [] and fake.allowed == {"StasisStart", "PlaybackFinished",
+                                                     "RESTResponse"}
     # the events sent between a request and its response still come, in order
     assert [type(e) for e in running.events[:2]] == [Connected, StasisStart]
     assert sum(isinstance(e, PlaybackFinished) for e in running.events) >= 4
     assert await client.get_channel("gone") is None           # every other request: HTTP
     assert fake.over_http == [("GET", "channels/gone", {})]
+
+
+async def test_without_them_the_filter_holds_back_rest_responses(running: Running) -> None:
+    running.client.requests_over_events = False
+    await running.client.set_event_filter(running.client.events_allowed)
+    assert running.fake.allowed == {"StasisStart", "PlaybackFinished"}
 
 
 @pytest.mark.parametrize("running", [{"rest": False}], indirect=True)
