@@ -344,20 +344,20 @@ def test_check_names_an_asterisk_config_it_cannot_read_or_parse(
 
 def test_check_refuses_a_site_channel_cap_the_asterisks_cannot_reach(
         pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The callback site's two Asterisks carry 500 channels each: a site cap of 1,200
-    customer legs would never be reached (Asterisk refuses first); 1,000 is."""
+    """The callback site's two Asterisks carry 1,000 and 500 channels: a site cap of 1,600
+    customer legs would never be reached (Asterisk refuses first); 1,500 is."""
     sized = _sized(rate="40", hold="8",
                    asterisks=f'["{ASTERISKS}/callback", "{ASTERISKS}/callback2"]')
     config = _config(tmp_path, pki_dir, "callback", *sized,
                      ("[guard.caps.global]              # 0 = no cap\nchannels = 50",
-                      "[guard.caps.global]\nchannels = 1200"))
+                      "[guard.caps.global]\nchannels = 1600"))
     code, err = _check("callback", config, capsys)
     assert code == 2
     assert err.splitlines() == [
-        f"config error: {config}:{_line(config, 'channels = 1200')}: "
-        "guard.caps.global.channels: 1200 calls with 1 channel(s) each is 1200 channels, "
-        "more than the 1000 the Asterisks in capacity.asterisk_config carry"]
-    config.write_text(config.read_text().replace("channels = 1200", "channels = 1000"))
+        f"config error: {config}:{_line(config, 'channels = 1600')}: "
+        "guard.caps.global.channels: 1600 calls with 1 channel(s) each is 1600 channels, "
+        "more than the 1500 the Asterisks in capacity.asterisk_config carry"]
+    config.write_text(config.read_text().replace("channels = 1600", "channels = 1500"))
     assert _check("callback", config, capsys) == (0, "")
 
 
