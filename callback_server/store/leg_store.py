@@ -49,14 +49,30 @@ class LegRow:
 
 #: the first parameter of the guard's admission in :data:`_PERSIST` (after its 13)
 _ADMISSION_FROM = 14
-#: a leg's row stored only while the job's lease holds (``held``), the round's flow with
-#: it, and only if ``admitted`` (the guard's admission, ``guard.store.admission_ctes``, or
-#: :data:`_ADMITTED` for a leg the guard does not admit): one statement
-_PERSIST = """WITH held AS (
+#: the job's lease held, as :data:`_PERSIST`'s CTE ``held``: checked and its row share-
+#: locked till the commit (a concurrent change of the job waits, one committed meanwhile
+#: is seen), not renewed while more than half of it is left. The worker's heartbeat
+#: (at most every half lease, ``[callback] heartbeat_s``) keeps it so; renewing it here
+#: wrote a new version of the request's row and an entry in each of its five indexes
+#: for every leg, the claim's a few milliseconds before.
+_HELD = """held AS (
+                  SELECT true FROM callback_requests
+                  WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
+                    AND lease_expires_at > now() + $3 * interval '500 milliseconds'
+                  FOR SHARE)"""
+#: the job's lease extended to its full length, as :data:`_PERSIST`'s CTE ``held``: when
+#: :data:`_HELD` found less than half of it left (a late heartbeat, or one that renewed
+#: it meanwhile), or our lease gone
+_RENEWED = """held AS (
                   UPDATE callback_requests
                   SET lease_expires_at = now() + $3 * interval '1 second', heartbeat_at = now()
                   WHERE callback_id = $1 AND lease_owner = $2 AND status = 'dialing'
-                  RETURNING true),
+                  RETURNING true)"""
+#: a leg's row stored only while the job's lease holds (``held``: :data:`_HELD`, else
+#: :data:`_RENEWED`), the round's flow with it, and only if ``admitted`` (the guard's
+#: admission, ``guard.store.admission_ctes``, or :data:`_ADMITTED` for a leg the guard
+#: does not admit): one statement
+_PERSIST = """WITH {held},
               flow AS (
                   INSERT INTO callback_round_flows (callback_id, attempt_no, merchant_id,
                       flow_name, version)
@@ -104,8 +120,9 @@ class LegStore(StoreBase):
                            ) -> float | None:
         """One try of :meth:`persist_leg`: None (stored), else how long to wait for the
         CPS window (nothing stored, nothing held). One statement (its own transaction, so
-        no session waits idle in one for this loop): the lease extended and checked, the
-        round's flow kept with its first leg, the guard's admission, the leg's row."""
+        no session waits idle in one for this loop): the lease checked (and extended when
+        less than half of it is left), the round's flow kept with its first leg, the guard's admission, the leg's row (a second
+        statement when the first found less than half the lease left: :data:`_HELD`)."""
         flow = self.round_flows.get(cmd.callback_id)
         if flow is not None and flow.attempt_no != cmd.attempt_no:
             flow = None
@@ -118,13 +135,17 @@ class LegStore(StoreBase):
                     raise refused
             admission = self.guard.leg_admission(cmd.carrier_id, merchant_id,
                                                  _ADMISSION_FROM)
-        row = await self.pool.fetchrow(
-            _PERSIST.format(admitted=_ADMITTED if admission is None else admission.ctes),
-            cmd.callback_id, self.owner, self.lease_s, cmd.attempt_no, merchant_id,
-            flow.name if flow else None, flow.version if flow else None, cmd.channel_id,
-            cmd.leg_seq, cmd.leg, cmd.carrier_id, cmd.endpoint, self.asterisk,
-            *(() if admission is None else admission.args))
+        args = (cmd.callback_id, self.owner, self.lease_s, cmd.attempt_no, merchant_id,
+                flow.name if flow else None, flow.version if flow else None, cmd.channel_id,
+                cmd.leg_seq, cmd.leg, cmd.carrier_id, cmd.endpoint, self.asterisk,
+                *(() if admission is None else admission.args))
+        admitted = _ADMITTED if admission is None else admission.ctes
+        row = await self.pool.fetchrow(_PERSIST.format(held=_HELD, admitted=admitted), *args)
         assert row is not None
+        if not row["held"]:     # nothing written: less than half the lease left, or lost
+            row = await self.pool.fetchrow(_PERSIST.format(held=_RENEWED, admitted=admitted),
+                                           *args)
+            assert row is not None
         if not row["held"]:
             raise LeaseLost(f"{cmd.callback_id}: lease lost before originating "
                             f"{cmd.channel_id}")

@@ -185,9 +185,12 @@ class QueueStore(StoreBase):
                        SELECT min(lease_expires_at) FROM callback_requests
                        WHERE status = 'dialing'
                          AND callback_id NOT IN (SELECT callback_id FROM c)) s),
+               -- the callers as a column, not a subquery argument: the facts' SQL
+               -- function is then inlined, planned with this statement (kept with it),
+               -- not planned again at each claim
                facts AS (
-                   SELECT f FROM guard_number_facts(
-                       (SELECT array_agg(caller) FROM claimed), $6, $7, $9) f
+                   SELECT f FROM (SELECT array_agg(caller) AS numbers FROM claimed) k
+                   CROSS JOIN LATERAL guard_number_facts(k.numbers, $6, $7, $9) f
                    WHERE $6::timestamptz IS NOT NULL)
                SELECT next.due_s, claimed.*, facts.f AS guard_facts,
                       (SELECT coalesce(array_agg(u), '{}') FROM guard_cap_usage(NULL, $8) u
