@@ -121,8 +121,8 @@ class LegStore(StoreBase):
         """One try of :meth:`persist_leg`: None (stored), else how long to wait for the
         CPS window (nothing stored, nothing held). One statement (its own transaction, so
         no session waits idle in one for this loop): the lease checked (and extended when
-        less than half of it is left), the round's flow kept with its first leg, the guard's admission, the leg's row (a second
-        statement when the first found less than half the lease left: :data:`_HELD`)."""
+        less than half of it is left: a second statement, :data:`_HELD`), the round's flow
+        kept with its first leg, the guard's admission, the leg's row."""
         flow = self.round_flows.get(cmd.callback_id)
         if flow is not None and flow.attempt_no != cmd.attempt_no:
             flow = None
@@ -139,11 +139,11 @@ class LegStore(StoreBase):
                 flow.name if flow else None, flow.version if flow else None, cmd.channel_id,
                 cmd.leg_seq, cmd.leg, cmd.carrier_id, cmd.endpoint, self.asterisk,
                 *(() if admission is None else admission.args))
-        admitted = _ADMITTED if admission is None else admission.ctes
-        row = await self.pool.fetchrow(_PERSIST.format(held=_HELD, admitted=admitted), *args)
+        ctes = _ADMITTED if admission is None else admission.ctes
+        row = await self.pool.fetchrow(_PERSIST.format(held=_HELD, admitted=ctes), *args)
         assert row is not None
         if not row["held"]:     # nothing written: less than half the lease left, or lost
-            row = await self.pool.fetchrow(_PERSIST.format(held=_RENEWED, admitted=admitted),
+            row = await self.pool.fetchrow(_PERSIST.format(held=_RENEWED, admitted=ctes),
                                            *args)
             assert row is not None
         if not row["held"]:
