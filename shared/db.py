@@ -52,6 +52,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 LIVE_CALL_WRITE_RETRY_S = 60.0
+#: the wait after a live call's write first failed, before its retries (tenacity's first
+#: wait, ``wait_exponential(multiplier=0.2)``)
+_FIRST_RETRY_WAIT_S = 0.2
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -69,6 +72,14 @@ def survives_database_restarts(fn: Callable[P, Coroutine[Any, Any, T]]
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        # The first try is made directly: nearly every write succeeds at once, and
+        # tenacity's retry state cost 12 µs of CPU a call (0.2 µs without; two such writes
+        # a call-back: the leg's result and the round's finish).
+        try:
+            return await fn(*args, **kwargs)
+        except CONNECTION_ERRORS as exc:
+            log.warning("%s: database unavailable (%s); retrying", fn.__name__, exc)
+        await asyncio.sleep(_FIRST_RETRY_WAIT_S)
         async for attempt in tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception_type(CONNECTION_ERRORS),
                 wait=tenacity.wait_exponential(multiplier=0.2, max=5),
