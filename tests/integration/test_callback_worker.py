@@ -24,6 +24,7 @@ from callback_server.ivr_flow import load_named
 from callback_server.routing import Routing
 from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
+from callback_server.store.queue_store import LeaseLost
 from callback_server.testing import FakeAri, FixedRater, merchant
 from callback_server.worker import Worker, WorkerSettings
 from shared import ari
@@ -154,6 +155,44 @@ async def test_two_workers_never_dial_one_request_twice(clean: asyncpg.Pool, pg_
         assert not dialled_a & dialled_b
         assert dialled_a | dialled_b == created
         assert len(fa.named("originate")) + len(fb.named("originate")) == 30
+
+
+async def test_a_legs_persist_renews_the_lease_only_with_half_of_it_gone(
+        clean: asyncpg.Pool, ids: Iterator[str]) -> None:
+    """The lease the claim just set is checked, not written again, by the leg's persist;
+    with half of it or less left (a late heartbeat) it is renewed to its full length; a
+    lease lost stores no leg."""
+    callback_id = await intake(clean, next(ids))
+    store = CallbackStore(clean, owner="w1", lease_s=30)
+    await store.claim(1)
+
+    def leg(n: int) -> PersistAttempt:
+        return PersistAttempt(callback_id, 1, n, f"{callback_id}-0{n}", "customer",
+                              "carrier-a", "PJSIP/x@carrier-a")
+
+    async def lease() -> asyncpg.Record:
+        row = await clean.fetchrow(
+            "SELECT xmin::text AS version, lease_expires_at, "
+            "extract(epoch FROM lease_expires_at - now()) AS left_s "
+            "FROM callback_requests WHERE callback_id = $1", callback_id)
+        assert row is not None
+        return row
+
+    claimed = await lease()
+    await store.persist_leg(leg(1), "acme")
+    kept = await lease()
+    assert (kept["version"], kept["lease_expires_at"]) == (claimed["version"],
+                                                            claimed["lease_expires_at"])
+    await clean.execute("UPDATE callback_requests SET lease_expires_at = now() + "
+                        "interval '14 seconds' WHERE callback_id = $1", callback_id)
+    await store.persist_leg(leg(2), "acme")
+    assert (await lease())["left_s"] > 25
+    await clean.execute("UPDATE callback_requests SET lease_owner = 'other' "
+                        "WHERE callback_id = $1", callback_id)
+    with pytest.raises(LeaseLost):
+        await store.persist_leg(leg(3), "acme")
+    assert await clean.fetchval("SELECT array_agg(leg_seq ORDER BY leg_seq) "
+                                "FROM callback_attempts") == [1, 2]
 
 
 async def test_rescue_redials_a_job_that_never_dialled(clean: asyncpg.Pool, pg_url: str,
