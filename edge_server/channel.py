@@ -99,10 +99,11 @@ class ChannelSession(Generic[E]):
 
     def _translate(self, event: ari.Event) -> ChannelEvent | None:
         match event:
-            case ari.StasisEnd() | ari.ChannelHangupRequest():
+            case ari.StasisEnd():
+                # the channel left the application, whatever ended it (the caller, our
+                # hang-up, a destroy): Asterisk always sends it, so the hang-up request
+                # and the destroy before it are not asked for (``EVENTS_USED``)
                 return CallerHungUp()
-            case ari.ChannelDestroyed(cause=cause):
-                return CallerHungUp(cause=cause)
             case ari.PlaybackFinished(playback=playback) if playback.id == self._playback:
                 self._playback = None
                 return PlaybackFinished(failed=playback.state == "failed")

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from edge_server.flow_messages import Decided, DecisionUnavailable, RequestDecision
+from edge_server.metrics import child
 from edge_server.metrics import edge as edge_metrics
 from shared.config import CarrierQuality
 from shared.money import Money
@@ -99,18 +100,18 @@ def counted(merchant_id: str, decision: DecisionLike) -> None:
     (a comparison currency other than JPY is counted, its amount left out)."""
     kind = "callback" if decision.callback else "keep"
     m = edge_metrics()
-    m.decisions.labels(merchant_id, kind, str(decision.reason)).inc()
+    child(m.decisions, merchant_id, kind, str(decision.reason)).inc()
     for dropped in decision.explain.get("dropped", ()):
         if dropped.get("reason") == "no-deck":
-            m.no_deck.labels(merchant_id, str(dropped.get("carrier"))).inc()
+            child(m.no_deck, merchant_id, str(dropped.get("carrier"))).inc()
     saving = decision.saving
     if saving.currency == "JPY":
         amount = float(saving.amount)
         if amount > 0:
-            m.saving.labels(merchant_id, kind).inc(amount)
+            child(m.saving, merchant_id, kind).inc(amount)
         elif amount < 0:
-            m.loss.labels(merchant_id, kind).inc(-amount)
+            child(m.loss, merchant_id, kind).inc(-amount)
 
 
 def unrated(merchant_id: str, reason: str) -> None:
-    edge_metrics().decisions.labels(merchant_id, "unrated", reason).inc()
+    child(edge_metrics().decisions, merchant_id, "unrated", reason).inc()

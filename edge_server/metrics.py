@@ -5,6 +5,7 @@ docs/CONTRACTS.md for the list). Every call-related metric has a ``merchant`` la
 from __future__ import annotations
 
 import functools
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,6 +13,8 @@ from edge_server.flow_messages import Outcome
 from shared.metrics import WAIT_BUCKETS, registry
 
 UNKNOWN_MERCHANT = "unknown"
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 #: how an inbound call ended, in five classes (the ``outcome`` label; ``reason`` is the
 #: :class:`Outcome` code itself)
@@ -82,3 +85,16 @@ class EdgeMetrics:
 @functools.cache
 def edge() -> EdgeMetrics:
     return EdgeMetrics(registry())
+
+
+def child(metric: M, *labels: str) -> M:
+    """``metric.labels(*labels)``, remembered: a call's counters are looked up once per
+    label set (merchant, outcome, reason: a few hundred at most), not with the lock,
+    the labels' checks and the tuple ``labels`` builds at every call."""
+    return cast(M, _child(metric, labels))
+
+
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Counter | Gauge | Histogram, labels: tuple[str, ...]
+           ) -> Counter | Gauge | Histogram:
+    return metric.labels(*labels)

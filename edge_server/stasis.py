@@ -21,6 +21,7 @@ the websocket was down is told the caller hung up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from edge_server.flow_messages import (
     edge_call_id_for,
 )
 from edge_server.hours_prompts import ClosedPrompts
-from edge_server.metrics import OUTCOME_CLASS, UNKNOWN_MERCHANT
+from edge_server.metrics import OUTCOME_CLASS, UNKNOWN_MERCHANT, child
 from edge_server.metrics import edge as edge_metrics
 from edge_server.presence_flow import PresenceLine, PresenceTimings
 from edge_server.presence_stasis import PresenceAsker, PresenceSession
@@ -75,9 +76,11 @@ __all__ = ["EVENTS_USED", "PAI_VAR", "PRESENTATION_VAR", "AriGateway", "asserted
 log = logging.getLogger("edge.stasis")
 
 #: the ARI event types the edge reads (the router's calls, ``edge_server.channel``'s
-#: translation): the application's event filter, so Asterisk sends no other
-EVENTS_USED = ari.event_types(ari.StasisStart, ari.StasisEnd, ari.ChannelHangupRequest,
-                              ari.ChannelDestroyed, ari.PlaybackFinished)
+#: translation): the application's event filter, so Asterisk sends no other. A call
+#: brings three: its start, its announcement's end and its ``StasisEnd``; the
+#: ``ChannelHangupRequest`` each hang-up sent before that one (and, rarely, a
+#: ``ChannelDestroyed``) told the session nothing ``StasisEnd`` does not
+EVENTS_USED = ari.event_types(ari.StasisStart, ari.StasisEnd, ari.PlaybackFinished)
 
 #: the Stasis argument of calls placed by advisors' softphones (the dialplan's
 #: ``[from-advisor]``): only their merchant's presence numbers are taken
@@ -103,6 +106,17 @@ class Decider(Protocol):
                      ) -> Decided | DecisionUnavailable: ...
 
 
+@functools.lru_cache(maxsize=1024)
+def dialled_number(exten: str) -> E164 | None:
+    """The dialled extension as E.164, or None if it is not a number. Remembered: the
+    extensions dialled are the merchants' few numbers, each parsed by libphonenumber
+    once instead of twice a call (the presence check, then the call's arrival)."""
+    try:
+        return normalise(exten)
+    except InvalidNumber:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class MerchantDirectory:
     """Dialled number → the merchant's flow settings, or the presence line it is."""
@@ -111,11 +125,8 @@ class MerchantDirectory:
     presence_lines: Mapping[E164, PresenceLine] = field(default_factory=dict)
 
     def resolve(self, exten: str) -> tuple[E164 | None, MerchantSettings | None]:
-        try:
-            dialed = normalise(exten)
-        except InvalidNumber:
-            return None, None
-        return dialed, self.by_number.get(dialed)
+        dialed = dialled_number(exten)
+        return dialed, None if dialed is None else self.by_number.get(dialed)
 
     def presence_line(self, exten: str) -> PresenceLine | None:
         dialed, _ = self.resolve(exten)
@@ -165,7 +176,7 @@ class CallSession(ChannelSession[Event]):
                 await self.feed(await self.inbox.get())
         except Exception:
             log.exception("call crashed in %s; hanging up", type(self.state).__name__)
-            edge_metrics().calls.labels(self.merchant_id, "failed", "crashed").inc()
+            child(edge_metrics().calls, self.merchant_id, "failed", "crashed").inc()
             await self._safe_hangup("congestion")
             raise
         else:
@@ -177,8 +188,8 @@ class CallSession(ChannelSession[Event]):
         outcome = self.state.outcome if isinstance(self.state, flow.Done) else None
         if outcome is None:
             return
-        edge_metrics().calls.labels(self.merchant_id, OUTCOME_CLASS[outcome],
-                                    outcome.value).inc()
+        child(edge_metrics().calls, self.merchant_id, OUTCOME_CLASS[outcome],
+              outcome.value).inc()
 
     async def feed(self, event: Event) -> None:
         before = self.state
@@ -226,7 +237,7 @@ class CallSession(ChannelSession[Event]):
                 await self._db_step("cancel", deps.store.cancel(command))
             case RecordCall(closed=closed):
                 if closed is not None:
-                    edge_metrics().closed_calls.labels(command.merchant_id, closed).inc()
+                    child(edge_metrics().closed_calls, command.merchant_id, closed).inc()
                 await self._db_step("record", deps.store.record_call(command,
                                                                      self.received_at))
             case Log(code=code, detail=detail, warning=warning):

@@ -149,7 +149,8 @@ class CallStore:
                         SELECT message_id, $10, $11, $12, $3, true FROM call
                         ON CONFLICT (message_id) DO NOTHING)
                     SELECT EXISTS (SELECT FROM call) AS inserted,
-                           (SELECT state FROM edge_calls WHERE edge_call_id = $1) AS state""",
+                           (SELECT state FROM edge_calls WHERE edge_call_id = $1
+                            AND NOT EXISTS (SELECT FROM call)) AS state""",
                 cmd.edge_call_id, cmd.channel_id, cmd.merchant_id, str(cmd.caller),
                 str(cmd.dialed), cmd.announce_mode.value, cmd.decision_reason,
                 uuid.UUID(mid), received_at, CALLBACK_KIND, CALLBACK_PATH, encode(payload))

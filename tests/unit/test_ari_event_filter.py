@@ -73,9 +73,7 @@ def test_the_filter_is_what_the_site_reads(package: str, used: frozenset[str]) -
 
 
 def test_the_edge_reads_neither_channel_variables_nor_state_changes() -> None:
-    assert edge_server.stasis.EVENTS_USED == {
-        "StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed",
-        "PlaybackFinished"}
+    assert edge_server.stasis.EVENTS_USED == {"StasisStart", "StasisEnd", "PlaybackFinished"}
 
 
 def test_an_unmodelled_type_cannot_be_allowed() -> None:
