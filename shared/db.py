@@ -128,31 +128,8 @@ def embedded_url(database: str, data_dir: Path | None = None) -> str:
     pgdata = (data_dir or DEFAULT_DATA_DIR) / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(pgdata), cleanup_mode="stop")  # type: ignore[attr-defined]
-    _configure_embedded(server)
     _ensure_database(server, database)
     return _with_database(server.get_uri(), database)
-
-
-#: The embedded cluster's settings (``ALTER SYSTEM``, then a reload: none needs a restart),
-#: set where they differ when :func:`embedded_url` finds or starts it. A checkpoint every
-#: 15 minutes instead of 5 (and WAL enough between them not to force one sooner): after
-#: each checkpoint the first change of every page writes the whole page to the WAL, and a
-#: 20/s step with a checkpoint in it wrote 44 kB a call-back against 15 kB without
-#: (bench/README.md, "WAL per call-back"). Crash safety is unchanged (fsync,
-#: full_page_writes, synchronous_commit stay on); a crash replays up to 15 minutes of WAL.
-#: A real server's settings are its operator's: ``deploy/README.md``, PostgreSQL.
-EMBEDDED_SETTINGS: Mapping[str, str] = {"checkpoint_timeout": "15min", "max_wal_size": "2GB"}
-
-
-def _configure_embedded(server: Any) -> None:
-    names = ", ".join(f"'{name}'" for name in EMBEDDED_SETTINGS)
-    shown = server.psql("SELECT name || '=' || current_setting(name) FROM pg_settings "
-                        f"WHERE name IN ({names});")
-    if all(f"{name}={value}" in shown for name, value in EMBEDDED_SETTINGS.items()):
-        return
-    for name, value in EMBEDDED_SETTINGS.items():
-        server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
-    server.psql("SELECT pg_reload_conf();")
 
 
 def _ensure_database(server: Any, database: str) -> None:
