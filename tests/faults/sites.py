@@ -184,6 +184,8 @@ class Sites(Stack):
 
     async def _start(self) -> Sites:
         """Called by ``Stack.__aenter__`` once it holds the one-stack-per-machine lock."""
+        # checked under the lock: before it, another run's servers still hold the ports
+        require_free(*(HTTP_PORTS[name] for name in (*self.edge_names, *self.callback_names)))
         self.started_at = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki_dir = self.workdir / "pki"

@@ -27,7 +27,6 @@ from tests.faults.sites import (
     Sites,
     collect,
     customer_numbers,
-    require_free,
     start_carrier,
     start_customers,
     wait_finished,
@@ -43,7 +42,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 async def test_two_callback_servers_on_one_database_never_dial_a_request_twice(
         tmp_path: Path) -> None:
-    require_free(8443, 9443, 9444)
     merchant = MerchantOptions(pre_callback_delay_s="0", max_attempts=3,
                                retry_backoff_s=(5, 10, 20))
     sites = Sites(tmp_path, merchants=(merchant,), db_prefix=f"cbgw_scale{os.getpid()}",
