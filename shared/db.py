@@ -82,7 +82,7 @@ def survives_database_restarts(fn: Callable[P, Coroutine[Any, Any, T]]
         await asyncio.sleep(_FIRST_RETRY_WAIT_S)
         async for attempt in tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception_type(CONNECTION_ERRORS),
-                wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+                wait=tenacity.wait_exponential(multiplier=_FIRST_RETRY_WAIT_S, max=5),
                 stop=tenacity.stop_after_delay(LIVE_CALL_WRITE_RETRY_S), reraise=True,
                 before_sleep=lambda rs: log.warning(
                     "%s: database unavailable (%s); retrying", fn.__name__,

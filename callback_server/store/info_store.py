@@ -15,14 +15,17 @@ from shared.db import survives_database_restarts
 from shared.outbox import EVENTS_PATH, Outbox, encode, fact_message_id, isoformat
 from shared.phone import E164
 
-#: the request info and its outbox message in one statement (without call notifications):
-#: the message only if the row is new, so a repeat of the fact sends nothing twice
-RECORD_INFO_SQL = f"""
-    WITH info AS (
+#: the request info's row ($1..$6), its message id returned only if the row is new
+_INSERT_INFO = """
         INSERT INTO request_info (callback_id, merchant_id, category, fields, collected_at,
                                   message_id)
         VALUES ($1, $2, $3, $4, $5, $6)
-        ON CONFLICT (message_id) DO NOTHING RETURNING message_id)
+        ON CONFLICT (message_id) DO NOTHING RETURNING message_id"""
+
+#: the request info and its outbox message in one statement (without call notifications):
+#: the message only if the row is new, so a repeat of the fact sends nothing twice
+RECORD_INFO_SQL = f"""
+    WITH info AS ({_INSERT_INFO})
     INSERT INTO outbox ({Outbox.INSERT_COLUMNS})
     SELECT message_id::uuid, 'request_info', $7, $8, $2, false FROM info
     ON CONFLICT (message_id) DO NOTHING"""
@@ -52,12 +55,9 @@ class InfoStore(StoreBase):
             return mid
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
-                """INSERT INTO request_info (callback_id, merchant_id, category, fields,
-                       collected_at, message_id)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (message_id) DO NOTHING RETURNING true""",
-                callback_id, merchant_id, submit.category, submit.as_dict(), collected_at, mid)
-            if inserted:
+                _INSERT_INFO, callback_id, merchant_id, submit.category, submit.as_dict(),
+                collected_at, mid)
+            if inserted is not None:
                 await Outbox.enqueue(conn, kind="request_info", path=EVENTS_PATH,
                                      payload=message, message_id=mid,
                                      merchant_id=merchant_id)

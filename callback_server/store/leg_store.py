@@ -121,7 +121,7 @@ class LegStore(StoreBase):
         """One try of :meth:`persist_leg`: None (stored), else how long to wait for the
         CPS window (nothing stored, nothing held). One statement (its own transaction, so
         no session waits idle in one for this loop): the lease checked (and extended when
-        less than half of it is left: a second statement, :data:`_HELD`), the round's flow
+        less than half of it is left: a second statement, :data:`_RENEWED`), the round's flow
         kept with its first leg, the guard's admission, the leg's row."""
         flow = self.round_flows.get(cmd.callback_id)
         if flow is not None and flow.attempt_no != cmd.attempt_no:
