@@ -23,8 +23,9 @@ there, the same status and body as over HTTP, without an HTTP request's parsing,
 headers and authentication at either end. With it on, the requests a call makes most
 (:data:`OVER_EVENTS`: a prompt's ``play``, its stop at a barge-in key) go that way while
 the websocket is up and Asterisk answered the probe sent on each connect (a ``GET`` of
-the application; the event filter lets ``RESTResponse`` through); otherwise, and for
-every other request, over HTTP as before. A request in flight when the websocket drops
+the application, answered while the events are read: until then, over HTTP; the event
+filter lets ``RESTResponse`` through); otherwise, and for every other request, over HTTP
+as before. A request in flight when the websocket drops
 raises ``AriUnavailable``, as a lost HTTP connection does.
 """
 
@@ -173,16 +174,17 @@ class AriClient:
                      f" after {failures} failed attempts" if failures else "")
             failures = 0
             delay = self._reconnect_initial_s
+            probe: asyncio.Task[None] | None = None
             try:
                 await self._filter_events()
-                early = await self._probe_requests(ws) if self.requests_over_events else []
+                if self.requests_over_events:
+                    # Answered while this loop reads on: the reader never waits for it.
+                    probe = asyncio.ensure_future(self._probe_requests(ws))
                 self.connected = True
                 metrics().ari_connected.set(1)
                 metrics().ari_connects.labels("reconnect" if connected_before else "first").inc()
                 yield Connected(reconnect=connected_before)
                 connected_before = True
-                for event in early:
-                    yield event
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         received = self._received(msg.data)
@@ -193,6 +195,8 @@ class AriClient:
                         break
             finally:
                 self.connected = False
+                if probe is not None:
+                    probe.cancel()
                 self._lose_requests()
                 metrics().ari_connected.set(0)
                 if self.on_disconnect is not None:
@@ -217,6 +221,12 @@ class AriClient:
             log.warning("ARI event filter of app %s not set (%s); receiving every event",
                         self.app, exc)
 
+    @property
+    def requests_on_events(self) -> bool:
+        """Whether :data:`OVER_EVENTS` go on the events websocket now (it is up and
+        Asterisk answered this connection's probe)."""
+        return self._rest_ws is not None
+
     # ------------------------------------------------------------------ REST on the events
 
     def _received(self, data: str) -> Event | None:
@@ -239,35 +249,27 @@ class AriClient:
                                 "" if body is None else json.dumps(body)))
         return None
 
-    async def _probe_requests(self, ws: aiohttp.ClientWebSocketResponse) -> list[Event]:
-        """Whether Asterisk answers REST requests on the events websocket (one ``GET`` of
-        the application within the request timeout): if so, they may go there from now
-        on. The events that arrived meanwhile are returned, in order."""
-        early: list[Event] = []
-        probe = asyncio.ensure_future(self._over_events(ws, "GET", f"/applications/{self.app}",
-                                                        {}, None))
+    async def _probe_requests(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Whether Asterisk answers REST requests on the events websocket ``ws`` (one
+        ``GET`` of the application within the request timeout): if so, they go there from
+        now on; meanwhile, over HTTP. Its answer arrives through the events loop's reading,
+        which never waits for it (an earlier version read the websocket here until the
+        answer had come *and* one more frame: on an application with no traffic, such as a
+        bench's or a site's at rest, that held ``Connected`` back the whole timeout)."""
         try:
-            async with asyncio.timeout(self._request_timeout):
-                while not probe.done():
-                    msg = await ws.receive()
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    event = self._received(msg.data)
-                    if event is not None:
-                        early.append(event)
-        except TimeoutError:
-            pass
-        if probe.done() and not probe.cancelled() and probe.exception() is None \
-                and probe.result()[0] == 200:
+            status, _ = await self._over_events(ws, "GET", f"/applications/{self.app}", {},
+                                                None)
+        except AriUnavailable as exc:
+            status = 0
+            reason = str(exc)
+        else:
+            reason = f"status {status}"
+        if status == 200 and not ws.closed:
             log.info("ARI requests of the calls' prompts go on the events websocket")
             self._rest_ws = ws
-            return early
-        probe.cancel()
-        await asyncio.gather(probe, return_exceptions=True)
-        self._lose_requests()
-        log.warning("ARI at %s does not answer REST requests on the events websocket: "
-                    "over HTTP", self.base_url)
-        return early
+            return
+        log.warning("ARI at %s does not answer REST requests on the events websocket (%s): "
+                    "over HTTP", self.base_url, reason)
 
     def _lose_requests(self) -> None:
         """The events websocket is gone: the requests awaiting on it fail, as a lost

@@ -44,6 +44,8 @@ class FakeAri:
 
     rest: bool = True
     hold: bool = False
+    #: no event on connect nor between a request and its response: an application at rest
+    quiet: bool = False
     over_http: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     over_ws: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     #: the application's event filter (None: every type), as Asterisk applies it to the
@@ -97,7 +99,8 @@ class FakeAri:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.sockets.append(ws)
-        await ws.send_json({"type": "StasisStart", "args": [], "channel": CHANNEL})
+        if not self.quiet:
+            await ws.send_json({"type": "StasisStart", "args": [], "channel": CHANNEL})
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
@@ -110,9 +113,10 @@ class FakeAri:
             if self.hold and raw["method"] != "GET":
                 continue
             status, body = self.answer(raw["method"], uri.path, query)
-            # an event between the request and its response, as Asterisk may send one
-            await ws.send_json({"type": "PlaybackFinished", "playback": {
-                "id": "earlier", "target_uri": "channel:c1", "state": "done"}})
+            if not self.quiet:
+                # an event between the request and its response, as Asterisk may send one
+                await ws.send_json({"type": "PlaybackFinished", "playback": {
+                    "id": "earlier", "target_uri": "channel:c1", "state": "done"}})
             response = {"type": "RESTResponse", "request_id": raw["request_id"],
                         "status_code": status, "reason_phrase": "", "uri": raw["uri"]}
             if body is not None:
@@ -149,6 +153,8 @@ async def running(request: pytest.FixtureRequest) -> AsyncIterator[Running]:
     reader = asyncio.create_task(read())
     try:
         await until(lambda: any(isinstance(e, StasisStart) for e in seen))
+        if fake.rest and not fake.hold:
+            await until(lambda: client.requests_on_events)     # the probe answered
         yield Running(fake, client, seen)
     finally:
         reader.cancel()
@@ -228,3 +234,30 @@ async def test_a_request_in_flight_when_the_websocket_drops_is_unavailable(
 async def test_an_unanswered_request_times_out_as_unavailable(running: Running) -> None:
     with pytest.raises(AriUnavailable):
         await running.client.play("c1", MEDIA, playback_id="c1-p1")
+
+
+async def test_connected_and_the_websocket_path_come_at_once_on_a_quiet_application() -> None:
+    """No frame follows the probe's answer (an application at rest, no filter): the events
+    do not wait for the probe (an earlier version held ``Connected`` back until the next
+    frame or the request timeout), and the prompts go on the websocket as soon as it is
+    answered."""
+    fake = FakeAri(quiet=True)
+    port = free_port()
+    await fake.start(port)
+    client = AriClient(f"http://127.0.0.1:{port}", "cb", "secret", "callback",
+                       request_timeout=30.0, requests_over_events=True)
+    await client.start()
+    events = client.events()
+    try:
+        assert isinstance(await asyncio.wait_for(anext(events), 2), Connected)
+        reading = asyncio.ensure_future(anext(events))      # the events loop reads on
+        await until(lambda: client.requests_on_events, limit_s=2)
+        assert (await client.play("c1", MEDIA, playback_id="c1-p1")).id == "c1-p1"
+        assert [m for m, _, _ in fake.over_ws] == ["GET", "POST"] and fake.over_http == []
+        assert fake.allowed is None                          # no filter set
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+    finally:
+        await events.aclose()
+        await client.close()
+        await fake.stop()
