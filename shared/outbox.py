@@ -259,6 +259,53 @@ ConnectionSource = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 PASS_FINISHED = "pass finished"
 #: the most a relay may linger after a wake-up before it claims (``OutboxRelay.linger_s``)
 MAX_LINGER_S = 1.0
+#: the longest a running relay keeps the marks of messages the peer acknowledged before it
+#: writes them (``delivered_at``): meanwhile they ride on its next claim, one statement
+#: for both, instead of a statement and a transaction of their own (``OutboxRelay.run``)
+SETTLE_WITHIN_S = 0.25
+#: what the relay loop's wake-ups hold when its acknowledged marks are due (not a message
+#: written: the relay does not linger on it)
+SETTLEMENTS_DUE = "settlements due"
+
+
+#: the delivered marks a claim writes: ids, the peer's statuses and answers, the routes
+_Marks = tuple[list[uuid.UUID], list[int], list[dict[str, Any]], list[str]]
+
+
+def _settle_set(first: int) -> str:
+    """What a delivered mark sets, from the arrays at parameters ``first`` to ``first + 3``
+    (ids, statuses, answers, routes)."""
+    return (f"delivered_at = now(), response_status = a.status, response_body = a.body, "
+            f"last_route = a.route, lease_owner = NULL, last_error = NULL "
+            f"FROM unnest(${first}::uuid[], ${first + 1}::int[], ${first + 2}::jsonb[], "
+            f"${first + 3}::text[]) AS a(message_id, status, body, route) "
+            f"WHERE o.message_id = a.message_id")
+
+
+_SETTLE = "UPDATE outbox o SET " + _settle_set(1)
+#: the claim's statement; ``settled``: the marks of the messages acknowledged since the
+#: last claim written by it as well (parameters $4-$7), none of them claimed again
+_CLAIM = """WITH {settled}claimed AS (
+       UPDATE outbox SET lease_owner = $1,
+              lease_expires_at = now() + $2 * interval '1 second',
+              attempts = attempts + 1
+       WHERE message_id IN (
+           SELECT message_id FROM outbox
+           WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
+             AND next_attempt_at <= now()
+             AND (lease_expires_at IS NULL OR lease_expires_at < now()){not_settled}
+           ORDER BY next_attempt_at
+           LIMIT $3
+           FOR UPDATE SKIP LOCKED)
+       RETURNING message_id, kind, path, body, merchant_id, attempts, created_at),
+   due AS (
+       SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at,
+                  coalesce(lease_expires_at, next_attempt_at))) - now()) AS due_s
+       FROM outbox
+       WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held{not_settled})
+   SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true"""
+_SETTLED_CTE = f"settled AS (UPDATE outbox o SET {_settle_set(4)}),\n   "
+_NOT_SETTLED = "\n             AND NOT (message_id = ANY($4::uuid[]))"
 
 
 class _PassWindow:
@@ -291,6 +338,12 @@ class _PassWindow:
         """A message may have become sendable (written in this process): the loop claims."""
         if self.wakeups is not None:
             self.wakeups.put_nowait("written here")
+
+    def settlements_due(self) -> None:
+        """Acknowledged messages' marks have waited ``SETTLE_WITHIN_S``: the loop claims,
+        and its claim writes them."""
+        if self.wakeups is not None:
+            self.wakeups.put_nowait(SETTLEMENTS_DUE)
 
     def start(self, delivery: Coroutine[Any, Any, bool]) -> None:
         """Run ``delivery`` (True when it delivered every message) in the slot acquired
@@ -371,6 +424,12 @@ class OutboxRelay:
         self._last_alert_check = float("-inf")
         #: seconds until the next message not claimed may be claimed, as of the last claim
         self._next_due_s = sweep_s
+        #: acknowledged messages whose delivered mark waits for the next claim (while
+        #: :meth:`run` runs): message id, the peer's status and answer, the route
+        self._acknowledged: list[tuple[uuid.UUID, int, dict[str, Any], str]] = []
+        #: while :meth:`run` runs: wakes its loop to write the marks (``SETTLE_WITHIN_S``)
+        self._settle_wake: Callable[[], None] | None = None
+        self._settle_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Run until cancelled, surviving database restarts.
@@ -384,6 +443,7 @@ class OutboxRelay:
         a NOTIFY (:data:`IN_PROCESS_SESSION`); once it stops, they NOTIFY again.
         """
         window = _PassWindow(self.passes_in_flight)
+        self._settle_wake = window.settlements_due
         try:
             with holding(RELAY_HOLDER):
                 async with watching(self.pool, SENDABLE_NOTICE, window.wake,
@@ -391,6 +451,8 @@ class OutboxRelay:
                     await self._run(window)
         finally:
             await window.cancel()
+            self._settle_wake = None
+            await self._write_acknowledged()
 
     async def _run(self, window: _PassWindow) -> None:
         while True:
@@ -441,7 +503,8 @@ class OutboxRelay:
             # a pass under way wakes the loop when it finishes: reckon the wait then
             wait = self.sweep_s if window.busy else self._next_due_s
             woken_by = await within(wakeups.get(), wait)
-            if self.linger_s and woken_by is not None and woken_by != PASS_FINISHED:
+            if self.linger_s and woken_by is not None \
+                    and woken_by not in (PASS_FINISHED, SETTLEMENTS_DUE):
                 await asyncio.sleep(self.linger_s)   # a message written: let others join it
 
     async def pass_once(self) -> int:
@@ -450,39 +513,75 @@ class OutboxRelay:
         rows = await self._claim()
         if rows:
             await self._deliver_claimed(rows)
+        await self._write_acknowledged()
         await self._maybe_alert()
         return len(rows)
 
     async def _claim(self) -> list[asyncpg.Record]:
         """Lease up to ``batch`` due messages to this relay (``lease_s``), and learn in the
         same statement when the first message not claimable now will be (its retry, or
-        the end of another relay's lease): :attr:`_next_due_s`, at most ``sweep_s``."""
-        async with self._connections() as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(
-                """WITH claimed AS (
-                       UPDATE outbox SET lease_owner = $1,
-                              lease_expires_at = now() + $2 * interval '1 second',
-                              attempts = attempts + 1
-                       WHERE message_id IN (
-                           SELECT message_id FROM outbox
-                           WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held
-                             AND next_attempt_at <= now()
-                             AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                           ORDER BY next_attempt_at
-                           LIMIT $3
-                           FOR UPDATE SKIP LOCKED)
-                       RETURNING message_id, kind, path, body, merchant_id, attempts, created_at),
-                   due AS (
-                       SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at,
-                                  coalesce(lease_expires_at, next_attempt_at))) - now()) AS due_s
-                       FROM outbox
-                       WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held)
-                   SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true""",
-                self.owner, self.lease_s, self.batch)
+        the end of another relay's lease): :attr:`_next_due_s`, at most ``sweep_s``.
+        The same statement marks the messages acknowledged since the last claim delivered
+        (:meth:`_delivered`): none of them is claimed again by it."""
+        marks = self._take_acknowledged()
+        try:
+            async with self._connections() as conn:
+                if marks is None:
+                    rows: list[asyncpg.Record] = await conn.fetch(
+                        _CLAIM.format(settled="", not_settled=""),
+                        self.owner, self.lease_s, self.batch)
+                else:
+                    rows = await conn.fetch(
+                        _CLAIM.format(settled=_SETTLED_CTE, not_settled=_NOT_SETTLED),
+                        self.owner, self.lease_s, self.batch, *marks)
+        except BaseException:
+            if marks is not None:   # not written: the next claim writes them
+                self._put_back_acknowledged(marks)
+            raise
         due = rows[0]["due_s"]
         self._next_due_s = self.sweep_s if due is None else max(0.0, min(self.sweep_s,
                                                                          float(due)))
         return [row for row in rows if row["message_id"] is not None]
+
+    def _take_acknowledged(self) -> _Marks | None:
+        """The delivered marks waiting, as the settlement's arrays (None: none)."""
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        if not self._acknowledged:
+            return None
+        taken, self._acknowledged = self._acknowledged, []
+        return ([m for m, _, _, _ in taken], [st for _, st, _, _ in taken],
+                [b for _, _, b, _ in taken], [r for _, _, _, r in taken])
+
+    def _put_back_acknowledged(self, marks: _Marks) -> None:
+        self._acknowledged[:0] = list(zip(*marks, strict=True))
+        self._arm_settle_timer()
+
+    def _arm_settle_timer(self) -> None:
+        if self._settle_timer is None and self._settle_wake is not None:
+            self._settle_timer = asyncio.get_running_loop().call_later(
+                SETTLE_WITHIN_S, self._settle_due)
+
+    def _settle_due(self) -> None:
+        self._settle_timer = None
+        if self._settle_wake is not None and self._acknowledged:
+            self._settle_wake()
+
+    async def _write_acknowledged(self) -> None:
+        """Mark the acknowledged messages waiting delivered now, in one statement (the
+        relay stopping, or :meth:`pass_once`). A mark not written (the database lost) is
+        harmless: the message's lease runs out, it goes again and the peer answers the
+        repeat as before (:func:`shared.link.accept_once`)."""
+        marks = self._take_acknowledged()
+        if marks is None:
+            return
+        try:
+            async with self._connections() as conn:
+                await conn.execute(_SETTLE, *marks)
+        except _DATABASE_ERRORS as exc:
+            log.warning("%d delivered marks not written (%s): those messages go again "
+                        "when their leases expire; the peer dedupes them", len(marks[0]), exc)
 
     async def _deliver_claimed(self, rows: list[asyncpg.Record]) -> bool:
         """Deliver the claimed messages; True when every one of them was delivered."""
@@ -615,15 +714,15 @@ class OutboxRelay:
 
     async def _delivered(self, answered: list[tuple[asyncpg.Record, int, Any]],
                          route: str) -> None:
-        async with self._connections() as conn:
-            await conn.execute(
-                "UPDATE outbox o SET delivered_at = now(), response_status = a.status, "
-                "response_body = a.body, last_route = $4, lease_owner = NULL, "
-                "last_error = NULL FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) "
-                "AS a(message_id, status, body) WHERE o.message_id = a.message_id",
-                [row["message_id"] for row, _, _ in answered],
-                [status for _, status, _ in answered],
-                [_as_object(body) for _, _, body in answered], route)
+        """Messages the peer acknowledged. While :meth:`run` runs, their marks wait (at
+        most ``SETTLE_WITHIN_S``) for the next claim, which writes them in its statement;
+        otherwise they are written now, one statement for them all."""
+        self._acknowledged.extend((row["message_id"], status, _as_object(body), route)
+                                  for row, status, body in answered)
+        if self._settle_wake is not None:
+            self._arm_settle_timer()
+        else:
+            await self._write_acknowledged()
         self.delivered += len(answered)
         self.delivered_by_route[route] = self.delivered_by_route.get(route, 0) + len(answered)
         for row, _, _ in answered:

@@ -114,6 +114,11 @@ async def test_relay_delivers_each_message_once_and_holds_until_released(
                 break
             await asyncio.sleep(0.05)
         assert await pool.fetchval("SELECT count(*) FROM received WHERE n = 99") == 1
+        # the delivered marks ride on the relay's next claim, within SETTLE_WITHIN_S
+        for _ in range(100):
+            if not await pool.fetchval("SELECT count(*) FROM outbox WHERE delivered_at IS NULL"):
+                break
+            await asyncio.sleep(0.05)
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE delivered_at IS NULL") == 0
         stored = await pool.fetchval(
             "SELECT response_body FROM outbox WHERE message_id = $1::uuid", held
