@@ -147,16 +147,26 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
+#: the edge relay's adaptive linger (``OutboxRelay.claim_gap_s``): a call-back request
+#: released less than this after the relay's last claim waits until then, and those
+#: released meanwhile go with it in one pass and one signed request. Below 1 / this
+#: (50 call-backs/s) evenly spaced requests never wait; each waits at most this long, and
+#: the caller is already gone (bench/README.md, "Capacity sweep")
+RELAY_CLAIM_GAP_S = 0.02
+
+
 def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient, settings: EdgeSettings,
                share: LinkShare) -> OutboxRelay:
     """The edge's outbox relay: a backlog of call-back requests goes to the callback site
     in batch requests of ``[peer] batch_messages``, ``[peer] passes_in_flight`` claims
     under way at once, their statements within the link's ``share`` of the pool (never
-    the connections the inbound calls need)."""
+    the connections the inbound calls need); requests released within
+    :data:`RELAY_CLAIM_GAP_S` of a claim wait for the next."""
     return OutboxRelay(pool, db_url, client, owner=f"edge-{socket.gethostname()}-{os.getpid()}",
                        batch_paths=[CALLBACK_PATH], batch_messages=settings.peer.batch_messages,
                        passes_in_flight=settings.peer.passes_in_flight,
-                       connections=lambda: share.acquire(pool, holder="relay"))
+                       connections=lambda: share.acquire(pool, holder="relay"),
+                       claim_gap_s=RELAY_CLAIM_GAP_S)
 
 
 async def link_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -382,13 +382,16 @@ class OutboxRelay:
                  on_alert: AlertHook | None = None, on_dead_letter: DeadLetterHook | None = None,
                  batch_paths: Collection[str] = (), batch_messages: int = 32,
                  passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT,
-                 connections: ConnectionSource | None = None, linger_s: float = 0.0) -> None:
+                 connections: ConnectionSource | None = None, linger_s: float = 0.0,
+                 claim_gap_s: float = 0.0) -> None:
         if not 1 <= batch_messages <= BATCH_MAX_MESSAGES:
             raise ValueError(f"batch_messages must be 1 to {BATCH_MAX_MESSAGES}")
         if passes_in_flight < 1:
             raise ValueError("passes_in_flight must be at least 1")
         if not 0 <= linger_s <= MAX_LINGER_S:
             raise ValueError(f"linger_s must be 0 to {MAX_LINGER_S:g}")
+        if not 0 <= claim_gap_s <= MAX_LINGER_S:
+            raise ValueError(f"claim_gap_s must be 0 to {MAX_LINGER_S:g}")
         self.pool = pool
         self.db_url = db_url
         self.client = client
@@ -415,6 +418,12 @@ class OutboxRelay:
         #: messages written meanwhile go in the same pass (one claim, one request a kind,
         #: one settlement) instead of one pass each (0: claim at once)
         self.linger_s = linger_s
+        #: the adaptive linger: woken by a message written less than this after its
+        #: last claim that claimed any, the loop waits until this much after that claim,
+        #: so under load the messages written meanwhile share a pass (one claim, one
+        #: request a path); one written later is claimed at once (0: never waits)
+        self.claim_gap_s = claim_gap_s
+        self._last_claim_at = float("-inf")
         self._no_batches_until: dict[str, float] = {}
         #: monotonic time until which the peer asked us to wait (its Retry-After)
         self._peer_busy_until = 0.0
@@ -503,9 +512,13 @@ class OutboxRelay:
             # a pass under way wakes the loop when it finishes: reckon the wait then
             wait = self.sweep_s if window.busy else self._next_due_s
             woken_by = await within(wakeups.get(), wait)
-            if self.linger_s and woken_by is not None \
-                    and woken_by not in (PASS_FINISHED, SETTLEMENTS_DUE):
-                await asyncio.sleep(self.linger_s)   # a message written: let others join it
+            if woken_by is None or woken_by in (PASS_FINISHED, SETTLEMENTS_DUE):
+                continue
+            # a message written: let others join it
+            if self.linger_s:
+                await asyncio.sleep(self.linger_s)
+            elif (gap := self._last_claim_at + self.claim_gap_s - time.monotonic()) > 0:
+                await asyncio.sleep(gap)
 
     async def pass_once(self) -> int:
         """Claim due messages and deliver them concurrently; return how many were claimed
@@ -524,6 +537,7 @@ class OutboxRelay:
         The same statement marks the messages acknowledged since the last claim delivered
         (:meth:`_delivered`): none of them is claimed again by it."""
         marks = self._take_acknowledged()
+        started = time.monotonic()
         try:
             async with self._connections() as conn:
                 if marks is None:
@@ -541,7 +555,10 @@ class OutboxRelay:
         due = rows[0]["due_s"]
         self._next_due_s = self.sweep_s if due is None else max(0.0, min(self.sweep_s,
                                                                          float(due)))
-        return [row for row in rows if row["message_id"] is not None]
+        claimed = [row for row in rows if row["message_id"] is not None]
+        if claimed:
+            self._last_claim_at = started
+        return claimed
 
     def _take_acknowledged(self) -> _Marks | None:
         """The delivered marks waiting, as the settlement's arrays (None: none)."""

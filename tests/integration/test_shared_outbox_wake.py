@@ -229,8 +229,44 @@ async def test_a_lingering_relay_sends_the_messages_written_meanwhile_in_one_pas
         await client.close()
 
 
+async def test_a_relay_with_a_claim_gap_waits_only_for_messages_written_soon_after_a_claim(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    """``claim_gap_s``, the adaptive linger: a message written long after the relay's last
+    claim goes at once; two written soon after a claim wait until ``claim_gap_s`` after it
+    and go together, in one pass and one batch request."""
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="gaps", sweep_s=ASLEEP_S,
+                        batch_paths=["/v1/link/test"], claim_gap_s=LINGER_S)
+    task = await _running(relay)
+    try:
+        async with pool.acquire() as conn:
+            first = await _write(conn, 1)
+        written = time.monotonic()
+        assert await _delivered(pool, first) < LINGER_S        # no claim before it
+        async with pool.acquire() as conn:
+            second = await _write(conn, 2)
+        await asyncio.sleep(0.1)
+        async with pool.acquire() as conn:
+            third = await _write(conn, 3)
+        await _delivered(pool, second)
+        await _delivered(pool, third)
+        assert time.monotonic() - written >= LINGER_S - 0.05   # not before the gap
+        assert relay.delivered == 3
+        assert relay.batches_sent == 1                        # the two in one request
+        await asyncio.sleep(LINGER_S)
+        async with pool.acquire() as conn:
+            fourth = await _write(conn, 4)
+        assert await _delivered(pool, fourth) < LINGER_S      # long after: at once
+        assert relay.batches_sent == 1
+    finally:
+        await _stop(task)
+        await client.close()
+
+
 async def test_a_relay_lingers_zero_to_one_second(pool: asyncpg.Pool, pki_dir: Path) -> None:
     client = link_client(pki_dir, [("r", "https://127.0.0.1:1")], policy=NO_PROBES)
     for bad in (-0.1, MAX_LINGER_S + 0.1):
         with pytest.raises(ValueError, match="linger_s"):
             OutboxRelay(pool, "postgresql://unused", client, owner="x", linger_s=bad)
+        with pytest.raises(ValueError, match="claim_gap_s"):
+            OutboxRelay(pool, "postgresql://unused", client, owner="x", claim_gap_s=bad)
