@@ -25,8 +25,11 @@ headers and authentication at either end. With it on, the requests a call makes 
 the websocket is up and Asterisk answered the probe sent on each connect (a ``GET`` of
 the application, answered while the events are read: until then, over HTTP; the event
 filter lets ``RESTResponse`` through); otherwise, and for every other request, over HTTP
-as before. A request in flight when the websocket drops
-raises ``AriUnavailable``, as a lost HTTP connection does.
+as before. A request in flight when the websocket drops raises ``AriUnavailable``, as a
+lost HTTP connection does. Its answer arrives among the events, so another task must be
+reading them (``events()``) while it waits, as :class:`~shared.ari.router.EventRouter`
+does: a task that awaits such a request and only then reads the events gets
+``AriUnavailable`` at the request timeout.
 """
 
 from __future__ import annotations
