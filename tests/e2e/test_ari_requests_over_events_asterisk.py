@@ -1,0 +1,96 @@
+"""The calls' prompts as ``RESTRequest`` s on the events websocket of the real Asterisk 22,
+with the application's event filter (as the sites set it) and without one (as a bench's
+client has): ``Connected`` comes at once, the probe is answered within the second, a
+``play`` and its stop go on the websocket and answer as over HTTP (a stop of a playback
+gone already is quiet, a play on a channel gone is ``ChannelNotFound``). The events are
+read in a task of their own while a request waits, as the sites' router reads them: its
+answer comes there.
+
+Holds the stack's lock (``demo.stack.LOCK_PATH``) while it drives the shared Asterisk."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Collection
+from pathlib import Path
+
+import pytest
+
+from shared.ari import (
+    AriClient,
+    ChannelNotFound,
+    Connected,
+    Event,
+    PlaybackFinished,
+    StasisEnd,
+    StasisStart,
+    event_types,
+)
+from tests.harness.asterisk import AsteriskSite, expect_event, locked_site_fixture, qualify, reset
+from tests.harness.sipp import role
+
+pytestmark = pytest.mark.e2e
+
+CUSTOMER = "09012345678"
+FILTERED = event_types(StasisStart, StasisEnd, PlaybackFinished)
+
+callback = locked_site_fixture("callback")
+
+
+async def queued(queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
+    while True:
+        yield await queue.get()
+
+
+async def read(events: AsyncIterator[Event], queue: asyncio.Queue[Event]) -> None:
+    async for event in events:
+        queue.put_nowait(event)
+
+
+async def prompts_on_the_websocket(site: AsteriskSite, app: str,
+                                   allowed: Collection[str]) -> None:
+    client = AriClient(site.ari_url, site.username, site.password, app,
+                       events_allowed=allowed, requests_over_events=True)
+    async with client as ari:
+        # The events are read in a task of their own, as the sites' router does: a request
+        # on the websocket is answered there, so it needs them read meanwhile.
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        reader = asyncio.ensure_future(read(ari.events(), queue))
+        events = queued(queue)
+        try:
+            started = time.monotonic()
+            await expect_event(events, Connected, within_s=2)
+            for _ in range(100):                          # within 1 s
+                if ari.requests_on_events:
+                    break
+                await asyncio.sleep(0.01)
+            assert ari.requests_on_events, f"{app}: probe unanswered after " \
+                f"{time.monotonic() - started:.1f} s"
+            channel = f"{app}-leg"
+            await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id=channel,
+                                caller_id="0120123456", timeout=10)
+            await expect_event(events, StasisStart, channel_id=channel, within_s=10)
+            playback = await ari.play(channel, ["digits:1"], playback_id=f"{app}-pb", lang="en")
+            assert (playback.id, playback.channel_id) == (f"{app}-pb", channel)
+            finished = await expect_event(events, PlaybackFinished, channel_id=channel,
+                                          within_s=10)
+            assert finished.playback.state == "done", finished
+            await ari.stop_playback(f"{app}-pb")          # gone already: 404, quiet
+            with pytest.raises(ChannelNotFound):
+                await ari.play(f"{app}-nobody", ["digits:1"])
+            assert ari.requests_on_events                 # still on the websocket
+            await ari.hangup(channel)
+            await expect_event(events, StasisEnd, channel_id=channel)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_prompts_go_on_the_websocket_with_and_without_an_event_filter(
+        callback: AsteriskSite, tmp_path: Path) -> None:
+    await reset(callback)
+    with role("uas_answer_forever.xml", "carrier-b", tmp_path):
+        await qualify(callback, "carrier-b")
+        await prompts_on_the_websocket(callback, "cbgw-rest-ws-all", ())
+        await prompts_on_the_websocket(callback, "cbgw-rest-ws-some", FILTERED)
