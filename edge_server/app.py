@@ -147,12 +147,13 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
-#: the edge relay's adaptive linger (``OutboxRelay.claim_gap_s``): a call-back request
-#: released less than this after the relay's last claim waits until then, and those
-#: released meanwhile go with it in one pass and one signed request. Below 1 / this
-#: (50 call-backs/s) evenly spaced requests never wait; each waits at most this long, and
-#: the caller is already gone (bench/README.md, "Capacity sweep")
-RELAY_CLAIM_GAP_S = 0.02
+#: the edge relay's adaptive linger (``OutboxRelay.claim_gap_s``), off: a call-back request
+#: released less than this after the relay's last claim would wait until then, and those
+#: released meanwhile go with it in one pass and one signed request. Tried at 20 ms
+#: (bench/README.md, "Capacity sweep", edge20): nothing at 20/s; at 60/s 0.2 edge and 0.4
+#: callback transactions a call-back fewer but hang-up -> INVITE p50 7.0 -> 19.8 ms, and
+#: no CPU gain shown, so it stays 0 until a paired sweep at 40-100/s shows one
+RELAY_CLAIM_GAP_S = 0.0
 
 
 def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient, settings: EdgeSettings,
@@ -161,7 +162,7 @@ def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient, settings: Ed
     in batch requests of ``[peer] batch_messages``, ``[peer] passes_in_flight`` claims
     under way at once, their statements within the link's ``share`` of the pool (never
     the connections the inbound calls need); requests released within
-    :data:`RELAY_CLAIM_GAP_S` of a claim wait for the next."""
+    :data:`RELAY_CLAIM_GAP_S` of a claim wait for the next (0: none waits)."""
     return OutboxRelay(pool, db_url, client, owner=f"edge-{socket.gethostname()}-{os.getpid()}",
                        batch_paths=[CALLBACK_PATH], batch_messages=settings.peer.batch_messages,
                        passes_in_flight=settings.peer.passes_in_flight,
