@@ -1,5 +1,5 @@
 -- The intake statement's PL/pgSQL statements on kept plans, and four of them skipped when
--- they have nothing to do (issue #23, the callback side's CPU at 20/s).
+-- they have nothing to do (the callback side's CPU at 20/s).
 --
 -- callback_intake's statements read its array arguments through unnest(): for a generic
 -- plan PostgreSQL counts 100 rows an unnest of a parameter, for a custom one the array's
