@@ -27,12 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from shared.ari import Event
 
 TARGET_P99_MS = 100.0
 CUSTOMER = "09012345678"
@@ -50,19 +45,15 @@ def _summary(name: str, samples: list[float]) -> float:
     return p99
 
 
-async def _read(events: AsyncIterator[Event], queue: asyncio.Queue[Event]) -> None:
-    async for event in events:
-        queue.put_nowait(event)
-
-
-async def _queued(queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
-    while True:
-        yield await queue.get()
-
-
 async def _run(digits: int, gap_ms: int) -> int:
     from shared.ari import ChannelDtmfReceived, Connected, PlaybackStarted, StasisStart
-    from tests.harness.asterisk import expect_event, qualify, reset, running_locked
+    from tests.harness.asterisk import (
+        events_read_aside,
+        expect_event,
+        qualify,
+        reset,
+        running_locked,
+    )
     from tests.harness.rtp import RtpCapture
     from tests.harness.sipp import role
 
@@ -78,53 +69,46 @@ async def _run(digits: int, gap_ms: int) -> int:
             await qualify(callback, "carrier-b")
             ari = callback.client("cbgw-bench-dtmf")
             ari.requests_over_events = True     # as the servers' (probed on connect)
-            async with ari:
-                # Read on in a task of its own, as the servers' router does: a request on
-                # the websocket is answered there, so it needs the events read meanwhile.
-                queue: asyncio.Queue[Event] = asyncio.Queue()
-                reader = asyncio.ensure_future(_read(ari.events(), queue))
-                events = _queued(queue)
+            # Read on in a task of its own, as the servers' router does: a request on the
+            # websocket is answered there, so it needs the events read meanwhile.
+            async with ari, events_read_aside(ari) as events:
                 await expect_event(events, Connected)
-                try:
-                    await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id="bench-dtmf",
-                                        caller_id="0120123456", timeout=10)
-                    await expect_event(events, StasisStart, channel_id="bench-dtmf")
-                    if not ari.requests_on_events:
-                        print("the Asterisk did not answer the websocket probe: "
-                              "nothing measured on the servers' path")
-                        return 1
-                    for n in range(digits):
-                        path = PATHS[n % 2]
-                        ari.requests_over_events = path == PATHS[0]
-                        await expect_event(events, ChannelDtmfReceived,
-                                           channel_id="bench-dtmf", within_s=gap_ms / 1000 + 5)
-                        t0 = time.monotonic()
-                        await ari.play("bench-dtmf", [PROMPT], playback_id=f"d{n}", lang="ja")
-                        await expect_event(events, PlaybackStarted, channel_id="bench-dtmf")
-                        started_ms[path].append((time.monotonic() - t0) * 1000)
-                        deadline = time.monotonic() + 2
-                        while time.monotonic() < deadline:
-                            heard = [t for t in list(rtp.sounding) if t >= t0]
-                            if heard:
-                                sound_ms[path].append((heard[0] - t0) * 1000)
-                                break
-                            await asyncio.sleep(0.01)
-                        else:
-                            print(f"digit {n} ({path}): no sound within 2 s", file=sys.stderr)
-                    await ari.hangup("bench-dtmf")
-                finally:
-                    reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
+                await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id="bench-dtmf",
+                                    caller_id="0120123456", timeout=10)
+                await expect_event(events, StasisStart, channel_id="bench-dtmf")
+                if not ari.requests_on_events:
+                    print("the Asterisk did not answer the websocket probe: "
+                          "nothing measured on the servers' path")
+                    return 1
+                for n in range(digits):
+                    path = PATHS[n % 2]
+                    ari.requests_over_events = path == PATHS[0]
+                    await expect_event(events, ChannelDtmfReceived,
+                                       channel_id="bench-dtmf", within_s=gap_ms / 1000 + 5)
+                    t0 = time.monotonic()
+                    await ari.play("bench-dtmf", [PROMPT], playback_id=f"d{n}", lang="ja")
+                    await expect_event(events, PlaybackStarted, channel_id="bench-dtmf")
+                    started_ms[path].append((time.monotonic() - t0) * 1000)
+                    deadline = time.monotonic() + 2
+                    while time.monotonic() < deadline:
+                        heard = [t for t in list(rtp.sounding) if t >= t0]
+                        if heard:
+                            sound_ms[path].append((heard[0] - t0) * 1000)
+                            break
+                        await asyncio.sleep(0.01)
+                    else:
+                        print(f"digit {n} ({path}): no sound within 2 s", file=sys.stderr)
+                await ari.hangup("bench-dtmf")
     servers = sound_ms[PATHS[0]]
     if not servers:
         print("no prompt was heard: nothing measured")
         return 1
-    p99 = 0.0
+    p99_by_path: dict[str, float] = {}
     for path in PATHS:
         if sound_ms[path]:
             _summary(f"event → PlaybackStarted, {path}", started_ms[path])
-            p99_path = _summary(f"event → first sound, {path}", sound_ms[path])
-            p99 = p99_path if path == PATHS[0] else p99
+            p99_by_path[path] = _summary(f"event → first sound, {path}", sound_ms[path])
+    p99 = p99_by_path[PATHS[0]]
     asked = (digits + 1) // 2
     met = p99 <= TARGET_P99_MS and len(servers) == asked
     print(f"target: p99 ≤ {TARGET_P99_MS:.0f} ms on the {PATHS[0]} path, every prompt heard "

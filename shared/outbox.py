@@ -306,6 +306,9 @@ _CLAIM = """WITH {settled}claimed AS (
    SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true"""
 _SETTLED_CTE = f"settled AS (UPDATE outbox o SET {_settle_set(4)}),\n   "
 _NOT_SETTLED = "\n             AND NOT (message_id = ANY($4::uuid[]))"
+_CLAIM_ONLY = _CLAIM.format(settled="", not_settled="")
+#: the claim that also writes the waiting delivered marks (parameters $4-$7)
+_CLAIM_SETTLING = _CLAIM.format(settled=_SETTLED_CTE, not_settled=_NOT_SETTLED)
 
 
 class _PassWindow:
@@ -542,12 +545,10 @@ class OutboxRelay:
             async with self._connections() as conn:
                 if marks is None:
                     rows: list[asyncpg.Record] = await conn.fetch(
-                        _CLAIM.format(settled="", not_settled=""),
-                        self.owner, self.lease_s, self.batch)
+                        _CLAIM_ONLY, self.owner, self.lease_s, self.batch)
                 else:
                     rows = await conn.fetch(
-                        _CLAIM.format(settled=_SETTLED_CTE, not_settled=_NOT_SETTLED),
-                        self.owner, self.lease_s, self.batch, *marks)
+                        _CLAIM_SETTLING, self.owner, self.lease_s, self.batch, *marks)
         except BaseException:
             if marks is not None:   # not written: the next claim writes them
                 self._put_back_acknowledged(marks)

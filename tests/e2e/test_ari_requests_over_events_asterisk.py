@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -21,13 +21,19 @@ from shared.ari import (
     AriClient,
     ChannelNotFound,
     Connected,
-    Event,
     PlaybackFinished,
     StasisEnd,
     StasisStart,
     event_types,
 )
-from tests.harness.asterisk import AsteriskSite, expect_event, locked_site_fixture, qualify, reset
+from tests.harness.asterisk import (
+    AsteriskSite,
+    events_read_aside,
+    expect_event,
+    locked_site_fixture,
+    qualify,
+    reset,
+)
 from tests.harness.sipp import role
 
 pytestmark = pytest.mark.e2e
@@ -38,53 +44,36 @@ FILTERED = event_types(StasisStart, StasisEnd, PlaybackFinished)
 callback = locked_site_fixture("callback")
 
 
-async def queued(queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
-    while True:
-        yield await queue.get()
-
-
-async def read(events: AsyncIterator[Event], queue: asyncio.Queue[Event]) -> None:
-    async for event in events:
-        queue.put_nowait(event)
-
-
 async def prompts_on_the_websocket(site: AsteriskSite, app: str,
                                    allowed: Collection[str]) -> None:
     client = AriClient(site.ari_url, site.username, site.password, app,
                        events_allowed=allowed, requests_over_events=True)
-    async with client as ari:
-        # The events are read in a task of their own, as the sites' router does: a request
-        # on the websocket is answered there, so it needs them read meanwhile.
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        reader = asyncio.ensure_future(read(ari.events(), queue))
-        events = queued(queue)
-        try:
-            started = time.monotonic()
-            await expect_event(events, Connected, within_s=2)
-            for _ in range(100):                          # within 1 s
-                if ari.requests_on_events:
-                    break
-                await asyncio.sleep(0.01)
-            assert ari.requests_on_events, f"{app}: probe unanswered after " \
-                f"{time.monotonic() - started:.1f} s"
-            channel = f"{app}-leg"
-            await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id=channel,
-                                caller_id="0120123456", timeout=10)
-            await expect_event(events, StasisStart, channel_id=channel, within_s=10)
-            playback = await ari.play(channel, ["digits:1"], playback_id=f"{app}-pb", lang="en")
-            assert (playback.id, playback.channel_id) == (f"{app}-pb", channel)
-            finished = await expect_event(events, PlaybackFinished, channel_id=channel,
-                                          within_s=10)
-            assert finished.playback.state == "done", finished
-            await ari.stop_playback(f"{app}-pb")          # gone already: 404, quiet
-            with pytest.raises(ChannelNotFound):
-                await ari.play(f"{app}-nobody", ["digits:1"])
-            assert ari.requests_on_events                 # still on the websocket
-            await ari.hangup(channel)
-            await expect_event(events, StasisEnd, channel_id=channel)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    # The events are read in a task of their own, as the sites' router does: a request on
+    # the websocket is answered there, so it needs them read meanwhile.
+    async with client as ari, events_read_aside(ari) as events:
+        started = time.monotonic()
+        await expect_event(events, Connected, within_s=2)
+        for _ in range(100):                          # within 1 s
+            if ari.requests_on_events:
+                break
+            await asyncio.sleep(0.01)
+        assert ari.requests_on_events, f"{app}: probe unanswered after " \
+            f"{time.monotonic() - started:.1f} s"
+        channel = f"{app}-leg"
+        await ari.originate(f"PJSIP/{CUSTOMER}@carrier-b", channel_id=channel,
+                            caller_id="0120123456", timeout=10)
+        await expect_event(events, StasisStart, channel_id=channel, within_s=10)
+        playback = await ari.play(channel, ["digits:1"], playback_id=f"{app}-pb", lang="en")
+        assert (playback.id, playback.channel_id) == (f"{app}-pb", channel)
+        finished = await expect_event(events, PlaybackFinished, channel_id=channel,
+                                      within_s=10)
+        assert finished.playback.state == "done", finished
+        await ari.stop_playback(f"{app}-pb")          # gone already: 404, quiet
+        with pytest.raises(ChannelNotFound):
+            await ari.play(f"{app}-nobody", ["digits:1"])
+        assert ari.requests_on_events                 # still on the websocket
+        await ari.hangup(channel)
+        await expect_event(events, StasisEnd, channel_id=channel)
 
 
 async def test_prompts_go_on_the_websocket_with_and_without_an_event_filter(

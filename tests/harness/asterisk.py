@@ -334,6 +334,29 @@ async def qualify(site: AsteriskSite, endpoint: str, *, within_s: float = 3.0) -
             await asyncio.sleep(settled_in if online else 0.1)
 
 
+@contextlib.asynccontextmanager
+async def events_read_aside(ari: AriClient) -> AsyncIterator[AsyncIterator[Event]]:
+    """``ari``'s events, read on in a task of their own, as the sites' router reads them:
+    a request sent on the events websocket (``requests_over_events``) is answered among
+    the events, so they must be read while it waits. Yields the events as they came."""
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def read() -> None:
+        async for event in ari.events():
+            queue.put_nowait(event)
+
+    async def queued() -> AsyncIterator[Event]:
+        while True:
+            yield await queue.get()
+
+    reader = asyncio.ensure_future(read())
+    try:
+        yield queued()
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
 async def expect_event(events: AsyncIterator[Event], kind: type[E], *,
                        channel_id: str | None = None, within_s: float = 5.0,
                        seen: list[Event] | None = None) -> E:
