@@ -5,16 +5,17 @@ customer's account, the advisor's price per minute and the longest talk wanted. 
 answer (:class:`Admission`) is allowed or not, the most talk seconds billing stands
 behind, and a reason id for the IVR to say:
 
-* prepaid: the available balance (other live consultations' holds already taken out, as
-  the ledger keeps it) at the price under the merchant's policy: below the first billed
-  unit (the minimum charge) ``balance-too-low``; else the seconds it pays for;
+* prepaid: the available balance (other live consultations' holds already taken out:
+  the ledger's available book less its live reservations' holds) at the price under the
+  merchant's policy: below the first billed unit (the minimum charge)
+  ``balance-too-low``; else the seconds it pays for;
 * postpaid: a card on file (else ``no-card``), no charge in dunning (``in-dunning``),
   fewer unpaid charges than the limit (``unpaid-limit``); the talk is the policy's
   longest consultation.
 
 :func:`decide` is the pure decision over :class:`Facts`; :class:`Admissions` reads the
 facts from PostgreSQL, for many asks in one statement (:func:`admission_sql`: the
-policy in force, the ledger's available book, :func:`billing.standing.standing`'s
+policy in force, the ledger's available balance, :func:`billing.standing.standing`'s
 counts) and decides each.
 Admitting alone holds nothing: a prepaid consultation still reserves (:meth:`billing.
 ledger.Ledger.reserve`) before it connects, which is what guards concurrent consultations.
@@ -39,7 +40,7 @@ from typing import Any
 import asyncpg
 
 from billing import policy
-from billing.ledger import BOOK_BALANCE, SYSTEM, Refusal, Reservation
+from billing.ledger import BOOK_BALANCE, LIVE_HOLDS, SYSTEM, Refusal, Reservation
 from billing.rating import Terms, TermsError, seconds_affordable
 from billing.settings import MAX_UNPAID_CHARGES
 from billing.standing import CHARGES, Standing
@@ -136,6 +137,7 @@ def admission_sql(asks: str, extra: Sequence[str] = ()) -> str:
                END AS group_policy,
            CASE WHEN NOT w.postpaid AND acct.id IS NOT NULL THEN
                {BOOK_BALANCE.format(account="acct.id", book="'available'")}
+               - {LIVE_HOLDS.format(account="acct.id")}
                END AS available_yen,
            w.postpaid AND EXISTS (SELECT 1 FROM billing_card_registrations r
                                   JOIN billing_cards cd ON cd.registration_id = r.id

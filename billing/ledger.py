@@ -1,8 +1,8 @@
 """The prepaid ledger in PostgreSQL (tables: ``billing/migrations/0001_ledger.sql``).
 
 Per customer account per merchant. Every movement is a transaction row (kind, amount, who,
-why) with double-entry legs over the account's books (``available``, ``held``,
-``funding``, ``revenue``, ``adjustment``) that sum to zero; nothing is updated or
+why) with double-entry legs over the account's books (``available``, ``funding``,
+``revenue``, ``adjustment``; ``held`` in history only) that sum to zero; nothing is updated or
 deleted, and a balance is the sum of its book's legs. Every movement of an account runs
 under that account's row lock (``SELECT … FOR UPDATE``), so the balance it reads is the
 balance it moves, and each leg it writes carries its book's balance after it
@@ -16,17 +16,23 @@ Movements::
     deposit     available +x   funding   -x
     adjustment  available ±x   adjustment ∓x      (never below zero available)
     refund      available +x   revenue   -x       (at most what was charged)
-    hold        available -h   held      +h       (a reservation)
-    charge      held      -c   revenue   +c       (settling it; past the hold, the rest
-                available -e                       comes from available: e = c - h)
-    release     held      -r   available +r       (what the charge did not use)
+    charge      available -c   revenue   +c       (settling a reservation)
 
-A **reservation** holds, before a consultation connects, what the account's available
-balance (other live consultations' holds already taken out) pays for, up to the terms'
-maximum length: ``allowed_s`` is where the consultation must be cut off. Settling it
-rates the talk time with the reservation's terms (:func:`billing.rating.rate`) and
-charges exactly that, releasing the rest. A balance below the first billed unit's price
-is refused with :class:`Refusal` (``balance-too-low``, with the amounts for the IVR).
+(``hold`` and ``release`` movements, over a ``held`` book, are history: until migration
+0021 a hold moved money available → held. They stay in the ledger as they were.)
+
+A **reservation** is not a movement of money: it is one ``billing_reservations`` row
+(and, extended, ``billing_reservation_extensions`` rows) holding, before a consultation
+connects, what the account's available balance less its other live reservations' holds
+pays for, up to the terms' maximum length: ``allowed_s`` is where the consultation must
+be cut off. A reservation is live until its settlement row exists. Settling it rates the
+talk time with the reservation's terms (:func:`billing.rating.rate`) and charges exactly
+that (what the hold did not use is simply no longer held: ``released_yen``).
+:class:`Balance`: ``available`` is the available book less the live holds, ``held`` the
+live holds (:data:`LIVE_HOLDS`). Every writer that decides on the live holds (the batched
+holds, extend, settle, adjust) reads them under the account's lock. A balance below the
+first billed unit's price is refused with :class:`Refusal` (``balance-too-low``, with the
+amounts for the IVR).
 """
 
 from __future__ import annotations
@@ -64,7 +70,9 @@ DEFAULT_FX = FxTable.from_mapping(DEFAULT_FX_BASE, DEFAULT_FX_RATES)
 
 @dataclass(frozen=True, slots=True)
 class Balance:
+    #: free to spend: the available book less the live reservations' holds
     available_yen: int
+    #: the live reservations' holds
     held_yen: int
 
     @property
@@ -255,8 +263,19 @@ async def books(conn: asyncpg.Connection, account: int) -> dict[str, int]:
     return {r["book"]: int(r["yen"]) for r in rows}
 
 
-def _balance(sums: dict[str, int]) -> Balance:
-    return Balance(sums.get("available", 0), sums.get("held", 0))
+#: the holds of account ``{account}``'s live reservations (not settled), each its newest
+#: extension's hold, else its own (``billing_live_holds``, migration 0021)
+LIVE_HOLDS = "(SELECT l.held_yen FROM billing_live_holds({account}) l)"
+
+_BALANCE = f"""SELECT {BOOK_BALANCE.format(account="$1", book="'available'")} AS available,
+                      {LIVE_HOLDS.format(account="$1")} AS held"""
+
+
+async def balance_of(conn: asyncpg.Connection, account: int) -> Balance:
+    """The account's :class:`Balance` (under its lock, for a writer deciding on it)."""
+    row = await conn.fetchrow(_BALANCE, account)
+    held = int(row["held"])
+    return Balance(int(row["available"]) - held, held)
 
 
 def _terms(data: dict[str, Any]) -> Terms:
@@ -420,7 +439,7 @@ class Ledger:
                                         "merchant_id = $1 AND account = $2", merchant_id, account)
             if found is None:
                 raise LedgerError(404, "not-found", f"no billing account {account!r}")
-            return _balance(await books(conn, found))
+            return await balance_of(conn, found)
 
     async def movements(self, merchant_id: str, account: str, *, after_id: int = 0,
                         limit: int = 100) -> list[Movement]:
@@ -452,7 +471,7 @@ class Ledger:
         _amount(abs(delta_yen), "delta_yen")
         async with self.pool.acquire() as conn, conn.transaction():
             acc = await self._existing(conn, merchant_id, account)
-            available = (await books(conn, acc)).get("available", 0)
+            available = (await balance_of(conn, acc)).available_yen
             if available + delta_yen < 0:
                 raise LedgerError(409, "insufficient-balance",
                                   f"available balance is {available} yen; cannot take "
@@ -560,18 +579,14 @@ class Ledger:
         async with self.pool.acquire() as conn, conn.transaction():
             row, now = await self._live_locked(conn, merchant_id, reservation_id)
             # overdrawn by another consultation's late cut-off: only what this one holds
-            available = max(0, (await books(conn, row["account_id"])).get("available", 0))
+            # (the live holds include this one's: what it holds is added back)
+            available = max(0, (await balance_of(conn, row["account_id"])).available_yen)
             allowed = seconds_affordable(available + now.held_yen, now.terms)
             if at_most_s is not None:
                 allowed = min(allowed, whole_units_s(at_most_s, now.terms))
             if allowed <= now.allowed_s:
                 return now
-            held = rate(allowed, now.terms).total_yen
-            if held > now.held_yen:
-                more = held - now.held_yen
-                await post(conn, row["account_id"], "hold", more,
-                           [("available", -more), ("held", more)], SYSTEM,
-                           f"consultation {now.consultation_id} extended", reservation_id)
+            held = max(rate(allowed, now.terms).total_yen, now.held_yen)
             await conn.execute(
                 "INSERT INTO billing_reservation_extensions (reservation_id, held_yen, "
                 "allowed_s) VALUES ($1, $2, $3)", reservation_id, held, allowed)
@@ -644,16 +659,11 @@ class Ledger:
         from_hold = min(total, held)
         overrun, released = total - from_hold, held - from_hold
         why = f"consultation {reservation.consultation_id}" + (f" ({reason})" if reason else "")
-        if total:
+        if total:       # the hold is no movement: the charge is the only one
             why_charge = f"{why}: {charge.talk_s} s talked, {charge.billed_s} s billed"
-            await post(conn, acc, "charge", total, [("held", -from_hold),
-                                                    ("available", -overrun),
+            await post(conn, acc, "charge", total, [("available", -total),
                                                     ("revenue", total)],
                        by, why_charge, reservation.id)
-        if released:
-            await post(conn, acc, "release", released,
-                       [("held", -released), ("available", released)], by, why,
-                       reservation.id)
         await conn.execute(
             """INSERT INTO billing_settlements (reservation_id, talk_s, billed_s, total_yen,
                    tax_yen, released_yen) VALUES ($1, $2, $3, $4, $5, $6)""",

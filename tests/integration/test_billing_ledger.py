@@ -23,6 +23,7 @@ from billing.ledger import (
     Reservation,
     ReserveAsk,
     account_id,
+    balance_of,
     books,
     decide_holds,
     post,
@@ -146,7 +147,8 @@ async def test_a_reservation_holds_what_the_balance_pays_and_settles_at_the_rate
     with pytest.raises(LedgerError):
         await ledger.settle("other", r.id, 95)
     kinds = [(m.kind, m.amount_yen) for m in await ledger.movements("acme", "c-1")]
-    assert kinds == [("deposit", 1000), ("hold", 900), ("charge", 600), ("release", 300)]
+    # a hold is its reservation row, no movement (migration 0021): the charge alone
+    assert kinds == [("deposit", 1000), ("charge", 600)]
     await ledger.refund("acme", "c-1", 600, "sato", "advisor dropped the line")
     with pytest.raises(LedgerError) as over:
         await ledger.refund("acme", "c-1", 1, "sato", "again")
@@ -221,20 +223,25 @@ async def test_holds_look_a_reservation_made_before_up_by_its_key_whatever_the_h
         clean: asyncpg.Pool) -> None:
     """Locking and reading a batch's accounts finds an ask's reservation made before by
     its key (account, consultation), also once the statement runs its generic plan (after
-    five calls on a connection): ten batches on an account of 30 reservations, none of
-    them asked again, fetch none of its reservations."""
+    five calls on a connection), and its live holds from its newest reservation on (each
+    reservation's ``live_from``, migration 0021): ten batches on an account of 30
+    reservations settled one after the other, none of them asked again, fetch at most the
+    newest two of its reservations each (its ``live_from``, and the live ones from there),
+    not its history."""
     ledger = Ledger(clean)
     await ledger.deposit("acme", "c-1", 1_000_000, "sato", "first")
     for i in range(30):
-        await reserved(ledger, "c-1", f"call-{i}")
+        await ledger.settle("acme", (await reserved(ledger, "c-1", f"call-{i}")).id, 10)
+    live = await reserved(ledger, "c-1", "call-live")
     fetched = ("SELECT idx_tup_fetch FROM pg_stat_xact_user_tables "   # this backend's,
                "WHERE relname = 'billing_reservations'")                # not yet reported
     async with clean.acquire() as conn, conn.transaction():
         before = await conn.fetchval(fetched)
         for i in range(10):
             (row,) = await conn.fetch(_LOCK_BALANCES, ["acme"], ["c-1"], [f"new-{i}"])
-            assert row["made"] is None
-        assert await conn.fetchval(fetched) == before
+            assert row["made"] is None and row["held_yen"] == live.held_yen
+            assert row["live_from"] == live.id
+        assert await conn.fetchval(fetched) - before <= 10 * 2
 
 
 async def test_a_live_reservation_extends_as_the_balance_allows(clean: asyncpg.Pool) -> None:
@@ -356,6 +363,81 @@ async def test_migration_0013_back_fills_each_entrys_balance_after(
             await p.close()
 
 
+async def test_migration_0021_turns_live_old_style_holds_into_reservations_that_hold(
+        pg_server_url: str) -> None:
+    """Holds written as before migration 0021 (a ``hold`` movement into the ``held`` book,
+    and one more for an extension): a live one gets its ``release`` (its money back in
+    ``available``) and still holds as a live reservation, the settled one is left as it
+    was; afterwards a new hold sees the old live one, and settling the old one charges
+    from ``available`` alone, no release."""
+    async with billing_db.database_before(pg_server_url, "holds_before_0021", "0021") as url:
+        p = await create_pool(url)
+        try:
+            ledger = Ledger(p)
+            await ledger.deposit("acme", "c-1", 3000, "sato", "first")
+            await ledger.deposit("acme", "c-2", 500, "sato", "first")
+            async with p.acquire() as conn:     # 0020's billing_reserve_holds: old style
+                old, done, other = await reserve_all(conn, [
+                    ReserveAsk("acme", "c-1", "old-live", PER_MINUTE, at_most_s=90),
+                    ReserveAsk("acme", "c-1", "old-done", PER_MINUTE, at_most_s=90),
+                    ReserveAsk("acme", "c-2", "old-other", PER_MINUTE)])
+                assert isinstance(old, Reservation) and isinstance(done, Reservation)
+                assert isinstance(other, Reservation)
+                assert (old.held_yen, done.held_yen, other.held_yen) == (300, 300, 300)
+                async with conn.transaction():   # an extension as extend wrote it then
+                    acc = await account_id(conn, "acme", "c-1", create=False)
+                    assert acc is not None
+                    await post(conn, acc, "hold", 300, [("available", -300), ("held", 300)],
+                               "billing", "consultation old-live extended", old.id)
+                    await conn.execute(
+                        "INSERT INTO billing_reservation_extensions (reservation_id, "
+                        "held_yen, allowed_s) VALUES ($1, 600, 150)", old.id)
+                    # settled as before: charge from held, release the rest
+                    await post(conn, acc, "charge", 200, [("held", -200), ("revenue", 200)],
+                               "billing", "consultation old-done", done.id)
+                    await post(conn, acc, "release", 100, [("held", -100), ("available", 100)],
+                               "billing", "consultation old-done", done.id)
+                    await conn.execute(
+                        "INSERT INTO billing_settlements (reservation_id, talk_s, billed_s, "
+                        "total_yen, tax_yen, released_yen) VALUES ($1, 70, 60, 200, 18, 100)",
+                        done.id)
+                assert await books(conn, acc) == {"available": 2200, "held": 600,
+                                                  "funding": -3000, "revenue": 200}
+        finally:
+            await p.close()
+        assert await migrate_url(url, list(billing_db.SETS)) == [
+            "billing/0021_holds_as_reservation_rows.sql"]
+        p = await create_pool(url)
+        try:
+            await balances_are_running_sums(p)
+            ledger = Ledger(p)
+            assert await ledger.balance("acme", "c-1") == Balance(2200, 600)
+            assert await ledger.balance("acme", "c-2") == Balance(200, 300)
+            async with p.acquire() as conn:
+                acc = await account_id(conn, "acme", "c-1", create=False)
+                assert acc is not None
+                assert (await books(conn, acc))["held"] == 0
+                assert (await books(conn, acc))["available"] == 2800
+            moves = await ledger.movements("acme", "c-1")
+            assert [(m.kind, m.amount_yen, m.reservation_id, m.legs) for m in moves[-1:]] == [
+                ("release", 600, old.id, {"held": -600, "available": 600})]
+            # a new hold takes what the old live one leaves: 2200 yen pays 7 minutes
+            new = await reserved(ledger, "c-1", "new-1")
+            assert (new.allowed_s, new.held_yen) == (30 + 7 * 60, 2100)
+            assert await ledger.balance("acme", "c-1") == Balance(100, 2700)
+            settled = await ledger.settle("acme", old.id, 95)    # 2 minutes billed
+            assert (settled.charge.total_yen, settled.released_yen) == (600, 0)
+            assert await ledger.balance("acme", "c-1") == Balance(100, 2100)
+            assert [(m.kind, m.amount_yen, m.legs) for m in
+                    (await ledger.movements("acme", "c-1"))[-1:]] == [
+                ("charge", 600, {"available": -600, "revenue": 600})]
+            await ledger.settle("acme", new.id, 0)
+            assert await ledger.balance("acme", "c-1") == Balance(2200, 0)
+            await balances_are_running_sums(p)
+        finally:
+            await p.close()
+
+
 # --- property: random concurrent sequences against the real database ----------------------
 
 NAMES = itertools.count()
@@ -447,10 +529,11 @@ Asked = tuple[int, int, Terms, int | None]
 
 @st.composite
 def batch_st(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[Asked]]:
-    """Balances (available, held) of up to 5 accounts and up to 12 asks (account: an
-    index into the balances, past them none; consultation; terms; at_most_s): the asks'
-    terms from a few, the balances often a yen either side of what some talk costs
-    under one of them (where a unit more is just paid for, or just not)."""
+    """Balances (available, held: a live reservation's hold) of up to 5 accounts and up
+    to 12 asks (account: an index into the balances, past them none; consultation;
+    terms; at_most_s): the asks' terms from a few, the balances often a yen either side
+    of what some talk costs under one of them (where a unit more is just paid for, or
+    just not)."""
     terms = draw(st.lists(any_terms_st, min_size=1, max_size=3))
     at_edge = st.tuples(st.sampled_from(terms), st.integers(0, 7200),
                         st.integers(-1, 1)).map(lambda x: rate(x[1], x[0]).total_yen + x[2])
@@ -466,7 +549,9 @@ def batch_st(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[Asked]]:
 async def grants_compared(url: str, balances: list[tuple[int, int]],
                           asks: list[Asked]) -> None:
     """One batch by ``reserve_all`` (the database's rule) against :func:`decide_holds`
-    (Python's) on the same balances (available, held), in a transaction rolled back."""
+    (Python's) on the same balances (available, held), in a transaction rolled back: the
+    account's available book is both, and a live reservation (written before migration
+    0021, without ``live_from``) holds ``held`` of it."""
     conn = await asyncpg.connect(url)
     try:
         tx = conn.transaction()
@@ -476,9 +561,12 @@ async def grants_compared(url: str, balances: list[tuple[int, int]],
         for i, (available, held) in enumerate(balances):
             acc = await account_id(conn, "acme", f"{name}-{i}", create=True)
             assert acc is not None
-            await post(conn, acc, "adjustment", abs(available) or 1,
-                       [("available", available), ("held", held),
+            await post(conn, acc, "adjustment", abs(available + held) or 1,
+                       [("available", available + held),
                         ("adjustment", -available - held)], "t", "the balances")
+            await conn.execute(
+                "INSERT INTO billing_reservations (account_id, consultation_id, terms, "
+                "held_yen, allowed_s) VALUES ($1, 'live-before', '{}', $2, 0)", acc, held)
             accounts.append(acc)
         batch = [ReserveAsk("acme", f"{name}-{a}", f"c{c}", terms, at_most_s)
                  for a, c, terms, at_most_s in asks]
@@ -500,9 +588,9 @@ async def grants_compared(url: str, balances: list[tuple[int, int]],
             took = sum(py.held_yen for py, a in zip(python, asks, strict=True)
                        if isinstance(py, Grant) and a[0] < len(accounts)
                        and accounts[a[0]] == acc)
-            sums = await books(conn, acc)
-            assert (sums.get("available", 0), sums.get("held", 0)) == (available - took,
-                                                                       held + took)
+            sums = await books(conn, acc)         # a hold is no movement
+            assert (sums.get("available", 0), sums.get("held", 0)) == (available + held, 0)
+            assert await balance_of(conn, acc) == Balance(available - took, held + took)
         await balances_are_running_sums(conn)
         await tx.rollback()
     finally:
@@ -516,7 +604,7 @@ def test_the_databases_holds_are_pythons_refusals_included(
         ) -> None:
     """``billing_reserve_holds`` (migration 0019) grants, refuses and shares reservations
     as :func:`billing.ledger.decide_holds` (``seconds_affordable``, ``whole_units_s``,
-    ``rate``) decides, over random terms, balances (overdrawn ones too), held amounts and
+    ``rate``) decides, over random terms, balances (overdrawn ones too), live holds and
     asks (several on an account, a consultation asked twice, accounts that do not exist),
-    and the balances it leaves are what the grants took."""
+    and the balances it leaves are what the grants took (no movement: live holds)."""
     run_async(lambda: grants_compared(pg_url, *batch))
