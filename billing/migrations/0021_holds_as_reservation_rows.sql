@@ -19,8 +19,12 @@ ALTER TABLE billing_reservations ADD COLUMN live_from bigint;
 CREATE INDEX billing_reservations_account_newest ON billing_reservations (account_id, id)
     INCLUDE (live_from, held_yen);
 
--- the account's live reservations: their holds' sum and the lowest id (NULL: none)
-CREATE FUNCTION billing_live_holds(account bigint, OUT held_yen bigint, OUT first_id bigint)
+-- the account's live reservations: their holds' sum and the lowest id (NULL: none); one
+-- row. Declared as a table so that PostgreSQL inlines it where it is called (declared as
+-- one record it is called, its query run, once a row: the lock and read of 100 accounts
+-- took 2.26 ms so, 0.74 ms inlined, 0.57-0.62 ms before this migration)
+CREATE FUNCTION billing_live_holds(account bigint)
+RETURNS TABLE (held_yen bigint, first_id bigint)
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(sum(coalesce((SELECT x.held_yen FROM billing_reservation_extensions x
                                   WHERE x.reservation_id = r.id
