@@ -326,9 +326,10 @@ class ReserveAsk:
 _LOCK_BALANCES = "SELECT * FROM billing_locked_balances($1, $2, $3)"
 
 #: a batch of first holds, one statement (``billing/migrations/0019_reservations_in_one_
-#: statement.sql``; its write as 0020 replaced it): the accounts locked and read, each ask
-#: decided as :func:`decide_holds` decides it, the holds written; a row an ask, in the
-#: asks' order
+#: statement.sql``; its write as 0020 and 0021 replaced it): the accounts locked and read
+#: (available: the book less the live holds), each ask decided as :func:`decide_holds`
+#: decides it, the holds written (a reservation row each, no movement); a row an ask, in
+#: the asks' order
 _RESERVE = """SELECT * FROM billing_reserve_holds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                                               $11, $12)"""
 
@@ -519,8 +520,9 @@ class Ledger:
 
     async def settle(self, merchant_id: str, reservation_id: int, talk_s: int, *,
                      by: str = SYSTEM, reason: str = "") -> Settlement:
-        """Charge the consultation's rated talk time and release the rest of its hold
-        (``talk_s`` 0: it never connected; all is released). Settling again with the same
+        """Charge the consultation's rated talk time (one movement, available → revenue);
+        the rest of its hold is no longer held once the settlement row exists (``talk_s``
+        0: it never connected; nothing is charged). Settling again with the same
         talk time returns the first settlement; with another, 409 ``already-settled``.
         An operator settling a consultation the call left live says who and why (``by``,
         ``reason``: on its movements)."""
