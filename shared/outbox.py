@@ -274,11 +274,16 @@ _Marks = tuple[list[uuid.UUID], list[int], list[dict[str, Any]], list[str]]
 
 def _settle_set(first: int) -> str:
     """What a delivered mark sets, from the arrays at parameters ``first`` to ``first + 3``
-    (ids, statuses, answers, routes)."""
+    (ids, statuses, answers, routes). Each array is read through a sub-select (as is the
+    claim's ``NOT ANY`` of them): its length hidden from the planner, a custom plan is no
+    cheaper than the generic one, so the claim runs its generic plan after five instead
+    of being planned afresh every time (planned, it cost PostgreSQL 0.52-0.57 ms a claim
+    with an outbox of 5,000 delivered rows, 0.23-0.33 ms on the generic plan)."""
     return (f"delivered_at = now(), response_status = a.status, response_body = a.body, "
             f"last_route = a.route, lease_owner = NULL, last_error = NULL "
-            f"FROM unnest(${first}::uuid[], ${first + 1}::int[], ${first + 2}::jsonb[], "
-            f"${first + 3}::text[]) AS a(message_id, status, body, route) "
+            f"FROM unnest((SELECT ${first}::uuid[]), (SELECT ${first + 1}::int[]), "
+            f"(SELECT ${first + 2}::jsonb[]), (SELECT ${first + 3}::text[])) "
+            f"AS a(message_id, status, body, route) "
             f"WHERE o.message_id = a.message_id")
 
 
@@ -305,7 +310,7 @@ _CLAIM = """WITH {settled}claimed AS (
        WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held{not_settled})
    SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true"""
 _SETTLED_CTE = f"settled AS (UPDATE outbox o SET {_settle_set(4)}),\n   "
-_NOT_SETTLED = "\n             AND NOT (message_id = ANY($4::uuid[]))"
+_NOT_SETTLED = "\n             AND NOT (message_id = ANY((SELECT $4::uuid[])::uuid[]))"
 _CLAIM_ONLY = _CLAIM.format(settled="", not_settled="")
 #: the claim that also writes the waiting delivered marks (parameters $4-$7)
 _CLAIM_SETTLING = _CLAIM.format(settled=_SETTLED_CTE, not_settled=_NOT_SETTLED)

@@ -19,7 +19,14 @@ import pytest
 from aiohttp import web
 
 from shared.link_policy import HealthSettings, KindPolicy, LinkMode, LinkPolicy
-from shared.outbox import SETTLE_WITHIN_S, Outbox, OutboxAlert, OutboxRelay, outbox_stats
+from shared.outbox import (
+    _CLAIM_SETTLING,
+    SETTLE_WITHIN_S,
+    Outbox,
+    OutboxAlert,
+    OutboxRelay,
+    outbox_stats,
+)
 from tests import prom
 from tests.faults.linklab import (
     BATCHES_KEY,
@@ -608,3 +615,32 @@ async def test_a_claim_that_could_not_go_is_put_back_in_one_statement_a_batch(
                    and r["attempts"] == 1 and r["delivered_at"] is None for r in rows)
     finally:
         await client.close()
+
+
+async def test_the_claim_with_delivered_marks_runs_its_generic_plan_after_five(
+        pool: asyncpg.Pool, pg_url: str) -> None:
+    """The relay's claim that also writes the delivered marks, on a new connection: its
+    arrays are read through sub-selects, so after the plan cache's five custom plans it
+    runs its generic plan instead of being planned again for every claim (an array
+    parameter's length, seen by the custom plans, made each of them look cheaper, once
+    the outbox holds the delivered messages of a while)."""
+    await pool.execute("INSERT INTO outbox (message_id, kind, path, body, delivered_at) "
+                       "SELECT gen_random_uuid(), 'test', $1, '\\x00', now() "
+                       "FROM generate_series(1, 2000)", TEST_PATH)
+    await pool.execute("ANALYZE outbox")
+    await _enqueue(pool, 1)
+    async with counted_pool(pg_url) as (fresh, _), fresh.acquire() as conn:
+        marks: list[Any] = []
+        for _ in range(8):
+            rows = await conn.fetch(_CLAIM_SETTLING, "plans", 30, 64, *(marks or [[]] * 4))
+            claimed = [r["message_id"] for r in rows if r["message_id"] is not None]
+            marks = [claimed, [200] * len(claimed), [{"status": "stored"}] * len(claimed),
+                     ["r"] * len(claimed)]
+            await _enqueue(pool, 1)
+        plans = await conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE 'WITH settled AS%'")
+    assert plans is not None and tuple(plans) == (3, 5), dict(plans or {})
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE delivered_at IS NOT NULL "
+                               "AND response_status = 200 AND last_route = 'r'") == 7
+    await pool.execute("DELETE FROM outbox")
