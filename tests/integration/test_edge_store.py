@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from edge_server import report_store
 from edge_server.flow_messages import (
     AnnounceMode,
     CancelRequest,
@@ -467,3 +468,26 @@ async def test_a_batch_of_one_kind_opens_no_other_kind_s_table(pool: asyncpg.Poo
             "WHERE l.pid = pg_backend_pid() AND c.relkind = 'r'")}
     assert "cdrs" in locked and "inbound_messages" in locked, locked
     assert not locked & {"requests", "request_transcripts", "callback_status"}, locked
+
+
+async def test_the_batch_statement_reads_the_claims_and_calls_by_their_keys(
+        pool: asyncpg.Pool) -> None:
+    """The statement's generic plan, kept from the first batches a connection applies
+    (when the tables may still be nearly empty), looks up each report's earlier claim and
+    call by their unique keys: it never scans ``inbound_messages`` (a week of message ids)
+    or a merchant's calls, however they grow."""
+    await CallStore(pool).store_request(store_cmd("c-keys"), T0)
+    batches = [deliveries((f"m-keys-{kind}", event)) for kind, event in (
+        ("status", status_event("queued", 0, edge_call_id="edge-c-keys")),
+        ("cdr", cdr_event("call-keys", edge_call_id="edge-c-keys")))]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for batch in batches:
+            kinds = tuple(k for k in report_store._KINDS
+                          if any(isinstance(r, k.report) for _, r in batch))
+            plan = "\n".join(row[0] for row in await conn.fetch(
+                "EXPLAIN " + report_store._statement(kinds, False),
+                *report_store._arguments(batch, kinds, False)))
+            assert "Seq Scan on inbound_messages" not in plan, plan
+            assert "Seq Scan on edge_calls" not in plan, plan
+            assert "edge_calls_merchant" not in plan, plan
