@@ -21,7 +21,7 @@ REST over the events websocket (``requests_over_events``): Asterisk 20.14, 21.9 
 on answer a ``RESTRequest`` sent on the events websocket with a ``RESTResponse`` event
 there, the same status and body as over HTTP, without an HTTP request's parsing,
 headers and authentication at either end. With it on, the requests a call makes most
-(:data:`OVER_EVENTS`: a prompt's ``play``, its stop at a barge-in key) go that way while
+(:data:`OVER_EVENTS`: a prompt's ``play``, its stop at a barge-in key, a hang-up) go that way while
 the websocket is up and Asterisk answered the probe sent on each connect (a ``GET`` of
 the application, answered while the events are read: until then, over HTTP; the event
 filter lets ``RESTResponse`` through); otherwise, and for every other request, over HTTP
@@ -73,8 +73,10 @@ ParamValue = str | int | float | bool | None
 #: what a REST response on the events websocket is (an event of its own type)
 REST_RESPONSE = "RESTResponse"
 #: the requests sent on the events websocket with ``requests_over_events``: the IVR's
-#: prompts (each a play, and a stop at the key that cuts one short), most of a call's
-OVER_EVENTS = frozenset({"play", "stop_playback"})
+#: prompts (each a play, and a stop at the key that cuts one short), most of a call's,
+#: and the hang-up of a leg (quick in Asterisk: an originate, which can hold the
+#: websocket's reader while the channel is made, stays on HTTP)
+OVER_EVENTS = frozenset({"play", "stop_playback", "hangup"})
 
 
 class AriClient:
@@ -510,7 +512,8 @@ class AriClient:
             raise ValueError("give reason or reason_code, not both")
         try:
             await self._request("DELETE", f"/channels/{channel_id}",
-                                {"reason": reason, "reason_code": reason_code})
+                                {"reason": reason, "reason_code": reason_code},
+                                over_events=self.requests_over_events)
         except ChannelNotFound:
             log.debug("hangup %s: already gone", channel_id)
 

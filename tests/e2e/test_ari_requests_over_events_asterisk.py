@@ -2,7 +2,9 @@
 with the application's event filter (as the sites set it) and without one (as a bench's
 client has): ``Connected`` comes at once, the probe is answered within the second, a
 ``play`` and its stop go on the websocket and answer as over HTTP (a stop of a playback
-gone already is quiet, a play on a channel gone is ``ChannelNotFound``). The events are
+gone already is quiet, a play on a channel gone is ``ChannelNotFound``); a barge-in's stop
+and the next play, sent in one write, stop the prompt playing and play the next out; the
+leg's hang-up goes there too. The events are
 read in a task of their own while a request waits, as the sites' router reads them: its
 answer comes there.
 
@@ -71,9 +73,21 @@ async def prompts_on_the_websocket(site: AsteriskSite, app: str,
         await ari.stop_playback(f"{app}-pb")          # gone already: 404, quiet
         with pytest.raises(ChannelNotFound):
             await ari.play(f"{app}-nobody", ["digits:1"])
+        # A barge-in: the stop of a prompt still playing and the next prompt's play, in
+        # one write (the stop not waited for): the first ends at once, the next plays out.
+        await ari.play(channel, ["sound:cbgw/confirm-callback"], playback_id=f"{app}-long",
+                       lang="ja")
+        await ari.stop_playback(f"{app}-long")
+        await ari.play(channel, ["digits:2"], playback_id=f"{app}-next", lang="en")
+        stopped = await expect_event(events, PlaybackFinished, channel_id=channel,
+                                     within_s=2)
+        assert stopped.playback.id == f"{app}-long", stopped
+        after = await expect_event(events, PlaybackFinished, channel_id=channel, within_s=5)
+        assert (after.playback.id, after.playback.state) == (f"{app}-next", "done"), after
         assert ari.requests_on_events                 # still on the websocket
-        await ari.hangup(channel)
+        await ari.hangup(channel)                     # on the websocket too
         await expect_event(events, StasisEnd, channel_id=channel)
+        await ari.hangup(channel)                     # gone already: 404, quiet
 
 
 async def test_prompts_go_on_the_websocket_with_and_without_an_event_filter(

@@ -83,6 +83,10 @@ class FakeAri:
             return 404, {"message": "Channel not found"}
         if method == "DELETE" and path == "playbacks/p1":
             return 204, None
+        if method == "DELETE" and path == "channels/c1":
+            return 204, None
+        if method == "DELETE" and path == "channels/gone":
+            return 404, {"message": "Channel not found"}
         if method == "DELETE" and path == "playbacks/broken":
             return 500, {"message": "Internal Server Error"}
         return 404, {"message": "Playback not found"}
@@ -226,6 +230,16 @@ async def test_a_stop_and_the_next_play_leave_in_one_write_and_the_stop_is_not_a
         "ARI DELETE /playbacks/broken: status 500 "
         '{"message": "Internal Server Error"}']
     assert len(writes) == 2                              # the two stops of one turn
+
+
+async def test_a_hang_up_goes_there_too_and_a_leg_gone_already_is_quiet(
+        running: Running) -> None:
+    fake, client = running.fake, running.client
+    await client.hangup("c1", reason="normal")
+    await client.hangup("gone")                          # 404: gone already, not an error
+    assert fake.over_ws[-2:] == [("DELETE", "channels/c1", {"reason": "normal"}),
+                                 ("DELETE", "channels/gone", {})]
+    assert fake.over_http == []
 
 
 @pytest.mark.parametrize("size", [0, 5, 125, 126, 200, 65535, 65536, 70000])
