@@ -145,59 +145,9 @@ class QueueStore(StoreBase):
             else (None, None)
         brake_limit = self.guard.settings.brake.limit if self.guard is not None else None
         day = None if self.guard is None or now is None else self.guard.today(now)
+        # one statement: callback_claim (migration 1080) keeps its plan for the session
         rows = await self.pool.fetch(
-            """WITH c AS (
-                   SELECT callback_id, status AS prev_status
-                   FROM callback_requests
-                   WHERE (status = 'queued' AND next_attempt_at <= now())
-                      OR (status = 'dialing' AND lease_expires_at < now()
-                          -- a live leg on another Asterisk is left to that Asterisk's
-                          -- servers (only they can ask about it), for a while
-                          AND ($4::text IS NULL
-                               OR lease_expires_at < now() - $5 * interval '1 second'
-                               OR NOT EXISTS (
-                                   SELECT 1 FROM callback_attempts a
-                                   WHERE a.callback_id = callback_requests.callback_id
-                                     AND a.status IN ('dialing', 'originated', 'answered')
-                                     AND a.asterisk IS NOT NULL AND a.asterisk <> $4)))
-                   ORDER BY next_attempt_at
-                   LIMIT $3
-                   FOR UPDATE SKIP LOCKED),
-               claimed AS (
-                   UPDATE callback_requests r
-                   SET status = 'dialing', lease_owner = $1,
-                       lease_expires_at = now() + $2 * interval '1 second',
-                       heartbeat_at = now(), updated_at = now()
-                   FROM c WHERE r.callback_id = c.callback_id
-                   RETURNING r.callback_id, r.edge_call_id, r.merchant_id, r.caller,
-                             r.attempts, r.max_attempts, c.prev_status, r.dialed,
-                             coalesce(r.hungup_at, r.received_at) AS hungup_at,
-                             (SELECT count(*) FROM callback_attempts a
-                              WHERE a.callback_id = r.callback_id) AS legs,
-                             (SELECT k.advisor_id FROM click_to_call_requests k
-                              WHERE k.callback_id = r.callback_id) AS click_advisor),
-               next AS (
-                   SELECT extract(epoch FROM min(t) - now()) AS due_s FROM (
-                       SELECT min(next_attempt_at) AS t FROM callback_requests
-                       WHERE status = 'queued'
-                         AND callback_id NOT IN (SELECT callback_id FROM c)
-                       UNION ALL
-                       SELECT min(lease_expires_at) FROM callback_requests
-                       WHERE status = 'dialing'
-                         AND callback_id NOT IN (SELECT callback_id FROM c)) s),
-               -- the callers as a column, not a subquery argument: the facts' SQL
-               -- function is then inlined, planned with this statement (kept with it),
-               -- not planned again at each claim
-               facts AS (
-                   SELECT f FROM (SELECT array_agg(caller) AS numbers FROM claimed) k
-                   CROSS JOIN LATERAL guard_number_facts(k.numbers, $6, $7, $9) f
-                   WHERE $6::timestamptz IS NOT NULL)
-               SELECT next.due_s, claimed.*, facts.f AS guard_facts,
-                      (SELECT coalesce(array_agg(u), '{}') FROM guard_cap_usage(NULL, $8) u
-                       WHERE $6::timestamptz IS NOT NULL
-                         AND EXISTS (SELECT 1 FROM claimed)) AS guard_caps
-               FROM next LEFT JOIN claimed ON true
-               LEFT JOIN facts ON (facts.f).number = claimed.caller""",
+            "SELECT * FROM callback_claim($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             self.owner, self.lease_s, limit, self.asterisk, self.foreign_rescue_after_s,
             now, brake_since, day, brake_limit)
         jobs = [ClaimedJob(r["callback_id"], r["edge_call_id"], r["merchant_id"],
