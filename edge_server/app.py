@@ -147,13 +147,14 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
-#: the edge relay's adaptive linger (``OutboxRelay.claim_gap_s``), off: a call-back request
-#: released less than this after the relay's last claim would wait until then, and those
-#: released meanwhile go with it in one pass and one signed request. Tried at 20 ms
-#: (bench/README.md, "Capacity sweep", edge20): nothing at 20/s; at 60/s 0.2 edge and 0.4
-#: callback transactions a call-back fewer but hang-up -> INVITE p50 7.0 -> 19.8 ms, and
-#: no CPU gain shown, so it stays 0 until a paired sweep at 40-100/s shows one
-RELAY_CLAIM_GAP_S = 0.0
+#: the edge relay's adaptive linger (``OutboxRelay.claim_gap_s``): a call-back request
+#: released less than this after the relay's last claim waits until then, and those
+#: released meanwhile go with it in one pass and one signed request (evenly spaced
+#: hang-ups below 50/s never wait). Control 100/s, one step each (bench/README.md,
+#: "Capacity sweep", edgestore): own CPU 9.8 -> 7.7 ms a call-back, transactions a
+#: call-back edge 3.1 -> 2.7 and callback 5.2 -> 4.2, hang-up -> INVITE p50 / p99
+#: 9 / 36 -> 20 / 86 ms (the target is p99 <= 1 s)
+RELAY_CLAIM_GAP_S = 0.02
 
 
 def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient, settings: EdgeSettings,
