@@ -26,10 +26,7 @@ the websocket is up and Asterisk answered the probe sent on each connect (a ``GE
 the application, answered while the events are read: until then, over HTTP; the event
 filter lets ``RESTResponse`` through); otherwise, and for every other request, over HTTP
 as before. A request in flight when the websocket drops raises ``AriUnavailable``, as a
-lost HTTP connection does. The request frames of one turn of the event loop leave in one
-write (a barge-in's stop and the next prompt's play, the prompts of the calls that moved
-together), and a stop is not waited for (its answer is only logged if it is an error).
-An answer arrives among the events, so another task must be
+lost HTTP connection does. Its answer arrives among the events, so another task must be
 reading them (``events()``) while it waits, as :class:`~shared.ari.router.EventRouter`
 does: a task that awaits such a request and only then reads the events gets
 ``AriUnavailable`` at the request timeout.
@@ -39,12 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import itertools
 import json
 import logging
-import random
-import struct
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -119,10 +113,6 @@ class AriClient:
         self._rest_ws: aiohttp.ClientWebSocketResponse | None = None
         self._awaiting: dict[str, asyncio.Future[tuple[int, str]]] = {}
         self._request_ids = itertools.count(1)
-        # The request frames of this turn of the event loop, written at its end in one
-        # write (one ``send``) to the websocket they are for: a barge-in's stop and the
-        # next prompt's play, and the prompts of every call that moved in the same turn.
-        self._outgoing: list[tuple[aiohttp.ClientWebSocketResponse, bytes]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -271,10 +261,6 @@ class AriClient:
         which never waits for it (an earlier version read the websocket here until the
         answer had come *and* one more frame: on an application with no traffic, such as a
         bench's or a site's at rest, that held ``Connected`` back the whole timeout)."""
-        if _transport(ws) is None:      # an aiohttp whose websocket is built otherwise
-            log.warning("ARI events websocket of %s: no transport to write requests to: "
-                        "over HTTP", self.base_url)
-            return
         try:
             status, _ = await self._over_events(ws, "GET", f"/applications/{self.app}", {},
                                                 None)
@@ -299,13 +285,10 @@ class AriClient:
             if not waiting.done():
                 waiting.set_exception(AriUnavailable("ARI events websocket lost"))
 
-    def _send_over_events(self, ws: aiohttp.ClientWebSocketResponse | None, method: str,
-                          path: str, query: Mapping[str, str],
-                          body: Mapping[str, Any] | None
-                          ) -> tuple[str, asyncio.Future[tuple[int, str]]]:
-        """Send one request on the events websocket ``ws`` (its frame leaves with the
-        others of this turn of the loop, in the order they were sent): its id and the
-        future of its status and body."""
+    async def _over_events(self, ws: aiohttp.ClientWebSocketResponse | None, method: str,
+                           path: str, query: Mapping[str, str],
+                           body: Mapping[str, Any] | None) -> tuple[int, str]:
+        """One request on the events websocket ``ws``: its status and body."""
         if ws is None or ws.closed:
             raise AriUnavailable(f"ARI {method} {path}: events websocket not connected")
         request_id = str(next(self._request_ids))
@@ -317,29 +300,11 @@ class AriClient:
             request["message_body"] = json.dumps(body)
         answer = asyncio.get_running_loop().create_future()
         self._awaiting[request_id] = answer
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._write_outgoing)
-        self._outgoing.append((ws, _text_frame(json.dumps(request))))
-        return request_id, answer
-
-    def _write_outgoing(self) -> None:
-        """Write the request frames of the turn that ended, one write a websocket. A frame
-        for a websocket closed meanwhile is dropped: its request fails as the others in
-        flight there do (``_lose_requests``), or at its timeout."""
-        outgoing, self._outgoing = self._outgoing, []
-        for ws, frames in itertools.groupby(outgoing, key=lambda sent: sent[0]):
-            transport = _transport(ws)
-            if transport is not None and not transport.is_closing() and not ws.closed:
-                transport.write(b"".join(frame for _, frame in frames))
-
-    async def _over_events(self, ws: aiohttp.ClientWebSocketResponse | None, method: str,
-                           path: str, query: Mapping[str, str],
-                           body: Mapping[str, Any] | None) -> tuple[int, str]:
-        """One request on the events websocket ``ws``: its status and body."""
-        request_id, answer = self._send_over_events(ws, method, path, query, body)
         try:
+            await ws.send_str(json.dumps(request))
             async with asyncio.timeout(self._request_timeout):
-                return await answer
+                answered: tuple[int, str] = await answer
+                return answered
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
         finally:
@@ -483,18 +448,9 @@ class AriClient:
         await self._request("DELETE", f"/channels/{channel_id}/moh")
 
     async def stop_playback(self, playback_id: str) -> None:
-        """Stop a playback (one already over is no error). On the events websocket, the
-        stop is sent and not waited for: what follows it (the next prompt's play) goes in
-        the same write, and its answer, which no caller needs (the playback's end is its
-        ``PlaybackFinished``), is only logged if it is an error."""
-        path = f"/playbacks/{playback_id}"
-        ws = self._rest_ws
-        if self.requests_over_events and ws is not None:
-            _, answer = self._send_over_events(ws, "DELETE", path, {}, None)
-            answer.add_done_callback(functools.partial(_stop_answered, path))
-            return
         try:
-            await self._request("DELETE", path)
+            await self._request("DELETE", f"/playbacks/{playback_id}",
+                                over_events=self.requests_over_events)
         except NotFound:
             pass
 
@@ -634,47 +590,6 @@ class AriClient:
         except NotFound:
             return None
         return Endpoint.from_json(raw)
-
-
-def _stop_answered(path: str, answer: asyncio.Future[tuple[int, str]]) -> None:
-    """A stop's answer, not waited for: an error is logged (404: the playback was over)."""
-    if answer.cancelled():
-        return
-    exc = answer.exception()
-    if exc is not None:
-        log.warning("ARI DELETE %s: %s", path, exc)
-        return
-    status, text = answer.result()
-    if status >= 400 and status != 404:
-        log.warning("ARI DELETE %s: status %d %s", path, status, text)
-
-
-#: the masks of the request frames (RFC 6455 5.3: a client masks what it sends)
-_masks = random.Random()
-
-
-def _text_frame(text: str) -> bytes:
-    """``text`` as one final, masked websocket text frame."""
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | size)
-    elif size < 65536:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, size)
-    mask = _masks.getrandbits(32).to_bytes(4, "big")
-    keys = (mask * (size // 4 + 1))[:size]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(keys, "big")).to_bytes(size, "big")
-    return header + mask + masked
-
-
-def _transport(ws: aiohttp.ClientWebSocketResponse) -> asyncio.Transport | None:
-    """The connection under ``ws``, written directly so that the frames of a turn leave
-    in one write (aiohttp writes each frame on its own)."""
-    writer = getattr(ws, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    return transport if isinstance(transport, asyncio.Transport) else None
 
 
 def _param(value: ParamValue) -> str:

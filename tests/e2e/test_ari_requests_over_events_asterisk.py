@@ -3,8 +3,8 @@ with the application's event filter (as the sites set it) and without one (as a 
 client has): ``Connected`` comes at once, the probe is answered within the second, a
 ``play`` and its stop go on the websocket and answer as over HTTP (a stop of a playback
 gone already is quiet, a play on a channel gone is ``ChannelNotFound``); a barge-in's stop
-and the next play, sent in one write, stop the prompt playing and play the next out; the
-leg's hang-up goes there too. The events are
+and the next play stop the prompt playing and play the next out; the leg's hang-up goes
+there too. The events are
 read in a task of their own while a request waits, as the sites' router reads them: its
 answer comes there.
 
@@ -73,8 +73,8 @@ async def prompts_on_the_websocket(site: AsteriskSite, app: str,
         await ari.stop_playback(f"{app}-pb")          # gone already: 404, quiet
         with pytest.raises(ChannelNotFound):
             await ari.play(f"{app}-nobody", ["digits:1"])
-        # A barge-in: the stop of a prompt still playing and the next prompt's play, in
-        # one write (the stop not waited for): the first ends at once, the next plays out.
+        # A barge-in: the stop of a prompt still playing and the next prompt's play: the
+        # first ends at once, the next plays out.
         await ari.play(channel, ["sound:cbgw/confirm-callback"], playback_id=f"{app}-long",
                        lang="ja")
         await ari.stop_playback(f"{app}-long")

@@ -24,7 +24,6 @@ from shared.ari import (
     PlaybackFinished,
     StasisStart,
 )
-from shared.ari.client import _text_frame, _transport
 
 CHANNEL = {"id": "c1", "name": "PJSIP/x-1", "state": "Up",
            "caller": {"number": "0901", "name": ""}, "dialplan": {"exten": "0120"}}
@@ -204,34 +203,6 @@ async def test_prompts_go_on_the_events_websocket_with_the_same_answers(
     assert fake.over_http == [("GET", "channels/gone", {})]
 
 
-async def test_a_stop_and_the_next_play_leave_in_one_write_and_the_stop_is_not_awaited(
-        running: Running, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """A barge-in: the stop returns once sent, the play follows in the same turn of the
-    loop, and both frames go out in one write (one ``send``), in their order."""
-    fake, client = running.fake, running.client
-    transport = _transport(client._rest_ws) if client._rest_ws is not None else None
-    assert transport is not None
-    writes: list[bytes] = []
-    write = transport.write
-    monkeypatch.setattr(transport, "write", lambda data: (writes.append(data), write(data)))
-    await client.stop_playback("p1")
-    assert writes == []                                  # sent with what follows
-    await client.play("c1", MEDIA, playback_id="c1-p2", lang="ja")
-    assert len(writes) == 1
-    assert fake.over_ws[-2:] == [
-        ("DELETE", "playbacks/p1", {}),
-        ("POST", "channels/c1/play/c1-p2", {"media": ",".join(MEDIA), "lang": "ja"})]
-    with caplog.at_level("WARNING", logger="ari.client"):
-        await client.stop_playback("broken")             # an error: logged when it comes
-        await client.stop_playback("stopped-already")    # 404: the playback was over, quiet
-        await until(lambda: len(fake.over_ws) == 5 and not client._awaiting)
-    assert [r.getMessage() for r in caplog.records] == [
-        "ARI DELETE /playbacks/broken: status 500 "
-        '{"message": "Internal Server Error"}']
-    assert len(writes) == 2                              # the two stops of one turn
-
-
 async def test_a_hang_up_goes_there_too_and_a_leg_gone_already_is_quiet(
         running: Running) -> None:
     fake, client = running.fake, running.client
@@ -240,22 +211,6 @@ async def test_a_hang_up_goes_there_too_and_a_leg_gone_already_is_quiet(
     assert fake.over_ws[-2:] == [("DELETE", "channels/c1", {"reason": "normal"}),
                                  ("DELETE", "channels/gone", {})]
     assert fake.over_http == []
-
-
-@pytest.mark.parametrize("size", [0, 5, 125, 126, 200, 65535, 65536, 70000])
-def test_a_request_frame_is_one_masked_text_frame(size: int) -> None:
-    text = ("あいう" * size)[:size]
-    frame = _text_frame(text)
-    payload = text.encode()
-    assert frame[0] == 0x81 and frame[1] & 0x80                # final text frame, masked
-    length, at = frame[1] & 0x7F, 2
-    if length == 126:
-        length, at = int.from_bytes(frame[2:4], "big"), 4
-    elif length == 127:
-        length, at = int.from_bytes(frame[2:10], "big"), 10
-    assert length == len(payload)
-    mask, masked = frame[at:at + 4], frame[at + 4:]
-    assert bytes(b ^ mask[i % 4] for i, b in enumerate(masked)) == payload
 
 
 async def test_without_them_the_filter_holds_back_rest_responses(running: Running) -> None:
