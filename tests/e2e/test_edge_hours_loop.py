@@ -34,10 +34,12 @@ from tests.harness.sipp import CUSTOMER_IP, CUSTOMER_PORT, SipMessage, SippRole,
 ORDER_KEYS = "1" + "1" + "1234#" + "2#" + "1"   # accept call-back, order, item, qty, confirm
 TODAY = datetime.now(UTC).astimezone(TOKYO).date()
 WEEKLY = ("09:00-18:00",)
-# closed from yesterday to tomorrow (Tokyo): a test running across midnight is still closed
+# closed from yesterday to the day after tomorrow (Tokyo): a test running across midnight
+# is still closed, and opens on a day after tomorrow ("次の営業は、…", not "明日は、…")
+SHUT_UNTIL = TODAY + timedelta(days=2)
 SHUT_HOURS = BusinessHours(
     weekly=(tuple(Window.parse(w) for w in WEEKLY),) * 7, holidays_closed=False,
-    special=(SpecialDay(TODAY - timedelta(days=1), TODAY + timedelta(days=1), (), "臨時休業"),))
+    special=(SpecialDay(TODAY - timedelta(days=1), SHUT_UNTIL, (), "臨時休業"),))
 
 
 def hours_toml(special: str, holidays: str = "weekly") -> str:
@@ -53,8 +55,7 @@ def special(first: date, last: date, body: str) -> str:
 
 SHUT = MerchantOptions(id="shut", name="Shut Today", number="0120111222",
                        pre_callback_delay_s="0", api_token="shut-token",
-                       hours=hours_toml(special(TODAY - timedelta(days=1),
-                                                TODAY + timedelta(days=1),
+                       hours=hours_toml(special(TODAY - timedelta(days=1), SHUT_UNTIL,
                                                 'closed = true\nnote = "臨時休業"')))
 OPEN = MerchantOptions(pre_callback_delay_s="0",
                        hours=hours_toml(special(TODAY - timedelta(days=1),
