@@ -1,5 +1,5 @@
--- A hold is one billing_reservations row, not a movement of money (issue #21: the call may
--- last as long as "the balance minus other live calls' reservations" pays for). From here
+-- A hold is one billing_reservations row, not a movement of money (a consultation may last
+-- as long as "the balance minus other live calls' reservations" pays for). From here
 -- on, a reservation (and its extensions, 0005) writes no transaction and no entries: the
 -- ledger's movements are deposits, charges, refunds and adjustments; the ``held`` book is
 -- no longer written. What a new consultation may take is the account's ``available`` book
