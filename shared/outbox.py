@@ -310,6 +310,8 @@ _CLAIM = """WITH {settled}claimed AS (
        WHERE delivered_at IS NULL AND dead_at IS NULL AND NOT held{not_settled})
    SELECT claimed.*, due.due_s FROM due LEFT JOIN claimed ON true"""
 _SETTLED_CTE = f"settled AS (UPDATE outbox o SET {_settle_set(4)}),\n   "
+#: the outer cast is needed: without it ``ANY`` reads the sub-select as a row source
+#: (uuid = uuid[], never delivered), with it as the one array it returns
 _NOT_SETTLED = "\n             AND NOT (message_id = ANY((SELECT $4::uuid[])::uuid[]))"
 _CLAIM_ONLY = _CLAIM.format(settled="", not_settled="")
 #: the claim that also writes the waiting delivered marks (parameters $4-$7)
