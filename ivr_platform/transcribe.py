@@ -113,10 +113,11 @@ def _decode(pcm: bytes) -> str:
 
 
 def _pcm16k(wav: Path) -> bytes:
-    """The file as 16 kHz 16-bit signed mono raw PCM (sox)."""
+    """The file as 16 kHz 16-bit signed mono raw PCM (sox, repeatable: its resampling
+    dither seeded, so one file is always decoded from the same samples)."""
     try:
         done = subprocess.run(
-            ["sox", str(wav), "-t", "raw", "-r", str(SAMPLE_RATE), "-e", "signed", "-b", "16",
+            ["sox", "-R", str(wav), "-t", "raw", "-r", str(SAMPLE_RATE), "-e", "signed", "-b", "16",
              "-c", "1", "-"], capture_output=True, timeout=SOX_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise TranscriptionError("sox is not installed (apt-get install sox)") from None

@@ -5,7 +5,10 @@ engine's silence trimmed at both ends (what Asterisk plays as ``sound:<cache>/<k
 ``key`` being the SHA-256 of the engine, voice, language, options and text (NFC,
 stripped). The engine writes a temporary file,
 sox converts it next to the cache entry and ``os.replace`` publishes it: a reader sees a
-whole prompt or none, and two renders of one text at once run the engine once.
+whole prompt or none, and two renders of one text at once run the engine once. sox runs
+repeatable (``-R``): its resampling dither is seeded, so one text renders to the same bytes
+every time (unseeded, one render of a test sentence in about 40 was heard differently by
+the transcriber).
 
 A hit is a hash, one ``stat`` and one ``utime`` (:meth:`PromptCache.cached`, no await;
 ≤ 1 ms is the target, ``python -m bench ivr_tts``): a file's modification time is when it
@@ -37,7 +40,7 @@ from ivr_platform.tools import ToolError, ToolMissing, need_program, run
 from shared.language import Language
 
 #: bump when the rendering changes (sox options, format): every key changes with it
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 SAMPLE_RATE = 8000
 #: the engines pad a sentence with about 0.5 s of silence each side (Open JTalk: a digit
 #: of 0.3 s renders to 1.2 s); sox cuts what is below this level at both ends and puts
@@ -245,7 +248,7 @@ class PromptCache:
             source.write_text(clean + "\n", encoding="utf-8")
             await _run(voice.command(raw, source))
             trim = ["silence", "1", "0.01", TRIM_BELOW]
-            await _run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+            await _run(["sox", "-R", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
                         "-e", "signed-integer", str(part), *trim, "reverse", *trim, "reverse",
                         "pad", *(str(s) for s in PAD_S)])
             os.replace(part, dest)
