@@ -38,6 +38,13 @@ CALLBACK_PATH = "/v1/link/callbacks"
 SWEEP_AFTER_S = 60
 _MESSAGE_NS = uuid.UUID("6f1c1f4e-1d0c-4c55-9a57-7d7a4d0f1e01")
 
+#: the calls whose request is held, found through their held messages (the outbox_held
+#: index: the callers on the line) and edge_calls' unique message_id; a request is 'stored'
+#: exactly while its message is held. No index on edge_calls' state: the release of a
+#: request is a HOT update (migration 0008)
+_HELD_CALLS = ("outbox o JOIN edge_calls c ON c.message_id = o.message_id "
+               "WHERE o.held AND o.delivered_at IS NULL")
+
 _STATE_FOR_OUTCOME = {
     Outcome.WITHHELD: "refused", Outcome.MALFORMED: "refused", Outcome.INVALID: "refused",
     Outcome.NOT_ALLOWED: "direct", Outcome.KEPT_DIRECT: "direct",
@@ -217,11 +224,11 @@ class CallStore:
         """
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """UPDATE edge_calls SET state = 'released', outcome = $2, released_at = now()
-                   WHERE id IN (SELECT id FROM edge_calls WHERE state = 'stored'
-                                AND stored_at < now() - $1 * interval '1 second'
-                                ORDER BY stored_at LIMIT 500 FOR UPDATE SKIP LOCKED)
-                   RETURNING edge_call_id, message_id""", older_than_s,
+                f"""UPDATE edge_calls SET state = 'released', outcome = $2, released_at = now()
+                    WHERE id IN (SELECT c.id FROM {_HELD_CALLS} AND c.state = 'stored'
+                                 AND c.stored_at < now() - $1 * interval '1 second'
+                                 ORDER BY c.stored_at LIMIT 500 FOR UPDATE OF c SKIP LOCKED)
+                    RETURNING edge_call_id, message_id""", older_than_s,
                 Outcome.RELEASED_BY_SWEEPER.value)
             for row in rows:
                 await Outbox.release(conn, str(row["message_id"]))
@@ -239,6 +246,6 @@ class CallStore:
     async def held_for_channel_ids(self, channel_ids: Sequence[str]) -> list[str]:
         """Requests still held for these channels (recovery after a reconnect)."""
         rows = await self.pool.fetch(
-            "SELECT edge_call_id FROM edge_calls WHERE state = 'stored' "
-            "AND channel_id = ANY($1)", list(channel_ids))
+            f"SELECT c.edge_call_id FROM {_HELD_CALLS} AND c.state = 'stored' "
+            "AND c.channel_id = ANY($1)", list(channel_ids))
         return [str(r["edge_call_id"]) for r in rows]
