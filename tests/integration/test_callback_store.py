@@ -170,6 +170,36 @@ async def test_retry_requeues_with_backoff_and_notifies(clean: asyncpg.Pool) -> 
     assert await clean.fetchval("SELECT count(*) FROM outbox") == 0   # not final: no status
 
 
+async def test_only_a_job_queued_again_wakes_the_workers(clean: asyncpg.Pool,
+                                                         pg_url: str) -> None:
+    """The update trigger (migration 1090) notifies ``callback_jobs`` for a job queued
+    again (a retry, a job given back), with the intake's payload, and for nothing else:
+    a claim and a close notify nothing."""
+    store = CallbackStore(clean, owner="w1")
+    for i, edge in enumerate(("e-n1", "e-n2", "e-n3")):
+        await store.intake(f"9a9a9a9a-9a9a-4a9a-8a9a-{i:012d}", request(edge), MERCHANT)
+    async with listening(pg_url, "callback_jobs") as queue:
+        retried, released, closed = await store.claim(3)
+        await store.finish(closed.callback_id, Finish("failed", Reason.CUSTOMER_BUSY, 1))
+        assert queue.empty()            # the claim and the close: no wake-up
+        assert await store.finish(retried.callback_id,
+                                  Finish("retry", Reason.CUSTOMER_BUSY, 1, 30))
+        payload = await asyncio.wait_for(queue.get(), 5)
+        await store.release(released.callback_id, 2.0, "asterisk_unreachable")
+        again = await asyncio.wait_for(queue.get(), 5)
+        await asyncio.sleep(0.2)
+        assert queue.empty()
+    due = await clean.fetchval("SELECT extract(epoch FROM next_attempt_at) "
+                               "FROM callback_requests WHERE callback_id = $1",
+                               retried.callback_id)
+    assert payload.split()[0] == retried.callback_id
+    assert abs(float(payload.split()[1]) - float(due)) < 0.001
+    assert again.split()[0] == released.callback_id
+    trigger = await clean.fetchval(
+        "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'callback_jobs_notify'")
+    assert "WHEN ((new.status = 'queued'::text))" in trigger
+
+
 async def test_final_outcome_and_its_outbox_message_commit_together(
         clean: asyncpg.Pool) -> None:
     store = CallbackStore(clean, owner="w1")
