@@ -11,6 +11,7 @@ queued as a ``callback_missed`` notification to the merchant's channels that tak
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -119,7 +120,12 @@ class ClaimedJob:
     guard: ClaimFacts | None = None
 
 
+@functools.lru_cache(maxsize=1024)
 def _number_or_none(text: str | None) -> E164 | None:
+    """The dialled number as stored, read as a number (None: not one). Kept per text: the
+    numbers customers dial are the merchants' few, and libphonenumber's parse of one was
+    the claim's largest Python cost (≈ 0.14 ms of 0.67 ms a claim under cProfile, a 20/s
+    control sweep); :class:`E164` is immutable, so the same value serves every claim."""
     try:
         return None if text is None else normalise(text)
     except InvalidNumber:

@@ -200,6 +200,19 @@ async def test_only_a_job_queued_again_wakes_the_workers(clean: asyncpg.Pool,
     assert "WHEN ((new.status = 'queued'::text))" in trigger
 
 
+async def test_a_claim_reads_the_dialled_number(clean: asyncpg.Pool) -> None:
+    """The number the customer dialled comes with each claim as a number (the same text
+    read once and kept: ``queue_store._number_or_none``), None when it is not one."""
+    store = CallbackStore(clean, owner="w1")
+    for i in range(2):
+        await store.intake(f"9b9b9b9b-9b9b-4b9b-8b9b-{i:012d}", request(f"e-d{i}"), MERCHANT)
+    await store.intake("9b9b9b9b-9b9b-4b9b-8b9b-000000000009",
+                       replace(request("e-d9"), dialed="abc"),
+                       MERCHANT)
+    jobs = await store.claim(3)
+    assert sorted(str(j.dialed) for j in jobs) == ["+81120123456", "+81120123456", "None"]
+
+
 async def test_final_outcome_and_its_outbox_message_commit_together(
         clean: asyncpg.Pool) -> None:
     store = CallbackStore(clean, owner="w1")
