@@ -71,9 +71,14 @@ WARM_BURSTS = 3
 
 @dataclass(frozen=True)
 class Ask:
+    """One request: as the consult runner has it when it asks, the called number already
+    parsed (``e164``: the call's destination) and its meter's first slice."""
+
     merchant_id: str
     number: str
     price_per_minute_yen: int
+    e164: Any = None
+    first_slice_s: int | None = None
 
 
 async def database() -> str:
@@ -99,6 +104,8 @@ async def seed(pool: asyncpg.Pool, count: int) -> list[Ask]:
     """``count`` requests' customers: distinct prepaid accounts, households sharing one
     balance, postpaid accounts with a card on file; every prepaid account funded."""
     from billing.ledger import Ledger
+    from callback_server import consult_meter
+    from shared.phone import E164
 
     households = max(1, count // (10 * HOUSEHOLD))
     postpaid = max(1, count // 10)
@@ -137,7 +144,8 @@ async def seed(pool: asyncpg.Pool, count: int) -> list[Ask]:
     for merchant, account, _ in accounts:
         if merchant == PREPAID:
             await ledger.deposit(merchant, account, DEPOSIT_YEN, "bench", "seed")
-    asks = [Ask(merchant, num, PRICES[i % len(PRICES)])
+    first = consult_meter.new_meter("").first_slice_s()
+    asks = [Ask(merchant, num, PRICES[i % len(PRICES)], E164.parse(num), first)
             for i, (merchant, _, nums) in enumerate(accounts) for num in nums]
     return asks
 
@@ -205,6 +213,9 @@ class Profile:
     admitted_in: dict[str, _Batch] = field(default_factory=dict)
     reserved_in: dict[str, _Batch] = field(default_factory=dict)
     parts: dict[str, list[float]] = field(default_factory=dict)
+    #: when each admission ask was queued in the batcher, and each admission future set
+    enqueued: list[float] = field(default_factory=list)
+    settled: list[float] = field(default_factory=list)
     #: the last burst collected, as lines: its batches and its slowest request, in ms
     #: from the burst's first request
     timeline: list[str] = field(default_factory=list)
@@ -222,6 +233,20 @@ class Profile:
                                      (billing.reserving, self.reserved_in,
                                       lambda item: item.consultation_id)):
             batcher.write = self._timed_write(batcher.write, served, key, names)
+        admitting = billing.admitting
+        enqueue, settle = admitting._enqueue, admitting._settle
+
+        def enqueued(key: str, item: Any) -> Any:
+            if self.on:
+                self.enqueued.append(time.perf_counter())
+            return enqueue(key, item)
+
+        def settled(pending: Any, answer: Any) -> None:
+            settle(pending, answer)
+            if self.on:
+                self.settled.append(time.perf_counter())
+
+        admitting._enqueue, admitting._settle = enqueued, settled
 
     def _timed_write(self, write: Any, served: dict[str, _Batch], key: Callable[[Any], str],
                      names: dict[str, str]) -> Any:
@@ -270,6 +295,8 @@ class Profile:
         self.requests.clear()
         self.admitted_in.clear()
         self.reserved_in.clear()
+        self.enqueued.clear()
+        self.settled.clear()
 
     def _timeline(self) -> None:
         """The burst as it ran: each batch formed, its round trips sent and answered, its
@@ -281,7 +308,8 @@ class Profile:
         def ms(t: float) -> str:
             return f"{(t - t0) * 1000:6.2f}"
 
-        lines = []
+        lines = [f"asks queued in the batcher: the first {ms(min(self.enqueued))}, the last "
+                 f"{ms(max(self.enqueued))}"] if self.enqueued else []
         batches = {id(b): b for b in (*self.admitted_in.values(), *self.reserved_in.values())}
         for i, b in enumerate(sorted(batches.values(), key=lambda b: b.started), 1):
             size = sum(x is b for x in (*self.admitted_in.values(),
@@ -290,6 +318,11 @@ class Profile:
                               for name, s, e in b.trips)
             lines.append(f"batch {i} ({size} asks): formed {ms(b.started)}; {trips}; "
                          f"Python done {ms(b.ended)}")
+        if self.settled:
+            stamps = self.requests.values()
+            lines.append(f"the last admission future set {ms(max(self.settled))}; the last "
+                         f"request resumed {ms(max(s['admitted'] for s in stamps))}, the "
+                         f"last answered {ms(max(s['answered'] for s in stamps))}")
         slow, st = max(self.requests.items(), key=lambda kv: kv[1]["answered"] - kv[1]["start"])
         b = self.admitted_in[slow.split("|", 1)[0]]
         lines.append(f"slowest request: started {ms(st['start'])}, its batch formed "
@@ -313,26 +346,30 @@ _NO_PROFILE = Profile()
 
 async def authorise(billing: Any, ask: Ask, consultation_id: str,
                     profile: Profile = _NO_PROFILE) -> tuple[float, int | None]:
-    """One consultation's admission and, prepaid, its first slice: ms, reservation id."""
-    from callback_server import consult_meter
-    from shared.phone import E164
-
-    request = f"{ask.number}|{consultation_id}"
+    """One consultation's admission and, prepaid, its first slice: ms, reservation id.
+    Timed from its own start to its own answer; what the runner has before it asks (the
+    called number parsed, its meter's first slice: ``ask``) is made before, untimed, and
+    the profile's stamps (``profile``) are taken only in the profiled bursts."""
     t0 = time.perf_counter()
-    profile.stamp(request, "start")
-    plan = await billing.admit(ask.merchant_id, E164.parse(ask.number),
-                               ask.price_per_minute_yen, None, consultation_id)
-    profile.stamp(request, "admitted")
+    if profile.on:
+        request = f"{ask.number}|{consultation_id}"
+        profile.requests[request] = {"start": t0}
+    plan = await billing.admit(ask.merchant_id, ask.e164, ask.price_per_minute_yen, None,
+                               consultation_id)
+    if profile.on:
+        profile.stamp(request, "admitted")
     reserved = None
     if plan.admission.allowed and not plan.postpaid:
-        first = consult_meter.new_meter(consultation_id).first_slice_s()
-        profile.stamp(request, "reserve")
-        got = await billing.reserve(ask.merchant_id, plan, consultation_id, first)
+        if profile.on:
+            profile.stamp(request, "reserve")
+        got = await billing.reserve(ask.merchant_id, plan, consultation_id, ask.first_slice_s)
         reserved = getattr(got, "id", None)
         assert reserved is not None, got
-    profile.stamp(request, "answered")
+    took = time.perf_counter() - t0
+    if profile.on:
+        profile.requests[request]["answered"] = t0 + took
     assert plan.admission.allowed, plan
-    return (time.perf_counter() - t0) * 1000, reserved
+    return took * 1000, reserved
 
 
 async def burst(billing: Any, asks: list[Ask], tag: str, profile: Profile = _NO_PROFILE

@@ -32,6 +32,7 @@ answered, and an ask admission refuses holds nothing.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,20 +121,23 @@ def asks_sql(hold: bool, *, key: str = "account", account: str = "k.account",
 ASKS = asks_sql(False)
 
 
-def admission_sql(asks: str, extra: Sequence[str] = ()) -> str:
+def admission_sql(asks: str, extra: Sequence[str] = (), *, as_text: bool = True) -> str:
     """The statement that reads what admission decides on for every ask of ``asks`` (a
     query of columns ``n, merchant_id, account, group_id, postpaid``: :data:`ASKS`, or a
     caller's that finds the accounts itself), in ``n`` order: the merchant's newest policy
     and the group's, and the facts: prepaid, the available balance; postpaid, the card on
-    file and the unpaid and failed charges. ``extra``: columns of ``asks`` passed through."""
+    file and the unpaid and failed charges. ``extra``: columns of ``asks`` passed through.
+    The policies are JSON objects, as text (``as_text``: what :meth:`Admissions._answer`
+    reads, the terms cached by that text, no JSON decoded per row) or jsonb."""
     fields = ", ".join(f"'{n}', {{t}}.{n}" for n in policy.FIELDS)
     passed = "".join(f"w.{c}, " for c in extra)
+    cast = "::text" if as_text else ""
     return f"""
     WITH w AS ({asks})
     SELECT w.n, w.account, {passed}
-           CASE WHEN p.id IS NOT NULL THEN jsonb_build_object({fields.format(t="p")})
+           CASE WHEN p.id IS NOT NULL THEN jsonb_build_object({fields.format(t="p")}){cast}
                END AS policy,
-           CASE WHEN g.id IS NOT NULL THEN jsonb_build_object({fields.format(t="g")})
+           CASE WHEN g.id IS NOT NULL THEN jsonb_build_object({fields.format(t="g")}){cast}
                END AS group_policy,
            CASE WHEN NOT w.postpaid AND acct.id IS NOT NULL THEN
                {BOOK_BALANCE.format(account="acct.id", book="'available'")}
@@ -175,7 +179,7 @@ def admit_and_hold_sql(asks: str) -> str:
     marked ``hold`` whose available balance pays for its first billed unit (the prepaid
     rule of :func:`decide`), by the ledger's ``billing_reserve_holds`` (migration 0019:
     the accounts locked in id order, each hold decided on the balance after the lock, in
-    the asks' order). Each row: the admission's columns, ``needed`` (the first unit's
+    the asks' order). Each row: :data:`ADMIT`'s columns, ``needed`` (the first unit's
     price, for the asks held), and the hold's ``reservation_id``, ``made``,
     ``hold_available_yen``, ``held_yen``, ``allowed_s`` (``held``: the ask was held).
 
@@ -192,7 +196,7 @@ def admit_and_hold_sql(asks: str) -> str:
     as_json = ", ".join(f"'{n}', k.{n}" for n in ("price_per_minute_yen", *policy.FIELDS))
     return f"""
     WITH a AS ({admission_sql(asks, ("merchant_id", "price", "consultation_id",
-                                     "at_most_s", "hold"))}),
+                                     "at_most_s", "hold"), as_text=False)}),
     t AS (SELECT a.n, a.merchant_id, a.account, a.consultation_id, a.at_most_s,
                a.price AS price_per_minute_yen,
                {columns}
@@ -223,7 +227,9 @@ def admit_and_hold_sql(asks: str) -> str:
               ARRAY(SELECT max_talk_s FROM q ORDER BY h),
               ARRAY(SELECT cap FROM q ORDER BY h),
               ARRAY(SELECT needed FROM q ORDER BY h), '{SYSTEM}'))
-    SELECT a.*, q.h IS NOT NULL AS held, q.needed, r.reservation_id, r.made,
+    SELECT a.n, a.account, a.policy::text AS policy, a.group_policy::text AS group_policy,
+           a.available_yen, a.has_card, a.unpaid, a.failed,
+           q.h IS NOT NULL AS held, q.needed, r.reservation_id, r.made,
            r.available_yen AS hold_available_yen, r.held_yen, r.allowed_s
     FROM a LEFT JOIN q USING (n) LEFT JOIN r ON r.n = q.h
     ORDER BY a.n"""
@@ -292,13 +298,9 @@ class Admissions:
         """Whether ``ask`` is to be held with its admission: prepaid, naming its
         consultation, at a price the rating takes (an ask it refuses fails alone, with
         nothing held)."""
-        if ask.consultation_id is None or ask.merchant_id in self.postpaid_merchants:
-            return False
-        try:
-            Terms(ask.price_per_minute_yen)
-        except TermsError:
-            return False
-        return True
+        return (ask.consultation_id is not None
+                and ask.merchant_id not in self.postpaid_merchants
+                and _price_taken(ask.price_per_minute_yen))
 
     async def answer_all(self, db: asyncpg.Pool | asyncpg.Connection, asks: Sequence[Ask],
                          sql: str = ADMIT, hold_sql: str = ADMIT_AND_HOLD
@@ -334,9 +336,7 @@ class Admissions:
         return answers
 
     def _answer(self, ask: Ask, row: asyncpg.Record) -> Answer:
-        merchant, group = row["policy"], row["group_policy"]
-        terms = _terms(None if merchant is None else tuple(merchant.items()),
-                       None if group is None or ask.group_id is None else tuple(group.items()),
+        terms = _terms(row["policy"], None if ask.group_id is None else row["group_policy"],
                        ask.group_id, ask.price_per_minute_yen)
         postpaid = ask.merchant_id in self.postpaid_merchants
         facts = Facts(postpaid, int(row["available_yen"] or 0),
@@ -346,21 +346,32 @@ class Admissions:
         return Answer(row["account"], terms, postpaid, admission, _hold(ask, row, terms))
 
 
-@functools.lru_cache(maxsize=1024)
-def _terms(merchant: tuple[tuple[str, Any], ...] | None,
-           group: tuple[tuple[str, Any], ...] | None, group_id: int | None,
+@functools.lru_cache(maxsize=1024, typed=True)
+def _terms(merchant: str | None, group: str | None, group_id: int | None,
            price_per_minute_yen: int) -> Terms:
-    """The terms in force: the merchant's policy as the statement read it (its fields, or
-    None: ``Terms``' defaults) with the group's fields that are set in their place, at the
-    price. Cached: a batch's asks mostly share a few policies and prices, and building and
-    checking the terms was about a third of deciding an ask in Python (a
-    :class:`~billing.rating.TermsError` is raised again each time, not cached)."""
-    in_force = policy.Policy(**dict(merchant or ()))
+    """The terms in force: the merchant's policy as the statement read it (a JSON object
+    of its fields, as text; None: ``Terms``' defaults) with the group's fields that are
+    set in their place, at the price. Cached by that text: a batch's asks mostly share a
+    few policies and prices, and building and checking the terms was about a third of
+    deciding an ask in Python; the text is the key, so a row's policies are not decoded
+    from JSON at all once seen (a :class:`~billing.rating.TermsError` is raised again each
+    time, not cached)."""
+    in_force = policy.Policy(**(json.loads(merchant) if merchant is not None else {}))
     if group_id is not None and group is not None:
-        own = dict(group)
+        own = json.loads(group)
         in_force = policy.GroupPolicy(group_id, tuple(
             (n, own[n]) for n in policy.FIELDS if own[n] is not None)).over(in_force)
     return in_force.terms(price_per_minute_yen)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _price_taken(price_per_minute_yen: int) -> bool:
+    """Whether the rating takes this price (:class:`~billing.rating.Terms` at it)."""
+    try:
+        Terms(price_per_minute_yen)
+    except TermsError:
+        return False
+    return True
 
 
 def _hold(ask: Ask, row: asyncpg.Record, terms: Terms) -> Reservation | Refusal | None:

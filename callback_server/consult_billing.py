@@ -25,6 +25,7 @@ no round trip: one round trip a batch for both. Other reservations are one state
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
@@ -88,6 +89,13 @@ def _asks_by_number(hold: bool) -> str:
 
 _ADMIT = admission_sql(_asks_by_number(False))
 _ADMIT_AND_HOLD = admit_and_hold_sql(_asks_by_number(True))
+
+
+@functools.cache
+def _first_slice_s() -> int | None:
+    """The meter's first slice (:func:`callback_server.consult_meter.new_meter`'s; the same
+    for every consultation), built once rather than a meter for every ask."""
+    return consult_meter.new_meter("").first_slice_s()
 
 
 #: a consultation's saved talk seconds
@@ -215,8 +223,7 @@ class ConsultBilling:
         (one statement a batch). With ``consultation_id``, a prepaid consultation that is
         admitted also holds the meter's first slice in that statement (``Plan.held``),
         which :meth:`reserve` of that consultation and slice then answers with."""
-        first = None if consultation_id is None \
-            else consult_meter.new_meter(consultation_id).first_slice_s()
+        first = None if consultation_id is None else _first_slice_s()
         plan = await self.admitting.deliver(
             str(next(self._asks)), AdmitAsk(merchant_id, str(number), price_per_minute_yen,
                                             group_id, consultation_id=consultation_id,
