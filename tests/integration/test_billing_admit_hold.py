@@ -201,3 +201,30 @@ async def test_an_admitted_prepaid_ask_holds_its_slice_once(clean: asyncpg.Pool)
     assert isinstance(again, Answer) and again.hold is None   # made before: read by reserve
     assert await clean.fetchval("SELECT count(*) FROM billing_reservations") == 1
     assert (await ledger.balance("acme", "member-1")).available_yen == 800
+
+
+async def test_a_batch_on_a_connection_is_its_own_transaction_and_leaves_no_setting(
+        clean: asyncpg.Pool) -> None:
+    """On a connection outside a transaction (as the batchers call it), the statement runs
+    in a transaction of its own under the generic plan (``fetch_generic``): its holds are
+    committed when it answers, and the connection is left out of any transaction with
+    ``plan_cache_mode`` as it was; a statement that fails is rolled back, nothing held."""
+    from billing.ledger import Ledger
+    await Ledger(clean).deposit("acme", "member-1", 1000, "op", "bank transfer")
+    admissions = Admissions(clean)
+    async with clean.acquire() as conn:
+        before = await conn.fetchval("SHOW plan_cache_mode")
+        (got,) = await admissions.answer_all(conn, [Ask("acme", "member-1", 100, None, None,
+                                                        "c-1", 120)])
+        assert isinstance(got, Answer) and isinstance(got.hold, Reservation)
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SHOW plan_cache_mode") == before
+        with pytest.raises(asyncpg.PostgresError):
+            await admissions.answer_all(conn, [Ask("acme", "member-1", 100, None, None,
+                                                   "c-2", 120)],
+                                        hold_sql=ADMIT_AND_HOLD + " LIMIT 'x'")
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SHOW plan_cache_mode") == before
+    async with clean.acquire() as other:     # committed: seen from another session
+        assert await other.fetchval("SELECT array_agg(consultation_id) FROM "
+                                    "billing_reservations") == ["c-1"]
