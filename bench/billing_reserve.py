@@ -191,6 +191,12 @@ class _TimedConnection:
     def transaction(self) -> _TimedTransaction:
         return _TimedTransaction(self, self._conn.transaction())
 
+    def is_in_transaction(self) -> bool:
+        return bool(self._conn.is_in_transaction())
+
+    def is_closed(self) -> bool:
+        return bool(self._conn.is_closed())
+
 
 class _TimedTransaction:
     def __init__(self, conn: _TimedConnection, txn: Any) -> None:
@@ -223,9 +229,10 @@ class Profile:
 
     def wrap(self, billing: Any) -> None:
         """Time the batchers' writes (their connection's round trips), while :attr:`on`."""
-        from billing import ledger
+        from billing import admission, ledger
         from callback_server import consult_billing
-        names = {consult_billing._ADMIT: "admission statement",
+        names = {admission._BEGIN_GENERIC: "BEGIN; SET LOCAL plan_cache_mode", "COMMIT": "COMMIT",
+                 consult_billing._ADMIT: "admission statement",
                  consult_billing._ADMIT_AND_HOLD: "admission and the first holds statement",
                  ledger._RESERVE: "lock, read, decide and write the holds"}
         for batcher, served, key in ((billing.admitting, self.admitted_in,
