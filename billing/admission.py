@@ -19,9 +19,10 @@ policy in force, the ledger's available balance, :func:`billing.standing.standin
 counts) and decides each.
 Admitting alone holds nothing: a prepaid consultation still reserves (:meth:`billing.
 ledger.Ledger.reserve`) before it connects, which is what guards concurrent consultations.
-An ask that names its consultation (``Ask.consultation_id``) is admitted and, prepaid and
-admitted, reserved in the same statement (:func:`admit_and_hold_sql`: one round trip for
-both): the statement reads the facts as :func:`admission_sql` does, keeps the asks whose
+An ask that names its consultation (``Ask.consultation_id``) is admitted and, prepaid
+and admitted, reserved in the same statement (:func:`admit_and_hold_sql`: one statement
+for both, in a transaction of its own under the generic plan, :func:`fetch_generic`):
+the statement reads the facts as :func:`admission_sql` does, keeps the asks whose
 available balance pays for the first billed unit (:func:`decide`'s prepaid rule) and
 calls the ledger's ``billing_reserve_holds`` (migration 0019) for them, which locks the
 accounts and decides each hold on the balance after the lock (``Answer.hold``). So an

@@ -19,7 +19,8 @@ admission decided in Python (:func:`billing.admission.decide`). A prepaid ask th
 its consultation (the consult runner's) is admitted and held in that same statement
 (:func:`~billing.admission.admit_and_hold_sql`: the meter's first slice, the ledger's rule
 in ``billing_reserve_holds``), so its ``reserve`` of that slice answers from the plan with
-no round trip: one round trip a batch for both. Other reservations are one statement
+no round trip: one statement a batch for both (with its ``BEGIN`` and ``COMMIT``:
+:func:`billing.admission.fetch_generic`). Other reservations are one statement
 (:func:`billing.ledger.reserve_all`) per batch.
 """
 
