@@ -178,8 +178,12 @@ async def link_ctx(app: web.Application) -> AsyncIterator[None]:
     relay = edge_relay(app[POOL_KEY], app[DB_URL_KEY], client, settings, app[LINK_SHARE_KEY])
     app[RELAY_KEY] = relay
     app[LINK_KEY] = client
-    async with background(relay.run(), "outbox relay"):
-        yield
+    app[STORE_KEY].relay = relay    # a release hands its message to the relay
+    try:
+        async with background(relay.run(), "outbox relay"):
+            yield
+    finally:
+        app[STORE_KEY].relay = None
     await client.close()
 
 

@@ -29,7 +29,7 @@ from billing.records import MIGRATIONS as BILLING_RECORD_MIGRATIONS
 from edge_server.flow_messages import CancelRequest, Outcome, RecordCall, StoreRequest
 from shared.config import Merchant
 from shared.db import MigrationSet, package_migrations
-from shared.outbox import Outbox, encode, isoformat
+from shared.outbox import Outbox, OutboxRelay, encode, isoformat
 
 log = logging.getLogger("edge.store")
 
@@ -44,6 +44,16 @@ _MESSAGE_NS = uuid.UUID("6f1c1f4e-1d0c-4c55-9a57-7d7a4d0f1e01")
 #: request is a HOT update (migration 0008)
 _HELD_CALLS = ("outbox o JOIN edge_calls c ON c.message_id = o.message_id "
                "WHERE o.held AND o.delivered_at IS NULL")
+
+#: :meth:`CallStore.release` leasing the message to the relay (``OutboxRelay.lease()`` at
+#: $4 and $5)
+_RELEASE_LEASED = f"""WITH call AS (
+        UPDATE edge_calls SET state = 'released', outcome = $2,
+            hungup_at = coalesce($3, now()), released_at = now()
+        WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id)
+    UPDATE outbox o SET {Outbox.RELEASE_SET}, {Outbox.LEASE_SET.format(owner=4, seconds=5)}
+    FROM call WHERE o.message_id = call.message_id AND o.held
+    RETURNING {", ".join("o." + c for c in Outbox.LEASED_COLUMNS.split(", "))}"""
 
 _STATE_FOR_OUTCOME = {
     Outcome.WITHHELD: "refused", Outcome.MALFORMED: "refused", Outcome.INVALID: "refused",
@@ -116,6 +126,10 @@ class CallStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        #: the edge's outbox relay, once it runs (``edge_server.app.link_ctx``): a release
+        #: leases its request's message to it in the same statement and hands it over, so
+        #: the relay sends it without a claim (a transaction a call-back)
+        self.relay: OutboxRelay | None = None
 
     async def sync_merchants(self, merchants: Sequence[Merchant]) -> None:
         """Upsert the configured merchants; mark the others inactive (rows keep their FK)."""
@@ -177,7 +191,14 @@ class CallStore:
     async def release(self, request_id: str, outcome: Outcome,
                       hungup_at: datetime | None = None) -> bool:
         """The caller is gone: make the request's message sendable, in one statement.
-        False if not held."""
+        False if not held. With :attr:`relay` running the statement also leases the
+        message to it, which then delivers it (:meth:`OutboxRelay.take_leased`)."""
+        lease = None if self.relay is None else self.relay.lease()
+        if lease is not None and self.relay is not None:
+            rows = await self.pool.fetch(_RELEASE_LEASED, request_id, outcome.value,
+                                         hungup_at, *lease)
+            self.relay.take_leased(rows)
+            return bool(rows)
         released = await self.pool.fetchval(
             f"""WITH call AS (
                     UPDATE edge_calls SET state = 'released', outcome = $2,

@@ -146,6 +146,12 @@ class Outbox:
     INSERT_COLUMNS = "message_id, kind, path, body, merchant_id, held"
     #: what :meth:`release` sets, for a statement that releases with its fact's update
     RELEASE_SET = "held = false, released_at = now(), next_attempt_at = now()"
+    #: what a statement that releases a message and leases it to a relay at once sets as
+    #: well, from the relay's ``OutboxRelay.lease()`` at parameters ``owner`` and ``owner + 1``
+    LEASE_SET = ("lease_owner = ${owner}, lease_expires_at = now() + ${seconds} * "
+                 "interval '1 second', attempts = attempts + 1")
+    #: what such a statement returns for ``OutboxRelay.take_leased`` (the claim's columns)
+    LEASED_COLUMNS = "message_id, kind, path, body, merchant_id, attempts, created_at"
 
     @staticmethod
     async def enqueue(conn: asyncpg.Connection, *, kind: str, path: str,
@@ -449,6 +455,12 @@ class OutboxRelay:
         #: while :meth:`run` runs: wakes its loop to write the marks (``SETTLE_WITHIN_S``)
         self._settle_wake: Callable[[], None] | None = None
         self._settle_timer: asyncio.TimerHandle | None = None
+        #: while :meth:`run` runs: its passes, which messages leased to it elsewhere join
+        self._window: _PassWindow | None = None
+        #: messages leased to this relay by the statement that made them sendable
+        #: (:meth:`take_leased`), waiting for their pass, and that pass's start
+        self._leased: list[asyncpg.Record] = []
+        self._leased_pass: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Run until cancelled, surviving database restarts.
@@ -467,8 +479,13 @@ class OutboxRelay:
             with holding(RELAY_HOLDER):
                 async with watching(self.pool, SENDABLE_NOTICE, window.wake,
                                     session=IN_PROCESS_SESSION):
+                    self._window = window
                     await self._run(window)
         finally:
+            self._window = None
+            if self._leased_pass is not None:
+                self._leased_pass.cancel()
+            self._leased.clear()    # they go again when their leases run out
             await window.cancel()
             self._settle_wake = None
             await self._write_acknowledged()
@@ -529,6 +546,37 @@ class OutboxRelay:
                 await asyncio.sleep(self.linger_s)
             elif (gap := self._last_claim_at + self.claim_gap_s - time.monotonic()) > 0:
                 await asyncio.sleep(gap)
+
+    def lease(self) -> tuple[str, int] | None:
+        """To whom, and for how many seconds, a statement that makes messages sendable may
+        lease them at once (:attr:`Outbox.LEASE_SET`), to hand them to
+        :meth:`take_leased`: this relay delivers them without a claim of its own, and
+        their release wakes no relay (shared migration 0007). None unless :meth:`run` is
+        running: then the statement only releases, and a relay claims."""
+        return None if self._window is None else (self.owner, self.lease_s)
+
+    def take_leased(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Deliver messages leased to this relay by the statement that made them sendable
+        (:meth:`lease`; its rows hold :attr:`Outbox.LEASED_COLUMNS`) as a claim's would
+        be: in a pass of the window, those taken before it starts together, no sooner than
+        ``claim_gap_s`` after the last pass began. If the relay stops first, they go
+        again when their leases run out (a claimed message's fate too)."""
+        self._leased.extend(rows)
+        if self._leased and self._leased_pass is None and self._window is not None:
+            self._leased_pass = asyncio.create_task(self._pass_leased(self._window),
+                                                    name="outbox leased pass")
+
+    async def _pass_leased(self, window: _PassWindow) -> None:
+        try:
+            gap = self._last_claim_at + self.claim_gap_s - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
+            await window.acquire()
+        finally:
+            self._leased_pass = None
+        rows, self._leased = self._leased, []
+        self._last_claim_at = time.monotonic()
+        window.start(self._deliver_claimed(rows))
 
     async def pass_once(self) -> int:
         """Claim due messages and deliver them concurrently; return how many were claimed

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -129,6 +130,44 @@ async def test_release_wakes_the_relay_by_notify(pool: asyncpg.Pool, pg_url: str
 
         payload = await asyncio.wait_for(wakeups.get(), 2)
     assert payload == message_id_for("edge-c6.1")
+
+
+async def test_release_hands_its_message_to_the_running_relay(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path) -> None:
+    """With the edge's relay running (``CallStore.relay``) the release leases the message
+    to it in the same statement and hands it over: the relay sends it at once without a
+    claim, and nothing wakes it (here the peer is down: the one attempt fails and the
+    message waits for its retry; the relay's sweep is 30 s away)."""
+    from shared.link_policy import HealthSettings, LinkPolicy
+    from shared.outbox import OutboxRelay
+    from tests.faults.linklab import link_client
+
+    client = link_client(pki_dir, [("r", "https://127.0.0.1:1")],
+                         policy=LinkPolicy(health=HealthSettings(interval_s=0)))
+    relay = OutboxRelay(pool, pg_url, client, owner="edge-test", sweep_s=30.0)
+    store = CallStore(pool)
+    store.relay = relay
+    await store.store_request(store_cmd("c6.2"), T0)
+    await store.store_request(store_cmd("c6.3"), T0)
+    assert await store.release("edge-c6.3", Outcome.RELEASED) is True   # not running yet
+    task = asyncio.create_task(relay.run())
+    await asyncio.sleep(0.5)                # its first claim made (c6.3's one attempt)
+    try:
+        assert await store.release("edge-c6.2", Outcome.RELEASED) is True
+        assert await store.release("edge-c6.2", Outcome.RELEASED) is False
+        for _ in range(250):
+            row = await outbox_row(pool, "edge-c6.2")
+            if row is not None and row["last_error"] is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert row is not None and row["held"] is False and row["attempts"] == 1
+        assert row["last_error"] is not None and row["lease_owner"] is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+    call = await store.get_call("edge-c6.2")
+    assert call is not None and call.state == "released"
 
 
 async def test_cancel_withdraws_a_late_request(pool: asyncpg.Pool) -> None:

@@ -270,3 +270,90 @@ async def test_a_relay_lingers_zero_to_one_second(pool: asyncpg.Pool, pki_dir: P
             OutboxRelay(pool, "postgresql://unused", client, owner="x", linger_s=bad)
         with pytest.raises(ValueError, match="claim_gap_s"):
             OutboxRelay(pool, "postgresql://unused", client, owner="x", claim_gap_s=bad)
+
+
+async def _release_leased(pool: asyncpg.Pool, relay: OutboxRelay,
+                          mids: list[str]) -> list[asyncpg.Record]:
+    """What the edge's release does with its relay running: release the held messages and
+    lease them to the relay in one statement, then hand them over."""
+    lease = relay.lease()
+    assert lease is not None
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"UPDATE outbox SET {Outbox.RELEASE_SET}, "
+        f"{Outbox.LEASE_SET.format(owner=2, seconds=3)} "
+        f"WHERE message_id = ANY($1::uuid[]) AND held RETURNING {Outbox.LEASED_COLUMNS}",
+        mids, *lease)
+    relay.take_leased(rows)
+    return rows
+
+
+async def test_messages_released_and_leased_at_once_go_without_a_claim_or_a_wake(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    """``OutboxRelay.lease`` / ``take_leased``: a statement that makes messages sendable
+    leases them to the running relay, which delivers them without a claim of its own; the
+    release wakes no relay (no NOTICE, no NOTIFY: shared migration 0007), and those taken
+    together go in one pass and one batch request. Not running, the relay lends no lease."""
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="leased", sweep_s=ASLEEP_S,
+                        batch_paths=["/v1/link/test"])
+    assert relay.lease() is None
+    claims = 0
+    claim = relay._claim
+
+    async def counted() -> list[asyncpg.Record]:
+        nonlocal claims
+        claims += 1
+        return await claim()
+
+    relay._claim = counted  # type: ignore[method-assign]
+    task = await _running(relay)
+    try:
+        assert relay.lease() == ("leased", relay.lease_s)
+        mids = []
+        async with pool.acquire() as conn, conn.transaction():
+            for n in (1, 2):
+                mids.append(await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                                 payload={"n": n}, held=True))
+        claims_before = claims
+        async with listening(pg_url, NOTIFY_CHANNEL) as wakeups:
+            rows = await _release_leased(pool, relay, mids)
+            assert sorted(str(r["message_id"]) for r in rows) == sorted(mids)
+            for mid in mids:
+                assert await _delivered(pool, mid) < PROMPT_S
+            assert await _heard(wakeups) == []              # no NOTIFY
+        # one claim: the one that wrote their delivered marks (SETTLE_WITHIN_S after);
+        # a claim woken by their release would have been a second
+        assert claims == claims_before + 1
+        assert relay.delivered == 2 and relay.batches_sent == 1
+        assert [r["attempts"] for r in rows] == [1, 1]
+        assert await _release_leased(pool, relay, mids) == []  # released once only
+    finally:
+        await _stop(task)
+        await client.close()
+    assert relay.lease() is None
+    after = await pool.fetch("SELECT attempts, lease_owner, delivered_at IS NOT NULL AS d "
+                             "FROM outbox WHERE message_id = ANY($1::uuid[])", mids)
+    assert [(r["attempts"], r["lease_owner"], r["d"]) for r in after] == [(1, None, True)] * 2
+
+
+async def test_a_message_released_and_leased_at_once_tells_the_watcher_nothing(
+        pool: asyncpg.Pool) -> None:
+    """Its relay delivers it without a claim: a NOTICE would cost that relay a claim of
+    nothing. A lease that has run out (a relay gone) wakes the watcher as before."""
+    told: list[int] = []
+    async with watching(pool, SENDABLE_NOTICE, lambda: told.append(1),
+                        session=IN_PROCESS_SESSION):
+        async with pool.acquire() as conn, conn.transaction():
+            leased = await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                          payload={"n": 1}, held=True)
+            lapsed = await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                          payload={"n": 2}, held=True)
+        release = (f"UPDATE outbox SET {Outbox.RELEASE_SET}, "
+                   f"{Outbox.LEASE_SET.format(owner=2, seconds=3)} "
+                   "WHERE message_id = $1::uuid AND held")
+        await pool.execute(release, leased, "r", 30)
+        await asyncio.sleep(0.2)
+        assert told == []
+        await pool.execute(release, lapsed, "r", 0)
+        await asyncio.sleep(0.2)
+        assert told == [1]
