@@ -215,6 +215,22 @@ async def test_sweeper_releases_only_requests_held_too_long(pool: asyncpg.Pool) 
     assert call is not None and call.outcome == "released_by_sweeper"
 
 
+async def test_held_for_channel_ids_names_only_the_requests_still_held(
+        pool: asyncpg.Pool) -> None:
+    """Recovery after a reconnect: of these channels' calls, the requests still held (found
+    through their held messages), not those released, cancelled or never requests."""
+    store = CallStore(pool)
+    for channel in ("c8h.held", "c8h.released", "c8h.cancelled"):
+        await store.store_request(store_cmd(channel), T0)
+    await store.release("edge-c8h.released", Outcome.RELEASED)
+    await store.cancel(CancelRequest("edge-c8h.cancelled", Outcome.STORE_TIMEOUT))
+    await store.record_call(RecordCall("edge-c8h.direct", "c8h.direct", "acme", CALLER,
+                                       DIALED, Outcome.KEPT_DIRECT, "fixed line"), T0)
+    channels = ["c8h.held", "c8h.released", "c8h.cancelled", "c8h.direct", "c8h.none"]
+    assert await store.held_for_channel_ids(channels) == ["edge-c8h.held"]
+    assert await store.held_for_channel_ids([]) == []
+
+
 async def test_record_call_keeps_refusals_with_their_reason(pool: asyncpg.Pool) -> None:
     store = CallStore(pool)
     await store.record_call(RecordCall("edge-c9.1", "c9.1", "acme", None, DIALED,
