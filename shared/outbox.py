@@ -76,6 +76,7 @@ again once the cause is fixed), :meth:`Outbox.purge_delivered`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -461,6 +462,9 @@ class OutboxRelay:
         #: (:meth:`take_leased`), waiting for their pass, and that pass's start
         self._leased: list[asyncpg.Record] = []
         self._leased_pass: asyncio.Task[None] | None = None
+        #: :meth:`run`'s context (its pool holder label, no call's log fields), which the
+        #: leased passes run in, not that of the caller of :meth:`take_leased`
+        self._run_context = contextvars.Context()
 
     async def run(self) -> None:
         """Run until cancelled, surviving database restarts.
@@ -480,6 +484,7 @@ class OutboxRelay:
                 async with watching(self.pool, SENDABLE_NOTICE, window.wake,
                                     session=IN_PROCESS_SESSION):
                     self._window = window
+                    self._run_context = contextvars.copy_context()
                     await self._run(window)
         finally:
             self._window = None
@@ -564,7 +569,8 @@ class OutboxRelay:
         self._leased.extend(rows)
         if self._leased and self._leased_pass is None and self._window is not None:
             self._leased_pass = asyncio.create_task(self._pass_leased(self._window),
-                                                    name="outbox leased pass")
+                                                    name="outbox leased pass",
+                                                    context=self._run_context.copy())
 
     async def _pass_leased(self, window: _PassWindow) -> None:
         try:
