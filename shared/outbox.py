@@ -148,7 +148,8 @@ class Outbox:
     #: what :meth:`release` sets, for a statement that releases with its fact's update
     RELEASE_SET = "held = false, released_at = now(), next_attempt_at = now()"
     #: what a statement that releases a message and leases it to a relay at once sets as
-    #: well, from the relay's ``OutboxRelay.lease()`` at parameters ``owner`` and ``owner + 1``
+    #: well, the relay's ``OutboxRelay.lease()`` at the parameters numbered ``owner`` and
+    #: ``seconds`` (``LEASE_SET.format(owner=4, seconds=5)``)
     LEASE_SET = ("lease_owner = ${owner}, lease_expires_at = now() + ${seconds} * "
                  "interval '1 second', attempts = attempts + 1")
     #: what such a statement returns for ``OutboxRelay.take_leased`` (the claim's columns)
@@ -566,8 +567,10 @@ class OutboxRelay:
         be: in a pass of the window, those taken before it starts together, no sooner than
         ``claim_gap_s`` after the last pass began. If the relay stops first, they go
         again when their leases run out (a claimed message's fate too)."""
+        if self._window is None:    # stopped meanwhile: they go when their leases run out
+            return
         self._leased.extend(rows)
-        if self._leased and self._leased_pass is None and self._window is not None:
+        if self._leased and self._leased_pass is None:
             self._leased_pass = asyncio.create_task(self._pass_leased(self._window),
                                                     name="outbox leased pass",
                                                     context=self._run_context.copy())
