@@ -257,6 +257,31 @@ def histogram_delta(before: Samples, after: Samples, name: str) -> str:
     return f"mean {mean_ms:.1f} ms, p50 {upper(0.5)}, p99 {upper(0.99)} ({count:,.0f})"
 
 
+def hold_lines(before: Samples, after: Samples, seconds: float) -> str:
+    """Who held the pool's connections between two scrapes (``cbgw_db_pool_holds`` and
+    ``cbgw_db_pool_held_seconds``), the most held first: per holder, the connections held
+    on average (held seconds over ``seconds``), holds a second, the mean hold from acquire
+    until back in the pool, and the part of it from the release until back."""
+    def grown(sample: str, labels: tuple[tuple[str, str], ...]) -> float:
+        return after.get((sample, labels), 0.0) - before.get((sample, labels), 0.0)
+
+    rows = []
+    for (sample, labels) in after:
+        if sample != "cbgw_db_pool_holds_total":
+            continue
+        holder = dict(labels)["holder"]
+        holds = grown(sample, labels)
+        if holds <= 0:
+            continue
+        held = grown("cbgw_db_pool_held_seconds_total", (("holder", holder), ("part", "all")))
+        releasing = grown("cbgw_db_pool_held_seconds_total",
+                          (("holder", holder), ("part", "releasing")))
+        rows.append((held, f"{holder} {held / seconds:.2f} held, {holds / seconds:.1f}/s, "
+                           f"mean {held / holds * 1000:.1f} ms "
+                           f"(release {releasing / holds * 1000:.1f} ms)"))
+    return "; ".join(row for _, row in sorted(rows, reverse=True)) or "none"
+
+
 #: what a database session was doing, at a sample (not idle; not the sweep's own)
 ACTIVITY = """SELECT state, coalesce(wait_event_type || '/' || wait_event, '') AS wait,
                      left(regexp_replace(query, '\\s+', ' ', 'g'), 70) AS query
@@ -327,6 +352,8 @@ class ServerWatch:
         self.last: dict[str, Samples] = {}
         self.in_use: dict[str, float] = {}
         self.scraped_at = 0.0
+        #: when the step's first scrape and the last one that answered were taken
+        self.first_at = self.last_at = 0.0
         #: the most connections each holder held at one scrape, by server
         self.holders: dict[str, Counter[str]] = {}
         #: one session for every scrape: its connections are kept alive between scrapes
@@ -352,7 +379,7 @@ class ServerWatch:
     async def start(self) -> None:
         self.before = self.last = await self._scrape_all()
         self.in_use = dict.fromkeys(self.names, 0.0)
-        self.scraped_at = time.monotonic()
+        self.scraped_at = self.first_at = self.last_at = time.monotonic()
         self.holders = {name: Counter() for name in self.names}
 
     async def sample(self) -> None:
@@ -363,6 +390,7 @@ class ServerWatch:
         self.scraped_at = time.monotonic()
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             self.last = await self._scrape_all()
+            self.last_at = time.monotonic()
         for name, samples in self.last.items():
             used = sum(v for (sample, labels), v in samples.items()
                        if sample == "cbgw_db_pool_connections"
@@ -386,6 +414,10 @@ class ServerWatch:
             out.append(f"{name} server: {waits}; pool in use at most "
                        f"{self.in_use[name]:.0f} of {size:.0f}"
                        + (f" (most held at a scrape: {held})" if held else ""))
+            seconds = self.last_at - self.first_at
+            if seconds > 0:
+                out.append(f"{name} server pool holders over {seconds:.0f} s: "
+                           + hold_lines(self.before[name], self.last[name], seconds))
         return out
 
 

@@ -24,6 +24,7 @@ from callback_server.schemas import IntakeRequest
 from callback_server.store import CallbackStore
 from callback_server.store.intake_store import Intake
 from shared.config import Merchant
+from shared.db import holding
 from shared.intake_batch import GroupCommit, IntakeFailed
 from shared.link import Answer
 
@@ -42,14 +43,16 @@ class CallbackIntake(GroupCommit[Intake]):
     async def submit(self, message_id: str, req: IntakeRequest, merchant: Merchant) -> Answer:
         """Store the request once under ``message_id``; the first answer, after the commit.
         Raises :class:`shared.intake_batch.IntakeFailed` when it was not stored."""
-        return await self.deliver(message_id, Intake(req, merchant))
+        with holding("intake"):     # the batcher's task, started by a request, inherits it
+            return await self.deliver(message_id, Intake(req, merchant))
 
     async def submit_many(self, requests: Sequence[tuple[str, IntakeRequest, Merchant]]
                           ) -> list[Answer | IntakeFailed]:
         """:meth:`submit` for the messages of one batch request, queued together; each
         one's first answer, or the :class:`IntakeFailed` saying it was not stored."""
-        return await self.deliver_many([(mid, Intake(req, merchant))
-                                        for mid, req, merchant in requests])
+        with holding("intake"):
+            return await self.deliver_many([(mid, Intake(req, merchant))
+                                            for mid, req, merchant in requests])
 
     async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, Intake]]
                     ) -> Mapping[str, Answer]:

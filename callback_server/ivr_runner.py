@@ -31,6 +31,7 @@ from callback_server.dialer_messages import EndCall, Job, OperatorRequested
 from ivr_platform.metrics import ivr as ivr_metrics
 from ivr_platform.speech import spoken_text
 from shared import ari
+from shared.db import holding
 from shared.language import Language
 
 log = logging.getLogger("callback.stasis")
@@ -113,10 +114,11 @@ class IvrRunner:
             self.timers.cancel(cmd.timer_id)
         elif isinstance(cmd, ivr.Submit):
             self._submits += 1
-            await self.store.record_info(
-                cmd, callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
-                merchant_id=self.job.merchant_id, caller=self.job.destination,
-                collected_at=utcnow(), seq=self._submits)
+            with holding("ivr_info"):
+                await self.store.record_info(
+                    cmd, callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
+                    merchant_id=self.job.merchant_id, caller=self.job.destination,
+                    collected_at=utcnow(), seq=self._submits)
             log.info("collected %s %s", cmd.category, cmd.as_dict())
         elif isinstance(cmd, ivr.DialOperator):
             self.follow_up(OperatorRequested(utcnow()))

@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 
 from shared import ari
-from shared.db import Pool
+from shared.db import Pool, holding
 
 log = logging.getLogger("callback.leg_progress")
 PROGRESS_STATES = frozenset({"Ringing", "Up"})
@@ -48,6 +48,10 @@ class LegProgress:
         return int(status.split()[-1])
 
     async def run(self) -> None:
+        with holding("leg_progress"):
+            await self._run()
+
+    async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()

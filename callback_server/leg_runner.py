@@ -55,6 +55,7 @@ from callback_server.guard.reasons import GuardRefused
 from callback_server.legrecord import answer_time
 from callback_server.store.leg_end import LegEnd, StoredCdr
 from shared import ari
+from shared.db import holding
 from shared.phone import E164
 
 log = logging.getLogger("callback.stasis")
@@ -87,7 +88,8 @@ class Legs:
     async def run(self, cmd: LegCommand) -> None:  # noqa: C901 - one branch per command type
         match cmd:
             case PersistAttempt():
-                await self._persist(cmd)
+                with holding("persist"):
+                    await self._persist(cmd)
             case Originate():
                 await self._originate(cmd)
             case Hangup(channel_id=cid, reason=reason):
@@ -97,13 +99,15 @@ class Legs:
             case CancelTimer(name=name):
                 self.timers.cancel(name)
             case RecordLegResult(channel_id=cid, status=status, cause=cause):
-                await self.store.leg_result(cid, status, cause)
+                with holding("leg_result"):
+                    await self.store.leg_result(cid, status, cause)
             case CreateBridge():
                 await self._bridge(cmd)
             case DestroyBridge(bridge_id=bridge):
                 await safely(self.client.destroy_bridge(bridge))
             case RecordCdr():
-                await store_cdr(self.store, self.rater, cmd, destination=self._called(cmd),
+                with holding("cdr"):
+                    await store_cdr(self.store, self.rater, cmd, destination=self._called(cmd),
                                 inbound_tariff=self.ctx.inbound_tariff,
                                 edge_call_id=self.ctx.edge_call_id,
                                 merchant_id=self.job.merchant_id)
@@ -117,7 +121,8 @@ class Legs:
 
     async def end(self, ended: LegEnd) -> None:
         """A leg's result and its CDR, in one transaction."""
-        await self.store.end_leg(ended)
+        with holding("leg_end"):
+            await self.store.end_leg(ended)
         if ended.cdr is not None:
             logged(ended.cdr.cdr)
 

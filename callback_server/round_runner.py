@@ -40,6 +40,7 @@ from callback_server.leg_runner import Legs, resync_legs
 from callback_server.store.leg_end import LegEnd
 from callback_server.store.queue_store import LeaseLost
 from shared import ari, logs
+from shared.db import holding
 
 log = logging.getLogger("callback.stasis")
 
@@ -116,8 +117,9 @@ class RoundRunner(ABC):
         self.outcome = outcome
         round_end = RoundEnd(self.job.callback_id, self.job.attempt_no, self.job.destination,
                              self.job.merchant_id, rang, confirmed)
-        kept = await self.store.finish(self.job.callback_id, outcome, ended=ended,
-                                       round_end=round_end)
+        with holding("finish"):
+            kept = await self.store.finish(self.job.callback_id, outcome, ended=ended,
+                                           round_end=round_end)
         if not kept:
             log.error("lease lost; outcome %s dropped", outcome)
         line = "round %d: %s (%s)%s"

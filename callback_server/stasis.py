@@ -20,6 +20,7 @@ from callback_server.call_runner import CallRunner
 from callback_server.click_runner import ClickRunner
 from callback_server.legrecord import LegRecords
 from shared import ari
+from shared.db import holding
 
 log = logging.getLogger("callback.stasis")
 
@@ -75,7 +76,8 @@ class StasisApp:
             self.lost_at = utcnow()
 
     async def run(self) -> None:
-        await self.router.run(self.client.events())
+        with holding("ari_events"):     # what the events' handlers write (a resync ...)
+            await self.router.run(self.client.events())
 
     async def _connected(self, event: ari.Connected) -> None:
         self.connects += 1

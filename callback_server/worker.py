@@ -66,7 +66,7 @@ from callback_server.store.queue_store import JOBS_CHANNEL, ClaimedJob
 from ivr_platform.hours import BusinessHours
 from shared import ari, logs
 from shared.config import CarrierQuality, Merchant, OutsideHours
-from shared.db import listening
+from shared.db import holding, listening
 from shared.money import Money
 from shared.phone import E164
 from shared.refusals import Refusal
@@ -205,7 +205,8 @@ class Worker:
         (:meth:`QueueStore.claim_due`), in one statement. Full (or stopping), nothing is
         claimed."""
         free = 0 if self._stopping else max(0, self.settings.max_calls - len(self._tasks))
-        jobs, due = await self.store.claim_due(free)
+        with holding("claim"):
+            jobs, due = await self.store.claim_due(free)
         for job in jobs:
             task = asyncio.create_task(self._run_job(job), name=f"job {job.callback_id}")
             self._tasks[job.callback_id] = task
@@ -233,7 +234,8 @@ class Worker:
     async def heartbeat(self) -> set[str]:
         """Extend the leases of the running jobs; log (and return) those lost. A job
         whose round ended meanwhile (its task done, or its round given back) is not."""
-        lost = await self.store.heartbeat(list(self._tasks)) & set(self._tasks)
+        with holding("heartbeat"):
+            lost = await self.store.heartbeat(list(self._tasks)) & set(self._tasks)
         for callback_id in sorted(lost):
             log.error("lease on %s lost (another worker may rescue it)", callback_id)
         return lost
@@ -255,7 +257,7 @@ class Worker:
     async def _run_job(self, claimed: ClaimedJob) -> None:
         """The job's task: every line of it (the call included) names the call."""
         with logs.bind(call_id=claimed.edge_call_id, request_id=claimed.callback_id,
-                       merchant=claimed.merchant_id):
+                       merchant=claimed.merchant_id), holding("job"):
             await self._run_job_bound(claimed)
 
     async def _run_job_bound(self, claimed: ClaimedJob) -> None:
@@ -291,23 +293,26 @@ class Worker:
         if not await self._within_hours(claimed, merchant):
             return
         if self.guard is not None and claimed.guard is not None:
-            verdict = await self.guard.screen_round(claimed.callback_id, claimed.caller,
-                                                    merchant.id, claimed.guard)
+            with holding("guard"):
+                verdict = await self.guard.screen_round(claimed.callback_id, claimed.caller,
+                                                        merchant.id, claimed.guard)
             if verdict is not None:     # blocked, locked or braked since intake: final
                 await self.store.finish(claimed.callback_id,
                                         Finish("failed", verdict.reason, claimed.attempts))
                 return
         try:
-            routes = await self.route_source.routes(job.destination, datetime.now(UTC),
-                                                    merchant.max_cost_per_minute,
-                                                    merchant.carrier_quality)
+            with holding("routes"):
+                routes = await self.route_source.routes(job.destination, datetime.now(UTC),
+                                                        merchant.max_cost_per_minute,
+                                                        merchant.carrier_quality)
         except Exception:
             log.exception("route choice failed")
             await self.store.release(claimed.callback_id, 30.0, "routing_error")
             return
         if self.guard is not None and claimed.guard is not None and routes:
-            keep, capped = await self.guard.usable_routes(routes, claimed.callback_id,
-                                                          merchant.id, claimed.guard)
+            with holding("guard"):
+                keep, capped = await self.guard.usable_routes(routes, claimed.callback_id,
+                                                              merchant.id, claimed.guard)
             if capped is not None:      # every trunk is capped: wait, uncounted
                 await self.store.release(claimed.callback_id,
                                          float(self.guard.settings.caps.retry_s),

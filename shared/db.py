@@ -221,6 +221,23 @@ def pool_holders(pool: Pool) -> Counter[str]:
     return pool.holders if isinstance(pool, _TimedPool) else Counter()
 
 
+@dataclass(slots=True)
+class HoldTimes:
+    """What one :func:`holding` label's connections were held for, since the pool opened:
+    ``holds`` given back, ``held_s`` their seconds from acquire until the holder's release
+    returned (the connection is back in the pool by then), ``releasing_s`` the part of
+    those in the release."""
+    holds: int = 0
+    held_s: float = 0.0
+    releasing_s: float = 0.0
+
+
+def pool_hold_times(pool: Pool) -> dict[str, HoldTimes]:
+    """The connections of ``pool`` given back so far, by :func:`holding` label (one held
+    now is not in them yet); empty for a pool not made by :func:`create_pool`."""
+    return pool.hold_times if isinstance(pool, _TimedPool) else {}
+
+
 @asynccontextmanager
 async def watching(pool: Pool, notice: str, on_written: Callable[[], None],
                    *, session: Mapping[str, str]) -> AsyncIterator[bool]:
@@ -290,7 +307,9 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         super().__init__(*args, **kwargs)
         self._on_acquire = on_acquire
         self.holders: Counter[str] = Counter()
-        self._held_by: dict[int, str] = {}
+        self.hold_times: dict[str, HoldTimes] = {}
+        #: the connections held now: their label and when they were acquired
+        self._held_by: dict[int, tuple[str, float]] = {}
         self.watches: list[_Watch] = []
         #: the connections that carry the watches' session settings
         self.set_up: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -304,7 +323,7 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
             if self._on_acquire is not None:
                 self._on_acquire(time.monotonic() - started)
         label = _HOLDER.get()
-        self._held_by[id(conn)] = label
+        self._held_by[id(conn)] = (label, time.monotonic())
         self.holders[label] += 1
         if self.watches:
             try:
@@ -325,13 +344,24 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         conn.add_log_listener(hold.heard)
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
-        label = self._held_by.pop(id(connection), None)
-        if label is not None:
-            self.holders[label] -= 1
+        held = self._held_by.pop(id(connection), None)
+        releasing = time.monotonic()
         hold = self._holds.pop(id(connection), None)
         if hold is not None:
             connection.remove_log_listener(hold.heard)
-        await super().release(connection, timeout=timeout)
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if held is not None:
+                label, acquired = held
+                back = time.monotonic()
+                self.holders[label] -= 1
+                times = self.hold_times.get(label)
+                if times is None:
+                    times = self.hold_times[label] = HoldTimes()
+                times.holds += 1
+                times.held_s += back - acquired
+                times.releasing_s += back - releasing
         if hold is not None:
             hold.back()
 

@@ -172,6 +172,15 @@ class Common:
             "Database pool connections in use by who holds them (shared.db.holding: the "
             "outbox relay, the link's messages, the sweeper ...; unlabelled: the rest), "
             "per process.", ["holder"], registry=r, multiprocess_mode="liveall")
+        self.db_pool_holds = Counter(
+            "cbgw_db_pool_holds",
+            "Database pool connections given back, by who held them (shared.db.holding), "
+            "counted at the metrics sampler's tick.", ["holder"], registry=r)
+        self.db_pool_held = Counter(
+            "cbgw_db_pool_held_seconds",
+            "Seconds database pool connections were held (acquire until back in the pool), "
+            "by who held them, summed; part=releasing: from the holder's release until "
+            "back.", ["holder", "part"], registry=r)
         self.db_pool_acquire_wait = Histogram(
             "cbgw_db_pool_acquire_wait_seconds",
             "How long each acquire of a database pool connection waited for one (a free "

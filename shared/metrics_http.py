@@ -33,7 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from shared import metrics
-from shared.db import pool_holders
+from shared.db import HoldTimes, pool_hold_times, pool_holders
 from shared.openapi import Operation, Reply, add_operations
 from shared.outbox import outbox_stats
 
@@ -156,8 +156,21 @@ async def sampler_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
+def count_pool_holds(pool: asyncpg.Pool, seen: dict[str, HoldTimes]) -> None:
+    """What the pool's holders gave back since the last tick, into the counters."""
+    m = metrics.common()
+    for holder, now in pool_hold_times(pool).items():
+        was = seen.get(holder) or HoldTimes()
+        if now.holds != was.holds:
+            m.db_pool_holds.labels(holder).inc(now.holds - was.holds)
+            m.db_pool_held.labels(holder, "all").inc(now.held_s - was.held_s)
+            m.db_pool_held.labels(holder, "releasing").inc(now.releasing_s - was.releasing_s)
+            seen[holder] = HoldTimes(now.holds, now.held_s, now.releasing_s)
+
+
 async def _sample_forever(app: web.Application) -> None:
     m = metrics.common()
+    seen: dict[str, HoldTimes] = {}
     while True:
         started = time.monotonic()
         await asyncio.sleep(SAMPLE_EVERY_S)
@@ -173,3 +186,4 @@ async def _sample_forever(app: web.Application) -> None:
             m.db_pool.labels("max").set(pool.get_max_size())
             for holder, held in pool_holders(pool).items():
                 m.db_pool_holders.labels(holder).set(held)
+            count_pool_holds(pool, seen)

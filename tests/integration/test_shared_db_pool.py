@@ -1,6 +1,7 @@
 """The servers' database pool (``shared.db.create_pool``) against real PostgreSQL: a
 connection goes back to the pool without a reset round trip, an open transaction is
-still rolled back on release, and each acquire's wait is reported."""
+still rolled back on release, each acquire's wait is reported, and the connections held
+are counted and timed by who holds them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared.db import create_pool, holding, pool_holders
+from shared.db import HoldTimes, create_pool, holding, pool_hold_times, pool_holders
+from shared.metrics_http import count_pool_holds
+from tests import prom
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +90,48 @@ async def test_the_connections_held_are_counted_by_who_holds_them(pg_url: str) -
         assert pool_holders(pool) == {"relay": 0, "unlabelled": 0, "sweeper": 0}
     finally:
         await pool.close()
+
+
+async def test_each_holders_connections_are_timed_from_acquire_until_back(pg_url: str) -> None:
+    """Per ``holding`` label: the holds given back and their seconds, acquire until back in
+    the pool (a connection held across a sleep counts the sleep); one held now is not
+    counted yet."""
+    pool = await create_pool(pg_url, min_size=1, max_size=2)
+    try:
+        with holding("ivr"):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+                await asyncio.sleep(0.2)            # held across a wait that is not the DB's
+            assert await pool.fetchval("SELECT 1") == 1
+        async with pool.acquire():
+            assert "unlabelled" not in pool_hold_times(pool)
+        ivr, unlabelled = pool_hold_times(pool)["ivr"], pool_hold_times(pool)["unlabelled"]
+        assert ivr.holds == 2 and 0.2 <= ivr.held_s < 2.0
+        assert 0 <= ivr.releasing_s <= ivr.held_s
+        assert unlabelled.holds == 1 and unlabelled.held_s < 0.2
+    finally:
+        await pool.close()
+
+
+
+async def test_the_metrics_count_what_each_holder_gave_back_since_the_last_tick(
+        pg_url: str) -> None:
+    """``cbgw_db_pool_holds`` and ``cbgw_db_pool_held_seconds`` grow by what was given
+    back between two of the sampler's ticks, and by nothing when nothing was."""
+    pool = await create_pool(pg_url, min_size=1, max_size=1)
+    holds, held = "cbgw_db_pool_holds_total", "cbgw_db_pool_held_seconds_total"
+    before = prom.sample(holds, holder="probe"), prom.sample(held, holder="probe", part="all")
+    seen: dict[str, HoldTimes] = {}
+    try:
+        with holding("probe"):
+            for _ in range(3):
+                async with pool.acquire():
+                    await asyncio.sleep(0.05)
+        count_pool_holds(pool, seen)
+        count_pool_holds(pool, seen)        # nothing given back since: nothing counted again
+    finally:
+        await pool.close()
+    assert prom.sample(holds, holder="probe") - before[0] == 3
+    assert 0.15 <= prom.sample(held, holder="probe", part="all") - before[1] < 1.0
+    assert prom.sample(held, holder="probe", part="releasing") \
+        <= prom.sample(held, holder="probe", part="all")
