@@ -350,7 +350,17 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         if hold is not None:
             connection.remove_log_listener(hold.heard)
         try:
-            await super().release(connection, timeout=timeout)
+            if self._at_once(connection):
+                # asyncpg's own release, without the task its ``asyncio.shield`` makes
+                # (three turns of the event loop before the connection is back and its
+                # holder goes on): here nothing in it waits, so nothing can cancel it
+                # half-way either (:meth:`_at_once`)
+                self._check_init()
+                holder = connection._holder
+                connection._con._on_release()
+                await holder.release(holder._timeout if timeout is None else timeout)
+            else:
+                await super().release(connection, timeout=timeout)
         finally:
             if held is not None:
                 label, acquired = held
@@ -364,6 +374,25 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
                 times.releasing_s += back - releasing
         if hold is not None:
             hold.back()
+
+
+    def _at_once(self, proxy: Any) -> bool:
+        """True if giving ``proxy`` back waits for nothing: asyncpg's release then sends
+        nothing and closes nothing (no transaction left open to roll back, no
+        cancellation under way, the connection neither expired nor used up, and the reset
+        is :func:`release_connection`, which does nothing); anything else (or an asyncpg
+        whose insides differ) goes through asyncpg's own :meth:`asyncpg.Pool.release`."""
+        try:
+            con, holder = proxy._con, proxy._holder
+            return (type(proxy) is asyncpg.pool.PoolConnectionProxy and holder._pool is self
+                    and con is not None and self._reset is release_connection
+                    and not con.is_closed() and con._top_xact is None
+                    and not con._protocol.is_in_transaction()
+                    and not con._protocol._is_cancelling()
+                    and con._protocol.queries_count < holder._max_queries
+                    and holder._generation == self._generation)
+        except AttributeError:
+            return False
 
 
 async def init_connection(conn: Connection) -> None:

@@ -1,7 +1,8 @@
 """The servers' database pool (``shared.db.create_pool``) against real PostgreSQL: a
-connection goes back to the pool without a reset round trip, an open transaction is
-still rolled back on release, each acquire's wait is reported, and the connections held
-are counted and timed by who holds them."""
+connection goes back to the pool without a reset round trip (and, with nothing to roll
+back, without a turn of the event loop), an open transaction is still rolled back on
+release, each acquire's wait is reported, and the connections held are counted and timed
+by who holds them."""
 
 from __future__ import annotations
 
@@ -135,3 +136,27 @@ async def test_the_metrics_count_what_each_holder_gave_back_since_the_last_tick(
     assert 0.15 <= prom.sample(held, holder="probe", part="all") - before[1] < 1.0
     assert prom.sample(held, holder="probe", part="releasing") \
         <= prom.sample(held, holder="probe", part="all")
+
+
+async def test_a_connection_goes_back_without_a_turn_of_the_event_loop(pg_url: str) -> None:
+    """With nothing to roll back, the release neither waits for the loop (asyncpg's own
+    ``asyncio.shield`` task took three turns, holding the connection meanwhile) nor
+    skips what asyncpg does; an expired connection still goes the long way, closed."""
+    pool = await create_pool(pg_url, min_size=1, max_size=1)
+    loop = asyncio.get_running_loop()
+    try:
+        conn = await pool.acquire()
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        turned: list[int] = []
+        loop.call_soon(turned.append, 1)
+        await pool.release(conn)
+        assert turned == [] and pool.get_idle_size() == 1
+        with pytest.raises(asyncpg.InterfaceError):     # the proxy is cut off, as asyncpg does
+            await conn.fetchval("SELECT 1")
+        async with pool.acquire() as again:
+            assert await again.fetchval("SELECT pg_backend_pid()") == pid
+            await pool.expire_connections()
+        async with pool.acquire() as fresh:         # the expired one was closed, not kept
+            assert await fresh.fetchval("SELECT pg_backend_pid()") != pid
+    finally:
+        await pool.close()
