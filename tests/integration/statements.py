@@ -5,6 +5,7 @@ connection is given back is one)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ class Statements:
 
     def clear(self) -> None:
         self.queries.clear()
+
+    async def heard(self) -> None:
+        """Once the statements sent so far are in: asyncpg calls a query logger at the
+        event loop's next turn (a pool connection's release no longer takes one)."""
+        await asyncio.sleep(0)
 
     def __str__(self) -> str:
         return "\n".join(" ".join(q.split())[:160] for q in self.queries)

@@ -194,7 +194,10 @@ async def running(pool: asyncpg.Pool, pg_url: str, statements: Statements, *,
         await probe.close()
 
 
-def finishes(statements: Statements) -> list[Transaction]:
+async def finishes(statements: Statements) -> list[Transaction]:
+    """The finishes among the transactions seen, once the loggers have heard them all
+    (asyncpg calls a query logger at the event loop's next turn)."""
+    await asyncio.sleep(0)
     return [t for t in statements.transactions
             if any("finished_at = now()" in s for s in t.statements)]
 
@@ -232,7 +235,7 @@ async def test_one_declined_call_back_costs_at_most_n_transactions(
     persist, = (t for t in done if any("INSERT INTO callback_attempts" in s
                                        for s in t.statements))
     assert persist.round_trips == PERSIST_ROUND_TRIPS, "\n".join(persist.statements)
-    finish, = finishes(statements)
+    finish, = await finishes(statements)
     assert finish.round_trips == FINISH_ROUND_TRIPS, "\n".join(finish.statements)
     assert ("billing_customer_leg_rated" in finish.statements[0]) == billing
     intake, = (t for t in done if any("callback_intake(" in s for s in t.statements))
@@ -263,7 +266,7 @@ async def test_a_finish_whose_customer_leg_records_wait_sends_them_in_its_transa
         assert await run.probe.fetchval("SELECT count(*) FROM outbox "
                                         "WHERE kind = 'billing_record'") == 1
         assert await run.probe.fetchval("SELECT status FROM callback_requests") == "failed"
-    undone, finish = finishes(statements)
+    undone, finish = await finishes(statements)
     assert not undone.block and len(undone.statements) == 1, undone
     assert finish.block and any("INSERT INTO billing_records" in s
                                 for s in finish.statements), finish
@@ -288,7 +291,7 @@ async def test_a_finish_the_velocity_rules_act_on_locks_the_number_in_its_transa
             "SELECT locked_until > now() FROM guard_numbers WHERE number = $1", str(number))
         assert await run.probe.fetchval("SELECT count(*) FROM guard_rounds") == 2
         assert await run.probe.fetchval("SELECT count(*) FROM billing_customer_legs") == 1
-    undone, second = finishes(statements)
+    undone, second = await finishes(statements)
     assert not undone.block and len(undone.statements) == 1, undone
     assert second.block and any("UPDATE guard_numbers SET locked_until" in s
                                 for s in second.statements), second
@@ -352,7 +355,7 @@ async def test_an_answered_finish_with_its_spend_is_one_round_trip(
                     callback_id, channel_id, Money.of(cost, "USD"))),
                 round_end=RoundEnd(callback_id, 1, number, "acme", rang=True,
                                    confirmed=True))
-            finish, = finishes(statements)
+            finish, = await finishes(statements)
             assert finish.round_trips == 1, "\n".join(finish.statements)
             assert "guard_add_spend" in finish.statements[0]
             assert ("billing_customer_leg_rated" in finish.statements[0]) == billing
@@ -431,14 +434,14 @@ async def test_a_missed_call_backs_finish_with_its_notification_is_one_round_tri
             callback_id, Finish("failed", Reason.DECLINED, 1),
             ended=LegEnd(channel_id, "ended", 21, None),
             round_end=RoundEnd(callback_id, 1, number, "acme", rang=False, confirmed=False))
-        finish, = finishes(statements)
+        finish, = await finishes(statements)
         assert finish.round_trips == 1, "\n".join(finish.statements)
         assert "INSERT INTO notifications" in finish.statements[0]
         await asyncio.wait_for(woken.get(), 5)
         other, _, _ = await answered_leg(store, guard, 6, False)
         statements.transactions.clear()
         assert await store.finish(other, Finish("failed", Reason.NO_ANSWER, 1))
-        second, = finishes(statements)
+        second, = await finishes(statements)
         assert second.block
         await asyncio.wait_for(woken.get(), 5)
         rows = await pool.fetch(

@@ -193,6 +193,7 @@ async def test_a_late_request_is_cancelled_in_one_statement(
     async with counted_pool(pg_url) as (counted, statements):
         late = CallStore(counted)
         assert await late.cancel(CancelRequest("edge-c7.2", Outcome.STORE_TIMEOUT)) is True
+        await statements.heard()
         assert len(statements.queries) == 1, str(statements)
         assert await late.cancel(CancelRequest("edge-c7.2", Outcome.STORE_TIMEOUT)) is False
     assert await outbox_row(pool, "edge-c7.2") is None
@@ -377,9 +378,11 @@ async def test_a_request_stored_and_released_costs_one_statement_each(
         store = CallStore(counted)
         await store.store_request(store_cmd("c20.1"), T0)   # learns the statements' types
         await store.release("edge-c20.1", Outcome.RELEASED)
+        await statements.heard()
         statements.clear()
         await store.store_request(store_cmd("c20.2"), T0)
         assert await store.release("edge-c20.2", Outcome.RELEASED) is True
+        await statements.heard()
     own = [q for q in statements.queries if "pg_advisory_unlock_all" not in q]
     assert len(own) == 2, str(statements)
     assert statements.transactions == len(statements.queries), str(statements)

@@ -4,6 +4,7 @@ connection held for one reply, not for BEGIN, two INSERTs and COMMIT)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -76,6 +77,7 @@ async def test_request_info_is_one_round_trip_and_a_repeat_writes_nothing(
                                       seq=1)
     async with pool.acquire() as conn:
         conn.remove_query_logger(seen)
+    await asyncio.sleep(0)      # asyncpg calls a query logger at the loop's next turn
     ours = [q for q in sent if "request_info" in q or q.upper().startswith(("BEGIN", "COMMIT"))]
     assert len(ours) == 2 and all(q.startswith("WITH info AS") for q in ours), ours
     assert mid == fact_message_id("request_info", f"{callback_id}:1")
