@@ -22,7 +22,7 @@ import os
 import re
 import time
 import weakref
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -307,7 +307,7 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         super().__init__(*args, **kwargs)
         self._on_acquire = on_acquire
         self.holders: Counter[str] = Counter()
-        self.hold_times: dict[str, HoldTimes] = {}
+        self.hold_times: defaultdict[str, HoldTimes] = defaultdict(HoldTimes)
         #: the connections held now: their label and when they were acquired
         self._held_by: dict[int, tuple[str, float]] = {}
         self.watches: list[_Watch] = []
@@ -366,15 +366,12 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
                 label, acquired = held
                 back = time.monotonic()
                 self.holders[label] -= 1
-                times = self.hold_times.get(label)
-                if times is None:
-                    times = self.hold_times[label] = HoldTimes()
+                times = self.hold_times[label]
                 times.holds += 1
                 times.held_s += back - acquired
                 times.releasing_s += back - releasing
         if hold is not None:
             hold.back()
-
 
     def _at_once(self, proxy: Any) -> bool:
         """True if giving ``proxy`` back waits for nothing: asyncpg's release then sends
