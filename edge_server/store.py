@@ -45,12 +45,16 @@ _MESSAGE_NS = uuid.UUID("6f1c1f4e-1d0c-4c55-9a57-7d7a4d0f1e01")
 _HELD_CALLS = ("outbox o JOIN edge_calls c ON c.message_id = o.message_id "
                "WHERE o.held AND o.delivered_at IS NULL")
 
-#: :meth:`CallStore.release` leasing the message to the relay (``OutboxRelay.lease()`` at
-#: $4 and $5)
-_RELEASE_LEASED = f"""WITH call AS (
+#: :meth:`CallStore.release`'s first half: the call released, its message id returned
+_RELEASE_CALL = """WITH call AS (
         UPDATE edge_calls SET state = 'released', outcome = $2,
             hungup_at = coalesce($3, now()), released_at = now()
-        WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id)
+        WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id)"""
+_RELEASE = f"""{_RELEASE_CALL}
+    UPDATE outbox o SET {Outbox.RELEASE_SET}
+    FROM call WHERE o.message_id = call.message_id AND o.held RETURNING true"""
+#: the same, leasing the message to the relay (``OutboxRelay.lease()`` at $4 and $5)
+_RELEASE_LEASED = f"""{_RELEASE_CALL}
     UPDATE outbox o SET {Outbox.RELEASE_SET}, {Outbox.LEASE_SET.format(owner=4, seconds=5)}
     FROM call WHERE o.message_id = call.message_id AND o.held
     RETURNING {", ".join("o." + c for c in Outbox.LEASED_COLUMNS.split(", "))}"""
@@ -193,20 +197,14 @@ class CallStore:
         """The caller is gone: make the request's message sendable, in one statement.
         False if not held. With :attr:`relay` running the statement also leases the
         message to it, which then delivers it (:meth:`OutboxRelay.take_leased`)."""
-        lease = None if self.relay is None else self.relay.lease()
-        if lease is not None and self.relay is not None:
+        relay = self.relay
+        lease = None if relay is None else relay.lease()
+        if relay is not None and lease is not None:
             rows = await self.pool.fetch(_RELEASE_LEASED, request_id, outcome.value,
                                          hungup_at, *lease)
-            self.relay.take_leased(rows)
+            relay.take_leased(rows)
             return bool(rows)
-        released = await self.pool.fetchval(
-            f"""WITH call AS (
-                    UPDATE edge_calls SET state = 'released', outcome = $2,
-                        hungup_at = coalesce($3, now()), released_at = now()
-                    WHERE edge_call_id = $1 AND state = 'stored' RETURNING message_id)
-                UPDATE outbox SET {Outbox.RELEASE_SET} FROM call
-                WHERE outbox.message_id = call.message_id AND held RETURNING true""",
-            request_id, outcome.value, hungup_at)
+        released = await self.pool.fetchval(_RELEASE, request_id, outcome.value, hungup_at)
         return bool(released)
 
     async def cancel(self, cmd: CancelRequest) -> bool:
