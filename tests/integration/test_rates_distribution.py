@@ -181,7 +181,7 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
         assert await distribute.deck_hash(e, edge_v1["id"]) \
             == await distribute.deck_hash(c, v1["id"]) == v1["content_sha256"]
     # not in force yet on either site: the edge decides without carrier-b, and says so
-    await _until(lambda: _async(sites.edge_rates.snapshot.carriers.get("carrier-b")), 10,
+    await _until(lambda: _async(sites.edge_rates.snapshot.carriers.get("carrier-b")), 30,
                  "the edge's rating service to know carrier-b")
     counted = prom.sample("cbgw_edge_decisions_no_deck_total", merchant="acme",
                           carrier="carrier-b")
@@ -198,8 +198,10 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
     await _until(lambda: _async(datetime.now(UTC) > v1["effective_from"]), 10, "v1's time")
     assert _carrier_b_rate(sites.edge_rates, datetime.now(UTC)) == Decimal("0.0800")
 
-    # the next version, explicitly timed: the edge holds it before, switches at its time
-    effective = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    # the next version, explicitly timed: the edge holds it before, switches at its time.
+    # Nothing waits for that time, so its lead is long enough for a loaded machine's
+    # import, link and preload (8 s was not, at load averages of 20-40)
+    effective = (datetime.now(UTC) + timedelta(seconds=40)).replace(microsecond=0)
     assert await sites.cli("import", "carrier-b", str(_deck(tmp_path / "b2.csv", "0.0500")),
                            "--profile", "generic", "--no-progress", "--distribute",
                            "--lead-s", "3", "--effective", effective.isoformat()) == 0
@@ -208,7 +210,7 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
     assert edge_v2["effective_from"] == effective
     assert edge_v2["content_sha256"] == v2["content_sha256"] != v1["content_sha256"]
     await _until(lambda: _async(sites.edge_rates.snapshot_at(effective).deck_id("carrier-b")
-                                == edge_v2["id"]), 10, "v2 preloaded at the edge")
+                                == edge_v2["id"]), 30, "v2 preloaded at the edge")
     assert datetime.now(UTC) < effective, "the test machine is too slow for this lead"
     just_before, just_after = effective - timedelta(milliseconds=1), effective
     assert _carrier_b_rate(sites.edge_rates, just_before) == Decimal("0.0800")
@@ -222,7 +224,7 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
     assert await sites.callback_pool.fetchval(
         "SELECT effective_from FROM rates_decks WHERE id = $1", v2["id"]) == effective
     await _until(lambda: _async(sites.callback_rates.snapshot_at(effective).deck_id(
-        "carrier-b") == v2["id"]), 10, "v2 preloaded at the callback site")
+        "carrier-b") == v2["id"]), 30, "v2 preloaded at the callback site")
     assert _carrier_b_rate(sites.callback_rates, just_before) == Decimal("0.0800")
     assert _carrier_b_rate(sites.callback_rates, just_after) == Decimal("0.0500")
 
