@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -74,6 +74,7 @@ from bench._stack_load import (
     percentile,
     postgres_backends,
 )
+from bench._sweep_stages import CALLBACK_QUERY, EDGE_QUERY, Stages, log_points
 from bench.edge_asterisk import short_announcement
 from demo.stack import REPO, MerchantOptions
 from shared.capacity import CapacitySettings
@@ -137,6 +138,7 @@ class Step:
     transactions: dict[str, int]   # site -> PostgreSQL transactions in its database
     servers: list[str]             # what each server's own metrics said (ServerWatch)
     wal: WalCounts | None = None   # commits a site, the cluster's WAL (WalCounts)
+    stages: list[str] = field(default_factory=list)   # ``--stages``: bench._sweep_stages
 
     @property
     def called_back_share(self) -> float:
@@ -172,7 +174,8 @@ class Step:
                     f"{site} {count / max(1, self.called_back):.1f}"
                     for site, count in self.transactions.items())
                 + (f"\n        {self.wal.line(self.called_back)}" if self.wal else "")
-                + "".join(f"\n        {line}" for line in self.servers))
+                + "".join(f"\n        {line}" for line in self.servers)
+                + "".join(f"\n        {line}" for line in self.stages))
 
 
 # --- commits and WAL flushes a call-back (issue #23's WAL flush queue) ---------------------
@@ -460,8 +463,10 @@ def ivr_seconds(phone: sipp_harness.SippRole) -> float | None:
 
 
 class Sweep:
-    def __init__(self, sites: Sites, mode: str, workdir: Path) -> None:
+    def __init__(self, sites: Sites, mode: str, workdir: Path, *, stages: bool = False
+                 ) -> None:
         self.sites = sites
+        self.with_stages = stages       # split each call-back's clock (bench._sweep_stages)
         self.mode = mode
         self.workdir = workdir
         self.sipp: list[int] = []        # the roles' `timeout` wrappers, SIPp their child
@@ -509,7 +514,9 @@ class Sweep:
                 self.sipp.append(customers.process.pid)
                 cpu, window_s = await self._drain(customers, carrier_a, carrier_b)
             invited = invite_times(carrier_a, carrier_b)
-            latencies, _ = latencies_ms(hangup_times(customers), invited)
+            hung = hangup_times(customers)
+            latencies, _ = latencies_ms(hung, invited)
+            stages = await self.stages(hung, invited) if self.with_stages else []
             ivr = ivr_seconds(carrier_b) if self.mode == "media" else None
             after = await self.transactions()
             wal = await wal_counts(self.sites) - wal_before
@@ -521,7 +528,19 @@ class Sweep:
                     p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99),
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
                     ivr_s=ivr, transactions={k: after[k] - before[k] for k in after},
-                    servers=[*self.watch.lines(), *self.activity.lines()], wal=wal)
+                    servers=[*self.watch.lines(), *self.activity.lines()], wal=wal,
+                    stages=stages)
+
+    async def stages(self, hung: dict[str, datetime], invited: dict[str, datetime]
+                     ) -> list[str]:
+        """The step's call-backs' hang-up -> INVITE split into stages (``--stages``)."""
+        callers = [f"+{n}" for n in hung]
+        edge = await self.sites.fetch("edge", EDGE_QUERY, callers)
+        callback = await self.sites.fetch("callback", CALLBACK_QUERY, callers)
+        logged = await asyncio.to_thread(
+            log_points, [self.sites.workdir / f"{n}.log" for n in self.sites.callback_names])
+        return Stages.build(hung, invited, [dict(r) for r in edge],
+                            [dict(r) for r in callback], logged).lines()
 
     async def _drain(self, customers: sipp_harness.SippRole,
                      *roles: sipp_harness.SippRole) -> tuple[dict[str, float], float]:
@@ -607,7 +626,7 @@ async def run(args: argparse.Namespace) -> list[Step]:
                 for name, site in sites.asterisks.items():
                     if name.startswith("edge"):
                         swapped.enter_context(short_announcement(site))
-            sweep = Sweep(sites, args.mode, workdir)
+            sweep = Sweep(sites, args.mode, workdir, stages=args.stages)
             try:
                 print(await sweep.idle(args.idle), flush=True)
                 for index, rate in enumerate(rates):
@@ -644,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
                              "of silence (the control plane's default)")
     parser.add_argument("--idle", type=float, default=IDLE_S,
                         help="seconds of no calls before the first step, measured per process")
+    parser.add_argument("--stages", action="store_true",
+                        help="split each call-back's hang-up -> INVITE into stages and print "
+                             "them, over the step and per 5 s (bench._sweep_stages)")
     args = parser.parse_args(argv)
     print(speed_line(), flush=True)
     steps = asyncio.run(run(args))
