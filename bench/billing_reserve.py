@@ -34,7 +34,13 @@ waking up once the batch answered; the same for the reservation batch with
 and its Python.
 
 The requests and ConsultBilling run on uvloop, as the callback server's ``serve`` runs
-them (``--asyncio``: on asyncio's own loop, as this bench ran before 2026-12-06 06:30 UTC).
+them (``--asyncio``: on asyncio's own loop, as this bench ran before 2026-12-06 06:30 UTC),
+with the heap settled as ``serve`` settles it once started (:func:`shared.site.settle_heap`:
+what the process holds frozen, the collector's thresholds raised; before 2026-12-06 21:00
+UTC the bench ran on Python's default thresholds, and a full collection of the whole heap,
+20-60 ms on this machine, could land in a timed burst). Each timed burst's slowest request
+is printed, and the garbage collections that ran during the timed bursts: with 10 bursts
+the p99 is about the slowest burst.
 
 Target (the billing issue): p99 <= 10 ms at 200 concurrent requests. PostgreSQL:
 ``DATABASE_URL``'s server, else the embedded one (database ``cbgw_bench_billing``,
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import sys
 import time
@@ -434,10 +441,41 @@ async def select_one(pool: asyncpg.Pool, count: int) -> tuple[float, list[float]
     return time.perf_counter() - started, list(took)
 
 
+class _Collections:
+    """The garbage collections that run inside the ``with``: how many of each generation
+    and the longest, in ms."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.counts[generation] += 1
+        self.longest[generation] = max(self.longest[generation],
+                                       (time.perf_counter() - self._started) * 1000)
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def __str__(self) -> str:
+        return "; ".join(f"generation {g} {n} (longest {ms:.2f} ms)"
+                         for g, (n, ms) in enumerate(zip(self.counts, self.longest, strict=True)))
+
+
 async def _run(args: argparse.Namespace) -> int:
     from billing.settings import BillingSettings
     from callback_server.consult_billing import ConsultBilling
     from shared.db import create_pool
+    from shared.site import settle_heap
 
     pool = await create_pool(await database(), min_size=2, max_size=args.pool)
     try:
@@ -445,11 +483,14 @@ async def _run(args: argparse.Namespace) -> int:
         billing = ConsultBilling(pool, BillingSettings(postpaid_merchants=frozenset({POSTPAID})),
                                  **({"max_batch": args.max_batch} if args.max_batch else {}),
                                  **({"max_in_flight": args.in_flight} if args.in_flight else {}))
+        if not args.default_gc:
+            settle_heap()   # as the callback server's serve, once started
         # warm the connections: each of the pool's learns the statements' types once, and
         # the batches take them in turn (two admission and two reservation batches a burst)
         for w in range(args.warm):
             await burst(billing, asks, f"warm-{w}")
-        runs = [await burst(billing, asks, f"b{r}") for r in range(args.bursts)]
+        with _Collections() as collections:
+            runs = [await burst(billing, asks, f"b{r}") for r in range(args.bursts)]
         profile = Profile()
         if args.breakdown:  # profiled bursts of their own: the timed figures stay unprofiled
             profile.wrap(billing)
@@ -467,6 +508,9 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"group commit: {batches[0]:,} admission and {batches[1]:,} reservation batches "
           f"for the warm-up, the bursts and the paced run")
     code = _report(args, asks, runs, steady, one_at_a_time, bare)
+    print(f"each timed burst's slowest request (ms): "
+          f"{', '.join(f'{max(took):.1f}' for _, took in runs)}; garbage collections "
+          f"during the timed bursts: {collections}")
     if args.breakdown:
         _report_breakdown(args, asks, profile)
     return code
@@ -542,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ConsultBilling's max_in_flight (0: its default)")
     parser.add_argument("--warm", type=int, default=WARM_BURSTS,
                         help="untimed bursts first")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="leave Python's garbage collector as it starts (as this bench "
+                             "ran before 2026-12-06 21:00 UTC) instead of settling the heap "
+                             "as the callback server's serve does")
     parser.add_argument("--breakdown", action="store_true",
                         help="then profile as many bursts more: where a request's ms go")
     parser.add_argument("--asyncio", action="store_true",
