@@ -236,11 +236,10 @@ class Profile:
 
     def wrap(self, billing: Any) -> None:
         """Time the batchers' writes (their connection's round trips), while :attr:`on`."""
-        from billing import admission, ledger
+        from billing import ledger
         from callback_server import consult_billing
-        names = {admission._BEGIN_GENERIC: "BEGIN; SET LOCAL plan_cache_mode", "COMMIT": "COMMIT",
-                 consult_billing._ADMIT: "admission statement",
-                 consult_billing._ADMIT_AND_HOLD: "admission and the first holds statement",
+        names = {"COMMIT": "COMMIT", consult_billing._ADMIT: "admission statement",
+                 consult_billing._ADMIT_AND_HOLD: "admission and the first holds (one call)",
                  ledger._RESERVE: "lock, read, decide and write the holds"}
         for batcher, served, key in ((billing.admitting, self.admitted_in,
                                       lambda item: item.account),  # the number asked

@@ -21,18 +21,19 @@ Admitting alone holds nothing: a prepaid consultation still reserves (:meth:`bil
 ledger.Ledger.reserve`) before it connects, which is what guards concurrent consultations.
 An ask that names its consultation (``Ask.consultation_id``) is admitted and, prepaid
 and admitted, reserved in the same statement (:func:`admit_and_hold_sql`: one statement
-for both, in a transaction of its own under the generic plan, :func:`fetch_generic`):
-the statement reads the facts as :func:`admission_sql` does, keeps the asks whose
-available balance pays for the first billed unit (:func:`decide`'s prepaid rule) and
-calls the ledger's ``billing_reserve_holds`` (migration 0019) for them, which locks the
-accounts and decides each hold on the balance after the lock (``Answer.hold``). So an
-admitted ask's hold is what :meth:`Ledger.reserve` right after the admission would have
-answered, and an ask admission refuses holds nothing.
+for both, the body of the function ``billing_admit_and_hold``, migration 0022, which
+:data:`ADMIT_AND_HOLD` calls in one round trip, its own transaction, the statement on
+its generic plan from the first call): the statement reads the facts as
+:func:`admission_sql` does, keeps the asks whose available balance pays for the first
+billed unit (:func:`decide`'s prepaid rule) and calls the ledger's
+``billing_reserve_holds`` (migration 0019) for them, which locks the accounts and decides
+each hold on the balance after the lock (``Answer.hold``). So an admitted ask's hold is
+what :meth:`Ledger.reserve` right after the admission would have answered, and an ask
+admission refuses holds nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -191,7 +192,12 @@ def admit_and_hold_sql(asks: str) -> str:
     (:meth:`~billing.rating.Terms.first_unit_yen`) and the cap (:func:`billing.rating.
     whole_units_s` of ``at_most_s``, else ``max_talk_s``): a property test
     (``tests/integration/test_billing_admit_hold.py``) holds this statement equal to the
-    admission then :func:`billing.ledger.reserve_all` it replaces."""
+    admission then :func:`billing.ledger.reserve_all` it replaces.
+
+    Of :data:`HOLD_ASKS`, it is the body of the function ``billing_admit_and_hold``
+    (migration 0022) that :data:`ADMIT_AND_HOLD` calls
+    (``tests/unit/test_billing_admit_hold_function.py`` holds the two equal: a change
+    here needs a migration replacing the function)."""
     default = Terms(0)
     terms = {n: _FIELD.format(n=n, default=getattr(default, n)) for n in policy.FIELDS}
     columns = ",\n               ".join(f"{v} AS {n}" for n, v in terms.items())
@@ -237,42 +243,25 @@ def admit_and_hold_sql(asks: str) -> str:
     ORDER BY a.n"""
 
 
-#: :func:`admit_and_hold_sql` of the accounts asked for
-ADMIT_AND_HOLD = admit_and_hold_sql(HOLD_ASKS)
+#: the function ``ADMIT_AND_HOLD`` calls (migration 0022): :func:`admit_and_hold_sql` of
+#: :data:`HOLD_ASKS`, word for word, its statement planned generic from the first call
+ADMIT_AND_HOLD_FUNCTION = "billing_admit_and_hold"
 
 
-#: what :func:`fetch_generic` sends before the statement, in one round trip
-_BEGIN_GENERIC = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
+def admit_and_hold_call(accounts: str = "$2::text[]") -> str:
+    """The call of ``billing_admit_and_hold`` (migration 0022: :func:`admit_and_hold_sql`
+    of :data:`HOLD_ASKS`) with the asks' arrays ($1..$8, as :data:`HOLD_ASKS` reads them),
+    the accounts being ``accounts``: ``$2`` itself, or an expression of the caller's that
+    finds them (an array in the asks' order), so that what finds the accounts stays in
+    the caller's package. One round trip; outside a transaction it is its own, committed
+    when it answers, and the function's statement runs its generic plan from its first
+    call on a connection (the function's ``SET plan_cache_mode``)."""
+    return (f"SELECT * FROM {ADMIT_AND_HOLD_FUNCTION}($1::text[], {accounts}, $3::bigint[], "
+            "$4::bool[], $5::int[], $6::text[], $7::int[], $8::bool[]) ORDER BY n")
 
 
-async def fetch_generic(db: asyncpg.Pool | asyncpg.Connection, sql: str, *args: Any
-                        ) -> list[asyncpg.Record]:
-    """``db.fetch(sql, *args)`` of a batch's statement, outside a transaction, as its own
-    transaction planned with PostgreSQL's generic plan from its first execution on a
-    connection: ``BEGIN; SET LOCAL plan_cache_mode = force_generic_plan`` (one round trip),
-    the statement, ``COMMIT`` (answered once durable, as the statement alone was). Left to
-    itself, PostgreSQL plans a prepared statement's first five executions on each
-    connection for their parameters (the arrays of the asks) before it settles on the
-    generic plan: :data:`ADMIT_AND_HOLD` of 100 asks took 8.1-10.2 ms so against
-    4.1-6.2 ms with its generic plan (medians 9.2 and 4.7 of 17 each, one connection,
-    alternating), and each pooled connection started over (a new connection, or one the
-    pool closed after 300 s idle). In a transaction already (``db`` inside one) or on a
-    pool: ``db.fetch`` as it is."""
-    rows: list[asyncpg.Record]
-    if isinstance(db, asyncpg.Pool) or db.is_in_transaction():
-        rows = await db.fetch(sql, *args)
-        return rows
-    await db.execute(_BEGIN_GENERIC)
-    try:
-        rows = await db.fetch(sql, *args)
-        await db.execute("COMMIT")
-    except BaseException:
-        if not db.is_closed() and db.is_in_transaction():
-            # the statement failed, or was cancelled (the pool rolls back what is left)
-            with contextlib.suppress(Exception):
-                await db.execute("ROLLBACK")
-        raise
-    return rows
+#: :func:`admit_and_hold_call` of the accounts asked for
+ADMIT_AND_HOLD = admit_and_hold_call()
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,9 +335,9 @@ class Admissions:
         ask whose terms the rating refuses gets its :class:`~billing.rating.TermsError`
         (the others their answers). When some ask is to be held (prepaid, naming its
         consultation) the statement is ``hold_sql`` (:data:`ADMIT_AND_HOLD`, or
-        :func:`admit_and_hold_sql` over asks that find their accounts), which also makes
-        the admitted asks' first holds (``Answer.hold``); call it outside a transaction,
-        so that it is its own and its holds are committed when it answers."""
+        :func:`admit_and_hold_call` with the caller's accounts), which also makes the
+        admitted asks' first holds (``Answer.hold``); call it outside a transaction, so
+        that it is its own (one round trip) and its holds are committed when it answers."""
         args: list[list[Any]] = [
             [a.merchant_id for a in asks], [a.account for a in asks],
             [a.group_id for a in asks], [a.merchant_id in self.postpaid_merchants for a in asks]]
@@ -356,7 +345,7 @@ class Admissions:
         if any(holds):
             args += [[a.price_per_minute_yen for a in asks], [a.consultation_id for a in asks],
                      [a.at_most_s for a in asks], holds]
-            rows = await fetch_generic(db, hold_sql, *args)
+            rows = await db.fetch(hold_sql, *args)
         else:
             rows = await db.fetch(sql, *args)
         answers: list[Answer | Exception] = []

@@ -19,8 +19,9 @@ admission decided in Python (:func:`billing.admission.decide`). A prepaid ask th
 its consultation (the consult runner's) is admitted and held in that same statement
 (:func:`~billing.admission.admit_and_hold_sql`: the meter's first slice, the ledger's rule
 in ``billing_reserve_holds``), so its ``reserve`` of that slice answers from the plan with
-no round trip: one statement a batch for both (with its ``BEGIN`` and ``COMMIT``:
-:func:`billing.admission.fetch_generic`). Other reservations are one statement
+no round trip: one round trip a batch for both (billing's function
+``billing_admit_and_hold``, called with the accounts this package's query finds by the
+numbers: :func:`billing.admission.admit_and_hold_call`). Other reservations are one statement
 (:func:`billing.ledger.reserve_all`) per batch.
 """
 
@@ -39,7 +40,7 @@ from billing.admission import (
     Admission,
     Admissions,
     admission_sql,
-    admit_and_hold_sql,
+    admit_and_hold_call,
     asks_sql,
 )
 from billing.admission import Ask as AdmitAsk
@@ -79,17 +80,22 @@ _CUSTOMER_OF_NUMBER = """
     LEFT JOIN customers cu ON cu.merchant_id = cn.merchant_id AND cu.id = cn.customer_id"""
 
 
-def _asks_by_number(hold: bool) -> str:
-    """The asks of an admission batch (merchant, called number, group, postpaid; with
-    ``hold``, the price, the consultation, the first slice and whether to hold) with the
-    customer's account, for :func:`billing.admission.admission_sql` and
-    :func:`~billing.admission.admit_and_hold_sql`."""
-    return asks_sql(hold, key="number", account="coalesce(cu.account, k.number)",
+def _asks_by_number() -> str:
+    """The asks of an admission batch (merchant, called number, group, postpaid) with the
+    customer's account, for :func:`billing.admission.admission_sql`."""
+    return asks_sql(False, key="number", account="coalesce(cu.account, k.number)",
                     joins=_CUSTOMER_OF_NUMBER)
 
 
-_ADMIT = admission_sql(_asks_by_number(False))
-_ADMIT_AND_HOLD = admit_and_hold_sql(_asks_by_number(True))
+#: the customers' accounts of a batch's called numbers ($1 merchants, $2 numbers), in the
+#: asks' order, for :func:`billing.admission.admit_and_hold_call`
+_ACCOUNTS_BY_NUMBER = f"""ARRAY(SELECT coalesce(cu.account, k.number)
+        FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k (merchant_id, number, n)
+        {_CUSTOMER_OF_NUMBER.strip()}
+        ORDER BY k.n)"""
+
+_ADMIT = admission_sql(_asks_by_number())
+_ADMIT_AND_HOLD = admit_and_hold_call(_ACCOUNTS_BY_NUMBER)
 
 
 @functools.cache

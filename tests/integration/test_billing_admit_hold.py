@@ -179,7 +179,7 @@ async def test_a_batch_without_prepaid_consultations_reads_only(clean: asyncpg.P
                                               Ask("post", "member-2", 100, None, None, "c-1")])
     assert [a.hold for a in got if isinstance(a, Answer)] == [None, None]
     assert await clean.fetchval("SELECT count(*) FROM billing_reservations") == 0
-    assert "billing_reserve_holds" in ADMIT_AND_HOLD
+    assert "billing_admit_and_hold" in ADMIT_AND_HOLD
 
 
 async def test_an_admitted_prepaid_ask_holds_its_slice_once(clean: asyncpg.Pool) -> None:
@@ -205,10 +205,11 @@ async def test_an_admitted_prepaid_ask_holds_its_slice_once(clean: asyncpg.Pool)
 
 async def test_a_batch_on_a_connection_is_its_own_transaction_and_leaves_no_setting(
         clean: asyncpg.Pool) -> None:
-    """On a connection outside a transaction (as the batchers call it), the statement runs
-    in a transaction of its own under the generic plan (``fetch_generic``): its holds are
-    committed when it answers, and the connection is left out of any transaction with
-    ``plan_cache_mode`` as it was; a statement that fails is rolled back, nothing held."""
+    """On a connection outside a transaction (as the batchers call it), the call (one round
+    trip, the function's statement under the generic plan) is a transaction of its own:
+    its holds are committed when it answers, and the connection is left out of any
+    transaction with ``plan_cache_mode`` as it was; a call that fails is rolled back,
+    nothing held."""
     from billing.ledger import Ledger
     await Ledger(clean).deposit("acme", "member-1", 1000, "op", "bank transfer")
     admissions = Admissions(clean)

@@ -405,8 +405,8 @@ async def test_migration_0021_turns_live_old_style_holds_into_reservations_that_
                                                   "funding": -3000, "revenue": 200}
         finally:
             await p.close()
-        assert await migrate_url(url, list(billing_db.SETS)) == [
-            "billing/0021_holds_as_reservation_rows.sql"]
+        assert (await migrate_url(url, list(billing_db.SETS)))[0] == \
+            "billing/0021_holds_as_reservation_rows.sql"
         p = await create_pool(url)
         try:
             await balances_are_running_sums(p)
