@@ -357,3 +357,31 @@ async def test_a_message_released_and_leased_at_once_tells_the_watcher_nothing(
         await pool.execute(release, lapsed, "r", 0)
         await asyncio.sleep(0.2)
         assert told == [1]
+
+
+async def test_only_a_row_that_may_wake_a_relay_calls_the_wake_function(
+        pool: asyncpg.Pool) -> None:
+    """The triggers' WHEN clauses skip the rows that wake no relay: a held message (the
+    edge's stored request) and one released and leased at once (handed to its relay) call
+    ``outbox_notify()`` not at all; a message written sendable, one released without a
+    lease and one whose lease has run out call it once each."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL track_functions = 'pl'")
+
+        async def calls() -> int:
+            return int(await conn.fetchval(
+                "SELECT coalesce(pg_stat_get_xact_function_calls('outbox_notify'::regproc), 0)"))
+
+        release = (f"UPDATE outbox SET {Outbox.RELEASE_SET}, "
+                   f"{Outbox.LEASE_SET.format(owner=2, seconds=3)} "
+                   "WHERE message_id = $1::uuid AND held")
+        held = [await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                     payload={"n": n}, held=True) for n in range(3)]
+        await conn.execute(release, held[0], "r", 30)
+        assert await calls() == 0
+        await _write(conn, 4)
+        assert await calls() == 1
+        assert await Outbox.release(conn, held[1])
+        assert await calls() == 2
+        await conn.execute(release, held[2], "r", 0)
+        assert await calls() == 3
