@@ -37,6 +37,7 @@ from routing_rates import store
 from routing_rates.carriers import Carrier, CarrierConfigError, from_json_checked, valid_id
 from routing_rates.deckfile import ROW_COLUMNS
 from routing_rates.distribute import (
+    BULK_TIMEOUT_S,
     CANCEL_KIND,
     KIND,
     MAX_PARTS,
@@ -302,7 +303,8 @@ async def _store(conn: Connection, part: DeckPart, rows: bytes) -> store.DeckInf
     table = await store.create_partition(conn, deck_id)
     try:
         status = await conn.copy_to_table(table, source=io.BytesIO(rows),
-                                          columns=ROW_COLUMNS, format="text")
+                                          columns=ROW_COLUMNS, format="text",
+                                          timeout=BULK_TIMEOUT_S)
         await conn.execute(store.key_index(table))
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
         raise InvalidField("data", f"rows refused: {exc}") from None

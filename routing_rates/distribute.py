@@ -46,6 +46,10 @@ MAX_PARTS = 10_000
 MAX_ROWS = 5_000_000
 #: the canonical form of a row is far shorter; more is refused before it is inflated
 MAX_ROW_BYTES = 4096
+#: seconds a deck's bulk COPY (its canonical rows out, a received part's rows in) may
+#: take: the pools' 10 s command timeout is for statements, and a deck of MAX_ROWS, or a
+#: 72,554-row one on a loaded machine, takes longer
+BULK_TIMEOUT_S = 600.0
 _NAMESPACE = uuid.UUID("6f1c0a52-3d9e-4b8e-9a57-2f0d6c1b7e41")
 _UTC_TEXT = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 #: ROW_COLUMNS of one deck in a form that does not depend on the session (time zone,
@@ -91,7 +95,8 @@ async def canonical_rows(conn: Connection, deck_id: int) -> bytes:
     async def collect(chunk: bytes) -> None:
         chunks.append(bytes(chunk))
 
-    await conn.copy_from_query(CANONICAL_QUERY, deck_id, output=collect, format="text")
+    await conn.copy_from_query(CANONICAL_QUERY, deck_id, output=collect, format="text",
+                               timeout=BULK_TIMEOUT_S)
     return b"".join(chunks)
 
 
