@@ -609,7 +609,8 @@ async def run(args: argparse.Namespace) -> list[Step]:
     top = Decimal(str(max(rates, default=1.0)))
     announcement = args.announcement or ANNOUNCEMENT_OF[args.mode]
     edges = asterisks_needed("edge", top, EDGE_HOLD_S[announcement])
-    callbacks = asterisks_needed("callback", top, CALLBACK_HOLD_S[args.mode])
+    callbacks = max(args.callback_sites,
+                    asterisks_needed("callback", top, CALLBACK_HOLD_S[args.mode]))
     workdir = Path(tempfile.mkdtemp(prefix="cbgw-bench-sweep-"))
     print(f"load sweep, {args.mode}, {announcement} announcement: rates {args.rates}/s, "
           f"{args.duration:g} s a step, "
@@ -661,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--announcement", choices=("full", "short"), default=None,
                         help="the edge's: the installed prompt (media's default) or 0.1 s "
                              "of silence (the control plane's default)")
+    parser.add_argument("--callback-sites", type=int, choices=(1, 2), default=1,
+                        help="callback servers, each with its Asterisk, at least (2: the "
+                             "second even where one Asterisk carries the top rate)")
     parser.add_argument("--idle", type=float, default=IDLE_S,
                         help="seconds of no calls before the first step, measured per process")
     parser.add_argument("--stages", action="store_true",
