@@ -608,7 +608,7 @@ async def run(args: argparse.Namespace) -> list[Step]:
     rates = [float(r) for r in args.rates.split(",") if r]   # none: the idle stack alone
     top = Decimal(str(max(rates, default=1.0)))
     announcement = args.announcement or ANNOUNCEMENT_OF[args.mode]
-    edges = asterisks_needed("edge", top, EDGE_HOLD_S[announcement])
+    edges = max(args.edge_sites, asterisks_needed("edge", top, EDGE_HOLD_S[announcement]))
     callbacks = max(args.callback_sites,
                     asterisks_needed("callback", top, CALLBACK_HOLD_S[args.mode]))
     workdir = Path(tempfile.mkdtemp(prefix="cbgw-bench-sweep-"))
@@ -662,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--announcement", choices=("full", "short"), default=None,
                         help="the edge's: the installed prompt (media's default) or 0.1 s "
                              "of silence (the control plane's default)")
+    parser.add_argument("--edge-sites", type=int, choices=(1, 2), default=1,
+                        help="edge servers, each with its Asterisk, at least (2: Kamailio in "
+                             "front of both even where one Asterisk carries the top rate)")
     parser.add_argument("--callback-sites", type=int, choices=(1, 2), default=1,
                         help="callback servers, each with its Asterisk, at least (2: the "
                              "second even where one Asterisk carries the top rate)")
