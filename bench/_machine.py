@@ -7,7 +7,12 @@ benchmark prints this calibration first: a fixed piece of pure-Python work, time
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import statistics
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 #: The calibration's time on this VM's fast days (2026-11-22 to 2026-12-01).
 FAST_DAY_S = 0.5
@@ -34,3 +39,23 @@ def speed_line() -> str:
     return (f"machine speed: a 10M-addition Python loop took {took:.2f} s "
             f"(fast days: ≈ {FAST_DAY_S} s, so this machine runs at about "
             f"{min(1.0, FAST_DAY_S / took):.0%} of that)")
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    """The median and the 99th percentile (nearest rank, rounded down) of ``samples``."""
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
+
+
+def rounds_main(argv: list[str] | None, *, prog: str, doc: str | None, default: int,
+                run: Callable[[int], Coroutine[Any, Any, int]]) -> int:
+    """A timed-rounds bench's command line: ``--rounds`` (at least 100), the speed line,
+    then ``run(rounds)`` on a new event loop; its exit status."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=default, help="timed calls of each kind")
+    args = parser.parse_args(argv)
+    if args.rounds < 100:
+        parser.error("--rounds: at least 100")
+    print(speed_line(), flush=True)
+    return asyncio.run(run(args.rounds))

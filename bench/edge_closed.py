@@ -11,21 +11,15 @@ Target: the decision plus the look-up at p99 ≤ 1 ms.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import statistics
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
+from bench._machine import p50_p99, rounds_main
+
 TARGET_P99_MS = 1.0
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
 
 
 async def _run(rounds: int) -> int:
@@ -68,9 +62,9 @@ async def _run(rounds: int) -> int:
                 return 1
     for name, samples in (("decision alone (baseline)", decision),
                           ("decision + cache look-up", with_lookup)):
-        p50, p99 = _percentiles(samples)
+        p50, p99 = p50_p99(samples)
         print(f"{name:28} p50 {p50:7.1f} µs  p99 {p99:7.1f} µs  ({rounds:,} calls)")
-    p99_ms = _percentiles(with_lookup)[1] / 1000
+    p99_ms = p50_p99(with_lookup)[1] / 1000
     met = p99_ms <= TARGET_P99_MS
     print(f"target: decision + look-up p99 ≤ {TARGET_P99_MS} ms: {'met' if met else 'NOT met'} "
           f"({p99_ms * 1000:.1f} µs; a render {render_ms / max(p99_ms, 1e-9):,.0f}× longer)")
@@ -78,16 +72,8 @@ async def _run(rounds: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.edge_closed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2_000, help="timed calls of each kind")
-    args = parser.parse_args(argv)
-    if args.rounds < 100:
-        parser.error("--rounds: at least 100")
-    from bench._machine import speed_line
-
-    print(speed_line(), flush=True)
-    return asyncio.run(_run(args.rounds))
+    return rounds_main(argv, prog="python -m bench.edge_closed", doc=__doc__, default=2_000,
+                       run=_run)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,18 @@ Target: a hit at p99 ≤ 1 ms.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench._machine import p50_p99, rounds_main
+
 TARGET_P99_MS = 1.0
 TEXT = ("お電話ありがとうございます。ただいま営業時間外です。営業時間は、平日の"
         "午前九時から午後六時までです。")
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
 
 
 def _timed(call: Callable[[], object], rounds: int) -> list[float]:
@@ -38,8 +32,8 @@ def _timed(call: Callable[[], object], rounds: int) -> list[float]:
 
 
 async def _run(rounds: int) -> int:
-    from ivr_platform.speech import Language
     from ivr_platform.tts import PromptCache
+    from shared.language import Language
 
     with tempfile.TemporaryDirectory(prefix="cbgw-bench-tts-") as tmp:
         cache = PromptCache(Path(tmp))
@@ -58,9 +52,9 @@ async def _run(rounds: int) -> int:
     rows = [("bare os.stat (baseline)", stat), ("PromptCache.cached (hit)", hit),
             ("await PromptCache.get (hit)", get)]
     for name, samples in rows:
-        p50, p99 = _percentiles(samples)
+        p50, p99 = p50_p99(samples)
         print(f"{name:30} p50 {p50:7.1f} µs  p99 {p99:7.1f} µs  ({rounds:,} calls)")
-    worst_p99_ms = max(_percentiles(hit)[1], _percentiles(get)[1]) / 1000
+    worst_p99_ms = max(p50_p99(hit)[1], p50_p99(get)[1]) / 1000
     met = worst_p99_ms <= TARGET_P99_MS
     print(f"target: hit p99 ≤ {TARGET_P99_MS} ms: {'met' if met else 'NOT met'} "
           f"({worst_p99_ms * 1000:.1f} µs; {render_ms * 1000 / max(worst_p99_ms * 1000, 1e-9):,.0f}"
@@ -69,16 +63,7 @@ async def _run(rounds: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ivr_tts", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20_000, help="timed calls of each kind")
-    args = parser.parse_args(argv)
-    if args.rounds < 100:
-        parser.error("--rounds: at least 100")
-    from bench._machine import speed_line
-
-    print(speed_line(), flush=True)
-    return asyncio.run(_run(args.rounds))
+    return rounds_main(argv, prog="python -m bench.ivr_tts", doc=__doc__, default=20_000, run=_run)
 
 
 if __name__ == "__main__":
