@@ -137,13 +137,11 @@ class Stages:
             return [f"stages: no call-back with every point ({len(self.points)} called back)"]
         out = [f"stages of hang-up -> INVITE, {len(full)} of {len(self.points)} call-backs "
                "with every point (ms: p50 / p99 / mean):"]
-        for a, b in zip(NAMES, NAMES[1:], strict=False):
+        for name, a, b in [(f"{a} -> {b}", a, b) for a, b in zip(NAMES, NAMES[1:], strict=False)
+                           ] + [("486 -> invite (total)", "486", "invite")]:
             values = sorted(self._ms(p, a, b) for p in full.values())
-            out.append(f"  {a + ' -> ' + b:32s} {percentile(values, 0.5):8.1f} "
+            out.append(f"  {name:32s} {percentile(values, 0.5):8.1f} "
                        f"{percentile(values, 0.99):8.1f} {sum(values) / len(values):8.1f}")
-        total = sorted(self._ms(p, "486", "invite") for p in full.values())
-        out.append(f"  {'486 -> invite (total)':32s} {percentile(total, 0.5):8.1f} "
-                   f"{percentile(total, 0.99):8.1f} {sum(total) / len(total):8.1f}")
         if self.delivered_after_intake_ms:
             d = self.delivered_after_intake_ms
             out.append(f"  (off the chain: intake -> the edge's delivered_at "
