@@ -471,12 +471,16 @@ class _Collections:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from bench._advisors import summary
     from billing.settings import BillingSettings
-    from callback_server.consult_billing import ConsultBilling
+    from callback_server.consult_billing import ConsultBilling, warm_connection
     from shared.db import create_pool
     from shared.site import settle_heap
 
-    pool = await create_pool(await database(), min_size=2, max_size=args.pool)
+    # the callback server's pool: its size, asyncpg's statement cache, each new connection
+    # warmed as the server's are (--cold-connections: not, as this bench ran before)
+    pool = await create_pool(await database(), min_size=2, max_size=args.pool,
+                             warm=None if args.cold_connections else warm_connection)
     try:
         asks = await seed(pool, args.requests)
         billing = ConsultBilling(pool, BillingSettings(postpaid_merchants=frozenset({POSTPAID})),
@@ -486,8 +490,8 @@ async def _run(args: argparse.Namespace) -> int:
             settle_heap()   # as the callback server's serve, once started
         # warm the connections: each of the pool's learns the statements' types once, and
         # the batches take them in turn (two admission and two reservation batches a burst)
-        for w in range(args.warm):
-            await burst(billing, asks, f"warm-{w}")
+        # the first is what a server just started answers (its connections new)
+        warming = [await burst(billing, asks, f"warm-{w}") for w in range(args.warm)]
         with _Collections() as collections:
             runs = [await burst(billing, asks, f"b{r}") for r in range(args.bursts)]
         profile = Profile()
@@ -506,6 +510,10 @@ async def _run(args: argparse.Namespace) -> int:
         await pool.close()
     print(f"group commit: {batches[0]:,} admission and {batches[1]:,} reservation batches "
           f"for the warm-up, the bursts and the paced run")
+    if warming:
+        print(f"the first burst on the pool just opened (untimed in the figures below; its "
+              f"connections {'not ' if args.cold_connections else ''}warmed):\n  "
+              f"{summary(warming[0][1])}")
     code = _report(args, asks, runs, steady, one_at_a_time, bare)
     print(f"each timed burst's slowest request (ms): "
           f"{', '.join(f'{max(took):.1f}' for _, took in runs)}; garbage collections "
@@ -585,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ConsultBilling's max_in_flight (0: its default)")
     parser.add_argument("--warm", type=int, default=WARM_BURSTS,
                         help="untimed bursts first")
+    parser.add_argument("--cold-connections", action="store_true",
+                        help="open the pool's connections without the callback server's "
+                             "warm-up (callback_server.consult_billing.warm_connection), as "
+                             "this bench did before 2026-12-07")
     parser.add_argument("--default-gc", action="store_true",
                         help="leave Python's garbage collector as it starts (as this bench "
                              "ran before 2026-12-06 21:00 UTC) instead of settling the heap "

@@ -62,7 +62,7 @@ from callback_server.click_http import ClickIntake
 from callback_server.click_http import install as install_click_to_call
 from callback_server.click_web_http import install as install_click_web
 from callback_server.config import CallbackSettings
-from callback_server.consult_billing import ConsultBilling
+from callback_server.consult_billing import ConsultBilling, warm_connection
 from callback_server.consult_control import install as install_consult_control
 from callback_server.consult_live import ConsultReconciler, LiveConsultations
 from callback_server.dunning_notify import DunningNotifications
@@ -315,13 +315,26 @@ def _mount_rates(app: web.Application) -> None:
     add_operations(app, routes(service, {m.id: m for m in app[SETTINGS_KEY].merchants}))
 
 
+async def _warm_open_connections(pool: asyncpg.Pool) -> None:
+    """Warm the connections the pool opened before the migrations ran (a fresh database:
+    their :func:`warm_connection` found nothing to warm): each idle one acquired at once,
+    so that each is a different connection."""
+    async def warm() -> None:
+        async with pool.acquire() as conn:
+            await warm_connection(conn)
+
+    await asyncio.gather(*(warm() for _ in range(pool.get_idle_size())))
+
+
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    url, pool = await connect_database(settings.database, log)
+    # each new pooled connection as one that has served admissions (warm_connection)
+    url, pool = await connect_database(settings.database, log, warm=warm_connection)
     async with pool.acquire() as conn:
         applied = await migrate(conn, migration_sets(settings.rates.enabled))
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
+        await _warm_open_connections(pool)
     fx = site_fx(settings)  # for spend caps
     guard = Guard(pool, settings.guard, fx=fx)
     store = CallbackStore(pool, owner=owner_name(), lease_s=settings.callback.lease_s,

@@ -98,6 +98,22 @@ _ADMIT = admission_sql(_asks_by_number())
 _ADMIT_AND_HOLD = admit_and_hold_call(_ACCOUNTS_BY_NUMBER)
 
 
+async def warm_connection(conn: asyncpg.Connection) -> None:
+    """Leave a new pooled connection as one that has served admissions: the admission and
+    its holds' statement (the batches' call of ``billing_admit_and_hold``) and the
+    admission-only one sent once each with no asks, so that asyncpg has them prepared and
+    the PostgreSQL session has compiled the functions and planned the statements the call
+    reaches. A connection's first batch of 100 took 22 ms so against 10 ms (8 its next),
+    the dry calls 12 ms (:func:`shared.db.create_pool`'s ``warm``; the callback site's
+    pool). Holds nothing, writes nothing. A database not migrated yet (the site's pool
+    opens before its migrations run) is left alone."""
+    try:
+        await conn.fetch(_ADMIT_AND_HOLD, *[[]] * 8)
+        await conn.fetch(_ADMIT, *[[]] * 4)
+    except (asyncpg.UndefinedFunctionError, asyncpg.UndefinedTableError) as exc:
+        log.debug("connection not warmed: %s (not migrated yet)", exc)
+
+
 @functools.cache
 def _first_slice_s() -> int | None:
     """The meter's first slice (:func:`callback_server.consult_meter.new_meter`'s; the same

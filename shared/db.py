@@ -42,6 +42,8 @@ _MIGRATION_LOCK_KEY = 0x6362_6777  # "cbgw"
 Pool: TypeAlias = asyncpg.Pool
 Connection: TypeAlias = asyncpg.Connection
 Record: TypeAlias = asyncpg.Record
+#: what :func:`create_pool`'s ``warm`` runs on a new connection
+Warming: TypeAlias = Callable[[Connection], Coroutine[Any, Any, None]]
 
 
 #: connection-level failures (the database restarting or away, a network blip), not SQL
@@ -171,14 +173,23 @@ async def fresh_database(server_url: str, name: str) -> str:
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
                       command_timeout: float = 10.0,
-                      on_acquire: Callable[[float], None] | None = None) -> Pool:
+                      on_acquire: Callable[[float], None] | None = None,
+                      warm: Warming | None = None) -> Pool:
     """A pool whose connections map json and go back to it without a reset query
     (:func:`release_connection`); ``on_acquire`` is told the seconds each acquire
     waited for a connection (every ``pool.acquire()``, and the pool's own ``fetch``,
-    ``execute`` ...), for the servers' ``cbgw_db_pool_acquire_wait_seconds``."""
+    ``execute`` ...), for the servers' ``cbgw_db_pool_acquire_wait_seconds``.
+
+    ``warm``: run on each new connection after :func:`init_connection`, before the pool
+    hands it out (the ``min_size`` ones when the pool opens and when the pool replaces
+    them in the background; one opened on demand, in its first acquire): what a site's
+    hot path would otherwise pay on a connection's first use, such as a PL/pgSQL
+    function compiled and its statements planned, once per PostgreSQL session."""
     pool: Pool = _TimedPool(
         url, on_acquire=on_acquire, min_size=min_size, max_size=max_size,
-        command_timeout=command_timeout, init=init_connection, reset=release_connection,
+        command_timeout=command_timeout,
+        init=init_connection if warm is None else functools.partial(_init_and_warm, warm),
+        reset=release_connection,
         max_queries=50000, max_inactive_connection_lifetime=300.0, loop=None,
         connection_class=asyncpg.Connection, record_class=asyncpg.Record)
     await pool
@@ -400,6 +411,12 @@ async def init_connection(conn: Connection) -> None:
                               schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
+
+
+async def _init_and_warm(warm: Warming,
+                         conn: Connection) -> None:
+    await init_connection(conn)
+    await warm(conn)
 
 
 async def migrate(conn: Connection, sets: Sequence[MigrationSet]) -> list[str]:

@@ -42,7 +42,7 @@ from shared.config import (
     TlsSettings,
     parse_merchants,
 )
-from shared.db import create_pool, resolve_url
+from shared.db import Warming, create_pool, resolve_url
 from shared.link import LinkClient
 from shared.link_policy import PeerSettings
 from shared.money import FxTable
@@ -223,8 +223,10 @@ def _tls_problems(tls: TlsSettings) -> list[tuple[str, str]]:
 
 
 async def connect_database(db: DatabaseSettings, log: logging.Logger,
-                           timeout_s: float = DB_START_TIMEOUT_S) -> tuple[str, asyncpg.Pool]:
-    """The database URL and a pool, retrying with backoff while the server is not up."""
+                           timeout_s: float = DB_START_TIMEOUT_S, *,
+                           warm: Warming | None = None) -> tuple[str, asyncpg.Pool]:
+    """The database URL and a pool, retrying with backoff while the server is not up;
+    ``warm`` runs on each new pooled connection (:func:`shared.db.create_pool`)."""
     url = await asyncio.to_thread(resolve_url, db.url, db.name)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -233,7 +235,8 @@ async def connect_database(db: DatabaseSettings, log: logging.Logger,
         try:
             pool = await create_pool(url, min_size=db.min_connections,
                                      max_size=db.max_connections,
-                                     on_acquire=metrics.common().db_pool_acquire_wait.observe)
+                                     on_acquire=metrics.common().db_pool_acquire_wait.observe,
+                                     warm=warm)
             return url, pool
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if loop.time() > deadline:

@@ -7,6 +7,7 @@ holds nothing; an ask the rating refuses fails alone."""
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import replace
 
 import asyncpg
@@ -20,8 +21,10 @@ from billing.ledger import Ledger, Refusal, Reservation
 from billing.postpaid import Postpaid
 from billing.rating import Terms, TermsError
 from billing.settings import BillingSettings
-from callback_server.consult_billing import ConsultBilling
+from callback_server.consult_billing import ConsultBilling, warm_connection
+from shared.db import create_pool
 from shared.phone import E164
+from tests.conftest import drop_database, fresh_database
 from tests.integration import advisors_db, billing_db
 from tests.integration.localstripe import client_for
 from tests.integration.test_billing_admission_store import card_on_file
@@ -193,3 +196,44 @@ async def test_admitted_with_its_consultation_the_first_slice_is_held_in_the_sam
     assert await billing.reserve("acme", plans[1], "cb-1", 60) == made[1]   # another slice
     assert billing.reserving.batches == 1
     await balances_are_running_sums(db)
+
+
+async def test_a_warmed_connection_made_the_batches_call_once_and_holds_nothing(
+        db: asyncpg.Pool, pg_url: str, pg_server_url: str) -> None:
+    """``warm_connection`` (what the callback site's pool runs on each new connection):
+    the batches' call of ``billing_admit_and_hold`` made once, with no asks, on the
+    connection's own session (so PostgreSQL compiled it there); nothing held, nothing
+    written; the connection's first batch then answers as usual. On a database not
+    migrated yet it leaves the connection as it is, without an error."""
+    await Ledger(db).deposit("acme", "member-42", 1000, "op", "bank transfer")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("SET track_functions = 'pl'")
+        async with conn.transaction():
+            await warm_connection(conn)
+            calls = await conn.fetchval("SELECT pg_stat_get_xact_function_calls("
+                                        "'billing_admit_and_hold'::regproc)")
+        assert calls == 1
+        assert await conn.fetchval("SELECT count(*) FROM billing_reservations") == 0
+    finally:
+        await conn.close()
+    one = await create_pool(pg_url, min_size=1, max_size=1, warm=warm_connection)
+    try:
+        billing = ConsultBilling(one, BillingSettings())
+        plan = await billing.admit("acme", HOUSEHOLD[0], 100, None, "cb-1")
+        got = await billing.reserve("acme", plan, "cb-1", 120)
+        assert isinstance(got, Reservation) and got.held_yen == 200
+        assert billing.reserving.batches == 0
+    finally:
+        await one.close()
+    name = f"t{os.getpid()}_not_migrated"
+    bare = await fresh_database(pg_server_url, name)
+    try:
+        conn = await asyncpg.connect(bare)
+        try:
+            await warm_connection(conn)
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(pg_server_url, name)

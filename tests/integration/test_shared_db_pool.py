@@ -160,3 +160,27 @@ async def test_a_connection_goes_back_without_a_turn_of_the_event_loop(pg_url: s
             assert await fresh.fetchval("SELECT pg_backend_pid()") != pid
     finally:
         await pool.close()
+
+
+async def test_warm_runs_once_on_each_new_connection_before_it_is_handed_out(
+        pg_url: str) -> None:
+    """``warm`` runs after the connection's set-up (json decoded already), on the
+    ``min_size`` connections as the pool opens and on one opened on demand before its
+    first holder has it; an acquire of a connection already warmed does not run it."""
+    warmed: list[tuple[int, object]] = []
+
+    async def warm(conn: asyncpg.Connection) -> None:
+        warmed.append((await conn.fetchval("SELECT pg_backend_pid()"),
+                       await conn.fetchval("SELECT '{\"a\": 1}'::jsonb")))
+
+    pool = await create_pool(pg_url, min_size=2, max_size=3, warm=warm)
+    try:
+        assert len(warmed) == 2 and all(value == {"a": 1} for _, value in warmed)
+        async with pool.acquire() as one, pool.acquire() as two, pool.acquire() as three:
+            pids = {await c.fetchval("SELECT pg_backend_pid()") for c in (one, two, three)}
+        assert len(warmed) == 3 and {pid for pid, _ in warmed} == pids
+        async with pool.acquire():
+            pass
+        assert len(warmed) == 3
+    finally:
+        await pool.close()
