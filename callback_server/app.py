@@ -89,6 +89,7 @@ from callback_server.legrecord import LegRecords
 from callback_server.metrics import callback as callback_metrics
 from callback_server.queue_reading import CALLBACK_QUEUE
 from callback_server.reconcile import LegSettler
+from callback_server.round_runner import RUNNING_CALL_WRITES
 from callback_server.routing import Routing
 from callback_server.stasis import EVENTS_USED, StasisApp
 from callback_server.store import CallbackStore
@@ -101,7 +102,7 @@ from ivr_platform.sms_http import install as install_sms
 from ivr_platform.tts import PromptCache
 from shared import outbox_operator
 from shared.client_address import TRUSTED_PROXIES_KEY
-from shared.db import MigrationSet, migrate, package_migrations
+from shared.db import MigrationSet, migrate, package_migrations, serve_first
 from shared.http import HEALTH_KEY, Health
 from shared.link import pin_peer, purge_seen
 from shared.metrics_http import READINGS_KEY
@@ -330,6 +331,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     # each new pooled connection as one that has served admissions (warm_connection)
     url, pool = await connect_database(settings.database, log, warm=warm_connection)
+    serve_first(pool, RUNNING_CALL_WRITES)
     async with pool.acquire() as conn:
         applied = await migrate(conn, migration_sets(settings.rates.enabled))
     if applied:

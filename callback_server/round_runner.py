@@ -44,6 +44,13 @@ from shared.db import holding
 
 log = logging.getLogger("callback.stasis")
 
+#: the :func:`~shared.db.holding` labels of a running call's own writes: served before the
+#: dialling of new calls when the pool is short (:func:`shared.db.serve_first`), so a
+#: call in progress, its media running, never waits behind new calls for its next prompt
+#: or its hang-up; the dial (the claim, the leg's row) takes the wait instead
+RUNNING_CALL_WRITES = frozenset({"leg_result", "ivr_info", "cdr", "leg_end", "finish",
+                                 "leg_progress"})
+
 
 class RoundRunner(ABC):
     consult: ConsultRunner

@@ -22,7 +22,7 @@ import os
 import re
 import time
 import weakref
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -226,6 +226,82 @@ def holding(label: str) -> Iterator[None]:
         _HOLDER.reset(token)
 
 
+#: at most this many connections handed in a row to :func:`serve_first`'s labels while a
+#: connection for another label waits at the head of its queue (so that one waits for at
+#: most this many grants before it is served: the others get at least one in
+#: ``FIRST_IN_A_ROW + 1`` while both queues wait)
+FIRST_IN_A_ROW = 4
+
+
+def serve_first(pool: Pool, labels: frozenset[str], *,
+                in_a_row: int = FIRST_IN_A_ROW) -> None:
+    """While connections are short, ``pool`` hands the next free one to an acquire made
+    :func:`holding` one of ``labels`` before the others (each queue in order), but to the
+    longest-waiting other one after ``in_a_row`` such grants in a row: the first share
+    cannot starve the rest. Nothing changes for a pool with free connections, nor for
+    one not made by :func:`create_pool`.
+
+    For a site whose work in progress must not queue behind new work: the callback site's
+    running calls (a prompt the customer hears late while the call's media runs) before
+    the dialling of new ones, so the back-pressure of a full pool falls on the dial.
+    """
+    if in_a_row < 1:
+        raise ValueError(f"in_a_row must be at least 1, not {in_a_row}")
+    if isinstance(pool, _TimedPool):
+        pool.gate.first = frozenset(labels)
+        pool.gate.in_a_row = in_a_row
+
+
+class _Gate:
+    """The right to take one of a pool's ``size`` connections, handed in two queues:
+    acquires whose label is in ``first``, and the others (:func:`serve_first`). A
+    connection given back goes to the next waiter directly (its slot never falls free
+    in between), so a newcomer cannot overtake the queues."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.first: frozenset[str] = frozenset()
+        self.in_a_row = FIRST_IN_A_ROW
+        self._queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(), deque())
+        self._streak = 0          # grants in a row to the first queue while the other waited
+
+    def waiting(self) -> tuple[int, int]:
+        """Acquires waiting now: for ``first`` labels, for the others."""
+        return len(self._queues[0]), len(self._queues[1])
+
+    async def enter(self, label: str) -> None:
+        queue = self._queues[0 if label in self.first else 1]
+        if self.free > 0 and not any(self._queues):
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()             # handed a slot, then cancelled: pass it on
+            elif waiter in queue:        # (:meth:`leave` drops a cancelled one it meets)
+                queue.remove(waiter)
+            raise
+
+    def leave(self) -> None:
+        """A slot back: to the next waiter, else free."""
+        first, other = self._queues
+        while first or other:
+            if first and (not other or self._streak < self.in_a_row):
+                waiter = first.popleft()
+                self._streak = self._streak + 1 if other else 0
+            else:
+                waiter = other.popleft()
+                self._streak = 0
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 def pool_holders(pool: Pool) -> Counter[str]:
     """The connections of ``pool`` held now, by :func:`holding` label (a label seen once
     stays, at 0); empty for a pool not made by :func:`create_pool`."""
@@ -325,15 +401,24 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         #: the connections that carry the watches' session settings
         self.set_up: weakref.WeakSet[Any] = weakref.WeakSet()
         self._holds: dict[int, _Hold] = {}
+        self.gate = _Gate(self._maxsize)
 
     async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (asyncpg's)
         started = time.monotonic()
+        label = _HOLDER.get()
         try:
-            conn = await super()._acquire(timeout)
+            async with asyncio.timeout(timeout):
+                await self.gate.enter(label)
+            try:
+                # a slot is ours: a connection is back in asyncpg's queue (or on its way,
+                # from a release that gave the slot back before its connection)
+                conn = await super()._acquire(timeout)
+            except BaseException:
+                self.gate.leave()
+                raise
         finally:
             if self._on_acquire is not None:
                 self._on_acquire(time.monotonic() - started)
-        label = _HOLDER.get()
         self._held_by[id(conn)] = (label, time.monotonic())
         self.holders[label] += 1
         if self.watches:
@@ -374,6 +459,7 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
                 await super().release(connection, timeout=timeout)
         finally:
             if held is not None:
+                self.gate.leave()        # the connection is back: the next waiter's
                 label, acquired = held
                 back = time.monotonic()
                 self.holders[label] -= 1

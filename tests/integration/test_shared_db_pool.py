@@ -11,7 +11,14 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared.db import HoldTimes, create_pool, holding, pool_hold_times, pool_holders
+from shared.db import (
+    HoldTimes,
+    create_pool,
+    holding,
+    pool_hold_times,
+    pool_holders,
+    serve_first,
+)
 from shared.metrics_http import count_pool_holds
 from tests import prom
 
@@ -182,5 +189,48 @@ async def test_warm_runs_once_on_each_new_connection_before_it_is_handed_out(
         async with pool.acquire():
             pass
         assert len(warmed) == 3
+    finally:
+        await pool.close()
+
+
+async def test_a_running_calls_write_gets_the_next_connection_before_the_dial(
+        pg_url: str) -> None:
+    """``serve_first``: with the pool's one connection held, a running call's write
+    (``leg_result``) queued after two dials' acquires is served first; the dials then in
+    their order; each acquire's reported wait includes its time in the queue."""
+    waits: list[float] = []
+    pool = await create_pool(pg_url, min_size=1, max_size=1, on_acquire=waits.append)
+    serve_first(pool, frozenset({"leg_result"}))
+    served: list[str] = []
+
+    async def write(label: str, name: str) -> None:
+        with holding(label):
+            await pool.fetchval("SELECT 1")
+        served.append(name)
+
+    try:
+        async with pool.acquire():
+            tasks = []
+            for label, name in (("persist", "dial 1"), ("claim", "dial 2"),
+                                ("leg_result", "answered")):
+                tasks.append(asyncio.create_task(write(label, name)))
+                await asyncio.sleep(0.05)
+        await asyncio.gather(*tasks)
+    finally:
+        await pool.close()
+    assert served == ["answered", "dial 1", "dial 2"]
+    assert len(waits) == 4 and min(waits[1:]) >= 0.05
+
+
+async def test_an_acquire_that_times_out_in_the_queue_leaves_no_slot_behind(
+        pg_url: str) -> None:
+    pool = await create_pool(pg_url, min_size=1, max_size=1)
+    serve_first(pool, frozenset({"leg_result"}))
+    try:
+        async with pool.acquire():
+            with holding("leg_result"), pytest.raises(TimeoutError):
+                await pool.acquire(timeout=0.1)
+        assert await asyncio.wait_for(pool.fetchval("SELECT 1"), 2) == 1
+        assert pool.gate.waiting() == (0, 0) and pool.gate.free == 1
     finally:
         await pool.close()
