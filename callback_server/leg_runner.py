@@ -155,6 +155,10 @@ class Legs:
             log.warning("originate %s via %s: allocation failed", cmd.channel_id, cmd.endpoint)
             self.pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
             return
+        except ari.AriUnavailable as exc:
+            if not await self._placed_anyway(cmd, exc):
+                self.pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
+                return
         except ari.AriError as exc:
             log.warning("originate %s via %s failed: %s", cmd.channel_id, cmd.endpoint, exc)
             self.pending.appendleft(OriginateFailed(cmd.channel_id, str(exc), utcnow()))
@@ -162,6 +166,25 @@ class Legs:
         log.info("originated %s via %s", cmd.channel_id, cmd.endpoint)
         self.originated(cmd.channel_id)
         self.pending.appendleft(Originated(cmd.channel_id, utcnow()))
+
+    async def _placed_anyway(self, cmd: Originate, exc: ari.AriUnavailable) -> bool:
+        """No answer to the originate (Asterisk's, or the way to it, too slow or down): it
+        may have placed the leg all the same, and the customer may be answering it. The
+        channel's id is ours: a leg that exists goes on as dialled (its answer and end
+        come as events, routed to this round since its persist); one that does not is
+        hung up by that id all the same (a request still on its way would otherwise
+        place a leg no round follows) and fails over as a failed originate."""
+        try:
+            placed = await self.client.get_channel(cmd.channel_id) is not None
+        except ari.AriError:
+            placed = False
+        if placed:
+            log.warning("originate %s via %s: no answer (%s), but the leg is up",
+                        cmd.channel_id, cmd.endpoint, exc)
+            return True
+        log.warning("originate %s via %s failed: %s", cmd.channel_id, cmd.endpoint, exc)
+        await safely(self.client.hangup(cmd.channel_id))
+        return False
 
     async def _bridge(self, cmd: CreateBridge) -> None:
         try:

@@ -54,11 +54,15 @@ def merchant(merchant_id: str = "acme", number: str = "0120123456", *,
 
 @dataclass
 class FakeAri:
-    """Records calls; ``allocation_fails`` makes originate raise for those endpoints."""
+    """Records calls; ``allocation_fails`` makes originate raise for those endpoints;
+    ``unanswered`` makes it raise :class:`~shared.ari.AriUnavailable` (no answer in time)
+    for those endpoints, after placing the channel when ``placed_unanswered``."""
 
     router: ari.EventRouter = field(default_factory=ari.EventRouter)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     allocation_fails: set[str] = field(default_factory=set)
+    unanswered: set[str] = field(default_factory=set)
+    placed_unanswered: bool = True
     channels: dict[str, str] = field(default_factory=dict)   # id -> state
     report_hangups: bool = True
     variables: dict[str, dict[str, str]] = field(default_factory=dict)  # per originate
@@ -73,7 +77,10 @@ class FakeAri:
         if endpoint in self.allocation_fails:
             raise ari.AllocationFailed(500, "Allocation failed", method="POST", path="/channels")
         assert channel_id is not None
-        self.channels[channel_id] = "Down"
+        if endpoint not in self.unanswered or self.placed_unanswered:
+            self.channels[channel_id] = "Down"
+        if endpoint in self.unanswered:
+            raise ari.AriUnavailable("ARI POST /channels: TimeoutError")
         return ari.Channel(id=channel_id, state="Down")
 
     async def hangup(self, channel_id: str, *, reason: str | None = None) -> None:

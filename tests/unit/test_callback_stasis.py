@@ -132,6 +132,33 @@ async def test_allocation_failed_fails_over_immediately() -> None:
     assert await call.outcome() == Finish("retry", Reason.CUSTOMER_BUSY, 1, 30)
 
 
+async def test_a_leg_placed_without_an_answer_to_its_originate_goes_on() -> None:
+    """The originate's answer lost (ARI timed out on a loaded machine) but the leg placed:
+    the round keeps it (no second carrier rings the customer), runs its IVR when it is
+    answered, and accounts for it."""
+    call = Call()
+    call.ari.unanswered.add(A.endpoint)
+    await call.start(A, B)
+    assert [o[1] for o in call.ari.named("originate")] == ["cb-9-01"]
+    assert ("cb-9-01", "originated", None) in call.store.results
+    assert "cb-9-01" not in call.ari.named("hangup")
+    await call.push(ari.StasisStart(ch("cb-9-01")))
+    assert call.ari.named("play")[-1][:2] == ("cb-9-01", ("sound:cbgw/confirm-callback",))
+    assert ("cb-9-01", "answered", None) in call.store.results
+    await call.push(ari.StasisEnd(ch("cb-9-01")))
+    assert await call.outcome() == Finish("completed", Reason.ANSWERED, 1)
+
+
+async def test_a_leg_not_placed_and_not_answered_is_hung_up_by_id_and_fails_over() -> None:
+    call = Call()
+    call.ari.unanswered.add(A.endpoint)
+    call.ari.placed_unanswered = False
+    await call.start(A, B)
+    assert [o[1] for o in call.ari.named("originate")] == ["cb-9-01", "cb-9-02"]
+    assert "cb-9-01" in call.ari.named("hangup")       # in case it is placed late
+    assert ("cb-9-01", "failed", None) in call.store.results
+
+
 async def test_busy_never_fails_over() -> None:
     call = Call()
     await call.start(A, B)
