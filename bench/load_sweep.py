@@ -23,7 +23,8 @@ distinct numbers for ``--duration`` seconds (the guard's caps lifted, pre-callba
   the CPU milliseconds per call-back of our own processes (servers + PostgreSQL).
 
 Modes: ``media`` (carrier B, the customer's phone, answers and keys the order IVR through
-to its end, about 6 s; carrier A rejects) and ``control`` (both carriers decline with 603:
+to its end, about 9 s on an idle stack: its keys from ACK + 0.5 s to about ACK + 4.8 s,
+then the 3.5 s thank-you prompt; carrier A rejects) and ``control`` (both carriers decline with 603:
 no media, as ``bench.callback_latency`` runs). The edge's announcement (``--announcement``):
 ``full``, the installed Japanese prompt (3.1 s of early media), the default with media;
 ``short``, its files swapped for 0.1 s of silence for the run (``bench.edge_asterisk``'s
@@ -100,7 +101,7 @@ ANNOUNCEMENT_OF = {"media": "full", "control": "short"}
 CALLBACK_HOLD_S = {"media": Decimal("8"), "control": Decimal("0.5")}
 
 #: a step has drained when no carrier has logged a SIP message for this long (a media
-#: call-back is silent on SIP between its ACK and its BYE, about 6 s)
+#: call-back is silent on SIP between its ACK and its BYE, about 9 s)
 QUIET_S = {"media": 12.0, "control": 5.0}
 #: how long the roles may outlive a step's offered calls (SIPp's -timeout)
 MAX_DRAIN_S = 300.0
