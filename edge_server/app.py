@@ -207,6 +207,11 @@ def closed_prompts(settings: EdgeSettings) -> ClosedPrompts | None:
 async def ari_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     client = make_ari_client(settings.ari, EVENTS_USED)
+    # A call's early media ``play`` and its ``hangup`` with the cause (the requests of
+    # every inbound call) go on the events websocket the router reads, where Asterisk
+    # takes REST requests (22.4 on; else, and until its probe on connect is answered,
+    # over HTTP): no HTTP request, parse and authentication at either end for each.
+    client.requests_over_events = True
     await client.start()
     prompts = closed_prompts(settings)
     presence = settings.edge.presence

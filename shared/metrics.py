@@ -155,6 +155,11 @@ class Common:
             "cbgw_ari_websocket_connects",
             "ARI events websocket connections made, by kind (first, reconnect).",
             ["kind"], registry=r)
+        self.ari_requests = Counter(
+            "cbgw_ari_requests",
+            "ARI REST requests sent, by transport (events: a RESTRequest on the events "
+            "websocket; http). A hang-up lost on the websocket as it dropped, sent again "
+            "over HTTP, counts on both.", ["transport"], registry=r)
         self.loop_lag = Gauge(
             "cbgw_event_loop_lag_seconds",
             "How late the event loop ran a timer, at the last sample (per process).",

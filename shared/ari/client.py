@@ -26,10 +26,14 @@ the websocket is up and Asterisk answered the probe sent on each connect (a ``GE
 the application, answered while the events are read: until then, over HTTP; the event
 filter lets ``RESTResponse`` through); otherwise, and for every other request, over HTTP
 as before. A request in flight when the websocket drops raises ``AriUnavailable``, as a
-lost HTTP connection does. Its answer arrives among the events, so another task must be
-reading them (``events()``) while it waits, as :class:`~shared.ari.router.EventRouter`
-does: a task that awaits such a request and only then reads the events gets
-``AriUnavailable`` at the request timeout.
+lost HTTP connection does, but for a ``DELETE`` (a hang-up, a stop): that one is sent
+again over HTTP, as it is idempotent (a channel or playback gone already is quiet), so
+a websocket that drops while Asterisk stays up leaves no channel that was to end
+parked until the next connect; a request that never left (the websocket closing as it
+was sent) goes over HTTP, whatever it is. A request's answer arrives among the events,
+so another task must be reading them (``events()``) while it waits, as
+:class:`~shared.ari.router.EventRouter` does: a task that awaits such a request and only
+then reads the events gets ``AriUnavailable`` at the request timeout.
 """
 
 from __future__ import annotations
@@ -71,6 +75,15 @@ REST_RESPONSE = "RESTResponse"
 #: and the hang-up of a leg (quick in Asterisk: an originate, which can hold the
 #: websocket's reader while the channel is made, stays on HTTP)
 OVER_EVENTS = frozenset({"play", "stop_playback", "hangup"})
+
+
+class _Lost(AriUnavailable):
+    """A request on the events websocket that got no answer there: ``sent`` if it left
+    before the websocket dropped (Asterisk may have done it), else it never left."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class AriClient:
@@ -283,14 +296,16 @@ class AriClient:
         awaiting, self._awaiting = self._awaiting, {}
         for waiting in awaiting.values():
             if not waiting.done():
-                waiting.set_exception(AriUnavailable("ARI events websocket lost"))
+                waiting.set_exception(_Lost("ARI events websocket lost", sent=True))
 
     async def _over_events(self, ws: aiohttp.ClientWebSocketResponse | None, method: str,
                            path: str, query: Mapping[str, str],
                            body: Mapping[str, Any] | None) -> tuple[int, str]:
-        """One request on the events websocket ``ws``: its status and body."""
+        """One request on the events websocket ``ws``: its status and body. Raises
+        :class:`_Lost` if the websocket drops before the answer, ``AriUnavailable`` if
+        none comes within the request timeout."""
         if ws is None or ws.closed:
-            raise AriUnavailable(f"ARI {method} {path}: events websocket not connected")
+            raise _Lost(f"ARI {method} {path}: events websocket not connected", sent=False)
         request_id = str(next(self._request_ids))
         uri = path.lstrip("/") + (f"?{urlencode(query)}" if query else "")
         request: dict[str, Any] = {"type": "RESTRequest", "request_id": request_id,
@@ -301,10 +316,15 @@ class AriClient:
         answer = asyncio.get_running_loop().create_future()
         self._awaiting[request_id] = answer
         try:
-            await ws.send_str(json.dumps(request))
+            try:
+                await ws.send_str(json.dumps(request))
+            except (aiohttp.ClientError, OSError) as exc:
+                raise _Lost(f"ARI {method} {path}: {_describe(exc)}", sent=False) from exc
             async with asyncio.timeout(self._request_timeout):
                 answered: tuple[int, str] = await answer
                 return answered
+        except _Lost:
+            raise               # an AriUnavailable (so an OSError) already
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
         finally:
@@ -322,20 +342,19 @@ class AriClient:
         allocation: bool = False,
         over_events: bool = False,
     ) -> Any:
-        session = self._require_session()
         query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
         if over_events and self._rest_ws is not None:
-            status, text = await self._over_events(self._rest_ws, method, path, query, body)
-        else:
-            url = f"{self.base_url}/ari{path}"
+            metrics().ari_requests.labels("events").inc()
             try:
-                async with asyncio.timeout(self._request_timeout):
-                    async with session.request(method, url, params=query, json=body,
-                                               headers=self._headers) as resp:
-                        status = resp.status
-                        text = await resp.text()
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
+                status, text = await self._over_events(self._rest_ws, method, path, query,
+                                                       body)
+            except _Lost as exc:
+                if exc.sent and method != "DELETE":
+                    raise       # a play may have started: not sent twice
+                log.info("ARI %s %s: %s; over HTTP", method, path, exc)
+                status, text = await self._over_http(method, path, query, body)
+        else:
+            status, text = await self._over_http(method, path, query, body)
         if status >= 400:
             raise _http_error(status, text, method, path, allocation=allocation)
         if not text:
@@ -344,6 +363,20 @@ class AriClient:
             return json.loads(text)
         except ValueError as exc:
             raise AriUnavailable(f"ARI {method} {path}: invalid JSON reply") from exc
+
+    async def _over_http(self, method: str, path: str, query: Mapping[str, str],
+                         body: Mapping[str, Any] | None) -> tuple[int, str]:
+        """One request over HTTP: its status and body."""
+        session = self._require_session()
+        metrics().ari_requests.labels("http").inc()
+        url = f"{self.base_url}/ari{path}"
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                async with session.request(method, url, params=query, json=body,
+                                           headers=self._headers) as resp:
+                    return resp.status, await resp.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AriUnavailable(f"ARI {method} {path}: {_describe(exc)}") from exc
 
     # ------------------------------------------------------------------ channels
 

@@ -243,8 +243,9 @@ async def scrape(stack: Stack, site: str) -> str:
 async def test_both_sites_metrics_count_the_call_its_call_back_and_latency(
         stack: Stack) -> None:
     """``GET /metrics`` of both sites, scraped while the call-back is under way and after:
-    the edge counted the call and its decision, the callback site observed the hang-up ->
-    INVITE latency and the job dialling, then the answered round, all for merchant acme."""
+    the edge counted the call and its decision (and sent its two ARI requests on the events
+    websocket), the callback site observed the hang-up -> INVITE latency and the job
+    dialling, then the answered round, all for merchant acme."""
     acme = {"merchant": "acme"}
     edge_before, callback_before = await scrape(stack, "edge"), await scrape(stack, "callback")
 
@@ -276,6 +277,8 @@ async def test_both_sites_metrics_count_the_call_its_call_back_and_latency(
     assert grew(edge_before, edge_after, "cbgw_edge_decisions_total", decision="callback",
                 reason=str(call["decision_reason"]), **acme) == 1
     assert prom.scraped(edge_after, "cbgw_ari_websocket_connected") == 1
+    # the call's early media play and its hang-up (486) went on the edge's events websocket
+    assert grew(edge_before, edge_after, "cbgw_ari_requests_total", transport="events") == 2
     for before_, after_ in ((edge_before, edge_after), (callback_before, callback_after)):
         # each site's relay delivered over the link: the request, then the news of it
         delivered = (prom.scraped_total(after_, "cbgw_link_deliveries_total")

@@ -1,7 +1,8 @@
 """AriClient's REST requests on the events websocket (``requests_over_events``), against an
 in-process fake ARI that answers them as Asterisk 22 does, or ignores them as an older
 Asterisk does: the calls' prompts go there when the probe is answered, over HTTP when not,
-and a request in flight when the websocket drops fails as a lost connection does."""
+and a request in flight when the websocket drops fails as a lost connection does (a
+hang-up is sent again over HTTP); each request is counted by the way it went."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from shared.ari import (
     PlaybackFinished,
     StasisStart,
 )
+from tests import prom
 
 CHANNEL = {"id": "c1", "name": "PJSIP/x-1", "state": "Up",
            "caller": {"number": "0901", "name": ""}, "dialplan": {"exten": "0120"}}
@@ -244,6 +246,34 @@ async def test_a_request_in_flight_when_the_websocket_drops_is_unavailable(
     fake.hold = False
     assert (await client.play("c1", MEDIA, playback_id="c1-p2")).id == "c1-p2"
     assert fake.over_ws[-1][:2] == ("POST", "channels/c1/play/c1-p2")
+
+
+@pytest.mark.parametrize("running", [{"hold": True}], indirect=True)
+async def test_a_hang_up_in_flight_when_the_websocket_drops_goes_again_over_http(
+        running: Running) -> None:
+    """Asterisk is still up: the hang-up (idempotent: a channel gone already is quiet) is
+    sent again over HTTP, so the channel is not left parked until the next connect."""
+    fake, client = running.fake, running.client
+    events, http = (prom.sample("cbgw_ari_requests_total", transport=t)
+                    for t in ("events", "http"))
+    waiting = asyncio.ensure_future(client.hangup("c1", reason="busy"))
+    await until(lambda: len(fake.over_ws) == 2)
+    await fake.drop()
+    await asyncio.wait_for(waiting, 2)
+    assert fake.over_ws[-1] == ("DELETE", "channels/c1", {"reason": "busy"})
+    assert fake.over_http == [("DELETE", "channels/c1", {"reason": "busy"})]
+    assert prom.sample("cbgw_ari_requests_total", transport="events") == events + 1
+    assert prom.sample("cbgw_ari_requests_total", transport="http") == http + 1
+
+
+async def test_requests_are_counted_by_transport(running: Running) -> None:
+    events, http = (prom.sample("cbgw_ari_requests_total", transport=t)
+                    for t in ("events", "http"))
+    await running.client.play("c1", MEDIA, playback_id="c1-p1")
+    await running.client.hangup("c1")
+    assert await running.client.get_channel("gone") is None
+    assert prom.sample("cbgw_ari_requests_total", transport="events") == events + 2
+    assert prom.sample("cbgw_ari_requests_total", transport="http") == http + 1
 
 
 @pytest.mark.parametrize("running", [{"hold": True}], indirect=True)

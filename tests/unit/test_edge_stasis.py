@@ -182,6 +182,19 @@ async def test_failed_playback_still_ends_and_releases() -> None:
     assert store.released == [("edge-1700000000.7", Outcome.RELEASED)]
 
 
+async def test_a_hang_up_lost_with_the_websocket_still_releases_the_request() -> None:
+    """The hang-up goes on the events websocket: if it drops with Asterisk (the hang-up
+    unsent, or sent and unanswered), the call still ends and its request is released;
+    the channel, if it outlived that, is ended by the re-sync on the next connect."""
+    fake, store = FakeAri(), FakeCallStore()
+    fake.fail["hangup"] = ari.AriUnavailable("ARI events websocket lost")
+    session = await run_call(deps(fake_ari=fake, store=store), start(),
+                             [finished("1700000000.7-pb1")])
+    assert [c for c in fake.names() if c != "get_variable"] == ["play", "hangup"]
+    assert store.released == [("edge-1700000000.7", Outcome.RELEASED)]
+    assert session.state.outcome is Outcome.RELEASED  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(("header", "number"), [
     ("<sip:+819012345678@10.0.0.1;user=phone>", "+819012345678"),
     ('"Taro" <tel:+819012345678>', "+819012345678"),
