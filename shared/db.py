@@ -302,6 +302,12 @@ class _Gate:
         self.free += 1
 
 
+def pool_waiting(pool: Pool) -> tuple[int, int]:
+    """Acquires of ``pool`` waiting for a connection now: those :func:`serve_first` serves
+    first, and the others; (0, 0) for a pool not made by :func:`create_pool`."""
+    return pool.gate.waiting() if isinstance(pool, _TimedPool) else (0, 0)
+
+
 def pool_holders(pool: Pool) -> Counter[str]:
     """The connections of ``pool`` held now, by :func:`holding` label (a label seen once
     stays, at 0); empty for a pool not made by :func:`create_pool`."""

@@ -177,6 +177,12 @@ class Common:
             "Database pool connections in use by who holds them (shared.db.holding: the "
             "outbox relay, the link's messages, the sweeper ...; unlabelled: the rest), "
             "per process.", ["holder"], registry=r, multiprocess_mode="liveall")
+        self.db_pool_waiting = Gauge(
+            "cbgw_db_pool_waiting",
+            "Acquires waiting for a database pool connection now, by queue (first: the "
+            "labels the pool serves first, at the callback site the running calls' "
+            "writes; other: the rest), per process.", ["queue"], registry=r,
+            multiprocess_mode="liveall")
         self.db_pool_holds = Counter(
             "cbgw_db_pool_holds",
             "Database pool connections given back, by who held them (shared.db.holding), "

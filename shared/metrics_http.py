@@ -33,7 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from shared import metrics
-from shared.db import HoldTimes, pool_hold_times, pool_holders
+from shared.db import HoldTimes, pool_hold_times, pool_holders, pool_waiting
 from shared.openapi import Operation, Reply, add_operations
 from shared.outbox import outbox_stats
 
@@ -186,4 +186,7 @@ async def _sample_forever(app: web.Application) -> None:
             m.db_pool.labels("max").set(pool.get_max_size())
             for holder, held in pool_holders(pool).items():
                 m.db_pool_holders.labels(holder).set(held)
+            first, other = pool_waiting(pool)
+            m.db_pool_waiting.labels("first").set(first)
+            m.db_pool_waiting.labels("other").set(other)
             count_pool_holds(pool, seen)

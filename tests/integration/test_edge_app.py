@@ -127,6 +127,9 @@ async def test_the_edge_serves_its_metrics(
     assert prom.scraped(text, "cbgw_db_pool_connections", state="size") >= 1
     # who holds them: the relay has claimed (its one connection, or let go of it)
     assert prom.scraped(text, "cbgw_db_pool_holders", holder="relay") in (0.0, 1.0)
+    # nobody waits for a connection on an idle site, and the edge has no first queue
+    assert prom.scraped(text, "cbgw_db_pool_waiting", queue="first") == 0.0
+    assert prom.scraped(text, "cbgw_db_pool_waiting", queue="other") == 0.0
     # the link's messages hold at most the pool less [edge] store_reserve_connections
     assert client.server.app[LINK_SHARE_KEY].size == settings.link_connections() \
         == settings.database.max_connections - settings.edge.store_reserve_connections

@@ -17,6 +17,7 @@ from shared.db import (
     holding,
     pool_hold_times,
     pool_holders,
+    pool_waiting,
     serve_first,
 )
 from shared.metrics_http import count_pool_holds
@@ -215,7 +216,9 @@ async def test_a_running_calls_write_gets_the_next_connection_before_the_dial(
                                 ("leg_result", "answered")):
                 tasks.append(asyncio.create_task(write(label, name)))
                 await asyncio.sleep(0.05)
+            assert pool_waiting(pool) == (1, 2)      # the metrics' cbgw_db_pool_waiting
         await asyncio.gather(*tasks)
+        assert pool_waiting(pool) == (0, 0)
     finally:
         await pool.close()
     assert served == ["answered", "dial 1", "dial 2"]
