@@ -8,8 +8,8 @@ decides on) and, prepaid, the meter's first slice (:meth:`ConsultBilling.reserve
 the meter's ``first_slice_s``). Both are group-committed: the asks that arrive together
 are one statement a batch, which, as the runner asks (admission naming the consultation),
 also holds the admitted prepaid asks' first slices (:func:`billing.admission.
-admit_and_hold_sql`: ``billing_reserve_holds`` under the accounts' locks), so ``reserve``
-answers from the plan; a reservation the admission did not make is one
+admit_and_hold_sql`: the accounts locked, then read once and held under the locks), so
+``reserve`` answers from the plan; a reservation the admission did not make is one
 :func:`billing.ledger.reserve_all` statement a batch (the report counts the batches).
 No Stripe call is on this path: a postpaid admission reads the card on file and the
 charges from the database.

@@ -20,15 +20,15 @@ counts) and decides each.
 Admitting alone holds nothing: a prepaid consultation still reserves (:meth:`billing.
 ledger.Ledger.reserve`) before it connects, which is what guards concurrent consultations.
 An ask that names its consultation (``Ask.consultation_id``) is admitted and, prepaid
-and admitted, reserved in the same statement (:func:`admit_and_hold_sql`: one statement
-for both, the body of the function ``billing_admit_and_hold``, migration 0022, which
-:data:`ADMIT_AND_HOLD` calls in one round trip, its own transaction, the statement on
-its generic plan from the first call): the statement reads the facts as
-:func:`admission_sql` does, keeps the asks whose available balance pays for the first
-billed unit (:func:`decide`'s prepaid rule) and calls the ledger's
-``billing_reserve_holds`` (migration 0019) for them, which locks the accounts and decides
-each hold on the balance after the lock (``Answer.hold``). So an admitted ask's hold is
-what :meth:`Ledger.reserve` right after the admission would have answered, and an ask
+and admitted, reserved in the same call (:func:`admit_and_hold_sql`: the body of the
+function ``billing_admit_and_hold``, migrations 0022 and 0024, which :data:`ADMIT_AND_HOLD`
+calls in one round trip, its own transaction, its statements on their generic plans from
+the first call): it locks the asks' accounts, then reads the facts as
+:func:`admission_sql` does, once, under the locks, keeps the asks whose available balance
+pays for the first billed unit (:func:`decide`'s prepaid rule) and decides and writes
+their holds on that read (``billing_hold_locked``, migration 0024: the ledger's rule of
+``billing_reserve_holds``, 0019) (``Answer.hold``). So an admitted ask's hold is what
+:meth:`Ledger.reserve` right after the admission would have answered, and an ask
 admission refuses holds nothing.
 """
 
@@ -44,7 +44,7 @@ from typing import Any
 import asyncpg
 
 from billing import policy
-from billing.ledger import BOOK_BALANCE, LIVE_HOLDS, SYSTEM, Refusal, Reservation
+from billing.ledger import BOOK_BALANCE, LIVE_HOLDS, Refusal, Reservation
 from billing.rating import Terms, TermsError, seconds_affordable
 from billing.settings import MAX_UNPAID_CHARGES
 from billing.standing import CHARGES, Standing
@@ -124,27 +124,45 @@ def asks_sql(hold: bool, *, key: str = "account", account: str = "k.account",
 ASKS = asks_sql(False)
 
 
-def admission_sql(asks: str, extra: Sequence[str] = (), *, as_text: bool = True) -> str:
+def admission_sql(asks: str, extra: Sequence[str] = (), *, as_text: bool = True,
+                  locked: bool = False) -> str:
     """The statement that reads what admission decides on for every ask of ``asks`` (a
     query of columns ``n, merchant_id, account, group_id, postpaid``: :data:`ASKS`, or a
     caller's that finds the accounts itself), in ``n`` order: the merchant's newest policy
     and the group's, and the facts: prepaid, the available balance; postpaid, the card on
     file and the unpaid and failed charges. ``extra``: columns of ``asks`` passed through.
     The policies are JSON objects, as text (``as_text``: what :meth:`Admissions._answer`
-    reads, the terms cached by that text, no JSON decoded per row) or jsonb."""
+    reads, the terms cached by that text, no JSON decoded per row) or jsonb.
+
+    ``locked``: read under the asks' accounts' locks by :func:`admit_and_hold_sql` (the
+    asks have ``consultation_id`` and ``hold``), so that what the holds are decided on is
+    this one read, with what deciding needs besides: the account's id (``account_id``), its
+    lowest live reservation (``live_from``), and an ask to hold's reservation made before
+    (``made``); the live holds read once a row, for the balance and ``live_from``."""
     fields = ", ".join(f"'{n}', {{t}}.{n}" for n in policy.FIELDS)
     passed = "".join(f"w.{c}, " for c in extra)
     cast = "::text" if as_text else ""
+    live = LIVE_HOLDS.format(account="acct.id")
+    held = lateral = ""
+    if locked:
+        live = "l.held_yen"
+        held = """acct.id AS account_id, l.first_id AS live_from,
+           CASE WHEN w.hold THEN (SELECT x.id FROM billing_reservations x
+                                  WHERE x.account_id = acct.id
+                                    AND x.consultation_id = w.consultation_id) END AS made,
+           """
+        lateral = """
+    LEFT JOIN LATERAL billing_live_holds(acct.id) l ON NOT w.postpaid"""
     return f"""
     WITH w AS ({asks})
-    SELECT w.n, w.account, {passed}
+    SELECT w.n, w.account, {passed}{held}
            CASE WHEN p.id IS NOT NULL THEN jsonb_build_object({fields.format(t="p")}){cast}
                END AS policy,
            CASE WHEN g.id IS NOT NULL THEN jsonb_build_object({fields.format(t="g")}){cast}
                END AS group_policy,
            CASE WHEN NOT w.postpaid AND acct.id IS NOT NULL THEN
                {BOOK_BALANCE.format(account="acct.id", book="'available'")}
-               - {LIVE_HOLDS.format(account="acct.id")}
+               - {live}
                END AS available_yen,
            w.postpaid AND EXISTS (SELECT 1 FROM billing_card_registrations r
                                   JOIN billing_cards cd ON cd.registration_id = r.id
@@ -152,7 +170,7 @@ def admission_sql(asks: str, extra: Sequence[str] = (), *, as_text: bool = True)
            s.unpaid, s.failed
     FROM w
     LEFT JOIN billing_accounts acct ON acct.merchant_id = w.merchant_id
-                                   AND acct.account = w.account
+                                   AND acct.account = w.account{lateral}
     LEFT JOIN LATERAL (SELECT * FROM billing_policies
                        WHERE merchant_id = w.merchant_id ORDER BY id DESC LIMIT 1) p ON true
     LEFT JOIN LATERAL (SELECT * FROM billing_group_policies
@@ -177,25 +195,35 @@ _FIELD = "coalesce((a.group_policy->>'{n}')::int, (a.policy->>'{n}')::int, {defa
 
 
 def admit_and_hold_sql(asks: str) -> str:
-    """:func:`admission_sql` of ``asks`` (:data:`HOLD_ASKS`' columns, or a caller's that
-    finds the accounts itself) and, in the same statement, the first hold of each ask
-    marked ``hold`` whose available balance pays for its first billed unit (the prepaid
-    rule of :func:`decide`), by the ledger's ``billing_reserve_holds`` (migration 0019:
-    the accounts locked in id order, each hold decided on the balance after the lock, in
-    the asks' order). Each row: :data:`ADMIT`'s columns, ``needed`` (the first unit's
-    price, for the asks held), and the hold's ``reservation_id``, ``made``,
-    ``hold_available_yen``, ``held_yen``, ``allowed_s`` (``held``: the ask was held).
+    """The body of the function ``billing_admit_and_hold`` (plpgsql, two statements) over
+    ``asks`` (:data:`HOLD_ASKS`' columns): first the accounts of the asks marked ``hold``
+    locked, in id order (as every batch of holds locks them, so two batches never
+    deadlock); then, in one statement read under those locks, :func:`admission_sql` of
+    ``asks`` (``locked``: with each account's id, lowest live reservation and the ask's
+    reservation made before) and the first hold of each ask marked ``hold`` whose available
+    balance pays for its first billed unit (the prepaid rule of :func:`decide`), decided
+    and written by ``billing_hold_locked`` (migration 0024: ``billing_reserve_holds``' rule,
+    0019-0021, on the balances this read passed it, in the asks' order, each hold taken off
+    its account's balance for the next). Each row: :data:`ADMIT`'s columns, ``needed``
+    (the first unit's price, for the asks held), and the hold's ``reservation_id``,
+    ``made``, ``hold_available_yen``, ``held_yen``, ``allowed_s`` (``held``: the ask was
+    held).
+
+    The one read is what ``billing_reserve_holds`` read again after its lock: the
+    statement starts (and takes its snapshot) once the locks are held, and every writer
+    that lowers an account's available balance (holds, extensions, settlements,
+    adjustments) does so under that account's lock, committed before the lock is let go.
 
     The terms the hold is decided and stored with are built here from the policies the
     statement reads, as :meth:`Admissions._answer` builds them in Python (the group's
     fields over the merchant's over ``Terms``' defaults), and with them ``needed``
     (:meth:`~billing.rating.Terms.first_unit_yen`) and the cap (:func:`billing.rating.
     whole_units_s` of ``at_most_s``, else ``max_talk_s``): a property test
-    (``tests/integration/test_billing_admit_hold.py``) holds this statement equal to the
+    (``tests/integration/test_billing_admit_hold.py``) holds the function equal to the
     admission then :func:`billing.ledger.reserve_all` it replaces.
 
     Of :data:`HOLD_ASKS`, it is the body of the function ``billing_admit_and_hold``
-    (migration 0022) that :data:`ADMIT_AND_HOLD` calls
+    (migration 0024, replacing 0022's) that :data:`ADMIT_AND_HOLD` calls
     (``tests/unit/test_billing_admit_hold_function.py`` holds the two equal: a change
     here needs a migration replacing the function)."""
     default = Terms(0)
@@ -203,8 +231,13 @@ def admit_and_hold_sql(asks: str) -> str:
     columns = ",\n               ".join(f"{v} AS {n}" for n, v in terms.items())
     as_json = ", ".join(f"'{n}', k.{n}" for n in ("price_per_minute_yen", *policy.FIELDS))
     return f"""
+    PERFORM 1 FROM billing_accounts acct
+     WHERE (acct.merchant_id, acct.account) IN (SELECT w.merchant_id, w.account
+                                                FROM ({asks}) w WHERE w.hold)
+     ORDER BY acct.id FOR UPDATE;
+    RETURN QUERY
     WITH a AS ({admission_sql(asks, ("merchant_id", "price", "consultation_id",
-                                     "at_most_s", "hold"), as_text=False)}),
+                                     "at_most_s", "hold"), as_text=False, locked=True)}),
     t AS (SELECT a.n, a.merchant_id, a.account, a.consultation_id, a.at_most_s,
                a.price AS price_per_minute_yen,
                {columns}
@@ -220,12 +253,15 @@ def admit_and_hold_sql(asks: str) -> str:
                       WHEN k.at_most_s <= k.grace_s THEN least(k.grace_s, k.max_talk_s)
                       ELSE least(k.max_talk_s, k.grace_s + (k.at_most_s - k.grace_s
                                  + k.unit_s - 1) / k.unit_s * k.unit_s) END AS cap,
-                 jsonb_build_object({as_json})::text AS terms
+                 jsonb_build_object({as_json})::text AS terms,
+                 a.account_id, a.made, a.available_yen, a.live_from
           FROM k JOIN a USING (n)
           WHERE greatest(coalesce(a.available_yen, 0), 0) >= k.needed),
-    r AS (SELECT * FROM billing_reserve_holds(
-              ARRAY(SELECT merchant_id FROM q ORDER BY h),
-              ARRAY(SELECT account FROM q ORDER BY h),
+    r AS (SELECT * FROM billing_hold_locked(
+              ARRAY(SELECT account_id FROM q ORDER BY h),
+              ARRAY(SELECT made FROM q ORDER BY h),
+              ARRAY(SELECT available_yen FROM q ORDER BY h),
+              ARRAY(SELECT live_from FROM q ORDER BY h),
               ARRAY(SELECT consultation_id FROM q ORDER BY h),
               ARRAY(SELECT terms FROM q ORDER BY h),
               ARRAY(SELECT price_per_minute_yen FROM q ORDER BY h),
@@ -234,16 +270,16 @@ def admit_and_hold_sql(asks: str) -> str:
               ARRAY(SELECT minimum_yen FROM q ORDER BY h),
               ARRAY(SELECT max_talk_s FROM q ORDER BY h),
               ARRAY(SELECT cap FROM q ORDER BY h),
-              ARRAY(SELECT needed FROM q ORDER BY h), '{SYSTEM}'))
+              ARRAY(SELECT needed FROM q ORDER BY h)))
     SELECT a.n, a.account, a.policy::text AS policy, a.group_policy::text AS group_policy,
            a.available_yen, a.has_card, a.unpaid, a.failed,
            q.h IS NOT NULL AS held, q.needed, r.reservation_id, r.made,
            r.available_yen AS hold_available_yen, r.held_yen, r.allowed_s
     FROM a LEFT JOIN q USING (n) LEFT JOIN r ON r.n = q.h
-    ORDER BY a.n"""
+    ORDER BY a.n;"""
 
 
-#: the function ``ADMIT_AND_HOLD`` calls (migration 0022): :func:`admit_and_hold_sql` of
+#: the function ``ADMIT_AND_HOLD`` calls (migration 0022, 0024): :func:`admit_and_hold_sql` of
 #: :data:`HOLD_ASKS`, word for word, its statement planned generic from the first call
 ADMIT_AND_HOLD_FUNCTION = "billing_admit_and_hold"
 

@@ -18,11 +18,11 @@ Batcher`): the calls that arrive together are one admission statement per batch
 admission decided in Python (:func:`billing.admission.decide`). A prepaid ask that names
 its consultation (the consult runner's) is admitted and held in that same statement
 (:func:`~billing.admission.admit_and_hold_sql`: the meter's first slice, the ledger's rule
-in ``billing_reserve_holds``), so its ``reserve`` of that slice answers from the plan with
-no round trip: one round trip a batch for both (billing's function
-``billing_admit_and_hold``, called with the accounts this package's query finds by the
-numbers: :func:`billing.admission.admit_and_hold_call`). Other reservations are one statement
-(:func:`billing.ledger.reserve_all`) per batch.
+of ``billing_reserve_holds`` on the facts read once under the accounts' locks), so its
+``reserve`` of that slice answers from the plan with no round trip: one round trip a
+batch for both (billing's function ``billing_admit_and_hold``, called with the accounts
+this package's query finds by the numbers: :func:`billing.admission.admit_and_hold_call`).
+Other reservations are one statement (:func:`billing.ledger.reserve_all`) per batch.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ def _words(sql: str) -> str:
 
 
 def _newest_body() -> tuple[str, str]:
-    """The newest migration defining the function, and its body's query."""
+    """The newest migration defining the function, and its body's statements (between
+    its ``BEGIN`` and ``END``: the accounts' lock, then the query it returns)."""
     found = []
     for path in sorted(MIGRATIONS.glob("*.sql")):
         text = path.read_text(encoding="utf-8")
@@ -35,9 +36,22 @@ def _newest_body() -> tuple[str, str]:
             found.append((path.name, text))
     assert found, f"no migration defines {ADMIT_AND_HOLD_FUNCTION}"
     name, text = found[-1]
-    body = re.search(r"RETURN QUERY(.*?);\s*END\s*\$\$;", text, re.S)
+    body = re.search(rf"FUNCTION {ADMIT_AND_HOLD_FUNCTION}\(.*?\bBEGIN\b(.*?)\bEND\s*\$\$;",
+                     text, re.S)
     assert body is not None, name
     return name, body.group(1)
+
+
+def test_the_function_locks_the_accounts_before_it_reads_them() -> None:
+    """The admission's facts are read once, in the statement after the accounts' lock (in
+    id order), not before it: what the holds are decided on is read under the lock."""
+    statements = admit_and_hold_sql(HOLD_ASKS)
+    lock, returned = statements.split("RETURN QUERY", 1)
+    assert lock.strip().startswith("PERFORM 1 FROM billing_accounts")
+    assert " ".join(lock.split()).endswith("ORDER BY acct.id FOR UPDATE;")
+    assert "billing_entries" not in lock and "billing_live_holds" not in lock
+    assert returned.count("billing_live_holds") == 1
+    assert "billing_reserve_holds" not in returned and "billing_hold_locked(" in returned
 
 
 def test_the_function_runs_the_python_statement_word_for_word() -> None:
