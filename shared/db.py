@@ -270,11 +270,18 @@ class _Gate:
         """Acquires waiting now: for ``first`` labels, for the others."""
         return len(self._queues[0]), len(self._queues[1])
 
-    async def enter(self, label: str) -> None:
-        queue = self._queues[0 if label in self.first else 1]
+    def take(self) -> bool:
+        """A slot taken at once, if one is free and nobody queues for one."""
         if self.free > 0 and not any(self._queues):
             self.free -= 1
+            return True
+        return False
+
+    async def enter(self, label: str) -> None:
+        """A slot: at once (:meth:`take`), else in ``label``'s queue."""
+        if self.take():
             return
+        queue = self._queues[0 if label in self.first else 1]
         waiter = asyncio.get_running_loop().create_future()
         queue.append(waiter)
         try:
@@ -413,11 +420,11 @@ class _TimedPool(asyncpg.Pool):  # type: ignore[misc]   # asyncpg is untyped
         started = time.monotonic()
         label = _HOLDER.get()
         try:
-            async with asyncio.timeout(timeout):
-                await self.gate.enter(label)
+            if not self.gate.take():      # the common case arms no timer
+                async with asyncio.timeout(timeout):
+                    await self.gate.enter(label)
             try:
-                # a slot is ours: a connection is back in asyncpg's queue (or on its way,
-                # from a release that gave the slot back before its connection)
+                # a slot is ours: a connection is idle in asyncpg's queue, or one may open
                 conn = await super()._acquire(timeout)
             except BaseException:
                 self.gate.leave()
