@@ -120,6 +120,103 @@ def postgres_backends(databases: Sequence[str]) -> list[int]:
     return out
 
 
+def parent(pid: int) -> int | None:
+    """The parent of ``pid``; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def postmaster_of(databases: Sequence[str]) -> int | None:
+    """The postmaster of the cluster holding ``databases``: the parent of a backend
+    connected to one of them (other clusters, the tests', may run on the machine)."""
+    for pid in postgres_backends(databases):
+        if (ppid := parent(pid)) is not None:
+            return ppid
+    return None
+
+
+#: an auxiliary process's title (``postgres: <title>``) -> its group in the split
+PG_AUXILIARY = {"walwriter": "walwriter", "checkpointer": "checkpointer",
+                "background writer": "background writer",
+                "autovacuum launcher": "autovacuum launcher",
+                "autovacuum worker": "autovacuum workers",
+                "logical replication launcher": "other", "logger": "logger",
+                "archiver": "other", "walsender": "other"}
+
+
+class PostgresSplit:
+    """CPU seconds of every process of one PostgreSQL cluster between ``start()`` and the
+    last ``sample()``, grouped by process title: the backends of each of ``databases``
+    (by name), the sessions in ``probes`` (pids: the bench's own sampling connections),
+    each auxiliary process (``PG_AUXILIARY``), the postmaster, and other databases'
+    backends. Each sample reads ``/proc`` once; pids that come and go count as in
+    :class:`CpuSampler`."""
+
+    def __init__(self, databases: dict[str, str]) -> None:
+        self.databases = databases          # database name -> its group's name
+        self.probes: set[int] = set()
+        self.postmaster: int | None = None
+        self.group_of: dict[int, str] = {}
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def _group(self, pid: int) -> str | None:
+        if pid == self.postmaster:
+            return "postmaster"
+        if pid in self.probes:
+            return "bench probes"
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        title = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+        if not title.startswith("postgres: "):
+            return None
+        title = title.removeprefix("postgres: ")
+        for prefix, group in PG_AUXILIARY.items():
+            if title.startswith(prefix):
+                return group
+        words = title.split()
+        return self.databases.get(words[1], "other") if len(words) >= 2 else "other"
+
+    def start(self) -> None:
+        self.postmaster = postmaster_of(list(self.databases))
+        self.group_of.clear()
+        self.first.clear()
+        self.last.clear()
+        self._read(into_first=True)
+
+    def sample(self) -> None:
+        self._read(into_first=False)
+
+    def _read(self, *, into_first: bool) -> None:
+        if self.postmaster is None:
+            return
+        for pid in [self.postmaster, *children(self.postmaster)]:
+            if pid not in self.group_of:
+                group = self._group(pid)
+                if group is None:
+                    continue
+                self.group_of[pid] = group
+            value = cpu_seconds(pid)
+            if value is None:
+                continue
+            if into_first:
+                self.first[pid] = value
+            self.last[pid] = value
+
+    def used(self) -> dict[str, float]:
+        """Group -> CPU seconds used since ``start()``."""
+        out: dict[str, float] = {}
+        for pid, value in self.last.items():
+            group = self.group_of[pid]
+            out[group] = out.get(group, 0.0) + value - self.first.get(pid, 0.0)
+        return out
+
+
 class CpuSampler:
     """CPU seconds used by groups of processes between ``start()`` and the last ``sample()``.
 

@@ -66,6 +66,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench._machine import speed_line
 from bench._stack_load import (
     CpuSampler,
+    PostgresSplit,
     callers,
     carriers,
     children,
@@ -139,6 +140,9 @@ class Step:
     transactions: dict[str, int]   # site -> PostgreSQL transactions in its database
     servers: list[str]             # what each server's own metrics said (ServerWatch)
     wal: WalCounts | None = None   # commits a site, the cluster's WAL (WalCounts)
+    #: the cluster's CPU seconds by process group (bench._stack_load.PostgresSplit)
+    pg_split: dict[str, float] = field(default_factory=dict)
+    server: ServerCounts | None = None   # checkpoints, buffers, autovacuum (ServerCounts)
     stages: list[str] = field(default_factory=list)   # ``--stages``: bench._sweep_stages
 
     @property
@@ -161,6 +165,7 @@ class Step:
         return self.called_back == self.offered and self.p99_ms <= TARGET_P99_MS
 
     def line(self) -> str:
+        counted = self.cpu_s.get("postgres", 0.0)
         ivr = f"  IVR {self.ivr_s:.1f} s" if self.ivr_s is not None else ""
         cpu = "  ".join(f"{name} {seconds:.2f}" for name, seconds in self.cpu_s.items())
         return (f"{self.rate:5g}/s offered {self.offered:5d}  called back "
@@ -175,6 +180,9 @@ class Step:
                     f"{site} {count / max(1, self.called_back):.1f}"
                     for site, count in self.transactions.items())
                 + (f"\n        {self.wal.line(self.called_back)}" if self.wal else "")
+                + (f"\n        {split_line(self.pg_split, self.called_back, counted)}"
+                   if self.pg_split else "")
+                + (f"\n        {self.server.line(self.called_back)}" if self.server else "")
                 + "".join(f"\n        {line}" for line in self.servers)
                 + "".join(f"\n        {line}" for line in self.stages))
 
@@ -188,7 +196,8 @@ class Step:
 # cluster's only user, as the test data dir is its own.
 
 #: ``pg_stat_wal``'s counters the sweep reads, and how a line names them
-WAL_COUNTERS = {"wal_records": "records", "wal_bytes": "bytes", "wal_write": "writes",
+WAL_COUNTERS = {"wal_records": "records", "wal_fpi": "full-page images",
+                "wal_bytes": "bytes", "wal_write": "writes",
                 "wal_sync": "syncs", "wal_buffers_full": "buffers full"}
 
 
@@ -224,6 +233,82 @@ async def wal_counts(sites: Sites) -> WalCounts:
     rows = await sites.fetch("callback", f"SELECT {', '.join(WAL_COUNTERS)} FROM pg_stat_wal")
     return WalCounts(commits, {k: int(rows[0][k]) for k in WAL_COUNTERS})
 # --- end of the commit and WAL counters ----------------------------------------------------
+
+
+# --- PostgreSQL's CPU by process, and what the server did for it --------------------------
+# The cluster's every process over a step (bench._stack_load.PostgresSplit: each site's
+# backends, the bench's own probes, walwriter, checkpointer, background writer,
+# autovacuum, the postmaster) and the server's counters that explain it: checkpoints and
+# the buffers they wrote (``pg_stat_bgwriter``, PostgreSQL 16's), the shared buffers hit
+# and read by each site's database (``pg_stat_database``), and the tables autovacuum
+# vacuumed or analysed (``pg_stat_user_tables``).
+
+#: ``pg_stat_bgwriter``'s counters the sweep reads, and how a line names them
+BGWRITER_COUNTERS = {"checkpoints_timed": "checkpoints timed",
+                     "checkpoints_req": "requested", "buffers_checkpoint": "buffers written "
+                     "by checkpoints", "buffers_clean": "by the background writer",
+                     "buffers_backend": "by backends"}
+#: the split's groups in the order a line prints them (others after)
+PG_GROUPS = ("edge backends", "callback backends", "bench probes", "walwriter",
+             "checkpointer", "background writer", "autovacuum launcher",
+             "autovacuum workers", "postmaster", "logger", "other")
+
+
+@dataclass(frozen=True)
+class ServerCounts:
+    """Checkpoints, buffers hit / read by each site, autovacuum's runs by table: a
+    reading, or the growth between two (``after - before``)."""
+
+    bgwriter: dict[str, int]
+    blocks: dict[str, tuple[int, int]]           # site -> (blks_hit, blks_read)
+    vacuums: dict[str, int]                      # "site table vacuum|analyze" -> count
+
+    def __sub__(self, before: ServerCounts) -> ServerCounts:
+        return ServerCounts(
+            {k: v - before.bgwriter[k] for k, v in self.bgwriter.items()},
+            {k: (v[0] - before.blocks[k][0], v[1] - before.blocks[k][1])
+             for k, v in self.blocks.items()},
+            {k: n for k, v in self.vacuums.items() if (n := v - before.vacuums.get(k, 0))})
+
+    def line(self, called_back: int) -> str:
+        n = max(1, called_back)
+        checkpoints = ", ".join(f"{BGWRITER_COUNTERS[k]} {v}" for k, v in self.bgwriter.items())
+        blocks = ", ".join(f"{site} {hit / n:.0f} hit / {read / n:.2f} read"
+                           for site, (hit, read) in self.blocks.items())
+        vacuums = ", ".join(f"{k} {v}" for k, v in sorted(self.vacuums.items())) or "none"
+        return (f"PostgreSQL over the step: {checkpoints}; shared buffers per call-back: "
+                f"{blocks}; autovacuum: {vacuums}")
+
+
+async def server_counts(sites: Sites) -> ServerCounts:
+    """The cluster's checkpoints, each site's buffers and autovacuum runs, now."""
+    rows = await sites.fetch("callback", f"SELECT {', '.join(BGWRITER_COUNTERS)} "
+                                         "FROM pg_stat_bgwriter")
+    bgwriter = {k: int(rows[0][k]) for k in BGWRITER_COUNTERS}
+    blocks, vacuums = {}, {}
+    for site in ("edge", "callback"):
+        rows = await sites.fetch(site, "SELECT blks_hit, blks_read FROM pg_stat_database "
+                                       "WHERE datname = current_database()")
+        blocks[site] = (int(rows[0]["blks_hit"]), int(rows[0]["blks_read"]))
+        for r in await sites.fetch(site, "SELECT relname, autovacuum_count, "
+                                         "autoanalyze_count FROM pg_stat_user_tables"):
+            vacuums[f"{site} {r['relname']} vacuum"] = int(r["autovacuum_count"])
+            vacuums[f"{site} {r['relname']} analyze"] = int(r["autoanalyze_count"])
+    return ServerCounts(bgwriter, blocks, vacuums)
+
+
+def split_line(used: dict[str, float], called_back: int, counted: float) -> str:
+    """A line of the cluster's CPU seconds by process group over a step; ``counted`` is
+    what the sweep's "postgres" (both sites' backends, probes included) says."""
+    n = max(1, called_back)
+    order = [g for g in PG_GROUPS if used.get(g)] + sorted(set(used) - set(PG_GROUPS))
+    total = sum(used.values())
+    groups = "  ".join(f"{g} {used[g]:.2f}" for g in order)
+    return (f"PostgreSQL CPU s by process: {groups}; all {total:.2f} "
+            f"({total * 1000 / n:.1f} ms a call-back; the sites' backends "
+            f"{counted:.2f} of it, less the bench's probes "
+            f"{(counted - used.get('bench probes', 0.0)) * 1000 / n:.1f} ms a call-back)")
+# --- end of PostgreSQL's CPU by process ----------------------------------------------------
 
 
 #: the servers' histograms the sweep reads (shared.metrics.Common)
@@ -308,6 +393,7 @@ class ActivityWatch:
         self.sites = sites
         self.seen: dict[str, Counter[tuple[str, str, str]]] = {s: Counter() for s in self.SITES}
         self.samples = 0
+        self.pids: set[int] = set()     # the backends of its sessions (the bench's probes)
 
     @contextlib.asynccontextmanager
     async def over_step(self) -> AsyncIterator[None]:
@@ -316,6 +402,7 @@ class ActivityWatch:
         self.samples = 0
         urls = {"edge": self.sites.edge_db_url, "callback": self.sites.callback_db_url}
         conns = {site: await asyncpg.connect(urls[site]) for site in self.SITES}
+        self.pids = {conn.get_server_pid() for conn in conns.values()}
         task = asyncio.create_task(self._sample(conns))
         try:
             yield
@@ -492,6 +579,8 @@ class Sweep:
             "callback Asterisk": asterisks(sites.callback_names),
             "SIPp": lambda: [c for pid in self.sipp for c in children(pid)],
         })
+        self.pg_split = PostgresSplit({databases[0]: "edge backends",
+                                       databases[1]: "callback backends"})
 
     async def step(self, index: int, rate: float, duration_s: float) -> Step:
         numbers = callers(round(rate * duration_s), first=9050000000 + index * 1_000_000)
@@ -506,14 +595,17 @@ class Sweep:
             self.sipp = [carrier_a.process.pid, carrier_b.process.pid]
             before = await self.transactions()
             wal_before = await wal_counts(self.sites)
+            server_before = await server_counts(self.sites)
             await self.watch.start()
             self.sampler.start()
+            self.pg_split.start()
             async with self.activity.over_step():
+                self.pg_split.probes = self.activity.pids
                 customers = start_customers(
                     workdir, numbers, rate=rate, name="customers", limit=int(rate * 8) + 20,
                     timeout_s=role_s, remote=self.sites.edge_sip)
                 self.sipp.append(customers.process.pid)
-                cpu, window_s = await self._drain(customers, carrier_a, carrier_b)
+                cpu, pg_split, window_s = await self._drain(customers, carrier_a, carrier_b)
             invited = invite_times(carrier_a, carrier_b)
             hung = hangup_times(customers)
             latencies, _ = latencies_ms(hung, invited)
@@ -521,6 +613,7 @@ class Sweep:
             ivr = ivr_seconds(carrier_b) if self.mode == "media" else None
             after = await self.transactions()
             wal = await wal_counts(self.sites) - wal_before
+            server = await server_counts(self.sites) - server_before
             self.watch.scraped_at = 0.0
             await self.watch.sample()
         called_back = sum(1 for n in numbers if normalise(n).digits in invited)
@@ -530,7 +623,7 @@ class Sweep:
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
                     ivr_s=ivr, transactions={k: after[k] - before[k] for k in after},
                     servers=[*self.watch.lines(), *self.activity.lines()], wal=wal,
-                    stages=stages)
+                    pg_split=pg_split, server=server, stages=stages)
 
     async def stages(self, hung: dict[str, datetime], invited: dict[str, datetime]
                      ) -> list[str]:
@@ -544,21 +637,24 @@ class Sweep:
                             [dict(r) for r in callback], logged).lines()
 
     async def _drain(self, customers: sipp_harness.SippRole,
-                     *roles: sipp_harness.SippRole) -> tuple[dict[str, float], float]:
+                     *roles: sipp_harness.SippRole
+                     ) -> tuple[dict[str, float], dict[str, float], float]:
         """Sample the CPU every second until the customers are done and the carriers'
         calls have been quiet for ``QUIET_S`` (SIPp's own -timeout bounds both); the CPU
-        used up to the carriers' last call message, and the seconds to it."""
+        used up to the carriers' last call message (by process group, and PostgreSQL's
+        by process), and the seconds to it."""
         offsets = dict.fromkeys((r.message_log for r in roles), 0)
-        used = self.sampler.used()
+        used, pg_used = self.sampler.used(), self.pg_split.used()
         started = changed = time.monotonic()
         while customers.running or time.monotonic() - changed < QUIET_S[self.mode]:
             await asyncio.sleep(1.0)
             await asyncio.to_thread(self.sampler.sample)
+            await asyncio.to_thread(self.pg_split.sample)
             await self.watch.sample()
             if customers.running or _calls_went_on(offsets):
                 changed = time.monotonic()
-                used = self.sampler.used()
-        return used, changed - started
+                used, pg_used = self.sampler.used(), self.pg_split.used()
+        return used, pg_used, changed - started
 
     async def transactions(self) -> dict[str, int]:
         """Transactions committed or rolled back so far in each site's database (a
