@@ -90,6 +90,26 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
+def user_system_seconds(pid: int) -> tuple[float, float] | None:
+    """User and system (kernel) CPU seconds of process ``pid``; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) * _TICK_S, int(fields[12]) * _TICK_S
+
+
+def reaped_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid``'s children that exited and it waited for."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[13]) + int(fields[14])) * _TICK_S
+
+
 def _proc_pids() -> Iterator[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -143,8 +163,7 @@ PG_AUXILIARY = {"walwriter": "walwriter", "checkpointer": "checkpointer",
                 "background writer": "background writer",
                 "autovacuum launcher": "autovacuum launcher",
                 "autovacuum worker": "autovacuum workers",
-                "logical replication launcher": "other", "logger": "logger",
-                "archiver": "other", "walsender": "other"}
+                "logger": "logger"}
 
 
 class PostgresSplit:
@@ -153,15 +172,19 @@ class PostgresSplit:
     (by name), the sessions in ``probes`` (pids: the bench's own sampling connections),
     each auxiliary process (``PG_AUXILIARY``), the postmaster, and other databases'
     backends. Each sample reads ``/proc`` once; pids that come and go count as in
-    :class:`CpuSampler`."""
+    :class:`CpuSampler`, and what the children that exited used after their last sample
+    (or all of it, for those born and gone between two: autovacuum workers, short
+    connections) is the growth of the postmaster's reaped children's CPU (``cutime`` +
+    ``cstime``) less what was sampled of them: group "exited"."""
 
     def __init__(self, databases: dict[str, str]) -> None:
         self.databases = databases          # database name -> its group's name
         self.probes: set[int] = set()
         self.postmaster: int | None = None
         self.group_of: dict[int, str] = {}
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
+        self.first: dict[int, tuple[float, float]] = {}   # pid -> (user, system)
+        self.last: dict[int, tuple[float, float]] = {}
+        self.reaped: tuple[float, float] = (0.0, 0.0)   # the postmaster's, first and last
 
     def _group(self, pid: int) -> str | None:
         if pid == self.postmaster:
@@ -180,7 +203,11 @@ class PostgresSplit:
             if title.startswith(prefix):
                 return group
         words = title.split()
-        return self.databases.get(words[1], "other") if len(words) >= 2 else "other"
+        if len(words) >= 3 and words[1] in self.databases:
+            return self.databases[words[1]]
+        if len(words) >= 3 and "(" in words[2] or words[2:3] == ["[local]"]:
+            return f"database {words[1]}"      # another database's backend
+        return title                           # another auxiliary process
 
     def start(self) -> None:
         self.postmaster = postmaster_of(list(self.databases))
@@ -195,25 +222,35 @@ class PostgresSplit:
     def _read(self, *, into_first: bool) -> None:
         if self.postmaster is None:
             return
+        reaped = reaped_seconds(self.postmaster)
+        if reaped is not None:
+            self.reaped = (reaped if into_first else self.reaped[0], reaped)
         for pid in [self.postmaster, *children(self.postmaster)]:
             if pid not in self.group_of:
                 group = self._group(pid)
                 if group is None:
                     continue
                 self.group_of[pid] = group
-            value = cpu_seconds(pid)
+            value = user_system_seconds(pid)
             if value is None:
                 continue
             if into_first:
                 self.first[pid] = value
             self.last[pid] = value
 
-    def used(self) -> dict[str, float]:
-        """Group -> CPU seconds used since ``start()``."""
+    def used(self, *, system: bool = False) -> dict[str, float]:
+        """Group -> CPU seconds used since ``start()`` (``system``: in the kernel only;
+        "exited" is then left out)."""
         out: dict[str, float] = {}
-        for pid, value in self.last.items():
+        for pid, (user, sys) in self.last.items():
             group = self.group_of[pid]
-            out[group] = out.get(group, 0.0) + value - self.first.get(pid, 0.0)
+            first_user, first_sys = self.first.get(pid, (0.0, 0.0))
+            used = sys - first_sys if system else user + sys - first_user - first_sys
+            out[group] = out.get(group, 0.0) + used
+        if not system:
+            gone = sum(sum(value) for pid, value in self.last.items()
+                       if cpu_seconds(pid) is None)
+            out["exited"] = max(0.0, self.reaped[1] - self.reaped[0] - gone)
         return out
 
 

@@ -142,6 +142,7 @@ class Step:
     wal: WalCounts | None = None   # commits a site, the cluster's WAL (WalCounts)
     #: the cluster's CPU seconds by process group (bench._stack_load.PostgresSplit)
     pg_split: dict[str, float] = field(default_factory=dict)
+    pg_kernel: dict[str, float] = field(default_factory=dict)   # of which in the kernel
     server: ServerCounts | None = None   # checkpoints, buffers, autovacuum (ServerCounts)
     stages: list[str] = field(default_factory=list)   # ``--stages``: bench._sweep_stages
 
@@ -165,7 +166,8 @@ class Step:
         return self.called_back == self.offered and self.p99_ms <= TARGET_P99_MS
 
     def line(self) -> str:
-        counted = self.cpu_s.get("postgres", 0.0)
+        split = split_line(self.pg_split, self.pg_kernel, self.called_back,
+                           self.cpu_s.get("postgres", 0.0))
         ivr = f"  IVR {self.ivr_s:.1f} s" if self.ivr_s is not None else ""
         cpu = "  ".join(f"{name} {seconds:.2f}" for name, seconds in self.cpu_s.items())
         return (f"{self.rate:5g}/s offered {self.offered:5d}  called back "
@@ -180,8 +182,7 @@ class Step:
                     f"{site} {count / max(1, self.called_back):.1f}"
                     for site, count in self.transactions.items())
                 + (f"\n        {self.wal.line(self.called_back)}" if self.wal else "")
-                + (f"\n        {split_line(self.pg_split, self.called_back, counted)}"
-                   if self.pg_split else "")
+                + (f"\n        {split}" if self.pg_split else "")
                 + (f"\n        {self.server.line(self.called_back)}" if self.server else "")
                 + "".join(f"\n        {line}" for line in self.servers)
                 + "".join(f"\n        {line}" for line in self.stages))
@@ -251,7 +252,7 @@ BGWRITER_COUNTERS = {"checkpoints_timed": "checkpoints timed",
 #: the split's groups in the order a line prints them (others after)
 PG_GROUPS = ("edge backends", "callback backends", "bench probes", "walwriter",
              "checkpointer", "background writer", "autovacuum launcher",
-             "autovacuum workers", "postmaster", "logger", "other")
+             "autovacuum workers", "exited", "postmaster", "logger")
 
 
 @dataclass(frozen=True)
@@ -297,13 +298,17 @@ async def server_counts(sites: Sites) -> ServerCounts:
     return ServerCounts(bgwriter, blocks, vacuums)
 
 
-def split_line(used: dict[str, float], called_back: int, counted: float) -> str:
-    """A line of the cluster's CPU seconds by process group over a step; ``counted`` is
-    what the sweep's "postgres" (both sites' backends, probes included) says."""
+def split_line(used: dict[str, float], kernel: dict[str, float], called_back: int,
+               counted: float) -> str:
+    """A line of the cluster's CPU seconds by process group over a step (in brackets,
+    the kernel's part, where there was any); ``counted`` is what the sweep's "postgres"
+    (both sites' backends, probes included) says."""
     n = max(1, called_back)
     order = [g for g in PG_GROUPS if used.get(g)] + sorted(set(used) - set(PG_GROUPS))
     total = sum(used.values())
-    groups = "  ".join(f"{g} {used[g]:.2f}" for g in order)
+    groups = "  ".join(f"{g} {used[g]:.2f}" + (f" (kernel {kernel[g]:.2f})"
+                                                 if kernel.get(g, 0.0) >= 0.005 else "")
+                       for g in order)
     return (f"PostgreSQL CPU s by process: {groups}; all {total:.2f} "
             f"({total * 1000 / n:.1f} ms a call-back; the sites' backends "
             f"{counted:.2f} of it, less the bench's probes "
@@ -605,7 +610,8 @@ class Sweep:
                     workdir, numbers, rate=rate, name="customers", limit=int(rate * 8) + 20,
                     timeout_s=role_s, remote=self.sites.edge_sip)
                 self.sipp.append(customers.process.pid)
-                cpu, pg_split, window_s = await self._drain(customers, carrier_a, carrier_b)
+                cpu, pg_split, pg_kernel, window_s = await self._drain(
+                    customers, carrier_a, carrier_b)
             invited = invite_times(carrier_a, carrier_b)
             hung = hangup_times(customers)
             latencies, _ = latencies_ms(hung, invited)
@@ -623,7 +629,7 @@ class Sweep:
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
                     ivr_s=ivr, transactions={k: after[k] - before[k] for k in after},
                     servers=[*self.watch.lines(), *self.activity.lines()], wal=wal,
-                    pg_split=pg_split, server=server, stages=stages)
+                    pg_split=pg_split, pg_kernel=pg_kernel, server=server, stages=stages)
 
     async def stages(self, hung: dict[str, datetime], invited: dict[str, datetime]
                      ) -> list[str]:
@@ -638,13 +644,15 @@ class Sweep:
 
     async def _drain(self, customers: sipp_harness.SippRole,
                      *roles: sipp_harness.SippRole
-                     ) -> tuple[dict[str, float], dict[str, float], float]:
+                     ) -> tuple[dict[str, float], dict[str, float], dict[str, float],
+                                float]:
         """Sample the CPU every second until the customers are done and the carriers'
         calls have been quiet for ``QUIET_S`` (SIPp's own -timeout bounds both); the CPU
         used up to the carriers' last call message (by process group, and PostgreSQL's
         by process), and the seconds to it."""
         offsets = dict.fromkeys((r.message_log for r in roles), 0)
         used, pg_used = self.sampler.used(), self.pg_split.used()
+        pg_kernel = self.pg_split.used(system=True)
         started = changed = time.monotonic()
         while customers.running or time.monotonic() - changed < QUIET_S[self.mode]:
             await asyncio.sleep(1.0)
@@ -654,7 +662,8 @@ class Sweep:
             if customers.running or _calls_went_on(offsets):
                 changed = time.monotonic()
                 used, pg_used = self.sampler.used(), self.pg_split.used()
-        return used, pg_used, changed - started
+                pg_kernel = self.pg_split.used(system=True)
+        return used, pg_used, pg_kernel, changed - started
 
     async def transactions(self) -> dict[str, int]:
         """Transactions committed or rolled back so far in each site's database (a
