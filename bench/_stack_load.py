@@ -166,6 +166,23 @@ PG_AUXILIARY = {"walwriter": "walwriter", "checkpointer": "checkpointer",
                 "logger": "logger"}
 
 
+def postgres_group(title: str, databases: dict[str, str]) -> str | None:
+    """The group of a PostgreSQL process by its title: a backend of one of ``databases``
+    (name -> group), of another database ("database <name>"), an auxiliary process
+    (``PG_AUXILIARY``, else its title); None for no PostgreSQL child."""
+    title = title.strip()
+    if not title.startswith("postgres: "):
+        return None
+    title = title.removeprefix("postgres: ")
+    for prefix, group in PG_AUXILIARY.items():
+        if title.startswith(prefix):
+            return group
+    words = title.split()           # a backend: <user> <database> <host(port)|[local]> ...
+    if len(words) >= 3 and ("(" in words[2] or words[2] == "[local]"):
+        return databases.get(words[1], f"database {words[1]}")
+    return title
+
+
 class PostgresSplit:
     """CPU seconds of every process of one PostgreSQL cluster between ``start()`` and the
     last ``sample()``, grouped by process title: the backends of each of ``databases``
@@ -195,19 +212,8 @@ class PostgresSplit:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        title = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
-        if not title.startswith("postgres: "):
-            return None
-        title = title.removeprefix("postgres: ")
-        for prefix, group in PG_AUXILIARY.items():
-            if title.startswith(prefix):
-                return group
-        words = title.split()
-        if len(words) >= 3 and words[1] in self.databases:
-            return self.databases[words[1]]
-        if len(words) >= 3 and "(" in words[2] or words[2:3] == ["[local]"]:
-            return f"database {words[1]}"      # another database's backend
-        return title                           # another auxiliary process
+        return postgres_group(cmdline.replace(b"\0", b" ").decode(errors="replace"),
+                              self.databases)
 
     def start(self) -> None:
         self.postmaster = postmaster_of(list(self.databases))

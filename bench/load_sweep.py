@@ -313,6 +313,43 @@ def split_line(used: dict[str, float], kernel: dict[str, float], called_back: in
             f"({total * 1000 / n:.1f} ms a call-back; the sites' backends "
             f"{counted:.2f} of it, less the bench's probes "
             f"{(counted - used.get('bench probes', 0.0)) * 1000 / n:.1f} ms a call-back)")
+
+
+@contextlib.asynccontextmanager
+async def pg_settings(url: str, settings: list[str]) -> AsyncIterator[None]:
+    """The cluster runs with ``settings`` (``name=value``, ALTER SYSTEM and a reload) inside,
+    and as it was after (RESET and a reload): to alternate a setting that needs only a
+    reload between runs on the one cluster. One that needs a restart is refused."""
+    pairs = []
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if not re.fullmatch(r"[a-z_]+", name) or not value:
+            raise SystemExit(f"--pg-setting {setting!r}: expected name=value")
+        pairs.append((name, value))
+    if not pairs:
+        yield
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        for name, value in pairs:
+            quoted = value.replace("'", "''")
+            await conn.execute(f"ALTER SYSTEM SET {name} = '{quoted}'")
+        await conn.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(0.5)
+        pending = await conn.fetch("SELECT name FROM pg_settings WHERE pending_restart")
+        if pending:
+            raise SystemExit(f"--pg-setting: {', '.join(r['name'] for r in pending)} "
+                             "needs a restart of the cluster, not a reload")
+        shown = await conn.fetch("SELECT name, setting, unit FROM pg_settings "
+                                 "WHERE name = any($1::text[])", [n for n, _ in pairs])
+        print("PostgreSQL settings for this run: " + ", ".join(
+            f"{r['name']} = {r['setting']}{r['unit'] or ''}" for r in shown), flush=True)
+        yield
+    finally:
+        for name, _ in pairs:
+            await conn.execute(f"ALTER SYSTEM RESET {name}")
+        await conn.execute("SELECT pg_reload_conf()")
+        await conn.close()
 # --- end of PostgreSQL's CPU by process ----------------------------------------------------
 
 
@@ -735,11 +772,12 @@ async def run(args: argparse.Namespace) -> list[Step]:
                         swapped.enter_context(short_announcement(site))
             sweep = Sweep(sites, args.mode, workdir, stages=args.stages)
             try:
-                print(await sweep.idle(args.idle), flush=True)
-                for index, rate in enumerate(rates):
-                    step = await sweep.step(index, rate, args.duration)
-                    print(step.line(), flush=True)
-                    steps.append(step)
+                async with pg_settings(sites.callback_db_url, args.pg_setting):
+                    print(await sweep.idle(args.idle), flush=True)
+                    for index, rate in enumerate(rates):
+                        step = await sweep.step(index, rate, args.duration)
+                        print(step.line(), flush=True)
+                        steps.append(step)
             finally:
                 await sweep.watch.close()
     return steps
@@ -779,6 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", action="store_true",
                         help="split each call-back's hang-up -> INVITE into stages and print "
                              "them, over the step and per 5 s (bench._sweep_stages)")
+    parser.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="run with this PostgreSQL setting (one a reload applies: "
+                             "ALTER SYSTEM, reset after the run), to alternate it with "
+                             "runs without; repeatable")
     args = parser.parse_args(argv)
     print(speed_line(), flush=True)
     steps = asyncio.run(run(args))

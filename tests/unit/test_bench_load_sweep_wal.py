@@ -18,16 +18,17 @@ def test_a_step_counts_what_grew_between_its_readings() -> None:
                     wal_sync=110, wal_buffers_full=1)
     grown = after - before
     assert grown.commits == {"edge": 50, "callback": 100}
-    assert grown.wal == {"wal_records": 1_500, "wal_bytes": 150_000, "wal_write": 100,
-                         "wal_sync": 80, "wal_buffers_full": 0}
+    assert grown.wal == {"wal_records": 1_500, "wal_fpi": 0, "wal_bytes": 150_000,
+                         "wal_write": 100, "wal_sync": 80, "wal_buffers_full": 0}
 
 
 def test_the_line_gives_each_count_per_call_back() -> None:
-    grown = reading(50, 100, wal_records=1_500, wal_bytes=150_000, wal_write=100,
-                    wal_sync=80, wal_buffers_full=0)
+    grown = reading(50, 100, wal_records=1_500, wal_fpi=20, wal_bytes=150_000,
+                    wal_write=100, wal_sync=80, wal_buffers_full=0)
     line = grown.line(called_back=10)
     assert "commits per call-back: edge 5.00, callback 10.00" in line
-    assert "records 150.00, bytes 15,000, writes 10.00, syncs 8.00, buffers full 0.00" in line
+    assert ("records 150.00, full-page images 2.00, bytes 15,000, writes 10.00, "
+            "syncs 8.00, buffers full 0.00") in line
     assert "bytes per commit 1,000" in line
 
 
