@@ -40,7 +40,12 @@ what the process holds frozen, the collector's thresholds raised; before 2026-12
 UTC the bench ran on Python's default thresholds, and a full collection of the whole heap,
 20-60 ms on this machine, could land in a timed burst). Each timed burst's slowest request
 is printed, and the garbage collections that ran during the timed bursts: with 10 bursts
-the p99 is about the slowest burst.
+the p99 is about the slowest burst. Beside each burst's slowest request, how long the
+bench's process and the database's backends serving it waited for a CPU during that burst
+(runnable but not running: ``/proc/<pid>/schedstat``, read just before and after its
+requests; on this two-core machine that wait, not the work, is what sets a slow burst
+apart from a fast one), and what PostgreSQL did beside the timed bursts (WAL written and
+segments switched, checkpoints, autovacuum and autoanalyze runs on the bench's database).
 
 Target (the billing issue): p99 <= 10 ms at 200 concurrent requests. PostgreSQL:
 ``DATABASE_URL``'s server, else the embedded one (database ``cbgw_bench_billing``,
@@ -52,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import random
 import sys
 import time
@@ -385,13 +391,18 @@ async def authorise(billing: Any, ask: Ask, consultation_id: str,
     return took * 1000, reserved
 
 
-async def burst(billing: Any, asks: list[Ask], tag: str, profile: Profile = _NO_PROFILE
-                ) -> tuple[float, list[float]]:
-    """All requests at once: seconds for all, each request's ms; settled after (untimed)."""
+async def burst(billing: Any, asks: list[Ask], tag: str, profile: Profile = _NO_PROFILE,
+                waits: _CpuWaits | None = None) -> tuple[float, list[float]]:
+    """All requests at once: seconds for all, each request's ms; settled after (untimed;
+    the CPU waits, ``waits``, read just before and after the requests)."""
+    if waits is not None:
+        waits.before()
     started = time.perf_counter()
     done = await asyncio.gather(*(authorise(billing, a, f"{tag}-{i}", profile)
                                   for i, a in enumerate(asks)))
     took_s = time.perf_counter() - started
+    if waits is not None:
+        waits.after()
     await release(billing, done)
     return took_s, [ms for ms, _ in done]
 
@@ -470,6 +481,122 @@ class _Collections:
                          for g, (n, ms) in enumerate(zip(self.counts, self.longest, strict=True)))
 
 
+def _cpu_ns(pid: int | str) -> tuple[int, int]:
+    """Nanoseconds ``pid`` (a process: each of its threads) has run on a CPU and waited
+    for one while runnable (``/proc/<pid>/task/*/schedstat``); (0, 0) where there is no
+    such process (a server on another host, a backend gone)."""
+    ran = waited = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return ran, waited
+
+
+class _CpuWaits:
+    """Each timed burst's wait for a CPU: the bench's own process (the requests, the
+    batchers' Python) and the backends of the bench's database (the batches' statements;
+    those open before the timed bursts: the batches take the same connections each burst),
+    in ms, from their schedstat read just before and just after the burst (no round trip
+    added between the bursts)."""
+
+    #: the bench's database's backends, and the autovacuum workers at work (any database)
+    _BACKENDS = ("SELECT pid, backend_type = 'autovacuum worker' AS autovacuum"
+                 " FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                 " OR (datname = current_database() AND backend_type = 'client backend')")
+
+    def __init__(self) -> None:
+        #: (the process's wait, the backends' wait, the backends' run) of each burst, ms
+        self.bursts: list[tuple[float, float, float]] = []
+        #: each burst's start, wall clock (as PostgreSQL's timestamps are)
+        self.started: list[float] = []
+        self.autovacuum_workers = 0
+        self._pids: list[int] = []
+        self._before: tuple[int, int, int] = (0, 0, 0)
+
+    async def find_backends(self, pool: asyncpg.Pool) -> None:
+        rows = await pool.fetch(self._BACKENDS)
+        self._pids = [r["pid"] for r in rows if not r["autovacuum"]]
+        self.autovacuum_workers = sum(r["autovacuum"] for r in rows)
+
+    def _read(self) -> tuple[int, int, int]:
+        _, own = _cpu_ns(os.getpid())
+        backends = [_cpu_ns(pid) for pid in self._pids]
+        return own, sum(w for _, w in backends), sum(r for r, _ in backends)
+
+    def before(self) -> None:
+        self._before = self._read()
+        self.started.append(time.time())
+
+    def after(self) -> None:
+        now = self._read()
+        self.bursts.append(tuple((b - a) / 1e6 for a, b in zip(self._before, now,
+                                                               strict=True)))  # type: ignore[arg-type]
+
+
+#: what PostgreSQL did beside the timed bursts: WAL written, checkpoints, autovacuum and
+#: autoanalyze runs on the bench's database (the counts as the statistics have them)
+_SERVER_WORK = """
+    SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn AS wal,
+           (SELECT checkpoint_lsn - '0/0'::pg_lsn FROM pg_control_checkpoint()) AS checkpoint,
+           (SELECT coalesce(sum(autovacuum_count), 0) FROM pg_stat_user_tables) AS autovacuums,
+           (SELECT coalesce(sum(autoanalyze_count), 0) FROM pg_stat_user_tables) AS autoanalyzes"""
+_WAL_SEGMENT = 16 * 1024 * 1024
+
+
+#: the autovacuum and autoanalyze runs of the bench's tables that ended since $1 (epoch s)
+_AUTOVACUUMS = """
+    SELECT relname, 'autovacuum' AS what, extract(epoch FROM last_autovacuum)::float8 AS at
+      FROM pg_stat_user_tables WHERE last_autovacuum >= to_timestamp($1)
+    UNION ALL
+    SELECT relname, 'autoanalyze', extract(epoch FROM last_autoanalyze)::float8
+      FROM pg_stat_user_tables WHERE last_autoanalyze >= to_timestamp($1)
+    ORDER BY at"""
+
+
+async def _autovacuums(pool: asyncpg.Pool, started: list[float]) -> str:
+    """Which timed burst each autovacuum or autoanalyze of the bench's tables ended in
+    (from a burst's start to the next's: its settling included), as the statistics have
+    them (the last run of each table only)."""
+    if not started:
+        return ""
+    ended = []
+    for r in await pool.fetch(_AUTOVACUUMS, started[0]):
+        burst = sum(t <= r["at"] for t in started) - 1
+        ended.append(f"{r['what']} {r['relname']} ended in burst {burst}")
+    return "; ".join(ended) or "none ended during the timed bursts"
+
+
+async def _server_work(pool: asyncpg.Pool) -> dict[str, int] | None:
+    """:data:`_SERVER_WORK` now; None where the server does not let the bench read it."""
+    try:
+        return {k: int(v) for k, v in (await pool.fetchrow(_SERVER_WORK)).items()}
+    except asyncpg.PostgresError:   # pg_control_checkpoint: superusers only by default
+        return None
+
+
+def _server_work_line(first: dict[str, int] | None, last: dict[str, int] | None,
+                      workers: int) -> str:
+    """What PostgreSQL did between ``first`` and ``last`` (:func:`_server_work`), and the
+    autovacuum workers seen at work before the first timed burst."""
+    if first is None or last is None:
+        return "PostgreSQL beside the timed bursts: not readable (pg_control_checkpoint)"
+    segments = last["wal"] // _WAL_SEGMENT - first["wal"] // _WAL_SEGMENT
+    return (f"PostgreSQL beside the timed bursts: {(last['wal'] - first['wal']) / 1024:,.0f} "
+            f"kB of WAL (the server's, every database), {segments} segment switches; checkpoints: "
+            f"{'one or more' if last['checkpoint'] != first['checkpoint'] else 'none'}; "
+            f"autovacuum runs {last['autovacuums'] - first['autovacuums']}, autoanalyze runs "
+            f"{last['autoanalyzes'] - first['autoanalyzes']} on the bench's database; "
+            f"autovacuum workers at work (any database) before the first: {workers}")
+
+
 async def _run(args: argparse.Namespace) -> int:
     from bench._advisors import summary
     from billing.settings import BillingSettings
@@ -492,8 +619,13 @@ async def _run(args: argparse.Namespace) -> int:
         # the batches take them in turn (two admission and two reservation batches a burst)
         # the first is what a server just started answers (its connections new)
         warming = [await burst(billing, asks, f"warm-{w}") for w in range(args.warm)]
+        waits = _CpuWaits()
+        await waits.find_backends(pool)
+        first_work = await _server_work(pool)
         with _Collections() as collections:
-            runs = [await burst(billing, asks, f"b{r}") for r in range(args.bursts)]
+            runs = [await burst(billing, asks, f"b{r}", waits=waits) for r in range(args.bursts)]
+        last_work = await _server_work(pool)
+        autovacuums = await _autovacuums(pool, waits.started)
         profile = Profile()
         if args.breakdown:  # profiled bursts of their own: the timed figures stay unprofiled
             profile.wrap(billing)
@@ -518,6 +650,11 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"each timed burst's slowest request (ms): "
           f"{', '.join(f'{max(took):.1f}' for _, took in runs)}; garbage collections "
           f"during the timed bursts: {collections}")
+    print("each timed burst's wait for a CPU (ms, runnable but not running): the bench's "
+          "process + the database's backends (their time on a CPU):\n  " + ", ".join(
+              f"{own:.1f} + {backends:.1f} ({ran:.1f})" for own, backends, ran in waits.bursts))
+    print(_server_work_line(first_work, last_work, waits.autovacuum_workers))
+    print(f"the bench's tables' autovacuum and autoanalyze runs (bursts from 0): {autovacuums}")
     if args.breakdown:
         _report_breakdown(args, asks, profile)
     return code
