@@ -401,7 +401,7 @@ class OutboxRelay:
                  batch_paths: Collection[str] = (), batch_messages: int = 32,
                  passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT,
                  connections: ConnectionSource | None = None, linger_s: float = 0.0,
-                 claim_gap_s: float = 0.0) -> None:
+                 claim_gap_s: float = 0.0, partner_wait_s: float = 0.0) -> None:
         if not 1 <= batch_messages <= BATCH_MAX_MESSAGES:
             raise ValueError(f"batch_messages must be 1 to {BATCH_MAX_MESSAGES}")
         if passes_in_flight < 1:
@@ -410,6 +410,8 @@ class OutboxRelay:
             raise ValueError(f"linger_s must be 0 to {MAX_LINGER_S:g}")
         if not 0 <= claim_gap_s <= MAX_LINGER_S:
             raise ValueError(f"claim_gap_s must be 0 to {MAX_LINGER_S:g}")
+        if not 0 <= partner_wait_s <= MAX_LINGER_S:
+            raise ValueError(f"partner_wait_s must be 0 to {MAX_LINGER_S:g}")
         self.pool = pool
         self.db_url = db_url
         self.client = client
@@ -442,6 +444,18 @@ class OutboxRelay:
         #: request a path); one written later is claimed at once (0: never waits)
         self.claim_gap_s = claim_gap_s
         self._last_claim_at = float("-inf")
+        #: the partner's wait, for messages leased to the relay (:meth:`take_leased`): a
+        #: pass that would carry one message alone waits up to this long after it was
+        #: taken for the next to share its request, but only while they come this often
+        #: or more (the mean gap between the last ones taken): at a steady 20/s the
+        #: call-back requests go two to a signed request, not one each, and one taken
+        #: when they are rarer goes at once, as before (0: never waits)
+        self.partner_wait_s = partner_wait_s
+        #: monotonic time the last leased messages were taken, the smoothed gap between
+        #: takings (seconds; infinite until two), and the pass's wait for its partner
+        self._last_taken_at = float("-inf")
+        self._taken_gap_s = float("inf")
+        self._partner: asyncio.Event | None = None
         self._no_batches_until: dict[str, float] = {}
         #: monotonic time until which the peer asked us to wait (its Retry-After)
         self._peer_busy_until = 0.0
@@ -569,23 +583,47 @@ class OutboxRelay:
         again when their leases run out (a claimed message's fate too)."""
         if self._window is None:    # stopped meanwhile: they go when their leases run out
             return
+        if rows and self.partner_wait_s:
+            self._note_taken()
         self._leased.extend(rows)
         if self._leased and self._leased_pass is None:
             self._leased_pass = asyncio.create_task(self._pass_leased(self._window),
                                                     name="outbox leased pass",
                                                     context=self._run_context.copy())
+        elif self._partner is not None and len(self._leased) > 1:
+            self._partner.set()
+
+    def _note_taken(self) -> None:
+        """Smooth the gap between takings of leased messages (half the last gap, half
+        the mean before it), which says whether a lone message's partner is coming."""
+        now = time.monotonic()
+        gap, self._last_taken_at = now - self._last_taken_at, now
+        self._taken_gap_s = gap if self._taken_gap_s == float("inf") \
+            else (self._taken_gap_s + gap) / 2
 
     async def _pass_leased(self, window: _PassWindow) -> None:
         try:
-            gap = self._last_claim_at + self.claim_gap_s - time.monotonic()
+            taken_at = time.monotonic()
+            gap = self._last_claim_at + self.claim_gap_s - taken_at
             if gap > 0:
                 await asyncio.sleep(gap)
+            if self.partner_wait_s and len(self._leased) == 1 \
+                    and self._taken_gap_s <= self.partner_wait_s:
+                await self._wait_for_partner(taken_at + self.partner_wait_s)
             await window.acquire()
         finally:
             self._leased_pass = None
         rows, self._leased = self._leased, []
         self._last_claim_at = time.monotonic()
         window.start(self._deliver_claimed(rows))
+
+    async def _wait_for_partner(self, until: float) -> None:
+        """Until another leased message is taken, or ``until`` (monotonic)."""
+        self._partner = partner = asyncio.Event()
+        try:
+            await within(partner.wait(), until - time.monotonic())
+        finally:
+            self._partner = None
 
     async def pass_once(self) -> int:
         """Claim due messages and deliver them concurrently; return how many were claimed

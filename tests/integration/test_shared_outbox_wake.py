@@ -42,6 +42,8 @@ ASLEEP_S = 30.0
 PROMPT_S = 5.0
 #: a relay's linger in these tests: long beside a claim, short beside ASLEEP_S
 LINGER_S = 1.0
+#: the partner's wait in these tests: the longest, long beside a delivery on a crowded machine
+PARTNER_S = MAX_LINGER_S
 
 
 @pytest.fixture
@@ -270,6 +272,8 @@ async def test_a_relay_lingers_zero_to_one_second(pool: asyncpg.Pool, pki_dir: P
             OutboxRelay(pool, "postgresql://unused", client, owner="x", linger_s=bad)
         with pytest.raises(ValueError, match="claim_gap_s"):
             OutboxRelay(pool, "postgresql://unused", client, owner="x", claim_gap_s=bad)
+        with pytest.raises(ValueError, match="partner_wait_s"):
+            OutboxRelay(pool, "postgresql://unused", client, owner="x", partner_wait_s=bad)
 
 
 async def _release_leased(pool: asyncpg.Pool, relay: OutboxRelay,
@@ -334,6 +338,51 @@ async def test_messages_released_and_leased_at_once_go_without_a_claim_or_a_wake
     after = await pool.fetch("SELECT attempts, lease_owner, delivered_at IS NOT NULL AS d "
                              "FROM outbox WHERE message_id = ANY($1::uuid[])", mids)
     assert [(r["attempts"], r["lease_owner"], r["d"]) for r in after] == [(1, None, True)] * 2
+
+
+async def _held(pool: asyncpg.Pool, n: int) -> str:
+    async with pool.acquire() as conn, conn.transaction():
+        return await Outbox.enqueue(conn, kind="test", path="/v1/link/test",
+                                    payload={"n": n}, held=True)
+
+
+async def test_a_lone_leased_message_waits_for_its_partner_only_while_they_come_often(
+        pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
+    """``partner_wait_s``: the first message taken goes at once (no gap known yet); once
+    they come more often than the wait, a lone one waits for the next, and both go in one
+    pass and one batch request; with no partner it goes alone when the wait is up; after
+    a long quiet one goes at once again."""
+    client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
+    relay = OutboxRelay(pool, pg_url, client, owner="partners", sweep_s=ASLEEP_S,
+                        batch_paths=["/v1/link/test"], partner_wait_s=PARTNER_S)
+    task = await _running(relay)
+    try:
+        mids = [await _held(pool, n) for n in range(5)]
+        await _release_leased(pool, relay, mids[:1])
+        assert await _delivered(pool, mids[0]) < PARTNER_S     # no gap known: at once
+        assert relay.batches_sent == 0
+        await _release_leased(pool, relay, mids[1:2])          # well within PARTNER_S: waits
+        await asyncio.sleep(0.2)
+        assert not await pool.fetchval("SELECT delivered_at IS NOT NULL FROM outbox "
+                                       "WHERE message_id = $1::uuid", mids[1])
+        partner_at = time.monotonic()
+        await _release_leased(pool, relay, mids[2:3])          # its partner
+        assert await _delivered(pool, mids[1]) < PARTNER_S / 2  # at once with it
+        await _delivered(pool, mids[2])
+        assert time.monotonic() - partner_at < PARTNER_S
+        assert relay.delivered == 3 and relay.batches_sent == 1
+        await _release_leased(pool, relay, mids[3:4])          # no partner comes
+        alone_at = time.monotonic()
+        waited = await _delivered(pool, mids[3])
+        assert PARTNER_S - 0.3 <= waited < PROMPT_S, waited     # the wait is up: alone
+        assert relay.batches_sent == 1
+        await asyncio.sleep(2 * PARTNER_S + 1 - (time.monotonic() - alone_at))
+        await _release_leased(pool, relay, mids[4:])           # after a long quiet
+        assert await _delivered(pool, mids[4]) < PARTNER_S / 2  # at once
+        assert relay.delivered == 5 and relay.batches_sent == 1
+    finally:
+        await _stop(task)
+        await client.close()
 
 
 async def test_a_message_released_and_leased_at_once_tells_the_watcher_nothing(
