@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import InvalidOperation
+from typing import cast
 
 from callback_server.call_ports import (
     AriPort,
@@ -71,7 +72,7 @@ class Legs:
 
     def __init__(self, job: Job, ctx: CallContext, *, client: AriPort, router: ari.EventRouter,
                  store: CallStore, rater: Rater, timers: Timers,
-                 events: asyncio.Queue[ari.Event], pending: deque[object],
+                 inbox: Inbox, pending: deque[object],
                  originated: Callable[[str], None] = lambda _channel_id: None) -> None:
         self.job = job
         self.ctx = ctx
@@ -80,10 +81,19 @@ class Legs:
         self.store = store
         self.rater = rater
         self.timers = timers
-        self.events = events             # where the router puts our channels' ARI events
+        # where the router puts our channels' ARI events: the round's inbox itself, beside
+        # its timers and controls (no task of ours moves them there, one turn of the event
+        # loop an event)
+        self.inbox = inbox
         self.pending = pending           # the round's follow-up events, handled first
         self.originated = originated     # a leg was dialled (its channel id)
         self.refused: set[str] = set()   # legs the guard refused: never originated
+
+    @property
+    def _events(self) -> asyncio.Queue[ari.Event]:
+        """The inbox as the router's queue of a channel: the router only puts events in
+        (``put_nowait``), which an inbox of anything takes."""
+        return cast("asyncio.Queue[ari.Event]", self.inbox)
 
     async def run(self, cmd: LegCommand) -> None:  # noqa: C901 - one branch per command type
         match cmd:
@@ -131,7 +141,7 @@ class Legs:
         return E164.parse(cmd.destination) if cmd.leg == "transfer" else self.job.destination
 
     async def _persist(self, cmd: PersistAttempt) -> None:
-        self.router.subscribe(cmd.channel_id, self.events)
+        self.router.subscribe(cmd.channel_id, self._events)
         self.refused.discard(cmd.channel_id)    # a refused leg's id is used again
         try:
             await self.store.persist_leg(cmd, self.job.merchant_id)

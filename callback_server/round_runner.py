@@ -66,12 +66,11 @@ class RoundRunner(ABC):
         self.rater = rater
         self.records = records           # Asterisk's own leg records (after missed events)
         self.inbox: Inbox = asyncio.Queue()
-        self._ari_queue: asyncio.Queue[ari.Event] = asyncio.Queue()
         self.timers = Timers(self.inbox)
         self._pending: deque[object] = deque()
         self._hangup_causes: dict[str, int] = {}
         self.legs = Legs(job, ctx, client=client, router=router, store=store, rater=rater,
-                         timers=self.timers, events=self._ari_queue, pending=self._pending,
+                         timers=self.timers, inbox=self.inbox, pending=self._pending,
                          originated=originated)     # a leg was dialled
         self.outcome: Finish | None = None
 
@@ -99,7 +98,6 @@ class RoundRunner(ABC):
     async def _loop(self, begin: Callable[[], Awaitable[None]]) -> bool:
         """``begin``, then every event until the round is over; False if the lease on the
         job was lost meanwhile (every leg is hung up)."""
-        pump = asyncio.create_task(self._pump(), name=f"pump {self.job.callback_id}")
         try:
             await begin()
             while self._running():
@@ -111,7 +109,6 @@ class RoundRunner(ABC):
             await self._hangup_all()
             return False
         finally:
-            pump.cancel()
             self.timers.cancel_all()
             for cid in {c for c in self.router.channel_ids if c.startswith(self.job.callback_id)}:
                 self.router.release(cid)
@@ -156,10 +153,6 @@ class RoundRunner(ABC):
         with self._bound():
             await resync_legs(self._live_legs(), client=self.client, records=self.records,
                               causes=self._hangup_causes, inbox=self.inbox, lost_at=lost_at)
-
-    async def _pump(self) -> None:
-        while True:
-            self.inbox.put_nowait(await self._ari_queue.get())
 
     async def _hangup_all(self) -> None:
         for cid in self.channel_ids:
