@@ -20,7 +20,13 @@ distinct numbers for ``--duration`` seconds (the guard's caps lifted, pre-callba
   call to the last SIP message of its call-backs): the edge server(s), the callback
   server(s), the PostgreSQL backends of the run's two databases summed (the shared
   postmaster's own processes are not counted), each site's Asterisk(s), all SIPp; and
-  the CPU milliseconds per call-back of our own processes (servers + PostgreSQL).
+  the CPU milliseconds per call-back of our own processes (servers + PostgreSQL);
+* the PostgreSQL cluster's CPU over the step by process (``bench._stack_load.
+  PostgresSplit``: each site's backends, the sweep's own probes, walwriter, checkpointer,
+  background writer, autovacuum, postmaster, other databases' backends, children that
+  exited between samples), each with its kernel part, and what the server did: WAL and
+  its full-page images, checkpoints, shared buffers hit / read, autovacuum runs by table.
+  ``--pg-setting name=value`` runs the sweep with a setting a reload applies (reset after).
 
 Modes: ``media`` (carrier B, the customer's phone, answers and keys the order IVR through
 to its end, about 9 s on an idle stack: its keys from ACK + 0.5 s to about ACK + 4.8 s,
