@@ -513,23 +513,24 @@ class _CpuWaits:
                  " OR (datname = current_database() AND backend_type = 'client backend')")
 
     def __init__(self) -> None:
-        #: (the process's wait, the backends' wait, the backends' run) of each burst, ms
-        self.bursts: list[tuple[float, float, float]] = []
+        #: (the process's wait, the backends' wait, the backends' run, the process's run)
+        #: of each burst, ms
+        self.bursts: list[tuple[float, float, float, float]] = []
         #: each burst's start, wall clock (as PostgreSQL's timestamps are)
         self.started: list[float] = []
         self.autovacuum_workers = 0
         self._pids: list[int] = []
-        self._before: tuple[int, int, int] = (0, 0, 0)
+        self._before: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     async def find_backends(self, pool: asyncpg.Pool) -> None:
         rows = await pool.fetch(self._BACKENDS)
         self._pids = [r["pid"] for r in rows if not r["autovacuum"]]
         self.autovacuum_workers = sum(r["autovacuum"] for r in rows)
 
-    def _read(self) -> tuple[int, int, int]:
-        _, own = _cpu_ns(os.getpid())
+    def _read(self) -> tuple[int, int, int, int]:
+        ran, own = _cpu_ns(os.getpid())
         backends = [_cpu_ns(pid) for pid in self._pids]
-        return own, sum(w for _, w in backends), sum(r for r, _ in backends)
+        return own, sum(w for _, w in backends), sum(r for r, _ in backends), ran
 
     def before(self) -> None:
         self._before = self._read()
@@ -539,6 +540,25 @@ class _CpuWaits:
         now = self._read()
         self.bursts.append(tuple((b - a) / 1e6 for a, b in zip(self._before, now,
                                                                strict=True)))  # type: ignore[arg-type]
+
+
+def _cpu_line(bursts: list[tuple[float, float, float, float]]) -> str:
+    """The work a timed burst costs: the database's backends' and the bench's process's
+    time on a CPU a burst (ms; each burst, then the median of each and of their sum)."""
+    if not bursts:
+        return "each timed burst's CPU: no timed bursts"
+
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+    backends = [b for _, _, b, _ in bursts]
+    own = [p for _, _, _, p in bursts]
+    both = [b + p for b, p in zip(backends, own, strict=True)]
+    each = ", ".join(f"{b:.1f} + {p:.1f}" for b, p in zip(backends, own, strict=True))
+    return (f"each timed burst's CPU (ms on a CPU): the database's backends + the bench's "
+            f"process:\n  {each}\n  median a burst: backends {median(backends):.1f}, "
+            f"process {median(own):.1f}, both {median(both):.1f}")
 
 
 #: what PostgreSQL did beside the timed bursts: WAL written, checkpoints, autovacuum and
@@ -652,7 +672,8 @@ async def _run(args: argparse.Namespace) -> int:
           f"during the timed bursts: {collections}")
     print("each timed burst's wait for a CPU (ms, runnable but not running): the bench's "
           "process + the database's backends (their time on a CPU):\n  " + ", ".join(
-              f"{own:.1f} + {backends:.1f} ({ran:.1f})" for own, backends, ran in waits.bursts))
+              f"{own:.1f} + {backends:.1f} ({ran:.1f})" for own, backends, ran, _ in waits.bursts))
+    print(_cpu_line(waits.bursts))
     print(_server_work_line(first_work, last_work, waits.autovacuum_workers))
     print(f"the bench's tables' autovacuum and autoanalyze runs (bursts from 0): {autovacuums}")
     if args.breakdown:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench.billing_reserve import _cpu_ns, _CpuWaits, _server_work_line
+from bench.billing_reserve import _cpu_line, _cpu_ns, _CpuWaits, _server_work_line
 
 MB16 = 16 * 1024 * 1024
 
@@ -32,8 +32,16 @@ def test_each_burst_gets_its_own_waits_and_its_start() -> None:
             pass
         waits.after()
     assert len(waits.bursts) == 2 and len(waits.started) == 2
-    assert all(own >= 0 and backends == 0 and ran == 0 for own, backends, ran in waits.bursts)
+    assert all(own >= 0 and backends == 0 and ran == 0 and mine > 0
+               for own, backends, ran, mine in waits.bursts)
     assert waits.started[0] <= waits.started[1] <= time.time()
+
+
+def test_the_cpu_line_gives_each_burst_and_the_medians() -> None:
+    line = _cpu_line([(0.0, 0.0, 10.0, 4.0), (1.0, 2.0, 12.0, 3.0), (0.0, 0.0, 9.0, 5.0)])
+    assert "10.0 + 4.0, 12.0 + 3.0, 9.0 + 5.0" in line
+    assert "backends 10.0, process 4.0, both 14.0" in line
+    assert "no timed bursts" in _cpu_line([])
 
 
 def test_the_server_line_counts_segment_switches_checkpoints_and_autovacuum() -> None:
