@@ -212,14 +212,17 @@ class Batcher(Generic[T, R]):
             asyncio.get_running_loop().time() - self._queue[0].queued_at > self.shed_after_s
 
     def _enqueue(self, key: str, item: T) -> asyncio.Future[R]:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         existing = self._waiting.get(key)
         if existing is not None:  # a repeat of a key still queued or in flight here
             self.repeats += 1
             existing.waiters.append(future)
             return future
-        pending = _Pending[T, R](key, item, [future],
-                                 queued_at=asyncio.get_running_loop().time())
+        # the class itself, not _Pending[T, R]: calling the subscripted alias also tries
+        # to set __orig_class__ on the instance, an AttributeError (slots) raised and
+        # caught for every request
+        pending = _Pending(key, item, [future], queued_at=loop.time())
         self._queue.append(pending)
         self._waiting[key] = pending
         if self._loop_task is None or self._loop_task.done():
