@@ -528,7 +528,10 @@ def _check_request(r: Report, req: asyncpg.Record, legs: list[asyncpg.Record], w
 
 async def wait_finished(sites: Sites, expected: int, *, within_s: float,
                         poll_s: float = 1.0) -> tuple[bool, float, str]:
-    """Wait until ``expected`` requests exist at the callback site and all are final.
+    """Wait until ``expected`` requests exist at the callback site, all are final, and
+    the CDRs their rounds wrote have left the callback site's outbox for the edge (the
+    finish writes a round's CDR with its status, and the relay carries it a moment later:
+    a check of the edge's CDRs made at the last finish would race that delivery).
 
     Returns (done, seconds waited, last status line).
     """
@@ -538,10 +541,13 @@ async def wait_finished(sites: Sites, expected: int, *, within_s: float,
         try:
             rows = await sites.fetch(
                 "callback", "SELECT count(*) AS n, count(*) FILTER (WHERE status IN "
-                "('completed', 'failed')) AS done FROM callback_requests")
-            n, done = int(rows[0]["n"]), int(rows[0]["done"])
-            last = f"{done}/{n} finished ({expected} expected)"
-            if n >= expected and done == n:
+                "('completed', 'failed')) AS done, (SELECT count(*) FROM outbox WHERE "
+                "kind = 'cdr' AND delivered_at IS NULL AND dead_at IS NULL) AS cdrs "
+                "FROM callback_requests")
+            n, done, cdrs = int(rows[0]["n"]), int(rows[0]["done"]), int(rows[0]["cdrs"])
+            last = (f"{done}/{n} finished ({expected} expected), {cdrs} CDRs not yet "
+                    "delivered to the edge")
+            if n >= expected and done == n and cdrs == 0:
                 return True, time.monotonic() - started, last
         except (OSError, ConnectionError) as exc:
             last = f"database: {exc}"
