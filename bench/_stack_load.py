@@ -183,7 +183,26 @@ def postgres_group(title: str, databases: dict[str, str]) -> str | None:
     return title
 
 
-class PostgresSplit:
+class _Sampling:
+    """``start()`` reads what every tracked process has used so far, each ``sample()``
+    what it has used by now; a subclass says how to read (``_read``) and what to forget
+    when it starts again (``_reset``)."""
+
+    def start(self) -> None:
+        self._reset()
+        self._read(into_first=True)
+
+    def sample(self) -> None:
+        self._read(into_first=False)
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _read(self, *, into_first: bool) -> None:
+        raise NotImplementedError
+
+
+class PostgresSplit(_Sampling):
     """CPU seconds of every process of one PostgreSQL cluster between ``start()`` and the
     last ``sample()``, grouped by process title: the backends of each of ``databases``
     (by name), the sessions in ``probes`` (pids: the bench's own sampling connections),
@@ -215,15 +234,11 @@ class PostgresSplit:
         return postgres_group(cmdline.replace(b"\0", b" ").decode(errors="replace"),
                               self.databases)
 
-    def start(self) -> None:
+    def _reset(self) -> None:
         self.postmaster = postmaster_of(list(self.databases))
         self.group_of.clear()
         self.first.clear()
         self.last.clear()
-        self._read(into_first=True)
-
-    def sample(self) -> None:
-        self._read(into_first=False)
 
     def _read(self, *, into_first: bool) -> None:
         if self.postmaster is None:
@@ -260,7 +275,7 @@ class PostgresSplit:
         return out
 
 
-class CpuSampler:
+class CpuSampler(_Sampling):
     """CPU seconds used by groups of processes between ``start()`` and the last ``sample()``.
 
     A group is a name and a function giving its pids now (PostgreSQL's backends come and
@@ -274,13 +289,9 @@ class CpuSampler:
         self.first: dict[tuple[str, int], float] = {}
         self.last: dict[tuple[str, int], float] = {}
 
-    def start(self) -> None:
+    def _reset(self) -> None:
         self.first.clear()
         self.last.clear()
-        self._read(into_first=True)
-
-    def sample(self) -> None:
-        self._read(into_first=False)
 
     def _read(self, *, into_first: bool) -> None:
         for name, pids in self.groups.items():

@@ -310,7 +310,8 @@ def split_line(used: dict[str, float], kernel: dict[str, float], called_back: in
     the kernel's part, where there was any); ``counted`` is what the sweep's "postgres"
     (both sites' backends, probes included) says."""
     n = max(1, called_back)
-    order = [g for g in PG_GROUPS if used.get(g)] + sorted(set(used) - set(PG_GROUPS))
+    shown = {g for g, seconds in used.items() if seconds >= 0.005}   # not float dust
+    order = [g for g in PG_GROUPS if g in shown] + sorted(shown - set(PG_GROUPS))
     total = sum(used.values())
     groups = "  ".join(f"{g} {used[g]:.2f}" + (f" (kernel {kernel[g]:.2f})"
                                                  if kernel.get(g, 0.0) >= 0.005 else "")
