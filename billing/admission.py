@@ -83,8 +83,10 @@ class Admission:
 
 
 def decide(facts: Facts, terms: Terms, wanted_s: int, *,
-           max_unpaid_charges: int = MAX_UNPAID_CHARGES) -> Admission:
-    """The answer for a consultation of up to ``wanted_s`` seconds under ``terms``."""
+           max_unpaid_charges: int = MAX_UNPAID_CHARGES,
+           needed_yen: int | None = None) -> Admission:
+    """The answer for a consultation of up to ``wanted_s`` seconds under ``terms``
+    (``needed_yen``: ``terms.first_unit_yen()`` when the caller has it already)."""
     wanted_s = max(wanted_s, 0)
     if facts.postpaid:
         refusal = ("no-card" if not facts.standing.has_card
@@ -95,7 +97,7 @@ def decide(facts: Facts, terms: Terms, wanted_s: int, *,
             return Admission(False, 0, refusal)
         return Admission(True, min(terms.max_talk_s, wanted_s), ALLOWED)
     available = max(facts.available_yen, 0)
-    needed = terms.first_unit_yen()
+    needed = terms.first_unit_yen() if needed_yen is None else needed_yen
     if available < needed:
         return Admission(False, 0, "balance-too-low", available, needed)
     return Admission(True, min(seconds_affordable(available, terms), wanted_s), ALLOWED,
@@ -399,8 +401,9 @@ class Admissions:
         return answers
 
     def _answer(self, ask: Ask, row: asyncpg.Record) -> Answer:
-        terms = _terms(row["policy"], None if ask.group_id is None else row["group_policy"],
-                       ask.group_id, ask.price_per_minute_yen)
+        terms, needed = _terms(row["policy"],
+                               None if ask.group_id is None else row["group_policy"],
+                               ask.group_id, ask.price_per_minute_yen)
         postpaid = ask.merchant_id in self.postpaid_merchants
         # a prepaid row reads no standing (the statement's has_card is false, the counts
         # NULL): the one Standing they all make
@@ -408,8 +411,10 @@ class Admissions:
                     if postpaid else _PREPAID_STANDING)
         facts = Facts(postpaid, int(row["available_yen"] or 0), standing)
         wanted = terms.max_talk_s if ask.wanted_s is None else ask.wanted_s
-        admission = decide(facts, terms, wanted, max_unpaid_charges=self.max_unpaid_charges)
-        return Answer(row["account"], terms, postpaid, admission, _hold(ask, row, terms))
+        admission = decide(facts, terms, wanted, max_unpaid_charges=self.max_unpaid_charges,
+                           needed_yen=needed)
+        return Answer(row["account"], terms, postpaid, admission,
+                      _hold(ask, row, terms, needed))
 
 
 #: what a prepaid account's row reads of its standing (nothing: no card, no charges)
@@ -426,20 +431,22 @@ def _column(values: list[Any]) -> list[Any] | None:
 
 @functools.lru_cache(maxsize=1024, typed=True)
 def _terms(merchant: str | None, group: str | None, group_id: int | None,
-           price_per_minute_yen: int) -> Terms:
-    """The terms in force: the merchant's policy as the statement read it (a JSON object
+           price_per_minute_yen: int) -> tuple[Terms, int]:
+    """The terms in force and their first billed unit's price (:meth:`~billing.rating.
+    Terms.first_unit_yen`): the merchant's policy as the statement read it (a JSON object
     of its fields, as text; None: ``Terms``' defaults) with the group's fields that are
     set in their place, at the price. Cached by that text: a batch's asks mostly share a
     few policies and prices, and building and checking the terms was about a third of
     deciding an ask in Python; the text is the key, so a row's policies are not decoded
-    from JSON at all once seen (a :class:`~billing.rating.TermsError` is raised again each
-    time, not cached)."""
+    from JSON at all once seen, nor the first unit rated again (a :class:`~billing.rating.
+    TermsError` is raised again each time, not cached)."""
     in_force = policy.Policy(**(json.loads(merchant) if merchant is not None else {}))
     if group_id is not None and group is not None:
         own = json.loads(group)
         in_force = policy.GroupPolicy(group_id, tuple(
             (n, own[n]) for n in policy.FIELDS if own[n] is not None)).over(in_force)
-    return in_force.terms(price_per_minute_yen)
+    terms = in_force.terms(price_per_minute_yen)
+    return terms, terms.first_unit_yen()
 
 
 @functools.lru_cache(maxsize=1024, typed=True)
@@ -452,14 +459,16 @@ def _price_taken(price_per_minute_yen: int) -> bool:
     return True
 
 
-def _hold(ask: Ask, row: asyncpg.Record, terms: Terms) -> Reservation | Refusal | None:
+def _hold(ask: Ask, row: asyncpg.Record, terms: Terms, needed: int
+          ) -> Reservation | Refusal | None:
     """The hold :data:`ADMIT_AND_HOLD` made or refused for ``ask`` (None: none asked, or
-    made before: the caller reads that one as it stands)."""
+    made before: the caller reads that one as it stands); ``needed``: the terms' first
+    billed unit's price."""
     if not row.get("held"):
         return None
     rid = row["reservation_id"]
     if rid is None:
-        return Refusal("balance-too-low", row["hold_available_yen"], terms.first_unit_yen())
+        return Refusal("balance-too-low", row["hold_available_yen"], needed)
     if row["made"]:
         return None
     assert ask.consultation_id is not None

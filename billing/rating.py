@@ -25,7 +25,6 @@ Decimal and no float.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 #: consumption tax, standard rate (percent)
@@ -75,14 +74,8 @@ class Terms:
 
     def first_unit_yen(self) -> int:
         """What the first billed unit costs (the least charge a consultation that goes
-        past the grace period makes); rated once per distinct terms (a process sees a few
-        policies and prices, and admission asks it for every consultation)."""
-        return _first_unit_yen(self)
-
-
-@functools.lru_cache(maxsize=4096)
-def _first_unit_yen(terms: Terms) -> int:
-    return rate(terms.grace_s + 1, terms).total_yen if terms.grace_s < terms.max_talk_s else 0
+        past the grace period makes)."""
+        return rate(self.grace_s + 1, self).total_yen if self.grace_s < self.max_talk_s else 0
 
 
 @dataclass(frozen=True, slots=True)
