@@ -551,9 +551,13 @@ class ServerWatch:
                               for what, m in WAITS.items())
             held = ", ".join(f"{holder} {n}" for holder, n in self.holders[name].most_common()
                              if n)
+            sent = sum(v - self.before[name].get(key, 0.0)
+                       for key, v in self.last[name].items()
+                       if key[0] == "cbgw_link_requests_total")
             out.append(f"{name} server: {waits}; pool in use at most "
                        f"{self.in_use[name]:.0f} of {size:.0f}"
-                       + (f" (most held at a scrape: {held})" if held else ""))
+                       + (f" (most held at a scrape: {held})" if held else "")
+                       + f"; signed link requests sent {sent:,.0f}")
             seconds = self.last_at - self.first_at
             if seconds > 0:
                 out.append(f"{name} server pool holders over {seconds:.0f} s: "
