@@ -155,16 +155,20 @@ async def rates_ctx(app: web.Application) -> AsyncIterator[None]:
 #: call-back edge 3.1 -> 2.7 and callback 5.2 -> 4.2, hang-up -> INVITE p50 / p99
 #: 9 / 36 -> 20 / 86 ms (the target is p99 <= 1 s)
 RELAY_CLAIM_GAP_S = 0.02
-#: the edge relay's wait for a lone call-back request's partner
-#: (``OutboxRelay.partner_wait_s``): while the hang-ups come at least this often (13/s and
-#: more), a request that would go alone waits up to this long for the next to share its
-#: signed request, so at a steady 20/s they go two to a request instead of one each (the
-#: claim gap batches only above 50/s); rarer ones go at once. Control 20/s, two pairs
-#: alternating with the relay without it (bench/README.md, "Capacity sweep", "The edge
-#: server's CPU by mechanism"): signed requests 1.0 -> 0.5 a call-back, callback
-#: transactions 6.0 -> 4.9, own CPU 19.4 -> 16.3 and 20.6 -> 17.2 ms a call-back, hang-up
-#: -> INVITE p50 / p99 14 / 36-45 -> 54-55 / 84-89 ms (the target is p99 <= 1 s)
-RELAY_PARTNER_WAIT_S = 0.075
+#: the edge relay's gathering window (``OutboxRelay.gather_s``): while the hang-ups come
+#: at least twice a window (13/s and more, a smoothed gap between releases), a call-back
+#: request released waits up to this long for others to share its signed request, and
+#: goes sooner once :data:`RELAY_GATHER_MESSAGES` have joined it or the next is not
+#: expected within the window; rarer ones go at once. Each signed request costs both
+#: servers a TLS request, a signature made and checked, an intake statement and a claim.
+#: Control, alternating with one partner at most (75 ms, the earlier rule; bench/README.md,
+#: "Capacity sweep", "More call-back requests a signed request"): at 20/s signed requests
+#: 0.50 -> 0.30 a call-back, own CPU -2.2 and -2.4 ms a call-back, hang-up -> INVITE p99
+#: 71-86 -> 169-178 ms; at 100/s 0.50 -> 0.125, own CPU -1.4 ms (the target is p99 <= 1 s)
+RELAY_GATHER_S = 0.15
+#: a gathering call-back request goes once this many share its signed request (at most
+#: ``[peer] batch_messages``): at 100/s after about 80 ms instead of the window
+RELAY_GATHER_MESSAGES = 8
 
 
 def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient, settings: EdgeSettings,
@@ -173,13 +177,18 @@ def edge_relay(pool: asyncpg.Pool, db_url: str, client: LinkClient, settings: Ed
     in batch requests of ``[peer] batch_messages``, ``[peer] passes_in_flight`` claims
     under way at once, their statements within the link's ``share`` of the pool (never
     the connections the inbound calls need); requests released within
-    :data:`RELAY_CLAIM_GAP_S` of a claim wait for the next (0: none waits), and a lone one
-    waits up to :data:`RELAY_PARTNER_WAIT_S` for a partner while they come that often."""
+    :data:`RELAY_CLAIM_GAP_S` of a claim wait for the next (0: none waits), and while they
+    come often, up to :data:`RELAY_GATHER_S` for others to share its signed request (not
+    when ``[peer] batch_messages`` is 1: never batch)."""
+    batch_messages = settings.peer.batch_messages
+    gather = batch_messages > 1
     return OutboxRelay(pool, db_url, client, owner=f"edge-{socket.gethostname()}-{os.getpid()}",
-                       batch_paths=[CALLBACK_PATH], batch_messages=settings.peer.batch_messages,
+                       batch_paths=[CALLBACK_PATH], batch_messages=batch_messages,
                        passes_in_flight=settings.peer.passes_in_flight,
                        connections=lambda: share.acquire(pool, holder="relay"),
-                       claim_gap_s=RELAY_CLAIM_GAP_S, partner_wait_s=RELAY_PARTNER_WAIT_S)
+                       claim_gap_s=RELAY_CLAIM_GAP_S, gather_s=RELAY_GATHER_S if gather else 0.0,
+                       gather_messages=min(RELAY_GATHER_MESSAGES, batch_messages) if gather
+                       else None)
 
 
 async def link_ctx(app: web.Application) -> AsyncIterator[None]:

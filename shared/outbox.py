@@ -265,7 +265,8 @@ ConnectionSource = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 #: what a pass that left a message undelivered puts in the loop's wake-ups (not a message
 #: written: the relay does not linger on it)
 PASS_FINISHED = "pass finished"
-#: the most a relay may linger after a wake-up before it claims (``OutboxRelay.linger_s``)
+#: the most a relay may linger after a wake-up before it claims (``OutboxRelay.linger_s``,
+#: ``claim_gap_s``), or gather leased messages for one request (``gather_s``)
 MAX_LINGER_S = 1.0
 #: the longest a running relay keeps the marks of messages the peer acknowledged before it
 #: writes them (``delivered_at``): meanwhile they ride on its next claim, one statement
@@ -401,7 +402,8 @@ class OutboxRelay:
                  batch_paths: Collection[str] = (), batch_messages: int = 32,
                  passes_in_flight: int = DEFAULT_PASSES_IN_FLIGHT,
                  connections: ConnectionSource | None = None, linger_s: float = 0.0,
-                 claim_gap_s: float = 0.0, partner_wait_s: float = 0.0) -> None:
+                 claim_gap_s: float = 0.0, gather_s: float = 0.0,
+                 gather_messages: int | None = None) -> None:
         if not 1 <= batch_messages <= BATCH_MAX_MESSAGES:
             raise ValueError(f"batch_messages must be 1 to {BATCH_MAX_MESSAGES}")
         if passes_in_flight < 1:
@@ -410,8 +412,13 @@ class OutboxRelay:
             raise ValueError(f"linger_s must be 0 to {MAX_LINGER_S:g}")
         if not 0 <= claim_gap_s <= MAX_LINGER_S:
             raise ValueError(f"claim_gap_s must be 0 to {MAX_LINGER_S:g}")
-        if not 0 <= partner_wait_s <= MAX_LINGER_S:
-            raise ValueError(f"partner_wait_s must be 0 to {MAX_LINGER_S:g}")
+        if not 0 <= gather_s <= MAX_LINGER_S:
+            raise ValueError(f"gather_s must be 0 to {MAX_LINGER_S:g}")
+        if gather_messages is not None and not 2 <= gather_messages <= batch_messages:
+            raise ValueError(f"gather_messages must be 2 to batch_messages ({batch_messages}): "
+                             "what one signed request may carry")
+        if gather_s and batch_messages < 2:
+            raise ValueError("gather_s needs batch_messages of 2 or more (1: never batch)")
         self.pool = pool
         self.db_url = db_url
         self.client = client
@@ -444,18 +451,23 @@ class OutboxRelay:
         #: request a path); one written later is claimed at once (0: never waits)
         self.claim_gap_s = claim_gap_s
         self._last_claim_at = float("-inf")
-        #: the partner's wait, for messages leased to the relay (:meth:`take_leased`): a
-        #: pass that would carry one message alone waits up to this long after it was
-        #: taken for the next to share its request, but only while they come this often
-        #: or more (the mean gap between the last ones taken): at a steady 20/s the
-        #: call-back requests go two to a signed request, not one each, and one taken
-        #: when they are rarer goes at once, as before (0: never waits)
-        self.partner_wait_s = partner_wait_s
+        #: the gathering window, for messages leased to the relay (:meth:`take_leased`):
+        #: while they come at least twice a window (the smoothed gap between takings at
+        #: most half of it), a pass holding fewer than ``gather_messages`` waits up to
+        #: this long after its first was taken for others to share its signed request,
+        #: and goes sooner once it holds ``gather_messages`` or, after one joined, the
+        #: next is not expected within the window (:meth:`_gather`). At a steady 20/s
+        #: and 150 ms they go three or four to a request; rarer ones go at once (0:
+        #: never waits)
+        self.gather_s = gather_s
+        #: a gathering pass goes once it holds this many (2 to ``batch_messages``, which
+        #: it defaults to)
+        self.gather_messages = gather_messages or batch_messages
         #: monotonic time the last leased messages were taken, the smoothed gap between
-        #: takings (seconds; infinite until two), and the pass's wait for its partner
+        #: takings (seconds; infinite until two), and what a gathering pass waits on
         self._last_taken_at = float("-inf")
         self._taken_gap_s = float("inf")
-        self._partner: asyncio.Event | None = None
+        self._gathering: asyncio.Event | None = None
         self._no_batches_until: dict[str, float] = {}
         #: monotonic time until which the peer asked us to wait (its Retry-After)
         self._peer_busy_until = 0.0
@@ -583,19 +595,19 @@ class OutboxRelay:
         again when their leases run out (a claimed message's fate too)."""
         if self._window is None:    # stopped meanwhile: they go when their leases run out
             return
-        if rows and self.partner_wait_s:
+        if rows and self.gather_s:
             self._note_taken()
         self._leased.extend(rows)
         if self._leased and self._leased_pass is None:
             self._leased_pass = asyncio.create_task(self._pass_leased(self._window),
                                                     name="outbox leased pass",
                                                     context=self._run_context.copy())
-        elif self._partner is not None and len(self._leased) > 1:
-            self._partner.set()
+        elif rows and self._gathering is not None:
+            self._gathering.set()
 
     def _note_taken(self) -> None:
         """Smooth the gap between takings of leased messages (half the last gap, half
-        the mean before it), which says whether a lone message's partner is coming."""
+        the mean before it), which says whether others will come to share a request."""
         now = time.monotonic()
         gap, self._last_taken_at = now - self._last_taken_at, now
         self._taken_gap_s = gap if self._taken_gap_s == float("inf") \
@@ -607,9 +619,8 @@ class OutboxRelay:
             gap = self._last_claim_at + self.claim_gap_s - taken_at
             if gap > 0:
                 await asyncio.sleep(gap)
-            if self.partner_wait_s and len(self._leased) == 1 \
-                    and self._taken_gap_s <= self.partner_wait_s:
-                await self._wait_for_partner(taken_at + self.partner_wait_s)
+            if self.gather_s and self._taken_gap_s <= self.gather_s / 2:
+                await self._gather(taken_at + self.gather_s)
             await window.acquire()
         finally:
             self._leased_pass = None
@@ -617,13 +628,21 @@ class OutboxRelay:
         self._last_claim_at = time.monotonic()
         window.start(self._deliver_claimed(rows))
 
-    async def _wait_for_partner(self, until: float) -> None:
-        """Until another leased message is taken, or ``until`` (monotonic)."""
-        self._partner = partner = asyncio.Event()
+    async def _gather(self, until: float) -> None:
+        """Let leased messages join the pass until ``until`` (monotonic: the window's
+        end), or until it holds ``gather_messages``, or until the next is not expected
+        before the window's end (the last taken plus the smoothed gap between takings
+        is later): what the pass holds waits at most the window, and once another is
+        unlikely to join it in time, no longer."""
+        self._gathering = gathering = asyncio.Event()
         try:
-            await within(partner.wait(), until - time.monotonic())
+            while len(self._leased) < self.gather_messages \
+                    and self._last_taken_at + self._taken_gap_s <= until:
+                gathering.clear()
+                if await within(gathering.wait(), until - time.monotonic()) is None:
+                    break       # the window is up
         finally:
-            self._partner = None
+            self._gathering = None
 
     async def pass_once(self) -> int:
         """Claim due messages and deliver them concurrently; return how many were claimed

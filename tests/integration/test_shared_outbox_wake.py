@@ -42,8 +42,9 @@ ASLEEP_S = 30.0
 PROMPT_S = 5.0
 #: a relay's linger in these tests: long beside a claim, short beside ASLEEP_S
 LINGER_S = 1.0
-#: the partner's wait in these tests: the longest, long beside a delivery on a crowded machine
-PARTNER_S = MAX_LINGER_S
+#: the gathering window in these tests: the longest, long beside a delivery on a crowded
+#: machine
+GATHER_S = MAX_LINGER_S
 
 
 @pytest.fixture
@@ -272,8 +273,25 @@ async def test_a_relay_lingers_zero_to_one_second(pool: asyncpg.Pool, pki_dir: P
             OutboxRelay(pool, "postgresql://unused", client, owner="x", linger_s=bad)
         with pytest.raises(ValueError, match="claim_gap_s"):
             OutboxRelay(pool, "postgresql://unused", client, owner="x", claim_gap_s=bad)
-        with pytest.raises(ValueError, match="partner_wait_s"):
-            OutboxRelay(pool, "postgresql://unused", client, owner="x", partner_wait_s=bad)
+        with pytest.raises(ValueError, match="gather_s"):
+            OutboxRelay(pool, "postgresql://unused", client, owner="x", gather_s=bad)
+
+
+async def test_a_relay_gathers_two_to_batch_messages(pool: asyncpg.Pool, pki_dir: Path) -> None:
+    """``gather_messages``: 2 to ``batch_messages`` (what one signed request carries), and
+    no gathering where nothing is batched."""
+    client = link_client(pki_dir, [("r", "https://127.0.0.1:1")], policy=NO_PROBES)
+    for bad in (0, 1, 33):
+        with pytest.raises(ValueError, match="gather_messages must be 2 to batch_messages"):
+            OutboxRelay(pool, "postgresql://unused", client, owner="x", batch_messages=32,
+                        gather_s=0.1, gather_messages=bad)
+    with pytest.raises(ValueError, match="gather_s needs batch_messages of 2 or more"):
+        OutboxRelay(pool, "postgresql://unused", client, owner="x", batch_messages=1,
+                    gather_s=0.1)
+    assert OutboxRelay(pool, "postgresql://unused", client, owner="x", batch_messages=5,
+                       gather_s=0.1).gather_messages == 5
+    assert OutboxRelay(pool, "postgresql://unused", client, owner="x",
+                       batch_messages=1).gather_s == 0
 
 
 async def _release_leased(pool: asyncpg.Pool, relay: OutboxRelay,
@@ -346,42 +364,86 @@ async def _held(pool: asyncpg.Pool, n: int) -> str:
                                     payload={"n": n}, held=True)
 
 
-async def test_a_lone_leased_message_waits_for_its_partner_only_while_they_come_often(
+async def _undelivered(pool: asyncpg.Pool, mids: list[str]) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE delivered_at IS NULL "
+                                   "AND message_id = ANY($1::uuid[])", mids))
+
+
+async def test_leased_messages_gather_for_one_request_only_while_they_come_often(
         pool: asyncpg.Pool, pg_url: str, pki_dir: Path, peer: str) -> None:
-    """``partner_wait_s``: the first message taken goes at once (no gap known yet); once
-    they come more often than the wait, a lone one waits for the next, and both go in one
-    pass and one batch request; with no partner it goes alone when the wait is up; after
-    a long quiet one goes at once again."""
+    """``gather_s`` / ``gather_messages``: the first message taken goes at once (no gap
+    known yet); once they come at least twice a window, the next waits for others, and
+    those that join it go in one pass and one batch request as soon as there are
+    ``gather_messages`` of them; with none joining it goes alone by the window's end;
+    after a long quiet one goes at once again."""
     client = link_client(pki_dir, [("r", peer)], policy=NO_PROBES)
-    relay = OutboxRelay(pool, pg_url, client, owner="partners", sweep_s=ASLEEP_S,
-                        batch_paths=["/v1/link/test"], partner_wait_s=PARTNER_S)
+    relay = OutboxRelay(pool, pg_url, client, owner="gathers", sweep_s=ASLEEP_S,
+                        batch_paths=["/v1/link/test"], gather_s=GATHER_S, gather_messages=3)
     task = await _running(relay)
     try:
-        mids = [await _held(pool, n) for n in range(5)]
+        mids = [await _held(pool, n) for n in range(6)]
         await _release_leased(pool, relay, mids[:1])
-        assert await _delivered(pool, mids[0]) < PARTNER_S     # no gap known: at once
+        await _release_leased(pool, relay, mids[1:2])          # a statement later: waits
+        assert await _delivered(pool, mids[0]) < GATHER_S / 2  # no gap known: at once
         assert relay.batches_sent == 0
-        await _release_leased(pool, relay, mids[1:2])          # well within PARTNER_S: waits
+        await _release_leased(pool, relay, mids[2:3])          # joins; two of three: waits
         await asyncio.sleep(0.2)
-        assert not await pool.fetchval("SELECT delivered_at IS NOT NULL FROM outbox "
-                                       "WHERE message_id = $1::uuid", mids[1])
-        partner_at = time.monotonic()
-        await _release_leased(pool, relay, mids[2:3])          # its partner
-        assert await _delivered(pool, mids[1]) < PARTNER_S / 2  # at once with it
-        await _delivered(pool, mids[2])
-        assert time.monotonic() - partner_at < PARTNER_S
-        assert relay.delivered == 3 and relay.batches_sent == 1
-        await _release_leased(pool, relay, mids[3:4])          # no partner comes
-        alone_at = time.monotonic()
-        waited = await _delivered(pool, mids[3])
-        assert PARTNER_S - 0.3 <= waited < PROMPT_S, waited     # the wait is up: alone
-        assert relay.batches_sent == 1
-        await asyncio.sleep(2 * PARTNER_S + 1 - (time.monotonic() - alone_at))
-        await _release_leased(pool, relay, mids[4:])           # after a long quiet
-        assert await _delivered(pool, mids[4]) < PARTNER_S / 2  # at once
-        assert relay.delivered == 5 and relay.batches_sent == 1
+        assert await _undelivered(pool, mids[1:3]) == 2
+        third_at = time.monotonic()
+        await _release_leased(pool, relay, mids[3:4])          # the third: all go at once
+        assert await _delivered(pool, mids[1]) < GATHER_S / 2
+        for mid in mids[2:4]:
+            await _delivered(pool, mid)
+        assert time.monotonic() - third_at < GATHER_S / 2
+        assert relay.delivered == 4 and relay.batches_sent == 1
+        await _release_leased(pool, relay, mids[4:5])          # none joins it
+        waited = await _delivered(pool, mids[4])
+        assert GATHER_S - 0.3 <= waited < PROMPT_S, waited      # the window is up: alone
+        assert relay.delivered == 5 and relay.batches_sent == 1  # alone
+        await asyncio.sleep(2 * GATHER_S + 1)
+        await _release_leased(pool, relay, mids[5:])           # after a long quiet
+        assert await _delivered(pool, mids[5]) < GATHER_S / 2  # at once
+        assert relay.delivered == 6 and relay.batches_sent == 1
     finally:
         await _stop(task)
+        await client.close()
+
+
+async def test_a_gathering_pass_goes_once_the_next_is_not_expected_in_its_window(
+        pool: asyncpg.Pool, pki_dir: Path) -> None:
+    """After a message joins it, a gathering pass goes at once when the next is not
+    expected before the window's end (the last taken plus the smoothed gap between
+    takings is later), instead of waiting out the window; one already holding
+    ``gather_messages`` does not wait at all."""
+    client = link_client(pki_dir, [("r", "https://127.0.0.1:1")], policy=NO_PROBES)
+    relay = OutboxRelay(pool, "postgresql://unused", client, owner="x",
+                        batch_paths=["/v1/link/test"], gather_s=GATHER_S, gather_messages=4)
+    try:
+        relay._note_taken()
+        await asyncio.sleep(0.3)
+        relay._note_taken()                     # a gap of 0.3 s
+        relay._leased = [None]  # type: ignore[list-item]
+        started = time.monotonic()
+        gathering = asyncio.create_task(relay._gather(started + GATHER_S))
+        await asyncio.sleep(0.3)
+        assert not gathering.done()             # the next expected at 0.3 s: waits
+        relay._note_taken()                     # one joins at 0.3 s: the next at 0.6 s
+        relay._leased.append(None)  # type: ignore[arg-type]
+        assert relay._gathering is not None
+        relay._gathering.set()
+        await asyncio.sleep(0.2)
+        assert not gathering.done()             # 0.6 s is within the window: waits
+        await asyncio.sleep(0.2)
+        relay._note_taken()                     # one joins at 0.7 s: the next at 1.05 s
+        relay._leased.append(None)  # type: ignore[arg-type]
+        relay._gathering.set()
+        await asyncio.wait_for(gathering, 0.15)  # beyond the window: goes at once
+        assert time.monotonic() - started < GATHER_S - 0.05
+        relay._leased = [None] * 4  # type: ignore[list-item]
+        started = time.monotonic()
+        await relay._gather(started + GATHER_S)
+        assert time.monotonic() - started < 0.1
+    finally:
         await client.close()
 
 
