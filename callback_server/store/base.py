@@ -17,6 +17,7 @@ import asyncpg
 
 if TYPE_CHECKING:
     from callback_server.guard.service import Guard
+    from callback_server.store.leg_results import LegResults
     from ivr_platform.notify_config import NotifySettings
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +58,5 @@ class StoreBase:
         # The flow each running round runs, kept with the round's first leg
         # (:meth:`~callback_server.store.info_store.InfoStore.keep_round_flow`).
         self.round_flows: dict[str, RoundFlow] = {}
+        # The legs' results written together (group commit); None: each on its own.
+        self.leg_results: LegResults | None = None

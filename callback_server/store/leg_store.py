@@ -112,6 +112,8 @@ class LegStore(StoreBase):
         while True:
             pace_s = await self._persist_leg(cmd, merchant_id, waited_s)
             if pace_s is None:
+                if self.leg_results is not None:    # its originate follows, then its result
+                    self.leg_results.expect(cmd.channel_id)
                 return
             await asyncio.sleep(pace_s)
             waited_s = loop.time() - started
@@ -161,6 +163,11 @@ class LegStore(StoreBase):
 
     @survives_database_restarts
     async def leg_result(self, channel_id: str, status: str, cause: int | None) -> None:
+        """A leg's result, committed when this returns: with the results of other legs
+        that come at the same moment in one statement (:attr:`leg_results`), else alone."""
+        if self.leg_results is not None:
+            await self.leg_results.record(channel_id, status, cause)
+            return
         async with self.pool.acquire() as conn:
             await write_leg_result(conn, channel_id, status, cause)
 
@@ -169,6 +176,8 @@ class LegStore(StoreBase):
         """A leg's result and its CDR (its spend with it) in one statement committed on
         its own (a round that goes on: its next route; a round that ends writes them with
         its finish)."""
+        if self.leg_results is not None:
+            self.leg_results.forget(end.channel_id)
         async with self.pool.acquire() as conn:
             await write_leg_end(self, conn, end)
 

@@ -224,6 +224,8 @@ class QueueStore(StoreBase):
         the leg's end and the guard's record are written all the same.
         """
         self.ending.add(callback_id)
+        if ended is not None and self.leg_results is not None:
+            self.leg_results.forget(ended.channel_id)   # its result is not coming alone
         merchant_id = await self._finish(callback_id, outcome, ended, round_end)
         if merchant_id is None:
             return False
