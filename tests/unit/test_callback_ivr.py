@@ -275,3 +275,26 @@ def test_flow_name_must_match_file(tmp_path: Path) -> None:
     (tmp_path / "other.toml").write_text((FLOWS_DIR / "order.toml").read_text())
     with pytest.raises(FlowError, match="differs from the file name"):
         load_named("other", tmp_path)
+
+
+def test_evolve_makes_what_dataclasses_replace_makes_for_every_field(flow: Flow) -> None:
+    """``IvrState.evolve`` (the machine's cheap copy) changes the field it is given and
+    keeps every other, as ``dataclasses.replace`` does: a field added to the state and
+    not to ``evolve`` fails here."""
+    from dataclasses import fields
+
+    state, _ = ivr.start(flow, "c1", (("caller", "+819012345678"),))
+    state, _ = keys(state, "1")
+    changed: dict[str, Any] = {
+        "flow": load_named("consult"), "call_id": "c2", "node": "item_code",
+        "mode": Mode.DONE, "buffer": "12", "tries": 2, "collected": (("a", "b"),),
+        "playback": None, "timer": "c1-t9", "seq": 9, "listed": (), "page": 1,
+        "pending": "c1-w3", "held": ("sound:x",), "frames": ((flow, "main"),),
+        "entered": ("menu",)}
+    assert set(changed) == {f.name for f in fields(IvrState)}
+    assert state.evolve() == state and state.evolve() is not state
+    for name, value in changed.items():
+        made = state.evolve(**{name: value})
+        assert made == replace(state, **{name: value}), name
+        assert made.entered == replace(state, **{name: value}).entered, name
+        assert getattr(made, name) == value, name
