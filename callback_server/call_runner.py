@@ -115,41 +115,10 @@ class CallRunner(RoundRunner):
 
     async def _handle(self, event: object) -> None:  # noqa: C901 - one branch per event
         log.debug("<- %s", event)
-        if isinstance(event, Originated | OriginateFailed | OriginateRefused | Answered
-                      | ChannelGone) and self.consult.owns(event.channel_id) \
-                or isinstance(event, TimerFired) and self.consult.owns_timer(event.name):
-            await self._consult(event)
-        elif isinstance(event, OriginateFailed | OriginateRefused):
-            failed = self._unanswered_second_leg(event.channel_id)
-            await self._dialer(event)
-            await self._second_leg_failed(event.channel_id, failed)
-        elif isinstance(event, Begin | Originated | Answered | ChannelGone | TimerFired
-                        | OperatorRequested | EndCall | Shutdown):
-            await self._dialer(event)
-        elif isinstance(event, ivr.ConnectAdvisor):
-            await self.consult.start(event, self._customer_channel(), self.state.leg_seq)
-            await self._sync_legs()
-        elif isinstance(event, ivr.ListAdvisors):
-            await self.consult.list_advisors(event)
-        elif isinstance(event, ivr.TransferCall):
-            await self._transfer(event)
-        elif isinstance(event, ivr.Timeout | ivr.AdvisorUnavailable | ivr.AdvisorsListed
-                        | ivr.ConsultBusy | ivr.ConsultFailed | ivr.ConsultRefused
-                        | ivr.ConsultEnded | ivr.HoursChecked | ivr.Recorded
-                        | ivr.WebhookAnswered | ivr.WebhookFailed | ivr.TransferFailed
-                        | ivr.Spoken | ivr.OperatorFailed):
-            await self.ivr.handle(event)
-        elif isinstance(event, ari.StasisStart | ari.ChannelHangupRequest | ari.ChannelDestroyed
-                        | ari.StasisEnd):
-            leg = leg_event(event, self._hangup_causes)
-            if isinstance(leg, Answered):
-                await self._handle(leg)
-            elif leg is not None:
-                await self._leg_gone(leg.channel_id, leg.cause, leg.at)
-        elif isinstance(event, ari.RecordingFinished | ari.RecordingFailed):
-            await self.ivr.recorded(event.recording.name,
-                                    isinstance(event, ari.RecordingFinished))
-        elif isinstance(event, ari.ChannelDtmfReceived):
+        # The IVR's keys and prompts' ends first: most of a call's events (each class
+        # below is matched by one branch only, so the order is only the cost of getting
+        # there; the classes are tuples made once, not unions built at every event).
+        if isinstance(event, ari.ChannelDtmfReceived):
             if self._is_customer(event.channel.id):
                 await self.ivr.handle(ivr.Dtmf(event.digit))
         elif isinstance(event, ari.PlaybackFinished):
@@ -158,6 +127,33 @@ class CallRunner(RoundRunner):
                 await self._sync_legs()
             else:
                 await self.ivr.handle(ivr.PlaybackFinished(event.playback.id))
+        elif isinstance(event, _LEG_MESSAGES) and self.consult.owns(event.channel_id) \
+                or isinstance(event, TimerFired) and self.consult.owns_timer(event.name):
+            await self._consult(event)
+        elif isinstance(event, _LEG_REFUSED):
+            failed = self._unanswered_second_leg(event.channel_id)
+            await self._dialer(event)
+            await self._second_leg_failed(event.channel_id, failed)
+        elif isinstance(event, _DIALER_EVENTS):
+            await self._dialer(event)
+        elif isinstance(event, ivr.ConnectAdvisor):
+            await self.consult.start(event, self._customer_channel(), self.state.leg_seq)
+            await self._sync_legs()
+        elif isinstance(event, ivr.ListAdvisors):
+            await self.consult.list_advisors(event)
+        elif isinstance(event, ivr.TransferCall):
+            await self._transfer(event)
+        elif isinstance(event, _IVR_EVENTS):
+            await self.ivr.handle(event)
+        elif isinstance(event, _ARI_LEG_EVENTS):
+            leg = leg_event(event, self._hangup_causes)
+            if isinstance(leg, Answered):
+                await self._handle(leg)
+            elif leg is not None:
+                await self._leg_gone(leg.channel_id, leg.cause, leg.at)
+        elif isinstance(event, _ARI_RECORDINGS):
+            await self.ivr.recorded(event.recording.name,
+                                    isinstance(event, ari.RecordingFinished))
         elif isinstance(event, consult.OPERATOR_EVENTS):
             await self._consult(event)
 
@@ -232,7 +228,7 @@ class CallRunner(RoundRunner):
             elif isinstance(cmd, Finish):
                 await self._finish(cmd, ended)
                 ended = None
-            elif isinstance(cmd, CancelTimer | StartTimer):
+            elif isinstance(cmd, _TIMER_COMMANDS):
                 await self._run(cmd)
             else:
                 if ended is not None:
@@ -270,6 +266,20 @@ class CallRunner(RoundRunner):
         await self._finish_round(cmd, rang=self.rang and cmd.reason not in _NOT_RUNG,
                                  confirmed=self.ivr.confirmed, ended=ended)
 
+
+# The events :meth:`CallRunner._handle` tells apart, by class.
+_LEG_MESSAGES = (Originated, OriginateFailed, OriginateRefused, Answered, ChannelGone)
+_LEG_REFUSED = (OriginateFailed, OriginateRefused)
+_DIALER_EVENTS = (Begin, Originated, Answered, ChannelGone, TimerFired, OperatorRequested,
+                  EndCall, Shutdown)
+_IVR_EVENTS = (ivr.Timeout, ivr.AdvisorUnavailable, ivr.AdvisorsListed, ivr.ConsultBusy,
+               ivr.ConsultFailed, ivr.ConsultRefused, ivr.ConsultEnded, ivr.HoursChecked,
+               ivr.Recorded, ivr.WebhookAnswered, ivr.WebhookFailed, ivr.TransferFailed,
+               ivr.Spoken, ivr.OperatorFailed)
+_ARI_LEG_EVENTS = (ari.StasisStart, ari.ChannelHangupRequest, ari.ChannelDestroyed,
+                   ari.StasisEnd)
+_ARI_RECORDINGS = (ari.RecordingFinished, ari.RecordingFailed)
+_TIMER_COMMANDS = (CancelTimer, StartTimer)
 
 # A leg's results that end it (written with its CDR; "originated" and "answered" are
 # written on their own, at once).

@@ -122,7 +122,7 @@ class IvrRunner:
             log.info("collected %s %s", cmd.category, cmd.as_dict())
         elif isinstance(cmd, ivr.DialOperator):
             self.follow_up(OperatorRequested(utcnow()))
-        elif isinstance(cmd, ivr.ConnectAdvisor | ivr.ListAdvisors | ivr.TransferCall):
+        elif isinstance(cmd, _ROUND_COMMANDS):
             self.follow_up(cmd)          # the round's consultation (ConsultRunner), transfer
         elif isinstance(cmd, ivr.Hangup):
             self.follow_up(EndCall(utcnow()))
@@ -221,3 +221,7 @@ class IvrRunner:
 
 def _timeout(timer_id: str) -> Callable[[], object]:
     return lambda: ivr.Timeout(timer_id)
+
+
+#: the IVR's commands the round carries out (its consultation, a transfer)
+_ROUND_COMMANDS = (ivr.ConnectAdvisor, ivr.ListAdvisors, ivr.TransferCall)
