@@ -82,7 +82,7 @@ class IvrRunner:
                 and self.state.node == self.ctx.flow.confirm_yes \
                 and self.state.flow is self.ctx.flow:
             self.confirmed = True
-            log.info("the customer confirmed the call-back")
+            log.debug("the customer confirmed the call-back")   # the guard logs it at the end
         for cmd in commands:
             await self._run(cmd)
 
