@@ -313,16 +313,21 @@ class AriClient:
         if body is not None:
             request["content_type"] = "application/json"
             request["message_body"] = json.dumps(body)
-        answer = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int, str]] = loop.create_future()
         self._awaiting[request_id] = answer
         try:
             try:
                 await ws.send_str(json.dumps(request))
             except (aiohttp.ClientError, OSError) as exc:
                 raise _Lost(f"ARI {method} {path}: {_describe(exc)}", sent=False) from exc
-            async with asyncio.timeout(self._request_timeout):
-                answered: tuple[int, str] = await answer
-                return answered
+            # The timeout: a timer that fails the answer (``asyncio.timeout`` around the
+            # await did it with a scope and a timer of its own, at several times the cost).
+            expiry = loop.call_later(self._request_timeout, _expire, answer)
+            try:
+                return await answer
+            finally:
+                expiry.cancel()
         except _Lost:
             raise               # an AriUnavailable (so an OSError) already
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -623,6 +628,12 @@ class AriClient:
         except NotFound:
             return None
         return Endpoint.from_json(raw)
+
+
+def _expire(answer: asyncio.Future[tuple[int, str]]) -> None:
+    """A request's answer did not come within the request timeout."""
+    if not answer.done():
+        answer.set_exception(TimeoutError())
 
 
 def _param(value: ParamValue) -> str:
