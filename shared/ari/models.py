@@ -32,6 +32,9 @@ def _str(obj: JsonObject, key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+_EMPTY: JsonObject = {}
+
+
 def _obj(obj: JsonObject, key: str) -> JsonObject:
     value = obj.get(key)
     return value if isinstance(value, Mapping) else {}
@@ -67,11 +70,15 @@ class Channel:
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> Channel:
-        caller = _obj(obj, "caller")
-        connected = _obj(obj, "connected")
-        dialplan = _obj(obj, "dialplan")
+        # Every channel event carries the whole snapshot (a call-back with an IVR decodes
+        # some 16): its parts are read in line, and no variables is no copy.
+        get = obj.get
+        caller, connected, dialplan = get("caller"), get("connected"), get("dialplan")
+        caller = caller if isinstance(caller, Mapping) else _EMPTY
+        connected = connected if isinstance(connected, Mapping) else _EMPTY
+        dialplan = dialplan if isinstance(dialplan, Mapping) else _EMPTY
         priority = dialplan.get("priority")
-        raw_vars = _obj(obj, "channelvars")
+        raw_vars = get("channelvars")
         return cls(
             id=_str(obj, "id"),
             name=_str(obj, "name"),
@@ -85,8 +92,9 @@ class Channel:
             priority=priority if isinstance(priority, int) else 0,
             language=_str(obj, "language"),
             protocol_id=_str(obj, "protocol_id"),
-            created_at=parse_timestamp(obj.get("creationtime")),
-            variables={str(k): str(v) for k, v in raw_vars.items()},
+            created_at=parse_timestamp(get("creationtime")),
+            variables={str(k): str(v) for k, v in raw_vars.items()}
+            if raw_vars and isinstance(raw_vars, Mapping) else {},
         )
 
 
