@@ -253,8 +253,8 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         while self._queue:
             await self._slots.acquire()
-            if self.linger_s > 0 and len(self._queue) < self.max_batch:
-                await asyncio.sleep(self.linger_s)
+            if len(self._queue) < self.max_batch:
+                await self._fill()
             batch = self._queue[:self.max_batch]
             del self._queue[:self.max_batch]
             if not batch:
@@ -263,6 +263,13 @@ class Batcher(Generic[T, R]):
             task = asyncio.create_task(self._flush(batch), name=f"{self.kind} batch")
             self._batches.add(task)
             task.add_done_callback(self._batch_done)
+
+    async def _fill(self) -> None:
+        """A slot is free and the batch is not full: let more requests join it before it
+        is cut (here ``linger_s``, if any; a subclass may wait for what it knows is
+        coming)."""
+        if self.linger_s > 0:
+            await asyncio.sleep(self.linger_s)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)

@@ -94,28 +94,21 @@ class LegResults(Batcher[LegResult, None]):
             del self._expected[cid]
         return bool(self._expected)
 
-    async def _run(self) -> None:
+    async def _fill(self) -> None:
+        """Wait up to ``partner_wait_s`` while a leg's result is coming (:meth:`expect`)
+        and the batch is not full; never for one that is not."""
         loop = asyncio.get_running_loop()
-        while self._queue:
-            await self._slots.acquire()
-            until = loop.time() + self.partner_wait_s
-            if len(self._queue) < self.max_batch and self._coming(loop.time()):
-                self.waited += 1
-                queued = len(self._queue)
-                while len(self._queue) < self.max_batch and self._coming(loop.time()) \
-                        and (left := until - loop.time()) > 0:
-                    self._arrived.clear()
-                    await within(self._arrived.wait(), left)
-                if len(self._queue) > queued:
-                    self.joined += 1
-            batch = self._queue[:self.max_batch]
-            del self._queue[:self.max_batch]
-            if not batch:
-                self._slots.release()
-                continue
-            task = asyncio.create_task(self._flush(batch), name=f"{self.kind} batch")
-            self._batches.add(task)
-            task.add_done_callback(self._batch_done)
+        if not self._coming(loop.time()):
+            return
+        self.waited += 1
+        until = loop.time() + self.partner_wait_s
+        queued = len(self._queue)
+        while len(self._queue) < self.max_batch and self._coming(loop.time()) \
+                and (left := until - loop.time()) > 0:
+            self._arrived.clear()
+            await within(self._arrived.wait(), left)
+        if len(self._queue) > queued:
+            self.joined += 1
 
     async def write(self, conn: asyncpg.Connection, batch: Sequence[tuple[str, LegResult]]
                     ) -> Mapping[str, None]:
