@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -55,6 +56,37 @@ def latencies_ms(hung: dict[str, datetime], invited: dict[str, datetime]
     were never called back."""
     values = [(invited[n] - t).total_seconds() * 1000 for n, t in hung.items() if n in invited]
     return sorted(values), len(hung) - len(values)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A call-back the customer's phone answered: the number called (E.164 digits) and
+    who ended it: ``"customer"`` (the phone's BYE), ``"server"`` (the callback site's
+    BYE), or None (no BYE in the log)."""
+
+    number: str
+    bye: str | None
+
+
+def answered_calls(messages: Iterable[sipp_harness.SipMessage]) -> dict[str, Answered]:
+    """Call-ID -> the call-back a phone (a UAS role) answered with 200 OK, from its message
+    log in order: the first BYE of the dialog says who hung up (one sent by the phone: the
+    customer; one received: the server; a BYE crossing the other's counts as the first)."""
+    numbers: dict[str, str] = {}
+    out: dict[str, Answered] = {}
+    for m in messages:
+        cid = m.call_id
+        if cid is None:
+            continue
+        if m.method == "INVITE" and m.direction == "received" and m.ruri_user:
+            numbers.setdefault(cid, m.ruri_user)
+        elif m.status == 200 and m.direction == "sent" and m.cseq_method == "INVITE" \
+                and cid in numbers and cid not in out:
+            out[cid] = Answered(numbers[cid], None)
+        elif m.method == "BYE" and cid in out and out[cid].bye is None:
+            out[cid] = Answered(out[cid].number,
+                                "customer" if m.direction == "sent" else "server")
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -28,10 +28,19 @@ distinct numbers for ``--duration`` seconds (the guard's caps lifted, pre-callba
   its full-page images, checkpoints, shared buffers hit / read, autovacuum runs by table.
   ``--pg-setting name=value`` runs the sweep with a setting a reload applies (reset after).
 
-Modes: ``media`` (carrier B, the customer's phone, answers and keys the order IVR through
-to its end, about 9 s on an idle stack: its keys from ACK + 0.5 s to about ACK + 4.8 s,
-then the 3.5 s thank-you prompt; carrier A rejects) and ``control`` (both carriers decline with 603:
-no media, as ``bench.callback_latency`` runs). The edge's announcement (``--announcement``):
+Modes: ``media`` (carrier B, the customer's phone, answers and keys the order IVR; carrier A
+rejects) and ``control`` (both carriers decline with 603: no media, as
+``bench.callback_latency`` runs). The phone of ``media`` (``--ivr``): ``short``, the default,
+keys the order from ACK + 0.5 s to about ACK + 4.8 s (accept, 1 order, item 1234#,
+quantity 2#, confirm 1), hears the thank-you prompt begin and hangs up at ACK + 6 s
+(``deploy/sipp/uas_answer_dtmf_hangup.xml``): the capacity issue's condition, "each
+call-back running the order IVR for about 6 s", and what most customers do; ``full``
+listens to the whole 3.5 s thank-you prompt until the server's BYE
+(``uas_answer_dtmf.xml``), 8.5-9.5 s of IVR, for sizing. Either way each step prints the
+orders collected: the order rows the IVR wrote in the callback site's database for the
+step's call-backs, and those the edge received, against the call-backs answered, and who
+hung up (the customer's BYE or the server's); an answered call-back with no order, or
+with two, is named. The edge's announcement (``--announcement``):
 ``full``, the installed Japanese prompt (3.1 s of early media), the default with media;
 ``short``, its files swapped for 0.1 s of silence for the run (``bench.edge_asterisk``'s
 baseline, restored after), the default of the control plane, which the capacity issue
@@ -71,8 +80,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench._machine import speed_line
 from bench._stack_load import (
+    Answered,
     CpuSampler,
     PostgresSplit,
+    answered_calls,
     callers,
     carriers,
     children,
@@ -98,6 +109,11 @@ TARGET_CPU_MS = 12.0
 
 #: accept the call-back, 1 order, item 1234#, quantity 2#, confirm 1 (tests/e2e's keys)
 ORDER_KEYS = "1" + "1" + "1234#" + "2#" + "1"
+#: the order those keys make, as the IVR stores it
+ORDER_FIELDS = {"item_code": "1234", "quantity": "2"}
+#: the customer's phone of ``--mode media`` by ``--ivr``: hangs up at ACK + 6 s (the
+#: issue's "order IVR for about 6 s"), or listens to the thank-you prompt to the end
+PHONE_OF_IVR = {"short": "uas_answer_dtmf_hangup.xml", "full": "uas_answer_dtmf.xml"}
 
 #: mean seconds a call holds a channel, for the Asterisks' sizing: the edge's Japanese
 #: announcement (3.1 s, or 0.1 s short) and the rejection; a call-back ringing and running
@@ -108,7 +124,8 @@ ANNOUNCEMENT_OF = {"media": "full", "control": "short"}
 CALLBACK_HOLD_S = {"media": Decimal("8"), "control": Decimal("0.5")}
 
 #: a step has drained when no carrier has logged a SIP message for this long (a media
-#: call-back is silent on SIP between its ACK and its BYE, about 9 s)
+#: call-back is silent on SIP between its ACK and its BYE: 6 s, or about 9 s with
+#: ``--ivr full``)
 QUIET_S = {"media": 12.0, "control": 5.0}
 #: how long the roles may outlive a step's offered calls (SIPp's -timeout)
 MAX_DRAIN_S = 300.0
@@ -151,6 +168,7 @@ class Step:
     pg_kernel: dict[str, float] = field(default_factory=dict)   # of which in the kernel
     server: ServerCounts | None = None   # checkpoints, buffers, autovacuum (ServerCounts)
     stages: list[str] = field(default_factory=list)   # ``--stages``: bench._sweep_stages
+    orders: Orders | None = None   # media: the orders the IVR stored for the step (Orders)
 
     @property
     def called_back_share(self) -> float:
@@ -176,9 +194,10 @@ class Step:
                            self.cpu_s.get("postgres", 0.0))
         ivr = f"  IVR {self.ivr_s:.1f} s" if self.ivr_s is not None else ""
         cpu = "  ".join(f"{name} {seconds:.2f}" for name, seconds in self.cpu_s.items())
+        orders = f"        {self.orders.line()}\n" if self.orders else ""
         return (f"{self.rate:5g}/s offered {self.offered:5d}  called back "
                 f"{self.called_back_share:6.1%}  originated {self.originated_per_s:6.1f}/s  "
-                f"p50 {self.p50_ms:8.1f} ms  p99 {self.p99_ms:8.1f} ms{ivr}\n"
+                f"p50 {self.p50_ms:8.1f} ms  p99 {self.p99_ms:8.1f} ms{ivr}\n{orders}"
                 f"        CPU s: {cpu}\n"
                 f"        own CPU per call-back (servers + PostgreSQL): "
                 f"{self.cpu_ms_per_callback:.1f} ms over {self.window_s:.0f} s, "
@@ -192,6 +211,98 @@ class Step:
                 + (f"\n        {self.server.line(self.called_back)}" if self.server else "")
                 + "".join(f"\n        {line}" for line in self.servers)
                 + "".join(f"\n        {line}" for line in self.stages))
+
+
+# --- the orders a media step's call-backs left -------------------------------------------
+# The order IVR writes the order (a request_info row, category "order", and its outbox
+# message to the edge) when the customer confirms with 1, before the thank-you prompt; the
+# customer hanging up during that prompt must leave it stored, once. Counted per answered
+# call-back from the callback site's database and the edge's (``requests``, once the
+# outbox has delivered).
+
+#: each step's numbers' orders at the callback site
+ORDERS_QUERY = """SELECT r.caller, i.fields->>'item_code' AS item_code,
+                         i.fields->>'quantity' AS quantity
+                  FROM callback_requests r JOIN request_info i USING (callback_id)
+                  WHERE r.caller = ANY($1::text[]) AND i.category = 'order'"""
+#: and at the edge (the outbox's delivery)
+EDGE_ORDERS_QUERY = """SELECT caller, count(*) AS n FROM requests
+                       WHERE caller = ANY($1::text[]) AND category = 'order'
+                       GROUP BY caller"""
+#: how long the edge may take to receive the last orders after a step has drained
+EDGE_ORDERS_WAIT_S = 30.0
+
+
+@dataclass
+class Orders:
+    """The orders stored for a step's answered call-backs, and who hung up each."""
+
+    answered: int
+    collected: int            # answered call-backs with exactly one order, the keyed one
+    missing: list[str]        # answered, no order (caller numbers)
+    twice: list[str]          # answered, more than one order row
+    wrong: list[str]          # an order whose fields are not the keyed ones
+    unanswered: int           # orders of numbers the phone did not answer (none expected)
+    at_edge: int              # answered call-backs whose order the edge received
+    byes: Counter[str]        # "customer" / "server" / "none" -> answered call-backs
+    missing_byes: Counter[str]   # the same, of those with no order
+
+    @classmethod
+    def build(cls, calls: Iterable[Answered], rows: Iterable[tuple[str, str | None,
+                                                                   str | None]],
+              edge: dict[str, int]) -> Orders:
+        """``calls``: the phone's answered call-backs; ``rows``: (caller, item_code,
+        quantity) of each order row of the step's numbers; ``edge``: caller -> order rows
+        at the edge."""
+        answered = {f"+{c.number}": c for c in calls}
+        rows_of: dict[str, list[tuple[str | None, str | None]]] = {}
+        for caller, item, quantity in rows:
+            rows_of.setdefault(caller, []).append((item, quantity))
+        keyed = (ORDER_FIELDS["item_code"], ORDER_FIELDS["quantity"])
+        missing = sorted(n for n in answered if not rows_of.get(n))
+        return cls(
+            answered=len(answered),
+            collected=sum(1 for n in answered if rows_of.get(n) == [keyed]),
+            missing=missing,
+            twice=sorted(n for n in answered if len(rows_of.get(n, ())) > 1),
+            wrong=sorted(n for n, got in rows_of.items() if any(r != keyed for r in got)),
+            unanswered=sum(len(got) for n, got in rows_of.items() if n not in answered),
+            at_edge=sum(1 for n in answered if edge.get(n, 0) >= 1),
+            byes=Counter(c.bye or "none" for c in answered.values()),
+            missing_byes=Counter(answered[n].bye or "none" for n in missing))
+
+    def line(self) -> str:
+        def named(label: str, numbers: list[str]) -> str:
+            more = f" +{len(numbers) - 3} more" if len(numbers) > 3 else ""
+            return f"; {label} {len(numbers)}: {' '.join(numbers[:3])}{more}" if numbers \
+                else ""
+
+        byes = ", ".join(f"{who} {self.byes[who]}" for who in ("customer", "server", "none")
+                         if self.byes[who])
+        lost = (f" (hung up by {', '.join(f'{k} {v}' for k, v in self.missing_byes.items())})"
+                if self.missing else "")
+        return (f"orders collected {self.collected} of {self.answered} call-backs answered, "
+                f"at the edge {self.at_edge}; BYE by {byes or 'nobody'}"
+                + named("NO order", self.missing) + lost + named("two or more", self.twice)
+                + named("other fields", self.wrong)
+                + (f"; {self.unanswered} of numbers not answered" if self.unanswered else ""))
+
+
+async def step_orders(sites: Sites, calls: dict[str, Answered]) -> Orders:
+    """The orders of the call-backs ``calls`` (the phone's, by Call-ID), once the edge
+    has received as many as the callback site stored (or ``EDGE_ORDERS_WAIT_S`` is up)."""
+    numbers = sorted({f"+{c.number}" for c in calls.values()})
+    rows = [(r["caller"], r["item_code"], r["quantity"])
+            for r in await sites.fetch("callback", ORDERS_QUERY, numbers)]
+    stored = {caller for caller, _, _ in rows}
+    deadline = time.monotonic() + EDGE_ORDERS_WAIT_S
+    while True:
+        edge = {r["caller"]: int(r["n"])
+                for r in await sites.fetch("edge", EDGE_ORDERS_QUERY, numbers)}
+        if len(edge) >= len(stored) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    return Orders.build(calls.values(), rows, edge)
 
 
 # --- commits and WAL flushes a call-back (issue #23's WAL flush queue) ---------------------
@@ -604,9 +715,10 @@ def ivr_seconds(phone: sipp_harness.SippRole) -> float | None:
 
 
 class Sweep:
-    def __init__(self, sites: Sites, mode: str, workdir: Path, *, stages: bool = False
-                 ) -> None:
+    def __init__(self, sites: Sites, mode: str, workdir: Path, *, stages: bool = False,
+                 ivr: str = "short") -> None:
         self.sites = sites
+        self.ivr = ivr                  # media: the customer's phone (PHONE_OF_IVR)
         self.with_stages = stages       # split each call-back's clock (bench._sweep_stages)
         self.mode = mode
         self.workdir = workdir
@@ -639,7 +751,7 @@ class Sweep:
         numbers = callers(round(rate * duration_s), first=9050000000 + index * 1_000_000)
         workdir = self.workdir / f"step{index}-{rate:g}"
         workdir.mkdir(parents=True)
-        answer = "uas_answer_dtmf.xml" if self.mode == "media" else "uas_reject_603.xml"
+        answer = PHONE_OF_IVR[self.ivr] if self.mode == "media" else "uas_reject_603.xml"
         callback_sites = [self.sites.asterisks[n] for n in self.sites.callback_names]
         role_s = int(duration_s + MAX_DRAIN_S + 60)
         async with carriers(workdir, callback_sites, a="uas_reject_603.xml", b=answer,
@@ -665,6 +777,8 @@ class Sweep:
             latencies, _ = latencies_ms(hung, invited)
             stages = await self.stages(hung, invited) if self.with_stages else []
             ivr = ivr_seconds(carrier_b) if self.mode == "media" else None
+            orders = (await step_orders(self.sites, answered_calls(carrier_b.messages()))
+                      if self.mode == "media" else None)
             after = await self.transactions()
             wal = await wal_counts(self.sites) - wal_before
             server = await server_counts(self.sites) - server_before
@@ -677,7 +791,8 @@ class Sweep:
                     cpu_s=cpu, window_s=window_s, idle_own_per_s=self.idle_own_per_s,
                     ivr_s=ivr, transactions={k: after[k] - before[k] for k in after},
                     servers=[*self.watch.lines(), *self.activity.lines()], wal=wal,
-                    pg_split=pg_split, pg_kernel=pg_kernel, server=server, stages=stages)
+                    pg_split=pg_split, pg_kernel=pg_kernel, server=server, stages=stages,
+                    orders=orders)
 
     async def stages(self, hung: dict[str, datetime], invited: dict[str, datetime]
                      ) -> list[str]:
@@ -766,7 +881,8 @@ async def run(args: argparse.Namespace) -> list[Step]:
     callbacks = max(args.callback_sites,
                     asterisks_needed("callback", top, CALLBACK_HOLD_S[args.mode]))
     workdir = Path(tempfile.mkdtemp(prefix="cbgw-bench-sweep-"))
-    print(f"load sweep, {args.mode}, {announcement} announcement: rates {args.rates}/s, "
+    phone = f", {args.ivr} IVR ({PHONE_OF_IVR[args.ivr]})" if args.mode == "media" else ""
+    print(f"load sweep, {args.mode}{phone}, {announcement} announcement: rates {args.rates}/s, "
           f"{args.duration:g} s a step, "
           f"{edges} edge and {callbacks} callback Asterisk(s) with a server each, log level "
           f"{args.log_level}; work in {workdir}", flush=True)
@@ -781,7 +897,7 @@ async def run(args: argparse.Namespace) -> list[Step]:
                 for name, site in sites.asterisks.items():
                     if name.startswith("edge"):
                         swapped.enter_context(short_announcement(site))
-            sweep = Sweep(sites, args.mode, workdir, stages=args.stages)
+            sweep = Sweep(sites, args.mode, workdir, stages=args.stages, ivr=args.ivr)
             try:
                 async with pg_settings(sites.callback_db_url, args.pg_setting):
                     print(await sweep.idle(args.idle), flush=True)
@@ -796,17 +912,20 @@ async def run(args: argparse.Namespace) -> list[Step]:
 
 def summary(steps: list[Step]) -> str:
     rows = ["| offered/s | called back | originated/s | p50 / p99 ms "
-            "| own CPU ms per call-back (less idle) |", "|---|---|---|---|---|"]
+            "| own CPU ms per call-back (less idle) | orders / answered |",
+            "|---|---|---|---|---|---|"]
     rows += [f"| {s.rate:g} | {s.called_back_share:.1%} | {s.originated_per_s:.1f} | "
              f"{s.p50_ms:.0f} / {s.p99_ms:.0f} | {s.cpu_ms_per_callback:.1f} "
-             f"({s.busy_ms_per_callback:.1f}) |" for s in steps]
+             f"({s.busy_ms_per_callback:.1f}) | "
+             + (f"{s.orders.collected} / {s.orders.answered} |" if s.orders else "- |")
+             for s in steps]
     first = knee(steps)
     rows.append(f"knee: {first.rate:g}/s" if first else
                 "knee: beyond the sweep (every rate 100 % called back, p99 <= 1 s)")
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench load_sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("media", "control"), default="media")
@@ -817,6 +936,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--announcement", choices=("full", "short"), default=None,
                         help="the edge's: the installed prompt (media's default) or 0.1 s "
                              "of silence (the control plane's default)")
+    parser.add_argument("--ivr", choices=tuple(PHONE_OF_IVR), default="short",
+                        help="media: the customer's phone hangs up 6 s after answering, "
+                             "during the thank-you prompt (short: the capacity issue's "
+                             "condition), or listens to the prompt's end, 8.5-9.5 s (full)")
     parser.add_argument("--edge-sites", type=int, choices=(1, 2), default=1,
                         help="edge servers, each with its Asterisk, at least (2: Kamailio in "
                              "front of both even where one Asterisk carries the top rate)")
@@ -832,7 +955,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run with this PostgreSQL setting (one a reload applies: "
                              "ALTER SYSTEM, reset after the run), to alternate it with "
                              "runs without; repeatable")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     print(speed_line(), flush=True)
     steps = asyncio.run(run(args))
     print(summary(steps))
