@@ -60,12 +60,13 @@ def latencies_ms(hung: dict[str, datetime], invited: dict[str, datetime]
 
 @dataclass(frozen=True)
 class Answered:
-    """A call-back the customer's phone answered: the number called (E.164 digits) and
-    who ended it: ``"customer"`` (the phone's BYE), ``"server"`` (the callback site's
-    BYE), or None (no BYE in the log)."""
+    """A call-back the customer's phone answered: the number called (E.164 digits), who
+    ended it: ``"customer"`` (the phone's BYE), ``"server"`` (the callback site's BYE), or
+    None (no BYE in the log), and when that BYE was sent or received."""
 
     number: str
     bye: str | None
+    bye_at: datetime | None = None
 
 
 def answered_calls(messages: Iterable[sipp_harness.SipMessage]) -> dict[str, Answered]:
@@ -85,7 +86,7 @@ def answered_calls(messages: Iterable[sipp_harness.SipMessage]) -> dict[str, Ans
             out[cid] = Answered(numbers[cid], None)
         elif m.method == "BYE" and cid in out and out[cid].bye is None:
             out[cid] = Answered(out[cid].number,
-                                "customer" if m.direction == "sent" else "server")
+                                "customer" if m.direction == "sent" else "server", m.at)
     return out
 
 

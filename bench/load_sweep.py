@@ -222,7 +222,7 @@ class Step:
 
 #: each step's numbers' orders at the callback site
 ORDERS_QUERY = """SELECT r.caller, i.fields->>'item_code' AS item_code,
-                         i.fields->>'quantity' AS quantity
+                         i.fields->>'quantity' AS quantity, i.collected_at
                   FROM callback_requests r JOIN request_info i USING (callback_id)
                   WHERE r.caller = ANY($1::text[]) AND i.category = 'order'"""
 #: and at the edge (the outbox's delivery)
@@ -233,6 +233,10 @@ EDGE_ORDERS_QUERY = """SELECT caller, count(*) AS n FROM requests
 EDGE_ORDERS_WAIT_S = 30.0
 
 
+#: (caller, item_code, quantity, collected_at) of an order row
+OrderRow = tuple[str, str | None, str | None, datetime]
+
+
 @dataclass
 class Orders:
     """The orders stored for a step's answered call-backs, and who hung up each."""
@@ -241,23 +245,30 @@ class Orders:
     collected: int            # answered call-backs with exactly one order, the keyed one
     missing: list[str]        # answered, no order (caller numbers)
     twice: list[str]          # answered, more than one order row
-    wrong: list[str]          # an order whose fields are not the keyed ones
+    wrong: list[str]          # orders not the keyed one: "caller (item x quantity)"
     unanswered: int           # orders of numbers the phone did not answer (none expected)
     at_edge: int              # answered call-backs whose order the edge received
     byes: Counter[str]        # "customer" / "server" / "none" -> answered call-backs
     missing_byes: Counter[str]   # the same, of those with no order
+    #: seconds after the customer's BYE each order written after it was written (the
+    #: server behind the call's events: the confirming key handled after the hang-up)
+    after_bye: list[float] = field(default_factory=list)
 
     @classmethod
-    def build(cls, calls: Iterable[Answered], rows: Iterable[tuple[str, str | None,
-                                                                   str | None]],
+    def build(cls, calls: Iterable[Answered], rows: Iterable[OrderRow],
               edge: dict[str, int]) -> Orders:
         """``calls``: the phone's answered call-backs; ``rows``: (caller, item_code,
-        quantity) of each order row of the step's numbers; ``edge``: caller -> order rows
-        at the edge."""
+        quantity, collected_at) of each order row of the step's numbers; ``edge``: caller
+        -> order rows at the edge."""
         answered = {f"+{c.number}": c for c in calls}
         rows_of: dict[str, list[tuple[str | None, str | None]]] = {}
-        for caller, item, quantity in rows:
+        after_bye = []
+        for caller, item, quantity, collected_at in rows:
             rows_of.setdefault(caller, []).append((item, quantity))
+            call = answered.get(caller)
+            if call is not None and call.bye == "customer" and call.bye_at is not None \
+                    and collected_at > call.bye_at:
+                after_bye.append((collected_at - call.bye_at).total_seconds())
         keyed = (ORDER_FIELDS["item_code"], ORDER_FIELDS["quantity"])
         missing = sorted(n for n in answered if not rows_of.get(n))
         return cls(
@@ -265,11 +276,13 @@ class Orders:
             collected=sum(1 for n in answered if rows_of.get(n) == [keyed]),
             missing=missing,
             twice=sorted(n for n in answered if len(rows_of.get(n, ())) > 1),
-            wrong=sorted(n for n, got in rows_of.items() if any(r != keyed for r in got)),
+            wrong=sorted(f"{n} ({item} x {quantity})" for n, got in rows_of.items()
+                         for item, quantity in got if (item, quantity) != keyed),
             unanswered=sum(len(got) for n, got in rows_of.items() if n not in answered),
             at_edge=sum(1 for n in answered if edge.get(n, 0) >= 1),
             byes=Counter(c.bye or "none" for c in answered.values()),
-            missing_byes=Counter(answered[n].bye or "none" for n in missing))
+            missing_byes=Counter(answered[n].bye or "none" for n in missing),
+            after_bye=sorted(after_bye))
 
     def line(self) -> str:
         def named(label: str, numbers: list[str]) -> str:
@@ -281,8 +294,10 @@ class Orders:
                          if self.byes[who])
         lost = (f" (hung up by {', '.join(f'{k} {v}' for k, v in self.missing_byes.items())})"
                 if self.missing else "")
+        late = (f"; written after the customer's BYE {len(self.after_bye)} (up to "
+                f"{self.after_bye[-1]:.1f} s after)" if self.after_bye else "")
         return (f"orders collected {self.collected} of {self.answered} call-backs answered, "
-                f"at the edge {self.at_edge}; BYE by {byes or 'nobody'}"
+                f"at the edge {self.at_edge}; BYE by {byes or 'nobody'}{late}"
                 + named("NO order", self.missing) + lost + named("two or more", self.twice)
                 + named("other fields", self.wrong)
                 + (f"; {self.unanswered} of numbers not answered" if self.unanswered else ""))
@@ -292,9 +307,9 @@ async def step_orders(sites: Sites, calls: dict[str, Answered]) -> Orders:
     """The orders of the call-backs ``calls`` (the phone's, by Call-ID), once the edge
     has received as many as the callback site stored (or ``EDGE_ORDERS_WAIT_S`` is up)."""
     numbers = sorted({f"+{c.number}" for c in calls.values()})
-    rows = [(r["caller"], r["item_code"], r["quantity"])
+    rows = [(r["caller"], r["item_code"], r["quantity"], r["collected_at"])
             for r in await sites.fetch("callback", ORDERS_QUERY, numbers)]
-    stored = {caller for caller, _, _ in rows}
+    stored = {row[0] for row in rows}
     deadline = time.monotonic() + EDGE_ORDERS_WAIT_S
     while True:
         edge = {r["caller"]: int(r["n"])

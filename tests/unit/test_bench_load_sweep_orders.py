@@ -14,9 +14,12 @@ from tests.harness.sipp import SIPP_DIR, SipMessage
 T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
 
 
+def at(ms: int) -> datetime:
+    return T0 + timedelta(milliseconds=ms)
+
+
 def msg(ms: int, direction: str, first_line: str, call_id: str, cseq: str) -> SipMessage:
-    return SipMessage(direction, T0 + timedelta(milliseconds=ms), first_line,
-                      {"call-id": call_id, "cseq": cseq})
+    return SipMessage(direction, at(ms), first_line, {"call-id": call_id, "cseq": cseq})
 
 
 def dialog(cid: str, number: str, bye: str | None, at: int = 0, *,
@@ -46,38 +49,41 @@ def test_answered_calls_say_who_hung_up_each_answered_call_back() -> None:
                 *dialog("d", "819050000003", None, 300),
                 *dialog("e", "819050000004", None, 400, answer=False)]
     assert answered_calls(messages) == {
-        "a": Answered("819050000000", "customer"),
-        "b": Answered("819050000001", "server"),
-        "c": Answered("819050000002", "customer"),
+        "a": Answered("819050000000", "customer", at(6000)),
+        "b": Answered("819050000001", "server", at(9100)),
+        "c": Answered("819050000002", "customer", at(6200)),
         "d": Answered("819050000003", None)}
 
 
 def test_orders_count_each_answered_call_backs_order_and_name_the_lost_and_doubled() -> None:
-    calls = [Answered(f"8190500000{i:02d}", "customer") for i in range(5)]
-    calls[4] = Answered("819050000004", "server")
-    rows = [("+819050000000", "1234", "2"),
-            ("+819050000001", "1234", "2"), ("+819050000001", "1234", "2"),   # twice
-            ("+819050000002", "99", "2"),                                      # other fields
-            ("+819050000004", "1234", "2"),
-            ("+819059999999", "1234", "2")]                                    # not answered
+    calls = [Answered(f"8190500000{i:02d}", "customer", at(6000)) for i in range(5)]
+    calls[4] = Answered("819050000004", "server", at(9000))
+    rows = [("+819050000000", "1234", "2", at(5000)),
+            ("+819050000001", "1234", "2", at(5000)),
+            ("+819050000001", "1234", "2", at(5100)),                   # twice
+            ("+819050000002", "99", "2", at(7500)),                     # other fields, late
+            ("+819050000004", "1234", "2", at(8000)),                   # before the server's BYE
+            ("+819059999999", "1234", "2", at(5000))]                   # not answered
     edge = {"+819050000000": 1, "+819050000001": 2, "+819050000004": 1}
     orders = Orders.build(calls, rows, edge)
     assert (orders.answered, orders.collected, orders.at_edge) == (5, 2, 3)
     assert orders.missing == ["+819050000003"]
-    assert orders.twice == ["+819050000001"] and orders.wrong == ["+819050000002"]
+    assert orders.twice == ["+819050000001"] and orders.wrong == ["+819050000002 (99 x 2)"]
     assert orders.unanswered == 1
     assert orders.byes == Counter(customer=4, server=1)
     assert orders.missing_byes == Counter(customer=1)
+    assert orders.after_bye == [1.5]
     assert orders.line() == (
         "orders collected 2 of 5 call-backs answered, at the edge 3; BYE by customer 4, "
-        "server 1; NO order 1: +819050000003 (hung up by customer 1); two or more 1: "
-        "+819050000001; other fields 1: +819050000002; 1 of numbers not answered")
+        "server 1; written after the customer's BYE 1 (up to 1.5 s after); NO order 1: "
+        "+819050000003 (hung up by customer 1); two or more 1: +819050000001; "
+        "other fields 1: +819050000002 (99 x 2); 1 of numbers not answered")
 
 
 def test_every_order_stored_once_is_one_plain_line() -> None:
-    calls = [Answered(f"81905000{i:04d}", "customer") for i in range(2400)]
-    rows = [(f"+{c.number}", "1234", "2") for c in calls]
-    orders = Orders.build(calls, rows, {caller: 1 for caller, _, _ in rows})
+    calls = [Answered(f"81905000{i:04d}", "customer", at(6000)) for i in range(2400)]
+    rows = [(f"+{c.number}", "1234", "2", at(5000)) for c in calls]
+    orders = Orders.build(calls, rows, {row[0]: 1 for row in rows})
     assert orders.line() == ("orders collected 2400 of 2400 call-backs answered, "
                              "at the edge 2400; BYE by customer 2400")
 
