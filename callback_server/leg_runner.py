@@ -88,6 +88,9 @@ class Legs:
         self.pending = pending           # the round's follow-up events, handled first
         self.originated = originated     # a leg was dialled (its channel id)
         self.refused: set[str] = set()   # legs the guard refused: never originated
+        #: every channel id the round routed to its inbox (:meth:`_persist`): what its end
+        #: stops routing (:meth:`release`)
+        self.routed: set[str] = set()
 
     @property
     def _events(self) -> asyncio.Queue[ari.Event]:
@@ -140,8 +143,16 @@ class Legs:
         """The number a leg called: a transfer's leg a flow's number, else the customer."""
         return E164.parse(cmd.destination) if cmd.leg == "transfer" else self.job.destination
 
+    def release(self) -> None:
+        """Stop routing the round's channels (at its end): exactly those it routed, not
+        a scan of every live call's."""
+        for cid in self.routed:
+            self.router.release(cid)
+        self.routed.clear()
+
     async def _persist(self, cmd: PersistAttempt) -> None:
         self.router.subscribe(cmd.channel_id, self._events)
+        self.routed.add(cmd.channel_id)
         self.refused.discard(cmd.channel_id)    # a refused leg's id is used again
         try:
             await self.store.persist_leg(cmd, self.job.merchant_id)

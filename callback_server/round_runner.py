@@ -110,8 +110,7 @@ class RoundRunner(ABC):
             return False
         finally:
             self.timers.cancel_all()
-            for cid in {c for c in self.router.channel_ids if c.startswith(self.job.callback_id)}:
-                self.router.release(cid)
+            self.legs.release()
 
     async def _finish_round(self, outcome: Finish, *, rang: bool, confirmed: bool,
                             ended: LegEnd | None = None) -> None:

@@ -122,6 +122,19 @@ async def test_failover_answer_order_ivr_cdr_and_finish() -> None:
     assert call.ari.router.channel_ids == frozenset()
 
 
+async def test_the_rounds_end_stops_routing_its_own_legs_and_no_other_calls() -> None:
+    call = Call()
+    other = call.ari.router.subscribe("cb-90-01")      # another call's leg, a like id
+    await call.start(A, B)
+    await call.push(ari.ChannelDestroyed(ch("cb-9-01"), cause=34, cause_txt="Congestion"))
+    assert {"cb-9-01", "cb-9-02"} <= call.ari.router.channel_ids
+    await call.push(ari.StasisEnd(ch("cb-9-02")))       # unanswered: the round is over
+    await call.outcome()
+    assert call.ari.router.channel_ids == frozenset({"cb-90-01"})
+    call.ari.router.dispatch(ari.StasisEnd(ch("cb-90-01")))
+    assert other.qsize() == 1
+
+
 async def test_allocation_failed_fails_over_immediately() -> None:
     call = Call()
     call.ari.allocation_fails.add(A.endpoint)
