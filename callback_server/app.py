@@ -93,6 +93,7 @@ from callback_server.round_runner import RUNNING_CALL_WRITES
 from callback_server.routing import Routing
 from callback_server.stasis import EVENTS_USED, StasisApp
 from callback_server.store import CallbackStore
+from callback_server.store.info_records import InfoRecords
 from callback_server.store.leg_results import LegResults
 from callback_server.worker import Worker
 from ivr_platform.guidance import media_ref
@@ -348,6 +349,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
                           else None, customer_legs=True)
     await store.sync_merchants(settings.merchants)
     store.leg_results = leg_results = LegResults(pool)
+    store.info_records = info_records = InfoRecords(pool)
     app[DB_URL_KEY] = url
     app[POOL_KEY] = pool
     app[STORE_KEY] = store
@@ -358,6 +360,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await intake.close()  # answers or fails every request it holds; gives connections back
     await leg_results.close()
+    await info_records.close()
     await guard.alerter.close()
     await pool.close()
 

@@ -17,6 +17,7 @@ import asyncpg
 
 if TYPE_CHECKING:
     from callback_server.guard.service import Guard
+    from callback_server.store.info_records import InfoRecords
     from callback_server.store.leg_results import LegResults
     from ivr_platform.notify_config import NotifySettings
 
@@ -60,3 +61,6 @@ class StoreBase:
         self.round_flows: dict[str, RoundFlow] = {}
         # The legs' results written together (group commit); None: each on its own.
         self.leg_results: LegResults | None = None
+        # The IVRs' request info written together (group commit; without call
+        # notifications); None: each on its own.
+        self.info_records: InfoRecords | None = None

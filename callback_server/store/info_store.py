@@ -9,6 +9,7 @@ from datetime import datetime
 
 from callback_server.ivr import Submit
 from callback_server.store.base import RoundFlow, StoreBase
+from callback_server.store.info_records import InfoRecord
 from ivr_platform.notify_config import Event
 from ivr_platform.notify_outbox import enqueue as enqueue_notification
 from shared.db import survives_database_restarts
@@ -44,6 +45,12 @@ class InfoStore(StoreBase):
             "caller": str(caller), "category": submit.category,
             "fields": submit.as_dict(), "collected_at": isoformat(collected_at),
         }
+        if self.notify is None and self.info_records is not None:
+            # with the other calls' submits of the moment: one statement, one commit
+            await self.info_records.record(InfoRecord(
+                callback_id, merchant_id, submit.category, submit.as_dict(), collected_at,
+                mid, encode(message)))
+            return mid
         if self.notify is None:
             # One statement, its own transaction: the row and its message, or neither
             # (a repeat of the same fact inserts nothing). A connection is held for one

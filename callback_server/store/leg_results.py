@@ -15,10 +15,10 @@ result has not arrived yet, its originate on its way. A leg with no such partner
 waits; a partner whose originate failed is forgotten (:meth:`LegResults.forget`), and
 one older than ``expect_s`` no longer counts.
 
-Failures: a lost connection fails every caller of the batch with that error (the store's
-live-call retry, :func:`shared.db.survives_database_restarts`, then writes each again);
-any other error has each result of the batch written alone, so one bad result fails only
-its own caller.
+Failures (:class:`~callback_server.store.grouped.GroupedWrites`): a lost connection fails
+every caller of the batch with that error (the store's live-call retry,
+:func:`shared.db.survives_database_restarts`, then writes each again); any other error has
+each result of the batch written alone, so one bad result fails only its own caller.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from shared.db import CONNECTION_ERRORS, holding
-from shared.intake_batch import Batcher, _Pending
+from callback_server.store.grouped import GroupedWrites
+from shared.db import holding
 from shared.waits import within
 
 #: the results of a batch as one UPDATE (the result of :func:`~callback_server.store.
@@ -53,12 +53,10 @@ class LegResult:
 
 
 @dataclass
-class LegResults(Batcher[LegResult, None]):
+class LegResults(GroupedWrites[LegResult]):
     """Group commit of legs' results (see the module docstring)."""
 
     kind: str = "leg_result"
-    max_in_flight: int = 2
-    hold: bool = False
     #: the longest a batch waits for a leg's result that is coming (:meth:`expect`)
     partner_wait_s: float = 0.003
     #: a leg persisted longer ago than this is no longer waited for
@@ -121,23 +119,3 @@ class LegResults(Batcher[LegResult, None]):
             for _, r in batch:
                 await conn.execute(_RESULTS, [r.channel_id], [r.status], [r.cause])
         return dict.fromkeys((key for key, _ in batch), None)
-
-    async def _write_batch(self, batch: list[_Pending[LegResult, None]]) -> None:
-        try:
-            await self._write_on_held(batch)
-        except CONNECTION_ERRORS as exc:    # each caller retries (survives_database_restarts)
-            for pending in batch:
-                self._settle_error(pending, exc)
-        except Exception as exc:            # isolate the result that fails
-            alone = batch if len(batch) > 1 else []
-            if not alone:
-                self._settle_error(batch[0], exc)
-            for pending in alone:
-                try:
-                    await self._write_on_held([pending])
-                except Exception as own:
-                    self._settle_error(pending, own)
-        except BaseException as exc:        # cancelled: no caller left waiting
-            for pending in batch:
-                self._settle_error(pending, exc)
-            raise
