@@ -119,7 +119,7 @@ class IvrRunner:
                     cmd, callback_id=self.job.callback_id, edge_call_id=self.ctx.edge_call_id,
                     merchant_id=self.job.merchant_id, caller=self.job.destination,
                     collected_at=utcnow(), seq=self._submits)
-            log.info("collected %s %s", cmd.category, cmd.as_dict())
+            log.debug("collected %s %s", cmd.category, cmd.as_dict())
         elif isinstance(cmd, ivr.DialOperator):
             self.follow_up(OperatorRequested(utcnow()))
         elif isinstance(cmd, _ROUND_COMMANDS):

@@ -221,7 +221,7 @@ def leg_event(event: object, causes: dict[str, int]) -> Answered | ChannelGone |
     is kept in ``causes`` for the ``StasisEnd`` that follows (a soft request's "cause" is
     Asterisk's soft-hangup flag, 32 = explicit, not Q.850)."""
     if isinstance(event, ari.StasisStart):
-        log.info("%s answered", event.channel.id)
+        log.debug("%s answered", event.channel.id)
         return Answered(event.channel.id, event.timestamp or utcnow())
     if isinstance(event, ari.ChannelHangupRequest):
         if event.cause is not None and not event.soft:

@@ -36,9 +36,9 @@ class Routing:
         """The carriers to try, cheapest first; none above ``max_rate`` per minute (the
         merchant's maximum): if every carrier pricing the number is, none (and never the
         static routes, whose price is not known). Those below the merchant's ``quality``
-        floor come last (``routing_rates.quality``), each logged with why. One INFO line
-        names the carriers in order with their expected costs; each one's terms and deck
-        are logged at DEBUG."""
+        floor come last (``routing_rates.quality``), each logged with why. The carriers in
+        order with their expected costs, and each one's terms and deck, are logged at DEBUG
+        (the worker's line for the claimed job names the routes)."""
         if self.service is not None:
             ranked = self.service.ranking(number, at, max_rate=max_rate, quality=quality)
             quotes, dropped = ranked.routes, ranked.dropped
@@ -55,8 +55,9 @@ class Routing:
                     if debug:
                         log.debug("route %s for %s: expected %s (%s)", q.carrier_id, number,
                                   q.expected_cost.round_up(4), q.explain)
-                log.info("routes for %s: %s", number, ", ".join(
-                    f"{q.carrier_id} {q.expected_cost.round_up(4)}" for q in quotes))
+                if debug:       # the worker's "job claimed" line names the routes in order
+                    log.debug("routes for %s: %s", number, ", ".join(
+                        f"{q.carrier_id} {q.expected_cost.round_up(4)}" for q in quotes))
                 return tuple(Route(q.carrier_id, q.endpoint_template.format(
                     digits=number.digits, e164=str(number))) for q in quotes)
             if capped:

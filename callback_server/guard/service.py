@@ -512,7 +512,7 @@ class Guard:
         if not got.recorded or not end.rang and not end.confirmed:
             return
         if end.confirmed:
-            log.info("%s confirmed the call-back %s", text, end.callback_id)
+            log.debug("%s confirmed the call-back %s", text, end.callback_id)
             return
         action = velocity.after_unconfirmed(
             got.recent, got.window, got.locked_until is not None and got.locked_until > now,

@@ -151,12 +151,15 @@ async def test_the_callback_ranking_demotes_and_caps(rates: RatingService,
     assert await routing.routes(MOBILE, at, Money.of("20", "JPY"), FLOOR) == ()
 
 
-async def test_the_ranking_is_one_info_line(rates: RatingService,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_ranking_is_one_debug_line_and_none_at_info(
+        rates: RatingService, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, "callback.routing"):
         await Routing(rates, ()).routes(MOBILE, datetime.now(UTC))
-    lines = [r.getMessage() for r in caplog.records
-             if r.name == "callback.routing" and r.levelno == logging.INFO]
+    assert [r for r in caplog.records if r.name == "callback.routing"] == []
+    with caplog.at_level(logging.DEBUG, "callback.routing"):
+        await Routing(rates, ()).routes(MOBILE, datetime.now(UTC))
+    lines = [r.getMessage() for r in caplog.records if r.name == "callback.routing"
+             and r.getMessage().startswith("routes for")]
     assert len(lines) == 1, lines
     assert re.fullmatch(r"routes for \+819012345678: carrier-b \S+ JPY, carrier-a \S+ JPY, "
                         r"carrier-c \S+ JPY", lines[0]), lines[0]
