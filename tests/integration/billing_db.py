@@ -82,9 +82,10 @@ def fixtures() -> tuple[Any, Any]:
 
     @pytest.fixture
     async def clean(pool: asyncpg.Pool) -> asyncpg.Pool:
-        await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_group_policies, "
-                           "billing_stripe_events, billing_records, billing_customer_legs, "
-                           "billing_records_awaiting, consultations, outbox CASCADE")
+        await pool.execute("TRUNCATE billing_accounts, billing_reservations, billing_policies, "
+                           "billing_group_policies, billing_stripe_events, billing_records, "
+                           "billing_customer_legs, billing_records_awaiting, consultations, "
+                           "outbox CASCADE")
         return pool
 
     return pool, clean

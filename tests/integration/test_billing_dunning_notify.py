@@ -44,7 +44,7 @@ __all__ = ["chat", "pool"]          # the fixtures, as the notification tests se
 async def test_a_declined_charge_and_its_recovery_are_sent_to_the_merchants_channel(
         pool: asyncpg.Pool, chat: tuple[FakeChat, str], localstripe: int) -> None:
     fake, base = chat
-    await pool.execute("TRUNCATE billing_accounts, consultations CASCADE")
+    await pool.execute("TRUNCATE billing_accounts, billing_reservations, consultations CASCADE")
     client: stripe.StripeClient = client_for(localstripe)
     hook = WebhookSettings(base + SLACK_PATH)
     settings = NotifySettings(channels=(Channel(
@@ -83,7 +83,8 @@ async def test_a_declined_charge_and_its_recovery_are_sent_to_the_merchants_chan
 async def test_the_customer_of_a_merchant_that_opted_in_is_told_by_sms(
         pool: asyncpg.Pool, localstripe: int,
         aiohttp_server: Callable[..., Awaitable[TestServer]]) -> None:
-    await pool.execute("TRUNCATE billing_accounts, consultations, sms_messages CASCADE")
+    await pool.execute("TRUNCATE billing_accounts, billing_reservations, consultations, "
+                       "sms_messages CASCADE")
     fake = FakeTwilio()
     provider = await aiohttp_server(fake.app())
     sms = SmsSettings(TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, str(provider.make_url(""))),
@@ -119,7 +120,8 @@ async def test_the_customer_of_a_merchant_that_opted_in_is_told_by_sms(
 
 async def test_no_sms_for_a_merchant_that_did_not_opt_in(pool: asyncpg.Pool,
                                                         localstripe: int) -> None:
-    await pool.execute("TRUNCATE billing_accounts, consultations, sms_messages CASCADE")
+    await pool.execute("TRUNCATE billing_accounts, billing_reservations, consultations, "
+                       "sms_messages CASCADE")
     sms = SmsSettings(TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, "http://127.0.0.1:9"),
                       normalise("050-1111-2222"), dunning_merchants=frozenset({"bento"}))
     client: stripe.StripeClient = client_for(localstripe)

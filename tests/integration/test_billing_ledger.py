@@ -128,6 +128,45 @@ async def test_an_entry_is_of_its_transactions_account(clean: asyncpg.Pool) -> N
     assert await ledger.balance("acme", "c-2") == Balance(1000, 0)
 
 
+async def test_a_reservation_names_an_account_that_exists_for_good(clean: asyncpg.Pool) -> None:
+    """A reservation's account is checked once per inserting statement (no foreign key's
+    check per row, migration 0025): a statement writing any reservation of no account is
+    refused whole; an account is never updated or deleted, so the account it named stays;
+    TRUNCATE of the accounts leaves no reservation behind (the foreign key's CASCADE emptied
+    them; now the TRUNCATE is refused unless it names them)."""
+    ledger = Ledger(clean)
+    await ledger.deposit("acme", "c-1", 1000, "sato", "first")
+    r = await reserved(ledger, "c-1", "call-1")
+    await ledger.settle("acme", r.id, 30)
+    acc = await clean.fetchval("SELECT id FROM billing_accounts WHERE account = 'c-1'")
+    insert = ("INSERT INTO billing_reservations (account_id, consultation_id, terms, held_yen, "
+              "allowed_s) SELECT a, 'c-' || a, '{}', 0, 0 FROM unnest($1::bigint[]) a")
+    for accounts in ([acc + 1], [acc, acc + 1], [acc + 1, acc]):
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match=f"account {acc + 1} "):
+            await clean.execute(insert, accounts)
+    assert await clean.fetchval("SELECT count(*) FROM billing_reservations") == 1
+    await clean.execute(insert, [acc])                       # its own account: written
+    async with clean.acquire() as conn, conn.transaction():  # an account of its transaction
+        new = await account_id(conn, "acme", "c-2", create=True)
+        await conn.execute(insert, [new])
+    for sql in ("DELETE FROM billing_accounts",
+                "UPDATE billing_accounts SET id = DEFAULT",
+                "UPDATE billing_accounts SET account = 'c-3' WHERE account = 'c-2'"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await clean.execute(sql)
+    assert await clean.fetchval(
+        "SELECT count(*) FROM billing_reservations r JOIN billing_accounts a "
+        "ON a.id = r.account_id") == 3
+    with pytest.raises(asyncpg.FeatureNotSupportedError):     # still by the ledger's keys
+        await clean.execute("TRUNCATE billing_accounts")
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="reservations left"):
+        await clean.execute("TRUNCATE billing_accounts CASCADE")
+    assert await clean.fetchval("SELECT count(*) FROM billing_reservations") == 3
+    await clean.execute("TRUNCATE billing_accounts, billing_reservations CASCADE")
+    for table in ("billing_reservations", "billing_settlements", "billing_transactions"):
+        assert await clean.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+
+
 async def test_a_reservation_holds_what_the_balance_pays_and_settles_at_the_rated_amount(
         clean: asyncpg.Pool) -> None:
     ledger = Ledger(clean)

@@ -71,8 +71,8 @@ pool, clean = advisors_db.fixtures(billing_db.migrations(), records.MIGRATIONS)
 async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
     """Emptied, with the customer member-42 at ``NUMBER``."""
     pool = clean
-    await pool.execute("TRUNCATE billing_accounts, billing_policies, billing_group_policies, "
-                       "billing_records, "
+    await pool.execute("TRUNCATE billing_accounts, billing_reservations, billing_policies, "
+                       "billing_group_policies, billing_records, "
                        "billing_customer_legs, billing_records_awaiting, "
                        "outbox CASCADE")
     await AdvisorStore(pool).create_customer(
