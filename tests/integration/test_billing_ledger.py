@@ -151,9 +151,13 @@ async def test_a_reservation_names_an_account_that_exists_for_good(clean: asyncp
         await conn.execute(insert, [new])
     for sql in ("DELETE FROM billing_accounts",
                 "UPDATE billing_accounts SET id = DEFAULT",
-                "UPDATE billing_accounts SET account = 'c-3' WHERE account = 'c-2'"):
+                "UPDATE billing_accounts SET merchant_id = 'other' WHERE account = 'c-2'"):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await clean.execute(sql)
+    # a customer's erasure pseudonymises the account's name: its id and merchant stay
+    ids = await clean.fetch("SELECT id FROM billing_accounts ORDER BY id")
+    await clean.execute("UPDATE billing_accounts SET account = 'c-3' WHERE account = 'c-2'")
+    assert await clean.fetch("SELECT id FROM billing_accounts ORDER BY id") == ids
     assert await clean.fetchval(
         "SELECT count(*) FROM billing_reservations r JOIN billing_accounts a "
         "ON a.id = r.account_id") == 3
