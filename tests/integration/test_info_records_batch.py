@@ -49,12 +49,18 @@ async def written(pool: asyncpg.Pool) -> tuple[list[tuple[object, ...]], list[tu
     return [tuple(r) for r in info], [tuple(r) for r in out]
 
 
-async def test_submits_that_come_together_are_one_statement_as_written_alone(
-        pool: asyncpg.Pool) -> None:
+async def calls_back(pool: asyncpg.Pool, *numbers: str) -> tuple[CallbackStore, list[str]]:
+    """An emptied database, a store, a call-back for each number and no outbox message."""
     await pool.execute(EMPTIED)
     store = CallbackStore(pool, owner="w1")
-    calls = [await a_call_back(pool, store, str(200 + n)) for n in range(4)]
+    calls = [await a_call_back(pool, store, number) for number in numbers]
     await pool.execute("TRUNCATE outbox")
+    return store, calls
+
+
+async def test_submits_that_come_together_are_one_statement_as_written_alone(
+        pool: asyncpg.Pool) -> None:
+    store, calls = await calls_back(pool, *(str(200 + n) for n in range(4)))
     store.info_records = records = Counting(pool)
     try:
         ids = await asyncio.gather(*(submit(store, cid, n) for n, cid in enumerate(calls)))
@@ -73,10 +79,7 @@ async def test_submits_that_come_together_are_one_statement_as_written_alone(
 
 
 async def test_a_repeat_of_a_fact_writes_nothing_twice(pool: asyncpg.Pool) -> None:
-    await pool.execute(EMPTIED)
-    store = CallbackStore(pool, owner="w1")
-    callback_id = await a_call_back(pool, store, "300")
-    await pool.execute("TRUNCATE outbox")
+    store, (callback_id,) = await calls_back(pool, "300")
     store.info_records = records = InfoRecords(pool)
     try:
         # a repeat still queued joins the first; one after its commit inserts nothing
@@ -92,10 +95,7 @@ async def test_a_repeat_of_a_fact_writes_nothing_twice(pool: asyncpg.Pool) -> No
 
 
 async def test_a_bad_submit_fails_alone(pool: asyncpg.Pool) -> None:
-    await pool.execute(EMPTIED)
-    store = CallbackStore(pool, owner="w1")
-    callback_id = await a_call_back(pool, store, "400")
-    await pool.execute("TRUNCATE outbox")
+    store, (callback_id,) = await calls_back(pool, "400")
     store.info_records = records = Counting(pool)
     try:
         outcome = await asyncio.gather(submit(store, callback_id, 1),
