@@ -21,13 +21,13 @@ Admitting alone holds nothing: a prepaid consultation still reserves (:meth:`bil
 ledger.Ledger.reserve`) before it connects, which is what guards concurrent consultations.
 An ask that names its consultation (``Ask.consultation_id``) is admitted and, prepaid
 and admitted, reserved in the same call (:func:`admit_and_hold_sql`: the body of the
-function ``billing_admit_and_hold``, migrations 0022 and 0024, which :data:`ADMIT_AND_HOLD`
+function ``billing_admit_and_hold``, migrations 0022, 0024 and 0027, which :data:`ADMIT_AND_HOLD`
 calls in one round trip, its own transaction, its statements on their generic plans from
 the first call): it locks the asks' accounts, then reads the facts as
 :func:`admission_sql` does, once, under the locks, keeps the asks whose available balance
 pays for the first billed unit (:func:`decide`'s prepaid rule) and decides and writes
-their holds on that read (``billing_hold_locked``, migration 0024: the ledger's rule of
-``billing_reserve_holds``, 0019) (``Answer.hold``). So an admitted ask's hold is what
+their holds on that read (``billing_hold_locked_once``, migration 0027: the ledger's rule
+of ``billing_reserve_holds``, 0019) (``Answer.hold``). So an admitted ask's hold is what
 :meth:`Ledger.reserve` right after the admission would have answered, and an ask
 admission refuses holds nothing.
 """
@@ -192,6 +192,13 @@ ADMIT = admission_sql(ASKS)
 #: the consultation, the longest first hold and whether to hold ($5..$8)
 HOLD_ASKS = asks_sql(True)
 
+#: the function that decides and writes the holds (migration 0027), and the columns of
+#: the held asks it takes, each as one array in the asks' order (the terms as jsonb)
+HOLD_LOCKED_FUNCTION = "billing_hold_locked_once"
+_HOLD_ARRAYS = ("account_id", "made", "available_yen", "live_from", "consultation_id",
+                "terms", "price_per_minute_yen", "unit_s", "grace_s", "minimum_yen",
+                "max_talk_s", "cap", "needed", "first_h", "pair_h")
+
 #: a field of the terms in force: the group's, else the merchant's, else ``Terms``' default
 _FIELD = "coalesce((a.group_policy->>'{n}')::int, (a.policy->>'{n}')::int, {default})"
 
@@ -204,12 +211,15 @@ def admit_and_hold_sql(asks: str) -> str:
     ``asks`` (``locked``: with each account's id, lowest live reservation and the ask's
     reservation made before) and the first hold of each ask marked ``hold`` whose available
     balance pays for its first billed unit (the prepaid rule of :func:`decide`), decided
-    and written by ``billing_hold_locked`` (migration 0024: ``billing_reserve_holds``' rule,
-    0019-0021, on the balances this read passed it, in the asks' order, each hold taken off
-    its account's balance for the next). Each row: :data:`ADMIT`'s columns, ``needed``
-    (the first unit's price, for the asks held), and the hold's ``reservation_id``,
-    ``made``, ``hold_available_yen``, ``held_yen``, ``allowed_s`` (``held``: the ask was
-    held).
+    and written by ``billing_hold_locked_once`` (migration 0027: ``billing_reserve_holds``'
+    rule, 0019-0021, on the balances this read passed it, in the asks' order, each hold
+    taken off its account's balance for the next; the held asks' columns passed as one
+    array each from one aggregate pass, with each ask's position of its account's first
+    ask with a balance read, ``first_h``, and of the first ask of the same account and
+    consultation, ``pair_h``, so that the function looks both up by index). Each row:
+    :data:`ADMIT`'s columns, ``needed`` (the first unit's price, for the asks held), and
+    the hold's ``reservation_id``, ``made``, ``hold_available_yen``, ``held_yen``,
+    ``allowed_s`` (``held``: the ask was held).
 
     The one read is what ``billing_reserve_holds`` read again after its lock: the
     statement starts (and takes its snapshot) once the locks are held, and every writer
@@ -225,13 +235,15 @@ def admit_and_hold_sql(asks: str) -> str:
     admission then :func:`billing.ledger.reserve_all` it replaces.
 
     Of :data:`HOLD_ASKS`, it is the body of the function ``billing_admit_and_hold``
-    (migration 0024, replacing 0022's) that :data:`ADMIT_AND_HOLD` calls
+    (migration 0027, replacing 0024's) that :data:`ADMIT_AND_HOLD` calls
     (``tests/unit/test_billing_admit_hold_function.py`` holds the two equal: a change
     here needs a migration replacing the function)."""
     default = Terms(0)
     terms = {n: _FIELD.format(n=n, default=getattr(default, n)) for n in policy.FIELDS}
     columns = ",\n               ".join(f"{v} AS {n}" for n, v in terms.items())
     as_json = ", ".join(f"'{n}', k.{n}" for n in ("price_per_minute_yen", *policy.FIELDS))
+    arrays = ",\n                  ".join(f"array_agg(o.{c} ORDER BY o.h) AS {c}"
+                                           for c in _HOLD_ARRAYS)
     return f"""
     PERFORM 1 FROM billing_accounts acct
      WHERE (acct.merchant_id, acct.account) IN (SELECT w.merchant_id, w.account
@@ -255,24 +267,17 @@ def admit_and_hold_sql(asks: str) -> str:
                       WHEN k.at_most_s <= k.grace_s THEN least(k.grace_s, k.max_talk_s)
                       ELSE least(k.max_talk_s, k.grace_s + (k.at_most_s - k.grace_s
                                  + k.unit_s - 1) / k.unit_s * k.unit_s) END AS cap,
-                 jsonb_build_object({as_json})::text AS terms,
+                 jsonb_build_object({as_json}) AS terms,
                  a.account_id, a.made, a.available_yen, a.live_from
           FROM k JOIN a USING (n)
           WHERE greatest(coalesce(a.available_yen, 0), 0) >= k.needed),
-    r AS (SELECT * FROM billing_hold_locked(
-              ARRAY(SELECT account_id FROM q ORDER BY h),
-              ARRAY(SELECT made FROM q ORDER BY h),
-              ARRAY(SELECT available_yen FROM q ORDER BY h),
-              ARRAY(SELECT live_from FROM q ORDER BY h),
-              ARRAY(SELECT consultation_id FROM q ORDER BY h),
-              ARRAY(SELECT terms FROM q ORDER BY h),
-              ARRAY(SELECT price_per_minute_yen FROM q ORDER BY h),
-              ARRAY(SELECT unit_s FROM q ORDER BY h),
-              ARRAY(SELECT grace_s FROM q ORDER BY h),
-              ARRAY(SELECT minimum_yen FROM q ORDER BY h),
-              ARRAY(SELECT max_talk_s FROM q ORDER BY h),
-              ARRAY(SELECT cap FROM q ORDER BY h),
-              ARRAY(SELECT needed FROM q ORDER BY h)))
+    o AS (SELECT q.*,
+                 min(q.h) FILTER (WHERE q.available_yen IS NOT NULL)
+                     OVER (PARTITION BY q.account_id) AS first_h,
+                 min(q.h) OVER (PARTITION BY q.account_id, q.consultation_id) AS pair_h
+          FROM q),
+    x AS (SELECT {arrays} FROM o),
+    r AS (SELECT r.* FROM x, LATERAL {HOLD_LOCKED_FUNCTION}({", ".join(_HOLD_ARRAYS)}) r)
     SELECT a.n, a.account, a.policy::text AS policy, a.group_policy::text AS group_policy,
            a.available_yen, a.has_card, a.unpaid, a.failed,
            q.h IS NOT NULL AS held, q.needed, r.reservation_id, r.made,
@@ -281,8 +286,9 @@ def admit_and_hold_sql(asks: str) -> str:
     ORDER BY a.n;"""
 
 
-#: the function ``ADMIT_AND_HOLD`` calls (migration 0022, 0024): :func:`admit_and_hold_sql` of
-#: :data:`HOLD_ASKS`, word for word, its statement planned generic from the first call
+#: the function ``ADMIT_AND_HOLD`` calls (migrations 0022, 0024, 0027):
+#: :func:`admit_and_hold_sql` of :data:`HOLD_ASKS`, word for word, its statement planned
+#: generic from the first call
 ADMIT_AND_HOLD_FUNCTION = "billing_admit_and_hold"
 
 

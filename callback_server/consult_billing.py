@@ -214,13 +214,19 @@ class ConsultBilling:
     together share one statement (admission) and one statement (reservations) a batch
     of up to ``max_batch``, each batch on a connection taken from ``pool`` for it (at
     most ``max_in_flight`` batches of each at once), so 200 consultations asking at once
-    cost a handful of round trips instead of a queue for the pool's connections. Two
-    batches of 100 rather than one of 200: the database works on both at once (two
-    cores), so a burst's last answer comes sooner (``python -m bench billing_reserve``)."""
+    cost a handful of round trips instead of a queue for the pool's connections. One
+    batch of up to 256 rather than two of 100 (the default until 2026-12-07): with the
+    statement as it is now (migration 0027), a burst of 200 as one call costs the
+    database about 5.5 ms of CPU against 7.0 for two calls of 100, and the bench's
+    bursts' slowest answer is 7.5-8.5 ms every time, where the two calls' was 6 ms when
+    the kernel ran them on both cores at once and 9-10 ms when it ran them on one (this
+    two-vCPU VM packs runnable tasks onto one vCPU most bursts): ``python -m bench
+    billing_reserve`` and bench/README. A second batch is in flight while the first
+    runs, so a steady trickle of asks never waits behind a whole batch."""
 
     def __init__(self, pool: asyncpg.Pool, settings: BillingSettings, *,
                  fx: FxTable | None = None, notices: NoticeSink | None = None,
-                 max_batch: int = 100, max_in_flight: int = 2) -> None:
+                 max_batch: int = 256, max_in_flight: int = 2) -> None:
         self.pool = pool
         self.postpaid_merchants = settings.postpaid_merchants
         self.admissions = Admissions(pool, postpaid_merchants=settings.postpaid_merchants,

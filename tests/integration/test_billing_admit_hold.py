@@ -3,7 +3,8 @@ against what it replaces, the admission statement, :func:`billing.admission.deci
 :func:`billing.ledger.reserve_all` of the admitted prepaid asks: the same answers, the
 same holds and refusals, the same rows, over random policies (the merchant's, a group's
 fields over it), prices (ones the rating refuses too), balances, live holds, postpaid asks
-and slices."""
+and slices; the same consultation asked twice in a batch, and consultations reserved
+before the batch."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ price_st = st.one_of(st.sampled_from([0, 1, 30, 60, 100, 300]), st.integers(0, 6
                      st.integers(0, 100_000), st.sampled_from([-5, 100_001]))
 # (account index: past the balances none; postpaid; price; through the group; wanted;
 # at_most_s)
-AskDraw = tuple[int, bool, int, bool, int | None, int | None]
+AskDraw = tuple[int, bool, int, bool, int | None, int | None, int | None]
 
 
 @st.composite
@@ -64,8 +65,13 @@ def case_st(draw: st.DrawFn) -> dict[str, Any]:
             st.integers(0, 4), st.booleans(), price_st, st.booleans(),
             st.one_of(st.none(), st.integers(0, 7200)),
             st.one_of(st.none(), st.sampled_from([0, 1, 30, 60, 120]), st.integers(0, 600),
-                      st.integers(0, 90_000))),
+                      st.integers(0, 90_000)),
+            # the consultation: its own (None), or one of three that asks may share
+            st.one_of(st.none(), st.integers(0, 2))),
             min_size=1, max_size=10)),
+        # consultations (of those three) reserved before the batch: account, consultation
+        "made": draw(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 2)),
+                              max_size=3, unique=True)),
     }
 
 
@@ -115,10 +121,26 @@ async def compared(url: str, case: dict[str, Any]) -> None:
             await post(conn, acc, "adjustment", abs(available) or 1,
                        [("available", available), ("held", held),
                         ("adjustment", -available - held)], "t", "the balances")
+        # reservations made before (an account that does not exist makes none); the call
+        # answers no hold for those (the caller reads the reservation as it stands), where
+        # reserve_all answers the reservation
+        made = await reserve_all(conn, [ReserveAsk(pre, f"{name}-{a}", f"{name}-s{c}",
+                                                   Terms(100), 60) for a, c in case["made"]])
+        made_before = {(f"{name}-{a}", f"{name}-s{c}")
+                       for (a, c), got in zip(case["made"], made, strict=True)
+                       if isinstance(got, Reservation)}
         admissions = Admissions(conn, postpaid_merchants=frozenset({postpaid}))
-        asks = [Ask(postpaid if post_ else pre, f"{name}-{a}", price, 7 if group else None,
-                    wanted, f"{name}-c{i}", at_most)
-                for i, (a, post_, price, group, wanted, at_most) in enumerate(case["asks"])]
+        # a consultation asked again in the batch is asked at its first ask's price and
+        # group (one consultation, one advisor): the call answers it with the first's hold
+        first: dict[int, tuple[int, bool]] = {}
+        asks = []
+        for i, (a, post_, price, group, wanted, at_most, shared) in enumerate(case["asks"]):
+            if shared is not None:
+                price, group = first.setdefault(shared, (price, group))
+            asks.append(Ask(postpaid if post_ else pre, f"{name}-{a}", price,
+                            7 if group else None, wanted,
+                            f"{name}-c{i}" if shared is None else f"{name}-s{shared}",
+                            at_most))
 
         # before: the admission statement, then reserve_all of the admitted prepaid asks
         step = conn.transaction()
@@ -134,7 +156,8 @@ async def compared(url: str, case: dict[str, Any]) -> None:
             for i in admitted if isinstance(ans := answers[i], Answer)])
         before_holds: list[Any] = [None] * len(asks)
         for i, got in zip(admitted, held, strict=True):
-            before_holds[i] = got
+            made_ = (asks[i].account, asks[i].consultation_id) in made_before
+            before_holds[i] = None if made_ else got
         before = ([_shape(a) for a in answers], [_shape(h) for h in before_holds],
                   await _rows(conn, [pre, postpaid]))
         await step.rollback()

@@ -51,7 +51,7 @@ def test_the_function_locks_the_accounts_before_it_reads_them() -> None:
     assert " ".join(lock.split()).endswith("ORDER BY acct.id FOR UPDATE;")
     assert "billing_entries" not in lock and "billing_live_holds" not in lock
     assert returned.count("billing_live_holds") == 1
-    assert "billing_reserve_holds" not in returned and "billing_hold_locked(" in returned
+    assert "billing_reserve_holds" not in returned and "billing_hold_locked_once(" in returned
 
 
 def test_the_function_runs_the_python_statement_word_for_word() -> None:
