@@ -78,7 +78,10 @@ DEPOSIT_YEN = 100_000
 #: untimed bursts first, so that every pooled connection has run the statements
 #: (``--warm``: more, so that each has run them past PostgreSQL's first five executions of
 #: a prepared statement or a plpgsql function's statement, each planned for its
-#: parameters, as on a server that has been up a while)
+#: parameters, as on a server that has been up a while). Each burst also leaves every
+#: account one more settled consultation: ``--warm 100`` times the bursts on accounts
+#: with a history of 100, where each index probe of the call costs more than on the fresh
+#: database (bench/README.md, "one pass and one batch")
 WARM_BURSTS = 3
 
 
@@ -750,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=0,
                         help="ConsultBilling's max_in_flight (0: its default)")
     parser.add_argument("--warm", type=int, default=WARM_BURSTS,
-                        help="untimed bursts first")
+                        help="untimed bursts first (each leaves every account one more "
+                             "settled consultation: 100 for accounts with history)")
     parser.add_argument("--cold-connections", action="store_true",
                         help="open the pool's connections without the callback server's "
                              "warm-up (callback_server.consult_billing.warm_connection), as "
