@@ -214,14 +214,10 @@ class ConsultBilling:
     together share one statement (admission) and one statement (reservations) a batch
     of up to ``max_batch``, each batch on a connection taken from ``pool`` for it (at
     most ``max_in_flight`` batches of each at once), so 200 consultations asking at once
-    cost a handful of round trips instead of a queue for the pool's connections. One
-    batch of up to 256 rather than two of 100 (the default until 2026-12-07): with the
-    statement as it is now (migration 0027), a burst of 200 as one call costs the
-    database about 5.5 ms of CPU against 7.0 for two calls of 100, and the bench's
-    bursts' slowest answer is 7.5-8.5 ms every time, where the two calls' was 6 ms when
-    the kernel ran them on both cores at once and 9-10 ms when it ran them on one (this
-    two-vCPU VM packs runnable tasks onto one vCPU most bursts): ``python -m bench
-    billing_reserve`` and bench/README. A second batch is in flight while the first
+    cost a handful of round trips instead of a queue for the pool's connections. Batches
+    of up to 256: a burst of 200 is one call, which costs the database less CPU than two
+    calls of 100 and does not depend on the kernel running two calls on two cores at once
+    (bench/README, "one pass and one batch"). A second batch is in flight while the first
     runs, so a steady trickle of asks never waits behind a whole batch."""
 
     def __init__(self, pool: asyncpg.Pool, settings: BillingSettings, *,

@@ -29,6 +29,7 @@ from ivr_platform.sms_config import SmsSettings
 from ivr_platform.sms_outbox import SmsWorker
 from ivr_platform.sms_twilio import TwilioSettings, TwilioSms
 from shared.phone import normalise
+from tests.integration import billing_db
 from tests.integration.fake_chat import SLACK_PATH, FakeChat
 from tests.integration.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 from tests.integration.localstripe import client_for, localstripe_fixture
@@ -44,7 +45,7 @@ __all__ = ["chat", "pool"]          # the fixtures, as the notification tests se
 async def test_a_declined_charge_and_its_recovery_are_sent_to_the_merchants_channel(
         pool: asyncpg.Pool, chat: tuple[FakeChat, str], localstripe: int) -> None:
     fake, base = chat
-    await pool.execute("TRUNCATE billing_accounts, billing_reservations, consultations CASCADE")
+    await billing_db.truncate(pool, "consultations")
     client: stripe.StripeClient = client_for(localstripe)
     hook = WebhookSettings(base + SLACK_PATH)
     settings = NotifySettings(channels=(Channel(
@@ -83,8 +84,7 @@ async def test_a_declined_charge_and_its_recovery_are_sent_to_the_merchants_chan
 async def test_the_customer_of_a_merchant_that_opted_in_is_told_by_sms(
         pool: asyncpg.Pool, localstripe: int,
         aiohttp_server: Callable[..., Awaitable[TestServer]]) -> None:
-    await pool.execute("TRUNCATE billing_accounts, billing_reservations, consultations, "
-                       "sms_messages CASCADE")
+    await billing_db.truncate(pool, "consultations", "sms_messages")
     fake = FakeTwilio()
     provider = await aiohttp_server(fake.app())
     sms = SmsSettings(TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, str(provider.make_url(""))),
@@ -120,8 +120,7 @@ async def test_the_customer_of_a_merchant_that_opted_in_is_told_by_sms(
 
 async def test_no_sms_for_a_merchant_that_did_not_opt_in(pool: asyncpg.Pool,
                                                         localstripe: int) -> None:
-    await pool.execute("TRUNCATE billing_accounts, billing_reservations, consultations, "
-                       "sms_messages CASCADE")
+    await billing_db.truncate(pool, "consultations", "sms_messages")
     sms = SmsSettings(TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, "http://127.0.0.1:9"),
                       normalise("050-1111-2222"), dunning_merchants=frozenset({"bento"}))
     client: stripe.StripeClient = client_for(localstripe)

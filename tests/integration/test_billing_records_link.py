@@ -58,9 +58,8 @@ async def callback_pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def edge(callback_pool: asyncpg.Pool, edge_pool: asyncpg.Pool,
                pki_dir: Path) -> AsyncIterator[Edge]:
-    await callback_pool.execute(
-        "TRUNCATE billing_accounts, billing_reservations, billing_policies, billing_records, "
-        "consultations, consultation_leg_costs, outbox CASCADE")
+    await billing_db.truncate(callback_pool, "billing_policies", "billing_records",
+                              "consultations", "consultation_leg_costs", "outbox")
     await edge_pool.execute("TRUNCATE billing_records, consultations, consultation_leg_costs, "
                             "inbound_messages CASCADE")
     site = Edge(edge_pool, pki_dir)

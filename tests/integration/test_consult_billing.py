@@ -71,10 +71,9 @@ pool, clean = advisors_db.fixtures(billing_db.migrations(), records.MIGRATIONS)
 async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
     """Emptied, with the customer member-42 at ``NUMBER``."""
     pool = clean
-    await pool.execute("TRUNCATE billing_accounts, billing_reservations, billing_policies, "
-                       "billing_group_policies, billing_records, "
-                       "billing_customer_legs, billing_records_awaiting, "
-                       "outbox CASCADE")
+    await billing_db.truncate(pool, "billing_policies", "billing_group_policies",
+                              "billing_records", "billing_customer_legs",
+                              "billing_records_awaiting", "outbox")
     await AdvisorStore(pool).create_customer(
         "acme", CustomerInput(account="member-42", name="Sato", numbers=(NUMBER,)))
     return pool

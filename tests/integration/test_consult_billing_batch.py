@@ -42,8 +42,8 @@ STRANGER = E164("81311112222")
 
 @pytest.fixture
 async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
-    await clean.execute("TRUNCATE billing_accounts, billing_reservations, billing_policies, "
-                        "billing_group_policies, billing_records, outbox CASCADE")
+    await billing_db.truncate(clean, "billing_policies", "billing_group_policies",
+                              "billing_records", "outbox")
     await AdvisorStore(clean).create_customer(
         "acme", CustomerInput(account="member-42", name="Sato", numbers=HOUSEHOLD))
     return clean

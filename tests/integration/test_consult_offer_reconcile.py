@@ -54,9 +54,8 @@ NUMBER = E164("819012345678")        # the customer of the unit tests' records
 async def db(clean: asyncpg.Pool) -> asyncpg.Pool:
     """Advisors 1 and 2 of acme in standby (ids as the pure tests' desk numbers them),
     the customer member-42 at ``NUMBER`` with 500 yen."""
-    await clean.execute("TRUNCATE consult_live, billing_accounts, billing_reservations, "
-                        "billing_policies, billing_records, billing_customer_legs, "
-                        "billing_records_awaiting, outbox CASCADE")
+    await billing_db.truncate(clean, "consult_live", "billing_policies", "billing_records",
+                              "billing_customer_legs", "billing_records_awaiting", "outbox")
     await clean.execute("TRUNCATE advisors RESTART IDENTITY CASCADE")
     store = AdvisorStore(clean)
     for n in (1, 2):

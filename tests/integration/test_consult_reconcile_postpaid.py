@@ -46,9 +46,8 @@ def stripe_client(localstripe: int) -> stripe.StripeClient:
 async def test_a_postpaid_consultation_reconciled_is_charged_once(
         clean: asyncpg.Pool, stripe_client: stripe.StripeClient, localstripe: int) -> None:
     db = clean
-    await db.execute("TRUNCATE consult_live, billing_accounts, billing_reservations, "
-                     "billing_records, billing_customer_legs, billing_records_awaiting "
-                     "CASCADE")
+    await billing_db.truncate(db, "consult_live", "billing_records", "billing_customer_legs",
+                              "billing_records_awaiting")
     await registered(db, stripe_client, "member-42")
     call, _ = talking()                        # answered at 5 s
     call.send(HoldCustomer(call.at(70)))       # kept at the hold: 65 s of talk known
