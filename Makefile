@@ -62,7 +62,7 @@ integration: venv
 e2e: deps
 	$(VENV)/bin/pytest -q tests/e2e $(PYTEST_ARGS)
 
-# Everything, the 300-request fault run included (about 17 minutes on 2 cores).
+# Everything, the 300-request fault run included (about 52 minutes on 2 cores).
 test: deps lint
 	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
 

@@ -211,15 +211,27 @@ async def refusals(stack: Stack, names: list[str],
             channel_id = f"probe-{uuid.uuid4().hex[:12]}"
             await probe.originate(dial(name), channel_id=channel_id,
                                   timeout=10)
-            async with asyncio.timeout(5):
-                async for event in events:
-                    if isinstance(event, ari.ChannelDestroyed) \
-                            and event.channel.id == channel_id:
-                        ended[name] = (event.cause, event.tech_cause)
-                        break
-                    if isinstance(event, ari.StasisStart):    # answered: never expected
-                        await probe.hangup(event.channel.id)
+            seen: list[str] = []
+            try:
+                async with asyncio.timeout(5):
+                    async for event in events:
+                        seen.append(type(event).__name__)
+                        if isinstance(event, ari.ChannelDestroyed) \
+                                and event.channel.id == channel_id:
+                            ended[name] = (event.cause, event.tech_cause)
+                            break
+                        if isinstance(event, ari.StasisStart):  # answered: never expected
+                            await probe.hangup(event.channel.id)
+            except TimeoutError:
+                raise AssertionError(_unended(dial(name), name, seen)) from None
     return ended
+
+
+def _unended(dialled: str, name: str, seen: list[str]) -> str:
+    """What each Asterisk logged of a probe call that did not end within 5 s."""
+    logs = "\n".join(f"  {site}: {line}" for site in ast_harness.SIP_PORTS
+                     for line in ast_harness.log_lines(site, name))
+    return f"{dialled} had not ended after 5 s (probe events: {seen});\n{logs}"
 
 
 async def test_the_trunk_reaches_advisor_endpoints_only(stack: Stack) -> None:

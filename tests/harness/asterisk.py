@@ -179,6 +179,17 @@ def answer_log(name: str) -> Path:
     return asterisk_root() / f"var/log/asterisk-{name}/cbgw-answers.csv"
 
 
+def log_lines(name: str, containing: str, *, last: int = 30) -> list[str]:
+    """The last ``last`` lines of site ``name``'s full.log that contain ``containing``
+    (a failing test's evidence of what each Asterisk did with a call)."""
+    path = asterisk_root() / f"var/log/asterisk-{name}/full.log"
+    try:
+        with path.open(errors="replace") as log:
+            return [line.rstrip("\n") for line in log if containing in line][-last:]
+    except OSError as exc:
+        return [f"(no {path}: {exc.strerror})"]
+
+
 def stop(name: str) -> None:
     tool = instance_tool()
     tool.stop(tool.load_site(name, asterisk_root()))

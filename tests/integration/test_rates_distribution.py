@@ -180,9 +180,12 @@ async def test_an_activated_version_reaches_the_edge_and_both_switch_at_its_time
     async with sites.edge_pool.acquire() as e, sites.callback_pool.acquire() as c:
         assert await distribute.deck_hash(e, edge_v1["id"]) \
             == await distribute.deck_hash(c, v1["id"]) == v1["content_sha256"]
-    # not in force yet on either site: the edge decides without carrier-b, and says so
-    await _until(lambda: _async(sites.edge_rates.snapshot.carriers.get("carrier-b")), 30,
-                 "the edge's rating service to know carrier-b")
+    # not in force yet on either site: the edge decides without carrier-b, and says so.
+    # Both tariffs known first: the outbox delivers concurrently, so carrier-b's deck can
+    # reach the edge before ntt-freedial's, and deciding needs the inbound tariff
+    await _until(lambda: _async({"carrier-b", "ntt-freedial"}
+                                <= sites.edge_rates.snapshot.carriers.keys()), 30,
+                 "the edge's rating service to know carrier-b and ntt-freedial")
     counted = prom.sample("cbgw_edge_decisions_no_deck_total", merchant="acme",
                           carrier="carrier-b")
     now = datetime.now(UTC)
