@@ -8,6 +8,8 @@ Usage::
     deploy/asterisk/instance.py [--root ROOT] stop SITE
     deploy/asterisk/instance.py [--root ROOT] restart SITE
     deploy/asterisk/instance.py [--root ROOT] status SITE    # exit 0 running, 3 stopped
+    deploy/asterisk/instance.py [--root ROOT] rotate-logs SITE [--keep N]
+                                                  # logger rotate; archives gzipped, pruned
 
 SITE is a directory next to this file holding the versioned configs
 (``edge``, ``callback``, and ``edge2`` / ``callback2``: a second Asterisk of each site with
@@ -35,6 +37,7 @@ spool, lib and data directories::
     so no 20 ms frame of a prompt is translated from signed linear.
     ROOT/run/asterisk-SITE/asterisk.pid, asterisk.ctl
     ROOT/var/log/asterisk-SITE/{messages,full}.log
+        {messages,full}.log.0, .1.gz ... .N.gz  rotate-logs' archives (newest .0), N < keep
 
 Every command is idempotent. Standard library only; ``install`` renders the prompts with
 ``python -m ivr_platform prompts`` run by the interpreter running this tool (the
@@ -47,10 +50,12 @@ import argparse
 import array
 import base64
 import functools
+import gzip
 import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import struct
@@ -539,6 +544,74 @@ def status(site: Site) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- logs
+
+#: Archives ``rotate-logs`` keeps of each log (.0 to .13: two weeks when rotated daily,
+#: as the cbgw-asterisk-logs@ timer does)
+DEFAULT_KEEP_LOGS = 14
+#: A log's archive as Asterisk's ``rotatestrategy = rotate`` names it (the newest .0; the
+#: renaming carries a .gz along): the name, the log, the number, the suffix
+ARCHIVE = re.compile(r"(?P<log>.+\.log)\.(?P<n>[0-9]+)(?P<gz>\.gz)?")
+
+
+def rotate_logs(site: Site, keep: int = DEFAULT_KEEP_LOGS) -> None:
+    """``logger rotate`` on the running Asterisk (its logger.conf's ``rotatestrategy =
+    rotate``: each log moved to <log>.0, the older archives up by one, the logs reopened),
+    then :func:`archive_logs`. A stopped Asterisk writes nothing: its archives are only
+    compressed and pruned."""
+    if keep < 1:
+        raise InstanceError(f"--keep must be at least 1, not {keep}")
+    if running_pid(site) is None:
+        log(f"{site.name} not running: no log rotated")
+    else:
+        rotated = subprocess.run(
+            ["chroot", str(site.root), "asterisk", "-C", site.conf_path, "-rx", "logger rotate"],
+            capture_output=True, text=True, timeout=30, check=False)
+        if rotated.returncode != 0:
+            raise InstanceError(f"{site.name}: asterisk -rx 'logger rotate' failed "
+                                f"({rotated.returncode}): {rotated.stderr.strip()}")
+    compressed, removed = archive_logs(site.host(site.directories()["astlogdir"]), keep)
+    log(f"{site.name} logs rotated: {compressed} archive(s) compressed, {removed} removed "
+        f"(keeping .0 to .{keep - 1})")
+
+
+def archive_logs(directory: Path, keep: int) -> tuple[int, int]:
+    """Compress each archive from .1 on (.0, the one just rotated, stays plain for a
+    reader that still follows it) and remove those numbered ``keep`` or more. A
+    compressed copy is written beside the archive and renamed over its name only when
+    complete, with the archive's owner and mode, so a crash leaves one or the other.
+    Returns how many were compressed and how many removed."""
+    compressed = removed = 0
+    for path in sorted(directory.iterdir()):
+        if path.name.endswith(".gz.partial"):   # an interrupted run's: its archive is kept
+            path.unlink()
+            continue
+        found = ARCHIVE.fullmatch(path.name)
+        if found is None or not path.is_file():
+            continue
+        if int(found["n"]) >= keep:
+            path.unlink()
+            removed += 1
+        elif int(found["n"]) >= 1 and not found["gz"]:
+            gzip_beside(path)
+            compressed += 1
+    return compressed, removed
+
+
+def gzip_beside(path: Path) -> Path:
+    """``path`` gzipped to ``path.gz`` (owner and mode kept), then ``path`` removed."""
+    target = path.with_name(path.name + ".gz")
+    partial = path.with_name(path.name + ".gz.partial")
+    status = path.stat()
+    with path.open("rb") as source, gzip.open(partial, "wb", compresslevel=6) as sink:
+        shutil.copyfileobj(source, sink, 1 << 20)
+    os.chown(partial, status.st_uid, status.st_gid)
+    partial.chmod(status.st_mode & 0o777)
+    partial.replace(target)
+    path.unlink()
+    return target
+
+
 # --------------------------------------------------------------------------- cli
 
 
@@ -550,8 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"Asterisk root (default {DEFAULT_ROOT})")
-    parser.add_argument("command", choices=["install", "start", "stop", "restart", "status"])
+    parser.add_argument("command", choices=["install", "start", "stop", "restart", "status",
+                                            "rotate-logs"])
     parser.add_argument("site")
+    parser.add_argument("--keep", type=int, default=DEFAULT_KEEP_LOGS,
+                        help="rotate-logs: archives kept of each log, .0 to .KEEP-1 "
+                             f"(default {DEFAULT_KEEP_LOGS})")
     args = parser.parse_args(argv)
     try:
         site = load_site(args.site, args.root)
@@ -564,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "restart":
             stop(site)
             start(site)
+        elif args.command == "rotate-logs":
+            rotate_logs(site, args.keep)
         else:
             return status(site)
     except InstanceError as exc:

@@ -33,8 +33,9 @@ def _exec(unit: configparser.ConfigParser, key: str = "ExecStart", instance: str
 
 def test_every_unit_is_checked() -> None:
     assert sorted(p.name for p in UNITS.glob("*.service")) == [
-        "cbgw-asterisk@.service", "cbgw-callback-intake@.service", "cbgw-callback.service",
-        "cbgw-edge.service"]
+        "cbgw-asterisk-logs@.service", "cbgw-asterisk@.service",
+        "cbgw-callback-intake@.service", "cbgw-callback.service", "cbgw-edge.service"]
+    assert sorted(p.name for p in UNITS.glob("*.timer")) == ["cbgw-asterisk-logs@.timer"]
 
 
 @pytest.mark.parametrize(("name", "site", "role"), [
@@ -75,6 +76,21 @@ def test_the_asterisk_unit_runs_instance_py_and_knows_its_pid_file(site: str) ->
     pidfile = unit["Service"]["PIDFile"].replace("%i", site)
     assert Path(pidfile) == instance.load_site(site, ASTERISK_ROOT).pidfile
     assert instance.DEFAULT_ROOT == ASTERISK_ROOT or "CBGW_ASTERISK_ROOT" in os.environ
+
+
+@pytest.mark.parametrize("site", ["edge", "edge2", "callback", "callback2"])
+def test_each_sites_asterisk_logs_are_rotated_daily_in_japan_s_quiet_hour(site: str) -> None:
+    service = _unit("cbgw-asterisk-logs@.service")
+    argv = _exec(service, instance=site)
+    assert argv[1:] == ["deploy/asterisk/instance.py", "rotate-logs", site, "--keep",
+                        str(instance_tool().DEFAULT_KEEP_LOGS)]
+    assert (REPO / argv[1]).is_file()
+    assert service["Service"]["Type"] == "oneshot"
+    assert service["Unit"]["After"] == "cbgw-asterisk@%i.service"
+    timer = _unit("cbgw-asterisk-logs@.timer")
+    assert timer["Timer"]["OnCalendar"] == "*-*-* 04:00:00 Asia/Tokyo"
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
 
 
 @pytest.mark.parametrize(("name", "site"), [
