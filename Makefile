@@ -1,8 +1,9 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what
 # they need, idempotently: Debian packages (SIPp, Kamailio, debootstrap, sox, ffmpeg,
 # espeak-ng, Open JTalk with its dictionary and voice, libfaketime for the end-to-end
-# tests' fixed clocks, chromium for the web pages' browser tests), the Python
-# virtualenv, and the Asterisk 22 root for both sites.
+# tests' fixed clocks, chromium for the web pages' browser tests, prometheus for
+# promtool, which checks and tests the alert rules), the Python virtualenv, and the
+# Asterisk 22 root for both sites.
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -10,7 +11,8 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 APT_STAMP  := /var/cache/cbgw/.apt-installed
 APT_PKGS   := sip-tester debootstrap sox ffmpeg espeak-ng iproute2 tshark kamailio libfaketime \
-              chromium open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001
+              chromium open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001 \
+              prometheus
 # Open JTalk's voice is in Debian's contrib component: this sources entry enables
 # contrib (bookworm, the same mirror and key as the machine's main entry).
 CONTRIB_SOURCES := /etc/apt/sources.list.d/cbgw-contrib.sources
@@ -34,9 +36,11 @@ $(APT_STAMP): Makefile
 	    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > $(CONTRIB_SOURCES); \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@# the package's own service (stock config) stays off: deploy/kamailio/instance.py runs ours
-	@if command -v systemctl >/dev/null && systemctl is-enabled kamailio >/dev/null 2>&1; then \
-	  systemctl disable --now kamailio >/dev/null 2>&1 || true; fi
+	@# the packages' own services (stock configs) stay off: deploy/kamailio/instance.py runs
+	@# our Kamailio; prometheus is here for promtool only
+	@for unit in kamailio prometheus prometheus-node-exporter; do \
+	  if command -v systemctl >/dev/null && systemctl is-enabled $$unit >/dev/null 2>&1; then \
+	    systemctl disable --now $$unit >/dev/null 2>&1 || true; fi; done
 	@mkdir -p $(dir $@) && touch $@
 
 venv: $(STAMP)

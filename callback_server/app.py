@@ -72,6 +72,7 @@ from callback_server.flows_http import install as install_flows
 from callback_server.guard.alerts import Alert
 from callback_server.guard.http import GUARD_KEY
 from callback_server.guard.http import install as install_guard
+from callback_server.guard.reading import GUARD_TRIPS
 from callback_server.guard.service import Guard
 from callback_server.http import INTAKE_KEY, STORE_KEY, create_http_app
 from callback_server.intake import CallbackIntake
@@ -305,7 +306,7 @@ def _intake_app(settings: CallbackSettings, role: str) -> web.Application:
     install_edge_phones(app, lambda a: a[POOL_KEY])
     install_metrics(app, lambda a: a.get(POOL_KEY))
     callback_metrics()  # its series exist before the first call-back
-    app[READINGS_KEY].append(CALLBACK_QUEUE)
+    app[READINGS_KEY] += [CALLBACK_QUEUE, GUARD_TRIPS]
     app.cleanup_ctx.append(database_ctx)
     return app
 

@@ -22,6 +22,8 @@ DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 #: a leg paced by a CPS cap waits up to [guard.caps] cps_max_wait_s (a few seconds)
 PACE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 UNKNOWN_MERCHANT = "unknown"
+#: where the guard delivers an alert (``callback_server.guard.alerts``)
+ALERT_CHANNELS = ("database", "webhook", "email")
 
 
 class CallbackMetrics:
@@ -51,6 +53,9 @@ class CallbackMetrics:
         self.guard_alert_deliveries = Counter(
             "cbgw_guard_alert_deliveries", "Alert deliveries, by channel and result.",
             ["channel", "result"], registry=r)
+        for channel in ALERT_CHANNELS:     # at 0 from the start: a first failure is an
+            for result in ("ok", "failed"):  # increase an alert rule sees
+                self.guard_alert_deliveries.labels(channel, result)
         self.guard_locks = Counter(
             "cbgw_guard_locks",
             "Numbers locked or block-listed after unconfirmed call-backs, by action.",

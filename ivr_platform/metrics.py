@@ -14,6 +14,7 @@ import functools
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from shared.language import Language
 from shared.metrics import registry
 
 #: Open JTalk renders a sentence in 0.1-1 s; the engine's timeout is 60 s
@@ -40,6 +41,9 @@ class IvrMetrics:
             "Time to render a text not in the TTS cache (engine and sox), by language and "
             "result (ok, failed).", ["language", "result"], buckets=RENDER_BUCKETS,
             registry=r)
+        for language in Language:           # at 0 from the start: a first failed render
+            for result in ("ok", "failed"):  # is an increase an alert rule sees
+                self.tts_render.labels(language.value, result)
         self.tts_evicted = Counter(
             "cbgw_ivr_tts_evicted",
             "TTS renders evicted (unused too long, or the least recently used over the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from callback_server.app import WORKER_KEY, create_app, create_intake_app
 from callback_server.config import CallbackSettings
+from callback_server.guard import caps
+from callback_server.guard import store as guard_store
+from callback_server.guard.caps import CapLimits
 from callback_server.http import STORE_KEY
 from callback_server.schemas import IntakeRequest
 from shared.phone import E164
@@ -73,6 +77,33 @@ async def test_metrics_read_the_call_back_queue_by_merchant_and_state(
         == {"due": 1, "scheduled": 1, "dialing": 0}
     waited = prom.scraped(text, "cbgw_callback_queue_oldest_due_seconds", merchant="acme")
     assert 30 <= waited < 90
+
+
+async def test_metrics_show_a_tripped_cap_until_it_is_reset(
+        pki_dir: Path, pg_url: str, tmp_path: Path) -> None:
+    """``cbgw_guard_caps_tripped{scope, kind}`` is 1 while a cap is latched, whichever
+    process tripped it (the alert rule CbgwGuardCapTripped reads it), and gone once an
+    operator resets it; the trips counter at 0 meanwhile (another process tripped it)."""
+    app = create_intake_app(settings(pki_dir, pg_url, tmp_path))
+    async with TestClient(TestServer(app)) as client:
+        client: TestClient[Any, Any]
+        pool, now = app[STORE_KEY].pool, datetime.now(UTC)
+        verdict = caps.reached("trunk:carrier-b", "spend_daily",
+                               CapLimits(spend_daily=Decimal("100")),
+                               caps.Usage(channels=0, cps=0, spend=Decimal("120")))
+        assert verdict is not None
+        async with pool.acquire() as conn:
+            assert await guard_store.trip(conn, "trunk:carrier-b", "spend_daily", verdict, now)
+        tripped = await (await client.get("/metrics")).text()
+        async with pool.acquire() as conn:
+            assert await guard_store.reset_caps(conn, "trunk:carrier-b", None, "noc", now,
+                                                now.date()) == 1
+        reset = await (await client.get("/metrics")).text()
+    assert prom.scraped(tripped, "cbgw_metrics_reading_up", reading="guard") == 1
+    assert prom.scraped(tripped, "cbgw_guard_caps_tripped", scope="trunk:carrier-b",
+                        kind="spend_daily") == 1
+    assert prom.scraped_total(reset, "cbgw_guard_caps_tripped") == 0
+    assert prom.scraped(reset, "cbgw_metrics_reading_up", reading="guard") == 1
 
 
 def test_example_config_loads(pki_dir: Path, tmp_path: Path) -> None:

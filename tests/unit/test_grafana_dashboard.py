@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from billing.metrics import BILLING_STATE, billing
+from callback_server.guard.reading import GUARD_TRIPS
 from callback_server.metrics import callback
 from callback_server.queue_reading import CALLBACK_QUEUE
 from edge_server.metrics import edge
@@ -30,7 +31,7 @@ def exported() -> set[str]:
     common(), edge(), callback(), ivr(), billing()
     names = {family.name + suffix for family in PROCESS.collect()
              for suffix in SUFFIXES[family.type]}
-    for reading in (OUTBOX_BACKLOG, CALLBACK_QUEUE, BILLING_STATE):
+    for reading in (OUTBOX_BACKLOG, CALLBACK_QUEUE, BILLING_STATE, GUARD_TRIPS):
         names.update(reading.names)
     return names | {"cbgw_metrics_reading_up"}
 
