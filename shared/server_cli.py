@@ -7,6 +7,8 @@
     python -m <site>_server keys rotate --dir DIR
     python -m <site>_server outbox dead --config FILE [--limit N]    # dead letters, JSON lines
     python -m <site>_server outbox requeue --config FILE MESSAGE_ID  # send one again
+    python -m <site>_server backup --config FILE --dir DIR [--keep N] [--pg-bin DIR]
+                                                     # pg_dump of the site's database
 
 Each server passes its site name, how to load its settings and how to build
 its aiohttp application; everything else is the same for both sites.
@@ -54,6 +56,7 @@ from aiohttp import web
 from shared import logs, metrics
 from shared.access_log import AccessLogger
 from shared.api_cli import load_config
+from shared.backup import DEFAULT_KEEP
 from shared.config import DatabaseSettings, HttpSettings, Merchant, TlsSettings
 
 #: a file: run the server under cProfile (on asyncio's own loop) and write its stats there
@@ -128,6 +131,16 @@ def parser_for(site: str, *, roles: Sequence[str] = ("all",)) -> argparse.Argume
     requeue = outbox_sub.add_parser("requeue", help="send a dead message again (same id)")
     requeue.add_argument("--config", type=Path, required=True)
     requeue.add_argument("message_id")
+    dump = sub.add_parser("backup", help="dump the site's database (shared.backup): "
+                                         "pg_dump's custom format, checked, the oldest pruned")
+    dump.add_argument("--config", type=Path, required=True)
+    dump.add_argument("--dir", type=Path, required=True, help="where the dumps are kept")
+    dump.add_argument("--keep", type=int, default=DEFAULT_KEEP,
+                      help="dumps of this site's database kept in DIR, the newest "
+                           f"(default {DEFAULT_KEEP})")
+    dump.add_argument("--pg-bin", type=Path,
+                      help="the directory of pg_dump and pg_restore (default: the embedded "
+                           "server's, else PATH's)")
     return parser
 
 
@@ -154,6 +167,10 @@ def main(site: Site[S], argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(cli(settings.database, args.outbox_command,
                                getattr(args, "message_id", None), getattr(args, "limit", 100)))
+    if args.command == "backup":
+        from shared.backup import cli as backup
+
+        return backup(settings.database, site.name, args.dir, args.keep, args.pg_bin)
     if args.role == "intake" and not settings.http.reuse_port:
         print(f"config error: {args.config}: [http] reuse_port = true is needed for "
               "--role intake (it shares the port with the full server)", file=sys.stderr)

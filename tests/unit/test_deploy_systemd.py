@@ -33,9 +33,10 @@ def _exec(unit: configparser.ConfigParser, key: str = "ExecStart", instance: str
 
 def test_every_unit_is_checked() -> None:
     assert sorted(p.name for p in UNITS.glob("*.service")) == [
-        "cbgw-asterisk-logs@.service", "cbgw-asterisk@.service",
+        "cbgw-asterisk-logs@.service", "cbgw-asterisk@.service", "cbgw-backup@.service",
         "cbgw-callback-intake@.service", "cbgw-callback.service", "cbgw-edge.service"]
-    assert sorted(p.name for p in UNITS.glob("*.timer")) == ["cbgw-asterisk-logs@.timer"]
+    assert sorted(p.name for p in UNITS.glob("*.timer")) == ["cbgw-asterisk-logs@.timer",
+                                                               "cbgw-backup@.timer"]
 
 
 @pytest.mark.parametrize(("name", "site", "role"), [
@@ -76,6 +77,25 @@ def test_the_asterisk_unit_runs_instance_py_and_knows_its_pid_file(site: str) ->
     pidfile = unit["Service"]["PIDFile"].replace("%i", site)
     assert Path(pidfile) == instance.load_site(site, ASTERISK_ROOT).pidfile
     assert instance.DEFAULT_ROOT == ASTERISK_ROOT or "CBGW_ASTERISK_ROOT" in os.environ
+
+
+@pytest.mark.parametrize("site", ["edge", "callback"])
+def test_each_sites_database_is_dumped_daily_before_the_quiet_hour_s_log_rotation(
+        site: str) -> None:
+    service = _unit("cbgw-backup@.service")
+    argv = _exec(service, instance=site)
+    assert argv[:3] == ["/opt/cbgw/.venv/bin/python", "-m", f"{site}_server"]
+    args = parser_for(site).parse_args(argv[3:])
+    assert (args.command, args.config, args.dir, args.keep) == (
+        "backup", Path(f"/etc/cbgw/{site}.toml"), Path(f"/var/backups/cbgw/{site}"), 14)
+    assert service["Service"]["Type"] == "oneshot"
+    assert service["Service"]["EnvironmentFile"].replace("%i", site) \
+        == _unit(f"cbgw-{site}.service")["Service"]["EnvironmentFile"]
+    assert "/var/backups/cbgw" in service["Service"]["ReadWritePaths"].split()
+    timer = _unit("cbgw-backup@.timer")["Timer"]
+    assert timer["OnCalendar"] == "*-*-* 03:30:00 Asia/Tokyo"
+    assert timer["OnCalendar"] < _unit("cbgw-asterisk-logs@.timer")["Timer"]["OnCalendar"]
+    assert timer["Persistent"] == "true"
 
 
 @pytest.mark.parametrize("site", ["edge", "edge2", "callback", "callback2"])
