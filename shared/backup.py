@@ -8,7 +8,8 @@ operator when it was taken, and sorts by it). The dump is written as ``.partial`
 back with ``pg_restore --list`` (an archive it cannot list is refused, never kept),
 flushed to disk and only then renamed to its name; then the site's dumps beyond the
 newest ``keep`` in ``DIR`` are removed, with any ``.partial`` an interrupted run left.
-A dump that failed leaves the earlier ones as they were.
+A dump that failed leaves the earlier ones as they were. One backup of a database runs
+at a time in ``DIR`` (a lock file beside the dumps); a second is refused while it does.
 
 The tools are the embedded server's own (the ``pgserver`` wheel's, PostgreSQL 16), which
 dump any server up to 16; ``--pg-bin DIR`` names another installation's for a newer
@@ -22,12 +23,16 @@ balances and its append-only triggers as they were.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,7 +118,28 @@ def backup(url: str, directory: Path, *, site: str, database: str,
         raise BackupError(f"--keep must be at least 1, not {keep}")
     pg_dump, pg_restore = pg_tool("pg_dump", pg_bin), pg_tool("pg_restore", pg_bin)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / dump_name(site, database, now or datetime.now(UTC))
+    with _only_run(directory / f".{site}-{database}.lock"):
+        return _backup(url, directory, site=site, database=database, keep=keep,
+                       now=now or datetime.now(UTC), tools=(pg_dump, pg_restore))
+
+
+@contextmanager
+def _only_run(lock_path: Path) -> Iterator[None]:
+    """This database's one backup at a time in ``DIR`` (a second would remove the first's
+    ``.partial`` as an interrupted run's)."""
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(f"another backup of this database is running ({lock_path} "
+                              "is locked)") from None
+        yield
+
+
+def _backup(url: str, directory: Path, *, site: str, database: str, keep: int,
+            now: datetime, tools: tuple[Path, Path]) -> Backup:
+    pg_dump, pg_restore = tools
+    target = directory / dump_name(site, database, now)
     partial = target.with_name(target.name + ".partial")
     dbname, password = without_password(url)
     env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
@@ -184,8 +210,6 @@ def cli(database: DatabaseSettings, site: str, directory: Path, keep: int,
         pg_bin: Path | None) -> int:
     """``backup``: one JSON line of what was written and removed; exit status 1 and the
     reason on stderr when no dump was taken."""
-    import sys
-
     from shared.db import resolve_url
 
     try:

@@ -67,7 +67,8 @@ async def test_a_dump_restores_the_ledger_as_it_was(
     assert path.parent == dumps and found is not None, path
     assert found["site"] == "callback" and found["at"].endswith("+0900")
     assert taken["bytes"] > 0 and taken["entries"] > 50
-    assert taken["removed"] == [] and names(dumps) == [path.name]
+    assert taken["removed"] == [] and names(dumps) == [".callback-" + found["database"]
+                                                       + ".lock", path.name]
 
     name = "restored_from_dump"
     restored_url = await fresh_database(pg_server_url, name)
@@ -106,8 +107,8 @@ async def test_the_oldest_dumps_past_keep_are_removed(clean: asyncpg.Pool, pg_ur
     assert taken[0].removed == ("callback-cbgw-20261201T040000+0900.dump.partial",)
     assert taken[2].removed == ("callback-cbgw-20261208T040000+0900.dump",)
     assert names(tmp_path) == [
-        "callback-cbgw-20261209T040000+0900.dump", "callback-cbgw-20261210T040000+0900.dump",
-        "callback-other-20261201T040000+0900.dump"]
+        ".callback-cbgw.lock", "callback-cbgw-20261209T040000+0900.dump",
+        "callback-cbgw-20261210T040000+0900.dump", "callback-other-20261201T040000+0900.dump"]
 
 
 async def test_a_failed_dump_leaves_nothing_and_says_why(
@@ -117,13 +118,14 @@ async def test_a_failed_dump_leaves_nothing_and_says_why(
     dumps.mkdir()
     earlier = dumps / "callback-cbgw_callback-20261201T040000+0900.dump"
     earlier.write_bytes(b"kept")
-    missing = urlunsplit(urlsplit(pg_url)._replace(path="/no_such_database_here"))
+    dbname = "no_such_database_here"
+    missing = urlunsplit(urlsplit(pg_url)._replace(path="/" + dbname))
     monkeypatch.setenv("CALLBACK__DATABASE__URL", missing)
     cfg = str(config(pki_dir, tmp_path))
     assert await cli("backup", "--config", cfg, "--dir", str(dumps), "--keep", "1") == 1
     err = capsys.readouterr().err
     assert "backup: pg_dump failed" in err and "no_such_database_here" in err, err
-    assert names(dumps) == [earlier.name]
+    assert names(dumps) == [".callback-" + dbname + ".lock", earlier.name]
     assert earlier.read_bytes() == b"kept"
     assert await cli("backup", "--config", cfg, "--dir", str(dumps), "--keep", "0") == 1
     assert "backup: --keep must be at least 1, not 0" in capsys.readouterr().err

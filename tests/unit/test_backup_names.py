@@ -1,15 +1,16 @@
-"""shared.backup's pure parts: a dump's name in Japan time, the URL's password kept off
-pg_dump's command line, a missing tool named. The dumps themselves:
-tests/integration/test_backup.py."""
+"""shared.backup's parts that need no database: a dump's name in Japan time, the URL's
+password kept off pg_dump's command line, a missing tool named, a second backup of a
+database refused while one runs. The dumps themselves: tests/integration/test_backup.py."""
 
 from __future__ import annotations
 
+import fcntl
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from shared.backup import DUMP, BackupError, dump_name, pg_tool, without_password
+from shared.backup import DUMP, BackupError, backup, dump_name, pg_tool, without_password
 
 
 def test_a_dump_is_named_by_site_database_and_japan_time() -> None:
@@ -36,3 +37,12 @@ def test_the_password_leaves_the_url(url: str, bare: str, password: str | None) 
 def test_a_missing_tool_is_named_with_where_it_was_looked_for(tmp_path: Path) -> None:
     with pytest.raises(BackupError, match=f"pg_dump not found in {tmp_path}"):
         pg_tool("pg_dump", tmp_path)
+
+
+def test_a_second_backup_of_a_database_is_refused_while_one_runs(tmp_path: Path) -> None:
+    with (tmp_path / ".callback-cbgw.lock").open("a") as running:
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(BackupError, match="another backup of this database is running"):
+            backup("postgresql://cbgw@127.0.0.1:9/cbgw", tmp_path, site="callback",
+                   database="cbgw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".callback-cbgw.lock"]
