@@ -192,6 +192,12 @@ class Common:
             "Seconds database pool connections were held (acquire until back in the pool), "
             "by who held them, summed; part=releasing: from the holder's release until "
             "back.", ["holder", "part"], registry=r)
+        self.tls_expiry = Gauge(
+            "cbgw_tls_certificate_expiry_timestamp_seconds",
+            "When the site's TLS certificate it serves (site) and the CA it trusts (ca) "
+            "expire, Unix time, as the process loaded them at its start (the earliest of "
+            "the live processes).", ["certificate"], registry=r,
+            multiprocess_mode="livemin")
         self.db_pool_acquire_wait = Histogram(
             "cbgw_db_pool_acquire_wait_seconds",
             "How long each acquire of a database pool connection waited for one (a free "
@@ -201,3 +207,13 @@ class Common:
 @functools.cache
 def common() -> Common:
     return Common(registry())
+
+
+def certificates_served(cert: Path, ca: Path) -> None:
+    """``cbgw_tls_certificate_expiry_timestamp_seconds`` of the certificate this process
+    serves and the CA it trusts, as it loaded them (a renewed file counts once the
+    process is restarted and serves it)."""
+    from shared.pki import not_after
+
+    for which, path in (("site", cert), ("ca", ca)):
+        common().tls_expiry.labels(which).set(not_after(path).timestamp())

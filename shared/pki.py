@@ -14,6 +14,11 @@
 Idempotent: existing files are kept, so running it twice changes nothing.
 ``rotate --site edge`` adds the next signing key (``edge-sign-2``) for a
 rotation overlap; the old one stays until you remove it from both configs.
+``renew --site edge`` issues the site's certificate again, with the same key and
+names, once it expires within 60 days (``--within-days``; ``--force``: now); the
+server serves it from its next start. Each server reports when the certificate it
+serves and the CA it trusts expire (``cbgw_tls_certificate_expiry_timestamp_seconds``).
+The CA (ten years) is not renewed here: a new CA means both sites trusting it first.
 
 TLS contexts for aiohttp are built by :func:`server_context` and
 :func:`client_context`.
@@ -40,6 +45,8 @@ from shared.signing import SigningKey
 
 DEFAULT_SANS = ("localhost", "127.0.0.1")
 _VALID_DAYS = 825
+#: ``renew`` issues a site certificate again from this many days before it expires
+RENEW_WITHIN_DAYS = 60
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -97,22 +104,30 @@ def _san(names: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def ensure_site_cert(directory: Path, site: str, sans: Sequence[str] = DEFAULT_SANS
-                     ) -> list[Path]:
-    cert_path, key_path = directory / f"{site}.pem", directory / f"{site}.key"
-    if cert_path.exists() and key_path.exists():
-        return []
+def load_cert(path: Path) -> x509.Certificate:
     try:
-        ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+        return x509.load_pem_x509_certificate(path.read_bytes())
     except ValueError:
-        raise ValueError(f"{directory / 'ca.pem'}: not a PEM certificate") from None
+        raise ValueError(f"{path}: not a PEM certificate") from None
+
+
+def not_after(path: Path) -> dt.datetime:
+    """When the certificate in ``path`` expires (UTC)."""
+    return load_cert(path).not_valid_after_utc
+
+
+def _site_cert(directory: Path, site: str, sans: Sequence[str],
+               key: ec.EllipticCurvePublicKey) -> x509.Certificate:
+    """A site certificate for ``key``, issued by the CA in ``directory``: the site's name
+    (CN and a DNS name) and ``sans``, server and client authentication, :data:`_VALID_DAYS`
+    from now."""
+    ca_cert = load_cert(directory / "ca.pem")
     ca_key = _load_key(directory / "ca.key")
-    key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder()
+    return (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, site)]))
             .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
+            .public_key(key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
@@ -122,9 +137,47 @@ def ensure_site_cert(directory: Path, site: str, sans: Sequence[str] = DEFAULT_S
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
+
+
+def ensure_site_cert(directory: Path, site: str, sans: Sequence[str] = DEFAULT_SANS
+                     ) -> list[Path]:
+    cert_path, key_path = directory / f"{site}.pem", directory / f"{site}.key"
+    if cert_path.exists() and key_path.exists():
+        return []
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _site_cert(directory, site, sans, key.public_key())
     _write_private(key_path, _pem_key(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return [cert_path, key_path]
+
+
+def renew_site_cert(directory: Path, site: str, *, within_days: int = RENEW_WITHIN_DAYS,
+                    force: bool = False) -> tuple[bool, dt.datetime]:
+    """Issue ``site``'s certificate again when it expires within ``within_days`` (or
+    ``force``): the same key and names (its SANs as they are), valid :data:`_VALID_DAYS`
+    from now, written beside and renamed over ``<site>.pem``, so a server starting
+    meanwhile reads the old one or the new one. Whether it was renewed, and when the
+    certificate in force now expires. A running server serves the old one until it is
+    restarted."""
+    cert_path = directory / f"{site}.pem"
+    if not cert_path.exists():
+        raise ValueError(f"{cert_path}: no certificate to renew (keys init makes it)")
+    current = load_cert(cert_path)
+    expires = current.not_valid_after_utc
+    if not force and expires - dt.datetime.now(dt.UTC) > dt.timedelta(days=within_days):
+        return False, expires
+    key = _load_key(directory / f"{site}.key")
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != current.public_key().public_bytes(*spki):
+        raise ValueError(f"{directory / f'{site}.key'} is not the key of {cert_path}")
+    names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    sans = [*names.get_values_for_type(x509.DNSName),
+            *(str(a) for a in names.get_values_for_type(x509.IPAddress))]
+    cert = _site_cert(directory, site, sans, key.public_key())
+    partial = cert_path.with_name(cert_path.name + ".new")
+    partial.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(partial, cert_path)
+    return True, cert.not_valid_after_utc
 
 
 def signing_key_paths(directory: Path, site: str) -> list[Path]:
@@ -186,8 +239,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rot = sub.add_parser("rotate", help="add the next signing key for a site")
     p_rot.add_argument("--dir", type=Path, required=True)
     p_rot.add_argument("--site", required=True)
+    p_ren = sub.add_parser("renew", help="issue a site's certificate again before it "
+                                         "expires (same key and names)")
+    p_ren.add_argument("--dir", type=Path, required=True)
+    p_ren.add_argument("--site", required=True)
+    p_ren.add_argument("--within-days", type=int, default=RENEW_WITHIN_DAYS,
+                       help="renew when it expires within this many days "
+                            f"(default {RENEW_WITHIN_DAYS})")
+    p_ren.add_argument("--force", action="store_true", help="renew whenever it expires")
     args = parser.parse_args(argv)
     try:
+        if args.command == "renew":
+            return _renew(args.dir, args.site, args.within_days, args.force)
         if args.command == "init":
             written = init(args.dir, args.site, args.san or DEFAULT_SANS)
         else:
@@ -202,6 +265,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {path}")
     if not written:
         print(f"{args.dir}: nothing to do, all keys and certificates exist")
+    return 0
+
+
+def _renew(directory: Path, site: str, within_days: int, force: bool) -> int:
+    if within_days < 1:
+        print(f"error: --within-days must be at least 1, not {within_days}", file=sys.stderr)
+        return 2
+    renewed, expires = renew_site_cert(directory, site, within_days=within_days, force=force)
+    left = (expires - dt.datetime.now(dt.UTC)).days
+    path = directory / f"{site}.pem"
+    if renewed:
+        print(f"renewed {path}: valid until {expires.isoformat()}; restart the {site} "
+              "server to serve it")
+    else:
+        print(f"{path}: not due, valid until {expires.isoformat()} ({left} days; renewed "
+              f"within {within_days})")
     return 0
 
 

@@ -5,6 +5,7 @@
     python -m <site>_server check --config FILE        # what serve checks, then exit
     python -m <site>_server keys init --dir DIR [--site S] [--san HOST]
     python -m <site>_server keys rotate --dir DIR
+    python -m <site>_server keys renew --dir DIR [--site S] [--within-days N] [--force]
     python -m <site>_server outbox dead --config FILE [--limit N]    # dead letters, JSON lines
     python -m <site>_server outbox requeue --config FILE MESSAGE_ID  # send one again
     python -m <site>_server backup --config FILE --dir DIR [--keep N] [--pg-bin DIR]
@@ -122,6 +123,13 @@ def parser_for(site: str, *, roles: Sequence[str] = ("all",)) -> argparse.Argume
     init.add_argument("--san", action="append", help="DNS name or IP in the certificate")
     rotate = keys_sub.add_parser("rotate", help="add the next signing key")
     rotate.add_argument("--dir", type=Path, required=True)
+    renew = keys_sub.add_parser("renew", help="issue the site's certificate again before "
+                                              "it expires (same key and names)")
+    renew.add_argument("--dir", type=Path, required=True)
+    renew.add_argument("--site", help=f"default: {site}")
+    renew.add_argument("--within-days", type=int, help="renew when it expires within this "
+                                                       "many days (default 60)")
+    renew.add_argument("--force", action="store_true", help="renew whenever it expires")
     outbox = sub.add_parser("outbox", help="dead letters of the link's outbox "
                                            "(shared.outbox_operator)")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
@@ -197,6 +205,11 @@ def _keys(site: str, args: argparse.Namespace) -> int:
 
     if args.keys_command == "rotate":
         return pki.main(["rotate", "--dir", str(args.dir), "--site", site])
+    if args.keys_command == "renew":
+        return pki.main(["renew", "--dir", str(args.dir), "--site", args.site or site,
+                         *(["--within-days", str(args.within_days)]
+                           if args.within_days is not None else []),
+                         *(["--force"] if args.force else [])])
     pki_args = ["init", "--dir", str(args.dir)]
     for name in args.site or [site]:
         pki_args += ["--site", name]
@@ -217,6 +230,8 @@ def serve_forever(site: Site[S], settings: S, log_level: str, *, role: str = "al
     tls = settings.tls
     ssl_ctx = server_context(tls.cert, tls.key, tls.ca,
                              require_client_cert=settings.require_client_cert) if tls else None
+    if tls is not None:
+        metrics.certificates_served(tls.cert, tls.ca)
     if ssl_ctx is None:
         logging.getLogger(f"{site.name}.app").warning("no [tls] section: serving plain HTTP")
     if role == "intake":

@@ -162,6 +162,10 @@ async def test_a_full_server_and_two_intake_processes_serve_one_port(
     lag_pids = {s.labels["pid"] for f in text_string_to_metric_families(text)
                 for s in f.samples if s.name == "cbgw_event_loop_lag_seconds"}
     assert lag_pids == {str(procs[0].pid), str(procs[2].pid)}
+    # when the certificate served and the CA trusted expire, as the processes loaded them
+    for which, served in (("site", pki_dir / "callback.pem"), ("ca", pki_dir / "ca.pem")):
+        assert prom.scraped(text, "cbgw_tls_certificate_expiry_timestamp_seconds",
+                            certificate=which) == pki.not_after(served).timestamp()
 
     # the whole site stops and starts again: a new run, whose counters start at zero
     for proc in procs:
