@@ -6,7 +6,8 @@ transaction, so the ledger, the outbox and the calls are as of one instant) to
 ``DIR/<site>-<database>-<YYYYmmddTHHMMSS+0900>.dump`` (Japan time: the name tells the
 operator when it was taken, and sorts by it). The dump is written as ``.partial``, read
 back with ``pg_restore --list`` (an archive it cannot list is refused, never kept),
-flushed to disk and only then renamed to its name; then the site's dumps beyond the
+flushed to disk and only then renamed to its name (readable by its owner only: it holds
+the customers' numbers and money); then the site's dumps beyond the
 newest ``keep`` in ``DIR`` are removed, with any ``.partial`` an interrupted run left.
 A dump that failed leaves the earlier ones as they were. One backup of a database runs
 at a time in ``DIR`` (a lock file beside the dumps); a second is refused while it does.
@@ -189,7 +190,7 @@ def _run(argv: list[str], env: dict[str, str], timeout_s: float) -> str:
     tool = Path(argv[0]).name
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
+                              timeout=timeout_s, check=False, umask=0o077)
     except subprocess.TimeoutExpired as exc:
         raise BackupError(f"{tool} did not finish within {timeout_s:.0f} s") from exc
     if done.returncode != 0:

@@ -42,6 +42,10 @@ async def cli(*argv: str) -> int:
     return status
 
 
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
 def names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
@@ -67,6 +71,7 @@ async def test_a_dump_restores_the_ledger_as_it_was(
     assert path.parent == dumps and found is not None, path
     assert found["site"] == "callback" and found["at"].endswith("+0900")
     assert taken["bytes"] > 0 and taken["entries"] > 50
+    assert mode(path) == 0o600          # the customers' numbers and money: the owner's only
     assert taken["removed"] == [] and names(dumps) == [".callback-" + found["database"]
                                                        + ".lock", path.name]
 
