@@ -223,15 +223,26 @@ async def refusals(stack: Stack, names: list[str],
                         if isinstance(event, ari.StasisStart):  # answered: never expected
                             await probe.hangup(event.channel.id)
             except TimeoutError:
-                raise AssertionError(_unended(dial(name), name, seen)) from None
+                raise AssertionError(await _unended(stack, dial(name), name, seen)) from None
     return ended
 
 
-def _unended(dialled: str, name: str, seen: list[str]) -> str:
-    """What each Asterisk logged of a probe call that did not end within 5 s."""
+async def _unended(stack: Stack, dialled: str, name: str, seen: list[str]) -> str:
+    """What each Asterisk logged of a probe call that did not end within 5 s, and the
+    channels each still has."""
     logs = "\n".join(f"  {site}: {line}" for site in ast_harness.SIP_PORTS
                      for line in ast_harness.log_lines(site, name))
-    return f"{dialled} had not ended after 5 s (probe events: {seen});\n{logs}"
+    sites = {"edge": stack.edge_site, "callback": stack.callback_site,
+             **getattr(stack, "asterisks", {})}
+    channels = []
+    for site_name, site in sites.items():
+        try:
+            shown = await asyncio.to_thread(site.cli, "core show channels concise")
+        except ast_harness.HarnessError as exc:
+            shown = str(exc)
+        channels.append(f"  {site_name}: {shown.strip() or '(none)'}")
+    return (f"{dialled} had not ended after 5 s (probe events: {seen});\n{logs}\n"
+            "channels:\n" + "\n".join(channels))
 
 
 async def test_the_trunk_reaches_advisor_endpoints_only(stack: Stack) -> None:
