@@ -16,8 +16,9 @@ times over (the phases interleaved, so a change in the machine's speed hits all 
   μ-law for every 20 ms frame;
 * ``wav+ulaw+alaw``: the installed ``sound:cbgw/NAME`` (``deploy/asterisk/instance.py``
   writes ``.ulaw`` and ``.alaw`` beside every ``.wav``): no translation;
-* the same with full.log's ``verbose`` and ``dtmf`` off (logger.conf rewritten in the
-  root and ``logger reload``; restored after): what the verbose lines cost.
+* the same with full.log's ``verbose`` off (logger.conf rewritten in the root and
+  ``logger reload``; restored after): what the verbose lines cost (until session 31
+  full.log also logged ``dtmf``, which this phase turned off too).
 
 Per phase it prints the Asterisk process's CPU seconds (``/proc/<pid>/stat``, all
 threads) less what it uses idle (measured for ``--idle-s`` first), per call and per
@@ -55,8 +56,9 @@ WAV_ONLY_DIR = "cbgw-bench-wav"
 SHOWN_CALL = 10
 
 
-#: full.log's line in deploy/asterisk/callback/logger.conf, and without verbose and dtmf
-FULL_LOG = "full.log => notice,warning,error,verbose,dtmf"
+#: full.log's line in deploy/asterisk/callback/logger.conf (with dtmf until session 31), and
+#: without verbose
+FULL_LOG = "full.log => notice,warning,error,verbose"
 QUIET_FULL_LOG = "full.log => notice,warning,error"
 
 
@@ -268,7 +270,7 @@ def logger_line_swapped(site: AsteriskSite, logger_conf: Path, line: str,
 
 def _quiet_full_log(site: AsteriskSite, logger_conf: Path
                     ) -> contextlib.AbstractContextManager[None]:
-    """full.log without verbose and dtmf inside."""
+    """full.log without verbose inside."""
     return logger_line_swapped(site, logger_conf, FULL_LOG, QUIET_FULL_LOG)
 
 

@@ -1,5 +1,6 @@
 """deploy/asterisk: every site's Asterisk rotates its logs as ``instance.py rotate-logs``
-expects (``rotatestrategy = rotate``), and the tool's archive step gzips each archive from
+expects (``rotatestrategy = rotate``) and logs none of the keys customers press, and the
+tool's archive step gzips each archive from
 .1 on and removes those past ``--keep``, leaving everything else in the directory alone.
 The rotation on a real Asterisk: tests/e2e/test_asterisk_logs.py."""
 
@@ -22,6 +23,16 @@ def test_every_site_rotates_the_logs_up_from_zero(site: str) -> None:
     text = (REPO / "deploy/asterisk" / site / "logger.conf").read_text()
     general = text.split("[general]", 1)[1].split("\n[", 1)[0]
     assert re.search(r"^rotatestrategy = rotate$", general, re.MULTILINE), general
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_no_log_keeps_the_keys_customers_press(site: str) -> None:
+    """The keys are customers' answers (a birth date for a reading): kept in the database,
+    where they can be erased, never in a log file (no channel logs ``dtmf``)."""
+    text = (REPO / "deploy/asterisk" / site / "logger.conf").read_text()
+    channels = [line.split(";", 1)[0].split("=>") for line in
+                text.split("[logfiles]", 1)[1].splitlines() if "=>" in line.split(";", 1)[0]]
+    assert channels and all("dtmf" not in levels for _, levels in channels), channels
 
 
 def test_archives_from_one_on_are_gzipped_and_those_past_keep_removed(tmp_path: Path) -> None:
