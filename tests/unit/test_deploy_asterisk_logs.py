@@ -35,6 +35,14 @@ def test_no_log_keeps_the_keys_customers_press(site: str) -> None:
     assert channels and all("dtmf" not in levels for _, levels in channels), channels
 
 
+def test_the_media_bench_swaps_a_line_the_callback_site_has() -> None:
+    """bench.asterisk_media's quiet phase replaces full.log's whole line: it is there."""
+    from bench.asterisk_media import FULL_LOG
+
+    lines = (REPO / "deploy/asterisk/callback/logger.conf").read_text().splitlines()
+    assert FULL_LOG in lines
+
+
 def test_archives_from_one_on_are_gzipped_and_those_past_keep_removed(tmp_path: Path) -> None:
     files = {"full.log": "live\n", "full.log.0": "newest\n", "full.log.1": "older\n",
              "full.log.13": "oldest kept\n", "full.log.14": "past keep\n",
