@@ -28,7 +28,7 @@ import asyncpg
 
 from billing import records
 from billing.rating import tax_included
-from billing.transfers import TOKYO
+from shared.timeutil import TOKYO
 
 
 @dataclass(frozen=True, slots=True)

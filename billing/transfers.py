@@ -15,17 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from billing.ledger import MAX_AMOUNT_YEN, account_id, post
 from shared.http import ApiError, InvalidField, require_str
+from shared.timeutil import TOKYO
 
 FIELDS = ("account", "amount_yen", "transferred_on", "payer_name", "bank_reference",
           "entered_by")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-TOKYO = ZoneInfo("Asia/Tokyo")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import functools
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shared.metrics import LATENCY_BUCKETS, registry
+from shared.metrics import LATENCY_BUCKETS, at_zero, registry
 
 #: the guard decides in microseconds to a few milliseconds
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -53,9 +53,7 @@ class CallbackMetrics:
         self.guard_alert_deliveries = Counter(
             "cbgw_guard_alert_deliveries", "Alert deliveries, by channel and result.",
             ["channel", "result"], registry=r)
-        for channel in ALERT_CHANNELS:     # at 0 from the start: a first failure is an
-            for result in ("ok", "failed"):  # increase an alert rule sees
-                self.guard_alert_deliveries.labels(channel, result)
+        at_zero(self.guard_alert_deliveries, ALERT_CHANNELS, ("ok", "failed"))
         self.guard_locks = Counter(
             "cbgw_guard_locks",
             "Numbers locked or block-listed after unconfirmed call-backs, by action.",

@@ -25,11 +25,12 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from ivr_platform.hours import TOKYO, BusinessHours
+from ivr_platform.hours import BusinessHours
 from ivr_platform.hours_speech import closed_texts
 from ivr_platform.speech import reading
 from ivr_platform.tts import PromptCache, TtsError
 from shared.language import Language
+from shared.timeutil import TOKYO
 
 log = logging.getLogger("edge.hours")
 

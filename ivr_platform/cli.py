@@ -40,7 +40,6 @@ from typing import Any
 
 from ivr_platform.audio import AudioLimits, AudioRejected
 from ivr_platform.guidance import GuidanceLibrary
-from ivr_platform.hours import TOKYO
 from ivr_platform.hours_config import parse_merchant_hours
 from ivr_platform.hours_speech import closed_announcement
 from ivr_platform.prompts import sounds
@@ -51,7 +50,7 @@ from ivr_platform.tts import PromptCache
 from shared.config import ConfigError, Section, load
 from shared.language import Language
 from shared.phone import InvalidNumber, normalise
-from shared.timeutil import TimestampError, parse_timestamp
+from shared.timeutil import TOKYO, TimestampError, parse_timestamp
 
 DEFAULT_CACHE = Path("/var/cache/cbgw/prompts")
 

@@ -20,13 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 import jpholiday
 
 from shared.phone import E164
+from shared.timeutil import TOKYO
 
-TOKYO = ZoneInfo("Asia/Tokyo")
 MAX_WINDOWS = 3
 MINUTES_PER_DAY = 24 * 60
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

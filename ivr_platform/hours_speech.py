@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from ivr_platform.hours import MINUTES_PER_DAY, TOKYO, BusinessHours, Status
+from ivr_platform.hours import MINUTES_PER_DAY, BusinessHours, Status
 from ivr_platform.speech import Reading
 from shared.language import Language
+from shared.timeutil import TOKYO
 
 _WHY = {
     Language.JAPANESE: {

@@ -15,7 +15,7 @@ import functools
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.language import Language
-from shared.metrics import registry
+from shared.metrics import at_zero, registry
 
 #: Open JTalk renders a sentence in 0.1-1 s; the engine's timeout is 60 s
 RENDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -41,9 +41,7 @@ class IvrMetrics:
             "Time to render a text not in the TTS cache (engine and sox), by language and "
             "result (ok, failed).", ["language", "result"], buckets=RENDER_BUCKETS,
             registry=r)
-        for language in Language:           # at 0 from the start: a first failed render
-            for result in ("ok", "failed"):  # is an increase an alert rule sees
-                self.tts_render.labels(language.value, result)
+        at_zero(self.tts_render, [language.value for language in Language], ("ok", "failed"))
         self.tts_evicted = Counter(
             "cbgw_ivr_tts_evicted",
             "TTS renders evicted (unused too long, or the least recently used over the "

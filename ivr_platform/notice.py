@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from ivr_platform.hours import TOKYO
 from ivr_platform.speech import display_number
 from shared.language import Language
 from shared.phone import E164
+from shared.timeutil import TOKYO
 
 _LABELS = {
     Language.JAPANESE: {"company": "会社名", "name": "名前",

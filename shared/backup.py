@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
-from zoneinfo import ZoneInfo
 
 from shared.config import DatabaseSettings
+from shared.timeutil import TOKYO
 
-TOKYO = ZoneInfo("Asia/Tokyo")
 #: dumps kept of a site's database (14: two weeks when taken daily)
 DEFAULT_KEEP = 14
 #: a dump's name: the site, the database, when (Japan time)

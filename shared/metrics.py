@@ -32,9 +32,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import itertools
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -207,6 +208,14 @@ class Common:
 @functools.cache
 def common() -> Common:
     return Common(registry())
+
+
+def at_zero(metric: Counter | Histogram, *values: Iterable[str]) -> None:
+    """Every combination of the label ``values`` at 0 from the start, so that a first
+    event is an increase an alert rule sees (a series Prometheus first sees at 1 shows
+    none)."""
+    for labels in itertools.product(*values):
+        metric.labels(*labels)
 
 
 def certificates_served(cert: Path, ca: Path) -> None:

@@ -10,6 +10,10 @@ stays in range. Errors are :class:`TimestampError`, a ``ValueError`` naming the 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo
+
+#: the product's local time: the callers, advisors and merchants are in Japan
+TOKYO = ZoneInfo("Asia/Tokyo")
 
 #: the earliest and latest instants taken (a day inside what ``datetime`` can hold)
 EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
