@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import stripe
 
 TARGET_P99_MS = 10.0
 DATABASE = "cbgw_bench_billing"
@@ -366,9 +367,23 @@ class Profile:
 _NO_PROFILE = Profile()
 
 
+@dataclass(frozen=True)
+class Postpaid:
+    """A postpaid consultation admitted: what its charge is recorded with once it ends."""
+
+    account: str
+    consultation_id: str
+    terms: Any
+
+
+#: what a request leaves to settle: a prepaid reservation's id, a postpaid consultation
+Done = tuple[float, "int | Postpaid"]
+
+
 async def authorise(billing: Any, ask: Ask, consultation_id: str,
-                    profile: Profile = _NO_PROFILE) -> tuple[float, int | None]:
-    """One consultation's admission and, prepaid, its first slice: ms, reservation id.
+                    profile: Profile = _NO_PROFILE) -> Done:
+    """One consultation's admission and, prepaid, its first slice: ms, and the reservation
+    (postpaid: the consultation to charge).
     Timed from its own start to its own answer; what the runner has before it asks (the
     called number parsed, its meter's first slice: ``ask``) is made before, untimed, and
     the profile's stamps (``profile``) are taken only in the profiled bursts."""
@@ -386,12 +401,13 @@ async def authorise(billing: Any, ask: Ask, consultation_id: str,
             profile.stamp(request, "reserve")
         got = await billing.reserve(ask.merchant_id, plan, consultation_id, ask.first_slice_s)
         reserved = getattr(got, "id", None)
-        assert reserved is not None, got
+        assert isinstance(reserved, int), got
     took = time.perf_counter() - t0
     if profile.on:
         profile.requests[request]["answered"] = t0 + took
     assert plan.admission.allowed, plan
-    return took * 1000, reserved
+    return took * 1000, (Postpaid(plan.account, consultation_id, plan.terms)
+                         if reserved is None else reserved)
 
 
 async def burst(billing: Any, asks: list[Ask], tag: str, profile: Profile = _NO_PROFILE,
@@ -418,7 +434,7 @@ async def paced(billing: Any, asks: list[Ask], rate: float, seconds: float
     rng = random.Random(20261205)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    at, tasks = 0.0, list[asyncio.Task[tuple[float, int | None]]]()
+    at, tasks = 0.0, list[asyncio.Task[Done]]()
     while (at := at + rng.expovariate(rate)) < seconds:
         await asyncio.sleep(max(0.0, started + at - loop.time()))
         i = len(tasks)
@@ -437,10 +453,26 @@ async def serial(billing: Any, asks: list[Ask], tag: str) -> tuple[float, list[f
     return took_s, [ms for ms, _ in done]
 
 
-async def release(billing: Any, done: list[tuple[float, int | None]]) -> None:
-    for _, reservation in done:
-        if reservation is not None:
-            await billing.settle(PREPAID, reservation, 0)
+async def release(billing: Any, done: list[Done]) -> None:
+    """Each consultation ended as the server ends it (untimed): a prepaid reservation
+    settled (0 s); a postpaid consultation of a minute charged to the card and paid (its
+    charge and attempt recorded by :meth:`billing.postpaid.Postpaid.record`, the outcome
+    as Stripe's success leaves it; no Stripe call). So each burst leaves every account one
+    more consultation of history, prepaid or postpaid."""
+    from billing.postpaid import Postpaid as Charging
+
+    charging = Charging(billing.pool, stripe.StripeClient("sk_test_bench"))
+    for _, left in done:
+        if isinstance(left, Postpaid):
+            recorded = await charging.record(POSTPAID, left.account, left.consultation_id,
+                                             60, left.terms, by="bench")
+            assert recorded is not None
+            await billing.pool.execute(
+                "INSERT INTO billing_postpaid_outcomes (attempt_id, outcome, "
+                "payment_intent) VALUES ($1, 'succeeded', $2)",
+                recorded[1], f"pi_bench_{recorded[0].id}")
+        else:
+            await billing.settle(PREPAID, left, 0)
 
 
 async def select_one(pool: asyncpg.Pool, count: int) -> tuple[float, list[float]]:
