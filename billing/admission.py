@@ -21,9 +21,9 @@ Admitting alone holds nothing: a prepaid consultation still reserves (:meth:`bil
 ledger.Ledger.reserve`) before it connects, which is what guards concurrent consultations.
 An ask that names its consultation (``Ask.consultation_id``) is admitted and, prepaid
 and admitted, reserved in the same call (:func:`admit_and_hold_sql`: the body of the
-function ``billing_admit_and_hold``, migrations 0022, 0024 and 0027, which :data:`ADMIT_AND_HOLD`
-calls in one round trip, its own transaction, its statements on their generic plans from
-the first call): it locks the asks' accounts, then reads the facts as
+function ``billing_admit_and_hold``, migrations 0022, 0024, 0027 and 0028, which
+:data:`ADMIT_AND_HOLD` calls in one round trip, its own transaction, its statements on
+their generic plans from the first call): it locks the asks' accounts, then reads the facts as
 :func:`admission_sql` does, once, under the locks, keeps the asks whose available balance
 pays for the first billed unit (:func:`decide`'s prepaid rule) and decides and writes
 their holds on that read (``billing_hold_locked_once``, migration 0027: the ledger's rule
@@ -47,7 +47,7 @@ from billing import policy
 from billing.ledger import BOOK_BALANCE, LIVE_HOLDS, Refusal, Reservation
 from billing.rating import Terms, TermsError, seconds_affordable
 from billing.settings import MAX_UNPAID_CHARGES
-from billing.standing import CHARGES, Standing
+from billing.standing import Standing, unpaid_sql
 
 log = logging.getLogger("billing.admission")
 
@@ -178,10 +178,7 @@ def admission_sql(asks: str, extra: Sequence[str] = (), *, as_text: bool = True,
     LEFT JOIN LATERAL (SELECT * FROM billing_group_policies
                        WHERE merchant_id = w.merchant_id AND group_id = w.group_id
                        ORDER BY id DESC LIMIT 1) g ON true
-    LEFT JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE state IN ('pending', 'failed')) AS unpaid,
-               count(*) FILTER (WHERE state = 'failed') AS failed
-        FROM ({CHARGES} WHERE c.account_id = acct.id) s WHERE w.postpaid) s ON true
+    LEFT JOIN LATERAL ({unpaid_sql("acct.id")} WHERE w.postpaid) s ON true
     ORDER BY w.n"""
 
 
@@ -235,7 +232,7 @@ def admit_and_hold_sql(asks: str) -> str:
     admission then :func:`billing.ledger.reserve_all` it replaces.
 
     Of :data:`HOLD_ASKS`, it is the body of the function ``billing_admit_and_hold``
-    (migration 0027, replacing 0024's) that :data:`ADMIT_AND_HOLD` calls
+    (migration 0028, replacing 0027's) that :data:`ADMIT_AND_HOLD` calls
     (``tests/unit/test_billing_admit_hold_function.py`` holds the two equal: a change
     here needs a migration replacing the function)."""
     default = Terms(0)

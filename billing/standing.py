@@ -60,6 +60,25 @@ CHARGES = """
     LEFT JOIN billing_postpaid_closures x ON x.charge_id = c.id"""
 
 
+#: the lowest id account ``{account}``'s unpaid charges (pending or failed) can have: its
+#: newest charge's ``open_from`` (migration 0028: at or below every charge of the account
+#: unpaid when it was written, and a charge once paid or closed stays so), else 0 (its
+#: newest charge was written before 0028). What an account stands at reads its charges
+#: from there on, by the index ``(account_id, id)``: the few since its oldest unpaid one,
+#: not its whole history
+OPEN_FROM = """coalesce((SELECT n.open_from FROM billing_postpaid_charges n
+                          WHERE n.account_id = {account} ORDER BY n.id DESC LIMIT 1), 0)"""
+
+
+def unpaid_sql(account: str) -> str:
+    """The unpaid (pending or failed) and the failed charges of account ``{account}`` (an
+    expression): one row, ``unpaid``, ``failed``."""
+    return f"""SELECT count(*) FILTER (WHERE state IN ('pending', 'failed')) AS unpaid,
+               count(*) FILTER (WHERE state = 'failed') AS failed
+        FROM ({CHARGES} WHERE c.account_id = {account}
+                  AND c.id >= {OPEN_FROM.format(account=account)}) s"""
+
+
 State = Literal["pending", "paid", "failed", "closed"]
 Closure = Literal["paid-elsewhere", "written-off"]
 CLOSURES: tuple[Closure, ...] = ("paid-elsewhere", "written-off")
@@ -119,12 +138,12 @@ async def standing(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, ac
     acc = await find_account(conn, merchant_id, account)
     if acc is None:
         return Standing(False, 0, False)
-    row = await conn.fetchrow(
-        "SELECT count(*) FILTER (WHERE state IN ('pending', 'failed')) AS unpaid, "
-        "count(*) FILTER (WHERE state = 'failed') AS failed "
-        f"FROM ({CHARGES} WHERE c.account_id = $1) s", acc)
+    row = await conn.fetchrow(_UNPAID, acc)
     return Standing(await card_on_file(conn, acc) is not None, row["unpaid"],
                     row["failed"] > 0)
+
+
+_UNPAID = unpaid_sql("$1")
 
 
 async def charges(pool: asyncpg.Pool, merchant_id: str, account: str) -> list[Charge]:
