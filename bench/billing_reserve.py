@@ -21,7 +21,8 @@ from postpaid accounts with a card on file (recorded in the database as a confir
 registration would leave it), at 100 to 400 yen a minute. A burst is N asyncio tasks
 started at once on a pool of the callback server's size (``[database] max_connections``,
 10); each request's time runs from its start to its answer, the wait for a pooled
-connection included. Its reservations are settled (0 s, untimed) before the next burst.
+connection included. Before the next burst (untimed) its reservations are settled (0 s)
+and its postpaid consultations charged and paid (:func:`release`).
 
 Baselines in the same run: the same N requests one at a time, and N concurrent bare
 ``SELECT 1`` round trips on the same pool (what the pool's queueing alone costs).
@@ -80,9 +81,10 @@ DEPOSIT_YEN = 100_000
 #: (``--warm``: more, so that each has run them past PostgreSQL's first five executions of
 #: a prepared statement or a plpgsql function's statement, each planned for its
 #: parameters, as on a server that has been up a while). Each burst also leaves every
-#: account one more settled consultation: ``--warm 100`` times the bursts on accounts
-#: with a history of 100, where each index probe of the call costs more than on the fresh
-#: database (bench/README.md, "one pass and one batch")
+#: account one more consultation, settled or paid: ``--warm 100`` times the bursts on
+#: accounts with a history of 100, where each index probe of the call costs more than on
+#: the fresh database (bench/README.md, "one pass and one batch", "a postpaid customer's
+#: history")
 WARM_BURSTS = 3
 
 
