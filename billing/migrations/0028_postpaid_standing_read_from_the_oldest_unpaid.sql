@@ -5,7 +5,7 @@
 -- three probes a charge, for a customer with 100 paid consultations 300 probes an
 -- admission. In the reserve + authorise bench with 20 postpaid accounts of 100 paid charges
 -- each (bench/README.md, "a postpaid customer's history"), the database's CPU a burst of
--- 200 asks rose by two thirds; at 1,000 charges it would be ten times that.
+-- 200 asks rose by 70-100 %; at 1,000 charges it would be ten times that.
 --
 -- Each charge row carries ``open_from``, as each reservation carries ``live_from`` (0021):
 -- an id at or below every charge of its account unpaid (pending or failed) when it was
