@@ -303,7 +303,11 @@ async def test_pinned_kind_waits_for_its_route(lab: Lab) -> None:
 async def test_relay_routes_each_kind_by_policy_and_records_the_route(
         lab: Lab, pg_url: str) -> None:
     await lab.pool.execute("DELETE FROM outbox")
-    client = lab.client(POLICY, timeout_s=2.0)
+    # no route is cut here: timeouts long enough that the first deliveries' TLS
+    # handshakes, thirty at once on both sides in this one process, are not taken for a
+    # route down on a slow machine (with a 1 s connect timeout both routes once timed out
+    # together, and the policy rightly sent the callback requests over the leased line)
+    client = lab.client(POLICY, timeout_s=10.0, connect_timeout_s=10.0)
     relay = OutboxRelay(lab.pool, pg_url, client, owner="policy", sweep_s=0.2)
     task = asyncio.create_task(relay.run())
     try:
@@ -312,7 +316,7 @@ async def test_relay_routes_each_kind_by_policy_and_records_the_route(
                 kind = ("callback_request", "cdr", "billing")[n % 3]
                 await Outbox.enqueue(conn, kind=kind, path="/v1/link/test",
                                      payload={"n": 1000 + n})
-        for _ in range(200):
+        for _ in range(600):
             if not await lab.pool.fetchval(
                     "SELECT count(*) FROM outbox WHERE delivered_at IS NULL"):
                 break
