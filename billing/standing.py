@@ -132,6 +132,9 @@ async def locked_charge(conn: asyncpg.Connection, merchant_id: str, charge_id: i
     return row, charge_of(row)
 
 
+_UNPAID = unpaid_sql("$1")
+
+
 async def standing(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, account: str
                    ) -> Standing:
     """The account's card on file, unpaid charges (pending or failed) and dunning."""
@@ -141,9 +144,6 @@ async def standing(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, ac
     row = await conn.fetchrow(_UNPAID, acc)
     return Standing(await card_on_file(conn, acc) is not None, row["unpaid"],
                     row["failed"] > 0)
-
-
-_UNPAID = unpaid_sql("$1")
 
 
 async def charges(pool: asyncpg.Pool, merchant_id: str, account: str) -> list[Charge]:

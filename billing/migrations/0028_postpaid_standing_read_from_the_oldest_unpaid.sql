@@ -39,10 +39,13 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 CREATE FUNCTION billing_postpaid_charge_open_from() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    newest record;
 BEGIN
     PERFORM 1 FROM billing_accounts WHERE id = NEW.account_id FOR UPDATE;
-    IF EXISTS (SELECT 1 FROM billing_postpaid_charges c
-               WHERE c.account_id = NEW.account_id AND c.id > NEW.id) THEN
+    SELECT n.id, n.open_from INTO newest FROM billing_postpaid_charges n
+     WHERE n.account_id = NEW.account_id ORDER BY n.id DESC LIMIT 1;
+    IF newest.id > NEW.id THEN
         RAISE EXCEPTION 'postpaid charge % of account % is older than the account''s newest charge', NEW.id, NEW.account_id
             USING ERRCODE = 'serialization_failure',
                   HINT = 'lock the account (billing.ledger.account_id) before inserting its charge';
@@ -50,9 +53,7 @@ BEGIN
     NEW.open_from := coalesce(
         (SELECT min(c.id) FROM billing_postpaid_charges c
          WHERE c.account_id = NEW.account_id
-           AND c.id >= coalesce((SELECT n.open_from FROM billing_postpaid_charges n
-                                 WHERE n.account_id = NEW.account_id
-                                 ORDER BY n.id DESC LIMIT 1), 0)
+           AND c.id >= coalesce(newest.open_from, 0)
            AND billing_postpaid_charge_unpaid(c.id)),
         NEW.id);
     RETURN NEW;

@@ -40,16 +40,18 @@ async def test_prepaid_is_what_the_balance_pays_less_live_reservations(
 
 
 async def card_on_file(db: asyncpg.Pool, merchant_id: str, account: str) -> None:
-    """A card on file for a new billing account, as ``Cards.confirm`` records it."""
+    """A card on file for a new billing account, as ``Cards.confirm`` records it (the
+    Stripe ids its own, so that several accounts may have one)."""
     async with db.acquire() as conn, conn.transaction():
         acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
                                   "VALUES ($1, $2) RETURNING id", merchant_id, account)
         reg = await conn.fetchval(
             """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
                    setup_intent, client_secret, link_sha256, requested_by)
-               VALUES ($1, $2, 'cus_1', 'seti_1', 'seti_1_secret', sha256($3::bytea), 'op')
-               RETURNING id""", merchant_id, acc, account.encode())
-        await conn.execute("INSERT INTO billing_cards VALUES ($1, 'pm_1')", reg)
+               VALUES ($1, $2, $3, $4, $4 || '_secret', sha256($5::bytea), 'op')
+               RETURNING id""", merchant_id, acc, f"cus_{acc}", f"seti_{acc}",
+            account.encode())
+        await conn.execute("INSERT INTO billing_cards VALUES ($1, $2)", reg, f"pm_{acc}")
 
 
 async def test_postpaid_needs_a_card_and_nothing_unpaid_beyond_the_limit(

@@ -8,7 +8,6 @@ refused an id below its account's newest, and a paid or closed charge takes no a
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 
 import asyncpg
@@ -20,6 +19,7 @@ from billing.rating import Terms
 from billing.standing import CHARGES, close, standing, unpaid_sql
 from tests.integration import billing_db
 from tests.integration.localstripe import client_for
+from tests.integration.test_billing_admission_store import card_on_file
 from tests.integration.test_edge_app import free_port
 
 pytestmark = pytest.mark.integration
@@ -32,20 +32,6 @@ ACCOUNTS = ("member-1", "member-2", "member-3")
 WHOLE_HISTORY = f"""SELECT count(*) FILTER (WHERE state IN ('pending', 'failed')) AS unpaid,
                            count(*) FILTER (WHERE state = 'failed') AS failed
                     FROM ({CHARGES} WHERE c.account_id = $1) s"""
-
-
-async def card_on_file(db: asyncpg.Pool, account: str) -> None:
-    """A card on file for a new account of the merchant, as ``Cards.confirm`` records it."""
-    async with db.acquire() as conn, conn.transaction():
-        acc = await conn.fetchval("INSERT INTO billing_accounts (merchant_id, account) "
-                                  "VALUES ($1, $2) RETURNING id", MERCHANT, account)
-        reg = await conn.fetchval(
-            """INSERT INTO billing_card_registrations (merchant_id, account_id, customer,
-                   setup_intent, client_secret, link_sha256, requested_by)
-               VALUES ($1, $2, $3, $4, $5, sha256(convert_to($3, 'UTF8')), 'op')
-               RETURNING id""",
-            MERCHANT, acc, f"cus_{account}", f"seti_{account}", f"seti_{account}_secret")
-        await conn.execute("INSERT INTO billing_cards VALUES ($1, $2)", reg, f"pm_{account}")
 
 
 def _postpaid(db: asyncpg.Pool) -> Postpaid:
@@ -123,7 +109,7 @@ async def test_the_standing_read_from_the_oldest_unpaid_is_the_whole_historys(
         clean: asyncpg.Pool, seed: int) -> None:
     rng = random.Random(seed)
     for account in ACCOUNTS:
-        await card_on_file(clean, account)
+        await card_on_file(clean, MERCHANT, account)
     moves = set()
     for n in range(60):
         moves.add(await _step(clean, rng, n))
@@ -138,7 +124,7 @@ async def test_charges_recorded_at_once_on_one_account_are_all_unpaid(
         clean: asyncpg.Pool) -> None:
     """Two consultations of a household ending together: each charge is written under the
     account's lock, so the newer one's ``open_from`` covers the other."""
-    await card_on_file(clean, "home")
+    await card_on_file(clean, MERCHANT, "home")
     for round_ in range(5):
         await asyncio.gather(*(_postpaid(clean).record(MERCHANT, "home", f"c-{round_}-{i}",
                                                        60, Terms(100), by="calls")
@@ -152,8 +138,8 @@ async def _charges_read(db: asyncpg.Pool, account: str) -> int:
     """How many charge rows the standing's read of ``account`` fetched (EXPLAIN ANALYZE of
     :func:`billing.standing.unpaid_sql`)."""
     acc = await db.fetchval("SELECT id FROM billing_accounts WHERE account = $1", account)
-    explained = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {unpaid_sql('$1')}", acc)
-    (plan,) = json.loads(explained) if isinstance(explained, str) else explained
+    # the pool's connections decode json
+    (plan,) = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {unpaid_sql('$1')}", acc)
 
     def walk(node: dict) -> int:
         own = (node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
@@ -167,7 +153,7 @@ async def _charges_read(db: asyncpg.Pool, account: str) -> int:
 async def test_the_read_does_not_grow_with_the_paid_history(clean: asyncpg.Pool) -> None:
     """A customer with 200 paid consultations and one unpaid: the read fetches the charges
     from the unpaid one on, not the 200 before it."""
-    await card_on_file(clean, "regular")
+    await card_on_file(clean, MERCHANT, "regular")
     postpaid = _postpaid(clean)
     for n in range(200):
         _, attempt = await postpaid.record(MERCHANT, "regular", f"paid-{n}", 60, Terms(100),
@@ -188,7 +174,7 @@ async def test_the_read_does_not_grow_with_the_paid_history(clean: asyncpg.Pool)
 
 async def test_a_charge_below_its_accounts_newest_and_an_attempt_on_a_paid_charge_are_refused(
         clean: asyncpg.Pool) -> None:
-    await card_on_file(clean, "member-1")
+    await card_on_file(clean, MERCHANT, "member-1")
     postpaid = _postpaid(clean)
     charge, attempt = await postpaid.record(MERCHANT, "member-1", "c-1", 60, Terms(100),
                                             by="calls") or (None, 0)
